@@ -1,0 +1,1 @@
+"""Small helpers shared by every step: errors, Zeek format escaping, device choice."""

@@ -1,0 +1,286 @@
+"""Zeek JSON-lines logs (``LogAscii::use_json=T`` and json-streaming-logs) into Arrow batches.
+
+Fast path: ``pyarrow.json`` on a block of complete lines. If the block holds a line it cannot
+take (invalid JSON, a field whose type changes), the block is parsed line by line with ``json``
+and the bad lines are quarantined. Known Zeek fields are cast to the Arrow types of
+``zeek_types.arrow_type``; ``ts`` may be epoch seconds or ISO 8601 (``LogAscii::json_timestamps``).
+Strings are kept as Zeek wrote them after JSON decoding (Zeek's own ``\\xHH`` text for invalid
+UTF-8 stays as text, since JSON logs cannot tell it from a literal backslash).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import os
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from zeekml.parse.batch import LogBatch
+from zeekml.parse.reject import Quarantine
+from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES, arrow_type
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+_TIME_FIELDS = {f for f, t in KNOWN_FIELD_TYPES.items() if t == "time"}
+# A value of the wrong JSON type in these fields is a malformed record; other known fields
+# (``service`` is a string in conn.log but a set in known_services.log) fall back to inference.
+STRICT_FIELDS = frozenset({
+    "ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "duration", "orig_bytes",
+    "resp_bytes", "missed_bytes", "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes"})
+
+
+def iso_to_epoch(value: str) -> float:
+    """``2018-03-24T17:16:39.739898Z`` (or with an offset like ``+0200``) -> epoch seconds."""
+    s = value.strip()
+    if s.endswith("Z"):
+        s = s[:-1] + "+00:00"
+    elif len(s) > 5 and s[-5] in "+-" and s[-4:].isdigit():
+        s = s[:-2] + ":" + s[-2:]
+    d = dt.datetime.fromisoformat(s)
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=dt.timezone.utc)
+    # exact to the microsecond: avoid float error from timestamp()
+    delta = d - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return delta.days * 86400 + delta.seconds + delta.microseconds / 1e6
+
+
+class LineBlockParser:
+    """Shared line-block mechanics for JSON-lines formats: complete lines only, bounded lines."""
+
+    def __init__(self, source: str, quarantine: Quarantine,
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, start_offset: int = 0,
+                 start_line: int = 0):
+        self.source = source
+        self.quarantine = quarantine
+        self.max_line_bytes = max_line_bytes
+        self.offset = start_offset
+        self.line_no = start_line
+        self._buf = bytearray()
+        self._skipping = False
+
+    @property
+    def consumed_offset(self) -> int:
+        return self.offset
+
+    def feed(self, data: bytes) -> list[LogBatch]:
+        if self._skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self.offset += len(data)
+                return []
+            self.offset += nl + 1
+            self.line_no += 1
+            self._skipping = False
+            data = data[nl + 1:]
+        self._buf += data
+        last = self._buf.rfind(b"\n")
+        out: list[LogBatch] = []
+        if last >= 0:
+            block = bytes(self._buf[:last + 1])
+            del self._buf[:last + 1]
+            out = self._block(block)
+        if len(self._buf) > self.max_line_bytes:
+            self.quarantine.reject(self.source, self.line_no + 1, self.offset,
+                                   f"line longer than {self.max_line_bytes} bytes", bytes(self._buf[:512]))
+            self.offset += len(self._buf)
+            self._buf.clear()
+            self._skipping = True
+        return out
+
+    def finish(self) -> list[LogBatch]:
+        out: list[LogBatch] = []
+        if self._buf and not self._skipping:
+            out = self._block(bytes(self._buf) + b"\n", trailing_newline=False)
+        self._buf.clear()
+        self._skipping = False
+        return out
+
+    def _block(self, block: bytes, trailing_newline: bool = True) -> list[LogBatch]:
+        first_line = self.line_no + 1
+        start = self.offset
+        out = self.parse_block(block, first_line, start)
+        nbytes = len(block) - (0 if trailing_newline else 1)
+        self.offset += nbytes
+        self.line_no += block.count(b"\n")
+        return out
+
+    def iter_lines(self, block: bytes, first_line: int, start: int):
+        """(line_no, offset, line) for each line of ``block``; empty and huge lines quarantined."""
+        off = start
+        for i, line in enumerate(block.split(b"\n")[:-1]):
+            ln = first_line + i
+            if len(line) > self.max_line_bytes:
+                self.quarantine.reject(self.source, ln, off, f"line longer than {self.max_line_bytes} bytes", line)
+            elif not line.strip():
+                self.quarantine.reject(self.source, ln, off, "empty line", line)
+            else:
+                yield ln, off, line
+            off += len(line) + 1
+
+    def parse_block(self, block: bytes, first_line: int, start: int) -> list[LogBatch]:
+        raise NotImplementedError
+
+
+class ZeekJsonParser(LineBlockParser):
+    """Incremental Zeek JSON-lines parser (same ``feed``/``finish`` protocol as the TSV one)."""
+
+    def parse_block(self, block: bytes, first_line: int, start: int) -> list[LogBatch]:
+        table = None
+        if b"\n\n" not in block and not block.startswith(b"\n") and b"\r" not in block \
+                and len(block) < (64 << 20):
+            try:
+                table = pajson.read_json(
+                    io.BytesIO(block),
+                    read_options=pajson.ReadOptions(use_threads=False,
+                                                     block_size=max(len(block) + 1, 1 << 20)),
+                    parse_options=pajson.ParseOptions(newlines_in_values=False))
+                table = self._normalise(table)
+                if table.num_rows != block.count(b"\n"):
+                    table = None
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError, TypeError):
+                table = None
+        if table is None:
+            table = self._slow(block, first_line, start)
+        if table is None or table.num_rows == 0:
+            return []
+        return self._batches(table, first_line, start + len(block))
+
+    def _batches(self, table: pa.Table, first_line: int, end_offset: int) -> list[LogBatch]:
+        path = ""
+        if "_path" in table.column_names and table.num_rows:
+            first = table.column("_path")[0].as_py()
+            path = first.decode() if isinstance(first, bytes) else (first or "")
+        if not path:
+            path = _guess_path(self.source, table.column_names)
+        types = {c: KNOWN_FIELD_TYPES.get(c, "") for c in table.column_names}
+        return [LogBatch(path, b, types, self.source, first_line, end_offset)
+                for b in table.to_batches()]
+
+    def _normalise(self, table: pa.Table) -> pa.Table:
+        cols, names = [], []
+        for name in table.column_names:
+            col = table.column(name).combine_chunks()
+            cols.append(_cast_known(name, col))
+            names.append(name)
+        return pa.table(cols, names=names)
+
+    def _slow(self, block: bytes, first_line: int, start: int) -> pa.Table | None:
+        rows: list[dict[str, Any]] = []
+        for ln, off, line in self.iter_lines(block, first_line, start):
+            try:
+                obj = json.loads(line)
+            except (ValueError, UnicodeDecodeError) as e:
+                self.quarantine.reject(self.source, ln, off, f"invalid JSON: {e}", line)
+                continue
+            if not isinstance(obj, dict):
+                self.quarantine.reject(self.source, ln, off, "JSON value is not an object", line)
+                continue
+            try:
+                rows.append({k: _py_known(k, v) for k, v in obj.items()})
+            except (ValueError, TypeError, OverflowError) as e:
+                self.quarantine.reject(self.source, ln, off, f"bad value: {e}", line)
+        if not rows:
+            return None
+        keys: dict[str, None] = {}
+        for r in rows:
+            keys.update(dict.fromkeys(r))
+        cols = {}
+        for k in keys:
+            values = [r.get(k) for r in rows]
+            zt = KNOWN_FIELD_TYPES.get(k)
+            try:
+                if not zt:
+                    raise pa.ArrowTypeError("unknown field")
+                cols[k] = pa.array(values, type=arrow_type(zt))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+                try:
+                    cols[k] = pa.array(values)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+                    cols[k] = pa.array([None if v is None else json.dumps(v, default=repr)
+                                        for v in values], pa.string())
+        return pa.table(cols)
+
+
+def _guess_path(source: str, columns: list[str]) -> str:
+    base = os.path.basename(source).split(".")[0]
+    if base:
+        return base
+    return "conn" if "conn_state" in columns else ""
+
+
+def _cast_known(name: str, col: pa.Array) -> pa.Array:
+    try:
+        return _cast_known_strict(name, col)
+    except (ValueError, TypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        if name in STRICT_FIELDS:
+            raise
+        return col
+
+
+def _cast_known_strict(name: str, col: pa.Array) -> pa.Array:
+    zt = KNOWN_FIELD_TYPES.get(name)
+    if zt is None:
+        return col
+    target = arrow_type(zt)
+    if name in _TIME_FIELDS and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return pa.array([None if v is None else iso_to_epoch(v) for v in col.to_pylist()], pa.float64())
+    if pa.types.is_null(col.type):
+        return pa.nulls(len(col), target)
+    if pa.types.is_integer(target) and pa.types.is_floating(col.type):
+        raise ValueError(f"{name}: float where a count is expected")
+    if target == pa.binary() and not (pa.types.is_string(col.type) or pa.types.is_binary(col.type)):
+        raise ValueError(f"{name}: not a string")
+    return pc.cast(col, target)
+
+
+def _py_known(name: str, value: Any) -> Any:
+    try:
+        return _py_known_strict(name, value)
+    except (ValueError, TypeError):
+        if name in STRICT_FIELDS:
+            raise
+        return value
+
+
+def _py_known_strict(name: str, value: Any) -> Any:
+    zt = KNOWN_FIELD_TYPES.get(name)
+    if zt is None or value is None:
+        return value
+    if zt == "time" and isinstance(value, str):
+        return iso_to_epoch(value)
+    if zt in ("time", "interval", "double"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name}: not a number")
+        return float(value)
+    if zt in ("count", "port", "int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name}: not an integer")
+        if zt == "port" and not 0 <= value < 65536:
+            raise ValueError(f"{name}: port out of range")
+        if zt == "count" and not 0 <= value < 1 << 64:
+            raise ValueError(f"{name}: count out of range")
+        return value
+    if zt == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: not a bool")
+        return value
+    if zt.startswith(("set[", "vector[")):
+        if not isinstance(value, list):
+            raise ValueError(f"{name}: not a list")
+        elem = zt[zt.index("[") + 1:-1]
+        if elem in ("string",):
+            return [None if v is None else str(v).encode("utf-8", "surrogatepass") for v in value]
+        return [None if v is None else str(v) for v in value]
+    if zt == "string":
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: not a string")
+        return value.encode("utf-8", "surrogatepass")
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: not a string")
+    return value

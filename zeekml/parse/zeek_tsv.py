@@ -1,0 +1,435 @@
+"""Zeek ASCII (TSV) logs, and the CSV conversions of them, into Arrow batches.
+
+Two paths give the same result. The fast path hands a run of clean lines to ``pyarrow.csv`` with
+every column as raw bytes, then applies Zeek's rules column-wise (unset, ``(empty)``, escapes,
+types). Any surprise (a field-count mismatch, a value that does not fit its type, CR bytes, empty
+lines, a multi-byte separator) sends that run to the exact line-by-line path, which quarantines
+what it cannot read and keeps the rest.
+
+``ZeekTsvParser`` is incremental (``feed`` bytes, ``finish`` at end of file), so the live tailer
+and the batch reader share it; it only consumes complete lines, so a partial last line waits.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from zeekml._core.zeek_format import (EMPTY, ZeekHeader, apply_meta_line, container_element_type,
+                                      parse_field, parse_separator_line, unescape)
+from zeekml.parse.batch import LogBatch
+from zeekml.parse.reject import Quarantine
+from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES, arrow_type
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+PACKED_SEPARATOR = b"   "  # IoT-23 packs `tunnel_parents   label   detailed-label` into one column
+_STRING_ARROW = (pa.string(), pa.binary())
+
+
+class _FastPathRefused(Exception):
+    """The fast path cannot take this run exactly; use the line-by-line path."""
+
+
+@dataclass
+class _Schema:
+    """Column layout derived from a complete header."""
+
+    fields: list[str]          # output column names (packed column expanded)
+    types: list[str]           # Zeek types of the output columns
+    raw_ncols: int             # columns on a line
+    packed_at: int | None      # raw column index that packs several fields
+    packed_n: int              # how many fields it packs
+
+    @classmethod
+    def from_header(cls, header: ZeekHeader) -> "_Schema":
+        fields, types = list(header.fields), list(header.types)
+        if len(types) < len(fields):  # CSV conversions have no #types: use the known ones
+            types = types + [KNOWN_FIELD_TYPES.get(f, "string") for f in fields[len(types):]]
+        packed_at, packed_n = None, 1
+        for i, f in enumerate(fields):
+            if "   " in f:
+                names = f.split("   ")
+                ptypes = types[i].split("   ") if "   " in types[i] else [types[i]] * len(names)
+                fields = fields[:i] + names + fields[i + 1:]
+                types = types[:i] + ptypes + types[i + 1:]
+                packed_at, packed_n = i, len(names)
+                break
+        raw = len(fields) - (packed_n - 1)
+        return cls(fields, types, raw, packed_at, packed_n)
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([(f, arrow_type(t)) for f, t in zip(self.fields, self.types)])
+
+
+class ZeekTsvParser:
+    """Incremental Zeek TSV parser.
+
+    Args:
+        source: file name used in batches and quarantine records.
+        quarantine: where malformed records go.
+        max_line_bytes: lines longer than this are quarantined (memory stays bounded).
+        start_offset: byte offset of the first byte fed (for resuming at a checkpoint).
+        header: a header read earlier (when resuming past it).
+        csv: the input is a CSV conversion (comma separated, a plain header row of names).
+    """
+
+    def __init__(self, source: str, quarantine: Quarantine,
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, start_offset: int = 0,
+                 start_line: int = 0, header: ZeekHeader | None = None, csv: bool = False):
+        self.source = source
+        self.quarantine = quarantine
+        self.max_line_bytes = max_line_bytes
+        self.offset = start_offset        # offset of the first byte not yet consumed
+        self.line_no = start_line         # lines consumed so far
+        self.header = header
+        self.csv = csv
+        self._schema = _Schema.from_header(header) if header and header.is_complete() else None
+        self._buf = bytearray()
+        self._skipping = False            # inside an overlong line, discarding to its end
+        self.fast_rows = 0
+        self.slow_rows = 0
+
+    # -- public -----------------------------------------------------------------------------
+
+    @property
+    def consumed_offset(self) -> int:
+        """Byte offset just past the last complete line processed."""
+        return self.offset
+
+    def feed(self, data: bytes) -> list[LogBatch]:
+        out: list[LogBatch] = []
+        if self._skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self.offset += len(data)
+                return out
+            self.offset += nl + 1
+            self.line_no += 1
+            self._skipping = False
+            data = data[nl + 1:]
+        self._buf += data
+        last = self._buf.rfind(b"\n")
+        if last < 0:
+            self._check_overlong()
+            return out
+        block = bytes(self._buf[:last + 1])
+        del self._buf[:last + 1]
+        self._process(block, out)
+        self._check_overlong()
+        return out
+
+    def finish(self) -> list[LogBatch]:
+        """End of a closed file: a last line without ``\\n`` is a whole record (IoT-23 files)."""
+        out: list[LogBatch] = []
+        if self._buf and not self._skipping:
+            block = bytes(self._buf)
+            self._buf.clear()
+            self._process(block, out, final=True)
+        self._buf.clear()
+        self._skipping = False
+        return out
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _check_overlong(self) -> None:
+        if len(self._buf) > self.max_line_bytes:
+            self.quarantine.reject(self.source, self.line_no + 1, self.offset,
+                                   f"line longer than {self.max_line_bytes} bytes", bytes(self._buf[:512]))
+            self.offset += len(self._buf)
+            self._buf.clear()
+            self._skipping = True
+
+    def _process(self, block: bytes, out: list[LogBatch], final: bool = False) -> None:
+        pos, n = 0, len(block)
+        while pos < n:
+            if self.csv and self.header is None:
+                nl = block.find(b"\n", pos)
+                end = n if nl < 0 else nl + 1
+                self._csv_header(block[pos:end])
+                self._advance(end - pos, 1)
+                pos = end
+                continue
+            if block[pos] == 0x23 and not self.csv:  # '#': a meta line
+                nl = block.find(b"\n", pos)
+                end = n if nl < 0 else nl + 1
+                self._meta(block[pos:end])
+                self._advance(end - pos, 1)
+                pos = end
+                continue
+            nxt = -1 if self.csv else block.find(b"\n#", pos)
+            end = n if nxt < 0 else nxt + 1
+            run = block[pos:end]
+            nlines = run.count(b"\n") + (1 if final and not run.endswith(b"\n") else 0)
+            batch = self._data(run, final and end == n)
+            if batch is not None:
+                out.append(batch)
+            self._advance(end - pos, nlines)
+            pos = end
+
+    def _advance(self, nbytes: int, nlines: int) -> None:
+        self.offset += nbytes
+        self.line_no += nlines
+
+    def _csv_header(self, line: bytes) -> None:
+        names = line.rstrip(b"\n").rstrip(b"\r").split(b",")
+        h = ZeekHeader(separator=b",", set_separator=b"|", path="conn")
+        h.fields = [x.decode("utf-8", "replace") for x in names]
+        h.types = [KNOWN_FIELD_TYPES.get(f, "string") for f in h.fields]
+        self.header = h
+        self._schema = _Schema.from_header(h)
+
+    def _meta(self, line: bytes) -> None:
+        if line.startswith(b"#separator "):
+            self.header = ZeekHeader(separator=parse_separator_line(line) or b"\t")
+            self._schema = None
+            return
+        if self.header is None:
+            self.header = ZeekHeader()
+        apply_meta_line(self.header, line)
+        key = line[1:].split(self.header.separator, 1)[0]
+        if key in (b"fields", b"types"):
+            h = self.header
+            if h.fields and h.types and len(h.fields) == len(h.types):
+                self._schema = _Schema.from_header(h)
+            elif h.fields and h.types:
+                self.quarantine.reject(self.source, self.line_no + 1, self.offset,
+                                       "#fields and #types differ in length", line)
+                self._schema = None
+
+    def _data(self, run: bytes, final: bool) -> LogBatch | None:
+        first_line = self.line_no + 1
+        if self._schema is None:
+            for i, line in enumerate(_lines(run)):
+                self.quarantine.reject(self.source, first_line + i, self.offset,
+                                       "record before a complete #fields/#types header", line)
+            return None
+        try:
+            batch = self._fast(run)
+            self.fast_rows += batch.num_rows
+        except _FastPathRefused:
+            batch = self._slow(run, first_line)
+            self.slow_rows += batch.num_rows
+        if batch.num_rows == 0:
+            return None
+        return LogBatch(log_path=self.header.path or "", batch=batch,
+                        zeek_types=dict(zip(self._schema.fields, self._schema.types)),
+                        source=self.source, first_line=first_line,
+                        end_offset=self.offset + len(run))
+
+    # fast path -----------------------------------------------------------------------------
+
+    def _fast(self, run: bytes) -> pa.RecordBatch:
+        h, sch = self.header, self._schema
+        if len(h.separator) != 1 or b"\r" in run or run.startswith(b"\n") or b"\n\n" in run:
+            raise _FastPathRefused
+        if not run.endswith(b"\n"):
+            run = run + b"\n"
+        arr = np.frombuffer(run, dtype=np.uint8)
+        nl = np.flatnonzero(arr == 10)
+        if nl.size and int(np.max(np.diff(nl, prepend=-1))) > self.max_line_bytes:
+            raise _FastPathRefused
+        names = [f"c{i}" for i in range(sch.raw_ncols)]
+        bad_rows = []
+
+        def on_invalid(row):
+            bad_rows.append(row)
+            return "skip"
+
+        try:
+            table = pacsv.read_csv(
+                io.BytesIO(run),
+                read_options=pacsv.ReadOptions(column_names=names, use_threads=False,
+                                               block_size=max(len(run) + 1, 1 << 20)),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=h.separator.decode("latin-1"), quote_char=False,
+                    escape_char=False, double_quote=False, newlines_in_values=False,
+                    ignore_empty_lines=False, invalid_row_handler=on_invalid),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.binary() for c in names},
+                    null_values=[h.unset_field.decode("latin-1")], strings_can_be_null=True,
+                    quoted_strings_can_be_null=False),
+            )
+        except (pa.ArrowInvalid, ValueError) as e:
+            raise _FastPathRefused from e
+        if bad_rows or table.num_rows != nl.size:
+            raise _FastPathRefused
+        cols: list[pa.Array] = []
+        for i in range(sch.raw_ncols):
+            col = table.column(i).combine_chunks()
+            if i == sch.packed_at:
+                parts = pc.split_pattern(pc.fill_null(col, h.unset_field), PACKED_SEPARATOR)
+                if pc.any(pc.not_equal(pc.list_value_length(parts), sch.packed_n)).as_py():
+                    raise _FastPathRefused
+                for j in range(sch.packed_n):
+                    sub = pc.list_element(parts, j)
+                    sub = pc.if_else(pc.equal(sub, h.unset_field), pa.scalar(None, pa.binary()), sub)
+                    cols.append(self._convert(sub, sch.types[i + j]))
+            else:
+                k = i if sch.packed_at is None or i < sch.packed_at else i + sch.packed_n - 1
+                cols.append(self._convert(col, sch.types[k]))
+        return pa.RecordBatch.from_arrays(cols, schema=sch.arrow_schema())
+
+    def _convert(self, col: pa.Array, zeek_type: str) -> pa.Array:
+        h = self.header
+        elem = container_element_type(zeek_type)
+        if elem is not None:
+            return self._convert_container(col, elem)
+        target = arrow_type(zeek_type)
+        if zeek_type == "time":
+            masked = pc.match_substring_regex(col, r"^X+\.X+$")
+            col = pc.if_else(masked, pa.scalar(None, pa.binary()), col)
+        if target in _STRING_ARROW:
+            col = pc.if_else(pc.equal(col, h.empty_field), pa.scalar(b"", pa.binary()), col)
+            col = _unescape_column(col)
+            if target == pa.string():
+                try:
+                    return col.cast(pa.string())
+                except pa.ArrowInvalid as e:
+                    raise _FastPathRefused from e
+            return col
+        if target == pa.bool_():
+            is_t = pc.equal(col, b"T")
+            ok = pc.or_(is_t, pc.equal(col, b"F"))
+            if not pc.all(pc.fill_null(ok, True)).as_py():
+                raise _FastPathRefused
+            return is_t
+        if pc.any(pc.fill_null(pc.match_substring_regex(col, r"[^0-9.eE+\-nainf]"), False)).as_py():
+            raise _FastPathRefused
+        if pa.types.is_integer(target) and pc.any(
+                pc.fill_null(pc.match_substring_regex(col, r"[^0-9\-]"), False)).as_py():
+            raise _FastPathRefused
+        try:
+            return col.cast(pa.string()).cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise _FastPathRefused from e
+
+    def _convert_container(self, col: pa.Array, elem: str) -> pa.Array:
+        h = self.header
+        is_empty = pc.fill_null(pc.equal(col, h.empty_field), False)
+        parts = pc.split_pattern(pc.if_else(is_empty, pa.scalar(b"", pa.binary()), col), h.set_separator)
+        # "" split gives [""]; an (empty) container must be []
+        lengths = pc.if_else(is_empty, 0, pc.list_value_length(parts))
+        flat = parts.flatten()
+        keep = pc.not_equal(pc.list_parent_indices(parts), -1)  # all true; keeps shapes simple
+        del keep
+        if len(flat):
+            # drop the single "" element of (empty) rows
+            parent = pc.list_parent_indices(parts)
+            flat = pc.filter(flat, pc.invert(pc.take(is_empty, parent)))
+            flat = pc.if_else(pc.equal(flat, h.unset_field), pa.scalar(None, pa.binary()), flat)
+            flat = pc.if_else(pc.equal(flat, h.empty_field), pa.scalar(b"", pa.binary()), flat)
+        values = self._convert_scalar_values(flat, elem)
+        offsets = np.zeros(len(col) + 1, dtype=np.int32)
+        np.cumsum(pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False), out=offsets[1:])
+        mask = pc.is_null(col)
+        return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask,
+                                        type=pa.list_(arrow_type(elem)))
+
+    def _convert_scalar_values(self, flat: pa.Array, elem: str) -> pa.Array:
+        target = arrow_type(elem)
+        if target in _STRING_ARROW:
+            flat = _unescape_column(flat)
+            if target == pa.string():
+                try:
+                    return flat.cast(pa.string())
+                except pa.ArrowInvalid as e:
+                    raise _FastPathRefused from e
+            return flat
+        if pc.any(pc.fill_null(pc.match_substring(flat, "\\"), False)).as_py():
+            raise _FastPathRefused
+        return self._convert(flat, elem)
+
+    # exact path ----------------------------------------------------------------------------
+
+    def _slow(self, run: bytes, first_line: int) -> pa.RecordBatch:
+        h, sch = self.header, self._schema
+        columns: list[list] = [[] for _ in sch.fields]
+        offset = self.offset
+        for i, line in enumerate(_lines(run)):
+            line_no = first_line + i
+            line_offset = offset
+            offset += len(line) + 1
+            values = self._parse_line(line, line_no, line_offset)
+            if values is None:
+                continue
+            for c, v in zip(columns, values):
+                c.append(v)
+        arrays = []
+        for name, zt, values in zip(sch.fields, sch.types, columns):
+            arrays.append(pa.array(values, type=arrow_type(zt)))
+        return pa.RecordBatch.from_arrays(arrays, schema=sch.arrow_schema())
+
+    def _parse_line(self, line: bytes, line_no: int, line_offset: int) -> list | None:
+        h, sch = self.header, self._schema
+
+        def reject(reason: str) -> None:
+            self.quarantine.reject(self.source, line_no, line_offset, reason, line)
+
+        if not line:
+            reject("empty line")
+            return None
+        if len(line) > self.max_line_bytes:
+            reject(f"line longer than {self.max_line_bytes} bytes")
+            return None
+        parts = line.split(h.separator)
+        if len(parts) != sch.raw_ncols:
+            reject(f"field count: expected {sch.raw_ncols}, got {len(parts)}")
+            return None
+        if sch.packed_at is not None:
+            sub = parts[sch.packed_at].split(PACKED_SEPARATOR)
+            if len(sub) != sch.packed_n:
+                reject(f"packed column: expected {sch.packed_n} parts, got {len(sub)}")
+                return None
+            parts = parts[:sch.packed_at] + sub + parts[sch.packed_at + 1:]
+        values = []
+        for name, zt, raw in zip(sch.fields, sch.types, parts):
+            try:
+                v = parse_field(raw, zt, h)
+                values.append(_to_arrow_value(v, zt))
+            except (ValueError, UnicodeDecodeError) as e:
+                reject(f"bad value in {name} ({zt}): {e}")
+                return None
+        return values
+
+
+def _lines(run: bytes) -> list[bytes]:
+    lines = run.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def _to_arrow_value(v, zeek_type: str):
+    """bytes of addr/enum types become str (strict UTF-8), as the Arrow schema says."""
+    if v is None:
+        return None
+    elem = container_element_type(zeek_type)
+    if elem is not None:
+        return [_to_arrow_value(x, elem) for x in v]
+    if isinstance(v, bytes) and arrow_type(zeek_type) == pa.string():
+        return v.decode("utf-8")
+    return v
+
+
+def _unescape_column(col: pa.Array) -> pa.Array:
+    """Apply ``unescape`` to the values that hold a backslash; the others pass untouched."""
+    if len(col) == 0:
+        return col
+    needs = pc.fill_null(pc.match_substring(col, "\\"), False)
+    if not pc.any(needs).as_py():
+        return col
+    idx = np.flatnonzero(needs.to_numpy(zero_copy_only=False))
+    values = col.to_pylist()
+    for i in idx:
+        values[i] = unescape(values[i])
+    return pa.array(values, type=pa.binary())
+
+
+__all__ = ["ZeekTsvParser", "EMPTY"]

@@ -1,0 +1,1 @@
+"""Detectors, threshold calibration, the combined score and the verdicts they produce."""
