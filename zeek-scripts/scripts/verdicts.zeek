@@ -1,0 +1,158 @@
+##! zeekml verdict feedback: zeekml's verdicts, raised as Zeek notices.
+##!
+##! zeekml (``zeekml watch/score --zeek-feedback PATH``) keeps a Zeek-format TSV file of its
+##! recent verdicts, one line per verdict keyed by ``verdict_id``, and replaces the whole file
+##! by an atomic rename each time it changes. This script reads that file with the Input
+##! framework as a table in ``REREAD`` mode: Zeek re-reads the file when its inode or mtime
+##! changes and raises ``Input::EVENT_NEW`` only for verdict ids it has not seen, so a re-read
+##! raises nothing twice. Each new verdict becomes a ``NOTICE`` with the connection's uid and
+##! id, a message naming the score and the model, the top contributing features as ``sub``,
+##! and an ``identifier`` so that Zeek's notice suppression applies.
+##!
+##! This script does no per-packet work.
+
+@load base/frameworks/input
+@load base/frameworks/notice
+@load base/frameworks/cluster
+@load ./main
+
+module ZeekML;
+
+export {
+	## The verdict file zeekml writes (``--zeek-feedback PATH``). Empty: no verdicts are
+	## read. Read once at startup: to change it, restart Zeek. The file may be missing at
+	## startup; Zeek then warns and keeps looking for it.
+	option verdict_file: string = "";
+
+	## Name of the Input framework stream that reads :zeek:see:`ZeekML::verdict_file`.
+	const verdict_stream = "zeekml_verdicts" &redef;
+
+	## How long Zeek suppresses a repeat of the same note with the same identifier
+	## (the pair of hosts, the responder port and the model).
+	option verdict_suppress_for: interval = 1 hr;
+
+	## The index column of the verdict file.
+	type VerdictIdx: record {
+		## zeekml's stable id of one model's verdict on one connection.
+		verdict_id: string;
+	};
+
+	## The connection 4-tuple as the verdict file carries it (columns ``id.orig_h`` ...).
+	## Not :zeek:type:`conn_id` itself, so that fields newer Zeek versions add to
+	## ``conn_id`` never become required columns of the file.
+	type VerdictConnId: record {
+		orig_h: addr;
+		orig_p: port;
+		resp_h: addr;
+		resp_p: port;
+	};
+
+	## The other columns of the verdict file. They must equal ``VERDICT_FIELDS`` in
+	## ``zeekml/sinks/zeek_input.py`` (after ``verdict_id``); a test in zeekml's Python
+	## suite parses this record and compares.
+	type Verdict: record {
+		## Start of the connection the verdict is about (as ``ts`` in conn.log).
+		ts: time;
+		## The connection's uid.
+		uid: string;
+		## The connection's 4-tuple. Ports are read without a protocol; the protocol
+		## comes from ``proto``.
+		id: VerdictConnId;
+		## The transport protocol.
+		proto: transport_proto;
+		## The note name, e.g. ``ZeekML::Intrusion`` (see :zeek:see:`ZeekML::note_names`).
+		note: string;
+		## zeekml's combined calibrated score (1.0 = at the alert threshold).
+		score: double;
+		## The model (or ensemble) that produced the verdict.
+		model: string;
+		## A short description of the verdict.
+		msg: string &optional;
+		## The top contributing features as ``name=value`` text.
+		sub: string &optional;
+	};
+
+	## The verdicts currently in the verdict file, by ``verdict_id``.
+	global verdicts: table[string] of Verdict = table();
+
+	## A hook to veto or change the notice built for a verdict before it is raised. Break
+	## out of it to drop the verdict.
+	global verdict_policy: hook(verdict_id: string, v: Verdict, n: Notice::Info);
+}
+
+# The port `p` with the protocol `proto` (the Input framework reads a bare port number as a
+# port of unknown protocol).
+function with_proto(p: port, proto: transport_proto): port
+	{
+	return count_to_port(port_to_count(p), proto);
+	}
+
+function verdict_conn_id(v: Verdict): conn_id
+	{
+	return conn_id($orig_h=v$id$orig_h, $orig_p=with_proto(v$id$orig_p, v$proto),
+	    $resp_h=v$id$resp_h, $resp_p=with_proto(v$id$resp_p, v$proto));
+	}
+
+## Builds the notice for one verdict and raises it.
+function raise_verdict(verdict_id: string, v: Verdict)
+	{
+	local note = Anomalous_Flow;
+	if ( v$note in note_names )
+		note = note_names[v$note];
+	else
+		++unknown_note_count;
+
+	local cid = verdict_conn_id(v);
+	local what = v?$msg && v$msg != "" ? v$msg : v$note;
+
+	local n = Notice::Info($note=note, $uid=v$uid, $id=cid,
+	    $msg=fmt("%s: score %.3f model %s", what, v$score, v$model),
+	    $identifier=cat(v$model, "|", cid$orig_h, "|", cid$resp_h, "|", cid$resp_p),
+	    $suppress_for=verdict_suppress_for);
+
+	if ( v?$sub && v$sub != "" )
+		n$sub = v$sub;
+
+	# Attach the live connection when Zeek still tracks it and it is the same one (same
+	# uid): the notice then carries everything Zeek knows about it. Otherwise the 4-tuple
+	# comes from the verdict.
+	if ( connection_exists(cid) )
+		{
+		local c = lookup_connection(cid);
+		if ( c$uid == v$uid )
+			{
+			n$conn = c;
+			n$id = c$id;
+			}
+		}
+
+	if ( ! hook verdict_policy(verdict_id, v, n) )
+		return;
+
+	NOTICE(n);
+	}
+
+event verdict_entry(desc: Input::TableDescription, tpe: Input::Event,
+    left: VerdictIdx, right: Verdict)
+	{
+	# A verdict id already in the table is a re-read of the same verdict: nothing to do.
+	if ( tpe != Input::EVENT_NEW )
+		return;
+
+	raise_verdict(left$verdict_id, right);
+	}
+
+# In a cluster, only the manager reads the verdict file, so each verdict is raised once.
+# The manager does not track connections, so there the notice's 4-tuple always comes from
+# the verdict.
+@if ( ! Cluster::is_enabled() || Cluster::local_node_type() == Cluster::MANAGER )
+event zeek_init() &priority=-5
+	{
+	if ( verdict_file == "" )
+		return;
+
+	Input::add_table([$source=verdict_file, $name=verdict_stream, $idx=VerdictIdx,
+	    $val=Verdict, $destination=verdicts, $mode=Input::REREAD,
+	    $ev=verdict_entry, $want_record=T]);
+	}
+@endif

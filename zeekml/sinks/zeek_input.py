@@ -1,0 +1,333 @@
+"""The verdict file that Zeek's Input framework reads (``zeek-scripts/scripts/verdicts.zeek``).
+
+zeekml keeps its recent verdicts in one Zeek-format TSV file (``#path zeekml_verdicts``), keyed
+by ``verdict_id``. Zeek reads it as a table in ``REREAD`` mode: when the file's inode or mtime
+changes, Zeek re-reads the whole file and raises ``Input::EVENT_NEW`` only for ids it has not
+seen, so each verdict becomes exactly one ``NOTICE``.
+
+That only works if Zeek never sees a half-written file, so :class:`VerdictFeedbackWriter`
+writes the WHOLE file to a temporary file in the same directory, fsyncs it, renames it over
+the old one (atomic on POSIX) and fsyncs the directory. The set of verdicts in the file is
+bounded (the last ``max_verdicts``, none older than ``max_age`` seconds) so the file and each
+re-read stay small.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Iterable
+
+from zeekml._core.errors import OutputError
+from zeekml._core.zeek_format import (ZeekHeader, apply_meta_line, format_close, format_header,
+                                      format_record, parse_field, parse_separator_line)
+
+log = logging.getLogger(__name__)
+
+VERDICT_LOG_PATH = "zeekml_verdicts"
+"""The ``#path`` of the verdict file."""
+
+VERDICT_FIELDS: list[tuple[str, str]] = [
+    ("verdict_id", "string"),
+    ("ts", "time"),
+    ("uid", "string"),
+    ("id.orig_h", "addr"),
+    ("id.orig_p", "port"),
+    ("id.resp_h", "addr"),
+    ("id.resp_p", "port"),
+    ("proto", "enum"),
+    ("note", "string"),
+    ("score", "double"),
+    ("model", "string"),
+    ("msg", "string"),
+    ("sub", "string"),
+]
+"""``(name, Zeek type)`` in column order. ``verdict_id`` is the ``ZeekML::VerdictIdx`` record,
+the rest the ``ZeekML::Verdict`` record of verdicts.zeek; a test keeps them equal."""
+
+TRANSPORT_PROTOS = ("tcp", "udp", "icmp", "unknown_transport")
+"""Zeek's ``transport_proto`` enum values: the only values Zeek accepts in ``proto``."""
+
+_NAMES = [n for n, _ in VERDICT_FIELDS]
+_TYPES = [t for _, t in VERDICT_FIELDS]
+
+
+class VerdictFeedbackWriter:
+    """Keeps the recent verdicts and rewrites the verdict file atomically when they change.
+
+    Args:
+        path: the verdict file (Zeek's ``ZeekML::verdict_file``).
+        max_verdicts: keep at most this many verdicts, the most recently added (default 10000).
+        max_age: drop verdicts added more than this many seconds ago (default 3600.0;
+            ``None`` = no age limit). Zeek re-raises nothing for a dropped verdict.
+        alerts_only: only verdicts with ``alert`` true go to Zeek (default ``True``).
+        clock: wall clock in seconds, for tests (default ``time.time``).
+
+    If ``path`` already holds a verdict file (zeekml restarted), its verdicts are kept, so
+    verdicts scored again after a restart keep their ids and Zeek does not raise them twice.
+
+    Verdicts without a full 4-tuple (an address or port missing or invalid) are skipped and
+    counted in ``skipped``: Zeek's Input framework would reject the line.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_verdicts: int = 10000,
+                 max_age: float | None = 3600.0, alerts_only: bool = True,
+                 clock: Callable[[], float] = time.time):
+        if max_verdicts < 1:
+            raise ValueError("max_verdicts must be at least 1")
+        self.path = os.fspath(path)
+        self.dir = os.path.dirname(os.path.abspath(self.path))
+        self.max_verdicts = max_verdicts
+        self.max_age = max_age
+        self.alerts_only = alerts_only
+        self.clock = clock
+        self.skipped = 0
+        self.writes = 0
+        # verdict_id -> (time added, formatted line), oldest first
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._dirty = False
+        self._seq = 0
+        self._load_existing()
+
+    # -----------------------------------------------------------------------------------------
+    # the verdict set
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, verdict_id: object) -> bool:
+        return verdict_id in self._entries
+
+    def add(self, verdict: Any) -> bool:
+        """Add one verdict (a ``zeekml.scoring.verdict.Verdict`` or a mapping with its fields).
+
+        Returns ``True`` if it is new; a verdict id already kept is left as it is.
+        """
+        rec = verdict.to_dict() if hasattr(verdict, "to_dict") else dict(verdict)
+        if self.alerts_only and not rec.get("alert", True):
+            return False
+        vid = rec.get("verdict_id") or ""
+        if not vid:
+            from zeekml.scoring.verdict import verdict_id
+            vid = verdict_id(str(rec.get("model", "")), str(rec.get("uid", "")),
+                             float(rec.get("ts") or 0.0))
+        if vid in self._entries:
+            return False
+        values = _record_values(vid, rec)
+        if values is None:
+            self.skipped += 1
+            log.warning("verdict %s has no valid 4-tuple; not sent to Zeek", vid)
+            return False
+        self._entries[vid] = (self.clock(), _format_line(values))
+        self._dirty = True
+        self._prune()
+        return True
+
+    def add_many(self, verdicts: Iterable[Any]) -> int:
+        """Add verdicts; returns how many were new."""
+        return sum(1 for v in verdicts if self.add(v))
+
+    def write(self, verdicts: Iterable[Any]) -> int:
+        """Add verdicts and rewrite the file if anything changed; returns how many were new."""
+        n = self.add_many(verdicts)
+        self.flush()
+        return n
+
+    def _prune(self) -> bool:
+        changed = False
+        while len(self._entries) > self.max_verdicts:
+            self._entries.popitem(last=False)
+            changed = True
+        if self.max_age is not None:
+            cutoff = self.clock() - self.max_age
+            while self._entries:
+                vid, (added, _) = next(iter(self._entries.items()))
+                if added >= cutoff:
+                    break
+                del self._entries[vid]
+                changed = True
+        if changed:
+            self._dirty = True
+        return changed
+
+    # -----------------------------------------------------------------------------------------
+    # the file
+
+    def render(self) -> bytes:
+        """The whole file as it would be written now."""
+        now = self.clock()
+        return (format_header(VERDICT_LOG_PATH, _NAMES, _TYPES, open_ts=now)
+                + b"".join(line for _, line in self._entries.values())
+                + format_close(now))
+
+    def flush(self, force: bool = False) -> bool:
+        """Rewrite the file if the verdict set changed (or ``force``); returns whether it did.
+
+        Temp file in the same directory, fsync, atomic rename, directory fsync: a reader sees
+        the old file or the new one, never a part. Raises ``OutputError`` on failure (the old
+        file is then untouched).
+        """
+        self._prune()
+        if not (self._dirty or force):
+            return False
+        data = self.render()
+        self._seq += 1
+        tmp = os.path.join(self.dir, f".{os.path.basename(self.path)}.{os.getpid()}.{self._seq}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise OutputError(f"cannot write the verdict file: {e.strerror}", self.path) from e
+        _fsync_dir(self.dir)
+        self._dirty = False
+        self.writes += 1
+        return True
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> "VerdictFeedbackWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _load_existing(self) -> None:
+        try:
+            mtime = os.stat(self.path).st_mtime
+            header, rows, lines = _read(self.path)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            log.warning("%s: not a verdict file we can read (%s); starting empty", self.path, e)
+            return
+        if header.fields != _NAMES or header.types != _TYPES:
+            log.warning("%s: verdict file of another layout; starting empty", self.path)
+            return
+        for row, line in zip(rows, lines):
+            vid = row.get("verdict_id")
+            if isinstance(vid, bytes) and vid:
+                self._entries[vid.decode("utf-8", "surrogateescape")] = (mtime, line)
+        self._prune()
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _addr(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        return None
+
+
+def _port(value: Any) -> int | None:
+    try:
+        p = int(value)
+    except (TypeError, ValueError):
+        return None
+    return p if 0 <= p <= 65535 else None
+
+
+def _text(value: Any) -> str | bytes:
+    if value is None:
+        return ""
+    return value if isinstance(value, (str, bytes)) else str(value)
+
+
+def _record_values(vid: str, rec: dict) -> list[Any] | None:
+    orig_h, resp_h = _addr(rec.get("orig_h")), _addr(rec.get("resp_h"))
+    orig_p, resp_p = _port(rec.get("orig_p")), _port(rec.get("resp_p"))
+    if orig_h is None or resp_h is None or orig_p is None or resp_p is None:
+        return None
+    proto = str(rec.get("proto") or "").lower()
+    if proto not in TRANSPORT_PROTOS:
+        proto = "unknown_transport"
+    try:
+        ts = float(rec.get("ts") or 0.0)
+        score = float(rec.get("score") if rec.get("score") is not None else math.nan)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(ts):
+        return None
+    return [vid, ts, _text(rec.get("uid")), orig_h, orig_p, resp_h, resp_p, proto,
+            _text(rec.get("note") or "ZeekML::Anomalous_Flow"), score, _text(rec.get("model")),
+            _text(rec.get("msg")), _text(rec.get("sub"))]
+
+
+def _format_line(values: list[Any]) -> bytes:
+    line = format_record(values, _TYPES)
+    # Zeek's Input framework unescapes ``\xHH`` but not ``\\``: write a literal backslash as
+    # ``\x5c``, which both Zeek and our reader decode. Every escape sequence format_record
+    # makes starts with a backslash and is ``\\`` or ``\xHH`` (hex digits never end in a
+    # backslash), so replacing ``\\`` left to right touches only escaped backslashes.
+    return line.replace(b"\\\\", b"\\x5c")
+
+
+def _read(path: str) -> tuple[ZeekHeader, list[dict[str, Any]], list[bytes]]:
+    """Parse a Zeek-format TSV file: header, typed rows by field name, and the raw lines."""
+    with open(path, "rb") as f:
+        data = f.read()
+    header = ZeekHeader()
+    rows: list[dict[str, Any]] = []
+    raw_lines: list[bytes] = []
+    for line in data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"):
+        if line.startswith(b"#separator "):
+            header = ZeekHeader(separator=parse_separator_line(line))
+            continue
+        if line.startswith(b"#"):
+            apply_meta_line(header, line)
+            continue
+        if not header.fields:
+            raise ValueError("record before #fields")
+        parts = line.split(header.separator)
+        if len(parts) != len(header.fields):
+            raise ValueError(f"{len(parts)} fields, expected {len(header.fields)}")
+        rows.append({name: parse_field(raw, typ, header)
+                     for name, typ, raw in zip(header.fields, header.types, parts)})
+        raw_lines.append(line + b"\n")
+    return header, rows, raw_lines
+
+
+def read_verdict_file(path: str | os.PathLike) -> tuple[ZeekHeader, list[dict[str, Any]]]:
+    """Read a verdict file back: its header and one dict per verdict (strings as bytes).
+
+    A small reader for checks and tests; ``zeekml.parse`` is the general one.
+    """
+    header, rows, _ = _read(os.fspath(path))
+    return header, rows
+
+
+__all__ = ["VERDICT_FIELDS", "VERDICT_LOG_PATH", "TRANSPORT_PROTOS", "VerdictFeedbackWriter",
+           "read_verdict_file"]
