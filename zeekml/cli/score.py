@@ -1,0 +1,72 @@
+"""``zeekml score``: batch-score conn logs (files, rotated directories, .gz, Zeek or Suricata)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from zeekml.pipeline import ScoreOptions, ScoreSummary, score_paths
+
+
+def print_summary(s: ScoreSummary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    t = Table(title="zeekml score", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("files read", str(s.files))
+    if s.files_failed:
+        t.add_row("files failed", str(len(s.files_failed)))
+    t.add_row("records read", f"{s.records_read:,}")
+    t.add_row("conn records", f"{s.conn_records:,}")
+    if s.other_records:
+        t.add_row("other records (not conn)", f"{s.other_records:,}")
+    t.add_row("quarantined", f"{s.quarantined:,}")
+    t.add_row("baseline records", f"{s.baseline_records:,}")
+    t.add_row("scored", f"{s.scored:,}")
+    t.add_row("alerts", f"{s.alerts:,}")
+    for note, n in sorted(s.alerts_by_note.items()):
+        t.add_row(f"  {note}", f"{n:,}")
+    t.add_row("flows/s", f"{s.flows_per_s:,.0f}")
+    console.print(t)
+    for path, msg in s.files_failed:
+        click.echo(f"zeekml: failed: {path}: {msg}", err=True)
+    for k, v in s.outputs.items():
+        console.print(f"{k}: {v}")
+
+
+@click.command("score")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for verdicts.jsonl, zeekml_notice.log, quarantine.jsonl, summary.json.")
+@click.option("--fpr", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Target false-positive rate of each detector's threshold on the baseline.")
+@click.option("--baseline", multiple=True, type=click.Path(),
+              help="Logs of a normal period to fit and calibrate on (default: the earliest "
+                   "--baseline-fraction of the input by time).")
+@click.option("--baseline-fraction", default=0.3, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
+              help="Also write the verdict file the zeekml Zeek package reads.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar (default: when stderr is a terminal).")
+def score(paths, out_dir, fpr, baseline, baseline_fraction, seed, zeek_feedback, progress) -> None:
+    """Score conn records and write notices for the anomalous ones.
+
+    Exit codes: 0 ok, 1 error, 2 missing input, 3 unknown format, 4 unreadable input,
+    6 output not writable, 7 finished but some input files failed.
+    """
+    opts = ScoreOptions(fpr=fpr, baseline=list(baseline), baseline_fraction=baseline_fraction,
+                        seed=seed, zeek_feedback=zeek_feedback)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    summary = score_paths(list(paths), out_dir, opts, progress=progress)
+    print_summary(summary)
+    if summary.files_failed:
+        sys.exit(7)
+
+
+COMMANDS = [score]

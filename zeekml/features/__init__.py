@@ -1,0 +1,1 @@
+"""Featurisers: per-conn flow features, temporal flow graphs, token streams, modality inputs."""

@@ -1,0 +1,168 @@
+"""The shared per-conn flow feature vector of MODELS.md, with scaling fitted on a corpus.
+
+One row per conn record: log1p of sizes and counts, bytes per packet each way, the resp/orig
+byte ratio, header overhead, one-hots of proto, conn_state and the top-K services, counts of each
+``history`` letter and its length, the resp_p bucket, and a missing flag for every unset number.
+Scaling (quantile clipping, then standardisation) is fitted once and stored with the weights, so
+``transform`` is the same function at training and at scoring time.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SCHEMA_VERSION = 1
+
+NUMERIC = ("duration", "orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts", "orig_ip_bytes",
+           "resp_ip_bytes", "missed_bytes")
+PROTOS = ("tcp", "udp", "icmp")
+CONN_STATES = ("S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH",
+               "SHR", "OTH")
+HISTORY_LETTERS = "SHADFRCGTWIQ^shadfrcgtwiq"
+PORT_BUCKETS = ("well_known", "registered", "ephemeral")
+
+
+def _num(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values (unset -> 0) and the missing mask."""
+    col = table.column(name)
+    missing = pc.is_null(col).to_numpy(zero_copy_only=False)
+    vals = pc.fill_null(pc.cast(col, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    vals = np.where(np.isfinite(vals), vals, 0.0)
+    return np.maximum(vals, 0.0), missing
+
+
+def _strings(table: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(pc.fill_null(table.column(name), "").to_pylist(), dtype=object)
+
+
+@dataclass
+class FlowFeaturizer:
+    """conn table (``zeekml.flows.CONN_SCHEMA``) -> float32 matrix ``[n_conns, n_features]``.
+
+    Args:
+        top_services: how many services get their own one-hot (the rest share "other").
+        hide_service: leave ``service`` and the ports out (for the service classification task).
+        clip_quantiles: quantiles that bound each raw feature before standardising.
+    """
+
+    top_services: int = 12
+    hide_service: bool = False
+    clip_quantiles: tuple[float, float] = (0.001, 0.999)
+    services: list[str] = field(default_factory=list)
+    lo: list[float] = field(default_factory=list)
+    hi: list[float] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    # -- fitting -----------------------------------------------------------------------------
+
+    def fit(self, table: pa.Table) -> "FlowFeaturizer":
+        if not self.hide_service:
+            svc = _strings(table, "service")
+            vals, counts = np.unique(svc[svc != ""], return_counts=True)
+            order = np.argsort(-counts, kind="stable")
+            self.services = [str(v) for v in vals[order][: self.top_services]]
+        raw = self._raw(table)
+        if len(raw) == 0:
+            raw = np.zeros((1, raw.shape[1]))
+        lo = np.quantile(raw, self.clip_quantiles[0], axis=0)
+        hi = np.quantile(raw, self.clip_quantiles[1], axis=0)
+        clipped = np.clip(raw, lo, hi)
+        self.lo, self.hi = lo.tolist(), hi.tolist()
+        self.mean = clipped.mean(axis=0).tolist()
+        std = clipped.std(axis=0)
+        self.std = np.where(std > 1e-9, std, 1.0).tolist()
+        return self
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.mean)
+
+    def transform(self, table: pa.Table) -> np.ndarray:
+        if not self.fitted:
+            raise RuntimeError("FlowFeaturizer.transform before fit")
+        raw = self._raw(table)
+        x = (np.clip(raw, self.lo, self.hi) - np.asarray(self.mean)) / np.asarray(self.std)
+        return x.astype(np.float32)
+
+    def fit_transform(self, table: pa.Table) -> np.ndarray:
+        return self.fit(table).transform(table)
+
+    # -- the features ------------------------------------------------------------------------
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = [f"log1p_{n}" for n in NUMERIC]
+        names += ["log1p_orig_bytes_per_pkt", "log1p_resp_bytes_per_pkt", "log1p_resp_orig_ratio",
+                  "log1p_header_overhead_per_pkt"]
+        names += [f"missing_{n}" for n in NUMERIC]
+        names += [f"proto_{p}" for p in PROTOS] + ["proto_other"]
+        names += [f"conn_state_{s}" for s in CONN_STATES] + ["conn_state_other"]
+        names += [f"history_{'up_' if c.isupper() else 'lo_' if c.islower() else ''}{c if c != '^' else 'caret'}"
+                  for c in HISTORY_LETTERS] + ["history_len"]
+        if not self.hide_service:
+            names += [f"service_{s}" for s in self.services] + ["service_other", "service_none"]
+            names += [f"resp_p_{b}" for b in PORT_BUCKETS]
+        return names
+
+    def _raw(self, table: pa.Table) -> np.ndarray:
+        n = table.num_rows
+        cols, miss = {}, {}
+        for name in NUMERIC:
+            cols[name], miss[name] = _num(table, name)
+        feats = [np.log1p(cols[name]) for name in NUMERIC]
+        opk, rpk = cols["orig_pkts"], cols["resp_pkts"]
+        feats.append(np.log1p(cols["orig_bytes"] / np.maximum(opk, 1)))
+        feats.append(np.log1p(cols["resp_bytes"] / np.maximum(rpk, 1)))
+        feats.append(np.log1p(cols["resp_bytes"] / np.maximum(cols["orig_bytes"], 1)))
+        overhead = (cols["orig_ip_bytes"] + cols["resp_ip_bytes"] - cols["orig_bytes"] - cols["resp_bytes"])
+        feats.append(np.log1p(np.maximum(overhead, 0) / np.maximum(opk + rpk, 1)))
+        feats += [miss[name].astype(np.float64) for name in NUMERIC]
+        feats += _one_hot(_strings(table, "proto"), PROTOS)
+        feats += _one_hot(_strings(table, "conn_state"), CONN_STATES)
+        hist = _strings(table, "history")
+        for c in HISTORY_LETTERS:
+            feats.append(np.fromiter((h.count(c) for h in hist), dtype=np.float64, count=n))
+        feats.append(np.fromiter((len(h) for h in hist), dtype=np.float64, count=n))
+        if not self.hide_service:
+            svc = _strings(table, "service")
+            hot = _one_hot(svc, tuple(self.services))
+            feats += hot[:-1]
+            feats.append(hot[-1] * (svc != ""))      # other
+            feats.append((svc == "").astype(np.float64))  # none
+            port, port_missing = _num(table, "id.resp_p")
+            feats.append(((port < 1024) & ~port_missing).astype(np.float64))
+            feats.append(((port >= 1024) & (port < 49152)).astype(np.float64))
+            feats.append((port >= 49152).astype(np.float64))
+        if n == 0:
+            return np.zeros((0, len(feats)))
+        return np.stack(feats, axis=1)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["clip_quantiles"] = list(self.clip_quantiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FlowFeaturizer":
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"flow feature schema {d.get('schema_version')} != {SCHEMA_VERSION}")
+        d = dict(d)
+        d["clip_quantiles"] = tuple(d["clip_quantiles"])
+        return cls(**d)
+
+
+def _one_hot(values: np.ndarray, vocab: tuple[str, ...]) -> list[np.ndarray]:
+    """One column per vocab entry plus a last "other" column."""
+    out = [(values == v).astype(np.float64) for v in vocab]
+    known = np.zeros(len(values), dtype=bool)
+    for v in vocab:
+        known |= values == v
+    out.append((~known).astype(np.float64))
+    return out

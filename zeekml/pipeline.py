@@ -1,0 +1,251 @@
+"""source -> parse -> flows -> features -> detectors -> calibration -> verdicts -> sinks.
+
+The one place that sees every step. ``score_paths`` is what ``zeekml score`` runs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from zeekml._core.errors import OutputError, ZeekmlError
+from zeekml.flows.table import conn_table, is_conn_batch
+from zeekml.parse import Quarantine, read_log
+from zeekml.parse.reject import RejectedRecord
+from zeekml.scoring.calibrate import ThresholdCalibrator
+from zeekml.scoring.detector import Detector, IsolationForestDetector
+from zeekml.scoring.ensemble import combine
+from zeekml.scoring.verdict import Verdict
+from zeekml.sinks.jsonl import QuarantineWriter, VerdictWriter
+from zeekml.sinks.zeek_notice import NoticeWriter
+from zeekml.sources.archive import expand_inputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreOptions:
+    """Settings of one scoring run.
+
+    Args:
+        fpr: target false-positive rate of each detector's threshold on the baseline.
+        baseline: logs of a period taken as normal, to fit and calibrate on. Default: the
+            earliest ``baseline_fraction`` of the scored records by ``ts``.
+        seed: makes fitting reproducible.
+        zeek_feedback: also write the verdict file that the Zeek package reads.
+    """
+
+    fpr: float = 0.001
+    baseline: list[str] = field(default_factory=list)
+    baseline_fraction: float = 0.3
+    seed: int = 0
+    zeek_feedback: str | None = None
+    detectors: list[str] = field(default_factory=lambda: ["iforest"])
+
+
+@dataclass
+class ScoreSummary:
+    files: int = 0
+    files_failed: list[tuple[str, str]] = field(default_factory=list)
+    records_read: int = 0
+    conn_records: int = 0
+    other_records: int = 0
+    quarantined: int = 0
+    quarantine_by_reason: dict[str, int] = field(default_factory=dict)
+    scored: int = 0
+    baseline_records: int = 0
+    alerts: int = 0
+    alerts_by_note: dict[str, int] = field(default_factory=dict)
+    thresholds: dict[str, dict] = field(default_factory=dict)
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def flows_per_s(self) -> float:
+        return self.scored / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["flows_per_s"] = self.flows_per_s
+        return d
+
+
+ProgressFn = Callable[[str, int], None]
+
+
+def load_conns(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
+               on_bytes: ProgressFn | None = None) -> pa.Table:
+    """Read every file, keep conn records; per-file failures are recorded and the rest goes on."""
+    batches = []
+    for path in paths:
+        try:
+            for b in read_log(path, quarantine):
+                summary.records_read += b.num_rows
+                if is_conn_batch(b):
+                    batches.append(b)
+                    summary.conn_records += b.num_rows
+                else:
+                    summary.other_records += b.num_rows
+            summary.files += 1
+        except ZeekmlError as e:
+            summary.files_failed.append((path, e.message))
+            log.warning("%s", e)
+        if on_bytes:
+            on_bytes(path, os.path.getsize(path) if os.path.exists(path) else 0)
+    return conn_table(batches)
+
+
+def baseline_rows(table: pa.Table, fraction: float) -> np.ndarray:
+    """Indices of the earliest ``fraction`` of conns by ts (unset ts sorts last)."""
+    n = table.num_rows
+    k = max(1, int(round(n * fraction)))
+    ts = pc.fill_null(table.column("ts"), np.inf).to_numpy(zero_copy_only=False)
+    return np.sort(np.argsort(ts, kind="stable")[:k])
+
+
+def build_detectors(names: list[str], seed: int) -> list[Detector]:
+    out: list[Detector] = []
+    for name in names:
+        if name == "iforest":
+            out.append(IsolationForestDetector(seed=seed))
+        else:
+            raise ZeekmlError(f"unknown detector {name!r} (available: iforest)")
+    return out
+
+
+def _split_fit_calibrate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit on one half of the baseline and calibrate on the other, so the threshold is not set
+    on the very conns the model memorised (which would make it too low)."""
+    idx = np.random.default_rng(seed).permutation(n)
+    if n < 200:
+        return idx, idx
+    half = n // 2
+    return np.sort(idx[:half]), np.sort(idx[half:])
+
+
+def score_table(table: pa.Table, baseline: pa.Table, options: ScoreOptions,
+                summary: ScoreSummary) -> list[Verdict]:
+    """Fit, calibrate and score; one verdict per conn of ``table``, in order."""
+    if table.num_rows == 0:
+        return []
+    if baseline.num_rows == 0:
+        raise ZeekmlError("the baseline holds no conn records to fit on")
+    detectors = build_detectors(options.detectors, options.seed)
+    fit_idx, cal_idx = _split_fit_calibrate(baseline.num_rows, options.seed)
+    calibrated: dict[str, np.ndarray] = {}
+    raw: dict[str, np.ndarray] = {}
+    for det in detectors:
+        det.fit(baseline.take(pa.array(fit_idx)))
+        cal = ThresholdCalibrator(fpr=options.fpr).fit(det.score(baseline.take(pa.array(cal_idx))))
+        summary.thresholds[det.name] = cal.to_dict() | {"effective_fpr": cal.effective_fpr}
+        raw[det.name] = det.score(table)
+        calibrated[det.name] = cal.calibrate(raw[det.name])
+    combined, top = combine(calibrated)
+    alert = combined >= 1.0
+    alert_rows = np.flatnonzero(alert)
+    explanations: dict[int, str] = {}
+    for d_i, det in enumerate(detectors):
+        rows = alert_rows[top[alert_rows] == d_i]
+        for r, text in zip(rows, det.explain(table, rows)):
+            explanations[int(r)] = text
+    cols = {name: table.column(name).to_pylist() for name in
+            ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto")}
+    verdicts = []
+    names = list(calibrated)
+    for i in range(table.num_rows):
+        det = detectors[int(top[i])]
+        score = float(combined[i])
+        is_alert = bool(alert[i])
+        v = Verdict(
+            ts=cols["ts"][i] if cols["ts"][i] is not None else 0.0,
+            uid=cols["uid"][i] or f"row{i}", orig_h=cols["id.orig_h"][i], orig_p=cols["id.orig_p"][i],
+            resp_h=cols["id.resp_h"][i], resp_p=cols["id.resp_p"][i], proto=cols["proto"][i],
+            score=score, alert=is_alert, model=det.name, note=det.note,
+            msg=(f"{det.name} anomaly score {score:.3f} (1.0 = threshold at fpr {options.fpr:g})"
+                 if is_alert else ""),
+            sub=explanations.get(i, ""),
+            scores={n: float(calibrated[n][i]) for n in names},
+        )
+        verdicts.append(v)
+    return verdicts
+
+
+def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = None,
+                progress: bool = False) -> ScoreSummary:
+    """Score every conn record under ``paths``; write verdicts, notices and quarantine to ``out_dir``.
+
+    Outputs: ``verdicts.jsonl``, ``zeekml_notice.log``, ``quarantine.jsonl``, ``summary.json``
+    (and the Zeek feedback file when ``options.zeek_feedback`` is set).
+    """
+    options = options or ScoreOptions()
+    t0 = time.perf_counter()
+    files = expand_inputs(paths)
+    if not files:
+        raise ZeekmlError("no conn or eve logs found in the given paths")
+    baseline_files = expand_inputs(options.baseline) if options.baseline else []
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create output directory: {e.strerror}", out_dir) from e
+    summary = ScoreSummary()
+    qwriter = QuarantineWriter(os.path.join(out_dir, "quarantine.jsonl"))
+    quarantine = Quarantine(sink=qwriter)
+
+    from zeekml._core.progress import file_progress
+    with file_progress(files + baseline_files, enabled=progress) as advance:
+        table = load_conns(files, quarantine, summary, advance)
+        if baseline_files:
+            base_summary = ScoreSummary()
+            baseline = load_conns(baseline_files, quarantine, base_summary, advance)
+        else:
+            baseline = table.take(pa.array(baseline_rows(table, options.baseline_fraction))) \
+                if table.num_rows else table
+    if summary.files == 0:
+        qwriter.close()
+        raise ZeekmlError("no input file could be read: " +
+                          "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
+    summary.baseline_records = baseline.num_rows
+    verdicts = score_table(table, baseline, options, summary)
+
+    notices = NoticeWriter(os.path.join(out_dir, "zeekml_notice.log"))
+    vwriter = VerdictWriter(os.path.join(out_dir, "verdicts.jsonl"))
+    notes: Counter[str] = Counter()
+    try:
+        for v in verdicts:
+            vwriter.write(v)
+            if v.alert:
+                notices.write(v)
+                notes[v.note] += 1
+    finally:
+        vwriter.close()
+        notices.close()
+        qwriter.close()
+    if options.zeek_feedback:
+        from zeekml.sinks.zeek_input import VerdictFeedbackWriter
+        VerdictFeedbackWriter(options.zeek_feedback).write([v for v in verdicts if v.alert])
+        summary.outputs["zeek_feedback"] = options.zeek_feedback
+    summary.scored = len(verdicts)
+    summary.alerts = sum(notes.values())
+    summary.alerts_by_note = dict(notes)
+    summary.quarantined = quarantine.count
+    summary.quarantine_by_reason = dict(quarantine.by_reason)
+    summary.seconds = time.perf_counter() - t0
+    summary.outputs.update({
+        "verdicts": vwriter.path, "notices": notices._log.path, "quarantine": qwriter.path,
+        "summary": os.path.join(out_dir, "summary.json"),
+    })
+    with open(summary.outputs["summary"], "w") as f:
+        json.dump(summary.to_dict(), f, indent=2)
+    return summary
+
+
+def rejected_to_dict(r: RejectedRecord) -> dict:
+    return {"path": r.path, "line": r.line, "offset": r.offset, "reason": r.reason}

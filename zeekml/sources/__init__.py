@@ -1,0 +1,1 @@
+"""Sources: batch archives (rotated, gzip), live Zeek log directories, pcap replay."""
