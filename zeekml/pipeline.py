@@ -49,6 +49,8 @@ class ScoreOptions:
     seed: int = 0
     zeek_feedback: str | None = None
     detectors: list[str] = field(default_factory=lambda: ["iforest"])
+    models_dir: str | None = None   # learned detectors; None = none, "" = the shipped models/
+    device: str = "cpu"
 
 
 @dataclass
@@ -111,13 +113,17 @@ def baseline_rows(table: pa.Table, fraction: float) -> np.ndarray:
     return np.sort(np.argsort(ts, kind="stable")[:k])
 
 
-def build_detectors(names: list[str], seed: int) -> list[Detector]:
+def build_detectors(names: list[str], seed: int, models_dir: str | None = None,
+                    device: str = "cpu") -> list[Detector]:
     out: list[Detector] = []
     for name in names:
         if name == "iforest":
             out.append(IsolationForestDetector(seed=seed))
         else:
             raise ZeekmlError(f"unknown detector {name!r} (available: iforest)")
+    if models_dir is not None:
+        from zeekml.scoring.learned import default_models_dir, load_learned_detectors
+        out.extend(load_learned_detectors(models_dir or default_models_dir(), device))
     return out
 
 
@@ -138,7 +144,7 @@ def score_table(table: pa.Table, baseline: pa.Table, options: ScoreOptions,
         return []
     if baseline.num_rows == 0:
         raise ZeekmlError("the baseline holds no conn records to fit on")
-    detectors = build_detectors(options.detectors, options.seed)
+    detectors = build_detectors(options.detectors, options.seed, options.models_dir, options.device)
     fit_idx, cal_idx = _split_fit_calibrate(baseline.num_rows, options.seed)
     calibrated: dict[str, np.ndarray] = {}
     raw: dict[str, np.ndarray] = {}

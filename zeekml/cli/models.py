@@ -1,0 +1,135 @@
+"""The model protocol: ``pretrain``, ``finetune``, ``predict``, ``eval``, ``models list|verify``."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import click
+
+from zeekml._core.device import resolve_device
+from zeekml.scoring.learned import default_models_dir
+
+MODEL_CHOICES = click.Choice(["gnn", "moe", "dense", "mae"])
+DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
+                             type=click.Choice(["auto", "cpu", "cuda"]),
+                             help="auto = CUDA when present, else CPU.")
+
+
+@click.command("pretrain")
+@click.option("--model", "model", required=True, type=MODEL_CHOICES)
+@click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--epochs", default=None, type=int, help="Override the model's default.")
+@DEVICE_OPTION
+def pretrain(model, logs, out, seed, epochs, device):
+    """Self-supervised pretraining on LOGS (labels ignored)."""
+    from zeekml.train.protocol import run_pretrain
+
+    opts = {"device": resolve_device(device)}
+    if epochs is not None:
+        opts["epochs"] = epochs
+    metrics = run_pretrain(model, list(logs), out, seed=seed, **opts)
+    click.echo(json.dumps({"out": out, **(metrics or {})}, indent=2, default=str))
+
+
+@click.command("finetune")
+@click.option("--model", "model", required=True, type=MODEL_CHOICES)
+@click.option("--base", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Pretrained model directory to start from.")
+@click.option("--scratch", is_flag=True, help="Start from random weights instead of --base.")
+@click.option("--train", "train", required=True, multiple=True, type=click.Path(exists=True))
+@click.option("--label-field", required=True,
+              type=click.Choice(["label", "detailedlabel", "detailed-label", "service"]))
+@click.option("--shots", type=int, default=None, help="K labeled conns per class.")
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=None)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--epochs", default=None, type=int)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@DEVICE_OPTION
+def finetune(model, base, scratch, train, label_field, shots, fraction, seed, epochs, out, device):
+    """Supervised finetuning on the earliest 70% of --train by time."""
+    from zeekml.train.protocol import run_finetune
+
+    if bool(base) == bool(scratch):
+        raise click.UsageError("give exactly one of --base DIR or --scratch")
+    if shots is not None and fraction is not None:
+        raise click.UsageError("give at most one of --shots and --fraction")
+    opts = {"device": resolve_device(device)}
+    if epochs is not None:
+        opts["epochs"] = epochs
+    metrics = run_finetune(model, base, list(train), label_field, shots, fraction, seed, out, **opts)
+    click.echo(json.dumps({"out": out, **(metrics or {})}, indent=2, default=str))
+
+
+@click.command("predict")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@DEVICE_OPTION
+def predict(model_dir, logs, out, device):
+    """One JSON line per input conn: uid, ts, pred, proba (and score for anomaly models)."""
+    from zeekml.train.protocol import run_predict
+
+    n = run_predict(model_dir, list(logs), out, device=resolve_device(device))
+    click.echo(f"{n} predictions -> {out}")
+
+
+@click.command("eval")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Where the PNGs go (default: the model directory).")
+@DEVICE_OPTION
+def eval_(model_dir, logs, out_dir, device):
+    """Macro-F1, weighted F1, accuracy, AUROC and per-class table on the latest 30% by time."""
+    from zeekml.train.protocol import run_eval
+
+    report = run_eval(model_dir, list(logs), out_dir, device=resolve_device(device))
+    per_class = report.pop("per_class", None)
+    click.echo(json.dumps(report, indent=2, default=str))
+    if per_class:
+        click.echo(f"{'class':30s} {'precision':>9s} {'recall':>7s} {'f1':>6s} {'support':>8s}")
+        for c, m in per_class.items():
+            click.echo(f"{c[:30]:30s} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {m['support']:8d}")
+
+
+@click.group("models")
+def models():
+    """The model directories shipped in models/ (or $ZEEKML_MODELS)."""
+
+
+@models.command("list")
+@click.option("--dir", "root", default=None, type=click.Path(file_okay=False))
+def models_list(root):
+    """Each model directory with its kind, parameter count and metrics."""
+    root = root or default_models_dir()
+    found = sorted(glob.glob(os.path.join(root, "*", "manifest.json")))
+    if not found:
+        click.echo(f"no models under {root}")
+        return
+    for m in found:
+        d = os.path.dirname(m)
+        with open(os.path.join(d, "config.json")) as f:
+            cfg = json.load(f)
+        n = cfg.get("n_params")
+        click.echo(f"{os.path.basename(d):24s} {cfg.get('kind', '?'):6s} "
+                   f"{(f'{n:,} params' if n else ''):>16s}  {cfg.get('label_field') or 'pretrained'}")
+
+
+@models.command("verify")
+@click.option("--dir", "root", default=None, type=click.Path(file_okay=False))
+def models_verify(root):
+    """Check every model file against the sha256 in its manifest."""
+    from zeekml.train.artifact import verify_model_dir
+
+    root = root or default_models_dir()
+    found = sorted(glob.glob(os.path.join(root, "*", "manifest.json")))
+    for m in found:
+        verify_model_dir(os.path.dirname(m))
+        click.echo(f"ok {os.path.dirname(m)}")
+    click.echo(f"{len(found)} model directories verified")
+
+
+COMMANDS = [pretrain, finetune, predict, eval_, models]
