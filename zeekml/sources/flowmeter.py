@@ -409,13 +409,20 @@ class FlowMeter:
         seed: seeds the uid generator (same seed, same pcap -> same uids).
         flow_packets: packets kept per connection for ``zeekml_flow.log`` (default 32).
         sniff: run the port-independent service sniffer (default True).
+        likely_server_ports: ``(tcp_ports, udp_ports)`` Zeek's ``likely_server_ports`` (default:
+            the ports Zeek's default scripts add; a bare ``zeek -b`` run loading only
+            base/protocols/conn has none).
     """
 
     SWEEP_INTERVAL = 10.0
 
     def __init__(self, on_conn: Callable[[Conn], None] | None = None, seed: int = 0,
-                 flow_packets: int = 32, sniff: bool = True):
+                 flow_packets: int = 32, sniff: bool = True,
+                 likely_server_ports: tuple[frozenset, frozenset] | None = None):
         self.conns: dict = {}
+        if likely_server_ports is None:
+            likely_server_ports = (LIKELY_SERVER_PORTS_TCP, LIKELY_SERVER_PORTS_UDP)
+        self.likely_tcp, self.likely_udp = (frozenset(x) for x in likely_server_ports)
         self.finished: list[Conn] = []
         self.on_conn = on_conn or self.finished.append
         self.uids = UidGenerator(seed)
@@ -741,7 +748,7 @@ class FlowMeter:
         key = (17,) + (a + b if a <= b else b + a)
         c = self._lookup(key, t)
         if c is None:
-            if (sport in LIKELY_SERVER_PORTS_UDP and dport not in LIKELY_SERVER_PORTS_UDP
+            if (sport in self.likely_udp and dport not in self.likely_udp
                     and not _multi_or_broadcast(dst)):
                 c = self._new(key, "udp", 17, dst, dport, src, sport, t, UDP_INACTIVITY, parent)
                 c.hist.append("^")
@@ -824,8 +831,8 @@ class FlowMeter:
         if c is None:
             flip = False
             if not (flags & SYN) or (flags & ACK):
-                if sport in LIKELY_SERVER_PORTS_TCP:
-                    if dport in LIKELY_SERVER_PORTS_TCP:
+                if sport in self.likely_tcp:
+                    if dport in self.likely_tcp:
                         flip = not (flags & SYN) and sport < dport
                     else:
                         flip = True
