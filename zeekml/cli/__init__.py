@@ -18,6 +18,7 @@ from zeekml._core.errors import ZeekmlError
 COMMAND_MODULES = (
     "cat",
     "score",
+    "replay",
     "models",
     "zeek_package",
 )
