@@ -1,0 +1,79 @@
+"""``zeekml replay`` end to end through click's CliRunner (built-in engine; CI has no Zeek)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from zeekml.cli import main
+from zeekml.parse import read_table
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "zeek-btest", "Traces")
+WIKI = os.path.join(DATA, "wikipedia.pcap")
+
+
+def test_replay_builtin_writes_conn_and_flow_logs(tmp_path):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(out), "--engine", "builtin", "--no-score"])
+    assert r.exit_code == 0, r.output
+    assert "engine: builtin" in r.output
+    conn = read_table([str(out / "conn.log")])
+    assert conn.num_rows == 34
+    assert set(conn.column("proto").to_pylist()) == {"tcp", "udp"}
+    flows = read_table([str(out / "zeekml_flow.log")])
+    assert flows.num_rows == 34
+    assert sorted(flows.column("uid").to_pylist()) == sorted(conn.column("uid").to_pylist())
+    text = (out / "conn.log").read_text()
+    assert "#path\tconn" in text and text.rstrip().splitlines()[-1].startswith("#close")
+
+
+def test_replay_json(tmp_path):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(out), "--engine", "builtin",
+                                  "--no-score", "--json", "--flow-packets", "4"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (out / "conn.json").read_text().splitlines()]
+    assert len(rows) == 34
+    s0 = next(x for x in rows if x["conn_state"] == "S0")
+    assert "duration" not in s0 and "id.orig_h" in s0 and isinstance(s0["ts"], float)
+    flows = [json.loads(line) for line in (out / "zeekml_flow.json").read_text().splitlines()]
+    assert max(f["n_pkts"] for f in flows) == 4
+
+
+def test_replay_then_score(tmp_path):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(out), "--engine", "builtin"])
+    assert r.exit_code == 0, r.output
+    assert (out / "verdicts.jsonl").exists() and (out / "zeekml_notice.log").exists()
+
+
+def test_damaged_capture_exit_code_and_packet_number(tmp_path):
+    bad = tmp_path / "cut.pcap"
+    data = open(WIKI, "rb").read()
+    bad.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["replay", str(bad), "--out", str(out), "--engine", "builtin",
+                                  "--no-score"])
+    assert r.exit_code == 4, r.output
+    assert "packet " in r.output and "truncated" in r.output
+    assert read_table([str(out / "conn.log")]).num_rows > 0
+
+
+def test_missing_input_and_unavailable_zeek(tmp_path, monkeypatch):
+    r = CliRunner().invoke(main, ["replay", str(tmp_path / "nope.pcap"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    monkeypatch.setenv("PATH", str(tmp_path))  # no zeek here
+    r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(tmp_path / "o"), "--engine", "zeek"])
+    assert r.exit_code == 7, r.output
+    assert "builtin" in r.output
+
+
+@pytest.mark.skipif(shutil.which("zeek") is None, reason="zeek not installed")
+def test_engine_zeek_when_installed(tmp_path):  # pragma: no cover - CI has no zeek
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(out), "--engine", "zeek", "--no-score"])
+    assert r.exit_code == 0, r.output
+    assert read_table([str(out / "conn.log")]).num_rows == 34

@@ -1,0 +1,218 @@
+"""Unit tests of the built-in flow meter on hand-built packets (exact values, Zeek semantics)."""
+from __future__ import annotations
+
+import random
+import socket
+import struct
+
+import pytest
+
+from zeekml.sources.flowmeter import FlowMeter, is_private
+from zeekml.sources.flowmeter_decode import link_to_ip
+
+A, B = "10.0.0.1", "192.0.2.7"
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+
+def ip4(src, dst, proto, payload, ident=1, frag=0):
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, frag, 64, proto, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    return hdr + payload
+
+
+def ip6(src, dst, nh, payload):
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nh, 64,
+                       socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)) + payload
+
+
+def tcp(sport, dport, seq, ack, flags, data=b"", win=1000):
+    return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, win, 0, 0) + data
+
+
+def udp(sport, dport, data=b""):
+    return struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+
+
+def icmp(t, code, data=b"abcd"):
+    return struct.pack("!BBHI", t, code, 0, 0) + data
+
+
+def eth(ip, etype=0x0800):
+    return b"\x00\x11\x22\x33\x44\x55" + b"\x66\x77\x88\x99\xaa\xbb" + struct.pack("!H", etype) + ip
+
+
+def run(packets, linktype=1, **kw):
+    m = FlowMeter(seed=3, **kw)
+    for ts, frame in packets:
+        m.packet(ts, frame, linktype)
+    m.flush()
+    return [c.record() for c in m.finished], m
+
+
+def handshake_session(t0=100.0, sport=40000, dport=80):
+    c, s = 1000, 5000
+    return [
+        (t0, eth(ip4(A, B, 6, tcp(sport, dport, c, 0, SYN)))),
+        (t0 + 0.1, eth(ip4(B, A, 6, tcp(dport, sport, s, c + 1, SYN | ACK)))),
+        (t0 + 0.2, eth(ip4(A, B, 6, tcp(sport, dport, c + 1, s + 1, ACK)))),
+        (t0 + 0.3, eth(ip4(A, B, 6, tcp(sport, dport, c + 1, s + 1, PSH | ACK, b"GET / HTTP/1.1\r\n\r\n")))),
+        (t0 + 0.4, eth(ip4(B, A, 6, tcp(dport, sport, s + 1, c + 19, PSH | ACK, b"HTTP/1.1 200 OK\r\n\r\nhello")))),
+        (t0 + 0.5, eth(ip4(A, B, 6, tcp(sport, dport, c + 19, s + 25, FIN | ACK)))),
+        (t0 + 0.6, eth(ip4(B, A, 6, tcp(dport, sport, s + 25, c + 20, FIN | ACK)))),
+        (t0 + 0.7, eth(ip4(A, B, 6, tcp(sport, dport, c + 20, s + 26, ACK)))),
+    ]
+
+
+def test_full_tcp_session():
+    (r,), _ = run(handshake_session())
+    assert r["conn_state"] == "SF"
+    assert r["history"] == "ShADdFf"  # the responder never sent a pure ACK
+    assert (r["orig_bytes"], r["resp_bytes"]) == (18, 24)
+    assert (r["orig_pkts"], r["resp_pkts"]) == (5, 3)
+    assert r["orig_ip_bytes"] == 5 * 40 + 18
+    assert r["duration"] == pytest.approx(0.6)  # the final ACK after both FINs does not extend it
+    assert r["service"] == "http"
+    assert (r["local_orig"], r["local_resp"]) == (True, True)
+    assert r["ip_proto"] == 6 and r["missed_bytes"] == 0
+
+
+def test_syn_only_is_s0_and_rejected_syn_is_rej():
+    (r,), _ = run([(1.0, eth(ip4(A, B, 6, tcp(1234, 22, 7, 0, SYN))))])
+    assert (r["conn_state"], r["history"], r["duration"], r["orig_bytes"]) == ("S0", "S", None, None)
+    (r,), _ = run([(1.0, eth(ip4(A, B, 6, tcp(1234, 22, 7, 0, SYN)))),
+                   (1.1, eth(ip4(B, A, 6, tcp(22, 1234, 0, 8, RST | ACK))))])
+    assert (r["conn_state"], r["history"]) == ("REJ", "Sr")
+
+
+def test_syn_ack_from_server_port_is_flipped():
+    (r,), _ = run([(1.0, eth(ip4(B, A, 6, tcp(80, 40001, 9, 5, SYN | ACK))))])
+    assert (r["id.orig_h"], r["id.orig_p"], r["id.resp_p"]) == (A, 40001, 80)
+    assert r["history"] == "^h"
+
+
+def test_unanswered_syns_expire_after_the_attempt_delay():
+    pk = [(1.0, eth(ip4(A, B, 6, tcp(1234, 22, 7, 0, SYN)))),
+          (4.0, eth(ip4(A, B, 6, tcp(1234, 22, 7, 0, SYN)))),  # retransmission: same conn
+          (10.0, eth(ip4(A, B, 6, tcp(1234, 22, 7, 0, SYN))))]  # > 5 s after the first: new conn
+    recs, _ = run(pk)
+    assert [(r["orig_pkts"], r["history"]) for r in recs] == [(2, "S"), (1, "S")]
+
+
+def test_icmp_echo_pair_is_one_connection_with_type_and_counterpart_ports():
+    recs, _ = run([(1.0, eth(ip4(A, B, 1, icmp(8, 0)))), (1.5, eth(ip4(B, A, 1, icmp(0, 0))))])
+    assert len(recs) == 1
+    r = recs[0]
+    assert (r["proto"], r["id.orig_p"], r["id.resp_p"], r["conn_state"]) == ("icmp", 8, 0, "OTH")
+    assert (r["orig_bytes"], r["resp_bytes"], r["ip_proto"]) == (4, 4, 1)
+    (r,), _ = run([(1.0, eth(ip4(A, B, 1, icmp(3, 3))))])  # one-way: resp_p is the code
+    assert (r["id.orig_p"], r["id.resp_p"]) == (3, 3)
+
+
+def test_udp_inactivity_timeout_splits_connections():
+    recs, _ = run([(1.0, eth(ip4(A, B, 17, udp(5000, 6000, b"x")))),
+                   (2.0, eth(ip4(B, A, 17, udp(6000, 5000, b"yy")))),
+                   (70.0, eth(ip4(A, B, 17, udp(5000, 6000, b"z"))))])
+    assert [(r["conn_state"], r["history"], r["orig_bytes"]) for r in recs] == [
+        ("SF", "Dd", 1), ("S0", "D", None)]
+
+
+def test_unknown_transport_and_ipv6():
+    (r,), _ = run([(1.0, eth(ip4(A, B, 132, b"\x00" * 12))), (1.5, eth(ip4(A, B, 132, b"\x00" * 12)))])
+    assert (r["proto"], r["id.orig_p"], r["id.resp_p"], r["ip_proto"], r["orig_bytes"]) == (
+        "unknown_transport", 0, 0, 132, 0)
+    (r,), _ = run([(1.0, eth(ip6("2001:db8::1", "2001:db8::2", 17, udp(1, 2, b"abc")), 0x86DD))])
+    assert (r["id.orig_h"], r["orig_ip_bytes"], r["local_orig"]) == ("2001:db8::1", 51, True)
+
+
+@pytest.mark.parametrize("linktype,wrap", [
+    (1, lambda ip: eth(ip)),
+    (1, lambda ip: eth(b"\x00\x05\x08\x00" + ip, 0x8100)),  # 802.1Q
+    (1, lambda ip: eth(b"\x00\x05\x81\x00\x00\x06\x08\x00" + ip, 0x88A8)),  # QinQ
+    (1, lambda ip: eth(struct.pack("!I", (16 << 12) | 0x100 | 64) + ip, 0x8847)),  # MPLS
+    (1, lambda ip: eth(struct.pack("!BBHH", 0x11, 0, 1, len(ip) + 2) + b"\x00\x21" + ip, 0x8864)),
+    (0, lambda ip: struct.pack("<I", 2) + ip),  # NULL
+    (108, lambda ip: struct.pack("!I", 2) + ip),  # LOOP
+    (101, lambda ip: ip),  # raw
+    (228, lambda ip: ip),
+    (9, lambda ip: b"\xff\x03\x00\x21" + ip),  # PPP
+    (113, lambda ip: b"\x00" * 14 + b"\x08\x00" + ip),  # Linux SLL
+    (127, lambda ip: struct.pack("<BBHI", 0, 0, 8, 0) + bytes([0x08, 0x01]) + b"\x00" * 22
+     + b"\xaa\xaa\x03\x00\x00\x00\x08\x00" + ip),  # radiotap + 802.11 data
+    (105, lambda ip: bytes([0x88, 0x01]) + b"\x00" * 24 + b"\xaa\xaa\x03\x00\x00\x00\x08\x00" + ip),
+])
+def test_link_layers(linktype, wrap):
+    frame = wrap(ip4(A, B, 17, udp(1111, 2222, b"hello")))
+    off, ver = link_to_ip(linktype, frame)
+    assert ver == 4 and frame[off] == 0x45
+    (r,), _ = run([(1.0, frame)], linktype=linktype)
+    assert (r["id.orig_p"], r["id.resp_p"], r["orig_ip_bytes"]) == (1111, 2222, 33)
+
+
+def test_gre_and_vxlan_tunnels_set_tunnel_parents():
+    inner = ip4("172.16.0.1", "172.16.0.2", 17, udp(1, 2, b"x"))
+    gre = struct.pack("!HH", 0, 0x0800) + inner
+    recs, m = run([(1.0, eth(ip4(A, B, 47, gre)))])
+    (r,) = recs  # GRE itself is not a conn.log row
+    assert r["tunnel_parents"] and r["id.orig_h"] == "172.16.0.1"
+    vx = struct.pack("!BBBBI", 0x08, 0, 0, 0, 0x100) + eth(inner)
+    recs, _ = run([(1.0, eth(ip4(A, B, 17, udp(40000, 4789, vx))))])
+    outer = next(r for r in recs if r["id.resp_p"] == 4789)
+    inner_r = next(r for r in recs if r["id.resp_p"] == 2)
+    assert outer["service"] == "vxlan" and inner_r["tunnel_parents"] == [outer["uid"]]
+
+
+def test_ipv4_fragments_are_reassembled():
+    payload = udp(53000, 9999, b"A" * 100)
+    f1 = ip4(A, B, 17, payload[:48], ident=7, frag=0x2000)
+    f2 = ip4(A, B, 17, payload[48:], ident=7, frag=48 // 8)
+    (r,), m = run([(1.0, eth(f2)), (1.0, eth(f1))])
+    assert (r["id.orig_p"], r["id.resp_p"], r["orig_pkts"], r["orig_ip_bytes"]) == (53000, 9999, 1, 128)
+    assert m.stats.fragments == 2
+
+
+def test_hostile_frames_never_crash():
+    rng = random.Random(1234)
+    base = [f for _, f in handshake_session()]
+    frames = []
+    for f in base:
+        for cut in range(0, len(f), 3):
+            frames.append(f[:cut])  # truncated at every length
+    for _ in range(3000):
+        f = bytearray(rng.choice(base))
+        for _ in range(rng.randint(1, 6)):
+            f[rng.randrange(len(f))] = rng.randrange(256)  # bogus lengths, flags, versions
+        frames.append(bytes(f))
+    for _ in range(500):
+        frames.append(bytes(rng.randrange(256) for _ in range(rng.randint(0, 120))))
+    # Bogus IP lengths, header lengths and fragment floods.
+    frames.append(eth(b"\x4f" + b"\x00" * 40))
+    frames.append(eth(struct.pack("!BBH", 0x45, 0, 65535) + b"\x00" * 30))
+    frames += [eth(ip4(A, B, 17, b"\x00" * 8, ident=i, frag=0x2000 | i)) for i in range(200)]
+    frames.append(eth(ip4(A, B, 6, tcp(1, 2, 0, 0, 0xFF)[:-2] + b"\xf0")))
+    for lt in (0, 1, 9, 101, 105, 108, 113, 127, 276, 999):
+        m = FlowMeter()
+        for i, f in enumerate(frames):
+            m.packet(float(i), f, lt)
+        m.flush()
+        for c in m.finished:
+            c.record()
+            c.flow_record()
+
+
+def test_private_address_space():
+    assert is_private(socket.inet_aton("100.64.1.1"))
+    assert is_private(socket.inet_aton("224.0.0.251"))
+    assert not is_private(socket.inet_aton("8.8.8.8"))
+    assert not is_private(socket.inet_pton(socket.AF_INET6, "ff02::fb"))
+    assert is_private(socket.inet_pton(socket.AF_INET6, "fe80::1"))
+
+
+def test_flow_record_first_packets():
+    (c,), _ = (lambda recs_m: ([recs_m[1].finished[0]], None))(run(handshake_session()))
+    f = c.flow_record()
+    assert f["n_pkts"] == 8 and f["dirs"] == [0, 1, 0, 0, 1, 0, 1, 0]
+    assert f["ip_lens"][:3] == [40, 40, 40] and f["ip_lens"][3] == 58
+    assert f["iats"][0] == 0.0 and f["iats"][1] == pytest.approx(0.1)
+    assert f["tcp_flags"][:2] == [SYN, SYN | ACK]
+    _, m = run(handshake_session(), flow_packets=3)
+    assert m.finished[0].flow_record()["n_pkts"] == 3
