@@ -118,14 +118,25 @@ PRIVATE_NETS = [_net(s) for s in (
 )]
 
 
+_PRIVATE_CACHE: dict[bytes, bool] = {}
+
+
 def is_private(addr: bytes) -> bool:
     """True when ``addr`` (4 or 16 raw bytes) is in Zeek's ``Site::private_address_space``."""
+    hit = _PRIVATE_CACHE.get(addr)
+    if hit is not None:
+        return hit
     n = len(addr)
     v = int.from_bytes(addr, "big")
+    res = False
     for ln, net, mask in PRIVATE_NETS:
         if ln == n and (v & mask) == net:
-            return True
-    return False
+            res = True
+            break
+    if len(_PRIVATE_CACHE) > 100000:
+        _PRIVATE_CACHE.clear()
+    _PRIVATE_CACHE[bytes(addr)] = res
+    return res
 
 
 def _multi_or_broadcast(addr: bytes) -> bool:
@@ -140,19 +151,14 @@ def addr_str(addr: bytes) -> str:
 
 
 class UidGenerator:
-    """Zeek-style connection uids: ``C`` + base62 of 96 random bits, deterministic per seed."""
+    """Zeek-style connection uids: ``C`` + 17 base62 digits (~101 random bits), deterministic per seed."""
 
     def __init__(self, seed: int = 0, prefix: str = "C"):
-        self._rng = random.Random(seed)
+        self._choices = random.Random(seed).choices
         self.prefix = prefix
 
     def __call__(self) -> str:
-        v = self._rng.getrandbits(96)
-        out = []
-        while v:
-            v, r = divmod(v, 62)
-            out.append(_B62[r])
-        return self.prefix + "".join(out)
+        return self.prefix + "".join(self._choices(_B62, k=17))
 
 
 def _seq_delta(a: int, b: int) -> int:
