@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from zeekml.sources import flowmeter_decode as dec
-from zeekml.sources.flowmeter_sniff import sniff_tcp, sniff_udp
+from zeekml.sources.flowmeter_sniff import (STARTTLS_SERVICES, ftp_expectations,
+                                             irc_dcc_expectations, looks_tls, sniff_tcp, sniff_udp)
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,8 @@ class Conn:
                  "orig_size", "resp_size", "orig_active", "resp_active", "tunnel_parents",
                  "service", "missed", "orig_ep", "resp_ep", "inactivity", "attempt_at",
                  "remove_at", "close_tick", "sniff_left", "f_dirs", "f_lens", "f_iats", "f_flags",
-                 "f_last", "flipped", "dns_start")
+                 "f_last", "flipped", "dns_start", "syn_seen", "resp_data", "expected_svc",
+                 "teredo_dirs", "sniff_long")
 
     def __init__(self, key, uid: str, proto: str, ip_proto: int, orig_h: bytes, orig_p: int,
                  resp_h: bytes, resp_p: int, t: float, inactivity: float):
@@ -266,6 +268,9 @@ class Conn:
         self.f_last = t
         self.flipped = False
         self.dns_start: float | None = None
+        self.syn_seen = self.resp_data = self.expected_svc = False
+        self.teredo_dirs = 0
+        self.sniff_long = 0
 
     # -- history ----------------------------------------------------------------------------
     def check_history(self, mask: int, code: str) -> bool:
@@ -349,6 +354,19 @@ class Conn:
     def history(self) -> str:
         return "".join(self.hist)
 
+    def service_str(self) -> str | None:
+        """Services Zeek would have confirmed: TCP analyzers only see connections that started
+        with a SYN and confirm once the responder has spoken (expected connections such as
+        ftp-data are named at creation); Teredo is confirmed only in both directions."""
+        svc = self.service
+        if not svc:
+            return None
+        if self.proto == "tcp" and not self.expected_svc and not (self.syn_seen and self.resp_data):
+            return None
+        if self.proto == "udp" and "teredo" in svc and self.teredo_dirs != 3:
+            svc = [x for x in svc if x != "teredo"]
+        return ",".join(svc) if svc else None
+
     def record(self) -> dict:
         duration = self.last - self.start
         if self.proto == "tcp":
@@ -358,7 +376,7 @@ class Conn:
         rec = {
             "ts": self.start, "uid": self.uid, "id.orig_h": addr_str(self.orig_h),
             "id.orig_p": self.orig_p, "id.resp_h": addr_str(self.resp_h), "id.resp_p": self.resp_p,
-            "proto": self.proto, "service": ",".join(self.service) if self.service else None,
+            "proto": self.proto, "service": self.service_str(),
             "duration": duration if duration > 0 else None,
             "orig_bytes": ob if duration > 0 else None, "resp_bytes": rb if duration > 0 else None,
             "conn_state": self.conn_state(), "local_orig": is_private(self.orig_h),
@@ -437,6 +455,7 @@ class FlowMeter:
         self.stats = MeterStats()
         self.ip_tunnels: dict = {}
         self.frags: dict = {}
+        self.expected: dict = {}  # (resp addr, port) -> (service, expires at)
         self.next_sweep: float | None = None
         self.now = 0.0
 
@@ -788,9 +807,9 @@ class FlowMeter:
         if dport == 4789 or sport == 4789:
             ioff = dec.vxlan(buf, pay_off, pay_end)
             if ioff is not None:
+                self._tunnel(c, "vxlan")
                 r = dec.ethernet(buf, ioff)
                 if r is not None:
-                    self._tunnel(c, "vxlan")
                     self._ip(t, buf, r[0], r[1], c.uid, depth + 1)
             return
         if dport == 5072 or sport == 5072:
@@ -809,6 +828,7 @@ class FlowMeter:
             ioff = dec.teredo(buf, pay_off, pay_end)
             if ioff is not None:
                 self._tunnel(c, "teredo")
+                c.teredo_dirs |= 1 if is_orig else 2
                 self._ip(t, buf, ioff, 6, c.uid, depth + 1)
 
     def _tunnel(self, c: Conn, svc: str) -> None:
@@ -852,16 +872,51 @@ class FlowMeter:
             r = c.resp_ep = TcpEndpoint(False)
             o.peer = r
             r.peer = o
+            if self.expected:
+                exp = self.expected.pop((c.resp_h, c.resp_p), None)
+                if exp is not None and t <= exp[1]:
+                    c.service.append(exp[0])
+                    c.expected_svc = True
+                    c.sniff_left = 0
         is_orig = src == c.orig_h and sport == c.orig_p
+        if is_orig and flags & SYN and not flags & ACK:
+            c.syn_seen = True
         self._count(c, is_orig, t, ip_len, flags, parent)
         self._tcp_process(c, is_orig, t, flags, seq, ack, win, dlen)
-        if self.sniff and dlen > 0 and c.sniff_left > 0:
-            doff = poff + thl
-            if doff < end:
-                c.sniff_left -= 1
-                svc = sniff_tcp(bytes(buf[doff:min(end, doff + 512)]), is_orig)
-                if svc and svc not in c.service:
-                    c.service.append(svc)
+        if dlen > 0:
+            if not is_orig:
+                c.resp_data = True
+            if self.sniff and (c.sniff_left > 0 or c.sniff_long > 0):
+                doff = poff + thl
+                if doff < end:
+                    self._sniff_tcp(c, bytes(buf[doff:min(end, doff + 2048)]), is_orig, t)
+
+    def _sniff_tcp(self, c: Conn, payload: bytes, is_orig: bool, t: float) -> None:
+        if c.sniff_left > 0:
+            c.sniff_left -= 1
+            svc = sniff_tcp(payload, is_orig)
+            if svc and not c.service and not (svc == "modbus" and is_orig and not c.resp_data):
+                c.service.append(svc)
+                if svc in STARTTLS_SERVICES:
+                    c.sniff_long = 1000
+        if c.sniff_long > 0:
+            # Control protocols: follow them for STARTTLS and announced data connections.
+            c.sniff_long -= 1
+            if "ssl" not in c.service and payload[:1] == b"\x16" and looks_tls(payload):
+                c.service.append("ssl")
+            if "ftp" in c.service:
+                for h, port in ftp_expectations(payload, is_orig):
+                    if h is None:
+                        h = c.resp_h
+                    self._expect(h, port, "ftp-data", t)
+            if "irc" in c.service:
+                for h, port in irc_dcc_expectations(payload):
+                    self._expect(h, port, "irc-dcc-data", t)
+
+    def _expect(self, h: bytes, port: int, svc: str, t: float) -> None:
+        if len(self.expected) > 10000:
+            self.expected.clear()
+        self.expected[(h, port)] = (svc, t + 300.0)
 
     @staticmethod
     def _is_reuse(c: Conn, flags: int, seq: int) -> bool:

@@ -341,9 +341,9 @@ def teredo(buf: bytes, off: int, end: int) -> int | None:
     if p + 40 > end or (buf[p] >> 4) != 6:
         return None
     plen = _U16.unpack_from(buf, p + 4)[0]
-    if p + 40 + plen != end:
-        return None
     nh = buf[p + 6]
+    if p + 40 + plen != end and not (nh == 59 and p + 40 + plen <= end):
+        return None  # (a bubble, "no next header", may carry trailing bytes)
     if nh not in (0, 6, 17, 43, 44, 58, 59, 60):
         return None
     return p

@@ -76,8 +76,28 @@ def looks_tls(p: bytes) -> bool:
         len(p) >= 3 and p[0] & 0x80 and p[2] == 0x01 and len(p) > 10)  # SSLv2 client hello
 
 
+def looks_modbus(p: bytes) -> bool:
+    """Modbus/TCP MBAP header: protocol id 0, length covering the rest, a valid function code."""
+    if len(p) < 8:
+        return False
+    proto, length = struct.unpack_from("!HH", p, 2)
+    fc = p[7] & 0x7F
+    return proto == 0 and length == len(p) - 6 and 1 <= fc <= 0x2B
+
+
+def looks_dce_rpc_bind(p: bytes) -> bool:
+    """A DCE/RPC connection-oriented bind (or alter context) PDU filling the payload."""
+    if len(p) < 16 or p[0] != 5 or p[1] not in (0, 1) or p[2] not in (11, 14):
+        return False
+    order = "<" if p[4] & 0x10 else ">"
+    return struct.unpack_from(order + "H", p, 8)[0] == len(p)
+
+
+STARTTLS_SERVICES = ("imap", "xmpp", "smtp", "pop3", "ftp", "irc")
+
+
 def sniff_tcp(payload: bytes, is_orig: bool) -> str | None:
-    """Name the service of a TCP connection from one direction's first payload, or None."""
+    """Name the service of a TCP connection from one payload packet, or None."""
     if not payload:
         return None
     if payload[:4] == b"SSH-":
@@ -85,15 +105,76 @@ def sniff_tcp(payload: bytes, is_orig: bool) -> str | None:
     if is_orig:
         if _HTTP_REQ.match(payload) or _HTTP_REQ_START.match(payload):
             return "http"
-    elif payload[:7] == b"HTTP/1.":
-        return "http"
+        if payload[:5] in (b"NICK ", b"USER ", b"PASS ") or payload[:7] == b"CAP LS ":
+            return "irc"
+        if payload[:5] == b"<?xml" or payload[:14] == b"<stream:stream":
+            return "xmpp"
+        if looks_dce_rpc_bind(payload):
+            return "dce_rpc"
+    else:
+        if payload[:7] == b"HTTP/1.":
+            return "http"
+        if payload[:5] == b"* OK " and b"IMAP" in payload[:300].upper():
+            return "imap"
+        if payload[:4] == b"+OK ":
+            return "pop3"
+        if re.match(rb"^220[ -]", payload):
+            head = payload[:300].upper()
+            if b"FTP" in head:
+                return "ftp"
+            if b"SMTP" in head:
+                return "smtp"
     if payload[0] == 0x16 and looks_tls(payload):
         return "ssl"
-    if not is_orig and re.match(rb"^220[ -].*\r\n", payload) and b"FTP" in payload[:200].upper():
-        return "ftp"
+    if looks_modbus(payload):
+        return "modbus"
     if looks_dns(payload, tcp=True):
         return "dns"
     return None
+
+
+_PASV = re.compile(rb"227 [^(\r\n]*\(?(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)")
+_EPSV = re.compile(rb"229 [^(\r\n]*\(([!-~])\1\1(\d+)\1\)")
+_PORT = re.compile(rb"PORT (\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", re.I)
+_EPRT = re.compile(rb"EPRT ([!-~])([12])\1([0-9A-Fa-f:.]+)\1(\d+)\1", re.I)
+_DCC = re.compile(rb"\x01DCC SEND (?:\"[^\"]*\"|\S+) (\d+) (\d+)")
+
+
+def ftp_expectations(payload: bytes, is_orig: bool) -> list[tuple[bytes | None, int]]:
+    """Data connections an FTP control payload announces: ``(responder address or None, port)``.
+
+    ``None`` means "the control connection's server" (EPSV). PORT/EPRT name the client side,
+    PASV names the server side, as Zeek's FTP analyzer schedules ``ftp-data``.
+    """
+    import socket
+    out = []
+    if is_orig:
+        for m in _PORT.finditer(payload):
+            h = bytes(int(x) & 0xFF for x in m.groups()[:4])
+            out.append((h, int(m.group(5)) * 256 + int(m.group(6))))
+        for m in _EPRT.finditer(payload):
+            fam = socket.AF_INET if m.group(2) == b"1" else socket.AF_INET6
+            try:
+                out.append((socket.inet_pton(fam, m.group(3).decode()), int(m.group(4))))
+            except (OSError, ValueError):
+                pass
+    else:
+        for m in _PASV.finditer(payload):
+            h = bytes(int(x) & 0xFF for x in m.groups()[:4])
+            out.append((h, int(m.group(5)) * 256 + int(m.group(6))))
+        for m in _EPSV.finditer(payload):
+            out.append((None, int(m.group(2))))
+    return [(h, p) for h, p in out if 0 < p < 65536]
+
+
+def irc_dcc_expectations(payload: bytes) -> list[tuple[bytes, int]]:
+    """``DCC SEND`` offers in an IRC payload: ``(address, port)`` the peer will connect to."""
+    out = []
+    for m in _DCC.finditer(payload):
+        ip, port = int(m.group(1)), int(m.group(2))
+        if 0 < port < 65536 and ip < 2 ** 32:
+            out.append((ip.to_bytes(4, "big"), port))
+    return out
 
 
 def sniff_udp(payload: bytes) -> str | None:
