@@ -35,11 +35,11 @@ def test_replay_json(tmp_path):
     r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(out), "--engine", "builtin",
                                   "--no-score", "--json", "--flow-packets", "4"])
     assert r.exit_code == 0, r.output
-    rows = [json.loads(line) for line in (out / "conn.json").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "conn.log").read_text().splitlines()]
     assert len(rows) == 34
     s0 = next(x for x in rows if x["conn_state"] == "S0")
     assert "duration" not in s0 and "id.orig_h" in s0 and isinstance(s0["ts"], float)
-    flows = [json.loads(line) for line in (out / "zeekml_flow.json").read_text().splitlines()]
+    flows = [json.loads(line) for line in (out / "zeekml_flow.log").read_text().splitlines()]
     assert max(f["n_pkts"] for f in flows) == 4
 
 
@@ -69,6 +69,30 @@ def test_missing_input_and_unavailable_zeek(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(tmp_path / "o"), "--engine", "zeek"])
     assert r.exit_code == 7, r.output
     assert "builtin" in r.output
+
+
+def test_engine_zeek_runs_zeek_in_a_temp_dir(tmp_path, monkeypatch):
+    """A stand-in ``zeek`` on PATH: we check the command line and that its logs are collected."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    baseline = os.path.join(os.path.dirname(DATA), "Baseline", "opt.basic", "conn.log")
+    fake = bindir / "zeek"
+    fake.write_text("#!/bin/sh\n"
+                    f"echo \"$@\" > {tmp_path}/args\n"
+                    f"pwd > {tmp_path}/cwd\n"
+                    f"cp {baseline} conn.log\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir) + os.pathsep + os.environ["PATH"])
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(out), "--no-score",
+                                  "--flow-packets", "8"])
+    assert r.exit_code == 0, r.output
+    assert "engine: zeek" in r.output
+    args = (tmp_path / "args").read_text()
+    assert "-r " + os.path.abspath(WIKI) in args and "ZeekML::flow_packets=8" in args
+    assert "zeek-scripts" in args
+    assert (tmp_path / "cwd").read_text().strip() != str(out)  # ran in a temporary directory
+    assert (out / "conn.log").read_text() == open(baseline).read()
 
 
 @pytest.mark.skipif(shutil.which("zeek") is None, reason="zeek not installed")

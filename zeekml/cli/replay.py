@@ -18,7 +18,7 @@ from zeekml.sources.pcap import ENGINES, replay as run_replay
 @click.option("--score/--no-score", default=True, show_default=True,
               help="Score the written conn.log (as `zeekml score`).")
 @click.option("--json", "json_logs", is_flag=True,
-              help="Write the logs as Zeek JSON lines (conn.json, zeekml_flow.json) instead of TSV.")
+              help="Write the logs as Zeek JSON lines (as LogAscii::use_json=T; still named *.log).")
 @click.option("--flow-packets", default=32, show_default=True, type=click.IntRange(1, 100000),
               help="Packets per connection recorded in zeekml_flow.log.")
 @click.option("--seed", default=0, show_default=True, type=int,

@@ -260,9 +260,9 @@ def replay(paths: Sequence[str], out_dir: str, engine: str = "auto", json_logs: 
 def replay_builtin(paths: Sequence[str], out_dir: str, json_logs: bool = False,
                    flow_packets: int = 32, seed: int = 0) -> ReplayResult:
     """Run the built-in flow meter over ``paths`` (in order) and write the logs."""
-    ext = ".json" if json_logs else ".log"
-    conn_path = os.path.join(out_dir, "conn" + ext)
-    flow_path = os.path.join(out_dir, FLOW_LOG_PATH + ext)
+    # Same file names as Zeek, whose JSON logs (LogAscii::use_json=T) also end in .log.
+    conn_path = os.path.join(out_dir, "conn.log")
+    flow_path = os.path.join(out_dir, FLOW_LOG_PATH + ".log")
     if json_logs:
         cw = JsonLogWriter(conn_path, CONN_FIELDS)
         fw = JsonLogWriter(flow_path, FLOW_FEATURES_FIELDS)
