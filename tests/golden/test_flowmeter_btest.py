@@ -75,14 +75,18 @@ RENAMED = {"src": "id.orig_h", "src_port": "id.orig_p", "dst": "id.resp_h", "dst
 # originator. We replay those with the same (empty) setting.
 BARE_CONN_ONLY = {"scripts.base.frameworks.logging.field-name-map"}
 
+# Options the btest redefines (see its test file).
+OPTIONS = {"core.tcp.large-file-reassembly": {"tcp_excessive_data_without_further_acks": 0}}
+
 _cache: dict[tuple, list[dict]] = {}
 
 
 def meter_records(trace: str, test: str | None = None) -> list[dict]:
     bare = test in BARE_CONN_ONLY
-    key = (trace, bare)
+    opts = OPTIONS.get(test, {})
+    key = (trace, bare, tuple(sorted(opts.items())))
     if key not in _cache:
-        m = FlowMeter(seed=1, likely_server_ports=(frozenset(), frozenset()) if bare else None)
+        m = FlowMeter(seed=1, likely_server_ports=(frozenset(), frozenset()) if bare else None, **opts)
         for ts, buf, lt in iter_capture(os.path.join(DATA, "Traces", trace)):
             m.packet(ts, buf, lt)
         m.flush()

@@ -62,6 +62,8 @@ TCP_SYN_TIMEOUT = 5.0
 TCP_SESSION_TIMER = 6.0
 TCP_CONNECTION_LINGER = 5.0
 DNS_SESSION_TIMEOUT = 10.0
+TCP_MAX_ABOVE_HOLE_WITHOUT_ANY_ACKS = 16384
+TCP_EXCESSIVE_DATA_WITHOUT_FURTHER_ACKS = 10 * 1024 * 1024
 TOO_LARGE_SEQ_DELTA = 1048576
 
 # TCP endpoint states (Zeek's TCP_ENDPOINT_*).
@@ -171,7 +173,8 @@ class TcpEndpoint:
 
     __slots__ = ("is_orig", "peer", "state", "prev_state", "start_seq", "last_seq", "ack_seq",
                  "seq_wraps", "ack_wraps", "fin_cnt", "rst_cnt", "fin_seq", "hist_last_syn",
-                 "hist_last_fin", "hist_last_rst", "did_close", "rnext", "blocks", "gap_cnt",
+                 "hist_last_fin", "hist_last_rst", "did_close", "rnext", "blocks", "trim", "high",
+                 "skip", "gap_cnt",
                  "gap_thresh", "rxmt_cnt", "rxmt_thresh", "win0_cnt", "win0_thresh")
 
     def __init__(self, is_orig: bool):
@@ -184,8 +187,9 @@ class TcpEndpoint:
         self.fin_seq = 0
         self.hist_last_syn = self.hist_last_fin = self.hist_last_rst = 0
         self.did_close = False
-        self.rnext = 1
+        self.rnext = self.trim = self.high = 1  # Zeek's last_reassem_seq, trim_seq; highest end
         self.blocks: list[list[int]] | None = None
+        self.skip = False  # Zeek's skip_deliveries
         self.gap_cnt = self.rxmt_cnt = self.win0_cnt = 0
         self.gap_thresh = self.rxmt_thresh = self.win0_thresh = 1
 
@@ -236,7 +240,7 @@ class Conn:
                  "service", "missed", "orig_ep", "resp_ep", "inactivity", "attempt_at",
                  "remove_at", "close_tick", "sniff_left", "f_dirs", "f_lens", "f_iats", "f_flags",
                  "f_last", "flipped", "dns_start", "syn_seen", "resp_data", "expected_svc",
-                 "teredo_dirs", "sniff_long")
+                 "teredo_dirs", "sniff_long", "is_partial", "first_seen")
 
     def __init__(self, key, uid: str, proto: str, ip_proto: int, orig_h: bytes, orig_p: int,
                  resp_h: bytes, resp_p: int, t: float, inactivity: float):
@@ -271,6 +275,8 @@ class Conn:
         self.syn_seen = self.resp_data = self.expected_svc = False
         self.teredo_dirs = 0
         self.sniff_long = 0
+        self.is_partial = False  # TCP: Zeek's TCPSessionAdapter::is_partial
+        self.first_seen = 0  # TCP: 1 = originator's first packet seen, 2 = responder's
 
     # -- history ----------------------------------------------------------------------------
     def check_history(self, mask: int, code: str) -> bool:
@@ -436,14 +442,18 @@ class FlowMeter:
         likely_server_ports: ``(tcp_ports, udp_ports)`` Zeek's ``likely_server_ports`` (default:
             the ports Zeek's default scripts add; a bare ``zeek -b`` run loading only
             base/protocols/conn has none).
+        tcp_excessive_data_without_further_acks: Zeek's option of that name (default 10 MiB; 0
+            disables): past this much unacknowledged data, gaps are no longer reported.
     """
 
     SWEEP_INTERVAL = 10.0
 
     def __init__(self, on_conn: Callable[[Conn], None] | None = None, seed: int = 0,
                  flow_packets: int = 32, sniff: bool = True,
-                 likely_server_ports: tuple[frozenset, frozenset] | None = None):
+                 likely_server_ports: tuple[frozenset, frozenset] | None = None,
+                 tcp_excessive_data_without_further_acks: int = TCP_EXCESSIVE_DATA_WITHOUT_FURTHER_ACKS):
         self.conns: dict = {}
+        self.excessive = tcp_excessive_data_without_further_acks
         if likely_server_ports is None:
             likely_server_ports = (LIKELY_SERVER_PORTS_TCP, LIKELY_SERVER_PORTS_UDP)
         self.likely_tcp, self.likely_udp = (frozenset(x) for x in likely_server_ports)
@@ -957,6 +967,12 @@ class FlowMeter:
         fin = flags & FIN
         rst = flags & RST
         ackf = flags & ACK
+        # SetPartialStatus
+        if is_orig:
+            if not c.first_seen & 1:
+                c.is_partial = not syn or bool(ackf)
+        elif not c.first_seen & 2 and not c.is_partial:
+            c.is_partial = not syn
         seg_len = dlen + (1 if syn else 0) + (1 if fin else 0) - (dlen if rst else 0)
         seq_one_past = (base_seq + seg_len) & 0xFFFFFFFF
 
@@ -1092,6 +1108,7 @@ class FlowMeter:
         if ackf:
             self._ack_received(c, peer, rel_ack)
 
+        c.first_seen |= 1 if is_orig else 2  # CheckPIA_FirstPacket
         if dlen > 0 and not rst and not seq_underflow:
             self._data_sent(ep, rel_seq + 1 if syn else rel_seq, dlen)
 
@@ -1114,8 +1131,10 @@ class FlowMeter:
                 else:
                     if not ackf and peer.state == SYN_ACK_SENT and base_seq == ep.start_seq:
                         # SYN/SYN-ACK reversal: flip roles and establish.
+                        c.is_partial = False
                         self._flip(c)
                         self._set_state(c, peer, ESTABLISHED)
+                        c.first_seen |= 1
                     if peer.state == SYN_SENT:
                         self._set_state(c, peer, ESTABLISHED)
                     self._set_state(c, ep, ESTABLISHED)
@@ -1130,6 +1149,8 @@ class FlowMeter:
                     pass
                 elif ackf and peer.state == ESTABLISHED:
                     self._set_state(c, ep, ESTABLISHED)
+                    c.is_partial = False
+                    c.first_seen |= 1 if is_orig else 2
                 else:
                     self._set_state(c, ep, PARTIAL)
         elif st in (SYN_SENT, SYN_ACK_SENT):
@@ -1167,6 +1188,7 @@ class FlowMeter:
         c.orig_ipb, c.resp_ipb = c.resp_ipb, c.orig_ipb
         c.hist.append("^")
         c.hist_seen = ((c.hist_seen & 0xFFFF) << 16) | (c.hist_seen >> 16)
+        c.first_seen = ((c.first_seen & 1) << 1) | ((c.first_seen & 2) >> 1)
         c.f_dirs = [1 - d for d in c.f_dirs]
 
     def _connection_closed(self, c: Conn, ep: TcpEndpoint, peer: TcpEndpoint, t: float) -> None:
@@ -1179,53 +1201,92 @@ class FlowMeter:
         elif ep.prev_state != INACTIVE:
             c.close_tick = c.last + TCP_SESSION_TIMER
 
-    @staticmethod
-    def _data_sent(ep: TcpEndpoint, seq: int, dlen: int) -> None:
+    # -- reassembly bookkeeping (Zeek's TCP_Reassembler, without the payload) ----------------
+    def _data_sent(self, ep: TcpEndpoint, seq: int, dlen: int) -> None:
+        """``dlen`` payload bytes at relative ``seq``: advance the in-order point past them."""
+        if ep.skip:
+            return
+        ack = ep.rel(ep.ack_seq, ep.ack_wraps)
+        if seq < ack:
+            if seq + dlen <= ack:
+                return  # already acknowledged: nothing to insert
+            dlen -= ack - seq
+            seq = ack
         end = seq + dlen
         if end <= ep.rnext:
             return
         if seq <= ep.rnext:
             ep.rnext = end
             if ep.blocks:
-                FlowMeter._absorb(ep)
+                self._absorb(ep)
         else:
             if ep.blocks is None:
                 ep.blocks = []
             ep.blocks.append([seq, end])
+            ep.blocks.sort()
+        ep.high = max(ep.high, end)
+        unacked = ep.high - ep.trim
+        if ep.no_data_acked() and self._undelivered(ep) > TCP_MAX_ABOVE_HOLE_WITHOUT_ANY_ACKS:
+            ep.blocks = None
+            ep.skip = True
+        elif self.excessive and unacked > self.excessive:
+            ep.blocks = None
+            ep.skip = True
+
+    @staticmethod
+    def _undelivered(ep: TcpEndpoint) -> int:
+        return sum(e - max(s, ep.rnext) for s, e in ep.blocks if e > ep.rnext) if ep.blocks else 0
 
     @staticmethod
     def _absorb(ep: TcpEndpoint) -> None:
-        ep.blocks.sort()
         keep = []
-        for s, e in ep.blocks:
+        for blk in ep.blocks:
+            s, e = blk
             if s <= ep.rnext:
                 if e > ep.rnext:
                     ep.rnext = e
             else:
-                keep.append([s, e])
-        ep.blocks = keep
+                keep.append(blk)
+        ep.blocks = keep or None
 
     def _ack_received(self, c: Conn, ep: TcpEndpoint, rel_ack: int) -> None:
-        """The peer acknowledged ``ep``'s data up to ``rel_ack``: acked-but-unseen bytes are a gap."""
+        """The peer acknowledged ``ep``'s data up to ``rel_ack``: acked-but-unseen bytes are gaps
+        (history G/g, ``missed_bytes``) when both sides are established or cleanly closing."""
         seq = rel_ack
         if ep.fin_cnt > 0 and seq >= ep.fin_seq:
             seq = ep.fin_seq - 1
-        if seq <= ep.rnext:
+        if seq <= ep.trim:
             return
-        if ep.state == PARTIAL or ep.peer.state == PARTIAL or ep.state == INACTIVE:
-            ep.rnext = seq
-            if ep.blocks:
-                self._absorb(ep)
-            return
-        missing = seq - ep.rnext
+        if seq > ep.rnext:
+            if seq <= 2 and c.is_partial:
+                pass  # Zeek's faked initial sequence numbers of a partial connection
+            else:
+                if not ep.skip:
+                    clean = _is_clean(ep) and _is_clean(ep.peer)
+                    if ep.blocks:
+                        for s, e in ep.blocks:
+                            if s >= seq:
+                                break
+                            if s > ep.rnext:
+                                if clean:
+                                    self._gap(c, ep, s - ep.rnext)
+                                ep.rnext = s
+                            if e > ep.rnext:
+                                ep.rnext = e
+                    if seq > ep.rnext and clean:
+                        self._gap(c, ep, seq - ep.rnext)
+                if seq > ep.rnext:
+                    ep.rnext = seq
+                if ep.blocks:
+                    self._absorb(ep)
+        ep.trim = seq
         if ep.blocks:
-            ep.blocks.sort()
-            for s, e in ep.blocks:
-                if s < seq:
-                    missing -= min(e, seq) - s
-        if missing > 0:
-            c.missed += missing
-            self._scaled(c, ep, "G", "gap")
-        ep.rnext = seq
-        if ep.blocks:
-            self._absorb(ep)
+            ep.blocks = [b for b in ep.blocks if b[1] > seq] or None
+
+    def _gap(self, c: Conn, ep: TcpEndpoint, n: int) -> None:
+        c.missed += n
+        self._scaled(c, ep, "G", "gap")
+
+
+def _is_clean(ep: TcpEndpoint) -> bool:
+    return ep.state == ESTABLISHED or (ep.state == CLOSED and ep.prev_state == ESTABLISHED)

@@ -216,3 +216,23 @@ def test_flow_record_first_packets():
     assert f["tcp_flags"][:2] == [SYN, SYN | ACK]
     _, m = run(handshake_session(), flow_packets=3)
     assert m.finished[0].flow_record()["n_pkts"] == 3
+
+
+def test_content_gap_counts_missed_bytes_and_history_g():
+    c, s = 1000, 5000
+    pk = handshake_session()[:3] + [
+        (100.3, eth(ip4(A, B, 6, tcp(40000, 80, c + 1, s + 1, ACK, b"x" * 100)))),
+        (100.4, eth(ip4(A, B, 6, tcp(40000, 80, c + 201, s + 1, ACK, b"y" * 100)))),  # 100 unseen
+        (100.5, eth(ip4(B, A, 6, tcp(80, 40000, s + 1, c + 301, ACK)))),
+    ]
+    (r,), _ = run(pk)
+    assert r["missed_bytes"] == 100
+    assert r["history"] == "ShADaG"
+    assert r["orig_bytes"] == 300  # sizes come from sequence numbers, gap included
+
+
+def test_no_gap_reported_for_partial_connections():
+    pk = [(1.0, eth(ip4(A, B, 6, tcp(40000, 8080, 500, 900, ACK, b"x" * 10)))),
+          (1.1, eth(ip4(B, A, 6, tcp(8080, 40000, 900, 1510, ACK))))]
+    (r,), _ = run(pk)
+    assert r["missed_bytes"] == 0 and "g" not in r["history"].lower()
