@@ -27,6 +27,7 @@ skipped.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import random
@@ -325,6 +326,25 @@ class Conn:
                 return True
         return False
 
+    def next_check(self) -> float:
+        """A time at or before which ``expired`` may first turn true, given no further packets."""
+        when = self.last + self.inactivity
+        if self.remove_at is not None:
+            when = min(when, self.remove_at)
+        if self.dns_start is not None:
+            k = math.ceil((self.last + DNS_SESSION_TIMEOUT - 1.0 - self.dns_start) / DNS_SESSION_TIMEOUT)
+            when = min(when, self.dns_start + max(k, 1) * DNS_SESSION_TIMEOUT)
+        o = self.orig_ep
+        if o is not None:
+            r = self.resp_ep
+            if self.attempt_at is not None and o.state in (SYN_SENT, SYN_ACK_SENT) and r.state == INACTIVE:
+                when = min(when, self.attempt_at)
+            if (o.did_close or r.did_close) and (
+                    (o.did_close and r.did_close) or o.state == RESET or r.state == RESET
+                    or o.state == INACTIVE or r.state == INACTIVE):
+                when = min(when, self.last + TCP_CONNECTION_LINGER)
+        return when
+
     # -- output -----------------------------------------------------------------------------
     def conn_state(self) -> str:
         if self.proto == "tcp":
@@ -446,7 +466,6 @@ class FlowMeter:
             disables): past this much unacknowledged data, gaps are no longer reported.
     """
 
-    SWEEP_INTERVAL = 10.0
 
     def __init__(self, on_conn: Callable[[Conn], None] | None = None, seed: int = 0,
                  flow_packets: int = 32, sniff: bool = True,
@@ -466,7 +485,10 @@ class FlowMeter:
         self.ip_tunnels: dict = {}
         self.frags: dict = {}
         self.expected: dict = {}  # (resp addr, port) -> (service, expires at)
-        self.next_sweep: float | None = None
+        # Min-heap of (time to look again, n, key, conn): finishes idle connections in time order
+        # without scanning the whole table (a connection's own next packet re-checks it anyway).
+        self._due: list = []
+        self._n = 0
         self.now = 0.0
 
     # -- public API ---------------------------------------------------------------------------
@@ -474,11 +496,8 @@ class FlowMeter:
         """Process one captured frame (``buf``) of the given pcap link type."""
         self.stats.packets += 1
         self.now = ts
-        if self.next_sweep is None:
-            self.next_sweep = ts + self.SWEEP_INTERVAL
-        elif ts >= self.next_sweep:
+        if self._due and self._due[0][0] <= ts:
             self.sweep(ts)
-            self.next_sweep = ts + self.SWEEP_INTERVAL
         try:
             r = dec.link_to_ip(linktype, buf)
             if r is None:
@@ -491,10 +510,24 @@ class FlowMeter:
                 self.stats.errors.append(f"packet {self.stats.packets}: {e!r}")
 
     def sweep(self, t: float) -> None:
-        """Finish every connection Zeek would have expired by time ``t``."""
-        dead = [k for k, c in self.conns.items() if c.expired(t)]
-        for k in dead:
-            self._finish(self.conns.pop(k))
+        """Finish the connections Zeek would have expired by time ``t``."""
+        due = self._due
+        while due and due[0][0] <= t:
+            _, _, key, c = heapq.heappop(due)
+            if self.conns.get(key) is not c:
+                continue  # already finished (or replaced by a newer connection)
+            if c.expired(t):
+                del self.conns[key]
+                self._finish(c)
+            else:
+                self._schedule(key, c, t)
+
+    def _schedule(self, key, c: Conn, t: float) -> None:
+        when = c.next_check()
+        if when <= t:
+            when = t + 1.0
+        self._n += 1
+        heapq.heappush(self._due, (when, self._n, key, c))
 
     def flush(self) -> None:
         """End of input: finish every remaining connection (Zeek's shutdown flush)."""
@@ -712,6 +745,8 @@ class FlowMeter:
              parent: str | None) -> Conn:
         c = Conn(key, self.uids(), proto, ip_proto, oh, op, rh, rp, t, inactivity)
         self.conns[key] = c
+        self._n += 1
+        heapq.heappush(self._due, (t + min(inactivity, TCP_ATTEMPT_DELAY), self._n, key, c))
         return c
 
     def _count(self, c: Conn, is_orig: bool, t: float, ip_len: int, flags: int, parent) -> None:

@@ -236,3 +236,14 @@ def test_no_gap_reported_for_partial_connections():
           (1.1, eth(ip4(B, A, 6, tcp(8080, 40000, 900, 1510, ACK))))]
     (r,), _ = run(pk)
     assert r["missed_bytes"] == 0 and "g" not in r["history"].lower()
+
+
+def test_idle_connections_are_finished_as_time_passes():
+    m = FlowMeter()
+    for i in range(500):
+        m.packet(i * 30.0, eth(ip4(A, B, 17, udp(1000 + i, 53, b"q"))), 1)
+        assert len(m.conns) <= 3  # UDP: 1 min inactivity
+    assert len(m.finished) >= 497
+    m.flush()
+    assert len(m.finished) == 500
+    assert [c.start for c in m.finished] == sorted(c.start for c in m.finished)
