@@ -765,7 +765,7 @@ class FlowMeter:
         if len(c.f_dirs) < self.flow_packets:
             c.f_dirs.append(0 if is_orig else 1)
             c.f_lens.append(ip_len)
-            c.f_iats.append(round(t - c.f_last, 6) if c.f_dirs[1:] else 0.0)
+            c.f_iats.append(t - c.f_last if c.f_dirs[1:] else 0.0)
             c.f_flags.append(flags)
             c.f_last = t
 
@@ -1011,6 +1011,7 @@ class FlowMeter:
         seg_len = dlen + (1 if syn else 0) + (1 if fin else 0) - (dlen if rst else 0)
         seq_one_past = (base_seq + seg_len) & 0xFFFFFFFF
 
+        # Sequence differences below are Zeek's seq_delta (signed 32-bit), inlined for speed.
         # init_endpoint
         st = ep.state
         if st == INACTIVE:
@@ -1034,7 +1035,7 @@ class FlowMeter:
         seq_underflow = False
         last = ep.last_seq
         wraps = ep.seq_wraps
-        delta = _seq_delta(base_seq, last)
+        delta = (((base_seq - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
         if delta < 0:
             if wraps and base_seq > last:
                 wraps -= 1
@@ -1042,7 +1043,7 @@ class FlowMeter:
             if base_seq < last:
                 wraps += 1
         if wraps == 0:
-            rel_seq = _seq_delta(base_seq, ep.start_seq)
+            rel_seq = (((base_seq - ep.start_seq + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
             if rel_seq < 0:
                 seq_underflow = True
         else:
@@ -1102,7 +1103,7 @@ class FlowMeter:
             else:
                 alast = peer.ack_seq
                 awraps = peer.ack_wraps
-                d = _seq_delta(ack_seq, alast)
+                d = (((ack_seq - alast + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
                 if d < 0:
                     if awraps and ack_seq > alast:
                         awraps -= 1
@@ -1110,7 +1111,7 @@ class FlowMeter:
                     if ack_seq < alast:
                         awraps += 1
                 if awraps == 0:
-                    rel_ack = _seq_delta(ack_seq, peer.start_seq)
+                    rel_ack = (((ack_seq - peer.start_seq + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
                     underflow = rel_ack < 0
                 else:
                     rel_ack = peer.rel(ack_seq, awraps)
@@ -1118,14 +1119,14 @@ class FlowMeter:
                 if underflow:
                     rel_ack = 0
                 elif not rst:
-                    dack = _seq_delta(ack_seq, peer.ack_seq)
+                    dack = (((ack_seq - peer.ack_seq + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
                     if ack_seq == 0 and dack > TOO_LARGE_SEQ_DELTA:
                         pass
                     elif dack > 0:
                         peer.update_ack_seq(ack_seq)
 
         # update_last_seq
-        delta_last = _seq_delta(seq_one_past, ep.last_seq)
+        delta_last = (((seq_one_past - ep.last_seq + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
         if (syn or rst) and (delta_last > TOO_LARGE_SEQ_DELTA or delta_last < -TOO_LARGE_SEQ_DELTA):
             pass
         elif fin and ep.last_seq == ((ep.start_seq + 1) & 0xFFFFFFFF):
