@@ -196,6 +196,7 @@ class JsonLogWriter:
     def __init__(self, path: str, fields: Sequence[tuple[str, str]]):
         self.path = path
         self.names = [n for n, _ in fields]
+        self.types = dict(fields)
         self.count = 0
         try:
             self._f = open(path, "w", encoding="utf-8")
@@ -208,6 +209,11 @@ class JsonLogWriter:
             v = rec.get(n)
             if v is None:
                 continue
+            t = self.types[n]
+            if t in ("time", "interval"):
+                v = round(v, 6)  # Zeek's JSON writer: microsecond precision
+            elif t == "vector[interval]":
+                v = [round(x, 6) for x in v]
             obj[n] = v
         self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
         self.count += 1
