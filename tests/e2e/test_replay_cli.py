@@ -101,3 +101,40 @@ def test_engine_zeek_when_installed(tmp_path):  # pragma: no cover - CI has no z
     r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(out), "--engine", "zeek", "--no-score"])
     assert r.exit_code == 0, r.output
     assert read_table([str(out / "conn.log")]).num_rows == 34
+
+
+def test_hostile_pcap_never_crashes(tmp_path):
+    """Random, truncated and length-lying frames, IP fragments, then a record cut short."""
+    import random
+    import struct
+
+    rng = random.Random(7)
+    wiki = open(WIKI, "rb").read()
+    frames, off = [], 24
+    while off + 16 <= len(wiki):
+        caplen = struct.unpack_from("<I", wiki, off + 8)[0]
+        frames.append(wiki[off + 16:off + 16 + caplen])
+        off += 16 + caplen
+    out = bytearray(wiki[:24])
+    for i in range(3000):
+        f = bytearray(rng.choice(frames))
+        kind = i % 4
+        if kind == 0:
+            f = f[:rng.randrange(len(f) + 1)]
+        elif kind == 1 and len(f) > 18:
+            f[16:18] = struct.pack("!H", rng.randrange(65536))  # IPv4 total length lies
+        elif kind == 2 and len(f) > 22:
+            f[20:22] = struct.pack("!H", 0x2000 | rng.randrange(8192))  # fragments
+        else:
+            for _ in range(4):
+                f[rng.randrange(len(f))] = rng.randrange(256)
+        out += struct.pack("<IIII", 1300475167 + i, 0, len(f), len(f) + rng.randrange(3)) + bytes(f)
+    out += struct.pack("<IIII", 1300480000, 0, 500, 500) + b"\x00" * 10  # truncated last record
+    p = tmp_path / "hostile.pcap"
+    p.write_bytes(bytes(out))
+    r = CliRunner().invoke(main, ["replay", str(p), "--out", str(tmp_path / "o"), "--engine",
+                                  "builtin", "--no-score"])
+    assert r.exit_code == 4, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    assert "packet 3001" in r.output
+    assert read_table([str(tmp_path / "o" / "conn.log")]).num_rows > 0
