@@ -618,7 +618,6 @@ class FlowMeter:
                         return
                     buf, poff, plen, proto = whole
                     n = len(buf)
-                    ip_len = plen + (poff - 0)  # reassembled: header bytes + payload
                     ip_len = plen + 40
                     break
                 else:
