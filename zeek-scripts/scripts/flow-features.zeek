@@ -56,10 +56,18 @@ export {
 
 # Per-connection state, kept in the connection record itself so that Zeek frees it with the
 # connection: no global table to clean up, no lookup per packet.
+#
+# Directions are recorded relative to the sender of the connection's first packet ("a") and
+# turned into originator/responder only when the record is written. Zeek may swap originator
+# and responder in the middle of a connection (when it learns it guessed them wrong); by then
+# the packets already recorded need no fixing, and the event order around a flip does not
+# matter.
 type FlowState: record {
 	n: count &default=0;
 	last: time &optional;
-	dirs: vector of count;
+	a_h: addr;
+	a_p: port &optional;
+	from_b: vector of count;
 	ip_lens: vector of count;
 	iats: vector of interval;
 	tcp_flags: vector of count;
@@ -75,79 +83,83 @@ event zeek_init() &priority=5
 	    $path="zeekml_flow", $policy=log_policy_flow]);
 	}
 
-# Whether a packet was sent by the connection's originator. The address decides; for a
-# connection from a host to itself the source port decides.
-function packet_is_orig(c: connection, p: pkt_hdr): bool
-	{
-	local src: addr;
-
-	if ( p?$ip )
-		src = p$ip$src;
-	else if ( p?$ip6 )
-		src = p$ip6$src;
-	else
-		return T;
-
-	if ( src != c$id$orig_h )
-		return F;
-
-	if ( c$id$orig_h != c$id$resp_h )
-		return T;
-
-	if ( p?$tcp )
-		return p$tcp$sport == c$id$orig_p;
-
-	if ( p?$udp )
-		return p$udp$sport == c$id$orig_p;
-
-	return T;
-	}
-
 event new_packet(c: connection, p: pkt_hdr)
 	{
-	# Hot path: every packet of every connection comes through here.
+	# Hot path: every packet of every connection comes through here. Once a connection has
+	# its N packets, this first test is all the work done for it.
 	if ( c?$zeekml_flow )
 		{
 		if ( c$zeekml_flow$n >= flow_packets )
 			return;
 		}
-	else
+	else if ( flow_packets == 0 )
+		return;
+
+	local src: addr;
+	local len: count;
+
+	if ( p?$ip )
 		{
-		if ( flow_packets == 0 )
-			return;
-		c$zeekml_flow = FlowState($dirs=vector(), $ip_lens=vector(), $iats=vector(),
-		    $tcp_flags=vector());
+		src = p$ip$src;
+		len = p$ip$len;
+		}
+	else if ( p?$ip6 )
+		{
+		src = p$ip6$src;
+		len = p$ip6$len + 40;
+		}
+	else
+		return;
+
+	local flags: count = 0;
+	local sport = 0/unknown;
+	local has_port = F;
+
+	if ( p?$tcp )
+		{
+		flags = p$tcp$flags;
+		sport = p$tcp$sport;
+		has_port = T;
+		}
+	else if ( p?$udp )
+		{
+		sport = p$udp$sport;
+		has_port = T;
+		}
+
+	local now = network_time();
+
+	if ( ! c?$zeekml_flow )
+		{
+		c$zeekml_flow = FlowState($a_h=src, $from_b=vector(), $ip_lens=vector(),
+		    $iats=vector(), $tcp_flags=vector());
+		if ( has_port )
+			c$zeekml_flow$a_p = sport;
 		}
 
 	local s = c$zeekml_flow;
-	local now = network_time();
 	local i = s$n;
+	local from_a = src == s$a_h && ( ! s?$a_p || sport == s$a_p );
 
-	s$dirs[i] = packet_is_orig(c, p) ? 0 : 1;
-
-	if ( p?$ip )
-		s$ip_lens[i] = p$ip$len;
-	else if ( p?$ip6 )
-		s$ip_lens[i] = p$ip6$len + 40;
-	else
-		s$ip_lens[i] = 0;
-
+	s$from_b[i] = from_a ? 0 : 1;
+	s$ip_lens[i] = len;
 	s$iats[i] = s?$last ? now - s$last : 0 secs;
-	s$tcp_flags[i] = p?$tcp ? p$tcp$flags : 0;
+	s$tcp_flags[i] = flags;
 	s$last = now;
 	s$n = i + 1;
 	}
 
-# Zeek swaps originator and responder when it learns it guessed them wrong (e.g. it saw the
-# SYN-ACK first). Directions recorded so far were relative to the old originator.
-event connection_flipped(c: connection)
+# Whether the first recorded packet ("a") was sent by the connection's originator, with the
+# roles as Zeek has them now.
+function a_is_orig(c: connection, s: FlowState): bool
 	{
-	if ( ! c?$zeekml_flow )
-		return;
+	if ( s$a_h != c$id$orig_h )
+		return F;
 
-	local d = c$zeekml_flow$dirs;
-	for ( i in d )
-		d[i] = d[i] == 0 ? 1 : 0;
+	if ( c$id$orig_h != c$id$resp_h || ! s?$a_p )
+		return T;
+
+	return s$a_p == c$id$orig_p;
 	}
 
 event connection_state_remove(c: connection) &priority=-5
@@ -156,7 +168,15 @@ event connection_state_remove(c: connection) &priority=-5
 		return;
 
 	local s = c$zeekml_flow;
+	local dirs: vector of count = vector();
+
+	if ( a_is_orig(c, s) )
+		dirs = s$from_b;
+	else
+		for ( i in s$from_b )
+			dirs[i] = s$from_b[i] == 0 ? 1 : 0;
+
 	Log::write(ZeekML::FLOW_LOG, FlowInfo($ts=c$start_time, $uid=c$uid, $id=c$id,
-	    $proto=get_port_transport_proto(c$id$resp_p), $n_pkts=s$n, $dirs=s$dirs,
+	    $proto=get_port_transport_proto(c$id$resp_p), $n_pkts=s$n, $dirs=dirs,
 	    $ip_lens=s$ip_lens, $iats=s$iats, $tcp_flags=s$tcp_flags));
 	}

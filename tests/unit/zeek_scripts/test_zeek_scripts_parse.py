@@ -159,11 +159,15 @@ def test_flow_log_path_and_stream():
     assert src.count("Log::write(") == 1
     handler = src[src.index("event connection_state_remove"):]
     assert "Log::write(ZeekML::FLOW_LOG" in handler
-    per_packet = src[src.index("event new_packet"):src.index("event connection_flipped")]
+    per_packet = src[src.index("event new_packet"):src.index("function a_is_orig")]
     assert "Log::write" not in per_packet
-    # the early return once N packets are recorded comes first in the handler
-    assert per_packet.index("if ( c$zeekml_flow$n >= flow_packets )") < per_packet.index(
-        "packet_is_orig(c, p)")
+    # the early return once N packets are recorded is the first thing the handler does
+    body = per_packet[per_packet.index("{"):]
+    code = [ln.strip() for ln in body.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    assert code[1:4] == ["if ( c?$zeekml_flow )", "{", "if ( c$zeekml_flow$n >= flow_packets )"]
+    # state lives in the connection record (freed with it), not in a global table
+    assert "redef record connection += {" in src
+    assert not re.search(r"^global \w+: table", src, re.M)
 
 
 def test_verdict_input_stream_wiring():
