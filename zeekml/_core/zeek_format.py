@@ -271,8 +271,11 @@ def format_value(value: Any, zeek_type: str, separator: bytes = DEFAULT_SEPARATO
         items = list(value)
         if not items:
             return EMPTY
+        # An empty string element is written as nothing, so that a one-element set holding ""
+        # is not confused with the empty set "(empty)".
         return set_separator.join(
-            UNSET if v is None else _format_scalar(v, elem, separator, set_separator) for v in items)
+            UNSET if v is None else b"" if v in (b"", "") else
+            _format_scalar(v, elem, separator, set_separator) for v in items)
     return _format_scalar(value, zeek_type, separator, None, first_field)
 
 
