@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import site
 import sys
 from importlib import resources
 from pathlib import Path
@@ -35,8 +36,10 @@ def _candidates() -> list[Path]:
             out.append(Path(os.fspath(res)))
     except (ModuleNotFoundError, TypeError):
         pass
-    # (2) installed as data files: <prefix>/share/zeekml/zeek-scripts/scripts
-    out.append(Path(sys.prefix) / "share" / "zeekml" / "zeek-scripts" / "scripts")
+    # (2) installed as data files: <prefix>/share/zeekml/zeek-scripts/scripts (a venv or system
+    # install uses sys.prefix, `pip install --user` the user base)
+    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix, site.getuserbase()]):
+        out.append(Path(prefix) / "share" / "zeekml" / "zeek-scripts" / "scripts")
     # (3) a source checkout: <repo>/zeek-scripts/scripts next to <repo>/zeekml
     out.append(Path(__file__).resolve().parent.parent / "zeek-scripts" / "scripts")
     return out
