@@ -85,6 +85,7 @@ class VerdictFeedbackWriter:
         self.alerts_only = alerts_only
         self.clock = clock
         self.skipped = 0
+        self._skipped_reported = 0
         self.writes = 0
         # verdict_id -> (time added, formatted line), oldest first
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
@@ -119,7 +120,7 @@ class VerdictFeedbackWriter:
         values = _record_values(vid, rec)
         if values is None:
             self.skipped += 1
-            log.warning("verdict %s has no valid 4-tuple; not sent to Zeek", vid)
+            log.debug("verdict %s has no valid 4-tuple; not sent to Zeek", vid)
             return False
         self._entries[vid] = (self.clock(), _format_line(values))
         self._dirty = True
@@ -195,6 +196,10 @@ class VerdictFeedbackWriter:
         _fsync_dir(self.dir)
         self._dirty = False
         self.writes += 1
+        if self.skipped > self._skipped_reported:
+            log.warning("%s: %d verdicts without a valid 4-tuple were not sent to Zeek",
+                        self.path, self.skipped - self._skipped_reported)
+            self._skipped_reported = self.skipped
         return True
 
     def close(self) -> None:
