@@ -135,6 +135,10 @@ class VerdictFeedbackWriter:
         """Add verdicts and rewrite the file if anything changed; returns how many were new."""
         n = self.add_many(verdicts)
         self.flush()
+        if self.skipped > self._skipped_reported:
+            log.warning("%s: %d verdicts without a valid 4-tuple were not sent to Zeek",
+                        self.path, self.skipped - self._skipped_reported)
+            self._skipped_reported = self.skipped
         return n
 
     def _prune(self) -> bool:
@@ -196,10 +200,6 @@ class VerdictFeedbackWriter:
         _fsync_dir(self.dir)
         self._dirty = False
         self.writes += 1
-        if self.skipped > self._skipped_reported:
-            log.warning("%s: %d verdicts without a valid 4-tuple were not sent to Zeek",
-                        self.path, self.skipped - self._skipped_reported)
-            self._skipped_reported = self.skipped
         return True
 
     def close(self) -> None:
