@@ -137,23 +137,44 @@ def _split_fit_calibrate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(idx[:half]), np.sort(idx[half:])
 
 
-def score_table(table: pa.Table, baseline: pa.Table, options: ScoreOptions,
-                summary: ScoreSummary) -> list[Verdict]:
-    """Fit, calibrate and score; one verdict per conn of ``table``, in order."""
-    if table.num_rows == 0:
-        return []
+@dataclass
+class FittedDetectors:
+    """Detectors fitted on a baseline and their calibrated thresholds: all that scoring needs.
+
+    ``zeekml score`` fits one per run; ``zeekml watch`` fits one at start and scores every
+    window with it, so a conn gets the same verdict live as in batch.
+    """
+
+    detectors: list[Detector]
+    calibrators: dict[str, ThresholdCalibrator]
+    fpr: float
+
+
+def fit_calibrate(baseline: pa.Table, options: ScoreOptions,
+                  summary: ScoreSummary | None = None) -> FittedDetectors:
+    """Fit each detector on one half of ``baseline`` and calibrate its threshold on the other."""
     if baseline.num_rows == 0:
         raise ZeekmlError("the baseline holds no conn records to fit on")
     detectors = build_detectors(options.detectors, options.seed, options.models_dir, options.device)
     fit_idx, cal_idx = _split_fit_calibrate(baseline.num_rows, options.seed)
-    calibrated: dict[str, np.ndarray] = {}
-    raw: dict[str, np.ndarray] = {}
+    calibrators: dict[str, ThresholdCalibrator] = {}
     for det in detectors:
         det.fit(baseline.take(pa.array(fit_idx)))
         cal = ThresholdCalibrator(fpr=options.fpr).fit(det.score(baseline.take(pa.array(cal_idx))))
-        summary.thresholds[det.name] = cal.to_dict() | {"effective_fpr": cal.effective_fpr}
-        raw[det.name] = det.score(table)
-        calibrated[det.name] = cal.calibrate(raw[det.name])
+        calibrators[det.name] = cal
+        if summary is not None:
+            summary.thresholds[det.name] = cal.to_dict() | {"effective_fpr": cal.effective_fpr}
+    return FittedDetectors(detectors, calibrators, options.fpr)
+
+
+def score_fitted(table: pa.Table, fitted: FittedDetectors) -> list[Verdict]:
+    """One verdict per conn of ``table``, in order. Each verdict depends only on its own row."""
+    if table.num_rows == 0:
+        return []
+    detectors = fitted.detectors
+    calibrated: dict[str, np.ndarray] = {}
+    for det in detectors:
+        calibrated[det.name] = fitted.calibrators[det.name].calibrate(det.score(table))
     combined, top = combine(calibrated)
     alert = combined >= 1.0
     alert_rows = np.flatnonzero(alert)
@@ -175,13 +196,21 @@ def score_table(table: pa.Table, baseline: pa.Table, options: ScoreOptions,
             uid=cols["uid"][i] or f"row{i}", orig_h=cols["id.orig_h"][i], orig_p=cols["id.orig_p"][i],
             resp_h=cols["id.resp_h"][i], resp_p=cols["id.resp_p"][i], proto=cols["proto"][i],
             score=score, alert=is_alert, model=det.name, note=det.note,
-            msg=(f"{det.name} anomaly score {score:.3f} (1.0 = threshold at fpr {options.fpr:g})"
+            msg=(f"{det.name} anomaly score {score:.3f} (1.0 = threshold at fpr {fitted.fpr:g})"
                  if is_alert else ""),
             sub=explanations.get(i, ""),
             scores={n: float(calibrated[n][i]) for n in names},
         )
         verdicts.append(v)
     return verdicts
+
+
+def score_table(table: pa.Table, baseline: pa.Table, options: ScoreOptions,
+                summary: ScoreSummary) -> list[Verdict]:
+    """Fit, calibrate and score; one verdict per conn of ``table``, in order."""
+    if table.num_rows == 0:
+        return []
+    return score_fitted(table, fit_calibrate(baseline, options, summary))
 
 
 def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = None,

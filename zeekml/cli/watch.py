@@ -1,0 +1,81 @@
+"""``zeekml watch``: live scoring of a Zeek log directory (see ``zeekml.watch``)."""
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+from zeekml.pipeline import ScoreOptions
+from zeekml.watch import Watcher, WatchOptions, status_line
+
+
+@click.command("watch")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for verdicts.jsonl, zeekml_notice.log, quarantine.jsonl, "
+                   "checkpoint.json, calibration.json and stats.json.")
+@click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
+              help="Also keep the verdict file the zeekml Zeek package reads.")
+@click.option("--once", is_flag=True, help="Process what exists now, then exit.")
+@click.option("--baseline", multiple=True, type=click.Path(),
+              help="Logs of a normal period to fit and calibrate on, as for `zeekml score` "
+                   "(default: the first --baseline-records conns of DIRECTORY).")
+@click.option("--baseline-records", default=10_000, show_default=True, type=click.IntRange(1))
+@click.option("--recalibrate", is_flag=True,
+              help="Ignore the calibration saved in --out and fit again.")
+@click.option("--fpr", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Target false-positive rate of each detector's threshold on the baseline.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--window-seconds", default=1.0, show_default=True, type=click.FloatRange(0.01),
+              help="A window is scored and committed this long after its first record...")
+@click.option("--window-records", default=10_000, show_default=True, type=click.IntRange(1),
+              help="...or when it holds this many records.")
+@click.option("--rescan-seconds", default=2.0, show_default=True, type=click.FloatRange(0.05),
+              help="Full directory rescan period (file-system events can be lost).")
+@click.option("--no-events", is_flag=True, help="Rely on the periodic rescan only.")
+@click.option("--status-seconds", default=5.0, show_default=True, type=click.FloatRange(0.1),
+              help="Status line and stats.json period.")
+@click.option("--quiet", is_flag=True, help="No status line.")
+def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, recalibrate, fpr,
+          seed, window_seconds, window_records, rescan_seconds, no_events, status_seconds,
+          quiet) -> None:
+    """Score the conn logs of a live Zeek log directory as they are written.
+
+    Follows DIRECTORY in any of Zeek's layouts (standalone, zeekctl current/ + dated archives,
+    supervisor log-queue/), TSV or JSON, across rotations and restarts; each record is scored
+    exactly once. SIGTERM/SIGINT finish the current window and commit a final checkpoint.
+
+    Exit codes: 0 ok, 1 error, 2 missing directory, 6 output not writable (stopped while
+    stalled).
+    """
+    opts = WatchOptions(
+        score=ScoreOptions(fpr=fpr, baseline=list(baseline), seed=seed, zeek_feedback=zeek_feedback),
+        baseline_records=baseline_records, recalibrate=recalibrate,
+        window_seconds=window_seconds, window_records=window_records,
+        rescan_seconds=rescan_seconds, use_events=not no_events, once=once,
+        status_seconds=status_seconds)
+
+    def on_status(d: dict) -> None:
+        if not quiet:
+            click.echo("zeekml watch: " + status_line(d), err=True)
+
+    watcher = Watcher(directory, out_dir, opts, on_status=on_status)
+
+    def stop(signum, frame) -> None:
+        watcher.request_stop()
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stats = watcher.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    click.echo(f"zeekml watch: {stats.state}: {stats.scored:,} scored, {stats.alerts:,} alerts, "
+               f"{stats.quarantined:,} quarantined, {stats.duplicates_dropped:,} duplicates "
+               f"dropped, {stats.commits:,} commits", err=True)
+    if stats.state.endswith("(stalled)"):
+        sys.exit(6)
+
+
+COMMANDS = [watch]

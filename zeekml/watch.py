@@ -1,0 +1,684 @@
+"""``zeekml watch``: score a live Zeek log directory, window by window, exactly once.
+
+The loop: the ``DirectoryFollower`` hands over new conn records; they gather in a window that
+closes after ``window_seconds`` (default 1 s) or ``window_records`` (default 10 000). A closed
+window is scored with the detectors fitted once at start (``pipeline.fit_calibrate`` /
+``pipeline.score_fitted``, the code ``zeekml score`` runs, so a conn gets the same verdict live and
+in batch), its verdicts, notices and quarantined lines are appended to the outputs and fsynced,
+the Zeek feedback file is rewritten, and only then is the checkpoint committed with the new file
+offsets *and* the new output lengths.
+
+Exactly once across crashes: at start the outputs are cut back to the lengths in the last
+checkpoint and reading resumes at its offsets, so a kill -9 at any point replays at most the one
+uncommitted window and its output is never doubled. The verdict sink also drops any verdict id it
+has already written (a bounded set seeded from the end of ``verdicts.jsonl``).
+
+Backpressure: when a write fails (disk full, I/O error) the window's partial output is cut back,
+the loop stops reading and retries with backoff until the write succeeds; nothing is dropped.
+Zeek keeps writing its logs meanwhile and the loop catches up afterwards.
+
+Calibration: with ``--baseline LOG...`` the detectors are fitted on those logs exactly as
+``zeekml score --baseline LOG...`` does. Without, the first ``baseline_records`` conns of the
+directory are saved to ``OUTDIR/calibration-baseline.log`` (Zeek TSV) and fitted on; either way
+``OUTDIR/calibration.json`` records the sources (with sha256) and thresholds, a restart refits on
+the same data (fitting is seeded, so it gets the same thresholds), and
+``zeekml score LOGS --baseline OUTDIR/calibration-baseline.log`` reproduces the live verdicts.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+
+from zeekml._core.errors import OutputError, ZeekmlError
+from zeekml._core.zeek_format import format_header, format_record
+from zeekml.flows.table import CONN_SCHEMA, conn_table, is_conn_batch
+from zeekml.parse.reject import Quarantine, RejectedRecord
+from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES
+from zeekml.pipeline import (FittedDetectors, ScoreOptions, ScoreSummary, fit_calibrate,
+                             load_conns, score_fitted)
+from zeekml.scoring.verdict import Verdict
+from zeekml.sinks.jsonl import QuarantineWriter, VerdictWriter, _clean
+from zeekml.sinks.zeek_notice import NOTICE_FIELDS, NoticeWriter
+from zeekml.sources.archive import expand_inputs
+from zeekml.sources.checkpoint import Checkpoint, CheckpointStore, fsync_dir
+from zeekml.sources.tail import DirectoryFollower
+
+log = logging.getLogger(__name__)
+
+VERDICTS = "verdicts.jsonl"
+NOTICES = "zeekml_notice.log"
+QUARANTINE = "quarantine.jsonl"
+OUTPUTS = (VERDICTS, NOTICES, QUARANTINE)
+CALIBRATION = "calibration.json"
+BASELINE_LOG = "calibration-baseline.log"
+STATS = "stats.json"
+LOCK = "watch.lock"
+
+
+@dataclass
+class WatchOptions:
+    """Settings of ``zeekml watch``.
+
+    Args:
+        score: detectors, fpr, seed, baseline logs and the Zeek feedback file, as for ``score``.
+        baseline_records: without ``score.baseline``, calibrate on this many first conns
+            (default 10000).
+        recalibrate: ignore a calibration saved in the output directory.
+        window_seconds: a window closes this long after its first record (default 1.0).
+        window_records: ... or when it holds this many records (default 10000).
+        rescan_seconds: full directory rescan period (default 2.0).
+        use_events: react to watchdog events between rescans (default ``True``).
+        once: process what exists now, then exit.
+        status_seconds: status callback and stats file period (default 5.0).
+        max_line_bytes: longer input lines are quarantined (default 1 MiB).
+        retry_seconds: first backoff when an output write fails (default 0.5; doubles to
+            ``max_retry_seconds``, default 10.0).
+        dedup_capacity: verdict ids remembered to drop duplicates (default 200000).
+    """
+
+    score: ScoreOptions = field(default_factory=ScoreOptions)
+    baseline_records: int = 10_000
+    recalibrate: bool = False
+    window_seconds: float = 1.0
+    window_records: int = 10_000
+    rescan_seconds: float = 2.0
+    use_events: bool = True
+    once: bool = False
+    status_seconds: float = 5.0
+    max_line_bytes: int = 1 << 20
+    retry_seconds: float = 0.5
+    max_retry_seconds: float = 10.0
+    dedup_capacity: int = 200_000
+
+
+@dataclass
+class WatchStats:
+    """Counters of one ``watch`` process (written to ``OUTDIR/stats.json``)."""
+
+    started_at: float = 0.0
+    updated_at: float = 0.0
+    state: str = "starting"
+    records_read: int = 0
+    conn_records: int = 0
+    other_records: int = 0
+    scored: int = 0
+    verdicts_written: int = 0
+    duplicates_dropped: int = 0
+    alerts: int = 0
+    alerts_by_note: dict[str, int] = field(default_factory=dict)
+    quarantined: int = 0
+    quarantine_by_reason: dict[str, int] = field(default_factory=dict)
+    windows: int = 0
+    commits: int = 0
+    checkpoint_generation: int = 0
+    stalls: int = 0
+    stalled: bool = False
+    last_error: str = ""
+    records_per_s: float = 0.0
+    lag_s: float = 0.0
+    bytes_behind: int = 0
+    files_tracked: int = 0
+    files_open: int = 0
+    rescans: int = 0
+    rss_bytes: int = 0
+    calibration: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Stopped(Exception):
+    """Stop requested while waiting."""
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering: the same formatting code as the batch sinks, into memory
+
+class _VerdictLines(VerdictWriter):
+    def __init__(self) -> None:  # no file: collects the lines
+        self.path, self.count, self.lines = VERDICTS, 0, []
+
+    def write_obj(self, obj: dict) -> None:
+        self.lines.append(json.dumps(_clean(obj), separators=(",", ":")).encode() + b"\n")
+        self.count += 1
+
+
+class _QuarantineLines(QuarantineWriter):
+    def __init__(self) -> None:
+        self.path, self.count, self.lines = QUARANTINE, 0, []
+
+    def write_obj(self, obj: dict) -> None:
+        self.lines.append(json.dumps(_clean(obj), separators=(",", ":")).encode() + b"\n")
+        self.count += 1
+
+
+class _ZeekLines:
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        self.names = [n for n, _ in fields]
+        self.types = [t for _, t in fields]
+        self.lines: list[bytes] = []
+        self.count = 0
+        self.path = NOTICES
+
+    def write(self, record) -> None:
+        self.lines.append(format_record((record.get(n) for n in self.names), self.types))
+        self.count += 1
+
+    def header(self) -> bytes:
+        return format_header("zeekml_notice", self.names, self.types)
+
+
+class _NoticeLines(NoticeWriter):
+    def __init__(self, suppress_for: float = 3600.0) -> None:
+        self.suppress_for = suppress_for
+        self._log = _ZeekLines(NOTICE_FIELDS)
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs
+
+WriteFn = Callable[[int, bytes, int], int]
+
+
+class OutputFiles:
+    """The append-only outputs with their durable lengths.
+
+    At open, a file longer than its committed length is cut back (that tail was never
+    committed). ``append`` writes every part at the current length and fsyncs; on any error it
+    cuts every file back to its length before the call and raises ``OutputError``.
+
+    Args:
+        out_dir: the output directory.
+        committed: file name -> committed length (from the checkpoint).
+        write: ``os.pwrite``-like function (tests inject faults here).
+    """
+
+    def __init__(self, out_dir: str, committed: dict[str, int], write: WriteFn | None = None):
+        self.out_dir = out_dir
+        self._write = write or os.pwrite
+        self.lengths: dict[str, int] = {}
+        self._fds: dict[str, int] = {}
+        for name in OUTPUTS:
+            path = os.path.join(out_dir, name)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise OutputError(f"cannot open: {e.strerror}", path) from e
+            size = os.fstat(fd).st_size
+            want = committed.get(name, 0)
+            if size > want:
+                if want or size:
+                    log.info("%s: cutting %d uncommitted bytes", path, size - want)
+                os.ftruncate(fd, want)
+                os.fsync(fd)
+            elif size < want:
+                log.warning("%s: shorter (%d) than committed (%d): it was changed by someone "
+                            "else; appending after what is there", path, size, want)
+                want = size
+            self._fds[name] = fd
+            self.lengths[name] = want
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.out_dir, name)
+
+    def append(self, parts: dict[str, bytes]) -> None:
+        done: list[str] = []
+        try:
+            for name, data in parts.items():
+                if not data:
+                    continue
+                fd, off = self._fds[name], self.lengths[name]
+                view = memoryview(data)
+                while view:
+                    n = self._write(fd, view, off)
+                    if n <= 0:
+                        raise OSError(errno.EIO, "short write")
+                    view, off = view[n:], off + n
+                os.fsync(fd)
+                done.append(name)
+        except OSError as e:
+            for name in parts:
+                try:
+                    os.ftruncate(self._fds[name], self.lengths[name])
+                except OSError:
+                    pass
+            raise OutputError(f"cannot write: {e.strerror or e}", self.out_dir) from e
+        for name, data in parts.items():
+            self.lengths[name] += len(data)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+
+
+class VerdictDedup:
+    """The verdict ids written most recently (bounded), so a repeated verdict is dropped."""
+
+    _ID = re.compile(rb'"verdict_id":"([^"]+)"')
+
+    def __init__(self, capacity: int = 200_000):
+        self.capacity = capacity
+        self._ids: dict[str, None] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, vid: str) -> bool:
+        """True if ``vid`` is new (and now remembered)."""
+        if vid in self._ids:
+            return False
+        self._ids[vid] = None
+        if len(self._ids) > self.capacity:
+            self._ids.pop(next(iter(self._ids)))
+        return True
+
+    def seed_from(self, path: str, length: int, max_bytes: int = 64 << 20) -> None:
+        """Remember the ids of the last lines of ``verdicts.jsonl`` (up to ``length``)."""
+        if length <= 0:
+            return
+        start = max(0, length - max_bytes)
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read(length - start)
+        except OSError:
+            return
+        for m in self._ID.finditer(data):
+            self.add(m.group(1).decode())
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration
+
+BASELINE_FIELDS = [(f.name, KNOWN_FIELD_TYPES.get(f.name, "string")) for f in CONN_SCHEMA]
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def write_baseline_log(table: pa.Table, path: str) -> None:
+    """Conns as a Zeek TSV conn log (``#path conn``), written whole and renamed into place."""
+    names = [n for n, _ in BASELINE_FIELDS]
+    types = [t for _, t in BASELINE_FIELDS]
+    cols = {n: table.column(n).to_pylist() for n in names}
+    lines = [format_header("conn", names, types)]
+    for i in range(table.num_rows):
+        lines.append(format_record([cols[n][i] for n in names], types))
+    _atomic_write(path, b"".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+class Watcher:
+    """Follows ``root`` and writes verdicts to ``out_dir``; ``run()`` until stopped.
+
+    Args:
+        root: the Zeek log directory.
+        out_dir: where verdicts, notices, quarantine, checkpoint, calibration and stats go.
+        options: see ``WatchOptions``.
+        on_status: called with the stats dict every ``status_seconds``.
+        write: ``os.pwrite``-like function for the outputs (fault injection in tests).
+    """
+
+    def __init__(self, root: str | os.PathLike, out_dir: str | os.PathLike,
+                 options: WatchOptions | None = None,
+                 on_status: Callable[[dict], None] | None = None,
+                 write: WriteFn | None = None):
+        self.root = os.fspath(root)
+        self.out_dir = os.fspath(out_dir)
+        self.options = options or WatchOptions()
+        self.on_status = on_status
+        self._write = write
+        self.stats = WatchStats()
+        self._stop = threading.Event()
+        self._follower: DirectoryFollower | None = None
+        self._pending_quarantine = _QuarantineLines()
+        self._quarantine = Quarantine(sink=self._pending_quarantine.write)
+
+    def request_stop(self) -> None:
+        """Finish the current window, commit and return from ``run`` (signal-handler safe)."""
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.wake()
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _lock(self) -> int:
+        path = os.path.join(self.out_dir, LOCK)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            raise OutputError("another zeekml watch is using this output directory", path) from e
+        return fd
+
+    def _calibrate(self, cp: Checkpoint) -> FittedDetectors:
+        opts = self.options
+        so = opts.score
+        cal_path = os.path.join(self.out_dir, CALIBRATION)
+        saved = None
+        if os.path.exists(cal_path) and not opts.recalibrate:
+            try:
+                with open(cal_path) as f:
+                    saved = json.load(f)
+            except (OSError, ValueError) as e:
+                raise ZeekmlError(f"unreadable calibration ({e}); use --recalibrate", cal_path)
+        want = {"fpr": so.fpr, "seed": so.seed, "detectors": list(so.detectors)}
+        if saved is not None and saved.get("options") != want:
+            raise ZeekmlError(f"calibrated with other options {saved.get('options')}; use the "
+                              "same --fpr/--seed, a new --out, or --recalibrate", cal_path)
+
+        if so.baseline:
+            files = expand_inputs(so.baseline)
+            if not files:
+                raise ZeekmlError("no conn logs in --baseline")
+            sources = [{"path": os.path.abspath(p), "sha256": _sha256(p)} for p in files]
+            if saved is not None and saved.get("sources") != sources:
+                raise ZeekmlError("the output directory was calibrated on another baseline; "
+                                  "use the same --baseline, a new --out, or --recalibrate",
+                                  cal_path)
+        elif saved is not None:
+            sources = saved["sources"]
+            files = [s["path"] for s in sources]
+            for s in sources:
+                if not os.path.exists(s["path"]) or _sha256(s["path"]) != s["sha256"]:
+                    raise ZeekmlError("baseline changed or missing since calibration; "
+                                      "use --recalibrate", s["path"])
+        else:
+            path = os.path.join(self.out_dir, BASELINE_LOG)
+            table = self._collect_baseline(cp)
+            write_baseline_log(table, path)
+            files = [path]
+            sources = [{"path": os.path.abspath(path), "sha256": _sha256(path)}]
+
+        base_summary = ScoreSummary()
+        baseline = load_conns(files, Quarantine(), base_summary)
+        summary = ScoreSummary()
+        fitted = fit_calibrate(baseline, so, summary)
+        doc = {"options": want, "sources": sources, "records": baseline.num_rows,
+               "thresholds": summary.thresholds}
+        if saved is not None and saved.get("thresholds") != json.loads(json.dumps(
+                summary.thresholds)):
+            log.warning("refitting gave other thresholds than the saved calibration "
+                        "(%s vs %s)", summary.thresholds, saved.get("thresholds"))
+        if saved is None or saved != doc:
+            _atomic_write(cal_path, (json.dumps(doc, indent=2) + "\n").encode())
+        self.stats.calibration = {"records": baseline.num_rows, "sources": len(sources),
+                                  "thresholds": summary.thresholds}
+        log.info("calibrated on %d baseline conns", baseline.num_rows)
+        return fitted
+
+    def _collect_baseline(self, cp: Checkpoint) -> pa.Table:
+        """The first ``baseline_records`` conns from the checkpoint on (read, not committed)."""
+        opts = self.options
+        self.stats.state = "calibrating"
+        f = DirectoryFollower(self.root, cp.files, Quarantine(), max_line_bytes=opts.max_line_bytes,
+                              rescan_seconds=opts.rescan_seconds, use_events=opts.use_events,
+                              exclude=[self.out_dir])
+        batches = []
+        n = 0
+        f.start()
+        try:
+            while n < opts.baseline_records:
+                got = f.poll(max_records=opts.baseline_records - n)
+                for b in got:
+                    if is_conn_batch(b):
+                        batches.append(b)
+                        n += b.num_rows
+                if not got and f.caught_up:
+                    if opts.once:
+                        break
+                    if self._stop.is_set():
+                        raise _Stopped
+                    self._status_maybe(f, force=False, calibrating=n)
+                    f.wait(min(opts.rescan_seconds, 1.0))
+        finally:
+            f.stop()
+        if n == 0:
+            raise ZeekmlError("no conn records to calibrate on", self.root)
+        table = conn_table(batches)
+        return table.slice(0, min(n, opts.baseline_records))
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def run(self) -> WatchStats:
+        opts = self.options
+        try:
+            os.makedirs(self.out_dir, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create output directory: {e.strerror}", self.out_dir) from e
+        if not os.path.isdir(self.root):
+            from zeekml._core.errors import InputNotFound
+            raise InputNotFound("no such directory", self.root)
+        lock_fd = self._lock()
+        self.stats.started_at = time.time()
+        self._t0 = time.monotonic()
+        self._last_status = self._t0
+        self._records_at_status = 0
+        store = CheckpointStore(self.out_dir)
+        cp = store.load()
+        outputs = OutputFiles(self.out_dir, cp.outputs, self._write)
+        feedback = None
+        try:
+            dedup = VerdictDedup(opts.dedup_capacity)
+            dedup.seed_from(outputs.path(VERDICTS), outputs.lengths[VERDICTS])
+            try:
+                fitted = self._calibrate(cp)
+            except _Stopped:
+                self.stats.state = "stopped"
+                return self.stats
+            if opts.score.zeek_feedback:
+                from zeekml.sinks.zeek_input import VerdictFeedbackWriter
+                feedback = VerdictFeedbackWriter(opts.score.zeek_feedback)
+            follower = DirectoryFollower(
+                self.root, cp.files, self._quarantine, max_line_bytes=opts.max_line_bytes,
+                rescan_seconds=opts.rescan_seconds, use_events=opts.use_events,
+                exclude=[self.out_dir])
+            self._follower = follower
+            follower.start()
+            self.stats.state = "running"
+            try:
+                self._loop(follower, fitted, outputs, dedup, feedback, store, cp)
+            finally:
+                follower.stop()
+                self._follower = None
+        finally:
+            outputs.close()
+            self._status_maybe(self._follower, force=True)
+            os.close(lock_fd)
+        return self.stats
+
+    def _loop(self, follower, fitted, outputs, dedup, feedback, store, cp) -> None:
+        opts = self.options
+        window: list = []
+        window_rows = 0
+        window_started: float | None = None
+        dirty = False
+        q_seen = self._quarantine.count
+        while True:
+            stopping = self._stop.is_set()
+            got = [] if stopping else follower.poll(max_records=max(1, opts.window_records - window_rows))
+            now = time.monotonic()
+            for b in got:
+                self.stats.records_read += b.num_rows
+                if is_conn_batch(b):
+                    window.append(b)
+                    window_rows += b.num_rows
+                    self.stats.conn_records += b.num_rows
+                else:
+                    self.stats.other_records += b.num_rows
+            if got or not follower.caught_up or self._quarantine.count != q_seen:
+                dirty = True
+                q_seen = self._quarantine.count
+                if window_started is None:
+                    window_started = now
+            idle = follower.caught_up and not got
+            due = dirty and (stopping or window_rows >= opts.window_records
+                             or (window_started is not None
+                                 and now - window_started >= opts.window_seconds)
+                             or (opts.once and idle))
+            if due:
+                try:
+                    self._commit_window(window, follower, fitted, outputs, dedup, feedback,
+                                        store, cp)
+                except _Stopped:
+                    log.warning("stopped while the output was not writable; the last window "
+                                "was not committed and will be read again")
+                    self.stats.state = "stopped (stalled)"
+                    return
+                window, window_rows, window_started, dirty = [], 0, None, False
+            self._status_maybe(follower)
+            if stopping:
+                self.stats.state = "stopped"
+                return
+            if opts.once and idle and not dirty:
+                self.stats.state = "done"
+                return
+            if idle:
+                timeout = opts.rescan_seconds
+                if window_started is not None:
+                    timeout = max(0.0, opts.window_seconds - (now - window_started))
+                follower.wait(min(timeout, opts.status_seconds, 1.0))
+
+    def _commit_window(self, window, follower, fitted, outputs, dedup, feedback, store,
+                       cp) -> None:
+        verdict_lines = _VerdictLines()
+        notice_lines = _NoticeLines()
+        table = conn_table(window) if window else None
+        verdicts: list[Verdict] = score_fitted(table, fitted) if table is not None else []
+        alerts: list[Verdict] = []
+        notes: Counter[str] = Counter()
+        for v in verdicts:
+            if not dedup.add(v.verdict_id):
+                self.stats.duplicates_dropped += 1
+                continue
+            verdict_lines.write(v)
+            if v.alert:
+                notice_lines.write(v)
+                alerts.append(v)
+                notes[v.note] += 1
+        q = self._pending_quarantine
+        parts = {VERDICTS: b"".join(verdict_lines.lines), QUARANTINE: b"".join(q.lines),
+                 NOTICES: b"".join(notice_lines._log.lines)}
+        if parts[NOTICES] and outputs.lengths[NOTICES] == 0:
+            parts[NOTICES] = notice_lines._log.header() + parts[NOTICES]
+        self._durably(lambda: outputs.append(parts))
+        q.lines.clear()
+        if feedback is not None and alerts:
+            self._durably(lambda: feedback.write(alerts))
+        cp.files = follower.snapshot()
+        cp.outputs = dict(outputs.lengths)
+        self.stats.scored += len(verdicts)
+        self.stats.verdicts_written += verdict_lines.count
+        self.stats.alerts += len(alerts)
+        for k, n in notes.items():
+            self.stats.alerts_by_note[k] = self.stats.alerts_by_note.get(k, 0) + n
+        self.stats.windows += 1
+        cp.stats = {"verdicts_written": self.stats.verdicts_written, "alerts": self.stats.alerts}
+        self._durably(lambda: store.commit(cp))
+        self.stats.commits += 1
+        self.stats.checkpoint_generation = cp.generation
+
+    def _durably(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` until it succeeds; on output errors wait and retry (backpressure)."""
+        delay = self.options.retry_seconds
+        while True:
+            try:
+                fn()
+                if self.stats.stalled:
+                    log.warning("output writable again; resuming")
+                self.stats.stalled = False
+                return
+            except OutputError as e:
+                self.stats.stalls += 1
+                self.stats.stalled = True
+                self.stats.last_error = str(e)
+                log.warning("output stalled (%s); retrying in %.1f s, nothing is dropped", e, delay)
+                self._status_maybe(self._follower, force=False)
+                if self._stop.wait(delay):
+                    raise _Stopped from e
+                delay = min(delay * 2, self.options.max_retry_seconds)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def _status_maybe(self, follower: DirectoryFollower | None, force: bool = False,
+                      calibrating: int | None = None) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status < self.options.status_seconds:
+            return
+        s = self.stats
+        dt = now - self._last_status
+        if dt > 0:
+            s.records_per_s = (s.records_read - self._records_at_status) / dt
+        self._last_status = now
+        self._records_at_status = s.records_read
+        s.quarantined = self._quarantine.count
+        s.quarantine_by_reason = dict(self._quarantine.by_reason)
+        if follower is not None:
+            s.lag_s = follower.lag_seconds()
+            s.bytes_behind = follower.bytes_behind()
+            s.files_tracked = len(follower.states)
+            s.files_open = len(follower.readers)
+            s.rescans = follower.rescans
+        if calibrating is not None:
+            s.calibration = {"collected": calibrating, "wanted": self.options.baseline_records}
+        s.rss_bytes = _rss()
+        s.updated_at = time.time()
+        d = s.to_dict()
+        try:
+            _atomic_write(os.path.join(self.out_dir, STATS), (json.dumps(d, indent=1) + "\n").encode())
+        except OSError as e:
+            log.debug("cannot write stats: %s", e)
+        if self.on_status is not None:
+            self.on_status(d)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def status_line(d: dict) -> str:
+    """One human line from a stats dict."""
+    line = (f"{d['state']}: {d['records_per_s']:,.0f} records/s, lag {d['lag_s']:.1f} s, "
+            f"{d['scored']:,} scored, {d['alerts']:,} alerts, {d['quarantined']:,} quarantined, "
+            f"{d['files_open']}/{d['files_tracked']} files")
+    if d.get("stalled"):
+        line += f", STALLED: {d['last_error']}"
+    return line
