@@ -280,7 +280,9 @@ class VerdictDedup:
         return len(self._ids)
 
     def add(self, vid: str) -> bool:
-        """True if ``vid`` is new (and now remembered)."""
+        """True if ``vid`` is new (and now remembered). A capacity of 0 turns dropping off."""
+        if self.capacity <= 0:
+            return True
         if vid in self._ids:
             return False
         self._ids[vid] = None

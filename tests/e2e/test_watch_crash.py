@@ -1,0 +1,113 @@
+"""Guarantees 1 and 3: kill -9 at random moments, rotations while running and while stopped.
+
+A writer process appends conn records with unique uids (in 1-3 pieces each) and rotates; the
+watcher runs in a forked process that is killed with SIGKILL at random moments, several rounds.
+A last ``--once`` run drains what is left. Every uid must be in ``verdicts.jsonl`` exactly once.
+The verdict sink's duplicate filter is turned off (``dedup_capacity=0``) so that the checkpoint
+and output cut-back alone must give exactly once.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from test_watch_support import (ZeekWriter, all_uids, start, uid_counts, watcher_process,
+                                write_baseline, writer_process)
+
+from zeekml.sources.checkpoint import CheckpointStore
+
+
+def _opts(baseline: str, **kw) -> dict:
+    d = dict(score={"baseline": [baseline]}, window_seconds=0.15, window_records=400,
+             rescan_seconds=0.25, status_seconds=0.5, dedup_capacity=0)
+    d.update(kw)
+    return d
+
+
+def _drain(root: str, out: str, baseline: str) -> None:
+    p = start(watcher_process, root, out, _opts(baseline, once=True))
+    p.join(60)
+    assert p.exitcode == 0, "the final --once run failed"
+
+
+def _assert_exactly_once(out: str, expected: set[str]) -> None:
+    counts = uid_counts(out)
+    missing = expected - set(counts)
+    extra = set(counts) - expected
+    doubled = {u: n for u, n in counts.items() if n > 1}
+    assert not missing, f"{len(missing)} uids never scored, e.g. {sorted(missing)[:3]}"
+    assert not extra, f"unexpected uids {sorted(extra)[:3]}"
+    assert not doubled, f"{len(doubled)} uids scored more than once, e.g. {list(doubled.items())[:3]}"
+
+
+def test_kill9_random_rounds_every_uid_exactly_once(tmp_path):
+    root, out = str(tmp_path / "logs"), str(tmp_path / "out")
+    os.makedirs(root)
+    baseline = write_baseline(str(tmp_path / "baseline.log"))
+    n = 5000
+    writer = start(writer_process, root, "standalone", n, 7, 1200, 0.06)
+    rng = random.Random(20240101)
+    rounds = 0
+    deadline = time.monotonic() + 40
+    while (writer.is_alive() or rounds < 4) and rounds < 8 and time.monotonic() < deadline:
+        p = start(watcher_process, root, out, _opts(baseline))
+        time.sleep(rng.uniform(0.2, 2.5))
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(10)
+        rounds += 1
+    writer.join(30)
+    assert writer.exitcode == 0
+    assert rounds >= 4
+    _drain(root, out, baseline)
+    _assert_exactly_once(out, all_uids(n))
+    cp = CheckpointStore(out).load()
+    assert cp.generation > 0
+    assert cp.outputs["verdicts.jsonl"] == os.path.getsize(os.path.join(out, "verdicts.jsonl"))
+
+
+@pytest.mark.parametrize("layout", ["standalone", "zeekctl", "supervisor"])
+def test_rotation_while_running_and_while_stopped(tmp_path, layout):
+    root, out = str(tmp_path / "logs"), str(tmp_path / "out")
+    os.makedirs(root)
+    baseline = write_baseline(str(tmp_path / "baseline.log"))
+    w = ZeekWriter(root, layout, seed=3)
+    w.write(200)
+    p = start(watcher_process, root, out, _opts(baseline))
+    try:
+        # while running: rotate (and archive) twice with writes around it
+        for _ in range(2):
+            time.sleep(0.4)
+            w.write(150)
+            w.rotate()
+            w.write(100)
+        time.sleep(0.8)
+        os.kill(p.pid, signal.SIGKILL)  # an unclean stop in the middle of things
+        p.join(10)
+        # while stopped: more records, a rotation and its archive, a new live file
+        w.write(120)
+        w.rotate()
+        w.write(80)
+        w.rotate(archive=False)       # rotated but not archived yet when we come back
+        w.write(60)
+        p = start(watcher_process, root, out, _opts(baseline))
+        time.sleep(1.0)
+        if layout != "standalone":
+            w.archive()               # archived while running: the gz copy must not be re-read
+        w.write(40)
+        time.sleep(1.0)
+        os.kill(p.pid, signal.SIGTERM)  # clean stop with a final checkpoint
+        p.join(20)
+        assert p.exitcode == 0
+    finally:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGKILL)
+        w.close()
+    _drain(root, out, baseline)
+    _assert_exactly_once(out, all_uids(w.next_uid))
+    if layout != "standalone":
+        gz = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".gz")]
+        assert len(gz) == w.rotations
