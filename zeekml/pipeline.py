@@ -4,11 +4,9 @@ The one place that sees every step. ``score_paths`` is what ``zeekml score`` run
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -16,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from zeekml._core.errors import OutputError, ZeekmlError
+from zeekml._core.errors import ZeekmlError
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine, read_log
 from zeekml.parse.reject import RejectedRecord
@@ -24,8 +22,7 @@ from zeekml.scoring.calibrate import ThresholdCalibrator
 from zeekml.scoring.detector import Detector, IsolationForestDetector
 from zeekml.scoring.ensemble import combine
 from zeekml.scoring.verdict import Verdict
-from zeekml.sinks.jsonl import QuarantineWriter, VerdictWriter
-from zeekml.sinks.zeek_notice import NoticeWriter
+from zeekml.sinks.run_outputs import ScoreOutputs
 from zeekml.sources.archive import expand_inputs
 
 log = logging.getLogger(__name__)
@@ -51,6 +48,8 @@ class ScoreOptions:
     detectors: list[str] = field(default_factory=lambda: ["iforest"])
     models_dir: str | None = None   # learned detectors; None = none, "" = the shipped models/
     device: str = "cpu"
+    dask: str | None = None         # "local", "local:N" or a scheduler address
+    split_bytes: int = 64 << 20     # Dask: plain files larger than this are cut into tasks
 
 
 @dataclass
@@ -218,7 +217,8 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     """Score every conn record under ``paths``; write verdicts, notices and quarantine to ``out_dir``.
 
     Outputs: ``verdicts.jsonl``, ``zeekml_notice.log``, ``quarantine.jsonl``, ``summary.json``
-    (and the Zeek feedback file when ``options.zeek_feedback`` is set).
+    (and the Zeek feedback file when ``options.zeek_feedback`` is set). With ``options.dask``
+    the work runs on a Dask cluster (``zeekml.distributed``) and the outputs are the same.
     """
     options = options or ScoreOptions()
     t0 = time.perf_counter()
@@ -226,59 +226,39 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     if not files:
         raise ZeekmlError("no conn or eve logs found in the given paths")
     baseline_files = expand_inputs(options.baseline) if options.baseline else []
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create output directory: {e.strerror}", out_dir) from e
+    outputs = ScoreOutputs(out_dir, options.zeek_feedback)
     summary = ScoreSummary()
-    qwriter = QuarantineWriter(os.path.join(out_dir, "quarantine.jsonl"))
-    quarantine = Quarantine(sink=qwriter)
-
+    quarantine = Quarantine(sink=outputs.quarantine)
     from zeekml._core.progress import file_progress
-    with file_progress(files + baseline_files, enabled=progress) as advance:
-        table = load_conns(files, quarantine, summary, advance)
-        if baseline_files:
-            base_summary = ScoreSummary()
-            baseline = load_conns(baseline_files, quarantine, base_summary, advance)
-        else:
-            baseline = table.take(pa.array(baseline_rows(table, options.baseline_fraction))) \
-                if table.num_rows else table
-    if summary.files == 0:
-        qwriter.close()
-        raise ZeekmlError("no input file could be read: " +
-                          "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
-    summary.baseline_records = baseline.num_rows
-    verdicts = score_table(table, baseline, options, summary)
-
-    notices = NoticeWriter(os.path.join(out_dir, "zeekml_notice.log"))
-    vwriter = VerdictWriter(os.path.join(out_dir, "verdicts.jsonl"))
-    notes: Counter[str] = Counter()
     try:
-        for v in verdicts:
-            vwriter.write(v)
-            if v.alert:
-                notices.write(v)
-                notes[v.note] += 1
-    finally:
-        vwriter.close()
-        notices.close()
-        qwriter.close()
-    if options.zeek_feedback:
-        from zeekml.sinks.zeek_input import VerdictFeedbackWriter
-        VerdictFeedbackWriter(options.zeek_feedback).write([v for v in verdicts if v.alert])
-        summary.outputs["zeek_feedback"] = options.zeek_feedback
-    summary.scored = len(verdicts)
-    summary.alerts = sum(notes.values())
-    summary.alerts_by_note = dict(notes)
+        with file_progress(files + baseline_files, enabled=progress and not options.dask) as advance:
+            baseline = None
+            if baseline_files:
+                baseline = load_conns(baseline_files, quarantine, ScoreSummary(), advance)
+            if options.dask:
+                from zeekml.distributed import plan_tasks, score_tasks_dask
+                score_tasks_dask(plan_tasks(files, options.split_bytes), options.dask, options,
+                                 summary, quarantine, baseline, outputs.write)
+            else:
+                table = load_conns(files, quarantine, summary, advance)
+                if summary.files == 0:
+                    raise ZeekmlError("no input file could be read: " +
+                                      "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
+                if baseline is None:
+                    baseline = table.take(pa.array(baseline_rows(table, options.baseline_fraction))) \
+                        if table.num_rows else table
+                summary.baseline_records = baseline.num_rows
+                outputs.write(score_table(table, baseline, options, summary))
+    except BaseException:
+        outputs.close()
+        raise
+    summary.scored = outputs.scored
+    summary.alerts = sum(outputs.notes.values())
+    summary.alerts_by_note = dict(outputs.notes)
     summary.quarantined = quarantine.count
     summary.quarantine_by_reason = dict(quarantine.by_reason)
     summary.seconds = time.perf_counter() - t0
-    summary.outputs.update({
-        "verdicts": vwriter.path, "notices": notices._log.path, "quarantine": qwriter.path,
-        "summary": os.path.join(out_dir, "summary.json"),
-    })
-    with open(summary.outputs["summary"], "w") as f:
-        json.dump(summary.to_dict(), f, indent=2)
+    summary.outputs.update(outputs.finish(summary.to_dict()))
     return summary
 
 

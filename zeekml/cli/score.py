@@ -51,16 +51,30 @@ def print_summary(s: ScoreSummary) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
               help="Also write the verdict file the zeekml Zeek package reads.")
+@click.option("--models", "models_dir", default=None, type=click.Path(file_okay=False),
+              help="Also use the learned detectors in this models directory (those whose "
+                   "config.json says \"detector\": true); --models '' = the shipped models/.")
+@click.option("--dask", "dask", default=None, metavar="SCHEDULER",
+              help="Run on Dask: 'local', 'local:N' (N worker processes) or a scheduler "
+                   "address like tcp://host:8786. Outputs are the same as without it.")
+@click.option("--dask-split-bytes", default=64 << 20, show_default=True, type=click.IntRange(1024),
+              help="With --dask: plain log files larger than this are cut into several tasks.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where learned detectors run; auto = CUDA when present.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
-def score(paths, out_dir, fpr, baseline, baseline_fraction, seed, zeek_feedback, progress) -> None:
+def score(paths, out_dir, fpr, baseline, baseline_fraction, seed, zeek_feedback, models_dir, dask,
+          dask_split_bytes, device, progress) -> None:
     """Score conn records and write notices for the anomalous ones.
 
     Exit codes: 0 ok, 1 error, 2 missing input, 3 unknown format, 4 unreadable input,
     6 output not writable, 7 finished but some input files failed.
     """
+    from zeekml._core.device import resolve_device
+
     opts = ScoreOptions(fpr=fpr, baseline=list(baseline), baseline_fraction=baseline_fraction,
-                        seed=seed, zeek_feedback=zeek_feedback)
+                        seed=seed, zeek_feedback=zeek_feedback, models_dir=models_dir, dask=dask,
+                        split_bytes=dask_split_bytes, device=resolve_device(device))
     if progress is None:
         progress = sys.stderr.isatty()
     summary = score_paths(list(paths), out_dir, opts, progress=progress)

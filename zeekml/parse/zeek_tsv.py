@@ -236,6 +236,13 @@ class ZeekTsvParser:
         if nl.size and int(np.max(np.diff(nl, prepend=-1))) > self.max_line_bytes:
             raise _FastPathRefused
         names = [f"c{i}" for i in range(sch.raw_ncols)]
+        # Numbers and bools are parsed by Arrow's CSV reader itself (strict integer parsing; any
+        # value it refuses sends the run to the exact path); text stays raw bytes for Zeek's rules.
+        col_types = {}
+        for i, c in enumerate(names):
+            zt = sch.types[i] if sch.packed_at is None or i < sch.packed_at else None
+            target = arrow_type(zt) if zt is not None and container_element_type(zt) is None else None
+            col_types[c] = target if target is not None and target not in _STRING_ARROW else pa.binary()
         bad_rows = []
 
         def on_invalid(row):
@@ -252,11 +259,11 @@ class ZeekTsvParser:
                     escape_char=False, double_quote=False, newlines_in_values=False,
                     ignore_empty_lines=False, invalid_row_handler=on_invalid),
                 convert_options=pacsv.ConvertOptions(
-                    column_types={c: pa.binary() for c in names},
+                    column_types=col_types, true_values=["T"], false_values=["F"],
                     null_values=[h.unset_field.decode("latin-1")], strings_can_be_null=True,
                     quoted_strings_can_be_null=False),
             )
-        except (pa.ArrowInvalid, ValueError) as e:
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
             raise _FastPathRefused from e
         if bad_rows or table.num_rows != nl.size:
             raise _FastPathRefused
@@ -271,6 +278,8 @@ class ZeekTsvParser:
                     sub = pc.list_element(parts, j)
                     sub = pc.if_else(pc.equal(sub, h.unset_field), pa.scalar(None, pa.binary()), sub)
                     cols.append(self._convert(sub, sch.types[i + j]))
+            elif col.type != pa.binary():
+                cols.append(col)
             else:
                 k = i if sch.packed_at is None or i < sch.packed_at else i + sch.packed_n - 1
                 cols.append(self._convert(col, sch.types[k]))

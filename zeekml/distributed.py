@@ -1,0 +1,245 @@
+"""Batch scoring on Dask: the archive is cut into tasks by file and byte range, workers parse and
+score, results come back into the same outputs as a single-process run.
+
+The plan keeps a single-process run's semantics exactly:
+1. every task parses its piece into a conn table, kept on its worker;
+2. the driver gathers only the ``ts`` column, picks the baseline rows with the same stable order
+   a single process uses, and gathers just those rows;
+3. detectors are fitted and calibrated once on the driver and broadcast (loaded once per worker);
+4. each task scores its table; verdicts are written in task order, so the output files are the
+   same bytes as those of ``zeekml score`` without ``--dask``.
+Per-conn detectors make a verdict depend only on its own row; detectors that look at a context
+(graph windows) get their overlap through ``ScoringTask.context`` (not needed by the row detectors).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from zeekml._core.errors import UnreadableInput, ZeekmlError
+from zeekml.flows.table import conn_table, is_conn_batch
+from zeekml.parse import Quarantine
+from zeekml.parse.reader import GZIP_MAGIC, detect_format, open_binary
+from zeekml.parse.reject import RejectedRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPLIT_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    """A piece of one file: bytes ``[start, end)`` (``end`` None = to the end), parsed after
+    feeding ``header`` (the meta lines in force at ``start``)."""
+
+    path: str
+    fmt: str
+    start: int = 0
+    end: int | None = None
+    header: bytes = b""
+    first_line: int = 0
+
+
+@dataclass
+class ReadResult:
+    table: pa.Table
+    records_read: int
+    other_records: int
+    rejected: list[RejectedRecord]
+    error: str | None = None
+
+
+def plan_tasks(files: list[str], split_bytes: int = DEFAULT_SPLIT_BYTES) -> list[ReadTask]:
+    """One task per file; plain TSV and JSON files larger than ``split_bytes`` are cut at line
+    boundaries, each piece carrying the header lines in force where it starts."""
+    tasks: list[ReadTask] = []
+    for path in files:
+        try:
+            fmt = detect_format(path)
+            with open(path, "rb") as f:
+                gz = f.read(2) == GZIP_MAGIC
+        except ZeekmlError:
+            tasks.append(ReadTask(path, "unknown"))
+            continue
+        size = os.path.getsize(path)
+        if gz or size <= split_bytes or fmt not in ("zeek-tsv", "zeek-json"):
+            tasks.append(ReadTask(path, fmt))
+            continue
+        tasks.extend(_split_file(path, fmt, split_bytes))
+    return tasks
+
+
+def _split_file(path: str, fmt: str, split_bytes: int) -> Iterator[ReadTask]:
+    header_lines: list[bytes] = []   # the meta lines in force at the current position
+    start, pos, line_no = 0, 0, 0
+    cut_header, cut_line = b"", 0
+    with open(path, "rb") as f:
+        for line in f:
+            if fmt == "zeek-tsv" and line.startswith(b"#"):
+                if line.startswith(b"#separator"):
+                    header_lines = []
+                if not line.startswith(b"#close"):
+                    header_lines.append(line)
+            pos += len(line)
+            line_no += 1
+            if pos - start >= split_bytes and line.endswith(b"\n"):
+                yield ReadTask(path, fmt, start, pos, cut_header, cut_line)
+                start, cut_header, cut_line = pos, b"".join(header_lines), line_no
+    if pos > start or start == 0:
+        yield ReadTask(path, fmt, start, None, cut_header, cut_line)
+
+
+def read_task(task: ReadTask, max_rejected: int = 100_000) -> ReadResult:
+    """Parse one task into a conn table (runs on a worker)."""
+    from zeekml.parse.suricata_eve import SuricataEveParser
+    from zeekml.parse.zeek_json import ZeekJsonParser
+    from zeekml.parse.zeek_tsv import ZeekTsvParser
+
+    rejected: list[RejectedRecord] = []
+
+    def sink(r: RejectedRecord) -> None:
+        if len(rejected) < max_rejected:
+            rejected.append(r)
+
+    q = Quarantine(sink=sink)
+    if task.fmt == "unknown":
+        try:
+            detect_format(task.path)
+        except ZeekmlError as e:
+            return ReadResult(conn_table([]), 0, 0, rejected, e.message)
+    cls = {"zeek-tsv": ZeekTsvParser, "zeek-csv": ZeekTsvParser, "zeek-json": ZeekJsonParser,
+           "suricata-eve": SuricataEveParser}[task.fmt]
+    kwargs = {"csv": True} if task.fmt == "zeek-csv" else {}
+    parser = cls(task.path, q, **kwargs)
+    batches, other, n = [], 0, 0
+    try:
+        if task.header:
+            parser.feed(task.header)
+            parser.offset, parser.line_no = task.start, task.first_line
+        with open_binary(task.path) as f:
+            if task.start:
+                f.seek(task.start)
+            remaining = None if task.end is None else task.end - task.start
+            while remaining is None or remaining > 0:
+                data = f.read(4 << 20 if remaining is None else min(4 << 20, remaining))
+                if not data:
+                    break
+                if remaining is not None:
+                    remaining -= len(data)
+                for b in parser.feed(data):
+                    n += b.num_rows
+                    if is_conn_batch(b):
+                        batches.append(b)
+                    else:
+                        other += b.num_rows
+            for b in parser.finish():
+                n += b.num_rows
+                if is_conn_batch(b):
+                    batches.append(b)
+                else:
+                    other += b.num_rows
+    except (OSError, EOFError, ValueError) as e:
+        err = UnreadableInput(f"archive ends early or is damaged ({e})", task.path)
+        return ReadResult(conn_table(batches), n, other, rejected, err.message)
+    return ReadResult(conn_table(batches), n, other, rejected)
+
+
+@contextlib.contextmanager
+def dask_client(spec: str) -> Iterator["object"]:
+    """``local`` / ``local:N`` starts a LocalCluster of N single-threaded worker processes;
+    anything else is a scheduler address such as ``tcp://host:8786``."""
+    from dask.distributed import Client, LocalCluster
+
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
+                 "distributed.worker", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if spec == "local" or spec.startswith("local:"):
+        n = int(spec.split(":", 1)[1]) if ":" in spec else (os.cpu_count() or 1)
+        if n < 1:
+            raise ZeekmlError(f"--dask {spec}: need at least one worker")
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+                Client(cluster) as client:
+            yield client
+    else:
+        try:
+            client = Client(spec, timeout=30)
+        except OSError as e:
+            raise ZeekmlError(f"cannot reach the Dask scheduler at {spec}: {e}") from e
+        with client:
+            yield client
+
+
+def _ts_of(result: ReadResult) -> np.ndarray:
+    return pc.fill_null(result.table.column("ts"), np.inf).to_numpy(zero_copy_only=False)
+
+
+def _take(result: ReadResult, rows: np.ndarray) -> pa.Table:
+    return result.table.take(pa.array(rows, pa.int64()))
+
+
+def _score(result: ReadResult, fitted) -> list:
+    from zeekml.pipeline import score_fitted
+    return score_fitted(result.table, fitted)
+
+
+def _meta(result: ReadResult) -> tuple[int, int, int, list[RejectedRecord], str | None]:
+    return result.records_read, result.other_records, result.table.num_rows, result.rejected, result.error
+
+
+def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarantine: Quarantine,
+                     baseline_table: pa.Table | None, emit) -> None:
+    """Run the four steps of the module docstring; ``emit(verdicts)`` is called in task order."""
+    from zeekml.pipeline import fit_calibrate
+
+    with dask_client(spec) as client:
+        results = [client.submit(read_task, t, retries=2, pure=False) for t in tasks]
+        metas = client.gather([client.submit(_meta, r, retries=2) for r in results])
+        ok = []
+        seen_files: set[str] = set()
+        failed_files: set[str] = set()
+        for task, fut, (n, other, conns, rejected, error) in zip(tasks, results, metas):
+            for r in rejected:
+                quarantine.reject(r.path, r.line, r.offset, r.reason, r.sample)
+            summary.records_read += n
+            summary.other_records += other
+            summary.conn_records += conns
+            if error:
+                if task.path not in failed_files:
+                    summary.files_failed.append((task.path, error))
+                    failed_files.add(task.path)
+            if conns or not error:
+                ok.append(fut)
+            if not error:
+                seen_files.add(task.path)
+        summary.files = len(seen_files - failed_files)
+        if summary.files == 0 and not ok:
+            raise ZeekmlError("no input file could be read: " +
+                              "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
+        if baseline_table is None:
+            ts_parts = client.gather([client.submit(_ts_of, r) for r in ok])
+            sizes = [len(t) for t in ts_parts]
+            all_ts = np.concatenate(ts_parts) if ts_parts else np.zeros(0)
+            k = max(1, int(round(len(all_ts) * options.baseline_fraction)))
+            chosen = np.sort(np.argsort(all_ts, kind="stable")[:k])
+            bounds = np.cumsum([0] + sizes)
+            pieces = []
+            for i, r in enumerate(ok):
+                local = chosen[(chosen >= bounds[i]) & (chosen < bounds[i + 1])] - bounds[i]
+                if len(local):
+                    pieces.append(client.submit(_take, r, local))
+            baseline_table = pa.concat_tables(client.gather(pieces)) if pieces else conn_table([])
+        summary.baseline_records = baseline_table.num_rows
+        fitted = fit_calibrate(baseline_table, options, summary)
+        fitted_f = client.scatter(fitted, broadcast=True)
+        scored = [client.submit(_score, r, fitted_f, retries=2) for r in ok]
+        for fut in scored:           # in task order: the outputs equal a single-process run's
+            emit(fut.result())
+            fut.release()
