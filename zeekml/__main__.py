@@ -1,0 +1,4 @@
+"""``python -m zeekml`` = the ``zeekml`` command."""
+from zeekml.cli import main
+
+main()
