@@ -158,6 +158,7 @@ class CheckpointStore:
         self.path = os.path.join(self.directory, name)
         self.prev_path = self.path + ".prev"
         self.commits = 0
+        self.generation = 0     # of the newest checkpoint loaded or committed
 
     def load(self) -> Checkpoint:
         """The newest intact generation (current, else previous), or an empty checkpoint."""
@@ -177,12 +178,14 @@ class CheckpointStore:
                 continue
             if path == self.prev_path:
                 log.warning("%s: using the previous checkpoint generation", path)
+            self.generation = max(self.generation, cp.generation)
             return cp
         return Checkpoint()
 
     def commit(self, cp: Checkpoint) -> None:
         """Write ``cp`` as the new generation. Raises ``CheckpointError``; the old one stays."""
-        cp.generation += 1
+        old_generation = cp.generation
+        cp.generation = max(self.generation, cp.generation) + 1
         cp.written_at = time.time()
         data = encode(cp)
         tmp = f"{self.path}.{os.getpid()}.tmp"
@@ -207,10 +210,11 @@ class CheckpointStore:
             os.replace(tmp, self.path)
             fsync_dir(self.directory)
         except OSError as e:
-            cp.generation -= 1
+            cp.generation = old_generation
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
             raise CheckpointError(f"cannot write checkpoint: {e.strerror}", self.path) from e
         self.commits += 1
+        self.generation = cp.generation
