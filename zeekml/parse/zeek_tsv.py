@@ -235,6 +235,12 @@ class ZeekTsvParser:
         nl = np.flatnonzero(arr == 10)
         if nl.size and int(np.max(np.diff(nl, prepend=-1))) > self.max_line_bytes:
             raise _FastPathRefused
+        # A line with the wrong field count goes to the exact path before Arrow sees it: Arrow
+        # decodes such a row as UTF-8 for its invalid-row handler, and on invalid UTF-8 that
+        # raises inside Arrow and prints a traceback on stderr for every hostile line.
+        seps = np.flatnonzero(arr == h.separator[0])
+        if np.any(np.diff(np.searchsorted(seps, nl), prepend=0) != sch.raw_ncols - 1):
+            raise _FastPathRefused
         names = [f"c{i}" for i in range(sch.raw_ncols)]
         # Numbers and bools are parsed by Arrow's CSV reader itself (strict integer parsing; any
         # value it refuses sends the run to the exact path); text stays raw bytes for Zeek's rules.
