@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "replay",
     "models",
     "zeek_package",
+    "embed",
     "watch",
 )
 

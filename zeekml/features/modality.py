@@ -1,0 +1,585 @@
+"""Inputs of the multi-modal autoencoder's three adapters (MODELS.md section 2).
+
+For each conn record:
+
+- **quantities**: the shared flow feature vector (``FlowFeaturizer``), ``[n, Q]``;
+- **sequence**: ``[n, 32, C]``, the first 32 packets of the conn from ``zeekml_flow.log``
+  (``packets``: present, direction, log IP length, log inter-arrival, SYN/ACK/FIN/RST/PSH) when the
+  pretraining corpus has that log, else the same originator's last 32 conns up to and including
+  this one (``host``: present, log gap, log bytes each way, log duration, log packets, same
+  responder as now, no reply). Steps before the first are zero (``present`` = 0);
+- **entities**: ``[n, E]``, Word2Vec vectors of ``orig_h``, ``resp_h`` and ``resp_p/proto``, one
+  "unseen" flag for each of the three, and one-hots of ``service`` and ``history`` (top values
+  plus "other").
+
+IP and port vectors come from skip-gram with negative sampling (``SkipGram``, a small torch
+model trained here; DarkVec style) on time-ordered token sequences: per originator, the ports and
+responders it contacts; per port, the originators that contact it. Values seen fewer than
+``min_count`` times are replaced in the corpus by an "unseen" token of their class (IPv4
+private/public/multicast/..., IPv6 ...; port bucket/proto), so a value never seen in pretraining
+gets the vector of rare values of its class instead of nothing.
+
+``hide_service`` blanks service and ports everywhere they appear (quantity columns, port vector,
+service one-hot) and says which columns it blanked, so the loss can leave them out.
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from zeekml.features.flow_features import FlowFeaturizer
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SEQ_LEN = 32
+PACKET_CHANNELS = ("present", "dir", "log_ip_len", "log_iat", "syn", "ack", "fin", "rst", "psh")
+HOST_CHANNELS = ("present", "log_gap", "log_orig_bytes", "log_resp_bytes", "log_duration",
+                 "log_orig_pkts", "same_resp_h", "no_reply")
+_TCP_FLAG_BITS = (0x02, 0x10, 0x01, 0x04, 0x08)  # SYN ACK FIN RST PSH
+ENTITY_SLOTS = ("orig_h", "resp_h", "port")
+
+
+# -- flow logs (packet sequences) -------------------------------------------------------------
+
+def find_flow_logs(paths: list[str]) -> list[str]:
+    """``zeekml_flow`` logs among ``paths`` and beside the conn logs they name (same directory)."""
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        key = os.path.realpath(p)
+        if key not in seen and os.path.isfile(p):
+            seen.add(key)
+            out.append(p)
+
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            for f in sorted(glob.glob(os.path.join(p, "**", "zeekml_flow*.log*"), recursive=True)):
+                add(f)
+        elif os.path.basename(p).startswith("zeekml_flow"):
+            add(p)
+        elif os.path.exists(p):
+            for f in sorted(glob.glob(os.path.join(os.path.dirname(p) or ".", "zeekml_flow*.log*"))):
+                add(f)
+    return out
+
+
+def load_flow_table(paths: list[str]) -> pa.Table | None:
+    """The ``zeekml_flow`` records under ``paths`` (see ``find_flow_logs``), or None."""
+    from zeekml.parse import Quarantine, read_log
+
+    tables = []
+    q = Quarantine()
+    for f in find_flow_logs(paths):
+        for b in read_log(f, q):
+            if b.log_path.startswith("zeekml_flow"):
+                t = pa.Table.from_batches([b.batch])
+                keep = [c for c in ("uid", "dirs", "ip_lens", "iats", "tcp_flags") if c in t.column_names]
+                if len(keep) == 5:
+                    tables.append(t.select(keep))
+    if not tables:
+        return None
+    uids = []
+    for t in tables:
+        col = t.column("uid")
+        if not pa.types.is_string(col.type):
+            col = pa.array([None if v is None else (v.decode("utf-8", "replace") if isinstance(v, bytes)
+                                                      else str(v)) for v in col.to_pylist()], pa.string())
+        uids.append(col)
+    out = pa.table({
+        "uid": pa.chunked_array([c for u in uids for c in (u.chunks if isinstance(u, pa.ChunkedArray) else [u])],
+                                pa.string()),
+        **{c: pa.chunked_array([t.column(c).cast(pa.list_(pa.float64())).combine_chunks() for t in tables])
+           for c in ("dirs", "ip_lens", "iats", "tcp_flags")},
+    })
+    return out
+
+
+def packet_sequences(table: pa.Table, flows: pa.Table | None) -> np.ndarray:
+    """``[n, SEQ_LEN, len(PACKET_CHANNELS)]`` raw (unscaled) packet steps, joined on ``uid``."""
+    n = table.num_rows
+    out = np.zeros((n, SEQ_LEN, len(PACKET_CHANNELS)), dtype=np.float32)
+    if flows is None or flows.num_rows == 0 or n == 0:
+        return out
+    where = {u: i for i, u in enumerate(flows.column("uid").to_pylist()) if u}
+    cols = {c: flows.column(c).to_pylist() for c in ("dirs", "ip_lens", "iats", "tcp_flags")}
+    for r, uid in enumerate(table.column("uid").to_pylist()):
+        i = where.get(uid)
+        if i is None:
+            continue
+        dirs, lens, iats, flags = (cols[c][i] or [] for c in ("dirs", "ip_lens", "iats", "tcp_flags"))
+        k = min(SEQ_LEN, len(dirs), len(lens), len(iats), len(flags))
+        if k == 0:
+            continue
+        f = np.asarray(flags[:k], dtype=np.int64)
+        out[r, :k, 0] = 1.0
+        out[r, :k, 1] = np.asarray(dirs[:k], dtype=np.float32)
+        out[r, :k, 2] = np.log1p(np.maximum(np.asarray(lens[:k], dtype=np.float64), 0))
+        out[r, :k, 3] = np.log1p(np.maximum(np.asarray(iats[:k], dtype=np.float64), 0) * 1e3)
+        for j, bit in enumerate(_TCP_FLAG_BITS):
+            out[r, :k, 4 + j] = (f & bit) > 0
+    return out
+
+
+# -- host sequences ----------------------------------------------------------------------------
+
+def _codes(values: list) -> np.ndarray:
+    arr = pa.array(values, pa.string())
+    return pc.dictionary_encode(pc.fill_null(arr, "")).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _f64(table: pa.Table, name: str) -> np.ndarray:
+    v = pc.fill_null(pc.cast(table.column(name), pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    return np.where(np.isfinite(v), np.maximum(v, 0.0), 0.0)
+
+
+def host_sequences(table: pa.Table) -> np.ndarray:
+    """``[n, SEQ_LEN, len(HOST_CHANNELS)]``: the originator's last 32 conns by ts, this one last.
+
+    Only conns of ``table`` are seen, so scoring a slice sees the history inside the slice.
+    """
+    n = table.num_rows
+    out = np.zeros((n, SEQ_LEN, len(HOST_CHANNELS)), dtype=np.float32)
+    if n == 0:
+        return out
+    host = _codes(table.column("id.orig_h").to_pylist())
+    resp = _codes(table.column("id.resp_h").to_pylist())
+    ts = pc.fill_null(table.column("ts"), 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
+    order = np.lexsort((np.arange(n), ts, host))
+    h, t, rsp = host[order], ts[order], resp[order]
+    start = np.zeros(n, dtype=bool)
+    start[0] = True
+    start[1:] = h[1:] != h[:-1]
+    gstart = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    gap = np.zeros(n)
+    gap[1:] = np.maximum(t[1:] - t[:-1], 0.0)
+    gap[start] = 0.0
+    step = np.stack([
+        np.ones(n),
+        np.log1p(gap),
+        np.log1p(_f64(table, "orig_bytes")[order]),
+        np.log1p(_f64(table, "resp_bytes")[order]),
+        np.log1p(_f64(table, "duration")[order]),
+        np.log1p(_f64(table, "orig_pkts")[order]),
+        np.zeros(n),
+        (_f64(table, "resp_pkts")[order] == 0).astype(np.float64),
+    ], axis=1).astype(np.float32)
+    pos = np.arange(n)[:, None] - (SEQ_LEN - 1 - np.arange(SEQ_LEN))[None, :]
+    valid = pos >= gstart[:, None]
+    idx = np.where(valid, pos, 0)
+    seq = step[idx] * valid[..., None]
+    seq[..., 6] = (rsp[idx] == rsp[:, None]) & valid
+    out[order] = seq
+    return out
+
+
+# -- entities: skip-gram with negative sampling ------------------------------------------------
+
+@functools.lru_cache(maxsize=1 << 16)
+def ip_class(ip: str) -> str:
+    """A coarse class of an address, used for its "unseen" token."""
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return "invalid"
+    v = "v4" if a.version == 4 else "v6"
+    if a.is_multicast:
+        return v + "-multicast"
+    if a.is_loopback or a.is_link_local:
+        return v + "-local"
+    if a.is_private:
+        return v + "-private"
+    return v + "-public"
+
+
+def port_bucket(port: int | None) -> str:
+    if port is None:
+        return "none"
+    return "well_known" if port < 1024 else "registered" if port < 49152 else "ephemeral"
+
+
+def ip_token(ip: str | None) -> str:
+    return f"ip:{ip or ''}"
+
+
+def port_token(port: int | None, proto: str | None) -> str:
+    return f"port:{'' if port is None else port}/{proto or ''}"
+
+
+def unseen_token(token: str) -> str:
+    """The "unseen" token standing in for ``token`` when it is rare or new."""
+    kind, _, value = token.partition(":")
+    if kind == "ip":
+        return f"ip:<unseen:{ip_class(value)}>"
+    port, _, proto = value.partition("/")
+    return f"port:<unseen:{port_bucket(int(port) if port.isdigit() else None)}/{proto}>"
+
+
+UNSEEN_TOKENS = tuple(
+    [f"ip:<unseen:{v}-{k}>" for v in ("v4", "v6") for k in ("multicast", "local", "private", "public")]
+    + ["ip:<unseen:invalid>"]
+    + [f"port:<unseen:{b}/{p}>" for b in ("well_known", "registered", "ephemeral", "none")
+       for p in ("tcp", "udp", "icmp", "")])
+
+
+def entity_sentences(table: pa.Table) -> list[list[str]]:
+    """Time-ordered token sequences: per originator its (port, responder) stream; per port the
+    stream of originators contacting it."""
+    if table.num_rows == 0:
+        return []
+    ts = pc.fill_null(table.column("ts"), 0.0).to_numpy(zero_copy_only=False)
+    order = np.argsort(ts, kind="stable")
+    oh = table.column("id.orig_h").to_pylist()
+    rh = table.column("id.resp_h").to_pylist()
+    rp = table.column("id.resp_p").to_pylist()
+    pr = table.column("proto").to_pylist()
+    by_host: dict[str, list[str]] = {}
+    by_port: dict[str, list[str]] = {}
+    for i in order:
+        pt = port_token(rp[i], pr[i])
+        by_host.setdefault(oh[i] or "", []).extend((pt, ip_token(rh[i])))
+        by_port.setdefault(pt, []).append(ip_token(oh[i]))
+    return [s for s in list(by_host.values()) + list(by_port.values()) if len(s) > 1]
+
+
+@dataclass
+class SkipGramConfig:
+    """Skip-gram with negative sampling.
+
+    Args:
+        dim: vector width (default 16).
+        window: context tokens each side (default 4).
+        negatives: negative samples per pair (default 5).
+        epochs: passes over the (capped) pairs (default 2).
+        lr: Adam learning rate (default 0.02).
+        min_count: values seen fewer times become their class's "unseen" token (default 2).
+        max_pairs: cap on training pairs, sampled uniformly (default 120_000).
+        batch_size: pairs per step (default 2048).
+        min_steps: at least this many optimiser steps, however small the corpus (default 300).
+    """
+
+    dim: int = 16
+    window: int = 4
+    negatives: int = 5
+    epochs: int = 2
+    lr: float = 0.02
+    min_count: int = 2
+    max_pairs: int = 120_000
+    batch_size: int = 2048
+    min_steps: int = 300
+
+
+class SkipGram:
+    """A torch skip-gram: ``fit(sentences)`` learns ``vectors[token]`` (L2-normalised).
+
+    Shapes:
+        vectors: ``[len(tokens), dim]``
+    """
+
+    def __init__(self, config: SkipGramConfig | None = None, tokens: list[str] | None = None,
+                 vectors: np.ndarray | None = None):
+        self.config = config or SkipGramConfig()
+        self.tokens: list[str] = list(tokens or [])
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        self.vectors = vectors if vectors is not None else np.zeros((0, self.config.dim), np.float32)
+
+    def lookup(self, token: str) -> tuple[int, bool]:
+        """``(row, unseen)``: the token's row, or its "unseen" class token's row."""
+        i = self.index.get(token)
+        if i is not None:
+            return i, False
+        return self.index.get(unseen_token(token), self.index.get("ip:<unseen:invalid>", 0)), True
+
+    def fit(self, sentences: list[list[str]], seed: int = 0) -> "SkipGram":
+        import torch
+
+        cfg = self.config
+        counts: dict[str, int] = {}
+        for s in sentences:
+            for t in s:
+                counts[t] = counts.get(t, 0) + 1
+        keep = sorted(t for t, c in counts.items() if c >= cfg.min_count)
+        self.tokens = list(UNSEEN_TOKENS) + [t for t in keep if t not in UNSEEN_TOKENS]
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        ids, sid = [], []
+        for j, s in enumerate(sentences):
+            ids.extend(self.index[t] if counts[t] >= cfg.min_count else self.index[unseen_token(t)] for t in s)
+            sid.extend([j] * len(s))
+        ids_a, sid_a = np.asarray(ids, np.int64), np.asarray(sid, np.int64)
+        centers, contexts = [], []
+        for d in range(1, cfg.window + 1):
+            same = sid_a[d:] == sid_a[:-d]
+            a, b = ids_a[:-d][same], ids_a[d:][same]
+            centers += [a, b]
+            contexts += [b, a]
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        v = len(self.tokens)
+        in_emb = torch.nn.Embedding(v, cfg.dim)
+        out_emb = torch.nn.Embedding(v, cfg.dim)
+        torch.nn.init.uniform_(in_emb.weight, -0.5 / cfg.dim, 0.5 / cfg.dim)
+        torch.nn.init.zeros_(out_emb.weight)
+        if centers:
+            c_all, x_all = np.concatenate(centers), np.concatenate(contexts)
+            if len(c_all) > cfg.max_pairs:
+                pick = rng.choice(len(c_all), cfg.max_pairs, replace=False)
+                c_all, x_all = c_all[pick], x_all[pick]
+            freq = np.bincount(ids_a, minlength=v).astype(np.float64) ** 0.75
+            noise = torch.as_tensor(freq / freq.sum(), dtype=torch.float32)
+            opt = torch.optim.Adam(list(in_emb.parameters()) + list(out_emb.parameters()), lr=cfg.lr)
+            c_t, x_t = torch.as_tensor(c_all), torch.as_tensor(x_all)
+            gen = torch.Generator().manual_seed(seed)
+            per_epoch = -(-len(c_t) // cfg.batch_size)
+            for _ in range(max(cfg.epochs, -(-cfg.min_steps // per_epoch))):
+                perm = torch.randperm(len(c_t), generator=gen)
+                for k in range(0, len(perm), cfg.batch_size):
+                    b = perm[k:k + cfg.batch_size]
+                    u = in_emb.weight[c_t[b]]                             # [B, d]
+                    pos = out_emb.weight[x_t[b]]                          # [B, d]
+                    neg = out_emb.weight[torch.multinomial(noise, len(b) * cfg.negatives, True,
+                                                           generator=gen).view(len(b), cfg.negatives)]  # [B, k, d]
+                    loss = -(torch.nn.functional.logsigmoid((u * pos).sum(-1))
+                             + torch.nn.functional.logsigmoid(-(neg @ u.unsqueeze(-1)).squeeze(-1)).sum(-1)).mean()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                log.info("skip-gram epoch: %d tokens, %d pairs, last loss %.3f", v, len(c_t),
+                         float(loss.detach()))
+        vec = in_emb.weight.detach().numpy().astype(np.float32)
+        # an "unseen" class never met in training gets the mean vector of its kind
+        seen = np.bincount(ids_a, minlength=v) > 0 if len(ids_a) else np.zeros(v, bool)
+        for kind in ("ip:", "port:"):
+            rows = np.array([i for i, t in enumerate(self.tokens) if t.startswith(kind)])
+            ok = rows[seen[rows]] if len(rows) else rows
+            mean = vec[ok].mean(axis=0) if len(ok) else np.zeros(cfg.dim, np.float32)
+            for i in rows:
+                if not seen[i]:
+                    vec[i] = mean
+        norm = np.linalg.norm(vec, axis=1, keepdims=True)
+        self.vectors = vec / np.where(norm > 1e-9, norm, 1.0)
+        return self
+
+    def similarity(self, a: str, b: str) -> float:
+        return float(self.vectors[self.lookup(a)[0]] @ self.vectors[self.lookup(b)[0]])
+
+
+# -- the three modalities together -------------------------------------------------------------
+
+@dataclass
+class Modalities:
+    """One batch of adapter inputs and the columns the loss may use.
+
+    Shapes:
+        quantity: ``[n, Q]``; sequence: ``[n, SEQ_LEN, C]``; entity: ``[n, E]``;
+        quantity_keep: ``[Q]`` bool; entity_keep: ``[E]`` bool (False = blanked by hide_service).
+    """
+
+    quantity: np.ndarray
+    sequence: np.ndarray
+    entity: np.ndarray
+    quantity_keep: np.ndarray
+    entity_keep: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.quantity)
+
+    def take(self, rows: np.ndarray) -> "Modalities":
+        return Modalities(self.quantity[rows], self.sequence[rows], self.entity[rows],
+                          self.quantity_keep, self.entity_keep)
+
+    def concat(self) -> np.ndarray:
+        """Everything flattened side by side: the "raw concatenated features" baseline."""
+        n = len(self.quantity)
+        return np.concatenate([self.quantity[:, self.quantity_keep], self.sequence.reshape(n, -1),
+                               self.entity[:, self.entity_keep]], axis=1)
+
+
+@dataclass
+class ModalityFeaturizer:
+    """conn table (+ optional ``zeekml_flow`` records) -> ``Modalities``.
+
+    Args:
+        seq_source: ``packets``, ``host`` or ``auto`` (default: ``packets`` when at least half
+            the conns of the fitting corpus have a flow record, else ``host``).
+        top_services: services with their own one-hot (default 16).
+        top_histories: ``history`` strings with their own one-hot (default 32).
+        skipgram: the IP/port embedding settings.
+    """
+
+    seq_source: str = "auto"
+    top_services: int = 16
+    top_histories: int = 32
+    skipgram: SkipGramConfig = field(default_factory=SkipGramConfig)
+    flow: FlowFeaturizer = field(default_factory=FlowFeaturizer)
+    services: list[str] = field(default_factory=list)
+    histories: list[str] = field(default_factory=list)
+    seq_mean: list[float] = field(default_factory=list)
+    seq_std: list[float] = field(default_factory=list)
+    w2v: SkipGram = field(default_factory=SkipGram)
+    schema_version: int = SCHEMA_VERSION
+
+    # -- fitting -----------------------------------------------------------------------------
+
+    def fit(self, table: pa.Table, flows: pa.Table | None = None, seed: int = 0) -> "ModalityFeaturizer":
+        if self.seq_source == "auto":
+            covered = 0
+            if flows is not None and flows.num_rows:
+                fu = set(flows.column("uid").to_pylist())
+                covered = sum(u in fu for u in table.column("uid").to_pylist())
+            self.seq_source = "packets" if table.num_rows and covered >= 0.5 * table.num_rows else "host"
+        self.flow = FlowFeaturizer().fit(table)
+        self.services = _top(table.column("service").to_pylist(), self.top_services)
+        self.histories = _top(table.column("history").to_pylist(), self.top_histories)
+        raw = self._raw_sequence(table, flows)
+        present = raw[..., 0] > 0
+        steps = raw[present] if present.any() else np.zeros((1, raw.shape[-1]), np.float32)
+        mean, std = steps.mean(axis=0), steps.std(axis=0)
+        mean[0], std[0] = 0.0, 1.0
+        self.seq_mean = mean.tolist()
+        self.seq_std = np.where(std > 1e-6, std, 1.0).tolist()
+        self.w2v = SkipGram(self.skipgram).fit(entity_sentences(table), seed=seed)
+        return self
+
+    @property
+    def seq_channels(self) -> tuple[str, ...]:
+        return PACKET_CHANNELS if self.seq_source == "packets" else HOST_CHANNELS
+
+    @property
+    def quantity_dim(self) -> int:
+        return len(self.flow.feature_names)
+
+    @property
+    def entity_names(self) -> list[str]:
+        d = self.skipgram.dim
+        names = [f"{s}_w2v{j}" for s in ENTITY_SLOTS for j in range(d)]
+        names += [f"{s}_unseen" for s in ENTITY_SLOTS]
+        names += [f"service_{s}" for s in self.services] + ["service_other", "service_none"]
+        names += [f"history_{h}" for h in self.histories] + ["history_other"]
+        return names
+
+    @property
+    def entity_dim(self) -> int:
+        return len(self.entity_names)
+
+    def _raw_sequence(self, table: pa.Table, flows: pa.Table | None) -> np.ndarray:
+        if self.seq_source == "packets":
+            return packet_sequences(table, flows)
+        return host_sequences(table)
+
+    # -- transforming ------------------------------------------------------------------------
+
+    def transform(self, table: pa.Table, flows: pa.Table | None = None,
+                  hide_service: bool = False) -> Modalities:
+        if not self.flow.fitted:
+            raise RuntimeError("ModalityFeaturizer.transform before fit")
+        q = self.flow.transform(table)
+        raw = self._raw_sequence(table, flows)
+        present = raw[..., :1] > 0
+        seq = ((raw - np.asarray(self.seq_mean, np.float32)) / np.asarray(self.seq_std, np.float32)) * present
+        seq[..., 0] = raw[..., 0]
+        ent = self._entities(table)
+        q_keep = np.ones(q.shape[1], dtype=bool)
+        e_keep = np.ones(ent.shape[1], dtype=bool)
+        if hide_service:
+            q_keep = ~self.service_columns(self.flow.feature_names)
+            e_keep = ~self.service_columns(self.entity_names)
+            q = q * q_keep
+            ent = ent * e_keep
+        return Modalities(q.astype(np.float32), seq.astype(np.float32), ent.astype(np.float32),
+                          q_keep, e_keep)
+
+    @staticmethod
+    def service_columns(names: list[str]) -> np.ndarray:
+        """Columns that carry service or ports (blanked for the service classification task)."""
+        return np.array([n.startswith(("service_", "resp_p_", "port_")) for n in names], dtype=bool)
+
+    def _entities(self, table: pa.Table) -> np.ndarray:
+        n = table.num_rows
+        d = self.skipgram.dim
+        vec = self.w2v.vectors
+        oh = table.column("id.orig_h").to_pylist()
+        rh = table.column("id.resp_h").to_pylist()
+        rp = table.column("id.resp_p").to_pylist()
+        pr = table.column("proto").to_pylist()
+        cache: dict[str, tuple[int, bool]] = {}
+
+        def look(tok: str) -> tuple[int, bool]:
+            r = cache.get(tok)
+            if r is None:
+                r = cache[tok] = self.w2v.lookup(tok)
+            return r
+
+        rows = np.zeros((n, 3), dtype=np.int64)
+        unseen = np.zeros((n, 3), dtype=np.float32)
+        for i in range(n):
+            for j, tok in enumerate((ip_token(oh[i]), ip_token(rh[i]), port_token(rp[i], pr[i]))):
+                rows[i, j], unseen[i, j] = look(tok)
+        parts = [vec[rows[:, j]] if len(vec) else np.zeros((n, d), np.float32) for j in range(3)]
+        parts.append(unseen)
+        svc = np.asarray([s or "" for s in table.column("service").to_pylist()], dtype=object)
+        parts.append(_one_hot(svc, self.services, other=True, none=True))
+        hist = np.asarray([h or "" for h in table.column("history").to_pylist()], dtype=object)
+        parts.append(_one_hot(hist, self.histories, other=True, none=False))
+        return np.concatenate(parts, axis=1).astype(np.float32) if n else np.zeros((0, self.entity_dim), np.float32)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """Everything but the Word2Vec vectors (``w2v_vectors``), which go with the weights."""
+        return {
+            "schema_version": self.schema_version, "seq_source": self.seq_source,
+            "top_services": self.top_services, "top_histories": self.top_histories,
+            "skipgram": dict(vars(self.skipgram)), "flow": self.flow.to_dict(),
+            "services": self.services, "histories": self.histories,
+            "seq_mean": self.seq_mean, "seq_std": self.seq_std, "w2v_tokens": self.w2v.tokens,
+        }
+
+    @property
+    def w2v_vectors(self) -> np.ndarray:
+        return self.w2v.vectors
+
+    @classmethod
+    def from_dict(cls, d: dict, w2v_vectors: np.ndarray) -> "ModalityFeaturizer":
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"modality schema {d.get('schema_version')} != {SCHEMA_VERSION}")
+        sg = SkipGramConfig(**d["skipgram"])
+        if len(d["w2v_tokens"]) != len(w2v_vectors):
+            raise ValueError("Word2Vec vocabulary and vectors differ in length")
+        return cls(seq_source=d["seq_source"], top_services=d["top_services"],
+                   top_histories=d["top_histories"], skipgram=sg,
+                   flow=FlowFeaturizer.from_dict(d["flow"]), services=list(d["services"]),
+                   histories=list(d["histories"]), seq_mean=list(d["seq_mean"]),
+                   seq_std=list(d["seq_std"]),
+                   w2v=SkipGram(sg, d["w2v_tokens"], np.asarray(w2v_vectors, np.float32)))
+
+
+def _top(values: list, k: int) -> list[str]:
+    counts: dict[str, int] = {}
+    for v in values:
+        if v:
+            counts[v] = counts.get(v, 0) + 1
+    return [v for v, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:k]]
+
+
+def _one_hot(values: np.ndarray, vocab: list[str], other: bool, none: bool) -> np.ndarray:
+    cols = [(values == v) for v in vocab]
+    known = np.zeros(len(values), dtype=bool)
+    for c in cols:
+        known |= c
+    if other:
+        cols.append(~known & (values != "") if none else ~known)
+    if none:
+        cols.append(values == "")
+    if not cols:
+        return np.zeros((len(values), 0), np.float32)
+    return np.stack(cols, axis=1).astype(np.float32)
