@@ -111,3 +111,54 @@ def test_rotation_while_running_and_while_stopped(tmp_path, layout):
     if layout != "standalone":
         gz = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".gz")]
         assert len(gz) == w.rotations
+
+
+def _crashing_watcher(root, out, kwargs, point, after):
+    """A watcher that dies (``os._exit``, no cleanup, like SIGKILL) at ``point`` of its
+    ``after``-th checkpoint commit."""
+    import zeekml.sources.checkpoint as ckpt
+    calls = {"n": 0}
+    real_commit = ckpt.CheckpointStore.commit
+    real_replace = ckpt.os.replace
+
+    def commit(self, cp):
+        calls["n"] += 1
+        if calls["n"] == after:
+            if point == "before-commit":           # outputs written and fsynced, no checkpoint
+                os._exit(9)
+            if point == "temp-written":            # temp checkpoint fsynced, not renamed
+                ckpt.os.replace = lambda *a: os._exit(9)
+            if point == "prev-linked":             # previous generation linked, new not renamed
+                n = {"k": 0}
+
+                def replace(a, b):
+                    n["k"] += 1
+                    if n["k"] == 2:
+                        os._exit(9)
+                    return real_replace(a, b)
+                ckpt.os.replace = replace
+        return real_commit(self, cp)
+
+    ckpt.CheckpointStore.commit = commit
+    watcher_process(root, out, kwargs)
+
+
+@pytest.mark.parametrize("point", ["before-commit", "temp-written", "prev-linked"])
+def test_crash_at_each_commit_step_replays_only_the_uncommitted_window(tmp_path, point):
+    root, out = str(tmp_path / "logs"), str(tmp_path / "out")
+    os.makedirs(root)
+    baseline = write_baseline(str(tmp_path / "baseline.log"))
+    w = ZeekWriter(root, "standalone", seed=11)
+    w.write(1000, pieces=False)
+    p = start(_crashing_watcher, root, out, _opts(baseline, once=True, window_records=200),
+              point, 3)
+    p.join(30)
+    assert p.exitcode == 9
+    verdicts = os.path.join(out, "verdicts.jsonl")
+    cp = CheckpointStore(out).load()
+    assert cp.generation == 2
+    assert os.path.getsize(verdicts) > cp.outputs["verdicts.jsonl"]   # an uncommitted tail
+    w.write(10)
+    w.close()
+    _drain(root, out, baseline)
+    _assert_exactly_once(out, all_uids(1010))

@@ -252,6 +252,7 @@ class DirectoryFollower:
         self._observer = None
         self._warned: set[str] = set()
         self._pending_ids: dict[str, float] = {}   # identities seen with unread bytes, no reader
+        self._bytes_per_record = 256.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -316,10 +317,16 @@ class DirectoryFollower:
             for cid in list(self.readers):
                 r = self.readers[cid]
                 before = r.read_offset
-                batches, did = r.read(self.chunk_bytes, now)
+                # read about as many bytes as the records still wanted take (soft window limit)
+                want = int((max_records - records) * self._bytes_per_record) + 1
+                batches, did = r.read(min(self.chunk_bytes, max(4096, want)), now)
                 nbytes += r.read_offset - before
                 if did:
                     progressed = True
+                n = sum(b.num_rows for b in batches)
+                if n:
+                    self._bytes_per_record = 0.8 * self._bytes_per_record + \
+                        0.2 * max(16.0, (r.read_offset - before) / n)
                 for b in batches:
                     out.append(b)
                     records += b.num_rows
