@@ -63,6 +63,7 @@ class LineBlockParser:
         self.line_no = start_line
         self._buf = bytearray()
         self._skipping = False
+        self._block_lines = 0
 
     @property
     def consumed_offset(self) -> int:
@@ -104,10 +105,11 @@ class LineBlockParser:
     def _block(self, block: bytes, trailing_newline: bool = True) -> list[LogBatch]:
         first_line = self.line_no + 1
         start = self.offset
+        self._block_lines = block.count(b"\n")
         out = self.parse_block(block, first_line, start)
         nbytes = len(block) - (0 if trailing_newline else 1)
         self.offset += nbytes
-        self.line_no += block.count(b"\n")
+        self.line_no += self._block_lines
         return out
 
     def iter_lines(self, block: bytes, first_line: int, start: int):
@@ -137,11 +139,11 @@ class ZeekJsonParser(LineBlockParser):
             try:
                 table = pajson.read_json(
                     io.BytesIO(block),
-                    read_options=pajson.ReadOptions(use_threads=False,
-                                                     block_size=max(len(block) + 1, 1 << 20)),
+                    read_options=pajson.ReadOptions(use_threads=True,
+                                                     block_size=1 << 20),
                     parse_options=pajson.ParseOptions(newlines_in_values=False))
                 table = self._normalise(table)
-                if table.num_rows != block.count(b"\n"):
+                if table.num_rows != self._block_lines:
                     table = None
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError, TypeError):
                 table = None

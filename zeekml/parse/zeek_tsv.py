@@ -227,7 +227,7 @@ class ZeekTsvParser:
 
     def _fast(self, run: bytes) -> pa.RecordBatch:
         h, sch = self.header, self._schema
-        if len(h.separator) != 1 or b"\r" in run or run.startswith(b"\n") or b"\n\n" in run:
+        if len(h.separator) != 1 or not h.set_separator or b"\r" in run or run.startswith(b"\n") or b"\n\n" in run:
             raise _FastPathRefused
         if not run.endswith(b"\n"):
             run = run + b"\n"
@@ -273,6 +273,13 @@ class ZeekTsvParser:
             raise _FastPathRefused from e
         if bad_rows or table.num_rows != nl.size:
             raise _FastPathRefused
+        try:
+            return self._fast_columns(table)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            raise _FastPathRefused from e
+
+    def _fast_columns(self, table: pa.Table) -> pa.RecordBatch:
+        h, sch = self.header, self._schema
         cols: list[pa.Array] = []
         for i in range(sch.raw_ncols):
             col = table.column(i).combine_chunks()
