@@ -21,12 +21,11 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from zeekml.parse.batch import LogBatch
-from zeekml.parse.reject import Quarantine
+from zeekml.parse.lines import LineFeeder
 from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES, arrow_type
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_LINE_BYTES = 1 << 20
 _TIME_FIELDS = {f for f, t in KNOWN_FIELD_TYPES.items() if t == "time"}
 # A value of the wrong JSON type in these fields is a malformed record; other known fields
 # (``service`` is a string in conn.log but a set in known_services.log) fall back to inference.
@@ -50,57 +49,17 @@ def iso_to_epoch(value: str) -> float:
     return delta.days * 86400 + delta.seconds + delta.microseconds / 1e6
 
 
-class LineBlockParser:
-    """Shared line-block mechanics for JSON-lines formats: complete lines only, bounded lines."""
+class LineBlockParser(LineFeeder):
+    """JSON-lines formats: a block of whole lines at a time, parsed by ``parse_block``."""
 
-    def __init__(self, source: str, quarantine: Quarantine,
-                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, start_offset: int = 0,
-                 start_line: int = 0):
-        self.source = source
-        self.quarantine = quarantine
-        self.max_line_bytes = max_line_bytes
-        self.offset = start_offset
-        self.line_no = start_line
-        self._buf = bytearray()
-        self._skipping = False
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._block_lines = 0
 
-    @property
-    def consumed_offset(self) -> int:
-        return self.offset
-
-    def feed(self, data: bytes) -> list[LogBatch]:
-        if self._skipping:
-            nl = data.find(b"\n")
-            if nl < 0:
-                self.offset += len(data)
-                return []
-            self.offset += nl + 1
-            self.line_no += 1
-            self._skipping = False
-            data = data[nl + 1:]
-        self._buf += data
-        last = self._buf.rfind(b"\n")
-        out: list[LogBatch] = []
-        if last >= 0:
-            block = bytes(self._buf[:last + 1])
-            del self._buf[:last + 1]
-            out = self._block(block)
-        if len(self._buf) > self.max_line_bytes:
-            self.quarantine.reject(self.source, self.line_no + 1, self.offset,
-                                   f"line longer than {self.max_line_bytes} bytes", bytes(self._buf[:512]))
-            self.offset += len(self._buf)
-            self._buf.clear()
-            self._skipping = True
-        return out
-
-    def finish(self) -> list[LogBatch]:
-        out: list[LogBatch] = []
-        if self._buf and not self._skipping:
-            out = self._block(bytes(self._buf) + b"\n", trailing_newline=False)
-        self._buf.clear()
-        self._skipping = False
-        return out
+    def _consume(self, block: bytes, final: bool) -> list[LogBatch]:
+        if final:
+            return self._block(block + b"\n", trailing_newline=False)
+        return self._block(block)
 
     def _block(self, block: bytes, trailing_newline: bool = True) -> list[LogBatch]:
         first_line = self.line_no + 1

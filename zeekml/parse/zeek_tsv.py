@@ -23,12 +23,12 @@ import pyarrow.csv as pacsv
 from zeekml._core.zeek_format import (EMPTY, ZeekHeader, apply_meta_line, container_element_type,
                                       parse_field, parse_separator_line, unescape)
 from zeekml.parse.batch import LogBatch
+from zeekml.parse.lines import DEFAULT_MAX_LINE_BYTES, LineFeeder
 from zeekml.parse.reject import Quarantine
 from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES, arrow_type
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_LINE_BYTES = 1 << 20
 PACKED_SEPARATOR = b"   "  # IoT-23 packs `tunnel_parents   label   detailed-label` into one column
 _STRING_ARROW = (pa.string(), pa.binary())
 
@@ -68,7 +68,7 @@ class _Schema:
         return pa.schema([(f, arrow_type(t)) for f, t in zip(self.fields, self.types)])
 
 
-class ZeekTsvParser:
+class ZeekTsvParser(LineFeeder):
     """Incremental Zeek TSV parser.
 
     Args:
@@ -83,68 +83,17 @@ class ZeekTsvParser:
     def __init__(self, source: str, quarantine: Quarantine,
                  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, start_offset: int = 0,
                  start_line: int = 0, header: ZeekHeader | None = None, csv: bool = False):
-        self.source = source
-        self.quarantine = quarantine
-        self.max_line_bytes = max_line_bytes
-        self.offset = start_offset        # offset of the first byte not yet consumed
-        self.line_no = start_line         # lines consumed so far
+        super().__init__(source, quarantine, max_line_bytes, start_offset, start_line)
         self.header = header
         self.csv = csv
         self._schema = _Schema.from_header(header) if header and header.is_complete() else None
-        self._buf = bytearray()
-        self._skipping = False            # inside an overlong line, discarding to its end
         self.fast_rows = 0
         self.slow_rows = 0
 
-    # -- public -----------------------------------------------------------------------------
-
-    @property
-    def consumed_offset(self) -> int:
-        """Byte offset just past the last complete line processed."""
-        return self.offset
-
-    def feed(self, data: bytes) -> list[LogBatch]:
+    def _consume(self, block: bytes, final: bool) -> list[LogBatch]:
         out: list[LogBatch] = []
-        if self._skipping:
-            nl = data.find(b"\n")
-            if nl < 0:
-                self.offset += len(data)
-                return out
-            self.offset += nl + 1
-            self.line_no += 1
-            self._skipping = False
-            data = data[nl + 1:]
-        self._buf += data
-        last = self._buf.rfind(b"\n")
-        if last < 0:
-            self._check_overlong()
-            return out
-        block = bytes(self._buf[:last + 1])
-        del self._buf[:last + 1]
-        self._process(block, out)
-        self._check_overlong()
+        self._process(block, out, final=final)
         return out
-
-    def finish(self) -> list[LogBatch]:
-        """End of a closed file: a last line without ``\\n`` is a whole record (IoT-23 files)."""
-        out: list[LogBatch] = []
-        if self._buf and not self._skipping:
-            block = bytes(self._buf)
-            self._buf.clear()
-            self._process(block, out, final=True)
-        self._buf.clear()
-        self._skipping = False
-        return out
-
-    # -- internals --------------------------------------------------------------------------
-
-    def _check_overlong(self) -> None:
-        if len(self._buf) > self.max_line_bytes:
-            self.quarantine.reject(self.source, self.line_no + 1, self.offset,
-                                   f"line longer than {self.max_line_bytes} bytes", bytes(self._buf[:512]))
-            self.offset += len(self._buf)
-            self._buf.clear()
-            self._skipping = True
 
     def _process(self, block: bytes, out: list[LogBatch], final: bool = False) -> None:
         pos, n = 0, len(block)
@@ -339,8 +288,6 @@ class ZeekTsvParser:
         # "" split gives [""]; an (empty) container must be []
         lengths = pc.if_else(is_empty, 0, pc.list_value_length(parts))
         flat = parts.flatten()
-        keep = pc.not_equal(pc.list_parent_indices(parts), -1)  # all true; keeps shapes simple
-        del keep
         if len(flat):
             # drop the single "" element of (empty) rows
             parent = pc.list_parent_indices(parts)
@@ -371,7 +318,7 @@ class ZeekTsvParser:
     # exact path ----------------------------------------------------------------------------
 
     def _slow(self, run: bytes, first_line: int) -> pa.RecordBatch:
-        h, sch = self.header, self._schema
+        sch = self._schema
         columns: list[list] = [[] for _ in sch.fields]
         offset = self.offset
         for i, line in enumerate(_lines(run)):
