@@ -1,0 +1,138 @@
+"""FlowGraphBuilder on a hand-made conn log: every node and edge, exactly."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+pytest.importorskip("torch_geometric")
+
+from zeekml.features.graph import EDGE_TYPES, NULL_WINDOW, FlowGraphBuilder, GraphConfig  # noqa: E402
+from zeekml.train.data import load_conns  # noqa: E402
+
+N = "N"  # the window of conns without ts
+
+FIELDS = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service",
+          "duration", "orig_bytes", "resp_bytes", "conn_state", "history", "orig_pkts", "resp_pkts"]
+TYPES = ["time", "string", "addr", "port", "addr", "port", "enum", "string", "interval", "count",
+         "count", "string", "string", "count", "count"]
+# row: ts, orig, resp, duration   (window 10 s)
+ROWS = [
+    ("0.000000", "10.0.0.1", "10.0.0.2", "1.0"),     # 0: window 0
+    ("1.000000", "10.0.0.1", "10.0.0.3", "15.0"),    # 1: windows 0, 1
+    ("2.000000", "10.0.0.1", "10.0.0.2", "0.5"),     # 2: window 0
+    ("3.000000", "10.0.0.1", "10.0.0.4", "-"),       # 3: window 0 (unset duration = 0)
+    ("12.000000", "10.0.0.3", "10.0.0.1", "1.0"),    # 4: window 1
+    ("35.000000", "10.0.0.2", "10.0.0.1", "100.0"),  # 5: windows 3..6 (capped at 4 windows)
+    ("-", "10.9.9.9", "10.9.9.8", "1.0"),            # 6: no ts: the null window
+]
+A, B, C, D, X, Y = "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.9.9.9", "10.9.9.8"
+
+
+def write_log(path) -> str:
+    lines = ["#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)", "#unset_field\t-",
+             "#path\tconn", "#fields\t" + "\t".join(FIELDS), "#types\t" + "\t".join(TYPES)]
+    for i, (ts, o, r, d) in enumerate(ROWS):
+        lines.append("\t".join([ts, f"C{i}", o, "1234", r, "80", "tcp", "-", d, "10", "20", "SF",
+                                "ShADadFf", "3", "3"]))
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture()
+def table(tmp_path) -> pa.Table:
+    t = load_conns([write_log(tmp_path / "conn.log")])
+    assert t.num_rows == len(ROWS)
+    return t
+
+
+def builder() -> FlowGraphBuilder:
+    return FlowGraphBuilder(GraphConfig(window=10.0, span=3, max_conn_windows=4, next_flows=2,
+                                        context_windows=4))
+
+
+def readable(data):
+    """Nodes as (row, window) and (address, window); edges as sets of those pairs."""
+    def w(v):
+        return N if v == NULL_WINDOW else int(v)
+    flows = [(int(r), w(v)) for r, v in zip(data["flow"].row.tolist(), data["flow"].window.tolist())]
+    ips = [(a, w(v)) for a, v in zip(data["ip"].addr, data["ip"].window.tolist())]
+    names = {"flow": flows, "ip": ips}
+    edges = {}
+    for src, rel, dst in EDGE_TYPES:
+        ei = data[src, rel, dst].edge_index.tolist()
+        edges[rel] = {(names[src][s], names[dst][d]) for s, d in zip(*ei)}
+        assert len(edges[rel]) == len(ei[0]), f"duplicate {rel} edges"
+    return flows, ips, edges
+
+
+def test_nodes_and_edges_exact(table):
+    x = np.arange(table.num_rows, dtype=np.float32)[:, None]
+    data = builder().build(table, x)
+    flows, ips, edges = readable(data)
+    # nodes sorted by window, then ts; the null window first
+    assert flows == [(6, N), (0, 0), (1, 0), (2, 0), (3, 0), (1, 1), (4, 1),
+                     (5, 3), (5, 4), (5, 5), (5, 6)]
+    assert data["flow"].x[:, 0].tolist() == [float(r) for r, _ in flows]
+    assert sorted(ips, key=str) == sorted([(X, N), (Y, N), (A, 0), (B, 0), (C, 0), (D, 0), (A, 1), (C, 1)]
+                                          + [(a, w) for w in (3, 4, 5, 6) for a in (A, B)], key=str)
+    # the target appearance of each conn is its last window
+    targets = sorted(f for f, t in zip(flows, data["flow"].target.tolist()) if t)
+    assert targets == sorted([(0, 0), (1, 1), (2, 0), (3, 0), (4, 1), (5, 6), (6, N)], key=str)
+
+    orig = {(6, N): X, (0, 0): A, (1, 0): A, (2, 0): A, (3, 0): A, (1, 1): A, (4, 1): C,
+            (5, 3): B, (5, 4): B, (5, 5): B, (5, 6): B}
+    resp = {(6, N): Y, (0, 0): B, (1, 0): C, (2, 0): B, (3, 0): D, (1, 1): C, (4, 1): A,
+            (5, 3): A, (5, 4): A, (5, 5): A, (5, 6): A}
+    assert edges["rev_orig"] == {(f, (a, f[1])) for f, a in orig.items()}
+    assert edges["orig_to"] == {((a, f[1]), f) for f, a in orig.items()}
+    assert edges["to_resp"] == {(f, (a, f[1])) for f, a in resp.items()}
+    assert edges["rev_resp"] == {((a, f[1]), f) for f, a in resp.items()}
+    # an address links back to its latest appearance at most span-1 = 2 windows earlier
+    assert edges["next_window"] == {((A, 0), (A, 1)), ((A, 1), (A, 3)), ((A, 3), (A, 4)),
+                                    ((A, 4), (A, 5)), ((A, 5), (A, 6)), ((C, 0), (C, 1)),
+                                    ((B, 3), (B, 4)), ((B, 4), (B, 5)), ((B, 5), (B, 6))}
+    assert edges["same_conn"] == {((1, 0), (1, 1)), ((5, 3), (5, 4)), ((5, 4), (5, 5)),
+                                  ((5, 5), (5, 6))}
+    # each flow -> the next 2 flows of the same orig_h (resp_h) in its window
+    assert edges["next_orig"] == {((0, 0), (1, 0)), ((0, 0), (2, 0)), ((1, 0), (2, 0)),
+                                  ((1, 0), (3, 0)), ((2, 0), (3, 0))}
+    assert edges["next_resp"] == {((0, 0), (2, 0))}
+    # edge j of the flow->ip types belongs to flow node j
+    assert data["flow", "rev_orig", "ip"].edge_index[0].tolist() == list(range(len(flows)))
+    assert data["flow", "to_resp", "ip"].edge_index[0].tolist() == list(range(len(flows)))
+
+
+def test_targets_bring_only_their_context_windows(table):
+    x = np.zeros((table.num_rows, 1), dtype=np.float32)
+    data = builder().build(table, x, targets=np.array([4]))
+    flows, _, _ = readable(data)
+    assert flows == [(0, 0), (1, 0), (2, 0), (3, 0), (1, 1), (4, 1)]
+    assert [f for f, t in zip(flows, data["flow"].target.tolist()) if t] == [(4, 1)]
+    # conn 5's last window (6) reaches back to window 2: conns 0-4 are out of its context
+    data = builder().build(table, x, targets=np.array([5]))
+    assert readable(data)[0] == [(5, 3), (5, 4), (5, 5), (5, 6)]
+
+
+def test_every_row_is_a_target_exactly_once_in_pieces_and_streams(table):
+    x = np.zeros((table.num_rows, 1), dtype=np.float32)
+    cfg = GraphConfig(window=10.0, span=3, max_conn_windows=4, next_flows=2, context_windows=4,
+                      segment_flows=2)
+    b = FlowGraphBuilder(cfg)
+    pieces = list(b.iter_graphs(table, x))
+    assert len(pieces) > 1
+    rows = np.concatenate([g["flow"].row[g["flow"].target].numpy() for g in pieces])
+    assert sorted(rows.tolist()) == list(range(table.num_rows))
+    # the same table streamed one row at a time, in log order
+    streamed = list(b.stream((table.slice(i, 1) for i in range(table.num_rows)),
+                             lambda t: np.zeros((t.num_rows, 1), np.float32), lateness=0))
+    rows = np.concatenate([g["flow"].row[g["flow"].target].numpy() for g in streamed])
+    assert sorted(rows.tolist()) == list(range(table.num_rows))
+
+
+def test_empty_table_builds_an_empty_graph(table):
+    empty = table.slice(0, 0)
+    data = builder().build(empty, np.zeros((0, 3), np.float32))
+    assert data["flow"].num_nodes == 0 and data["ip"].num_nodes == 0
+    for et in EDGE_TYPES:
+        assert data[et].edge_index.shape == (2, 0)

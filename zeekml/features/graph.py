@@ -1,0 +1,328 @@
+"""Conn records -> spatio-temporal heterogeneous flow graphs (MODELS.md section 1).
+
+Time is cut into windows of ``window`` seconds. A conn joins every window that its
+``[ts, ts + duration]`` overlaps (at most ``max_conn_windows`` of them, so a day-long conn does
+not fill thousands of windows); its *target* appearance, the one that is classified or scored, is
+the last of those windows: the window in which Zeek writes the record, which keeps live scoring
+causal. Unset ``ts`` (masked test baselines) puts a conn in one shared window with no neighbours
+in time; unset ``duration`` counts as 0.
+
+Nodes: one ``flow`` node per conn per window, one ``ip`` node per address per window.
+
+Spatial edges (inside a window)::
+
+    ('ip', 'orig_to', 'flow')    orig_h -> flow        ('flow', 'rev_orig', 'ip')   its reverse
+    ('flow', 'to_resp', 'ip')    flow -> resp_h        ('ip', 'rev_resp', 'flow')   its reverse
+
+Temporal edges (they only ever point forward in time, so a flow never sees the future)::
+
+    ('ip', 'next_window', 'ip')     an address' latest earlier appearance (at most span-1 windows
+                                    back) -> its appearance in this window
+    ('flow', 'same_conn', 'flow')   a conn in window w-1 -> the same conn in window w
+    ('flow', 'next_orig', 'flow')   a flow -> each of the next ``next_flows`` flows (by ts) of the
+                                    same orig_h in its window
+    ('flow', 'next_resp', 'flow')   the same for resp_h
+
+Edge ``j`` of ``('flow', 'rev_orig', 'ip')`` and ``('flow', 'to_resp', 'ip')`` belongs to flow
+node ``j`` (every flow has exactly one of each); ``('ip', 'orig_to', 'flow')`` and
+``('ip', 'rev_resp', 'flow')`` are the same pairs flipped, in the same order.
+
+A graph for a set of target conns holds whole windows: each target's window and the
+``context_windows`` before it. With temporal edges reaching at most ``span - 1`` windows back per
+hop, an ``L``-layer encoder sees exactly ``L * (span - 1)`` windows back, so with
+``context_windows >= L * (span - 1)`` a conn's embedding does not depend on how the log was cut
+into graphs (a test checks this). ``FlowGraphBuilder.stream`` builds graphs over an arbitrarily
+long log holding only the rows of the last windows in memory.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+GRAPH_SCHEMA_VERSION = 1
+NULL_WINDOW = -(1 << 60)  # where conns without ts go: far from every real window
+
+SPATIAL_EDGES = (("ip", "orig_to", "flow"), ("flow", "rev_orig", "ip"),
+                 ("flow", "to_resp", "ip"), ("ip", "rev_resp", "flow"))
+TEMPORAL_EDGES = (("ip", "next_window", "ip"), ("flow", "same_conn", "flow"),
+                  ("flow", "next_orig", "flow"), ("flow", "next_resp", "flow"))
+EDGE_TYPES = TEMPORAL_EDGES + SPATIAL_EDGES
+IP_FEATURES = ("private", "loopback", "multicast_or_broadcast", "ipv6", "unset")
+
+
+@dataclass
+class GraphConfig:
+    """How conns become graphs.
+
+    Args:
+        window: window length in seconds (default 5).
+        span: windows per graph M (default 3): an address links back to its latest appearance
+            at most ``span - 1`` windows earlier.
+        max_conn_windows: most windows one conn joins (default 4).
+        next_flows: temporal edges from a flow to the next flows of the same host (default 20).
+        context_windows: windows before a target window that its graph includes (default 4 =
+            2 layers x (span - 1)).
+        segment_flows: about how many flow nodes one streamed graph holds (default 50,000).
+    """
+
+    window: float = 5.0
+    span: int = 3
+    max_conn_windows: int = 4
+    next_flows: int = 20
+    context_windows: int = 4
+    segment_flows: int = 50_000
+    schema_version: int = GRAPH_SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GraphConfig":
+        if d.get("schema_version", GRAPH_SCHEMA_VERSION) != GRAPH_SCHEMA_VERSION:
+            raise ValueError(f"graph schema {d.get('schema_version')} != {GRAPH_SCHEMA_VERSION}")
+        return cls(**d)
+
+
+def _ip_attributes(addr: str) -> list[float]:
+    if not addr:
+        return [0.0, 0.0, 0.0, 0.0, 1.0]
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return [0.0, 0.0, 0.0, 0.0, 0.0]
+    bcast = ip.is_multicast or (ip.version == 4 and str(ip).endswith(".255"))
+    return [float(ip.is_private), float(ip.is_loopback), float(bcast), float(ip.version == 6), 0.0]
+
+
+class FlowGraphBuilder:
+    """conn table -> ``HeteroData`` flow graphs.
+
+    Args:
+        config: ``GraphConfig`` (default: the defaults above).
+
+    Every graph carries ``data['flow'].x`` (the caller's per-conn features of the conn behind
+    each node), ``data['flow'].row`` (its row in the table), ``data['flow'].window``,
+    ``data['flow'].target`` (bool: the conn's target appearance, for a requested target),
+    ``data['ip'].x`` (static address attributes, ``IP_FEATURES``) and every edge type of
+    ``EDGE_TYPES`` (possibly empty).
+
+    Shapes:
+        x: ``[n_rows, F]`` float32 per-conn features of the table.
+        data['flow'].x: ``[n_flow, F]``; data['ip'].x: ``[n_ip, 5]``; edge_index: ``[2, E]``.
+    """
+
+    def __init__(self, config: GraphConfig | None = None):
+        self.config = config or GraphConfig()
+
+    # -- per-row windows ---------------------------------------------------------------------
+
+    def windows(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """First and last (= target) window of every row, int64."""
+        cfg = self.config
+        ts = pc.fill_null(pc.cast(table.column("ts"), pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+        dur = pc.fill_null(pc.cast(table.column("duration"), pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+        dur = np.where(np.isfinite(dur) & (dur > 0), dur, 0.0)
+        ok = np.isfinite(ts)
+        safe = np.where(ok, ts, 0.0)
+        first = np.floor(safe / cfg.window).astype(np.int64)
+        last = np.floor((safe + dur) / cfg.window).astype(np.int64)
+        last = np.minimum(last, first + cfg.max_conn_windows - 1)
+        first = np.where(ok, first, NULL_WINDOW)
+        last = np.where(ok, last, NULL_WINDOW)
+        return first, last
+
+    # -- building ----------------------------------------------------------------------------
+
+    def build(self, table: pa.Table, x: np.ndarray, targets: np.ndarray | None = None,
+              row_offset: int = 0):
+        """One graph holding ``targets`` (row indices; default all rows) and their context.
+
+        ``row_offset`` is added to ``data['flow'].row`` (for streamed pieces of a longer log).
+        """
+        first, last = self.windows(table)
+        n = table.num_rows
+        targets = np.arange(n, dtype=np.int64) if targets is None else np.asarray(targets, np.int64)
+        return self._build(table, x, first, last, targets, row_offset)
+
+    def iter_graphs(self, table: pa.Table, x: np.ndarray,
+                    targets: np.ndarray | None = None) -> Iterator:
+        """Graphs of at most about ``segment_flows`` flow nodes that together cover ``targets``
+        (default all rows), in time order; each target row is a target of exactly one graph."""
+        first, last = self.windows(table)
+        n = table.num_rows
+        targets = np.arange(n, dtype=np.int64) if targets is None else np.asarray(targets, np.int64)
+        if len(targets) == 0:
+            return
+        order = targets[np.argsort(last[targets], kind="stable")]
+        tw = last[order]
+        # cut only between windows, once a piece holds about segment_flows targets
+        cuts = [0]
+        budget = max(1, self.config.segment_flows)
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(tw)) + 1])
+        for s in starts[1:]:
+            if s - cuts[-1] >= budget:
+                cuts.append(int(s))
+        cuts.append(len(order))
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if b > a:
+                yield self._build(table, x, first, last, np.sort(order[a:b]), 0)
+
+    def stream(self, tables: Iterable[pa.Table],
+               featurize: Callable[[pa.Table], np.ndarray], lateness: int = 2) -> Iterator:
+        """Graphs over an arbitrarily long stream of conn tables (in log order), with bounded memory.
+
+        A row becomes a target once the stream has moved ``lateness`` windows past its target
+        window; rows are kept only while a future target may still need them as context.
+        ``data['flow'].row`` counts rows from the start of the stream. Every row is a target of
+        exactly one yielded graph.
+        """
+        cfg = self.config
+        buf: pa.Table | None = None
+        buf_x: np.ndarray | None = None
+        buf_off = 0        # stream row number of buf's first row
+        done = np.zeros(0, dtype=bool)  # per buffered row: already a target
+        for t in tables:
+            if t.num_rows == 0:
+                continue
+            fx = featurize(t)
+            if buf is None:
+                buf, buf_x = t, fx
+            else:
+                buf = pa.concat_tables([buf, t.cast(buf.schema)])
+                buf_x = np.concatenate([buf_x, fx])
+            done = np.concatenate([done, np.zeros(t.num_rows, dtype=bool)])
+            first, last = self.windows(buf)
+            real = last[last != NULL_WINDOW]
+            if len(real) == 0:
+                continue
+            horizon = int(real.max()) - lateness
+            ready = np.flatnonzero(~done & (last <= horizon) & (last != NULL_WINDOW))
+            if len(ready) < cfg.segment_flows:
+                continue
+            yield self._build(buf, buf_x, first, last, ready, buf_off)
+            done[ready] = True
+            # drop rows no future target (target window > horizon) can reach as context
+            keep = ~done | (last > horizon - cfg.context_windows)
+            keep |= last == NULL_WINDOW
+            drop_n = int(np.argmax(keep)) if keep.any() else len(keep)
+            # only a prefix can be dropped (row numbers stay contiguous)
+            if drop_n:
+                buf = buf.slice(drop_n)
+                buf_x = buf_x[drop_n:]
+                done = done[drop_n:]
+                buf_off += drop_n
+        if buf is not None and (~done).any():
+            first, last = self.windows(buf)
+            yield self._build(buf, buf_x, first, last, np.flatnonzero(~done), buf_off)
+
+    # -- the graph itself --------------------------------------------------------------------
+
+    def _build(self, table: pa.Table, x: np.ndarray, first: np.ndarray, last: np.ndarray,
+               targets: np.ndarray, row_offset: int):
+        import torch
+        from torch_geometric.data import HeteroData
+
+        cfg = self.config
+        x = np.asarray(x, dtype=np.float32)
+        if len(x) != table.num_rows:
+            raise ValueError(f"x has {len(x)} rows, the table {table.num_rows}")
+        # windows the graph holds: each target window and the context before it
+        tw = np.unique(last[targets]) if len(targets) else np.zeros(0, np.int64)
+        real = tw[tw != NULL_WINDOW]
+        needed = np.unique((real[:, None] - np.arange(cfg.context_windows + 1)[None, :]).ravel())
+        if (tw == NULL_WINDOW).any():
+            needed = np.concatenate([[NULL_WINDOW], needed])
+        # appearances (row, window) of every row that overlaps a needed window
+        span = (last - first + 1).astype(np.int64)
+        cand = np.flatnonzero(_overlaps(first, last, needed))
+        reps = span[cand]
+        app_row = np.repeat(cand, reps)
+        starts = np.cumsum(reps) - reps
+        app_w = first[app_row] + (np.arange(len(app_row)) - np.repeat(starts, reps))
+        keep = np.isin(app_w, needed)
+        app_row, app_w = app_row[keep], app_w[keep]
+        ts = pc.fill_null(pc.cast(table.column("ts"), pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+        order = np.lexsort((app_row, ts[app_row], app_w))
+        app_row, app_w = app_row[order], app_w[order]
+        nf = len(app_row)
+
+        is_target_row = np.zeros(table.num_rows, dtype=bool)
+        is_target_row[targets] = True
+        target = is_target_row[app_row] & (app_w == last[app_row])
+
+        # ip nodes: one per (address, window)
+        orig = np.asarray(pc.fill_null(table.column("id.orig_h"), "").to_numpy(zero_copy_only=False), dtype=object)
+        resp = np.asarray(pc.fill_null(table.column("id.resp_h"), "").to_numpy(zero_copy_only=False), dtype=object)
+        codes, uniq = pd.factorize(np.concatenate([orig[app_row], resp[app_row]]))
+        o_code, r_code = codes[:nf], codes[nf:]
+        key_w = np.concatenate([app_w, app_w])
+        keys = np.stack([key_w, codes.astype(np.int64)], axis=1)
+        ip_keys, ip_inv = np.unique(keys, axis=0, return_inverse=True) if nf else (np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+        ip_inv = ip_inv.reshape(-1)
+        o_ip, r_ip = ip_inv[:nf], ip_inv[nf:]
+        attrs = np.asarray([_ip_attributes(str(a)) for a in uniq], dtype=np.float32).reshape(-1, len(IP_FEATURES))
+        ip_x = attrs[ip_keys[:, 1]] if len(ip_keys) else np.zeros((0, len(IP_FEATURES)), np.float32)
+
+        fidx = np.arange(nf, dtype=np.int64)
+        edges: dict[tuple[str, str, str], np.ndarray] = {
+            ("ip", "orig_to", "flow"): np.stack([o_ip, fidx]),
+            ("flow", "rev_orig", "ip"): np.stack([fidx, o_ip]),
+            ("flow", "to_resp", "ip"): np.stack([fidx, r_ip]),
+            ("ip", "rev_resp", "flow"): np.stack([r_ip, fidx]),
+        }
+        # the same address in a later window (ip_keys are sorted by window, then address)
+        by_addr = np.lexsort((ip_keys[:, 0], ip_keys[:, 1])) if len(ip_keys) else np.zeros(0, np.int64)
+        a_w, a_c = ip_keys[by_addr, 0], ip_keys[by_addr, 1]
+        link = (a_c[1:] == a_c[:-1]) & (a_w[1:] - a_w[:-1] <= cfg.span - 1) & (a_w[:-1] != NULL_WINDOW)
+        edges[("ip", "next_window", "ip")] = np.stack([by_addr[:-1][link], by_addr[1:][link]]) \
+            if len(by_addr) else np.zeros((2, 0), np.int64)
+        # the same conn in consecutive windows
+        by_row = np.lexsort((app_w, app_row))
+        rr, ww = app_row[by_row], app_w[by_row]
+        link = (rr[1:] == rr[:-1]) & (ww[1:] - ww[:-1] == 1)
+        edges[("flow", "same_conn", "flow")] = np.stack([by_row[:-1][link], by_row[1:][link]]) \
+            if nf else np.zeros((2, 0), np.int64)
+        # the next K flows of the same host in the window (nodes are sorted by window, then ts)
+        for name, code in (("next_orig", o_code), ("next_resp", r_code)):
+            grp = np.lexsort((fidx, code, app_w))  # stable: keeps ts order within a group
+            gw, gc = app_w[grp], code[grp]
+            src, dst = [], []
+            for j in range(1, cfg.next_flows + 1):
+                if j >= nf:
+                    break
+                same = (gw[j:] == gw[:-j]) & (gc[j:] == gc[:-j])
+                if not same.any():
+                    break
+                src.append(grp[:-j][same])
+                dst.append(grp[j:][same])
+            edges[("flow", name, "flow")] = (np.stack([np.concatenate(src), np.concatenate(dst)])
+                                              if src else np.zeros((2, 0), np.int64))
+
+        data = HeteroData()
+        data["flow"].x = torch.from_numpy(x[app_row]) if nf else torch.zeros((0, x.shape[1]))
+        data["flow"].row = torch.from_numpy(app_row + row_offset)
+        data["flow"].window = torch.from_numpy(app_w)
+        data["flow"].target = torch.from_numpy(target)
+        data["ip"].x = torch.from_numpy(ip_x)
+        data["ip"].window = torch.from_numpy(ip_keys[:, 0].copy())
+        data["ip"].addr = [str(uniq[c]) for c in ip_keys[:, 1]]
+        for et in EDGE_TYPES:
+            data[et].edge_index = torch.from_numpy(np.ascontiguousarray(edges[et], dtype=np.int64))
+        return data
+
+
+def _overlaps(first: np.ndarray, last: np.ndarray, needed: np.ndarray) -> np.ndarray:
+    """Rows whose window range [first, last] holds any of the sorted ``needed`` windows."""
+    if len(needed) == 0:
+        return np.zeros(len(first), dtype=bool)
+    i = np.searchsorted(needed, first, side="left")
+    ok = i < len(needed)
+    hit = np.zeros(len(first), dtype=bool)
+    hit[ok] = needed[i[ok]] <= last[ok]
+    return hit

@@ -1,0 +1,1 @@
+"""Torch modules only, no I/O: the GNN, MoE and autoencoder models."""
