@@ -146,12 +146,22 @@ class _Stopped(Exception):
 # ---------------------------------------------------------------------------------------------
 # rendering: the same formatting code as the batch sinks, into memory
 
+def _json_line(obj: dict) -> bytes:
+    """``JsonLinesWriter``'s line for ``obj``; skips ``_clean``'s walk when every float is finite
+    (the same bytes: ``_clean`` only turns non-finite floats into null)."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(_clean(obj), separators=(",", ":"))
+    return text.encode() + b"\n"
+
+
 class _VerdictLines(VerdictWriter):
     def __init__(self) -> None:  # no file: collects the lines
         self.path, self.count, self.lines = VERDICTS, 0, []
 
     def write_obj(self, obj: dict) -> None:
-        self.lines.append(json.dumps(_clean(obj), separators=(",", ":")).encode() + b"\n")
+        self.lines.append(_json_line(obj))
         self.count += 1
 
 
@@ -160,7 +170,7 @@ class _QuarantineLines(QuarantineWriter):
         self.path, self.count, self.lines = QUARANTINE, 0, []
 
     def write_obj(self, obj: dict) -> None:
-        self.lines.append(json.dumps(_clean(obj), separators=(",", ":")).encode() + b"\n")
+        self.lines.append(_json_line(obj))
         self.count += 1
 
 

@@ -1,0 +1,219 @@
+"""Benchmark of ``zeekml watch``: sustained records/s, line-written-to-verdict-written delay, RSS.
+
+A writer process appends Zeek TSV conn records to ``conn.log`` at a steady rate (in ticks of
+10 ms), stamping each record's ``ts`` with the wall time at which it is written. ``zeekml watch``
+runs as its own process (the real CLI) on that directory. This script tails ``verdicts.jsonl``
+(every 20 ms) and takes, for every verdict, the time it saw the verdict minus the record's
+``ts``: the delay from the line being written to its verdict being written (plus up to 20 ms of
+polling). RSS of the watch process is sampled every second.
+
+    python bench/watch.py                       # 10k and 50k records/s, 20 s each
+    python bench/watch.py --rates 10000 --duration 600 --rotate-seconds 60   # the long run
+
+All processes share the machine: on a 2-core box the writer, the watcher and this reader
+compete for the CPU, so the numbers are a floor, not a ceiling.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+FIELDS = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service",
+          "duration", "orig_bytes", "resp_bytes", "conn_state", "local_orig", "missed_bytes",
+          "history", "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes", "tunnel_parents"]
+TYPES = ["time", "string", "addr", "port", "addr", "port", "enum", "string", "interval", "count",
+         "count", "string", "bool", "count", "string", "count", "count", "count", "count",
+         "set[string]"]
+
+
+def header(stamp: str) -> bytes:
+    return ("#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n"
+            f"#path\tconn\n#open\t{stamp}\n#fields\t" + "\t".join(FIELDS) + "\n#types\t"
+            + "\t".join(TYPES) + "\n").encode()
+
+
+def make_rest(rng: random.Random, n: int = 4096) -> list[str]:
+    """Pre-built record tails (everything after ts and uid), so the writer stays cheap."""
+    out = []
+    for _ in range(n):
+        ob, rb, op, rp = rng.randint(0, 5000), rng.randint(0, 50000), rng.randint(1, 40), rng.randint(0, 60)
+        out.append("\t".join([
+            f"10.0.{rng.randint(0, 3)}.{rng.randint(1, 254)}", str(rng.randint(1024, 65535)),
+            f"192.168.1.{rng.randint(1, 20)}", str(rng.choice([53, 80, 443, 8080])),
+            rng.choice(["tcp", "tcp", "udp"]), rng.choice(["http", "dns", "ssl", "-"]),
+            f"{rng.random() * 3:.6f}", str(ob), str(rb), rng.choice(["SF", "S0", "REJ", "RSTO"]),
+            "T", "0", rng.choice(["ShADadFf", "D", "S", "Dd"]), str(op), str(op * 40 + ob),
+            str(rp), str(rp * 40 + rb), "(empty)"]))
+    return out
+
+
+def write_baseline(path: str, n: int = 5000) -> None:
+    rng = random.Random(1)
+    rest = make_rest(rng)
+    with open(path, "wb") as f:
+        f.write(header("2023-01-01-00-00-00"))
+        for i in range(n):
+            f.write(f"{1_600_000_000 + i:.6f}\tCB{i:015d}\t{rest[i % len(rest)]}\n".encode())
+
+
+def writer(root: str, rate: int, duration: float, rotate_seconds: float) -> None:
+    """Steady ``rate`` records/s for ``duration`` s in 10 ms ticks; ``ts`` = write time."""
+    rest = make_rest(random.Random(2))
+    live = os.path.join(root, "conn.log")
+    f = open(live, "ab")
+    f.write(header(time.strftime("%Y-%m-%d-%H-%M-%S")))
+    t0 = time.time()
+    opened = t0
+    i = 0
+    tick = 0.01
+    while True:
+        now = time.time()
+        if now - t0 >= duration:
+            break
+        due = int((now - t0) * rate)
+        if due > i:
+            lines = []
+            ts = f"{time.time():.6f}"
+            for k in range(i, due):
+                lines.append(f"{ts}\tCW{k:015d}\t{rest[k % len(rest)]}\n")
+            f.write("".join(lines).encode())
+            f.flush()
+            i = due
+        if rotate_seconds and now - opened >= rotate_seconds:
+            f.write(f"#close\t{time.strftime('%Y-%m-%d-%H-%M-%S')}\n".encode())
+            f.close()
+            os.rename(live, os.path.join(root, f"conn.{time.strftime('%Y-%m-%d-%H-%M-%S')}."
+                                               f"{int(now * 1000) % 1000:03d}.log"))
+            f = open(live, "ab")
+            f.write(header(time.strftime("%Y-%m-%d-%H-%M-%S") + f".{i}"))
+            opened = now
+        time.sleep(max(0.0, tick - (time.time() - now)))
+    f.close()
+    print(json.dumps({"written": i}), flush=True)
+
+
+TS = re.compile(rb'"ts":([0-9.]+)')
+
+
+def run_rate(rate: int, duration: float, args) -> dict:
+    work = tempfile.mkdtemp(prefix=f"zeekml-bench-watch-{rate}-")
+    root, out = os.path.join(work, "logs"), os.path.join(work, "out")
+    os.makedirs(root)
+    base = os.path.join(work, "baseline.log")
+    write_baseline(base)
+    cmd = [sys.executable, "-c", "from zeekml.cli import main; main()", "watch", root, "--out", out,
+           "--baseline", base, "--window-seconds", str(args.window_seconds),
+           "--window-records", str(args.window_records), "--status-seconds", "1", "--quiet"]
+    w = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    stats_path = os.path.join(out, "stats.json")
+    t_start = time.time()
+    while time.time() - t_start < 120:           # wait until calibrated and running
+        try:
+            if json.load(open(stats_path)).get("state") == "running":
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    proc = psutil.Process(w.pid)
+    wr = subprocess.Popen([sys.executable, __file__, "--writer", root, str(rate), str(duration),
+                           str(args.rotate_seconds)], stdout=subprocess.PIPE)
+    delays: list[float] = []
+    rss: list[tuple[float, int]] = []
+    seen = 0
+    pos = 0
+    buf = b""
+    vpath = os.path.join(out, "verdicts.jsonl")
+    t0 = time.time()
+    last_rss = 0.0
+    writer_done_at = None
+    expected = None
+    while True:
+        now = time.time()
+        try:
+            with open(vpath, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+        except OSError:
+            chunk = b""
+        if chunk:
+            pos += len(chunk)
+            buf += chunk
+            cut = buf.rfind(b"\n") + 1
+            block, buf = buf[:cut], buf[cut:]
+            for m in TS.finditer(block):
+                delays.append(now - float(m.group(1)))
+            seen += block.count(b"\n")
+        if now - last_rss >= 1.0:
+            rss.append((now - t0, proc.memory_info().rss))
+            last_rss = now
+        if writer_done_at is None and wr.poll() is not None:
+            writer_done_at = now
+            expected = json.loads(wr.stdout.read().decode().strip().splitlines()[-1])["written"]
+        if expected is not None and seen >= expected:
+            break
+        if writer_done_at is not None and now - writer_done_at > args.drain_timeout:
+            break
+        time.sleep(0.02)
+    end = time.time()
+    w.send_signal(signal.SIGTERM)
+    w.wait(60)
+    stats = json.load(open(stats_path))
+    shutil.rmtree(work, ignore_errors=True)
+    delays.sort()
+    q = lambda p: delays[min(len(delays) - 1, int(p * len(delays)))] if delays else float("nan")
+    rss_mb = [r / 2**20 for _, r in rss]
+    half = len(rss_mb) // 2
+    return {
+        "rate_offered": rate, "duration_s": duration, "written": expected, "scored": seen,
+        "sustained_records_per_s": round(seen / (end - t0), 1),
+        "drain_s_after_writer_stopped": round(end - writer_done_at, 2) if writer_done_at else None,
+        "delay_p50_s": round(q(0.50), 3), "delay_p99_s": round(q(0.99), 3),
+        "delay_max_s": round(delays[-1], 3) if delays else None,
+        "rss_mb_first": round(rss_mb[0], 1) if rss_mb else None,
+        "rss_mb_max": round(max(rss_mb), 1) if rss_mb else None,
+        "rss_mb_median_first_half": round(statistics.median(rss_mb[:half]), 1) if half else None,
+        "rss_mb_median_second_half": round(statistics.median(rss_mb[half:]), 1) if half else None,
+        "watch_commits": stats.get("commits"), "watch_quarantined": stats.get("quarantined"),
+        "watch_duplicates_dropped": stats.get("duplicates_dropped"),
+    }
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--writer":
+        writer(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rates", default="10000,50000", help="offered records/s, comma separated")
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds of writing per rate")
+    ap.add_argument("--rotate-seconds", type=float, default=0.0, help="rotate conn.log this often")
+    ap.add_argument("--window-seconds", type=float, default=1.0)
+    ap.add_argument("--window-records", type=int, default=10_000)
+    ap.add_argument("--drain-timeout", type=float, default=120.0,
+                    help="how long to wait for the backlog after the writer stops")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    results = []
+    print(f"cpus={os.cpu_count()} load={os.getloadavg()}", flush=True)
+    for rate in [int(r) for r in args.rates.split(",")]:
+        r = run_rate(rate, args.duration, args)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"load_at_start": os.getloadavg(), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
