@@ -457,7 +457,8 @@ class Watcher:
         """The first ``baseline_records`` conns from the checkpoint on (read, not committed)."""
         opts = self.options
         self.stats.state = "calibrating"
-        f = DirectoryFollower(self.root, cp.files, Quarantine(), max_line_bytes=opts.max_line_bytes,
+        f = DirectoryFollower(self.root, cp.files, Quarantine(), done=cp.done,
+                              max_line_bytes=opts.max_line_bytes,
                               rescan_seconds=opts.rescan_seconds, use_events=opts.use_events,
                               exclude=[self.out_dir])
         batches = []
@@ -465,6 +466,8 @@ class Watcher:
         f.start()
         try:
             while n < opts.baseline_records:
+                if self._stop.is_set():
+                    raise _Stopped
                 got = f.poll(max_records=opts.baseline_records - n)
                 for b in got:
                     if is_conn_batch(b):
@@ -473,8 +476,6 @@ class Watcher:
                 if not got and f.caught_up:
                     if opts.once:
                         break
-                    if self._stop.is_set():
-                        raise _Stopped
                     self._status_maybe(f, force=False, calibrating=n)
                     f.wait(min(opts.rescan_seconds, 1.0))
         finally:
@@ -516,7 +517,8 @@ class Watcher:
                 from zeekml.sinks.zeek_input import VerdictFeedbackWriter
                 feedback = VerdictFeedbackWriter(opts.score.zeek_feedback)
             follower = DirectoryFollower(
-                self.root, cp.files, self._quarantine, max_line_bytes=opts.max_line_bytes,
+                self.root, cp.files, self._quarantine, done=cp.done,
+                max_line_bytes=opts.max_line_bytes,
                 rescan_seconds=opts.rescan_seconds, use_events=opts.use_events,
                 exclude=[self.out_dir])
             self._follower = follower
@@ -611,7 +613,7 @@ class Watcher:
         q.lines.clear()
         if feedback is not None and alerts:
             self._durably(lambda: feedback.write(alerts))
-        cp.files = follower.snapshot()
+        cp.files, cp.done = follower.snapshot()
         cp.outputs = dict(outputs.lengths)
         self.stats.scored += len(verdicts)
         self.stats.verdicts_written += verdict_lines.count
@@ -662,7 +664,7 @@ class Watcher:
         if follower is not None:
             s.lag_s = follower.lag_seconds()
             s.bytes_behind = follower.bytes_behind()
-            s.files_tracked = len(follower.states)
+            s.files_tracked = len(follower.states) + len(follower.done)
             s.files_open = len(follower.readers)
             s.rescans = follower.rescans
         if calibrating is not None:

@@ -72,10 +72,17 @@ class FileState:
 
 @dataclass
 class Checkpoint:
-    """Everything a restart needs: per-identity progress and the committed output lengths."""
+    """Everything a restart needs: per-identity progress and the committed output lengths.
+
+    ``done`` holds the identities read to their end (``#close`` seen, whole archive read): only
+    their ids are kept, and once there are many they move to the ledger file
+    ``<name>.done`` (written before the checkpoint that drops them), so the document committed
+    every window stays small however many archives the directory holds.
+    """
 
     generation: int = 0
     files: dict[str, FileState] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
     outputs: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     written_at: float = 0.0
@@ -83,12 +90,14 @@ class Checkpoint:
     def body(self) -> dict:
         return {"generation": self.generation, "written_at": self.written_at,
                 "files": {k: v.to_dict() for k, v in sorted(self.files.items())},
+                "done": sorted(self.done),
                 "outputs": dict(sorted(self.outputs.items())), "stats": self.stats}
 
     @classmethod
     def from_body(cls, body: dict) -> "Checkpoint":
         return cls(generation=int(body.get("generation", 0)),
                    files={k: FileState.from_dict(v) for k, v in body.get("files", {}).items()},
+                   done=set(body.get("done", [])),
                    outputs={k: int(v) for k, v in body.get("outputs", {}).items()},
                    stats=dict(body.get("stats", {})),
                    written_at=float(body.get("written_at", 0.0)))
@@ -136,6 +145,28 @@ def decode(data: bytes) -> Checkpoint:
     return Checkpoint.from_body(body)
 
 
+def _write_whole(path: str, data: bytes) -> None:
+    """Temp file, fsync, rename over ``path``, directory fsync."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -153,15 +184,40 @@ class CheckpointStore:
             ``<name>.prev``.
     """
 
+    LEDGER_BATCH = 64
+    """Ids in ``done`` beyond the ledger that trigger a ledger rewrite."""
+
     def __init__(self, directory: str | os.PathLike, name: str = "checkpoint.json"):
         self.directory = os.fspath(directory)
         self.path = os.path.join(self.directory, name)
         self.prev_path = self.path + ".prev"
+        self.ledger_path = self.path + ".done"
+        self._ledger: set[str] = set()
         self.commits = 0
         self.generation = 0     # of the newest checkpoint loaded or committed
 
     def load(self) -> Checkpoint:
         """The newest intact generation (current, else previous), or an empty checkpoint."""
+        self._ledger = self._load_ledger()
+        cp = self._load_main()
+        cp.done |= self._ledger
+        return cp
+
+    def _load_ledger(self) -> set[str]:
+        try:
+            with open(self.ledger_path, "rb") as f:
+                doc = json.loads(f.read())
+            if doc.get("sha256") != _digest(json.dumps(doc.get("done"), separators=(",", ":"))):
+                raise ValueError("checksum mismatch")
+            return set(doc["done"])
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.error("%s: damaged ledger of completed files (%s); they may be read again",
+                      self.ledger_path, e)
+            return set()
+
+    def _load_main(self) -> Checkpoint:
         for path in (self.path, self.prev_path):
             try:
                 with open(path, "rb") as f:
@@ -184,10 +240,24 @@ class CheckpointStore:
 
     def commit(self, cp: Checkpoint) -> None:
         """Write ``cp`` as the new generation. Raises ``CheckpointError``; the old one stays."""
+        new_done = cp.done - self._ledger
+        if len(new_done) > self.LEDGER_BATCH:
+            ledger = self._ledger | cp.done
+            text = json.dumps(sorted(ledger), separators=(",", ":"))
+            try:
+                _write_whole(self.ledger_path, (
+                    '{"sha256":"%s","done":%s}\n' % (_digest(text), text)).encode())
+            except OSError as e:
+                raise CheckpointError(f"cannot write the ledger: {e.strerror}",
+                                      self.ledger_path) from e
+            self._ledger = ledger
+            new_done = set()
+        body_cp = Checkpoint(cp.generation, cp.files, new_done, cp.outputs, cp.stats,
+                             cp.written_at)
         old_generation = cp.generation
-        cp.generation = max(self.generation, cp.generation) + 1
-        cp.written_at = time.time()
-        data = encode(cp)
+        cp.generation = body_cp.generation = max(self.generation, cp.generation) + 1
+        cp.written_at = body_cp.written_at = time.time()
+        data = encode(body_cp)
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             os.makedirs(self.directory, exist_ok=True)

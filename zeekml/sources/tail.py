@@ -20,8 +20,9 @@ Rules:
 - A file that shrank below the offset, whose head changed under an open descriptor, or whose bytes
   before the checkpoint offset differ from the recorded ``tail`` holds new content (Zeek restarted
   without rotating and truncated it, or the inode was reused): it is read from offset 0.
-- ``#close`` at the end of a TSV file, or the end of a whole gzip archive, marks the identity
-  complete: it is never read again.
+- The end of a whole gzip archive marks the identity done: it is never read again. ``#close``
+  as the last line of a plain file closes it; it is done once no plain copy is left (data
+  appended after ``#close``, which Zeek never writes, is still read).
 
 The follower never commits anything: ``snapshot()`` returns each identity's progress as of the
 batches returned so far, which ``zeekml.watch`` commits together with its outputs.
@@ -210,6 +211,7 @@ class DirectoryFollower:
     Args:
         root: the Zeek log directory.
         states: per-identity progress from the last checkpoint (copied, not mutated).
+        done: identities read to their end; never opened again.
         quarantine: where malformed lines go.
         max_line_bytes: longer lines are quarantined (default 1 MiB).
         rescan_seconds: full directory rescan period (default 2.0), whatever the events said.
@@ -224,7 +226,8 @@ class DirectoryFollower:
     """
 
     def __init__(self, root: str | os.PathLike, states: dict[str, FileState] | None = None,
-                 quarantine: Quarantine | None = None, *, max_line_bytes: int = 1 << 20,
+                 quarantine: Quarantine | None = None, *, done: Iterable[str] = (),
+                 max_line_bytes: int = 1 << 20,
                  rescan_seconds: float = 2.0, use_events: bool = True,
                  exclude: Iterable[str] = (), chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  orphan_grace_seconds: float = 2.0, idle_close_seconds: float = 60.0,
@@ -232,6 +235,7 @@ class DirectoryFollower:
                  clock: Callable[[], float] = time.monotonic):
         self.root = os.fspath(root)
         self.states: dict[str, FileState] = copy.deepcopy(states or {})
+        self.done: set[str] = set(done)
         self.quarantine = quarantine if quarantine is not None else Quarantine()
         self.max_line_bytes = max_line_bytes
         self.rescan_seconds = rescan_seconds
@@ -332,20 +336,23 @@ class DirectoryFollower:
                     records += b.num_rows
                 if r.dead or r.state.complete:
                     if not r.dead:
-                        r.refresh_tail()
                         r.close()
                     del self.readers[cid]
+                    if r.state.complete and r.compressed:
+                        self.done.add(cid)
+                        self.states.pop(cid, None)
                 if records >= max_records:
                     break
         self.caught_up = not progressed
         self._close_idle(now)
         return out
 
-    def snapshot(self) -> dict[str, FileState]:
-        """Progress of every identity as of the batches returned so far (deep copies)."""
+    def snapshot(self) -> tuple[dict[str, FileState], set[str]]:
+        """Progress of every identity as of the batches returned so far (copies): the partly
+        read ones, and the ids of those read to their end."""
         for r in self.readers.values():
             r.refresh_tail()
-        return copy.deepcopy(self.states)
+        return copy.deepcopy(self.states), set(self.done)
 
     def lag_seconds(self) -> float:
         """Seconds since the oldest unread data was first noticed (0 when caught up)."""
@@ -421,10 +428,21 @@ class DirectoryFollower:
 
         self._pending_ids.clear()
         for cid, cands in by_id.items():
-            state = self.states.get(cid)
-            if state is not None and state.complete:
+            if cid in self.done:
                 continue
             plain = [c for c in cands if not c.fp.compressed]
+            state = self.states.get(cid)
+            if state is not None and state.complete:
+                # #close was its last line. Zeek writes nothing after it; if something does,
+                # it is read all the same. Once no plain copy is left it is done for good.
+                if not plain:
+                    self.done.add(cid)
+                    del self.states[cid]
+                    continue
+                if max(c.st.st_size for c in plain) <= state.offset:
+                    continue
+                log.warning("%s: data after #close; reading it", plain[0].path)
+                state.complete = False
             r = self.readers.get(cid)
             if r is not None:
                 best = max(plain, key=lambda c: c.st.st_size, default=None)

@@ -82,3 +82,21 @@ def test_enospc_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 def test_unknown_fields_are_ignored_when_loading():
     fs = FileState.from_dict({"content_id": "x", "offset": 5, "future_field": 1})
     assert fs.offset == 5
+
+
+def test_completed_ids_move_to_the_ledger_and_stay_known(tmp_path):
+    store = CheckpointStore(tmp_path)
+    cp = _cp(1)
+    cp.done = {f"id{i}" for i in range(10)}
+    store.commit(cp)
+    assert not os.path.exists(store.ledger_path)         # few: kept in the checkpoint itself
+    cp.done |= {f"id{i}" for i in range(10, 200)}
+    store.commit(cp)
+    assert os.path.exists(store.ledger_path)
+    body = ckpt.decode(open(store.path, "rb").read())
+    assert body.done == set()                            # the checkpoint stays small
+    cp.done.add("late")
+    store.commit(cp)
+    again = CheckpointStore(tmp_path).load()
+    assert again.done == {f"id{i}" for i in range(200)} | {"late"}
+    assert again.files["abc"].offset == 1
