@@ -129,3 +129,27 @@ def test_autoencoder_joins_score_as_a_detector(base, tmp_path):
     notices = (tmp_path / "s" / "zeekml_notice.log").read_text()
     assert notices.count("\tmae anomaly score") == len(mae_alerts)
     assert notices.count("recon_quantity=") == len(mae_alerts)
+
+
+def test_packet_sequences_from_a_replayed_capture(tmp_path):
+    """conn.log + zeekml_flow.log from the built-in flow meter: the sequence modality is packets."""
+    import torch
+    wiki = os.path.join(DATA, "zeek-btest", "Traces", "wikipedia.pcap")
+    logs = tmp_path / "logs"
+    r = CliRunner().invoke(main, ["replay", wiki, "--out", str(logs), "--engine", "builtin", "--no-score"])
+    assert r.exit_code == 0, r.output
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = CliRunner().invoke(main, ["pretrain", "--model", "mae", str(logs / "conn.log"), "--out",
+                                      str(tmp_path / "m"), "--epochs", "2", "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["seq_source"] == "packets"
+        cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+        assert cfg["mae"]["seq_channels"] == 9
+        r = CliRunner().invoke(main, ["embed", str(logs / "conn.log"), "--model", str(tmp_path / "m"),
+                                      "--out", str(tmp_path / "e.parquet"), "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+        assert pq.read_table(tmp_path / "e.parquet").num_rows == 34
+    finally:
+        torch.set_num_threads(n)

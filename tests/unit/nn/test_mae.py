@@ -72,18 +72,18 @@ def test_autoencoder_learns_to_reconstruct():
     torch.manual_seed(0)
     m = MultiModalAutoencoder(MAEConfig(quantity_dim=8, seq_channels=2, entity_dim=6, hidden=(64, 32),
                                         embed_dim=8))
-    base = torch.randn(64, 3)
+    base = torch.randn(32, 3)
     q = base @ torch.randn(3, 8)
     e = base @ torch.randn(3, 6)
-    s = (base @ torch.randn(3, 64)).view(64, 32, 2)
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    first = float(mae_loss(m(q, s, e), q, s, e))
-    for _ in range(300):
+    s = (base @ torch.randn(3, 64)).view(32, 32, 2)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    first = float(mae_loss(m(q, s, e), q, s, e).detach())
+    for _ in range(60):
         loss = mae_loss(m(q, s, e), q, s, e)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.2 * first
+    assert float(loss.detach()) < 0.2 * first
 
 
 def test_classifier_head_shape():
