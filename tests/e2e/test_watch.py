@@ -238,3 +238,47 @@ def test_cli_errors_are_one_line(tmp_path):
     r = CliRunner().invoke(main, ["watch", str(root), "--out", str(tmp_path / "o"), "--once",
                                   "--baseline", other, "--quiet"])
     assert r.exit_code == 1 and "another baseline" in r.output
+
+
+def _cli_child(args):
+    import sys
+    sys.stderr = open(os.devnull, "w")
+    try:
+        main(args, standalone_mode=False)
+    except SystemExit as e:
+        os._exit(e.code or 0)
+    os._exit(0)
+
+
+def test_cli_sigterm_commits_a_final_checkpoint(tmp_path):
+    """SIGTERM (and SIGINT) finish the window in hand and commit: a restart scores nothing
+    again, and records written after the stop are scored once by the next run."""
+    import signal
+    import time
+
+    from test_watch_support import start
+    root, out = tmp_path / "logs", tmp_path / "out"
+    root.mkdir()
+    baseline = write_baseline(str(tmp_path / "baseline.log"))
+    w = ZeekWriter(str(root), "standalone", seed=9)
+    w.write(500)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        p = start(_cli_child, ["watch", str(root), "--out", str(out), "--baseline", baseline,
+                               "--quiet", "--window-seconds", "5", "--status-seconds", "0.2"])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:     # running and the records read (window still open)
+            st = (out / "stats.json")
+            if st.exists() and json.loads(st.read_text()).get("state") == "running":
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.kill(p.pid, sig)
+        p.join(20)
+        assert p.exitcode == 0
+        assert json.loads((out / "stats.json").read_text())["state"] == "stopped"
+        w.write(100)
+    w.close()
+    counts = uid_counts(str(out))
+    assert set(counts) == all_uids(600) and max(counts.values()) == 1
+    s = _watch_once(str(root), str(out), baseline, dedup_capacity=0)
+    assert s.scored == 100
