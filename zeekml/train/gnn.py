@@ -227,8 +227,12 @@ def _split_to(s: LinkSplit, device: str) -> LinkSplit:
 def finetune_bundle(base: GNNBundle | None, table: pa.Table, labels: np.ndarray,
                     train_rows: np.ndarray, hide_service: bool, seed: int = 0,
                     epochs: int | None = None, lr: float | None = None, device: str = "cpu",
-                    hidden: int = 64) -> tuple[GNNBundle, dict]:
-    """Finetune ``base`` (None = random start) on the labels of ``train_rows`` only."""
+                    hidden: int = 64, featurizer: FlowFeaturizer | None = None,
+                    x: np.ndarray | None = None) -> tuple[GNNBundle, dict]:
+    """Finetune ``base`` (None = random start) on the labels of ``train_rows`` only.
+
+    ``featurizer`` (scratch only) and ``x`` (the table's features) skip recomputing them.
+    """
     import copy
     import time
 
@@ -249,12 +253,12 @@ def finetune_bundle(base: GNNBundle | None, table: pa.Table, labels: np.ndarray,
         if unexpected or any(not k.startswith("head.") for k in missing):
             raise ModelError(f"base weights do not fit: missing {missing}, unexpected {unexpected}")
     else:
-        featurizer = FlowFeaturizer(hide_service=hide_service).fit(table)
+        featurizer = featurizer or FlowFeaturizer(hide_service=hide_service).fit(table)
         gcfg = GraphConfig()
         model = FlowGNN(GNNConfig(flow_in=len(featurizer.feature_names), hidden=hidden,
                                   n_classes=len(classes)))
     bundle = GNNBundle(model, copy.deepcopy(featurizer), gcfg, classes, hide_service)
-    x = bundle.features(table)
+    x = bundle.features(table) if x is None else x
     g = bundle.builder().build(table, x, targets=train_rows)
     tmask = g["flow"].target
     rows = g["flow"].row[tmask].numpy()
@@ -301,12 +305,12 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
 
 
 def predict_proba(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = None,
-                  device: str = "cpu") -> np.ndarray:
+                  device: str = "cpu", x: np.ndarray | None = None) -> np.ndarray:
     """Class probabilities ``[n_rows, C]`` (rows not asked for stay zero)."""
     import torch
 
     model = bundle.model.to(device).eval()
-    x = bundle.features(table)
+    x = bundle.features(table) if x is None else x
     out = np.zeros((table.num_rows, len(bundle.classes)), dtype=np.float32)
     with torch.inference_mode():
         for g in bundle.builder().iter_graphs(table, x, rows):
