@@ -219,7 +219,8 @@ def plot_tsne(z, raw, ys, sample, task, plots):
     plt.close(fig)
 
 
-def anomaly(table, train, test, work: str, base_dir: str, epochs: int, out: dict) -> None:
+def anomaly(table, train, test, work: str, base_dir: str, epochs: int, out: dict,
+            plots: str | None = None) -> None:
     y = labels_of(table, "label")
     labeled = np.array([v in ("Benign", "Malicious") for v in y])
     mal = np.array([v == "Malicious" for v in y])
@@ -228,6 +229,7 @@ def anomaly(table, train, test, work: str, base_dir: str, epochs: int, out: dict
     if not os.path.exists(os.path.join(benign_dir, "manifest.json")):
         KIND.pretrain(table.take(pa.array(benign_train)), benign_dir, sources=[], seed=0, epochs=epochs)
     res = {}
+    curves = []
     for setting, rows, d in (("all training rows", train, base_dir),
                              ("benign training rows", benign_train, benign_dir)):
         config, state = load_model_dir(d)
@@ -250,7 +252,33 @@ def anomaly(table, train, test, work: str, base_dir: str, epochs: int, out: dict
                 "iforest_p_at_1pct_fpr": precision_at_fpr(mal[te], iscore[te], 0.01),
             }
         res[setting] = {"train_rows": int(len(rows)), "scopes": per}
+        te = test[labeled[test]]
+        curves.append((setting, mal[te], score[te], iscore[te]))
     out["anomaly"] = res
+    if plots:
+        plot_roc(curves, os.path.join(plots, "mae_anomaly_roc.png"))
+
+
+def plot_roc(curves, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4.5))
+    for ax, (setting, y, s_mae, s_if) in zip(np.atleast_1d(axes), curves):
+        for name, sc in (("mae reconstruction error", s_mae), ("IsolationForest", s_if)):
+            fpr, tpr, _ = roc_curve(y, sc)
+            ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(y, sc):.3f})")
+        ax.plot([0, 1], [0, 1], ls="--", c="grey")
+        ax.set_xlabel("false positive rate (benign flagged)")
+        ax.set_ylabel("true positive rate (malicious flagged)")
+        ax.set_title(f"trained on {setting}")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("malicious vs benign, latest 30% of the five labeled files")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -260,6 +288,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--plots", default=None, help="Directory for mae_tsne_*.png.")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--skip-tasks", action="store_true", help="Only the anomaly comparison.")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     global FILE_OF
@@ -276,8 +305,9 @@ def main() -> None:
                               "epochs": args.epochs, "seq_source": config["seq_source"]}}
     if args.plots:
         os.makedirs(args.plots, exist_ok=True)
-    tasks(table, train, test, loaded, out, args.plots)
-    anomaly(table, train, test, args.work, base_dir, args.epochs, out)
+    if not args.skip_tasks:
+        tasks(table, train, test, loaded, out, args.plots)
+    anomaly(table, train, test, args.work, base_dir, args.epochs, out, args.plots)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(out, indent=2)
     print(text)
