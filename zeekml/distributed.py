@@ -8,8 +8,9 @@ The plan keeps a single-process run's semantics exactly:
 3. detectors are fitted and calibrated once on the driver and broadcast (loaded once per worker);
 4. each task scores its table; verdicts are written in task order, so the output files are the
    same bytes as those of ``zeekml score`` without ``--dask``.
-Per-conn detectors make a verdict depend only on its own row; detectors that look at a context
-(graph windows) get their overlap through ``ScoringTask.context`` (not needed by the row detectors).
+Per-conn detectors make a verdict depend only on its own row; a detector whose score depends on
+the conns around it in time (the GNN's graph windows) says how far with ``context_seconds``, and
+each task is scored with the rows of the other tasks within that distance as context.
 """
 from __future__ import annotations
 
@@ -185,9 +186,27 @@ def _take(result: ReadResult, rows: np.ndarray) -> pa.Table:
     return result.table.take(pa.array(rows, pa.int64()))
 
 
-def _score(result: ReadResult, fitted) -> list:
+def _score(result: ReadResult, fitted, before: list | None = None,
+           after: list | None = None) -> list:
+    """Verdicts for the rows of ``result``; ``before``/``after`` are context rows (in global
+    order) that detectors with a time context see but that get no verdict here."""
     from zeekml.pipeline import score_fitted
-    return score_fitted(result.table, fitted)
+
+    before, after = before or [], after or []
+    if not before and not after:
+        return score_fitted(result.table, fitted)
+    table = pa.concat_tables([*before, result.table, *after])
+    n0 = sum(t.num_rows for t in before)
+    return score_fitted(table, fitted)[n0:n0 + result.table.num_rows]
+
+
+def _take_range(result: ReadResult, lo: float, hi: float) -> pa.Table:
+    ts = _ts_of(result)
+    return result.table.filter(pa.array((ts >= lo) & (ts <= hi)))
+
+
+def context_seconds(fitted) -> float:
+    return max((float(getattr(d, "context_seconds", 0.0)) for d in fitted.detectors), default=0.0)
 
 
 def _meta(result: ReadResult) -> tuple[int, int, int, list[RejectedRecord], str | None]:
@@ -223,8 +242,8 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarant
         if summary.files == 0 and not ok:
             raise ZeekmlError("no input file could be read: " +
                               "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
+        ts_parts = client.gather([client.submit(_ts_of, r) for r in ok])
         if baseline_table is None:
-            ts_parts = client.gather([client.submit(_ts_of, r) for r in ok])
             sizes = [len(t) for t in ts_parts]
             all_ts = np.concatenate(ts_parts) if ts_parts else np.zeros(0)
             k = max(1, int(round(len(all_ts) * options.baseline_fraction)))
@@ -239,7 +258,19 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarant
         summary.baseline_records = baseline_table.num_rows
         fitted = fit_calibrate(baseline_table, options, summary)
         fitted_f = client.scatter(fitted, broadcast=True)
-        scored = [client.submit(_score, r, fitted_f, retries=2) for r in ok]
+        ctx = context_seconds(fitted)
+        scored = []
+        for i, r in enumerate(ok):
+            before, after = [], []
+            if ctx > 0:
+                own = ts_parts[i][np.isfinite(ts_parts[i])]
+                if len(own):
+                    lo, hi = float(own.min()) - ctx, float(own.max()) + ctx
+                    for j, other in enumerate(ok):
+                        t = ts_parts[j]
+                        if j != i and np.any((t >= lo) & (t <= hi)):
+                            (before if j < i else after).append(client.submit(_take_range, other, lo, hi))
+            scored.append(client.submit(_score, r, fitted_f, before, after, retries=2))
         for fut in scored:           # in task order: the outputs equal a single-process run's
             emit(fut.result())
             fut.release()

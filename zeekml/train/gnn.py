@@ -384,6 +384,14 @@ class GNNDetector:
         self._median: np.ndarray | None = None
         self._mad: np.ndarray | None = None
 
+    @property
+    def context_seconds(self) -> float:
+        """How far in time (either way) other conns can change a conn's score: its graph holds
+        ``context_windows`` windows before its target window and conns lasting up to
+        ``max_conn_windows`` windows. Split scoring (``--dask``) gives each piece this overlap."""
+        g = self.bundle.graph
+        return (g.context_windows + g.max_conn_windows + 2) * g.window
+
     def _embed(self, table: pa.Table) -> np.ndarray:
         e = embed_rows(self.bundle, table, device=self.device)
         return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
