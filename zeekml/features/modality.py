@@ -143,9 +143,12 @@ def _f64(table: pa.Table, name: str) -> np.ndarray:
     return np.where(np.isfinite(v), np.maximum(v, 0.0), 0.0)
 
 
-def host_sequences(table: pa.Table) -> np.ndarray:
+def host_sequences(table: pa.Table, max_age: float | None = None) -> np.ndarray:
     """``[n, SEQ_LEN, len(HOST_CHANNELS)]``: the originator's last 32 conns by ts, this one last.
 
+    ``max_age``: only conns that started at most this many seconds before this one (None = no
+    limit). The earliest step's gap is 0, so a conn's sequence depends only on the conns of that
+    horizon: split scoring gives each piece ``max_age`` seconds of context and gets the same values.
     Only conns of ``table`` are seen, so scoring a slice sees the history inside the slice.
     """
     n = table.num_rows
@@ -177,8 +180,11 @@ def host_sequences(table: pa.Table) -> np.ndarray:
     pos = np.arange(n)[:, None] - (SEQ_LEN - 1 - np.arange(SEQ_LEN))[None, :]
     valid = pos >= gstart[:, None]
     idx = np.where(valid, pos, 0)
+    if max_age is not None:
+        valid &= t[idx] >= (t - max_age)[:, None]
     seq = step[idx] * valid[..., None]
     seq[..., 6] = (rsp[idx] == rsp[:, None]) & valid
+    seq[np.arange(n), np.argmax(valid, axis=1), 1] = 0.0      # the earliest step's gap
     out[order] = seq
     return out
 
@@ -414,9 +420,12 @@ class ModalityFeaturizer:
         top_services: services with their own one-hot (default 16).
         top_histories: ``history`` strings with their own one-hot (default 32).
         skipgram: the IP/port embedding settings.
+        host_max_age: host sequences hold only conns this many seconds old or newer
+            (default 3600; None = no limit, as in models saved before this setting).
     """
 
     seq_source: str = "auto"
+    host_max_age: float | None = 3600.0
     top_services: int = 16
     top_histories: int = 32
     skipgram: SkipGramConfig = field(default_factory=SkipGramConfig)
@@ -474,7 +483,14 @@ class ModalityFeaturizer:
     def _raw_sequence(self, table: pa.Table, flows: pa.Table | None) -> np.ndarray:
         if self.seq_source == "packets":
             return packet_sequences(table, flows)
-        return host_sequences(table)
+        return host_sequences(table, self.host_max_age)
+
+    @property
+    def context_seconds(self) -> float:
+        """How far back other conns change a conn's inputs (0 for packet sequences)."""
+        if self.seq_source == "packets":
+            return 0.0
+        return float("inf") if self.host_max_age is None else float(self.host_max_age)
 
     # -- transforming ------------------------------------------------------------------------
 
@@ -538,6 +554,7 @@ class ModalityFeaturizer:
         """Everything but the Word2Vec vectors (``w2v_vectors``), which go with the weights."""
         return {
             "schema_version": self.schema_version, "seq_source": self.seq_source,
+            "host_max_age": self.host_max_age,
             "top_services": self.top_services, "top_histories": self.top_histories,
             "skipgram": dict(vars(self.skipgram)), "flow": self.flow.to_dict(),
             "services": self.services, "histories": self.histories,
@@ -555,7 +572,8 @@ class ModalityFeaturizer:
         sg = SkipGramConfig(**d["skipgram"])
         if len(d["w2v_tokens"]) != len(w2v_vectors):
             raise ValueError("Word2Vec vocabulary and vectors differ in length")
-        return cls(seq_source=d["seq_source"], top_services=d["top_services"],
+        return cls(seq_source=d["seq_source"], host_max_age=d.get("host_max_age"),
+                   top_services=d["top_services"],
                    top_histories=d["top_histories"], skipgram=sg,
                    flow=FlowFeaturizer.from_dict(d["flow"]), services=list(d["services"]),
                    histories=list(d["histories"]), seq_mean=list(d["seq_mean"]),

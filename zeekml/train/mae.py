@@ -230,6 +230,12 @@ class MAEDetector:
     def __init__(self, loaded: LoadedMAE):
         self.loaded = loaded
 
+    @property
+    def context_seconds(self) -> float:
+        """How far in time other conns can change a conn's score (the host-sequence horizon);
+        split scoring (``--dask``) gives each piece this overlap."""
+        return self.loaded.featurizer.context_seconds
+
     def fit(self, table: pa.Table) -> "MAEDetector":
         return self  # the weights stay as trained; calibration happens outside
 

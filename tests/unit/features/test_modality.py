@@ -139,3 +139,23 @@ def test_flow_logs_found_beside_conn_logs(tmp_path):
     s = packet_sequences(conns([{"uid": "Cabc"}]), flows)
     assert s[0, :2, 2].tolist() == pytest.approx(np.log1p([60, 40]).tolist())
     assert load_flow_table([str(tmp_path / "zeekml_flow.log")]).num_rows == 1
+
+
+def test_host_sequence_horizon_makes_a_slice_with_context_agree():
+    t = conns([{"ts": float(x), "uid": f"u{x}", "id.orig_h": "10.0.0.1", "id.resp_h": "1.1.1.1",
+                "orig_bytes": x} for x in (0, 100, 150, 160, 400, 420)])
+    s = host_sequences(t, max_age=60.0)
+    assert s[..., 0].sum(axis=1).tolist() == [1, 1, 2, 3, 1, 2]
+    assert s[3, -3:, 1].tolist() == pytest.approx(np.log1p([0, 50, 10]).tolist())   # earliest gap 0
+    assert s[4, -1, 1] == 0                                    # predecessor out of the horizon
+    # the last three conns (from ts 160) scored with 60 s of context before them (from ts 100)
+    # get the same inputs; with less context they do not
+    part = host_sequences(t.slice(1), max_age=60.0)
+    assert np.array_equal(part[2:], s[3:])
+    assert not np.array_equal(host_sequences(t.slice(2), max_age=60.0)[1:], s[3:])
+    f = ModalityFeaturizer()
+    assert f.host_max_age == 3600.0
+    f.seq_source = "host"
+    assert f.context_seconds == 3600.0
+    f.seq_source = "packets"
+    assert f.context_seconds == 0.0
