@@ -157,9 +157,12 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions,
     detectors = build_detectors(options.detectors, options.seed, options.models_dir, options.device)
     fit_idx, cal_idx = _split_fit_calibrate(baseline.num_rows, options.seed)
     calibrators: dict[str, ThresholdCalibrator] = {}
+    # The combined score alerts when any detector passes its threshold, so each detector gets
+    # an equal share of the false-positive budget (union bound): together they stay within fpr.
+    per_detector_fpr = options.fpr / len(detectors)
     for det in detectors:
         det.fit(baseline.take(pa.array(fit_idx)))
-        cal = ThresholdCalibrator(fpr=options.fpr).fit(det.score(baseline.take(pa.array(cal_idx))))
+        cal = ThresholdCalibrator(fpr=per_detector_fpr).fit(det.score(baseline.take(pa.array(cal_idx))))
         calibrators[det.name] = cal
         if summary is not None:
             summary.thresholds[det.name] = cal.to_dict() | {"effective_fpr": cal.effective_fpr}

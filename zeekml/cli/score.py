@@ -51,9 +51,11 @@ def print_summary(s: ScoreSummary) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
               help="Also write the verdict file the zeekml Zeek package reads.")
-@click.option("--models", "models_dir", default=None, type=click.Path(file_okay=False),
-              help="Also use the learned detectors in this models directory (those whose "
-                   "config.json says \"detector\": true); --models '' = the shipped models/.")
+@click.option("--models", "models_dir", default="", type=click.Path(file_okay=False),
+              help="Directory of learned detectors (model dirs whose config.json says "
+                   "\"detector\": true). Default: the shipped models/ ($ZEEKML_MODELS).")
+@click.option("--no-models", is_flag=True,
+              help="Only the IsolationForest baseline, no learned detectors.")
 @click.option("--dask", "dask", default=None, metavar="SCHEDULER",
               help="Run on Dask: 'local', 'local:N' (N worker processes) or a scheduler "
                    "address like tcp://host:8786. Outputs are the same as without it.")
@@ -63,7 +65,7 @@ def print_summary(s: ScoreSummary) -> None:
               help="Where learned detectors run; auto = CUDA when present.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
-def score(paths, out_dir, fpr, baseline, baseline_fraction, seed, zeek_feedback, models_dir, dask,
+def score(paths, out_dir, fpr, baseline, baseline_fraction, seed, zeek_feedback, models_dir, no_models, dask,
           dask_split_bytes, device, progress) -> None:
     """Score conn records and write notices for the anomalous ones.
 
@@ -73,7 +75,8 @@ def score(paths, out_dir, fpr, baseline, baseline_fraction, seed, zeek_feedback,
     from zeekml._core.device import resolve_device
 
     opts = ScoreOptions(fpr=fpr, baseline=list(baseline), baseline_fraction=baseline_fraction,
-                        seed=seed, zeek_feedback=zeek_feedback, models_dir=models_dir, dask=dask,
+                        seed=seed, zeek_feedback=zeek_feedback,
+                        models_dir=None if no_models else models_dir, dask=dask,
                         split_bytes=dask_split_bytes, device=resolve_device(device))
     if progress is None:
         progress = sys.stderr.isatty()
