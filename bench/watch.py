@@ -185,9 +185,47 @@ def run_rate(rate: int, duration: float, args) -> dict:
         "rss_mb_max": round(max(rss_mb), 1) if rss_mb else None,
         "rss_mb_median_first_half": round(statistics.median(rss_mb[:half]), 1) if half else None,
         "rss_mb_median_second_half": round(statistics.median(rss_mb[half:]), 1) if half else None,
+        "rss_mb_every_30s": [round(r / 2**20, 1) for t, r in rss[::30]],
         "watch_commits": stats.get("commits"), "watch_quarantined": stats.get("quarantined"),
         "watch_duplicates_dropped": stats.get("duplicates_dropped"),
     }
+
+
+def stages(n: int) -> dict:
+    """Microseconds per record of each step of a window, in this process (no writer)."""
+    from zeekml.flows.table import conn_table
+    from zeekml.parse import Quarantine, read_log
+    from zeekml.pipeline import ScoreOptions, ScoreSummary, fit_calibrate, load_conns, score_fitted
+    from zeekml.watch import _VerdictLines
+    work = tempfile.mkdtemp(prefix="zeekml-bench-stages-")
+    base, path = os.path.join(work, "baseline.log"), os.path.join(work, "conn.log")
+    write_baseline(base)
+    rest = make_rest(random.Random(2))
+    with open(path, "wb") as f:
+        f.write(header("2024-01-01-00-00-00"))
+        for k in range(n):
+            f.write(f"{1_700_000_000 + k * 1e-3:.6f}\tCW{k:015d}\t{rest[k % len(rest)]}\n".encode())
+    fitted = fit_calibrate(load_conns([base], Quarantine(), ScoreSummary()), ScoreOptions())
+    det = fitted.detectors[0]
+    t = [time.perf_counter()]
+    batches = list(read_log(path))
+    t.append(time.perf_counter())
+    table = conn_table(batches)
+    t.append(time.perf_counter())
+    x = det.featurizer.transform(table)
+    t.append(time.perf_counter())
+    det.model.score_samples(x)
+    t.append(time.perf_counter())
+    verdicts = score_fitted(table, fitted)
+    t.append(time.perf_counter())
+    lines = _VerdictLines()
+    for v in verdicts:
+        lines.write(v)
+    t.append(time.perf_counter())
+    shutil.rmtree(work, ignore_errors=True)
+    names = ["parse", "conn_table", "features", "iforest", "score_fitted (features + iforest + "
+             "verdicts)", "verdict json lines"]
+    return {k: round((b - a) * 1e6 / n, 1) for k, a, b in zip(names, t, t[1:])}
 
 
 def main() -> None:
@@ -203,7 +241,12 @@ def main() -> None:
     ap.add_argument("--drain-timeout", type=float, default=120.0,
                     help="how long to wait for the backlog after the writer stops")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--stages", type=int, default=0, metavar="N",
+                    help="instead: time each step of a window on N records (us/record)")
     args = ap.parse_args()
+    if args.stages:
+        print(json.dumps({"load": os.getloadavg(), "us_per_record": stages(args.stages)}))
+        return
     results = []
     print(f"cpus={os.cpu_count()} load={os.getloadavg()}", flush=True)
     for rate in [int(r) for r in args.rates.split(",")]:
