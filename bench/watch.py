@@ -228,6 +228,30 @@ def stages(n: int) -> dict:
     return {k: round((b - a) * 1e6 / n, 1) for k, a, b in zip(names, t, t[1:])}
 
 
+def rss_probe(n: int) -> list[tuple[int, float]]:
+    """RSS (MB) against records scored, ``--once`` over ``n`` records in 100k-record files."""
+    from zeekml.pipeline import ScoreOptions
+    from zeekml.watch import Watcher, WatchOptions
+    work = tempfile.mkdtemp(prefix="zeekml-bench-rss-")
+    root = os.path.join(work, "logs")
+    os.makedirs(root)
+    base = os.path.join(work, "baseline.log")
+    write_baseline(base)
+    rest = make_rest(random.Random(2))
+    for j in range(max(1, n // 100_000)):
+        with open(os.path.join(root, f"conn.{j:04d}.log"), "wb") as f:
+            f.write(header(f"2024-01-01-00-00-00.{j}"))
+            for k in range(j * 100_000, (j + 1) * 100_000):
+                f.write(f"{1.7e9 + k / 1000:.6f}\tCW{k:015d}\t{rest[k % len(rest)]}\n".encode())
+    samples: list[tuple[int, float]] = []
+    opts = WatchOptions(score=ScoreOptions(baseline=[base]), once=True, use_events=False,
+                        status_seconds=2.0)
+    Watcher(root, os.path.join(work, "out"), opts,
+            on_status=lambda d: samples.append((d["scored"], round(d["rss_bytes"] / 2**20, 1)))).run()
+    shutil.rmtree(work, ignore_errors=True)
+    return samples
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--writer":
         writer(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
@@ -243,7 +267,12 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--stages", type=int, default=0, metavar="N",
                     help="instead: time each step of a window on N records (us/record)")
+    ap.add_argument("--rss-probe", type=int, default=0, metavar="N",
+                    help="instead: RSS against records scored over N records in this process")
     args = ap.parse_args()
+    if args.rss_probe:
+        print(json.dumps({"load": os.getloadavg(), "scored_rss_mb": rss_probe(args.rss_probe)}))
+        return
     if args.stages:
         print(json.dumps({"load": os.getloadavg(), "us_per_record": stages(args.stages)}))
         return
