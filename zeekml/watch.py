@@ -17,8 +17,14 @@ Backpressure: when a write fails (disk full, I/O error) the window's partial out
 the loop stops reading and retries with backoff until the write succeeds; nothing is dropped.
 Zeek keeps writing its logs meanwhile and the loop catches up afterwards.
 
+Detectors: the per-conn ones (IsolationForest), whose verdict on a conn depends on that conn
+alone. The learned GNN and MAE detectors that ``zeekml score`` loads by default look at the
+conns around each conn (graph windows, host histories of up to an hour), which a live window
+cannot reproduce yet; ``watch`` refuses them rather than give other verdicts than batch.
+Parity is with ``zeekml score --no-models``.
+
 Calibration: with ``--baseline LOG...`` the detectors are fitted on those logs exactly as
-``zeekml score --baseline LOG...`` does. Without, the first ``baseline_records`` conns of the
+``zeekml score --no-models --baseline LOG...`` does. Without, the first ``baseline_records`` conns of the
 directory are saved to ``OUTDIR/calibration-baseline.log`` (Zeek TSV) and fitted on; either way
 ``OUTDIR/calibration.json`` records the sources (with sha256) and thresholds, a restart refits on
 the same data (fitting is seeded, so it gets the same thresholds), and
@@ -440,6 +446,13 @@ class Watcher:
         baseline = load_conns(files, Quarantine(), base_summary)
         summary = ScoreSummary()
         fitted = fit_calibrate(baseline, so, summary)
+        for det in fitted.detectors:
+            ctx = float(getattr(det, "context_seconds", 0.0) or 0.0)
+            if ctx > 0:
+                raise ZeekmlError(
+                    f"detector {det.name!r} scores a conn together with the conns within "
+                    f"{ctx:g} s of it; live windows cannot give it the verdict `zeekml score` "
+                    "gives yet, so watch runs the per-conn detectors only (iforest)")
         doc = {"options": want, "sources": sources, "records": baseline.num_rows,
                "thresholds": summary.thresholds}
         if saved is not None and saved.get("thresholds") != json.loads(json.dumps(

@@ -59,7 +59,7 @@ def test_live_verdicts_equal_batch_verdicts_on_a_real_log(tmp_path):
                           "--baseline", REAL_CONN, "--window-records", "50", "--quiet"])
     assert res.exit_code == 0, res.output
     res = r.invoke(main, ["score", REAL_CONN, "--out", str(tmp_path / "batch"),
-                          "--baseline", REAL_CONN, "--no-progress"])
+                          "--baseline", REAL_CONN, "--no-progress", "--no-models"])
     assert res.exit_code == 0, res.output
     live_v, batch_v = _verdict_lines(tmp_path / "live"), _verdict_lines(tmp_path / "batch")
     assert len(live_v) == 360
@@ -82,7 +82,7 @@ def test_calibration_saved_and_reused_without_baseline(tmp_path):
     base = out / "calibration-baseline.log"
     assert base.exists()
     r = CliRunner().invoke(main, ["score", REAL_CONN, "--out", str(tmp_path / "batch"),
-                                  "--baseline", str(base), "--no-progress"])
+                                  "--baseline", str(base), "--no-progress", "--no-models"])
     assert r.exit_code == 0, r.output
     assert _verdict_lines(out) == _verdict_lines(tmp_path / "batch")
     s2 = _watch_once(str(root), str(out))
@@ -282,3 +282,29 @@ def test_cli_sigterm_commits_a_final_checkpoint(tmp_path):
     assert set(counts) == all_uids(600) and max(counts.values()) == 1
     s = _watch_once(str(root), str(out), baseline, dedup_capacity=0)
     assert s.scored == 100
+
+
+def test_detectors_with_a_time_context_are_refused(tmp_path, monkeypatch):
+    """A detector whose score of a conn depends on its neighbours (GNN, MAE) would give other
+    verdicts in live windows than in batch: watch says so instead of scoring."""
+    import pytest
+
+    import zeekml.watch as zw
+    from zeekml._core.errors import ZeekmlError
+    real = zw.fit_calibrate
+
+    def with_context(baseline, options, summary=None):
+        fitted = real(baseline, options, summary)
+        type(fitted.detectors[0]).context_seconds = 60.0
+        return fitted
+
+    monkeypatch.setattr(zw, "fit_calibrate", with_context)
+    from zeekml.scoring.detector import IsolationForestDetector
+    try:
+        root = tmp_path / "logs"
+        root.mkdir()
+        shutil.copy(REAL_CONN, root / "conn.log")
+        with pytest.raises(ZeekmlError, match="within 60 s"):
+            _watch_once(str(root), str(tmp_path / "out"), REAL_CONN)
+    finally:
+        del IsolationForestDetector.context_seconds
