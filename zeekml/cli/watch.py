@@ -19,7 +19,7 @@ from zeekml.watch import Watcher, WatchOptions, status_line
               help="Also keep the verdict file the zeekml Zeek package reads.")
 @click.option("--once", is_flag=True, help="Process what exists now, then exit.")
 @click.option("--baseline", multiple=True, type=click.Path(),
-              help="Logs of a normal period to fit and calibrate on, as for `zeekml score` "
+              help="Logs of a normal period to fit and calibrate on, as `zeekml score --no-models` does "
                    "(default: the first --baseline-records conns of DIRECTORY).")
 @click.option("--baseline-records", default=10_000, show_default=True, type=click.IntRange(1))
 @click.option("--recalibrate", is_flag=True,
