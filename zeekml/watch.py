@@ -50,7 +50,7 @@ import pyarrow as pa
 from zeekml._core.errors import OutputError, ZeekmlError
 from zeekml._core.zeek_format import format_header, format_record
 from zeekml.flows.table import CONN_SCHEMA, conn_table, is_conn_batch
-from zeekml.parse.reject import Quarantine, RejectedRecord
+from zeekml.parse.reject import Quarantine
 from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES
 from zeekml.pipeline import (FittedDetectors, ScoreOptions, ScoreSummary, fit_calibrate,
                              load_conns, score_fitted)

@@ -120,7 +120,7 @@ class ZeekWriter:
         h = self.hour
         self.f.write(f"#close\t{self._stamp(h + 1)}\n".encode())
         self.f.close()
-        day, hh = f"2024-01-{1 + h // 24:02d}", h % 24
+        hh = h % 24
         if self.layout == "standalone":
             dst = os.path.join(self.root, f"conn.{self._stamp(h)}.log")
         elif self.layout == "zeekctl":
