@@ -168,17 +168,23 @@ def stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 class FingerprintCache:
-    """Fingerprints by ``stat_key``, so a rescan re-reads only files that changed."""
+    """The last fingerprint of each file (by device and inode), reused while its ``stat_key``
+    is unchanged, so a rescan re-reads only files that changed. One entry per file: a growing
+    live file replaces its entry instead of adding one per size."""
 
     def __init__(self, max_entries: int = 100_000):
         self.max_entries = max_entries
-        self._fps: dict[tuple, Fingerprint | None] = {}
-        self._whole: dict[tuple, bool] = {}
+        self._fps: dict[tuple[int, int], tuple[tuple, Fingerprint]] = {}
+        self._whole: dict[tuple[int, int], tuple[tuple, bool]] = {}
+
+    def __len__(self) -> int:
+        return len(self._fps)
 
     def get(self, path: str, st: os.stat_result) -> Fingerprint | None:
         key = stat_key(st)
-        if key in self._fps:
-            return self._fps[key]
+        hit = self._fps.get(key[:2])
+        if hit is not None and hit[0] == key:
+            return hit[1]
         fp = fingerprint_file(path, st)
         if fp is not None:  # incomplete heads are retried next time
             self._remember(self._fps, key, fp)
@@ -186,11 +192,15 @@ class FingerprintCache:
 
     def gzip_whole(self, path: str, st: os.stat_result) -> bool:
         key = stat_key(st)
-        if key not in self._whole:
-            self._remember(self._whole, key, gzip_is_whole(path))
-        return self._whole[key]
+        hit = self._whole.get(key[:2])
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        whole = gzip_is_whole(path)
+        self._remember(self._whole, key, whole)
+        return whole
 
     def _remember(self, d: dict, key: tuple, value) -> None:
+        d.pop(key[:2], None)
         if len(d) >= self.max_entries:
             d.pop(next(iter(d)))
-        d[key] = value
+        d[key[:2]] = (key, value)

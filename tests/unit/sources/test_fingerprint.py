@@ -74,6 +74,11 @@ def test_cache_refingerprints_a_changed_file(tmp_path):
     p.write_bytes(HDR.replace(b"10-00-00", b"12-00-00") + REC)   # same inode, new content
     b = cache.get(str(p), os.stat(p))
     assert a.ino == b.ino and a.content_id != b.content_id
+    for i in range(5):                                    # a growing file keeps one entry
+        with open(p, "ab") as f:
+            f.write(REC)
+        assert cache.get(str(p), os.stat(p)).content_id == b.content_id
+    assert len(cache) == 1
 
 
 def test_tail_digest_uses_the_last_bytes_only():
