@@ -80,11 +80,11 @@ def test_rotation_while_running_and_while_stopped(tmp_path, layout):
     try:
         # while running: rotate (and archive) twice with writes around it
         for _ in range(2):
-            time.sleep(0.4)
+            time.sleep(0.3)
             w.write(150)
             w.rotate()
             w.write(100)
-        time.sleep(0.8)
+        time.sleep(0.5)
         os.kill(p.pid, signal.SIGKILL)  # an unclean stop in the middle of things
         p.join(10)
         # while stopped: more records, a rotation and its archive, a new live file
@@ -94,11 +94,11 @@ def test_rotation_while_running_and_while_stopped(tmp_path, layout):
         w.rotate(archive=False)       # rotated but not archived yet when we come back
         w.write(60)
         p = start(watcher_process, root, out, _opts(baseline))
-        time.sleep(1.0)
+        time.sleep(0.7)
         if layout != "standalone":
             w.archive()               # archived while running: the gz copy must not be re-read
         w.write(40)
-        time.sleep(1.0)
+        time.sleep(0.7)
         os.kill(p.pid, signal.SIGTERM)  # clean stop with a final checkpoint
         p.join(20)
         assert p.exitcode == 0
