@@ -5,9 +5,9 @@ For each conn record:
 - **quantities**: the shared flow feature vector (``FlowFeaturizer``), ``[n, Q]``;
 - **sequence**: ``[n, 32, C]``, the first 32 packets of the conn from ``zeekml_flow.log``
   (``packets``: present, direction, log IP length, log inter-arrival, SYN/ACK/FIN/RST/PSH) when the
-  pretraining corpus has that log, else the same originator's last 32 conns up to and including
-  this one (``host``: present, log gap, log bytes each way, log duration, log packets, same
-  responder as now, no reply). Steps before the first are zero (``present`` = 0);
+  pretraining corpus has that log, else the same originator's last 32 conns of the past hour
+  (``host_max_age``) up to and including this one (``host``: present, log gap, log bytes each
+  way, log duration, log packets, same responder as now, no reply). Steps before the first are zero (``present`` = 0);
 - **entities**: ``[n, E]``, Word2Vec vectors of ``orig_h``, ``resp_h`` and ``resp_p/proto``, one
   "unseen" flag for each of the three, and one-hots of ``service`` and ``history`` (top values
   plus "other").
