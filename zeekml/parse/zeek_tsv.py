@@ -176,7 +176,8 @@ class ZeekTsvParser(LineFeeder):
 
     def _fast(self, run: bytes) -> pa.RecordBatch:
         h, sch = self.header, self._schema
-        if len(h.separator) != 1 or not h.set_separator or b"\r" in run or run.startswith(b"\n") or b"\n\n" in run:
+        if (len(h.separator) != 1 or not h.set_separator or b"\r" in run or b"\x00" in run
+                or run.startswith(b"\n") or b"\n\n" in run):
             raise _FastPathRefused
         if not run.endswith(b"\n"):
             run = run + b"\n"
@@ -346,6 +347,9 @@ class ZeekTsvParser(LineFeeder):
             return None
         if len(line) > self.max_line_bytes:
             reject(f"line longer than {self.max_line_bytes} bytes")
+            return None
+        if b"\x00" in line:  # Zeek writes bytes < 0x20 as \xHH: a raw NUL is not Zeek's output
+            reject("raw NUL byte")
             return None
         parts = line.split(h.separator)
         if len(parts) != sch.raw_ncols:

@@ -185,3 +185,10 @@ def test_fuzz_random_bytes_never_raise(junk, cut):
     got = rows(batches)
     assert got[0]["uid"] == b"C1"
     assert p.consumed_offset == len(data)
+
+
+def test_raw_nul_byte_is_quarantined():
+    bad = ROWS[1].replace(b"C2", b"C\x002")
+    batches, q, _ = parse(HEADER + ROWS[0] + bad + ROWS[2])
+    assert [r["uid"] for r in rows(batches)] == [b"C1", b"C3"]
+    assert q.count == 1 and q.records[0].reason == "raw NUL byte" and q.records[0].line == 10
