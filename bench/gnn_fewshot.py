@@ -13,7 +13,9 @@ test set. k shots per class are drawn with zeekml.train.data.sample_shots; all t
 same rows. Macro-F1 on the test rows; results are appended to --out as each run finishes.
 
     python bench/gnn_fewshot.py --base models/gnn-base --seeds 0 1 2 --out docs/results/gnn_fewshot.json
-    python bench/gnn_fewshot.py --report docs/results/gnn_fewshot.json   # tables + plot only
+    python bench/gnn_fewshot.py --report docs/results/gnn_fewshot*.json   # tables + plot only
+
+Seeds can run in parallel processes (--seeds 1 --threads 1 --out ..._seed1.json), merged by --report.
 """
 from __future__ import annotations
 
@@ -134,10 +136,11 @@ def run(args) -> None:
                         json.dump({"meta": meta, "runs": results}, f, indent=1)
 
 
-def report(path: str, png: str | None) -> str:
-    with open(path) as f:
-        doc = json.load(f)
-    runs = doc["runs"]
+def report(paths: list[str], png: str | None) -> str:
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.extend(json.load(f)["runs"])
     tasks = [t for t in TASKS if any(r["task"] == t for r in runs)]
     models = ("pretrained", "scratch", "gbt")
     lines = []
@@ -188,6 +191,35 @@ def report(path: str, png: str | None) -> str:
     return text
 
 
+def anomaly(base_dir: str) -> str:
+    """Unsupervised: the GNN detector (pretrained base, no labels) vs IsolationForest, each fitted on
+    the earliest 30% of a labeled log by time and ranked against Malicious on the latest 30%."""
+    from zeekml.scoring.detector import IsolationForestDetector
+    from zeekml.train import gnn as G
+    from zeekml.train.data import labels_of, load_conns, temporal_split
+    from zeekml.train.metrics import binary_auroc, precision_at_fpr
+
+    bundle, _ = G.load_bundle(base_dir)
+    lines = ["| log | test conns | malicious share | GNN AUROC | IForest AUROC | GNN P@1%FPR | IForest P@1%FPR |",
+             "|---|---|---|---|---|---|---|"]
+    for f in IOT23 + STRATO:
+        t = load_conns([os.path.join(DATA, f)])
+        base_rows, _ = temporal_split(t, 0.3)
+        _, test = temporal_split(t, 0.7)
+        y = labels_of(t, "label")
+        test = np.array([i for i in test if y[i] in ("Benign", "Malicious")], dtype=np.int64)
+        mal = np.array([y[i] == "Malicious" for i in test])
+        baseline = t.take(pa.array(base_rows))
+        row = []
+        for det in (G.GNNDetector(bundle), IsolationForestDetector(seed=0)):
+            s = det.fit(baseline).score(t)[test]
+            row.append((binary_auroc(mal, s), precision_at_fpr(mal, s, 0.01)))
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"| {f} | {len(test)} | {mal.mean():.2f} | {fmt(row[0][0])} | {fmt(row[1][0])} | "
+                     f"{fmt(row[0][1])} | {fmt(row[1][1])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="models/gnn-base")
@@ -198,14 +230,19 @@ def main() -> None:
     ap.add_argument("--min-class", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="docs/results/gnn_fewshot.json")
-    ap.add_argument("--report", default=None, help="only print the tables of this results file")
+    ap.add_argument("--report", nargs="+", default=None,
+                    help="only print the tables of these results files (merged)")
     ap.add_argument("--png", default="docs/results/gnn_fewshot.png")
+    ap.add_argument("--anomaly", action="store_true", help="only the unsupervised detector table")
     args = ap.parse_args()
+    if args.anomaly:
+        print(anomaly(args.base))
+        return
     if args.report:
         print(report(args.report, args.png))
         return
     run(args)
-    print(report(args.out, args.png))
+    print(report([args.out], args.png))
 
 
 if __name__ == "__main__":
