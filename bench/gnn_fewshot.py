@@ -180,6 +180,7 @@ def report(paths: list[str], png: str | None) -> str:
                 sd = [summary[(task, k, m)][1] for k in ks]
                 ax.errorbar(ks, mu, yerr=sd, marker="o", capsize=3, label=m)
             ax.set_xscale("log")
+            ax.minorticks_off()
             ax.set_xticks(ks, [str(k) for k in ks])
             ax.set_xlabel("shots per class")
             ax.set_ylabel("macro-F1 (test)")
