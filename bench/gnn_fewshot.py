@@ -108,7 +108,7 @@ def run(args) -> None:
             y_test = [y[i] for i in test]
             for k in args.shots:
                 rows = sample_shots(y, pool, k=k, seed=seed)
-                for model in ("pretrained", "scratch", "gbt"):
+                for model in args.models:
                     if (task, k, seed, model) in done:
                         continue
                     t0 = time.perf_counter()
@@ -122,7 +122,7 @@ def run(args) -> None:
                         pre = model == "pretrained"
                         x = base_x if pre else scratch_x
                         bundle, _ = G.finetune_bundle(base if pre else None, table, y, rows, hide,
-                                                      seed=seed, epochs=args.epochs,
+                                                      seed=seed, epochs=args.epochs, hidden=args.hidden,
                                                       featurizer=None if pre else scratch_f, x=x)
                         proba = G.predict_proba(bundle, table, test, x=x)
                         pred = np.asarray(bundle.classes, dtype=object)[proba[test].argmax(1)]
@@ -221,6 +221,33 @@ def anomaly(base_dir: str) -> str:
     return "\n".join(lines)
 
 
+UNLABELED = ["zat/data/conn.log", "zat/data/json/conn.log", "slips-dataset/dataset/test6-malicious.suricata.json"]
+
+
+def pretrain_clean(out: str, threads: int, hidden: int = 64) -> None:
+    """The base of models/gnn-base without the labeled logs' latest 30% (the few-shot test sets)."""
+    import torch
+
+    from zeekml.train import gnn as G
+    from zeekml.train.data import load_conns, temporal_split
+
+    torch.set_num_threads(threads)
+    parts, sources = [], []
+    for f in IOT23 + STRATO:
+        t = load_conns([os.path.join(DATA, f)])
+        early, _ = temporal_split(t)
+        parts.append(t.take(pa.array(early)))
+        sources.append(os.path.join(DATA, f))
+    extra = [os.path.join(DATA, f) for f in UNLABELED]
+    extra += sorted(glob.glob(os.path.join(DATA, "zeek-btest/Baseline*/*/conn.log")))
+    parts.append(load_conns(extra))
+    table = pa.concat_tables(parts)
+    bundle, metrics = G.pretrain_bundle(table, seed=0, hidden=hidden)
+    G.save_bundle(bundle, out, sources + extra, metrics, {"detector": False, "seed": 0,
+                                                          "note": "labeled logs: earliest 70% only"})
+    print(json.dumps({k: v for k, v in metrics.items() if k != "pretrain_loss"}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="models/gnn-base")
@@ -230,14 +257,23 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="finetuning epochs (default: the model's)")
     ap.add_argument("--min-class", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=64, help="scratch model width (and --pretrain-clean's)")
     ap.add_argument("--out", default="docs/results/gnn_fewshot.json")
     ap.add_argument("--report", nargs="+", default=None,
                     help="only print the tables of these results files (merged)")
     ap.add_argument("--png", default="docs/results/gnn_fewshot.png")
     ap.add_argument("--anomaly", action="store_true", help="only the unsupervised detector table")
+    ap.add_argument("--models", nargs="+", default=["pretrained", "scratch", "gbt"],
+                    choices=["pretrained", "scratch", "gbt"])
+    ap.add_argument("--pretrain-clean", default=None, metavar="DIR",
+                    help="only pretrain a base on the unlabeled logs plus the earliest 70%% of each "
+                         "labeled log (never the test conns) into DIR")
     args = ap.parse_args()
     if args.anomaly:
         print(anomaly(args.base))
+        return
+    if args.pretrain_clean:
+        pretrain_clean(args.pretrain_clean, args.threads, args.hidden)
         return
     if args.report:
         print(report(args.report, args.png))
