@@ -137,35 +137,45 @@ def run(args) -> None:
 
 
 def report(paths: list[str], png: str | None) -> str:
+    """Tables (and a plot) of the merged result files. ``FILE:SUFFIX`` appends SUFFIX to the model
+    names of that file's runs (``pretrained-clean``, ``scratch-h128``); a ``pretrainedSUFFIX`` model
+    is compared with ``scratchSUFFIX`` when that exists, else with ``scratch``."""
     runs = []
-    for path in paths:
+    for spec in paths:
+        path, _, suffix = spec.partition(":")
         with open(path) as f:
-            runs.extend(json.load(f)["runs"])
+            for r in json.load(f)["runs"]:
+                runs.append({**r, "model": r["model"] + suffix})
     tasks = [t for t in TASKS if any(r["task"] == t for r in runs)]
-    models = ("pretrained", "scratch", "gbt")
-    lines = []
-    gains = []
-    summary = {}
+    present = sorted({r["model"] for r in runs}, key=lambda m: (not m.startswith("pretrained"),
+                                                                m.startswith("gbt"), m))
+    pairs = [(m, "scratch" + m[len("pretrained"):]) for m in present if m.startswith("pretrained")]
+    pairs = [(p, q if q in present else "scratch") for p, q in pairs]
+    lines, gains, summary = [], {p: [] for p, _ in pairs}, {}
     for task in tasks:
         ks = sorted({r["k"] for r in runs if r["task"] == task})
         lines.append(f"\n**{task}**\n")
-        lines.append("| k | " + " | ".join(models) + " | seeds | gain pre vs scratch |")
-        lines.append("|---|" + "---|" * (len(models) + 2))
+        lines.append("| k | " + " | ".join(present) + " | seeds | "
+                     + " | ".join(f"gain {p} vs {q}" for p, q in pairs) + " |")
+        lines.append("|---|" + "---|" * (len(present) + 1 + len(pairs)))
         for k in ks:
-            cells, means = [], {}
-            seeds = None
-            for m in models:
+            cells, means, seeds = [], {}, None
+            for m in present:
                 v = np.array([r["macro_f1"] for r in runs if r["task"] == task and r["k"] == k and r["model"] == m])
                 seeds = len(v) if seeds is None else min(seeds, len(v))
                 means[m] = v.mean() if len(v) else np.nan
-                summary[(task, k, m)] = (v.mean() if len(v) else np.nan, v.std() if len(v) else np.nan)
+                summary[(task, k, m)] = (means[m], v.std() if len(v) else np.nan)
                 cells.append(f"{v.mean():.3f} ± {v.std():.3f}" if len(v) else "-")
-            gain = (means["pretrained"] - means["scratch"]) / means["scratch"] * 100 if means["scratch"] else np.nan
-            if np.isfinite(gain):
-                gains.append(gain)
-            lines.append(f"| {k} | " + " | ".join(cells) + f" | {seeds} | {gain:+.2f}% |")
-    lines.append(f"\nAverage relative gain of pretrained over scratch (mean over task x k): "
-                 f"**{np.mean(gains):+.2f}%** (paper: +6.87%)")
+            gcells = []
+            for p, q in pairs:
+                g = (means[p] - means[q]) / means[q] * 100 if means.get(q) else np.nan
+                if np.isfinite(g):
+                    gains[p].append(g)
+                gcells.append(f"{g:+.2f}%")
+            lines.append(f"| {k} | " + " | ".join(cells) + f" | {seeds} | " + " | ".join(gcells) + " |")
+    for p, q in pairs:
+        lines.append(f"\nAverage relative gain of {p} over {q} (mean over task x k): "
+                     f"**{np.mean(gains[p]):+.2f}%** (paper: +6.87%)")
     text = "\n".join(lines)
     if png:
         import matplotlib
@@ -175,7 +185,7 @@ def report(paths: list[str], png: str | None) -> str:
         fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
         for ax, task in zip(axes[0], tasks):
             ks = sorted({r["k"] for r in runs if r["task"] == task})
-            for m in models:
+            for m in present:
                 mu = [summary[(task, k, m)][0] for k in ks]
                 sd = [summary[(task, k, m)][1] for k in ks]
                 ax.errorbar(ks, mu, yerr=sd, marker="o", capsize=3, label=m)
@@ -186,39 +196,10 @@ def report(paths: list[str], png: str | None) -> str:
             ax.set_ylabel("macro-F1 (test)")
             ax.set_title(task)
             ax.grid(alpha=0.3)
-        axes[0][0].legend()
+        axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(png, dpi=110)
     return text
-
-
-def anomaly(base_dir: str) -> str:
-    """Unsupervised: the GNN detector (pretrained base, no labels) vs IsolationForest, each fitted on
-    the earliest 30% of a labeled log by time and ranked against Malicious on the latest 30%."""
-    from zeekml.scoring.detector import IsolationForestDetector
-    from zeekml.train import gnn as G
-    from zeekml.train.data import labels_of, load_conns, temporal_split
-    from zeekml.train.metrics import binary_auroc, precision_at_fpr
-
-    bundle, _ = G.load_bundle(base_dir)
-    lines = ["| log | test conns | malicious share | GNN AUROC | IForest AUROC | GNN P@1%FPR | IForest P@1%FPR |",
-             "|---|---|---|---|---|---|---|"]
-    for f in IOT23 + STRATO:
-        t = load_conns([os.path.join(DATA, f)])
-        base_rows, _ = temporal_split(t, 0.3)
-        _, test = temporal_split(t, 0.7)
-        y = labels_of(t, "label")
-        test = np.array([i for i in test if y[i] in ("Benign", "Malicious")], dtype=np.int64)
-        mal = np.array([y[i] == "Malicious" for i in test])
-        baseline = t.take(pa.array(base_rows))
-        row = []
-        for det in (G.GNNDetector(bundle), IsolationForestDetector(seed=0)):
-            s = det.fit(baseline).score(t)[test]
-            row.append((binary_auroc(mal, s), precision_at_fpr(mal, s, 0.01)))
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(f"| {f} | {len(test)} | {mal.mean():.2f} | {fmt(row[0][0])} | {fmt(row[1][0])} | "
-                     f"{fmt(row[0][1])} | {fmt(row[1][1])} |")
-    return "\n".join(lines)
 
 
 UNLABELED = ["zat/data/conn.log", "zat/data/json/conn.log", "slips-dataset/dataset/test6-malicious.suricata.json"]
