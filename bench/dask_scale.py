@@ -26,7 +26,8 @@ def make_archive(d: str, files: int, rows: int) -> None:
     os.makedirs(d, exist_ok=True)
     for i in range(files):
         tsv = os.path.join(d, f"conn.2024-01-01-{i:02d}-00-00.log")
-        generate(tsv, os.devnull, rows, seed=i)
+        # consecutive hours, as Zeek rotates them (~0.005 s between conns: 100k conns ~ 8 min)
+        generate(tsv, os.devnull, rows, seed=i, start=1700000000.0 + i * rows * 0.0051)
         with open(tsv, "rb") as f, gzip.open(tsv + ".gz", "wb", compresslevel=1) as g:
             shutil.copyfileobj(f, g)
         os.remove(tsv)
@@ -45,6 +46,8 @@ def main() -> None:
     ap.add_argument("--rows-per-file", type=int, default=250_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--keep", default=None)
+    ap.add_argument("--models", action="store_true",
+                    help="also run the shipped learned detectors (default: IsolationForest only)")
     a = ap.parse_args()
     root = a.keep or tempfile.mkdtemp(prefix="zeekml-dask-")
     arch = os.path.join(root, "archive")
@@ -52,9 +55,10 @@ def main() -> None:
         print(f"generating {a.files} x {a.rows_per_file:,} conns in {arch} ...", flush=True)
         make_archive(arch, a.files, a.rows_per_file)
     n = a.files * a.rows_per_file
-    one = run(["score", arch, "--out", os.path.join(root, "one"), "--no-progress"])
+    extra = [] if a.models else ["--no-models"]
+    one = run(["score", arch, "--out", os.path.join(root, "one"), "--no-progress", *extra])
     many = run(["score", arch, "--out", os.path.join(root, "dask"), "--no-progress",
-                "--dask", f"local:{a.workers}"])
+                "--dask", f"local:{a.workers}", *extra])
     same = open(os.path.join(root, "one", "verdicts.jsonl"), "rb").read() == \
         open(os.path.join(root, "dask", "verdicts.jsonl"), "rb").read()
     print(f"1 process        {n:>10,} flows {one:7.1f} s {n / one:>10,.0f} flows/s")

@@ -35,14 +35,14 @@ FIELDS = [("ts", "time"), ("uid", "string"), ("id.orig_h", "addr"), ("id.orig_p"
           ("tunnel_parents", "set[string]"), ("ip_proto", "count")]
 
 
-def generate(path_tsv: str, path_json: str, rows: int, seed: int = 0) -> None:
+def generate(path_tsv: str, path_json: str, rows: int, seed: int = 0, start: float = 1700000000.0) -> None:
     import json
 
     rng = random.Random(seed)
     states = ["SF", "S0", "REJ", "RSTO", "OTH", "S1", "SH"]
     services = [None, "dns", "http", "ssl", "ssh", "ntp"]
     hist = ["ShADadFf", "S", "Dd", "ShR", "ShADadR", "D"]
-    t = 1700000000.0
+    t = start
     names = [n for n, _ in FIELDS]
     types = [t_ for _, t_ in FIELDS]
     with open(path_tsv, "wb") as ft, open(path_json, "w") as fj:

@@ -187,17 +187,22 @@ def _take(result: ReadResult, rows: np.ndarray) -> pa.Table:
 
 
 def _score(result: ReadResult, fitted, before: list | None = None,
-           after: list | None = None) -> list:
-    """Verdicts for the rows of ``result``; ``before``/``after`` are context rows (in global
-    order) that detectors with a time context see but that get no verdict here."""
+           after: list | None = None) -> tuple[str, int, list]:
+    """Verdicts for the rows of ``result``, rendered as ``verdicts.jsonl`` lines, with the
+    alerting verdicts as objects (only text and the few alerts travel back to the driver).
+    ``before``/``after`` are context rows (in global order) that detectors with a time context
+    see but that get no verdict here."""
     from zeekml.pipeline import score_fitted
+    from zeekml.sinks.jsonl import verdict_lines
 
     before, after = before or [], after or []
     if not before and not after:
-        return score_fitted(result.table, fitted)
-    table = pa.concat_tables([*before, result.table, *after])
-    n0 = sum(t.num_rows for t in before)
-    return score_fitted(table, fitted)[n0:n0 + result.table.num_rows]
+        verdicts = score_fitted(result.table, fitted)
+    else:
+        table = pa.concat_tables([*before, result.table, *after])
+        n0 = sum(t.num_rows for t in before)
+        verdicts = score_fitted(table, fitted)[n0:n0 + result.table.num_rows]
+    return verdict_lines(verdicts), len(verdicts), [v for v in verdicts if v.alert]
 
 
 def _take_range(result: ReadResult, lo: float, hi: float) -> pa.Table:
@@ -215,7 +220,8 @@ def _meta(result: ReadResult) -> tuple[int, int, int, list[RejectedRecord], str 
 
 def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarantine: Quarantine,
                      baseline_table: pa.Table | None, emit) -> None:
-    """Run the four steps of the module docstring; ``emit(verdicts)`` is called in task order."""
+    """Run the four steps of the module docstring; ``emit(lines, n, alerts)`` is called in task
+    order."""
     from zeekml.pipeline import fit_calibrate
 
     with dask_client(spec) as client:
@@ -272,5 +278,5 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarant
                             (before if j < i else after).append(client.submit(_take_range, other, lo, hi))
             scored.append(client.submit(_score, r, fitted_f, before, after, retries=2))
         for fut in scored:           # in task order: the outputs equal a single-process run's
-            emit(fut.result())
+            emit(*fut.result())
             fut.release()

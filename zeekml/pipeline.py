@@ -241,7 +241,7 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
             if options.dask:
                 from zeekml.distributed import plan_tasks, score_tasks_dask
                 score_tasks_dask(plan_tasks(files, options.split_bytes), options.dask, options,
-                                 summary, quarantine, baseline, outputs.write)
+                                 summary, quarantine, baseline, outputs.write_rendered)
             else:
                 table = load_conns(files, quarantine, summary, advance)
                 if summary.files == 0:

@@ -44,16 +44,33 @@ class JsonLinesWriter:
             self._f.close()
 
 
+def verdict_record(v: Verdict) -> dict:
+    return {
+        "verdict_id": v.verdict_id, "uid": v.uid, "ts": v.ts,
+        "id.orig_h": v.orig_h, "id.orig_p": v.orig_p, "id.resp_h": v.resp_h,
+        "id.resp_p": v.resp_p, "proto": v.proto, "scores": v.scores, "score": v.score,
+        "alert": v.alert, "note": v.note if v.alert else None, "model": v.model,
+    }
+
+
+def verdict_lines(verdicts: list[Verdict]) -> str:
+    """The ``verdicts.jsonl`` lines of ``verdicts``, as ``VerdictWriter`` writes them (rendered
+    where the verdicts are made, e.g. on a Dask worker, so only text travels)."""
+    return "".join(json.dumps(_clean(verdict_record(v)), separators=(",", ":")) + "\n" for v in verdicts)
+
+
 class VerdictWriter(JsonLinesWriter):
     """``verdicts.jsonl``: uid, ts, id fields, each detector's score, the combined score, alert."""
 
     def write(self, v: Verdict) -> None:
-        self.write_obj({
-            "verdict_id": v.verdict_id, "uid": v.uid, "ts": v.ts,
-            "id.orig_h": v.orig_h, "id.orig_p": v.orig_p, "id.resp_h": v.resp_h,
-            "id.resp_p": v.resp_p, "proto": v.proto, "scores": v.scores, "score": v.score,
-            "alert": v.alert, "note": v.note if v.alert else None, "model": v.model,
-        })
+        self.write_obj(verdict_record(v))
+
+    def write_lines(self, text: str, n: int) -> None:
+        try:
+            self._f.write(text)
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror}", self.path) from e
+        self.count += n
 
 
 class QuarantineWriter(JsonLinesWriter):

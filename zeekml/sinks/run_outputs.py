@@ -47,6 +47,17 @@ class ScoreOutputs:
                 if self.zeek_feedback:
                     self._alerts.append(v)
 
+    def write_rendered(self, lines: str, n: int, alerts: list[Verdict]) -> None:
+        """``n`` verdicts already rendered as ``verdicts.jsonl`` lines, plus their alerts."""
+        self._open()
+        self._verdicts.write_lines(lines, n)
+        self.scored += n
+        for v in alerts:
+            self._notices.write(v)
+            self.notes[v.note] += 1
+            if self.zeek_feedback:
+                self._alerts.append(v)
+
     def close(self) -> None:
         for w in (self._verdicts, self._notices, self.quarantine):
             if w is not None:
