@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
+from zeekml._core.atomic import write_fsync
 from zeekml._core.errors import OutputError
 from zeekml._core.zeek_format import (ZeekHeader, apply_meta_line, format_close, format_header,
                                       format_record, parse_field, parse_separator_line)
@@ -182,14 +183,7 @@ class VerdictFeedbackWriter:
         self._seq += 1
         tmp = os.path.join(self.dir, f".{os.path.basename(self.path)}.{os.getpid()}.{self._seq}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_fsync(tmp, data, os.O_EXCL)
             os.replace(tmp, self.path)
         except OSError as e:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
+from zeekml._core.atomic import write_all
 from zeekml._core.errors import OutputError
 from zeekml._core.zeek_format import (DEFAULT_SEPARATOR, DEFAULT_SET_SEPARATOR, format_close,
                                       format_header, format_record)
@@ -39,10 +40,7 @@ class ZeekLogWriter:
             raise OutputError(f"cannot write: {e.strerror}", self.path) from e
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        write_all(self._fd, data)
 
     def write(self, record: Mapping[str, Any]) -> None:
         line = format_record((record.get(n) for n in self.names), self.types, self.separator,

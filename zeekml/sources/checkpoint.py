@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from zeekml._core.atomic import write_fsync
 from zeekml._core.errors import OutputError
 from zeekml._core.zeek_format import ZeekHeader
 
@@ -149,14 +150,7 @@ def _write_whole(path: str, data: bytes) -> None:
     """Temp file, fsync, rename over ``path``, directory fsync."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_fsync(tmp, data, write=os.write)
         os.replace(tmp, path)
     except OSError:
         try:
@@ -261,14 +255,7 @@ class CheckpointStore:
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             os.makedirs(self.directory, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_fsync(tmp, data, write=os.write)
             if os.path.exists(self.path):
                 link_tmp = self.prev_path + ".tmp"
                 try:
