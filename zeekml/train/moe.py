@@ -1,0 +1,630 @@
+"""``--model moe`` and ``--model dense``: the token transformer through the model protocol
+(``zeekml.train.registry``).
+
+- ``pretrain``: fit the ``FlowTokenizer`` (bucket edges, vocabularies) on the corpus and train the
+  encoder on masked-token prediction: 15% of tokens are masked whole and another 10% of single
+  fields are masked, and the model predicts each masked field. A quarter of the sequences have
+  service and ports hidden (input and loss), so one base serves the service task too.
+- ``finetune``: the encoder and a classifier head on the CLS and anchor states, trained end to end
+  on the k-shot rows (class-weighted cross-entropy, plus the MoE auxiliary losses).
+- ``predict``: class probabilities (finetuned dirs); ``score`` for pretrained dirs = negative
+  log-likelihood of the conn's own token fields when they are masked (host tokens) or of every
+  third packet token (packet tokens).
+- ``detector``: that score as a ``Detector`` for ``zeekml score``/``watch``.
+
+``moe`` uses ``MoEEncoder(MoEConfig())``; ``dense`` uses ``DenseEncoder(twin_of(MoEConfig()))``,
+the twin with the same active parameters per token. Every other setting is shared.
+
+A model directory holds ``weights.pt`` (encoder, masked-token head, classifier head) and
+``config.json`` (encoder constructor args, tokenizer vocabulary and bucket edges, token schema
+version, classes, ``n_params`` = total and ``n_params_active`` = per token).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from zeekml._core.errors import ModelError, ZeekmlError
+from zeekml.features.modality import load_flow_table
+from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
+from zeekml.train.artifact import load_model_dir, save_model_dir
+from zeekml.train.data import Prediction
+
+log = logging.getLogger(__name__)
+
+INFER_BATCH = 1024
+
+
+@dataclass
+class ArchConfig:
+    """Encoder size shared by both kinds (``moe``: these experts; ``dense``: their twin).
+
+    Args:
+        d_model, n_layers, n_heads, d_ff, dropout: see ``DenseConfig`` (defaults 64, 4, 4, 128, 0.1).
+        n_experts, top_k, d_expert, capacity_factor, eval_capacity_factor: see ``MoEConfig``
+            (defaults 8, 1, 128, 1.25, 2.0).
+        dense_d_ff_alt: ``dense`` only: width at the MoE positions; None = the twin's
+            ``top_k * d_expert``. (``n_experts * d_expert`` gives a dense model as big in total
+            as the MoE, for the speed comparison.)
+    """
+
+    d_model: int = 64
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 128
+    dropout: float = 0.1
+    n_experts: int = 8
+    top_k: int = 1
+    d_expert: int = 128
+    capacity_factor: float = 1.25
+    eval_capacity_factor: float = 2.0
+    dense_d_ff_alt: int | None = None
+
+
+@dataclass
+class PretrainConfig:
+    """Masked-token pretraining.
+
+    Args:
+        epochs: passes over the corpus (default 8).
+        batch_size: sequences per step (default 256).
+        lr: AdamW learning rate (default 1e-3, cosine decay, 100 warm-up steps).
+        weight_decay: AdamW weight decay (default 0.01).
+        mask_token: share of tokens masked whole (default 0.15).
+        mask_field: share of single fields masked (default 0.10).
+        hide_prob: share of sequences with service and ports hidden (default 0.25).
+        balance_coef: weight of the load-balance loss (default 0.01).
+        z_coef: weight of the router z-loss (default 0.001).
+        val_share: sequences held out for the validation loss (default 0.05).
+        max_sequences: at most this many sequences per epoch (drawn afresh each epoch;
+            default 60000).
+    """
+
+    epochs: int = 8
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    mask_token: float = 0.15
+    mask_field: float = 0.10
+    hide_prob: float = 0.25
+    balance_coef: float = 0.01
+    z_coef: float = 0.001
+    val_share: float = 0.05
+    max_sequences: int = 60000
+
+
+@dataclass
+class FinetuneConfig:
+    """Classifier training (the encoder is trained too, at a lower rate).
+
+    Args:
+        epochs: passes over the labeled rows (default 30; at least ``min_steps`` steps).
+        batch_size: rows per step (default 64).
+        lr: head learning rate (default 2e-3); the encoder gets ``lr * encoder_lr_scale``.
+        encoder_lr_scale: default 0.25.
+        hidden: classifier hidden width (default 64).
+        min_steps: lower bound on optimiser steps (default 150).
+        balance_coef, z_coef: MoE auxiliary loss weights (defaults 0.01, 0.001).
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    encoder_lr_scale: float = 0.25
+    hidden: int = 64
+    min_steps: int = 150
+    balance_coef: float = 0.01
+    z_coef: float = 0.001
+
+
+def _torch():
+    import torch
+    return torch
+
+
+def _pick(cls, opts: dict):
+    return cls(**{k: v for k, v in opts.items() if k in cls.__dataclass_fields__})
+
+
+def build_encoder(kind: str, tok: FlowTokenizer, arch: ArchConfig):
+    """``(encoder, constructor dict)`` of ``kind`` for a fitted tokenizer."""
+    from zeekml.nn.dense import DenseConfig, DenseEncoder
+    from zeekml.nn.moe import MoEConfig, MoEEncoder, twin_of
+
+    mcfg = MoEConfig(vocab_size=tok.vocab_size, n_fields=len(tok.fields), seq_len=tok.seq_len,
+                     d_model=arch.d_model, n_layers=arch.n_layers, n_heads=arch.n_heads,
+                     d_ff=arch.d_ff, dropout=arch.dropout, n_experts=arch.n_experts,
+                     top_k=arch.top_k, d_expert=arch.d_expert, capacity_factor=arch.capacity_factor,
+                     eval_capacity_factor=arch.eval_capacity_factor)
+    if kind == "moe":
+        return MoEEncoder(mcfg), mcfg.to_dict()
+    dcfg = twin_of(mcfg)
+    if arch.dense_d_ff_alt is not None:
+        dcfg.d_ff_alt = arch.dense_d_ff_alt
+    return DenseEncoder(dcfg), dcfg.to_dict()
+
+
+def encoder_from_dict(kind: str, d: dict):
+    from zeekml.nn.dense import DenseConfig, DenseEncoder
+    from zeekml.nn.moe import MoEEncoder
+
+    return MoEEncoder.from_dict(d) if kind == "moe" else DenseEncoder(DenseConfig.from_dict(d))
+
+
+# -- masking ------------------------------------------------------------------------------------
+
+def mask_tokens(ids, tok_bases, cfg: PretrainConfig, gen, hidden_fields: list[int], hide_rows=None):
+    """``(inputs, targets)``: inputs with masked elements set to MASK; targets = local ids at the
+    masked, non-hidden elements and -100 elsewhere.
+
+    Shapes:
+        ids ``[b, L, f]`` -> inputs ``[b, L, f]``, targets ``[b, L, f]``
+    """
+    torch = _torch()
+    real = ids != PAD
+    b, L, f = ids.shape
+    whole = (torch.rand(b, L, 1, generator=gen) < cfg.mask_token).expand(b, L, f)
+    single = torch.rand(b, L, f, generator=gen) < cfg.mask_field
+    masked = (whole | single) & real
+    if hide_rows is not None and hidden_fields:
+        ids = ids.clone()
+        for fi in hidden_fields:
+            hid = hide_rows[:, None] & real[:, :, fi]
+            ids[:, :, fi] = torch.where(hid, tok_bases[fi], ids[:, :, fi])   # local 0 = hidden
+    local = ids - tok_bases
+    targets = torch.where(masked & (local > 0), local, torch.full_like(local, -100))
+    inputs = torch.where(masked, torch.full_like(ids, MASK), ids)
+    return inputs, targets
+
+
+def masked_loss(logits: list, targets):
+    """Mean over fields of the cross-entropy on each field's masked elements."""
+    torch = _torch()
+    losses = []
+    for fi, lg in enumerate(logits):
+        t = targets[..., fi].reshape(-1)
+        if (t >= 0).any():
+            losses.append(torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), t,
+                                                            ignore_index=-100))
+    return torch.stack(losses).mean() if losses else logits[0].new_zeros(())
+
+
+# -- a model directory in memory ----------------------------------------------------------------
+
+class LoadedTokenModel:
+    """Tokenizer, encoder, masked-token head and (finetuned) classifier head of a model dir."""
+
+    def __init__(self, config: dict, state: dict, device: str = "cpu"):
+        from zeekml.nn.dense import ClassifierHead, FieldHead
+
+        if config.get("schema_version") != SCHEMA_VERSION:
+            raise ModelError(f"token schema {config.get('schema_version')} != {SCHEMA_VERSION}; "
+                             "pretrain the model again with this zeekml")
+        self.config = config
+        self.kind = config["kind"]
+        self.device = device
+        self.tokenizer = FlowTokenizer.from_dict(config["tokenizer"])
+        self.encoder = encoder_from_dict(self.kind, config["encoder"])
+        self.encoder.load_state_dict(_sub(state, "encoder."))
+        self.encoder.to(device).eval()
+        d = self.encoder.config.d_model
+        self.mlm = FieldHead(d, self.tokenizer.field_sizes)
+        self.mlm.load_state_dict(_sub(state, "mlm."))
+        self.mlm.to(device).eval()
+        self.classes: list[str] = list(config.get("classes") or [])
+        self.head = None
+        if config.get("head"):
+            h = config["head"]
+            self.head = ClassifierHead(h["in_dim"], h["n_classes"], h["hidden"], 0.0)
+            self.head.load_state_dict(_sub(state, "head."))
+            self.head.to(device).eval()
+        self.hide_service = bool(config.get("hide_service"))
+
+    @classmethod
+    def from_dir(cls, model_dir: str, device: str = "cpu") -> "LoadedTokenModel":
+        config, state = load_model_dir(model_dir, map_location=device)
+        if config.get("kind") not in KINDS:
+            raise ModelError(f"not a moe/dense model (kind {config.get('kind')!r})", model_dir)
+        if state is None:
+            raise ModelError("no weights.pt", model_dir)
+        return cls(config, state, device)
+
+    def tokens(self, table: pa.Table, flows: pa.Table | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        if self.tokenizer.source == "packets" and flows is None:
+            log.warning("this model reads packet tokens from zeekml_flow.log and none was given; "
+                        "conns are scored from empty sequences")
+        return self.tokenizer.transform(table, flows, rows=rows, hide_service=self.hide_service)
+
+    def run(self, ids: np.ndarray, want: tuple[str, ...] = ("proba", "score")) -> dict:
+        """Batched inference: ``proba`` ``[n, C]`` (with a head), ``score`` ``[n]`` and ``routing``
+        (tokens per expert and dropped assignments, summed over batches, per MoE layer)."""
+        torch = _torch()
+        from zeekml.nn.dense import pool
+
+        probas, scores = [], []
+        routing: list[dict] = []
+        with torch.inference_mode():
+            for s in range(0, len(ids), INFER_BATCH):
+                x = torch.as_tensor(ids[s:s + INFER_BATCH], device=self.device)
+                if "proba" in want and self.head is not None:
+                    out = self.encoder(x)
+                    _add_routing(routing, out.routing)
+                    z = pool(out.hidden, x, self.tokenizer.anchor)
+                    probas.append(torch.softmax(self.head(z), dim=-1).cpu().numpy())
+                if "score" in want:
+                    scores.append(self._nll(x, routing if self.head is None else None).cpu().numpy())
+        res: dict = {"routing": routing}
+        if probas:
+            res["proba"] = np.concatenate(probas)
+        elif "proba" in want and self.head is not None:
+            res["proba"] = np.zeros((0, len(self.classes)))
+        if "score" in want:
+            res["score"] = np.concatenate(scores) if scores else np.zeros(0)
+        return res
+
+    def _score_mask(self, x):
+        """Which tokens are masked for the anomaly score: the conn itself (host) or every third
+        packet (packets)."""
+        torch = _torch()
+        b, L, _ = x.shape
+        m = torch.zeros(b, L, dtype=torch.bool, device=x.device)
+        if self.tokenizer.anchor == "last":
+            m[:, -1] = True
+        else:
+            m[:, ::3] = True
+        return m & (x[..., 0] != PAD)
+
+    def _nll(self, x, routing: list | None):
+        """Per sequence: mean over masked tokens of the summed field NLL."""
+        torch = _torch()
+        m = self._score_mask(x)
+        inp = torch.where(m.unsqueeze(-1), torch.full_like(x, MASK), x)
+        out = self.encoder(inp)
+        if routing is not None:
+            _add_routing(routing, out.routing)
+        logits = self.mlm(out.hidden[:, 1:])
+        bases = torch.as_tensor(self.tokenizer.bases, device=x.device)
+        local = x - bases
+        nll = torch.zeros(x.shape[:2], device=x.device)
+        for fi, lg in enumerate(logits):
+            tgt = local[..., fi].clamp_min(0)
+            lp = torch.log_softmax(lg.float(), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            nll = nll - torch.where(local[..., fi] > 0, lp, torch.zeros_like(lp))   # hidden: skip
+        nll = (nll * m).sum(1) / m.sum(1).clamp_min(1)
+        return nll
+
+
+def _sub(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _add_routing(acc: list[dict], stats: list) -> None:
+    for i, s in enumerate(stats):
+        if len(acc) <= i:
+            acc.append({"tokens_per_expert": np.zeros(len(s.tokens_per_expert), np.int64),
+                        "first_choice": np.zeros(len(s.first_choice), np.int64), "dropped": 0, "routed": 0})
+        acc[i]["tokens_per_expert"] += s.tokens_per_expert.cpu().numpy()
+        acc[i]["first_choice"] += s.first_choice.cpu().numpy()
+        acc[i]["dropped"] += int(s.dropped)
+        acc[i]["routed"] += int(s.routed)
+
+
+def routing_summary(routing: list[dict]) -> list[dict]:
+    """Per MoE layer: tokens per expert, share of the busiest expert, dropped share."""
+    out = []
+    for i, r in enumerate(routing):
+        tpe = r["tokens_per_expert"]
+        out.append({"layer": 2 * i + 1, "tokens_per_expert": tpe.tolist(),
+                    "max_expert_share": float(tpe.max() / max(tpe.sum(), 1)),
+                    "dropped": int(r["dropped"]), "routed": int(r["routed"]),
+                    "dropped_share": float(r["dropped"] / max(r["routed"], 1))})
+    return out
+
+
+@dataclass
+class TokenPrediction(Prediction):
+    """``Prediction`` plus the expert usage of the run (empty for ``dense``)."""
+
+    routing: list[dict] = field(default_factory=list)
+
+
+# -- training loops -----------------------------------------------------------------------------
+
+def _cosine(step: int, total: int, warmup: int = 100) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(p, 1.0)))
+
+
+def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: PretrainConfig, seed: int,
+                  device: str = "cpu") -> dict:
+    """Masked-token training; returns losses per epoch, validation loss and routing at the end."""
+    torch = _torch()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(ids)
+    perm = rng.permutation(n)
+    n_val = min(int(n * cfg.val_share), 5000) if n >= 400 else 0
+    val, train = perm[:n_val], perm[n_val:]
+    per_epoch = min(len(train), cfg.max_sequences)
+    steps = cfg.epochs * max(1, -(-per_epoch // cfg.batch_size))
+    params = list(encoder.parameters()) + list(mlm.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, steps))
+    bases = torch.as_tensor(tok.bases)
+    hidden_fields = tok.service_fields()
+    encoder.to(device).train()
+    mlm.to(device).train()
+    history, t0, step = [], time.perf_counter(), 0
+    for epoch in range(cfg.epochs):
+        ep = rng.permutation(train)[:per_epoch]
+        tot, seen = 0.0, 0
+        for s in range(0, len(ep), cfg.batch_size):
+            b = torch.as_tensor(ids[ep[s:s + cfg.batch_size]])
+            hide = torch.rand(len(b), generator=gen) < cfg.hide_prob
+            inp, tgt = mask_tokens(b, bases, cfg, gen, hidden_fields, hide)
+            out = encoder(inp.to(device))
+            loss = masked_loss(mlm(out.hidden[:, 1:]), tgt.to(device))
+            total = loss + cfg.balance_coef * out.balance_loss + cfg.z_coef * out.z_loss
+            opt.zero_grad()
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            tot += float(loss.detach()) * len(b)
+            seen += len(b)
+        history.append(round(tot / max(seen, 1), 4))
+        log.info("%s epoch %d: masked-token loss %.4f (%.0f s)", type(encoder).__name__, epoch + 1,
+                 history[-1], time.perf_counter() - t0)
+    encoder.eval()
+    mlm.eval()
+    metrics = {"train_loss": history[-1] if history else float("nan"), "loss_by_epoch": history,
+               "steps": step, "seconds": round(time.perf_counter() - t0, 1),
+               "train_sequences": int(len(train))}
+    if n_val:
+        with torch.inference_mode():
+            vg = torch.Generator().manual_seed(seed + 1)
+            losses, routing = [], []
+            for s in range(0, n_val, 1024):
+                b = torch.as_tensor(ids[val[s:s + 1024]])
+                inp, tgt = mask_tokens(b, bases, cfg, vg, hidden_fields, None)
+                out = encoder(inp.to(device))
+                _add_routing(routing, out.routing)
+                losses.append(float(masked_loss(mlm(out.hidden[:, 1:]), tgt.to(device))) * len(b))
+            metrics["val_loss"] = round(sum(losses) / n_val, 4)
+            if routing:
+                metrics["val_routing"] = routing_summary(routing)
+    return metrics
+
+
+def _state(encoder, mlm, head=None) -> dict:
+    st = {f"encoder.{k}": v.detach().cpu() for k, v in encoder.state_dict().items()}
+    st.update({f"mlm.{k}": v.detach().cpu() for k, v in mlm.state_dict().items()})
+    if head is not None:
+        st.update({f"head.{k}": v.detach().cpu() for k, v in head.state_dict().items()})
+    return st
+
+
+class TokenDetector:
+    """Masked-token NLL of a pretrained moe/dense dir as a ``Detector`` (higher = more anomalous)."""
+
+    note = "ZeekML::Anomalous_Flow"
+
+    def __init__(self, loaded: LoadedTokenModel):
+        self.loaded = loaded
+        self.name = loaded.kind
+
+    @property
+    def context_seconds(self) -> float:
+        return self.loaded.tokenizer.context_seconds
+
+    def fit(self, table: pa.Table) -> "TokenDetector":
+        return self
+
+    def score(self, table: pa.Table) -> np.ndarray:
+        if table.num_rows == 0:
+            return np.zeros(0)
+        return self.loaded.run(self.loaded.tokens(table), want=("score",))["score"]
+
+    def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
+        """Per row: the conn's fields the model found least likely (host tokens), with their NLL."""
+        torch = _torch()
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return []
+        L = self.loaded
+        ids = torch.as_tensor(L.tokens(table, rows=rows), device=L.device)
+        out = []
+        with torch.inference_mode():
+            m = L._score_mask(ids)
+            inp = torch.where(m.unsqueeze(-1), torch.full_like(ids, MASK), ids)
+            logits = L.mlm(L.encoder(inp).hidden[:, 1:])
+            bases = torch.as_tensor(L.tokenizer.bases, device=ids.device)
+            local = ids - bases
+            per_field = []
+            for fi, lg in enumerate(logits):
+                lp = torch.log_softmax(lg.float(), -1).gather(-1, local[..., fi].clamp_min(0).unsqueeze(-1)).squeeze(-1)
+                per_field.append(((-lp) * m).sum(1) / m.sum(1).clamp_min(1))
+            pf = torch.stack(per_field, 1).cpu().numpy()
+        names = L.tokenizer.field_names
+        for i in range(len(rows)):
+            idx = np.argsort(-pf[i])[:top]
+            out.append(",".join(f"nll_{names[j]}={pf[i, j]:.3g}" for j in idx))
+        return out
+
+
+class TokenKind:
+    """The protocol object (see ``zeekml.train.registry``) for ``moe`` or ``dense``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    # -- pretrain ----------------------------------------------------------------------------
+
+    def pretrain(self, table: pa.Table, out: str, sources: list[str], seed: int = 0,
+                 epochs: int | None = None, device: str = "cpu", flows: pa.Table | None = None,
+                 **opts) -> dict:
+        from zeekml.nn.dense import FieldHead
+
+        torch = _torch()
+        cfg = _pick(PretrainConfig, opts)
+        if epochs is not None:
+            cfg.epochs = epochs
+        arch = _pick(ArchConfig, opts)
+        if flows is None:
+            flows = load_flow_table(sources)
+        t0 = time.perf_counter()
+        tok = FlowTokenizer(**{k: v for k, v in opts.items()
+                               if k in ("source", "seq_len", "max_age", "quantile_bins", "top_k")})
+        tok.fit(table, flows)
+        ids = tok.transform(table, flows)
+        log.info("%s tokens: %s, %s fields, vocabulary %d", self.name, tok.source, len(tok.fields),
+                 tok.vocab_size)
+        tok_seconds = time.perf_counter() - t0
+        torch.manual_seed(seed)
+        encoder, enc_cfg = build_encoder(self.name, tok, arch)
+        mlm = FieldHead(arch.d_model, tok.field_sizes)
+        metrics = pretrain_loop(encoder, mlm, tok, ids, cfg, seed, device)
+        metrics["tokenize_seconds"] = round(tok_seconds, 1)
+        encoder.cpu()
+        mlm.cpu()
+        loaded_like = _Scorer(tok, encoder, mlm)
+        score = loaded_like.score(ids)
+        config = {
+            "encoder": enc_cfg, "arch": asdict(arch), "tokenizer": tok.to_dict(),
+            "schema_version": SCHEMA_VERSION, "pretrain": asdict(cfg), "seed": seed,
+            "token_source": tok.source, "hide_service": False, "head": None, "classes": None,
+            "label_field": None, "pretrained": True, "detector": self.name == "moe",
+            "n_params": encoder.n_params + sum(p.numel() for p in mlm.parameters()),
+            "n_params_encoder": encoder.n_params, "n_params_active": encoder.n_active_params,
+            "score_reference": {"median": float(np.median(score)), "p99": float(np.quantile(score, 0.99))},
+        }
+        metrics.update({"rows": table.num_rows, "token_source": tok.source, "vocab_size": tok.vocab_size,
+                        "n_params": config["n_params"], "n_params_encoder": encoder.n_params,
+                        "n_params_active": encoder.n_active_params})
+        save_model_dir(out, self.name, config, _state(encoder, mlm), sources, metrics)
+        return metrics
+
+    # -- finetune ----------------------------------------------------------------------------
+
+    def finetune(self, base: str | None, table: pa.Table, labels: np.ndarray, train_rows: np.ndarray,
+                 hide_service: bool, seed: int, out: str, sources: list[str],
+                 label_field: str | None = None, epochs: int | None = None, device: str = "cpu",
+                 flows: pa.Table | None = None, **opts) -> dict:
+        from zeekml.nn.dense import ClassifierHead, FieldHead, pool
+
+        torch = _torch()
+        fcfg = _pick(FinetuneConfig, opts)
+        if epochs is not None:             # an explicit --epochs is taken as is (no step floor)
+            fcfg.epochs, fcfg.min_steps = epochs, 1
+        if flows is None:
+            flows = load_flow_table(sources)
+        train_rows = np.asarray(train_rows, dtype=np.int64)
+        y_names = [labels[i] for i in train_rows]
+        classes = sorted(set(y_names))
+        torch.manual_seed(seed)
+        if base is not None:
+            loaded = LoadedTokenModel.from_dir(base, device)
+            if loaded.kind != self.name:
+                raise ZeekmlError(f"--base is a {loaded.kind!r} model, not {self.name!r}", base)
+            tok, encoder, mlm = loaded.tokenizer, loaded.encoder, loaded.mlm
+            base_cfg = loaded.config
+        else:
+            arch = _pick(ArchConfig, opts)
+            tok = FlowTokenizer(**{k: v for k, v in opts.items()
+                                   if k in ("source", "seq_len", "max_age", "quantile_bins", "top_k")})
+            tok.fit(table, flows)
+            encoder, _ = build_encoder(self.name, tok, arch)
+            mlm = FieldHead(arch.d_model, tok.field_sizes)
+            base_cfg = None
+        encoder.to(device)
+        ids = torch.as_tensor(tok.transform(table, flows, rows=train_rows, hide_service=hide_service))
+        y = torch.as_tensor([classes.index(c) for c in y_names], dtype=torch.long)
+        d = encoder.config.d_model
+        head = ClassifierHead(2 * d, len(classes), fcfg.hidden).to(device)
+        counts = torch.bincount(y, minlength=len(classes)).float()
+        weight = (counts.sum() / (len(classes) * counts.clamp_min(1))).to(device)
+        opt = torch.optim.AdamW([{"params": encoder.parameters(), "lr": fcfg.lr * fcfg.encoder_lr_scale},
+                                 {"params": head.parameters(), "lr": fcfg.lr}], weight_decay=0.01)
+        n = len(train_rows)
+        steps = max(fcfg.min_steps, fcfg.epochs * max(1, -(-n // fcfg.batch_size)))
+        gen = torch.Generator().manual_seed(seed)
+        encoder.train()
+        head.train()
+        t0 = time.perf_counter()
+        loss = torch.zeros(())
+        for _ in range(steps):
+            b = torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen)
+            x = ids[b].to(device)
+            o = encoder(x)
+            loss = torch.nn.functional.cross_entropy(head(pool(o.hidden, x, tok.anchor)), y[b].to(device),
+                                                     weight=weight)
+            total = loss + fcfg.balance_coef * o.balance_loss + fcfg.z_coef * o.z_loss
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+        encoder.eval()
+        head.eval()
+        enc_cfg = encoder.config.to_dict()
+        config = {
+            "encoder": enc_cfg, "tokenizer": tok.to_dict(), "schema_version": SCHEMA_VERSION,
+            "token_source": tok.source, "hide_service": bool(hide_service), "label_field": label_field,
+            "classes": classes, "head": {"in_dim": 2 * d, "n_classes": len(classes), "hidden": fcfg.hidden},
+            "finetune": asdict(fcfg), "seed": seed, "pretrained": False, "detector": False,
+            "base": base, "base_pretrain": (base_cfg or {}).get("pretrain"),
+            "n_params": encoder.n_params + sum(p.numel() for p in head.parameters()),
+            "n_params_active": encoder.n_active_params,
+        }
+        encoder.cpu()
+        head.cpu()
+        metrics = {"train_loss": float(loss.detach()), "steps": steps, "classes": classes,
+                   "n_params": config["n_params"], "seconds": round(time.perf_counter() - t0, 1),
+                   "from_base": base is not None}
+        save_model_dir(out, self.name, config, _state(encoder, mlm, head), sources, metrics)
+        return metrics
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def predict(self, model_dir: str, table: pa.Table, device: str = "cpu",
+                flows: pa.Table | None = None) -> TokenPrediction:
+        loaded = LoadedTokenModel.from_dir(model_dir, device)
+        ids = loaded.tokens(table, flows)
+        pretrained = loaded.config.get("pretrained", False)
+        res = loaded.run(ids, want=("score",) if pretrained else ("proba",))
+        routing = routing_summary(res["routing"])
+        for r in routing:
+            log.info("%s layer %d: tokens per expert %s, dropped %d of %d (%.1f%%)", loaded.kind,
+                     r["layer"], r["tokens_per_expert"], r["dropped"], r["routed"], 100 * r["dropped_share"])
+            if r["max_expert_share"] > 0.9:
+                log.warning("%s layer %d: one expert took %.0f%% of the tokens (collapsed router)",
+                            loaded.kind, r["layer"], 100 * r["max_expert_share"])
+        if loaded.head is None:
+            return TokenPrediction(classes=[], proba=None, score=res.get("score"), routing=routing)
+        return TokenPrediction(classes=loaded.classes, proba=res["proba"], score=None, routing=routing)
+
+    def detector(self, model_dir: str, device: str = "cpu") -> TokenDetector:
+        loaded = LoadedTokenModel.from_dir(model_dir, device)
+        if loaded.head is not None:
+            raise ZeekmlError("a finetuned classifier is not an anomaly detector; use the pretrained base",
+                              model_dir)
+        return TokenDetector(loaded)
+
+
+class _Scorer(LoadedTokenModel):
+    """The scoring half of ``LoadedTokenModel`` on in-memory modules (used right after pretraining)."""
+
+    def __init__(self, tok: FlowTokenizer, encoder, mlm):  # noqa: D107 - no config to load
+        self.tokenizer, self.encoder, self.mlm, self.head, self.device = tok, encoder, mlm, None, "cpu"
+
+    def score(self, ids: np.ndarray) -> np.ndarray:
+        return self.run(ids, want=("score",))["score"]
+
+
+KINDS = {"moe": TokenKind("moe"), "dense": TokenKind("dense")}
