@@ -46,7 +46,7 @@ class ArchConfig:
     Args:
         d_model, n_layers, n_heads, d_ff, dropout: see ``DenseConfig`` (defaults 64, 4, 4, 128, 0.1).
         n_experts, top_k, d_expert, capacity_factor, eval_capacity_factor: see ``MoEConfig``
-            (defaults 8, 1, 128, 1.25, 2.0).
+            (defaults 8, 1, 128, 1.25, None = dropless inference).
         dense_d_ff_alt: ``dense`` only: width at the MoE positions; None = the twin's
             ``top_k * d_expert``. (``n_experts * d_expert`` gives a dense model as big in total
             as the MoE, for the speed comparison.)
@@ -61,7 +61,7 @@ class ArchConfig:
     top_k: int = 1
     d_expert: int = 128
     capacity_factor: float = 1.25
-    eval_capacity_factor: float = 2.0
+    eval_capacity_factor: float | None = None
     dense_d_ff_alt: int | None = None
 
 

@@ -164,3 +164,18 @@ def test_pads_are_not_routed_nor_attended():
         out2 = moe(b)
     assert int(out.routing[0].routed) == 4                               # CLS + 3 tokens
     assert torch.allclose(out.hidden[:, [0, 3, 4, 5]], out2.hidden[:, [0, 3, 4, 5]], atol=1e-5)
+
+
+def test_eval_is_dropless_by_default_and_training_enforces_capacity():
+    layer = MoEFeedForward(d_model=4, n_experts=4, d_expert=8, top_k=1)   # eval_capacity_factor None
+    with torch.no_grad():
+        layer.router.weight.zero_()
+        layer.router.weight[2] = 10.0                                      # everything wants expert 2
+    x = torch.ones(2, 8, 4)
+    keep = torch.ones(2, 8, dtype=torch.bool)
+    layer.eval()
+    _, _, _, stats = layer(x, keep)
+    assert stats.tokens_per_expert.tolist() == [0, 0, 16, 0] and int(stats.dropped) == 0
+    layer.train()
+    _, _, _, stats = layer(x, keep)
+    assert stats.tokens_per_expert.tolist() == [0, 0, 5, 0] and int(stats.dropped) == 11   # ceil(1.25*16/4)

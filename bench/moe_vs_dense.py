@@ -1,0 +1,182 @@
+"""Speed of the MoE encoder against its dense twin (and a dense model as big in total), same inputs.
+
+    python bench/moe_vs_dense.py --threads 1 --json docs/results/moe_speed.json
+
+One run: the token sequences of one real conn log (default IoT-23 CTU-34-1 from the shared data
+set, tokenised once with the MoE base's tokenizer and saved to a temporary .npy) are fed to each
+model in its own subprocess, so the peak RSS is that model's alone. Per model: throughput
+(flows/s, one sequence per flow, batch 1024, encoder + pooling + a classifier head), latency
+p50/p99 at batch 1 and 64, peak RSS (``resource.getrusage`` maximum resident set) and, when CUDA is
+present, ``torch.cuda.max_memory_allocated``. ``torch.set_num_threads(--threads)`` in every worker.
+
+Models: ``models/moe-base`` and ``models/dense-base`` (the shipped bases: trained weights, so the
+MoE's routing is the trained one), and ``dense-wide``: the twin with its MoE-position blocks
+``n_experts * d_expert`` wide (as many feed-forward parameters as the MoE; random weights, which
+do not change a dense model's speed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+DATA = os.environ.get("ZEEKML_DATA", "/work/shared/data")
+DEFAULT_LOG = os.path.join(DATA, "iot23-ctu-34-1", "conn.log.labeled")
+
+
+def build(spec: str, device: str):
+    """``(encoder, head, anchor)`` for a model dir or ``dense-wide:DIR`` (wide twin of DIR's MoE)."""
+    import torch
+
+    from zeekml.nn.dense import ClassifierHead, DenseConfig, DenseEncoder
+    from zeekml.nn.moe import MoEConfig, twin_of
+    from zeekml.train.moe import LoadedTokenModel
+
+    if spec.startswith("dense-wide:"):
+        loaded = LoadedTokenModel.from_dir(spec.split(":", 1)[1], device)
+        mcfg = MoEConfig(**loaded.config["encoder"])
+        dcfg: DenseConfig = twin_of(mcfg)
+        dcfg.d_ff_alt = mcfg.n_experts * mcfg.d_expert
+        torch.manual_seed(0)
+        enc = DenseEncoder(dcfg).to(device).eval()
+    else:
+        loaded = LoadedTokenModel.from_dir(spec, device)
+        enc = loaded.encoder
+    d = enc.config.d_model
+    head = ClassifierHead(2 * d, 4, 64, 0.0).to(device).eval()
+    return enc, head, loaded.tokenizer.anchor
+
+
+def worker(args) -> None:
+    import torch
+
+    from zeekml.nn.dense import pool
+
+    torch.set_num_threads(args.threads)
+    device = args.device
+    ids_all = np.load(args.ids)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    enc, head, anchor = build(args.worker, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def run(batch: np.ndarray) -> None:
+        x = torch.as_tensor(batch, device=device)
+        out = enc(x)
+        head(pool(out.hidden, x, anchor)).argmax(-1).cpu()
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    res = {"model": args.worker, "n_params": sum(p.numel() for p in enc.parameters()),
+           "n_params_active": enc.n_active_params, "threads": args.threads, "device": device}
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():
+        # throughput: the whole log in batches of 1024, after one warm-up batch
+        bs = 1024
+        run(ids_all[:bs])
+        sync()
+        t0 = time.perf_counter()
+        n = 0
+        reps = 0
+        while True:
+            for s in range(0, len(ids_all), bs):
+                run(ids_all[s:s + bs])
+                n += min(bs, len(ids_all) - s)
+            reps += 1
+            sync()
+            if time.perf_counter() - t0 > args.min_seconds or reps >= 3:
+                break
+        res["throughput_flows_per_s"] = n / (time.perf_counter() - t0)
+        for b in (1, 64):
+            times = []
+            for _ in range(5):
+                run(ids_all[:b])
+            for _ in range(args.latency_iters):
+                s = int(rng.integers(0, len(ids_all) - b))
+                sync()
+                t = time.perf_counter()
+                run(ids_all[s:s + b])
+                sync()
+                times.append((time.perf_counter() - t) * 1e3)
+            res[f"latency_ms_b{b}_p50"] = float(np.percentile(times, 50))
+            res[f"latency_ms_b{b}_p99"] = float(np.percentile(times, 99))
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["rss_before_model_mb"] = rss0 / 1024
+    if device == "cuda":
+        res["cuda_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    print(json.dumps(res))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--log", default=DEFAULT_LOG)
+    ap.add_argument("--moe", default=os.path.join(ROOT, "models", "moe-base"))
+    ap.add_argument("--dense", default=os.path.join(ROOT, "models", "dense-base"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--min-seconds", type=float, default=10.0)
+    ap.add_argument("--latency-iters", type=int, default=300)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--ids", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    from zeekml.train.data import load_conns
+    from zeekml.train.moe import LoadedTokenModel
+
+    table = load_conns(args.log)
+    tok = LoadedTokenModel.from_dir(args.moe).tokenizer
+    t0 = time.perf_counter()
+    ids = tok.transform(table)
+    tok_rate = table.num_rows / (time.perf_counter() - t0)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ids.npy")
+        np.save(path, ids)
+        for spec in (args.dense, args.moe, f"dense-wide:{args.moe}"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", spec, "--ids", path,
+                   "--threads", str(args.threads), "--device", args.device,
+                   "--min-seconds", str(args.min_seconds), "--latency-iters", str(args.latency_iters)]
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"{spec}: {results[-1]}", file=sys.stderr)
+    names = {args.dense: "dense twin", args.moe: "moe", f"dense-wide:{args.moe}": "dense-wide"}
+    base = results[0]
+    lines = [f"inputs: {os.path.basename(args.log)}, {table.num_rows} flows x {ids.shape[1]} tokens x "
+             f"{ids.shape[2]} fields ({tok.source} tokens); tokenizer {tok_rate:,.0f} flows/s; "
+             f"torch threads {args.threads}; device {args.device}",
+             "",
+             "| model | params (total / active per token) | flows/s @1024 | vs twin | p50 / p99 ms @1 | "
+             "p50 / p99 ms @64 | peak RSS MB |" + (" CUDA max alloc MB |" if args.device == "cuda" else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if args.device == "cuda" else "")]
+    for r in results:
+        lines.append(
+            f"| {names[r['model']]} | {r['n_params']:,} / {r['n_params_active']:,} | "
+            f"{r['throughput_flows_per_s']:,.0f} | {r['throughput_flows_per_s'] / base['throughput_flows_per_s']:.2f}x | "
+            f"{r['latency_ms_b1_p50']:.2f} / {r['latency_ms_b1_p99']:.2f} | "
+            f"{r['latency_ms_b64_p50']:.2f} / {r['latency_ms_b64_p99']:.2f} | {r['peak_rss_mb']:.0f} |"
+            + (f" {r['cuda_max_memory_allocated_mb']:.1f} |" if args.device == "cuda" else ""))
+    print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"log": os.path.basename(args.log), "flows": table.num_rows, "shape": list(ids.shape),
+                       "tokenizer_flows_per_s": tok_rate, "results": results, "table": lines}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
