@@ -79,6 +79,10 @@ def test_finetune_predict_eval(bases, tmp_path):
     out = invoke("eval", "--model", ft, SLICE, "--out", tmp_path / "ev", "--device", "cpu")
     rep = json.loads(out[: out.index("\nclass")])
     assert rep["test_rows"] == 270 and rep["macro_f1"] > 0.5 and rep["accuracy"] > 0.8
+    usage = rep["expert_usage"]            # every conn: at least its own token, at most 16
+    assert [u["layer"] for u in usage] == [1, 3]
+    assert all(sum(u["tokens_per_expert"]) + u["dropped"] == u["routed"] for u in usage)
+    assert usage[0]["routed"] == usage[1]["routed"] and 900 <= usage[0]["routed"] <= 900 * 16
     assert (tmp_path / "ev" / "confusion.png").exists()
     # a base of the other kind is refused
     r = CliRunner().invoke(main, ["finetune", "--model", "dense", "--base", str(moe_dir), "--train", SLICE,

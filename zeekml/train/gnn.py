@@ -463,7 +463,9 @@ class GNNKind:
                      "seed": seed})
         return metrics
 
-    def predict(self, model_dir: str, table: pa.Table, device: str = "cpu") -> Prediction:
+    def predict(self, model_dir: str, table: pa.Table, device: str = "cpu",
+                flows: pa.Table | None = None) -> Prediction:
+        """``flows`` (zeekml_flow records) is accepted for a uniform protocol; graphs use conns only."""
         bundle, config = load_bundle(model_dir, device)
         if bundle.classes:
             return Prediction(classes=bundle.classes, proba=predict_proba(bundle, table, device=device))

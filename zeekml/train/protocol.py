@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from zeekml._core.errors import ZeekmlError
+from zeekml.features.modality import load_flow_table
 from zeekml.train.artifact import load_model_dir, update_metrics
 from zeekml.train.data import (canonical_label_field, labels_of, load_conns, sample_shots,
                                temporal_split)
@@ -53,7 +54,7 @@ def run_predict(model_dir: str, logs: list[str], out: str, device: str = "cpu") 
     """Write one JSON object per input conn, in input order; returns the count."""
     table = load_conns(logs)
     kind = get_kind(model_kind_of(model_dir))
-    pred = kind.predict(model_dir, table, device=device)
+    pred = kind.predict(model_dir, table, device=device, flows=load_flow_table(logs))
     labels = pred.pred()
     uids = table.column("uid").to_pylist()
     ts = table.column("ts").to_pylist()
@@ -79,11 +80,14 @@ def run_eval(model_dir: str, logs: list[str], out_dir: str | None = None,
     field = config.get("label_field")
     table = load_conns(logs)
     kind = get_kind(config["kind"])
-    pred = kind.predict(model_dir, table, device=device)
+    pred = kind.predict(model_dir, table, device=device, flows=load_flow_table(logs))
     _, test = temporal_split(table)
     out_dir = out_dir or model_dir
     os.makedirs(out_dir, exist_ok=True)
     report: dict = {"model": model_dir, "test_rows": int(len(test))}
+    if getattr(pred, "routing", None):
+        # a collapsed router shows here: one expert taking most tokens, or many dropped
+        report["expert_usage"] = pred.routing
     if field is None:
         # a pretrained (unsupervised) model: rank its anomaly score against the labels
         if pred.score is None:
