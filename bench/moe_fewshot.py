@@ -281,10 +281,14 @@ def _ms(v: list[float]) -> str:
 
 def report(paths: list[str], plots: str | None) -> str:
     runs, robust, bases = [], [], {}
+    seen: set = set()
     for p in paths:
         d = json.load(open(p))
-        runs += d["runs"]
-        robust += d["robust"]
+        for r in d["runs"]:                       # a (task, seed, k) run found twice counts once
+            if (r["task"], r["seed"], r["k"]) not in seen:
+                seen.add((r["task"], r["seed"], r["k"]))
+                runs.append(r)
+                robust += [x for x in d["robust"] if (x["task"], x["seed"], x["k"]) == (r["task"], r["seed"], r["k"])]
         bases.update(d.get("bases", {}))
     models = ["moe", "dense", "dense-wide", "gbt"]
     models = [m for m in models if any(m in r for r in runs)]
@@ -333,11 +337,14 @@ def report(paths: list[str], plots: str | None) -> str:
         lines.append("")
     if plots:
         _plot(runs, tasks, models, plots)
+        if robust:
+            _plot_robust(robust, tasks, models, plots)
     return "\n".join(lines)
 
 
 def _plot(runs, tasks, models, out_dir) -> None:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -354,6 +361,7 @@ def _plot(runs, tasks, models, out_dir) -> None:
                     sd.append(np.std(v))
             ax.errorbar(ks, mu, yerr=sd, marker="o", capsize=3, label=m)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xticks(list(SHOTS), [str(k) for k in SHOTS])
         ax.set_title(t)
         ax.set_xlabel("shots per class")
@@ -361,6 +369,30 @@ def _plot(runs, tasks, models, out_dir) -> None:
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "moe_fewshot.png"), dpi=110)
+    plt.close(fig)
+
+
+def _plot_robust(robust, tasks, models, out_dir) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), sharey=True)
+    axes = np.atleast_1d(axes)
+    w = 0.8 / len(models)
+    for ax, t in zip(axes, tasks):
+        for i, m in enumerate(models):
+            drops = [[r["clean"] - r["f1"] for r in robust if r["task"] == t and r["perturbation"] == p
+                      and r["model"] == m] for p in PERTURBATIONS]
+            ax.bar(np.arange(len(PERTURBATIONS)) + i * w, [np.mean(d) if d else np.nan for d in drops], w,
+                   yerr=[np.std(d) if d else 0 for d in drops], capsize=2, label=m)
+        ax.set_xticks(np.arange(len(PERTURBATIONS)) + w * (len(models) - 1) / 2, list(PERTURBATIONS))
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_title(f"{t}: macro-F1 drop, k = 50")
+    axes[0].set_ylabel("clean - perturbed macro-F1")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "moe_robustness.png"), dpi=110)
     plt.close(fig)
 
 

@@ -6,8 +6,10 @@ One run: the token sequences of one real conn log (default IoT-23 CTU-34-1 from 
 set, tokenised once with the MoE base's tokenizer and saved to a temporary .npy) are fed to each
 model in its own subprocess, so the peak RSS is that model's alone. Per model: throughput
 (flows/s, one sequence per flow, batch 1024, encoder + pooling + a classifier head), latency
-p50/p99 at batch 1 and 64, peak RSS (``resource.getrusage`` maximum resident set) and, when CUDA is
-present, ``torch.cuda.max_memory_allocated``. ``torch.set_num_threads(--threads)`` in every worker.
+p50/p99 at batch 1 and 64, peak resident memory (sampled from /proc after every batch; "model +
+activations" = that peak less the resident size before the model was built) and, when CUDA is
+present, ``torch.cuda.max_memory_allocated``. Every model runs under glibc's default malloc and
+with a fixed mmap threshold (see ``ALLOCATORS``). ``torch.set_num_threads(--threads)`` in every worker.
 
 Models: ``models/moe-base`` and ``models/dense-base`` (the shipped bases: trained weights, so the
 MoE's routing is the trained one), and ``dense-wide``: the twin with its MoE-position blocks
@@ -56,6 +58,17 @@ def build(spec: str, device: str):
     return enc, head, loaded.tokenizer.anchor
 
 
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+# glibc raises its mmap threshold as big blocks are freed, after which freed activation buffers of
+# varying sizes stay on the heap: MoE batches (one tensor per expert, a different size every
+# batch) grow the heap far more than dense ones. A fixed threshold returns them at once.
+ALLOCATORS = {"glibc": {}, "mmap64k": {"MALLOC_MMAP_THRESHOLD_": "65536"}}
+
+
 def worker(args) -> None:
     import torch
 
@@ -65,14 +78,17 @@ def worker(args) -> None:
     device = args.device
     ids_all = np.load(args.ids)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cur0 = _current_rss_mb()
     enc, head, anchor = build(args.worker, device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    peak_cur = [cur0]
 
     def run(batch: np.ndarray) -> None:
         x = torch.as_tensor(batch, device=device)
         out = enc(x)
         head(pool(out.hidden, x, anchor)).argmax(-1).cpu()
+        peak_cur[0] = max(peak_cur[0], _current_rss_mb())
 
     def sync() -> None:
         if device == "cuda":
@@ -113,6 +129,11 @@ def worker(args) -> None:
             res[f"latency_ms_b{b}_p99"] = float(np.percentile(times, 99))
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["rss_before_model_mb"] = rss0 / 1024
+    # ru_maxrss is often set by imports; the resident size sampled after every batch shows what
+    # the model and its activations add over the process as it was before the model was built
+    res["current_rss_before_model_mb"] = cur0
+    res["peak_current_rss_mb"] = peak_cur[0]
+    res["model_rss_mb"] = peak_cur[0] - cur0
     if device == "cuda":
         res["cuda_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     print(json.dumps(res))
@@ -128,6 +149,8 @@ def main() -> None:
     ap.add_argument("--min-seconds", type=float, default=10.0)
     ap.add_argument("--latency-iters", type=int, default=300)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--allocators", nargs="+", default=list(ALLOCATORS), choices=list(ALLOCATORS),
+                    help="malloc settings to run every model under (default: both)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ids", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -147,30 +170,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "ids.npy")
         np.save(path, ids)
-        for spec in (args.dense, args.moe, f"dense-wide:{args.moe}"):
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", spec, "--ids", path,
-                   "--threads", str(args.threads), "--device", args.device,
-                   "--min-seconds", str(args.min_seconds), "--latency-iters", str(args.latency_iters)]
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"{spec}: {results[-1]}", file=sys.stderr)
+        for alloc in args.allocators:
+            for spec in (args.dense, args.moe, f"dense-wide:{args.moe}"):
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", spec, "--ids", path,
+                       "--threads", str(args.threads), "--device", args.device,
+                       "--min-seconds", str(args.min_seconds), "--latency-iters", str(args.latency_iters)]
+                env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **ALLOCATORS[alloc])
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+                results.append(dict(json.loads(out.stdout.strip().splitlines()[-1]), allocator=alloc))
+                print(f"{alloc} {spec}: {results[-1]}", file=sys.stderr)
     names = {args.dense: "dense twin", args.moe: "moe", f"dense-wide:{args.moe}": "dense-wide"}
-    base = results[0]
+    cuda = args.device == "cuda"
     lines = [f"inputs: {os.path.basename(args.log)}, {table.num_rows} flows x {ids.shape[1]} tokens x "
              f"{ids.shape[2]} fields ({tok.source} tokens); tokenizer {tok_rate:,.0f} flows/s; "
              f"torch threads {args.threads}; device {args.device}",
              "",
-             "| model | params (total / active per token) | flows/s @1024 | vs twin | p50 / p99 ms @1 | "
-             "p50 / p99 ms @64 | peak RSS MB |" + (" CUDA max alloc MB |" if args.device == "cuda" else ""),
-             "|---|---|---|---|---|---|---|" + ("---|" if args.device == "cuda" else "")]
+             "| malloc | model | params (total / active per token) | flows/s @1024 | vs twin | "
+             "p50 / p99 ms @1 | vs twin | p50 / p99 ms @64 | peak RSS MB | model + activations MB | vs twin |"
+             + (" CUDA max alloc MB |" if cuda else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cuda else "")]
     for r in results:
+        base = next(b for b in results if b["allocator"] == r["allocator"] and b["model"] == args.dense)
         lines.append(
-            f"| {names[r['model']]} | {r['n_params']:,} / {r['n_params_active']:,} | "
+            f"| {r['allocator']} | {names[r['model']]} | {r['n_params']:,} / {r['n_params_active']:,} | "
             f"{r['throughput_flows_per_s']:,.0f} | {r['throughput_flows_per_s'] / base['throughput_flows_per_s']:.2f}x | "
             f"{r['latency_ms_b1_p50']:.2f} / {r['latency_ms_b1_p99']:.2f} | "
-            f"{r['latency_ms_b64_p50']:.2f} / {r['latency_ms_b64_p99']:.2f} | {r['peak_rss_mb']:.0f} |"
-            + (f" {r['cuda_max_memory_allocated_mb']:.1f} |" if args.device == "cuda" else ""))
+            f"{r['latency_ms_b1_p50'] / base['latency_ms_b1_p50']:.2f}x | "
+            f"{r['latency_ms_b64_p50']:.2f} / {r['latency_ms_b64_p99']:.2f} | {r['peak_current_rss_mb']:.0f} | "
+            f"{r['model_rss_mb']:.0f} | {r['model_rss_mb'] / max(base['model_rss_mb'], 1):.2f}x |"
+            + (f" {r['cuda_max_memory_allocated_mb']:.1f} |" if cuda else ""))
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:

@@ -4,7 +4,8 @@ arXiv 2601.00357; Switch Transformer routing, ST-MoE router z-loss).
 Every second feed-forward block (blocks 1, 3, ...) is an ``MoEFeedForward``: a router picks the
 ``top_k`` of ``n_experts`` experts for each non-pad token; each expert takes at most ``capacity``
 tokens per batch and the rest are *dropped* (their token skips the layer through the residual).
-The auxiliary losses are values of ``forward``'s output, never module state:
+The auxiliary losses are values of ``forward``'s output, never module state (under
+``torch.no_grad``/``inference_mode`` they are returned as 0: nothing can descend them):
 
 - load balance (Switch): ``E * sum_e f_e * P_e`` where ``f_e`` is the share of tokens whose
   *first* choice is expert ``e`` and ``P_e`` the mean router probability of ``e``; 1.0 when
@@ -132,13 +133,17 @@ def dispatch(r: RouterOutput, cap: int) -> Dispatch:
     expert = r.experts.t().reshape(-1)                                # [k*t], choice-major
     token = torch.arange(t, device=expert.device).repeat(k)
     gate = r.gates.t().reshape(-1)
-    onehot = F.one_hot(expert, E)                                     # [k*t, E]
-    slot = (onehot.cumsum(0) * onehot).sum(-1) - 1                    # position within its expert
-    kept = slot < cap
-    expert, token, gate = expert[kept], token[kept], gate[kept]
+    if cap >= t * k:                                                  # nothing can overflow
+        dropped = expert.new_zeros(())
+    else:
+        onehot = F.one_hot(expert, E)                                 # [k*t, E]
+        slot = (onehot.cumsum(0) * onehot).sum(-1) - 1                # position within its expert
+        kept = slot < cap
+        expert, token, gate = expert[kept], token[kept], gate[kept]
+        dropped = (~kept).sum()
     order = torch.argsort(expert, stable=True)
     counts = torch.bincount(expert, minlength=E)
-    return Dispatch(token[order], gate[order], counts, (~kept).sum())
+    return Dispatch(token[order], gate[order], counts, dropped)
 
 
 class Experts(nn.Module):
@@ -165,6 +170,13 @@ class Experts(nn.Module):
         outs = [self.expert(e, chunk) for e, chunk in enumerate(x.split(counts)) if chunk.shape[0]]
         return torch.cat(outs) if outs else x.new_zeros(x.shape)
 
+    def gathered(self, x: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        """Each row of ``x`` ``[a, d]`` through its own expert ``expert`` ``[a]`` with one batched
+        matmul over gathered weights: for a handful of tokens (latency-bound scoring) this beats
+        a kernel launch per expert; its memory grows as ``a * d * m``, so only for small ``a``."""
+        h = F.gelu(torch.bmm(x.unsqueeze(1), self.w1[expert]).squeeze(1) + self.b1[expert])
+        return torch.bmm(h.unsqueeze(1), self.w2[expert]).squeeze(1) + self.b2[expert]
+
 
 class MoEFeedForward(nn.Module):
     """Router + experts in place of a feed-forward block (``eval_capacity_factor`` None: no
@@ -182,6 +194,7 @@ class MoEFeedForward(nn.Module):
             raise ValueError(f"top_k {top_k} must be in 1..n_experts ({n_experts})")
         self.n_experts, self.top_k = n_experts, top_k
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
+        self.gather_below = 64     # assignments under which inference uses Experts.gathered
         self.router = nn.Linear(d_model, n_experts, bias=False)
         nn.init.normal_(self.router.weight, std=0.02)
         self.experts = Experts(n_experts, d_model, d_expert)
@@ -193,14 +206,24 @@ class MoEFeedForward(nn.Module):
         cap = (capacity(xt.shape[0], self.top_k, self.n_experts, factor) if factor is not None
                else max(1, xt.shape[0] * self.top_k))
         d = dispatch(r, cap)
-        ys = self.experts(xt[d.token], d.counts.tolist()) * d.gate.unsqueeze(-1).to(x.dtype)
+        xs = xt[d.token]
+        if d.token.shape[0] <= self.gather_below and not torch.is_grad_enabled():
+            ys = self.experts.gathered(xs, torch.repeat_interleave(
+                torch.arange(self.n_experts, device=x.device), d.counts))
+        else:
+            ys = self.experts(xs, d.counts.tolist())
+        ys = ys * d.gate.unsqueeze(-1).to(x.dtype)
         yt = torch.zeros_like(xt).index_add_(0, d.token, ys)
         y = torch.zeros_like(x)
         y[keep] = yt
         stats = RoutingStats(tokens_per_expert=d.counts, dropped=d.dropped,
                              routed=torch.tensor(xt.shape[0] * self.top_k, device=x.device),
                              first_choice=torch.bincount(r.experts[:, 0], minlength=self.n_experts))
-        return y, load_balance_loss(r), router_z_loss(r.logits), stats
+        if torch.is_grad_enabled():
+            return y, load_balance_loss(r), router_z_loss(r.logits), stats
+        # nothing can descend them: skip their reductions on the inference path
+        zero = x.new_zeros(())
+        return y, zero, zero, stats
 
 
 class MoEEncoder(Encoder):

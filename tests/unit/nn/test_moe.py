@@ -118,6 +118,25 @@ def test_grouped_dispatch_equals_the_naive_per_token_reference(top_k, factor):
     assert balance.shape == () and z.shape == () and float(z) > 0
 
 
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_inference_paths_equal_the_training_path(top_k):
+    """Under no_grad a small batch runs every assignment through gathered expert weights and a
+    large one through the per-expert loop; both give the grouped result, and no aux losses."""
+    torch.manual_seed(3)
+    layer = MoEFeedForward(d_model=8, n_experts=4, d_expert=16, top_k=top_k).eval()
+    with torch.no_grad():
+        layer.router.weight.normal_(0, 1.0)
+    for n in (3, 40):                                       # 3*5*k under, 40*5*k over gather_below
+        x = torch.randn(n, 5, 8)
+        keep = torch.rand(n, 5) > 0.2
+        y_grad, balance, _, stats = layer(x, keep)
+        with torch.no_grad():
+            y, b0, z0, s0 = layer(x, keep)
+        assert torch.allclose(y, y_grad, atol=1e-5) and float(balance) > 0
+        assert float(b0) == 0.0 and float(z0) == 0.0
+        assert s0.tokens_per_expert.tolist() == stats.tokens_per_expert.tolist()
+
+
 def test_router_gets_a_gradient_with_top1():
     layer = MoEFeedForward(d_model=4, n_experts=2, d_expert=8, top_k=1)
     x = torch.randn(2, 3, 4)
