@@ -15,6 +15,7 @@ each task is scored with the rows of the other tasks within that distance as con
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine
 from zeekml.parse.reader import GZIP_MAGIC, detect_format, open_binary
 from zeekml.parse.reject import RejectedRecord
+from zeekml.scoring.context import (context_seconds, detectors_in_context, take_ts_range,
+                                     with_context)
 
 log = logging.getLogger(__name__)
 
@@ -199,19 +202,14 @@ def _score(result: ReadResult, fitted, before: list | None = None,
     if not before and not after:
         verdicts = score_fitted(result.table, fitted)
     else:
-        table = pa.concat_tables([*before, result.table, *after])
-        n0 = sum(t.num_rows for t in before)
-        verdicts = score_fitted(table, fitted)[n0:n0 + result.table.num_rows]
+        table, targets = with_context(before, result.table, after)
+        verdicts = score_fitted(result.table, dataclasses.replace(
+            fitted, detectors=detectors_in_context(fitted.detectors, table, targets)))
     return verdict_lines(verdicts), len(verdicts), [v for v in verdicts if v.alert]
 
 
 def _take_range(result: ReadResult, lo: float, hi: float) -> pa.Table:
-    ts = _ts_of(result)
-    return result.table.filter(pa.array((ts >= lo) & (ts <= hi)))
-
-
-def context_seconds(fitted) -> float:
-    return max((float(getattr(d, "context_seconds", 0.0)) for d in fitted.detectors), default=0.0)
+    return take_ts_range(result.table, lo, hi)
 
 
 def _meta(result: ReadResult) -> tuple[int, int, int, list[RejectedRecord], str | None]:

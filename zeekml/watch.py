@@ -32,19 +32,23 @@ the same data (fitting is seeded, so it gets the same thresholds), and
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
+import struct
 import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
 
 from zeekml._core.errors import OutputError, ZeekmlError
@@ -54,6 +58,7 @@ from zeekml.parse.reject import Quarantine
 from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES
 from zeekml.pipeline import (FittedDetectors, ScoreOptions, ScoreSummary, fit_calibrate,
                              load_conns, score_fitted)
+from zeekml.scoring.context import detectors_in_context, horizons, ts_array
 from zeekml.scoring.verdict import Verdict
 from zeekml.sinks.jsonl import QuarantineWriter, VerdictWriter, _clean
 from zeekml.sinks.zeek_notice import NOTICE_FIELDS, NoticeWriter
@@ -92,6 +97,11 @@ class WatchOptions:
         retry_seconds: first backoff when an output write fails (default 0.5; doubles to
             ``max_retry_seconds``, default 10.0).
         dedup_capacity: verdict ids remembered to drop duplicates (default 200000).
+        context_lateness: detectors with a time context: how many seconds behind the newest
+            ``ts`` a conn may still arrive and be counted as context of its neighbours (default
+            300, Zeek's TCP inactivity timeout); each conn's verdict waits that long plus the
+            detectors' forward horizon (see ``LiveContext``).
+        context_max_rows: at most this many conns kept as context and pending (default 1000000).
     """
 
     score: ScoreOptions = field(default_factory=ScoreOptions)
@@ -107,6 +117,8 @@ class WatchOptions:
     retry_seconds: float = 0.5
     max_retry_seconds: float = 10.0
     dedup_capacity: int = 200_000
+    context_lateness: float = 300.0
+    context_max_rows: int = 1_000_000
 
 
 @dataclass
@@ -140,6 +152,7 @@ class WatchStats:
     rescans: int = 0
     rss_bytes: int = 0
     calibration: dict = field(default_factory=dict)
+    context: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -322,6 +335,306 @@ class VerdictDedup:
 
 
 # ---------------------------------------------------------------------------------------------
+# detectors with a time context
+
+JOURNAL_PREFIX = "context."
+JOURNAL_SUFFIX = ".journal"
+_ROWS, _MARK = b"R", b"T"
+_MARK_FMT = struct.Struct("<dddB")
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+class LiveContext:
+    """The conns that detectors with a time context (``scoring.context``) still need, in arrival
+    order: already scored ones kept as context for later conns, and pending ones held back until
+    their forward context has arrived.
+
+    A conn is scored once the newest ``ts`` seen (the watermark) is past its ``ts`` by the widest
+    forward horizon plus ``lateness`` (how far behind the newest conn a record may still arrive:
+    Zeek writes a conn when it ends, with ``ts`` its start), or when the input is flushed
+    (``--once``). It is scored among every kept conn within each detector's horizon, in arrival
+    order, which is what ``zeekml score`` does on the whole log. Scored conns are dropped once
+    older than every pending conn's backward horizon. Released conns always satisfy
+    ``ts <= released`` (or were flushed), so the state is replayed exactly from a journal of
+    "rows" and "release mark" records (see ``ContextJournal``).
+
+    Memory is bounded by ``max_rows``: beyond it the oldest scored conns are dropped early, and if
+    pending conns alone pass it the oldest are released early; both are counted
+    (``evicted_early``, ``released_early``), as are conns that arrive later than ``lateness``
+    (``late``): for those and their neighbours the verdict may differ from ``zeekml score``.
+    """
+
+    def __init__(self, fitted: FittedDetectors, lateness: float = 300.0,
+                 max_rows: int = 1_000_000):
+        self.back, self.fwd = horizons(fitted)
+        self.lateness = float(lateness)
+        self.max_rows = max(1, int(max_rows))
+        self.table: pa.Table = CONN_SCHEMA.empty_table()
+        self._parts: list[pa.Table] = []
+        self.ts = np.zeros(0)
+        self.scored = np.zeros(0, dtype=bool)
+        self.watermark = -math.inf
+        self.released = -math.inf
+        self.scored_max = -math.inf
+        self.late = 0
+        self.evicted_early = 0
+        self.released_early = 0
+        self._journal: list[bytes] = []
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def rows(self) -> int:
+        return len(self.ts)
+
+    @property
+    def pending(self) -> int:
+        return int(len(self.scored) - np.count_nonzero(self.scored))
+
+    def _tbl(self) -> pa.Table:
+        if self._parts:
+            self.table = pa.concat_tables([self.table, *self._parts])
+            self._parts = []
+            if self.table.column(0).num_chunks > 64:
+                self.table = self.table.combine_chunks()
+        return self.table
+
+    def _append(self, table: pa.Table, scored: np.ndarray | None, journal: bool) -> None:
+        if journal:
+            self._journal.append(_ROWS + _ipc(table))
+        ts = ts_array(table)
+        fin = ts[np.isfinite(ts)]
+        if len(fin) and self.scored_max > -math.inf:
+            self.late += int(np.count_nonzero(fin <= self.scored_max + self.fwd))
+        if len(fin):
+            self.watermark = max(self.watermark, float(fin.max()))
+        self._parts.append(table)
+        self.ts = np.concatenate([self.ts, ts])
+        self.scored = np.concatenate(
+            [self.scored, scored if scored is not None else np.zeros(len(ts), dtype=bool)])
+
+    def add(self, table: pa.Table) -> None:
+        """New conns (read, not yet scored)."""
+        if table.num_rows:
+            self._append(table, None, journal=True)
+
+    # -- releasing ---------------------------------------------------------------------------
+
+    def _release_mask(self, flush: bool) -> np.ndarray:
+        todo = ~self.scored
+        if flush:
+            return todo
+        threshold = self.watermark - self.fwd - self.lateness
+        if self.released < threshold:
+            self.released = threshold
+        extra = self.pending - self.max_rows
+        if extra > 0:  # too many pending: release the oldest early
+            pts = np.where(todo & np.isfinite(self.ts), self.ts, np.inf)
+            forced = float(np.partition(pts, extra - 1)[extra - 1])
+            if forced > self.released:
+                self.released_early += int(np.count_nonzero(
+                    todo & (self.ts > self.released) & (self.ts <= forced)))
+                self.released = forced
+        with np.errstate(invalid="ignore"):
+            return todo & ((self.ts <= self.released) | ~np.isfinite(self.ts))
+
+    def release(self, fitted: FittedDetectors, flush: bool = False) -> list[Verdict]:
+        """Score the conns that are due (all pending ones with ``flush``), in arrival order."""
+        mask = self._release_mask(flush)
+        self._journal.append(_MARK + _MARK_FMT.pack(self.released, self.watermark,
+                                                     self.scored_max, int(flush)))
+        targets = np.flatnonzero(mask)
+        verdicts: list[Verdict] = []
+        if len(targets):
+            table = self._tbl()
+            dets = detectors_in_context(fitted.detectors, table, targets, self.ts)
+            verdicts = score_fitted(table.take(pa.array(targets, pa.int64())),
+                                    dataclasses.replace(fitted, detectors=dets))
+            self._mark(mask)
+        self._evict()
+        return verdicts
+
+    def _mark(self, mask: np.ndarray) -> None:
+        self.scored |= mask
+        fin = self.ts[mask & np.isfinite(self.ts)]
+        if len(fin):
+            self.scored_max = max(self.scored_max, float(fin.max()))
+
+    def _evict(self) -> None:
+        """Drop scored conns no pending or future conn can have in its horizon."""
+        if not len(self.ts):
+            return
+        todo = ~self.scored
+        oldest = np.min(self.ts[todo & np.isfinite(self.ts)], initial=self.released)
+        with np.errstate(invalid="ignore"):
+            keep = todo | (self.ts >= min(oldest, self.released) - self.back)
+        extra = int(np.count_nonzero(keep)) - self.max_rows
+        if extra > 0:  # over the memory bound: the oldest scored conns go early
+            sts = np.where(keep & self.scored, self.ts, np.inf)
+            cut = np.argsort(sts, kind="stable")[:extra]
+            keep[cut] = False
+            self.evicted_early += extra
+        if keep.all():
+            return
+        rows = np.flatnonzero(keep)
+        self.table = self._tbl().take(pa.array(rows, pa.int64())).combine_chunks() \
+            if len(rows) else CONN_SCHEMA.empty_table()
+        self.ts, self.scored = self.ts[rows], self.scored[rows]
+
+    # -- journal -----------------------------------------------------------------------------
+
+    def journal_delta(self) -> bytes:
+        """The records since the last call (rows added, release marks)."""
+        data = b"".join(_frame(r) for r in self._journal)
+        self._journal = []
+        return data
+
+    def snapshot(self) -> bytes:
+        """The whole state as journal records (for compaction)."""
+        t = self._tbl().append_column("__scored", pa.array(self.scored, pa.bool_()))
+        return _frame(_ROWS + _ipc(t)) + _frame(_MARK + _MARK_FMT.pack(
+            self.released, self.watermark, self.scored_max, 0))
+
+    def replay(self, data: bytes) -> None:
+        """Rebuild the state from journal records (the committed part of the journal)."""
+        for rec in _records(data):
+            kind, body = rec[:1], rec[1:]
+            if kind == _ROWS:
+                t = pa.ipc.open_stream(body).read_all()
+                scored = None
+                if "__scored" in t.column_names:
+                    scored = t.column("__scored").to_numpy(zero_copy_only=False).astype(bool)
+                    t = t.drop_columns(["__scored"])
+                self._append(t, scored, journal=False)
+            elif kind == _MARK:
+                released, watermark, scored_max, flush = _MARK_FMT.unpack(body)
+                self.released = max(self.released, released)
+                self.watermark = max(self.watermark, watermark)
+                self.scored_max = max(self.scored_max, scored_max)
+                with np.errstate(invalid="ignore"):
+                    mask = ~self.scored if flush else ~self.scored & (
+                        (self.ts <= self.released) | ~np.isfinite(self.ts))
+                self._mark(mask)
+                self._evict()
+        self._journal = []
+        self.late = 0
+
+
+def _frame(rec: bytes) -> bytes:
+    return struct.pack("<Q", len(rec)) + rec
+
+
+def _records(data: bytes):
+    pos = 0
+    while pos + 8 <= len(data):
+        (n,) = struct.unpack_from("<Q", data, pos)
+        if pos + 8 + n > len(data):
+            raise ZeekmlError("context journal ends inside a record")
+        yield data[pos + 8:pos + 8 + n]
+        pos += 8 + n
+
+
+class ContextJournal:
+    """``OUTDIR/context.<N>.journal``: append-only records of ``LiveContext``, committed (file
+    name and length) in the checkpoint with the outputs. At open it is cut back to the committed
+    length. When it has grown well past the state it holds, a new generation is written whole and
+    the checkpoint switches to it; a generation is deleted once neither the checkpoint nor its
+    previous generation names it."""
+
+    def __init__(self, out_dir: str, committed: dict, write: WriteFn | None = None):
+        self.out_dir = out_dir
+        self._write = write or os.pwrite
+        self.name = committed.get("journal") or f"{JOURNAL_PREFIX}{1:06d}{JOURNAL_SUFFIX}"
+        self.length = int(committed.get("length", 0))
+        self._keep = {self.name}
+        self._last_committed = self.name
+        self.fd = -1
+        self._open(self.name, self.length)
+
+    def _open(self, name: str, length: int) -> None:
+        path = os.path.join(self.out_dir, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(f"cannot open: {e.strerror}", path) from e
+        size = os.fstat(fd).st_size
+        if size < length:
+            os.close(fd)
+            raise ZeekmlError(f"context journal is shorter ({size}) than committed ({length}); "
+                              "it was changed by someone else: use a new --out", path)
+        if size > length:
+            os.ftruncate(fd, length)
+            os.fsync(fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = fd
+
+    def read(self) -> bytes:
+        return os.pread(self.fd, self.length, 0) if self.length else b""
+
+    def append(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            view, off = memoryview(data), self.length
+            while view:
+                n = self._write(self.fd, view, off)
+                if n <= 0:
+                    raise OSError(errno.EIO, "short write")
+                view, off = view[n:], off + n
+            os.fsync(self.fd)
+        except OSError as e:
+            try:
+                os.ftruncate(self.fd, self.length)
+            except OSError:
+                pass
+            raise OutputError(f"cannot write the context journal: {e.strerror or e}",
+                              self.out_dir) from e
+        self.length += len(data)
+
+    def rewrite(self, data: bytes) -> None:
+        """A new generation holding ``data``; the old one stays until two commits later."""
+        gen = int(self.name[len(JOURNAL_PREFIX):-len(JOURNAL_SUFFIX)]) + 1
+        name = f"{JOURNAL_PREFIX}{gen:06d}{JOURNAL_SUFFIX}"
+        path = os.path.join(self.out_dir, name)
+        try:
+            _atomic_write(path, data)
+        except OSError as e:
+            raise OutputError(f"cannot write the context journal: {e.strerror or e}", path) from e
+        self._open(name, len(data))
+        self.name, self.length = name, len(data)
+        self._keep.add(name)
+
+    def committed(self) -> dict:
+        return {"journal": self.name, "length": self.length}
+
+    def after_commit(self) -> None:
+        """Delete generations that neither this commit nor the one before names."""
+        keep = {self._last_committed, self.name}
+        if len(self._keep - keep) or self._last_committed != self.name:
+            for name in os.listdir(self.out_dir):
+                if name.startswith(JOURNAL_PREFIX) and name.endswith(JOURNAL_SUFFIX) \
+                        and name not in keep:
+                    try:
+                        os.unlink(os.path.join(self.out_dir, name))
+                    except OSError:
+                        pass
+        self._keep = {self.name}
+        self._last_committed = self.name
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+# ---------------------------------------------------------------------------------------------
 # calibration
 
 BASELINE_FIELDS = [(f.name, KNOWN_FIELD_TYPES.get(f.name, "string")) for f in CONN_SCHEMA]
@@ -384,6 +697,8 @@ class Watcher:
         self._follower: DirectoryFollower | None = None
         self._pending_quarantine = _QuarantineLines()
         self._quarantine = Quarantine(sink=self._pending_quarantine.write)
+        self._ctx: LiveContext | None = None
+        self._journal: ContextJournal | None = None
 
     def request_stop(self) -> None:
         """Finish the current window, commit and return from ``run`` (signal-handler safe)."""
@@ -446,15 +761,13 @@ class Watcher:
         baseline = load_conns(files, Quarantine(), base_summary)
         summary = ScoreSummary()
         fitted = fit_calibrate(baseline, so, summary)
-        for det in fitted.detectors:
-            ctx = float(getattr(det, "context_seconds", 0.0) or 0.0)
-            if ctx > 0:
-                raise ZeekmlError(
-                    f"detector {det.name!r} scores a conn together with the conns within "
-                    f"{ctx:g} s of it; live windows cannot give it the verdict `zeekml score` "
-                    "gives yet, so watch runs the per-conn detectors only (iforest)")
-        doc = {"options": want, "sources": sources, "records": baseline.num_rows,
-               "thresholds": summary.thresholds}
+        names = [d.name for d in fitted.detectors]
+        if saved is not None and saved.get("models", list(so.detectors)) != names:
+            raise ZeekmlError(f"calibrated with the detectors {saved.get('models')}, now "
+                              f"{names}; use the same --models/--no-models, a new --out, or "
+                              "--recalibrate", cal_path)
+        doc = {"options": want, "models": names, "sources": sources,
+               "records": baseline.num_rows, "thresholds": summary.thresholds}
         if saved is not None and saved.get("thresholds") != json.loads(json.dumps(
                 summary.thresholds)):
             log.warning("refitting gave other thresholds than the saved calibration "
@@ -526,6 +839,14 @@ class Watcher:
             except _Stopped:
                 self.stats.state = "stopped"
                 return self.stats
+            back, fwd = horizons(fitted)
+            if back > 0 or fwd > 0:
+                self._journal = ContextJournal(self.out_dir, cp.context, self._write)
+                self._ctx = LiveContext(fitted, opts.context_lateness, opts.context_max_rows)
+                self._ctx.replay(self._journal.read())
+                log.info("detectors with a time context: %g s back, %g s forward; %d conns "
+                         "restored (%d pending)", back, fwd, self._ctx.rows, self._ctx.pending)
+                self._context_stats()
             if opts.score.zeek_feedback:
                 from zeekml.sinks.zeek_input import VerdictFeedbackWriter
                 feedback = VerdictFeedbackWriter(opts.score.zeek_feedback)
@@ -544,6 +865,8 @@ class Watcher:
                 self._follower = None
         finally:
             outputs.close()
+            if self._journal is not None:
+                self._journal.close()
             self._status_maybe(self._follower, force=True)
             os.close(lock_fd)
         return self.stats
@@ -573,6 +896,8 @@ class Watcher:
                 if window_started is None:
                     window_started = now
             idle = follower.caught_up and not got
+            if opts.once and idle and self._ctx is not None and self._ctx.pending:
+                dirty = True       # --once: the conns held back for their context are due now
             due = dirty and (stopping or window_rows >= opts.window_records
                              or (window_started is not None
                                  and now - window_started >= opts.window_seconds)
@@ -580,7 +905,7 @@ class Watcher:
             if due:
                 try:
                     self._commit_window(window, follower, fitted, outputs, dedup, feedback,
-                                        store, cp)
+                                        store, cp, flush=opts.once and idle and not stopping)
                 except _Stopped:
                     log.warning("stopped while the output was not writable; the last window "
                                 "was not committed and will be read again")
@@ -601,11 +926,18 @@ class Watcher:
                 follower.wait(min(timeout, opts.status_seconds, 1.0))
 
     def _commit_window(self, window, follower, fitted, outputs, dedup, feedback, store,
-                       cp) -> None:
+                       cp, flush: bool = False) -> None:
         verdict_lines = _VerdictLines()
         notice_lines = _NoticeLines()
         table = conn_table(window) if window else None
-        verdicts: list[Verdict] = score_fitted(table, fitted) if table is not None else []
+        ctx, journal = self._ctx, self._journal
+        if ctx is None:
+            verdicts: list[Verdict] = score_fitted(table, fitted) if table is not None else []
+        else:
+            if table is not None:
+                ctx.add(table)
+            verdicts = ctx.release(fitted, flush=flush)
+            delta = ctx.journal_delta()
         alerts: list[Verdict] = []
         notes: Counter[str] = Counter()
         for v in verdicts:
@@ -624,6 +956,14 @@ class Watcher:
             parts[NOTICES] = notice_lines._log.header() + parts[NOTICES]
         self._durably(lambda: outputs.append(parts))
         q.lines.clear()
+        if journal is not None:
+            if journal.length > 64 << 20 and journal.length > 4 * ctx._tbl().nbytes:
+                snap = ctx.snapshot()
+                self._durably(lambda: journal.rewrite(snap))
+            else:
+                self._durably(lambda: journal.append(delta))
+            cp.context = journal.committed()
+            self._context_stats()
         if feedback is not None and alerts:
             self._durably(lambda: feedback.write(alerts))
         cp.files, cp.done = follower.snapshot()
@@ -636,8 +976,18 @@ class Watcher:
         self.stats.windows += 1
         cp.stats = {"verdicts_written": self.stats.verdicts_written, "alerts": self.stats.alerts}
         self._durably(lambda: store.commit(cp))
+        if journal is not None:
+            journal.after_commit()
         self.stats.commits += 1
         self.stats.checkpoint_generation = cp.generation
+
+    def _context_stats(self) -> None:
+        c = self._ctx
+        self.stats.context = {
+            "back_s": c.back, "forward_s": c.fwd, "lateness_s": c.lateness, "rows": c.rows,
+            "pending": c.pending, "late": c.late, "evicted_early": c.evicted_early,
+            "released_early": c.released_early,
+            "journal_bytes": self._journal.length if self._journal else 0}
 
     def _durably(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` until it succeeds; on output errors wait and retry (backpressure)."""

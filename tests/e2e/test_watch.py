@@ -51,12 +51,12 @@ def test_live_verdicts_equal_batch_verdicts_on_a_real_log(tmp_path):
     with open(live, "wb") as f:
         f.write(data[: len(data) // 3])
     res = r.invoke(main, ["watch", str(root), "--out", str(tmp_path / "live"), "--once",
-                          "--baseline", REAL_CONN, "--window-records", "50", "--quiet"])
+                          "--baseline", REAL_CONN, "--window-records", "50", "--quiet", "--no-models"])
     assert res.exit_code == 0, res.output
     with open(live, "ab") as f:
         f.write(data[len(data) // 3:])
     res = r.invoke(main, ["watch", str(root), "--out", str(tmp_path / "live"), "--once",
-                          "--baseline", REAL_CONN, "--window-records", "50", "--quiet"])
+                          "--baseline", REAL_CONN, "--window-records", "50", "--quiet", "--no-models"])
     assert res.exit_code == 0, res.output
     res = r.invoke(main, ["score", REAL_CONN, "--out", str(tmp_path / "batch"),
                           "--baseline", REAL_CONN, "--no-progress", "--no-models"])
@@ -212,7 +212,7 @@ def test_cli_status_stats_file_and_zeek_feedback(tmp_path):
     out, fb = tmp_path / "out", tmp_path / "zeekml_verdicts.log"
     res = CliRunner().invoke(main, ["watch", str(root), "--out", str(out), "--once",
                                     "--baseline", REAL_CONN, "--zeek-feedback", str(fb),
-                                    "--status-seconds", "0.1"])
+                                    "--status-seconds", "0.1", "--no-models"])
     assert res.exit_code == 0, res.output
     assert "records/s" in res.output and "lag" in res.output and "quarantined" in res.output
     stats = json.loads((out / "stats.json").read_text())
@@ -232,11 +232,11 @@ def test_cli_errors_are_one_line(tmp_path):
     root.mkdir()
     shutil.copy(REAL_CONN, root / "conn.log")
     r = CliRunner().invoke(main, ["watch", str(root), "--out", str(tmp_path / "o"), "--once",
-                                  "--baseline", REAL_CONN, "--quiet"])
+                                  "--baseline", REAL_CONN, "--quiet", "--no-models"])
     assert r.exit_code == 0, r.output
     other = write_baseline(str(tmp_path / "other.log"))
     r = CliRunner().invoke(main, ["watch", str(root), "--out", str(tmp_path / "o"), "--once",
-                                  "--baseline", other, "--quiet"])
+                                  "--baseline", other, "--quiet", "--no-models"])
     assert r.exit_code == 1 and "another baseline" in r.output
 
 
@@ -264,7 +264,7 @@ def test_cli_sigterm_commits_a_final_checkpoint(tmp_path):
     w.write(500)
     for sig in (signal.SIGTERM, signal.SIGINT):
         p = start(_cli_child, ["watch", str(root), "--out", str(out), "--baseline", baseline,
-                               "--quiet", "--window-seconds", "5", "--status-seconds", "0.2"])
+                               "--quiet", "--no-models", "--window-seconds", "5", "--status-seconds", "0.2"])
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:     # running and the records read (window still open)
             st = (out / "stats.json")
@@ -282,29 +282,3 @@ def test_cli_sigterm_commits_a_final_checkpoint(tmp_path):
     assert set(counts) == all_uids(600) and max(counts.values()) == 1
     s = _watch_once(str(root), str(out), baseline, dedup_capacity=0)
     assert s.scored == 100
-
-
-def test_detectors_with_a_time_context_are_refused(tmp_path, monkeypatch):
-    """A detector whose score of a conn depends on its neighbours (GNN, MAE) would give other
-    verdicts in live windows than in batch: watch says so instead of scoring."""
-    import pytest
-
-    import zeekml.watch as zw
-    from zeekml._core.errors import ZeekmlError
-    real = zw.fit_calibrate
-
-    def with_context(baseline, options, summary=None):
-        fitted = real(baseline, options, summary)
-        type(fitted.detectors[0]).context_seconds = 60.0
-        return fitted
-
-    monkeypatch.setattr(zw, "fit_calibrate", with_context)
-    from zeekml.scoring.detector import IsolationForestDetector
-    try:
-        root = tmp_path / "logs"
-        root.mkdir()
-        shutil.copy(REAL_CONN, root / "conn.log")
-        with pytest.raises(ZeekmlError, match="within 60 s"):
-            _watch_once(str(root), str(tmp_path / "out"), REAL_CONN)
-    finally:
-        del IsolationForestDetector.context_seconds

@@ -81,8 +81,10 @@ class ZeekWriter:
                 ``logs/<date>/conn.<HH:MM:SS>-<HH:MM:SS>.log.gz`` and deletes the queue file.
     """
 
-    def __init__(self, root: str, layout: str = "standalone", seed: int = 0, tag: str = "W"):
+    def __init__(self, root: str, layout: str = "standalone", seed: int = 0, tag: str = "W",
+                 ts_step: float = 0.01):
         self.root, self.layout, self.tag = root, layout, tag
+        self.ts_step = ts_step
         self.rng = random.Random(seed)
         self.next_uid = 0
         self.rotations = 0
@@ -106,7 +108,7 @@ class ZeekWriter:
     def write(self, n: int, pieces: bool = True) -> list[str]:
         uids = []
         for _ in range(n):
-            line = conn_line(self.next_uid, self.tag)
+            line = conn_line(self.next_uid, self.tag, 1_700_000_000 + self.next_uid * self.ts_step)
             uids.append(uid_of(self.next_uid, self.tag))
             self.next_uid += 1
             if pieces:
@@ -184,9 +186,9 @@ class ZeekWriter:
 
 
 def writer_process(root: str, layout: str, n: int, seed: int, rotate_every: int,
-                   sleep: float) -> None:
+                   sleep: float, ts_step: float = 0.01) -> None:
     """Body of a forked writer: ``n`` records, rotations, short sleeps; then exits."""
-    w = ZeekWriter(root, layout, seed=seed)
+    w = ZeekWriter(root, layout, seed=seed, ts_step=ts_step)
     rng = random.Random(seed)
     written = 0
     while written < n:
@@ -217,6 +219,9 @@ def watcher_process(root: str, out: str, kwargs: dict) -> None:
     signal.signal(signal.SIGTERM, on_term)
     import logging
     logging.disable(logging.WARNING)
+    if kwargs.get("score", {}).get("models_dir"):
+        import torch
+        torch.set_num_threads(1)
     from zeekml.pipeline import ScoreOptions
     from zeekml.watch import Watcher, WatchOptions
     score = ScoreOptions(**kwargs.pop("score", {}))

@@ -36,9 +36,28 @@ from zeekml.watch import Watcher, WatchOptions, status_line
 @click.option("--no-events", is_flag=True, help="Rely on the periodic rescan only.")
 @click.option("--status-seconds", default=5.0, show_default=True, type=click.FloatRange(0.1),
               help="Status line and stats.json period.")
+@click.option("--models", "models_dir", default="", type=click.Path(file_okay=False),
+              help="Directory of learned detectors (model dirs whose config.json says "
+                   "\"detector\": true). Default: the shipped models/ ($ZEEKML_MODELS), as "
+                   "`zeekml score`.")
+@click.option("--no-models", is_flag=True,
+              help="Only the IsolationForest baseline, no learned detectors.")
+@click.option("--device", default="cpu", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where learned detectors run; auto = CUDA when present.")
+@click.option("--context-lateness", default=300.0, show_default=True,
+              type=click.FloatRange(0),
+              help="Detectors that look at neighbouring conns (GNN, autoencoder, MoE): a conn "
+                   "is scored once conns this many seconds newer (plus the detectors' forward "
+                   "horizon) have arrived, so that conns Zeek writes late still count as its "
+                   "context.")
+@click.option("--context-max-rows", default=1_000_000, show_default=True,
+              type=click.IntRange(1000),
+              help="At most this many conns kept in memory as context and pending.")
 @click.option("--quiet", is_flag=True, help="No status line.")
 def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, recalibrate, fpr,
           seed, window_seconds, window_records, rescan_seconds, no_events, status_seconds,
+          models_dir, no_models, device, context_lateness, context_max_rows,
           quiet) -> None:
     """Score the conn logs of a live Zeek log directory as they are written.
 
@@ -46,15 +65,25 @@ def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, r
     supervisor log-queue/), TSV or JSON, across rotations and restarts; each record is scored
     exactly once. SIGTERM/SIGINT finish the current window and commit a final checkpoint.
 
-    Exit codes: 0 ok, 1 error, 2 missing directory, 6 output not writable (stopped while
-    stalled).
+    Detectors are those of `zeekml score`: the IsolationForest and the learned models of
+    --models (default: the shipped ones). Those that look at neighbouring conns get them: a conn
+    is scored once the conns within their horizon have arrived (see --context-lateness), so its
+    verdict equals `zeekml score`'s on the same log; --once scores every pending conn at the end.
+
+    Exit codes: 0 ok, 1 error, 2 missing directory, 5 model files missing or altered, 6 output
+    not writable (stopped while stalled).
     """
+    from zeekml._core.device import resolve_device
+
     opts = WatchOptions(
-        score=ScoreOptions(fpr=fpr, baseline=list(baseline), seed=seed, zeek_feedback=zeek_feedback),
+        score=ScoreOptions(fpr=fpr, baseline=list(baseline), seed=seed, zeek_feedback=zeek_feedback,
+                           models_dir=None if no_models else models_dir,
+                           device=resolve_device(device)),
         baseline_records=baseline_records, recalibrate=recalibrate,
         window_seconds=window_seconds, window_records=window_records,
         rescan_seconds=rescan_seconds, use_events=not no_events, once=once,
-        status_seconds=status_seconds)
+        status_seconds=status_seconds, context_lateness=context_lateness,
+        context_max_rows=context_max_rows)
 
     def on_status(d: dict) -> None:
         if not quiet:

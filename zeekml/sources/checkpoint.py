@@ -75,6 +75,9 @@ class FileState:
 class Checkpoint:
     """Everything a restart needs: per-identity progress and the committed output lengths.
 
+    ``context`` names the context journal of ``zeekml watch`` and its committed length (conns
+    kept for detectors that look at neighbouring conns, pending ones included).
+
     ``done`` holds the identities read to their end (``#close`` seen, whole archive read): only
     their ids are kept, and once there are many they move to the ledger file
     ``<name>.done`` (written before the checkpoint that drops them), so the document committed
@@ -87,12 +90,14 @@ class Checkpoint:
     outputs: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     written_at: float = 0.0
+    context: dict[str, Any] = field(default_factory=dict)
 
     def body(self) -> dict:
         return {"generation": self.generation, "written_at": self.written_at,
                 "files": {k: v.to_dict() for k, v in sorted(self.files.items())},
                 "done": sorted(self.done),
-                "outputs": dict(sorted(self.outputs.items())), "stats": self.stats}
+                "outputs": dict(sorted(self.outputs.items())), "stats": self.stats,
+                "context": self.context}
 
     @classmethod
     def from_body(cls, body: dict) -> "Checkpoint":
@@ -101,7 +106,8 @@ class Checkpoint:
                    done=set(body.get("done", [])),
                    outputs={k: int(v) for k, v in body.get("outputs", {}).items()},
                    stats=dict(body.get("stats", {})),
-                   written_at=float(body.get("written_at", 0.0)))
+                   written_at=float(body.get("written_at", 0.0)),
+                   context=dict(body.get("context", {})))
 
 
 def header_to_dict(h: ZeekHeader | None) -> dict | None:
@@ -247,7 +253,7 @@ class CheckpointStore:
             self._ledger = ledger
             new_done = set()
         body_cp = Checkpoint(cp.generation, cp.files, new_done, cp.outputs, cp.stats,
-                             cp.written_at)
+                             cp.written_at, cp.context)
         old_generation = cp.generation
         cp.generation = body_cp.generation = max(self.generation, cp.generation) + 1
         cp.written_at = body_cp.written_at = time.time()

@@ -1,0 +1,120 @@
+"""Scoring conns together with the conns around them in time (split and live scoring).
+
+A detector whose score of a conn depends on other conns says how far in time with
+``context_seconds`` (the GNN's graph windows, the autoencoder's and the token models' host
+histories). Scoring a *part* of a log then gives the verdicts of scoring the whole log when each
+contextual detector sees, beside the part's rows, every other row within its horizon of them.
+``zeekml score --dask`` (byte-range tasks, ``zeekml.distributed``) and ``zeekml watch`` (live
+windows, ``zeekml.watch``) both score that way through this module.
+
+Horizon of a detector: ``context_seconds`` back and ``forward_context_seconds`` forward. A
+detector without ``forward_context_seconds`` is taken to look as far forward as back (safe),
+except the host-history detectors named in ``BACKWARD_ONLY``, whose inputs are a conn's
+originator's *earlier* conns only (``features.modality.host_sequences``,
+``features.tokens.FlowTokenizer``): nothing later changes their score.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+BACKWARD_ONLY = frozenset({"mae", "moe", "dense"})
+"""Detector names whose score depends only on earlier conns (until they say so themselves with
+``forward_context_seconds``)."""
+
+
+def horizon(det) -> tuple[float, float]:
+    """``(back, forward)`` seconds of other conns that can change ``det``'s score of a conn."""
+    back = float(getattr(det, "context_seconds", 0.0) or 0.0)
+    fwd = getattr(det, "forward_context_seconds", None)
+    if fwd is None:
+        fwd = 0.0 if getattr(det, "name", "") in BACKWARD_ONLY else back
+    return back, float(fwd)
+
+
+def context_seconds(detectors) -> float:
+    """The widest ``context_seconds`` of ``detectors`` (a list or anything with ``.detectors``)."""
+    dets = getattr(detectors, "detectors", detectors)
+    return max((float(getattr(d, "context_seconds", 0.0) or 0.0) for d in dets), default=0.0)
+
+
+def horizons(detectors) -> tuple[float, float]:
+    """The widest ``(back, forward)`` of ``detectors``."""
+    dets = getattr(detectors, "detectors", detectors)
+    hs = [horizon(d) for d in dets] or [(0.0, 0.0)]
+    return max(h[0] for h in hs), max(h[1] for h in hs)
+
+
+def ts_array(table: pa.Table) -> np.ndarray:
+    """``ts`` as float64 with NaN where unset."""
+    return pc.fill_null(table.column("ts").cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+
+def take_ts_range(table: pa.Table, lo: float, hi: float) -> pa.Table:
+    """Rows with ``lo <= ts <= hi``, in order."""
+    ts = ts_array(table)
+    return table.filter(pa.array((ts >= lo) & (ts <= hi)))
+
+
+class InContext:
+    """``det`` scoring the rows ``positions`` of ``context`` (a table holding them among their
+    neighbours in the original order), presented as a detector of just those rows: ``score`` and
+    ``explain`` ignore the table they are handed, which must be ``context.take(positions)``."""
+
+    def __init__(self, det, context: pa.Table, positions: np.ndarray):
+        self.det = det
+        self.name = det.name
+        self.note = det.note
+        self.context = context
+        self.positions = positions
+
+    def fit(self, table: pa.Table):
+        raise TypeError("InContext detectors only score")
+
+    def score(self, table: pa.Table) -> np.ndarray:
+        return np.asarray(self.det.score(self.context))[self.positions]
+
+    def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
+        return self.det.explain(self.context, self.positions[np.asarray(rows, dtype=np.int64)], top)
+
+
+def detectors_in_context(detectors, table: pa.Table, targets: np.ndarray,
+                         ts: np.ndarray | None = None) -> list:
+    """``detectors`` set up to score ``table.take(targets)``: per-conn detectors as they are,
+    each contextual one as ``InContext`` over the rows of ``table`` within its horizon of the
+    targets' time range (plus the targets). ``table`` holds rows in the order the whole log
+    would (ties in ``ts`` are broken by that order); ``targets`` are sorted row indices."""
+    targets = np.asarray(targets, dtype=np.int64)
+    if ts is None:
+        ts = ts_array(table)
+    own = ts[targets]
+    own = own[np.isfinite(own)]
+    out = []
+    for det in detectors:
+        back, fwd = horizon(det)
+        if (back <= 0 and fwd <= 0) or len(targets) == table.num_rows:
+            out.append(det)
+            continue
+        mask = np.zeros(table.num_rows, dtype=bool)
+        if len(own):
+            with np.errstate(invalid="ignore"):
+                mask = (ts >= own.min() - back) & (ts <= own.max() + fwd)
+        mask[targets] = True
+        rows = np.flatnonzero(mask)
+        if len(rows) == len(targets):
+            out.append(det)
+            continue
+        ctx = table.take(pa.array(rows, pa.int64()))
+        out.append(InContext(det, ctx, np.searchsorted(rows, targets)))
+    return out
+
+
+def with_context(before: list[pa.Table], own: pa.Table,
+                 after: list[pa.Table]) -> tuple[pa.Table, np.ndarray]:
+    """``before + own + after`` as one table and the row indices of ``own`` in it."""
+    n0 = sum(t.num_rows for t in before)
+    if not before and not after:
+        return own, np.arange(own.num_rows, dtype=np.int64)
+    table = pa.concat_tables([*before, own, *after])
+    return table, np.arange(n0, n0 + own.num_rows, dtype=np.int64)
