@@ -14,6 +14,7 @@ import click
 
 from zeekml._core.device import resolve_device
 from zeekml._core.errors import ModelError, OutputError, ZeekmlError
+from zeekml.cli.models import quarantine_file
 
 MODEL_OPTION = click.option(
     "--model", "model_dir", default=None, type=click.Path(exists=True, file_okay=False),
@@ -34,16 +35,15 @@ def _model_dir(model_dir: str | None) -> str:
     return d
 
 
-def embed_logs(model_dir: str, logs: list[str], device: str = "cpu"):
+def embed_logs(model_dir: str, logs: list[str], device: str = "cpu", quarantine=None):
     """``(conn table, embeddings [n, 64])`` of every conn record under ``logs``."""
-    from zeekml.features.modality import load_flow_table
-    from zeekml.train.data import load_conns
     from zeekml.train.mae import KIND
+    from zeekml.train.protocol import load_inputs
 
-    table = load_conns(logs)
+    table, flows = load_inputs(logs, quarantine)
     if table.num_rows == 0:
         raise ZeekmlError("no conn records in the given logs")
-    return table, KIND.embed(model_dir, table, device=device, flows=load_flow_table(logs))
+    return table, KIND.embed(model_dir, table, device=device, flows=flows)
 
 
 @click.command("embed")
@@ -57,7 +57,8 @@ def embed(logs, out, model_dir, device):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table, z = embed_logs(_model_dir(model_dir), list(logs), resolve_device(device))
+    with quarantine_file(out + ".quarantine.jsonl") as q:
+        table, z = embed_logs(_model_dir(model_dir), list(logs), resolve_device(device), q)
     cols = {"uid": table.column("uid")}
     for j in range(z.shape[1]):
         cols[f"e{j:02d}"] = pa.array(z[:, j], pa.float32())
@@ -79,7 +80,8 @@ def similar(uid, logs, top, as_json, model_dir, device):
     """The conns of LOGS nearest to --uid by cosine similarity of their embeddings."""
     import numpy as np
 
-    table, z = embed_logs(_model_dir(model_dir), list(logs), resolve_device(device))
+    with quarantine_file(None) as qr:
+        table, z = embed_logs(_model_dir(model_dir), list(logs), resolve_device(device), qr)
     uids = table.column("uid").to_pylist()
     try:
         q = uids.index(uid)

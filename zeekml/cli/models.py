@@ -1,9 +1,11 @@
 """The model protocol: ``pretrain``, ``finetune``, ``predict``, ``eval``, ``models list|verify``."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+from collections.abc import Iterator
 
 import click
 
@@ -14,6 +16,36 @@ MODEL_CHOICES = click.Choice(["gnn", "moe", "dense", "mae"])
 DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
                              type=click.Choice(["auto", "cpu", "cuda"]),
                              help="auto = CUDA when present, else CPU.")
+
+
+@contextlib.contextmanager
+def quarantine_file(path: str | None) -> Iterator:
+    """A ``Quarantine`` whose records go to ``path`` (made only when a record is rejected; None:
+    a command without an output file, counted only); on exit one warning names the count, the
+    file and the first bad line. Training and prediction inputs lose nothing silently, as
+    ``score`` inputs do not."""
+    from zeekml.parse import Quarantine
+    from zeekml.sinks.jsonl import QuarantineWriter
+
+    writer = None
+
+    def sink(rec) -> None:
+        nonlocal writer
+        if writer is None:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            writer = QuarantineWriter(path)
+        writer.write(rec)
+
+    q = Quarantine(sink=sink if path else None, keep=1)
+    try:
+        yield q
+    finally:
+        if writer is not None:
+            writer.close()
+        if q.count:
+            where = f"quarantined -> {path}" if path else "skipped"
+            click.echo(f"warning: {q.count:,} malformed record(s) {where} "
+                       f"(first: {q.records[0].describe()})", err=True)
 
 
 @click.command("pretrain")
@@ -30,7 +62,8 @@ def pretrain(model, logs, out, seed, epochs, device):
     opts = {"device": resolve_device(device)}
     if epochs is not None:
         opts["epochs"] = epochs
-    metrics = run_pretrain(model, list(logs), out, seed=seed, **opts)
+    with quarantine_file(os.path.join(out, "quarantine.jsonl")) as q:
+        metrics = run_pretrain(model, list(logs), out, seed=seed, quarantine=q, **opts)
     click.echo(json.dumps({"out": out, **(metrics or {})}, indent=2, default=str))
 
 
@@ -59,7 +92,9 @@ def finetune(model, base, scratch, train, label_field, shots, fraction, seed, ep
     opts = {"device": resolve_device(device)}
     if epochs is not None:
         opts["epochs"] = epochs
-    metrics = run_finetune(model, base, list(train), label_field, shots, fraction, seed, out, **opts)
+    with quarantine_file(os.path.join(out, "quarantine.jsonl")) as q:
+        metrics = run_finetune(model, base, list(train), label_field, shots, fraction, seed, out,
+                               quarantine=q, **opts)
     click.echo(json.dumps({"out": out, **(metrics or {})}, indent=2, default=str))
 
 
@@ -72,7 +107,8 @@ def predict(model_dir, logs, out, device):
     """One JSON line per input conn: uid, ts, pred, proba (and score for anomaly models)."""
     from zeekml.train.protocol import run_predict
 
-    n = run_predict(model_dir, list(logs), out, device=resolve_device(device))
+    with quarantine_file(out + ".quarantine.jsonl") as q:
+        n = run_predict(model_dir, list(logs), out, device=resolve_device(device), quarantine=q)
     click.echo(f"{n} predictions -> {out}")
 
 
@@ -86,7 +122,8 @@ def eval_(model_dir, logs, out_dir, device):
     """Macro-F1, weighted F1, accuracy, AUROC and per-class table on the latest 30% by time."""
     from zeekml.train.protocol import run_eval
 
-    report = run_eval(model_dir, list(logs), out_dir, device=resolve_device(device))
+    with quarantine_file(os.path.join(out_dir or model_dir, "quarantine.jsonl")) as q:
+        report = run_eval(model_dir, list(logs), out_dir, device=resolve_device(device), quarantine=q)
     per_class = report.pop("per_class", None)
     click.echo(json.dumps(report, indent=2, default=str))
     if per_class:

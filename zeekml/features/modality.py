@@ -74,12 +74,13 @@ def find_flow_logs(paths: list[str]) -> list[str]:
     return out
 
 
-def load_flow_table(paths: list[str]) -> pa.Table | None:
-    """The ``zeekml_flow`` records under ``paths`` (see ``find_flow_logs``), or None."""
+def load_flow_table(paths: list[str], quarantine: "Quarantine | None" = None) -> pa.Table | None:
+    """The ``zeekml_flow`` records under ``paths`` (see ``find_flow_logs``), or None; malformed
+    records go to ``quarantine`` (give one: a bare default only counts them)."""
     from zeekml.parse import Quarantine, read_log
 
     tables = []
-    q = Quarantine()
+    q = quarantine if quarantine is not None else Quarantine()
     for f in find_flow_logs(paths):
         for b in read_log(f, q):
             if b.log_path.startswith("zeekml_flow"):

@@ -444,7 +444,8 @@ def knn_distance(e: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
 class GNNKind:
     name = KIND_NAME
 
-    def pretrain(self, table: pa.Table, out: str, sources: list[str], seed: int = 0, **opts) -> dict:
+    def pretrain(self, table: pa.Table, out: str, sources: list[str], seed: int = 0,
+                 flows: pa.Table | None = None, **opts) -> dict:
         device = opts.pop("device", "cpu")
         bundle, metrics = pretrain_bundle(table, seed=seed, device=device, **opts)
         save_bundle(bundle, out, sources, metrics, {"detector": True, "seed": seed})
@@ -452,7 +453,8 @@ class GNNKind:
             "final_loss": metrics["pretrain_loss"][-1] if metrics["pretrain_loss"] else None}
 
     def finetune(self, base: str | None, table: pa.Table, labels: np.ndarray, train_rows: np.ndarray,
-                 hide_service: bool, seed: int, out: str, sources: list[str], **opts) -> dict:
+                 hide_service: bool, seed: int, out: str, sources: list[str],
+                 flows: pa.Table | None = None, **opts) -> dict:
         device = opts.pop("device", "cpu")
         label_field = opts.pop("label_field", None)
         base_bundle = load_bundle(base, device)[0] if base else None

@@ -5,9 +5,11 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.features.modality import load_flow_table
+from zeekml.parse import Quarantine
 from zeekml.train.artifact import load_model_dir, update_metrics
 from zeekml.train.data import (canonical_label_field, labels_of, load_conns, sample_shots,
                                temporal_split)
@@ -24,17 +26,25 @@ def model_kind_of(model_dir: str) -> str:
         return json.load(f)["kind"]
 
 
-def run_pretrain(model: str, logs: list[str], out: str, seed: int = 0, **opts) -> dict:
-    table = load_conns(logs)
+def load_inputs(logs: list[str], quarantine: Quarantine | None = None) -> tuple[pa.Table, pa.Table | None]:
+    """The conn records of ``logs`` and the ``zeekml_flow`` records beside them (None when there
+    are none); malformed lines of either go to ``quarantine``."""
+    return load_conns(logs, quarantine), load_flow_table(logs, quarantine)
+
+
+def run_pretrain(model: str, logs: list[str], out: str, seed: int = 0,
+                 quarantine: Quarantine | None = None, **opts) -> dict:
+    table, flows = load_inputs(logs, quarantine)
     if table.num_rows == 0:
         raise ZeekmlError("no conn records in the pretraining logs")
-    return get_kind(model).pretrain(table, out, sources=logs, seed=seed, **opts)
+    return get_kind(model).pretrain(table, out, sources=logs, seed=seed, flows=flows, **opts)
 
 
 def run_finetune(model: str, base: str | None, train: list[str], label_field: str,
-                 shots: int | None, fraction: float | None, seed: int, out: str, **opts) -> dict:
+                 shots: int | None, fraction: float | None, seed: int, out: str,
+                 quarantine: Quarantine | None = None, **opts) -> dict:
     field = canonical_label_field(label_field)
-    table = load_conns(train)
+    table, flows = load_inputs(train, quarantine)
     labels = labels_of(table, field)
     if all(x is None for x in labels):
         raise ZeekmlError(f"no {label_field!r} labels in the training logs")
@@ -44,17 +54,18 @@ def run_finetune(model: str, base: str | None, train: list[str], label_field: st
         raise ZeekmlError("the training share holds fewer than two classes; nothing to learn")
     metrics = get_kind(model).finetune(base, table, labels, rows, hide_service=(field == "service"),
                                        seed=seed, out=out, sources=train, label_field=field,
-                                       **opts)
+                                       flows=flows, **opts)
     update_metrics(out, {"label_field": field, "shots": shots, "fraction": fraction, "seed": seed,
                          "train_rows": int(len(rows))})
     return metrics
 
 
-def run_predict(model_dir: str, logs: list[str], out: str, device: str = "cpu") -> int:
+def run_predict(model_dir: str, logs: list[str], out: str, device: str = "cpu",
+                quarantine: Quarantine | None = None) -> int:
     """Write one JSON object per input conn, in input order; returns the count."""
-    table = load_conns(logs)
+    table, flows = load_inputs(logs, quarantine)
     kind = get_kind(model_kind_of(model_dir))
-    pred = kind.predict(model_dir, table, device=device, flows=load_flow_table(logs))
+    pred = kind.predict(model_dir, table, device=device, flows=flows)
     labels = pred.pred()
     uids = table.column("uid").to_pylist()
     ts = table.column("ts").to_pylist()
@@ -73,14 +84,14 @@ def run_predict(model_dir: str, logs: list[str], out: str, device: str = "cpu") 
 
 
 def run_eval(model_dir: str, logs: list[str], out_dir: str | None = None,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", quarantine: Quarantine | None = None) -> dict:
     """Metrics on the latest 30% by time of ``logs``, plus PNGs of the confusion matrix and
     (binary) ROC and precision-recall curves."""
     config, _ = load_model_dir(model_dir)
     field = config.get("label_field")
-    table = load_conns(logs)
+    table, flows = load_inputs(logs, quarantine)
     kind = get_kind(config["kind"])
-    pred = kind.predict(model_dir, table, device=device, flows=load_flow_table(logs))
+    pred = kind.predict(model_dir, table, device=device, flows=flows)
     _, test = temporal_split(table)
     out_dir = out_dir or model_dir
     os.makedirs(out_dir, exist_ok=True)
