@@ -38,22 +38,10 @@ from zeekml.train.data import labels_of, load_conns, sample_shots, temporal_spli
 from zeekml.train.mae import KIND, LoadedMAE  # noqa: E402
 from zeekml.train.metrics import binary_auroc, precision_at_fpr  # noqa: E402
 
+from eval_data import DATA, FILES, TASKS  # noqa: E402  (bench/, the script's folder, is on sys.path)
+
 log = logging.getLogger("mae_eval")
 
-FILES = {
-    "ctu-34-1": "iot23-ctu-34-1/conn.log.labeled",
-    "ctu-21-1": "iot23-csv-aucad/iot-23/CTU-Malware-Capture-21-1-labeled.csv",
-    "ctu-8-1": "iot23-csv-aucad/iot-23/CTU-Malware-Capture-8-1-labeled.csv",
-    "strato-008": "stratosphere-security-datasets-for-testing/008-zeek-mixed/data/conn.log.labeled",
-    "strato-010": "stratosphere-security-datasets-for-testing/010-zeek-mixed/data/conn.log.labeled",
-    "zat": "zat/data/conn.log",
-}
-TASKS = {
-    # task -> (label field, files)
-    "service": ("service", ["ctu-34-1", "ctu-21-1", "ctu-8-1", "strato-008", "strato-010", "zat"]),
-    "botnet": ("detailedlabel", ["ctu-34-1", "ctu-21-1", "ctu-8-1"]),
-    "malicious": ("label", ["ctu-34-1", "ctu-21-1", "ctu-8-1", "strato-008", "strato-010"]),
-}
 SHOTS = 10
 SEEDS = (0, 1, 2)
 
@@ -283,7 +271,7 @@ def plot_roc(curves, path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="/work/shared/data")
+    ap.add_argument("--data", default=DATA)
     ap.add_argument("--work", default="/tmp/mae_eval")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--plots", default=None, help="Directory for mae_tsne_*.png.")

@@ -52,22 +52,10 @@ from zeekml.flows.table import CONN_SCHEMA  # noqa: E402
 from zeekml.train.data import labels_of, load_conns, sample_shots, temporal_split  # noqa: E402
 from zeekml.train.metrics import classification_report  # noqa: E402
 
+from eval_data import DATA, FILES, TASKS  # noqa: E402  (bench/, the script's folder, is on sys.path)
+
 log = logging.getLogger("moe_fewshot")
 
-DATA = os.environ.get("ZEEKML_DATA", "/work/shared/data")
-FILES = {
-    "ctu-34-1": "iot23-ctu-34-1/conn.log.labeled",
-    "ctu-21-1": "iot23-csv-aucad/iot-23/CTU-Malware-Capture-21-1-labeled.csv",
-    "ctu-8-1": "iot23-csv-aucad/iot-23/CTU-Malware-Capture-8-1-labeled.csv",
-    "strato-008": "stratosphere-security-datasets-for-testing/008-zeek-mixed/data/conn.log.labeled",
-    "strato-010": "stratosphere-security-datasets-for-testing/010-zeek-mixed/data/conn.log.labeled",
-    "zat": "zat/data/conn.log",
-}
-TASKS = {
-    "service": ("service", ["ctu-34-1", "ctu-21-1", "ctu-8-1", "strato-008", "strato-010", "zat"]),
-    "botnet": ("detailedlabel", ["ctu-34-1", "ctu-21-1", "ctu-8-1"]),
-    "malicious": ("label", ["ctu-34-1", "ctu-21-1", "ctu-8-1", "strato-008", "strato-010"]),
-}
 SHOTS = (5, 10, 20, 50)
 NEURAL = ("moe", "dense", "dense-wide")
 PERTURBATIONS = ("pad", "split", "delay", "decoy")

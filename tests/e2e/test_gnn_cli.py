@@ -16,17 +16,6 @@ from zeekml.train.data import load_conns  # noqa: E402
 LOG = str(Path(__file__).parent.parent / "data" / "gnn" / "iot23-ctu-34-1-head400.conn.log.labeled")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny graphs: one intra-op thread is faster, and steady on a loaded machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def invoke(*args):
     r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     assert r.exit_code == 0, r.output

@@ -20,15 +20,11 @@ SLICE = os.path.join(DATA, "mae", "conn.log.labeled")
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("mae") / "base"
     r = CliRunner().invoke(main, ["pretrain", "--model", "mae", SLICE, "--out", str(out), "--epochs", "2",
                                   "--device", "cpu"])
     assert r.exit_code == 0, r.output
     yield out, json.loads(r.output)
-    torch.set_num_threads(n)
 
 
 def test_pretrain_writes_a_self_contained_model_dir(base):
@@ -133,23 +129,17 @@ def test_autoencoder_joins_score_as_a_detector(base, tmp_path):
 
 def test_packet_sequences_from_a_replayed_capture(tmp_path):
     """conn.log + zeekml_flow.log from the built-in flow meter: the sequence modality is packets."""
-    import torch
     wiki = os.path.join(DATA, "zeek-btest", "Traces", "wikipedia.pcap")
     logs = tmp_path / "logs"
     r = CliRunner().invoke(main, ["replay", wiki, "--out", str(logs), "--engine", "builtin", "--no-score"])
     assert r.exit_code == 0, r.output
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        r = CliRunner().invoke(main, ["pretrain", "--model", "mae", str(logs / "conn.log"), "--out",
-                                      str(tmp_path / "m"), "--epochs", "2", "--device", "cpu"])
-        assert r.exit_code == 0, r.output
-        assert json.loads(r.output)["seq_source"] == "packets"
-        cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-        assert cfg["mae"]["seq_channels"] == 9
-        r = CliRunner().invoke(main, ["embed", str(logs / "conn.log"), "--model", str(tmp_path / "m"),
-                                      "--out", str(tmp_path / "e.parquet"), "--device", "cpu"])
-        assert r.exit_code == 0, r.output
-        assert pq.read_table(tmp_path / "e.parquet").num_rows == 34
-    finally:
-        torch.set_num_threads(n)
+    r = CliRunner().invoke(main, ["pretrain", "--model", "mae", str(logs / "conn.log"), "--out",
+                                  str(tmp_path / "m"), "--epochs", "2", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["seq_source"] == "packets"
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["mae"]["seq_channels"] == 9
+    r = CliRunner().invoke(main, ["embed", str(logs / "conn.log"), "--model", str(tmp_path / "m"),
+                                  "--out", str(tmp_path / "e.parquet"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert pq.read_table(tmp_path / "e.parquet").num_rows == 34

@@ -23,15 +23,6 @@ def invoke(*args) -> str:
     return r.output
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
     root = tmp_path_factory.mktemp("moe")

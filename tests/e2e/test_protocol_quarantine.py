@@ -14,15 +14,6 @@ DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 SLICE = os.path.join(DATA, "mae", "conn.log.labeled")     # CTU-Normal-40 head, 900 conns
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture()
 def damaged(tmp_path):
     """The slice with two broken records: line 20 cut short, line 31 a bad count."""

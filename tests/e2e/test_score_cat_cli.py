@@ -7,7 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from zeekml.cli import main
-from zeekml.parse import Quarantine, read_table
+from zeekml.parse import read_table
 
 EXAMPLES = Path(__file__).parent.parent.parent / "examples"
 

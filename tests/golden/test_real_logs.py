@@ -3,7 +3,6 @@
 Row counts must equal the files' record lines, nothing may be quarantined, and values are
 spot-checked against the files. zat's LogToDataFrame is the reference where it is right.
 """
-import gzip
 import hashlib
 import math
 from pathlib import Path

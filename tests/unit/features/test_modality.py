@@ -19,15 +19,6 @@ DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
 SLICE = os.path.join(DATA, "mae", "conn.log.labeled")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def conns(rows: list[dict]) -> pa.Table:
     cols = {f.name: [r.get(f.name) for r in rows] for f in CONN_SCHEMA}
     return pa.table(cols, schema=CONN_SCHEMA)

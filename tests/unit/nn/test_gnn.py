@@ -15,17 +15,6 @@ from zeekml.nn.gnn import RELATION_EDGES, FlowGNN, GNNConfig, n_params  # noqa: 
 from zeekml.train import gnn as G  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny graphs: one intra-op thread is faster, and steady on a loaded machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def synthetic_conns(n: int = 300, seed: int = 0) -> pa.Table:
     """Conns among 8 hosts over 60 s; udp conns are short and small, tcp ones long and big."""
     rng = np.random.default_rng(seed)

@@ -9,14 +9,6 @@ from zeekml.nn.mae import (EmbeddingClassifier, MAEConfig, MAEOutput, MultiModal
                            mae_loss, reconstruction_error)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_shapes_and_architecture():
     cfg = MAEConfig(quantity_dim=10, seq_channels=4, entity_dim=7)
     m = MultiModalAutoencoder(cfg)

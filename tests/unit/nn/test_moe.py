@@ -13,14 +13,6 @@ from zeekml.nn.moe import (MoEConfig, MoEEncoder, MoEFeedForward, capacity, disp
                            load_balance_loss, route, router_z_loss, twin_of)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_route_top1_gate_is_the_probability_and_top2_gates_sum_to_one():
     logits = torch.tensor([[0.0, math.log(3.0), 0.0], [math.log(2.0), 0.0, math.log(5.0)]])
     r1 = route(logits, 1)
