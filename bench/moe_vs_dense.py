@@ -9,7 +9,7 @@ model in its own subprocess, so the peak RSS is that model's alone. Per model: t
 p50/p99 at batch 1 and 64, peak resident memory (sampled from /proc after every batch; "model +
 activations" = that peak less the resident size before the model was built) and, when CUDA is
 present, ``torch.cuda.max_memory_allocated``. Every model runs under glibc's default malloc and
-with a fixed mmap threshold (see ``ALLOCATORS``). ``torch.set_num_threads(--threads)`` in every worker.
+under tcmalloc (``--allocators``, see ``ALLOCATORS``). ``torch.set_num_threads(--threads)`` in every worker.
 
 Models: ``models/moe-base`` and ``models/dense-base`` (the shipped bases: trained weights, so the
 MoE's routing is the trained one), and ``dense-wide``: the twin with its MoE-position blocks
@@ -64,9 +64,19 @@ def _current_rss_mb() -> float:
 
 
 # glibc raises its mmap threshold as big blocks are freed, after which freed activation buffers of
-# varying sizes stay on the heap: MoE batches (one tensor per expert, a different size every
-# batch) grow the heap far more than dense ones. A fixed threshold returns them at once.
-ALLOCATORS = {"glibc": {}, "mmap64k": {"MALLOC_MMAP_THRESHOLD_": "65536"}}
+# varying sizes stay on the heap: MoE batches (one buffer per expert, a different size every batch)
+# grow the heap far more than dense ones. A fixed threshold returns them at once (and pays a page
+# fault per allocation); tcmalloc and jemalloc (Debian: libtcmalloc-minimal4, libjemalloc2) keep
+# size classes instead. Allocators whose library is missing are skipped.
+_LIB = "/usr/lib/x86_64-linux-gnu"
+ALLOCATORS = {"glibc": {}, "mmap64k": {"MALLOC_MMAP_THRESHOLD_": "65536"},
+              "tcmalloc": {"LD_PRELOAD": f"{_LIB}/libtcmalloc_minimal.so.4"},
+              "jemalloc": {"LD_PRELOAD": f"{_LIB}/libjemalloc.so.2"}}
+
+
+def _available(alloc: str) -> bool:
+    lib = ALLOCATORS[alloc].get("LD_PRELOAD")
+    return lib is None or os.path.exists(lib)
 
 
 def worker(args) -> None:
@@ -149,8 +159,8 @@ def main() -> None:
     ap.add_argument("--min-seconds", type=float, default=10.0)
     ap.add_argument("--latency-iters", type=int, default=300)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--allocators", nargs="+", default=list(ALLOCATORS), choices=list(ALLOCATORS),
-                    help="malloc settings to run every model under (default: both)")
+    ap.add_argument("--allocators", nargs="+", default=["glibc", "tcmalloc"], choices=list(ALLOCATORS),
+                    help="malloc settings to run every model under (default: glibc, tcmalloc)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ids", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -170,7 +180,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "ids.npy")
         np.save(path, ids)
-        for alloc in args.allocators:
+        for alloc in [a for a in args.allocators if _available(a)]:
             for spec in (args.dense, args.moe, f"dense-wide:{args.moe}"):
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", spec, "--ids", path,
                        "--threads", str(args.threads), "--device", args.device,

@@ -166,16 +166,20 @@ class Experts(nn.Module):
         """Expert ``e`` on ``x`` ``[n, d]``."""
         return F.gelu(x @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e]
 
-    def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        outs = [self.expert(e, chunk) for e, chunk in enumerate(x.split(counts)) if chunk.shape[0]]
-        return torch.cat(outs) if outs else x.new_zeros(x.shape)
-
-    def gathered(self, x: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
-        """Each row of ``x`` ``[a, d]`` through its own expert ``expert`` ``[a]`` with one batched
-        matmul over gathered weights: for a handful of tokens (latency-bound scoring) this beats
-        a kernel launch per expert; its memory grows as ``a * d * m``, so only for small ``a``."""
-        h = F.gelu(torch.bmm(x.unsqueeze(1), self.w1[expert]).squeeze(1) + self.b1[expert])
-        return torch.bmm(h.unsqueeze(1), self.w2[expert]).squeeze(1) + self.b2[expert]
+    def forward(self, x: torch.Tensor, counts: list[int], inplace: bool = False) -> torch.Tensor:
+        """``inplace``: write each expert's output over its own input slice (inference: no
+        autograd through ``out=``; saves the ``[a, d]`` output buffer and the concatenation)."""
+        if not inplace:
+            outs = [self.expert(e, chunk) for e, chunk in enumerate(x.split(counts)) if chunk.shape[0]]
+            return torch.cat(outs) if outs else x.new_zeros(x.shape)
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                chunk = x[start:start + n]
+                h = F.gelu(torch.addmm(self.b1[e], chunk, self.w1[e]))
+                torch.addmm(self.b2[e], h, self.w2[e], out=chunk)
+                start += n
+        return x
 
 
 class MoEFeedForward(nn.Module):
@@ -194,32 +198,31 @@ class MoEFeedForward(nn.Module):
             raise ValueError(f"top_k {top_k} must be in 1..n_experts ({n_experts})")
         self.n_experts, self.top_k = n_experts, top_k
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
-        self.gather_below = 64     # assignments under which inference uses Experts.gathered
         self.router = nn.Linear(d_model, n_experts, bias=False)
         nn.init.normal_(self.router.weight, std=0.02)
         self.experts = Experts(n_experts, d_model, d_expert)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor):
-        xt = x[keep]                                                      # [t, d]
+        b, l, dm = x.shape
+        flat = x.reshape(-1, dm)
+        pos = keep.reshape(-1).nonzero().squeeze(1)                       # [t] routed rows of flat
+        xt = flat.index_select(0, pos)                                    # [t, d]
         r = route(self.router(xt), self.top_k)
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
         cap = (capacity(xt.shape[0], self.top_k, self.n_experts, factor) if factor is not None
                else max(1, xt.shape[0] * self.top_k))
         d = dispatch(r, cap)
-        xs = xt[d.token]
-        if d.token.shape[0] <= self.gather_below and not torch.is_grad_enabled():
-            ys = self.experts.gathered(xs, torch.repeat_interleave(
-                torch.arange(self.n_experts, device=x.device), d.counts))
-        else:
-            ys = self.experts(xs, d.counts.tolist())
-        ys = ys * d.gate.unsqueeze(-1).to(x.dtype)
-        yt = torch.zeros_like(xt).index_add_(0, d.token, ys)
-        y = torch.zeros_like(x)
-        y[keep] = yt
+        xs = xt.index_select(0, d.token)                                  # [a, d], grouped by expert
+        grad = torch.is_grad_enabled()
+        ys = self.experts(xs, d.counts.tolist(), inplace=not grad)
+        gate = d.gate.unsqueeze(-1).to(x.dtype)
+        ys = ys * gate if grad else ys.mul_(gate)
+        # dropped assignments add nothing: their token passes the layer on the residual alone
+        y = flat.new_zeros(flat.shape).index_add_(0, pos.index_select(0, d.token), ys).view(b, l, dm)
         stats = RoutingStats(tokens_per_expert=d.counts, dropped=d.dropped,
                              routed=torch.tensor(xt.shape[0] * self.top_k, device=x.device),
                              first_choice=torch.bincount(r.experts[:, 0], minlength=self.n_experts))
-        if torch.is_grad_enabled():
+        if grad:
             return y, load_balance_loss(r), router_z_loss(r.logits), stats
         # nothing can descend them: skip their reductions on the inference path
         zero = x.new_zeros(())
