@@ -5,7 +5,8 @@ The plan keeps a single-process run's semantics exactly:
 1. every task parses its piece into a conn table, kept on its worker;
 2. the driver gathers only the ``ts`` column, picks the baseline rows with the same stable order
    a single process uses, and gathers just those rows;
-3. detectors are fitted and calibrated once on the driver and broadcast (loaded once per worker);
+3. detectors are fitted and calibrated once on the driver and sent to the workers (each loads
+   them once);
 4. each task scores its table; verdicts are written in task order, so the output files are the
    same bytes as those of ``zeekml score`` without ``--dask``.
 Per-conn detectors make a verdict depend only on its own row; a detector whose score depends on
@@ -24,6 +25,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from distributed import WorkerPlugin
 
 from zeekml._core.errors import UnreadableInput, ZeekmlError
 from zeekml.flows.table import conn_table, is_conn_batch
@@ -36,6 +38,11 @@ from zeekml.scoring.context import (context_seconds, detectors_in_context, take_
 log = logging.getLogger(__name__)
 
 DEFAULT_SPLIT_BYTES = 64 << 20
+
+TASK_RETRIES = 2
+"""Every task is run at most ``1 + TASK_RETRIES`` times, whether it raises (Dask ``retries``) or
+its worker process dies under it (``distributed.scheduler.allowed-failures``, see
+``dask_client``); after that the run reports it as failed and goes on with the other tasks."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,7 @@ def read_task(task: ReadTask, max_rejected: int = 100_000) -> ReadResult:
 def dask_client(spec: str) -> Iterator["object"]:
     """``local`` / ``local:N`` starts a LocalCluster of N single-threaded worker processes;
     anything else is a scheduler address such as ``tcp://host:8786``."""
+    import dask
     from dask.distributed import Client, LocalCluster
 
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
@@ -168,21 +176,71 @@ def dask_client(spec: str) -> Iterator["object"]:
         n = int(spec.split(":", 1)[1]) if ":" in spec else (os.cpu_count() or 1)
         if n < 1:
             raise ZeekmlError(f"--dask {spec}: need at least one worker")
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
-                Client(cluster) as client:
+        # A worker process that dies mid-task (OOM killer, a crash in native code) is restarted by
+        # its nanny, and the scheduler hands its tasks to live workers, counting the death
+        # against every task assigned to that worker; past ``allowed-failures`` deaths a task
+        # fails with KilledWorker. Two settings, read by the scheduler when it starts (a remote
+        # scheduler keeps its own):
+        # - allowed-failures = TASK_RETRIES (Dask: 3): a death costs a task what an exception
+        #   does, so a task that crashes its worker every time takes down three workers, not four;
+        # - worker-saturation = 1.0 (Dask: 1.1): a worker is given only the read task it runs,
+        #   none queued behind it, so tasks that merely waited there are not blamed for a death
+        #   (with 1.1 and two workers, a task queued beside a crashing one failed with it).
+        with dask.config.set({"distributed.scheduler.allowed-failures": TASK_RETRIES,
+                              "distributed.scheduler.worker-saturation": 1.0}), \
+                LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                             dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+                Client(cluster) as client, _one_line_logs():
+            client.register_plugin(_OneLineWorkerLogs(), name="zeekml-one-line-logs")
             yield client
     else:
         try:
             client = Client(spec, timeout=30)
         except OSError as e:
             raise ZeekmlError(f"cannot reach the Dask scheduler at {spec}: {e}") from e
-        with client:
+        with client, _one_line_logs():
             yield client
+
+
+class _NoTraceback(logging.Filter):
+    """Keeps a log record's message and drops its traceback. Dask logs the failures it recovers
+    from (a worker died while another fetched data from it) at ERROR with a traceback; the run's
+    summary says what was retried and what failed, so each such event stays one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+@contextlib.contextmanager
+def _one_line_logs() -> Iterator[None]:
+    """``_NoTraceback`` on the handlers of Dask's ``distributed`` logger in this process."""
+    handlers = logging.getLogger("distributed").handlers
+    f = _NoTraceback()
+    for h in handlers:
+        h.addFilter(f)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(f)
+
+
+class _OneLineWorkerLogs(WorkerPlugin):
+    """``_NoTraceback`` in the worker processes of ``--dask local:N`` (restarted ones too)."""
+
+    def setup(self, worker) -> None:
+        for h in logging.getLogger("distributed").handlers:
+            if not any(isinstance(f, _NoTraceback) for f in h.filters):
+                h.addFilter(_NoTraceback())
 
 
 def _ts_of(result: ReadResult) -> np.ndarray:
     return pc.fill_null(result.table.column("ts"), np.inf).to_numpy(zero_copy_only=False)
+
+
+def _given(value):
+    return value
 
 
 def _take(result: ReadResult, rows: np.ndarray) -> pa.Table:
@@ -216,19 +274,97 @@ def _meta(result: ReadResult) -> tuple[int, int, int, list[RejectedRecord], str 
     return result.records_read, result.other_records, result.table.num_rows, result.rejected, result.error
 
 
+def task_name(task: ReadTask) -> str:
+    """``whole file``, ``bytes 0-65536`` or ``bytes 65536-EOF``: the part of ``task.path`` a task reads."""
+    if task.start == 0 and task.end is None:
+        return "whole file"
+    return f"bytes {task.start}-{'EOF' if task.end is None else task.end}"
+
+
+def _attempts(client, futures: list) -> list[int]:
+    """How many times the scheduler ran each future's task: once, plus once per worker that died
+    while the task was assigned to it, plus once per retry after it raised."""
+    def query(dask_scheduler, keys):  # nested, so it pickles by value: no zeekml needed there
+        out = []
+        for k in keys:
+            ts = dask_scheduler.tasks.get(k)
+            out.append(None if ts is None else (ts.suspicious, ts.retries))
+        return out
+
+    try:
+        got = client.run_on_scheduler(query, keys=[f.key for f in futures])
+    except Exception as e:  # noqa: BLE001 - a scheduler may refuse pickled functions; only a report
+        log.warning("cannot ask the Dask scheduler how often tasks ran: %s", e)
+        return [1] * len(futures)
+    return [1 if g is None else 1 + g[0] + max(0, TASK_RETRIES - g[1]) for g in got]
+
+
+def _outcome(fut, task: ReadTask) -> tuple[object, BaseException | None]:
+    """``(result, None)``, or ``(None, exception)`` when the task failed for good."""
+    from distributed.client import CancelledError
+
+    try:
+        return fut.result(), None
+    except CancelledError as e:
+        raise ZeekmlError(f"the Dask scheduler cancelled the task for {task.path} "
+                          f"({task_name(task)}): {e}") from e
+    except Exception as e:  # noqa: BLE001 - whatever a task raised on its worker is reported
+        return None, e
+
+
+def _failure(e: BaseException, attempts: int) -> str:
+    from distributed import KilledWorker
+
+    if isinstance(e, KilledWorker):
+        return f"its worker died each time it ran ({e.allowed_failures + 1} attempts)"
+    return f"{type(e).__name__}: {e} ({attempts} attempts)"
+
+
+class _TaskReport:
+    """Collects what happened to the tasks into the summary: retried tasks
+    (``summary.tasks_retried``), and tasks that failed for good (``summary.files_failed``,
+    their file and byte range in the message)."""
+
+    def __init__(self, client, summary) -> None:
+        self.client, self.summary = client, summary
+        self.failed_files: set[str] = set()
+
+    def check(self, step: str, tasks: list[ReadTask], futures: list) -> None:
+        for task, n in zip(tasks, _attempts(self.client, futures)):
+            if n > 1:
+                log.warning("%s (%s): %s step ran %d times", task.path, task_name(task), step, n)
+                self.summary.tasks_retried.append({"path": task.path, "start": task.start,
+                                                   "end": task.end, "step": step, "attempts": n})
+
+    def failed(self, step: str, task: ReadTask, fut, e: BaseException) -> None:
+        n = _attempts(self.client, [fut])[0]
+        self.summary.files_failed.append(
+            (task.path, f"{task_name(task)}: {step} task failed: {_failure(e, n)}"))
+        self.failed_files.add(task.path)
+
+
 def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarantine: Quarantine,
                      baseline_table: pa.Table | None, emit) -> None:
     """Run the four steps of the module docstring; ``emit(lines, n, alerts)`` is called in task
-    order."""
+    order. A task that fails for good (``TASK_RETRIES``) is reported in ``summary.files_failed``
+    with its byte range and the rest goes on; retried tasks are listed in
+    ``summary.tasks_retried``."""
     from zeekml.pipeline import fit_calibrate
 
     with dask_client(spec) as client:
-        results = [client.submit(read_task, t, retries=2, pure=False) for t in tasks]
-        metas = client.gather([client.submit(_meta, r, retries=2) for r in results])
-        ok = []
+        report = _TaskReport(client, summary)
+        results = [client.submit(read_task, t, retries=TASK_RETRIES, pure=False) for t in tasks]
+        meta_futs = [client.submit(_meta, r, retries=TASK_RETRIES) for r in results]
+        ok, ok_tasks, read = [], [], []
         seen_files: set[str] = set()
-        failed_files: set[str] = set()
-        for task, fut, (n, other, conns, rejected, error) in zip(tasks, results, metas):
+        failed_files = report.failed_files
+        for task, fut, meta_fut in zip(tasks, results, meta_futs):
+            meta, exc = _outcome(meta_fut, task)
+            if exc is not None:
+                report.failed("read", task, fut, exc)
+                continue
+            read.append((task, fut))
+            n, other, conns, rejected, error = meta
             for r in rejected:
                 quarantine.reject(r.path, r.line, r.offset, r.reason, r.sample)
             summary.records_read += n
@@ -240,8 +376,10 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarant
                     failed_files.add(task.path)
             if conns or not error:
                 ok.append(fut)
+                ok_tasks.append(task)
             if not error:
                 seen_files.add(task.path)
+        report.check("read", [t for t, _ in read], [f for _, f in read])
         summary.files = len(seen_files - failed_files)
         if summary.files == 0 and not ok:
             raise ZeekmlError("no input file could be read: " +
@@ -261,7 +399,10 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarant
             baseline_table = pa.concat_tables(client.gather(pieces)) if pieces else conn_table([])
         summary.baseline_records = baseline_table.num_rows
         fitted = fit_calibrate(baseline_table, options, summary)
-        fitted_f = client.scatter(fitted, broadcast=True)
+        # A task's result, not client.scatter(): scattered data has no recipe, so once every
+        # worker holding it has died it is gone and every task that needs it is cancelled; a
+        # task's result is computed again. Each worker fetches it once and keeps it.
+        fitted_f = client.submit(_given, fitted, pure=False)
         ctx = context_seconds(fitted)
         scored = []
         for i, r in enumerate(ok):
@@ -274,7 +415,13 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarant
                         t = ts_parts[j]
                         if j != i and np.any((t >= lo) & (t <= hi)):
                             (before if j < i else after).append(client.submit(_take_range, other, lo, hi))
-            scored.append(client.submit(_score, r, fitted_f, before, after, retries=2))
-        for fut in scored:           # in task order: the outputs equal a single-process run's
-            emit(*fut.result())
+            scored.append(client.submit(_score, r, fitted_f, before, after, retries=TASK_RETRIES))
+        for task, fut in zip(ok_tasks, scored):  # in task order: the outputs equal a single-process run's
+            out, exc = _outcome(fut, task)
+            if exc is not None:
+                report.failed("score", task, fut, exc)
+            else:
+                report.check("score", [task], [fut])
+                emit(*out)
             fut.release()
+        summary.files = len(seen_files - failed_files)

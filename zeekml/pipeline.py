@@ -56,6 +56,7 @@ class ScoreOptions:
 class ScoreSummary:
     files: int = 0
     files_failed: list[tuple[str, str]] = field(default_factory=list)
+    tasks_retried: list[dict] = field(default_factory=list)   # --dask: path, start, end, step, attempts
     records_read: int = 0
     conn_records: int = 0
     other_records: int = 0

@@ -19,6 +19,8 @@ def print_summary(s: ScoreSummary) -> None:
     t.add_row("files read", str(s.files))
     if s.files_failed:
         t.add_row("files failed", str(len(s.files_failed)))
+    if s.tasks_retried:
+        t.add_row("tasks retried (--dask)", str(len(s.tasks_retried)))
     t.add_row("records read", f"{s.records_read:,}")
     t.add_row("conn records", f"{s.conn_records:,}")
     if s.other_records:
