@@ -138,3 +138,47 @@ def test_hostile_pcap_never_crashes(tmp_path):
     assert r.exception is None or isinstance(r.exception, SystemExit)
     assert "packet 3001" in r.output
     assert read_table([str(tmp_path / "o" / "conn.log")]).num_rows > 0
+
+
+MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "models")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(MODELS, "gnn-base", "config.json")),
+                    reason="models/gnn-base not shipped")
+def test_replay_scores_with_the_learned_detectors_on_the_device_given(tmp_path, monkeypatch):
+    """replay scores as ``zeekml score`` does: the shipped learned detectors, on ``--device``."""
+    import torch
+
+    import zeekml.scoring.learned as learned
+
+    def run(out, *args):
+        r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(tmp_path / out), "--engine",
+                                      "builtin", *args])
+        assert r.exit_code == 0, r.output
+        return json.loads((tmp_path / out / "verdicts.jsonl").read_text().splitlines()[0])["scores"]
+
+    assert {"iforest", "gnn", "mae"} <= run("cpu", "--device", "cpu").keys()
+    assert run("iforest", "--no-models").keys() == {"iforest"}
+
+    # the device reaches the detectors: with a (pretended) GPU, --device auto asks for cuda
+    devices = []
+    load = learned.load_learned_detectors
+    monkeypatch.setattr(learned, "load_learned_detectors",
+                        lambda models_dir, device: devices.append(device) or load(models_dir, "cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    run("auto", "--device", "auto")
+    assert devices == ["cuda"]
+
+
+@pytest.mark.parametrize("command", ["replay", "score"])
+def test_device_cuda_without_cuda_is_a_one_line_error(tmp_path, monkeypatch, command):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    src = WIKI if command == "replay" else os.path.join(DATA, "..", "Baseline", "opt.basic", "conn.log")
+    r = CliRunner().invoke(main, [command, src, "--out", str(tmp_path / "o"), "--device", "cuda"])
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit)   # no traceback
+    assert r.output.splitlines() == ["zeekml: error: --device cuda was asked for but torch sees no "
+                                     "CUDA device here; use --device cpu (or auto: CUDA when present)"]
+    assert not (tmp_path / "o" / "conn.log").exists()  # stopped before reading the capture

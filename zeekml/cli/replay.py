@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from zeekml.cli.score import DEVICE_OPTION, MODELS_OPTION, NO_MODELS_OPTION
 from zeekml.sources.pcap import ENGINES, replay as run_replay
 
 
@@ -25,13 +26,21 @@ from zeekml.sources.pcap import ENGINES, replay as run_replay
               help="Seed for uids (built-in meter) and scoring.")
 @click.option("--fpr", default=0.001, show_default=True,
               type=click.FloatRange(0, 1, min_open=True), help="Scoring: target false-positive rate.")
-def replay(pcaps, out_dir, engine, score, json_logs, flow_packets, seed, fpr) -> None:
+@MODELS_OPTION
+@NO_MODELS_OPTION
+@DEVICE_OPTION
+def replay(pcaps, out_dir, engine, score, json_logs, flow_packets, seed, fpr, models_dir, no_models,
+           device) -> None:
     """Replay pcap/pcapng captures into Zeek-style logs and score them.
 
     Exit codes: 0 ok, 1 error, 2 missing input, 4 damaged capture (the packets before the damage
     are logged and scored; the message names the packet), 6 output not writable, 7 zeek asked for
     but unavailable or failed.
     """
+    from zeekml._core.device import resolve_device
+
+    if score:  # before the capture is read, so that a device that is not there fails at once
+        device = resolve_device(device)
     result = run_replay(list(pcaps), out_dir, engine=engine, json_logs=json_logs,
                         flow_packets=flow_packets, seed=seed)
     click.echo(f"engine: {result.engine}")
@@ -42,14 +51,18 @@ def replay(pcaps, out_dir, engine, score, json_logs, flow_packets, seed, fpr) ->
     if result.flow_log:
         click.echo(f"flow log: {result.flow_log}")
     if score:
-        score_conn_log(result.conn_log, out_dir, seed=seed, fpr=fpr)
+        score_conn_log(result.conn_log, out_dir, seed=seed, fpr=fpr,
+                       models_dir=None if no_models else models_dir, device=device)
     if result.error is not None:
         click.echo(f"zeekml: error: {result.error}", err=True)
         sys.exit(result.error.exit_code)
 
 
-def score_conn_log(conn_log: str, out_dir: str, seed: int = 0, fpr: float = 0.001) -> None:
-    """Hand the written conn.log to the scoring pipeline (``zeekml.pipeline.score_paths``)."""
+def score_conn_log(conn_log: str, out_dir: str, seed: int = 0, fpr: float = 0.001,
+                   models_dir: str | None = "", device: str = "cpu") -> None:
+    """Hand the written conn.log to the scoring pipeline (``zeekml.pipeline.score_paths``) with
+    the detectors ``zeekml score`` uses: ``models_dir`` as its ``--models`` ("" = the shipped
+    models, None = IsolationForest only) on ``device`` (resolved: ``cpu`` or ``cuda``)."""
     try:
         from zeekml.pipeline import ScoreOptions, score_paths
     except ImportError as e:  # pragma: no cover - only in a tree without the pipeline
@@ -57,7 +70,8 @@ def score_conn_log(conn_log: str, out_dir: str, seed: int = 0, fpr: float = 0.00
             f"scoring is unavailable ({e}); rerun with --no-score to only write the logs") from e
     from zeekml.cli.score import print_summary
 
-    summary = score_paths([conn_log], out_dir, ScoreOptions(fpr=fpr, seed=seed),
+    summary = score_paths([conn_log], out_dir, ScoreOptions(fpr=fpr, seed=seed, models_dir=models_dir,
+                                                            device=device),
                           progress=sys.stderr.isatty())
     print_summary(summary)
 

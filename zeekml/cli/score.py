@@ -39,6 +39,18 @@ def print_summary(s: ScoreSummary) -> None:
         console.print(f"{k}: {v}")
 
 
+# The detectors a scoring run uses; `zeekml replay` scores with the same options.
+MODELS_OPTION = click.option(
+    "--models", "models_dir", default="", type=click.Path(file_okay=False),
+    help="Directory of learned detectors (model dirs whose config.json says "
+         "\"detector\": true). Default: the shipped models/ ($ZEEKML_MODELS).")
+NO_MODELS_OPTION = click.option("--no-models", is_flag=True,
+                                help="Only the IsolationForest baseline, no learned detectors.")
+DEVICE_OPTION = click.option("--device", default="cpu", show_default=True,
+                             type=click.Choice(["auto", "cpu", "cuda"]),
+                             help="Where learned detectors run; auto = CUDA when present.")
+
+
 @click.command("score")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -53,18 +65,14 @@ def print_summary(s: ScoreSummary) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
               help="Also write the verdict file the zeekml Zeek package reads.")
-@click.option("--models", "models_dir", default="", type=click.Path(file_okay=False),
-              help="Directory of learned detectors (model dirs whose config.json says "
-                   "\"detector\": true). Default: the shipped models/ ($ZEEKML_MODELS).")
-@click.option("--no-models", is_flag=True,
-              help="Only the IsolationForest baseline, no learned detectors.")
+@MODELS_OPTION
+@NO_MODELS_OPTION
 @click.option("--dask", "dask", default=None, metavar="SCHEDULER",
               help="Run on Dask: 'local', 'local:N' (N worker processes) or a scheduler "
                    "address like tcp://host:8786. Outputs are the same as without it.")
 @click.option("--dask-split-bytes", default=64 << 20, show_default=True, type=click.IntRange(1024),
               help="With --dask: plain log files larger than this are cut into several tasks.")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
-              help="Where learned detectors run; auto = CUDA when present.")
+@DEVICE_OPTION
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
 def score(paths, out_dir, fpr, baseline, baseline_fraction, seed, zeek_feedback, models_dir, no_models, dask,

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from zeekml._core.device import inference_batch
 from zeekml._core.errors import ModelError, ZeekmlError
 from zeekml.features.modality import (SCHEMA_VERSION, Modalities, ModalityFeaturizer,
                                       load_flow_table)
@@ -29,7 +30,7 @@ from zeekml.train.data import Prediction
 log = logging.getLogger(__name__)
 
 NAME = "mae"
-INFER_BATCH = 8192
+INFER_BATCH = 8192   # rows per inference batch on CPU (zeekml._core.device.inference_batch)
 
 
 @dataclass
@@ -136,9 +137,10 @@ class LoadedMAE:
         ek = torch.as_tensor(m.entity_keep, device=self.device)
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("embedding", "quantity", "sequence",
                                                                 "entity", "score", "proba")}
+        batch = inference_batch(self.device, INFER_BATCH)
         with torch.inference_mode():
-            for s in range(0, len(m), INFER_BATCH):
-                q, sq, e = _tensors(m.take(np.arange(s, min(s + INFER_BATCH, len(m)))), self.device)
+            for s in range(0, len(m), batch):
+                q, sq, e = _tensors(m.take(np.arange(s, min(s + batch, len(m)))), self.device)
                 out = self.model(q, sq, e)
                 err = reconstruction_error(out, q, sq, e, qk, ek)
                 parts["embedding"].append(out.embedding.cpu().numpy())

@@ -1,0 +1,51 @@
+"""Device choice and the inference batch each device gets (``zeekml._core.device``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zeekml._core.device import CUDA_BATCH_FACTOR, inference_batch, resolve_device
+from zeekml._core.errors import ZeekmlError
+
+MAE_BASE = Path(__file__).resolve().parent.parent.parent / "models" / "mae-base"
+IOT23 = Path(__file__).resolve().parent.parent.parent / "examples" / "iot23" / "conn.log.labeled"
+
+
+def test_cpu_keeps_the_models_batch_and_cuda_gets_a_larger_one():
+    assert inference_batch("cpu", 8192) == 8192
+    assert inference_batch("cuda", 1024) == inference_batch("cuda:1", 1024) == 1024 * CUDA_BATCH_FACTOR
+    assert CUDA_BATCH_FACTOR > 1
+
+
+def test_cuda_without_a_gpu_says_what_to_do(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device("cpu") == "cpu"
+    with pytest.raises(ZeekmlError, match="use --device cpu"):
+        resolve_device("cuda")
+
+
+@pytest.mark.skipif(not (MAE_BASE / "config.json").exists(), reason="models/mae-base not shipped")
+def test_mae_scores_in_batches_of_the_device_helper(monkeypatch):
+    """The autoencoder's score path takes its batch from ``inference_batch``, and its scores do
+    not depend on the batch (to float32 precision)."""
+    import zeekml.train.mae as mae
+    from zeekml.parse import Quarantine
+    from zeekml.pipeline import ScoreSummary, load_conns
+
+    table = load_conns([str(IOT23)], Quarantine(), ScoreSummary()).slice(0, 300)
+    loaded = mae.LoadedMAE.from_dir(str(MAE_BASE))
+    m = loaded.modalities(table)
+    whole = loaded.run(m)
+    asked = []
+    monkeypatch.setattr(mae, "inference_batch", lambda device, cpu_rows: asked.append((device, cpu_rows)) or 64)
+    calls = []
+    forward = loaded.model.forward
+    monkeypatch.setattr(loaded.model, "forward", lambda *a: calls.append(len(a[0])) or forward(*a))
+    batched = loaded.run(m)
+    assert asked == [("cpu", mae.INFER_BATCH)]
+    assert calls == [64, 64, 64, 64, 44]
+    np.testing.assert_allclose(batched["score"], whole["score"], rtol=1e-5, atol=1e-6)
