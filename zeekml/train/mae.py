@@ -238,6 +238,11 @@ class MAEDetector:
         split scoring (``--dask``) gives each piece this overlap."""
         return self.loaded.featurizer.context_seconds
 
+    @property
+    def forward_context_seconds(self) -> float:
+        """0: host sequences hold a conn's originator's earlier conns only."""
+        return 0.0
+
     def fit(self, table: pa.Table) -> "MAEDetector":
         return self  # the weights stay as trained; calibration happens outside
 

@@ -425,6 +425,11 @@ class TokenDetector:
     def context_seconds(self) -> float:
         return self.loaded.tokenizer.context_seconds
 
+    @property
+    def forward_context_seconds(self) -> float:
+        """0: a conn's tokens come from its originator's earlier conns (or its own packets)."""
+        return 0.0
+
     def fit(self, table: pa.Table) -> "TokenDetector":
         return self
 
