@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from zeekml._core.device import inference_batch
 from zeekml._core.errors import ModelError, ZeekmlError
 from zeekml.features.modality import load_flow_table
 from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
@@ -36,7 +37,7 @@ from zeekml.train.data import Prediction
 
 log = logging.getLogger(__name__)
 
-INFER_BATCH = 1024
+INFER_BATCH = 1024   # sequences per inference batch on CPU (zeekml._core.device.inference_batch)
 
 
 @dataclass
@@ -248,8 +249,9 @@ class LoadedTokenModel:
         probas, scores = [], []
         routing: list[dict] = []
         with torch.inference_mode():
-            for s in range(0, len(ids), INFER_BATCH):
-                x = torch.as_tensor(ids[s:s + INFER_BATCH], device=self.device)
+            batch = inference_batch(self.device, INFER_BATCH)
+            for s in range(0, len(ids), batch):
+                x = torch.as_tensor(ids[s:s + batch], device=self.device)
                 if "proba" in want and self.head is not None:
                     out = self.encoder(x)
                     _add_routing(routing, out.routing)
