@@ -190,6 +190,7 @@ def test_hostile_values_survive_into_notices_byte_for_byte(tmp_path, monkeypatch
         return vs
 
     monkeypatch.setattr(zw, "score_fitted", every_conn_alerts)
+    monkeypatch.setattr(zw, "_score_columns", lambda table, fitted: None)
     stats = _watch_once(str(root), str(out), baseline)
     assert stats.scored == len(hostile) and stats.quarantined == 0
     assert stats.alerts == len(hostile)

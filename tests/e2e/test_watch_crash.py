@@ -46,7 +46,12 @@ def _assert_exactly_once(out: str, expected: set[str]) -> None:
     assert not doubled, f"{len(doubled)} uids scored more than once, e.g. {list(doubled.items())[:3]}"
 
 
-def test_kill9_random_rounds_every_uid_exactly_once(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill9_random_rounds_every_uid_exactly_once(tmp_path, workers):
+    """With ``workers`` scoring processes, windows are scored while the next is read; the
+    checkpoint of a window still holds the reading progress as of its close. Scoring processes
+    die with the watcher."""
+    import psutil
     root, out = str(tmp_path / "logs"), str(tmp_path / "out")
     os.makedirs(root)
     baseline = write_baseline(str(tmp_path / "baseline.log"))
@@ -55,16 +60,25 @@ def test_kill9_random_rounds_every_uid_exactly_once(tmp_path):
     rng = random.Random(20240101)
     rounds = 0
     deadline = time.monotonic() + 40
+    orphans: list = []
     while (writer.is_alive() or rounds < 4) and rounds < 8 and time.monotonic() < deadline:
-        p = start(watcher_process, root, out, _opts(baseline))
+        p = start(watcher_process, root, out, _opts(baseline, score_workers=workers))
         time.sleep(rng.uniform(0.2, 2.5))
+        try:
+            orphans += psutil.Process(p.pid).children()
+        except psutil.NoSuchProcess:
+            pass
         os.kill(p.pid, signal.SIGKILL)
         p.join(10)
         rounds += 1
     writer.join(30)
     assert writer.exitcode == 0
     assert rounds >= 4
-    _drain(root, out, baseline)
+    if workers:
+        assert orphans, "no scoring process was seen"
+        gone, alive = psutil.wait_procs(orphans, timeout=5)
+        assert not alive, f"scoring processes outlived their watcher: {alive}"
+    _drain(root, out, baseline, _opts(baseline, score_workers=workers))
     _assert_exactly_once(out, all_uids(n))
     cp = CheckpointStore(out).load()
     assert cp.generation > 0

@@ -54,10 +54,13 @@ from zeekml.watch import Watcher, WatchOptions, status_line
 @click.option("--context-max-rows", default=1_000_000, show_default=True,
               type=click.IntRange(1000),
               help="At most this many conns kept in memory as context and pending.")
+@click.option("--score-workers", default=0, show_default=True, type=click.IntRange(0, 64),
+              help="Score windows in this many forked processes while reading goes on "
+                   "(per-conn detectors only; 0 = in the watch process).")
 @click.option("--quiet", is_flag=True, help="No status line.")
 def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, recalibrate, fpr,
           seed, window_seconds, window_records, rescan_seconds, no_events, status_seconds,
-          models_dir, no_models, device, context_lateness, context_max_rows,
+          models_dir, no_models, device, context_lateness, context_max_rows, score_workers,
           quiet) -> None:
     """Score the conn logs of a live Zeek log directory as they are written.
 
@@ -83,7 +86,7 @@ def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, r
         window_seconds=window_seconds, window_records=window_records,
         rescan_seconds=rescan_seconds, use_events=not no_events, once=once,
         status_seconds=status_seconds, context_lateness=context_lateness,
-        context_max_rows=context_max_rows)
+        context_max_rows=context_max_rows, score_workers=score_workers)
 
     def on_status(d: dict) -> None:
         if not quiet:

@@ -1,0 +1,139 @@
+"""``zeekml watch``'s fast paths give the bytes of the general ones: verdict lines rendered column
+by column equal ``VerdictWriter``'s, and windows scored in forked processes equal windows scored
+in the watcher itself (same files, same order); a scoring process that dies is a clear error."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pyarrow as pa
+import pytest
+from test_watch_support import write_baseline
+
+from zeekml.flows.table import conn_table
+from zeekml.parse import Quarantine, read_log
+from zeekml.pipeline import ScoreOptions, ScoreSummary, fit_calibrate, load_conns, score_fitted
+from zeekml.sinks.jsonl import VerdictWriter
+from zeekml.watch import Watcher, WatchOptions, _render, _score_columns, _score_render
+
+HERE = os.path.dirname(__file__)
+REAL_CONN = os.path.join(HERE, "..", "data", "real", "zat", "data", "conn.log")
+
+
+def _fitted():
+    return fit_calibrate(load_conns([REAL_CONN], Quarantine(), ScoreSummary()),
+                         ScoreOptions(fpr=0.05))
+
+
+def _writer_bytes(verdicts, path) -> bytes:
+    w = VerdictWriter(str(path))
+    for v in verdicts:
+        w.write(v)
+    w.close()
+    return open(path, "rb").read()
+
+
+def test_column_renderer_gives_the_verdict_writer_bytes(tmp_path):
+    table = conn_table(list(read_log(REAL_CONN)))
+    # hostile uids and addresses: quotes, backslashes, control bytes, non-ASCII, U+2028
+    uids = table.column("uid").to_pylist()
+    uids[:6] = ['C"q', "C\\b", "C\tt\n", "Cé✓", "C\u2028", "C\x00z"]
+    table = table.set_column(table.schema.get_field_index("uid"), "uid", pa.array(uids))
+    resp = table.column("id.resp_h").to_pylist()
+    resp[7] = None
+    table = table.set_column(table.schema.get_field_index("id.resp_h"), "id.resp_h",
+                             pa.array(resp, pa.string()))
+    fitted = _fitted()
+    verdicts = score_fitted(table, fitted)
+    fast = _score_columns(table, fitted)
+    assert fast is not None and len(fast.lines) == 360
+    slow = _render(verdicts)
+    assert fast.ids == slow.ids == [v.verdict_id for v in verdicts]
+    assert [i for i, _ in fast.alerts] == [i for i, _ in slow.alerts] and fast.alerts
+    assert b"".join(fast.lines) == b"".join(slow.lines) == _writer_bytes(verdicts, tmp_path / "v")
+
+
+def test_a_missing_uid_takes_the_general_path():
+    table = conn_table(list(read_log(REAL_CONN))).slice(0, 40)
+    uids = table.column("uid").to_pylist()
+    uids[3] = None
+    table = table.set_column(table.schema.get_field_index("uid"), "uid", pa.array(uids, pa.string()))
+    fitted = _fitted()
+    assert _score_columns(table, fitted) is None
+    assert _score_render(table, fitted).lines == _render(score_fitted(table, fitted)).lines
+
+
+def _run(root, out, **kw):
+    opts = WatchOptions(score=ScoreOptions(baseline=[REAL_CONN]), once=True, rescan_seconds=0.2,
+                        use_events=False, **kw)
+    return Watcher(str(root), str(out), opts).run()
+
+
+def test_scoring_processes_give_the_outputs_of_one_process(tmp_path):
+    root = tmp_path / "logs"
+    root.mkdir()
+    shutil.copy(REAL_CONN, root / "conn.log")
+    one = _run(root, tmp_path / "one", window_records=50)
+    two = _run(root, tmp_path / "two", window_records=50, score_workers=2)
+    assert one.scored == two.scored == 360 and two.windows == one.windows >= 5
+    for name in ("verdicts.jsonl", "zeekml_notice.log", "quarantine.jsonl"):
+        a, b = ((tmp_path / d / name).read_bytes().splitlines(keepends=True) for d in ("one", "two"))
+        if name.endswith(".log"):       # the header's #open stamp is the time of writing
+            a, b = ([x for x in lines if not x.startswith(b"#open")] for lines in (a, b))
+        assert a == b and (a or name == "quarantine.jsonl"), name
+
+
+def test_a_scoring_process_that_dies_is_a_clear_error(tmp_path):
+    import psutil
+
+    from zeekml._core.errors import ZeekmlError
+    root = tmp_path / "logs"
+    root.mkdir()
+    baseline = write_baseline(str(tmp_path / "baseline.log"))
+    out = tmp_path / "out"
+    w = Watcher(str(root), str(out), WatchOptions(
+        score=ScoreOptions(baseline=[baseline]), score_workers=1, rescan_seconds=0.1,
+        use_events=False, window_seconds=0.05))
+    err: list[BaseException] = []
+
+    def run():
+        try:
+            w.run()
+        except BaseException as e:  # noqa: BLE001
+            err.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 30
+    while w._pool is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    kids = psutil.Process().children()
+    assert kids, "no scoring process"
+    os.kill(kids[0].pid, signal.SIGKILL)
+    shutil.copy(REAL_CONN, root / "conn.log")
+    t.join(30)
+    if t.is_alive():
+        w.request_stop()
+        t.join(10)
+        pytest.fail("watch went on without its scoring process")
+    assert err and isinstance(err[0], ZeekmlError) and "scoring process died" in str(err[0])
+
+
+def test_verdict_dedup_forgets_the_oldest_ids_first(tmp_path):
+    from zeekml.watch import VerdictDedup
+    d = VerdictDedup(capacity=1000)
+    assert all(d.add(f"V{i}") for i in range(2500))
+    assert len(d) == 1000
+    assert not any(d.add(f"V{i}") for i in range(1500, 2500))   # the newest 1000 are known
+    assert d.add("V1499") and len(d) == 1000                    # an older one was forgotten
+    assert not d.add("V1499") and d.add("V1500")                # V1500 was the oldest left
+    path = tmp_path / "verdicts.jsonl"
+    path.write_text("".join(f'{{"verdict_id":"X{i}","uid":"C"}}\n' for i in range(50)))
+    e = VerdictDedup(capacity=20)
+    e.seed_from(str(path), path.stat().st_size)
+    assert len(e) == 20 and not e.add("X49") and e.add("X29")
+    off = VerdictDedup(capacity=0)
+    assert off.add("V1") and off.add("V1")
