@@ -8,6 +8,7 @@ runs as its own process (the real CLI) on that directory. This script tails ``ve
 polling). RSS of the watch process is sampled every second.
 
     python bench/watch.py                       # 10k and 50k records/s, 20 s each
+    python bench/watch.py --score-workers 1     # scoring in a forked process beside reading
     python bench/watch.py --rates 10000 --duration 600 --rotate-seconds 60   # the long run
 
 All processes share the machine: on a 2-core box the writer, the watcher and this reader
@@ -115,7 +116,10 @@ def run_rate(rate: int, duration: float, args) -> dict:
     write_baseline(base)
     cmd = [sys.executable, "-c", "from zeekml.cli import main; main()", "watch", root, "--out", out,
            "--baseline", base, "--window-seconds", str(args.window_seconds),
-           "--window-records", str(args.window_records), "--status-seconds", "1", "--quiet"]
+           "--window-records", str(args.window_records), "--status-seconds", "1", "--quiet",
+           "--score-workers", str(args.score_workers)]
+    cmd += ["--models", args.models] if args.models else ["--no-models"]
+    load_start = os.getloadavg()
     w = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     stats_path = os.path.join(out, "stats.json")
     t_start = time.time()
@@ -127,6 +131,7 @@ def run_rate(rate: int, duration: float, args) -> dict:
             pass
         time.sleep(0.1)
     proc = psutil.Process(w.pid)
+    cpu0 = proc.cpu_times()
     wr = subprocess.Popen([sys.executable, __file__, "--writer", root, str(rate), str(duration),
                            str(args.rotate_seconds)], stdout=subprocess.PIPE)
     delays: list[float] = []
@@ -167,6 +172,9 @@ def run_rate(rate: int, duration: float, args) -> dict:
             break
         time.sleep(0.02)
     end = time.time()
+    cpu1 = proc.cpu_times()
+    kids = sum(c.cpu_times().user + c.cpu_times().system for c in proc.children())
+    load_end = os.getloadavg()
     w.send_signal(signal.SIGTERM)
     w.wait(60)
     stats = json.load(open(stats_path))
@@ -176,7 +184,12 @@ def run_rate(rate: int, duration: float, args) -> dict:
     rss_mb = [r / 2**20 for _, r in rss]
     half = len(rss_mb) // 2
     return {
-        "rate_offered": rate, "duration_s": duration, "written": expected, "scored": seen,
+        "rate_offered": rate, "duration_s": duration, "score_workers": args.score_workers,
+        "models": args.models or "none (iforest)",
+        "load_at_start": [round(x, 2) for x in load_start],
+        "load_at_end": [round(x, 2) for x in load_end],
+        "watch_cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system + kids, 1),
+        "written": expected, "scored": seen,
         "sustained_records_per_s": round(seen / (end - t0), 1),
         "drain_s_after_writer_stopped": round(end - writer_done_at, 2) if writer_done_at else None,
         "delay_p50_s": round(q(0.50), 3), "delay_p99_s": round(q(0.99), 3),
@@ -196,7 +209,7 @@ def stages(n: int) -> dict:
     from zeekml.flows.table import conn_table
     from zeekml.parse import Quarantine, read_log
     from zeekml.pipeline import ScoreOptions, ScoreSummary, fit_calibrate, load_conns, score_fitted
-    from zeekml.watch import _VerdictLines
+    from zeekml.watch import _score_render, _VerdictLines
     work = tempfile.mkdtemp(prefix="zeekml-bench-stages-")
     base, path = os.path.join(work, "baseline.log"), os.path.join(work, "conn.log")
     write_baseline(base)
@@ -222,9 +235,12 @@ def stages(n: int) -> dict:
     for v in verdicts:
         lines.write(v)
     t.append(time.perf_counter())
+    _score_render(table, fitted)
+    t.append(time.perf_counter())
     shutil.rmtree(work, ignore_errors=True)
     names = ["parse", "conn_table", "features", "iforest", "score_fitted (features + iforest + "
-             "verdicts)", "verdict json lines"]
+             "verdicts)", "verdict json lines (VerdictWriter)",
+             "watch's window scoring, columnar (features + iforest + lines)"]
     return {k: round((b - a) * 1e6 / n, 1) for k, a, b in zip(names, t, t[1:])}
 
 
@@ -246,6 +262,7 @@ def rss_probe(n: int) -> list[tuple[int, float]]:
     samples: list[tuple[int, float]] = []
     opts = WatchOptions(score=ScoreOptions(baseline=[base]), once=True, use_events=False,
                         status_seconds=2.0)
+    # RSS every 2 s; the id set of the verdict dedup is full after 200 000 records
     Watcher(root, os.path.join(work, "out"), opts,
             on_status=lambda d: samples.append((d["scored"], round(d["rss_bytes"] / 2**20, 1)))).run()
     shutil.rmtree(work, ignore_errors=True)
@@ -262,6 +279,10 @@ def main() -> None:
     ap.add_argument("--rotate-seconds", type=float, default=0.0, help="rotate conn.log this often")
     ap.add_argument("--window-seconds", type=float, default=1.0)
     ap.add_argument("--window-records", type=int, default=10_000)
+    ap.add_argument("--score-workers", type=int, default=0,
+                    help="watch --score-workers (forked scoring processes)")
+    ap.add_argument("--models", default="",
+                    help="watch --models DIR (learned detectors); default: --no-models")
     ap.add_argument("--drain-timeout", type=float, default=120.0,
                     help="how long to wait for the backlog after the writer stops")
     ap.add_argument("--json", help="also write the results here")

@@ -110,9 +110,10 @@ def test_a_scoring_process_that_dies_is_a_clear_error(tmp_path):
     deadline = time.monotonic() + 30
     while w._pool is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    kids = psutil.Process().children()
-    assert kids, "no scoring process"
-    os.kill(kids[0].pid, signal.SIGKILL)
+    assert w._pool is not None and w._pool._pids, "no scoring process"
+    worker = psutil.Process(w._pool._pids[0])
+    assert worker.ppid() == os.getpid()
+    os.kill(worker.pid, signal.SIGKILL)
     shutil.copy(REAL_CONN, root / "conn.log")
     t.join(30)
     if t.is_alive():
