@@ -15,12 +15,11 @@ import click
 from zeekml._core.device import resolve_device
 from zeekml._core.errors import ModelError, OutputError, ZeekmlError
 from zeekml.cli.models import quarantine_file
+from zeekml.cli.score import DEVICE_OPTION
 
 MODEL_OPTION = click.option(
     "--model", "model_dir", default=None, type=click.Path(exists=True, file_okay=False),
     help="An mae model directory (default: models/mae-base, or $ZEEKML_MODELS/mae-base).")
-DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
-                             type=click.Choice(["auto", "cpu", "cuda"]))
 
 
 def _model_dir(model_dir: str | None) -> str:

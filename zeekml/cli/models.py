@@ -10,12 +10,10 @@ from collections.abc import Iterator
 import click
 
 from zeekml._core.device import resolve_device
+from zeekml.cli.score import DEVICE_OPTION
 from zeekml.scoring.learned import default_models_dir
 
 MODEL_CHOICES = click.Choice(["gnn", "moe", "dense", "mae"])
-DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
-                             type=click.Choice(["auto", "cpu", "cuda"]),
-                             help="auto = CUDA when present, else CPU.")
 
 
 @contextlib.contextmanager

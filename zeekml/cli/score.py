@@ -48,7 +48,7 @@ NO_MODELS_OPTION = click.option("--no-models", is_flag=True,
                                 help="Only the IsolationForest baseline, no learned detectors.")
 DEVICE_OPTION = click.option("--device", default="cpu", show_default=True,
                              type=click.Choice(["auto", "cpu", "cuda"]),
-                             help="Where learned detectors run; auto = CUDA when present.")
+                             help="Where models run: CPU unless asked; auto = CUDA when present.")
 
 
 @click.command("score")
