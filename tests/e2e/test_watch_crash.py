@@ -212,8 +212,8 @@ def test_crash_at_each_commit_step_replays_only_the_uncommitted_window(tmp_path,
     baseline = write_baseline(str(tmp_path / "baseline.log"))
     w = ZeekWriter(root, "standalone", seed=11)
     w.write(1000, pieces=False)
-    p = start(_crashing_watcher, root, out, _opts(baseline, once=True, window_records=200),
-              point, 3)
+    p = start(_crashing_watcher, root, out, _opts(baseline, once=True, window_records=200,
+                                                  catch_up_factor=1), point, 3)
     p.join(30)
     assert p.exitcode == 9
     verdicts = os.path.join(out, "verdicts.jsonl")

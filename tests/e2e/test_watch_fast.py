@@ -76,8 +76,8 @@ def test_scoring_processes_give_the_outputs_of_one_process(tmp_path):
     root = tmp_path / "logs"
     root.mkdir()
     shutil.copy(REAL_CONN, root / "conn.log")
-    one = _run(root, tmp_path / "one", window_records=50)
-    two = _run(root, tmp_path / "two", window_records=50, score_workers=2)
+    one = _run(root, tmp_path / "one", window_records=50, catch_up_factor=1)
+    two = _run(root, tmp_path / "two", window_records=50, catch_up_factor=1, score_workers=2)
     assert one.scored == two.scored == 360 and two.windows == one.windows >= 5
     for name in ("verdicts.jsonl", "zeekml_notice.log", "quarantine.jsonl"):
         a, b = ((tmp_path / d / name).read_bytes().splitlines(keepends=True) for d in ("one", "two"))

@@ -30,7 +30,7 @@ from zeekml.watch import Watcher, WatchOptions, status_line
 @click.option("--window-seconds", default=1.0, show_default=True, type=click.FloatRange(0.01),
               help="A window is scored and committed this long after its first record...")
 @click.option("--window-records", default=10_000, show_default=True, type=click.IntRange(1),
-              help="...or when it holds this many records.")
+              help="...or when it holds this many records (up to 4x that while behind).")
 @click.option("--rescan-seconds", default=2.0, show_default=True, type=click.FloatRange(0.05),
               help="Full directory rescan period (file-system events can be lost).")
 @click.option("--no-events", is_flag=True, help="Rely on the periodic rescan only.")
@@ -51,6 +51,10 @@ from zeekml.watch import Watcher, WatchOptions, status_line
                    "is scored once conns this many seconds newer (plus the detectors' forward "
                    "horizon) have arrived, so that conns Zeek writes late still count as its "
                    "context.")
+@click.option("--context-batch-seconds", default=60.0, show_default=True,
+              type=click.FloatRange(0),
+              help="Held-back conns are scored in batches spanning this many seconds of ts "
+                   "(each batch is scored among all the conns of its detectors' horizons).")
 @click.option("--context-max-rows", default=1_000_000, show_default=True,
               type=click.IntRange(1000),
               help="At most this many conns kept in memory as context and pending.")
@@ -60,8 +64,8 @@ from zeekml.watch import Watcher, WatchOptions, status_line
 @click.option("--quiet", is_flag=True, help="No status line.")
 def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, recalibrate, fpr,
           seed, window_seconds, window_records, rescan_seconds, no_events, status_seconds,
-          models_dir, no_models, device, context_lateness, context_max_rows, score_workers,
-          quiet) -> None:
+          models_dir, no_models, device, context_lateness, context_batch_seconds,
+          context_max_rows, score_workers, quiet) -> None:
     """Score the conn logs of a live Zeek log directory as they are written.
 
     Follows DIRECTORY in any of Zeek's layouts (standalone, zeekctl current/ + dated archives,
@@ -86,7 +90,8 @@ def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, r
         window_seconds=window_seconds, window_records=window_records,
         rescan_seconds=rescan_seconds, use_events=not no_events, once=once,
         status_seconds=status_seconds, context_lateness=context_lateness,
-        context_max_rows=context_max_rows, score_workers=score_workers)
+        context_max_rows=context_max_rows, context_batch_seconds=context_batch_seconds,
+        score_workers=score_workers)
 
     def on_status(d: dict) -> None:
         if not quiet:
@@ -103,9 +108,13 @@ def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, r
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    held = (f", {stats.context['pending']:,} held back for their context (scored after the "
+            "next start, or by --once)") if stats.context.get("pending") else ""
+    late = (f", {stats.context['late']:,} arrived later than --context-lateness"
+            if stats.context.get("late") else "")
     click.echo(f"zeekml watch: {stats.state}: {stats.scored:,} scored, {stats.alerts:,} alerts, "
                f"{stats.quarantined:,} quarantined, {stats.duplicates_dropped:,} duplicates "
-               f"dropped, {stats.commits:,} commits", err=True)
+               f"dropped, {stats.commits:,} commits{held}{late}", err=True)
     if stats.state.endswith("(stalled)"):
         sys.exit(6)
 
