@@ -269,6 +269,40 @@ def rss_probe(n: int) -> list[tuple[int, float]]:
     return samples
 
 
+def context_probe(n: int, models: str, window_records: int = 100) -> dict:
+    """--once over the first ``n`` conns of the real IoT-23 CTU-34-1 log with learned detectors,
+    read in windows of ``window_records`` as a live watcher would get them (in this process, one
+    torch thread): the cost of the time-context path (hold back, release in 60 s batches, score
+    among the kept conns)."""
+    import gzip
+
+    import torch
+    from zeekml.pipeline import ScoreOptions
+    from zeekml.watch import Watcher, WatchOptions
+    torch.set_num_threads(1)
+    here = os.path.dirname(os.path.abspath(__file__))
+    src = os.path.join(here, "..", "tests", "data", "real", "iot23-ctu-34-1", "conn.log.labeled.gz")
+    lines = gzip.open(src, "rb").read().split(b"\n")
+    head = [x for x in lines[:20] if x.startswith(b"#") and not x.startswith(b"#close")]
+    recs = [x for x in lines if x and not x.startswith(b"#")][:n]
+    work = tempfile.mkdtemp(prefix="zeekml-bench-context-")
+    os.makedirs(os.path.join(work, "logs"))
+    with open(os.path.join(work, "logs", "conn.log"), "wb") as f:
+        f.write(b"\n".join(head + recs) + b"\n")
+    base = os.path.join(work, "baseline.log")
+    with open(base, "wb") as f:
+        f.write(b"\n".join(head + recs[:2000]) + b"\n")
+    opts = WatchOptions(score=ScoreOptions(baseline=[base], models_dir=models), once=True,
+                        use_events=False, status_seconds=1000, window_records=window_records,
+                        catch_up_factor=1, context_lateness=500.0)
+    t0 = time.perf_counter()
+    s = Watcher(os.path.join(work, "logs"), os.path.join(work, "out"), opts).run()
+    dt = time.perf_counter() - t0
+    shutil.rmtree(work, ignore_errors=True)
+    return {"conns": n, "models": models, "seconds_incl_model_load_and_fit": round(dt, 1),
+            "conns_per_s": round(s.scored / dt), "context": s.context}
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--writer":
         writer(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
@@ -290,7 +324,14 @@ def main() -> None:
                     help="instead: time each step of a window on N records (us/record)")
     ap.add_argument("--rss-probe", type=int, default=0, metavar="N",
                     help="instead: RSS against records scored over N records in this process")
+    ap.add_argument("--context-probe", type=int, default=0, metavar="N",
+                    help="instead: N real conns through the time-context path with --models "
+                         "(default: the shipped models/)")
     args = ap.parse_args()
+    if args.context_probe:
+        models = args.models or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models")
+        print(json.dumps({"load": os.getloadavg(), **context_probe(args.context_probe, models)}))
+        return
     if args.rss_probe:
         print(json.dumps({"load": os.getloadavg(), "scored_rss_mb": rss_probe(args.rss_probe)}))
         return

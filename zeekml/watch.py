@@ -1084,6 +1084,7 @@ class Watcher:
             from zeekml._core.errors import InputNotFound
             raise InputNotFound("no such directory", self.root)
         lock_fd = self._lock()
+        _fix_mmap_threshold()
         self.stats.started_at = time.time()
         self._t0 = time.monotonic()
         self._last_status = self._t0
@@ -1361,6 +1362,18 @@ def _libc_malloc_trim():
 
 
 _malloc_trim = _libc_malloc_trim()
+
+
+def _fix_mmap_threshold(nbytes: int = 1 << 20) -> None:
+    """Blocks of ``nbytes`` and more always come from mmap and go back to the system when freed.
+    glibc otherwise raises that threshold each time such a block is freed (up to 32 MiB), after
+    which a window's big arrays (features of 40 000 conns: ~19 MB) land in the heap and fragment
+    it: RSS crept ~15 MB over 2M records, and stays flat with the threshold fixed."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)     # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def _rss() -> int:
