@@ -1106,7 +1106,13 @@ class Watcher:
                 self._journal = ContextJournal(self.out_dir, cp.context, self._write)
                 self._ctx = LiveContext(fitted, opts.context_lateness, opts.context_max_rows,
                                         opts.context_batch_seconds)
-                self._ctx.replay(self._journal.read())
+                try:
+                    self._ctx.replay(self._journal.read())
+                except (ZeekmlError, ValueError, KeyError, struct.error, pa.ArrowException) as e:
+                    raise ZeekmlError(
+                        f"damaged context journal ({type(e).__name__}: {e}); the conns it holds "
+                        "back cannot be restored: use a new --out",
+                        os.path.join(self.out_dir, self._journal.name)) from e
                 log.info("detectors with a time context: %g s back, %g s forward; %d conns "
                          "restored (%d pending)", back, fwd, self._ctx.rows, self._ctx.pending)
                 self._context_stats()

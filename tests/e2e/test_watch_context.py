@@ -214,3 +214,33 @@ def test_memory_bound_releases_and_evicts_early():
         n += len(ctx.release(fitted))
         assert ctx.rows <= 150
     assert ctx.released_early > 0 and ctx.evicted_early > 0 and n + ctx.pending == 600
+
+
+@pytest.mark.parametrize("damage", ["length", "body"])
+def test_a_damaged_context_journal_is_a_one_line_error(tmp_path, damage):
+    gnn = os.path.join(MODELS, "gnn-base")
+    if not os.path.exists(os.path.join(gnn, "config.json")):
+        pytest.skip("models/gnn-base not shipped")
+    (tmp_path / "models").mkdir()
+    os.symlink(os.path.abspath(gnn), tmp_path / "models" / "gnn-base")
+    real = os.path.join(HERE, "..", "data", "real", "zat", "data", "conn.log")
+    root, out = tmp_path / "logs", tmp_path / "out"
+    root.mkdir()
+    (root / "conn.log").write_bytes(open(real, "rb").read())
+    args = ["watch", str(root), "--out", str(out), "--once", "--baseline", real, "--quiet",
+            "--models", str(tmp_path / "models")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    journal = [p for p in os.listdir(out) if p.endswith(".journal")]
+    assert len(journal) == 1
+    path = out / journal[0]
+    data = bytearray(path.read_bytes())
+    if damage == "length":
+        data[0:8] = (1 << 40).to_bytes(8, "little")
+    else:
+        data[9:60] = bytes(51)
+    path.write_bytes(bytes(data))
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1
+    assert "damaged context journal" in r.output and "use a new --out" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
