@@ -589,6 +589,10 @@ class VerdictDedup:
 # detectors with a time context
 
 JOURNAL_PREFIX = "context."
+JOURNAL_COMPACT_BYTES = 64 << 20
+JOURNAL_COMPACT_RATIO = 4
+"""A journal past JOURNAL_COMPACT_BYTES and JOURNAL_COMPACT_RATIO times its live content is
+rewritten as a new generation."""
 JOURNAL_SUFFIX = ".journal"
 _ROWS, _MARK = b"R", b"T"
 _MARK_FMT = struct.Struct("<dddB")
@@ -811,8 +815,8 @@ class ContextJournal:
         self._write = write or os.pwrite
         self.name = committed.get("journal") or f"{JOURNAL_PREFIX}{1:06d}{JOURNAL_SUFFIX}"
         self.length = int(committed.get("length", 0))
-        self._keep = {self.name}
         self._last_committed = self.name
+        self._sweep = True          # generations left behind (a crash after a rewrite)
         self.fd = -1
         self._open(self.name, self.length)
 
@@ -868,15 +872,15 @@ class ContextJournal:
             raise OutputError(f"cannot write the context journal: {e.strerror or e}", path) from e
         self._open(name, len(data))
         self.name, self.length = name, len(data)
-        self._keep.add(name)
+        self._sweep = True
 
     def committed(self) -> dict:
         return {"journal": self.name, "length": self.length}
 
     def after_commit(self) -> None:
-        """Delete generations that neither this commit nor the one before names."""
-        keep = {self._last_committed, self.name}
-        if len(self._keep - keep) or self._last_committed != self.name:
+        """Delete generations that neither this commit nor the one before (``.prev``) names."""
+        if self._sweep:
+            keep = {self._last_committed, self.name}
             for name in os.listdir(self.out_dir):
                 if name.startswith(JOURNAL_PREFIX) and name.endswith(JOURNAL_SUFFIX) \
                         and name not in keep:
@@ -884,7 +888,7 @@ class ContextJournal:
                         os.unlink(os.path.join(self.out_dir, name))
                     except OSError:
                         pass
-        self._keep = {self.name}
+            self._sweep = self._last_committed != self.name
         self._last_committed = self.name
 
     def close(self) -> None:
@@ -1268,7 +1272,8 @@ class Watcher:
         self._durably(lambda: outputs.append(parts))
         journal, ctx = self._journal, self._ctx
         if journal is not None:
-            if journal.length > 64 << 20 and journal.length > 4 * ctx._tbl().nbytes:
+            if journal.length > JOURNAL_COMPACT_BYTES and \
+                    journal.length > JOURNAL_COMPACT_RATIO * ctx._tbl().nbytes:
                 snap = ctx.snapshot()
                 self._durably(lambda: journal.rewrite(snap))
             else:
