@@ -251,6 +251,14 @@ class MAEDetector:
             return np.zeros(0)
         return self.loaded.run(self.loaded.modalities(table))["score"]
 
+    def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
+        """``score(table)[rows]``, running the model on ``rows`` alone (the other conns of
+        ``table`` only feed the host sequences, whose featurisation is vectorised and cheap)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return np.zeros(0)
+        return self.loaded.run(self.loaded.modalities(table).take(rows))["score"]
+
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
         """Per-modality errors and the worst-reconstructed quantity features of each row."""
         if len(rows) == 0:

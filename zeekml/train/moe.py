@@ -440,6 +440,14 @@ class TokenDetector:
             return np.zeros(0)
         return self.loaded.run(self.loaded.tokens(table), want=("score",))["score"]
 
+    def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
+        """``score(table)[rows]`` at the cost of ``rows`` alone: the other conns of ``table`` are
+        only context (their tokens are not built, the model does not run on them)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return np.zeros(0)
+        return self.loaded.run(self.loaded.tokens(table, rows=rows), want=("score",))["score"]
+
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
         """Per row: the conn's fields the model found least likely (host tokens), with their NLL."""
         torch = _torch()
