@@ -148,15 +148,29 @@ class NeighbourCount:
         return [f"n={int(s)}" for s in self.score(table)[rows]]
 
 
+class HostNeighbourCount(NeighbourCount):
+    """Score = how many conns of the same originator lie within ``back`` seconds before."""
+
+    context_key = "id.orig_h"
+
+    def score(self, table):
+        ts = table.column("ts").to_numpy(zero_copy_only=False)
+        host = np.asarray(table.column("id.orig_h").to_pylist())
+        return np.array([np.sum((host == h) & (ts >= t - self.context_seconds) & (ts <= t))
+                         for h, t in zip(host, ts)], dtype=float)
+
+
 def _toy_table(n: int, seed: int):
     rng = np.random.default_rng(seed)
     ts = 1000.0 + np.arange(n) * 0.5 - rng.exponential(4.0, n) * (rng.random(n) < 0.3)
     uid = [f"C{i:06d}" for i in range(n)]
-    return conn_table([pa.table({"ts": ts, "uid": uid, "id.orig_h": ["10.0.0.1"] * n})]), ts
+    hosts = [f"10.0.0.{h}" for h in rng.integers(1, 8, n)]
+    return conn_table([pa.table({"ts": ts, "uid": uid, "id.orig_h": hosts})]), ts
 
 
 def _toy_fitted():
-    dets = [NeighbourCount("back", 20.0, 0.0), NeighbourCount("both", 5.0, 7.0)]
+    dets = [NeighbourCount("back", 20.0, 0.0), NeighbourCount("both", 5.0, 7.0),
+            HostNeighbourCount("host", 30.0, 0.0)]
     cal = {d.name: ThresholdCalibrator(fpr=0.01).fit(np.arange(100.0)) for d in dets}
     return FittedDetectors(dets, cal, 0.01)
 
@@ -294,3 +308,26 @@ def test_journal_generations_compact_and_restore(tmp_path, monkeypatch):
     for uid, x in a.items():
         assert x["alert"] == b[uid]["alert"] and x["verdict_id"] == b[uid]["verdict_id"]
         assert all(abs(x["scores"][k] - b[uid]["scores"][k]) < 1e-5 for k in x["scores"])
+
+
+def test_context_of_a_host_keyed_detector_is_its_originators_conns():
+    from zeekml.scoring.context import InContext, context_key, detectors_in_context
+    table, ts = _toy_table(200, seed=3)
+    fitted = _toy_fitted()
+    targets = np.arange(100, 103)
+    dets = detectors_in_context(fitted.detectors, table, targets)
+    assert all(isinstance(d, InContext) for d in dets)
+    hosts = set(table.column("id.orig_h").take(pa.array(targets)).to_pylist())
+    keyed = dets[2].context.column("id.orig_h").to_pylist()
+    assert set(keyed) == hosts and len(set(dets[0].context.column("id.orig_h").to_pylist())) > len(hosts)
+    assert context_key(fitted.detectors[0]) is None and context_key(fitted.detectors[2]) == "id.orig_h"
+
+    class Named:
+        name = "mae"
+
+    assert context_key(Named()) == "id.orig_h"
+    # the same scores as scoring the whole table
+    whole = {v.uid: v.scores for v in score_fitted(table, fitted)}
+    import dataclasses
+    part = score_fitted(table.take(pa.array(targets)), dataclasses.replace(fitted, detectors=dets))
+    assert [v.scores for v in part] == [whole[v.uid] for v in part]

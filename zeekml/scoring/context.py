@@ -11,7 +11,8 @@ Horizon of a detector: ``context_seconds`` back and ``forward_context_seconds`` 
 detector without ``forward_context_seconds`` is taken to look as far forward as back (safe),
 except the host-history detectors named in ``BACKWARD_ONLY``, whose inputs are a conn's
 originator's *earlier* conns only (``features.modality.host_sequences``,
-``features.tokens.FlowTokenizer``): nothing later changes their score.
+``features.tokens.FlowTokenizer``): nothing later changes their score, and no other
+originator's conn either (``HOST_KEYED``), so their context is cut to the originators scored.
 """
 from __future__ import annotations
 
@@ -22,6 +23,18 @@ import pyarrow.compute as pc
 BACKWARD_ONLY = frozenset({"mae", "moe", "dense"})
 """Detector names whose score depends only on earlier conns (until they say so themselves with
 ``forward_context_seconds``)."""
+
+HOST_KEYED = {"mae": "id.orig_h", "moe": "id.orig_h", "dense": "id.orig_h"}
+"""Detectors whose context is the conns with the same value of a column (the host-history models:
+a conn's originator's earlier conns), until they say so themselves with ``context_key``."""
+
+
+def context_key(det) -> str | None:
+    """The column whose value a context conn must share with the conn scored, if any."""
+    key = getattr(det, "context_key", None)
+    if key is None:
+        key = HOST_KEYED.get(getattr(det, "name", ""))
+    return key or None
 
 
 def horizon(det) -> tuple[float, float]:
@@ -83,7 +96,8 @@ def detectors_in_context(detectors, table: pa.Table, targets: np.ndarray,
                          ts: np.ndarray | None = None) -> list:
     """``detectors`` set up to score ``table.take(targets)``: per-conn detectors as they are,
     each contextual one as ``InContext`` over the rows of ``table`` within its horizon of the
-    targets' time range (plus the targets). ``table`` holds rows in the order the whole log
+    targets' time range (plus the targets), and for a detector with a ``context_key`` only the
+    rows sharing a target's value of that column. ``table`` holds rows in the order the whole log
     would (ties in ``ts`` are broken by that order); ``targets`` are sorted row indices."""
     targets = np.asarray(targets, dtype=np.int64)
     if ts is None:
@@ -100,6 +114,12 @@ def detectors_in_context(detectors, table: pa.Table, targets: np.ndarray,
         if len(own):
             with np.errstate(invalid="ignore"):
                 mask = (ts >= own.min() - back) & (ts <= own.max() + fwd)
+        key = context_key(det)
+        if key is not None and key in table.column_names:
+            col = table.column(key)
+            wanted = pc.unique(col.take(pa.array(targets, pa.int64())))
+            same = pc.is_in(col, value_set=wanted, skip_nulls=False)
+            mask &= same.to_numpy(zero_copy_only=False).astype(bool)
         mask[targets] = True
         rows = np.flatnonzero(mask)
         if len(rows) == len(targets):
