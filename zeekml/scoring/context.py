@@ -86,6 +86,9 @@ class InContext:
         raise TypeError("InContext detectors only score")
 
     def score(self, table: pa.Table) -> np.ndarray:
+        score_rows = getattr(self.det, "score_rows", None)
+        if score_rows is not None:            # the model runs on the targets only
+            return np.asarray(score_rows(self.context, self.positions))
         return np.asarray(self.det.score(self.context))[self.positions]
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
