@@ -3,7 +3,11 @@ benches of the autoencoder and the mixture-of-experts use them (one definition, 
 are comparable)."""
 from __future__ import annotations
 
+import logging
 import os
+
+import numpy as np
+import pyarrow as pa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.environ.get("ZEEKML_DATA", os.path.normpath(os.path.join(ROOT, "..", "shared", "data")))
@@ -22,3 +26,23 @@ TASKS = {
     "botnet": ("detailedlabel", ["ctu-34-1", "ctu-21-1", "ctu-8-1"]),
     "malicious": ("label", ["ctu-34-1", "ctu-21-1", "ctu-8-1", "strato-008", "strato-010"]),
 }
+
+
+def load_all(root: str = DATA) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+    """One table of every file, the file index of each row, and train/test rows (per file, the
+    earliest 70% by time and the rest)."""
+    from zeekml.train.data import load_conns, temporal_split
+
+    tables, file_of, train, test = [], [], [], []
+    off = 0
+    for i, (name, rel) in enumerate(FILES.items()):
+        t = load_conns(os.path.join(root, rel))
+        tr, te = temporal_split(t)
+        tables.append(t)
+        file_of.append(np.full(t.num_rows, i))
+        train.append(tr + off)
+        test.append(te + off)
+        off += t.num_rows
+        logging.getLogger("eval_data").info("%s: %d conns", name, t.num_rows)
+    return (pa.concat_tables(tables), np.concatenate(file_of), np.concatenate(train),
+            np.concatenate(test))

@@ -34,33 +34,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from zeekml.features.flow_features import FlowFeaturizer  # noqa: E402
 from zeekml.scoring.detector import IsolationForestDetector  # noqa: E402
 from zeekml.train.artifact import load_model_dir  # noqa: E402
-from zeekml.train.data import labels_of, load_conns, sample_shots, temporal_split  # noqa: E402
+from zeekml.train.data import labels_of, sample_shots  # noqa: E402
 from zeekml.train.mae import KIND, LoadedMAE  # noqa: E402
 from zeekml.train.metrics import binary_auroc, precision_at_fpr  # noqa: E402
 
-from eval_data import DATA, FILES, TASKS  # noqa: E402  (bench/, the script's folder, is on sys.path)
+from eval_data import DATA, FILES, TASKS, load_all  # noqa: E402  (bench/, the script's folder, is on sys.path)
 
 log = logging.getLogger("mae_eval")
 
 SHOTS = 10
 SEEDS = (0, 1, 2)
-
-
-def load_all(root: str) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
-    """One table of every file, the file index of each row, and train/test rows (per-file 70/30)."""
-    tables, file_of, train, test = [], [], [], []
-    off = 0
-    for i, (name, rel) in enumerate(FILES.items()):
-        t = load_conns(os.path.join(root, rel))
-        tr, te = temporal_split(t)
-        tables.append(t)
-        file_of.append(np.full(t.num_rows, i))
-        train.append(tr + off)
-        test.append(te + off)
-        off += t.num_rows
-        log.info("%s: %d conns", name, t.num_rows)
-    return (pa.concat_tables(tables), np.concatenate(file_of), np.concatenate(train),
-            np.concatenate(test))
 
 
 def clf_size(model) -> int:

@@ -49,31 +49,16 @@ sys.path.insert(0, ROOT)
 
 from zeekml.features.flow_features import FlowFeaturizer  # noqa: E402
 from zeekml.flows.table import CONN_SCHEMA  # noqa: E402
-from zeekml.train.data import labels_of, load_conns, sample_shots, temporal_split  # noqa: E402
+from zeekml.train.data import labels_of, sample_shots  # noqa: E402
 from zeekml.train.metrics import classification_report  # noqa: E402
 
-from eval_data import DATA, FILES, TASKS  # noqa: E402  (bench/, the script's folder, is on sys.path)
+from eval_data import FILES, TASKS, load_all  # noqa: E402  (bench/, the script's folder, is on sys.path)
 
 log = logging.getLogger("moe_fewshot")
 
 SHOTS = (5, 10, 20, 50)
 NEURAL = ("moe", "dense", "dense-wide")
 PERTURBATIONS = ("pad", "split", "delay", "decoy")
-
-
-def load_all() -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
-    tables, file_of, train, test = [], [], [], []
-    off = 0
-    for i, rel in enumerate(FILES.values()):
-        t = load_conns(os.path.join(DATA, rel))
-        tr, te = temporal_split(t)
-        tables.append(t)
-        file_of.append(np.full(t.num_rows, i))
-        train.append(tr + off)
-        test.append(te + off)
-        off += t.num_rows
-    return (pa.concat_tables(tables), np.concatenate(file_of), np.concatenate(train),
-            np.concatenate(test))
 
 
 # -- perturbations --------------------------------------------------------------------------------
