@@ -269,11 +269,12 @@ def rss_probe(n: int) -> list[tuple[int, float]]:
     return samples
 
 
-def context_probe(n: int, models: str, window_records: int = 100) -> dict:
+def context_probe(n: int, models: str, window_records: int = 100, dense: float = 0.0) -> dict:
     """--once over the first ``n`` conns of the real IoT-23 CTU-34-1 log with learned detectors,
     read in windows of ``window_records`` as a live watcher would get them (in this process, one
     torch thread): the cost of the time-context path (hold back, release in 60 s batches, score
-    among the kept conns)."""
+    among the kept conns). With ``dense`` > 0: instead this bench's synthetic conns (~1000
+    originators) ``dense`` seconds of ``ts`` apart, 200-conn windows, lateness 10 s."""
     import gzip
 
     import torch
@@ -282,24 +283,35 @@ def context_probe(n: int, models: str, window_records: int = 100) -> dict:
     torch.set_num_threads(1)
     here = os.path.dirname(os.path.abspath(__file__))
     src = os.path.join(here, "..", "tests", "data", "real", "iot23-ctu-34-1", "conn.log.labeled.gz")
-    lines = gzip.open(src, "rb").read().split(b"\n")
-    head = [x for x in lines[:20] if x.startswith(b"#") and not x.startswith(b"#close")]
-    recs = [x for x in lines if x and not x.startswith(b"#")][:n]
     work = tempfile.mkdtemp(prefix="zeekml-bench-context-")
     os.makedirs(os.path.join(work, "logs"))
-    with open(os.path.join(work, "logs", "conn.log"), "wb") as f:
-        f.write(b"\n".join(head + recs) + b"\n")
     base = os.path.join(work, "baseline.log")
-    with open(base, "wb") as f:
-        f.write(b"\n".join(head + recs[:2000]) + b"\n")
+    if dense > 0:
+        rest = make_rest(random.Random(2))
+        with open(os.path.join(work, "logs", "conn.log"), "wb") as f:
+            f.write(header("2024-01-01-00-00-00"))
+            for k in range(n):
+                f.write(f"{1.7e9 + k * dense:.6f}\tCW{k:015d}\t{rest[k % len(rest)]}\n".encode())
+        write_baseline(base, 3000)
+        window_records, lateness = 200, 10.0
+    else:
+        lines = gzip.open(src, "rb").read().split(b"\n")
+        head = [x for x in lines[:20] if x.startswith(b"#") and not x.startswith(b"#close")]
+        recs = [x for x in lines if x and not x.startswith(b"#")][:n]
+        with open(os.path.join(work, "logs", "conn.log"), "wb") as f:
+            f.write(b"\n".join(head + recs) + b"\n")
+        with open(base, "wb") as f:
+            f.write(b"\n".join(head + recs[:2000]) + b"\n")
+        lateness = 500.0
     opts = WatchOptions(score=ScoreOptions(baseline=[base], models_dir=models), once=True,
                         use_events=False, status_seconds=1000, window_records=window_records,
-                        catch_up_factor=1, context_lateness=500.0)
+                        catch_up_factor=1, context_lateness=lateness)
     t0 = time.perf_counter()
     s = Watcher(os.path.join(work, "logs"), os.path.join(work, "out"), opts).run()
     dt = time.perf_counter() - t0
     shutil.rmtree(work, ignore_errors=True)
-    return {"conns": n, "models": models, "seconds_incl_model_load_and_fit": round(dt, 1),
+    return {"conns": n, "dense_ts_step": dense, "models": models,
+            "seconds_incl_model_load_and_fit": round(dt, 1),
             "conns_per_s": round(s.scored / dt), "context": s.context}
 
 
@@ -327,10 +339,13 @@ def main() -> None:
     ap.add_argument("--context-probe", type=int, default=0, metavar="N",
                     help="instead: N real conns through the time-context path with --models "
                          "(default: the shipped models/)")
+    ap.add_argument("--dense", type=float, default=0.0, metavar="STEP",
+                    help="with --context-probe: synthetic conns STEP seconds of ts apart")
     args = ap.parse_args()
     if args.context_probe:
         models = args.models or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models")
-        print(json.dumps({"load": os.getloadavg(), **context_probe(args.context_probe, models)}))
+        print(json.dumps({"load": os.getloadavg(),
+                          **context_probe(args.context_probe, models, dense=args.dense)}))
         return
     if args.rss_probe:
         print(json.dumps({"load": os.getloadavg(), "scored_rss_mb": rss_probe(args.rss_probe)}))
