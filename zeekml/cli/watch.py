@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from zeekml.cli.score import DEVICE_OPTION, MODELS_OPTION, NO_MODELS_OPTION
 from zeekml.pipeline import ScoreOptions
 from zeekml.watch import Watcher, WatchOptions, status_line
 
@@ -36,15 +37,9 @@ from zeekml.watch import Watcher, WatchOptions, status_line
 @click.option("--no-events", is_flag=True, help="Rely on the periodic rescan only.")
 @click.option("--status-seconds", default=5.0, show_default=True, type=click.FloatRange(0.1),
               help="Status line and stats.json period.")
-@click.option("--models", "models_dir", default="", type=click.Path(file_okay=False),
-              help="Directory of learned detectors (model dirs whose config.json says "
-                   "\"detector\": true). Default: the shipped models/ ($ZEEKML_MODELS), as "
-                   "`zeekml score`.")
-@click.option("--no-models", is_flag=True,
-              help="Only the IsolationForest baseline, no learned detectors.")
-@click.option("--device", default="cpu", show_default=True,
-              type=click.Choice(["auto", "cpu", "cuda"]),
-              help="Where learned detectors run; auto = CUDA when present.")
+@MODELS_OPTION
+@NO_MODELS_OPTION
+@DEVICE_OPTION
 @click.option("--context-lateness", default=300.0, show_default=True,
               type=click.FloatRange(0),
               help="Detectors that look at neighbouring conns (GNN, autoencoder, MoE): a conn "
