@@ -28,15 +28,6 @@ MODELS = os.path.join(HERE, "..", "..", "models")
 IOT23 = os.path.join(HERE, "..", "data", "real", "iot23-ctu-34-1", "conn.log.labeled.gz")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _iot23_head(path: str, n: int = 2000) -> bytes:
     """The header and the first ``n`` records of the IoT-23 capture (span 2 h, records up to
     483 s behind the newest ``ts``: Zeek writes a conn when it ends)."""
