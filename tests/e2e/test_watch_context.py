@@ -173,7 +173,7 @@ def test_horizon_of_a_detector():
         name, context_seconds = "gnn", 50.0
 
     class Back:
-        name, context_seconds = "mae", 3600.0
+        name, context_seconds, forward_context_seconds = "mae", 3600.0, 0.0
 
     assert horizon(Sym()) == (50.0, 50.0) and horizon(Back()) == (3600.0, 0.0)
 
@@ -313,10 +313,10 @@ def test_context_of_a_host_keyed_detector_is_its_originators_conns():
     assert set(keyed) == hosts and len(set(dets[0].context.column("id.orig_h").to_pylist())) > len(hosts)
     assert context_key(fitted.detectors[0]) is None and context_key(fitted.detectors[2]) == "id.orig_h"
 
-    class Named:
-        name = "mae"
-
-    assert context_key(Named()) == "id.orig_h"
+    from zeekml.train.registry import get_kind
+    for kind in ("mae", "moe", "dense"):             # the shipped host-history detectors declare it
+        det = get_kind(kind).detector(os.path.join(MODELS, f"{kind}-base"), device="cpu")
+        assert context_key(det) == "id.orig_h" and det.forward_context_seconds == 0.0
     # the same scores as scoring the whole table
     whole = {v.uid: v.scores for v in score_fitted(table, fitted)}
     import dataclasses

@@ -8,11 +8,11 @@ contextual detector sees, beside the part's rows, every other row within its hor
 windows, ``zeekml.watch``) both score that way through this module.
 
 Horizon of a detector: ``context_seconds`` back and ``forward_context_seconds`` forward. A
-detector without ``forward_context_seconds`` is taken to look as far forward as back (safe),
-except the host-history detectors named in ``BACKWARD_ONLY``, whose inputs are a conn's
-originator's *earlier* conns only (``features.modality.host_sequences``,
-``features.tokens.FlowTokenizer``): nothing later changes their score, and no other
-originator's conn either (``HOST_KEYED``), so their context is cut to the originators scored.
+detector without ``forward_context_seconds`` is taken to look as far forward as back (safe).
+A detector with a ``context_key`` column sees only the conns sharing a scored conn's value of it:
+the host-history detectors (autoencoder, MoE/dense; ``features.modality.host_sequences``,
+``features.tokens.FlowTokenizer``) declare ``forward_context_seconds = 0`` and
+``context_key = "id.orig_h"``, since only their originator's earlier conns change their score.
 """
 from __future__ import annotations
 
@@ -20,30 +20,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-BACKWARD_ONLY = frozenset({"mae", "moe", "dense"})
-"""Detector names whose score depends only on earlier conns (until they say so themselves with
-``forward_context_seconds``)."""
-
-HOST_KEYED = {"mae": "id.orig_h", "moe": "id.orig_h", "dense": "id.orig_h"}
-"""Detectors whose context is the conns with the same value of a column (the host-history models:
-a conn's originator's earlier conns), until they say so themselves with ``context_key``."""
-
-
 def context_key(det) -> str | None:
     """The column whose value a context conn must share with the conn scored, if any."""
-    key = getattr(det, "context_key", None)
-    if key is None:
-        key = HOST_KEYED.get(getattr(det, "name", ""))
-    return key or None
+    return getattr(det, "context_key", None) or None
 
 
 def horizon(det) -> tuple[float, float]:
     """``(back, forward)`` seconds of other conns that can change ``det``'s score of a conn."""
     back = float(getattr(det, "context_seconds", 0.0) or 0.0)
     fwd = getattr(det, "forward_context_seconds", None)
-    if fwd is None:
-        fwd = 0.0 if getattr(det, "name", "") in BACKWARD_ONLY else back
-    return back, float(fwd)
+    return back, float(back if fwd is None else fwd)
 
 
 def context_seconds(detectors) -> float:

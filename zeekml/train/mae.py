@@ -228,6 +228,7 @@ class MAEDetector:
 
     name = "mae"
     note = "ZeekML::Anomalous_Flow"
+    context_key = "id.orig_h"     # host sequences: only the same originator's conns change a score
 
     def __init__(self, loaded: LoadedMAE):
         self.loaded = loaded

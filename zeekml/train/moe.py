@@ -418,6 +418,7 @@ class TokenDetector:
     """Masked-token NLL of a pretrained moe/dense dir as a ``Detector`` (higher = more anomalous)."""
 
     note = "ZeekML::Anomalous_Flow"
+    context_key = "id.orig_h"     # host tokens: only the same originator's conns change a score
 
     def __init__(self, loaded: LoadedTokenModel):
         self.loaded = loaded
