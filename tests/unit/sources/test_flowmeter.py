@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from zeekml.sources.flowmeter import FlowMeter, is_private
-from zeekml.sources.flowmeter_decode import link_to_ip
+from zeekml.sources.flowmeter.decode import link_to_ip
 
 A, B = "10.0.0.1", "192.0.2.7"
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10

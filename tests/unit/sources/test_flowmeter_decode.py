@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from zeekml.sources import flowmeter_decode as dec
+from zeekml.sources.flowmeter import decode as dec
 from zeekml.sources.flowmeter import FlowMeter
 
 
