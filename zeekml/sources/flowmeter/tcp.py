@@ -6,10 +6,7 @@ state in place; they never create or finish connections (the meter does).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # conn.py imports this module's states; the type alone is needed here
-    from zeekml.sources.flowmeter.conn import Conn
+from typing import Protocol
 
 # Zeek's TCP timing constants (init-bare.zeek defaults).
 TCP_INACTIVITY = 300.0
@@ -118,6 +115,35 @@ class TcpEndpoint:
         if self.fin_cnt > 0 and size != 0:
             size -= 1
         return size
+
+
+class Conn(Protocol):
+    """What TCP processing reads and changes on a connection (``conn.Conn`` has it all; a
+    Protocol rather than an import, because conn.py imports this module's states)."""
+
+    orig_h: bytes
+    resp_h: bytes
+    orig_p: int
+    resp_p: int
+    orig_ep: TcpEndpoint
+    resp_ep: TcpEndpoint
+    orig_pkts: int
+    resp_pkts: int
+    orig_ipb: int
+    resp_ipb: int
+    hist: list[str]
+    hist_seen: int
+    first_seen: int
+    f_dirs: list[int]
+    is_partial: bool
+    inactivity: float
+    last: float
+    attempt_at: float | None
+    remove_at: float | None
+    close_tick: float | None
+    missed: int
+
+    def check_history(self, mask: int, code: str) -> bool: ...
 
 
 def is_reuse(c: Conn, flags: int, seq: int) -> bool:
