@@ -209,7 +209,7 @@ def stages(n: int) -> dict:
     from zeekml.flows.table import conn_table
     from zeekml.parse import Quarantine, read_log
     from zeekml.pipeline import ScoreOptions, ScoreSummary, fit_calibrate, load_conns, score_fitted
-    from zeekml.watch import _score_render, _VerdictLines
+    from zeekml.pipeline.live.watcher import _score_render, _VerdictLines
     work = tempfile.mkdtemp(prefix="zeekml-bench-stages-")
     base, path = os.path.join(work, "baseline.log"), os.path.join(work, "conn.log")
     write_baseline(base)
@@ -247,7 +247,7 @@ def stages(n: int) -> dict:
 def rss_probe(n: int) -> list[tuple[int, float]]:
     """RSS (MB) against records scored, ``--once`` over ``n`` records in 100k-record files."""
     from zeekml.pipeline import ScoreOptions
-    from zeekml.watch import Watcher, WatchOptions
+    from zeekml.pipeline import Watcher, WatchOptions
     work = tempfile.mkdtemp(prefix="zeekml-bench-rss-")
     root = os.path.join(work, "logs")
     os.makedirs(root)
@@ -279,7 +279,7 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
 
     import torch
     from zeekml.pipeline import ScoreOptions
-    from zeekml.watch import Watcher, WatchOptions
+    from zeekml.pipeline import Watcher, WatchOptions
     torch.set_num_threads(1)
     here = os.path.dirname(os.path.abspath(__file__))
     src = os.path.join(here, "..", "tests", "data", "real", "iot23-ctu-34-1", "conn.log.labeled.gz")

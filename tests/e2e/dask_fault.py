@@ -2,7 +2,7 @@
 
 ``tests/e2e/test_dask_faults.py`` starts ``zeekml score --dask local:2`` with
 ``DASK_DISTRIBUTED__WORKER__PRELOAD`` naming this file, so every worker process (restarted ones
-too) runs it at start-up. It replaces ``zeekml.distributed.<ZEEKML_TEST_FAULT_STEP>``
+too) runs it at start-up. It replaces ``zeekml.pipeline.dask.<ZEEKML_TEST_FAULT_STEP>``
 (``read_task`` or ``_score``) with a wrapper; tasks are pickled by reference, so the workers run
 the wrapper and the production code holds no test hook. The wrapper does the task's work and then
 ends the process with ``os._exit`` before the result leaves the worker:
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-import zeekml.distributed as dist
+import zeekml.pipeline.dask as dist
 
 _STEP = os.environ["ZEEKML_TEST_FAULT_STEP"]
 _work = getattr(dist, _STEP)

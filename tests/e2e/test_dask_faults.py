@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from zeekml.cli import main
-from zeekml.distributed import plan_tasks, read_task
+from zeekml.pipeline.dask import plan_tasks, read_task
 
 HERE = Path(__file__).parent
 FAULT = HERE / "dask_fault.py"

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from zeekml.cli import main
-from zeekml.distributed import plan_tasks, read_task
+from zeekml.pipeline.dask import plan_tasks, read_task
 from zeekml.parse import read_table
 
 EXAMPLES = Path(__file__).parent.parent.parent / "examples"

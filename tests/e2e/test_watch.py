@@ -16,7 +16,7 @@ from zeekml.parse import Quarantine
 from zeekml.parse.zeek_tsv import ZeekTsvParser
 from zeekml.pipeline import ScoreOptions
 from zeekml.sources.checkpoint import CheckpointStore
-from zeekml.watch import Watcher, WatchOptions
+from zeekml.pipeline.live.watcher import Watcher, WatchOptions
 
 HERE = os.path.dirname(__file__)
 REAL_CONN = os.path.join(HERE, "..", "data", "real", "zat", "data", "conn.log")
@@ -180,7 +180,7 @@ def test_hostile_values_survive_into_notices_byte_for_byte(tmp_path, monkeypatch
     (root / "conn.log").write_bytes(b"".join(lines))
     out = tmp_path / "out"
     baseline = write_baseline(str(tmp_path / "baseline.log"))
-    import zeekml.watch as zw
+    import zeekml.pipeline.live.watcher as zw
     real = zw.score_fitted
 
     def every_conn_alerts(table, fitted):   # the detector is not under test: force alerts

@@ -21,7 +21,7 @@ from zeekml.pipeline import FittedDetectors, ScoreOptions, score_fitted
 from zeekml.scoring.calibrate import ThresholdCalibrator
 from zeekml.scoring.context import horizon
 from zeekml.sources.checkpoint import CheckpointStore
-from zeekml.watch import LiveContext, Watcher, WatchOptions
+from zeekml.pipeline.live.watcher import LiveContext, Watcher, WatchOptions
 
 HERE = os.path.dirname(__file__)
 MODELS = os.path.join(HERE, "..", "..", "models")
@@ -256,7 +256,7 @@ def test_journal_generations_compact_and_restore(tmp_path, monkeypatch):
     """With compaction at every window the journal is rewritten as new generations, at most the
     committed one and the one before stay on disk, and a restart restores the held-back conns:
     the verdicts equal those of a run that never compacted."""
-    import zeekml.watch as zw
+    import zeekml.pipeline.live.watcher as zw
     gnn = os.path.join(MODELS, "gnn-base")
     if not os.path.exists(os.path.join(gnn, "config.json")):
         pytest.skip("models/gnn-base not shipped")

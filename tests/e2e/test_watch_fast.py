@@ -17,7 +17,7 @@ from zeekml.flows.table import conn_table
 from zeekml.parse import Quarantine, read_log
 from zeekml.pipeline import ScoreOptions, ScoreSummary, fit_calibrate, load_conns, score_fitted
 from zeekml.sinks.jsonl import VerdictWriter
-from zeekml.watch import Watcher, WatchOptions, _render, _score_columns, _score_render
+from zeekml.pipeline.live.watcher import Watcher, WatchOptions, _render, _score_columns, _score_render
 
 HERE = os.path.dirname(__file__)
 REAL_CONN = os.path.join(HERE, "..", "data", "real", "zat", "data", "conn.log")
@@ -124,7 +124,7 @@ def test_a_scoring_process_that_dies_is_a_clear_error(tmp_path):
 
 
 def test_verdict_dedup_forgets_the_oldest_ids_first(tmp_path):
-    from zeekml.watch import VerdictDedup
+    from zeekml.pipeline.live.watcher import VerdictDedup
     d = VerdictDedup(capacity=1000)
     assert all(d.add(f"V{i}") for i in range(2500))
     assert len(d) == 1000

@@ -14,7 +14,7 @@ import signal
 import time
 from collections import Counter
 
-import zeekml.watch  # noqa: F401  (imported before forking, so a forked watcher starts at once)
+import zeekml.pipeline.live  # noqa: F401  (imported before forking, so a forked watcher starts at once)
 
 FIELDS = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service",
           "duration", "orig_bytes", "resp_bytes", "conn_state", "local_orig", "missed_bytes",
@@ -223,7 +223,7 @@ def watcher_process(root: str, out: str, kwargs: dict) -> None:
         import torch
         torch.set_num_threads(1)
     from zeekml.pipeline import ScoreOptions
-    from zeekml.watch import Watcher, WatchOptions
+    from zeekml.pipeline.live.watcher import Watcher, WatchOptions
     score = ScoreOptions(**kwargs.pop("score", {}))
     holder["w"] = w = Watcher(root, out, WatchOptions(score=score, **kwargs))
     if stop_early:

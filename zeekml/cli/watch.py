@@ -1,4 +1,4 @@
-"""``zeekml watch``: live scoring of a Zeek log directory (see ``zeekml.watch``)."""
+"""``zeekml watch``: live scoring of a Zeek log directory (see ``zeekml.pipeline.live``)."""
 from __future__ import annotations
 
 import signal
@@ -7,8 +7,7 @@ import sys
 import click
 
 from zeekml.cli.score import DEVICE_OPTION, MODELS_OPTION, NO_MODELS_OPTION
-from zeekml.pipeline import ScoreOptions
-from zeekml.watch import Watcher, WatchOptions, status_line
+from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 
 
 @click.command("watch")

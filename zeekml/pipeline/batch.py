@@ -1,0 +1,120 @@
+"""What ``zeekml score`` runs: read the logs, fit and calibrate on a baseline, score, write.
+
+source -> parse -> flows -> features -> detectors -> calibration -> verdicts -> sinks, on one
+machine or (``options.dask``) on a Dask cluster (``zeekml.pipeline.dask``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from zeekml._core.errors import ZeekmlError
+from zeekml.flows.table import conn_table, is_conn_batch
+from zeekml.parse import Quarantine, read_log
+from zeekml.pipeline.fitted import fit_calibrate, score_fitted
+from zeekml.pipeline.options import ScoreOptions, ScoreSummary
+from zeekml.scoring.verdict import Verdict
+from zeekml.sinks.run_outputs import ScoreOutputs
+from zeekml.sources.archive import expand_inputs
+
+__all__ = ["ScoreOptions", "ScoreSummary", "baseline_rows", "load_conns", "score_paths",
+           "score_table"]
+
+log = logging.getLogger(__name__)
+
+
+ProgressFn = Callable[[str, int], None]
+
+
+def load_conns(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
+               on_bytes: ProgressFn | None = None) -> pa.Table:
+    """Read every file, keep conn records; per-file failures are recorded and the rest goes on."""
+    batches = []
+    for path in paths:
+        try:
+            for b in read_log(path, quarantine):
+                summary.records_read += b.num_rows
+                if is_conn_batch(b):
+                    batches.append(b)
+                    summary.conn_records += b.num_rows
+                else:
+                    summary.other_records += b.num_rows
+            summary.files += 1
+        except ZeekmlError as e:
+            summary.files_failed.append((path, e.message))
+            log.warning("%s", e)
+        if on_bytes:
+            on_bytes(path, os.path.getsize(path) if os.path.exists(path) else 0)
+    return conn_table(batches)
+
+
+def baseline_rows(table: pa.Table, fraction: float) -> np.ndarray:
+    """Indices of the earliest ``fraction`` of conns by ts (unset ts sorts last)."""
+    n = table.num_rows
+    k = max(1, int(round(n * fraction)))
+    ts = pc.fill_null(table.column("ts"), np.inf).to_numpy(zero_copy_only=False)
+    return np.sort(np.argsort(ts, kind="stable")[:k])
+
+
+def score_table(table: pa.Table, baseline: pa.Table, options: ScoreOptions,
+                summary: ScoreSummary) -> list[Verdict]:
+    """Fit, calibrate and score; one verdict per conn of ``table``, in order."""
+    if table.num_rows == 0:
+        return []
+    return score_fitted(table, fit_calibrate(baseline, options, summary))
+
+
+def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = None,
+                progress: bool = False) -> ScoreSummary:
+    """Score every conn record under ``paths``; write verdicts, notices and quarantine to ``out_dir``.
+
+    Outputs: ``verdicts.jsonl``, ``zeekml_notice.log``, ``quarantine.jsonl``, ``summary.json``
+    (and the Zeek feedback file when ``options.zeek_feedback`` is set). With ``options.dask``
+    the work runs on a Dask cluster (``zeekml.pipeline.dask``) and the outputs are the same.
+    """
+    options = options or ScoreOptions()
+    t0 = time.perf_counter()
+    files = expand_inputs(paths)
+    if not files:
+        raise ZeekmlError("no conn or eve logs found in the given paths")
+    baseline_files = expand_inputs(options.baseline) if options.baseline else []
+    outputs = ScoreOutputs(out_dir, options.zeek_feedback)
+    summary = ScoreSummary()
+    quarantine = Quarantine(sink=outputs.quarantine)
+    from zeekml._core.progress import file_progress
+    try:
+        with file_progress(files + baseline_files, enabled=progress and not options.dask) as advance:
+            baseline = None
+            if baseline_files:
+                baseline = load_conns(baseline_files, quarantine, ScoreSummary(), advance)
+            if options.dask:
+                from zeekml.pipeline.dask import plan_tasks, score_tasks_dask
+                score_tasks_dask(plan_tasks(files, options.split_bytes), options.dask, options,
+                                 summary, quarantine, baseline, outputs.write_rendered)
+            else:
+                table = load_conns(files, quarantine, summary, advance)
+                if summary.files == 0:
+                    raise ZeekmlError("no input file could be read: " +
+                                      "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
+                if baseline is None:
+                    baseline = table.take(pa.array(baseline_rows(table, options.baseline_fraction))) \
+                        if table.num_rows else table
+                summary.baseline_records = baseline.num_rows
+                outputs.write(score_table(table, baseline, options, summary))
+    except BaseException:
+        outputs.close()
+        raise
+    summary.scored = outputs.scored
+    summary.alerts = sum(outputs.notes.values())
+    summary.alerts_by_note = dict(outputs.notes)
+    summary.quarantined = quarantine.count
+    summary.quarantine_by_reason = dict(quarantine.by_reason)
+    summary.seconds = time.perf_counter() - t0
+    summary.outputs.update(outputs.finish(summary.to_dict()))
+    return summary

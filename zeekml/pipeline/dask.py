@@ -1,0 +1,425 @@
+"""Batch scoring on Dask: the archive is cut into tasks by file and byte range, workers parse and
+score, results come back into the same outputs as a single-process run.
+
+The plan keeps a single-process run's semantics exactly:
+1. every task parses its piece into a conn table, kept on its worker;
+2. the driver gathers only the ``ts`` column, picks the baseline rows with the same stable order
+   a single process uses, and gathers just those rows;
+3. detectors are fitted and calibrated once on the driver and sent to the workers (each loads
+   them once);
+4. each task scores its table; verdicts are written in task order, so the output files are the
+   same bytes as those of ``zeekml score`` without ``--dask``.
+Per-conn detectors make a verdict depend only on its own row; a detector whose score depends on
+the conns around it in time (the GNN's graph windows) says how far with ``context_seconds``, and
+each task is scored with the rows of the other tasks within that distance as context.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from distributed import WorkerPlugin
+
+from zeekml._core.errors import UnreadableInput, ZeekmlError
+from zeekml.flows.table import conn_table, is_conn_batch
+from zeekml.parse import Quarantine
+from zeekml.parse.reader import GZIP_MAGIC, detect_format, open_binary
+from zeekml.parse.reject import RejectedRecord
+from zeekml.pipeline.fitted import fit_calibrate, score_fitted
+from zeekml.scoring.context import (context_seconds, detectors_in_context, take_ts_range,
+                                     with_context)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPLIT_BYTES = 64 << 20
+
+TASK_RETRIES = 2
+"""Every task is run at most ``1 + TASK_RETRIES`` times, whether it raises (Dask ``retries``) or
+its worker process dies under it (``distributed.scheduler.allowed-failures``, see
+``dask_client``); after that the run reports it as failed and goes on with the other tasks."""
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    """A piece of one file: bytes ``[start, end)`` (``end`` None = to the end), parsed after
+    feeding ``header`` (the meta lines in force at ``start``)."""
+
+    path: str
+    fmt: str
+    start: int = 0
+    end: int | None = None
+    header: bytes = b""
+    first_line: int = 0
+
+
+@dataclass
+class ReadResult:
+    table: pa.Table
+    records_read: int
+    other_records: int
+    rejected: list[RejectedRecord]
+    error: str | None = None
+
+
+def plan_tasks(files: list[str], split_bytes: int = DEFAULT_SPLIT_BYTES) -> list[ReadTask]:
+    """One task per file; plain TSV and JSON files larger than ``split_bytes`` are cut at line
+    boundaries, each piece carrying the header lines in force where it starts."""
+    tasks: list[ReadTask] = []
+    for path in files:
+        try:
+            fmt = detect_format(path)
+            with open(path, "rb") as f:
+                gz = f.read(2) == GZIP_MAGIC
+        except ZeekmlError:
+            tasks.append(ReadTask(path, "unknown"))
+            continue
+        size = os.path.getsize(path)
+        if gz or size <= split_bytes or fmt not in ("zeek-tsv", "zeek-json"):
+            tasks.append(ReadTask(path, fmt))
+            continue
+        tasks.extend(_split_file(path, fmt, split_bytes))
+    return tasks
+
+
+def _split_file(path: str, fmt: str, split_bytes: int) -> Iterator[ReadTask]:
+    header_lines: list[bytes] = []   # the meta lines in force at the current position
+    start, pos, line_no = 0, 0, 0
+    cut_header, cut_line = b"", 0
+    with open(path, "rb") as f:
+        for line in f:
+            if fmt == "zeek-tsv" and line.startswith(b"#"):
+                if line.startswith(b"#separator"):
+                    header_lines = []
+                if not line.startswith(b"#close"):
+                    header_lines.append(line)
+            pos += len(line)
+            line_no += 1
+            if pos - start >= split_bytes and line.endswith(b"\n"):
+                yield ReadTask(path, fmt, start, pos, cut_header, cut_line)
+                start, cut_header, cut_line = pos, b"".join(header_lines), line_no
+    if pos > start or start == 0:
+        yield ReadTask(path, fmt, start, None, cut_header, cut_line)
+
+
+def read_task(task: ReadTask, max_rejected: int = 100_000) -> ReadResult:
+    """Parse one task into a conn table (runs on a worker)."""
+    from zeekml.parse.suricata_eve import SuricataEveParser
+    from zeekml.parse.zeek_json import ZeekJsonParser
+    from zeekml.parse.zeek_tsv import ZeekTsvParser
+
+    rejected: list[RejectedRecord] = []
+
+    def sink(r: RejectedRecord) -> None:
+        if len(rejected) < max_rejected:
+            rejected.append(r)
+
+    q = Quarantine(sink=sink)
+    if task.fmt == "unknown":
+        try:
+            detect_format(task.path)
+        except ZeekmlError as e:
+            return ReadResult(conn_table([]), 0, 0, rejected, e.message)
+    cls = {"zeek-tsv": ZeekTsvParser, "zeek-csv": ZeekTsvParser, "zeek-json": ZeekJsonParser,
+           "suricata-eve": SuricataEveParser}[task.fmt]
+    kwargs = {"csv": True} if task.fmt == "zeek-csv" else {}
+    parser = cls(task.path, q, **kwargs)
+    batches, other, n = [], 0, 0
+    try:
+        if task.header:
+            parser.feed(task.header)
+            parser.offset, parser.line_no = task.start, task.first_line
+        with open_binary(task.path) as f:
+            if task.start:
+                f.seek(task.start)
+            remaining = None if task.end is None else task.end - task.start
+            while remaining is None or remaining > 0:
+                data = f.read(4 << 20 if remaining is None else min(4 << 20, remaining))
+                if not data:
+                    break
+                if remaining is not None:
+                    remaining -= len(data)
+                for b in parser.feed(data):
+                    n += b.num_rows
+                    if is_conn_batch(b):
+                        batches.append(b)
+                    else:
+                        other += b.num_rows
+            for b in parser.finish():
+                n += b.num_rows
+                if is_conn_batch(b):
+                    batches.append(b)
+                else:
+                    other += b.num_rows
+    except (OSError, EOFError, ValueError) as e:
+        err = UnreadableInput(f"archive ends early or is damaged ({e})", task.path)
+        return ReadResult(conn_table(batches), n, other, rejected, err.message)
+    return ReadResult(conn_table(batches), n, other, rejected)
+
+
+@contextlib.contextmanager
+def dask_client(spec: str) -> Iterator["object"]:
+    """``local`` / ``local:N`` starts a LocalCluster of N single-threaded worker processes;
+    anything else is a scheduler address such as ``tcp://host:8786``."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
+                 "distributed.worker", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if spec == "local" or spec.startswith("local:"):
+        n = int(spec.split(":", 1)[1]) if ":" in spec else (os.cpu_count() or 1)
+        if n < 1:
+            raise ZeekmlError(f"--dask {spec}: need at least one worker")
+        # A worker process that dies mid-task (OOM killer, a crash in native code) is restarted by
+        # its nanny, and the scheduler hands its tasks to live workers, counting the death
+        # against every task assigned to that worker; past ``allowed-failures`` deaths a task
+        # fails with KilledWorker. Two settings, read by the scheduler when it starts (a remote
+        # scheduler keeps its own):
+        # - allowed-failures = TASK_RETRIES (Dask: 3): a death costs a task what an exception
+        #   does, so a task that crashes its worker every time takes down three workers, not four;
+        # - worker-saturation = 1.0 (Dask: 1.1): a worker is given only the read task it runs,
+        #   none queued behind it, so tasks that merely waited there are not blamed for a death
+        #   (with 1.1 and two workers, a task queued beside a crashing one failed with it).
+        with dask.config.set({"distributed.scheduler.allowed-failures": TASK_RETRIES,
+                              "distributed.scheduler.worker-saturation": 1.0}), \
+                LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                             dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+                Client(cluster) as client, _one_line_logs():
+            client.register_plugin(_OneLineWorkerLogs(), name="zeekml-one-line-logs")
+            yield client
+    else:
+        try:
+            client = Client(spec, timeout=30)
+        except OSError as e:
+            raise ZeekmlError(f"cannot reach the Dask scheduler at {spec}: {e}") from e
+        with client, _one_line_logs():
+            yield client
+
+
+class _NoTraceback(logging.Filter):
+    """Keeps a log record's message and drops its traceback. Dask logs the failures it recovers
+    from (a worker died while another fetched data from it) at ERROR with a traceback; the run's
+    summary says what was retried and what failed, so each such event stays one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+@contextlib.contextmanager
+def _one_line_logs() -> Iterator[None]:
+    """``_NoTraceback`` on the handlers of Dask's ``distributed`` logger in this process."""
+    handlers = logging.getLogger("distributed").handlers
+    f = _NoTraceback()
+    for h in handlers:
+        h.addFilter(f)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(f)
+
+
+class _OneLineWorkerLogs(WorkerPlugin):
+    """``_NoTraceback`` in the worker processes of ``--dask local:N`` (restarted ones too)."""
+
+    def setup(self, worker) -> None:
+        for h in logging.getLogger("distributed").handlers:
+            if not any(isinstance(f, _NoTraceback) for f in h.filters):
+                h.addFilter(_NoTraceback())
+
+
+def _ts_of(result: ReadResult) -> np.ndarray:
+    return pc.fill_null(result.table.column("ts"), np.inf).to_numpy(zero_copy_only=False)
+
+
+def _given(value):
+    return value
+
+
+def _take(result: ReadResult, rows: np.ndarray) -> pa.Table:
+    return result.table.take(pa.array(rows, pa.int64()))
+
+
+def _score(result: ReadResult, fitted, before: list | None = None,
+           after: list | None = None) -> tuple[str, int, list]:
+    """Verdicts for the rows of ``result``, rendered as ``verdicts.jsonl`` lines, with the
+    alerting verdicts as objects (only text and the few alerts travel back to the driver).
+    ``before``/``after`` are context rows (in global order) that detectors with a time context
+    see but that get no verdict here."""
+    from zeekml.sinks.jsonl import verdict_lines
+
+    before, after = before or [], after or []
+    if not before and not after:
+        verdicts = score_fitted(result.table, fitted)
+    else:
+        table, targets = with_context(before, result.table, after)
+        verdicts = score_fitted(result.table, dataclasses.replace(
+            fitted, detectors=detectors_in_context(fitted.detectors, table, targets)))
+    return verdict_lines(verdicts), len(verdicts), [v for v in verdicts if v.alert]
+
+
+def _take_range(result: ReadResult, lo: float, hi: float) -> pa.Table:
+    return take_ts_range(result.table, lo, hi)
+
+
+def _meta(result: ReadResult) -> tuple[int, int, int, list[RejectedRecord], str | None]:
+    return result.records_read, result.other_records, result.table.num_rows, result.rejected, result.error
+
+
+def task_name(task: ReadTask) -> str:
+    """``whole file``, ``bytes 0-65536`` or ``bytes 65536-EOF``: the part of ``task.path`` a task reads."""
+    if task.start == 0 and task.end is None:
+        return "whole file"
+    return f"bytes {task.start}-{'EOF' if task.end is None else task.end}"
+
+
+def _attempts(client, futures: list) -> list[int]:
+    """How many times the scheduler ran each future's task: once, plus once per worker that died
+    while the task was assigned to it, plus once per retry after it raised."""
+    def query(dask_scheduler, keys):  # nested, so it pickles by value: no zeekml needed there
+        out = []
+        for k in keys:
+            ts = dask_scheduler.tasks.get(k)
+            out.append(None if ts is None else (ts.suspicious, ts.retries))
+        return out
+
+    try:
+        got = client.run_on_scheduler(query, keys=[f.key for f in futures])
+    except Exception as e:  # noqa: BLE001 - a scheduler may refuse pickled functions; only a report
+        log.warning("cannot ask the Dask scheduler how often tasks ran: %s", e)
+        return [1] * len(futures)
+    return [1 if g is None else 1 + g[0] + max(0, TASK_RETRIES - g[1]) for g in got]
+
+
+def _outcome(fut, task: ReadTask) -> tuple[object, BaseException | None]:
+    """``(result, None)``, or ``(None, exception)`` when the task failed for good."""
+    from distributed.client import CancelledError
+
+    try:
+        return fut.result(), None
+    except CancelledError as e:
+        raise ZeekmlError(f"the Dask scheduler cancelled the task for {task.path} "
+                          f"({task_name(task)}): {e}") from e
+    except Exception as e:  # noqa: BLE001 - whatever a task raised on its worker is reported
+        return None, e
+
+
+def _failure(e: BaseException, attempts: int) -> str:
+    from distributed import KilledWorker
+
+    if isinstance(e, KilledWorker):
+        return f"its worker died each time it ran ({e.allowed_failures + 1} attempts)"
+    return f"{type(e).__name__}: {e} ({attempts} attempts)"
+
+
+class _TaskReport:
+    """Collects what happened to the tasks into the summary: retried tasks
+    (``summary.tasks_retried``), and tasks that failed for good (``summary.files_failed``,
+    their file and byte range in the message)."""
+
+    def __init__(self, client, summary) -> None:
+        self.client, self.summary = client, summary
+        self.failed_files: set[str] = set()
+
+    def check(self, step: str, tasks: list[ReadTask], futures: list) -> None:
+        for task, n in zip(tasks, _attempts(self.client, futures)):
+            if n > 1:
+                log.warning("%s (%s): %s step ran %d times", task.path, task_name(task), step, n)
+                self.summary.tasks_retried.append({"path": task.path, "start": task.start,
+                                                   "end": task.end, "step": step, "attempts": n})
+
+    def failed(self, step: str, task: ReadTask, fut, e: BaseException) -> None:
+        n = _attempts(self.client, [fut])[0]
+        self.summary.files_failed.append(
+            (task.path, f"{task_name(task)}: {step} task failed: {_failure(e, n)}"))
+        self.failed_files.add(task.path)
+
+
+def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarantine: Quarantine,
+                     baseline_table: pa.Table | None, emit) -> None:
+    """Run the four steps of the module docstring; ``emit(lines, n, alerts)`` is called in task
+    order. A task that fails for good (``TASK_RETRIES``) is reported in ``summary.files_failed``
+    with its byte range and the rest goes on; retried tasks are listed in
+    ``summary.tasks_retried``."""
+    with dask_client(spec) as client:
+        report = _TaskReport(client, summary)
+        results = [client.submit(read_task, t, retries=TASK_RETRIES, pure=False) for t in tasks]
+        meta_futs = [client.submit(_meta, r, retries=TASK_RETRIES) for r in results]
+        ok, ok_tasks, read = [], [], []
+        seen_files: set[str] = set()
+        failed_files = report.failed_files
+        for task, fut, meta_fut in zip(tasks, results, meta_futs):
+            meta, exc = _outcome(meta_fut, task)
+            if exc is not None:
+                report.failed("read", task, fut, exc)
+                continue
+            read.append((task, fut))
+            n, other, conns, rejected, error = meta
+            for r in rejected:
+                quarantine.reject(r.path, r.line, r.offset, r.reason, r.sample)
+            summary.records_read += n
+            summary.other_records += other
+            summary.conn_records += conns
+            if error:
+                if task.path not in failed_files:
+                    summary.files_failed.append((task.path, error))
+                    failed_files.add(task.path)
+            if conns or not error:
+                ok.append(fut)
+                ok_tasks.append(task)
+            if not error:
+                seen_files.add(task.path)
+        report.check("read", [t for t, _ in read], [f for _, f in read])
+        summary.files = len(seen_files - failed_files)
+        if summary.files == 0 and not ok:
+            raise ZeekmlError("no input file could be read: " +
+                              "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
+        ts_parts = client.gather([client.submit(_ts_of, r) for r in ok])
+        if baseline_table is None:
+            sizes = [len(t) for t in ts_parts]
+            all_ts = np.concatenate(ts_parts) if ts_parts else np.zeros(0)
+            k = max(1, int(round(len(all_ts) * options.baseline_fraction)))
+            chosen = np.sort(np.argsort(all_ts, kind="stable")[:k])
+            bounds = np.cumsum([0] + sizes)
+            pieces = []
+            for i, r in enumerate(ok):
+                local = chosen[(chosen >= bounds[i]) & (chosen < bounds[i + 1])] - bounds[i]
+                if len(local):
+                    pieces.append(client.submit(_take, r, local))
+            baseline_table = pa.concat_tables(client.gather(pieces)) if pieces else conn_table([])
+        summary.baseline_records = baseline_table.num_rows
+        fitted = fit_calibrate(baseline_table, options, summary)
+        # A task's result, not client.scatter(): scattered data has no recipe, so once every
+        # worker holding it has died it is gone and every task that needs it is cancelled; a
+        # task's result is computed again. Each worker fetches it once and keeps it.
+        fitted_f = client.submit(_given, fitted, pure=False)
+        ctx = context_seconds(fitted)
+        scored = []
+        for i, r in enumerate(ok):
+            before, after = [], []
+            if ctx > 0:
+                own = ts_parts[i][np.isfinite(ts_parts[i])]
+                if len(own):
+                    lo, hi = float(own.min()) - ctx, float(own.max()) + ctx
+                    for j, other in enumerate(ok):
+                        t = ts_parts[j]
+                        if j != i and np.any((t >= lo) & (t <= hi)):
+                            (before if j < i else after).append(client.submit(_take_range, other, lo, hi))
+            scored.append(client.submit(_score, r, fitted_f, before, after, retries=TASK_RETRIES))
+        for task, fut in zip(ok_tasks, scored):  # in task order: the outputs equal a single-process run's
+            out, exc = _outcome(fut, task)
+            if exc is not None:
+                report.failed("score", task, fut, exc)
+            else:
+                report.check("score", [task], [fut])
+                emit(*out)
+            fut.release()
+        summary.files = len(seen_files - failed_files)
