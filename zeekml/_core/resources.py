@@ -40,14 +40,20 @@ class ZeekScriptsNotFound(ZeekmlError):
     exit_code = 2
 
 
-def _package_data_root() -> Path | None:
-    """``zeekml/_shipped`` as a real directory, or None when zeekml is not installed from a wheel.
+def _zeekml_dir() -> Path | None:
+    """The directory of the imported ``zeekml`` package, or None when it is not on a filesystem.
 
-    A zipped install would give a non-filesystem Traversable; Zeek and torch need real paths, so
-    such an install has no usable package data (and the error names where we looked).
+    A zipped install gives a non-filesystem Traversable; Zeek and torch need real paths, so such
+    an install has no usable resources (and the error names where we looked).
     """
-    root = resources.files("zeekml") / SHIPPED
-    return root if isinstance(root, Path) else None
+    pkg = resources.files("zeekml")
+    return pkg if isinstance(pkg, Path) else None
+
+
+def _package_data_root() -> Path | None:
+    """``zeekml/_shipped``: where a wheel install has the resources (absent in a checkout)."""
+    pkg = _zeekml_dir()
+    return pkg / SHIPPED if pkg is not None else None
 
 
 def _checkout_root() -> Path | None:
@@ -57,8 +63,8 @@ def _checkout_root() -> Path | None:
     in a wheel install that parent is site-packages, where another distribution may have put a
     top-level ``models/`` of its own.
     """
-    pkg = resources.files("zeekml")
-    if not isinstance(pkg, Path):
+    pkg = _zeekml_dir()
+    if pkg is None:
         return None
     root = pkg.resolve().parent
     return root if (root / "pyproject.toml").is_file() else None

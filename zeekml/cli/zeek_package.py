@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from zeekml.zeek_package import scripts_path
+from zeekml._core.resources import zeek_scripts_dir
 
 
 @click.command("zeek-package")
@@ -11,9 +11,9 @@ from zeekml.zeek_package import scripts_path
               help="Print only the scripts directory, for `zeek -r x.pcap $(zeekml zeek-package --path)`.")
 def zeek_package(path_only: bool) -> None:
     """Show where zeekml's Zeek scripts are and how to load them."""
-    path = scripts_path()
+    path = zeek_scripts_dir()
     if path_only:
-        click.echo(str(path))
+        click.echo(path)
         return
     click.echo(f"zeekml Zeek package: {path}")
     click.echo("")

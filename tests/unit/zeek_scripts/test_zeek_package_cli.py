@@ -6,7 +6,20 @@ from click.testing import CliRunner
 
 import zeek_script_tree as zt
 from zeekml import zeek_package
+from zeekml._core import resources
 from zeekml.zeek_package import ZeekScriptsNotFound, scripts_path
+
+
+@pytest.fixture(autouse=True)
+def no_override(monkeypatch):
+    monkeypatch.delenv(zeek_package.ENV_VAR, raising=False)
+
+
+def _nothing_installed(tmp_path, monkeypatch):
+    """zeekml imported from a site-packages without the scripts (a broken install)."""
+    pkg = tmp_path / "site-packages" / "zeekml"
+    pkg.mkdir(parents=True)
+    monkeypatch.setattr(resources, "_zeekml_dir", lambda: pkg)
 
 
 def test_scripts_path_finds_the_checkout():
@@ -22,7 +35,7 @@ def test_env_var_overrides(tmp_path, monkeypatch):
 
 
 def test_not_found_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setattr(zeek_package, "_candidates", lambda: [tmp_path / "nothing"])
+    _nothing_installed(tmp_path, monkeypatch)
     with pytest.raises(ZeekScriptsNotFound, match="ZEEKML_ZEEK_SCRIPTS"):
         scripts_path()
 
@@ -48,7 +61,7 @@ def test_cli_without_flag_explains_loading():
 
 
 def test_cli_not_found_is_a_clean_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(zeek_package, "_candidates", lambda: [tmp_path / "nothing"])
+    _nothing_installed(tmp_path, monkeypatch)
     res = CliRunner().invoke(_main(), ["zeek-package", "--path"])
     assert res.exit_code == ZeekScriptsNotFound.exit_code
     assert "zeekml: error:" in res.output and "Traceback" not in res.output
