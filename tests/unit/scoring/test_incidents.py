@@ -1,0 +1,107 @@
+"""Incidents from hand-built alerts: grouping, counts, ids, ranking and the descriptions."""
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from zeekml.scoring.incidents import (IncidentOptions, build_incidents, fmt_duration,
+                                      host_baseline_bytes, incident_id, verdict_table)
+
+T0 = 1_600_000_000.0
+
+
+def rec(ts, orig, resp, port, proto="tcp", score=0.0, alert=False, model="iforest", uid=None, **kw):
+    return {"ts": T0 + ts, "uid": uid or f"C{orig}-{resp}-{port}-{ts}", "id.orig_h": orig,
+            "id.resp_h": resp, "id.resp_p": port, "proto": proto, "score": score, "alert": alert,
+            "model": model, **kw}
+
+
+def scan():      # 10.0.0.1 hits 18 hosts on 445/tcp over 40 s
+    return [rec(40 * k / 17, "10.0.0.1", f"10.0.1.{k}", 445, score=1.5 + k / 100, alert=True)
+            for k in range(18)]
+
+
+def beacon():    # 10.0.0.2 -> 1.2.3.4:443 every 60 s (+-1 s jitter) for 3 h
+    jitter = [0, 1, -1, 0, 1, -1]
+    return [rec(10_000 + 60 * k + jitter[k % 6], "10.0.0.2", "1.2.3.4", 443, score=1.2, alert=True,
+                model="gnn") for k in range(181)]
+
+
+def flood():     # 12 hosts -> 10.0.0.9:80, each 2 conns, within 30 s
+    return [rec(50_000 + k, f"172.16.0.{k % 12}", "10.0.0.9", 80, score=1.1, alert=True)
+            for k in range(24)]
+
+
+def test_scan_beacon_flood_single():
+    rows = scan() + beacon() + flood() + [
+        rec(90_000, "10.0.0.7", "9.9.9.9", 53, proto="udp", score=3.5, alert=True, model="mae"),
+        rec(90_001, "10.0.0.7", "9.9.9.9", 53, proto="udp"),          # context only
+        rec(20, "10.0.0.1", "10.0.1.99", 80),                          # inside the scan: a conn
+    ]
+    incs = build_incidents(verdict_table(rows))
+    by_host = {i.host: i for i in incs}
+    assert set(by_host) == {"10.0.0.1", "10.0.0.2", "10.0.0.9", "10.0.0.7"}
+
+    s = by_host["10.0.0.1"]
+    assert (s.role, s.alerts, s.conns, s.n_peers, s.resp_ports) == ("orig", 18, 19, 18, ["445/tcp"])
+    assert s.description == "scanned 18 hosts on 445/tcp in 40 s"
+    assert s.max_score == pytest.approx(1.67)
+    assert s.score == pytest.approx(1.67 * (1 + np.log10(18)))
+    assert [c["score"] for c in s.top_conns] == pytest.approx([1.67, 1.66, 1.65, 1.64, 1.63])
+    assert (s.first_ts, s.last_ts) == (T0, T0 + 40)
+
+    b = by_host["10.0.0.2"]
+    assert (b.role, b.alerts, b.peers, b.detectors) == ("orig", 181, ["1.2.3.4"], ["gnn"])
+    assert b.description == "periodic conns every 60 s +- 1 s to 1.2.3.4:443 for 3 h"
+
+    f = by_host["10.0.0.9"]
+    assert (f.role, f.alerts, f.n_peers) == ("resp", 24, 12)
+    assert f.description == "received 24 anomalous conns from 12 hosts on 80/tcp in 23 s"
+
+    one = by_host["10.0.0.7"]
+    assert (one.alerts, one.conns, one.detector_alerts) == (1, 1, {"mae": 1})
+    assert one.description == "1 anomalous conn to 9.9.9.9 on 53/udp (score 3.50, mae)"
+
+    # ranked by score: the beacon (181 alerts at 1.2: 3.91) and the scan (3.77) outrank the lone 3.5
+    assert [i.host for i in incs] == ["10.0.0.2", "10.0.0.1", "10.0.0.7", "10.0.0.9"]
+    assert incs[0].incident_id == incident_id("orig", "10.0.0.2", T0 + 10_000,
+                                              "C10.0.0.2-1.2.3.4-443-10000")
+
+
+def test_gap_splits_and_ids_are_deterministic():
+    rows = [rec(0, "10.0.0.5", "1.1.1.1", 22, score=2, alert=True),
+            rec(100, "10.0.0.5", "1.1.1.1", 22, score=2, alert=True),
+            rec(100 + 901, "10.0.0.5", "1.1.1.1", 22, score=3, alert=True)]
+    incs = build_incidents(verdict_table(rows))
+    assert [(i.first_ts - T0, i.alerts) for i in incs] == [(100 + 901, 1), (0, 2)]
+    again = build_incidents(verdict_table(list(reversed(rows))))
+    assert [i.incident_id for i in again] == [i.incident_id for i in incs]
+    assert len(build_incidents(verdict_table(rows), IncidentOptions(gap=2000))) == 1
+
+
+def test_volume_against_host_baseline_and_icmp_sweep():
+    base = pa.table({"id.orig_h": ["10.0.0.3"] * 3 + ["10.0.0.4"],
+                     "orig_bytes": [1000.0, 1200.0, 1400.0, 50.0]})
+    ref = host_baseline_bytes(base)
+    assert ref == {"": 1100.0, "10.0.0.3": 1200.0, "10.0.0.4": 50.0}
+    exfil = [rec(k, "10.0.0.3", "5.6.7.8", 443, score=2.0, alert=True, orig_bytes=48_000.0)
+             for k in range(12)]
+    sweep = [rec(500 + k, "10.0.0.8", f"192.168.1.{k}", 0, proto="icmp", score=1.3, alert=True)
+             for k in range(15)]
+    incs = build_incidents(verdict_table(exfil + sweep), baseline_bytes=ref)
+    d = {i.host: i.description for i in incs}
+    assert d["10.0.0.3"] == "sent 40x its baseline bytes per conn to 5.6.7.8 (576.0 kB in 12 conns)"
+    assert d["10.0.0.8"] == "scanned 15 hosts with icmp in 14 s"
+    # without a baseline no volume claim is made
+    assert "sent" not in build_incidents(verdict_table(exfil))[0].description
+
+
+def test_no_alerts_and_missing_columns():
+    assert build_incidents(verdict_table([rec(0, "a", "b", 1)])) == []
+    with pytest.raises(ValueError, match="lacks column"):
+        build_incidents(pa.table({"ts": [1.0]}))
+
+
+@pytest.mark.parametrize("s,text", [(40, "40 s"), (300, "5 min"), (3 * 3600, "3 h"),
+                                    (5400, "1.5 h"), (2.5 * 86400, "2.5 d")])
+def test_fmt_duration(s, text):
+    assert fmt_duration(s) == text
