@@ -1,0 +1,77 @@
+"""Explanations against the baseline of the same kind of conn, with exact numbers."""
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from zeekml.flows.table import CONN_SCHEMA
+from zeekml.scoring.explain import BaselineProfile
+
+
+def conns(rows: list[dict]) -> pa.Table:
+    return pa.table({f.name: pa.array([r.get(f.name) for r in rows], f.type) for f in CONN_SCHEMA})
+
+
+def baseline() -> pa.Table:
+    rows = []
+    for k in range(40):   # dns: resp_bytes around 1,200, duration 0.1 s, SF
+        rows.append({"id.resp_p": 53, "proto": "udp", "service": "dns", "resp_bytes": 1100 + 5 * k,
+                     "orig_bytes": 40, "duration": 0.1, "conn_state": "SF"})
+    for k in range(30):   # port 445/tcp without a service: empty, unanswered
+        rows.append({"id.resp_p": 445, "proto": "tcp", "resp_bytes": 0, "orig_bytes": 0,
+                     "duration": 3.0, "conn_state": "S0"})
+    for k in range(5):    # too few ssl (and 8443/tcp) conns: they fall back to tcp
+        rows.append({"id.resp_p": 8443, "proto": "tcp", "service": "ssl", "resp_bytes": 5000,
+                     "orig_bytes": 700, "duration": 1.0, "conn_state": "SF"})
+    return conns(rows)
+
+
+def test_profiles_per_kind_and_fallback():
+    p = BaselineProfile(min_count=20).fit(baseline())
+    assert set(p.kinds) == {"dns", "53/udp", "445/tcp", "udp", "tcp", "all"}
+    assert p.kinds["dns"].count == 40 and p.kinds["dns"].median[2] == pytest.approx(1197.5)
+    probe = conns([{"service": "dns", "id.resp_p": 53, "proto": "udp"},
+                   {"service": "ssl", "id.resp_p": 8443, "proto": "tcp"},
+                   {"id.resp_p": 445, "proto": "tcp"},
+                   {"id.resp_p": 9, "proto": "icmp"}])
+    assert p.kind_of(probe).tolist() == ["dns", "tcp", "445/tcp", "all"]
+
+
+def test_explain_words_and_numbers():
+    p = BaselineProfile().fit(baseline())
+    alerts = conns([
+        {"service": "dns", "id.resp_p": 53, "proto": "udp", "resp_bytes": 47_900, "orig_bytes": 40,
+         "duration": 0.1, "conn_state": "SF"},
+        {"id.resp_p": 445, "proto": "tcp", "resp_bytes": 0, "orig_bytes": 0, "duration": 3.0,
+         "conn_state": "REJ"},
+        {"service": "dns", "id.resp_p": 53, "proto": "udp", "resp_bytes": 1200, "orig_bytes": 40,
+         "duration": 0.1, "conn_state": "SF"},
+        {"service": "dns", "id.resp_p": 53, "proto": "udp", "resp_bytes": 1200, "orig_bytes": 40,
+         "duration": 0.0004, "conn_state": "SF"},
+    ])
+    text = p.explain(alerts, np.arange(4), top=2)
+    assert text[0] == "resp_bytes 47,900, 40x the baseline median 1,198 for dns"
+    assert text[1] == "conn_state REJ, never in the baseline's 445/tcp conns"
+    assert text[2] == "typical of the baseline for dns"
+    assert text[3] == "duration 0.0004 s, 1/250 of the baseline median 0.1 s for dns"
+    devs = p.deviations(alerts, np.array([0]), top=5)[0]
+    assert devs[0].feature == "resp_bytes" and devs[0].z == pytest.approx(
+        (np.log1p(47_900) - np.log1p(1197.5)) / 0.25)
+
+
+def test_median_zero_and_unset_values():
+    p = BaselineProfile().fit(baseline())
+    t = conns([{"id.resp_p": 445, "proto": "tcp", "orig_bytes": 5000, "resp_bytes": None,
+                "duration": None, "conn_state": "S0"}])
+    assert p.explain(t, np.array([0]), top=3) == [
+        "orig_bytes 5,000, where the baseline median for 445/tcp is 0"]
+
+
+def test_round_trip_and_errors():
+    p = BaselineProfile().fit(baseline())
+    q = BaselineProfile.from_dict(p.to_dict())
+    t = baseline()
+    assert q.explain(t, np.array([0, 45])) == p.explain(t, np.array([0, 45]))
+    with pytest.raises(ValueError):
+        BaselineProfile().fit(conns([]))
+    with pytest.raises(RuntimeError):
+        BaselineProfile().deviations(t, np.array([0]))
