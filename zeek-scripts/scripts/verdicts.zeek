@@ -14,6 +14,7 @@
 @load base/frameworks/input
 @load base/frameworks/notice
 @load base/frameworks/cluster
+@load base/misc/version
 @load ./main
 
 module ZeekML;
@@ -87,10 +88,48 @@ function with_proto(p: port, proto: transport_proto): port
 	return count_to_port(port_to_count(p), proto);
 	}
 
+# Zeek's value for an IP protocol it does not know (conn_id's ``proto`` default in Zeek >= 8).
+const unknown_ip_proto = 65535;
+
+# The IP protocol number of a verdict's connection: the verdict names the transport
+# (``transport_proto``, where ICMPv6 is also ``icmp``), the address family tells ICMP from
+# ICMPv6. ``unknown_transport`` has no number in the verdict.
+function verdict_ip_proto(v: Verdict): count
+	{
+	switch ( v$proto )
+		{
+		case tcp:
+			return 6;
+		case udp:
+			return 17;
+		case icmp:
+			return is_v6_addr(v$id$orig_h) ? 58 : 1;
+		default:
+			return unknown_ip_proto;
+		}
+	}
+
 function verdict_conn_id(v: Verdict): conn_id
 	{
-	return conn_id($orig_h=v$id$orig_h, $orig_p=with_proto(v$id$orig_p, v$proto),
+	local cid = conn_id($orig_h=v$id$orig_h, $orig_p=with_proto(v$id$orig_p, v$proto),
 	    $resp_h=v$id$resp_h, $resp_p=with_proto(v$id$resp_p, v$proto));
+@if ( Version::at_least("8.0") )
+	# Zeek 8 added ``proto`` to conn_id; connection_exists() rejects a conn_id whose proto
+	# is left at its "unknown" default ("invalid connection ID record encountered").
+	cid$proto = verdict_ip_proto(v);
+@endif
+	return cid;
+	}
+
+# Whether Zeek can look the connection up by ``cid`` (Zeek >= 8 cannot without a known
+# IP protocol, and says so as an error on every call).
+function can_look_up(cid: conn_id): bool
+	{
+@if ( Version::at_least("8.0") )
+	return cid$proto != unknown_ip_proto;
+@else
+	return T;
+@endif
 	}
 
 ## Builds the notice for one verdict and raises it.
@@ -116,7 +155,7 @@ function raise_verdict(verdict_id: string, v: Verdict)
 	# Attach the live connection when Zeek still tracks it and it is the same one (same
 	# uid): the notice then carries everything Zeek knows about it. Otherwise the 4-tuple
 	# comes from the verdict.
-	if ( connection_exists(cid) )
+	if ( can_look_up(cid) && connection_exists(cid) )
 		{
 		local c = lookup_connection(cid);
 		if ( c$uid == v$uid )

@@ -23,8 +23,9 @@ from typing import Any, Callable, Iterable
 
 from zeekml._core.atomic import write_fsync
 from zeekml._core.errors import OutputError
-from zeekml._core.zeek_format import (ZeekHeader, apply_meta_line, format_close, format_header,
-                                      format_record, parse_field, parse_separator_line)
+from zeekml._core.zeek_format import (DEFAULT_SEPARATOR, ZeekHeader, apply_meta_line, format_close,
+                                      format_header, format_value, parse_field,
+                                      parse_separator_line)
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,13 @@ def _text(value: Any) -> str | bytes:
     return value if isinstance(value, (str, bytes)) else str(value)
 
 
+def _optional_text(value: Any) -> str | bytes | None:
+    """An ``&optional`` string column: absent or empty is unset (``-``). Zeek's Input reader
+    reads ``(empty)`` as empty only in sets and vectors; in a string it is the literal text."""
+    text = _text(value)
+    return text if text not in ("", b"") else None
+
+
 def _record_values(vid: str, rec: dict) -> list[Any] | None:
     orig_h, resp_h = _addr(rec.get("orig_h")), _addr(rec.get("resp_h"))
     orig_p, resp_p = _port(rec.get("orig_p")), _port(rec.get("resp_p"))
@@ -282,13 +290,18 @@ def _record_values(vid: str, rec: dict) -> list[Any] | None:
         return None
     return [vid, ts, _text(rec.get("uid")), orig_h, orig_p, resp_h, resp_p, proto,
             _text(rec.get("note") or "ZeekML::Anomalous_Flow"), score, _text(rec.get("model")),
-            _text(rec.get("msg")), _text(rec.get("sub"))]
+            _optional_text(rec.get("msg")), _optional_text(rec.get("sub"))]
 
 
 def _format_line(values: list[Any]) -> bytes:
-    line = format_record(values, _TYPES)
+    # An empty required string (uid, note, model) is an empty field: Zeek's Input reader reads
+    # it as "" (the string "(empty)" would be the literal text). Never the last column (sub,
+    # optional), where Zeek's line splitting would drop it and reject the line.
+    line = DEFAULT_SEPARATOR.join(
+        b"" if t == "string" and v in ("", b"") else format_value(v, t, first_field=(i == 0))
+        for i, (v, t) in enumerate(zip(values, _TYPES))) + b"\n"
     # Zeek's Input framework unescapes ``\xHH`` but not ``\\``: write a literal backslash as
-    # ``\x5c``, which both Zeek and our reader decode. Every escape sequence format_record
+    # ``\x5c``, which both Zeek and our reader decode. Every escape sequence format_value
     # makes starts with a backslash and is ``\\`` or ``\xHH`` (hex digits never end in a
     # backslash), so replacing ``\\`` left to right touches only escaped backslashes.
     return line.replace(b"\\\\", b"\\x5c")

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+import zeek_input_reader as zr
 import zeek_script_tree as zt
 from zeekml._core.errors import OutputError
 from zeekml._core.zeek_format import DEFAULT_SEPARATOR
@@ -38,6 +39,15 @@ def V(i: int = 0, **kw) -> Verdict:
                 sub="dur=1.0 bytes=3")
     base.update(kw)
     return Verdict(**base)
+
+
+def zeek_view(data: bytes) -> zr.ZeekRead:
+    """``data`` as Zeek's Input framework reads it into ZeekML::Verdict (rules: zeek_input_reader)."""
+    script = zt.parse(zt.SCRIPTS / "verdicts.zeek")
+    records = zt.record_decls(script)
+    columns = (zt.flatten("VerdictIdx", records, logged_only=False)
+               + zt.flatten("Verdict", records, logged_only=False))
+    return zr.read(data, columns, zt.optional_fields(script, "Verdict"))
 
 
 class Clock:
@@ -92,8 +102,14 @@ def test_hostile_strings_survive_byte_for_byte(tmp_path, value):
     assert b"\\\\" not in data[0]
     _, [row] = read_verdict_file(path)
     want = value.encode("utf-8")
-    assert row["msg"] == want and row["sub"] == want and row["uid"] == want
+    # an empty optional string is written unset (Zeek has no other way to read it as absent)
+    assert row["msg"] == (want or None) and row["sub"] == (want or None)
+    assert row["uid"] == want
     assert row["model"] == (want or b"m")
+    # and Zeek's own reader sees the same values
+    [zrow] = zeek_view(raw).records
+    assert zrow["msg"] == zrow["sub"] == (want or zr.UNSET)
+    assert zrow["uid"] == want and zrow["model"] == (want or b"m")
 
 
 def test_zeek_style_unescape_of_backslashes(tmp_path):
@@ -272,3 +288,61 @@ def test_mapping_input_and_missing_id(tmp_path):
     w = VerdictFeedbackWriter(path)
     assert w.write([rec]) == 1
     assert read_verdict_file(path)[1][0]["verdict_id"] == V(1).verdict_id.encode()
+
+
+# ------------------------------------------------------------------------------------------
+# Zeek's Input reader rules (what a real Zeek 8.2.2 did with the verdict file)
+
+def test_zeek_reader_rules_string_vs_set():
+    # Zeek's Ascii formatter: "(empty)" is empty only for sets and vectors; for a string it is
+    # the literal text. "-" is unset in every type. Before zeekml wrote "-", Zeek 8.2.2 raised
+    # "(empty): score 1.250 model iforest-v1" and a sub of "\x28empty)".
+    assert zr.parse_value(b"(empty)", "string") == b"(empty)"
+    assert zr.parse_value(b"(empty)", "set[string]") == []
+    assert zr.parse_value(b"(empty)", "vector[count]") == []
+    assert zr.parse_value(b"-", "string") is zr.UNSET
+    assert zr.parse_value(b"-", "set[string]") is zr.UNSET
+    assert zr.parse_value(b"\\x28empty)", "string") == b"(empty)"
+    assert zr.parse_value(b"\\x2d", "string") == b"-"
+    assert zr.parse_value(b"a\\\\b", "string") == b"a\\\\b"  # \\ is not an escape to Zeek
+    assert zr.parse_value(b"", "string") == b""
+    # getline splitting: an empty middle field is "", an empty last field is no field
+    assert zr.getline_split(b"a\t\tb", b"\t") == [b"a", b"", b"b"]
+    assert zr.getline_split(b"a\tb\t", b"\t") == [b"a", b"b"]
+
+
+@pytest.mark.parametrize("msg,sub", [(None, None), ("", ""), ("", None), (None, "")])
+def test_absent_or_empty_optional_strings_are_unset_for_zeek(tmp_path, msg, sub):
+    path = tmp_path / "v.log"
+    VerdictFeedbackWriter(path).write([V(1, msg=msg, sub=sub)])
+    raw = path.read_bytes()
+    line = [ln for ln in raw.split(b"\n") if ln and not ln.startswith(b"#")][0]
+    assert line.split(b"\t")[-2:] == [b"-", b"-"]
+    assert b"(empty)" not in line
+    view = zeek_view(raw)
+    assert view.dropped == []
+    [rec] = view.records
+    assert rec["msg"] is zr.UNSET and rec["sub"] is zr.UNSET  # v?$msg and v?$sub are false
+    assert read_verdict_file(path)[1][0]["msg"] is None
+
+
+def test_empty_required_string_is_an_empty_string_for_zeek(tmp_path):
+    path = tmp_path / "v.log"
+    VerdictFeedbackWriter(path).write([V(1, uid="", model="")])
+    view = zeek_view(path.read_bytes())
+    assert view.dropped == []
+    [rec] = view.records
+    assert rec["uid"] == b"" and rec["model"] == b""
+    [row] = read_verdict_file(path)[1]
+    assert row["uid"] == b"" and row["model"] == b""
+
+
+def test_every_written_line_is_kept_by_zeek(tmp_path):
+    path = tmp_path / "v.log"
+    vs = [V(i, msg=h, sub=h, uid=h or "C", model=h or "m") for i, h in enumerate(HOSTILE)]
+    vs += [V(100, msg=None, sub=None)]
+    VerdictFeedbackWriter(path).write(vs)
+    view = zeek_view(path.read_bytes())
+    assert view.dropped == []
+    assert len(view.records) == len(vs)
+    assert [r["msg"] for r in view.records] == [h.encode() or zr.UNSET for h in HOSTILE] + [zr.UNSET]

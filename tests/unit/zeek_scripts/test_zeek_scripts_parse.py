@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import pathlib
 import re
+import socket
 
 import pytest
 
 import zeek_script_tree as zt
 from zeekml.flows.flow_log_schema import FLOW_FEATURES_FIELDS, FLOW_LOG_PATH
 from zeekml.scoring.verdict import NOTE_TYPES
-from zeekml.sinks.zeek_input import VERDICT_FIELDS, VERDICT_LOG_PATH
+from zeekml.sinks.zeek_input import TRANSPORT_PROTOS, VERDICT_FIELDS, VERDICT_LOG_PATH
 
 PKG = zt.REPO / "zeek-scripts"
 ZEEK_FILES = sorted(PKG.rglob("*.zeek"))
@@ -191,3 +192,56 @@ def test_verdict_input_stream_wiring():
 def test_load_file_loads_all_parts():
     src = (zt.SCRIPTS / "__load__.zeek").read_text()
     assert re.findall(r"^@load \./([\w-]+)$", src, re.M) == ["main", "flow-features", "verdicts"]
+
+
+# ------------------------------------------------------------------------------------------
+# conn_id$proto (Zeek >= 8). Under Zeek 8.2.2, without it, every verdict printed:
+#   error in .../verdicts.zeek, line 119: invalid connection ID record encountered: the proto
+#   field has the "unknown" 65535 value. Did you forget to set it? (connection_exists(ZeekML::cid))
+
+def _function(src: str, name: str) -> str:
+    start = src.index(f"function {name}(")
+    end = src.index("\n\t}\n", start)
+    return src[start:end + 3]
+
+
+def verdict_ip_proto_cases(src: str) -> dict[str, str]:
+    """The ``case <transport_proto>: return <expr>;`` arms of verdicts.zeek's verdict_ip_proto."""
+    body = _function(src, "verdict_ip_proto")
+    return dict(re.findall(r"case (\w+):\s*return ([^;]+);", body))
+
+
+def test_ip_proto_mapping_covers_every_verdict_proto():
+    src = _read("verdicts.zeek")
+    cases = verdict_ip_proto_cases(src)
+    # every transport_proto the writer can put in the file, except the one without a number
+    assert set(cases) == set(TRANSPORT_PROTOS) - {"unknown_transport"}
+    assert cases["tcp"] == str(socket.IPPROTO_TCP) == "6"
+    assert cases["udp"] == str(socket.IPPROTO_UDP) == "17"
+    # transport_proto has one "icmp" for both families; the address family picks the number
+    assert cases["icmp"] == "is_v6_addr(v$id$orig_h) ? 58 : 1"
+    assert (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6) == (1, 58)
+    body = _function(src, "verdict_ip_proto")
+    assert re.search(r"default:\s*return unknown_ip_proto;", body)
+    assert "const unknown_ip_proto = 65535;" in src
+
+
+def test_conn_id_proto_is_set_on_zeek_8_only():
+    src = _read("verdicts.zeek")
+    assert "@load base/misc/version" in src  # Version::at_least under `zeek -b`
+    body = _function(src, "verdict_conn_id")
+    guarded = re.search(r'@if \( Version::at_least\("8\.0"\) \)\n(.*?)@endif', body, re.S)
+    assert guarded and "cid$proto = verdict_ip_proto(v);" in guarded.group(1)
+    # outside the guard nothing names $proto, so Zeek 6 and 7 (no conn_id$proto) still parse
+    rest = body.replace(guarded.group(0), "")
+    assert "cid$proto" not in rest and "$proto=" not in rest
+    # a conn_id whose proto is unknown is never handed to connection_exists on Zeek >= 8
+    look = _function(src, "can_look_up")
+    assert re.search(r'@if \( Version::at_least\("8\.0"\) \)\s*return cid\$proto != unknown_ip_proto;'
+                     r'\s*@else\s*return T;\s*@endif', look)
+    assert "if ( can_look_up(cid) && connection_exists(cid) )" in src
+
+
+def test_removing_the_proto_arm_is_caught():
+    src = _read("verdicts.zeek").replace("\t\tcase udp:\n\t\t\treturn 17;\n", "")
+    assert set(verdict_ip_proto_cases(src)) != set(TRANSPORT_PROTOS) - {"unknown_transport"}

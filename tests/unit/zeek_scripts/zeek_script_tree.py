@@ -82,6 +82,21 @@ def record_decls(script: zeekscript.Script) -> dict[str, list[tuple[str, str, bo
     return out
 
 
+def optional_fields(script: zeekscript.Script, record: str) -> set[str]:
+    """Names of the ``&optional`` fields of ``type <record>: record {...}``."""
+    out: set[str] = set()
+    for node, _ in script.traverse():
+        if node.type != "type_decl" or _text(script, _child(node, "id")) != record:
+            continue
+        type_node = next((ch for ch in node.nonerr_children
+                          if ch.type == "type" and _child(ch, "record") is not None), None)
+        for spec in type_node.nonerr_children if type_node is not None else []:
+            attrs = _child(spec, "attr_list") if spec.type == "type_spec" else None
+            if attrs is not None and "&optional" in _text(script, attrs).split():
+                out.add(_text(script, _child(spec, "id")))
+    return out
+
+
 def enum_redefs(script: zeekscript.Script, enum_name: str) -> list[str]:
     """Names added by ``redef enum <enum_name> += { ... }``, in order."""
     names: list[str] = []
