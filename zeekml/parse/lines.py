@@ -6,10 +6,67 @@ bounded whatever the input.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from zeekml.parse.batch import LogBatch
 from zeekml.parse.reject import Quarantine
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+
+MAX_JSON_DEPTH = 64
+"""Deepest JSON nesting a line may have. Zeek JSON logs nest 2 levels and eve.json about 5; a
+line nested thousands deep crashes pyarrow's JSON reader (a segfault near 20,000 levels),
+costs it quadratic time from about 8,000, and makes Python's ``json`` raise ``RecursionError``
+near 1,000, so such lines are quarantined before any JSON parser sees them."""
+
+_OPEN = (0x5B, 0x7B)    # [ {
+_CLOSE = (0x5D, 0x7D)   # ] }
+
+
+def json_depth(line: bytes) -> int:
+    """Deepest bracket nesting of one JSON line, ignoring brackets inside strings (linear time).
+
+    A quote preceded by an odd run of backslashes is escaped; brackets between an unescaped
+    quote and the next one are string content. For invalid JSON the count may differ from
+    what a parser would see after the first error, but never before it, which is where a
+    parser recurses.
+    """
+    a = np.frombuffer(line, dtype=np.uint8)
+    if a.size == 0:
+        return 0
+    idx = np.arange(a.size)
+    last_plain = np.maximum.accumulate(np.where(a != 0x5C, idx, -1))
+    q = np.flatnonzero(a == 0x22)
+    prev = q - 1
+    run = np.where(prev >= 0, prev - last_plain[np.maximum(prev, 0)], 0)
+    marks = np.zeros(a.size, dtype=np.int8)
+    marks[q[run % 2 == 0]] = 1
+    inside = (np.cumsum(marks, dtype=np.int64) & 1).astype(bool)
+    step = (np.isin(a, _OPEN).astype(np.int32) - np.isin(a, _CLOSE).astype(np.int32))
+    step[inside] = 0
+    return int(np.cumsum(step).max(initial=0))
+
+
+def too_deep_lines(block: bytes, max_depth: int = MAX_JSON_DEPTH) -> set[int]:
+    """0-based indices of the lines of ``block`` nested deeper than ``max_depth``.
+
+    Cheap first: a line with at most ``max_depth`` opening brackets cannot be deeper, and only
+    the others get the exact (string-aware) scan.
+    """
+    a = np.frombuffer(block, dtype=np.uint8)
+    opens = np.flatnonzero(np.isin(a, _OPEN))
+    if opens.size <= max_depth:
+        return set()
+    ends = np.flatnonzero(a == 0x0A)
+    if not ends.size or ends[-1] != a.size - 1:
+        ends = np.append(ends, a.size)
+    per_line = np.diff(np.searchsorted(opens, ends), prepend=0)
+    out = set()
+    for i in np.flatnonzero(per_line > max_depth):
+        start = int(ends[i - 1]) + 1 if i else 0
+        if json_depth(block[start:int(ends[i])]) > max_depth:
+            out.add(int(i))
+    return out
 
 
 class LineFeeder:

@@ -12,6 +12,7 @@ import pyarrow as pa
 from zeekml._core.errors import InputNotFound, UnknownFormat, UnreadableInput
 from zeekml.parse.batch import LogBatch
 from zeekml.parse.reject import Quarantine
+from zeekml.parse.gzstream import GzipStream
 
 CHUNK_BYTES = 4 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -32,7 +33,7 @@ def open_binary(path: str) -> IO[bytes]:
     except OSError as e:
         raise UnreadableInput(f"cannot open: {e.strerror}", path) from e
     if magic == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=f, mode="rb")
+        return GzipStream(f, path)  # yields the records before any damage, as zcat does
     return f
 
 
@@ -50,7 +51,7 @@ def detect_format(path: str, head: bytes | None = None) -> str:
     if first.startswith(b"{"):
         try:
             obj = json.loads(first)
-        except ValueError:
+        except (ValueError, RecursionError):  # a hostile first line nested thousands deep
             obj = None
         if isinstance(obj, dict):
             if "event_type" in obj:

@@ -10,13 +10,12 @@ Other event types (dns, http, tls, stats ...) are counted in ``other_events`` an
 from __future__ import annotations
 
 import collections
-import json
 from typing import Any
 
 import pyarrow as pa
 
 from zeekml.parse.batch import LogBatch
-from zeekml.parse.zeek_json import LineBlockParser, iso_to_epoch
+from zeekml.parse.zeek_json import LineBlockParser, iso_to_epoch, loads_line
 
 CONN_FIELDS: list[tuple[str, str]] = [
     ("ts", "time"), ("uid", "string"), ("id.orig_h", "addr"), ("id.orig_p", "port"),
@@ -43,8 +42,11 @@ def _schema(fields: list[tuple[str, str]]) -> pa.Schema:
 
 
 def flow_uid(flow_id: int) -> str:
-    """A Zeek-style uid derived from Suricata's flow_id (``S`` + base62), stable across runs."""
-    n, out = int(flow_id), ""
+    """A Zeek-style uid derived from Suricata's flow_id (``S`` + base62), stable across runs.
+
+    Raises ``ValueError`` for a flow_id that is not a uint64 (Suricata's type).
+    """
+    n, out = _uint(flow_id, "flow_id", 64), ""
     while True:
         n, r = divmod(n, 62)
         out = _B62[r] + out
@@ -77,6 +79,31 @@ def suricata_conn_state(proto: str, state: str | None, pkts_toclient: int, tcp: 
     return "OTH"
 
 
+def _uint(value: Any, name: str, bits: int = 64) -> int:
+    """``value`` as an unsigned integer of ``bits`` bits (the Arrow column's range), else ``ValueError``.
+
+    Integral floats and digit strings are taken as before (``int()``); anything outside the
+    range would otherwise fail later, in Arrow, for the whole block.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: not an integer: {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{name}: not an integer: {value!r}")
+    n = int(value)
+    if not 0 <= n < 1 << bits:
+        raise ValueError(f"{name}: {n} outside 0..2**{bits}-1")
+    return n
+
+
+def _opt_uint(value: Any, name: str, bits: int = 64) -> int | None:
+    return None if value is None else _uint(value, name, bits)
+
+
+def _text(value: Any) -> str:
+    """A str field; lone surrogates are refused by ``loads_line`` before this."""
+    return value if isinstance(value, str) else str(value)
+
+
 class SuricataEveParser(LineBlockParser):
     """Incremental eve.json parser."""
 
@@ -87,30 +114,57 @@ class SuricataEveParser(LineBlockParser):
     def parse_block(self, block: bytes, first_line: int, start: int) -> list[LogBatch]:
         flows: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []
+        # (line, offset, raw) of each kept row, so a row Arrow refuses is quarantined by line
+        flow_at: list[tuple[int, int, bytes]] = []
+        alert_at: list[tuple[int, int, bytes]] = []
         for ln, off, line in self.iter_lines(block, first_line, start):
             try:
-                ev = json.loads(line)
+                ev = loads_line(line)
+            except ValueError as e:
+                self.quarantine.reject(self.source, ln, off, f"invalid JSON: {e}", line)
+                continue
+            try:
                 if not isinstance(ev, dict):
                     raise ValueError("JSON value is not an object")
                 kind = ev.get("event_type")
                 if kind == "flow":
                     flows.append(self._flow(ev))
+                    flow_at.append((ln, off, line))
                 elif kind == "alert":
                     alerts.append(self._alert(ev))
+                    alert_at.append((ln, off, line))
                 else:
-                    self.other_events[str(kind)] += 1
+                    self.other_events[_text(kind)[:64]] += 1
             except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
-                reason = f"invalid JSON: {e}" if isinstance(e, json.JSONDecodeError) else \
-                    f"bad eve event: {type(e).__name__}: {e}"
-                self.quarantine.reject(self.source, ln, off, reason, line)
+                self.quarantine.reject(self.source, ln, off,
+                                       f"bad eve event: {type(e).__name__}: {e}", line)
         out = []
         end = start + len(block)
-        for rows, fields, path in ((flows, CONN_FIELDS, "conn"), (alerts, ALERT_FIELDS, "suricata_alert")):
+        for rows, at, fields, path in ((flows, flow_at, CONN_FIELDS, "conn"),
+                                       (alerts, alert_at, ALERT_FIELDS, "suricata_alert")):
             if rows:
-                sch = _schema(fields)
-                batch = pa.RecordBatch.from_pylist(rows, schema=sch)
-                out.append(LogBatch(path, batch, dict(fields), self.source, first_line, end))
+                batch = self._to_batch(rows, at, _schema(fields))
+                if batch.num_rows:
+                    out.append(LogBatch(path, batch, dict(fields), self.source, first_line, end))
         return out
+
+    def _to_batch(self, rows: list[dict[str, Any]], at: list[tuple[int, int, bytes]],
+                  schema: pa.Schema) -> pa.RecordBatch:
+        """Rows checked one by one only when the whole block does not convert."""
+        try:
+            return pa.RecordBatch.from_pylist(rows, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+            pass
+        good = []
+        for row, (ln, off, line) in zip(rows, at):
+            try:
+                pa.RecordBatch.from_pylist([row], schema=schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError) as e:
+                self.quarantine.reject(self.source, ln, off,
+                                       f"bad eve event: {type(e).__name__}: {e}", line)
+                continue
+            good.append(row)
+        return pa.RecordBatch.from_pylist(good, schema=schema)
 
     @staticmethod
     def _endpoints(ev: dict) -> dict[str, Any]:
@@ -122,16 +176,16 @@ class SuricataEveParser(LineBlockParser):
         for p in (op, rp):
             if p is not None and not (isinstance(p, int) and 0 <= p < 65536):
                 raise ValueError(f"bad port {p!r}")
-        return {"id.orig_h": str(ev["src_ip"]), "id.orig_p": op,
-                "id.resp_h": str(ev["dest_ip"]), "id.resp_p": rp, "proto": proto}
+        return {"id.orig_h": _text(ev["src_ip"]), "id.orig_p": op,
+                "id.resp_h": _text(ev["dest_ip"]), "id.resp_p": rp, "proto": proto}
 
     def _flow(self, ev: dict) -> dict[str, Any]:
         flow = ev["flow"]
         rec = self._endpoints(ev)
         start = iso_to_epoch(flow["start"])
         end = iso_to_epoch(flow["end"]) if flow.get("end") else None
-        to_client = int(flow.get("pkts_toclient", 0))
-        fid = ev.get("flow_id")
+        to_client = _uint(flow.get("pkts_toclient", 0), "pkts_toclient")
+        fid = _opt_uint(ev.get("flow_id"), "flow_id")
         app = ev.get("app_proto")
         rec.update({
             "ts": start,
@@ -142,9 +196,10 @@ class SuricataEveParser(LineBlockParser):
             "conn_state": suricata_conn_state(rec["proto"], flow.get("state"), to_client,
                                               ev.get("tcp") or {}).encode(),
             "missed_bytes": None, "history": None,
-            "orig_pkts": int(flow.get("pkts_toserver", 0)), "resp_pkts": to_client,
-            "orig_ip_bytes": int(flow.get("bytes_toserver", 0)),
-            "resp_ip_bytes": int(flow.get("bytes_toclient", 0)),
+            "orig_pkts": _uint(flow.get("pkts_toserver", 0), "pkts_toserver"),
+            "resp_pkts": to_client,
+            "orig_ip_bytes": _uint(flow.get("bytes_toserver", 0), "bytes_toserver"),
+            "resp_ip_bytes": _uint(flow.get("bytes_toclient", 0), "bytes_toclient"),
             "flow_id": fid,
             "community_id": ev["community_id"].encode() if ev.get("community_id") else None,
         })
@@ -155,12 +210,12 @@ class SuricataEveParser(LineBlockParser):
         rec = self._endpoints(ev)
         rec.update({
             "ts": iso_to_epoch(ev["timestamp"]),
-            "flow_id": ev.get("flow_id"),
+            "flow_id": _opt_uint(ev.get("flow_id"), "flow_id"),
             "community_id": ev["community_id"].encode() if ev.get("community_id") else None,
-            "signature_id": a.get("signature_id"),
+            "signature_id": _opt_uint(a.get("signature_id"), "signature_id"),
             "signature": str(a.get("signature", "")).encode(),
             "category": str(a.get("category", "")).encode(),
-            "severity": a.get("severity"),
+            "severity": _opt_uint(a.get("severity"), "severity"),
             "action": str(a.get("action", "")).encode(),
         })
         return rec

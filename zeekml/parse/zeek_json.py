@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -21,7 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from zeekml.parse.batch import LogBatch
-from zeekml.parse.lines import LineFeeder
+from zeekml.parse.lines import MAX_JSON_DEPTH, LineFeeder, too_deep_lines
+from zeekml._core.zeek_format import container_element_type
 from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES, arrow_type
 
 log = logging.getLogger(__name__)
@@ -29,9 +31,48 @@ log = logging.getLogger(__name__)
 _TIME_FIELDS = {f for f, t in KNOWN_FIELD_TYPES.items() if t == "time"}
 # A value of the wrong JSON type in these fields is a malformed record; other known fields
 # (``service`` is a string in conn.log but a set in known_services.log) fall back to inference.
+# Every conn field that is not text is strict, so a conn batch always casts to the conn schema.
 STRICT_FIELDS = frozenset({
     "ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "duration", "orig_bytes",
-    "resp_bytes", "missed_bytes", "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes"})
+    "resp_bytes", "missed_bytes", "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes",
+    "local_orig", "local_resp", "ip_proto", "src_port", "dst_port"})
+
+# JSON escapes of UTF-16 surrogates; only lines holding one need the (slower) Unicode check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def loads_line(line: bytes) -> Any:
+    """``json.loads`` of one line that is not nested too deep (see ``too_deep_lines``).
+
+    Raises ``ValueError`` for invalid JSON, invalid UTF-8 and strings holding a lone surrogate
+    (``"\\ud800"``: valid JSON syntax, but no Unicode text, and Zeek never writes one).
+    """
+    try:
+        obj = json.loads(line)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"invalid UTF-8: {e.reason} at byte {e.start}") from None
+    except RecursionError:  # only if a caller skipped the depth check
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if _SURROGATE_ESCAPE.search(line) and not _valid_unicode(obj):
+        raise ValueError("lone UTF-16 surrogate in a string")
+    return obj
+
+
+def _valid_unicode(obj: Any) -> bool:
+    stack = [obj]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return True
 
 
 def iso_to_epoch(value: str) -> float:
@@ -55,6 +96,7 @@ class LineBlockParser(LineFeeder):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._block_lines = 0
+        self._too_deep: set[int] = set()   # lines of the current block nested too deep
 
     def _consume(self, block: bytes, final: bool) -> list[LogBatch]:
         if final:
@@ -65,6 +107,8 @@ class LineBlockParser(LineFeeder):
         first_line = self.line_no + 1
         start = self.offset
         self._block_lines = block.count(b"\n")
+        # before any JSON parser sees the block: deep nesting crashes pyarrow and recurses in json
+        self._too_deep = too_deep_lines(block)
         out = self.parse_block(block, first_line, start)
         nbytes = len(block) - (0 if trailing_newline else 1)
         self.offset += nbytes
@@ -78,6 +122,9 @@ class LineBlockParser(LineFeeder):
             ln = first_line + i
             if len(line) > self.max_line_bytes:
                 self.quarantine.reject(self.source, ln, off, f"line longer than {self.max_line_bytes} bytes", line)
+            elif i in self._too_deep:
+                self.quarantine.reject(self.source, ln, off,
+                                       f"JSON nested deeper than {MAX_JSON_DEPTH} levels", line)
             elif not line.strip():
                 self.quarantine.reject(self.source, ln, off, "empty line", line)
             else:
@@ -94,7 +141,7 @@ class ZeekJsonParser(LineBlockParser):
     def parse_block(self, block: bytes, first_line: int, start: int) -> list[LogBatch]:
         table = None
         if b"\n\n" not in block and not block.startswith(b"\n") and b"\r" not in block \
-                and len(block) < (64 << 20):
+                and len(block) < (64 << 20) and not self._too_deep and _is_utf8(block):
             try:
                 table = pajson.read_json(
                     io.BytesIO(block),
@@ -104,7 +151,8 @@ class ZeekJsonParser(LineBlockParser):
                 table = self._normalise(table)
                 if table.num_rows != self._block_lines:
                     table = None
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError, TypeError):
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError,
+                    TypeError, OverflowError):
                 table = None
         if table is None:
             table = self._slow(block, first_line, start)
@@ -135,8 +183,8 @@ class ZeekJsonParser(LineBlockParser):
         rows: list[dict[str, Any]] = []
         for ln, off, line in self.iter_lines(block, first_line, start):
             try:
-                obj = json.loads(line)
-            except (ValueError, UnicodeDecodeError) as e:
+                obj = loads_line(line)
+            except ValueError as e:
                 self.quarantine.reject(self.source, ln, off, f"invalid JSON: {e}", line)
                 continue
             if not isinstance(obj, dict):
@@ -168,6 +216,15 @@ class ZeekJsonParser(LineBlockParser):
         return pa.table(cols)
 
 
+def _is_utf8(block: bytes) -> bool:
+    """pyarrow's JSON reader passes invalid UTF-8 in strings through (to fail later, on use)."""
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _guess_path(source: str, columns: list[str]) -> str:
     base = os.path.basename(source).split(".")[0]
     if base:
@@ -178,24 +235,45 @@ def _guess_path(source: str, columns: list[str]) -> str:
 def _cast_known(name: str, col: pa.Array) -> pa.Array:
     try:
         return _cast_known_strict(name, col)
-    except (ValueError, TypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    except (ValueError, TypeError, OverflowError, pa.ArrowInvalid, pa.ArrowNotImplementedError,
+            pa.ArrowTypeError):
         if name in STRICT_FIELDS:
             raise
         return col
 
 
 def _cast_known_strict(name: str, col: pa.Array) -> pa.Array:
+    """The column of a known field in its Arrow type; the same rules as ``_py_known_strict``
+    (a value of the wrong JSON type raises), so a record's fate does not depend on whether its
+    block took the fast path."""
     zt = KNOWN_FIELD_TYPES.get(name)
     if zt is None:
         return col
     target = arrow_type(zt)
-    if name in _TIME_FIELDS and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        return pa.array([None if v is None else iso_to_epoch(v) for v in col.to_pylist()], pa.float64())
-    if pa.types.is_null(col.type):
+    t = col.type
+    if pa.types.is_null(t):
         return pa.nulls(len(col), target)
-    if pa.types.is_integer(target) and pa.types.is_floating(col.type):
-        raise ValueError(f"{name}: float where a count is expected")
-    if target == pa.binary() and not (pa.types.is_string(col.type) or pa.types.is_binary(col.type)):
+    is_text = pa.types.is_string(t) or pa.types.is_large_string(t)
+    if name in _TIME_FIELDS and is_text:
+        return pa.array([None if v is None else iso_to_epoch(v) for v in col.to_pylist()], pa.float64())
+    if zt in ("time", "interval", "double"):
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+            raise ValueError(f"{name}: not a number")
+        # unsafe: a count above 2**53 is a valid (rounded) time, as float() makes it in the slow path
+        return pc.cast(col, target, safe=False)
+    if zt in ("count", "counter", "port", "int"):
+        if not pa.types.is_integer(t):
+            raise ValueError(f"{name}: not an integer")
+        return pc.cast(col, target)
+    if zt == "bool":
+        if not pa.types.is_boolean(t):
+            raise ValueError(f"{name}: not a bool")
+        return col
+    if container_element_type(zt) is not None:
+        if not pa.types.is_list(t):
+            raise ValueError(f"{name}: not a list")
+        return pc.cast(col, target)
+    if not is_text:
         raise ValueError(f"{name}: not a string")
     return pc.cast(col, target)
 
@@ -203,7 +281,7 @@ def _cast_known_strict(name: str, col: pa.Array) -> pa.Array:
 def _py_known(name: str, value: Any) -> Any:
     try:
         return _py_known_strict(name, value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         if name in STRICT_FIELDS:
             raise
         return value
@@ -219,13 +297,15 @@ def _py_known_strict(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name}: not a number")
         return float(value)
-    if zt in ("count", "port", "int"):
+    if zt in ("count", "counter", "port", "int"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name}: not an integer")
         if zt == "port" and not 0 <= value < 65536:
             raise ValueError(f"{name}: port out of range")
-        if zt == "count" and not 0 <= value < 1 << 64:
+        if zt in ("count", "counter") and not 0 <= value < 1 << 64:
             raise ValueError(f"{name}: count out of range")
+        if zt == "int" and not -(1 << 63) <= value < 1 << 63:
+            raise ValueError(f"{name}: int out of range")
         return value
     if zt == "bool":
         if not isinstance(value, bool):

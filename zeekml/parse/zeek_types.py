@@ -43,6 +43,8 @@ KNOWN_FIELD_TYPES: dict[str, str] = {
     "resp_ip_bytes": "count", "tunnel_parents": "set[string]", "ip_proto": "count",
     "orig_l2_addr": "string", "resp_l2_addr": "string", "vlan": "int", "inner_vlan": "int",
     "community_id": "string",
+    # conn column spellings of Zeek's field-name-map test (flows.table.ALIASES)
+    "src_port": "port", "dst_port": "port",
     "label": "string", "detailedlabel": "string", "detailed-label": "string",
     # notice.log
     "fuid": "string", "file_mime_type": "string", "file_desc": "string", "note": "enum",
