@@ -31,10 +31,39 @@ log = logging.getLogger(__name__)
 
 PACKED_SEPARATOR = b"   "  # IoT-23 packs `tunnel_parents   label   detailed-label` into one column
 _STRING_ARROW = (pa.string(), pa.binary())
+# The exact path's number syntax (zeek_format.parse_scalar), for whole values
+_FLOAT_PATTERN = r"^(?:-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|-?nan|-?inf)$"
+_COUNT_PATTERN = r"^[0-9]{1,20}$"
+_INT_PATTERN = r"^-?[0-9]{1,19}$"
 
 
 class _FastPathRefused(Exception):
     """The fast path cannot take this run exactly; use the line-by-line path."""
+
+
+class UnusableHeader(ValueError):
+    """A header no record can be read by (its records are quarantined, naming its line)."""
+
+
+def _type_problem(name: str, zeek_type: str) -> str | None:
+    """Why ``zeek_type`` cannot describe column ``name``, or ``None`` when it can.
+
+    Zeek logs hold no nested containers. A well-known field that is numeric or bool in every
+    Zeek log (conn's ports, counts, times, ``local_orig``) must be declared with that type:
+    the conn table and the flow features rely on it.
+    """
+    elem = container_element_type(zeek_type)
+    if elem is not None and container_element_type(elem) is not None:
+        return f"{name}: nested container type {zeek_type!r} (Zeek logs cannot hold one)"
+    known = KNOWN_FIELD_TYPES.get(name)
+    if known is None:
+        return None
+    want = arrow_type(known)
+    if want in _STRING_ARROW or pa.types.is_list(want):
+        return None
+    if arrow_type(zeek_type) != want:
+        return f"{name}: declared {zeek_type!r}, but {name} is a {known}"
+    return None
 
 
 @dataclass
@@ -49,6 +78,7 @@ class _Schema:
 
     @classmethod
     def from_header(cls, header: ZeekHeader) -> "_Schema":
+        """The layout of ``header``; raises ``UnusableHeader`` when no record could be read by it."""
         fields, types = list(header.fields), list(header.types)
         if len(types) < len(fields):  # CSV conversions have no #types: use the known ones
             types = types + [KNOWN_FIELD_TYPES.get(f, "string") for f in fields[len(types):]]
@@ -57,10 +87,21 @@ class _Schema:
             if "   " in f:
                 names = f.split("   ")
                 ptypes = types[i].split("   ") if "   " in types[i] else [types[i]] * len(names)
+                if len(ptypes) != len(names):
+                    raise UnusableHeader(f"packed column {f!r} has {len(names)} names but "
+                                         f"{len(ptypes)} types")
                 fields = fields[:i] + names + fields[i + 1:]
                 types = types[:i] + ptypes + types[i + 1:]
                 packed_at, packed_n = i, len(names)
                 break
+        seen: set[str] = set()
+        for f, t in zip(fields, types):
+            if f in seen:
+                raise UnusableHeader(f"field {f!r} appears twice in #fields")
+            seen.add(f)
+            problem = _type_problem(f, t)
+            if problem:
+                raise UnusableHeader(problem)
         raw = len(fields) - (packed_n - 1)
         return cls(fields, types, raw, packed_at, packed_n)
 
@@ -86,7 +127,10 @@ class ZeekTsvParser(LineFeeder):
         super().__init__(source, quarantine, max_line_bytes, start_offset, start_line)
         self.header = header
         self.csv = csv
-        self._schema = _Schema.from_header(header) if header and header.is_complete() else None
+        self._schema = None
+        self._header_problem: str | None = None   # quarantine reason for records under a bad header
+        if header and header.is_complete():
+            self._set_schema(header, b"")
         self.fast_rows = 0
         self.slow_rows = 0
 
@@ -132,12 +176,32 @@ class ZeekTsvParser(LineFeeder):
         h.fields = [x.decode("utf-8", "replace") for x in names]
         h.types = [KNOWN_FIELD_TYPES.get(f, "string") for f in h.fields]
         self.header = h
-        self._schema = _Schema.from_header(h)
+        self._set_schema(h, line)
+
+    def _set_schema(self, h: ZeekHeader, line: bytes) -> None:
+        try:
+            self._schema = _Schema.from_header(h)
+        except UnusableHeader as e:
+            self._unusable(line, str(e))
+
+    def _unusable(self, line: bytes, problem: str) -> None:
+        """Quarantine a header line no record can be read by; its records follow it there.
+
+        Not raised: ``watch`` would stop at this line on every restart. The warning and the
+        quarantine record name the file and the header's line.
+        """
+        ln = self.line_no + 1
+        self._schema = None
+        self._header_problem = f"record under the unusable header of line {ln}"
+        log.warning("%s:%d: unusable header (%s); its records are quarantined", self.source, ln,
+                    problem)
+        self.quarantine.reject(self.source, ln, self.offset, f"unusable header: {problem}", line)
 
     def _meta(self, line: bytes) -> None:
         if line.startswith(b"#separator "):
             self.header = ZeekHeader(separator=parse_separator_line(line) or b"\t")
             self._schema = None
+            self._header_problem = None
             return
         if self.header is None:
             self.header = ZeekHeader()
@@ -145,19 +209,20 @@ class ZeekTsvParser(LineFeeder):
         key = line[1:].split(self.header.separator, 1)[0]
         if key in (b"fields", b"types"):
             h = self.header
+            self._header_problem = None
             if h.fields and h.types and len(h.fields) == len(h.types):
-                self._schema = _Schema.from_header(h)
+                self._set_schema(h, line)
             elif h.fields and h.types:
-                self.quarantine.reject(self.source, self.line_no + 1, self.offset,
-                                       "#fields and #types differ in length", line)
-                self._schema = None
+                self._unusable(line, "#fields and #types differ in length")
 
     def _data(self, run: bytes, final: bool) -> LogBatch | None:
         first_line = self.line_no + 1
         if self._schema is None:
+            reason = self._header_problem or "record before a complete #fields/#types header"
+            offset = self.offset
             for i, line in enumerate(_lines(run)):
-                self.quarantine.reject(self.source, first_line + i, self.offset,
-                                       "record before a complete #fields/#types header", line)
+                self.quarantine.reject(self.source, first_line + i, offset, reason, line)
+                offset += len(line) + 1
             return None
         try:
             batch = self._fast(run)
@@ -192,13 +257,10 @@ class ZeekTsvParser(LineFeeder):
         if np.any(np.diff(np.searchsorted(seps, nl), prepend=0) != sch.raw_ncols - 1):
             raise _FastPathRefused
         names = [f"c{i}" for i in range(sch.raw_ncols)]
-        # Numbers and bools are parsed by Arrow's CSV reader itself (strict integer parsing; any
-        # value it refuses sends the run to the exact path); text stays raw bytes for Zeek's rules.
-        col_types = {}
-        for i, c in enumerate(names):
-            zt = sch.types[i] if sch.packed_at is None or i < sch.packed_at else None
-            target = arrow_type(zt) if zt is not None and container_element_type(zt) is None else None
-            col_types[c] = target if target is not None and target not in _STRING_ARROW else pa.binary()
+        # Every column is read as raw bytes and converted by ``_convert`` with the exact path's
+        # rules: Arrow's own number parsing trims spaces and takes ``0x50``, which the exact path
+        # refuses, and a record's fate must not depend on the path its run took.
+        col_types = {c: pa.binary() for c in names}
         bad_rows = []
 
         def on_invalid(row):
@@ -272,10 +334,9 @@ class ZeekTsvParser(LineFeeder):
             if not pc.all(pc.fill_null(ok, True)).as_py():
                 raise _FastPathRefused
             return is_t
-        if pc.any(pc.fill_null(pc.match_substring_regex(col, r"[^0-9.eE+\-nainf]"), False)).as_py():
-            raise _FastPathRefused
-        if pa.types.is_integer(target) and pc.any(
-                pc.fill_null(pc.match_substring_regex(col, r"[^0-9\-]"), False)).as_py():
+        pattern = _INT_PATTERN if zeek_type == "int" else (
+            _COUNT_PATTERN if pa.types.is_integer(target) else _FLOAT_PATTERN)
+        if not pc.all(pc.fill_null(pc.match_substring_regex(col, pattern), True)).as_py():
             raise _FastPathRefused
         try:
             return col.cast(pa.string()).cast(target)
