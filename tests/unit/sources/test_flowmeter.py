@@ -14,15 +14,51 @@ A, B = "10.0.0.1", "192.0.2.7"
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
 
+def checksum16(data: bytes) -> int:
+    """RFC 1071 Internet checksum (written out word by word, independent of the meter's)."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+_CSUM_AT = {6: 16, 17: 6, 1: 2, 58: 2}  # where each transport keeps its checksum
+
+
+def with_checksum(src: bytes, dst: bytes, proto: int, seg: bytes) -> bytes:
+    """``seg`` with its transport checksum filled in (pseudo-header except for ICMPv4), as a
+    sender without checksum offloading writes it."""
+    at = _CSUM_AT.get(proto)
+    if at is None or len(seg) < at + 2:
+        return seg
+    seg = seg[:at] + b"\0\0" + seg[at + 2:]
+    if proto == 1:
+        pseudo = b""
+    elif len(src) == 4:
+        pseudo = src + dst + struct.pack("!BBH", 0, proto, len(seg))
+    else:
+        pseudo = src + dst + struct.pack("!I3xB", len(seg), proto)
+    c = checksum16(pseudo + seg)
+    if proto == 17 and c == 0:
+        c = 0xFFFF  # UDP: 0 means "no checksum"
+    return seg[:at] + struct.pack("!H", c) + seg[at + 2:]
+
+
 def ip4(src, dst, proto, payload, ident=1, frag=0):
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, frag, 64, proto, 0,
-                      socket.inet_aton(src), socket.inet_aton(dst))
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    if frag == 0:  # a fragment's transport checksum covers the whole datagram: see the caller
+        payload = with_checksum(s, d, proto, payload)
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, frag, 64, proto, 0, s, d)
+    hdr = hdr[:10] + struct.pack("!H", checksum16(hdr)) + hdr[12:]
     return hdr + payload
 
 
 def ip6(src, dst, nh, payload):
-    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nh, 64,
-                       socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)) + payload
+    s, d = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+    payload = with_checksum(s, d, nh, payload)
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nh, 64, s, d) + payload
 
 
 def tcp(sport, dport, seq, ack, flags, data=b"", win=1000):
@@ -162,7 +198,8 @@ def test_gre_and_vxlan_tunnels_set_tunnel_parents():
 
 
 def test_ipv4_fragments_are_reassembled():
-    payload = udp(53000, 9999, b"A" * 100)
+    payload = with_checksum(socket.inet_aton(A), socket.inet_aton(B), 17,
+                            udp(53000, 9999, b"A" * 100))
     f1 = ip4(A, B, 17, payload[:48], ident=7, frag=0x2000)
     f2 = ip4(A, B, 17, payload[48:], ident=7, frag=48 // 8)
     (r,), m = run([(1.0, eth(f2)), (1.0, eth(f1))])
@@ -247,3 +284,84 @@ def test_idle_connections_are_finished_as_time_passes():
     m.flush()
     assert len(m.finished) == 500
     assert [c.start for c in m.finished] == sorted(c.start for c in m.finished)
+
+
+# -- checksums: Zeek validates them by default (zeek -C / ignore_checksums skips it) ----------
+
+def corrupt(frame: bytes, at: int) -> bytes:
+    """``frame`` with one byte flipped at ``at`` (counted from the frame's start)."""
+    return frame[:at] + bytes([frame[at] ^ 0xFF]) + frame[at + 1:]
+
+
+ETH, IPH = 14, 20
+
+
+def test_bad_ip_header_checksum_drops_the_packet_unless_ignored():
+    bad = corrupt(eth(ip4(A, B, 17, udp(1000, 53, b"q"))), ETH + 10)  # the checksum itself
+    recs, m = run([(1.0, bad)], ignore_checksums=False)
+    assert recs == [] and m.stats.bad_checksums == 1  # Zeek: weird bad_IP_checksum, no conn
+    recs, m = run([(1.0, bad)], ignore_checksums=True)
+    assert len(recs) == 1 and m.stats.bad_checksums == 0
+
+
+def test_bad_udp_checksum_is_seen_but_not_counted():
+    # As Zeek 8.2.2 on suricata-verify eve-dns (a query with an offloaded checksum, a good
+    # reply): history "Cd", SHR, orig_pkts 0, orig_bytes 0, duration from the bad query, and
+    # zeekml_flow.log (Zeek's new_packet) has both packets.
+    q = corrupt(eth(ip4(A, B, 17, udp(53679, 53, b"q" * 31))), ETH + IPH + 6)
+    r = eth(ip4(B, A, 17, udp(53, 53679, b"r" * 47)))
+    (rec,), m = run([(1.0, q), (1.372361, r)])
+    assert (rec["history"], rec["conn_state"]) == ("Cd", "SHR")
+    assert (rec["orig_pkts"], rec["orig_ip_bytes"], rec["resp_pkts"], rec["resp_ip_bytes"]) == (0, 0, 1, 75)
+    assert (rec["orig_bytes"], rec["resp_bytes"]) == (0, 47)
+    assert rec["duration"] == pytest.approx(0.372361)
+    flow = m.finished[0].flow_record()
+    assert flow["dirs"] == [0, 1] and flow["ip_lens"] == [59, 75]
+    (rec,), _ = run([(1.0, q), (1.372361, r)], ignore_checksums=True)
+    assert (rec["history"], rec["conn_state"], rec["orig_pkts"]) == ("Dd", "SF", 1)
+
+
+def test_bad_checksum_history_is_scaled():
+    q = corrupt(eth(ip4(A, B, 17, udp(5353, 5353, b"m"))), ETH + IPH + 6)
+    (rec,), _ = run([(1.0 + i, q) for i in range(10)])
+    assert rec["history"] == "CC" and rec["orig_pkts"] == 0  # the 1st and the 10th
+
+
+def test_zero_udp_checksum_means_none_on_ipv4_only():
+    v4 = eth(ip4(A, B, 17, udp(1000, 53, b"q")))
+    v4 = v4[:ETH + IPH + 6] + b"\0\0" + v4[ETH + IPH + 8:]
+    (rec,), _ = run([(1.0, v4)])
+    assert rec["history"] == "D" and rec["orig_pkts"] == 1
+    v6 = eth(ip6("2001:db8::1", "2001:db8::2", 17, udp(1000, 53, b"q")), 0x86DD)
+    v6 = v6[:ETH + 40 + 6] + b"\0\0" + v6[ETH + 40 + 8:]
+    (rec,), _ = run([(1.0, v6)])
+    assert rec["history"] == "C" and rec["orig_pkts"] == 0  # IPv6 requires it
+
+
+def test_bad_tcp_syn_then_good_syn_ack_is_two_conns():
+    # As Zeek 8.2.2 on the slips test-cc capture (the capturing host's own packets offloaded):
+    # the bad SYN makes a conn whose state never moves (history "C", OTH, no packets counted);
+    # the SYN-ACK is then a reuse of the 5-tuple and starts a flipped conn.
+    syn = corrupt(eth(ip4(A, B, 6, tcp(53110, 443, 1000, 0, SYN))), ETH + IPH + 16)
+    synack = eth(ip4(B, A, 6, tcp(443, 53110, 5000, 1001, SYN | ACK)))
+    recs, m = run([(1.0, syn), (1.0008, synack)])
+    first, second = recs
+    assert (first["history"], first["conn_state"], first["orig_pkts"], first["duration"]) == ("C", "OTH", 0, None)
+    assert (second["id.orig_p"], second["history"], second["resp_pkts"]) == (53110, "^h", 1)
+    assert m.stats.bad_checksums == 1
+    (only,), _ = run([(1.0, syn), (1.0008, synack)], ignore_checksums=True)
+    assert only["history"] == "Sh"
+
+
+def test_bad_icmp_checksum_is_not_counted_and_has_no_history_letter():
+    bad = corrupt(eth(ip4(A, B, 1, icmp(8, 0))), ETH + IPH + 2)
+    (rec,), m = run([(1.0, bad)])
+    assert (rec["orig_pkts"], rec["history"], rec["conn_state"]) == (0, None, "OTH")
+    assert m.stats.bad_checksums == 1
+
+
+def test_truncated_segment_is_not_validated():
+    # Zeek checks a transport checksum only when the whole segment was captured (snaplen).
+    frame = corrupt(eth(ip4(A, B, 17, udp(1000, 53, b"q" * 40))), ETH + IPH + 6)
+    (rec,), _ = run([(1.0, frame[:-10])])
+    assert rec["history"] == "D" and rec["orig_pkts"] == 1

@@ -9,8 +9,13 @@ from zeekml.sources.flowmeter import FlowMeter
 
 
 def ip4(src="10.1.1.1", dst="10.2.2.2", proto=17, payload=b"\x00\x01\x00\x02\x00\x09\x00\x00x"):
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0,
-                       socket.inet_aton(src), socket.inet_aton(dst)) + payload
+    # A valid header checksum; UDP payloads here carry checksum 0 (IPv4: none computed).
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    s = sum(struct.unpack("!10H", hdr))
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return hdr[:10] + struct.pack("!H", ~s & 0xFFFF) + hdr[12:] + payload
 
 
 def ip6(payload=b"", nh=59):

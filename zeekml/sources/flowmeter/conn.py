@@ -111,7 +111,7 @@ class Conn:
                  "service", "missed", "orig_ep", "resp_ep", "inactivity", "attempt_at",
                  "remove_at", "close_tick", "sniff_left", "f_dirs", "f_lens", "f_iats", "f_flags",
                  "f_last", "flipped", "dns_start", "syn_seen", "resp_data", "expected_svc",
-                 "teredo_dirs", "sniff_long", "is_partial", "first_seen")
+                 "teredo_dirs", "sniff_long", "is_partial", "first_seen", "udp_chk")
 
     def __init__(self, key, uid: str, proto: str, ip_proto: int, orig_h: bytes, orig_p: int,
                  resp_h: bytes, resp_p: int, t: float, inactivity: float):
@@ -148,6 +148,7 @@ class Conn:
         self.sniff_long = 0
         self.is_partial = False  # TCP: Zeek's TCPSessionAdapter::is_partial
         self.first_seen = 0  # TCP: 1 = originator's first packet seen, 2 = responder's
+        self.udp_chk: list[int] | None = None  # UDP bad checksums: [orig n, next, resp n, next]
 
     # -- history ----------------------------------------------------------------------------
     def check_history(self, mask: int, code: str) -> bool:
@@ -157,6 +158,18 @@ class Conn:
         self.hist_seen |= mask
         self.hist.append(code)
         return False
+
+    def udp_bad_checksum(self, is_orig: bool) -> None:
+        """Zeek's ``UDPSessionAdapter::HandleBadChecksum``: history ``C``/``c`` at the 1st, 10th,
+        100th, ... bad datagram of a direction."""
+        chk = self.udp_chk
+        if chk is None:
+            chk = self.udp_chk = [0, 1, 0, 1]
+        i = 0 if is_orig else 2
+        chk[i] += 1
+        if chk[i] == chk[i + 1]:
+            self.hist.append("C" if is_orig else "c")
+            chk[i + 1] *= 10
 
     # -- expiry -----------------------------------------------------------------------------
     def expired(self, t: float) -> bool:

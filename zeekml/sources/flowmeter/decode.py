@@ -347,3 +347,28 @@ def teredo(buf: bytes, off: int, end: int) -> int | None:
     if nh not in (0, 6, 17, 43, 44, 58, 59, 60):
         return None
     return p
+
+
+# -- checksums (Zeek validates them unless run with -C / ignore_checksums) -----------------------
+# The ones'-complement sum of 16-bit words is the big-endian integer of the bytes modulo 0xFFFF
+# (2**16 = 1 mod 0xFFFF), so one int.from_bytes per packet does it in C. A correct checksum makes
+# the sum 0xFFFF, i.e. 0 modulo 0xFFFF (the sum of a real header is never all zero).
+
+def _words(data: bytes | memoryview) -> int:
+    v = int.from_bytes(data, "big")
+    return v << 8 if len(data) & 1 else v  # an odd length is padded with a zero byte
+
+
+def ip4_header_checksum_ok(buf: bytes, off: int, ihl: int) -> bool:
+    """Whether the IPv4 header at ``off`` (``ihl`` bytes) has a valid checksum."""
+    return _words(buf[off:off + ihl]) % 0xFFFF == 0
+
+
+def transport_checksum_ok(buf: bytes, poff: int, plen: int, src: bytes, dst: bytes,
+                          proto: int) -> bool:
+    """Whether the TCP, UDP or ICMPv6 segment at ``poff`` (``plen`` bytes, all captured) has a
+    valid checksum over the IPv4/IPv6 pseudo-header; ICMPv4 (``proto`` 1) has none."""
+    total = _words(buf[poff:poff + plen])
+    if proto != 1:
+        total += int.from_bytes(src, "big") + int.from_bytes(dst, "big") + proto + plen
+    return total % 0xFFFF == 0

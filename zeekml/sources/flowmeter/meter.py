@@ -53,6 +53,7 @@ class MeterStats:
     fragments: int = 0
     tunnelled: int = 0
     connections: int = 0
+    bad_checksums: int = 0  # packets Zeek would not analyse (IP, TCP, UDP or ICMP checksum)
     errors: list[str] = field(default_factory=list)
 
 
@@ -69,14 +70,20 @@ class FlowMeter:
             base/protocols/conn has none).
         tcp_excessive_data_without_further_acks: Zeek's option of that name (default 10 MiB; 0
             disables): past this much unacknowledged data, gaps are no longer reported.
+        ignore_checksums: skip checksum validation, as ``zeek -C`` (default False: like Zeek, a
+            packet with a bad IPv4 header checksum is dropped before any connection sees it; a
+            TCP, UDP or ICMP packet with a bad checksum is seen by its connection, which it
+            creates if needed, and by ``zeekml_flow.log``, but is neither counted nor analysed,
+            and TCP and UDP add history ``C``/``c``, scaled 1, 10, 100, ...).
     """
-
 
     def __init__(self, on_conn: Callable[[Conn], None] | None = None, seed: int = 0,
                  flow_packets: int = 32, sniff: bool = True,
                  likely_server_ports: tuple[frozenset, frozenset] | None = None,
-                 tcp_excessive_data_without_further_acks: int = TCP_EXCESSIVE_DATA_WITHOUT_FURTHER_ACKS):
+                 tcp_excessive_data_without_further_acks: int = TCP_EXCESSIVE_DATA_WITHOUT_FURTHER_ACKS,
+                 ignore_checksums: bool = False):
         self.conns: dict = {}
+        self.ignore_checksums = ignore_checksums
         self.excessive = tcp_excessive_data_without_further_acks
         if likely_server_ports is None:
             likely_server_ports = (LIKELY_SERVER_PORTS_TCP, LIKELY_SERVER_PORTS_UDP)
@@ -162,6 +169,9 @@ class FlowMeter:
             total = _U16.unpack_from(buf, off + 2)[0]
             if ihl < 20 or total < ihl or off + ihl > n:
                 self.stats.bad_ip += 1
+                return
+            if not self.ignore_checksums and not dec.ip4_header_checksum_ok(buf, off, ihl):
+                self.stats.bad_checksums += 1  # Zeek: weird bad_IP_checksum, packet dropped
                 return
             frag = _U16.unpack_from(buf, off + 6)[0]
             proto = buf[off + 9]
@@ -353,13 +363,18 @@ class FlowMeter:
         heapq.heappush(self._due, (t + min(inactivity, TCP_ATTEMPT_DELAY), self._n, key, c))
         return c
 
-    def _count(self, c: Conn, is_orig: bool, t: float, ip_len: int, flags: int, parent) -> None:
+    def _count(self, c: Conn, is_orig: bool, ip_len: int) -> None:
+        """Zeek's ConnSize analyzer: only packets the transport analyzer accepted."""
         if is_orig:
             c.orig_pkts += 1
             c.orig_ipb += ip_len
         else:
             c.resp_pkts += 1
             c.resp_ipb += ip_len
+
+    def _seen(self, c: Conn, is_orig: bool, t: float, ip_len: int, flags: int, parent) -> None:
+        """Every packet of the connection, good checksum or not: its tunnel and, as Zeek's
+        ``new_packet`` event, its zeekml_flow.log features."""
         if parent is not None:
             tp = c.tunnel_parents
             if tp is None:
@@ -380,8 +395,19 @@ class FlowMeter:
         if c is None:
             c = self._new(key, "unknown_transport", proto, src, 0, dst, 0, t, UDP_INACTIVITY, parent)
         is_orig = src == c.orig_h
-        self._count(c, is_orig, t, ip_len, 0, parent)
+        self._seen(c, is_orig, t, ip_len, 0, parent)
+        self._count(c, is_orig, ip_len)
         c.last = t
+
+    def _checksum_bad(self, buf, poff: int, plen: int, end: int, src: bytes, dst: bytes,
+                      proto: int) -> bool:
+        """Zeek validates a transport checksum only when the whole segment was captured."""
+        if self.ignore_checksums or end < poff + plen:
+            return False
+        if dec.transport_checksum_ok(buf, poff, plen, src, dst, proto):
+            return False
+        self.stats.bad_checksums += 1
+        return True
 
     def _icmp(self, t, buf, poff, plen, end, src, dst, ip_len, proto, parent) -> None:
         if poff + 4 > end or plen < 4:
@@ -403,7 +429,10 @@ class FlowMeter:
         if c is None:
             c = self._new(key, "icmp", proto, src, itype, dst, rp, t, ICMP_INACTIVITY, parent)
         is_orig = src == c.orig_h and itype == c.orig_p
-        self._count(c, is_orig, t, ip_len, 0, parent)
+        self._seen(c, is_orig, t, ip_len, 0, parent)
+        if self._checksum_bad(buf, poff, plen, end, src, dst, proto):
+            return  # Zeek: weird bad_ICMP_checksum; no history letter for ICMP
+        self._count(c, is_orig, ip_len)
         size = plen - 8 if plen > 8 else 0
         if is_orig:
             c.orig_size += size
@@ -430,7 +459,11 @@ class FlowMeter:
             else:
                 c = self._new(key, "udp", 17, src, sport, dst, dport, t, UDP_INACTIVITY, parent)
         is_orig = src == c.orig_h and sport == c.orig_p
-        self._count(c, is_orig, t, ip_len, 0, parent)
+        self._seen(c, is_orig, t, ip_len, 0, parent)
+        if self._udp_checksum_bad(buf, poff, plen, end, src, dst, dport):
+            c.udp_bad_checksum(is_orig)
+            return
+        self._count(c, is_orig, ip_len)
         ulen = (ulen if 8 <= ulen <= plen else plen) - 8
         if is_orig:
             c.check_history(H_DATA, "D")
@@ -480,6 +513,18 @@ class FlowMeter:
                 c.teredo_dirs |= 1 if is_orig else 2
                 self._ip(t, buf, ioff, 6, c.uid, depth + 1)
 
+    def _udp_checksum_bad(self, buf, poff: int, plen: int, end: int, src: bytes, dst: bytes,
+                          dport: int) -> bool:
+        csum = _U16.unpack_from(buf, poff + 6)[0]
+        if csum == 0:
+            if len(src) == 4:
+                return False  # IPv4: no checksum was computed
+            # IPv6 requires one, except VXLAN to its port (Zeek's vxlan_ports, flag I set)
+            if (dport == 4789 and plen > 8 + 8 + 14 and poff + 8 < end
+                    and buf[poff + 8] & 0x08):
+                return False
+        return self._checksum_bad(buf, poff, plen, end, src, dst, 17)
+
     def _tunnel(self, c: Conn, svc: str) -> None:
         self.stats.tunnelled += 1
         if svc not in c.service:
@@ -528,9 +573,13 @@ class FlowMeter:
                     c.expected_svc = True
                     c.sniff_left = 0
         is_orig = src == c.orig_h and sport == c.orig_p
+        self._seen(c, is_orig, t, ip_len, flags, parent)
+        if self._checksum_bad(buf, poff, plen, end, src, dst, 6):
+            tcp.bad_checksum(c, is_orig)
+            return
         if is_orig and flags & SYN and not flags & ACK:
             c.syn_seen = True
-        self._count(c, is_orig, t, ip_len, flags, parent)
+        self._count(c, is_orig, ip_len)
         tcp.process(c, is_orig, t, flags, seq, ack, win, dlen, self.excessive)
         if dlen > 0:
             if not is_orig:

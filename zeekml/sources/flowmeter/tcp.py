@@ -60,8 +60,8 @@ class TcpEndpoint:
     __slots__ = ("is_orig", "peer", "state", "prev_state", "start_seq", "last_seq", "ack_seq",
                  "seq_wraps", "ack_wraps", "fin_cnt", "rst_cnt", "fin_seq", "hist_last_syn",
                  "hist_last_fin", "hist_last_rst", "did_close", "rnext", "blocks", "trim", "high",
-                 "skip", "gap_cnt",
-                 "gap_thresh", "rxmt_cnt", "rxmt_thresh", "win0_cnt", "win0_thresh")
+                 "skip", "gap_cnt", "gap_thresh", "rxmt_cnt", "rxmt_thresh", "win0_cnt",
+                 "win0_thresh", "chk_cnt", "chk_thresh")
 
     def __init__(self, is_orig: bool):
         self.is_orig = is_orig
@@ -76,8 +76,8 @@ class TcpEndpoint:
         self.rnext = self.trim = self.high = 1  # Zeek's last_reassem_seq, trim_seq; highest end
         self.blocks: list[list[int]] | None = None
         self.skip = False  # Zeek's skip_deliveries
-        self.gap_cnt = self.rxmt_cnt = self.win0_cnt = 0
-        self.gap_thresh = self.rxmt_thresh = self.win0_thresh = 1
+        self.gap_cnt = self.rxmt_cnt = self.win0_cnt = self.chk_cnt = 0
+        self.gap_thresh = self.rxmt_thresh = self.win0_thresh = self.chk_thresh = 1
 
     def update_last_seq(self, seq: int) -> None:
         if seq < self.last_seq:
@@ -178,6 +178,12 @@ def _scaled(c: Conn, ep: TcpEndpoint, code: str, which: str) -> None:
     if cnt == thresh:
         c.hist.append(code if ep.is_orig else code.lower())
         setattr(ep, which + "_thresh", thresh * 10)
+
+
+def bad_checksum(c: Conn, is_orig: bool) -> None:
+    """A segment with a bad checksum (Zeek's ``TCP_Endpoint::ChecksumError``): history ``C``/``c``
+    (scaled), and nothing else; the endpoint's state never sees the segment."""
+    _scaled(c, c.orig_ep if is_orig else c.resp_ep, "C", "chk")
 
 
 def process(c: Conn, is_orig: bool, t: float, flags: int, base_seq: int, ack_seq: int, win: int,
