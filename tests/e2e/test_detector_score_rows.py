@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
+from zeekml.scoring.registry import get_kind
 from zeekml.train.data import load_conns
-from zeekml.train.registry import get_kind
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 SLICE = os.path.join(ROOT, "tests", "data", "mae", "conn.log.labeled")     # 900 real conns

@@ -94,10 +94,10 @@ def test_dense_service_task_hides_service_and_ports(bases, tmp_path):
 
 def test_moe_predict_reports_expert_usage(bases):
     from zeekml.train.data import load_conns
-    from zeekml.train.registry import get_kind
+    from zeekml.train.registry import get_trainer
 
     moe_dir, _ = bases["moe"]
-    pred = get_kind("moe").predict(str(moe_dir), load_conns(SLICE))
+    pred = get_trainer("moe").predict(str(moe_dir), load_conns(SLICE))
     assert pred.proba is None and len(pred.score) == 900 and (pred.score >= 0).all()
     assert [r["layer"] for r in pred.routing] == [1, 3]
     assert all(sum(r["tokens_per_expert"]) + r["dropped"] == r["routed"] for r in pred.routing)

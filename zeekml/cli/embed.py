@@ -25,7 +25,7 @@ MODEL_OPTION = click.option(
 def _model_dir(model_dir: str | None) -> str:
     if model_dir:
         return model_dir
-    from zeekml.scoring.learned import default_models_dir
+    from zeekml.scoring.registry import default_models_dir
 
     d = os.path.join(default_models_dir(), "mae-base")
     if not os.path.isdir(d):
@@ -36,13 +36,13 @@ def _model_dir(model_dir: str | None) -> str:
 
 def embed_logs(model_dir: str, logs: list[str], device: str = "cpu", quarantine=None):
     """``(conn table, embeddings [n, 64])`` of every conn record under ``logs``."""
-    from zeekml.train.mae import KIND
+    from zeekml.scoring.registry import get_kind
     from zeekml.train.protocol import load_inputs
 
     table, flows = load_inputs(logs, quarantine)
     if table.num_rows == 0:
         raise ZeekmlError("no conn records in the given logs")
-    return table, KIND.embed(model_dir, table, device=device, flows=flows)
+    return table, get_kind("mae").embed(model_dir, table, device=device, flows=flows)
 
 
 @click.command("embed")

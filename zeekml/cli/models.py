@@ -11,9 +11,10 @@ import click
 
 from zeekml._core.device import resolve_device
 from zeekml.cli.score import DEVICE_OPTION
-from zeekml.scoring.learned import default_models_dir
+from zeekml.scoring.registry import default_models_dir, kind_names
 
-MODEL_CHOICES = click.Choice(["gnn", "moe", "dense", "mae"])
+# every registered model kind (zeekml.scoring.registry): a new kind is a choice without an edit here
+MODEL_CHOICES = click.Choice(kind_names())
 
 
 @contextlib.contextmanager
@@ -139,6 +140,8 @@ def models():
 @click.option("--dir", "root", default=None, type=click.Path(file_okay=False))
 def models_list(root):
     """Each model directory with its kind, parameter count and metrics."""
+    from zeekml.scoring.detectors.base import read_config
+
     root = root or default_models_dir()
     found = sorted(glob.glob(os.path.join(root, "*", "manifest.json")))
     if not found:
@@ -146,8 +149,7 @@ def models_list(root):
         return
     for m in found:
         d = os.path.dirname(m)
-        with open(os.path.join(d, "config.json")) as f:
-            cfg = json.load(f)
+        cfg = read_config(d)
         n = cfg.get("n_params")
         click.echo(f"{os.path.basename(d):24s} {cfg.get('kind', '?'):6s} "
                    f"{(f'{n:,} params' if n else ''):>16s}  {cfg.get('label_field') or 'pretrained'}")
@@ -157,7 +159,7 @@ def models_list(root):
 @click.option("--dir", "root", default=None, type=click.Path(file_okay=False))
 def models_verify(root):
     """Check every model file against the sha256 in its manifest."""
-    from zeekml.train.artifact import verify_model_dir
+    from zeekml.scoring.detectors.base import verify_model_dir
 
     root = root or default_models_dir()
     found = sorted(glob.glob(os.path.join(root, "*", "manifest.json")))

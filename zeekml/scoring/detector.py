@@ -1,74 +1,74 @@
-"""Detectors: anything that scores conns, higher = more anomalous.
+"""The contracts of scoring: ``Detector`` (anything that scores conns) and ``ModelKind`` (a kind of
+learned model, which turns a model directory into a ``Detector``).
 
-``IsolationForestDetector`` is the honest baseline every learned model is compared against; the
-GNN, MoE and autoencoder detectors implement the same ``Detector`` protocol.
+Implementations live in ``zeekml.scoring.detectors`` (``IsolationForestDetector`` is re-exported
+here: the honest baseline every learned model is compared against). Both are structural
+``typing.Protocol``\\ s: nothing subclasses them; ``tests/unit/scoring/test_model_kind_contract.py``
+checks every registered kind against them.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
-from sklearn.ensemble import IsolationForest
 
-from zeekml.features.flow_features import FlowFeaturizer
+from zeekml.scoring.detectors.iforest import IsolationForestDetector
+
+__all__ = ["Detector", "ModelKind", "IsolationForestDetector"]
 
 
+@runtime_checkable
 class Detector(Protocol):
-    """Scores conns. ``name`` appears in verdicts; ``note`` is the Zeek notice type it raises."""
+    """Scores conns; higher = more anomalous.
+
+    Attributes:
+        name: appears in verdicts (``scores``, ``model``) and thresholds.
+        note: the Zeek notice type it raises (``ZeekML::Anomalous_Flow``).
+        context_seconds: how far back in time other conns can change a conn's score (0 for a
+            per-conn detector). Split (``--dask``) and live scoring give each piece this much
+            context (``zeekml.scoring.context``).
+        forward_context_seconds: the same forward; None = as far as ``context_seconds``.
+        context_key: a column whose value a context conn must share with the conn scored (the
+            host-history models: ``"id.orig_h"``), or None.
+    """
 
     name: str
     note: str
+    context_seconds: float
+    forward_context_seconds: float | None
+    context_key: str | None
 
-    def fit(self, table: pa.Table) -> "Detector": ...
-
-    def score(self, table: pa.Table) -> np.ndarray: ...
-
-    def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]: ...
-
-
-class IsolationForestDetector:
-    """IsolationForest on the shared flow features.
-
-    Args:
-        n_estimators: trees (default 200).
-        seed: random state, so a run is reproducible.
-    """
-
-    name = "iforest"
-    note = "ZeekML::Anomalous_Flow"
-
-    def __init__(self, n_estimators: int = 200, seed: int = 0, max_samples: int | str = "auto"):
-        self.featurizer = FlowFeaturizer()
-        self.model = IsolationForest(n_estimators=n_estimators, random_state=seed,
-                                     max_samples=max_samples, n_jobs=1)
-        self._median: np.ndarray | None = None
-        self._mad: np.ndarray | None = None
-
-    def fit(self, table: pa.Table) -> "IsolationForestDetector":
-        x = self.featurizer.fit_transform(table)
-        self.model.fit(x)
-        self._median = np.median(x, axis=0)
-        mad = np.median(np.abs(x - self._median), axis=0)
-        self._mad = np.where(mad > 1e-6, mad, np.maximum(np.std(x, axis=0), 1e-3))
-        return self
+    def fit(self, table: pa.Table) -> "Detector":
+        """Fit on a baseline period (a learned model only keeps its reference set)."""
+        ...
 
     def score(self, table: pa.Table) -> np.ndarray:
-        if table.num_rows == 0:
-            return np.zeros(0)
-        return -self.model.score_samples(self.featurizer.transform(table))
+        """Score of every row of ``table``, ``[n]``."""
+        ...
+
+    def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
+        """``score(table)[rows]``, the other rows serving as context only."""
+        ...
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
-        """The features furthest from the baseline (robust z-score) for each of ``rows``."""
-        if len(rows) == 0:
-            return []
-        sub = table.take(pa.array(rows, pa.int64()))
-        x = self.featurizer.transform(sub)
-        raw = self.featurizer._raw(sub)
-        z = np.abs(x - self._median) / self._mad
-        names = self.featurizer.feature_names
-        out = []
-        for i in range(len(rows)):
-            idx = np.argsort(-z[i])[:top]
-            out.append(",".join(f"{names[j]}={raw[i, j]:.3g}" for j in idx))
-        return out
+        """One short reason per row of ``rows`` (the notice's ``msg``)."""
+        ...
+
+
+@runtime_checkable
+class ModelKind(Protocol):
+    """A kind of learned model, as inference sees it (training registers its own half:
+    ``zeekml.train.registry``).
+
+    Attributes:
+        name: the kind (``config.json``'s ``kind``, ``--model``'s choice).
+        schema_version: the feature schema its model directories must carry.
+    """
+
+    name: str
+    schema_version: int
+
+    def detector(self, model_dir: str, device: str = "cpu") -> Detector:
+        """The ``Detector`` of a model directory of this kind (verified against its manifest)."""
+        ...

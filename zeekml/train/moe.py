@@ -1,5 +1,5 @@
-"""``--model moe`` and ``--model dense``: the token transformer through the model protocol
-(``zeekml.train.registry``).
+"""``--model moe`` and ``--model dense``: training the token transformers (the inference half,
+``LoadedTokenModel`` and the detector, is ``zeekml.scoring.detectors.token``).
 
 - ``pretrain``: fit the ``FlowTokenizer`` (bucket edges, vocabularies) on the corpus and train the
   encoder on masked-token prediction: 15% of tokens are masked whole and another 10% of single
@@ -10,7 +10,6 @@
 - ``predict``: class probabilities (finetuned dirs); ``score`` for pretrained dirs = negative
   log-likelihood of the conn's own token fields when they are masked (host tokens) or of every
   third packet token (packet tokens).
-- ``detector``: that score as a ``Detector`` for ``zeekml score``/``watch``.
 
 ``moe`` uses ``MoEEncoder(MoEConfig())``; ``dense`` uses ``DenseEncoder(twin_of(MoEConfig()))``,
 the twin with the same active parameters per token. Every other setting is shared.
@@ -28,16 +27,20 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from zeekml._core.device import inference_batch
-from zeekml._core.errors import ModelError, ZeekmlError
+from zeekml._core.errors import ZeekmlError
 from zeekml.features.modality import load_flow_table
 from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
-from zeekml.train.artifact import load_model_dir, save_model_dir
+# the inference half, re-exported: bench/ and older callers import these names from here
+from zeekml.scoring.detectors.token import (INFER_BATCH, LoadedTokenModel,  # noqa: F401
+                                            TokenDetector, add_routing, encoder_from_dict,
+                                            routing_summary)
+from zeekml.train.artifact import save_model_dir
+from zeekml.train.common import (Trainer, apply_epochs, class_weights, cosine, model_config,
+                                 optimiser_steps, pick, prefixed_state, torch_module)
 from zeekml.train.data import Prediction
+from zeekml.train.registry import register_trainer
 
 log = logging.getLogger(__name__)
-
-INFER_BATCH = 1024   # sequences per inference batch on CPU (zeekml._core.device.inference_batch)
 
 
 @dataclass
@@ -103,7 +106,8 @@ class FinetuneConfig:
     """Classifier training (the encoder is trained too, at a lower rate).
 
     Args:
-        epochs: passes over the labeled rows (default 30; at least ``min_steps`` steps).
+        epochs: passes over the labeled rows (default 30; at least ``min_steps`` steps unless
+            ``--epochs`` is given: ``zeekml.train.common.apply_epochs``).
         batch_size: rows per step (default 64).
         lr: head learning rate (default 2e-3); the encoder gets ``lr * encoder_lr_scale``.
         encoder_lr_scale: default 0.25.
@@ -120,15 +124,6 @@ class FinetuneConfig:
     min_steps: int = 150
     balance_coef: float = 0.01
     z_coef: float = 0.001
-
-
-def _torch():
-    import torch
-    return torch
-
-
-def _pick(cls, opts: dict):
-    return cls(**{k: v for k, v in opts.items() if k in cls.__dataclass_fields__})
 
 
 def build_encoder(kind: str, tok: FlowTokenizer, arch: ArchConfig):
@@ -149,13 +144,6 @@ def build_encoder(kind: str, tok: FlowTokenizer, arch: ArchConfig):
     return DenseEncoder(dcfg), dcfg.to_dict()
 
 
-def encoder_from_dict(kind: str, d: dict):
-    from zeekml.nn.dense import DenseConfig, DenseEncoder
-    from zeekml.nn.moe import MoEEncoder
-
-    return MoEEncoder.from_dict(d) if kind == "moe" else DenseEncoder(DenseConfig.from_dict(d))
-
-
 # -- masking ------------------------------------------------------------------------------------
 
 def mask_tokens(ids, tok_bases, cfg: PretrainConfig, gen, hidden_fields: list[int], hide_rows=None):
@@ -165,7 +153,7 @@ def mask_tokens(ids, tok_bases, cfg: PretrainConfig, gen, hidden_fields: list[in
     Shapes:
         ids ``[b, L, f]`` -> inputs ``[b, L, f]``, targets ``[b, L, f]``
     """
-    torch = _torch()
+    torch = torch_module()
     real = ids != PAD
     b, L, f = ids.shape
     whole = (torch.rand(b, L, 1, generator=gen) < cfg.mask_token).expand(b, L, f)
@@ -184,7 +172,7 @@ def mask_tokens(ids, tok_bases, cfg: PretrainConfig, gen, hidden_fields: list[in
 
 def masked_loss(logits: list, targets):
     """Mean over fields of the cross-entropy on each field's masked elements."""
-    torch = _torch()
+    torch = torch_module()
     losses = []
     for fi, lg in enumerate(logits):
         t = targets[..., fi].reshape(-1)
@@ -192,139 +180,6 @@ def masked_loss(logits: list, targets):
             losses.append(torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), t,
                                                             ignore_index=-100))
     return torch.stack(losses).mean() if losses else logits[0].new_zeros(())
-
-
-# -- a model directory in memory ----------------------------------------------------------------
-
-class LoadedTokenModel:
-    """Tokenizer, encoder, masked-token head and (finetuned) classifier head of a model dir."""
-
-    def __init__(self, config: dict, state: dict, device: str = "cpu"):
-        from zeekml.nn.dense import ClassifierHead, FieldHead
-
-        if config.get("schema_version") != SCHEMA_VERSION:
-            raise ModelError(f"token schema {config.get('schema_version')} != {SCHEMA_VERSION}; "
-                             "pretrain the model again with this zeekml")
-        self.config = config
-        self.kind = config["kind"]
-        self.device = device
-        self.tokenizer = FlowTokenizer.from_dict(config["tokenizer"])
-        self.encoder = encoder_from_dict(self.kind, config["encoder"])
-        self.encoder.load_state_dict(_sub(state, "encoder."))
-        self.encoder.to(device).eval()
-        d = self.encoder.config.d_model
-        self.mlm = FieldHead(d, self.tokenizer.field_sizes)
-        self.mlm.load_state_dict(_sub(state, "mlm."))
-        self.mlm.to(device).eval()
-        self.classes: list[str] = list(config.get("classes") or [])
-        self.head = None
-        if config.get("head"):
-            h = config["head"]
-            self.head = ClassifierHead(h["in_dim"], h["n_classes"], h["hidden"], 0.0)
-            self.head.load_state_dict(_sub(state, "head."))
-            self.head.to(device).eval()
-        self.hide_service = bool(config.get("hide_service"))
-
-    @classmethod
-    def from_dir(cls, model_dir: str, device: str = "cpu") -> "LoadedTokenModel":
-        config, state = load_model_dir(model_dir, map_location=device)
-        if config.get("kind") not in KINDS:
-            raise ModelError(f"not a moe/dense model (kind {config.get('kind')!r})", model_dir)
-        if state is None:
-            raise ModelError("no weights.pt", model_dir)
-        return cls(config, state, device)
-
-    def tokens(self, table: pa.Table, flows: pa.Table | None = None, rows: np.ndarray | None = None) -> np.ndarray:
-        if self.tokenizer.source == "packets" and flows is None:
-            log.warning("this model reads packet tokens from zeekml_flow.log and none was given; "
-                        "conns are scored from empty sequences")
-        return self.tokenizer.transform(table, flows, rows=rows, hide_service=self.hide_service)
-
-    def run(self, ids: np.ndarray, want: tuple[str, ...] = ("proba", "score")) -> dict:
-        """Batched inference: ``proba`` ``[n, C]`` (with a head), ``score`` ``[n]`` and ``routing``
-        (tokens per expert and dropped assignments, summed over batches, per MoE layer)."""
-        torch = _torch()
-        from zeekml.nn.dense import pool
-
-        probas, scores = [], []
-        routing: list[dict] = []
-        with torch.inference_mode():
-            batch = inference_batch(self.device, INFER_BATCH)
-            for s in range(0, len(ids), batch):
-                x = torch.as_tensor(ids[s:s + batch], device=self.device)
-                if "proba" in want and self.head is not None:
-                    out = self.encoder(x)
-                    _add_routing(routing, out.routing)
-                    z = pool(out.hidden, x, self.tokenizer.anchor)
-                    probas.append(torch.softmax(self.head(z), dim=-1).cpu().numpy())
-                if "score" in want:
-                    scores.append(self._nll(x, routing if self.head is None else None).cpu().numpy())
-        res: dict = {"routing": routing}
-        if probas:
-            res["proba"] = np.concatenate(probas)
-        elif "proba" in want and self.head is not None:
-            res["proba"] = np.zeros((0, len(self.classes)))
-        if "score" in want:
-            res["score"] = np.concatenate(scores) if scores else np.zeros(0)
-        return res
-
-    def _score_mask(self, x):
-        """Which tokens are masked for the anomaly score: the conn itself (host) or every third
-        packet (packets)."""
-        torch = _torch()
-        b, L, _ = x.shape
-        m = torch.zeros(b, L, dtype=torch.bool, device=x.device)
-        if self.tokenizer.anchor == "last":
-            m[:, -1] = True
-        else:
-            m[:, ::3] = True
-        return m & (x[..., 0] != PAD)
-
-    def _nll(self, x, routing: list | None):
-        """Per sequence: mean over masked tokens of the summed field NLL."""
-        torch = _torch()
-        m = self._score_mask(x)
-        inp = torch.where(m.unsqueeze(-1), torch.full_like(x, MASK), x)
-        out = self.encoder(inp)
-        if routing is not None:
-            _add_routing(routing, out.routing)
-        logits = self.mlm(out.hidden[:, 1:])
-        bases = torch.as_tensor(self.tokenizer.bases, device=x.device)
-        local = x - bases
-        nll = torch.zeros(x.shape[:2], device=x.device)
-        for fi, lg in enumerate(logits):
-            tgt = local[..., fi].clamp_min(0)
-            lp = torch.log_softmax(lg.float(), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-            nll = nll - torch.where(local[..., fi] > 0, lp, torch.zeros_like(lp))   # hidden: skip
-        nll = (nll * m).sum(1) / m.sum(1).clamp_min(1)
-        return nll
-
-
-def _sub(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _add_routing(acc: list[dict], stats: list) -> None:
-    for i, s in enumerate(stats):
-        if len(acc) <= i:
-            acc.append({"tokens_per_expert": np.zeros(len(s.tokens_per_expert), np.int64),
-                        "first_choice": np.zeros(len(s.first_choice), np.int64), "dropped": 0, "routed": 0})
-        acc[i]["tokens_per_expert"] += s.tokens_per_expert.cpu().numpy()
-        acc[i]["first_choice"] += s.first_choice.cpu().numpy()
-        acc[i]["dropped"] += int(s.dropped)
-        acc[i]["routed"] += int(s.routed)
-
-
-def routing_summary(routing: list[dict]) -> list[dict]:
-    """Per MoE layer: tokens per expert, share of the busiest expert, dropped share."""
-    out = []
-    for i, r in enumerate(routing):
-        tpe = r["tokens_per_expert"]
-        out.append({"layer": 2 * i + 1, "tokens_per_expert": tpe.tolist(),
-                    "max_expert_share": float(tpe.max() / max(tpe.sum(), 1)),
-                    "dropped": int(r["dropped"]), "routed": int(r["routed"]),
-                    "dropped_share": float(r["dropped"] / max(r["routed"], 1))})
-    return out
 
 
 @dataclass
@@ -336,17 +191,10 @@ class TokenPrediction(Prediction):
 
 # -- training loops -----------------------------------------------------------------------------
 
-def _cosine(step: int, total: int, warmup: int = 100) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    p = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(p, 1.0)))
-
-
 def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: PretrainConfig, seed: int,
                   device: str = "cpu") -> dict:
     """Masked-token training; returns losses per epoch, validation loss and routing at the end."""
-    torch = _torch()
+    torch = torch_module()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -355,10 +203,10 @@ def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: Pretra
     n_val = min(int(n * cfg.val_share), 5000) if n >= 400 else 0
     val, train = perm[:n_val], perm[n_val:]
     per_epoch = min(len(train), cfg.max_sequences)
-    steps = cfg.epochs * max(1, -(-per_epoch // cfg.batch_size))
+    steps = optimiser_steps(cfg, per_epoch)
     params = list(encoder.parameters()) + list(mlm.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, steps))
     bases = torch.as_tensor(tok.bases)
     hidden_fields = tok.service_fields()
     encoder.to(device).train()
@@ -398,7 +246,7 @@ def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: Pretra
                 b = torch.as_tensor(ids[val[s:s + 1024]])
                 inp, tgt = mask_tokens(b, bases, cfg, vg, hidden_fields, None)
                 out = encoder(inp.to(device))
-                _add_routing(routing, out.routing)
+                add_routing(routing, out.routing)
                 losses.append(float(masked_loss(mlm(out.hidden[:, 1:]), tgt.to(device))) * len(b))
             metrics["val_loss"] = round(sum(losses) / n_val, 4)
             if routing:
@@ -406,99 +254,28 @@ def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: Pretra
     return metrics
 
 
-def _state(encoder, mlm, head=None) -> dict:
-    st = {f"encoder.{k}": v.detach().cpu() for k, v in encoder.state_dict().items()}
-    st.update({f"mlm.{k}": v.detach().cpu() for k, v in mlm.state_dict().items()})
-    if head is not None:
-        st.update({f"head.{k}": v.detach().cpu() for k, v in head.state_dict().items()})
-    return st
+TOKENIZER_OPTS = ("source", "seq_len", "max_age", "quantile_bins", "top_k")
 
 
-class TokenDetector:
-    """Masked-token NLL of a pretrained moe/dense dir as a ``Detector`` (higher = more anomalous)."""
-
-    note = "ZeekML::Anomalous_Flow"
-    context_key = "id.orig_h"     # host tokens: only the same originator's conns change a score
-
-    def __init__(self, loaded: LoadedTokenModel):
-        self.loaded = loaded
-        self.name = loaded.kind
-
-    @property
-    def context_seconds(self) -> float:
-        return self.loaded.tokenizer.context_seconds
-
-    @property
-    def forward_context_seconds(self) -> float:
-        """0: a conn's tokens come from its originator's earlier conns (or its own packets)."""
-        return 0.0
-
-    def fit(self, table: pa.Table) -> "TokenDetector":
-        return self
-
-    def score(self, table: pa.Table) -> np.ndarray:
-        if table.num_rows == 0:
-            return np.zeros(0)
-        return self.loaded.run(self.loaded.tokens(table), want=("score",))["score"]
-
-    def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
-        """``score(table)[rows]`` at the cost of ``rows`` alone: the other conns of ``table`` are
-        only context (their tokens are not built, the model does not run on them)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return np.zeros(0)
-        return self.loaded.run(self.loaded.tokens(table, rows=rows), want=("score",))["score"]
-
-    def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
-        """Per row: the conn's fields the model found least likely (host tokens), with their NLL."""
-        torch = _torch()
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return []
-        L = self.loaded
-        ids = torch.as_tensor(L.tokens(table, rows=rows), device=L.device)
-        out = []
-        with torch.inference_mode():
-            m = L._score_mask(ids)
-            inp = torch.where(m.unsqueeze(-1), torch.full_like(ids, MASK), ids)
-            logits = L.mlm(L.encoder(inp).hidden[:, 1:])
-            bases = torch.as_tensor(L.tokenizer.bases, device=ids.device)
-            local = ids - bases
-            per_field = []
-            for fi, lg in enumerate(logits):
-                lp = torch.log_softmax(lg.float(), -1).gather(-1, local[..., fi].clamp_min(0).unsqueeze(-1)).squeeze(-1)
-                per_field.append(((-lp) * m).sum(1) / m.sum(1).clamp_min(1))
-            pf = torch.stack(per_field, 1).cpu().numpy()
-        names = L.tokenizer.field_names
-        for i in range(len(rows)):
-            idx = np.argsort(-pf[i])[:top]
-            out.append(",".join(f"nll_{names[j]}={pf[i, j]:.3g}" for j in idx))
-        return out
-
-
-class TokenKind:
-    """The protocol object (see ``zeekml.train.registry``) for ``moe`` or ``dense``."""
-
-    def __init__(self, name: str):
-        self.name = name
+@register_trainer("moe", "dense")
+class TokenTrainer(Trainer):
+    """``--model moe`` / ``--model dense`` through the model protocol (``zeekml.train.registry``)."""
 
     # -- pretrain ----------------------------------------------------------------------------
 
     def pretrain(self, table: pa.Table, out: str, sources: list[str], seed: int = 0,
                  epochs: int | None = None, device: str = "cpu", flows: pa.Table | None = None,
                  **opts) -> dict:
+        """Masked-token pretraining; writes a model dir (``moe`` bases are detectors)."""
         from zeekml.nn.dense import FieldHead
 
-        torch = _torch()
-        cfg = _pick(PretrainConfig, opts)
-        if epochs is not None:
-            cfg.epochs = epochs
-        arch = _pick(ArchConfig, opts)
+        torch = torch_module()
+        cfg = apply_epochs(pick(PretrainConfig, opts), epochs)
+        arch = pick(ArchConfig, opts)
         if flows is None:
             flows = load_flow_table(sources)
         t0 = time.perf_counter()
-        tok = FlowTokenizer(**{k: v for k, v in opts.items()
-                               if k in ("source", "seq_len", "max_age", "quantile_bins", "top_k")})
+        tok = FlowTokenizer(**{k: v for k, v in opts.items() if k in TOKENIZER_OPTS})
         tok.fit(table, flows)
         ids = tok.transform(table, flows)
         log.info("%s tokens: %s, %s fields, vocabulary %d", self.name, tok.source, len(tok.fields),
@@ -511,21 +288,19 @@ class TokenKind:
         metrics["tokenize_seconds"] = round(tok_seconds, 1)
         encoder.cpu()
         mlm.cpu()
-        loaded_like = _Scorer(tok, encoder, mlm)
-        score = loaded_like.score(ids)
-        config = {
-            "encoder": enc_cfg, "arch": asdict(arch), "tokenizer": tok.to_dict(),
-            "schema_version": SCHEMA_VERSION, "pretrain": asdict(cfg), "seed": seed,
-            "token_source": tok.source, "hide_service": False, "head": None, "classes": None,
-            "label_field": None, "pretrained": True, "detector": self.name == "moe",
-            "n_params": encoder.n_params + sum(p.numel() for p in mlm.parameters()),
-            "n_params_encoder": encoder.n_params, "n_params_active": encoder.n_active_params,
-            "score_reference": {"median": float(np.median(score)), "p99": float(np.quantile(score, 0.99))},
-        }
+        score = _Scorer(tok, encoder, mlm).score(ids)
+        n_params = encoder.n_params + sum(p.numel() for p in mlm.parameters())
+        config = model_config(
+            schema_version=SCHEMA_VERSION, seed=seed, pretrained=True,
+            # the dense twin is the MoE's yardstick, not a second detector of the same signal
+            detector=self.name == "moe", n_params=n_params, settings=("pretrain", cfg),
+            encoder=enc_cfg, arch=asdict(arch), tokenizer=tok.to_dict(), token_source=tok.source,
+            head=None, n_params_encoder=encoder.n_params, n_params_active=encoder.n_active_params,
+            score_reference={"median": float(np.median(score)), "p99": float(np.quantile(score, 0.99))})
         metrics.update({"rows": table.num_rows, "token_source": tok.source, "vocab_size": tok.vocab_size,
-                        "n_params": config["n_params"], "n_params_encoder": encoder.n_params,
+                        "n_params": n_params, "n_params_encoder": encoder.n_params,
                         "n_params_active": encoder.n_active_params})
-        save_model_dir(out, self.name, config, _state(encoder, mlm), sources, metrics)
+        save_model_dir(out, self.name, config, prefixed_state(encoder=encoder, mlm=mlm), sources, metrics)
         return metrics
 
     # -- finetune ----------------------------------------------------------------------------
@@ -534,12 +309,11 @@ class TokenKind:
                  hide_service: bool, seed: int, out: str, sources: list[str],
                  label_field: str | None = None, epochs: int | None = None, device: str = "cpu",
                  flows: pa.Table | None = None, **opts) -> dict:
+        """The encoder and a classifier head trained end to end on ``train_rows``."""
         from zeekml.nn.dense import ClassifierHead, FieldHead, pool
 
-        torch = _torch()
-        fcfg = _pick(FinetuneConfig, opts)
-        if epochs is not None:             # an explicit --epochs is taken as is (no step floor)
-            fcfg.epochs, fcfg.min_steps = epochs, 1
+        torch = torch_module()
+        fcfg = apply_epochs(pick(FinetuneConfig, opts), epochs)
         if flows is None:
             flows = load_flow_table(sources)
         train_rows = np.asarray(train_rows, dtype=np.int64)
@@ -553,9 +327,8 @@ class TokenKind:
             tok, encoder, mlm = loaded.tokenizer, loaded.encoder, loaded.mlm
             base_cfg = loaded.config
         else:
-            arch = _pick(ArchConfig, opts)
-            tok = FlowTokenizer(**{k: v for k, v in opts.items()
-                                   if k in ("source", "seq_len", "max_age", "quantile_bins", "top_k")})
+            arch = pick(ArchConfig, opts)
+            tok = FlowTokenizer(**{k: v for k, v in opts.items() if k in TOKENIZER_OPTS})
             tok.fit(table, flows)
             encoder, _ = build_encoder(self.name, tok, arch)
             mlm = FieldHead(arch.d_model, tok.field_sizes)
@@ -565,12 +338,11 @@ class TokenKind:
         y = torch.as_tensor([classes.index(c) for c in y_names], dtype=torch.long)
         d = encoder.config.d_model
         head = ClassifierHead(2 * d, len(classes), fcfg.hidden).to(device)
-        counts = torch.bincount(y, minlength=len(classes)).float()
-        weight = (counts.sum() / (len(classes) * counts.clamp_min(1))).to(device)
+        weight = class_weights(y, len(classes)).to(device)
         opt = torch.optim.AdamW([{"params": encoder.parameters(), "lr": fcfg.lr * fcfg.encoder_lr_scale},
                                  {"params": head.parameters(), "lr": fcfg.lr}], weight_decay=0.01)
         n = len(train_rows)
-        steps = max(fcfg.min_steps, fcfg.epochs * max(1, -(-n // fcfg.batch_size)))
+        steps = optimiser_steps(fcfg, n)
         gen = torch.Generator().manual_seed(seed)
         encoder.train()
         head.train()
@@ -588,32 +360,31 @@ class TokenKind:
             opt.step()
         encoder.eval()
         head.eval()
-        enc_cfg = encoder.config.to_dict()
-        config = {
-            "encoder": enc_cfg, "tokenizer": tok.to_dict(), "schema_version": SCHEMA_VERSION,
-            "token_source": tok.source, "hide_service": bool(hide_service), "label_field": label_field,
-            "classes": classes, "head": {"in_dim": 2 * d, "n_classes": len(classes), "hidden": fcfg.hidden},
-            "finetune": asdict(fcfg), "seed": seed, "pretrained": False, "detector": False,
-            "base": base, "base_pretrain": (base_cfg or {}).get("pretrain"),
-            "n_params": encoder.n_params + sum(p.numel() for p in head.parameters()),
-            "n_params_active": encoder.n_active_params,
-        }
+        n_params = encoder.n_params + sum(p.numel() for p in head.parameters())
+        config = model_config(
+            schema_version=SCHEMA_VERSION, seed=seed, pretrained=base is not None, detector=False,
+            n_params=n_params, classes=classes, label_field=label_field, hide_service=hide_service,
+            settings=("finetune", fcfg), base=base, base_config=base_cfg,
+            encoder=encoder.config.to_dict(), tokenizer=tok.to_dict(), token_source=tok.source,
+            head={"in_dim": 2 * d, "n_classes": len(classes), "hidden": fcfg.hidden},
+            n_params_active=encoder.n_active_params)
         encoder.cpu()
         head.cpu()
         metrics = {"train_loss": float(loss.detach()), "steps": steps, "classes": classes,
-                   "n_params": config["n_params"], "seconds": round(time.perf_counter() - t0, 1),
+                   "n_params": n_params, "seconds": round(time.perf_counter() - t0, 1),
                    "from_base": base is not None}
-        save_model_dir(out, self.name, config, _state(encoder, mlm, head), sources, metrics)
+        save_model_dir(out, self.name, config, prefixed_state(encoder=encoder, mlm=mlm, head=head),
+                       sources, metrics)
         return metrics
 
-    # -- inference ---------------------------------------------------------------------------
+    # -- prediction --------------------------------------------------------------------------
 
     def predict(self, model_dir: str, table: pa.Table, device: str = "cpu",
                 flows: pa.Table | None = None) -> TokenPrediction:
+        """Class probabilities (a classifier) or the masked-token NLL (a base), with routing."""
         loaded = LoadedTokenModel.from_dir(model_dir, device)
         ids = loaded.tokens(table, flows)
-        pretrained = loaded.config.get("pretrained", False)
-        res = loaded.run(ids, want=("score",) if pretrained else ("proba",))
+        res = loaded.run(ids, want=("score",) if loaded.head is None else ("proba",))
         routing = routing_summary(res["routing"])
         for r in routing:
             log.info("%s layer %d: tokens per expert %s, dropped %d of %d (%.1f%%)", loaded.kind,
@@ -624,13 +395,6 @@ class TokenKind:
         if loaded.head is None:
             return TokenPrediction(classes=[], proba=None, score=res.get("score"), routing=routing)
         return TokenPrediction(classes=loaded.classes, proba=res["proba"], score=None, routing=routing)
-
-    def detector(self, model_dir: str, device: str = "cpu") -> TokenDetector:
-        loaded = LoadedTokenModel.from_dir(model_dir, device)
-        if loaded.head is not None:
-            raise ZeekmlError("a finetuned classifier is not an anomaly detector; use the pretrained base",
-                              model_dir)
-        return TokenDetector(loaded)
 
 
 class _Scorer(LoadedTokenModel):
@@ -643,4 +407,4 @@ class _Scorer(LoadedTokenModel):
         return self.run(ids, want=("score",))["score"]
 
 
-KINDS = {"moe": TokenKind("moe"), "dense": TokenKind("dense")}
+KINDS = {"moe": TokenTrainer("moe"), "dense": TokenTrainer("dense")}

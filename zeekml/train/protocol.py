@@ -7,23 +7,24 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from zeekml._core.errors import ZeekmlError
+from zeekml._core.errors import ModelError, ZeekmlError
 from zeekml.features.modality import load_flow_table
 from zeekml.parse import Quarantine
+from zeekml.scoring.detectors.base import read_config
 from zeekml.train.artifact import load_model_dir, update_metrics
 from zeekml.train.data import (canonical_label_field, labels_of, load_conns, sample_shots,
                                temporal_split)
 from zeekml.train.metrics import (binary_auroc, classification_report, precision_at_fpr,
                                   save_confusion_png, save_roc_pr_png)
-from zeekml.train.registry import get_kind
+from zeekml.train.registry import get_trainer as get_kind
 
 
 def model_kind_of(model_dir: str) -> str:
-    cfg_path = os.path.join(model_dir, "config.json")
-    if not os.path.exists(cfg_path):
-        raise ZeekmlError("not a model directory (no config.json)", model_dir)
-    with open(cfg_path) as f:
-        return json.load(f)["kind"]
+    """The ``kind`` in ``model_dir``'s config.json (a ``ModelError`` when there is none)."""
+    kind = read_config(model_dir).get("kind")
+    if not isinstance(kind, str):
+        raise ModelError("config.json has no \"kind\"", model_dir)
+    return kind
 
 
 def load_inputs(logs: list[str], quarantine: Quarantine | None = None) -> tuple[pa.Table, pa.Table | None]:
@@ -90,7 +91,7 @@ def run_eval(model_dir: str, logs: list[str], out_dir: str | None = None,
     config, _ = load_model_dir(model_dir)
     field = config.get("label_field")
     table, flows = load_inputs(logs, quarantine)
-    kind = get_kind(config["kind"])
+    kind = get_kind(model_kind_of(model_dir))
     pred = kind.predict(model_dir, table, device=device, flows=flows)
     _, test = temporal_split(table)
     out_dir = out_dir or model_dir

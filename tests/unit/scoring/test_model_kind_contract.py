@@ -1,0 +1,122 @@
+"""The model-kind contract, run over every registered kind (scikit-learn's
+``parametrize_with_checks`` style): a new kind is proven by this file picking it up, not by a copy
+of the tests per kind.
+
+On 400 real conns (tests/data/gnn: the IoT-23 CTU-34-1 head) with tiny settings, each kind must:
+pretrain through its trainer -> write a model dir whose manifest and config carry ``kind`` and
+``schema_version`` -> load back as a ``Detector`` through the inference registry -> fit on a
+baseline -> give ``score_rows(t, rows) == score(t)[rows]`` -> give, scored in context
+(``zeekml.scoring.context``, as split and live scoring do), the scores of the whole table.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from zeekml.scoring.context import InContext, detectors_in_context, horizon
+from zeekml.scoring.detector import Detector, ModelKind
+from zeekml.scoring.registry import get_kind, kind_names
+from zeekml.train.data import load_conns
+from zeekml.train.registry import get_trainer, trainer_names
+
+pytest.importorskip("torch")
+
+LOG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "data", "gnn",
+                   "iot23-ctu-34-1-head400.conn.log.labeled")
+
+# Tiny settings so each kind trains in seconds; a kind not listed trains one epoch of its defaults.
+TINY: dict[str, dict] = {
+    "gnn": {"hidden": 16, "segment_flows": 400},
+    "moe": {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "n_experts": 4, "d_expert": 16,
+            "batch_size": 64, "seq_len": 8},
+    "dense": {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "n_experts": 4, "d_expert": 16,
+              "batch_size": 64, "seq_len": 8},
+    "mae": {"batch_size": 128},
+}
+# rows in any order, a repeat, the first and the last conn
+ROWS = np.array([0, 5, 399, 200, 5, 17])
+TARGETS = np.arange(180, 200)
+
+
+@pytest.fixture(scope="module")
+def table() -> pa.Table:
+    return load_conns([LOG])
+
+
+@pytest.fixture(scope="module")
+def pretrained(table, tmp_path_factory):
+    """kind -> (model dir, pretraining metrics), each trained once, lazily."""
+    done: dict[str, tuple[str, dict]] = {}
+
+    def get(kind: str) -> tuple[str, dict]:
+        if kind not in done:
+            out = str(tmp_path_factory.mktemp(kind) / kind)
+            metrics = get_trainer(kind).pretrain(table, out, sources=[LOG], seed=0, epochs=1,
+                                                 device="cpu", **TINY.get(kind, {}))
+            done[kind] = (out, metrics)
+        return done[kind]
+
+    return get
+
+
+def test_every_kind_has_both_halves():
+    assert {"gnn", "moe", "dense", "mae"} <= set(kind_names())
+    assert set(kind_names()) == set(trainer_names())
+    for kind in kind_names():
+        assert isinstance(get_kind(kind), ModelKind) and get_kind(kind).name == kind
+
+
+@pytest.mark.parametrize("kind", kind_names())
+def test_pretrain_writes_kind_and_schema_version(kind, pretrained):
+    out, metrics = pretrained(kind)
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    want = get_kind(kind).schema_version
+    assert manifest["kind"] == config["kind"] == kind
+    assert manifest["schema_version"] == config["schema_version"] == want
+    assert set(manifest["files"]) >= {"config.json", "weights.pt"}
+    # the keys every kind's config carries (zeekml.train.common.model_config)
+    assert config["seed"] == 0 and config["pretrained"] is True and config["label_field"] is None
+    assert config["n_params"] > 0 and isinstance(config["detector"], bool)
+    assert config["pretrain"]["epochs"] == 1            # an explicit --epochs is taken as is
+    assert isinstance(metrics, dict) and metrics
+
+
+@pytest.mark.parametrize("kind", kind_names())
+def test_loaded_detector_keeps_the_detector_contract(kind, pretrained, table):
+    out, _ = pretrained(kind)
+    det = get_kind(kind).detector(out, device="cpu")
+    assert isinstance(det, Detector), f"{kind}: {type(det).__name__} lacks part of the Detector protocol"
+    assert det.name == kind and det.note.startswith("ZeekML::")
+    back, fwd = horizon(det)
+    assert back >= 0 and fwd >= 0
+    assert det.fit(table.slice(0, 200)) is det
+
+    whole = det.score(table)
+    assert whole.shape == (table.num_rows,) and np.isfinite(whole).all()
+    assert whole.std() > 0                              # it tells conns apart
+
+    # score_rows(t, rows) == score(t)[rows], to float32 precision (the models run in float32
+    # over differently sized batches)
+    part = det.score_rows(table, ROWS)
+    assert part.shape == (len(ROWS),)
+    np.testing.assert_allclose(part, whole[ROWS], rtol=1e-5, atol=1e-6)
+    assert det.score_rows(table, np.zeros(0, dtype=np.int64)).shape == (0,)
+    assert det.score(table.slice(0, 0)).shape == (0,)
+
+    # scored in context (the rows within its horizon of the targets, and for a host-keyed
+    # detector only the targets' hosts' rows), a part gets the scores of the whole table
+    (ctx,) = detectors_in_context([det], table, TARGETS)
+    if back > 0 or fwd > 0:
+        assert isinstance(ctx, InContext)
+    got = ctx.score(table.take(pa.array(TARGETS)))
+    np.testing.assert_allclose(got, whole[TARGETS], rtol=1e-5, atol=1e-6)
+
+    why = det.explain(table, np.array([3, 7]))
+    assert len(why) == 2 and all(isinstance(w, str) and w for w in why)

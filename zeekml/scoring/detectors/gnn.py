@@ -1,0 +1,212 @@
+"""``gnn``: the spatio-temporal flow-graph GNN as a detector (the inference half of the kind;
+training is ``zeekml.train.gnn``).
+
+The anomaly score of a conn is the mean cosine distance of its flow embedding to its ``k``
+nearest neighbours among the baseline conns' embeddings. ``torch`` and ``torch_geometric`` are
+imported only when a model is loaded: ``zeekml cat`` and ``--no-models`` never import them.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from zeekml._core.errors import ModelError
+from zeekml.features.flow_features import FlowFeaturizer
+from zeekml.features.graph import GRAPH_SCHEMA_VERSION, FlowGraphBuilder, GraphConfig
+from zeekml.scoring.detectors.base import load_checked, torch_module
+from zeekml.scoring.registry import register_kind
+
+log = logging.getLogger(__name__)
+
+NAME = "gnn"
+# A gnn config's schema is its graph's (the flow features carry their own, checked by
+# ``FlowFeaturizer.from_dict``).
+SCHEMA_VERSION = GRAPH_SCHEMA_VERSION
+KNN = 5
+MAX_REFERENCE = 4000
+
+
+def service_columns(featurizer: FlowFeaturizer) -> np.ndarray:
+    """Indices of the service and responder-port columns of ``featurizer``'s features."""
+    names = featurizer.feature_names
+    return np.array([i for i, n in enumerate(names) if n.startswith(("service_", "resp_p_"))], dtype=np.int64)
+
+
+def featurize(featurizer: FlowFeaturizer, table: pa.Table, hide_service: bool) -> np.ndarray:
+    """Scaled flow features; with ``hide_service`` the service and port columns are zero."""
+    x = featurizer.transform(table)
+    if hide_service and not featurizer.hide_service:
+        x[:, service_columns(featurizer)] = 0.0
+    return x
+
+
+def to_device(d: dict, device: str) -> dict:
+    """The tensors of ``d`` on ``device`` (``d`` itself on the CPU)."""
+    return {k: v.to(device) for k, v in d.items()} if device != "cpu" else d
+
+
+@dataclass
+class GNNBundle:
+    """A model with everything needed to use it on a conn table."""
+
+    model: object
+    featurizer: FlowFeaturizer
+    graph: GraphConfig
+    classes: list[str]
+    hide_service: bool = False
+
+    def builder(self) -> FlowGraphBuilder:
+        """A graph builder with this model's windows."""
+        return FlowGraphBuilder(self.graph)
+
+    def features(self, table: pa.Table) -> np.ndarray:
+        """Scaled flow features of ``table`` as the model was trained on them."""
+        return featurize(self.featurizer, table, self.hide_service)
+
+
+def config_schema(config: dict) -> int | None:
+    """The schema a gnn config was written for: its ``schema_version``, or for configs written
+    before the field was lifted to the top level, its graph section's (the same fact)."""
+    if "schema_version" in config:
+        return config["schema_version"]
+    return (config.get("graph") or {}).get("schema_version")
+
+
+def load_bundle(model_dir: str, device: str = "cpu") -> tuple[GNNBundle, dict]:
+    """``(bundle, config)`` of a gnn model directory (verified against its manifest)."""
+    from zeekml.nn.gnn import FlowGNN, GNNConfig
+
+    config, state = load_checked(model_dir, (NAME,), SCHEMA_VERSION, device, schema_of=config_schema)
+    try:
+        model = FlowGNN(GNNConfig(**config["model"]))
+        model.load_state_dict(state)
+        featurizer = FlowFeaturizer.from_dict(config["featurizer"])
+        graph = GraphConfig.from_dict(config["graph"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ModelError(f"cannot rebuild the gnn model: {e}", model_dir) from e
+    return GNNBundle(model.eval(), featurizer, graph, list(config.get("classes") or []),
+                     bool(config.get("hide_service"))), config
+
+
+def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = None,
+               device: str = "cpu") -> np.ndarray:
+    """Flow embeddings ``[n_rows, H]`` of the target appearance of each row (zeros elsewhere)."""
+    torch = torch_module()
+    model = bundle.model.to(device).eval()
+    x = bundle.features(table)
+    out = np.zeros((table.num_rows, model.cfg.hidden), dtype=np.float32)
+    with torch.inference_mode():
+        for g in bundle.builder().iter_graphs(table, x, rows):
+            h = model(to_device(g.x_dict, device), to_device(g.edge_index_dict, device))["flow"]
+            t = g["flow"].target
+            out[g["flow"].row[t].numpy()] = h[t.to(device)].cpu().numpy()
+    return out
+
+
+def knn_distance(e: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
+    """Mean cosine distance of each row of ``e`` (unit vectors) to its ``k`` nearest in ``ref``."""
+    k = max(1, min(k, len(ref)))
+    out = np.empty(len(e))
+    for a in range(0, len(e), 2048):
+        d = 1.0 - e[a:a + 2048] @ ref.T
+        out[a:a + 2048] = np.partition(d, k - 1, axis=1)[:, :k].mean(axis=1)
+    return out
+
+
+class GNNDetector:
+    """Anomaly score = mean cosine distance of a conn's flow embedding to its ``k`` nearest
+    baseline embeddings (``fit`` stores the baseline's embeddings; weights stay as trained).
+
+    Args:
+        bundle: a pretrained (or finetuned) model.
+        k: neighbours (default 5).
+        device: where the model runs (default "cpu").
+        seed: draws the reference subset of a baseline over ``MAX_REFERENCE`` conns (default 0).
+    """
+
+    name = NAME
+    note = "ZeekML::Anomalous_Flow"
+    context_key = None            # a graph window holds every host's conns
+
+    def __init__(self, bundle: GNNBundle, k: int = KNN, device: str = "cpu", seed: int = 0):
+        self.bundle = bundle
+        self.k = k
+        self.device = device
+        self.seed = seed
+        self._ref: np.ndarray | None = None
+        self._median: np.ndarray | None = None
+        self._mad: np.ndarray | None = None
+
+    @property
+    def context_seconds(self) -> float:
+        """How far in time other conns can change a conn's score: its graph holds
+        ``context_windows`` windows before its target window and conns lasting up to
+        ``max_conn_windows`` windows. Split scoring (``--dask``) gives each piece this overlap."""
+        g = self.bundle.graph
+        return (g.context_windows + g.max_conn_windows + 2) * g.window
+
+    @property
+    def forward_context_seconds(self) -> float:
+        """As far forward as back: a window's graph also holds the conns after a target."""
+        return self.context_seconds
+
+    def _embed(self, table: pa.Table) -> np.ndarray:
+        e = embed_rows(self.bundle, table, device=self.device)
+        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
+
+    def fit(self, table: pa.Table) -> "GNNDetector":
+        """Embed the baseline ``table`` as the reference set and keep its feature spread."""
+        e = self._embed(table)
+        if len(e) > MAX_REFERENCE:
+            e = e[np.random.default_rng(self.seed).choice(len(e), MAX_REFERENCE, replace=False)]
+        self._ref = e
+        x = self.bundle.featurizer.transform(table)
+        self._median = np.median(x, axis=0)
+        mad = np.median(np.abs(x - self._median), axis=0)
+        self._mad = np.where(mad > 1e-6, mad, np.maximum(np.std(x, axis=0), 1e-3))
+        return self
+
+    def score(self, table: pa.Table) -> np.ndarray:
+        """Anomaly score of every row, ``[n]``."""
+        if self._ref is None:
+            raise ModelError("GNNDetector.score before fit")
+        if table.num_rows == 0:
+            return np.zeros(0)
+        return knn_distance(self._embed(table), self._ref, self.k)
+
+    def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
+        """``score(table)[rows]``. The whole table is embedded, as ``score`` does, so the two
+        agree bit for bit (a graph built around fewer targets sums in another order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return np.zeros(0)
+        return self.score(table)[rows]
+
+    def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
+        """The flow features furthest from the baseline (robust z-score), as the iforest does."""
+        if len(rows) == 0:
+            return []
+        sub = table.take(pa.array(rows, pa.int64()))
+        f = self.bundle.featurizer
+        z = np.abs(f.transform(sub) - self._median) / self._mad
+        raw = f._raw(sub)
+        names = f.feature_names
+        return ["gnn:" + ",".join(f"{names[j]}={raw[i, j]:.3g}" for j in np.argsort(-z[i])[:top])
+                for i in range(len(rows))]
+
+
+@register_kind(NAME)
+class GNNKind:
+    """The inference half of ``--model gnn``."""
+
+    schema_version = SCHEMA_VERSION
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def detector(self, model_dir: str, device: str = "cpu") -> GNNDetector:
+        """The detector of a gnn model directory (pretrained or finetuned: both embed flows)."""
+        return GNNDetector(load_bundle(model_dir, device)[0], device=device)
