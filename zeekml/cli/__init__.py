@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "zeek_package",
     "embed",
     "watch",
+    "report",
 )
 
 

@@ -84,23 +84,39 @@ def incident_score(max_score: float, alerts: int) -> float:
     return float(max(max_score, 0.0) * (1.0 + math.log10(max(alerts, 1))))
 
 
+def _text(s: object) -> object:
+    # Undecodable log bytes travel as lone surrogates (surrogateescape); Arrow strings must be
+    # UTF-8, so show such a byte as the text \xHH rather than fail or drop it.
+    if isinstance(s, str):
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return s
+
+
+def _strings(values: list) -> pa.Array:
+    try:
+        return pa.array(values, pa.string())
+    except UnicodeEncodeError:
+        return pa.array([_text(v) for v in values], pa.string())
+
+
 def verdict_table(records: Iterable[dict]) -> pa.Table:
     """The incident input table from ``verdicts.jsonl`` objects (extra keys ignored)."""
     recs = list(records)
     cols: dict[str, pa.Array] = {
         "ts": pa.array([r.get("ts") for r in recs], pa.float64()),
-        "uid": pa.array([r.get("uid") for r in recs], pa.string()),
-        "id.orig_h": pa.array([r.get("id.orig_h") for r in recs], pa.string()),
-        "id.resp_h": pa.array([r.get("id.resp_h") for r in recs], pa.string()),
+        "uid": _strings([r.get("uid") for r in recs]),
+        "id.orig_h": _strings([r.get("id.orig_h") for r in recs]),
+        "id.resp_h": _strings([r.get("id.resp_h") for r in recs]),
         "id.resp_p": pa.array([r.get("id.resp_p") for r in recs], pa.int64()),
-        "proto": pa.array([r.get("proto") for r in recs], pa.string()),
+        "proto": _strings([r.get("proto") for r in recs]),
         "score": pa.array([r.get("score") for r in recs], pa.float64()),
         "alert": pa.array([bool(r.get("alert")) for r in recs], pa.bool_()),
-        "model": pa.array([r.get("model") for r in recs], pa.string()),
+        "model": _strings([r.get("model") for r in recs]),
     }
     for name, typ in OPTIONAL.items():
         if any(name in r for r in recs):
-            cols[name] = pa.array([r.get(name) for r in recs], typ)
+            vals = [r.get(name) for r in recs]
+            cols[name] = _strings(vals) if typ == pa.string() else pa.array(vals, typ)
     return pa.table(cols)
 
 

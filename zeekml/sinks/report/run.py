@@ -1,0 +1,122 @@
+"""What a report reads from a run's output directory (``zeekml score``/``replay``/``watch``).
+
+``verdicts.jsonl`` is required; ``summary.json``, ``quarantine.jsonl`` and ``incidents.jsonl`` are
+used when present. Without ``incidents.jsonl`` the incidents are computed from the verdicts
+(the report says so: conns' bytes are not in the verdicts, so no volume statements then).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import pyarrow as pa
+
+from zeekml._core.errors import InputNotFound, UnreadableInput
+from zeekml.scoring.incidents import build_incidents, verdict_table
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_SAMPLES = 20
+
+
+@dataclass
+class RunData:
+    """Everything a report shows; ``verdicts`` holds the columns of ``verdict_table`` plus one
+    ``score.<detector>`` column per detector."""
+
+    out_dir: str
+    summary: dict
+    verdicts: pa.Table
+    detectors: list[str]
+    incidents: list[dict]
+    incidents_source: str                # "incidents.jsonl" or "computed from verdicts.jsonl"
+    quarantine_total: int = 0
+    quarantine_by_reason: dict[str, int] = field(default_factory=dict)
+    quarantine_samples: list[dict] = field(default_factory=list)
+
+
+def _json_lines(path: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-empty line; a bad line is a one-line error naming it."""
+    try:
+        f = open(path, encoding="utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise UnreadableInput(f"cannot read: {e.strerror}", path) from None
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise UnreadableInput(f"not a JSON object: {e.msg}", path, n) from None
+            if not isinstance(obj, dict):
+                raise UnreadableInput("not a JSON object", path, n)
+            yield n, obj
+
+
+def load_run(out_dir: str | os.PathLike) -> RunData:
+    """Read a run's output directory. Raises ``InputNotFound`` when it holds no ``verdicts.jsonl``."""
+    out_dir = os.fspath(out_dir)
+    if not os.path.isdir(out_dir):
+        raise InputNotFound("no such output directory", out_dir)
+    vpath = os.path.join(out_dir, "verdicts.jsonl")
+    if not os.path.exists(vpath):
+        raise InputNotFound("no verdicts.jsonl here: give the --out directory of a zeekml run", out_dir)
+
+    summary: dict = {}
+    spath = os.path.join(out_dir, "summary.json")
+    if os.path.exists(spath):
+        try:
+            with open(spath, encoding="utf-8") as f:
+                summary = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UnreadableInput(f"not a readable summary: {e}", spath) from None
+        if not isinstance(summary, dict):
+            raise UnreadableInput("not a JSON object", spath)
+
+    records, detector_scores = [], {}
+    detectors: list[str] = []
+    for n, (line, rec) in enumerate(_json_lines(vpath)):
+        records.append(rec)
+        scores = rec.get("scores") or {}
+        if not isinstance(scores, dict):
+            raise UnreadableInput("'scores' is not an object", vpath, line)
+        for name in scores:
+            if name not in detector_scores:
+                detector_scores[name] = [None] * n
+                detectors.append(name)
+        for name, col in detector_scores.items():
+            v = scores.get(name)
+            col.append(float(v) if isinstance(v, (int, float)) else None)
+    try:
+        table = verdict_table(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise UnreadableInput(f"verdict fields of the wrong type: {e}", vpath) from None
+    for name in detectors:
+        table = table.append_column(f"score.{name}", pa.array(detector_scores[name], pa.float64()))
+
+    ipath = os.path.join(out_dir, "incidents.jsonl")
+    if os.path.exists(ipath):
+        incidents = [obj for _, obj in _json_lines(ipath)]
+        source = "incidents.jsonl"
+    else:
+        incidents = [i.to_dict() for i in build_incidents(table)]
+        source = "computed from verdicts.jsonl"
+
+    by_reason: Counter[str] = Counter()
+    samples: list[dict] = []
+    qpath = os.path.join(out_dir, "quarantine.jsonl")
+    total = 0
+    if os.path.exists(qpath):
+        for _, q in _json_lines(qpath):
+            total += 1
+            by_reason[str(q.get("reason", "?")).split(":")[0]] += 1
+            if len(samples) < QUARANTINE_SAMPLES:
+                samples.append(q)
+    return RunData(out_dir=out_dir, summary=summary, verdicts=table, detectors=detectors,
+                   incidents=incidents, incidents_source=source, quarantine_total=total,
+                   quarantine_by_reason=dict(by_reason.most_common()), quarantine_samples=samples)

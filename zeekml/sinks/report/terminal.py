@@ -1,0 +1,42 @@
+"""The terminal view of a run: its top incidents as a rich table."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from zeekml.sinks.report.run import RunData
+
+
+def _ts(v: object) -> str:
+    try:
+        return datetime.fromtimestamp(float(v), timezone.utc).strftime("%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
+def print_incidents(run: RunData, top: int = 10, console: Console | None = None) -> None:
+    """Print the ``top`` incidents. Log strings go in as ``Text`` (never markup), which also drops
+    terminal control sequences a hostile log could carry."""
+    console = console or Console()
+    s = run.summary
+    head = (f"{len(run.incidents):,} incidents ({run.incidents_source}) from "
+            f"{s.get('alerts', int(sum(run.verdicts.column('alert').to_pylist())) if run.verdicts.num_rows else 0):,}"
+            f" alerting conns of {s.get('scored', run.verdicts.num_rows):,}")
+    console.print(Text(head))
+    if not run.incidents:
+        return
+    t = Table(title=f"top {min(top, len(run.incidents))} incidents", show_lines=False)
+    for col, kw in (("#", {"justify": "right"}), ("score", {"justify": "right"}),
+                    ("host", {"no_wrap": True, "min_width": 15}), ("role", {}),
+                    ("first (UTC)", {"no_wrap": True}), ("alerts/conns", {"justify": "right"}),
+                    ("what happened", {"overflow": "fold"})):
+        t.add_column(col, **kw)
+    for rank, inc in enumerate(run.incidents[:top], 1):
+        score = inc.get("score")
+        t.add_row(str(rank), f"{score:.2f}" if isinstance(score, (int, float)) else "?",
+                  Text(str(inc.get("host"))), Text(str(inc.get("role"))), _ts(inc.get("first_ts")),
+                  f"{inc.get('alerts', '?')}/{inc.get('conns', '?')}", Text(str(inc.get("description"))))
+    console.print(t)
