@@ -29,7 +29,8 @@ def _num(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     """float64 values (unset -> 0) and the missing mask."""
     col = table.column(name)
     missing = pc.is_null(col).to_numpy(zero_copy_only=False)
-    vals = pc.fill_null(pc.cast(col, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    # unsafe: a count above 2**53 (valid in Zeek) rounds to the nearest float64 instead of failing
+    vals = pc.fill_null(pc.cast(col, pa.float64(), safe=False), 0.0).to_numpy(zero_copy_only=False)
     vals = np.where(np.isfinite(vals), vals, 0.0)
     return np.maximum(vals, 0.0), missing
 

@@ -25,11 +25,16 @@ from typing import Any
 from zeekml._core.atomic import write_fsync
 from zeekml._core.errors import OutputError
 from zeekml._core.zeek_format import ZeekHeader
+from zeekml.sources.fingerprint import fingerprint_file
 
 log = logging.getLogger(__name__)
 
 FORMAT = "zeekml-checkpoint"
 VERSION = 1
+MAX_OFFSET = 1 << 63
+"""Offsets and line counts are below this (``pread`` takes a signed 64-bit offset)."""
+GZIP_MAX_RATIO = 1032
+"""Deflate expands at most 1032:1, so an archive of n bytes holds under 1032 * n + 64 bytes."""
 
 
 class CheckpointError(OutputError):
@@ -67,8 +72,33 @@ class FileState:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FileState":
+        """Raises ``ValueError`` naming the first field that is not what a commit writes."""
+        if not isinstance(d, dict):
+            raise ValueError(f"file entry is a {type(d).__name__}, not an object")
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+        st = cls(**known)
+        st.validate()
+        return st
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` when a field could not have been written by a commit."""
+        for name in ("offset", "line"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < MAX_OFFSET:
+                raise ValueError(f"{name} {v!r} is not a byte offset/line count "
+                                 f"(an integer from 0 to 2**63-1)")
+        for name in ("content_id", "fmt", "tail", "path"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} {getattr(self, name)!r} is not a string")
+        if not isinstance(self.complete, bool):
+            raise ValueError(f"complete {self.complete!r} is not true/false")
+        if isinstance(self.updated, bool) or not isinstance(self.updated, (int, float)):
+            raise ValueError(f"updated {self.updated!r} is not a time")
+        if self.header is not None:
+            try:
+                header_from_dict(self.header)
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                raise ValueError(f"header is damaged ({type(e).__name__}: {e})") from None
 
 
 @dataclass
@@ -100,14 +130,60 @@ class Checkpoint:
                 "context": self.context}
 
     @classmethod
-    def from_body(cls, body: dict) -> "Checkpoint":
-        return cls(generation=int(body.get("generation", 0)),
-                   files={k: FileState.from_dict(v) for k, v in body.get("files", {}).items()},
-                   done=set(body.get("done", [])),
-                   outputs={k: int(v) for k, v in body.get("outputs", {}).items()},
-                   stats=dict(body.get("stats", {})),
+    def from_body(cls, body: dict, where: str = "checkpoint") -> "Checkpoint":
+        """Raises ``ValueError`` when the document as a whole is damaged.
+
+        A file entry that is not what a commit writes (a hand-edited offset of -5 or "abc", a
+        damaged header) does not condemn the rest: that file is read again from its start,
+        with a warning naming ``where`` and the file.
+        """
+        if not isinstance(body, dict):
+            raise ValueError("checkpoint body is not an object")
+        files = {}
+        for k, v in _mapping(body.get("files", {}), "files").items():
+            try:
+                st = FileState.from_dict(v)
+                if st.content_id != k:
+                    raise ValueError(f"content_id {st.content_id!r} differs from its key")
+            except (ValueError, TypeError) as e:
+                path = v.get("path", "") if isinstance(v, dict) else ""
+                log.warning("%s: entry of %s (%s) is damaged: %s; that file is read again from "
+                            "its start", where, path or "a file", k, e)
+                st = FileState(content_id=str(k), path=path if isinstance(path, str) else "")
+            files[k] = st
+        done = body.get("done", [])
+        if not isinstance(done, list) or not all(isinstance(x, str) for x in done):
+            raise ValueError("done is not a list of file identities")
+        outputs = {}
+        for k, v in _mapping(body.get("outputs", {}), "outputs").items():
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < MAX_OFFSET:
+                raise ValueError(f"committed length of {k} is {v!r}, not a byte count")
+            outputs[k] = v
+        return cls(generation=int(body.get("generation", 0)), files=files, done=set(done),
+                   outputs=outputs, stats=dict(_mapping(body.get("stats", {}), "stats")),
                    written_at=float(body.get("written_at", 0.0)),
-                   context=dict(body.get("context", {})))
+                   context=dict(_mapping(body.get("context", {}), "context")))
+
+
+def _mapping(v: Any, name: str) -> dict:
+    if not isinstance(v, dict):
+        raise ValueError(f"{name} is not an object")
+    return v
+
+
+def _size_bound(st: FileState) -> int | None:
+    """Most uncompressed bytes the file at ``st.path`` can hold, when it still has identity
+    ``st.content_id``; ``None`` when unknown (gone, renamed, other content)."""
+    if not st.path or st.offset == 0:
+        return None
+    try:
+        size = os.stat(st.path).st_size
+    except OSError:
+        return None
+    fp = fingerprint_file(st.path)
+    if fp is None or fp.content_id != st.content_id:
+        return None
+    return GZIP_MAX_RATIO * size + 64 if fp.compressed else size
 
 
 def header_to_dict(h: ZeekHeader | None) -> dict | None:
@@ -139,7 +215,7 @@ def encode(cp: Checkpoint) -> bytes:
             + ',"body":' + body_text + "}\n").encode()
 
 
-def decode(data: bytes) -> Checkpoint:
+def decode(data: bytes, where: str = "checkpoint") -> Checkpoint:
     """Parse and verify a checkpoint document; raises ``ValueError`` when it is not intact."""
     doc = json.loads(data)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -149,7 +225,7 @@ def decode(data: bytes) -> Checkpoint:
     body = doc.get("body")
     if _digest(json.dumps(body, sort_keys=True, separators=(",", ":"))) != doc.get("sha256"):
         raise ValueError("checkpoint checksum mismatch")
-    return Checkpoint.from_body(body)
+    return Checkpoint.from_body(body, where)
 
 
 def _write_whole(path: str, data: bytes) -> None:
@@ -197,10 +273,22 @@ class CheckpointStore:
         self.generation = 0     # of the newest checkpoint loaded or committed
 
     def load(self) -> Checkpoint:
-        """The newest intact generation (current, else previous), or an empty checkpoint."""
+        """The newest intact generation (current, else previous), or an empty checkpoint.
+
+        A file whose offset lies past the end of the file still holding its identity at its
+        recorded path was replaced or truncated (or the offset was edited): it is read again
+        from its start, with a warning, as the tailer does for a file that shrinks.
+        """
         self._ledger = self._load_ledger()
         cp = self._load_main()
         cp.done |= self._ledger
+        for cid, st in list(cp.files.items()):
+            size = _size_bound(st)
+            if size is not None and st.offset > size:
+                log.warning("%s: checkpoint offset %d of %s lies past its end (%d bytes); the "
+                            "file was replaced or truncated, reading it again from the start",
+                            self.path, st.offset, st.path, size)
+                cp.files[cid] = FileState(content_id=cid, fmt=st.fmt, path=st.path)
         return cp
 
     def _load_ledger(self) -> set[str]:
@@ -228,8 +316,8 @@ class CheckpointStore:
                 log.warning("%s: cannot read checkpoint: %s", path, e.strerror)
                 continue
             try:
-                cp = decode(data)
-            except (ValueError, KeyError, TypeError) as e:
+                cp = decode(data, path)
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
                 log.warning("%s: damaged checkpoint (%s); trying the previous generation", path, e)
                 continue
             if path == self.prev_path:

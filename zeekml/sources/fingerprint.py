@@ -17,10 +17,12 @@ resumes, so content rewritten under an unchanged head is also noticed.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import logging
 import os
+import stat
 import zlib
 from dataclasses import dataclass
 
@@ -90,9 +92,29 @@ def tail_digest(data: bytes) -> str:
     return hashlib.sha256(data[-TAIL_BYTES:]).hexdigest()[:16]
 
 
+_warned_irregular: set[str] = set()
+
+
+def open_regular(path: str):
+    """``open(path, "rb")`` that refuses anything but a regular file without blocking.
+
+    A FIFO named like a log would block a plain ``open`` until something writes to it (``watch``
+    and ``score DIR`` hung there); it is opened non-blocking and refused with ``OSError``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
 def is_gzip(path: str) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read(2) == GZIP_MAGIC
     except OSError:
         return False
@@ -106,7 +128,7 @@ def read_head(path: str, compressed: bool | None = None, limit: int = HEAD_MAX_B
     """
     if compressed is None:
         compressed = is_gzip(path)
-    with open(path, "rb") as raw:
+    with open_regular(path) as raw:
         if not compressed:
             return raw.read(limit)
         out = bytearray()
@@ -128,6 +150,12 @@ def fingerprint_file(path: str, st: os.stat_result | None = None) -> Fingerprint
     """The fingerprint of ``path``, or ``None`` when it has no complete head yet (or vanished)."""
     try:
         st = st or os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            if path not in _warned_irregular and len(_warned_irregular) < 10_000:
+                _warned_irregular.add(path)
+                log.warning("%s: skipped: not a regular file (a FIFO, socket or device is "
+                            "never opened)", path)
+            return None
         compressed = is_gzip(path)
         head = identifying_head(read_head(path, compressed))
     except OSError as e:
@@ -154,7 +182,7 @@ def gzip_is_whole(path: str) -> bool:
     such a file fails here and is left alone until it is whole.
     """
     try:
-        with gzip.open(path, "rb") as f:
+        with open_regular(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as f:
             while f.read(1 << 20):
                 pass
         return True
