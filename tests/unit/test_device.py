@@ -32,7 +32,7 @@ def test_cuda_without_a_gpu_says_what_to_do(monkeypatch):
 def test_mae_scores_in_batches_of_the_device_helper(monkeypatch):
     """The autoencoder's score path takes its batch from ``inference_batch``, and its scores do
     not depend on the batch (to float32 precision)."""
-    import zeekml.train.mae as mae
+    import zeekml.scoring.detectors.mae as mae
     from zeekml.parse import Quarantine
     from zeekml.pipeline import ScoreSummary, load_conns
 
