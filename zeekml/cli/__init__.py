@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "embed",
     "watch",
     "report",
+    "feedback",
 )
 
 

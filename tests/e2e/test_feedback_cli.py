@@ -1,0 +1,89 @@
+"""`zeekml feedback`: a verdict, host or incident marked benign becomes an allowlist rule and a
+labeled feedback record listing the alerting conns it covers."""
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from zeekml.cli import main
+from zeekml.scoring.allowlist import Allowlist
+
+EXAMPLES = Path(__file__).parent.parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    r = CliRunner().invoke(main, ["score", str(EXAMPLES / "iot23" / "conn.log.labeled"), "--out",
+                                  str(out), "--no-models", "--no-progress", "--fpr", "0.01"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def alerts(run_dir):
+    return [v for v in map(json.loads, open(run_dir / "verdicts.jsonl")) if v["alert"]]
+
+
+def test_benign_verdict_host_and_incident(run_dir, tmp_path):
+    allow, fb = tmp_path / "allow.toml", tmp_path / "fb.jsonl"
+    common = ["--allowlist", str(allow), "--feedback-file", str(fb)]
+    a = alerts(run_dir)
+    assert a, "the example run should alert at fpr 0.01"
+    v = a[0]
+    r = CliRunner().invoke(main, ["feedback", str(run_dir), "--benign", v["verdict_id"], *common])
+    assert r.exit_code == 0, r.output
+    host = a[-1]["id.orig_h"]
+    r = CliRunner().invoke(main, ["feedback", str(run_dir), "--host", host, "--reason", "lab box",
+                                  *common])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["report", str(run_dir), "--html", str(tmp_path / "r.html")])
+    from zeekml.sinks.report import load_run
+    inc = load_run(run_dir).incidents[0]
+    r = CliRunner().invoke(main, ["feedback", str(run_dir), "--incident", inc["incident_id"], *common])
+    assert r.exit_code == 0, r.output
+
+    rules = tomllib.loads(allow.read_text())["rule"]
+    assert rules[0] == {"verdict_id": v["verdict_id"], "reason": f"false positive {v['verdict_id']}"}
+    assert rules[1] == {"host": host, "reason": "lab box"}
+    key = "orig_h" if inc["role"] == "orig" else "resp_h"
+    assert rules[2][key] == inc["host"] and rules[2]["reason"].startswith(f"benign incident {inc['incident_id']}")
+    assert len(Allowlist.load(allow)) == 3
+
+    recs = [json.loads(x) for x in fb.read_text().splitlines()]
+    assert [r["label"] for r in recs] == ["benign"] * 3
+    assert [r["rule"] for r in recs] == [1, 2, 3]
+    assert [c["verdict_id"] for c in recs[0]["conns"]] == [v["verdict_id"]]
+    host_alerts = {x["verdict_id"] for x in a if host in (x["id.orig_h"], x["id.resp_h"])}
+    assert {c["verdict_id"] for c in recs[1]["conns"]} == host_alerts
+    # the rule names the host in its role, so it covers the incident's alerts and any other
+    # alerts of that host in that role in the run
+    side = "id.orig_h" if inc["role"] == "orig" else "id.resp_h"
+    expected = {x["verdict_id"] for x in a if x[side] == inc["host"] and
+                ("resp_p" not in rules[2] or x["id.resp_p"] == rules[2]["resp_p"])}
+    assert {c["verdict_id"] for c in recs[2]["conns"]} == expected
+    assert len(expected) >= inc["alerts"]
+
+
+@pytest.mark.parametrize("args,code,message", [
+    ([], 2, "give exactly one of"),
+    (["--host", "1.2.3.4", "--benign", "Vx"], 2, "give exactly one of"),
+    (["--benign", "Vnope"], 2, "no verdict Vnope in verdicts.jsonl"),
+    (["--incident", "Inope"], 2, "no incident Inope"),
+    (["--host", "not-an-ip"], 2, "is not an IP address or CIDR"),
+])
+def test_bad_requests(run_dir, tmp_path, args, code, message):
+    r = CliRunner().invoke(main, ["feedback", str(run_dir), *args, "--allowlist",
+                                  str(tmp_path / "a.toml"), "--feedback-file", str(tmp_path / "f.jsonl")])
+    assert r.exit_code == code and message in r.output, r.output
+    assert not (tmp_path / "a.toml").exists() and not (tmp_path / "f.jsonl").exists()
+
+
+def test_broken_allowlist_is_named_and_left_alone(run_dir, tmp_path):
+    allow = tmp_path / "a.toml"
+    allow.write_text('[[rule]]\nhots = "1.2.3.4"\nreason = "typo"\n')
+    r = CliRunner().invoke(main, ["feedback", str(run_dir), "--host", "1.2.3.4", "--allowlist",
+                                  str(allow), "--feedback-file", str(tmp_path / "f.jsonl")])
+    assert r.exit_code == 1 and f"{allow}: rule 1: unknown field 'hots'" in r.output
+    assert allow.read_text() == '[[rule]]\nhots = "1.2.3.4"\nreason = "typo"\n'
