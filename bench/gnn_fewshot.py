@@ -224,8 +224,8 @@ def pretrain_clean(out: str, threads: int, hidden: int = 64) -> None:
     parts.append(load_conns(extra))
     table = pa.concat_tables(parts)
     bundle, metrics = G.pretrain_bundle(table, seed=0, hidden=hidden)
-    G.save_bundle(bundle, out, sources + extra, metrics, {"detector": False, "seed": 0,
-                                                          "note": "labeled logs: earliest 70% only"})
+    G.save_bundle(bundle, out, sources + extra, metrics, seed=0, settings=("pretrain", G.PretrainConfig(hidden=hidden)),
+                  detector=False, note="labeled logs: earliest 70% only")
     print(json.dumps({k: v for k, v in metrics.items() if k != "pretrain_loss"}))
 
 

@@ -1,6 +1,6 @@
 """Labeled conn data for the three tasks: label mapping, temporal splits, k-shot draws.
 
-The protocol (MODELS.md): k shots per class are drawn from the earliest 70% of a file by time;
+The protocol (``docs/models.md``): k shots per class are drawn from the earliest 70% of a file by time;
 the latest 30% is the test set and is never touched in training.
 """
 from __future__ import annotations

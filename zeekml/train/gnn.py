@@ -325,18 +325,20 @@ def predict_proba(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = 
 
 def save_bundle(bundle: GNNBundle, out: str, sources: list[str], metrics: dict, *, seed: int,
                 settings: tuple[str, object], label_field: str | None = None,
-                base: str | None = None, base_config: dict | None = None) -> None:
-    """Write ``bundle`` as a gnn model directory (a base is a detector, a classifier is not)."""
+                base: str | None = None, base_config: dict | None = None,
+                detector: bool | None = None, **extra: object) -> None:
+    """Write ``bundle`` as a gnn model directory. ``detector`` defaults to: a base is one, a
+    classifier is not; ``extra`` keys (a note) go into config.json as they are."""
     from zeekml.nn.gnn import n_params
 
     pretrained = settings[0] == "pretrain" or base is not None
     config = model_config(
         schema_version=SCHEMA_VERSION, seed=seed, pretrained=pretrained,
-        detector=not bundle.classes, n_params=n_params(bundle.model),
+        detector=not bundle.classes if detector is None else detector, n_params=n_params(bundle.model),
         classes=bundle.classes or None, label_field=label_field, hide_service=bundle.hide_service,
         settings=settings, base=base, base_config=base_config,
         model=bundle.model.cfg.to_dict(), graph=bundle.graph.to_dict(),
-        featurizer=bundle.featurizer.to_dict())
+        featurizer=bundle.featurizer.to_dict(), **extra)
     save_model_dir(out, KIND_NAME, config, bundle.model.state_dict(), sources, metrics)
 
 
