@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from zeekml.scoring.detectors.base import (CONFIG, MANIFEST, WEIGHTS, load_model_dir,  # noqa: F401
-                                           sha256_file, verify_model_dir)
+                                           sha256_file)
 
 
 def data_fingerprint(paths: list[str]) -> list[dict[str, Any]]:

@@ -29,9 +29,8 @@ from zeekml._core.errors import ModelError
 from zeekml.features.flow_features import FlowFeaturizer
 from zeekml.features.graph import FlowGraphBuilder, GraphConfig
 # the inference half, re-exported: bench/ and older callers import these names from here
-from zeekml.scoring.detectors.gnn import (KNN, MAX_REFERENCE, NAME, SCHEMA_VERSION,  # noqa: F401
-                                          GNNBundle, GNNDetector, embed_rows, featurize,
-                                          knn_distance, load_bundle, service_columns)
+from zeekml.scoring.detectors.gnn import (NAME, SCHEMA_VERSION, GNNBundle,  # noqa: F401
+                                          GNNDetector, featurize, load_bundle, service_columns)
 from zeekml.scoring.detectors.gnn import to_device as _to
 from zeekml.train.artifact import save_model_dir
 from zeekml.train.common import (Trainer, apply_epochs, class_weights, model_config, optimiser_steps,

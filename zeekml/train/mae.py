@@ -21,9 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from zeekml.features.modality import SCHEMA_VERSION, Modalities, ModalityFeaturizer, load_flow_table
-# the inference half, re-exported: bench/ and older callers import these names from here
-from zeekml.scoring.detectors.mae import (INFER_BATCH, NAME, LoadedMAE, MAEDetector,  # noqa: F401
-                                          modality_tensors)
+# the inference half (bench/ imports LoadedMAE from here too)
+from zeekml.scoring.detectors.mae import NAME, LoadedMAE, modality_tensors
 from zeekml.train.artifact import save_model_dir
 from zeekml.train.common import (Trainer, apply_epochs, class_weights, model_config, optimiser_steps,
                                  pick, prefixed_state, torch_module)

@@ -30,10 +30,8 @@ import pyarrow as pa
 from zeekml._core.errors import ZeekmlError
 from zeekml.features.modality import load_flow_table
 from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
-# the inference half, re-exported: bench/ and older callers import these names from here
-from zeekml.scoring.detectors.token import (INFER_BATCH, LoadedTokenModel,  # noqa: F401
-                                            TokenDetector, add_routing, encoder_from_dict,
-                                            routing_summary)
+# the inference half (bench/ imports LoadedTokenModel and routing_summary from here too)
+from zeekml.scoring.detectors.token import LoadedTokenModel, add_routing, routing_summary
 from zeekml.train.artifact import save_model_dir
 from zeekml.train.common import (Trainer, apply_epochs, class_weights, cosine, model_config,
                                  optimiser_steps, pick, prefixed_state, torch_module)
@@ -128,7 +126,7 @@ class FinetuneConfig:
 
 def build_encoder(kind: str, tok: FlowTokenizer, arch: ArchConfig):
     """``(encoder, constructor dict)`` of ``kind`` for a fitted tokenizer."""
-    from zeekml.nn.dense import DenseConfig, DenseEncoder
+    from zeekml.nn.dense import DenseEncoder
     from zeekml.nn.moe import MoEConfig, MoEEncoder, twin_of
 
     mcfg = MoEConfig(vocab_size=tok.vocab_size, n_fields=len(tok.fields), seq_len=tok.seq_len,
