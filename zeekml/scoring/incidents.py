@@ -282,6 +282,11 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def _n(count: int, noun: str) -> str:
+    """'1 host', '18 hosts'."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 def _ports_text(ports: Counter) -> str:
     names = [p for p, _ in ports.most_common(3)]
     more = len(ports) - len(names)
@@ -341,8 +346,8 @@ def describe(inc: Incident, rows: np.ndarray, c: _Columns, peers: Counter, ports
     span = fmt_duration(inc.last_ts - inc.first_ts)
     clauses: list[str] = []
     if inc.role == "resp":
-        clauses.append(f"received {inc.alerts:,} anomalous conns from {inc.n_peers:,} hosts on "
-                       f"{_ports_text(ports)} in {span}")
+        clauses.append(f"received {_n(inc.alerts, 'anomalous conn')} from {_n(inc.n_peers, 'host')} "
+                       f"on {_ports_text(ports)} in {span}")
     else:
         vol = _volume(inc.host, rows, c, baseline_bytes, peers)
         if vol:
@@ -361,7 +366,7 @@ def describe(inc: Incident, rows: np.ndarray, c: _Columns, peers: Counter, ports
             clauses.append(f"1 anomalous conn to {c.resp[i]} on {c.port_label(i)} "
                            f"(score {inc.max_score:.2f}, {c.model[i]})")
         else:
-            clauses.append(f"{inc.alerts:,} anomalous conns to {inc.n_peers:,} hosts on "
+            clauses.append(f"{_n(inc.alerts, 'anomalous conn')} to {_n(inc.n_peers, 'host')} on "
                            f"{_ports_text(ports)} in {span}")
     return "; ".join(clauses[:2])
 

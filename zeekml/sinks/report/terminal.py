@@ -1,6 +1,7 @@
 """The terminal view of a run: its top incidents as a rich table."""
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timezone
 
 from rich.console import Console
@@ -20,9 +21,11 @@ def _ts(v: object) -> str:
 def print_incidents(run: RunData, top: int = 10, console: Console | None = None) -> None:
     """Print the ``top`` incidents. Log strings go in as ``Text`` (never markup), which also drops
     terminal control sequences a hostile log could carry."""
-    console = console or Console()
+    # piped output gets 140 columns rather than rich's 80, so descriptions stay on one line or two
+    console = console or Console(width=shutil.get_terminal_size((140, 24)).columns)
     s = run.summary
-    head = (f"{len(run.incidents):,} incidents ({run.incidents_source}) from "
+    head = (f"{len(run.incidents):,} incident{'' if len(run.incidents) == 1 else 's'} "
+            f"({run.incidents_source}) from "
             f"{s.get('alerts', int(sum(run.verdicts.column('alert').to_pylist())) if run.verdicts.num_rows else 0):,}"
             f" alerting conns of {s.get('scored', run.verdicts.num_rows):,}")
     console.print(Text(head))
