@@ -100,3 +100,80 @@ def test_completed_ids_move_to_the_ledger_and_stay_known(tmp_path):
     again = CheckpointStore(tmp_path).load()
     assert again.done == {f"id{i}" for i in range(200)} | {"late"}
     assert again.files["abc"].offset == 1
+
+
+# -- hand-edited checkpoints (issue 17): validated on load, a clear message, a sane recovery ----
+
+def _write_edited(store: CheckpointStore, **edits) -> None:
+    """A checkpoint as a person with an editor (and sha256sum) would leave it: checksum valid."""
+    good = _cp(10)
+    other = FileState("def", offset=7, line=1, fmt="zeek-json", path="/x/other.log")
+    st = good.files["abc"]
+    for k, v in edits.items():
+        setattr(st, k, v)
+    good.files["def"] = other
+    os.makedirs(store.directory, exist_ok=True)
+    with open(store.path, "wb") as f:
+        f.write(ckpt.encode(good))
+
+
+@pytest.mark.parametrize("edits,what", [
+    ({"offset": -5}, "offset -5"), ({"offset": "abc"}, "offset 'abc'"),
+    ({"offset": True}, "offset True"), ({"offset": 2 ** 63}, "offset 9223372036854775808"),
+    ({"line": -1}, "line -1"), ({"header": {"separator": "zz"}}, "header is damaged"),
+    ({"complete": "yes"}, "complete 'yes'"), ({"fmt": 3}, "fmt 3"),
+])
+def test_damaged_file_entry_is_reread_from_the_start(tmp_path, caplog, edits, what):
+    store = CheckpointStore(tmp_path)
+    _write_edited(store, **edits)
+    cp = store.load()
+    assert cp.files["abc"] == FileState("abc", path="/x/conn.log")   # from the start
+    assert cp.files["def"].offset == 7                                # the rest stands
+    assert cp.outputs == {"verdicts.jsonl": 20}
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert store.path in msg and "/x/conn.log" in msg and what in msg and "from its start" in msg
+
+
+@pytest.mark.parametrize("outputs", [{"verdicts.jsonl": -1}, {"verdicts.jsonl": "abc"}])
+def test_damaged_output_lengths_fall_back_to_the_previous_generation(tmp_path, outputs):
+    store = CheckpointStore(tmp_path)
+    store.commit(_cp(10))
+    store.commit(_cp(20))
+    cp = _cp(30)
+    cp.outputs = outputs
+    with open(store.path, "wb") as f:
+        f.write(ckpt.encode(cp))
+    assert store.load().files["abc"].offset == 10
+
+
+def test_offset_past_the_end_of_its_file_rereads_it(tmp_path, caplog):
+    log_path = tmp_path / "conn.log"
+    log_path.write_bytes(b'{"ts":1.0}\n{"ts":2.0}\n')
+    from zeekml.sources.fingerprint import fingerprint_file
+    cid = fingerprint_file(str(log_path)).content_id
+    store = CheckpointStore(tmp_path / "out")
+    cp = Checkpoint(files={
+        cid: FileState(cid, offset=10 ** 18, line=2, fmt="zeek-json", tail="00", path=str(log_path)),
+        "gone": FileState("gone", offset=10 ** 18, path=str(tmp_path / "gone.log")),
+        "elsewhere": FileState("elsewhere", offset=10 ** 18, path=str(log_path)),
+    })
+    store.commit(cp)
+    loaded = store.load()
+    assert loaded.files[cid] == FileState(cid, fmt="zeek-json", path=str(log_path))
+    # a file that is gone, or whose path now holds other content, is the tailer's to judge
+    assert loaded.files["gone"].offset == 10 ** 18 and loaded.files["elsewhere"].offset == 10 ** 18
+    assert "lies past its end (22 bytes)" in caplog.text and str(log_path) in caplog.text
+
+
+def test_offset_within_a_gzip_archive_is_not_judged_by_its_compressed_size(tmp_path):
+    import gzip
+    log_path = tmp_path / "conn.log.gz"
+    log_path.write_bytes(gzip.compress(b'{"ts":1.0}\n' * 1000))
+    from zeekml.sources.fingerprint import fingerprint_file
+    cid = fingerprint_file(str(log_path)).content_id
+    store = CheckpointStore(tmp_path / "out")
+    store.commit(Checkpoint(files={cid: FileState(cid, offset=11_000, path=str(log_path)),
+                                   "x": FileState("x")}))
+    assert store.load().files[cid].offset == 11_000
+    store.commit(Checkpoint(files={cid: FileState(cid, offset=10 ** 18, path=str(log_path))}))
+    assert store.load().files[cid].offset == 0
