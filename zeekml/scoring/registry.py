@@ -12,6 +12,17 @@ A model kind registers its inference half with a decorator in its own module und
 Every module of that package is imported on first use of the registry (they import ``torch``
 only when a model is loaded, so listing kinds is cheap); training registers its half beside it
 (``zeekml.train.registry``). The CLI's ``--model`` choices come from ``kind_names()``.
+
+Adding a model kind:
+
+1. ``zeekml/scoring/detectors/<kind>.py``: ``@register_kind("<kind>")`` on a class with
+   ``schema_version`` and ``detector(model_dir, device)``, returning a ``Detector``
+   (``zeekml.scoring.detector``); read the directory with ``detectors.base.load_checked``.
+2. ``zeekml/train/<kind>.py``: ``@register_trainer("<kind>")`` on a ``zeekml.train.common.Trainer``
+   with ``pretrain``/``finetune``/``predict``; write ``config.json`` with
+   ``common.model_config`` (it carries ``schema_version``).
+3. ``tests/unit/scoring/test_model_kind_contract.py`` runs the contract on it (give it tiny
+   settings in ``TINY`` there so it trains in seconds).
 """
 from __future__ import annotations
 
