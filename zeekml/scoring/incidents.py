@@ -38,12 +38,22 @@ class IncidentOptions:
             the beacon periods we want to see as one incident).
         fanin_min: distinct originators of alerts to one responder, within ``gap``, that make it
             an inbound incident of the responder (default 10).
+        slow_fanin_min: distinct originators whose few alerts (at most ``small_alerts`` each,
+            all to one responder) make a slow inbound incident of that responder when they fall
+            within ``slow_gap`` of each other (default 5; internet scanners probing one device a
+            few conns each, hours apart).
+        small_alerts: see ``slow_fanin_min``; an originator's incidents of at most this many
+            alerts are also merged when within ``slow_gap`` (default 3).
+        slow_gap: see ``slow_fanin_min`` (default 6 h).
         top_conns: evidence conns kept per incident (default 5).
         max_listed: peers, ports and services listed per incident (default 20; counts are kept).
     """
 
     gap: float = 900.0
     fanin_min: int = 10
+    slow_fanin_min: int = 5
+    small_alerts: int = 3
+    slow_gap: float = 6 * 3600.0
     top_conns: int = 5
     max_listed: int = 20
 
@@ -57,6 +67,7 @@ class Incident:
     last_ts: float
     conns: int                      # all conns of the host in this role between first and last ts
     alerts: int
+    peak_alerts: int                # alerts of the densest burst (within the gap), for the score
     score: float
     peers: list[str]
     n_peers: int
@@ -78,10 +89,20 @@ def incident_id(role: str, host: str, first_ts: float, first_uid: str) -> str:
     return "I" + hashlib.sha1(f"{role}|{host}|{first_ts:.6f}|{first_uid}".encode()).hexdigest()[:16]
 
 
-def incident_score(max_score: float, alerts: int) -> float:
-    """Rank by the strongest alert, raised by how many alerts back it up: one alert at 2.0 scores
-    2.0, ten score 4.0, a hundred 6.0 (a sustained pattern outranks a single odd conn)."""
-    return float(max(max_score, 0.0) * (1.0 + math.log10(max(alerts, 1))))
+def incident_score(max_score: float, peak_alerts: int) -> float:
+    """Rank by the strongest alert, raised by the alerts of the densest burst (alerts within
+    ``gap`` of each other): one alert at 2.0 scores 2.0, a burst of ten 4.0, of a hundred 6.0. A
+    sustained pattern outranks a single odd conn, and a host's sporadic alerts merged over hours
+    do not outrank a burst."""
+    return float(max(max_score, 0.0) * (1.0 + math.log10(max(peak_alerts, 1))))
+
+
+def _peak(ts: np.ndarray, gap: float) -> int:
+    """The most alerts in one run of ``ts`` whose consecutive values are at most ``gap`` apart."""
+    t = np.sort(ts)
+    cuts = np.flatnonzero(np.diff(t) > gap)
+    edges = np.concatenate(([0], cuts + 1, [len(t)]))
+    return int(np.max(np.diff(edges))) if len(t) else 0
 
 
 def _text(s: object) -> object:
@@ -176,7 +197,26 @@ def build_incidents(table: pa.Table, options: IncidentOptions | None = None,
             groups.append(("resp", seg))
             taken[seg] = True
     rest = alert_rows[~taken[alert_rows]]
-    groups += [("orig", seg) for seg in _segments(orig, ts, rest, opt.gap)]
+    by_orig = _segments(orig, ts, rest, opt.gap)
+    # Slow fan-in: originators with a few alerts each, all to one responder, hours apart.
+    small: dict[str, list[np.ndarray]] = {}
+    for seg in by_orig:
+        peers = set(resp[seg])
+        if len(seg) <= opt.small_alerts and len(peers) == 1 and resp[seg[0]]:
+            small.setdefault(str(resp[seg[0]]), []).append(seg)
+    for segs in small.values():
+        if len(segs) < opt.slow_fanin_min:
+            continue
+        for seg in _segments(resp, ts, np.concatenate(segs), opt.slow_gap):
+            if len(set(orig[seg])) >= opt.slow_fanin_min:
+                groups.append(("resp", seg))
+                taken[seg] = True
+    # A host's sporadic alerts (a few at a time, hours apart; a slow beacon) are one incident
+    # within slow_gap; bursts keep their own incidents.
+    sporadic = [seg for seg in by_orig if not taken[seg[0]] and len(seg) <= opt.small_alerts]
+    groups += [("orig", seg) for seg in by_orig if not taken[seg[0]] and len(seg) > opt.small_alerts]
+    if sporadic:
+        groups += [("orig", seg) for seg in _segments(orig, ts, np.concatenate(sporadic), opt.slow_gap)]
 
     # conns = every conn of the host in its role between first and last alert (context)
     sorted_by_host = {"orig": _HostTimes(orig, ts), "resp": _HostTimes(resp, ts)}
@@ -250,7 +290,7 @@ def _incident(role: str, rows: np.ndarray, c: _Columns, times: _HostTimes, opt: 
         incident_id=incident_id(role, host, first, str(c.uid[rows[0]])),
         host=host, role=role, first_ts=first, last_ts=last,
         conns=max(times.count(host, first, last), len(rows)), alerts=int(len(rows)),
-        score=incident_score(max_score, len(rows)),
+        peak_alerts=_peak(c.ts[rows], opt.gap), score=incident_score(max_score, _peak(c.ts[rows], opt.gap)),
         peers=[p for p, _ in peers.most_common(opt.max_listed)], n_peers=len(peers),
         resp_ports=[p for p, _ in ports.most_common(opt.max_listed)],
         services=[s for s, _ in services.most_common(opt.max_listed)],

@@ -45,7 +45,7 @@ def test_scan_beacon_flood_single():
     assert (s.role, s.alerts, s.conns, s.n_peers, s.resp_ports) == ("orig", 18, 19, 18, ["445/tcp"])
     assert s.description == "scanned 18 hosts on 445/tcp in 40 s"
     assert s.max_score == pytest.approx(1.67)
-    assert s.score == pytest.approx(1.67 * (1 + np.log10(18)))
+    assert s.score == pytest.approx(1.67 * (1 + np.log10(18))) and s.peak_alerts == 18
     assert [c["score"] for c in s.top_conns] == pytest.approx([1.67, 1.66, 1.65, 1.64, 1.63])
     assert (s.first_ts, s.last_ts) == (T0, T0 + 40)
 
@@ -67,15 +67,30 @@ def test_scan_beacon_flood_single():
                                               "C10.0.0.2-1.2.3.4-443-10000")
 
 
-def test_gap_splits_and_ids_are_deterministic():
-    rows = [rec(0, "10.0.0.5", "1.1.1.1", 22, score=2, alert=True),
-            rec(100, "10.0.0.5", "1.1.1.1", 22, score=2, alert=True),
-            rec(100 + 901, "10.0.0.5", "1.1.1.1", 22, score=3, alert=True)]
-    incs = build_incidents(verdict_table(rows))
-    assert [(i.first_ts - T0, i.alerts) for i in incs] == [(100 + 901, 1), (0, 2)]
-    again = build_incidents(verdict_table(list(reversed(rows))))
+def test_gap_splits_bursts_and_merges_sporadic_alerts():
+    burst1 = [rec(k, "10.0.0.5", "1.1.1.1", 22, score=2, alert=True) for k in range(5)]
+    burst2 = [rec(1004 + 901 + k, "10.0.0.5", "1.1.1.1", 22, score=3, alert=True) for k in range(4)]
+    incs = build_incidents(verdict_table(burst1 + burst2))
+    assert [(i.first_ts - T0, i.alerts, i.peak_alerts) for i in incs] == [(1905, 4, 4), (0, 5, 5)]
+    again = build_incidents(verdict_table(list(reversed(burst1 + burst2))))
     assert [i.incident_id for i in again] == [i.incident_id for i in incs]
-    assert len(build_incidents(verdict_table(rows), IncidentOptions(gap=2000))) == 1
+    assert len(build_incidents(verdict_table(burst1 + burst2), IncidentOptions(gap=2000))) == 1
+    # single alerts two hours apart: one incident (within slow_gap), scored as bursts of one
+    sporadic = [rec(7200 * k, "10.0.0.6", f"2.2.2.{k}", 443, score=2, alert=True) for k in range(3)]
+    [inc] = build_incidents(verdict_table(sporadic))
+    assert (inc.alerts, inc.peak_alerts, inc.score) == (3, 1, 2.0)
+    assert inc.description == "3 anomalous conns to 3 hosts on 443/tcp in 4 h"
+    assert len(build_incidents(verdict_table(sporadic), IncidentOptions(small_alerts=0))) == 3
+
+
+def test_slow_fanin_to_one_responder():
+    probes = [rec(3000 * k, f"198.51.100.{k}", "10.0.0.9", 23 + k, score=1.5, alert=True)
+              for k in range(6)]
+    [inc] = build_incidents(verdict_table(probes))
+    assert (inc.role, inc.host, inc.alerts, inc.n_peers) == ("resp", "10.0.0.9", 6, 6)
+    assert inc.description == ("received 6 anomalous conns from 6 hosts on 23/tcp, 24/tcp, "
+                               "25/tcp and 3 more in 4.2 h")
+    assert len(build_incidents(verdict_table(probes[:4]))) == 4     # under slow_fanin_min
 
 
 def test_volume_against_host_baseline_and_icmp_sweep():
