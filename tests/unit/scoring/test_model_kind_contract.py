@@ -120,3 +120,33 @@ def test_loaded_detector_keeps_the_detector_contract(kind, pretrained, table):
 
     why = det.explain(table, np.array([3, 7]))
     assert len(why) == 2 and all(isinstance(w, str) and w for w in why)
+
+
+@pytest.mark.parametrize("kind", kind_names())
+def test_finetune_from_the_base_is_a_classifier_score_refuses(kind, pretrained, table, tmp_path):
+    """Finetuning keeps the protocol: an explicit ``epochs`` means that many passes for every kind
+    (no step floor), the config says what the classifier learnt, ``predict`` gives probabilities,
+    and ``--models`` refuses the directory by name (a classifier is not an anomaly detector)."""
+    from zeekml._core.errors import ModelError
+    from zeekml.scoring.registry import load_model_detectors
+    from zeekml.train.data import labels_of, sample_shots, temporal_split
+
+    base, _ = pretrained(kind)
+    labels = labels_of(table, "label")
+    early, _ = temporal_split(table)
+    rows = sample_shots(labels, early, k=8, seed=0)
+    out = str(tmp_path / f"{kind}-ft")
+    get_trainer(kind).finetune(base, table, labels, rows, hide_service=False, seed=0, out=out,
+                               sources=[LOG], label_field="label", epochs=1, device="cpu",
+                               **TINY.get(kind, {}))
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    assert config["kind"] == kind and config["schema_version"] == get_kind(kind).schema_version
+    assert config["finetune"]["epochs"] == 1 and config["finetune"].get("min_steps", 0) == 0
+    assert config["detector"] is False and config["pretrained"] is True
+    assert config["label_field"] == "label" and config["classes"] == ["Benign", "Malicious"]
+    pred = get_trainer(kind).predict(out, table.slice(0, 50), device="cpu")
+    assert pred.classes == ["Benign", "Malicious"] and pred.proba.shape == (50, 2)
+    np.testing.assert_allclose(pred.proba.sum(axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ModelError, match="finetuned classifier"):
+        load_model_detectors(out)
