@@ -203,14 +203,17 @@ class ZeekJsonParser(LineBlockParser):
         for k in keys:
             values = [r.get(k) for r in rows]
             zt = KNOWN_FIELD_TYPES.get(k)
+            # the known type, else what Arrow infers, else JSON text: an unknown field never
+            # costs a record (ints beyond 64 bits raise OverflowError in Arrow)
             try:
                 if not zt:
                     raise pa.ArrowTypeError("unknown field")
                 cols[k] = pa.array(values, type=arrow_type(zt))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
                 try:
                     cols[k] = pa.array(values)
-                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError,
+                        TypeError, OverflowError):
                     cols[k] = pa.array([None if v is None else json.dumps(v, default=repr)
                                         for v in values], pa.string())
         return pa.table(cols)

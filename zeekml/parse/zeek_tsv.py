@@ -45,23 +45,27 @@ class UnusableHeader(ValueError):
     """A header no record can be read by (its records are quarantined, naming its line)."""
 
 
-def _type_problem(name: str, zeek_type: str) -> str | None:
+# conn fields the conn table takes as numbers or bools (``flows.CONN_SCHEMA`` and its aliases)
+CONN_TYPED_FIELDS = frozenset({
+    "ts", "id.orig_p", "id.resp_p", "duration", "orig_bytes", "resp_bytes", "local_orig",
+    "local_resp", "missed_bytes", "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes",
+    "ip_proto", "src_port", "dst_port"})
+
+
+def _type_problem(name: str, zeek_type: str, conn: bool) -> str | None:
     """Why ``zeek_type`` cannot describe column ``name``, or ``None`` when it can.
 
-    Zeek logs hold no nested containers. A well-known field that is numeric or bool in every
-    Zeek log (conn's ports, counts, times, ``local_orig``) must be declared with that type:
-    the conn table and the flow features rely on it.
+    Zeek logs hold no nested containers. In a conn log (``conn`` or unnamed ``#path``), a
+    field the conn table takes as a number or bool (ports, counts, times, ``local_orig``)
+    must be declared with Zeek's type for it: the conn table and the flow features rely on it.
     """
     elem = container_element_type(zeek_type)
     if elem is not None and container_element_type(elem) is not None:
         return f"{name}: nested container type {zeek_type!r} (Zeek logs cannot hold one)"
-    known = KNOWN_FIELD_TYPES.get(name)
-    if known is None:
+    if not conn or name not in CONN_TYPED_FIELDS:
         return None
-    want = arrow_type(known)
-    if want in _STRING_ARROW or pa.types.is_list(want):
-        return None
-    if arrow_type(zeek_type) != want:
+    known = KNOWN_FIELD_TYPES[name]
+    if arrow_type(zeek_type) != arrow_type(known):
         return f"{name}: declared {zeek_type!r}, but {name} is a {known}"
     return None
 
@@ -95,11 +99,12 @@ class _Schema:
                 packed_at, packed_n = i, len(names)
                 break
         seen: set[str] = set()
+        conn = not header.path or header.path.startswith("conn")
         for f, t in zip(fields, types):
             if f in seen:
                 raise UnusableHeader(f"field {f!r} appears twice in #fields")
             seen.add(f)
-            problem = _type_problem(f, t)
+            problem = _type_problem(f, t, conn)
             if problem:
                 raise UnusableHeader(problem)
         raw = len(fields) - (packed_n - 1)
