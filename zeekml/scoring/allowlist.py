@@ -243,3 +243,23 @@ def append_rule(path: str | os.PathLike, fields: dict[str, str | int]) -> Rule:
         raise AllowlistError(f"appended rule {rule.index} but the file now has {len(reread)} rules",
                              path)
     return reread.rules[-1]
+
+
+def suppress(batch, allowlist: Allowlist) -> dict[int, str]:
+    """Apply ``allowlist`` to a scored ``VerdictBatch`` in place: matching conns keep their
+    scores but never alert (``alert`` false, no ``msg``/``sub``). Returns row -> the label of the
+    rule that matched (``allowlist rule 2: lab scanner``), for every matching row, alerting or not.
+    """
+    match = allowlist.match(batch.table, batch.ids() if any(r.verdict_id for r in allowlist.rules)
+                            else None)
+    rows = np.flatnonzero(match >= 0)
+    labels = {int(r): allowlist.rules[int(match[r])].label() for r in rows}
+    if len(rows):
+        batch.alert[rows] = False
+        for r in labels:
+            batch.msg.pop(r, None)
+            batch.sub.pop(r, None)
+    if labels:
+        log.info("allowlist %s: %d conns matched, %d rules", allowlist.path, len(labels),
+                 len({allowlist.rules[int(match[r])].index for r in rows}))
+    return labels

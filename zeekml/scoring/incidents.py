@@ -430,3 +430,44 @@ def host_baseline_bytes(baseline: pa.Table) -> dict[str, float]:
             if h_rows[0]:
                 out[str(h_rows[0])] = float(np.median(b_rows))
     return out
+
+
+def incidents_from_batch(batch, baseline: pa.Table | None = None,
+                         options: IncidentOptions | None = None) -> list[Incident]:
+    """Incidents of a scored ``VerdictBatch`` (its ``table`` is the conn table): with the conns'
+    service and bytes, each alert's verdict id and Community ID, and, given the ``baseline`` conns,
+    explanations against the baseline of the same kind and volume statements.
+    """
+    from zeekml.flows.community_id import community_ids
+    from zeekml.scoring.explain import BaselineProfile
+    from zeekml.scoring.verdict import verdict_id
+
+    t = batch.table
+    alert = np.asarray(batch.alert, dtype=bool)
+    rows = np.flatnonzero(alert)
+    models = batch.models()
+    n = t.num_rows
+    vids: list[str | None] = [None] * n
+    cids: list[str | None] = [None] * n
+    expl: list[str | None] = [None] * n
+    if len(rows):
+        uid, ts = batch.column("uid"), batch.column("ts")
+        sub = t.take(pa.array(rows, pa.int64()))
+        for r, cid in zip(rows.tolist(), community_ids(sub)):
+            vids[r] = verdict_id(models[r], uid[r], ts[r])
+            cids[r] = cid
+        if baseline is not None and baseline.num_rows:
+            for r, text in zip(rows.tolist(), BaselineProfile().fit(baseline).explain(t, rows)):
+                expl[r] = text
+    table = pa.table({
+        "ts": t.column("ts"), "uid": t.column("uid"), "id.orig_h": t.column("id.orig_h"),
+        "id.resp_h": t.column("id.resp_h"), "id.resp_p": pc.cast(t.column("id.resp_p"), pa.int64()),
+        "proto": t.column("proto"), "score": pa.array(np.asarray(batch.score, np.float64)),
+        "alert": pa.array(alert), "model": pa.array(models, pa.string()),
+        "service": t.column("service"), "orig_bytes": pc.cast(t.column("orig_bytes"), pa.float64()),
+        "resp_bytes": pc.cast(t.column("resp_bytes"), pa.float64()),
+        "verdict_id": pa.array(vids, pa.string()), "community_id": pa.array(cids, pa.string()),
+        "explanation": pa.array(expl, pa.string()),
+    })
+    ref = host_baseline_bytes(baseline) if baseline is not None else None
+    return build_incidents(table, options, baseline_bytes=ref)

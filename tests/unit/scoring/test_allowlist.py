@@ -120,3 +120,28 @@ def test_append_rule_round_trips_and_escapes(tmp_path):
         append_rule(p, {"host": "nope", "reason": "x"})
     assert len(Allowlist.load(p)) == 2
     assert al.rules[1].label() == "allowlist rule 2: cdn"
+
+
+def scored_batch():
+    from zeekml.scoring.verdict import VerdictBatch
+    t = conn_rows()
+    t = t.set_column(t.schema.get_field_index("ts"), "ts", pa.array([float(i) for i in range(6)]))
+    score = np.array([2.0, 0.5, 1.5, 3.0, 1.2, 0.1])
+    return VerdictBatch(t, ["iforest"], ["ZeekML::Anomalous_Flow"], {"iforest": score}, score,
+                        np.zeros(6, dtype=np.int64), score >= 1.0,
+                        {0: "m0", 2: "m2", 3: "m3", 4: "m4"}, {0: "s0", 2: "s2", 3: "s3", 4: "s4"})
+
+
+def test_suppress_a_scored_batch():
+    from zeekml.scoring.allowlist import suppress
+    batch = scored_batch()
+    vid3 = batch.ids()[3]
+    al = Allowlist.from_dict({"rule": [{"host": "10.0.0.5", "reason": "resolver client"},
+                                       {"verdict_id": vid3, "reason": "fp"}]}, "a.toml")
+    labels = suppress(batch, al)
+    # C1 (alerting) and C3 (alerting) match rule 1, C2 does not, C4 matches rule 2 by verdict id
+    assert labels == {0: "allowlist rule 1: resolver client", 2: "allowlist rule 1: resolver client",
+                      3: "allowlist rule 2: fp"}
+    assert batch.alert.tolist() == [False, False, False, False, True, False]
+    assert batch.score.tolist() == [2.0, 0.5, 1.5, 3.0, 1.2, 0.1]     # still scored
+    assert batch.msg == {4: "m4"} and batch.sub == {4: "s4"}

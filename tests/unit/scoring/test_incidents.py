@@ -120,3 +120,33 @@ def test_no_alerts_and_missing_columns():
                                     (5400, "1.5 h"), (2.5 * 86400, "2.5 d")])
 def test_fmt_duration(s, text):
     assert fmt_duration(s) == text
+
+
+def test_incidents_from_a_scored_batch_with_baseline():
+    from zeekml.flows.community_id import community_id_v1
+    from zeekml.flows.table import CONN_SCHEMA
+    from zeekml.scoring.incidents import incidents_from_batch
+    from zeekml.scoring.verdict import VerdictBatch, verdict_id
+
+    def conns(rows):
+        return pa.table({f.name: pa.array([r.get(f.name) for r in rows], f.type) for f in CONN_SCHEMA})
+
+    base = conns([{"ts": float(k), "uid": f"B{k}", "id.orig_h": "10.0.0.3", "id.resp_h": "5.6.7.8",
+                   "id.orig_p": 40000 + k, "id.resp_p": 443, "proto": "tcp", "service": "ssl",
+                   "orig_bytes": 1200, "resp_bytes": 5000, "duration": 1.0, "conn_state": "SF"}
+                  for k in range(30)])
+    t = conns([{"ts": 1000.0 + k, "uid": f"C{k}", "id.orig_h": "10.0.0.3", "id.resp_h": "5.6.7.8",
+                "id.orig_p": 50000 + k, "id.resp_p": 443, "proto": "tcp", "service": "ssl",
+                "orig_bytes": 48_000 if k < 12 else 1200, "resp_bytes": 5000, "duration": 1.0,
+                "conn_state": "SF"} for k in range(14)])
+    score = np.array([2.0] * 12 + [0.3, 0.2])
+    batch = VerdictBatch(t, ["iforest"], ["ZeekML::Anomalous_Flow"], {"iforest": score}, score,
+                         np.zeros(14, dtype=np.int64), score >= 1.0)
+    [inc] = incidents_from_batch(batch, base)
+    # conns counts the host's conns between its first and last alert: the 2 later ones are out
+    assert (inc.host, inc.alerts, inc.conns, inc.services) == ("10.0.0.3", 12, 12, ["ssl"])
+    assert inc.description == "sent 40x its baseline bytes per conn to 5.6.7.8 (576.0 kB in 12 conns)"
+    top = inc.top_conns[0]
+    assert top["uid"] == "C0" and top["verdict_id"] == verdict_id("iforest", "C0", 1000.0)
+    assert top["community_id"] == community_id_v1("10.0.0.3", "5.6.7.8", "tcp", 50000, 443)
+    assert top["explanation"].startswith("orig_bytes 48,000, 40x the baseline median 1,200 for ssl")
