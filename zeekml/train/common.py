@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from zeekml._core.errors import ZeekmlError
 from zeekml.scoring.detectors.base import sub_state, torch_module
 
 __all__ = ["Trainer", "apply_epochs", "class_weights", "cosine", "model_config", "optimiser_steps", "pick",
@@ -36,7 +37,7 @@ def apply_epochs(cfg: Any, epochs: int | None) -> Any:
     ``min_steps`` floor loses it (the floor only guards the defaults on few-shot budgets)."""
     if epochs is not None:
         if epochs < 1:
-            raise ValueError(f"--epochs must be at least 1, not {epochs}")
+            raise ZeekmlError(f"--epochs must be at least 1, not {epochs}")
         cfg.epochs = epochs
         if hasattr(cfg, "min_steps"):
             cfg.min_steps = 0

@@ -150,3 +150,26 @@ def test_finetune_from_the_base_is_a_classifier_score_refuses(kind, pretrained, 
     np.testing.assert_allclose(pred.proba.sum(axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ModelError, match="finetuned classifier"):
         load_model_detectors(out)
+
+
+def test_epochs_and_step_floor_semantics():
+    """Shared by every kind (``zeekml.train.common``): defaults keep the few-shot step floor, an
+    explicit ``--epochs`` is taken as is, and 0 epochs is a one-line error."""
+    from dataclasses import dataclass
+
+    from zeekml._core.errors import ZeekmlError
+    from zeekml.train.common import apply_epochs, optimiser_steps
+
+    @dataclass
+    class Cfg:
+        epochs: int = 30
+        batch_size: int = 64
+        min_steps: int = 150
+
+    assert optimiser_steps(Cfg(), n_rows=20) == 150                    # 30 x 1 batch, floored
+    assert optimiser_steps(Cfg(), n_rows=1000) == 30 * 16
+    assert optimiser_steps(apply_epochs(Cfg(), 2), n_rows=20) == 2     # explicit: no floor
+    assert optimiser_steps(apply_epochs(Cfg(), 2), n_rows=20, batch_size=0) == 2   # full batch
+    assert apply_epochs(Cfg(), None) == Cfg()
+    with pytest.raises(ZeekmlError, match="at least 1"):
+        apply_epochs(Cfg(), 0)
