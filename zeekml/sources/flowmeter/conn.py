@@ -2,7 +2,6 @@
 connection-level rules (expiry timers, ``conn_state``, confirmed services, local addresses)."""
 from __future__ import annotations
 
-import math
 import random
 import socket
 
@@ -26,6 +25,10 @@ CONN_FIELDS: list[tuple[str, str]] = [
 UDP_INACTIVITY = 60.0
 ICMP_INACTIVITY = 60.0
 DNS_SESSION_TIMEOUT = 10.0
+TUNNEL_MAX_CHANGES_PER_CONNECTION = 5
+
+# The UDP ports Zeek's DNS scripts register its DNS analyzer for (DNS, NetBIOS names, mDNS, LLMNR).
+DNS_PORTS_UDP = frozenset({53, 137, 5353, 5355})
 
 # Ports Zeek's default scripts register analyzers for (its ``likely_server_ports``).
 LIKELY_SERVER_PORTS_TCP = frozenset({
@@ -110,8 +113,9 @@ class Conn:
                  "orig_size", "resp_size", "orig_active", "resp_active", "tunnel_parents",
                  "service", "missed", "orig_ep", "resp_ep", "inactivity", "attempt_at",
                  "remove_at", "close_tick", "sniff_left", "f_dirs", "f_lens", "f_iats", "f_flags",
-                 "f_last", "flipped", "dns_start", "syn_seen", "resp_data", "expected_svc",
-                 "teredo_dirs", "sniff_long", "is_partial", "first_seen", "udp_chk")
+                 "f_last", "flipped", "dns_tick", "syn_seen", "resp_data", "expected_svc",
+                 "teredo_dirs", "sniff_long", "is_partial", "first_seen", "udp_chk",
+                 "ssh_wait", "encap", "tunnel_changes")
 
     def __init__(self, key, uid: str, proto: str, ip_proto: int, orig_h: bytes, orig_p: int,
                  resp_h: bytes, resp_p: int, t: float, inactivity: float):
@@ -142,12 +146,15 @@ class Conn:
         self.f_flags: list[int] = []
         self.f_last = t
         self.flipped = False
-        self.dns_start: float | None = None
+        self.dns_tick: float | None = None  # when Zeek's DNS analyzer timer fires next
         self.syn_seen = self.resp_data = self.expected_svc = False
         self.teredo_dirs = 0
         self.sniff_long = 0
         self.is_partial = False  # TCP: Zeek's TCPSessionAdapter::is_partial
         self.first_seen = 0  # TCP: 1 = originator's first packet seen, 2 = responder's
+        self.encap: str | None = None  # the tunnel (its uid) the latest packet came through
+        self.tunnel_changes = 0
+        self.ssh_wait = False  # SSH banner seen, key exchange (NEWKEYS) not yet
         self.udp_chk: list[int] | None = None  # UDP bad checksums: [orig n, next, resp n, next]
 
     # -- history ----------------------------------------------------------------------------
@@ -171,6 +178,11 @@ class Conn:
             self.hist.append("C" if is_orig else "c")
             chk[i + 1] *= 10
 
+    def start_dns_timer(self) -> None:
+        """Zeek's DNS analyzer is attached: its timer is first due 10 s after the start."""
+        if self.dns_tick is None:
+            self.dns_tick = self.start + DNS_SESSION_TIMEOUT
+
     # -- expiry -----------------------------------------------------------------------------
     def expired(self, t: float) -> bool:
         """Whether Zeek would have removed this connection before a packet at time ``t``."""
@@ -178,12 +190,14 @@ class Conn:
             return True
         if self.remove_at is not None and t >= self.remove_at:
             return True
-        if self.dns_start is not None:
-            # Zeek's DNS analyzer timer: fires every dns_session_timeout (10 s) from the start and
-            # removes the connection once it has been idle for 9 s at a firing.
-            k = math.ceil((self.last + DNS_SESSION_TIMEOUT - 1.0 - self.dns_start) / DNS_SESSION_TIMEOUT)
-            if t >= self.dns_start + max(k, 1) * DNS_SESSION_TIMEOUT:
+        tick = self.dns_tick
+        if tick is not None and t >= tick:
+            # Zeek's DNS analyzer timer (DNS_Analyzer::ExpireTimer), due dns_session_timeout
+            # (10 s) after the start. Zeek runs a due timer at the next packet's time t, removes
+            # the connection if it has been idle for 9 s by then, else re-arms it at t + 10 s.
+            if t - self.last >= DNS_SESSION_TIMEOUT - 1.0:
                 return True
+            self.dns_tick = t + DNS_SESSION_TIMEOUT
         o = self.orig_ep
         if o is None:
             return False
@@ -214,9 +228,8 @@ class Conn:
         when = self.last + self.inactivity
         if self.remove_at is not None:
             when = min(when, self.remove_at)
-        if self.dns_start is not None:
-            k = math.ceil((self.last + DNS_SESSION_TIMEOUT - 1.0 - self.dns_start) / DNS_SESSION_TIMEOUT)
-            when = min(when, self.dns_start + max(k, 1) * DNS_SESSION_TIMEOUT)
+        if self.dns_tick is not None:
+            when = min(when, self.dns_tick)
         o = self.orig_ep
         if o is not None:
             r = self.resp_ep

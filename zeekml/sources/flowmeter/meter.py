@@ -15,11 +15,13 @@ from typing import Callable, Iterator
 
 from zeekml.sources.flowmeter import decode as dec
 from zeekml.sources.flowmeter import tcp
-from zeekml.sources.flowmeter.conn import (ICMP_INACTIVITY, LIKELY_SERVER_PORTS_TCP,
-                                           LIKELY_SERVER_PORTS_UDP, UDP_INACTIVITY, Conn,
-                                           UidGenerator)
+from zeekml.sources.flowmeter.conn import (DNS_PORTS_UDP, ICMP_INACTIVITY, LIKELY_SERVER_PORTS_TCP,
+                                           LIKELY_SERVER_PORTS_UDP,
+                                           TUNNEL_MAX_CHANGES_PER_CONNECTION, UDP_INACTIVITY,
+                                           Conn, UidGenerator)
 from zeekml.sources.flowmeter.sniff import (STARTTLS_SERVICES, ftp_expectations,
-                                            irc_dcc_expectations, looks_tls, sniff_tcp, sniff_udp)
+                                            irc_dcc_expectations, looks_tls, sniff_tcp, sniff_udp,
+                                            ssh_newkeys)
 from zeekml.sources.flowmeter.tcp import (ACK, H_DATA, SYN, TCP_ATTEMPT_DELAY,
                                           TCP_EXCESSIVE_DATA_WITHOUT_FURTHER_ACKS, TcpEndpoint)
 
@@ -358,6 +360,7 @@ class FlowMeter:
     def _new(self, key, proto: str, ip_proto: int, oh, op, rh, rp, t: float, inactivity: float,
              parent: str | None) -> Conn:
         c = Conn(key, self.uids(), proto, ip_proto, oh, op, rh, rp, t, inactivity)
+        c.encap = parent
         self.conns[key] = c
         self._n += 1
         heapq.heappush(self._due, (t + min(inactivity, TCP_ATTEMPT_DELAY), self._n, key, c))
@@ -375,6 +378,13 @@ class FlowMeter:
     def _seen(self, c: Conn, is_orig: bool, t: float, ip_len: int, flags: int, parent) -> None:
         """Every packet of the connection, good checksum or not: its tunnel and, as Zeek's
         ``new_packet`` event, its zeekml_flow.log features."""
+        if parent != c.encap:
+            # Zeek's Connection::CheckEncapsulation: past tunnel_max_changes_per_connection (5)
+            # changes of tunnel, weird tunnel_max_changes_per_connection_exceeded and history X
+            c.encap = parent
+            c.tunnel_changes += 1
+            if c.tunnel_changes == TUNNEL_MAX_CHANGES_PER_CONNECTION + 1:
+                c.hist.append("X")
         if parent is not None:
             tp = c.tunnel_parents
             if tp is None:
@@ -458,6 +468,10 @@ class FlowMeter:
                 c.flipped = True
             else:
                 c = self._new(key, "udp", 17, src, sport, dst, dport, t, UDP_INACTIVITY, parent)
+            if c.resp_p in DNS_PORTS_UDP:
+                # Zeek attaches its DNS analyzer by responder port, and with it the DNS session
+                # timer, whatever the payload
+                c.start_dns_timer()
         is_orig = src == c.orig_h and sport == c.orig_p
         self._seen(c, is_orig, t, ip_len, 0, parent)
         if self._udp_checksum_bad(buf, poff, plen, end, src, dst, dport):
@@ -482,7 +496,7 @@ class FlowMeter:
             if svc and svc not in c.service:
                 c.service.append(svc)
                 if svc == "dns":
-                    c.dns_start = c.start
+                    c.start_dns_timer()
         # Tunnels carried in UDP: the inner packet belongs to a connection whose parent is this one.
         if depth >= 3 or pay_end <= pay_off:
             return
@@ -587,16 +601,32 @@ class FlowMeter:
             if self.sniff and (c.sniff_left > 0 or c.sniff_long > 0):
                 doff = poff + thl
                 if doff < end:
-                    self._sniff_tcp(c, bytes(buf[doff:min(end, doff + 2048)]), is_orig, t)
+                    # an SSH key exchange reply can be longer than the usual sniffing window
+                    lim = end if c.ssh_wait else min(end, doff + 2048)
+                    self._sniff_tcp(c, bytes(buf[doff:lim]), is_orig, t)
 
     def _sniff_tcp(self, c: Conn, payload: bytes, is_orig: bool, t: float) -> None:
         if c.sniff_left > 0:
             c.sniff_left -= 1
             svc = sniff_tcp(payload, is_orig)
-            if svc and not c.service and not (svc == "modbus" and is_orig and not c.resp_data):
+            if svc == "ssh":
+                if not c.service and not c.ssh_wait:
+                    # named once the key exchange completes, as Zeek's analyzer confirms
+                    c.ssh_wait = True
+                    c.sniff_long = 1000
+            elif svc and not c.service and not (svc == "modbus" and is_orig and not c.resp_data):
                 c.service.append(svc)
                 if svc in STARTTLS_SERVICES:
                     c.sniff_long = 1000
+        if c.ssh_wait:
+            c.sniff_long -= 1
+            if ssh_newkeys(payload, is_orig):
+                c.service.append("ssh")
+                c.ssh_wait = False
+                c.sniff_long = 0
+            elif c.sniff_long <= 0:
+                c.ssh_wait = False
+            return
         if c.sniff_long > 0:
             # Control protocols: follow them for STARTTLS and announced data connections.
             c.sniff_long -= 1

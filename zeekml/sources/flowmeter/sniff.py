@@ -46,7 +46,9 @@ def looks_dns(p: bytes, tcp: bool = False) -> bool:
     if flags & 0x0040:  # Z bit must be zero
         return False
     qd, an, ns, ar = struct.unpack_from("!HHHH", p, 4)
-    if qd > 16 or an > 256 or ns > 256 or ar > 256 or (qd + an + ns + ar) == 0:
+    # Zeek's dns_max_queries (25): more questions than that is not DNS to Zeek (mDNS queries
+    # often ask 19 or 20)
+    if qd > 25 or an > 256 or ns > 256 or ar > 256 or (qd + an + ns + ar) == 0:
         return False
     off = 12
     if qd:
@@ -94,6 +96,31 @@ def looks_dce_rpc_bind(p: bytes) -> bool:
 
 
 STARTTLS_SERVICES = ("imap", "xmpp", "smtp", "pop3", "ftp", "irc")
+
+
+def ssh_newkeys(payload: bytes, is_orig: bool) -> bool:
+    """Whether ``payload`` completes an SSH key exchange: an SSH2 ``SSH_MSG_NEWKEYS`` (type 21)
+    packet from either side, or the SSH1 client's ``SSH_CMSG_SESSION_KEY`` (type 3).
+
+    Zeek's SSH analyzer confirms the protocol (and conn.log names ``ssh``) only then
+    (``proc_newkeys``), not on the version banners: a server that answers ``Exceeded
+    MaxStartups`` or a client that gives up early is no ``ssh``. NEWKEYS is the last unencrypted
+    SSH2 packet: ``uint32 packet_length``, ``byte padding_length``, ``byte 21``, the padding, so
+    ``packet_length == padding_length + 2``. An SSH1 packet is ``uint32 length``, ``8 - length %
+    8`` bytes of padding, the type, the data and a CRC (``length`` counts type, data and CRC).
+    """
+    if is_orig and len(payload) >= 12:
+        n = int.from_bytes(payload[:4], "big")
+        pad = 8 - n % 8
+        if 4 + pad + n == len(payload) and payload[4 + pad] == 3:
+            return True
+    i = payload.find(b"\x15", 5)
+    while i != -1:
+        if (payload[i - 5:i - 3] == b"\0\0" and payload[i - 1] >= 4
+                and int.from_bytes(payload[i - 5:i - 1], "big") == payload[i - 1] + 2):
+            return True
+        i = payload.find(b"\x15", i + 1)
+    return False
 
 
 def sniff_tcp(payload: bytes, is_orig: bool) -> str | None:

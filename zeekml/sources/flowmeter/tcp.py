@@ -59,7 +59,7 @@ class TcpEndpoint:
 
     __slots__ = ("is_orig", "peer", "state", "prev_state", "start_seq", "last_seq", "ack_seq",
                  "seq_wraps", "ack_wraps", "fin_cnt", "rst_cnt", "fin_seq", "hist_last_syn",
-                 "hist_last_fin", "hist_last_rst", "did_close", "rnext", "blocks", "trim", "high",
+                 "hist_last_fin", "hist_last_rst", "did_close", "rnext", "blocks", "trim",
                  "skip", "gap_cnt", "gap_thresh", "rxmt_cnt", "rxmt_thresh", "win0_cnt",
                  "win0_thresh", "chk_cnt", "chk_thresh")
 
@@ -73,7 +73,7 @@ class TcpEndpoint:
         self.fin_seq = 0
         self.hist_last_syn = self.hist_last_fin = self.hist_last_rst = 0
         self.did_close = False
-        self.rnext = self.trim = self.high = 1  # Zeek's last_reassem_seq, trim_seq; highest end
+        self.rnext = self.trim = 1  # Zeek's last_reassem_seq, trim_seq
         self.blocks: list[list[int]] | None = None
         self.skip = False  # Zeek's skip_deliveries
         self.gap_cnt = self.rxmt_cnt = self.win0_cnt = self.chk_cnt = 0
@@ -431,14 +431,25 @@ def _data_sent(ep: TcpEndpoint, seq: int, dlen: int, excessive: int) -> None:
             ep.blocks = []
         ep.blocks.append([seq, end])
         ep.blocks.sort()
-    ep.high = max(ep.high, end)
-    unacked = ep.high - ep.trim
     if ep.no_data_acked() and _undelivered(ep) > TCP_MAX_ABOVE_HOLE_WITHOUT_ANY_ACKS:
         ep.blocks = None
         ep.skip = True
-    elif excessive and unacked > excessive:
+    elif excessive and _buffered(ep) > excessive:
         ep.blocks = None
         ep.skip = True
+
+
+def _buffered(ep: TcpEndpoint) -> int:
+    """Zeek's ``block_list.DataSize()``: payload bytes held above the last ack, delivered or
+    not. Gaps in the sequence space count nothing (a capture with holes holds little)."""
+    held = ep.rnext - ep.trim  # delivered and contiguous up to rnext, not yet acknowledged
+    if ep.blocks:
+        pos = ep.rnext
+        for s, e in ep.blocks:  # sorted; may overlap each other
+            if e > pos:
+                held += e - max(s, pos)
+                pos = e
+    return held
 
 
 def _undelivered(ep: TcpEndpoint) -> int:
