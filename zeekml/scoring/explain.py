@@ -41,6 +41,7 @@ class Deviation:
     kind: str
     z: float
     baseline_median: float | None = None
+    baseline_q99: float | None = None
     baseline_share: float | None = None
 
     def text(self) -> str:
@@ -53,7 +54,9 @@ class Deviation:
         unit = " s" if self.feature == "duration" else ""
         head = f"{self.feature} {_num(v)}{unit}"
         if med is None or med <= 0:
-            return f"{head}, where the baseline median for {self.kind} is 0"
+            q99 = self.baseline_q99
+            tail = f" (99th percentile {_num(q99)}{unit})" if q99 is not None and q99 > 0 else ""
+            return f"{head}, where the baseline median for {self.kind} is 0{tail}"
         ratio = v / med
         if ratio >= 1:
             rel = f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
@@ -167,7 +170,7 @@ class BaselineProfile:
             prof = self.kinds[kind]
             z = (np.log(x[i] + OFFSETS) - np.asarray(prof.log_median)) / np.asarray(prof.log_scale)
             devs = [Deviation(QUANTITIES[j], float(x[i, j]), kind, float(abs(z[j])),
-                              baseline_median=float(prof.median[j]))
+                              baseline_median=float(prof.median[j]), baseline_q99=float(prof.q99[j]))
                     for j in range(len(QUANTITIES)) if ok[i, j] and np.isfinite(z[j])]
             st = str(states[i])
             share = prof.states.get(st, 0.0)

@@ -161,15 +161,16 @@ def _segments(keys: np.ndarray, ts: np.ndarray, rows: np.ndarray, gap: float) ->
 
 
 def build_incidents(table: pa.Table, options: IncidentOptions | None = None,
-                    baseline_bytes: dict[str, float] | None = None) -> list[Incident]:
+                    baseline_bytes: dict[str, tuple[float, float]] | None = None) -> list[Incident]:
     """Incidents of the alerting rows of ``table``, highest score first (ties: earliest first).
 
     Args:
         table: see the module docstring.
         options: grouping settings (default ``IncidentOptions()``).
-        baseline_bytes: median ``orig_bytes`` per conn of each originator in the baseline (see
-            ``host_baseline_bytes``; key ``""`` = all hosts), to say when a host sent far more
-            than it usually does. Without it no volume statement is made.
+        baseline_bytes: medians of ``orig_bytes`` and ``resp_bytes`` per conn of each
+            originator in the baseline (see ``host_baseline_bytes``; key ``""`` = all hosts), to
+            say when a host sent or received far more than it usually does. Without it no
+            volume statement is made.
     """
     opt = options or IncidentOptions()
     missing = [c for c in REQUIRED if c not in table.column_names]
@@ -251,6 +252,7 @@ class _Columns:
         self.model = _col(table, "model", "")
         self.service = _col(table, "service", "")
         self.orig_bytes = _col(table, "orig_bytes", np.nan)
+        self.resp_bytes = _col(table, "resp_bytes", np.nan)
         self.has_bytes = "orig_bytes" in table.column_names
         self.verdict_id = _col(table, "verdict_id", "")
         self.community_id = _col(table, "community_id", "")
@@ -265,7 +267,7 @@ class _Columns:
 
 
 def _incident(role: str, rows: np.ndarray, c: _Columns, times: _HostTimes, opt: IncidentOptions,
-              baseline_bytes: dict[str, float] | None) -> Incident:
+              baseline_bytes: dict[str, tuple[float, float]] | None) -> Incident:
     host_col, peer_col = (c.orig, c.resp) if role == "orig" else (c.resp, c.orig)
     host = str(host_col[rows[0]])
     first, last = float(c.ts[rows[0]]), float(c.ts[rows[-1]])
@@ -355,17 +357,21 @@ def _periodic(rows: np.ndarray, c: _Columns) -> str | None:
             f"for {fmt_duration(sel[-1] - sel[0])}")
 
 
-def _volume(host: str, rows: np.ndarray, c: _Columns, baseline_bytes: dict[str, float] | None,
-            peers: Counter) -> str | None:
-    """'sent 40x its baseline bytes to 5.6.7.8 (4.8 MB in 12 conns)' when the host's alerting
-    conns carried at least 10x what its baseline conns carry (and at least 100 kB in all)."""
+def _volume(host: str, rows: np.ndarray, c: _Columns,
+            baseline_bytes: dict[str, tuple[float, float]] | None, sent: bool) -> str | None:
+    """'sent 40x its baseline bytes per conn to 5.6.7.8 (576.0 kB in 12 conns)' (or 'received
+    ... from') when the host's alerting conns carried at least 10x the median of its baseline
+    conns that way, and at least 100 kB in all."""
     if not baseline_bytes or not c.has_bytes:
         return None
-    ref = baseline_bytes.get(host, baseline_bytes.get(""))
-    b = c.orig_bytes[rows]
+    ref_pair = baseline_bytes.get(host, baseline_bytes.get(""))
+    if ref_pair is None:
+        return None
+    ref = ref_pair[0 if sent else 1]
+    b = (c.orig_bytes if sent else c.resp_bytes)[rows]
     b = np.where(np.isfinite(b), b, 0.0)
     total = float(b.sum())
-    if ref is None or total < 100e3:
+    if total < 100e3 or not np.isfinite(ref):
         return None
     ratio = (total / len(rows)) / max(ref, 1.0)
     if ratio < 10:
@@ -374,14 +380,18 @@ def _volume(host: str, rows: np.ndarray, c: _Columns, baseline_bytes: dict[str, 
     for i, v in zip(rows, b):
         by_peer[str(c.resp[i])] += float(v)
     peer, peer_bytes = by_peer.most_common(1)[0]
-    to = f"to {peer}" if peer_bytes >= 0.5 * total else f"to {len(by_peer)} hosts"
+    verb, prep = ("sent", "to") if sent else ("received", "from")
+    where = f"{prep} {peer}" if peer_bytes >= 0.5 * total else f"{prep} {len(by_peer)} hosts"
     whose = "its" if host in baseline_bytes else "the network's"
-    return (f"sent {ratio:,.0f}x {whose} baseline bytes per conn {to} "
-            f"({fmt_bytes(total)} in {len(rows):,} conns)")
+    amount = f"{fmt_bytes(total)} in {_n(len(rows), 'conn')}"
+    if ref < 1:
+        return (f"{verb} {amount} {where}, where {whose} baseline conns "
+                f"{'send' if sent else 'receive'} a median of 0 bytes")
+    return f"{verb} {ratio:,.0f}x {whose} baseline bytes per conn {where} ({amount})"
 
 
 def describe(inc: Incident, rows: np.ndarray, c: _Columns, peers: Counter, ports: Counter,
-             baseline_bytes: dict[str, float] | None = None) -> str:
+             baseline_bytes: dict[str, tuple[float, float]] | None = None) -> str:
     """One line a person can act on, from the incident's evidence; the strongest patterns first."""
     span = fmt_duration(inc.last_ts - inc.first_ts)
     clauses: list[str] = []
@@ -389,7 +399,8 @@ def describe(inc: Incident, rows: np.ndarray, c: _Columns, peers: Counter, ports
         clauses.append(f"received {_n(inc.alerts, 'anomalous conn')} from {_n(inc.n_peers, 'host')} "
                        f"on {_ports_text(ports)} in {span}")
     else:
-        vol = _volume(inc.host, rows, c, baseline_bytes, peers)
+        vol = (_volume(inc.host, rows, c, baseline_bytes, sent=True)
+               or _volume(inc.host, rows, c, baseline_bytes, sent=False))
         if vol:
             clauses.append(vol)
         if inc.n_peers >= 10 and len(ports) <= 3:
@@ -411,24 +422,27 @@ def describe(inc: Incident, rows: np.ndarray, c: _Columns, peers: Counter, ports
     return "; ".join(clauses[:2])
 
 
-def host_baseline_bytes(baseline: pa.Table) -> dict[str, float]:
-    """Median ``orig_bytes`` per conn of each originator in a baseline conn table; key ``""``
-    holds the median over all conns (the reference for hosts absent from the baseline)."""
+def host_baseline_bytes(baseline: pa.Table) -> dict[str, tuple[float, float]]:
+    """Median ``orig_bytes`` and ``resp_bytes`` per conn of each originator in a baseline conn
+    table (NaN where unset); key ``""`` holds the medians over all conns (the reference for hosts
+    absent from the baseline)."""
     if baseline.num_rows == 0:
         return {}
     hosts = _col(baseline, "id.orig_h", "")
-    b = _col(baseline, "orig_bytes", np.nan)
-    ok = np.isfinite(b)
-    out: dict[str, float] = {}
-    if ok.any():
-        out[""] = float(np.median(b[ok]))
-    order = np.argsort(hosts[ok], kind="stable")
-    hs, bs = hosts[ok][order], b[ok][order]
-    if len(hs):
-        cut = np.flatnonzero(hs[1:] != hs[:-1]) + 1
-        for h_rows, b_rows in zip(np.split(hs, cut), np.split(bs, cut)):
-            if h_rows[0]:
-                out[str(h_rows[0])] = float(np.median(b_rows))
+    sent, recv = _col(baseline, "orig_bytes", np.nan), _col(baseline, "resp_bytes", np.nan)
+
+    def med(x: np.ndarray) -> float:
+        x = x[np.isfinite(x)]
+        return float(np.median(x)) if len(x) else float("nan")
+
+    out: dict[str, tuple[float, float]] = {"": (med(sent), med(recv))}
+    order = np.argsort(hosts, kind="stable")
+    hs = hosts[order]
+    cut = np.flatnonzero(hs[1:] != hs[:-1]) + 1
+    for idx in np.split(order, cut):
+        h = hosts[idx[0]]
+        if h:
+            out[str(h)] = (med(sent[idx]), med(recv[idx]))
     return out
 
 

@@ -75,3 +75,12 @@ def test_round_trip_and_errors():
         BaselineProfile().fit(conns([]))
     with pytest.raises(RuntimeError):
         BaselineProfile().deviations(t, np.array([0]))
+
+
+def test_median_zero_names_the_99th_percentile():
+    rows = [{"id.resp_p": 445, "proto": "tcp", "resp_bytes": 600 if k == 29 else 0,
+             "conn_state": "S0"} for k in range(30)]
+    p = BaselineProfile().fit(conns(rows))
+    t = conns([{"id.resp_p": 445, "proto": "tcp", "resp_bytes": 50_000, "conn_state": "S0"}])
+    assert p.explain(t, np.array([0]), top=1) == [
+        "resp_bytes 50,000, where the baseline median for 445/tcp is 0 (99th percentile 426)"]

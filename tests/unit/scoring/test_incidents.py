@@ -95,9 +95,10 @@ def test_slow_fanin_to_one_responder():
 
 def test_volume_against_host_baseline_and_icmp_sweep():
     base = pa.table({"id.orig_h": ["10.0.0.3"] * 3 + ["10.0.0.4"],
-                     "orig_bytes": [1000.0, 1200.0, 1400.0, 50.0]})
+                     "orig_bytes": [1000.0, 1200.0, 1400.0, 50.0],
+                     "resp_bytes": [0.0, 0.0, None, 7.0]})
     ref = host_baseline_bytes(base)
-    assert ref == {"": 1100.0, "10.0.0.3": 1200.0, "10.0.0.4": 50.0}
+    assert ref == {"": (1100.0, 0.0), "10.0.0.3": (1200.0, 0.0), "10.0.0.4": (50.0, 7.0)}
     exfil = [rec(k, "10.0.0.3", "5.6.7.8", 443, score=2.0, alert=True, orig_bytes=48_000.0)
              for k in range(12)]
     sweep = [rec(500 + k, "10.0.0.8", f"192.168.1.{k}", 0, proto="icmp", score=1.3, alert=True)
@@ -105,6 +106,14 @@ def test_volume_against_host_baseline_and_icmp_sweep():
     incs = build_incidents(verdict_table(exfil + sweep), baseline_bytes=ref)
     d = {i.host: i.description for i in incs}
     assert d["10.0.0.3"] == "sent 40x its baseline bytes per conn to 5.6.7.8 (576.0 kB in 12 conns)"
+    download = [rec(900 + k, "10.0.0.4", "6.6.6.6", 80, score=2.0, alert=True, orig_bytes=60.0,
+                    resp_bytes=70_000.0) for k in range(2)]
+    [inc] = build_incidents(verdict_table(download), baseline_bytes=ref)
+    assert inc.description == "received 10,000x its baseline bytes per conn from 6.6.6.6 (140.0 kB in 2 conns)"
+    ref["10.0.0.4"] = (50.0, 0.0)
+    [inc] = build_incidents(verdict_table(download), baseline_bytes=ref)
+    assert inc.description == ("received 140.0 kB in 2 conns from 6.6.6.6, where its baseline "
+                               "conns receive a median of 0 bytes")
     assert d["10.0.0.8"] == "scanned 15 hosts with icmp in 14 s"
     # without a baseline no volume claim is made
     assert "sent" not in build_incidents(verdict_table(exfil))[0].description
