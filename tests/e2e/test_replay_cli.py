@@ -91,8 +91,29 @@ def test_engine_zeek_runs_zeek_in_a_temp_dir(tmp_path, monkeypatch):
     args = (tmp_path / "args").read_text()
     assert "-r " + os.path.abspath(WIKI) in args and "ZeekML::flow_packets=8" in args
     assert "zeek-scripts" in args
+    assert "-C" not in args.split()  # Zeek's default: checksums validated
     assert (tmp_path / "cwd").read_text().strip() != str(out)  # ran in a temporary directory
     assert (out / "conn.log").read_text() == open(baseline).read()
+    r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(tmp_path / "out2"), "--no-score",
+                                  "--ignore-checksums"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "args").read_text().split()[0] == "-C"
+
+
+def test_builtin_validates_checksums_unless_ignored(tmp_path):
+    """mpls-in-vlan.pcap's IPv4 header checksums are bad: Zeek 8.2.2 (default) made no
+    connection of it (weird bad_IP_checksum), and with -C three."""
+    trace = os.path.join(DATA, "mpls-in-vlan.pcap")
+    r = CliRunner().invoke(main, ["replay", trace, "--out", str(tmp_path / "a"), "--engine",
+                                  "builtin", "--no-score"])
+    assert r.exit_code == 0, r.output
+    assert "packets: 3  connections: 0  bad checksums: 3 (--ignore-checksums" in r.output
+    assert read_table([str(tmp_path / "a" / "conn.log")]).num_rows == 0
+    r = CliRunner().invoke(main, ["replay", trace, "--out", str(tmp_path / "b"), "--engine",
+                                  "builtin", "--no-score", "--ignore-checksums"])
+    assert r.exit_code == 0, r.output
+    assert "bad checksums" not in r.output
+    assert read_table([str(tmp_path / "b" / "conn.log")]).num_rows == 3
 
 
 @pytest.mark.skipif(shutil.which("zeek") is None, reason="zeek not installed")
@@ -149,7 +170,7 @@ def test_replay_scores_with_the_learned_detectors_on_the_device_given(tmp_path, 
     """replay scores as ``zeekml score`` does: the shipped learned detectors, on ``--device``."""
     import torch
 
-    import zeekml.scoring.learned as learned
+    import zeekml.pipeline.fitted as fitted
 
     def run(out, *args):
         r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(tmp_path / out), "--engine",
@@ -162,8 +183,8 @@ def test_replay_scores_with_the_learned_detectors_on_the_device_given(tmp_path, 
 
     # the device reaches the detectors: with a (pretended) GPU, --device auto asks for cuda
     devices = []
-    load = learned.load_learned_detectors
-    monkeypatch.setattr(learned, "load_learned_detectors",
+    load = fitted.load_model_detectors  # the one loader the scoring pipeline calls
+    monkeypatch.setattr(fitted, "load_model_detectors",
                         lambda models_dir, device: devices.append(device) or load(models_dir, "cpu"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     run("auto", "--device", "auto")

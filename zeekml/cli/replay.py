@@ -6,7 +6,7 @@ import sys
 import click
 
 from zeekml.cli.score import DEVICE_OPTION, MODELS_OPTION, NO_MODELS_OPTION
-from zeekml.sources.pcap import ENGINES, replay as run_replay
+from zeekml.pipeline.replay import ENGINES, replay as run_replay
 
 
 @click.command("replay")
@@ -22,6 +22,10 @@ from zeekml.sources.pcap import ENGINES, replay as run_replay
               help="Write the logs as Zeek JSON lines (as LogAscii::use_json=T; still named *.log).")
 @click.option("--flow-packets", default=32, show_default=True, type=click.IntRange(1, 100000),
               help="Packets per connection recorded in zeekml_flow.log.")
+@click.option("--ignore-checksums", is_flag=True,
+              help="Do not validate IP/TCP/UDP/ICMP checksums (zeek -C): for captures taken where "
+                   "the NIC computes checksums (offloading). Default: as Zeek, packets with bad "
+                   "checksums are not analysed.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed for uids (built-in meter) and scoring.")
 @click.option("--fpr", default=0.001, show_default=True,
@@ -29,8 +33,8 @@ from zeekml.sources.pcap import ENGINES, replay as run_replay
 @MODELS_OPTION
 @NO_MODELS_OPTION
 @DEVICE_OPTION
-def replay(pcaps, out_dir, engine, score, json_logs, flow_packets, seed, fpr, models_dir, no_models,
-           device) -> None:
+def replay(pcaps, out_dir, engine, score, json_logs, flow_packets, ignore_checksums, seed, fpr,
+           models_dir, no_models, device) -> None:
     """Replay pcap/pcapng captures into Zeek-style logs and score them.
 
     Exit codes: 0 ok, 1 error, 2 missing input, 4 damaged capture (the packets before the damage
@@ -42,11 +46,13 @@ def replay(pcaps, out_dir, engine, score, json_logs, flow_packets, seed, fpr, mo
     if score:  # before the capture is read, so that a device that is not there fails at once
         device = resolve_device(device)
     result = run_replay(list(pcaps), out_dir, engine=engine, json_logs=json_logs,
-                        flow_packets=flow_packets, seed=seed)
+                        flow_packets=flow_packets, seed=seed, ignore_checksums=ignore_checksums)
     click.echo(f"engine: {result.engine}")
     if result.engine == "builtin":
         click.echo(f"packets: {result.packets:,}  connections: {result.connections:,}"
-                   + (f"  undecodable frames: {result.skipped:,}" if result.skipped else ""))
+                   + (f"  undecodable frames: {result.skipped:,}" if result.skipped else "")
+                   + (f"  bad checksums: {result.bad_checksums:,} (--ignore-checksums to analyse them)"
+                      if result.bad_checksums else ""))
     click.echo(f"conn log: {result.conn_log}")
     if result.flow_log:
         click.echo(f"flow log: {result.flow_log}")
@@ -63,12 +69,8 @@ def score_conn_log(conn_log: str, out_dir: str, seed: int = 0, fpr: float = 0.00
     """Hand the written conn.log to the scoring pipeline (``zeekml.pipeline.score_paths``) with
     the detectors ``zeekml score`` uses: ``models_dir`` as its ``--models`` ("" = the shipped
     models, None = IsolationForest only) on ``device`` (resolved: ``cpu`` or ``cuda``)."""
-    try:
-        from zeekml.pipeline import ScoreOptions, score_paths
-    except ImportError as e:  # pragma: no cover - only in a tree without the pipeline
-        raise click.ClickException(
-            f"scoring is unavailable ({e}); rerun with --no-score to only write the logs") from e
     from zeekml.cli.score import print_summary
+    from zeekml.pipeline import ScoreOptions, score_paths
 
     summary = score_paths([conn_log], out_dir, ScoreOptions(fpr=fpr, seed=seed, models_dir=models_dir,
                                                             device=device),

@@ -9,7 +9,8 @@ import dpkt
 import pytest
 
 from zeekml._core.errors import InputNotFound
-from zeekml.sources.pcap import CaptureError, iter_capture, replay_builtin
+from zeekml.pipeline.replay import replay_builtin
+from zeekml.sources.pcap import CaptureError, iter_capture
 
 A, B = "10.0.0.1", "192.0.2.7"
 
