@@ -91,3 +91,16 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(UnreadableInput) as e:
         load_run(out)
     assert str(e.value).startswith(f"{out / 'verdicts.jsonl'}:2: not a JSON object")
+
+
+def test_arrow_and_line_readers_agree(tmp_path):
+    from zeekml.sinks.report.run import _read_verdicts_arrow, _read_verdicts_python
+    vs = [verdict(i, alert=i % 7 == 0, score=1.5 if i % 7 == 0 else 0.1) for i in range(50)]
+    vs[3]["suppressed_by"] = "allowlist rule 1: lab"
+    vs[4]["scores"]["gnn"] = None
+    path = str(write_run(tmp_path, vs) / "verdicts.jsonl")
+    fast, fast_dets = _read_verdicts_arrow(path)
+    slow, slow_dets = _read_verdicts_python(path)
+    assert fast_dets == slow_dets == ["iforest", "gnn"]
+    assert fast.equals(slow)
+    assert fast.column("suppressed_by").to_pylist()[3] == "allowlist rule 1: lab"
