@@ -53,3 +53,21 @@ def mark_suppressed(lines: list[bytes], labels: dict[int, str]) -> None:
         if not line.endswith(b"}\n"):
             raise ValueError(f"verdict line {row} is not a JSON object line")
         lines[row] = line[:-2] + b',"suppressed_by":' + enc(label).encode() + b"}\n"
+
+
+def incident_notice(inc: Incident):
+    """One ``ZeekML::Suspicious_Host`` notice for an incident, as a ``Verdict`` the notice
+    writer takes: the host in its role (``src`` for originators, ``dst`` for responders) with its
+    top conn's ids, the description as ``msg``, the incident id and counts as ``sub``."""
+    from zeekml.scoring.verdict import Verdict
+
+    top = inc.top_conns[0] if inc.top_conns else {}
+    orig = top.get("id.orig_h") if inc.role == "resp" else inc.host
+    resp = inc.host if inc.role == "resp" else top.get("id.resp_h")
+    return Verdict(
+        ts=inc.first_ts, uid=str(top.get("uid", "")), orig_h=orig, orig_p=None, resp_h=resp,
+        resp_p=top.get("id.resp_p"), proto=top.get("proto"), score=inc.score, alert=True,
+        model=",".join(inc.detectors), note=INCIDENT_NOTE, msg=inc.description,
+        sub=(f"{inc.incident_id}: {inc.alerts} alerts, {inc.conns} conns, {inc.n_peers} peers "
+             f"as {inc.role} until {inc.last_ts:.6f}"),
+        verdict_id=inc.incident_id)

@@ -22,3 +22,22 @@ def test_incidents_file(tmp_path):
                         [{"incident_id": "I1", "score": float("nan"), "peers": [1.0, float("inf")]}])
     assert open(p, "rb").read() == b'{"incident_id":"I1","score":null,"peers":[1.0,null]}\n'
     assert incident_line({"a": 1}) == b'{"a":1}\n'
+
+
+def test_incident_notice_names_the_host_in_its_role():
+    from zeekml.scoring.incidents import build_incidents, verdict_table
+    from zeekml.sinks.triage import incident_notice
+
+    def rec(k, orig, resp):
+        return {"ts": 100.0 + k, "uid": f"C{k}", "id.orig_h": orig, "id.resp_h": resp,
+                "id.resp_p": 80, "proto": "tcp", "score": 1.5 + k / 100, "alert": True,
+                "model": "gnn"}
+    rows = [rec(k, f"172.16.0.{k}", "10.0.0.9") for k in range(12)] + [rec(50, "10.0.0.1", "1.1.1.1")]
+    incs = {i.role: i for i in build_incidents(verdict_table(rows))}
+    n = incident_notice(incs["resp"])
+    assert (n.note, n.resp_h, n.orig_h, n.uid, n.resp_p) == (
+        "ZeekML::Suspicious_Host", "10.0.0.9", "172.16.0.11", "C11", 80)
+    assert n.msg == incs["resp"].description and n.verdict_id == incs["resp"].incident_id
+    assert n.sub.startswith(f"{incs['resp'].incident_id}: 12 alerts, 12 conns, 12 peers as resp")
+    o = incident_notice(incs["orig"])
+    assert (o.orig_h, o.resp_h, o.model, o.ts) == ("10.0.0.1", "1.1.1.1", "gnn", 150.0)
