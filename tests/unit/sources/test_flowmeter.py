@@ -365,3 +365,85 @@ def test_truncated_segment_is_not_validated():
     frame = corrupt(eth(ip4(A, B, 17, udp(1000, 53, b"q" * 40))), ETH + IPH + 6)
     (rec,), _ = run([(1.0, frame[:-10])])
     assert rec["history"] == "D" and rec["orig_pkts"] == 1
+
+
+# -- sequence arithmetic ------------------------------------------------------------------------
+
+def test_seq_delta_and_relative_seq_across_the_32_bit_wrap():
+    from zeekml.sources.flowmeter.tcp import relative_seq, seq_delta
+    assert seq_delta(0, 0xFFFFFFFF) == 1 and seq_delta(0xFFFFFFFF, 0) == -1
+    assert seq_delta(5, 5) == 0 and seq_delta(0x80000000, 0) == -0x80000000
+    start = 0xFFFFFF00
+    # no wrap yet: plain difference; before the start it is an underflow
+    assert relative_seq(0xFFFFFF10, 0xFFFFFF08, 0, start) == (0x10, False)
+    assert relative_seq(0xFFFFFEF0, 0xFFFFFF08, 0, start) == (-0x10, True)
+    # the sequence number wrapped past 2**32: one wrap counted, relative keeps growing
+    assert relative_seq(0x00000010, 0xFFFFFFF0, 0, start) == (0x110, False)
+    # an old segment from before the wrap, seen after it: back to wrap 0
+    assert relative_seq(0xFFFFFFF0, 0x00000010, 1, start) == (0xF0, False)
+
+
+# -- service confirmation and the DNS timer, as Zeek 8.2.2 decides them ---------------------------
+
+def _tcp_session(client_data, server_data, sport=45000, dport=22):
+    """Handshake, then one payload packet per item (orig first), then a clean close."""
+    c, s, t = 1000, 5000, 1.0
+    pk = [(t, eth(ip4(A, B, 6, tcp(sport, dport, c, 0, SYN)))),
+          (t + 0.01, eth(ip4(B, A, 6, tcp(dport, sport, s, c + 1, SYN | ACK)))),
+          (t + 0.02, eth(ip4(A, B, 6, tcp(sport, dport, c + 1, s + 1, ACK))))]
+    c += 1
+    s += 1
+    t += 0.03
+    for cd, sd in zip(client_data, server_data):
+        if sd:
+            pk.append((t, eth(ip4(B, A, 6, tcp(dport, sport, s, c, PSH | ACK, sd)))))
+            s += len(sd)
+            t += 0.01
+        if cd:
+            pk.append((t, eth(ip4(A, B, 6, tcp(sport, dport, c, s, PSH | ACK, cd)))))
+            c += len(cd)
+            t += 0.01
+    pk += [(t, eth(ip4(A, B, 6, tcp(sport, dport, c, s, FIN | ACK)))),
+           (t + 0.01, eth(ip4(B, A, 6, tcp(dport, sport, s, c + 1, FIN | ACK)))),
+           (t + 0.02, eth(ip4(A, B, 6, tcp(sport, dport, c + 1, s + 1, ACK))))]
+    return pk
+
+
+NEWKEYS = b"\x00\x00\x00\x0c\x0a\x15" + bytes(10)
+
+
+def test_ssh_is_named_only_once_the_key_exchange_completes():
+    # nmap ssh-brute against a busy server (slips test19): banners, no key exchange -> no service
+    (r,), _ = run(_tcp_session([b"SSH-2.0-libssh2_1.11.0\r\n"], [b"Exceeded MaxStartups\r\n"]))
+    assert r["service"] is None
+    (r,), _ = run(_tcp_session([b"SSH-2.0-libssh2_1.11.0\r\n"], [b"SSH-2.0-OpenSSH_9.6\r\n"]))
+    assert r["service"] is None
+    # NEWKEYS from the server (possibly behind its key-exchange reply in the same segment)
+    kex_reply = b"\x00\x00\x01\x04\x0a\x1f" + bytes(254)
+    (r,), _ = run(_tcp_session([b"SSH-2.0-libssh2_1.11.0\r\n", b""],
+                               [b"SSH-2.0-OpenSSH_9.6\r\n", kex_reply + NEWKEYS]))
+    assert r["service"] == "ssh"
+    # SSH1: the client's SSH_CMSG_SESSION_KEY (type 3) completes it
+    body = b"\x03" + bytes(271)  # type, data, CRC: 272 bytes, so 8 bytes of padding
+    session_key = struct.pack("!I", len(body)) + bytes(8 - len(body) % 8) + body
+    (r,), _ = run(_tcp_session([b"SSH-1.5-OpenSSH_6.2\n", session_key],
+                               [b"SSH-1.99-OpenSSH_6.6.1\r\n", b""]))
+    assert r["service"] == "ssh"
+
+
+def test_dns_timer_by_port_fires_at_the_next_packet():
+    # slips test7's mDNS: packets at +0, +1, +4, +10.1, +11.1, +14.1 then +23.1. Zeek's DNS timer
+    # (due at +10, re-armed at dispatch time + 10) runs at +10.1 (idle 6.1 s: re-arm to +20.1)
+    # and at +23.1 (idle 9 s >= 9: removed), so the last packet starts a second conn. The payload
+    # is not DNS: port 5353 alone attaches the analyzer.
+    gaps = [0, 1, 4, 10.1, 11.1, 14.1, 23.1]
+    pk = [(1000.0 + g, eth(ip4("192.168.2.1", "224.0.0.251", 17, udp(5353, 5353, b"x" * 20))))
+          for g in gaps]
+    recs, _ = run(pk)
+    assert [r["orig_pkts"] for r in recs] == [6, 1]
+    assert recs[0]["duration"] == pytest.approx(14.1)
+    # on a port without Zeek's DNS analyzer only UDP inactivity (60 s) applies
+    pk = [(1000.0 + g, eth(ip4("192.168.2.1", "10.0.0.9", 17, udp(4000, 4001, b"x" * 20))))
+          for g in gaps]
+    recs, _ = run(pk)
+    assert [r["orig_pkts"] for r in recs] == [7]
