@@ -153,13 +153,13 @@ class SuricataEveParser(LineBlockParser):
         """Rows checked one by one only when the whole block does not convert."""
         try:
             return pa.RecordBatch.from_pylist(rows, schema=schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
             pass
         good = []
         for row, (ln, off, line) in zip(rows, at):
             try:
                 pa.RecordBatch.from_pylist([row], schema=schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError) as e:
+            except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
                 self.quarantine.reject(self.source, ln, off,
                                        f"bad eve event: {type(e).__name__}: {e}", line)
                 continue

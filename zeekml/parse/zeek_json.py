@@ -151,8 +151,8 @@ class ZeekJsonParser(LineBlockParser):
                 table = self._normalise(table)
                 if table.num_rows != self._block_lines:
                     table = None
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError,
-                    TypeError, OverflowError):
+            except (pa.ArrowException, ValueError, TypeError, OverflowError):
+                # any surprise (even an Arrow IndexError on a list of nulls) -> the exact path
                 table = None
         if table is None:
             table = self._slow(block, first_line, start)
@@ -164,7 +164,9 @@ class ZeekJsonParser(LineBlockParser):
         path = ""
         if "_path" in table.column_names and table.num_rows:
             first = table.column("_path")[0].as_py()
-            path = first.decode() if isinstance(first, bytes) else (first or "")
+            # _path is a log name; anything else (a number, invalid UTF-8) names none
+            path = first.decode("utf-8", "replace") if isinstance(first, bytes) else (
+                first if isinstance(first, str) else "")
         if not path:
             path = _guess_path(self.source, table.column_names)
         types = {c: KNOWN_FIELD_TYPES.get(c, "") for c in table.column_names}
@@ -209,11 +211,10 @@ class ZeekJsonParser(LineBlockParser):
                 if not zt:
                     raise pa.ArrowTypeError("unknown field")
                 cols[k] = pa.array(values, type=arrow_type(zt))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            except (pa.ArrowException, TypeError, OverflowError):
                 try:
                     cols[k] = pa.array(values)
-                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError,
-                        TypeError, OverflowError):
+                except (pa.ArrowException, TypeError, OverflowError):
                     cols[k] = pa.array([None if v is None else json.dumps(v, default=repr)
                                         for v in values], pa.string())
         return pa.table(cols)
@@ -238,8 +239,7 @@ def _guess_path(source: str, columns: list[str]) -> str:
 def _cast_known(name: str, col: pa.Array) -> pa.Array:
     try:
         return _cast_known_strict(name, col)
-    except (ValueError, TypeError, OverflowError, pa.ArrowInvalid, pa.ArrowNotImplementedError,
-            pa.ArrowTypeError):
+    except (ValueError, TypeError, OverflowError, pa.ArrowException):
         if name in STRICT_FIELDS:
             raise
         return col

@@ -286,13 +286,13 @@ class ZeekTsvParser(LineFeeder):
                     null_values=[h.unset_field.decode("latin-1")], strings_can_be_null=True,
                     quoted_strings_can_be_null=False),
             )
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
+        except (pa.ArrowException, ValueError) as e:
             raise _FastPathRefused from e
         if bad_rows or table.num_rows != nl.size:
             raise _FastPathRefused
         try:
             return self._fast_columns(table)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        except pa.ArrowException as e:
             raise _FastPathRefused from e
 
     def _fast_columns(self, table: pa.Table) -> pa.RecordBatch:

@@ -158,6 +158,10 @@ JSON_EDGE = [
     b'{"ts":1.0,"service":{"a":1},"uid":"C"}',
     b'{"ts":1.0,"_write_ts":"9999-12-31T23:59:59+2359"}',
     b'{"ts":"9999-12-31T23:59:59-2359"}',
+    # found by the fuzz test (test_fuzz_readers.py)
+    b'{"ts":[null,null],"uid":"C"}',           # Arrow IndexError combining a list<null> column
+    b'{"ts":1.0,"x":36893488147419103232}',    # an int beyond 64 bits in an unknown field
+    b'{"ts":1.0,"_path":1,"id.orig_h":"a","id.resp_h":"b","proto":"tcp","conn_state":"S0"}',
 ]
 
 
@@ -167,6 +171,11 @@ def test_json_fate_is_the_same_alone_and_in_a_block(line):
     block, qb, _ = run(ZeekJsonParser, GOOD_JSON * 3 + line + b"\n" + GOOD_JSON)
     assert (len(alone), qa.count) in ((1, 0), (0, 1))
     assert len(block) == 4 + len(alone) and qb.count == qa.count
+
+
+def test_a_path_that_is_no_name_names_no_log():
+    rows, q, out = run(ZeekJsonParser, b'{"ts":1.0,"_path":1}\n{"ts":2.0,"_path":1}\n', "conn.json")
+    assert len(rows) == 2 and q.count == 0 and {b.log_path for b in out} == {"conn"}
 
 
 def test_json_wrong_conn_types_quarantined_and_conn_table_casts():
