@@ -184,12 +184,17 @@ def test_known_differences_name_real_captures_and_reasons():
         assert col in CONN_COLUMNS + FLOW_COLUMNS + ["rows"] and n > 0 and len(why) > 40
 
 
-def totals(tmp_path_factory, run: str) -> Counter:
-    """Identical conns over every capture (the figure docs/results/flowmeter.md reports)."""
+@pytest.mark.parametrize("run,conns,flows_identical", [("C", 1223, 1219), ("default", 1229, 1225)])
+def test_totals_reported_in_docs(run, conns, flows_identical, tmp_path_factory):
+    """The figures of docs/results/flowmeter.md: every conn identical, 4 flow rows known."""
     t: Counter = Counter()
     for capture in CAPTURES:
-        res = result(capture, run, tmp_path_factory)["conn"]
-        t["zeek"] += res["zeek"]
-        t["ours"] += res["ours"]
-        t["identical"] += res["identical"]
-    return t
+        res = result(capture, run, tmp_path_factory)
+        for log in ("conn", "flow"):
+            t[log + "_zeek"] += res[log]["zeek"]
+            t[log + "_ours"] += res[log]["ours"]
+            t[log + "_identical"] += res[log]["identical"]
+    assert (t["conn_zeek"], t["conn_ours"], t["conn_identical"]) == (conns, conns, conns)
+    assert (t["flow_zeek"], t["flow_identical"]) == (conns, flows_identical)
+    known_flow_rows = sum(n for (_, r, log, _), (n, _) in KNOWN.items() if r == run and log == "flow")
+    assert conns - flows_identical == known_flow_rows
