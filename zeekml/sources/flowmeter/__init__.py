@@ -20,7 +20,10 @@ Zeek's session manager does and fills conn.log's columns as Zeek's analyzers do:
 - tunnels: IP-in-IP, GRE (incl. ERSPAN I/II/III, PPTP), VXLAN, Teredo, AYIYA and GTP-U are
   decapsulated; the inner connection's ``tunnel_parents`` names the outer connection's uid (or the
   IP tunnel's uid for GRE/IP-in-IP, which has no conn.log row, as in Zeek);
-- IPv4 fragments and IPv6 fragment headers are reassembled.
+- IPv4 fragments and IPv6 fragment headers are reassembled;
+- checksums are validated as Zeek does by default (``ignore_checksums=True`` is ``zeek -C``);
+- ``service`` as Zeek's analyzers confirm it (e.g. ``ssh`` only once the key exchange completes),
+  and Zeek's DNS analyzer and its session timer on the DNS ports.
 
 The meter never raises on packet content: a frame it cannot decode is counted in ``stats`` and
 skipped.
