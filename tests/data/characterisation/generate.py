@@ -2,7 +2,7 @@
 
 Usage, from the root of the checkout whose behaviour is the reference:
 
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python tests/data/characterisation/generate.py [CHECKOUT]
+    python tests/data/characterisation/generate.py [CHECKOUT]
 
 CHECKOUT (default: this checkout) is the code that runs; its ``examples/`` and ``models/`` are
 used. The goldens are written beside this file, normalised exactly as
@@ -20,20 +20,18 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "golden"))
 
-from test_characterisation import (DASK_DIFFERS, normalise_log, normalise_summary,  # noqa: E402
-                                   write_gz)
+from test_characterisation import (DASK_DIFFERS, PINNED_ENV, normalise_log,  # noqa: E402
+                                   normalise_summary, run_zeekml, write_gz)
 
 
 def run_cli(checkout: str, args: list[str]) -> None:
-    env = dict(os.environ, PYTHONPATH=checkout, OMP_NUM_THREADS="1")
+    """The test's own ``run_zeekml`` (``PINNED_ENV``), on CHECKOUT's code and files."""
+    env = dict(os.environ, PYTHONPATH=checkout, **PINNED_ENV)
     # Which zeekml runs matters: the goldens must come from CHECKOUT, not an installed copy.
     where = subprocess.run([sys.executable, "-c", "import zeekml; print(zeekml.__file__)"], env=env,
                            cwd=checkout, capture_output=True, text=True, check=True).stdout.strip()
-    assert where.startswith(os.path.abspath(checkout)), where
-    r = subprocess.run([sys.executable, "-m", "zeekml", *args], env=env, cwd=checkout,
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"zeekml {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    assert where.startswith(os.path.abspath(checkout) + os.sep), where
+    run_zeekml(args, {"PYTHONPATH": checkout}, cwd=checkout)
 
 
 def store(out: str, name: str, feedback: str | None = None) -> None:
