@@ -209,7 +209,8 @@ def stages(n: int) -> dict:
     from zeekml.flows.table import conn_table
     from zeekml.parse import Quarantine, read_log
     from zeekml.pipeline import ScoreOptions, ScoreSummary, fit_calibrate, load_conns, score_fitted
-    from zeekml.pipeline.live.watcher import _score_render, _VerdictLines
+    from zeekml.pipeline.live import score_window
+    from zeekml.sinks.verdicts import verdict_line
     work = tempfile.mkdtemp(prefix="zeekml-bench-stages-")
     base, path = os.path.join(work, "baseline.log"), os.path.join(work, "conn.log")
     write_baseline(base)
@@ -231,23 +232,20 @@ def stages(n: int) -> dict:
     t.append(time.perf_counter())
     verdicts = score_fitted(table, fitted)
     t.append(time.perf_counter())
-    lines = _VerdictLines()
-    for v in verdicts:
-        lines.write(v)
+    [verdict_line(v) for v in verdicts]
     t.append(time.perf_counter())
-    _score_render(table, fitted)
+    score_window(table, fitted)
     t.append(time.perf_counter())
     shutil.rmtree(work, ignore_errors=True)
     names = ["parse", "conn_table", "features", "iforest", "score_fitted (features + iforest + "
-             "verdicts)", "verdict json lines (VerdictWriter)",
+             "verdicts)", "verdict json lines, one by one (verdict_line)",
              "watch's window scoring, columnar (features + iforest + lines)"]
     return {k: round((b - a) * 1e6 / n, 1) for k, a, b in zip(names, t, t[1:])}
 
 
 def rss_probe(n: int) -> list[tuple[int, float]]:
     """RSS (MB) against records scored, ``--once`` over ``n`` records in 100k-record files."""
-    from zeekml.pipeline import ScoreOptions
-    from zeekml.pipeline import Watcher, WatchOptions
+    from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions
     work = tempfile.mkdtemp(prefix="zeekml-bench-rss-")
     root = os.path.join(work, "logs")
     os.makedirs(root)
@@ -278,8 +276,7 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
     import gzip
 
     import torch
-    from zeekml.pipeline import ScoreOptions
-    from zeekml.pipeline import Watcher, WatchOptions
+    from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions
     torch.set_num_threads(1)
     here = os.path.dirname(os.path.abspath(__file__))
     src = os.path.join(here, "..", "tests", "data", "real", "iot23-ctu-34-1", "conn.log.labeled.gz")

@@ -3,7 +3,7 @@
 ``tests/e2e/test_dask_faults.py`` starts ``zeekml score --dask local:2`` with
 ``DASK_DISTRIBUTED__WORKER__PRELOAD`` naming this file, so every worker process (restarted ones
 too) runs it at start-up. It replaces ``zeekml.pipeline.dask.<ZEEKML_TEST_FAULT_STEP>``
-(``read_task`` or ``_score``) with a wrapper; tasks are pickled by reference, so the workers run
+(``read_task`` or ``score_task``) with a wrapper; tasks are pickled by reference, so the workers run
 the wrapper and the production code holds no test hook. The wrapper does the task's work and then
 ends the process with ``os._exit`` before the result leaves the worker:
 
@@ -12,7 +12,7 @@ ends the process with ``os._exit`` before the result leaves the worker:
 - ``ZEEKML_TEST_FAULT_ALWAYS=LABEL``: in every attempt of the task labelled LABEL.
 
 A task's label: where its byte range starts (``read_task``), or the uid of the first conn it
-scores (``_score``).
+scores (``score_task``).
 """
 from __future__ import annotations
 

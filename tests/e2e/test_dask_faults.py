@@ -62,7 +62,7 @@ def _label(step: str, task, uids: list[str]) -> str:
     return str(task.start) if step == "read_task" else uids[0]
 
 
-@pytest.mark.parametrize("step", ["read_task", "_score"])
+@pytest.mark.parametrize("step", ["read_task", "score_task"])
 def test_a_worker_that_dies_mid_task_has_its_task_run_again(tmp_path, single, tasks, step):
     marker = tmp_path / "died"
     p, out = _score_dask(tmp_path, step, ZEEKML_TEST_FAULT_ONCE=str(marker))
@@ -81,7 +81,7 @@ def test_a_worker_that_dies_mid_task_has_its_task_run_again(tmp_path, single, ta
     assert "Traceback (most recent call last)" not in p.stderr
 
 
-@pytest.mark.parametrize("step", ["read_task", "_score"])
+@pytest.mark.parametrize("step", ["read_task", "score_task"])
 def test_a_task_that_kills_every_worker_is_reported_and_the_run_ends_cleanly(tmp_path, tasks, step):
     victim, victim_uids = tasks[1]
     p, out = _score_dask(tmp_path, step, ZEEKML_TEST_FAULT_ALWAYS=_label(step, victim, victim_uids))

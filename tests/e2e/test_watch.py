@@ -16,7 +16,7 @@ from zeekml.parse import Quarantine
 from zeekml.parse.zeek_tsv import ZeekTsvParser
 from zeekml.pipeline import ScoreOptions
 from zeekml.sources.checkpoint import CheckpointStore
-from zeekml.pipeline.live.watcher import Watcher, WatchOptions
+from zeekml.pipeline import Watcher, WatchOptions
 
 HERE = os.path.dirname(__file__)
 REAL_CONN = os.path.join(HERE, "..", "data", "real", "zat", "data", "conn.log")
@@ -180,17 +180,16 @@ def test_hostile_values_survive_into_notices_byte_for_byte(tmp_path, monkeypatch
     (root / "conn.log").write_bytes(b"".join(lines))
     out = tmp_path / "out"
     baseline = write_baseline(str(tmp_path / "baseline.log"))
-    import zeekml.pipeline.live.watcher as zw
-    real = zw.score_fitted
+    import zeekml.pipeline.live.pool as live_pool
+    real = live_pool.score_batch
 
     def every_conn_alerts(table, fitted):   # the detector is not under test: force alerts
-        vs = real(table, fitted)
-        for v in vs:
-            v.alert, v.msg = True, "msg\twith\ttabs\nand a newline"
-        return vs
+        batch = real(table, fitted)
+        batch.alert[:] = True
+        batch.msg = {i: "msg\twith\ttabs\nand a newline" for i in range(len(batch))}
+        return batch
 
-    monkeypatch.setattr(zw, "score_fitted", every_conn_alerts)
-    monkeypatch.setattr(zw, "_score_columns", lambda table, fitted: None)
+    monkeypatch.setattr(live_pool, "score_batch", every_conn_alerts)
     stats = _watch_once(str(root), str(out), baseline)
     assert stats.scored == len(hostile) and stats.quarantined == 0
     assert stats.alerts == len(hostile)

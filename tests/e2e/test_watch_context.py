@@ -21,7 +21,7 @@ from zeekml.pipeline import FittedDetectors, ScoreOptions, score_fitted
 from zeekml.scoring.calibrate import ThresholdCalibrator
 from zeekml.scoring.context import horizon
 from zeekml.sources.checkpoint import CheckpointStore
-from zeekml.pipeline.live.watcher import LiveContext, Watcher, WatchOptions
+from zeekml.pipeline import LiveContext, Watcher, WatchOptions
 
 HERE = os.path.dirname(__file__)
 MODELS = os.path.join(HERE, "..", "..", "models")
@@ -189,7 +189,7 @@ def test_release_rule_gives_batch_scores_and_journal_replays_the_state(late_expe
     got, journal = [], b""
     for i, a in enumerate(range(0, 600, 37)):
         ctx.add(table.slice(a, 37))
-        got += ctx.release(fitted)
+        got += ctx.release(fitted).verdicts()
         journal += ctx.journal_delta()
         if i == 7:      # a restart: the journal rebuilds the same state
             again = LiveContext(fitted, lateness=lateness, max_rows=10_000)
@@ -200,7 +200,7 @@ def test_release_rule_gives_batch_scores_and_journal_replays_the_state(late_expe
     assert ctx.rows < 600                  # scored conns out of every horizon were dropped
     held = ctx.pending
     assert held > 0
-    got += ctx.release(fitted, flush=True)
+    got += ctx.release(fitted, flush=True).verdicts()
     assert sorted(v.uid for v in got) == sorted(batch) and ctx.pending == 0
     same = sum(v.scores == batch[v.uid].scores for v in got)
     if late_expected:
@@ -256,7 +256,6 @@ def test_journal_generations_compact_and_restore(tmp_path, monkeypatch):
     """With compaction at every window the journal is rewritten as new generations, at most the
     committed one and the one before stay on disk, and a restart restores the held-back conns:
     the verdicts equal those of a run that never compacted."""
-    import zeekml.pipeline.live.watcher as zw
     gnn = os.path.join(MODELS, "gnn-base")
     if not os.path.exists(os.path.join(gnn, "config.json")):
         pytest.skip("models/gnn-base not shipped")
@@ -266,29 +265,30 @@ def test_journal_generations_compact_and_restore(tmp_path, monkeypatch):
     data = _iot23_head(ref, 600)
     cut = data.index(b"\n", len(data) // 2) + 1
 
-    def run(out, part, once):
+    def run(out, part, once, **compaction):
         root = tmp_path / f"logs-{out}"
         root.mkdir(exist_ok=True)
         (root / "conn.log").write_bytes(part)
         opts = WatchOptions(score=ScoreOptions(baseline=[ref], models_dir=str(tmp_path / "models")),
                             once=once, window_records=30, catch_up_factor=1, rescan_seconds=0.1,
-                            use_events=False, context_lateness=500.0, context_batch_seconds=30.0)
+                            use_events=False, context_lateness=500.0, context_batch_seconds=30.0,
+                            **compaction)
         w = Watcher(str(root), str(tmp_path / out), opts)
         if once:
             return w.run()
         t = threading.Thread(target=w.run)
         t.start()
         _wait(lambda: w.stats.records_read >= part.count(b"\n") - 8 and w.stats.windows > 3)
-        _wait(lambda: w._follower is None or w._follower.caught_up)
+        _wait(lambda: w.follower is None or w.follower.caught_up)
         time.sleep(0.3)
         w.request_stop()
         t.join(60)
         return w.stats
 
     plain = [run("plain", data[:cut], False), run("plain", data, True)]
-    monkeypatch.setattr(zw, "JOURNAL_COMPACT_BYTES", 1)
-    monkeypatch.setattr(zw, "JOURNAL_COMPACT_RATIO", 0)
-    compacted = [run("compact", data[:cut], False), run("compact", data, True)]
+    every_window = {"journal_compact_bytes": 1, "journal_compact_ratio": 0}
+    compacted = [run("compact", data[:cut], False, **every_window),
+                 run("compact", data, True, **every_window)]
     assert plain[0].context["pending"] > 0 and compacted[0].context["pending"] > 0
     journals = sorted(p for p in os.listdir(tmp_path / "compact") if p.endswith(".journal"))
     assert 1 <= len(journals) <= 2 and journals[-1] > "context.000002.journal", journals

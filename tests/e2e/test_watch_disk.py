@@ -18,7 +18,7 @@ from test_watch_support import ZeekWriter, all_uids, uid_counts, write_baseline
 import zeekml.sources.checkpoint as ckpt
 from zeekml.pipeline import ScoreOptions
 from zeekml.sources.checkpoint import CheckpointStore, decode
-from zeekml.pipeline.live.watcher import Watcher, WatchOptions
+from zeekml.pipeline import Watcher, WatchOptions
 
 
 class DiskFull:

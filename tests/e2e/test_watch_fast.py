@@ -1,23 +1,28 @@
 """``zeekml watch``'s fast paths give the bytes of the general ones: verdict lines rendered column
-by column equal ``VerdictWriter``'s, and windows scored in forked processes equal windows scored
-in the watcher itself (same files, same order); a scoring process that dies is a clear error."""
+by column (``sinks.verdicts.render_verdicts``) equal each verdict's record through ``json.dumps``,
+and windows scored in forked processes equal windows scored in the watcher itself (same files, same order); a scoring process that dies is a clear error."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import threading
 import time
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from test_watch_support import write_baseline
 
 from zeekml.flows.table import conn_table
 from zeekml.parse import Quarantine, read_log
-from zeekml.pipeline import ScoreOptions, ScoreSummary, fit_calibrate, load_conns, score_fitted
-from zeekml.sinks.jsonl import VerdictWriter
-from zeekml.pipeline.live.watcher import Watcher, WatchOptions, _render, _score_columns, _score_render
+from zeekml.pipeline import (ScoreOptions, ScoreSummary, Watcher, WatchOptions, fit_calibrate,
+                             load_conns, score_fitted)
+from zeekml.pipeline.fitted import score_batch
+from zeekml.pipeline.live import score_window
+from zeekml.sinks.jsonl import clean_floats
+from zeekml.sinks.verdicts import VerdictWriter, render_verdicts, verdict_line, verdict_record
 
 HERE = os.path.dirname(__file__)
 REAL_CONN = os.path.join(HERE, "..", "data", "real", "zat", "data", "conn.log")
@@ -30,40 +35,51 @@ def _fitted():
 
 def _writer_bytes(verdicts, path) -> bytes:
     w = VerdictWriter(str(path))
-    for v in verdicts:
-        w.write(v)
+    w.write(verdicts)
     w.close()
     return open(path, "rb").read()
 
 
-def test_column_renderer_gives_the_verdict_writer_bytes(tmp_path):
+def _general(verdicts) -> list[bytes]:
+    """Each verdict's line the general way: its record through ``json.dumps``."""
+    return [(json.dumps(clean_floats(verdict_record(v)), separators=(",", ":")) + "\n").encode()
+            for v in verdicts]
+
+
+def test_column_renderer_gives_the_general_bytes(tmp_path):
     table = conn_table(list(read_log(REAL_CONN)))
-    # hostile uids and addresses: quotes, backslashes, control bytes, non-ASCII, U+2028
+    # hostile uids and addresses: quotes, backslashes, control bytes, non-ASCII, U+2028; unset
+    # and empty uids and an unset ts take Verdict's stand-ins (row<i>, 0.0)
     uids = table.column("uid").to_pylist()
-    uids[:6] = ['C"q', "C\\b", "C\tt\n", "Cé✓", "C\u2028", "C\x00z"]
-    table = table.set_column(table.schema.get_field_index("uid"), "uid", pa.array(uids))
+    uids[:8] = ['C"q', "C\\b", "C\tt\n", "Cé✓", "C\u2028", "C\x00z", None, ""]
+    table = table.set_column(table.schema.get_field_index("uid"), "uid", pa.array(uids, pa.string()))
     resp = table.column("id.resp_h").to_pylist()
     resp[7] = None
     table = table.set_column(table.schema.get_field_index("id.resp_h"), "id.resp_h",
                              pa.array(resp, pa.string()))
-    fitted = _fitted()
-    verdicts = score_fitted(table, fitted)
-    fast = _score_columns(table, fitted)
-    assert fast is not None and len(fast.lines) == 360
-    slow = _render(verdicts)
-    assert fast.ids == slow.ids == [v.verdict_id for v in verdicts]
-    assert [i for i, _ in fast.alerts] == [i for i, _ in slow.alerts] and fast.alerts
-    assert b"".join(fast.lines) == b"".join(slow.lines) == _writer_bytes(verdicts, tmp_path / "v")
+    ts = table.column("ts").to_pylist()
+    ts[10], ts[11] = None, float("nan")
+    table = table.set_column(table.schema.get_field_index("ts"), "ts", pa.array(ts, pa.float64()))
+    batch = score_batch(table, _fitted())
+    batch.scores[batch.names[0]][20] = float("nan")     # non-finite scores are null
+    batch.score[21] = -np.inf
+    verdicts = batch.verdicts()
+    fast = render_verdicts(batch)
+    assert len(fast.lines) == 360 and fast.ids == [v.verdict_id for v in verdicts]
+    assert [i for i, _ in fast.alerts] == [i for i, v in enumerate(verdicts) if v.alert] and fast.alerts
+    assert [v for _, v in fast.alerts] == [v for v in verdicts if v.alert]
+    assert fast.lines == _general(verdicts) == [verdict_line(v) for v in verdicts]
+    assert b'"uid":"row6"' in fast.lines[6] and b'"uid":"row7"' in fast.lines[7]
+    assert b'"ts":0.0' in fast.lines[10] and b'"ts":null' in fast.lines[11]
+    assert b'"score":null' in fast.lines[21]
+    assert fast.data() == _writer_bytes(verdicts, tmp_path / "v")
 
 
-def test_a_missing_uid_takes_the_general_path():
+def test_score_window_renders_score_fitted():
     table = conn_table(list(read_log(REAL_CONN))).slice(0, 40)
-    uids = table.column("uid").to_pylist()
-    uids[3] = None
-    table = table.set_column(table.schema.get_field_index("uid"), "uid", pa.array(uids, pa.string()))
     fitted = _fitted()
-    assert _score_columns(table, fitted) is None
-    assert _score_render(table, fitted).lines == _render(score_fitted(table, fitted)).lines
+    assert score_window(table, fitted).lines == _general(score_fitted(table, fitted))
+    assert score_window(None, fitted).lines == [] and score_window(table.slice(0, 0), fitted).lines == []
 
 
 def _run(root, out, **kw):
@@ -108,10 +124,10 @@ def test_a_scoring_process_that_dies_is_a_clear_error(tmp_path):
     t = threading.Thread(target=run)
     t.start()
     deadline = time.monotonic() + 30
-    while w._pool is None and time.monotonic() < deadline:
+    while w.pool is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert w._pool is not None and w._pool._pids, "no scoring process"
-    worker = psutil.Process(w._pool._pids[0])
+    assert w.pool is not None and w.pool.pids, "no scoring process"
+    worker = psutil.Process(w.pool.pids[0])
     assert worker.ppid() == os.getpid()
     os.kill(worker.pid, signal.SIGKILL)
     shutil.copy(REAL_CONN, root / "conn.log")
@@ -124,7 +140,7 @@ def test_a_scoring_process_that_dies_is_a_clear_error(tmp_path):
 
 
 def test_verdict_dedup_forgets_the_oldest_ids_first(tmp_path):
-    from zeekml.pipeline.live.watcher import VerdictDedup
+    from zeekml.pipeline.live import VerdictDedup
     d = VerdictDedup(capacity=1000)
     assert all(d.add(f"V{i}") for i in range(2500))
     assert len(d) == 1000

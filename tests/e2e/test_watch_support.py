@@ -223,7 +223,7 @@ def watcher_process(root: str, out: str, kwargs: dict) -> None:
         import torch
         torch.set_num_threads(1)
     from zeekml.pipeline import ScoreOptions
-    from zeekml.pipeline.live.watcher import Watcher, WatchOptions
+    from zeekml.pipeline import Watcher, WatchOptions
     score = ScoreOptions(**kwargs.pop("score", {}))
     holder["w"] = w = Watcher(root, out, WatchOptions(score=score, **kwargs))
     if stop_early:

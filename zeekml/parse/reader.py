@@ -10,8 +10,13 @@ from typing import IO, Iterable, Iterator
 import pyarrow as pa
 
 from zeekml._core.errors import InputNotFound, UnknownFormat, UnreadableInput
+from zeekml._core.zeek_format import ZeekHeader
 from zeekml.parse.batch import LogBatch
+from zeekml.parse.lines import LineFeeder
 from zeekml.parse.reject import Quarantine
+from zeekml.parse.suricata_eve import SuricataEveParser
+from zeekml.parse.zeek_json import ZeekJsonParser
+from zeekml.parse.zeek_tsv import ZeekTsvParser
 from zeekml.parse.gzstream import GzipStream
 
 CHUNK_BYTES = 4 << 20
@@ -70,6 +75,44 @@ def detect_format(path: str, head: bytes | None = None) -> str:
     raise UnknownFormat("not a Zeek TSV/JSON/CSV log or a Suricata eve.json file", path)
 
 
+PARSERS: dict[str, tuple[type[LineFeeder], dict]] = {
+    "zeek-tsv": (ZeekTsvParser, {}),
+    "zeek-csv": (ZeekTsvParser, {"csv": True}),
+    "zeek-json": (ZeekJsonParser, {}),
+    "suricata-eve": (SuricataEveParser, {}),
+}
+"""Format (``FORMATS``) -> parser class and its fixed keyword arguments."""
+
+
+def make_parser(fmt: str, path: str, quarantine: Quarantine, *,
+                max_line_bytes: int | None = None, start_offset: int = 0, start_line: int = 0,
+                header: ZeekHeader | None = None) -> LineFeeder:
+    """The incremental parser of format ``fmt`` (one of ``FORMATS``) for ``path``: the one
+    registry that ``read_log``, the live tail and the Dask reader use.
+
+    Args:
+        fmt: the format, as ``detect_format`` names it.
+        path: the file (named in quarantined records and errors).
+        quarantine: where malformed records go.
+        max_line_bytes: longer lines are quarantined (default: the parsers' 1 MiB).
+        start_offset: byte offset of the first byte fed (resuming a file; default 0).
+        start_line: line number of the first line fed (default 0).
+        header: Zeek TSV only: the header in force at ``start_offset`` (default: none yet).
+    """
+    try:
+        cls, kwargs = PARSERS[fmt]
+    except KeyError:
+        raise UnknownFormat(f"unknown format {fmt!r}", path) from None
+    kwargs = dict(kwargs, start_offset=start_offset, start_line=start_line)
+    if max_line_bytes is not None:
+        kwargs["max_line_bytes"] = max_line_bytes
+    if header is not None:
+        if cls is not ZeekTsvParser:
+            raise ValueError(f"a header is only for Zeek TSV, not {fmt}")
+        kwargs["header"] = header
+    return cls(path, quarantine, **kwargs)
+
+
 def read_log(path: str | os.PathLike, quarantine: Quarantine | None = None,
              fmt: str | None = None, chunk_bytes: int = CHUNK_BYTES) -> Iterator[LogBatch]:
     """Stream the records of one file as ``LogBatch``es, in file order.
@@ -78,23 +121,9 @@ def read_log(path: str | os.PathLike, quarantine: Quarantine | None = None,
     ends early (still being written, or damaged) yields what it held, then raises
     ``UnreadableInput``.
     """
-    from zeekml.parse.suricata_eve import SuricataEveParser
-    from zeekml.parse.zeek_json import ZeekJsonParser
-    from zeekml.parse.zeek_tsv import ZeekTsvParser
-
     path = os.fspath(path)
     q = quarantine if quarantine is not None else Quarantine()
-    fmt = fmt or detect_format(path)
-    if fmt == "zeek-tsv":
-        parser = ZeekTsvParser(path, q)
-    elif fmt == "zeek-csv":
-        parser = ZeekTsvParser(path, q, csv=True)
-    elif fmt == "zeek-json":
-        parser = ZeekJsonParser(path, q)
-    elif fmt == "suricata-eve":
-        parser = SuricataEveParser(path, q)
-    else:
-        raise UnknownFormat(f"unknown format {fmt!r}", path)
+    parser = make_parser(fmt or detect_format(path), path, q)
     with open_binary(path) as f:
         while True:
             try:

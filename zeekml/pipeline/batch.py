@@ -12,15 +12,16 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from zeekml._core.errors import ZeekmlError
+from zeekml.flows.select import earliest_rows, ts_sort_key
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine, read_log
-from zeekml.pipeline.fitted import fit_calibrate, score_fitted
+from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
-from zeekml.scoring.verdict import Verdict
+from zeekml.scoring.verdict import VerdictBatch
 from zeekml.sinks.run_outputs import ScoreOutputs
+from zeekml.sinks.verdicts import render_verdicts
 from zeekml.sources.archive import expand_inputs
 
 __all__ = ["ScoreOptions", "ScoreSummary", "baseline_rows", "load_conns", "score_paths",
@@ -55,19 +56,16 @@ def load_conns(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
 
 
 def baseline_rows(table: pa.Table, fraction: float) -> np.ndarray:
-    """Indices of the earliest ``fraction`` of conns by ts (unset ts sorts last)."""
-    n = table.num_rows
-    k = max(1, int(round(n * fraction)))
-    ts = pc.fill_null(table.column("ts"), np.inf).to_numpy(zero_copy_only=False)
-    return np.sort(np.argsort(ts, kind="stable")[:k])
+    """Indices of the earliest ``fraction`` of conns by ts (unset ts sorts last; at least one)."""
+    return earliest_rows(ts_sort_key(table), fraction, min_rows=1)
 
 
 def score_table(table: pa.Table, baseline: pa.Table, options: ScoreOptions,
-                summary: ScoreSummary) -> list[Verdict]:
-    """Fit, calibrate and score; one verdict per conn of ``table``, in order."""
+                summary: ScoreSummary) -> VerdictBatch:
+    """Fit and calibrate on ``baseline``, score ``table``: its verdicts, one per conn, in order."""
     if table.num_rows == 0:
-        return []
-    return score_fitted(table, fit_calibrate(baseline, options, summary))
+        return score_batch(table, FittedDetectors([], {}, options.fpr))
+    return score_batch(table, fit_calibrate(baseline, options, summary))
 
 
 def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = None,
@@ -106,7 +104,7 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
                     baseline = table.take(pa.array(baseline_rows(table, options.baseline_fraction))) \
                         if table.num_rows else table
                 summary.baseline_records = baseline.num_rows
-                outputs.write(score_table(table, baseline, options, summary))
+                outputs.write_batch(render_verdicts(score_table(table, baseline, options, summary)))
     except BaseException:
         outputs.close()
         raise

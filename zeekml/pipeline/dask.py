@@ -24,17 +24,19 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from distributed import WorkerPlugin
 
 from zeekml._core.errors import UnreadableInput, ZeekmlError
+from zeekml.flows.select import earliest_rows, ts_sort_key
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine
-from zeekml.parse.reader import GZIP_MAGIC, detect_format, open_binary
+from zeekml.parse.reader import GZIP_MAGIC, detect_format, make_parser, open_binary
 from zeekml.parse.reject import RejectedRecord
-from zeekml.pipeline.fitted import fit_calibrate, score_fitted
+from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
 from zeekml.scoring.context import (context_seconds, detectors_in_context, take_ts_range,
                                      with_context)
+from zeekml.scoring.verdict import Verdict
+from zeekml.sinks.verdicts import render_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +112,6 @@ def _split_file(path: str, fmt: str, split_bytes: int) -> Iterator[ReadTask]:
 
 def read_task(task: ReadTask, max_rejected: int = 100_000) -> ReadResult:
     """Parse one task into a conn table (runs on a worker)."""
-    from zeekml.parse.suricata_eve import SuricataEveParser
-    from zeekml.parse.zeek_json import ZeekJsonParser
-    from zeekml.parse.zeek_tsv import ZeekTsvParser
-
     rejected: list[RejectedRecord] = []
 
     def sink(r: RejectedRecord) -> None:
@@ -126,10 +124,7 @@ def read_task(task: ReadTask, max_rejected: int = 100_000) -> ReadResult:
             detect_format(task.path)
         except ZeekmlError as e:
             return ReadResult(conn_table([]), 0, 0, rejected, e.message)
-    cls = {"zeek-tsv": ZeekTsvParser, "zeek-csv": ZeekTsvParser, "zeek-json": ZeekJsonParser,
-           "suricata-eve": SuricataEveParser}[task.fmt]
-    kwargs = {"csv": True} if task.fmt == "zeek-csv" else {}
-    parser = cls(task.path, q, **kwargs)
+    parser = make_parser(task.fmt, task.path, q)
     batches, other, n = [], 0, 0
     try:
         if task.header:
@@ -237,7 +232,7 @@ class _OneLineWorkerLogs(WorkerPlugin):
 
 
 def _ts_of(result: ReadResult) -> np.ndarray:
-    return pc.fill_null(result.table.column("ts"), np.inf).to_numpy(zero_copy_only=False)
+    return ts_sort_key(result.table)
 
 
 def _given(value):
@@ -248,22 +243,21 @@ def _take(result: ReadResult, rows: np.ndarray) -> pa.Table:
     return result.table.take(pa.array(rows, pa.int64()))
 
 
-def _score(result: ReadResult, fitted, before: list | None = None,
-           after: list | None = None) -> tuple[str, int, list]:
-    """Verdicts for the rows of ``result``, rendered as ``verdicts.jsonl`` lines, with the
-    alerting verdicts as objects (only text and the few alerts travel back to the driver).
-    ``before``/``after`` are context rows (in global order) that detectors with a time context
-    see but that get no verdict here."""
-    from zeekml.sinks.jsonl import verdict_lines
-
+def score_task(result: ReadResult, fitted: FittedDetectors, before: list | None = None,
+               after: list | None = None) -> tuple[bytes, int, list[Verdict]]:
+    """Verdicts for the rows of ``result`` (runs on a worker), rendered as ``verdicts.jsonl``
+    lines, with the alerting verdicts as objects (only text and the few alerts travel back to
+    the driver). ``before``/``after`` are context rows (in global order) that detectors with a
+    time context see but that get no verdict here."""
     before, after = before or [], after or []
     if not before and not after:
-        verdicts = score_fitted(result.table, fitted)
+        batch = score_batch(result.table, fitted)
     else:
         table, targets = with_context(before, result.table, after)
-        verdicts = score_fitted(result.table, dataclasses.replace(
+        batch = score_batch(result.table, dataclasses.replace(
             fitted, detectors=detectors_in_context(fitted.detectors, table, targets)))
-    return verdict_lines(verdicts), len(verdicts), [v for v in verdicts if v.alert]
+    rendered = render_verdicts(batch)
+    return rendered.data(), len(rendered), [v for _, v in rendered.alerts]
 
 
 def _take_range(result: ReadResult, lo: float, hi: float) -> pa.Table:
@@ -386,8 +380,7 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarant
         if baseline_table is None:
             sizes = [len(t) for t in ts_parts]
             all_ts = np.concatenate(ts_parts) if ts_parts else np.zeros(0)
-            k = max(1, int(round(len(all_ts) * options.baseline_fraction)))
-            chosen = np.sort(np.argsort(all_ts, kind="stable")[:k])
+            chosen = earliest_rows(all_ts, options.baseline_fraction, min_rows=1)
             bounds = np.cumsum([0] + sizes)
             pieces = []
             for i, r in enumerate(ok):
@@ -413,7 +406,7 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarant
                         t = ts_parts[j]
                         if j != i and np.any((t >= lo) & (t <= hi)):
                             (before if j < i else after).append(client.submit(_take_range, other, lo, hi))
-            scored.append(client.submit(_score, r, fitted_f, before, after, retries=TASK_RETRIES))
+            scored.append(client.submit(score_task, r, fitted_f, before, after, retries=TASK_RETRIES))
         for task, fut in zip(ok_tasks, scored):  # in task order: the outputs equal a single-process run's
             out, exc = _outcome(fut, task)
             if exc is not None:

@@ -16,11 +16,15 @@ from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.scoring.calibrate import ThresholdCalibrator
 from zeekml.scoring.detector import Detector, IsolationForestDetector
 from zeekml.scoring.ensemble import combine
-from zeekml.scoring.verdict import Verdict
+from zeekml.scoring.registry import load_model_detectors
+from zeekml.scoring.verdict import Verdict, VerdictBatch
 
 
 def build_detectors(names: list[str], seed: int, models_dir: str | None = None,
                     device: str = "cpu") -> list[Detector]:
+    """The detectors a run scores with: ``names`` (only ``"iforest"`` so far) and, unless
+    ``models_dir`` is None, the learned detectors of that ``--models`` directory ("" = the
+    shipped models; ``scoring.registry.load_model_detectors``)."""
     out: list[Detector] = []
     for name in names:
         if name == "iforest":
@@ -28,8 +32,7 @@ def build_detectors(names: list[str], seed: int, models_dir: str | None = None,
         else:
             raise ZeekmlError(f"unknown detector {name!r} (available: iforest)")
     if models_dir is not None:
-        from zeekml.scoring.learned import default_models_dir, load_learned_detectors
-        out.extend(load_learned_detectors(models_dir or default_models_dir(), device))
+        out.extend(load_model_detectors(models_dir, device))
     return out
 
 
@@ -76,41 +79,33 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions,
     return FittedDetectors(detectors, calibrators, options.fpr)
 
 
-def score_fitted(table: pa.Table, fitted: FittedDetectors) -> list[Verdict]:
-    """One verdict per conn of ``table``, in order. Each verdict depends only on its own row."""
-    if table.num_rows == 0:
-        return []
+def score_batch(table: pa.Table, fitted: FittedDetectors) -> VerdictBatch:
+    """The verdicts of every conn of ``table``, in order, column by column. Each verdict depends
+    only on its own row (detectors with a time context get theirs through
+    ``zeekml.scoring.context``)."""
     detectors = fitted.detectors
+    names = [det.name for det in detectors]
+    notes = [det.note for det in detectors]
+    if table.num_rows == 0:
+        empty = np.zeros(0)
+        return VerdictBatch(table, names, notes, {n: empty for n in names}, empty,
+                            np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
     calibrated: dict[str, np.ndarray] = {}
     for det in detectors:
         calibrated[det.name] = fitted.calibrators[det.name].calibrate(det.score(table))
     combined, top = combine(calibrated)
     alert = combined >= 1.0
     alert_rows = np.flatnonzero(alert)
-    explanations: dict[int, str] = {}
+    sub: dict[int, str] = {}
     for d_i, det in enumerate(detectors):
         rows = alert_rows[top[alert_rows] == d_i]
         for r, text in zip(rows, det.explain(table, rows)):
-            explanations[int(r)] = text
-    cols = {name: table.column(name).to_pylist() for name in
-            ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto")}
-    verdicts = []
-    names = list(calibrated)
-    for i in range(table.num_rows):
-        det = detectors[int(top[i])]
-        score = float(combined[i])
-        is_alert = bool(alert[i])
-        v = Verdict(
-            ts=cols["ts"][i] if cols["ts"][i] is not None else 0.0,
-            uid=cols["uid"][i] or f"row{i}", orig_h=cols["id.orig_h"][i], orig_p=cols["id.orig_p"][i],
-            resp_h=cols["id.resp_h"][i], resp_p=cols["id.resp_p"][i], proto=cols["proto"][i],
-            score=score, alert=is_alert, model=det.name, note=det.note,
-            msg=(f"{det.name} anomaly score {score:.3f} (1.0 = threshold at fpr {fitted.fpr:g})"
-                 if is_alert else ""),
-            sub=explanations.get(i, ""),
-            scores={n: float(calibrated[n][i]) for n in names},
-        )
-        verdicts.append(v)
-    return verdicts
+            sub[int(r)] = text
+    msg = {r: f"{names[top[r]]} anomaly score {combined[r]:.3f} (1.0 = threshold at fpr "
+              f"{fitted.fpr:g})" for r in alert_rows.tolist()}
+    return VerdictBatch(table, names, notes, calibrated, combined, top, alert, msg, sub)
 
 
+def score_fitted(table: pa.Table, fitted: FittedDetectors) -> list[Verdict]:
+    """One verdict per conn of ``table``, in order (``score_batch`` as ``Verdict`` objects)."""
+    return score_batch(table, fitted).verdicts()

@@ -4,8 +4,8 @@ A detector whose score of a conn depends on other conns says how far in time wit
 ``context_seconds`` (the GNN's graph windows, the autoencoder's and the token models' host
 histories). Scoring a *part* of a log then gives the verdicts of scoring the whole log when each
 contextual detector sees, beside the part's rows, every other row within its horizon of them.
-``zeekml score --dask`` (byte-range tasks, ``zeekml.distributed``) and ``zeekml watch`` (live
-windows, ``zeekml.watch``) both score that way through this module.
+``zeekml score --dask`` (byte-range tasks, ``zeekml.pipeline.dask``) and ``zeekml watch`` (live
+windows, ``zeekml.pipeline.live``) both score that way through this module.
 
 Horizon of a detector: ``context_seconds`` back and ``forward_context_seconds`` forward. A
 detector without ``forward_context_seconds`` is taken to look as far forward as back (safe).

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
 
 # Every `note` zeekml writes; zeek-scripts/scripts/main.zeek declares the same names in
 # `redef enum Notice::Type`, and a test keeps the two lists equal.
@@ -14,10 +17,17 @@ NOTE_TYPES: tuple[str, ...] = (
 )
 
 
+def verdict_ids(models: Iterable[str], uids: Iterable[str], ts: Iterable[float]) -> list[str]:
+    """Stable id of each model's verdict on each conn, so sinks and Zeek can drop duplicates:
+    ``V`` and 16 hex digits of the sha1 of ``model|uid|ts`` (ts to the microsecond)."""
+    sha1 = hashlib.sha1
+    return ["V" + sha1(f"{m}|{u}|{t:.6f}".encode()).hexdigest()[:16]
+            for m, u, t in zip(models, uids, ts)]
+
+
 def verdict_id(model: str, uid: str, ts: float) -> str:
-    """Stable id of one model's verdict on one conn, so sinks and Zeek can drop duplicates."""
-    h = hashlib.sha1(f"{model}|{uid}|{ts:.6f}".encode()).hexdigest()
-    return "V" + h[:16]
+    """``verdict_ids`` of one verdict."""
+    return verdict_ids((model,), (uid,), (ts,))[0]
 
 
 @dataclass
@@ -50,3 +60,81 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class VerdictBatch:
+    """The verdicts of one scored table, column by column: row ``i`` is ``verdict(i)``.
+
+    Scoring makes this instead of one ``Verdict`` per conn, so that sinks can render thousands of
+    verdicts without building an object each (``zeekml.sinks.verdicts.render_verdicts``); the
+    few alerting rows are turned into ``Verdict``s for the notice log and the Zeek feedback file.
+
+    Args:
+        table: the scored conns (``ts``, ``uid``, ``id.*``, ``proto`` are read).
+        names: detector names, in the ensemble's order.
+        notes: each detector's ``note``, in the same order.
+        scores: detector name -> calibrated scores (1.0 = that detector's threshold).
+        score: the combined score per conn.
+        top: per conn, the index into ``names`` of the detector with the top score.
+        alert: per conn, whether ``score >= 1.0``.
+        msg: alerting row -> the notice's ``msg``.
+        sub: alerting row -> the top contributing features (``name=value`` text).
+    """
+
+    table: pa.Table
+    names: list[str]
+    notes: list[str]
+    scores: dict[str, np.ndarray]
+    score: np.ndarray
+    top: np.ndarray
+    alert: np.ndarray
+    msg: dict[int, str] = field(default_factory=dict)
+    sub: dict[int, str] = field(default_factory=dict)
+    _cols: dict[str, list] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def column(self, name: str) -> list:
+        """One of the conn columns a verdict carries as Python values, with ``Verdict``'s
+        stand-ins: an unset ``ts`` is 0.0, an unset or empty ``uid`` is ``row<i>``."""
+        if self._cols is None:
+            self._cols = {}
+        got = self._cols.get(name)
+        if got is None:
+            got = self.table.column(name).to_pylist()
+            if name == "ts":
+                got = [0.0 if t is None else t for t in got]
+            elif name == "uid":
+                got = [u or f"row{i}" for i, u in enumerate(got)]
+            self._cols[name] = got
+        return got
+
+    def models(self) -> list[str]:
+        """Per conn, the name of its top detector (the verdict's ``model``)."""
+        names = self.names
+        return [names[t] for t in self.top.tolist()]
+
+    def ids(self) -> list[str]:
+        """Per conn, its ``verdict_id``."""
+        return verdict_ids(self.models(), self.column("uid"), self.column("ts"))
+
+    def verdict(self, i: int) -> Verdict:
+        """Row ``i`` as a ``Verdict``."""
+        d = int(self.top[i])
+        return Verdict(
+            ts=self.column("ts")[i], uid=self.column("uid")[i],
+            orig_h=self.column("id.orig_h")[i], orig_p=self.column("id.orig_p")[i],
+            resp_h=self.column("id.resp_h")[i], resp_p=self.column("id.resp_p")[i],
+            proto=self.column("proto")[i], score=float(self.score[i]), alert=bool(self.alert[i]),
+            model=self.names[d], note=self.notes[d], msg=self.msg.get(i, ""),
+            sub=self.sub.get(i, ""), scores={n: float(self.scores[n][i]) for n in self.names})
+
+    def verdicts(self) -> list[Verdict]:
+        """Every row as a ``Verdict``, in order."""
+        return [self.verdict(i) for i in range(len(self))]
+
+    def alerts(self) -> list[tuple[int, Verdict]]:
+        """The alerting rows: ``(row, Verdict)`` in order."""
+        return [(i, self.verdict(i)) for i in np.flatnonzero(self.alert).tolist()]

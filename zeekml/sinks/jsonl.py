@@ -1,4 +1,4 @@
-"""JSON-lines sinks: ``verdicts.jsonl`` (one line per scored conn) and the quarantine file."""
+"""JSON-lines sinks: one JSON object per line (the quarantine file; verdicts: ``sinks.verdicts``)."""
 from __future__ import annotations
 
 import json
@@ -8,69 +8,67 @@ from typing import Any
 
 from zeekml._core.errors import OutputError
 from zeekml.parse.reject import RejectedRecord
-from zeekml.scoring.verdict import Verdict
+
+QUARANTINE_FILE = "quarantine.jsonl"
 
 
-def _clean(v: Any) -> Any:
+def clean_floats(v: Any) -> Any:
+    """``v`` with non-finite floats (also as dict values, recursively) as ``None``: JSON has no
+    NaN or Infinity."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
+        return {k: clean_floats(x) for k, x in v.items()}
     return v
 
 
-class JsonLinesWriter:
-    """Appends one JSON object per line; each line is one ``write`` call."""
+def json_line(obj: dict) -> bytes:
+    """One line of compact JSON, non-finite floats as null. Skips ``clean_floats``'s walk when
+    every float is finite (the same bytes: it only turns non-finite floats into null)."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(clean_floats(obj), separators=(",", ":"))
+    return text.encode() + b"\n"
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
+
+class JsonLinesWriter:
+    """Appends one JSON object per line to ``path``, or with ``path=None`` keeps the lines in
+    memory (``take_lines``) for a caller that writes them itself (``zeekml watch`` appends and
+    fsyncs each window's lines with its checkpoint)."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = os.fspath(path) if path is not None else None
         self.count = 0
-        try:
-            self._f = open(self.path, "w", encoding="utf-8")
-        except OSError as e:
-            raise OutputError(f"cannot write: {e.strerror}", self.path) from e
+        self._lines: list[bytes] = []
+        self._f = None
+        if self.path is not None:
+            try:
+                self._f = open(self.path, "wb")
+            except OSError as e:
+                raise OutputError(f"cannot write: {e.strerror}", self.path) from e
 
     def write_obj(self, obj: dict) -> None:
-        try:
-            self._f.write(json.dumps(_clean(obj), separators=(",", ":")) + "\n")
-        except OSError as e:
-            raise OutputError(f"cannot write: {e.strerror}", self.path) from e
+        line = json_line(obj)
+        if self._f is None:
+            self._lines.append(line)
+        else:
+            try:
+                self._f.write(line)
+            except OSError as e:
+                raise OutputError(f"cannot write: {e.strerror}", self.path) from e
         self.count += 1
 
+    def take_lines(self) -> list[bytes]:
+        """In-memory mode: the lines written since the last call."""
+        lines, self._lines = self._lines, []
+        return lines
+
     def close(self) -> None:
-        if not self._f.closed:
+        if self._f is not None and not self._f.closed:
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
-
-
-def verdict_record(v: Verdict) -> dict:
-    return {
-        "verdict_id": v.verdict_id, "uid": v.uid, "ts": v.ts,
-        "id.orig_h": v.orig_h, "id.orig_p": v.orig_p, "id.resp_h": v.resp_h,
-        "id.resp_p": v.resp_p, "proto": v.proto, "scores": v.scores, "score": v.score,
-        "alert": v.alert, "note": v.note if v.alert else None, "model": v.model,
-    }
-
-
-def verdict_lines(verdicts: list[Verdict]) -> str:
-    """The ``verdicts.jsonl`` lines of ``verdicts``, as ``VerdictWriter`` writes them (rendered
-    where the verdicts are made, e.g. on a Dask worker, so only text travels)."""
-    return "".join(json.dumps(_clean(verdict_record(v)), separators=(",", ":")) + "\n" for v in verdicts)
-
-
-class VerdictWriter(JsonLinesWriter):
-    """``verdicts.jsonl``: uid, ts, id fields, each detector's score, the combined score, alert."""
-
-    def write(self, v: Verdict) -> None:
-        self.write_obj(verdict_record(v))
-
-    def write_lines(self, text: str, n: int) -> None:
-        try:
-            self._f.write(text)
-        except OSError as e:
-            raise OutputError(f"cannot write: {e.strerror}", self.path) from e
-        self.count += n
 
 
 class QuarantineWriter(JsonLinesWriter):

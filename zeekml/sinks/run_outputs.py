@@ -8,8 +8,9 @@ from typing import Iterable
 
 from zeekml._core.errors import OutputError
 from zeekml.scoring.verdict import Verdict
-from zeekml.sinks.jsonl import QuarantineWriter, VerdictWriter
-from zeekml.sinks.zeek_notice import NoticeWriter
+from zeekml.sinks.jsonl import QUARANTINE_FILE, QuarantineWriter
+from zeekml.sinks.verdicts import VERDICTS_FILE, RenderedVerdicts, VerdictWriter
+from zeekml.sinks.zeek_notice import NOTICE_FILE, NoticeWriter
 
 
 class ScoreOutputs:
@@ -24,7 +25,7 @@ class ScoreOutputs:
             raise OutputError(f"cannot create output directory: {e.strerror}", out_dir) from e
         self.out_dir = out_dir
         self.zeek_feedback = zeek_feedback
-        self.quarantine = QuarantineWriter(os.path.join(out_dir, "quarantine.jsonl"))
+        self.quarantine = QuarantineWriter(os.path.join(out_dir, QUARANTINE_FILE))
         self._verdicts: VerdictWriter | None = None
         self._notices: NoticeWriter | None = None
         self.notes: Counter[str] = Counter()
@@ -33,25 +34,29 @@ class ScoreOutputs:
 
     def _open(self) -> None:
         if self._verdicts is None:
-            self._notices = NoticeWriter(os.path.join(self.out_dir, "zeekml_notice.log"))
-            self._verdicts = VerdictWriter(os.path.join(self.out_dir, "verdicts.jsonl"))
+            self._notices = NoticeWriter(os.path.join(self.out_dir, NOTICE_FILE))
+            self._verdicts = VerdictWriter(os.path.join(self.out_dir, VERDICTS_FILE))
 
     def write(self, verdicts: Iterable[Verdict]) -> None:
+        """Verdict objects, rendered one by one."""
+        verdicts = list(verdicts)
         self._open()
-        for v in verdicts:
-            self._verdicts.write(v)
-            self.scored += 1
-            if v.alert:
-                self._notices.write(v)
-                self.notes[v.note] += 1
-                if self.zeek_feedback:
-                    self._alerts.append(v)
+        self._verdicts.write(verdicts)
+        self.scored += len(verdicts)
+        self._alerting(v for v in verdicts if v.alert)
 
-    def write_rendered(self, lines: str, n: int, alerts: list[Verdict]) -> None:
+    def write_rendered(self, data: bytes, n: int, alerts: Iterable[Verdict]) -> None:
         """``n`` verdicts already rendered as ``verdicts.jsonl`` lines, plus their alerts."""
         self._open()
-        self._verdicts.write_lines(lines, n)
+        self._verdicts.write_lines(data, n)
         self.scored += n
+        self._alerting(alerts)
+
+    def write_batch(self, rendered: RenderedVerdicts) -> None:
+        """Verdicts rendered by ``sinks.verdicts.render_verdicts``."""
+        self.write_rendered(rendered.data(), len(rendered), [v for _, v in rendered.alerts])
+
+    def _alerting(self, alerts: Iterable[Verdict]) -> None:
         for v in alerts:
             self._notices.write(v)
             self.notes[v.note] += 1
@@ -67,7 +72,7 @@ class ScoreOutputs:
         """Close everything, write the feedback file and ``summary.json``; returns the paths."""
         self._open()
         self.close()
-        outputs = {"verdicts": self._verdicts.path, "notices": self._notices._log.path,
+        outputs = {"verdicts": self._verdicts.path, "notices": self._notices.path,
                    "quarantine": self.quarantine.path,
                    "summary": os.path.join(self.out_dir, "summary.json")}
         if self.zeek_feedback:

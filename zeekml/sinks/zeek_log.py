@@ -51,10 +51,6 @@ class ZeekLogWriter:
             raise OutputError(f"cannot write: {e.strerror}", self.path) from e
         self.count += 1
 
-    def write_many(self, records) -> None:
-        for r in records:
-            self.write(r)
-
     def close(self, close_ts: float | None = None) -> None:
         if self._fd < 0:
             return

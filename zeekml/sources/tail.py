@@ -41,7 +41,9 @@ from typing import Callable, Iterable
 
 from zeekml._core.errors import UnknownFormat
 from zeekml.parse.batch import LogBatch
-from zeekml.parse.reader import detect_format
+from zeekml.parse.lines import LineFeeder
+from zeekml.parse.reader import FORMATS, detect_format
+from zeekml.parse.reader import make_parser as parser_for
 from zeekml.parse.reject import Quarantine
 from zeekml.sources.archive import CONN_NAME, SKIP_SUFFIXES
 from zeekml.sources.checkpoint import FileState, header_from_dict, header_to_dict
@@ -56,23 +58,13 @@ SUPPORTED_FORMATS = ("zeek-tsv", "zeek-json", "zeek-csv", "suricata-eve")
 
 
 def make_parser(fmt: str, source: str, quarantine: Quarantine, max_line_bytes: int,
-                state: FileState):
+                state: FileState) -> LineFeeder:
     """An incremental parser for ``fmt`` resuming at ``state`` (offset, line, TSV header)."""
-    from zeekml.parse.suricata_eve import SuricataEveParser
-    from zeekml.parse.zeek_json import ZeekJsonParser
-    from zeekml.parse.zeek_tsv import ZeekTsvParser
-
-    if fmt in ("zeek-tsv", "zeek-csv"):
-        return ZeekTsvParser(source, quarantine, max_line_bytes=max_line_bytes,
-                             start_offset=state.offset, start_line=state.line,
-                             header=header_from_dict(state.header), csv=(fmt == "zeek-csv"))
-    if fmt == "zeek-json":
-        return ZeekJsonParser(source, quarantine, max_line_bytes=max_line_bytes,
-                              start_offset=state.offset, start_line=state.line)
-    if fmt == "suricata-eve":
-        return SuricataEveParser(source, quarantine, max_line_bytes=max_line_bytes,
-                                 start_offset=state.offset, start_line=state.line)
-    raise UnknownFormat(f"cannot follow {fmt!r} logs", source)
+    if fmt not in FORMATS:
+        raise UnknownFormat(f"cannot follow {fmt!r} logs", source)
+    header = header_from_dict(state.header) if fmt in ("zeek-tsv", "zeek-csv") else None
+    return parser_for(fmt, source, quarantine, max_line_bytes=max_line_bytes,
+                      start_offset=state.offset, start_line=state.line, header=header)
 
 
 @dataclass

@@ -1,0 +1,90 @@
+"""``sinks.verdicts``: the one verdicts.jsonl renderer (columnar, exact bytes on a hand-built
+``VerdictBatch``), and the in-memory modes of the notice and quarantine writers equal their files."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+
+from zeekml.parse.reject import RejectedRecord
+from zeekml.scoring.verdict import VerdictBatch, verdict_id
+from zeekml.sinks.jsonl import QuarantineWriter
+from zeekml.sinks.verdicts import VerdictWriter, render_verdicts, verdict_line
+from zeekml.sinks.zeek_notice import NoticeWriter
+
+_STAMP = re.compile(rb"(?m)^#(open|close)\t\d{4}(-\d\d){5}$")
+
+
+def _batch() -> VerdictBatch:
+    table = pa.table({
+        "ts": pa.array([1.5, None, 3.25], pa.float64()),
+        "uid": pa.array(['C"1', None, "C3"], pa.string()),
+        "id.orig_h": pa.array(["10.0.0.1", "10.0.0.2", None], pa.string()),
+        "id.orig_p": pa.array([1, None, 3], pa.uint16()),
+        "id.resp_h": pa.array(["10.0.0.9", "10.0.0.9", "é"], pa.string()),
+        "id.resp_p": pa.array([80, 443, 53], pa.uint16()),
+        "proto": pa.array(["tcp", "udp", None], pa.string()),
+    })
+    return VerdictBatch(
+        table, names=["iforest", "gnn"], notes=["ZeekML::Anomalous_Flow", "ZeekML::Intrusion"],
+        scores={"iforest": np.array([0.5, np.nan, 2.0]), "gnn": np.array([0.25, 0.75, -np.inf])},
+        score=np.array([0.5, 0.75, 2.0]), top=np.array([0, 1, 0]),
+        alert=np.array([False, False, True]), msg={2: "m"}, sub={2: "s"})
+
+
+def test_lines_exact_bytes():
+    r = render_verdicts(_batch())
+    assert r.ids == [verdict_id("iforest", 'C"1', 1.5), verdict_id("gnn", "row1", 0.0),
+                     verdict_id("iforest", "C3", 3.25)]
+    assert r.lines == [
+        ('{"verdict_id":"%s","uid":"C\\"1","ts":1.5,"id.orig_h":"10.0.0.1","id.orig_p":1,'
+         '"id.resp_h":"10.0.0.9","id.resp_p":80,"proto":"tcp","scores":{"iforest":0.5,"gnn":0.25},'
+         '"score":0.5,"alert":false,"note":null,"model":"iforest"}\n' % r.ids[0]).encode(),
+        ('{"verdict_id":"%s","uid":"row1","ts":0.0,"id.orig_h":"10.0.0.2","id.orig_p":null,'
+         '"id.resp_h":"10.0.0.9","id.resp_p":443,"proto":"udp","scores":{"iforest":null,"gnn":0.75},'
+         '"score":0.75,"alert":false,"note":null,"model":"gnn"}\n' % r.ids[1]).encode(),
+        ('{"verdict_id":"%s","uid":"C3","ts":3.25,"id.orig_h":null,"id.orig_p":3,'
+         '"id.resp_h":"\\u00e9","id.resp_p":53,"proto":null,"scores":{"iforest":2.0,"gnn":null},'
+         '"score":2.0,"alert":true,"note":"ZeekML::Anomalous_Flow","model":"iforest"}\n'
+         % r.ids[2]).encode(),
+    ]
+    assert [i for i, _ in r.alerts] == [2]
+    v = r.alerts[0][1]
+    assert (v.uid, v.msg, v.sub, v.note, v.verdict_id) == ("C3", "m", "s", "ZeekML::Anomalous_Flow", r.ids[2])
+
+
+def test_columnar_lines_equal_one_by_one_lines_and_the_file(tmp_path):
+    b = _batch()
+    r = render_verdicts(b)
+    assert r.lines == [verdict_line(v) for v in b.verdicts()]
+    w = VerdictWriter(tmp_path / "verdicts.jsonl")
+    w.write(b.verdicts())
+    w.close()
+    assert (tmp_path / "verdicts.jsonl").read_bytes() == r.data() and w.count == 3
+    assert render_verdicts(VerdictBatch(b.table.slice(0, 0), ["iforest"], ["n"],
+                                        {"iforest": np.zeros(0)}, np.zeros(0),
+                                        np.zeros(0, int), np.zeros(0, bool))).lines == []
+
+
+def test_notice_writer_in_memory_gives_the_file_bytes(tmp_path):
+    alerts = [v for _, v in render_verdicts(_batch()).alerts] * 2
+    f = NoticeWriter(tmp_path / "n.log")
+    m = NoticeWriter(None)
+    for v in alerts:
+        f.write(v)
+        m.write(v)
+    f.close()
+    assert m.count == f.count == 2
+    data = NoticeWriter.header() + m.take_lines()
+    assert m.take_lines() == b""
+    on_disk = _STAMP.sub(b"", (tmp_path / "n.log").read_bytes())
+    assert on_disk == _STAMP.sub(b"", data) + b"\n"      # the file also has its #close line
+
+
+def test_quarantine_writer_in_memory_gives_the_file_bytes(tmp_path):
+    rec = RejectedRecord("a.log", 3, 120, "bad line", b"x\ty\xff")
+    f, m = QuarantineWriter(tmp_path / "q.jsonl"), QuarantineWriter(None)
+    f(rec), m(rec)
+    f.close()
+    assert b"".join(m.take_lines()) == (tmp_path / "q.jsonl").read_bytes() and m.take_lines() == []

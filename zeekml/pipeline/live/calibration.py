@@ -1,0 +1,157 @@
+"""Calibration of ``zeekml watch``: the baseline it fits on, and the record of it.
+
+With ``--baseline LOG...`` the detectors are fitted on those logs exactly as ``zeekml score
+--baseline LOG...`` does. Without, the first ``baseline_records`` conns of the directory are saved
+to ``OUTDIR/calibration-baseline.log`` (Zeek TSV) and fitted on; either way
+``OUTDIR/calibration.json`` records the sources (with sha256) and thresholds, a restart refits on
+the same data (fitting is seeded, so it gets the same thresholds), and ``zeekml score LOGS
+--baseline OUTDIR/calibration-baseline.log`` reproduces the live verdicts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from typing import Callable
+
+import pyarrow as pa
+
+from zeekml._core.atomic import atomic_write
+from zeekml._core.errors import ZeekmlError
+from zeekml._core.zeek_format import format_header, format_record
+from zeekml.flows.table import CONN_SCHEMA, conn_table, is_conn_batch
+from zeekml.parse.reject import Quarantine
+from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES
+from zeekml.pipeline.batch import load_conns
+from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate
+from zeekml.pipeline.live.options import (BASELINE_LOG, CALIBRATION, Stopped, WatchOptions,
+                                          WatchStats)
+from zeekml.pipeline.options import ScoreSummary
+from zeekml.sources.archive import expand_inputs
+from zeekml.sources.checkpoint import Checkpoint
+from zeekml.sources.tail import DirectoryFollower
+
+log = logging.getLogger(__name__)
+
+WaitFn = Callable[[DirectoryFollower, int], None]
+"""Called with the follower and the conns collected so far while waiting for more."""
+
+BASELINE_FIELDS = [(f.name, KNOWN_FIELD_TYPES.get(f.name, "string")) for f in CONN_SCHEMA]
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_baseline_log(table: pa.Table, path: str) -> None:
+    """Conns as a Zeek TSV conn log (``#path conn``), written whole and renamed into place."""
+    names = [n for n, _ in BASELINE_FIELDS]
+    types = [t for _, t in BASELINE_FIELDS]
+    cols = {n: table.column(n).to_pylist() for n in names}
+    lines = [format_header("conn", names, types)]
+    for i in range(table.num_rows):
+        lines.append(format_record([cols[n][i] for n in names], types))
+    atomic_write(path, b"".join(lines))
+
+
+def calibrate(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint, stats: WatchStats,
+              stop: threading.Event, on_wait: WaitFn) -> FittedDetectors:
+    """Fit and calibrate the detectors (see the module docstring); ``stats.calibration`` says
+    on what."""
+    so = opts.score
+    cal_path = os.path.join(out_dir, CALIBRATION)
+    saved = None
+    if os.path.exists(cal_path) and not opts.recalibrate:
+        try:
+            with open(cal_path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ZeekmlError(f"unreadable calibration ({e}); use --recalibrate", cal_path)
+    want = {"fpr": so.fpr, "seed": so.seed, "detectors": list(so.detectors)}
+    if saved is not None and saved.get("options") != want:
+        raise ZeekmlError(f"calibrated with other options {saved.get('options')}; use the "
+                          "same --fpr/--seed, a new --out, or --recalibrate", cal_path)
+
+    if so.baseline:
+        files = expand_inputs(so.baseline)
+        if not files:
+            raise ZeekmlError("no conn logs in --baseline")
+        sources = [{"path": os.path.abspath(p), "sha256": sha256_file(p)} for p in files]
+        if saved is not None and saved.get("sources") != sources:
+            raise ZeekmlError("the output directory was calibrated on another baseline; "
+                              "use the same --baseline, a new --out, or --recalibrate",
+                              cal_path)
+    elif saved is not None:
+        sources = saved["sources"]
+        files = [s["path"] for s in sources]
+        for s in sources:
+            if not os.path.exists(s["path"]) or sha256_file(s["path"]) != s["sha256"]:
+                raise ZeekmlError("baseline changed or missing since calibration; "
+                                  "use --recalibrate", s["path"])
+    else:
+        path = os.path.join(out_dir, BASELINE_LOG)
+        table = _collect_baseline(root, out_dir, opts, cp, stats, stop, on_wait)
+        write_baseline_log(table, path)
+        files = [path]
+        sources = [{"path": os.path.abspath(path), "sha256": sha256_file(path)}]
+
+    base_summary = ScoreSummary()
+    baseline = load_conns(files, Quarantine(), base_summary)
+    summary = ScoreSummary()
+    fitted = fit_calibrate(baseline, so, summary)
+    names = [d.name for d in fitted.detectors]
+    if saved is not None and saved.get("models", list(so.detectors)) != names:
+        raise ZeekmlError(f"calibrated with the detectors {saved.get('models')}, now "
+                          f"{names}; use the same --models/--no-models, a new --out, or "
+                          "--recalibrate", cal_path)
+    doc = {"options": want, "models": names, "sources": sources,
+           "records": baseline.num_rows, "thresholds": summary.thresholds}
+    if saved is not None and saved.get("thresholds") != json.loads(json.dumps(
+            summary.thresholds)):
+        log.warning("refitting gave other thresholds than the saved calibration "
+                    "(%s vs %s)", summary.thresholds, saved.get("thresholds"))
+    if saved is None or saved != doc:
+        atomic_write(cal_path, (json.dumps(doc, indent=2) + "\n").encode())
+    stats.calibration = {"records": baseline.num_rows, "sources": len(sources),
+                              "thresholds": summary.thresholds}
+    log.info("calibrated on %d baseline conns", baseline.num_rows)
+    return fitted
+
+def _collect_baseline(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint,
+                      stats: WatchStats, stop: threading.Event, on_wait: WaitFn) -> pa.Table:
+    """The first ``baseline_records`` conns from the checkpoint on (read, not committed)."""
+    stats.state = "calibrating"
+    f = DirectoryFollower(root, cp.files, Quarantine(), done=cp.done,
+                          max_line_bytes=opts.max_line_bytes,
+                          rescan_seconds=opts.rescan_seconds, use_events=opts.use_events,
+                          exclude=[out_dir])
+    batches = []
+    n = 0
+    f.start()
+    try:
+        while n < opts.baseline_records:
+            if stop.is_set():
+                raise Stopped
+            got = f.poll(max_records=opts.baseline_records - n)
+            for b in got:
+                if is_conn_batch(b):
+                    batches.append(b)
+                    n += b.num_rows
+            if not got and f.caught_up:
+                if opts.once:
+                    break
+                on_wait(f, n)
+                f.wait(min(opts.rescan_seconds, 1.0))
+    finally:
+        f.stop()
+    if n == 0:
+        raise ZeekmlError("no conn records to calibrate on", root)
+    table = conn_table(batches)
+    return table.slice(0, min(n, opts.baseline_records))

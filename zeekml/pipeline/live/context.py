@@ -1,0 +1,215 @@
+"""Detectors with a time context, live: the conns they still need, held back until due."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+
+import numpy as np
+import pyarrow as pa
+
+from zeekml.flows.table import CONN_SCHEMA
+from zeekml.pipeline.fitted import FittedDetectors, score_batch
+from zeekml.pipeline.live.journal import frame, records
+from zeekml.scoring.context import detectors_in_context, horizons, ts_array
+from zeekml.scoring.verdict import VerdictBatch
+
+_ROWS, _MARK = b"R", b"T"
+_MARK_FMT = struct.Struct("<dddB")
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+class LiveContext:
+    """The conns that detectors with a time context (``scoring.context``) still need, in arrival
+    order: already scored ones kept as context for later conns, and pending ones held back until
+    their forward context has arrived.
+
+    A conn is scored once the newest ``ts`` seen (the watermark) is past its ``ts`` by the widest
+    forward horizon plus ``lateness`` (how far behind the newest conn a record may still arrive:
+    Zeek writes a conn when it ends, with ``ts`` its start), or when the input is flushed
+    (``--once``). It is scored among every kept conn within each detector's horizon, in arrival
+    order, which is what ``zeekml score`` does on the whole log. Scored conns are dropped once
+    older than every pending conn's backward horizon. Released conns always satisfy
+    ``ts <= released`` (or were flushed), so the state is replayed exactly from a journal of
+    "rows" and "release mark" records (see ``ContextJournal``).
+
+    Conns are released in batches spanning ``batch_seconds`` of ``ts`` (each batch is scored
+    among the context rows of its whole horizon, which a batch per window would score over and
+    over). Memory is bounded by ``max_rows``: beyond it the oldest scored conns are dropped early, and if
+    pending conns alone pass it the oldest are released early; both are counted
+    (``evicted_early``, ``released_early``), as are conns that arrive later than ``lateness``
+    (``late``): for those and their neighbours the verdict may differ from ``zeekml score``.
+    """
+
+    def __init__(self, fitted: FittedDetectors, lateness: float = 300.0,
+                 max_rows: int = 1_000_000, batch_seconds: float = 60.0):
+        self.back, self.fwd = horizons(fitted)
+        self.lateness = float(lateness)
+        self.max_rows = max(1, int(max_rows))
+        self.batch_seconds = float(batch_seconds)
+        self.table: pa.Table = CONN_SCHEMA.empty_table()
+        self._parts: list[pa.Table] = []
+        self.ts = np.zeros(0)
+        self.scored = np.zeros(0, dtype=bool)
+        self.watermark = -math.inf
+        self.released = -math.inf
+        self.scored_max = -math.inf
+        self.late = 0
+        self.evicted_early = 0
+        self.released_early = 0
+        self._journal: list[bytes] = []
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def rows(self) -> int:
+        return len(self.ts)
+
+    @property
+    def pending(self) -> int:
+        return int(len(self.scored) - np.count_nonzero(self.scored))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the conns kept (what a compacted journal holds)."""
+        return self._tbl().nbytes
+
+    def _tbl(self) -> pa.Table:
+        if self._parts:
+            self.table = pa.concat_tables([self.table, *self._parts])
+            self._parts = []
+            if self.table.column(0).num_chunks > 64:
+                self.table = self.table.combine_chunks()
+        return self.table
+
+    def _append(self, table: pa.Table, scored: np.ndarray | None, journal: bool) -> None:
+        if journal:
+            self._journal.append(_ROWS + _ipc(table))
+        ts = ts_array(table)
+        fin = ts[np.isfinite(ts)]
+        if len(fin) and self.scored_max > -math.inf:
+            self.late += int(np.count_nonzero(fin <= self.scored_max + self.fwd))
+        if len(fin):
+            self.watermark = max(self.watermark, float(fin.max()))
+        self._parts.append(table)
+        self.ts = np.concatenate([self.ts, ts])
+        self.scored = np.concatenate(
+            [self.scored, scored if scored is not None else np.zeros(len(ts), dtype=bool)])
+
+    def add(self, table: pa.Table) -> None:
+        """New conns (read, not yet scored)."""
+        if table.num_rows:
+            self._append(table, None, journal=True)
+
+    # -- releasing ---------------------------------------------------------------------------
+
+    def _release_mask(self, flush: bool) -> np.ndarray:
+        todo = ~self.scored
+        if flush:
+            return todo
+        threshold = self.watermark - self.fwd - self.lateness
+        extra = self.pending - self.max_rows
+        if extra <= 0 and threshold < self.released + self.batch_seconds:
+            # release in batches of batch_seconds: each release scores its conns among all the
+            # context rows of their horizon, so small batches would score that context again
+            # and again
+            return np.zeros(len(todo), dtype=bool)
+        if self.released < threshold:
+            self.released = threshold
+        if extra > 0:  # too many pending: release the oldest early
+            pts = np.where(todo & np.isfinite(self.ts), self.ts, np.inf)
+            forced = float(np.partition(pts, extra - 1)[extra - 1])
+            if forced > self.released:
+                self.released_early += int(np.count_nonzero(
+                    todo & (self.ts > self.released) & (self.ts <= forced)))
+                self.released = forced
+        with np.errstate(invalid="ignore"):
+            return todo & ((self.ts <= self.released) | ~np.isfinite(self.ts))
+
+    def release(self, fitted: FittedDetectors, flush: bool = False) -> VerdictBatch:
+        """Score the conns that are due (all pending ones with ``flush``), in arrival order."""
+        mask = self._release_mask(flush)
+        self._journal.append(_MARK + _MARK_FMT.pack(self.released, self.watermark,
+                                                     self.scored_max, int(flush)))
+        targets = np.flatnonzero(mask)
+        if len(targets):
+            table = self._tbl()
+            dets = detectors_in_context(fitted.detectors, table, targets, self.ts)
+            verdicts = score_batch(table.take(pa.array(targets, pa.int64())),
+                                   dataclasses.replace(fitted, detectors=dets))
+            self._mark(mask)
+        else:
+            verdicts = score_batch(CONN_SCHEMA.empty_table(), fitted)
+        self._evict()
+        return verdicts
+
+    def _mark(self, mask: np.ndarray) -> None:
+        self.scored |= mask
+        fin = self.ts[mask & np.isfinite(self.ts)]
+        if len(fin):
+            self.scored_max = max(self.scored_max, float(fin.max()))
+
+    def _evict(self) -> None:
+        """Drop scored conns no pending or future conn can have in its horizon."""
+        if not len(self.ts):
+            return
+        todo = ~self.scored
+        oldest = np.min(self.ts[todo & np.isfinite(self.ts)], initial=self.released)
+        with np.errstate(invalid="ignore"):
+            keep = todo | (self.ts >= min(oldest, self.released) - self.back)
+        extra = int(np.count_nonzero(keep)) - self.max_rows
+        if extra > 0:  # over the memory bound: the oldest scored conns go early
+            sts = np.where(keep & self.scored, self.ts, np.inf)
+            cut = np.argsort(sts, kind="stable")[:extra]
+            keep[cut] = False
+            self.evicted_early += extra
+        if keep.all():
+            return
+        rows = np.flatnonzero(keep)
+        self.table = self._tbl().take(pa.array(rows, pa.int64())).combine_chunks() \
+            if len(rows) else CONN_SCHEMA.empty_table()
+        self.ts, self.scored = self.ts[rows], self.scored[rows]
+
+    # -- journal -----------------------------------------------------------------------------
+
+    def journal_delta(self) -> bytes:
+        """The records since the last call (rows added, release marks)."""
+        data = b"".join(frame(r) for r in self._journal)
+        self._journal = []
+        return data
+
+    def snapshot(self) -> bytes:
+        """The whole state as journal records (for compaction)."""
+        t = self._tbl().append_column("__scored", pa.array(self.scored, pa.bool_()))
+        return frame(_ROWS + _ipc(t)) + frame(_MARK + _MARK_FMT.pack(
+            self.released, self.watermark, self.scored_max, 0))
+
+    def replay(self, data: bytes) -> None:
+        """Rebuild the state from journal records (the committed part of the journal)."""
+        for rec in records(data):
+            kind, body = rec[:1], rec[1:]
+            if kind == _ROWS:
+                t = pa.ipc.open_stream(body).read_all()
+                scored = None
+                if "__scored" in t.column_names:
+                    scored = t.column("__scored").to_numpy(zero_copy_only=False).astype(bool)
+                    t = t.drop_columns(["__scored"])
+                self._append(t, scored, journal=False)
+            elif kind == _MARK:
+                released, watermark, scored_max, flush = _MARK_FMT.unpack(body)
+                self.released = max(self.released, released)
+                self.watermark = max(self.watermark, watermark)
+                self.scored_max = max(self.scored_max, scored_max)
+                with np.errstate(invalid="ignore"):
+                    mask = ~self.scored if flush else ~self.scored & (
+                        (self.ts <= self.released) | ~np.isfinite(self.ts))
+                self._mark(mask)
+                self._evict()
+        self._journal = []
+        self.late = 0
