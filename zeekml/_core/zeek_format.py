@@ -240,6 +240,8 @@ def parse_field(raw: bytes, zeek_type: str, header: ZeekHeader) -> Any:
             if part == header.unset_field:
                 out.append(None)
             elif part == header.empty_field:
+                if parse_scalar_kind(elem) != "bytes":
+                    raise ValueError(f"(empty) as a {elem} element")
                 out.append(b"")
             else:
                 out.append(parse_scalar(unescape(part), elem))

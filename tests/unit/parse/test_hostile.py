@@ -293,3 +293,14 @@ def test_quarantine_cap_is_per_file_and_configurable():
     assert len(sunk) == 8
     with pytest.raises(ValueError):
         Quarantine(sample_cap=-1)
+
+
+def test_empty_marker_as_a_number_element_is_refused_on_both_paths():
+    # found by the fuzz test: the exact path turned it into b"" and Arrow failed on the run
+    data = _header(b"ts\tv", b"time\tvector[count]")
+    for body in (b"1.0\t1,(empty)\n", b"1.0\t1,2\n1.0\t1,(empty)\n", b"x\n1.0\t1,(empty)\n"):
+        rows, q, _ = run(ZeekTsvParser, data + body)
+        assert q.records[-1].reason == "bad value in v (vector[count]): (empty) as a count element"
+        assert len(rows) == body.count(b"\n") - q.count
+    rows, q, _ = run(ZeekTsvParser, _header(b"ts\tv", b"time\tvector[string]") + b"1.0\ta,(empty)\n")
+    assert q.count == 0 and rows[0]["v"] == [b"a", b""]
