@@ -1,6 +1,7 @@
 """``zeekml._core.resources``: shipped models and Zeek scripts from a checkout, a wheel, or $ENV."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,30 @@ def test_zipped_install_has_no_resources(monkeypatch):
         shipped_models_dir()
     with pytest.raises(ZeekScriptsNotFound, match="nowhere"):
         zeek_scripts_dir()
+
+
+# --- through the CLI: an install without models ------------------------------------------------
+
+def test_cli_models_list_without_models_exits_5(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from zeekml.cli import main
+
+    _installed(tmp_path, monkeypatch, shipped=False)
+    res = CliRunner().invoke(main, ["models", "list"])
+    assert res.exit_code == 5, res.output
+    assert res.output.startswith("zeekml: error: no shipped models found")
+    assert "Traceback" not in res.output
+
+
+def test_cli_score_no_models_needs_no_shipped_models(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from zeekml.cli import main
+
+    _installed(tmp_path, monkeypatch, shipped=False)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["score", str(REPO / "examples" / "zeek"), "--no-models",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert list(json.loads((out / "summary.json").read_text())["thresholds"]) == ["iforest"]
