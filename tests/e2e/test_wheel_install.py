@@ -1,4 +1,4 @@
-"""A wheel of this tree, installed (not editable) into a fresh venv, finds its models and Zeek scripts.
+"""A wheel of this tree, installed (not editable) in a fresh venv, finds its models and scripts.
 
 What a user gets from ``pip install .``: the venv must import zeekml from its own site-packages,
 never from this checkout. The editable install of the checkout is a ``.pth`` file (an import
@@ -55,7 +55,8 @@ class Installed:
         return Path(self.cli_python("import sysconfig; print(sysconfig.get_paths()['purelib'])"))
 
     def cli_python(self, code: str) -> str:
-        return _run([str(self.python), "-c", code], cwd=self.workdir, env=_clean_env()).stdout.strip()
+        res = _run([str(self.python), "-c", code], cwd=self.workdir, env=_clean_env())
+        return res.stdout.strip()
 
     def zeekml(self, *args: str) -> subprocess.CompletedProcess:
         return _run([str(self.venv / "bin" / "zeekml"), *args], cwd=self.workdir, env=_clean_env())

@@ -1,4 +1,4 @@
-"""Where the shipped models and the Zeek package's scripts are: one lookup for a wheel and a checkout.
+"""Where the shipped models and the Zeek scripts are: one lookup for a wheel and a checkout.
 
 The repository keeps ``models/`` and ``zeek-scripts/scripts/`` at its root. A wheel carries both as
 package data under ``zeekml/_shipped/`` (``models/`` and ``zeek_scripts/``; pyproject.toml and
