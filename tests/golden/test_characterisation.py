@@ -110,10 +110,13 @@ def _golden_summary(name: str) -> dict:
     return json.loads(_golden(name, "summary.json"))
 
 
-def run_zeekml(args: list[str], extra_env: dict[str, str] | None = None, cwd: str = ROOT) -> None:
+def run_zeekml(args: list[str], extra_env: dict[str, str] | None = None, cwd: str = HERE) -> None:
     """``python -m zeekml ARGS`` in ``PINNED_ENV``: the zeekml this interpreter imports (the
-    checkout under test; ``generate.py`` points PYTHONPATH at the reference checkout)."""
+    checkout under test, or the one PYTHONPATH names: ``generate.py`` points it at the reference
+    checkout). ``-m`` puts ``cwd`` first on sys.path, so the default is a directory without a
+    ``zeekml`` package, where it cannot shadow PYTHONPATH."""
     env = dict(os.environ, **PINNED_ENV, **(extra_env or {}))
+    env.pop("ZEEKML_MODELS", None)       # the goldens are those of the shipped models/
     r = subprocess.run([sys.executable, "-m", "zeekml", *args], env=env, cwd=cwd,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"zeekml {' '.join(args)}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
