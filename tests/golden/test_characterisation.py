@@ -137,7 +137,8 @@ def _has_avx2() -> bool:
 
 
 learned = pytest.mark.skipif(
-    not _has_avx2(), reason="learned-model goldens are pinned to x86-64 AVX2 code paths (see module docstring)")
+    not _has_avx2(),
+    reason="learned-model goldens are pinned to x86-64 AVX2 code paths (see module docstring)")
 
 
 @pytest.fixture

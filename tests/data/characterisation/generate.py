@@ -1,16 +1,15 @@
 """Regenerate the characterisation goldens (see README.md here: only for an intended behaviour change).
 
-Usage, from the root of the checkout whose behaviour is the reference:
+Usage (from anywhere):
 
     python tests/data/characterisation/generate.py [CHECKOUT]
 
-CHECKOUT (default: this checkout) is the code that runs; its ``examples/`` and ``models/`` are
-used. The goldens are written beside this file, normalised exactly as
+CHECKOUT is the checkout whose behaviour is the reference (default: the one holding this file;
+for issue 13 a worktree of c5f0233): its code runs, on its ``examples/`` with its ``models/``. The goldens are written beside this file, normalised exactly as
 ``tests/golden/test_characterisation.py`` normalises the current outputs.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
