@@ -248,6 +248,49 @@ def test_zeek_tsv_fate_alone_or_in_a_block(lines):
     check_alone_vs_block(ZeekTsvParser, lines, TSV_HEADER, TSV_HEADER.count(b"\n") + 1)
 
 
+# IoT-23's packed column and its CSV conversion: the same reader with other layouts
+PACKED_HEADER = (b"#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n"
+                 b"#path\tconn\n#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tproto\t"
+                 b"tunnel_parents   label   detailed-label\n"
+                 b"#types\ttime\tstring\taddr\tport\taddr\tenum\tset[string]   string   string\n")
+GOOD_PACKED = [b"1.5", b"C1", b"10.0.0.1", b"80", b"10.0.0.2", b"tcp", b"-   Benign   -"]
+CSV_HEADER = b"ts,uid,id.orig_h,id.orig_p,id.resp_h,id.resp_p,proto,conn_state,orig_bytes,local_orig\n"
+GOOD_CSV = [b"1.5", b"C1", b"10.0.0.1", b"80", b"10.0.0.2", b"443", b"tcp", b"SF", b"10", b"T"]
+
+
+@st.composite
+def layout_record(draw, good: list[bytes], sep: bytes) -> bytes:
+    fields = list(good)
+    for i in draw(st.lists(st.integers(0, len(fields) - 1), max_size=3)):
+        fields[i] = draw(st.sampled_from(TOKENS + [b"-   -", b"a   b   c   d", b"x,y"])
+                         | st.binary(max_size=5).map(lambda b: b.replace(b"\n", b"")))
+    return sep.join(fields)
+
+
+@FUZZ
+@given(st.lists(layout_record(GOOD_PACKED, b"\t"), min_size=1, max_size=6), cuts)
+def test_iot23_packed_column(lines, cut_at):
+    lines = [ln for ln in lines if not ln.startswith(b"#")] or [b"\t".join(GOOD_PACKED)]
+    data = PACKED_HEADER + join(lines, True)
+    out, q, _ = check_chunked(ZeekTsvParser, data, [c % (len(data) + 1) for c in cut_at])
+    assert n_rows(out) + q.count == len(lines)
+    check_alone_vs_block(ZeekTsvParser, lines, PACKED_HEADER, PACKED_HEADER.count(b"\n") + 1)
+
+
+class _Csv(ZeekTsvParser):
+    def __init__(self, source, quarantine):
+        super().__init__(source, quarantine, csv=True)
+
+
+@FUZZ
+@given(st.lists(layout_record(GOOD_CSV, b","), min_size=1, max_size=6), cuts)
+def test_zeek_csv(lines, cut_at):
+    data = CSV_HEADER + join(lines, True)
+    out, q, _ = check_chunked(_Csv, data, [c % (len(data) + 1) for c in cut_at])
+    assert n_rows(out) + q.count == len(lines)
+    check_alone_vs_block(_Csv, lines, CSV_HEADER, 2)
+
+
 def test_the_strategies_reach_both_fates():
     """The fuzz inputs are not all good or all bad: both fates occur on each path."""
     good = json.dumps(_good_conn(1)).encode()
