@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from zeekml._core.atomic import write_fsync
+from zeekml._core.atomic import atomic_write, fsync_dir, write_fsync
 from zeekml._core.errors import OutputError
 from zeekml._core.zeek_format import ZeekHeader
 from zeekml.sources.fingerprint import fingerprint_file
@@ -228,29 +228,6 @@ def decode(data: bytes, where: str = "checkpoint") -> Checkpoint:
     return Checkpoint.from_body(body, where)
 
 
-def _write_whole(path: str, data: bytes) -> None:
-    """Temp file, fsync, rename over ``path``, directory fsync."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        write_fsync(tmp, data, write=os.write)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(os.path.dirname(path) or ".")
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CheckpointStore:
     """Reads and atomically commits the checkpoint ``<directory>/<name>``.
 
@@ -332,9 +309,9 @@ class CheckpointStore:
         if len(new_done) > self.LEDGER_BATCH:
             ledger = self._ledger | cp.done
             text = json.dumps(sorted(ledger), separators=(",", ":"))
-            try:
-                _write_whole(self.ledger_path, (
-                    '{"sha256":"%s","done":%s}\n' % (_digest(text), text)).encode())
+            try:   # write=os.write: this module's os, where fault-injection tests patch it
+                atomic_write(self.ledger_path, (
+                    '{"sha256":"%s","done":%s}\n' % (_digest(text), text)).encode(), write=os.write)
             except OSError as e:
                 raise CheckpointError(f"cannot write the ledger: {e.strerror}",
                                       self.ledger_path) from e
