@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
-from zeekml._core.atomic import write_fsync
+from zeekml._core.atomic import atomic_write
 from zeekml._core.errors import OutputError
 from zeekml._core.zeek_format import (DEFAULT_SEPARATOR, ZeekHeader, apply_meta_line, format_close,
                                       format_header, format_value, parse_field,
@@ -81,7 +81,6 @@ class VerdictFeedbackWriter:
         if max_verdicts < 1:
             raise ValueError("max_verdicts must be at least 1")
         self.path = os.fspath(path)
-        self.dir = os.path.dirname(os.path.abspath(self.path))
         self.max_verdicts = max_verdicts
         self.max_age = max_age
         self.alerts_only = alerts_only
@@ -92,7 +91,6 @@ class VerdictFeedbackWriter:
         # verdict_id -> (time added, formatted line), oldest first
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._dirty = False
-        self._seq = 0
         self._load_existing()
 
     # -----------------------------------------------------------------------------------------
@@ -180,19 +178,10 @@ class VerdictFeedbackWriter:
         self._prune()
         if not (self._dirty or force):
             return False
-        data = self.render()
-        self._seq += 1
-        tmp = os.path.join(self.dir, f".{os.path.basename(self.path)}.{os.getpid()}.{self._seq}.tmp")
         try:
-            write_fsync(tmp, data, os.O_EXCL)
-            os.replace(tmp, self.path)
+            atomic_write(self.path, self.render())
         except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise OutputError(f"cannot write the verdict file: {e.strerror}", self.path) from e
-        _fsync_dir(self.dir)
         self._dirty = False
         self.writes += 1
         return True
@@ -227,19 +216,6 @@ class VerdictFeedbackWriter:
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
-
 
 def _addr(value: Any) -> str | None:
     if value is None:

@@ -212,7 +212,8 @@ def test_every_intermediate_state_is_a_whole_file(tmp_path, monkeypatch):
 
     def replace(src, dst):
         assert path.read_bytes() == old
-        events.append(("replace", os.path.basename(src).startswith(".v.log.")))
+        events.append(("replace", os.path.dirname(src) == str(tmp_path)
+                       and os.path.basename(src).startswith("v.log.") and src.endswith(".tmp")))
         return real_replace(src, dst)
 
     monkeypatch.setattr(zeek_input.os, "fsync", fsync)
