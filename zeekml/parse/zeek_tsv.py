@@ -197,7 +197,7 @@ class ZeekTsvParser(LineFeeder):
         """
         ln = self.line_no + 1
         self._schema = None
-        self._header_problem = f"record under the unusable header of line {ln}"
+        self._header_problem = f"record under an unusable header: see line {ln}"
         log.warning("%s:%d: unusable header (%s); its records are quarantined", self.source, ln,
                     problem)
         self.quarantine.reject(self.source, ln, self.offset, f"unusable header: {problem}", line)

@@ -240,7 +240,7 @@ def test_tsv_unusable_header_quarantines_its_records(fields, types, row, problem
     head, *recs = q.records
     assert head.line == 7 and head.reason.startswith("unusable header") and problem in head.reason
     assert [r.line for r in recs] == [8, 9]
-    assert {r.reason for r in recs} == {"record under the unusable header of line 7"}
+    assert {r.reason for r in recs} == {"record under an unusable header: see line 7"}
     # a later good header is read again
     rows, q, _ = run(ZeekTsvParser, data + TSV_HEADER + TSV_GOOD, "conn.log")
     assert len(rows) == 1 and q.count == 3
