@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,7 @@ from zeekml.parse import Quarantine
 from zeekml.parse.reader import GZIP_MAGIC, detect_format, make_parser, open_binary
 from zeekml.parse.reject import RejectedRecord
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
+from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.scoring.context import (context_seconds, detectors_in_context, take_ts_range,
                                      with_context)
 from zeekml.scoring.verdict import Verdict
@@ -41,6 +42,9 @@ from zeekml.sinks.verdicts import render_verdicts
 log = logging.getLogger(__name__)
 
 DEFAULT_SPLIT_BYTES = 64 << 20
+
+EmitFn = Callable[[bytes, int, list[Verdict]], None]
+"""Receives each task's ``verdicts.jsonl`` lines, their count and the alerting verdicts."""
 
 TASK_RETRIES = 2
 """Every task is run at most ``1 + TASK_RETRIES`` times, whether it raises (Dask ``retries``) or
@@ -337,8 +341,9 @@ class _TaskReport:
         self.failed_files.add(task.path)
 
 
-def score_tasks_dask(tasks: list[ReadTask], spec: str, options, summary, quarantine: Quarantine,
-                     baseline_table: pa.Table | None, emit) -> None:
+def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
+                     summary: ScoreSummary, quarantine: Quarantine,
+                     baseline_table: pa.Table | None, emit: EmitFn) -> None:
     """Run the four steps of the module docstring; ``emit(lines, n, alerts)`` is called in task
     order. A task that fails for good (``TASK_RETRIES``) is reported in ``summary.files_failed``
     with its byte range and the rest goes on; retried tasks are listed in

@@ -49,6 +49,7 @@ class JsonLinesWriter:
                 raise OutputError(f"cannot write: {e.strerror}", self.path) from e
 
     def write_obj(self, obj: dict) -> None:
+        """Append ``obj`` as one line."""
         line = json_line(obj)
         if self._f is None:
             self._lines.append(line)
@@ -65,6 +66,7 @@ class JsonLinesWriter:
         return lines
 
     def close(self) -> None:
+        """Flush, fsync and close the file (nothing in memory mode)."""
         if self._f is not None and not self._f.closed:
             self._f.flush()
             os.fsync(self._f.fileno())
@@ -75,6 +77,7 @@ class QuarantineWriter(JsonLinesWriter):
     """``quarantine.jsonl``: every rejected record with file, line, byte offset and reason."""
 
     def write(self, r: RejectedRecord) -> None:
+        """Append one rejected record (the ``sample`` bytes as text, undecodable ones escaped)."""
         self.write_obj({"path": r.path, "line": r.line, "offset": r.offset, "reason": r.reason,
                         "sample": r.sample.decode("utf-8", "backslashreplace")})
 

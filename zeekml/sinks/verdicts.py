@@ -138,6 +138,7 @@ class VerdictWriter:
         self.write_lines(b"".join(lines), len(lines))
 
     def close(self) -> None:
+        """Flush, fsync and close the file."""
         if not self._f.closed:
             self._f.flush()
             os.fsync(self._f.fileno())

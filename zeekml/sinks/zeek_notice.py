@@ -37,6 +37,7 @@ class NoticeWriter:
 
     @property
     def count(self) -> int:
+        """Notices written."""
         return self._log.count if self._log is not None else self._count
 
     @staticmethod
@@ -54,6 +55,7 @@ class NoticeWriter:
         }
 
     def write(self, v: Verdict) -> None:
+        """Write one alerting verdict as a notice."""
         rec = self._record(v)
         if self._log is not None:
             self._log.write(rec)
@@ -67,5 +69,6 @@ class NoticeWriter:
         return data
 
     def close(self) -> None:
+        """Write ``#close`` and close the file (nothing in memory mode)."""
         if self._log is not None:
             self._log.close()

@@ -69,10 +69,12 @@ class LiveContext:
 
     @property
     def rows(self) -> int:
+        """Conns kept (scored ones kept as context, and pending ones)."""
         return len(self.ts)
 
     @property
     def pending(self) -> int:
+        """Conns held back, not scored yet."""
         return int(len(self.scored) - np.count_nonzero(self.scored))
 
     @property

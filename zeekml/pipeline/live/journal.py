@@ -128,6 +128,7 @@ class ContextJournal:
         self._last_committed = self.name
 
     def close(self) -> None:
+        """Close the journal file."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -80,6 +80,7 @@ class OutputFiles:
             self.lengths[name] += len(data)
 
     def close(self) -> None:
+        """Close the files (what was appended is already durable)."""
         for fd in self._fds.values():
             try:
                 os.close(fd)

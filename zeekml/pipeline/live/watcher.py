@@ -143,6 +143,7 @@ class Watcher:
     # -- run ---------------------------------------------------------------------------------
 
     def run(self) -> WatchStats:
+        """Follow, score and commit until stopped (or, with ``once``, until caught up)."""
         opts = self.options
         try:
             os.makedirs(self.out_dir, exist_ok=True)
