@@ -172,14 +172,18 @@ def _mapping(v: Any, name: str) -> dict:
 
 
 def _size_bound(st: FileState) -> int | None:
-    """Most uncompressed bytes the file at ``st.path`` can hold, when it still has identity
-    ``st.content_id``; ``None`` when unknown (gone, renamed, other content)."""
+    """Most uncompressed bytes the file at ``st.path`` can hold, when ``st.offset`` is past its
+    size on disk and it still has identity ``st.content_id``; else ``None`` (no question, or
+    the file is gone or holds other content). Only such files are fingerprinted, so loading a
+    checkpoint of many files reads no heads in the usual case."""
     if not st.path or st.offset == 0:
         return None
     try:
         size = os.stat(st.path).st_size
     except OSError:
         return None
+    if st.offset <= size:
+        return None   # within any file of that size: nothing to read (the tailer judges the rest)
     fp = fingerprint_file(st.path)
     if fp is None or fp.content_id != st.content_id:
         return None
