@@ -2,7 +2,10 @@
 
 Fast path: ``pyarrow.json`` on a block of complete lines. If the block holds a line it cannot
 take (invalid JSON, a field whose type changes), the block is parsed line by line with ``json``
-and the bad lines are quarantined. Known Zeek fields are cast to the Arrow types of
+and the bad lines are quarantined. Both paths apply the same rules, so a line's fate never
+depends on its neighbours; lines nested deeper than ``MAX_JSON_DEPTH``, invalid UTF-8 and lone
+surrogates are quarantined before or instead of reaching pyarrow (it crashes on deep nesting
+and passes invalid UTF-8 through). Known Zeek fields are cast to the Arrow types of
 ``zeek_types.arrow_type``; ``ts`` may be epoch seconds or ISO 8601 (``LogAscii::json_timestamps``).
 Strings are kept as Zeek wrote them after JSON decoding (Zeek's own ``\\xHH`` text for invalid
 UTF-8 stays as text, since JSON logs cannot tell it from a literal backslash).
@@ -21,9 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
+from zeekml._core.zeek_format import container_element_type
 from zeekml.parse.batch import LogBatch
 from zeekml.parse.lines import MAX_JSON_DEPTH, LineFeeder, too_deep_lines
-from zeekml._core.zeek_format import container_element_type
 from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES, arrow_type
 
 log = logging.getLogger(__name__)
