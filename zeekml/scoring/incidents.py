@@ -447,10 +447,11 @@ def host_baseline_bytes(baseline: pa.Table) -> dict[str, tuple[float, float]]:
 
 
 def incidents_from_batch(batch, baseline: pa.Table | None = None,
-                         options: IncidentOptions | None = None) -> list[Incident]:
+                         options: IncidentOptions | None = None, profile=None) -> list[Incident]:
     """Incidents of a scored ``VerdictBatch`` (its ``table`` is the conn table): with the conns'
     service and bytes, each alert's verdict id and Community ID, and, given the ``baseline`` conns,
-    explanations against the baseline of the same kind and volume statements.
+    explanations against the baseline of the same kind (``profile``: a fitted
+    ``BaselineProfile``, fitted here when not given) and volume statements.
     """
     from zeekml.flows.community_id import community_ids
     from zeekml.scoring.explain import BaselineProfile
@@ -470,8 +471,10 @@ def incidents_from_batch(batch, baseline: pa.Table | None = None,
         for r, cid in zip(rows.tolist(), community_ids(sub)):
             vids[r] = verdict_id(models[r], uid[r], ts[r])
             cids[r] = cid
-        if baseline is not None and baseline.num_rows:
-            for r, text in zip(rows.tolist(), BaselineProfile().fit(baseline).explain(t, rows)):
+        if profile is None and baseline is not None and baseline.num_rows:
+            profile = BaselineProfile().fit(baseline)
+        if profile is not None:
+            for r, text in zip(rows.tolist(), profile.explain(t, rows)):
                 expl[r] = text
     table = pa.table({
         "ts": t.column("ts"), "uid": t.column("uid"), "id.orig_h": t.column("id.orig_h"),

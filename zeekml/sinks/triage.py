@@ -1,5 +1,10 @@
-"""Outputs of triage: ``incidents.jsonl``, incident notices, and the mark an allowlist rule
-leaves on the verdict lines it suppressed."""
+"""Outputs of triage: ``incidents.jsonl``, ``zeekml_incident.log`` (one notice per incident),
+``baseline.json`` (what the run took as normal) and the mark an allowlist rule leaves on the
+verdict lines it suppressed.
+
+Incident notices go to their own log, in the columns of ``zeekml_notice.log``: the conn notice
+log keeps exactly its lines (one per alerting conn), whatever incidents are made of them.
+"""
 from __future__ import annotations
 
 import json
@@ -7,10 +12,15 @@ import math
 import os
 from typing import Any, Iterable
 
+from zeekml._core.atomic import atomic_write
 from zeekml._core.errors import OutputError
 from zeekml.scoring.incidents import Incident
+from zeekml.sinks.zeek_log import ZeekLogWriter
+from zeekml.sinks.zeek_notice import NOTICE_FIELDS
 
 INCIDENTS_FILE = "incidents.jsonl"
+INCIDENT_NOTICE_FILE = "zeekml_incident.log"
+BASELINE_FILE = "baseline.json"
 INCIDENT_NOTE = "ZeekML::Suspicious_Host"
 
 
@@ -31,14 +41,21 @@ def incident_line(inc: Incident | dict) -> bytes:
 
 
 def write_incidents(path: str | os.PathLike, incidents: Iterable[Incident | dict]) -> str:
-    """Write ``incidents.jsonl`` (ranked, as given) in one go; returns its path."""
+    """Write ``incidents.jsonl`` (ranked, as given) whole and atomically; returns its path."""
     path = os.fspath(path)
-    data = b"".join(incident_line(i) for i in incidents)
     try:
-        with open(path, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        atomic_write(path, b"".join(incident_line(i) for i in incidents))
+    except OSError as e:
+        raise OutputError(f"cannot write: {e.strerror}", path) from None
+    return path
+
+
+def write_baseline_info(path: str | os.PathLike, info: dict) -> str:
+    """``baseline.json``: the run's inputs, the baseline's inputs, period and size, and its
+    per-kind profile (``scoring.explain.BaselineProfile.to_dict``), for reports and reruns."""
+    path = os.fspath(path)
+    try:
+        atomic_write(path, (json.dumps(_finite(info), indent=1) + "\n").encode())
     except OSError as e:
         raise OutputError(f"cannot write: {e.strerror}", path) from None
     return path
@@ -71,3 +88,21 @@ def incident_notice(inc: Incident):
         sub=(f"{inc.incident_id}: {inc.alerts} alerts, {inc.conns} conns, {inc.n_peers} peers "
              f"as {inc.role} until {inc.last_ts:.6f}"),
         verdict_id=inc.incident_id)
+
+
+def write_incident_notices(path: str | os.PathLike, incidents: Iterable[Incident]) -> int:
+    """``zeekml_incident.log`` (``#path zeekml_incident``): one ``ZeekML::Suspicious_Host``
+    notice per incident, in ``zeekml_notice.log``'s columns; ``n`` = its alerts and
+    ``suppress_for`` = its span. Returns how many were written."""
+    with ZeekLogWriter(path, "zeekml_incident", NOTICE_FIELDS) as log:
+        for inc in incidents:
+            v = incident_notice(inc)
+            log.write({
+                "ts": v.ts, "uid": v.uid, "id.orig_h": v.orig_h, "id.orig_p": v.orig_p,
+                "id.resp_h": v.resp_h, "id.resp_p": v.resp_p, "proto": v.proto, "note": v.note,
+                "msg": v.msg, "sub": v.sub, "src": v.orig_h, "dst": v.resp_h, "p": v.resp_p,
+                "n": inc.alerts, "peer_descr": "zeekml", "actions": ["Notice::ACTION_LOG"],
+                "suppress_for": max(inc.last_ts - inc.first_ts, 0.0), "score": v.score,
+                "model": v.model,
+            })
+        return log.count

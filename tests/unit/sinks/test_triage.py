@@ -41,3 +41,23 @@ def test_incident_notice_names_the_host_in_its_role():
     assert n.sub.startswith(f"{incs['resp'].incident_id}: 12 alerts, 12 conns, 12 peers as resp")
     o = incident_notice(incs["orig"])
     assert (o.orig_h, o.resp_h, o.model, o.ts) == ("10.0.0.1", "1.1.1.1", "gnn", 150.0)
+
+
+def test_incident_notice_log_and_baseline_file(tmp_path):
+    from zeekml.parse import read_table
+    from zeekml.scoring.incidents import build_incidents, verdict_table
+    from zeekml.sinks.triage import write_baseline_info, write_incident_notices
+
+    rows = [{"ts": 100.0 + 3 * k, "uid": f"C{k}", "id.orig_h": "10.0.0.1", "id.resp_h": f"10.0.1.{k}",
+             "id.resp_p": 445, "proto": "tcp", "score": 1.5, "alert": True, "model": "iforest"}
+            for k in range(12)]
+    incs = build_incidents(verdict_table(rows))
+    path = tmp_path / "zeekml_incident.log"
+    assert write_incident_notices(path, incs) == 1
+    [n] = read_table(str(path)).to_pylist()
+    assert (n["note"], n["src"], n["n"], n["msg"]) == (
+        "ZeekML::Suspicious_Host", "10.0.0.1", 12, b"scanned 12 hosts on 445/tcp in 33 s")
+    assert n["suppress_for"] == 33.0 and n["sub"].startswith(incs[0].incident_id.encode())
+    assert path.read_bytes().startswith(b"#separator \\x09\n") and b"#path\tzeekml_incident" in path.read_bytes()
+    b = write_baseline_info(tmp_path / "baseline.json", {"conns": 3, "period": [1.0, float("nan")]})
+    assert json.loads(open(b).read()) == {"conns": 3, "period": [1.0, None]}

@@ -73,8 +73,9 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], table_id: str 
 
 def _summary_section(run: RunData) -> str:
     s = run.summary
+    b = run.baseline
     rows: list[tuple[str, str]] = []
-    inputs = s.get("inputs")
+    inputs = b.get("inputs") or s.get("inputs")
     if isinstance(inputs, list) and inputs:
         shown = ", ".join(esc(p) for p in inputs[:10])
         rows.append(("inputs", shown + (f" and {len(inputs) - 10} more" if len(inputs) > 10 else "")))
@@ -84,9 +85,11 @@ def _summary_section(run: RunData) -> str:
                        ("quarantined", "quarantined records")):
         if key in s:
             rows.append((label, _num(s[key])))
-    period = s.get("baseline_period")
+    period = b.get("period")
     if isinstance(period, (list, tuple)) and len(period) == 2:
         rows.append(("baseline period", f"{fmt_ts(period[0])} to {fmt_ts(period[1])} UTC"))
+    if b.get("source"):
+        rows.append(("baseline taken from", esc(b["source"])))
     thresholds = s.get("thresholds") if isinstance(s.get("thresholds"), dict) else {}
     for name, t in thresholds.items():
         if isinstance(t, dict):

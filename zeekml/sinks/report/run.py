@@ -1,7 +1,7 @@
 """What a report reads from a run's output directory (``zeekml score``/``replay``/``watch``).
 
-``verdicts.jsonl`` is required; ``summary.json``, ``quarantine.jsonl`` and ``incidents.jsonl`` are
-used when present. Without ``incidents.jsonl`` the incidents are computed from the verdicts
+``verdicts.jsonl`` is required; ``summary.json``, ``quarantine.jsonl``, ``incidents.jsonl`` and
+``baseline.json`` are used when present. Without ``incidents.jsonl`` the incidents are computed from the verdicts
 (the report says so: conns' bytes are not in the verdicts, so no volume statements then).
 """
 from __future__ import annotations
@@ -43,6 +43,7 @@ class RunData:
     quarantine_total: int = 0
     quarantine_by_reason: dict[str, int] = field(default_factory=dict)
     quarantine_samples: list[dict] = field(default_factory=list)
+    baseline: dict = field(default_factory=dict)   # baseline.json: inputs, period, conns
 
 
 def _json_lines(path: str) -> Iterator[tuple[int, dict]]:
@@ -154,6 +155,17 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
         incidents = [i.to_dict() for i in build_incidents(table)]
         source = "computed from verdicts.jsonl"
 
+    baseline: dict = {}
+    bpath = os.path.join(out_dir, "baseline.json")
+    if os.path.exists(bpath):
+        try:
+            with open(bpath, encoding="utf-8") as f:
+                baseline = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UnreadableInput(f"not a readable baseline file: {e}", bpath) from None
+        if not isinstance(baseline, dict):
+            raise UnreadableInput("not a JSON object", bpath)
+
     by_reason: Counter[str] = Counter()
     samples: list[dict] = []
     qpath = os.path.join(out_dir, "quarantine.jsonl")
@@ -166,4 +178,5 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
                 samples.append(q)
     return RunData(out_dir=out_dir, summary=summary, verdicts=table, detectors=detectors,
                    incidents=incidents, incidents_source=source, quarantine_total=total,
-                   quarantine_by_reason=dict(by_reason.most_common()), quarantine_samples=samples)
+                   quarantine_by_reason=dict(by_reason.most_common()), quarantine_samples=samples,
+                   baseline=baseline)

@@ -104,3 +104,16 @@ def test_arrow_and_line_readers_agree(tmp_path):
     assert fast_dets == slow_dets == ["iforest", "gnn"]
     assert fast.equals(slow)
     assert fast.column("suppressed_by").to_pylist()[3] == "allowlist rule 1: lab"
+
+
+def test_baseline_file_shown_and_escaped(tmp_path):
+    out = write_run(tmp_path, [verdict(i) for i in range(5)])
+    (out / "baseline.json").write_text(json.dumps({
+        "inputs": ["conn.<i>log"], "source": "--baseline <script>", "period": [0.0, 3600.0],
+        "conns": 5}))
+    page = render_html(load_run(out))
+    assert "<td>baseline period</td><td>1970-01-01 00:00:00 to 1970-01-01 01:00:00 UTC</td>" in page
+    assert "conn.&lt;i&gt;log" in page and "--baseline &lt;script&gt;" in page
+    (out / "baseline.json").write_text("[1]")
+    with pytest.raises(UnreadableInput, match="baseline.json: not a JSON object"):
+        load_run(out)
