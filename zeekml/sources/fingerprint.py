@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import io
 import logging
 import os
 import stat
@@ -95,7 +96,7 @@ def tail_digest(data: bytes) -> str:
 _warned_irregular: set[str] = set()
 
 
-def open_regular(path: str):
+def open_regular(path: str) -> io.BufferedReader:
     """``open(path, "rb")`` that refuses anything but a regular file without blocking.
 
     A FIFO named like a log would block a plain ``open`` until something writes to it (``watch``
