@@ -84,3 +84,23 @@ def test_cache_refingerprints_a_changed_file(tmp_path):
 def test_tail_digest_uses_the_last_bytes_only():
     assert tail_digest(b"a" * 1000 + b"xyz") == tail_digest(b"b" + b"a" * 1000 + b"xyz")
     assert tail_digest(b"abc") != tail_digest(b"abd")
+
+
+def test_follower_never_opens_a_fifo_named_like_a_log(tmp_path, caplog):
+    """Issue 17: a FIFO named conn.*.log blocked watch forever (open in the gzip sniff)."""
+    import json
+
+    import pytest
+
+    from zeekml.parse import Quarantine
+    from zeekml.sources.tail import DirectoryFollower
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    os.mkfifo(tmp_path / "conn.fifo.log")
+    (tmp_path / "conn.log").write_bytes(json.dumps({
+        "ts": 1.0, "uid": "C1", "id.orig_h": "10.0.0.1", "id.orig_p": 1, "id.resp_h": "10.0.0.2",
+        "id.resp_p": 53, "proto": "udp", "conn_state": "SF"}).encode() + b"\n")
+    f = DirectoryFollower(str(tmp_path), {}, Quarantine(), rescan_seconds=0.0, use_events=False)
+    got = [u for _ in range(3) for b in f.poll() for u in b.batch.column("uid").to_pylist()]
+    assert got == [b"C1"]
+    assert f"{tmp_path / 'conn.fifo.log'}: skipped: not a regular file" in caplog.text
