@@ -30,7 +30,8 @@ def report(out_dir: str, html_path: str | None, top: int, max_incidents: int) ->
         print_incidents(run, top=top)
         return
     path = write_html(run, html_path or os.path.join(out_dir, "report.html"), max_incidents)
-    click.echo(f"report: {path} ({len(run.incidents):,} incidents)")
+    n = len(run.incidents)
+    click.echo(f"report: {path} ({n:,} incident{'' if n == 1 else 's'})")
 
 
 COMMANDS = [report]
