@@ -12,7 +12,7 @@ import sys
 import zlib
 from typing import BinaryIO
 
-_COMPRESSED_CHUNK = 64 << 10
+_COMPRESSED_CHUNK = 256 << 10
 
 
 class GzipStream:
@@ -50,8 +50,12 @@ class GzipStream:
         if not self._buf and self._error is not None:
             raise self._error
         n = min(want, len(self._buf))
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
+        if n == len(self._buf):
+            out = bytes(self._buf)
+            self._buf.clear()
+        else:
+            out = bytes(self._buf[:n])
+            del self._buf[:n]
         self._pos += n
         return out
 
