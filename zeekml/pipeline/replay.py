@@ -7,7 +7,6 @@ in a temporary directory and collects its logs. Scoring the written conn.log is 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -16,10 +15,10 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from zeekml._core.errors import InputNotFound, OutputError, ZeekmlError
+from zeekml._core.errors import InputNotFound, ZeekmlError
 from zeekml._core.resources import zeek_scripts_dir
 from zeekml.flows.flow_log_schema import FLOW_FEATURES_FIELDS, FLOW_LOG_PATH
-from zeekml.sinks.zeek_log import ZeekLogWriter
+from zeekml.sinks.zeek_log import JsonLogWriter, ZeekLogWriter
 from zeekml.sources.flowmeter import CONN_FIELDS, Conn, FlowMeter
 from zeekml.sources.pcap import CaptureError, iter_capture
 
@@ -33,38 +32,6 @@ class EngineUnavailable(ZeekmlError):
     """``--engine zeek`` was asked for but no ``zeek`` binary is on PATH (or it failed)."""
 
     exit_code = 7
-
-
-class JsonLogWriter:
-    """Zeek's JSON writer layout: one object per line, dotted keys, unset fields omitted."""
-
-    def __init__(self, path: str, fields: Sequence[tuple[str, str]]):
-        self.path = path
-        self.names = [n for n, _ in fields]
-        self.types = dict(fields)
-        self.count = 0
-        try:
-            self._f = open(path, "w", encoding="utf-8")
-        except OSError as e:
-            raise OutputError(f"cannot write: {e.strerror}", path) from e
-
-    def write(self, rec: dict) -> None:
-        obj = {}
-        for n in self.names:
-            v = rec.get(n)
-            if v is None:
-                continue
-            t = self.types[n]
-            if t in ("time", "interval"):
-                v = round(v, 6)  # Zeek's JSON writer: microsecond precision
-            elif t == "vector[interval]":
-                v = [round(x, 6) for x in v]
-            obj[n] = v
-        self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        self.count += 1
-
-    def close(self) -> None:
-        self._f.close()
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""A Zeek-format TSV log writer (header, escaping, ``#close``), one append-mode write per line."""
+"""Zeek-format log writers: ASCII TSV (header, escaping, ``#close``) and JSON lines."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping, Sequence
 
@@ -68,3 +69,35 @@ class ZeekLogWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class JsonLogWriter:
+    """Zeek's JSON writer layout: one object per line, dotted keys, unset fields omitted."""
+
+    def __init__(self, path: str, fields: Sequence[tuple[str, str]]):
+        self.path = path
+        self.names = [n for n, _ in fields]
+        self.types = dict(fields)
+        self.count = 0
+        try:
+            self._f = open(path, "w", encoding="utf-8")
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror}", path) from e
+
+    def write(self, rec: dict) -> None:
+        obj = {}
+        for n in self.names:
+            v = rec.get(n)
+            if v is None:
+                continue
+            t = self.types[n]
+            if t in ("time", "interval"):
+                v = round(v, 6)  # Zeek's JSON writer: microsecond precision
+            elif t == "vector[interval]":
+                v = [round(x, 6) for x in v]
+            obj[n] = v
+        self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        self._f.close()
