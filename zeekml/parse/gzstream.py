@@ -18,11 +18,11 @@ _COMPRESSED_CHUNK = 256 << 10
 class GzipStream:
     """A read-only stream of the uncompressed bytes of a gzip file, readable up to any damage.
 
-    ``read`` returns decompressed data as long as there is some. A truncated archive (the last
-    member has no end) or corrupt data (a zlib error, a wrong CRC) raises ``EOFError`` or
-    ``zlib.error`` only once every whole line before the damage has been returned; the bytes of
-    the cut line after the last newline are not returned (a cut line is no record), and the
-    error message gives the uncompressed and compressed byte offsets reached. Concatenated
+    ``read`` returns decompressed data as long as there is some, in whole lines until the end
+    is reached. A truncated archive (the last member has no end) or corrupt data (a zlib error,
+    a wrong CRC) raises ``EOFError`` or ``zlib.error`` only once every whole line before the
+    damage has been returned; the bytes of the cut line are never returned (a cut line is no
+    record), and the error message gives the uncompressed and compressed byte offsets reached. Concatenated
     members and trailing zero padding are read as ``gzip``/``zcat`` do.
 
     Args:
@@ -50,6 +50,13 @@ class GzipStream:
         if not self._buf and self._error is not None:
             raise self._error
         n = min(want, len(self._buf))
+        if not self._done:
+            # more may follow, or a cut: hand on whole lines only, so that the start of a line
+            # cut by damage found later never reaches the reader (a line longer than ``size``
+            # goes in pieces; the parsers quarantine such lines anyway)
+            nl = self._buf.rfind(b"\n", 0, n)
+            if nl >= 0:
+                n = nl + 1
         if n == len(self._buf):
             out = bytes(self._buf)
             self._buf.clear()
@@ -93,6 +100,10 @@ class GzipStream:
                 self._compressed += len(self._in)
                 if not self._in:
                     if self._d is not None:
+                        try:
+                            self._buf += self._d.flush()   # what zlib still holds of the cut member
+                        except zlib.error:
+                            pass
                         self._fail(EOFError, "compressed data ends before the end of the archive")
                     self._done = True
                     break
