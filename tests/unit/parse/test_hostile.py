@@ -8,7 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 
-import pyarrow as pa
+import numpy as np
 import pytest
 
 from zeekml.flows import conn_table
@@ -260,7 +260,7 @@ def test_huge_counts_reach_the_conn_table_and_features():
     t = conn_table(out)
     assert t.column("orig_bytes").to_pylist() == [2 ** 53 + 1, 2 ** 64 - 1]
     x = FlowFeaturizer().fit_transform(t)
-    assert x.shape[0] == 2 and bool(pa.array(x.ravel()).is_valid().to_pylist()[0])
+    assert x.shape[0] == 2 and np.isfinite(x).all()
 
 
 # -- quarantine cap ------------------------------------------------------------------------------
