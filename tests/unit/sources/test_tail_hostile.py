@@ -79,7 +79,7 @@ def test_quarantine_file_is_escaped_json(tmp_path):
     import json
 
     from zeekml.pipeline import ScoreOptions
-    from zeekml.watch import Watcher, WatchOptions
+    from zeekml.pipeline.live import Watcher, WatchOptions
     root = tmp_path / "logs"
     root.mkdir()
     (root / "conn.log").write_bytes(HDR + rec(0) + b"\x1b]0;pwned\x07\x00\tx\n" + rec(1))
