@@ -49,3 +49,39 @@ def test_mae_scores_in_batches_of_the_device_helper(monkeypatch):
     assert asked == [("cpu", mae.INFER_BATCH)]
     assert calls == [64, 64, 64, 64, 44]
     np.testing.assert_allclose(batched["score"], whole["score"], rtol=1e-5, atol=1e-6)
+
+
+def test_torch_threads_default_to_half_the_cores_and_follow_the_environment(monkeypatch):
+    from zeekml._core import device
+
+    monkeypatch.delenv(device.THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert device.default_torch_threads(1) == device.default_torch_threads(2) == 1
+    assert device.default_torch_threads(16) == 8
+    assert device.torch_threads() == device.default_torch_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert device.torch_threads() == 3
+    monkeypatch.setenv(device.THREADS_ENV, "2")       # ours wins over OpenMP's
+    assert device.torch_threads() == 2
+    for bad in ("0", "-1", "two"):
+        monkeypatch.setenv(device.THREADS_ENV, bad)
+        with pytest.raises(ZeekmlError, match=f"ZEEKML_TORCH_THREADS={bad!r} is not a positive"):
+            device.torch_threads()
+
+
+def test_configure_torch_sets_the_threads_once(monkeypatch):
+    import torch
+
+    from zeekml._core import device
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(device, "_configured", None)
+    monkeypatch.setenv(device.THREADS_ENV, "1")
+    try:
+        assert device.configure_torch() == 1
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv(device.THREADS_ENV, "2")   # already configured: left alone
+        assert device.configure_torch() == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -1,7 +1,12 @@
 """Device choice: CPU by default everywhere; CUDA only when asked for or when ``auto`` finds it."""
 from __future__ import annotations
 
+import logging
+import os
+
 from zeekml._core.errors import ZeekmlError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -38,3 +43,61 @@ def inference_batch(device: str, cpu_rows: int) -> int:
     Every model's score and predict path takes its batch from here.
     """
     return cpu_rows * CUDA_BATCH_FACTOR if str(device).startswith("cuda") else cpu_rows
+
+
+THREADS_ENV = "ZEEKML_TORCH_THREADS"
+"""Environment variable that sets torch's intra-op threads for inference (else ``OMP_NUM_THREADS``,
+else ``default_torch_threads()``)."""
+
+_configured: int | None = None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and ``taskset`` set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not on Linux: no affinity masks
+        return os.cpu_count() or 1
+
+
+def default_torch_threads(cores: int | None = None) -> int:
+    """Half the usable cores, at least one.
+
+    Measured on the team's 2-core machines (bench/README.md, "Threads"): the MoE detector's forward
+    pass over 8k conns took 1.6 s with one thread, 9.1 s with torch's default of one per core
+    while other processes shared the cores (OpenMP threads spin at every barrier, waiting for a
+    descheduled sibling) and 2.0 s with two passive threads. The rest of a run (Arrow's reader,
+    numpy, the sinks) and the sensor itself need cores too, so torch gets half of them.
+    """
+    return max(1, (usable_cores() if cores is None else cores) // 2)
+
+
+def torch_threads() -> int:
+    """The intra-op thread count ``configure_torch`` sets: ``$ZEEKML_TORCH_THREADS``, else
+    ``$OMP_NUM_THREADS`` (the user's choice for every OpenMP library), else
+    ``default_torch_threads()``. A value that is not a positive integer is a ``ZeekmlError``."""
+    for name in (THREADS_ENV, "OMP_NUM_THREADS"):
+        raw = os.environ.get(name, "").strip()
+        if raw:
+            try:
+                n = int(raw)
+            except ValueError:
+                n = 0
+            if n < 1:
+                raise ZeekmlError(f"${name}={raw!r} is not a positive number of threads")
+            return n
+    return default_torch_threads()
+
+
+def configure_torch() -> int:
+    """Set torch's intra-op threads for inference, once per process (``torch_threads()``);
+    returns the count. Every learned detector's load goes through here
+    (``zeekml.scoring.detectors.base.torch_module``)."""
+    global _configured
+    if _configured is None:
+        import torch
+
+        _configured = torch_threads()
+        torch.set_num_threads(_configured)
+        log.debug("torch intra-op threads: %d", _configured)
+    return _configured

@@ -1,0 +1,336 @@
+"""``zeekml score`` with every shipped detector against ``--no-models``, same log, one run.
+
+    python bench/score_speed.py                      # ~100k conns, both modes, per-stage table
+    python bench/score_speed.py --conns 30000 --modes models
+    python bench/score_speed.py --json out.json --markdown
+
+The log: copies of real labeled conn logs from the shared data set (IoT-23 CTU-34-1 and two
+Stratosphere mixed captures), each copy shifted in time past the previous one and its uids
+suffixed so that no two conns share a uid, written as rotated files of one directory (what
+``zeekml score DIR`` reads). The copies keep every conn's fields, so featurisation and the models
+see real value distributions; a host's sequences restart with each copy.
+
+Each mode runs ``zeekml score DIR --out OUT`` in its own fresh Python process (so imports count,
+and nothing warmed by one mode helps the other), in-process through ``zeekml.cli.main``, with
+timers wrapped around the library's stage functions by this script (the library is unchanged).
+A timer records its *self* time (nested timers subtract), keyed by phase (fit: a detector fitted
+on half the baseline; calibrate: the other half scored for its threshold; score: every conn
+scored), detector and stage, so the rows of the table add up to the run's wall time. The parent
+prints flows/s of each mode and the ratio models / --no-models, and checks that both runs wrote
+one verdict per conn.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.environ.get("ZEEKML_DATA", "/work/shared/data")
+SOURCES = [os.path.join(DATA, "iot23-ctu-34-1", "conn.log.labeled"),
+           os.path.join(DATA, "stratosphere-security-datasets-for-testing", "008-zeek-mixed", "data",
+                        "conn.log.labeled"),
+           os.path.join(DATA, "stratosphere-security-datasets-for-testing", "010-zeek-mixed", "data",
+                        "conn.log.labeled")]
+
+
+# -- the log ---------------------------------------------------------------------------------
+
+def _read_source(path: str) -> tuple[list[str], list[list[str]], int, int]:
+    """``(header lines, data rows split on tab, ts column, uid column)`` of a Zeek TSV log."""
+    header, rows = [], []
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            if line.startswith("#"):
+                if not rows:
+                    header.append(line)
+                continue
+            rows.append(line.rstrip("\n").split("\t"))
+    fields = next(h for h in header if h.startswith("#fields")).rstrip("\n").split("\t")[1:]
+    return header, rows, fields.index("ts"), fields.index("uid")
+
+
+def build_log(out_dir: str, conns: int, sources: list[str] = SOURCES) -> int:
+    """Write ~``conns`` conns as rotated files under ``out_dir``; returns the number written."""
+    parsed = [_read_source(p) for p in sources]
+    tss = [float(r[ti]) for _, rows, ti, _ in parsed for r in rows if r[ti] not in ("-", "")]
+    span = max(tss) - min(tss) + 3600.0
+    written, copy = 0, 0
+    while written < conns:
+        shift = copy * span
+        for si, (header, rows, ti, ui) in enumerate(parsed):
+            take = rows[:conns - written]
+            if not take:
+                break
+            path = os.path.join(out_dir, f"conn.{copy:03d}-{si}.log")
+            with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.writelines(header)
+                for r in take:
+                    r = list(r)
+                    if r[ti] not in ("-", ""):
+                        r[ti] = f"{float(r[ti]) + shift:.6f}"
+                    r[ui] = f"{r[ui]}x{copy}"
+                    f.write("\t".join(r) + "\n")
+            written += len(take)
+        copy += 1
+    return written
+
+
+# -- timers (worker side) --------------------------------------------------------------------
+
+class Stages:
+    """Self-time per ``(phase, detector, stage)``; nested timers subtract from their parent."""
+
+    def __init__(self) -> None:
+        self.self_s: dict[tuple[str, str, str], float] = defaultdict(float)
+        self.stack: list[list] = []          # [key, start, child seconds]
+        self.phase = "other"
+        self.detector = "-"
+
+    @contextlib.contextmanager
+    def timed(self, stage: str, phase: str | None = None, detector: str | None = None):
+        saved = (self.phase, self.detector)
+        if phase is not None:
+            self.phase = phase
+        if detector is not None:
+            self.detector = detector
+        frame = [(self.phase, self.detector, stage), time.perf_counter(), 0.0]
+        self.stack.append(frame)
+        try:
+            yield
+        finally:
+            self.stack.pop()
+            total = time.perf_counter() - frame[1]
+            self.self_s[frame[0]] += total - frame[2]
+            if self.stack:
+                self.stack[-1][2] += total
+            self.phase, self.detector = saved
+
+    def wrap(self, owner, attr: str, stage: str, phase: str | None = None,
+             detector_of=None) -> None:
+        """Replace ``owner.attr`` by a timed wrapper (``detector_of(args)`` names the detector)."""
+        fn = getattr(owner, attr)
+        st = self
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            det = detector_of(args) if detector_of else None
+            with st.timed(stage, phase, det):
+                return fn(*args, **kwargs)
+
+        setattr(owner, attr, wrapper)
+
+    def wrap_generator(self, owner, attr: str, stage: str) -> None:
+        """Time each ``next()`` of the generator ``owner.attr`` returns (the consumer's work between
+        items is not counted)."""
+        fn = getattr(owner, attr)
+        st = self
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            it = iter(fn(*args, **kwargs))
+            while True:
+                with st.timed(stage):
+                    try:
+                        item = next(it)
+                    except StopIteration:
+                        return
+                yield item
+
+        setattr(owner, attr, wrapper)
+
+
+def install(st: Stages) -> None:
+    """Wrap the library's stage functions (where they are looked up) with ``st``'s timers."""
+    import zeekml.pipeline.batch as batch
+    import zeekml.pipeline.fitted as fitted
+    from zeekml.features.flow_features import FlowFeaturizer
+    from zeekml.scoring.calibrate import ThresholdCalibrator
+    from zeekml.scoring.detectors.iforest import IsolationForestDetector
+    from zeekml.sinks.run_outputs import ScoreOutputs
+
+    st.wrap(batch, "load_conns", "read + parse")
+    st.wrap(batch, "render_verdicts", "render verdicts")
+    st.wrap(ScoreOutputs, "write_batch", "write")
+    st.wrap(ScoreOutputs, "finish", "write")
+    st.wrap(fitted, "build_detectors", "load models (imports, weights)", phase="fit")
+    st.wrap(fitted, "combine", "combine", phase="score")
+    st.wrap(ThresholdCalibrator, "fit", "calibrate (quantile)")
+    st.wrap(ThresholdCalibrator, "calibrate", "calibrate (apply)")
+    st.wrap(FlowFeaturizer, "transform", "featurise")
+    name = lambda a: a[0].name  # noqa: E731
+    st.wrap(IsolationForestDetector, "fit", "fit (sklearn)", detector_of=name)
+    st.wrap(IsolationForestDetector, "score", "forward (sklearn)", detector_of=name)
+    for det_cls in _learned_classes():
+        st.wrap(det_cls, "fit", "detector (other)", detector_of=name)
+    for det_cls in _learned_classes() + [IsolationForestDetector]:
+        st.wrap(det_cls, "explain", "explain", phase="explain", detector_of=name)
+    _wrap_fit_calibrate(st, batch, fitted)
+
+    import zeekml.scoring.detectors.gnn as gnn
+    import zeekml.scoring.detectors.mae as mae
+    import zeekml.scoring.detectors.token as token
+    from zeekml.features.graph import FlowGraphBuilder
+
+    st.wrap(token.LoadedTokenModel, "tokens", "featurise")
+    st.wrap(token.LoadedTokenModel, "run", "forward")
+    st.wrap(mae.LoadedMAE, "modalities", "featurise")
+    st.wrap(mae.LoadedMAE, "run", "forward")
+    st.wrap(gnn, "embed_rows", "forward")
+    st.wrap(gnn, "knn_distance", "kNN to reference")
+    st.wrap_generator(FlowGraphBuilder, "iter_graphs", "graph build")
+    for mod in ("zeekml.features.host_history",):
+        with contextlib.suppress(ImportError):
+            hh = __import__(mod, fromlist=["HostHistory"])
+            st.wrap(hh.HostHistory, "of", "host history index (shared)")
+
+
+def _learned_classes() -> list:
+    import zeekml.scoring.detectors.gnn as gnn
+    import zeekml.scoring.detectors.mae as mae
+    import zeekml.scoring.detectors.token as token
+
+    return [gnn.GNNDetector, mae.MAEDetector, token.TokenDetector]
+
+
+def _wrap_fit_calibrate(st: Stages, batch, fitted) -> None:
+    """Phases: inside ``fit_calibrate`` a detector's ``fit`` is "fit" and its ``score`` is
+    "calibrate"; inside ``score_batch`` everything is "score"."""
+    orig_fc, orig_sb = fitted.fit_calibrate, fitted.score_batch
+
+    def fit_calibrate(baseline, options, summary=None):
+        with st.timed("fit/calibrate (other)", phase="fit"):
+            return orig_fc(baseline, options, summary)
+
+    def score_batch(table, fit):
+        with st.timed("score (other)", phase="score"):
+            return orig_sb(table, fit)
+
+    batch.fit_calibrate = fitted.fit_calibrate = fit_calibrate
+    batch.score_batch = fitted.score_batch = score_batch
+    # A detector's score called inside fit_calibrate scores the calibration half.
+    from zeekml.scoring.detectors.iforest import IsolationForestDetector
+
+    for cls in _learned_classes() + [IsolationForestDetector]:
+        score = cls.score
+
+        @functools.wraps(score)
+        def phased(self, table, _score=score):
+            phase = "calibrate" if st.phase == "fit" else None
+            with st.timed("detector (other)", phase=phase, detector=self.name):
+                return _score(self, table)
+
+        cls.score = phased
+
+
+def worker(mode: str, log_dir: str, out_dir: str, result: str) -> None:
+    """One ``zeekml score`` run in this process, timed by stage; writes ``result`` (JSON)."""
+    t0 = time.perf_counter()
+    st = Stages()
+    with st.timed("import zeekml.cli"):
+        from zeekml.cli import main
+    install(st)
+    args = ["score", log_dir, "--out", out_dir] + (["--no-models"] if mode == "no-models" else [])
+    with st.timed("cli (other)"):
+        try:
+            main(args, standalone_mode=False)
+        except SystemExit as e:
+            if e.code:
+                raise
+    wall = time.perf_counter() - t0
+    with open(os.path.join(out_dir, "summary.json")) as f:
+        summary = json.load(f)
+    with open(result, "w") as f:
+        json.dump({"mode": mode, "wall_s": wall, "scored": summary.get("scored"),
+                   "stages": [[*k, v] for k, v in st.self_s.items()]}, f)
+
+
+# -- the parent ------------------------------------------------------------------------------
+
+def run_mode(mode: str, log_dir: str, tmp: str, threads: int) -> dict:
+    out = os.path.join(tmp, f"out-{mode}")
+    res = os.path.join(tmp, f"{mode}.json")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=ROOT)
+    subprocess.run([sys.executable, __file__, "--worker", mode, "--log-dir", log_dir, "--out", out,
+                    "--result", res], check=True, env=env, stdout=subprocess.DEVNULL)
+    with open(res) as f:
+        r = json.load(f)
+    with open(os.path.join(out, "verdicts.jsonl"), "rb") as f:
+        r["verdict_lines"] = sum(1 for _ in f)
+    return r
+
+
+def table(r: dict) -> list[tuple[str, str, str, float]]:
+    rows = sorted(r["stages"], key=lambda s: (["other", "fit", "calibrate", "score", "explain"].index(s[0])
+                                              if s[0] in ("other", "fit", "calibrate", "score", "explain") else 9,
+                                              s[1], -s[3]))
+    return [tuple(x) for x in rows if x[3] >= 0.005]
+
+
+def markdown(r: dict) -> str:
+    lines = [f"| phase | detector | stage | seconds | share |", "|---|---|---|---|---|"]
+    for phase, det, stage, s in table(r):
+        lines.append(f"| {phase} | {det} | {stage} | {s:.2f} | {100 * s / r['wall_s']:.1f}% |")
+    lines.append(f"| | | **wall** | **{r['wall_s']:.2f}** | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--conns", type=int, default=100_000, help="conns in the generated log (default 100000)")
+    ap.add_argument("--modes", default="models,no-models", help="comma list of models, no-models")
+    ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the runs (default 2)")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--markdown", action="store_true", help="print the stage tables as Markdown")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--log-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        worker(a.worker, a.log_dir, a.out, a.result)
+        return
+    missing = [p for p in SOURCES if not os.path.exists(p)]
+    if missing:
+        sys.exit(f"score_speed: source log missing: {missing[0]} (set ZEEKML_DATA)")
+    with tempfile.TemporaryDirectory(prefix="zeekml-score-speed-") as tmp:
+        log_dir = os.path.join(tmp, "logs")
+        os.makedirs(log_dir)
+        n = build_log(log_dir, a.conns)
+        print(f"log: {n} conns in {len(glob.glob(os.path.join(log_dir, '*.log')))} files; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+        results = {}
+        for mode in a.modes.split(","):
+            r = run_mode(mode, log_dir, tmp, a.threads)
+            if r["verdict_lines"] != n:
+                sys.exit(f"score_speed: {mode}: {r['verdict_lines']} verdicts for {n} conns")
+            r["flows_per_s"] = n / r["wall_s"]
+            results[mode] = r
+            print(f"\n{mode}: {n} conns in {r['wall_s']:.1f} s = {r['flows_per_s']:,.0f} flows/s", flush=True)
+            if a.markdown:
+                print(markdown(r))
+            else:
+                for phase, det, stage, s in table(r):
+                    print(f"  {phase:9s} {det:7s} {stage:34s} {s:8.2f} s {100 * s / r['wall_s']:5.1f}%")
+        if "models" in results and "no-models" in results:
+            ratio = results["models"]["flows_per_s"] / results["no-models"]["flows_per_s"]
+            print(f"\nmodels / --no-models: {results['models']['flows_per_s']:,.0f} / "
+                  f"{results['no-models']['flows_per_s']:,.0f} flows/s = {ratio:.3f}x (target >= 0.4x)")
+            results["ratio"] = ratio
+        results["conns"] = n
+        results["load_average_end"] = os.getloadavg()[0]
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
