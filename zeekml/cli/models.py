@@ -158,14 +158,30 @@ def models_list(root):
 @models.command("verify")
 @click.option("--dir", "root", default=None, type=click.Path(file_okay=False))
 def models_verify(root):
-    """Check every model file against the sha256 in its manifest."""
-    from zeekml.scoring.detectors.base import verify_model_dir
+    """Check every model file against the sha256 in its manifest.
+
+    Every directory is checked; each failure is one line, and any failure exits 5 (model files
+    missing or altered) after the rest were checked."""
+    from zeekml._core.errors import ModelError
+    from zeekml.scoring.detectors.base import load_model_dir
 
     root = root or default_models_dir()
     found = sorted(glob.glob(os.path.join(root, "*", "manifest.json")))
+    failed: list[ModelError] = []
     for m in found:
-        verify_model_dir(os.path.dirname(m))
-        click.echo(f"ok {os.path.dirname(m)}")
+        d = os.path.dirname(m)
+        try:
+            # everything a detector's load checks (manifest shape and coverage, hashes, the
+            # weights file, config sizes), so "ok" means the directory loads
+            load_model_dir(d)
+        except ModelError as e:
+            failed.append(e)
+            click.echo(f"FAILED {e}", err=True)
+            continue
+        click.echo(f"ok {d}")
+    if failed:
+        raise ModelError(f"{len(failed)} of {len(found)} model directories failed verification",
+                         root)
     click.echo(f"{len(found)} model directories verified")
 
 
