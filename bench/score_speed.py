@@ -255,10 +255,12 @@ def worker(mode: str, log_dir: str, out_dir: str, result: str) -> None:
 
 # -- the parent ------------------------------------------------------------------------------
 
-def run_mode(mode: str, log_dir: str, tmp: str, threads: int) -> dict:
+def run_mode(mode: str, log_dir: str, tmp: str, threads: int | None) -> dict:
     out = os.path.join(tmp, f"out-{mode}")
     res = os.path.join(tmp, f"{mode}.json")
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     subprocess.run([sys.executable, __file__, "--worker", mode, "--log-dir", log_dir, "--out", out,
                     "--result", res], check=True, env=env, stdout=subprocess.DEVNULL)
     with open(res) as f:
@@ -287,7 +289,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conns", type=int, default=100_000, help="conns in the generated log (default 100000)")
     ap.add_argument("--modes", default="models,no-models", help="comma list of models, no-models")
-    ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the runs (default 2)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="OMP_NUM_THREADS of the runs (default: unset, as a user runs zeekml)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--markdown", action="store_true", help="print the stage tables as Markdown")
     ap.add_argument("--worker", help=argparse.SUPPRESS)

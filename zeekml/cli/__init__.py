@@ -2,7 +2,10 @@
 
 Library code raises ``ZeekmlError`` subclasses; only this package turns them into one-line
 messages and exit codes. Each sub-module defines its click commands and lists them in
-``COMMANDS``; ``COMMAND_MODULES`` names the modules registered here.
+``COMMANDS``; ``COMMAND_MODULES`` names the modules registered here and ``COMMAND_NAMES`` which
+module holds each command, so that a command imports its own module only: ``zeekml cat`` never
+loads the scoring stack (scikit-learn, torch), ``zeekml score --no-models`` never loads torch
+(tests/unit/test_lazy_imports.py).
 """
 from __future__ import annotations
 
@@ -27,9 +30,37 @@ COMMAND_MODULES = (
     "feedback",
 )
 
+COMMAND_NAMES = {
+    "cat": "cat",
+    "score": "score",
+    "replay": "replay",
+    "pretrain": "models",
+    "finetune": "models",
+    "predict": "models",
+    "eval": "models",
+    "models": "models",
+    "zeek-package": "zeek_package",
+    "embed": "embed",
+    "similar": "embed",
+    "watch": "watch",
+    "report": "report",
+    "feedback": "feedback",
+}
+
 
 class ZeekmlGroup(click.Group):
-    """Turns domain errors into ``zeekml: error: ...`` and their exit code, never a traceback."""
+    """Turns domain errors into ``zeekml: error: ...`` and their exit code, never a traceback;
+    imports a command's module when that command is asked for (``COMMAND_NAMES``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_NAMES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_NAMES:
+            mod = importlib.import_module(f"zeekml.cli.{COMMAND_NAMES[cmd_name]}")
+            for cmd in mod.COMMANDS:
+                self.add_command(cmd)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -50,8 +81,3 @@ def main(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
-
-for _name in COMMAND_MODULES:
-    _mod = importlib.import_module(f"zeekml.cli.{_name}")
-    for _cmd in _mod.COMMANDS:
-        main.add_command(_cmd)
