@@ -49,7 +49,7 @@ def _general(verdicts) -> list[bytes]:
 def test_column_renderer_gives_the_general_bytes(tmp_path):
     table = conn_table(list(read_log(REAL_CONN)))
     # hostile uids and addresses: quotes, backslashes, control bytes, non-ASCII, U+2028; unset
-    # and empty uids and an unset ts take Verdict's stand-ins (row<i>, 0.0)
+    # and empty uids and an unset ts take Verdict's stand-ins (uid_stand_ins, 0.0)
     uids = table.column("uid").to_pylist()
     uids[:8] = ['C"q', "C\\b", "C\tt\n", "Cé✓", "C\u2028", "C\x00z", None, ""]
     table = table.set_column(table.schema.get_field_index("uid"), "uid", pa.array(uids, pa.string()))
@@ -69,7 +69,8 @@ def test_column_renderer_gives_the_general_bytes(tmp_path):
     assert [i for i, _ in fast.alerts] == [i for i, v in enumerate(verdicts) if v.alert] and fast.alerts
     assert [v for _, v in fast.alerts] == [v for v in verdicts if v.alert]
     assert fast.lines == _general(verdicts) == [verdict_line(v) for v in verdicts]
-    assert b'"uid":"row6"' in fast.lines[6] and b'"uid":"row7"' in fast.lines[7]
+    assert b'"uid":"nouid-' in fast.lines[6] and b'"uid":"nouid-' in fast.lines[7]
+    assert verdicts[6].uid != verdicts[7].uid
     assert b'"ts":0.0' in fast.lines[10] and b'"ts":null' in fast.lines[11]
     assert b'"score":null' in fast.lines[21]
     assert fast.data() == _writer_bytes(verdicts, tmp_path / "v")

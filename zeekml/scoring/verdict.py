@@ -25,6 +25,37 @@ def verdict_ids(models: Iterable[str], uids: Iterable[str], ts: Iterable[float])
             for m, u, t in zip(models, uids, ts)]
 
 
+_CONN_VALUES = ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service",
+                "duration", "orig_bytes", "resp_bytes", "conn_state", "local_orig", "local_resp",
+                "missed_bytes", "history", "orig_pkts", "orig_ip_bytes", "resp_pkts",
+                "resp_ip_bytes", "ip_proto")
+
+
+def uid_stand_ins(table: pa.Table, uids: list[str | None]) -> list[str | None]:
+    """Per row, ``None`` where ``uids`` has a uid, else a stand-in uid for a conn without one:
+    ``nouid-`` and 16 hex digits of the sha1 of the row's conn values.
+
+    It depends on the conn alone, never on its place in a table, so a conn gets the same
+    stand-in (hence the same verdict id) from ``score`` on the whole log and from ``watch`` in
+    any window, after any restart. (A row number, the stand-in before, repeated in every window
+    of ``watch``: distinct conns with equal ``ts`` collided and were dropped as duplicates.) Two
+    conns equal in every value are one conn to it.
+    """
+    rows = [i for i, u in enumerate(uids) if not u]
+    out: list[str | None] = [None] * len(uids)
+    if not rows:
+        return out
+    sha1 = hashlib.sha1
+    # the conn's own values only (never columns a scoring path may add); repr keeps types apart
+    # ("1" vs 1, None vs "None")
+    cols = [c for c in _CONN_VALUES if c in table.column_names]
+    picked = table.select(cols).take(pa.array(rows, pa.int64())).to_pylist()
+    for i, rec in zip(rows, picked):
+        key = repr([rec[c] for c in cols])
+        out[i] = "nouid-" + sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return out
+
+
 def verdict_id(model: str, uid: str, ts: float) -> str:
     """``verdict_ids`` of one verdict."""
     return verdict_ids((model,), (uid,), (ts,))[0]
@@ -98,7 +129,7 @@ class VerdictBatch:
 
     def column(self, name: str) -> list:
         """One of the conn columns a verdict carries as Python values, with ``Verdict``'s
-        stand-ins: an unset ``ts`` is 0.0, an unset or empty ``uid`` is ``row<i>``."""
+        stand-ins: an unset ``ts`` is 0.0, an unset or empty ``uid`` is ``uid_stand_ins``'s."""
         if self._cols is None:
             self._cols = {}
         got = self._cols.get(name)
@@ -106,8 +137,8 @@ class VerdictBatch:
             got = self.table.column(name).to_pylist()
             if name == "ts":
                 got = [0.0 if t is None else t for t in got]
-            elif name == "uid":
-                got = [u or f"row{i}" for i, u in enumerate(got)]
+            elif name == "uid" and not all(got):
+                got = [u or s for u, s in zip(got, uid_stand_ins(self.table, got))]
             self._cols[name] = got
         return got
 

@@ -35,15 +35,17 @@ def _batch() -> VerdictBatch:
 
 def test_lines_exact_bytes():
     r = render_verdicts(_batch())
-    assert r.ids == [verdict_id("iforest", 'C"1', 1.5), verdict_id("gnn", "row1", 0.0),
+    stand_in = _batch().column("uid")[1]     # the uid-less conn's stand-in (uid_stand_ins)
+    assert stand_in.startswith("nouid-") and len(stand_in) == 22
+    assert r.ids == [verdict_id("iforest", 'C"1', 1.5), verdict_id("gnn", stand_in, 0.0),
                      verdict_id("iforest", "C3", 3.25)]
     assert r.lines == [
         ('{"verdict_id":"%s","uid":"C\\"1","ts":1.5,"id.orig_h":"10.0.0.1","id.orig_p":1,'
          '"id.resp_h":"10.0.0.9","id.resp_p":80,"proto":"tcp","scores":{"iforest":0.5,"gnn":0.25},'
          '"score":0.5,"alert":false,"note":null,"model":"iforest"}\n' % r.ids[0]).encode(),
-        ('{"verdict_id":"%s","uid":"row1","ts":0.0,"id.orig_h":"10.0.0.2","id.orig_p":null,'
+        ('{"verdict_id":"%s","uid":"%s","ts":0.0,"id.orig_h":"10.0.0.2","id.orig_p":null,'
          '"id.resp_h":"10.0.0.9","id.resp_p":443,"proto":"udp","scores":{"iforest":null,"gnn":0.75},'
-         '"score":0.75,"alert":false,"note":null,"model":"gnn"}\n' % r.ids[1]).encode(),
+         '"score":0.75,"alert":false,"note":null,"model":"gnn"}\n' % (r.ids[1], stand_in)).encode(),
         ('{"verdict_id":"%s","uid":"C3","ts":3.25,"id.orig_h":null,"id.orig_p":3,'
          '"id.resp_h":"\\u00e9","id.resp_p":53,"proto":null,"scores":{"iforest":2.0,"gnn":null},'
          '"score":2.0,"alert":true,"note":"ZeekML::Anomalous_Flow","model":"iforest"}\n'
