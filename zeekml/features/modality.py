@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from zeekml.features.flow_features import FlowFeaturizer
+from zeekml.features.host_history import HostHistory, distinct_codes, flow_rows
 
 log = logging.getLogger(__name__)
 
@@ -112,32 +113,37 @@ def packet_sequences(table: pa.Table, flows: pa.Table | None) -> np.ndarray:
     out = np.zeros((n, SEQ_LEN, len(PACKET_CHANNELS)), dtype=np.float32)
     if flows is None or flows.num_rows == 0 or n == 0:
         return out
-    where = {u: i for i, u in enumerate(flows.column("uid").to_pylist()) if u}
-    cols = {c: flows.column(c).to_pylist() for c in ("dirs", "ip_lens", "iats", "tcp_flags")}
-    for r, uid in enumerate(table.column("uid").to_pylist()):
-        i = where.get(uid)
-        if i is None:
-            continue
-        dirs, lens, iats, flags = (cols[c][i] or [] for c in ("dirs", "ip_lens", "iats", "tcp_flags"))
-        k = min(SEQ_LEN, len(dirs), len(lens), len(iats), len(flags))
-        if k == 0:
-            continue
-        f = np.asarray(flags[:k], dtype=np.int64)
-        out[r, :k, 0] = 1.0
-        out[r, :k, 1] = np.asarray(dirs[:k], dtype=np.float32)
-        out[r, :k, 2] = np.log1p(np.maximum(np.asarray(lens[:k], dtype=np.float64), 0))
-        out[r, :k, 3] = np.log1p(np.maximum(np.asarray(iats[:k], dtype=np.float64), 0) * 1e3)
-        for j, bit in enumerate(_TCP_FLAG_BITS):
-            out[r, :k, 4 + j] = (f & bit) > 0
+    hit = flow_rows(table.column("uid"), flows.column("uid"))
+    ok = np.flatnonzero(hit >= 0)
+    if len(ok) == 0:
+        return out
+    sub = flows.take(pa.array(hit[ok]))
+    cols = [sub.column(c).combine_chunks() for c in ("dirs", "ip_lens", "iats", "tcp_flags")]
+    # a flow's steps: the first k of each list, k = the shortest list (and at most SEQ_LEN)
+    k = np.minimum.reduce([pc.list_value_length(c).fill_null(0).to_numpy(zero_copy_only=False)
+                           for c in cols]).astype(np.int64)
+    k = np.minimum(k, SEQ_LEN)
+    seq = np.repeat(np.arange(len(ok)), k)
+    step = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
+
+    def gather(c: pa.ListArray) -> np.ndarray:
+        offs = c.offsets.to_numpy()
+        vals = pc.fill_null(c.values, 0).to_numpy(zero_copy_only=False).astype(np.float64)
+        return vals[offs[seq] + step]
+
+    dirs, lens, iats, flags = (gather(c) for c in cols)
+    r = ok[seq]
+    out[r, step, 0] = 1.0
+    out[r, step, 1] = dirs.astype(np.float32)
+    out[r, step, 2] = np.log1p(np.maximum(lens, 0))
+    out[r, step, 3] = np.log1p(np.maximum(iats, 0) * 1e3)
+    f = flags.astype(np.int64)
+    for j, bit in enumerate(_TCP_FLAG_BITS):
+        out[r, step, 4 + j] = (f & bit) > 0
     return out
 
 
 # -- host sequences ----------------------------------------------------------------------------
-
-def _codes(values: list) -> np.ndarray:
-    arr = pa.array(values, pa.string())
-    return pc.dictionary_encode(pc.fill_null(arr, "")).indices.to_numpy(zero_copy_only=False).astype(np.int64)
-
 
 def _f64(table: pa.Table, name: str) -> np.ndarray:
     v = pc.fill_null(pc.cast(table.column(name), pa.float64()), 0.0).to_numpy(zero_copy_only=False)
@@ -156,15 +162,9 @@ def host_sequences(table: pa.Table, max_age: float | None = None) -> np.ndarray:
     out = np.zeros((n, SEQ_LEN, len(HOST_CHANNELS)), dtype=np.float32)
     if n == 0:
         return out
-    host = _codes(table.column("id.orig_h").to_pylist())
-    resp = _codes(table.column("id.resp_h").to_pylist())
-    ts = pc.fill_null(table.column("ts"), 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
-    order = np.lexsort((np.arange(n), ts, host))
-    h, t, rsp = host[order], ts[order], resp[order]
-    start = np.zeros(n, dtype=bool)
-    start[0] = True
-    start[1:] = h[1:] != h[:-1]
-    gstart = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    hist = HostHistory.of(table)
+    order, rsp, t = hist.order, hist.resp[hist.order], hist.sorted_ts
+    start = hist.group_start == np.arange(n)            # a host's first conn: no gap
     gap = np.zeros(n)
     gap[1:] = np.maximum(t[1:] - t[:-1], 0.0)
     gap[start] = 0.0
@@ -178,11 +178,7 @@ def host_sequences(table: pa.Table, max_age: float | None = None) -> np.ndarray:
         np.zeros(n),
         (_f64(table, "resp_pkts")[order] == 0).astype(np.float64),
     ], axis=1).astype(np.float32)
-    pos = np.arange(n)[:, None] - (SEQ_LEN - 1 - np.arange(SEQ_LEN))[None, :]
-    valid = pos >= gstart[:, None]
-    idx = np.where(valid, pos, 0)
-    if max_age is not None:
-        valid &= t[idx] >= (t - max_age)[:, None]
+    idx, valid = hist.window(order, SEQ_LEN, max_age)
     seq = step[idx] * valid[..., None]
     seq[..., 6] = (rsp[idx] == rsp[:, None]) & valid
     seq[np.arange(n), np.argmax(valid, axis=1), 1] = 0.0      # the earliest step's gap
@@ -524,30 +520,23 @@ class ModalityFeaturizer:
         n = table.num_rows
         d = self.skipgram.dim
         vec = self.w2v.vectors
-        oh = table.column("id.orig_h").to_pylist()
-        rh = table.column("id.resp_h").to_pylist()
-        rp = table.column("id.resp_p").to_pylist()
-        pr = table.column("proto").to_pylist()
-        cache: dict[str, tuple[int, bool]] = {}
-
-        def look(tok: str) -> tuple[int, bool]:
-            r = cache.get(tok)
-            if r is None:
-                r = cache[tok] = self.w2v.lookup(tok)
-            return r
-
+        if n == 0:
+            return np.zeros((0, self.entity_dim), np.float32)
+        # Each distinct address and port/proto is looked up once (Arrow dictionary-encodes the
+        # columns); rows take their distinct value's vector.
         rows = np.zeros((n, 3), dtype=np.int64)
         unseen = np.zeros((n, 3), dtype=np.float32)
-        for i in range(n):
-            for j, tok in enumerate((ip_token(oh[i]), ip_token(rh[i]), port_token(rp[i], pr[i]))):
-                rows[i, j], unseen[i, j] = look(tok)
+        for j, (tokens, codes) in enumerate((_ip_tokens(table.column("id.orig_h")),
+                                             _ip_tokens(table.column("id.resp_h")),
+                                             _port_tokens(table))):
+            found = [self.w2v.lookup(tok) for tok in tokens]
+            rows[:, j] = np.fromiter((r for r, _ in found), np.int64, len(found))[codes]
+            unseen[:, j] = np.fromiter((u for _, u in found), np.float32, len(found))[codes]
         parts = [vec[rows[:, j]] if len(vec) else np.zeros((n, d), np.float32) for j in range(3)]
         parts.append(unseen)
-        svc = np.asarray([s or "" for s in table.column("service").to_pylist()], dtype=object)
-        parts.append(_one_hot(svc, self.services, other=True, none=True))
-        hist = np.asarray([h or "" for h in table.column("history").to_pylist()], dtype=object)
-        parts.append(_one_hot(hist, self.histories, other=True, none=False))
-        return np.concatenate(parts, axis=1).astype(np.float32) if n else np.zeros((0, self.entity_dim), np.float32)
+        parts.append(_one_hot_column(table.column("service"), self.services, other=True, none=True))
+        parts.append(_one_hot_column(table.column("history"), self.histories, other=True, none=False))
+        return np.concatenate(parts, axis=1).astype(np.float32)
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -588,6 +577,32 @@ def _top(values: list, k: int) -> list[str]:
         if v:
             counts[v] = counts.get(v, 0) + 1
     return [v for v, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:k]]
+
+
+def _ip_tokens(column: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+    """``(distinct ip tokens, code of each row)`` of an address column (``ip_token``)."""
+    distinct, codes = distinct_codes(column)
+    return [ip_token(v) for v in distinct], codes
+
+
+def _port_tokens(table: pa.Table) -> tuple[list[str], np.ndarray]:
+    """``(distinct port tokens, code of each row)`` of ``id.resp_p``/``proto`` (``port_token``)."""
+    port = pc.cast(table.column("id.resp_p"), pa.int64())
+    unset = pc.is_null(port).to_numpy(zero_copy_only=False)
+    p = np.where(unset, -1, pc.fill_null(port, 0).to_numpy(zero_copy_only=False).astype(np.int64))
+    protos, pcode = distinct_codes(table.column("proto"))
+    key = (p + 1) * max(len(protos), 1) + pcode
+    distinct, codes = np.unique(key, return_inverse=True)
+    width = max(len(protos), 1)
+    tokens = [port_token(None if k // width == 0 else int(k // width - 1), protos[k % width] if protos else None)
+              for k in distinct.tolist()]
+    return tokens, codes.reshape(-1)
+
+
+def _one_hot_column(column: pa.ChunkedArray, vocab: list[str], other: bool, none: bool) -> np.ndarray:
+    """``_one_hot`` of a string column (null = ""), computed once per distinct value."""
+    distinct, codes = distinct_codes(column)
+    return _one_hot(np.asarray(distinct, dtype=object), vocab, other, none)[codes]
 
 
 def _one_hot(values: np.ndarray, vocab: list[str], other: bool, none: bool) -> np.ndarray:

@@ -31,6 +31,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from zeekml.features.host_history import (
+    HostHistory,
+    dictionary_codes,
+    distinct_codes,
+    flow_rows,
+)
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -74,16 +81,35 @@ class FieldVocab:
 
     def encode_category(self, values: np.ndarray) -> np.ndarray:
         """Strings -> local ids; "" -> unset; not in the vocabulary -> "other"."""
+        return self.encode_strings(pa.array(np.asarray(values, dtype=object), pa.string()))
+
+    def encode_strings(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """A string column -> local ids, as ``encode_category``; unset (null) = "". Arrow
+        dictionary-encodes the column, so the vocabulary is looked up once per distinct value."""
         lookup = {v: FIRST_VALUE + i for i, v in enumerate(self.values)}
         other = FIRST_VALUE + len(self.values)
-        return np.fromiter((UNSET if v == "" else lookup.get(v, other) for v in values),
-                           dtype=np.int64, count=len(values))
+        distinct, codes = distinct_codes(column)
+        ids = np.fromiter((UNSET if v == "" else lookup.get(v, other) for v in distinct),
+                          dtype=np.int64, count=len(distinct))
+        return ids[codes]
+
+    def encode_ints(self, values: np.ndarray) -> np.ndarray:
+        """Numbers -> local ids of their ``str(int(v))`` (packet directions and TCP flags), looked
+        up once per distinct value."""
+        distinct, codes = np.unique(np.asarray(values).astype(np.int64), return_inverse=True)
+        lookup = {v: FIRST_VALUE + i for i, v in enumerate(self.values)}
+        other = FIRST_VALUE + len(self.values)
+        ids = np.fromiter((lookup.get(str(int(v)), other) for v in distinct), dtype=np.int64,
+                          count=len(distinct))
+        return ids[codes.reshape(-1)]
 
     def encode_port(self, port: np.ndarray, missing: np.ndarray) -> np.ndarray:
         lookup = {int(v): FIRST_VALUE + i for i, v in enumerate(self.values)}
         base = FIRST_VALUE + len(self.values)
         bucket = np.where(port < 1024, 0, np.where(port < 49152, 1, 2)) + base
-        ids = np.fromiter((lookup.get(int(p), -1) for p in port), dtype=np.int64, count=len(port))
+        distinct, codes = np.unique(np.asarray(port).astype(np.int64), return_inverse=True)
+        hit = np.fromiter((lookup.get(int(p), -1) for p in distinct), dtype=np.int64, count=len(distinct))
+        ids = hit[codes.reshape(-1)]
         ids = np.where(ids >= 0, ids, bucket)
         return np.where(missing, UNSET, ids).astype(np.int64)
 
@@ -117,11 +143,6 @@ def _num(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     v = pc.fill_null(pc.cast(col, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
     v = np.where(np.isfinite(v), np.maximum(v, 0.0), 0.0)
     return v, missing
-
-
-def _codes(values: np.ndarray) -> np.ndarray:
-    return pc.dictionary_encode(pa.array(values.tolist(), pa.string())).indices.to_numpy(
-        zero_copy_only=False).astype(np.int64)
 
 
 def _log_iat(iat: np.ndarray) -> np.ndarray:
@@ -278,7 +299,7 @@ class FlowTokenizer:
         out = np.zeros((n, len(self.fields)), dtype=np.int64)
         idx = {name: i for i, name in enumerate(self.field_names)}
         for name in ("proto", "conn_state", "service", "history"):
-            out[:, idx[name]] = voc[name].encode_category(_strings(table, name))
+            out[:, idx[name]] = voc[name].encode_strings(table.column(name))
         port, miss = _num(table, "id.resp_p")
         out[:, idx["port"]] = voc["port"].encode_port(port, miss)
         for name in _QUANTITIES:
@@ -293,21 +314,9 @@ class FlowTokenizer:
         if n == 0 or len(rows) == 0:
             return out
         conn = self._conn_fields(table)
-        host = _codes(_strings(table, "id.orig_h"))
-        resp = _codes(_strings(table, "id.resp_h"))
-        ts = pc.fill_null(table.column("ts"), 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
-        order = np.lexsort((np.arange(n), ts, host))
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n)
-        h, t = host[order], ts[order]
-        start = np.ones(n, dtype=bool)
-        start[1:] = h[1:] != h[:-1]
-        gstart = np.maximum.accumulate(np.where(start, np.arange(n), 0))
-        r = rank[rows]                                            # sorted position of each asked row
-        pos = r[:, None] - (L - 1 - np.arange(L))[None, :]        # [m, L], last = the conn itself
-        valid = pos >= gstart[r][:, None]
-        safe = np.where(valid, pos, 0)
-        valid &= t[safe] >= (t[r] - self.max_age)[:, None]
+        hist = HostHistory.of(table)
+        resp, t, order = hist.resp, hist.sorted_ts, hist.order
+        safe, valid = hist.window(rows, L, self.max_age)
         src = order[safe]                                         # table row of each step
         tok = conn[src]
         # gap to the previous step of the same sequence; the first valid step has none (unset)
@@ -327,9 +336,7 @@ class FlowTokenizer:
         out = np.full((len(rows), L, F), -1, dtype=np.int64)
         if flows is None or flows.num_rows == 0 or len(rows) == 0:
             return out
-        where = {u: i for i, u in enumerate(flows.column("uid").to_pylist()) if u}
-        uids = table.column("uid").to_pylist()
-        hit = np.asarray([where.get(uids[r], -1) for r in rows], dtype=np.int64)
+        hit = flow_rows(table.column("uid"), flows.column("uid"))[rows]
         ok = np.flatnonzero(hit >= 0)
         if len(ok) == 0:
             return out
@@ -354,13 +361,11 @@ class FlowTokenizer:
         voc = {f.name: f for f in self.fields}
         fi = {name: i for i, name in enumerate(self.field_names)}
         tok = np.zeros((len(seq), F), dtype=np.int64)
-        tok[:, fi["dir"]] = voc["dir"].encode_category(
-            np.asarray([str(int(d)) for d in gather("dirs")], dtype=object))
+        tok[:, fi["dir"]] = voc["dir"].encode_ints(gather("dirs"))
         tok[:, fi["ip_len"]] = voc["ip_len"].encode_quantity(np.log1p(np.maximum(gather("ip_lens"), 0)),
                                                              np.zeros(len(seq), bool))
         tok[:, fi["iat"]] = voc["iat"].encode_quantity(_log_iat(gather("iats")), np.zeros(len(seq), bool))
-        tok[:, fi["flags"]] = voc["flags"].encode_category(
-            np.asarray([str(int(f)) for f in gather("tcp_flags")], dtype=object))
+        tok[:, fi["flags"]] = voc["flags"].encode_ints(gather("tcp_flags"))
         out[ok[seq], step] = tok
         return out
 
@@ -396,7 +401,7 @@ def _host_gaps(table: pa.Table) -> np.ndarray:
     n = table.num_rows
     if n == 0:
         return np.zeros(0)
-    host = _codes(_strings(table, "id.orig_h"))
+    host = dictionary_codes(table.column("id.orig_h"))
     ts = pc.fill_null(table.column("ts"), 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
     order = np.lexsort((np.arange(n), ts, host))
     h, t = host[order], ts[order]
