@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from zeekml.features.host_history import distinct_codes
+
 SCHEMA_VERSION = 1
 
 NUMERIC = ("duration", "orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts", "orig_ip_bytes",
@@ -37,6 +39,12 @@ def _num(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _strings(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(pc.fill_null(table.column(name), "").to_pylist(), dtype=object)
+
+
+def _distinct(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(distinct values as an object array, code of each row)`` of a string column (unset = "")."""
+    values, codes = distinct_codes(table.column(name))
+    return np.asarray(values, dtype=object), codes
 
 
 @dataclass
@@ -123,18 +131,22 @@ class FlowFeaturizer:
         overhead = (cols["orig_ip_bytes"] + cols["resp_ip_bytes"] - cols["orig_bytes"] - cols["resp_bytes"])
         feats.append(np.log1p(np.maximum(overhead, 0) / np.maximum(opk + rpk, 1)))
         feats += [miss[name].astype(np.float64) for name in NUMERIC]
-        feats += _one_hot(_strings(table, "proto"), PROTOS)
-        feats += _one_hot(_strings(table, "conn_state"), CONN_STATES)
-        hist = _strings(table, "history")
+        # String features are computed once per distinct value (Arrow dictionary encoding) and
+        # indexed by each row's code: a log has few distinct protos, states, histories, services.
+        proto, proto_code = _distinct(table, "proto")
+        feats += [col[proto_code] for col in _one_hot(proto, PROTOS)]
+        state, state_code = _distinct(table, "conn_state")
+        feats += [col[state_code] for col in _one_hot(state, CONN_STATES)]
+        hist, hist_code = _distinct(table, "history")
         for c in HISTORY_LETTERS:
-            feats.append(np.fromiter((h.count(c) for h in hist), dtype=np.float64, count=n))
-        feats.append(np.fromiter((len(h) for h in hist), dtype=np.float64, count=n))
+            feats.append(np.fromiter((h.count(c) for h in hist), dtype=np.float64, count=len(hist))[hist_code])
+        feats.append(np.fromiter((len(h) for h in hist), dtype=np.float64, count=len(hist))[hist_code])
         if not self.hide_service:
-            svc = _strings(table, "service")
+            svc, svc_code = _distinct(table, "service")
             hot = _one_hot(svc, tuple(self.services))
-            feats += hot[:-1]
-            feats.append(hot[-1] * (svc != ""))      # other
-            feats.append((svc == "").astype(np.float64))  # none
+            feats += [col[svc_code] for col in hot[:-1]]
+            feats.append((hot[-1] * (svc != ""))[svc_code])      # other
+            feats.append((svc == "").astype(np.float64)[svc_code])  # none
             port, port_missing = _num(table, "id.resp_p")
             feats.append(((port < 1024) & ~port_missing).astype(np.float64))
             feats.append(((port >= 1024) & (port < 49152)).astype(np.float64))
