@@ -56,10 +56,16 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
               help="Score windows in this many forked processes while reading goes on "
                    "(per-conn detectors only; 0 = in the watch process).")
 @click.option("--quiet", is_flag=True, help="No status line.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace verdicts, notices and quarantine found in --out without a watch "
+                   "checkpoint (a score output, or a deleted checkpoint); refused otherwise.")
+@click.option("--follow-symlinks-out", is_flag=True,
+              help="Follow symlinks in DIRECTORY that point out of it (skipped with a warning "
+                   "otherwise). A link whose target has another owner is never followed.")
 def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, recalibrate, fpr,
           seed, window_seconds, window_records, rescan_seconds, no_events, status_seconds,
           models_dir, no_models, device, context_lateness, context_batch_seconds,
-          context_max_rows, score_workers, quiet) -> None:
+          context_max_rows, score_workers, quiet, overwrite, follow_symlinks_out) -> None:
     """Score the conn logs of a live Zeek log directory as they are written.
 
     Follows DIRECTORY in any of Zeek's layouts (standalone, zeekctl current/ + dated archives,
@@ -72,7 +78,8 @@ def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, r
     verdict equals `zeekml score`'s on the same log; --once scores every pending conn at the end.
 
     Exit codes: 0 ok, 1 error, 2 missing directory, 5 model files missing or altered, 6 output
-    not writable (stopped while stalled).
+    not writable (stopped while stalled, or --out holds outputs but no watch checkpoint and
+    --overwrite was not given).
     """
     from zeekml._core.device import resolve_device
 
@@ -85,7 +92,8 @@ def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, r
         rescan_seconds=rescan_seconds, use_events=not no_events, once=once,
         status_seconds=status_seconds, context_lateness=context_lateness,
         context_max_rows=context_max_rows, context_batch_seconds=context_batch_seconds,
-        score_workers=score_workers)
+        score_workers=score_workers, overwrite=overwrite,
+        follow_symlinks_out=follow_symlinks_out)
 
     def on_status(d: dict) -> None:
         if not quiet:

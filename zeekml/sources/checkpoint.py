@@ -165,6 +165,56 @@ class Checkpoint:
                    context=dict(_mapping(body.get("context", {}), "context")))
 
 
+@dataclass(frozen=True)
+class Presence:
+    """Where an identity is in the watched tree now, for ``retirable``.
+
+    Attributes:
+        unread: a plain copy holds bytes past the offset (``None``: only gzip copies, whose
+            uncompressed size is unknown without reading them).
+        live: a copy has a name Zeek (or Suricata) still writes to (``conn.log``, ``eve.json``).
+    """
+
+    unread: bool | None
+    live: bool
+
+
+def retirable(states: dict[str, FileState], present: dict[str, Presence], now: float,
+              idle_seconds: float, retention_seconds: float) -> list[str]:
+    """Identities whose progress no longer needs to be kept: they move to ``done`` (the ledger).
+
+    Without retirement every file without ``#close`` (every JSON log) stays in the checkpoint
+    for ever, and the document committed every window grows with the number of files (8 MB for
+    10k small files). An identity is finished, and retired, when no reader holds it (the caller
+    leaves those out) and, ``age`` being the seconds since its last read (``FileState.updated``):
+
+    - it is read to the end of every plain copy, none has a live name, and ``age >=
+      idle_seconds`` (rotated away and idle: Zeek never appends to a rotated file);
+    - it is gone from the tree and ``age >= idle_seconds`` (deleted or moved out: nothing is
+      left to read);
+    - only gzip copies are left (damaged ones: a whole archive is done when read) and ``age >=
+      retention_seconds``.
+
+    A file under a live name is never retired, however old: Zeek may write to it again.
+    Data appended to a retired file is not read (its identity is done).
+    """
+    out = []
+    for cid, st in states.items():
+        age = now - st.updated
+        p = present.get(cid)
+        if p is None:
+            if age >= idle_seconds:
+                out.append(cid)
+        elif p.live or p.unread:
+            continue
+        elif p.unread is None:
+            if age >= retention_seconds:
+                out.append(cid)
+        elif age >= idle_seconds:
+            out.append(cid)
+    return out
+
+
 def _mapping(v: Any, name: str) -> dict:
     if not isinstance(v, dict):
         raise ValueError(f"{name} is not an object")

@@ -14,9 +14,21 @@ Rules:
   lines, so a partial last line waits for its end.
 - A renamed or deleted file stays open and is read to its end (as ``tail -F``), then closed after
   ``orphan_grace_seconds`` without growth.
-- A gzip archive is read only when it is whole (a ``.gz`` being written by zeekctl's
-  ``archive-log`` is skipped until its trailer is there), only when no plain copy of the same
-  identity exists, and then from the identity's offset to its end.
+- A gzip archive is read only when no plain copy of the same identity exists, from the
+  identity's offset to its end, and only when it is whole (a ``.gz`` being written by zeekctl's
+  ``archive-log`` is skipped until its trailer is there) or has not changed for
+  ``gzip_settle_seconds`` (a truncated or damaged archive, which will never be whole). It is read
+  as ``zcat`` does (``zeekml.parse.gzstream``): the records before the damage are kept, and a
+  warning names the file and the byte reached; it is read again only if it changes.
+- A last line without ``\n`` is a record once its file is finished (as ``score`` reads it): when
+  a renamed-away or deleted file is closed, and at the end of ``watch --once``
+  (``final_pass``) for a file unchanged for ``unterminated_settle_seconds``.
+- A symlink is followed only when it stays inside the watched tree (``allow_symlinks_out``
+  allows others) and its target has the link's owner (or the link is root's or ours): a link
+  planted by another user never makes a root-run watch copy someone else's file into its
+  outputs. The file opened must be the file checked (same device and inode).
+- Finished identities (``checkpoint.retirable``) leave the per-file progress for the ``done``
+  ledger, so the checkpoint stays small however many files the directory holds.
 - A file that shrank below the offset, whose head changed under an open descriptor, or whose bytes
   before the checkpoint offset differ from the recorded ``tail`` holds new content (Zeek restarted
   without rotating and truncated it, or the inode was reused): it is read from offset 0.
@@ -30,9 +42,10 @@ batches returned so far, which ``zeekml.watch`` commits together with its output
 from __future__ import annotations
 
 import copy
-import gzip
 import logging
 import os
+import re
+import stat
 import threading
 import time
 import zlib
@@ -41,20 +54,25 @@ from typing import Callable, Iterable
 
 from zeekml._core.errors import UnknownFormat
 from zeekml.parse.batch import LogBatch
+from zeekml.parse.gzstream import GzipStream
 from zeekml.parse.lines import LineFeeder
 from zeekml.parse.reader import FORMATS, detect_format
 from zeekml.parse.reader import make_parser as parser_for
 from zeekml.parse.reject import Quarantine
 from zeekml.sources.archive import CONN_NAME, SKIP_SUFFIXES
-from zeekml.sources.checkpoint import FileState, header_from_dict, header_to_dict
+from zeekml.sources.checkpoint import (FileState, Presence, header_from_dict, header_to_dict,
+                                       retirable)
 from zeekml.sources.fingerprint import (TAIL_BYTES, Fingerprint, FingerprintCache, fingerprint_fd,
-                                        read_head, tail_digest)
+                                        open_regular, read_head, stat_key, tail_digest)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 256 << 10
 MAX_DEPTH = 6
 SUPPORTED_FORMATS = ("zeek-tsv", "zeek-json", "zeek-csv", "suricata-eve")
+LIVE_NAME = re.compile(r"^(conn\.log|conn\.json|eve\.json)$")
+"""Names Zeek (standalone, zeekctl ``current/``) and Suricata keep writing to; any other name
+of a conn log is a rotated or static file, finished once read to its end."""
 
 
 def make_parser(fmt: str, source: str, quarantine: Quarantine, max_line_bytes: int,
@@ -88,15 +106,25 @@ class _Reader:
         self.read_offset = state.offset
         self.last_growth = now
         self.orphan = False
+        self.renamed = False
         self.dead = False
+        self.damaged = ""           # why a gzip archive could not be read to its end
+        self.stat_key = stat_key(cand.st)
         self.behind_since: float | None = None
         self._fd = -1
-        self._gz = None
+        self._gz: GzipStream | None = None
+        raw = open_regular(cand.path)
+        st = os.fstat(raw.fileno())
+        if (st.st_dev, st.st_ino) != (cand.fp.dev, cand.fp.ino):
+            # the path now names another file (a symlink swapped after it was checked)
+            raw.close()
+            raise OSError(f"{cand.path} changed between its check and its opening")
         if self.compressed:
-            self._gz = gzip.open(cand.path, "rb")
+            self._gz = GzipStream(raw, cand.path)
             self._skip = state.offset
         else:
-            self._fd = os.open(cand.path, os.O_RDONLY)
+            self._fd = os.dup(raw.fileno())
+            raw.close()
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -157,9 +185,14 @@ class _Reader:
                 self._skip -= n
             data = self._gz.read(chunk) if self._skip == 0 else b""
         except (OSError, EOFError, zlib.error) as e:
-            log.warning("%s: archive became unreadable (%s); will retry", self.path, e)
+            # GzipStream has handed on every whole line before the damage: those records are
+            # kept (the offset is theirs); the archive is read again only if it changes
+            self.damaged = str(e)
+            log.warning("%s: truncated or damaged gzip archive: %s; kept the records before it "
+                        "(%d lines)", self.path, e, self.parser.line_no)
+            self._update_state(closing_line=False)
             self.close()
-            return [], False
+            return [], True
         if not data:
             out = self.parser.finish()
             self._update_state(closing_line=False)
@@ -170,6 +203,21 @@ class _Reader:
         out = self.parser.feed(data)
         self._update_state(closing_line=False)
         return out, True
+
+    def pending_bytes(self) -> int:
+        """Bytes read but not consumed: an unterminated last line (plain files)."""
+        return self.read_offset - self.state.offset if self._fd >= 0 else 0
+
+    def finish_line(self) -> list[LogBatch]:
+        """The file is finished: its unterminated last line is a record (or quarantined), as
+        ``score`` reads the end of a file. The offset moves past it."""
+        if self.dead or self._gz is not None or self.pending_bytes() <= 0:
+            return []
+        log.info("%s: last line has no newline; read as the file's last record (%d bytes)",
+                 self.path, self.pending_bytes())
+        out = self.parser.finish()
+        self._update_state(closing_line=False)
+        return out
 
     def _update_state(self, closing_line: bool) -> None:
         st = self.state
@@ -215,6 +263,19 @@ class DirectoryFollower:
         idle_close_seconds: any file without growth is closed after this long (default 60.0);
             the rescan reopens it if it grows.
         name_filter: which file names are logs to follow (default: conn logs).
+        allow_symlinks_out: follow symlinks whose target is outside ``root`` (default
+            ``False``: skipped with a warning). A link whose target has another owner than the
+            link (unless the link is root's or ours) is skipped either way.
+        gzip_settle_seconds: an archive that is not whole is read (to its damage) once it has
+            not changed for this long (default 30.0); before, it is taken for one being written.
+        unterminated_settle_seconds: ``final_pass`` reads a last line without ``\n`` as a
+            record only in a file unchanged for this long (default 5.0): a writer may be
+            halfway through it.
+        retire_idle_seconds: finished identities (``checkpoint.retirable``) idle this long
+            leave the checkpoint for the ``done`` ledger (default 300.0).
+        retention_seconds: ... and those of which only damaged archives are left, after this
+            long (default 86400.0).
+        wall_clock: wall time (``FileState.updated`` is wall time); tests inject one.
     """
 
     def __init__(self, root: str | os.PathLike, states: dict[str, FileState] | None = None,
@@ -224,7 +285,11 @@ class DirectoryFollower:
                  exclude: Iterable[str] = (), chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  orphan_grace_seconds: float = 2.0, idle_close_seconds: float = 60.0,
                  name_filter: Callable[[str], bool] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 allow_symlinks_out: bool = False, gzip_settle_seconds: float = 30.0,
+                 unterminated_settle_seconds: float = 5.0, retire_idle_seconds: float = 300.0,
+                 retention_seconds: float = 86400.0,
+                 wall_clock: Callable[[], float] = time.time):
         self.root = os.fspath(root)
         self.states: dict[str, FileState] = copy.deepcopy(states or {})
         self.done: set[str] = set(done)
@@ -238,6 +303,17 @@ class DirectoryFollower:
         self.idle_close_seconds = idle_close_seconds
         self.name_filter = name_filter or _is_conn_log
         self.clock = clock
+        self.allow_symlinks_out = allow_symlinks_out
+        self.gzip_settle_seconds = gzip_settle_seconds
+        self.unterminated_settle_seconds = unterminated_settle_seconds
+        self.retire_idle_seconds = retire_idle_seconds
+        self.retention_seconds = retention_seconds
+        self.wall_clock = wall_clock
+        self._real_root = os.path.realpath(self.root)
+        self._euid = os.geteuid() if hasattr(os, "geteuid") else -1
+        self._damaged: dict[str, tuple] = {}      # identity -> stat key of its damaged archive
+        self._pending_gz: dict[str, _Candidate] = {}   # archives not whole, not yet settled
+        self.retired = 0
         self.cache = FingerprintCache()
         self.readers: dict[str, _Reader] = {}
         self.rescans = 0
@@ -330,13 +406,40 @@ class DirectoryFollower:
                     if not r.dead:
                         r.close()
                     del self.readers[cid]
+                    if r.damaged:
+                        self._damaged[cid] = r.stat_key
                     if r.state.complete and r.compressed:
                         self.done.add(cid)
                         self.states.pop(cid, None)
                 if records >= max_records:
                     break
         self.caught_up = not progressed
-        self._close_idle(now)
+        out += self._close_idle(now)
+        return out
+
+    def final_pass(self) -> list[LogBatch]:
+        """What ``watch --once`` reads before it ends, once caught up (``caught_up`` turns
+        false when there is more to poll): archives that are not whole are opened now (to their damage; read further if they become whole later, from
+        the offset reached), and the unterminated last line of every file unchanged for
+        ``unterminated_settle_seconds`` is read as a record (``score`` reads it so)."""
+        now = self.clock()
+        for cid, cand in list(self._pending_gz.items()):
+            if cid not in self.readers and cid not in self.done:
+                self._start_reader(cid, cand, now)
+                if cid in self.readers:
+                    self.caught_up = False      # more to read: the caller polls again
+        self._pending_gz.clear()
+        out: list[LogBatch] = []
+        wall = self.wall_clock()
+        for r in self.readers.values():
+            if r.pending_bytes() <= 0 or r.size() != r.read_offset:
+                continue
+            try:
+                mtime = os.fstat(r._fd).st_mtime
+            except OSError:
+                continue
+            if wall - mtime >= self.unterminated_settle_seconds:
+                out += r.finish_line()
         return out
 
     def snapshot(self) -> tuple[dict[str, FileState], set[str]]:
@@ -377,8 +480,39 @@ class DirectoryFollower:
                 if name.startswith(".") or name.endswith(SKIP_SUFFIXES):
                     continue
                 if self.name_filter(name):
-                    found.append(os.path.join(dirpath, name))
+                    path = os.path.join(dirpath, name)
+                    if self._link_allowed(path):
+                        found.append(path)
         return sorted(found)
+
+    def _link_allowed(self, path: str) -> bool:
+        """False for a symlink not to follow (warned once per link and target)."""
+        try:
+            lst = os.lstat(path)
+        except OSError:
+            return False
+        if not stat.S_ISLNK(lst.st_mode):
+            return True
+        target = os.path.realpath(path)
+        why = ""
+        if not self.allow_symlinks_out and \
+                os.path.commonpath([self._real_root, target]) != self._real_root:
+            why = "points out of the watched directory (--follow-symlinks-out allows it)"
+        else:
+            try:
+                owner = os.stat(path).st_uid
+            except OSError:
+                return False
+            if owner != lst.st_uid and lst.st_uid not in (0, self._euid):
+                why = (f"is owned by uid {lst.st_uid} and its target by uid {owner}: a link "
+                       "planted by another user is never followed")
+        if why:
+            key = f"link:{path}->{target}"
+            if key not in self._warned and len(self._warned) < 100_000:
+                self._warned.add(key)
+                log.warning("%s: symlink to %s skipped: it %s", path, target, why)
+            return False
+        return True
 
     def rescan(self) -> None:
         """Find every identity under ``root``; open readers for those with unread content."""
@@ -417,8 +551,11 @@ class DirectoryFollower:
                 if (c.fp.dev, c.fp.ino) == (r.dev, r.ino) and c.path != r.path:
                     log.info("%s: renamed to %s; still following it", r.path, c.path)
                     r.path = c.path
+                    r.renamed = True
 
         self._pending_ids.clear()
+        self._pending_gz.clear()
+        self._retire(by_id)
         for cid, cands in by_id.items():
             if cid in self.done:
                 continue
@@ -448,6 +585,28 @@ class DirectoryFollower:
                 del self.readers[cid]
             self._open(cid, plain, [c for c in cands if c.fp.compressed], now)
 
+    def _retire(self, by_id: dict[str, list[_Candidate]]) -> None:
+        """Move finished identities from ``states`` to ``done`` (``checkpoint.retirable``)."""
+        present: dict[str, Presence] = {}
+        for cid, cands in by_id.items():
+            if cid not in self.states:
+                continue
+            plain = [c for c in cands if not c.fp.compressed]
+            offset = self.states[cid].offset
+            live = any(LIVE_NAME.match(os.path.basename(c.path)) for c in cands)
+            unread = any(c.st.st_size > offset for c in plain) if plain else None
+            present[cid] = Presence(unread=unread, live=live)
+        idle = {cid: st for cid, st in self.states.items() if cid not in self.readers}
+        gone = retirable(idle, present, self.wall_clock(), self.retire_idle_seconds,
+                         self.retention_seconds)
+        for cid in gone:
+            del self.states[cid]
+            self.done.add(cid)
+            self._damaged.pop(cid, None)
+        if gone:
+            self.retired += len(gone)
+            log.debug("retired %d finished files (%d kept)", len(gone), len(self.states))
+
     def _open(self, cid: str, plain: list[_Candidate], gz: list[_Candidate], now: float) -> None:
         state = self.states.get(cid)
         for cand in sorted(plain, key=lambda c: -c.st.st_size):
@@ -467,7 +626,16 @@ class DirectoryFollower:
             if self.cache.gzip_whole(cand.path, cand.st):
                 self._start_reader(cid, cand, now)
                 return
+        wall = self.wall_clock()
+        for cand in gz:
+            if self._damaged.get(cid) == stat_key(cand.st):
+                return      # read to its damage and reported; again only if it changes
+            if wall - cand.st.st_mtime >= self.gzip_settle_seconds:
+                # not whole and unchanged for a while: truncated or damaged, never to be whole
+                self._start_reader(cid, cand, now)
+                return
         self._pending_ids.setdefault(cid, now)
+        self._pending_gz[cid] = gz[0]
         log.debug("%s: gzip archive not whole yet; waiting", gz[0].path)
 
     def _resumable(self, cand: _Candidate, state: FileState | None) -> str:
@@ -521,7 +689,10 @@ class DirectoryFollower:
         self.readers[cid] = reader
         log.debug("%s: reading identity %s from byte %d", cand.path, cid, state.offset)
 
-    def _close_idle(self, now: float) -> None:
+    def _close_idle(self, now: float) -> list[LogBatch]:
+        """Close readers idle at their end; a renamed-away or deleted file is finished then,
+        so its unterminated last line is read as a record."""
+        out: list[LogBatch] = []
         for cid, r in list(self.readers.items()):
             idle = now - r.last_growth
             if r.compressed:
@@ -530,9 +701,12 @@ class DirectoryFollower:
                 size = r.size()
                 if size is not None and size > r.read_offset:
                     continue
+                if r.orphan or r.renamed:
+                    out += r.finish_line()
                 r.refresh_tail()
                 r.close()
                 del self.readers[cid]
+        return out
 
 
 def _is_conn_log(name: str) -> bool:

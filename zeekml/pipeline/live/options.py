@@ -57,6 +57,10 @@ class WatchOptions:
             size (default 64 MiB) ...
         journal_compact_ratio: ... and this many times the size of the conns it holds
             (default 4).
+        overwrite: replace outputs found in the output directory without a watch checkpoint
+            (default ``False``: refused with an ``OutputError``, exit 6).
+        follow_symlinks_out: follow symlinks in the log directory whose target is outside it
+            (default ``False``: skipped with a warning; see ``sources.tail``).
     """
 
     score: ScoreOptions = field(default_factory=ScoreOptions)
@@ -79,6 +83,8 @@ class WatchOptions:
     score_workers: int = 0
     journal_compact_bytes: int = 64 << 20
     journal_compact_ratio: float = 4.0
+    overwrite: bool = False
+    follow_symlinks_out: bool = False
 
 
 @dataclass

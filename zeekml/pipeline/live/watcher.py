@@ -10,7 +10,10 @@ offsets *and* the new output lengths.
 
 Exactly once across crashes: at start the outputs are cut back to the lengths in the last
 checkpoint and reading resumes at its offsets, so a kill -9 at any point replays at most the one
-uncommitted window and its output is never doubled. The verdict sink also drops any verdict id it
+uncommitted window and its output is never doubled. A first start commits an empty checkpoint
+before it writes anything, so outputs without a checkpoint were not written by this watch (a
+``score`` output, or the checkpoint was deleted): they are refused (``OutputError``, exit 6)
+unless ``overwrite`` is set, never cut back to nothing. The verdict sink also drops any verdict id it
 has already written (a bounded set seeded from the end of ``verdicts.jsonl``).
 
 Backpressure: when a write fails (disk full, I/O error) the window's partial output is cut back,
@@ -55,8 +58,8 @@ from zeekml.pipeline.live.calibration import calibrate
 from zeekml.pipeline.live.context import LiveContext
 from zeekml.pipeline.live.journal import ContextJournal, WriteFn
 from zeekml.pipeline.live.malloc import fix_mmap_threshold, rss, trim_heap
-from zeekml.pipeline.live.options import (LOCK, NOTICES, QUARANTINE, STATS, VERDICTS, Stopped,
-                                          WatchOptions, WatchStats)
+from zeekml.pipeline.live.options import (LOCK, NOTICES, OUTPUTS, QUARANTINE, STATS, VERDICTS,
+                                          Stopped, WatchOptions, WatchStats)
 from zeekml.pipeline.live.outputs import OutputFiles, VerdictDedup
 from zeekml.pipeline.live.pool import ScorePool, score_window
 from zeekml.scoring.context import horizons
@@ -163,10 +166,21 @@ class Watcher:
         self._last_status = self._t0
         self._records_at_status = 0
         store = CheckpointStore(self.out_dir)
-        cp = store.load()
+        try:
+            cp = store.load()
+            self._check_fresh_outputs(cp)
+        except BaseException:
+            os.close(lock_fd)
+            pa.set_memory_pool(arrow_pool)
+            raise
         outputs = OutputFiles(self.out_dir, cp.outputs, self._write)
         feedback = None
         try:
+            if cp.generation == 0:
+                # first start: an empty checkpoint before any output, so that outputs without
+                # a checkpoint are known not to be ours (``_check_fresh_outputs``)
+                cp.outputs = dict(outputs.lengths)
+                store.commit(cp)
             dedup = VerdictDedup(opts.dedup_capacity)
             dedup.seed_from(outputs.path(VERDICTS), outputs.lengths[VERDICTS])
             try:
@@ -201,7 +215,7 @@ class Watcher:
                 self.root, cp.files, self._quarantine, done=cp.done,
                 max_line_bytes=opts.max_line_bytes,
                 rescan_seconds=opts.rescan_seconds, use_events=opts.use_events,
-                exclude=[self.out_dir])
+                exclude=[self.out_dir], allow_symlinks_out=opts.follow_symlinks_out)
             self._follower = follower
             follower.start()
             self.stats.state = "running"
@@ -222,8 +236,35 @@ class Watcher:
             pa.set_memory_pool(arrow_pool)
         return self.stats
 
+    def _check_fresh_outputs(self, cp) -> None:
+        """Without a checkpoint the outputs would be cut back to nothing: refuse non-empty ones
+        (exit 6: this output directory cannot be written without destroying what it holds)
+        unless ``overwrite``."""
+        if cp.generation > 0 or cp.outputs:
+            return
+        held = []
+        for name in OUTPUTS:
+            try:
+                size = os.lstat(os.path.join(self.out_dir, name)).st_size
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise OutputError(f"cannot read: {e.strerror}", os.path.join(self.out_dir, name))
+            if size > 0:
+                held.append(f"{name} ({size:,} bytes)")
+        if not held:
+            return
+        if not self.options.overwrite:
+            raise OutputError(
+                f"holds {', '.join(held)} but no watch checkpoint (a score output, or "
+                "checkpoint.json and .prev were deleted): give another --out, or --overwrite "
+                "to replace them", self.out_dir)
+        log.warning("%s: --overwrite: replacing %s (no watch checkpoint)", self.out_dir,
+                    ", ".join(held))
+
     def _loop(self, follower, fitted, outputs, dedup, feedback, store, cp) -> None:
         opts = self.options
+        final_done = False      # --once: follower.final_pass() was read
         window: list = []
         window_rows = 0
         window_started: float | None = None
@@ -248,6 +289,12 @@ class Watcher:
                 limit = opts.window_records * (1 if follower.caught_up else opts.catch_up_factor)
                 want = max(1, limit - window_rows)
                 got = [] if stopping else follower.poll(max_records=want)
+                if opts.once and not stopping and not got and follower.caught_up \
+                        and not final_done:
+                    # --once ends with what exists now: unterminated last lines, archives
+                    # that will never be whole (read to their damage)
+                    final_done = True
+                    got = follower.final_pass()
                 now = time.monotonic()
                 for b in got:
                     self.stats.records_read += b.num_rows
