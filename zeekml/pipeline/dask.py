@@ -16,9 +16,12 @@ each task is scored with the rows of the other tasks within that distance as con
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import ipaddress
 import logging
 import os
+import ssl
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -27,7 +30,7 @@ import pyarrow as pa
 from distributed import WorkerPlugin
 
 from zeekml._core.errors import UnreadableInput, ZeekmlError
-from zeekml.flows.select import earliest_rows, ts_sort_key
+from zeekml.flows.select import ts_sort_key
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine
 from zeekml.parse.reader import GZIP_MAGIC, detect_format, make_parser, open_binary
@@ -162,20 +165,147 @@ def read_task(task: ReadTask, max_rejected: int = 100_000) -> ReadResult:
     return ReadResult(conn_table(batches), n, other, rejected)
 
 
+@dataclass(frozen=True)
+class DaskAccess:
+    """How ``--dask`` may reach a scheduler other than ``local`` (see ``dask_access``).
+
+    Args:
+        security_file: Dask configuration YAML with the ``distributed.comm.tls`` keys (CA,
+            client certificate and key) for a ``tls://`` scheduler (default None).
+        insecure: allow plain ``tcp://`` to a scheduler that is not on this host (default
+            False).
+    """
+
+    security_file: str | None = None
+    insecure: bool = False
+
+
+_ACCESS: contextvars.ContextVar[DaskAccess] = contextvars.ContextVar(
+    "zeekml_dask_access", default=DaskAccess())
+
+
+@contextlib.contextmanager
+def dask_access(spec: str, security_file: str | None = None,
+                insecure: bool = False) -> Iterator[None]:
+    """Checks ``spec`` with these access settings now (a wrong combination is a one-line
+    ``ZeekmlError`` before any work) and makes them the settings of every ``dask_client``
+    opened inside. Without it, ``dask_client`` uses the defaults: ``tls://`` with Dask's own
+    configuration, plain ``tcp://`` only to this host."""
+    access = DaskAccess(security_file, insecure)
+    _security_for(spec, access)
+    token = _ACCESS.set(access)
+    try:
+        yield
+    finally:
+        _ACCESS.reset(token)
+
+
+def _is_local_spec(spec: str) -> bool:
+    return spec == "local" or spec.startswith("local:")
+
+
+def _split_address(spec: str) -> tuple[str, str]:
+    """``(scheme, host)`` of a scheduler address (no scheme: Dask's default, tcp)."""
+    scheme, sep, rest = spec.partition("://")
+    if not sep:
+        scheme, rest = "tcp", spec
+    if rest.startswith("["):                       # [v6 address]:port
+        host = rest[1:].split("]", 1)[0]
+    elif rest.count(":") == 1:                     # host:port
+        host = rest.split(":", 1)[0]
+    else:                                          # a host alone, or a bare v6 address
+        host = rest
+    return scheme.lower(), host
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _security_for(spec: str, access: DaskAccess):
+    """The ``distributed.security.Security`` to reach scheduler ``spec`` with, None for plain
+    ``tcp://``; a ``ZeekmlError`` for what we refuse (module docstring of ``dask_access``)."""
+    import dask
+    from distributed.security import Security
+
+    if _is_local_spec(spec):
+        if access.security_file:
+            raise ZeekmlError("--dask-security is for a remote tls:// scheduler; --dask local "
+                              "always uses TLS with credentials made for the run")
+        return None
+    scheme, host = _split_address(spec)
+    if scheme == "tls":
+        overrides = _read_security_file(access.security_file) if access.security_file else {}
+        with dask.config.set(overrides):
+            security = Security()
+        if not security.tls_ca_file or not security.tls_client_cert:
+            raise ZeekmlError(f"--dask {spec}: a tls:// scheduler needs --dask-security FILE "
+                              "(Dask's distributed.comm.tls settings: ca-file, client cert "
+                              "and key)", access.security_file)
+        try:
+            security.get_connection_args("client")   # reads the CA, certificate and key now
+        except (OSError, ssl.SSLError, ValueError) as e:
+            raise ZeekmlError(f"--dask-security: cannot load the TLS files ({e})",
+                              access.security_file) from e
+        return security
+    if scheme != "tcp":
+        raise ZeekmlError(f"--dask {spec}: only local, local:N, tls://HOST:PORT and "
+                          "tcp://HOST:PORT are supported")
+    if access.security_file:
+        raise ZeekmlError(f"--dask {spec}: --dask-security needs a tls:// address")
+    if not _is_loopback(host) and not access.insecure:
+        raise ZeekmlError(f"--dask {spec}: plain tcp:// to another host is unauthenticated and "
+                          "lets anyone on the network run code as zeekml's user; use tls:// "
+                          "with --dask-security FILE, or --insecure-dask on a network you trust")
+    return None
+
+
+def _read_security_file(path: str) -> dict:
+    """A Dask configuration YAML: a mapping, with at least ``distributed.comm.tls``."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except OSError as e:
+        raise ZeekmlError(f"cannot read: {e.strerror}", path) from e
+    except yaml.YAMLError as e:
+        raise ZeekmlError(f"not valid YAML ({str(e).splitlines()[0]})", path) from e
+    tls = doc.get("distributed", {}).get("comm", {}).get("tls") \
+        if isinstance(doc, dict) and isinstance(doc.get("distributed"), dict) \
+        and isinstance(doc["distributed"].get("comm"), dict) else None
+    if not isinstance(tls, dict):
+        raise ZeekmlError("not a Dask security configuration: no distributed.comm.tls "
+                          "section (ca-file, client: {cert, key})", path)
+    return doc
+
+
 @contextlib.contextmanager
 def dask_client(spec: str) -> Iterator["object"]:
-    """``local`` / ``local:N`` starts a LocalCluster of N single-threaded worker processes;
-    anything else is a scheduler address such as ``tcp://host:8786``."""
+    """``local`` / ``local:N`` starts a LocalCluster of N single-threaded worker processes,
+    reachable only with TLS credentials made for this run and listening on 127.0.0.1 only
+    (dashboard off); anything else is a scheduler address, ``tls://host:8786`` (with the
+    ``dask_access`` security file) or ``tcp://`` (to another host only with ``insecure``)."""
     import dask
     from dask.distributed import Client, LocalCluster
+    from distributed.security import Security
 
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
                  "distributed.worker", "distributed.http.proxy"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    if spec == "local" or spec.startswith("local:"):
-        n = int(spec.split(":", 1)[1]) if ":" in spec else (os.cpu_count() or 1)
+    if _is_local_spec(spec):
+        try:
+            n = int(spec.split(":", 1)[1]) if ":" in spec else (os.cpu_count() or 1)
+        except ValueError:
+            raise ZeekmlError(f"--dask {spec}: N in local:N must be a number") from None
         if n < 1:
             raise ZeekmlError(f"--dask {spec}: need at least one worker")
+        _security_for(spec, _ACCESS.get())
         # A worker process that dies mid-task (OOM killer, a crash in native code) is restarted by
         # its nanny, and the scheduler hands its tasks to live workers, counting the death
         # against every task assigned to that worker; past ``allowed-failures`` deaths a task
@@ -186,17 +316,31 @@ def dask_client(spec: str) -> Iterator["object"]:
         # - worker-saturation = 1.0 (Dask: 1.1): a worker is given only the read task it runs,
         #   none queued behind it, so tasks that merely waited there are not blamed for a death
         #   (with 1.1 and two workers, a task queued beside a crashing one failed with it).
+        # Access: any local user can connect to a port on 127.0.0.1, and a Dask client can run
+        # code on the scheduler and workers. So every endpoint speaks TLS with a key and
+        # certificate made for this run (held in memory, handed to the worker processes by
+        # their nannies): a client without them is refused in the handshake. Everything
+        # listens on 127.0.0.1; the dashboard is off and the HTTP servers Dask still starts
+        # (scheduler, workers) serve only /health.
+        security = Security.temporary()
         with dask.config.set({"distributed.scheduler.allowed-failures": TASK_RETRIES,
-                              "distributed.scheduler.worker-saturation": 1.0}), \
+                              "distributed.scheduler.worker-saturation": 1.0,
+                              "distributed.scheduler.http.routes": ["distributed.http.health"],
+                              "distributed.worker.http.routes": ["distributed.http.health"]}), \
                 LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                             dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
-                Client(cluster) as client, _one_line_logs():
+                             protocol="tls://", host="127.0.0.1", security=security,
+                             dashboard_address=None, worker_dashboard_address=None,
+                             scheduler_kwargs={"dashboard": False,
+                                               "dashboard_address": "127.0.0.1:0"},
+                             silence_logs=logging.ERROR) as cluster, \
+                Client(cluster, security=security) as client, _one_line_logs():
             client.register_plugin(_OneLineWorkerLogs(), name="zeekml-one-line-logs")
             yield client
     else:
+        security = _security_for(spec, _ACCESS.get())
         try:
-            client = Client(spec, timeout=30)
-        except OSError as e:
+            client = Client(spec, timeout=30, security=security)
+        except (OSError, ssl.SSLError) as e:
             raise ZeekmlError(f"cannot reach the Dask scheduler at {spec}: {e}") from e
         with client, _one_line_logs():
             yield client
@@ -385,7 +529,7 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
         if baseline_table is None:
             sizes = [len(t) for t in ts_parts]
             all_ts = np.concatenate(ts_parts) if ts_parts else np.zeros(0)
-            chosen = earliest_rows(all_ts, options.baseline_fraction, min_rows=1)
+            chosen = options.baseline_rows(all_ts)
             bounds = np.cumsum([0] + sizes)
             pieces = []
             for i, r in enumerate(ok):

@@ -6,7 +6,7 @@ import math
 import os
 from typing import Any
 
-from zeekml._core.errors import OutputError
+from zeekml._core.outfile import OUTPUT_MODE, PRIVATE_MODE, OutputFile
 from zeekml.parse.reject import RejectedRecord
 
 QUARANTINE_FILE = "quarantine.jsonl"
@@ -35,18 +35,16 @@ def json_line(obj: dict) -> bytes:
 class JsonLinesWriter:
     """Appends one JSON object per line to ``path``, or with ``path=None`` keeps the lines in
     memory (``take_lines``) for a caller that writes them itself (``zeekml watch`` appends and
-    fsyncs each window's lines with its checkpoint)."""
+    fsyncs each window's lines with its checkpoint). The file is opened with
+    ``_core.outfile`` (no symlinks, mode ``MODE``); failures are ``OutputError``."""
+
+    MODE = OUTPUT_MODE
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = os.fspath(path) if path is not None else None
         self.count = 0
         self._lines: list[bytes] = []
-        self._f = None
-        if self.path is not None:
-            try:
-                self._f = open(self.path, "wb")
-            except OSError as e:
-                raise OutputError(f"cannot write: {e.strerror}", self.path) from e
+        self._f = OutputFile(self.path, mode=self.MODE) if self.path is not None else None
 
     def write_obj(self, obj: dict) -> None:
         """Append ``obj`` as one line."""
@@ -54,10 +52,7 @@ class JsonLinesWriter:
         if self._f is None:
             self._lines.append(line)
         else:
-            try:
-                self._f.write(line)
-            except OSError as e:
-                raise OutputError(f"cannot write: {e.strerror}", self.path) from e
+            self._f.write(line)
         self.count += 1
 
     def take_lines(self) -> list[bytes]:
@@ -66,15 +61,17 @@ class JsonLinesWriter:
         return lines
 
     def close(self) -> None:
-        """Flush, fsync and close the file (nothing in memory mode)."""
-        if self._f is not None and not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
+        """Flush, fsync and close the file (nothing in memory mode); ``OutputError`` if that
+        fails, the file is closed either way."""
+        if self._f is not None:
             self._f.close()
 
 
 class QuarantineWriter(JsonLinesWriter):
-    """``quarantine.jsonl``: every rejected record with file, line, byte offset and reason."""
+    """``quarantine.jsonl``: every rejected record with file, line, byte offset and reason.
+    Mode 0600: the samples are raw input lines, which may come from files others cannot read."""
+
+    MODE = PRIVATE_MODE
 
     def write(self, r: RejectedRecord) -> None:
         """Append one rejected record (the ``sample`` bytes as text, undecodable ones escaped)."""

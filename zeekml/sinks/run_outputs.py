@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Iterable
 
 from zeekml._core.errors import OutputError
+from zeekml._core.outfile import OutputFile
 from zeekml.scoring.verdict import Verdict
 from zeekml.sinks.jsonl import QUARANTINE_FILE, QuarantineWriter
 from zeekml.sinks.verdicts import VERDICTS_FILE, RenderedVerdicts, VerdictWriter
@@ -64,9 +65,18 @@ class ScoreOutputs:
                 self._alerts.append(v)
 
     def close(self) -> None:
+        """Close every file, even when one fails (a full disk): then the first
+        ``OutputError`` is raised once all are closed. Closing again does nothing."""
+        first: OutputError | None = None
         for w in (self._verdicts, self._notices, self.quarantine):
-            if w is not None:
+            if w is None:
+                continue
+            try:
                 w.close()
+            except OutputError as e:
+                first = first or e
+        if first is not None:
+            raise first
 
     def finish(self, summary: dict) -> dict[str, str]:
         """Close everything, write the feedback file and ``summary.json``; returns the paths."""
@@ -81,6 +91,6 @@ class ScoreOutputs:
             outputs["zeek_feedback"] = self.zeek_feedback
         summary = dict(summary)
         summary["outputs"] = {**summary.get("outputs", {}), **outputs}
-        with open(outputs["summary"], "w") as f:
-            json.dump(summary, f, indent=2)
+        with OutputFile(outputs["summary"]) as f:   # no symlinks, mode 0640
+            f.write(json.dumps(summary, indent=2).encode())
         return outputs

@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from zeekml._core.errors import OutputError
+from zeekml._core.outfile import OutputFile
 from zeekml.scoring.verdict import Verdict, VerdictBatch
 from zeekml.sinks.jsonl import clean_floats
 
@@ -114,22 +114,17 @@ def render_verdicts(batch: VerdictBatch) -> RenderedVerdicts:
 
 
 class VerdictWriter:
-    """``verdicts.jsonl``: uid, ts, id fields, each detector's score, the combined score, alert."""
+    """``verdicts.jsonl``: uid, ts, id fields, each detector's score, the combined score, alert.
+    Opened with ``_core.outfile`` (no symlinks, mode 0640); failures are ``OutputError``."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         self.count = 0
-        try:
-            self._f = open(self.path, "wb")
-        except OSError as e:
-            raise OutputError(f"cannot write: {e.strerror}", self.path) from e
+        self._f = OutputFile(self.path)
 
     def write_lines(self, data: bytes, n: int) -> None:
         """``n`` verdicts already rendered (``RenderedVerdicts.data()``)."""
-        try:
-            self._f.write(data)
-        except OSError as e:
-            raise OutputError(f"cannot write: {e.strerror}", self.path) from e
+        self._f.write(data)
         self.count += n
 
     def write(self, verdicts: Iterable[Verdict]) -> None:
@@ -138,8 +133,5 @@ class VerdictWriter:
         self.write_lines(b"".join(lines), len(lines))
 
     def close(self) -> None:
-        """Flush, fsync and close the file."""
-        if not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
+        """Flush, fsync and close the file (closed even when that fails: ``OutputError``)."""
+        self._f.close()

@@ -10,6 +10,15 @@ writes the WHOLE file to a temporary file in the same directory, fsyncs it, rena
 the old one (atomic on POSIX) and fsyncs the directory. The set of verdicts in the file is
 bounded (the last ``max_verdicts``, none older than ``max_age`` seconds) so the file and each
 re-read stay small.
+
+Every rewrite must also LOOK changed to Zeek. Its Ascii reader in REREAD mode compares only
+``(st_ino, st_mtime)`` with what it saw last, and ``st_mtime`` there is whole seconds. A rename
+gives a fresh inode, but once the old file is unlinked the file system may hand its inode
+number to the next temporary file: two rewrites within one second then alternate between two
+inode numbers and can repeat a pair Zeek saw, so Zeek skips the new verdicts. The writer
+therefore keeps every file it published open (read-only) until the file system clock has moved
+past that file's mtime second: a held inode number cannot be reused, and once the second has
+passed, a new file has another mtime. No published ``(inode, mtime second)`` pair repeats.
 """
 from __future__ import annotations
 
@@ -17,11 +26,12 @@ import ipaddress
 import logging
 import math
 import os
+import stat
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
-from zeekml._core.atomic import atomic_write
+from zeekml._core.atomic import atomic_write_held
 from zeekml._core.errors import OutputError
 from zeekml._core.zeek_format import (DEFAULT_SEPARATOR, ZeekHeader, apply_meta_line, format_close,
                                       format_header, format_value, parse_field,
@@ -91,6 +101,10 @@ class VerdictFeedbackWriter:
         # verdict_id -> (time added, formatted line), oldest first
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._dirty = False
+        # descriptors of the files published (and the one found at start), with their mtime
+        # second, held until a newer file has a later mtime second (module docstring)
+        self._held: list[tuple[int, int]] = []
+        self._hold_existing()
         self._load_existing()
 
     # -----------------------------------------------------------------------------------------
@@ -179,15 +193,58 @@ class VerdictFeedbackWriter:
         if not (self._dirty or force):
             return False
         try:
-            atomic_write(self.path, self.render())
+            fd, st = atomic_write_held(self.path, self.render())
         except OSError as e:
             raise OutputError(f"cannot write the verdict file: {e.strerror}", self.path) from e
+        self._hold(fd, int(st.st_mtime))
         self._dirty = False
         self.writes += 1
         return True
 
+    def _hold(self, fd: int, mtime_s: int) -> None:
+        """Keep ``fd`` open; release the files of earlier mtime seconds: their inode numbers
+        may be reused from now on, but never with their old mtime second."""
+        keep = []
+        for held_fd, held_s in self._held:
+            if held_s < mtime_s:
+                os.close(held_fd)
+            else:
+                keep.append((held_fd, held_s))
+        self._held = keep + [(fd, mtime_s)]
+
+    def _hold_existing(self) -> None:
+        """A file left by an earlier run is held too: Zeek may have seen it."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            self._held.append((fd, int(st.st_mtime)))
+        else:
+            os.close(fd)
+
+    def release(self) -> None:
+        """Close the held files (``close`` does it after the last write)."""
+        for fd, _ in self._held:
+            os.close(fd)
+        self._held = []
+
     def close(self) -> None:
-        self.flush()
+        """Write what changed, then release the held files. While the process lives on after
+        that, a later writer of the same path starts over from what it finds."""
+        try:
+            self.flush()
+        finally:
+            self.release()
+
+    def __del__(self) -> None:
+        # descriptors are not left open by a writer dropped without close()
+        for fd, _ in getattr(self, "_held", ()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def __enter__(self) -> "VerdictFeedbackWriter":
         return self
@@ -218,14 +275,20 @@ class VerdictFeedbackWriter:
 # helpers
 
 def _addr(value: Any) -> str | None:
+    """The address as Zeek's ``addr`` parser reads it, or None. An IPv6 zone id
+    (``fe80::1%eth0``) is valid for Python but Zeek rejects the whole line, so it is dropped:
+    Zeek's ``addr`` type has no zone either."""
     if value is None:
         return None
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     try:
-        return str(ipaddress.ip_address(str(value)))
+        ip = ipaddress.ip_address(str(value))
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        ip = ipaddress.IPv6Address(ip.packed)
+    return str(ip)
 
 
 def _port(value: Any) -> int | None:
@@ -284,8 +347,12 @@ def _format_line(values: list[Any]) -> bytes:
 
 
 def _read(path: str) -> tuple[ZeekHeader, list[dict[str, Any]], list[bytes]]:
-    """Parse a Zeek-format TSV file: header, typed rows by field name, and the raw lines."""
-    with open(path, "rb") as f:
+    """Parse a Zeek-format TSV file: header, typed rows by field name, and the raw lines. Only a
+    regular file is read (a FIFO planted there would block the read forever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
         data = f.read()
     header = ZeekHeader()
     rows: list[dict[str, Any]] = []

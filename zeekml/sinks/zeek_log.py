@@ -5,8 +5,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from zeekml._core.atomic import write_all
-from zeekml._core.errors import OutputError
+from zeekml._core.outfile import OutputFile
 from zeekml._core.zeek_format import (DEFAULT_SEPARATOR, DEFAULT_SET_SEPARATOR, format_close,
                                       format_header, format_record)
 
@@ -33,36 +32,26 @@ class ZeekLogWriter:
         self.separator = separator
         self.set_separator = set_separator
         self.count = 0
-        try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-            self._write(format_header(log_path, self.names, self.types, separator, set_separator,
-                                      open_ts))
-        except OSError as e:
-            raise OutputError(f"cannot write: {e.strerror}", self.path) from e
-
-    def _write(self, data: bytes) -> None:
-        write_all(self._fd, data)
+        # opened with _core.outfile (no symlinks, mode 0640); failures are OutputError
+        self._f = OutputFile(self.path, append=True)
+        self._f.write(format_header(log_path, self.names, self.types, separator, set_separator,
+                                    open_ts))
 
     def write(self, record: Mapping[str, Any]) -> None:
-        line = format_record((record.get(n) for n in self.names), self.types, self.separator,
-                             self.set_separator)
-        try:
-            self._write(line)
-        except OSError as e:
-            raise OutputError(f"cannot write: {e.strerror}", self.path) from e
+        """Append one record."""
+        self._f.write(format_record((record.get(n) for n in self.names), self.types,
+                                    self.separator, self.set_separator))
         self.count += 1
 
     def close(self, close_ts: float | None = None) -> None:
-        if self._fd < 0:
+        """Write ``#close``, fsync and close (closed even when that fails: ``OutputError``)."""
+        if self._f.closed:
             return
         try:
-            self._write(format_close(close_ts, self.separator))
-            os.fsync(self._fd)
-        except OSError as e:
-            raise OutputError(f"cannot write: {e.strerror}", self.path) from e
+            if not self._f.failed:
+                self._f.write(format_close(close_ts, self.separator))
         finally:
-            os.close(self._fd)
-            self._fd = -1
+            self._f.close()
 
     def __enter__(self) -> "ZeekLogWriter":
         return self
@@ -79,12 +68,10 @@ class JsonLogWriter:
         self.names = [n for n, _ in fields]
         self.types = dict(fields)
         self.count = 0
-        try:
-            self._f = open(path, "w", encoding="utf-8")
-        except OSError as e:
-            raise OutputError(f"cannot write: {e.strerror}", path) from e
+        self._f = OutputFile(path)   # no symlinks, mode 0640; failures are OutputError
 
     def write(self, rec: dict) -> None:
+        """Append one record."""
         obj = {}
         for n in self.names:
             v = rec.get(n)
@@ -96,8 +83,9 @@ class JsonLogWriter:
             elif t == "vector[interval]":
                 v = [round(x, 6) for x in v]
             obj[n] = v
-        self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self._f.write((json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8"))
         self.count += 1
 
     def close(self) -> None:
+        """Flush, fsync and close (closed even when that fails: ``OutputError``)."""
         self._f.close()

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from zeekml._core.atomic import atomic_write, fsync_dir, write_fsync
+from zeekml._core.atomic import atomic_write, fsync_dir, write_temp
 from zeekml._core.errors import OutputError
 from zeekml._core.zeek_format import ZeekHeader
 from zeekml.sources.fingerprint import fingerprint_file
@@ -377,10 +377,12 @@ class CheckpointStore:
         cp.generation = body_cp.generation = max(self.generation, cp.generation) + 1
         cp.written_at = body_cp.written_at = time.time()
         data = encode(body_cp)
-        tmp = f"{self.path}.{os.getpid()}.tmp"
+        tmp = None
         try:
             os.makedirs(self.directory, exist_ok=True)
-            write_fsync(tmp, data, write=os.write)
+            # an unpredictable temporary name (O_EXCL): a link planted at a guessable one
+            # would make this write land on its target
+            tmp = write_temp(self.path, data, write=os.write)
             if os.path.exists(self.path):
                 link_tmp = self.prev_path + ".tmp"
                 try:
@@ -393,10 +395,11 @@ class CheckpointStore:
             fsync_dir(self.directory)
         except OSError as e:
             cp.generation = old_generation
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
             raise CheckpointError(f"cannot write checkpoint: {e.strerror}", self.path) from e
         self.commits += 1
         self.generation = cp.generation

@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 
 from zeekml._core.atomic import atomic_write, pwrite_all
 from zeekml._core.errors import OutputError, ZeekmlError
+from zeekml._core.outfile import open_output
 
 WriteFn = Callable[[int, bytes, int], int]
 
@@ -56,18 +57,20 @@ class ContextJournal:
 
     def _open(self, name: str, length: int) -> None:
         path = os.path.join(self.out_dir, name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise OutputError(f"cannot open: {e.strerror}", path) from e
+        # no symlinks or links, mode 0640: OutputError naming the file otherwise
+        fd = open_output(path, truncate=False, readable=True)
         size = os.fstat(fd).st_size
         if size < length:
             os.close(fd)
             raise ZeekmlError(f"context journal is shorter ({size}) than committed ({length}); "
                               "it was changed by someone else: use a new --out", path)
         if size > length:
-            os.ftruncate(fd, length)
-            os.fsync(fd)
+            try:
+                os.ftruncate(fd, length)
+                os.fsync(fd)
+            except OSError as e:
+                os.close(fd)
+                raise OutputError(f"cannot write the context journal: {e.strerror}", path) from e
         if self.fd >= 0:
             os.close(self.fd)
         self.fd = fd

@@ -9,7 +9,8 @@ from typing import Callable
 
 from zeekml._core.atomic import pwrite_all
 from zeekml._core.errors import OutputError
-from zeekml.pipeline.live.options import OUTPUTS
+from zeekml._core.outfile import OUTPUT_MODE, PRIVATE_MODE, open_output
+from zeekml.pipeline.live.options import OUTPUTS, QUARANTINE
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +37,30 @@ class OutputFiles:
         self._fds: dict[str, int] = {}
         for name in OUTPUTS:
             path = os.path.join(out_dir, name)
+            # no symlinks or links (a planted one is an OutputError naming it); the quarantine
+            # holds raw input lines: 0600
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise OutputError(f"cannot open: {e.strerror}", path) from e
+                fd = open_output(path, mode=PRIVATE_MODE if name == QUARANTINE else OUTPUT_MODE,
+                                 truncate=False, readable=True)
+            except OutputError:
+                self.close()
+                raise
+            self._fds[name] = fd
             size = os.fstat(fd).st_size
             want = committed.get(name, 0)
             if size > want:
                 if want or size:
                     log.info("%s: cutting %d uncommitted bytes", path, size - want)
-                os.ftruncate(fd, want)
-                os.fsync(fd)
+                try:
+                    os.ftruncate(fd, want)
+                    os.fsync(fd)
+                except OSError as e:
+                    self.close()
+                    raise OutputError(f"cannot write: {e.strerror}", path) from e
             elif size < want:
                 log.warning("%s: shorter (%d) than committed (%d): it was changed by someone "
                             "else; appending after what is there", path, size, want)
                 want = size
-            self._fds[name] = fd
             self.lengths[name] = want
 
     def path(self, name: str) -> str:
