@@ -108,7 +108,7 @@ def test_watch_refuses_a_score_output_directory_unless_overwrite(tmp_path):
     assert len(before["verdicts.jsonl"]) > 0
     r = _watch(root, out, baseline)
     assert r.exit_code == 6, r.output
-    assert "no watch checkpoint" in r.output and "--overwrite" in r.output
+    assert "no intact watch checkpoint" in r.output and "--overwrite" in r.output
     assert "Traceback" not in r.output
     assert _snapshot(out) == before                     # nothing cut
     r = _watch(root, out, baseline, "--overwrite")

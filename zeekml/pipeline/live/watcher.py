@@ -52,6 +52,7 @@ import pyarrow as pa
 
 from zeekml._core.atomic import atomic_write
 from zeekml._core.errors import OutputError, ZeekmlError
+from zeekml._core.outfile import open_output
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse.reject import Quarantine
 from zeekml.pipeline.live.calibration import calibrate
@@ -135,7 +136,7 @@ class Watcher:
 
     def _lock(self) -> int:
         path = os.path.join(self.out_dir, LOCK)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_output(path, truncate=False)   # OutputError (exit 6), no symlinks, 0640
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -256,9 +257,9 @@ class Watcher:
             return
         if not self.options.overwrite:
             raise OutputError(
-                f"holds {', '.join(held)} but no watch checkpoint (a score output, or "
-                "checkpoint.json and .prev were deleted): give another --out, or --overwrite "
-                "to replace them", self.out_dir)
+                f"holds {', '.join(held)} but no intact watch checkpoint (a score output, or "
+                "checkpoint.json and .prev were deleted or damaged): give another --out, or "
+                "--overwrite to replace them", self.out_dir)
         log.warning("%s: --overwrite: replacing %s (no watch checkpoint)", self.out_dir,
                     ", ".join(held))
 
