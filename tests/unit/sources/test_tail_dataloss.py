@@ -105,7 +105,7 @@ def test_truncated_archive_keeps_the_records_before_the_damage_and_says_where(tm
     warned = [r.getMessage() for r in caplog.records if "truncated or damaged" in r.getMessage()]
     assert len(warned) == 1 and str(arch) in warned[0] and "uncompressed byte" in warned[0]
     states, done = f.snapshot()
-    assert not done and list(states.values())[0].line == 8 + n
+    assert not done and next(iter(states.values())).line == 8 + n
     # reported once, not read again while it stays as it is
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="zeekml.sources.tail"):

@@ -29,6 +29,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import stat
 from typing import Any, Callable
@@ -196,7 +197,7 @@ def check_config_sizes(config: dict, state: dict | None, where: str = "") -> Non
             raise ModelError(f"config.json: {key} = {v} is out of bounds (0 to {limit}: the "
                              "largest tensor dimension in weights.pt, or "
                              f"{MAX_COUNT}); refusing to build the model", where)
-        elif isinstance(v, float) and v != v:
+        elif isinstance(v, float) and math.isnan(v):
             raise ModelError(f"config.json: {key} is NaN", where)
 
     for section in ARCH_SECTIONS:
