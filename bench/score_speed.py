@@ -253,6 +253,82 @@ def worker(mode: str, log_dir: str, out_dir: str, result: str) -> None:
                    "stages": [[*k, v] for k, v in st.self_s.items()]}, f)
 
 
+# -- inference tooling: eager vs int8 dynamic quantisation vs torch.compile -------------------
+
+def tooling(log_dir: str, conns: int, models_dir: str, compile_: bool) -> dict:
+    """Each shipped token model and the autoencoder scored on the same inputs (the first
+    ``conns`` conns of the log), eager float32 (the reference), int8 dynamic quantisation
+    (``zeekml.nn.quantize``) and ``torch.compile``: flows/s and the largest score difference."""
+    import numpy as np
+    import torch
+
+    from zeekml._core.device import configure_torch
+    from zeekml.nn.quantize import SCORE_RTOL, quantize_int8, relative_spread_difference
+    from zeekml.parse import Quarantine
+    from zeekml.pipeline import ScoreSummary, load_conns
+    from zeekml.scoring.detectors.mae import LoadedMAE
+    from zeekml.scoring.detectors.token import LoadedTokenModel
+
+    configure_torch()
+    files = sorted(glob.glob(os.path.join(log_dir, "*.log")))
+    table = load_conns(files, Quarantine(), ScoreSummary()).slice(0, conns)
+    out: dict = {"conns": table.num_rows, "threads": torch.get_num_threads(), "score_rtol": SCORE_RTOL}
+    batch = 1024
+
+    def token_scorer(L):
+        ids = L.tokens(table)
+
+        def score() -> np.ndarray:
+            with torch.inference_mode():
+                return np.concatenate([L._nll(torch.as_tensor(ids[s:s + batch]), None).numpy()
+                                       for s in range(0, len(ids), batch)])
+        return score
+
+    def mae_scorer(L):
+        m = L.modalities(table)
+        return lambda: L.run(m)["score"]
+
+    for name in ("dense-base", "mae-base", "moe-base"):
+        path = os.path.join(models_dir, name)
+        if name == "mae-base":
+            L = LoadedMAE.from_dir(path)
+            score, parts = mae_scorer(L), ("model",)
+        else:
+            L = LoadedTokenModel.from_dir(path)
+            score, parts = token_scorer(L), ("encoder", "mlm")
+        eager = {p: getattr(L, p) for p in parts}
+        variants = [("eager", lambda: None), ("int8 dynamic", lambda: [setattr(L, p, quantize_int8(m))
+                                                                      for p, m in eager.items()])]
+        if compile_:
+            variants.append(("torch.compile", lambda: [setattr(L, p, torch.compile(m))
+                                                       for p, m in eager.items()]))
+        ref = None
+        rows = {}
+        for label, prepare in variants:
+            for p, m in eager.items():
+                setattr(L, p, m)
+            t0 = time.perf_counter()
+            prepare()
+            first = score()                     # compile happens here; timed apart
+            setup = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            s = score()
+            dt = time.perf_counter() - t0
+            if ref is None:
+                ref = s
+            rows[label] = {"flows_per_s": len(s) / dt, "setup_s": setup,
+                           "max_abs_diff": float(np.abs(s - ref).max()),
+                           "rel_spread_diff": relative_spread_difference(torch.as_tensor(ref), torch.as_tensor(s)),
+                           "steady_equals_first": bool(np.array_equal(first, s))}
+            print(f"  {name:10s} {label:14s} {rows[label]['flows_per_s']:9,.0f} flows/s  setup "
+                  f"{setup:6.1f} s  max|diff| {rows[label]['max_abs_diff']:.3g}  "
+                  f"rel {rows[label]['rel_spread_diff']:.3g}", flush=True)
+        for p, m in eager.items():
+            setattr(L, p, m)
+        out[name] = rows
+    return out
+
+
 # -- the parent ------------------------------------------------------------------------------
 
 def run_mode(mode: str, log_dir: str, tmp: str, threads: int | None) -> dict:
@@ -293,6 +369,10 @@ def main() -> None:
                     help="OMP_NUM_THREADS of the runs (default: unset, as a user runs zeekml)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--markdown", action="store_true", help="print the stage tables as Markdown")
+    ap.add_argument("--tooling", action="store_true",
+                    help="instead: eager vs int8 dynamic quantisation vs torch.compile per model")
+    ap.add_argument("--tooling-conns", type=int, default=20_000, help="conns for --tooling (default 20000)")
+    ap.add_argument("--no-compile", action="store_true", help="--tooling without torch.compile")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--log-dir", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -310,6 +390,12 @@ def main() -> None:
         n = build_log(log_dir, a.conns)
         print(f"log: {n} conns in {len(glob.glob(os.path.join(log_dir, '*.log')))} files; "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+        if a.tooling:
+            res = tooling(log_dir, a.tooling_conns, os.path.join(ROOT, "models"), not a.no_compile)
+            if a.json:
+                with open(a.json, "w") as f:
+                    json.dump(res, f, indent=1)
+            return
         results = {}
         for mode in a.modes.split(","):
             r = run_mode(mode, log_dir, tmp, a.threads)
