@@ -131,7 +131,7 @@ def _collect_baseline(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoin
     f = DirectoryFollower(root, cp.files, Quarantine(), done=cp.done,
                           max_line_bytes=opts.max_line_bytes,
                           rescan_seconds=opts.rescan_seconds, use_events=opts.use_events,
-                          exclude=[out_dir])
+                          exclude=[out_dir], allow_symlinks_out=opts.follow_symlinks_out)
     batches = []
     n = 0
     f.start()
