@@ -69,19 +69,26 @@ def test_torch_threads_default_to_half_the_cores_and_follow_the_environment(monk
             device.torch_threads()
 
 
-def test_configure_torch_sets_the_threads_once(monkeypatch):
+def test_configure_torch_sets_torch_and_blas_threads_once(monkeypatch):
     import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from zeekml._core import device
 
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
     before = torch.get_num_threads()
+    restore = threadpool_limits(2, user_api="blas")   # as on a 2-core machine; restored below
     monkeypatch.setattr(device, "_configured", None)
     monkeypatch.setenv(device.THREADS_ENV, "1")
     try:
         assert device.configure_torch() == 1
         assert torch.get_num_threads() == 1
+        assert blas_threads() == {1}
         monkeypatch.setenv(device.THREADS_ENV, "2")   # already configured: left alone
         assert device.configure_torch() == 1
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+        restore.restore_original_limits()

@@ -90,14 +90,23 @@ def torch_threads() -> int:
 
 
 def configure_torch() -> int:
-    """Set torch's intra-op threads for inference, once per process (``torch_threads()``);
-    returns the count. Every learned detector's load goes through here
-    (``zeekml.scoring.detectors.base.torch_module``)."""
+    """Set torch's intra-op threads for inference, and numpy's BLAS threads to the same count,
+    once per process (``torch_threads()``); returns the count. Every learned detector's load goes
+    through here (``zeekml.scoring.detectors.base.torch_module``).
+
+    The BLAS limit is for the detectors' kNN references (``embeddings @ reference.T``): OpenBLAS
+    threads spin like OpenMP's; the GNN's kNN over 20k conns took 3.5-4.0 s with one thread,
+    7.0-7.2 s with two on the loaded 2-core box, same results. scikit-learn (a dependency)
+    brings ``threadpoolctl``.
+    """
     global _configured
     if _configured is None:
         import torch
+        from threadpoolctl import threadpool_limits
 
-        _configured = torch_threads()
-        torch.set_num_threads(_configured)
-        log.debug("torch intra-op threads: %d", _configured)
+        n = torch_threads()
+        torch.set_num_threads(n)
+        threadpool_limits(n, user_api="blas")
+        _configured = n
+        log.debug("torch intra-op and BLAS threads: %d", n)
     return _configured
