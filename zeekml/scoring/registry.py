@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_KINDS: dict[str, "ModelKind"] = {}
+_KINDS: dict[str, ModelKind] = {}
 _discovered = False
 
 
@@ -79,7 +79,7 @@ def kind_names() -> tuple[str, ...]:
     return tuple(sorted(_KINDS))
 
 
-def get_kind(name: str) -> "ModelKind":
+def get_kind(name: str) -> ModelKind:
     """The registered kind ``name``; an unknown name is a ``ModelError`` listing the known ones."""
     _discover()
     try:
@@ -120,10 +120,12 @@ def model_dirs(models_dir: str) -> list[str]:
 
 
 def detector_dirs(models_dir: str) -> list[str]:
-    """The model directories of ``models_dir`` that ``score`` uses as detectors (config
-    ``"detector": true``). A broken config is a ``ModelError``; so is a finetuned classifier
-    (not usable by ``score``), and a non-detector when ``models_dir`` is that directory itself. A
-    pretrained base that says ``"detector": false`` (the dense twin) beside others is left out."""
+    """The model directories of ``models_dir`` that ``score`` uses as detectors: those whose
+    config says ``"detector": true`` (anomaly detectors, and classifiers shipped on by default),
+    and a finetuned classifier named by ``models_dir`` itself. A broken config is a
+    ``ModelError``; so is a non-detector when ``models_dir`` is that directory itself. Beside
+    others, a base that says ``"detector": false`` (the dense twin) is left out, and so is a
+    classifier without ``"detector": true`` (with a warning saying how to use it)."""
     from zeekml.scoring.detectors.base import is_classifier, read_config
 
     dirs = model_dirs(models_dir)
@@ -131,37 +133,45 @@ def detector_dirs(models_dir: str) -> list[str]:
     out = []
     for d in dirs:
         cfg = read_config(d)
-        if cfg.get("detector") is True:
+        if cfg.get("detector") is True or (single and is_classifier(cfg)):
             out.append(d)
         elif is_classifier(cfg):
-            raise ModelError(f"a finetuned classifier ({cfg.get('kind', '?')}, label "
-                             f"{cfg.get('label_field') or '?'}) is not usable by score, which needs anomaly "
-                             "detectors (config.json \"detector\": true); give its pretrained base", d)
+            log.warning("%s: a finetuned classifier not on by default (config \"detector\": false), "
+                        "not used; give it to --models by itself to use it", d)
         elif single:
             raise ModelError("not an anomaly detector (config.json has no \"detector\": true); give a "
                              "detector model directory or a directory of them", d)
         else:
             log.info("%s: not a detector (config \"detector\": false), not used by score", d)
     if not out:
-        raise ModelError("--models: no anomaly detector here (config.json \"detector\": true)", models_dir)
+        raise ModelError("--models: no anomaly detector here (config.json \"detector\": true), nor a "
+                         "finetuned classifier given by itself", models_dir)
     return out
 
 
-def load_model_detectors(models_dir: str, device: str = "cpu") -> list["Detector"]:
-    """The learned detectors of ``--models``: ``models_dir`` is a detector model directory or a
-    directory of model directories ("" = the shipped models, ``default_models_dir()``). Anything
-    that cannot be used (missing, broken, a classifier, altered weights) is a one-line
-    ``ModelError`` (exit 5) naming it, never a silent fallback to fewer detectors."""
+def load_model_detectors(models_dir: str, device: str = "cpu") -> list[Detector]:
+    """The learned detectors of ``--models``: ``models_dir`` is a model directory or a
+    directory of model directories ("" = the shipped models, ``default_models_dir()``). A
+    pretrained base becomes its kind's anomaly detector, a finetuned classifier a ``classifier``
+    detector (``zeekml.scoring.detectors.classifier``). Anything that cannot be used (missing,
+    broken, altered weights, two detectors of one name) is a one-line ``ModelError`` (exit 5)
+    naming it, never a silent fallback to fewer detectors."""
     models_dir = models_dir or default_models_dir()
-    from zeekml.scoring.detectors.base import read_config
+    from zeekml.scoring.detectors.base import is_classifier, read_config
+    from zeekml.scoring.detectors.classifier import classifier_detector
 
-    dets = []
+    dets: list[Detector] = []
     for d in detector_dirs(models_dir):
-        kind = read_config(d).get("kind")
+        cfg = read_config(d)
+        kind = cfg.get("kind")
         if not isinstance(kind, str):
             raise ModelError("config.json has no \"kind\"", d)
         if kind not in kind_names():
             raise ModelError(f"unknown model kind {kind!r}; this zeekml knows {', '.join(kind_names())}", d)
-        dets.append(get_kind(kind).detector(d, device))
-        log.info("loaded detector %s from %s", kind, d)
+        det = classifier_detector(d, device) if is_classifier(cfg) else get_kind(kind).detector(d, device)
+        if any(x.name == det.name for x in dets):
+            # thresholds and verdict scores are keyed by detector name
+            raise ModelError(f"a second detector named {det.name!r}; rename one of the directories", d)
+        dets.append(det)
+        log.info("loaded detector %s from %s", det.name, d)
     return dets

@@ -90,44 +90,55 @@ def test_pretrain_writes_kind_and_schema_version(kind, pretrained):
 
 @pytest.mark.parametrize("kind", kind_names())
 def test_loaded_detector_keeps_the_detector_contract(kind, pretrained, table):
+    from zeekml._core.errors import ModelError
+
     out, _ = pretrained(kind)
     det = get_kind(kind).detector(out, device="cpu")
-    assert isinstance(det, Detector), f"{kind}: {type(det).__name__} lacks part of the Detector protocol"
-    assert det.name == kind and det.note.startswith("ZeekML::")
+    assert det.name == kind
+    with pytest.raises(ModelError, match="before fit"):
+        det.score(table)
+    assert det.fit(table.slice(0, 200)) is det
+    whole = check_contract(det, table)
+    # relative to the baseline it was fitted on: conns of the baseline itself score lower, on
+    # average, than the conns after it (the IoT-23 head turns to the botnet's traffic later)
+    assert whole[:200].mean() < whole[200:].mean()
+
+
+def check_contract(det, table: pa.Table) -> np.ndarray:
+    """The ``Detector`` contract on a fitted ``det``: shapes, ``score_rows(t, rows) ==
+    score(t)[rows]``, scores in context == scores of the whole table, an explanation per row.
+    Returns ``det.score(table)``."""
+    assert isinstance(det, Detector), f"{type(det).__name__} lacks part of the Detector protocol"
+    assert det.note.startswith("ZeekML::")
     back, fwd = horizon(det)
     assert back >= 0 and fwd >= 0
-    assert det.fit(table.slice(0, 200)) is det
-
     whole = det.score(table)
     assert whole.shape == (table.num_rows,) and np.isfinite(whole).all()
     assert whole.std() > 0                              # it tells conns apart
-
-    # score_rows(t, rows) == score(t)[rows], to float32 precision (the models run in float32
-    # over differently sized batches)
+    # to float32 precision (the models run in float32 over differently sized batches)
     part = det.score_rows(table, ROWS)
     assert part.shape == (len(ROWS),)
     np.testing.assert_allclose(part, whole[ROWS], rtol=1e-5, atol=1e-6)
     assert det.score_rows(table, np.zeros(0, dtype=np.int64)).shape == (0,)
     assert det.score(table.slice(0, 0)).shape == (0,)
-
-    # scored in context (the rows within its horizon of the targets, and for a host-keyed
-    # detector only the targets' hosts' rows), a part gets the scores of the whole table
     (ctx,) = detectors_in_context([det], table, TARGETS)
     if back > 0 or fwd > 0:
         assert isinstance(ctx, InContext)
     got = ctx.score(table.take(pa.array(TARGETS)))
     np.testing.assert_allclose(got, whole[TARGETS], rtol=1e-5, atol=1e-6)
-
     why = det.explain(table, np.array([3, 7]))
     assert len(why) == 2 and all(isinstance(w, str) and w for w in why)
+    return whole
 
 
 @pytest.mark.parametrize("kind", kind_names())
-def test_finetune_from_the_base_is_a_classifier_score_refuses(kind, pretrained, table, tmp_path):
+def test_finetuned_classifier_is_a_known_bad_detector(kind, pretrained, table, tmp_path):
     """Finetuning keeps the protocol: an explicit ``epochs`` means that many passes for every kind
-    (no step floor), the config says what the classifier learnt, ``predict`` gives probabilities,
-    and ``--models`` refuses the directory by name (a classifier is not an anomaly detector)."""
+    (no step floor), the config says what the classifier learnt, ``predict`` gives probabilities;
+    and ``--models`` naming the directory makes it a ``classifier`` detector (score = P(Malicious),
+    the probability ``predict`` gives) that keeps the detector contract."""
     from zeekml._core.errors import ModelError
+    from zeekml.scoring.detectors.classifier import ClassifierDetector
     from zeekml.scoring.registry import load_model_detectors
     from zeekml.train.data import labels_of, sample_shots, temporal_split
 
@@ -145,11 +156,22 @@ def test_finetune_from_the_base_is_a_classifier_score_refuses(kind, pretrained, 
     assert config["finetune"]["epochs"] == 1 and config["finetune"].get("min_steps", 0) == 0
     assert config["detector"] is False and config["pretrained"] is True
     assert config["label_field"] == "label" and config["classes"] == ["Benign", "Malicious"]
-    pred = get_trainer(kind).predict(out, table.slice(0, 50), device="cpu")
-    assert pred.classes == ["Benign", "Malicious"] and pred.proba.shape == (50, 2)
+    pred = get_trainer(kind).predict(out, table, device="cpu")
+    assert pred.classes == ["Benign", "Malicious"] and pred.proba.shape == (table.num_rows, 2)
     np.testing.assert_allclose(pred.proba.sum(axis=1), 1.0, rtol=1e-5)
-    with pytest.raises(ModelError, match="finetuned classifier"):
-        load_model_detectors(out)
+
+    (det,) = load_model_detectors(out)
+    assert isinstance(det, ClassifierDetector)
+    assert det.name == f"clf-{kind}-ft" and det.note == "ZeekML::Intrusion"
+    assert det.fit(table.slice(0, 200)) is det
+    whole = check_contract(det, table)
+    # the score is the head's probability of the malicious class, as predict reports it
+    np.testing.assert_allclose(whole, pred.proba[:, 1], rtol=1e-5, atol=1e-6)
+    assert ((whole >= 0) & (whole <= 1)).all()
+    if kind in ("moe", "dense"):
+        # the token kinds' anomaly detector needs the masked-token head of a base
+        with pytest.raises(ModelError, match="finetuned classifier"):
+            get_kind(kind).detector(out, device="cpu")
 
 
 def test_epochs_and_step_floor_semantics():
@@ -173,3 +195,20 @@ def test_epochs_and_step_floor_semantics():
     assert apply_epochs(Cfg(), None) == Cfg()
     with pytest.raises(ZeekmlError, match="at least 1"):
         apply_epochs(Cfg(), 0)
+
+
+def test_knn_distance_does_not_depend_on_the_batch():
+    """A conn's distance to the baseline is the same bits alone, in a small batch or in a large
+    one (watch scores small batches, score the whole input): blocks have one fixed shape."""
+    from zeekml.scoring.detectors.reference import CHUNK, KnnReference
+
+    rng = np.random.default_rng(0)
+    ref = KnnReference(k=3).fit(rng.standard_normal((354, 32)).astype(np.float32))
+    e = rng.standard_normal((CHUNK + 100, 32)).astype(np.float32)
+    whole = ref.score(e)
+    for rows in (np.arange(1), np.arange(5, 9), np.array([3, CHUNK + 50, 2]), np.arange(CHUNK + 99, CHUNK + 100)):
+        assert np.array_equal(ref.score(e[rows]), whole[rows])
+    # the exact value: mean of the 3 smallest cosine distances
+    u = e[7] / np.linalg.norm(e[7])
+    r = ref.ref
+    np.testing.assert_allclose(whole[7], np.sort(1.0 - r @ u)[:3].mean(), rtol=1e-5)

@@ -71,13 +71,16 @@ def test_missing_models_dir_is_a_model_error(tmp_path):
         load_model_detectors(str(tmp_path / "empty"))
 
 
-def test_a_finetuned_classifier_is_refused_by_name(tmp_path):
+def test_a_finetuned_classifier_is_a_detector_when_named(tmp_path, caplog):
+    """Issue 14: a classifier given to --models by itself is used (a ``classifier`` detector);
+    beside others it is used only when its config says ``"detector": true``, else left out with
+    a warning naming it."""
     ft = fake_model_dir(tmp_path / "parent" / "mae-ft", kind="mae", schema_version=1, detector=False,
                         label_field="label", classes=["Benign", "Malicious"])
-    for given in (ft, str(tmp_path / "parent")):          # the dir itself, or its parent
-        with pytest.raises(ModelError, match="finetuned classifier .*not usable by score") as e:
-            detector_dirs(given)
-        assert e.value.path == ft
+    assert detector_dirs(ft) == [ft]
+    with pytest.raises(ModelError, match="no anomaly detector here"):
+        detector_dirs(str(tmp_path / "parent"))
+    assert "finetuned classifier not on by default" in caplog.text and ft in caplog.text
 
 
 def test_broken_or_missing_config_is_a_model_error(tmp_path):

@@ -17,6 +17,7 @@ from zeekml._core.errors import ModelError
 from zeekml.features.flow_features import FlowFeaturizer
 from zeekml.features.graph import GRAPH_SCHEMA_VERSION, FlowGraphBuilder, GraphConfig
 from zeekml.scoring.detectors.base import load_checked, torch_module
+from zeekml.scoring.detectors.reference import KNN, MAX_REFERENCE, knn_distance
 from zeekml.scoring.registry import register_kind
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,6 @@ NAME = "gnn"
 # A gnn config's schema is its graph's (the flow features carry their own, checked by
 # ``FlowFeaturizer.from_dict``).
 SCHEMA_VERSION = GRAPH_SCHEMA_VERSION
-KNN = 5
-MAX_REFERENCE = 4000
 
 
 def service_columns(featurizer: FlowFeaturizer) -> np.ndarray:
@@ -106,19 +105,10 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
     return out
 
 
-def knn_distance(e: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
-    """Mean cosine distance of each row of ``e`` (unit vectors) to its ``k`` nearest in ``ref``."""
-    k = max(1, min(k, len(ref)))
-    out = np.empty(len(e))
-    for a in range(0, len(e), 2048):
-        d = 1.0 - e[a:a + 2048] @ ref.T
-        out[a:a + 2048] = np.partition(d, k - 1, axis=1)[:, :k].mean(axis=1)
-    return out
-
-
 class GNNDetector:
-    """Anomaly score = mean cosine distance of a conn's flow embedding to its ``k`` nearest
-    baseline embeddings (``fit`` stores the baseline's embeddings; weights stay as trained).
+    """Anomalous = the conn's flow embedding (the conn in its graph of hosts and nearby conns) is
+    far from the baseline's: the score is the mean cosine distance to its ``k`` nearest baseline
+    embeddings (``fit`` stores the baseline's embeddings; weights stay as trained).
 
     Args:
         bundle: a pretrained (or finetuned) model.

@@ -1,8 +1,9 @@
 """``mae``: the multi-modal autoencoder as a detector and an embedder (the inference half of the
 kind; training is ``zeekml.train.mae``).
 
-The anomaly score of a conn is its reconstruction error; ``embed`` gives the 64-d embedding that
-``zeekml embed`` and ``zeekml similar`` serve.
+The anomaly score of a conn is relative to the baseline the detector is fitted on
+(``zeekml.scoring.detectors.reference``), never to the pretraining corpus: see ``MAEDetector``.
+``embed`` gives the 64-d embedding that ``zeekml embed`` and ``zeekml similar`` serve.
 """
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ from zeekml._core.device import inference_batch
 from zeekml._core.errors import ModelError
 from zeekml.features.modality import SCHEMA_VERSION, Modalities, ModalityFeaturizer
 from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
+from zeekml.scoring.detectors.reference import KnnReference, ZReference, make_reference
 from zeekml.scoring.registry import register_kind
 
 log = logging.getLogger(__name__)
 
 NAME = "mae"
+PARTS = ("quantity", "sequence", "entity")
+# What the shipped detector compares against (measured, bench/detect_models.py).
+DEFAULT_REFERENCE = "knn"
 INFER_BATCH = 8192   # rows per inference batch on CPU (zeekml._core.device.inference_batch)
 
 
@@ -60,7 +65,7 @@ class LoadedMAE:
         self.hide_service = bool(config.get("hide_service"))
 
     @classmethod
-    def from_dir(cls, model_dir: str, device: str = "cpu") -> "LoadedMAE":
+    def from_dir(cls, model_dir: str, device: str = "cpu") -> LoadedMAE:
         """An mae model directory, verified against its manifest."""
         config, state = load_checked(model_dir, (NAME,), SCHEMA_VERSION, device)
         return cls(config, state, device)
@@ -100,14 +105,30 @@ class LoadedMAE:
 
 
 class MAEDetector:
-    """Reconstruction error of an mae model directory as a ``Detector`` (higher = more anomalous)."""
+    """The multi-modal autoencoder as a ``Detector``, relative to its baseline.
+
+    Anomalous (``reference="knn"``, the default) = the conn's 64-d embedding is far (mean cosine
+    distance to the ``k`` nearest) from the embeddings of every baseline conn; with
+    ``reference="zscore"``: a modality (quantities, sequence, entities) is reconstructed worse than
+    it is for the baseline's conns (robust z-scores, positive ones summed). The pretrained weights
+    are used as they are; ``fit`` only builds the reference. The raw reconstruction error is not
+    the score: it measures distance from the pretraining corpus (mostly IoT-23 malware), which
+    ranked malware as normal (AUROC 0.10).
+
+    Args:
+        loaded: a pretrained mae model directory in memory.
+        reference: ``"knn"`` or ``"zscore"`` (default ``DEFAULT_REFERENCE``).
+        seed: draws the kNN reference subset of a large baseline (default 0).
+    """
 
     name = NAME
     note = "ZeekML::Anomalous_Flow"
     context_key = "id.orig_h"     # host sequences: only the same originator's conns change a score
 
-    def __init__(self, loaded: LoadedMAE):
+    def __init__(self, loaded: LoadedMAE, reference: str = DEFAULT_REFERENCE, seed: int = 0):
         self.loaded = loaded
+        self.reference: KnnReference | ZReference = make_reference(reference, seed)
+        self._fitted = False
 
     @property
     def context_seconds(self) -> float:
@@ -120,28 +141,50 @@ class MAEDetector:
         """0: host sequences hold a conn's originator's earlier conns only."""
         return 0.0
 
-    def fit(self, table: pa.Table) -> "MAEDetector":
-        """Nothing to fit: the weights stay as trained; calibration happens outside."""
+    def profile(self, table: pa.Table, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """What the model makes of each conn (of ``rows``, the rest of ``table`` as context):
+        ``embedding`` ``[n, 64]``, ``parts`` ``[n, 3]`` (reconstruction error per modality) and
+        ``raw`` ``[n]`` (their sum: the pretraining-relative error)."""
+        m = self.loaded.modalities(table)
+        if rows is not None:
+            m = m.take(np.asarray(rows, dtype=np.int64))
+        res = self.loaded.run(m)
+        return {"embedding": res["embedding"], "parts": np.stack([res[k] for k in PARTS], axis=1),
+                "raw": res["score"]}
+
+    def _from_profile(self, p: dict[str, np.ndarray]) -> np.ndarray:
+        return p["embedding"] if self.reference.kind == "knn" else p["parts"]
+
+    def fit(self, table: pa.Table) -> MAEDetector:
+        """Build the reference from the baseline ``table`` (the weights stay as trained)."""
+        self.reference.fit(self._from_profile(self.profile(table)))
+        self._fitted = True
         return self
 
     def score(self, table: pa.Table) -> np.ndarray:
-        """Anomaly score of every row, ``[n]``."""
+        """Anomaly score of every row relative to the baseline, ``[n]``."""
+        if not self._fitted:
+            raise ModelError("MAEDetector.score before fit")
         if table.num_rows == 0:
             return np.zeros(0)
-        return self.loaded.run(self.loaded.modalities(table))["score"]
+        return self.reference.score(self._from_profile(self.profile(table)))
 
     def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
         """``score(table)[rows]``, running the model on ``rows`` alone (the other conns of
         ``table`` only feed the host sequences, whose featurisation is vectorised and cheap)."""
+        if not self._fitted:
+            raise ModelError("MAEDetector.score_rows before fit")
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.zeros(0)
-        return self.loaded.run(self.loaded.modalities(table).take(rows))["score"]
+        return self.reference.score(self._from_profile(self.profile(table, rows)))
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
-        """Per-modality errors and the worst-reconstructed quantity features of each row."""
+        """Per row: its distance from the baseline (the score before calibration), the
+        per-modality errors and the worst-reconstructed quantity features."""
         if len(rows) == 0:
             return []
+        dist = self.score_rows(table, rows)
         torch = torch_module()
         sub = table.take(pa.array(np.asarray(rows, dtype=np.int64)))
         m = self.loaded.modalities(sub)
@@ -154,7 +197,8 @@ class MAEDetector:
         out = []
         for i in range(len(rows)):
             worst = ";".join(names[j] for j in np.argsort(-sqerr[i])[:top])
-            out.append(f"recon_quantity={res['quantity'][i]:.3g},recon_sequence={res['sequence'][i]:.3g},"
+            out.append(f"{self.reference.kind}={dist[i]:.3g},"
+                       f"recon_quantity={res['quantity'][i]:.3g},recon_sequence={res['sequence'][i]:.3g},"
                        f"recon_entity={res['entity'][i]:.3g},worst={worst}")
         return out
 
@@ -169,10 +213,11 @@ class MAEKind:
         self.name = name
 
     def detector(self, model_dir: str, device: str = "cpu") -> MAEDetector:
-        """The reconstruction-error detector of a pretrained mae directory."""
+        """The baseline-relative detector of a pretrained mae directory."""
         loaded = LoadedMAE.from_dir(model_dir, device)
         if not loaded.config.get("pretrained", True):
-            raise ModelError("a model trained from scratch has no reconstruction score", model_dir)
+            raise ModelError("a model trained from scratch learnt no embedding to compare; use a "
+                             "pretrained mae directory", model_dir)
         return MAEDetector(loaded)
 
     def embed(self, model_dir: str, table: pa.Table, device: str = "cpu",

@@ -1,9 +1,9 @@
 """``moe`` and ``dense``: the token transformers as detectors (the inference half of the kinds;
 training is ``zeekml.train.moe``).
 
-The anomaly score of a conn is the negative log-likelihood of its own token fields when they are
-masked (host tokens) or of every third packet token (packet tokens). ``moe`` is
-``MoEEncoder``; ``dense`` is ``DenseEncoder``, its twin with the same active parameters.
+The anomaly score of a conn is relative to the baseline the detector is fitted on
+(``zeekml.scoring.detectors.reference``), never to the pretraining corpus: see ``TokenDetector``.
+``moe`` is ``MoEEncoder``; ``dense`` is ``DenseEncoder``, its twin with the same active parameters.
 """
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ from zeekml._core.device import inference_batch
 from zeekml._core.errors import ModelError
 from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
 from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
+from zeekml.scoring.detectors.reference import KnnReference, ZReference, make_reference
 from zeekml.scoring.registry import register_kind
 
 log = logging.getLogger(__name__)
 
 NAMES = ("moe", "dense")
 INFER_BATCH = 1024   # sequences per inference batch on CPU (zeekml._core.device.inference_batch)
+# What the shipped detector compares against (measured, bench/detect_models.py).
+DEFAULT_REFERENCE = "knn"
 
 
 def encoder_from_dict(kind: str, d: dict):
@@ -86,7 +89,7 @@ class LoadedTokenModel:
         self.hide_service = bool(config.get("hide_service"))
 
     @classmethod
-    def from_dir(cls, model_dir: str, device: str = "cpu") -> "LoadedTokenModel":
+    def from_dir(cls, model_dir: str, device: str = "cpu") -> LoadedTokenModel:
         """A moe/dense model directory, verified against its manifest."""
         config, state = load_checked(model_dir, NAMES, SCHEMA_VERSION, device)
         return cls(config, state, device)
@@ -138,8 +141,9 @@ class LoadedTokenModel:
             m[:, ::3] = True
         return m & (x[..., 0] != PAD)
 
-    def _nll(self, x, routing: list | None):
-        """Per sequence: mean over masked tokens of the summed field NLL."""
+    def field_nll(self, x, routing: list | None = None):
+        """Per sequence and token field: mean over masked tokens of the field's NLL (a field a
+        token hides counts 0). Shapes: ``x [b, L, f]`` -> ``[b, f]``."""
         torch = torch_module()
         m = self.score_mask(x)
         inp = torch.where(m.unsqueeze(-1), torch.full_like(x, MASK), x)
@@ -149,24 +153,67 @@ class LoadedTokenModel:
         logits = self.mlm(out.hidden[:, 1:])
         bases = torch.as_tensor(self.tokenizer.bases, device=x.device)
         local = x - bases
-        nll = torch.zeros(x.shape[:2], device=x.device)
+        mf = m.to(torch.float32)
+        denom = mf.sum(1).clamp_min(1)
+        per_field = []
         for fi, lg in enumerate(logits):
             tgt = local[..., fi].clamp_min(0)
             lp = torch.log_softmax(lg.float(), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-            nll = nll - torch.where(local[..., fi] > 0, lp, torch.zeros_like(lp))   # hidden: skip
-        nll = (nll * m).sum(1) / m.sum(1).clamp_min(1)
-        return nll
+            nll = -torch.where(local[..., fi] > 0, lp, torch.zeros_like(lp))   # hidden: skip
+            per_field.append((nll * mf).sum(1) / denom)
+        return torch.stack(per_field, 1)
+
+    def _nll(self, x, routing: list | None):
+        """Per sequence: mean over masked tokens of the summed field NLL (the pretraining-relative
+        score ``predict`` and ``eval`` report). Shapes: ``x [b, L, f]`` -> ``[b]``."""
+        return self.field_nll(x, routing).sum(1)
+
+    def profile(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """What the model makes of each sequence: ``embedding`` ``[n, 2d]`` (the pooled states of
+        an unmasked pass, as the classifier head sees them), ``parts`` ``[n, f]`` (per-field NLL
+        of the masked conn) and ``raw`` ``[n]`` (their sum)."""
+        torch = torch_module()
+        from zeekml.nn.dense import pool
+
+        embs, fields = [], []
+        with torch.inference_mode():
+            batch = inference_batch(self.device, INFER_BATCH)
+            for s in range(0, len(ids), batch):
+                x = torch.as_tensor(ids[s:s + batch], device=self.device)
+                embs.append(pool(self.encoder(x).hidden, x, self.tokenizer.anchor).float().cpu().numpy())
+                fields.append(self.field_nll(x).cpu().numpy())
+        d = self.encoder.config.d_model
+        f = len(self.tokenizer.field_sizes)
+        emb = np.concatenate(embs) if embs else np.zeros((0, 2 * d), np.float32)
+        parts = np.concatenate(fields) if fields else np.zeros((0, f), np.float32)
+        return {"embedding": emb, "parts": parts, "raw": parts.sum(axis=1)}
 
 
 class TokenDetector:
-    """Masked-token NLL of a pretrained moe/dense dir as a ``Detector`` (higher = more anomalous)."""
+    """A pretrained moe/dense token model as a ``Detector``, relative to its baseline.
+
+    Anomalous (``reference="knn"``, the default) = the conn's pooled sequence embedding (its own
+    token in the context of its originator's earlier conns) is far (mean cosine distance to the
+    ``k`` nearest) from every baseline conn's; with ``reference="zscore"``: some token field of the
+    conn is less predictable than it is for the baseline's conns (robust z-scores of per-field
+    NLL, positive ones summed). The pretrained weights are used as they are; ``fit`` only builds
+    the reference. The raw masked-token NLL is not the score: it measures distance from the
+    pretraining corpus (mostly IoT-23 malware), which ranked malware as normal (AUROC 0.27).
+
+    Args:
+        loaded: a pretrained moe/dense model directory in memory.
+        reference: ``"knn"`` or ``"zscore"`` (default ``DEFAULT_REFERENCE``).
+        seed: draws the kNN reference subset of a large baseline (default 0).
+    """
 
     note = "ZeekML::Anomalous_Flow"
     context_key = "id.orig_h"     # host tokens: only the same originator's conns change a score
 
-    def __init__(self, loaded: LoadedTokenModel):
+    def __init__(self, loaded: LoadedTokenModel, reference: str = DEFAULT_REFERENCE, seed: int = 0):
         self.loaded = loaded
         self.name = loaded.kind
+        self.reference: KnnReference | ZReference = make_reference(reference, seed)
+        self._fitted = False
 
     @property
     def context_seconds(self) -> float:
@@ -178,30 +225,45 @@ class TokenDetector:
         """0: a conn's tokens come from its originator's earlier conns (or its own packets)."""
         return 0.0
 
-    def fit(self, table: pa.Table) -> "TokenDetector":
-        """Nothing to fit: the weights stay as trained; calibration happens outside."""
+    def profile(self, table: pa.Table, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``LoadedTokenModel.profile`` of the conns of ``table`` (or of its ``rows``, the rest
+        as context only: their tokens are not built, the model does not run on them)."""
+        return self.loaded.profile(self.loaded.tokens(table, rows=rows))
+
+    def _from_profile(self, p: dict[str, np.ndarray]) -> np.ndarray:
+        return p["embedding"] if self.reference.kind == "knn" else p["parts"]
+
+    def fit(self, table: pa.Table) -> TokenDetector:
+        """Build the reference from the baseline ``table`` (the weights stay as trained)."""
+        self.reference.fit(self._from_profile(self.profile(table)))
+        self._fitted = True
         return self
 
     def score(self, table: pa.Table) -> np.ndarray:
-        """Anomaly score of every row, ``[n]``."""
+        """Anomaly score of every row relative to the baseline, ``[n]``."""
+        if not self._fitted:
+            raise ModelError(f"{self.name} detector: score before fit")
         if table.num_rows == 0:
             return np.zeros(0)
-        return self.loaded.run(self.loaded.tokens(table), want=("score",))["score"]
+        return self.reference.score(self._from_profile(self.profile(table)))
 
     def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
-        """``score(table)[rows]`` at the cost of ``rows`` alone: the other conns of ``table`` are
-        only context (their tokens are not built, the model does not run on them)."""
+        """``score(table)[rows]`` at the cost of ``rows`` alone."""
+        if not self._fitted:
+            raise ModelError(f"{self.name} detector: score_rows before fit")
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.zeros(0)
-        return self.loaded.run(self.loaded.tokens(table, rows=rows), want=("score",))["score"]
+        return self.reference.score(self._from_profile(self.profile(table, rows)))
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
-        """Per row: the conn's fields the model found least likely (host tokens), with their NLL."""
+        """Per row: its distance from the baseline (the score before calibration), then the conn's
+        fields the model found least likely (host tokens), with their NLL."""
         torch = torch_module()
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return []
+        dist = self.score_rows(table, rows)
         L = self.loaded
         ids = torch.as_tensor(L.tokens(table, rows=rows), device=L.device)
         out = []
@@ -219,7 +281,8 @@ class TokenDetector:
         names = L.tokenizer.field_names
         for i in range(len(rows)):
             idx = np.argsort(-pf[i])[:top]
-            out.append(",".join(f"nll_{names[j]}={pf[i, j]:.3g}" for j in idx))
+            out.append(f"{self.reference.kind}={dist[i]:.3g}," +
+                       ",".join(f"nll_{names[j]}={pf[i, j]:.3g}" for j in idx))
         return out
 
 
@@ -233,7 +296,7 @@ class TokenKind:
         self.name = name
 
     def detector(self, model_dir: str, device: str = "cpu") -> TokenDetector:
-        """The masked-token NLL detector of a pretrained moe/dense directory."""
+        """The baseline-relative detector of a pretrained moe/dense directory."""
         loaded = LoadedTokenModel.from_dir(model_dir, device)
         if loaded.kind != self.name:
             raise ModelError(f"a {loaded.kind!r} model, not {self.name!r}", model_dir)

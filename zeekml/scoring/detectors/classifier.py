@@ -1,0 +1,180 @@
+"""``classifier``: a finetuned known-bad classifier (what ``zeekml finetune`` writes) as a detector.
+
+Anomaly detectors ask "unlike the baseline?"; a classifier asks "like the malware it was taught?".
+That is what catches an infected archive with no clean period, where the attack is part of the
+baseline. Any finetuned directory of a registered kind with a head works (moe, dense, mae, gnn);
+``scoring.registry.load_model_detectors`` sends a directory here when its config says it is a
+classifier (``detectors.base.is_classifier``).
+
+The score of a conn is the probability the head gives to the malicious classes (every class but
+``Benign``); its threshold is calibrated on the baseline like every other detector's, so at most
+``fpr/n`` of the baseline's conns pass it, whatever the head's own calibration.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from zeekml._core.errors import ModelError
+from zeekml.scoring.detectors.base import read_config
+
+log = logging.getLogger(__name__)
+
+# Classes that are not "bad": a head's probability of anything else is the score.
+NOT_BAD = ("benign", "background", "normal")
+# The Zeek notice a classifier raises (zeek-scripts/scripts/main.zeek): a Malicious/Benign head
+# is an intrusion detector, a family head (detailed label) names botnet activity.
+NOTES = {"label": "ZeekML::Intrusion", "detailedlabel": "ZeekML::Botnet_Activity"}
+
+
+def bad_classes(classes: list[str]) -> np.ndarray:
+    """Indices of the classes whose probability counts as known-bad (not Benign/Background)."""
+    return np.array([i for i, c in enumerate(classes) if not str(c).lower().startswith(NOT_BAD)],
+                    dtype=np.int64)
+
+
+class _TokenHead:
+    """moe/dense: the head on the pooled host-token sequence."""
+
+    def __init__(self, model_dir: str, device: str):
+        from zeekml.scoring.detectors.token import LoadedTokenModel
+
+        self.m = LoadedTokenModel.from_dir(model_dir, device)
+        self.classes = self.m.classes
+        self.context_seconds = self.m.tokenizer.context_seconds
+        self.forward_context_seconds = 0.0
+        self.context_key: str | None = "id.orig_h"
+
+    def proba(self, table: pa.Table, rows: np.ndarray | None) -> np.ndarray:
+        return self.m.run(self.m.tokens(table, rows=rows), want=("proba",))["proba"]
+
+
+class _MAEHead:
+    """mae: the head on the autoencoder's embedding."""
+
+    def __init__(self, model_dir: str, device: str):
+        from zeekml.scoring.detectors.mae import LoadedMAE
+
+        self.m = LoadedMAE.from_dir(model_dir, device)
+        self.classes = self.m.classes
+        self.context_seconds = self.m.featurizer.context_seconds
+        self.forward_context_seconds = 0.0
+        self.context_key = "id.orig_h"
+
+    def proba(self, table: pa.Table, rows: np.ndarray | None) -> np.ndarray:
+        m = self.m.modalities(table)
+        if rows is not None:
+            m = m.take(rows)
+        return self.m.run(m)["proba"]
+
+
+class _GNNHead:
+    """gnn: the head on the flow-graph embedding of each conn."""
+
+    def __init__(self, model_dir: str, device: str):
+        from zeekml.scoring.detectors.gnn import load_bundle
+
+        self.bundle, _ = load_bundle(model_dir, device)
+        self.device = device
+        self.classes = self.bundle.classes
+        g = self.bundle.graph
+        self.context_seconds = (g.context_windows + g.max_conn_windows + 2) * g.window
+        self.forward_context_seconds = self.context_seconds
+        self.context_key = None
+
+    def proba(self, table: pa.Table, rows: np.ndarray | None) -> np.ndarray:
+        from zeekml.scoring.detectors.base import torch_module
+        from zeekml.scoring.detectors.gnn import to_device
+
+        torch = torch_module()
+        model = self.bundle.model.to(self.device).eval()
+        if model.head is None:
+            raise ModelError("this gnn directory has no classification head")
+        x = self.bundle.features(table)
+        out = np.zeros((table.num_rows, len(self.classes)), dtype=np.float32)
+        # the whole table is run, as the gnn detector does, so score_rows == score[rows] exactly
+        with torch.inference_mode():
+            for g in self.bundle.builder().iter_graphs(table, x, None):
+                h = model(to_device(g.x_dict, self.device), to_device(g.edge_index_dict, self.device))["flow"]
+                t = g["flow"].target
+                p = torch.softmax(model.classify(h[t.to(self.device)]), dim=-1)
+                out[g["flow"].row[t].numpy()] = p.cpu().numpy()
+        return out if rows is None else out[rows]
+
+
+HEADS = {"moe": _TokenHead, "dense": _TokenHead, "mae": _MAEHead, "gnn": _GNNHead}
+
+
+class ClassifierDetector:
+    """A finetuned classifier as a ``Detector``.
+
+    Anomalous here means known-bad: the score of a conn is the probability its head gives to the
+    malicious classes (every class but Benign/Background), in [0, 1]. Nothing is fitted on the
+    baseline (the weights stay as trained); its threshold is set on the baseline like the other
+    detectors', so a classifier that flags the baseline's conns raises its own bar.
+
+    Args:
+        model_dir: a finetuned model directory (config has ``label_field`` and ``classes``).
+        device: where the model runs (default "cpu").
+    """
+
+    def __init__(self, model_dir: str, device: str = "cpu"):
+        config = read_config(model_dir)
+        kind = config.get("kind")
+        field = config.get("label_field")
+        if field not in NOTES:
+            raise ModelError(f"a classifier of {field!r} is not a known-bad detector (needs a head "
+                             "trained on label or detailedlabel)", model_dir)
+        if kind not in HEADS:
+            raise ModelError(f"no classifier detector for kind {kind!r} ({', '.join(sorted(HEADS))})",
+                             model_dir)
+        self.head = HEADS[kind](model_dir, device)
+        self.classes = list(self.head.classes)
+        self.bad = bad_classes(self.classes)
+        if len(self.bad) == 0 or len(self.bad) == len(self.classes):
+            raise ModelError(f"classes {self.classes} do not split into benign and malicious ones",
+                             model_dir)
+        # the directory's name: two classifiers of one kind stay apart in verdicts and thresholds
+        self.name = "clf-" + os.path.basename(os.path.normpath(model_dir))
+        self.note = NOTES[field]
+        self.context_seconds = self.head.context_seconds
+        self.forward_context_seconds = self.head.forward_context_seconds
+        self.context_key = self.head.context_key
+        self.model_dir = model_dir
+
+    def fit(self, table: pa.Table) -> ClassifierDetector:
+        """Nothing to fit: a classifier's knowledge is its training; calibration sets its bar."""
+        return self
+
+    def _bad_proba(self, p: np.ndarray) -> np.ndarray:
+        return p[:, self.bad].sum(axis=1).astype(np.float64)
+
+    def score(self, table: pa.Table) -> np.ndarray:
+        """P(malicious classes) of every row, ``[n]``."""
+        if table.num_rows == 0:
+            return np.zeros(0)
+        return self._bad_proba(self.head.proba(table, None))
+
+    def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
+        """``score(table)[rows]``, the other rows of ``table`` as context only."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return np.zeros(0)
+        return self._bad_proba(self.head.proba(table, rows))
+
+    def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
+        """The head's most likely classes and their probabilities, per row."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return []
+        p = self.head.proba(table, rows)
+        return [",".join(f"p_{self.classes[j]}={p[i, j]:.3f}" for j in np.argsort(-p[i])[:top])
+                for i in range(len(rows))]
+
+
+def classifier_detector(model_dir: str, device: str = "cpu") -> ClassifierDetector:
+    """The known-bad detector of a finetuned model directory (verified against its manifest)."""
+    return ClassifierDetector(model_dir, device)

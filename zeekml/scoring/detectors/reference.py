@@ -1,0 +1,131 @@
+"""What a learned detector compares a conn against: a reference fitted on the local baseline.
+
+A model pretrained on someone else's captures (IoT-23 is mostly malware) finds *their* traffic
+normal; scored by its own yardstick (reconstruction error, masked-token likelihood), malware
+looks normal to it and a local network's ordinary traffic looks odd (measured: autoencoder AUROC
+0.10, MoE 0.27 on held-out captures, ``docs/results/detection.md``). So every learned detector
+scores a conn by how far its model's view of the conn lies from the model's view of the
+baseline conns. Two references, both measured (``bench/detect_models.py``):
+
+- ``KnnReference``: mean cosine distance of a conn's embedding to its ``k`` nearest baseline
+  embeddings ("unlike any conn of the baseline").
+- ``ZReference``: robust z-scores of per-part errors (per modality, per token field) against the
+  baseline's, the positive ones summed ("reconstructed or predicted worse than the baseline's
+  conns are").
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from zeekml._core.errors import ModelError
+
+KNN = 5
+MAX_REFERENCE = 4000      # baseline rows kept as kNN references (cost per scored conn is linear)
+# Scored rows per distance block. Every block is padded to exactly this many rows: BLAS picks its
+# kernel (and so its summation order) by matrix shape, so a conn scored alone or among 300 others
+# would otherwise differ in the last bits (measured: up to 1.5e-5 in float32), and watch's small
+# batches would not give score's bytes.
+CHUNK = 256
+
+
+def unit_rows(e: np.ndarray) -> np.ndarray:
+    """Rows of ``e`` scaled to unit length (zero rows stay zero)."""
+    e = np.asarray(e, dtype=np.float32)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
+
+
+def knn_distance(e: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
+    """Mean cosine distance of each row of ``e`` (unit vectors) to its ``k`` nearest in ``ref``.
+
+    Shapes:
+        e ``[n, d]``, ref ``[m, d]`` -> ``[n]``
+    """
+    k = max(1, min(k, len(ref)))
+    out = np.empty(len(e))
+    for a in range(0, len(e), CHUNK):
+        x = e[a:a + CHUNK]
+        n = len(x)
+        if n < CHUNK:
+            x = np.concatenate([x, np.zeros((CHUNK - n, x.shape[1]), x.dtype)])
+        d = 1.0 - (x @ ref.T)[:n]
+        out[a:a + n] = np.partition(d, k - 1, axis=1)[:, :k].mean(axis=1)
+    return out
+
+
+class KnnReference:
+    """Anomalous = far (cosine) from every baseline conn's embedding.
+
+    Args:
+        k: neighbours averaged (default 5).
+        max_reference: baseline rows kept, drawn with ``seed`` when there are more (default 4000).
+        seed: the draw (default 0).
+    """
+
+    kind = "knn"
+
+    def __init__(self, k: int = KNN, max_reference: int = MAX_REFERENCE, seed: int = 0):
+        self.k = k
+        self.max_reference = max_reference
+        self.seed = seed
+        self.ref: np.ndarray | None = None
+
+    def fit(self, embedding: np.ndarray) -> KnnReference:
+        """Keep the (unit) embeddings of the baseline rows, ``[m, d]``."""
+        e = unit_rows(embedding)
+        if len(e) == 0:
+            raise ModelError("the baseline gave no conn to compare against")
+        if len(e) > self.max_reference:
+            e = e[np.random.default_rng(self.seed).choice(len(e), self.max_reference, replace=False)]
+        self.ref = e
+        return self
+
+    def score(self, embedding: np.ndarray) -> np.ndarray:
+        """Mean cosine distance to the ``k`` nearest baseline rows, ``[n]``."""
+        if self.ref is None:
+            raise ModelError("KnnReference.score before fit")
+        if len(embedding) == 0:
+            return np.zeros(0)
+        return knn_distance(unit_rows(embedding), self.ref, self.k)
+
+
+class ZReference:
+    """Anomalous = some part of the conn's error is high *for this baseline*: each column of
+    ``parts`` (an error per modality or per token field) becomes a robust z-score against the
+    baseline (median, 1.4826 MAD; the std where the MAD is 0), and the positive ones are summed.
+    A part that the baseline's conns already get wrong (a local service the model never saw)
+    thereby stops counting against every conn."""
+
+    kind = "zscore"
+
+    def __init__(self):
+        self.median: np.ndarray | None = None
+        self.scale: np.ndarray | None = None
+
+    def fit(self, parts: np.ndarray) -> ZReference:
+        """Per-column median and spread of the baseline rows' parts, ``[m, c]``."""
+        p = np.asarray(parts, dtype=np.float64)
+        if len(p) == 0:
+            raise ModelError("the baseline gave no conn to compare against")
+        self.median = np.median(p, axis=0)
+        mad = 1.4826 * np.median(np.abs(p - self.median), axis=0)
+        # a column constant on the baseline: any change is news, measured in a small absolute unit
+        self.scale = np.where(mad > 1e-9, mad, np.maximum(np.std(p, axis=0), 1e-3))
+        return self
+
+    def score(self, parts: np.ndarray) -> np.ndarray:
+        """Sum of the positive robust z-scores of each row's parts, ``[n]``."""
+        if self.median is None:
+            raise ModelError("ZReference.score before fit")
+        if len(parts) == 0:
+            return np.zeros(0)
+        z = (np.asarray(parts, dtype=np.float64) - self.median) / self.scale
+        return np.clip(z, 0.0, None).sum(axis=1)
+
+
+def make_reference(kind: str, seed: int = 0) -> KnnReference | ZReference:
+    """A fresh reference of ``kind`` (``"knn"`` or ``"zscore"``)."""
+    if kind == "knn":
+        return KnnReference(seed=seed)
+    if kind == "zscore":
+        return ZReference()
+    raise ModelError(f"unknown baseline reference {kind!r} (knn, zscore)")
