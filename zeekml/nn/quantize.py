@@ -1,6 +1,8 @@
 """int8 dynamic quantisation of a model's linear layers, for CPU inference.
 
 Not the default path: eager float32 is the reference, and every shipped detector scores with it.
+``torch.ao.quantization`` is deprecated in torch 2.13 in favour of torchao (not a dependency);
+it still works, with a warning.
 ``bench/score_speed.py --tooling`` measures this (and ``torch.compile``) against eager on the
 same inputs in one run and prints the speed and the largest score difference; bench/README.md
 has the figures. ``SCORE_RTOL`` is the tolerance a quantised model's scores are held to
@@ -17,9 +19,12 @@ import copy
 import torch
 from torch import nn
 
-SCORE_RTOL = 0.05
-"""Largest relative difference of an anomaly score, int8 vs float32, measured on the shipped
-models (relative to the float32 scores' spread: ``max|q - f| / (max f - min f)``)."""
+SCORE_RTOL = 0.1
+"""Largest difference of an anomaly score, int8 vs float32, relative to the float32 scores'
+spread (``relative_spread_difference``), that the shipped token models stay within. Measured
+(bench/score_speed.py --tooling, 8k CTU-34-1 conns): dense-base 0.036, mae-base 0.041, moe-base
+0.096. That is far more than a threshold can absorb (verdicts near it would flip), which is why
+eager float32 stays the only scoring path; int8 ran 1.1-1.5x faster."""
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
