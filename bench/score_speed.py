@@ -361,6 +361,32 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def compare(paths: list[str]) -> str:
+    """Markdown: the models run's stages (summed over phases) side by side for result files of
+    several runs (``--json`` of this script), then flows/s and the ratio of each."""
+    runs = []
+    for p in paths:
+        with open(p) as f:
+            runs.append(json.load(f))
+    keys: dict[tuple[str, str], list[float]] = {}
+    for i, r in enumerate(runs):
+        for phase, det, stage, sec in r["models"]["stages"]:
+            stage = {"detector (other)": "other", "fit/calibrate (other)": "other",
+                     "score (other)": "other", "cli (other)": "other"}.get(stage, stage)
+            keys.setdefault((det, stage), [0.0] * len(runs))[i] += sec
+    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    lines = ["| detector | stage | " + " | ".join(f"{n} s" for n in names) + " |",
+             "|---|---|" + "---|" * len(runs)]
+    for (det, stage), secs in sorted(keys.items(), key=lambda kv: -max(kv[1])):
+        if max(secs) >= 0.05:
+            lines.append(f"| {det} | {stage} | " + " | ".join(f"{s:.2f}" for s in secs) + " |")
+    lines.append("| | **wall, all detectors** | " + " | ".join(f"**{r['models']['wall_s']:.1f}**" for r in runs) + " |")
+    lines.append("| | **flows/s, all detectors** | " + " | ".join(f"{r['models']['flows_per_s']:,.0f}" for r in runs) + " |")
+    lines.append("| | **flows/s, --no-models** | " + " | ".join(f"{r['no-models']['flows_per_s']:,.0f}" for r in runs) + " |")
+    lines.append("| | **ratio** | " + " | ".join(f"**{r['ratio']:.3f}x**" for r in runs) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conns", type=int, default=100_000, help="conns in the generated log (default 100000)")
@@ -373,6 +399,8 @@ def main() -> None:
                     help="instead: eager vs int8 dynamic quantisation vs torch.compile per model")
     ap.add_argument("--tooling-conns", type=int, default=20_000, help="conns for --tooling (default 20000)")
     ap.add_argument("--no-compile", action="store_true", help="--tooling without torch.compile")
+    ap.add_argument("--compare", nargs="+", metavar="JSON",
+                    help="instead: print the stage tables of earlier --json results side by side")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--log-dir", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -380,6 +408,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.worker:
         worker(a.worker, a.log_dir, a.out, a.result)
+        return
+    if a.compare:
+        print(compare(a.compare))
         return
     missing = [p for p in SOURCES if not os.path.exists(p)]
     if missing:
