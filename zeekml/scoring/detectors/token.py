@@ -168,25 +168,34 @@ class LoadedTokenModel:
         score ``predict`` and ``eval`` report). Shapes: ``x [b, L, f]`` -> ``[b]``."""
         return self.field_nll(x, routing).sum(1)
 
-    def profile(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+    def profile(self, ids: np.ndarray, want: tuple[str, ...] = ("embedding", "parts", "raw")
+                ) -> dict[str, np.ndarray]:
         """What the model makes of each sequence: ``embedding`` ``[n, 2d]`` (the pooled states of
         an unmasked pass, as the classifier head sees them), ``parts`` ``[n, f]`` (per-field NLL
-        of the masked conn) and ``raw`` ``[n]`` (their sum)."""
+        of the masked conn) and ``raw`` ``[n]`` (their sum); only the keys in ``want``. The
+        embedding and the NLL are two encoder passes (unmasked, masked): asking for one costs one."""
         torch = torch_module()
         from zeekml.nn.dense import pool
 
         embs, fields = [], []
+        nll = "parts" in want or "raw" in want
         with torch.inference_mode():
             batch = inference_batch(self.device, INFER_BATCH)
             for s in range(0, len(ids), batch):
                 x = torch.as_tensor(ids[s:s + batch], device=self.device)
-                embs.append(pool(self.encoder(x).hidden, x, self.tokenizer.anchor).float().cpu().numpy())
-                fields.append(self.field_nll(x).cpu().numpy())
+                if "embedding" in want:
+                    embs.append(pool(self.encoder(x).hidden, x, self.tokenizer.anchor).float().cpu().numpy())
+                if nll:
+                    fields.append(self.field_nll(x).cpu().numpy())
         d = self.encoder.config.d_model
         f = len(self.tokenizer.field_sizes)
-        emb = np.concatenate(embs) if embs else np.zeros((0, 2 * d), np.float32)
-        parts = np.concatenate(fields) if fields else np.zeros((0, f), np.float32)
-        return {"embedding": emb, "parts": parts, "raw": parts.sum(axis=1)}
+        out = {}
+        if "embedding" in want:
+            out["embedding"] = np.concatenate(embs) if embs else np.zeros((0, 2 * d), np.float32)
+        if nll:
+            parts = np.concatenate(fields) if fields else np.zeros((0, f), np.float32)
+            out.update({k: v for k, v in (("parts", parts), ("raw", parts.sum(axis=1))) if k in want})
+        return out
 
 
 class TokenDetector:
@@ -233,9 +242,14 @@ class TokenDetector:
     def _from_profile(self, p: dict[str, np.ndarray]) -> np.ndarray:
         return p["embedding"] if self.reference.kind == "knn" else p["parts"]
 
+    def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+        """What the reference compares, computed alone (one encoder pass, not two)."""
+        key = "embedding" if self.reference.kind == "knn" else "parts"
+        return self.loaded.profile(self.loaded.tokens(table, rows=rows), want=(key,))[key]
+
     def fit(self, table: pa.Table) -> TokenDetector:
         """Build the reference from the baseline ``table`` (the weights stay as trained)."""
-        self.reference.fit(self._from_profile(self.profile(table)))
+        self.reference.fit(self._reference_input(table))
         self._fitted = True
         return self
 
@@ -245,7 +259,7 @@ class TokenDetector:
             raise ModelError(f"{self.name} detector: score before fit")
         if table.num_rows == 0:
             return np.zeros(0)
-        return self.reference.score(self._from_profile(self.profile(table)))
+        return self.reference.score(self._reference_input(table))
 
     def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
         """``score(table)[rows]`` at the cost of ``rows`` alone."""
@@ -254,7 +268,7 @@ class TokenDetector:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.zeros(0)
-        return self.reference.score(self._from_profile(self.profile(table, rows)))
+        return self.reference.score(self._reference_input(table, rows))
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
         """Per row: its distance from the baseline (the score before calibration), then the conn's
