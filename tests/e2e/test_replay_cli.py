@@ -45,7 +45,9 @@ def test_replay_json(tmp_path):
 
 def test_replay_then_score(tmp_path):
     out = tmp_path / "out"
-    r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(out), "--engine", "builtin"])
+    # 34 conns: --fpr 0.1, as the default 0.001 is refused for a 10-conn baseline
+    r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(out), "--engine", "builtin",
+                                  "--fpr", "0.1"])
     assert r.exit_code == 0, r.output
     assert (out / "verdicts.jsonl").exists() and (out / "zeekml_notice.log").exists()
 
@@ -174,7 +176,7 @@ def test_replay_scores_with_the_learned_detectors_on_the_device_given(tmp_path, 
 
     def run(out, *args):
         r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(tmp_path / out), "--engine",
-                                      "builtin", *args])
+                                      "builtin", "--fpr", "0.1", *args])
         assert r.exit_code == 0, r.output
         return json.loads((tmp_path / out / "verdicts.jsonl").read_text().splitlines()[0])["scores"]
 

@@ -51,17 +51,67 @@ DEVICE_OPTION = click.option("--device", default="cpu", show_default=True,
                              help="Where models run: CPU unless asked; auto = CUDA when present.")
 
 
+def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    from zeekml.flows.select import parse_time
+
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _range_option(ctx: click.Context, param: click.Parameter,
+                  value: str | None) -> tuple[float, float] | None:
+    from zeekml.flows.select import parse_time_range
+
+    if value is None:
+        return None
+    try:
+        return parse_time_range(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+# A baseline period of the input, shared by `score` and `watch`.
+BASELINE_UNTIL_OPTION = click.option(
+    "--baseline-until", "baseline_until", default=None, metavar="TIME", callback=_time_option,
+    help="The input's conns before TIME (epoch seconds or ISO-8601, UTC unless a zone is "
+         "given) are the baseline.")
+BASELINE_RANGE_OPTION = click.option(
+    "--baseline-range", "baseline_range", default=None, metavar="START,END",
+    callback=_range_option,
+    help="The input's conns with START <= ts < END (epoch seconds or ISO-8601) are the baseline.")
+
+
+def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
+                          period: tuple[float, float] | None, other: str) -> None:
+    """One way to choose the baseline: logs, a period (until or range), or ``other``."""
+    given = [name for name, v in (("--baseline", files), ("--baseline-until", until is not None),
+                                  ("--baseline-range", period is not None)) if v]
+    src = ctx.get_parameter_source(other.lstrip("-").replace("-", "_"))
+    if src is not None and src != click.core.ParameterSource.DEFAULT:
+        given.append(other)
+    if len(given) > 1:
+        raise click.UsageError(f"choose one of {', '.join(given)}: each sets the baseline")
+
+
 @click.command("score")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for verdicts.jsonl, zeekml_notice.log, quarantine.jsonl, summary.json.")
 @click.option("--fpr", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Target false-positive rate of each detector's threshold on the baseline.")
+              help="Target false-positive rate of all detectors together on held-out baseline "
+                   "conns; a baseline too small for it is refused (the effective rate is in "
+                   "summary.json and the notices).")
 @click.option("--baseline", multiple=True, type=click.Path(),
               help="Logs of a normal period to fit and calibrate on (default: the earliest "
                    "--baseline-fraction of the input by time).")
 @click.option("--baseline-fraction", default=0.3, show_default=True,
               type=click.FloatRange(0, 1, min_open=True))
+@BASELINE_UNTIL_OPTION
+@BASELINE_RANGE_OPTION
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
               help="Also write the verdict file the zeekml Zeek package reads.")
@@ -75,8 +125,10 @@ DEVICE_OPTION = click.option("--device", default="cpu", show_default=True,
 @DEVICE_OPTION
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
-def score(paths, out_dir, fpr, baseline, baseline_fraction, seed, zeek_feedback, models_dir, no_models, dask,
-          dask_split_bytes, device, progress) -> None:
+@click.pass_context
+def score(ctx, paths, out_dir, fpr, baseline, baseline_fraction, baseline_until, baseline_range,
+          seed, zeek_feedback, models_dir, no_models, dask, dask_split_bytes, device,
+          progress) -> None:
     """Score conn records and write notices for the anomalous ones.
 
     Exit codes: 0 ok, 1 error, 2 missing input, 3 unknown format, 4 unreadable input,
@@ -84,7 +136,9 @@ def score(paths, out_dir, fpr, baseline, baseline_fraction, seed, zeek_feedback,
     """
     from zeekml._core.device import resolve_device
 
+    check_baseline_choice(ctx, baseline, baseline_until, baseline_range, "--baseline-fraction")
     opts = ScoreOptions(fpr=fpr, baseline=list(baseline), baseline_fraction=baseline_fraction,
+                        baseline_until=baseline_until, baseline_range=baseline_range,
                         seed=seed, zeek_feedback=zeek_feedback,
                         models_dir=None if no_models else models_dir, dask=dask,
                         split_bytes=dask_split_bytes, device=resolve_device(device))

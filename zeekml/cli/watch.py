@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from zeekml.cli.score import DEVICE_OPTION, MODELS_OPTION, NO_MODELS_OPTION
+from zeekml.cli.score import (BASELINE_RANGE_OPTION, BASELINE_UNTIL_OPTION, DEVICE_OPTION,
+                              MODELS_OPTION, NO_MODELS_OPTION, check_baseline_choice)
 from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 
 
@@ -22,10 +23,13 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
               help="Logs of a normal period to fit and calibrate on, as `zeekml score --no-models` does "
                    "(default: the first --baseline-records conns of DIRECTORY).")
 @click.option("--baseline-records", default=10_000, show_default=True, type=click.IntRange(1))
+@BASELINE_UNTIL_OPTION
+@BASELINE_RANGE_OPTION
 @click.option("--recalibrate", is_flag=True,
               help="Ignore the calibration saved in --out and fit again.")
 @click.option("--fpr", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Target false-positive rate of each detector's threshold on the baseline.")
+              help="Target false-positive rate of all detectors together on held-out baseline "
+                   "conns; a baseline too small for it is refused.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--window-seconds", default=1.0, show_default=True, type=click.FloatRange(0.01),
               help="A window is scored and committed this long after its first record...")
@@ -62,7 +66,9 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 @click.option("--follow-symlinks-out", is_flag=True,
               help="Follow symlinks in DIRECTORY that point out of it (skipped with a warning "
                    "otherwise). A link whose target has another owner is never followed.")
-def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, recalibrate, fpr,
+@click.pass_context
+def watch(ctx, directory, out_dir, zeek_feedback, once, baseline, baseline_records,
+          baseline_until, baseline_range, recalibrate, fpr,
           seed, window_seconds, window_records, rescan_seconds, no_events, status_seconds,
           models_dir, no_models, device, context_lateness, context_batch_seconds,
           context_max_rows, score_workers, quiet, overwrite, follow_symlinks_out) -> None:
@@ -83,8 +89,10 @@ def watch(directory, out_dir, zeek_feedback, once, baseline, baseline_records, r
     """
     from zeekml._core.device import resolve_device
 
+    check_baseline_choice(ctx, baseline, baseline_until, baseline_range, "--baseline-records")
     opts = WatchOptions(
-        score=ScoreOptions(fpr=fpr, baseline=list(baseline), seed=seed, zeek_feedback=zeek_feedback,
+        score=ScoreOptions(fpr=fpr, baseline=list(baseline), baseline_until=baseline_until,
+                           baseline_range=baseline_range, seed=seed, zeek_feedback=zeek_feedback,
                            models_dir=None if no_models else models_dir,
                            device=resolve_device(device)),
         baseline_records=baseline_records, recalibrate=recalibrate,

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
-from zeekml.flows.select import earliest_rows, ts_sort_key
+from zeekml.flows.select import ts_sort_key
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine, read_log
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
@@ -55,17 +55,26 @@ def load_conns(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
     return conn_table(batches)
 
 
-def baseline_rows(table: pa.Table, fraction: float) -> np.ndarray:
-    """Indices of the earliest ``fraction`` of conns by ts (unset ts sorts last; at least one)."""
-    return earliest_rows(ts_sort_key(table), fraction, min_rows=1)
+def baseline_rows(table: pa.Table, options: ScoreOptions | float) -> np.ndarray:
+    """Indices of the baseline conns of ``table`` (``ScoreOptions.baseline_rows``: the period
+    asked, else the earliest fraction by ts; unset ts sorts last). A float is a fraction."""
+    if not isinstance(options, ScoreOptions):
+        options = ScoreOptions(baseline_fraction=float(options))
+    return options.baseline_rows(ts_sort_key(table))
 
 
 def score_table(table: pa.Table, baseline: pa.Table, options: ScoreOptions,
-                summary: ScoreSummary) -> VerdictBatch:
-    """Fit and calibrate on ``baseline``, score ``table``: its verdicts, one per conn, in order."""
+                summary: ScoreSummary, rows: np.ndarray | None = None) -> VerdictBatch:
+    """Fit and calibrate on ``baseline``, score ``table``: its verdicts, one per conn, in order.
+
+    ``rows``: the baseline is ``table.take(rows)`` (drawn from the input), so the conns that
+    calibration scores are not scored again (``fit_calibrate``)."""
     if table.num_rows == 0:
         return score_batch(table, FittedDetectors([], {}, options.fpr))
-    return score_batch(table, fit_calibrate(baseline, options, summary))
+    raw: dict[str, np.ndarray] = {}
+    fitted = fit_calibrate(baseline, options, summary, scored=table if rows is not None else None,
+                           rows=rows, raw=raw)
+    return score_batch(table, fitted, raw)
 
 
 def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = None,
@@ -77,6 +86,9 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     the work runs on a Dask cluster (``zeekml.pipeline.dask``) and the outputs are the same.
     """
     options = options or ScoreOptions()
+    if options.baseline and options.baseline_period() is not None:
+        raise ZeekmlError("give the baseline as logs (--baseline) or as a period of the input "
+                          "(--baseline-until/--baseline-range), not both")
     t0 = time.perf_counter()
     files = expand_inputs(paths)
     if not files:
@@ -100,11 +112,13 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
                 if summary.files == 0:
                     raise ZeekmlError("no input file could be read: " +
                                       "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
+                rows = None
                 if baseline is None:
-                    baseline = table.take(pa.array(baseline_rows(table, options.baseline_fraction))) \
-                        if table.num_rows else table
+                    rows = baseline_rows(table, options) if table.num_rows else None
+                    baseline = table.take(pa.array(rows)) if rows is not None else table
                 summary.baseline_records = baseline.num_rows
-                outputs.write_batch(render_verdicts(score_table(table, baseline, options, summary)))
+                outputs.write_batch(render_verdicts(score_table(table, baseline, options, summary,
+                                                                rows)))
     except BaseException:
         outputs.close()
         raise

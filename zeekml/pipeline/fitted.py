@@ -6,6 +6,7 @@ conn gets the same verdict everywhere.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,11 +14,14 @@ import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
-from zeekml.scoring.calibrate import ThresholdCalibrator
+from zeekml.scoring.calibrate import ThresholdCalibrator, calibrate_combined
+from zeekml.scoring.context import horizon
 from zeekml.scoring.detector import Detector, IsolationForestDetector
 from zeekml.scoring.ensemble import combine
 from zeekml.scoring.registry import load_model_detectors
-from zeekml.scoring.verdict import Verdict, VerdictBatch
+from zeekml.scoring.verdict import NOTE_TYPES, Verdict, VerdictBatch
+
+log = logging.getLogger(__name__)
 
 
 def build_detectors(names: list[str], seed: int, models_dir: str | None = None,
@@ -46,43 +50,174 @@ def _split_fit_calibrate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(idx[:half]), np.sort(idx[half:])
 
 
+# The baseline-size rule. With m calibration conns one conn is a share of 1/m, so a threshold
+# at the 1 - fpr quantile is resolved only when m * fpr >= 1; below that every detector's
+# threshold is its largest calibration score and the run alerts at about 1/m, whatever --fpr
+# says. A baseline that cannot resolve even REFUSE_FACTOR times the asked rate is refused (a
+# 7-conn log would alert on every conn); one with fewer than WARN_BEYOND conns expected beyond
+# the threshold runs with a warning (the threshold rests on a handful of conns, and the
+# effective FPR in summary.json and in each notice says what it delivers).
+REFUSE_FACTOR = 10.0
+WARN_BEYOND = 10.0
+BASELINE_OPTIONS = "--baseline, --baseline-fraction, --baseline-until or --baseline-range"
+
+
+def _conns_for(m_cal: float) -> int:
+    """Baseline conns that give ``m_cal`` calibration conns (the baseline is split in halves)."""
+    m = int(np.ceil(m_cal))
+    return m if m < 100 else 2 * m
+
+
+def check_baseline_size(n_calibration: int, fpr: float) -> str | None:
+    """Refuse (``ZeekmlError``) a baseline whose ``n_calibration`` conns cannot resolve
+    ``REFUSE_FACTOR * fpr``; return a warning when they resolve ``fpr`` with fewer than
+    ``WARN_BEYOND`` conns beyond the threshold; else None."""
+    m = n_calibration
+    min_fpr = 1.0 / max(m, 1)
+    if min_fpr > REFUSE_FACTOR * fpr:
+        raise ZeekmlError(
+            f"the baseline is too small for --fpr {fpr:g}: its {m:,} calibration conns support "
+            f"an FPR of {min_fpr:.2g} at the least; give a baseline of at least "
+            f"{_conns_for(1 / fpr):,} conns ({BASELINE_OPTIONS}) or raise --fpr to {min_fpr:.2g}")
+    if m * fpr < WARN_BEYOND:
+        return (f"baseline small for --fpr {fpr:g}: {m:,} calibration conns, {m * fpr:.2g} "
+                f"expected beyond the threshold (the smallest FPR they support is {min_fpr:.2g}); "
+                f"{_conns_for(WARN_BEYOND / fpr):,} baseline conns give a stable threshold")
+    return None
+
+
+# "Your baseline looks infected": known-bad classifiers (a finetuned model's probability of the
+# malicious classes; see ``is_known_bad``) that flag at least
+# INFECTED_SHARE of the baseline, and at least INFECTED_MIN conns, raise a warning. A clean
+# baseline is what every anomaly detector's "normal" rests on.
+INFECTED_SHARE = 0.01
+INFECTED_MIN = 3
+INFECTED_HOSTS = 5
+
+
+# The notes only a supervised head raises (``scoring.verdict.NOTE_TYPES``): the anomaly note
+# is the one that is not known-bad.
+KNOWN_BAD_NOTES = frozenset(n for n in NOTE_TYPES if n != "ZeekML::Anomalous_Flow")
+
+
+def is_known_bad(det: Detector) -> bool:
+    """A detector that tells known-bad traffic (a classifier), not anomalies: ``kind`` is
+    ``"classifier"``, or it raises a supervised head's note (``KNOWN_BAD_NOTES``)."""
+    return getattr(det, "kind", None) == "classifier" or getattr(det, "note", None) in KNOWN_BAD_NOTES
+
+
+def baseline_infection(baseline: pa.Table, detectors: list[Detector]) -> str | None:
+    """The warning when known-bad classifiers flag a large share of ``baseline`` (see
+    ``INFECTED_SHARE``), naming the hosts with the most flagged conns; None otherwise.
+
+    A classifier flags a conn when its score (probability of the malicious classes) reaches
+    its ``decision_threshold`` attribute (default 0.5)."""
+    judges = [d for d in detectors if is_known_bad(d)]
+    if not judges or baseline.num_rows == 0:
+        return None
+    flagged = np.zeros(baseline.num_rows, dtype=bool)
+    for det in judges:
+        p = np.nan_to_num(np.asarray(det.score(baseline), dtype=np.float64), nan=0.0)
+        flagged |= p >= float(getattr(det, "decision_threshold", 0.5))
+    n = int(flagged.sum())
+    if n < INFECTED_MIN or n < INFECTED_SHARE * baseline.num_rows:
+        return None
+    hosts = pa.array(baseline.column("id.orig_h").to_pylist()).take(
+        pa.array(np.flatnonzero(flagged))).value_counts().to_pylist()
+    hosts.sort(key=lambda h: (-h["counts"], str(h["values"])))
+    named = ", ".join(f"{h['values']} ({h['counts']:,})" for h in hosts[:INFECTED_HOSTS])
+    more = f" and {len(hosts) - INFECTED_HOSTS} more" if len(hosts) > INFECTED_HOSTS else ""
+    return (f"your baseline looks infected: {n:,} of its {baseline.num_rows:,} conns flagged by "
+            f"{', '.join(d.name for d in judges)}, of hosts {named}{more}; calibrate on a clean "
+            f"period ({BASELINE_OPTIONS})")
+
+
 @dataclass
 class FittedDetectors:
     """Detectors fitted on a baseline and their calibrated thresholds: all that scoring needs.
 
     ``zeekml score`` fits one per run; ``zeekml watch`` fits one at start and scores every
-    window with it, so a conn gets the same verdict live as in batch.
+    window with it, so a conn gets the same verdict live as in batch. ``effective_fpr`` is what
+    the thresholds deliver together on the calibration conns (``CombinedCalibration``), the
+    rate each notice states; None = ``fpr``.
     """
 
     detectors: list[Detector]
     calibrators: dict[str, ThresholdCalibrator]
     fpr: float
+    effective_fpr: float | None = None
 
 
-def fit_calibrate(baseline: pa.Table, options: ScoreOptions,
-                  summary: ScoreSummary | None = None) -> FittedDetectors:
-    """Fit each detector on one half of ``baseline`` and calibrate its threshold on the other."""
+def _per_conn(det: Detector) -> bool:
+    return horizon(det) == (0.0, 0.0)
+
+
+def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSummary | None = None,
+                  scored: pa.Table | None = None, rows: np.ndarray | None = None,
+                  raw: dict[str, np.ndarray] | None = None) -> FittedDetectors:
+    """Fit each detector on one half of ``baseline`` and calibrate them together on the other
+    half, so that the combined alert rate there is ``options.fpr`` (``calibrate_combined``).
+
+    When the baseline is ``scored.take(rows)`` (drawn from the input), a per-conn detector
+    scores ``scored`` once: its calibration scores are taken from that and the scores are left
+    in ``raw`` for ``score_batch`` (identical numbers: a per-conn score depends on its row
+    alone). Detectors with a time context score the calibration half in the baseline's own
+    context, as for a ``--baseline`` file, so ``score`` and ``watch`` calibrate alike.
+
+    Raises ``ZeekmlError`` when the baseline is empty or too small for ``options.fpr``
+    (``check_baseline_size``); warnings (small or infected baseline) are logged and listed in
+    ``summary.warnings``.
+    """
     if baseline.num_rows == 0:
         raise ZeekmlError("the baseline holds no conn records to fit on")
-    detectors = build_detectors(options.detectors, options.seed, options.models_dir, options.device)
     fit_idx, cal_idx = _split_fit_calibrate(baseline.num_rows, options.seed)
-    calibrators: dict[str, ThresholdCalibrator] = {}
-    # The combined score alerts when any detector passes its threshold, so each detector gets
-    # an equal share of the false-positive budget (union bound): together they stay within fpr.
-    per_detector_fpr = options.fpr / len(detectors)
+    warnings = [check_baseline_size(len(cal_idx), options.fpr)]
+    detectors = build_detectors(options.detectors, options.seed, options.models_dir, options.device)
+    reuse = scored is not None and rows is not None and raw is not None
+    cal_table = None
+    cal_scores: dict[str, np.ndarray] = {}
     for det in detectors:
         det.fit(baseline.take(pa.array(fit_idx)))
-        cal = ThresholdCalibrator(fpr=per_detector_fpr).fit(det.score(baseline.take(pa.array(cal_idx))))
-        calibrators[det.name] = cal
-        if summary is not None:
-            summary.thresholds[det.name] = cal.to_dict() | {"effective_fpr": cal.effective_fpr}
-    return FittedDetectors(detectors, calibrators, options.fpr)
+        if reuse and _per_conn(det):
+            raw[det.name] = np.asarray(det.score(scored))
+            cal_scores[det.name] = raw[det.name][np.asarray(rows)[cal_idx]]
+        else:
+            if cal_table is None:
+                cal_table = baseline.take(pa.array(cal_idx))
+            cal_scores[det.name] = det.score(cal_table)
+    combined = calibrate_combined(cal_scores, options.fpr)
+    warnings.append(baseline_infection(baseline, detectors))
+    warnings = [w for w in warnings if w]
+    for w in warnings:
+        log.warning("%s", w)
+    if summary is not None:
+        for name, cal in combined.calibrators.items():
+            summary.thresholds[name] = cal.to_dict() | {"effective_fpr": cal.effective_fpr}
+        summary.effective_fpr = combined.effective_fpr
+        summary.calibration = {"scheme": "combined", "fpr": options.fpr,
+                               "effective_fpr": combined.effective_fpr,
+                               "per_detector_quantile": combined.q,
+                               "calibration_conns": combined.n_calibration,
+                               "calibration_alert_rate": combined.cal_rate,
+                               "min_fpr": combined.min_fpr}
+        summary.warnings.extend(warnings)
+    return FittedDetectors(detectors, combined.calibrators, options.fpr, combined.effective_fpr)
 
 
-def score_batch(table: pa.Table, fitted: FittedDetectors) -> VerdictBatch:
+def threshold_text(fitted: FittedDetectors) -> str:
+    """What 1.0 means in a notice: the threshold at the FPR the run delivers."""
+    eff = fitted.effective_fpr
+    if eff is None or eff <= fitted.fpr:
+        return f"1.0 = threshold at fpr {fitted.fpr:g}"
+    return f"1.0 = threshold at effective fpr {eff:.3g}, asked {fitted.fpr:g}"
+
+
+def score_batch(table: pa.Table, fitted: FittedDetectors,
+                raw: dict[str, np.ndarray] | None = None) -> VerdictBatch:
     """The verdicts of every conn of ``table``, in order, column by column. Each verdict depends
     only on its own row (detectors with a time context get theirs through
-    ``zeekml.scoring.context``)."""
+    ``zeekml.scoring.context``). ``raw`` holds detectors' scores of ``table`` already computed
+    (``fit_calibrate``'s), which are not computed again."""
     detectors = fitted.detectors
     names = [det.name for det in detectors]
     notes = [det.note for det in detectors]
@@ -90,9 +225,11 @@ def score_batch(table: pa.Table, fitted: FittedDetectors) -> VerdictBatch:
         empty = np.zeros(0)
         return VerdictBatch(table, names, notes, {n: empty for n in names}, empty,
                             np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
+    raw = raw or {}
     calibrated: dict[str, np.ndarray] = {}
     for det in detectors:
-        calibrated[det.name] = fitted.calibrators[det.name].calibrate(det.score(table))
+        s = raw[det.name] if det.name in raw else det.score(table)
+        calibrated[det.name] = fitted.calibrators[det.name].calibrate(s)
     combined, top = combine(calibrated)
     alert = combined >= 1.0
     alert_rows = np.flatnonzero(alert)
@@ -101,8 +238,9 @@ def score_batch(table: pa.Table, fitted: FittedDetectors) -> VerdictBatch:
         rows = alert_rows[top[alert_rows] == d_i]
         for r, text in zip(rows, det.explain(table, rows)):
             sub[int(r)] = text
-    msg = {r: f"{names[top[r]]} anomaly score {combined[r]:.3f} (1.0 = threshold at fpr "
-              f"{fitted.fpr:g})" for r in alert_rows.tolist()}
+    why = threshold_text(fitted)
+    msg = {r: f"{names[top[r]]} anomaly score {combined[r]:.3f} ({why})"
+           for r in alert_rows.tolist()}
     return VerdictBatch(table, names, notes, calibrated, combined, top, alert, msg, sub)
 
 

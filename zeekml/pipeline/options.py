@@ -3,15 +3,27 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
+from zeekml._core.errors import ZeekmlError
+from zeekml.flows.select import earliest_rows, format_time, rows_in_range
+
 
 @dataclass
 class ScoreOptions:
     """Settings of one scoring run.
 
     Args:
-        fpr: target false-positive rate of each detector's threshold on the baseline.
+        fpr: target false-positive rate of the combined score (any detector past its
+            threshold) on held-out baseline conns (default 0.001).
         baseline: logs of a period taken as normal, to fit and calibrate on. Default: the
             earliest ``baseline_fraction`` of the scored records by ``ts``.
+        baseline_fraction: share of the input taken as baseline when no other choice is
+            given (default 0.3).
+        baseline_until: the input's conns with ``ts`` before this epoch time are the baseline
+            (default None).
+        baseline_range: ``(start, end)`` epoch times: the input's conns with
+            ``start <= ts < end`` are the baseline (default None).
         seed: makes fitting reproducible.
         zeek_feedback: also write the verdict file that the Zeek package reads.
     """
@@ -19,6 +31,8 @@ class ScoreOptions:
     fpr: float = 0.001
     baseline: list[str] = field(default_factory=list)
     baseline_fraction: float = 0.3
+    baseline_until: float | None = None
+    baseline_range: tuple[float, float] | None = None
     seed: int = 0
     zeek_feedback: str | None = None
     detectors: list[str] = field(default_factory=lambda: ["iforest"])
@@ -26,6 +40,33 @@ class ScoreOptions:
     device: str = "cpu"
     dask: str | None = None         # "local", "local:N" or a scheduler address
     split_bytes: int = 64 << 20     # Dask: plain files larger than this are cut into tasks
+
+    def baseline_period(self) -> tuple[float | None, float | None] | None:
+        """``(start, end)`` of the baseline period asked (None = open), or None when the
+        baseline is a fraction of the input (or ``baseline`` files)."""
+        if self.baseline_range is not None:
+            return float(self.baseline_range[0]), float(self.baseline_range[1])
+        if self.baseline_until is not None:
+            return None, float(self.baseline_until)
+        return None
+
+    def baseline_rows(self, ts: np.ndarray) -> np.ndarray:
+        """Sorted indices of the baseline conns among conns of times ``ts`` (``ts_sort_key``):
+        those of the period asked, else the earliest ``baseline_fraction`` (at least one).
+        A period that holds no conn is a ``ZeekmlError`` naming the input's time span."""
+        period = self.baseline_period()
+        if period is None:
+            return earliest_rows(ts, self.baseline_fraction, min_rows=1)
+        rows = rows_in_range(ts, *period)
+        if len(rows) == 0 and len(ts):
+            finite = ts[np.isfinite(ts)]
+            span = (f"the input spans {format_time(float(finite.min()))} to "
+                    f"{format_time(float(finite.max()))}" if len(finite) else "no conn has a ts")
+            start, end = period
+            asked = (f"before {format_time(end)}" if start is None else
+                     f"from {format_time(start)} to {format_time(end)}")
+            raise ZeekmlError(f"no conns {asked} to take as baseline: {span}")
+        return rows
 
 
 @dataclass
@@ -45,6 +86,9 @@ class ScoreSummary:
     alerts: int = 0
     alerts_by_note: dict[str, int] = field(default_factory=dict)
     thresholds: dict[str, dict] = field(default_factory=dict)
+    effective_fpr: float | None = None   # what the thresholds deliver together (>= --fpr)
+    calibration: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
 

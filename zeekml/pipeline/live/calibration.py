@@ -16,11 +16,13 @@ import os
 import threading
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
 
 from zeekml._core.atomic import atomic_write
 from zeekml._core.errors import ZeekmlError
 from zeekml._core.zeek_format import format_header, format_record
+from zeekml.flows.select import rows_in_range, ts_sort_key
 from zeekml.flows.table import CONN_SCHEMA, conn_table, is_conn_batch
 from zeekml.parse.reject import Quarantine
 from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES
@@ -75,6 +77,11 @@ def calibrate(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint, stats
         except (OSError, ValueError) as e:
             raise ZeekmlError(f"unreadable calibration ({e}); use --recalibrate", cal_path)
     want = {"fpr": so.fpr, "seed": so.seed, "detectors": list(so.detectors)}
+    if so.baseline_period() is not None:   # only then, so older calibration.json files still match
+        want["baseline_period"] = list(so.baseline_period())
+    if so.baseline and so.baseline_period() is not None:
+        raise ZeekmlError("give the baseline as logs (--baseline) or as a period "
+                          "(--baseline-until/--baseline-range), not both")
     if saved is not None and saved.get("options") != want:
         raise ZeekmlError(f"calibrated with other options {saved.get('options')}; use the "
                           "same --fpr/--seed, a new --out, or --recalibrate", cal_path)
@@ -120,13 +127,31 @@ def calibrate(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint, stats
     if saved is None or saved != doc:
         atomic_write(cal_path, (json.dumps(doc, indent=2) + "\n").encode())
     stats.calibration = {"records": baseline.num_rows, "sources": len(sources),
-                              "thresholds": summary.thresholds}
+                         "thresholds": summary.thresholds, "effective_fpr": summary.effective_fpr,
+                         "warnings": summary.warnings}
     log.info("calibrated on %d baseline conns", baseline.num_rows)
     return fitted
 
+def _in_period(batch, period: tuple[float | None, float | None] | None) -> tuple[object, bool]:
+    """The conns of ``batch`` (a parsed conn batch) inside ``period`` (all without one), and
+    whether the batch reached the period's end (a conn at or after it: the period is over)."""
+    if period is None:
+        return batch, False
+    table = conn_table([batch])
+    ts = ts_sort_key(table)
+    start, end = period
+    keep = rows_in_range(ts, start, end)
+    return table.take(pa.array(keep, pa.int64())), bool(np.any(np.isfinite(ts) & (ts >= end)))
+
+
 def _collect_baseline(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint,
                       stats: WatchStats, stop: threading.Event, on_wait: WaitFn) -> pa.Table:
-    """The first ``baseline_records`` conns from the checkpoint on (read, not committed)."""
+    """The first ``baseline_records`` conns from the checkpoint on (read, not committed); with
+    a baseline period (``--baseline-until``/``--baseline-range``), the conns of that period, read
+    until a conn past its end arrives (or, with ``--once``, until the logs end), at most
+    ``context_max_rows`` of them."""
+    period = opts.score.baseline_period()
+    limit = opts.baseline_records if period is None else opts.context_max_rows
     stats.state = "calibrating"
     f = DirectoryFollower(root, cp.files, Quarantine(), done=cp.done,
                           max_line_bytes=opts.max_line_bytes,
@@ -134,17 +159,23 @@ def _collect_baseline(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoin
                           exclude=[out_dir], allow_symlinks_out=opts.follow_symlinks_out)
     batches = []
     n = 0
+    over = False
     f.start()
     try:
-        while n < opts.baseline_records:
+        while n < limit and not over:
             if stop.is_set():
                 raise Stopped
-            got = f.poll(max_records=opts.baseline_records - n)
+            got = f.poll(max_records=limit - n)
             for b in got:
                 if is_conn_batch(b):
+                    b, ended = _in_period(b, period)
+                    over = over or ended
                     batches.append(b)
                     n += b.num_rows
-            if not got and f.caught_up:
+            if period is not None and n >= limit and not over:
+                raise ZeekmlError(f"the baseline period holds more than {limit:,} conns "
+                                  "(--context-max-rows); give a shorter period", root)
+            if not got and f.caught_up and not over:
                 if opts.once:
                     break
                 on_wait(f, n)
@@ -152,6 +183,7 @@ def _collect_baseline(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoin
     finally:
         f.stop()
     if n == 0:
-        raise ZeekmlError("no conn records to calibrate on", root)
+        raise ZeekmlError("no conn records to calibrate on" + (
+            "" if period is None else " in the baseline period"), root)
     table = conn_table(batches)
-    return table.slice(0, min(n, opts.baseline_records))
+    return table.slice(0, min(n, limit))

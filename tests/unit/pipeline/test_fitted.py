@@ -1,0 +1,171 @@
+"""``fit_calibrate`` and ``score_batch``: baseline conns scored once, the effective FPR in the
+notices, and the "your baseline looks infected" warning of known-bad classifiers."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import zeekml.pipeline.fitted as fitted_mod
+from zeekml.flows.table import conn_table
+from zeekml.pipeline.batch import score_table
+from zeekml.pipeline.fitted import baseline_infection, fit_calibrate, score_batch
+from zeekml.pipeline.options import ScoreOptions, ScoreSummary
+from zeekml.sinks.verdicts import render_verdicts
+
+
+class Bytes:
+    """A per-conn detector: the score is the conn's ``orig_bytes``; counts the rows it scores."""
+
+    note = "ZeekML::Anomalous_Flow"
+    context_seconds = 0.0
+    forward_context_seconds = 0.0
+    context_key = None
+
+    def __init__(self, name: str = "bytes", context: float = 0.0):
+        self.name = name
+        self.context_seconds = self.forward_context_seconds = context
+        self.scored = 0
+
+    def fit(self, table: pa.Table) -> "Bytes":
+        return self
+
+    def score(self, table: pa.Table) -> np.ndarray:
+        self.scored += table.num_rows
+        return np.asarray(table.column("orig_bytes").to_pylist(), dtype=np.float64)
+
+    def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
+        return self.score(table)[rows]
+
+    def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
+        return ["orig_bytes"] * len(rows)
+
+
+class Judge(Bytes):
+    """A fake known-bad classifier: probability 0.9 for conns of the hosts in ``bad``."""
+
+    note = "ZeekML::Intrusion"
+
+    def __init__(self, bad: set[str], kind: str | None = None):
+        super().__init__("clf-fake")
+        self.bad = bad
+        if kind:
+            self.kind = kind
+            self.note = "ZeekML::Anomalous_Flow"
+
+    def score(self, table: pa.Table) -> np.ndarray:
+        return np.array([0.9 if h in self.bad else 0.1
+                         for h in table.column("id.orig_h").to_pylist()])
+
+
+def table(n: int, hosts: list[str] | None = None) -> pa.Table:
+    hosts = hosts or ["10.0.0.1"] * n
+    return conn_table([pa.table({
+        "ts": np.arange(n, dtype=np.float64) + 1e9, "uid": [f"C{i}" for i in range(n)],
+        "id.orig_h": hosts, "id.resp_h": ["10.9.9.9"] * n,
+        # a permutation of 0..n-1, so the tail is not the latest conns
+        "orig_bytes": pa.array((np.arange(n) * 7919) % n, pa.uint64())})])
+
+
+def use(monkeypatch, *dets) -> None:
+    monkeypatch.setattr(fitted_mod, "build_detectors", lambda *a, **k: list(dets))
+
+
+def test_baseline_conns_are_scored_once_and_verdicts_are_the_same(monkeypatch):
+    t = table(1000)
+    rows = np.arange(300)
+    opts = ScoreOptions(fpr=0.05)
+    once, twice = Bytes(), Bytes()
+    use(monkeypatch, once)
+    s1 = ScoreSummary()
+    a = render_verdicts(score_table(t, t.take(pa.array(rows)), opts, s1, rows))
+    use(monkeypatch, twice)
+    s2 = ScoreSummary()
+    b = render_verdicts(score_table(t, t.take(pa.array(rows)), opts, s2))
+    assert once.scored == 1000                 # the whole input, once
+    assert twice.scored == 150 + 1000          # the calibration half, then the whole input
+    assert a.data() == b.data() and len(a.alerts) == len(b.alerts) > 0
+    assert s1.thresholds == s2.thresholds
+
+
+def test_detectors_with_a_time_context_calibrate_in_the_baselines_own_context(monkeypatch):
+    ctx = Bytes("ctx", context=60.0)
+    use(monkeypatch, ctx)
+    t = table(1000)
+    rows = np.arange(300)
+    raw: dict[str, np.ndarray] = {}
+    fit_calibrate(t.take(pa.array(rows)), ScoreOptions(fpr=0.05), scored=t, rows=rows, raw=raw)
+    assert raw == {} and ctx.scored == 150
+
+
+def test_summary_and_notices_carry_the_effective_fpr(monkeypatch, caplog):
+    use(monkeypatch, Bytes("a"), Bytes("b"))
+    t = table(400)
+    summary = ScoreSummary()
+    with caplog.at_level(logging.WARNING, logger="zeekml.pipeline.fitted"):
+        f = fit_calibrate(t, ScoreOptions(fpr=0.002), summary)
+    # 200 calibration conns: one conn is 0.005 (the two detectors agree on it); no quantile
+    # goes below one conn, so q = 0 (each threshold at its largest calibration score)
+    assert f.effective_fpr == summary.effective_fpr == 0.005
+    assert summary.calibration == {"scheme": "combined", "fpr": 0.002, "effective_fpr": 0.005,
+                                   "per_detector_quantile": 0.0, "calibration_conns": 200,
+                                   "calibration_alert_rate": 0.005, "min_fpr": 0.005}
+    assert summary.warnings == [
+        "baseline small for --fpr 0.002: 200 calibration conns, 0.4 expected beyond the threshold "
+        "(the smallest FPR they support is 0.005); 10,000 baseline conns give a stable threshold"]
+    assert caplog.messages == summary.warnings
+    batch = score_batch(t, f)
+    assert sorted(batch.msg.values()) == [
+        f"a anomaly score {x} (1.0 = threshold at effective fpr 0.005, asked 0.002)"
+        for x in ("1.000", "1.006", "1.012")]      # the calibration half's top, and two fit conns
+
+
+def test_notice_keeps_the_asked_fpr_when_the_baseline_resolves_it(monkeypatch):
+    use(monkeypatch, Bytes("a"))
+    f = fit_calibrate(table(400), ScoreOptions(fpr=0.01))
+    assert f.effective_fpr == 0.01
+    msgs = list(score_batch(table(400), f).msg.values())
+    assert len(msgs) == 7 and all(m.endswith(" (1.0 = threshold at fpr 0.01)") for m in msgs)
+
+
+def test_a_baseline_too_small_is_refused_before_any_fitting(monkeypatch):
+    det = Bytes()
+    use(monkeypatch, det)
+    with pytest.raises(fitted_mod.ZeekmlError, match="its 7 calibration conns support an FPR of "
+                                                     "0.14 at the least"):
+        fit_calibrate(table(7), ScoreOptions(fpr=0.001))
+    assert det.scored == 0
+
+
+HOSTS = ["10.0.0.5"] * 30 + ["10.0.0.6"] * 12 + ["10.0.0.7"] * 358
+
+
+@pytest.mark.parametrize("kind", [None, "classifier"])
+def test_known_bad_classifiers_flagging_the_baseline_raise_the_infected_warning(kind):
+    t = table(400, HOSTS)
+    judge = Judge({"10.0.0.5", "10.0.0.6"}, kind)
+    assert baseline_infection(t, [Bytes(), judge]) == (
+        "your baseline looks infected: 42 of its 400 conns flagged by clf-fake, of hosts "
+        "10.0.0.5 (30), 10.0.0.6 (12); calibrate on a clean period (--baseline, "
+        "--baseline-fraction, --baseline-until or --baseline-range)")
+
+
+def test_infected_warning_names_five_hosts_at_most_and_only_past_one_percent():
+    hosts = [f"10.0.1.{i}" for i in range(7)] + ["10.0.0.7"] * 393
+    t = table(400, hosts)
+    msg = baseline_infection(t, [Judge(set(hosts[:7]))])
+    assert msg.startswith("your baseline looks infected: 7 of its 400 conns flagged by clf-fake, "
+                          "of hosts 10.0.1.0 (1), 10.0.1.1 (1), 10.0.1.2 (1), 10.0.1.3 (1), "
+                          "10.0.1.4 (1) and 2 more;")
+    assert baseline_infection(t, [Judge(set(hosts[:3]))]) is None      # 3 of 400 < 1%
+    assert baseline_infection(t, [Bytes()]) is None                     # no classifier, no verdict
+
+
+def test_infected_warning_reaches_the_summary(monkeypatch):
+    use(monkeypatch, Bytes(), Judge({"10.0.0.5"}))
+    summary = ScoreSummary()
+    fit_calibrate(table(400, HOSTS), ScoreOptions(fpr=0.05), summary)
+    assert [w.split(":")[0] for w in summary.warnings] == ["your baseline looks infected"]
+    assert "10.0.0.5 (30)" in summary.warnings[0]
