@@ -203,16 +203,19 @@ def _learned_classes() -> list:
 
 def _wrap_fit_calibrate(st: Stages, batch, fitted) -> None:
     """Phases: inside ``fit_calibrate`` a detector's ``fit`` is "fit" and its ``score`` is
-    "calibrate"; inside ``score_batch`` everything is "score"."""
+    "calibrate" (where the pipeline scores each conn once, that call scores the whole input and
+    ``score_batch`` reuses it); inside ``score_batch`` everything is "score"."""
     orig_fc, orig_sb = fitted.fit_calibrate, fitted.score_batch
 
-    def fit_calibrate(baseline, options, summary=None):
+    @functools.wraps(orig_fc)
+    def fit_calibrate(*args, **kwargs):
         with st.timed("fit/calibrate (other)", phase="fit"):
-            return orig_fc(baseline, options, summary)
+            return orig_fc(*args, **kwargs)
 
-    def score_batch(table, fit):
+    @functools.wraps(orig_sb)
+    def score_batch(*args, **kwargs):
         with st.timed("score (other)", phase="score"):
-            return orig_sb(table, fit)
+            return orig_sb(*args, **kwargs)
 
     batch.fit_calibrate = fitted.fit_calibrate = fit_calibrate
     batch.score_batch = fitted.score_batch = score_batch
