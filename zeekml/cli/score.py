@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from zeekml.cli.dask_options import dask_access_options
 from zeekml.pipeline import ScoreOptions, ScoreSummary, score_paths
 
 
@@ -119,9 +120,10 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
 @NO_MODELS_OPTION
 @click.option("--dask", "dask", default=None, metavar="SCHEDULER",
               help="Run on Dask: 'local', 'local:N' (N worker processes) or a scheduler "
-                   "address like tcp://host:8786. Outputs are the same as without it.")
+                   "address like tls://host:8786. Outputs are the same as without it.")
 @click.option("--dask-split-bytes", default=64 << 20, show_default=True, type=click.IntRange(1024),
               help="With --dask: plain log files larger than this are cut into several tasks.")
+@dask_access_options
 @DEVICE_OPTION
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
