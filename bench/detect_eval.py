@@ -1,0 +1,319 @@
+"""Detection benchmark (issue 14 item 5): leave-one-capture-out over every labeled capture of
+``../shared/data`` (IoT-23 CTU-34-1, 8-1, 21-1; Stratosphere CTU-Normal 008 and 010).
+
+Two settings per capture:
+
+- **deployment**: a clean baseline, the capture's benign conns among its earliest
+  ``--clean-share`` by time (``zeekml score REST --baseline CLEAN``); the rest is scored.
+- **archive**: the defaults, no clean period (``zeekml score CAPTURE``): the baseline is the
+  earliest 30% of the capture, whatever it holds, and every conn is scored.
+
+For each: per-detector AUROC and average precision of the raw scores (Malicious = 1, Benign = 0;
+Background and unlabeled conns left out), the combined score's, alert precision/recall, false
+alerts per host per day and the realised false-alert rate on the benign scored conns, with the
+thresholds of the combined calibration (``scoring.calibrate.calibrate_combined``, what zeekml
+runs) and of the union bound (``fpr / n`` per detector, what it ran before), side by side; in
+the deployment setting a random third of the clean baseline is held out of fitting and
+calibration, and the alert rate on it is the calibration's own false-alert rate.
+Beside them, on the same rows: a plain IsolationForest (scikit-learn defaults on the flow
+features, fitted on the scored conns themselves: no baseline) and a gradient-boosted tree
+(``HistGradientBoostingClassifier`` on the flow features, trained on the labeled conns of the
+other captures; alerts at probability 0.5).
+
+Usage (numbers and plots in docs/results/detection.md)::
+
+    OMP_NUM_THREADS=1 python bench/detect_eval.py --out docs/results
+    OMP_NUM_THREADS=1 python bench/detect_eval.py --no-models --out /tmp/x   # IsolationForest only
+
+``--max-conns N`` keeps each capture's earliest N conns by time (a quicker run; say so when
+quoting it). Reads ``$ZEEKML_DATA`` (default ``../shared/data``); never reads the holdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from eval_data import DATA, FILES  # noqa: E402
+
+from zeekml._core.errors import ZeekmlError  # noqa: E402
+from zeekml.features.flow_features import FlowFeaturizer  # noqa: E402
+from zeekml.flows.select import earliest_rows, ts_sort_key  # noqa: E402
+from zeekml.pipeline.fitted import (_split_fit_calibrate, build_detectors,  # noqa: E402
+                                    check_baseline_size)
+from zeekml.pipeline.options import ScoreOptions  # noqa: E402
+from zeekml.scoring.calibrate import ThresholdCalibrator, calibrate_combined  # noqa: E402
+from zeekml.train.data import labels_of, load_conns  # noqa: E402
+
+log = logging.getLogger("detect_eval")
+
+CAPTURES = ["ctu-34-1", "ctu-8-1", "ctu-21-1", "strato-008", "strato-010"]
+DAY = 86400.0
+
+
+def load(name: str, max_conns: int | None) -> tuple[pa.Table, np.ndarray]:
+    """The capture's conns by time (earliest ``max_conns``) and labels: 1 Malicious, 0 Benign,
+    -1 anything else (Background, unlabeled)."""
+    t = load_conns(os.path.join(DATA, FILES[name]))
+    order = np.argsort(ts_sort_key(t), kind="stable")
+    if max_conns:
+        order = order[:max_conns]
+    t = t.take(pa.array(order))
+    lab = labels_of(t, "label")
+    y = np.array([1 if str(v).lower().startswith("malicious") else
+                  0 if str(v).lower().startswith("benign") else -1 for v in lab])
+    return t, y
+
+
+def ranking(scores: np.ndarray, y: np.ndarray) -> dict:
+    """AUROC and average precision on the labeled rows (None when one class is missing)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    keep = (y >= 0) & np.isfinite(scores)
+    yy, s = y[keep], scores[keep]
+    if len(np.unique(yy)) < 2:
+        return {"auroc": None, "ap": None}
+    return {"auroc": float(roc_auc_score(yy, s)), "ap": float(average_precision_score(yy, s))}
+
+
+def alert_metrics(alert: np.ndarray, y: np.ndarray, hosts: np.ndarray, ts: np.ndarray) -> dict:
+    """Precision/recall of the alerts over labeled conns, false alerts per host per day, and the
+    realised false-alert rate on benign conns."""
+    tp = int((alert & (y == 1)).sum())
+    fp = int((alert & (y == 0)).sum())
+    pos, neg = int((y == 1).sum()), int((y == 0).sum())
+    finite = ts[np.isfinite(ts)]
+    days = max((finite.max() - finite.min()) / DAY, 1 / 24) if len(finite) else 1.0
+    n_hosts = max(len(set(hosts.tolist())), 1)
+    return {"alerts": int(alert.sum()), "tp": tp, "fp": fp, "malicious": pos, "benign": neg,
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / pos if pos else None,
+            "benign_alert_rate": fp / neg if neg else None,
+            "false_alerts_per_host_day": fp / n_hosts / days, "hosts": n_hosts, "days": days}
+
+
+def flow_x(featurizer: FlowFeaturizer, t: pa.Table, fit: bool = False) -> np.ndarray:
+    return featurizer.fit_transform(t) if fit else featurizer.transform(t)
+
+
+def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions,
+             gbt_p: np.ndarray, heldout: bool = False) -> dict:
+    """Fit the detectors on ``base`` (one half; calibrate on the other), score ``scored``; with
+    ``heldout``, a random third of ``base`` is held out first and its alert rate measured."""
+    from sklearn.ensemble import IsolationForest
+
+    out: dict = {"baseline_conns": base.num_rows, "scored_conns": scored.num_rows,
+                 "scored_malicious": int((y == 1).sum()), "scored_benign": int((y == 0).sum())}
+    held = np.zeros(0, dtype=np.int64)
+    if heldout:
+        # a random third of the clean baseline is kept out of fitting and calibration: the
+        # false-alert rate on it measures the calibration itself (same distribution), while the
+        # later benign conns of the scored set add drift
+        perm = np.random.default_rng(opts.seed + 1).permutation(base.num_rows)
+        held, keep = np.sort(perm[: base.num_rows // 3]), np.sort(perm[base.num_rows // 3:])
+        held_t, base = base.take(pa.array(held)), base.take(pa.array(keep))
+        out["heldout_clean_conns"] = len(held)
+    fit_idx, cal_idx = _split_fit_calibrate(base.num_rows, opts.seed)
+    try:
+        out["baseline_warning"] = check_baseline_size(len(cal_idx), opts.fpr)
+    except ZeekmlError as e:   # zeekml would refuse this run; the numbers are still measured
+        out["baseline_warning"] = "REFUSED: " + e.message
+    dets = build_detectors(opts.detectors, opts.seed, opts.models_dir, opts.device)
+    cal_t, fit_t = base.take(pa.array(cal_idx)), base.take(pa.array(fit_idx))
+    cal, test, per, hold = {}, {}, {}, {}
+    for det in dets:
+        t0 = time.perf_counter()
+        det.fit(fit_t)
+        cal[det.name] = np.asarray(det.score(cal_t), dtype=np.float64)
+        test[det.name] = np.asarray(det.score(scored), dtype=np.float64)
+        if len(held):
+            hold[det.name] = np.asarray(det.score(held_t), dtype=np.float64)
+        per[det.name] = ranking(test[det.name], y) | {"seconds": time.perf_counter() - t0}
+        log.info("  %s: %s", det.name, per[det.name])
+    out["detectors"] = per
+    hosts = np.asarray(scored.column("id.orig_h").to_pylist(), dtype=object)
+    ts = ts_sort_key(scored)
+    n = len(dets)
+    schemes = {"combined": calibrate_combined(cal, opts.fpr).calibrators,
+               "union_bound": {k: ThresholdCalibrator(fpr=opts.fpr / n).fit(v) for k, v in cal.items()}}
+    out["calibration"] = {}
+    for scheme, cals in schemes.items():
+        comb = np.max(np.stack([np.nan_to_num(cals[k].calibrate(test[k]), nan=-np.inf)
+                                for k in test]), axis=0)
+        cal_comb = np.max(np.stack([np.nan_to_num(cals[k].calibrate(cal[k]), nan=-np.inf)
+                                    for k in cal]), axis=0)
+        held_rate = None
+        if hold:
+            held_comb = np.max(np.stack([np.nan_to_num(cals[k].calibrate(hold[k]), nan=-np.inf)
+                                         for k in hold]), axis=0)
+            held_rate = float((held_comb >= 1.0).mean())
+        out["calibration"][scheme] = {
+            "per_detector_quantile": next(iter(cals.values())).fpr,
+            "calibration_alert_rate": float((cal_comb >= 1.0).mean()),
+            "heldout_clean_alert_rate": held_rate,
+            "combined": ranking(comb, y),
+            **alert_metrics(comb >= 1.0, y, hosts, ts)}
+    x_scored = flow_x(FlowFeaturizer(), scored, fit=True)
+    plain = -IsolationForest(random_state=opts.seed).fit(x_scored).score_samples(x_scored)
+    out["plain_iforest"] = ranking(plain, y)
+    out["gbt"] = ranking(gbt_p, y) | alert_metrics(gbt_p >= 0.5, y, hosts, ts)
+    return out
+
+
+def gbt_scores(captures: dict, name: str, seed: int) -> np.ndarray:
+    """P(malicious) of every conn of ``name`` from a tree trained on the other captures."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    feat = FlowFeaturizer()
+    train = [(t, y) for other, (t, y) in captures.items() if other != name]
+    xs, ys = [], []
+    feat.fit_transform(pa.concat_tables([t for t, _ in train]))
+    for t, y in train:
+        keep = np.flatnonzero(y >= 0)
+        xs.append(feat.transform(t.take(pa.array(keep))))
+        ys.append(y[keep])
+    clf = HistGradientBoostingClassifier(random_state=seed).fit(np.concatenate(xs), np.concatenate(ys))
+    t, _ = captures[name]
+    return clf.predict_proba(feat.transform(t))[:, 1]
+
+
+def run(args: argparse.Namespace) -> dict:
+    opts = ScoreOptions(fpr=args.fpr, seed=args.seed, models_dir=None if args.no_models else "")
+    captures = {name: load(name, args.max_conns) for name in args.captures}
+    results: dict = {"fpr": args.fpr, "clean_share": args.clean_share, "max_conns": args.max_conns,
+                     "models": not args.no_models, "captures": {}}
+    for name, (t, y) in captures.items():
+        log.info("%s: %d conns (%d malicious, %d benign)", name, t.num_rows, (y == 1).sum(),
+                 (y == 0).sum())
+        p = gbt_scores(captures, name, args.seed)
+        early = earliest_rows(ts_sort_key(t), args.clean_share)
+        clean = early[y[early] == 0]
+        rest = np.setdiff1d(np.arange(t.num_rows), clean)
+        r = {"conns": t.num_rows, "malicious": int((y == 1).sum()), "benign": int((y == 0).sum())}
+        t0 = time.perf_counter()
+        log.info(" deployment: %d clean baseline conns, %d scored", len(clean), len(rest))
+        r["deployment"] = evaluate(t.take(pa.array(clean)), t.take(pa.array(rest)), y[rest], opts,
+                                   p[rest], heldout=True)
+        base = earliest_rows(ts_sort_key(t), 0.3, min_rows=1)
+        log.info(" archive: %d baseline conns (%d malicious), all scored", len(base),
+                 (y[base] == 1).sum())
+        r["archive"] = evaluate(t.take(pa.array(base)), t, y, opts, p)
+        r["archive"]["baseline_malicious"] = int((y[base] == 1).sum())
+        r["seconds"] = time.perf_counter() - t0
+        results["captures"][name] = r
+    results["pooled"] = pooled(results["captures"])
+    return results
+
+
+def pooled(caps: dict) -> dict:
+    """Alert precision/recall and benign alert rate summed over captures, per setting/scheme."""
+    out = {}
+    for setting in ("deployment", "archive"):
+        for scheme in ("combined", "union_bound", "gbt"):
+            tp = fp = pos = neg = 0
+            for r in caps.values():
+                m = r[setting]["gbt"] if scheme == "gbt" else r[setting]["calibration"][scheme]
+                tp, fp, pos, neg = tp + m["tp"], fp + m["fp"], pos + m["malicious"], neg + m["benign"]
+            out[f"{setting}/{scheme}"] = {
+                "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / pos if pos else None,
+                "benign_alert_rate": fp / neg if neg else None, "tp": tp, "fp": fp}
+    for scheme in ("combined", "union_bound"):
+        n = sum(r["deployment"]["heldout_clean_conns"] for r in caps.values())
+        fp = sum(r["deployment"]["heldout_clean_conns"] *
+                 r["deployment"]["calibration"][scheme]["heldout_clean_alert_rate"]
+                 for r in caps.values())
+        out[f"deployment/{scheme}"]["heldout_clean_alert_rate"] = fp / n if n else None
+    return out
+
+
+def plot(results: dict, out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    caps = list(results["captures"])
+    paths = []
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for ax, setting in zip(axes, ("deployment", "archive")):
+        names = list(results["captures"][caps[0]][setting]["detectors"])
+        series = {n: [results["captures"][c][setting]["detectors"][n]["auroc"] for c in caps]
+                  for n in names}
+        series["combined"] = [results["captures"][c][setting]["calibration"]["combined"]["combined"]
+                              ["auroc"] for c in caps]
+        series["plain IF"] = [results["captures"][c][setting]["plain_iforest"]["auroc"] for c in caps]
+        series["GBT (other captures)"] = [results["captures"][c][setting]["gbt"]["auroc"]
+                                          for c in caps]
+        w = 0.8 / len(series)
+        for i, (n, v) in enumerate(series.items()):
+            ax.bar(np.arange(len(caps)) + i * w, [np.nan if x is None else x for x in v], w,
+                   label=n)
+        ax.axhline(0.5, color="grey", lw=0.5)
+        ax.set_xticks(np.arange(len(caps)) + 0.4 - w / 2, caps, rotation=20)
+        ax.set_title(f"{setting}: AUROC per capture")
+        ax.set_ylim(0, 1)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    p = os.path.join(out_dir, "detection_auroc.png")
+    fig.savefig(p, dpi=110)
+    paths.append(p)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bars = [(scheme, key) for key in ("heldout_clean_alert_rate", "benign_alert_rate")
+            for scheme in ("combined", "union_bound")]
+    for k, (scheme, key) in enumerate(bars):
+        v = [results["captures"][c]["deployment"]["calibration"][scheme][key] for c in caps]
+        ax.bar(np.arange(len(caps)) + 0.2 * k, [np.nan if x is None else max(x, 1e-4) for x in v],
+               0.2, label=f"{scheme}, {'held-out clean' if key.startswith('held') else 'later benign'}")
+    ax.axhline(results["fpr"], color="k", ls="--", lw=1, label="--fpr")
+    ax.axhline(2 * results["fpr"], color="r", ls=":", lw=1, label="2x --fpr")
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(caps)) + 0.3, caps, rotation=20)
+    ax.set_title("deployment: false-alert rate (held-out clean baseline, later benign conns)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = os.path.join(out_dir, "detection_fpr.png")
+    fig.savefig(p, dpi=110)
+    paths.append(p)
+    plt.close(fig)
+    return paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="directory for detection.json and the PNGs")
+    ap.add_argument("--captures", nargs="+", default=CAPTURES, choices=CAPTURES)
+    ap.add_argument("--fpr", type=float, default=0.01)
+    ap.add_argument("--clean-share", type=float, default=0.5,
+                    help="deployment: the benign conns of this earliest share are the baseline")
+    ap.add_argument("--max-conns", type=int, default=None)
+    ap.add_argument("--no-models", action="store_true", help="IsolationForest only")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("zeekml").setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    results = run(args)
+    results["seconds"] = time.perf_counter() - t0
+    results["command"] = "python bench/detect_eval.py " + " ".join(sys.argv[1:])
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "detection.json"), "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    for p in plot(results, args.out):
+        log.info("wrote %s", p)
+    log.info("pooled: %s", json.dumps(results["pooled"], indent=1))
+    log.info("%.0f s", results["seconds"])
+
+
+if __name__ == "__main__":
+    main()
