@@ -125,6 +125,7 @@ def test_autoencoder_joins_score_as_a_detector(base, tmp_path):
     notices = (tmp_path / "s" / "zeekml_notice.log").read_text()
     assert notices.count("\tmae anomaly score") == len(mae_alerts)
     assert notices.count("recon_quantity=") == len(mae_alerts)
+    assert notices.count("\tknn=") == len(mae_alerts)    # the distance from the baseline, then why
 
 
 def test_packet_sequences_from_a_replayed_capture(tmp_path):

@@ -115,6 +115,32 @@ def test_moe_base_joins_score_as_a_detector(bases, tmp_path):
     alerts = [x for x in v if x["alert"] and x["model"] == "moe"]
     notices = (tmp_path / "s" / "zeekml_notice.log").read_text()
     assert notices.count("nll_") >= len(alerts)
+    assert notices.count("\tknn=") == len(alerts)      # the distance from the baseline, then why
+
+
+def test_a_finetuned_classifier_joins_score_and_watch(bases, tmp_path):
+    """Issue 14: ``--models`` naming a finetuned directory makes it a known-bad detector in
+    ``score`` and ``watch``: P(Malicious) calibrated on the baseline, ZeekML::Intrusion notices."""
+    moe_dir, _ = bases["moe"]
+    ft = tmp_path / "moe-ft"
+    invoke("finetune", "--model", "moe", "--base", moe_dir, "--train", SLICE, "--label-field", "label",
+           "--shots", "20", "--epochs", "3", "--out", ft, "--device", "cpu")
+    invoke("score", SLICE, "--out", tmp_path / "s", "--models", ft, "--no-progress")
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert set(summary["thresholds"]) == {"iforest", "clf-moe-ft"}
+    v = [json.loads(x) for x in (tmp_path / "s" / "verdicts.jsonl").read_text().splitlines()]
+    assert len(v) == 900 and all("clf-moe-ft" in x["scores"] for x in v)
+    alerts = [x for x in v if x["alert"] and x["model"] == "clf-moe-ft"]
+    assert all(x["note"] == "ZeekML::Intrusion" for x in alerts)
+    notices = (tmp_path / "s" / "zeekml_notice.log").read_text()
+    assert notices.count("\tZeekML::Intrusion\t") == len(alerts)
+    assert notices.count("p_Malicious=") == len(alerts)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    shutil.copy(SLICE, logs / "conn.log")
+    invoke("watch", logs, "--out", tmp_path / "w", "--once", "--models", ft, "--baseline", SLICE, "--quiet")
+    w = [json.loads(x) for x in (tmp_path / "w" / "verdicts.jsonl").read_text().splitlines()]
+    assert len(w) == 900 and all("clf-moe-ft" in x["scores"] for x in w)
 
 
 def test_packet_tokens_from_a_replayed_capture(tmp_path):

@@ -125,7 +125,7 @@ def detector_dirs(models_dir: str) -> list[str]:
     and a finetuned classifier named by ``models_dir`` itself. A broken config is a
     ``ModelError``; so is a non-detector when ``models_dir`` is that directory itself. Beside
     others, a base that says ``"detector": false`` (the dense twin) is left out, and so is a
-    classifier without ``"detector": true`` (with a warning saying how to use it)."""
+    classifier without ``"detector": true`` (logged, with how to use it)."""
     from zeekml.scoring.detectors.base import is_classifier, read_config
 
     dirs = model_dirs(models_dir)
@@ -136,8 +136,9 @@ def detector_dirs(models_dir: str) -> list[str]:
         if cfg.get("detector") is True or (single and is_classifier(cfg)):
             out.append(d)
         elif is_classifier(cfg):
-            log.warning("%s: a finetuned classifier not on by default (config \"detector\": false), "
-                        "not used; give it to --models by itself to use it", d)
+            # off by default is the directory's own decision (config), so no warning on every run
+            log.info("%s: a finetuned classifier not on by default (config \"detector\": false), "
+                     "not used; give it to --models by itself to use it", d)
         elif single:
             raise ModelError("not an anomaly detector (config.json has no \"detector\": true); give a "
                              "detector model directory or a directory of them", d)

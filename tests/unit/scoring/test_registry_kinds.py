@@ -73,11 +73,12 @@ def test_missing_models_dir_is_a_model_error(tmp_path):
 
 def test_a_finetuned_classifier_is_a_detector_when_named(tmp_path, caplog):
     """Issue 14: a classifier given to --models by itself is used (a ``classifier`` detector);
-    beside others it is used only when its config says ``"detector": true``, else left out with
-    a warning naming it."""
+    beside others it is used only when its config says ``"detector": true``, else left out (logged,
+    naming it)."""
     ft = fake_model_dir(tmp_path / "parent" / "mae-ft", kind="mae", schema_version=1, detector=False,
                         label_field="label", classes=["Benign", "Malicious"])
     assert detector_dirs(ft) == [ft]
+    caplog.set_level("INFO", logger="zeekml.scoring.registry")
     with pytest.raises(ModelError, match="no anomaly detector here"):
         detector_dirs(str(tmp_path / "parent"))
     assert "finetuned classifier not on by default" in caplog.text and ft in caplog.text
