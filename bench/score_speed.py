@@ -182,6 +182,12 @@ def install(st: Stages) -> None:
 
     st.wrap(token.LoadedTokenModel, "tokens", "featurise")
     st.wrap(token.LoadedTokenModel, "run", "forward")
+    if hasattr(token.LoadedTokenModel, "profile"):          # the baseline-relative detectors
+        st.wrap(token.LoadedTokenModel, "profile", "forward")
+    with contextlib.suppress(ImportError):
+        import zeekml.scoring.detectors.reference as reference
+
+        st.wrap(reference, "knn_distance", "kNN to reference")
     st.wrap(mae.LoadedMAE, "modalities", "featurise")
     st.wrap(mae.LoadedMAE, "run", "forward")
     st.wrap(gnn, "embed_rows", "forward")
