@@ -282,7 +282,18 @@ def _read_security_file(path: str) -> dict:
     if not isinstance(tls, dict):
         raise ZeekmlError("not a Dask security configuration: no distributed.comm.tls "
                           "section (ca-file, client: {cert, key})", path)
-    return doc
+    return dict(_leaves(doc))
+
+
+def _leaves(doc: dict, prefix: str = ""):
+    """``("a.b.c", value)`` for each leaf of a nested mapping: ``dask.config.set`` with a nested
+    mapping would replace whole sections (and Dask's defaults in them), leaves only set keys."""
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, name + ".")
+        else:
+            yield name, value
 
 
 @contextlib.contextmanager

@@ -190,6 +190,9 @@ class Watcher:
             except Stopped:
                 self.stats.state = "stopped"
                 return self.stats
+            except OSError as e:   # calibration.json or the baseline log (a full disk): exit 6
+                raise OutputError(f"cannot write the calibration: {e.strerror or e}",
+                                  self.out_dir) from e
             back, fwd = horizons(fitted)
             if back > 0 or fwd > 0:
                 self._journal = ContextJournal(self.out_dir, cp.context, self._write,
