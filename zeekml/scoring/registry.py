@@ -30,7 +30,8 @@ import importlib
 import logging
 import os
 import pkgutil
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from zeekml._core.errors import ModelError
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _KINDS: dict[str, ModelKind] = {}
+_CLASSIFIER: Callable[[str, str], Detector] | None = None
 _discovered = False
 
 
@@ -58,6 +60,25 @@ def register_kind(*names: str) -> Callable[[type], type]:
         return cls
 
     return deco
+
+
+def register_classifier(factory: Callable[[str, str], Detector]) -> Callable[[str, str], Detector]:
+    """Function decorator: ``factory(model_dir, device)`` turns a finetuned classifier directory
+    into a detector (``zeekml.scoring.detectors.classifier``). Registered, not imported here, so
+    that the registry imports no detector module (they import it)."""
+    global _CLASSIFIER
+    if _CLASSIFIER is not None and _CLASSIFIER is not factory:
+        raise ValueError("a classifier detector factory is registered twice")
+    _CLASSIFIER = factory
+    return factory
+
+
+def classifier_detector(model_dir: str, device: str = "cpu") -> Detector:
+    """The known-bad detector of a finetuned classifier directory (the registered factory)."""
+    _discover()
+    if _CLASSIFIER is None:
+        raise ModelError("this zeekml has no classifier detector", model_dir)
+    return _CLASSIFIER(model_dir, device)
 
 
 def _discover() -> None:
@@ -159,7 +180,6 @@ def load_model_detectors(models_dir: str, device: str = "cpu") -> list[Detector]
     naming it, never a silent fallback to fewer detectors."""
     models_dir = models_dir or default_models_dir()
     from zeekml.scoring.detectors.base import is_classifier, read_config
-    from zeekml.scoring.detectors.classifier import classifier_detector
 
     dets: list[Detector] = []
     for d in detector_dirs(models_dir):

@@ -3,8 +3,8 @@
 Anomaly detectors ask "unlike the baseline?"; a classifier asks "like the malware it was taught?".
 That is what catches an infected archive with no clean period, where the attack is part of the
 baseline. Any finetuned directory of a registered kind with a head works (moe, dense, mae, gnn);
-``scoring.registry.load_model_detectors`` sends a directory here when its config says it is a
-classifier (``detectors.base.is_classifier``).
+``scoring.registry.load_model_detectors`` sends a directory here (``register_classifier``) when
+its config says it is a classifier (``detectors.base.is_classifier``).
 
 The score of a conn is the probability the head gives to the malicious classes (every class but
 ``Benign``); its threshold is calibrated on the baseline like every other detector's, so at most
@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from zeekml._core.errors import ModelError
 from zeekml.scoring.detectors.base import read_config
+from zeekml.scoring.registry import register_classifier
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class ClassifierDetector:
                 for i in range(len(rows))]
 
 
+@register_classifier
 def classifier_detector(model_dir: str, device: str = "cpu") -> ClassifierDetector:
     """The known-bad detector of a finetuned model directory (verified against its manifest)."""
     return ClassifierDetector(model_dir, device)

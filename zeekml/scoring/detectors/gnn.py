@@ -147,7 +147,7 @@ class GNNDetector:
         e = embed_rows(self.bundle, table, device=self.device)
         return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
 
-    def fit(self, table: pa.Table) -> "GNNDetector":
+    def fit(self, table: pa.Table) -> GNNDetector:
         """Embed the baseline ``table`` as the reference set and keep its feature spread."""
         e = self._embed(table)
         if len(e) > MAX_REFERENCE:

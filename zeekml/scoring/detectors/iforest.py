@@ -32,7 +32,7 @@ class IsolationForestDetector:
         self._median: np.ndarray | None = None
         self._mad: np.ndarray | None = None
 
-    def fit(self, table: pa.Table) -> "IsolationForestDetector":
+    def fit(self, table: pa.Table) -> IsolationForestDetector:
         """Fit the features' scaling and the forest on ``table`` (a baseline period)."""
         x = self.featurizer.fit_transform(table)
         self.model.fit(x)

@@ -239,9 +239,6 @@ class TokenDetector:
         as context only: their tokens are not built, the model does not run on them)."""
         return self.loaded.profile(self.loaded.tokens(table, rows=rows))
 
-    def _from_profile(self, p: dict[str, np.ndarray]) -> np.ndarray:
-        return p["embedding"] if self.reference.kind == "knn" else p["parts"]
-
     def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
         """What the reference compares, computed alone (one encoder pass, not two)."""
         key = "embedding" if self.reference.kind == "knn" else "parts"
