@@ -212,3 +212,27 @@ def test_knn_distance_does_not_depend_on_the_batch():
     u = e[7] / np.linalg.norm(e[7])
     r = ref.ref
     np.testing.assert_allclose(whole[7], np.sort(1.0 - r @ u)[:3].mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", kind_names())
+def test_a_config_claiming_a_head_it_lacks_is_refused(kind, pretrained, tmp_path):
+    """A base whose config was edited to look like a classifier (label_field, classes) has no
+    head to score with: a one-line ModelError naming it, not scores of the wrong shape."""
+    import shutil
+
+    from zeekml._core.errors import ModelError
+    from zeekml.scoring.detectors.base import sha256_file
+    from zeekml.scoring.registry import load_model_detectors
+
+    base, _ = pretrained(kind)
+    d = tmp_path / "fake-classifier"
+    shutil.copytree(base, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(label_field="label", classes=["Benign", "Malicious"], detector=False)
+    (d / "config.json").write_text(json.dumps(cfg))
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["files"]["config.json"] = sha256_file(str(d / "config.json"))
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="no classifier head") as e:
+        load_model_detectors(str(d))
+    assert e.value.path == str(d)

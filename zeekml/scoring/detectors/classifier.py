@@ -44,6 +44,8 @@ class _TokenHead:
         from zeekml.scoring.detectors.token import LoadedTokenModel
 
         self.m = LoadedTokenModel.from_dir(model_dir, device)
+        if self.m.head is None:
+            raise ModelError("config says classifier but there is no classifier head", model_dir)
         self.classes = self.m.classes
         self.context_seconds = self.m.tokenizer.context_seconds
         self.forward_context_seconds = 0.0
@@ -60,6 +62,8 @@ class _MAEHead:
         from zeekml.scoring.detectors.mae import LoadedMAE
 
         self.m = LoadedMAE.from_dir(model_dir, device)
+        if self.m.head is None:
+            raise ModelError("config says classifier but there is no classifier head", model_dir)
         self.classes = self.m.classes
         self.context_seconds = self.m.featurizer.context_seconds
         self.forward_context_seconds = 0.0
@@ -79,6 +83,8 @@ class _GNNHead:
         from zeekml.scoring.detectors.gnn import load_bundle
 
         self.bundle, _ = load_bundle(model_dir, device)
+        if self.bundle.model.head is None:
+            raise ModelError("config says classifier but there is no classifier head", model_dir)
         self.device = device
         self.classes = self.bundle.classes
         g = self.bundle.graph
@@ -92,8 +98,6 @@ class _GNNHead:
 
         torch = torch_module()
         model = self.bundle.model.to(self.device).eval()
-        if model.head is None:
-            raise ModelError("this gnn directory has no classification head")
         x = self.bundle.features(table)
         out = np.zeros((table.num_rows, len(self.classes)), dtype=np.float32)
         # the whole table is run, as the gnn detector does, so score_rows == score[rows] exactly
