@@ -36,7 +36,7 @@ _BUFFER = 1 << 20
 
 
 def open_output(path: str | os.PathLike, *, mode: int = OUTPUT_MODE, truncate: bool = True,
-                append: bool = False, readable: bool = False) -> int:
+                append: bool = False, readable: bool = False, what: str = "") -> int:
     """Open output ``path`` for writing and return the descriptor (see the module docstring).
 
     Args:
@@ -47,6 +47,7 @@ def open_output(path: str | os.PathLike, *, mode: int = OUTPUT_MODE, truncate: b
             that are cut back to a committed length).
         append: ``O_APPEND`` (default False).
         readable: open read-write instead of write-only (default False).
+        what: names the output in error messages, ``cannot write <what>: ...`` (default: none).
 
     Raises:
         OutputError: the path is a symbolic link, not a regular file, has other hard links, or
@@ -65,7 +66,7 @@ def open_output(path: str | os.PathLike, *, mode: int = OUTPUT_MODE, truncate: b
                               "(remove it or choose another output)", path) from e
         if e.errno == errno.ENXIO:
             raise OutputError("is not a regular file (a FIFO or socket)", path) from e
-        raise OutputError(f"cannot write: {e.strerror}", path) from e
+        raise OutputError(f"{_cannot(what)}: {e.strerror}", path) from e
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -84,8 +85,12 @@ def open_output(path: str | os.PathLike, *, mode: int = OUTPUT_MODE, truncate: b
         raise
     except OSError as e:
         os.close(fd)
-        raise OutputError(f"cannot write: {e.strerror}", path) from e
+        raise OutputError(f"{_cannot(what)}: {e.strerror}", path) from e
     return fd
+
+
+def _cannot(what: str) -> str:
+    return f"cannot write {what}" if what else "cannot write"
 
 
 class OutputFile:
@@ -94,16 +99,18 @@ class OutputFile:
     Args:
         path: the output file (truncated unless ``truncate=False``).
         mode: permission bits of a new file (default ``OUTPUT_MODE``).
-        truncate, append: as ``open_output``.
+        truncate, append, what: as ``open_output``.
 
     After a failed write the file is marked failed: ``close`` then only releases the descriptor
     (flushing again would fail again and hide the first error).
     """
 
     def __init__(self, path: str | os.PathLike, *, mode: int = OUTPUT_MODE,
-                 truncate: bool = True, append: bool = False):
+                 truncate: bool = True, append: bool = False, what: str = ""):
         self.path = os.fspath(path)
-        self._fd = open_output(self.path, mode=mode, truncate=truncate, append=append)
+        self.what = what
+        self._fd = open_output(self.path, mode=mode, truncate=truncate, append=append,
+                               what=what)
         self._buf = bytearray()
         self.failed = False
 
@@ -114,7 +121,7 @@ class OutputFile:
 
     def _error(self, e: OSError) -> OutputError:
         self.failed = True
-        return OutputError(f"cannot write: {e.strerror or e}", self.path)
+        return OutputError(f"{_cannot(self.what)}: {e.strerror or e}", self.path)
 
     def _write_out(self, data: bytes | bytearray) -> None:
         view = memoryview(data)

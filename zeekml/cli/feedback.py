@@ -16,7 +16,8 @@ import click
 import numpy as np
 import pyarrow as pa
 
-from zeekml._core.errors import InputNotFound, OutputError, ZeekmlError
+from zeekml._core.errors import InputNotFound, ZeekmlError
+from zeekml._core.outfile import OutputFile
 
 CONN_FIELDS = ("verdict_id", "uid", "ts", "id.orig_h", "id.resp_h", "id.resp_p", "proto", "score",
                "model")
@@ -114,11 +115,9 @@ def feedback(out_dir: str, verdict_id: str | None, host: str | None, incident_id
         "run": os.path.abspath(out_dir), "conns": conns,
     }
     feedback_file = feedback_file or os.path.join(out_dir, "feedback.jsonl")
-    try:
-        with open(feedback_file, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, separators=(",", ":")) + "\n")
-    except OSError as e:
-        raise OutputError(f"cannot write feedback: {e.strerror}", feedback_file) from None
+    # no symlinks, mode 0640; failures are OutputError naming the file
+    with OutputFile(feedback_file, truncate=False, append=True, what="feedback") as f:
+        f.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
     click.echo(f"allowlist: {allowlist_path}: added rule {rule.index} ({rule.reason})")
     click.echo(f"feedback: {feedback_file}: label benign for {len(conns):,} alerting conn(s) of this run")
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from zeekml._core.errors import InputNotFound, UnreadableInput, ZeekmlError
+from zeekml._core.outfile import OutputFile
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +233,9 @@ def append_rule(path: str | os.PathLike, fields: dict[str, str | int]) -> Rule:
     existing = Allowlist.load(path) if os.path.exists(path) else Allowlist([], path)
     rule = parse_rule(fields, len(existing) + 1)
     lines = ["", "[[rule]]"] + [f"{k} = {_toml_value(v)}" for k, v in rule.to_toml_fields().items()]
-    try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-    except OSError as e:
-        from zeekml._core.errors import OutputError
-        raise OutputError(f"cannot write allowlist: {e.strerror}", path) from None
+    # no symlinks, mode 0640; failures are OutputError naming the file
+    with OutputFile(path, truncate=False, append=True, what="allowlist") as f:
+        f.write(("\n".join(lines) + "\n").encode())
     reread = Allowlist.load(path)
     if len(reread) != len(existing) + 1:
         raise AllowlistError(f"appended rule {rule.index} but the file now has {len(reread)} rules",

@@ -153,3 +153,14 @@ def test_context_journal_refuses_a_planted_link(tmp_path, victim):
     with pytest.raises(OutputError, match="symbolic link"):
         ContextJournal(str(tmp_path), {})
     assert victim.read_bytes() == SECRET
+
+
+def test_allowlist_append_refuses_a_planted_link(tmp_path, victim):
+    from zeekml.scoring.allowlist import append_rule
+
+    victim.write_bytes(b"# an allowlist elsewhere\n")
+    link = tmp_path / "allowlist.toml"
+    link.symlink_to(victim)
+    with pytest.raises(OutputError, match="allowlist.toml: is a symbolic link"):
+        append_rule(link, {"host": "10.0.0.1", "reason": "lab"})
+    assert victim.read_bytes() == b"# an allowlist elsewhere\n"

@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow.compute as pc
 
-from zeekml._core.errors import OutputError
+from zeekml._core.outfile import OutputFile
 from zeekml.sinks.report.plots import score_distribution_svg, timeline_svg
 from zeekml.sinks.report.run import RunData
 
@@ -222,9 +222,6 @@ def write_html(run: RunData, path: str | os.PathLike, max_incidents: int = 100) 
     """Render and write the page; returns its path."""
     path = os.fspath(path)
     text = render_html(run, max_incidents)
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as e:
-        raise OutputError(f"cannot write report: {e.strerror}", path) from None
+    with OutputFile(path, what="report") as f:   # no symlinks, mode 0640; failures are OutputError
+        f.write(text.encode("utf-8"))
     return path
