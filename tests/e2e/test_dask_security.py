@@ -149,6 +149,12 @@ def test_bad_security_files_are_one_line_errors(tmp_path):
     with pytest.raises(ZeekmlError, match="always uses TLS"):
         with dask_access("local:1", str(no_tls)):
             pass
+    with pytest.raises(ZeekmlError, match="always uses TLS"):
+        with dask_access("local", insecure=True):
+            pass
+    with pytest.raises(ZeekmlError, match="--insecure-dask is for a tcp:// address"):
+        with dask_access("tls://127.0.0.1:8786", insecure=True):
+            pass
 
 
 def _score(tmp_path: Path, *args: str):

@@ -172,6 +172,15 @@ class OutputFile:
                 if not self.failed:
                     raise self._error(e) from e
 
+    def __del__(self) -> None:
+        # like a Python file object dropped unclosed: flush, close, no fsync, errors ignored
+        # (every writer here closes explicitly; this only keeps descriptors from leaking)
+        if getattr(self, "_fd", -1) >= 0:
+            try:
+                self.close(fsync=False)
+            except OutputError:
+                pass
+
     def __enter__(self) -> "OutputFile":
         return self
 

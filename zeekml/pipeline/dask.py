@@ -234,12 +234,14 @@ def _security_for(spec: str, access: DaskAccess):
     from distributed.security import Security
 
     if _is_local_spec(spec):
-        if access.security_file:
-            raise ZeekmlError("--dask-security is for a remote tls:// scheduler; --dask local "
-                              "always uses TLS with credentials made for the run")
+        if access.security_file or access.insecure:
+            raise ZeekmlError("--dask-security and --insecure-dask are for a remote scheduler; "
+                              "--dask local always uses TLS with credentials made for the run")
         return None
     scheme, host = _split_address(spec)
     if scheme == "tls":
+        if access.insecure:
+            raise ZeekmlError(f"--dask {spec}: --insecure-dask is for a tcp:// address")
         overrides = _read_security_file(access.security_file) if access.security_file else {}
         with dask.config.set(overrides):
             security = Security()
