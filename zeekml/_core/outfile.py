@@ -153,23 +153,19 @@ class OutputFile:
         that fails (``OutputError``). Closing twice does nothing."""
         if self._fd < 0:
             return
-        fd, self._fd = self._fd, -1
         try:
             if not self.failed:
-                self._fd = fd       # flush needs it
-                try:
-                    self.flush()
-                finally:
-                    self._fd = -1
+                self.flush()
                 if fsync:
-                    os.fsync(fd)
+                    os.fsync(self._fd)
         except OSError as e:
             raise self._error(e) from e
         finally:
+            fd, self._fd = self._fd, -1
             try:
                 os.close(fd)
             except OSError as e:
-                if not self.failed:
+                if not self.failed:     # never hides the error that failed the file first
                     raise self._error(e) from e
 
     def __del__(self) -> None:

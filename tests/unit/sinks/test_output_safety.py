@@ -164,3 +164,23 @@ def test_allowlist_append_refuses_a_planted_link(tmp_path, victim):
     with pytest.raises(OutputError, match="allowlist.toml: is a symbolic link"):
         append_rule(link, {"host": "10.0.0.1", "reason": "lab"})
     assert victim.read_bytes() == b"# an allowlist elsewhere\n"
+
+
+def test_output_file_full_disk_is_one_output_error_and_the_descriptor_is_released(
+        tmp_path, monkeypatch):
+    import errno
+
+    f = OutputFile(tmp_path / "v.jsonl")
+    f.write(b"x" * 100)
+    fds = set(os.listdir("/proc/self/fd"))
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OutputError, match=r"v\.jsonl: cannot write: No space left on device"):
+        f.close()
+    assert f.failed and f.closed and len(os.listdir("/proc/self/fd")) == len(fds) - 1
+    f.close()                         # a second close: nothing, no second error
+    with pytest.raises(OutputError, match="an earlier write failed"):
+        f.write(b"y")
