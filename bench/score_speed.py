@@ -150,9 +150,8 @@ class Stages:
 
 def install(st: Stages) -> None:
     """Wrap the library's stage functions (where they are looked up) with ``st``'s timers."""
-    import zeekml.pipeline.batch as batch
-    import zeekml.pipeline.fitted as fitted
     from zeekml.features.flow_features import FlowFeaturizer
+    from zeekml.pipeline import batch, fitted
     from zeekml.scoring.calibrate import ThresholdCalibrator
     from zeekml.scoring.detectors.iforest import IsolationForestDetector
     from zeekml.sinks.run_outputs import ScoreOutputs
@@ -166,7 +165,7 @@ def install(st: Stages) -> None:
     st.wrap(ThresholdCalibrator, "fit", "calibrate (quantile)")
     st.wrap(ThresholdCalibrator, "calibrate", "calibrate (apply)")
     st.wrap(FlowFeaturizer, "transform", "featurise")
-    name = lambda a: a[0].name  # noqa: E731
+    name = lambda a: a[0].name
     st.wrap(IsolationForestDetector, "fit", "fit (sklearn)", detector_of=name)
     st.wrap(IsolationForestDetector, "score", "forward (sklearn)", detector_of=name)
     for det_cls in _learned_classes():
@@ -175,17 +174,15 @@ def install(st: Stages) -> None:
         st.wrap(det_cls, "explain", "explain", phase="explain", detector_of=name)
     _wrap_fit_calibrate(st, batch, fitted)
 
-    import zeekml.scoring.detectors.gnn as gnn
-    import zeekml.scoring.detectors.mae as mae
-    import zeekml.scoring.detectors.token as token
     from zeekml.features.graph import FlowGraphBuilder
+    from zeekml.scoring.detectors import gnn, mae, token
 
     st.wrap(token.LoadedTokenModel, "tokens", "featurise")
     st.wrap(token.LoadedTokenModel, "run", "forward")
     if hasattr(token.LoadedTokenModel, "profile"):          # the baseline-relative detectors
         st.wrap(token.LoadedTokenModel, "profile", "forward")
     with contextlib.suppress(ImportError):
-        import zeekml.scoring.detectors.reference as reference
+        from zeekml.scoring.detectors import reference
 
         st.wrap(reference, "knn_distance", "kNN to reference")
     st.wrap(mae.LoadedMAE, "modalities", "featurise")
@@ -200,9 +197,7 @@ def install(st: Stages) -> None:
 
 
 def _learned_classes() -> list:
-    import zeekml.scoring.detectors.gnn as gnn
-    import zeekml.scoring.detectors.mae as mae
-    import zeekml.scoring.detectors.token as token
+    from zeekml.scoring.detectors import gnn, mae, token
 
     return [gnn.GNNDetector, mae.MAEDetector, token.TokenDetector]
 
@@ -306,18 +301,15 @@ def tooling(log_dir: str, conns: int, models_dir: str, compile_: bool) -> dict:
             L = LoadedTokenModel.from_dir(path)
             score, parts = token_scorer(L), ("encoder", "mlm")
         eager = {p: getattr(L, p) for p in parts}
-        variants = [("eager", lambda: None), ("int8 dynamic", lambda: [setattr(L, p, quantize_int8(m))
-                                                                      for p, m in eager.items()])]
+        variants = [("eager", None), ("int8 dynamic", quantize_int8)]
         if compile_:
-            variants.append(("torch.compile", lambda: [setattr(L, p, torch.compile(m))
-                                                       for p, m in eager.items()]))
+            variants.append(("torch.compile", torch.compile))
         ref = None
         rows = {}
-        for label, prepare in variants:
-            for p, m in eager.items():
-                setattr(L, p, m)
+        for label, transform in variants:
             t0 = time.perf_counter()
-            prepare()
+            for p, m in eager.items():
+                setattr(L, p, m if transform is None else transform(m))
             first = score()                     # compile happens here; timed apart
             setup = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -363,7 +355,7 @@ def table(r: dict) -> list[tuple[str, str, str, float]]:
 
 
 def markdown(r: dict) -> str:
-    lines = [f"| phase | detector | stage | seconds | share |", "|---|---|---|---|---|"]
+    lines = ["| phase | detector | stage | seconds | share |", "|---|---|---|---|---|"]
     for phase, det, stage, s in table(r):
         lines.append(f"| {phase} | {det} | {stage} | {s:.2f} | {100 * s / r['wall_s']:.1f}% |")
     lines.append(f"| | | **wall** | **{r['wall_s']:.2f}** | |")
