@@ -169,3 +169,17 @@ def test_infected_warning_reaches_the_summary(monkeypatch):
     fit_calibrate(table(400, HOSTS), ScoreOptions(fpr=0.05), summary)
     assert [w.split(":")[0] for w in summary.warnings] == ["your baseline looks infected"]
     assert "10.0.0.5 (30)" in summary.warnings[0]
+
+
+def test_the_shipped_classifier_detectors_count_as_known_bad():
+    """The hook needs no change for ``scoring.detectors.classifier``: every note a classifier
+    raises is a known-bad note, and the anomaly note is not."""
+    from zeekml.scoring.detectors.classifier import NOTES, ClassifierDetector
+
+    assert set(NOTES.values()) <= fitted_mod.KNOWN_BAD_NOTES
+    assert "ZeekML::Anomalous_Flow" not in fitted_mod.KNOWN_BAD_NOTES
+    for note in NOTES.values():
+        det = ClassifierDetector.__new__(ClassifierDetector)   # no model directory needed here
+        det.note = note
+        assert fitted_mod.is_known_bad(det)
+    assert not fitted_mod.is_known_bad(Bytes())
