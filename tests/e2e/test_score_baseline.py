@@ -148,3 +148,25 @@ def test_watch_refuses_a_tiny_baseline(tmp_path):
     assert r.exit_code == 1
     assert r.output.splitlines()[-1].startswith(
         "zeekml: error: the baseline is too small for --fpr 0.001: its 50 calibration conns")
+
+
+def test_watch_baseline_range_and_the_choice_rules(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "conn.log").write_bytes(read(os.path.dirname(CONN), "conn.log"))
+    w = tmp_path / "w"
+    r = run("watch", str(logs), "--out", str(w), "--once", "--no-models", "--fpr", "0.1",
+            "--baseline-range", "1379288700,2013-09-15T23:46:40Z", "--quiet")
+    assert r.exit_code == 0, r.output
+    with open(w / "calibration.json") as f:
+        cal = json.load(f)
+    assert cal["records"] == 117
+    assert cal["options"]["baseline_period"] == [1379288700.0, 1379288800.0]
+    r = run("watch", str(logs), "--out", str(tmp_path / "x"), "--once", "--baseline-until", UNTIL,
+            "--baseline-records", "50")
+    assert r.exit_code == 2 and "each sets the baseline" in r.output
+    r = run("watch", str(logs), "--out", str(tmp_path / "y"), "--once", "--no-models",
+            "--baseline-until", "2001-01-01", "--quiet")
+    assert r.exit_code == 1
+    assert r.output.splitlines()[-1].endswith("no conn records to calibrate on in the baseline "
+                                              "period")
