@@ -87,3 +87,59 @@ def test_broken_allowlist_is_named_and_left_alone(run_dir, tmp_path):
                                   str(allow), "--feedback-file", str(tmp_path / "f.jsonl")])
     assert r.exit_code == 1 and f"{allow}: rule 1: unknown field 'hots'" in r.output
     assert allow.read_text() == '[[rule]]\nhots = "1.2.3.4"\nreason = "typo"\n'
+
+
+def test_feedback_then_score_with_the_allowlist(run_dir, tmp_path):
+    """An allowlisted host raises no alert; its verdicts name the rule; every other verdict line
+    is byte for byte the run's without the allowlist; incidents and notices follow."""
+    a = alerts(run_dir)
+    host = a[0]["id.resp_h"]
+    allow = tmp_path / "allow.toml"
+    r = CliRunner().invoke(main, ["feedback", str(run_dir), "--host", host, "--reason", "lab box",
+                                  "--allowlist", str(allow), "--feedback-file", str(tmp_path / "f.jsonl")])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "again"
+    r = CliRunner().invoke(main, ["score", str(EXAMPLES / "iot23" / "conn.log.labeled"), "--out",
+                                  str(out), "--no-models", "--no-progress", "--fpr", "0.01",
+                                  "--allowlist", str(allow)])
+    assert r.exit_code == 0, r.output
+    before = (run_dir / "verdicts.jsonl").read_text().splitlines()
+    after = (out / "verdicts.jsonl").read_text().splitlines()
+    assert len(before) == len(after)
+    n_suppressed = 0
+    for b, x in zip(before, after):
+        vb, vx = json.loads(b), json.loads(x)
+        if host in (vb["id.orig_h"], vb["id.resp_h"]):
+            n_suppressed += 1
+            assert vx["alert"] is False and vx["note"] is None
+            assert vx["suppressed_by"] == "allowlist rule 1: lab box"
+            assert vx["score"] == vb["score"]        # still scored
+            assert {k: v for k, v in vx.items() if k not in ("alert", "note", "suppressed_by")} == \
+                {k: v for k, v in vb.items() if k not in ("alert", "note")}
+        else:
+            assert x == b
+    assert n_suppressed > 0
+    incidents = [json.loads(x) for x in (out / "incidents.jsonl").read_text().splitlines()]
+    assert all(host not in (i["host"], *i["peers"]) for i in incidents)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["alerts"] == sum(1 for v in a if host not in (v["id.orig_h"], v["id.resp_h"]))
+    from zeekml.parse import read_table
+    notices = read_table(str(out / "zeekml_notice.log")).to_pylist()
+    assert len(notices) == summary["alerts"]
+    assert all(host not in (n["id.orig_h"], n["id.resp_h"]) for n in notices)
+
+
+def test_allowlist_errors_on_score(tmp_path):
+    bad = tmp_path / "allow.toml"
+    bad.write_text('[[rule]]\nhost = "1.2.3"\nreason = "x"\n')
+    args = ["score", str(EXAMPLES / "iot23" / "conn.log.labeled"), "--no-models", "--no-progress"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o1"), "--allowlist", str(bad)])
+    assert r.exit_code == 1 and f"{bad}: rule 1: host: '1.2.3' is not an IP address or CIDR" in r.output
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o2"), "--allowlist",
+                                  str(tmp_path / "missing.toml")])
+    assert r.exit_code == 2 and "allowlist file not found" in r.output
+    bad.write_text('[[rule]]\nhost = "1.2.3.4"\nreason = "x"\n')
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o3"), "--allowlist", str(bad),
+                                  "--dask", "local:1"])
+    assert r.exit_code == 1 and "--allowlist does not work with --dask yet" in r.output
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()

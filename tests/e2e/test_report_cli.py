@@ -86,3 +86,20 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert incidents > 0 and got["rows"] == min(incidents, 100)
     assert got["tableHeight"] > 50
     assert got["plots"] >= 1
+
+
+def test_score_writes_triage_outputs(run_dir):
+    incidents = [json.loads(x) for x in (run_dir / "incidents.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert incidents and sum(i["alerts"] for i in incidents) == summary["alerts"]
+    assert [i["score"] for i in incidents] == sorted((i["score"] for i in incidents), reverse=True)
+    top = incidents[0]["top_conns"][0]
+    assert top["community_id"].startswith("1:") and top["verdict_id"].startswith("V") and top["explanation"]
+    from zeekml.parse import read_table
+    notices = read_table(str(run_dir / "zeekml_incident.log")).to_pylist()
+    assert [n["note"] for n in notices] == ["ZeekML::Suspicious_Host"] * len(incidents)
+    assert [n["sub"].split(b":")[0].decode() for n in notices] == [i["incident_id"] for i in incidents]
+    baseline = json.loads((run_dir / "baseline.json").read_text())
+    assert baseline["conns"] == summary["baseline_records"] and baseline["period"][0] <= baseline["period"][1]
+    r = CliRunner().invoke(main, ["report", str(run_dir)])
+    assert "(incidents.jsonl)" in r.output

@@ -17,7 +17,10 @@ export {
 		## A supervised zeekml head classifies a connection as malicious.
 		Intrusion,
 		## A zeekml botnet-family head names a botnet family for a connection.
-		Botnet_Activity
+		Botnet_Activity,
+		## zeekml grouped a host's alerting connections into an incident (a scan, a
+		## beacon, an exfiltration, an inbound attack); ``msg`` says what happened.
+		Suspicious_Host
 	};
 
 	## The note names zeekml writes in the ``note`` column of its verdict file, mapped to
@@ -28,7 +31,8 @@ export {
 	const note_names: table[string] of Notice::Type = {
 		["ZeekML::Anomalous_Flow"] = Anomalous_Flow,
 		["ZeekML::Intrusion"] = Intrusion,
-		["ZeekML::Botnet_Activity"] = Botnet_Activity
+		["ZeekML::Botnet_Activity"] = Botnet_Activity,
+		["ZeekML::Suspicious_Host"] = Suspicious_Host
 	} &redef;
 
 	## How many verdicts named a note missing from :zeek:see:`ZeekML::note_names`.

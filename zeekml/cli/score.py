@@ -116,6 +116,9 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
               help="Also write the verdict file the zeekml Zeek package reads.")
+@click.option("--allowlist", type=click.Path(dir_okay=False), default=None,
+              help="TOML file of [[rule]] tables (docs/triage.md): matching conns are scored "
+                   "but never alert, and their verdicts name the rule.")
 @MODELS_OPTION
 @NO_MODELS_OPTION
 @click.option("--dask", "dask", default=None, metavar="SCHEDULER",
@@ -129,8 +132,8 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
               help="Progress bar (default: when stderr is a terminal).")
 @click.pass_context
 def score(ctx, paths, out_dir, fpr, baseline, baseline_fraction, baseline_until, baseline_range,
-          seed, zeek_feedback, models_dir, no_models, dask, dask_split_bytes, device,
-          progress) -> None:
+          seed, zeek_feedback, allowlist, models_dir, no_models, dask, dask_split_bytes,
+          device, progress) -> None:
     """Score conn records and write notices for the anomalous ones.
 
     Exit codes: 0 ok, 1 error, 2 missing input, 3 unknown format, 4 unreadable input,
@@ -143,7 +146,8 @@ def score(ctx, paths, out_dir, fpr, baseline, baseline_fraction, baseline_until,
                         baseline_until=baseline_until, baseline_range=baseline_range,
                         seed=seed, zeek_feedback=zeek_feedback,
                         models_dir=None if no_models else models_dir, dask=dask,
-                        split_bytes=dask_split_bytes, device=resolve_device(device))
+                        split_bytes=dask_split_bytes, device=resolve_device(device),
+                        allowlist=allowlist)
     if progress is None:
         progress = sys.stderr.isatty()
     summary = score_paths(list(paths), out_dir, opts, progress=progress)

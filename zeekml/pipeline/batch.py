@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.flows.select import ts_sort_key
@@ -19,8 +20,14 @@ from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine, read_log
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
+from zeekml.scoring.allowlist import Allowlist, suppress
+from zeekml.scoring.explain import BaselineProfile
+from zeekml.scoring.incidents import incidents_from_batch
 from zeekml.scoring.verdict import VerdictBatch
 from zeekml.sinks.run_outputs import ScoreOutputs
+from zeekml.sinks.triage import (BASELINE_FILE, INCIDENT_NOTICE_FILE, INCIDENTS_FILE,
+                                 mark_suppressed, write_baseline_info, write_incident_notices,
+                                 write_incidents)
 from zeekml.sinks.verdicts import render_verdicts
 from zeekml.sources.archive import expand_inputs
 
@@ -82,10 +89,16 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     """Score every conn record under ``paths``; write verdicts, notices and quarantine to ``out_dir``.
 
     Outputs: ``verdicts.jsonl``, ``zeekml_notice.log``, ``quarantine.jsonl``, ``summary.json``
-    (and the Zeek feedback file when ``options.zeek_feedback`` is set). With ``options.dask``
-    the work runs on a Dask cluster (``zeekml.pipeline.dask``) and the outputs are the same.
+    (and the Zeek feedback file when ``options.zeek_feedback`` is set), and the triage outputs
+    ``incidents.jsonl``, ``zeekml_incident.log`` and ``baseline.json`` (``zeekml.sinks.triage``).
+    With ``options.dask`` the work runs on a Dask cluster (``zeekml.pipeline.dask``) and the
+    outputs are the same, without the triage outputs (``zeekml report`` computes the incidents
+    from the verdicts then).
     """
     options = options or ScoreOptions()
+    allowlist = Allowlist.load(options.allowlist) if options.allowlist else None
+    if allowlist is not None and options.dask:
+        raise ZeekmlError("--allowlist does not work with --dask yet: score without --dask")
     if options.baseline and options.baseline_period() is not None:
         raise ZeekmlError("give the baseline as logs (--baseline) or as a period of the input "
                           "(--baseline-until/--baseline-range), not both")
@@ -117,8 +130,13 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
                     rows = baseline_rows(table, options) if table.num_rows else None
                     baseline = table.take(pa.array(rows)) if rows is not None else table
                 summary.baseline_records = baseline.num_rows
-                outputs.write_batch(render_verdicts(score_table(table, baseline, options, summary,
-                                                                rows)))
+                batch = score_table(table, baseline, options, summary, rows)
+                suppressed = suppress(batch, allowlist) if allowlist is not None else {}
+                rendered = render_verdicts(batch)
+                mark_suppressed(rendered.lines, suppressed)
+                outputs.write_batch(rendered)
+                summary.outputs.update(_write_triage(out_dir, files, baseline_files, baseline, batch,
+                                                     options))
     except BaseException:
         outputs.close()
         raise
@@ -130,3 +148,23 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     summary.seconds = time.perf_counter() - t0
     summary.outputs.update(outputs.finish(summary.to_dict()))
     return summary
+
+
+def _write_triage(out_dir: str, files: list[str], baseline_files: list[str], baseline: pa.Table,
+                  batch: VerdictBatch, options: ScoreOptions) -> dict[str, str]:
+    """incidents.jsonl, zeekml_incident.log and baseline.json of a scored run; their paths."""
+    profile = BaselineProfile().fit(baseline) if baseline.num_rows else None
+    incidents = incidents_from_batch(batch, baseline, profile=profile)
+    ts = pc.min_max(baseline.column("ts")).as_py() if baseline.num_rows else {}
+    source = (", ".join(baseline_files) if baseline_files else
+              "the input's conns in the period asked (--baseline-until/--baseline-range)"
+              if options.baseline_period() is not None else
+              f"the earliest {options.baseline_fraction:.0%} of the input by ts")
+    info = {"inputs": files, "source": source,
+            "period": [ts.get("min"), ts.get("max")], "conns": baseline.num_rows,
+            "profile": profile.to_dict() if profile is not None else None}
+    out = {"incidents": write_incidents(os.path.join(out_dir, INCIDENTS_FILE), incidents),
+           "incident_notices": os.path.join(out_dir, INCIDENT_NOTICE_FILE),
+           "baseline": write_baseline_info(os.path.join(out_dir, BASELINE_FILE), info)}
+    write_incident_notices(out["incident_notices"], incidents)
+    return out

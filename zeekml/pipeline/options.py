@@ -40,6 +40,7 @@ class ScoreOptions:
     device: str = "cpu"
     dask: str | None = None         # "local", "local:N" or a scheduler address
     split_bytes: int = 64 << 20     # Dask: plain files larger than this are cut into tasks
+    allowlist: str | None = None    # TOML [[rule]] file: matching conns are scored, never alert
 
     def baseline_period(self) -> tuple[float | None, float | None] | None:
         """``(start, end)`` of the baseline period asked (None = open), or None when the

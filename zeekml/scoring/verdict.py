@@ -14,6 +14,7 @@ NOTE_TYPES: tuple[str, ...] = (
     "ZeekML::Anomalous_Flow",   # an unsupervised detector's calibrated score is over threshold
     "ZeekML::Intrusion",        # a supervised head says malicious
     "ZeekML::Botnet_Activity",  # a botnet-family head names a family
+    "ZeekML::Suspicious_Host",  # an incident: a host's alerts grouped (zeekml_incident.log)
 )
 
 
