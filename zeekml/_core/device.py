@@ -47,7 +47,7 @@ def inference_batch(device: str, cpu_rows: int) -> int:
 
 THREADS_ENV = "ZEEKML_TORCH_THREADS"
 """Environment variable that sets torch's intra-op threads for inference (else ``OMP_NUM_THREADS``,
-else ``default_torch_threads()``)."""
+else ``default_torch_threads()``, chosen from the load when the models load)."""
 
 _configured: int | None = None
 
@@ -60,16 +60,27 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_torch_threads(cores: int | None = None) -> int:
-    """Half the usable cores, at least one.
+def default_torch_threads(cores: int | None = None, load: float | None = None) -> int:
+    """The usable cores that other processes leave free (by the 1-minute load average), plus
+    the one this process runs on; at least one, at most every usable core.
 
-    Measured on the team's 2-core machines (bench/README.md, "Threads"): the MoE detector's forward
-    pass over 8k conns took 1.6 s with one thread, 9.1 s with torch's default of one per core
-    while other processes shared the cores (OpenMP threads spin at every barrier, waiting for a
-    descheduled sibling) and 2.0 s with two passive threads. The rest of a run (Arrow's reader,
-    numpy, the sinks) and the sensor itself need cores too, so torch gets half of them.
+    Measured on the team's 2-core machines (bench/README.md, "Threads"). Quiet (load 0.5-1.2):
+    ``zeekml score`` on 100k conns with every detector ran 2x faster with two threads than with
+    one (3,007 vs 1,501 flows/s). Busy (load 2.5-3.5): the MoE forward pass over 8k conns took 9.1 s
+    with two threads and 1.6 s with one, because OpenMP threads spin at every barrier waiting for
+    a sibling the kernel has descheduled. Scores are bit-identical whatever the count.
+
+    Args:
+        cores: usable cores (default: ``usable_cores()``).
+        load: the 1-minute load average (default: ``os.getloadavg()``; 0 where there is none).
     """
-    return max(1, (usable_cores() if cores is None else cores) // 2)
+    cores = usable_cores() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:            # no load average on this platform
+            load = 0.0
+    return max(1, min(cores, cores - int(load) + 1))
 
 
 def torch_threads() -> int:
@@ -108,5 +119,5 @@ def configure_torch() -> int:
         torch.set_num_threads(n)
         threadpool_limits(n, user_api="blas")
         _configured = n
-        log.debug("torch intra-op and BLAS threads: %d", n)
+        log.info("torch intra-op and BLAS threads: %d", n)
     return _configured
