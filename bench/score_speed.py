@@ -252,8 +252,11 @@ def worker(mode: str, log_dir: str, out_dir: str, result: str) -> None:
     wall = time.perf_counter() - t0
     with open(os.path.join(out_dir, "summary.json")) as f:
         summary = json.load(f)
+    torch = sys.modules.get("torch")                 # the threads the run chose (None: no torch)
     with open(result, "w") as f:
         json.dump({"mode": mode, "wall_s": wall, "scored": summary.get("scored"),
+                   "torch_threads": torch.get_num_threads() if torch else None,
+                   "load_average_end": os.getloadavg()[0],
                    "stages": [[*k, v] for k, v in st.self_s.items()]}, f)
 
 
@@ -435,7 +438,9 @@ def main() -> None:
                 sys.exit(f"score_speed: {mode}: {r['verdict_lines']} verdicts for {n} conns")
             r["flows_per_s"] = n / r["wall_s"]
             results[mode] = r
-            print(f"\n{mode}: {n} conns in {r['wall_s']:.1f} s = {r['flows_per_s']:,.0f} flows/s", flush=True)
+            print(f"\n{mode}: {n} conns in {r['wall_s']:.1f} s = {r['flows_per_s']:,.0f} flows/s "
+                  f"(torch threads {r.get('torch_threads')}, load average at the end "
+                  f"{r.get('load_average_end', 0):.1f})", flush=True)
             if a.markdown:
                 print(markdown(r))
             else:
