@@ -243,16 +243,12 @@ def main() -> None:
     ap.add_argument("--report", nargs="+", default=None,
                     help="only print the tables of these results files (merged)")
     ap.add_argument("--png", default="docs/results/gnn_fewshot.png")
-    ap.add_argument("--anomaly", action="store_true", help="only the unsupervised detector table")
     ap.add_argument("--models", nargs="+", default=["pretrained", "scratch", "gbt"],
                     choices=["pretrained", "scratch", "gbt"])
     ap.add_argument("--pretrain-clean", default=None, metavar="DIR",
                     help="only pretrain a base on the unlabeled logs plus the earliest 70%% of each "
                          "labeled log (never the test conns) into DIR")
     args = ap.parse_args()
-    if args.anomaly:
-        print(anomaly(args.base))
-        return
     if args.pretrain_clean:
         pretrain_clean(args.pretrain_clean, args.threads, args.hidden)
         return

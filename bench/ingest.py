@@ -19,7 +19,6 @@ import random
 import tempfile
 import time
 
-import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
@@ -54,7 +53,8 @@ def generate(path_tsv: str, path_json: str, rows: int, seed: int = 0, start: flo
             rec = {
                 "ts": round(t, 6), "uid": "C%016x" % rng.getrandbits(64),
                 "id.orig_h": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}",
-                "id.orig_p": rng.randrange(1024, 65536), "id.resp_h": f"192.168.{rng.randrange(256)}.{rng.randrange(256)}",
+                "id.orig_p": rng.randrange(1024, 65536),
+                "id.resp_h": f"192.168.{rng.randrange(256)}.{rng.randrange(256)}",
                 "id.resp_p": rng.choice([53, 80, 443, 22, 123, 8080]), "proto": proto,
                 "service": rng.choice(services) if rng.random() > 0.001 else "we\tird\\svc",
                 "duration": None if unset else round(rng.random() * 10, 6),

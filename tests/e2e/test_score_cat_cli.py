@@ -13,7 +13,8 @@ EXAMPLES = Path(__file__).parent.parent.parent / "examples"
 
 
 def test_cat_prints_typed_json_lines():
-    r = CliRunner().invoke(main, ["cat", str(EXAMPLES / "zeek" / "conn.log"), "--fields", "ts,uid,orig_bytes,tunnel_parents,local_orig"])
+    r = CliRunner().invoke(main, ["cat", str(EXAMPLES / "zeek" / "conn.log"),
+                                   "--fields", "ts,uid,orig_bytes,tunnel_parents,local_orig"])
     assert r.exit_code == 0, r.output
     lines = [json.loads(x) for x in r.output.splitlines()]
     assert len(lines) == 360

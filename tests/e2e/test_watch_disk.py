@@ -102,7 +102,8 @@ def test_full_disk_stalls_and_resumes_without_loss(tmp_path, monkeypatch):
         w.write(150)
         _wait(lambda: watcher.stats.stalled, what="a checkpoint stall")
         cp = _checkpoint_intact(out)
-        assert not [f for f in os.listdir(out) if f.endswith(".tmp") and not f.startswith("stats.json")]  # stats.json is rewritten by the status thread meanwhile
+        # stats.json is rewritten by the status thread meanwhile
+        assert not [f for f in os.listdir(out) if f.endswith(".tmp") and not f.startswith("stats.json")]
         watcher.request_stop()                              # stop while stalled
         t.join(20)
         assert result["stats"].state == "stopped (stalled)"

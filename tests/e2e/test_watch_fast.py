@@ -1,6 +1,7 @@
 """``zeekml watch``'s fast paths give the bytes of the general ones: verdict lines rendered column
 by column (``sinks.verdicts.render_verdicts``) equal each verdict's record through ``json.dumps``,
-and windows scored in forked processes equal windows scored in the watcher itself (same files, same order); a scoring process that dies is a clear error."""
+and windows scored in forked processes equal windows scored in the watcher itself (same files, same order); a
+scoring process that dies is a clear error."""
 from __future__ import annotations
 
 import json

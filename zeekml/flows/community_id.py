@@ -28,11 +28,13 @@ def community_id_v1(saddr: str, daddr: str, proto: int | str, sport: int | None 
     """The Community ID v1 string of one flow, e.g. ``1:wCb3OG7yAFWelaUydu0D+125CLM=``.
 
     Args:
-        saddr, daddr: IPv4 or IPv6 addresses of the originator and responder (same family).
+        saddr: IPv4 or IPv6 address of the originator.
+        daddr: address of the responder (same family as ``saddr``).
         proto: IP protocol number or a name (``tcp``, ``udp``, ``icmp``; Zeek's ``icmp`` on an
             IPv6 address is ICMPv6).
-        sport, dport: ports; for ICMP the type and code (Zeek's ``id.orig_p``/``id.resp_p``).
-            Required for TCP, UDP, SCTP and ICMP; ignored for other protocols.
+        sport: originator port; for ICMP the type (Zeek's ``id.orig_p``). Required for TCP,
+            UDP, SCTP and ICMP; ignored for other protocols.
+        dport: responder port; for ICMP the code (Zeek's ``id.resp_p``), required as ``sport``.
         seed: the spec's 16-bit seed (default 0).
 
     Raises:

@@ -224,7 +224,7 @@ class ZeekJsonParser(LineBlockParser):
 
 
 def _is_utf8(block: bytes) -> bool:
-    """pyarrow's JSON reader passes invalid UTF-8 in strings through (to fail later, on use)."""
+    """Pyarrow's JSON reader passes invalid UTF-8 in strings through (to fail later, on use)."""
     try:
         block.decode("utf-8")
     except UnicodeDecodeError:

@@ -398,7 +398,7 @@ class ZeekTsvParser(LineFeeder):
             for c, v in zip(columns, values):
                 c.append(v)
         arrays = []
-        for name, zt, values in zip(sch.fields, sch.types, columns):
+        for _name, zt, values in zip(sch.fields, sch.types, columns):
             arrays.append(pa.array(values, type=arrow_type(zt)))
         return pa.RecordBatch.from_arrays(arrays, schema=sch.arrow_schema())
 
@@ -446,7 +446,7 @@ def _lines(run: bytes) -> list[bytes]:
 
 
 def _to_arrow_value(v, zeek_type: str):
-    """bytes of addr/enum types become str (strict UTF-8), as the Arrow schema says."""
+    """Bytes of addr/enum types become str (strict UTF-8), as the Arrow schema says."""
     if v is None:
         return None
     elem = container_element_type(zeek_type)

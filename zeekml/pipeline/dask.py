@@ -181,7 +181,7 @@ class DaskAccess:
 
 
 _ACCESS: contextvars.ContextVar[DaskAccess] = contextvars.ContextVar(
-    "zeekml_dask_access", default=DaskAccess())
+    "zeekml_dask_access", default=DaskAccess())  # noqa: B039 (frozen: immutable)
 
 
 @contextlib.contextmanager

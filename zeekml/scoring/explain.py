@@ -3,7 +3,8 @@
 A conn's kind is its service (``dns``, ``ssl``; the first of Zeek's list), else its responder port
 and proto (``445/tcp``), else its proto, whichever the baseline has enough conns of (``min_count``);
 then ``all``. For each kind the baseline's profile holds the median and MAD of every flow
-quantity on a log scale (log1p; durations log(x + 1 ms)), its plain median and 99th percentile, and how often each ``conn_state``
+quantity on a log scale (log1p; durations log(x + 1 ms)), its plain median and 99th percentile, and how often
+each ``conn_state``
 occurs. An alert is explained by the quantities furthest from its kind's profile::
 
     resp_bytes 48,113, 40x the baseline median 1,200 for dns

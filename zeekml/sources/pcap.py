@@ -2,7 +2,8 @@
 
 Replay (the built-in flow meter or ``zeek -r``, and the logs they write) is orchestrated by
 ``zeekml.pipeline.replay``; this module only reads captures, with dpkt (pcap and pcapng). dpkt is a
-small, pure-Python, long-maintained library whose header classes parse both formats; we drive its block/record parsers from our own
+small, pure-Python, long-maintained library whose header classes parse both formats; we drive its block/record
+parsers from our own
 loop so that each packet keeps its interface's link type (pcapng files may mix interfaces) and a
 truncated or corrupt file is reported with the number of the packet where it broke, after every
 packet before it has been processed.

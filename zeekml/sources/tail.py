@@ -419,7 +419,8 @@ class DirectoryFollower:
 
     def final_pass(self) -> list[LogBatch]:
         """What ``watch --once`` reads before it ends, once caught up (``caught_up`` turns
-        false when there is more to poll): archives that are not whole are opened now (to their damage; read further if they become whole later, from
+        false when there is more to poll): archives that are not whole are opened now (to their damage; read
+        further if they become whole later, from
         the offset reached), and the unterminated last line of every file unchanged for
         ``unterminated_settle_seconds`` is read as a record (``score`` reads it so)."""
         now = self.clock()

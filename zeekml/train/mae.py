@@ -237,7 +237,7 @@ class MAETrainer(Trainer):
         gen = torch.Generator().manual_seed(seed)
         head.train()
         t0 = time.perf_counter()
-        for step in range(steps):
+        for _step in range(steps):
             b = torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen).to(device)
             if pretrained:
                 zb = (z[b] - emb_mean) / emb_std

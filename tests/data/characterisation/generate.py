@@ -5,7 +5,8 @@ Usage (from anywhere):
     python tests/data/characterisation/generate.py [CHECKOUT]
 
 CHECKOUT is the checkout whose behaviour is the reference (default: the one holding this file;
-for issue 13 a worktree of c5f0233): its code runs, on its ``examples/`` with its ``models/``. The goldens are written beside this file, normalised exactly as
+for issue 13 a worktree of c5f0233): its code runs, on its ``examples/`` with its ``models/``. The goldens are
+written beside this file, normalised exactly as
 ``tests/golden/test_characterisation.py`` normalises the current outputs.
 """
 from __future__ import annotations

@@ -56,7 +56,8 @@ def test_loss_is_sum_of_per_modality_mse_each_over_its_width():
     # blanked columns leave both the numerator and the width
     keep = torch.tensor([True, True, False, False])
     assert reconstruction_error(out, q, s, e, quantity_keep=keep).quantity.tolist() == [1.0, 2.0]
-    rowkeep = torch.tensor([[1.0, 1.0], [1.0, 1.0]]) * torch.tensor([[0.0], [1.0]]) + torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    rowkeep = (torch.tensor([[1.0, 1.0], [1.0, 1.0]]) * torch.tensor([[0.0], [1.0]])
+               + torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
     assert reconstruction_error(out, q, s, e, entity_keep=rowkeep).entity.tolist() == [0.0, 0.0]
 
 

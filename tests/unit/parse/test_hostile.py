@@ -179,7 +179,8 @@ def test_a_path_that_is_no_name_names_no_log():
 
 
 def test_json_wrong_conn_types_quarantined_and_conn_table_casts():
-    data = GOOD_JSON + b'{"ts":2.0,"local_orig":"yes","id.orig_h":"a","id.resp_h":"b","proto":"tcp","conn_state":"S0"}\n' \
+    data = GOOD_JSON + (b'{"ts":2.0,"local_orig":"yes","id.orig_h":"a","id.resp_h":"b",'
+                        b'"proto":"tcp","conn_state":"S0"}\n') \
         + b'{"ts":3.0,"ip_proto":"x","id.orig_h":"a","id.resp_h":"b","proto":"tcp","conn_state":"S0"}\n' + GOOD_JSON
     rows, q, out = run(ZeekJsonParser, data, "conn.log")
     assert len(rows) == 2 and [r.line for r in q.records] == [2, 3]

@@ -75,7 +75,7 @@ def calibrate(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint, stats
             with open(cal_path) as f:
                 saved = json.load(f)
         except (OSError, ValueError) as e:
-            raise ZeekmlError(f"unreadable calibration ({e}); use --recalibrate", cal_path)
+            raise ZeekmlError(f"unreadable calibration ({e}); use --recalibrate", cal_path) from e
     want = {"fpr": so.fpr, "seed": so.seed, "detectors": list(so.detectors)}
     if so.baseline_period() is not None:   # only then, so older calibration.json files still match
         want["baseline_period"] = list(so.baseline_period())

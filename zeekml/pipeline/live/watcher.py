@@ -253,7 +253,7 @@ class Watcher:
             except FileNotFoundError:
                 continue
             except OSError as e:
-                raise OutputError(f"cannot read: {e.strerror}", os.path.join(self.out_dir, name))
+                raise OutputError(f"cannot read: {e.strerror}", os.path.join(self.out_dir, name)) from e
             if size > 0:
                 held.append(f"{name} ({size:,} bytes)")
         if not held:
