@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 from zeekml._core.errors import ZeekmlError
@@ -61,14 +62,14 @@ def usable_cores() -> int:
 
 
 def default_torch_threads(cores: int | None = None, load: float | None = None) -> int:
-    """The usable cores that other processes leave free (by the 1-minute load average), plus
-    the one this process runs on; at least one, at most every usable core.
+    """The whole cores that other processes leave free (by the 1-minute load average), plus the
+    one this process runs on; at least one, at most every usable core.
 
-    Measured on the team's 2-core machines (bench/README.md, "Threads"). Quiet (load 0.5-1.2):
-    ``zeekml score`` on 100k conns with every detector ran 2x faster with two threads than with
-    one (3,007 vs 1,501 flows/s). Busy (load 2.5-3.5): the MoE forward pass over 8k conns took 9.1 s
-    with two threads and 1.6 s with one, because OpenMP threads spin at every barrier waiting for
-    a sibling the kernel has descheduled. Scores are bit-identical whatever the count.
+    Measured on the team's 2-core machines, MoE detector over 4k conns, thread counts alternated
+    in one process (bench/README.md, "Threads"): quiet (load 0.8), median 0.57 s with one thread
+    and 0.43 s with two; with two other busy processes, 0.86 s with one and 2.54 s with two
+    (OpenMP threads spin at every barrier waiting for a sibling the kernel has descheduled).
+    Scores are bit-identical whatever the count.
 
     Args:
         cores: usable cores (default: ``usable_cores()``).
@@ -80,7 +81,9 @@ def default_torch_threads(cores: int | None = None, load: float | None = None) -
             load = os.getloadavg()[0]
         except OSError:            # no load average on this platform
             load = 0.0
-    return max(1, min(cores, cores - int(load) + 1))
+    # floor, not round: the load average lags a minute behind, and a thread too many on a busy
+    # box costs far more (3x) than a thread too few on a quiet one (1.35x)
+    return max(1, min(cores, math.floor(cores - load) + 1))
 
 
 def torch_threads() -> int:
