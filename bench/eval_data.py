@@ -1,4 +1,4 @@
-"""The labeled real logs of ../shared/data and the three tasks of MODELS.md, as the few-shot
+"""The labeled real logs of ../shared/data and the three tasks of docs/models.md, as the few-shot
 benches of the autoencoder and the mixture-of-experts use them (one definition, so their tables
 are comparable)."""
 from __future__ import annotations

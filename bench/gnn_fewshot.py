@@ -1,4 +1,4 @@
-"""Few-shot evaluation of the GNN (MODELS.md section 1): pretrained base vs scratch vs a
+"""Few-shot evaluation of the GNN (docs/models.md section 1): pretrained base vs scratch vs a
 gradient-boosted tree on the same flow features and the same shots.
 
 Tasks (real labels only, ../shared/data):

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python bench/mae_eval.py --data /work/shared/data --work /tmp/mae_eval \
         --plots docs/results --json /tmp/mae_eval/results.json
 
-Protocol (MODELS.md): every file is split by time; the earliest 70% of each file is the only data
+Protocol (docs/models.md): every file is split by time; the earliest 70% of each file is the only data
 any model learns from (the autoencoder is pretrained on it, labels ignored; classifiers are
 trained on it, k shots per class or all of it); the latest 30% of each file is the test set.
 

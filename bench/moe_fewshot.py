@@ -5,7 +5,7 @@ total, and a gradient-boosted tree; then the same test sets after traffic-shapin
         --out docs/results/moe_fewshot.json
     python bench/moe_fewshot.py report docs/results/moe_fewshot*.json --plots docs/results
 
-Protocol (MODELS.md): every file is split by time; the earliest 70% of each file is the only data
+Protocol (docs/models.md): every file is split by time; the earliest 70% of each file is the only data
 any model learns from: the encoders are pretrained on it (masked tokens, labels ignored) and k
 shots per class are drawn from it; the latest 30% of each file is the test set.
 
