@@ -30,11 +30,14 @@ from zeekml.pipeline.replay import ENGINES, replay as run_replay
               help="Seed for uids (built-in meter) and scoring.")
 @click.option("--fpr", default=0.001, show_default=True,
               type=click.FloatRange(0, 1, min_open=True), help="Scoring: target false-positive rate.")
+@click.option("--allowlist", type=click.Path(dir_okay=False), default=None,
+              help="Scoring: TOML file of [[rule]] tables (docs/triage.md): matching conns are "
+                   "scored but never alert, and their verdicts name the rule (as `zeekml score`).")
 @MODELS_OPTION
 @NO_MODELS_OPTION
 @DEVICE_OPTION
 def replay(pcaps, out_dir, engine, score, json_logs, flow_packets, ignore_checksums, seed, fpr,
-           models_dir, no_models, device) -> None:
+           allowlist, models_dir, no_models, device) -> None:
     """Replay pcap/pcapng captures into Zeek-style logs and score them.
 
     Exit codes: 0 ok, 1 error, 2 missing input, 4 damaged capture (the packets before the damage
@@ -45,6 +48,9 @@ def replay(pcaps, out_dir, engine, score, json_logs, flow_packets, ignore_checks
 
     if score:  # before the capture is read, so that a device that is not there fails at once
         device = resolve_device(device)
+        if allowlist:   # ... and a bad allowlist (a one-line error naming the file and rule)
+            from zeekml.scoring.allowlist import Allowlist
+            Allowlist.load(allowlist)
     result = run_replay(list(pcaps), out_dir, engine=engine, json_logs=json_logs,
                         flow_packets=flow_packets, seed=seed, ignore_checksums=ignore_checksums)
     click.echo(f"engine: {result.engine}")
@@ -58,22 +64,25 @@ def replay(pcaps, out_dir, engine, score, json_logs, flow_packets, ignore_checks
         click.echo(f"flow log: {result.flow_log}")
     if score:
         score_conn_log(result.conn_log, out_dir, seed=seed, fpr=fpr,
-                       models_dir=None if no_models else models_dir, device=device)
+                       models_dir=None if no_models else models_dir, device=device,
+                       allowlist=allowlist)
     if result.error is not None:
         click.echo(f"zeekml: error: {result.error}", err=True)
         sys.exit(result.error.exit_code)
 
 
 def score_conn_log(conn_log: str, out_dir: str, seed: int = 0, fpr: float = 0.001,
-                   models_dir: str | None = "", device: str = "cpu") -> None:
+                   models_dir: str | None = "", device: str = "cpu",
+                   allowlist: str | None = None) -> None:
     """Hand the written conn.log to the scoring pipeline (``zeekml.pipeline.score_paths``) with
     the detectors ``zeekml score`` uses: ``models_dir`` as its ``--models`` ("" = the shipped
-    models, None = IsolationForest only) on ``device`` (resolved: ``cpu`` or ``cuda``)."""
+    models, None = IsolationForest only) on ``device`` (resolved: ``cpu`` or ``cuda``), with
+    ``allowlist`` (a TOML rules file, as ``score --allowlist``) applied."""
     from zeekml.cli.score import print_summary
     from zeekml.pipeline import ScoreOptions, score_paths
 
     summary = score_paths([conn_log], out_dir, ScoreOptions(fpr=fpr, seed=seed, models_dir=models_dir,
-                                                            device=device),
+                                                            device=device, allowlist=allowlist),
                           progress=sys.stderr.isatty())
     print_summary(summary)
 

@@ -19,6 +19,9 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
               help="Also keep the verdict file the zeekml Zeek package reads.")
 @click.option("--once", is_flag=True, help="Process what exists now, then exit.")
+@click.option("--allowlist", type=click.Path(dir_okay=False), default=None,
+              help="TOML file of [[rule]] tables (docs/triage.md): matching conns are scored "
+                   "but never alert, and their verdicts name the rule (as `zeekml score`).")
 @click.option("--baseline", multiple=True, type=click.Path(),
               help="Logs of a normal period to fit and calibrate on, as `zeekml score --no-models` does "
                    "(default: the first --baseline-records conns of DIRECTORY).")
@@ -67,7 +70,7 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
               help="Follow symlinks in DIRECTORY that point out of it (skipped with a warning "
                    "otherwise). A link whose target has another owner is never followed.")
 @click.pass_context
-def watch(ctx, directory, out_dir, zeek_feedback, once, baseline, baseline_records,
+def watch(ctx, directory, out_dir, zeek_feedback, once, allowlist, baseline, baseline_records,
           baseline_until, baseline_range, recalibrate, fpr,
           seed, window_seconds, window_records, rescan_seconds, no_events, status_seconds,
           models_dir, no_models, device, context_lateness, context_batch_seconds,
@@ -94,7 +97,7 @@ def watch(ctx, directory, out_dir, zeek_feedback, once, baseline, baseline_recor
         score=ScoreOptions(fpr=fpr, baseline=list(baseline), baseline_until=baseline_until,
                            baseline_range=baseline_range, seed=seed, zeek_feedback=zeek_feedback,
                            models_dir=None if no_models else models_dir,
-                           device=resolve_device(device)),
+                           device=resolve_device(device), allowlist=allowlist),
         baseline_records=baseline_records, recalibrate=recalibrate,
         window_seconds=window_seconds, window_records=window_records,
         rescan_seconds=rescan_seconds, use_events=not no_events, once=once,

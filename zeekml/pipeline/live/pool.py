@@ -8,17 +8,34 @@ import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.pipeline.fitted import FittedDetectors, score_batch
+from zeekml.scoring.allowlist import Allowlist, suppress
+from zeekml.scoring.verdict import VerdictBatch
+from zeekml.sinks.triage import mark_suppressed
 from zeekml.sinks.verdicts import RenderedVerdicts, render_verdicts
 
 
-def score_window(table: pa.Table | None, fitted: FittedDetectors) -> RenderedVerdicts:
-    """The verdicts of a window's conns, rendered (``sinks.verdicts.render_verdicts``)."""
+def render_allowed(batch: VerdictBatch, allowlist: Allowlist | None) -> RenderedVerdicts:
+    """Render ``batch``; with an allowlist its matching conns never alert and their lines name
+    the rule, exactly as ``zeekml score --allowlist`` writes them (``pipeline.batch``)."""
+    if allowlist is None:
+        return render_verdicts(batch)
+    labels = suppress(batch, allowlist)
+    rendered = render_verdicts(batch)
+    mark_suppressed(rendered.lines, labels)
+    return rendered
+
+
+def score_window(table: pa.Table | None, fitted: FittedDetectors,
+                 allowlist: Allowlist | None = None) -> RenderedVerdicts:
+    """The verdicts of a window's conns, rendered (``sinks.verdicts.render_verdicts``), with
+    ``allowlist`` applied."""
     if table is None or table.num_rows == 0:
         return RenderedVerdicts()
-    return render_verdicts(score_batch(table, fitted))
+    return render_allowed(score_batch(table, fitted), allowlist)
 
 
-def _worker_main(conn, fitted: FittedDetectors, parent: int) -> None:
+def _worker_main(conn, fitted: FittedDetectors, parent: int,
+                 allowlist: Allowlist | None = None) -> None:
     """A scoring process: conn tables in, rendered verdicts out, until EOF or the parent dies."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent decides when to stop
@@ -37,7 +54,7 @@ def _worker_main(conn, fitted: FittedDetectors, parent: int) -> None:
         if table is None:
             os._exit(0)
         try:
-            out = score_window(table, fitted)
+            out = score_window(table, fitted, allowlist)
         except Exception as e:  # noqa: BLE001 - reported by the parent as a scoring error
             out = ZeekmlError(f"scoring process failed: {type(e).__name__}: {e}")
         conn.send(out)
@@ -49,7 +66,7 @@ class ScorePool:
     several cores. Results come back in submission order. A worker dies with its parent
     (``PR_SET_PDEATHSIG``), so a kill -9 of ``watch`` leaves none behind."""
 
-    def __init__(self, fitted: FittedDetectors, n: int):
+    def __init__(self, fitted: FittedDetectors, n: int, allowlist: Allowlist | None = None):
         from multiprocessing.connection import Pipe
 
         # os.fork rather than multiprocessing.Process: a watcher may itself run as a daemonic
@@ -65,7 +82,7 @@ class ScorePool:
                     mine.close()
                     for c in self._conns:
                         c.close()
-                    _worker_main(theirs, fitted, parent)
+                    _worker_main(theirs, fitted, parent, allowlist)
                 finally:
                     os._exit(0)
             theirs.close()

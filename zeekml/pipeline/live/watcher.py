@@ -62,11 +62,12 @@ from zeekml.pipeline.live.malloc import fix_mmap_threshold, rss, trim_heap
 from zeekml.pipeline.live.options import (LOCK, NOTICES, OUTPUTS, QUARANTINE, STATS, VERDICTS,
                                           Stopped, WatchOptions, WatchStats)
 from zeekml.pipeline.live.outputs import OutputFiles, VerdictDedup
-from zeekml.pipeline.live.pool import ScorePool, score_window
+from zeekml.pipeline.live.pool import ScorePool, render_allowed, score_window
+from zeekml.scoring.allowlist import Allowlist
 from zeekml.scoring.context import horizons
 from zeekml.scoring.verdict import Verdict
 from zeekml.sinks.jsonl import QuarantineWriter
-from zeekml.sinks.verdicts import RenderedVerdicts, render_verdicts
+from zeekml.sinks.verdicts import RenderedVerdicts
 from zeekml.sinks.zeek_notice import NoticeWriter
 from zeekml.sources.checkpoint import CheckpointStore
 from zeekml.sources.tail import DirectoryFollower
@@ -115,6 +116,7 @@ class Watcher:
         self._journal: ContextJournal | None = None
         self._pool: ScorePool | None = None
         self._trimmed = 0.0
+        self._allowlist: Allowlist | None = None
 
     @property
     def follower(self) -> DirectoryFollower | None:
@@ -156,6 +158,8 @@ class Watcher:
         if not os.path.isdir(self.root):
             from zeekml._core.errors import InputNotFound
             raise InputNotFound("no such directory", self.root)
+        # a bad allowlist is the user's one-line error before anything is read or written
+        self._allowlist = Allowlist.load(opts.score.allowlist) if opts.score.allowlist else None
         lock_fd = self._lock()
         fix_mmap_threshold()
         # Arrow's default pool (mimalloc) keeps freed segments: with the system allocator RSS
@@ -214,7 +218,7 @@ class Watcher:
                 from zeekml.sinks.zeek_input import VerdictFeedbackWriter
                 feedback = VerdictFeedbackWriter(opts.score.zeek_feedback)
             if self._ctx is None and opts.score_workers > 0:
-                self._pool = ScorePool(fitted, opts.score_workers)
+                self._pool = ScorePool(fitted, opts.score_workers, self._allowlist)
             follower = DirectoryFollower(
                 self.root, cp.files, self._quarantine, done=cp.done,
                 max_line_bytes=opts.max_line_bytes,
@@ -358,11 +362,11 @@ class Watcher:
         if ctx is not None:
             if table is not None:
                 ctx.add(table)
-            scored = render_verdicts(ctx.release(fitted, flush=flush))
+            scored = render_allowed(ctx.release(fitted, flush=flush), self._allowlist)
             return _Window(scored, None, qlines, files, done, ctx.journal_delta())
         if self._pool is not None and table is not None and table.num_rows:
             return _Window(None, self._pool.submit(table), qlines, files, done)
-        return _Window(score_window(table, fitted), None, qlines, files, done)
+        return _Window(score_window(table, fitted, self._allowlist), None, qlines, files, done)
 
     def _finish_window(self, w: _Window, outputs, dedup, feedback, store, cp) -> None:
         """Write the window's verdicts, notices and quarantined lines, then commit the
