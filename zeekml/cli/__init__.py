@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import click
@@ -71,6 +72,22 @@ class ZeekmlGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("zeekml: interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            # the reader went away (`zeekml cat ... | head`): end quietly and successfully, as
+            # Unix tools do; stdout is pointed at /dev/null so that the interpreter's final
+            # flush does not raise again
+            _silence_stdout()
+            sys.exit(0)
+
+
+def _silence_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # not a real file (CliRunner's buffer)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 @click.group(cls=ZeekmlGroup)

@@ -1,0 +1,45 @@
+"""What a new user hit trying every command (issue 16 item 5): one test or more per paper cut."""
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from zeekml.cli import main
+
+EXAMPLES = Path(__file__).parent.parent.parent / "examples"
+CONN = EXAMPLES / "zeek" / "conn.log"
+
+
+def _zeekml(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "zeekml", *args], **kw)
+
+
+def test_cat_reads_stdin_plain_and_gzip():
+    want = CliRunner().invoke(main, ["cat", str(CONN), "-f", "ts,uid"]).stdout
+    for data in (CONN.read_bytes(), gzip.compress(CONN.read_bytes())):
+        r = CliRunner().invoke(main, ["cat", "-", "-f", "ts,uid"], input=data)
+        assert r.exit_code == 0, r.output
+        assert r.stdout == want and len(want.splitlines()) == 360
+
+
+def test_cat_stdin_unknown_format_is_one_line_error():
+    r = CliRunner().invoke(main, ["cat", "-"], input=b"hello\nworld\n")
+    assert r.exit_code == 3
+    assert r.stderr.strip().splitlines() == [
+        "zeekml: error: <stdin>: not a Zeek TSV/JSON/CSV log or a Suricata eve.json file"]
+
+
+def test_cat_into_closed_pipe_exits_0_quietly():
+    # 2000 conns of JSON are far more than a pipe buffer, so the writer meets a closed pipe
+    p = _zeekml("cat", str(EXAMPLES / "iot23" / "conn.log.labeled"),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0, err
+    assert json.loads(first)["uid"] and err == b""
