@@ -13,15 +13,6 @@ from zeekml.cli import main
 EXAMPLES = Path(__file__).parent.parent.parent / "examples"
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    r = CliRunner().invoke(main, ["score", str(EXAMPLES / "iot23" / "conn.log.labeled"), "--out",
-                                  str(out), "--no-models", "--no-progress", "--fpr", "0.01"])
-    assert r.exit_code == 0, r.output
-    return out
-
-
 def test_terminal_view(run_dir):
     r = CliRunner().invoke(main, ["report", str(run_dir), "--top", "3"])
     assert r.exit_code == 0, r.output
