@@ -43,3 +43,27 @@ def test_cat_into_closed_pipe_exits_0_quietly():
     err = p.stderr.read()
     assert p.wait(timeout=120) == 0, err
     assert json.loads(first)["uid"] and err == b""
+
+DNS_LOG = (b"#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n"
+           b"#path\tdns\n#fields\tts\tuid\tquery\n#types\ttime\tstring\tstring\n"
+           b"1.0\tCabc\texample.com\n")
+
+
+def _score(*args: str):
+    return CliRunner().invoke(main, ["score", *args, "--no-models", "--no-progress"])
+
+
+def test_score_non_conn_file_is_named_and_alone_is_exit_2(tmp_path, caplog):
+    dns = tmp_path / "dns.log"
+    dns.write_bytes(DNS_LOG)
+    r = _score(str(dns), "--out", str(tmp_path / "a"))
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        "zeekml: error: no conn records in any input (Zeek conn.log or Suricata eve.json "
+        "flows): nothing to score")
+    assert f"{dns}: no conn records (#path dns)" in caplog.text
+    caplog.clear()
+    r = _score(str(dns), str(CONN), "--out", str(tmp_path / "b"))
+    assert r.exit_code == 0, r.output
+    assert f"{dns}: no conn records (#path dns)" in caplog.text
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["scored"] == 360

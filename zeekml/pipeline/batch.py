@@ -40,20 +40,34 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int], None]
 
 
+class NoConnInput(ZeekmlError):
+    """Nothing to score: no input holds conn records. Exit 2, "missing input" in the README's
+    list: the input missing is the conn log (a dns.log alone, an empty directory)."""
+
+    exit_code = 2
+
+
 def load_conns(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
                on_bytes: ProgressFn | None = None) -> pa.Table:
     """Read every file, keep conn records; per-file failures are recorded and the rest goes on."""
     batches = []
     for path in paths:
+        conns, others = 0, set()
         try:
             for b in read_log(path, quarantine):
                 summary.records_read += b.num_rows
                 if is_conn_batch(b):
                     batches.append(b)
                     summary.conn_records += b.num_rows
+                    conns += b.num_rows
                 else:
                     summary.other_records += b.num_rows
+                    others.add(b.log_path or "?")
             summary.files += 1
+            if others and not conns:
+                # a user who names dns.log by mistake must not get "0 conns scored" silently
+                log.warning("%s: no conn records (#path %s): nothing in it is scored", path,
+                            ", ".join(sorted(others)))
         except ZeekmlError as e:
             summary.files_failed.append((path, e.message))
             log.warning("%s", e)
@@ -125,6 +139,9 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
                 if summary.files == 0:
                     raise ZeekmlError("no input file could be read: " +
                                       "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
+                if summary.conn_records == 0 and summary.other_records:
+                    raise NoConnInput("no conn records in any input (Zeek conn.log or "
+                                      "Suricata eve.json flows): nothing to score")
                 rows = None
                 if baseline is None:
                     rows = baseline_rows(table, options) if table.num_rows else None
