@@ -67,3 +67,10 @@ def test_score_non_conn_file_is_named_and_alone_is_exit_2(tmp_path, caplog):
     assert r.exit_code == 0, r.output
     assert f"{dns}: no conn records (#path dns)" in caplog.text
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["scored"] == 360
+
+
+def test_score_empty_directory_is_missing_input_exit_2(tmp_path):
+    (tmp_path / "logs").mkdir()
+    r = _score(str(tmp_path / "logs"), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 2
+    assert r.stderr.strip() == "zeekml: error: no conn or eve logs found in the given paths"
