@@ -74,3 +74,19 @@ def test_score_empty_directory_is_missing_input_exit_2(tmp_path):
     r = _score(str(tmp_path / "logs"), "--out", str(tmp_path / "out"))
     assert r.exit_code == 2
     assert r.stderr.strip() == "zeekml: error: no conn or eve logs found in the given paths"
+
+
+TRACES = Path(__file__).parent.parent / "data" / "zeek-btest" / "Traces"
+
+
+def test_score_capture_suggests_replay(tmp_path, caplog):
+    for trace in (TRACES / "dhcp" / "dhcp.pcap", TRACES / "pcapng-multi-interface.pcapng"):
+        r = _score(str(trace), "--out", str(tmp_path / trace.suffix.lstrip(".")))
+        assert r.exit_code == 1
+        assert r.stderr.strip().splitlines()[-1] == (
+            f"zeekml: error: no input file could be read: {trace}: looks like a capture: "
+            "use zeekml replay")
+    caplog.clear()
+    r = _score(str(TRACES / "dhcp" / "dhcp.pcap"), str(CONN), "--out", str(tmp_path / "both"))
+    assert r.exit_code == 7
+    assert "dhcp.pcap: looks like a capture: use zeekml replay" in r.stderr

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from zeekml._core.errors import ZeekmlError
+from zeekml._core.errors import UnknownFormat, ZeekmlError
 from zeekml.flows.select import ts_sort_key
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine, read_log
@@ -69,11 +69,27 @@ def load_conns(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
                 log.warning("%s: no conn records (#path %s): nothing in it is scored", path,
                             ", ".join(sorted(others)))
         except ZeekmlError as e:
+            if isinstance(e, UnknownFormat) and is_capture(path):
+                e = UnknownFormat("looks like a capture: use zeekml replay", path)
             summary.files_failed.append((path, e.message))
             log.warning("%s", e)
         if on_bytes:
             on_bytes(path, os.path.getsize(path) if os.path.exists(path) else 0)
     return conn_table(batches)
+
+
+# pcap (either byte order, micro- or nanosecond) and pcapng section header block
+CAPTURE_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1",
+                  b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
+
+
+def is_capture(path: str) -> bool:
+    """Whether ``path`` starts with a pcap or pcapng magic number (``zeekml replay`` reads it)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in CAPTURE_MAGICS
+    except OSError:
+        return False
 
 
 def baseline_rows(table: pa.Table, options: ScoreOptions | float) -> np.ndarray:
