@@ -90,3 +90,18 @@ def test_score_capture_suggests_replay(tmp_path, caplog):
     r = _score(str(TRACES / "dhcp" / "dhcp.pcap"), str(CONN), "--out", str(tmp_path / "both"))
     assert r.exit_code == 7
     assert "dhcp.pcap: looks like a capture: use zeekml replay" in r.stderr
+
+
+def test_score_notices_are_in_ts_order(tmp_path):
+    from zeekml.parse import read_table
+
+    # examples/ lists iot23 (2018) before zeek (2013): input order is not time order
+    r = _score(str(EXAMPLES), "--out", str(tmp_path / "out"), "--fpr", "0.01")
+    assert r.exit_code == 0, r.output
+    notices = read_table(str(tmp_path / "out" / "zeekml_notice.log")).to_pylist()
+    ts = [n["ts"] for n in notices]
+    assert len(ts) > 5 and ts == sorted(ts)
+    verdicts = [json.loads(x) for x in (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()]
+    alerts = [v for v in verdicts if v["alert"]]
+    assert sorted(n["uid"].decode() for n in notices) == sorted(v["uid"] for v in alerts)
+    assert [v["ts"] for v in alerts] != sorted(v["ts"] for v in alerts)  # the order did change

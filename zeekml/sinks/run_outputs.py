@@ -17,7 +17,12 @@ from zeekml.sinks.zeek_notice import NOTICE_FILE, NoticeWriter
 class ScoreOutputs:
     """Opens ``verdicts.jsonl``, ``zeekml_notice.log`` and ``quarantine.jsonl`` in ``out_dir``;
     verdicts can be written in several calls (as results stream in); ``finish`` writes the
-    Zeek feedback file (alerts only) and ``summary.json``."""
+    notices in ts order, the Zeek feedback file (alerts only) and ``summary.json``.
+
+    Notices are held until ``finish``: verdicts keep the input's order (files in path order: an
+    IoT-23 directory before a Zeek one, Suricata beside Zeek, several inputs), but an analyst reading
+    ``zeekml_notice.log`` expects Zeek's own order, by time. Alerts are few, so holding them is
+    cheap; a run that fails before ``finish`` leaves a notice log with the header only."""
 
     def __init__(self, out_dir: str, zeek_feedback: str | None = None):
         try:
@@ -59,10 +64,13 @@ class ScoreOutputs:
 
     def _alerting(self, alerts: Iterable[Verdict]) -> None:
         for v in alerts:
-            self._notices.write(v)
             self.notes[v.note] += 1
-            if self.zeek_feedback:
-                self._alerts.append(v)
+            self._alerts.append(v)
+
+    def _write_notices(self) -> None:
+        # stable: alerts of one ts keep the input's order; an unset or NaN ts goes last
+        for v in sorted(self._alerts, key=_ts_order):
+            self._notices.write(v)
 
     def close(self) -> None:
         """Close every file, even when one fails (a full disk): then the first
@@ -81,6 +89,11 @@ class ScoreOutputs:
     def finish(self, summary: dict) -> dict[str, str]:
         """Close everything, write the feedback file and ``summary.json``; returns the paths."""
         self._open()
+        try:
+            self._write_notices()
+        except BaseException:
+            self.close()
+            raise
         self.close()
         outputs = {"verdicts": self._verdicts.path, "notices": self._notices.path,
                    "quarantine": self.quarantine.path,
@@ -94,3 +107,9 @@ class ScoreOutputs:
         with OutputFile(outputs["summary"]) as f:   # no symlinks, mode 0640
             f.write(json.dumps(summary, indent=2).encode())
         return outputs
+
+
+def _ts_order(v: Verdict) -> tuple[bool, float]:
+    """Sort key by ts; an unset or NaN ts sorts last."""
+    missing = v.ts is None or v.ts != v.ts
+    return (missing, 0.0 if missing else float(v.ts))
