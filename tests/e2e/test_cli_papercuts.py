@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from zeekml.cli import main
@@ -105,3 +107,27 @@ def test_score_notices_are_in_ts_order(tmp_path):
     alerts = [v for v in verdicts if v["alert"]]
     assert sorted(n["uid"].decode() for n in notices) == sorted(v["uid"] for v in alerts)
     assert [v["ts"] for v in alerts] != sorted(v["ts"] for v in alerts)  # the order did change
+
+
+MODELS = Path(__file__).parent.parent.parent / "models"
+
+
+def test_watch_calibration_records_the_detectors_that_ran(tmp_path):
+    if not (MODELS / "gnn-base" / "config.json").exists():
+        pytest.skip("models/ not shipped")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    shutil.copy(CONN, logs / "conn.log")
+    out = tmp_path / "w"
+    args = ["watch", str(logs), "--out", str(out), "--once", "--baseline", str(CONN), "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    cal = json.loads((out / "calibration.json").read_text())
+    assert len(cal["models"]) >= 2 and "iforest" in cal["models"]
+    assert cal["options"]["detectors"] == cal["models"]
+    # a calibration.json written before the list was recorded right still matches
+    cal["options"]["detectors"] = ["iforest"]
+    (out / "calibration.json").write_text(json.dumps(cal, indent=2) + "\n")
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "calibration.json").read_text())["options"]["detectors"] == cal["models"]

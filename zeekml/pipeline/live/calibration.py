@@ -76,13 +76,18 @@ def calibrate(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint, stats
                 saved = json.load(f)
         except (OSError, ValueError) as e:
             raise ZeekmlError(f"unreadable calibration ({e}); use --recalibrate", cal_path) from e
-    want = {"fpr": so.fpr, "seed": so.seed, "detectors": list(so.detectors)}
+    # the detectors are known once fitted (``--models`` may hold several): the saved list is
+    # checked against them after fitting, and left out of this comparison, so that the files
+    # written before it was recorded right (``["iforest"]`` whatever ran) still match
+    want = {"fpr": so.fpr, "seed": so.seed}
     if so.baseline_period() is not None:   # only then, so older calibration.json files still match
         want["baseline_period"] = list(so.baseline_period())
     if so.baseline and so.baseline_period() is not None:
         raise ZeekmlError("give the baseline as logs (--baseline) or as a period "
                           "(--baseline-until/--baseline-range), not both")
-    if saved is not None and saved.get("options") != want:
+    saved_options = {k: v for k, v in (saved or {}).get("options", {}).items()
+                     if k != "detectors"}
+    if saved is not None and saved_options != want:
         raise ZeekmlError(f"calibrated with other options {saved.get('options')}; use the "
                           "same --fpr/--seed, a new --out, or --recalibrate", cal_path)
 
@@ -118,7 +123,7 @@ def calibrate(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint, stats
         raise ZeekmlError(f"calibrated with the detectors {saved.get('models')}, now "
                           f"{names}; use the same --models/--no-models, a new --out, or "
                           "--recalibrate", cal_path)
-    doc = {"options": want, "models": names, "sources": sources,
+    doc = {"options": {**want, "detectors": names}, "models": names, "sources": sources,
            "records": baseline.num_rows, "thresholds": summary.thresholds}
     if saved is not None and saved.get("thresholds") != json.loads(json.dumps(
             summary.thresholds)):
