@@ -28,6 +28,8 @@ def print_summary(s: ScoreSummary) -> None:
         t.add_row("other records (not conn)", f"{s.other_records:,}")
     t.add_row("quarantined", f"{s.quarantined:,}")
     t.add_row("baseline records", f"{s.baseline_records:,}")
+    if s.feedback_baseline is not None:
+        t.add_row("  of which benign feedback", f"{s.feedback_baseline:,}")
     t.add_row("scored", f"{s.scored:,}")
     t.add_row("alerts", f"{s.alerts:,}")
     for note, n in sorted(s.alerts_by_note.items()):
@@ -119,6 +121,9 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
 @click.option("--allowlist", type=click.Path(dir_okay=False), default=None,
               help="TOML file of [[rule]] tables (docs/triage.md): matching conns are scored "
                    "but never alert, and their verdicts name the rule.")
+@click.option("--feedback", type=click.Path(dir_okay=False), default=None,
+              help="feedback.jsonl written by `zeekml feedback`: the input's conns it labels "
+                   "benign join the baseline before fitting and calibration.")
 @MODELS_OPTION
 @NO_MODELS_OPTION
 @click.option("--dask", "dask", default=None, metavar="SCHEDULER",
@@ -132,7 +137,7 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
               help="Progress bar (default: when stderr is a terminal).")
 @click.pass_context
 def score(ctx, paths, out_dir, fpr, baseline, baseline_fraction, baseline_until, baseline_range,
-          seed, zeek_feedback, allowlist, models_dir, no_models, dask, dask_split_bytes,
+          seed, zeek_feedback, allowlist, feedback, models_dir, no_models, dask, dask_split_bytes,
           device, progress) -> None:
     """Score conn records and write notices for the anomalous ones.
 
@@ -147,7 +152,7 @@ def score(ctx, paths, out_dir, fpr, baseline, baseline_fraction, baseline_until,
                         seed=seed, zeek_feedback=zeek_feedback,
                         models_dir=None if no_models else models_dir, dask=dask,
                         split_bytes=dask_split_bytes, device=resolve_device(device),
-                        allowlist=allowlist)
+                        allowlist=allowlist, feedback=feedback)
     if progress is None:
         progress = sys.stderr.isatty()
     summary = score_paths(list(paths), out_dir, opts, progress=progress)

@@ -5,6 +5,7 @@ machine or (``options.dask``) on a Dask cluster (``zeekml.pipeline.dask``).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from zeekml._core.errors import UnknownFormat, ZeekmlError
+from zeekml._core.errors import UnknownFormat, InputNotFound, UnreadableInput, ZeekmlError
 from zeekml.flows.select import ts_sort_key
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine, read_log
@@ -31,8 +32,8 @@ from zeekml.sinks.triage import (BASELINE_FILE, INCIDENT_NOTICE_FILE, INCIDENTS_
 from zeekml.sinks.verdicts import render_verdicts
 from zeekml.sources.archive import expand_inputs
 
-__all__ = ["ScoreOptions", "ScoreSummary", "baseline_rows", "load_conns", "score_paths",
-           "score_table"]
+__all__ = ["ScoreOptions", "ScoreSummary", "baseline_rows", "benign_feedback_uids",
+           "feedback_rows", "load_conns", "score_paths", "score_table"]
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +101,86 @@ def baseline_rows(table: pa.Table, options: ScoreOptions | float) -> np.ndarray:
     return options.baseline_rows(ts_sort_key(table))
 
 
+def benign_feedback_uids(path: str | os.PathLike) -> set[str]:
+    """The uids of the conns that ``zeekml feedback`` labeled benign in ``path`` (its
+    ``feedback.jsonl``: one record per line, ``label`` and the ``conns`` it covers).
+
+    Conns are known by their Zeek uid: a verdict id is derived from the uid, the ts and the
+    detector that ranked the conn highest, which a recalibration may change. Records of other
+    labels are skipped. A missing file, a line that is not a JSON object or a benign record
+    without a ``conns`` list is a ``ZeekmlError`` naming the file and line."""
+    path = os.fspath(path)
+    uids: set[str] = set()
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise InputNotFound("feedback file not found", path) from None
+    except OSError as e:
+        raise UnreadableInput(f"cannot read feedback file: {e.strerror}", path) from None
+    with f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                rec = None
+            if not isinstance(rec, dict):
+                raise UnreadableInput("not a feedback record (a JSON object per line, as "
+                                      "`zeekml feedback` writes)", path, line=n)
+            if rec.get("label") != "benign":
+                continue
+            conns = rec.get("conns")
+            if not isinstance(conns, list):
+                raise UnreadableInput("benign record without a conns list", path, line=n)
+            uids.update(c["uid"] for c in conns
+                        if isinstance(c, dict) and isinstance(c.get("uid"), str) and c["uid"])
+    return uids
+
+
+def feedback_rows(table: pa.Table, uids: set[str]) -> np.ndarray:
+    """Sorted indices of the conns of ``table`` whose uid is in ``uids``."""
+    if not uids or table.num_rows == 0 or "uid" not in table.column_names:
+        return np.zeros(0, dtype=np.int64)
+    hit = pc.is_in(table.column("uid"), value_set=pa.array(sorted(uids), pa.string()))
+    return np.flatnonzero(hit.to_numpy(zero_copy_only=False).astype(bool, copy=False))
+
+
+def _feedback_extra(table: pa.Table, baseline: pa.Table | None, rows: np.ndarray | None,
+                    benign: set[str], options: ScoreOptions, summary: ScoreSummary) -> pa.Table:
+    """The input's benign feedback conns that are not in the baseline yet: they join it on its
+    fitting side (``fit_calibrate``). Those already in it (drawn from the input, or in a
+    --baseline file by uid) stay where they are: they came with a random draw, so they keep
+    the calibration an unbiased sample of normal traffic, which hand-picked alerts are not."""
+    fb = feedback_rows(table, benign)
+    if rows is not None:
+        new = np.setdiff1d(fb, rows)
+    elif baseline is not None and "uid" in baseline.column_names and len(fb):
+        have = pc.is_in(table.column("uid").take(pa.array(fb)),
+                        value_set=baseline.column("uid").combine_chunks())
+        new = fb[~pc.fill_null(have, False).to_numpy(zero_copy_only=False)]
+    else:
+        new = fb
+    summary.feedback_baseline = len(new)
+    log.info("%s: %d benign feedback conns of the input join the baseline, %d were in it "
+             "already (of %d uids labeled benign)", options.feedback, len(new), len(fb) - len(new),
+             len(benign))
+    return table.take(pa.array(new, pa.int64()))
+
+
 def score_table(table: pa.Table, baseline: pa.Table, options: ScoreOptions,
-                summary: ScoreSummary, rows: np.ndarray | None = None) -> VerdictBatch:
+                summary: ScoreSummary, rows: np.ndarray | None = None,
+                fit_extra: pa.Table | None = None) -> VerdictBatch:
     """Fit and calibrate on ``baseline``, score ``table``: its verdicts, one per conn, in order.
 
     ``rows``: the baseline is ``table.take(rows)`` (drawn from the input), so the conns that
-    calibration scores are not scored again (``fit_calibrate``)."""
+    calibration scores are not scored again (``fit_calibrate``). ``fit_extra``: benign feedback
+    conns, fitted on but not calibrated on (``fit_calibrate``)."""
     if table.num_rows == 0:
         return score_batch(table, FittedDetectors([], {}, options.fpr))
     raw: dict[str, np.ndarray] = {}
     fitted = fit_calibrate(baseline, options, summary, scored=table if rows is not None else None,
-                           rows=rows, raw=raw)
+                           rows=rows, raw=raw, fit_extra=fit_extra)
     return score_batch(table, fitted, raw)
 
 
@@ -129,6 +199,9 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     allowlist = Allowlist.load(options.allowlist) if options.allowlist else None
     if allowlist is not None and options.dask:
         raise ZeekmlError("--allowlist does not work with --dask yet: score without --dask")
+    if options.feedback and options.dask:
+        raise ZeekmlError("--feedback does not work with --dask yet: score without --dask")
+    benign = benign_feedback_uids(options.feedback) if options.feedback else None
     if options.baseline and options.baseline_period() is not None:
         raise ZeekmlError("give the baseline as logs (--baseline) or as a period of the input "
                           "(--baseline-until/--baseline-range), not both")
@@ -161,9 +234,14 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
                 rows = None
                 if baseline is None:
                     rows = baseline_rows(table, options) if table.num_rows else None
+                fit_extra = None
+                if benign is not None:
+                    fit_extra = _feedback_extra(table, baseline, rows, benign, options, summary)
+                if baseline is None:
                     baseline = table.take(pa.array(rows)) if rows is not None else table
-                summary.baseline_records = baseline.num_rows
-                batch = score_table(table, baseline, options, summary, rows)
+                summary.baseline_records = baseline.num_rows + (
+                    fit_extra.num_rows if fit_extra is not None else 0)
+                batch = score_table(table, baseline, options, summary, rows, fit_extra)
                 suppressed = suppress(batch, allowlist) if allowlist is not None else {}
                 rendered = render_verdicts(batch)
                 mark_suppressed(rendered.lines, suppressed)

@@ -154,7 +154,8 @@ def _per_conn(det: Detector) -> bool:
 
 def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSummary | None = None,
                   scored: pa.Table | None = None, rows: np.ndarray | None = None,
-                  raw: dict[str, np.ndarray] | None = None) -> FittedDetectors:
+                  raw: dict[str, np.ndarray] | None = None,
+                  fit_extra: pa.Table | None = None) -> FittedDetectors:
     """Fit each detector on one half of ``baseline`` and calibrate them together on the other
     half, so that the combined alert rate there is ``options.fpr`` (``calibrate_combined``).
 
@@ -163,6 +164,10 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
     in ``raw`` for ``score_batch`` (identical numbers: a per-conn score depends on its row
     alone). Detectors with a time context score the calibration half in the baseline's own
     context, as for a ``--baseline`` file, so ``score`` and ``watch`` calibrate alike.
+
+    ``fit_extra``: conns a person labeled benign (``zeekml feedback``), fitted on beside the
+    fit half but never calibrated on: they were picked for being alerts, not drawn at random
+    from normal traffic, so in the calibration half they would bias the FPR estimate.
 
     Raises ``ZeekmlError`` when the baseline is empty or too small for ``options.fpr``
     (``check_baseline_size``); warnings (small or infected baseline) are logged and listed in
@@ -176,8 +181,12 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
     reuse = scored is not None and rows is not None and raw is not None
     cal_table = None
     cal_scores: dict[str, np.ndarray] = {}
+    fit_table = baseline.take(pa.array(fit_idx))
+    if fit_extra is not None and fit_extra.num_rows:
+        fit_table = pa.concat_tables([fit_table, fit_extra.select(fit_table.column_names)],
+                                    promote_options="permissive")
     for det in detectors:
-        det.fit(baseline.take(pa.array(fit_idx)))
+        det.fit(fit_table)
         if reuse and _per_conn(det):
             raw[det.name] = np.asarray(det.score(scored))
             cal_scores[det.name] = raw[det.name][np.asarray(rows)[cal_idx]]

@@ -41,6 +41,7 @@ class ScoreOptions:
     dask: str | None = None         # "local", "local:N" or a scheduler address
     split_bytes: int = 64 << 20     # Dask: plain files larger than this are cut into tasks
     allowlist: str | None = None    # TOML [[rule]] file: matching conns are scored, never alert
+    feedback: str | None = None     # feedback.jsonl: its benign conns join the baseline
 
     def baseline_period(self) -> tuple[float | None, float | None] | None:
         """``(start, end)`` of the baseline period asked (None = open), or None when the
@@ -84,6 +85,7 @@ class ScoreSummary:
     quarantine_by_reason: dict[str, int] = field(default_factory=dict)
     scored: int = 0
     baseline_records: int = 0
+    feedback_baseline: int | None = None   # --feedback: input conns it added to the baseline
     alerts: int = 0
     alerts_by_note: dict[str, int] = field(default_factory=dict)
     thresholds: dict[str, dict] = field(default_factory=dict)
