@@ -131,3 +131,27 @@ def test_watch_calibration_records_the_detectors_that_ran(tmp_path):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert json.loads((out / "calibration.json").read_text())["options"]["detectors"] == cal["models"]
+
+
+def _all_commands():
+    import click
+
+    ctx = click.Context(main)
+    for name in main.list_commands(ctx):
+        cmd = main.get_command(ctx, name)
+        if isinstance(cmd, click.Group):
+            sub = click.Context(cmd, parent=ctx)
+            yield from ((f"{name} {s}", cmd.get_command(sub, s)) for s in cmd.list_commands(sub))
+        else:
+            yield name, cmd
+
+
+def test_every_out_option_has_short_o(tmp_path):
+    with_out = [name for name, cmd in _all_commands()
+                if any("--out" in p.opts and "-o" in p.opts for p in cmd.params)]
+    without = [name for name, cmd in _all_commands()
+               if any("--out" in p.opts and "-o" not in p.opts for p in cmd.params)]
+    assert without == [] and {"score", "watch", "replay", "embed", "pretrain"} <= set(with_out)
+    r = _score(str(CONN), "-o", str(tmp_path / "out"))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "verdicts.jsonl").exists()

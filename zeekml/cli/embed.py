@@ -47,7 +47,7 @@ def embed_logs(model_dir: str, logs: list[str], device: str = "cpu", quarantine=
 
 @click.command("embed")
 @click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
               help="Parquet file: uid and e00..e63, one row per conn in input order.")
 @MODEL_OPTION
 @DEVICE_OPTION

@@ -50,7 +50,7 @@ def quarantine_file(path: str | None) -> Iterator:
 @click.command("pretrain")
 @click.option("--model", "model", required=True, type=MODEL_CHOICES)
 @click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--epochs", default=None, type=int, help="Override the model's default.")
 @DEVICE_OPTION
@@ -78,7 +78,7 @@ def pretrain(model, logs, out, seed, epochs, device):
 @click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=None)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--epochs", default=None, type=int)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
 @DEVICE_OPTION
 def finetune(model, base, scratch, train, label_field, shots, fraction, seed, epochs, out, device):
     """Supervised finetuning on the earliest 70% of --train by time."""
@@ -100,7 +100,7 @@ def finetune(model, base, scratch, train, label_field, shots, fraction, seed, ep
 @click.command("predict")
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False))
 @DEVICE_OPTION
 def predict(model_dir, logs, out, device):
     """One JSON line per input conn: uid, ts, pred, proba (and score for anomaly models)."""
@@ -114,7 +114,7 @@ def predict(model_dir, logs, out, device):
 @click.command("eval")
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+@click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Where the PNGs go (default: the model directory).")
 @DEVICE_OPTION
 def eval_(model_dir, logs, out_dir, device):

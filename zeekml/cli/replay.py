@@ -11,7 +11,7 @@ from zeekml.pipeline.replay import ENGINES, replay as run_replay
 
 @click.command("replay")
 @click.argument("pcaps", nargs=-1, required=True, type=click.Path())
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for conn.log, zeekml_flow.log and (with --score) the scoring outputs.")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
               help="zeek: run `zeek -r` with our scripts; builtin: zeekml's flow meter; "

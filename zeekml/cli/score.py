@@ -102,7 +102,7 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
 
 @click.command("score")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for verdicts.jsonl, zeekml_notice.log, quarantine.jsonl, summary.json.")
 @click.option("--fpr", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Target false-positive rate of all detectors together on held-out baseline "

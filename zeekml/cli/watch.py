@@ -13,7 +13,7 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 
 @click.command("watch")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for verdicts.jsonl, zeekml_notice.log, quarantine.jsonl, "
                    "checkpoint.json, calibration.json and stats.json.")
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
