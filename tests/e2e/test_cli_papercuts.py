@@ -155,3 +155,25 @@ def test_every_out_option_has_short_o(tmp_path):
     r = _score(str(CONN), "-o", str(tmp_path / "out"))
     assert r.exit_code == 0, r.output
     assert (tmp_path / "out" / "verdicts.jsonl").exists()
+
+
+def test_named_options_have_help_and_readme_gives_model_right():
+    import click
+
+    asked = {"--baseline-fraction", "--seed", "--shots", "--fraction", "--model"}
+    seen = set()
+    for name, cmd in _all_commands():
+        for p in cmd.params:
+            hit = asked & set(p.opts)
+            if hit:
+                seen |= hit
+                assert isinstance(p, click.Option) and p.help, (name, p.opts)
+    assert seen == asked
+    models = dict(_all_commands())
+    kinds = [n for n in ("pretrain", "finetune", "predict", "eval")
+             if isinstance(next(p for p in models[n].params if p.name == "model" or
+                                "--model" in getattr(p, "opts", ())).type, click.Choice)]
+    assert kinds == ["pretrain", "finetune"]
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
+    assert "`zeekml pretrain/finetune --model {gnn,moe,dense,mae}" in readme
+    assert "`zeekml predict/eval --model DIR" in readme

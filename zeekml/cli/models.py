@@ -48,10 +48,12 @@ def quarantine_file(path: str | None) -> Iterator:
 
 
 @click.command("pretrain")
-@click.option("--model", "model", required=True, type=MODEL_CHOICES)
+@click.option("--model", "model", required=True, type=MODEL_CHOICES,
+              help="The kind of model to pretrain.")
 @click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of the model's random draws (weights' initialisation, masking, batch order).")
 @click.option("--epochs", default=None, type=int, help="Override the model's default.")
 @DEVICE_OPTION
 def pretrain(model, logs, out, seed, epochs, device):
@@ -67,16 +69,21 @@ def pretrain(model, logs, out, seed, epochs, device):
 
 
 @click.command("finetune")
-@click.option("--model", "model", required=True, type=MODEL_CHOICES)
+@click.option("--model", "model", required=True, type=MODEL_CHOICES,
+              help="The kind of model (that of --base when given).")
 @click.option("--base", type=click.Path(exists=True, file_okay=False), default=None,
               help="Pretrained model directory to start from.")
 @click.option("--scratch", is_flag=True, help="Start from random weights instead of --base.")
 @click.option("--train", "train", required=True, multiple=True, type=click.Path(exists=True))
 @click.option("--label-field", required=True,
               type=click.Choice(["label", "detailedlabel", "detailed-label", "service"]))
-@click.option("--shots", type=int, default=None, help="K labeled conns per class.")
-@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=None)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--shots", type=int, default=None,
+              help="Train on K labeled conns per class, drawn from the earliest 70% by time "
+                   "(a class with fewer gives all it has). Default: every labeled conn.")
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Instead of --shots: this fraction of each class (at least one conn).")
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of the shots drawn and of the model's random draws (weights' initialisation, masking, batch order).")
 @click.option("--epochs", default=None, type=int)
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
 @DEVICE_OPTION
@@ -98,7 +105,8 @@ def finetune(model, base, scratch, train, label_field, shots, fraction, seed, ep
 
 
 @click.command("predict")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A model directory, as pretrain or finetune wrote it (--out).")
 @click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False))
 @DEVICE_OPTION
@@ -112,7 +120,8 @@ def predict(model_dir, logs, out, device):
 
 
 @click.command("eval")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A model directory, as pretrain or finetune wrote it (--out).")
 @click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Where the PNGs go (default: the model directory).")

@@ -112,10 +112,14 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
               help="Logs of a normal period to fit and calibrate on (default: the earliest "
                    "--baseline-fraction of the input by time).")
 @click.option("--baseline-fraction", default=0.3, show_default=True,
-              type=click.FloatRange(0, 1, min_open=True))
+              type=click.FloatRange(0, 1, min_open=True),
+              help="Without --baseline or a baseline period: the earliest fraction of the input "
+                   "conns by ts that the detectors fit and calibrate on (0 < F <= 1).")
 @BASELINE_UNTIL_OPTION
 @BASELINE_RANGE_OPTION
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the baseline's fit/calibration split and of the IsolationForest: the "
+                   "same seed and input give the same verdicts.")
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
               help="Also write the verdict file the zeekml Zeek package reads.")
 @click.option("--allowlist", type=click.Path(dir_okay=False), default=None,

@@ -33,7 +33,9 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 @click.option("--fpr", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Target false-positive rate of all detectors together on held-out baseline "
                    "conns; a baseline too small for it is refused.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the baseline's fit/calibration split and of the IsolationForest, as "
+                   "in `zeekml score` (recorded in calibration.json).")
 @click.option("--window-seconds", default=1.0, show_default=True, type=click.FloatRange(0.01),
               help="A window is scored and committed this long after its first record...")
 @click.option("--window-records", default=10_000, show_default=True, type=click.IntRange(1),
