@@ -177,3 +177,21 @@ def test_named_options_have_help_and_readme_gives_model_right():
     readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
     assert "`zeekml pretrain/finetune --model {gnn,moe,dense,mae}" in readme
     assert "`zeekml predict/eval --model DIR" in readme
+
+
+def test_models_list_shows_size_and_headline_metrics(tmp_path):
+    d = tmp_path / "models" / "tiny-gnn"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"kind": "gnn", "n_params": 1234}))
+    (d / "weights.pt").write_bytes(b"\0" * 2_500_000)
+    (d / "manifest.json").write_text(json.dumps({"kind": "gnn", "metrics": {
+        "pretrain_loss": [0.6, 0.3], "link_auroc": 0.97571, "val_loss": 0.31234,
+        "train_loss": 0.4, "conns": 52214}}))
+    r = CliRunner().invoke(main, ["models", "list", "--dir", str(tmp_path / "models")])
+    assert r.exit_code == 0, r.output
+    line = r.stdout.strip()
+    assert line.split() == ["tiny-gnn", "gnn", "1,234", "params", "2.5", "MB", "pretrained",
+                            "link_auroc", "0.976,", "val_loss", "0.312,", "52,214", "conns"]
+    (d / "manifest.json").write_text("{")
+    r = CliRunner().invoke(main, ["models", "list", "--dir", str(tmp_path / "models")])
+    assert r.exit_code == 5 and "manifest.json: unreadable manifest" in r.stderr
