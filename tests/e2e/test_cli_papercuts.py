@@ -195,3 +195,16 @@ def test_models_list_shows_size_and_headline_metrics(tmp_path):
     (d / "manifest.json").write_text("{")
     r = CliRunner().invoke(main, ["models", "list", "--dir", str(tmp_path / "models")])
     assert r.exit_code == 5 and "manifest.json: unreadable manifest" in r.stderr
+
+
+def test_watch_status_while_collecting_the_baseline_counts_baseline_conns():
+    from zeekml.pipeline import status_line
+    from zeekml.pipeline.live.options import WatchStats
+
+    d = WatchStats(state="calibrating", files_open=1, files_tracked=2).to_dict()
+    d["calibration"] = {"collected": 5000, "wanted": 10000}
+    assert status_line(d) == "calibrating: baseline 5,000/10,000 conns, 1/2 files"
+    d["calibration"] = {"collected": 5000, "wanted": None}     # a baseline period
+    assert status_line(d) == "calibrating: baseline 5,000 conns, 1/2 files"
+    d["state"], d["calibration"] = "running", {"records": 10000}
+    assert status_line(d).startswith("running: 0 records/s")

@@ -127,6 +127,12 @@ class WatchStats:
 
 def status_line(d: dict) -> str:
     """One human line from a stats dict."""
+    cal = d.get("calibration") or {}
+    if d["state"] == "calibrating" and "collected" in cal:
+        # conns are collected for the baseline, not yet scored: records/s would read 0
+        wanted = f"/{cal['wanted']:,}" if cal.get("wanted") else ""
+        return (f"calibrating: baseline {cal['collected']:,}{wanted} conns, "
+                f"{d['files_open']}/{d['files_tracked']} files")
     line = (f"{d['state']}: {d['records_per_s']:,.0f} records/s, lag {d['lag_s']:.1f} s, "
             f"{d['scored']:,} scored, {d['alerts']:,} alerts, {d['quarantined']:,} quarantined, "
             f"{d['files_open']}/{d['files_tracked']} files")

@@ -479,7 +479,10 @@ class Watcher:
             s.files_open = len(follower.readers)
             s.rescans = follower.rescans
         if calibrating is not None:
-            s.calibration = {"collected": calibrating, "wanted": self.options.baseline_records}
+            # a baseline period is read to its end, however many conns it holds
+            wanted = (self.options.baseline_records
+                      if self.options.score.baseline_period() is None else None)
+            s.calibration = {"collected": calibrating, "wanted": wanted}
         s.rss_bytes = rss()
         s.updated_at = time.time()
         d = s.to_dict()
