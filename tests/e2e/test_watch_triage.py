@@ -101,3 +101,85 @@ def test_replay_allowlist(tmp_path):
                                   "--fpr", "0.1", "--no-models", "--allowlist", str(bad)])
     assert r.exit_code == 1 and str(bad) in r.output and "Traceback" not in r.output, r.output
     assert not (out2 / "conn.log").exists()
+
+
+def _two_periods(path) -> None:
+    """REAL_CONN, then the same conns two days later (new uids): the first period's incidents
+    are closed by log time while the second period's are open."""
+    lines = open(REAL_CONN, "rb").read().splitlines(keepends=True)
+    head = [x for x in lines if x.startswith(b"#") and not x.startswith(b"#close")]
+    body = [x for x in lines if not x.startswith(b"#")]
+    later = []
+    for x in body:
+        f = x.split(b"\t")
+        f[0] = b"%.6f" % (float(f[0]) + 2 * 86400)
+        f[1] = f[1] + b"L"
+        later.append(b"\t".join(f))
+    with open(path, "wb") as out:
+        out.writelines(head + body + later)
+
+
+def _incident_keys(path):
+    recs = [json.loads(x) for x in open(path)] if os.path.exists(path) else []
+    return [(i["incident_id"], i["host"], i["role"], i["first_ts"], i["last_ts"], i["alerts"])
+            for i in recs]
+
+
+def test_watch_incidents_close_by_log_time_and_survive_restart(tmp_path):
+    """Incidents grow while open (incidents-open.jsonl, kept in the checkpoint), are written to
+    incidents.jsonl once when the log time passes them, the rest at the --once end, never twice
+    across a restart; together they are `score`'s incidents of the same alerts."""
+    import threading
+    import time
+
+    from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions
+    from zeekml.scoring.incidents import build_incidents, verdict_table
+
+    root = tmp_path / "logs"
+    root.mkdir()
+    _two_periods(root / "conn.log")
+    out = tmp_path / "live"
+    opts = WatchOptions(score=ScoreOptions(baseline=[REAL_CONN], models_dir=None),
+                        window_records=50, rescan_seconds=0.2, use_events=False,
+                        status_seconds=0.1)
+    w = Watcher(str(root), str(out), opts)
+    t = threading.Thread(target=w.run)
+    t.start()
+    deadline = time.monotonic() + 120
+    while w.stats.scored < 720 and time.monotonic() < deadline and t.is_alive():
+        time.sleep(0.05)
+    w.request_stop()
+    t.join()
+    assert w.stats.scored == 720
+    first = _incident_keys(out / "incidents.jsonl")
+    still = _incident_keys(out / "incidents-open.jsonl")
+    cut = 1379288902.876972 + 86400      # between the two periods
+    assert first and all(k[4] < cut for k in first), "period one closed by log time"
+    assert still and all(k[3] > cut for k in still), "period two still open"
+    from zeekml.sources.checkpoint import CheckpointStore
+    cp = CheckpointStore(str(out)).load()
+    assert len(cp.stats["incidents"]["open"]) == sum(k[5] for k in still)
+
+    # restart: the open incidents come back from the checkpoint and close at the --once end
+    r = CliRunner().invoke(main, ["watch", str(root), "--out", str(out), "--once", "--baseline",
+                                  REAL_CONN, "--quiet", "--no-models"])
+    assert r.exit_code == 0, r.output
+    live = _incident_keys(out / "incidents.jsonl")
+    assert live[:len(first)] == first
+    assert sorted(live[len(first):]) == sorted(still)
+    assert len({k[0] for k in live}) == len(live)
+    assert not (out / "incidents-open.jsonl").read_bytes()
+
+    r = CliRunner().invoke(main, ["score", str(root / "conn.log"), "--out", str(tmp_path / "batch"),
+                                  "--baseline", REAL_CONN, "--no-progress", "--no-models"])
+    assert r.exit_code == 0, r.output
+    alerts = [v for v in map(json.loads, open(tmp_path / "batch" / "verdicts.jsonl")) if v["alert"]]
+    expected = [(i.incident_id, i.host, i.role, i.first_ts, i.last_ts, i.alerts)
+                for i in build_incidents(verdict_table(alerts))]
+    assert sorted(live) == sorted(expected)
+
+    # a third --once run reads nothing new and writes no incident again
+    r = CliRunner().invoke(main, ["watch", str(root), "--out", str(out), "--once", "--baseline",
+                                  REAL_CONN, "--quiet", "--no-models"])
+    assert r.exit_code == 0, r.output
+    assert _incident_keys(out / "incidents.jsonl") == live

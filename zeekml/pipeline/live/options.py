@@ -5,13 +5,15 @@ from dataclasses import asdict, dataclass, field
 
 from zeekml.pipeline.options import ScoreOptions
 from zeekml.sinks.jsonl import QUARANTINE_FILE
+from zeekml.sinks.triage import INCIDENTS_FILE
 from zeekml.sinks.verdicts import VERDICTS_FILE
 from zeekml.sinks.zeek_notice import NOTICE_FILE
 
 VERDICTS = VERDICTS_FILE
 NOTICES = NOTICE_FILE
 QUARANTINE = QUARANTINE_FILE
-OUTPUTS = (VERDICTS, NOTICES, QUARANTINE)
+INCIDENTS = INCIDENTS_FILE
+OUTPUTS = (VERDICTS, NOTICES, QUARANTINE, INCIDENTS)
 CALIBRATION = "calibration.json"
 BASELINE_LOG = "calibration-baseline.log"
 STATS = "stats.json"
@@ -119,6 +121,7 @@ class WatchStats:
     rss_bytes: int = 0
     calibration: dict = field(default_factory=dict)
     context: dict = field(default_factory=dict)
+    incidents: dict = field(default_factory=dict)   # open (alerts kept) and closed (written)
 
     def to_dict(self) -> dict:
         """The counters as a JSON-ready dict."""

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from zeekml._core.atomic import atomic_write
 from zeekml._core.errors import OutputError, ZeekmlError
@@ -59,14 +60,16 @@ from zeekml.pipeline.live.calibration import calibrate
 from zeekml.pipeline.live.context import LiveContext
 from zeekml.pipeline.live.journal import ContextJournal, WriteFn
 from zeekml.pipeline.live.malloc import fix_mmap_threshold, rss, trim_heap
-from zeekml.pipeline.live.options import (LOCK, NOTICES, OUTPUTS, QUARANTINE, STATS, VERDICTS,
-                                          Stopped, WatchOptions, WatchStats)
+from zeekml.pipeline.live.incidents import OPEN_INCIDENTS, STATE_KEY, LiveIncidents
+from zeekml.pipeline.live.options import (INCIDENTS, LOCK, NOTICES, OUTPUTS, QUARANTINE, STATS,
+                                          VERDICTS, Stopped, WatchOptions, WatchStats)
 from zeekml.pipeline.live.outputs import OutputFiles, VerdictDedup
 from zeekml.pipeline.live.pool import ScorePool, render_allowed, score_window
 from zeekml.scoring.allowlist import Allowlist
 from zeekml.scoring.context import horizons
 from zeekml.scoring.verdict import Verdict
 from zeekml.sinks.jsonl import QuarantineWriter
+from zeekml.sinks.triage import incident_line
 from zeekml.sinks.verdicts import RenderedVerdicts
 from zeekml.sinks.zeek_notice import NoticeWriter
 from zeekml.sources.checkpoint import CheckpointStore
@@ -85,6 +88,8 @@ class _Window:
     files: dict
     done: set
     journal: bytes | None = None
+    log_time: float | None = None    # the newest ts the window read (closes incidents)
+    flush: bool = False              # --once end: every open incident closes
 
 
 class Watcher:
@@ -117,6 +122,7 @@ class Watcher:
         self._pool: ScorePool | None = None
         self._trimmed = 0.0
         self._allowlist: Allowlist | None = None
+        self._incidents: LiveIncidents | None = None
 
     @property
     def follower(self) -> DirectoryFollower | None:
@@ -179,6 +185,9 @@ class Watcher:
             pa.set_memory_pool(arrow_pool)
             raise
         outputs = OutputFiles(self.out_dir, cp.outputs, self._write)
+        # the open incidents' alerts as of the last commit (the outputs were cut back to it)
+        self._incidents = LiveIncidents(lateness=opts.context_lateness,
+                                        state=cp.stats.get(STATE_KEY))
         feedback = None
         try:
             if cp.generation == 0:
@@ -320,6 +329,8 @@ class Watcher:
                 idle = follower.caught_up and not got
                 if opts.once and idle and self._ctx is not None and self._ctx.pending:
                     dirty = True       # --once: the conns held back for their context are due now
+                if opts.once and idle and self._incidents.alerts:
+                    dirty = True       # --once: the open incidents close at its end
                 due = dirty and (stopping or window_rows >= limit
                                  or (window_started is not None
                                      and now - window_started >= opts.window_seconds)
@@ -358,15 +369,19 @@ class Watcher:
         qlines = self._pending_quarantine.take_lines()
         files, done = follower.snapshot()
         self.stats.windows += 1
+        t = pc.max(table.column("ts")).as_py() if table is not None and table.num_rows else None
         ctx = self._ctx
         if ctx is not None:
             if table is not None:
                 ctx.add(table)
             scored = render_allowed(ctx.release(fitted, flush=flush), self._allowlist)
-            return _Window(scored, None, qlines, files, done, ctx.journal_delta())
-        if self._pool is not None and table is not None and table.num_rows:
-            return _Window(None, self._pool.submit(table), qlines, files, done)
-        return _Window(score_window(table, fitted, self._allowlist), None, qlines, files, done)
+            w = _Window(scored, None, qlines, files, done, ctx.journal_delta())
+        elif self._pool is not None and table is not None and table.num_rows:
+            w = _Window(None, self._pool.submit(table), qlines, files, done)
+        else:
+            w = _Window(score_window(table, fitted, self._allowlist), None, qlines, files, done)
+        w.log_time, w.flush = t, flush
+        return w
 
     def _finish_window(self, w: _Window, outputs, dedup, feedback, store, cp) -> None:
         """Write the window's verdicts, notices and quarantined lines, then commit the
@@ -392,8 +407,11 @@ class Watcher:
             alerts.append(v)
             notes[v.note] += 1
         written = lines if keep is None else keep
+        incidents = self._incidents
+        incidents.add(alerts, w.log_time)
+        closed, still_open = incidents.update(flush=w.flush)
         parts = {VERDICTS: b"".join(written), QUARANTINE: b"".join(w.quarantine),
-                 NOTICES: notices.take_lines()}
+                 NOTICES: notices.take_lines(), INCIDENTS: b"".join(map(incident_line, closed))}
         if parts[NOTICES] and outputs.lengths[NOTICES] == 0:
             parts[NOTICES] = NoticeWriter.header() + parts[NOTICES]
         self._durably(lambda: outputs.append(parts))
@@ -415,12 +433,23 @@ class Watcher:
         self.stats.alerts += len(alerts)
         for k, n in notes.items():
             self.stats.alerts_by_note[k] = self.stats.alerts_by_note.get(k, 0) + n
-        cp.stats = {"verdicts_written": self.stats.verdicts_written, "alerts": self.stats.alerts}
+        cp.stats = {"verdicts_written": self.stats.verdicts_written, "alerts": self.stats.alerts,
+                    STATE_KEY: incidents.state()}
         self._durably(lambda: store.commit(cp))
+        if closed or still_open or w.flush:
+            # a view of the incidents as they grow, rewritten whole: incidents.jsonl is the
+            # exactly-once record
+            try:
+                atomic_write(os.path.join(self.out_dir, OPEN_INCIDENTS),
+                             b"".join(map(incident_line, still_open)))
+            except OSError as e:
+                log.warning("cannot write %s: %s", OPEN_INCIDENTS, e)
         if journal is not None:
             journal.after_commit()
         self.stats.commits += 1
         self.stats.checkpoint_generation = cp.generation
+        self.stats.incidents = {"open": len(still_open), "open_alerts": len(incidents.alerts),
+                                "closed": incidents.closed}
         now = time.monotonic()
         if now - self._trimmed >= 0.1:
             trim_heap()     # the freed pages of the window's arrays (see live.malloc)

@@ -1,0 +1,92 @@
+"""Incidents in ``zeekml watch``: grown from each window's alerts, closed by log time.
+
+The alerts of the incidents still open are kept (in memory and in the checkpoint's ``stats``,
+committed with the outputs, so a restart neither loses nor repeats them). After each window the
+open alerts are grouped as ``zeekml score`` groups them (``scoring.incidents.build_incidents``);
+an incident is closed once the log time has passed its last alert by the time that could still
+extend it (``horizon``), less ``lateness`` for conns Zeek writes late. A closed incident is
+appended to ``incidents.jsonl`` once, with the window that closed it, and its alerts are dropped;
+``incidents-open.jsonl`` is rewritten whole after each window with the open ones as they grow.
+``--once`` closes every open incident at its end.
+
+What differs from ``score``: only alerting conns are kept, so an incident's ``conns`` counts its
+alerts' conns, and there are no volume statements or explanations (no bytes, no baseline
+profile); ``incidents.jsonl`` is in closing order (``zeekml report`` ranks).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+
+from zeekml.scoring.incidents import Incident, IncidentOptions, build_incidents, verdict_table
+from zeekml.scoring.verdict import Verdict
+
+OPEN_INCIDENTS = "incidents-open.jsonl"
+STATE_KEY = "incidents"
+
+
+def _record(v: Verdict) -> dict:
+    return {"ts": v.ts, "uid": v.uid, "id.orig_h": v.orig_h, "id.resp_h": v.resp_h,
+            "id.resp_p": v.resp_p, "proto": v.proto, "score": v.score, "alert": True,
+            "model": v.model, "verdict_id": v.verdict_id}
+
+
+class LiveIncidents:
+    """The open incidents of a watch: their alerts, and the log time seen.
+
+    Args:
+        options: grouping (default ``IncidentOptions()``, as ``score``).
+        lateness: seconds behind the newest ``ts`` a conn may still arrive (default 300).
+        state: what ``state()`` returned, from the last checkpoint (default: none open).
+    """
+
+    def __init__(self, options: IncidentOptions | None = None, lateness: float = 300.0,
+                 state: dict | None = None):
+        self.options = options or IncidentOptions()
+        self.lateness = lateness
+        state = state or {}
+        self.alerts: list[dict] = list(state.get("open", []))
+        t = state.get("log_time")
+        self.log_time = float(t) if isinstance(t, (int, float)) else -math.inf
+        self.closed = int(state.get("closed", 0))
+
+    def state(self) -> dict:
+        """The JSON-ready state kept in the checkpoint."""
+        return {"open": list(self.alerts), "closed": self.closed,
+                "log_time": self.log_time if math.isfinite(self.log_time) else None}
+
+    def add(self, alerts: Iterable[Verdict], log_time: float | None) -> None:
+        """Take a window's (new, not suppressed) alerts and the newest ``ts`` it read."""
+        self.alerts.extend(_record(v) for v in alerts)
+        if log_time is not None and math.isfinite(log_time):
+            self.log_time = max(self.log_time, log_time)
+
+    def horizon(self, inc: Incident) -> float:
+        """How long after its last alert an incident may still grow: ``gap``, or ``slow_gap``
+        while it is small enough to be merged with later sporadic alerts or a slow fan-in."""
+        if inc.alerts <= self.options.small_alerts:
+            return max(self.options.gap, self.options.slow_gap)
+        return self.options.gap
+
+    def update(self, flush: bool = False) -> tuple[list[Incident], list[Incident]]:
+        """Close what the log time has passed (everything with ``flush``): returns
+        ``(closed, still_open)`` and drops the closed incidents' alerts."""
+        if not self.alerts:
+            return [], []
+        incs = build_incidents(verdict_table(self.alerts), self.options)
+        now = self.log_time - self.lateness
+        shut = [flush or i.last_ts + self.horizon(i) < now for i in incs]
+        closed = [i for i, c in zip(incs, shut) if c]
+        still = [i for i, c in zip(incs, shut) if not c]
+        if closed:
+            ts = np.array([a["ts"] if a["ts"] is not None else math.nan for a in self.alerts])
+            drop = np.zeros(len(self.alerts), dtype=bool)
+            for inc in closed:
+                side = "id.orig_h" if inc.role == "orig" else "id.resp_h"
+                host = np.array([a[side] == inc.host for a in self.alerts])
+                drop |= host & (ts >= inc.first_ts) & (ts <= inc.last_ts)
+            self.alerts = [a for a, d in zip(self.alerts, drop) if not d]
+            self.closed += len(closed)
+        return closed, still
