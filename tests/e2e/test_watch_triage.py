@@ -183,3 +183,43 @@ def test_watch_incidents_close_by_log_time_and_survive_restart(tmp_path):
                                   REAL_CONN, "--quiet", "--no-models"])
     assert r.exit_code == 0, r.output
     assert _incident_keys(out / "incidents.jsonl") == live
+
+
+def test_watch_recalibration_takes_benign_feedback(tmp_path):
+    """watch --feedback: at calibration the directory's conns labeled benign (not in the
+    baseline) are saved beside the baseline and fitted on; they stop alerting; a restart
+    refits on the saved file."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    shutil.copy(REAL_CONN, root / "conn.log")
+    args = ["--once", "--baseline-records", "180", "--fpr", "0.05", "--quiet", "--no-models"]
+    first = tmp_path / "first"
+    r = CliRunner().invoke(main, ["watch", str(root), "--out", str(first), *args])
+    assert r.exit_code == 0, r.output
+    base = (first / "calibration-baseline.log").read_text()
+    late = [v for v in map(json.loads, open(first / "verdicts.jsonl"))
+            if v["alert"] and v["uid"] not in base][:3]
+    assert len(late) == 3, "conns after the baseline should alert at fpr 0.05"
+    fb = tmp_path / "feedback.jsonl"
+    for v in late:
+        r = CliRunner().invoke(main, ["feedback", str(first), "--benign", v["verdict_id"],
+                                      "--allowlist", str(tmp_path / "a.toml"),
+                                      "--feedback-file", str(fb)])
+        assert r.exit_code == 0, r.output
+    again = tmp_path / "again"
+    for _ in range(2):       # the second run restarts on the saved calibration
+        r = CliRunner().invoke(main, ["watch", str(root), "--out", str(again), *args,
+                                      "--feedback", str(fb)])
+        assert r.exit_code == 0, r.output
+    cal = json.loads((again / "calibration.json").read_text())
+    assert cal["feedback"]["records"] == 3
+    assert cal["options"]["feedback"] == str(fb)
+    saved = (again / "calibration-feedback.log").read_text()
+    assert all(v["uid"] in saved for v in late)
+    verdicts = {v["uid"]: v for v in map(json.loads, open(again / "verdicts.jsonl"))}
+    assert len(verdicts) == 360
+    for v in late:
+        assert not verdicts[v["uid"]]["alert"] and verdicts[v["uid"]]["score"] < v["score"]
+    # the same directory calibrated without the feedback is refused, not silently mixed
+    r = CliRunner().invoke(main, ["watch", str(root), "--out", str(again), *args])
+    assert r.exit_code == 1 and "calibrated with other options" in r.output, r.output

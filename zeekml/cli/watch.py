@@ -22,6 +22,9 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 @click.option("--allowlist", type=click.Path(dir_okay=False), default=None,
               help="TOML file of [[rule]] tables (docs/triage.md): matching conns are scored "
                    "but never alert, and their verdicts name the rule (as `zeekml score`).")
+@click.option("--feedback", type=click.Path(dir_okay=False), default=None,
+              help="feedback.jsonl written by `zeekml feedback`: at calibration, the conns of "
+                   "DIRECTORY it labels benign join the baseline (as `zeekml score --feedback`).")
 @click.option("--baseline", multiple=True, type=click.Path(),
               help="Logs of a normal period to fit and calibrate on, as `zeekml score --no-models` does "
                    "(default: the first --baseline-records conns of DIRECTORY).")
@@ -72,7 +75,7 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
               help="Follow symlinks in DIRECTORY that point out of it (skipped with a warning "
                    "otherwise). A link whose target has another owner is never followed.")
 @click.pass_context
-def watch(ctx, directory, out_dir, zeek_feedback, once, allowlist, baseline, baseline_records,
+def watch(ctx, directory, out_dir, zeek_feedback, once, allowlist, feedback, baseline, baseline_records,
           baseline_until, baseline_range, recalibrate, fpr,
           seed, window_seconds, window_records, rescan_seconds, no_events, status_seconds,
           models_dir, no_models, device, context_lateness, context_batch_seconds,
@@ -99,7 +102,8 @@ def watch(ctx, directory, out_dir, zeek_feedback, once, allowlist, baseline, bas
         score=ScoreOptions(fpr=fpr, baseline=list(baseline), baseline_until=baseline_until,
                            baseline_range=baseline_range, seed=seed, zeek_feedback=zeek_feedback,
                            models_dir=None if no_models else models_dir,
-                           device=resolve_device(device), allowlist=allowlist),
+                           device=resolve_device(device), allowlist=allowlist,
+                           feedback=feedback),
         baseline_records=baseline_records, recalibrate=recalibrate,
         window_seconds=window_seconds, window_records=window_records,
         rescan_seconds=rescan_seconds, use_events=not no_events, once=once,

@@ -6,6 +6,12 @@ to ``OUTDIR/calibration-baseline.log`` (Zeek TSV) and fitted on; either way
 ``OUTDIR/calibration.json`` records the sources (with sha256) and thresholds, a restart refits on
 the same data (fitting is seeded, so it gets the same thresholds), and ``zeekml score LOGS
 --baseline OUTDIR/calibration-baseline.log`` reproduces the live verdicts.
+
+With ``--feedback FILE`` (a ``zeekml feedback`` file), a new calibration looks for the conns it
+labels benign (by uid) in the directory's conn logs, saves those not in the baseline to
+``OUTDIR/calibration-feedback.log`` and fits on them beside the baseline's fitting half, never
+calibrating on them (``fit_calibrate``'s ``fit_extra``, as ``score --feedback``); a restart
+refits on that saved file.
 """
 from __future__ import annotations
 
@@ -26,10 +32,10 @@ from zeekml.flows.select import rows_in_range, ts_sort_key
 from zeekml.flows.table import CONN_SCHEMA, conn_table, is_conn_batch
 from zeekml.parse.reject import Quarantine
 from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES
-from zeekml.pipeline.batch import load_conns
+from zeekml.pipeline.batch import benign_feedback_uids, feedback_rows, load_conns
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate
-from zeekml.pipeline.live.options import (BASELINE_LOG, CALIBRATION, Stopped, WatchOptions,
-                                          WatchStats)
+from zeekml.pipeline.live.options import (BASELINE_LOG, CALIBRATION, FEEDBACK_LOG, Stopped,
+                                          WatchOptions, WatchStats)
 from zeekml.pipeline.options import ScoreSummary
 from zeekml.sources.archive import expand_inputs
 from zeekml.sources.checkpoint import Checkpoint
@@ -82,6 +88,8 @@ def calibrate(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint, stats
     want = {"fpr": so.fpr, "seed": so.seed}
     if so.baseline_period() is not None:   # only then, so older calibration.json files still match
         want["baseline_period"] = list(so.baseline_period())
+    if so.feedback:                         # likewise
+        want["feedback"] = os.path.abspath(so.feedback)
     if so.baseline and so.baseline_period() is not None:
         raise ZeekmlError("give the baseline as logs (--baseline) or as a period "
                           "(--baseline-until/--baseline-range), not both")
@@ -116,8 +124,9 @@ def calibrate(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint, stats
 
     base_summary = ScoreSummary()
     baseline = load_conns(files, Quarantine(), base_summary)
+    extra, fb_source = _feedback_conns(root, out_dir, so.feedback, baseline, saved)
     summary = ScoreSummary()
-    fitted = fit_calibrate(baseline, so, summary)
+    fitted = fit_calibrate(baseline, so, summary, fit_extra=extra)
     names = [d.name for d in fitted.detectors]
     if saved is not None and saved.get("models", list(so.detectors)) != names:
         raise ZeekmlError(f"calibrated with the detectors {saved.get('models')}, now "
@@ -125,6 +134,8 @@ def calibrate(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint, stats
                           "--recalibrate", cal_path)
     doc = {"options": {**want, "detectors": names}, "models": names, "sources": sources,
            "records": baseline.num_rows, "thresholds": summary.thresholds}
+    if fb_source is not None:
+        doc["feedback"] = fb_source
     if saved is not None and saved.get("thresholds") != json.loads(json.dumps(
             summary.thresholds)):
         log.warning("refitting gave other thresholds than the saved calibration "
@@ -134,8 +145,43 @@ def calibrate(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint, stats
     stats.calibration = {"records": baseline.num_rows, "sources": len(sources),
                          "thresholds": summary.thresholds, "effective_fpr": summary.effective_fpr,
                          "warnings": summary.warnings}
+    if fb_source is not None:
+        stats.calibration["feedback_records"] = fb_source["records"]
     log.info("calibrated on %d baseline conns", baseline.num_rows)
     return fitted
+
+def _feedback_conns(root: str, out_dir: str, feedback: str | None, baseline: pa.Table,
+                    saved: dict | None) -> tuple[pa.Table | None, dict | None]:
+    """The benign feedback conns that join the baseline, and their record in calibration.json.
+
+    A new calibration finds them in the directory's conn logs (by uid; those already in the
+    baseline stay there only) and saves them to ``calibration-feedback.log``; a restart takes
+    that file back after checking its sha256."""
+    if not feedback:
+        return None, None
+    path = os.path.join(out_dir, FEEDBACK_LOG)
+    if saved is not None:
+        src = saved.get("feedback")
+        if src is None:
+            return None, None
+        if not os.path.exists(path) or sha256_file(path) != src.get("sha256"):
+            raise ZeekmlError("feedback conns changed or missing since calibration; use "
+                              "--recalibrate", path)
+        return load_conns([path], Quarantine(), ScoreSummary()), src
+    uids = benign_feedback_uids(feedback)
+    if "uid" in baseline.column_names and baseline.num_rows:
+        uids -= {u for u in baseline.column("uid").to_pylist() if u}
+    out_abs = os.path.abspath(out_dir) + os.sep
+    logs = [p for p in expand_inputs([root]) if not os.path.abspath(p).startswith(out_abs)]
+    table = load_conns(logs, Quarantine(), ScoreSummary()) if uids else None
+    rows = feedback_rows(table, uids) if table is not None else np.zeros(0, np.int64)
+    extra = table.take(pa.array(rows, pa.int64())) if len(rows) else conn_table([])
+    write_baseline_log(extra, path)
+    log.info("%s: %d benign feedback conns found in %s join the baseline", feedback,
+             extra.num_rows, root)
+    return extra, {"path": os.path.abspath(path), "sha256": sha256_file(path),
+                   "records": extra.num_rows, "from": os.path.abspath(feedback)}
+
 
 def _in_period(batch, period: tuple[float | None, float | None] | None) -> tuple[object, bool]:
     """The conns of ``batch`` (a parsed conn batch) inside ``period`` (all without one), and

@@ -16,6 +16,7 @@ INCIDENTS = INCIDENTS_FILE
 OUTPUTS = (VERDICTS, NOTICES, QUARANTINE, INCIDENTS)
 CALIBRATION = "calibration.json"
 BASELINE_LOG = "calibration-baseline.log"
+FEEDBACK_LOG = "calibration-feedback.log"
 STATS = "stats.json"
 LOCK = "watch.lock"
 
