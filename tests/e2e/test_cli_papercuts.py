@@ -208,3 +208,23 @@ def test_watch_status_while_collecting_the_baseline_counts_baseline_conns():
     assert status_line(d) == "calibrating: baseline 5,000 conns, 1/2 files"
     d["state"], d["calibration"] = "running", {"records": 10000}
     assert status_line(d).startswith("running: 0 records/s")
+
+
+def test_score_progress_goes_on_through_fitting_and_scoring(tmp_path):
+    import os
+    import re
+
+    env = dict(os.environ, FORCE_COLOR="1", OMP_NUM_THREADS="1")  # rich draws as on a terminal
+    p = _zeekml("score", str(CONN), "-o", str(tmp_path / "out"), "--no-models", "--progress",
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", err.decode())
+    steps = ["reading conn.log", "fitting iforest on", "scoring iforest: 360 conns",
+             "explaining", "writing 360 verdicts", "grouping alerts into incidents"]
+    at = [text.find(s) for s in steps]
+    assert -1 not in at and at == sorted(at), (at, text[-2000:])
+    quiet = _zeekml("score", str(CONN), "-o", str(tmp_path / "q"), "--no-models",
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    _, err = quiet.communicate(timeout=300)
+    assert quiet.returncode == 0 and "fitting" not in err.decode()   # stderr is no terminal

@@ -83,7 +83,8 @@ def pretrain(model, logs, out, seed, epochs, device):
 @click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Instead of --shots: this fraction of each class (at least one conn).")
 @click.option("--seed", default=0, show_default=True,
-              help="Seed of the shots drawn and of the model's random draws (weights' initialisation, masking, batch order).")
+              help="Seed of the shots drawn and of the model's random draws (weights' "
+                   "initialisation, masking, batch order).")
 @click.option("--epochs", default=None, type=int)
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
 @DEVICE_OPTION

@@ -170,18 +170,20 @@ def _feedback_extra(table: pa.Table, baseline: pa.Table | None, rows: np.ndarray
 
 def score_table(table: pa.Table, baseline: pa.Table, options: ScoreOptions,
                 summary: ScoreSummary, rows: np.ndarray | None = None,
-                fit_extra: pa.Table | None = None) -> VerdictBatch:
+                fit_extra: pa.Table | None = None,
+                on_step: Callable[[str], None] | None = None) -> VerdictBatch:
     """Fit and calibrate on ``baseline``, score ``table``: its verdicts, one per conn, in order.
 
     ``rows``: the baseline is ``table.take(rows)`` (drawn from the input), so the conns that
     calibration scores are not scored again (``fit_calibrate``). ``fit_extra``: benign feedback
-    conns, fitted on but not calibrated on (``fit_calibrate``)."""
+    conns, fitted on but not calibrated on (``fit_calibrate``). ``on_step``: told each step,
+    for a progress display."""
     if table.num_rows == 0:
         return score_batch(table, FittedDetectors([], {}, options.fpr))
     raw: dict[str, np.ndarray] = {}
     fitted = fit_calibrate(baseline, options, summary, scored=table if rows is not None else None,
-                           rows=rows, raw=raw, fit_extra=fit_extra)
-    return score_batch(table, fitted, raw)
+                           rows=rows, raw=raw, fit_extra=fit_extra, on_step=on_step)
+    return score_batch(table, fitted, raw, on_step=on_step)
 
 
 def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = None,
@@ -213,18 +215,18 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     outputs = ScoreOutputs(out_dir, options.zeek_feedback)
     summary = ScoreSummary()
     quarantine = Quarantine(sink=outputs.quarantine)
-    from zeekml._core.progress import file_progress
+    from zeekml._core.progress import run_progress
     try:
-        with file_progress(files + baseline_files, enabled=progress and not options.dask) as advance:
+        with run_progress(files + baseline_files, enabled=progress and not options.dask) as bar:
             baseline = None
             if baseline_files:
-                baseline = load_conns(baseline_files, quarantine, ScoreSummary(), advance)
+                baseline = load_conns(baseline_files, quarantine, ScoreSummary(), bar.advance)
             if options.dask:
                 from zeekml.pipeline.dask import plan_tasks, score_tasks_dask
                 score_tasks_dask(plan_tasks(files, options.split_bytes), options.dask, options,
                                  summary, quarantine, baseline, outputs.write_rendered)
             else:
-                table = load_conns(files, quarantine, summary, advance)
+                table = load_conns(files, quarantine, summary, bar.advance)
                 if summary.files == 0:
                     raise ZeekmlError("no input file could be read: " +
                                       "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
@@ -241,11 +243,14 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
                     baseline = table.take(pa.array(rows)) if rows is not None else table
                 summary.baseline_records = baseline.num_rows + (
                     fit_extra.num_rows if fit_extra is not None else 0)
-                batch = score_table(table, baseline, options, summary, rows, fit_extra)
+                batch = score_table(table, baseline, options, summary, rows, fit_extra,
+                                    on_step=bar.step)
                 suppressed = suppress(batch, allowlist) if allowlist is not None else {}
+                bar.step(f"writing {len(batch):,} verdicts")
                 rendered = render_verdicts(batch)
                 mark_suppressed(rendered.lines, suppressed)
                 outputs.write_batch(rendered)
+                bar.step("grouping alerts into incidents")
                 summary.outputs.update(_write_triage(out_dir, files, baseline_files, baseline, batch,
                                                      options))
     except BaseException:

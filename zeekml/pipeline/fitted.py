@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -155,7 +156,8 @@ def _per_conn(det: Detector) -> bool:
 def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSummary | None = None,
                   scored: pa.Table | None = None, rows: np.ndarray | None = None,
                   raw: dict[str, np.ndarray] | None = None,
-                  fit_extra: pa.Table | None = None) -> FittedDetectors:
+                  fit_extra: pa.Table | None = None,
+                  on_step: Callable[[str], None] | None = None) -> FittedDetectors:
     """Fit each detector on one half of ``baseline`` and calibrate them together on the other
     half, so that the combined alert rate there is ``options.fpr`` (``calibrate_combined``).
 
@@ -168,6 +170,8 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
     ``fit_extra``: conns a person labeled benign (``zeekml feedback``), fitted on beside the
     fit half but never calibrated on: they were picked for being alerts, not drawn at random
     from normal traffic, so in the calibration half they would bias the FPR estimate.
+
+    ``on_step(text)`` is told each step (fitting, scoring a detector) for a progress display.
 
     Raises ``ZeekmlError`` when the baseline is empty or too small for ``options.fpr``
     (``check_baseline_size``); warnings (small or infected baseline) are logged and listed in
@@ -185,14 +189,18 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
     if fit_extra is not None and fit_extra.num_rows:
         fit_table = pa.concat_tables([fit_table, fit_extra.select(fit_table.column_names)],
                                     promote_options="permissive")
+    step = on_step or (lambda text: None)
     for det in detectors:
+        step(f"fitting {det.name} on {fit_table.num_rows:,} conns")
         det.fit(fit_table)
         if reuse and _per_conn(det):
+            step(f"scoring {det.name}: {scored.num_rows:,} conns")
             raw[det.name] = np.asarray(det.score(scored))
             cal_scores[det.name] = raw[det.name][np.asarray(rows)[cal_idx]]
         else:
             if cal_table is None:
                 cal_table = baseline.take(pa.array(cal_idx))
+            step(f"calibrating {det.name} on {cal_table.num_rows:,} conns")
             cal_scores[det.name] = det.score(cal_table)
     combined = calibrate_combined(cal_scores, options.fpr)
     warnings.append(baseline_infection(baseline, detectors))
@@ -222,11 +230,12 @@ def threshold_text(fitted: FittedDetectors) -> str:
 
 
 def score_batch(table: pa.Table, fitted: FittedDetectors,
-                raw: dict[str, np.ndarray] | None = None) -> VerdictBatch:
+                raw: dict[str, np.ndarray] | None = None,
+                on_step: Callable[[str], None] | None = None) -> VerdictBatch:
     """The verdicts of every conn of ``table``, in order, column by column. Each verdict depends
     only on its own row (detectors with a time context get theirs through
     ``zeekml.scoring.context``). ``raw`` holds detectors' scores of ``table`` already computed
-    (``fit_calibrate``'s), which are not computed again."""
+    (``fit_calibrate``'s), which are not computed again; ``on_step`` as in ``fit_calibrate``."""
     detectors = fitted.detectors
     names = [det.name for det in detectors]
     notes = [det.note for det in detectors]
@@ -236,12 +245,16 @@ def score_batch(table: pa.Table, fitted: FittedDetectors,
                             np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
     raw = raw or {}
     calibrated: dict[str, np.ndarray] = {}
+    step = on_step or (lambda text: None)
     for det in detectors:
+        if det.name not in raw:
+            step(f"scoring {det.name}: {table.num_rows:,} conns")
         s = raw[det.name] if det.name in raw else det.score(table)
         calibrated[det.name] = fitted.calibrators[det.name].calibrate(s)
     combined, top = combine(calibrated)
     alert = combined >= 1.0
     alert_rows = np.flatnonzero(alert)
+    step(f"explaining {len(alert_rows):,} alerts")
     sub: dict[int, str] = {}
     for d_i, det in enumerate(detectors):
         rows = alert_rows[top[alert_rows] == d_i]
