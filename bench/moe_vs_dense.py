@@ -206,7 +206,8 @@ def main() -> None:
         base = next(b for b in results if b["allocator"] == r["allocator"] and b["model"] == args.dense)
         lines.append(
             f"| {r['allocator']} | {names[r['model']]} | {r['n_params']:,} / {r['n_params_active']:,} | "
-            f"{r['throughput_flows_per_s']:,.0f} | {r['throughput_flows_per_s'] / base['throughput_flows_per_s']:.2f}x | "
+            f"{r['throughput_flows_per_s']:,.0f} | "
+            f"{r['throughput_flows_per_s'] / base['throughput_flows_per_s']:.2f}x | "
             f"{r['throughput_flows_per_cpu_s']:,.0f} | "
             f"{r['throughput_flows_per_cpu_s'] / base['throughput_flows_per_cpu_s']:.2f}x | "
             f"{r['latency_ms_b1_p50']:.2f} / {r['latency_ms_b1_p99']:.2f} | "

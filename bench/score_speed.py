@@ -384,9 +384,12 @@ def compare(paths: list[str]) -> str:
     for (det, stage), secs in sorted(keys.items(), key=lambda kv: -max(kv[1])):
         if max(secs) >= 0.05:
             lines.append(f"| {det} | {stage} | " + " | ".join(f"{s:.2f}" for s in secs) + " |")
-    lines.append("| | **wall, all detectors** | " + " | ".join(f"**{r['models']['wall_s']:.1f}**" for r in runs) + " |")
-    lines.append("| | **flows/s, all detectors** | " + " | ".join(f"{r['models']['flows_per_s']:,.0f}" for r in runs) + " |")
-    lines.append("| | **flows/s, --no-models** | " + " | ".join(f"{r['no-models']['flows_per_s']:,.0f}" for r in runs) + " |")
+    def row(label: str, cells) -> None:
+        lines.append(f"| | **{label}** | " + " | ".join(cells) + " |")
+
+    row("wall, all detectors", (f"**{r['models']['wall_s']:.1f}**" for r in runs))
+    row("flows/s, all detectors", (f"{r['models']['flows_per_s']:,.0f}" for r in runs))
+    row("flows/s, --no-models", (f"{r['no-models']['flows_per_s']:,.0f}" for r in runs))
     lines.append("| | **ratio** | " + " | ".join(f"**{r['ratio']:.3f}x**" for r in runs) + " |")
     return "\n".join(lines)
 

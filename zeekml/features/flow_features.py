@@ -1,4 +1,4 @@
-"""The shared per-conn flow feature vector of MODELS.md, with scaling fitted on a corpus.
+"""The shared per-conn flow feature vector of docs/models.md, with scaling fitted on a corpus.
 
 One row per conn record: log1p of sizes and counts, bytes per packet each way, the resp/orig
 byte ratio, header overhead, one-hots of proto, conn_state and the top-K services, counts of each

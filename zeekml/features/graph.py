@@ -1,4 +1,4 @@
-"""Conn records -> spatio-temporal heterogeneous flow graphs (MODELS.md section 1).
+"""Conn records -> spatio-temporal heterogeneous flow graphs (docs/models.md section 1).
 
 Time is cut into windows of ``window`` seconds. A conn joins every window that its
 ``[ts, ts + duration]`` overlaps (at most ``max_conn_windows`` of them, so a day-long conn does
@@ -263,7 +263,10 @@ class FlowGraphBuilder:
         o_code, r_code = codes[:nf], codes[nf:]
         key_w = np.concatenate([app_w, app_w])
         keys = np.stack([key_w, codes.astype(np.int64)], axis=1)
-        ip_keys, ip_inv = np.unique(keys, axis=0, return_inverse=True) if nf else (np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+        if nf:
+            ip_keys, ip_inv = np.unique(keys, axis=0, return_inverse=True)
+        else:
+            ip_keys, ip_inv = np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
         ip_inv = ip_inv.reshape(-1)
         o_ip, r_ip = ip_inv[:nf], ip_inv[nf:]
         attrs = np.asarray([_ip_attributes(str(a)) for a in uniq], dtype=np.float32).reshape(-1, len(IP_FEATURES))

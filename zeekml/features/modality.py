@@ -1,4 +1,4 @@
-"""Inputs of the multi-modal autoencoder's three adapters (MODELS.md section 2).
+"""Inputs of the multi-modal autoencoder's three adapters (docs/models.md section 2).
 
 For each conn record:
 
@@ -30,6 +30,7 @@ import ipaddress
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +38,9 @@ import pyarrow.compute as pc
 
 from zeekml.features.flow_features import FlowFeaturizer
 from zeekml.features.host_history import HostHistory, distinct_codes, flow_rows
+
+if TYPE_CHECKING:
+    from zeekml.parse.reject import Quarantine
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Traffic tokens for the mixture-of-experts transformer (MODELS.md section 3).
+"""Traffic tokens for the mixture-of-experts transformer (docs/models.md section 3).
 
 A token is a small tuple of *fields*, each a discrete value; the model embeds every field and sums
 the embeddings, and masked-token pretraining predicts each field of a masked token. Two sources:

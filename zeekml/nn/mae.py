@@ -1,4 +1,4 @@
-"""Multi-modal autoencoder (MODELS.md section 2, after arXiv 2405.02649): one adapter per modality,
+"""Multi-modal autoencoder (docs/models.md section 2, after arXiv 2405.02649): one adapter per modality,
 an integration autoencoder with a 64-d embedding, one decoder head per modality.
 
 Legend: n = conns in the batch, Q = quantity width, T = sequence steps (32), C = sequence
