@@ -228,3 +228,42 @@ def test_score_progress_goes_on_through_fitting_and_scoring(tmp_path):
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     _, err = quiet.communicate(timeout=300)
     assert quiet.returncode == 0 and "fitting" not in err.decode()   # stderr is no terminal
+
+
+def test_ctrl_c_on_score_is_one_line_and_exit_130(tmp_path):
+    import os
+    import signal
+
+    fifo = tmp_path / "conn.log"
+    os.mkfifo(fifo)
+    p = _zeekml("score", str(fifo), "-o", str(tmp_path / "out"), "--no-models", "--no-progress",
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # opening the writing end returns once score opened the reading end: it is now blocked
+    # reading, a moment with no timing in it
+    with open(fifo, "wb") as w:
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        w.close()
+    assert p.returncode == 130
+    assert err.decode() == "zeekml: interrupted\n"
+
+
+def test_after_ctrl_c_a_second_one_is_ignored_during_shutdown():
+    import signal
+
+    import click
+
+    @click.command("boom")
+    def boom() -> None:
+        raise KeyboardInterrupt
+
+    main.add_command(boom)
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        r = CliRunner().invoke(main, ["boom"])
+        assert r.exit_code == 130 and r.stderr == "zeekml: interrupted\n"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+        main.commands.pop("boom")

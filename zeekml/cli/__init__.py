@@ -70,6 +70,9 @@ class ZeekmlGroup(click.Group):
             click.echo(f"zeekml: error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
+            # a second Ctrl-C while the interpreter shuts down (torch's atexit hooks, threads
+            # being joined) would print "Exception ignored in ..." tracebacks: one line is all
+            ignore_sigint()
             click.echo("zeekml: interrupted", err=True)
             sys.exit(130)
         except BrokenPipeError:
@@ -78,6 +81,15 @@ class ZeekmlGroup(click.Group):
             # flush does not raise again
             _silence_stdout()
             sys.exit(0)
+
+
+def ignore_sigint() -> None:
+    """Ignore further SIGINT (the main thread only may set handlers; elsewhere: nothing)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _silence_stdout() -> None:

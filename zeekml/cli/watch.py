@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from zeekml.cli import ignore_sigint
 from zeekml.cli.score import (BASELINE_RANGE_OPTION, BASELINE_UNTIL_OPTION, DEVICE_OPTION,
                               MODELS_OPTION, NO_MODELS_OPTION, check_baseline_choice)
 from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
@@ -93,7 +94,7 @@ def watch(ctx, directory, out_dir, zeek_feedback, once, allowlist, feedback, bas
 
     Exit codes: 0 ok, 1 error, 2 missing directory, 5 model files missing or altered, 6 output
     not writable (stopped while stalled, or --out holds outputs but no watch checkpoint and
-    --overwrite was not given).
+    --overwrite was not given), 130 interrupted (Ctrl-C, after the final commit).
     """
     from zeekml._core.device import resolve_device
 
@@ -118,7 +119,11 @@ def watch(ctx, directory, out_dir, zeek_feedback, once, allowlist, feedback, bas
 
     watcher = Watcher(directory, out_dir, opts, on_status=on_status)
 
+    interrupted = []
+
     def stop(signum, frame) -> None:
+        if signum == signal.SIGINT:
+            interrupted.append(signum)
         watcher.request_stop()
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -131,11 +136,18 @@ def watch(ctx, directory, out_dir, zeek_feedback, once, allowlist, feedback, bas
             "next start, or by --once)") if stats.context.get("pending") else ""
     late = (f", {stats.context['late']:,} arrived later than --context-lateness"
             if stats.context.get("late") else "")
-    click.echo(f"zeekml watch: {stats.state}: {stats.scored:,} scored, {stats.alerts:,} alerts, "
+    if interrupted:
+        # Ctrl-C: no noise if pressed again while the interpreter shuts down, and exit 130
+        # below; SIGTERM (a service manager stopping watch) stays a clean stop, exit 0
+        ignore_sigint()
+    state = "interrupted" if interrupted and stats.state == "stopped" else stats.state
+    click.echo(f"zeekml watch: {state}: {stats.scored:,} scored, {stats.alerts:,} alerts, "
                f"{stats.quarantined:,} quarantined, {stats.duplicates_dropped:,} duplicates "
                f"dropped, {stats.commits:,} commits{held}{late}", err=True)
     if stats.state.endswith("(stalled)"):
         sys.exit(6)
+    if interrupted:
+        sys.exit(130)
 
 
 COMMANDS = [watch]
