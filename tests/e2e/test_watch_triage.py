@@ -223,3 +223,41 @@ def test_watch_recalibration_takes_benign_feedback(tmp_path):
     # the same directory calibrated without the feedback is refused, not silently mixed
     r = CliRunner().invoke(main, ["watch", str(root), "--out", str(again), *args])
     assert r.exit_code == 1 and "calibrated with other options" in r.output, r.output
+
+
+def test_watch_allowlist_with_context_detectors_equals_score(tmp_path):
+    """With the learned detectors (scored among their context, released late) the allowlisted
+    conns are suppressed in watch as in score: same alerts, notes and suppressed_by per conn."""
+    from test_watch_context import MODELS, _by_uid, _iot23_head
+
+    if not os.path.exists(os.path.join(MODELS, "gnn-base", "config.json")):
+        pytest.skip("models/ not shipped")
+    ref = str(tmp_path / "iot23.log")
+    _iot23_head(ref)
+    plain = tmp_path / "plain"
+    r = CliRunner().invoke(main, ["score", ref, "--out", str(plain), "--baseline", ref,
+                                  "--models", MODELS, "--no-progress"])
+    assert r.exit_code == 0, r.output
+    alerts = [v for v in _by_uid(plain).values() if v["alert"]]
+    assert alerts
+    host = alerts[0]["id.orig_h"]
+    allow = tmp_path / "allow.toml"
+    allow.write_text(f'[[rule]]\norig_h = "{host}"\nreason = "lab box"\n')
+    r = CliRunner().invoke(main, ["score", ref, "--out", str(tmp_path / "batch"), "--baseline",
+                                  ref, "--models", MODELS, "--no-progress", "--allowlist", str(allow)])
+    assert r.exit_code == 0, r.output
+    root = tmp_path / "logs"
+    root.mkdir()
+    shutil.copy(ref, root / "conn.log")
+    r = CliRunner().invoke(main, ["watch", str(root), "--out", str(tmp_path / "live"), "--once",
+                                  "--baseline", ref, "--models", MODELS, "--quiet",
+                                  "--window-records", "200", "--context-lateness", "500",
+                                  "--allowlist", str(allow)])
+    assert r.exit_code == 0, r.output
+    a, b = _by_uid(tmp_path / "batch"), _by_uid(tmp_path / "live")
+    assert a.keys() == b.keys() and len(a) == 2000
+    keys = ("alert", "note", "suppressed_by")
+    assert {u: tuple(v.get(k) for k in keys) for u, v in a.items()} == \
+        {u: tuple(v.get(k) for k in keys) for u, v in b.items()}
+    assert any(v.get("suppressed_by") for v in b.values())
+    assert not any(v["alert"] for v in b.values() if v["id.orig_h"] == host)
