@@ -261,3 +261,61 @@ def test_watch_allowlist_with_context_detectors_equals_score(tmp_path):
         {u: tuple(v.get(k) for k in keys) for u, v in b.items()}
     assert any(v.get("suppressed_by") for v in b.values())
     assert not any(v["alert"] for v in b.values() if v["id.orig_h"] == host)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_watch_reloads_a_changed_allowlist(tmp_path, workers, caplog):
+    """The allowlist file is read again when it changes: windows closed after the change are
+    scored with the new rules (in forked workers too), those before keep the old ones; a file
+    that no longer loads keeps the rules loaded, with a warning."""
+    import threading
+    import time
+
+    from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions
+
+    host = _alerting_host(tmp_path)
+    allow = tmp_path / "allow.toml"
+    allow.write_text('[[rule]]\nhost = "192.0.2.1"\nreason = "nobody"\n')
+    lines = open(REAL_CONN, "rb").read().splitlines(keepends=True)
+    head = [x for x in lines if x.startswith(b"#") and not x.startswith(b"#close")]
+    body = [x for x in lines if not x.startswith(b"#")]
+    root = tmp_path / "logs"
+    root.mkdir()
+    live = root / "conn.log"
+    live.write_bytes(b"".join(head + body[:180]))
+    out = tmp_path / "live"
+    w = Watcher(str(root), str(out), WatchOptions(
+        score=ScoreOptions(baseline=[REAL_CONN], models_dir=None, allowlist=str(allow)),
+        window_records=1000, window_seconds=0.05, rescan_seconds=0.05, use_events=False,
+        status_seconds=60, score_workers=workers))
+    t = threading.Thread(target=w.run)
+    t.start()
+
+    def wait(n):
+        deadline = time.monotonic() + 60
+        while w.stats.scored < n:
+            assert time.monotonic() < deadline and t.is_alive(), "timed out"
+            time.sleep(0.02)
+
+    try:
+        wait(180)
+        allow.write_text(f'[[rule]]\nhost = "{host}"\nreason = "lab box"\n')
+        with open(live, "ab") as f:
+            f.writelines(body[180:270])
+        wait(270)
+        allow.write_text('[[rule]]\nhost = "not an address"\nreason = "typo"\n')
+        with open(live, "ab") as f:
+            f.writelines(body[270:])
+        wait(360)
+    finally:
+        w.request_stop()
+        t.join(60)
+    verdicts = [json.loads(x) for x in open(out / "verdicts.jsonl", "rb")]
+    assert len(verdicts) == 360
+    order = {x.split(b"\t")[1].decode(): i for i, x in enumerate(body)}
+    for v in verdicts:
+        mine = host in (v["id.orig_h"], v["id.resp_h"])
+        want = mine and order[v["uid"]] >= 180     # the new rules, kept after the typo
+        assert ("suppressed_by" in v) == want, (order[v["uid"]], v)
+    assert any(host in (v["id.orig_h"], v["id.resp_h"]) and v["alert"] for v in verdicts)
+    assert "allowlist not reloaded" in caplog.text and "reloaded: 1 rules" in caplog.text

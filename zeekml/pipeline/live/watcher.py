@@ -92,6 +92,15 @@ class _Window:
     flush: bool = False              # --once end: every open incident closes
 
 
+def _file_sig(path: str) -> tuple[int, int] | None:
+    """(mtime in ns, size) of a file; None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 class Watcher:
     """Follows ``root`` and writes verdicts to ``out_dir``; ``run()`` until stopped.
 
@@ -122,6 +131,7 @@ class Watcher:
         self._pool: ScorePool | None = None
         self._trimmed = 0.0
         self._allowlist: Allowlist | None = None
+        self._allowlist_sig: tuple[int, int] | None = None
         self._incidents: LiveIncidents | None = None
 
     @property
@@ -165,7 +175,9 @@ class Watcher:
             from zeekml._core.errors import InputNotFound
             raise InputNotFound("no such directory", self.root)
         # a bad allowlist is the user's one-line error before anything is read or written
-        self._allowlist = Allowlist.load(opts.score.allowlist) if opts.score.allowlist else None
+        if opts.score.allowlist:
+            self._allowlist_sig = _file_sig(opts.score.allowlist)
+            self._allowlist = Allowlist.load(opts.score.allowlist)
         lock_fd = self._lock()
         fix_mmap_threshold()
         # Arrow's default pool (mimalloc) keeps freed segments: with the system allocator RSS
@@ -335,6 +347,11 @@ class Watcher:
                                  or (window_started is not None
                                      and now - window_started >= opts.window_seconds)
                                  or (opts.once and idle))
+                if due and self._allowlist_changed():
+                    finish(0)          # the windows sent so far were scored with the old rules
+                    if pool is not None:
+                        pool.close()
+                        self._pool = pool = ScorePool(fitted, len(pool), self._allowlist)
                 if due:
                     finish(max(0, max_inflight - 1))
                     inflight.append(self._close_window(window, follower, fitted,
@@ -361,6 +378,29 @@ class Watcher:
             log.warning("stopped while the output was not writable; the last windows were not "
                         "committed and will be read again")
             self.stats.state = "stopped (stalled)"
+
+    def _allowlist_changed(self) -> bool:
+        """Reload the allowlist when its file changed (checked as each window closes: one
+        stat); the windows closed from now on are scored with the new rules. A file that no
+        longer loads keeps the rules loaded, with a warning (a typo must not stop the watch)."""
+        path = self.options.score.allowlist
+        if not path:
+            return False
+        sig = _file_sig(path)
+        if sig == self._allowlist_sig:
+            return False
+        self._allowlist_sig = sig
+        try:
+            new = Allowlist.load(path)
+        except ZeekmlError as e:
+            self.stats.last_error = str(e)
+            log.warning("allowlist not reloaded (%s); keeping its %d rules loaded before", e,
+                        len(self._allowlist))
+            return False
+        log.warning("allowlist %s reloaded: %d rules (were %d)", path, len(new),
+                    len(self._allowlist))
+        self._allowlist = new
+        return True
 
     def _close_window(self, window, follower, fitted, flush: bool = False) -> _Window:
         """Take what the window's commit needs now (its conns go to be scored, its quarantined
