@@ -177,12 +177,22 @@ def test_watch_incidents_close_by_log_time_and_survive_restart(tmp_path):
     expected = [(i.incident_id, i.host, i.role, i.first_ts, i.last_ts, i.alerts)
                 for i in build_incidents(verdict_table(alerts))]
     assert sorted(live) == sorted(expected)
+    # one ZeekML::Suspicious_Host notice per written incident, in the order written
+    from zeekml.parse import read_table
+    notices = read_table(str(out / "zeekml_incident.log")).to_pylist()
+
+    def text(x):
+        return x.decode() if isinstance(x, bytes) else x
+    assert [text(n["sub"]).split(":")[0] for n in notices] == [k[0] for k in live]
+    assert {text(n["note"]) for n in notices} == {"ZeekML::Suspicious_Host"}
+    assert [n["n"] for n in notices] == [k[5] for k in live]
 
     # a third --once run reads nothing new and writes no incident again
     r = CliRunner().invoke(main, ["watch", str(root), "--out", str(out), "--once", "--baseline",
                                   REAL_CONN, "--quiet", "--no-models"])
     assert r.exit_code == 0, r.output
     assert _incident_keys(out / "incidents.jsonl") == live
+    assert len(read_table(str(out / "zeekml_incident.log")).to_pylist()) == len(live)
 
 
 def test_watch_recalibration_takes_benign_feedback(tmp_path):

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from zeekml._core.atomic import atomic_write
 from zeekml._core.errors import OutputError
+from zeekml._core.zeek_format import format_header, format_record
 from zeekml.scoring.incidents import Incident
 from zeekml.sinks.zeek_log import ZeekLogWriter
 from zeekml.sinks.zeek_notice import NOTICE_FIELDS
@@ -22,6 +23,7 @@ INCIDENTS_FILE = "incidents.jsonl"
 INCIDENT_NOTICE_FILE = "zeekml_incident.log"
 BASELINE_FILE = "baseline.json"
 INCIDENT_NOTE = "ZeekML::Suspicious_Host"
+INCIDENT_LOG_PATH = "zeekml_incident"
 
 
 def _finite(v: Any) -> Any:
@@ -90,19 +92,41 @@ def incident_notice(inc: Incident):
         verdict_id=inc.incident_id)
 
 
+def incident_notice_record(inc: Incident) -> dict:
+    """The ``zeekml_incident.log`` record of an incident (``incident_notice``): ``n`` = its
+    alerts and ``suppress_for`` = its span."""
+    v = incident_notice(inc)
+    return {
+        "ts": v.ts, "uid": v.uid, "id.orig_h": v.orig_h, "id.orig_p": v.orig_p,
+        "id.resp_h": v.resp_h, "id.resp_p": v.resp_p, "proto": v.proto, "note": v.note,
+        "msg": v.msg, "sub": v.sub, "src": v.orig_h, "dst": v.resp_h, "p": v.resp_p,
+        "n": inc.alerts, "peer_descr": "zeekml", "actions": ["Notice::ACTION_LOG"],
+        "suppress_for": max(inc.last_ts - inc.first_ts, 0.0), "score": v.score,
+        "model": v.model,
+    }
+
+
 def write_incident_notices(path: str | os.PathLike, incidents: Iterable[Incident]) -> int:
     """``zeekml_incident.log`` (``#path zeekml_incident``): one ``ZeekML::Suspicious_Host``
     notice per incident, in ``zeekml_notice.log``'s columns; ``n`` = its alerts and
     ``suppress_for`` = its span. Returns how many were written."""
-    with ZeekLogWriter(path, "zeekml_incident", NOTICE_FIELDS) as log:
+    with ZeekLogWriter(path, INCIDENT_LOG_PATH, NOTICE_FIELDS) as log:
         for inc in incidents:
-            v = incident_notice(inc)
-            log.write({
-                "ts": v.ts, "uid": v.uid, "id.orig_h": v.orig_h, "id.orig_p": v.orig_p,
-                "id.resp_h": v.resp_h, "id.resp_p": v.resp_p, "proto": v.proto, "note": v.note,
-                "msg": v.msg, "sub": v.sub, "src": v.orig_h, "dst": v.resp_h, "p": v.resp_p,
-                "n": inc.alerts, "peer_descr": "zeekml", "actions": ["Notice::ACTION_LOG"],
-                "suppress_for": max(inc.last_ts - inc.first_ts, 0.0), "score": v.score,
-                "model": v.model,
-            })
+            log.write(incident_notice_record(inc))
         return log.count
+
+
+def incident_notice_header() -> bytes:
+    """The header lines a new live ``zeekml_incident.log`` starts with (``#open``: now)."""
+    return format_header(INCIDENT_LOG_PATH, [n for n, _ in NOTICE_FIELDS],
+                         [t for _, t in NOTICE_FIELDS])
+
+
+def incident_notice_lines(incidents: Iterable[Incident]) -> bytes:
+    """The ``zeekml_incident.log`` lines of ``incidents`` (no header), for an appended log."""
+    names, types = [n for n, _ in NOTICE_FIELDS], [t for _, t in NOTICE_FIELDS]
+    out = []
+    for inc in incidents:
+        rec = incident_notice_record(inc)
+        out.append(format_record((rec.get(n) for n in names), types))
+    return b"".join(out)

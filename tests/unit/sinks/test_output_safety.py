@@ -11,7 +11,8 @@ from zeekml._core.errors import OutputError
 from zeekml._core.outfile import OutputFile, open_output
 from zeekml.parse.reject import RejectedRecord
 from zeekml.pipeline.live.journal import ContextJournal
-from zeekml.pipeline.live.options import INCIDENTS, NOTICES, OUTPUTS, QUARANTINE, VERDICTS
+from zeekml.pipeline.live.options import (INCIDENT_NOTICES, INCIDENTS, NOTICES, OUTPUTS,
+                                          QUARANTINE, VERDICTS)
 from zeekml.pipeline.live.outputs import OutputFiles
 from zeekml.scoring.verdict import Verdict
 from zeekml.sinks.jsonl import QUARANTINE_FILE, JsonLinesWriter, QuarantineWriter
@@ -145,7 +146,8 @@ def test_watch_outputs_modes(tmp_path):
     finally:
         os.umask(old)
     modes = {n: stat.S_IMODE(os.stat(tmp_path / n).st_mode) for n in OUTPUTS}
-    assert modes == {VERDICTS: 0o640, NOTICES: 0o640, QUARANTINE: 0o600, INCIDENTS: 0o640}
+    assert modes == {VERDICTS: 0o640, NOTICES: 0o640, QUARANTINE: 0o600, INCIDENTS: 0o640,
+                     INCIDENT_NOTICES: 0o640}
 
 
 def test_context_journal_refuses_a_planted_link(tmp_path, victim):

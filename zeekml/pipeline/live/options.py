@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 
 from zeekml.pipeline.options import ScoreOptions
 from zeekml.sinks.jsonl import QUARANTINE_FILE
-from zeekml.sinks.triage import INCIDENTS_FILE
+from zeekml.sinks.triage import INCIDENT_NOTICE_FILE, INCIDENTS_FILE
 from zeekml.sinks.verdicts import VERDICTS_FILE
 from zeekml.sinks.zeek_notice import NOTICE_FILE
 
@@ -13,7 +13,8 @@ VERDICTS = VERDICTS_FILE
 NOTICES = NOTICE_FILE
 QUARANTINE = QUARANTINE_FILE
 INCIDENTS = INCIDENTS_FILE
-OUTPUTS = (VERDICTS, NOTICES, QUARANTINE, INCIDENTS)
+INCIDENT_NOTICES = INCIDENT_NOTICE_FILE
+OUTPUTS = (VERDICTS, NOTICES, QUARANTINE, INCIDENTS, INCIDENT_NOTICES)
 CALIBRATION = "calibration.json"
 BASELINE_LOG = "calibration-baseline.log"
 FEEDBACK_LOG = "calibration-feedback.log"

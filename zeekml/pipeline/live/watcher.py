@@ -61,15 +61,16 @@ from zeekml.pipeline.live.context import LiveContext
 from zeekml.pipeline.live.journal import ContextJournal, WriteFn
 from zeekml.pipeline.live.malloc import fix_mmap_threshold, rss, trim_heap
 from zeekml.pipeline.live.incidents import OPEN_INCIDENTS, STATE_KEY, LiveIncidents
-from zeekml.pipeline.live.options import (INCIDENTS, LOCK, NOTICES, OUTPUTS, QUARANTINE, STATS,
-                                          VERDICTS, Stopped, WatchOptions, WatchStats)
+from zeekml.pipeline.live.options import (INCIDENT_NOTICES, INCIDENTS, LOCK, NOTICES, OUTPUTS,
+                                          QUARANTINE, STATS, VERDICTS, Stopped, WatchOptions,
+                                          WatchStats)
 from zeekml.pipeline.live.outputs import OutputFiles, VerdictDedup
 from zeekml.pipeline.live.pool import ScorePool, render_allowed, score_window
 from zeekml.scoring.allowlist import Allowlist
 from zeekml.scoring.context import horizons
 from zeekml.scoring.verdict import Verdict
 from zeekml.sinks.jsonl import QuarantineWriter
-from zeekml.sinks.triage import incident_line
+from zeekml.sinks.triage import incident_line, incident_notice_header, incident_notice_lines
 from zeekml.sinks.verdicts import RenderedVerdicts
 from zeekml.sinks.zeek_notice import NoticeWriter
 from zeekml.sources.checkpoint import CheckpointStore
@@ -451,9 +452,12 @@ class Watcher:
         incidents.add(alerts, w.log_time)
         closed, still_open = incidents.update(flush=w.flush)
         parts = {VERDICTS: b"".join(written), QUARANTINE: b"".join(w.quarantine),
-                 NOTICES: notices.take_lines(), INCIDENTS: b"".join(map(incident_line, closed))}
+                 NOTICES: notices.take_lines(), INCIDENTS: b"".join(map(incident_line, closed)),
+                 INCIDENT_NOTICES: incident_notice_lines(closed)}
         if parts[NOTICES] and outputs.lengths[NOTICES] == 0:
             parts[NOTICES] = NoticeWriter.header() + parts[NOTICES]
+        if parts[INCIDENT_NOTICES] and outputs.lengths[INCIDENT_NOTICES] == 0:
+            parts[INCIDENT_NOTICES] = incident_notice_header() + parts[INCIDENT_NOTICES]
         self._durably(lambda: outputs.append(parts))
         journal, ctx = self._journal, self._ctx
         if journal is not None:
