@@ -16,6 +16,7 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for verdicts.jsonl, zeekml_notice.log, quarantine.jsonl, "
+                   "incidents.jsonl, zeekml_incident.log, incidents-open.jsonl, "
                    "checkpoint.json, calibration.json and stats.json.")
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
               help="Also keep the verdict file the zeekml Zeek package reads.")
