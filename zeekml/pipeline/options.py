@@ -101,7 +101,10 @@ class ScoreSummary:
         return self.scored / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
-        """The fields and ``flows_per_s``, as written to ``summary.json``."""
+        """The fields and ``flows_per_s``, as written to ``summary.json``; ``feedback_baseline``
+        only with ``--feedback`` (a run without it writes the keys it always wrote)."""
         d = asdict(self)
+        if d["feedback_baseline"] is None:
+            del d["feedback_baseline"]
         d["flows_per_s"] = self.flows_per_s
         return d
