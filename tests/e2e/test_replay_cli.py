@@ -100,6 +100,16 @@ def test_engine_zeek_runs_zeek_in_a_temp_dir(tmp_path, monkeypatch):
                                   "--ignore-checksums"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "args").read_text().split()[0] == "-C"
+    # a link planted where Zeek's conn.log is copied to is refused, its target untouched
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out3 = tmp_path / "out3"
+    out3.mkdir()
+    (out3 / "conn.log").symlink_to(victim)
+    r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(out3), "--no-score"])
+    assert r.exit_code == 6, r.output
+    assert "conn.log" in r.output and "Traceback" not in r.output
+    assert victim.read_text() == "precious\n"
 
 
 def test_builtin_validates_checksums_unless_ignored(tmp_path):

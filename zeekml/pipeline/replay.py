@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from zeekml._core.errors import InputNotFound, ZeekmlError
+from zeekml._core.outfile import OutputFile
 from zeekml._core.resources import zeek_scripts_dir
 from zeekml.flows.flow_log_schema import FLOW_FEATURES_FIELDS, FLOW_LOG_PATH
 from zeekml.sinks.zeek_log import JsonLogWriter, ZeekLogWriter
@@ -152,7 +153,11 @@ def replay_zeek(zeek: str | None, paths: Sequence[str], out_dir: str, json_logs:
             raise EngineUnavailable(f"zeek exited with {proc.returncode}: {proc.stderr.strip()[-500:]}")
         for name in os.listdir(tmp):
             if name.endswith(".log"):
-                shutil.copy2(os.path.join(tmp, name), os.path.join(out_dir, name))
+                # through the output opener, not shutil.copy: a link planted in --out is refused
+                with open(os.path.join(tmp, name), "rb") as src, \
+                        OutputFile(os.path.join(out_dir, name)) as dst:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        dst.write(block)
     conn_path = os.path.join(out_dir, "conn.log")
     flow_path = os.path.join(out_dir, FLOW_LOG_PATH + ".log")
     return ReplayResult("zeek", out_dir, conn_path, flow_path if os.path.exists(flow_path) else None)
