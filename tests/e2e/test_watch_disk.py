@@ -119,3 +119,33 @@ def test_full_disk_stalls_and_resumes_without_loss(tmp_path, monkeypatch):
     counts = uid_counts(out)
     assert set(counts) == all_uids(850) and max(counts.values()) == 1
     assert CheckpointStore(out).load().generation > cp.generation
+
+
+def test_once_ends_as_stalled_when_an_output_stays_unwritable(tmp_path, monkeypatch):
+    """A live watch waits for the disk as long as it takes; ``--once`` must end: an output (here
+    the Zeek feedback file) that stays unwritable stops it as stalled after once_stall_seconds."""
+    from zeekml._core.errors import OutputError
+    from zeekml.sinks import zeek_input
+
+    root, out = str(tmp_path / "logs"), str(tmp_path / "out")
+    os.makedirs(root)
+    baseline = write_baseline(str(tmp_path / "baseline.log"))
+    w = ZeekWriter(root, "standalone", seed=7)
+    w.write(300)
+    w.close()
+    calls = []
+
+    def full(self, alerts):
+        calls.append(len(alerts))
+        raise OutputError("cannot write: No space left on device", self.path)
+
+    monkeypatch.setattr(zeek_input.VerdictFeedbackWriter, "write", full)
+    opts = WatchOptions(score=ScoreOptions(baseline=[baseline], fpr=0.2,
+                                           zeek_feedback=str(tmp_path / "verdicts.log")),
+                        once=True, retry_seconds=0.05, max_retry_seconds=0.1,
+                        once_stall_seconds=0.5, dedup_capacity=0)
+    t0 = time.monotonic()
+    stats = Watcher(root, out, opts).run()
+    assert stats.state == "stopped (stalled)"
+    assert len(calls) >= 3 and stats.stalls >= 3
+    assert time.monotonic() - t0 < 30

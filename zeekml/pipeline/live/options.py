@@ -46,6 +46,9 @@ class WatchOptions:
         max_line_bytes: longer input lines are quarantined (default 1 MiB).
         retry_seconds: first backoff when an output write fails (default 0.5; doubles to
             ``max_retry_seconds``, default 10.0).
+        once_stall_seconds: with ``once``, how long one output may stay unwritable before the
+            run stops as stalled (default 60.0): a one-shot run must end, a live one waits for
+            the disk as long as it takes.
         dedup_capacity: verdict ids remembered to drop duplicates (default 200000).
         context_lateness: detectors with a time context: how many seconds behind the newest
             ``ts`` a conn may still arrive and be counted as context of its neighbours (default
@@ -80,6 +83,7 @@ class WatchOptions:
     max_line_bytes: int = 1 << 20
     retry_seconds: float = 0.5
     max_retry_seconds: float = 10.0
+    once_stall_seconds: float = 60.0
     dedup_capacity: int = 200_000
     context_lateness: float = 300.0
     context_max_rows: int = 1_000_000

@@ -508,8 +508,10 @@ class Watcher:
             "journal_bytes": self._journal.length if self._journal else 0}
 
     def _durably(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` until it succeeds; on output errors wait and retry (backpressure)."""
+        """Run ``fn`` until it succeeds; on output errors wait and retry (backpressure). With
+        ``--once`` the retries end after ``once_stall_seconds`` (the run stops as stalled, exit 6)."""
         delay = self.options.retry_seconds
+        give_up = time.monotonic() + self.options.once_stall_seconds if self.options.once else None
         while True:
             try:
                 fn()
@@ -523,6 +525,10 @@ class Watcher:
                 self.stats.last_error = str(e)
                 log.warning("output stalled (%s); retrying in %.1f s, nothing is dropped", e, delay)
                 self._status_maybe(self._follower, force=False)
+                if give_up is not None and time.monotonic() >= give_up:
+                    log.warning("--once: an output stayed unwritable for %.0f s; stopping",
+                                self.options.once_stall_seconds)
+                    raise Stopped from e
                 if self._stop.wait(delay):
                     raise Stopped from e
                 delay = min(delay * 2, self.options.max_retry_seconds)
