@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from zeekml.cli.score import DEVICE_OPTION, MODELS_OPTION, NO_MODELS_OPTION
+from zeekml.cli.score import ALLOWLIST_OPTION, DEVICE_OPTION, MODELS_OPTION, NO_MODELS_OPTION
 from zeekml.pipeline.replay import ENGINES, replay as run_replay
 
 
@@ -30,9 +30,7 @@ from zeekml.pipeline.replay import ENGINES, replay as run_replay
               help="Seed for uids (built-in meter) and scoring.")
 @click.option("--fpr", default=0.001, show_default=True,
               type=click.FloatRange(0, 1, min_open=True), help="Scoring: target false-positive rate.")
-@click.option("--allowlist", type=click.Path(dir_okay=False), default=None,
-              help="Scoring: TOML file of [[rule]] tables (docs/triage.md): matching conns are "
-                   "scored but never alert, and their verdicts name the rule (as `zeekml score`).")
+@ALLOWLIST_OPTION
 @MODELS_OPTION
 @NO_MODELS_OPTION
 @DEVICE_OPTION

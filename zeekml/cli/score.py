@@ -78,6 +78,11 @@ def _range_option(ctx: click.Context, param: click.Parameter,
 
 
 # A baseline period of the input, shared by `score` and `watch`.
+ALLOWLIST_OPTION = click.option(
+    "--allowlist", type=click.Path(dir_okay=False), default=None,
+    help="TOML file of [[rule]] tables (docs/triage.md): matching conns are scored but never "
+         "alert, and their verdicts name the rule.")
+
 BASELINE_UNTIL_OPTION = click.option(
     "--baseline-until", "baseline_until", default=None, metavar="TIME", callback=_time_option,
     help="The input's conns before TIME (epoch seconds or ISO-8601, UTC unless a zone is "
@@ -122,9 +127,7 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
                    "same seed and input give the same verdicts.")
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
               help="Also write the verdict file the zeekml Zeek package reads.")
-@click.option("--allowlist", type=click.Path(dir_okay=False), default=None,
-              help="TOML file of [[rule]] tables (docs/triage.md): matching conns are scored "
-                   "but never alert, and their verdicts name the rule.")
+@ALLOWLIST_OPTION
 @click.option("--feedback", type=click.Path(dir_okay=False), default=None,
               help="feedback.jsonl written by `zeekml feedback`: the input's conns it labels "
                    "benign join the baseline before fitting and calibration.")

@@ -7,8 +7,9 @@ import sys
 import click
 
 from zeekml.cli import ignore_sigint
-from zeekml.cli.score import (BASELINE_RANGE_OPTION, BASELINE_UNTIL_OPTION, DEVICE_OPTION,
-                              MODELS_OPTION, NO_MODELS_OPTION, check_baseline_choice)
+from zeekml.cli.score import (ALLOWLIST_OPTION, BASELINE_RANGE_OPTION, BASELINE_UNTIL_OPTION,
+                              DEVICE_OPTION, MODELS_OPTION, NO_MODELS_OPTION,
+                              check_baseline_choice)
 from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 
 
@@ -21,9 +22,7 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
               help="Also keep the verdict file the zeekml Zeek package reads.")
 @click.option("--once", is_flag=True, help="Process what exists now, then exit.")
-@click.option("--allowlist", type=click.Path(dir_okay=False), default=None,
-              help="TOML file of [[rule]] tables (docs/triage.md): matching conns are scored "
-                   "but never alert, and their verdicts name the rule (as `zeekml score`).")
+@ALLOWLIST_OPTION
 @click.option("--feedback", type=click.Path(dir_okay=False), default=None,
               help="feedback.jsonl written by `zeekml feedback`: at calibration, the conns of "
                    "DIRECTORY it labels benign join the baseline (as `zeekml score --feedback`).")
