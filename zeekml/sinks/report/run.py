@@ -125,6 +125,20 @@ def _read_verdicts(vpath: str) -> tuple[pa.Table, list[str]]:
         return _read_verdicts_python(vpath)
 
 
+def _json_object(path: str, what: str) -> dict:
+    """The JSON object in ``path``, or ``{}`` when the run wrote no such file (older runs)."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UnreadableInput(f"not a readable {what}: {e}", path) from None
+    if not isinstance(obj, dict):
+        raise UnreadableInput("not a JSON object", path)
+    return obj
+
+
 def load_run(out_dir: str | os.PathLike) -> RunData:
     """Read a run's output directory. Raises ``InputNotFound`` when it holds no ``verdicts.jsonl``."""
     out_dir = os.fspath(out_dir)
@@ -134,16 +148,7 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     if not os.path.exists(vpath):
         raise InputNotFound("no verdicts.jsonl here: give the --out directory of a zeekml run", out_dir)
 
-    summary: dict = {}
-    spath = os.path.join(out_dir, "summary.json")
-    if os.path.exists(spath):
-        try:
-            with open(spath, encoding="utf-8") as f:
-                summary = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UnreadableInput(f"not a readable summary: {e}", spath) from None
-        if not isinstance(summary, dict):
-            raise UnreadableInput("not a JSON object", spath)
+    summary = _json_object(os.path.join(out_dir, "summary.json"), "summary")
 
     table, detectors = _read_verdicts(vpath)
 
@@ -155,16 +160,7 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
         incidents = [i.to_dict() for i in build_incidents(table)]
         source = "computed from verdicts.jsonl"
 
-    baseline: dict = {}
-    bpath = os.path.join(out_dir, "baseline.json")
-    if os.path.exists(bpath):
-        try:
-            with open(bpath, encoding="utf-8") as f:
-                baseline = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UnreadableInput(f"not a readable baseline file: {e}", bpath) from None
-        if not isinstance(baseline, dict):
-            raise UnreadableInput("not a JSON object", bpath)
+    baseline = _json_object(os.path.join(out_dir, "baseline.json"), "baseline file")
 
     by_reason: Counter[str] = Counter()
     samples: list[dict] = []
