@@ -3,24 +3,15 @@ finetuned directories it refuses (by name, in one line), and what ``--models`` m
 The detector contract on real finetuned models of every kind: ``test_model_kind_contract.py``."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pytest
+from test_registry_kinds import fake_model_dir
 
 from zeekml._core.errors import ModelError
 from zeekml.scoring.detectors.classifier import NOTES, ClassifierDetector, bad_classes
 from zeekml.scoring.registry import load_model_detectors
-
-
-def fake_dir(path, **config) -> str:
-    os.makedirs(path)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config, f)
-    with open(os.path.join(path, "manifest.json"), "w") as f:
-        json.dump({"kind": config.get("kind"), "files": {}}, f)
-    return str(path)
 
 
 def test_bad_classes_are_all_but_benign_and_background():
@@ -39,7 +30,7 @@ def test_notes_are_the_zeek_package_notice_types():
 
 
 def test_a_service_classifier_is_not_a_known_bad_detector(tmp_path):
-    d = fake_dir(tmp_path / "svc", kind="moe", schema_version=1, label_field="service",
+    d = fake_model_dir(tmp_path / "svc", kind="moe", schema_version=1, label_field="service",
                  classes=["dns", "http"], head={"in_dim": 8})
     with pytest.raises(ModelError, match="classifier of 'service' is not a known-bad detector") as e:
         ClassifierDetector(d)
@@ -49,7 +40,7 @@ def test_a_service_classifier_is_not_a_known_bad_detector(tmp_path):
 
 
 def test_an_unknown_kind_is_refused_by_name(tmp_path):
-    d = fake_dir(tmp_path / "x", kind="fourier", schema_version=1, label_field="label",
+    d = fake_model_dir(tmp_path / "x", kind="fourier", schema_version=1, label_field="label",
                  classes=["Benign", "Malicious"])
     with pytest.raises(ModelError, match="no classifier detector for kind 'fourier'"):
         ClassifierDetector(d)
@@ -64,8 +55,8 @@ def test_two_detectors_of_one_name_are_refused(tmp_path, monkeypatch):
         def __init__(self, name):
             self.name = name
 
-    a = fake_dir(tmp_path / "p" / "a", kind="mae", detector=True)
-    fake_dir(tmp_path / "p" / "b", kind="mae", detector=True)
+    a = fake_model_dir(tmp_path / "p" / "a", kind="mae", detector=True)
+    fake_model_dir(tmp_path / "p" / "b", kind="mae", detector=True)
     monkeypatch.setattr(registry.get_kind("mae"), "detector", lambda d, device="cpu": Fake("mae"))
     with pytest.raises(ModelError, match="a second detector named 'mae'"):
         load_model_detectors(str(tmp_path / "p"))
