@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from zeekml.flows.select import earliest_rows, ts_sort_key
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine, read_log
 from zeekml.sources.archive import expand_inputs
@@ -64,10 +64,8 @@ def labels_of(table: pa.Table, field: str) -> np.ndarray:
 
 def temporal_split(table: pa.Table, train_share: float = TRAIN_SHARE) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the earliest ``train_share`` by ts and of the rest (ties by input order)."""
-    ts = pc.fill_null(table.column("ts"), np.inf).to_numpy(zero_copy_only=False)
-    order = np.argsort(ts, kind="stable")
-    k = int(round(len(order) * train_share))
-    return np.sort(order[:k]), np.sort(order[k:])
+    train = earliest_rows(ts_sort_key(table), train_share)
+    return train, np.setdiff1d(np.arange(table.num_rows), train)
 
 
 def sample_shots(labels: np.ndarray, candidates: np.ndarray, k: int | None = None,
