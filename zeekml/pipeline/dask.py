@@ -349,6 +349,12 @@ def dask_client(spec: str) -> Iterator["object"]:
                 Client(cluster, security=security) as client, _one_line_logs():
             client.register_plugin(_OneLineWorkerLogs(), name="zeekml-one-line-logs")
             yield client
+            # A worker that its nanny is still restarting (after a crash) when the cluster closes
+            # can die inside Dask's own shutdown ("ConnectionPool is closed") and print a
+            # traceback on our stderr: let restarts finish first. Only the order of shutdown
+            # depends on it, so a timeout here just closes as before.
+            with contextlib.suppress(TimeoutError, OSError):
+                client.wait_for_workers(n, timeout=10)
     else:
         security = _security_for(spec, _ACCESS.get())
         try:
