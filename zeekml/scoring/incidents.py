@@ -161,7 +161,8 @@ def _segments(keys: np.ndarray, ts: np.ndarray, rows: np.ndarray, gap: float) ->
 
 
 def build_incidents(table: pa.Table, options: IncidentOptions | None = None,
-                    baseline_bytes: dict[str, tuple[float, float]] | None = None) -> list[Incident]:
+                    baseline_bytes: dict[str, tuple[float, float]] | None = None,
+                    host_times: dict | None = None) -> list[Incident]:
     """Incidents of the alerting rows of ``table``, highest score first (ties: earliest first).
 
     Args:
@@ -171,6 +172,11 @@ def build_incidents(table: pa.Table, options: IncidentOptions | None = None,
             originator in the baseline (see ``host_baseline_bytes``; key ``""`` = all hosts), to
             say when a host sent or received far more than it usually does. Without it no
             volume statement is made.
+        host_times: ``{"orig": ..., "resp": ...}``, each with ``count(host, t0, t1)``: the
+            conns of a host in that role with ``t0 <= ts <= t1``, for an incident's ``conns``.
+            Default: counted in ``table``, which then holds every scored conn. Given, ``table``
+            may hold just the alerting rows (chunked ``score``, ``--dask``: every conn is never
+            in memory at once); the incidents are the same.
     """
     opt = options or IncidentOptions()
     missing = [c for c in REQUIRED if c not in table.column_names]
@@ -220,7 +226,7 @@ def build_incidents(table: pa.Table, options: IncidentOptions | None = None,
         groups += [("orig", seg) for seg in _segments(orig, ts, np.concatenate(sporadic), opt.slow_gap)]
 
     # conns = every conn of the host in its role between first and last alert (context)
-    sorted_by_host = {"orig": _HostTimes(orig, ts), "resp": _HostTimes(resp, ts)}
+    sorted_by_host = host_times or {"orig": _HostTimes(orig, ts), "resp": _HostTimes(resp, ts)}
     out = [_incident(role, seg, c, sorted_by_host[role], opt, baseline_bytes) for role, seg in groups]
     out.sort(key=lambda i: (-i.score, i.first_ts, i.incident_id))
     return out
@@ -447,11 +453,13 @@ def host_baseline_bytes(baseline: pa.Table) -> dict[str, tuple[float, float]]:
 
 
 def incidents_from_batch(batch, baseline: pa.Table | None = None,
-                         options: IncidentOptions | None = None, profile=None) -> list[Incident]:
+                         options: IncidentOptions | None = None, profile=None,
+                         host_times: dict | None = None) -> list[Incident]:
     """Incidents of a scored ``VerdictBatch`` (its ``table`` is the conn table): with the conns'
     service and bytes, each alert's verdict id and Community ID, and, given the ``baseline`` conns,
     explanations against the baseline of the same kind (``profile``: a fitted
-    ``BaselineProfile``, fitted here when not given) and volume statements.
+    ``BaselineProfile``, fitted here when not given) and volume statements. ``host_times``: as
+    ``build_incidents`` (then ``batch`` may hold the alerting conns only).
     """
     from zeekml.flows.community_id import community_ids
     from zeekml.scoring.explain import BaselineProfile
@@ -487,4 +495,4 @@ def incidents_from_batch(batch, baseline: pa.Table | None = None,
         "explanation": pa.array(expl, pa.string()),
     })
     ref = host_baseline_bytes(baseline) if baseline is not None else None
-    return build_incidents(table, options, baseline_bytes=ref)
+    return build_incidents(table, options, baseline_bytes=ref, host_times=host_times)
