@@ -220,3 +220,95 @@ def _profile(x: np.ndarray, ok: np.ndarray, states: np.ndarray) -> KindProfile:
     n = len(states)
     return KindProfile(count=int(n), log_median=log_med, log_scale=log_scale, median=med, q99=q99,
                        states={str(v): float(c) / n for v, c in zip(vals, counts)})
+
+
+# -- learned detectors: the nearest baseline conns and the least expected tokens -----------------
+
+IDENTITY_COLUMNS = ("uid", "ts", "id.orig_h", "id.resp_h", "id.resp_p", "proto", "service")
+"""What a kNN detector keeps of each of its reference rows, to name them in an explanation."""
+NEAREST_SHOWN = 2
+"""Nearest baseline conns named per alert: the notice ``sub`` stays one short line."""
+
+
+def reference_identity(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """The ``IDENTITY_COLUMNS`` of ``table``'s ``rows`` (those the table has): a few kB for a
+    4,000-row reference, kept beside the embeddings."""
+    cols = [c for c in IDENTITY_COLUMNS if c in table.column_names]
+    return table.select(cols).take(pa.array(np.asarray(rows, dtype=np.int64)))
+
+
+def conn_label(conn: dict) -> str:
+    """``192.168.1.5 -> 8.8.8.8:53/udp dns`` (``icmp`` without a port; service when set)."""
+    proto = conn.get("proto") or "?"
+    port = conn.get("id.resp_p")
+    where = f"{conn.get('id.resp_h') or '?'}"
+    where += f" {proto}" if proto == "icmp" or port is None else f":{port}/{proto}"
+    svc = (conn.get("service") or "").split(",")[0]
+    return f"{conn.get('id.orig_h') or '?'} -> {where}" + (f" {svc}" if svc else "")
+
+
+def nearest_text(identity: pa.Table, dist: np.ndarray, rows: np.ndarray, far: float,
+                 n_reference: int, shown: int = NEAREST_SHOWN) -> list[str]:
+    """One line per alert naming its nearest baseline conns.
+
+    Args:
+        identity: ``reference_identity`` of the baseline the rows index.
+        dist: cosine distances ``[n, k]``, nearest first.
+        rows: the neighbours' rows in ``identity`` ``[n, k]``.
+        far: the baseline's own 99th percentile of nearest-neighbour distance; an alert whose
+            nearest conn is further than that is "unlike any" baseline conn.
+        n_reference: baseline conns compared against.
+        shown: neighbours named (default ``NEAREST_SHOWN``).
+    """
+    recs = identity.to_pylist()
+    out = []
+    for d, r in zip(np.asarray(dist), np.asarray(rows)):
+        named = [(float(d[j]), recs[int(r[j])]) for j in range(min(shown, len(d)))]
+        if named and named[0][0] > far:
+            c = named[0][1]
+            out.append(f"unlike any of the baseline's {n_reference:,} conns (nearest distance "
+                       f"{named[0][0]:.2f}, baseline p99 {far:.2f}: {conn_label(c)}, uid "
+                       f"{c.get('uid') or '?'})")
+        else:
+            out.append("nearest baseline conns: " + ", ".join(
+                f"{conn_label(c)} (uid {c.get('uid') or '?'}, distance {x:.2f})" for x, c in named)
+                + f"; baseline p99 {far:.2f}")
+    return out
+
+
+def odds(nll: float) -> str:
+    """A negative log-likelihood (nats) as the chance a person reads: ``1 in 650``."""
+    p = float(np.exp(-max(nll, 0.0)))
+    if p >= 0.5:
+        return f"{p:.0%}"
+    return f"1 in {1 / max(p, 1e-12):,.0f}"
+
+
+TOKEN_COLUMNS = {"proto": "proto", "conn_state": "conn_state", "service": "service",
+                 "port": "id.resp_p", "history": "history", "duration": "duration",
+                 "orig_bytes": "orig_bytes", "resp_bytes": "resp_bytes", "orig_pkts": "orig_pkts",
+                 "resp_pkts": "resp_pkts"}
+"""The conn column each host-token field is read from (``gap`` and ``same_resp`` are relative)."""
+
+
+def token_value(conn: dict, name: str) -> str:
+    """The value of host-token field ``name`` in a conn's own words: ``service telnet``."""
+    col = TOKEN_COLUMNS.get(name)
+    if col is None:
+        return name
+    v = conn.get(col)
+    if v is None or v == "":
+        return f"{name} unset"
+    if isinstance(v, float):
+        return f"{name} {_num(v)}{' s' if name == 'duration' else ''}"
+    return f"{name} {v}"
+
+
+def surprise_text(host: str, n_conns: int, conn: dict, fields: list[tuple[str, float]],
+                  is_self: bool) -> str:
+    """``of 192.168.1.9's last 16 conns the least expected: 192.168.1.9 -> 10.0.0.7:23/tcp
+    (service telnet 1 in 650, port 23 1 in 130)``: the host's conn (in its token sequence) whose
+    fields the model found least likely, each with the chance the model gave it."""
+    what = "this conn" if is_self else conn_label(conn)
+    parts = ", ".join(f"{token_value(conn, f)} {odds(nll)}" for f, nll in fields)
+    return (f"of {host}'s last {n_conns} conns the least expected: {what} ({parts})")

@@ -52,6 +52,44 @@ def knn_distance(e: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+# Rows per block of the explanation helpers below (memory bound: a block x 4,000 distances).
+EXPLAIN_CHUNK = 512
+
+
+def nearest_rows(e: np.ndarray, ref: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine distances to, and positions in ``ref`` of, the ``k`` nearest rows of ``ref`` for
+    each row of ``e`` (both unit vectors), nearest first. Explanations only: alerts are few, so
+    this keeps no bit-for-bit agreement with ``knn_distance``.
+
+    Shapes:
+        e ``[n, d]``, ref ``[m, d]`` -> ``([n, k'], [n, k'])``, ``k' = min(k, m)``
+    """
+    k = max(1, min(k, len(ref)))
+    dist = np.empty((len(e), k))
+    pos = np.empty((len(e), k), dtype=np.int64)
+    for a in range(0, len(e), EXPLAIN_CHUNK):
+        d = 1.0 - np.asarray(e[a:a + EXPLAIN_CHUNK], np.float32) @ ref.T
+        part = np.argpartition(d, k - 1, axis=1)[:, :k]
+        dd = np.take_along_axis(d, part, axis=1)
+        order = np.argsort(dd, axis=1, kind="stable")
+        dist[a:a + len(d)] = np.clip(np.take_along_axis(dd, order, axis=1), 0.0, 2.0)
+        pos[a:a + len(d)] = np.take_along_axis(part, order, axis=1)
+    return dist, pos
+
+
+def baseline_nearest_q99(ref: np.ndarray) -> float:
+    """99th percentile of each row's cosine distance to its nearest other row of ``ref`` (unit
+    vectors); 0.0 for a single row."""
+    if len(ref) < 2:
+        return 0.0
+    near = np.empty(len(ref))
+    for a in range(0, len(ref), EXPLAIN_CHUNK):
+        d = 1.0 - ref[a:a + EXPLAIN_CHUNK] @ ref.T
+        d[np.arange(len(d)), np.arange(a, a + len(d))] = np.inf      # not itself
+        near[a:a + len(d)] = d.min(axis=1)
+    return float(np.clip(np.quantile(near, 0.99), 0.0, 2.0))
+
+
 class KnnReference:
     """Anomalous = far (cosine) from every baseline conn's embedding.
 
@@ -68,15 +106,22 @@ class KnnReference:
         self.max_reference = max_reference
         self.seed = seed
         self.ref: np.ndarray | None = None
+        self.rows: np.ndarray | None = None      # baseline row of each ``ref`` row
+        self._loo_q99: float | None = None
 
     def fit(self, embedding: np.ndarray) -> KnnReference:
         """Keep the (unit) embeddings of the baseline rows, ``[m, d]``."""
         e = unit_rows(embedding)
         if len(e) == 0:
             raise ModelError("the baseline gave no conn to compare against")
+        rows = np.arange(len(e), dtype=np.int64)
         if len(e) > self.max_reference:
-            e = e[np.random.default_rng(self.seed).choice(len(e), self.max_reference, replace=False)]
+            rows = np.random.default_rng(self.seed).choice(len(e), self.max_reference, replace=False)
+            e = e[rows]
         self.ref = e
+        # which baseline rows were kept, so an explanation can name the nearest baseline conns
+        self.rows = rows
+        self._loo_q99 = None
         return self
 
     def score(self, embedding: np.ndarray) -> np.ndarray:
@@ -86,6 +131,29 @@ class KnnReference:
         if len(embedding) == 0:
             return np.zeros(0)
         return knn_distance(unit_rows(embedding), self.ref, self.k)
+
+    def nearest(self, embedding: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest baseline rows of each row of ``embedding`` (for explanations).
+
+        Returns ``(distances, rows)``: cosine distances, nearest first, and the row numbers of
+        those neighbours in the embedding given to ``fit`` (not positions in the kept subset).
+
+        Shapes:
+            embedding ``[n, d]`` -> ``([n, k'], [n, k'])`` with ``k' = min(k, kept rows)``
+        """
+        if self.ref is None or self.rows is None:
+            raise ModelError("KnnReference.nearest before fit")
+        d, pos = nearest_rows(unit_rows(embedding), self.ref, k)
+        return d, self.rows[pos]
+
+    def nearest_q99(self) -> float:
+        """99th percentile, over the kept baseline rows, of each one's distance to its nearest
+        *other* kept row: how far "far" is for this baseline (computed once, on first use)."""
+        if self.ref is None:
+            raise ModelError("KnnReference.nearest_q99 before fit")
+        if self._loo_q99 is None:
+            self._loo_q99 = baseline_nearest_q99(self.ref)
+        return self._loo_q99
 
 
 class ZReference:
