@@ -1,7 +1,8 @@
 """What ``zeekml score`` runs: read the logs, fit and calibrate on a baseline, score, write.
 
 source -> parse -> flows -> features -> detectors -> calibration -> verdicts -> sinks, on one
-machine or (``options.dask``) on a Dask cluster (``zeekml.pipeline.dask``).
+machine chunk by chunk (``zeekml.pipeline.chunked``) or (``options.dask``) on a Dask cluster
+(``zeekml.pipeline.dask``).
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from zeekml._core.errors import UnknownFormat, InputNotFound, UnreadableInput, ZeekmlError
+from zeekml._core.errors import InputNotFound, UnreadableInput, ZeekmlError
 from zeekml.flows.select import ts_sort_key
-from zeekml.flows.table import conn_table, is_conn_batch
-from zeekml.parse import Quarantine, read_log
+from zeekml.flows.table import conn_table
+from zeekml.parse import Quarantine
+from zeekml.pipeline.chunked import TriageRows, read_conn_batches, score_spilled, spill_inputs
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.scoring.allowlist import Allowlist, suppress
@@ -51,46 +53,7 @@ class NoConnInput(ZeekmlError):
 def load_conns(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
                on_bytes: ProgressFn | None = None) -> pa.Table:
     """Read every file, keep conn records; per-file failures are recorded and the rest goes on."""
-    batches = []
-    for path in paths:
-        conns, others = 0, set()
-        try:
-            for b in read_log(path, quarantine):
-                summary.records_read += b.num_rows
-                if is_conn_batch(b):
-                    batches.append(b)
-                    summary.conn_records += b.num_rows
-                    conns += b.num_rows
-                else:
-                    summary.other_records += b.num_rows
-                    others.add(b.log_path or "?")
-            summary.files += 1
-            if others and not conns:
-                # a user who names dns.log by mistake must not get "0 conns scored" silently
-                log.warning("%s: no conn records (#path %s): nothing in it is scored", path,
-                            ", ".join(sorted(others)))
-        except ZeekmlError as e:
-            if isinstance(e, UnknownFormat) and is_capture(path):
-                e = UnknownFormat("looks like a capture: use zeekml replay", path)
-            summary.files_failed.append((path, e.message))
-            log.warning("%s", e)
-        if on_bytes:
-            on_bytes(path, os.path.getsize(path) if os.path.exists(path) else 0)
-    return conn_table(batches)
-
-
-# pcap (either byte order, micro- or nanosecond) and pcapng section header block
-CAPTURE_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1",
-                  b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
-
-
-def is_capture(path: str) -> bool:
-    """Whether ``path`` starts with a pcap or pcapng magic number (``zeekml replay`` reads it)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) in CAPTURE_MAGICS
-    except OSError:
-        return False
+    return conn_table(list(read_conn_batches(paths, quarantine, summary, on_bytes)))
 
 
 def baseline_rows(table: pa.Table, options: ScoreOptions | float) -> np.ndarray:
@@ -146,18 +109,18 @@ def feedback_rows(table: pa.Table, uids: set[str]) -> np.ndarray:
     return np.flatnonzero(hit.to_numpy(zero_copy_only=False).astype(bool, copy=False))
 
 
-def _feedback_extra(table: pa.Table, baseline: pa.Table | None, rows: np.ndarray | None,
-                    benign: set[str], options: ScoreOptions, summary: ScoreSummary) -> pa.Table:
-    """The input's benign feedback conns that are not in the baseline yet: they join it on its
-    fitting side (``fit_calibrate``). Those already in it (drawn from the input, or in a
-    --baseline file by uid) stay where they are: they came with a random draw, so they keep
-    the calibration an unbiased sample of normal traffic, which hand-picked alerts are not."""
-    fb = feedback_rows(table, benign)
+def _feedback_extra(fb: np.ndarray, take: Callable[[np.ndarray], pa.Table],
+                    baseline: pa.Table | None, rows: np.ndarray | None, benign: set[str],
+                    options: ScoreOptions, summary: ScoreSummary) -> pa.Table:
+    """The input's benign feedback conns (rows ``fb``; ``take(rows)`` reads input rows) that are
+    not in the baseline yet: they join it on its fitting side (``fit_calibrate``). Those already
+    in it (drawn from the input, or in a --baseline file by uid) stay where they are: they came
+    with a random draw, so they keep the calibration an unbiased sample of normal traffic, which
+    hand-picked alerts are not."""
     if rows is not None:
         new = np.setdiff1d(fb, rows)
     elif baseline is not None and "uid" in baseline.column_names and len(fb):
-        have = pc.is_in(table.column("uid").take(pa.array(fb)),
-                        value_set=baseline.column("uid").combine_chunks())
+        have = pc.is_in(take(fb).column("uid"), value_set=baseline.column("uid").combine_chunks())
         new = fb[~pc.fill_null(have, False).to_numpy(zero_copy_only=False)]
     else:
         new = fb
@@ -165,7 +128,7 @@ def _feedback_extra(table: pa.Table, baseline: pa.Table | None, rows: np.ndarray
     log.info("%s: %d benign feedback conns of the input join the baseline, %d were in it "
              "already (of %d uids labeled benign)", options.feedback, len(new), len(fb) - len(new),
              len(benign))
-    return table.take(pa.array(new, pa.int64()))
+    return take(np.asarray(new, dtype=np.int64))
 
 
 def score_table(table: pa.Table, baseline: pa.Table, options: ScoreOptions,
@@ -193,9 +156,10 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     Outputs: ``verdicts.jsonl``, ``zeekml_notice.log``, ``quarantine.jsonl``, ``summary.json``
     (and the Zeek feedback file when ``options.zeek_feedback`` is set), and the triage outputs
     ``incidents.jsonl``, ``zeekml_incident.log`` and ``baseline.json`` (``zeekml.sinks.triage``).
-    With ``options.dask`` the work runs on a Dask cluster (``zeekml.pipeline.dask``) and the
-    outputs are the same, without the triage outputs (``zeekml report`` computes the incidents
-    from the verdicts then).
+    In one process the input is scored in chunks of ``options.chunk_rows`` conns, so memory
+    depends on the baseline and the chunk, not the input (``zeekml.pipeline.chunked``); with
+    ``options.dask`` the work runs on a Dask cluster (``zeekml.pipeline.dask``). The outputs are
+    the same either way.
     """
     options = options or ScoreOptions()
     allowlist = Allowlist.load(options.allowlist) if options.allowlist else None
@@ -215,6 +179,7 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     outputs = ScoreOutputs(out_dir, options.zeek_feedback)
     summary = ScoreSummary()
     quarantine = Quarantine(sink=outputs.quarantine)
+    triage = TriageRows()
     from zeekml._core.progress import run_progress
     try:
         with run_progress(files + baseline_files, enabled=progress and not options.dask) as bar:
@@ -223,36 +188,15 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
                 baseline = load_conns(baseline_files, quarantine, ScoreSummary(), bar.advance)
             if options.dask:
                 from zeekml.pipeline.dask import plan_tasks, score_tasks_dask
-                score_tasks_dask(plan_tasks(files, options.split_bytes), options.dask, options,
-                                 summary, quarantine, baseline, outputs.write_rendered)
+                baseline = score_tasks_dask(plan_tasks(files, options.split_bytes), options.dask,
+                                            options, summary, quarantine, baseline,
+                                            outputs.write_rendered, triage.add)
             else:
-                table = load_conns(files, quarantine, summary, bar.advance)
-                if summary.files == 0:
-                    raise ZeekmlError("no input file could be read: " +
-                                      "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
-                if summary.conn_records == 0 and summary.other_records:
-                    raise NoConnInput("no conn records in any input (Zeek conn.log or "
-                                      "Suricata eve.json flows): nothing to score")
-                rows = None
-                if baseline is None:
-                    rows = baseline_rows(table, options) if table.num_rows else None
-                fit_extra = None
-                if benign is not None:
-                    fit_extra = _feedback_extra(table, baseline, rows, benign, options, summary)
-                if baseline is None:
-                    baseline = table.take(pa.array(rows)) if rows is not None else table
-                summary.baseline_records = baseline.num_rows + (
-                    fit_extra.num_rows if fit_extra is not None else 0)
-                batch = score_table(table, baseline, options, summary, rows, fit_extra,
-                                    on_step=bar.step)
-                suppressed = suppress(batch, allowlist) if allowlist is not None else {}
-                bar.step(f"writing {len(batch):,} verdicts")
-                rendered = render_verdicts(batch)
-                mark_suppressed(rendered.lines, suppressed)
-                outputs.write_batch(rendered)
-                bar.step("grouping alerts into incidents")
-                summary.outputs.update(_write_triage(out_dir, files, baseline_files, baseline, batch,
-                                                     options))
+                baseline = _score_chunked(files, baseline, options, summary, quarantine, outputs,
+                                          allowlist, benign, triage, bar)
+            bar.step("grouping alerts into incidents")
+            summary.outputs.update(_write_triage(out_dir, files, baseline_files, baseline, triage,
+                                                 options))
     except BaseException:
         outputs.close()
         raise
@@ -266,11 +210,49 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     return summary
 
 
+def _score_chunked(files: list[str], baseline: pa.Table | None, options: ScoreOptions,
+                   summary: ScoreSummary, quarantine: Quarantine, outputs: ScoreOutputs,
+                   allowlist: Allowlist | None, benign: set[str] | None, triage: TriageRows,
+                   bar) -> pa.Table:
+    """The single-process run (``zeekml.pipeline.chunked``): read once, fit, score and write
+    chunk by chunk; returns the baseline fitted on."""
+    fb_parts: list[np.ndarray] = []
+
+    def feedback_of(table: pa.Table, offset: int) -> None:
+        fb_parts.append(feedback_rows(table, benign) + offset)
+
+    with spill_inputs(files, quarantine, summary, options.chunk_rows, bar.advance,
+                      feedback_of if benign is not None else None) as spill:
+        if summary.files == 0:
+            raise ZeekmlError("no input file could be read: " +
+                              "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
+        if summary.conn_records == 0 and summary.other_records:
+            raise NoConnInput("no conn records in any input (Zeek conn.log or "
+                              "Suricata eve.json flows): nothing to score")
+
+        def fit_extra(base: pa.Table | None, rows: np.ndarray | None) -> pa.Table:
+            fb = np.concatenate(fb_parts) if fb_parts else np.zeros(0, dtype=np.int64)
+            return _feedback_extra(fb, spill.take, base, rows, benign, options, summary)
+
+        def write(batch: VerdictBatch) -> None:
+            suppressed = suppress(batch, allowlist) if allowlist is not None else {}
+            bar.step(f"writing {len(batch):,} verdicts")
+            rendered = render_verdicts(batch)
+            mark_suppressed(rendered.lines, suppressed)
+            outputs.write_batch(rendered)
+            triage.add_batch(batch)
+
+        return score_spilled(spill, baseline, options, summary, write,
+                             fit_extra=fit_extra if benign is not None else None,
+                             on_step=bar.step)
+
+
 def _write_triage(out_dir: str, files: list[str], baseline_files: list[str], baseline: pa.Table,
-                  batch: VerdictBatch, options: ScoreOptions) -> dict[str, str]:
+                  triage: TriageRows, options: ScoreOptions) -> dict[str, str]:
     """incidents.jsonl, zeekml_incident.log and baseline.json of a scored run; their paths."""
     profile = BaselineProfile().fit(baseline) if baseline.num_rows else None
-    incidents = incidents_from_batch(batch, baseline, profile=profile)
+    incidents = incidents_from_batch(triage.alerts(), baseline, profile=profile,
+                                     host_times=triage.host_times())
     ts = pc.min_max(baseline.column("ts")).as_py() if baseline.num_rows else {}
     source = (", ".join(baseline_files) if baseline_files else
               "the input's conns in the period asked (--baseline-until/--baseline-range)"

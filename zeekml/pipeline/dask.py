@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import ipaddress
 import logging
 import os
@@ -35,10 +34,10 @@ from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine
 from zeekml.parse.reader import GZIP_MAGIC, detect_format, make_parser, open_binary
 from zeekml.parse.reject import RejectedRecord
-from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
+from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
-from zeekml.scoring.context import (context_seconds, detectors_in_context, take_ts_range,
-                                     with_context)
+from zeekml.pipeline.chunked import TriagePart, score_in_context, triage_part
+from zeekml.scoring.context import context_seconds, take_ts_range
 from zeekml.scoring.verdict import Verdict
 from zeekml.sinks.verdicts import render_verdicts
 
@@ -411,20 +410,15 @@ def _take(result: ReadResult, rows: np.ndarray) -> pa.Table:
 
 
 def score_task(result: ReadResult, fitted: FittedDetectors, before: list | None = None,
-               after: list | None = None) -> tuple[bytes, int, list[Verdict]]:
+               after: list | None = None) -> tuple[bytes, int, list[Verdict], TriagePart]:
     """Verdicts for the rows of ``result`` (runs on a worker), rendered as ``verdicts.jsonl``
-    lines, with the alerting verdicts as objects (only text and the few alerts travel back to
-    the driver). ``before``/``after`` are context rows (in global order) that detectors with a
-    time context see but that get no verdict here."""
-    before, after = before or [], after or []
-    if not before and not after:
-        batch = score_batch(result.table, fitted)
-    else:
-        table, targets = with_context(before, result.table, after)
-        batch = score_batch(result.table, dataclasses.replace(
-            fitted, detectors=detectors_in_context(fitted.detectors, table, targets)))
+    lines, with the alerting verdicts as objects and what the incidents need of the task
+    (``chunked.TriagePart``: its alerting rows, each conn's hosts and ts, compactly): only text
+    and small arrays travel back to the driver. ``before``/``after`` are context rows (in global
+    order) that detectors with a time context see but that get no verdict here."""
+    batch = score_in_context(result.table, fitted, before, after)
     rendered = render_verdicts(batch)
-    return rendered.data(), len(rendered), [v for _, v in rendered.alerts]
+    return rendered.data(), len(rendered), [v for _, v in rendered.alerts], triage_part(batch)
 
 
 def _take_range(result: ReadResult, lo: float, hi: float) -> pa.Table:
@@ -506,11 +500,13 @@ class _TaskReport:
 
 def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
                      summary: ScoreSummary, quarantine: Quarantine,
-                     baseline_table: pa.Table | None, emit: EmitFn) -> None:
-    """Run the four steps of the module docstring; ``emit(lines, n, alerts)`` is called in task
-    order. A task that fails for good (``TASK_RETRIES``) is reported in ``summary.files_failed``
-    with its byte range and the rest goes on; retried tasks are listed in
-    ``summary.tasks_retried``."""
+                     baseline_table: pa.Table | None, emit: EmitFn,
+                     on_triage: Callable[[TriagePart], None] | None = None) -> pa.Table:
+    """Run the four steps of the module docstring; ``emit(lines, n, alerts)`` and
+    ``on_triage(part)`` (what the incidents need of each task) are called in task order.
+    Returns the baseline table fitted on. A task that fails for good (``TASK_RETRIES``) is
+    reported in ``summary.files_failed`` with its byte range and the rest goes on; retried
+    tasks are listed in ``summary.tasks_retried``."""
     with dask_client(spec) as client:
         report = _TaskReport(client, summary)
         results = [client.submit(read_task, t, retries=TASK_RETRIES, pure=False) for t in tasks]
@@ -581,6 +577,9 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
                 report.failed("score", task, fut, exc)
             else:
                 report.check("score", [task], [fut])
-                emit(*out)
+                emit(*out[:3])
+                if on_triage is not None:
+                    on_triage(out[3])
             fut.release()
         summary.files = len(seen_files - failed_files)
+    return baseline_table

@@ -42,6 +42,9 @@ class ScoreOptions:
     split_bytes: int = 64 << 20     # Dask: plain files larger than this are cut into tasks
     allowlist: str | None = None    # TOML [[rule]] file: matching conns are scored, never alert
     feedback: str | None = None     # feedback.jsonl: its benign conns join the baseline
+    # score: conns scored together; a larger input is spilled to a temporary file and scored
+    # chunk by chunk, so memory does not grow with it (zeekml.pipeline.chunked)
+    chunk_rows: int = 100_000
 
     def baseline_period(self) -> tuple[float | None, float | None] | None:
         """``(start, end)`` of the baseline period asked (None = open), or None when the

@@ -1,0 +1,466 @@
+"""``zeekml score`` in bounded memory: read once, spill, fit on the baseline, score chunk by chunk.
+
+Holding a whole input as one table (and its verdicts as one batch) made peak memory grow with
+the input: 1M conns took 2.27 GB with ``--no-models`` and 7.54 GB with the learned models
+(issue 17). Here the input is read once; its conn records go, ``chunk_rows`` at a time, to an
+Arrow IPC file in a private temporary directory (removed at the end, also on an error or
+Ctrl-C), and only what the baseline choice and the incidents need stays in memory: ``ts`` and
+the originator and responder of every conn (compactly), the uids of benign feedback conns.
+Then:
+
+1. the baseline rows are chosen from ``ts`` (``ScoreOptions.baseline_rows``, as ``--dask``
+   does) and read back; the detectors are fitted and calibrated on them;
+2. each chunk is read back and scored with the context rows its detectors need (the rows of the
+   other chunks within their time horizon, ``zeekml.scoring.context``, as ``--dask`` scores its
+   tasks), rendered and appended to the outputs;
+3. incidents are built from the alerting verdicts of every chunk and the conn counts per host
+   (``TriageRows``), the same incidents as from one batch of everything.
+
+An input of at most ``chunk_rows`` conns is never spilled and is scored as one table, with
+``fit_calibrate``'s reuse of the per-conn detectors' scores of the baseline rows. With several
+chunks that reuse is dropped: the calibration half of the baseline is scored once more
+(``fit_calibrate`` without ``scored``), the same numbers (a per-conn score depends on its row
+alone), at the cost of scoring 15% more rows with the default baseline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from zeekml._core.errors import UnknownFormat, ZeekmlError
+from zeekml.flows.select import ts_sort_key
+from zeekml.flows.table import CONN_SCHEMA, conn_table, is_conn_batch
+from zeekml.parse import Quarantine, read_log
+from zeekml.parse.reader import LogBatch
+from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
+from zeekml.pipeline.options import ScoreOptions, ScoreSummary
+from zeekml.scoring.context import detectors_in_context, horizons, with_context
+from zeekml.scoring.verdict import VerdictBatch
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int], None]
+StepFn = Callable[[str], None]
+
+DEFAULT_CHUNK_ROWS = 100_000
+"""Conns scored together. Peak memory grows with it (the chunk, its context rows, its verdicts
+rendered as text) and so does the speed of the learned models' batched inference; 100k conns
+keep scoring as fast as one table of everything (``bench/README.md``, score memory)."""
+
+# pcap (either byte order, micro- or nanosecond) and pcapng section header block
+CAPTURE_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1",
+                  b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
+
+
+def is_capture(path: str) -> bool:
+    """Whether ``path`` starts with a pcap or pcapng magic number (``zeekml replay`` reads it)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in CAPTURE_MAGICS
+    except OSError:
+        return False
+
+
+def read_conn_batches(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
+                      on_bytes: ProgressFn | None = None) -> Iterator[LogBatch]:
+    """The conn batches of every file, in order; counts go to ``summary``. A file that fails is
+    recorded in ``summary.files_failed`` (its batches before the failure are kept) and the rest
+    goes on."""
+    for path in paths:
+        conns, others = 0, set()
+        try:
+            for b in read_log(path, quarantine):
+                summary.records_read += b.num_rows
+                if is_conn_batch(b):
+                    summary.conn_records += b.num_rows
+                    conns += b.num_rows
+                    yield b
+                else:
+                    summary.other_records += b.num_rows
+                    others.add(b.log_path or "?")
+            summary.files += 1
+            if others and not conns:
+                # a user who names dns.log by mistake must not get "0 conns scored" silently
+                log.warning("%s: no conn records (#path %s): nothing in it is scored", path,
+                            ", ".join(sorted(others)))
+        except ZeekmlError as e:
+            if isinstance(e, UnknownFormat) and is_capture(path):
+                e = UnknownFormat("looks like a capture: use zeekml replay", path)
+            summary.files_failed.append((path, e.message))
+            log.warning("%s", e)
+        if on_bytes:
+            on_bytes(path, os.path.getsize(path) if os.path.exists(path) else 0)
+
+
+# -- the spilled input ----------------------------------------------------------------------------
+
+class SpilledConns:
+    """Conn tables appended in input order, kept as record batches of ``chunk_rows`` rows in an
+    Arrow IPC file in a private temporary directory once they exceed one chunk (an input that
+    fits in one chunk stays in memory). ``ts`` (``ts_sort_key``) of every row stays in memory.
+
+    Use as a context manager, or call ``close``: the directory is removed either way.
+
+    Args:
+        chunk_rows: rows per chunk (default ``DEFAULT_CHUNK_ROWS``).
+        on_table: called with each appended table (to keep what else is needed per conn).
+    """
+
+    def __init__(self, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 on_table: Callable[[pa.Table, int], None] | None = None):
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
+        self.chunk_rows = int(chunk_rows)
+        self.on_table = on_table
+        self.num_rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._ts: list[np.ndarray] = []
+        self.ts = np.zeros(0)
+        self._dir: str | None = None
+        self._writer = None
+        self._reader = None
+        self._file = None
+        self._chunks = 0        # batches written to the file
+        self._memory: pa.Table | None = None
+        self._cached: tuple[int, pa.Table] | None = None
+
+    # writing
+    def append(self, table: pa.Table) -> None:
+        """Add ``table`` (``CONN_SCHEMA``) after the rows appended so far."""
+        if table.num_rows == 0:
+            return
+        if self.on_table is not None:
+            self.on_table(table, self.num_rows)
+        self._ts.append(ts_sort_key(table))
+        self.num_rows += table.num_rows
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self.chunk_rows and (self._dir is not None
+                                                         or self._pending_rows > self.chunk_rows):
+            # more than one chunk: from now on the input lives on disk
+            self._write_chunk()
+
+    def _write_chunk(self, rows: int | None = None) -> None:
+        rows = self.chunk_rows if rows is None else rows
+        if self._writer is None:
+            self._dir = tempfile.mkdtemp(prefix="zeekml-score-")   # 0700, ours alone
+            path = os.path.join(self._dir, "conns.arrow")
+            self._file = pa.OSFile(path, "wb")
+            self._writer = pa.ipc.new_file(self._file, CONN_SCHEMA)
+        pending = pa.concat_tables(self._pending)
+        self._writer.write_table(pending.slice(0, rows).combine_chunks(), max_chunksize=rows)
+        rest = pending.slice(rows)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+        self._chunks += 1
+
+    def finish(self) -> None:
+        """No more rows: write the last chunk and open the file for reading."""
+        self.ts = np.concatenate(self._ts) if self._ts else np.zeros(0)
+        self._ts = []
+        if self._writer is None:
+            self._memory = (pa.concat_tables(self._pending).combine_chunks() if self._pending
+                            else CONN_SCHEMA.empty_table())
+            self._pending = []
+            return
+        if self._pending_rows:
+            self._write_chunk(self._pending_rows)
+        self._writer.close()
+        self._file.close()
+        self._writer = None
+        self._reader = pa.ipc.open_file(pa.OSFile(os.path.join(self._dir, "conns.arrow"), "rb"))
+
+    @property
+    def spilled(self) -> bool:
+        """Whether the rows went to disk (more than one chunk)."""
+        return self._dir is not None
+
+    @property
+    def n_chunks(self) -> int:
+        """Chunks to score (at least one)."""
+        return max(1, self._reader.num_record_batches) if self._reader is not None else 1
+
+    # reading
+    def bounds(self, i: int) -> tuple[int, int]:
+        """``[start, stop)`` row range of chunk ``i``."""
+        if self._reader is None:
+            return 0, self.num_rows
+        start = i * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.num_rows)
+
+    def chunk(self, i: int) -> pa.Table:
+        """The rows of chunk ``i`` (the one last read is kept: context reads hit it often)."""
+        if self._reader is None:
+            return self._memory
+        if self._cached is None or self._cached[0] != i:
+            self._cached = (i, pa.Table.from_batches([self._reader.get_batch(i)]))
+        return self._cached[1]
+
+    def table(self) -> pa.Table:
+        """Every row as one table: only for an input that was not spilled."""
+        if self._reader is not None:
+            raise RuntimeError("the input was spilled to disk; read it chunk by chunk")
+        return self._memory
+
+    def take(self, rows: np.ndarray) -> pa.Table:
+        """The rows at the sorted global indices ``rows``, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._reader is None:
+            return self._memory.take(pa.array(rows, pa.int64()))
+        parts = []
+        chunk_of = rows // self.chunk_rows
+        for i in np.unique(chunk_of).tolist():
+            local = rows[chunk_of == i] - i * self.chunk_rows
+            parts.append(self.chunk(i).take(pa.array(local, pa.int64())))
+        return pa.concat_tables(parts) if parts else CONN_SCHEMA.empty_table()
+
+    def close(self) -> None:
+        """Drop the file and its directory (safe to call twice, also after a failure)."""
+        self._cached = None
+        self._reader = None
+        for closable in (self._writer, self._file):
+            if closable is not None:
+                try:
+                    closable.close()
+                except (OSError, pa.ArrowException):
+                    pass    # the directory goes anyway; its removal is what matters
+        self._writer = self._file = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> "SpilledConns":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def spill_inputs(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, on_bytes: ProgressFn | None = None,
+                 on_table: Callable[[pa.Table, int], None] | None = None) -> SpilledConns:
+    """Read every file once into a ``SpilledConns`` (finished: ready to read back). The caller
+    closes it; on an error here it is closed before the error goes on."""
+    spill = SpilledConns(chunk_rows, on_table)
+    try:
+        for b in read_conn_batches(paths, quarantine, summary, on_bytes):
+            spill.append(conn_table([b]))
+        spill.finish()
+    except BaseException:
+        spill.close()
+        raise
+    return spill
+
+
+# -- scoring with context -------------------------------------------------------------------------
+
+def score_in_context(table: pa.Table, fitted: FittedDetectors, before: list[pa.Table] | None = None,
+                     after: list[pa.Table] | None = None) -> VerdictBatch:
+    """The verdicts of the rows of ``table``; ``before``/``after`` are context rows (in the
+    whole input's order, before and after ``table``'s) that detectors with a time context see
+    but that get no verdict. ``--dask`` tasks and chunks are scored with it."""
+    before, after = before or [], after or []
+    if not before and not after:
+        return score_batch(table, fitted)
+    whole, targets = with_context(before, table, after)
+    return score_batch(table, dataclasses.replace(
+        fitted, detectors=detectors_in_context(fitted.detectors, whole, targets)))
+
+
+def context_rows(ts: np.ndarray, start: int, stop: int, back: float,
+                 fwd: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the rows before ``start`` and from ``stop`` on whose ``ts`` lies within
+    ``back`` seconds before and ``fwd`` after the time range of rows ``[start, stop)`` (the
+    rows a detector with that horizon may look at; ``ts`` as ``ts_sort_key``)."""
+    own = ts[start:stop]
+    own = own[np.isfinite(own)]
+    if (back <= 0 and fwd <= 0) or len(own) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    lo, hi = float(own.min()) - back, float(own.max()) + fwd
+    with np.errstate(invalid="ignore"):
+        near = (ts >= lo) & (ts <= hi)
+    return np.flatnonzero(near[:start]), np.flatnonzero(near[stop:]) + stop
+
+
+# -- what incidents need --------------------------------------------------------------------------
+
+@dataclass
+class TriagePart:
+    """What the incidents need of one scored batch: its alerting verdicts (an alerts-only
+    ``VerdictBatch``) and, per conn, originator and responder (dictionary-coded: ``*_codes``
+    index ``*_names``) and ``ts`` as the incidents read it (unset = 0.0). Small enough to send
+    back from a Dask worker."""
+
+    alerts: VerdictBatch
+    orig_codes: np.ndarray
+    orig_names: list[str]
+    resp_codes: np.ndarray
+    resp_names: list[str]
+    ts: np.ndarray
+
+
+def _coded(col) -> tuple[np.ndarray, list[str]]:
+    # as the incidents read a host column: cast to string, unset = ""
+    arr = pc.fill_null(pc.cast(col, pa.string()), "")
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    enc = arr.dictionary_encode()
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32), enc.dictionary.to_pylist()
+
+
+def alerts_only(batch: VerdictBatch) -> VerdictBatch:
+    """The alerting rows of ``batch`` as a ``VerdictBatch`` of their own (``msg``/``sub`` kept)."""
+    rows = np.flatnonzero(np.asarray(batch.alert, dtype=bool))
+    new = {int(r): i for i, r in enumerate(rows.tolist())}
+    return VerdictBatch(batch.table.take(pa.array(rows, pa.int64())), list(batch.names),
+                        list(batch.notes), {n: np.asarray(s)[rows] for n, s in batch.scores.items()},
+                        np.asarray(batch.score)[rows], np.asarray(batch.top)[rows],
+                        np.asarray(batch.alert)[rows],
+                        {new[r]: m for r, m in batch.msg.items() if r in new},
+                        {new[r]: s for r, s in batch.sub.items() if r in new})
+
+
+def triage_part(batch: VerdictBatch) -> TriagePart:
+    """``batch``'s ``TriagePart`` (after the allowlist: suppressed conns no longer alert)."""
+    t = batch.table
+    oc, on = _coded(t.column("id.orig_h"))
+    rc, rn = _coded(t.column("id.resp_h"))
+    ts = pc.fill_null(pc.cast(t.column("ts"), pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    return TriagePart(alerts_only(batch), oc, on, rc, rn, np.asarray(ts, dtype=np.float64))
+
+
+class _HostTimes:
+    """``count(host, t0, t1)``: the conns of ``host`` with ``t0 <= ts <= t1``, over hosts known
+    by code (``incidents._HostTimes`` over strings, the same counts)."""
+
+    def __init__(self, index: dict[str, int], codes: np.ndarray, ts: np.ndarray):
+        order = np.lexsort((ts, codes))
+        self.index, self.codes, self.ts = index, codes[order], ts[order]
+
+    def count(self, host: str, t0: float, t1: float) -> int:
+        code = self.index.get(host)
+        if code is None:
+            return 0
+        lo = np.searchsorted(self.codes, code, side="left")
+        hi = np.searchsorted(self.codes, code, side="right")
+        t = self.ts[lo:hi]
+        return int(np.searchsorted(t, t1, side="right") - np.searchsorted(t, t0, side="left"))
+
+
+@dataclass
+class TriageRows:
+    """``TriagePart``s of every chunk or task, in input order, gathered for the incidents:
+    ``alerts()`` and ``host_times()`` give ``incidents_from_batch`` the incidents of one batch
+    of everything. Memory: the alerting rows, plus 16 bytes per conn."""
+
+    hosts: dict[str, int] = field(default_factory=dict)
+    _alerts: list[VerdictBatch] = field(default_factory=list)
+    _orig: list[np.ndarray] = field(default_factory=list)
+    _resp: list[np.ndarray] = field(default_factory=list)
+    _ts: list[np.ndarray] = field(default_factory=list)
+
+    def _global(self, codes: np.ndarray, names: list[str]) -> np.ndarray:
+        lut = np.array([self.hosts.setdefault(h, len(self.hosts)) for h in names], dtype=np.int32)
+        return lut[codes] if len(codes) else np.zeros(0, dtype=np.int32)
+
+    def add(self, part: TriagePart) -> None:
+        """Append the next part."""
+        self._alerts.append(part.alerts)
+        self._orig.append(self._global(part.orig_codes, part.orig_names))
+        self._resp.append(self._global(part.resp_codes, part.resp_names))
+        self._ts.append(part.ts)
+
+    def add_batch(self, batch: VerdictBatch) -> None:
+        """Append a scored batch (``triage_part`` of it)."""
+        self.add(triage_part(batch))
+
+    def alerts(self) -> VerdictBatch:
+        """The alerting verdicts of every part, in order, as one ``VerdictBatch``."""
+        parts = [a for a in self._alerts if len(a)] or self._alerts[:1]
+        if not parts:
+            empty = np.zeros(0)
+            return VerdictBatch(CONN_SCHEMA.empty_table(), [], [], {}, empty,
+                                np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return VerdictBatch(pa.concat_tables([p.table for p in parts]), first.names, first.notes,
+                            {n: np.concatenate([p.scores[n] for p in parts]) for n in first.names},
+                            np.concatenate([p.score for p in parts]),
+                            np.concatenate([p.top for p in parts]),
+                            np.concatenate([p.alert for p in parts]))
+
+    def host_times(self) -> dict[str, _HostTimes]:
+        """``incidents.build_incidents``'s ``host_times`` over every conn added."""
+        ts = np.concatenate(self._ts) if self._ts else np.zeros(0)
+        orig = np.concatenate(self._orig) if self._orig else np.zeros(0, dtype=np.int32)
+        resp = np.concatenate(self._resp) if self._resp else np.zeros(0, dtype=np.int32)
+        return {"orig": _HostTimes(self.hosts, orig, ts), "resp": _HostTimes(self.hosts, resp, ts)}
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+@dataclass
+class Scored:
+    """What ``score_spilled`` leaves for the triage outputs: the baseline it fitted on and the
+    incidents' input."""
+
+    baseline: pa.Table
+    triage: TriageRows
+
+
+ChunkFn = Callable[[VerdictBatch], None]
+"""Receives each scored chunk's verdicts, in input order."""
+
+
+def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: ScoreOptions,
+                  summary: ScoreSummary, on_chunk: ChunkFn, fit_extra_rows: np.ndarray | None = None,
+                  fit_extra: Callable[[pa.Table | None, np.ndarray | None], pa.Table] | None = None,
+                  on_step: StepFn | None = None) -> pa.Table:
+    """Choose the baseline (unless ``baseline`` is given), fit and calibrate, score every chunk
+    of ``spill`` and hand its verdicts to ``on_chunk``; returns the baseline table.
+
+    ``fit_extra(baseline, rows)``: the benign feedback conns that join the fitting side
+    (``batch._feedback_extra``), given the baseline and the chosen rows (None with a
+    ``--baseline`` file)."""
+    step = on_step or (lambda text: None)
+    rows = None
+    if baseline is None:
+        rows = options.baseline_rows(spill.ts) if spill.num_rows else None
+    extra = fit_extra(baseline, rows) if fit_extra is not None else None
+    if baseline is None:
+        baseline = spill.take(rows) if rows is not None else spill.table()
+    summary.baseline_records = baseline.num_rows + (extra.num_rows if extra is not None else 0)
+    if spill.num_rows == 0:
+        on_chunk(score_batch(CONN_SCHEMA.empty_table(), FittedDetectors([], {}, options.fpr)))
+        return baseline
+    if not spill.spilled:
+        # one chunk: fit_calibrate scores the per-conn detectors once over the whole input and
+        # takes the calibration scores from that (``fit_calibrate``'s reuse)
+        table = spill.table()
+        raw: dict[str, np.ndarray] = {}
+        fitted = fit_calibrate(baseline, options, summary, scored=table if rows is not None else None,
+                               rows=rows, raw=raw, fit_extra=extra, on_step=on_step)
+        on_chunk(score_batch(table, fitted, raw, on_step=on_step))
+        return baseline
+    fitted = fit_calibrate(baseline, options, summary, fit_extra=extra, on_step=on_step)
+    back, fwd = horizons(fitted)
+    for i in range(spill.n_chunks):
+        start, stop = spill.bounds(i)
+        step(f"scoring conns {start + 1:,}-{stop:,} of {spill.num_rows:,}")
+        before_rows, after_rows = context_rows(spill.ts, start, stop, back, fwd)
+        before = [spill.take(before_rows)] if len(before_rows) else []
+        after = [spill.take(after_rows)] if len(after_rows) else []
+        on_chunk(score_in_context(spill.chunk(i), fitted, before, after))
+    return baseline
