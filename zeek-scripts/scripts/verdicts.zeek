@@ -1,7 +1,13 @@
-##! zeekml verdict feedback: zeekml's verdicts, raised as Zeek notices.
+##! zeekml verdict feedback: zeekml's incidents and verdicts, raised as Zeek notices.
 ##!
-##! zeekml (``zeekml watch/score --zeek-feedback PATH``) keeps a Zeek-format TSV file of its
-##! recent verdicts, one line per verdict keyed by ``verdict_id``, and replaces the whole file
+##! zeekml (``zeekml watch/score --zeek-feedback PATH``) keeps two Zeek-format TSV files that
+##! this script reads the same way: the incident file (by default ``PATH`` with ``.log``
+##! replaced by ``.incidents.log``), one line per incident keyed by ``incident_id``, each
+##! raised as one ``ZeekML::Suspicious_Host`` notice; and the verdict file ``PATH``, one line
+##! per alerting connection, which zeekml fills only with ``--conn-notices``. The verdict file
+##! is described below; the incident file follows the same rules.
+##!
+##! zeekml keeps a Zeek-format TSV file of its recent verdicts, one line per verdict keyed by ``verdict_id``, and replaces the whole file
 ##! by an atomic rename each time it changes. This script reads that file with the Input
 ##! framework as a table in ``REREAD`` mode: Zeek re-reads the file when its inode or mtime
 ##! changes and raises ``Input::EVENT_NEW`` only for verdict ids it has not seen, so a re-read
@@ -79,6 +85,72 @@ export {
 	## A hook to veto or change the notice built for a verdict before it is raised. Break
 	## out of it to drop the verdict.
 	global verdict_policy: hook(verdict_id: string, v: Verdict, n: Notice::Info);
+
+	## The incident file zeekml writes beside the verdict file. Empty (the default): the
+	## verdict file's name with a trailing ``.log`` replaced by ``.incidents.log`` (or
+	## ``.incidents.log`` added), where ``--zeek-feedback`` writes it. Read once at startup.
+	option incident_file: string = "";
+
+	## Name of the Input framework stream that reads the incident file.
+	const incident_stream = "zeekml_incidents" &redef;
+
+	## How long Zeek suppresses a repeat of the same incident notice (same identifier: the
+	## incident id).
+	option incident_suppress_for: interval = 1 hr;
+
+	## The index column of the incident file.
+	type IncidentIdx: record {
+		## zeekml's stable id of the incident.
+		incident_id: string;
+	};
+
+	## The other columns of the incident file. They must equal ``INCIDENT_FIELDS`` in
+	## ``zeekml/sinks/zeek_input.py`` (after ``incident_id``); a test in zeekml's Python
+	## suite parses this record and compares.
+	type Incident: record {
+		## The incident's first alert.
+		ts: time;
+		## The incident's last alert.
+		last_ts: time;
+		## The host the incident is about.
+		host: addr;
+		## ``orig``: the host started the connections; ``resp``: it received them.
+		role: string;
+		## The uid of the incident's top connection.
+		uid: string &optional;
+		## The responder port with the most alerts. Read without a protocol; the protocol
+		## comes from ``proto``.
+		p: port &optional;
+		## The transport protocol of ``p``.
+		proto: transport_proto &optional;
+		## The host's connections in this role from ``ts`` to ``last_ts``.
+		conns: count;
+		## The alerting connections among them.
+		alerts: count;
+		## Distinct peers of the alerting connections.
+		peers: count;
+		## zeekml's rank of the incident (its strongest calibrated score, raised by its
+		## densest burst of alerts).
+		score: double;
+		## The detectors that alerted, most alerts first, comma-separated.
+		model: string;
+		## What happened, in one line (e.g. "scanned 18 hosts on 445/tcp in 40 s").
+		msg: string &optional;
+		## The incident id, counts, role and end, as zeekml_incident.log has them.
+		sub: string &optional;
+	};
+
+	## The incidents currently in the incident file, by ``incident_id``.
+	global incidents: table[string] of Incident = table();
+
+	## A hook to veto or change the notice built for an incident before it is raised (for
+	## example ``n$identifier = cat(inc$host, "|", inc$role);`` to suppress a host's later
+	## incidents for :zeek:see:`ZeekML::incident_suppress_for`). Break out of it to drop the
+	## incident.
+	global incident_policy: hook(incident_id: string, inc: Incident, n: Notice::Info);
+
+	## The incident file that zeekml writes beside ``verdict_file`` (``--zeek-feedback``).
+	global incident_file_for: function(path: string): string;
 }
 
 # The port `p` with the protocol `proto` (the Input framework reads a bare port number as a
@@ -181,17 +253,73 @@ event verdict_entry(desc: Input::TableDescription, tpe: Input::Event,
 	raise_verdict(left$verdict_id, right);
 	}
 
-# In a cluster, only the manager reads the verdict file, so each verdict is raised once.
-# The manager does not track connections, so there the notice's 4-tuple always comes from
-# the verdict.
+function incident_file_for(path: string): string
+	{
+	if ( path == "" )
+		return "";
+
+	return cat(sub(path, /\.log$/, ""), ".incidents.log");
+	}
+
+## Builds the notice for one incident and raises it: the host as ``src`` (or as ``dst`` when
+## it received the connections), the description as ``msg``, the incident id and counts as
+## ``sub``, its alerts as ``n``, and the incident id as ``identifier``.
+function raise_incident(incident_id: string, inc: Incident)
+	{
+	local n = Notice::Info($note=Suspicious_Host, $n=inc$alerts,
+	    $msg=inc?$msg && inc$msg != "" ? inc$msg : fmt("%s: %d alerts", inc$host, inc$alerts),
+	    $identifier=incident_id, $suppress_for=incident_suppress_for);
+
+	if ( inc$role == "resp" )
+		n$dst = inc$host;
+	else
+		n$src = inc$host;
+
+	if ( inc?$sub && inc$sub != "" )
+		n$sub = inc$sub;
+
+	if ( inc?$uid && inc$uid != "" )
+		n$uid = inc$uid;
+
+	if ( inc?$p )
+		{
+		if ( inc?$proto )
+			n$p = with_proto(inc$p, inc$proto);
+		else
+			n$p = inc$p;
+		}
+
+	if ( ! hook incident_policy(incident_id, inc, n) )
+		return;
+
+	NOTICE(n);
+	}
+
+event incident_entry(desc: Input::TableDescription, tpe: Input::Event,
+    left: IncidentIdx, right: Incident)
+	{
+	# An incident id already in the table is a re-read of the same incident: nothing to do.
+	if ( tpe != Input::EVENT_NEW )
+		return;
+
+	raise_incident(left$incident_id, right);
+	}
+
+# In a cluster, only the manager reads the files, so each verdict and incident is raised
+# once. The manager does not track connections, so there the notice's 4-tuple always comes
+# from the verdict.
 @if ( ! Cluster::is_enabled() || Cluster::local_node_type() == Cluster::MANAGER )
 event zeek_init() &priority=-5
 	{
-	if ( verdict_file == "" )
-		return;
+	if ( verdict_file != "" )
+		Input::add_table([$source=verdict_file, $name=verdict_stream, $idx=VerdictIdx,
+		    $val=Verdict, $destination=verdicts, $mode=Input::REREAD,
+		    $ev=verdict_entry, $want_record=T]);
 
-	Input::add_table([$source=verdict_file, $name=verdict_stream, $idx=VerdictIdx,
-	    $val=Verdict, $destination=verdicts, $mode=Input::REREAD,
-	    $ev=verdict_entry, $want_record=T]);
+	local incidents_from = incident_file != "" ? incident_file : incident_file_for(verdict_file);
+	if ( incidents_from != "" )
+		Input::add_table([$source=incidents_from, $name=incident_stream, $idx=IncidentIdx,
+		    $val=Incident, $destination=incidents, $mode=Input::REREAD,
+		    $ev=incident_entry, $want_record=T]);
 	}
 @endif

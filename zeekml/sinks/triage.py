@@ -87,9 +87,16 @@ def incident_notice(inc: Incident):
         ts=inc.first_ts, uid=str(top.get("uid", "")), orig_h=orig, orig_p=None, resp_h=resp,
         resp_p=top.get("id.resp_p"), proto=top.get("proto"), score=inc.score, alert=True,
         model=",".join(inc.detectors), note=INCIDENT_NOTE, msg=inc.description,
-        sub=(f"{inc.incident_id}: {inc.alerts} alerts, {inc.conns} conns, {inc.n_peers} peers "
-             f"as {inc.role} until {inc.last_ts:.6f}"),
-        verdict_id=inc.incident_id)
+        sub=incident_sub(inc), verdict_id=inc.incident_id)
+
+
+def incident_sub(inc: Incident | dict) -> str:
+    """The ``sub`` of an incident's notice (``zeekml_incident.log`` and, through the incident
+    file, Zeek's notice.log): its id, counts, role and end, e.g. ``I3f...: 69 alerts, 80 conns,
+    12 peers as orig until 1545402015.123456``. Takes an ``Incident`` or its ``to_dict()``."""
+    get = inc.get if isinstance(inc, dict) else lambda k: getattr(inc, k)
+    return (f"{get('incident_id')}: {get('alerts')} alerts, {get('conns')} conns, "
+            f"{get('n_peers')} peers as {get('role')} until {float(get('last_ts')):.6f}")
 
 
 def incident_notice_record(inc: Incident) -> dict:

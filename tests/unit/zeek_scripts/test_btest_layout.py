@@ -99,7 +99,7 @@ def _without_stamps(data: bytes) -> list[bytes]:
     return [ln for ln in data.split(b"\n") if not ln.startswith((b"#open", b"#close"))]
 
 
-@pytest.mark.parametrize("name", ["verdicts.log", "verdicts-hostile.log"])
+@pytest.mark.parametrize("name", ["verdicts.log", "verdicts-hostile.log", "verdicts.incidents.log"])
 def test_verdict_files_are_what_the_writer_writes_now(tmp_path, name):
     _load_generator().main(tmp_path)
     fresh = (tmp_path / name).read_bytes()

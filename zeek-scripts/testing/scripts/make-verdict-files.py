@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Writes files/verdicts.log and files/verdicts-hostile.log with zeekml's own writer.
+"""Writes files/verdicts.log, files/verdicts-hostile.log and files/verdicts.incidents.log (the
+incident file `--zeek-feedback verdicts.log` writes beside the verdict file) with zeekml's own
+writers.
 
 The btest tests feed these files to Zeek, so they are exactly what zeekml writes. A pytest in
 zeekml (tests/unit/zeek_scripts) regenerates them and checks the shipped copies are current.
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import pathlib
 import sys
-import tempfile
 
 CLOCK = 1700000000.0  # fixed #open/#close stamp base, so the files are reproducible
 
@@ -53,14 +54,45 @@ def hostile_verdicts():
             for i, value in enumerate(HOSTILE.values())]
 
 
+def incidents():
+    """incidents.jsonl records (``Incident.to_dict()``), as ``zeekml score`` writes them: an
+    originator with a port and a description, a responder (an inbound attack) over IPv6, and one
+    with neither ports nor description and a description-like ``-``."""
+    def inc(iid, host, role, first, last, alerts, ports, description, uid, detectors, peers):
+        return {"incident_id": iid, "host": host, "role": role, "first_ts": first,
+                "last_ts": last, "conns": alerts + 2, "alerts": alerts, "peak_alerts": alerts,
+                "score": 1.5 + alerts / 10, "peers": [], "n_peers": peers,
+                "resp_ports": ports, "services": [], "detectors": detectors,
+                "detector_alerts": {}, "max_score": 1.5, "description": description,
+                "top_conns": [{"uid": uid}] if uid else []}
+    return [
+        inc("I00000000000000a1", "10.0.0.1", "orig", 1700000001.5, 1700000041.5, 18,
+            ["445/tcp", "139/tcp"], "scanned 18 hosts on 445/tcp in 40 s", "CZkml1",
+            ["iforest", "gnn"], 18),
+        inc("I00000000000000b2", "2001:db8::2", "resp", 1700000100.0, 1700000400.0, 12,
+            ["8080/tcp"], "inbound: 12 hosts sent conns to 8080/tcp", "CZkml3", ["moe"], 12),
+        inc("I00000000000000c3", "10.0.0.4", "orig", 1700000500.0, 1700000500.0, 1, [], "",
+            None, ["mae"], 1),
+        inc("I00000000000000d4", "10.0.0.5", "orig", 1700000600.0, 1700000660.0, 3,
+            ["53/udp"], "-", "CZkml2", ["iforest"], 2),
+    ]
+
+
 def write(path: pathlib.Path, vs) -> None:
     from zeekml.sinks.zeek_input import VerdictFeedbackWriter
     VerdictFeedbackWriter(path, max_age=None, clock=lambda: CLOCK).write(vs)
 
 
+def write_incidents(path: pathlib.Path, incs) -> None:
+    from zeekml.sinks.zeek_input import IncidentFeedbackWriter
+    IncidentFeedbackWriter(path, max_age=None, clock=lambda: CLOCK).write(incs)
+
+
 def main(out_dir: pathlib.Path) -> None:
+    from zeekml.sinks.zeek_input import incident_feedback_path
     write(out_dir / "verdicts.log", verdicts())
     write(out_dir / "verdicts-hostile.log", hostile_verdicts())
+    write_incidents(pathlib.Path(incident_feedback_path(out_dir / "verdicts.log")), incidents())
 
 
 if __name__ == "__main__":
