@@ -1,0 +1,244 @@
+"""Chunked ``score`` (``zeekml.pipeline.chunked``, issue 17): scoring the input in chunks of a
+few hundred conns gives the verdicts, notices, summary and incidents of scoring it as one table,
+the spill file lives in a private directory that is removed whatever happens, and incidents
+built from the alerting rows alone equal those built from every verdict."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from zeekml.parse import Quarantine
+from zeekml.pipeline.batch import load_conns, score_paths, score_table
+from zeekml.pipeline.chunked import SpilledConns, TriageRows, context_rows, spill_inputs
+from zeekml.pipeline.options import ScoreOptions, ScoreSummary
+from zeekml.scoring.incidents import incidents_from_batch
+from zeekml.scoring.verdict import VerdictBatch
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = ROOT / "examples"
+IOT23 = EXAMPLES / "iot23" / "conn.log.labeled"      # 2,000 conns of a real IoT-23 capture
+MODELS = ROOT / "models"
+VOLATILE = ("seconds", "flows_per_s", "outputs")
+
+
+def _lines(out: Path, name: str) -> list[bytes]:
+    return (out / name).read_bytes().splitlines(keepends=True)
+
+
+def _notices(out: Path) -> list[bytes]:
+    return [x for x in _lines(out, "zeekml_notice.log") if not x.startswith((b"#open", b"#close"))]
+
+
+def _summary(out: Path) -> dict:
+    s = json.loads((out / "summary.json").read_text())
+    return {k: v for k, v in s.items() if k not in VOLATILE}
+
+
+# -- whole runs: several chunks == one chunk --------------------------------------------------------
+
+def test_chunks_give_the_bytes_of_one_table(tmp_path):
+    """Without learned models every output is the same bytes; the input (examples/: three
+    formats, 2,361 conns) spans eight chunks of 300 and is spilled to disk."""
+    one, many = tmp_path / "one", tmp_path / "many"
+    score_paths([str(EXAMPLES)], str(one), ScoreOptions(fpr=0.01))
+    s = score_paths([str(EXAMPLES)], str(many), ScoreOptions(fpr=0.01, chunk_rows=300))
+    assert s.scored == 2361 and s.alerts > 0
+    for name in ("verdicts.jsonl", "incidents.jsonl", "quarantine.jsonl", "baseline.json"):
+        assert (many / name).read_bytes() == (one / name).read_bytes(), name
+    assert _notices(many) == _notices(one)
+    assert [x for x in _lines(many, "zeekml_incident.log") if not x.startswith((b"#open", b"#close"))] \
+        == [x for x in _lines(one, "zeekml_incident.log") if not x.startswith((b"#open", b"#close"))]
+    assert _summary(many) == _summary(one)
+    assert len(_lines(one, "incidents.jsonl")) > 0
+
+
+def test_chunks_with_the_learned_models_time_context(tmp_path):
+    """The shipped GNN, autoencoder and MoE score a conn from the conns around it in time; each
+    chunk is scored with the rows of the other chunks within their horizon, so the verdicts are
+    those of one table: same alerts, notes and models, the iforest's scores bit for bit, the
+    learned ones to float32 precision (their sums run over differently sized batches, as with
+    --dask)."""
+    if not (MODELS / "gnn-base" / "config.json").exists():
+        pytest.skip("models/ not shipped")
+    one, many = tmp_path / "one", tmp_path / "many"
+    opts = dict(fpr=0.01, models_dir=str(MODELS))
+    score_paths([str(IOT23)], str(one), ScoreOptions(**opts))
+    score_paths([str(IOT23)], str(many), ScoreOptions(**opts, chunk_rows=450))
+    a = [json.loads(x) for x in _lines(one, "verdicts.jsonl")]
+    b = [json.loads(x) for x in _lines(many, "verdicts.jsonl")]
+    assert len(a) == len(b) == 2000
+    assert {"gnn", "mae", "moe"} <= set(a[0]["scores"])
+    for x, y in zip(a, b):
+        assert (x["uid"], x["alert"], x["note"], x["model"]) == (y["uid"], y["alert"], y["note"], y["model"])
+        assert x["scores"]["iforest"] == y["scores"]["iforest"]
+        assert x["scores"].keys() == y["scores"].keys()
+        assert all(abs(x["scores"][k] - y["scores"][k]) < 1e-5 for k in x["scores"]), x["uid"]
+    sa, sb = _summary(one), _summary(many)
+    assert sa["thresholds"] == sb["thresholds"] and sa["alerts_by_note"] == sb["alerts_by_note"]
+    ia = [json.loads(x) for x in _lines(one, "incidents.jsonl")]
+    ib = [json.loads(x) for x in _lines(many, "incidents.jsonl")]
+    assert [(i["incident_id"], i["conns"], i["alerts"]) for i in ia] == \
+        [(i["incident_id"], i["conns"], i["alerts"]) for i in ib]
+
+
+def test_feedback_and_allowlist_work_chunk_by_chunk(tmp_path):
+    """--feedback's benign conns are found while reading (their uids) and read back from the
+    spill; --allowlist suppresses per chunk: the outputs equal one table's."""
+    first = score_paths([str(IOT23)], str(tmp_path / "first"), ScoreOptions(fpr=0.02))
+    alerts = [json.loads(x) for x in _lines(tmp_path / "first", "verdicts.jsonl")]
+    alerts = [v for v in alerts if v["alert"]]
+    assert first.alerts >= 4
+    fb = tmp_path / "feedback.jsonl"
+    fb.write_text(json.dumps({"label": "benign", "conns": [{"uid": v["uid"]} for v in alerts[:3]]}) + "\n")
+    allow = tmp_path / "allow.toml"
+    allow.write_text(f'[[rule]]\nhost = "{alerts[-1]["id.orig_h"]}"\nreason = "lab"\n')
+    outs = []
+    for name, rows in (("one", 100_000), ("many", 250)):
+        out = tmp_path / name
+        s = score_paths([str(IOT23)], str(out), ScoreOptions(fpr=0.02, feedback=str(fb),
+                                                             allowlist=str(allow), chunk_rows=rows))
+        assert s.feedback_baseline is not None
+        outs.append(out)
+    one, many = outs
+    assert (many / "verdicts.jsonl").read_bytes() == (one / "verdicts.jsonl").read_bytes()
+    assert (many / "incidents.jsonl").read_bytes() == (one / "incidents.jsonl").read_bytes()
+    assert _summary(many) == _summary(one)
+    assert b'"suppressed_by"' in (one / "verdicts.jsonl").read_bytes()
+
+
+# -- the spill --------------------------------------------------------------------------------------
+
+def _conns(n: int = 2000) -> pa.Table:
+    return load_conns([str(IOT23)], Quarantine(), ScoreSummary()).slice(0, n)
+
+
+def test_spill_reads_back_what_was_written_and_is_removed():
+    t = _conns()
+    with SpilledConns(chunk_rows=300) as spill:
+        for a in range(0, t.num_rows, 170):       # parser batches never align with chunks
+            spill.append(t.slice(a, 170))
+        spill.finish()
+        assert spill.spilled and spill.n_chunks == 7
+        where = spill._dir
+        assert stat.S_IMODE(os.stat(where).st_mode) == 0o700
+        got = pa.concat_tables(spill.chunk(i) for i in range(spill.n_chunks))
+        assert got.equals(t)
+        assert [spill.bounds(i) for i in (0, 6)] == [(0, 300), (1800, 2000)]
+        rows = np.array([0, 299, 300, 1234, 1999])
+        assert spill.take(rows).equals(t.take(pa.array(rows)))
+        assert np.array_equal(spill.ts, np.nan_to_num(t.column("ts").to_numpy(), nan=np.inf))
+    assert not os.path.exists(where)
+
+
+def test_one_chunk_stays_in_memory():
+    t = _conns(300)
+    with SpilledConns(chunk_rows=300) as spill:
+        spill.append(t.slice(0, 100))
+        spill.append(t.slice(100))
+        spill.finish()
+        assert not spill.spilled and spill.n_chunks == 1
+        assert spill.table().equals(t)
+
+
+class _Interrupted(BaseException):
+    pass
+
+
+def test_spill_is_removed_on_an_error_while_reading(monkeypatch, tmp_path):
+    """Ctrl-C (a BaseException) while reading: the directory made so far is gone."""
+    import zeekml.pipeline.chunked as chunked
+
+    made = []
+    real_mkdtemp = chunked.tempfile.mkdtemp
+
+    def mkdtemp(**kw):
+        made.append(real_mkdtemp(**kw))
+        return made[-1]
+
+    calls = {"n": 0}
+    real_append = SpilledConns.append
+
+    def append(self, table):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Interrupted()
+        real_append(self, table)
+
+    monkeypatch.setattr(chunked.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(SpilledConns, "append", append)
+    t = _conns()
+    log = tmp_path / "conn.log"
+    log.write_text("")   # read_conn_batches is replaced below: the batches come from t
+    monkeypatch.setattr(chunked, "read_conn_batches",
+                        lambda *a, **k: iter([t.slice(0, 900), t.slice(900, 900), t.slice(1800)]))
+    monkeypatch.setattr(chunked, "conn_table", lambda bs: bs[0])
+    with pytest.raises(_Interrupted):
+        spill_inputs([str(log)], Quarantine(), ScoreSummary(), chunk_rows=500)
+    assert made and not any(os.path.exists(d) for d in made)
+
+
+def test_spill_is_removed_when_scoring_fails(monkeypatch, tmp_path):
+    import zeekml.pipeline.chunked as chunked
+
+    made = []
+    real_mkdtemp = chunked.tempfile.mkdtemp
+    monkeypatch.setattr(chunked.tempfile, "mkdtemp",
+                        lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+
+    def boom(*a, **k):
+        raise _Interrupted()
+
+    monkeypatch.setattr(chunked, "score_in_context", boom)
+    with pytest.raises(_Interrupted):
+        score_paths([str(IOT23)], str(tmp_path / "out"), ScoreOptions(fpr=0.02, chunk_rows=500))
+    assert len(made) == 1 and not os.path.exists(made[0])
+
+
+# -- context rows -----------------------------------------------------------------------------------
+
+def test_context_rows_are_those_within_the_horizon_of_the_chunk():
+    ts = np.array([0.0, 5.0, 100.0, 10.0, 11.0, np.inf, 12.0, 30.0, 8.0, 200.0])
+    # chunk rows 3..5 ([10, 11, unset]): 6 s back, 2 s forward -> [4, 13]
+    before, after = context_rows(ts, 3, 6, 6.0, 2.0)
+    assert before.tolist() == [1] and after.tolist() == [6, 8]
+    e1, e2 = context_rows(ts, 3, 6, 0.0, 0.0)
+    assert len(e1) == len(e2) == 0
+    e1, e2 = context_rows(np.array([np.inf, 1.0]), 0, 1, 5.0, 5.0)   # no ts in the chunk
+    assert len(e1) == len(e2) == 0
+
+
+# -- incidents from the alerting rows alone ---------------------------------------------------------
+
+def _slice(batch: VerdictBatch, a: int, b: int) -> VerdictBatch:
+    return VerdictBatch(batch.table.slice(a, b - a), batch.names, batch.notes,
+                        {n: s[a:b] for n, s in batch.scores.items()}, batch.score[a:b],
+                        batch.top[a:b], batch.alert[a:b],
+                        {r - a: m for r, m in batch.msg.items() if a <= r < b},
+                        {r - a: m for r, m in batch.sub.items() if a <= r < b})
+
+
+def test_triage_rows_give_the_incidents_of_the_whole_batch():
+    """TriageRows keeps the alerting rows and 16 bytes per conn; the incidents (with their
+    ``conns`` counts, which need every conn of a host) equal those of the whole batch."""
+    t = _conns()
+    rows = ScoreOptions(fpr=0.05).baseline_rows(np.nan_to_num(t.column("ts").to_numpy(), nan=np.inf))
+    base = t.take(pa.array(rows))
+    batch = score_table(t, base, ScoreOptions(fpr=0.05), ScoreSummary(), rows)
+    assert 20 < int(batch.alert.sum()) < len(batch)
+    want = incidents_from_batch(batch, base)
+    acc = TriageRows()
+    for a in range(0, len(batch), 333):
+        acc.add_batch(_slice(batch, a, min(a + 333, len(batch))))
+    alerts = acc.alerts()
+    assert len(alerts) == int(batch.alert.sum())
+    got = incidents_from_batch(alerts, base, host_times=acc.host_times())
+    assert [i.to_dict() for i in got] == [i.to_dict() for i in want]
+    # the counts do need every conn: from the alerting rows alone they are smaller
+    alone = incidents_from_batch(alerts, base)
+    assert sum(i.conns for i in alone) < sum(i.conns for i in want)
