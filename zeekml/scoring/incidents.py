@@ -23,10 +23,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from zeekml.scoring.evidence import incident_signatures
+
 REQUIRED = ("ts", "uid", "id.orig_h", "id.resp_h", "id.resp_p", "proto", "score", "alert", "model")
 OPTIONAL = {"service": pa.string(), "orig_bytes": pa.float64(), "resp_bytes": pa.float64(),
             "verdict_id": pa.string(), "community_id": pa.string(), "explanation": pa.string(),
-            "suppressed_by": pa.string()}
+            "suppressed_by": pa.string(),
+            # Suricata alerts joined onto the conn (verdicts.jsonl, scoring.evidence)
+            "suricata_alerts": pa.list_(pa.struct([
+                ("signature_id", pa.int64()), ("signature", pa.string()),
+                ("severity", pa.int64()), ("category", pa.string())]))}
 
 
 @dataclass
@@ -78,9 +84,14 @@ class Incident:
     max_score: float
     description: str
     top_conns: list[dict] = field(default_factory=list)
+    suricata_alerts: int = 0        # Suricata alerts on the incident's alerting conns
+    suricata_signatures: list[dict] = field(default_factory=list)   # most alerts first
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.suricata_alerts:    # Suricata evidence only where there is some
+            del d["suricata_alerts"], d["suricata_signatures"]
+        return d
 
 
 def incident_id(role: str, host: str, first_ts: float, first_uid: str) -> str:
@@ -263,6 +274,8 @@ class _Columns:
         self.verdict_id = _col(table, "verdict_id", "")
         self.community_id = _col(table, "community_id", "")
         self.explanation = _col(table, "explanation", "")
+        self.suricata = (table.column("suricata_alerts").to_pylist()
+                         if "suricata_alerts" in table.column_names else None)
 
     def port_label(self, i: int) -> str:
         proto = self.proto[i] or "?"
@@ -293,7 +306,10 @@ def _incident(role: str, rows: np.ndarray, c: _Columns, times: _HostTimes, opt: 
                           ("explanation", c.explanation)):
             if col[i]:
                 conn[name] = str(col[i])
+        if c.suricata is not None and c.suricata[i]:
+            conn["suricata_alerts"] = c.suricata[i]
         top_conns.append(conn)
+    suricata = [a for i in rows for a in (c.suricata[i] or ())] if c.suricata is not None else []
     inc = Incident(
         incident_id=incident_id(role, host, first, str(c.uid[rows[0]])),
         host=host, role=role, first_ts=first, last_ts=last,
@@ -303,7 +319,9 @@ def _incident(role: str, rows: np.ndarray, c: _Columns, times: _HostTimes, opt: 
         resp_ports=[p for p, _ in ports.most_common(opt.max_listed)],
         services=[s for s, _ in services.most_common(opt.max_listed)],
         detectors=[d for d, _ in dets.most_common()], detector_alerts=dict(dets.most_common()),
-        max_score=max_score, description="", top_conns=top_conns)
+        max_score=max_score, description="", top_conns=top_conns,
+        suricata_alerts=len(suricata),
+        suricata_signatures=incident_signatures(suricata, opt.max_listed))
     inc.description = describe(inc, rows, c, peers, ports, baseline_bytes)
     return inc
 
@@ -494,5 +512,8 @@ def incidents_from_batch(batch, baseline: pa.Table | None = None,
         "verdict_id": pa.array(vids, pa.string()), "community_id": pa.array(cids, pa.string()),
         "explanation": pa.array(expl, pa.string()),
     })
+    if getattr(batch, "suricata_alerts", None):
+        sur = [batch.suricata_alerts.get(r) for r in range(n)]
+        table = table.append_column("suricata_alerts", pa.array(sur, OPTIONAL["suricata_alerts"]))
     ref = host_baseline_bytes(baseline) if baseline is not None else None
     return build_incidents(table, options, baseline_bytes=ref, host_times=host_times)

@@ -7,6 +7,9 @@ from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from zeekml.flows.community_id import community_id_column, community_id_v1
 
 # Every `note` zeekml writes; zeek-scripts/scripts/main.zeek declares the same names in
 # `redef enum Notice::Type`, and a test keeps the two lists equal.
@@ -57,6 +60,19 @@ def uid_stand_ins(table: pa.Table, uids: list[str | None]) -> list[str | None]:
     return out
 
 
+def conn_community_ids(table: pa.Table) -> pa.Array:
+    """Per conn, its Community ID v1: the one Zeek or Suricata logged where the table has a
+    ``community_id`` column holding one, else computed from the 5-tuple
+    (``flows.community_id.community_id_column``: they agree wherever both exist); null where
+    neither exists (no address, no ports for TCP/UDP/ICMP, a protocol Zeek did not know)."""
+    computed = community_id_column(table)
+    if "community_id" not in table.column_names:
+        return computed
+    logged = pc.cast(table.column("community_id"), pa.string()).combine_chunks()
+    return pc.coalesce(pc.if_else(pc.equal(logged, ""), pa.scalar(None, pa.string()), logged),
+                       computed)
+
+
 def verdict_id(model: str, uid: str, ts: float) -> str:
     """``verdict_ids`` of one verdict."""
     return verdict_ids((model,), (uid,), (ts,))[0]
@@ -67,7 +83,10 @@ class Verdict:
     """A scored conn.
 
     ``score`` is the combined calibrated score (1.0 = at the alert threshold), ``scores`` the raw
-    per-detector scores, ``sub`` the top contributing features as ``name=value`` text.
+    per-detector scores, ``sub`` the top contributing features as ``name=value`` text,
+    ``community_id`` the conn's Community ID v1 (None when its 5-tuple has none),
+    ``suricata_alerts`` the Suricata alerts on the conn (``scoring.evidence``; evidence beside
+    the score, never part of it).
     """
 
     ts: float
@@ -85,10 +104,19 @@ class Verdict:
     sub: str = ""
     scores: dict[str, float] = field(default_factory=dict)
     verdict_id: str = ""
+    community_id: str | None = None
+    suricata_alerts: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.verdict_id:
             self.verdict_id = verdict_id(self.model, self.uid, self.ts)
+        if self.community_id is None and self.orig_h and self.resp_h and self.proto:
+            # a verdict made by hand names its conn's flow as one from a VerdictBatch does
+            try:
+                self.community_id = community_id_v1(self.orig_h, self.resp_h, self.proto,
+                                                    self.orig_p, self.resp_p)
+            except ValueError:
+                pass
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +140,8 @@ class VerdictBatch:
         alert: per conn, whether ``score >= 1.0``.
         msg: alerting row -> the notice's ``msg``.
         sub: alerting row -> the top contributing features (``name=value`` text).
+        suricata_alerts: row -> the Suricata alerts joined onto that conn
+            (``zeekml.scoring.evidence.SuricataAlerts.join``); rows without any are absent.
     """
 
     table: pa.Table
@@ -123,6 +153,7 @@ class VerdictBatch:
     alert: np.ndarray
     msg: dict[int, str] = field(default_factory=dict)
     sub: dict[int, str] = field(default_factory=dict)
+    suricata_alerts: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     _cols: dict[str, list] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -130,12 +161,16 @@ class VerdictBatch:
 
     def column(self, name: str) -> list:
         """One of the conn columns a verdict carries as Python values, with ``Verdict``'s
-        stand-ins: an unset ``ts`` is 0.0, an unset or empty ``uid`` is ``uid_stand_ins``'s."""
+        stand-ins: an unset ``ts`` is 0.0, an unset or empty ``uid`` is ``uid_stand_ins``'s;
+        ``community_id`` is ``conn_community_ids``'s."""
         if self._cols is None:
             self._cols = {}
         got = self._cols.get(name)
         if got is None:
-            got = self.table.column(name).to_pylist()
+            if name == "community_id":
+                got = conn_community_ids(self.table).to_pylist()
+            else:
+                got = self.table.column(name).to_pylist()
             if name == "ts":
                 got = [0.0 if t is None else t for t in got]
             elif name == "uid" and not all(got):
@@ -161,7 +196,9 @@ class VerdictBatch:
             resp_h=self.column("id.resp_h")[i], resp_p=self.column("id.resp_p")[i],
             proto=self.column("proto")[i], score=float(self.score[i]), alert=bool(self.alert[i]),
             model=self.names[d], note=self.notes[d], msg=self.msg.get(i, ""),
-            sub=self.sub.get(i, ""), scores={n: float(self.scores[n][i]) for n in self.names})
+            sub=self.sub.get(i, ""), scores={n: float(self.scores[n][i]) for n in self.names},
+            community_id=self.column("community_id")[i],
+            suricata_alerts=list(self.suricata_alerts.get(i, ())))
 
     def verdicts(self) -> list[Verdict]:
         """Every row as a ``Verdict``, in order."""

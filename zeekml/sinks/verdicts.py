@@ -5,6 +5,11 @@ A line is the compact JSON (``json.dumps(..., separators=(",", ":"))``, non-fini
 a ``VerdictBatch``: one ``%``-format per conn instead of a ``Verdict`` object and a ``json.dumps``
 walk each (about 3x faster, which is what lets ``zeekml watch`` keep up with a busy sensor).
 ``verdict_line`` renders one ``Verdict`` the general way; a test keeps the two byte-equal.
+
+Every line has the same keys, in the same order, unset values ``null`` (``community_id`` of a
+conn without one included); two keys are added at the end only where they apply:
+``suricata_alerts`` (the Suricata alerts on the conn, ``scoring.evidence``) and then
+``suppressed_by`` (``sinks.triage.mark_suppressed``). docs/triage.md has the format.
 """
 from __future__ import annotations
 
@@ -27,18 +32,23 @@ _frepr = float.__repr__                             # what json.dumps uses for a
 _irepr = int.__repr__
 
 _LINE = ('{"verdict_id":"%s","uid":%s,"ts":%s,"id.orig_h":%s,"id.orig_p":%s,"id.resp_h":%s,'
-         '"id.resp_p":%s,"proto":%s,"scores":{%s},"score":%s,"alert":%s,"note":%s,'
-         '"model":%s}\n')
+         '"id.resp_p":%s,"proto":%s,"community_id":%s,"scores":{%s},"score":%s,"alert":%s,'
+         '"note":%s,"model":%s}\n')
 
 
 def verdict_record(v: Verdict) -> dict:
-    """The JSON object of one ``verdicts.jsonl`` line (``note`` only when it alerts)."""
-    return {
+    """The JSON object of one ``verdicts.jsonl`` line (``note`` only when it alerts,
+    ``suricata_alerts`` only when there are some)."""
+    rec = {
         "verdict_id": v.verdict_id, "uid": v.uid, "ts": v.ts,
         "id.orig_h": v.orig_h, "id.orig_p": v.orig_p, "id.resp_h": v.resp_h,
-        "id.resp_p": v.resp_p, "proto": v.proto, "scores": v.scores, "score": v.score,
+        "id.resp_p": v.resp_p, "proto": v.proto, "community_id": v.community_id,
+        "scores": v.scores, "score": v.score,
         "alert": v.alert, "note": v.note if v.alert else None, "model": v.model,
     }
+    if v.suricata_alerts:
+        rec["suricata_alerts"] = v.suricata_alerts
+    return rec
 
 
 def verdict_line(v: Verdict) -> bytes:
@@ -107,9 +117,14 @@ def render_verdicts(batch: VerdictBatch) -> RenderedVerdicts:
         notes[r] = note_of[int(top[r])]
     lines = [(_LINE % row).encode() for row in zip(
         ids, map(_enc_str, batch.column("uid")), ts_s, col("id.orig_h"), col("id.orig_p"),
-        col("id.resp_h"), col("id.resp_p"), col("proto"), scores,
+        col("id.resp_h"), col("id.resp_p"), col("proto"),
+        [_enc_str(x) if x is not None else "null" for x in batch.column("community_id")], scores,
         _floats(np.asarray(batch.score, np.float64)), alert_s, notes,
         map(_enc_str, batch.models()))]
+    for r, alerts in batch.suricata_alerts.items():
+        if alerts:
+            lines[r] = (lines[r][:-2] + b',"suricata_alerts":' +
+                        json.dumps(clean_floats(alerts), separators=(",", ":")).encode() + b"}\n")
     return RenderedVerdicts(ids, lines, [(r, batch.verdict(r)) for r in alert_rows])
 
 

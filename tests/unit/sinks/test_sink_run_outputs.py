@@ -18,10 +18,12 @@ LOUD = Verdict(ts=1700000001.5, uid="C2", orig_h="10.0.0.3", orig_p=40000, resp_
 # verdict_id = "V" + sha1("<model>|<uid>|<ts:.6f>")[:16]: stable, so Zeek drops duplicates
 QUIET_LINE = (b'{"verdict_id":"V7f90bece5071a48b","uid":"C1","ts":1700000000.25,"id.orig_h":"10.0.0.1",'
               b'"id.orig_p":1234,"id.resp_h":"10.0.0.2","id.resp_p":53,"proto":"udp",'
+              b'"community_id":"1:Ea0b+QAKyyyZmzLMpe+46vMamSo=",'
               b'"scores":{"iforest":0.5,"gnn":null},"score":0.5,"alert":false,"note":null,'
               b'"model":"iforest"}\n')
 LOUD_LINE = (b'{"verdict_id":"V0311798d83d25b1f","uid":"C2","ts":1700000001.5,"id.orig_h":"10.0.0.3",'
              b'"id.orig_p":40000,"id.resp_h":"10.0.0.4","id.resp_p":22,"proto":"tcp",'
+             b'"community_id":"1:Z+wBB8CoSa0gJvp2tmp2ad/HKqY=",'
              b'"scores":{"iforest":0.25,"gnn":2.0},"score":2.0,"alert":true,'
              b'"note":"ZeekML::Anomalous_Flow","model":"gnn"}\n')
 

@@ -7,12 +7,15 @@ import re
 import numpy as np
 import pyarrow as pa
 
+from zeekml.flows.community_id import community_id_v1
 from zeekml.parse.reject import RejectedRecord
 from zeekml.scoring.verdict import VerdictBatch, verdict_id
 from zeekml.sinks.jsonl import QuarantineWriter
 from zeekml.sinks.verdicts import VerdictWriter, render_verdicts, verdict_line
 from zeekml.sinks.zeek_notice import NoticeWriter
 
+# row 0's conn; row 1 lacks its originator port and row 2 its originator: no Community ID
+CID0 = community_id_v1("10.0.0.1", "10.0.0.9", "tcp", 1, 80)
 _STAMP = re.compile(rb"(?m)^#(open|close)\t\d{4}(-\d\d){5}$")
 
 
@@ -41,13 +44,13 @@ def test_lines_exact_bytes():
                      verdict_id("iforest", "C3", 3.25)]
     assert r.lines == [
         ('{"verdict_id":"%s","uid":"C\\"1","ts":1.5,"id.orig_h":"10.0.0.1","id.orig_p":1,'
-         '"id.resp_h":"10.0.0.9","id.resp_p":80,"proto":"tcp","scores":{"iforest":0.5,"gnn":0.25},'
-         '"score":0.5,"alert":false,"note":null,"model":"iforest"}\n' % r.ids[0]).encode(),
+         '"id.resp_h":"10.0.0.9","id.resp_p":80,"proto":"tcp","community_id":"%s","scores":{"iforest":0.5,"gnn":0.25},'
+         '"score":0.5,"alert":false,"note":null,"model":"iforest"}\n' % (r.ids[0], CID0)).encode(),
         ('{"verdict_id":"%s","uid":"%s","ts":0.0,"id.orig_h":"10.0.0.2","id.orig_p":null,'
-         '"id.resp_h":"10.0.0.9","id.resp_p":443,"proto":"udp","scores":{"iforest":null,"gnn":0.75},'
+         '"id.resp_h":"10.0.0.9","id.resp_p":443,"proto":"udp","community_id":null,"scores":{"iforest":null,"gnn":0.75},'
          '"score":0.75,"alert":false,"note":null,"model":"gnn"}\n' % (r.ids[1], stand_in)).encode(),
         ('{"verdict_id":"%s","uid":"C3","ts":3.25,"id.orig_h":null,"id.orig_p":3,'
-         '"id.resp_h":"\\u00e9","id.resp_p":53,"proto":null,"scores":{"iforest":2.0,"gnn":null},'
+         '"id.resp_h":"\\u00e9","id.resp_p":53,"proto":null,"community_id":null,"scores":{"iforest":2.0,"gnn":null},'
          '"score":2.0,"alert":true,"note":"ZeekML::Anomalous_Flow","model":"iforest"}\n'
          % r.ids[2]).encode(),
     ]
@@ -90,3 +93,26 @@ def test_quarantine_writer_in_memory_gives_the_file_bytes(tmp_path):
     f(rec), m(rec)
     f.close()
     assert b"".join(m.take_lines()) == (tmp_path / "q.jsonl").read_bytes() and m.take_lines() == []
+
+
+def test_community_id_logged_or_computed_and_suricata_alerts_both_ways():
+    """A logged Community ID is kept (Zeek's or Suricata's), a missing one computed; Suricata
+    alerts come last, before ``suppressed_by``; the columnar and one-by-one lines stay equal."""
+    from zeekml.sinks.triage import mark_suppressed
+
+    b = _batch()
+    logged = pa.array(["1:logged=", None, ""], pa.string())
+    b = VerdictBatch(b.table.append_column("community_id", logged), b.names, b.notes, b.scores,
+                     b.score, b.top, b.alert, b.msg, b.sub,
+                     suricata_alerts={2: [{"signature_id": 2010935, "signature": "ET SCAN é",
+                                           "severity": 2, "category": "Misc"}]})
+    r = render_verdicts(b)
+    assert r.lines == [verdict_line(v) for v in b.verdicts()]
+    assert b'"proto":"tcp","community_id":"1:logged=","scores"' in r.lines[0]
+    assert b'"community_id":null' in r.lines[1] and b'"community_id":null' in r.lines[2]
+    assert b"suricata_alerts" not in r.lines[0] + r.lines[1]
+    assert r.lines[2].endswith(b'"model":"iforest","suricata_alerts":[{"signature_id":2010935,'
+                               b'"signature":"ET SCAN \\u00e9","severity":2,"category":"Misc"}]}\n')
+    assert r.alerts[0][1].suricata_alerts == b.suricata_alerts[2]
+    mark_suppressed(r.lines, {2: "rule 1"})
+    assert r.lines[2].endswith(b'"category":"Misc"}],"suppressed_by":"rule 1"}\n')
