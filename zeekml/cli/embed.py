@@ -14,6 +14,7 @@ import click
 
 from zeekml._core.device import resolve_device
 from zeekml._core.errors import ModelError, OutputError, ZeekmlError
+from zeekml._core.outfile import open_output
 from zeekml.cli.models import quarantine_file
 from zeekml.cli.score import DEVICE_OPTION
 
@@ -61,10 +62,14 @@ def embed(logs, out, model_dir, device):
     cols = {"uid": table.column("uid")}
     for j in range(z.shape[1]):
         cols[f"e{j:02d}"] = pa.array(z[:, j], pa.float32())
+    # open_output: a link planted at --out is refused (O_NOFOLLOW, one link only), a new file
+    # is 0640; pyarrow's own open would follow a symlink and write its target
+    fd = open_output(out, what="embeddings")
     try:
-        pq.write_table(pa.table(cols), out)
+        with os.fdopen(fd, "wb") as f:
+            pq.write_table(pa.table(cols), f)
     except OSError as e:
-        raise OutputError(f"cannot write: {e}", out) from e
+        raise OutputError(f"cannot write embeddings: {e.strerror or e}", out) from e
     click.echo(f"{table.num_rows} embeddings ({z.shape[1]}-d) -> {out}")
 
 
