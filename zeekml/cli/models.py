@@ -86,9 +86,15 @@ def pretrain(model, logs, out, seed, epochs, device):
               help="Seed of the shots drawn and of the model's random draws (weights' "
                    "initialisation, masking, batch order).")
 @click.option("--epochs", default=None, type=int)
+@click.option("--fpr-train", type=click.FloatRange(0, 1, min_open=True), default=0.01,
+              show_default=True,
+              help="label/detailedlabel heads: the cut stored with the model is the lowest P "
+                   "(at least 0.5) that at most this share of the training share's benign conns "
+                   "not trained on reach; score uses it when the baseline looks infected.")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
 @DEVICE_OPTION
-def finetune(model, base, scratch, train, label_field, shots, fraction, seed, epochs, out, device):
+def finetune(model, base, scratch, train, label_field, shots, fraction, seed, epochs, fpr_train,
+             out, device):
     """Supervised finetuning on the earliest 70% of --train by time."""
     from zeekml.train.protocol import run_finetune
 
@@ -101,7 +107,7 @@ def finetune(model, base, scratch, train, label_field, shots, fraction, seed, ep
         opts["epochs"] = epochs
     with quarantine_file(os.path.join(out, "quarantine.jsonl")) as q:
         metrics = run_finetune(model, base, list(train), label_field, shots, fraction, seed, out,
-                               quarantine=q, **opts)
+                               quarantine=q, fpr_train=fpr_train, **opts)
     click.echo(json.dumps({"out": out, **(metrics or {})}, indent=2, default=str))
 
 

@@ -7,7 +7,7 @@ conn gets the same verdict everywhere.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
-from zeekml.scoring.calibrate import ThresholdCalibrator, calibrate_combined
+from zeekml.scoring.calibrate import ThresholdCalibrator, calibrate_with_cuts
 from zeekml.scoring.context import horizon
 from zeekml.scoring.detector import Detector, IsolationForestDetector
 from zeekml.scoring.ensemble import combine
@@ -112,7 +112,7 @@ def baseline_infection(baseline: pa.Table, detectors: list[Detector]) -> str | N
     ``INFECTED_SHARE``), naming the hosts with the most flagged conns; None otherwise.
 
     A classifier flags a conn when its score (probability of the malicious classes) reaches
-    its ``decision_threshold`` attribute (default 0.5)."""
+    its ``decision_threshold`` attribute (its trained cut, else 0.5)."""
     judges = [d for d in detectors if is_known_bad(d)]
     if not judges or baseline.num_rows == 0:
         return None
@@ -140,13 +140,16 @@ class FittedDetectors:
     ``zeekml score`` fits one per run; ``zeekml watch`` fits one at start and scores every
     window with it, so a conn gets the same verdict live as in batch. ``effective_fpr`` is what
     the thresholds deliver together on the calibration conns (``CombinedCalibration``), the
-    rate each notice states; None = ``fpr``.
+    rate each notice states; None = ``fpr``. ``trained_cuts``: the known-bad classifiers
+    whose threshold is their trained cut, not a baseline quantile (``calibrate_with_cuts``),
+    with that cut's record; their notices say so.
     """
 
     detectors: list[Detector]
     calibrators: dict[str, ThresholdCalibrator]
     fpr: float
     effective_fpr: float | None = None
+    trained_cuts: dict[str, dict] = field(default_factory=dict)
 
 
 def _per_conn(det: Detector) -> bool:
@@ -173,9 +176,15 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
 
     ``on_step(text)`` is told each step (fitting, scoring a detector) for a progress display.
 
+    A known-bad classifier with a trained cut (``"operating_point"`` in its config) keeps that
+    cut as its threshold when the baseline looks infected (``baseline_infection``): the baseline
+    quantile of an infected baseline sits above the malware's own probabilities. It is then left
+    out of the combined search, said in a warning, in ``summary.calibration["trained_cuts"]``
+    and in its notices (``scoring.calibrate.calibrate_with_cuts``, rule ``CUT_RULE``).
+
     Raises ``ZeekmlError`` when the baseline is empty or too small for ``options.fpr``
-    (``check_baseline_size``); warnings (small or infected baseline) are logged and listed in
-    ``summary.warnings``.
+    (``check_baseline_size``); warnings (small or infected baseline, a trained cut used) are
+    logged and listed in ``summary.warnings``.
     """
     if baseline.num_rows == 0:
         raise ZeekmlError("the baseline holds no conn records to fit on")
@@ -202,14 +211,22 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
                 cal_table = baseline.take(pa.array(cal_idx))
             step(f"calibrating {det.name} on {cal_table.num_rows:,} conns")
             cal_scores[det.name] = det.score(cal_table)
-    combined = calibrate_combined(cal_scores, options.fpr)
-    warnings.append(baseline_infection(baseline, detectors))
+    infection = baseline_infection(baseline, detectors)
+    warnings.append(infection)
+    cuts = {d.name: d.trained_cut for d in detectors
+            if is_known_bad(d) and getattr(d, "trained_cut", None)}
+    combined, used = calibrate_with_cuts(cal_scores, options.fpr, cuts, infected=infection is not None)
+    for name, op in used.items():
+        warnings.append(f"{name}: threshold is its trained cut, {cut_text(op)}, not the "
+                        "baseline quantile: the baseline looks infected")
     warnings = [w for w in warnings if w]
     for w in warnings:
         log.warning("%s", w)
     if summary is not None:
         for name, cal in combined.calibrators.items():
             summary.thresholds[name] = cal.to_dict() | {"effective_fpr": cal.effective_fpr}
+            if name in used:
+                summary.thresholds[name]["trained_cut"] = True
         summary.effective_fpr = combined.effective_fpr
         summary.calibration = {"scheme": "combined", "fpr": options.fpr,
                                "effective_fpr": combined.effective_fpr,
@@ -217,8 +234,21 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
                                "calibration_conns": combined.n_calibration,
                                "calibration_alert_rate": combined.cal_rate,
                                "min_fpr": combined.min_fpr}
+        if used:
+            summary.calibration["trained_cuts"] = used
         summary.warnings.extend(warnings)
-    return FittedDetectors(detectors, combined.calibrators, options.fpr, combined.effective_fpr)
+    return FittedDetectors(detectors, combined.calibrators, options.fpr, combined.effective_fpr,
+                           used)
+
+
+def cut_text(op: dict) -> str:
+    """A trained cut in words: "P >= 0.5 (chosen at finetune: 0.12% of 5,000 benign conns reach
+    it)"."""
+    n = int(op.get("validation_benign") or 0)
+    rate = op.get("validation_fpr")
+    seen = (f"{100 * rate:.2g}% of {n:,} benign conns reach it" if rate is not None
+            else "no benign conns to check it on")
+    return f"P >= {float(op['cut']):.3g} (chosen at finetune: {seen})"
 
 
 def threshold_text(fitted: FittedDetectors) -> str:
@@ -261,7 +291,10 @@ def score_batch(table: pa.Table, fitted: FittedDetectors,
         for r, text in zip(rows, det.explain(table, rows)):
             sub[int(r)] = text
     why = threshold_text(fitted)
-    msg = {r: f"{names[top[r]]} anomaly score {combined[r]:.3f} ({why})"
+    # a classifier on its trained cut says so: its 1.0 is not a baseline quantile
+    whys = [f"1.0 = trained cut {cut_text(fitted.trained_cuts[n])}, baseline looks infected"
+            if n in fitted.trained_cuts else why for n in names]
+    msg = {r: f"{names[top[r]]} anomaly score {combined[r]:.3f} ({whys[top[r]]})"
            for r in alert_rows.tolist()}
     return VerdictBatch(table, names, notes, calibrated, combined, top, alert, msg, sub)
 

@@ -145,3 +145,73 @@ def calibrate_combined(scores: dict[str, np.ndarray], fpr: float,
         q = hi
     n_cal = min(int(np.isfinite(np.asarray(s, dtype=np.float64)).sum()) for s in scores.values())
     return CombinedCalibration(fpr=fpr, q=q, calibrators=best, n_calibration=n_cal, cal_rate=rate)
+
+
+# How a known-bad classifier's trained cut (its config's "operating_point", chosen at finetune
+# time on benign conns it did not train on) meets the baseline quantile (issue 14):
+# - "infected": the cut replaces the baseline quantile only when the baseline looks infected
+#   (``pipeline.fitted.baseline_infection``), and the classifier then stays out of the combined
+#   search (its alerts on an infected baseline are the infection, not false alerts);
+# - "min": always the lower of the two thresholds;
+# - "never": always the baseline quantile (what zeekml did before).
+# "infected" is what zeekml runs; docs/results/detection.md has the measurements.
+CUT_RULES = ("infected", "min", "never")
+CUT_RULE = "infected"
+
+
+def cut_calibrator(op: dict) -> ThresholdCalibrator:
+    """The calibrator of a trained cut ``op`` (``train.metrics.trained_cut``'s dict): 1.0 at
+    P = ``op["cut"]`` and 0 at P = 0, a conn the head is sure is benign (a baseline median
+    would be an infected baseline's malware); ``fpr`` and ``n_baseline`` are the validation
+    FPR and benign conns it was chosen on, so ``effective_fpr`` states the trained rate."""
+    n = int(op.get("validation_benign") or 0)
+    fpr = op.get("validation_fpr")
+    return ThresholdCalibrator(fpr=float(fpr) if fpr is not None else float(op["fpr"]),
+                               threshold=float(op["cut"]), center=0.0, n_baseline=n)
+
+
+def calibrate_with_cuts(scores: dict[str, np.ndarray], fpr: float, cuts: dict[str, dict],
+                        infected: bool, rule: str = CUT_RULE) -> tuple[CombinedCalibration, dict[str, dict]]:
+    """``calibrate_combined`` where known-bad classifiers keep their trained cut per ``rule``
+    (``CUT_RULES``).
+
+    Args:
+        scores: raw calibration scores per detector name, ``[m]`` each.
+        fpr: combined false-positive rate wanted.
+        cuts: trained cut (``"operating_point"``) per classifier name that has one.
+        infected: the baseline looks infected (``baseline_infection`` fired).
+        rule: one of ``CUT_RULES`` (default ``CUT_RULE``).
+
+    Returns the calibration (its ``cal_rate``/``q`` cover the detectors calibrated on the
+    baseline only) and, per detector whose threshold is its trained cut, that cut's dict with
+    the baseline threshold it replaced (``"baseline_threshold"``; None when not computed).
+    """
+    if rule not in CUT_RULES:
+        raise ValueError(f"unknown cut rule {rule!r} (one of {', '.join(CUT_RULES)})")
+    cuts = {k: v for k, v in cuts.items() if k in scores}
+    used: dict[str, dict] = {}
+    if rule == "infected" and infected and cuts:
+        rest = {k: v for k, v in scores.items() if k not in cuts}
+        if rest:
+            combined = calibrate_combined(rest, fpr)
+        else:
+            # nothing is calibrated on the baseline: no rate measured there
+            n = min(int(np.isfinite(np.asarray(s, dtype=np.float64)).sum()) for s in scores.values())
+            combined = CombinedCalibration(fpr=fpr, q=fpr, calibrators={}, n_calibration=n, cal_rate=0.0)
+        cals = dict(combined.calibrators)
+        for name in scores:            # keep the detectors' order
+            if name in cuts:
+                cals[name] = cut_calibrator(cuts[name])
+                used[name] = dict(cuts[name]) | {"baseline_threshold": None}
+        combined.calibrators = {name: cals[name] for name in scores}
+        return combined, used
+    combined = calibrate_combined(scores, fpr)
+    if rule == "min":
+        for name, op in cuts.items():
+            base = combined.calibrators[name]
+            if float(op["cut"]) < base.threshold:
+                combined.calibrators[name] = cut_calibrator(op)
+                used[name] = dict(op) | {"baseline_threshold": base.threshold}
+        if used:       # a lower bar alerts more on the calibration conns: say what it delivers
+            combined.cal_rate = union_rate(combined.calibrators, scores)
+    return combined, used

@@ -69,7 +69,25 @@ def save_model_dir(out: str, kind: str, config: dict, state_dict: dict | None,
     return out
 
 
+def update_config(model_dir: str, keys: dict[str, Any]) -> None:
+    """Set ``keys`` in ``model_dir``'s ``config.json`` (written as ``save_model_dir`` writes it)
+    and its sha256 in ``manifest.json``, so the directory still verifies."""
+    path = os.path.join(model_dir, CONFIG)
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg.update(keys)
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+    mpath = os.path.join(model_dir, MANIFEST)
+    with open(mpath) as f:
+        m = json.load(f)
+    m["files"][CONFIG] = sha256_file(path)
+    with open(mpath, "w") as f:
+        json.dump(m, f, indent=2)
+
+
 def update_metrics(model_dir: str, metrics: dict) -> None:
+    """Merge ``metrics`` into ``model_dir``'s manifest (metrics are not hashed files)."""
     path = os.path.join(model_dir, MANIFEST)
     with open(path) as f:
         m = json.load(f)

@@ -99,3 +99,47 @@ def save_roc_pr_png(path: str, y: np.ndarray, score: np.ndarray, title: str = ""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# The operating point a known-bad classifier keeps from its training (issue 14): the cut on its
+# probability of the malicious classes at which at most ``fpr`` of its validation benign conns
+# (benign conns of the training logs' training share that were not drawn to train on) reach it,
+# never below CUT_FLOOR. Calibration uses it instead of the baseline quantile when the baseline
+# looks infected (``zeekml.scoring.calibrate.apply_trained_cuts``), so an infected baseline does
+# not raise the bar above the malware's probabilities.
+CUT_FLOOR = 0.5
+CUT_FPR = 0.01
+
+
+def trained_cut(p_benign: np.ndarray, fpr: float = CUT_FPR, floor: float = CUT_FLOOR) -> dict:
+    """The lowest cut ``c >= floor`` with ``mean(p_benign >= c) <= fpr``, and how it was chosen.
+
+    Args:
+        p_benign: the classifier's P(malicious) of validation benign conns, ``[n]``.
+        fpr: the largest share of them allowed at or above the cut (default ``CUT_FPR``).
+        floor: the lowest cut (default ``CUT_FLOOR``: below it the head says "benign").
+
+    Returns ``{"cut", "fpr", "validation_benign", "validation_fpr", "floor", "chosen_by"}``:
+    ``validation_fpr`` is the share of ``p_benign`` at or above the cut; ``chosen_by`` is
+    ``"validation"`` (the FPR bound set it above the floor), ``"floor"`` (the floor was stricter
+    already), ``"floor: no validation benign conns"``, or ``"1.0: ..."`` when more than ``fpr``
+    of them sit at P = 1.0 (``validation_fpr`` then exceeds ``fpr``).
+    """
+    p = np.asarray(p_benign, dtype=np.float64)
+    p = np.sort(p[np.isfinite(p)])[::-1]
+    n = len(p)
+    out = {"fpr": float(fpr), "validation_benign": int(n), "floor": float(floor)}
+    if n == 0:
+        return out | {"cut": float(floor), "validation_fpr": None,
+                      "chosen_by": "floor: no validation benign conns"}
+    allowed = int(np.floor(fpr * n + 1e-9))
+    # the cut sits just above the (allowed + 1)-th largest score, so at most `allowed` reach it
+    bound = float(np.nextafter(p[allowed], np.inf)) if allowed < n else -np.inf
+    cut = max(float(floor), bound)
+    chosen = "validation" if bound > floor else "floor"
+    if cut > 1.0:
+        # more than `fpr` of the benign conns sit at P = 1.0 (a saturated head): no cut reaches
+        # the rate; 1.0 is the strictest one that still flags anything, and validation_fpr says
+        # what it delivers
+        cut, chosen = 1.0, f"1.0: no cut reaches fpr {fpr:g} on these conns"
+    return out | {"cut": cut, "validation_fpr": float((p >= cut).mean()), "chosen_by": chosen}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -11,12 +12,15 @@ from zeekml._core.errors import ModelError, ZeekmlError
 from zeekml.features.modality import load_flow_table
 from zeekml.parse import Quarantine
 from zeekml.scoring.detectors.base import read_config
-from zeekml.train.artifact import load_model_dir, update_metrics
+from zeekml.train.artifact import load_model_dir, update_config, update_metrics
 from zeekml.train.data import (canonical_label_field, labels_of, load_conns, sample_shots,
                                temporal_split)
-from zeekml.train.metrics import (binary_auroc, classification_report, precision_at_fpr,
-                                  save_confusion_png, save_roc_pr_png)
+from zeekml.train.metrics import (CUT_FLOOR, CUT_FPR, binary_auroc, classification_report,
+                                  precision_at_fpr, save_confusion_png, save_roc_pr_png,
+                                  trained_cut)
 from zeekml.train.registry import get_trainer as get_kind
+
+log = logging.getLogger(__name__)
 
 
 def model_kind_of(model_dir: str) -> str:
@@ -41,9 +45,51 @@ def run_pretrain(model: str, logs: list[str], out: str, seed: int = 0,
     return get_kind(model).pretrain(table, out, sources=logs, seed=seed, flows=flows, **opts)
 
 
+# validation benign conns scored for the trained cut: a random draw of at most this many keeps
+# the extra pass short on large logs and still resolves a 1% cut with 50 conns past it
+VALIDATION_MAX = 5000
+
+
+def validation_benign_rows(labels: np.ndarray, early: np.ndarray, train_rows: np.ndarray,
+                           seed: int = 0, limit: int = VALIDATION_MAX) -> np.ndarray:
+    """The benign conns of the training share ``early`` not drawn into ``train_rows`` (at most
+    ``limit``, drawn with ``seed``), sorted: conns like the training data never trained on."""
+    from zeekml.scoring.detectors.classifier import NOT_BAD
+
+    drawn = set(np.asarray(train_rows).tolist())
+    cand = np.array([i for i in early if i not in drawn and labels[i] is not None
+                     and str(labels[i]).lower().startswith(NOT_BAD)], dtype=np.int64)
+    if len(cand) > limit:
+        cand = np.random.default_rng(seed).choice(cand, size=limit, replace=False)
+    return np.sort(cand)
+
+
+def store_trained_cut(out: str, table: pa.Table, val_rows: np.ndarray, fpr: float = CUT_FPR,
+                      device: str = "cpu") -> dict:
+    """Score ``table``'s ``val_rows`` with the classifier in ``out`` (as ``zeekml score`` would:
+    the ``classifier`` detector, the other rows as context), choose its cut (``trained_cut``) and
+    store it in the directory's config (``"operating_point"``) and manifest metrics."""
+    from zeekml.scoring.registry import classifier_detector
+
+    det = classifier_detector(out, device)
+    p = det.score_rows(table, val_rows) if len(val_rows) else np.zeros(0)
+    op = trained_cut(p, fpr=fpr, floor=CUT_FLOOR)
+    if op["chosen_by"].startswith("floor: no"):
+        log.warning("%s: no benign conns left out of training to choose the cut on; the cut is "
+                    "the floor P >= %g", out, CUT_FLOOR)
+    update_config(out, {"operating_point": op})
+    update_metrics(out, {"operating_point": op})
+    log.info("%s: trained cut P >= %.4g (%s; %s of %d validation benign conns reach it)", out,
+             op["cut"], op["chosen_by"], op["validation_fpr"], op["validation_benign"])
+    return op
+
+
 def run_finetune(model: str, base: str | None, train: list[str], label_field: str,
                  shots: int | None, fraction: float | None, seed: int, out: str,
-                 quarantine: Quarantine | None = None, **opts) -> dict:
+                 quarantine: Quarantine | None = None, fpr_train: float = CUT_FPR, **opts) -> dict:
+    """Finetune ``model`` on shots of ``train``'s earliest 70% (``sample_shots``) into ``out``.
+    A known-bad classifier (``label``/``detailedlabel``) also gets its trained cut at
+    ``fpr_train`` on the benign conns of that share it did not train on (``store_trained_cut``)."""
     field = canonical_label_field(label_field)
     table, flows = load_inputs(train, quarantine)
     labels = labels_of(table, field)
@@ -58,6 +104,10 @@ def run_finetune(model: str, base: str | None, train: list[str], label_field: st
                                        flows=flows, **opts)
     update_metrics(out, {"label_field": field, "shots": shots, "fraction": fraction, "seed": seed,
                          "train_rows": int(len(rows))})
+    if field in ("label", "detailedlabel"):
+        val = validation_benign_rows(labels, early, rows, seed)
+        metrics["operating_point"] = store_trained_cut(out, table, val, fpr_train,
+                                                       opts.get("device", "cpu"))
     return metrics
 
 

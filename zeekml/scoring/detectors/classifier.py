@@ -8,7 +8,11 @@ its config says it is a classifier (``detectors.base.is_classifier``).
 
 The score of a conn is the probability the head gives to the malicious classes (every class but
 ``Benign``); its threshold is calibrated on the baseline like every other detector's, so at most
-``fpr/n`` of the baseline's conns pass it, whatever the head's own calibration.
+``fpr/n`` of the baseline's conns pass it, whatever the head's own calibration. A directory that
+``zeekml finetune`` wrote also keeps its trained operating point (config ``"operating_point"``:
+the cut on that probability chosen on benign conns it did not train on); when the baseline looks
+infected, calibration uses that cut instead (``scoring.calibrate.calibrate_with_cuts``), since an
+infected baseline's quantile sits above the malware's own probabilities.
 """
 from __future__ import annotations
 
@@ -113,13 +117,28 @@ class _GNNHead:
 HEADS = {"moe": _TokenHead, "dense": _TokenHead, "mae": _MAEHead, "gnn": _GNNHead}
 
 
+def read_operating_point(config: dict, model_dir: str) -> dict | None:
+    """The trained cut of a classifier's config (``"operating_point"``, written by ``zeekml
+    finetune``: ``train.metrics.trained_cut``), checked; None when the config has none."""
+    op = config.get("operating_point")
+    if op is None:
+        return None
+    cut = op.get("cut") if isinstance(op, dict) else None
+    if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not 0.0 < float(cut) <= 1.0:
+        raise ModelError(f"config.json \"operating_point\" needs a \"cut\" probability in (0, 1], "
+                         f"not {cut!r}", model_dir)
+    return dict(op)
+
+
 class ClassifierDetector:
     """A finetuned classifier as a ``Detector``.
 
     Anomalous here means known-bad: the score of a conn is the probability its head gives to the
     malicious classes (every class but Benign/Background), in [0, 1]. Nothing is fitted on the
     baseline (the weights stay as trained); its threshold is set on the baseline like the other
-    detectors', so a classifier that flags the baseline's conns raises its own bar.
+    detectors', so a classifier that flags the baseline's conns raises its own bar, unless the
+    baseline looks infected and the directory has a trained cut (``trained_cut``), which is then
+    the bar.
 
     Args:
         model_dir: a finetuned model directory (config has ``label_field`` and ``classes``).
@@ -149,6 +168,10 @@ class ClassifierDetector:
         self.forward_context_seconds = self.head.forward_context_seconds
         self.context_key = self.head.context_key
         self.model_dir = model_dir
+        # the cut chosen at finetune time (None: an older directory without one); it is also the
+        # probability at which this classifier calls a baseline conn bad (baseline_infection)
+        self.trained_cut = read_operating_point(config, model_dir)
+        self.decision_threshold = float(self.trained_cut["cut"]) if self.trained_cut else 0.5
 
     def fit(self, table: pa.Table) -> ClassifierDetector:
         """Nothing to fit: a classifier's knowledge is its training; calibration sets its bar."""
