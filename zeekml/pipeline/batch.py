@@ -24,6 +24,7 @@ from zeekml.pipeline.chunked import TriageRows, read_conn_batches, score_spilled
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.scoring.allowlist import Allowlist, suppress
+from zeekml.scoring.evidence import SuricataAlerts, attach_suricata_alerts
 from zeekml.scoring.explain import BaselineProfile
 from zeekml.scoring.incidents import incidents_from_batch
 from zeekml.scoring.verdict import VerdictBatch
@@ -221,8 +222,9 @@ def _score_chunked(files: list[str], baseline: pa.Table | None, options: ScoreOp
     def feedback_of(table: pa.Table, offset: int) -> None:
         fb_parts.append(feedback_rows(table, benign) + offset)
 
+    suricata = SuricataAlerts()      # joined onto each chunk's conns as evidence (scoring.evidence)
     with spill_inputs(files, quarantine, summary, options.chunk_rows, bar.advance,
-                      feedback_of if benign is not None else None) as spill:
+                      feedback_of if benign is not None else None, suricata.add) as spill:
         if summary.files == 0:
             raise ZeekmlError("no input file could be read: " +
                               "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
@@ -235,6 +237,7 @@ def _score_chunked(files: list[str], baseline: pa.Table | None, options: ScoreOp
             return _feedback_extra(fb, spill.take, base, rows, benign, options, summary)
 
         def write(batch: VerdictBatch) -> None:
+            attach_suricata_alerts(batch, suricata)
             suppressed = suppress(batch, allowlist) if allowlist is not None else {}
             bar.step(f"writing {len(batch):,} verdicts")
             rendered = render_verdicts(batch)

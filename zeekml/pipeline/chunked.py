@@ -71,10 +71,11 @@ def is_capture(path: str) -> bool:
 
 
 def read_conn_batches(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
-                      on_bytes: ProgressFn | None = None) -> Iterator[LogBatch]:
+                      on_bytes: ProgressFn | None = None,
+                      on_other: Callable[[LogBatch], object] | None = None) -> Iterator[LogBatch]:
     """The conn batches of every file, in order; counts go to ``summary``. A file that fails is
     recorded in ``summary.files_failed`` (its batches before the failure are kept) and the rest
-    goes on."""
+    goes on. ``on_other`` is handed every other batch (Suricata's alerts, for the evidence)."""
     for path in paths:
         conns, others = 0, set()
         try:
@@ -87,6 +88,8 @@ def read_conn_batches(paths: list[str], quarantine: Quarantine, summary: ScoreSu
                 else:
                     summary.other_records += b.num_rows
                     others.add(b.log_path or "?")
+                    if on_other is not None:
+                        on_other(b)
             summary.files += 1
             if others and not conns:
                 # a user who names dns.log by mistake must not get "0 conns scored" silently
@@ -248,12 +251,14 @@ class SpilledConns:
 
 def spill_inputs(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
                  chunk_rows: int = DEFAULT_CHUNK_ROWS, on_bytes: ProgressFn | None = None,
-                 on_table: Callable[[pa.Table, int], None] | None = None) -> SpilledConns:
+                 on_table: Callable[[pa.Table, int], None] | None = None,
+                 on_other: Callable[[LogBatch], object] | None = None) -> SpilledConns:
     """Read every file once into a ``SpilledConns`` (finished: ready to read back). The caller
-    closes it; on an error here it is closed before the error goes on."""
+    closes it; on an error here it is closed before the error goes on. ``on_other``: as for
+    ``read_conn_batches``."""
     spill = SpilledConns(chunk_rows, on_table)
     try:
-        for b in read_conn_batches(paths, quarantine, summary, on_bytes):
+        for b in read_conn_batches(paths, quarantine, summary, on_bytes, on_other):
             spill.append(conn_table([b]))
         spill.finish()
     except BaseException:
@@ -328,7 +333,9 @@ def alerts_only(batch: VerdictBatch) -> VerdictBatch:
                         np.asarray(batch.score)[rows], np.asarray(batch.top)[rows],
                         np.asarray(batch.alert)[rows],
                         {new[r]: m for r, m in batch.msg.items() if r in new},
-                        {new[r]: s for r, s in batch.sub.items() if r in new})
+                        {new[r]: s for r, s in batch.sub.items() if r in new},
+                        suricata_alerts={new[r]: a for r, a in batch.suricata_alerts.items()
+                                         if r in new})
 
 
 def triage_part(batch: VerdictBatch) -> TriagePart:
@@ -395,11 +402,15 @@ class TriageRows:
         if len(parts) == 1:
             return parts[0]
         first = parts[0]
+        suricata, offset = {}, 0
+        for p in parts:
+            suricata.update({offset + r: a for r, a in p.suricata_alerts.items()})
+            offset += len(p)
         return VerdictBatch(pa.concat_tables([p.table for p in parts]), first.names, first.notes,
                             {n: np.concatenate([p.scores[n] for p in parts]) for n in first.names},
                             np.concatenate([p.score for p in parts]),
                             np.concatenate([p.top for p in parts]),
-                            np.concatenate([p.alert for p in parts]))
+                            np.concatenate([p.alert for p in parts]), suricata_alerts=suricata)
 
     def host_times(self) -> dict[str, _HostTimes]:
         """``incidents.build_incidents``'s ``host_times`` over every conn added."""

@@ -1,0 +1,86 @@
+"""``zeekml score`` on Slips' real eve.json (3,512 flows, 745 ET alerts): every verdict names its
+conn's Community ID, the alerts of each flow ride on its verdict and its incident, and they
+change no score (the same verdicts, less the ``suricata_alerts`` key, as without the alert
+events); chunked scoring carries them as one chunk does."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from zeekml.cli import main
+from zeekml.flows.community_id import community_id_v1
+from zeekml.pipeline.batch import score_paths
+from zeekml.pipeline.options import ScoreOptions
+
+EVE = os.path.join(os.path.dirname(__file__), "..", "data", "real", "slips-dataset", "dataset",
+                   "test6-malicious.suricata.json.gz")
+
+
+def _lines(out) -> list[dict]:
+    with open(os.path.join(out, "verdicts.jsonl"), "rb") as f:
+        return [json.loads(x) for x in f]
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eve")
+    no_alerts = tmp / "eve-flows.json"
+    with gzip.open(EVE, "rb") as f:
+        no_alerts.write_bytes(b"".join(x for x in f if b'"event_type":"alert"' not in x))
+    out = {}
+    for name, path in (("with", EVE), ("without", str(no_alerts))):
+        out[name] = tmp / name
+        r = CliRunner().invoke(main, ["score", path, "--out", str(out[name]), "--no-models",
+                                      "--no-progress"])
+        assert r.exit_code == 0, r.output
+    return out
+
+
+def test_verdicts_carry_community_id_and_the_flows_alerts(scored):
+    lines = _lines(scored["with"])
+    assert len(lines) == 3512
+    for v in lines:
+        assert v["community_id"] == community_id_v1(v["id.orig_h"], v["id.resp_h"], v["proto"],
+                                                    v["id.orig_p"], v["id.resp_p"])
+    with_alerts = [v for v in lines if "suricata_alerts" in v]
+    assert len(with_alerts) == 366
+    assert sum(len(v["suricata_alerts"]) for v in with_alerts) == 423
+    assert all(set(a) == {"signature_id", "signature", "severity", "category"}
+               for v in with_alerts for a in v["suricata_alerts"])
+    # the key comes after every fixed key (before suppressed_by, which this run has none of)
+    assert all(list(v)[-1] == "suricata_alerts" for v in with_alerts)
+
+
+def test_alerts_change_no_score(scored):
+    a, b = _lines(scored["with"]), _lines(scored["without"])
+    for v in a:
+        v.pop("suricata_alerts", None)
+    assert a == b
+
+
+def test_incidents_count_the_signatures_of_their_conns(scored):
+    with open(os.path.join(scored["with"], "incidents.jsonl")) as f:
+        incidents = [json.loads(x) for x in f]
+    alerting = {v["uid"]: v for v in _lines(scored["with"]) if v["alert"]}
+    on_alerts = sum(len(v.get("suricata_alerts", [])) for v in alerting.values())
+    assert sum(i.get("suricata_alerts", 0) for i in incidents) == on_alerts
+    for i in incidents:
+        if "suricata_alerts" in i:
+            assert i["suricata_alerts"] == sum(s["alerts"] for s in i["suricata_signatures"])
+    if on_alerts == 0:
+        pytest.fail("no alerting conn carries a Suricata alert: the incident check is empty")
+
+
+def test_chunks_carry_the_alerts_as_one_chunk(tmp_path):
+    one, many = tmp_path / "one", tmp_path / "many"
+    score_paths([EVE], str(one), ScoreOptions())
+    score_paths([EVE], str(many), ScoreOptions(chunk_rows=1000))
+    a, b = _lines(one), _lines(many)
+    assert [v.get("suricata_alerts") for v in a] == [v.get("suricata_alerts") for v in b]
+    with open(one / "incidents.jsonl") as f, open(many / "incidents.jsonl") as g:
+        assert [json.loads(x).get("suricata_signatures") for x in f] == \
+            [json.loads(x).get("suricata_signatures") for x in g]
