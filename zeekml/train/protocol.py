@@ -84,6 +84,35 @@ def store_trained_cut(out: str, table: pa.Table, val_rows: np.ndarray, fpr: floa
     return op
 
 
+def training_draw(table: pa.Table, labels: np.ndarray, shots: int | None, fraction: float | None,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training share (earliest 70% by time) and the rows ``finetune`` trains on."""
+    early, _ = temporal_split(table)
+    return early, sample_shots(labels, early, k=shots, fraction=fraction, seed=seed)
+
+
+def refit_trained_cut(model_dir: str, train: list[str], fpr: float = CUT_FPR,
+                      device: str = "cpu") -> dict:
+    """Choose and store the trained cut of a classifier finetuned before cuts were stored, as
+    ``run_finetune`` would have: the same logs, draw (its manifest's ``shots``/``fraction``/
+    ``seed``) and validation conns. The weights are not touched."""
+    from zeekml.scoring.detectors.base import read_manifest
+
+    config = read_config(model_dir)
+    field = config.get("label_field")
+    if field not in ("label", "detailedlabel"):
+        raise ZeekmlError(f"a {field!r} head has no known-bad cut", model_dir)
+    m = read_manifest(model_dir).get("metrics", {})
+    table, _ = load_inputs(train)
+    labels = labels_of(table, field)
+    early, rows = training_draw(table, labels, m.get("shots"), m.get("fraction"), m.get("seed", 0))
+    if len(rows) != m.get("train_rows", len(rows)):
+        raise ZeekmlError(f"these logs give {len(rows)} training rows, the manifest says "
+                          f"{m.get('train_rows')}: not the logs it was finetuned on", model_dir)
+    return store_trained_cut(model_dir, table, validation_benign_rows(labels, early, rows,
+                                                                      m.get("seed", 0)), fpr, device)
+
+
 def run_finetune(model: str, base: str | None, train: list[str], label_field: str,
                  shots: int | None, fraction: float | None, seed: int, out: str,
                  quarantine: Quarantine | None = None, fpr_train: float = CUT_FPR, **opts) -> dict:
@@ -95,8 +124,7 @@ def run_finetune(model: str, base: str | None, train: list[str], label_field: st
     labels = labels_of(table, field)
     if all(x is None for x in labels):
         raise ZeekmlError(f"no {label_field!r} labels in the training logs")
-    early, _ = temporal_split(table)
-    rows = sample_shots(labels, early, k=shots, fraction=fraction, seed=seed)
+    early, rows = training_draw(table, labels, shots, fraction, seed)
     if len({labels[i] for i in rows}) < 2:
         raise ZeekmlError("the training share holds fewer than two classes; nothing to learn")
     metrics = get_kind(model).finetune(base, table, labels, rows, hide_service=(field == "service"),
