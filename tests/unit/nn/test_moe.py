@@ -129,6 +129,34 @@ def test_inference_paths_equal_the_training_path(top_k):
         assert s0.tokens_per_expert.tolist() == stats.tokens_per_expert.tolist()
 
 
+@pytest.mark.parametrize("factor", [None, 0.5])
+def test_inference_without_pads_equals_the_training_path(factor):
+    """Batches without pads take the inference shortcut (no gather of routed rows, the top-1
+    router over experts as rows, outputs put back by the inverse permutation); with a capacity
+    that drops assignments they take the scatter-add. Both equal the autograd path's output and
+    routing, and the shortcut's gates are ``route``'s within a float32 ulp."""
+    from zeekml.nn.moe import route, route_top1_inference
+
+    torch.manual_seed(4)
+    layer = MoEFeedForward(d_model=8, n_experts=4, d_expert=16, top_k=1,
+                           eval_capacity_factor=factor).eval()
+    with torch.no_grad():
+        layer.router.weight.normal_(0, 1.0)
+    for n in (2, 50):
+        x = torch.randn(n, 6, 8)
+        keep = torch.ones(n, 6, dtype=torch.bool)
+        y_grad, _, _, stats = layer(x, keep)
+        with torch.inference_mode():
+            y, _, _, s0 = layer(x, keep)
+        assert torch.allclose(y, y_grad, atol=1e-6)
+        assert s0.tokens_per_expert.tolist() == stats.tokens_per_expert.tolist()
+        assert int(s0.dropped) == int(stats.dropped) and (int(s0.dropped) > 0) == (factor is not None)
+    logits = torch.randn(1000, 8)
+    fast, ref = route_top1_inference(logits), route(logits, 1)
+    assert torch.equal(fast.experts, ref.experts) and fast.probs is None
+    assert torch.allclose(fast.gates, ref.gates, rtol=2e-7, atol=0)
+
+
 def test_router_gets_a_gradient_with_top1():
     layer = MoEFeedForward(d_model=4, n_experts=2, d_expert=8, top_k=1)
     x = torch.randn(2, 3, 4)
