@@ -180,14 +180,41 @@ def budget_order(budget: str) -> tuple[int, float]:
     return 1, float(budget.split("-")[0])
 
 
+def headline(runs: list[dict]) -> list[str]:
+    """Markdown: per kind, over the capture x budget cells where pretrained, scratch and the GBT
+    all ran, the mean macro-F1 gain of pretrained over scratch and how often each model built on
+    the base beats the GBT (means over seeds compared)."""
+    s = summarise(runs, "macro_f1")
+    out = ["| kind | cells | pretrained vs scratch (mean gain) | pretrained > scratch | pretrained > GBT "
+           "| probe > GBT | GBT+emb > GBT | GBT+emb vs GBT (mean gain) |", "|---|" + "---|" * 7]
+    for kind in KINDS:
+        cells = sorted({(c, b) for (k, c, b, m) in s if k == kind and m == "pretrained"})
+        got = [{m: s.get((kind, c, b, m)) for m in MODELS} for c, b in cells]
+        got = [g for g in got if g["pretrained"] and g["scratch"] and g["gbt"]]
+        if not got:
+            continue
+
+        def beats(m: str, ref: str) -> str:
+            n = sum(1 for g in got if g[m])
+            return f"{sum(g[m][0] > g[ref][0] for g in got if g[m])}/{n}" if n else "-"
+
+        gain = np.mean([relative_gain(g["pretrained"][0], g["scratch"][0]) for g in got])
+        emb = [relative_gain(g["gbt+emb"][0], g["gbt"][0]) for g in got if g["gbt+emb"]]
+        out.append(f"| {kind} | {len(got)} | {gain:+.2f}% | {beats('pretrained', 'scratch')} "
+                   f"| {beats('pretrained', 'gbt')} | {beats('probe', 'gbt')} | {beats('gbt+emb', 'gbt')} "
+                   f"| {f'{np.mean(emb):+.2f}%' if emb else '-'} |")
+    return out
+
+
 def render(runs: list[dict]) -> str:
-    """Markdown: per kind, a table of macro-F1 and one of AUROC (mean ± std over seeds) per
-    capture and budget, the pretrained-vs-scratch gain, and how often pretrained leads."""
+    """Markdown: the headline (``headline``), then per kind a table of macro-F1 and one of AUROC
+    (mean ± std over seeds) per capture and budget with the pretrained-vs-scratch gain, and the
+    budgets that were skipped and why."""
     skipped = sorted({(r["capture"], r["budget"], r["reason"]) for r in runs if r.get("reason")})
     kinds = [k for k in KINDS if any(r["kind"] == k for r in runs)]
     cells = sorted({(r["capture"], r["budget"]) for r in runs if r.get("macro_f1") is not None},
                    key=lambda cb: (CAPTURES.index(cb[0]) if cb[0] in CAPTURES else 99, budget_order(cb[1])))
-    out = []
+    out = headline(runs)
     for metric, title in (("macro_f1", "macro-F1"), ("auroc", "AUROC of P(Malicious)")):
         s = summarise(runs, metric)
         for kind in kinds:
@@ -211,8 +238,9 @@ def render(runs: list[dict]) -> str:
                     wins_g += pre[0] > gbt[0]
                 out.append(f"| {cap} | {bud} | " + " | ".join(txt) + f" | {seeds} | {g:+.2f}% |")
             if gains:
+                paper = " (paper: +6.87%)" if metric == "macro_f1" else ""
                 out.append(f"\n{kind} ({title}): pretrained vs scratch **{np.mean(gains):+.2f}%** on average over "
-                           f"{len(gains)} capture x budget cells (paper: +6.87%); pretrained ahead of scratch "
+                           f"{len(gains)} capture x budget cells{paper}; pretrained ahead of scratch "
                            f"in {wins_s}/{n} cells, ahead of the GBT in {wins_g}/{n}.")
     if skipped:
         out.append("\nSkipped budgets (no classifier can be trained or scored):\n")

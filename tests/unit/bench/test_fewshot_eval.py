@@ -127,6 +127,10 @@ def test_summarise_and_render(fe):
     assert s[("gnn", "strato-008", "5%", "gbt")] == s[("moe", "strato-008", "5%", "gbt")] == pytest.approx((0.95, 0, 2))
     assert ("gnn", "ctu-8-1", "1%", "*") not in s
     text = fe.render(runs)
+    # headline: gnn has 1 cell; moe has no scratch run, so no cell; probe and gbt+emb never ran
+    assert text.startswith("| kind | cells |")
+    assert "| gnn | 1 | +13.33% | 1/1 | 0/1 | - | - | - |" in text
+    assert "| moe |" not in text
     assert "| strato-008 | 5% | 0.850 ± 0.050 | 0.750 ± 0.050 | - | 0.950 ± 0.000 | - | 2 | +13.33% |" in text
     assert "pretrained vs scratch **+13.33%**" in text
     assert "ahead of scratch in 1/1 cells, ahead of the GBT in 0/1" in text
