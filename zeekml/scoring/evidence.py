@@ -53,39 +53,40 @@ class SuricataAlerts:
             clocks; Suricata stamps an alert with its packet's time) (default 1.0).
         linger: seconds after a conn's ``ts + duration`` an alert still joins it by Community
             ID (default 60.0).
+        state: what ``state()`` returned (``zeekml watch`` keeps the alerts not joined yet in
+            its checkpoint); default none.
     """
 
-    def __init__(self, clock_skew: float = 1.0, linger: float = 60.0):
+    def __init__(self, clock_skew: float = 1.0, linger: float = 60.0,
+                 state: list[dict[str, Any]] | None = None):
         self.clock_skew = clock_skew
         self.linger = linger
         self._batches: list[pa.RecordBatch] = []
-        self._rows: list[dict[str, Any]] | None = None
+        self._rows: list[dict[str, Any]] = [dict(r) for r in state or ()]
+        self.expired = 0
 
     def add(self, batch: LogBatch) -> bool:
         """Keep ``batch`` if it holds Suricata alerts; whether it did."""
         if batch.log_path != ALERT_PATH:
             return False
         self._batches.append(batch.batch)
-        self._rows = None
         return True
 
     def __len__(self) -> int:
-        return sum(b.num_rows for b in self._batches)
+        return len(self._rows) + sum(b.num_rows for b in self._batches)
 
     def rows(self) -> list[dict[str, Any]]:
         """Every alert: ``ALERT_KEYS`` plus ``ts``, ``uid`` (``flow_uid`` of its flow_id) and
         ``community_id`` (logged, else computed), ordered by ts (input order among equals)."""
-        if self._rows is not None:
-            return self._rows
         if not self._batches:
-            self._rows = []
             return self._rows
         t = pa.Table.from_batches(self._batches)
+        self._batches = []
         logged = _text(t.column("community_id"))
         computed = community_id_column(t).to_pylist()
         flow_ids = t.column("flow_id").to_pylist()
         sig, cat = _text(t.column("signature")), _text(t.column("category"))
-        rows = []
+        rows = self._rows
         for i, (ts, sid, sev) in enumerate(zip(t.column("ts").to_pylist(),
                                                t.column("signature_id").to_pylist(),
                                                t.column("severity").to_pylist())):
@@ -94,11 +95,24 @@ class SuricataAlerts:
                 "community_id": logged[i] or computed[i],
                 "signature_id": sid, "signature": sig[i], "severity": sev, "category": cat[i]})
         rows.sort(key=lambda r: r["ts"] if r["ts"] is not None else float("inf"))
-        self._rows = rows
         return rows
 
-    def join(self, conns: pa.Table, community_ids: Iterable[str | None] | None = None
-             ) -> dict[int, list[dict[str, Any]]]:
+    def state(self) -> list[dict[str, Any]]:
+        """The alerts kept, JSON-ready (``state=`` of a new one restores them)."""
+        return [dict(r) for r in self.rows()]
+
+    def expire(self, before: float) -> int:
+        """Drop the alerts stamped before ``before`` (log time): their flows are not coming
+        any more. Returns how many; ``expired`` counts them all."""
+        rows = self.rows()
+        keep = [r for r in rows if r["ts"] is None or r["ts"] >= before]
+        gone = len(rows) - len(keep)
+        self._rows = keep
+        self.expired += gone
+        return gone
+
+    def join(self, conns: pa.Table, community_ids: Iterable[str | None] | None = None,
+             consume: bool = False) -> dict[int, list[dict[str, Any]]]:
         """The alerts of each conn of ``conns`` (a conn table: ``uid``, ``ts``, ``duration``
         and the 5-tuple): row -> alerts (``ALERT_KEYS``, in time order); rows without alerts
         are absent.
@@ -107,6 +121,8 @@ class SuricataAlerts:
             conns: the scored conns.
             community_ids: the conns' Community IDs when the caller has them already
                 (``VerdictBatch.column("community_id")``); computed otherwise.
+            consume: forget the alerts joined (``zeekml watch``: each conn is scored once, and
+                an alert waits for its flow, which Suricata logs when the flow ends).
         """
         alerts = self.rows()
         if not alerts or conns.num_rows == 0:
@@ -129,17 +145,19 @@ class SuricataAlerts:
                 by_cid.setdefault(cids[r], []).append(r)
         starts = {k: [float(ts[r]) for r in rows] for k, rows in by_cid.items()}
         out: dict[int, list[dict[str, Any]]] = {}
-        joined = 0
+        left = []
         for a in alerts:
             row = self._by_flow(a, by_uid, ts)
             if row is None:
                 row = self._by_community_id(a, by_cid, starts, ts, dur)
             if row is None:
+                left.append(a)
                 continue
             out.setdefault(row, []).append({k: a[k] for k in ALERT_KEYS})
-            joined += 1
-        log.debug("suricata alerts: %d of %d joined onto %d of %d conns", joined, len(alerts),
-                  len(out), conns.num_rows)
+        if consume:
+            self._rows = left
+        log.debug("suricata alerts: %d of %d joined onto %d of %d conns",
+                  len(alerts) - len(left), len(alerts), len(out), conns.num_rows)
         return out
 
     def _by_flow(self, a: dict, by_uid: dict[str, list[int]], ts: np.ndarray) -> int | None:

@@ -121,11 +121,28 @@ def render_verdicts(batch: VerdictBatch) -> RenderedVerdicts:
         [_enc_str(x) if x is not None else "null" for x in batch.column("community_id")], scores,
         _floats(np.asarray(batch.score, np.float64)), alert_s, notes,
         map(_enc_str, batch.models()))]
-    for r, alerts in batch.suricata_alerts.items():
-        if alerts:
-            lines[r] = (lines[r][:-2] + b',"suricata_alerts":' +
-                        json.dumps(clean_floats(alerts), separators=(",", ":")).encode() + b"}\n")
+    add_suricata_alerts(lines, batch.suricata_alerts)
     return RenderedVerdicts(ids, lines, [(r, batch.verdict(r)) for r in alert_rows])
+
+
+_SUPPRESSED = b',"suppressed_by":'
+
+
+def add_suricata_alerts(lines: list[bytes], joined: dict[int, list[dict]]) -> None:
+    """Add ``"suricata_alerts": [...]`` to the verdict lines of the rows of ``joined``, in
+    place: as the last key, or before ``suppressed_by`` when the line has it (the key order
+    ``render_verdicts`` gives; ``zeekml watch`` adds the alerts to lines rendered elsewhere)."""
+    for row, alerts in joined.items():
+        if not alerts:
+            continue
+        line = lines[row]
+        if not line.endswith(b"}\n"):
+            raise ValueError(f"verdict line {row} is not a JSON object line")
+        add = b',"suricata_alerts":' + json.dumps(alerts, separators=(",", ":")).encode()
+        # a '"' inside a JSON string is escaped, so the key's bytes occur only as the key
+        at = line.rfind(_SUPPRESSED)
+        at = len(line) - 2 if at < 0 else at
+        lines[row] = line[:at] + add + line[at:]
 
 
 class VerdictWriter:

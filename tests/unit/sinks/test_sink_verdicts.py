@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 import pyarrow as pa
 
 from zeekml.flows.community_id import community_id_v1
@@ -116,3 +117,24 @@ def test_community_id_logged_or_computed_and_suricata_alerts_both_ways():
     assert r.alerts[0][1].suricata_alerts == b.suricata_alerts[2]
     mark_suppressed(r.lines, {2: "rule 1"})
     assert r.lines[2].endswith(b'"category":"Misc"}],"suppressed_by":"rule 1"}\n')
+
+
+def test_alerts_added_to_rendered_lines_go_before_suppressed_by():
+    """``zeekml watch`` adds the alerts after rendering (in its scoring processes, with the
+    allowlist applied): the lines are those of a batch that had them before rendering."""
+    from zeekml.sinks.triage import mark_suppressed
+    from zeekml.sinks.verdicts import add_suricata_alerts
+
+    joined = {0: [{"signature_id": 1, "signature": "a", "severity": 3, "category": "c"}],
+              2: [{"signature_id": 2, "signature": "b\"}", "severity": 1, "category": ""}] * 2}
+    b = _batch()
+    late = render_verdicts(b).lines
+    mark_suppressed(late, {2: 'rule "x"', 1: "y"})
+    add_suricata_alerts(late, joined)
+    b.suricata_alerts = joined
+    early = render_verdicts(b).lines
+    mark_suppressed(early, {2: 'rule "x"', 1: "y"})
+    assert late == early
+    assert early[2].endswith(b'"category":""}],"suppressed_by":"rule \\"x\\""}\n')
+    with pytest.raises(ValueError):
+        add_suricata_alerts([b"not json\n"], joined={0: joined[0]})
