@@ -115,7 +115,7 @@ def test_autoencoder_joins_score_as_a_detector(base, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(out, models / "mae-base")
     r = CliRunner().invoke(main, ["score", SLICE, "--out", str(tmp_path / "s"), "--models", str(models),
-                                  "--no-progress"])
+                                  "--no-progress", "--conn-notices"])
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert "mae" in summary["thresholds"]
@@ -124,8 +124,9 @@ def test_autoencoder_joins_score_as_a_detector(base, tmp_path):
     mae_alerts = [x for x in v if x["alert"] and x["model"] == "mae"]
     notices = (tmp_path / "s" / "zeekml_notice.log").read_text()
     assert notices.count("\tmae anomaly score") == len(mae_alerts)
-    assert notices.count("recon_quantity=") == len(mae_alerts)
-    assert notices.count("\tknn=") == len(mae_alerts)    # the distance from the baseline, then why
+    # in words: the nearest baseline conns (issue 16)
+    assert (notices.count("\tnearest baseline conns (") + notices.count("\tunlike any of the "
+            "baseline's")) == len(mae_alerts)
 
 
 def test_packet_sequences_from_a_replayed_capture(tmp_path):

@@ -107,15 +107,18 @@ def test_moe_base_joins_score_as_a_detector(bases, tmp_path):
     moe_dir, _ = bases["moe"]
     models = tmp_path / "models"
     shutil.copytree(moe_dir, models / "moe-base")
-    invoke("score", SLICE, "--out", tmp_path / "s", "--models", models, "--no-progress")
+    invoke("score", SLICE, "--out", tmp_path / "s", "--models", models, "--no-progress",
+           "--conn-notices")
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert "moe" in summary["thresholds"]
     v = [json.loads(x) for x in (tmp_path / "s" / "verdicts.jsonl").read_text().splitlines()]
     assert len(v) == 900 and all("moe" in x["scores"] for x in v)
     alerts = [x for x in v if x["alert"] and x["model"] == "moe"]
     notices = (tmp_path / "s" / "zeekml_notice.log").read_text()
-    assert notices.count("nll_") >= len(alerts)
-    assert notices.count("\tknn=") == len(alerts)      # the distance from the baseline, then why
+    # in words: the nearest baseline conns, then the host's least expected conn (issue 16)
+    assert (notices.count("\tnearest baseline conns (") + notices.count("\tunlike any of the "
+            "baseline's")) == len(alerts)
+    assert notices.count(" conns the least expected: ") == len(alerts)
 
 
 def test_a_finetuned_classifier_joins_score_and_watch(bases, tmp_path):
@@ -125,7 +128,8 @@ def test_a_finetuned_classifier_joins_score_and_watch(bases, tmp_path):
     ft = tmp_path / "moe-ft"
     invoke("finetune", "--model", "moe", "--base", moe_dir, "--train", SLICE, "--label-field", "label",
            "--shots", "20", "--epochs", "3", "--out", ft, "--device", "cpu")
-    invoke("score", SLICE, "--out", tmp_path / "s", "--models", ft, "--no-progress")
+    invoke("score", SLICE, "--out", tmp_path / "s", "--models", ft, "--no-progress",
+           "--conn-notices")
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert set(summary["thresholds"]) == {"iforest", "clf-moe-ft"}
     v = [json.loads(x) for x in (tmp_path / "s" / "verdicts.jsonl").read_text().splitlines()]

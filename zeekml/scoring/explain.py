@@ -270,9 +270,8 @@ def nearest_text(identity: pa.Table, dist: np.ndarray, rows: np.ndarray, far: fl
                        f"{named[0][0]:.2f}, baseline p99 {far:.2f}: {conn_label(c)}, uid "
                        f"{c.get('uid') or '?'})")
         else:
-            out.append("nearest baseline conns: " + ", ".join(
-                f"{conn_label(c)} (uid {c.get('uid') or '?'}, distance {x:.2f})" for x, c in named)
-                + f"; baseline p99 {far:.2f}")
+            out.append(f"nearest baseline conns (baseline p99 {far:.2f}): " + ", ".join(
+                f"{conn_label(c)} (uid {c.get('uid') or '?'}, distance {x:.2f})" for x, c in named))
     return out
 
 
@@ -289,13 +288,15 @@ TOKEN_COLUMNS = {"proto": "proto", "conn_state": "conn_state", "service": "servi
                  "orig_bytes": "orig_bytes", "resp_bytes": "resp_bytes", "orig_pkts": "orig_pkts",
                  "resp_pkts": "resp_pkts"}
 """The conn column each host-token field is read from (``gap`` and ``same_resp`` are relative)."""
+RELATIVE_FIELDS = {"gap": "time since the host's previous conn",
+                   "same_resp": "whether its responder is the alert's"}
 
 
 def token_value(conn: dict, name: str) -> str:
     """The value of host-token field ``name`` in a conn's own words: ``service telnet``."""
     col = TOKEN_COLUMNS.get(name)
     if col is None:
-        return name
+        return RELATIVE_FIELDS.get(name, name)
     v = conn.get(col)
     if v is None or v == "":
         return f"{name} unset"
@@ -307,8 +308,8 @@ def token_value(conn: dict, name: str) -> str:
 def surprise_text(host: str, n_conns: int, conn: dict, fields: list[tuple[str, float]],
                   is_self: bool) -> str:
     """``of 192.168.1.9's last 16 conns the least expected: 192.168.1.9 -> 10.0.0.7:23/tcp
-    (service telnet 1 in 650, port 23 1 in 130)``: the host's conn (in its token sequence) whose
+    (service telnet: 1 in 650, port 23: 1 in 130)``: the host's conn (in its token sequence) whose
     fields the model found least likely, each with the chance the model gave it."""
     what = "this conn" if is_self else conn_label(conn)
-    parts = ", ".join(f"{token_value(conn, f)} {odds(nll)}" for f, nll in fields)
+    parts = ", ".join(f"{token_value(conn, f)}: {odds(nll)}" for f, nll in fields)
     return (f"of {host}'s last {n_conns} conns the least expected: {what} ({parts})")

@@ -73,8 +73,8 @@ def test_nearest_text_near_and_far():
     ident = _identity()
     near, far = nearest_text(ident, np.array([[0.41, 0.5], [0.62, 0.7]]),
                              np.array([[1, 0], [1, 0]]), far=0.45, n_reference=4000)
-    assert near == ("nearest baseline conns: 192.168.1.5 -> 8.8.8.8:53/udp dns (uid Ca, distance "
-                    "0.41), 10.0.0.2 -> 10.0.0.1 icmp (uid Cb, distance 0.50); baseline p99 0.45")
+    assert near == ("nearest baseline conns (baseline p99 0.45): 192.168.1.5 -> 8.8.8.8:53/udp dns "
+                    "(uid Ca, distance 0.41), 10.0.0.2 -> 10.0.0.1 icmp (uid Cb, distance 0.50)")
     assert far == ("unlike any of the baseline's 4,000 conns (nearest distance 0.62, baseline p99 "
                    "0.45: 192.168.1.5 -> 8.8.8.8:53/udp dns, uid Ca)")
     assert "\n" not in near + far and "\t" not in near + far
@@ -88,4 +88,91 @@ def test_odds_and_surprise_text():
     text = surprise_text("192.168.1.9", 16, conn, [("port", np.log(130)), ("duration", 0.0)],
                          is_self=False)
     assert text == ("of 192.168.1.9's last 16 conns the least expected: 192.168.1.9 -> "
-                    "10.0.0.7:23/tcp (port 23 1 in 130, duration 0.5 s 100%)")
+                    "10.0.0.7:23/tcp (port 23: 1 in 130, duration 0.5 s: 100%)")
+
+
+# -- the detectors' explain, on tiny models trained on 400 real conns --------------------------
+
+import os  # noqa: E402
+
+LOG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "data", "gnn",
+                   "iot23-ctu-34-1-head400.conn.log.labeled")
+TINY_TOKEN = {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "n_experts": 4,
+              "d_expert": 16, "batch_size": 64, "seq_len": 8}
+TINY = {"gnn": {"hidden": 16, "segment_flows": 400}, "moe": TINY_TOKEN, "dense": TINY_TOKEN,
+        "mae": {"batch_size": 128}}
+
+
+@pytest.fixture(scope="module")
+def conns() -> pa.Table:
+    from zeekml.train.data import load_conns
+    return load_conns([LOG])
+
+
+@pytest.fixture(scope="module")
+def fitted(conns, tmp_path_factory):
+    """kind -> a detector of a tiny pretrained model, fitted on the first 300 conns."""
+    pytest.importorskip("torch")
+    from zeekml.scoring.registry import get_kind
+    from zeekml.train.registry import get_trainer
+    done = {}
+
+    def get(kind: str):
+        if kind not in done:
+            out = str(tmp_path_factory.mktemp(kind) / kind)
+            get_trainer(kind).pretrain(conns, out, sources=[LOG], seed=0, epochs=1, device="cpu",
+                                       **TINY[kind])
+            done[kind] = get_kind(kind).detector(out).fit(conns.slice(0, 300))
+        return done[kind]
+
+    return get
+
+
+@pytest.mark.parametrize("kind", ["gnn", "mae", "moe"])
+def test_knn_explanation_names_the_nearest_baseline_conns(kind, fitted, conns):
+    det = fitted(kind)
+    base = conns.slice(0, 300)
+    rows = np.array([3, 150, 299])
+    texts = det.explain(base, rows)
+    assert len(texts) == 3
+    uids = set(base.column("uid").to_pylist())
+    for r, text in zip(rows, texts):
+        assert "\n" not in text and "\t" not in text
+        # a baseline conn explained among the baseline is at distance 0 from itself (or from
+        # an identical one), so it is never "unlike any"
+        assert text.startswith("nearest baseline conns (baseline p99 "), text
+        first = text.split("(uid ", 1)[1].split(",", 1)[0]
+        assert first in uids
+        assert "distance 0.00)" in text.split("),", 1)[0] + ")"
+    # a conn after the baseline: the named conns are baseline conns, nearest first
+    text = det.explain(conns, np.array([399]))[0]
+    named = [part.split(",", 1)[0] for part in text.split("(uid ")[1:]]
+    assert named and set(named) <= uids, text
+
+
+def test_token_explanation_names_the_least_expected_conn_of_the_host(fitted, conns):
+    det = fitted("moe")
+    rows = np.array([350, 399])
+    texts = det.explain(conns, rows, top=2)
+    orig = conns.column("id.orig_h").to_pylist()
+    for r, text in zip(rows, texts):
+        clause = text.split("; ", 1)[1]
+        assert clause.startswith(f"of {orig[r]}'s last "), clause
+        n = int(clause.split("'s last ", 1)[1].split(" ", 1)[0])
+        assert 1 <= n <= TINY_TOKEN["seq_len"]
+        assert clause.count(": 1 in ") + clause.count("%") >= 2, clause   # two fields, each a chance
+
+
+def test_position_nll_masks_one_position_at_a_time(fitted, conns):
+    """The NLL of the last position equals the detector's own masked-conn NLL (the score's
+    field NLL masks exactly the conn itself, the last position of host tokens)."""
+    torch = pytest.importorskip("torch")
+    from zeekml.scoring.detectors.token import position_nll
+    L = fitted("moe").loaded
+    ids = L.tokens(conns, rows=np.array([10, 200, 399]))
+    valid, nll = position_nll(L, ids)
+    assert valid[:, -1].all()
+    with torch.inference_mode():
+        want = L.field_nll(torch.as_tensor(ids)).numpy()
+    np.testing.assert_allclose(nll[:, -1, :], want, rtol=1e-4, atol=1e-5)
+    assert (nll[~valid] == 0).all()

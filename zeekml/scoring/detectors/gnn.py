@@ -17,7 +17,9 @@ from zeekml._core.errors import ModelError
 from zeekml.features.flow_features import FlowFeaturizer
 from zeekml.features.graph import GRAPH_SCHEMA_VERSION, FlowGraphBuilder, GraphConfig
 from zeekml.scoring.detectors.base import load_checked, torch_module
-from zeekml.scoring.detectors.reference import KNN, MAX_REFERENCE, knn_distance
+from zeekml.scoring.detectors.reference import (KNN, MAX_REFERENCE, baseline_nearest_q99,
+                                                knn_distance, nearest_rows, unit_rows)
+from zeekml.scoring.explain import NEAREST_SHOWN, nearest_text, reference_identity
 from zeekml.scoring.registry import register_kind
 
 log = logging.getLogger(__name__)
@@ -127,8 +129,8 @@ class GNNDetector:
         self.device = device
         self.seed = seed
         self._ref: np.ndarray | None = None
-        self._median: np.ndarray | None = None
-        self._mad: np.ndarray | None = None
+        self._identity: pa.Table | None = None     # uid, 4-tuple, service of each reference row
+        self._far: float | None = None              # the baseline's nearest-neighbour p99
 
     @property
     def context_seconds(self) -> float:
@@ -148,15 +150,16 @@ class GNNDetector:
         return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
 
     def fit(self, table: pa.Table) -> GNNDetector:
-        """Embed the baseline ``table`` as the reference set and keep its feature spread."""
+        """Embed the baseline ``table`` as the reference set (and keep who its conns are)."""
         e = self._embed(table)
+        rows = np.arange(len(e), dtype=np.int64)
         if len(e) > MAX_REFERENCE:
-            e = e[np.random.default_rng(self.seed).choice(len(e), MAX_REFERENCE, replace=False)]
+            rows = np.random.default_rng(self.seed).choice(len(e), MAX_REFERENCE, replace=False)
+            e = e[rows]
         self._ref = e
-        x = self.bundle.featurizer.transform(table)
-        self._median = np.median(x, axis=0)
-        mad = np.median(np.abs(x - self._median), axis=0)
-        self._mad = np.where(mad > 1e-6, mad, np.maximum(np.std(x, axis=0), 1e-3))
+        # the reference conns' uid, 4-tuple and service, so an alert can name its nearest ones
+        self._identity = reference_identity(table, rows)
+        self._far = None
         return self
 
     def score(self, table: pa.Table) -> np.ndarray:
@@ -176,16 +179,21 @@ class GNNDetector:
         return self.score(table)[rows]
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
-        """The flow features furthest from the baseline (robust z-score), as the iforest does."""
+        """Per row, its nearest baseline conns by flow embedding (``scoring.explain.nearest_text``:
+        "nearest baseline conns: 192.168.1.5 -> 8.8.8.8:53/udp dns (uid C.., distance 0.41), ...",
+        or "unlike any of the baseline's 4,000 conns ..." when even the nearest is further than
+        the baseline's own 99th percentile). ``top`` is unused: the line names
+        ``NEAREST_SHOWN`` conns, to stay short in a notice."""
+        rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return []
-        sub = table.take(pa.array(rows, pa.int64()))
-        f = self.bundle.featurizer
-        z = np.abs(f.transform(sub) - self._median) / self._mad
-        raw = f._raw(sub)
-        names = f.feature_names
-        return ["gnn:" + ",".join(f"{names[j]}={raw[i, j]:.3g}" for j in np.argsort(-z[i])[:top])
-                for i in range(len(rows))]
+        if self._ref is None:
+            raise ModelError("GNNDetector.explain before fit")
+        e = unit_rows(embed_rows(self.bundle, table, rows, device=self.device)[rows])
+        dist, pos = nearest_rows(e, self._ref, NEAREST_SHOWN)
+        if self._far is None:
+            self._far = baseline_nearest_q99(self._ref)
+        return nearest_text(self._identity, dist, pos, self._far, len(self._ref))
 
 
 @register_kind(NAME)

@@ -16,7 +16,8 @@ from zeekml._core.device import inference_batch
 from zeekml._core.errors import ModelError
 from zeekml.features.modality import SCHEMA_VERSION, Modalities, ModalityFeaturizer
 from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
-from zeekml.scoring.detectors.reference import KnnReference, ZReference, make_reference
+from zeekml.scoring.detectors.reference import KnnReference, ZReference, fit_split, make_reference
+from zeekml.scoring.explain import NEAREST_SHOWN, nearest_text, reference_identity
 from zeekml.scoring.registry import register_kind
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class MAEDetector:
         self.loaded = loaded
         self.reference: KnnReference | ZReference = make_reference(reference, seed)
         self._fitted = False
+        self._identity: pa.Table | None = None     # uid, 4-tuple, service of each kNN reference row
 
     @property
     def context_seconds(self) -> float:
@@ -158,11 +160,28 @@ class MAEDetector:
     def _from_profile(self, p: dict[str, np.ndarray]) -> np.ndarray:
         return p["embedding"] if self.reference.kind == "knn" else p["parts"]
 
-    def fit(self, table: pa.Table) -> MAEDetector:
-        """Build the reference from the baseline ``table`` (the weights stay as trained)."""
-        self.reference.fit(self._from_profile(self.profile(table)))
+    def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> MAEDetector:
+        """Build the reference from the baseline ``table`` (the weights stay as trained);
+        ``reference_input``: its conns' embeddings (or parts) when already computed."""
+        self.reference.fit(self._reference_input(table) if reference_input is None else reference_input)
+        if self.reference.kind == "knn":
+            # the reference conns' uid, 4-tuple and service, so an alert can name its nearest
+            self._identity = reference_identity(table, self.reference.rows)
         self._fitted = True
         return self
+
+    def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+        """What the reference compares (embeddings or per-modality errors) of ``rows`` of
+        ``table`` (all when None), the other conns as context."""
+        return self._from_profile(self.profile(table, rows))
+
+    def fit_split(self, table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
+                  extra: pa.Table | None = None, scored: pa.Table | None = None,
+                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fit on ``fit_rows`` of the baseline ``table``, score its ``cal_rows`` and, given the
+        input ``scored`` it was drawn from (``table = scored.take(rows)``), every conn of the
+        input, each conn through the model once (``reference.fit_split``)."""
+        return fit_split(self, self._reference_input, table, fit_rows, cal_rows, extra, scored, rows)
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row relative to the baseline, ``[n]``."""
@@ -183,26 +202,27 @@ class MAEDetector:
         return self.reference.score(self._from_profile(self.profile(table, rows)))
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
-        """Per row: its distance from the baseline (the score before calibration), the
-        per-modality errors and the worst-reconstructed quantity features."""
+        """Per row, in words: with the kNN reference its nearest baseline conns by embedding
+        (``scoring.explain.nearest_text``); with the z-score reference the modalities
+        reconstructed worse than for the baseline's conns, worst first (at most ``top``)."""
+        if not self._fitted:
+            raise ModelError("MAEDetector.explain before fit")
+        rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return []
-        dist = self.score_rows(table, rows)
-        torch = torch_module()
-        sub = table.take(pa.array(np.asarray(rows, dtype=np.int64)))
-        m = self.loaded.modalities(sub)
-        res = self.loaded.run(m)
-        with torch.inference_mode():
-            q, sq, e = modality_tensors(m, self.loaded.device)
-            rq = self.loaded.model(q, sq, e).quantity.cpu().numpy()
-        sqerr = (rq - m.quantity) ** 2 * m.quantity_keep
-        names = self.loaded.featurizer.flow.feature_names
+        p = self.profile(table, rows)
+        ref = self.reference
+        if isinstance(ref, KnnReference):
+            dist, nrows = ref.nearest(p["embedding"], NEAREST_SHOWN)
+            return nearest_text(self._identity, dist, nrows, ref.nearest_q99(), len(ref.ref))
+        z = (p["parts"] - ref.median) / ref.scale
         out = []
         for i in range(len(rows)):
-            worst = ";".join(names[j] for j in np.argsort(-sqerr[i])[:top])
-            out.append(f"{self.reference.kind}={dist[i]:.3g},"
-                       f"recon_quantity={res['quantity'][i]:.3g},recon_sequence={res['sequence'][i]:.3g},"
-                       f"recon_entity={res['entity'][i]:.3g},worst={worst}")
+            worse = [j for j in np.argsort(-z[i], kind="stable")[:top] if z[i, j] > 0]
+            out.append("reconstructed worse than the baseline's conns: " + ", ".join(
+                f"{PARTS[j]} error {p['parts'][i, j]:.3g} (baseline median {ref.median[j]:.3g}, "
+                f"{z[i, j]:.1f} spreads above)" for j in worse) if worse else
+                "no modality reconstructed worse than the baseline's median")
         return out
 
 

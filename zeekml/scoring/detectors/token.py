@@ -16,7 +16,8 @@ from zeekml._core.device import inference_batch
 from zeekml._core.errors import ModelError
 from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
 from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
-from zeekml.scoring.detectors.reference import KnnReference, ZReference, make_reference
+from zeekml.scoring.detectors.reference import KnnReference, ZReference, fit_split, make_reference
+from zeekml.scoring.explain import nearest_text, odds, reference_identity, surprise_text
 from zeekml.scoring.registry import register_kind
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,41 @@ class LoadedTokenModel:
         return out
 
 
+def position_nll(loaded: LoadedTokenModel, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sequence, position and field: the NLL of the true token when that position alone is
+    masked (every other token in view). One encoder pass per (sequence, position): meant for
+    alerts only. Returns ``(valid [n, L] bool, nll [n, L, f])`` (0 where a field is hidden or
+    the position is a pad).
+
+    Shapes:
+        ids ``[n, L, f]`` -> ``([n, L], [n, L, f])``
+    """
+    torch = torch_module()
+    n, S, F = ids.shape
+    valid = ids[..., 0] != PAD
+    nll = np.zeros((n, S, F))
+    seq, at = np.nonzero(valid)
+    if len(seq) == 0:
+        return valid, nll
+    bases = np.asarray(loaded.tokenizer.bases, dtype=np.int64)
+    batch = inference_batch(loaded.device, INFER_BATCH)
+    with torch.inference_mode():
+        for s in range(0, len(seq), batch):
+            sq, p = seq[s:s + batch], at[s:s + batch]
+            x = ids[sq].copy()
+            truth = x[np.arange(len(sq)), p] - bases                   # local ids [b, f]
+            x[np.arange(len(sq)), p] = MASK
+            xt = torch.as_tensor(x, device=loaded.device)
+            hidden = loaded.encoder(xt).hidden[:, 1:]                   # drop CLS: [b, L, d]
+            h = hidden[torch.arange(len(sq)), torch.as_tensor(p, device=loaded.device)]
+            for f, lg in enumerate(loaded.mlm(h)):
+                lp = torch.log_softmax(lg.float(), -1).cpu().numpy()
+                t = truth[:, f]
+                got = -lp[np.arange(len(sq)), np.clip(t, 0, lp.shape[1] - 1)]
+                nll[sq, p, f] = np.where(t > 0, got, 0.0)             # hidden field: not weighed
+    return valid, nll
+
+
 class TokenDetector:
     """A pretrained moe/dense token model as a ``Detector``, relative to its baseline.
 
@@ -223,6 +259,7 @@ class TokenDetector:
         self.name = loaded.kind
         self.reference: KnnReference | ZReference = make_reference(reference, seed)
         self._fitted = False
+        self._identity: pa.Table | None = None     # uid, 4-tuple, service of each kNN reference row
 
     @property
     def context_seconds(self) -> float:
@@ -244,11 +281,23 @@ class TokenDetector:
         key = "embedding" if self.reference.kind == "knn" else "parts"
         return self.loaded.profile(self.loaded.tokens(table, rows=rows), want=(key,))[key]
 
-    def fit(self, table: pa.Table) -> TokenDetector:
-        """Build the reference from the baseline ``table`` (the weights stay as trained)."""
-        self.reference.fit(self._reference_input(table))
+    def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> TokenDetector:
+        """Build the reference from the baseline ``table`` (the weights stay as trained);
+        ``reference_input``: its conns' embeddings (or parts) when already computed."""
+        self.reference.fit(self._reference_input(table) if reference_input is None else reference_input)
+        if self.reference.kind == "knn":
+            # the reference conns' uid, 4-tuple and service, so an alert can name its nearest
+            self._identity = reference_identity(table, self.reference.rows)
         self._fitted = True
         return self
+
+    def fit_split(self, table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
+                  extra: pa.Table | None = None, scored: pa.Table | None = None,
+                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fit on ``fit_rows`` of the baseline ``table``, score its ``cal_rows`` and, given the
+        input ``scored`` it was drawn from (``table = scored.take(rows)``), every conn of the
+        input, each conn through the model once (``reference.fit_split``)."""
+        return fit_split(self, self._reference_input, table, fit_rows, cal_rows, extra, scored, rows)
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row relative to the baseline, ``[n]``."""
@@ -268,32 +317,60 @@ class TokenDetector:
         return self.reference.score(self._reference_input(table, rows))
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
-        """Per row: its distance from the baseline (the score before calibration), then the conn's
-        fields the model found least likely (host tokens), with their NLL."""
-        torch = torch_module()
+        """Per row, in words: its nearest baseline conns by embedding (kNN reference,
+        ``scoring.explain.nearest_text``), then the most surprising token of its sequence: which
+        of the host's recent conns (or, for packet tokens, which packet of the conn) the model
+        found least likely with every other token in view, and its ``top`` least likely fields
+        with the chance the model gave each (``scoring.explain.surprise_text``)."""
+        if not self._fitted:
+            raise ModelError(f"{self.name} detector: explain before fit")
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return []
-        dist = self.score_rows(table, rows)
         L = self.loaded
-        ids = torch.as_tensor(L.tokens(table, rows=rows), device=L.device)
+        ids = L.tokens(table, rows=rows)
+        clauses: list[list[str]] = [[] for _ in rows]
+        ref = self.reference
+        if isinstance(ref, KnnReference):
+            emb = L.profile(ids, want=("embedding",))["embedding"]
+            # one neighbour: the surprising token follows, and the notice line stays short
+            dist, nrows = ref.nearest(emb, 1)
+            for c, text in zip(clauses, nearest_text(self._identity, dist, nrows,
+                                                     ref.nearest_q99(), len(ref.ref), shown=1)):
+                c.append(text)
+        for c, text in zip(clauses, self._surprise(table, rows, ids, top)):
+            c.append(text)
+        return ["; ".join(c) for c in clauses]
+
+    def _surprise(self, table: pa.Table, rows: np.ndarray, ids: np.ndarray, top: int) -> list[str]:
+        """The least likely token of each row's sequence, in words (``explain``)."""
+        pos, nll = position_nll(self.loaded, ids)
+        names = self.loaded.tokenizer.field_names
+        tok = self.loaded.tokenizer
+        conns = table.take(pa.array(rows)).to_pylist()
+        if tok.source == "host":
+            from zeekml.features.host_history import HostHistory
+
+            hist = HostHistory.of(table)
+            steps, _ = hist.window(rows, ids.shape[1], tok.max_age)
+            src = hist.order[steps]                               # table row of each position
         out = []
-        with torch.inference_mode():
-            m = L.score_mask(ids)
-            inp = torch.where(m.unsqueeze(-1), torch.full_like(ids, MASK), ids)
-            logits = L.mlm(L.encoder(inp).hidden[:, 1:])
-            bases = torch.as_tensor(L.tokenizer.bases, device=ids.device)
-            local = ids - bases
-            per_field = []
-            for fi, lg in enumerate(logits):
-                lp = torch.log_softmax(lg.float(), -1).gather(-1, local[..., fi].clamp_min(0).unsqueeze(-1)).squeeze(-1)
-                per_field.append(((-lp) * m).sum(1) / m.sum(1).clamp_min(1))
-            pf = torch.stack(per_field, 1).cpu().numpy()
-        names = L.tokenizer.field_names
-        for i in range(len(rows)):
-            idx = np.argsort(-pf[i])[:top]
-            out.append(f"{self.reference.kind}={dist[i]:.3g}," +
-                       ",".join(f"nll_{names[j]}={pf[i, j]:.3g}" for j in idx))
+        for i, conn in enumerate(conns):
+            valid = np.flatnonzero(pos[i])
+            if len(valid) == 0:
+                out.append("no token of its sequence to weigh")
+                continue
+            p = int(valid[np.argmax(nll[i, valid].sum(axis=1))])
+            fields = [(names[f], float(nll[i, p, f])) for f in np.argsort(-nll[i, p], kind="stable")[:top]]
+            if tok.source == "host":
+                at = int(src[i, p])
+                out.append(surprise_text(str(conn.get("id.orig_h")), len(valid),
+                                         table.slice(at, 1).to_pylist()[0], fields,
+                                         is_self=at == int(rows[i])))
+            else:
+                parts = ", ".join(f"{f}: {odds(x)}" for f, x in fields)
+                out.append(f"of this conn's first {len(valid)} packets the least expected: "
+                           f"packet {int(p) + 1} ({parts})")
         return out
 
 
