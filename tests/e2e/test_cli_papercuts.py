@@ -98,7 +98,7 @@ def test_score_notices_are_in_ts_order(tmp_path):
     from zeekml.parse import read_table
 
     # examples/ lists iot23 (2018) before zeek (2013): input order is not time order
-    r = _score(str(EXAMPLES), "--out", str(tmp_path / "out"), "--fpr", "0.01")
+    r = _score(str(EXAMPLES), "--out", str(tmp_path / "out"), "--fpr", "0.01", "--conn-notices")
     assert r.exit_code == 0, r.output
     notices = read_table(str(tmp_path / "out" / "zeekml_notice.log")).to_pylist()
     ts = [n["ts"] for n in notices]

@@ -92,7 +92,7 @@ def test_feedback_then_score_with_the_allowlist(run_dir, tmp_path):
     out = tmp_path / "again"
     r = CliRunner().invoke(main, ["score", str(EXAMPLES / "iot23" / "conn.log.labeled"), "--out",
                                   str(out), "--no-models", "--no-progress", "--fpr", "0.01",
-                                  "--allowlist", str(allow)])
+                                  "--allowlist", str(allow), "--conn-notices"])
     assert r.exit_code == 0, r.output
     before = (run_dir / "verdicts.jsonl").read_text().splitlines()
     after = (out / "verdicts.jsonl").read_text().splitlines()

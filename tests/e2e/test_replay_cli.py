@@ -47,9 +47,10 @@ def test_replay_then_score(tmp_path):
     out = tmp_path / "out"
     # 34 conns: --fpr 0.1, as the default 0.001 is refused for a 10-conn baseline
     r = CliRunner().invoke(main, ["replay", WIKI, "--out", str(out), "--engine", "builtin",
-                                  "--fpr", "0.1"])
+                                  "--fpr", "0.1", "--conn-notices"])
     assert r.exit_code == 0, r.output
     assert (out / "verdicts.jsonl").exists() and (out / "zeekml_notice.log").exists()
+    assert (out / "zeekml_incident.log").exists()
 
 
 def test_damaged_capture_exit_code_and_packet_number(tmp_path):

@@ -62,7 +62,7 @@ def test_baseline_range(tmp_path):
 def test_small_baseline_runs_with_the_effective_fpr_in_summary_and_notices(tmp_path):
     out = tmp_path / "o"
     r = run("score", CONN, "--out", str(out), "--no-models", "--fpr", "0.01", "--no-progress",
-            "--baseline-until", UNTIL)
+            "--baseline-until", UNTIL, "--conn-notices")
     assert r.exit_code == 0, r.output
     s = summary(out)
     assert s["effective_fpr"] == 0.01
@@ -74,7 +74,7 @@ def test_small_baseline_runs_with_the_effective_fpr_in_summary_and_notices(tmp_p
 
     out2 = tmp_path / "o2"
     r = run("score", CONN, "--out", str(out2), "--no-models", "--fpr", "0.002", "--no-progress",
-            "--baseline-until", UNTIL)
+            "--baseline-until", UNTIL, "--conn-notices")
     assert r.exit_code == 0, r.output
     assert summary(out2)["effective_fpr"] == 1 / 187
     rows = notices(out2)
@@ -126,7 +126,7 @@ def test_watch_once_with_baseline_until_equals_score(tmp_path):
     (logs / "conn.log").write_bytes(read(os.path.dirname(CONN), "conn.log"))
     w, s = tmp_path / "w", tmp_path / "s"
     r = run("watch", str(logs), "--out", str(w), "--once", "--no-models", "--fpr", "0.06",
-            "--baseline-until", UNTIL_ISO, "--quiet")
+            "--baseline-until", UNTIL_ISO, "--quiet", "--conn-notices")
     assert r.exit_code == 0, r.output
     r = run("score", str(logs), "--out", str(s), "--no-models", "--fpr", "0.06",
             "--baseline-until", UNTIL, "--no-progress")

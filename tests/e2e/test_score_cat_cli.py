@@ -41,7 +41,7 @@ def _score(args):
 
 def test_score_examples_writes_all_outputs(tmp_path):
     out = tmp_path / "out"
-    r = _score([str(EXAMPLES), "--out", str(out), "--fpr", "0.01"])
+    r = _score([str(EXAMPLES), "--out", str(out), "--fpr", "0.01", "--conn-notices"])
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "summary.json").read_text())
     # 360 zat conns + 2000 IoT-23 conns + 1 Suricata flow

@@ -24,7 +24,8 @@ REAL_JSON = os.path.join(HERE, "..", "data", "real", "zat", "data", "json", "con
 
 
 def _watch_once(root, out, baseline=None, **kw):
-    score = ScoreOptions(baseline=[baseline] if baseline else [], **kw.pop("score", {}))
+    score = ScoreOptions(baseline=[baseline] if baseline else [],
+                         **{"conn_notices": True, **kw.pop("score", {})})
     w = Watcher(root, out, WatchOptions(score=score, once=True, rescan_seconds=0.2,
                                         use_events=False, **kw))
     return w.run()
@@ -51,15 +52,17 @@ def test_live_verdicts_equal_batch_verdicts_on_a_real_log(tmp_path):
     with open(live, "wb") as f:
         f.write(data[: len(data) // 3])
     res = r.invoke(main, ["watch", str(root), "--out", str(tmp_path / "live"), "--once",
-                          "--baseline", REAL_CONN, "--window-records", "50", "--quiet", "--no-models"])
+                          "--baseline", REAL_CONN, "--window-records", "50", "--quiet", "--no-models",
+                          "--conn-notices"])
     assert res.exit_code == 0, res.output
     with open(live, "ab") as f:
         f.write(data[len(data) // 3:])
     res = r.invoke(main, ["watch", str(root), "--out", str(tmp_path / "live"), "--once",
-                          "--baseline", REAL_CONN, "--window-records", "50", "--quiet", "--no-models"])
+                          "--baseline", REAL_CONN, "--window-records", "50", "--quiet", "--no-models",
+                          "--conn-notices"])
     assert res.exit_code == 0, res.output
     res = r.invoke(main, ["score", REAL_CONN, "--out", str(tmp_path / "batch"),
-                          "--baseline", REAL_CONN, "--no-progress", "--no-models"])
+                          "--baseline", REAL_CONN, "--no-progress", "--no-models", "--conn-notices"])
     assert res.exit_code == 0, res.output
     live_v, batch_v = _verdict_lines(tmp_path / "live"), _verdict_lines(tmp_path / "batch")
     assert len(live_v) == 360
@@ -212,7 +215,7 @@ def test_cli_status_stats_file_and_zeek_feedback(tmp_path):
     out, fb = tmp_path / "out", tmp_path / "zeekml_verdicts.log"
     res = CliRunner().invoke(main, ["watch", str(root), "--out", str(out), "--once",
                                     "--baseline", REAL_CONN, "--zeek-feedback", str(fb),
-                                    "--status-seconds", "0.1", "--no-models"])
+                                    "--status-seconds", "0.1", "--no-models", "--conn-notices"])
     assert res.exit_code == 0, res.output
     assert "records/s" in res.output and "lag" in res.output and "quarantined" in res.output
     stats = json.loads((out / "stats.json").read_text())

@@ -67,12 +67,13 @@ def test_live_verdicts_with_learned_detectors_equal_batch_on_a_real_log(tmp_path
     ref = str(tmp_path / "iot23.log")
     data = _iot23_head(ref)
     r = CliRunner().invoke(main, ["score", ref, "--out", str(tmp_path / "batch"), "--baseline", ref,
-                                  "--models", MODELS, "--no-progress"])
+                                  "--models", MODELS, "--no-progress", "--conn-notices"])
     assert r.exit_code == 0, r.output
 
     root, out = tmp_path / "logs", str(tmp_path / "live")
     root.mkdir()
-    opts = dict(score=ScoreOptions(baseline=[ref], models_dir=MODELS), window_records=40,
+    opts = dict(score=ScoreOptions(baseline=[ref], models_dir=MODELS, conn_notices=True),
+                window_records=40,
                 window_seconds=0.05, rescan_seconds=0.1, use_events=False, status_seconds=60,
                 context_lateness=500.0, dedup_capacity=0)
     w = Watcher(str(root), out, WatchOptions(**opts))

@@ -45,11 +45,11 @@ def test_watch_allowlist_equals_score_allowlist(tmp_path, workers):
     r = CliRunner().invoke(main, ["watch", str(root), "--out", str(tmp_path / "live"), "--once",
                                   "--baseline", REAL_CONN, "--window-records", "50", "--quiet",
                                   "--no-models", "--allowlist", str(allow),
-                                  "--score-workers", workers])
+                                  "--score-workers", workers, "--conn-notices"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["score", REAL_CONN, "--out", str(tmp_path / "batch"),
                                   "--baseline", REAL_CONN, "--no-progress", "--no-models",
-                                  "--allowlist", str(allow)])
+                                  "--allowlist", str(allow), "--conn-notices"])
     assert r.exit_code == 0, r.output
     live = _lines(tmp_path / "live" / "verdicts.jsonl")
     assert live == _lines(tmp_path / "batch" / "verdicts.jsonl")

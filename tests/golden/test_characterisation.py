@@ -45,6 +45,10 @@ _STAMP = re.compile(rb"^#(open|close)\t[^\n]*$", re.M)
 # The numerical environment of every CLI run here and of the goldens (see the module docstring).
 PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# The goldens hold the per-conn notices (zeekml_notice.log, the Zeek verdict file's rows), which
+# runs write only with this option since issue 16 made one notice per incident the default
+# (test_default_score_writes_one_notice_per_incident_and_no_conn_notices).
+CONN_NOTICES = "--conn-notices"
 # Timing and this run's output paths; every other summary key is compared exactly.
 VOLATILE_SUMMARY_KEYS = ("seconds", "flows_per_s", "outputs")
 
@@ -162,13 +166,38 @@ def _assert_score_outputs(out: str, name: str) -> None:
 @learned
 def test_score_with_the_shipped_models(tmp_path, models_shipped):
     """The README's first command."""
-    _zeekml("score", EXAMPLES, "--out", str(tmp_path / "out"), "--no-progress")
+    _zeekml("score", EXAMPLES, "--out", str(tmp_path / "out"), "--no-progress", CONN_NOTICES)
     _assert_score_outputs(str(tmp_path / "out"), "score")
 
 
 def test_score_no_models(tmp_path):
-    _zeekml("score", EXAMPLES, "--out", str(tmp_path / "out"), "--no-models", "--no-progress")
+    _zeekml("score", EXAMPLES, "--out", str(tmp_path / "out"), "--no-models", "--no-progress",
+            CONN_NOTICES)
     _assert_score_outputs(str(tmp_path / "out"), "score-no-models")
+
+
+def test_default_score_writes_one_notice_per_incident_and_no_conn_notices(tmp_path):
+    """Without --conn-notices (the default since issue 16): the same verdicts as the golden run
+    with it, no zeekml_notice.log, and zeekml_incident.log with one ZeekML::Suspicious_Host
+    notice per incident of incidents.jsonl, in its order, each naming its incident."""
+    out = tmp_path / "out"
+    _zeekml("score", EXAMPLES, "--out", str(out), "--no-models", "--no-progress")
+    assert_same_bytes(_read(out, "verdicts.jsonl"), _golden("score-no-models", "verdicts.jsonl.gz"),
+                      "default score-no-models/verdicts.jsonl")
+    assert not os.path.exists(out / "zeekml_notice.log")
+    golden_summary = _golden_summary("score-no-models")
+    assert _summary(str(out)) == golden_summary
+    incidents = [json.loads(line) for line in _read(out, "incidents.jsonl").splitlines()]
+    _, rows, _ = _split_log(_read(out, "zeekml_incident.log"))
+    fields = [ln for ln in _read(out, "zeekml_incident.log").splitlines()
+              if ln.startswith(b"#fields")][0].split(b"\t")[1:]
+    notices = [dict(zip(fields, r.rstrip(b"\n").split(b"\t"))) for r in rows]
+    # one notice per incident, many conn alerts per incident
+    assert 0 < len(notices) == len(incidents) < golden_summary["alerts"]
+    assert {n[b"note"] for n in notices} == {b"ZeekML::Suspicious_Host"}
+    assert [n[b"sub"].split(b":")[0].decode() for n in notices] == [i["incident_id"] for i in incidents]
+    assert [int(n[b"n"]) for n in notices] == [i["alerts"] for i in incidents]
+    assert sum(i["alerts"] for i in incidents) == golden_summary["alerts"]
 
 
 @learned
@@ -177,7 +206,7 @@ def test_score_zeek_feedback(tmp_path, models_shipped):
     without --zeek-feedback."""
     fb = tmp_path / "zeekml_verdicts.log"
     _zeekml("score", EXAMPLES, "--out", str(tmp_path / "out"), "--zeek-feedback", str(fb),
-            "--no-progress")
+            "--no-progress", CONN_NOTICES)
     assert_same_bytes(normalise_log(fb.read_bytes()), _golden("score", "zeekml_verdicts.log"),
                       "score/zeekml_verdicts.log")
     _assert_score_outputs(str(tmp_path / "out"), "score")
@@ -204,11 +233,12 @@ def test_watch_once_equals_score_with_the_same_baseline(tmp_path, models_shipped
     shutil.copytree(EXAMPLES, logs)
     name = "score-baseline-examples"
     _zeekml("score", str(logs), "--out", str(tmp_path / "batch"), "--baseline", str(logs),
-            "--no-progress")
+            "--no-progress", CONN_NOTICES)
     _assert_score_outputs(str(tmp_path / "batch"), name)
 
     live = str(tmp_path / "live")
-    _zeekml("watch", str(logs), "--out", live, "--once", "--baseline", str(logs), "--quiet")
+    _zeekml("watch", str(logs), "--out", live, "--once", "--baseline", str(logs), "--quiet",
+            CONN_NOTICES)
     want_verdicts = _golden(name, "verdicts.jsonl.gz").splitlines(keepends=True)
     got_verdicts = _read(live, "verdicts.jsonl").splitlines(keepends=True)
     assert len(got_verdicts) == len(want_verdicts) == 2361
@@ -244,7 +274,8 @@ def test_score_dask_local_1(tmp_path, models_shipped):
     8.7e-8; the GNN's raw score by 7.5e-8 when that file is scored alone in one process, so it
     is the batch, not Dask). The lines are stored as --dask writes them, so the comparison stays
     byte for byte; a change that makes --dask equal to ``score`` must update that file."""
-    _zeekml("score", EXAMPLES, "--out", str(tmp_path / "out"), "--dask", "local:1", "--no-progress")
+    _zeekml("score", EXAMPLES, "--out", str(tmp_path / "out"), "--dask", "local:1", "--no-progress",
+            CONN_NOTICES)
     differs = {json.loads(line)["uid"]: line
                for line in _golden(DASK_DIFFERS).splitlines(keepends=True)}
     assert len(differs) == 1

@@ -5,7 +5,8 @@ import sys
 
 import click
 
-from zeekml.cli.score import ALLOWLIST_OPTION, DEVICE_OPTION, MODELS_OPTION, NO_MODELS_OPTION
+from zeekml.cli.score import (ALLOWLIST_OPTION, CONN_NOTICES_OPTION, DEVICE_OPTION, MODELS_OPTION,
+                              NO_MODELS_OPTION)
 from zeekml.pipeline.replay import ENGINES, replay as run_replay
 
 
@@ -31,11 +32,12 @@ from zeekml.pipeline.replay import ENGINES, replay as run_replay
 @click.option("--fpr", default=0.001, show_default=True,
               type=click.FloatRange(0, 1, min_open=True), help="Scoring: target false-positive rate.")
 @ALLOWLIST_OPTION
+@CONN_NOTICES_OPTION
 @MODELS_OPTION
 @NO_MODELS_OPTION
 @DEVICE_OPTION
 def replay(pcaps, out_dir, engine, score, json_logs, flow_packets, ignore_checksums, seed, fpr,
-           allowlist, models_dir, no_models, device) -> None:
+           allowlist, conn_notices, models_dir, no_models, device) -> None:
     """Replay pcap/pcapng captures into Zeek-style logs and score them.
 
     Exit codes: 0 ok, 1 error, 2 missing input, 4 damaged capture (the packets before the damage
@@ -63,7 +65,7 @@ def replay(pcaps, out_dir, engine, score, json_logs, flow_packets, ignore_checks
     if score:
         score_conn_log(result.conn_log, out_dir, seed=seed, fpr=fpr,
                        models_dir=None if no_models else models_dir, device=device,
-                       allowlist=allowlist)
+                       allowlist=allowlist, conn_notices=conn_notices)
     if result.error is not None:
         click.echo(f"zeekml: error: {result.error}", err=True)
         sys.exit(result.error.exit_code)
@@ -71,16 +73,18 @@ def replay(pcaps, out_dir, engine, score, json_logs, flow_packets, ignore_checks
 
 def score_conn_log(conn_log: str, out_dir: str, seed: int = 0, fpr: float = 0.001,
                    models_dir: str | None = "", device: str = "cpu",
-                   allowlist: str | None = None) -> None:
+                   allowlist: str | None = None, conn_notices: bool = False) -> None:
     """Hand the written conn.log to the scoring pipeline (``zeekml.pipeline.score_paths``) with
     the detectors ``zeekml score`` uses: ``models_dir`` as its ``--models`` ("" = the shipped
     models, None = IsolationForest only) on ``device`` (resolved: ``cpu`` or ``cuda``), with
-    ``allowlist`` (a TOML rules file, as ``score --allowlist``) applied."""
+    ``allowlist`` (a TOML rules file, as ``score --allowlist``) applied, and per-conn notices
+    only with ``conn_notices`` (as ``score --conn-notices``)."""
     from zeekml.cli.score import print_summary
     from zeekml.pipeline import ScoreOptions, score_paths
 
     summary = score_paths([conn_log], out_dir, ScoreOptions(fpr=fpr, seed=seed, models_dir=models_dir,
-                                                            device=device, allowlist=allowlist),
+                                                            device=device, allowlist=allowlist,
+                                                            conn_notices=conn_notices),
                           progress=sys.stderr.isatty())
     print_summary(summary)
 

@@ -77,6 +77,13 @@ def _range_option(ctx: click.Context, param: click.Parameter,
         raise click.BadParameter(str(e)) from None
 
 
+# Per-conn notices are opt-in on `score`, `watch` and `replay` (incidents are the default).
+CONN_NOTICES_OPTION = click.option(
+    "--conn-notices", is_flag=True,
+    help="Also one notice per alerting conn: zeekml_notice.log, and with --zeek-feedback "
+         "the verdict file's rows (Zeek's ZeekML::Anomalous_Flow/Intrusion notices). Default: "
+         "one ZeekML::Suspicious_Host notice per incident only (zeekml_incident.log).")
+
 # A baseline period of the input, shared by `score` and `watch`.
 ALLOWLIST_OPTION = click.option(
     "--allowlist", type=click.Path(dir_okay=False), default=None,
@@ -108,7 +115,8 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
 @click.command("score")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory for verdicts.jsonl, zeekml_notice.log, quarantine.jsonl, summary.json.")
+              help="Directory for verdicts.jsonl, incidents.jsonl, zeekml_incident.log, "
+                   "quarantine.jsonl, summary.json (and zeekml_notice.log with --conn-notices).")
 @click.option("--fpr", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Target false-positive rate of all detectors together on held-out baseline "
                    "conns; a baseline too small for it is refused (the effective rate is in "
@@ -126,7 +134,10 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
               help="Seed of the baseline's fit/calibration split and of the IsolationForest: the "
                    "same seed and input give the same verdicts.")
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
-              help="Also write the verdict file the zeekml Zeek package reads.")
+              help="Also write the files the zeekml Zeek package reads: FILE (verdicts, rows "
+                   "only with --conn-notices) and its incident file beside it (FILE with .log "
+                   "replaced by .incidents.log).")
+@CONN_NOTICES_OPTION
 @ALLOWLIST_OPTION
 @click.option("--feedback", type=click.Path(dir_okay=False), default=None,
               help="feedback.jsonl written by `zeekml feedback`: the input's conns it labels "
@@ -144,9 +155,9 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
               help="Progress bar (default: when stderr is a terminal).")
 @click.pass_context
 def score(ctx, paths, out_dir, fpr, baseline, baseline_fraction, baseline_until, baseline_range,
-          seed, zeek_feedback, allowlist, feedback, models_dir, no_models, dask, dask_split_bytes,
-          device, progress) -> None:
-    """Score conn records and write notices for the anomalous ones.
+          seed, zeek_feedback, conn_notices, allowlist, feedback, models_dir, no_models, dask,
+          dask_split_bytes, device, progress) -> None:
+    """Score conn records; group the alerts into incidents and write a notice for each.
 
     Exit codes: 0 ok, 1 error, 2 missing input, 3 unknown format, 4 unreadable input,
     6 output not writable, 7 finished but some input files failed.
@@ -156,7 +167,7 @@ def score(ctx, paths, out_dir, fpr, baseline, baseline_fraction, baseline_until,
     check_baseline_choice(ctx, baseline, baseline_until, baseline_range, "--baseline-fraction")
     opts = ScoreOptions(fpr=fpr, baseline=list(baseline), baseline_fraction=baseline_fraction,
                         baseline_until=baseline_until, baseline_range=baseline_range,
-                        seed=seed, zeek_feedback=zeek_feedback,
+                        seed=seed, zeek_feedback=zeek_feedback, conn_notices=conn_notices,
                         models_dir=None if no_models else models_dir, dask=dask,
                         split_bytes=dask_split_bytes, device=resolve_device(device),
                         allowlist=allowlist, feedback=feedback)

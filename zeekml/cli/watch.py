@@ -8,7 +8,7 @@ import click
 
 from zeekml.cli import ignore_sigint
 from zeekml.cli.score import (ALLOWLIST_OPTION, BASELINE_RANGE_OPTION, BASELINE_UNTIL_OPTION,
-                              DEVICE_OPTION, MODELS_OPTION, NO_MODELS_OPTION,
+                              CONN_NOTICES_OPTION, DEVICE_OPTION, MODELS_OPTION, NO_MODELS_OPTION,
                               check_baseline_choice)
 from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 
@@ -16,11 +16,14 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 @click.command("watch")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory for verdicts.jsonl, zeekml_notice.log, quarantine.jsonl, "
-                   "incidents.jsonl, zeekml_incident.log, incidents-open.jsonl, "
-                   "checkpoint.json, calibration.json and stats.json.")
+              help="Directory for verdicts.jsonl, quarantine.jsonl, incidents.jsonl, "
+                   "zeekml_incident.log, incidents-open.jsonl, checkpoint.json, "
+                   "calibration.json and stats.json (and zeekml_notice.log with --conn-notices).")
 @click.option("--zeek-feedback", type=click.Path(dir_okay=False), default=None,
-              help="Also keep the verdict file the zeekml Zeek package reads.")
+              help="Also keep the files the zeekml Zeek package reads: FILE (verdicts, rows "
+                   "only with --conn-notices) and its incident file beside it (FILE with .log "
+                   "replaced by .incidents.log), each closed incident added once.")
+@CONN_NOTICES_OPTION
 @click.option("--once", is_flag=True, help="Process what exists now, then exit.")
 @ALLOWLIST_OPTION
 @click.option("--feedback", type=click.Path(dir_okay=False), default=None,
@@ -76,7 +79,8 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
               help="Follow symlinks in DIRECTORY that point out of it (skipped with a warning "
                    "otherwise). A link whose target has another owner is never followed.")
 @click.pass_context
-def watch(ctx, directory, out_dir, zeek_feedback, once, allowlist, feedback, baseline, baseline_records,
+def watch(ctx, directory, out_dir, zeek_feedback, conn_notices, once, allowlist, feedback, baseline,
+          baseline_records,
           baseline_until, baseline_range, recalibrate, fpr,
           seed, window_seconds, window_records, rescan_seconds, no_events, status_seconds,
           models_dir, no_models, device, context_lateness, context_batch_seconds,
@@ -102,7 +106,7 @@ def watch(ctx, directory, out_dir, zeek_feedback, once, allowlist, feedback, bas
     opts = WatchOptions(
         score=ScoreOptions(fpr=fpr, baseline=list(baseline), baseline_until=baseline_until,
                            baseline_range=baseline_range, seed=seed, zeek_feedback=zeek_feedback,
-                           models_dir=None if no_models else models_dir,
+                           conn_notices=conn_notices, models_dir=None if no_models else models_dir,
                            device=resolve_device(device), allowlist=allowlist,
                            feedback=feedback),
         baseline_records=baseline_records, recalibrate=recalibrate,

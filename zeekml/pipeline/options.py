@@ -25,7 +25,11 @@ class ScoreOptions:
         baseline_range: ``(start, end)`` epoch times: the input's conns with
             ``start <= ts < end`` are the baseline (default None).
         seed: makes fitting reproducible.
-        zeek_feedback: also write the verdict file that the Zeek package reads.
+        zeek_feedback: also write the files that the Zeek package reads (the incident file,
+            and the verdict file: its rows only with ``conn_notices``).
+        conn_notices: also one notice per alerting conn (``zeekml_notice.log``, and the
+            verdict file's rows for Zeek); default ``False``: one ``ZeekML::Suspicious_Host``
+            notice per incident only (``--conn-notices``).
     """
 
     fpr: float = 0.001
@@ -35,6 +39,7 @@ class ScoreOptions:
     baseline_range: tuple[float, float] | None = None
     seed: int = 0
     zeek_feedback: str | None = None
+    conn_notices: bool = False
     detectors: list[str] = field(default_factory=lambda: ["iforest"])
     models_dir: str | None = None   # learned detectors; None = none, "" = the shipped models/
     device: str = "cpu"

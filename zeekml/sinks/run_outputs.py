@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from typing import Iterable
@@ -13,24 +14,39 @@ from zeekml.sinks.jsonl import QUARANTINE_FILE, QuarantineWriter
 from zeekml.sinks.verdicts import VERDICTS_FILE, RenderedVerdicts, VerdictWriter
 from zeekml.sinks.zeek_notice import NOTICE_FILE, NoticeWriter
 
+log = logging.getLogger(__name__)
+
 
 class ScoreOutputs:
-    """Opens ``verdicts.jsonl``, ``zeekml_notice.log`` and ``quarantine.jsonl`` in ``out_dir``;
-    verdicts can be written in several calls (as results stream in); ``finish`` writes the
-    notices in ts order, the Zeek feedback file (alerts only) and ``summary.json``.
+    """Opens ``verdicts.jsonl``, ``quarantine.jsonl`` and, with ``conn_notices``,
+    ``zeekml_notice.log`` in ``out_dir``; verdicts can be written in several calls (as results
+    stream in); ``finish`` writes the conn notices in ts order, the Zeek feedback files and
+    ``summary.json``.
+
+    Args:
+        out_dir: the output directory (made if missing).
+        zeek_feedback: the verdict file the Zeek package reads (``--zeek-feedback``), or None.
+            The incident file is written beside it (``sinks.zeek_input.ZeekFeedback``), with the
+            incidents of the run's ``incidents.jsonl``.
+        conn_notices: one notice per alerting conn in ``zeekml_notice.log`` and in the verdict
+            file (``--conn-notices``; default ``False``: incidents only, one
+            ``ZeekML::Suspicious_Host`` each, in ``zeekml_incident.log``). Without it, a
+            ``zeekml_notice.log`` left in ``out_dir`` by an earlier run is removed, so that the
+            directory holds no notices this run did not make.
 
     Notices are held until ``finish``: verdicts keep the input's order (files in path order: an
     IoT-23 directory before a Zeek one, Suricata beside Zeek, several inputs), but an analyst reading
     ``zeekml_notice.log`` expects Zeek's own order, by time. Alerts are few, so holding them is
     cheap; a run that fails before ``finish`` leaves a notice log with the header only."""
 
-    def __init__(self, out_dir: str, zeek_feedback: str | None = None):
+    def __init__(self, out_dir: str, zeek_feedback: str | None = None, conn_notices: bool = False):
         try:
             os.makedirs(out_dir, exist_ok=True)
         except OSError as e:
             raise OutputError(f"cannot create output directory: {e.strerror}", out_dir) from e
         self.out_dir = out_dir
         self.zeek_feedback = zeek_feedback
+        self.conn_notices = conn_notices
         self.quarantine = QuarantineWriter(os.path.join(out_dir, QUARANTINE_FILE))
         self._verdicts: VerdictWriter | None = None
         self._notices: NoticeWriter | None = None
@@ -40,7 +56,11 @@ class ScoreOutputs:
 
     def _open(self) -> None:
         if self._verdicts is None:
-            self._notices = NoticeWriter(os.path.join(self.out_dir, NOTICE_FILE))
+            notices = os.path.join(self.out_dir, NOTICE_FILE)
+            if self.conn_notices:
+                self._notices = NoticeWriter(notices)
+            else:
+                _remove_stale(notices)
             self._verdicts = VerdictWriter(os.path.join(self.out_dir, VERDICTS_FILE))
 
     def write(self, verdicts: Iterable[Verdict]) -> None:
@@ -68,6 +88,8 @@ class ScoreOutputs:
             self._alerts.append(v)
 
     def _write_notices(self) -> None:
+        if self._notices is None:
+            return
         # stable: alerts of one ts keep the input's order; an unset or NaN ts goes last
         for v in sorted(self._alerts, key=_ts_order):
             self._notices.write(v)
@@ -87,7 +109,9 @@ class ScoreOutputs:
             raise first
 
     def finish(self, summary: dict) -> dict[str, str]:
-        """Close everything, write the feedback file and ``summary.json``; returns the paths."""
+        """Close everything, write the Zeek feedback files and ``summary.json``; returns the
+        paths. ``summary["outputs"]["incidents"]``, when there, names the run's
+        ``incidents.jsonl``, whose incidents go to the Zeek incident file."""
         self._open()
         try:
             self._write_notices()
@@ -95,18 +119,58 @@ class ScoreOutputs:
             self.close()
             raise
         self.close()
-        outputs = {"verdicts": self._verdicts.path, "notices": self._notices.path,
-                   "quarantine": self.quarantine.path,
-                   "summary": os.path.join(self.out_dir, "summary.json")}
+        outputs = {"verdicts": self._verdicts.path}
+        if self._notices is not None:
+            outputs["notices"] = self._notices.path
+        outputs.update(quarantine=self.quarantine.path,
+                       summary=os.path.join(self.out_dir, "summary.json"))
         if self.zeek_feedback:
-            from zeekml.sinks.zeek_input import VerdictFeedbackWriter
-            VerdictFeedbackWriter(self.zeek_feedback).write(self._alerts)
-            outputs["zeek_feedback"] = self.zeek_feedback
+            outputs.update(self._write_zeek_feedback(summary.get("outputs", {}).get("incidents")))
         summary = dict(summary)
         summary["outputs"] = {**summary.get("outputs", {}), **outputs}
         with OutputFile(outputs["summary"]) as f:   # no symlinks, mode 0640
             f.write(json.dumps(summary, indent=2).encode())
         return outputs
+
+
+    def _write_zeek_feedback(self, incidents_path: str | None) -> dict[str, str]:
+        """The Zeek package's files: the incidents this run wrote to ``incidents.jsonl`` (read
+        back: that file is the run's record of them, whichever path built them) and, with
+        ``conn_notices``, the alerting verdicts."""
+        from zeekml.sinks.zeek_input import ZeekFeedback
+
+        incidents: list[dict] = []
+        if incidents_path:
+            try:
+                with open(incidents_path, "rb") as f:
+                    incidents = [json.loads(line) for line in f if line.strip()]
+            except (OSError, ValueError) as e:
+                raise OutputError(f"cannot read back the incidents for Zeek: {e}",
+                                  incidents_path) from e
+        else:
+            log.warning("%s: no incidents were made in this run: the Zeek incident file gets "
+                        "none", self.zeek_feedback)
+        fb = ZeekFeedback(self.zeek_feedback, conn_notices=self.conn_notices)
+        try:
+            fb.write(self._alerts, incidents)
+        finally:
+            fb.release()     # a failed write raises its own error, not a second one
+        return fb.paths
+
+
+def _remove_stale(path: str) -> None:
+    """Remove an earlier run's output that this run does not write (never through a link: a
+    link there is removed itself)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise OutputError("is a directory, where an earlier run's output was", path) from None
+    except OSError as e:
+        raise OutputError(f"cannot remove an earlier run's output: {e.strerror}", path) from e
+    log.info("%s: removed (an earlier run's conn notices; this run writes them only with "
+             "--conn-notices)", path)
 
 
 def _ts_order(v: Verdict) -> tuple[bool, float]:

@@ -440,6 +440,11 @@ class ZeekFeedback:
             w.report_skipped()
         return n
 
+    def release(self) -> None:
+        """Release both files without writing (``write`` has written what it added)."""
+        self.verdicts.release()
+        self.incidents.release()
+
     def close(self) -> None:
         """Write what changed and release both files."""
         try:

@@ -20,12 +20,14 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "golden"))
 
-from test_characterisation import (DASK_DIFFERS, PINNED_ENV, normalise_log,  # noqa: E402
-                                   normalise_summary, run_zeekml, write_gz)
+from test_characterisation import (CONN_NOTICES, DASK_DIFFERS, PINNED_ENV,  # noqa: E402
+                                   normalise_log, normalise_summary, run_zeekml, write_gz)
 
 
 def run_cli(checkout: str, args: list[str]) -> None:
-    """The test's own ``run_zeekml`` (``PINNED_ENV``), on CHECKOUT's code and files."""
+    """The test's own ``run_zeekml`` (``PINNED_ENV``), on CHECKOUT's code and files, with
+    ``--conn-notices`` (the goldens hold the per-conn notices: see ``CONN_NOTICES``)."""
+    args = [*args, CONN_NOTICES]
     env = dict(os.environ, PYTHONPATH=checkout, **PINNED_ENV)
     # Which zeekml runs matters: the goldens must come from CHECKOUT, not an installed copy.
     where = subprocess.run([sys.executable, "-c", "import zeekml; print(zeekml.__file__)"], env=env,

@@ -46,8 +46,9 @@ def test_chunks_give_the_bytes_of_one_table(tmp_path):
     """Without learned models every output is the same bytes; the input (examples/: three
     formats, 2,361 conns) spans eight chunks of 300 and is spilled to disk."""
     one, many = tmp_path / "one", tmp_path / "many"
-    score_paths([str(EXAMPLES)], str(one), ScoreOptions(fpr=0.01))
-    s = score_paths([str(EXAMPLES)], str(many), ScoreOptions(fpr=0.01, chunk_rows=300))
+    score_paths([str(EXAMPLES)], str(one), ScoreOptions(fpr=0.01, conn_notices=True))
+    s = score_paths([str(EXAMPLES)], str(many), ScoreOptions(fpr=0.01, chunk_rows=300,
+                                                             conn_notices=True))
     assert s.scored == 2361 and s.alerts > 0
     for name in ("verdicts.jsonl", "incidents.jsonl", "quarantine.jsonl", "baseline.json"):
         assert (many / name).read_bytes() == (one / name).read_bytes(), name

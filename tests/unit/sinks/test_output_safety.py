@@ -120,7 +120,7 @@ def test_score_outputs_refuse_a_link_planted_at_any_of_their_files(tmp_path, vic
         out.mkdir()
         (out / name).symlink_to(victim)
         with pytest.raises(OutputError, match="symbolic link"):
-            outputs = ScoreOutputs(str(out))
+            outputs = ScoreOutputs(str(out), conn_notices=True)
             outputs.write([_verdict()])
             outputs.finish({})
         assert victim.read_bytes() == SECRET

@@ -34,7 +34,7 @@ def _records(path) -> list[bytes]:
 
 def test_verdicts_notices_feedback_and_summary(tmp_path):
     out, fb = tmp_path / "out", tmp_path / "zeekml_verdicts.log"
-    o = ScoreOutputs(str(out), zeek_feedback=str(fb))
+    o = ScoreOutputs(str(out), zeek_feedback=str(fb), conn_notices=True)
     o.write([QUIET, LOUD])
     o.write([QUIET])                                   # results stream in: appended
     o.quarantine.write(RejectedRecord("c.log", 3, 99, "field count: 1 of 21", b"x"))
@@ -43,7 +43,8 @@ def test_verdicts_notices_feedback_and_summary(tmp_path):
 
     assert paths == {"verdicts": str(out / "verdicts.jsonl"), "notices": str(out / "zeekml_notice.log"),
                      "quarantine": str(out / "quarantine.jsonl"), "summary": str(out / "summary.json"),
-                     "zeek_feedback": str(fb)}
+                     "zeek_feedback": str(fb),
+                     "zeek_incidents": str(tmp_path / "zeekml_verdicts.incidents.log")}
     assert (out / "verdicts.jsonl").read_bytes() == QUIET_LINE + LOUD_LINE + QUIET_LINE
     assert _records(out / "zeekml_notice.log") == [
         b"1700000001.500000\tC2\t10.0.0.3\t40000\t10.0.0.4\t22\t-\t-\t-\ttcp\tZeekML::Anomalous_Flow\t"
@@ -64,7 +65,7 @@ def test_verdicts_notices_feedback_and_summary(tmp_path):
 
 def test_nothing_scored_still_writes_every_file(tmp_path):
     out = tmp_path / "out"
-    o = ScoreOutputs(str(out))
+    o = ScoreOutputs(str(out), conn_notices=True)
     paths = o.finish({"scored": 0})
     assert set(paths) == {"verdicts", "notices", "quarantine", "summary"}
     assert (out / "verdicts.jsonl").read_bytes() == b""

@@ -10,7 +10,7 @@ from typing import Callable
 from zeekml._core.atomic import pwrite_all
 from zeekml._core.errors import OutputError
 from zeekml._core.outfile import OUTPUT_MODE, PRIVATE_MODE, open_output
-from zeekml.pipeline.live.options import OUTPUTS, QUARANTINE
+from zeekml.pipeline.live.options import NOTICES, OUTPUTS, QUARANTINE
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +28,21 @@ class OutputFiles:
         out_dir: the output directory.
         committed: file name -> committed length (from the checkpoint).
         write: ``os.pwrite``-like function (tests inject faults here).
+        conn_notices: ``zeekml_notice.log`` is written (``--conn-notices``; default ``True``).
+            Without it the file is not created; one left by a run with it is still opened and
+            cut back to its committed length, and kept, so that a later run with it appends.
     """
 
-    def __init__(self, out_dir: str, committed: dict[str, int], write: WriteFn | None = None):
+    def __init__(self, out_dir: str, committed: dict[str, int], write: WriteFn | None = None,
+                 conn_notices: bool = True):
         self.out_dir = out_dir
         self._write = write or os.pwrite
         self.lengths: dict[str, int] = {}
         self._fds: dict[str, int] = {}
         for name in OUTPUTS:
             path = os.path.join(out_dir, name)
+            if name == NOTICES and not conn_notices and not os.path.lexists(path):
+                continue
             # no symlinks or links (a planted one is an OutputError naming it); the quarantine
             # holds raw input lines: 0600
             try:
@@ -80,13 +86,16 @@ class OutputFiles:
                 done.append(name)
         except OSError as e:
             for name in parts:
+                if name not in self._fds:   # not opened (zeekml_notice.log without notices)
+                    continue
                 try:
                     os.ftruncate(self._fds[name], self.lengths[name])
                 except OSError:
                     pass
             raise OutputError(f"cannot write: {e.strerror or e}", self.out_dir) from e
         for name, data in parts.items():
-            self.lengths[name] += len(data)
+            if data:
+                self.lengths[name] += len(data)
 
     def close(self) -> None:
         """Close the files (what was appended is already durable)."""

@@ -197,7 +197,8 @@ class Watcher:
             os.close(lock_fd)
             pa.set_memory_pool(arrow_pool)
             raise
-        outputs = OutputFiles(self.out_dir, cp.outputs, self._write)
+        outputs = OutputFiles(self.out_dir, cp.outputs, self._write,
+                              conn_notices=opts.score.conn_notices)
         # the open incidents' alerts as of the last commit (the outputs were cut back to it)
         self._incidents = LiveIncidents(lateness=opts.context_lateness,
                                         state=cp.stats.get(STATE_KEY))
@@ -237,8 +238,9 @@ class Watcher:
                          "restored (%d pending)", back, fwd, self._ctx.rows, self._ctx.pending)
                 self._context_stats()
             if opts.score.zeek_feedback:
-                from zeekml.sinks.zeek_input import VerdictFeedbackWriter
-                feedback = VerdictFeedbackWriter(opts.score.zeek_feedback)
+                from zeekml.sinks.zeek_input import ZeekFeedback
+                feedback = ZeekFeedback(opts.score.zeek_feedback,
+                                        conn_notices=opts.score.conn_notices)
             if self._ctx is None and opts.score_workers > 0:
                 self._pool = ScorePool(fitted, opts.score_workers, self._allowlist)
             follower = DirectoryFollower(
@@ -452,7 +454,8 @@ class Watcher:
         incidents.add(alerts, w.log_time)
         closed, still_open = incidents.update(flush=w.flush)
         parts = {VERDICTS: b"".join(written), QUARANTINE: b"".join(w.quarantine),
-                 NOTICES: notices.take_lines(), INCIDENTS: b"".join(map(incident_line, closed)),
+                 NOTICES: notices.take_lines() if self.options.score.conn_notices else b"",
+                 INCIDENTS: b"".join(map(incident_line, closed)),
                  INCIDENT_NOTICES: incident_notice_lines(closed)}
         if parts[NOTICES] and outputs.lengths[NOTICES] == 0:
             parts[NOTICES] = NoticeWriter.header() + parts[NOTICES]
@@ -468,8 +471,10 @@ class Watcher:
                 self._durably(lambda: journal.append(w.journal or b""))
             cp.context = journal.committed()
             self._context_stats()
-        if feedback is not None and alerts:
-            self._durably(lambda: feedback.write(alerts))
+        if feedback is not None and (alerts or closed):
+            # the closed incidents (and, with --conn-notices, the alerts) for Zeek: added by
+            # id, so a window written again after a crash adds nothing (exactly once)
+            self._durably(lambda: feedback.write(alerts, closed))
         cp.files, cp.done = w.files, w.done
         cp.outputs = dict(outputs.lengths)
         self.stats.scored += len(ids)
