@@ -16,7 +16,7 @@ from zeekml._core.device import inference_batch
 from zeekml._core.errors import ModelError
 from zeekml.features.modality import SCHEMA_VERSION, Modalities, ModalityFeaturizer
 from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
-from zeekml.scoring.detectors.reference import KnnReference, ZReference, fit_split, make_reference
+from zeekml.scoring.detectors.reference import KnnReference, ZReference, make_reference
 from zeekml.scoring.explain import NEAREST_SHOWN, nearest_text, reference_identity
 from zeekml.scoring.registry import register_kind
 
@@ -160,28 +160,14 @@ class MAEDetector:
     def _from_profile(self, p: dict[str, np.ndarray]) -> np.ndarray:
         return p["embedding"] if self.reference.kind == "knn" else p["parts"]
 
-    def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> MAEDetector:
-        """Build the reference from the baseline ``table`` (the weights stay as trained);
-        ``reference_input``: its conns' embeddings (or parts) when already computed."""
-        self.reference.fit(self._reference_input(table) if reference_input is None else reference_input)
+    def fit(self, table: pa.Table) -> MAEDetector:
+        """Build the reference from the baseline ``table`` (the weights stay as trained)."""
+        self.reference.fit(self._from_profile(self.profile(table)))
         if self.reference.kind == "knn":
             # the reference conns' uid, 4-tuple and service, so an alert can name its nearest
             self._identity = reference_identity(table, self.reference.rows)
         self._fitted = True
         return self
-
-    def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
-        """What the reference compares (embeddings or per-modality errors) of ``rows`` of
-        ``table`` (all when None), the other conns as context."""
-        return self._from_profile(self.profile(table, rows))
-
-    def fit_split(self, table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
-                  extra: pa.Table | None = None, scored: pa.Table | None = None,
-                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Fit on ``fit_rows`` of the baseline ``table``, score its ``cal_rows`` and, given the
-        input ``scored`` it was drawn from (``table = scored.take(rows)``), every conn of the
-        input, each conn through the model once (``reference.fit_split``)."""
-        return fit_split(self, self._reference_input, table, fit_rows, cal_rows, extra, scored, rows)
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row relative to the baseline, ``[n]``."""

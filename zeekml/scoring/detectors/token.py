@@ -16,7 +16,7 @@ from zeekml._core.device import inference_batch
 from zeekml._core.errors import ModelError
 from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
 from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
-from zeekml.scoring.detectors.reference import KnnReference, ZReference, fit_split, make_reference
+from zeekml.scoring.detectors.reference import KnnReference, ZReference, make_reference
 from zeekml.scoring.explain import nearest_text, odds, reference_identity, surprise_text
 from zeekml.scoring.registry import register_kind
 
@@ -281,23 +281,14 @@ class TokenDetector:
         key = "embedding" if self.reference.kind == "knn" else "parts"
         return self.loaded.profile(self.loaded.tokens(table, rows=rows), want=(key,))[key]
 
-    def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> TokenDetector:
-        """Build the reference from the baseline ``table`` (the weights stay as trained);
-        ``reference_input``: its conns' embeddings (or parts) when already computed."""
-        self.reference.fit(self._reference_input(table) if reference_input is None else reference_input)
+    def fit(self, table: pa.Table) -> TokenDetector:
+        """Build the reference from the baseline ``table`` (the weights stay as trained)."""
+        self.reference.fit(self._reference_input(table))
         if self.reference.kind == "knn":
             # the reference conns' uid, 4-tuple and service, so an alert can name its nearest
             self._identity = reference_identity(table, self.reference.rows)
         self._fitted = True
         return self
-
-    def fit_split(self, table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
-                  extra: pa.Table | None = None, scored: pa.Table | None = None,
-                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Fit on ``fit_rows`` of the baseline ``table``, score its ``cal_rows`` and, given the
-        input ``scored`` it was drawn from (``table = scored.take(rows)``), every conn of the
-        input, each conn through the model once (``reference.fit_split``)."""
-        return fit_split(self, self._reference_input, table, fit_rows, cal_rows, extra, scored, rows)
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row relative to the baseline, ``[n]``."""
