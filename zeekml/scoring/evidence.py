@@ -101,11 +101,14 @@ class SuricataAlerts:
         """The alerts kept, JSON-ready (``state=`` of a new one restores them)."""
         return [dict(r) for r in self.rows()]
 
-    def expire(self, before: float) -> int:
+    def expire(self, before: float, limit: int | None = None) -> int:
         """Drop the alerts stamped before ``before`` (log time): their flows are not coming
-        any more. Returns how many; ``expired`` counts them all."""
+        any more; and the oldest beyond ``limit`` alerts, so memory stays bounded. Returns how
+        many; ``expired`` counts them all."""
         rows = self.rows()
-        keep = [r for r in rows if r["ts"] is None or r["ts"] >= before]
+        keep = [r for r in rows if r["ts"] is not None and r["ts"] >= before]
+        if limit is not None and len(keep) > limit:
+            keep = keep[len(keep) - limit:]
         gone = len(rows) - len(keep)
         self._rows = keep
         self.expired += gone
@@ -193,6 +196,39 @@ def incident_signatures(alerts: Iterable[dict[str, Any]], limit: int = 20) -> li
     order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][0] if kv[0][0] is not None
                                                    else -1, str(kv[0][1])))
     return [{**dict(zip(ALERT_KEYS, k)), "alerts": n} for k, n in order[:limit]]
+
+
+SURICATA_KEY = "suricata_pending"    # watch's checkpoint stats: alerts waiting for their flow
+# How long (log time: the newest conn ts read) an alert waits in watch for its flow: a day, longer
+# than Suricata's flow timeouts and than most conns Zeek logs (a flow's log time moves on with
+# the other flows' while it lasts; Slips' eve.json has alerts a day before their flow event).
+LIVE_HOLD = 86400.0
+# Alerts waiting at most, the oldest dropped first: they are kept in every window's checkpoint.
+LIVE_LIMIT = 20_000
+
+
+def live_suricata_join(alerts: SuricataAlerts, conns: pa.Table | None, log_time: float | None,
+                       hold: float = LIVE_HOLD, limit: int = LIVE_LIMIT
+                       ) -> tuple[dict[int, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """``zeekml watch``'s join, once per window: the alerts waiting are joined onto the
+    window's scored ``conns`` and forgotten; those stamped ``hold`` seconds before
+    ``log_time`` (the newest ts read) are dropped, as are the oldest beyond ``limit``. Returns
+    row -> alerts and the alerts still waiting (``SuricataAlerts.state``), which the window's
+    checkpoint keeps so that a restart neither loses nor repeats one.
+
+    Suricata writes a flow's ``flow`` event when the flow ends, after its alerts, so an alert
+    waits for its flow across windows; an alert onto a Zeek conn by Community ID waits for Zeek
+    to log the conn, also when it ends.
+    """
+    joined: dict[int, list[dict[str, Any]]] = {}
+    if len(alerts) and conns is not None and conns.num_rows:
+        joined = alerts.join(conns, consume=True)
+    if len(alerts) and log_time is not None:
+        gone = alerts.expire(log_time - hold, limit)
+        if gone:
+            log.info("%d Suricata alerts dropped: no flow of theirs within %.0f s of log time "
+                     "(%d waiting)", gone, hold, len(alerts))
+    return joined, alerts.state() if len(alerts) else []
 
 
 def attach_suricata_alerts(batch: "VerdictBatch", alerts: SuricataAlerts | None) -> int:

@@ -28,9 +28,12 @@ STATE_KEY = "incidents"
 
 
 def _record(v: Verdict) -> dict:
-    return {"ts": v.ts, "uid": v.uid, "id.orig_h": v.orig_h, "id.resp_h": v.resp_h,
-            "id.resp_p": v.resp_p, "proto": v.proto, "score": v.score, "alert": True,
-            "model": v.model, "verdict_id": v.verdict_id}
+    rec = {"ts": v.ts, "uid": v.uid, "id.orig_h": v.orig_h, "id.resp_h": v.resp_h,
+           "id.resp_p": v.resp_p, "proto": v.proto, "score": v.score, "alert": True,
+           "model": v.model, "verdict_id": v.verdict_id}
+    if v.suricata_alerts:       # the incident counts them (scoring.evidence)
+        rec["suricata_alerts"] = v.suricata_alerts
+    return rec
 
 
 class LiveIncidents:

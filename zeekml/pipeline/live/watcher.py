@@ -68,10 +68,11 @@ from zeekml.pipeline.live.outputs import OutputFiles, VerdictDedup
 from zeekml.pipeline.live.pool import ScorePool, render_allowed, score_window
 from zeekml.scoring.allowlist import Allowlist
 from zeekml.scoring.context import horizons
+from zeekml.scoring.evidence import SURICATA_KEY, SuricataAlerts, live_suricata_join
 from zeekml.scoring.verdict import Verdict
 from zeekml.sinks.jsonl import QuarantineWriter
 from zeekml.sinks.triage import incident_line, incident_notice_header, incident_notice_lines
-from zeekml.sinks.verdicts import RenderedVerdicts
+from zeekml.sinks.verdicts import RenderedVerdicts, add_suricata_alerts
 from zeekml.sinks.zeek_notice import NoticeWriter
 from zeekml.sources.checkpoint import CheckpointStore
 from zeekml.sources.tail import DirectoryFollower
@@ -91,6 +92,8 @@ class _Window:
     journal: bytes | None = None
     log_time: float | None = None    # the newest ts the window read (closes incidents)
     flush: bool = False              # --once end: every open incident closes
+    suricata: dict | None = None     # row -> the Suricata alerts joined onto its conn
+    suricata_state: list | None = None   # the alerts still waiting for their flow, as of now
 
 
 def _file_sig(path: str) -> tuple[int, int] | None:
@@ -202,6 +205,8 @@ class Watcher:
         # the open incidents' alerts as of the last commit (the outputs were cut back to it)
         self._incidents = LiveIncidents(lateness=opts.context_lateness,
                                         state=cp.stats.get(STATE_KEY))
+        # Suricata alerts read but not yet joined onto their flow (scoring.evidence)
+        self._suricata = SuricataAlerts(state=cp.stats.get(SURICATA_KEY))
         feedback = None
         try:
             if cp.generation == 0:
@@ -336,6 +341,7 @@ class Watcher:
                         self.stats.conn_records += b.num_rows
                     else:
                         self.stats.other_records += b.num_rows
+                        self._suricata.add(b)
                 if got or not follower.caught_up or self._quarantine.count != q_seen:
                     dirty = True
                     q_seen = self._quarantine.count
@@ -417,12 +423,15 @@ class Watcher:
         if ctx is not None:
             if table is not None:
                 ctx.add(table)
-            scored = render_allowed(ctx.release(fitted, flush=flush), self._allowlist)
+            released = ctx.release(fitted, flush=flush)
+            scored = render_allowed(released, self._allowlist)
             w = _Window(scored, None, qlines, files, done, ctx.journal_delta())
+            table = released.table
         elif self._pool is not None and table is not None and table.num_rows:
             w = _Window(None, self._pool.submit(table), qlines, files, done)
         else:
             w = _Window(score_window(table, fitted, self._allowlist), None, qlines, files, done)
+        w.suricata, w.suricata_state = live_suricata_join(self._suricata, table, t)
         w.log_time, w.flush = t, flush
         return w
 
@@ -431,6 +440,8 @@ class Watcher:
         checkpoint with the follower's progress as of the window's close."""
         scored = w.scored if w.scored is not None else self._pool.result(w.ticket)
         ids, lines = scored.ids, scored.lines
+        if w.suricata:
+            add_suricata_alerts(lines, w.suricata)
         keep: list[bytes] | None = None
         if dedup.capacity > 0:
             add = dedup.add
@@ -446,6 +457,8 @@ class Watcher:
         for i, v in scored.alerts:
             if fresh is not None and not fresh[i]:
                 continue
+            if w.suricata and i in w.suricata:
+                v.suricata_alerts = w.suricata[i]
             notices.write(v)
             alerts.append(v)
             notes[v.note] += 1
@@ -484,6 +497,8 @@ class Watcher:
             self.stats.alerts_by_note[k] = self.stats.alerts_by_note.get(k, 0) + n
         cp.stats = {"verdicts_written": self.stats.verdicts_written, "alerts": self.stats.alerts,
                     STATE_KEY: incidents.state()}
+        if w.suricata_state:
+            cp.stats[SURICATA_KEY] = w.suricata_state
         self._durably(lambda: store.commit(cp))
         if closed or still_open or w.flush:
             # a view of the incidents as they grow, rewritten whole: incidents.jsonl is the
