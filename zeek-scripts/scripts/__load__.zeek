@@ -1,6 +1,6 @@
 ##! zeekml: ML detection companion for Zeek.
 ##!
-##! Loading the package loads all three parts. To get verdict notices without the
+##! Loading the package loads all three parts. To get incident and verdict notices without the
 ##! per-packet cost of the flow features, load ``zeekml/verdicts`` alone instead.
 
 @load ./main
