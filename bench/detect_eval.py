@@ -20,6 +20,13 @@ features, fitted on the scored conns themselves: no baseline) and a gradient-boo
 (``HistGradientBoostingClassifier`` on the flow features, trained on the labeled conns of the
 other captures; alerts at probability 0.5).
 
+``--classifier DIR`` adds a finetuned known-bad classifier (``zeekml score --models DIR``
+beside the shipped models). Its threshold follows each rule of
+``scoring.calibrate.CUT_RULES`` side by side: ``combined`` is what zeekml runs
+(``CUT_RULE``: the trained cut when ``pipeline.fitted.baseline_infection`` fires), ``cut_min``
+(always the lower of the trained cut and the baseline quantile) and ``cut_never`` (always the
+baseline quantile: before issue 14's cut); each scheme also reports the classifier's own alerts.
+
 Usage (numbers and plots in docs/results/detection.md)::
 
     OMP_NUM_THREADS=1 python bench/detect_eval.py --out docs/results
@@ -48,10 +55,10 @@ from eval_data import DATA, FILES  # noqa: E402
 from zeekml._core.errors import ZeekmlError  # noqa: E402
 from zeekml.features.flow_features import FlowFeaturizer  # noqa: E402
 from zeekml.flows.select import earliest_rows, ts_sort_key  # noqa: E402
-from zeekml.pipeline.fitted import (_split_fit_calibrate, build_detectors,  # noqa: E402
-                                    check_baseline_size)
+from zeekml.pipeline.fitted import (_split_fit_calibrate, baseline_infection,  # noqa: E402
+                                    build_detectors, check_baseline_size, is_known_bad)
 from zeekml.pipeline.options import ScoreOptions  # noqa: E402
-from zeekml.scoring.calibrate import ThresholdCalibrator, calibrate_combined  # noqa: E402
+from zeekml.scoring.calibrate import CUT_RULE, ThresholdCalibrator, calibrate_with_cuts  # noqa: E402
 from zeekml.train.data import labels_of, load_conns  # noqa: E402
 
 log = logging.getLogger("detect_eval")
@@ -106,7 +113,7 @@ def flow_x(featurizer: FlowFeaturizer, t: pa.Table, fit: bool = False) -> np.nda
 
 
 def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions,
-             gbt_p: np.ndarray, heldout: bool = False) -> dict:
+             gbt_p: np.ndarray, heldout: bool = False, classifiers: tuple[str, ...] = ()) -> dict:
     """Fit the detectors on ``base`` (one half; calibrate on the other), score ``scored``; with
     ``heldout``, a random third of ``base`` is held out first and its alert rate measured."""
     from sklearn.ensemble import IsolationForest
@@ -128,6 +135,10 @@ def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions
     except ZeekmlError as e:   # zeekml would refuse this run; the numbers are still measured
         out["baseline_warning"] = "REFUSED: " + e.message
     dets = build_detectors(opts.detectors, opts.seed, opts.models_dir, opts.device)
+    if classifiers:
+        from zeekml.scoring.registry import classifier_detector
+
+        dets += [classifier_detector(d, opts.device) for d in classifiers]
     cal_t, fit_t = base.take(pa.array(cal_idx)), base.take(pa.array(fit_idx))
     cal, test, per, hold = {}, {}, {}, {}
     for det in dets:
@@ -143,8 +154,16 @@ def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions
     hosts = np.asarray(scored.column("id.orig_h").to_pylist(), dtype=object)
     ts = ts_sort_key(scored)
     n = len(dets)
-    schemes = {"combined": calibrate_combined(cal, opts.fpr).calibrators,
+    infection = baseline_infection(base, dets)
+    out["baseline_infected"] = infection
+    cuts = {d.name: d.trained_cut for d in dets if is_known_bad(d) and getattr(d, "trained_cut", None)}
+    clf_names = [d.name for d in dets if is_known_bad(d)]
+    infected = infection is not None
+    schemes = {"combined": calibrate_with_cuts(cal, opts.fpr, cuts, infected, CUT_RULE)[0].calibrators,
                "union_bound": {k: ThresholdCalibrator(fpr=opts.fpr / n).fit(v) for k, v in cal.items()}}
+    if cuts:
+        for rule in ("min", "never"):
+            schemes[f"cut_{rule}"] = calibrate_with_cuts(cal, opts.fpr, cuts, infected, rule)[0].calibrators
     out["calibration"] = {}
     for scheme, cals in schemes.items():
         comb = np.max(np.stack([np.nan_to_num(cals[k].calibrate(test[k]), nan=-np.inf)
@@ -162,6 +181,14 @@ def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions
             "heldout_clean_alert_rate": held_rate,
             "combined": ranking(comb, y),
             **alert_metrics(comb >= 1.0, y, hosts, ts)}
+        for name in clf_names:
+            # the classifier's own alerts under this scheme (the rest of the ensemble aside)
+            own = np.nan_to_num(cals[name].calibrate(test[name]), nan=-np.inf) >= 1.0
+            m = alert_metrics(own, y, hosts, ts)
+            out["calibration"][scheme].setdefault("classifier", {})[name] = {
+                "threshold": cals[name].threshold, "trained_cut": cals[name].center == 0.0 and name in cuts
+                and cals[name].threshold == cuts[name]["cut"],
+                **{k: m[k] for k in ("alerts", "tp", "fp", "precision", "recall", "benign_alert_rate")}}
     x_scored = flow_x(FlowFeaturizer(), scored, fit=True)
     plain = -IsolationForest(random_state=opts.seed).fit(x_scored).score_samples(x_scored)
     out["plain_iforest"] = ranking(plain, y)
@@ -188,9 +215,10 @@ def gbt_scores(captures: dict, name: str, seed: int) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> dict:
     opts = ScoreOptions(fpr=args.fpr, seed=args.seed, models_dir=None if args.no_models else "")
+    clfs = tuple(args.classifier or ())
     captures = {name: load(name, args.max_conns) for name in args.captures}
     results: dict = {"fpr": args.fpr, "clean_share": args.clean_share, "max_conns": args.max_conns,
-                     "models": not args.no_models, "captures": {}}
+                     "models": not args.no_models, "classifiers": list(clfs), "captures": {}}
     for name, (t, y) in captures.items():
         log.info("%s: %d conns (%d malicious, %d benign)", name, t.num_rows, (y == 1).sum(),
                  (y == 0).sum())
@@ -202,11 +230,11 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         log.info(" deployment: %d clean baseline conns, %d scored", len(clean), len(rest))
         r["deployment"] = evaluate(t.take(pa.array(clean)), t.take(pa.array(rest)), y[rest], opts,
-                                   p[rest], heldout=True)
+                                   p[rest], heldout=True, classifiers=clfs)
         base = earliest_rows(ts_sort_key(t), 0.3, min_rows=1)
         log.info(" archive: %d baseline conns (%d malicious), all scored", len(base),
                  (y[base] == 1).sum())
-        r["archive"] = evaluate(t.take(pa.array(base)), t, y, opts, p)
+        r["archive"] = evaluate(t.take(pa.array(base)), t, y, opts, p, classifiers=clfs)
         r["archive"]["baseline_malicious"] = int((y[base] == 1).sum())
         r["seconds"] = time.perf_counter() - t0
         results["captures"][name] = r
@@ -215,10 +243,13 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def pooled(caps: dict) -> dict:
-    """Alert precision/recall and benign alert rate summed over captures, per setting/scheme."""
+    """Alert precision/recall and benign alert rate summed over captures, per setting/scheme
+    (and per classifier's own alerts, ``<setting>/<scheme>/<classifier>``)."""
     out = {}
+    first = next(iter(caps.values()))
     for setting in ("deployment", "archive"):
-        for scheme in ("combined", "union_bound", "gbt"):
+        schemes = list(first[setting]["calibration"]) + ["gbt"]
+        for scheme in schemes:
             tp = fp = pos = neg = 0
             for r in caps.values():
                 m = r[setting]["gbt"] if scheme == "gbt" else r[setting]["calibration"][scheme]
@@ -226,6 +257,17 @@ def pooled(caps: dict) -> dict:
             out[f"{setting}/{scheme}"] = {
                 "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / pos if pos else None,
                 "benign_alert_rate": fp / neg if neg else None, "tp": tp, "fp": fp}
+            if scheme == "gbt":
+                continue
+            for name in first[setting]["calibration"][scheme].get("classifier", {}):
+                tp = fp = 0
+                for r in caps.values():
+                    m = r[setting]["calibration"][scheme]["classifier"][name]
+                    tp, fp = tp + m["tp"], fp + m["fp"]
+                out[f"{setting}/{scheme}/{name}"] = {
+                    "precision": tp / (tp + fp) if tp + fp else None,
+                    "recall": tp / pos if pos else None,
+                    "benign_alert_rate": fp / neg if neg else None, "tp": tp, "fp": fp}
     for scheme in ("combined", "union_bound"):
         n = sum(r["deployment"]["heldout_clean_conns"] for r in caps.values())
         fp = sum(r["deployment"]["heldout_clean_conns"] *
@@ -298,6 +340,8 @@ def main() -> None:
                     help="deployment: the benign conns of this earliest share are the baseline")
     ap.add_argument("--max-conns", type=int, default=None)
     ap.add_argument("--no-models", action="store_true", help="IsolationForest only")
+    ap.add_argument("--classifier", action="append", default=None,
+                    help="a finetuned classifier directory to add (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
