@@ -8,11 +8,16 @@
 - a model directory's single ``weights.pt`` holds each module under a prefix
   (``prefixed_state``; inference reads them back with ``sub_state``);
 - class-weighted cross-entropy weights (``class_weights``);
-- the keys every ``config.json`` carries (``model_config``), ``schema_version`` included.
+- the keys every ``config.json`` carries (``model_config``), ``schema_version`` included;
+- per-epoch progress (``EpochLog``): epoch i/n, train loss, the validation metric, seconds, on
+  the ``zeekml.train.progress`` logger (stderr under the CLI).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+import time
 from typing import Any, TypeVar
 
 import numpy as np
@@ -20,10 +25,16 @@ import numpy as np
 from zeekml._core.errors import ZeekmlError
 from zeekml.scoring.detectors.base import sub_state, torch_module
 
-__all__ = ["Trainer", "apply_epochs", "class_weights", "cosine", "model_config", "optimiser_steps", "pick",
+__all__ = ["EpochLog", "Trainer", "apply_epochs", "class_weights", "cosine", "model_config", "optimiser_steps", "pick",
            "prefixed_state", "sub_state", "torch_module"]
 
 T = TypeVar("T")
+
+progress_log = logging.getLogger("zeekml.train.progress")
+# Training takes minutes to hours: its per-epoch lines are progress, shown wherever logging has a
+# handler (the CLI's stderr) even at the default WARNING level; library use without logging
+# configured stays silent (Python's last-resort handler shows warnings only).
+progress_log.setLevel(logging.INFO)
 
 
 def pick(cls: type[T], opts: dict) -> T:
@@ -125,3 +136,73 @@ class Trainer:
         from zeekml.scoring.registry import get_kind
 
         return get_kind(self.name).detector(model_dir, device)
+
+
+class EpochLog:
+    """Per-epoch progress of one training loop, one line per epoch on ``progress_log``.
+
+    For example::
+
+        moe pretrain epoch 3/8: train loss 2.3411, validation masked-token loss 2.4012, 41.2 s
+
+    Args:
+        what: the loop, e.g. ``"moe pretrain"``.
+        epochs: epochs the loop will run.
+        metric: what ``epoch``'s ``value`` is (e.g. ``"validation loss"``); None = no metric.
+        steps_per_epoch: for loops counted in optimiser steps (finetuning): ``step`` reports an
+            epoch every this many steps (default None: the loop calls ``epoch`` itself).
+    """
+
+    def __init__(self, what: str, epochs: int, metric: str | None = None,
+                 steps_per_epoch: int | None = None):
+        self.what = what
+        self.epochs = max(int(epochs), 1)
+        self.metric = metric
+        self.steps_per_epoch = steps_per_epoch
+        self.t0 = time.perf_counter()
+        self.done = 0
+        self.lines: list[str] = []
+        self._loss, self._n, self._steps = 0.0, 0, 0
+        self._right, self._seen = 0, 0
+
+    def epoch(self, train_loss: float, value: float | None = None) -> str:
+        """Report the next epoch: its mean train loss and, when the loop has one, its metric."""
+        self.done += 1
+        parts = [f"train loss {_fmt(train_loss)}"]
+        if self.metric:
+            parts.append(f"{self.metric} {_fmt(value)}")
+        line = (f"{self.what} epoch {self.done}/{self.epochs}: {', '.join(parts)}, "
+                f"{time.perf_counter() - self.t0:.1f} s")
+        self.lines.append(line)
+        progress_log.info("%s", line)
+        return line
+
+    def step(self, loss: float, right: int = 0, seen: int = 0) -> None:
+        """One optimiser step of a step-counted loop: its loss, and how many of the batch's
+        ``seen`` conns it classified right (the epoch's accuracy on the batches it trained on)."""
+        self._loss += float(loss)
+        self._n += 1
+        self._steps += 1
+        self._right += int(right)
+        self._seen += int(seen)
+        if self.steps_per_epoch and self._steps % self.steps_per_epoch == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Report the steps since the last epoch line as one epoch (a loop's last, short one)."""
+        if self._n == 0:
+            return
+        acc = self._right / self._seen if self._seen else None
+        self.epoch(self._loss / self._n, acc)
+        self._loss, self._n, self._right, self._seen = 0.0, 0, 0, 0
+
+
+def step_epochs(steps: int, per_epoch: int) -> int:
+    """Epochs of a loop of ``steps`` optimiser steps, ``per_epoch`` to an epoch (last one short)."""
+    return max(1, -(-int(steps) // max(int(per_epoch), 1)))
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or not math.isfinite(float(x)):
+        return "n/a"
+    return f"{float(x):.4f}"

@@ -18,8 +18,10 @@ embedding to its nearest neighbours among the baseline conns' embeddings.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +35,8 @@ from zeekml.scoring.detectors.gnn import (NAME, SCHEMA_VERSION, GNNBundle,  # no
                                           GNNDetector, featurize, load_bundle, service_columns)
 from zeekml.scoring.detectors.gnn import to_device as _to
 from zeekml.train.artifact import save_model_dir
-from zeekml.train.common import (Trainer, apply_epochs, class_weights, model_config, optimiser_steps,
-                                 pick)
+from zeekml.train.common import (EpochLog, Trainer, apply_epochs, class_weights, model_config,
+                                 optimiser_steps, pick)
 from zeekml.train.data import Prediction, temporal_split
 from zeekml.train.registry import register_trainer
 
@@ -186,7 +188,8 @@ def pretrain_bundle(table: pa.Table, seed: int = 0, epochs: int | None = None, l
     bce = torch.nn.BCEWithLogitsLoss()
     history = []
     t0 = time.perf_counter()
-    for epoch in range(epochs):
+    progress = EpochLog("gnn pretrain", epochs, "held-out link AUROC")
+    for _epoch in range(epochs):
         model.train()
         total, count = 0.0, 0
         for gi in torch.randperm(len(graphs), generator=gen).tolist():
@@ -202,13 +205,36 @@ def pretrain_bundle(table: pa.Table, seed: int = 0, epochs: int | None = None, l
             total += float(loss.detach()) * len(y)
             count += len(y)
         history.append(total / max(count, 1))
-        log.info("gnn pretrain epoch %d loss %.4f", epoch, history[-1])
+        # the held-out links of a few graphs; their negative sampling draws from the global
+        # random states, which are put back so that training draws exactly what it drew before
+        with _same_random_state():
+            auroc = _link_auroc(model, graphs, holdout, seed, device)
+        progress.epoch(history[-1], auroc)
         if max_minutes and time.perf_counter() - t0 > max_minutes * 60:
             break
     metrics = {"pretrain_loss": history, "epochs_run": len(history), "graphs": len(graphs),
                "link_auroc": _link_auroc(model, graphs, holdout, seed, device),
                "train_seconds": round(time.perf_counter() - t0, 1), "conns": table.num_rows}
     return GNNBundle(model.cpu(), featurizer, gcfg, []), metrics
+
+
+@contextlib.contextmanager
+def _same_random_state() -> Iterator[None]:
+    """Run the block, then restore Python's, numpy's and torch's global random states."""
+    import random
+
+    import torch
+
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
 
 
 def _link_auroc(model, graphs, holdout: float, seed: int, device: str) -> float | None:
@@ -287,14 +313,20 @@ def finetune_bundle(base: GNNBundle | None, table: pa.Table, labels: np.ndarray,
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight.to(device))
     t0 = time.perf_counter()
     losses = []
-    for _ in range(optimiser_steps(cfg, len(rows), batch_size=0)):     # full batch: a step per epoch
+    steps = optimiser_steps(cfg, len(rows), batch_size=0)     # full batch: a step per epoch
+    # no validation share: the labeled conns all train (eval's latest 30% is the test set)
+    progress = EpochLog("gnn finetune", steps, "train accuracy", steps_per_epoch=1)
+    yd = y.to(device)
+    for _ in range(steps):
         model.train()
         h = model(_to(g.x_dict, device), _to(adj, device))
-        loss = loss_fn(model.classify(h["flow"][tmask.to(device)]), y.to(device))
+        logits = model.classify(h["flow"][tmask.to(device)])
+        loss = loss_fn(logits, yd)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        progress.step(losses[-1], int((logits.detach().argmax(1) == yd).sum()), len(yd))
     bundle.model = model.cpu().eval()
     return bundle, {"finetune_loss": losses[-1] if losses else None, "classes": classes,
                     "train_seconds": round(time.perf_counter() - t0, 1),

@@ -24,8 +24,8 @@ from zeekml.features.modality import SCHEMA_VERSION, Modalities, ModalityFeaturi
 # the inference half (bench/ imports LoadedMAE from here too)
 from zeekml.scoring.detectors.mae import NAME, LoadedMAE, modality_tensors
 from zeekml.train.artifact import save_model_dir
-from zeekml.train.common import (Trainer, apply_epochs, class_weights, model_config, optimiser_steps,
-                                 pick, prefixed_state, torch_module)
+from zeekml.train.common import (EpochLog, Trainer, apply_epochs, class_weights, model_config,
+                                 optimiser_steps, pick, prefixed_state, step_epochs, torch_module)
 from zeekml.train.data import Prediction
 from zeekml.train.registry import register_trainer
 
@@ -104,7 +104,10 @@ def train_autoencoder(model, m: Modalities, featurizer: ModalityFeaturizer, cfg:
     t0 = time.perf_counter()
     last = float("nan")
     history = []
-    for epoch in range(cfg.epochs):
+    progress = EpochLog("mae pretrain", cfg.epochs, "validation loss" if n_val else None)
+    if n_val:
+        vq, vsq, ve = modality_tensors(m.take(val), device)
+    for _epoch in range(cfg.epochs):
         rng.shuffle(train)
         total, seen = 0.0, 0
         for s in range(0, len(train), cfg.batch_size):
@@ -121,7 +124,14 @@ def train_autoencoder(model, m: Modalities, featurizer: ModalityFeaturizer, cfg:
             seen += len(b)
         last = total / max(seen, 1)
         history.append(round(last, 5))
-        log.info("mae epoch %d: loss %.4f", epoch + 1, last)
+        vloss = None
+        if n_val:
+            # eval mode draws no random numbers: training goes on exactly as without this
+            model.eval()
+            with torch.inference_mode():
+                vloss = float(mae_loss(model(vq, vsq, ve), vq, vsq, ve))
+            model.train()
+        progress.epoch(last, vloss)
     model.eval()
     metrics = {"train_loss": last, "loss_by_epoch": history, "train_rows": int(len(train)),
                "seconds": round(time.perf_counter() - t0, 1)}
@@ -237,6 +247,10 @@ class MAETrainer(Trainer):
         gen = torch.Generator().manual_seed(seed)
         head.train()
         t0 = time.perf_counter()
+        # no validation share: the labeled conns all train (eval's latest 30% is the test set)
+        per_epoch = max(1, -(-n // fcfg.batch_size))
+        progress = EpochLog("mae finetune", step_epochs(steps, per_epoch), "train accuracy",
+                            steps_per_epoch=per_epoch)
         for _step in range(steps):
             b = torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen).to(device)
             if pretrained:
@@ -244,10 +258,13 @@ class MAETrainer(Trainer):
             else:
                 model.train()
                 zb = model.encode(q[b], sq[b], e[b])
-            loss = torch.nn.functional.cross_entropy(head(zb), y[b], weight=weight)
+            logits = head(zb)
+            loss = torch.nn.functional.cross_entropy(logits, y[b], weight=weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            progress.step(float(loss.detach()), int((logits.detach().argmax(1) == y[b]).sum()), len(b))
+        progress.flush()
         head.eval()
         model.eval()
         trainable = sum(p.numel() for p in params)

@@ -33,8 +33,9 @@ from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
 # the inference half (bench/ imports LoadedTokenModel and routing_summary from here too)
 from zeekml.scoring.detectors.token import LoadedTokenModel, add_routing, routing_summary
 from zeekml.train.artifact import save_model_dir
-from zeekml.train.common import (Trainer, apply_epochs, class_weights, cosine, model_config,
-                                 optimiser_steps, pick, prefixed_state, torch_module)
+from zeekml.train.common import (EpochLog, Trainer, apply_epochs, class_weights, cosine,
+                                 model_config, optimiser_steps, pick, prefixed_state, step_epochs,
+                                 torch_module)
 from zeekml.train.data import Prediction
 from zeekml.train.registry import register_trainer
 
@@ -190,8 +191,9 @@ class TokenPrediction(Prediction):
 # -- training loops -----------------------------------------------------------------------------
 
 def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: PretrainConfig, seed: int,
-                  device: str = "cpu") -> dict:
-    """Masked-token training; returns losses per epoch, validation loss and routing at the end."""
+                  device: str = "cpu", kind: str = "moe") -> dict:
+    """Masked-token training; returns losses per epoch, validation loss and routing at the end.
+    ``kind`` names the loop in the per-epoch progress lines (``EpochLog``)."""
     torch = torch_module()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -210,7 +212,9 @@ def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: Pretra
     encoder.to(device).train()
     mlm.to(device).train()
     history, t0, step = [], time.perf_counter(), 0
-    for epoch in range(cfg.epochs):
+    progress = EpochLog(f"{kind} pretrain", cfg.epochs,
+                        "validation masked-token loss" if n_val else None)
+    for _epoch in range(cfg.epochs):
         ep = rng.permutation(train)[:per_epoch]
         tot, seen = 0.0, 0
         for s in range(0, len(ep), cfg.batch_size):
@@ -229,8 +233,24 @@ def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: Pretra
             tot += float(loss.detach()) * len(b)
             seen += len(b)
         history.append(round(tot / max(seen, 1), 4))
-        log.info("%s epoch %d: masked-token loss %.4f (%.0f s)", type(encoder).__name__, epoch + 1,
-                 history[-1], time.perf_counter() - t0)
+        vloss = None
+        if n_val:
+            # the same masks every epoch (their own generator); eval mode draws no random
+            # numbers, so training goes on exactly as without this
+            encoder.eval()
+            mlm.eval()
+            with torch.inference_mode():
+                vg = torch.Generator().manual_seed(seed + 2)
+                vl = 0.0
+                for s in range(0, n_val, 1024):
+                    b = torch.as_tensor(ids[val[s:s + 1024]])
+                    inp, tgt = mask_tokens(b, bases, cfg, vg, hidden_fields, None)
+                    vl += float(masked_loss(mlm(encoder(inp.to(device)).hidden[:, 1:]),
+                                            tgt.to(device))) * len(b)
+                vloss = vl / n_val
+            encoder.train()
+            mlm.train()
+        progress.epoch(history[-1], vloss)
     encoder.eval()
     mlm.eval()
     metrics = {"train_loss": history[-1] if history else float("nan"), "loss_by_epoch": history,
@@ -282,7 +302,7 @@ class TokenTrainer(Trainer):
         torch.manual_seed(seed)
         encoder, enc_cfg = build_encoder(self.name, tok, arch)
         mlm = FieldHead(arch.d_model, tok.field_sizes)
-        metrics = pretrain_loop(encoder, mlm, tok, ids, cfg, seed, device)
+        metrics = pretrain_loop(encoder, mlm, tok, ids, cfg, seed, device, kind=self.name)
         metrics["tokenize_seconds"] = round(tok_seconds, 1)
         encoder.cpu()
         mlm.cpu()
@@ -346,16 +366,23 @@ class TokenTrainer(Trainer):
         head.train()
         t0 = time.perf_counter()
         loss = torch.zeros(())
+        # no validation share: the labeled conns all train (eval's latest 30% is the test set)
+        per_epoch = max(1, -(-n // fcfg.batch_size))
+        progress = EpochLog(f"{self.name} finetune", step_epochs(steps, per_epoch),
+                            "train accuracy", steps_per_epoch=per_epoch)
         for _ in range(steps):
             b = torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen)
             x = ids[b].to(device)
             o = encoder(x)
-            loss = torch.nn.functional.cross_entropy(head(pool(o.hidden, x, tok.anchor)), y[b].to(device),
-                                                     weight=weight)
+            logits = head(pool(o.hidden, x, tok.anchor))
+            yb = y[b].to(device)
+            loss = torch.nn.functional.cross_entropy(logits, yb, weight=weight)
             total = loss + fcfg.balance_coef * o.balance_loss + fcfg.z_coef * o.z_loss
             opt.zero_grad()
             total.backward()
             opt.step()
+            progress.step(float(loss.detach()), int((logits.detach().argmax(1) == yb).sum()), len(b))
+        progress.flush()
         encoder.eval()
         head.eval()
         n_params = encoder.n_params + sum(p.numel() for p in head.parameters())
