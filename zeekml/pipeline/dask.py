@@ -38,6 +38,7 @@ from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.pipeline.chunked import TriagePart, score_in_context, triage_part
 from zeekml.scoring.context import context_seconds, take_ts_range
+from zeekml.scoring.evidence import ALERT_PATH, SuricataAlerts, attach_suricata_alerts
 from zeekml.scoring.verdict import Verdict
 from zeekml.sinks.verdicts import render_verdicts
 
@@ -74,6 +75,7 @@ class ReadResult:
     other_records: int
     rejected: list[RejectedRecord]
     error: str | None = None
+    alerts: list[pa.RecordBatch] | None = None    # Suricata alerts read (scoring.evidence)
 
 
 def plan_tasks(files: list[str], split_bytes: int = DEFAULT_SPLIT_BYTES) -> list[ReadTask]:
@@ -132,6 +134,7 @@ def read_task(task: ReadTask, max_rejected: int = 100_000) -> ReadResult:
             return ReadResult(conn_table([]), 0, 0, rejected, e.message)
     parser = make_parser(task.fmt, task.path, q)
     batches, other, n = [], 0, 0
+    alerts: list[pa.RecordBatch] = []
     try:
         if task.header:
             parser.feed(task.header)
@@ -152,16 +155,20 @@ def read_task(task: ReadTask, max_rejected: int = 100_000) -> ReadResult:
                         batches.append(b)
                     else:
                         other += b.num_rows
+                        if b.log_path == ALERT_PATH:
+                            alerts.append(b.batch)
             for b in parser.finish():
                 n += b.num_rows
                 if is_conn_batch(b):
                     batches.append(b)
                 else:
                     other += b.num_rows
+                    if b.log_path == ALERT_PATH:
+                        alerts.append(b.batch)
     except (OSError, EOFError, ValueError) as e:
         err = UnreadableInput(f"archive ends early or is damaged ({e})", task.path)
-        return ReadResult(conn_table(batches), n, other, rejected, err.message)
-    return ReadResult(conn_table(batches), n, other, rejected)
+        return ReadResult(conn_table(batches), n, other, rejected, err.message, alerts)
+    return ReadResult(conn_table(batches), n, other, rejected, alerts=alerts)
 
 
 @dataclass(frozen=True)
@@ -405,18 +412,25 @@ def _given(value):
     return value
 
 
+def _alerts_of(result: ReadResult) -> list[pa.RecordBatch]:
+    return result.alerts or []
+
+
 def _take(result: ReadResult, rows: np.ndarray) -> pa.Table:
     return result.table.take(pa.array(rows, pa.int64()))
 
 
 def score_task(result: ReadResult, fitted: FittedDetectors, before: list | None = None,
-               after: list | None = None) -> tuple[bytes, int, list[Verdict], TriagePart]:
+               after: list | None = None, alerts: SuricataAlerts | None = None
+               ) -> tuple[bytes, int, list[Verdict], TriagePart]:
     """Verdicts for the rows of ``result`` (runs on a worker), rendered as ``verdicts.jsonl``
     lines, with the alerting verdicts as objects and what the incidents need of the task
     (``chunked.TriagePart``: its alerting rows, each conn's hosts and ts, compactly): only text
     and small arrays travel back to the driver. ``before``/``after`` are context rows (in global
-    order) that detectors with a time context see but that get no verdict here."""
+    order) that detectors with a time context see but that get no verdict here. ``alerts``:
+    every task's Suricata alerts, joined onto this task's conns (``scoring.evidence``)."""
     batch = score_in_context(result.table, fitted, before, after)
+    attach_suricata_alerts(batch, alerts)
     rendered = render_verdicts(batch)
     return rendered.data(), len(rendered), [v for _, v in rendered.alerts], triage_part(batch)
 
@@ -558,6 +572,13 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
         # worker holding it has died it is gone and every task that needs it is cancelled; a
         # task's result is computed again. Each worker fetches it once and keeps it.
         fitted_f = client.submit(_given, fitted, pure=False)
+        # every task's Suricata alerts, for every task: a flow and its alerts may be read by
+        # different tasks (made rows here, so workers only read them)
+        alerts = SuricataAlerts()
+        for part in client.gather([client.submit(_alerts_of, r) for r in ok]):
+            alerts.extend(part)
+        alerts.rows()
+        alerts_f = client.submit(_given, alerts if len(alerts) else None, pure=False)
         ctx = context_seconds(fitted)
         scored = []
         for i, r in enumerate(ok):
@@ -570,7 +591,8 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
                         t = ts_parts[j]
                         if j != i and np.any((t >= lo) & (t <= hi)):
                             (before if j < i else after).append(client.submit(_take_range, other, lo, hi))
-            scored.append(client.submit(score_task, r, fitted_f, before, after, retries=TASK_RETRIES))
+            scored.append(client.submit(score_task, r, fitted_f, before, after, alerts_f,
+                                        retries=TASK_RETRIES))
         for task, fut in zip(ok_tasks, scored):  # in task order: the outputs equal a single-process run's
             out, exc = _outcome(fut, task)
             if exc is not None:

@@ -72,6 +72,11 @@ class SuricataAlerts:
         self._batches.append(batch.batch)
         return True
 
+    def extend(self, batches: Iterable[pa.RecordBatch]) -> None:
+        """Keep record batches of the parser's ``suricata_alert`` table (``--dask``: each
+        task's, gathered)."""
+        self._batches.extend(batches)
+
     def __len__(self) -> int:
         return len(self._rows) + sum(b.num_rows for b in self._batches)
 
