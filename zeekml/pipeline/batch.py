@@ -20,12 +20,12 @@ from zeekml._core.errors import InputNotFound, UnreadableInput, ZeekmlError
 from zeekml.flows.select import ts_sort_key
 from zeekml.flows.table import conn_table
 from zeekml.parse import Quarantine
-from zeekml.pipeline.chunked import TriageRows, read_conn_batches, score_spilled, spill_inputs
+from zeekml.pipeline.chunked import (TriageBaseline, TriageRows, read_conn_batches, score_spilled,
+                                     spill_inputs)
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.scoring.allowlist import Allowlist, suppress
 from zeekml.scoring.evidence import SuricataAlerts, attach_suricata_alerts
-from zeekml.scoring.explain import BaselineProfile
 from zeekml.scoring.incidents import incidents_from_batch
 from zeekml.scoring.verdict import VerdictBatch
 from zeekml.sinks.run_outputs import ScoreOutputs
@@ -177,7 +177,7 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     if not files:
         raise NoConnInput("no conn or eve logs found in the given paths")
     baseline_files = expand_inputs(options.baseline) if options.baseline else []
-    outputs = ScoreOutputs(out_dir, options.zeek_feedback)
+    outputs = ScoreOutputs(out_dir, options.zeek_feedback, conn_notices=options.conn_notices)
     summary = ScoreSummary()
     quarantine = Quarantine(sink=outputs.quarantine)
     triage = TriageRows()
@@ -189,14 +189,14 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
                 baseline = load_conns(baseline_files, quarantine, ScoreSummary(), bar.advance)
             if options.dask:
                 from zeekml.pipeline.dask import plan_tasks, score_tasks_dask
-                baseline = score_tasks_dask(plan_tasks(files, options.split_bytes), options.dask,
-                                            options, summary, quarantine, baseline,
-                                            outputs.write_rendered, triage.add)
+                kept = TriageBaseline.of(score_tasks_dask(
+                    plan_tasks(files, options.split_bytes), options.dask, options, summary,
+                    quarantine, baseline, outputs.write_rendered, triage.add))
             else:
-                baseline = _score_chunked(files, baseline, options, summary, quarantine, outputs,
-                                          allowlist, benign, triage, bar)
+                kept = _score_chunked(files, baseline, options, summary, quarantine, outputs,
+                                      allowlist, benign, triage, bar)
             bar.step("grouping alerts into incidents")
-            summary.outputs.update(_write_triage(out_dir, files, baseline_files, baseline, triage,
+            summary.outputs.update(_write_triage(out_dir, files, baseline_files, kept, triage,
                                                  options))
     except BaseException:
         outputs.close()
@@ -214,9 +214,9 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
 def _score_chunked(files: list[str], baseline: pa.Table | None, options: ScoreOptions,
                    summary: ScoreSummary, quarantine: Quarantine, outputs: ScoreOutputs,
                    allowlist: Allowlist | None, benign: set[str] | None, triage: TriageRows,
-                   bar) -> pa.Table:
+                   bar) -> TriageBaseline:
     """The single-process run (``zeekml.pipeline.chunked``): read once, fit, score and write
-    chunk by chunk; returns the baseline fitted on."""
+    chunk by chunk; returns what the triage outputs need of the baseline."""
     fb_parts: list[np.ndarray] = []
 
     def feedback_of(table: pa.Table, offset: int) -> None:
@@ -250,20 +250,19 @@ def _score_chunked(files: list[str], baseline: pa.Table | None, options: ScoreOp
                              on_step=bar.step)
 
 
-def _write_triage(out_dir: str, files: list[str], baseline_files: list[str], baseline: pa.Table,
-                  triage: TriageRows, options: ScoreOptions) -> dict[str, str]:
+def _write_triage(out_dir: str, files: list[str], baseline_files: list[str],
+                  baseline: TriageBaseline, triage: TriageRows,
+                  options: ScoreOptions) -> dict[str, str]:
     """incidents.jsonl, zeekml_incident.log and baseline.json of a scored run; their paths."""
-    profile = BaselineProfile().fit(baseline) if baseline.num_rows else None
-    incidents = incidents_from_batch(triage.alerts(), baseline, profile=profile,
+    profile = baseline.profile
+    incidents = incidents_from_batch(triage.alerts(), baseline.table, profile=profile,
                                      host_times=triage.host_times())
-    ts = pc.min_max(baseline.column("ts")).as_py() if baseline.num_rows else {}
     source = (", ".join(baseline_files) if baseline_files else
               "the input's conns in the period asked (--baseline-until/--baseline-range)"
               if options.baseline_period() is not None else
               f"the earliest {options.baseline_fraction:.0%} of the input by ts")
-    info = {"inputs": files, "source": source,
-            "period": [ts.get("min"), ts.get("max")], "conns": baseline.num_rows,
-            "profile": profile.to_dict() if profile is not None else None}
+    info = {"inputs": files, "source": source, "period": list(baseline.period),
+            "conns": baseline.conns, "profile": profile.to_dict() if profile is not None else None}
     out = {"incidents": write_incidents(os.path.join(out_dir, INCIDENTS_FILE), incidents),
            "incident_notices": os.path.join(out_dir, INCIDENT_NOTICE_FILE),
            "baseline": write_baseline_info(os.path.join(out_dir, BASELINE_FILE), info)}

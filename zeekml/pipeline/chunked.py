@@ -44,11 +44,13 @@ from zeekml.parse.reader import LogBatch
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.scoring.context import detectors_in_context, horizons, with_context
+from zeekml.scoring.explain import BaselineProfile
 from zeekml.scoring.verdict import VerdictBatch
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int], None]
+BYTES_COLUMNS = ["id.orig_h", "orig_bytes", "resp_bytes"]   # incidents.host_baseline_bytes reads
 StepFn = Callable[[str], None]
 
 DEFAULT_CHUNK_ROWS = 100_000
@@ -420,27 +422,42 @@ class TriageRows:
         return {"orig": _HostTimes(self.hosts, orig, ts), "resp": _HostTimes(self.hosts, resp, ts)}
 
 
-# -- the run --------------------------------------------------------------------------------------
-
 @dataclass
-class Scored:
-    """What ``score_spilled`` leaves for the triage outputs: the baseline it fitted on and the
-    incidents' input."""
+class TriageBaseline:
+    """What the triage outputs need of the baseline once the detectors are fitted (the baseline
+    itself, up to 30% of the input, is not kept while the chunks are scored): its size and
+    period, its per-kind profile (the explanations' reference) and the columns of
+    ``incidents.host_baseline_bytes``."""
 
-    baseline: pa.Table
-    triage: TriageRows
+    conns: int
+    period: tuple[float | None, float | None]
+    profile: BaselineProfile | None
+    table: pa.Table
 
+    @classmethod
+    def of(cls, baseline: pa.Table) -> "TriageBaseline":
+        """Made from the baseline conn table."""
+        if baseline.num_rows == 0:
+            return cls(0, (None, None), None, baseline)
+        ts = pc.min_max(baseline.column("ts")).as_py()
+        return cls(baseline.num_rows, (ts.get("min"), ts.get("max")), BaselineProfile().fit(baseline),
+                   baseline.select(BYTES_COLUMNS))
+
+
+# -- the run --------------------------------------------------------------------------------------
 
 ChunkFn = Callable[[VerdictBatch], None]
 """Receives each scored chunk's verdicts, in input order."""
 
 
 def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: ScoreOptions,
-                  summary: ScoreSummary, on_chunk: ChunkFn, fit_extra_rows: np.ndarray | None = None,
+                  summary: ScoreSummary, on_chunk: ChunkFn,
                   fit_extra: Callable[[pa.Table | None, np.ndarray | None], pa.Table] | None = None,
-                  on_step: StepFn | None = None) -> pa.Table:
+                  on_step: StepFn | None = None) -> TriageBaseline:
     """Choose the baseline (unless ``baseline`` is given), fit and calibrate, score every chunk
-    of ``spill`` and hand its verdicts to ``on_chunk``; returns the baseline table.
+    of ``spill`` and hand its verdicts to ``on_chunk``; returns what the triage outputs need of
+    the baseline (``TriageBaseline``: the baseline table is dropped before the chunks are
+    scored).
 
     ``fit_extra(baseline, rows)``: the benign feedback conns that join the fitting side
     (``batch._feedback_extra``), given the baseline and the chosen rows (None with a
@@ -455,7 +472,7 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
     summary.baseline_records = baseline.num_rows + (extra.num_rows if extra is not None else 0)
     if spill.num_rows == 0:
         on_chunk(score_batch(CONN_SCHEMA.empty_table(), FittedDetectors([], {}, options.fpr)))
-        return baseline
+        return TriageBaseline.of(baseline)
     if not spill.spilled:
         # one chunk: fit_calibrate scores the per-conn detectors once over the whole input and
         # takes the calibration scores from that (``fit_calibrate``'s reuse)
@@ -464,8 +481,10 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
         fitted = fit_calibrate(baseline, options, summary, scored=table if rows is not None else None,
                                rows=rows, raw=raw, fit_extra=extra, on_step=on_step)
         on_chunk(score_batch(table, fitted, raw, on_step=on_step))
-        return baseline
+        return TriageBaseline.of(baseline)
     fitted = fit_calibrate(baseline, options, summary, fit_extra=extra, on_step=on_step)
+    kept = TriageBaseline.of(baseline)
+    del baseline, extra    # the chunks are scored without them (see TriageBaseline)
     back, fwd = horizons(fitted)
     for i in range(spill.n_chunks):
         start, stop = spill.bounds(i)
@@ -474,4 +493,4 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
         before = [spill.take(before_rows)] if len(before_rows) else []
         after = [spill.take(after_rows)] if len(after_rows) else []
         on_chunk(score_in_context(spill.chunk(i), fitted, before, after))
-    return baseline
+    return kept

@@ -15,7 +15,8 @@ import pytest
 
 from zeekml.parse import Quarantine
 from zeekml.pipeline.batch import load_conns, score_paths, score_table
-from zeekml.pipeline.chunked import SpilledConns, TriageRows, context_rows, spill_inputs
+from zeekml.pipeline.chunked import (SpilledConns, TriageBaseline, TriageRows, context_rows,
+                                     spill_inputs)
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.scoring.incidents import incidents_from_batch
 from zeekml.scoring.verdict import VerdictBatch
@@ -238,7 +239,9 @@ def test_triage_rows_give_the_incidents_of_the_whole_batch():
         acc.add_batch(_slice(batch, a, min(a + 333, len(batch))))
     alerts = acc.alerts()
     assert len(alerts) == int(batch.alert.sum())
-    got = incidents_from_batch(alerts, base, host_times=acc.host_times())
+    kept = TriageBaseline.of(base)       # what score keeps of the baseline while it scores
+    assert kept.table.column_names == ["id.orig_h", "orig_bytes", "resp_bytes"]
+    got = incidents_from_batch(alerts, kept.table, profile=kept.profile, host_times=acc.host_times())
     assert [i.to_dict() for i in got] == [i.to_dict() for i in want]
     # the counts do need every conn: from the alerting rows alone they are smaller
     alone = incidents_from_batch(alerts, base)
