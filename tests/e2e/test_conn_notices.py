@@ -137,3 +137,78 @@ def test_replay_notices(tmp_path, flag):
 def test_the_option_is_documented(command):
     r = CliRunner().invoke(main, [command, "--help"])
     assert r.exit_code == 0 and "--conn-notices" in r.output
+
+
+def test_a_full_disk_at_the_incident_file_is_exit_6_and_one_line(tmp_path, monkeypatch):
+    import errno
+    real = os.write
+    zeek_dir = (tmp_path / "zeek").resolve()
+    zeek_dir.mkdir()
+
+    def full(fd, data):
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            path = ""
+        if path.startswith(str(zeek_dir) + "/") and "incidents" in path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    r = CliRunner().invoke(main, ["score", str(IOT23), "--out", str(tmp_path / "out"),
+                                  "--no-models", "--no-progress", "--fpr", "0.01",
+                                  "--zeek-feedback", str(zeek_dir / "verdicts.log")])
+    assert r.exit_code == 6, r.output
+    assert "Traceback" not in r.output
+    errors = [x for x in r.output.splitlines() if x.startswith("zeekml: error:")]
+    assert len(errors) == 1 and "verdicts.incidents.log: cannot write the incident file: No space " \
+        "left on device" in errors[0], r.output
+    # no temporary file is left beside it
+    assert sorted(p.name for p in zeek_dir.iterdir()) == ["verdicts.log"]
+
+
+def test_watch_crash_after_the_zeek_write_sends_each_incident_once(tmp_path, monkeypatch):
+    """A crash after the incident file was rewritten but before the window's checkpoint: the
+    restart scores the window again and closes the same incidents, with the same ids, so the
+    file Zeek reads ends holding exactly the incidents of incidents.jsonl, none twice."""
+    from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions
+    from zeekml.sinks import zeek_input
+    from zeekml.sources.checkpoint import CheckpointStore
+
+    logs, out, fb = tmp_path / "logs", tmp_path / "out", tmp_path / "verdicts.log"
+    logs.mkdir()
+    shutil.copy(IOT23, logs / "conn.log")
+    state = {"armed": False, "crashed": False, "sent": []}
+    real_write, real_commit = zeek_input.ZeekFeedback.write, CheckpointStore.commit
+
+    def write(self, alerts=(), incidents=()):
+        incidents = list(incidents)
+        if incidents and not state["crashed"]:
+            state["armed"] = True
+            state["sent"] += [i.incident_id for i in incidents]
+        return real_write(self, alerts, incidents)
+
+    def commit(self, cp):
+        if state["armed"] and not state["crashed"]:
+            state["crashed"] = True
+            raise RuntimeError("killed before the checkpoint")
+        return real_commit(self, cp)
+
+    monkeypatch.setattr(zeek_input.ZeekFeedback, "write", write)
+    monkeypatch.setattr(CheckpointStore, "commit", commit)
+
+    def run():
+        opts = WatchOptions(score=ScoreOptions(baseline=[str(IOT23)], fpr=0.01,
+                                               zeek_feedback=str(fb)),
+                            once=True, rescan_seconds=0.2, use_events=False, window_records=200)
+        return Watcher(str(logs), str(out), opts).run()
+
+    with pytest.raises(RuntimeError, match="killed before the checkpoint"):
+        run()
+    assert state["crashed"] and state["sent"]
+    incidents = tmp_path / "verdicts.incidents.log"
+    assert sorted(zeek_incident_ids(incidents)) == sorted(state["sent"])
+    run()      # cuts incidents.jsonl back to its checkpoint, then scores the window again
+    ids = incident_ids(out)
+    assert set(state["sent"]) <= set(ids)
+    assert sorted(zeek_incident_ids(incidents)) == sorted(ids) and len(set(ids)) == len(ids)
