@@ -135,11 +135,11 @@ def test_once_ends_as_stalled_when_an_output_stays_unwritable(tmp_path, monkeypa
     w.close()
     calls = []
 
-    def full(self, alerts):
+    def full(self, alerts=(), incidents=()):
         calls.append(len(alerts))
-        raise OutputError("cannot write: No space left on device", self.path)
+        raise OutputError("cannot write: No space left on device", self.verdicts.path)
 
-    monkeypatch.setattr(zeek_input.VerdictFeedbackWriter, "write", full)
+    monkeypatch.setattr(zeek_input.ZeekFeedback, "write", full)
     opts = WatchOptions(score=ScoreOptions(baseline=[baseline], fpr=0.2,
                                            zeek_feedback=str(tmp_path / "verdicts.log")),
                         once=True, retry_seconds=0.05, max_retry_seconds=0.1,
