@@ -73,3 +73,36 @@ def test_equals_community_id_v1_on_any_rows(rows, seed):
         except ValueError:
             want.append(None)
     assert community_id_column(t, seed).to_pylist() == want
+
+
+def _plugin_flows() -> list[tuple[str, str, int, int, int, int, str]]:
+    """(saddr, daddr, proto, sport, dport, seed, id) of each flow the Zeek plugin logged."""
+    import ipaddress
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(DATA, "..", "community-id", "*.pcap.out"))):
+        with open(path) as f:
+            for line in f:
+                if line.startswith("#"):
+                    continue
+                fields, cid = line.rstrip("\n").split(" -> ")
+                seed, sa, da, proto, _pad, sp, dp = fields.split(" (")[0].split()
+                ip = [str(ipaddress.ip_address(bytes.fromhex(a.replace(":", "")))) for a in (sa, da)]
+                n = [int(x.replace(":", ""), 16) for x in (proto, sp, dp, seed)]
+                out.append((ip[0], ip[1], n[0], n[1], n[2], n[3], cid))
+    return out
+
+
+def test_equals_zeeks_community_id_plugin_on_real_captures():
+    """The plugin logged each flow in hashing order (endpoints ordered, an ICMP type's
+    counterpart in the port field): given that way, as a conn, each gets the plugin's id."""
+    flows = _plugin_flows()
+    assert len(flows) == 18 and {f[2] for f in flows} == {1, 6, 17, 58}
+    names = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp"}    # Zeek logs ICMPv6 as "icmp"
+    t = pa.table({"id.orig_h": pa.array([f[0] for f in flows], pa.string()),
+                  "id.resp_h": pa.array([f[1] for f in flows], pa.string()),
+                  "id.orig_p": pa.array([f[3] for f in flows], pa.uint16()),
+                  "id.resp_p": pa.array([f[4] for f in flows], pa.uint16()),
+                  "proto": pa.array([names[f[2]] for f in flows], pa.string())})
+    assert {f[5] for f in flows} == {0}
+    assert community_id_column(t).to_pylist() == [f[6] for f in flows]
