@@ -329,3 +329,42 @@ def test_watch_reloads_a_changed_allowlist(tmp_path, workers, caplog):
         assert ("suppressed_by" in v) == want, (order[v["uid"]], v)
     assert any(host in (v["id.orig_h"], v["id.resp_h"]) and v["alert"] for v in verdicts)
     assert "allowlist not reloaded" in caplog.text and "reloaded: 1 rules" in caplog.text
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_watch_incidents_read_as_score_incidents(tmp_path, workers):
+    """Live incidents are as good as batch ones (issue 16): the same log through `score` and
+    `watch --once`, with the same baseline, gives the same incidents with the same descriptions
+    (volume statements and periodicity included), the same explanations of their top conns
+    (against the baseline of the conn's kind, and the detector's reason), and each commit's
+    closed incidents ranked highest first."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    shutil.copy(REAL_CONN, root / "conn.log")
+    r = CliRunner().invoke(main, ["watch", str(root), "--out", str(tmp_path / "live"), "--once",
+                                  "--baseline", REAL_CONN, "--window-records", "50", "--quiet",
+                                  "--no-models", "--score-workers", workers, "--fpr", "0.05"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["score", REAL_CONN, "--out", str(tmp_path / "batch"),
+                                  "--baseline", REAL_CONN, "--no-progress", "--no-models", "--fpr", "0.05"])
+    assert r.exit_code == 0, r.output
+    live = [json.loads(x) for x in open(tmp_path / "live" / "incidents.jsonl")]
+    batch = [json.loads(x) for x in open(tmp_path / "batch" / "incidents.jsonl")]
+    assert len(batch) >= 2
+    assert any(" baseline bytes per conn " in i["description"] for i in batch)
+    assert {i["incident_id"] for i in live} == {i["incident_id"] for i in batch}
+    by_id = {i["incident_id"]: i for i in batch}
+    for inc in live:
+        want = by_id[inc["incident_id"]]
+        assert inc["description"] == want["description"]
+        for key in ("host", "role", "alerts", "score", "peers", "resp_ports", "services"):
+            assert inc[key] == want[key], key
+        for a, b in zip(inc["top_conns"], want["top_conns"]):
+            assert a.get("explanation") == b.get("explanation")
+            assert a.get("detector_explanation") == b.get("detector_explanation")
+            assert a.get("community_id") == b.get("community_id")
+    assert any(c.get("explanation") for i in live for c in i["top_conns"])
+    assert any(c.get("detector_explanation") for i in live for c in i["top_conns"])
+    # --once closes everything in its last commit: one commit, so one ranking
+    scores = [i["score"] for i in live]
+    assert scores == sorted(scores, reverse=True)

@@ -28,6 +28,8 @@ from zeekml.scoring.evidence import incident_signatures
 REQUIRED = ("ts", "uid", "id.orig_h", "id.resp_h", "id.resp_p", "proto", "score", "alert", "model")
 OPTIONAL = {"service": pa.string(), "orig_bytes": pa.float64(), "resp_bytes": pa.float64(),
             "verdict_id": pa.string(), "community_id": pa.string(), "explanation": pa.string(),
+            # the detector's own reason (the notice's sub: nearest baseline conns, tokens)
+            "detector_explanation": pa.string(),
             "suppressed_by": pa.string(),
             # Suricata alerts joined onto the conn (verdicts.jsonl, scoring.evidence)
             "suricata_alerts": pa.list_(pa.struct([
@@ -274,6 +276,7 @@ class _Columns:
         self.verdict_id = _col(table, "verdict_id", "")
         self.community_id = _col(table, "community_id", "")
         self.explanation = _col(table, "explanation", "")
+        self.detector_explanation = _col(table, "detector_explanation", "")
         self.suricata = (table.column("suricata_alerts").to_pylist()
                          if "suricata_alerts" in table.column_names else None)
 
@@ -303,7 +306,8 @@ def _incident(role: str, rows: np.ndarray, c: _Columns, times: _HostTimes, opt: 
                 "id.resp_p": int(c.port[i]) if np.isfinite(c.port[i]) else None,
                 "proto": str(c.proto[i]), "score": float(c.score[i]), "model": str(c.model[i])}
         for name, col in (("verdict_id", c.verdict_id), ("community_id", c.community_id),
-                          ("explanation", c.explanation)):
+                          ("explanation", c.explanation),
+                          ("detector_explanation", c.detector_explanation)):
             if col[i]:
                 conn[name] = str(col[i])
         if c.suricata is not None and c.suricata[i]:
@@ -479,7 +483,6 @@ def incidents_from_batch(batch, baseline: pa.Table | None = None,
     ``BaselineProfile``, fitted here when not given) and volume statements. ``host_times``: as
     ``build_incidents`` (then ``batch`` may hold the alerting conns only).
     """
-    from zeekml.flows.community_id import community_ids
     from zeekml.scoring.explain import BaselineProfile
     from zeekml.scoring.verdict import verdict_id
 
@@ -491,17 +494,18 @@ def incidents_from_batch(batch, baseline: pa.Table | None = None,
     vids: list[str | None] = [None] * n
     cids: list[str | None] = [None] * n
     expl: list[str | None] = [None] * n
+    why: list[str | None] = [None] * n
     if len(rows):
         uid, ts = batch.column("uid"), batch.column("ts")
-        sub = t.take(pa.array(rows, pa.int64()))
-        for r, cid in zip(rows.tolist(), community_ids(sub)):
-            vids[r] = verdict_id(models[r], uid[r], ts[r])
-            cids[r] = cid
         if profile is None and baseline is not None and baseline.num_rows:
             profile = BaselineProfile().fit(baseline)
-        if profile is not None:
-            for r, text in zip(rows.tolist(), profile.explain(t, rows)):
-                expl[r] = text
+        ev = alert_evidence(t, rows, profile)
+        subs = getattr(batch, "sub", None) or {}
+        for k, r in enumerate(rows.tolist()):
+            vids[r] = verdict_id(models[r], uid[r], ts[r])
+            cids[r] = ev["community_id"][k]
+            expl[r] = ev["explanation"][k]
+            why[r] = subs.get(r) or None
     table = pa.table({
         "ts": t.column("ts"), "uid": t.column("uid"), "id.orig_h": t.column("id.orig_h"),
         "id.resp_h": t.column("id.resp_h"), "id.resp_p": pc.cast(t.column("id.resp_p"), pa.int64()),
@@ -511,9 +515,38 @@ def incidents_from_batch(batch, baseline: pa.Table | None = None,
         "resp_bytes": pc.cast(t.column("resp_bytes"), pa.float64()),
         "verdict_id": pa.array(vids, pa.string()), "community_id": pa.array(cids, pa.string()),
         "explanation": pa.array(expl, pa.string()),
+        "detector_explanation": _strings(why),
     })
     if getattr(batch, "suricata_alerts", None):
         sur = [batch.suricata_alerts.get(r) for r in range(n)]
         table = table.append_column("suricata_alerts", pa.array(sur, OPTIONAL["suricata_alerts"]))
     ref = host_baseline_bytes(baseline) if baseline is not None else None
     return build_incidents(table, options, baseline_bytes=ref, host_times=host_times)
+
+
+def alert_evidence(table: pa.Table, rows: np.ndarray, profile=None) -> dict[str, list]:
+    """What an incident says about each alerting conn of ``rows`` of the conn ``table``, as
+    ``score`` and ``watch`` both take it (one helper, so their incidents read the same):
+    ``service``, ``orig_bytes``, ``resp_bytes`` (volume statements), ``community_id`` and, given a
+    fitted ``scoring.explain.BaselineProfile``, ``explanation`` (how the conn differs from the
+    baseline's conns of its kind; None without a profile). Lists in the order of ``rows``."""
+    from zeekml.flows.community_id import community_ids
+
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return {k: [] for k in ("service", "orig_bytes", "resp_bytes", "community_id", "explanation")}
+    sub = table.take(pa.array(rows))
+
+    def floats(name: str) -> list:
+        if name not in sub.column_names:
+            return [None] * len(rows)
+        return pc.cast(sub.column(name), pa.float64()).to_pylist()
+
+    return {
+        "service": (sub.column("service").to_pylist() if "service" in sub.column_names
+                    else [None] * len(rows)),
+        "orig_bytes": floats("orig_bytes"), "resp_bytes": floats("resp_bytes"),
+        "community_id": list(community_ids(sub)),
+        "explanation": (profile.explain(table, rows) if profile is not None
+                        else [None] * len(rows)),
+    }

@@ -70,9 +70,10 @@ def write_baseline_log(table: pa.Table, path: str) -> None:
 
 
 def calibrate(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint, stats: WatchStats,
-              stop: threading.Event, on_wait: WaitFn) -> FittedDetectors:
+              stop: threading.Event, on_wait: WaitFn,
+              on_baseline: Callable[[pa.Table], None] | None = None) -> FittedDetectors:
     """Fit and calibrate the detectors (see the module docstring); ``stats.calibration`` says
-    on what."""
+    on what. ``on_baseline`` is handed the baseline's conns (incidents describe against them)."""
     so = opts.score
     cal_path = os.path.join(out_dir, CALIBRATION)
     saved = None
@@ -127,6 +128,8 @@ def calibrate(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoint, stats
     extra, fb_source = _feedback_conns(root, out_dir, so.feedback, baseline, saved)
     summary = ScoreSummary()
     fitted = fit_calibrate(baseline, so, summary, fit_extra=extra)
+    if on_baseline is not None:
+        on_baseline(baseline)
     names = [d.name for d in fitted.detectors]
     if saved is not None and saved.get("models", list(so.detectors)) != names:
         raise ZeekmlError(f"calibrated with the detectors {saved.get('models')}, now "

@@ -1,17 +1,21 @@
 """Incidents in ``zeekml watch``: grown from each window's alerts, closed by log time.
 
 The alerts of the incidents still open are kept (in memory and in the checkpoint's ``stats``,
-committed with the outputs, so a restart neither loses nor repeats them). After each window the
-open alerts are grouped as ``zeekml score`` groups them (``scoring.incidents.build_incidents``);
-an incident is closed once the log time has passed its last alert by the time that could still
-extend it (``horizon``), less ``lateness`` for conns Zeek writes late. A closed incident is
-appended to ``incidents.jsonl`` once, with the window that closed it, and its alerts are dropped;
-``incidents-open.jsonl`` is rewritten whole after each window with the open ones as they grow.
-``--once`` closes every open incident at its end.
+committed with the outputs, so a restart neither loses nor repeats them), each with what
+``zeekml score`` knows of an alerting conn (``scoring.incidents.alert_evidence``: service, bytes,
+Community ID, the explanation against the baseline of its kind) and the detector's own reason
+(the verdict's ``sub``). After each window the open alerts are grouped and described as ``score``
+does (``scoring.incidents.build_incidents`` with the baseline's per-host bytes, so volume
+statements and periodicity read the same); the baseline is the live calibration's
+(``set_baseline``). An incident is closed once the log time has passed its last alert by the
+time that could still extend it (``horizon``), less ``lateness`` for conns Zeek writes late. A
+commit's closed incidents are appended to ``incidents.jsonl`` once, ranked highest first, and
+their alerts dropped; ``incidents-open.jsonl`` is rewritten whole after each window with the
+open ones as they grow. ``--once`` closes every open incident at its end.
 
-What differs from ``score``: only alerting conns are kept, so an incident's ``conns`` counts its
-alerts' conns, and there are no volume statements or explanations (no bytes, no baseline
-profile); ``incidents.jsonl`` is in closing order (``zeekml report`` ranks).
+What still differs from ``score``: only alerting conns are kept, so an incident's ``conns``
+counts its alerts' conns; and ``incidents.jsonl`` is ranked within each commit (a later commit's
+incident may outrank an earlier one: ``zeekml report`` ranks them all).
 """
 from __future__ import annotations
 
@@ -19,12 +23,17 @@ import math
 from typing import Iterable
 
 import numpy as np
+import pyarrow as pa
 
-from zeekml.scoring.incidents import Incident, IncidentOptions, build_incidents, verdict_table
+from zeekml.scoring.explain import BaselineProfile
+from zeekml.scoring.incidents import (Incident, IncidentOptions, alert_evidence, build_incidents,
+                                      host_baseline_bytes, verdict_table)
 from zeekml.scoring.verdict import Verdict
 
 OPEN_INCIDENTS = "incidents-open.jsonl"
 STATE_KEY = "incidents"
+# what each kept alert carries besides its verdict (scoring.incidents.alert_evidence)
+EVIDENCE = ("service", "orig_bytes", "resp_bytes", "community_id", "explanation")
 
 
 def _record(v: Verdict) -> dict:
@@ -33,6 +42,8 @@ def _record(v: Verdict) -> dict:
            "model": v.model, "verdict_id": v.verdict_id}
     if v.suricata_alerts:       # the incident counts them (scoring.evidence)
         rec["suricata_alerts"] = v.suricata_alerts
+    if v.sub:                   # the detector's reason, as score's incidents carry it
+        rec["detector_explanation"] = v.sub
     return rec
 
 
@@ -48,6 +59,8 @@ class LiveIncidents:
     def __init__(self, options: IncidentOptions | None = None, lateness: float = 300.0,
                  state: dict | None = None):
         self.options = options or IncidentOptions()
+        self.profile: BaselineProfile | None = None
+        self.baseline_bytes: dict[str, tuple[float, float]] | None = None
         self.lateness = lateness
         state = state or {}
         self.alerts: list[dict] = list(state.get("open", []))
@@ -60,9 +73,29 @@ class LiveIncidents:
         return {"open": list(self.alerts), "closed": self.closed,
                 "log_time": self.log_time if math.isfinite(self.log_time) else None}
 
-    def add(self, alerts: Iterable[Verdict], log_time: float | None) -> None:
-        """Take a window's (new, not suppressed) alerts and the newest ``ts`` it read."""
-        self.alerts.extend(_record(v) for v in alerts)
+    def set_baseline(self, baseline: pa.Table) -> None:
+        """Describe against ``baseline`` (the calibration's conns), as ``score`` does against
+        its baseline: explanations by kind of conn and volume statements per host. Computed
+        again at each start from the same baseline, so nothing of it is checkpointed."""
+        if baseline.num_rows == 0:
+            return
+        self.profile = BaselineProfile().fit(baseline)
+        self.baseline_bytes = host_baseline_bytes(baseline)
+
+    def add(self, alerts: Iterable[Verdict], log_time: float | None,
+            conns: pa.Table | None = None, rows: Iterable[int] | None = None) -> None:
+        """Take a window's (new, not suppressed) alerts and the newest ``ts`` it read; with the
+        scored ``conns`` and each alert's row in it (``rows``), the alerts carry the evidence
+        ``score`` gives its incidents (``alert_evidence``)."""
+        recs = [_record(v) for v in alerts]
+        if conns is not None and rows is not None and recs:
+            ev = alert_evidence(conns, np.fromiter(rows, dtype=np.int64, count=len(recs)),
+                                self.profile)
+            for k, rec in enumerate(recs):
+                for name in EVIDENCE:
+                    if ev[name][k] is not None:
+                        rec[name] = ev[name][k]
+        self.alerts.extend(recs)
         if log_time is not None and math.isfinite(log_time):
             self.log_time = max(self.log_time, log_time)
 
@@ -75,13 +108,18 @@ class LiveIncidents:
 
     def update(self, flush: bool = False) -> tuple[list[Incident], list[Incident]]:
         """Close what the log time has passed (everything with ``flush``): returns
-        ``(closed, still_open)`` and drops the closed incidents' alerts."""
+        ``(closed, still_open)``, both ranked highest first, and drops the closed incidents'
+        alerts."""
         if not self.alerts:
             return [], []
-        incs = build_incidents(verdict_table(self.alerts), self.options)
+        incs = build_incidents(verdict_table(self.alerts), self.options,
+                               baseline_bytes=self.baseline_bytes)
         now = self.log_time - self.lateness
         shut = [flush or i.last_ts + self.horizon(i) < now for i in incs]
-        closed = [i for i, c in zip(incs, shut) if c]
+        # ranked highest first, as score ranks (build_incidents' order, made explicit here
+        # because incidents.jsonl is written in this order)
+        closed = sorted((i for i, c in zip(incs, shut) if c),
+                        key=lambda i: (-i.score, i.first_ts, i.incident_id))
         still = [i for i, c in zip(incs, shut) if not c]
         if closed:
             ts = np.array([a["ts"] if a["ts"] is not None else math.nan for a in self.alerts])
@@ -92,4 +130,7 @@ class LiveIncidents:
                 drop |= host & (ts >= inc.first_ts) & (ts <= inc.last_ts)
             self.alerts = [a for a, d in zip(self.alerts, drop) if not d]
             self.closed += len(closed)
+        if flush:
+            # everything closes: alerts no incident holds (neither address set) go too
+            self.alerts = []
         return closed, still

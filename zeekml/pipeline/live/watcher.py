@@ -94,6 +94,7 @@ class _Window:
     flush: bool = False              # --once end: every open incident closes
     suricata: dict | None = None     # row -> the Suricata alerts joined onto its conn
     suricata_state: list | None = None   # the alerts still waiting for their flow, as of now
+    conns: pa.Table | None = None    # the scored conns (rows as in ``scored``): incident evidence
 
 
 def _file_sig(path: str) -> tuple[int, int] | None:
@@ -218,7 +219,8 @@ class Watcher:
             dedup.seed_from(outputs.path(VERDICTS), outputs.lengths[VERDICTS])
             try:
                 fitted = calibrate(self.root, self.out_dir, opts, cp, self.stats, self._stop,
-                                   self._calibration_wait)
+                                   self._calibration_wait,
+                                   on_baseline=self._incidents.set_baseline)
             except Stopped:
                 self.stats.state = "stopped"
                 return self.stats
@@ -371,6 +373,10 @@ class Watcher:
                 if stopping:
                     self.stats.state = "stopped"
                     return
+                if opts.once and idle and not dirty and self._incidents.alerts:
+                    # the last window's alerts (scored in a worker) came in with finish():
+                    # one more, empty window closes their incidents
+                    continue
                 if opts.once and idle and not dirty:
                     self.stats.state = "done"
                     return
@@ -432,7 +438,7 @@ class Watcher:
         else:
             w = _Window(score_window(table, fitted, self._allowlist), None, qlines, files, done)
         w.suricata, w.suricata_state = live_suricata_join(self._suricata, table, t)
-        w.log_time, w.flush = t, flush
+        w.log_time, w.flush, w.conns = t, flush, table
         return w
 
     def _finish_window(self, w: _Window, outputs, dedup, feedback, store, cp) -> None:
@@ -453,10 +459,12 @@ class Watcher:
             fresh = None
         notices = NoticeWriter(None)
         alerts: list[Verdict] = []
+        alert_rows: list[int] = []
         notes: Counter[str] = Counter()
         for i, v in scored.alerts:
             if fresh is not None and not fresh[i]:
                 continue
+            alert_rows.append(i)
             if w.suricata and i in w.suricata:
                 v.suricata_alerts = w.suricata[i]
             notices.write(v)
@@ -464,7 +472,7 @@ class Watcher:
             notes[v.note] += 1
         written = lines if keep is None else keep
         incidents = self._incidents
-        incidents.add(alerts, w.log_time)
+        incidents.add(alerts, w.log_time, w.conns, alert_rows)
         closed, still_open = incidents.update(flush=w.flush)
         parts = {VERDICTS: b"".join(written), QUARANTINE: b"".join(w.quarantine),
                  NOTICES: notices.take_lines() if self.options.score.conn_notices else b"",
