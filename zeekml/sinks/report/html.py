@@ -117,10 +117,12 @@ def _evidence(inc: dict) -> str:
             continue
         rows.append((fmt_ts(c.get("ts")), esc(c.get("uid")), esc(c.get("id.orig_h")),
                      esc(c.get("id.resp_h")), esc(f"{c.get('id.resp_p')}/{c.get('proto')}"),
-                     _num(c.get("score")), esc(c.get("model")), esc(c.get("explanation", "")),
+                     _num(c.get("score")), esc(c.get("model")),
+                     esc(c.get("detector_explanation", "")), esc(c.get("explanation", "")),
                      esc(c.get("community_id", ""))))
     return ("<details><summary>top conns</summary>" +
-            _table(["ts (UTC)", "uid", "orig", "resp", "port", "score", "detector", "why",
+            _table(["ts (UTC)", "uid", "orig", "resp", "port", "score", "detector",
+                    "why the detector alerted", "unlike the baseline's conns of its kind",
                     "community_id"], rows, num_cols={5}) + "</details>")
 
 

@@ -65,18 +65,22 @@ def timeline_svg(ts: np.ndarray, alert: np.ndarray, model: np.ndarray, detectors
 
 
 def score_distribution_svg(name: str, scores: np.ndarray, index: int) -> str | None:
-    """Histogram of one detector's calibrated scores (log count), with its threshold at 1.0."""
+    """Histogram of one detector's calibrated scores (log count), with its threshold at 1.0.
+
+    A calibrated score is 0 at the baseline's median and 1 at the threshold; the conns below the
+    median (negative in ``verdicts.jsonl``) are counted at 0, so what a person reads is never
+    negative."""
     s = scores[np.isfinite(scores)]
     if len(s) == 0:
         return None
     fig, ax = _figure((4.4, 2.8))
     hi = max(float(np.quantile(s, 0.999)), 1.5)
-    lo = min(float(np.quantile(s, 0.001)), 0.0)
+    lo = 0.0
     ax.hist(np.clip(s, lo, hi), bins=60, range=(lo, hi), color="#4477aa", log=True)
     ax.axvline(1.0, color="#cc3311", linestyle="--", label="threshold (1.0)")
     n_over = int((s >= 1.0).sum())
     ax.set_title(f"{safe_label(name)}: {n_over:,} of {len(s):,} at or over threshold", fontsize=9)
-    ax.set_xlabel("calibrated score (clipped to 0.1%-99.9%)")
+    ax.set_xlabel("calibrated score (0 = baseline median, up to the 99.9th percentile)")
     ax.set_ylabel("conns")
     ax.legend(fontsize=8)
     return _svg(fig, f"scores{index}")

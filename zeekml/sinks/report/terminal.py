@@ -41,5 +41,17 @@ def print_incidents(run: RunData, top: int = 10, console: Console | None = None)
         score = inc.get("score")
         t.add_row(str(rank), f"{score:.2f}" if isinstance(score, (int, float)) else "?",
                   Text(str(inc.get("host"))), Text(str(inc.get("role"))), _ts(inc.get("first_ts")),
-                  f"{inc.get('alerts', '?')}/{inc.get('conns', '?')}", Text(str(inc.get("description"))))
+                  f"{inc.get('alerts', '?')}/{inc.get('conns', '?')}", _what(inc))
     console.print(t)
+
+
+def _what(inc: dict) -> Text:
+    """The description, then why its strongest conn alerted (the detector's reason, and how it
+    differs from the baseline's conns of its kind), dimmed."""
+    text = Text(str(inc.get("description")))
+    top = inc.get("top_conns")
+    if isinstance(top, list) and top and isinstance(top[0], dict):
+        why = [str(top[0][k]) for k in ("detector_explanation", "explanation") if top[0].get(k)]
+        if why:
+            text.append("\nstrongest conn: " + "; ".join(why), style="dim")
+    return text
