@@ -18,6 +18,14 @@ Usage::
     OMP_NUM_THREADS=1 python bench/detect_classifiers.py --out /tmp/clf.json [--bases moe mae gnn]
 
 Writes ``--out`` after every fold. ``--keep DIR`` keeps the finetuned directories.
+
+``--final DIR`` (one base) instead trains the same recipe on every capture and writes a model
+directory to ship: its trained cut as above, the leave-one-capture-out numbers of ``--loco
+JSON`` (this script's ``--out`` of an earlier run, same base and shots) and the share of zat's
+unlabeled conn.log (one ordinary host, presumed benign) it flags at its cut in the manifest::
+
+    OMP_NUM_THREADS=1 python bench/detect_classifiers.py --bases mae --final /tmp/mae-malicious \
+        --loco docs/results/detection_classifiers_loco.json
 """
 from __future__ import annotations
 
@@ -39,6 +47,8 @@ from detect_eval import CAPTURES, load  # noqa: E402
 from eval_data import DATA, FILES  # noqa: E402
 
 from zeekml.train.data import sample_shots, temporal_split  # noqa: E402
+from zeekml.train.artifact import update_manifest, update_metrics  # noqa: E402
+from zeekml.train.data import load_conns  # noqa: E402
 from zeekml.train.protocol import store_trained_cut, validation_benign_rows  # noqa: E402
 from zeekml.train.registry import get_trainer  # noqa: E402
 
@@ -85,18 +95,64 @@ def held_out_metrics(p: np.ndarray, y: np.ndarray, cut: float) -> dict:
     return out
 
 
+def finetune(base: str, names: list[str], shots: int, seed: int, fpr_train: float, out: str) -> dict:
+    """Finetune ``base`` on ``names`` (``training_set``) into ``out`` and store its trained cut."""
+    table, labels, rows, early = training_set(names, shots, seed)
+    get_trainer(base).finetune(os.path.join(ROOT, "models", f"{base}-base"), table, labels, rows,
+                               hide_service=False, seed=seed, out=out,
+                               sources=[os.path.join(DATA, FILES[c]) for c in names],
+                               label_field="label", device="cpu")
+    op = store_trained_cut(out, table, validation_benign_rows(labels, early, rows, seed), fpr_train)
+    return {"train": names, "train_rows": int(len(rows)), "operating_point": op}
+
+
+def final(args: argparse.Namespace) -> None:
+    """``--final``: the recipe on every capture, written as a model directory to ship."""
+    from zeekml.scoring.registry import classifier_detector
+
+    if len(args.bases) != 1:
+        raise SystemExit("--final takes one base (--bases KIND)")
+    base = args.bases[0]
+    r = finetune(base, list(args.captures), args.shots, args.seed, args.fpr_train, args.final)
+    det = classifier_detector(args.final)
+    zat = load_conns(os.path.join(DATA, FILES["zat"]))
+    flagged = float((np.asarray(det.score(zat)) >= det.decision_threshold).mean())
+    metrics = {"train_captures": r["train"], "shots_per_class_per_capture": args.shots,
+               "train_rows": r["train_rows"], "seed": args.seed, "label_field": "label",
+               "zat_conn_log_flagged_at_cut": {"conns": zat.num_rows, "flagged": round(flagged, 4)}}
+    if args.loco:
+        with open(args.loco) as f:
+            loco = json.load(f)
+        if loco.get("shots") != args.shots:
+            raise SystemExit(f"--loco ran with --shots {loco.get('shots')}, not {args.shots}")
+        metrics["leave_one_capture_out"] = {
+            k.split("/", 1)[1]: {m: v.get(m) for m in ("auroc", "ap", "oracle_recall_at_1pct", "trained_cut")}
+            for k, v in loco["folds"].items() if k.startswith(base + "/")}
+        metrics["leave_one_capture_out_by"] = loco["command"]
+    update_metrics(args.final, metrics)
+    update_manifest(args.final, {"command": "python bench/detect_classifiers.py " + " ".join(sys.argv[1:])})
+    log.info("%s: %s", args.final, json.dumps(metrics))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="the leave-one-capture-out JSON (not with --final)")
     ap.add_argument("--bases", nargs="+", default=["moe", "mae", "gnn"])
     ap.add_argument("--captures", nargs="+", default=CAPTURES, choices=CAPTURES)
     ap.add_argument("--shots", type=int, default=300, help="per class per training capture")
     ap.add_argument("--fpr-train", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="keep the finetuned dirs under this directory")
+    ap.add_argument("--final", default=None, help="train on every capture into this directory")
+    ap.add_argument("--loco", default=None, help="with --final: this script's --out of the same recipe")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("zeekml").setLevel(logging.WARNING)
+    if args.final:
+        final(args)
+        return
+    if not args.out:
+        ap.error("--out is required (or --final)")
     from zeekml.scoring.registry import classifier_detector
 
     results: dict = {"command": "python bench/detect_classifiers.py " + " ".join(sys.argv[1:]),
@@ -105,21 +161,13 @@ def main() -> None:
         for held in args.captures:
             train_names = [c for c in CAPTURES if c != held]
             t0 = time.perf_counter()
-            table, labels, rows, early = training_set(train_names, args.shots, args.seed)
             out = (os.path.join(args.keep, f"{base}-loco-{held}") if args.keep
                    else tempfile.mkdtemp(prefix=f"clf-{base}-{held}-"))
-            get_trainer(base).finetune(os.path.join(ROOT, "models", f"{base}-base"), table, labels,
-                                       rows, hide_service=False, seed=args.seed, out=out,
-                                       sources=[os.path.join(DATA, FILES[c]) for c in train_names],
-                                       label_field="label", device="cpu")
-            t_train = time.perf_counter() - t0
-            op = store_trained_cut(out, table, validation_benign_rows(labels, early, rows, args.seed),
-                                   args.fpr_train)
+            r = finetune(base, train_names, args.shots, args.seed, args.fpr_train, out)
             t, y = load(held, None)
             p = classifier_detector(out).score(t)
-            r = {"train": train_names, "train_rows": int(len(rows)), "operating_point": op,
-                 "train_seconds": round(t_train, 1), "seconds": round(time.perf_counter() - t0, 1)}
-            r |= held_out_metrics(np.asarray(p), y, op["cut"])
+            r["seconds"] = round(time.perf_counter() - t0, 1)
+            r |= held_out_metrics(np.asarray(p), y, r["operating_point"]["cut"])
             results["folds"][f"{base}/{held}"] = r
             log.info("%s held out %s: %s", base, held, json.dumps(r))
             with open(args.out, "w") as f:

@@ -86,6 +86,20 @@ def update_config(model_dir: str, keys: dict[str, Any]) -> None:
         json.dump(m, f, indent=2)
 
 
+def update_manifest(model_dir: str, keys: dict[str, Any]) -> None:
+    """Set top-level ``keys`` of ``model_dir``'s manifest (e.g. the ``command`` that made it,
+    when that was not ``zeekml``'s own command line); ``files`` is refused (hashes are
+    ``save_model_dir``'s and ``update_config``'s)."""
+    if "files" in keys:
+        raise ValueError("manifest files are hashed by save_model_dir/update_config, not set")
+    path = os.path.join(model_dir, MANIFEST)
+    with open(path) as f:
+        m = json.load(f)
+    m.update(keys)
+    with open(path, "w") as f:
+        json.dump(m, f, indent=2)
+
+
 def update_metrics(model_dir: str, metrics: dict) -> None:
     """Merge ``metrics`` into ``model_dir``'s manifest (metrics are not hashed files)."""
     path = os.path.join(model_dir, MANIFEST)

@@ -60,3 +60,15 @@ def test_update_config_keeps_the_directory_verifying(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg | {"operating_point": {"cut": 0.1}}))
     with pytest.raises(Exception, match="sha256|altered|changed"):
         verify_model_dir(d)
+
+
+def test_update_manifest_sets_keys_but_never_the_hashes(tmp_path):
+    from zeekml.train.artifact import update_manifest
+
+    d = str(tmp_path / "m")
+    save_model_dir(d, "moe", {"schema_version": 1}, None, [])
+    update_manifest(d, {"command": "python bench/x.py"})
+    verify_model_dir(d)
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["command"] == "python bench/x.py"
+    with pytest.raises(ValueError, match="hashed"):
+        update_manifest(d, {"files": {}})
