@@ -11,7 +11,8 @@ P >= 0.5 that at most ``--fpr-train`` of the benign conns of those shares not tr
 On the capture left out (every conn, no baseline: the archive setting): AUROC and average
 precision of P(malicious), malicious recall and benign flag rate at the trained cut and at 0.5,
 and the recall an oracle cut reaches at <= 1% of the benign conns (the archive target: >= 80% of
-malicious conns at <= 1% false alerts on benign conns).
+malicious conns at <= 1% false alerts on benign conns); and the share of zat's unlabeled conn.log
+(another network: one ordinary host, presumed benign) flagged at the trained cut.
 
 Usage::
 
@@ -155,6 +156,7 @@ def main() -> None:
         ap.error("--out is required (or --final)")
     from zeekml.scoring.registry import classifier_detector
 
+    zat = load_conns(os.path.join(DATA, FILES["zat"]))
     results: dict = {"command": "python bench/detect_classifiers.py " + " ".join(sys.argv[1:]),
                      "shots": args.shots, "fpr_train": args.fpr_train, "folds": {}}
     for base in args.bases:
@@ -165,9 +167,12 @@ def main() -> None:
                    else tempfile.mkdtemp(prefix=f"clf-{base}-{held}-"))
             r = finetune(base, train_names, args.shots, args.seed, args.fpr_train, out)
             t, y = load(held, None)
-            p = classifier_detector(out).score(t)
+            det = classifier_detector(out)
+            p = det.score(t)
             r["seconds"] = round(time.perf_counter() - t0, 1)
             r |= held_out_metrics(np.asarray(p), y, r["operating_point"]["cut"])
+            # another network: zat's unlabeled conn.log (one ordinary host, presumed benign)
+            r["zat_flagged_at_cut"] = float((np.asarray(det.score(zat)) >= det.decision_threshold).mean())
             results["folds"][f"{base}/{held}"] = r
             log.info("%s held out %s: %s", base, held, json.dumps(r))
             with open(args.out, "w") as f:
