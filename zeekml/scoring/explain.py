@@ -264,15 +264,21 @@ def nearest_text(identity: pa.Table, dist: np.ndarray, rows: np.ndarray, far: fl
     out = []
     for d, r in zip(np.asarray(dist), np.asarray(rows)):
         named = [(float(d[j]), recs[int(r[j])]) for j in range(min(shown, len(d)))]
-        if named and named[0][0] > far:
+        # a model that gave NaN embeddings has no distances: say so rather than compare NaN
+        if named and np.isfinite(named[0][0]) and np.isfinite(far) and named[0][0] > far:
             c = named[0][1]
             out.append(f"unlike any of the baseline's {n_reference:,} conns (nearest distance "
                        f"{named[0][0]:.2f}, baseline p99 {far:.2f}: {conn_label(c)}, uid "
                        f"{c.get('uid') or '?'})")
         else:
-            out.append(f"nearest baseline conns (baseline p99 {far:.2f}): " + ", ".join(
-                f"{conn_label(c)} (uid {c.get('uid') or '?'}, distance {x:.2f})" for x, c in named))
+            out.append(f"nearest baseline conns (baseline p99 {_dist(far)}): " + ", ".join(
+                f"{conn_label(c)} (uid {c.get('uid') or '?'}, distance {_dist(x)})"
+                for x, c in named))
     return out
+
+
+def _dist(x: float) -> str:
+    return f"{x:.2f}" if np.isfinite(x) else "n/a"
 
 
 def odds(nll: float) -> str:

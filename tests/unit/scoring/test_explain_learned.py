@@ -80,6 +80,13 @@ def test_nearest_text_near_and_far():
     assert "\n" not in near + far and "\t" not in near + far
 
 
+def test_nearest_text_without_finite_distances_claims_nothing():
+    text, = nearest_text(_identity(), np.array([[np.nan]]), np.array([[0]]), far=np.nan,
+                         n_reference=2)
+    assert text == ("nearest baseline conns (baseline p99 n/a): 10.0.0.2 -> 10.0.0.1 icmp (uid Cb, "
+                    "distance n/a)")
+
+
 def test_odds_and_surprise_text():
     assert odds(np.log(650)) == "1 in 650"
     assert odds(0.1) == "90%"
