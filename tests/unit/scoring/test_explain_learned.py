@@ -183,3 +183,20 @@ def test_position_nll_masks_one_position_at_a_time(fitted, conns):
         want = L.field_nll(torch.as_tensor(ids)).numpy()
     np.testing.assert_allclose(nll[:, -1, :], want, rtol=1e-4, atol=1e-5)
     assert (nll[~valid] == 0).all()
+
+
+def test_zscore_references_explain_in_words(fitted, conns):
+    """With the z-score reference there are no neighbours: mae says which modality is
+    reconstructed worse than the baseline's, moe only the host's least expected conn."""
+    from zeekml.scoring.detectors.mae import PARTS, MAEDetector
+    from zeekml.scoring.detectors.token import TokenDetector
+    base = conns.slice(0, 300)
+    mae = MAEDetector(fitted("mae").loaded, reference="zscore").fit(base)
+    for text in mae.explain(conns, np.array([350, 399])):
+        assert text.startswith(("reconstructed worse than the baseline's conns: ",
+                                "no modality reconstructed worse")), text
+        if text.startswith("reconstructed"):
+            assert any(f"{p} error " in text for p in PARTS)
+    moe = TokenDetector(fitted("moe").loaded, reference="zscore").fit(base)
+    text = moe.explain(conns, np.array([399]))[0]
+    assert text.startswith("of ") and "nearest" not in text
