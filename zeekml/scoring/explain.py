@@ -62,7 +62,7 @@ class Deviation:
         if ratio >= 1:
             rel = f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
         elif v <= 0:
-            rel = "none, against"
+            rel = "against"
         else:
             inv = med / v
             rel = f"1/{inv:,.0f} of" if inv >= 10 else f"{ratio:.2f}x"
@@ -294,15 +294,23 @@ TOKEN_COLUMNS = {"proto": "proto", "conn_state": "conn_state", "service": "servi
                  "orig_bytes": "orig_bytes", "resp_bytes": "resp_bytes", "orig_pkts": "orig_pkts",
                  "resp_pkts": "resp_pkts"}
 """The conn column each host-token field is read from (``gap`` and ``same_resp`` are relative)."""
-RELATIVE_FIELDS = {"gap": "time since the host's previous conn",
-                   "same_resp": "whether its responder is the alert's"}
 
 
 def token_value(conn: dict, name: str) -> str:
-    """The value of host-token field ``name`` in a conn's own words: ``service telnet``."""
+    """The value of host-token field ``name`` in a conn's own words: ``service telnet``.
+    The relative fields read ``conn["_gap"]`` (seconds since the host's previous conn in the
+    sequence, None for the first) and ``conn["_same_resp"]`` (its responder is the alert's)."""
+    if name == "gap":
+        gap = conn.get("_gap")
+        return ("first of the sequence" if gap is None else
+                f"{_num(float(gap))} s after the host's previous conn")
+    if name == "same_resp":
+        same = conn.get("_same_resp")
+        return ("same responder as the alert" if same else "another responder than the alert's"
+                if same is not None else "same_resp")
     col = TOKEN_COLUMNS.get(name)
     if col is None:
-        return RELATIVE_FIELDS.get(name, name)
+        return name
     v = conn.get(col)
     if v is None or v == "":
         return f"{name} unset"

@@ -87,6 +87,16 @@ def test_nearest_text_without_finite_distances_claims_nothing():
                     "distance n/a)")
 
 
+def test_token_values_in_words():
+    from zeekml.scoring.explain import token_value
+    assert token_value({"_gap": 4.25}, "gap") == "4.25 s after the host's previous conn"
+    assert token_value({"_gap": None}, "gap") == "first of the sequence"
+    assert token_value({"_same_resp": False}, "same_resp") == "another responder than the alert's"
+    assert token_value({"_same_resp": True}, "same_resp") == "same responder as the alert"
+    assert token_value({"history": "ShADadfF"}, "history") == "history ShADadfF"
+    assert token_value({"resp_bytes": None}, "resp_bytes") == "resp_bytes unset"
+
+
 def test_odds_and_surprise_text():
     assert odds(np.log(650)) == "1 in 650"
     assert odds(0.1) == "90%"

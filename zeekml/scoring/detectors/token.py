@@ -11,6 +11,7 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from zeekml._core.device import inference_batch
 from zeekml._core.errors import ModelError
@@ -345,6 +346,8 @@ class TokenDetector:
             hist = HostHistory.of(table)
             steps, _ = hist.window(rows, ids.shape[1], tok.max_age)
             src = hist.order[steps]                               # table row of each position
+            ts = np.nan_to_num(pc.cast(table.column("ts"), pa.float64()).to_numpy(
+                zero_copy_only=False))
         out = []
         for i, conn in enumerate(conns):
             valid = np.flatnonzero(pos[i])
@@ -355,8 +358,13 @@ class TokenDetector:
             fields = [(names[f], float(nll[i, p, f])) for f in np.argsort(-nll[i, p], kind="stable")[:top]]
             if tok.source == "host":
                 at = int(src[i, p])
-                out.append(surprise_text(str(conn.get("id.orig_h")), len(valid),
-                                         table.slice(at, 1).to_pylist()[0], fields,
+                what = table.slice(at, 1).to_pylist()[0]
+                # the relative fields, as the tokenizer saw them: the gap to the previous
+                # conn of the sequence and whether the responder is the alert's
+                what["_gap"] = (max(float(ts[at] - ts[int(src[i, p - 1])]), 0.0)
+                                if p > 0 and pos[i, p - 1] else None)
+                what["_same_resp"] = what.get("id.resp_h") == conn.get("id.resp_h")
+                out.append(surprise_text(str(conn.get("id.orig_h")), len(valid), what, fields,
                                          is_self=at == int(rows[i])))
             else:
                 parts = ", ".join(f"{f}: {odds(x)}" for f, x in fields)
