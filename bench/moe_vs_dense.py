@@ -96,7 +96,8 @@ def worker(args) -> None:
 
     def run(batch: np.ndarray) -> None:
         x = torch.as_tensor(batch, device=device)
-        out = enc(x)
+        # as the detectors run it: a pooled embedding reads the CLS and last positions alone
+        out = enc(x, positions=[0, x.shape[1]] if anchor == "last" else None)
         head(pool(out.hidden, x, anchor)).argmax(-1).cpu()
         peak_cur[0] = max(peak_cur[0], _current_rss_mb())
 

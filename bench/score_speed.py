@@ -170,6 +170,8 @@ def install(st: Stages) -> None:
     st.wrap(IsolationForestDetector, "score", "forward (sklearn)", detector_of=name)
     for det_cls in _learned_classes():
         st.wrap(det_cls, "fit", "detector (other)", detector_of=name)
+        if hasattr(det_cls, "fit_split"):       # fit, calibrate and (reusing) score in one call
+            st.wrap(det_cls, "fit_split", "detector (other)", detector_of=name)
     for det_cls in _learned_classes() + [IsolationForestDetector]:
         st.wrap(det_cls, "explain", "explain", phase="explain", detector_of=name)
     _wrap_fit_calibrate(st, batch, fitted)

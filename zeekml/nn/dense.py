@@ -126,13 +126,17 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
+        """``query``: the positions whose output is wanted (default all), ``[p]``; every
+        position is still attended to. Shapes: ``-> [b, p, d]``."""
         b, l, d = x.shape
         q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).unbind(dim=2)  # [b, l, h, k]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))                                    # [b, h, l, k]
+        if query is not None:
+            q = q[:, :, query]                                                              # [b, h, p, k]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :],
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(b, l, d))
+        return self.out(y.transpose(1, 2).reshape(b, q.shape[2], d))
 
 
 class FeedForward(nn.Module):
@@ -169,8 +173,13 @@ class Block(nn.Module):
         self.ff = ff
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor):
-        x = x + self.drop(self.attn(self.norm1(x), keep))
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, query: torch.Tensor | None = None):
+        """``query``: output only these positions ``[p]`` (every position still attended to):
+        ``-> [b, p, d]``."""
+        a = self.attn(self.norm1(x), keep, query)
+        if query is not None:
+            x, keep = x[:, query], keep[:, query]
+        x = x + self.drop(a)
         h = self.norm2(x)
         if isinstance(self.ff, FeedForward):
             zero = x.new_zeros(())
@@ -193,13 +202,18 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, ids: torch.Tensor) -> EncoderOutput:
+    def forward(self, ids: torch.Tensor, positions: list[int] | None = None) -> EncoderOutput:
+        """``positions``: the only output positions the caller reads (of ``1 + L``, CLS = 0),
+        default all; the last block then computes those alone (a pooled embedding reads 2 of
+        17: measured, see ``bench/README.md``), so ``hidden`` is ``[b, len(positions), d]``."""
         x, keep = self.embed(ids)
         balance = x.new_zeros(())
         z = x.new_zeros(())
         routing = []
-        for block in self.blocks:
-            x, b_loss, z_loss, stats = block(x, keep)
+        last = len(self.blocks) - 1
+        query = None if positions is None else torch.as_tensor(positions, device=ids.device)
+        for i, block in enumerate(self.blocks):
+            x, b_loss, z_loss, stats = block(x, keep, query if i == last else None)
             balance = balance + b_loss
             z = z + z_loss
             if stats is not None:

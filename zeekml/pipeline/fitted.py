@@ -168,7 +168,11 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
     scores ``scored`` once: its calibration scores are taken from that and the scores are left
     in ``raw`` for ``score_batch`` (identical numbers: a per-conn score depends on its row
     alone). Detectors with a time context score the calibration half in the baseline's own
-    context, as for a ``--baseline`` file, so ``score`` and ``watch`` calibrate alike.
+    context, as for a ``--baseline`` file, so ``score`` and ``watch`` calibrate alike. Learned
+    detectors (``fit_split``) embed every baseline conn once, in the whole baseline's context
+    (not each half's, which holds every other conn of a host's history), fit on the fit half's
+    embeddings and calibrate on the other half's; with the baseline drawn from the input they
+    score ``scored`` in the same call, reusing the baseline conns' embeddings (left in ``raw``).
 
     ``fit_extra``: conns a person labeled benign (``zeekml feedback``), fitted on beside the
     fit half but never calibrated on: they were picked for being alerts, not drawn at random
@@ -200,6 +204,17 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
                                     promote_options="permissive")
     step = on_step or (lambda text: None)
     for det in detectors:
+        split = getattr(det, "fit_split", None)
+        if split is not None:
+            # a learned detector: each baseline conn embedded once in the baseline's context
+            # and, the baseline drawn from the input, not embedded again (``fit_split``)
+            step(f"fitting {det.name} on {len(fit_idx):,} conns, calibrating on {len(cal_idx):,}")
+            cal_scores[det.name], full = split(baseline, fit_idx, cal_idx, extra=fit_extra,
+                                               scored=scored if reuse else None,
+                                               rows=rows if reuse else None)
+            if full is not None:
+                raw[det.name] = full
+            continue
         step(f"fitting {det.name} on {fit_table.num_rows:,} conns")
         det.fit(fit_table)
         if reuse and _per_conn(det):

@@ -12,11 +12,11 @@ import logging
 import numpy as np
 import pyarrow as pa
 
-from zeekml._core.device import inference_batch
+from zeekml._core.device import batch_rows, inference_batch
 from zeekml._core.errors import ModelError
 from zeekml.features.modality import SCHEMA_VERSION, Modalities, ModalityFeaturizer
 from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
-from zeekml.scoring.detectors.reference import KnnReference, ZReference, make_reference
+from zeekml.scoring.detectors.reference import KnnReference, ZReference, fit_split, make_reference
 from zeekml.scoring.explain import NEAREST_SHOWN, nearest_text, reference_identity
 from zeekml.scoring.registry import register_kind
 
@@ -93,15 +93,16 @@ class LoadedMAE:
         batch = inference_batch(self.device, INFER_BATCH)
         with torch.inference_mode():
             for s in range(0, len(m), batch):
-                q, sq, e = modality_tensors(m.take(np.arange(s, min(s + batch, len(m)))), self.device)
+                n = min(batch, len(m) - s)
+                q, sq, e = modality_tensors(m.take(batch_rows(s, s + n)), self.device)
                 out = self.model(q, sq, e)
                 err = reconstruction_error(out, q, sq, e, qk, ek)
-                parts["embedding"].append(out.embedding.cpu().numpy())
+                parts["embedding"].append(out.embedding[:n].cpu().numpy())
                 for k in ("quantity", "sequence", "entity"):
-                    parts[k].append(getattr(err, k).cpu().numpy())
-                parts["score"].append(err.total.cpu().numpy())
+                    parts[k].append(getattr(err, k)[:n].cpu().numpy())
+                parts["score"].append(err.total[:n].cpu().numpy())
                 if self.head is not None:
-                    logits = self.head((out.embedding - self.emb_mean) / self.emb_std)
+                    logits = self.head((out.embedding[:n] - self.emb_mean) / self.emb_std)
                     parts["proba"].append(torch.softmax(logits, dim=1).cpu().numpy())
         d = self.model.config.embed_dim
         empty = {"embedding": np.zeros((0, d), np.float32), "proba": np.zeros((0, len(self.classes)))}
@@ -160,14 +161,28 @@ class MAEDetector:
     def _from_profile(self, p: dict[str, np.ndarray]) -> np.ndarray:
         return p["embedding"] if self.reference.kind == "knn" else p["parts"]
 
-    def fit(self, table: pa.Table) -> MAEDetector:
-        """Build the reference from the baseline ``table`` (the weights stay as trained)."""
-        self.reference.fit(self._from_profile(self.profile(table)))
+    def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> MAEDetector:
+        """Build the reference from the baseline ``table`` (the weights stay as trained);
+        ``reference_input``: its conns' embeddings (or parts) when already computed."""
+        self.reference.fit(self._reference_input(table) if reference_input is None else reference_input)
         if self.reference.kind == "knn":
             # the reference conns' uid, 4-tuple and service, so an alert can name its nearest
             self._identity = reference_identity(table, self.reference.rows)
         self._fitted = True
         return self
+
+    def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+        """What the reference compares (embeddings or per-modality errors) of ``rows`` of
+        ``table`` (all when None), the other conns as context."""
+        return self._from_profile(self.profile(table, rows))
+
+    def fit_split(self, table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
+                  extra: pa.Table | None = None, scored: pa.Table | None = None,
+                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fit on ``fit_rows`` of the baseline ``table``, score its ``cal_rows`` and, given the
+        input ``scored`` it was drawn from (``table = scored.take(rows)``), every conn of the
+        input, each conn through the model once (``reference.fit_split``)."""
+        return fit_split(self, self._reference_input, table, fit_rows, cal_rows, extra, scored, rows)
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row relative to the baseline, ``[n]``."""

@@ -15,9 +15,13 @@ baseline conns. Two references, both measured (``bench/detect_models.py``):
 """
 from __future__ import annotations
 
+from typing import Any, Callable, Protocol
+
 import numpy as np
+import pyarrow as pa
 
 from zeekml._core.errors import ModelError
+from zeekml.flows.select import ts_sort_key
 
 KNN = 5
 MAX_REFERENCE = 4000      # baseline rows kept as kNN references (cost per scored conn is linear)
@@ -223,3 +227,77 @@ def make_reference(kind: str, seed: int = 0) -> KnnReference | ZReference:
     if kind == "zscore":
         return ZReference()
     raise ModelError(f"unknown baseline reference {kind!r} (knn, zscore)")
+
+
+def same_context_rows(scored: pa.Table, rows: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` (the baseline ``scored.take(rows)``) have, for a detector whose context
+    reaches back in time only, the same context in the baseline as in ``scored``: those earlier
+    (strictly) than every conn of ``scored`` outside ``rows``. For the default baseline, the
+    earliest share of the input, that is all of them but ties with the first conn after it.
+
+    Shapes:
+        rows ``[m]`` -> ``[m]`` bool
+    """
+    ts = ts_sort_key(scored)
+    outside = np.ones(len(ts), dtype=bool)
+    outside[rows] = False
+    if not outside.any():                        # the whole input: every context is the same
+        return np.ones(len(rows), dtype=bool)
+    return ts[rows] < ts[outside].min()
+
+
+class SplitFitted(Protocol):
+    """A baseline-relative detector as ``fit_split`` below uses it."""
+
+    reference: KnnReference | ZReference
+
+    def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> Any: ...
+
+
+def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], np.ndarray],
+              table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
+              extra: pa.Table | None = None, scored: pa.Table | None = None,
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fit ``det`` on ``fit_rows`` of the baseline ``table`` and score its ``cal_rows``, every
+    baseline conn embedded once, in the whole baseline's context; with ``scored`` (the input
+    that ``table = scored.take(rows)`` was drawn from), score every conn of ``scored`` too,
+    reusing the embeddings of the baseline conns whose context is the same there
+    (``same_context_rows``), so that a baseline conn runs through the model once, not twice.
+
+    ``embed(t, r)`` is the detector's reference input (embedding or per-part errors) of rows
+    ``r`` of ``t`` (all when None), the other conns of ``t`` as context; its rows must not depend
+    on which other rows are embedded with them. For detectors whose context reaches back in
+    time only. ``extra``: conns fitted on beside ``fit_rows`` but never calibrated on
+    (``zeekml.pipeline.fitted.fit_calibrate``), embedded with the baseline before them as context.
+
+    Returns ``(scores of cal_rows, scores of every conn of scored or None)``.
+    """
+    x = embed(table, None)
+    fit_rows = np.asarray(fit_rows, dtype=np.int64)
+    fit_x, fit_table = x[fit_rows], table.take(pa.array(fit_rows))
+    if extra is not None and extra.num_rows:
+        both = pa.concat_tables([table, extra.select(table.column_names)], promote_options="permissive")
+        fit_x = np.concatenate([fit_x, embed(both, np.arange(table.num_rows, both.num_rows))])
+        fit_table = pa.concat_tables([fit_table, both.slice(table.num_rows)])
+    det.fit(fit_table, reference_input=fit_x)
+    cal_rows = np.asarray(cal_rows, dtype=np.int64)
+    if scored is None:
+        return det.reference.score(x[cal_rows]), None
+    rows = np.asarray(rows, dtype=np.int64)
+    same = same_context_rows(scored, rows)
+    todo = np.ones(scored.num_rows, dtype=bool)
+    todo[rows[same]] = False
+    todo_rows = np.flatnonzero(todo)
+    all_x = np.empty((scored.num_rows,) + x.shape[1:], dtype=x.dtype)
+    all_x[rows[same]] = x[same]
+    if len(todo_rows):
+        all_x[todo_rows] = embed(scored, todo_rows)
+    full = det.reference.score(all_x)
+    # a calibration conn with the same embedding in the input already has its score there (a
+    # row's kNN distance depends on that row alone)
+    cal = np.empty(len(cal_rows))
+    again = ~same[cal_rows]
+    cal[~again] = full[rows[cal_rows[~again]]]
+    if again.any():
+        cal[again] = det.reference.score(x[cal_rows[again]])
+    return cal, full

@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from zeekml._core.device import inference_batch
+from zeekml._core.device import batch_rows, inference_batch
 from zeekml._core.errors import ModelError
 from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
 from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
-from zeekml.scoring.detectors.reference import KnnReference, ZReference, make_reference
+from zeekml.scoring.detectors.reference import KnnReference, ZReference, fit_split, make_reference
 from zeekml.scoring.explain import nearest_text, odds, reference_identity, surprise_text
 from zeekml.scoring.registry import register_kind
 
@@ -184,11 +184,16 @@ class LoadedTokenModel:
         with torch.inference_mode():
             batch = inference_batch(self.device, INFER_BATCH)
             for s in range(0, len(ids), batch):
-                x = torch.as_tensor(ids[s:s + batch], device=self.device)
+                n = min(batch, len(ids) - s)
+                x = torch.as_tensor(ids[batch_rows(s, s + n)], device=self.device)
                 if "embedding" in want:
-                    embs.append(pool(self.encoder(x).hidden, x, self.tokenizer.anchor).float().cpu().numpy())
+                    # pooled from the CLS and last positions alone (anchor "last"): the last
+                    # block computes just those two (1.09x the MoE, 1.15x the dense encoder)
+                    last = self.tokenizer.anchor == "last"
+                    h = self.encoder(x, positions=[0, x.shape[1]] if last else None).hidden
+                    embs.append(pool(h, x, self.tokenizer.anchor)[:n].float().cpu().numpy())
                 if nll:
-                    fields.append(self.field_nll(x).cpu().numpy())
+                    fields.append(self.field_nll(x)[:n].cpu().numpy())
         d = self.encoder.config.d_model
         f = len(self.tokenizer.field_sizes)
         out = {}
@@ -282,14 +287,23 @@ class TokenDetector:
         key = "embedding" if self.reference.kind == "knn" else "parts"
         return self.loaded.profile(self.loaded.tokens(table, rows=rows), want=(key,))[key]
 
-    def fit(self, table: pa.Table) -> TokenDetector:
-        """Build the reference from the baseline ``table`` (the weights stay as trained)."""
-        self.reference.fit(self._reference_input(table))
+    def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> TokenDetector:
+        """Build the reference from the baseline ``table`` (the weights stay as trained);
+        ``reference_input``: its conns' embeddings (or parts) when already computed."""
+        self.reference.fit(self._reference_input(table) if reference_input is None else reference_input)
         if self.reference.kind == "knn":
             # the reference conns' uid, 4-tuple and service, so an alert can name its nearest
             self._identity = reference_identity(table, self.reference.rows)
         self._fitted = True
         return self
+
+    def fit_split(self, table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
+                  extra: pa.Table | None = None, scored: pa.Table | None = None,
+                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fit on ``fit_rows`` of the baseline ``table``, score its ``cal_rows`` and, given the
+        input ``scored`` it was drawn from (``table = scored.take(rows)``), every conn of the
+        input, each conn through the model once (``reference.fit_split``)."""
+        return fit_split(self, self._reference_input, table, fit_rows, cal_rows, extra, scored, rows)
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row relative to the baseline, ``[n]``."""
