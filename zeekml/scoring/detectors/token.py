@@ -293,7 +293,9 @@ class TokenDetector:
         self.reference.fit(self._reference_input(table) if reference_input is None else reference_input)
         if self.reference.kind == "knn":
             # the reference conns' uid, 4-tuple and service, so an alert can name its nearest
-            self._identity = reference_identity(table, self.reference.rows)
+            # every fit row's: ``KnnReference.nearest`` answers rows of the whole fit input,
+            # not positions in the subset it keeps past ``max_reference``
+            self._identity = reference_identity(table, np.arange(table.num_rows))
         self._fitted = True
         return self
 

@@ -184,3 +184,18 @@ def test_a_conn_scored_alone_gets_the_bits_of_the_whole_table(kind, model_dirs, 
     whole = det._reference_input(table)
     for i in (0, 57, 399):
         np.testing.assert_array_equal(det._reference_input(table, np.array([i]))[0], whole[i])
+
+
+@pytest.mark.parametrize("kind", sorted(TINY))
+def test_alerts_name_baseline_conns_when_the_reference_keeps_a_subset(kind, model_dirs, table):
+    """A fit half over ``max_reference`` conns keeps a random subset; ``KnnReference.nearest``
+    answers rows of the whole fit input, so the identities kept must cover every one of them
+    (the 100k-conn benchmark's 15k-conn fit half raised IndexError in ``explain``)."""
+    from zeekml.scoring.detectors.reference import KnnReference
+
+    det = get_kind(kind).detector(model_dirs[kind], device="cpu")
+    det.reference = KnnReference(k=3, max_reference=20)
+    det.fit_split(table.slice(0, 150), np.arange(0, 150, 2), np.arange(1, 150, 2))
+    assert len(det.reference.ref) == 20 and det.reference.rows.max() >= 20
+    lines = det.explain(table, np.array([200, 390]))
+    assert len(lines) == 2 and all("uid C" in x or "unlike" in x for x in lines), lines
