@@ -9,7 +9,8 @@ on each in a child process of its own and reads that child's peak resident set s
 the smallest size's, per code and detector set.
 
 ``--before REF`` runs a git worktree of REF beside the working tree (e.g. the commit before
-chunked scoring) for a before/after table.
+chunked scoring) for a before/after table. ``--fixed-baseline`` gives every size the smallest
+one's baseline, to separate what grows with the baseline from what grows with the input.
 
     nice -n 5 python bench/score_memory.py --sizes 100000,1000000 --modes no-models,models \\
         --before f6fcb6f~1
@@ -62,6 +63,15 @@ def build_log(path: str, n: int, source: str = SOURCE) -> None:
             k += 1
 
 
+def baseline_end(path: str, fraction: float = 0.3) -> float:
+    """A time just after the earliest ``fraction`` of ``path``'s conns (``--baseline-until``)."""
+    with open(path, "rb") as f:
+        fields = next(line for line in f if line.startswith(b"#fields")).rstrip(b"\n").split(b"\t")[1:]
+        i_ts = fields.index(b"ts")
+        ts = sorted(float(line.split(b"\t")[i_ts]) for line in f if not line.startswith(b"#"))
+    return ts[int(round(len(ts) * fraction)) - 1] + 1e-6
+
+
 def peak_rss(args: list[str], pythonpath: str | None, cwd: str) -> tuple[float, float, int]:
     """``(peak RSS in MiB, seconds, exit code)`` of ``python -m zeekml ARGS`` in a child."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -85,6 +95,9 @@ def main() -> None:
     ap.add_argument("--modes", default="no-models,models",
                     help="no-models (--no-models) and/or models (the shipped detectors)")
     ap.add_argument("--before", default=None, help="also run this git ref (a worktree of it)")
+    ap.add_argument("--fixed-baseline", action="store_true",
+                    help="every size gets the smallest size's baseline (--baseline-until the ts "
+                         "ending its earliest 30%%) instead of the earliest 30%% of its own")
     ap.add_argument("--work", default=None, help="directory for the logs and outputs (kept); "
                                                  "default a temporary one, removed")
     args = ap.parse_args()
@@ -106,6 +119,11 @@ def main() -> None:
             logs[n] = os.path.join(work, f"conn-{n}.log")
             if not os.path.exists(logs[n]):
                 build_log(logs[n], n)
+        until = []
+        if args.fixed_baseline:
+            # the same conns as the smallest log's default baseline: logs are in time order and
+            # each starts with the smallest one's conns
+            until = ["--baseline-until", f"{baseline_end(logs[sizes[0]]):.6f}"]
         results = {}
         print(f"{'code':24s} {'detectors':10s} {'conns':>9s} {'MB log':>7s} {'peak RSS MiB':>13s} "
               f"{'seconds':>8s} exit", flush=True)
@@ -113,7 +131,7 @@ def main() -> None:
             for mode in modes:
                 for n in sizes:
                     out = os.path.join(work, f"out-{len(results)}")
-                    cmd = ["score", logs[n], "--out", out, "--no-progress"]
+                    cmd = ["score", logs[n], "--out", out, "--no-progress", *until]
                     if mode == "no-models":
                         cmd.append("--no-models")
                     elif mode == "models":   # the same weights for both codes
