@@ -40,7 +40,8 @@ def community_id_v1(saddr: str, daddr: str, proto: int | str, sport: int | None 
         seed: the spec's 16-bit seed (default 0).
 
     Raises:
-        ValueError: unparseable address, mixed families, unknown protocol name or missing ports.
+        ValueError: unparseable address, mixed families, unknown protocol name, missing ports
+            or a port outside 0-65535.
     """
     a = ipaddress.ip_address(saddr)
     b = ipaddress.ip_address(daddr)
@@ -60,6 +61,10 @@ def community_id_v1(saddr: str, daddr: str, proto: int | str, sport: int | None 
         if sport is None or dport is None:
             raise ValueError(f"community_id: protocol {num} needs both ports")
         sp, dp = int(sport), int(dport)
+        if not (0 <= sp <= 0xFFFF and 0 <= dp <= 0xFFFF):
+            # a port Zeek cannot log (a hand-made or corrupt record): no flow to name
+            raise ValueError(f"community_id: port {sp if not 0 <= sp <= 0xFFFF else dp} "
+                             "out of range 0-65535")
         one_way = False
         if num in (1, 58):
             pairs = _ICMP4_PAIRS if num == 1 else _ICMP6_PAIRS
@@ -164,7 +169,8 @@ def community_id_column(table: pa.Table, seed: int = 0) -> pa.Array:
     sp, sp_ok = _ints(table, "id.orig_p")
     dp, dp_ok = _ints(table, "id.resp_p")
     ports = np.isin(num, list(_WITH_PORTS))
-    ok = (v_s != 0) & (v_s == v_d) & (num >= 0) & (~ports | (sp_ok & dp_ok))
+    in_range = (sp >= 0) & (sp <= 0xFFFF) & (dp >= 0) & (dp <= 0xFFFF)
+    ok = (v_s != 0) & (v_s == v_d) & (num >= 0) & (~ports | (sp_ok & dp_ok & in_range))
     # ICMP: the type's counterpart stands in for the code, so request and reply match
     icmp4, icmp6 = num == 1, num == 58
     mate = np.where(icmp4, _ICMP4_LUT[sp & 0xFFFF], np.where(icmp6, _ICMP6_LUT[sp & 0xFFFF], -1))

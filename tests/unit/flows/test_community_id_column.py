@@ -106,3 +106,19 @@ def test_equals_zeeks_community_id_plugin_on_real_captures():
                   "proto": pa.array([names[f[2]] for f in flows], pa.string())})
     assert {f[5] for f in flows} == {0}
     assert community_id_column(t).to_pylist() == [f[6] for f in flows]
+
+
+def test_a_port_outside_16_bits_names_no_flow():
+    """A hand-made verdict's port cannot be packed into the spec's 16 bits: a ValueError (as
+    for any 5-tuple without a Community ID), not ``struct.error``; the conn table's ports are
+    uint16, so the column never sees one."""
+    import pytest
+
+    from zeekml.scoring.verdict import Verdict
+
+    for sp, dp in ((70000, 80), (1234, -1)):
+        with pytest.raises(ValueError, match="out of range"):
+            community_id_v1("1.2.3.4", "5.6.7.8", "tcp", sp, dp)
+    v = Verdict(uid="C1", ts=1.0, orig_h="1.2.3.4", orig_p=1234, resp_h="5.6.7.8", resp_p=70000,
+                proto="tcp", model="iforest", score=0.0, alert=False)
+    assert v.community_id is None
