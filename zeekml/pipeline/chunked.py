@@ -404,15 +404,20 @@ class TriageRows:
         if len(parts) == 1:
             return parts[0]
         first = parts[0]
-        suricata, offset = {}, 0
+        # the per-row dicts (the incidents read the detectors' reasons, ``sub``, and the
+        # Suricata alerts) are keyed by row: shift each part's rows by the rows before it
+        msg, sub, suricata, offset = {}, {}, {}, 0
         for p in parts:
+            msg.update({offset + r: m for r, m in p.msg.items()})
+            sub.update({offset + r: x for r, x in p.sub.items()})
             suricata.update({offset + r: a for r, a in p.suricata_alerts.items()})
             offset += len(p)
         return VerdictBatch(pa.concat_tables([p.table for p in parts]), first.names, first.notes,
                             {n: np.concatenate([p.scores[n] for p in parts]) for n in first.names},
                             np.concatenate([p.score for p in parts]),
                             np.concatenate([p.top for p in parts]),
-                            np.concatenate([p.alert for p in parts]), suricata_alerts=suricata)
+                            np.concatenate([p.alert for p in parts]), msg, sub,
+                            suricata_alerts=suricata)
 
     def host_times(self) -> dict[str, _HostTimes]:
         """``incidents.build_incidents``'s ``host_times`` over every conn added."""
