@@ -157,6 +157,10 @@ def install(st: Stages) -> None:
     from zeekml.sinks.run_outputs import ScoreOutputs
 
     st.wrap(batch, "load_conns", "read + parse")
+    with contextlib.suppress(ImportError, AttributeError):
+        from zeekml.pipeline import chunked
+
+        st.wrap_generator(chunked, "read_conn_batches", "read + parse")
     st.wrap(batch, "render_verdicts", "render verdicts")
     st.wrap(ScoreOutputs, "write_batch", "write")
     st.wrap(ScoreOutputs, "finish", "write")
@@ -222,6 +226,10 @@ def _wrap_fit_calibrate(st: Stages, batch, fitted) -> None:
 
     batch.fit_calibrate = fitted.fit_calibrate = fit_calibrate
     batch.score_batch = fitted.score_batch = score_batch
+    with contextlib.suppress(ImportError):      # score's chunked path imports them by name too
+        from zeekml.pipeline import chunked
+
+        chunked.fit_calibrate, chunked.score_batch = fit_calibrate, score_batch
     # A detector's score called inside fit_calibrate scores the calibration half.
     from zeekml.scoring.detectors.iforest import IsolationForestDetector
 
