@@ -87,7 +87,9 @@ def incident_notice(inc: Incident):
         ts=inc.first_ts, uid=str(top.get("uid", "")), orig_h=orig, orig_p=None, resp_h=resp,
         resp_p=top.get("id.resp_p"), proto=top.get("proto"), score=inc.score, alert=True,
         model=",".join(inc.detectors), note=INCIDENT_NOTE, msg=inc.description,
-        sub=incident_sub(inc), verdict_id=inc.incident_id)
+        sub=incident_sub(inc), verdict_id=inc.incident_id,
+        # the top conn's flow: the notice's ports are not that conn's, so no id is computed
+        community_id=top.get("community_id") or "")
 
 
 def incident_sub(inc: Incident | dict) -> str:
@@ -109,7 +111,7 @@ def incident_notice_record(inc: Incident) -> dict:
         "msg": v.msg, "sub": v.sub, "src": v.orig_h, "dst": v.resp_h, "p": v.resp_p,
         "n": inc.alerts, "peer_descr": "zeekml", "actions": ["Notice::ACTION_LOG"],
         "suppress_for": max(inc.last_ts - inc.first_ts, 0.0), "score": v.score,
-        "model": v.model,
+        "model": v.model, "community_id": v.community_id or None,
     }
 
 

@@ -1,4 +1,6 @@
-"""``zeekml_notice.log``: alerts in the columns of Zeek's notice.log, plus ``score`` and ``model``."""
+"""``zeekml_notice.log``: alerts in the columns of Zeek's notice.log, plus ``score``, ``model`` and
+``community_id`` (the conn's Community ID v1, the column Corelight's Zeek plugin adds to notice.log,
+so a SIEM joins a notice to the same flow in Zeek's and Suricata's logs)."""
 from __future__ import annotations
 
 import os
@@ -17,7 +19,7 @@ NOTICE_FIELDS: list[tuple[str, str]] = [
     ("msg", "string"), ("sub", "string"), ("src", "addr"), ("dst", "addr"), ("p", "port"),
     ("n", "count"), ("peer_descr", "string"), ("actions", "set[enum]"),
     ("email_dest", "set[string]"), ("suppress_for", "interval"), ("score", "double"),
-    ("model", "string"),
+    ("model", "string"), ("community_id", "string"),
 ]
 _NAMES = [n for n, _ in NOTICE_FIELDS]
 _TYPES = [t for _, t in NOTICE_FIELDS]
@@ -52,6 +54,7 @@ class NoticeWriter:
             "msg": v.msg, "sub": v.sub, "src": v.orig_h, "dst": v.resp_h, "p": v.resp_p,
             "peer_descr": "zeekml", "actions": ["Notice::ACTION_LOG"],
             "suppress_for": self.suppress_for, "score": v.score, "model": v.model,
+            "community_id": v.community_id,
         }
 
     def write(self, v: Verdict) -> None:

@@ -49,7 +49,8 @@ def test_verdicts_notices_feedback_and_summary(tmp_path):
     assert _records(out / "zeekml_notice.log") == [
         b"1700000001.500000\tC2\t10.0.0.3\t40000\t10.0.0.4\t22\t-\t-\t-\ttcp\tZeekML::Anomalous_Flow\t"
         b"gnn anomaly score 2.000 (1.0 = threshold at fpr 0.001)\tgnn:x=1\t10.0.0.3\t10.0.0.4\t22\t-\t"
-        b"zeekml\tNotice::ACTION_LOG\t-\t3600.000000\t2.000000\tgnn\n"]
+        # community_id: the spec's algorithm for 10.0.0.3:40000 -> 10.0.0.4:22/tcp
+        b"zeekml\tNotice::ACTION_LOG\t-\t3600.000000\t2.000000\tgnn\t1:Z+wBB8CoSa0gJvp2tmp2ad/HKqY=\n"]
     assert (out / "zeekml_notice.log").read_bytes().endswith(b"\n") and \
         (out / "zeekml_notice.log").read_bytes().splitlines()[-1].startswith(b"#close\t")
     assert (out / "quarantine.jsonl").read_bytes() == (

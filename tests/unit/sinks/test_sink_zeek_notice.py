@@ -1,5 +1,5 @@
 """``NoticeWriter``: alerting verdicts as Zeek notice.log records (``zeekml_notice.log``), with
-``score`` and ``model`` columns. Exact bytes on hand-built verdicts."""
+``score``, ``model`` and ``community_id`` columns. Exact bytes on hand-built verdicts."""
 from __future__ import annotations
 
 import re
@@ -15,9 +15,9 @@ HEADER = (
     b"#path\tzeekml_notice\n"
     b"#open\tSTAMP\n"
     b"#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tfuid\tfile_mime_type\tfile_desc\t"
-    b"proto\tnote\tmsg\tsub\tsrc\tdst\tp\tn\tpeer_descr\tactions\temail_dest\tsuppress_for\tscore\tmodel\n"
+    b"proto\tnote\tmsg\tsub\tsrc\tdst\tp\tn\tpeer_descr\tactions\temail_dest\tsuppress_for\tscore\tmodel\tcommunity_id\n"
     b"#types\ttime\tstring\taddr\tport\taddr\tport\tstring\tstring\tstring\tenum\tenum\tstring\tstring\t"
-    b"addr\taddr\tport\tcount\tstring\tset[enum]\tset[string]\tinterval\tdouble\tstring\n")
+    b"addr\taddr\tport\tcount\tstring\tset[enum]\tset[string]\tinterval\tdouble\tstring\tstring\n")
 _STAMP = re.compile(rb"(?m)^#(open|close)\t\d{4}(-\d\d){5}$")
 
 
@@ -46,13 +46,13 @@ def test_notice_records_exact_bytes(tmp_path):
         b"1700000000.500000\tCabC1\t10.0.0.1\t51000\t10.0.0.2\t443\t-\t-\t-\ttcp\t"
         b"ZeekML::Anomalous_Flow\tgnn anomaly score 1.235 (1.0 = threshold at fpr 0.001)\t"
         b"gnn:a=1,b=2\t10.0.0.1\t10.0.0.2\t443\t-\tzeekml\tNotice::ACTION_LOG\t-\t3600.000000\t"
-        b"1.234568\tgnn\n"
+        b"1.234568\tgnn\t1:9TD1/n8+yCqzce6RpyFms8F7kdI=\n"
         b"1700000000.500000\tC2\t2001:db8::1\t8\t2001:db8::2\t0\t-\t-\t-\ticmp\t"
         b"ZeekML::Intrusion\ttab\\x09here\t(empty)\t2001:db8::1\t2001:db8::2\t0\t-\tzeekml\t"
-        b"Notice::ACTION_LOG\t-\t3600.000000\tinf\tiforest\n"
+        b"Notice::ACTION_LOG\t-\t3600.000000\tinf\tiforest\t1:X/B5Gjx0rPSeSdkYb7zdm8/HJsc=\n"
         b"1700000000.500000\tC3\t10.0.0.1\t-\t10.0.0.2\t-\t-\t-\t-\t-\t"
         b"ZeekML::Anomalous_Flow\t(empty)\t\\\\x\t10.0.0.1\t10.0.0.2\t-\t-\tzeekml\t"
-        b"Notice::ACTION_LOG\t-\t3600.000000\t1.234568\tgnn\n"
+        b"Notice::ACTION_LOG\t-\t3600.000000\t1.234568\tgnn\t-\n"      # no ports: no Community ID
         b"#close\tSTAMP\n")
 
 
@@ -69,9 +69,9 @@ def test_suppress_for_and_an_empty_log(tmp_path):
     assert _masked(empty) == HEADER + b"#close\tSTAMP\n"
 
 
-def test_fields_are_zeeks_notice_columns_plus_score_and_model():
+def test_fields_are_zeeks_notice_columns_plus_score_model_and_community_id():
     names = [n for n, _ in NOTICE_FIELDS]
     assert names[:21] == ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "fuid",
                           "file_mime_type", "file_desc", "proto", "note", "msg", "sub", "src",
                           "dst", "p", "n", "peer_descr", "actions", "email_dest", "suppress_for"]
-    assert names[21:] == ["score", "model"]
+    assert names[21:] == ["score", "model", "community_id"]

@@ -61,3 +61,19 @@ def test_incident_notice_log_and_baseline_file(tmp_path):
     assert path.read_bytes().startswith(b"#separator \\x09\n") and b"#path\tzeekml_incident" in path.read_bytes()
     b = write_baseline_info(tmp_path / "baseline.json", {"conns": 3, "period": [1.0, float("nan")]})
     assert json.loads(open(b).read()) == {"conns": 3, "period": [1.0, None]}
+
+
+def test_incident_notice_carries_its_top_conns_community_id(tmp_path):
+    from zeekml.parse import read_table
+    from zeekml.scoring.incidents import build_incidents, verdict_table
+    from zeekml.sinks.triage import incident_notice, write_incident_notices
+
+    rows = [{"ts": 100.0 + 3 * k, "uid": f"C{k}", "id.orig_h": "10.0.0.1", "id.orig_p": 40000 + k,
+             "id.resp_h": f"10.0.1.{k}", "id.resp_p": 445, "proto": "tcp", "score": 1.5 + k,
+             "alert": True, "model": "iforest", "community_id": f"1:cid{k}="} for k in range(12)]
+    [inc] = build_incidents(verdict_table(rows))
+    top = inc.top_conns[0]["community_id"]
+    assert top.startswith("1:cid") and incident_notice(inc).community_id == top
+    write_incident_notices(tmp_path / "n.log", [inc])
+    [n] = read_table(str(tmp_path / "n.log")).to_pylist()
+    assert n["community_id"] == top.encode()
