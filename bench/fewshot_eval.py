@@ -342,6 +342,19 @@ def sklearn_proba(model, x: np.ndarray) -> tuple[np.ndarray, list[str]]:
 # the run
 
 
+def merge_runs(*files: list[dict]) -> list[dict]:
+    """The runs of several result files, each (capture, kind, budget, seed, model) once (the
+    first): runs of one capture split over processes each run the kind-free GBT."""
+    seen, out = set(), []
+    for runs in files:
+        for r in runs:
+            key = (r["capture"], r["kind"], r["budget"], r["seed"], r["model"])
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+    return out
+
+
 def load_results(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
@@ -460,7 +473,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.report:
-        runs = [r for p in args.report for r in load_results(p)]
+        runs = merge_runs(*(load_results(p) for p in args.report))
         if not runs:
             ap.error(f"no runs in {', '.join(args.report)}")
         print(render(runs))

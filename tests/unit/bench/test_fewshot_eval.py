@@ -135,3 +135,11 @@ def test_summarise_and_render(fe):
     assert "pretrained vs scratch **+13.33%**" in text
     assert "ahead of scratch in 1/1 cells, ahead of the GBT in 0/1" in text
     assert "- ctu-8-1 1%: its 73 labeled conns are all Benign" in text
+
+
+def test_merge_runs_keeps_each_run_once(fe):
+    a = [_run("-", "gbt", 0, 0.95), _run("gnn", "pretrained", 0, 0.8)]
+    b = [_run("-", "gbt", 0, 0.95), _run("moe", "pretrained", 0, 0.7)]
+    merged = fe.merge_runs(a, b)
+    assert [(r["kind"], r["model"]) for r in merged] == [("-", "gbt"), ("gnn", "pretrained"), ("moe", "pretrained")]
+    assert fe.summarise(merged)[("gnn", "strato-008", "5%", "gbt")][2] == 1
