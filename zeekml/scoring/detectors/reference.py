@@ -246,6 +246,31 @@ def same_context_rows(scored: pa.Table, rows: np.ndarray) -> np.ndarray:
     return ts[rows] < ts[outside].min()
 
 
+# Rows embedded per call in ``fit_split``. A call materialises the model's input for its rows
+# (token ids ``[n, 16, 12]`` int64 = 1.5 kB a conn, modality matrices), so a 300k-conn baseline
+# (the default 30% of 1M conns) in one call was the peak of `zeekml score` (1M conns: 1.78x the
+# RSS of 100k, bench/score_memory.py). The rest of the table stays each piece's context, and a
+# row's embedding does not depend on the rows embedded with it (``embed``'s contract), so the
+# result is the same as in one call.
+EMBED_PIECE = 65_536
+
+
+def embed_in_pieces(embed: Callable[[pa.Table, np.ndarray | None], np.ndarray], table: pa.Table,
+                    rows: np.ndarray | None = None, piece: int | None = None) -> np.ndarray:
+    """``embed(table, rows)`` computed ``piece`` (default ``EMBED_PIECE``) rows at a time (every
+    row of ``table`` when ``rows`` is None), the whole table the context of each piece.
+
+    Shapes:
+        rows ``[m]`` -> ``[m, ...]`` (``[table.num_rows, ...]`` without rows)
+    """
+    piece = EMBED_PIECE if piece is None else piece
+    n = table.num_rows if rows is None else len(rows)
+    if n <= piece:
+        return embed(table, rows)
+    idx = np.arange(table.num_rows, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    return np.concatenate([embed(table, idx[a:a + piece]) for a in range(0, n, piece)])
+
+
 class SplitFitted(Protocol):
     """A baseline-relative detector as ``fit_split`` below uses it."""
 
@@ -272,12 +297,13 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
 
     Returns ``(scores of cal_rows, scores of every conn of scored or None)``.
     """
-    x = embed(table, None)
+    x = embed_in_pieces(embed, table)
     fit_rows = np.asarray(fit_rows, dtype=np.int64)
     fit_x, fit_table = x[fit_rows], table.take(pa.array(fit_rows))
     if extra is not None and extra.num_rows:
         both = pa.concat_tables([table, extra.select(table.column_names)], promote_options="permissive")
-        fit_x = np.concatenate([fit_x, embed(both, np.arange(table.num_rows, both.num_rows))])
+        fit_x = np.concatenate([fit_x, embed_in_pieces(embed, both,
+                                                       np.arange(table.num_rows, both.num_rows))])
         fit_table = pa.concat_tables([fit_table, both.slice(table.num_rows)])
     det.fit(fit_table, reference_input=fit_x)
     cal_rows = np.asarray(cal_rows, dtype=np.int64)
@@ -291,7 +317,7 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
     all_x = np.empty((scored.num_rows,) + x.shape[1:], dtype=x.dtype)
     all_x[rows[same]] = x[same]
     if len(todo_rows):
-        all_x[todo_rows] = embed(scored, todo_rows)
+        all_x[todo_rows] = embed_in_pieces(embed, scored, todo_rows)
     full = det.reference.score(all_x)
     # a calibration conn with the same embedding in the input already has its score there (a
     # row's kNN distance depends on that row alone)

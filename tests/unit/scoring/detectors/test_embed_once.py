@@ -199,3 +199,32 @@ def test_alerts_name_baseline_conns_when_the_reference_keeps_a_subset(kind, mode
     assert len(det.reference.ref) == 20 and det.reference.rows.max() >= 20
     lines = det.explain(table, np.array([200, 390]))
     assert len(lines) == 2 and all("uid C" in x or "unlike" in x for x in lines), lines
+
+
+@pytest.mark.parametrize("kind", sorted(TINY))
+def test_fit_split_embeds_a_large_baseline_in_pieces_to_the_same_scores(kind, model_dirs, table,
+                                                                        monkeypatch):
+    """A baseline beyond ``EMBED_PIECE`` rows is embedded a piece at a time (bounded memory on a
+    1M-conn input) with the same scores as in one call."""
+    from zeekml.scoring.detectors import reference
+
+    rows = earliest_rows(ts_sort_key(table), 0.5)
+    baseline = table.take(pa.array(rows))
+    fit_idx, cal_idx = np.arange(0, len(rows), 2), np.arange(1, len(rows), 2)
+    whole = get_kind(kind).detector(model_dirs[kind], device="cpu")
+    cal, full = whole.fit_split(baseline, fit_idx, cal_idx, scored=table, rows=rows)
+    monkeypatch.setattr(reference, "EMBED_PIECE", 37)
+    det = get_kind(kind).detector(model_dirs[kind], device="cpu")
+    calls = []
+    inner = det._reference_input
+
+    def counting(t, r=None):
+        calls.append(t.num_rows if r is None else len(r))
+        return inner(t, r)
+
+    monkeypatch.setattr(det, "_reference_input", counting)
+    cal_p, full_p = det.fit_split(baseline, fit_idx, cal_idx, scored=table, rows=rows)
+    assert max(calls) <= 37 and sum(calls) == len(rows) + table.num_rows - int(
+        same_context_rows(table, rows).sum())
+    np.testing.assert_allclose(cal_p, cal, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(full_p, full, rtol=0, atol=1e-6)
