@@ -16,7 +16,8 @@ from zeekml._core.device import batch_rows, inference_batch
 from zeekml._core.errors import ModelError
 from zeekml.features.modality import SCHEMA_VERSION, Modalities, ModalityFeaturizer
 from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
-from zeekml.scoring.detectors.reference import KnnReference, ZReference, fit_split, make_reference
+from zeekml.scoring.detectors.reference import (KnnReference, ReferenceSplitFit, ZReference,
+                                                make_reference)
 from zeekml.scoring.explain import NEAREST_SHOWN, nearest_text, reference_identity
 from zeekml.scoring.registry import register_kind
 
@@ -109,7 +110,7 @@ class LoadedMAE:
         return {k: (np.concatenate(v) if v else empty.get(k, np.zeros(0))) for k, v in parts.items()}
 
 
-class MAEDetector:
+class MAEDetector(ReferenceSplitFit):
     """The multi-modal autoencoder as a ``Detector``, relative to its baseline.
 
     Anomalous (``reference="knn"``, the default) = the conn's 64-d embedding is far (mean cosine
@@ -178,13 +179,6 @@ class MAEDetector:
         ``table`` (all when None), the other conns as context."""
         return self._from_profile(self.profile(table, rows))
 
-    def fit_split(self, table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
-                  extra: pa.Table | None = None, scored: pa.Table | None = None,
-                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Fit on ``fit_rows`` of the baseline ``table``, score its ``cal_rows`` and, given the
-        input ``scored`` it was drawn from (``table = scored.take(rows)``), every conn of the
-        input, each conn through the model once (``reference.fit_split``)."""
-        return fit_split(self, self._reference_input, table, fit_rows, cal_rows, extra, scored, rows)
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row relative to the baseline, ``[n]``."""

@@ -327,3 +327,16 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
     if again.any():
         cal[again] = det.reference.score(x[cal_rows[again]])
     return cal, full
+
+
+class ReferenceSplitFit:
+    """``fit_split`` for a detector whose ``_reference_input(table, rows)`` is what its reference
+    compares (the autoencoder's and the token models' embeddings or per-part errors)."""
+
+    def fit_split(self, table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
+                  extra: pa.Table | None = None, scored: pa.Table | None = None,
+                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fit on ``fit_rows`` of the baseline ``table``, score its ``cal_rows`` and, given the
+        input ``scored`` it was drawn from (``table = scored.take(rows)``), every conn of the
+        input, each conn through the model once (``fit_split`` above)."""
+        return fit_split(self, self._reference_input, table, fit_rows, cal_rows, extra, scored, rows)

@@ -17,7 +17,8 @@ from zeekml._core.device import batch_rows, inference_batch
 from zeekml._core.errors import ModelError
 from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
 from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
-from zeekml.scoring.detectors.reference import KnnReference, ZReference, fit_split, make_reference
+from zeekml.scoring.detectors.reference import (KnnReference, ReferenceSplitFit, ZReference,
+                                                make_reference)
 from zeekml.scoring.explain import nearest_text, odds, reference_identity, surprise_text
 from zeekml.scoring.registry import register_kind
 
@@ -240,7 +241,7 @@ def position_nll(loaded: LoadedTokenModel, ids: np.ndarray) -> tuple[np.ndarray,
     return valid, nll
 
 
-class TokenDetector:
+class TokenDetector(ReferenceSplitFit):
     """A pretrained moe/dense token model as a ``Detector``, relative to its baseline.
 
     Anomalous (``reference="knn"``, the default) = the conn's pooled sequence embedding (its own
@@ -299,13 +300,6 @@ class TokenDetector:
         self._fitted = True
         return self
 
-    def fit_split(self, table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
-                  extra: pa.Table | None = None, scored: pa.Table | None = None,
-                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Fit on ``fit_rows`` of the baseline ``table``, score its ``cal_rows`` and, given the
-        input ``scored`` it was drawn from (``table = scored.take(rows)``), every conn of the
-        input, each conn through the model once (``reference.fit_split``)."""
-        return fit_split(self, self._reference_input, table, fit_rows, cal_rows, extra, scored, rows)
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row relative to the baseline, ``[n]``."""
