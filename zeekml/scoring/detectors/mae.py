@@ -179,7 +179,6 @@ class MAEDetector(ReferenceSplitFit):
         ``table`` (all when None), the other conns as context."""
         return self._from_profile(self.profile(table, rows))
 
-
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row relative to the baseline, ``[n]``."""
         if not self._fitted:

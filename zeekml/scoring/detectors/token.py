@@ -300,7 +300,6 @@ class TokenDetector(ReferenceSplitFit):
         self._fitted = True
         return self
 
-
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row relative to the baseline, ``[n]``."""
         if not self._fitted:
