@@ -79,6 +79,49 @@ def _pct(share: float) -> str:
     return f"{100 * share:.1f}%" if share >= 0.001 else f"{100 * share:.2g}%"
 
 
+# flow feature name prefixes (``features.flow_features``) that are 0/1 flags, and how to say one
+_FLAGS = (("proto_", "proto {}"), ("conn_state_", "conn_state {}"), ("service_", "service {}"),
+          ("missing_", "{} unset"), ("resp_p_", "responder port {}"))
+_PORT_BUCKETS = {"well_known": "< 1024", "registered": "1024-49151", "ephemeral": ">= 49152"}
+
+
+def _quantity(name: str, v: float) -> str:
+    if name == "duration":
+        return f"{_num(v)} s"
+    return _num(v)
+
+
+def feature_value_text(name: str, value: float, median: float, share: float) -> str:
+    """A flow feature (``FlowFeaturizer.feature_names``) of one conn in words beside the
+    baseline: ``log1p_*`` features in their own units (``duration 503 s (baseline median 3.11 s)``),
+    flags as the share of baseline conns that have them (``conn_state RSTO, in 0.3% of the
+    baseline's conns``; a flag the conn lacks: ``not service dns, unlike 97% of ...``), history
+    letter counts and the rest as values against the median. ``value``/``median`` are in the
+    feature's raw (unscaled) space; ``share`` is the baseline's mean of the feature."""
+    for prefix, form in _FLAGS:
+        if name.startswith(prefix):
+            what = name[len(prefix):]
+            if prefix == "resp_p_":
+                what = _PORT_BUCKETS.get(what, what)
+            if prefix == "service_" and what in ("none", "other"):
+                what = {"none": "none", "other": "other (not among the baseline's top services)"}[what]
+            said = form.format(what)
+            if value >= 0.5:
+                return f"{said}, in {_pct(share)} of the baseline's conns"
+            return f"not {said}, unlike {_pct(share)} of the baseline's conns"
+    if name.startswith("log1p_"):
+        base = name[len("log1p_"):]
+        v, m = float(np.expm1(value)), float(np.expm1(median))
+        return f"{base} {_quantity(base, v)} (baseline median {_quantity(base, m)})"
+    if name.startswith("history_"):
+        letter = name[len("history_"):]
+        if letter == "len":
+            return f"history length {_num(value)} (baseline median {_num(median)})"
+        letter = {"caret": "^"}.get(letter, letter[3:] if letter[:3] in ("up_", "lo_") else letter)
+        return f"history letter {letter} x{_num(value)} (baseline median {_num(median)})"
+    return f"{name} {_num(value)} (baseline median {_num(median)})"
+
+
 @dataclass
 class KindProfile:
     count: int
