@@ -41,6 +41,20 @@ def model_dirs(table, tmp_path_factory) -> dict[str, str]:
     return out
 
 
+def count_embedded(det, monkeypatch) -> list[int]:
+    """The number of rows of each call of ``det._reference_input`` from now on (a list that
+    fills as it is called)."""
+    calls: list[int] = []
+    inner = det._reference_input
+
+    def counting(t, r=None):
+        calls.append(t.num_rows if r is None else len(r))
+        return inner(t, r)
+
+    monkeypatch.setattr(det, "_reference_input", counting)
+    return calls
+
+
 def test_same_context_rows_are_the_baseline_rows_before_every_other_conn():
     t = pa.table({"ts": pa.array([5.0, 1.0, 3.0, 3.0, None, 2.0])})
     # rows 1, 5, 2 (ts 1, 2, 3); outside: 0 (5), 3 (3, a tie with row 2), 4 (unset)
@@ -68,14 +82,7 @@ def test_fit_split_reuses_the_baseline_and_scores_as_afresh(kind, model_dirs, ta
     baseline = table.take(pa.array(rows))
     perm = np.random.default_rng(0).permutation(len(rows))
     fit_idx, cal_idx = np.sort(perm[:len(rows) // 2]), np.sort(perm[len(rows) // 2:])
-    embedded = []
-    inner = det._reference_input
-
-    def counting(t, r=None):
-        embedded.append(t.num_rows if r is None else len(r))
-        return inner(t, r)
-
-    monkeypatch.setattr(det, "_reference_input", counting)
+    embedded = count_embedded(det, monkeypatch)
     cal, full = det.fit_split(baseline, fit_idx, cal_idx, scored=table, rows=rows)
     same = same_context_rows(table, rows)
     # each conn through the model once: the baseline, then the input less the reused rows
@@ -215,14 +222,7 @@ def test_fit_split_embeds_a_large_baseline_in_pieces_to_the_same_scores(kind, mo
     cal, full = whole.fit_split(baseline, fit_idx, cal_idx, scored=table, rows=rows)
     monkeypatch.setattr(reference, "EMBED_PIECE", 37)
     det = get_kind(kind).detector(model_dirs[kind], device="cpu")
-    calls = []
-    inner = det._reference_input
-
-    def counting(t, r=None):
-        calls.append(t.num_rows if r is None else len(r))
-        return inner(t, r)
-
-    monkeypatch.setattr(det, "_reference_input", counting)
+    calls = count_embedded(det, monkeypatch)
     cal_p, full_p = det.fit_split(baseline, fit_idx, cal_idx, scored=table, rows=rows)
     assert max(calls) <= 37 and sum(calls) == len(rows) + table.num_rows - int(
         same_context_rows(table, rows).sum())
