@@ -154,8 +154,12 @@ def _f64(table: pa.Table, name: str) -> np.ndarray:
     return np.where(np.isfinite(v), np.maximum(v, 0.0), 0.0)
 
 
-def host_sequences(table: pa.Table, max_age: float | None = None) -> np.ndarray:
-    """``[n, SEQ_LEN, len(HOST_CHANNELS)]``: the originator's last 32 conns by ts, this one last.
+def host_sequences(table: pa.Table, max_age: float | None = None,
+                   rows: np.ndarray | None = None) -> np.ndarray:
+    """``[n, SEQ_LEN, len(HOST_CHANNELS)]``: the originator's last 32 conns by ts, this one last;
+    with ``rows``, ``[len(rows), ...]`` for those rows only, the whole table their history (what
+    a row gets does not depend on which other rows are asked for; a 300k-conn baseline in one
+    ``[n, 32, 8]`` array and its temporaries was 1.3 GB).
 
     ``max_age``: only conns that started at most this many seconds before this one (None = no
     limit). The earliest step's gap is 0, so a conn's sequence depends only on the conns of that
@@ -163,8 +167,9 @@ def host_sequences(table: pa.Table, max_age: float | None = None) -> np.ndarray:
     Only conns of ``table`` are seen, so scoring a slice sees the history inside the slice.
     """
     n = table.num_rows
-    out = np.zeros((n, SEQ_LEN, len(HOST_CHANNELS)), dtype=np.float32)
-    if n == 0:
+    m = n if rows is None else len(rows)
+    out = np.zeros((m, SEQ_LEN, len(HOST_CHANNELS)), dtype=np.float32)
+    if n == 0 or m == 0:
         return out
     hist = HostHistory.of(table)
     order, rsp, t = hist.order, hist.resp[hist.order], hist.sorted_ts
@@ -182,10 +187,13 @@ def host_sequences(table: pa.Table, max_age: float | None = None) -> np.ndarray:
         np.zeros(n),
         (_f64(table, "resp_pkts")[order] == 0).astype(np.float64),
     ], axis=1).astype(np.float32)
-    idx, valid = hist.window(order, SEQ_LEN, max_age)
+    targets = order if rows is None else np.asarray(rows, dtype=np.int64)
+    idx, valid = hist.window(targets, SEQ_LEN, max_age)
     seq = step[idx] * valid[..., None]
-    seq[..., 6] = (rsp[idx] == rsp[:, None]) & valid
-    seq[np.arange(n), np.argmax(valid, axis=1), 1] = 0.0      # the earliest step's gap
+    seq[..., 6] = (rsp[idx] == hist.resp[targets][:, None]) & valid
+    seq[np.arange(m), np.argmax(valid, axis=1), 1] = 0.0      # the earliest step's gap
+    if rows is not None:
+        return seq
     out[order] = seq
     return out
 
@@ -481,10 +489,12 @@ class ModalityFeaturizer:
     def entity_dim(self) -> int:
         return len(self.entity_names)
 
-    def _raw_sequence(self, table: pa.Table, flows: pa.Table | None) -> np.ndarray:
-        if self.seq_source == "packets":
-            return packet_sequences(table, flows)
-        return host_sequences(table, self.host_max_age)
+    def _raw_sequence(self, table: pa.Table, flows: pa.Table | None,
+                      rows: np.ndarray | None = None) -> np.ndarray:
+        if self.seq_source == "packets":     # a conn's own packets: no other conn matters
+            return packet_sequences(table if rows is None else table.take(pa.array(rows, pa.int64())),
+                                    flows)
+        return host_sequences(table, self.host_max_age, rows)
 
     @property
     def context_seconds(self) -> float:
@@ -496,15 +506,18 @@ class ModalityFeaturizer:
     # -- transforming ------------------------------------------------------------------------
 
     def transform(self, table: pa.Table, flows: pa.Table | None = None,
-                  hide_service: bool = False) -> Modalities:
+                  hide_service: bool = False, rows: np.ndarray | None = None) -> Modalities:
+        """The modalities of every conn of ``table``, or of its ``rows`` only (the whole table
+        their host history): ``transform(table).take(rows)`` at the cost of ``rows``."""
         if not self.flow.fitted:
             raise RuntimeError("ModalityFeaturizer.transform before fit")
-        q = self.flow.transform(table)
-        raw = self._raw_sequence(table, flows)
+        sub = table if rows is None else table.take(pa.array(np.asarray(rows, np.int64), pa.int64()))
+        q = self.flow.transform(sub)
+        raw = self._raw_sequence(table, flows, rows)
         present = raw[..., :1] > 0
         seq = ((raw - np.asarray(self.seq_mean, np.float32)) / np.asarray(self.seq_std, np.float32)) * present
         seq[..., 0] = raw[..., 0]
-        ent = self._entities(table)
+        ent = self._entities(sub)
         q_keep = np.ones(q.shape[1], dtype=bool)
         e_keep = np.ones(ent.shape[1], dtype=bool)
         if hide_service:

@@ -150,3 +150,20 @@ def test_host_sequence_horizon_makes_a_slice_with_context_agree():
     assert f.context_seconds == 3600.0
     f.seq_source = "packets"
     assert f.context_seconds == 0.0
+
+
+@pytest.mark.parametrize("max_age", [None, 60.0])
+def test_modalities_of_some_rows_are_those_rows_of_the_whole_table(max_age):
+    """``transform(t, rows=r)`` (and ``host_sequences(t, rows=r)``) equal the whole table's rows
+    ``r`` bit for bit, the rest of ``t`` their history: scoring a large baseline a piece at a
+    time gives what one pass gives, without a ``[n, 32, 8]`` array of the whole table."""
+    t = load_conns(SLICE)
+    f = ModalityFeaturizer(skipgram=SkipGramConfig(dim=8, epochs=1, max_pairs=20_000),
+                           host_max_age=max_age).fit(t)
+    rows = np.random.default_rng(0).permutation(t.num_rows)[:137]     # unsorted, any hosts
+    whole, part = f.transform(t), f.transform(t, rows=rows)
+    for a, b in ((whole.quantity[rows], part.quantity), (whole.sequence[rows], part.sequence),
+                 (whole.entity[rows], part.entity)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(host_sequences(t, max_age)[rows], host_sequences(t, max_age, rows))
+    assert host_sequences(t, max_age, rows[:0]).shape == (0, SEQ_LEN, len(HOST_CHANNELS))

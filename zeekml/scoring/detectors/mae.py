@@ -75,12 +75,14 @@ class LoadedMAE:
         config, state = load_checked(model_dir, (NAME,), SCHEMA_VERSION, device)
         return cls(config, state, device)
 
-    def modalities(self, table: pa.Table, flows: pa.Table | None = None) -> Modalities:
-        """The three input modalities of ``table`` as this model was trained on them."""
+    def modalities(self, table: pa.Table, flows: pa.Table | None = None,
+                   rows: np.ndarray | None = None) -> Modalities:
+        """The three input modalities of ``table`` (of its ``rows`` only, the rest as their
+        history) as this model was trained on them."""
         if self.featurizer.seq_source == "packets" and flows is None:
             log.warning("this model reads packet sequences from zeekml_flow.log and none was given; "
                         "conns are scored with empty sequences")
-        return self.featurizer.transform(table, flows, hide_service=self.hide_service)
+        return self.featurizer.transform(table, flows, hide_service=self.hide_service, rows=rows)
 
     def run(self, m: Modalities) -> dict[str, np.ndarray]:
         """Embedding, per-modality reconstruction errors and (with a head) probabilities."""
@@ -152,10 +154,7 @@ class MAEDetector(ReferenceSplitFit):
         """What the model makes of each conn (of ``rows``, the rest of ``table`` as context):
         ``embedding`` ``[n, 64]``, ``parts`` ``[n, 3]`` (reconstruction error per modality) and
         ``raw`` ``[n]`` (their sum: the pretraining-relative error)."""
-        m = self.loaded.modalities(table)
-        if rows is not None:
-            m = m.take(np.asarray(rows, dtype=np.int64))
-        res = self.loaded.run(m)
+        res = self.loaded.run(self.loaded.modalities(table, rows=rows))
         return {"embedding": res["embedding"], "parts": np.stack([res[k] for k in PARTS], axis=1),
                 "raw": res["score"]}
 
