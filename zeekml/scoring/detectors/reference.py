@@ -33,6 +33,14 @@ MAX_REFERENCE = 4000      # baseline rows kept as kNN references (cost per score
 # batches less.
 CHUNK = 256
 
+# Rows embedded per call in ``fit_split`` (and scored per call by ``KnnReference.score``). A call
+# materialises the model's input for its rows (token ids ``[n, 16, 12]`` int64 = 1.5 kB a conn,
+# modality matrices), so a 300k-conn baseline (the default 30% of 1M conns) in one call was the
+# peak of `zeekml score` (1M conns: 1.78x the RSS of 100k, bench/score_memory.py). The rest of the
+# table stays each piece's context, and a row's embedding does not depend on the rows embedded
+# with it (``embed``'s contract), so the result is the same as in one call.
+EMBED_PIECE = 65_536
+
 
 def unit_rows(e: np.ndarray) -> np.ndarray:
     """Rows of ``e`` scaled to unit length (zero rows stay zero)."""
@@ -141,14 +149,16 @@ class KnnReference:
 
     def fit(self, embedding: np.ndarray) -> KnnReference:
         """Keep the (unit) embeddings of the baseline rows, ``[m, d]``."""
-        e = unit_rows(embedding)
-        if len(e) == 0:
+        n = len(embedding)
+        if n == 0:
             raise ModelError("the baseline gave no conn to compare against")
-        rows = np.arange(len(e), dtype=np.int64)
-        if len(e) > self.max_reference:
-            rows = np.random.default_rng(self.seed).choice(len(e), self.max_reference, replace=False)
-            e = e[rows]
-        self.ref = e
+        rows = np.arange(n, dtype=np.int64)
+        if n > self.max_reference:
+            # draw first, scale the drawn rows only: the same values (row by row) without a unit
+            # copy of a large baseline's embeddings
+            rows = np.random.default_rng(self.seed).choice(n, self.max_reference, replace=False)
+            embedding = np.asarray(embedding)[rows]
+        self.ref = unit_rows(embedding)
         # which baseline rows were kept, so an explanation can name the nearest baseline conns
         self.rows = rows
         self._loo_q99 = None
@@ -160,7 +170,10 @@ class KnnReference:
             raise ModelError("KnnReference.score before fit")
         if len(embedding) == 0:
             return np.zeros(0)
-        return knn_distance(unit_rows(embedding), self.ref, self.k)
+        # a slab at a time: a row's distance depends on that row alone (``knn_distance``), and
+        # the unit copy of a 300k-conn baseline's embeddings is not needed all at once
+        return np.concatenate([knn_distance(unit_rows(embedding[a:a + EMBED_PIECE]), self.ref, self.k)
+                               for a in range(0, len(embedding), EMBED_PIECE)])
 
     def nearest(self, embedding: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest baseline rows of each row of ``embedding`` (for explanations).
@@ -246,15 +259,6 @@ def same_context_rows(scored: pa.Table, rows: np.ndarray) -> np.ndarray:
     return ts[rows] < ts[outside].min()
 
 
-# Rows embedded per call in ``fit_split``. A call materialises the model's input for its rows
-# (token ids ``[n, 16, 12]`` int64 = 1.5 kB a conn, modality matrices), so a 300k-conn baseline
-# (the default 30% of 1M conns) in one call was the peak of `zeekml score` (1M conns: 1.78x the
-# RSS of 100k, bench/score_memory.py). The rest of the table stays each piece's context, and a
-# row's embedding does not depend on the rows embedded with it (``embed``'s contract), so the
-# result is the same as in one call.
-EMBED_PIECE = 65_536
-
-
 def embed_in_pieces(embed: Callable[[pa.Table, np.ndarray | None], np.ndarray], table: pa.Table,
                     rows: np.ndarray | None = None, piece: int | None = None) -> np.ndarray:
     """``embed(table, rows)`` computed ``piece`` (default ``EMBED_PIECE``) rows at a time (every
@@ -306,9 +310,10 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
                                                        np.arange(table.num_rows, both.num_rows))])
         fit_table = pa.concat_tables([fit_table, both.slice(table.num_rows)])
     det.fit(fit_table, reference_input=fit_x)
+    del fit_x, fit_table      # a large baseline's copies are not kept through calibration
     cal_rows = np.asarray(cal_rows, dtype=np.int64)
     if scored is None:
-        return det.reference.score(x[cal_rows]), None
+        return _score_at(det.reference, x, cal_rows), None
     rows = np.asarray(rows, dtype=np.int64)
     same = same_context_rows(scored, rows)
     todo = np.ones(scored.num_rows, dtype=bool)
@@ -325,8 +330,16 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
     again = ~same[cal_rows]
     cal[~again] = full[rows[cal_rows[~again]]]
     if again.any():
-        cal[again] = det.reference.score(x[cal_rows[again]])
+        cal[again] = _score_at(det.reference, x, cal_rows[again])
     return cal, full
+
+
+def _score_at(reference: KnnReference | ZReference, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``reference.score(x[rows])`` a piece of rows at a time (no copy of all of them at once)."""
+    if len(rows) == 0:
+        return np.zeros(0)
+    return np.concatenate([reference.score(x[rows[a:a + EMBED_PIECE]])
+                           for a in range(0, len(rows), EMBED_PIECE)])
 
 
 class ReferenceSplitFit:

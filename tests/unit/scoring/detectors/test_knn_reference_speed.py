@@ -45,3 +45,21 @@ def test_a_reference_row_that_is_not_finite_is_nobodys_neighbour():
     bad[7] = np.nan
     np.testing.assert_array_equal(knn_distance(e, bad, 3), knn_distance(e, np.delete(ref, 7, axis=0), 3))
     assert np.isnan(knn_distance(e, np.full((2, 16), np.nan, np.float32), 3)).all()
+
+
+def test_fit_and_score_a_slab_at_a_time_give_the_same_bits(monkeypatch):
+    """``KnnReference`` scales only the drawn reference rows and scores a large input a slab at
+    a time (bounded memory on a 300k-conn baseline): the same bits as all at once."""
+    from zeekml.scoring.detectors import reference as ref_mod
+
+    rng = np.random.default_rng(3)
+    base, x = rng.normal(size=(900, 16)), rng.normal(size=(1000, 16)).astype(np.float32)
+    whole = ref_mod.KnnReference(max_reference=300, seed=1).fit(base)
+    want = ref_mod.knn_distance(ref_mod.unit_rows(x), whole.ref, whole.k)
+    np.testing.assert_array_equal(whole.ref, ref_mod.unit_rows(base)[whole.rows])
+    monkeypatch.setattr(ref_mod, "EMBED_PIECE", 77)
+    sliced = ref_mod.KnnReference(max_reference=300, seed=1).fit(base)
+    np.testing.assert_array_equal(sliced.ref, whole.ref)
+    np.testing.assert_array_equal(sliced.score(x), want)
+    np.testing.assert_array_equal(ref_mod._score_at(sliced, x, np.arange(999, -1, -3)),
+                                  want[np.arange(999, -1, -3)])
