@@ -70,22 +70,26 @@ class FlowFeaturizer:
     # -- fitting -----------------------------------------------------------------------------
 
     def fit(self, table: pa.Table) -> "FlowFeaturizer":
+        self._fit(table)
+        return self
+
+    def _fit(self, table: pa.Table) -> np.ndarray:
+        """Fit on ``table``; its raw (unscaled) features, which fitting computes anyway."""
         if not self.hide_service:
             svc = _strings(table, "service")
             vals, counts = np.unique(svc[svc != ""], return_counts=True)
             order = np.argsort(-counts, kind="stable")
             self.services = [str(v) for v in vals[order][: self.top_services]]
         raw = self._raw(table)
-        if len(raw) == 0:
-            raw = np.zeros((1, raw.shape[1]))
-        lo = np.quantile(raw, self.clip_quantiles[0], axis=0)
-        hi = np.quantile(raw, self.clip_quantiles[1], axis=0)
-        clipped = np.clip(raw, lo, hi)
+        stats = raw if len(raw) else np.zeros((1, raw.shape[1]))
+        lo = np.quantile(stats, self.clip_quantiles[0], axis=0)
+        hi = np.quantile(stats, self.clip_quantiles[1], axis=0)
+        clipped = np.clip(stats, lo, hi)
         self.lo, self.hi = lo.tolist(), hi.tolist()
         self.mean = clipped.mean(axis=0).tolist()
         std = clipped.std(axis=0)
         self.std = np.where(std > 1e-9, std, 1.0).tolist()
-        return self
+        return raw
 
     @property
     def fitted(self) -> bool:
@@ -94,12 +98,19 @@ class FlowFeaturizer:
     def transform(self, table: pa.Table) -> np.ndarray:
         if not self.fitted:
             raise RuntimeError("FlowFeaturizer.transform before fit")
-        raw = self._raw(table)
+        return self._scale(self._raw(table))
+
+    def _scale(self, raw: np.ndarray) -> np.ndarray:
         x = (np.clip(raw, self.lo, self.hi) - np.asarray(self.mean)) / np.asarray(self.std)
         return x.astype(np.float32)
 
     def fit_transform(self, table: pa.Table) -> np.ndarray:
-        return self.fit(table).transform(table)
+        return self._scale(self._fit(table))
+
+    def fit_transform_raw(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """``(fit_transform(table), the raw features it scaled)``: the raw features computed once."""
+        raw = self._fit(table)
+        return self._scale(raw), raw
 
     # -- the features ------------------------------------------------------------------------
 

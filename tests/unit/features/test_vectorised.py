@@ -68,3 +68,16 @@ def test_entity_vectors_equal_the_per_row_lookup(table):
             row, unseen = m.w2v.lookup(tok)
             assert np.array_equal(ent[i, j * d:(j + 1) * d], m.w2v.vectors[row])
             assert ent[i, 3 * d + j] == float(unseen)
+
+
+def test_fit_transform_raw_is_fit_then_transform_with_its_raw_features(table):
+    """Fitting computes the raw features once and scales them (``fit_transform``,
+    ``fit_transform_raw``): the same bits as fitting, then transforming the table again."""
+    two_pass = FlowFeaturizer().fit(table)
+    x, raw = FlowFeaturizer().fit_transform_raw(table)
+    np.testing.assert_array_equal(x, two_pass.transform(table))
+    np.testing.assert_array_equal(raw, two_pass._raw(table))
+    np.testing.assert_array_equal(FlowFeaturizer().fit_transform(table), x)
+    f = FlowFeaturizer()
+    ex, eraw = f.fit_transform_raw(table.slice(0, 0))      # no services: fewer columns
+    assert ex.shape == eraw.shape == (0, len(f.feature_names)) and f.fitted

@@ -37,13 +37,12 @@ class IsolationForestDetector:
 
     def fit(self, table: pa.Table) -> IsolationForestDetector:
         """Fit the features' scaling and the forest on ``table`` (a baseline period)."""
-        x = self.featurizer.fit_transform(table)
+        x, raw = self.featurizer.fit_transform_raw(table)
         self.model.fit(x)
         self._median = np.median(x, axis=0)
         mad = np.median(np.abs(x - self._median), axis=0)
         self._mad = np.where(mad > 1e-6, mad, np.maximum(np.std(x, axis=0), 1e-3))
         # what an explanation compares against, in the features' own units
-        raw = self.featurizer._raw(table)
         self._raw_median = np.median(raw, axis=0) if len(raw) else np.zeros(raw.shape[1])
         self._raw_share = raw.mean(axis=0) if len(raw) else np.zeros(raw.shape[1])
         return self
