@@ -45,6 +45,7 @@ from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.scoring.context import detectors_in_context, horizons, with_context
 from zeekml.scoring.explain import BaselineProfile
+from zeekml.scoring.incidents import HostTimes
 from zeekml.scoring.verdict import VerdictBatch
 
 log = logging.getLogger(__name__)
@@ -349,24 +350,6 @@ def triage_part(batch: VerdictBatch) -> TriagePart:
     return TriagePart(alerts_only(batch), oc, on, rc, rn, np.asarray(ts, dtype=np.float64))
 
 
-class _HostTimes:
-    """``count(host, t0, t1)``: the conns of ``host`` with ``t0 <= ts <= t1``, over hosts known
-    by code (``incidents._HostTimes`` over strings, the same counts)."""
-
-    def __init__(self, index: dict[str, int], codes: np.ndarray, ts: np.ndarray):
-        order = np.lexsort((ts, codes))
-        self.index, self.codes, self.ts = index, codes[order], ts[order]
-
-    def count(self, host: str, t0: float, t1: float) -> int:
-        code = self.index.get(host)
-        if code is None:
-            return 0
-        lo = np.searchsorted(self.codes, code, side="left")
-        hi = np.searchsorted(self.codes, code, side="right")
-        t = self.ts[lo:hi]
-        return int(np.searchsorted(t, t1, side="right") - np.searchsorted(t, t0, side="left"))
-
-
 @dataclass
 class TriageRows:
     """``TriagePart``s of every chunk or task, in input order, gathered for the incidents:
@@ -419,12 +402,12 @@ class TriageRows:
                             np.concatenate([p.alert for p in parts]), msg, sub,
                             suricata_alerts=suricata)
 
-    def host_times(self) -> dict[str, _HostTimes]:
+    def host_times(self) -> dict[str, HostTimes]:
         """``incidents.build_incidents``'s ``host_times`` over every conn added."""
         ts = np.concatenate(self._ts) if self._ts else np.zeros(0)
         orig = np.concatenate(self._orig) if self._orig else np.zeros(0, dtype=np.int32)
         resp = np.concatenate(self._resp) if self._resp else np.zeros(0, dtype=np.int32)
-        return {"orig": _HostTimes(self.hosts, orig, ts), "resp": _HostTimes(self.hosts, resp, ts)}
+        return {"orig": HostTimes(orig, ts, self.hosts), "resp": HostTimes(resp, ts, self.hosts)}
 
 
 @dataclass

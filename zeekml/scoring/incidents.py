@@ -239,22 +239,33 @@ def build_incidents(table: pa.Table, options: IncidentOptions | None = None,
         groups += [("orig", seg) for seg in _segments(orig, ts, np.concatenate(sporadic), opt.slow_gap)]
 
     # conns = every conn of the host in its role between first and last alert (context)
-    sorted_by_host = host_times or {"orig": _HostTimes(orig, ts), "resp": _HostTimes(resp, ts)}
+    sorted_by_host = host_times or {"orig": HostTimes(orig, ts), "resp": HostTimes(resp, ts)}
     out = [_incident(role, seg, c, sorted_by_host[role], opt, baseline_bytes) for role, seg in groups]
     out.sort(key=lambda i: (-i.score, i.first_ts, i.incident_id))
     return out
 
 
-class _HostTimes:
-    """Each host's ts, sorted, to count its conns in a time range quickly."""
+class HostTimes:
+    """Each host's ts, sorted, to count its conns in a time range quickly (``count``).
 
-    def __init__(self, hosts: np.ndarray, ts: np.ndarray):
+    Args:
+        hosts: each conn's host, ``[n]``: the addresses, or codes of them given ``index``.
+        ts: each conn's ts, ``[n]``.
+        index: address -> code, when ``hosts`` holds codes (chunked scoring and --dask keep
+            16 bytes a conn this way, ``pipeline.chunked.TriageRows``); None: addresses.
+    """
+
+    def __init__(self, hosts: np.ndarray, ts: np.ndarray, index: dict[str, int] | None = None):
         order = np.lexsort((ts, hosts))
-        self.hosts, self.ts = hosts[order], ts[order]
+        self.hosts, self.ts, self.index = hosts[order], ts[order], index
 
     def count(self, host: str, t0: float, t1: float) -> int:
-        lo = np.searchsorted(self.hosts, host, side="left")
-        hi = np.searchsorted(self.hosts, host, side="right")
+        """The conns of ``host`` with ``t0 <= ts <= t1``."""
+        key = host if self.index is None else self.index.get(host)
+        if key is None:
+            return 0
+        lo = np.searchsorted(self.hosts, key, side="left")
+        hi = np.searchsorted(self.hosts, key, side="right")
         t = self.ts[lo:hi]
         return int(np.searchsorted(t, t1, side="right") - np.searchsorted(t, t0, side="left"))
 
@@ -288,7 +299,7 @@ class _Columns:
         return f"{int(p)}/{proto}" if np.isfinite(p) else proto
 
 
-def _incident(role: str, rows: np.ndarray, c: _Columns, times: _HostTimes, opt: IncidentOptions,
+def _incident(role: str, rows: np.ndarray, c: _Columns, times: HostTimes, opt: IncidentOptions,
               baseline_bytes: dict[str, tuple[float, float]] | None) -> Incident:
     host_col, peer_col = (c.orig, c.resp) if role == "orig" else (c.resp, c.orig)
     host = str(host_col[rows[0]])
