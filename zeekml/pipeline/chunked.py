@@ -59,19 +59,6 @@ DEFAULT_CHUNK_ROWS = 100_000
 rendered as text) and so does the speed of the learned models' batched inference; 100k conns
 keep scoring as fast as one table of everything (``bench/README.md``, score memory)."""
 
-# pcap (either byte order, micro- or nanosecond) and pcapng section header block
-CAPTURE_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1",
-                  b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
-
-
-def is_capture(path: str) -> bool:
-    """Whether ``path`` starts with a pcap or pcapng magic number (``zeekml replay`` reads it)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) in CAPTURE_MAGICS
-    except OSError:
-        return False
-
 
 def read_conn_batches(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
                       on_bytes: ProgressFn | None = None,
@@ -99,6 +86,9 @@ def read_conn_batches(paths: list[str], quarantine: Quarantine, summary: ScoreSu
                 log.warning("%s: no conn records (#path %s): nothing in it is scored", path,
                             ", ".join(sorted(others)))
         except ZeekmlError as e:
+            # imported here: the capture reader pulls in dpkt (~50 ms at every start otherwise)
+            from zeekml.sources.pcap import is_capture
+
             if isinstance(e, UnknownFormat) and is_capture(path):
                 e = UnknownFormat("looks like a capture: use zeekml replay", path)
             summary.files_failed.append((path, e.message))

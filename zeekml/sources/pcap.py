@@ -35,6 +35,17 @@ _PCAP_MAGICS = {
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 
+def is_capture(path: str) -> bool:
+    """Whether ``path`` starts with a pcap (either byte order, micro- or nanosecond) or pcapng
+    magic number, the ones ``iter_capture`` reads; False when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return False
+    return magic in _PCAP_MAGICS or magic == _PCAPNG_MAGIC
+
+
 def iter_capture(path: str) -> Iterator[tuple[float, bytes, int]]:
     """Yield ``(ts, frame, linktype)`` for each packet of a pcap or pcapng file.
 
