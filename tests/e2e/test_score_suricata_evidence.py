@@ -115,3 +115,21 @@ def test_dask_joins_alerts_read_by_other_tasks(tmp_path):
     a, b = _lines(one), _lines(dask)
     assert sum("suricata_alerts" in v for v in b) == 366
     assert sorted(map(json.dumps, a)) == sorted(map(json.dumps, b))
+
+
+def test_report_names_the_signatures_of_each_incident(scored):
+    """``zeekml report`` shows, per incident, the Suricata alerts on its conns and their
+    signatures (HTML page and terminal), from the run's incidents.jsonl."""
+    from zeekml.sinks.report import load_run, render_html
+    from zeekml.sinks.report.run import suricata_text
+
+    run = load_run(str(scored["with"]))
+    with_sigs = [i for i in run.incidents if i.get("suricata_alerts")]
+    assert with_sigs, "no incident carries Suricata alerts: nothing to show"
+    page = render_html(run, max_incidents=len(run.incidents))
+    top = with_sigs[0]["suricata_signatures"][0]
+    assert f"sid {top['signature_id']}" in page
+    assert "Suricata signatures" in page             # the top conns' column
+    r = CliRunner().invoke(main, ["report", str(scored["with"]), "--top", str(len(run.incidents))])
+    assert r.exit_code == 0, r.output
+    assert suricata_text(with_sigs[0]).split(":")[0] in r.output

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from zeekml._core.outfile import OutputFile
 from zeekml.sinks.report.plots import score_distribution_svg, timeline_svg
-from zeekml.sinks.report.run import RunData
+from zeekml.sinks.report.run import RunData, suricata_text
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -28,7 +28,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid 
 table{border-collapse:collapse;font-size:.85em;margin:.4em 0}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.desc{font-weight:600}.muted{color:#777}.plots{display:flex;flex-wrap:wrap;gap:1em}
+.desc{font-weight:600}.muted{color:#777}.suricata{color:#a40}.plots{display:flex;flex-wrap:wrap;gap:1em}
 details{margin:.2em 0}code{font-size:1.05em}svg{max-width:100%;height:auto}
 """
 
@@ -119,11 +119,24 @@ def _evidence(inc: dict) -> str:
                      esc(c.get("id.resp_h")), esc(f"{c.get('id.resp_p')}/{c.get('proto')}"),
                      _num(c.get("score")), esc(c.get("model")),
                      esc(c.get("detector_explanation", "")), esc(c.get("explanation", "")),
-                     esc(c.get("community_id", ""))))
+                     esc(c.get("community_id", "")), _conn_signatures(c)))
     return ("<details><summary>top conns</summary>" +
             _table(["ts (UTC)", "uid", "orig", "resp", "port", "score", "detector",
                     "why the detector alerted", "unlike the baseline's conns of its kind",
-                    "community_id"], rows, num_cols={5}) + "</details>")
+                    "community_id", "Suricata signatures"], rows, num_cols={5}) + "</details>")
+
+
+def _suricata(inc: dict) -> str:
+    text = suricata_text(inc)
+    return f'<br><span class="suricata">{esc(text)}</span>' if text else ""
+
+
+def _conn_signatures(c: dict) -> str:
+    alerts = c.get("suricata_alerts")
+    if not isinstance(alerts, list):
+        return ""
+    names = [str(a.get("signature") or a.get("signature_id")) for a in alerts if isinstance(a, dict)]
+    return esc("; ".join(dict.fromkeys(names)))
 
 
 def _list(v: object, limit: int = 5) -> str:
@@ -144,7 +157,7 @@ def _incidents_section(run: RunData, limit: int) -> str:
             f"{_num(inc.get('alerts'))} / {_num(inc.get('conns'))}",
             f"{_num(n_peers)}: {_list(inc.get('peers'))}", _list(inc.get("resp_ports")),
             _list(inc.get("detectors")),
-            f'<span class="desc">{esc(inc.get("description"))}</span>'
+            f'<span class="desc">{esc(inc.get("description"))}</span>{_suricata(inc)}'
             f'<br><span class="muted">{esc(inc.get("incident_id"))}</span>{_evidence(inc)}'))
     more = len(run.incidents) - limit
     note = f'<p class="muted">{more:,} more incidents in incidents.jsonl.</p>' if more > 0 else ""

@@ -46,6 +46,27 @@ class RunData:
     baseline: dict = field(default_factory=dict)   # baseline.json: inputs, period, conns
 
 
+def suricata_text(inc: dict, limit: int = 3) -> str:
+    """The Suricata alerts joined onto an incident's alerting conns, in words ("" without any):
+    how many, then its ``limit`` most frequent signatures with their ids and counts. One wording
+    for the HTML page and the terminal view."""
+    n = inc.get("suricata_alerts")
+    sigs = inc.get("suricata_signatures")
+    if not isinstance(n, int) or n <= 0:
+        return ""
+    parts = []
+    for sig in (sigs if isinstance(sigs, list) else [])[:limit]:
+        if not isinstance(sig, dict):
+            continue
+        sid = sig.get("signature_id")
+        name = sig.get("signature") or "?"
+        parts.append(f"{name} (sid {sid if sid is not None else '?'}, {sig.get('alerts', '?')}x)")
+    more = len(sigs) - limit if isinstance(sigs, list) and len(sigs) > limit else 0
+    listed = "; ".join(parts) + (f"; +{more} more signature{'s' if more > 1 else ''}" if more else "")
+    head = f"Suricata: {n:,} alert{'s' if n != 1 else ''} on its conns"
+    return f"{head}: {listed}" if listed else head
+
+
 def _json_lines(path: str) -> Iterator[tuple[int, dict]]:
     """(line number, object) of each non-empty line; a bad line is a one-line error naming it."""
     try:

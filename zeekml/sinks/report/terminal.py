@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from zeekml.sinks.report.run import RunData
+from zeekml.sinks.report.run import RunData, suricata_text
 
 
 def _ts(v: object) -> str:
@@ -54,4 +54,7 @@ def _what(inc: dict) -> Text:
         why = [str(top[0][k]) for k in ("detector_explanation", "explanation") if top[0].get(k)]
         if why:
             text.append("\nstrongest conn: " + "; ".join(why), style="dim")
+    sur = suricata_text(inc)
+    if sur:
+        text.append("\n" + sur, style="bold")
     return text

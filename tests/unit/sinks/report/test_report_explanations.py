@@ -53,3 +53,30 @@ def test_score_plot_axis_starts_at_zero():
     svg = score_distribution_svg("gnn", np.array([-0.5, -0.1, 0.2, 0.4, 1.3]), 0)
     assert svg and "0 = baseline median" in svg
     assert "\u22120.5" not in svg and "-0.5" not in svg        # no negative tick
+
+
+def test_suricata_evidence_in_words(tmp_path):
+    """An incident with joined Suricata alerts names them, most frequent first, escaped in the
+    page; one without shows no Suricata line at all."""
+    from zeekml.sinks.report.run import suricata_text
+
+    run = _run(tmp_path)
+    assert suricata_text(run.incidents[0]) == ""
+    assert "Suricata:" not in render_html(run)
+    sigs = [{"signature_id": 2001219, "signature": "ET SCAN <Potential> SSH Scan", "severity": 2,
+             "category": "Attempted Information Leak", "alerts": 7},
+            {"signature_id": 2003068, "signature": "ET SCAN SSH BruteForce", "severity": 2,
+             "category": "Misc activity", "alerts": 2},
+            {"signature_id": 9, "signature": None, "severity": 3, "category": None, "alerts": 1},
+            {"signature_id": 10, "signature": "four", "severity": 3, "category": None, "alerts": 1}]
+    run.incidents[0].update(suricata_alerts=11, suricata_signatures=sigs)
+    run.incidents[0]["top_conns"][0]["suricata_alerts"] = [sigs[0], sigs[0]]
+    text = suricata_text(run.incidents[0])
+    assert text == ("Suricata: 11 alerts on its conns: ET SCAN <Potential> SSH Scan (sid 2001219, 7x); "
+                    "ET SCAN SSH BruteForce (sid 2003068, 2x); ? (sid 9, 1x); +1 more signature")
+    page = render_html(run)
+    assert "ET SCAN &lt;Potential&gt; SSH Scan (sid 2001219, 7x)" in page and "<Potential>" not in page
+    assert page.count("ET SCAN &lt;Potential&gt; SSH Scan") == 2     # the line and the conn's column, once
+    buf = io.StringIO()
+    print_incidents(run, console=Console(file=buf, width=400, color_system=None))
+    assert text in buf.getvalue()
