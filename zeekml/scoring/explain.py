@@ -58,15 +58,27 @@ class Deviation:
             q99 = self.baseline_q99
             tail = f" (99th percentile {_num(q99)}{unit})" if q99 is not None and q99 > 0 else ""
             return f"{head}, where the baseline median for {self.kind} is 0{tail}"
-        ratio = v / med
-        if ratio >= 1:
-            rel = f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
-        elif v <= 0:
-            rel = "against"
-        else:
-            inv = med / v
-            rel = f"1/{inv:,.0f} of" if inv >= 10 else f"{ratio:.2f}x"
-        return f"{head}, {rel} the baseline median {_num(med)}{unit} for {self.kind}"
+        return f"{head}, {_relative(v, med)} the baseline median {_num(med)}{unit} for {self.kind}"
+
+
+def _relative(v: float, med: float) -> str:
+    """How ``v`` compares with a positive median, as the words before "the baseline median":
+    ``40x``, ``1.5x``, ``0.50x``, ``1/20 of``, ``against`` (for 0 or less)."""
+    ratio = v / med
+    if ratio >= 1:
+        return f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
+    if v <= 0:
+        return "against"
+    inv = med / v
+    return f"1/{inv:,.0f} of" if inv >= 10 else f"{ratio:.2f}x"
+
+
+def _against_median(head: str, v: float, med: float, unit: str = "") -> str:
+    """``head`` beside the baseline median in the words of ``Deviation.text``: ``duration 503 s,
+    162x the baseline median 3.11 s``; a median of 0 is said as such."""
+    if med <= 0:
+        return f"{head}, where the baseline median is 0"
+    return f"{head}, {_relative(v, med)} the baseline median {_num(med)}{unit}"
 
 
 def _num(x: float) -> str:
@@ -93,7 +105,8 @@ def _quantity(name: str, v: float) -> str:
 
 def feature_value_text(name: str, value: float, median: float, share: float) -> str:
     """A flow feature (``FlowFeaturizer.feature_names``) of one conn in words beside the
-    baseline: ``log1p_*`` features in their own units (``duration 503 s (baseline median 3.11 s)``),
+    baseline, in the words of ``Deviation.text``: ``log1p_*`` features in their own units
+    (``duration 503 s, 162x the baseline median 3.11 s``),
     flags as the share of baseline conns that have them (``conn_state RSTO, in 0.3% of the
     baseline's conns``; a flag the conn lacks: ``not service dns, unlike 97% of ...``), history
     letter counts and the rest as values against the median. ``value``/``median`` are in the
@@ -112,14 +125,14 @@ def feature_value_text(name: str, value: float, median: float, share: float) -> 
     if name.startswith("log1p_"):
         base = name[len("log1p_"):]
         v, m = float(np.expm1(value)), float(np.expm1(median))
-        return f"{base} {_quantity(base, v)} (baseline median {_quantity(base, m)})"
+        return _against_median(f"{base} {_quantity(base, v)}", v, m, " s" if base == "duration" else "")
     if name.startswith("history_"):
         letter = name[len("history_"):]
         if letter == "len":
-            return f"history length {_num(value)} (baseline median {_num(median)})"
+            return _against_median(f"history length {_num(value)}", value, median)
         letter = {"caret": "^"}.get(letter, letter[3:] if letter[:3] in ("up_", "lo_") else letter)
-        return f"history letter {letter} x{_num(value)} (baseline median {_num(median)})"
-    return f"{name} {_num(value)} (baseline median {_num(median)})"
+        return _against_median(f"history letter {letter} x{_num(value)}", value, median)
+    return _against_median(f"{name} {_num(value)}", value, median)
 
 
 @dataclass

@@ -64,7 +64,7 @@ class IsolationForestDetector:
         """For each of ``rows``: the ``top`` features furthest from the baseline (robust z-score
         of the scaled feature), each in its own units beside the baseline's median (or, for a
         flag such as ``conn_state RSTO``, the baseline's share of conns with it), e.g.
-        ``duration 503 s (baseline median 3.11 s); resp_pkts 184 (baseline median 0)``."""
+        ``duration 503 s, 162x the baseline median 3.11 s; resp_pkts 184, where the baseline median is 0``."""
         if len(rows) == 0:
             return []
         sub = table.take(pa.array(rows, pa.int64()))

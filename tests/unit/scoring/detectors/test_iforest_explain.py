@@ -16,16 +16,21 @@ LOG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirna
 
 def test_feature_values_in_words():
     assert feature_value_text("log1p_duration", float(np.log1p(503.2)), float(np.log1p(3.11)),
-                              0.0) == "duration 503 s (baseline median 3.11 s)"
+                              0.0) == "duration 503 s, 162x the baseline median 3.11 s"
     assert feature_value_text("log1p_orig_ip_bytes", float(np.log1p(6644)), float(np.log1p(44)),
-                              0.0) == "orig_ip_bytes 6,644 (baseline median 44)"
+                              0.0) == "orig_ip_bytes 6,644, 151x the baseline median 44"
     assert feature_value_text("conn_state_RSTO", 1.0, 0.0, 0.003) == \
         "conn_state RSTO, in 0.3% of the baseline's conns"
     assert feature_value_text("service_dns", 0.0, 1.0, 0.97) == \
         "not service dns, unlike 97.0% of the baseline's conns"
     assert feature_value_text("resp_p_ephemeral", 1.0, 0.0, 0.2) == \
         "responder port >= 49152, in 20.0% of the baseline's conns"
-    assert feature_value_text("history_up_D", 3.0, 0.0, 0.1) == "history letter D x3 (baseline median 0)"
+    assert feature_value_text("history_up_D", 3.0, 0.0, 0.1) == \
+        "history letter D x3, where the baseline median is 0"
+    assert feature_value_text("history_len", 2.0, 8.0, 0.0) == "history length 2, 0.25x the baseline median 8"
+    # one wording with the baseline-of-its-kind explanation (Deviation.text), less the kind
+    assert feature_value_text("log1p_resp_bytes", float(np.log1p(40)), float(np.log1p(800)), 0.0) == \
+        "resp_bytes 40, 1/20 of the baseline median 800"
     assert feature_value_text("missing_duration", 1.0, 0.0, 0.05) == \
         "duration unset, in 5.0% of the baseline's conns"
 
@@ -47,4 +52,4 @@ def test_explanations_compare_each_conn_with_its_baseline():
     durs = t.column("duration").to_pylist()
     row = next(r for r in rows if durs[r] is not None and durs[r] > 1)
     full = det.explain(t, np.array([row]), top=len(det.featurizer.feature_names))[0]
-    assert f"duration {_num(durs[row])} s (baseline median " in full
+    assert f"duration {_num(durs[row])} s, " in full
