@@ -57,16 +57,35 @@ log = logging.getLogger("detect_classifiers")
 ROOT = os.path.dirname(HERE)
 
 
-def training_set(names: list[str], shots: int, seed: int):
+def git_commit() -> str | None:
+    """The checkout's commit (the code the classifiers were trained with), or None."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def training_set(names: list[str], shots: int, seed: int, benign_shots: int | None = None):
     """The pooled table of ``names``, labels (Benign/Malicious/None), the rows drawn to train on
-    (``shots`` per class from each capture's earliest 70%) and every capture's earliest 70%."""
+    (``shots`` per class from each capture's earliest 70%; ``benign_shots`` Benign ones instead
+    when given) and every capture's earliest 70%."""
     tables, labels, rows, early_all = [], [], [], []
     off = 0
     for i, name in enumerate(names):
-        t, y = load(name, None)
+        t, y = load_any(name)
         lab = np.array(["Malicious" if v == 1 else "Benign" if v == 0 else None for v in y], dtype=object)
         early, _ = temporal_split(t)
-        rows.append(sample_shots(lab, early, k=shots, seed=seed + i) + off)
+        drawn = sample_shots(lab, early, k=shots, seed=seed + i)
+        if benign_shots is not None and benign_shots != shots:
+            # the malicious draw as with --shots; the benign one redrawn at its own size
+            ben = early[np.array([lab[j] == "Benign" for j in early], dtype=bool)]
+            drawn = drawn[np.array([lab[j] != "Benign" for j in drawn], dtype=bool)]
+            n = min(benign_shots, len(ben))
+            drawn = np.sort(np.concatenate([drawn, np.random.default_rng(seed + i).choice(ben, n, replace=False)]))
+        rows.append(drawn + off)
         early_all.append(early + off)
         tables.append(t)
         labels.append(lab)
@@ -96,15 +115,77 @@ def held_out_metrics(p: np.ndarray, y: np.ndarray, cut: float) -> dict:
     return out
 
 
-def finetune(base: str, names: list[str], shots: int, seed: int, fpr_train: float, out: str) -> dict:
-    """Finetune ``base`` on ``names`` (``training_set``) into ``out`` and store its trained cut."""
-    table, labels, rows, early = training_set(names, shots, seed)
+def finetune(base: str, names: list[str], shots: int, seed: int, fpr_train: float, out: str,
+             benign_shots: int | None = None) -> tuple[dict, dict]:
+    """Finetune ``base`` on ``names`` (``training_set``) into ``out`` and store its trained cut.
+    Returns the fold's record and the validation benign conns' P(malicious) (``val_p``) with the
+    index in ``names`` of the capture each comes from (``val_capture``)."""
+    table, labels, rows, early = training_set(names, shots, seed, benign_shots)
     get_trainer(base).finetune(os.path.join(ROOT, "models", f"{base}-base"), table, labels, rows,
                                hide_service=False, seed=seed, out=out,
-                               sources=[os.path.join(DATA, FILES[c]) for c in names],
+                               sources=[f for c in names for f in sources_of(c)],
                                label_field="label", device="cpu")
-    op = store_trained_cut(out, table, validation_benign_rows(labels, early, rows, seed), fpr_train)
-    return {"train": names, "train_rows": int(len(rows)), "operating_point": op}
+    val = validation_benign_rows(labels, early, rows, seed)
+    op = store_trained_cut(out, table, val, fpr_train)
+    from zeekml.scoring.registry import classifier_detector
+
+    # scored again as store_trained_cut scored them, kept so a committee's cut can be chosen on
+    # the same conns (bench/detect_committee.py)
+    sizes = np.cumsum([0] + [n for n in _capture_sizes(names)])
+    val_p = classifier_detector(out).score_rows(table, val) if len(val) else np.zeros(0)
+    return ({"train": names, "train_rows": int(len(rows)), "operating_point": op},
+            {"val_p": np.asarray(val_p), "val_capture": np.searchsorted(sizes, val, side="right") - 1})
+
+
+_SIZES: dict[str, int] = {}
+
+
+def _capture_sizes(names: list[str]) -> list[int]:
+    for n in names:
+        if n not in _SIZES:
+            _SIZES[n] = load_any(n)[0].num_rows
+    return [_SIZES[n] for n in names]
+
+
+# zeek-8.2.2-package-runs: real Zeek conn.logs of the protocol test traces of Zeek's btest suite
+# and suricata-verify (another set of networks, presumed benign; the Slips malware captures left
+# out). Each log is scored on its own, as a user would score it.
+BTEST_RUNS = "zeek-8.2.2-package-runs"
+
+
+def sources_of(name: str) -> list[str]:
+    """The conn logs of a capture (``CAPTURES``) or of a presumed-benign set (``zat``, ``btest``)."""
+    if name == "btest":
+        runs = os.path.join(DATA, BTEST_RUNS)
+        return [os.path.join(runs, d, "conn.log") for d in sorted(os.listdir(runs))
+                if d.startswith(("zeek-btest__", "suricata-verify__"))
+                and os.path.exists(os.path.join(runs, d, "conn.log"))]
+    return [os.path.join(DATA, FILES[name])]
+
+
+def presumed_benign() -> dict[str, list[pa.Table]]:
+    """Unlabeled logs of other networks, presumed benign: ``zat`` (zat's conn.log, one ordinary
+    host) and ``btest`` (the conn.logs of Zeek's and suricata-verify's test traces), each log a
+    table of its own."""
+    out = {}
+    for name in ("zat", "btest"):
+        tables = [load_conns(f) for f in sources_of(name)]
+        out[name] = [t for t in tables if t.num_rows]
+    return out
+
+
+def load_any(name: str) -> tuple[pa.Table, np.ndarray]:
+    """A labeled capture's conns and labels (``detect_eval.load``), or a presumed-benign set's
+    conns (its logs one after another) all labeled 0 (Benign): ``--extra-benign``."""
+    if name in CAPTURES:
+        return load(name, None)
+    t = pa.concat_tables(presumed_benign()[name], promote_options="permissive")
+    return t, np.zeros(t.num_rows, dtype=np.int64)
+
+
+def score_logs(det, tables: list[pa.Table]) -> np.ndarray:
+    """P(malicious) of every conn of ``tables``, each table scored on its own."""
+    return np.concatenate([np.asarray(det.score(t), dtype=np.float64) for t in tables])
 
 
 def final(args: argparse.Namespace) -> None:
@@ -114,7 +195,8 @@ def final(args: argparse.Namespace) -> None:
     if len(args.bases) != 1:
         raise SystemExit("--final takes one base (--bases KIND)")
     base = args.bases[0]
-    r = finetune(base, list(args.captures), args.shots, args.seed, args.fpr_train, args.final)
+    r, _ = finetune(base, list(args.captures) + list(args.extra_benign), args.shots, args.seed, args.fpr_train, args.final,
+                    args.benign_shots)
     det = classifier_detector(args.final)
     zat = load_conns(os.path.join(DATA, FILES["zat"]))
     flagged = float((np.asarray(det.score(zat)) >= det.decision_threshold).mean())
@@ -141,6 +223,15 @@ def main() -> None:
     ap.add_argument("--bases", nargs="+", default=["moe", "mae", "gnn"])
     ap.add_argument("--captures", nargs="+", default=CAPTURES, choices=CAPTURES)
     ap.add_argument("--shots", type=int, default=300, help="per class per training capture")
+    ap.add_argument("--benign-shots", type=int, default=None,
+                    help="Benign conns per training capture (default: --shots)")
+    ap.add_argument("--probs", default=None,
+                    help="write each fold's P(malicious) (held-out capture, validation benign "
+                         "conns, presumed-benign logs) here as BASE-CAPTURE.npz, for "
+                         "bench/detect_committee.py")
+    ap.add_argument("--extra-benign", nargs="*", default=[], choices=["zat", "btest"],
+                    help="presumed-benign logs of other networks added to every training set "
+                         "as Benign conns (drawn like a capture's)")
     ap.add_argument("--fpr-train", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="keep the finetuned dirs under this directory")
@@ -156,24 +247,37 @@ def main() -> None:
         ap.error("--out is required (or --final)")
     from zeekml.scoring.registry import classifier_detector
 
-    zat = load_conns(os.path.join(DATA, FILES["zat"]))
+    others = presumed_benign()
     results: dict = {"command": "python bench/detect_classifiers.py " + " ".join(sys.argv[1:]),
-                     "shots": args.shots, "fpr_train": args.fpr_train, "folds": {}}
+                     "commit": git_commit(), "shots": args.shots, "benign_shots": args.benign_shots,
+                     "extra_benign": args.extra_benign,
+                     "fpr_train": args.fpr_train, "folds": {}}
+    if args.probs:
+        os.makedirs(args.probs, exist_ok=True)
     for base in args.bases:
         for held in args.captures:
-            train_names = [c for c in CAPTURES if c != held]
+            train_names = [c for c in CAPTURES if c != held] + list(args.extra_benign)
             t0 = time.perf_counter()
             out = (os.path.join(args.keep, f"{base}-loco-{held}") if args.keep
                    else tempfile.mkdtemp(prefix=f"clf-{base}-{held}-"))
-            r = finetune(base, train_names, args.shots, args.seed, args.fpr_train, out)
+            r, val = finetune(base, train_names, args.shots, args.seed, args.fpr_train, out,
+                              args.benign_shots)
             t, y = load(held, None)
             det = classifier_detector(out)
-            p = det.score(t)
+            p = np.asarray(det.score(t))
+            r |= held_out_metrics(p, y, r["operating_point"]["cut"])
+            # other networks, unlabeled, presumed benign: zat's conn.log (one ordinary host) and
+            # the btest/suricata-verify test traces' conn.logs
+            other_p = {k: score_logs(det, v) for k, v in others.items()}
+            for k, v in other_p.items():
+                r[f"{k}_flagged_at_cut"] = float((v >= det.decision_threshold).mean())
+                r[f"{k}_conns"] = int(len(v))
             r["seconds"] = round(time.perf_counter() - t0, 1)
-            r |= held_out_metrics(np.asarray(p), y, r["operating_point"]["cut"])
-            # another network: zat's unlabeled conn.log (one ordinary host, presumed benign)
-            r["zat_flagged_at_cut"] = float((np.asarray(det.score(zat)) >= det.decision_threshold).mean())
             results["folds"][f"{base}/{held}"] = r
+            if args.probs:
+                np.savez_compressed(os.path.join(args.probs, f"{base}-{held}.npz"), held_p=p, held_y=y,
+                                    cut=r["operating_point"]["cut"], train=np.array(train_names),
+                                    **val, **{f"{k}_p": v for k, v in other_p.items()})
             log.info("%s held out %s: %s", base, held, json.dumps(r))
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=1, sort_keys=True)

@@ -187,7 +187,8 @@ def load_model_detectors(models_dir: str, device: str = "cpu") -> list[Detector]
         kind = cfg.get("kind")
         if not isinstance(kind, str):
             raise ModelError("config.json has no \"kind\"", d)
-        if kind not in kind_names():
+        # a classifier's factory knows its kinds, composite ones (a committee) included
+        if kind not in kind_names() and not is_classifier(cfg):
             raise ModelError(f"unknown model kind {kind!r}; this zeekml knows {', '.join(kind_names())}", d)
         det = classifier_detector(d, device) if is_classifier(cfg) else get_kind(kind).detector(d, device)
         if any(x.name == det.name for x in dets):

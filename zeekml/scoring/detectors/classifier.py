@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -115,6 +117,9 @@ class _GNNHead:
 
 
 HEADS = {"moe": _TokenHead, "dense": _TokenHead, "mae": _MAEHead, "gnn": _GNNHead}
+# Classifier directories made of other classifiers, by config "kind" (no weights, no model kind
+# of their own): ``detectors.committee`` adds itself here when the registry imports it.
+COMPOSITES: dict[str, Callable[[str, str], Any]] = {}
 
 
 def read_operating_point(config: dict, model_dir: str) -> dict | None:
@@ -153,8 +158,8 @@ class ClassifierDetector:
             raise ModelError(f"a classifier of {field!r} is not a known-bad detector (needs a head "
                              "trained on label or detailedlabel)", model_dir)
         if kind not in HEADS:
-            raise ModelError(f"no classifier detector for kind {kind!r} ({', '.join(sorted(HEADS))})",
-                             model_dir)
+            raise ModelError(f"no classifier detector for kind {kind!r} "
+                             f"({', '.join(sorted([*HEADS, *COMPOSITES]))})", model_dir)
         self.head = HEADS[kind](model_dir, device)
         self.classes = list(self.head.classes)
         self.bad = bad_classes(self.classes)
@@ -204,6 +209,10 @@ class ClassifierDetector:
 
 
 @register_classifier
-def classifier_detector(model_dir: str, device: str = "cpu") -> ClassifierDetector:
-    """The known-bad detector of a finetuned model directory (verified against its manifest)."""
+def classifier_detector(model_dir: str, device: str = "cpu") -> Any:
+    """The known-bad detector of a finetuned model directory (verified against its manifest),
+    or of a directory of classifiers (``COMPOSITES``: a committee)."""
+    composite = COMPOSITES.get(read_config(model_dir).get("kind"))
+    if composite is not None:
+        return composite(model_dir, device)
     return ClassifierDetector(model_dir, device)

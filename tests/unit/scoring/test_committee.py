@@ -1,0 +1,127 @@
+"""The ``committee`` detector (issue 14): known-bad classifiers of different bases that must
+agree, as one classifier directory. Real tiny finetuned members (mae twice, moe), the detector
+contract, the vote's meaning, and the directories it refuses (by name, in one line)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from test_model_kind_contract import LOG, TINY, check_contract
+
+from zeekml._core.errors import ModelError
+from zeekml.scoring.detectors.committee import CommitteeDetector, committee_config, rescale
+from zeekml.scoring.registry import load_model_detectors
+
+torch = pytest.importorskip("torch")
+
+
+def test_rescale_puts_each_members_cut_at_one_half():
+    p = np.array([0.0, 0.25, 0.8, 0.9, 1.0])
+    np.testing.assert_allclose(rescale(p, 0.8), [0.0, 0.15625, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(rescale(p, 0.5), [0.0, 0.25, 0.8, 0.9, 1.0])
+    np.testing.assert_allclose(rescale(p, 1.0), [0.0, 0.125, 0.4, 0.45, 1.0])
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    """Three tiny classifiers finetuned on the 400-conn IoT-23 slice, siblings in one folder,
+    with trained cuts: mae (seeds 0 and 1: different heads) and moe."""
+    from zeekml.train.artifact import update_config
+    from zeekml.train.data import labels_of, load_conns, sample_shots, temporal_split
+    from zeekml.train.registry import get_trainer
+
+    table = load_conns([LOG])
+    labels = labels_of(table, "label")
+    early, _ = temporal_split(table)
+    root = tmp_path_factory.mktemp("committee")
+    dirs = []
+    for kind, seed, cut in (("mae", 0, 0.5), ("mae", 1, 0.6), ("moe", 0, 0.5)):
+        base = str(root / f"{kind}-base")
+        if not os.path.exists(base):
+            get_trainer(kind).pretrain(table, base, sources=[LOG], seed=0, epochs=1, device="cpu",
+                                       **TINY[kind])
+        out = str(root / f"{kind}-{seed}")
+        get_trainer(kind).finetune(base, table, labels, sample_shots(labels, early, k=8, seed=seed),
+                                   hide_service=False, seed=seed, out=out, sources=[LOG],
+                                   label_field="label", epochs=1, device="cpu", **TINY[kind])
+        update_config(out, {"operating_point": {"cut": cut, "fpr": 0.01, "chosen_by": "test"}})
+        dirs.append(out)
+    return table, dirs
+
+
+def make(members_dirs, out, vote, **kw) -> str:
+    from zeekml.train.artifact import save_model_dir
+
+    return save_model_dir(str(out), "committee", committee_config(members_dirs, vote, **kw), None, [])
+
+
+def test_a_committee_is_a_known_bad_detector(members):
+    table, dirs = members
+    out = make(dirs, os.path.join(os.path.dirname(dirs[0]), "clf-committee"), 2,
+               operating_point={"cut": 0.5, "fpr": 0.01, "chosen_by": "vote"})
+    (det,) = load_model_detectors(out)                  # --models naming it, as score does
+    assert isinstance(det, CommitteeDetector)
+    assert det.name == "clf-clf-committee" and det.note == "ZeekML::Intrusion"
+    assert det.decision_threshold == 0.5 and det.trained_cut["chosen_by"] == "vote"
+    assert det.context_key == "id.orig_h"               # all three members key on the originator
+    assert det.fit(table.slice(0, 200)) is det
+    whole = check_contract(det, table)
+    assert ((whole >= 0) & (whole <= 1)).all()
+    assert "agree (need 2)" in det.explain(table, np.array([0]))[0]
+
+
+@pytest.mark.parametrize("vote", [1, 2, 3])
+def test_the_score_reaches_one_half_when_vote_members_reach_their_cuts(members, vote, tmp_path):
+    table, dirs = members
+    out = make(dirs, os.path.join(os.path.dirname(dirs[0]), f"vote{vote}"), vote)
+    det = CommitteeDetector(out)
+    ps = [m.score(table) for m in det.members]
+    cuts = [m.decision_threshold for m in det.members]
+    assert cuts == [0.5, 0.6, 0.5]
+    agree = np.sum([p >= c for p, c in zip(ps, cuts)], axis=0)
+    s = det.score(table)
+    np.testing.assert_array_equal(s >= 0.5, agree >= vote)
+    q = np.sort(np.vstack([rescale(p, c) for p, c in zip(ps, cuts)]), axis=0)
+    np.testing.assert_allclose(s, q[3 - vote])
+    # no operating point stored: the committee's own bar is still "vote members at their cut"
+    assert det.decision_threshold == 0.5 and det.trained_cut is None
+
+
+def test_refusals_are_one_line_naming_the_directory(members, tmp_path):
+    table, dirs = members
+    root = os.path.dirname(dirs[0])
+
+    def refused(config_edit, match):
+        d = os.path.join(root, f"bad-{abs(hash(match)) % 10**8}")
+        make(dirs, d, 2)
+        with open(os.path.join(d, "config.json")) as f:
+            cfg = json.load(f)
+        config_edit(cfg)
+        from zeekml.train.artifact import update_config
+
+        update_config(d, cfg)
+        with pytest.raises(ModelError, match=match) as e:
+            load_model_detectors(d)
+        assert e.value.path == d and "\n" not in str(e.value)
+        shutil.rmtree(d)
+
+    refused(lambda c: c.update(vote=4), "\"vote\" must be a count from 1 to 3, not 4")
+    refused(lambda c: c.update(vote=True), "\"vote\" must be a count")
+    refused(lambda c: c.update(members=c["members"][:1]), "at least two classifier directories")
+    refused(lambda c: c["members"][0].update(dir="../mae-0"), "not a plain directory name")
+    refused(lambda c: c["members"][0].update(dir="gone"), "member 'gone' is missing")
+    refused(lambda c: c["members"][1]["files"].update({"weights.pt": "0" * 64}),
+            "not the classifier the committee was made of")
+    refused(lambda c: c.update(label_field="service"), "committee of 'service' classifiers")
+
+
+def test_a_base_cannot_be_a_member(members, tmp_path):
+    table, dirs = members
+    root = os.path.dirname(dirs[0])
+    d = make([dirs[0], os.path.join(root, "mae-base")], os.path.join(root, "with-base"), 1)
+    with pytest.raises(ModelError, match="member 'mae-base': a classifier of None is not a known-bad") as e:
+        CommitteeDetector(d)
+    assert e.value.path == d
