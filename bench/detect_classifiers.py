@@ -20,13 +20,19 @@ Usage::
 
 Writes ``--out`` after every fold. ``--keep DIR`` keeps the finetuned directories.
 
-``--final DIR`` (one base) instead trains the same recipe on every capture and writes a model
-directory to ship: its trained cut as above, the leave-one-capture-out numbers of ``--loco
-JSON`` (this script's ``--out`` of an earlier run, same base and shots) and the share of zat's
-unlabeled conn.log (one ordinary host, presumed benign) it flags at its cut in the manifest::
+``--extra-benign zat btest`` adds presumed-benign logs of other networks to every training set
+as Benign conns (drawn like a capture's); a fold that trains on ``btest`` still measures ``zat``
+honestly, and the other way round.
 
-    OMP_NUM_THREADS=1 python bench/detect_classifiers.py --bases mae --final /tmp/mae-malicious \
-        --loco docs/results/detection_classifiers_loco.json
+``--final PREFIX`` instead trains the same recipe on every capture, one model directory per base
+(``PREFIX-BASE``) to ship: its trained cut as above, the leave-one-capture-out numbers of
+``--loco JSON...`` (this script's ``--out`` of earlier runs of the same recipe), the commit it
+was trained at and the share of the presumed-benign logs it flags at its cut in the manifest;
+``--vote K`` also writes their committee ``PREFIX-committee`` (K members must agree; its LOCO
+numbers from ``--committee-loco``, ``bench/detect_committee.py``'s ``--out``)::
+
+    OMP_NUM_THREADS=1 python bench/detect_classifiers.py --bases moe mae gnn --extra-benign btest \
+        --final models/malicious --vote 2 --loco LOCO.json --committee-loco COMMITTEE.json
 """
 from __future__ import annotations
 
@@ -188,33 +194,84 @@ def score_logs(det, tables: list[pa.Table]) -> np.ndarray:
     return np.concatenate([np.asarray(det.score(t), dtype=np.float64) for t in tables])
 
 
-def final(args: argparse.Namespace) -> None:
-    """``--final``: the recipe on every capture, written as a model directory to ship."""
-    from zeekml.scoring.registry import classifier_detector
+def vote_name(k: int, n: int) -> str:
+    """``bench/detect_committee.py``'s name of the rule "k of n members at their cut"."""
+    return "any" if k == 1 else "all" if k == n else f"{k}-of-{n}"
 
-    if len(args.bases) != 1:
-        raise SystemExit("--final takes one base (--bases KIND)")
-    base = args.bases[0]
-    r, _ = finetune(base, list(args.captures) + list(args.extra_benign), args.shots, args.seed, args.fpr_train, args.final,
-                    args.benign_shots)
-    det = classifier_detector(args.final)
-    zat = load_conns(os.path.join(DATA, FILES["zat"]))
-    flagged = float((np.asarray(det.score(zat)) >= det.decision_threshold).mean())
-    metrics = {"train_captures": r["train"], "shots_per_class_per_capture": args.shots,
-               "train_rows": r["train_rows"], "seed": args.seed, "label_field": "label",
-               "zat_conn_log_flagged_at_cut": {"conns": zat.num_rows, "flagged": round(flagged, 4)}}
-    if args.loco:
-        with open(args.loco) as f:
-            loco = json.load(f)
-        if loco.get("shots") != args.shots:
-            raise SystemExit(f"--loco ran with --shots {loco.get('shots')}, not {args.shots}")
-        metrics["leave_one_capture_out"] = {
-            k.split("/", 1)[1]: {m: v.get(m) for m in ("auroc", "ap", "oracle_recall_at_1pct", "trained_cut")}
-            for k, v in loco["folds"].items() if k.startswith(base + "/")}
-        metrics["leave_one_capture_out_by"] = loco["command"]
-    update_metrics(args.final, metrics)
-    update_manifest(args.final, {"command": "python bench/detect_classifiers.py " + " ".join(sys.argv[1:])})
-    log.info("%s: %s", args.final, json.dumps(metrics))
+
+def final(args: argparse.Namespace) -> None:
+    """``--final PREFIX``: the recipe on every capture, one model directory per base to ship
+    (``PREFIX-BASE``), and with ``--vote K`` their committee (``PREFIX-committee``: K members
+    must agree, ``zeekml.scoring.detectors.committee``)."""
+    from zeekml.scoring.detectors.committee import committee_config
+    from zeekml.scoring.registry import classifier_detector
+    from zeekml.train.artifact import save_model_dir
+
+    names = list(args.captures) + list(args.extra_benign)
+    others = presumed_benign()
+    loco: dict = {}
+    for path in args.loco or []:
+        with open(path) as f:
+            run = json.load(f)
+        for key in ("shots", "benign_shots", "extra_benign"):
+            if run.get(key, [] if key == "extra_benign" else None) != getattr(args, key):
+                raise SystemExit(f"{path} ran with {key} {run.get(key)!r}, not {getattr(args, key)!r}")
+        for k, v in run["folds"].items():
+            loco[k] = v | {"by": run["command"], "commit": run.get("commit")}
+    recipe = {"train": names, "shots_per_class_per_capture": args.shots, "benign_shots": args.benign_shots,
+              "seed": args.seed, "label_field": "label", "trained_at_commit": git_commit(),
+              "command": "python bench/detect_classifiers.py " + " ".join(sys.argv[1:])}
+    dirs, vals, dets = [], [], []
+    for base in args.bases:
+        out = f"{args.final}-{base}"
+        r, val = finetune(base, names, args.shots, args.seed, args.fpr_train, out, args.benign_shots)
+        det = classifier_detector(out)
+        metrics = recipe | {"train_rows": r["train_rows"], "presumed_benign_flagged_at_cut": {
+            k: {"conns": int(sum(t.num_rows for t in v)), "trained_on": k in names,
+                "flagged": round(float((score_logs(det, v) >= det.decision_threshold).mean()), 4)}
+            for k, v in others.items()}}
+        folds = {k.split("/", 1)[1]: {m: v.get(m) for m in LOCO_KEYS} for k, v in loco.items()
+                 if k.startswith(base + "/")}
+        if folds:
+            metrics["leave_one_capture_out"] = folds
+        update_metrics(out, metrics)
+        update_manifest(out, {"command": recipe["command"]})
+        log.info("%s: %s", out, json.dumps(metrics))
+        dirs.append(out)
+        vals.append(val["val_p"])
+        dets.append(det)
+    if args.vote is None:
+        return
+    if len(dirs) < 2 or not 1 <= args.vote <= len(dirs):
+        raise SystemExit(f"--vote takes a count from 1 to the number of --bases ({len(dirs)})")
+    # the members drew the same rows (same captures and seed), so their validation benign conns
+    # are the same conns: the committee's rate on them is its trained operating point
+    agree = np.sum([p >= d.decision_threshold for p, d in zip(vals, dets)], axis=0)
+    rate = float((agree >= args.vote).mean()) if len(agree) else None
+    op = {"cut": 0.5, "fpr": args.fpr_train, "validation_benign": int(len(agree)), "validation_fpr": rate,
+          "floor": 0.5, "chosen_by": f"vote: {args.vote} of {len(dirs)} members at their own trained cuts"}
+    out = f"{args.final}-committee"
+    save_model_dir(out, "committee", committee_config(dirs, args.vote, op), None,
+                   [f for c in names for f in sources_of(c)])
+    det = classifier_detector(out)
+    metrics = recipe | {"operating_point": op, "members": [os.path.basename(d) for d in dirs],
+                        "presumed_benign_flagged_at_cut": {
+                            k: {"conns": int(sum(t.num_rows for t in v)), "trained_on": k in names,
+                                "flagged": round(float((score_logs(det, v) >= det.decision_threshold).mean()), 4)}
+                            for k, v in others.items()}}
+    if args.committee_loco:
+        with open(args.committee_loco) as f:
+            com = json.load(f)
+        rule = f"{'+'.join(args.bases)}:{vote_name(args.vote, len(dirs))}"
+        metrics["leave_one_capture_out"] = {c: row[rule] for c, row in com["folds"].items() if rule in row}
+        metrics["leave_one_capture_out_by"] = com["command"]
+    update_metrics(out, metrics)
+    update_manifest(out, {"command": recipe["command"]})
+    log.info("%s: %s", out, json.dumps(metrics))
+
+
+LOCO_KEYS = ("auroc", "ap", "oracle_recall_at_1pct", "trained_cut", "zat_flagged_at_cut",
+             "btest_flagged_at_cut", "by", "commit")
 
 
 def main() -> None:
@@ -235,8 +292,14 @@ def main() -> None:
     ap.add_argument("--fpr-train", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="keep the finetuned dirs under this directory")
-    ap.add_argument("--final", default=None, help="train on every capture into this directory")
-    ap.add_argument("--loco", default=None, help="with --final: this script's --out of the same recipe")
+    ap.add_argument("--final", default=None,
+                    help="train on every capture into PREFIX-BASE directories (one per --bases)")
+    ap.add_argument("--vote", type=int, default=None,
+                    help="with --final: also PREFIX-committee, where this many members must agree")
+    ap.add_argument("--loco", nargs="*", default=None,
+                    help="with --final: this script's --out files of the same recipe")
+    ap.add_argument("--committee-loco", default=None,
+                    help="with --final --vote: bench/detect_committee.py's --out of those runs")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("zeekml").setLevel(logging.WARNING)
