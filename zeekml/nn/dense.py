@@ -261,7 +261,9 @@ class FieldHead(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """CLS and anchor states (concatenated) -> class logits.
+    """CLS and anchor states (concatenated) -> class logits: layer norm, then an MLP of width
+    ``hidden``, or one linear layer when ``hidden`` is 0 (the linear head of LP-FT finetuning,
+    ``zeekml.train.common.LPFT``).
 
     Shapes:
         z ``[b, 2d]`` -> ``[b, n_classes]``
@@ -269,8 +271,11 @@ class ClassifierHead(nn.Module):
 
     def __init__(self, in_dim: int, n_classes: int, hidden: int = 64, dropout: float = 0.1):
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(),
-                                 nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+        if hidden:
+            self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(),
+                                     nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+        else:
+            self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, n_classes))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)

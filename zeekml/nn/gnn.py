@@ -40,7 +40,8 @@ class GNNConfig:
         layers: temporal + spatial layer pairs (default 2).
         dropout: dropout on each residual update (default 0.1).
         n_classes: C; 0 = no classification head (a pretrained base).
-        head_hidden: hidden width of the classification MLP (default 64).
+        head_hidden: hidden width of the classification MLP (default 64); 0 = one linear layer
+            (the linear head of LP-FT finetuning, ``zeekml.train.common.LPFT``).
     """
 
     flow_in: int
@@ -157,9 +158,11 @@ class FlowGNN(nn.Module):
         self.encoder = FlowGraphEncoder(cfg)
         self.decoder = LinkDecoder(cfg.hidden)
         self.head = None
-        if cfg.n_classes:
+        if cfg.n_classes and cfg.head_hidden:
             self.head = nn.Sequential(nn.Linear(cfg.hidden, cfg.head_hidden), nn.LeakyReLU(),
                                       nn.Dropout(cfg.dropout), nn.Linear(cfg.head_hidden, cfg.n_classes))
+        elif cfg.n_classes:
+            self.head = nn.Sequential(nn.Linear(cfg.hidden, cfg.n_classes))
 
     def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[EdgeType, Tensor]) -> dict[str, Tensor]:
         return self.encoder(x_dict, edge_index_dict)

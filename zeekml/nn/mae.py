@@ -223,7 +223,8 @@ def mae_loss(out: MAEOutput, quantity: torch.Tensor, sequence: torch.Tensor, ent
 
 
 class EmbeddingClassifier(nn.Module):
-    """The downstream head on the frozen embedding: D -> hidden -> classes.
+    """The downstream head on the embedding: D -> hidden -> classes, or D -> classes when
+    ``hidden`` is 0 (the linear head of LP-FT finetuning, ``zeekml.train.common.LPFT``).
 
     Shapes:
         input ``[n, D]`` -> logits ``[n, n_classes]``
@@ -231,8 +232,11 @@ class EmbeddingClassifier(nn.Module):
 
     def __init__(self, in_dim: int, n_classes: int, hidden: int = 64, dropout: float = 0.1):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, n_classes))
+        if hidden:
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, n_classes))
+        else:
+            self.net = nn.Sequential(nn.Linear(in_dim, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

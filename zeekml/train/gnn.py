@@ -7,9 +7,12 @@ on the kept edges only and a dot-product decoder tells the held-out links from a
 negatives (BCE). Negatives never enter message passing either (the reference code passes both
 into message passing, which leaks the answer; ``tests/unit/nn/test_gnn.py`` proves ours does not).
 
-Finetuning: an MLP head on the flow embeddings of the labeled conns' target appearances,
+Finetuning: a head on the flow embeddings of the labeled conns' target appearances,
 class-weighted cross-entropy, the whole model trained (from the pretrained base or from random
 weights with the same budget). Each step sees the whole graph, so ``epochs`` = optimiser steps.
+By default LP-FT (``zeekml.train.common.LPFT``): a linear head fitted on the frozen encoder's
+embeddings first, then everything at a small rate, stopped early on held-out labeled conns;
+``procedure="full"``: the earlier MLP head trained with the encoder from a random start.
 With ``hide_service`` the service and port columns of the flow features are constant (zero after
 scaling), so neither the inputs nor the graph carry them.
 
@@ -35,7 +38,8 @@ from zeekml.scoring.detectors.gnn import (NAME, SCHEMA_VERSION, GNNBundle,  # no
                                           GNNDetector, featurize, load_bundle, service_columns)
 from zeekml.scoring.detectors.gnn import to_device as _to
 from zeekml.train.artifact import save_model_dir
-from zeekml.train.common import (EpochLog, Trainer, apply_epochs, class_weights, model_config,
+from zeekml.train.common import (LPFT, EarlyStopping, EpochLog, Trainer, apply_epochs, check_procedure,
+                                 class_weights, fit_linear_probe, ft_budget, holdout_split, model_config,
                                  optimiser_steps, pick)
 from zeekml.train.data import Prediction, temporal_split
 from zeekml.train.registry import register_trainer
@@ -67,15 +71,17 @@ class PretrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """Classifier training on the whole graph (one step per epoch).
+class FinetuneConfig(LPFT):
+    """Classifier training on the whole graph (one step per epoch; the procedure's own settings:
+    ``zeekml.train.common.LPFT``).
 
     Args:
-        epochs: optimiser steps (default 30).
-        lr: AdamW learning rate (default 2e-3).
+        epochs: optimiser steps (default 30; LP-FT's FT budget).
+        lr: AdamW learning rate (default 2e-3; LP-FT's FT runs at ``lr * ft_lr_scale``).
         weight_decay: AdamW weight decay (default 1e-4).
         hidden: encoder width from scratch (default 64; a base keeps its own).
         min_steps: lower bound on steps (default 0: full-batch steps need no few-shot floor).
+        eval_every: LP-FT: steps between validations (default 1: each step is the whole graph).
     """
 
     epochs: int = 30
@@ -83,6 +89,7 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     hidden: int = 64
     min_steps: int = 0
+    eval_every: int = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,12 +290,14 @@ def finetune_bundle(base: GNNBundle | None, table: pa.Table, labels: np.ndarray,
     apply_epochs(cfg, epochs)
     cfg.lr = lr or cfg.lr
     hidden = cfg.hidden
+    lpft = check_procedure(cfg) == "lp-ft"
+    head_hidden = {"head_hidden": 0} if lpft else {}       # LP-FT's head is linear
     _seed(seed)
     train_rows = np.asarray(train_rows, dtype=np.int64)
     classes = sorted({str(labels[i]) for i in train_rows if labels[i] is not None})
     if base is not None:
         featurizer, gcfg = base.featurizer, base.graph
-        model = FlowGNN(GNNConfig(**{**base.model.cfg.to_dict(), "n_classes": len(classes)}))
+        model = FlowGNN(GNNConfig(**{**base.model.cfg.to_dict(), "n_classes": len(classes), **head_hidden}))
         missing, unexpected = model.load_state_dict(base.model.state_dict(), strict=False)
         if unexpected or any(not k.startswith("head.") for k in missing):
             raise ModelError(f"base weights do not fit: missing {missing}, unexpected {unexpected}")
@@ -296,7 +305,7 @@ def finetune_bundle(base: GNNBundle | None, table: pa.Table, labels: np.ndarray,
         featurizer = featurizer or FlowFeaturizer(hide_service=hide_service).fit(table)
         gcfg = GraphConfig()
         model = FlowGNN(GNNConfig(flow_in=len(featurizer.feature_names), hidden=hidden,
-                                  n_classes=len(classes)))
+                                  n_classes=len(classes), **head_hidden))
     bundle = GNNBundle(model, copy.deepcopy(featurizer), gcfg, classes, hide_service)
     x = bundle.features(table) if x is None else x
     g = bundle.builder().build(table, x, targets=train_rows)
@@ -304,33 +313,97 @@ def finetune_bundle(base: GNNBundle | None, table: pa.Table, labels: np.ndarray,
     rows = g["flow"].row[tmask].numpy()
     index = {c: i for i, c in enumerate(classes)}
     y = torch.tensor([index[str(labels[r])] for r in rows], dtype=torch.long)
-    weight = class_weights(y, len(classes))
     from zeekml.nn.gnn import adjacency
 
-    adj = adjacency(g.x_dict, g.edge_index_dict)
+    adj = _to(adjacency(g.x_dict, g.edge_index_dict), device)
+    xd = _to(g.x_dict, device)
+    tm = tmask.to(device)
     model = model.to(device)
+    t0 = time.perf_counter()
+    if lpft:
+        losses, extra = _finetune_lpft(model, xd, adj, tm, y, len(classes), cfg, seed, device)
+    else:
+        losses, extra = _finetune_full(model, xd, adj, tm, y, len(classes), cfg, device)
+    bundle.model = model.cpu().eval()
+    return bundle, {"finetune_loss": losses[-1] if losses else None, "classes": classes,
+                    "train_seconds": round(time.perf_counter() - t0, 1),
+                    "graph_flows": int(g["flow"].num_nodes), "base": base is not None, **extra}
+
+
+def _finetune_full(model, xd: dict, adj: dict, tmask, y, n_classes: int, cfg: FinetuneConfig,
+                   device: str) -> tuple[list[float], dict]:
+    """``procedure="full"``: the whole model from its (random) head, ``cfg.epochs`` full-graph
+    steps at ``cfg.lr``. Returns the per-step losses and metrics."""
+    import torch
+
+    weight = class_weights(y, n_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight.to(device))
-    t0 = time.perf_counter()
     losses = []
-    steps = optimiser_steps(cfg, len(rows), batch_size=0)     # full batch: a step per epoch
+    steps = optimiser_steps(cfg, len(y), batch_size=0)     # full batch: a step per epoch
     # no validation share: the labeled conns all train (eval's latest 30% is the test set)
     progress = EpochLog("gnn finetune", steps, "train accuracy", steps_per_epoch=1)
     yd = y.to(device)
     for _ in range(steps):
         model.train()
-        h = model(_to(g.x_dict, device), _to(adj, device))
-        logits = model.classify(h["flow"][tmask.to(device)])
+        h = model(xd, adj)
+        logits = model.classify(h["flow"][tmask])
         loss = loss_fn(logits, yd)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
         progress.step(losses[-1], int((logits.detach().argmax(1) == yd).sum()), len(yd))
-    bundle.model = model.cpu().eval()
-    return bundle, {"finetune_loss": losses[-1] if losses else None, "classes": classes,
-                    "train_seconds": round(time.perf_counter() - t0, 1),
-                    "graph_flows": int(g["flow"].num_nodes), "base": base is not None}
+    return losses, {}
+
+
+def _finetune_lpft(model, xd: dict, adj: dict, tmask, y, n_classes: int, cfg: FinetuneConfig, seed: int,
+                   device: str) -> tuple[list[float], dict]:
+    """LP-FT (``zeekml.train.common.LPFT``): the linear head fitted on the frozen encoder's flow
+    embeddings of the fit conns, then the whole model at ``lr * ft_lr_scale`` (full-graph steps),
+    keeping the step of lowest loss on the held-out conns. Returns the per-step losses and
+    metrics."""
+    import torch
+
+    fit, val = holdout_split(y.numpy(), cfg.val_share, seed)
+    fit_t, val_t = torch.as_tensor(fit, device=device), torch.as_tensor(val, device=device)
+    weight = class_weights(y[fit], n_classes).to(device)
+    yd = y.to(device)
+    model.eval()
+    with torch.no_grad():
+        h = model(xd, adj)["flow"][tmask]
+    W, b = fit_linear_probe(h[fit_t], yd[fit_t], n_classes, weight, cfg.probe_l2)
+    with torch.no_grad():
+        model.head[0].weight.copy_(W)
+        model.head[0].bias.copy_(b)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+
+    def val_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(loss_fn(model.classify(model(xd, adj)["flow"][tmask][val_t]), yd[val_t]))
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr * cfg.ft_lr_scale, weight_decay=cfg.weight_decay)
+    steps = ft_budget(cfg, optimiser_steps(cfg, len(fit), batch_size=0), len(val), "gnn finetune")
+    stop = EarlyStopping(model, patience=cfg.patience)
+    progress = EpochLog("gnn finetune", max(steps, 1), "train accuracy", steps_per_epoch=1)
+    losses: list[float] = []
+    if len(val) and stop.update(0, val_loss()):
+        steps = 0
+    for step in range(1, steps + 1):
+        model.train()
+        logits = model.classify(model(xd, adj)["flow"][tmask][fit_t])
+        loss = loss_fn(logits, yd[fit_t])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        progress.step(losses[-1], int((logits.detach().argmax(1) == yd[fit_t]).sum()), len(fit))
+        if len(val) and (step % cfg.eval_every == 0 or step == steps) and stop.update(step, val_loss()):
+            break
+    stop.restore()
+    return losses, {"steps": len(losses), "fit_rows": int(len(fit)), "val_rows": int(len(val)),
+                    "early_stopping": stop.summary()}
 
 
 def predict_proba(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = None,

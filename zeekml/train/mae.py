@@ -4,8 +4,11 @@ detector and the embedding, is ``zeekml.scoring.detectors.mae``).
 - ``pretrain``: fit the modality inputs (scaling, vocabularies, skip-gram IP/port vectors) and
   train the autoencoder on reconstruction. A share of rows (``hide_prob``) has service and ports
   blanked in input and loss, so one base serves the service task (which hides them) too.
-- ``finetune``: a small classifier on the frozen 64-d embedding of a base (``--scratch``: the
-  same encoder, randomly initialised and trained end to end with the classifier).
+- ``finetune``: LP-FT (``zeekml.train.common.LPFT``, the default): a linear head fitted on the
+  frozen 64-d embedding of a base, then the encoder and head finetuned together at a small rate,
+  stopped early on held-out labeled rows (``--scratch``: the same from a random encoder).
+  ``procedure="full"``: the earlier MLP head on the frozen embedding (``--scratch``: trained end
+  to end with a random encoder).
 - ``predict``: class probabilities (finetuned dirs) and ``score`` = reconstruction error.
 
 A model directory holds ``weights.pt`` (autoencoder, head, Word2Vec vectors) and
@@ -24,7 +27,8 @@ from zeekml.features.modality import SCHEMA_VERSION, Modalities, ModalityFeaturi
 # the inference half (bench/ imports LoadedMAE from here too)
 from zeekml.scoring.detectors.mae import NAME, LoadedMAE, modality_tensors
 from zeekml.train.artifact import save_model_dir
-from zeekml.train.common import (EpochLog, Trainer, apply_epochs, class_weights, model_config,
+from zeekml.train.common import (LPFT, EarlyStopping, EpochLog, Trainer, apply_epochs, check_procedure,
+                                 class_weights, fit_linear_probe, ft_budget, holdout_split, model_config,
                                  optimiser_steps, pick, prefixed_state, step_epochs, torch_module)
 from zeekml.train.data import Prediction
 from zeekml.train.registry import register_trainer
@@ -54,15 +58,16 @@ class PretrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """Classifier training settings.
+class FinetuneConfig(LPFT):
+    """Classifier training settings (the procedure's own: ``zeekml.train.common.LPFT``).
 
     Args:
         epochs: passes over the labeled rows (default 60; at least ``min_steps`` steps unless
-            ``--epochs`` is given: ``zeekml.train.common.apply_epochs``).
+            ``--epochs`` is given: ``zeekml.train.common.apply_epochs``); LP-FT's FT budget.
         batch_size: rows per step (default 256).
-        lr: learning rate (default 2e-3).
-        hidden: classifier hidden width (default 64).
+        lr: learning rate (default 2e-3; LP-FT's FT runs at ``lr * ft_lr_scale``).
+        hidden: classifier hidden width of ``procedure="full"`` (default 64; LP-FT's head is
+            linear).
         min_steps: lower bound on optimiser steps, for few-shot budgets (default 300).
     """
 
@@ -142,6 +147,120 @@ def train_autoencoder(model, m: Modalities, featurizer: ModalityFeaturizer, cfg:
     return metrics
 
 
+def _finetune_full(model, pretrained: bool, q, sq, e, y, n_classes: int, fcfg: FinetuneConfig, seed: int,
+                   device: str) -> tuple:
+    """``procedure="full"``: an MLP head on the frozen embedding of a base, standardised by the
+    labeled rows' statistics (no base: encoder and head end to end from random weights).
+    Returns ``(head, emb_mean, emb_std, trained parameters, metrics)``."""
+    from zeekml.nn.mae import EmbeddingClassifier
+
+    torch = torch_module()
+    emb_dim = model.config.embed_dim
+    head = EmbeddingClassifier(emb_dim, n_classes, fcfg.hidden).to(device)
+    weight = class_weights(y, n_classes).to(device)
+    y = y.to(device)
+    if pretrained:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with torch.inference_mode():
+            z = model.encode(q, sq, e)
+        z = z.clone()
+        emb_mean, emb_std = z.mean(0), z.std(0, unbiased=False).clamp_min(1e-4)
+        params = list(head.parameters())
+    else:
+        emb_mean, emb_std = torch.zeros(emb_dim, device=device), torch.ones(emb_dim, device=device)
+        params = list(model.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=fcfg.lr, weight_decay=1e-4)
+    n = len(y)
+    steps = optimiser_steps(fcfg, n)
+    gen = torch.Generator().manual_seed(seed)
+    head.train()
+    # no validation share: the labeled conns all train (eval's latest 30% is the test set)
+    per_epoch = max(1, -(-n // fcfg.batch_size))
+    progress = EpochLog("mae finetune", step_epochs(steps, per_epoch), "train accuracy",
+                        steps_per_epoch=per_epoch)
+    loss = torch.zeros(())
+    for _step in range(steps):
+        b = torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen).to(device)
+        if pretrained:
+            zb = (z[b] - emb_mean) / emb_std
+        else:
+            model.train()
+            zb = model.encode(q[b], sq[b], e[b])
+        logits = head(zb)
+        loss = torch.nn.functional.cross_entropy(logits, y[b], weight=weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        progress.step(float(loss.detach()), int((logits.detach().argmax(1) == y[b]).sum()), len(b))
+    progress.flush()
+    return head, emb_mean, emb_std, params, {"train_loss": float(loss.detach()), "steps": steps,
+                                             "head_hidden": fcfg.hidden}
+
+
+def _finetune_lpft(model, q, sq, e, y, n_classes: int, fcfg: FinetuneConfig, seed: int, device: str) -> tuple:
+    """LP-FT (``zeekml.train.common.LPFT``): a linear head fitted on the frozen embedding of the
+    fit rows (standardised by their statistics, which are then fixed), then encoder and head
+    trained together at ``lr * ft_lr_scale``, keeping the step of lowest held-out loss.
+    Returns ``(head, emb_mean, emb_std, trained parameters, metrics)``."""
+    from zeekml.nn.mae import EmbeddingClassifier
+
+    torch = torch_module()
+    fit, val = holdout_split(y.numpy(), fcfg.val_share, seed)
+    fit_t, val_t = torch.as_tensor(fit, device=device), torch.as_tensor(val, device=device)
+    weight = class_weights(y[fit], n_classes).to(device)
+    y = y.to(device)
+    model.eval()
+    with torch.no_grad():
+        z = model.encode(q, sq, e)
+    emb_mean, emb_std = z[fit_t].mean(0), z[fit_t].std(0, unbiased=False).clamp_min(1e-4)
+    head = EmbeddingClassifier(model.config.embed_dim, n_classes, 0).to(device)
+    W, b = fit_linear_probe((z[fit_t] - emb_mean) / emb_std, y[fit_t], n_classes, weight, fcfg.probe_l2)
+    with torch.no_grad():
+        head.net[0].weight.copy_(W)
+        head.net[0].bias.copy_(b)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    params = list(model.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=fcfg.lr * fcfg.ft_lr_scale, weight_decay=1e-4)
+    n = len(fit)
+    steps = ft_budget(fcfg, optimiser_steps(fcfg, n), len(val), "mae finetune")
+    gen = torch.Generator().manual_seed(seed)
+    stop = EarlyStopping(model, head, patience=fcfg.patience)
+
+    def val_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            zv = (model.encode(q[val_t], sq[val_t], e[val_t]) - emb_mean) / emb_std
+            return float(torch.nn.functional.cross_entropy(head(zv), y[val_t], weight=weight))
+
+    per_epoch = max(1, -(-n // fcfg.batch_size))
+    progress = EpochLog("mae finetune", step_epochs(steps, per_epoch), "train accuracy",
+                        steps_per_epoch=per_epoch)
+    done, loss = 0, torch.zeros(())
+    if len(val) and stop.update(0, val_loss()):
+        steps = 0
+    for step in range(1, steps + 1):
+        model.train()
+        head.train()
+        bi = fit_t[torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen).to(device)]
+        logits = head((model.encode(q[bi], sq[bi], e[bi]) - emb_mean) / emb_std)
+        loss = torch.nn.functional.cross_entropy(logits, y[bi], weight=weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        done = step
+        progress.step(float(loss.detach()), int((logits.detach().argmax(1) == y[bi]).sum()), len(bi))
+        if len(val) and (step % fcfg.eval_every == 0 or step == steps) and stop.update(step, val_loss()):
+            break
+    progress.flush()
+    stop.restore()
+    return head, emb_mean, emb_std, params, {"train_loss": float(loss.detach()), "steps": done,
+                                             "fit_rows": int(n), "val_rows": int(len(val)),
+                                             "early_stopping": stop.summary(), "head_hidden": 0}
+
+
 def _state(model, featurizer: ModalityFeaturizer, head=None) -> dict:
     torch = torch_module()
     st = prefixed_state(mae=model, head=head)
@@ -198,10 +317,11 @@ class MAETrainer(Trainer):
                  hide_service: bool, seed: int, out: str, sources: list[str],
                  label_field: str | None = None, epochs: int | None = None, device: str = "cpu",
                  flows: pa.Table | None = None, **opts) -> dict:
-        from zeekml.nn.mae import EmbeddingClassifier, MAEConfig, MultiModalAutoencoder
+        from zeekml.nn.mae import MAEConfig, MultiModalAutoencoder
 
         torch = torch_module()
         fcfg = apply_epochs(pick(FinetuneConfig, opts), epochs)
+        procedure = check_procedure(fcfg)
         if flows is None:
             flows = load_flow_table(sources)
         train_rows = np.asarray(train_rows, dtype=np.int64)
@@ -225,62 +345,30 @@ class MAETrainer(Trainer):
             if featurizer.seq_source == "packets" else \
             featurizer.transform(table, flows, hide_service=hide_service).take(train_rows)
         q, sq, e = modality_tensors(m, device)
-        emb_dim = model.config.embed_dim
-        head = EmbeddingClassifier(emb_dim, len(classes), fcfg.hidden).to(device)
-        weight = class_weights(y, len(classes)).to(device)
-        y = y.to(device)
-        if pretrained:
-            model.eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            with torch.inference_mode():
-                z = model.encode(q, sq, e)
-            z = z.clone()
-            emb_mean, emb_std = z.mean(0), z.std(0, unbiased=False).clamp_min(1e-4)
-            params = list(head.parameters())
-        else:
-            emb_mean, emb_std = torch.zeros(emb_dim, device=device), torch.ones(emb_dim, device=device)
-            params = list(model.parameters()) + list(head.parameters())
-        opt = torch.optim.AdamW(params, lr=fcfg.lr, weight_decay=1e-4)
-        n = len(train_rows)
-        steps = optimiser_steps(fcfg, n)
-        gen = torch.Generator().manual_seed(seed)
-        head.train()
         t0 = time.perf_counter()
-        # no validation share: the labeled conns all train (eval's latest 30% is the test set)
-        per_epoch = max(1, -(-n // fcfg.batch_size))
-        progress = EpochLog("mae finetune", step_epochs(steps, per_epoch), "train accuracy",
-                            steps_per_epoch=per_epoch)
-        for _step in range(steps):
-            b = torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen).to(device)
-            if pretrained:
-                zb = (z[b] - emb_mean) / emb_std
-            else:
-                model.train()
-                zb = model.encode(q[b], sq[b], e[b])
-            logits = head(zb)
-            loss = torch.nn.functional.cross_entropy(logits, y[b], weight=weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            progress.step(float(loss.detach()), int((logits.detach().argmax(1) == y[b]).sum()), len(b))
-        progress.flush()
+        if procedure == "full":
+            head, emb_mean, emb_std, params, extra = _finetune_full(model, pretrained, q, sq, e, y, len(classes),
+                                                                    fcfg, seed, device)
+        else:
+            head, emb_mean, emb_std, params, extra = _finetune_lpft(model, q, sq, e, y, len(classes), fcfg,
+                                                                    seed, device)
         head.eval()
         model.eval()
+        emb_dim = model.config.embed_dim
         trainable = sum(p.numel() for p in params)
         config = model_config(
             schema_version=SCHEMA_VERSION, seed=seed, pretrained=pretrained, detector=False,
             n_params=trainable, classes=classes, label_field=label_field, hide_service=hide_service,
             settings=("finetune", fcfg), base=base, base_config=base_config,
             mae=model.config.to_dict(), featurizer=featurizer.to_dict(), seq_source=featurizer.seq_source,
-            head={"in_dim": emb_dim, "n_classes": len(classes), "hidden": fcfg.hidden,
+            head={"in_dim": emb_dim, "n_classes": len(classes), "hidden": extra.pop("head_hidden"),
                   "emb_mean": emb_mean.cpu().tolist(), "emb_std": emb_std.cpu().tolist()})
         model.cpu()
         head.cpu()
         for p in model.parameters():
             p.requires_grad_(True)
-        metrics = {"train_loss": float(loss.detach()), "steps": steps, "classes": classes,
-                   "n_params": trainable, "seconds": round(time.perf_counter() - t0, 1)}
+        metrics = {**extra, "classes": classes, "n_params": trainable,
+                   "seconds": round(time.perf_counter() - t0, 1)}
         save_model_dir(out, NAME, config, _state(model, featurizer, head), sources, metrics)
         return metrics
 

@@ -5,8 +5,11 @@
   encoder on masked-token prediction: 15% of tokens are masked whole and another 10% of single
   fields are masked, and the model predicts each masked field. A quarter of the sequences have
   service and ports hidden (input and loss), so one base serves the service task too.
-- ``finetune``: the encoder and a classifier head on the CLS and anchor states, trained end to end
-  on the k-shot rows (class-weighted cross-entropy, plus the MoE auxiliary losses).
+- ``finetune``: LP-FT (``zeekml.train.common.LPFT``, the default): a linear head on the CLS and
+  anchor states of the frozen encoder, then encoder and head trained together at a small rate
+  (class-weighted cross-entropy, plus the MoE auxiliary losses), stopped early on held-out
+  labeled rows; ``procedure="full"``: the earlier MLP head and encoder trained end to end from a
+  random head.
 - ``predict``: class probabilities (finetuned dirs); ``score`` for pretrained dirs = negative
   log-likelihood of the conn's own token fields when they are masked (host tokens) or of every
   third packet token (packet tokens).
@@ -33,7 +36,8 @@ from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
 # the inference half (bench/ imports LoadedTokenModel and routing_summary from here too)
 from zeekml.scoring.detectors.token import LoadedTokenModel, add_routing, routing_summary
 from zeekml.train.artifact import save_model_dir
-from zeekml.train.common import (EpochLog, Trainer, apply_epochs, class_weights, cosine,
+from zeekml.train.common import (LPFT, EarlyStopping, EpochLog, Trainer, apply_epochs, check_procedure,
+                                 class_weights, cosine, fit_linear_probe, ft_budget, holdout_split,
                                  model_config, optimiser_steps, pick, prefixed_state, step_epochs,
                                  torch_module)
 from zeekml.train.data import Prediction
@@ -101,16 +105,19 @@ class PretrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """Classifier training (the encoder is trained too, at a lower rate).
+class FinetuneConfig(LPFT):
+    """Classifier training (the encoder is trained too, at a lower rate; the procedure's own
+    settings: ``zeekml.train.common.LPFT``).
 
     Args:
         epochs: passes over the labeled rows (default 30; at least ``min_steps`` steps unless
-            ``--epochs`` is given: ``zeekml.train.common.apply_epochs``).
+            ``--epochs`` is given: ``zeekml.train.common.apply_epochs``); LP-FT's FT budget.
         batch_size: rows per step (default 64).
-        lr: head learning rate (default 2e-3); the encoder gets ``lr * encoder_lr_scale``.
-        encoder_lr_scale: default 0.25.
-        hidden: classifier hidden width (default 64).
+        lr: head learning rate (default 2e-3); the encoder gets ``lr * encoder_lr_scale``
+            (LP-FT's FT: encoder and head ``lr * ft_lr_scale``).
+        encoder_lr_scale: default 0.25 (``procedure="full"``).
+        hidden: classifier hidden width of ``procedure="full"`` (default 64; LP-FT's head is
+            layer norm + linear).
         min_steps: lower bound on optimiser steps (default 150).
         balance_coef, z_coef: MoE auxiliary loss weights (defaults 0.01, 0.001).
     """
@@ -272,6 +279,122 @@ def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: Pretra
     return metrics
 
 
+def _finetune_full(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: int, fcfg: FinetuneConfig,
+                   seed: int, device: str) -> tuple:
+    """``procedure="full"``: an MLP head and the encoder trained end to end from a random head
+    (the encoder at ``lr * encoder_lr_scale``). Returns ``(head, metrics)``."""
+    from zeekml.nn.dense import ClassifierHead, pool
+
+    torch = torch_module()
+    d = encoder.config.d_model
+    head = ClassifierHead(2 * d, n_classes, fcfg.hidden).to(device)
+    weight = class_weights(y, n_classes).to(device)
+    opt = torch.optim.AdamW([{"params": encoder.parameters(), "lr": fcfg.lr * fcfg.encoder_lr_scale},
+                             {"params": head.parameters(), "lr": fcfg.lr}], weight_decay=0.01)
+    n = len(y)
+    steps = optimiser_steps(fcfg, n)
+    gen = torch.Generator().manual_seed(seed)
+    encoder.train()
+    head.train()
+    loss = torch.zeros(())
+    # no validation share: the labeled conns all train (eval's latest 30% is the test set)
+    per_epoch = max(1, -(-n // fcfg.batch_size))
+    progress = EpochLog(f"{kind} finetune", step_epochs(steps, per_epoch), "train accuracy",
+                        steps_per_epoch=per_epoch)
+    for _ in range(steps):
+        b = torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen)
+        x = ids[b].to(device)
+        o = encoder(x)
+        logits = head(pool(o.hidden, x, tok.anchor))
+        yb = y[b].to(device)
+        loss = torch.nn.functional.cross_entropy(logits, yb, weight=weight)
+        total = loss + fcfg.balance_coef * o.balance_loss + fcfg.z_coef * o.z_loss
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        progress.step(float(loss.detach()), int((logits.detach().argmax(1) == yb).sum()), len(b))
+    progress.flush()
+    return head, {"train_loss": float(loss.detach()), "steps": steps, "head_hidden": fcfg.hidden}
+
+
+def _pooled(encoder, tok: FlowTokenizer, ids, rows, device: str, batch: int = 256):
+    """The pooled (CLS, anchor) states ``[len(rows), 2d]`` of ``ids[rows]``, the encoder in eval
+    mode and without gradients."""
+    from zeekml.nn.dense import pool
+
+    torch = torch_module()
+    encoder.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(rows), batch):
+            x = ids[rows[s:s + batch]].to(device)
+            out.append(pool(encoder(x).hidden, x, tok.anchor))
+    d = encoder.config.d_model
+    return torch.cat(out) if out else torch.zeros(0, 2 * d, device=device)
+
+
+def _finetune_lpft(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: int, fcfg: FinetuneConfig,
+                   seed: int, device: str) -> tuple:
+    """LP-FT (``zeekml.train.common.LPFT``): the head's linear layer fitted on the layer-normed
+    pooled states of the frozen encoder, then encoder and head trained together at
+    ``lr * ft_lr_scale``, keeping the step of lowest held-out loss. Returns ``(head, metrics)``."""
+    from zeekml.nn.dense import ClassifierHead, pool
+
+    torch = torch_module()
+    fit, val = holdout_split(y.numpy(), fcfg.val_share, seed)
+    fit_t, val_t = torch.as_tensor(fit), torch.as_tensor(val)
+    weight = class_weights(y[fit_t], n_classes).to(device)
+    d = encoder.config.d_model
+    head = ClassifierHead(2 * d, n_classes, 0).to(device)
+    with torch.no_grad():
+        z = head.net[0](_pooled(encoder, tok, ids, fit_t, device))      # the head's own layer norm
+    W, b = fit_linear_probe(z, y[fit_t], n_classes, weight, fcfg.probe_l2)
+    with torch.no_grad():
+        head.net[1].weight.copy_(W)
+        head.net[1].bias.copy_(b)
+    y_val = y[val_t].to(device)
+
+    def val_loss() -> float:
+        head.eval()
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(head(_pooled(encoder, tok, ids, val_t, device)),
+                                                           y_val, weight=weight))
+
+    opt = torch.optim.AdamW(list(encoder.parameters()) + list(head.parameters()),
+                            lr=fcfg.lr * fcfg.ft_lr_scale, weight_decay=0.01)
+    n = len(fit)
+    steps = ft_budget(fcfg, optimiser_steps(fcfg, n), len(val), f"{kind} finetune")
+    gen = torch.Generator().manual_seed(seed)
+    stop = EarlyStopping(encoder, head, patience=fcfg.patience)
+    per_epoch = max(1, -(-n // fcfg.batch_size))
+    progress = EpochLog(f"{kind} finetune", step_epochs(steps, per_epoch), "train accuracy",
+                        steps_per_epoch=per_epoch)
+    done, loss = 0, torch.zeros(())
+    if len(val) and stop.update(0, val_loss()):
+        steps = 0
+    for step in range(1, steps + 1):
+        encoder.train()
+        head.train()
+        b = fit_t[torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen)]
+        x = ids[b].to(device)
+        o = encoder(x)
+        logits = head(pool(o.hidden, x, tok.anchor))
+        yb = y[b].to(device)
+        loss = torch.nn.functional.cross_entropy(logits, yb, weight=weight)
+        total = loss + fcfg.balance_coef * o.balance_loss + fcfg.z_coef * o.z_loss
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        done = step
+        progress.step(float(loss.detach()), int((logits.detach().argmax(1) == yb).sum()), len(b))
+        if len(val) and (step % fcfg.eval_every == 0 or step == steps) and stop.update(step, val_loss()):
+            break
+    progress.flush()
+    stop.restore()
+    return head, {"train_loss": float(loss.detach()), "steps": done, "fit_rows": int(n), "val_rows": int(len(val)),
+                  "early_stopping": stop.summary(), "head_hidden": 0}
+
+
 TOKENIZER_OPTS = ("source", "seq_len", "max_age", "quantile_bins", "top_k")
 
 
@@ -327,11 +450,12 @@ class TokenTrainer(Trainer):
                  hide_service: bool, seed: int, out: str, sources: list[str],
                  label_field: str | None = None, epochs: int | None = None, device: str = "cpu",
                  flows: pa.Table | None = None, **opts) -> dict:
-        """The encoder and a classifier head trained end to end on ``train_rows``."""
-        from zeekml.nn.dense import ClassifierHead, FieldHead, pool
+        """The encoder and a classifier head trained on ``train_rows`` (``FinetuneConfig``)."""
+        from zeekml.nn.dense import FieldHead
 
         torch = torch_module()
         fcfg = apply_epochs(pick(FinetuneConfig, opts), epochs)
+        procedure = check_procedure(fcfg)
         if flows is None:
             flows = load_flow_table(sources)
         train_rows = np.asarray(train_rows, dtype=np.int64)
@@ -355,34 +479,11 @@ class TokenTrainer(Trainer):
         ids = torch.as_tensor(tok.transform(table, flows, rows=train_rows, hide_service=hide_service))
         y = torch.as_tensor([classes.index(c) for c in y_names], dtype=torch.long)
         d = encoder.config.d_model
-        head = ClassifierHead(2 * d, len(classes), fcfg.hidden).to(device)
-        weight = class_weights(y, len(classes)).to(device)
-        opt = torch.optim.AdamW([{"params": encoder.parameters(), "lr": fcfg.lr * fcfg.encoder_lr_scale},
-                                 {"params": head.parameters(), "lr": fcfg.lr}], weight_decay=0.01)
-        n = len(train_rows)
-        steps = optimiser_steps(fcfg, n)
-        gen = torch.Generator().manual_seed(seed)
-        encoder.train()
-        head.train()
         t0 = time.perf_counter()
-        loss = torch.zeros(())
-        # no validation share: the labeled conns all train (eval's latest 30% is the test set)
-        per_epoch = max(1, -(-n // fcfg.batch_size))
-        progress = EpochLog(f"{self.name} finetune", step_epochs(steps, per_epoch),
-                            "train accuracy", steps_per_epoch=per_epoch)
-        for _ in range(steps):
-            b = torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen)
-            x = ids[b].to(device)
-            o = encoder(x)
-            logits = head(pool(o.hidden, x, tok.anchor))
-            yb = y[b].to(device)
-            loss = torch.nn.functional.cross_entropy(logits, yb, weight=weight)
-            total = loss + fcfg.balance_coef * o.balance_loss + fcfg.z_coef * o.z_loss
-            opt.zero_grad()
-            total.backward()
-            opt.step()
-            progress.step(float(loss.detach()), int((logits.detach().argmax(1) == yb).sum()), len(b))
-        progress.flush()
+        if procedure == "full":
+            head, extra = _finetune_full(self.name, encoder, tok, ids, y, len(classes), fcfg, seed, device)
+        else:
+            head, extra = _finetune_lpft(self.name, encoder, tok, ids, y, len(classes), fcfg, seed, device)
         encoder.eval()
         head.eval()
         n_params = encoder.n_params + sum(p.numel() for p in head.parameters())
@@ -391,13 +492,12 @@ class TokenTrainer(Trainer):
             n_params=n_params, classes=classes, label_field=label_field, hide_service=hide_service,
             settings=("finetune", fcfg), base=base, base_config=base_cfg,
             encoder=encoder.config.to_dict(), tokenizer=tok.to_dict(), token_source=tok.source,
-            head={"in_dim": 2 * d, "n_classes": len(classes), "hidden": fcfg.hidden},
+            head={"in_dim": 2 * d, "n_classes": len(classes), "hidden": extra.pop("head_hidden")},
             n_params_active=encoder.n_active_params)
         encoder.cpu()
         head.cpu()
-        metrics = {"train_loss": float(loss.detach()), "steps": steps, "classes": classes,
-                   "n_params": n_params, "seconds": round(time.perf_counter() - t0, 1),
-                   "from_base": base is not None}
+        metrics = {**extra, "classes": classes, "n_params": n_params,
+                   "seconds": round(time.perf_counter() - t0, 1), "from_base": base is not None}
         save_model_dir(out, self.name, config, prefixed_state(encoder=encoder, mlm=mlm, head=head),
                        sources, metrics)
         return metrics
