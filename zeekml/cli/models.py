@@ -91,10 +91,15 @@ def pretrain(model, logs, out, seed, epochs, device):
               help="label/detailedlabel heads: the cut stored with the model is the lowest P "
                    "(at least 0.5) that at most this share of the training share's benign conns "
                    "not trained on reach; score uses it when the baseline looks infected.")
+@click.option("--procedure", type=click.Choice(["lp-ft", "full"]), default=None,
+              help="lp-ft: a linear head fitted on the frozen encoder, then everything finetuned "
+                   "at a small rate, stopped on 20% of the labeled conns held out; full: the "
+                   "earlier end-to-end finetune of an MLP head (zeekml.train.common.LPFT). "
+                   "Default: full.")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
 @DEVICE_OPTION
 def finetune(model, base, scratch, train, label_field, shots, fraction, seed, epochs, fpr_train,
-             out, device):
+             procedure, out, device):
     """Supervised finetuning on the earliest 70% of --train by time."""
     from zeekml.train.protocol import run_finetune
 
@@ -105,6 +110,8 @@ def finetune(model, base, scratch, train, label_field, shots, fraction, seed, ep
     opts = {"device": resolve_device(device)}
     if epochs is not None:
         opts["epochs"] = epochs
+    if procedure is not None:
+        opts["procedure"] = procedure
     with quarantine_file(os.path.join(out, "quarantine.jsonl")) as q:
         metrics = run_finetune(model, base, list(train), label_field, shots, fraction, seed, out,
                                quarantine=q, fpr_train=fpr_train, **opts)

@@ -85,7 +85,7 @@ PROCEDURES = ("lp-ft", "full")
 class LPFT:
     """How a classifier is finetuned: the fields every kind's ``FinetuneConfig`` shares.
 
-    ``"lp-ft"`` (the default): (1) LP: a linear head is fitted on the frozen encoder's features of
+    ``"lp-ft"``: (1) LP: a linear head is fitted on the frozen encoder's features of
     the labeled rows (multinomial logistic regression, class-weighted, L2 ``probe_l2``:
     ``fit_linear_probe``); (2) FT: the encoder and that head are trained together at
     ``lr * ft_lr_scale`` for at most the kind's step budget, and the weights of the step with the
@@ -96,10 +96,11 @@ class LPFT:
     AUROC 0.18-0.40 on Stratosphere 010 where a logistic probe on the same embedding got 0.98).
     A scratch twin (no base) runs the same procedure from random weights. ``"full"``: the
     earlier procedure (an MLP head of width ``hidden`` and the encoder trained end to end from a
-    random head at ``lr``; mae: the head alone on the frozen embedding).
+    random head at ``lr``; mae: the head alone on the frozen embedding), the default until
+    docs/results/fewshot.md has measured the two on the same grid.
 
     Args:
-        procedure: ``"lp-ft"`` or ``"full"`` (default ``"lp-ft"``).
+        procedure: ``"lp-ft"`` or ``"full"`` (default ``"full"``).
         probe_l2: L2 weight of the LP fit on the mean class-weighted loss (default 1e-3).
         ft_lr_scale: FT learning rate as a share of ``lr`` (default 0.1).
         val_share: share of each class's labeled rows held out to stop FT early (default 0.2;
@@ -111,7 +112,7 @@ class LPFT:
         patience: validations without a better loss before FT stops (default 5).
     """
 
-    procedure: str = "lp-ft"
+    procedure: str = "full"
     probe_l2: float = 1e-3
     ft_lr_scale: float = 0.1
     val_share: float = 0.2

@@ -10,7 +10,7 @@ into message passing, which leaks the answer; ``tests/unit/nn/test_gnn.py`` prov
 Finetuning: a head on the flow embeddings of the labeled conns' target appearances,
 class-weighted cross-entropy, the whole model trained (from the pretrained base or from random
 weights with the same budget). Each step sees the whole graph, so ``epochs`` = optimiser steps.
-By default LP-FT (``zeekml.train.common.LPFT``): a linear head fitted on the frozen encoder's
+``procedure="lp-ft"`` (``zeekml.train.common.LPFT``): a linear head fitted on the frozen encoder's
 embeddings first, then everything at a small rate, stopped early on held-out labeled conns;
 ``procedure="full"``: the earlier MLP head trained with the encoder from a random start.
 With ``hide_service`` the service and port columns of the flow features are constant (zero after

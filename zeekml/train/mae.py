@@ -4,7 +4,7 @@ detector and the embedding, is ``zeekml.scoring.detectors.mae``).
 - ``pretrain``: fit the modality inputs (scaling, vocabularies, skip-gram IP/port vectors) and
   train the autoencoder on reconstruction. A share of rows (``hide_prob``) has service and ports
   blanked in input and loss, so one base serves the service task (which hides them) too.
-- ``finetune``: LP-FT (``zeekml.train.common.LPFT``, the default): a linear head fitted on the
+- ``finetune``: ``procedure="lp-ft"`` (``zeekml.train.common.LPFT``): a linear head fitted on the
   frozen 64-d embedding of a base, then the encoder and head finetuned together at a small rate,
   stopped early on held-out labeled rows (``--scratch``: the same from a random encoder).
   ``procedure="full"``: the earlier MLP head on the frozen embedding (``--scratch``: trained end

@@ -5,7 +5,7 @@
   encoder on masked-token prediction: 15% of tokens are masked whole and another 10% of single
   fields are masked, and the model predicts each masked field. A quarter of the sequences have
   service and ports hidden (input and loss), so one base serves the service task too.
-- ``finetune``: LP-FT (``zeekml.train.common.LPFT``, the default): a linear head on the CLS and
+- ``finetune``: ``procedure="lp-ft"`` (``zeekml.train.common.LPFT``): a linear head on the CLS and
   anchor states of the frozen encoder, then encoder and head trained together at a small rate
   (class-weighted cross-entropy, plus the MoE auxiliary losses), stopped early on held-out
   labeled rows; ``procedure="full"``: the earlier MLP head and encoder trained end to end from a

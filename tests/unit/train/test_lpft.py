@@ -210,7 +210,7 @@ def test_the_probe_phase_leaves_the_encoder_as_pretrained(kind, bases, table, la
     base = bases(kind)
     out = str(tmp_path / "ft")
     m = get_trainer(kind).finetune(base, table, labels, _rows(labels, 3, 60), hide_service=False, seed=0,
-                                   out=out, sources=[LOG], label_field="label", **TINY[kind])
+                                   out=out, sources=[LOG], label_field="label", procedure="lp-ft", **TINY[kind])
     assert m["val_rows"] == 0 and m["steps"] == 0
     before, after = _encoder_state(kind, base), _encoder_state(kind, out)
     assert before and before.keys() == after.keys()
@@ -232,7 +232,7 @@ def test_the_mae_head_after_lp_is_the_logistic_fit_on_the_same_embedding(bases, 
     rows = _rows(labels, 3, 60)
     out = str(tmp_path / "ft")
     get_trainer("mae").finetune(bases("mae"), table, labels, rows, hide_service=False, seed=0, out=out,
-                                sources=[LOG], label_field="label")
+                                sources=[LOG], label_field="label", procedure="lp-ft")
     base = LoadedMAE.from_dir(bases("mae"))
     z = base.run(base.modalities(table))["embedding"][rows]
     zs = (z - z.mean(0)) / np.maximum(z.std(0), 1e-4)
@@ -251,14 +251,14 @@ def test_finetuning_after_the_probe_is_stopped_on_held_out_rows(kind, bases, tab
     out = str(tmp_path / "ft")
     rows = _rows(labels, 30, 30)
     m = get_trainer(kind).finetune(base, table, labels, rows, hide_service=False, seed=0, out=out,
-                                   sources=[LOG], label_field="label", epochs=3, **TINY[kind])
+                                   sources=[LOG], label_field="label", epochs=3, procedure="lp-ft", **TINY[kind])
     assert (m["fit_rows"], m["val_rows"]) == (48, 12)
     es = m["early_stopping"]
     assert es["validations"] >= 2 and 0 <= es["best_step"] <= m["steps"]
     # a scratch twin runs the same procedure
     m0 = get_trainer(kind).finetune(None, table, labels, rows, hide_service=False, seed=0,
                                     out=str(tmp_path / "scratch"), sources=[LOG], label_field="label",
-                                    epochs=3, **TINY[kind])
+                                    epochs=3, procedure="lp-ft", **TINY[kind])
     assert m0["val_rows"] == 12 and _config(str(tmp_path / "scratch"))["finetune"]["procedure"] == "lp-ft"
 
 
@@ -280,3 +280,26 @@ def test_an_unknown_procedure_is_one_clear_error(bases, table, labels, tmp_path)
         get_trainer("mae").finetune(bases("mae"), table, labels, _rows(labels, 5, 5), hide_service=False,
                                     seed=0, out=str(tmp_path / "x"), sources=[LOG], label_field="label",
                                     procedure="lpft")
+
+
+def test_zeekml_finetune_takes_the_procedure(bases, tmp_path):
+    import click
+    from click.testing import CliRunner
+
+    from zeekml.cli import main
+    from zeekml.train.common import PROCEDURES
+
+    command = main.get_command(click.Context(main), "finetune")
+    opt = next(p for p in command.params if p.name == "procedure")
+    assert tuple(opt.type.choices) == PROCEDURES
+    for procedure, hidden in (("lp-ft", 0), ("full", 64)):
+        out = tmp_path / procedure
+        r = CliRunner().invoke(main, ["finetune", "--model", "mae", "--base", bases("mae"), "--train", LOG,
+                                      "--label-field", "label", "--shots", "20", "--epochs", "2",
+                                      "--procedure", procedure, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        cfg = _config(str(out))
+        assert (cfg["finetune"]["procedure"], cfg["head"]["hidden"]) == (procedure, hidden)
+    r = CliRunner().invoke(main, ["finetune", "--model", "mae", "--base", bases("mae"), "--train", LOG,
+                                  "--label-field", "label", "--procedure", "lpft", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "'lpft' is not one of 'lp-ft', 'full'" in r.output
