@@ -155,6 +155,58 @@ def parse_pretrain(specs: list[str], defaults: dict[str, dict] = PRETRAIN) -> di
     return out
 
 
+def parse_finetune(specs: list[str]) -> dict:
+    """The finetune settings of ``KEY=VALUE`` specs (``procedure=full``, ``ft_lr_scale=0.05``),
+    values as int, float or string, passed to every ``pretrained`` and ``scratch`` finetune."""
+    out: dict = {}
+    for spec in specs:
+        key, eq, val = spec.partition("=")
+        if not key or not eq or not val:
+            raise ValueError(f"--finetune {spec!r}: expected KEY=VALUE")
+        for cast in (int, float):
+            try:
+                out[key] = cast(val)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = val
+    return out
+
+
+def compare(before: list[dict], after: list[dict]) -> list[str]:
+    """Markdown: per kind, over the capture x budget cells both result files scored, macro-F1 of
+    pretrained against its scratch twin and the GBT before and after (means over seeds
+    compared; the median gain is the robust one), and the stricter reading: the pretrained model
+    of ``after`` against the better of the two scratch twins (``before``'s and ``after``'s),
+    so a procedure cannot win by only making scratch worse."""
+    sb, sa = summarise(before, "macro_f1"), summarise(after, "macro_f1")
+    out = ["| kind | cells | before: pre > scratch | before: median gain | before: pre > GBT | after: pre > scratch "
+           "| after: median gain | after: mean gain | after: pre > GBT | after pre > best scratch "
+           "| median gain vs best scratch |", "|---|" + "---|" * 10]
+    for kind in KINDS:
+        need = ("pretrained", "scratch", "gbt")
+        cells = sorted({(c, b) for (k, c, b, m) in sa if k == kind and m == "pretrained"})
+        cells = [cb for cb in cells if all((kind, *cb, m) in s for s in (sb, sa) for m in need)]
+        if not cells:
+            continue
+        pb, scb = ([sb[(kind, *cb, m)][0] for cb in cells] for m in ("pretrained", "scratch"))
+        pa_, sca, gbt = ([sa[(kind, *cb, m)][0] for cb in cells] for m in need)
+        best = [max(a, b) for a, b in zip(scb, sca)]
+        n = len(cells)
+
+        def wins(a: list[float], b: list[float]) -> str:
+            return f"{sum(x > y for x, y in zip(a, b))}/{n}"
+
+        def med(a: list[float], b: list[float]) -> str:
+            return f"{np.median([relative_gain(x, y) for x, y in zip(a, b)]):+.2f}%"
+
+        out.append(f"| {kind} | {n} | {wins(pb, scb)} | {med(pb, scb)} | {wins(pb, gbt)} | {wins(pa_, sca)} "
+                   f"| {med(pa_, sca)} | {np.mean([relative_gain(x, y) for x, y in zip(pa_, sca)]):+.2f}% "
+                   f"| {wins(pa_, gbt)} | {wins(pa_, best)} | {med(pa_, best)} |")
+    return out
+
+
 def relative_gain(a: float, b: float) -> float:
     """``(a - b) / b`` in percent (the paper's "+6.87% over scratch"); nan when ``b`` is 0."""
     return (a - b) / b * 100 if b else float("nan")
@@ -317,9 +369,11 @@ def fit_probe(x: np.ndarray, y: list[str], seed: int):
 
 
 def finetuned_proba(kind: str, base: str | None, table, flows, y: np.ndarray, rows: np.ndarray,
-                    test: np.ndarray, seed: int, source: str) -> tuple[np.ndarray, list[str]]:
+                    test: np.ndarray, seed: int, source: str,
+                    settings: dict | None = None) -> tuple[np.ndarray, list[str]]:
     """P(class) on ``test`` of ``kind`` finetuned (``base``) or trained from scratch (None) on
-    ``rows`` through the library's trainer, as ``zeekml finetune`` would."""
+    ``rows`` through the library's trainer, as ``zeekml finetune`` would; ``settings`` are the
+    finetune options (``--finetune``)."""
     from zeekml.train.registry import get_trainer
 
     trainer = get_trainer(kind)
@@ -327,7 +381,7 @@ def finetuned_proba(kind: str, base: str | None, table, flows, y: np.ndarray, ro
     try:
         out = os.path.join(work, "model")
         trainer.finetune(base, table, y, rows, hide_service=False, seed=seed, out=out, sources=[source],
-                         label_field="label", flows=flows)
+                         label_field="label", flows=flows, **(settings or {}))
         pred = trainer.predict(out, table, flows=flows)
         return pred.proba[test], list(pred.classes)
     finally:
@@ -385,7 +439,7 @@ def run(args: argparse.Namespace) -> None:
     done = {(r["capture"], r["kind"], r["budget"], r["seed"], r["model"]) for r in runs}
     meta = {"task": "malicious (label: Benign vs Malicious)", "pretrain": args.pretrain, "pretrain_seed": 0,
             "threads": args.threads, "fractions": list(args.fractions), "shots": args.shots,
-            "bases": {}}
+            "finetune": args.finetune, "bases": {}}
 
     def record(rec: dict) -> None:
         runs.append(rec)
@@ -436,7 +490,7 @@ def run(args: argparse.Namespace) -> None:
                         t0 = time.perf_counter()
                         if model in ("pretrained", "scratch"):
                             proba, classes = finetuned_proba(kind, base if model == "pretrained" else None, table,
-                                                             flows, y, rows, test, seed, source)
+                                                             flows, y, rows, test, seed, source, args.finetune)
                         else:
                             if model != "gbt" and emb is None:
                                 emb = base_embedding(kind, base, table, flows)
@@ -467,11 +521,19 @@ def main() -> None:
                     help="where the leave-one-capture-out bases are kept between runs")
     ap.add_argument("--pretrain", nargs="+", default=[], metavar="KIND:KEY=INT",
                     help="override a pretraining budget (default: %s)" % json.dumps(PRETRAIN).replace("%", "%%"))
+    ap.add_argument("--finetune", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="finetune settings of the pretrained and scratch models (procedure=full, "
+                         "ft_lr_scale=0.05: zeekml.train.common.LPFT); default: the library's")
     ap.add_argument("--out", default="docs/results/fewshot.json")
+    ap.add_argument("--compare", nargs=2, default=None, metavar=("BEFORE", "AFTER"),
+                    help="only print the before/after table of two result files (e.g. two finetune procedures)")
     ap.add_argument("--report", nargs="+", default=None, metavar="JSON",
                     help="only print the markdown tables of these result files (merged)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.compare:
+        print("\n".join(compare(*(load_results(p) for p in args.compare))))
+        return
     if args.report:
         runs = merge_runs(*(load_results(p) for p in args.report))
         if not runs:
@@ -483,6 +545,7 @@ def main() -> None:
             ap.error(f"--fractions: {f} is not in (0, 1]")
     try:
         args.pretrain = parse_pretrain(args.pretrain)
+        args.finetune = parse_finetune(args.finetune)
     except ValueError as e:
         ap.error(str(e))
     if not os.path.isdir(args.data):

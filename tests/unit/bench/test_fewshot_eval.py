@@ -143,3 +143,28 @@ def test_merge_runs_keeps_each_run_once(fe):
     merged = fe.merge_runs(a, b)
     assert [(r["kind"], r["model"]) for r in merged] == [("-", "gbt"), ("gnn", "pretrained"), ("moe", "pretrained")]
     assert fe.summarise(merged)[("gnn", "strato-008", "5%", "gbt")][2] == 1
+
+
+def test_parse_finetune_settings(fe):
+    assert fe.parse_finetune(["procedure=full", "ft_lr_scale=0.05", "patience=3"]) == {
+        "procedure": "full", "ft_lr_scale": 0.05, "patience": 3}
+    assert fe.parse_finetune([]) == {}
+    for bad in ("procedure", "=full", "procedure="):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            fe.parse_finetune([bad])
+
+
+def test_compare_before_and_after_against_the_better_scratch(fe):
+    def cell(budget, pre, scr, gbt):
+        return [_run("gnn", "pretrained", 0, pre, budget), _run("gnn", "scratch", 0, scr, budget),
+                _run("-", "gbt", 0, gbt, budget)]
+
+    before = cell("1%", 0.5, 0.6, 0.55) + cell("10%", 0.8, 0.8, 0.9) + cell("20%", 0.7, 0.5, 0.5)
+    # after: pretrained up everywhere, and the scratch twin down at 1% (so only the stricter
+    # reading, against the better of the two scratch twins, shows 10% as a win and 1% as a loss)
+    after = cell("1%", 0.58, 0.4, 0.55) + cell("10%", 0.85, 0.8, 0.9) + [_run("gnn", "pretrained", 0, 0.9, "5%")]
+    lines = fe.compare(before, after)
+    assert lines[0].startswith("| kind | cells | before: pre > scratch |") and len(lines) == 3
+    # cells scored in both files only: 1% and 10% (20% ran before only, 5% has no scratch twin)
+    # vs the better scratch: 1% 0.58 vs 0.6 (-3.33%), 10% 0.85 vs 0.8 (+6.25%)
+    assert lines[2] == "| gnn | 2 | 0/2 | -8.33% | 0/2 | 2/2 | +25.62% | +25.62% | 1/2 | 1/2 | +1.46% |"
