@@ -48,31 +48,141 @@ def unit_rows(e: np.ndarray) -> np.ndarray:
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
 
 
-def knn_distance(e: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
+def distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``x`` grouped by their bytes: ``(first, inverse)`` with ``x[first[inverse]]``
+    byte-equal to ``x``, ``first`` a position of each group's row. Two rows are grouped only
+    if their bytes are equal; equal rows are grouped unless their 64-bit keys collide with
+    another row's (then some stay apart: fewer rows saved, never a wrong group).
+
+    Repetitive traffic gives identical embeddings (measured: only 29% of the GNN's and 63% of
+    the MoE's on bench/score_speed.py's 100k log, which repeats captures; see bench/README.md
+    for single captures), and a row's kNN distance depends on that row alone, so each distinct
+    row is scored once. Keys instead of ``np.unique`` over whole rows: the sort then moves 8
+    bytes a row, not 256, and no sorted copy of a large input's embeddings is made.
+
+    Shapes:
+        x ``[n, d]`` -> ``([u], [n])``
+    """
+    v = np.ascontiguousarray(x)
+    n = len(v)
+    if n < 2:
+        return np.arange(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    width = v.shape[1] * v.itemsize if v.ndim == 2 else v.itemsize
+    words = v.reshape(n, -1).view(np.uint8).reshape(n, width)
+    if width % 8 == 0:
+        words = words.view(np.uint64)
+    elif width % 4 == 0:
+        words = words.view(np.uint32)
+    # FNV-1a over the row's words (wrapping uint64 arithmetic): equal rows, equal keys
+    key = np.full(n, 0xCBF29CE484222325, dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for j in range(words.shape[1]):
+            key ^= words[:, j]
+            key *= prime
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    first, inverse = first.astype(np.int64), inverse.reshape(-1).astype(np.int64)
+    # a row whose bytes differ from its group's first row shares a key only: its own group
+    step = 65_536
+    apart = np.concatenate([np.flatnonzero((words[a:a + step] != words[first[inverse[a:a + step]]])
+                                           .any(axis=1)) + a for a in range(0, n, step)])
+    if len(apart):
+        inverse[apart] = len(first) + np.arange(len(apart))
+        first = np.concatenate([first, apart])
+    return first, inverse
+
+
+# Reference rows searched are padded to a multiple of this: the matrix product and top-k ran
+# 1.4-1.6x slower over 3,951 or 3,658 columns than over 3,952, 3,664 or 4,000 (one thread, MKL,
+# 25k conns at d = 64; the rows of the product start unaligned). Pads are zero rows that count
+# for nothing (count 0).
+INDEX_ALIGN = 16
+# Repeats are merged only when that drops at least this share of the reference's rows: a
+# varied baseline (the autoencoder's 4,000 rows held 49 repeats on bench/score_speed.py's log)
+# is searched as it is.
+MERGE_MIN_SAVING = 0.05
+
+
+class KnnIndex:
+    """A reference as ``knn_distance`` searches it: its finite rows (a model that gave NaN makes
+    a row nobody's neighbour), where the reference repeats itself enough (``MERGE_MIN_SAVING``)
+    each distinct row once with how many times it occurs, and zero rows counting for nothing up
+    to a multiple of ``INDEX_ALIGN`` rows. The ``k`` nearest of a multiset are the nearest
+    distinct rows, each repeated by its count, so the distances are those of the full reference
+    (test) at the cost of the distinct rows alone.
+
+    Shapes:
+        ref ``[m, d]``; ``rows`` ``[w, d]`` float32, ``counts`` ``[w]`` (sum ``m``; 0 for pads)
+    """
+
+    def __init__(self, ref: np.ndarray):
+        ref = np.asarray(ref, dtype=np.float32)
+        if ref.ndim != 2:
+            raise ModelError(f"a kNN reference is a matrix of embeddings, not shape {ref.shape}")
+        finite = np.isfinite(ref).all(axis=1)
+        if not finite.all():
+            ref = ref[finite]
+        self.size = len(ref)
+        first, inverse = distinct_rows(ref)
+        if _aligned(len(first)) <= (1.0 - MERGE_MIN_SAVING) * len(ref):
+            rows, counts = ref[first], np.bincount(inverse, minlength=len(first)).astype(np.int64)
+        else:
+            rows, counts = ref, np.ones(len(ref), dtype=np.int64)
+        pad = _aligned(len(rows)) - len(rows)
+        self.rows = np.ascontiguousarray(np.concatenate([rows, np.zeros((pad, ref.shape[1]), np.float32)]))
+        self.counts = np.concatenate([counts, np.zeros(pad, dtype=np.int64)])
+        self.pads = pad
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _aligned(n: int) -> int:
+    return -(-n // INDEX_ALIGN) * INDEX_ALIGN
+
+
+def knn_distance(e: np.ndarray, ref: np.ndarray | KnnIndex, k: int) -> np.ndarray:
     """Mean cosine distance of each row of ``e`` (unit vectors) to its ``k`` nearest in ``ref``.
 
-    The similarities of a block are one float32 matrix product and the ``k`` nearest a
-    ``torch.topk`` of each row (measured, 20k conns x 4,000 references, one thread: 0.64 s with
-    numpy's product and ``np.partition``, three quarters of it the partition; 0.24 s so). The ``k``
-    distances are averaged in float64, nearest first, so a row's score depends on its own
-    similarities alone. Reference rows that are not finite (a model that gave NaN) are nobody's
-    neighbour.
+    Each distinct row of ``e`` is scored once (``distinct_rows``) against each distinct row of
+    ``ref`` (``KnnIndex``; pass one to build it once for many calls). The similarities of a block
+    are one float32 matrix product and the ``k`` nearest a ``torch.topk`` of each row (measured,
+    20k conns x 4,000 references, one thread: 0.64 s with numpy's product and ``np.partition``,
+    three quarters of it the partition; 0.24 s so). The ``k`` distances are averaged in float64,
+    nearest first, so a row's score depends on its own similarities alone. Reference rows that
+    are not finite (a model that gave NaN) are nobody's neighbour.
 
     Shapes:
         e ``[n, d]``, ref ``[m, d]`` -> ``[n]``
     """
+    index = ref if isinstance(ref, KnnIndex) else KnnIndex(ref)
+    e = np.asarray(e, dtype=np.float32)
+    first, inverse = distinct_rows(e)
+    if len(first) == len(e):
+        return knn_blocks(e, index, k)
+    return knn_blocks(e[first], index, k)[inverse]
+
+
+def knn_blocks(e: np.ndarray, index: KnnIndex, k: int) -> np.ndarray:
+    """``knn_distance`` of every row of ``e`` (unit vectors) as it stands, duplicates included,
+    ``CHUNK`` rows at a time.
+
+    Shapes:
+        e ``[n, d]`` -> ``[n]``
+    """
     import torch
 
-    ref = np.asarray(ref, dtype=np.float32)
-    finite = np.isfinite(ref).all(axis=1)
-    if not finite.all():
-        ref = ref[finite]
     out = np.empty(len(e))
-    if len(ref) == 0:
+    if index.size == 0:
         out.fill(np.nan)
         return out
-    k = max(1, min(k, len(ref)))
-    r = torch.from_numpy(np.ascontiguousarray(ref)).T           # [d, m], a view: BLAS transposes
+    k = max(1, min(k, index.size))
+    # the searched rows that hold the k nearest: pads may rank anywhere, so k beyond them
+    top = min(k + index.pads, len(index.rows))
+    repeated = bool((index.counts != 1).any())
+    r = torch.from_numpy(index.rows).T                              # [d, u], a view: BLAS transposes
+    counts = torch.from_numpy(index.counts)
+    slot = torch.arange(k).view(1, k, 1)
     x_all = torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32))
     pad = None
     with torch.inference_mode():
@@ -85,8 +195,14 @@ def knn_distance(e: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
                 pad[:n] = x
                 pad[n:] = 0.0
                 x = pad
-            near = torch.mm(x, r)[:n].topk(k, dim=1).values               # largest similarity
-            out[a:a + n] = (1.0 - near).double().mean(dim=1).numpy()
+            near = torch.mm(x, r)[:n].topk(top, dim=1)                   # largest similarity
+            vals = near.values
+            if repeated:
+                # the j-th nearest of the multiset is the first searched neighbour whose
+                # running count exceeds j (neighbours are sorted, nearest first; a pad adds 0)
+                ends = counts[near.indices].cumsum(dim=1)                   # [n, top]
+                vals = vals.gather(1, (ends.unsqueeze(1) <= slot).sum(dim=2))   # [n, k]
+            out[a:a + n] = (1.0 - vals).double().mean(dim=1).numpy()
     return out
 
 
@@ -145,6 +261,7 @@ class KnnReference:
         self.seed = seed
         self.ref: np.ndarray | None = None
         self.rows: np.ndarray | None = None      # baseline row of each ``ref`` row
+        self._index: KnnIndex | None = None       # ``ref`` as ``knn_distance`` searches it
         self._loo_q99: float | None = None
 
     def fit(self, embedding: np.ndarray) -> KnnReference:
@@ -159,6 +276,7 @@ class KnnReference:
             rows = np.random.default_rng(self.seed).choice(n, self.max_reference, replace=False)
             embedding = np.asarray(embedding)[rows]
         self.ref = unit_rows(embedding)
+        self._index = KnnIndex(self.ref)
         # which baseline rows were kept, so an explanation can name the nearest baseline conns
         self.rows = rows
         self._loo_q99 = None
@@ -166,14 +284,17 @@ class KnnReference:
 
     def score(self, embedding: np.ndarray) -> np.ndarray:
         """Mean cosine distance to the ``k`` nearest baseline rows, ``[n]``."""
-        if self.ref is None:
+        if self._index is None:
             raise ModelError("KnnReference.score before fit")
+        embedding = np.asarray(embedding)
         if len(embedding) == 0:
             return np.zeros(0)
+        # each distinct row once, over the whole input (repeats span slabs: a capture's copies),
         # a slab at a time: a row's distance depends on that row alone (``knn_distance``), and
         # the unit copy of a 300k-conn baseline's embeddings is not needed all at once
-        return np.concatenate([knn_distance(unit_rows(embedding[a:a + EMBED_PIECE]), self.ref, self.k)
-                               for a in range(0, len(embedding), EMBED_PIECE)])
+        first, inverse = distinct_rows(embedding)
+        return np.concatenate([knn_blocks(unit_rows(embedding[first[a:a + EMBED_PIECE]]), self._index, self.k)
+                               for a in range(0, len(first), EMBED_PIECE)])[inverse]
 
     def nearest(self, embedding: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest baseline rows of each row of ``embedding`` (for explanations).
