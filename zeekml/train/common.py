@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -32,7 +33,7 @@ from zeekml.scoring.detectors.base import sub_state, torch_module
 
 __all__ = ["LPFT", "PROCEDURES", "EarlyStopping", "EpochLog", "Trainer", "apply_epochs", "check_procedure",
            "class_weights", "cosine", "fit_linear_probe", "ft_budget", "holdout_split", "model_config",
-           "optimiser_steps", "pick", "prefixed_state", "sub_state", "torch_module"]
+           "optimiser_steps", "pick", "prefixed_state", "run_ft", "sub_state", "torch_module"]
 
 T = TypeVar("T")
 
@@ -227,6 +228,28 @@ class EarlyStopping:
         """What the manifest's metrics record of the early stop."""
         return {"best_step": self.best_step, "best_val_loss": None if self.best_step is None else round(self.best, 5),
                 "validations": len(self.losses)}
+
+
+def run_ft(step: Callable[[], tuple[float, int, int]], val_loss: Callable[[], float] | None,
+           stop: EarlyStopping, steps: int, eval_every: int, progress: EpochLog) -> int:
+    """LP-FT's FT loop, the same for every kind: the validation loss of the LP head (step 0),
+    then up to ``steps`` calls of ``step`` (one optimiser step; returns its loss and how many of
+    the ``seen`` conns it classified ``right``), a validation loss every ``eval_every`` steps and
+    after the last, stopping when ``stop`` says so; the best weights are put back at the end.
+    ``val_loss`` None (nothing held out): every step runs and the last weights stay.
+    Returns the steps run."""
+    done = 0
+    if val_loss is not None and stop.update(0, val_loss()):
+        steps = 0
+    for s in range(1, steps + 1):
+        loss, right, seen = step()
+        done = s
+        progress.step(loss, right, seen)
+        if val_loss is not None and (s % eval_every == 0 or s == steps) and stop.update(s, val_loss()):
+            break
+    progress.flush()
+    stop.restore()
+    return done
 
 
 def prefixed_state(**modules: Any) -> dict:

@@ -40,7 +40,7 @@ from zeekml.scoring.detectors.gnn import to_device as _to
 from zeekml.train.artifact import save_model_dir
 from zeekml.train.common import (LPFT, EarlyStopping, EpochLog, Trainer, apply_epochs, check_procedure,
                                  class_weights, fit_linear_probe, ft_budget, holdout_split, model_config,
-                                 optimiser_steps, pick)
+                                 optimiser_steps, pick, run_ft)
 from zeekml.train.data import Prediction, temporal_split
 from zeekml.train.registry import register_trainer
 
@@ -388,9 +388,8 @@ def _finetune_lpft(model, xd: dict, adj: dict, tmask, y, n_classes: int, cfg: Fi
     stop = EarlyStopping(model, patience=cfg.patience)
     progress = EpochLog("gnn finetune", max(steps, 1), "train accuracy", steps_per_epoch=1)
     losses: list[float] = []
-    if len(val) and stop.update(0, val_loss()):
-        steps = 0
-    for step in range(1, steps + 1):
+
+    def step() -> tuple[float, int, int]:
         model.train()
         logits = model.classify(model(xd, adj)["flow"][tmask][fit_t])
         loss = loss_fn(logits, yd[fit_t])
@@ -398,10 +397,9 @@ def _finetune_lpft(model, xd: dict, adj: dict, tmask, y, n_classes: int, cfg: Fi
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-        progress.step(losses[-1], int((logits.detach().argmax(1) == yd[fit_t]).sum()), len(fit))
-        if len(val) and (step % cfg.eval_every == 0 or step == steps) and stop.update(step, val_loss()):
-            break
-    stop.restore()
+        return losses[-1], int((logits.detach().argmax(1) == yd[fit_t]).sum()), len(fit)
+
+    run_ft(step, val_loss if len(val) else None, stop, steps, cfg.eval_every, progress)
     return losses, {"steps": len(losses), "fit_rows": int(len(fit)), "val_rows": int(len(val)),
                     "early_stopping": stop.summary()}
 

@@ -29,7 +29,7 @@ from zeekml.scoring.detectors.mae import NAME, LoadedMAE, modality_tensors
 from zeekml.train.artifact import save_model_dir
 from zeekml.train.common import (LPFT, EarlyStopping, EpochLog, Trainer, apply_epochs, check_procedure,
                                  class_weights, fit_linear_probe, ft_budget, holdout_split, model_config,
-                                 optimiser_steps, pick, prefixed_state, step_epochs, torch_module)
+                                 optimiser_steps, pick, prefixed_state, run_ft, step_epochs, torch_module)
 from zeekml.train.data import Prediction
 from zeekml.train.registry import register_trainer
 
@@ -238,10 +238,9 @@ def _finetune_lpft(model, q, sq, e, y, n_classes: int, fcfg: FinetuneConfig, see
     per_epoch = max(1, -(-n // fcfg.batch_size))
     progress = EpochLog("mae finetune", step_epochs(steps, per_epoch), "train accuracy",
                         steps_per_epoch=per_epoch)
-    done, loss = 0, torch.zeros(())
-    if len(val) and stop.update(0, val_loss()):
-        steps = 0
-    for step in range(1, steps + 1):
+    last: list[float | None] = [None]
+
+    def step() -> tuple[float, int, int]:
         model.train()
         head.train()
         bi = fit_t[torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen).to(device)]
@@ -250,13 +249,11 @@ def _finetune_lpft(model, q, sq, e, y, n_classes: int, fcfg: FinetuneConfig, see
         opt.zero_grad()
         loss.backward()
         opt.step()
-        done = step
-        progress.step(float(loss.detach()), int((logits.detach().argmax(1) == y[bi]).sum()), len(bi))
-        if len(val) and (step % fcfg.eval_every == 0 or step == steps) and stop.update(step, val_loss()):
-            break
-    progress.flush()
-    stop.restore()
-    return head, emb_mean, emb_std, params, {"train_loss": float(loss.detach()), "steps": done,
+        last[0] = float(loss.detach())
+        return float(loss.detach()), int((logits.detach().argmax(1) == y[bi]).sum()), len(bi)
+
+    done = run_ft(step, val_loss if len(val) else None, stop, steps, fcfg.eval_every, progress)
+    return head, emb_mean, emb_std, params, {"train_loss": last[0], "steps": done,
                                              "fit_rows": int(n), "val_rows": int(len(val)),
                                              "early_stopping": stop.summary(), "head_hidden": 0}
 

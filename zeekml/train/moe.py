@@ -38,8 +38,8 @@ from zeekml.scoring.detectors.token import LoadedTokenModel, add_routing, routin
 from zeekml.train.artifact import save_model_dir
 from zeekml.train.common import (LPFT, EarlyStopping, EpochLog, Trainer, apply_epochs, check_procedure,
                                  class_weights, cosine, fit_linear_probe, ft_budget, holdout_split,
-                                 model_config, optimiser_steps, pick, prefixed_state, step_epochs,
-                                 torch_module)
+                                 model_config, optimiser_steps, pick, prefixed_state, run_ft,
+                                 step_epochs, torch_module)
 from zeekml.train.data import Prediction
 from zeekml.train.registry import register_trainer
 
@@ -369,10 +369,9 @@ def _finetune_lpft(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: in
     per_epoch = max(1, -(-n // fcfg.batch_size))
     progress = EpochLog(f"{kind} finetune", step_epochs(steps, per_epoch), "train accuracy",
                         steps_per_epoch=per_epoch)
-    done, loss = 0, torch.zeros(())
-    if len(val) and stop.update(0, val_loss()):
-        steps = 0
-    for step in range(1, steps + 1):
+    last: list[float | None] = [None]
+
+    def step() -> tuple[float, int, int]:
         encoder.train()
         head.train()
         b = fit_t[torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen)]
@@ -385,13 +384,11 @@ def _finetune_lpft(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: in
         opt.zero_grad()
         total.backward()
         opt.step()
-        done = step
-        progress.step(float(loss.detach()), int((logits.detach().argmax(1) == yb).sum()), len(b))
-        if len(val) and (step % fcfg.eval_every == 0 or step == steps) and stop.update(step, val_loss()):
-            break
-    progress.flush()
-    stop.restore()
-    return head, {"train_loss": float(loss.detach()), "steps": done, "fit_rows": int(n), "val_rows": int(len(val)),
+        last[0] = float(loss.detach())
+        return float(loss.detach()), int((logits.detach().argmax(1) == yb).sum()), len(b)
+
+    done = run_ft(step, val_loss if len(val) else None, stop, steps, fcfg.eval_every, progress)
+    return head, {"train_loss": last[0], "steps": done, "fit_rows": int(n), "val_rows": int(len(val)),
                   "early_stopping": stop.summary(), "head_hidden": 0}
 
 
