@@ -9,6 +9,15 @@ Protocol (docs/models.md): every file is split by time; the earliest 70% of each
 any model learns from: the encoders are pretrained on it (masked tokens, labels ignored) and k
 shots per class are drawn from it; the latest 30% of each file is the test set.
 
+    OMP_NUM_THREADS=1 python bench/moe_fewshot.py frontier --work /tmp/moe_frontier \
+        --models moe dense moe-d32 dense-d32 --out docs/results/moe_frontier.json
+
+``frontier``: each named candidate (``CANDIDATES``: the shipped configuration, its twin and other
+widths, depths and expert layouts) pretrained on the whole corpus of ``models/moe-base`` (the six
+files of ``eval_data.FILES``, 48,204 conns) as its README's command does, seed 0, 10 epochs; the
+JSON holds each one's parameters (total / active per token) and masked-token validation loss on the
+same 2,410 held-out sequences. ``run --models`` takes the same names.
+
 Tasks: ``service`` (Zeek's DPI service from everything but service and ports), ``botnet``
 (IoT-23 detailed-label) and ``malicious`` (label). Models:
 
@@ -52,12 +61,32 @@ from zeekml.flows.table import CONN_SCHEMA  # noqa: E402
 from zeekml.train.data import labels_of, sample_shots  # noqa: E402
 from zeekml.train.metrics import classification_report  # noqa: E402
 
-from eval_data import FILES, TASKS, load_all  # noqa: E402  (bench/, the script's folder, is on sys.path)
+from eval_data import DATA, FILES, TASKS, load_all  # noqa: E402  (bench/, the script's folder, is on sys.path)
 
 log = logging.getLogger("moe_fewshot")
 
 SHOTS = (5, 10, 20, 50)
 NEURAL = ("moe", "dense", "dense-wide")
+
+# name -> (trainer kind, ArchConfig fields of zeekml/train/moe.py). "moe" is models/moe-base's
+# configuration, "dense" its twin (same active parameters per token), "dense-wide" the twin as big
+# in total as the MoE. The others trade width or depth for speed (issue 15: an MoE has to beat the
+# dense model *as accurate as it* on speed); widths are d_model / d_ff of the dense blocks /
+# n_experts x d_expert at the MoE positions (blocks 1, 3, ...).
+CANDIDATES: dict[str, tuple[str, dict]] = {
+    "moe": ("moe", {}),
+    "dense": ("dense", {}),
+    "dense-wide": ("dense", {"dense_d_ff_alt": 8 * 128}),
+    "moe-ff64-16x32": ("moe", {"d_ff": 64, "n_experts": 16, "d_expert": 32}),
+    "dense-ff64": ("dense", {"d_ff": 64, "dense_d_ff_alt": 64}),
+    "dense-d48": ("dense", {"d_model": 48, "d_ff": 96, "dense_d_ff_alt": 96}),
+    "moe-d48-16x96": ("moe", {"d_model": 48, "d_ff": 96, "n_experts": 16, "d_expert": 96}),
+    "moe-d32": ("moe", {"d_model": 32, "d_ff": 64, "n_experts": 16, "d_expert": 128}),
+    "dense-d32": ("dense", {"d_model": 32, "d_ff": 64, "dense_d_ff_alt": 64}),
+    "moe-l2": ("moe", {"n_layers": 2}),
+    "moe-l2-16x128": ("moe", {"n_layers": 2, "n_experts": 16}),
+    "dense-l2": ("dense", {"n_layers": 2}),
+}
 PERTURBATIONS = ("pad", "split", "delay", "decoy")
 
 
@@ -149,8 +178,7 @@ def pretrain(work: str, table: pa.Table, train: np.ndarray, epochs: int,
         dirs[name] = out
         if os.path.exists(os.path.join(out, "manifest.json")):
             continue
-        kind = "moe" if name == "moe" else "dense"
-        opts = {"dense_d_ff_alt": 8 * 128} if name == "dense-wide" else {}
+        kind, opts = CANDIDATES[name]
         t0 = time.perf_counter()
         m = KINDS[kind].pretrain(sub, out, sources=[], seed=0, epochs=epochs, **opts)
         log.info("pretrained %s: val loss %s, %.0f s", name, m.get("val_loss"), time.perf_counter() - t0)
@@ -197,7 +225,8 @@ def run(args) -> None:
         labels = labels_of(table, field)
         tr = np.asarray([i for i in train if in_task[i] and labels[i] is not None])
         te = np.asarray([i for i in test if in_task[i] and labels[i] is not None])
-        tok = LoadedTokenModel.from_dir(bases["moe"]).tokenizer
+        # every base fitted its tokenizer on the same rows with the same settings: any one serves
+        tok = LoadedTokenModel.from_dir(bases[args.models[0]]).tokenizer
         test_ids = tok.transform(table, rows=te, hide_service=hide)
         y_te = [labels[i] for i in te]
         pert = {}
@@ -220,7 +249,7 @@ def run(args) -> None:
                                                   "perturbation": p, "clean": rec["gbt"],
                                                   "f1": gbt_f1(table, labels, shots, te, hide, seed, train, pt)})
                 for name in args.models:
-                    kind = "moe" if name == "moe" else "dense"
+                    kind = CANDIDATES[name][0]
                     out = os.path.join(args.work, f"ft-{name}-{task}-{k}-{seed}")
                     KINDS[kind].finetune(bases[name], table, labels, shots, hide, seed, out, sources=[],
                                          label_field=field, device="cpu")
@@ -228,7 +257,7 @@ def run(args) -> None:
                     res = loaded.run(test_ids, want=("proba",))
                     pred = [loaded.classes[j] for j in res["proba"].argmax(1)]
                     rec[name] = classification_report(y_te, pred, classes)["macro_f1"]
-                    if name == "moe":
+                    if name == "moe":            # the expert-usage table reads the shipped config's
                         rec["moe_routing"] = routing_summary(res["routing"])
                     if robust:
                         for p, (_, ids) in pert.items():
@@ -246,6 +275,38 @@ def run(args) -> None:
                     json.dump(results, f, indent=1)
 
 
+# -- accuracy/speed frontier: pretraining on the whole corpus -----------------------------------
+
+def frontier(args) -> None:
+    """Pretrain each of ``args.models`` on the six files of ``FILES`` (``models/moe-base``'s corpus,
+    in its README's order) as ``zeekml pretrain`` does, seed ``args.seed``; write the validation
+    losses and parameter counts to ``args.out`` (kept between calls: a finished candidate is read
+    back from its directory, not retrained)."""
+    import torch
+
+    from zeekml.train.protocol import run_pretrain
+
+    torch.set_num_threads(args.threads)
+    logs = [os.path.join(DATA, rel) for rel in FILES.values()]
+    results = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    for name in args.models:
+        kind, opts = CANDIDATES[name]
+        out = os.path.join(args.work, name)
+        if not os.path.exists(os.path.join(out, "manifest.json")):
+            run_pretrain(kind, logs, out, seed=args.seed, epochs=args.epochs, device="cpu", **opts)
+        m = json.load(open(os.path.join(out, "manifest.json")))["metrics"]
+        cfg = json.load(open(os.path.join(out, "config.json")))
+        results[name] = {"kind": kind, "arch": opts, "encoder": cfg["encoder"], "seed": args.seed,
+                         "epochs": args.epochs, "n_params_encoder": m["n_params_encoder"],
+                         "n_params_active": m["n_params_active"], "val_loss": m["val_loss"],
+                         "train_loss": m["train_loss"], "seconds": m["seconds"], "dir": out,
+                         "val_routing": m.get("val_routing")}
+        log.info("%s: %s params, %s active, val loss %.4f (%.0f s)", name, f"{m['n_params_encoder']:,}",
+                 f"{m['n_params_active']:,}", m["val_loss"], m["seconds"])
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
 # -- report ---------------------------------------------------------------------------------------
 
 def _ms(v: list[float]) -> str:
@@ -253,18 +314,22 @@ def _ms(v: list[float]) -> str:
 
 
 def report(paths: list[str], plots: str | None) -> str:
-    runs, robust, bases = [], [], {}
-    seen: set = set()
+    # one record per (task, seed, k): a model's result found in two files counts once (the first),
+    # and files that ran other models of the same draws add theirs to it
+    merged: dict[tuple, dict] = {}
+    robust_by: dict[tuple, dict] = {}
+    bases = {}
     for p in paths:
         d = json.load(open(p))
-        for r in d["runs"]:                       # a (task, seed, k) run found twice counts once
-            if (r["task"], r["seed"], r["k"]) not in seen:
-                seen.add((r["task"], r["seed"], r["k"]))
-                runs.append(r)
-                robust += [x for x in d["robust"] if (x["task"], x["seed"], x["k"]) == (r["task"], r["seed"], r["k"])]
+        for r in d["runs"]:
+            rec = merged.setdefault((r["task"], r["seed"], r["k"]), {})
+            for key, v in r.items():
+                rec.setdefault(key, v)
+        for x in d["robust"]:
+            robust_by.setdefault((x["task"], x["seed"], x["k"], x["model"], x["perturbation"]), x)
         bases.update(d.get("bases", {}))
-    models = ["moe", "dense", "dense-wide", "gbt"]
-    models = [m for m in models if any(m in r for r in runs)]
+    runs, robust = list(merged.values()), list(robust_by.values())
+    models = [m for m in (*CANDIDATES, "gbt") if any(m in r for r in runs)]
     tasks = [t for t in TASKS if any(r["task"] == t for r in runs)]
     lines = []
     for t in tasks:
@@ -378,12 +443,19 @@ def main() -> None:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     r.add_argument("--shots", type=int, nargs="+", default=list(SHOTS))
     r.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    r.add_argument("--models", nargs="+", default=list(NEURAL), choices=list(NEURAL))
+    r.add_argument("--models", nargs="+", default=list(NEURAL), choices=list(CANDIDATES))
     r.add_argument("--epochs", type=int, default=10, help="pretraining epochs")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--no-robust", action="store_true")
     r.add_argument("--pretrain-only", action="store_true",
                    help="only pretrain the bases of --models (to run them in parallel first)")
+    f = sub.add_parser("frontier", help="pretrain candidates on the whole corpus: validation loss")
+    f.add_argument("--work", default="/tmp/moe_frontier")
+    f.add_argument("--out", required=True)
+    f.add_argument("--models", nargs="+", required=True, choices=list(CANDIDATES))
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--epochs", type=int, default=10)
+    f.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("report")
     p.add_argument("paths", nargs="+")
     p.add_argument("--plots", default=None)
@@ -391,6 +463,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.cmd == "run":
         run(args)
+    elif args.cmd == "frontier":
+        frontier(args)
     else:
         print(report(sorted({q for p in args.paths for q in glob.glob(p)}), args.plots))
 
