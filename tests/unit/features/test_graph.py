@@ -136,3 +136,33 @@ def test_empty_table_builds_an_empty_graph(table):
     assert data["flow"].num_nodes == 0 and data["ip"].num_nodes == 0
     for et in EDGE_TYPES:
         assert data[et].edge_index.shape == (2, 0)
+
+
+@pytest.mark.parametrize("targets", [[4], [5], [0, 4], [6], [2, 6], [0, 1, 2, 3, 4, 5, 6]])
+def test_the_neighbourhood_alone_builds_the_same_graph(table, targets):
+    """``neighbourhood(table, targets)``: the rows a graph of ``targets`` holds. Built from those
+    rows alone (targets renumbered), the graph is node for node and edge for edge the one built
+    from the whole table, in the same order (live scoring embeds a batch's conns that way)."""
+    b = builder()
+    x = np.arange(table.num_rows, dtype=np.float32)[:, None]
+    targets = np.array(targets)
+    keep = b.neighbourhood(table, targets)
+    assert set(targets) <= set(keep.tolist()) and list(keep) == sorted(keep)
+    whole = b.build(table, x, targets=targets)
+    part = b.build(table.take(pa.array(keep)), x[keep], targets=np.searchsorted(keep, targets))
+    assert keep[part["flow"].row.numpy()].tolist() == whole["flow"].row.tolist()
+    for attr in ("x", "window", "target"):
+        assert part["flow"][attr].tolist() == whole["flow"][attr].tolist()
+    assert part["ip"].addr == whole["ip"].addr
+    assert part["ip"].x.tolist() == whole["ip"].x.tolist()
+    for et in EDGE_TYPES:
+        assert part[et].edge_index.tolist() == whole[et].edge_index.tolist()
+    if len(targets) < table.num_rows:
+        assert len(keep) < table.num_rows      # the point: the other rows are left out
+
+
+def test_neighbourhood_of_conn_4_is_its_windows_and_the_four_before(table):
+    # conn 4 is in window 1: windows -3..1 hold conns 0-4; conn 5 (windows 3-6) and the conn
+    # without ts (the null window) are out
+    assert builder().neighbourhood(table, np.array([4])).tolist() == [0, 1, 2, 3, 4]
+    assert builder().neighbourhood(table, np.array([6])).tolist() == [6]

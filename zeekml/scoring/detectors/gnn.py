@@ -92,18 +92,56 @@ def load_bundle(model_dir: str, device: str = "cpu") -> tuple[GNNBundle, dict]:
                      bool(config.get("hide_service"))), config
 
 
+# CPU matrix products give a row other bits when the matrix has 1-3 rows than when it has more
+# (measured: torch 2.13, nn.Linear 64 -> 64, native and AVX2 kernels alike; from 4 rows on every
+# row's result is the same whatever the row count). A graph built around a few rows of a long
+# table can be that small where the whole table's graph is not, so it gets isolated padding
+# nodes (no edges: they change no other node) up to this many per node type.
+MIN_NODES = 4
+
+
+def pad_nodes(x_dict: dict) -> dict:
+    """``x_dict`` with zero rows appended to every node type holding fewer than ``MIN_NODES``."""
+    torch = torch_module()
+    out = {}
+    for k, v in x_dict.items():
+        short = MIN_NODES - v.size(0)
+        out[k] = torch.cat([v, v.new_zeros((short, v.size(1)))]) if short > 0 else v
+    return out
+
+
 def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = None,
                device: str = "cpu") -> np.ndarray:
-    """Flow embeddings ``[n_rows, H]`` of the target appearance of each row (zeros elsewhere)."""
+    """Flow embeddings ``[n_rows, H]`` of the target appearance of each row (zeros elsewhere).
+
+    With ``rows``, only their graph neighbourhood (``FlowGraphBuilder.neighbourhood``: the rows
+    of their windows and the ``context_windows`` before) is featurised and embedded, however
+    long ``table`` is: the graphs are those of the whole table's rows (padded to ``MIN_NODES``
+    nodes per type, so a conn alone in its windows gets the bits it gets among many)."""
     torch = torch_module()
     model = bundle.model.to(device).eval()
-    x = bundle.features(table)
     out = np.zeros((table.num_rows, model.cfg.hidden), dtype=np.float32)
+    builder = bundle.builder()
+    keep = None
+    if rows is not None:
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows) == 0:
+            return out
+        keep = builder.neighbourhood(table, rows)
+        if len(keep) < table.num_rows:
+            table = table.take(pa.array(keep, pa.int64()))
+            rows = np.searchsorted(keep, rows)
+        else:
+            keep = None
+    x = bundle.features(table)
     with torch.inference_mode():
-        for g in bundle.builder().iter_graphs(table, x, rows):
-            h = model(to_device(g.x_dict, device), to_device(g.edge_index_dict, device))["flow"]
+        for g in builder.iter_graphs(table, x, rows):
+            xs = g.x_dict if rows is None else pad_nodes(g.x_dict)
+            h = model(to_device(xs, device), to_device(g.edge_index_dict, device))["flow"]
             t = g["flow"].target
-            out[g["flow"].row[t].numpy()] = h[t.to(device)].cpu().numpy()
+            h = h[:len(t)]
+            at = g["flow"].row[t].numpy()
+            out[at if keep is None else keep[at]] = h[t.to(device)].cpu().numpy()
     return out
 
 
@@ -142,11 +180,20 @@ class GNNDetector:
 
     @property
     def forward_context_seconds(self) -> float:
-        """As far forward as back: a window's graph also holds the conns after a target."""
-        return self.context_seconds
+        """How far forward other conns can change a conn's score: ``max_conn_windows`` windows
+        (20 s for ``gnn-base``). A conn's embedding is that of its target appearance, in its
+        last window ``L``, and messages only pass inside a window or forward in time, so only
+        conns appearing in windows up to ``L`` reach it; they start before ``(L + 1) * window``,
+        and ``L`` is at most ``max_conn_windows - 1`` windows after the conn's start window.
+        A graph holding several targets also holds later windows, which change nothing for
+        this one (tested: the score with and without every conn past the reach)."""
+        g = self.bundle.graph
+        return float(g.max_conn_windows * g.window)
 
-    def _embed(self, table: pa.Table) -> np.ndarray:
-        e = embed_rows(self.bundle, table, device=self.device)
+    def _embed(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+        e = embed_rows(self.bundle, table, rows, device=self.device)
+        if rows is not None:
+            e = e[rows]
         return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
 
     def fit(self, table: pa.Table) -> GNNDetector:
@@ -171,12 +218,18 @@ class GNNDetector:
         return knn_distance(self._embed(table), self._ref, self.k)
 
     def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
-        """``score(table)[rows]``. The whole table is embedded, as ``score`` does, so the two
-        agree bit for bit (a graph built around fewer targets sums in another order)."""
+        """``score(table)[rows]``, embedding only the graph neighbourhood of ``rows`` (their
+        windows and the ``context_windows`` before them): live and split scoring hand a
+        batch's conns with 70 s of context around them (``scoring.context``). The graph
+        built around fewer targets holds the same nodes and edges for each of them, in the
+        same relative order, so the embeddings are those of the whole table's graph (tested
+        bit for bit on the shipped model)."""
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.zeros(0)
-        return self.score(table)[rows]
+        if self._ref is None:
+            raise ModelError("GNNDetector.score_rows before fit")
+        return knn_distance(self._embed(table, rows), self._ref, self.k)
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
         """Per row, its nearest baseline conns by flow embedding (``scoring.explain.nearest_text``:

@@ -1,0 +1,124 @@
+"""The GNN detector scores a few conns of a long table by embedding their graph neighbourhood
+only (``score_rows``; live and split scoring hand it a batch among its context), with the bits of
+scoring the whole table, and declares how far forward in time other conns reach a conn's score
+(``forward_context_seconds``), which is how long ``zeekml watch`` holds a conn back."""
+from __future__ import annotations
+
+import os
+import platform
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+pytest.importorskip("torch_geometric")
+
+from zeekml.scoring.context import detectors_in_context, ts_array  # noqa: E402
+from zeekml.scoring.detectors.gnn import MIN_NODES  # noqa: E402
+from zeekml.scoring.registry import get_kind  # noqa: E402
+from zeekml.train.data import load_conns  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+MODEL = os.path.join(ROOT, "models", "gnn-base")
+# 400 real conns over 32 minutes, a median 2.8 s apart: graph windows of 5 s hold several
+LOG = os.path.join(ROOT, "tests", "data", "gnn", "iot23-ctu-34-1-head400.conn.log.labeled")
+
+
+def _avx2() -> bool:
+    """Bit equality across graph sizes holds for the vectorised CPU kernels (x86-64 AVX2 and
+    up, see tests/golden/test_characterisation.py); elsewhere float32 rounding may differ."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx2" in line for line in f)
+    except OSError:
+        return False
+
+
+def assert_same(got: np.ndarray, want: np.ndarray) -> None:
+    if _avx2():
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    if not os.path.exists(os.path.join(MODEL, "config.json")):
+        pytest.skip("models/ not shipped")
+    det = get_kind("gnn").detector(MODEL, device="cpu")
+    table = load_conns(LOG)
+    det.fit(table.slice(0, 150))
+    return det, table, det.score(table)
+
+
+def test_score_rows_equals_scoring_the_whole_table_bit_for_bit(fitted):
+    det, table, full = fitted
+    n = table.num_rows
+    rng = np.random.default_rng(0)
+    sets = [np.array([0, 5, 200, 201, n - 1, 150, 5]), np.array([n - 1]), np.arange(100, 160),
+            np.arange(0, n, 7)] + [rng.choice(n, 12, replace=False) for _ in range(6)]
+    for rows in sets:
+        assert_same(det.score_rows(table, rows), full[rows])
+    assert det.score_rows(table, np.zeros(0, dtype=np.int64)).shape == (0,)
+
+
+def test_conns_alone_in_their_windows_get_the_bits_they_get_among_many(fitted, monkeypatch):
+    """Such a conn's graph has fewer nodes than a CPU matrix product keeps a row's bits for
+    (1-3), so it is padded with isolated nodes (``MIN_NODES``); without them scores move."""
+    det, table, _ = fitted
+    ts = ts_array(table)
+    alone = np.arange(3, table.num_rows, 20)
+    late = ts.copy()
+    late[alone] = ts.max() + 100.0 * np.arange(1, len(alone) + 1)    # 100 s from any other
+    t = table.set_column(table.column_names.index("ts"), "ts", pa.array(late))
+    full = det.score(t)
+    builder = det.bundle.builder()
+    for i in alone:
+        assert len(builder.neighbourhood(t, [i])) < MIN_NODES
+        assert_same(det.score_rows(t, np.array([i])), full[[i]])
+    if _avx2():
+        import zeekml.scoring.detectors.gnn as gnn
+        monkeypatch.setattr(gnn, "pad_nodes", lambda x: x)
+        unpadded = np.concatenate([det.score_rows(t, np.array([i])) for i in alone])
+        assert (unpadded != full[alone]).any()
+
+
+def test_score_rows_embeds_only_the_neighbourhood(fitted, monkeypatch):
+    det, table, _ = fitted
+    seen = []
+    featurize = det.bundle.features
+    monkeypatch.setattr(det.bundle, "features", lambda t: seen.append(t.num_rows) or featurize(t))
+    det.score_rows(table, np.array([200]))
+    assert seen and max(seen) < 40 < table.num_rows
+
+
+def test_nothing_past_the_forward_reach_changes_a_score_and_within_it_something_does(fitted):
+    det, table, full = fitted
+    fwd = det.forward_context_seconds
+    assert fwd == 20.0 < det.context_seconds           # gnn-base: 4 windows of 5 s
+    ts = ts_array(table)
+    changed = 0
+    for i in range(0, table.num_rows, 9):
+        # every conn that started more than fwd seconds after conn i left out
+        upto = np.flatnonzero(ts <= ts[i] + fwd)
+        assert_same(det.score_rows(table.take(pa.array(upto)), np.searchsorted(upto, [i])),
+                    full[[i]])
+        # the conns of (ts_i, ts_i + fwd] left out too: some scores move (the reach is real)
+        before = np.flatnonzero((ts <= ts[i]) | (np.arange(len(ts)) == i))
+        alone = det.score_rows(table.take(pa.array(before)), np.searchsorted(before, [i]))
+        changed += bool(alone[0] != full[i])
+    assert changed > 0
+
+
+def test_in_context_scores_are_the_whole_tables(fitted):
+    """What ``zeekml watch`` and ``--dask`` do: each batch among the rows within the GNN's
+    horizon of it (50 s back, 20 s forward)."""
+    det, table, full = fitted
+    ts = ts_array(table)
+    for a in range(0, table.num_rows, 37):
+        targets = np.arange(a, min(a + 37, table.num_rows))
+        (d,) = detectors_in_context([det], table, targets, ts)
+        assert d is not det and d.context.num_rows < table.num_rows
+        assert_same(d.score(table.take(pa.array(targets))), full[targets])
