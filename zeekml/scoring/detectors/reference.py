@@ -94,8 +94,9 @@ def distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # Reference rows searched are padded to a multiple of this: the matrix product and top-k ran
 # 1.4-1.6x slower over 3,951 or 3,658 columns than over 3,952, 3,664 or 4,000 (one thread, MKL,
-# 25k conns at d = 64; the rows of the product start unaligned). Pads are zero rows that count
-# for nothing (count 0).
+# 25k conns at d = 64; the rows of the product start unaligned). Pads are zero rows whose
+# similarities are set to -inf before the top-k (a zero row's 0 would beat negative ones, and a
+# top-k wide enough to skip pads was 5x slower at k = 20 than at 5 over 864 columns).
 INDEX_ALIGN = 16
 # Repeats are merged only when that drops at least this share of the reference's rows: a
 # varied baseline (the autoencoder's 4,000 rows held 49 repeats on bench/score_speed.py's log)
@@ -106,13 +107,14 @@ MERGE_MIN_SAVING = 0.05
 class KnnIndex:
     """A reference as ``knn_distance`` searches it: its finite rows (a model that gave NaN makes
     a row nobody's neighbour), where the reference repeats itself enough (``MERGE_MIN_SAVING``)
-    each distinct row once with how many times it occurs, and zero rows counting for nothing up
-    to a multiple of ``INDEX_ALIGN`` rows. The ``k`` nearest of a multiset are the nearest
+    each distinct row once with how many times it occurs, then zero rows that are nobody's
+    neighbour up to a multiple of ``INDEX_ALIGN`` rows. The ``k`` nearest of a multiset are the nearest
     distinct rows, each repeated by its count, so the distances are those of the full reference
     (test) at the cost of the distinct rows alone.
 
     Shapes:
-        ref ``[m, d]``; ``rows`` ``[w, d]`` float32, ``counts`` ``[w]`` (sum ``m``; 0 for pads)
+        ref ``[m, d]``; ``rows`` ``[w, d]`` float32 (the first ``searched`` real, the rest pads),
+        ``counts`` ``[w]`` (sum ``m``, 0 for pads)
     """
 
     def __init__(self, ref: np.ndarray):
@@ -128,6 +130,7 @@ class KnnIndex:
             rows, counts = ref[first], np.bincount(inverse, minlength=len(first)).astype(np.int64)
         else:
             rows, counts = ref, np.ones(len(ref), dtype=np.int64)
+        self.searched = len(rows)
         pad = _aligned(len(rows)) - len(rows)
         self.rows = np.ascontiguousarray(np.concatenate([rows, np.zeros((pad, ref.shape[1]), np.float32)]))
         self.counts = np.concatenate([counts, np.zeros(pad, dtype=np.int64)])
@@ -177,9 +180,9 @@ def knn_blocks(e: np.ndarray, index: KnnIndex, k: int) -> np.ndarray:
         out.fill(np.nan)
         return out
     k = max(1, min(k, index.size))
-    # the searched rows that hold the k nearest: pads may rank anywhere, so k beyond them
-    top = min(k + index.pads, len(index.rows))
-    repeated = bool((index.counts != 1).any())
+    top = min(k, index.searched)                 # the real rows that hold the k nearest
+    real = index.searched
+    repeated = bool((index.counts[:real] > 1).any())
     r = torch.from_numpy(index.rows).T                              # [d, u], a view: BLAS transposes
     counts = torch.from_numpy(index.counts)
     slot = torch.arange(k).view(1, k, 1)
@@ -195,11 +198,14 @@ def knn_blocks(e: np.ndarray, index: KnnIndex, k: int) -> np.ndarray:
                 pad[:n] = x
                 pad[n:] = 0.0
                 x = pad
-            near = torch.mm(x, r)[:n].topk(top, dim=1)                   # largest similarity
+            sim = torch.mm(x, r)
+            if index.pads:
+                sim[:, real:] = -torch.inf                                  # nobody's neighbour
+            near = sim[:n].topk(top, dim=1)                              # largest similarity
             vals = near.values
             if repeated:
-                # the j-th nearest of the multiset is the first searched neighbour whose
-                # running count exceeds j (neighbours are sorted, nearest first; a pad adds 0)
+                # the j-th nearest of the multiset is the first distinct neighbour whose
+                # running count exceeds j (neighbours are sorted, nearest first)
                 ends = counts[near.indices].cumsum(dim=1)                   # [n, top]
                 vals = vals.gather(1, (ends.unsqueeze(1) <= slot).sum(dim=2))   # [n, k]
             out[a:a + n] = (1.0 - vals).double().mean(dim=1).numpy()

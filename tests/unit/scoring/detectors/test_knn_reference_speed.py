@@ -129,6 +129,7 @@ def _unmerged(ref: np.ndarray) -> KnnIndex:
     index.counts = np.ones(len(ref), dtype=np.int64)
     index.size = len(ref)
     index.pads = 0
+    index.searched = len(ref)
     return index
 
 
@@ -140,18 +141,20 @@ def test_a_varied_reference_is_searched_as_it_is():
     assert np.array_equal(index.rows[:300], ref) and (index.counts[:300] == 1).all()
     # padded to an aligned width with zero rows that count for nothing
     assert len(index.rows) == 304 and not index.rows[300:].any() and not index.counts[300:].any()
+    assert index.searched == 300
 
 
 @pytest.mark.parametrize("m", [5, 37, 300, 301])
 def test_padding_the_reference_moves_no_distance(m):
-    """Zero pad rows (count 0) rank anywhere, above real neighbours too (similarity 0 beats a
-    negative one): the distances are those of the real rows alone."""
+    """Zero pad rows are nobody's neighbour, even where every real similarity is negative (a
+    zero row's 0 would beat them): the distances are those of the real rows alone."""
     rng = np.random.default_rng(m)
-    ref = unit_rows(rng.standard_normal((m, 8)))
+    ref = unit_rows(np.abs(rng.standard_normal((m, 8))))    # all in the positive orthant
     e = unit_rows(rng.standard_normal((CHUNK + 9, 8)))
-    e[3] = -ref[0]                                          # every real similarity low
+    e[3] = unit_rows(-np.abs(rng.standard_normal((1, 8))))  # every real similarity negative
     index = KnnIndex(ref)
-    assert index.pads == len(index.rows) - m > 0 or m % INDEX_ALIGN == 0
+    assert index.pads == len(index.rows) - m and index.searched == m
+    assert index.pads > 0 or m % INDEX_ALIGN == 0
     for k in (1, 5, m):
         got = knn_distance(e, index, k)
         # BLAS may sum a product of another width in another order: last float32 bits only
