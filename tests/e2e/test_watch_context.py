@@ -211,6 +211,52 @@ def test_release_rule_gives_batch_scores_and_journal_replays_the_state(late_expe
         assert [v.verdict_id for v in got] == [batch[v.uid].verdict_id for v in got]
 
 
+def test_due_conns_wait_at_most_release_wait_for_their_batch():
+    """Due conns (their forward context and the lateness passed) are held until their batch
+    spans ``batch_seconds`` of ts, but no longer than ``release_wait`` seconds of wall-clock
+    time; released early or not, each gets its batch score."""
+    table, ts = _toy_table(220, seed=3)
+    fitted = _toy_fitted()
+    batch = {v.uid: v.scores for v in score_fitted(table, fitted)}
+    lateness = float(np.max(np.maximum.accumulate(ts) - ts))
+    now = [0.0]
+    ctx = LiveContext(fitted, lateness=lateness, max_rows=10_000, batch_seconds=1e6,
+                      release_wait=5.0, clock=lambda: now[0])
+    ctx.add(table.slice(0, 100))              # 50 s of conns
+    got = ctx.release(fitted).verdicts()      # the first due ones start the first batch
+    first = len(got)
+    assert first > 0
+    ctx.add(table.slice(100, 40))             # 20 s more: more are due, the batch is not full
+    assert len(ctx.release(fitted)) == 0      # the clock starts
+    now[0] = 4.9
+    ctx.add(table.slice(140, 10))
+    assert len(ctx.release(fitted)) == 0
+    now[0] = 5.0
+    ctx.add(table.slice(150, 10))
+    got += ctx.release(fitted).verdicts()
+    assert first < len(got) < 160 and all(v.ts <= ctx.released for v in got)
+    # the clock starts again with the next due conns
+    ctx.add(table.slice(160, 60))
+    assert len(ctx.release(fitted)) == 0
+    now[0] = 9.9
+    assert len(ctx.release(fitted)) == 0
+    now[0] = 10.0
+    n = len(got)
+    got += ctx.release(fitted).verdicts()
+    assert len(got) > n
+    got += ctx.release(fitted, flush=True).verdicts()
+    assert len(got) == 220 and ctx.late == 0
+    assert all(v.scores == batch[v.uid] for v in got)
+    # without the wait, nothing more is released before the batch is full
+    ctx = LiveContext(fitted, lateness=lateness, max_rows=10_000, batch_seconds=1e6,
+                      release_wait=None, clock=lambda: now[0])
+    ctx.add(table.slice(0, 100))
+    first = len(ctx.release(fitted))
+    ctx.add(table.slice(100, 100))
+    now[0] = 1e9
+    assert len(ctx.release(fitted)) == 0 and ctx.pending == 200 - first
+
+
 def test_memory_bound_releases_and_evicts_early():
     table, _ = _toy_table(600, seed=2)
     fitted = _toy_fitted()

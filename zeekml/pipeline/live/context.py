@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+import time
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -41,18 +43,27 @@ class LiveContext:
 
     Conns are released in batches spanning ``batch_seconds`` of ``ts`` (each batch is scored
     among the context rows of its whole horizon, which a batch per window would score over and
-    over). Memory is bounded by ``max_rows``: beyond it the oldest scored conns are dropped early, and if
+    over), but a conn that is due waits at most ``release_wait`` seconds of wall-clock time for
+    its batch to fill: on a busy link a 60 s batch held its first conns a minute longer than
+    their context needs, and took tens of seconds to score, while a watcher that falls behind
+    reads bigger windows, whose releases are bigger anyway (fewer fixed costs per conn: the
+    GNN embeds 25 s of context around any batch). Memory is bounded by ``max_rows``: beyond it the oldest scored conns are dropped early, and if
     pending conns alone pass it the oldest are released early; both are counted
     (``evicted_early``, ``released_early``), as are conns that arrive later than ``lateness``
     (``late``): for those and their neighbours the verdict may differ from ``zeekml score``.
     """
 
     def __init__(self, fitted: FittedDetectors, lateness: float = 300.0,
-                 max_rows: int = 1_000_000, batch_seconds: float = 60.0):
+                 max_rows: int = 1_000_000, batch_seconds: float = 60.0,
+                 release_wait: float | None = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.back, self.fwd = horizons(fitted)
         self.lateness = float(lateness)
         self.max_rows = max(1, int(max_rows))
         self.batch_seconds = float(batch_seconds)
+        self.release_wait = release_wait
+        self._clock = clock
+        self._due_since: float | None = None    # when conns first were due and held back
         self.table: pa.Table = CONN_SCHEMA.empty_table()
         self._parts: list[pa.Table] = []
         self.ts = np.zeros(0)
@@ -117,11 +128,13 @@ class LiveContext:
             return todo
         threshold = self.watermark - self.fwd - self.lateness
         extra = self.pending - self.max_rows
-        if extra <= 0 and threshold < self.released + self.batch_seconds:
+        if extra <= 0 and threshold < self.released + self.batch_seconds \
+                and not self._waited(todo, threshold):
             # release in batches of batch_seconds: each release scores its conns among all the
             # context rows of their horizon, so small batches would score that context again
             # and again
             return np.zeros(len(todo), dtype=bool)
+        self._due_since = None
         if self.released < threshold:
             self.released = threshold
         if extra > 0:  # too many pending: release the oldest early
@@ -133,6 +146,21 @@ class LiveContext:
                 self.released = forced
         with np.errstate(invalid="ignore"):
             return todo & ((self.ts <= self.released) | ~np.isfinite(self.ts))
+
+    def _waited(self, todo: np.ndarray, threshold: float) -> bool:
+        """Whether conns due by ``threshold`` have waited ``release_wait`` seconds for their
+        batch (the clock starts when some are first seen due)."""
+        if self.release_wait is None:
+            return False
+        with np.errstate(invalid="ignore"):
+            due = bool(np.any(todo & (self.ts <= threshold)))
+        if not due:
+            self._due_since = None
+            return False
+        now = self._clock()
+        if self._due_since is None:
+            self._due_since = now
+        return now - self._due_since >= self.release_wait
 
     def release(self, fitted: FittedDetectors, flush: bool = False) -> VerdictBatch:
         """Score the conns that are due (all pending ones with ``flush``), in arrival order."""

@@ -56,7 +56,9 @@ class WatchOptions:
             detectors' forward horizon (see ``LiveContext``).
         context_max_rows: at most this many conns kept as context and pending (default 1000000).
         context_batch_seconds: held-back conns are released in batches spanning this many
-            seconds of ``ts`` (default 60; adds up to that much to their delay).
+            seconds of ``ts`` (default 60) ...
+        context_release_wait: ... but conns that are due wait at most this many seconds of
+            wall-clock time for their batch to fill (default 5; None: until it is full).
         score_workers: score windows in this many forked processes while this one goes on
             reading (default 0: in this process). Detectors with a time context always score
             here.
@@ -88,6 +90,7 @@ class WatchOptions:
     context_lateness: float = 300.0
     context_max_rows: int = 1_000_000
     context_batch_seconds: float = 60.0
+    context_release_wait: float | None = 5.0
     score_workers: int = 0
     journal_compact_bytes: int = 64 << 20
     journal_compact_ratio: float = 4.0

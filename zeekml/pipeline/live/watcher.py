@@ -233,7 +233,7 @@ class Watcher:
                                                opts.journal_compact_bytes,
                                                opts.journal_compact_ratio)
                 self._ctx = LiveContext(fitted, opts.context_lateness, opts.context_max_rows,
-                                        opts.context_batch_seconds)
+                                        opts.context_batch_seconds, opts.context_release_wait)
                 try:
                     self._ctx.replay(self._journal.read())
                 except (ZeekmlError, ValueError, KeyError, struct.error, pa.ArrowException) as e:
