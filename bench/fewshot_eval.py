@@ -207,6 +207,24 @@ def compare(before: list[dict], after: list[dict]) -> list[str]:
     return out
 
 
+def compare_cells(before: list[dict], after: list[dict], metric: str = "macro_f1") -> list[str]:
+    """Markdown: per kind and capture x budget cell scored in both files, ``metric`` (mean over
+    seeds) of pretrained and scratch before and after, beside the GBT and the frozen probe."""
+    sb, sa = summarise(before, metric), summarise(after, metric)
+    out = ["| kind | capture | budget | pre before | scratch before | pre after | scratch after | gbt | probe |",
+           "|---|---|---|" + "---|" * 6]
+    for kind in KINDS:
+        cells = sorted({(c, b) for (k, c, b, m) in sa if k == kind and m == "pretrained"},
+                       key=lambda cb: (CAPTURES.index(cb[0]) if cb[0] in CAPTURES else 99, budget_order(cb[1])))
+        for c, b in cells:
+            got = [sb.get((kind, c, b, "pretrained")), sb.get((kind, c, b, "scratch")),
+                   sa.get((kind, c, b, "pretrained")), sa.get((kind, c, b, "scratch")),
+                   sa.get((kind, c, b, "gbt")), sa.get((kind, c, b, "probe"))]
+            if all(got[:4]):
+                out.append(f"| {kind} | {c} | {b} | " + " | ".join(f"{v[0]:.3f}" if v else "-" for v in got) + " |")
+    return out
+
+
 def relative_gain(a: float, b: float) -> float:
     """``(a - b) / b`` in percent (the paper's "+6.87% over scratch"); nan when ``b`` is 0."""
     return (a - b) / b * 100 if b else float("nan")
@@ -532,7 +550,11 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.compare:
-        print("\n".join(compare(*(load_results(p) for p in args.compare))))
+        before, after = (load_results(p) for p in args.compare)
+        print("\n".join(compare(before, after)))
+        for metric in ("macro_f1", "auroc"):
+            print(f"\n{metric}:\n")
+            print("\n".join(compare_cells(before, after, metric)))
         return
     if args.report:
         runs = merge_runs(*(load_results(p) for p in args.report))
