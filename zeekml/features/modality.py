@@ -168,9 +168,8 @@ def host_sequences(table: pa.Table, max_age: float | None = None,
     """
     n = table.num_rows
     m = n if rows is None else len(rows)
-    out = np.zeros((m, SEQ_LEN, len(HOST_CHANNELS)), dtype=np.float32)
     if n == 0 or m == 0:
-        return out
+        return np.zeros((m, SEQ_LEN, len(HOST_CHANNELS)), dtype=np.float32)
     hist = HostHistory.of(table)
     order, rsp, t = hist.order, hist.resp[hist.order], hist.sorted_ts
     start = hist.group_start == np.arange(n)            # a host's first conn: no gap
@@ -187,15 +186,16 @@ def host_sequences(table: pa.Table, max_age: float | None = None,
         np.zeros(n),
         (_f64(table, "resp_pkts")[order] == 0).astype(np.float64),
     ], axis=1).astype(np.float32)
-    targets = order if rows is None else np.asarray(rows, dtype=np.int64)
+    # every row in table order when none are asked: a row's values do not depend on the other
+    # rows asked, and building them in host order then scattering them back into a zeroed
+    # [n, 32, 8] array cost 1.1 s against 0.4 s on 100k conns
+    targets = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     idx, valid = hist.window(targets, SEQ_LEN, max_age)
-    seq = step[idx] * valid[..., None]
+    seq = step[idx]
+    seq *= valid[..., None]                   # in place: [n, 32, 8] temporaries were a third of it
     seq[..., 6] = (rsp[idx] == hist.resp[targets][:, None]) & valid
     seq[np.arange(m), np.argmax(valid, axis=1), 1] = 0.0      # the earliest step's gap
-    if rows is not None:
-        return seq
-    out[order] = seq
-    return out
+    return seq
 
 
 # -- entities: skip-gram with negative sampling ------------------------------------------------
@@ -513,10 +513,15 @@ class ModalityFeaturizer:
             raise RuntimeError("ModalityFeaturizer.transform before fit")
         sub = table if rows is None else table.take(pa.array(np.asarray(rows, np.int64), pa.int64()))
         q = self.flow.transform(sub)
-        raw = self._raw_sequence(table, flows, rows)
-        present = raw[..., :1] > 0
-        seq = ((raw - np.asarray(self.seq_mean, np.float32)) / np.asarray(self.seq_std, np.float32)) * present
-        seq[..., 0] = raw[..., 0]
+        # normalised in place (the sequences are a fresh array of ours): the same float32
+        # operations, without three [n, 32, C] temporaries and a float32 copy of the result
+        seq = self._raw_sequence(table, flows, rows)
+        first = seq[..., 0].copy()
+        present = seq[..., :1] > 0
+        seq -= np.asarray(self.seq_mean, np.float32)
+        seq /= np.asarray(self.seq_std, np.float32)
+        seq *= present
+        seq[..., 0] = first
         ent = self._entities(sub)
         q_keep = np.ones(q.shape[1], dtype=bool)
         e_keep = np.ones(ent.shape[1], dtype=bool)
@@ -525,8 +530,8 @@ class ModalityFeaturizer:
             e_keep = ~self.service_columns(self.entity_names)
             q = q * q_keep
             ent = ent * e_keep
-        return Modalities(q.astype(np.float32), seq.astype(np.float32), ent.astype(np.float32),
-                          q_keep, e_keep)
+        return Modalities(q.astype(np.float32, copy=False), seq.astype(np.float32, copy=False),
+                          ent.astype(np.float32, copy=False), q_keep, e_keep)
 
     @staticmethod
     def service_columns(names: list[str]) -> np.ndarray:
@@ -553,7 +558,7 @@ class ModalityFeaturizer:
         parts.append(unseen)
         parts.append(_one_hot_column(table.column("service"), self.services, other=True, none=True))
         parts.append(_one_hot_column(table.column("history"), self.histories, other=True, none=False))
-        return np.concatenate(parts, axis=1).astype(np.float32)
+        return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
 
     # -- persistence -------------------------------------------------------------------------
 

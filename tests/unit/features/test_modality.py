@@ -167,3 +167,21 @@ def test_modalities_of_some_rows_are_those_rows_of_the_whole_table(max_age):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(host_sequences(t, max_age)[rows], host_sequences(t, max_age, rows))
     assert host_sequences(t, max_age, rows[:0]).shape == (0, SEQ_LEN, len(HOST_CHANNELS))
+
+
+@pytest.mark.parametrize("max_age", [None, 60.0])
+def test_sequences_are_normalised_by_the_formula_bit_for_bit(max_age):
+    """The in-place normalisation (no ``[n, 32, C]`` temporaries) is the float32 formula: each
+    present step's channels less the mean over the spread, absent steps 0, channel 0 (present)
+    as it is; and asking twice gives the same (the raw sequences are not shared)."""
+    t = load_conns(SLICE)
+    f = ModalityFeaturizer(skipgram=SkipGramConfig(dim=8, epochs=1, max_pairs=20_000),
+                           host_max_age=max_age).fit(t)
+    raw = host_sequences(t, max_age)
+    want = ((raw - np.asarray(f.seq_mean, np.float32)) / np.asarray(f.seq_std, np.float32)) * (raw[..., :1] > 0)
+    want[..., 0] = raw[..., 0]
+    got = f.transform(t).sequence
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert (got[..., 1:] != raw[..., 1:]).any()            # normalised, not the raw values
+    assert np.array_equal(f.transform(t).sequence, got)
+    assert np.array_equal(host_sequences(t, max_age), raw)

@@ -31,6 +31,9 @@ DEFAULT_REFERENCE = "knn"
 # conns, one thread: 8192 rows 1.5-1.8 s, 1024 rows 0.8-1.0 s (the batch's activations fit in
 # cache), 512 no faster; outputs identical whatever the batch.
 INFER_BATCH = 1024
+# What ``LoadedMAE.run`` can return; the errors need the decoder, the rest the encoder only.
+ERRORS = ("quantity", "sequence", "entity", "score")
+OUTPUTS = ("embedding", *ERRORS, "proba")
 
 
 def modality_tensors(m: Modalities, device: str):
@@ -84,28 +87,42 @@ class LoadedMAE:
                         "conns are scored with empty sequences")
         return self.featurizer.transform(table, flows, hide_service=self.hide_service, rows=rows)
 
-    def run(self, m: Modalities) -> dict[str, np.ndarray]:
-        """Embedding, per-modality reconstruction errors and (with a head) probabilities."""
+    def run(self, m: Modalities, want: tuple[str, ...] = OUTPUTS) -> dict[str, np.ndarray]:
+        """Embedding, per-modality reconstruction errors and their sum (``score``) and, with a
+        head, probabilities: the ``want`` ones (default all). Without an error among them only
+        the encoder runs (the decoder and its heads are about half the model's multiply-adds),
+        and the embedding is the same bits as the whole model's."""
         from zeekml.nn.mae import reconstruction_error
 
+        unknown = set(want) - set(OUTPUTS)
+        if unknown:
+            raise ModelError(f"unknown autoencoder outputs {sorted(unknown)} (known: {', '.join(OUTPUTS)})")
         torch = torch_module()
         qk = torch.as_tensor(m.quantity_keep, device=self.device)
         ek = torch.as_tensor(m.entity_keep, device=self.device)
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("embedding", "quantity", "sequence",
-                                                                "entity", "score", "proba")}
+        decode = any(k in want for k in ERRORS)
+        proba = "proba" in want and self.head is not None
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in want}
         batch = inference_batch(self.device, INFER_BATCH)
         with torch.inference_mode():
             for s in range(0, len(m), batch):
                 n = min(batch, len(m) - s)
                 q, sq, e = modality_tensors(m.take(batch_rows(s, s + n)), self.device)
-                out = self.model(q, sq, e)
-                err = reconstruction_error(out, q, sq, e, qk, ek)
-                parts["embedding"].append(out.embedding[:n].cpu().numpy())
-                for k in ("quantity", "sequence", "entity"):
-                    parts[k].append(getattr(err, k)[:n].cpu().numpy())
-                parts["score"].append(err.total[:n].cpu().numpy())
-                if self.head is not None:
-                    logits = self.head((out.embedding[:n] - self.emb_mean) / self.emb_std)
+                if decode:
+                    out = self.model(q, sq, e)
+                    z = out.embedding
+                    err = reconstruction_error(out, q, sq, e, qk, ek)
+                    errors = {"quantity": err.quantity, "sequence": err.sequence,
+                              "entity": err.entity, "score": err.total}
+                    for k in ERRORS:
+                        if k in parts:
+                            parts[k].append(errors[k][:n].cpu().numpy())
+                else:
+                    z = self.model.encode(q, sq, e)
+                if "embedding" in parts:
+                    parts["embedding"].append(z[:n].cpu().numpy())
+                if proba:
+                    logits = self.head((z[:n] - self.emb_mean) / self.emb_std)
                     parts["proba"].append(torch.softmax(logits, dim=1).cpu().numpy())
         d = self.model.config.embed_dim
         empty = {"embedding": np.zeros((0, d), np.float32), "proba": np.zeros((0, len(self.classes)))}
@@ -150,16 +167,25 @@ class MAEDetector(ReferenceSplitFit):
         """0: host sequences hold a conn's originator's earlier conns only."""
         return 0.0
 
-    def profile(self, table: pa.Table, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def profile(self, table: pa.Table, rows: np.ndarray | None = None,
+                want: tuple[str, ...] = ("embedding", "parts", "raw")) -> dict[str, np.ndarray]:
         """What the model makes of each conn (of ``rows``, the rest of ``table`` as context):
         ``embedding`` ``[n, 64]``, ``parts`` ``[n, 3]`` (reconstruction error per modality) and
-        ``raw`` ``[n]`` (their sum: the pretraining-relative error)."""
-        res = self.loaded.run(self.loaded.modalities(table, rows=rows))
-        return {"embedding": res["embedding"], "parts": np.stack([res[k] for k in PARTS], axis=1),
-                "raw": res["score"]}
+        ``raw`` ``[n]`` (their sum: the pretraining-relative error); the ``want`` ones (the
+        embedding alone runs the encoder alone)."""
+        unknown = set(want) - {"embedding", "parts", "raw"}
+        if unknown:
+            raise ModelError(f"unknown profile outputs {sorted(unknown)} (known: embedding, parts, raw)")
+        outs = (("embedding",) if "embedding" in want else ()) + \
+            ((*PARTS, "score") if "parts" in want or "raw" in want else ())
+        res = self.loaded.run(self.loaded.modalities(table, rows=rows), want=outs)
+        p = {"embedding": res.get("embedding"), "raw": res.get("score"),
+             "parts": np.stack([res[k] for k in PARTS], axis=1) if "parts" in want else None}
+        return {k: p[k] for k in want}
 
-    def _from_profile(self, p: dict[str, np.ndarray]) -> np.ndarray:
-        return p["embedding"] if self.reference.kind == "knn" else p["parts"]
+    @property
+    def _reference_key(self) -> str:
+        return "embedding" if self.reference.kind == "knn" else "parts"
 
     def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> MAEDetector:
         """Build the reference from the baseline ``table`` (the weights stay as trained);
@@ -176,7 +202,7 @@ class MAEDetector(ReferenceSplitFit):
     def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
         """What the reference compares (embeddings or per-modality errors) of ``rows`` of
         ``table`` (all when None), the other conns as context."""
-        return self._from_profile(self.profile(table, rows))
+        return self.profile(table, rows, want=(self._reference_key,))[self._reference_key]
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row relative to the baseline, ``[n]``."""
@@ -184,7 +210,7 @@ class MAEDetector(ReferenceSplitFit):
             raise ModelError("MAEDetector.score before fit")
         if table.num_rows == 0:
             return np.zeros(0)
-        return self.reference.score(self._from_profile(self.profile(table)))
+        return self.reference.score(self._reference_input(table))
 
     def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
         """``score(table)[rows]``, running the model on ``rows`` alone (the other conns of
@@ -194,7 +220,7 @@ class MAEDetector(ReferenceSplitFit):
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.zeros(0)
-        return self.reference.score(self._from_profile(self.profile(table, rows)))
+        return self.reference.score(self._reference_input(table, rows))
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
         """Per row, in words: with the kNN reference its nearest baseline conns by embedding
@@ -205,7 +231,7 @@ class MAEDetector(ReferenceSplitFit):
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return []
-        p = self.profile(table, rows)
+        p = self.profile(table, rows, want=(self._reference_key,))
         ref = self.reference
         if isinstance(ref, KnnReference):
             dist, nrows = ref.nearest(p["embedding"], NEAREST_SHOWN)
@@ -242,4 +268,4 @@ class MAEKind:
               flows: pa.Table | None = None) -> np.ndarray:
         """The 64-d embedding of every conn, ``[n, D]`` float32."""
         loaded = LoadedMAE.from_dir(model_dir, device)
-        return loaded.run(loaded.modalities(table, flows))["embedding"].astype(np.float32)
+        return loaded.run(loaded.modalities(table, flows), want=("embedding",))["embedding"].astype(np.float32)
