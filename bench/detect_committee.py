@@ -41,13 +41,18 @@ from zeekml.train.metrics import CUT_FLOOR, trained_cut  # noqa: E402
 OTHERS = ("zat", "btest")
 
 
-def load_fold(probs: str, base: str, held: str) -> dict | None:
-    """One fold's arrays (``detect_classifiers.py --probs``), or None when it was not run."""
+def load_fold(probs: str, base: str, held: str, member_fpr: float | None = None) -> dict | None:
+    """One fold's arrays (``detect_classifiers.py --probs``), or None when it was not run. With
+    ``member_fpr``, the member's cut is chosen again on its validation benign conns at that rate
+    (``train.metrics.trained_cut``) instead of the one it was trained with."""
     path = os.path.join(probs, f"{base}-{held}.npz")
     if not os.path.exists(path):
         return None
     with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+        f = {k: z[k] for k in z.files}
+    if member_fpr is not None:
+        f["cut"] = np.float64(trained_cut(f["val_p"], fpr=member_fpr, floor=CUT_FLOOR)["cut"])
+    return f
 
 
 def rates(alert: dict[str, np.ndarray], y: np.ndarray) -> dict:
@@ -105,12 +110,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--probs", required=True, help="detect_classifiers.py --probs DIR")
     ap.add_argument("--members", nargs="+", default=["moe", "mae", "gnn"])
-    ap.add_argument("--fpr-train", type=float, default=0.01)
+    ap.add_argument("--fpr-train", type=float, default=0.01,
+                    help="the rate on validation benign conns the pooled rules' cuts are chosen at")
+    ap.add_argument("--member-fpr", type=float, default=None,
+                    help="choose every member's cut again at this rate (default: as trained)")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     args = ap.parse_args()
     results: dict = {"command": "python bench/detect_committee.py " + " ".join(sys.argv[1:]), "folds": {}}
     for held in CAPTURES:
-        folds = {m: load_fold(args.probs, m, held) for m in args.members}
+        folds = {m: load_fold(args.probs, m, held, args.member_fpr) for m in args.members}
         have = tuple(m for m in args.members if folds[m] is not None)
         if not have:
             continue
