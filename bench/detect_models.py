@@ -16,6 +16,11 @@ Rows printed per capture (mean +- std over ``--seeds``):
 - ``<model>/zscore``: robust z-scores of per-part errors (modality, token field) against the
   baseline's, positive ones summed.
 - ``gnn/knn``: the GNN detector as shipped (kNN over its flow embeddings).
+- ``<model>/knn@N`` (``--max-reference N,...``): the kNN rows with the reference capped at ``N``
+  baseline conns (a seeded draw, as ``KnnReference`` draws past its ``max_reference``): how
+  detection depends on the reference size, the cost of the kNN being linear in it. Every
+  capture's fit half is below the shipped cap (4,000; they hold 350-820 benign conns), so only
+  caps below a capture's fit half change anything.
 - ``iforest``: ``IsolationForestDetector`` fitted on the same half of the baseline.
 - ``gbt-loco``: a gradient-boosted tree on the shared flow features, trained on the labels of
   every OTHER capture (leave-one-capture-out): a known-bad classifier without a learned model.
@@ -166,6 +171,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--baseline-share", type=float, default=0.5)
     ap.add_argument("--out", default=None, help="write every number as JSON here")
+    ap.add_argument("--max-reference", default="",
+                    help="comma list of kNN reference caps to measure beside the shipped one "
+                         "(rows <model>/knn@N; '' = none)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -177,7 +185,14 @@ def main() -> None:
         ys[c] = binary(labels_of(tables[c], "label"))
         shas[c] = sha256_file(path)
     learned = [m for m in args.learned.split(",") if m]
-    results: dict = {"setting": {"baseline_share": args.baseline_share, "seeds": args.seeds}, "captures": {}}
+    try:
+        caps = [int(c) for c in args.max_reference.split(",") if c.strip()]
+    except ValueError:
+        sys.exit(f"detect_models: --max-reference wants whole numbers, got {args.max_reference!r}")
+    if any(c < 1 for c in caps):
+        sys.exit("detect_models: --max-reference caps must be at least 1")
+    results: dict = {"setting": {"baseline_share": args.baseline_share, "seeds": args.seeds,
+                                 "max_reference": caps}, "captures": {}}
     for c in names:
         t, y = tables[c], ys[c]
         base_rows, rest_rows = deployment_split(t, y, args.baseline_share)
@@ -192,6 +207,7 @@ def main() -> None:
             rows.setdefault(key, []).append(metrics(ys_, s))
 
         fits = [fit_half(base.num_rows, seed) for seed in range(args.seeds)]
+        info["fit_half"] = len(fits[0]) if fits else 0
         for seed, fi in enumerate(fits):
             add("iforest", IsolationForestDetector(seed=seed).fit(take(base, fi)).score(scored))
             add("gbt-loco", gbt_loco(tables, ys, c, scored, seed))
@@ -205,12 +221,18 @@ def main() -> None:
                 for seed, fi in enumerate(fits):
                     ref = det._embed(take(base, fi))
                     add(f"{m}/knn", knn_distance(e_scored, ref[:4000], det.k))
+                    for cap in caps:
+                        add(f"{m}/knn@{cap}", KnnReference(k=det.k, max_reference=cap, seed=seed)
+                            .fit(ref).score(e_scored))
                 continue
             p = det.profile(scored)
             for seed, fi in enumerate(fits):
                 pb = det.profile(take(base, fi))
                 add(f"{m}/raw", p["raw"])
                 add(f"{m}/knn", KnnReference(seed=seed).fit(pb["embedding"]).score(p["embedding"]))
+                for cap in caps:
+                    add(f"{m}/knn@{cap}", KnnReference(max_reference=cap, seed=seed)
+                        .fit(pb["embedding"]).score(p["embedding"]))
                 add(f"{m}/zscore", ZReference().fit(pb["parts"]).score(p["parts"]))
             log.info("%s %s: %.1f s", c, m, time.perf_counter() - t0)
         for d in args.classifier:
@@ -220,7 +242,8 @@ def main() -> None:
                 add(f"classifier:{os.path.basename(d.rstrip('/'))}{tag}", det.fit(take(base, fi)).score(scored))
         res = {k: {"auroc": [a for a, _ in v], "ap": [b for _, b in v]} for k, v in rows.items()}
         results["captures"][c] = info | {"detectors": res}
-        print(f"\n{c}: baseline {info['baseline']} benign, scored {info['scored_benign']} benign + "
+        print(f"\n{c}: baseline {info['baseline']} benign (fit half {info['fit_half']}), "
+              f"scored {info['scored_benign']} benign + "
               f"{info['scored_malicious']} malicious")
         print(f"  {'detector':42s} {'AUROC':>15s} {'AP':>15s}")
         for k, v in res.items():

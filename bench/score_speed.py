@@ -191,6 +191,8 @@ def install(st: Stages) -> None:
         from zeekml.scoring.detectors import reference
 
         st.wrap(reference, "knn_distance", "kNN to reference")
+        # KnnReference.score searches its distinct rows itself (knn_blocks), not via knn_distance
+        st.wrap(reference.KnnReference, "score", "kNN to reference")
     st.wrap(mae.LoadedMAE, "modalities", "featurise")
     st.wrap(mae.LoadedMAE, "run", "forward")
     st.wrap(gnn, "embed_rows", "forward")

@@ -1,0 +1,54 @@
+"""bench/score_speed.py's timers: self time per stage (nested timers subtract), and the kNN stage
+covering both ways the reference is searched (``KnnReference.score`` searches its distinct rows
+without ``knn_distance`` since issue 15's dedup). The benchmark itself is run by hand."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+SCRIPT = os.path.join(ROOT, "bench", "score_speed.py")
+
+
+@pytest.fixture(scope="module")
+def ss():
+    spec = importlib.util.spec_from_file_location("score_speed", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_nested_timers_record_self_time(ss):
+    st = ss.Stages()
+    with st.timed("outer", phase="fit", detector="mae"):
+        time.sleep(0.02)
+        with st.timed("inner"):
+            time.sleep(0.05)
+    inner, outer = st.self_s[("fit", "mae", "inner")], st.self_s[("fit", "mae", "outer")]
+    assert inner >= 0.05 and 0.02 <= outer < 0.05
+    assert st.phase == "other" and st.detector == "-"
+
+
+def test_the_knn_stage_times_the_reference_and_the_direct_search():
+    code = (
+        "import sys, numpy as np\n"
+        f"sys.path.insert(0, {os.path.join(ROOT, 'bench')!r})\n"
+        "import score_speed as ss\n"
+        "st = ss.Stages(); ss.install(st)\n"
+        "from zeekml.scoring.detectors import reference as r\n"
+        "rng = np.random.default_rng(0)\n"
+        "with st.timed('x', phase='score', detector='mae'):\n"
+        "    r.KnnReference().fit(rng.standard_normal((300, 16))).score(rng.standard_normal((5000, 16)))\n"
+        "with st.timed('x', phase='score', detector='gnn'):\n"
+        "    r.knn_distance(r.unit_rows(rng.standard_normal((5000, 16))), r.unit_rows(rng.standard_normal((300, 16))), 5)\n"
+        "print(sorted(k for k, v in st.self_s.items() if v > 0 and k[2] == 'kNN to reference'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == \
+        "[('score', 'gnn', 'kNN to reference'), ('score', 'mae', 'kNN to reference')]"
