@@ -106,6 +106,33 @@ def _file_sig(path: str) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
+# While behind with detectors that have a time context, a window is scored as one release
+# batch (its conns are due at once): as big as the detectors score in this many seconds, so the
+# window's fixed costs (the GNN's 25 s of graph context around a batch, the models' per-call
+# set-up, fsyncs, the checkpoint) are spread over more conns without one window holding the
+# verdicts of all its conns back longer than that.
+CATCH_UP_SECONDS = 5.0
+
+
+def context_speed(speed: float | None, conns: int, seconds: float) -> float | None:
+    """``speed`` (conns scored per second of release, or None) updated with one release of
+    ``conns`` in ``seconds`` (releases of fewer than 100 conns say little and are skipped)."""
+    if conns < 100 or seconds <= 0:
+        return speed
+    now = conns / seconds
+    return now if speed is None else 0.7 * speed + 0.3 * now
+
+
+def catch_up_records(opts: WatchOptions, speed: float | None) -> int:
+    """Records per window while behind, with detectors that have a time context: what they
+    score in ``CATCH_UP_SECONDS`` at ``speed``, between ``window_records`` and
+    ``catch_up_factor`` times that (the latter until a speed is known)."""
+    most = opts.window_records * opts.catch_up_factor
+    if speed is None:
+        return most
+    return int(min(most, max(opts.window_records, speed * CATCH_UP_SECONDS)))
+
+
 class Watcher:
     """Follows ``root`` and writes verdicts to ``out_dir``; ``run()`` until stopped.
 
@@ -132,6 +159,7 @@ class Watcher:
         self._pending_quarantine = QuarantineWriter(None)   # lines kept for the window's commit
         self._quarantine = Quarantine(sink=self._pending_quarantine.write)
         self._ctx: LiveContext | None = None
+        self._ctx_speed: float | None = None    # conns/s of releases with a time context
         self._journal: ContextJournal | None = None
         self._pool: ScorePool | None = None
         self._trimmed = 0.0
@@ -326,6 +354,8 @@ class Watcher:
                 # window_records, so the fixed costs of a window (fsyncs, the checkpoint, the
                 # detectors' per-call overhead) are paid less often while catching up
                 limit = opts.window_records * (1 if follower.caught_up else opts.catch_up_factor)
+                if self._ctx is not None and not follower.caught_up:
+                    limit = catch_up_records(opts, self._ctx_speed)
                 want = max(1, limit - window_rows)
                 got = [] if stopping else follower.poll(max_records=want)
                 if opts.once and not stopping and not got and follower.caught_up \
@@ -429,7 +459,10 @@ class Watcher:
         if ctx is not None:
             if table is not None:
                 ctx.add(table)
+            t0 = time.monotonic()
             released = ctx.release(fitted, flush=flush)
+            self._ctx_speed = context_speed(self._ctx_speed, len(released),
+                                            time.monotonic() - t0)
             scored = render_allowed(released, self._allowlist)
             w = _Window(scored, None, qlines, files, done, ctx.journal_delta())
             table = released.table
