@@ -122,7 +122,7 @@ def held_out_metrics(p: np.ndarray, y: np.ndarray, cut: float) -> dict:
 
 
 def finetune(base: str, names: list[str], shots: int, seed: int, fpr_train: float, out: str,
-             benign_shots: int | None = None) -> tuple[dict, dict]:
+             benign_shots: int | None = None, procedure: str | None = None) -> tuple[dict, dict]:
     """Finetune ``base`` on ``names`` (``training_set``) into ``out`` and store its trained cut.
     Returns the fold's record and the validation benign conns' P(malicious) (``val_p``) with the
     index in ``names`` of the capture each comes from (``val_capture``)."""
@@ -130,7 +130,8 @@ def finetune(base: str, names: list[str], shots: int, seed: int, fpr_train: floa
     get_trainer(base).finetune(os.path.join(ROOT, "models", f"{base}-base"), table, labels, rows,
                                hide_service=False, seed=seed, out=out,
                                sources=[f for c in names for f in sources_of(c)],
-                               label_field="label", device="cpu")
+                               label_field="label", device="cpu",
+                               **({"procedure": procedure} if procedure else {}))
     val = validation_benign_rows(labels, early, rows, seed)
     op = store_trained_cut(out, table, val, fpr_train)
     from zeekml.scoring.registry import classifier_detector
@@ -213,18 +214,20 @@ def final(args: argparse.Namespace) -> None:
     for path in args.loco or []:
         with open(path) as f:
             run = json.load(f)
-        for key in ("shots", "benign_shots", "extra_benign"):
+        for key in ("shots", "benign_shots", "extra_benign", "procedure"):
             if run.get(key, [] if key == "extra_benign" else None) != getattr(args, key):
                 raise SystemExit(f"{path} ran with {key} {run.get(key)!r}, not {getattr(args, key)!r}")
         for k, v in run["folds"].items():
             loco[k] = v | {"by": run["command"], "commit": run.get("commit")}
     recipe = {"train": names, "shots_per_class_per_capture": args.shots, "benign_shots": args.benign_shots,
+              "procedure": args.procedure,
               "seed": args.seed, "label_field": "label", "trained_at_commit": git_commit(),
               "command": "python bench/detect_classifiers.py " + " ".join(sys.argv[1:])}
     dirs, vals, dets = [], [], []
     for base in args.bases:
         out = f"{args.final}-{base}"
-        r, val = finetune(base, names, args.shots, args.seed, args.fpr_train, out, args.benign_shots)
+        r, val = finetune(base, names, args.shots, args.seed, args.fpr_train, out, args.benign_shots,
+                          args.procedure)
         det = classifier_detector(out)
         metrics = recipe | {"train_rows": r["train_rows"], "presumed_benign_flagged_at_cut": {
             k: {"conns": int(sum(t.num_rows for t in v)), "trained_on": k in names,
@@ -289,6 +292,8 @@ def main() -> None:
     ap.add_argument("--extra-benign", nargs="*", default=[], choices=["zat", "btest"],
                     help="presumed-benign logs of other networks added to every training set "
                          "as Benign conns (drawn like a capture's)")
+    ap.add_argument("--procedure", default=None,
+                    help="zeekml finetune's --procedure (lp-ft, full; default: finetune's default)")
     ap.add_argument("--fpr-train", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="keep the finetuned dirs under this directory")
@@ -313,7 +318,7 @@ def main() -> None:
     others = presumed_benign()
     results: dict = {"command": "python bench/detect_classifiers.py " + " ".join(sys.argv[1:]),
                      "commit": git_commit(), "shots": args.shots, "benign_shots": args.benign_shots,
-                     "extra_benign": args.extra_benign,
+                     "extra_benign": args.extra_benign, "procedure": args.procedure,
                      "fpr_train": args.fpr_train, "folds": {}}
     if args.probs:
         os.makedirs(args.probs, exist_ok=True)
@@ -324,7 +329,7 @@ def main() -> None:
             out = (os.path.join(args.keep, f"{base}-loco-{held}") if args.keep
                    else tempfile.mkdtemp(prefix=f"clf-{base}-{held}-"))
             r, val = finetune(base, train_names, args.shots, args.seed, args.fpr_train, out,
-                              args.benign_shots)
+                              args.benign_shots, args.procedure)
             t, y = load(held, None)
             det = classifier_detector(out)
             p = np.asarray(det.score(t))
