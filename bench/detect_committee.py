@@ -115,6 +115,8 @@ def main() -> None:
     ap.add_argument("--member-fpr", type=float, default=None,
                     help="choose every member's cut again at this rate (default: as trained)")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
+    ap.add_argument("--markdown", nargs="*", default=None, metavar="RULE",
+                    help="print these rows (e.g. moe 'moe+mae+gnn:2-of-3') as a markdown table")
     args = ap.parse_args()
     results: dict = {"command": "python bench/detect_committee.py " + " ".join(sys.argv[1:]), "folds": {}}
     for held in CAPTURES:
@@ -149,6 +151,32 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1, sort_keys=True)
+    if args.markdown:
+        print(markdown(results, args.markdown))
+
+
+def markdown(results: dict, rules: list[str]) -> str:
+    """Rows ``rules`` of ``results`` as a markdown table: per held-out capture recall / benign
+    flagged (bold where the target is met), then the captures met and the range of the shares
+    of the presumed-benign logs flagged."""
+    caps = list(results["folds"])
+    lines = ["| rule | " + " | ".join(caps) + " | target met | zat flagged | btest flagged |",
+             "|---" * (len(caps) + 4) + "|"]
+    for rule in rules:
+        cells, met, other = [], 0, {k: [] for k in OTHERS}
+        for c in caps:
+            v = results["folds"][c].get(rule)
+            if v is None:
+                cells.append("-")
+                continue
+            cell = f"{v['recall']:.3f} / {v['benign_flagged']:.4f}"
+            cells.append(f"**{cell}**" if v["target_met"] else cell)
+            met += v["target_met"]
+            for k in OTHERS:
+                other[k].append(v[f"{k}_flagged"])
+        rng = [f"{min(x):.3f}-{max(x):.3f}" if x else "-" for x in other.values()]
+        lines.append(f"| {rule} | " + " | ".join(cells) + f" | {met} of {len(caps)} | " + " | ".join(rng) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
