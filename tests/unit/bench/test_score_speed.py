@@ -45,7 +45,8 @@ def test_the_knn_stage_times_the_reference_and_the_direct_search():
         "with st.timed('x', phase='score', detector='mae'):\n"
         "    r.KnnReference().fit(rng.standard_normal((300, 16))).score(rng.standard_normal((5000, 16)))\n"
         "with st.timed('x', phase='score', detector='gnn'):\n"
-        "    r.knn_distance(r.unit_rows(rng.standard_normal((5000, 16))), r.unit_rows(rng.standard_normal((300, 16))), 5)\n"
+        "    e, ref = rng.standard_normal((5000, 16)), rng.standard_normal((300, 16))\n"
+        "    r.knn_distance(r.unit_rows(e), r.unit_rows(ref), 5)\n"
         "print(sorted(k for k, v in st.self_s.items() if v > 0 and k[2] == 'kNN to reference'))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                          env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
