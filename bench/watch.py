@@ -71,8 +71,12 @@ def write_baseline(path: str, n: int = 5000, step: float = 1.0, seed: int = 1,
             f.write(f"{start + i * step:.6f}\tCB{i:015d}\t{rest[i % len(rest)]}\n".encode())
 
 
-def writer(root: str, rate: int, duration: float, rotate_seconds: float) -> None:
-    """Steady ``rate`` records/s for ``duration`` s in 10 ms ticks; ``ts`` = write time."""
+def writer(root: str, rate: int, duration: float, rotate_seconds: float,
+           trickle_seconds: float = 0.0) -> None:
+    """Steady ``rate`` records/s for ``duration`` s in 10 ms ticks; ``ts`` = write time. Then,
+    for ``trickle_seconds``, 10 records/s with uids ``CT...`` (not counted): with the learned
+    detectors a conn is scored once newer conns show its forward context has passed, so the
+    last ones of the steady phase need traffic after them."""
     rest = make_rest(random.Random(2))
     live = os.path.join(root, "conn.log")
     f = open(live, "ab")
@@ -103,11 +107,19 @@ def writer(root: str, rate: int, duration: float, rotate_seconds: float) -> None
             f.write(header(time.strftime("%Y-%m-%d-%H-%M-%S") + f".{i}"))
             opened = now
         time.sleep(max(0.0, tick - (time.time() - now)))
+    t1 = time.time()
+    k = 0
+    while time.time() - t1 < trickle_seconds:
+        f.write(f"{time.time():.6f}\tCT{k:015d}\t{rest[k % len(rest)]}\n".encode())
+        f.flush()
+        k += 1
+        time.sleep(0.1)
     f.close()
     print(json.dumps({"written": i}), flush=True)
 
 
 TS = re.compile(rb'"ts":([0-9.]+)')
+UID_CT = re.compile(rb'"uid":"CT')
 
 
 def run_rate(rate: int, duration: float, args) -> dict:
@@ -115,17 +127,32 @@ def run_rate(rate: int, duration: float, args) -> dict:
     root, out = os.path.join(work, "logs"), os.path.join(work, "out")
     os.makedirs(root)
     base = os.path.join(work, "baseline.log")
-    write_baseline(base)
-    cmd = [sys.executable, "-c", "from zeekml.cli import main; main()", "watch", root, "--out", out,
+    trickle = 0.0
+    if args.models:
+        # the link's own conns (other uids) at its rate as the baseline, so that host
+        # histories are as long as the stream's and alerts as rare as calibrated
+        write_baseline(base, args.baseline_conns, step=1.0 / rate, seed=2)
+        # held back: the GNN's 20 s forward horizon plus the lateness; the trickle after the
+        # steady phase moves the newest ts on past the last conns' hold-back
+        trickle = 20.0 + args.context_lateness + 15.0
+    else:
+        write_baseline(base)
+    code = "from zeekml.cli import main; main()"
+    if args.profile_watch:      # cProfile on CPU time, written when watch exits
+        code = ("import cProfile, time\nfrom zeekml.cli import main\n"
+                "p = cProfile.Profile(time.process_time)\np.enable()\ntry:\n    main()\n"
+                f"finally:\n    p.disable()\n    p.dump_stats({args.profile_watch!r})\n")
+    cmd = [sys.executable, "-c", code, "watch", root, "--out", out,
            "--baseline", base, "--window-seconds", str(args.window_seconds),
            "--window-records", str(args.window_records), "--status-seconds", "1", "--quiet",
            "--score-workers", str(args.score_workers)]
-    cmd += ["--models", args.models] if args.models else ["--no-models"]
+    cmd += (["--models", args.models, "--context-lateness", str(args.context_lateness)]
+            if args.models else ["--no-models"])
     load_start = os.getloadavg()
     w = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     stats_path = os.path.join(out, "stats.json")
     t_start = time.time()
-    while time.time() - t_start < 120:           # wait until calibrated and running
+    while time.time() - t_start < 600:           # wait until calibrated and running
         try:
             if json.load(open(stats_path)).get("state") == "running":
                 break
@@ -135,7 +162,7 @@ def run_rate(rate: int, duration: float, args) -> dict:
     proc = psutil.Process(w.pid)
     cpu0 = proc.cpu_times()
     wr = subprocess.Popen([sys.executable, __file__, "--writer", root, str(rate), str(duration),
-                           str(args.rotate_seconds)], stdout=subprocess.PIPE)
+                           str(args.rotate_seconds), str(trickle)], stdout=subprocess.PIPE)
     delays: list[float] = []
     rss: list[tuple[float, int]] = []
     seen = 0
@@ -146,6 +173,7 @@ def run_rate(rate: int, duration: float, args) -> dict:
     last_rss = 0.0
     writer_done_at = None
     expected = None
+    last_main = t0
     while True:
         now = time.time()
         try:
@@ -160,8 +188,10 @@ def run_rate(rate: int, duration: float, args) -> dict:
             cut = buf.rfind(b"\n") + 1
             block, buf = buf[:cut], buf[cut:]
             for m in TS.finditer(block):
-                delays.append(now - float(m.group(1)))
-            seen += block.count(b"\n")
+                if not trickle or UID_CT.search(block, m.end(), m.end() + 40) is None:
+                    delays.append(now - float(m.group(1)))
+                    last_main = now
+            seen += block.count(b"\n") - (len(UID_CT.findall(block)) if trickle else 0)
         if now - last_rss >= 1.0:
             rss.append((now - t0, proc.memory_info().rss))
             last_rss = now
@@ -181,6 +211,7 @@ def run_rate(rate: int, duration: float, args) -> dict:
     w.wait(60)
     stats = json.load(open(stats_path))
     shutil.rmtree(work, ignore_errors=True)
+    hold = (stats.get("context") or {}).get("forward_s", 0.0) + args.context_lateness
     delays.sort()
     q = lambda p: delays[min(len(delays) - 1, int(p * len(delays)))] if delays else float("nan")
     rss_mb = [r / 2**20 for _, r in rss]
@@ -192,8 +223,18 @@ def run_rate(rate: int, duration: float, args) -> dict:
         "load_at_end": [round(x, 2) for x in load_end],
         "watch_cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system + kids, 1),
         "written": expected, "scored": seen,
-        "sustained_records_per_s": round(seen / (end - t0), 1),
-        "drain_s_after_writer_stopped": round(end - writer_done_at, 2) if writer_done_at else None,
+        # with the learned detectors the last verdicts wait for their hold-back after the
+        # steady phase: counted until the last one, less the hold-back
+        "sustained_records_per_s": round(
+            seen / ((last_main - t0 - hold) if trickle else (end - t0)), 1),
+        # with the learned detectors: how long past their hold-back (the widest forward
+        # horizon, 20 s for the GNN, + the lateness) the verdicts came
+        "held_back_s": hold if trickle else 0.0,
+        "delay_beyond_hold_back_p50_s": round(q(0.50) - hold, 3) if trickle else None,
+        "delay_beyond_hold_back_p99_s": round(q(0.99) - hold, 3) if trickle else None,
+        "drain_s_after_writer_stopped": (
+            round(last_main - t0 - duration - hold, 2) if trickle
+            else round(end - writer_done_at, 2) if writer_done_at else None),
         "delay_p50_s": round(q(0.50), 3), "delay_p99_s": round(q(0.99), 3),
         "delay_max_s": round(delays[-1], 3) if delays else None,
         "rss_mb_first": round(rss_mb[0], 1) if rss_mb else None,
@@ -298,7 +339,7 @@ def _stage_seconds(prof) -> dict:
 
 
 def context_probe(n: int, models: str, window_records: int = 100, dense: float = 0.0,
-                  catch_up: int = 1, profile: bool = False) -> dict:
+                  catch_up: int = 1, profile: bool = False, threads: int = 1) -> dict:
     """--once over the first ``n`` conns of the real IoT-23 CTU-34-1 log with learned detectors,
     read in windows of ``window_records`` as a live watcher would get them (in this process, one
     torch thread): the cost of the time-context path (hold back, release in 60 s batches, score
@@ -306,8 +347,9 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
     originators) ``dense`` seconds of ``ts`` apart, 200-conn windows unless given, lateness
     10 s, with the same conns (other uids) as the baseline, so alerts are as rare as the
     calibration says, as on a real link (with a baseline of 3000 conns 1 s apart, as before, a
-    third of the conns alerted, and notices and incidents cost more than the models). ``catch_up``: ``--window-records`` multiple while behind
-    (``WatchOptions.catch_up_factor``; 1 = every window ``window_records``). Reports wall and
+    third of the conns alerted, and notices and incidents cost more than the models).
+    ``catch_up``: ``--window-records`` multiple while behind (``WatchOptions.catch_up_factor``;
+    1 = every window ``window_records``). Reports wall and
     CPU seconds (the CPU seconds of this process: less sensitive to the machine's load) and,
     with ``profile``, the CPU seconds of each stage (``STAGES``, cProfile on CPU time)."""
     import gzip
@@ -342,7 +384,8 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
         lateness = 500.0
     opts = WatchOptions(score=ScoreOptions(baseline=[base], models_dir=models), once=True,
                         use_events=False, status_seconds=1000, window_records=window_records,
-                        catch_up_factor=catch_up, context_lateness=lateness)
+                        catch_up_factor=catch_up, context_lateness=lateness,
+                        context_threads=threads)
     prof = None
     if profile:
         import cProfile
@@ -369,7 +412,7 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
         prof.disable()
     shutil.rmtree(work, ignore_errors=True)
     out = {"conns": n, "dense_ts_step": dense, "models": models, "window_records": window_records,
-           "catch_up_factor": catch_up,
+           "catch_up_factor": catch_up, "context_threads": threads,
            "seconds_incl_model_load_and_fit": round(dt, 1), "cpu_seconds": round(cpu, 1),
            "conns_per_s": round(s.scored / dt),
            # after model load, fit and calibration: the live loop alone
@@ -385,7 +428,8 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--writer":
-        writer(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+        writer(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]),
+               float(sys.argv[6]) if len(sys.argv) > 6 else 0.0)
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rates", default="10000,50000", help="offered records/s, comma separated")
@@ -397,6 +441,12 @@ def main() -> None:
                     help="watch --score-workers (forked scoring processes)")
     ap.add_argument("--models", default="",
                     help="watch --models DIR (learned detectors); default: --no-models")
+    ap.add_argument("--context-lateness", type=float, default=5.0,
+                    help="with --models: watch --context-lateness (the writer is never late)")
+    ap.add_argument("--baseline-conns", type=int, default=30_000,
+                    help="with --models: baseline conns (the writer's own, at the rate)")
+    ap.add_argument("--profile-watch", default="", metavar="FILE",
+                    help="run watch under cProfile (CPU time) and write its stats to FILE")
     ap.add_argument("--drain-timeout", type=float, default=120.0,
                     help="how long to wait for the backlog after the writer stops")
     ap.add_argument("--json", help="also write the results here")
@@ -413,6 +463,8 @@ def main() -> None:
                     help="with --context-probe: records per window (default 100, dense 200)")
     ap.add_argument("--catch-up", type=int, default=1, metavar="K",
                     help="with --context-probe: windows of up to K x --probe-window while behind")
+    ap.add_argument("--context-threads", type=int, default=1, metavar="N",
+                    help="with --context-probe: detectors of a release side by side in N threads")
     ap.add_argument("--profile", action="store_true",
                     help="with --context-probe: CPU seconds per stage (cProfile, CPU time)")
     args = ap.parse_args()
@@ -420,7 +472,7 @@ def main() -> None:
         models = args.models or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models")
         print(json.dumps({"load": os.getloadavg(),
                           **context_probe(args.context_probe, models, args.probe_window, args.dense,
-                                         args.catch_up, args.profile)}))
+                                         args.catch_up, args.profile, args.context_threads)}))
         return
     if args.rss_probe:
         print(json.dumps({"load": os.getloadavg(), "scored_rss_mb": rss_probe(args.rss_probe)}))

@@ -22,3 +22,34 @@ def test_speed_is_a_moving_average_of_releases_big_enough_to_say_something():
     assert s == 500.0
     assert context_speed(s, 3000, 2.0) == 0.7 * 500.0 + 0.3 * 1500.0
     assert context_speed(s, 10, 5.0) == s
+
+
+class _Slow:
+    """A detector whose score is a function of its rows alone (and takes a little time)."""
+
+    def __init__(self, name: str, k: float):
+        self.name, self.k = name, k
+
+    def score(self, table):
+        import time
+
+        import numpy as np
+        time.sleep(0.01)
+        return np.asarray(table.column("ts").to_pylist(), dtype=float) * self.k
+
+
+def test_detectors_side_by_side_give_the_scores_they_give_in_turn():
+    import numpy as np
+    import pyarrow as pa
+
+    from zeekml.pipeline.live.context import score_in_threads
+    torch = __import__("pytest").importorskip("torch")
+    table = pa.table({"ts": [1.0, 2.0, 3.5]})
+    dets = [_Slow("a", 1.0), _Slow("b", 2.0), _Slow("c", -1.0)]
+    assert score_in_threads(dets, table, 1) is None         # in turn: score_batch scores them
+    before = torch.get_num_threads()
+    got = score_in_threads(dets, table, 2)
+    assert list(got) == ["a", "b", "c"]
+    for d in dets:
+        np.testing.assert_array_equal(got[d.name], d.score(table))
+    assert torch.get_num_threads() == before                # the kernels' threads set back

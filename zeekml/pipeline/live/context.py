@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+import sys
 import time
 from typing import Callable
 
@@ -27,6 +28,34 @@ def _ipc(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def score_in_threads(detectors: list, table: pa.Table, threads: int) -> dict | None:
+    """``{name: detector.score(table)}``, the detectors scoring side by side in ``threads``
+    threads (None with one thread: ``score_batch`` scores them in turn). torch and the BLAS
+    run their kernels without the GIL, so the MoE on one core and the GNN, autoencoder and
+    IsolationForest on another overlap; meanwhile each kernel gets one thread (OpenMP and
+    OpenBLAS threads spin waiting for siblings, which threads of our own would keep off the
+    cores), and the thread counts are set back after. Each detector's scores are those it
+    gives alone (its kernels are the same, one thread each: bit-identical, tested)."""
+    if threads <= 1 or len(detectors) < 2 or table.num_rows == 0:
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")       # loaded with the learned detectors, if any
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        if torch is not None:
+            torch.set_num_threads(1)
+        with threadpool_limits(1, user_api="blas"), \
+                ThreadPoolExecutor(min(threads, len(detectors))) as pool:
+            futures = {d.name: pool.submit(d.score, table) for d in detectors}
+            return {name: f.result() for name, f in futures.items()}
+    finally:
+        if before is not None:
+            torch.set_num_threads(before)
+
+
 class LiveContext:
     """The conns that detectors with a time context (``scoring.context``) still need, in arrival
     order: already scored ones kept as context for later conns, and pending ones held back until
@@ -47,8 +76,10 @@ class LiveContext:
     its batch to fill: on a busy link a 60 s batch held its first conns a minute longer than
     their context needs, and took tens of seconds to score, while a watcher that falls behind
     reads bigger windows, whose releases are bigger anyway (fewer fixed costs per conn: the
-    GNN embeds 25 s of context around any batch). Memory is bounded by ``max_rows``: beyond it the oldest scored conns are dropped early, and if
-    pending conns alone pass it the oldest are released early; both are counted
+    GNN embeds 25 s of context around any batch). With ``threads`` > 1 the detectors of a
+    release score side by side (``score_in_threads``). Memory is bounded by ``max_rows``:
+    beyond it the oldest scored conns are dropped early, and if pending conns alone pass it the
+    oldest are released early; both are counted
     (``evicted_early``, ``released_early``), as are conns that arrive later than ``lateness``
     (``late``): for those and their neighbours the verdict may differ from ``zeekml score``.
     """
@@ -56,7 +87,7 @@ class LiveContext:
     def __init__(self, fitted: FittedDetectors, lateness: float = 300.0,
                  max_rows: int = 1_000_000, batch_seconds: float = 60.0,
                  release_wait: float | None = 5.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, threads: int = 1):
         self.back, self.fwd = horizons(fitted)
         self.lateness = float(lateness)
         self.max_rows = max(1, int(max_rows))
@@ -64,6 +95,7 @@ class LiveContext:
         self.release_wait = release_wait
         self._clock = clock
         self._due_since: float | None = None    # when conns first were due and held back
+        self.threads = max(1, int(threads))
         self.table: pa.Table = CONN_SCHEMA.empty_table()
         self._parts: list[pa.Table] = []
         self.ts = np.zeros(0)
@@ -171,8 +203,9 @@ class LiveContext:
         if len(targets):
             table = self._tbl()
             dets = detectors_in_context(fitted.detectors, table, targets, self.ts)
-            verdicts = score_batch(table.take(pa.array(targets, pa.int64())),
-                                   dataclasses.replace(fitted, detectors=dets))
+            own = table.take(pa.array(targets, pa.int64()))
+            verdicts = score_batch(own, dataclasses.replace(fitted, detectors=dets),
+                                   raw=score_in_threads(dets, own, self.threads))
             self._mark(mask)
         else:
             verdicts = score_batch(CONN_SCHEMA.empty_table(), fitted)

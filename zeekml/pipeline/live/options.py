@@ -59,6 +59,11 @@ class WatchOptions:
             seconds of ``ts`` (default 60) ...
         context_release_wait: ... but conns that are due wait at most this many seconds of
             wall-clock time for their batch to fill (default 5; None: until it is full).
+        context_threads: the detectors of a release score side by side in this many threads
+            (default 1: in turn; None: as many as torch was given, the cores free when the
+            models loaded, ``zeekml._core.device``). Not the default until measured on a quiet
+            2-core machine: on the shared one (load 6-8) two threads gained nothing
+            (docs/results/watch.md).
         score_workers: score windows in this many forked processes while this one goes on
             reading (default 0: in this process). Detectors with a time context always score
             here.
@@ -91,6 +96,7 @@ class WatchOptions:
     context_max_rows: int = 1_000_000
     context_batch_seconds: float = 60.0
     context_release_wait: float | None = 5.0
+    context_threads: int | None = 1
     score_workers: int = 0
     journal_compact_bytes: int = 64 << 20
     journal_compact_ratio: float = 4.0

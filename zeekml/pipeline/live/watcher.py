@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import struct
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -52,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from zeekml._core.atomic import atomic_write
+from zeekml._core.device import configure_torch
 from zeekml._core.errors import OutputError, ZeekmlError
 from zeekml._core.outfile import open_output
 from zeekml.flows.table import conn_table, is_conn_batch
@@ -260,8 +262,13 @@ class Watcher:
                 self._journal = ContextJournal(self.out_dir, cp.context, self._write,
                                                opts.journal_compact_bytes,
                                                opts.journal_compact_ratio)
+                threads = opts.context_threads
+                if threads is None:
+                    # the learned detectors loaded torch with the cores free then
+                    threads = configure_torch() if "torch" in sys.modules else 1
                 self._ctx = LiveContext(fitted, opts.context_lateness, opts.context_max_rows,
-                                        opts.context_batch_seconds, opts.context_release_wait)
+                                        opts.context_batch_seconds, opts.context_release_wait,
+                                        threads=threads)
                 try:
                     self._ctx.replay(self._journal.read())
                 except (ZeekmlError, ValueError, KeyError, struct.error, pa.ArrowException) as e:
