@@ -48,7 +48,10 @@ def test_finetune_predict_eval(base, tmp_path):
     assert r.exit_code == 0, r.output
     cfg = json.loads((ft / "config.json").read_text())
     assert cfg["classes"] == ["Background", "Benign", "Malicious"]
-    assert cfg["n_params"] == 64 * 64 + 64 + 64 * 3 + 3           # only the head is trained
+    # LP-FT, mae's default: the encoder and a linear head are trained (docs/results/fewshot.md)
+    base_cfg = json.loads((out / "config.json").read_text())
+    assert cfg["finetune"]["procedure"] == "lp-ft" and cfg["head"]["hidden"] == 0
+    assert cfg["n_params"] == base_cfg["n_params"] + 64 * 3 + 3
     preds = tmp_path / "p.jsonl"
     r = CliRunner().invoke(main, ["predict", "--model", str(ft), SLICE, "--out", str(preds), "--device", "cpu"])
     assert r.exit_code == 0, r.output

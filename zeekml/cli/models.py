@@ -95,7 +95,8 @@ def pretrain(model, logs, out, seed, epochs, device):
               help="lp-ft: a linear head fitted on the frozen encoder, then everything finetuned "
                    "at a small rate, stopped on 20% of the labeled conns held out; full: the "
                    "earlier end-to-end finetune of an MLP head (zeekml.train.common.LPFT). "
-                   "Default: full.")
+                   "Default: lp-ft for mae, full for gnn, moe and dense (measured: "
+                   "docs/results/fewshot.md).")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
 @DEVICE_OPTION
 def finetune(model, base, scratch, train, label_field, shots, fraction, seed, epochs, fpr_train,

@@ -97,11 +97,12 @@ class LPFT:
     AUROC 0.18-0.40 on Stratosphere 010 where a logistic probe on the same embedding got 0.98).
     A scratch twin (no base) runs the same procedure from random weights. ``"full"``: the
     earlier procedure (an MLP head of width ``hidden`` and the encoder trained end to end from a
-    random head at ``lr``; mae: the head alone on the frozen embedding), the default until
-    docs/results/fewshot.md has measured the two on the same grid.
+    random head at ``lr``; mae: the head alone on the frozen embedding). Measured on one grid
+    (docs/results/fewshot.md, "LP-FT"): LP-FT is mae's default (it fixes the inverted head);
+    gnn and moe keep ``"full"``, which LP-FT did not beat for them.
 
     Args:
-        procedure: ``"lp-ft"`` or ``"full"`` (default ``"full"``).
+        procedure: ``"lp-ft"`` or ``"full"`` (default ``"full"``; mae: ``"lp-ft"``).
         probe_l2: L2 weight of the LP fit on the mean class-weighted loss (default 1e-3).
         ft_lr_scale: FT learning rate as a share of ``lr`` (default 0.1).
         val_share: share of each class's labeled rows held out to stop FT early (default 0.2;

@@ -4,7 +4,7 @@ detector and the embedding, is ``zeekml.scoring.detectors.mae``).
 - ``pretrain``: fit the modality inputs (scaling, vocabularies, skip-gram IP/port vectors) and
   train the autoencoder on reconstruction. A share of rows (``hide_prob``) has service and ports
   blanked in input and loss, so one base serves the service task (which hides them) too.
-- ``finetune``: ``procedure="lp-ft"`` (``zeekml.train.common.LPFT``): a linear head fitted on the
+- ``finetune``: ``procedure="lp-ft"`` (``zeekml.train.common.LPFT``, this kind's default): a linear head fitted on the
   frozen 64-d embedding of a base, then the encoder and head finetuned together at a small rate,
   stopped early on held-out labeled rows (``--scratch``: the same from a random encoder).
   ``procedure="full"``: the earlier MLP head on the frozen embedding (``--scratch``: trained end
@@ -69,6 +69,8 @@ class FinetuneConfig(LPFT):
         hidden: classifier hidden width of ``procedure="full"`` (default 64; LP-FT's head is
             linear).
         min_steps: lower bound on optimiser steps, for few-shot budgets (default 300).
+        procedure: default ``"lp-ft"`` for this kind: it measured better than ``"full"``, whose
+            MLP head inverted on Stratosphere 010 (docs/results/fewshot.md, "LP-FT").
     """
 
     epochs: int = 60
@@ -76,6 +78,7 @@ class FinetuneConfig(LPFT):
     lr: float = 2e-3
     hidden: int = 64
     min_steps: int = 300
+    procedure: str = "lp-ft"
 
 
 def _blank_masks(n: int, hide_prob: float, q_hide: np.ndarray, e_hide: np.ndarray,

@@ -303,3 +303,12 @@ def test_zeekml_finetune_takes_the_procedure(bases, tmp_path):
     r = CliRunner().invoke(main, ["finetune", "--model", "mae", "--base", bases("mae"), "--train", LOG,
                                   "--label-field", "label", "--procedure", "lpft", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "'lpft' is not one of 'lp-ft', 'full'" in r.output
+
+
+def test_each_kind_has_the_procedure_it_measured_best_with_as_its_default():
+    """docs/results/fewshot.md, "LP-FT": mae's finetune is LP-FT (the earlier head inverted), gnn
+    and moe keep the full finetune, which LP-FT did not beat for them."""
+    from zeekml.train import gnn, mae, moe
+
+    assert mae.FinetuneConfig().procedure == "lp-ft"
+    assert gnn.FinetuneConfig().procedure == moe.FinetuneConfig().procedure == "full"
