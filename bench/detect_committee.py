@@ -145,8 +145,8 @@ def main() -> None:
                 cells.append(f"{'-':>26s}")
                 continue
             met += v["target_met"]
-            cells.append(f"{v['recall']:.3f}/{v['benign_flagged']:.4f} z{v['zat_flagged']:.2f} b{v['btest_flagged']:.2f}"
-                         .rjust(26))
+            cell = f"{v['recall']:.3f}/{v['benign_flagged']:.4f} z{v['zat_flagged']:.2f} b{v['btest_flagged']:.2f}"
+            cells.append(cell.rjust(26))
         print(f"{name:28s} " + " ".join(cells) + f"  {met}")
     if args.out:
         with open(args.out, "w") as f:
