@@ -23,6 +23,7 @@ def test_rescale_puts_each_members_cut_at_one_half():
     np.testing.assert_allclose(rescale(p, 0.8), [0.0, 0.15625, 0.5, 0.75, 1.0])
     np.testing.assert_allclose(rescale(p, 0.5), [0.0, 0.25, 0.8, 0.9, 1.0])
     np.testing.assert_allclose(rescale(p, 1.0), [0.0, 0.125, 0.4, 0.45, 1.0])
+    np.testing.assert_allclose(rescale(np.array([np.nan, 0.9]), 0.8), [0.0, 0.75])   # NaN: no vote
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,8 @@ MEMBER_CUT = 0.5
 def rescale(p: np.ndarray, cut: float) -> np.ndarray:
     """``p`` mapped piecewise linearly so that 0 -> 0, ``cut`` -> 0.5 and 1 -> 1 (monotone, so
     a member reaches its own cut exactly when the rescaled value reaches 0.5)."""
-    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    # a NaN would sort above every probability and count as a vote: it is no vote
+    p = np.clip(np.nan_to_num(np.asarray(p, dtype=np.float64), nan=0.0), 0.0, 1.0)
     if cut >= 1.0:
         return np.where(p >= 1.0, 1.0, 0.5 * p)
     return np.where(p < cut, MEMBER_CUT * p / cut, MEMBER_CUT + MEMBER_CUT * (p - cut) / (1.0 - cut))
