@@ -177,13 +177,15 @@ def parse_finetune(specs: list[str]) -> dict:
 def compare(before: list[dict], after: list[dict]) -> list[str]:
     """Markdown: per kind, over the capture x budget cells both result files scored, macro-F1 of
     pretrained against its scratch twin and the GBT before and after (means over seeds
-    compared; the median gain is the robust one), and the stricter reading: the pretrained model
-    of ``after`` against the better of the two scratch twins (``before``'s and ``after``'s),
-    so a procedure cannot win by only making scratch worse."""
+    compared; the median gain is the robust one), the stricter reading: the pretrained model of
+    ``after`` against the better of the two scratch twins (``before``'s and ``after``'s), so a
+    procedure cannot win by only making scratch worse, and ``after``'s pretrained model against
+    ``before``'s (which procedure finetunes a base better)."""
     sb, sa = summarise(before, "macro_f1"), summarise(after, "macro_f1")
     out = ["| kind | cells | before: pre > scratch | before: median gain | before: pre > GBT | after: pre > scratch "
            "| after: median gain | after: mean gain | after: pre > GBT | after pre > best scratch "
-           "| median gain vs best scratch |", "|---|" + "---|" * 10]
+           "| median gain vs best scratch | after pre > before pre | median after pre vs before pre |",
+           "|---|" + "---|" * 12]
     for kind in KINDS:
         need = ("pretrained", "scratch", "gbt")
         cells = sorted({(c, b) for (k, c, b, m) in sa if k == kind and m == "pretrained"})
@@ -203,7 +205,7 @@ def compare(before: list[dict], after: list[dict]) -> list[str]:
 
         out.append(f"| {kind} | {n} | {wins(pb, scb)} | {med(pb, scb)} | {wins(pb, gbt)} | {wins(pa_, sca)} "
                    f"| {med(pa_, sca)} | {np.mean([relative_gain(x, y) for x, y in zip(pa_, sca)]):+.2f}% "
-                   f"| {wins(pa_, gbt)} | {wins(pa_, best)} | {med(pa_, best)} |")
+                   f"| {wins(pa_, gbt)} | {wins(pa_, best)} | {med(pa_, best)} | {wins(pa_, pb)} | {med(pa_, pb)} |")
     return out
 
 
