@@ -86,6 +86,7 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "moe-l2": ("moe", {"n_layers": 2}),
     "moe-l2-16x128": ("moe", {"n_layers": 2, "n_experts": 16}),
     "dense-l2": ("dense", {"n_layers": 2}),
+    "dense-l2-wide": ("dense", {"n_layers": 2, "dense_d_ff_alt": 8 * 128}),
 }
 PERTURBATIONS = ("pad", "split", "delay", "decoy")
 
@@ -284,15 +285,26 @@ def frontier(args) -> None:
     back from its directory, not retrained)."""
     import torch
 
+    from zeekml.train.moe import ArchConfig
     from zeekml.train.protocol import run_pretrain
 
     torch.set_num_threads(args.threads)
     logs = [os.path.join(DATA, rel) for rel in FILES.values()]
     results = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    given = dict(x.split("=", 1) for x in args.take)
     for name in args.models:
         kind, opts = CANDIDATES[name]
-        out = os.path.join(args.work, name)
-        if not os.path.exists(os.path.join(out, "manifest.json")):
+        out = given.get(name, os.path.join(args.work, name))
+        if name in given:
+            # a directory made by the same pretraining elsewhere (the shipped bases, by their
+            # README's command): only if it is this candidate
+            cfg = json.load(open(os.path.join(out, "config.json")))
+            want = {k: v for k, v in cfg["arch"].items() if v is not None}
+            mine = {k: v for k, v in {**ArchConfig().__dict__, **opts}.items() if v is not None}
+            if cfg["kind"] != kind or want != mine or cfg["seed"] != args.seed \
+                    or cfg["pretrain"]["epochs"] != args.epochs:
+                sys.exit(f"{out}: not candidate {name} ({kind} {opts}, seed {args.seed}, {args.epochs} epochs)")
+        elif not os.path.exists(os.path.join(out, "manifest.json")):
             run_pretrain(kind, logs, out, seed=args.seed, epochs=args.epochs, device="cpu", **opts)
         m = json.load(open(os.path.join(out, "manifest.json")))["metrics"]
         cfg = json.load(open(os.path.join(out, "config.json")))
@@ -456,6 +468,8 @@ def main() -> None:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--epochs", type=int, default=10)
     f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--take", nargs="+", default=[], metavar="NAME=DIR",
+                   help="read candidate NAME from DIR, pretrained the same way (e.g. moe=models/moe-base)")
     p = sub.add_parser("report")
     p.add_argument("paths", nargs="+")
     p.add_argument("--plots", default=None)

@@ -160,6 +160,65 @@ def worker(args) -> None:
     print(json.dumps(res))
 
 
+def one_process(args, specs: list[str], names: dict[str, str], ids_all: np.ndarray) -> list[str]:
+    """Every model in this one process, measured interleaved: ``--rounds`` rounds, each passing
+    ``--flows`` flows through every model in turn (batches of 1024, CPU seconds, best round kept),
+    then batch-1 and batch-64 latencies (CPU time) with each random slice timed on every model in
+    turn. On a shared machine the load moves between separate runs; interleaved, every model sees
+    the same moments, so the ratios hold where the absolute rates do not. Returns the table's lines."""
+    import torch
+
+    from zeekml.nn.dense import pool
+
+    torch.set_num_threads(args.threads)
+    built = {s: build(s, args.device) for s in specs}
+
+    def run(spec: str, batch: np.ndarray) -> None:
+        enc, head, anchor = built[spec]
+        x = torch.as_tensor(batch, device=args.device)
+        out = enc(x, positions=[0, x.shape[1]] if anchor == "last" else None)
+        head(pool(out.hidden, x, anchor)).argmax(-1).cpu()
+
+    n = min(args.flows, len(ids_all))
+    cpu = {s: [] for s in specs}
+    lat = {(s, b): [] for s in specs for b in (1, 64)}
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():
+        for s in specs:
+            run(s, ids_all[:1024])
+        for _ in range(args.rounds):
+            for s in specs:
+                c0 = time.process_time()
+                for i in range(0, n, 1024):
+                    run(s, ids_all[i:i + 1024])
+                cpu[s].append(time.process_time() - c0)
+        for b in (1, 64):
+            for _ in range(args.latency_iters):
+                i = int(rng.integers(0, len(ids_all) - b))
+                for s in specs:
+                    # CPU time of this thread (torch runs on it alone with one thread): wall time
+                    # on a loaded machine is mostly waiting for a core, in ~10 ms scheduler slices
+                    t = time.thread_time()
+                    run(s, ids_all[i:i + b])
+                    lat[(s, b)].append((time.thread_time() - t) * 1e3)
+    ref = specs[0]
+    rate = {s: n / min(cpu[s]) for s in specs}
+    p50 = {k: float(np.percentile(v, 50)) for k, v in lat.items()}
+    lines = [f"one process, {args.rounds} interleaved rounds of {n:,} flows (best kept), latency over "
+             f"{args.latency_iters} random slices timed on every model in turn; ratios against {names[ref]}",
+             "",
+             "| model | params (total / active per token) | flows per CPU-s @1024 | ratio | p50 / p99 CPU ms @1 | "
+             "ratio | p50 / p99 CPU ms @64 | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in specs:
+        enc = built[s][0]
+        lines.append(f"| {names[s]} | {enc.n_params:,} / {enc.n_active_params:,} | {rate[s]:,.0f} | "
+                     f"{rate[s] / rate[ref]:.2f}x | {p50[(s, 1)]:.2f} / {np.percentile(lat[(s, 1)], 99):.2f} | "
+                     f"{p50[(s, 1)] / p50[(ref, 1)]:.2f}x | {p50[(s, 64)]:.2f} / "
+                     f"{np.percentile(lat[(s, 64)], 99):.2f} | {p50[(s, 64)] / p50[(ref, 64)]:.2f}x |")
+    return lines
+
+
 def e2e_worker(args) -> None:
     """The detector end to end, as ``zeekml score`` runs it: the model dir's ``TokenDetector``
     fitted on the earliest 30% of the log (tokens, encoder, kNN reference) and scoring every conn
@@ -203,6 +262,10 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--allocators", nargs="+", default=["glibc", "tcmalloc"], choices=list(ALLOCATORS),
                     help="malloc settings to run every model under (default: glibc, tcmalloc)")
+    ap.add_argument("--one-process", action="store_true",
+                    help="time every model in this one process, interleaved (throughput and latency "
+                         "ratios only: no memory figures, no allocator runs)")
+    ap.add_argument("--flows", type=int, default=8192, help="flows per model per round (--one-process)")
     ap.add_argument("--end-to-end", action="store_true",
                     help="also time each model dir's detector end to end: fit on the earliest 30%% "
                          "of the log and score every conn (tokens, encoder, kNN), in its own process")
@@ -236,6 +299,14 @@ def main() -> None:
     t0 = time.perf_counter()
     ids = tok.transform(table)
     tok_rate = table.num_rows / (time.perf_counter() - t0)
+    if args.one_process:
+        lines = one_process(args, specs, names, ids)
+        print("\n".join(lines))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"log": os.path.basename(args.log), "flows": table.num_rows,
+                           "shape": list(ids.shape), "models": specs, "table": lines}, f, indent=2)
+        return
     best: dict[tuple[str, str], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "ids.npy")
