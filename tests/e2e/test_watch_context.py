@@ -369,3 +369,51 @@ def test_context_of_a_host_keyed_detector_is_its_originators_conns():
     import dataclasses
     part = score_fitted(table.take(pa.array(targets)), dataclasses.replace(fitted, detectors=dets))
     assert [v.scores for v in part] == [whole[v.uid] for v in part]
+
+
+class LatestOfHost(NeighbourCount):
+    """Score = a weighted sum of the ts of the originator's latest ``k`` conns up to and
+    including this one, by (ts, arrival) (``HostHistory.window``, what the host-history
+    featurisers read): only those ``k`` conns change it."""
+
+    context_key = "id.orig_h"
+
+    def __init__(self, name: str, k: int, declare: bool):
+        super().__init__(name, 3600.0, 0.0)
+        self.k = k
+        if declare:
+            self.context_key_rows = k
+
+    def score(self, table):
+        from zeekml.features.host_history import HostHistory
+        hist = HostHistory.build(table)
+        pos, valid = hist.window(np.arange(table.num_rows), self.k, None)
+        t = hist.sorted_ts[pos] - hist.ts[:, None]
+        return (np.where(valid, t, 0.0) * np.arange(1, self.k + 1)).sum(axis=1) + valid.sum(axis=1)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_a_detector_declaring_its_history_length_gets_that_much_context(seed):
+    """``context_key_rows = k``: per originator, only the rows from the ``k - 1``-th before its
+    earliest target on; the scores stay those of the whole table (ties in ts included)."""
+    import dataclasses
+
+    from zeekml.scoring.context import detectors_in_context, latest_per_key
+    table, ts = _toy_table(400, seed=seed)
+    ts = np.round(ts)                                  # ties in ts: arrival order decides
+    table = table.set_column(0, "ts", pa.array(ts))
+    dets = [LatestOfHost("all", 4, declare=False), LatestOfHost("cut", 4, declare=True)]
+    cal = {d.name: ThresholdCalibrator(fpr=0.01).fit(np.arange(100.0)) for d in dets}
+    fitted = FittedDetectors(dets, cal, 0.01)
+    whole = {v.uid: v.scores for v in score_fitted(table, fitted)}
+    for targets in (np.arange(300, 340), np.array([399]), np.array([5, 250, 251])):
+        full, cut = detectors_in_context(fitted.detectors, table, targets)
+        assert cut.context.num_rows < full.context.num_rows
+        part = score_fitted(table.take(pa.array(targets)),
+                            dataclasses.replace(fitted, detectors=[full, cut]))
+        for v in part:
+            assert v.scores["cut"] == v.scores["all"] == whole[v.uid]["all"]
+    # the rule by hand: key 1's earliest target is at sorted position 3, so 1 and 2 join it
+    keep = latest_per_key(np.array([1, 1, 1, 1, 2, 2]), np.array([0., 1, 2, 3, 0, 1]),
+                          np.arange(6), np.array([0, 0, 0, 1, 0, 0], bool), 3)
+    assert keep.tolist() == [False, True, True, True, False, False]

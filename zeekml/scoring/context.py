@@ -13,6 +13,9 @@ A detector with a ``context_key`` column sees only the conns sharing a scored co
 the host-history detectors (autoencoder, MoE/dense; ``features.modality.host_sequences``,
 ``features.tokens.FlowTokenizer``) declare ``forward_context_seconds = 0`` and
 ``context_key = "id.orig_h"``, since only their originator's earlier conns change their score.
+One that also declares ``context_key_rows = L`` (only the latest ``L`` conns of its key, up to
+and including the conn, count) gets, per key, only the rows from the ``L - 1``-th before its
+earliest target on: on a busy link an originator's hour is thousands of conns.
 """
 from __future__ import annotations
 
@@ -20,9 +23,46 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from zeekml.features.host_history import dictionary_codes
+
 def context_key(det) -> str | None:
     """The column whose value a context conn must share with the conn scored, if any."""
     return getattr(det, "context_key", None) or None
+
+
+def context_key_rows(det) -> int | None:
+    """How many conns sharing a conn's ``context_key`` value can change its score, if the
+    detector says: the latest ones by ``(ts, arrival)`` up to and including it (the host
+    histories: the originator's last 16 or 32 conns within the hour)."""
+    n = getattr(det, "context_key_rows", None)
+    return int(n) if n else None
+
+
+def latest_per_key(codes: np.ndarray, ts: np.ndarray, rows: np.ndarray, is_target: np.ndarray,
+                   length: int) -> np.ndarray:
+    """Which of ``rows`` (sorted row indices, their key ``codes``, ``ts`` with unset as 0.0,
+    and whether each is a target) a target can have among its key's latest ``length`` conns
+    up to and including itself, ordered by ``(ts, row)``: per key, every row from the
+    ``length - 1``-th before its earliest target on (a later target's window starts there or
+    later). Keys without a target keep nothing.
+
+    Shapes: all ``[n]``; returns a bool mask ``[n]``."""
+    n = len(rows)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort((rows, ts, codes))
+    grp = codes[order]
+    start = np.ones(n, dtype=bool)
+    start[1:] = grp[1:] != grp[:-1]
+    starts = np.flatnonzero(start)
+    pos = np.arange(n)
+    first = np.minimum.reduceat(np.where(is_target[order], pos, n), starts)
+    group_of = np.cumsum(start) - 1
+    f = first[group_of]
+    keep_sorted = (pos >= f - (length - 1)) & (f < n)
+    keep = np.zeros(n, dtype=bool)
+    keep[order] = keep_sorted
+    return keep
 
 
 def horizon(det) -> tuple[float, float]:
@@ -111,6 +151,15 @@ def detectors_in_context(detectors, table: pa.Table, targets: np.ndarray,
             mask &= same.to_numpy(zero_copy_only=False).astype(bool)
         mask[targets] = True
         rows = np.flatnonzero(mask)
+        length = context_key_rows(det)
+        if length is not None and key is not None and key in table.column_names and len(rows):
+            # an originator with an hour of conns keeps only the few its targets can see
+            sub = table.column(key).take(pa.array(rows, pa.int64()))
+            codes = dictionary_codes(sub)
+            is_target = np.zeros(len(rows), dtype=bool)
+            is_target[np.searchsorted(rows, targets)] = True
+            rows = rows[latest_per_key(codes, np.nan_to_num(ts[rows], nan=0.0), rows,
+                                       is_target, length)]
         if len(rows) == len(targets):
             out.append(det)
             continue
