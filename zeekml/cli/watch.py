@@ -64,7 +64,8 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 @click.option("--context-batch-seconds", default=60.0, show_default=True,
               type=click.FloatRange(0),
               help="Held-back conns are scored in batches spanning this many seconds of ts "
-                   "(each batch is scored among all the conns of its detectors' horizons).")
+                   "(each batch is scored among all the conns of its detectors' horizons); "
+                   "conns already due wait at most 5 s of wall-clock time for their batch to fill.")
 @click.option("--context-max-rows", default=1_000_000, show_default=True,
               type=click.IntRange(1000),
               help="At most this many conns kept in memory as context and pending.")
