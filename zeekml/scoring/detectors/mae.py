@@ -157,6 +157,16 @@ class MAEDetector(ReferenceSplitFit):
         self._identity: pa.Table | None = None     # uid, 4-tuple, service of each kNN reference row
 
     @property
+    def context_key_rows(self) -> int | None:
+        """How many of the originator's conns can change a conn's score: its host sequence's
+        ``SEQ_LEN`` latest, itself included (the earliest step's gap is 0, so nothing before
+        them counts); ``scoring.context`` then keeps only those of a busy host's hour (live:
+        1.18-1.46x, docs/results/watch.md). None for packet sequences (the conn's own packets)."""
+        from zeekml.features.modality import SEQ_LEN
+
+        return SEQ_LEN if self.loaded.featurizer.seq_source == "host" else None
+
+    @property
     def context_seconds(self) -> float:
         """How far in time other conns can change a conn's score (the host-sequence horizon);
         split scoring (``--dask``) gives each piece this overlap."""
