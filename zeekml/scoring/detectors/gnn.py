@@ -18,7 +18,7 @@ from zeekml.features.flow_features import FlowFeaturizer
 from zeekml.features.graph import GRAPH_SCHEMA_VERSION, FlowGraphBuilder, GraphConfig
 from zeekml.scoring.detectors.base import load_checked, torch_module
 from zeekml.scoring.detectors.reference import (KNN, MAX_REFERENCE, baseline_nearest_q99,
-                                                knn_distance, nearest_rows, unit_rows)
+                                                KnnIndex, knn_distance, nearest_rows, unit_rows)
 from zeekml.scoring.explain import NEAREST_SHOWN, nearest_text, reference_identity
 from zeekml.scoring.registry import register_kind
 
@@ -167,6 +167,7 @@ class GNNDetector:
         self.device = device
         self.seed = seed
         self._ref: np.ndarray | None = None
+        self._index: KnnIndex | None = None
         self._identity: pa.Table | None = None     # uid, 4-tuple, service of each reference row
         self._far: float | None = None              # the baseline's nearest-neighbour p99
 
@@ -204,6 +205,9 @@ class GNNDetector:
             rows = np.random.default_rng(self.seed).choice(len(e), MAX_REFERENCE, replace=False)
             e = e[rows]
         self._ref = e
+        # searched as an index built once: building it per call (distinct rows, padding) cost
+        # 3x a live 50-row batch's search (2.3 vs 7.6 ms)
+        self._index = KnnIndex(e)
         # the reference conns' uid, 4-tuple and service, so an alert can name its nearest ones
         self._identity = reference_identity(table, rows)
         self._far = None
@@ -215,7 +219,7 @@ class GNNDetector:
             raise ModelError("GNNDetector.score before fit")
         if table.num_rows == 0:
             return np.zeros(0)
-        return knn_distance(self._embed(table), self._ref, self.k)
+        return knn_distance(self._embed(table), self._index, self.k)
 
     def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
         """``score(table)[rows]``, embedding only the graph neighbourhood of ``rows`` (their
@@ -229,7 +233,7 @@ class GNNDetector:
             return np.zeros(0)
         if self._ref is None:
             raise ModelError("GNNDetector.score_rows before fit")
-        return knn_distance(self._embed(table, rows), self._ref, self.k)
+        return knn_distance(self._embed(table, rows), self._index, self.k)
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
         """Per row, its nearest baseline conns by flow embedding (``scoring.explain.nearest_text``:
