@@ -16,9 +16,9 @@ moe):
    class drawn at random from the whole training share (``sample_shots``). A budget whose rows hold
    one class only cannot train a classifier and is reported as skipped, not filled in.
 3. Models, all on the same rows and seeds:
-   - ``pretrained``: the library's finetune from the base (``Trainer.finetune``): gnn and moe train
-     the whole model; mae trains a head on its frozen embedding (that is what ``zeekml finetune
-     --model mae --base`` does).
+   - ``pretrained``: the library's finetune from the base (``Trainer.finetune``, as ``zeekml
+     finetune --base``), with each kind's default procedure (``zeekml.train.common.LPFT``: LP-FT
+     for mae, the full finetune for gnn and moe) unless ``--finetune procedure=...`` says otherwise.
    - ``scratch``: the same architecture and loop from random weights (``--scratch``).
    - ``probe``: logistic regression on the standardised embeddings of the frozen base.
    - ``gbt``: ``HistGradientBoostingClassifier`` on the shared flow features (fitted on T's training
@@ -33,6 +33,8 @@ also draws the shots. Bases are pretrained once (seed 0).
     OMP_NUM_THREADS=1 nice -n 10 python bench/fewshot_eval.py --captures strato-008 ctu-8-1 \
         --seeds 0 1 2 --cache /tmp/fewshot_cache --out docs/results/fewshot.json
     python bench/fewshot_eval.py --report docs/results/fewshot.json      # the tables of fewshot.md
+    python bench/fewshot_eval.py --compare docs/results/fewshot_lpft_full.json \
+        docs/results/fewshot_lpft_lp-ft.json                              # its second round
 
 Results are appended to ``--out`` as each run finishes; a rerun skips the runs already there.
 """
