@@ -44,14 +44,25 @@ DEFAULT_LOG = os.path.join(DATA, "iot23-ctu-34-1", "conn.log.labeled")
 
 
 def build(spec: str, device: str):
-    """``(encoder, head, anchor)`` for a model dir or ``dense-wide:DIR`` (wide twin of DIR's MoE)."""
+    """``(encoder, head, anchor)`` for a model dir, ``dense-wide:DIR`` (wide twin of DIR's MoE) or
+    ``arch:moe|dense:key=value,...`` (an untrained encoder of that ``MoEConfig``/``DenseConfig``)."""
     import torch
 
     from zeekml.nn.dense import ClassifierHead, DenseConfig, DenseEncoder
-    from zeekml.nn.moe import MoEConfig, twin_of
+    from zeekml.nn.moe import MoEConfig, MoEEncoder, twin_of
     from zeekml.train.moe import LoadedTokenModel
 
-    if spec.startswith("dense-wide:"):
+    if spec.startswith("arch:"):
+        # arch:KIND:key=value,...: an untrained encoder of the shipped MoE's token shape (a speed
+        # screen of layouts not trained; an untrained router spreads tokens about evenly)
+        _, kind, kv = spec.split(":", 2)
+        loaded = LoadedTokenModel.from_dir(os.path.join(ROOT, "models", "moe-base"), device)
+        shape = {k: loaded.config["encoder"][k] for k in ("vocab_size", "n_fields", "seq_len")}
+        opts = {k: int(v) for k, v in (x.split("=") for x in kv.split(",") if x)}
+        torch.manual_seed(0)
+        enc = (MoEEncoder(MoEConfig(**shape, **opts)) if kind == "moe"
+               else DenseEncoder(DenseConfig(**shape, **opts))).to(device).eval()
+    elif spec.startswith("dense-wide:"):
         loaded = LoadedTokenModel.from_dir(spec.split(":", 1)[1], device)
         mcfg = MoEConfig(**loaded.config["encoder"])
         dcfg: DenseConfig = twin_of(mcfg)
@@ -291,7 +302,11 @@ def main() -> None:
     else:
         specs = [args.dense, args.moe, f"dense-wide:{args.moe}"]
         names = {args.dense: "dense twin", args.moe: "moe", f"dense-wide:{args.moe}": "dense-wide"}
-    dirs = [s.split(":", 1)[1] if s.startswith("dense-wide:") else s for s in specs]
+    for sp in specs:
+        if sp.startswith("arch:"):
+            names[sp] = sp.split(":", 1)[1]
+    dirs = [s.split(":", 1)[1] if s.startswith("dense-wide:") else s for s in specs
+            if not s.startswith("arch:")] or [args.moe]
     tok = LoadedTokenModel.from_dir(dirs[0]).tokenizer
     for d in dirs[1:]:
         if LoadedTokenModel.from_dir(d).tokenizer.to_dict() != tok.to_dict():
@@ -321,7 +336,7 @@ def main() -> None:
                     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
                     r = dict(json.loads(out.stdout.strip().splitlines()[-1]), allocator=alloc, model=spec)
                     print(f"{alloc} {spec}: {r}", file=sys.stderr)
-                    if args.end_to_end and not spec.startswith("dense-wide:"):
+                    if args.end_to_end and not spec.startswith(("dense-wide:", "arch:")):
                         cmd = [sys.executable, os.path.abspath(__file__), "--e2e", spec, "--log", args.log,
                                "--threads", str(args.threads), "--device", args.device]
                         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
