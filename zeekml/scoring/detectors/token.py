@@ -278,6 +278,14 @@ class TokenDetector(ReferenceSplitFit):
         """0: a conn's tokens come from its originator's earlier conns (or its own packets)."""
         return 0.0
 
+    @property
+    def context_key_rows(self) -> int | None:
+        """How many of the originator's conns can change a conn's score: the ``seq_len``
+        latest, itself included (the first step's gap is unset, so nothing before them counts);
+        ``scoring.context`` then keeps only those of a busy host's hour. None for packet tokens."""
+        tok = self.loaded.tokenizer
+        return tok.seq_len if tok.source == "host" else None
+
     def profile(self, table: pa.Table, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """``LoadedTokenModel.profile`` of the conns of ``table`` (or of its ``rows``, the rest
         as context only: their tokens are not built, the model does not run on them)."""

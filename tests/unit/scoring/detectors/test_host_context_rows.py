@@ -22,11 +22,17 @@ def _mae():
     return MAEKind("mae").detector(os.path.join(ROOT, "models", "mae-base"))
 
 
-@pytest.mark.parametrize("make", [_mae], ids=["mae"])
-def test_latest_rows_of_the_host_give_the_same_scores(make):
+def _moe():
+    from zeekml.scoring.detectors.token import TokenKind
+
+    return TokenKind("moe").detector(os.path.join(ROOT, "models", "moe-base"))
+
+
+@pytest.mark.parametrize("make, rows", [(_mae, 32), (_moe, 16)], ids=["mae", "moe"])
+def test_latest_rows_of_the_host_give_the_same_scores(make, rows):
     table = load_conns([LOG])
     det = make()
-    assert det.context_key_rows == 32
+    assert det.context_key_rows == rows
     det.fit(table.slice(0, 150))
     ts = np.nan_to_num(np.asarray(table.column("ts").to_pylist(), dtype=np.float64))
     targets = np.sort(np.argsort(ts, kind="stable")[-12:]).astype(np.int64)   # the latest by ts
@@ -34,8 +40,8 @@ def test_latest_rows_of_the_host_give_the_same_scores(make):
     (ctx,) = detectors_in_context([det], table, targets)
     assert isinstance(ctx, InContext)
     hosts = set(table.column("id.orig_h").take(pa.array(targets)).to_pylist())
-    # the cut applied: at most 32 - 1 rows before each host's earliest target, besides the targets
-    assert ctx.context.num_rows <= len(targets) + 31 * len(hosts) < table.num_rows
+    # the cut applied: at most rows - 1 before each host's earliest target, besides the targets
+    assert ctx.context.num_rows <= len(targets) + (rows - 1) * len(hosts) < table.num_rows
     cut = ctx.score(table.take(pa.array(targets)))
     assert np.array_equal(cut, full)
     # without the declaration the context is the whole of the hosts' conns in the horizon
