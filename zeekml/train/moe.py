@@ -279,11 +279,29 @@ def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: Pretra
     return metrics
 
 
+def _train_step(encoder, head, tok: FlowTokenizer, x, yb, weight, fcfg: FinetuneConfig, opt) -> tuple:
+    """One optimiser step of encoder + head on the sequences ``x`` ``[b, L, f]`` with labels
+    ``yb`` ``[b]`` (class-weighted cross-entropy plus the MoE's balance and router z losses).
+    Returns ``(loss, right)``: the detached loss and how many of ``x`` the head got right."""
+    import torch.nn.functional as F
+
+    from zeekml.nn.dense import pool
+
+    o = encoder(x)
+    logits = head(pool(o.hidden, x, tok.anchor))
+    loss = F.cross_entropy(logits, yb, weight=weight)
+    total = loss + fcfg.balance_coef * o.balance_loss + fcfg.z_coef * o.z_loss
+    opt.zero_grad()
+    total.backward()
+    opt.step()
+    return loss.detach(), int((logits.detach().argmax(1) == yb).sum())
+
+
 def _finetune_full(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: int, fcfg: FinetuneConfig,
                    seed: int, device: str) -> tuple:
     """``procedure="full"``: an MLP head and the encoder trained end to end from a random head
     (the encoder at ``lr * encoder_lr_scale``). Returns ``(head, metrics)``."""
-    from zeekml.nn.dense import ClassifierHead, pool
+    from zeekml.nn.dense import ClassifierHead
 
     torch = torch_module()
     d = encoder.config.d_model
@@ -303,16 +321,8 @@ def _finetune_full(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: in
                         steps_per_epoch=per_epoch)
     for _ in range(steps):
         b = torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen)
-        x = ids[b].to(device)
-        o = encoder(x)
-        logits = head(pool(o.hidden, x, tok.anchor))
-        yb = y[b].to(device)
-        loss = torch.nn.functional.cross_entropy(logits, yb, weight=weight)
-        total = loss + fcfg.balance_coef * o.balance_loss + fcfg.z_coef * o.z_loss
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        progress.step(float(loss.detach()), int((logits.detach().argmax(1) == yb).sum()), len(b))
+        loss, right = _train_step(encoder, head, tok, ids[b].to(device), y[b].to(device), weight, fcfg, opt)
+        progress.step(float(loss), right, len(b))
     progress.flush()
     return head, {"train_loss": float(loss.detach()), "steps": steps, "head_hidden": fcfg.hidden}
 
@@ -338,7 +348,7 @@ def _finetune_lpft(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: in
     """LP-FT (``zeekml.train.common.LPFT``): the head's linear layer fitted on the layer-normed
     pooled states of the frozen encoder, then encoder and head trained together at
     ``lr * ft_lr_scale``, keeping the step of lowest held-out loss. Returns ``(head, metrics)``."""
-    from zeekml.nn.dense import ClassifierHead, pool
+    from zeekml.nn.dense import ClassifierHead
 
     torch = torch_module()
     fit, val = holdout_split(y.numpy(), fcfg.val_share, seed)
@@ -375,17 +385,9 @@ def _finetune_lpft(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: in
         encoder.train()
         head.train()
         b = fit_t[torch.randint(0, n, (min(fcfg.batch_size, n),), generator=gen)]
-        x = ids[b].to(device)
-        o = encoder(x)
-        logits = head(pool(o.hidden, x, tok.anchor))
-        yb = y[b].to(device)
-        loss = torch.nn.functional.cross_entropy(logits, yb, weight=weight)
-        total = loss + fcfg.balance_coef * o.balance_loss + fcfg.z_coef * o.z_loss
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        last[0] = float(loss.detach())
-        return float(loss.detach()), int((logits.detach().argmax(1) == yb).sum()), len(b)
+        loss, right = _train_step(encoder, head, tok, ids[b].to(device), y[b].to(device), weight, fcfg, opt)
+        last[0] = float(loss)
+        return float(loss), right, len(b)
 
     done = run_ft(step, val_loss if len(val) else None, stop, steps, fcfg.eval_every, progress)
     return head, {"train_loss": last[0], "steps": done, "fit_rows": int(n), "val_rows": int(len(val)),
