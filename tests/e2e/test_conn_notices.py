@@ -212,3 +212,26 @@ def test_watch_crash_after_the_zeek_write_sends_each_incident_once(tmp_path, mon
     ids = incident_ids(out)
     assert set(state["sent"]) <= set(ids)
     assert sorted(zeek_incident_ids(incidents)) == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_watch_resumed_on_a_notice_log_with_other_columns_says_so(tmp_path):
+    """A watch resumed on a zeekml_notice.log an older zeekml wrote (no community_id column)
+    stops with one line naming the file (exit 6) instead of appending lines its header does
+    not describe; the file is left as it was."""
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    logs.mkdir()
+    shutil.copy(IOT23, logs / "conn.log")
+    args = ["watch", logs, "--out", out, "--once", "--no-models", "--baseline", IOT23, "--fpr",
+            "0.01", "--quiet", "--conn-notices"]
+    invoke(*args)
+    notices = out / "zeekml_notice.log"
+    text = notices.read_text()
+    assert "\tcommunity_id" in text
+    old = text.replace("\tcommunity_id", "").replace("\tstring\n", "\n", 1)   # the old header
+    notices.write_text(old)          # same length less the column names: under the commit
+    with open(logs / "conn.log", "a") as f:      # something new to read
+        f.write(IOT23.read_text().splitlines()[-1] + "\n")
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 6, r.output
+    assert "zeekml_notice.log" in r.output and "other columns" in r.output
+    assert "Traceback" not in r.output and notices.read_text() == old

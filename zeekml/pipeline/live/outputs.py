@@ -15,6 +15,24 @@ from zeekml.pipeline.live.options import NOTICES, OUTPUTS, QUARANTINE
 log = logging.getLogger(__name__)
 
 WriteFn = Callable[[int, bytes, int], int]
+# how far into a resumed Zeek log its #fields line is looked for (the header is ~8 lines)
+HEADER_BYTES = 1 << 16
+
+
+def fields_line(header: bytes) -> bytes:
+    """The ``#fields`` line of Zeek log header bytes (no newline)."""
+    return next(line for line in header.split(b"\n") if line.startswith(b"#fields"))
+
+
+def _fields_line(fd: int, length: int) -> bytes | None:
+    """The ``#fields`` line among the first ``length`` bytes of ``fd``'s file, None without one."""
+    head = os.pread(fd, min(length, HEADER_BYTES), 0)
+    for line in head.split(b"\n"):
+        if line.startswith(b"#fields"):
+            return line.rstrip(b"\r")
+        if not line.startswith(b"#"):
+            return None
+    return None
 
 
 class OutputFiles:
@@ -31,10 +49,13 @@ class OutputFiles:
         conn_notices: ``zeekml_notice.log`` is written (``--conn-notices``; default ``True``).
             Without it the file is not created; one left by a run with it is still opened and
             cut back to its committed length, and kept, so that a later run with it appends.
+        fields: file name -> the ``#fields`` line (bytes, no newline) its records are written
+            with. A Zeek log resumed with other columns (written by an older zeekml) is an
+            ``OutputError`` naming it: appending would give lines its header does not describe.
     """
 
     def __init__(self, out_dir: str, committed: dict[str, int], write: WriteFn | None = None,
-                 conn_notices: bool = True):
+                 conn_notices: bool = True, fields: dict[str, bytes] | None = None):
         self.out_dir = out_dir
         self._write = write or os.pwrite
         self.lengths: dict[str, int] = {}
@@ -68,6 +89,15 @@ class OutputFiles:
                             "else; appending after what is there", path, size, want)
                 want = size
             self.lengths[name] = want
+            expect = (fields or {}).get(name)
+            if expect is not None and want > 0:
+                have = _fields_line(fd, want)
+                if have is not None and have != expect:
+                    self.close()
+                    raise OutputError(
+                        "was written with other columns (by another zeekml version): "
+                        f"{have.decode('utf-8', 'replace')!r} != {expect.decode('utf-8', 'replace')!r}; "
+                        "move it away or watch into another --out", path)
 
     def path(self, name: str) -> str:
         """Where output ``name`` is."""

@@ -66,7 +66,7 @@ from zeekml.pipeline.live.incidents import OPEN_INCIDENTS, STATE_KEY, LiveIncide
 from zeekml.pipeline.live.options import (INCIDENT_NOTICES, INCIDENTS, LOCK, NOTICES, OUTPUTS,
                                           QUARANTINE, STATS, VERDICTS, Stopped, WatchOptions,
                                           WatchStats)
-from zeekml.pipeline.live.outputs import OutputFiles, VerdictDedup
+from zeekml.pipeline.live.outputs import OutputFiles, VerdictDedup, fields_line
 from zeekml.pipeline.live.pool import ScorePool, render_allowed, score_window
 from zeekml.scoring.allowlist import Allowlist
 from zeekml.scoring.context import horizons
@@ -232,7 +232,9 @@ class Watcher:
             pa.set_memory_pool(arrow_pool)
             raise
         outputs = OutputFiles(self.out_dir, cp.outputs, self._write,
-                              conn_notices=opts.score.conn_notices)
+                              conn_notices=opts.score.conn_notices,
+                              fields={NOTICES: fields_line(NoticeWriter.header()),
+                                      INCIDENT_NOTICES: fields_line(incident_notice_header())})
         # the open incidents' alerts as of the last commit (the outputs were cut back to it)
         self._incidents = LiveIncidents(lateness=opts.context_lateness,
                                         state=cp.stats.get(STATE_KEY))
