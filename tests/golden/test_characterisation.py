@@ -25,7 +25,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -130,19 +129,8 @@ def _zeekml(*args: str) -> None:
     run_zeekml(list(args))
 
 
-def _has_avx2() -> bool:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " avx2" in line for line in f)
-    except OSError:
-        return False
-
-
-learned = pytest.mark.skipif(
-    not _has_avx2(),
-    reason="learned-model goldens are pinned to x86-64 AVX2 code paths (see module docstring)")
+# learned-model goldens are pinned to x86-64 AVX2 code paths (see the module docstring)
+learned = pytest.mark.usefixtures("needs_avx2")
 
 
 @pytest.fixture

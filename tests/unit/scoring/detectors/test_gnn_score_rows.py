@@ -5,7 +5,6 @@ scoring the whole table, and declares how far forward in time other conns reach 
 from __future__ import annotations
 
 import os
-import platform
 
 import numpy as np
 import pyarrow as pa
@@ -24,20 +23,9 @@ MODEL = os.path.join(ROOT, "models", "gnn-base")
 LOG = os.path.join(ROOT, "tests", "data", "gnn", "iot23-ctu-34-1-head400.conn.log.labeled")
 
 
-def _avx2() -> bool:
-    """Bit equality across graph sizes holds for the vectorised CPU kernels (x86-64 AVX2 and
-    up, see tests/golden/test_characterisation.py); elsewhere float32 rounding may differ."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " avx2" in line for line in f)
-    except OSError:
-        return False
-
-
-def assert_same(got: np.ndarray, want: np.ndarray) -> None:
-    if _avx2():
+def assert_same(got: np.ndarray, want: np.ndarray, avx2: bool) -> None:
+    """Bit for bit on the x86-64 AVX2 kernels (``tests/conftest.py``), else within float32."""
+    if avx2:
         np.testing.assert_array_equal(got, want)
     else:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -53,18 +41,18 @@ def fitted():
     return det, table, det.score(table)
 
 
-def test_score_rows_equals_scoring_the_whole_table_bit_for_bit(fitted):
+def test_score_rows_equals_scoring_the_whole_table_bit_for_bit(fitted, avx2):
     det, table, full = fitted
     n = table.num_rows
     rng = np.random.default_rng(0)
     sets = [np.array([0, 5, 200, 201, n - 1, 150, 5]), np.array([n - 1]), np.arange(100, 160),
             np.arange(0, n, 7)] + [rng.choice(n, 12, replace=False) for _ in range(6)]
     for rows in sets:
-        assert_same(det.score_rows(table, rows), full[rows])
+        assert_same(det.score_rows(table, rows), full[rows], avx2)
     assert det.score_rows(table, np.zeros(0, dtype=np.int64)).shape == (0,)
 
 
-def test_conns_alone_in_their_windows_get_the_bits_they_get_among_many(fitted, monkeypatch):
+def test_conns_alone_in_their_windows_get_the_bits_they_get_among_many(fitted, monkeypatch, avx2):
     """Such a conn's graph has fewer nodes than a CPU matrix product keeps a row's bits for
     (1-3), so it is padded with isolated nodes (``MIN_NODES``); without them scores move."""
     det, table, _ = fitted
@@ -77,8 +65,8 @@ def test_conns_alone_in_their_windows_get_the_bits_they_get_among_many(fitted, m
     builder = det.bundle.builder()
     for i in alone:
         assert len(builder.neighbourhood(t, [i])) < MIN_NODES
-        assert_same(det.score_rows(t, np.array([i])), full[[i]])
-    if _avx2():
+        assert_same(det.score_rows(t, np.array([i])), full[[i]], avx2)
+    if avx2:
         import zeekml.scoring.detectors.gnn as gnn
         monkeypatch.setattr(gnn, "pad_nodes", lambda x: x)
         unpadded = np.concatenate([det.score_rows(t, np.array([i])) for i in alone])
@@ -94,7 +82,7 @@ def test_score_rows_embeds_only_the_neighbourhood(fitted, monkeypatch):
     assert seen and max(seen) < 40 < table.num_rows
 
 
-def test_nothing_past_the_forward_reach_changes_a_score_and_within_it_something_does(fitted):
+def test_nothing_past_the_forward_reach_changes_a_score_and_within_it_something_does(fitted, avx2):
     det, table, full = fitted
     fwd = det.forward_context_seconds
     assert fwd == 20.0 < det.context_seconds           # gnn-base: 4 windows of 5 s
@@ -104,7 +92,7 @@ def test_nothing_past_the_forward_reach_changes_a_score_and_within_it_something_
         # every conn that started more than fwd seconds after conn i left out
         upto = np.flatnonzero(ts <= ts[i] + fwd)
         assert_same(det.score_rows(table.take(pa.array(upto)), np.searchsorted(upto, [i])),
-                    full[[i]])
+                    full[[i]], avx2)
         # the conns of (ts_i, ts_i + fwd] left out too: some scores move (the reach is real)
         before = np.flatnonzero((ts <= ts[i]) | (np.arange(len(ts)) == i))
         alone = det.score_rows(table.take(pa.array(before)), np.searchsorted(before, [i]))
@@ -112,7 +100,7 @@ def test_nothing_past_the_forward_reach_changes_a_score_and_within_it_something_
     assert changed > 0
 
 
-def test_in_context_scores_are_the_whole_tables(fitted):
+def test_in_context_scores_are_the_whole_tables(fitted, avx2):
     """What ``zeekml watch`` and ``--dask`` do: each batch among the rows within the GNN's
     horizon of it (50 s back, 20 s forward)."""
     det, table, full = fitted
@@ -121,4 +109,4 @@ def test_in_context_scores_are_the_whole_tables(fitted):
         targets = np.arange(a, min(a + 37, table.num_rows))
         (d,) = detectors_in_context([det], table, targets, ts)
         assert d is not det and d.context.num_rows < table.num_rows
-        assert_same(d.score(table.take(pa.array(targets))), full[targets])
+        assert_same(d.score(table.take(pa.array(targets))), full[targets], avx2)
