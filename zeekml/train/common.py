@@ -32,7 +32,8 @@ from zeekml._core.errors import ZeekmlError
 from zeekml.scoring.detectors.base import sub_state, torch_module
 
 __all__ = ["LPFT", "PROCEDURES", "EarlyStopping", "EpochLog", "Trainer", "apply_epochs", "check_procedure",
-           "class_weights", "cosine", "fit_linear_probe", "ft_budget", "holdout_split", "model_config",
+           "class_weights", "cosine", "fit_linear_probe", "ft_budget", "holdout_rows", "holdout_split", "model_config",
+           "probe_into",
            "optimiser_steps", "pick", "prefixed_state", "run_ft", "sub_state", "torch_module"]
 
 T = TypeVar("T")
@@ -190,6 +191,28 @@ def fit_linear_probe(z: Any, y: Any, n_classes: int, weight: Any = None, l2: flo
 
     opt.step(closure)
     return W.detach().float(), b.detach().float()
+
+
+def holdout_rows(y: Any, share: float, seed: int, n_classes: int, device: str,
+                 index_device: str | None = None) -> tuple[Any, Any, Any]:
+    """LP-FT's rows: ``(fit, val)`` index tensors of ``holdout_split`` on ``index_device``
+    (default ``device``; the token models index their CPU-resident ids) and the class weights
+    of the fit rows on ``device``. Shapes: y ``[n]`` long -> ``[n_fit]``, ``[n_val]``, ``[C]``."""
+    torch = torch_module()
+    fit, val = holdout_split(y.numpy(), share, seed)
+    at = device if index_device is None else index_device
+    weight = class_weights(y[torch.as_tensor(fit)], n_classes).to(device)
+    return torch.as_tensor(fit, device=at), torch.as_tensor(val, device=at), weight
+
+
+def probe_into(layer: Any, z: Any, y: Any, n_classes: int, weight: Any, l2: float) -> None:
+    """LP-FT's LP: ``fit_linear_probe`` on the frozen features ``z`` ``[n, d]``, written into the
+    ``nn.Linear`` ``layer`` (``[C, d]``) of the head."""
+    torch = torch_module()
+    W, b = fit_linear_probe(z, y, n_classes, weight, l2)
+    with torch.no_grad():
+        layer.weight.copy_(W)
+        layer.bias.copy_(b)
 
 
 class EarlyStopping:

@@ -39,8 +39,8 @@ from zeekml.scoring.detectors.gnn import (NAME, SCHEMA_VERSION, GNNBundle,  # no
 from zeekml.scoring.detectors.gnn import to_device as _to
 from zeekml.train.artifact import save_model_dir
 from zeekml.train.common import (LPFT, EarlyStopping, EpochLog, Trainer, apply_epochs, check_procedure,
-                                 class_weights, fit_linear_probe, ft_budget, holdout_split, model_config,
-                                 optimiser_steps, pick, run_ft)
+                                 class_weights, ft_budget, holdout_rows, model_config, optimiser_steps, pick,
+                                 probe_into, run_ft)
 from zeekml.train.data import Prediction, temporal_split
 from zeekml.train.registry import register_trainer
 
@@ -365,17 +365,12 @@ def _finetune_lpft(model, xd: dict, adj: dict, tmask, y, n_classes: int, cfg: Fi
     metrics."""
     import torch
 
-    fit, val = holdout_split(y.numpy(), cfg.val_share, seed)
-    fit_t, val_t = torch.as_tensor(fit, device=device), torch.as_tensor(val, device=device)
-    weight = class_weights(y[fit], n_classes).to(device)
+    fit_t, val_t, weight = holdout_rows(y, cfg.val_share, seed, n_classes, device)
     yd = y.to(device)
     model.eval()
     with torch.no_grad():
         h = model(xd, adj)["flow"][tmask]
-    W, b = fit_linear_probe(h[fit_t], yd[fit_t], n_classes, weight, cfg.probe_l2)
-    with torch.no_grad():
-        model.head[0].weight.copy_(W)
-        model.head[0].bias.copy_(b)
+    probe_into(model.head[0], h[fit_t], yd[fit_t], n_classes, weight, cfg.probe_l2)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
 
     def val_loss() -> float:
@@ -384,7 +379,7 @@ def _finetune_lpft(model, xd: dict, adj: dict, tmask, y, n_classes: int, cfg: Fi
             return float(loss_fn(model.classify(model(xd, adj)["flow"][tmask][val_t]), yd[val_t]))
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr * cfg.ft_lr_scale, weight_decay=cfg.weight_decay)
-    steps = ft_budget(cfg, optimiser_steps(cfg, len(fit), batch_size=0), len(val), "gnn finetune")
+    steps = ft_budget(cfg, optimiser_steps(cfg, len(fit_t), batch_size=0), len(val_t), "gnn finetune")
     stop = EarlyStopping(model, patience=cfg.patience)
     progress = EpochLog("gnn finetune", max(steps, 1), "train accuracy", steps_per_epoch=1)
     losses: list[float] = []
@@ -397,10 +392,10 @@ def _finetune_lpft(model, xd: dict, adj: dict, tmask, y, n_classes: int, cfg: Fi
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-        return losses[-1], int((logits.detach().argmax(1) == yd[fit_t]).sum()), len(fit)
+        return losses[-1], int((logits.detach().argmax(1) == yd[fit_t]).sum()), len(fit_t)
 
-    run_ft(step, val_loss if len(val) else None, stop, steps, cfg.eval_every, progress)
-    return losses, {"steps": len(losses), "fit_rows": int(len(fit)), "val_rows": int(len(val)),
+    run_ft(step, val_loss if len(val_t) else None, stop, steps, cfg.eval_every, progress)
+    return losses, {"steps": len(losses), "fit_rows": int(len(fit_t)), "val_rows": int(len(val_t)),
                     "early_stopping": stop.summary()}
 
 

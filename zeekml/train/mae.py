@@ -28,8 +28,8 @@ from zeekml.features.modality import SCHEMA_VERSION, Modalities, ModalityFeaturi
 from zeekml.scoring.detectors.mae import NAME, LoadedMAE, modality_tensors
 from zeekml.train.artifact import save_model_dir
 from zeekml.train.common import (LPFT, EarlyStopping, EpochLog, Trainer, apply_epochs, check_procedure,
-                                 class_weights, fit_linear_probe, ft_budget, holdout_split, model_config,
-                                 optimiser_steps, pick, prefixed_state, run_ft, step_epochs, torch_module)
+                                 class_weights, ft_budget, holdout_rows, model_config, optimiser_steps, pick,
+                                 prefixed_state, probe_into, run_ft, step_epochs, torch_module)
 from zeekml.train.data import Prediction
 from zeekml.train.registry import register_trainer
 
@@ -210,25 +210,20 @@ def _finetune_lpft(model, q, sq, e, y, n_classes: int, fcfg: FinetuneConfig, see
     from zeekml.nn.mae import EmbeddingClassifier
 
     torch = torch_module()
-    fit, val = holdout_split(y.numpy(), fcfg.val_share, seed)
-    fit_t, val_t = torch.as_tensor(fit, device=device), torch.as_tensor(val, device=device)
-    weight = class_weights(y[fit], n_classes).to(device)
+    fit_t, val_t, weight = holdout_rows(y, fcfg.val_share, seed, n_classes, device)
     y = y.to(device)
     model.eval()
     with torch.no_grad():
         z = model.encode(q, sq, e)
     emb_mean, emb_std = z[fit_t].mean(0), z[fit_t].std(0, unbiased=False).clamp_min(1e-4)
     head = EmbeddingClassifier(model.config.embed_dim, n_classes, 0).to(device)
-    W, b = fit_linear_probe((z[fit_t] - emb_mean) / emb_std, y[fit_t], n_classes, weight, fcfg.probe_l2)
-    with torch.no_grad():
-        head.net[0].weight.copy_(W)
-        head.net[0].bias.copy_(b)
+    probe_into(head.net[0], (z[fit_t] - emb_mean) / emb_std, y[fit_t], n_classes, weight, fcfg.probe_l2)
     for p in model.parameters():
         p.requires_grad_(True)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=fcfg.lr * fcfg.ft_lr_scale, weight_decay=1e-4)
-    n = len(fit)
-    steps = ft_budget(fcfg, optimiser_steps(fcfg, n), len(val), "mae finetune")
+    n = len(fit_t)
+    steps = ft_budget(fcfg, optimiser_steps(fcfg, n), len(val_t), "mae finetune")
     gen = torch.Generator().manual_seed(seed)
     stop = EarlyStopping(model, head, patience=fcfg.patience)
 
@@ -255,9 +250,9 @@ def _finetune_lpft(model, q, sq, e, y, n_classes: int, fcfg: FinetuneConfig, see
         last[0] = float(loss.detach())
         return float(loss.detach()), int((logits.detach().argmax(1) == y[bi]).sum()), len(bi)
 
-    done = run_ft(step, val_loss if len(val) else None, stop, steps, fcfg.eval_every, progress)
+    done = run_ft(step, val_loss if len(val_t) else None, stop, steps, fcfg.eval_every, progress)
     return head, emb_mean, emb_std, params, {"train_loss": last[0], "steps": done,
-                                             "fit_rows": int(n), "val_rows": int(len(val)),
+                                             "fit_rows": int(n), "val_rows": int(len(val_t)),
                                              "early_stopping": stop.summary(), "head_hidden": 0}
 
 

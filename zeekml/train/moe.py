@@ -37,9 +37,8 @@ from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
 from zeekml.scoring.detectors.token import LoadedTokenModel, add_routing, routing_summary
 from zeekml.train.artifact import save_model_dir
 from zeekml.train.common import (LPFT, EarlyStopping, EpochLog, Trainer, apply_epochs, check_procedure,
-                                 class_weights, cosine, fit_linear_probe, ft_budget, holdout_split,
-                                 model_config, optimiser_steps, pick, prefixed_state, run_ft,
-                                 step_epochs, torch_module)
+                                 class_weights, cosine, ft_budget, holdout_rows, model_config, optimiser_steps,
+                                 pick, prefixed_state, probe_into, run_ft, step_epochs, torch_module)
 from zeekml.train.data import Prediction
 from zeekml.train.registry import register_trainer
 
@@ -351,17 +350,13 @@ def _finetune_lpft(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: in
     from zeekml.nn.dense import ClassifierHead
 
     torch = torch_module()
-    fit, val = holdout_split(y.numpy(), fcfg.val_share, seed)
-    fit_t, val_t = torch.as_tensor(fit), torch.as_tensor(val)
-    weight = class_weights(y[fit_t], n_classes).to(device)
+    # indices stay on the CPU: they pick rows of the CPU-resident ids
+    fit_t, val_t, weight = holdout_rows(y, fcfg.val_share, seed, n_classes, device, index_device="cpu")
     d = encoder.config.d_model
     head = ClassifierHead(2 * d, n_classes, 0).to(device)
     with torch.no_grad():
         z = head.net[0](_pooled(encoder, tok, ids, fit_t, device))      # the head's own layer norm
-    W, b = fit_linear_probe(z, y[fit_t], n_classes, weight, fcfg.probe_l2)
-    with torch.no_grad():
-        head.net[1].weight.copy_(W)
-        head.net[1].bias.copy_(b)
+    probe_into(head.net[1], z, y[fit_t], n_classes, weight, fcfg.probe_l2)
     y_val = y[val_t].to(device)
 
     def val_loss() -> float:
@@ -372,8 +367,8 @@ def _finetune_lpft(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: in
 
     opt = torch.optim.AdamW(list(encoder.parameters()) + list(head.parameters()),
                             lr=fcfg.lr * fcfg.ft_lr_scale, weight_decay=0.01)
-    n = len(fit)
-    steps = ft_budget(fcfg, optimiser_steps(fcfg, n), len(val), f"{kind} finetune")
+    n = len(fit_t)
+    steps = ft_budget(fcfg, optimiser_steps(fcfg, n), len(val_t), f"{kind} finetune")
     gen = torch.Generator().manual_seed(seed)
     stop = EarlyStopping(encoder, head, patience=fcfg.patience)
     per_epoch = max(1, -(-n // fcfg.batch_size))
@@ -389,8 +384,8 @@ def _finetune_lpft(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: in
         last[0] = float(loss)
         return float(loss), right, len(b)
 
-    done = run_ft(step, val_loss if len(val) else None, stop, steps, fcfg.eval_every, progress)
-    return head, {"train_loss": last[0], "steps": done, "fit_rows": int(n), "val_rows": int(len(val)),
+    done = run_ft(step, val_loss if len(val_t) else None, stop, steps, fcfg.eval_every, progress)
+    return head, {"train_loss": last[0], "steps": done, "fit_rows": int(n), "val_rows": int(len(val_t)),
                   "early_stopping": stop.summary(), "head_hidden": 0}
 
 
