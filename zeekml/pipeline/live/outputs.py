@@ -19,14 +19,9 @@ WriteFn = Callable[[int, bytes, int], int]
 HEADER_BYTES = 1 << 16
 
 
-def fields_line(header: bytes) -> bytes:
-    """The ``#fields`` line of Zeek log header bytes (no newline)."""
-    return next(line for line in header.split(b"\n") if line.startswith(b"#fields"))
-
-
-def _fields_line(fd: int, length: int) -> bytes | None:
-    """The ``#fields`` line among the first ``length`` bytes of ``fd``'s file, None without one."""
-    head = os.pread(fd, min(length, HEADER_BYTES), 0)
+def fields_line(head: bytes) -> bytes | None:
+    """The ``#fields`` line (no newline) of the header a Zeek log's bytes ``head`` start with;
+    None when the header ends (or ``head`` does) before one."""
     for line in head.split(b"\n"):
         if line.startswith(b"#fields"):
             return line.rstrip(b"\r")
@@ -91,7 +86,7 @@ class OutputFiles:
             self.lengths[name] = want
             expect = (fields or {}).get(name)
             if expect is not None and want > 0:
-                have = _fields_line(fd, want)
+                have = fields_line(os.pread(fd, min(want, HEADER_BYTES), 0))
                 if have is not None and have != expect:
                     self.close()
                     raise OutputError(
