@@ -110,14 +110,9 @@ def test_odds_and_surprise_text():
 
 # -- the detectors' explain, on tiny models trained on 400 real conns --------------------------
 
-import os  # noqa: E402
+from tiny import LABELED_LOG, TINY, TINY_TOKEN  # noqa: E402
 
-LOG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "data", "gnn",
-                   "iot23-ctu-34-1-head400.conn.log.labeled")
-TINY_TOKEN = {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "n_experts": 4,
-              "d_expert": 16, "batch_size": 64, "seq_len": 8}
-TINY = {"gnn": {"hidden": 16, "segment_flows": 400}, "moe": TINY_TOKEN, "dense": TINY_TOKEN,
-        "mae": {"batch_size": 128}}
+LOG = LABELED_LOG
 
 
 @pytest.fixture(scope="module")

@@ -22,21 +22,11 @@ from zeekml.scoring.detector import Detector, ModelKind
 from zeekml.scoring.registry import get_kind, kind_names
 from zeekml.train.data import load_conns
 from zeekml.train.registry import get_trainer, trainer_names
+from tiny import LABELED_LOG, TINY
 
 pytest.importorskip("torch")
 
-LOG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "data", "gnn",
-                   "iot23-ctu-34-1-head400.conn.log.labeled")
-
-# Tiny settings so each kind trains in seconds; a kind not listed trains one epoch of its defaults.
-TINY: dict[str, dict] = {
-    "gnn": {"hidden": 16, "segment_flows": 400},
-    "moe": {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "n_experts": 4, "d_expert": 16,
-            "batch_size": 64, "seq_len": 8},
-    "dense": {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "n_experts": 4, "d_expert": 16,
-              "batch_size": 64, "seq_len": 8},
-    "mae": {"batch_size": 128},
-}
+LOG = LABELED_LOG
 # rows in any order, a repeat, the first and the last conn
 ROWS = np.array([0, 5, 399, 200, 5, 17])
 TARGETS = np.arange(180, 200)

@@ -15,17 +15,11 @@ from zeekml._core.errors import ZeekmlError
 from zeekml.train.common import EarlyStopping, fit_linear_probe, holdout_split
 from zeekml.train.data import labels_of, load_conns
 from zeekml.train.registry import get_trainer
+from tiny import LABELED_LOG, TINY
 
 torch = pytest.importorskip("torch")
 
-LOG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "data", "gnn",
-                   "iot23-ctu-34-1-head400.conn.log.labeled")
-TINY: dict[str, dict] = {
-    "gnn": {"hidden": 16, "segment_flows": 400},
-    "moe": {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "n_experts": 4, "d_expert": 16,
-            "batch_size": 64, "seq_len": 8},
-    "mae": {"batch_size": 128},
-}
+LOG = LABELED_LOG
 
 
 # -- the pieces ---------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ Proved here on tiny pretrained models: a baseline conn's embedding in the baseli
 embedding in the input, and the reused scores equal the scores of the input embedded afresh."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -16,14 +15,13 @@ from zeekml.scoring.detectors.reference import same_context_rows
 from zeekml.scoring.registry import get_kind
 from zeekml.train.data import load_conns
 from zeekml.train.registry import get_trainer
+from tiny import LABELED_LOG
+from tiny import TINY as TINY_SETTINGS
 
 pytest.importorskip("torch")
 
-LOG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
-                   "data", "gnn", "iot23-ctu-34-1-head400.conn.log.labeled")
-TINY = {"moe": {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "n_experts": 4, "d_expert": 16,
-                "batch_size": 64, "seq_len": 8},
-        "mae": {"batch_size": 128}}
+LOG = LABELED_LOG
+TINY = {kind: TINY_SETTINGS[kind] for kind in ("moe", "mae")}
 
 
 @pytest.fixture(scope="module")
