@@ -112,10 +112,27 @@ def flow_x(featurizer: FlowFeaturizer, t: pa.Table, fit: bool = False) -> np.nda
     return featurizer.fit_transform(t) if fit else featurizer.transform(t)
 
 
+def save_scores(path: str, y: np.ndarray, cal: dict, test: dict, hold: dict,
+                calibrated: dict[str, dict]) -> None:
+    """Per-conn scores of one setting of one capture, for evaluating combination rules offline
+    (``bench/combine_eval.py``): ``y`` (labels of the scored conns, as ``load``), per detector
+    ``cal/NAME`` (raw scores of the calibration half), ``test/NAME`` (raw, scored conns),
+    ``hold/NAME`` (raw, held-out clean conns; deployment only) and ``calibrated/SCHEME/NAME``
+    (the scored conns' calibrated scores under each threshold scheme)."""
+    arrays = {"y": y}
+    for prefix, d in (("cal", cal), ("test", test), ("hold", hold)):
+        arrays |= {f"{prefix}/{k}": v for k, v in d.items()}
+    for scheme, d in calibrated.items():
+        arrays |= {f"calibrated/{scheme}/{k}": v for k, v in d.items()}
+    np.savez_compressed(path, **arrays)
+
+
 def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions,
-             gbt_p: np.ndarray, heldout: bool = False, classifiers: tuple[str, ...] = ()) -> dict:
+             gbt_p: np.ndarray, heldout: bool = False, classifiers: tuple[str, ...] = (),
+             save: str | None = None) -> dict:
     """Fit the detectors on ``base`` (one half; calibrate on the other), score ``scored``; with
-    ``heldout``, a random third of ``base`` is held out first and its alert rate measured."""
+    ``heldout``, a random third of ``base`` is held out first and its alert rate measured.
+    ``save``: an ``.npz`` path for the per-conn scores (``save_scores``)."""
     from sklearn.ensemble import IsolationForest
 
     out: dict = {"baseline_conns": base.num_rows, "scored_conns": scored.num_rows,
@@ -165,6 +182,10 @@ def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions
         for rule in ("min", "never"):
             schemes[f"cut_{rule}"] = calibrate_with_cuts(cal, opts.fpr, cuts, infected, rule)[0].calibrators
     out["calibration"] = {}
+    if save:
+        save_scores(save, y, cal, test, hold,
+                    {scheme: {k: cals[k].calibrate(v) for k, v in test.items()}
+                     for scheme, cals in schemes.items()})
     for scheme, cals in schemes.items():
         comb = np.max(np.stack([np.nan_to_num(cals[k].calibrate(test[k]), nan=-np.inf)
                                 for k in test]), axis=0)
@@ -213,6 +234,14 @@ def gbt_scores(captures: dict, name: str, seed: int) -> np.ndarray:
     return clf.predict_proba(feat.transform(t))[:, 1]
 
 
+def scores_path(args: argparse.Namespace, capture: str, setting: str) -> str | None:
+    """Where ``--scores DIR`` keeps a setting's per-conn scores (None without it)."""
+    if not args.scores:
+        return None
+    os.makedirs(args.scores, exist_ok=True)
+    return os.path.join(args.scores, f"{capture}.{setting}.npz")
+
+
 def run(args: argparse.Namespace) -> dict:
     opts = ScoreOptions(fpr=args.fpr, seed=args.seed, models_dir=None if args.no_models else "")
     clfs = tuple(args.classifier or ())
@@ -230,11 +259,13 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         log.info(" deployment: %d clean baseline conns, %d scored", len(clean), len(rest))
         r["deployment"] = evaluate(t.take(pa.array(clean)), t.take(pa.array(rest)), y[rest], opts,
-                                   p[rest], heldout=True, classifiers=clfs)
+                                   p[rest], heldout=True, classifiers=clfs,
+                                   save=scores_path(args, name, "deployment"))
         base = earliest_rows(ts_sort_key(t), 0.3, min_rows=1)
         log.info(" archive: %d baseline conns (%d malicious), all scored", len(base),
                  (y[base] == 1).sum())
-        r["archive"] = evaluate(t.take(pa.array(base)), t, y, opts, p, classifiers=clfs)
+        r["archive"] = evaluate(t.take(pa.array(base)), t, y, opts, p, classifiers=clfs,
+                                save=scores_path(args, name, "archive"))
         r["archive"]["baseline_malicious"] = int((y[base] == 1).sum())
         r["seconds"] = time.perf_counter() - t0
         results["captures"][name] = r
@@ -343,6 +374,9 @@ def main() -> None:
     ap.add_argument("--classifier", action="append", default=None,
                     help="a finetuned classifier directory to add (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scores", default=None, metavar="DIR",
+                    help="save each capture's and setting's per-conn scores and labels here "
+                         "(CAPTURE.SETTING.npz; save_scores) for bench/combine_eval.py")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("zeekml").setLevel(logging.WARNING)
