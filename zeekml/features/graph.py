@@ -278,17 +278,15 @@ class FlowGraphBuilder:
         target = is_target_row[app_row] & (app_w == last[app_row])
 
         # ip nodes: one per (address, window)
-        orig = np.asarray(pc.fill_null(table.column("id.orig_h"), "").to_numpy(zero_copy_only=False), dtype=object)
-        resp = np.asarray(pc.fill_null(table.column("id.resp_h"), "").to_numpy(zero_copy_only=False), dtype=object)
-        codes, uniq = pd.factorize(np.concatenate([orig[app_row], resp[app_row]]))
+        # the addresses of the graph's flow nodes only: a graph of a long table (a piece of
+        # ``iter_graphs``, a live batch's context) holds a fraction of its rows
+        at = pa.array(app_row, pa.int64())
+        orig = pc.fill_null(table.column("id.orig_h").take(at), "").to_numpy(zero_copy_only=False)
+        resp = pc.fill_null(table.column("id.resp_h").take(at), "").to_numpy(zero_copy_only=False)
+        codes, uniq = pd.factorize(np.concatenate([np.asarray(orig, dtype=object),
+                                                   np.asarray(resp, dtype=object)]))
         o_code, r_code = codes[:nf], codes[nf:]
-        key_w = np.concatenate([app_w, app_w])
-        keys = np.stack([key_w, codes.astype(np.int64)], axis=1)
-        if nf:
-            ip_keys, ip_inv = np.unique(keys, axis=0, return_inverse=True)
-        else:
-            ip_keys, ip_inv = np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
-        ip_inv = ip_inv.reshape(-1)
+        ip_keys, ip_inv = _window_address_keys(app_w, codes.astype(np.int64), len(uniq))
         o_ip, r_ip = ip_inv[:nf], ip_inv[nf:]
         attrs = np.asarray([_ip_attributes(str(a)) for a in uniq], dtype=np.float32).reshape(-1, len(IP_FEATURES))
         ip_x = attrs[ip_keys[:, 1]] if len(ip_keys) else np.zeros((0, len(IP_FEATURES)), np.float32)
@@ -335,10 +333,35 @@ class FlowGraphBuilder:
         data["flow"].target = torch.from_numpy(target)
         data["ip"].x = torch.from_numpy(ip_x)
         data["ip"].window = torch.from_numpy(ip_keys[:, 0].copy())
-        data["ip"].addr = [str(uniq[c]) for c in ip_keys[:, 1]]
+        data["ip"].addr = np.asarray(uniq, dtype=object)[ip_keys[:, 1]].tolist()
         for et in EDGE_TYPES:
             data[et].edge_index = torch.from_numpy(np.ascontiguousarray(edges[et], dtype=np.int64))
         return data
+
+
+def _window_address_keys(app_w: np.ndarray, codes: np.ndarray, n_codes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ip nodes of a graph: the distinct ``(window, address code)`` pairs of its flows'
+    originators then responders, sorted by window then code, and each pair's node.
+
+    ``np.unique(np.stack([w, codes], 1), axis=0, return_inverse=True)`` gives the same two
+    arrays, but sorts the rows as a structured view: 0.52 s of the 1.0 s that building the
+    graphs of bench/score_speed.py's 100k conns took (one thread). Here a pair is one int64
+    (the window's rank among the graph's windows, then the code), sorted as a plain vector.
+
+    Shapes:
+        app_w ``[nf]`` (sorted: flow nodes are ordered by window first), codes ``[2 nf]``
+        -> ``([u, 2] (window, code), [2 nf])``
+    """
+    nf = len(app_w)
+    if nf == 0:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    new = np.concatenate([[True], app_w[1:] != app_w[:-1]])
+    windows = app_w[new]
+    rank = np.cumsum(new) - 1
+    key = np.concatenate([rank, rank]) * max(n_codes, 1) + codes
+    u, inv = np.unique(key, return_inverse=True)
+    keys = np.stack([windows[u // max(n_codes, 1)], u % max(n_codes, 1)], axis=1)
+    return keys, inv.reshape(-1).astype(np.int64)
 
 
 def _overlaps(first: np.ndarray, last: np.ndarray, needed: np.ndarray) -> np.ndarray:

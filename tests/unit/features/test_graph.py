@@ -166,3 +166,26 @@ def test_neighbourhood_of_conn_4_is_its_windows_and_the_four_before(table):
     # without ts (the null window) are out
     assert builder().neighbourhood(table, np.array([4])).tolist() == [0, 1, 2, 3, 4]
     assert builder().neighbourhood(table, np.array([6])).tolist() == [6]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ip_nodes_are_the_sorted_distinct_window_address_pairs(seed):
+    """``_window_address_keys`` (one int64 key a pair) gives the ip nodes and the node of each
+    (window, address) exactly as ``np.unique`` over the stacked pairs does, the null window,
+    one window and no flow at all included."""
+    from zeekml.features.graph import _window_address_keys
+
+    rng = np.random.default_rng(seed)
+    for nf, n_codes in ((0, 0), (1, 1), (7, 1), (300, 5), (2000, 400)):
+        windows = rng.choice(np.array([NULL_WINDOW, -3, 0, 1, 2, 9, 1 << 40]), size=nf)
+        app_w = np.sort(windows) if seed % 2 else np.full(nf, 7, dtype=np.int64)
+        codes = rng.integers(0, max(n_codes, 1), size=2 * nf).astype(np.int64)
+        keys, inv = _window_address_keys(app_w, codes, n_codes)
+        if nf:
+            want_keys, want_inv = np.unique(np.stack([np.concatenate([app_w, app_w]), codes], axis=1),
+                                            axis=0, return_inverse=True)
+        else:
+            want_keys, want_inv = np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+        assert keys.dtype == np.int64 and inv.dtype == np.int64
+        np.testing.assert_array_equal(keys, want_keys)
+        np.testing.assert_array_equal(inv, want_inv.reshape(-1))
