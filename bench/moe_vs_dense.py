@@ -23,6 +23,11 @@ compares the models at the same quiet moments.
 
     python bench/moe_vs_dense.py --allocators glibc --rounds 3 --min-seconds 4 \
         --models models/dense-base models/moe-base /tmp/moe_frontier/moe-d32 ...
+
+``--detector-speed LOG...`` times the token *detectors* of ``--models`` instead (embedding + kNN
+of every conn of each log, one process, interleaved; ``score-speed:N`` builds
+``bench/score_speed.py``'s log): full-attention bases against ``causal_window`` ones, which embed
+each conn once from its host's stream (``docs/results/moe.md``, "Causal window").
 """
 from __future__ import annotations
 
@@ -256,6 +261,67 @@ def e2e_worker(args) -> None:
                       "e2e_score_mean": float(np.mean(scores))}))
 
 
+def detector_speed(args) -> dict:
+    """``--detector-speed``: the token detectors of ``--models`` (model dirs, full or
+    ``causal_window`` attention) on the same conns, in this one process, interleaved: per log,
+    each detector fitted on the earliest 30%% of the log by ts (the kNN reference), then, each
+    round and model in turn, the conns' embeddings (``TokenDetector._reference_input``: tokens,
+    encoder, pooling) and their kNN distances timed apart; best round kept per model, ratios
+    against the first model. Also checks the scores are finite and one per conn."""
+    import glob
+
+    from zeekml.flows.select import earliest_rows, ts_sort_key
+    from zeekml.scoring.registry import get_kind
+    from zeekml.scoring.detectors.base import read_config
+    from zeekml.train.data import load_conns
+
+    import pyarrow as pa
+
+    logs = {}
+    for spec in args.detector_speed:
+        if spec.startswith("score-speed:"):
+            # the ~100k-conn log of bench/score_speed.py (copies of three real captures)
+            sys.path.insert(0, os.path.join(ROOT, "bench"))
+            from score_speed import build_log
+
+            d = tempfile.mkdtemp(prefix="moe_speed_")
+            n = build_log(d, int(spec.split(":", 1)[1]))
+            logs[f"score_speed ({n:,} conns)"] = sorted(glob.glob(os.path.join(d, "*.log")))
+        else:
+            logs[os.path.basename(os.path.dirname(spec)) or spec] = [spec]
+    dets = {m: get_kind(read_config(m)["kind"]).detector(m) for m in args.models}
+    out: dict = {"rounds": args.rounds, "threads": args.threads, "logs": {}}
+    for name, files in logs.items():
+        table = load_conns(files)
+        base = table.take(pa.array(earliest_rows(ts_sort_key(table), 0.3)))
+        for det in dets.values():
+            det.fit(base)
+        best: dict = {m: {"embed": float("inf"), "knn": float("inf")} for m in dets}
+        for _ in range(args.rounds):
+            for m, det in dets.items():
+                t0 = time.process_time()
+                e = det._reference_input(table)
+                t1 = time.process_time()
+                sc = det.reference.score(e)
+                t2 = time.process_time()
+                assert len(sc) == table.num_rows and np.isfinite(sc).all()
+                best[m]["embed"] = min(best[m]["embed"], t1 - t0)
+                best[m]["knn"] = min(best[m]["knn"], t2 - t1)
+        first = next(iter(dets))
+        rows = {}
+        print(f"\n{name}: {table.num_rows:,} conns, fitted on {base.num_rows:,}; CPU seconds, best of {args.rounds}")
+        print(f"  {'model':28s} {'embed s':>8s} {'kNN s':>7s} {'total s':>8s} {'conns/CPU-s':>12s} {'speed-up':>9s}")
+        for m, b in best.items():
+            tot = b["embed"] + b["knn"]
+            ref = best[first]["embed"] + best[first]["knn"]
+            rows[m] = {**b, "total": tot, "conns_per_cpu_s": table.num_rows / tot,
+                       "speedup_total": ref / tot, "speedup_embed": best[first]["embed"] / b["embed"]}
+            print(f"  {os.path.basename(m.rstrip('/')):28s} {b['embed']:8.2f} {b['knn']:7.2f} {tot:8.2f} "
+                  f"{table.num_rows / tot:12,.0f} {ref / tot:8.2f}x (embedding {best[first]['embed'] / b['embed']:.2f}x)")
+        out["logs"][name] = {"conns": table.num_rows, "baseline": base.num_rows, "models": rows}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--log", default=DEFAULT_LOG)
@@ -280,6 +346,10 @@ def main() -> None:
     ap.add_argument("--end-to-end", action="store_true",
                     help="also time each model dir's detector end to end: fit on the earliest 30%% "
                          "of the log and score every conn (tokens, encoder, kNN), in its own process")
+    ap.add_argument("--detector-speed", nargs="+", default=None, metavar="LOG",
+                    help="time the detectors of --models (dirs) on these logs in this process "
+                         "(embedding and kNN, interleaved rounds, CPU time); 'score-speed:N' = the "
+                         "N-conn log of bench/score_speed.py")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--e2e", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ids", default=None, help=argparse.SUPPRESS)
@@ -289,6 +359,15 @@ def main() -> None:
         return
     if args.e2e:
         e2e_worker(args)
+        return
+    if args.detector_speed:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        res = detector_speed(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
         return
 
     from zeekml.train.data import load_conns

@@ -150,6 +150,24 @@ def _log_iat(iat: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class HostStream:
+    """Conns as host-stream tokens for a ``causal_window`` encoder (``FlowTokenizer.host_stream``).
+
+    Attributes (``n`` = stream rows, ``w`` = predecessors linked):
+        ids: ``[n, n_fields]`` global token ids, host by host, each host's conns in time order.
+        keys: ``[n, 1 + w]`` column 0 the row itself, column ``o`` the row of its ``o``-th
+            predecessor it may attend to, -1 where there is none.
+        targets: ``[len(rows)]`` the stream row of each requested row.
+        table_rows: ``[n]`` the table row of each stream row.
+    """
+
+    ids: np.ndarray
+    keys: np.ndarray
+    targets: np.ndarray
+    table_rows: np.ndarray
+
+
+@dataclass
 class FlowTokenizer:
     """Conn table (+ optional ``zeekml_flow`` table) -> token ids ``[n, seq_len, n_fields]``.
 
@@ -330,6 +348,103 @@ class FlowTokenizer:
         tok[..., si] = FIRST_VALUE + (resp[src] == resp[rows][:, None])
         out[valid] = tok[valid]
         return out
+
+    # -- host streams (``causal_window`` encoders, ``zeekml.nn.dense``) ------------------------
+
+    def _stream_local(self, table: pa.Table, hist: HostHistory, pos: np.ndarray) -> np.ndarray:
+        """Local ids ``[len(pos), n_fields]`` of the conns at sorted positions ``pos`` as stream
+        tokens: a token is its conn alone, so the two relative fields are relative to the host's
+        previous conn (the window tokens' are relative to the window's conn and step): ``gap``
+        = time since it, ``same_resp`` = same responder as it; both unset when the host has no
+        conn before this one within ``max_age``."""
+        tok = self._conn_fields(table)[hist.order[pos]]
+        prev = np.maximum(pos - 1, 0)
+        t = hist.sorted_ts
+        gap = np.maximum(t[pos] - t[prev], 0.0)
+        has_prev = (pos - 1 >= hist.group_start[pos]) & (gap <= self.max_age)
+        gi, si = self.field_names.index("gap"), self.field_names.index("same_resp")
+        tok[:, gi] = self.fields[gi].encode_quantity(_log_iat(gap), ~has_prev)
+        same = hist.resp[hist.order[pos]] == hist.resp[hist.order[prev]]
+        tok[:, si] = np.where(has_prev, FIRST_VALUE + same, UNSET)
+        return tok
+
+    def _links(self, hist: HostHistory, pos: np.ndarray, width: int) -> np.ndarray:
+        """``[len(pos), width]`` bool: whether the ``o``-th predecessor (``o`` = 1..``width``) of
+        each sorted position is a conn of the same host started at most ``max_age`` before it
+        (a prefix of each row: ts is sorted within a host)."""
+        t = hist.sorted_ts
+        o = np.arange(1, width + 1)
+        src = pos[:, None] - o[None, :]
+        ok = src >= hist.group_start[pos][:, None]
+        return ok & (t[pos][:, None] - t[np.maximum(src, 0)] <= self.max_age)
+
+    def _stream_ids(self, local: np.ndarray, hide_service: bool) -> np.ndarray:
+        if hide_service:
+            for f in self.service_fields():
+                local[..., f] = HIDDEN
+        return local + np.asarray(self.bases, dtype=np.int64)
+
+    def host_stream(self, table: pa.Table, rows: np.ndarray | None = None, width: int | None = None,
+                    hide_service: bool = False) -> HostStream:
+        """The host streams that give ``rows`` (default every conn) their outputs under a
+        ``causal_window`` encoder: each row's originator's last ``seq_len`` conns up to and
+        including it, whatever their age, one token per conn (``_stream_local``), every conn
+        once however many rows' windows it is in; ``keys`` link each stream row to the
+        predecessors it may attend to (same host, at most ``max_age`` earlier, in the stream),
+        ``width`` of them (default ``seq_len - 1``; the encoder's widest span is enough).
+
+        Columnar: the shared ``HostHistory`` index and numpy, no per-row Python."""
+        if not self.fitted:
+            raise RuntimeError("FlowTokenizer.host_stream before fit")
+        if self.source != "host":
+            raise ValueError("host streams need host tokens (this tokenizer reads packets)")
+        L = self.seq_len
+        width = L - 1 if width is None else int(width)
+        rows = np.arange(table.num_rows) if rows is None else np.asarray(rows, dtype=np.int64)
+        F = len(self.fields)
+        if table.num_rows == 0 or len(rows) == 0:
+            return HostStream(np.zeros((0, F), np.int64), np.zeros((0, width + 1), np.int64),
+                              np.zeros(0, np.int64), np.zeros(0, np.int64))
+        hist = HostHistory.of(table)
+        win, valid = hist.window(rows, L, None)
+        pos = np.unique(win[valid])                                   # sorted stream positions
+        ids = self._stream_ids(self._stream_local(table, hist, pos), hide_service)
+        links = self._links(hist, pos, width)
+        src = pos[:, None] - np.arange(1, width + 1)[None, :]
+        at = np.minimum(np.searchsorted(pos, src), len(pos) - 1)
+        links &= pos[at] == src                                       # the predecessor is in the stream
+        keys = np.concatenate([np.arange(len(pos))[:, None], np.where(links, at, -1)], axis=1)
+        targets = np.searchsorted(pos, hist.rank[rows])
+        return HostStream(ids, keys, targets, hist.order[pos])
+
+    def stream_windows(self, table: pa.Table, rows: np.ndarray | None = None,
+                       hide_service: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``host_stream``'s tokens laid out as one window per row (a ``causal_window``
+        encoder's input for per-sequence work: masked-token NLL, explanations, finetuning):
+        ``(ids [n, seq_len, n_fields], reach [n, seq_len])``, right-aligned (the row last, pads
+        first), ``reach`` = how many predecessors in the window each position may attend to
+        (same host, at most ``max_age`` earlier). The encoder's output at the last position is
+        the row's output in the stream (``zeekml.nn.dense.window_keys``)."""
+        if not self.fitted:
+            raise RuntimeError("FlowTokenizer.stream_windows before fit")
+        if self.source != "host":
+            raise ValueError("host streams need host tokens (this tokenizer reads packets)")
+        L, F = self.seq_len, len(self.fields)
+        rows = np.arange(table.num_rows) if rows is None else np.asarray(rows, dtype=np.int64)
+        ids = np.zeros((len(rows), L, F), np.int64)
+        reach = np.zeros((len(rows), L), np.int64)
+        if table.num_rows == 0 or len(rows) == 0:
+            return ids, reach
+        hist = HostHistory.of(table)
+        win, valid = hist.window(rows, L, None)
+        flat = win[valid]
+        ids[valid] = self._stream_ids(self._stream_local(table, hist, flat), hide_service)
+        links = self._links(hist, flat, L - 1)
+        # a prefix of trues per row: its length is the number of predecessors in reach
+        reach[valid] = np.cumprod(links, axis=1).sum(axis=1)
+        # counted in the window: a position has no more predecessors there than positions before it
+        reach = np.minimum(reach, np.arange(L)[None, :] - np.argmax(valid, axis=1)[:, None])
+        return ids, np.maximum(reach, 0)
 
     def _packet_tokens(self, table: pa.Table, flows: pa.Table | None, rows: np.ndarray) -> np.ndarray:
         L, F = self.seq_len, len(self.fields)

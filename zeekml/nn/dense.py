@@ -5,7 +5,20 @@ by a mixture of experts; everything else (token embedding, attention, norms, hea
 here, so the two differ only where the comparison is about.
 
 Legend: b = sequences in the batch, l = positions (CLS + tokens), f = token fields, d = model
-width, h = heads, k = head width (d / h), m = feed-forward width, v = vocabulary size.
+width, h = heads, k = head width (d / h), m = feed-forward width, v = vocabulary size; streams:
+n = stream positions, p = queried positions, s = keys per query (1 + span), S = widest span.
+
+``attention``: ``"full"`` (default) runs each sequence on its own: a CLS position, absolute
+position embeddings, every position attending to every other. ``"causal_window"`` runs over a
+host's token *stream* (one token per conn, in time order, ``zeekml.features.tokens``): no CLS, no
+absolute positions, and block ``i`` lets a position attend to itself and its ``layer_spans[i]``
+predecessors only, with a learned bias per head and offset (initialised as ALiBi's distance
+penalty). The spans add up to ``seq_len - 1``, so a position's output after the last block depends
+on exactly itself and the ``seq_len - 1`` tokens before it: the receptive field of the full
+encoder's window, while every token of a stream is pushed through each block once instead of once
+per window it sits in (~``seq_len``x fewer token-block passes). Each block's attention is a gather
+of the (at most ``span + 1``) keys of each query and a per-query softmax, so a position's output
+has the same bits whichever other positions are computed with it.
 
 The *dense twin* of an MoE config (``twin_of``) has the same active parameters per token: its
 feed-forward block at each MoE position is ``top_k * d_expert`` wide, the width a routed token
@@ -18,6 +31,23 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+ATTENTIONS = ("full", "causal_window")
+
+# Fewest query rows a causal block's GEMMs run on: fewer rows take another BLAS code path (another
+# summation order; ``zeekml._core.device.MIN_INFER_ROWS``), so a short query set is padded with
+# copies of its first row and a position's bits do not depend on how many are computed with it.
+MIN_STREAM_ROWS = 16
+
+
+def layer_spans(seq_len: int, n_layers: int) -> list[int]:
+    """Predecessors each block of a ``causal_window`` encoder attends to: ``seq_len - 1`` split
+    over the blocks, the earlier blocks taking the remainder (16 tokens, 4 blocks: 4, 4, 4, 3), so
+    that the last block's output at a position depends on exactly that position and its
+    ``seq_len - 1`` predecessors."""
+    q, r = divmod(max(seq_len - 1, 0), n_layers)
+    return [q + (1 if i < r else 0) for i in range(n_layers)]
 
 
 @dataclass
@@ -34,6 +64,7 @@ class DenseConfig:
         d_ff: m, feed-forward width of every block (default 128).
         d_ff_alt: feed-forward width of every second block (the MoE positions), None = ``d_ff``.
         dropout: dropout on attention output and feed-forward output (default 0.1).
+        attention: ``"full"`` or ``"causal_window"`` (default ``"full"``; see the module docstring).
     """
 
     vocab_size: int
@@ -45,9 +76,23 @@ class DenseConfig:
     d_ff: int = 128
     d_ff_alt: int | None = None
     dropout: float = 0.1
+    attention: str = "full"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention {self.attention!r}: one of {', '.join(ATTENTIONS)}")
+
+    @property
+    def causal(self) -> bool:
+        return self.attention == "causal_window"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.attention == "full":
+            # a full encoder's constructor dict stays what it was before the option existed
+            # (config.json of the shipped models, and the manifests' hashes over them)
+            d.pop("attention")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DenseConfig":
@@ -139,6 +184,71 @@ class SelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, q.shape[2], d))
 
 
+class StreamEmbedding(nn.Module):
+    """Sum of field embeddings, no position and no CLS (``causal_window``: order reaches the model
+    through the causal mask and the per-offset attention bias). The table is ``tok``, as in
+    ``TokenEmbedding``.
+
+    Shapes:
+        ids ``[n, f]`` int64 (0 = pad) -> ``[n, d]``
+    """
+
+    def __init__(self, vocab_size: int, d_model: int):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, d_model, padding_idx=0)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        with torch.no_grad():
+            self.tok.weight[0].zero_()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding_bag(ids, self.tok.weight, mode="sum", padding_idx=self.tok.padding_idx)
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi's per-head slopes ``2 ** (-8 * (i + 1) / h)`` (Press et al., 2022), ``[h]``."""
+    return 2.0 ** (-8.0 * torch.arange(1, n_heads + 1, dtype=torch.float32) / n_heads)
+
+
+class WindowAttention(nn.Module):
+    """Causal attention over a token stream, banded: each query attends to itself and the (at
+    most ``span``) predecessors ``keys`` names, plus a learned bias per offset and head
+    (initialised to ALiBi's ``-slope_h * offset``). Keys are gathered per query and the softmax
+    runs over those ``1 + span`` alone: no ``[n, n]`` mask, and a query's bits do not depend on the
+    other rows of the stream.
+
+    Shapes:
+        qkv ``[n, 3d]`` (projected states of the stream), keys ``[p, s]`` rows of ``qkv`` (column
+        0 the query itself, column ``j`` its ``j``-th predecessor; -1 = none) -> ``[p, d]``
+    """
+
+    def __init__(self, d_model: int, n_heads: int, span: int, dropout: float = 0.0):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
+        self.n_heads, self.span = n_heads, span
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.bias = nn.Parameter(-alibi_slopes(n_heads)[None, :] * torch.arange(span + 1.0)[:, None])  # [s, h]
+        self.dropout = dropout
+
+    def attend(self, qkv: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        n, d3 = qkv.shape
+        d, h = d3 // 3, self.n_heads
+        p, s = keys.shape
+        ok = keys >= 0
+        idx = torch.where(ok, keys, keys[:, :1])                               # a masked key: any row
+        q = qkv[keys[:, 0], :d].view(p, 1, h, d // h)                          # [p, 1, h, k]
+        kv = qkv[idx.reshape(-1), d:].view(p, s, 2, h, d // h)
+        k, v = kv[:, :, 0], kv[:, :, 1]                                        # [p, s, h, k]
+        # multiply-and-sum over k: every query reduces its own s x k products in one order
+        att = (q * k).sum(-1) * (d // h) ** -0.5 + self.bias                   # [p, s, h]
+        att = att.masked_fill(~ok.unsqueeze(-1), float("-inf"))
+        w = torch.softmax(att, dim=1)
+        if self.training and self.dropout:
+            w = F.dropout(w, self.dropout)
+        return self.out((w.unsqueeze(-1) * v).sum(1).reshape(p, d))
+
+
 class FeedForward(nn.Module):
     """``d -> m -> d`` with GELU.
 
@@ -188,6 +298,77 @@ class Block(nn.Module):
         return x + self.drop(y), balance, z, stats
 
 
+class CausalBlock(nn.Module):
+    """Pre-norm block of a ``causal_window`` encoder (the attributes of ``Block``, its attention a
+    ``WindowAttention``), on stream positions.
+
+    Shapes:
+        x ``[n, d]``, keys ``[p, s]`` (column 0 = the queried rows of ``x``), kv_rows ``[m]`` (the
+        rows whose keys are read; None = all) -> ``(y [p, d], balance [], z [], stats)``
+    """
+
+    def __init__(self, d_model: int, n_heads: int, span: int, ff: nn.Module, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = WindowAttention(d_model, n_heads, span, dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff = ff
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, kv_rows: torch.Tensor | None = None):
+        keys = keys[:, :1 + self.attn.span]
+        if kv_rows is None:
+            qkv = self.attn.qkv(self.norm1(x))
+        else:
+            qkv = x.new_zeros(x.shape[0], self.attn.qkv.out_features)
+            qkv[kv_rows] = self.attn.qkv(self.norm1(x.index_select(0, kv_rows)))
+        xq = x.index_select(0, keys[:, 0]) + self.drop(self.attn.attend(qkv, keys))
+        h = self.norm2(xq)
+        if isinstance(self.ff, FeedForward):
+            zero = xq.new_zeros(())
+            return xq + self.drop(self.ff(h)), zero, zero, None
+        keep = torch.ones(1, h.shape[0], dtype=torch.bool, device=h.device)
+        y, balance, z, stats = self.ff(h.unsqueeze(0), keep)
+        return xq + self.drop(y.squeeze(0)), balance, z, stats
+
+
+def make_block(config: "DenseConfig", i: int, ff: nn.Module) -> nn.Module:
+    """Block ``i`` of an encoder of ``config``: ``Block`` (full attention) or ``CausalBlock``."""
+    if config.causal:
+        span = layer_spans(config.seq_len, config.n_layers)[i]
+        return CausalBlock(config.d_model, config.n_heads, span, ff, config.dropout)
+    return Block(config.d_model, config.n_heads, ff, config.dropout)
+
+
+def _padded(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` with copies of its first row appended up to ``MIN_STREAM_ROWS``."""
+    if 0 < len(rows) < MIN_STREAM_ROWS:
+        rows = torch.cat([rows, rows[:1].expand(MIN_STREAM_ROWS - len(rows))])
+    return rows
+
+
+def window_keys(ids: torch.Tensor, width: int, reach: torch.Tensor | None = None) -> torch.Tensor:
+    """Stream keys of sequences laid out as windows: position ``j`` of sequence ``i`` is stream
+    row ``i * L + j``; its ``o``-th predecessor (``o`` = 1..``width``) is row ``i * L + j - o`` when
+    that is in the same sequence, not a pad and ``o <= reach[i, j]`` (default: no limit).
+
+    Shapes:
+        ids ``[b, L, f]``, reach ``[b, L]`` -> ``[b * L, 1 + width]``
+    """
+    b, L, _ = ids.shape
+    j = torch.arange(L, device=ids.device)
+    o = torch.arange(width + 1, device=ids.device)
+    src = j[:, None] - o[None, :]                                              # [L, s]
+    real = ids[..., 0] != 0                                                    # [b, L]
+    ok = (src >= 0).expand(b, L, -1) & real.gather(1, src.clamp_min(0).reshape(1, -1).expand(b, -1)
+                                                   ).view(b, L, -1)
+    if reach is not None:
+        ok &= o[None, None, :] <= reach.unsqueeze(-1)
+    ok[..., 0] = True                                                          # itself, pads too
+    rows = (torch.arange(b, device=ids.device) * L)[:, None, None] + src[None]
+    return torch.where(ok, rows, torch.full_like(rows, -1)).reshape(b * L, -1)
+
+
 class Encoder(nn.Module):
     """Token embedding, blocks, final norm. Subclasses choose each block's feed-forward.
 
@@ -195,17 +376,45 @@ class Encoder(nn.Module):
         ids ``[b, L, f]`` -> ``EncoderOutput.hidden [b, 1 + L, d]``
     """
 
-    def __init__(self, config: DenseConfig, blocks: list[Block]):
+    def __init__(self, config: DenseConfig, blocks: list[nn.Module]):
         super().__init__()
         self.config = config
-        self.embed = TokenEmbedding(config.vocab_size, config.seq_len, config.d_model)
+        if config.causal:
+            self.embed: nn.Module = StreamEmbedding(config.vocab_size, config.d_model)
+        else:
+            self.embed = TokenEmbedding(config.vocab_size, config.seq_len, config.d_model)
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, ids: torch.Tensor, positions: list[int] | None = None) -> EncoderOutput:
+    @property
+    def causal(self) -> bool:
+        return self.config.causal
+
+    @property
+    def spans(self) -> list[int]:
+        """Predecessors each block attends to (``causal_window``; ``layer_spans``)."""
+        return layer_spans(self.config.seq_len, self.config.n_layers)
+
+    def forward(self, ids: torch.Tensor, positions: list[int] | None = None,
+                reach: torch.Tensor | None = None) -> EncoderOutput:
         """``positions``: the only output positions the caller reads (of ``1 + L``, CLS = 0),
         default all; the last block then computes those alone (a pooled embedding reads 2 of
-        17: measured, see ``bench/README.md``), so ``hidden`` is ``[b, len(positions), d]``."""
+        17: measured, see ``bench/README.md``), so ``hidden`` is ``[b, len(positions), d]``.
+
+        A ``causal_window`` encoder reads each sequence as a stream (``window_keys``; ``reach``
+        ``[b, L]``: how many predecessors each position may attend to, default all of the
+        sequence) and returns ``hidden`` ``[b, L, d]``: no CLS position, position ``j`` sees
+        positions ``<= j`` only."""
+        if self.causal:
+            if positions is not None:
+                raise ValueError("positions: a causal_window encoder returns every position")
+            b, L, f = ids.shape
+            keys = window_keys(ids, max(self.spans, default=0), reach)
+            out = self.forward_stream(ids.reshape(b * L, f), keys)
+            out.hidden = out.hidden.view(b, L, -1)
+            return out
+        if reach is not None:
+            raise ValueError("reach: only a causal_window encoder takes it")
         x, keep = self.embed(ids)
         balance = x.new_zeros(())
         z = x.new_zeros(())
@@ -220,6 +429,55 @@ class Encoder(nn.Module):
                 routing.append(stats)
         return EncoderOutput(self.norm(x), balance, z, routing)
 
+    def forward_stream(self, ids: torch.Tensor, keys: torch.Tensor,
+                       targets: torch.Tensor | None = None) -> EncoderOutput:
+        """A ``causal_window`` encoder over token streams laid out as rows: ``keys[r, o]`` is the
+        row of row ``r``'s ``o``-th predecessor it may attend to (``o`` = 1..``max(spans)``;
+        column 0 is ``r`` itself; -1 = none: another host's conn, too old, not in this batch).
+
+        ``targets``: the rows whose output is wanted (default all). Each block then computes only
+        the rows the targets' outputs depend on (a target, its predecessors up to the spans of the
+        blocks above), so scoring a few conns of a host costs their cone, not the whole stream.
+        ``hidden`` is ``[len(targets), d]`` (``[n, d]`` without targets).
+
+        Shapes:
+            ids ``[n, f]``, keys ``[n, 1 + S]`` -> ``EncoderOutput.hidden [t, d]``
+        """
+        if not self.causal:
+            raise ValueError("forward_stream: only a causal_window encoder reads token streams")
+        x = self.embed(ids)                                                    # [n, d]
+        balance = x.new_zeros(())
+        z = x.new_zeros(())
+        routing = []
+        n_blocks = len(self.blocks)
+        if targets is None:
+            queries: list[torch.Tensor | None] = [None] * n_blocks
+            kv: list[torch.Tensor | None] = [None] * n_blocks
+        else:
+            # rows each block must compute, from the top down: the targets, then every key they
+            # read at the block above
+            need = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+            need[targets] = True
+            queries, kv = [None] * n_blocks, [None] * n_blocks
+            for i in reversed(range(n_blocks)):
+                rows = need.nonzero().squeeze(1)
+                queries[i] = _padded(rows)
+                k = keys.index_select(0, rows)[:, :1 + self.spans[i]]
+                need = need.clone()
+                need[k[k >= 0]] = True
+                kv[i] = _padded(need.nonzero().squeeze(1))
+        for i, block in enumerate(self.blocks):
+            rows = queries[i]
+            k = keys if rows is None else keys.index_select(0, rows)
+            y, b_loss, z_loss, stats = block(x, k, kv[i])
+            x = y if rows is None else x.index_copy(0, rows, y)
+            balance = balance + b_loss
+            z = z + z_loss
+            if stats is not None:
+                routing.append(stats)
+        h = x if targets is None else x.index_select(0, targets)
+        return EncoderOutput(self.norm(h), balance, z, routing)
+
     @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -227,7 +485,9 @@ class Encoder(nn.Module):
     @property
     def n_active_params(self) -> int:
         """Parameters one token passes through (embedding: its ``f`` field rows, not the table)."""
-        emb = self.config.n_fields * self.config.d_model + 2 * self.config.d_model   # fields + pos + CLS
+        emb = self.config.n_fields * self.config.d_model   # fields (+ pos + CLS below)
+        if not self.causal:
+            emb += 2 * self.config.d_model
         rest = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("embed."))
         return emb + rest
 
@@ -237,8 +497,7 @@ class DenseEncoder(Encoder):
 
     def __init__(self, config: DenseConfig):
         alt = config.d_ff_alt or config.d_ff
-        blocks = [Block(config.d_model, config.n_heads,
-                        FeedForward(config.d_model, alt if i % 2 == 1 else config.d_ff), config.dropout)
+        blocks = [make_block(config, i, FeedForward(config.d_model, alt if i % 2 == 1 else config.d_ff))
                   for i in range(config.n_layers)]
         super().__init__(config, blocks)
 

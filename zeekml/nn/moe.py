@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zeekml.nn.dense import Block, DenseConfig, Encoder, FeedForward, RoutingStats
+from zeekml.nn.dense import DenseConfig, Encoder, FeedForward, RoutingStats, make_block
 
 
 @dataclass
@@ -269,7 +269,9 @@ class MoEFeedForward(nn.Module):
 
 
 class MoEEncoder(Encoder):
-    """The encoder with an ``MoEFeedForward`` in every second block (1, 3, ...).
+    """The encoder with an ``MoEFeedForward`` in every second block (1, 3, ...); the MoE layers
+    are per token, so ``attention="causal_window"`` (``zeekml.nn.dense``) changes only the
+    attention and the embedding.
 
     Shapes:
         ids ``[b, L, f]`` -> ``EncoderOutput`` (hidden ``[b, 1 + L, d]``, losses, routing per MoE block)
@@ -284,7 +286,7 @@ class MoEEncoder(Encoder):
                                                config.eval_capacity_factor)
             else:
                 ff = FeedForward(config.d_model, config.d_ff)
-            blocks.append(Block(config.d_model, config.n_heads, ff, config.dropout))
+            blocks.append(make_block(config, i, ff))
         super().__init__(config, blocks)
 
     @property

@@ -56,6 +56,8 @@ class ArchConfig:
         dense_d_ff_alt: ``dense`` only: width at the MoE positions; None = the twin's
             ``top_k * d_expert``. (``n_experts * d_expert`` gives a dense model as big in total
             as the MoE, for the speed comparison.)
+        attention: ``"full"`` (default) or ``"causal_window"`` (``zeekml.nn.dense``: pretrained
+            on host streams, ``pretrain_stream_loop``; host tokens only).
     """
 
     d_model: int = 64
@@ -69,6 +71,7 @@ class ArchConfig:
     capacity_factor: float = 1.25
     eval_capacity_factor: float | None = None
     dense_d_ff_alt: int | None = None
+    attention: str = "full"
 
 
 @dataclass
@@ -88,6 +91,8 @@ class PretrainConfig:
         val_share: sequences held out for the validation loss (default 0.05).
         max_sequences: at most this many sequences per epoch (drawn afresh each epoch;
             default 60000).
+        chunk: ``causal_window`` only: stream positions whose loss a chunk reads (default 64;
+            each chunk also carries the ``seq_len - 1`` positions before them as context).
     """
 
     epochs: int = 8
@@ -101,6 +106,7 @@ class PretrainConfig:
     z_coef: float = 0.001
     val_share: float = 0.05
     max_sequences: int = 60000
+    chunk: int = 64
 
 
 @dataclass
@@ -140,7 +146,7 @@ def build_encoder(kind: str, tok: FlowTokenizer, arch: ArchConfig):
                      d_model=arch.d_model, n_layers=arch.n_layers, n_heads=arch.n_heads,
                      d_ff=arch.d_ff, dropout=arch.dropout, n_experts=arch.n_experts,
                      top_k=arch.top_k, d_expert=arch.d_expert, capacity_factor=arch.capacity_factor,
-                     eval_capacity_factor=arch.eval_capacity_factor)
+                     eval_capacity_factor=arch.eval_capacity_factor, attention=arch.attention)
     if kind == "moe":
         return MoEEncoder(mcfg), mcfg.to_dict()
     dcfg = twin_of(mcfg)
@@ -278,6 +284,158 @@ def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: Pretra
     return metrics
 
 
+def stream_chunks(starts: np.ndarray, n: int, ctx: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stream rows of chunks that begin at ``starts``: each chunk is the ``ctx`` rows before its
+    start (context: read, never scored) and the ``chunk`` rows from it. Returns ``(rows, inside)``
+    ``[len(starts), ctx + chunk]``: the stream row of each position (unclipped: it may lie
+    outside ``0..n-1``) and whether it is inside the stream.
+
+    Shapes:
+        starts ``[c]`` -> ``([c, ctx + chunk], [c, ctx + chunk])``
+    """
+    rows = starts[:, None] + np.arange(-ctx, chunk)[None, :]
+    return rows, (rows >= 0) & (rows < n)
+
+
+def chunk_keys(keys: np.ndarray, rows: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The stream's ``keys`` (``FlowTokenizer.host_stream``) of chunked ``rows``
+    (``stream_chunks``) as rows of the flattened chunks: a predecessor outside its chunk is none
+    (-1); column 0 is each position itself, pads included.
+
+    Shapes:
+        keys ``[n, 1 + w]``, rows ``[c, l]`` -> ``[c * l, 1 + w]``
+    """
+    c, l = rows.shape
+    k = keys[np.clip(rows, 0, len(keys) - 1)]                         # [c, l, 1 + w] stream rows
+    local = k - rows[:, :1, None]                                     # -> position in the chunk
+    ok = (k >= 0) & (local >= 0) & (local < l) & inside[..., None]
+    out = np.where(ok, local + (np.arange(c) * l)[:, None, None], -1)
+    out[..., 0] = np.arange(c * l).reshape(c, l)
+    return out.reshape(c * l, -1)
+
+
+def pretrain_stream_loop(encoder, mlm, tok: FlowTokenizer, table: pa.Table, cfg: PretrainConfig,
+                         seed: int, device: str = "cpu", kind: str = "moe") -> dict:
+    """Masked-token training of a ``causal_window`` encoder on host streams (``pretrain_loop``'s
+    objective and masks; ``zeekml.nn.dense``).
+
+    The corpus is one stream (``FlowTokenizer.host_stream``: host by host, in time order; keys
+    never cross hosts). A step reads ``batch_size * seq_len / chunk`` chunks of ``chunk``
+    positions, each with the ``seq_len - 1`` positions before it as context (masked like the
+    rest, their loss not read), so every scored position has its whole window in view and a step
+    scores as many positions as a step of ``pretrain_loop`` (``batch_size`` windows of
+    ``seq_len``). An epoch has ``pretrain_loop``'s number of steps (a chunk start offset drawn
+    afresh for each pass over the stream).
+
+    Validation: the conns ``pretrain_loop`` holds out with the same seed (they are never scored
+    in training; they are context), as windows (``FlowTokenizer.stream_windows``) with masks drawn
+    as there. ``val_loss`` reads every masked position of the windows (positions early in a
+    window see part of it); ``val_loss_last`` the conn's own position alone (its whole window in
+    view, the state the detector reads)."""
+    torch = torch_module()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    n = table.num_rows
+    perm = rng.permutation(n)
+    n_val = min(int(n * cfg.val_share), 5000) if n >= 400 else 0
+    val, train = perm[:n_val], perm[n_val:]
+    per_epoch = min(len(train), cfg.max_sequences)
+    steps = optimiser_steps(cfg, per_epoch)
+    steps_per_epoch = max(1, steps // max(cfg.epochs, 1))
+    st = tok.host_stream(table, width=max(encoder.spans, default=0))
+    N = len(st.ids)
+    scored = np.ones(N, dtype=bool)
+    scored[st.targets[val]] = False                                  # held out: context only
+    ctx, C = tok.seq_len - 1, max(1, cfg.chunk)
+    per_step = max(1, cfg.batch_size * tok.seq_len // C)
+    params = list(encoder.parameters()) + list(mlm.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, steps))
+    bases = torch.as_tensor(tok.bases)
+    hidden_fields = tok.service_fields()
+    ids_all = np.concatenate([st.ids, np.zeros((1, st.ids.shape[1]), np.int64)])   # last row: pad
+    encoder.to(device).train()
+    mlm.to(device).train()
+    val_ids, val_reach = tok.stream_windows(table, val) if n_val else (None, None)
+
+    def val_losses(vseed: int) -> tuple[float, float, list]:
+        vg = torch.Generator().manual_seed(vseed)
+        tot, last, routing = 0.0, 0.0, []
+        for s in range(0, n_val, 1024):
+            b = torch.as_tensor(val_ids[s:s + 1024])
+            inp, tgt = mask_tokens(b, bases, cfg, vg, hidden_fields, None)
+            out = encoder(inp.to(device), reach=torch.as_tensor(val_reach[s:s + 1024], device=device))
+            add_routing(routing, out.routing)
+            logits = mlm(out.hidden)
+            tgt = tgt.to(device)
+            tot += float(masked_loss(logits, tgt)) * len(b)
+            only_last = torch.full_like(tgt, -100)
+            only_last[:, -1] = tgt[:, -1]
+            last += float(masked_loss(logits, only_last)) * len(b)
+        return tot / n_val, last / n_val, routing
+
+    def starts_for(k: int) -> np.ndarray:
+        out, have = [], 0
+        while have < k:
+            s0 = np.arange(-int(rng.integers(C)), N, C)
+            out.append(rng.permutation(s0))
+            have += len(s0)
+        return np.concatenate(out)[:k]
+
+    history, t0, step = [], time.perf_counter(), 0
+    progress = EpochLog(f"{kind} pretrain (causal_window)", cfg.epochs,
+                        "validation masked-token loss" if n_val else None)
+    for _epoch in range(cfg.epochs):
+        starts = starts_for(steps_per_epoch * per_step)
+        tot, seen = 0.0, 0
+        for s in range(0, len(starts), per_step):
+            rows, inside = stream_chunks(starts[s:s + per_step], N, ctx, C)
+            c, l = rows.shape
+            keys = torch.as_tensor(chunk_keys(st.keys, rows, inside))
+            b = torch.as_tensor(ids_all[np.where(inside, rows, N)])              # [c, l, f], pads outside
+            hide = torch.rand(c, generator=gen) < cfg.hide_prob
+            inp, tgt = mask_tokens(b, bases, cfg, gen, hidden_fields, hide)
+            read = torch.as_tensor(inside & scored[np.clip(rows, 0, N - 1)] & (np.arange(l) >= ctx)[None, :])
+            tgt = torch.where(read.unsqueeze(-1), tgt, torch.full_like(tgt, -100))
+            out = encoder.forward_stream(inp.reshape(c * l, -1).to(device), keys.to(device))
+            loss = masked_loss(mlm(out.hidden.view(c, l, -1)), tgt.to(device))
+            total = loss + cfg.balance_coef * out.balance_loss + cfg.z_coef * out.z_loss
+            opt.zero_grad()
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            k = int(read.sum())
+            tot += float(loss.detach()) * k
+            seen += k
+        history.append(round(tot / max(seen, 1), 4))
+        vloss = None
+        if n_val:
+            encoder.eval()
+            mlm.eval()
+            with torch.inference_mode():
+                vloss = val_losses(seed + 2)[0]
+            encoder.train()
+            mlm.train()
+        progress.epoch(history[-1], vloss)
+    encoder.eval()
+    mlm.eval()
+    metrics = {"train_loss": history[-1] if history else float("nan"), "loss_by_epoch": history,
+               "steps": step, "seconds": round(time.perf_counter() - t0, 1),
+               "train_sequences": int(len(train)), "stream_rows": int(N), "chunk": C,
+               "chunks_per_step": per_step}
+    if n_val:
+        with torch.inference_mode():
+            vl, vlast, routing = val_losses(seed + 1)
+        metrics["val_loss"] = round(vl, 4)
+        metrics["val_loss_last"] = round(vlast, 4)
+        if routing:
+            metrics["val_routing"] = routing_summary(routing)
+    return metrics
+
+
 def _train_step(encoder, head, tok: FlowTokenizer, x, yb, weight, fcfg: FinetuneConfig, opt) -> tuple:
     """One optimiser step of encoder + head on the sequences ``x`` ``[b, L, f]`` with labels
     ``yb`` ``[b]`` (class-weighted cross-entropy plus the MoE's balance and router z losses).
@@ -411,24 +569,34 @@ class TokenTrainer(Trainer):
             flows = load_flow_table(sources)
         t0 = time.perf_counter()
         tok = FlowTokenizer(**{k: v for k, v in opts.items() if k in TOKENIZER_OPTS})
+        causal = arch.attention == "causal_window"
+        if causal and tok.source == "auto":
+            tok.source = "host"          # streams are host streams: packets are not asked about
         tok.fit(table, flows)
-        ids = tok.transform(table, flows)
+        if causal and tok.source != "host":
+            raise ZeekmlError(f"attention causal_window reads host streams; token source {tok.source!r}")
+        ids = None if causal else tok.transform(table, flows)
         log.info("%s tokens: %s, %s fields, vocabulary %d", self.name, tok.source, len(tok.fields),
                  tok.vocab_size)
         tok_seconds = time.perf_counter() - t0
         torch.manual_seed(seed)
         encoder, enc_cfg = build_encoder(self.name, tok, arch)
         mlm = FieldHead(arch.d_model, tok.field_sizes)
-        metrics = pretrain_loop(encoder, mlm, tok, ids, cfg, seed, device, kind=self.name)
+        if causal:
+            metrics = pretrain_stream_loop(encoder, mlm, tok, table, cfg, seed, device, kind=self.name)
+        else:
+            metrics = pretrain_loop(encoder, mlm, tok, ids, cfg, seed, device, kind=self.name)
         metrics["tokenize_seconds"] = round(tok_seconds, 1)
         encoder.cpu()
         mlm.cpu()
-        score = _Scorer(tok, encoder, mlm).score(ids)
+        scorer = _Scorer(tok, encoder, mlm)
+        score = scorer.score(scorer.tokens(table, flows) if causal else ids)
         n_params = encoder.n_params + sum(p.numel() for p in mlm.parameters())
         config = model_config(
             schema_version=SCHEMA_VERSION, seed=seed, pretrained=True,
-            # the dense twin is the MoE's yardstick, not a second detector of the same signal
-            detector=self.name == "moe", n_params=n_params, settings=("pretrain", cfg),
+            # the dense twin is the MoE's yardstick, not a second detector of the same signal; a
+            # causal_window base is a candidate, on only when asked for (--models DIR)
+            detector=self.name == "moe" and not causal, n_params=n_params, settings=("pretrain", cfg),
             encoder=enc_cfg, arch=asdict(arch), tokenizer=tok.to_dict(), token_source=tok.source,
             head=None, n_params_encoder=encoder.n_params, n_params_active=encoder.n_active_params,
             score_reference={"median": float(np.median(score)), "p99": float(np.quantile(score, 0.99))})
@@ -460,10 +628,15 @@ class TokenTrainer(Trainer):
             loaded = LoadedTokenModel.from_dir(base, device)
             if loaded.kind != self.name:
                 raise ZeekmlError(f"--base is a {loaded.kind!r} model, not {self.name!r}", base)
+            if loaded.causal:
+                raise ZeekmlError("finetuning a causal_window base is not supported (its heads read "
+                                  "no CLS position); use a full-attention base", base)
             tok, encoder, mlm = loaded.tokenizer, loaded.encoder, loaded.mlm
             base_cfg = loaded.config
         else:
             arch = pick(ArchConfig, opts)
+            if arch.attention != "full":
+                raise ZeekmlError("finetuning a causal_window model is not supported; use attention full")
             tok = FlowTokenizer(**{k: v for k, v in opts.items() if k in TOKENIZER_OPTS})
             tok.fit(table, flows)
             encoder, _ = build_encoder(self.name, tok, arch)
@@ -521,6 +694,7 @@ class _Scorer(LoadedTokenModel):
 
     def __init__(self, tok: FlowTokenizer, encoder, mlm):  # noqa: D107 - no config to load
         self.tokenizer, self.encoder, self.mlm, self.head, self.device = tok, encoder, mlm, None, "cpu"
+        self.hide_service = False
 
     def score(self, ids: np.ndarray) -> np.ndarray:
         return self.run(ids, want=("score",))["score"]

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 NAMES = ("moe", "dense")
 INFER_BATCH = 1024   # sequences per inference batch on CPU (zeekml._core.device.inference_batch)
+STREAM_BATCH = 8192  # target conns per stream pass of a causal_window model (bounds the gathered keys)
 # What the shipped detector compares against (measured, bench/detect_models.py).
 DEFAULT_REFERENCE = "knn"
 
@@ -97,12 +98,72 @@ class LoadedTokenModel:
         config, state = load_checked(model_dir, NAMES, SCHEMA_VERSION, device)
         return cls(config, state, device)
 
+    @property
+    def causal(self) -> bool:
+        """A ``causal_window`` encoder (``zeekml.nn.dense``): host streams, no CLS position."""
+        return bool(self.encoder.config.causal)
+
     def tokens(self, table: pa.Table, flows: pa.Table | None = None, rows: np.ndarray | None = None) -> np.ndarray:
-        """Token ids ``[n, L, f]`` of ``table`` (or of its ``rows``, the rest as context)."""
+        """Token ids ``[n, L, f]`` of ``table`` (or of its ``rows``, the rest as context).
+
+        A ``causal_window`` model's windows are ``FlowTokenizer.stream_windows``, returned as
+        ``[n, L, f + 1]``: the last column is each position's ``reach``, so that every slice of
+        the array keeps the two together (``split``)."""
+        if self.causal:
+            ids, reach = self.tokenizer.stream_windows(table, rows, hide_service=self.hide_service)
+            return np.concatenate([ids, reach[..., None]], axis=-1)
         if self.tokenizer.source == "packets" and flows is None:
             log.warning("this model reads packet tokens from zeekml_flow.log and none was given; "
                         "conns are scored from empty sequences")
         return self.tokenizer.transform(table, flows, rows=rows, hide_service=self.hide_service)
+
+    def split(self, x):
+        """``(ids [b, L, f], reach [b, L] or None)`` of what ``tokens`` returned (a tensor)."""
+        if self.causal:
+            return x[..., :-1], x[..., -1]
+        return x, None
+
+    def states(self, ids, reach=None):
+        """``(EncoderOutput, token states [b, L, d])``: the encoder on ``ids`` and the states of
+        its token positions (CLS dropped; a causal encoder has none)."""
+        if self.causal:
+            out = self.encoder(ids, reach=reach)
+            return out, out.hidden
+        out = self.encoder(ids)
+        return out, out.hidden[:, 1:]
+
+    def stream_embedding(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+        """A ``causal_window`` model's embedding of each of ``rows`` (default all), ``[n, d]``:
+        the final state at the conn's own position of its host's stream, one pass over the
+        stream (``FlowTokenizer.host_stream``; each conn in the windows of the rows is pushed
+        through each block once, not once per window). Neither a CLS (a stream has none; one per
+        conn would need a pass per conn) nor a mean over the window's states (those reach
+        further back than the window) is added: the own position is the one state whose
+        receptive field is exactly the conn's window. Targets go through the encoder in stream
+        order, ``STREAM_BATCH`` at a time; a row's bits do not depend on the others."""
+        torch = torch_module()
+        enc = self.encoder
+        st = self.tokenizer.host_stream(table, rows, width=max(enc.spans, default=0),
+                                        hide_service=self.hide_service)
+        d = enc.config.d_model
+        out = np.zeros((len(st.targets), d), np.float32)
+        if len(st.targets) == 0:
+            return out
+        order = np.argsort(st.targets, kind="stable")
+        tg = st.targets[order]
+        ctx = sum(enc.spans)             # a target's output reads at most this many rows back
+        batch = inference_batch(self.device, STREAM_BATCH)
+        with torch.inference_mode():
+            for s in range(0, len(tg), batch):
+                t = tg[s:s + batch]
+                lo, hi = max(int(t[0]) - ctx, 0), int(t[-1]) + 1
+                keys = st.keys[lo:hi] - lo
+                keys[st.keys[lo:hi] < lo] = -1
+                h = enc.forward_stream(torch.as_tensor(st.ids[lo:hi], device=self.device),
+                                       torch.as_tensor(keys, device=self.device),
+                                       torch.as_tensor(t - lo, device=self.device)).hidden
+                out[order[s:s + batch]] = h.float().cpu().numpy()
+        return out
 
     def run(self, ids: np.ndarray, want: tuple[str, ...] = ("proba", "score")) -> dict:
         """Batched inference: ``proba`` ``[n, C]`` (with a head), ``score`` ``[n]`` and ``routing``
@@ -117,7 +178,7 @@ class LoadedTokenModel:
             for s in range(0, len(ids), batch):
                 x = torch.as_tensor(ids[s:s + batch], device=self.device)
                 if "proba" in want and self.head is not None:
-                    out = self.encoder(x)
+                    out = self.encoder(x)          # finetuned heads: full attention only
                     add_routing(routing, out.routing)
                     z = pool(out.hidden, x, self.tokenizer.anchor)
                     probas.append(torch.softmax(self.head(z), dim=-1).cpu().numpy())
@@ -136,6 +197,7 @@ class LoadedTokenModel:
         """Which tokens are masked for the anomaly score: the conn itself (host) or every third
         packet (packets). Shapes: ``x [b, L, f]`` -> ``[b, L]`` bool."""
         torch = torch_module()
+        x, _ = self.split(x)
         b, L, _ = x.shape
         m = torch.zeros(b, L, dtype=torch.bool, device=x.device)
         if self.tokenizer.anchor == "last":
@@ -149,11 +211,12 @@ class LoadedTokenModel:
         token hides counts 0). Shapes: ``x [b, L, f]`` -> ``[b, f]``."""
         torch = torch_module()
         m = self.score_mask(x)
+        x, reach = self.split(x)
         inp = torch.where(m.unsqueeze(-1), torch.full_like(x, MASK), x)
-        out = self.encoder(inp)
+        out, hidden = self.states(inp, reach)
         if routing is not None:
             add_routing(routing, out.routing)
-        logits = self.mlm(out.hidden[:, 1:])
+        logits = self.mlm(hidden)
         bases = torch.as_tensor(self.tokenizer.bases, device=x.device)
         local = x - bases
         mf = m.to(torch.float32)
@@ -187,7 +250,11 @@ class LoadedTokenModel:
             for s in range(0, len(ids), batch):
                 n = min(batch, len(ids) - s)
                 x = torch.as_tensor(ids[batch_rows(s, s + n)], device=self.device)
-                if "embedding" in want:
+                if "embedding" in want and self.causal:
+                    # the state at the conn's own (last) position: stream_embedding's value
+                    h = self.states(*self.split(x))[1][:, -1]
+                    embs.append(h[:n].float().cpu().numpy())
+                elif "embedding" in want:
                     # pooled from the CLS and last positions alone (anchor "last"): the last
                     # block computes just those two (1.09x the MoE, 1.15x the dense encoder)
                     last = self.tokenizer.anchor == "last"
@@ -199,7 +266,8 @@ class LoadedTokenModel:
         f = len(self.tokenizer.field_sizes)
         out = {}
         if "embedding" in want:
-            out["embedding"] = np.concatenate(embs) if embs else np.zeros((0, 2 * d), np.float32)
+            out["embedding"] = (np.concatenate(embs) if embs
+                                else np.zeros((0, d if self.causal else 2 * d), np.float32))
         if nll:
             parts = np.concatenate(fields) if fields else np.zeros((0, f), np.float32)
             out.update({k: v for k, v in (("parts", parts), ("raw", parts.sum(axis=1))) if k in want})
@@ -217,6 +285,7 @@ def position_nll(loaded: LoadedTokenModel, ids: np.ndarray) -> tuple[np.ndarray,
     """
     torch = torch_module()
     n, S, F = ids.shape
+    F -= int(loaded.causal)           # a causal model's windows carry reach as a last column
     valid = ids[..., 0] != PAD
     nll = np.zeros((n, S, F))
     seq, at = np.nonzero(valid)
@@ -228,10 +297,10 @@ def position_nll(loaded: LoadedTokenModel, ids: np.ndarray) -> tuple[np.ndarray,
         for s in range(0, len(seq), batch):
             sq, p = seq[s:s + batch], at[s:s + batch]
             x = ids[sq].copy()
-            truth = x[np.arange(len(sq)), p] - bases                   # local ids [b, f]
-            x[np.arange(len(sq)), p] = MASK
+            truth = x[np.arange(len(sq)), p, :F] - bases               # local ids [b, f]
+            x[np.arange(len(sq)), p, :F] = MASK
             xt = torch.as_tensor(x, device=loaded.device)
-            hidden = loaded.encoder(xt).hidden[:, 1:]                   # drop CLS: [b, L, d]
+            hidden = loaded.states(*loaded.split(xt))[1]                # token states [b, L, d]
             h = hidden[torch.arange(len(sq)), torch.as_tensor(p, device=loaded.device)]
             for f, lg in enumerate(loaded.mlm(h)):
                 lp = torch.log_softmax(lg.float(), -1).cpu().numpy()
@@ -270,8 +339,13 @@ class TokenDetector(ReferenceSplitFit):
 
     @property
     def context_seconds(self) -> float:
-        """How far back a conn's host tokens reach (the tokenizer's ``max_age``)."""
-        return self.loaded.tokenizer.context_seconds
+        """How far back a conn's host tokens reach (the tokenizer's ``max_age``). A
+        ``causal_window`` model attends within ``max_age`` per block, so its conns reach
+        ``n_layers`` hops of ``max_age`` back, plus one for the earliest token's own gap."""
+        tok = self.loaded.tokenizer
+        if self.loaded.causal:
+            return tok.context_seconds * (self.loaded.encoder.config.n_layers + 1)
+        return tok.context_seconds
 
     @property
     def forward_context_seconds(self) -> float:
@@ -284,7 +358,10 @@ class TokenDetector(ReferenceSplitFit):
         latest, itself included (the first step's gap is unset, so nothing before them counts);
         ``scoring.context`` then keeps only those of a busy host's hour. None for packet tokens."""
         tok = self.loaded.tokenizer
-        return tok.seq_len if tok.source == "host" else None
+        if tok.source != "host":
+            return None
+        # a stream token's gap and responder are relative to the host's previous conn: one more
+        return tok.seq_len + 1 if self.loaded.causal else tok.seq_len
 
     def profile(self, table: pa.Table, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """``LoadedTokenModel.profile`` of the conns of ``table`` (or of its ``rows``, the rest
@@ -294,6 +371,8 @@ class TokenDetector(ReferenceSplitFit):
     def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
         """What the reference compares, computed alone (one encoder pass, not two)."""
         key = "embedding" if self.reference.kind == "knn" else "parts"
+        if key == "embedding" and self.loaded.causal:
+            return self.loaded.stream_embedding(table, rows)
         return self.loaded.profile(self.loaded.tokens(table, rows=rows), want=(key,))[key]
 
     def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> TokenDetector:
@@ -341,7 +420,8 @@ class TokenDetector(ReferenceSplitFit):
         clauses: list[list[str]] = [[] for _ in rows]
         ref = self.reference
         if isinstance(ref, KnnReference):
-            emb = L.profile(ids, want=("embedding",))["embedding"]
+            emb = (L.stream_embedding(table, rows) if L.causal
+                   else L.profile(ids, want=("embedding",))["embedding"])
             # one neighbour: the surprising token follows, and the notice line stays short
             dist, nrows = ref.nearest(emb, 1)
             for c, text in zip(clauses, nearest_text(self._identity, dist, nrows,
@@ -361,7 +441,8 @@ class TokenDetector(ReferenceSplitFit):
             from zeekml.features.host_history import HostHistory
 
             hist = HostHistory.of(table)
-            steps, _ = hist.window(rows, ids.shape[1], tok.max_age)
+            # a causal model's window is the host's last seq_len conns, whatever their age
+            steps, _ = hist.window(rows, ids.shape[1], None if self.loaded.causal else tok.max_age)
             src = hist.order[steps]                               # table row of each position
             ts = np.nan_to_num(pc.cast(table.column("ts"), pa.float64()).to_numpy(
                 zero_copy_only=False))
@@ -381,6 +462,10 @@ class TokenDetector(ReferenceSplitFit):
                 what["_gap"] = (max(float(ts[at] - ts[int(src[i, p - 1])]), 0.0)
                                 if p > 0 and pos[i, p - 1] else None)
                 what["_same_resp"] = what.get("id.resp_h") == conn.get("id.resp_h")
+                if self.loaded.causal:
+                    # a stream token's gap is to the host's previous conn, wherever it is; its
+                    # responder field compares with that conn's, not the alert's
+                    what["_gap"] = self._stream_gap(hist, ts, at)
                 out.append(surprise_text(str(conn.get("id.orig_h")), len(valid), what, fields,
                                          is_self=at == int(rows[i])))
             else:
@@ -388,6 +473,16 @@ class TokenDetector(ReferenceSplitFit):
                 out.append(f"of this conn's first {len(valid)} packets the least expected: "
                            f"packet {int(p) + 1} ({parts})")
         return out
+
+
+    def _stream_gap(self, hist, ts: np.ndarray, at: int) -> float | None:
+        """Seconds from the host's previous conn to table row ``at`` (None: none within
+        ``max_age``), as a stream token's ``gap`` field reads it."""
+        r = int(hist.rank[at])
+        if r - 1 < int(hist.group_start[r]):
+            return None
+        gap = max(float(ts[at] - ts[int(hist.order[r - 1])]), 0.0)
+        return gap if gap <= self.loaded.tokenizer.max_age else None
 
 
 @register_kind(*NAMES)

@@ -1,0 +1,110 @@
+"""The token detector on a ``causal_window`` base (issue 15): each conn's embedding is its own
+position's state in its host's stream, computed once per conn. What the shipped full-attention
+detectors guarantee holds here too: a conn's score does not depend on which other conns are
+scored with it (score == watch == dask), the declared context (``context_key_rows``,
+``context_seconds``) is exactly what can change a score, and a baseline conn embeds alike in the
+baseline and in the input (``fit_split`` embeds it once). Tiny models pretrained here."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from zeekml._core.errors import ZeekmlError
+from zeekml.flows.select import earliest_rows, ts_sort_key
+from zeekml.scoring.context import InContext, detectors_in_context
+from zeekml.scoring.detectors.reference import same_context_rows
+from zeekml.scoring.registry import get_kind
+from zeekml.train.data import load_conns
+from zeekml.train.registry import get_trainer
+
+pytest.importorskip("torch")
+
+LOG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
+                   "data", "gnn", "iot23-ctu-34-1-head400.conn.log.labeled")
+TINY = {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "n_experts": 4, "d_expert": 16,
+        "batch_size": 64, "seq_len": 8, "chunk": 16, "attention": "causal_window"}
+
+
+@pytest.fixture(scope="module")
+def table() -> pa.Table:
+    return load_conns([LOG])
+
+
+@pytest.fixture(scope="module")
+def model_dirs(table, tmp_path_factory) -> dict[str, str]:
+    out = {}
+    for kind in ("moe", "dense"):
+        d = str(tmp_path_factory.mktemp(kind) / kind)
+        m = get_trainer(kind).pretrain(table, d, sources=[LOG], seed=0, epochs=1, device="cpu", **TINY)
+        assert np.isfinite(m["val_loss"]) and np.isfinite(m["val_loss_last"])
+        out[kind] = d
+    return out
+
+
+@pytest.mark.parametrize("kind", ["moe", "dense"])
+def test_a_causal_base_is_stored_as_one_and_stays_out_of_the_defaults(kind, model_dirs):
+    with open(os.path.join(model_dirs[kind], "config.json")) as f:
+        cfg = json.load(f)
+    assert cfg["encoder"]["attention"] == "causal_window" and cfg["arch"]["attention"] == "causal_window"
+    assert cfg["detector"] is False
+    det = get_kind(kind).detector(model_dirs[kind])
+    assert det.loaded.causal
+    assert det.context_key_rows == 8 + 1                  # the window and the gap of its first conn
+    assert det.context_seconds == 3 * 3600.0               # 2 blocks of max_age + the first gap
+
+
+@pytest.mark.parametrize("kind", ["moe", "dense"])
+def test_a_conn_scores_alike_alone_in_small_batches_and_in_the_whole_log(kind, model_dirs, table):
+    det = get_kind(kind).detector(model_dirs[kind])
+    det.fit(table.slice(0, 150))
+    whole = det.score(table)
+    for rows in ([399], [0, 1, 2], [17, 18, 250, 251, 252], list(range(100, 300, 7))):
+        assert np.array_equal(det.score_rows(table, np.array(rows)), whole[rows]), rows
+    # the stream's embedding is the window's last state (the path explain and NLL take)
+    emb = det.loaded.stream_embedding(table)
+    win = det.loaded.profile(det.loaded.tokens(table), want=("embedding",))["embedding"]
+    np.testing.assert_allclose(emb, win, rtol=0, atol=1e-6)
+
+
+def test_the_declared_context_is_what_changes_a_score(model_dirs, table):
+    det = get_kind("moe").detector(model_dirs["moe"])
+    det.fit(table.slice(0, 150))
+    ts = np.nan_to_num(np.asarray(table.column("ts").to_pylist(), dtype=np.float64))
+    targets = np.sort(np.argsort(ts, kind="stable")[-12:]).astype(np.int64)
+    full = det.score_rows(table, targets)
+    (ctx,) = detectors_in_context([det], table, targets)
+    assert isinstance(ctx, InContext) and ctx.context.num_rows < table.num_rows
+    assert np.array_equal(ctx.score(table.take(pa.array(targets))), full)
+    # one row fewer than declared (the window without its first conn's predecessor) moves scores
+    det.__class__ = type("TooFew", (det.__class__,), {"context_key_rows": 8})
+    (short,) = detectors_in_context([det], table, targets)
+    assert not np.array_equal(short.score(table.take(pa.array(targets))), full)
+
+
+def test_a_baseline_conn_embeds_alike_in_the_baseline_and_in_the_input(model_dirs, table):
+    det = get_kind("moe").detector(model_dirs["moe"])
+    rows = earliest_rows(ts_sort_key(table), 0.3)
+    baseline = table.take(pa.array(rows))
+    same = same_context_rows(table, rows)
+    assert same.mean() > 0.95
+    np.testing.assert_array_equal(det._reference_input(baseline)[same],
+                                  det._reference_input(table, rows[same]))
+    fit_idx, cal_idx = np.arange(0, len(rows), 2), np.arange(1, len(rows), 2)
+    cal, full = det.fit_split(baseline, fit_idx, cal_idx, scored=table, rows=rows)
+    np.testing.assert_allclose(full, det.score(table), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(cal, det.score_rows(baseline, cal_idx), rtol=0, atol=1e-6)
+
+
+def test_alerts_are_explained_and_a_causal_base_is_not_finetuned(model_dirs, table):
+    det = get_kind("moe").detector(model_dirs["moe"])
+    det.fit(table.slice(0, 150))
+    text = det.explain(table, np.array([250, 399]))
+    assert len(text) == 2 and all("nearest baseline conns" in t and "least expected" in t for t in text)
+    labels = np.asarray(["a" if i % 2 else "b" for i in range(table.num_rows)], dtype=object)
+    with pytest.raises(ZeekmlError, match="causal_window"):
+        get_trainer("moe").finetune(model_dirs["moe"], table, labels, np.arange(40), False, 0,
+                                    "/nonexistent/out", [LOG])
