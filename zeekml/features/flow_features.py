@@ -98,11 +98,32 @@ class FlowFeaturizer:
     def transform(self, table: pa.Table) -> np.ndarray:
         if not self.fitted:
             raise RuntimeError("FlowFeaturizer.transform before fit")
-        return self._scale(self._raw(table))
+        return self._scale_columns(self._columns(table))
 
     def _scale(self, raw: np.ndarray) -> np.ndarray:
         x = (np.clip(raw, self.lo, self.hi) - np.asarray(self.mean)) / np.asarray(self.std)
         return x.astype(np.float32)
+
+    def _scale_columns(self, cols: list[np.ndarray]) -> np.ndarray:
+        """``_scale(np.stack(cols, axis=1))`` without the float64 matrix: each raw column is
+        clipped, centred and scaled on its own (the same float64 operations on each value, so
+        the same bits: tests/unit/features/test_vectorised.py) and written into the float32
+        result. Stacking 100k conns' 81 columns as float64 and scaling that (65 MB, three
+        passes) took about 2/3 of ``transform``: 0.20 -> 0.09 s (bench/README.md)."""
+        n = len(cols[0]) if cols else 0
+        out = np.empty((n, len(cols)), dtype=np.float32)
+        if len(cols) != len(self.mean):
+            raise ValueError(f"{len(cols)} features, the scaling was fitted on {len(self.mean)}")
+        lo, hi = np.asarray(self.lo, dtype=np.float64), np.asarray(self.hi, dtype=np.float64)
+        mean, std = np.asarray(self.mean, dtype=np.float64), np.asarray(self.std, dtype=np.float64)
+        buf = np.empty(n, dtype=np.float64)
+        for j, col in enumerate(cols):
+            np.maximum(col, lo[j], out=buf)
+            np.minimum(buf, hi[j], out=buf)
+            buf -= mean[j]
+            buf /= std[j]
+            out[:, j] = buf
+        return out
 
     def fit_transform(self, table: pa.Table) -> np.ndarray:
         return self._scale(self._fit(table))
@@ -130,7 +151,13 @@ class FlowFeaturizer:
         return names
 
     def _raw(self, table: pa.Table) -> np.ndarray:
-        n = table.num_rows
+        feats = self._columns(table)
+        if table.num_rows == 0:
+            return np.zeros((0, len(feats)))
+        return np.stack(feats, axis=1)
+
+    def _columns(self, table: pa.Table) -> list[np.ndarray]:
+        """The raw (unscaled) features of ``table``, one float64 ``[n]`` array per feature."""
         cols, miss = {}, {}
         for name in NUMERIC:
             cols[name], miss[name] = _num(table, name)
@@ -162,9 +189,7 @@ class FlowFeaturizer:
             feats.append(((port < 1024) & ~port_missing).astype(np.float64))
             feats.append(((port >= 1024) & (port < 49152)).astype(np.float64))
             feats.append((port >= 49152).astype(np.float64))
-        if n == 0:
-            return np.zeros((0, len(feats)))
-        return np.stack(feats, axis=1)
+        return feats
 
     # -- persistence -------------------------------------------------------------------------
 

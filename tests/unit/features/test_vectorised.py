@@ -81,3 +81,18 @@ def test_fit_transform_raw_is_fit_then_transform_with_its_raw_features(table):
     f = FlowFeaturizer()
     ex, eraw = f.fit_transform_raw(table.slice(0, 0))      # no services: fewer columns
     assert ex.shape == eraw.shape == (0, len(f.feature_names)) and f.fitted
+
+
+@pytest.mark.parametrize("hide_service", [False, True])
+def test_transform_scales_column_by_column_to_the_bits_of_the_matrix_scaling(table, hide_service):
+    """``transform`` scales each raw column on its own (``_scale_columns``); the result is
+    ``_scale`` of the stacked raw matrix bit for bit, clipped values included (the scaling is
+    fitted on the first 300 conns, so later conns fall outside its quantiles)."""
+    f = FlowFeaturizer(hide_service=hide_service).fit(table.slice(0, 300))
+    got = f.transform(table)
+    want = f._scale(f._raw(table))
+    raw = f._raw(table)
+    assert ((raw < np.asarray(f.lo)) | (raw > np.asarray(f.hi))).any()      # clipping happens
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"] and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()
+    assert f.transform(table.slice(0, 0)).shape == (0, len(f.feature_names))
