@@ -182,6 +182,9 @@ def test_sequences_are_normalised_by_the_formula_bit_for_bit(max_age):
     want[..., 0] = raw[..., 0]
     got = f.transform(t).sequence
     assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert got.tobytes() == want.tobytes()                 # signs of zero included
+    rows = np.random.default_rng(1).permutation(t.num_rows)[:101]
+    assert f.transform(t, rows=rows).sequence.tobytes() == want[rows].tobytes()
     assert (got[..., 1:] != raw[..., 1:]).any()            # normalised, not the raw values
     assert np.array_equal(f.transform(t).sequence, got)
     assert np.array_equal(host_sequences(t, max_age), raw)
