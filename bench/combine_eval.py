@@ -283,7 +283,11 @@ def summarise(dirs: list[str], rules: list[str], fpr: float, tail: float, kind: 
             print(f"| {rule} | " + " | ".join(cells) + f" | {tp / max(tp + fp, 1):.4f} | "
                   f"{tp / max(pos, 1):.4f} | {fp / max(neg, 1):.4f} | {held} |")
             res.setdefault(setting, {})[rule] = {
-                "captures": {c: rows[rule][c] for c in rows[rule]},
+                # per capture, means over the runs: AUROC, AP, their shortfalls from the best
+                # single detector
+                "captures": {c: dict(zip(("auroc", "ap", "auroc_vs_best", "ap_vs_best"),
+                                         np.round(np.mean(v, axis=0), 5).tolist()))
+                             for c, v in rows[rule].items()},
                 "precision": tp / max(tp + fp, 1), "recall": tp / max(pos, 1),
                 "benign_alert_rate": fp / max(neg, 1), "heldout_clean_alert_rate": hf / hn if hn else None}
     return res
