@@ -312,19 +312,7 @@ class FlowGraphBuilder:
             if nf else np.zeros((2, 0), np.int64)
         # the next K flows of the same host in the window (nodes are sorted by window, then ts)
         for name, code in (("next_orig", o_code), ("next_resp", r_code)):
-            grp = np.lexsort((fidx, code, app_w))  # stable: keeps ts order within a group
-            gw, gc = app_w[grp], code[grp]
-            src, dst = [], []
-            for j in range(1, cfg.next_flows + 1):
-                if j >= nf:
-                    break
-                same = (gw[j:] == gw[:-j]) & (gc[j:] == gc[:-j])
-                if not same.any():
-                    break
-                src.append(grp[:-j][same])
-                dst.append(grp[j:][same])
-            edges[("flow", name, "flow")] = (np.stack([np.concatenate(src), np.concatenate(dst)])
-                                              if src else np.zeros((2, 0), np.int64))
+            edges[("flow", name, "flow")] = _next_flow_edges(app_w, code, cfg.next_flows)
 
         data = HeteroData()
         data["flow"].x = torch.from_numpy(x[app_row]) if nf else torch.zeros((0, x.shape[1]))
@@ -337,6 +325,38 @@ class FlowGraphBuilder:
         for et in EDGE_TYPES:
             data[et].edge_index = torch.from_numpy(np.ascontiguousarray(edges[et], dtype=np.int64))
         return data
+
+
+def _next_flow_edges(app_w: np.ndarray, code: np.ndarray, k: int) -> np.ndarray:
+    """Edges from each flow node to each of the next ``k`` flow nodes of the same host
+    (``code``) in its window, as ``[2, E]`` (src, dst), ordered by destination, then source.
+
+    Flow nodes are numbered by window, then ts, so a host's flows in a window are a run of
+    ascending node numbers and a node's sources are the up to ``k`` nodes before it in its
+    run. In this order the edges are already the rows of the transposed CSR adjacency the
+    encoder builds from them (``zeekml.nn.gnn.csr_adjacency`` then skips its sort: they are
+    the biggest edge types, up to ``k`` per flow). Only their set matters elsewhere:
+    training holds out links of the spatial edge types, not these.
+
+    Shapes:
+        app_w, code ``[nf]`` -> ``[2, E]`` int64
+    """
+    nf = len(app_w)
+    if nf == 0 or k <= 0:
+        return np.zeros((2, 0), np.int64)
+    grp = np.lexsort((np.arange(nf), code, app_w))    # stable: keeps node (ts) order within a run
+    gw, gc = app_w[grp], code[grp]
+    run_start = np.concatenate([[True], (gw[1:] != gw[:-1]) | (gc[1:] != gc[:-1])])
+    first = np.maximum.accumulate(np.where(run_start, np.arange(nf), 0))
+    pos = np.empty(nf, dtype=np.int64)
+    pos[grp] = np.arange(nf)                           # each node's place in grp
+    n_src = np.minimum(pos - first[pos], k)            # sources of each node, in node order
+    total = int(n_src.sum())
+    ends = np.cumsum(n_src)
+    offset = np.arange(total, dtype=np.int64) - np.repeat(ends - n_src, n_src)
+    src = grp[np.repeat(pos - n_src, n_src) + offset]
+    dst = np.repeat(np.arange(nf, dtype=np.int64), n_src)
+    return np.stack([src, dst])
 
 
 def _window_address_keys(app_w: np.ndarray, codes: np.ndarray, n_codes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -136,14 +136,18 @@ def csr_adjacency(edge_index: Tensor, n_src: int, n_dst: int) -> Tensor:
     SAGEConv's mean aggregation through ``torch.sparse.mm`` is about 3x faster on CPU than the
     scatter path for our graphs (edges are unique, so the result is the same). The same tensor
     as ``torch_geometric.utils.to_torch_csr_tensor`` (tested), at half its cost: one sort of
-    ``dst * n_src + src`` and a count per destination, without PyG's general coalescing (which
-    also merges duplicate edges, which a flow graph has none of): 0.44 -> 0.23 s over the graphs
-    of bench/score_speed.py's 100k conns, one thread.
+    ``dst * n_src + src`` (none when the edges come in that order) and a count per destination,
+    without PyG's general coalescing (which also merges duplicate edges, which a flow graph has
+    none of): 0.44 -> 0.23 s over the graphs of bench/score_speed.py's 100k conns, one thread.
     """
     import warnings
 
     src, dst = edge_index[0], edge_index[1]
-    col = src[torch.sort(dst * n_src + src).indices] if src.numel() else src.clone()
+    key = dst * n_src + src
+    # the builder gives its biggest edge types (next_orig, next_resp) and the flow-side
+    # spatial ones in this order already: a pass to check it instead of a sort
+    ordered = key.numel() < 2 or bool((key[1:] > key[:-1]).all())
+    col = src.clone() if ordered else src[torch.sort(key).indices]
     crow = torch.zeros(n_dst + 1, dtype=torch.int64, device=edge_index.device)
     if n_dst:
         torch.cumsum(torch.bincount(dst, minlength=n_dst), 0, out=crow[1:])

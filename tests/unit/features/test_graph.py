@@ -189,3 +189,35 @@ def test_ip_nodes_are_the_sorted_distinct_window_address_pairs(seed):
         assert keys.dtype == np.int64 and inv.dtype == np.int64
         np.testing.assert_array_equal(keys, want_keys)
         np.testing.assert_array_equal(inv, want_inv.reshape(-1))
+
+
+def _next_flow_edges_loop(app_w, code, k):
+    """The next-flows edges as the builder made them before ``_next_flow_edges``: for each
+    distance j, every pair of nodes j apart in a (window, host) run."""
+    nf = len(app_w)
+    grp = np.lexsort((np.arange(nf), code, app_w))
+    gw, gc = app_w[grp], code[grp]
+    src, dst = [], []
+    for j in range(1, min(k, nf - 1) + 1):
+        same = (gw[j:] == gw[:-j]) & (gc[j:] == gc[:-j])
+        src.append(grp[:-j][same])
+        dst.append(grp[j:][same])
+    return np.stack([np.concatenate(src), np.concatenate(dst)]) if src else np.zeros((2, 0), np.int64)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_next_flow_edges_are_the_pairs_up_to_k_apart_ordered_by_destination(seed):
+    """``_next_flow_edges``: the same edges as pairing each node with those 1..k places before
+    it in its run, each once, ordered by destination then source (the CSR order)."""
+    from zeekml.features.graph import _next_flow_edges
+
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        nf, k = int(rng.integers(0, 80)), int(rng.integers(1, 7))
+        app_w = np.sort(rng.choice(np.array([NULL_WINDOW, 0, 1, 2]), size=nf))
+        code = rng.integers(0, 3, size=nf)
+        got, want = _next_flow_edges(app_w, code, k), _next_flow_edges_loop(app_w, code, k)
+        assert got.dtype == np.int64 and got.shape == want.shape
+        assert sorted(map(tuple, got.T.tolist())) == sorted(map(tuple, want.T.tolist()))
+        key = got[1] * (nf + 1) + got[0]
+        assert (np.diff(key) > 0).all()

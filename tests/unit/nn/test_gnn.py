@@ -197,11 +197,13 @@ def test_encoder_is_heteroconvs_forward_bit_for_bit(seed):
         assert torch.equal(got[k], want[k]), k
 
 
+@pytest.mark.parametrize("ordered", [False, True])
 @pytest.mark.parametrize("n_src,n_dst,n_edges", [(0, 0, 0), (5, 3, 0), (1, 1, 1), (50, 40, 300),
                                                   (2000, 7, 1500)])
-def test_csr_adjacency_is_pygs(n_src, n_dst, n_edges):
+def test_csr_adjacency_is_pygs(n_src, n_dst, n_edges, ordered):
     """``csr_adjacency`` gives the tensor ``to_torch_csr_tensor`` gives for unique edges in any
-    order: the same row pointers, columns (ascending within a row), values and dtypes."""
+    order, or already ordered by destination then source (no sort then): the same row
+    pointers, columns (ascending within a row), values and dtypes."""
     import warnings
 
     from torch_geometric.utils import to_torch_csr_tensor
@@ -210,6 +212,8 @@ def test_csr_adjacency_is_pygs(n_src, n_dst, n_edges):
 
     rng = np.random.default_rng(n_edges)
     pairs = rng.permutation(n_src * n_dst)[:n_edges] if n_src * n_dst else np.zeros(0, np.int64)
+    if ordered:
+        pairs = np.sort(pairs)
     ei = torch.from_numpy(np.stack([pairs % max(n_src, 1), pairs // max(n_src, 1)]).astype(np.int64))
     got = csr_adjacency(ei, n_src, n_dst)
     with warnings.catch_warnings():
