@@ -31,6 +31,12 @@ Usage (numbers and plots in docs/results/detection.md)::
 
     OMP_NUM_THREADS=1 python bench/detect_eval.py --out docs/results
     OMP_NUM_THREADS=1 python bench/detect_eval.py --no-models --out /tmp/x   # IsolationForest only
+    OMP_NUM_THREADS=1 python bench/detect_eval.py --seed 1 --out /tmp/de1 --scores /tmp/de1/scores
+
+``--scores DIR`` keeps each capture's and setting's per-conn scores and labels
+(``save_scores``) for ``bench/combine_eval.py``, which evaluates rules for combining the
+detectors offline; ``--seed`` draws the baseline's fit/calibration halves, the held-out third
+and the IsolationForest.
 
 ``--max-conns N`` keeps each capture's earliest N conns by time (a quicker run; say so when
 quoting it). Reads ``$ZEEKML_DATA`` (default ``../shared/data``); never reads the holdout.
