@@ -74,6 +74,9 @@ class Tail:
       mean excess is that of those conns (``-log p`` grows linearly in ``s``).
     - ``logexp``: ``exp`` on ``log(s - c)``, ``c`` a thousandth of the range below the smallest
       calibration score: a Pareto (power-law) tail, Hill's estimator on the top ``tail`` share.
+    - ``medpareto``: as ``logexp`` with the median as the origin (the zero of the calibrated
+      scale): above ``u``, ``p`` falls as a power of ``(s - median) / (u - median)`` (``exp``
+      where ``u`` is not above the median).
     - ``gpd``: a generalised Pareto tail fitted to the excesses over ``u`` (shape clipped to
       [-0.5, 1]).
     - ``emp_exp``: empirical up to the largest calibration score (``p >= 1/m``), an exponential
@@ -104,12 +107,19 @@ class Tail:
         if kind == "logexp":
             self.shift = float(x[0]) - 1e-3 * max(float(x[-1] - x[0]), 1e-12)
             x = np.log(x - self.shift)
+        if kind == "medpareto":
+            self.origin = float(np.median(x))
+            if x[len(x) - k - 1] <= self.origin:
+                self.kind, self.origin = "exp", None
         self.m = m = len(x)
         self.x = x
         self.u = x[m - k - 1] if m > k else x[0]
         exc = x[x > self.u] - self.u
         self.log_pu = np.log(max(len(exc), 1) / m)
         self.beta = float(exc.mean()) if len(exc) and exc.mean() > 0 else 1e-9
+        if self.kind == "medpareto":     # Hill's estimator from the median
+            o = self.origin
+            self.beta = max(float(np.log((x[x > self.u] - o) / (self.u - o)).mean()), 1e-12)
         self.xi = 0.0
         if kind == "gpd" and len(exc) >= 5:
             from scipy.stats import genpareto
@@ -142,7 +152,9 @@ class Tail:
         out[body] = -np.log(np.clip(np.interp(s[body], self.x, self.surv), 1.0 / self.m, 1.0))
         hi = fin & (s > self.u)
         e = s[hi] - self.u
-        if self.kind == "gpd" and self.xi != 0.0:
+        if self.kind == "medpareto":
+            out[hi] = -self.log_pu + np.log((s[hi] - self.origin) / (self.u - self.origin)) / self.beta
+        elif self.kind == "gpd" and self.xi != 0.0:
             out[hi] = -self.log_pu + np.log(np.maximum(1 + self.xi * e / self.beta, 1e-300)) / self.xi
         else:
             out[hi] = -self.log_pu + e / self.beta
@@ -150,7 +162,7 @@ class Tail:
         return out
 
 
-KINDS = ("exp", "logexp", "gpd", "emp_exp", "emp_pareto")
+KINDS = ("exp", "logexp", "medpareto", "gpd", "emp_exp", "emp_pareto")
 
 
 def rule_scores(d: dict, rule: str, fpr: float, tail: float, kind: str) -> dict[str, np.ndarray]:

@@ -58,7 +58,7 @@ def test_pareto_tail_decays_as_a_power_of_the_distance(ce):
     assert a[1] - a[0] == pytest.approx(b[1] - b[0])
 
 
-@pytest.mark.parametrize("kind", ["exp", "logexp", "gpd", "emp_exp", "emp_pareto"])
+@pytest.mark.parametrize("kind", ["exp", "logexp", "medpareto", "gpd", "emp_exp", "emp_pareto"])
 def test_every_tail_is_monotone(ce, kind):
     rng = np.random.default_rng(0)
     t = ce.Tail(rng.exponential(size=300), 0.2, kind)
