@@ -17,8 +17,7 @@ from zeekml._core.errors import ModelError
 from zeekml.features.flow_features import FlowFeaturizer
 from zeekml.features.graph import GRAPH_SCHEMA_VERSION, FlowGraphBuilder, GraphConfig
 from zeekml.scoring.detectors.base import load_checked, torch_module
-from zeekml.scoring.detectors.reference import (KNN, MAX_REFERENCE, baseline_nearest_q99,
-                                                KnnIndex, knn_distance, nearest_rows, unit_rows)
+from zeekml.scoring.detectors.reference import KNN, MAX_REFERENCE, KnnReference
 from zeekml.scoring.explain import NEAREST_SHOWN, nearest_text, reference_identity
 from zeekml.scoring.registry import register_kind
 
@@ -166,10 +165,11 @@ class GNNDetector:
         self.k = k
         self.device = device
         self.seed = seed
-        self._ref: np.ndarray | None = None
-        self._index: KnnIndex | None = None
-        self._identity: pa.Table | None = None     # uid, 4-tuple, service of each reference row
-        self._far: float | None = None              # the baseline's nearest-neighbour p99
+        # the reference every learned detector keeps (``reference.KnnReference``: the draw of
+        # ``MAX_REFERENCE`` rows, the index searched, the baseline's nearest-neighbour p99);
+        # it scales the embeddings to unit rows itself, with the formula this detector used
+        self.reference = KnnReference(k, MAX_REFERENCE, seed)
+        self._identity: pa.Table | None = None     # uid, 4-tuple, service of each fit row
 
     @property
     def context_seconds(self) -> float:
@@ -192,34 +192,29 @@ class GNNDetector:
         return float(g.max_conn_windows * g.window)
 
     def _embed(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+        """Flow embeddings of ``rows`` of ``table`` (every row when None), as the model gives
+        them (``reference`` scales them to unit rows)."""
         e = embed_rows(self.bundle, table, rows, device=self.device)
-        if rows is not None:
-            e = e[rows]
-        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
+        return e if rows is None else e[rows]
+
+    def _check_fitted(self, what: str) -> None:
+        if self.reference.ref is None:
+            raise ModelError(f"GNNDetector.{what} before fit")
 
     def fit(self, table: pa.Table) -> GNNDetector:
         """Embed the baseline ``table`` as the reference set (and keep who its conns are)."""
-        e = self._embed(table)
-        rows = np.arange(len(e), dtype=np.int64)
-        if len(e) > MAX_REFERENCE:
-            rows = np.random.default_rng(self.seed).choice(len(e), MAX_REFERENCE, replace=False)
-            e = e[rows]
-        self._ref = e
-        # searched as an index built once: building it per call (distinct rows, padding) cost
-        # 3x a live 50-row batch's search (2.3 vs 7.6 ms)
-        self._index = KnnIndex(e)
-        # the reference conns' uid, 4-tuple and service, so an alert can name its nearest ones
-        self._identity = reference_identity(table, rows)
-        self._far = None
+        self.reference.fit(self._embed(table))
+        # every fit row's uid, 4-tuple and service, so an alert can name its nearest:
+        # ``KnnReference.nearest`` answers rows of the fit table
+        self._identity = reference_identity(table, np.arange(table.num_rows))
         return self
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row, ``[n]``."""
-        if self._ref is None:
-            raise ModelError("GNNDetector.score before fit")
+        self._check_fitted("score")
         if table.num_rows == 0:
             return np.zeros(0)
-        return knn_distance(self._embed(table), self._index, self.k)
+        return self.reference.score(self._embed(table))
 
     def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
         """``score(table)[rows]``, embedding only the graph neighbourhood of ``rows`` (their
@@ -231,9 +226,8 @@ class GNNDetector:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.zeros(0)
-        if self._ref is None:
-            raise ModelError("GNNDetector.score_rows before fit")
-        return knn_distance(self._embed(table, rows), self._index, self.k)
+        self._check_fitted("score_rows")
+        return self.reference.score(self._embed(table, rows))
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
         """Per row, its nearest baseline conns by flow embedding (``scoring.explain.nearest_text``:
@@ -244,13 +238,10 @@ class GNNDetector:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return []
-        if self._ref is None:
-            raise ModelError("GNNDetector.explain before fit")
-        e = unit_rows(embed_rows(self.bundle, table, rows, device=self.device)[rows])
-        dist, pos = nearest_rows(e, self._ref, NEAREST_SHOWN)
-        if self._far is None:
-            self._far = baseline_nearest_q99(self._ref)
-        return nearest_text(self._identity, dist, pos, self._far, len(self._ref))
+        self._check_fitted("explain")
+        ref = self.reference
+        dist, nrows = ref.nearest(self._embed(table, rows), NEAREST_SHOWN)
+        return nearest_text(self._identity, dist, nrows, ref.nearest_q99(), len(ref.ref))
 
 
 @register_kind(NAME)

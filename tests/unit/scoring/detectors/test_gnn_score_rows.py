@@ -110,3 +110,28 @@ def test_in_context_scores_are_the_whole_tables(fitted, avx2):
         (d,) = detectors_in_context([det], table, targets, ts)
         assert d is not det and d.context.num_rows < table.num_rows
         assert_same(d.score(table.take(pa.array(targets))), full[targets], avx2)
+
+
+def test_the_reference_is_knnreference_with_the_detectors_own_formula(fitted):
+    """The detector keeps its reference as the other learned detectors do
+    (``reference.KnnReference``), which scales embeddings to unit rows itself; its scores are
+    the GNN's own definition bit for bit (embeddings scaled once, the mean cosine distance to
+    the ``k`` nearest fit embeddings), and an explanation names fit conns by their uid."""
+    from zeekml.scoring.detectors.gnn import embed_rows
+    from zeekml.scoring.detectors.reference import knn_distance
+
+    det, table, full = fitted
+    fit = table.slice(0, 150)
+
+    def unit(e):
+        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
+
+    ref = unit(embed_rows(det.bundle, fit))
+    want = knn_distance(unit(embed_rows(det.bundle, table)), ref, det.k)
+    assert full.tobytes() == want.tobytes()
+    assert det.reference.ref.tobytes() == ref.tobytes() and len(det.reference.rows) == 150
+    rows = np.argsort(-full)[:3]
+    fit_uids = set(fit.column("uid").to_pylist())
+    for text in det.explain(table, rows):
+        named = [w.split(",")[0].rstrip(")") for w in text.split("uid ")[1:]]
+        assert named and set(named) <= fit_uids, text
