@@ -42,6 +42,28 @@ def print_summary(s: ScoreSummary) -> None:
         console.print(f"{k}: {v}")
 
 
+_freeze_at_exit = False
+
+
+def exit_without_gc_walk() -> None:
+    """At interpreter exit, move every object out of the cyclic garbage collector's reach
+    (``gc.freeze``) before Python tears the modules down.
+
+    A run that imported scikit-learn, torch and PyTorch Geometric holds ~350k objects in ~3,000
+    modules, and the collections of the interpreter's shutdown walk them all: 2.3 s of a
+    12 s ``zeekml score examples/`` with the models on the loaded 2-core box, 0.43 s frozen
+    (issue 15). Nothing is lost: the outputs are closed before, and Python never
+    promised to finalise objects alive at exit. At exit only, so that a process that goes on
+    (tests driving the CLI in-process) keeps its collector."""
+    global _freeze_at_exit
+    if not _freeze_at_exit:             # once per process, however many runs
+        import atexit
+        import gc
+
+        atexit.register(gc.freeze)
+        _freeze_at_exit = True
+
+
 # The detectors a scoring run uses; `zeekml replay` scores with the same options.
 MODELS_OPTION = click.option(
     "--models", "models_dir", default="", type=click.Path(file_okay=False),
@@ -164,6 +186,7 @@ def score(ctx, paths, out_dir, fpr, baseline, baseline_fraction, baseline_until,
     """
     from zeekml._core.device import resolve_device
 
+    exit_without_gc_walk()
     check_baseline_choice(ctx, baseline, baseline_until, baseline_range, "--baseline-fraction")
     opts = ScoreOptions(fpr=fpr, baseline=list(baseline), baseline_fraction=baseline_fraction,
                         baseline_until=baseline_until, baseline_range=baseline_range,

@@ -6,6 +6,7 @@ machine chunk by chunk (``zeekml.pipeline.chunked``) or (``options.dask``) on a 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from zeekml._core.errors import InputNotFound, UnreadableInput, ZeekmlError
+from zeekml._core.preload import start_imports
 from zeekml.flows.select import ts_sort_key
 from zeekml.flows.table import conn_table
 from zeekml.parse import Quarantine
@@ -49,6 +51,33 @@ class NoConnInput(ZeekmlError):
     list: the input missing is the conn log (a dns.log alone, an empty directory)."""
 
     exit_code = 2
+
+
+def detector_imports(models_dir: str | None) -> list[str]:
+    """The modules fitting the detectors of ``--models models_dir`` will import (None: the
+    IsolationForest alone), for ``start_imports``: scikit-learn; with learned models torch and
+    the model code of each detector's kind (``zeekml.nn.<kind>``: the GNN's pulls in PyTorch
+    Geometric). A directory that cannot be read gives torch alone: the detectors' own load
+    reports what is wrong with it, where it always has."""
+    mods = ["sklearn.ensemble"]
+    if models_dir is None:
+        return mods
+    mods.append("torch")
+    from zeekml.scoring.detectors.base import read_config
+    from zeekml.scoring.registry import default_models_dir, model_dirs
+
+    try:
+        root = models_dir or default_models_dir()
+        dirs = model_dirs(root)
+        kinds = {read_config(d).get("kind") for d in dirs
+                 if dirs == [root] or read_config(d).get("detector") is True}
+    except (ZeekmlError, OSError, ValueError):
+        return mods
+    for kind in sorted(k for k in kinds if isinstance(k, str) and k.isidentifier()):
+        name = f"zeekml.nn.{kind}"
+        if importlib.util.find_spec(name) is not None:
+            mods.append(name)
+    return mods
 
 
 def load_conns(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
@@ -178,6 +207,10 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
         raise NoConnInput("no conn or eve logs found in the given paths")
     baseline_files = expand_inputs(options.baseline) if options.baseline else []
     outputs = ScoreOutputs(out_dir, options.zeek_feedback, conn_notices=options.conn_notices)
+    if not options.dask:
+        # the detectors' libraries load while the input is read (waited for in score_spilled);
+        # --dask reads on its workers and may fork them, which no importing thread may see
+        start_imports(detector_imports(options.models_dir))
     summary = ScoreSummary()
     quarantine = Quarantine(sink=outputs.quarantine)
     triage = TriageRows()

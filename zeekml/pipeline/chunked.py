@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from zeekml._core.errors import UnknownFormat, ZeekmlError
+from zeekml._core.preload import wait_started
 from zeekml.flows.select import ts_sort_key
 from zeekml.flows.table import CONN_SCHEMA, conn_table, is_conn_batch
 from zeekml.parse import Quarantine, read_log
@@ -441,6 +442,9 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
     (``batch._feedback_extra``), given the baseline and the chosen rows (None with a
     ``--baseline`` file)."""
     step = on_step or (lambda text: None)
+    # the libraries of the detectors were imported in the background while the input was read
+    # (score_paths): this thread imports none of them before they are in (_core.preload)
+    wait_started()
     rows = None
     if baseline is None:
         rows = options.baseline_rows(spill.ts) if spill.num_rows else None
