@@ -195,8 +195,7 @@ def install(st: Stages) -> None:
         st.wrap(reference.KnnReference, "score", "kNN to reference")
     st.wrap(mae.LoadedMAE, "modalities", "featurise")
     st.wrap(mae.LoadedMAE, "run", "forward")
-    st.wrap(gnn, "embed_rows", "forward")
-    st.wrap(gnn, "knn_distance", "kNN to reference")
+    st.wrap(gnn, "embed_rows", "forward")      # the GNN searches through KnnReference.score
     st.wrap_generator(FlowGraphBuilder, "iter_graphs", "graph build")
     for mod in ("zeekml.features.host_history",):
         with contextlib.suppress(ImportError):
