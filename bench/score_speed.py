@@ -3,6 +3,7 @@
     python bench/score_speed.py                      # ~100k conns, both modes, per-stage table
     python bench/score_speed.py --conns 30000 --modes models
     python bench/score_speed.py --json out.json --markdown
+    python bench/score_speed.py --learned-ab COMMIT    # GNN + autoencoder: COMMIT's code vs this tree's
 
 The log: copies of real labeled conn logs from the shared data set (IoT-23 CTU-34-1 and two
 Stratosphere mixed captures), each copy shifted in time past the previous one and its uids
@@ -344,6 +345,107 @@ def tooling(log_dir: str, conns: int, models_dir: str, compile_: bool) -> dict:
     return out
 
 
+# -- the GNN and autoencoder detectors, a commit's code against this tree's, in one process ----
+
+# What ``--learned-ab`` loads from the other commit (the rest, models included, is this tree's).
+AB_MODULES = {"_ab_flow_features": "zeekml/features/flow_features.py",
+              "_ab_graph": "zeekml/features/graph.py",
+              "_ab_nn_gnn": "zeekml/nn/gnn.py",
+              "_ab_modality": "zeekml/features/modality.py",
+              "_ab_det_gnn": "zeekml/scoring/detectors/gnn.py"}
+AB_IMPORTS = [("from zeekml.features.flow_features import", "from _ab_flow_features import"),
+              ("from zeekml.features.graph import", "from _ab_graph import"),
+              ("@register_kind(NAME)", "")]
+
+
+def _module_at(commit: str, name: str, path: str):
+    """``path`` as it is at ``commit``, loaded as module ``name`` (its imports of the flow
+    features and the graph builder pointed at the other loaded modules)."""
+    import types
+
+    src = subprocess.run(["git", "-C", ROOT, "show", f"{commit}:{path}"], check=True,
+                         capture_output=True, text=True).stdout
+    for a, b in AB_IMPORTS:
+        src = src.replace(a, b)
+    mod = types.ModuleType(name)
+    mod.__file__ = f"{commit}:{path}"
+    sys.modules[name] = mod
+    exec(compile(src, mod.__file__, "exec"), mod.__dict__)
+    return mod
+
+
+def learned_ab(log_dir: str, commit: str, rounds: int) -> dict:
+    """The GNN detector as ``score`` calls it (fit on the baseline's fit half, score its
+    calibration half, score the input) and the autoencoder's ``fit_split``, with the graph
+    builder, GNN encoder, flow features, modalities and GNN detector of ``commit`` against
+    this tree's, alternately in this process, one thread; seconds of each and the sha256 of
+    every score array (they must be equal for a change meant to keep the bits)."""
+    import copy
+    import hashlib
+
+    import numpy as np
+    import pyarrow as pa
+
+    from zeekml._core.device import configure_torch
+    from zeekml.flows.select import ts_sort_key
+    from zeekml.parse import Quarantine
+    from zeekml.pipeline import ScoreSummary, load_conns
+    from zeekml.pipeline.fitted import _split_fit_calibrate
+    from zeekml.pipeline.options import ScoreOptions
+    from zeekml.scoring.detectors.mae import MAEDetector
+    from zeekml.scoring.registry import load_model_detectors
+
+    os.environ.setdefault("ZEEKML_TORCH_THREADS", "1")     # one thread unless asked: both sides alike
+    configure_torch()
+    old = {name: _module_at(commit, name, path) for name, path in AB_MODULES.items()}
+    table = load_conns(sorted(glob.glob(os.path.join(log_dir, "*.log"))), Quarantine(), ScoreSummary())
+    opts = ScoreOptions()
+    rows = opts.baseline_rows(ts_sort_key(table))
+    baseline = table.take(pa.array(rows))
+    fit_idx, cal_idx = _split_fit_calibrate(baseline.num_rows, opts.seed)
+    fit_t, cal_t = baseline.take(pa.array(fit_idx)), baseline.take(pa.array(cal_idx))
+    dets = {d.name: d for d in load_model_detectors("", "cpu")}
+    gnn_new, mae_loaded = dets["gnn"], dets["mae"].loaded
+    b = gnn_new.bundle
+    model = old["_ab_nn_gnn"].FlowGNN(b.model.cfg)
+    model.load_state_dict(b.model.state_dict())
+    dg = old["_ab_det_gnn"]
+    bundle = dg.GNNBundle(model.eval(), old["_ab_flow_features"].FlowFeaturizer.from_dict(b.featurizer.to_dict()),
+                          old["_ab_graph"].GraphConfig.from_dict(b.graph.to_dict()), b.classes, b.hide_service)
+    loaded_old = copy.copy(mae_loaded)
+    f = mae_loaded.featurizer
+    loaded_old.featurizer = old["_ab_modality"].ModalityFeaturizer.from_dict(f.to_dict(), f.w2v_vectors)
+    sides = {commit: (dg.GNNDetector(bundle), loaded_old), "tree": (gnn_new, mae_loaded)}
+
+    def sha(a) -> str:
+        return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+    out: dict = {"conns": table.num_rows, "commit": commit, "rounds": []}
+    for r in range(-1, rounds):                 # round -1 warms both sides up (caches, torch), untimed
+        for side, (gnn, loaded) in sides.items():
+            t0 = time.perf_counter()
+            gnn.fit(fit_t)
+            g_cal, g_all = gnn.score(cal_t), gnn.score(table)
+            t1 = time.perf_counter()
+            m_cal, m_all = MAEDetector(loaded).fit_split(baseline, fit_idx, cal_idx, scored=table, rows=rows)
+            t2 = time.perf_counter()
+            rec = {"side": side, "gnn_s": t1 - t0, "mae_s": t2 - t1,
+                   "sha256": {k: sha(v) for k, v in (("gnn_cal", g_cal), ("gnn_all", g_all),
+                                                     ("mae_cal", m_cal), ("mae_all", m_all))}}
+            if r < 0:
+                continue
+            out["rounds"].append(rec)
+            print(f"  round {r + 1} {side:>12}: gnn {rec['gnn_s']:6.2f} s  mae {rec['mae_s']:6.2f} s", flush=True)
+    for side in sides:
+        mine = [x for x in out["rounds"] if x["side"] == side]
+        out[side] = {k: float(np.median([x[k] for x in mine])) for k in ("gnn_s", "mae_s")}
+    out["same_scores"] = len({json.dumps(x["sha256"], sort_keys=True) for x in out["rounds"]}) == 1
+    print(f"medians: {commit} gnn {out[commit]['gnn_s']:.2f} s mae {out[commit]['mae_s']:.2f} s; this tree "
+          f"gnn {out['tree']['gnn_s']:.2f} s mae {out['tree']['mae_s']:.2f} s; scores "
+          f"{'identical' if out['same_scores'] else 'DIFFERENT'} (sha256)")
+    return out
+
+
 # -- the parent ------------------------------------------------------------------------------
 
 def run_mode(mode: str, log_dir: str, tmp: str, threads: int | None) -> dict:
@@ -417,6 +519,11 @@ def main() -> None:
                     help="instead: eager vs int8 dynamic quantisation vs torch.compile per model")
     ap.add_argument("--tooling-conns", type=int, default=20_000, help="conns for --tooling (default 20000)")
     ap.add_argument("--no-compile", action="store_true", help="--tooling without torch.compile")
+    ap.add_argument("--learned-ab", metavar="COMMIT",
+                    help="instead: the GNN and autoencoder detectors with COMMIT's graph builder, "
+                         "GNN encoder, flow features, modalities and GNN detector against this "
+                         "tree's, alternately in one process (seconds, sha256 of the scores)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternations for --learned-ab (default 3)")
     ap.add_argument("--compare", nargs="+", metavar="JSON",
                     help="instead: print the stage tables of earlier --json results side by side")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -439,6 +546,12 @@ def main() -> None:
         n = build_log(log_dir, a.conns)
         print(f"log: {n} conns in {len(glob.glob(os.path.join(log_dir, '*.log')))} files; "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+        if a.learned_ab:
+            res = learned_ab(log_dir, a.learned_ab, a.rounds)
+            if a.json:
+                with open(a.json, "w") as f:
+                    json.dump(res, f, indent=1)
+            return
         if a.tooling:
             res = tooling(log_dir, a.tooling_conns, os.path.join(ROOT, "models"), not a.no_compile)
             if a.json:

@@ -53,3 +53,23 @@ def test_the_knn_stage_times_the_reference_and_the_direct_search():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == \
         "[('score', 'gnn', 'kNN to reference'), ('score', 'mae', 'kNN to reference')]"
+
+
+def test_learned_ab_runs_both_sides_and_compares_their_scores(ss, tmp_path):
+    """``--learned-ab COMMIT`` loads COMMIT's graph builder, encoder, features, modalities and
+    GNN detector beside this tree's and times both on the same log; at HEAD both sides are
+    the same code, so their scores must be identical (and the sha256 says so)."""
+    import shutil
+
+    if not os.path.exists(os.path.join(ROOT, "models", "gnn-base", "config.json")):
+        pytest.skip("models/ not shipped")
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    shutil.copy(os.path.join(ROOT, "examples", "iot23", "conn.log.labeled"), logs / "conn.000.log")
+    out = ss.learned_ab(str(logs), head.stdout.strip(), rounds=1)
+    assert out["conns"] > 1000 and out["same_scores"]
+    assert [r["side"] for r in out["rounds"]] == [head.stdout.strip(), "tree"]
+    assert all(r["gnn_s"] > 0 and r["mae_s"] > 0 and len(r["sha256"]) == 4 for r in out["rounds"])
