@@ -109,7 +109,7 @@ class FlowFeaturizer:
         clipped, centred and scaled on its own (the same float64 operations on each value, so
         the same bits: tests/unit/features/test_vectorised.py) and written into the float32
         result. Stacking 100k conns' 81 columns as float64 and scaling that (65 MB, three
-        passes) took about 2/3 of ``transform``: 0.20 -> 0.09 s (bench/README.md)."""
+        passes) was most of ``transform``: 0.213 -> 0.122 s with it (bench/README.md)."""
         n = len(cols[0]) if cols else 0
         out = np.empty((n, len(cols)), dtype=np.float32)
         if len(cols) != len(self.mean):

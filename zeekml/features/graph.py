@@ -375,12 +375,12 @@ def _window_address_keys(app_w: np.ndarray, codes: np.ndarray, n_codes: int) -> 
     nf = len(app_w)
     if nf == 0:
         return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    width = max(n_codes, 1)
     new = np.concatenate([[True], app_w[1:] != app_w[:-1]])
     windows = app_w[new]
     rank = np.cumsum(new) - 1
-    key = np.concatenate([rank, rank]) * max(n_codes, 1) + codes
-    u, inv = np.unique(key, return_inverse=True)
-    keys = np.stack([windows[u // max(n_codes, 1)], u % max(n_codes, 1)], axis=1)
+    u, inv = np.unique(np.concatenate([rank, rank]) * width + codes, return_inverse=True)
+    keys = np.stack([windows[u // width], u % width], axis=1)
     return keys, inv.reshape(-1).astype(np.int64)
 
 

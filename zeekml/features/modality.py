@@ -233,10 +233,11 @@ def _normalised_window(step: np.ndarray, idx: np.ndarray, valid: np.ndarray, sam
     """
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
-    # raw values are >= 0, so an absent step is +0.0 times ... then normalised, times 0.0
+    # an absent step: its raw values (all >= 0) zeroed give +0.0, normalised, then times the
+    # absent flag (0.0): the sign of that zero is the sign of -mean / std, kept
     absent = ((np.zeros(step.shape[1], np.float32) - mean) / std) * np.float32(0.0)
-    table = np.concatenate([(step - mean) / std, absent[None]])
-    seq = table[np.where(valid, idx, len(step))]
+    lookup = np.concatenate([(step - mean) / std, absent[None]])      # row n: an absent step
+    seq = lookup[np.where(valid, idx, len(step))]
     one = (np.ones(step.shape[1], np.float32) - mean) / std
     zero = (np.zeros(step.shape[1], np.float32) - mean) / std
     seq[..., 6] = np.where(valid, np.where(same_resp, one[6], zero[6]), absent[6])
