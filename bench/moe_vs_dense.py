@@ -288,7 +288,7 @@ def detector_speed(args) -> dict:
             n = build_log(d, int(spec.split(":", 1)[1]))
             logs[f"score_speed ({n:,} conns)"] = sorted(glob.glob(os.path.join(d, "*.log")))
         else:
-            logs[os.path.basename(os.path.dirname(spec)) or spec] = [spec]
+            logs[spec] = [spec]            # a file or a directory of rotated logs
     dets = {m: get_kind(read_config(m)["kind"]).detector(m) for m in args.models}
     out: dict = {"rounds": args.rounds, "threads": args.threads, "logs": {}}
     for name, files in logs.items():
@@ -322,6 +322,50 @@ def detector_speed(args) -> dict:
     return out
 
 
+def val_losses(args) -> dict:
+    """``--val-loss LOG...``: the validation masked-token loss of each of ``--models`` on the
+    conns its pretraining held out (``zeekml.train.moe.pretrain_loop``: the same seed's
+    permutation of the same corpus, so pass the corpus of the models' README), with the masks of
+    the final validation pass (seed + 1): ``all`` over every masked position of the conns'
+    windows (the number a base's README states) and ``last`` over the conn's own position alone,
+    the state the detector reads; a ``causal_window`` model sees only the past there, a full one
+    the whole window either way."""
+    import torch
+
+    from zeekml.train.data import load_conns
+    from zeekml.train.moe import PretrainConfig, mask_tokens, masked_loss
+    from zeekml.scoring.detectors.token import LoadedTokenModel
+
+    table = load_conns(args.val_loss)
+    out: dict = {"corpus": args.val_loss, "conns": table.num_rows, "models": {}}
+    for m in args.models:
+        L = LoadedTokenModel.from_dir(m)
+        seed = int(L.config.get("seed", 0))
+        cfg = PretrainConfig(**{k: v for k, v in L.config["pretrain"].items()
+                                if k in PretrainConfig.__dataclass_fields__})
+        n = table.num_rows
+        val = np.random.default_rng(seed).permutation(n)[:min(int(n * cfg.val_share), 5000)]
+        x = torch.as_tensor(L.tokens(table, rows=val))
+        bases = torch.as_tensor(L.tokenizer.bases)
+        vg = torch.Generator().manual_seed(seed + 1)
+        tot = last = 0.0
+        with torch.inference_mode():
+            for s in range(0, len(val), 1024):
+                ids, reach = L.split(x[s:s + 1024])
+                inp, tgt = mask_tokens(ids, bases, cfg, vg, L.tokenizer.service_fields(), None)
+                logits = L.mlm(L.states(inp, reach)[1])
+                tot += float(masked_loss(logits, tgt)) * len(ids)
+                only = torch.full_like(tgt, -100)
+                only[:, -1] = tgt[:, -1]
+                last += float(masked_loss(logits, only)) * len(ids)
+        row = {"val_conns": int(len(val)), "all": round(tot / len(val), 4), "last": round(last / len(val), 4),
+               "attention": L.encoder.config.attention}
+        out["models"][m] = row
+        print(f"{os.path.basename(m.rstrip('/')):24s} {row['attention']:14s} val loss all {row['all']:.4f}  "
+              f"own position {row['last']:.4f}  ({len(val):,} conns)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--log", default=DEFAULT_LOG)
@@ -350,6 +394,9 @@ def main() -> None:
                     help="time the detectors of --models (dirs) on these logs in this process "
                          "(embedding and kNN, interleaved rounds, CPU time); 'score-speed:N' = the "
                          "N-conn log of bench/score_speed.py")
+    ap.add_argument("--val-loss", nargs="+", default=None, metavar="LOG",
+                    help="validation masked-token loss of --models on the conns their pretraining "
+                         "held out of this corpus (all masked positions, and the conn's own)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--e2e", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ids", default=None, help=argparse.SUPPRESS)
@@ -359,6 +406,12 @@ def main() -> None:
         return
     if args.e2e:
         e2e_worker(args)
+        return
+    if args.val_loss:
+        res = val_losses(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
         return
     if args.detector_speed:
         import torch
