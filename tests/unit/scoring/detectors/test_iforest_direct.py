@@ -67,3 +67,14 @@ def test_wrong_width_is_a_clear_error(conns):
     det = IsolationForestDetector(seed=0).fit(conns.slice(0, 400))
     with pytest.raises(ValueError, match="expected .* features"):
         det._direct.scores(np.zeros((3, 2), dtype=np.float32))
+
+
+def test_a_pickled_detector_scores_the_same_bits(conns):
+    """``--dask`` and ``watch --score-workers`` hand fitted detectors to other processes."""
+    import pickle
+
+    det = IsolationForestDetector(seed=0).fit(conns.slice(0, 800))
+    back = pickle.loads(pickle.dumps(det))
+    assert back._direct is not None
+    table = conns.slice(800, 500)
+    assert np.array_equal(back.score(table), det.score(table))
