@@ -28,7 +28,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -447,7 +446,7 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
     # the libraries of the detectors were imported in the background while the input was read
     # (score_paths): this thread imports none of them before they are in (_core.preload)
     wait_started()
-    if "torch" in sys.modules:
+    if options.models_dir is not None:
         # the learned detectors' torch and BLAS threads, as the README promises: the cores other
         # processes leave free (_core.device.configure_torch; torch's default is every core,
         # whose spinning OpenMP threads cost 3x on a loaded box). Nothing called it on this path
