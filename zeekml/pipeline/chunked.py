@@ -37,7 +37,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from zeekml._core.errors import UnknownFormat, ZeekmlError
-from zeekml._core.device import configure_torch
 from zeekml._core.preload import wait_started
 from zeekml.flows.select import ts_sort_key
 from zeekml.flows.table import CONN_SCHEMA, conn_table, is_conn_batch
@@ -446,11 +445,6 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
     # the libraries of the detectors were imported in the background while the input was read
     # (score_paths): this thread imports none of them before they are in (_core.preload)
     wait_started()
-    if options.models_dir is not None:
-        # the learned detectors' torch and BLAS threads, as the README promises: the cores other
-        # processes leave free (_core.device.configure_torch; torch's default is every core,
-        # whose spinning OpenMP threads cost 3x on a loaded box). Nothing called it on this path
-        configure_torch()
     rows = None
     if baseline is None:
         rows = options.baseline_rows(spill.ts) if spill.num_rows else None
