@@ -17,7 +17,7 @@ from zeekml._core.errors import ModelError
 from zeekml.features.flow_features import FlowFeaturizer
 from zeekml.features.graph import GRAPH_SCHEMA_VERSION, FlowGraphBuilder, GraphConfig
 from zeekml.scoring.detectors.base import load_checked, torch_module
-from zeekml.scoring.detectors.reference import KNN, MAX_REFERENCE, KnnReference
+from zeekml.scoring.detectors.reference import KNN, MAX_REFERENCE, KnnReference, fit_split
 from zeekml.scoring.explain import NEAREST_SHOWN, nearest_text, reference_identity
 from zeekml.scoring.registry import register_kind
 
@@ -144,6 +144,39 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
     return out
 
 
+def same_graph_rows(builder: FlowGraphBuilder, scored: pa.Table, rows: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` (the baseline ``scored.take(rows)``) embed in the baseline's graph with
+    the bits ``scored``'s graph gives them: those whose windows (their target window and the
+    ``context_windows`` before it, ``FlowGraphBuilder.needed_windows``) no conn of ``scored``
+    outside ``rows`` appears in. Such a row's graph neighbourhood is the same rows in both, and
+    windows are absolute (``ts // window``), so its graph is the same. A conn reaches back
+    ``context_windows`` and forward up to ``max_conn_windows`` windows (a later conn lasting
+    into its target window), so unlike ``reference.same_context_rows`` a baseline conn just
+    before the input's next conn is not the same. ``rows`` out of order: none (ties in ``ts``
+    order graph nodes by row, and that order would differ).
+
+    Shapes:
+        rows ``[m]`` -> ``[m]`` bool
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) > 1 and not (np.diff(rows) > 0).all():
+        return np.zeros(len(rows), dtype=bool)
+    first, last = builder.windows(scored)
+    outside = np.ones(scored.num_rows, dtype=bool)
+    outside[rows] = False
+    if not outside.any():                        # the whole input: every graph is the same
+        return np.ones(len(rows), dtype=bool)
+    # every window an outside conn appears in (a conn joins each of first..last)
+    o_first, o_last = first[outside], last[outside]
+    span = o_last - o_first + 1
+    starts = np.cumsum(span) - span
+    covered = np.unique(np.repeat(o_first, span) + (np.arange(int(span.sum())) - np.repeat(starts, span)))
+    target = last[rows]
+    lo = np.searchsorted(covered, target - builder.config.context_windows, side="left")
+    hi = np.searchsorted(covered, target, side="right")
+    return hi == lo
+
+
 class GNNDetector:
     """Anomalous = the conn's flow embedding (the conn in its graph of hosts and nearby conns) is
     far from the baseline's: the score is the mean cosine distance to its ``k`` nearest baseline
@@ -197,17 +230,39 @@ class GNNDetector:
         e = embed_rows(self.bundle, table, rows, device=self.device)
         return e if rows is None else e[rows]
 
+    def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+        """What the reference compares for ``fit_split``: the flow embeddings of ``rows`` (every
+        row when None) as ``score_rows`` embeds them (graphs padded to ``MIN_NODES``), so a
+        baseline conn's embedding is the one scoring it among the input's conns gives."""
+        rows = np.arange(table.num_rows, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        return self._embed(table, rows)
+
     def _check_fitted(self, what: str) -> None:
         if self.reference.ref is None:
             raise ModelError(f"GNNDetector.{what} before fit")
 
-    def fit(self, table: pa.Table) -> GNNDetector:
-        """Embed the baseline ``table`` as the reference set (and keep who its conns are)."""
-        self.reference.fit(self._embed(table))
+    def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> GNNDetector:
+        """Embed the baseline ``table`` as the reference set (and keep who its conns are);
+        ``reference_input``: its conns' embeddings when already computed (``fit_split``)."""
+        self.reference.fit(self._embed(table) if reference_input is None else reference_input)
         # every fit row's uid, 4-tuple and service, so an alert can name its nearest:
         # ``KnnReference.nearest`` answers rows of the fit table
         self._identity = reference_identity(table, np.arange(table.num_rows))
         return self
+
+    def fit_split(self, table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
+                  extra: pa.Table | None = None, scored: pa.Table | None = None,
+                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fit on ``fit_rows`` of the baseline ``table`` and score its ``cal_rows``, every
+        baseline conn embedded once, in the whole baseline's graph (was: the fit half and the
+        calibration half each in its own, every other conn of their windows missing); given
+        the input ``scored`` it was drawn from (``table = scored.take(rows)``), score every conn
+        of the input too, the baseline conns whose graph is the same there (``same_graph_rows``)
+        not embedded again (``reference.fit_split``). Returns ``(scores of cal_rows, scores of
+        every conn of scored or None)``."""
+        builder = self.bundle.builder()
+        return fit_split(self, self._reference_input, table, fit_rows, cal_rows, extra, scored, rows,
+                         same_context=lambda s, r: same_graph_rows(builder, s, r))
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row, ``[n]``."""

@@ -413,7 +413,9 @@ class SplitFitted(Protocol):
 def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], np.ndarray],
               table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
               extra: pa.Table | None = None, scored: pa.Table | None = None,
-              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+              rows: np.ndarray | None = None,
+              same_context: Callable[[pa.Table, np.ndarray], np.ndarray] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray | None]:
     """Fit ``det`` on ``fit_rows`` of the baseline ``table`` and score its ``cal_rows``, every
     baseline conn embedded once, in the whole baseline's context; with ``scored`` (the input
     that ``table = scored.take(rows)`` was drawn from), score every conn of ``scored`` too,
@@ -422,9 +424,12 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
 
     ``embed(t, r)`` is the detector's reference input (embedding or per-part errors) of rows
     ``r`` of ``t`` (all when None), the other conns of ``t`` as context; its rows must not depend
-    on which other rows are embedded with them. For detectors whose context reaches back in
-    time only. ``extra``: conns fitted on beside ``fit_rows`` but never calibrated on
-    (``zeekml.pipeline.fitted.fit_calibrate``), embedded with the baseline before them as context.
+    on which other rows are embedded with them. ``same_context(scored, rows)`` says which
+    baseline rows embed alike in ``scored`` and in the baseline, ``[m]`` bool (default
+    ``same_context_rows``: right for a context that reaches back in time only; the GNN, whose
+    context also reaches forward, gives its own). ``extra``: conns fitted on beside
+    ``fit_rows`` but never calibrated on (``zeekml.pipeline.fitted.fit_calibrate``), embedded
+    with the baseline before them as context.
 
     Returns ``(scores of cal_rows, scores of every conn of scored or None)``.
     """
@@ -442,7 +447,7 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
     if scored is None:
         return _score_at(det.reference, x, cal_rows), None
     rows = np.asarray(rows, dtype=np.int64)
-    same = same_context_rows(scored, rows)
+    same = np.asarray((same_context or same_context_rows)(scored, rows), dtype=bool)
     todo = np.ones(scored.num_rows, dtype=bool)
     todo[rows[same]] = False
     todo_rows = np.flatnonzero(todo)
