@@ -166,8 +166,14 @@ def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions
     cal, test, per, hold = {}, {}, {}, {}
     for det in dets:
         t0 = time.perf_counter()
-        det.fit(fit_t)
-        cal[det.name] = np.asarray(det.score(cal_t), dtype=np.float64)
+        split = getattr(det, "fit_split", None)
+        if split is not None:
+            # as zeekml fits a learned detector (``pipeline.fitted.fit_calibrate``): the whole
+            # baseline embedded once, fitted on one half's embeddings, calibrated on the other's
+            cal[det.name] = np.asarray(split(base, fit_idx, cal_idx)[0], dtype=np.float64)
+        else:
+            det.fit(fit_t)
+            cal[det.name] = np.asarray(det.score(cal_t), dtype=np.float64)
         test[det.name] = np.asarray(det.score(scored), dtype=np.float64)
         if len(held):
             hold[det.name] = np.asarray(det.score(held_t), dtype=np.float64)
