@@ -96,3 +96,19 @@ def test_configure_torch_sets_torch_and_blas_threads_once(monkeypatch):
     finally:
         torch.set_num_threads(before)
         restore.restore_original_limits()
+
+
+def test_score_sets_threads_only_when_asked(monkeypatch):
+    """Without ``$ZEEKML_TORCH_THREADS``/``$OMP_NUM_THREADS`` nothing is set (torch's default: a
+    count from the load would move verdict bits with it); with one, that count."""
+    from zeekml._core import device
+
+    monkeypatch.delenv(device.THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(device, "_configured", None)
+    assert device.asked_torch_threads() is None
+    assert device.configure_torch_if_asked() is None and device._configured is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert device.asked_torch_threads() == 1
+    monkeypatch.setattr(device, "configure_torch", lambda: 42)
+    assert device.configure_torch_if_asked() == 42

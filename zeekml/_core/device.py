@@ -89,7 +89,9 @@ def default_torch_threads(cores: int | None = None, load: float | None = None) -
     in one process (bench/README.md, "Threads"): quiet (load 0.8), median 0.57 s with one thread
     and 0.43 s with two; with two other busy processes, 0.86 s with one and 2.54 s with two
     (OpenMP threads spin at every barrier waiting for a sibling the kernel has descheduled).
-    Scores are bit-identical whatever the count.
+    Scores are not always bit-identical across counts: on AVX-512 CPUs the MoE's move in their
+    last bits between one and two threads, so ``score`` uses this only when asked
+    (``configure_torch_if_asked``); ``watch`` uses it to keep up.
 
     Args:
         cores: usable cores (default: ``usable_cores()``).
@@ -106,10 +108,10 @@ def default_torch_threads(cores: int | None = None, load: float | None = None) -
     return max(1, min(cores, math.floor(cores - load) + 1))
 
 
-def torch_threads() -> int:
-    """The intra-op thread count ``configure_torch`` sets: ``$ZEEKML_TORCH_THREADS``, else
-    ``$OMP_NUM_THREADS`` (the user's choice for every OpenMP library), else
-    ``default_torch_threads()``. A value that is not a positive integer is a ``ZeekmlError``."""
+def asked_torch_threads() -> int | None:
+    """The thread count the environment asks for: ``$ZEEKML_TORCH_THREADS``, else
+    ``$OMP_NUM_THREADS`` (the user's choice for every OpenMP library), else None. A value that is
+    not a positive integer is a ``ZeekmlError``."""
     for name in (THREADS_ENV, "OMP_NUM_THREADS"):
         raw = os.environ.get(name, "").strip()
         if raw:
@@ -120,7 +122,23 @@ def torch_threads() -> int:
             if n < 1:
                 raise ZeekmlError(f"${name}={raw!r} is not a positive number of threads")
             return n
-    return default_torch_threads()
+    return None
+
+
+def torch_threads() -> int:
+    """The intra-op thread count ``configure_torch`` sets: ``asked_torch_threads()``, else
+    ``default_torch_threads()``."""
+    asked = asked_torch_threads()
+    return default_torch_threads() if asked is None else asked
+
+
+def configure_torch_if_asked() -> int | None:
+    """``configure_torch`` when the environment asks for a thread count, else nothing (torch's
+    default: every core); returns the count set or None. ``score``'s path: a count chosen from
+    the load would make verdict bytes depend on the load, since on AVX-512 CPUs the MoE's scores
+    move in their last bits between one and two threads (up to 6.6e-7 on 821 of examples/' 2,361
+    conns, no alert flipped); the same input must give the same verdicts."""
+    return None if asked_torch_threads() is None else configure_torch()
 
 
 def configure_torch() -> int:

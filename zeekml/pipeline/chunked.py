@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from zeekml._core.device import configure_torch_if_asked
 from zeekml._core.errors import UnknownFormat, ZeekmlError
 from zeekml._core.preload import wait_started
 from zeekml.flows.select import ts_sort_key
@@ -445,6 +446,10 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
     # the libraries of the detectors were imported in the background while the input was read
     # (score_paths): this thread imports none of them before they are in (_core.preload)
     wait_started()
+    if options.models_dir is not None:
+        # $ZEEKML_TORCH_THREADS / $OMP_NUM_THREADS when set; never a count chosen from the load,
+        # which would move the MoE's last bits with it (_core.device.configure_torch_if_asked)
+        configure_torch_if_asked()
     rows = None
     if baseline is None:
         rows = options.baseline_rows(spill.ts) if spill.num_rows else None

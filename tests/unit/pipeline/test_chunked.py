@@ -246,3 +246,30 @@ def test_triage_rows_give_the_incidents_of_the_whole_batch():
     # the counts do need every conn: from the alerting rows alone they are smaller
     alone = incidents_from_batch(alerts, base)
     assert sum(i.conns for i in alone) < sum(i.conns for i in want)
+
+
+THREADS_PROBE = """
+import sys
+from zeekml.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+finally:
+    import torch
+    print("threads", torch.get_num_threads())
+"""
+
+
+def test_score_with_learned_detectors_sets_their_threads(tmp_path):
+    """``score`` with the shipped models runs torch with the threads the environment asks for
+    (here ``$ZEEKML_TORCH_THREADS`` = 7, which is no machine's default), not torch's own."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ZEEKML_TORCH_THREADS="7")
+    env.pop("OMP_NUM_THREADS", None)
+    res = subprocess.run([sys.executable, "-c", THREADS_PROBE, "score",
+                          str(EXAMPLES / "zeek" / "conn.log"), "--out", str(tmp_path / "out"),
+                          "--no-progress", "--models", str(MODELS)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "threads 7", res.stdout[-500:]
