@@ -316,8 +316,9 @@ def detector_speed(args) -> dict:
             ref = best[first]["embed"] + best[first]["knn"]
             rows[m] = {**b, "total": tot, "conns_per_cpu_s": table.num_rows / tot,
                        "speedup_total": ref / tot, "speedup_embed": best[first]["embed"] / b["embed"]}
+            embed_x = best[first]["embed"] / b["embed"]
             print(f"  {os.path.basename(m.rstrip('/')):28s} {b['embed']:8.2f} {b['knn']:7.2f} {tot:8.2f} "
-                  f"{table.num_rows / tot:12,.0f} {ref / tot:8.2f}x (embedding {best[first]['embed'] / b['embed']:.2f}x)")
+                  f"{table.num_rows / tot:12,.0f} {ref / tot:8.2f}x (embedding {embed_x:.2f}x)")
         out["logs"][name] = {"conns": table.num_rows, "baseline": base.num_rows, "models": rows}
     return out
 
