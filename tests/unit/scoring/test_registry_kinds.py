@@ -128,7 +128,7 @@ def test_empty_means_the_shipped_models(monkeypatch):
     monkeypatch.delenv("ZEEKML_MODELS", raising=False)
     assert os.path.samefile(registry.default_models_dir(), MODELS)
     assert [os.path.basename(d) for d in detector_dirs(registry.default_models_dir())] == \
-        ["gnn-base", "mae-base", "moe-base"]
+        ["gnn-base", "mae-base", "moe-causal"]
 
 
 def test_score_with_an_unusable_models_dir_exits_5_in_one_line(tmp_path):
