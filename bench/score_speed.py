@@ -186,6 +186,11 @@ def install(st: Stages) -> None:
 
     st.wrap(token.LoadedTokenModel, "tokens", "featurise")
     st.wrap(token.LoadedTokenModel, "run", "forward")
+    if hasattr(token.LoadedTokenModel, "stream_embedding"):    # a causal_window base (moe-causal)
+        from zeekml.features.tokens import FlowTokenizer
+
+        st.wrap(token.LoadedTokenModel, "stream_embedding", "forward")
+        st.wrap(FlowTokenizer, "host_stream", "featurise")
     if hasattr(token.LoadedTokenModel, "profile"):          # the baseline-relative detectors
         st.wrap(token.LoadedTokenModel, "profile", "forward")
     with contextlib.suppress(ImportError):

@@ -96,8 +96,11 @@ def test_live_verdicts_with_learned_detectors_equal_batch_on_a_real_log(tmp_path
     live = w.stats
     assert live.state == "stopped" and 0 < live.scored < 2000
     ctx = live.context
-    assert ctx["forward_s"] == 20.0 and ctx["back_s"] == 3600.0 and ctx["late"] == 0   # gnn: 4 windows
-    assert ctx["pending"] == 2000 - live.scored and ctx["rows"] < 2000   # some evicted already
+    # forward: the GNN's 4 windows; back: the causal MoE's (blocks + 1) x its hour of max_age
+    assert ctx["forward_s"] == 20.0 and ctx["back_s"] == 18000.0 and ctx["late"] == 0
+    # every conn still kept: none is older than the causal MoE's 5 h horizon in this log's span
+    # (eviction by horizon: test_release_rule_gives_batch_scores_and_journal_replays_the_state)
+    assert ctx["pending"] == 2000 - live.scored and ctx["rows"] == 2000
     # a restart restores the held-back conns from the journal; --once scores them
     s = Watcher(str(root), out, WatchOptions(**(opts | {"once": True}))).run()
     assert s.scored == 2000 - live.scored and s.context["pending"] == 0
