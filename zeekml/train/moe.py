@@ -202,6 +202,20 @@ class TokenPrediction(Prediction):
 
 # -- training loops -----------------------------------------------------------------------------
 
+def pretrain_step(loss, out, cfg: PretrainConfig, opt, sched, params) -> None:
+    """One optimiser step of pretraining: the masked-token ``loss`` plus the MoE layers' balance
+    and router z-losses of ``out`` (an ``EncoderOutput``; zeros for a dense encoder), gradients
+    clipped to norm 1, then the learning-rate schedule. Both loops (windows and host streams)."""
+    import torch
+
+    total = loss + cfg.balance_coef * out.balance_loss + cfg.z_coef * out.z_loss
+    opt.zero_grad()
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
 def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: PretrainConfig, seed: int,
                   device: str = "cpu", kind: str = "moe") -> dict:
     """Masked-token training; returns losses per epoch, validation loss and routing at the end.
@@ -235,12 +249,7 @@ def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: Pretra
             inp, tgt = mask_tokens(b, bases, cfg, gen, hidden_fields, hide)
             out = encoder(inp.to(device))
             loss = masked_loss(mlm(out.hidden[:, 1:]), tgt.to(device))
-            total = loss + cfg.balance_coef * out.balance_loss + cfg.z_coef * out.z_loss
-            opt.zero_grad()
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            pretrain_step(loss, out, cfg, opt, sched, params)
             step += 1
             tot += float(loss.detach()) * len(b)
             seen += len(b)
@@ -400,12 +409,7 @@ def pretrain_stream_loop(encoder, mlm, tok: FlowTokenizer, table: pa.Table, cfg:
             tgt = torch.where(read.unsqueeze(-1), tgt, torch.full_like(tgt, -100))
             out = encoder.forward_stream(inp.reshape(c * l, -1).to(device), keys.to(device))
             loss = masked_loss(mlm(out.hidden.view(c, l, -1)), tgt.to(device))
-            total = loss + cfg.balance_coef * out.balance_loss + cfg.z_coef * out.z_loss
-            opt.zero_grad()
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            pretrain_step(loss, out, cfg, opt, sched, params)
             step += 1
             k = int(read.sum())
             tot += float(loss.detach()) * k

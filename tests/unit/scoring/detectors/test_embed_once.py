@@ -14,6 +14,7 @@ from zeekml.flows.select import earliest_rows, ts_sort_key
 from zeekml.scoring.detectors.reference import same_context_rows
 from zeekml.scoring.registry import get_kind
 from zeekml.train.data import load_conns
+from checks import count_embedded
 from zeekml.train.registry import get_trainer
 from tiny import LABELED_LOG
 from tiny import TINY as TINY_SETTINGS
@@ -37,20 +38,6 @@ def model_dirs(table, tmp_path_factory) -> dict[str, str]:
         get_trainer(kind).pretrain(table, d, sources=[LOG], seed=0, epochs=1, device="cpu", **opts)
         out[kind] = d
     return out
-
-
-def count_embedded(det, monkeypatch) -> list[int]:
-    """The number of rows of each call of ``det._reference_input`` from now on (a list that
-    fills as it is called)."""
-    calls: list[int] = []
-    inner = det._reference_input
-
-    def counting(t, r=None):
-        calls.append(t.num_rows if r is None else len(r))
-        return inner(t, r)
-
-    monkeypatch.setattr(det, "_reference_input", counting)
-    return calls
 
 
 def test_same_context_rows_are_the_baseline_rows_before_every_other_conn():

@@ -19,18 +19,11 @@ from zeekml.flows.select import earliest_rows, rows_in_range, ts_sort_key  # noq
 from zeekml.scoring.detectors.gnn import same_graph_rows  # noqa: E402
 from zeekml.scoring.registry import get_kind  # noqa: E402
 from zeekml.train.data import load_conns  # noqa: E402
+from checks import assert_same, count_embedded  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
 MODEL = os.path.join(ROOT, "models", "gnn-base")
 LOG = os.path.join(ROOT, "tests", "data", "gnn", "iot23-ctu-34-1-head400.conn.log.labeled")
-
-
-def assert_same(got: np.ndarray, want: np.ndarray, avx2: bool) -> None:
-    """Bit for bit on the x86-64 AVX2 kernels (``tests/conftest.py``), else within float32."""
-    if avx2:
-        np.testing.assert_array_equal(got, want)
-    else:
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +36,6 @@ def det():
     if not os.path.exists(os.path.join(MODEL, "config.json")):
         pytest.skip("models/ not shipped")
     return get_kind("gnn").detector(MODEL, device="cpu")
-
-
-def count_embedded(det, monkeypatch) -> list[int]:
-    """Rows asked of each call of ``det._reference_input`` from now on."""
-    calls: list[int] = []
-    inner = det._reference_input
-
-    def counting(t, r=None):
-        calls.append(t.num_rows if r is None else len(r))
-        return inner(t, r)
-
-    monkeypatch.setattr(det, "_reference_input", counting)
-    return calls
 
 
 def test_same_graph_rows_are_those_no_outside_conn_reaches():

@@ -16,19 +16,12 @@ from zeekml.scoring.context import detectors_in_context, ts_array  # noqa: E402
 from zeekml.scoring.detectors.gnn import MIN_NODES  # noqa: E402
 from zeekml.scoring.registry import get_kind  # noqa: E402
 from zeekml.train.data import load_conns  # noqa: E402
+from checks import assert_same  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
 MODEL = os.path.join(ROOT, "models", "gnn-base")
 # 400 real conns over 32 minutes, a median 2.8 s apart: graph windows of 5 s hold several
 LOG = os.path.join(ROOT, "tests", "data", "gnn", "iot23-ctu-34-1-head400.conn.log.labeled")
-
-
-def assert_same(got: np.ndarray, want: np.ndarray, avx2: bool) -> None:
-    """Bit for bit on the x86-64 AVX2 kernels (``tests/conftest.py``), else within float32."""
-    if avx2:
-        np.testing.assert_array_equal(got, want)
-    else:
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,13 @@ from zeekml.scoring.context import InContext, detectors_in_context
 from zeekml.scoring.detectors.reference import same_context_rows
 from zeekml.scoring.registry import get_kind
 from zeekml.train.data import load_conns
+from tiny import LABELED_LOG, TINY_TOKEN
 from zeekml.train.registry import get_trainer
 
 pytest.importorskip("torch")
 
-LOG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
-                   "data", "gnn", "iot23-ctu-34-1-head400.conn.log.labeled")
-TINY = {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "n_experts": 4, "d_expert": 16,
-        "batch_size": 64, "seq_len": 8, "chunk": 16, "attention": "causal_window"}
+LOG = LABELED_LOG
+TINY = TINY_TOKEN | {"chunk": 16, "attention": "causal_window"}
 
 
 @pytest.fixture(scope="module")
