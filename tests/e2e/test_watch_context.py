@@ -98,9 +98,9 @@ def test_live_verdicts_with_learned_detectors_equal_batch_on_a_real_log(tmp_path
     ctx = live.context
     # forward: the GNN's 4 windows; back: the causal MoE's (blocks + 1) x its hour of max_age
     assert ctx["forward_s"] == 20.0 and ctx["back_s"] == 18000.0 and ctx["late"] == 0
-    # every conn still kept: none is older than the causal MoE's 5 h horizon in this log's span
-    # (eviction by horizon: test_release_rule_gives_batch_scores_and_journal_replays_the_state)
-    assert ctx["pending"] == 2000 - live.scored and ctx["rows"] == 2000
+    # some evicted already: the causal MoE's 5 h horizon counts its originators' latest 17 conns
+    # only (evict_rules), the GNN's by time
+    assert ctx["pending"] == 2000 - live.scored and ctx["rows"] < 2000
     # a restart restores the held-back conns from the journal; --once scores them
     s = Watcher(str(root), out, WatchOptions(**(opts | {"once": True}))).run()
     assert s.scored == 2000 - live.scored and s.context["pending"] == 0
@@ -420,3 +420,30 @@ def test_a_detector_declaring_its_history_length_gets_that_much_context(seed):
     keep = latest_per_key(np.array([1, 1, 1, 1, 2, 2]), np.array([0., 1, 2, 3, 0, 1]),
                           np.arange(6), np.array([0, 0, 0, 1, 0, 0], bool), 3)
     assert keep.tolist() == [False, True, True, True, False, False]
+
+
+def test_host_keyed_history_keeps_only_each_hosts_latest_rows_and_batch_scores():
+    """A detector declaring ``context_key_rows = k`` (the host histories) needs of the conns before
+    the oldest pending one only each originator's latest ``k - 1``, whatever its time horizon
+    (an hour here, the toy log spans 300 s): the context evicts the rest, and every verdict is
+    still the batch's."""
+    from zeekml.pipeline.live.context import evict_rules
+
+    table, ts = _toy_table(600, seed=2)
+    dets = [LatestOfHost("host", 4, declare=True), NeighbourCount("back", 20.0, 0.0)]
+    cal = {d.name: ThresholdCalibrator(fpr=0.01).fit(np.arange(100.0)) for d in dets}
+    fitted = FittedDetectors(dets, cal, 0.01)
+    assert evict_rules(fitted) == (20.0, {"id.orig_h": (4, 3600.0)})
+    lateness = float(np.max(np.maximum.accumulate(ts) - ts))
+    batch = {v.uid: v for v in score_fitted(table, fitted)}
+    ctx = LiveContext(fitted, lateness=lateness, max_rows=10_000)
+    got, most = [], 0
+    for a in range(0, 600, 37):
+        ctx.add(table.slice(a, 37))
+        got += ctx.release(fitted).verdicts()
+        most = max(most, ctx.rows)
+    # by time alone (an hour back) all 600 would stay; 7 hosts x 3 older rows + the last ~45 s
+    assert ctx.rows < 300 and most < 350 and ctx.evicted_early == 0
+    got += ctx.release(fitted, flush=True).verdicts()
+    assert ctx.late == 0 and sorted(v.uid for v in got) == sorted(batch)
+    assert all(v.scores == batch[v.uid].scores for v in got)

@@ -14,7 +14,9 @@ import pyarrow as pa
 from zeekml.flows.table import CONN_SCHEMA
 from zeekml.pipeline.fitted import FittedDetectors, score_batch
 from zeekml.pipeline.live.journal import frame, records
-from zeekml.scoring.context import detectors_in_context, horizons, ts_array
+from zeekml.features.host_history import dictionary_codes
+from zeekml.scoring.context import (context_key, context_key_rows, detectors_in_context, horizon,
+                                    horizons, ts_array)
 from zeekml.scoring.verdict import VerdictBatch
 
 _ROWS, _MARK = b"R", b"T"
@@ -56,6 +58,25 @@ def score_in_threads(detectors: list, table: pa.Table, threads: int) -> dict | N
             torch.set_num_threads(before)
 
 
+
+def evict_rules(fitted: FittedDetectors) -> tuple[float, dict[str, tuple[int, float]]]:
+    """How far back ``LiveContext`` keeps scored conns: ``back_by_time``, the widest backward
+    horizon of the detectors that count conns by time, and per ``context_key`` of the detectors
+    that declare ``context_key_rows`` (the host histories) the most rows and the widest horizon
+    they ask. Those need only their key's latest rows, not every conn of their horizon: the
+    causal MoE reaches 5 h back but reads an originator's last 17 conns, and keeping 5 h of a
+    busy link's conns filled ``max_rows`` at ~55 conns/s."""
+    by_time, keyed = 0.0, {}
+    for det in getattr(fitted, "detectors", fitted):
+        back = horizon(det)[0]
+        key, length = context_key(det), context_key_rows(det)
+        if key is not None and length is not None:
+            old = keyed.get(key, (0, 0.0))
+            keyed[key] = (max(old[0], length), max(old[1], back))
+        else:
+            by_time = max(by_time, back)
+    return by_time, keyed
+
 class LiveContext:
     """The conns that detectors with a time context (``scoring.context``) still need, in arrival
     order: already scored ones kept as context for later conns, and pending ones held back until
@@ -89,6 +110,7 @@ class LiveContext:
                  release_wait: float | None = 5.0,
                  clock: Callable[[], float] = time.monotonic, threads: int = 1):
         self.back, self.fwd = horizons(fitted)
+        self.back_by_time, self.keyed = evict_rules(fitted)
         self.lateness = float(lateness)
         self.max_rows = max(1, int(max_rows))
         self.batch_seconds = float(batch_seconds)
@@ -218,14 +240,37 @@ class LiveContext:
         if len(fin):
             self.scored_max = max(self.scored_max, float(fin.max()))
 
+    def _keep_latest_per_key(self, keep: np.ndarray, key: str, n: int, cut: float, back: float) -> None:
+        """Also keep, per value of ``key``, its latest ``n`` conns (by ``(ts, arrival)``) among
+        those older than ``cut`` and within ``back`` of it: all a conn at or after ``cut`` of that
+        key can have in its last ``n + 1`` (``scoring.context.latest_per_key`` cuts a release's
+        context to them), whatever their age."""
+        tbl = self._tbl()
+        if n <= 0 or key not in tbl.column_names:
+            return
+        idx = np.flatnonzero(~keep & (self.ts >= cut - back) & (self.ts < cut))
+        if not len(idx):
+            return
+        codes = dictionary_codes(tbl.column(key).take(pa.array(idx, pa.int64())))
+        order = np.lexsort((idx, self.ts[idx], codes))         # by key, then ts, then arrival
+        grp = codes[order]
+        last = np.ones(len(idx), dtype=bool)
+        last[:-1] = grp[:-1] != grp[1:]
+        end = np.flatnonzero(last)                              # each key's last position
+        group_end = end[np.searchsorted(end, np.arange(len(idx)))]
+        keep[idx[order[group_end - np.arange(len(idx)) < n]]] = True
+
     def _evict(self) -> None:
         """Drop scored conns no pending or future conn can have in its horizon."""
         if not len(self.ts):
             return
         todo = ~self.scored
         oldest = np.min(self.ts[todo & np.isfinite(self.ts)], initial=self.released)
+        cut = min(oldest, self.released)
         with np.errstate(invalid="ignore"):
-            keep = todo | (self.ts >= min(oldest, self.released) - self.back)
+            keep = todo | (self.ts >= cut - self.back_by_time)
+            for key, (length, back) in self.keyed.items():
+                self._keep_latest_per_key(keep, key, length - 1, cut, back)
         extra = int(np.count_nonzero(keep)) - self.max_rows
         if extra > 0:  # over the memory bound: the oldest scored conns go early
             sts = np.where(keep & self.scored, self.ts, np.inf)
