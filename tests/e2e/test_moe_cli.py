@@ -157,3 +157,19 @@ def test_packet_tokens_from_a_replayed_capture(tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert [f["name"] for f in cfg["tokenizer"]["fields"]] == ["dir", "ip_len", "iat", "flags"]
     assert cfg["tokenizer"]["fields"][1]["edges"]
+
+
+def test_pretrain_attention_option(tmp_path):
+    """``--attention causal_window`` pretrains the stream model (what models/moe-causal is), stored
+    in its config and left out of the detectors until its flag says so; other kinds refuse it in
+    one line."""
+    out = tmp_path / "causal"
+    invoke("pretrain", "--model", "moe", SLICE, "--out", out, "--epochs", "1", "--attention", "causal_window",
+           "--device", "cpu")
+    with open(out / "config.json") as f:
+        cfg = json.load(f)
+    assert cfg["encoder"]["attention"] == "causal_window" and cfg["detector"] is False
+    r = CliRunner().invoke(main, ["pretrain", "--model", "mae", SLICE, "--out", str(tmp_path / "m"),
+                                  "--attention", "causal_window"])
+    assert r.exit_code == 2 and "--attention applies to the token models (moe, dense), not mae" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "m").exists()

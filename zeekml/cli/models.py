@@ -55,14 +55,22 @@ def quarantine_file(path: str | None) -> Iterator:
 @click.option("--seed", default=0, show_default=True,
               help="Seed of the model's random draws (weights' initialisation, masking, batch order).")
 @click.option("--epochs", default=None, type=int, help="Override the model's default.")
+@click.option("--attention", type=click.Choice(["full", "causal_window"]), default=None,
+              help="Token models (moe, dense) only: full = a conn's window of its host's last conns plus a CLS "
+                   "(moe-base; finetunable), causal_window = each host's stream of conns, each conn through "
+                   "each block once (moe-causal, the detector; not finetunable). Default: full.")
 @DEVICE_OPTION
-def pretrain(model, logs, out, seed, epochs, device):
+def pretrain(model, logs, out, seed, epochs, attention, device):
     """Self-supervised pretraining on LOGS (labels ignored)."""
     from zeekml.train.protocol import run_pretrain
 
     opts = {"device": resolve_device(device)}
     if epochs is not None:
         opts["epochs"] = epochs
+    if attention is not None:
+        if model not in ("moe", "dense"):
+            raise click.UsageError(f"--attention applies to the token models (moe, dense), not {model}")
+        opts["attention"] = attention
     with quarantine_file(os.path.join(out, "quarantine.jsonl")) as q:
         metrics = run_pretrain(model, list(logs), out, seed=seed, quarantine=q, **opts)
     click.echo(json.dumps({"out": out, **(metrics or {})}, indent=2, default=str))
