@@ -420,6 +420,10 @@ def test_a_detector_declaring_its_history_length_gets_that_much_context(seed):
     keep = latest_per_key(np.array([1, 1, 1, 1, 2, 2]), np.array([0., 1, 2, 3, 0, 1]),
                           np.arange(6), np.array([0, 0, 0, 1, 0, 0], bool), 3)
     assert keep.tolist() == [False, True, True, True, False, False]
+    # what watch keeps of the older conns: each key's last 2 by (ts, row), ties by row
+    from zeekml.scoring.context import last_per_key
+    keep = last_per_key(np.array([1, 1, 1, 2, 1, 2]), np.array([0., 2, 1, 5, 2, 0]), np.arange(6), 2)
+    assert keep.tolist() == [False, True, False, True, True, True]
 
 
 def test_host_keyed_history_keeps_only_each_hosts_latest_rows_and_batch_scores():

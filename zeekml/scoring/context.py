@@ -50,19 +50,39 @@ def latest_per_key(codes: np.ndarray, ts: np.ndarray, rows: np.ndarray, is_targe
     n = len(rows)
     if n == 0:
         return np.zeros(0, dtype=bool)
-    order = np.lexsort((rows, ts, codes))
-    grp = codes[order]
-    start = np.ones(n, dtype=bool)
-    start[1:] = grp[1:] != grp[:-1]
-    starts = np.flatnonzero(start)
+    order, starts, group_of = _key_runs(codes, ts, rows)
     pos = np.arange(n)
     first = np.minimum.reduceat(np.where(is_target[order], pos, n), starts)
-    group_of = np.cumsum(start) - 1
     f = first[group_of]
-    keep_sorted = (pos >= f - (length - 1)) & (f < n)
     keep = np.zeros(n, dtype=bool)
-    keep[order] = keep_sorted
+    keep[order] = (pos >= f - (length - 1)) & (f < n)
     return keep
+
+
+def last_per_key(codes: np.ndarray, ts: np.ndarray, rows: np.ndarray, count: int) -> np.ndarray:
+    """Which of ``rows`` (row indices, their key ``codes`` and ``ts``) are among their key's last
+    ``count`` by ``(ts, row)``: what a conn later than all of them can have of its key's history
+    (``zeekml watch`` keeps these of the conns older than its pending ones).
+
+    Shapes: all ``[n]``; returns a bool mask ``[n]``."""
+    n = len(rows)
+    if n == 0 or count <= 0:
+        return np.zeros(n, dtype=bool)
+    order, starts, group_of = _key_runs(codes, ts, rows)
+    last = np.append(starts[1:], n) - 1                       # each key's last sorted position
+    keep = np.zeros(n, dtype=bool)
+    keep[order] = last[group_of] - np.arange(n) < count
+    return keep
+
+
+def _key_runs(codes: np.ndarray, ts: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``rows`` ordered by ``(key, ts, row)``: the order, the first sorted position of each key's
+    run, and the run of each sorted position."""
+    order = np.lexsort((rows, ts, codes))
+    grp = codes[order]
+    start = np.ones(len(rows), dtype=bool)
+    start[1:] = grp[1:] != grp[:-1]
+    return order, np.flatnonzero(start), np.cumsum(start) - 1
 
 
 def horizon(det) -> tuple[float, float]:

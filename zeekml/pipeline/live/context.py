@@ -11,12 +11,12 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from zeekml.features.host_history import dictionary_codes
 from zeekml.flows.table import CONN_SCHEMA
 from zeekml.pipeline.fitted import FittedDetectors, score_batch
 from zeekml.pipeline.live.journal import frame, records
-from zeekml.features.host_history import dictionary_codes
 from zeekml.scoring.context import (context_key, context_key_rows, detectors_in_context, horizon,
-                                    horizons, ts_array)
+                                    horizons, last_per_key, ts_array)
 from zeekml.scoring.verdict import VerdictBatch
 
 _ROWS, _MARK = b"R", b"T"
@@ -58,7 +58,6 @@ def score_in_threads(detectors: list, table: pa.Table, threads: int) -> dict | N
             torch.set_num_threads(before)
 
 
-
 def evict_rules(fitted: FittedDetectors) -> tuple[float, dict[str, tuple[int, float]]]:
     """How far back ``LiveContext`` keeps scored conns: ``back_by_time``, the widest backward
     horizon of the detectors that count conns by time, and per ``context_key`` of the detectors
@@ -76,6 +75,7 @@ def evict_rules(fitted: FittedDetectors) -> tuple[float, dict[str, tuple[int, fl
         else:
             by_time = max(by_time, back)
     return by_time, keyed
+
 
 class LiveContext:
     """The conns that detectors with a time context (``scoring.context``) still need, in arrival
@@ -246,19 +246,13 @@ class LiveContext:
         key can have in its last ``n + 1`` (``scoring.context.latest_per_key`` cuts a release's
         context to them), whatever their age."""
         tbl = self._tbl()
-        if n <= 0 or key not in tbl.column_names:
+        if key not in tbl.column_names:
             return
         idx = np.flatnonzero(~keep & (self.ts >= cut - back) & (self.ts < cut))
         if not len(idx):
             return
         codes = dictionary_codes(tbl.column(key).take(pa.array(idx, pa.int64())))
-        order = np.lexsort((idx, self.ts[idx], codes))         # by key, then ts, then arrival
-        grp = codes[order]
-        last = np.ones(len(idx), dtype=bool)
-        last[:-1] = grp[:-1] != grp[1:]
-        end = np.flatnonzero(last)                              # each key's last position
-        group_end = end[np.searchsorted(end, np.arange(len(idx)))]
-        keep[idx[order[group_end - np.arange(len(idx)) < n]]] = True
+        keep[idx[last_per_key(codes, self.ts[idx], idx, n)]] = True
 
     def _evict(self) -> None:
         """Drop scored conns no pending or future conn can have in its horizon."""
