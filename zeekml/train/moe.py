@@ -202,18 +202,58 @@ class TokenPrediction(Prediction):
 
 # -- training loops -----------------------------------------------------------------------------
 
-def pretrain_step(loss, out, cfg: PretrainConfig, opt, sched, params) -> None:
+class LoopSetup:
+    """What both pretraining loops draw and build first, in this order (the draws are the
+    seed's): the held-out conns (``val``, at most 5,000, none under 400 conns), the training
+    conns and how many an epoch reads, the optimiser over ``params`` and its cosine schedule."""
+
+    def __init__(self, n: int, cfg: PretrainConfig, params: list, rng: np.random.Generator):
+        import torch
+
+        perm = rng.permutation(n)
+        self.n_val = min(int(n * cfg.val_share), 5000) if n >= 400 else 0
+        self.val, self.train = perm[:self.n_val], perm[self.n_val:]
+        self.per_epoch = min(len(self.train), cfg.max_sequences)
+        self.steps = optimiser_steps(cfg, self.per_epoch)
+        self.params = params
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: cosine(s, self.steps))
+
+
+def validated(modules: tuple, fn):
+    """``fn()`` with ``modules`` in eval mode and under ``torch.inference_mode``, then back in
+    training mode: a validation pass between epochs (eval mode draws no random numbers, so
+    training goes on exactly as without it)."""
+    import torch
+
+    for m in modules:
+        m.eval()
+    with torch.inference_mode():
+        out = fn()
+    for m in modules:
+        m.train()
+    return out
+
+
+def loop_metrics(history: list, step: int, t0: float, train: np.ndarray) -> dict:
+    """The metrics both pretraining loops return before their validation figures."""
+    return {"train_loss": history[-1] if history else float("nan"), "loss_by_epoch": history,
+            "steps": step, "seconds": round(time.perf_counter() - t0, 1),
+            "train_sequences": int(len(train))}
+
+
+def pretrain_step(loss, out, cfg: PretrainConfig, setup: LoopSetup) -> None:
     """One optimiser step of pretraining: the masked-token ``loss`` plus the MoE layers' balance
     and router z-losses of ``out`` (an ``EncoderOutput``; zeros for a dense encoder), gradients
     clipped to norm 1, then the learning-rate schedule. Both loops (windows and host streams)."""
     import torch
 
     total = loss + cfg.balance_coef * out.balance_loss + cfg.z_coef * out.z_loss
-    opt.zero_grad()
+    setup.opt.zero_grad()
     total.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    sched.step()
+    torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
+    setup.opt.step()
+    setup.sched.step()
 
 
 def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: PretrainConfig, seed: int,
@@ -224,19 +264,24 @@ def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: Pretra
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    n = len(ids)
-    perm = rng.permutation(n)
-    n_val = min(int(n * cfg.val_share), 5000) if n >= 400 else 0
-    val, train = perm[:n_val], perm[n_val:]
-    per_epoch = min(len(train), cfg.max_sequences)
-    steps = optimiser_steps(cfg, per_epoch)
-    params = list(encoder.parameters()) + list(mlm.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, steps))
+    setup = LoopSetup(len(ids), cfg, list(encoder.parameters()) + list(mlm.parameters()), rng)
+    n_val, val, train, per_epoch = setup.n_val, setup.val, setup.train, setup.per_epoch
     bases = torch.as_tensor(tok.bases)
     hidden_fields = tok.service_fields()
     encoder.to(device).train()
     mlm.to(device).train()
+
+    def val_losses(vseed: int) -> tuple[float, list]:
+        vg = torch.Generator().manual_seed(vseed)
+        tot, routing = 0.0, []
+        for s in range(0, n_val, 1024):
+            b = torch.as_tensor(ids[val[s:s + 1024]])
+            inp, tgt = mask_tokens(b, bases, cfg, vg, hidden_fields, None)
+            out = encoder(inp.to(device))
+            add_routing(routing, out.routing)
+            tot += float(masked_loss(mlm(out.hidden[:, 1:]), tgt.to(device))) * len(b)
+        return tot / n_val, routing
+
     history, t0, step = [], time.perf_counter(), 0
     progress = EpochLog(f"{kind} pretrain", cfg.epochs,
                         "validation masked-token loss" if n_val else None)
@@ -249,47 +294,23 @@ def pretrain_loop(encoder, mlm, tok: FlowTokenizer, ids: np.ndarray, cfg: Pretra
             inp, tgt = mask_tokens(b, bases, cfg, gen, hidden_fields, hide)
             out = encoder(inp.to(device))
             loss = masked_loss(mlm(out.hidden[:, 1:]), tgt.to(device))
-            pretrain_step(loss, out, cfg, opt, sched, params)
+            pretrain_step(loss, out, cfg, setup)
             step += 1
             tot += float(loss.detach()) * len(b)
             seen += len(b)
         history.append(round(tot / max(seen, 1), 4))
-        vloss = None
-        if n_val:
-            # the same masks every epoch (their own generator); eval mode draws no random
-            # numbers, so training goes on exactly as without this
-            encoder.eval()
-            mlm.eval()
-            with torch.inference_mode():
-                vg = torch.Generator().manual_seed(seed + 2)
-                vl = 0.0
-                for s in range(0, n_val, 1024):
-                    b = torch.as_tensor(ids[val[s:s + 1024]])
-                    inp, tgt = mask_tokens(b, bases, cfg, vg, hidden_fields, None)
-                    vl += float(masked_loss(mlm(encoder(inp.to(device)).hidden[:, 1:]),
-                                            tgt.to(device))) * len(b)
-                vloss = vl / n_val
-            encoder.train()
-            mlm.train()
+        # the same masks every epoch (their own generator)
+        vloss = validated((encoder, mlm), lambda: val_losses(seed + 2)[0]) if n_val else None
         progress.epoch(history[-1], vloss)
     encoder.eval()
     mlm.eval()
-    metrics = {"train_loss": history[-1] if history else float("nan"), "loss_by_epoch": history,
-               "steps": step, "seconds": round(time.perf_counter() - t0, 1),
-               "train_sequences": int(len(train))}
+    metrics = loop_metrics(history, step, t0, train)
     if n_val:
         with torch.inference_mode():
-            vg = torch.Generator().manual_seed(seed + 1)
-            losses, routing = [], []
-            for s in range(0, n_val, 1024):
-                b = torch.as_tensor(ids[val[s:s + 1024]])
-                inp, tgt = mask_tokens(b, bases, cfg, vg, hidden_fields, None)
-                out = encoder(inp.to(device))
-                add_routing(routing, out.routing)
-                losses.append(float(masked_loss(mlm(out.hidden[:, 1:]), tgt.to(device))) * len(b))
-            metrics["val_loss"] = round(sum(losses) / n_val, 4)
-            if routing:
-                metrics["val_routing"] = routing_summary(routing)
+            vl, routing = val_losses(seed + 1)
+        metrics["val_loss"] = round(vl, 4)
+        if routing:
+            metrics["val_routing"] = routing_summary(routing)
     return metrics
 
 
@@ -345,22 +366,15 @@ def pretrain_stream_loop(encoder, mlm, tok: FlowTokenizer, table: pa.Table, cfg:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    n = table.num_rows
-    perm = rng.permutation(n)
-    n_val = min(int(n * cfg.val_share), 5000) if n >= 400 else 0
-    val, train = perm[:n_val], perm[n_val:]
-    per_epoch = min(len(train), cfg.max_sequences)
-    steps = optimiser_steps(cfg, per_epoch)
-    steps_per_epoch = max(1, steps // max(cfg.epochs, 1))
+    setup = LoopSetup(table.num_rows, cfg, list(encoder.parameters()) + list(mlm.parameters()), rng)
+    n_val, val, train = setup.n_val, setup.val, setup.train
+    steps_per_epoch = max(1, setup.steps // max(cfg.epochs, 1))
     st = tok.host_stream(table, width=max(encoder.spans, default=0))
     N = len(st.ids)
     scored = np.ones(N, dtype=bool)
     scored[st.targets[val]] = False                                  # held out: context only
     ctx, C = tok.seq_len - 1, max(1, cfg.chunk)
     per_step = max(1, cfg.batch_size * tok.seq_len // C)
-    params = list(encoder.parameters()) + list(mlm.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, steps))
     bases = torch.as_tensor(tok.bases)
     hidden_fields = tok.service_fields()
     ids_all = np.concatenate([st.ids, np.zeros((1, st.ids.shape[1]), np.int64)])   # last row: pad
@@ -409,27 +423,18 @@ def pretrain_stream_loop(encoder, mlm, tok: FlowTokenizer, table: pa.Table, cfg:
             tgt = torch.where(read.unsqueeze(-1), tgt, torch.full_like(tgt, -100))
             out = encoder.forward_stream(inp.reshape(c * l, -1).to(device), keys.to(device))
             loss = masked_loss(mlm(out.hidden.view(c, l, -1)), tgt.to(device))
-            pretrain_step(loss, out, cfg, opt, sched, params)
+            pretrain_step(loss, out, cfg, setup)
             step += 1
             k = int(read.sum())
             tot += float(loss.detach()) * k
             seen += k
         history.append(round(tot / max(seen, 1), 4))
-        vloss = None
-        if n_val:
-            encoder.eval()
-            mlm.eval()
-            with torch.inference_mode():
-                vloss = val_losses(seed + 2)[0]
-            encoder.train()
-            mlm.train()
+        vloss = validated((encoder, mlm), lambda: val_losses(seed + 2)[0]) if n_val else None
         progress.epoch(history[-1], vloss)
     encoder.eval()
     mlm.eval()
-    metrics = {"train_loss": history[-1] if history else float("nan"), "loss_by_epoch": history,
-               "steps": step, "seconds": round(time.perf_counter() - t0, 1),
-               "train_sequences": int(len(train)), "stream_rows": int(N), "chunk": C,
-               "chunks_per_step": per_step}
+    metrics = loop_metrics(history, step, t0, train) | {"stream_rows": int(N), "chunk": C,
+                                                        "chunks_per_step": per_step}
     if n_val:
         with torch.inference_mode():
             vl, vlast, routing = val_losses(seed + 1)
