@@ -19,3 +19,12 @@ TINY: dict[str, dict] = {
     "dense": TINY_TOKEN,
     "mae": {"batch_size": 128},
 }
+
+
+def pretrain_tiny(table, out: str, kind: str, **extra) -> dict:
+    """Pretrain ``kind``'s tiny model (``TINY``, plus ``extra`` settings) on ``table`` (read
+    from ``LABELED_LOG``) into ``out``, one epoch on the CPU, seed 0; its metrics."""
+    from zeekml.train.registry import get_trainer
+
+    return get_trainer(kind).pretrain(table, out, sources=[LABELED_LOG], seed=0, epochs=1, device="cpu",
+                                      **(TINY.get(kind, {}) | extra))

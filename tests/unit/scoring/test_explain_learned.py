@@ -110,7 +110,7 @@ def test_odds_and_surprise_text():
 
 # -- the detectors' explain, on tiny models trained on 400 real conns --------------------------
 
-from tiny import LABELED_LOG, TINY, TINY_TOKEN  # noqa: E402
+from tiny import LABELED_LOG, TINY_TOKEN, pretrain_tiny# noqa: E402
 
 LOG = LABELED_LOG
 
@@ -126,14 +126,12 @@ def fitted(conns, tmp_path_factory):
     """kind -> a detector of a tiny pretrained model, fitted on the first 300 conns."""
     pytest.importorskip("torch")
     from zeekml.scoring.registry import get_kind
-    from zeekml.train.registry import get_trainer
     done = {}
 
     def get(kind: str):
         if kind not in done:
             out = str(tmp_path_factory.mktemp(kind) / kind)
-            get_trainer(kind).pretrain(conns, out, sources=[LOG], seed=0, epochs=1, device="cpu",
-                                       **TINY[kind])
+            pretrain_tiny(conns, out, kind)
             done[kind] = get_kind(kind).detector(out).fit(conns.slice(0, 300))
         return done[kind]
 

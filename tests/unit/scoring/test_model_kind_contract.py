@@ -22,7 +22,7 @@ from zeekml.scoring.detector import Detector, ModelKind
 from zeekml.scoring.registry import get_kind, kind_names
 from zeekml.train.data import load_conns
 from zeekml.train.registry import get_trainer, trainer_names
-from tiny import LABELED_LOG, TINY
+from tiny import LABELED_LOG, TINY, pretrain_tiny
 
 pytest.importorskip("torch")
 
@@ -45,8 +45,7 @@ def pretrained(table, tmp_path_factory):
     def get(kind: str) -> tuple[str, dict]:
         if kind not in done:
             out = str(tmp_path_factory.mktemp(kind) / kind)
-            metrics = get_trainer(kind).pretrain(table, out, sources=[LOG], seed=0, epochs=1,
-                                                 device="cpu", **TINY.get(kind, {}))
+            metrics = pretrain_tiny(table, out, kind)
             done[kind] = (out, metrics)
         return done[kind]
 

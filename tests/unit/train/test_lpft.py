@@ -15,7 +15,7 @@ from zeekml._core.errors import ZeekmlError
 from zeekml.train.common import EarlyStopping, fit_linear_probe, holdout_split
 from zeekml.train.data import labels_of, load_conns
 from zeekml.train.registry import get_trainer
-from tiny import LABELED_LOG, TINY
+from tiny import LABELED_LOG, TINY, pretrain_tiny
 
 torch = pytest.importorskip("torch")
 
@@ -170,8 +170,7 @@ def bases(table, tmp_path_factory):
     def get(kind: str) -> str:
         if kind not in done:
             out = str(tmp_path_factory.mktemp(kind) / "base")
-            get_trainer(kind).pretrain(table, out, sources=[LOG], seed=0, epochs=1, device="cpu",
-                                       **TINY[kind])
+            pretrain_tiny(table, out, kind)
             done[kind] = out
         return done[kind]
 

@@ -15,14 +15,12 @@ from zeekml.scoring.detectors.reference import same_context_rows
 from zeekml.scoring.registry import get_kind
 from zeekml.train.data import load_conns
 from checks import count_embedded
-from zeekml.train.registry import get_trainer
-from tiny import LABELED_LOG
-from tiny import TINY as TINY_SETTINGS
+from tiny import LABELED_LOG, pretrain_tiny
 
 pytest.importorskip("torch")
 
 LOG = LABELED_LOG
-TINY = {kind: TINY_SETTINGS[kind] for kind in ("moe", "mae")}
+KINDS = ("moe", "mae")
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +31,9 @@ def table() -> pa.Table:
 @pytest.fixture(scope="module")
 def model_dirs(table, tmp_path_factory) -> dict[str, str]:
     out = {}
-    for kind, opts in TINY.items():
+    for kind in KINDS:
         d = str(tmp_path_factory.mktemp(kind) / kind)
-        get_trainer(kind).pretrain(table, d, sources=[LOG], seed=0, epochs=1, device="cpu", **opts)
+        pretrain_tiny(table, d, kind)
         out[kind] = d
     return out
 
@@ -48,7 +46,7 @@ def test_same_context_rows_are_the_baseline_rows_before_every_other_conn():
     assert same_context_rows(t, np.arange(4)).tolist() == [False, True, False, False]  # before 2.0
 
 
-@pytest.mark.parametrize("kind", sorted(TINY))
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_a_baseline_conn_embeds_alike_in_the_baseline_and_in_the_input(kind, model_dirs, table):
     det = get_kind(kind).detector(model_dirs[kind], device="cpu")
     rows = earliest_rows(ts_sort_key(table), 0.3)
@@ -60,7 +58,7 @@ def test_a_baseline_conn_embeds_alike_in_the_baseline_and_in_the_input(kind, mod
     np.testing.assert_allclose(alone, in_input, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", sorted(TINY))
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_fit_split_reuses_the_baseline_and_scores_as_afresh(kind, model_dirs, table, monkeypatch):
     det = get_kind(kind).detector(model_dirs[kind], device="cpu")
     rows = earliest_rows(ts_sort_key(table), 0.3)
@@ -168,7 +166,7 @@ def test_batch_rows_pads_a_small_batch_with_copies_of_its_first_row():
     assert batch_rows(3, 3).tolist() == []
 
 
-@pytest.mark.parametrize("kind", sorted(TINY))
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_a_conn_scored_alone_gets_the_bits_of_the_whole_table(kind, model_dirs, table):
     """What lets a --dask task of one conn, or watch's small batch, give score's verdict where
     a score sits exactly on its threshold (``MIN_INFER_ROWS``)."""
@@ -178,7 +176,7 @@ def test_a_conn_scored_alone_gets_the_bits_of_the_whole_table(kind, model_dirs, 
         np.testing.assert_array_equal(det._reference_input(table, np.array([i]))[0], whole[i])
 
 
-@pytest.mark.parametrize("kind", sorted(TINY))
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_alerts_name_baseline_conns_when_the_reference_keeps_a_subset(kind, model_dirs, table):
     """A fit half over ``max_reference`` conns keeps a random subset; ``KnnReference.nearest``
     answers rows of the whole fit input, so the identities kept must cover every one of them
@@ -193,7 +191,7 @@ def test_alerts_name_baseline_conns_when_the_reference_keeps_a_subset(kind, mode
     assert len(lines) == 2 and all("uid C" in x or "unlike" in x for x in lines), lines
 
 
-@pytest.mark.parametrize("kind", sorted(TINY))
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_fit_split_embeds_a_large_baseline_in_pieces_to_the_same_scores(kind, model_dirs, table,
                                                                         monkeypatch):
     """A baseline beyond ``EMBED_PIECE`` rows is embedded a piece at a time (bounded memory on a

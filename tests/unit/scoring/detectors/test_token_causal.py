@@ -19,13 +19,13 @@ from zeekml.scoring.context import InContext, detectors_in_context
 from zeekml.scoring.detectors.reference import same_context_rows
 from zeekml.scoring.registry import get_kind
 from zeekml.train.data import load_conns
-from tiny import LABELED_LOG, TINY_TOKEN
+from tiny import LABELED_LOG, pretrain_tiny
 from zeekml.train.registry import get_trainer
 
 pytest.importorskip("torch")
 
 LOG = LABELED_LOG
-TINY = TINY_TOKEN | {"chunk": 16, "attention": "causal_window"}
+CAUSAL = {"chunk": 16, "attention": "causal_window"}   # on the tiny token settings
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def model_dirs(table, tmp_path_factory) -> dict[str, str]:
     out = {}
     for kind in ("moe", "dense"):
         d = str(tmp_path_factory.mktemp(kind) / kind)
-        m = get_trainer(kind).pretrain(table, d, sources=[LOG], seed=0, epochs=1, device="cpu", **TINY)
+        m = pretrain_tiny(table, d, kind, **CAUSAL)
         assert np.isfinite(m["val_loss"]) and np.isfinite(m["val_loss_last"])
         out[kind] = d
     return out
