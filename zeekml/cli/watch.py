@@ -70,8 +70,8 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
               type=click.IntRange(1000),
               help="At most this many conns kept in memory as context and pending.")
 @click.option("--score-workers", default=0, show_default=True, type=click.IntRange(0, 64),
-              help="Score windows in this many forked processes while reading goes on "
-                   "(per-conn detectors only; 0 = in the watch process).")
+              help="Score in this many forked processes while reading goes on (0 = in the "
+                   "watch process); with learned detectors each process owns some of them.")
 @click.option("--quiet", is_flag=True, help="No status line.")
 @click.option("--overwrite", is_flag=True,
               help="Replace verdicts, notices and quarantine found in --out without a watch "

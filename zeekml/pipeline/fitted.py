@@ -7,6 +7,7 @@ conn gets the same verdict everywhere.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -142,7 +143,10 @@ class FittedDetectors:
     the thresholds deliver together on the calibration conns (``CombinedCalibration``), the
     rate each notice states; None = ``fpr``. ``trained_cuts``: the known-bad classifiers
     whose threshold is their trained cut, not a baseline quantile (``calibrate_with_cuts``),
-    with that cut's record; their notices say so.
+    with that cut's record; their notices say so. ``conn_seconds``: each detector's wall seconds
+    per conn scored while calibrating (``fit_calibrate``; a learned detector's ``fit_split``
+    embeds the whole baseline, its time counted per conn embedded), the cost that
+    ``watch --score-workers`` shares the detectors out by (``live.pool.assign``).
     """
 
     detectors: list[Detector]
@@ -150,6 +154,7 @@ class FittedDetectors:
     fpr: float
     effective_fpr: float | None = None
     trained_cuts: dict[str, dict] = field(default_factory=dict)
+    conn_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _per_conn(det: Detector) -> bool:
@@ -196,36 +201,17 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
     warnings = [check_baseline_size(len(cal_idx), options.fpr)]
     detectors = build_detectors(options.detectors, options.seed, options.models_dir, options.device)
     reuse = scored is not None and rows is not None and raw is not None
-    cal_table = None
     cal_scores: dict[str, np.ndarray] = {}
     fit_table = baseline.take(pa.array(fit_idx))
     if fit_extra is not None and fit_extra.num_rows:
         fit_table = pa.concat_tables([fit_table, fit_extra.select(fit_table.column_names)],
                                     promote_options="permissive")
     step = on_step or (lambda text: None)
+    conn_seconds: dict[str, float] = {}
     for det in detectors:
-        split = getattr(det, "fit_split", None)
-        if split is not None:
-            # a learned detector: each baseline conn embedded once in the baseline's context
-            # and, the baseline drawn from the input, not embedded again (``fit_split``)
-            step(f"fitting {det.name} on {len(fit_idx):,} conns, calibrating on {len(cal_idx):,}")
-            cal_scores[det.name], full = split(baseline, fit_idx, cal_idx, extra=fit_extra,
-                                               scored=scored if reuse else None,
-                                               rows=rows if reuse else None)
-            if full is not None:
-                raw[det.name] = full
-            continue
-        step(f"fitting {det.name} on {fit_table.num_rows:,} conns")
-        det.fit(fit_table)
-        if reuse and _per_conn(det):
-            step(f"scoring {det.name}: {scored.num_rows:,} conns")
-            raw[det.name] = np.asarray(det.score(scored))
-            cal_scores[det.name] = raw[det.name][np.asarray(rows)[cal_idx]]
-        else:
-            if cal_table is None:
-                cal_table = baseline.take(pa.array(cal_idx))
-            step(f"calibrating {det.name} on {cal_table.num_rows:,} conns")
-            cal_scores[det.name] = det.score(cal_table)
+        conn_seconds[det.name] = _fit_one(
+            det, baseline, fit_table, fit_idx, cal_idx, fit_extra, scored if reuse else None,
+            rows if reuse else None, raw, cal_scores, step)
     infection = baseline_infection(baseline, detectors)
     warnings.append(infection)
     cuts = {d.name: d.trained_cut for d in detectors
@@ -253,7 +239,41 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
             summary.calibration["trained_cuts"] = used
         summary.warnings.extend(warnings)
     return FittedDetectors(detectors, combined.calibrators, options.fpr, combined.effective_fpr,
-                           used)
+                           used, conn_seconds)
+
+
+def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table, fit_idx: np.ndarray,
+             cal_idx: np.ndarray, fit_extra: pa.Table | None, scored: pa.Table | None,
+             rows: np.ndarray | None, raw: dict[str, np.ndarray] | None,
+             cal_scores: dict[str, np.ndarray], step: Callable[[str], None]) -> float:
+    """Fit ``det`` and put its calibration scores in ``cal_scores`` (``fit_calibrate``; with
+    ``scored``, its scores of ``scored`` in ``raw``); returns its wall seconds per conn scored
+    (``FittedDetectors.conn_seconds``)."""
+    split = getattr(det, "fit_split", None)
+    if split is not None:
+        # a learned detector: each baseline conn embedded once in the baseline's context
+        # and, the baseline drawn from the input, not embedded again (``fit_split``)
+        step(f"fitting {det.name} on {len(fit_idx):,} conns, calibrating on {len(cal_idx):,}")
+        t0 = time.perf_counter()
+        cal_scores[det.name], full = split(baseline, fit_idx, cal_idx, extra=fit_extra,
+                                           scored=scored, rows=rows)
+        seconds = time.perf_counter() - t0
+        if full is not None:
+            raw[det.name] = full
+        return seconds / max(1, baseline.num_rows if full is None else len(full))
+    step(f"fitting {det.name} on {fit_table.num_rows:,} conns")
+    det.fit(fit_table)
+    t0 = time.perf_counter()
+    if scored is not None and _per_conn(det):
+        step(f"scoring {det.name}: {scored.num_rows:,} conns")
+        raw[det.name] = np.asarray(det.score(scored))
+        cal_scores[det.name] = raw[det.name][np.asarray(rows)[cal_idx]]
+        n = scored.num_rows
+    else:
+        step(f"calibrating {det.name} on {len(cal_idx):,} conns")
+        cal_scores[det.name] = det.score(baseline.take(pa.array(cal_idx)))
+        n = len(cal_idx)
+    return (time.perf_counter() - t0) / max(1, n)
 
 
 def cut_text(op: dict) -> str:

@@ -216,8 +216,12 @@ class LiveContext:
             self._due_since = now
         return now - self._due_since >= self.release_wait
 
-    def release(self, fitted: FittedDetectors, flush: bool = False) -> VerdictBatch:
-        """Score the conns that are due (all pending ones with ``flush``), in arrival order."""
+    def due(self, fitted: FittedDetectors, flush: bool = False) -> tuple[pa.Table, list]:
+        """Take the conns that are due (all pending ones with ``flush``), in arrival order, and
+        mark them scored: returns them and ``fitted``'s detectors set up to score them among
+        their context (``scoring.context.detectors_in_context``; the context tables are their
+        own, so what is evicted now does not change them). ``release`` scores them here,
+        ``watch --score-workers`` in the processes that own the detectors (``live.pool``)."""
         mask = self._release_mask(flush)
         self._journal.append(_MARK + _MARK_FMT.pack(self.released, self.watermark,
                                                      self.scored_max, int(flush)))
@@ -226,13 +230,19 @@ class LiveContext:
             table = self._tbl()
             dets = detectors_in_context(fitted.detectors, table, targets, self.ts)
             own = table.take(pa.array(targets, pa.int64()))
-            verdicts = score_batch(own, dataclasses.replace(fitted, detectors=dets),
-                                   raw=score_in_threads(dets, own, self.threads))
             self._mark(mask)
         else:
-            verdicts = score_batch(CONN_SCHEMA.empty_table(), fitted)
+            dets, own = list(fitted.detectors), CONN_SCHEMA.empty_table()
         self._evict()
-        return verdicts
+        return own, dets
+
+    def release(self, fitted: FittedDetectors, flush: bool = False) -> VerdictBatch:
+        """Score the conns that are due (all pending ones with ``flush``), in arrival order."""
+        own, dets = self.due(fitted, flush)
+        if not own.num_rows:
+            return score_batch(own, fitted)
+        return score_batch(own, dataclasses.replace(fitted, detectors=dets),
+                           raw=score_in_threads(dets, own, self.threads))
 
     def _mark(self, mask: np.ndarray) -> None:
         self.scored |= mask

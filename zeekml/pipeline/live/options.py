@@ -64,9 +64,12 @@ class WatchOptions:
             models loaded, ``zeekml._core.device``). Not the default until measured on a quiet
             2-core machine: on the shared one (load 6-8) two threads gained nothing
             (docs/results/watch.md).
-        score_workers: score windows in this many forked processes while this one goes on
-            reading (default 0: in this process). Detectors with a time context always score
-            here.
+        score_workers: score in this many forked processes while this one goes on reading
+            (default 0: in this process). Per-conn detectors only: each process scores whole
+            windows. With detectors that have a time context (the learned ones): each process
+            owns some of the detectors and scores their share of every release, this process
+            the rest (``live.pool.DetectorPool``); every process then runs torch on one thread,
+            and the verdicts are the bytes of this process scoring alone at one thread.
         journal_compact_bytes: the context journal is rewritten whole once it is past this
             size (default 64 MiB) ...
         journal_compact_ratio: ... and this many times the size of the conns it holds

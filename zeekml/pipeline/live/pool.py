@@ -1,14 +1,26 @@
-"""Scoring a window of conns: in the watch process, or in forked scoring processes."""
+"""Scoring a window of conns: in the watch process, or in forked scoring processes.
+
+Two kinds of scoring processes. ``ScorePool`` (per-conn detectors only): each process scores
+whole windows, in turn. ``DetectorPool`` (detectors with a time context: the learned ones):
+each process owns some of the detectors and scores its share of every release, the watcher
+the rest, so a detector always runs in the same process (state it keeps across releases stays
+in one place) and the watcher keeps the one context (``live.context``), sending each process
+only the context rows of its own detectors.
+"""
 from __future__ import annotations
 
 import os
+import sys
 import time
+from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.pipeline.fitted import FittedDetectors, score_batch
 from zeekml.scoring.allowlist import Allowlist, suppress
+from zeekml.scoring.context import InContext
 from zeekml.scoring.verdict import VerdictBatch
 from zeekml.sinks.triage import mark_suppressed
 from zeekml.sinks.verdicts import RenderedVerdicts, render_verdicts
@@ -34,9 +46,8 @@ def score_window(table: pa.Table | None, fitted: FittedDetectors,
     return render_allowed(score_batch(table, fitted), allowlist)
 
 
-def _worker_main(conn, fitted: FittedDetectors, parent: int,
-                 allowlist: Allowlist | None = None) -> None:
-    """A scoring process: conn tables in, rendered verdicts out, until EOF or the parent dies."""
+def _child_setup(parent: int) -> None:
+    """In a scoring process just forked: leave Ctrl-C to the parent and die with it."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent decides when to stop
     try:
@@ -46,6 +57,12 @@ def _worker_main(conn, fitted: FittedDetectors, parent: int,
         pass
     if os.getppid() != parent:
         os._exit(0)
+
+
+def _worker_main(conn, fitted: FittedDetectors, parent: int,
+                 allowlist: Allowlist | None = None) -> None:
+    """A scoring process: conn tables in, rendered verdicts out, until EOF or the parent dies."""
+    _child_setup(parent)
     while True:
         try:
             table = conn.recv()
@@ -60,6 +77,57 @@ def _worker_main(conn, fitted: FittedDetectors, parent: int,
         conn.send(out)
 
 
+def _fork(n: int, serve) -> tuple[list, list[int]]:
+    """``n`` forked processes, each running ``serve(conn, parent_pid)`` on its end of a pipe;
+    returns the watcher's ends and the process ids. os.fork rather than
+    multiprocessing.Process: a watcher may itself run as a daemonic multiprocessing child
+    (which may not start Process children)."""
+    from multiprocessing.connection import Pipe
+
+    conns: list = []
+    pids: list[int] = []
+    parent = os.getpid()
+    for _ in range(n):
+        mine, theirs = Pipe()
+        pid = os.fork()
+        if pid == 0:                           # the scoring process
+            try:
+                mine.close()
+                for c in conns:
+                    c.close()
+                serve(theirs, parent)
+            finally:
+                os._exit(0)
+        theirs.close()
+        conns.append(mine)
+        pids.append(pid)
+    return conns, pids
+
+
+def _close(conns: list, pids: list[int]) -> None:
+    """Tell every process to exit, and reap it (killed after 5 s)."""
+    for c in conns:
+        try:
+            c.send(None)
+            c.close()
+        except OSError:
+            pass
+    deadline = time.monotonic() + 5
+    for pid in pids:
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.01)
+
+
 class ScorePool:
     """``n`` forked processes that score windows with the detectors fitted before the fork (no
     model is pickled), so reading and parsing overlap with scoring and windows are scored on
@@ -67,27 +135,9 @@ class ScorePool:
     (``PR_SET_PDEATHSIG``), so a kill -9 of ``watch`` leaves none behind."""
 
     def __init__(self, fitted: FittedDetectors, n: int, allowlist: Allowlist | None = None):
-        from multiprocessing.connection import Pipe
-
-        # os.fork rather than multiprocessing.Process: a watcher may itself run as a daemonic
-        # multiprocessing child (which may not start Process children)
-        self._conns, self._pids = [], []
         self._next = 0
-        parent = os.getpid()
-        for _ in range(n):
-            mine, theirs = Pipe()
-            pid = os.fork()
-            if pid == 0:                           # the scoring process
-                try:
-                    mine.close()
-                    for c in self._conns:
-                        c.close()
-                    _worker_main(theirs, fitted, parent, allowlist)
-                finally:
-                    os._exit(0)
-            theirs.close()
-            self._conns.append(mine)
-            self._pids.append(pid)
+        self._conns, self._pids = _fork(
+            n, lambda conn, parent: _worker_main(conn, fitted, parent, allowlist))
 
     @property
     def pids(self) -> list[int]:
@@ -120,24 +170,170 @@ class ScorePool:
 
     def close(self) -> None:
         """Tell every process to exit, and reap it (killed after 5 s)."""
-        for c in self._conns:
-            try:
-                c.send(None)
-                c.close()
-            except OSError:
-                pass
-        deadline = time.monotonic() + 5
-        for pid in self._pids:
-            while True:
+        _close(self._conns, self._pids)
+        self._pids = []
+
+
+# The watch loop's own work beside its detectors (reading, parsing, the context cut, rendering,
+# the commits), as a share of what the detectors cost: with every shipped detector 2.2 of the
+# loop's 13.9 CPU s went outside them, 11.7 s inside (docs/results/watch.md, per-stage costs),
+# so the watcher is counted as already that loaded when detectors are shared out.
+WATCHER_SHARE = 0.2
+
+
+def assign(costs: list[float], workers: int, watcher_share: float = WATCHER_SHARE) -> list[int]:
+    """Which process scores each detector: ``0 .. workers - 1`` a scoring process, ``-1`` the
+    watcher. The costliest first, each to the least loaded process (longest processing time
+    first); the watcher starts loaded with ``watcher_share`` of the total cost (its own work),
+    and a tie goes to a scoring process.
+
+    Shapes: ``costs`` ``[detectors]``; returns ``[detectors]``."""
+    loads = [0.0] * workers + [watcher_share * float(sum(costs))]
+    owner = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        j = min(range(len(loads)), key=lambda j: (loads[j], j))
+        owner[i] = -1 if j == workers else j
+        loads[j] += costs[i]
+    return owner
+
+
+def one_thread() -> list:
+    """Give torch (if loaded) and the BLAS/OpenMP libraries one thread in this process, so
+    that the watcher and its scoring processes share the cores instead of each spinning threads
+    on all of them; returns what ``restore_threads`` needs to set the counts back. One thread
+    also keeps a forked process off the OpenMP thread pool it inherited, whose threads do not
+    exist in it (libgomp is not fork-safe; ATen runs a kernel inline with one thread)."""
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(1)
+    return [before, threadpool_limits(1)]
+
+
+def restore_threads(saved: list) -> None:
+    """Undo ``one_thread``."""
+    before, limits = saved
+    limits.restore_original_limits()
+    torch = sys.modules.get("torch")
+    if before is not None and torch is not None:
+        torch.set_num_threads(before)
+
+
+def _detector_main(conn, detectors: list, parent: int) -> None:
+    """A scoring process of ``DetectorPool``: (detector index, context table, positions) items
+    in, ``{name: raw scores}`` out, until EOF or the parent dies."""
+    _child_setup(parent)
+    one_thread()
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        if msg is None:
+            os._exit(0)
+        items, own = msg
+        try:
+            out = {}
+            for i, context, positions in items:
+                det = detectors[i]
+                if context is not None:
+                    det = InContext(det, context, positions)
+                out[det.name] = np.asarray(det.score(own))
+        except Exception as e:  # noqa: BLE001 - reported by the parent as a scoring error
+            out = ZeekmlError(f"scoring process failed: {type(e).__name__}: {e}")
+        conn.send(out)
+
+
+@dataclass
+class Release:
+    """A release handed to ``DetectorPool``: its conns, their detectors (``LiveContext.due``),
+    the scores of the watcher's own detectors, and the processes still scoring the others."""
+
+    own: pa.Table
+    dets: list
+    raw: dict[str, np.ndarray] = field(default_factory=dict)
+    waiting: list[int] = field(default_factory=list)
+    seconds: float = 0.0          # wall time the watcher spent on it (submit, then collect)
+    fitted: FittedDetectors | None = None   # what the verdicts are rendered with
+
+
+class DetectorPool:
+    """``n`` forked processes that each own some of the detectors fitted before the fork
+    (``assign``, by ``fitted.conn_seconds``: each detector's seconds per conn when calibrating)
+    and score their share of every release of the live context; the watcher scores the rest
+    meanwhile, then calibrates, combines and renders as ``LiveContext.release`` does, so the
+    verdicts are the bytes of the watcher scoring alone at one torch thread. A detector runs in
+    one process for the whole run: what it keeps from one release to the next stays there.
+
+    Each process and the watcher run torch and the BLAS on one thread (``one_thread``): the
+    processes take the cores instead. Each process gets, per release, its detectors' context
+    rows (``InContext``: the targets among their horizon), not a copy of the whole context.
+    Processes die with the watcher (``PR_SET_PDEATHSIG``). CUDA cannot be used across a fork:
+    a run whose torch has initialised CUDA is refused (``ZeekmlError``).
+    """
+
+    def __init__(self, fitted: FittedDetectors, n: int):
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            raise ZeekmlError("--score-workers with learned detectors forks CPU scoring processes, "
+                              "which cannot use CUDA: use --score-workers 0 with --device cuda")
+        dets = list(fitted.detectors)
+        costs = [float(fitted.conn_seconds.get(d.name, 1.0)) for d in dets]
+        self.workers = max(0, min(int(n), len(dets)))
+        self.owner = assign(costs, self.workers)
+        self._conns, self._pids = _fork(
+            self.workers, lambda conn, parent: _detector_main(conn, dets, parent))
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the scoring processes (empty once closed)."""
+        return list(self._pids)
+
+    def __len__(self) -> int:
+        """How many scoring processes there are."""
+        return len(self._conns)
+
+    def submit(self, own: pa.Table, dets: list) -> Release:
+        """Send each process its detectors' share of the release of ``own`` (``dets`` as
+        ``LiveContext.due`` returns them), then score the watcher's own share here."""
+        t0 = time.perf_counter()
+        rel = Release(own, dets)
+        if own.num_rows:
+            for w, c in enumerate(self._conns):
+                items = [(i, d.context, d.positions) if isinstance(d, InContext) else (i, None, None)
+                         for i, d in enumerate(dets) if self.owner[i] == w]
+                if not items:
+                    continue
+                bare = any(ctx is None for _, ctx, _ in items)
                 try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if done:
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, 9)
-                    os.waitpid(pid, 0)
-                    break
-                time.sleep(0.01)
+                    c.send((items, own if bare else None))
+                except OSError as e:
+                    raise ZeekmlError(f"a scoring process died ({e.strerror or e})") from e
+                rel.waiting.append(w)
+            for i, d in enumerate(dets):
+                if self.owner[i] == -1:
+                    rel.raw[d.name] = np.asarray(d.score(own))
+        rel.seconds = time.perf_counter() - t0
+        return rel
+
+    def collect(self, rel: Release) -> dict[str, np.ndarray]:
+        """Every detector's raw scores of ``rel``'s conns (waiting for the processes)."""
+        t0 = time.perf_counter()
+        for w in rel.waiting:
+            try:
+                out = self._conns[w].recv()
+            except (EOFError, OSError) as e:
+                raise ZeekmlError(f"a scoring process died ({e or 'EOF'})") from e
+            if isinstance(out, ZeekmlError):
+                raise out
+            rel.raw.update(out)
+        rel.waiting = []
+        rel.seconds += time.perf_counter() - t0
+        return rel.raw
+
+    def close(self) -> None:
+        """Tell every process to exit, and reap it (killed after 5 s)."""
+        _close(self._conns, self._pids)
         self._pids = []

@@ -37,6 +37,7 @@ The verdict-id filter is a set plus a deque (O(1) per id); after windows ``mallo
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -58,6 +59,7 @@ from zeekml._core.errors import OutputError, ZeekmlError
 from zeekml._core.outfile import open_output
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse.reject import Quarantine
+from zeekml.pipeline.fitted import score_batch
 from zeekml.pipeline.live.calibration import calibrate
 from zeekml.pipeline.live.context import LiveContext
 from zeekml.pipeline.live.journal import ContextJournal, WriteFn
@@ -67,7 +69,8 @@ from zeekml.pipeline.live.options import (INCIDENT_NOTICES, INCIDENTS, LOCK, NOT
                                           QUARANTINE, STATS, VERDICTS, Stopped, WatchOptions,
                                           WatchStats)
 from zeekml.pipeline.live.outputs import OutputFiles, VerdictDedup, fields_line
-from zeekml.pipeline.live.pool import ScorePool, render_allowed, score_window
+from zeekml.pipeline.live.pool import (DetectorPool, Release, ScorePool, one_thread,
+                                       render_allowed, restore_threads, score_window)
 from zeekml.scoring.allowlist import Allowlist
 from zeekml.scoring.context import horizons
 from zeekml.scoring.evidence import SURICATA_KEY, SuricataAlerts, live_suricata_join
@@ -97,6 +100,8 @@ class _Window:
     suricata: dict | None = None     # row -> the Suricata alerts joined onto its conn
     suricata_state: list | None = None   # the alerts still waiting for their flow, as of now
     conns: pa.Table | None = None    # the scored conns (rows as in ``scored``): incident evidence
+    release: Release | None = None   # a release scored by the DetectorPool's processes ...
+    allowlist: Allowlist | None = None   # ... rendered with the rules as of its close
 
 
 def _file_sig(path: str) -> tuple[int, int] | None:
@@ -164,6 +169,8 @@ class Watcher:
         self._ctx_speed: float | None = None    # conns/s of releases with a time context
         self._journal: ContextJournal | None = None
         self._pool: ScorePool | None = None
+        self._dpool: DetectorPool | None = None
+        self._threads_saved: list | None = None
         self._trimmed = 0.0
         self._allowlist: Allowlist | None = None
         self._allowlist_sig: tuple[int, int] | None = None
@@ -175,9 +182,11 @@ class Watcher:
         return self._follower
 
     @property
-    def pool(self) -> ScorePool | None:
-        """The scoring processes while ``run`` uses them (``score_workers`` > 0)."""
-        return self._pool
+    def pool(self) -> ScorePool | DetectorPool | None:
+        """The scoring processes while ``run`` uses them (``score_workers`` > 0): a
+        ``ScorePool`` of whole windows for per-conn detectors, a ``DetectorPool`` sharing out
+        the detectors with a time context."""
+        return self._pool if self._pool is not None else self._dpool
 
     def request_stop(self) -> None:
         """Finish the current window, commit and return from ``run`` (signal-handler safe)."""
@@ -287,6 +296,12 @@ class Watcher:
                                         conn_notices=opts.score.conn_notices)
             if self._ctx is None and opts.score_workers > 0:
                 self._pool = ScorePool(fitted, opts.score_workers, self._allowlist)
+            elif opts.score_workers > 0:
+                self._threads_saved = one_thread()
+                self._dpool = DetectorPool(fitted, opts.score_workers)
+                log.info("detectors shared out to %d scoring processes: %s", len(self._dpool),
+                         ", ".join(f"{d.name} -> {'watcher' if o < 0 else f'process {o}'}"
+                                   for d, o in zip(fitted.detectors, self._dpool.owner)))
             follower = DirectoryFollower(
                 self.root, cp.files, self._quarantine, done=cp.done,
                 max_line_bytes=opts.max_line_bytes,
@@ -304,6 +319,12 @@ class Watcher:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
+            if self._dpool is not None:
+                self._dpool.close()
+                self._dpool = None
+            if self._threads_saved is not None:
+                restore_threads(self._threads_saved)
+                self._threads_saved = None
             outputs.close()
             if self._journal is not None:
                 self._journal.close()
@@ -349,8 +370,10 @@ class Watcher:
         inflight: deque[_Window] = deque()
         pool = self._pool
         # one window in flight per scoring process (a second send could block on a full pipe
-        # while the process blocks sending its result); with none, each is finished at once
-        max_inflight = len(pool) if pool is not None else 0
+        # while the process blocks sending its result); with none, each is finished at once.
+        # A DetectorPool's release goes to every process: one in flight, scored while the next
+        # window is read
+        max_inflight = len(pool) if pool is not None else 1 if self._dpool is not None else 0
 
         def finish(most: int) -> None:
             while len(inflight) > most:
@@ -465,7 +488,16 @@ class Watcher:
         self.stats.windows += 1
         t = pc.max(table.column("ts")).as_py() if table is not None and table.num_rows else None
         ctx = self._ctx
-        if ctx is not None:
+        if ctx is not None and self._dpool is not None:
+            if table is not None:
+                ctx.add(table)
+            own, dets = ctx.due(fitted, flush=flush)
+            rel = self._dpool.submit(own, dets)
+            rel.fitted = fitted
+            w = _Window(None, None, qlines, files, done, ctx.journal_delta(),
+                        release=rel, allowlist=self._allowlist)
+            table = own
+        elif ctx is not None:
             if table is not None:
                 ctx.add(table)
             t0 = time.monotonic()
@@ -483,10 +515,23 @@ class Watcher:
         w.log_time, w.flush, w.conns = t, flush, table
         return w
 
+    def _released(self, rel: Release, allowlist: Allowlist | None) -> RenderedVerdicts:
+        """The rendered verdicts of a release scored by the ``DetectorPool``: what
+        ``LiveContext.release`` and ``render_allowed`` make of the same scores."""
+        raw = self._dpool.collect(rel)
+        self._ctx_speed = context_speed(self._ctx_speed, rel.own.num_rows, rel.seconds)
+        fitted = rel.fitted
+        if rel.own.num_rows:
+            fitted = dataclasses.replace(fitted, detectors=rel.dets)
+        return render_allowed(score_batch(rel.own, fitted, raw=raw), allowlist)
+
     def _finish_window(self, w: _Window, outputs, dedup, feedback, store, cp) -> None:
         """Write the window's verdicts, notices and quarantined lines, then commit the
         checkpoint with the follower's progress as of the window's close."""
-        scored = w.scored if w.scored is not None else self._pool.result(w.ticket)
+        if w.release is not None:
+            scored = self._released(w.release, w.allowlist)
+        else:
+            scored = w.scored if w.scored is not None else self._pool.result(w.ticket)
         ids, lines = scored.ids, scored.lines
         if w.suricata:
             add_suricata_alerts(lines, w.suricata)
