@@ -15,13 +15,16 @@ baseline conns. Two references, both measured (``bench/detect_models.py``):
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from zeekml._core.errors import ModelError
 from zeekml.flows.select import ts_sort_key
+
+if TYPE_CHECKING:      # torch is imported where a search runs (``zeekml cat`` never needs it)
+    import torch
 
 KNN = 5
 MAX_REFERENCE = 4000      # baseline rows kept as kNN references (cost per scored conn is linear)
@@ -151,7 +154,8 @@ def knn_distance(e: np.ndarray, ref: np.ndarray | KnnIndex, k: int) -> np.ndarra
     ``ref`` (``KnnIndex``; pass one to build it once for many calls). The similarities of a block
     are one float32 matrix product and the ``k`` nearest a ``torch.topk`` of each row (measured,
     20k conns x 4,000 references, one thread: 0.64 s with numpy's product and ``np.partition``,
-    three quarters of it the partition; 0.24 s so). The ``k`` distances are averaged in float64,
+    three quarters of it the partition; 0.24 s so), of the candidates ``nearest_in_block`` keeps
+    on a wide reference. The ``k`` distances are averaged in float64,
     nearest first, so a row's score depends on its own similarities alone. Reference rows that
     are not finite (a model that gave NaN) are nobody's neighbour.
 
@@ -164,6 +168,46 @@ def knn_distance(e: np.ndarray, ref: np.ndarray | KnnIndex, k: int) -> np.ndarra
     if len(first) == len(e):
         return knn_blocks(e, index, k)
     return knn_blocks(e[first], index, k)[inverse]
+
+
+# Reference columns per candidate group of ``nearest_in_block`` (divides ``INDEX_ALIGN``), and
+# how many groups per neighbour a reference needs before the groups pay. Measured on the 100k-conn
+# log of bench/score_speed.py (the three detectors' real embeddings against their 2,032, 4,000
+# and 3,664-row references, one thread, CPU seconds, 5 rounds interleaved): the whole search
+# 2.43 s with a plain top-k of every row, 2.16 s with groups of 8, 2.48 s with groups of 16.
+GROUP = 8
+MIN_GROUPS_PER_NEIGHBOUR = 4
+
+
+def nearest_in_block(sim: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``top`` largest values of each row of ``sim`` and their columns, largest first: the
+    values of ``sim.topk(top, dim=1)`` bit for bit, found without a top-k over every column.
+
+    The columns are split into ``GROUP`` slices of ``w / GROUP`` columns, and column ``j`` of
+    each slice makes group ``j`` (an element-wise maximum of the slices, contiguous memory). The
+    ``top`` groups with the largest maxima hold the ``top`` largest values: a top value outside
+    them would make each of the ``top`` kept groups' maxima at least as large, and those are
+    ``top`` values of distinct columns at least as large as it. So a top-k of those ``top x
+    GROUP`` candidates gives the same values; where values tie, the column it names may be
+    another of the tied ones than ``topk`` over every column names (``knn_blocks`` reads the
+    values, and counts only as they add up over ties, so its distances are the same bits). NaN
+    counts as the largest value in both ``amax`` and ``topk``, as in the plain search.
+
+    Shapes:
+        sim ``[n, w]`` with ``w % GROUP == 0`` -> ``([n, top], [n, top])``
+    """
+    import torch
+
+    n, w = sim.shape
+    groups = w // GROUP
+    if w % GROUP or groups < MIN_GROUPS_PER_NEIGHBOUR * top:
+        near = sim.topk(top, dim=1)
+        return near.values, near.indices
+    best = sim.view(n, GROUP, groups).amax(dim=1)                       # [n, groups]
+    kept = best.topk(top, dim=1, sorted=False).indices                  # [n, top]
+    cols = (kept.unsqueeze(2) + torch.arange(0, w, groups)).view(n, top * GROUP)
+    near = sim.gather(1, cols).topk(top, dim=1)
+    return near.values, cols.gather(1, near.indices)
 
 
 def knn_blocks(e: np.ndarray, index: KnnIndex, k: int) -> np.ndarray:
@@ -201,12 +245,11 @@ def knn_blocks(e: np.ndarray, index: KnnIndex, k: int) -> np.ndarray:
             sim = torch.mm(x, r)
             if index.pads:
                 sim[:, real:] = -torch.inf                                  # nobody's neighbour
-            near = sim[:n].topk(top, dim=1)                              # largest similarity
-            vals = near.values
+            vals, near = nearest_in_block(sim[:n], top)                  # largest similarity
             if repeated:
                 # the j-th nearest of the multiset is the first distinct neighbour whose
                 # running count exceeds j (neighbours are sorted, nearest first)
-                ends = counts[near.indices].cumsum(dim=1)                   # [n, top]
+                ends = counts[near].cumsum(dim=1)                           # [n, top]
                 vals = vals.gather(1, (ends.unsqueeze(1) <= slot).sum(dim=2))   # [n, k]
             out[a:a + n] = (1.0 - vals).double().mean(dim=1).numpy()
     return out
