@@ -32,8 +32,15 @@ _frepr = float.__repr__                             # what json.dumps uses for a
 _irepr = int.__repr__
 
 _LINE = ('{"verdict_id":"%s","uid":%s,"ts":%s,"id.orig_h":%s,"id.orig_p":%s,"id.resp_h":%s,'
-         '"id.resp_p":%s,"proto":%s,"community_id":%s,"scores":{%s},"score":%s,"alert":%s,'
+         '"id.resp_p":%s,"proto":%s,"community_id":%s,"scores":{SCORES},"score":%s,"alert":%s,'
          '"note":%s,"model":%s}\n')
+
+
+def _line_format(names: list[str]) -> str:
+    """``_LINE`` with one ``"name":%s`` per detector in ``scores`` (a ``%`` of a name escaped), so
+    that a line is one ``%``-format with no per-conn join of its scores."""
+    scores = ",".join(_enc_str(k).replace("%", "%%") + ":%s" for k in names)
+    return _LINE.replace("{SCORES}", "{" + scores + "}")
 
 
 def verdict_record(v: Verdict) -> dict:
@@ -73,9 +80,16 @@ class RenderedVerdicts:
 
 
 def _floats(a: np.ndarray) -> list[str]:
-    if np.isfinite(a).all():
-        return list(map(_frepr, a.tolist()))
-    return [_frepr(x) if x - x == 0.0 else "null" for x in a.tolist()]
+    """``json.dumps`` of each float (a non-finite one ``null``), each distinct value formatted
+    once: ``float.__repr__`` was the largest cost of rendering, and scores repeat (the 100k-conn
+    log of bench/score_speed.py: 121k distinct values in its 500k scores). Distinct by bits, so
+    ``-0.0`` and ``0.0`` keep their own text."""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    if len(a) < 64:
+        return [_frepr(x) if x - x == 0.0 else "null" for x in a.tolist()]
+    bits, inverse = np.unique(a.view(np.int64), return_inverse=True)
+    text = [_frepr(x) if x - x == 0.0 else "null" for x in bits.view(np.float64).tolist()]
+    return list(map(text.__getitem__, inverse.reshape(-1).tolist()))
 
 
 def _json_values(values: list, arrow_type: pa.DataType) -> list[str]:
@@ -104,9 +118,7 @@ def render_verdicts(batch: VerdictBatch) -> RenderedVerdicts:
         return _json_values(batch.column(name), t.schema.field(name).type)
 
     names = batch.names
-    score_cols = [[f"{_enc_str(k)}:{s}" for s in _floats(np.asarray(batch.scores[k], np.float64))]
-                  for k in names]
-    scores = [",".join(p) for p in zip(*score_cols)] if len(score_cols) > 1 else score_cols[0]
+    score_cols = [_floats(np.asarray(batch.scores[k], np.float64)) for k in names]
     notes = ["null"] * n
     alert_s = ["false"] * n
     alert_rows = np.flatnonzero(batch.alert).tolist()
@@ -115,10 +127,11 @@ def render_verdicts(batch: VerdictBatch) -> RenderedVerdicts:
     for r in alert_rows:
         alert_s[r] = "true"
         notes[r] = note_of[int(top[r])]
-    lines = [(_LINE % row).encode() for row in zip(
+    line = _line_format(names)
+    lines = [(line % row).encode() for row in zip(
         ids, map(_enc_str, batch.column("uid")), ts_s, col("id.orig_h"), col("id.orig_p"),
         col("id.resp_h"), col("id.resp_p"), col("proto"),
-        [_enc_str(x) if x is not None else "null" for x in batch.column("community_id")], scores,
+        [_enc_str(x) if x is not None else "null" for x in batch.column("community_id")], *score_cols,
         _floats(np.asarray(batch.score, np.float64)), alert_s, notes,
         map(_enc_str, batch.models()))]
     add_suricata_alerts(lines, batch.suricata_alerts)

@@ -138,3 +138,31 @@ def test_alerts_added_to_rendered_lines_go_before_suppressed_by():
     assert early[2].endswith(b'"category":""}],"suppressed_by":"rule \\"x\\""}\n')
     with pytest.raises(ValueError):
         add_suricata_alerts([b"not json\n"], joined={0: joined[0]})
+
+
+def test_scores_rendered_once_per_distinct_value_give_json_dumps_text():
+    """``_floats`` formats each distinct value once (by bits): the text of ``json.dumps`` for
+    every value, ``-0.0`` apart from ``0.0``, non-finite as null, below and above its cut-over."""
+    import json
+
+    from zeekml.sinks.verdicts import _floats
+
+    rng = np.random.default_rng(3)
+    pool = np.concatenate([rng.standard_normal(20), [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-7, 1e22, 5.0]])
+    for n in (1, 63, 64, 1000):
+        a = pool[rng.integers(0, len(pool), size=n)]
+        want = [json.dumps(x) if np.isfinite(x) else "null" for x in a.tolist()]
+        assert _floats(a) == want, n
+    assert _floats(np.array([0.0, -0.0] * 40))[:2] == ["0.0", "-0.0"]
+
+
+def test_detector_names_needing_escapes_render_as_json():
+    """The per-batch line format holds each detector's key: one with a quote or a ``%`` renders
+    as ``verdict_line`` renders it."""
+    b = _batch()
+    names = ['gnn "x"', "iforest 100%"]
+    b = VerdictBatch(b.table, names, b.notes, {names[0]: b.scores["iforest"], names[1]: b.scores["gnn"]},
+                     b.score, b.top, b.alert, b.msg, b.sub)
+    r = render_verdicts(b)
+    assert r.lines == [verdict_line(v) for v in b.verdicts()]
+    assert b'"scores":{"gnn \\"x\\"":0.5,"iforest 100%":0.25}' in r.lines[0]
