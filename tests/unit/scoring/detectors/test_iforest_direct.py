@@ -78,3 +78,16 @@ def test_a_pickled_detector_scores_the_same_bits(conns):
     assert back._direct is not None
     table = conns.slice(800, 500)
     assert np.array_equal(back.score(table), det.score(table))
+
+
+def test_repeated_conns_are_scored_once_with_the_bits_of_score_samples(conns, monkeypatch):
+    """Real conns repeat their features (scans, beacons): each distinct feature row goes through
+    the trees once, and every row still gets ``score_samples``' bits."""
+    det = IsolationForestDetector(seed=2).fit(conns.slice(0, 2000))
+    x = det.featurizer.transform(conns)
+    seen: list[int] = []
+    inner = DirectForest._scores
+    monkeypatch.setattr(DirectForest, "_scores", lambda self, rows: seen.append(len(rows)) or inner(self, rows))
+    got = det._direct.scores(x)
+    assert seen == [len(np.unique(x, axis=0))] and seen[0] < len(x) // 2
+    assert np.array_equal(got, -det.model.score_samples(x))
