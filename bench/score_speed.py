@@ -88,13 +88,22 @@ def build_log(out_dir: str, conns: int, sources: list[str] = SOURCES) -> int:
 # -- timers (worker side) --------------------------------------------------------------------
 
 class Stages:
-    """Self-time per ``(phase, detector, stage)``; nested timers subtract from their parent."""
+    """Self-time per ``(phase, detector, stage)``; nested timers subtract from their parent.
+
+    Beside the wall-clock self time (``self_s``), the main thread's CPU self time
+    (``self_cpu_s``, ``time.thread_time``): where a stage's CPU is far below its wall time the
+    main thread waited, e.g. reading while the detectors' libraries import in the background
+    (``zeekml._core.preload``): that thread holds the GIL most of the time, so the reader's wall
+    time is mostly the imports'. Threads of torch and BLAS are not in it (a model's forward
+    shows little CPU here although its cores were busy). Timers are for the main thread only."""
 
     def __init__(self) -> None:
         self.self_s: dict[tuple[str, str, str], float] = defaultdict(float)
-        self.stack: list[list] = []          # [key, start, child seconds]
+        self.self_cpu_s: dict[tuple[str, str, str], float] = defaultdict(float)
+        self.stack: list[list] = []          # [key, start, child seconds, start CPU, child CPU]
         self.phase = "other"
         self.detector = "-"
+        self.background: dict[str, float] = {}
 
     @contextlib.contextmanager
     def timed(self, stage: str, phase: str | None = None, detector: str | None = None):
@@ -103,17 +112,39 @@ class Stages:
             self.phase = phase
         if detector is not None:
             self.detector = detector
-        frame = [(self.phase, self.detector, stage), time.perf_counter(), 0.0]
+        frame = [(self.phase, self.detector, stage), time.perf_counter(), 0.0, time.thread_time(), 0.0]
         self.stack.append(frame)
         try:
             yield
         finally:
             self.stack.pop()
             total = time.perf_counter() - frame[1]
+            cpu = time.thread_time() - frame[3]
             self.self_s[frame[0]] += total - frame[2]
+            self.self_cpu_s[frame[0]] += cpu - frame[4]
             if self.stack:
                 self.stack[-1][2] += total
+                self.stack[-1][4] += cpu
             self.phase, self.detector = saved
+
+    def time_background_imports(self) -> None:
+        """Record how long ``zeekml._core.preload``'s import thread ran (wall and its own CPU,
+        from its start), apart from the stages: it overlaps them."""
+        from zeekml._core import preload
+
+        run = preload.Preload._run
+        st = self
+
+        @functools.wraps(run)
+        def timed_run(pl):
+            t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return run(pl)
+            finally:
+                st.background["wall_s"] = st.background.get("wall_s", 0.0) + time.perf_counter() - t0
+                st.background["cpu_s"] = st.background.get("cpu_s", 0.0) + time.thread_time() - c0
+
+        preload.Preload._run = timed_run
 
     def wrap(self, owner, attr: str, stage: str, phase: str | None = None,
              detector_of=None) -> None:
@@ -157,6 +188,8 @@ def install(st: Stages) -> None:
     from zeekml.scoring.detectors.iforest import IsolationForestDetector
     from zeekml.sinks.run_outputs import ScoreOutputs
 
+    with contextlib.suppress(ImportError, AttributeError):
+        st.time_background_imports()
     st.wrap(batch, "load_conns", "read + parse")
     with contextlib.suppress(ImportError, AttributeError):
         from zeekml.pipeline import chunked
@@ -274,7 +307,9 @@ def worker(mode: str, log_dir: str, out_dir: str, result: str) -> None:
         json.dump({"mode": mode, "wall_s": wall, "scored": summary.get("scored"),
                    "torch_threads": torch.get_num_threads() if torch else None,
                    "load_average_end": os.getloadavg()[0],
-                   "stages": [[*k, v] for k, v in st.self_s.items()]}, f)
+                   "stages": [[*k, v] for k, v in st.self_s.items()],
+                   "stages_cpu": [[*k, v] for k, v in st.self_cpu_s.items()],
+                   "background_imports": st.background}, f)
 
 
 # -- inference tooling: eager vs int8 dynamic quantisation vs torch.compile -------------------
@@ -487,11 +522,31 @@ def table(r: dict) -> list[tuple[str, str, str, float]]:
     return [tuple(x) for x in rows if x[3] >= 0.005]
 
 
+def cpu_of(r: dict) -> dict[tuple[str, str, str], float]:
+    """The main thread's CPU self seconds per stage (empty for a result file from before they
+    were recorded)."""
+    return {tuple(x[:3]): x[3] for x in r.get("stages_cpu", [])}
+
+
+def background_line(r: dict) -> str:
+    """One line on the background imports of a run (empty when none were timed)."""
+    b = r.get("background_imports") or {}
+    if not b:
+        return ""
+    return (f"background imports (a thread overlapping the stages above): {b['wall_s']:.2f} s wall, "
+            f"{b['cpu_s']:.2f} s CPU in that thread")
+
+
 def markdown(r: dict) -> str:
-    lines = ["| phase | detector | stage | seconds | share |", "|---|---|---|---|---|"]
+    cpu = cpu_of(r)
+    lines = ["| phase | detector | stage | seconds | main-thread CPU s | share |", "|---|---|---|---|---|---|"]
     for phase, det, stage, s in table(r):
-        lines.append(f"| {phase} | {det} | {stage} | {s:.2f} | {100 * s / r['wall_s']:.1f}% |")
-    lines.append(f"| | | **wall** | **{r['wall_s']:.2f}** | |")
+        c = cpu.get((phase, det, stage))
+        lines.append(f"| {phase} | {det} | {stage} | {s:.2f} | {'' if c is None else f'{c:.2f}'} | "
+                     f"{100 * s / r['wall_s']:.1f}% |")
+    lines.append(f"| | | **wall** | **{r['wall_s']:.2f}** | | |")
+    if background_line(r):
+        lines += ["", background_line(r)]
     return "\n".join(lines)
 
 
@@ -588,8 +643,13 @@ def main() -> None:
             if a.markdown:
                 print(markdown(r))
             else:
+                cpu = cpu_of(r)
+                print(f"  {'phase':9s} {'detector':7s} {'stage':34s} {'wall':>10s} {'main CPU':>10s}")
                 for phase, det, stage, s in table(r):
-                    print(f"  {phase:9s} {det:7s} {stage:34s} {s:8.2f} s {100 * s / r['wall_s']:5.1f}%")
+                    print(f"  {phase:9s} {det:7s} {stage:34s} {s:8.2f} s {cpu.get((phase, det, stage), 0.0):8.2f} s "
+                          f"{100 * s / r['wall_s']:5.1f}%")
+                if background_line(r):
+                    print("  " + background_line(r))
         if "models" in results and "no-models" in results:
             ratio = results["models"]["flows_per_s"] / results["no-models"]["flows_per_s"]
             print(f"\nmodels / --no-models: {results['models']['flows_per_s']:,.0f} / "

@@ -34,6 +34,41 @@ def test_nested_timers_record_self_time(ss):
     assert st.phase == "other" and st.detector == "-"
 
 
+def test_timers_record_the_main_threads_cpu_apart_from_waiting(ss):
+    """A stage that waits (here: sleeps) has wall time but no CPU; a busy nested stage's CPU is
+    its own, not its parent's; the result file's rows and the Markdown table carry both."""
+    st = ss.Stages()
+    with st.timed("waits", phase="other", detector="-"):
+        time.sleep(0.05)
+        with st.timed("busy"):
+            start = time.thread_time()
+            while time.thread_time() - start < 0.03:
+                pass
+    key_w, key_b = ("other", "-", "waits"), ("other", "-", "busy")
+    assert st.self_s[key_w] >= 0.05 and st.self_cpu_s[key_w] < 0.03
+    assert st.self_cpu_s[key_b] >= 0.03
+    r = {"wall_s": 1.0, "stages": [[*k, v] for k, v in st.self_s.items()],
+         "stages_cpu": [[*k, v] for k, v in st.self_cpu_s.items()],
+         "background_imports": {"wall_s": 2.5, "cpu_s": 2.0}}
+    md = ss.markdown(r)
+    assert f"| other | - | busy | {st.self_s[key_b]:.2f} | {st.self_cpu_s[key_b]:.2f} |" in md
+    assert "background imports (a thread overlapping the stages above): 2.50 s wall, 2.00 s CPU" in md
+    assert ss.cpu_of({"stages": []}) == {} and ss.background_line({}) == ""
+
+
+def test_background_imports_are_timed_in_their_thread(ss, monkeypatch):
+    from zeekml._core import preload
+
+    monkeypatch.setattr(preload.Preload, "_run", preload.Preload._run)     # undone after the test
+    st = ss.Stages()
+    st.time_background_imports()
+    p = preload.Preload(["json", "zeekml_no_such_module_x"])
+    assert p.wait(60)
+    assert "zeekml_no_such_module_x" in p.failed             # the wrapped thread still records failures
+    assert set(st.background) == {"wall_s", "cpu_s"} and st.background["wall_s"] >= 0.0
+    assert not st.stack and not st.self_s                     # nothing added to the stages
+
+
 def test_the_knn_stage_times_the_reference_and_the_direct_search():
     code = (
         "import sys, numpy as np\n"
