@@ -339,7 +339,8 @@ def _stage_seconds(prof) -> dict:
 
 
 def context_probe(n: int, models: str, window_records: int = 100, dense: float = 0.0,
-                  catch_up: int = 1, profile: bool = False, threads: int = 1) -> dict:
+                  catch_up: int = 1, profile: bool = False, threads: int = 1,
+                  workers: int = 0) -> dict:
     """--once over the first ``n`` conns of the real IoT-23 CTU-34-1 log with learned detectors,
     read in windows of ``window_records`` as a live watcher would get them (in this process, one
     torch thread): the cost of the time-context path (hold back, release in 60 s batches, score
@@ -349,10 +350,13 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
     calibration says, as on a real link (with a baseline of 3000 conns 1 s apart, as before, a
     third of the conns alerted, and notices and incidents cost more than the models).
     ``catch_up``: ``--window-records`` multiple while behind (``WatchOptions.catch_up_factor``;
-    1 = every window ``window_records``). Reports wall and
-    CPU seconds (the CPU seconds of this process: less sensitive to the machine's load) and,
-    with ``profile``, the CPU seconds of each stage (``STAGES``, cProfile on CPU time)."""
+    1 = every window ``window_records``). ``workers``: ``--score-workers`` (the detectors
+    shared out to that many forked processes, ``live.pool.DetectorPool``). Reports wall and
+    CPU seconds (the CPU seconds of this process and of its scoring processes: less sensitive
+    to the machine's load) and, with ``profile``, the CPU seconds of each stage (``STAGES``,
+    cProfile on CPU time; this process only)."""
     import gzip
+    import resource
 
     import torch
     from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions
@@ -385,7 +389,7 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
     opts = WatchOptions(score=ScoreOptions(baseline=[base], models_dir=models), once=True,
                         use_events=False, status_seconds=1000, window_records=window_records,
                         catch_up_factor=catch_up, context_lateness=lateness,
-                        context_threads=threads)
+                        context_threads=threads, score_workers=workers)
     prof = None
     if profile:
         import cProfile
@@ -395,24 +399,29 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
     calibrate = live_watcher.calibrate
     fit_done: list[tuple[float, float]] = []
 
+    def kids_cpu() -> float:       # reaped scoring processes (closed at the end of run())
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+
     def timed_calibrate(*a, **k):
         r = calibrate(*a, **k)
-        fit_done.append((time.perf_counter(), time.process_time()))
+        fit_done.append((time.perf_counter(), time.process_time() + kids_cpu(),
+                         time.process_time()))
         return r
 
     live_watcher.calibrate = timed_calibrate
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0 = time.perf_counter(), time.process_time() + kids_cpu()
     try:
         s = Watcher(os.path.join(work, "logs"), os.path.join(work, "out"), opts).run()
     finally:
         live_watcher.calibrate = calibrate
-    t1, c1 = time.perf_counter(), time.process_time()
+    t1, c1, own1 = time.perf_counter(), time.process_time() + kids_cpu(), time.process_time()
     dt, cpu = t1 - t0, c1 - c0
     if prof is not None:
         prof.disable()
     shutil.rmtree(work, ignore_errors=True)
     out = {"conns": n, "dense_ts_step": dense, "models": models, "window_records": window_records,
-           "catch_up_factor": catch_up, "context_threads": threads,
+           "catch_up_factor": catch_up, "context_threads": threads, "score_workers": workers,
            "seconds_incl_model_load_and_fit": round(dt, 1), "cpu_seconds": round(cpu, 1),
            "conns_per_s": round(s.scored / dt),
            # after model load, fit and calibration: the live loop alone
@@ -420,6 +429,9 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
            "loop_cpu_seconds": round(c1 - fit_done[0][1], 1),
            "loop_conns_per_s": round(s.scored / (t1 - fit_done[0][0])),
            "loop_conns_per_cpu_s": round(s.scored / (c1 - fit_done[0][1])),
+           # of which the watcher's own; the rest is its scoring processes'. On a machine
+           # with a core free for each, the loop takes about the larger of the two
+           "loop_cpu_seconds_watcher": round(own1 - fit_done[0][2], 1),
            "alerts": s.alerts, "context": s.context}
     if prof is not None:
         out["cpu_seconds_by_stage (profiled)"] = _stage_seconds(prof)
@@ -438,7 +450,8 @@ def main() -> None:
     ap.add_argument("--window-seconds", type=float, default=1.0)
     ap.add_argument("--window-records", type=int, default=10_000)
     ap.add_argument("--score-workers", type=int, default=0,
-                    help="watch --score-workers (forked scoring processes)")
+                    help="watch --score-workers (forked scoring processes; with --models or "
+                         "--context-probe each owns some of the detectors)")
     ap.add_argument("--models", default="",
                     help="watch --models DIR (learned detectors); default: --no-models")
     ap.add_argument("--context-lateness", type=float, default=5.0,
@@ -472,7 +485,8 @@ def main() -> None:
         models = args.models or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models")
         print(json.dumps({"load": os.getloadavg(),
                           **context_probe(args.context_probe, models, args.probe_window, args.dense,
-                                         args.catch_up, args.profile, args.context_threads)}))
+                                         args.catch_up, args.profile, args.context_threads,
+                                         args.score_workers)}))
         return
     if args.rss_probe:
         print(json.dumps({"load": os.getloadavg(), "scored_rss_mb": rss_probe(args.rss_probe)}))

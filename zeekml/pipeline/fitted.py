@@ -143,8 +143,9 @@ class FittedDetectors:
     the thresholds deliver together on the calibration conns (``CombinedCalibration``), the
     rate each notice states; None = ``fpr``. ``trained_cuts``: the known-bad classifiers
     whose threshold is their trained cut, not a baseline quantile (``calibrate_with_cuts``),
-    with that cut's record; their notices say so. ``conn_seconds``: each detector's wall seconds
-    per conn scored while calibrating (``fit_calibrate``; a learned detector's ``fit_split``
+    with that cut's record; their notices say so. ``conn_seconds``: each detector's CPU seconds
+    (of the process: torch's threads count, other processes' load does not) per conn scored
+    while calibrating (``fit_calibrate``; a learned detector's ``fit_split``
     embeds the whole baseline, its time counted per conn embedded), the cost that
     ``watch --score-workers`` shares the detectors out by (``live.pool.assign``).
     """
@@ -247,23 +248,23 @@ def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table, fit_idx: np
              rows: np.ndarray | None, raw: dict[str, np.ndarray] | None,
              cal_scores: dict[str, np.ndarray], step: Callable[[str], None]) -> float:
     """Fit ``det`` and put its calibration scores in ``cal_scores`` (``fit_calibrate``; with
-    ``scored``, its scores of ``scored`` in ``raw``); returns its wall seconds per conn scored
+    ``scored``, its scores of ``scored`` in ``raw``); returns its CPU seconds per conn scored
     (``FittedDetectors.conn_seconds``)."""
     split = getattr(det, "fit_split", None)
     if split is not None:
         # a learned detector: each baseline conn embedded once in the baseline's context
         # and, the baseline drawn from the input, not embedded again (``fit_split``)
         step(f"fitting {det.name} on {len(fit_idx):,} conns, calibrating on {len(cal_idx):,}")
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         cal_scores[det.name], full = split(baseline, fit_idx, cal_idx, extra=fit_extra,
                                            scored=scored, rows=rows)
-        seconds = time.perf_counter() - t0
+        seconds = time.process_time() - t0
         if full is not None:
             raw[det.name] = full
         return seconds / max(1, baseline.num_rows if full is None else len(full))
     step(f"fitting {det.name} on {fit_table.num_rows:,} conns")
     det.fit(fit_table)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     if scored is not None and _per_conn(det):
         step(f"scoring {det.name}: {scored.num_rows:,} conns")
         raw[det.name] = np.asarray(det.score(scored))
@@ -273,7 +274,7 @@ def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table, fit_idx: np
         step(f"calibrating {det.name} on {len(cal_idx):,} conns")
         cal_scores[det.name] = det.score(baseline.take(pa.array(cal_idx)))
         n = len(cal_idx)
-    return (time.perf_counter() - t0) / max(1, n)
+    return (time.process_time() - t0) / max(1, n)
 
 
 def cut_text(op: dict) -> str:
