@@ -159,12 +159,17 @@ class HostStream:
             predecessor it may attend to, -1 where there is none.
         targets: ``[len(rows)]`` the stream row of each requested row.
         table_rows: ``[n]`` the table row of each stream row.
+        run_start: ``[n]`` the stream row where each row's run begins: the run is a host's
+            consecutive conns (in its time order) in the stream, so a row's predecessors in
+            its run are its host's previous conns in the table (every one up to ``seq_len - 1``
+            back is in the stream: it is in the row's window).
     """
 
     ids: np.ndarray
     keys: np.ndarray
     targets: np.ndarray
     table_rows: np.ndarray
+    run_start: np.ndarray
 
 
 @dataclass
@@ -404,7 +409,7 @@ class FlowTokenizer:
         F = len(self.fields)
         if table.num_rows == 0 or len(rows) == 0:
             return HostStream(np.zeros((0, F), np.int64), np.zeros((0, width + 1), np.int64),
-                              np.zeros(0, np.int64), np.zeros(0, np.int64))
+                              np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
         hist = HostHistory.of(table)
         win, valid = hist.window(rows, L, None)
         pos = np.unique(win[valid])                                   # sorted stream positions
@@ -415,7 +420,11 @@ class FlowTokenizer:
         links &= pos[at] == src                                       # the predecessor is in the stream
         keys = np.concatenate([np.arange(len(pos))[:, None], np.where(links, at, -1)], axis=1)
         targets = np.searchsorted(pos, hist.rank[rows])
-        return HostStream(ids, keys, targets, hist.order[pos])
+        # a run breaks where the stream skips a conn or a new host begins
+        starts = np.ones(len(pos), dtype=bool)
+        starts[1:] = (pos[1:] != pos[:-1] + 1) | (hist.group_start[pos[1:]] == pos[1:])
+        run_start = np.maximum.accumulate(np.where(starts, np.arange(len(pos)), 0))
+        return HostStream(ids, keys, targets, hist.order[pos], run_start)
 
     def stream_windows(self, table: pa.Table, rows: np.ndarray | None = None,
                        hide_service: bool = False) -> tuple[np.ndarray, np.ndarray]:

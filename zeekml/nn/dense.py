@@ -117,12 +117,16 @@ class RoutingStats:
 @dataclass
 class EncoderOutput:
     """``hidden``: ``[b, l, d]`` (position 0 = CLS); ``balance_loss`` and ``z_loss``: scalars,
-    summed over the MoE layers (zero for a dense encoder); ``routing``: one entry per MoE layer."""
+    summed over the MoE layers (zero for a dense encoder); ``routing``: one entry per MoE layer;
+    ``stream_kv``: what ``Encoder.forward_stream`` was asked to keep (``keep_kv``), per block
+    ``(kv [r, 2d], have [r] bool)``: the keys and values of those rows at that block, and
+    whether the pass computed (or was given) them."""
 
     hidden: torch.Tensor
     balance_loss: torch.Tensor
     z_loss: torch.Tensor
     routing: list[RoutingStats] = field(default_factory=list)
+    stream_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class TokenEmbedding(nn.Module):
@@ -315,13 +319,27 @@ class CausalBlock(nn.Module):
         self.ff = ff
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, keys: torch.Tensor, kv_rows: torch.Tensor | None = None):
+    def project(self, x: torch.Tensor, kv_rows: torch.Tensor | None = None,
+                known: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Queries, keys and values ``[n, 3d]`` of the rows ``kv_rows`` of ``x`` (None = all;
+        the other rows 0), and, from ``known`` = ``(rows [m], kv [m, 2d])``, the keys and values
+        of rows computed in an earlier pass (their queries stay 0: a known row is never a
+        query). A row in both is computed."""
+        if kv_rows is None and known is None:
+            return self.attn.qkv(self.norm1(x))
+        qkv = x.new_zeros(x.shape[0], self.attn.qkv.out_features)
+        if known is not None and len(known[0]):
+            qkv[known[0], qkv.shape[1] // 3:] = known[1]
+        rows = torch.arange(x.shape[0], device=x.device) if kv_rows is None else kv_rows
+        qkv[rows] = self.attn.qkv(self.norm1(x.index_select(0, rows)))
+        return qkv
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, kv_rows: torch.Tensor | None = None,
+                qkv: torch.Tensor | None = None):
+        """``qkv``: ``project``'s output when the caller made it (default: made here)."""
         keys = keys[:, :1 + self.attn.span]
-        if kv_rows is None:
-            qkv = self.attn.qkv(self.norm1(x))
-        else:
-            qkv = x.new_zeros(x.shape[0], self.attn.qkv.out_features)
-            qkv[kv_rows] = self.attn.qkv(self.norm1(x.index_select(0, kv_rows)))
+        if qkv is None:
+            qkv = self.project(x, kv_rows)
         xq = x.index_select(0, keys[:, 0]) + self.drop(self.attn.attend(qkv, keys))
         h = self.norm2(xq)
         if isinstance(self.ff, FeedForward):
@@ -430,7 +448,9 @@ class Encoder(nn.Module):
         return EncoderOutput(self.norm(x), balance, z, routing)
 
     def forward_stream(self, ids: torch.Tensor, keys: torch.Tensor,
-                       targets: torch.Tensor | None = None) -> EncoderOutput:
+                       targets: torch.Tensor | None = None,
+                       known: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                       keep_kv: torch.Tensor | None = None) -> EncoderOutput:
         """A ``causal_window`` encoder over token streams laid out as rows: ``keys[r, o]`` is the
         row of row ``r``'s ``o``-th predecessor it may attend to (``o`` = 1..``max(spans)``;
         column 0 is ``r`` itself; -1 = none: another host's conn, too old, not in this batch).
@@ -440,11 +460,21 @@ class Encoder(nn.Module):
         blocks above), so scoring a few conns of a host costs their cone, not the whole stream.
         ``hidden`` is ``[len(targets), d]`` (``[n, d]`` without targets).
 
+        ``known`` (with ``targets``): per block, ``(rows [m], kv [m, 2d])``, the keys and values
+        of rows at that block from an earlier pass over the same conns (a live scorer's
+        per-host state, ``zeekml.scoring.detectors.stream_state``); the cone stops at them, so a
+        new conn whose predecessors are all known costs one row per block. They must be what
+        this stream would give those rows: the caller checks that the rows they depend on are
+        the same tokens. ``keep_kv`` ``[r]``: rows whose keys and values at every block are
+        returned in ``stream_kv`` (to be ``known`` in a later pass).
+
         Shapes:
             ids ``[n, f]``, keys ``[n, 1 + S]`` -> ``EncoderOutput.hidden [t, d]``
         """
         if not self.causal:
             raise ValueError("forward_stream: only a causal_window encoder reads token streams")
+        if known is not None and targets is None:
+            raise ValueError("forward_stream: known rows need targets")
         x = self.embed(ids)                                                    # [n, d]
         balance = x.new_zeros(())
         z = x.new_zeros(())
@@ -455,7 +485,7 @@ class Encoder(nn.Module):
             kv: list[torch.Tensor | None] = [None] * n_blocks
         else:
             # rows each block must compute, from the top down: the targets, then every key they
-            # read at the block above
+            # read at the block above that is not known there
             need = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
             need[targets] = True
             queries, kv = [None] * n_blocks, [None] * n_blocks
@@ -464,19 +494,35 @@ class Encoder(nn.Module):
                 queries[i] = _padded(rows)
                 k = keys.index_select(0, rows)[:, :1 + self.spans[i]]
                 need = need.clone()
-                need[k[k >= 0]] = True
+                read = torch.zeros_like(need)
+                read[k[k >= 0]] = True
+                if known is not None and len(known[i][0]):
+                    read[known[i][0]] = False
+                need |= read
                 kv[i] = _padded(need.nonzero().squeeze(1))
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i, block in enumerate(self.blocks):
             rows = queries[i]
             k = keys if rows is None else keys.index_select(0, rows)
-            y, b_loss, z_loss, stats = block(x, k, kv[i])
+            qkv = None
+            if known is not None or keep_kv is not None:
+                qkv = block.project(x, kv[i], None if known is None else known[i])
+                if keep_kv is not None:
+                    have = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+                    have[torch.arange(len(ids), device=ids.device) if kv[i] is None else kv[i]] = True
+                    if known is not None:
+                        have[known[i][0]] = True
+                    kept.append((qkv.index_select(0, keep_kv)[:, qkv.shape[1] // 3:],
+                                 have.index_select(0, keep_kv)))
+            y, b_loss, z_loss, stats = block(x, k, kv[i], qkv)
             x = y if rows is None else x.index_copy(0, rows, y)
             balance = balance + b_loss
             z = z + z_loss
             if stats is not None:
                 routing.append(stats)
         h = x if targets is None else x.index_select(0, targets)
-        return EncoderOutput(self.norm(h), balance, z, routing)
+        return EncoderOutput(self.norm(h), balance, z, routing,
+                             kept if keep_kv is not None else None)
 
     @property
     def n_params(self) -> int:

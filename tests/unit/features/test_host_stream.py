@@ -54,6 +54,19 @@ def test_every_conn_is_one_token_in_host_time_order(tok):
     assert st.keys.tolist() == [[0, -1, -1], [1, 0, -1], [2, 1, 0], [3, -1, -1], [4, -1, -1]]
 
 
+def test_runs_are_a_hosts_consecutive_conns_in_the_stream(tok):
+    # A at 10, 11, 12, 9000 is one run (consecutive conns of A, whatever their gaps); B another
+    assert tok.host_stream(T, width=2).run_start.tolist() == [0, 0, 0, 0, 4]
+    # A at 11 and B: A's stream holds 10, 11 (11's window) and B; A at 9000 alone would skip 12
+    st = tok.host_stream(T, rows=np.array([3, 2]), width=2)
+    assert st.table_rows.tolist() == [1, 3, 2] and st.run_start.tolist() == [0, 0, 2]
+    st = tok.host_stream(T, rows=np.array([3, 4]), width=1)
+    assert st.table_rows.tolist() == [1, 3, 0, 4] and st.run_start.tolist() == [0, 0, 0, 0]
+    tok1 = FlowTokenizer(source="host", seq_len=2, max_age=3600).fit(T)
+    st = tok1.host_stream(T, rows=np.array([1, 4]), width=1)
+    assert st.table_rows.tolist() == [1, 0, 4] and st.run_start.tolist() == [0, 1, 1]
+
+
 def test_a_few_rows_take_their_windows_alone(tok):
     st = tok.host_stream(T, rows=np.array([0]), width=2)
     assert st.table_rows.tolist() == [1, 3, 0]                 # the conn and its 2 predecessors

@@ -68,6 +68,36 @@ def test_a_position_gets_the_same_bits_whichever_others_are_computed(enc):
 
 
 @pytest.mark.parametrize("enc", encoders(), ids=["dense", "moe"])
+def test_known_keys_and_values_of_an_earlier_pass_stop_the_cone(enc):
+    """A live scorer keeps its last rows' keys and values at each block (``keep_kv``) and hands
+    them back (``known``) for the next rows: the same bits, and the rows before are not
+    recomputed (their tokens, scrambled, change nothing)."""
+    ids = stream(120)
+    keys = window_keys(ids[None], max(enc.spans))
+    spans = enc.spans
+    with torch.inference_mode():
+        whole = enc.forward_stream(ids, keys).hidden
+        keep = torch.arange(100 - max(spans), 100)
+        first = enc.forward_stream(ids, keys, targets=torch.arange(80, 100), keep_kv=keep)
+        assert torch.equal(first.hidden, whole[80:100])
+        known = []
+        for i, (kv, have) in enumerate(first.stream_kv):
+            assert kv.shape == (len(keep), 2 * enc.config.d_model) and have.all()
+            known.append((keep[-spans[i]:], kv[-spans[i]:]))
+        scrambled = ids.clone()
+        scrambled[:100] = stream(100, seed=7)
+        for targets in ([100], [100, 101, 102], list(range(100, 120))):
+            t = torch.tensor(targets)
+            got = enc.forward_stream(scrambled, keys, targets=t, known=known).hidden
+            assert torch.equal(got, whole[t]), targets
+        # without them the scrambled tokens are read: other outputs
+        assert not torch.equal(enc.forward_stream(scrambled, keys, targets=torch.tensor([100])).hidden,
+                               whole[[100]])
+        with pytest.raises(ValueError, match="known rows need targets"):
+            enc.forward_stream(ids, keys, known=known)
+
+
+@pytest.mark.parametrize("enc", encoders(), ids=["dense", "moe"])
 def test_reach_limits_the_predecessors_a_position_attends_to(enc):
     ids = stream(16)[None]
     with torch.inference_mode():

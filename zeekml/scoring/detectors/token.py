@@ -19,6 +19,7 @@ from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
 from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
 from zeekml.scoring.detectors.reference import (KnnReference, ReferenceSplitFit, ZReference,
                                                 make_reference)
+from zeekml.scoring.detectors.stream_state import StreamState, target_runs
 from zeekml.scoring.explain import nearest_text, odds, reference_identity, surprise_text
 from zeekml.scoring.registry import register_kind
 
@@ -132,7 +133,8 @@ class LoadedTokenModel:
         out = self.encoder(ids)
         return out, out.hidden[:, 1:]
 
-    def stream_embedding(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+    def stream_embedding(self, table: pa.Table, rows: np.ndarray | None = None,
+                         state: StreamState | None = None) -> np.ndarray:
         """A ``causal_window`` model's embedding of each of ``rows`` (default all), ``[n, d]``:
         the final state at the conn's own position of its host's stream, one pass over the
         stream (``FlowTokenizer.host_stream``; each conn in the windows of the rows is pushed
@@ -140,7 +142,11 @@ class LoadedTokenModel:
         conn would need a pass per conn) nor a mean over the window's states (those reach
         further back than the window) is added: the own position is the one state whose
         receptive field is exactly the conn's window. Targets go through the encoder in stream
-        order, ``STREAM_BATCH`` at a time; a row's bits do not depend on the others."""
+        order, ``STREAM_BATCH`` at a time; a row's bits do not depend on the others.
+
+        ``state``: per-host keys and values kept between calls (``stream_state``): used where
+        they match this stream, updated with each host's last conn scored here. The same bits
+        as without it."""
         torch = torch_module()
         enc = self.encoder
         st = self.tokenizer.host_stream(table, rows, width=max(enc.spans, default=0),
@@ -153,16 +159,24 @@ class LoadedTokenModel:
         tg = st.targets[order]
         ctx = sum(enc.spans)             # a target's output reads at most this many rows back
         batch = inference_batch(self.device, STREAM_BATCH)
+        live = _LiveState(state, st, table) if state is not None else None
         with torch.inference_mode():
             for s in range(0, len(tg), batch):
                 t = tg[s:s + batch]
                 lo, hi = max(int(t[0]) - ctx, 0), int(t[-1]) + 1
                 keys = st.keys[lo:hi] - lo
                 keys[st.keys[lo:hi] < lo] = -1
-                h = enc.forward_stream(torch.as_tensor(st.ids[lo:hi], device=self.device),
-                                       torch.as_tensor(keys, device=self.device),
-                                       torch.as_tensor(t - lo, device=self.device)).hidden
-                out[order[s:s + batch]] = h.float().cpu().numpy()
+                known, keep = ((None, None) if live is None
+                               else live.batch(lo, int(t[0]), hi, torch, self.device))
+                res = enc.forward_stream(torch.as_tensor(st.ids[lo:hi], device=self.device),
+                                         torch.as_tensor(keys, device=self.device),
+                                         torch.as_tensor(t - lo, device=self.device),
+                                         known=known, keep_kv=keep)
+                out[order[s:s + batch]] = res.hidden.float().cpu().numpy()
+                if live is not None:
+                    live.kept(res.stream_kv)
+        if live is not None:
+            live.store()
         return out
 
     def run(self, ids: np.ndarray, want: tuple[str, ...] = ("proba", "score")) -> dict:
@@ -274,6 +288,63 @@ class LoadedTokenModel:
         return out
 
 
+class _LiveState:
+    """One ``stream_embedding`` call's use of a ``StreamState``: which rows of the stream are
+    known from it, batch by batch, and what to keep of this call's rows."""
+
+    def __init__(self, state: StreamState, st, table: pa.Table):
+        self.state, self.st = state, st
+        self.runs = target_runs(st.run_start, st.targets)
+        first = st.table_rows[self.runs.first]
+        self.hosts = [str(h) if h is not None else "" for h in
+                      table.column("id.orig_h").take(pa.array(first, pa.int64())).to_pylist()]
+        self.links = (st.keys[:, 1:] >= 0).sum(axis=1)
+        known, _ = state.known(self.hosts, self.runs, st.ids, self.links)
+        self.known = known
+        self.keep, self.which = state.keep_rows(self.runs)
+        self.kept_kv: list[list[np.ndarray]] = [[] for _ in state.spans]
+        self.kept_have: list[list[np.ndarray]] = [[] for _ in state.spans]
+        self.kept_at: list[np.ndarray] = []
+        ts = pc.fill_null(pc.cast(table.column("ts"), pa.float64()), 0.0)
+        self.ts = ts.to_numpy(zero_copy_only=False)
+
+    def batch(self, lo: int, first: int, hi: int, torch, device: str):
+        """``(known, keep_kv)`` of ``forward_stream`` for the stream rows ``lo:hi``, whose
+        targets are the targets in ``first:hi``."""
+        known = []
+        for rows, kv in self.known:
+            m = (rows >= lo) & (rows < hi)
+            known.append((torch.as_tensor(rows[m] - lo, device=device),
+                          torch.as_tensor(kv[m], device=device)))
+        m = (self.keep >= lo) & (self.keep < hi)
+        # a run's last rows are kept by the batch whose targets hold its last conn (the rows
+        # before it are in that batch's context)
+        last = self.runs.last[self.which]
+        own = np.repeat((last >= first) & (last < hi), max(self.state.spans, default=0))
+        m &= own
+        self.kept_at.append(np.flatnonzero(m))
+        return known, torch.as_tensor(self.keep[m] - lo, device=device)
+
+    def kept(self, stream_kv) -> None:
+        for i, (kv, have) in enumerate(stream_kv):
+            self.kept_kv[i].append(kv.cpu().numpy())
+            self.kept_have[i].append(have.cpu().numpy())
+
+    def store(self) -> None:
+        at = np.concatenate(self.kept_at) if self.kept_at else np.zeros(0, np.int64)
+        if len(at) != len(self.keep):
+            raise AssertionError("stream state: a run's last rows were split over batches")
+        inv = np.empty(len(self.keep), dtype=np.int64)
+        inv[at] = np.arange(len(at))
+        kept = []
+        for kvs, haves in zip(self.kept_kv, self.kept_have):
+            kv, have = np.concatenate(kvs), np.concatenate(haves)
+            kept.append((kv[inv], have[inv]))
+        last = self.runs.last[self.which]
+        self.state.store(self.hosts, self.runs, self.which, self.st.ids, self.links, kept,
+                         self.ts[self.st.table_rows[last]])
+
+
 def position_nll(loaded: LoadedTokenModel, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per sequence, position and field: the NLL of the true token when that position alone is
     masked (every other token in view). One encoder pass per (sequence, position): meant for
@@ -336,6 +407,18 @@ class TokenDetector(ReferenceSplitFit):
         self.reference: KnnReference | ZReference = make_reference(reference, seed)
         self._fitted = False
         self._identity: pa.Table | None = None     # uid, 4-tuple, service of each kNN reference row
+        # a causal model's per-host keys and values between score calls (watch's windows)
+        self._state = (StreamState(loaded.encoder.spans, self.context_seconds)
+                       if loaded.causal and loaded.tokenizer.source == "host" else None)
+
+    def __getstate__(self) -> dict:
+        # a copy (a dask worker, a forked scorer) starts with no state of its own: what this
+        # process kept is of no use to another and can be tens of MB
+        d = dict(self.__dict__)
+        if d.get("_state") is not None:
+            s = d["_state"]
+            d["_state"] = StreamState(s.spans, s.horizon, s.max_hosts)
+        return d
 
     @property
     def context_seconds(self) -> float:
@@ -368,11 +451,13 @@ class TokenDetector(ReferenceSplitFit):
         as context only: their tokens are not built, the model does not run on them)."""
         return self.loaded.profile(self.loaded.tokens(table, rows=rows))
 
-    def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
-        """What the reference compares, computed alone (one encoder pass, not two)."""
+    def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None,
+                         live: bool = False) -> np.ndarray:
+        """What the reference compares, computed alone (one encoder pass, not two). ``live``:
+        scoring (not fitting), so a causal model uses and updates its per-host state."""
         key = "embedding" if self.reference.kind == "knn" else "parts"
         if key == "embedding" and self.loaded.causal:
-            return self.loaded.stream_embedding(table, rows)
+            return self.loaded.stream_embedding(table, rows, self._state if live else None)
         return self.loaded.profile(self.loaded.tokens(table, rows=rows), want=(key,))[key]
 
     def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> TokenDetector:
@@ -396,13 +481,15 @@ class TokenDetector(ReferenceSplitFit):
         return self.reference.score(self._reference_input(table))
 
     def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
-        """``score(table)[rows]`` at the cost of ``rows`` alone."""
+        """``score(table)[rows]`` at the cost of ``rows`` alone. A causal model keeps each
+        host's last keys and values between calls (``stream_state``: watch's windows, dask's
+        tasks in one worker; the same bits as without); ``score`` of a whole log keeps none."""
         if not self._fitted:
             raise ModelError(f"{self.name} detector: score_rows before fit")
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.zeros(0)
-        return self.reference.score(self._reference_input(table, rows))
+        return self.reference.score(self._reference_input(table, rows, live=True))
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
         """Per row, in words: its nearest baseline conns by embedding (kNN reference,
