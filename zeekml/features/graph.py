@@ -39,12 +39,15 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 GRAPH_SCHEMA_VERSION = 1
 NULL_WINDOW = -(1 << 60)  # where conns without ts go: far from every real window
@@ -55,6 +58,93 @@ TEMPORAL_EDGES = (("ip", "next_window", "ip"), ("flow", "same_conn", "flow"),
                   ("flow", "next_orig", "flow"), ("flow", "next_resp", "flow"))
 EDGE_TYPES = TEMPORAL_EDGES + SPATIAL_EDGES
 IP_FEATURES = ("private", "loopback", "multicast_or_broadcast", "ipv6", "unset")
+EdgeType = tuple[str, str, str]
+
+
+@dataclass
+class NodeSet:
+    """The nodes of one type of a ``FlowGraph`` (what PyG keeps in a node store).
+
+    Args:
+        x: node features.
+        window: the window of each node.
+        row: ``flow`` nodes: the conn's row in the table (plus the builder's row offset).
+        target: ``flow`` nodes: bool, the conn's target appearance for a requested target.
+        addr: ``ip`` nodes: the address of each node.
+
+    Shapes:
+        x ``[N, F]``; window, row, target ``[N]``; addr ``N`` strings.
+    """
+
+    x: Tensor
+    window: Tensor
+    row: Tensor | None = None
+    target: Tensor | None = None
+    addr: list[str] | None = None
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.x.size(0))
+
+
+@dataclass
+class EdgeSet:
+    """The edges of one type of a ``FlowGraph``: ``edge_index`` ``[2, E]`` (src, dst) int64."""
+
+    edge_index: Tensor
+
+
+@dataclass
+class FlowGraph:
+    """A heterogeneous flow graph: ``flow`` and ``ip`` nodes, the edge types of ``EDGE_TYPES``.
+
+    Read as PyG's ``HeteroData`` is (``g.x_dict``, ``g.edge_index_dict``, ``g["flow"].row``,
+    ``g["flow", "to_resp", "ip"].edge_index``), without importing PyG: scoring needs none of
+    it, and importing it costs ``zeekml score`` ~2 s. ``to_hetero_data`` gives the PyG object.
+
+    Args:
+        flow: the flow nodes.
+        ip: the address nodes.
+        edge_index_dict: edge type -> ``[2, E]`` int64 (src, dst), in ``EDGE_TYPES`` order.
+    """
+
+    flow: NodeSet
+    ip: NodeSet
+    edge_index_dict: dict[EdgeType, Tensor]
+
+    node_types = ("flow", "ip")
+
+    @property
+    def x_dict(self) -> dict[str, Tensor]:
+        """``{'flow': [N_flow, F], 'ip': [N_ip, 5]}``."""
+        return {"flow": self.flow.x, "ip": self.ip.x}
+
+    @property
+    def edge_types(self) -> list[EdgeType]:
+        return list(self.edge_index_dict)
+
+    def __getitem__(self, key: str | EdgeType) -> Any:
+        """``g["flow"]``/``g["ip"]``: a ``NodeSet``; ``g[src, rel, dst]``: an ``EdgeSet``."""
+        if key in self.node_types:
+            return getattr(self, key)
+        if isinstance(key, tuple) and key in self.edge_index_dict:
+            return EdgeSet(self.edge_index_dict[key])
+        raise KeyError(f"a flow graph has no node or edge type {key!r}")
+
+    def to_hetero_data(self) -> Any:
+        """The same graph as PyG's ``HeteroData`` (the same tensors, not copies); imports PyG."""
+        from torch_geometric.data import HeteroData
+
+        data = HeteroData()
+        for name in self.node_types:
+            nodes = getattr(self, name)
+            for attr in ("x", "row", "window", "target", "addr"):
+                value = getattr(nodes, attr)
+                if value is not None:
+                    data[name][attr] = value
+        for et, ei in self.edge_index_dict.items():
+            data[et].edge_index = ei
+        return data
 
 
 @dataclass
@@ -106,7 +196,7 @@ def _ip_attributes(addr: str) -> tuple[float, ...]:
 
 
 class FlowGraphBuilder:
-    """conn table -> ``HeteroData`` flow graphs.
+    """conn table -> ``FlowGraph`` flow graphs.
 
     Args:
         config: ``GraphConfig`` (default: the defaults above).
@@ -166,7 +256,7 @@ class FlowGraphBuilder:
     # -- building ----------------------------------------------------------------------------
 
     def build(self, table: pa.Table, x: np.ndarray, targets: np.ndarray | None = None,
-              row_offset: int = 0):
+              row_offset: int = 0) -> FlowGraph:
         """One graph holding ``targets`` (row indices; default all rows) and their context.
 
         ``row_offset`` is added to ``data['flow'].row`` (for streamed pieces of a longer log).
@@ -177,7 +267,7 @@ class FlowGraphBuilder:
         return self._build(table, x, first, last, targets, row_offset)
 
     def iter_graphs(self, table: pa.Table, x: np.ndarray,
-                    targets: np.ndarray | None = None) -> Iterator:
+                    targets: np.ndarray | None = None) -> Iterator[FlowGraph]:
         """Graphs of at most about ``segment_flows`` flow nodes that together cover ``targets``
         (default all rows), in time order; each target row is a target of exactly one graph."""
         first, last = self.windows(table)
@@ -200,7 +290,7 @@ class FlowGraphBuilder:
                 yield self._build(table, x, first, last, np.sort(order[a:b]), 0)
 
     def stream(self, tables: Iterable[pa.Table],
-               featurize: Callable[[pa.Table], np.ndarray], lateness: int = 2) -> Iterator:
+               featurize: Callable[[pa.Table], np.ndarray], lateness: int = 2) -> Iterator[FlowGraph]:
         """Graphs over an arbitrarily long stream of conn tables (in log order), with bounded memory.
 
         A row becomes a target once the stream has moved ``lateness`` windows past its target
@@ -250,9 +340,8 @@ class FlowGraphBuilder:
     # -- the graph itself --------------------------------------------------------------------
 
     def _build(self, table: pa.Table, x: np.ndarray, first: np.ndarray, last: np.ndarray,
-               targets: np.ndarray, row_offset: int):
+               targets: np.ndarray, row_offset: int) -> FlowGraph:
         import torch
-        from torch_geometric.data import HeteroData
 
         cfg = self.config
         x = np.asarray(x, dtype=np.float32)
@@ -314,17 +403,13 @@ class FlowGraphBuilder:
         for name, code in (("next_orig", o_code), ("next_resp", r_code)):
             edges[("flow", name, "flow")] = _next_flow_edges(app_w, code, cfg.next_flows)
 
-        data = HeteroData()
-        data["flow"].x = torch.from_numpy(x[app_row]) if nf else torch.zeros((0, x.shape[1]))
-        data["flow"].row = torch.from_numpy(app_row + row_offset)
-        data["flow"].window = torch.from_numpy(app_w)
-        data["flow"].target = torch.from_numpy(target)
-        data["ip"].x = torch.from_numpy(ip_x)
-        data["ip"].window = torch.from_numpy(ip_keys[:, 0].copy())
-        data["ip"].addr = np.asarray(uniq, dtype=object)[ip_keys[:, 1]].tolist()
-        for et in EDGE_TYPES:
-            data[et].edge_index = torch.from_numpy(np.ascontiguousarray(edges[et], dtype=np.int64))
-        return data
+        flow = NodeSet(x=torch.from_numpy(x[app_row]) if nf else torch.zeros((0, x.shape[1])),
+                       window=torch.from_numpy(app_w), row=torch.from_numpy(app_row + row_offset),
+                       target=torch.from_numpy(target))
+        ip = NodeSet(x=torch.from_numpy(ip_x), window=torch.from_numpy(ip_keys[:, 0].copy()),
+                     addr=np.asarray(uniq, dtype=object)[ip_keys[:, 1]].tolist())
+        return FlowGraph(flow, ip, {et: torch.from_numpy(np.ascontiguousarray(edges[et], dtype=np.int64))
+                                    for et in EDGE_TYPES})
 
 
 def _next_flow_edges(app_w: np.ndarray, code: np.ndarray, k: int) -> np.ndarray:

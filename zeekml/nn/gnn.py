@@ -1,21 +1,30 @@
 """The spatio-temporal flow-graph GNN: encoder, link-prediction decoder, classification head.
 
-Built from PyG's ``HeteroConv`` and ``SAGEConv`` over the graphs of
-``zeekml.features.graph.FlowGraphBuilder``. Each layer runs the temporal edge types, then the
-spatial ones; each step is residual (``h + dropout(leaky_relu(root(h) + sum_r sage_r(h)))``) and layer-normalised
-per node type. Address nodes get their degrees in the *message-passing* graph as inputs, so a
-held-out link changes nothing the encoder sees.
+Runs over the graphs of ``zeekml.features.graph.FlowGraphBuilder``. Each layer runs the temporal
+edge types, then the spatial ones; each step is residual
+(``h + dropout(leaky_relu(root(h) + sum_r sage_r(h)))``) and layer-normalised per node type.
+Address nodes get their degrees in the *message-passing* graph as inputs, so a held-out link
+changes nothing the encoder sees.
+
+The relation layers are PyG's ``HeteroConv(aggr="sum")`` of ``SAGEConv(root_weight=False)``
+(mean aggregation, then one linear map) rebuilt as two small modules, ``RelationConvs`` and
+``MeanSAGE``: the same parameters under the same state_dict keys, initialised from the same
+random draws, computing the same bits (tests/unit/nn/test_gnn_pyg_contract.py runs PyG's with
+the same weights). Importing PyG costs ~2 s (its ``__init__`` loads ``torch._dynamo``, datasets,
+llm code) that every ``zeekml score`` with the shipped models paid for two parameter containers;
+PyG stays the reference in tests and gives training its ``negative_sampling``
+(``zeekml.train.gnn``).
 
 Legend: F = flow features, H = hidden, C = classes, P = scored (flow, ip) pairs.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import HeteroConv, SAGEConv
 
 from zeekml.features.graph import IP_FEATURES, SPATIAL_EDGES, TEMPORAL_EDGES
 
@@ -56,6 +65,82 @@ class GNNConfig:
         return asdict(self)
 
 
+class PygLinear(nn.Linear):
+    """``nn.Linear`` initialised as PyG's ``Linear`` is (same bounds, written as PyG computes
+    them, so the draws give the same bits), for models trained with PyG's layers to start from
+    the same weights under the same seed."""
+
+    def reset_parameters(self) -> None:
+        fan, a = self.in_features, math.sqrt(5)
+        # PyG's kaiming_uniform, to the bit: (1 + a**2) is 6.000000000000001 here, and nn.Linear's
+        # gain-based bound differs from this one in the last bit for some fans
+        bound = math.sqrt(6 / ((1 + a**2) * fan))
+        self.weight.data.uniform_(-bound, bound)
+        if self.bias is not None:
+            b = 1.0 / math.sqrt(fan)
+            self.bias.data.uniform_(-b, b)
+
+
+class MeanSAGE(nn.Module):
+    """PyG's ``SAGEConv(in_channels, out_channels, root_weight=False)`` (aggr="mean", no
+    projection, no normalisation) over a transposed CSR adjacency: the mean of each destination's
+    source rows, then ``lin_l``. A destination without sources gets ``lin_l(0)`` = its bias.
+
+    Args:
+        in_channels: source feature width.
+        out_channels: output width.
+
+    Shapes:
+        x ``[N_src, in_channels]``, adj_t ``[N_dst, N_src]`` (sparse CSR, values 1.0)
+        -> ``[N_dst, out_channels]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.lin_l = PygLinear(in_channels, out_channels)
+        # PyG's SAGEConv resets lin_l once more after Linear's own reset: the same draws twice,
+        # so a model built here under a seed has the weights the PyG-built one had
+        self.lin_l.reset_parameters()
+
+    def forward(self, x: Tensor, adj_t: Tensor) -> Tensor:
+        if adj_t.is_cuda:
+            # torch.sparse.mm has no reduce="mean" on CUDA; PyG's spmm divides the sum by the
+            # degree there, and so do we, to give the bits PyG gave
+            deg = adj_t.crow_indices().diff()
+            agg = torch.sparse.mm(adj_t, x) / deg.view(-1, 1).clamp_(min=1)
+        else:
+            agg = torch.sparse.mm(adj_t, x, "mean")
+        return self.lin_l(agg)
+
+
+def relation_key(et: EdgeType) -> str:
+    """The module name of edge type ``et`` in ``RelationConvs``: PyG's ``ModuleDict`` key
+    (``('ip', 'orig_to', 'flow')`` -> ``'<ip___orig_to___flow>'``), which the state_dicts of
+    every model trained so far hold."""
+    return f"<{'___'.join(et)}>"
+
+
+class RelationConvs(nn.Module):
+    """One ``MeanSAGE`` per edge type (PyG's ``HeteroConv(convs, aggr="sum")`` as a parameter
+    container; ``relation_sum`` runs it). ``convs`` is keyed by ``relation_key``.
+
+    Args:
+        convs: edge type -> its layer, in the order their outputs are summed.
+    """
+
+    def __init__(self, convs: dict[EdgeType, MeanSAGE]):
+        super().__init__()
+        self.edge_types = tuple(convs)
+        self.convs = nn.ModuleDict({relation_key(et): m for et, m in convs.items()})
+
+    def items(self) -> list[tuple[EdgeType, MeanSAGE]]:
+        """``(edge type, layer)`` pairs in summing order."""
+        return [(et, self.convs[relation_key(et)]) for et in self.edge_types]
+
+    def forward(self, h: dict[str, Tensor], adj: dict[EdgeType, Tensor]) -> dict[str, Tensor]:
+        return relation_sum(self, h, adj)
+
+
 class FlowGraphEncoder(nn.Module):
     """Node embeddings of a flow graph.
 
@@ -76,8 +161,7 @@ class FlowGraphEncoder(nn.Module):
             for types in (TEMPORAL_EDGES, SPATIAL_EDGES):
                 # one root (self) weight per node type instead of one per relation: the sum of
                 # per-relation root weights is the same function at half the matmuls
-                self.convs.append(HeteroConv({et: SAGEConv(h, h, root_weight=False) for et in types},
-                                             aggr="sum"))
+                self.convs.append(RelationConvs({et: MeanSAGE(h, h) for et in types}))
                 self.roots.append(nn.ModuleDict({"flow": nn.Linear(h, h, bias=False),
                                                  "ip": nn.Linear(h, h, bias=False)}))
                 self.norms.append(nn.ModuleDict({"flow": nn.LayerNorm(h), "ip": nn.LayerNorm(h)}))
@@ -105,19 +189,19 @@ class FlowGraphEncoder(nn.Module):
         return h
 
 
-def relation_sum(conv: HeteroConv, h: dict[str, Tensor], adj: dict[EdgeType, Tensor]) -> dict[str, Tensor]:
-    """``conv(h, adj)`` (a ``HeteroConv`` with ``aggr="sum"``) for the edge types of ``adj``: each
-    relation's ``SAGEConv`` output, summed per destination type in ``conv``'s order. HeteroConv
-    sums by ``torch.stack(outputs).sum(0)``, a copy of every output and a pass over it (0.28 s of
-    the GNN's 2.1 s forward over bench/score_speed.py's 100k conns, one thread); adding them in
-    place in the same order gives the same bits (tests/unit/nn/test_gnn.py)."""
+def relation_sum(conv: RelationConvs, h: dict[str, Tensor], adj: dict[EdgeType, Tensor]) -> dict[str, Tensor]:
+    """``conv(h, adj)``: each relation's ``MeanSAGE`` output for the edge types of ``adj``,
+    summed per destination type in ``conv``'s order. PyG's HeteroConv sums by
+    ``torch.stack(outputs).sum(0)``, a copy of every output and a pass over it (0.28 s of the
+    GNN's 2.1 s forward over bench/score_speed.py's 100k conns, one thread); adding them in
+    place in the same order gives the same bits (tests/unit/nn/test_gnn_pyg_contract.py)."""
     out: dict[str, Tensor] = {}
-    for et, sage in conv.convs.items():
+    for et, sage in conv.items():
         a = adj.get(et)
         if a is None:
             continue
         src, _, dst = et
-        y = sage(h[src] if src == dst else (h[src], h[dst]), a)
+        y = sage(h[src], a)
         out[dst] = out[dst] + y if dst in out else y
     return out
 

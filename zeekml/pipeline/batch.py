@@ -56,9 +56,9 @@ class NoConnInput(ZeekmlError):
 def detector_imports(models_dir: str | None) -> list[str]:
     """The modules fitting the detectors of ``--models models_dir`` will import (None: the
     IsolationForest alone), for ``start_imports``: scikit-learn; with learned models torch and
-    the model code of each detector's kind (``zeekml.nn.<kind>``: the GNN's pulls in PyTorch
-    Geometric). A directory that cannot be read gives torch alone: the detectors' own load
-    reports what is wrong with it, where it always has."""
+    the model code of each detector's kind (``zeekml.nn.<kind>``; none of them imports PyTorch
+    Geometric, which only training needs). A directory that cannot be read gives torch alone:
+    the detectors' own load reports what is wrong with it, where it always has."""
     mods = ["sklearn.ensemble"]
     if models_dir is None:
         return mods

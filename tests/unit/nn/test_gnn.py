@@ -155,48 +155,6 @@ def test_hide_service_zeroes_service_and_port_columns():
     assert not np.all(G.featurize(f, table, hide_service=False)[:, cols] == 0.0)
 
 
-def _heteroconv_forward(enc, x_dict, edge_index_dict):
-    """``FlowGraphEncoder.forward`` as it was before ``relation_sum`` and our CSR builder: PyG's
-    ``HeteroConv.forward`` (``torch.stack(...).sum(0)`` per destination) over PyG's CSR
-    adjacencies; the reference the faster path must match bit for bit."""
-    import warnings
-
-    import torch.nn.functional as F
-    from torch_geometric.utils import to_torch_csr_tensor
-
-    sizes = {k: v.size(0) for k, v in x_dict.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adj = {et: to_torch_csr_tensor(ei.flip(0), size=(sizes[et[2]], sizes[et[0]]))
-               for et, ei in edge_index_dict.items()}
-    deg = [torch.log1p(adj[et].crow_indices().diff().to(x_dict["ip"].dtype))
-           for et in (("flow", "rev_orig", "ip"), ("flow", "to_resp", "ip"))]
-    ip = torch.cat([x_dict["ip"], torch.stack(deg, dim=1)], dim=1)
-    h = {"flow": F.leaky_relu(enc.flow_in(x_dict["flow"])), "ip": F.leaky_relu(enc.ip_in(ip))}
-    for conv, root, norm in zip(enc.convs, enc.roots, enc.norms):
-        out = conv(h, {et: a for et, a in adj.items() if et in conv.convs})
-        h = {k: norm[k](v + F.leaky_relu(root[k](v) + out[k] if k in out else root[k](v)))
-             for k, v in h.items()}
-    return h
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_encoder_is_heteroconvs_forward_bit_for_bit(seed):
-    """The encoder sums the relations' outputs in place and builds its CSR adjacencies itself;
-    every embedding (flow and ip nodes) keeps the bits of PyG's HeteroConv path."""
-    table = synthetic_conns(400, seed=seed)
-    x = FlowFeaturizer().fit_transform(table)
-    g = FlowGraphBuilder(GraphConfig(window=5.0, next_flows=4)).build(table, x)
-    torch.manual_seed(seed)
-    model = FlowGNN(GNNConfig(flow_in=x.shape[1], hidden=32, dropout=0.0)).eval()
-    with torch.inference_mode():
-        got = model(g.x_dict, g.edge_index_dict)
-        want = _heteroconv_forward(model.encoder, g.x_dict, g.edge_index_dict)
-    for k in ("flow", "ip"):
-        assert got[k].shape == want[k].shape
-        assert torch.equal(got[k], want[k]), k
-
-
 @pytest.mark.parametrize("ordered", [False, True])
 @pytest.mark.parametrize("n_src,n_dst,n_edges", [(0, 0, 0), (5, 3, 0), (1, 1, 1), (50, 40, 300),
                                                   (2000, 7, 1500)])

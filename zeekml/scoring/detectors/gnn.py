@@ -2,8 +2,9 @@
 training is ``zeekml.train.gnn``).
 
 The anomaly score of a conn is the mean cosine distance of its flow embedding to its ``k``
-nearest neighbours among the baseline conns' embeddings. ``torch`` and ``torch_geometric`` are
-imported only when a model is loaded: ``zeekml cat`` and ``--no-models`` never import them.
+nearest neighbours among the baseline conns' embeddings. ``torch`` is imported only when a model
+is loaded: ``zeekml cat`` and ``--no-models`` never import it. Scoring never imports PyTorch
+Geometric (the graphs are ``FlowGraph``s, the layers ``zeekml.nn.gnn``'s own); training does.
 """
 from __future__ import annotations
 
