@@ -85,10 +85,14 @@ def test_kill9_random_rounds_every_uid_exactly_once(tmp_path, workers):
     assert cp.outputs["verdicts.jsonl"] == os.path.getsize(os.path.join(out, "verdicts.jsonl"))
 
 
-def test_kill9_with_a_context_detector_every_uid_exactly_once(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_kill9_with_a_context_detector_every_uid_exactly_once(tmp_path, workers):
     """The GNN scores a conn with the conns 50 s around it, so conns are held back until their
     forward context has arrived; the held-back ones live in the context journal committed with
-    the checkpoint. Kill -9 at random moments must still give every uid exactly once."""
+    the checkpoint. Kill -9 at random moments must still give every uid exactly once. With a
+    scoring process (``--score-workers 1``: it owns one of the two detectors, a release is
+    scored while the next window is read), which dies with its watcher."""
+    import psutil
     models = os.path.join(os.path.dirname(__file__), "..", "..", "models", "gnn-base")
     if not os.path.exists(os.path.join(models, "config.json")):
         pytest.skip("models/gnn-base not shipped")
@@ -101,12 +105,13 @@ def test_kill9_with_a_context_detector_every_uid_exactly_once(tmp_path):
     # records 0.5 s apart in ts: 1500 s, so the 50 s horizon releases conns all along
     writer = start(writer_process, root, "standalone", n, 5, 900, 0.08, 0.5)
     rng = random.Random(20240102)
-    opts = _opts(baseline, context_lateness=2.0)
+    opts = _opts(baseline, context_lateness=2.0, score_workers=workers)
     opts["score"]["models_dir"] = str(tmp_path / "models")
     import torch  # noqa: F401  (imported before forking: each watcher starts in about a second)
 
     import zeekml.train.gnn  # noqa: F401
     rounds, released_live = 0, 0
+    orphans: list = []
     deadline = time.monotonic() + 60
     while (writer.is_alive() or rounds < 4) and rounds < 8 and time.monotonic() < deadline:
         p = start(watcher_process, root, out, opts)
@@ -116,6 +121,10 @@ def test_kill9_with_a_context_detector_every_uid_exactly_once(tmp_path):
                 os.path.exists(stats) and os.path.getmtime(stats) > time.time() - 0.3):
             time.sleep(0.05)
         time.sleep(rng.uniform(0.2, 2.5))
+        try:
+            orphans += psutil.Process(p.pid).children()
+        except psutil.NoSuchProcess:
+            pass
         os.kill(p.pid, signal.SIGKILL)
         p.join(10)
         rounds += 1
@@ -125,6 +134,10 @@ def test_kill9_with_a_context_detector_every_uid_exactly_once(tmp_path):
     assert rounds >= 4
     cp = CheckpointStore(out).load()
     assert cp.context["length"] > 0 and 0 < released_live < n
+    if workers:
+        assert orphans, "no scoring process was seen"
+        gone, alive = psutil.wait_procs(orphans, timeout=5)
+        assert not alive, f"scoring processes outlived their watcher: {alive}"
     _drain(root, out, baseline, opts)
     _assert_exactly_once(out, all_uids(n))
     v = [json.loads(l) for l in open(os.path.join(out, "verdicts.jsonl"))]
