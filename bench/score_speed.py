@@ -3,6 +3,7 @@
     python bench/score_speed.py                      # ~100k conns, both modes, per-stage table
     python bench/score_speed.py --conns 30000 --modes models
     python bench/score_speed.py --json out.json --markdown
+    python bench/score_speed.py --repeat 3             # modes alternated 3 times, median runs
     python bench/score_speed.py --learned-ab COMMIT    # GNN + autoencoder: COMMIT's code vs this tree's
 
 The log: copies of real labeled conn logs from the shared data set (IoT-23 CTU-34-1 and two
@@ -515,6 +516,22 @@ def run_mode(mode: str, log_dir: str, tmp: str, threads: int | None) -> dict:
     return r
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (the lower of the two middle ones for an even count), with
+    every run's wall time added as ``rounds_wall_s`` (in run order)."""
+    if not runs:
+        raise ValueError("no runs")
+    order = sorted(range(len(runs)), key=lambda i: runs[i]["wall_s"])
+    r = dict(runs[order[(len(runs) - 1) // 2]])
+    r["rounds_wall_s"] = [x["wall_s"] for x in runs]
+    return r
+
+
+def round_ratios(models: list[dict], no_models: list[dict]) -> list[float]:
+    """flows/s of each round's models run over its --no-models run (the two ran back to back)."""
+    return [m["flows_per_s"] / b["flows_per_s"] for m, b in zip(models, no_models)]
+
+
 def table(r: dict) -> list[tuple[str, str, str, float]]:
     rows = sorted(r["stages"], key=lambda s: (["other", "fit", "calibrate", "score", "explain"].index(s[0])
                                               if s[0] in ("other", "fit", "calibrate", "score", "explain") else 9,
@@ -583,6 +600,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conns", type=int, default=100_000, help="conns in the generated log (default 100000)")
     ap.add_argument("--modes", default="models,no-models", help="comma list of models, no-models")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of the modes, alternated (default 1); the tables and --json show each "
+                         "mode's median run, with every round's wall time and ratio beside it")
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP_NUM_THREADS of the runs (default: unset, as a user runs zeekml)")
     ap.add_argument("--json", help="write the results here")
@@ -603,6 +623,8 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.repeat < 1:
+        ap.error(f"--repeat must be at least 1, not {a.repeat}")
     if a.worker:
         worker(a.worker, a.log_dir, a.out, a.result)
         return
@@ -630,13 +652,25 @@ def main() -> None:
                 with open(a.json, "w") as f:
                     json.dump(res, f, indent=1)
             return
+        modes = a.modes.split(",")
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        for rnd in range(a.repeat):
+            for mode in modes:
+                r = run_mode(mode, log_dir, tmp, a.threads)
+                if r["verdict_lines"] != n:
+                    sys.exit(f"score_speed: {mode}: {r['verdict_lines']} verdicts for {n} conns")
+                r["flows_per_s"] = n / r["wall_s"]
+                runs[mode].append(r)
+                if a.repeat > 1:
+                    print(f"round {rnd + 1}/{a.repeat} {mode}: {r['wall_s']:.1f} s = {r['flows_per_s']:,.0f} "
+                          f"flows/s (load average at the end {r.get('load_average_end', 0):.1f})", flush=True)
         results = {}
-        for mode in a.modes.split(","):
-            r = run_mode(mode, log_dir, tmp, a.threads)
-            if r["verdict_lines"] != n:
-                sys.exit(f"score_speed: {mode}: {r['verdict_lines']} verdicts for {n} conns")
-            r["flows_per_s"] = n / r["wall_s"]
+        for mode in modes:
+            r = median_run(runs[mode])
             results[mode] = r
+            if a.repeat > 1:
+                print(f"\n{mode}: the median of {a.repeat} rounds (walls "
+                      f"{', '.join(f'{w:.1f}' for w in r['rounds_wall_s'])} s)", end="")
             print(f"\n{mode}: {n} conns in {r['wall_s']:.1f} s = {r['flows_per_s']:,.0f} flows/s "
                   f"(torch threads {r.get('torch_threads')}, load average at the end "
                   f"{r.get('load_average_end', 0):.1f})", flush=True)
@@ -655,6 +689,11 @@ def main() -> None:
             print(f"\nmodels / --no-models: {results['models']['flows_per_s']:,.0f} / "
                   f"{results['no-models']['flows_per_s']:,.0f} flows/s = {ratio:.3f}x (target >= 0.4x)")
             results["ratio"] = ratio
+            if a.repeat > 1:
+                per_round = round_ratios(runs["models"], runs["no-models"])
+                results["round_ratios"] = per_round
+                print(f"per round (each models run over the --no-models run beside it): "
+                      f"{', '.join(f'{x:.3f}x' for x in per_round)}")
         results["conns"] = n
         results["load_average_end"] = os.getloadavg()[0]
         if a.json:

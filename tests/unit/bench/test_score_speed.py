@@ -56,6 +56,18 @@ def test_timers_record_the_main_threads_cpu_apart_from_waiting(ss):
     assert ss.cpu_of({"stages": []}) == {} and ss.background_line({}) == ""
 
 
+def test_repeated_rounds_report_the_median_run_and_each_rounds_ratio(ss):
+    runs = [{"wall_s": w, "flows_per_s": 100 / w, "tag": i} for i, w in enumerate([9.0, 7.0, 8.0, 30.0])]
+    med = ss.median_run(runs)
+    assert med["tag"] == 2 and med["rounds_wall_s"] == [9.0, 7.0, 8.0, 30.0]      # lower middle of 4
+    assert ss.median_run(runs[:3])["tag"] == 2 and ss.median_run(runs[1:2])["tag"] == 1
+    assert "rounds_wall_s" not in runs[2]                                        # the input is not changed
+    base = [{"flows_per_s": 50.0}, {"flows_per_s": 25.0}]
+    assert ss.round_ratios(runs[:2], base) == [100 / 9.0 / 50.0, 100 / 7.0 / 25.0]
+    with pytest.raises(ValueError):
+        ss.median_run([])
+
+
 def test_background_imports_are_timed_in_their_thread(ss, monkeypatch):
     from zeekml._core import preload
 
