@@ -112,7 +112,11 @@ class LinkSplit:
 
 def hold_out(edge_index_dict: dict, n_flow: int, n_ip: int, ratio: float, generator,
              held: dict | None = None) -> LinkSplit:
-    """Hold out ``ratio`` of each relation's (flow, ip) links (or the given ``held`` masks)."""
+    """Hold out ``ratio`` of each relation's (flow, ip) links (or the given ``held`` masks); the
+    negatives are drawn from ``generator`` alone (torch's and Python's global random states are
+    seeded from it)."""
+    import random
+
     import torch
     from torch_geometric.utils import negative_sampling
 
@@ -132,7 +136,11 @@ def hold_out(edge_index_dict: dict, n_flow: int, n_ip: int, ratio: float, genera
         pos[rel] = ei[:, mask]
         n = int(mask.sum())
         if n and n_ip > 1:
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            s = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+            torch.manual_seed(s)
+            # negative_sampling also draws from Python's random (random.sample); unseeded, two
+            # pretrainings with the same seed in two processes gave different weights
+            random.seed(s)
             neg[rel] = negative_sampling(ei, num_nodes=(n_flow, n_ip), num_neg_samples=n)
         else:
             neg[rel] = ei[:, :0]

@@ -101,6 +101,24 @@ def test_held_out_links_cannot_reach_the_scores(setup):
     assert not torch.allclose(logits3, logits)
 
 
+def test_negatives_depend_on_the_generator_alone(setup):
+    """``hold_out``'s negatives come from its generator, whatever Python's global random state
+    (PyG's negative_sampling draws from it; unseeded, the same pretraining differed between
+    processes)."""
+    import random
+
+    table, x, cfg, model = setup
+    g = FlowGraphBuilder(cfg).build(table, x)
+    nf, nip = g["flow"].num_nodes, g["ip"].num_nodes
+    splits = []
+    for state in (1, 2):
+        random.seed(state)
+        splits.append(G.hold_out(g.edge_index_dict, nf, nip, 0.3, torch.Generator().manual_seed(5)))
+    for rel in RELATION_EDGES:
+        assert splits[0].neg[rel].size(1) > 0
+        assert torch.equal(splits[0].neg[rel], splits[1].neg[rel]), rel
+
+
 def test_embeddings_do_not_depend_on_how_the_log_is_cut(setup):
     table, x, cfg, model = setup
     whole = FlowGraphBuilder(cfg).build(table, x)

@@ -192,3 +192,20 @@ def test_flow_graph_is_the_hetero_data_pyg_would_hold():
     assert data["ip"].addr == g["ip"].addr
     with pytest.raises(KeyError, match="no node or edge type"):
         g["host"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_encoder_is_pygs_on_cuda():
+    """On CUDA ``torch.sparse.mm`` has no mean reduction: ``MeanSAGE`` divides the sum by the
+    degree there, as PyG's spmm does, for the same bits."""
+    flow_in, g = graph(0)
+    torch.manual_seed(0)
+    model = FlowGNN(GNNConfig(flow_in=flow_in, hidden=32, dropout=0.0)).eval().cuda()
+    ref = PygEncoder(model.cfg).cuda().eval()
+    ref.load_state_dict(model.encoder.state_dict())
+    xd = {k: v.cuda() for k, v in g.x_dict.items()}
+    ed = {k: v.cuda() for k, v in g.edge_index_dict.items()}
+    with torch.inference_mode():
+        got, want = model(xd, ed), ref(xd, ed)
+    for k in ("flow", "ip"):
+        assert torch.equal(got[k], want[k]), k
