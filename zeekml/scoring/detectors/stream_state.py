@@ -18,9 +18,10 @@ computed as without a state). The result is the same bits either way (tests:
 ``tests/unit/scoring/detectors/test_stream_state.py``).
 
 Memory: per host, ``sum(spans)`` rows of ``2 * d_model`` float32 (7.7 KB for the shipped model)
-plus the tokens; at most ``max_hosts`` hosts (least recently used dropped first), and a host
-whose last conn is more than ``horizon`` seconds older than the newest conn kept is dropped
-(its next conn reads none of them).
+plus their tokens (0.7 KB), in arrays that grow (doubling) to the most hosts kept at once and
+stay; at most ``max_hosts`` hosts (the least recently used dropped first: 86 MB at the
+default for the shipped model), and a host whose last conn is more than ``horizon`` seconds
+older than the newest conn kept is dropped (its next conn reads none of them).
 """
 from __future__ import annotations
 
@@ -31,26 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_MAX_HOSTS = 10_000
-
-
-@dataclass
-class HostState:
-    """One host's kept rows, oldest first, ending at its latest conn scored.
-
-    Attributes (``S`` = ``sum(spans)``):
-        ids: ``[S, f]`` tokens of its last conns (-1 rows: none, the host had fewer).
-        links: ``[S - spans[0]]`` predecessors each of its last conns reads (-1: none).
-        kv: ``[S, 2d]`` keys and values: block ``i``'s of its last ``spans[i]`` conns, block
-            after block (``StreamState.blocks`` slices them).
-        have: ``[S]`` which of those rows hold values.
-        ts: start time of its latest conn.
-    """
-
-    ids: np.ndarray
-    links: np.ndarray
-    kv: np.ndarray
-    have: np.ndarray
-    ts: float
 
 
 @dataclass
@@ -95,6 +76,13 @@ def window(values: np.ndarray, end: np.ndarray, start: np.ndarray, width: int) -
 class StreamState:
     """The per-host state of one ``causal_window`` model in one process (module docstring).
 
+    Each kept host has a slot in arrays that grow with the hosts kept (``S`` = ``sum(spans)``):
+    ``ids [S, f]`` the tokens of its last conns (-1 rows: none, the host had fewer), ``links
+    [S - spans[0]]`` how many predecessors each of its last conns reads (-1: none), ``kv [S,
+    2d]`` the keys and values of block ``i`` of its last ``spans[i]`` conns, block after block
+    (``blocks`` slices them), ``have [S]`` which of those rows hold values, ``ts`` the start
+    time of its latest conn. Oldest rows first, ending at the latest conn scored.
+
     Args:
         spans: ``Encoder.spans`` (predecessors each block attends to).
         horizon: seconds; a host whose latest conn is this much older than the newest conn
@@ -110,7 +98,9 @@ class StreamState:
         self.n_links = self.n_ids - (self.spans[0] if self.spans else 0)
         self.horizon = float(horizon)
         self.max_hosts = int(max_hosts)
-        self.hosts: OrderedDict[str, HostState] = OrderedDict()
+        self.slots: OrderedDict[str, int] = OrderedDict()     # least recently used first
+        self.free: list[int] = []
+        self.ids = self.links = self.kv = self.have = self.ts = None
         self.newest = -np.inf
         self.hits = 0
         self.misses = 0
@@ -118,7 +108,7 @@ class StreamState:
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self.hosts)
+        return len(self.slots)
 
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
@@ -129,6 +119,12 @@ class StreamState:
         self.__dict__.update(d)
         self._lock = threading.Lock()
 
+    @property
+    def blocks(self) -> list[slice]:
+        """Block ``i``'s rows in a host's ``kv``."""
+        ends = np.cumsum(self.spans)
+        return [slice(int(e) - s, int(e)) for e, s in zip(ends, self.spans)]
+
     def known(self, hosts: list[str], runs: Runs, ids: np.ndarray, links: np.ndarray
               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
         """Per block, ``(stream rows [m], kv [m, 2d])`` kept for the rows before each run's
@@ -138,39 +134,30 @@ class StreamState:
         ``hosts``: each run's host; ``ids`` ``[n, f]`` and ``links`` ``[n]`` of the stream."""
         f = runs.first - 1
         hit = np.zeros(len(hosts), dtype=bool)
+        kv = have = None
         with self._lock:
-            got = [(r, s) for r, s in enumerate(map(self.hosts.get, hosts))
-                   if s is not None and f[r] >= runs.start[r]]
-            if got:
-                idx = np.array([r for r, _ in got], dtype=np.int64)
-                states = [s for _, s in got]
-                same = (np.stack([s.ids for s in states])
-                        == window(ids, f[idx], runs.start[idx], self.n_ids)).reshape(len(idx), -1).all(1)
-                same &= (np.stack([s.links for s in states])
-                         == window(links, f[idx], runs.start[idx], self.n_links)).all(1)
+            slot = np.fromiter((self.slots.get(h, -1) for h in hosts), np.int64, len(hosts))
+            idx = np.flatnonzero((slot >= 0) & (f >= runs.start))
+            if len(idx):
+                s = slot[idx]
+                same = (self.ids[s] == window(ids, f[idx], runs.start[idx], self.n_ids)
+                        ).reshape(len(idx), -1).all(1)
+                same &= (self.links[s] == window(links, f[idx], runs.start[idx], self.n_links)).all(1)
                 hit[idx[same]] = True
-                states = [s for s, ok in zip(states, same) if ok]
                 for r in idx[same]:
-                    self.hosts.move_to_end(hosts[r])
+                    self.slots.move_to_end(hosts[r])
+                kv, have = self.kv[s[same]], self.have[s[same]]               # copies
             self.hits += int(hit.sum())
             self.misses += int(len(hit) - hit.sum())
-        out = []
         if not hit.any():
             return [(np.zeros(0, np.int64), np.zeros((0, 0), np.float32)) for _ in self.spans], hit
-        kv = np.stack([s.kv for s in states])                                  # [h, S, 2d]
-        have = np.stack([s.have for s in states])                              # [h, S]
+        out = []
         fh, sh = f[hit], runs.start[hit]
         for span, sl in zip(self.spans, self.blocks):
             at = fh[:, None] - np.arange(span - 1, -1, -1)[None, :]             # [h, span]
             ok = have[:, sl] & (at >= sh[:, None])
             out.append((at[ok], kv[:, sl][ok]))
         return out, hit
-
-    @property
-    def blocks(self) -> list[slice]:
-        """Block ``i``'s rows in a ``HostState.kv``."""
-        ends = np.cumsum(self.spans)
-        return [slice(int(e) - s, int(e)) for e, s in zip(ends, self.spans)]
 
     def keep_rows(self, runs: Runs) -> tuple[np.ndarray, np.ndarray]:
         """Stream rows whose keys and values to ask the encoder for (``keep_kv``): the last
@@ -194,29 +181,63 @@ class StreamState:
         win_ids = window(ids, last, start, self.n_ids)
         win_links = window(links, last, start, self.n_links)
         inside = (last[:, None] - np.arange(w - 1, -1, -1)[None, :]) >= start[:, None]   # [k, w]
-        # block i's last spans[i] rows of each run, blocks side by side: [k, S, 2d] and [k, S]
-        kv = np.concatenate([kept[i][0].reshape(k, w, -1)[:, w - span:]
-                             for i, span in enumerate(self.spans)], axis=1)
-        have = np.concatenate([kept[i][1].reshape(k, w)[:, w - span:] & inside[:, w - span:]
-                               for i, span in enumerate(self.spans)], axis=1)
         with self._lock:
+            if self.kv is None:
+                self._grow(min(self.max_hosts, max(64, k)), ids.shape[1], kept[0][0].shape[1],
+                           kept[0][0].dtype)
+            # a slot written twice here (a host with two runs, a slot freed and taken again)
+            # holds the later run's values
+            writes: dict[int, int] = {}
             for j, r in enumerate(which):
-                host = hosts[r]
-                # copies: a view would keep this call's whole array alive
-                self.hosts[host] = HostState(win_ids[j].copy(), win_links[j].copy(), kv[j].copy(),
-                                             have[j].copy(), float(ts[j]))
-                self.hosts.move_to_end(host)
+                writes[self._slot(hosts[r])] = j
+            slots = np.fromiter(writes.keys(), np.int64, len(writes))
+            rows = np.fromiter(writes.values(), np.int64, len(writes))
+            self.ids[slots], self.links[slots], self.ts[slots] = win_ids[rows], win_links[rows], ts[rows]
+            for (kv, have), span, sl in zip(kept, self.spans, self.blocks):
+                # block i's last spans[i] rows of each run
+                self.kv[slots, sl] = kv.reshape(k, w, -1)[rows, w - span:]
+                self.have[slots, sl] = have.reshape(k, w)[rows, w - span:] & inside[rows, w - span:]
             self.newest = max(self.newest, float(np.max(ts)))
             self._evict()
 
+    def _slot(self, host: str) -> int:
+        """``host``'s slot, taken (from a free one, by growing, or from the least recently
+        used host past ``max_hosts``) if it has none; the host becomes the most recent."""
+        slot = self.slots.get(host)
+        if slot is None:
+            if not self.free and len(self.slots) >= self.max_hosts:
+                self.free.append(self.slots.popitem(last=False)[1])
+            if not self.free:
+                self._grow(min(self.max_hosts, 2 * len(self.ts)))
+            slot = self.free.pop()
+        self.slots[host] = slot
+        self.slots.move_to_end(host)
+        return slot
+
+    def _grow(self, cap: int, n_fields: int | None = None, d2: int | None = None, dtype=None) -> None:
+        old = 0 if self.ts is None else len(self.ts)
+        if self.ts is None:
+            # token ids are below the vocabulary size, link counts at most max(spans)
+            self.ids = np.zeros((0, self.n_ids, n_fields), np.int32)
+            self.links = np.zeros((0, self.n_links), np.int16)
+            self.kv = np.zeros((0, self.n_ids, d2), dtype)
+            self.have = np.zeros((0, self.n_ids), bool)
+            self.ts = np.zeros(0, np.float64)
+        grow = cap - old
+        self.ids = np.concatenate([self.ids, np.zeros((grow,) + self.ids.shape[1:], self.ids.dtype)])
+        self.links = np.concatenate([self.links, np.zeros((grow,) + self.links.shape[1:], np.int16)])
+        self.kv = np.concatenate([self.kv, np.zeros((grow,) + self.kv.shape[1:], self.kv.dtype)])
+        self.have = np.concatenate([self.have, np.zeros((grow,) + self.have.shape[1:], bool)])
+        self.ts = np.concatenate([self.ts, np.zeros(grow)])
+        self.free.extend(range(cap - 1, old - 1, -1))
+
     def _evict(self) -> None:
-        """Least recently used hosts past ``max_hosts``, and from the least recently used end,
-        hosts whose latest conn is past the horizon (module docstring)."""
-        while len(self.hosts) > self.max_hosts:
-            self.hosts.popitem(last=False)
+        """From the least recently used end, hosts whose latest conn is past the horizon
+        (module docstring); ``_slot`` keeps at most ``max_hosts``."""
         cut = self.newest - self.horizon
-        while self.hosts:
-            host, s = next(iter(self.hosts.items()))
-            if s.ts >= cut:
+        while self.slots:
+            host, slot = next(iter(self.slots.items()))
+            if self.ts[slot] >= cut:
                 break
-            del self.hosts[host]
+            del self.slots[host]
+            self.free.append(slot)

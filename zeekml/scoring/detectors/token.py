@@ -334,12 +334,13 @@ class _LiveState:
         at = np.concatenate(self.kept_at) if self.kept_at else np.zeros(0, np.int64)
         if len(at) != len(self.keep):
             raise AssertionError("stream state: a run's last rows were split over batches")
-        inv = np.empty(len(self.keep), dtype=np.int64)
-        inv[at] = np.arange(len(at))
         kept = []
         for kvs, haves in zip(self.kept_kv, self.kept_have):
-            kv, have = np.concatenate(kvs), np.concatenate(haves)
-            kept.append((kv[inv], have[inv]))
+            kept.append((np.concatenate(kvs), np.concatenate(haves)))
+        if not np.array_equal(at, np.arange(len(at))):     # batches kept them out of order
+            inv = np.empty(len(self.keep), dtype=np.int64)
+            inv[at] = np.arange(len(at))
+            kept = [(kv[inv], have[inv]) for kv, have in kept]
         last = self.runs.last[self.which]
         self.state.store(self.hosts, self.runs, self.which, self.st.ids, self.links, kept,
                          self.ts[self.st.table_rows[last]])
