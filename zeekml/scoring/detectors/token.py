@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 NAMES = ("moe", "dense")
 INFER_BATCH = 1024   # sequences per inference batch on CPU (zeekml._core.device.inference_batch)
 STREAM_BATCH = 8192  # target conns per stream pass of a causal_window model (bounds the gathered keys)
+# Most targets per host run for which a scoring call uses and keeps the per-host state: measured
+# (bench/moe_live.py, replayed watch calls) 1.45x the embedding's speed at ~2 targets a run,
+# 1.22x at 10, 0.89x at 116 (one busy host: its cone is ~5% of the work, the bookkeeping more).
+STATE_TARGETS_PER_RUN = 32
 # What the shipped detector compares against (measured, bench/detect_models.py).
 DEFAULT_REFERENCE = "knn"
 
@@ -159,7 +163,13 @@ class LoadedTokenModel:
         tg = st.targets[order]
         ctx = sum(enc.spans)             # a target's output reads at most this many rows back
         batch = inference_batch(self.device, STREAM_BATCH)
-        live = _LiveState(state, st, table) if state is not None else None
+        live = None
+        if state is not None:
+            runs = target_runs(st.run_start, st.targets)
+            # the state saves a run's cone before its first target (~sum(spans) rows a block):
+            # worth its bookkeeping when runs hold few targets (many hosts, small windows)
+            if len(st.targets) <= STATE_TARGETS_PER_RUN * len(runs.first):
+                live = _LiveState(state, st, table, runs)
         with torch.inference_mode():
             for s in range(0, len(tg), batch):
                 t = tg[s:s + batch]
@@ -292,9 +302,9 @@ class _LiveState:
     """One ``stream_embedding`` call's use of a ``StreamState``: which rows of the stream are
     known from it, batch by batch, and what to keep of this call's rows."""
 
-    def __init__(self, state: StreamState, st, table: pa.Table):
+    def __init__(self, state: StreamState, st, table: pa.Table, runs):
         self.state, self.st = state, st
-        self.runs = target_runs(st.run_start, st.targets)
+        self.runs = runs
         first = st.table_rows[self.runs.first]
         self.hosts = [str(h) if h is not None else "" for h in
                       table.column("id.orig_h").take(pa.array(first, pa.int64())).to_pylist()]

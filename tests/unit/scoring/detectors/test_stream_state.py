@@ -28,6 +28,15 @@ MANY_HOSTS = "tests/data/real/slips-dataset/dataset/test6-malicious.suricata.jso
 SHIPPED_SPANS = {"chunk": 16, "attention": "causal_window", "n_layers": 4, "seq_len": 16}
 
 
+@pytest.fixture(autouse=True)
+def state_on_every_call(monkeypatch):
+    """The state on every call, however many targets a host's run holds (the tests are about
+    its bits; ``test_a_call_with_busy_runs_leaves_the_state_alone`` about the switch)."""
+    from zeekml.scoring.detectors import token
+
+    monkeypatch.setattr(token, "STATE_TARGETS_PER_RUN", 10**9)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     d = str(tmp_path_factory.mktemp("moe") / "moe")
@@ -167,6 +176,22 @@ def test_a_copy_of_the_detector_starts_without_state(model_dir):
         assert other._state is not det._state and len(other._state) == 0
         assert np.array_equal(other.score_rows(table, np.arange(100, 120)),
                               det.score_rows(table, np.arange(100, 120)))
+
+
+def test_a_call_with_busy_runs_leaves_the_state_alone(model_dir, monkeypatch):
+    from zeekml.scoring.detectors import token
+
+    monkeypatch.setattr(token, "STATE_TARGETS_PER_RUN", 32)
+    table = by_time(LABELED_LOG)                         # one busy host
+    cold, warm = detector(model_dir, table, False), detector(model_dir, table, True)
+    # windows of 100 conns of one host: the state is neither used nor kept
+    bounds = [100, 200, 300, 400]
+    assert np.array_equal(windows(warm, table, bounds), windows(cold, table, bounds))
+    assert warm._state.hits == warm._state.misses == len(warm._state) == 0
+    # of 10: used and kept
+    bounds = list(range(10, 410, 10))
+    assert np.array_equal(windows(warm, table, bounds), windows(cold, table, bounds))
+    assert warm._state.hits > 30 and len(warm._state) >= 1
 
 
 def test_state_refuses_a_size_it_cannot_keep():
