@@ -20,6 +20,15 @@ CID0 = community_id_v1("10.0.0.1", "10.0.0.9", "tcp", 1, 80)
 _STAMP = re.compile(rb"(?m)^#(open|close)\t\d{4}(-\d\d){5}$")
 
 
+@pytest.fixture(autouse=True, params=["per-conn format", "Arrow join"])
+def render_way(request, monkeypatch):
+    """Every test here for both ways ``render_verdicts`` makes lines (``JOIN_MIN_ROWS``)."""
+    from zeekml.sinks import verdicts
+
+    monkeypatch.setattr(verdicts, "JOIN_MIN_ROWS", 1 if request.param == "Arrow join" else 10**9)
+    return request.param
+
+
 def _batch() -> VerdictBatch:
     table = pa.table({
         "ts": pa.array([1.5, None, 3.25], pa.float64()),
@@ -166,3 +175,36 @@ def test_detector_names_needing_escapes_render_as_json():
     r = render_verdicts(b)
     assert r.lines == [verdict_line(v) for v in b.verdicts()]
     assert b'"scores":{"gnn \\"x\\"":0.5,"iforest 100%":0.25}' in r.lines[0]
+
+
+@pytest.mark.parametrize("plain", [True, False])
+def test_columnar_join_equals_one_by_one_lines_on_hard_strings_and_types(plain):
+    """200 conns whose strings need no escape (the join quotes them as they are) or hold quotes,
+    backslashes, control bytes, DEL, non-ASCII and astral characters (each escaped as
+    ``json.dumps`` does), with unset values and other column types (large strings, int64 ports,
+    a dictionary-coded proto): every line equals ``verdict_line`` of its verdict."""
+    rng = np.random.default_rng(5 if plain else 6)
+    pool = ["10.0.0.1", "fe80::1", "host name", "x~y!z#[]"] if plain else \
+        ["10.0.0.1", 'a"b', "back\\slash", "ctl\x01\x1f", "del\x7f", "é", "€uro", "\U0001F600", "", "plain"]
+    n = 200
+
+    def pick(none_share: float) -> list:
+        return [None if rng.random() < none_share else pool[i] for i in rng.integers(0, len(pool), n)]
+
+    table = pa.table({
+        "ts": pa.array(rng.random(n) * 1e9, pa.float64()),
+        "uid": pa.array([None if i % 17 == 0 else f"C{i}" for i in range(n)], pa.string()),
+        "id.orig_h": pa.array(pick(0.1), pa.large_string()),
+        "id.orig_p": pa.array([None if i % 13 == 0 else int(p) for i, p in enumerate(rng.integers(-5, 70000, n))],
+                              pa.int64()),
+        "id.resp_h": pa.array(pick(0.0), pa.string()),
+        "id.resp_p": pa.array(rng.integers(0, 65536, n), pa.uint16()),
+        "proto": pa.array(pick(0.2), pa.string()).dictionary_encode(),
+    })
+    scores = {"iforest": rng.random(n), "gnn": np.where(rng.random(n) < 0.1, np.nan, rng.random(n) * 2)}
+    score = np.maximum(scores["iforest"], np.nan_to_num(scores["gnn"]))
+    b = VerdictBatch(table, ["iforest", "gnn"], ["ZeekML::Anomalous_Flow", "ZeekML::Intrusion"], scores,
+                     score, (scores["gnn"] > scores["iforest"]).astype(np.int64), score >= 1.0)
+    r = render_verdicts(b)
+    assert r.lines == [verdict_line(v) for v in b.verdicts()]
+    assert all(line.isascii() for line in r.lines)
