@@ -192,11 +192,12 @@ class BaselineProfile:
         keys = candidate_kinds(baseline) + [np.full(baseline.num_rows, "all", dtype=object)]
         self.kinds = {}
         for level in keys:
-            uniq, inv, counts = np.unique(level, return_inverse=True, return_counts=True)
+            uniq, inv, counts = sorted_groups(level)
             for k_i, kind in enumerate(uniq):
                 if not kind or kind in self.kinds or (counts[k_i] < self.min_count and kind != "all"):
                     continue
-                self.kinds[str(kind)] = _profile(x[inv == k_i], ok[inv == k_i], states[inv == k_i])
+                rows = inv == k_i
+                self.kinds[str(kind)] = _profile(x[rows], ok[rows], states[rows])
         return self
 
     def kind_of(self, table: pa.Table) -> np.ndarray:
@@ -256,6 +257,25 @@ class BaselineProfile:
         return cls(min_count=d["min_count"], kinds={k: KindProfile(**v) for k, v in d["kinds"].items()})
 
 
+def sorted_groups(values: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True, return_counts=True)`` of an object array of
+    strings, the same three results (the distinct strings in sorted order), by a dict of the
+    distinct strings instead of sorting every value: ``np.unique`` sorts the whole object array
+    with Python comparisons, 0.09 of the 0.14 CPU s of fitting a 30k-conn baseline's profile.
+
+    Shapes:
+        values ``[n]`` -> ``([u], [n], [u])``
+    """
+    code: dict[str, int] = {}
+    first = np.fromiter((code.setdefault(v, len(code)) for v in values), dtype=np.int64, count=len(values))
+    seen = list(code)
+    order = sorted(range(len(seen)), key=seen.__getitem__)
+    rank = np.empty(len(seen), dtype=np.int64)
+    rank[order] = np.arange(len(seen))
+    inverse = rank[first]
+    return [seen[i] for i in order], inverse, np.bincount(inverse, minlength=len(seen))
+
+
 def _profile(x: np.ndarray, ok: np.ndarray, states: np.ndarray) -> KindProfile:
     lx = np.log(x + OFFSETS)
     log_med, log_scale, med, q99 = [], [], [], []
@@ -272,7 +292,7 @@ def _profile(x: np.ndarray, ok: np.ndarray, states: np.ndarray) -> KindProfile:
         log_scale.append(max(1.4826 * float(np.median(np.abs(lcol - m))), MIN_LOG_SCALE))
         med.append(float(np.median(col)))
         q99.append(float(np.quantile(col, 0.99)))
-    vals, counts = np.unique(states[states != ""], return_counts=True)
+    vals, _, counts = sorted_groups(states[states != ""])
     n = len(states)
     return KindProfile(count=int(n), log_median=log_med, log_scale=log_scale, median=med, q99=q99,
                        states={str(v): float(c) / n for v, c in zip(vals, counts)})

@@ -84,3 +84,34 @@ def test_median_zero_names_the_99th_percentile():
     t = conns([{"id.resp_p": 445, "proto": "tcp", "resp_bytes": 50_000, "conn_state": "S0"}])
     assert p.explain(t, np.array([0]), top=1) == [
         "resp_bytes 50,000, where the baseline median for 445/tcp is 0 (99th percentile 426)"]
+
+
+def test_sorted_groups_is_np_unique_of_strings():
+    from zeekml.scoring.explain import sorted_groups
+
+    rng = np.random.default_rng(0)
+    pool = ["dns", "", "445/tcp", "Z", "a", "é", "€", "\U0001F600", "53/udp", "dns "]
+    for n in (0, 1, 7, 500):
+        values = np.array([pool[i] for i in rng.integers(0, len(pool), n)], dtype=object)
+        uniq, inv, counts = sorted_groups(values)
+        want = np.unique(values, return_inverse=True, return_counts=True) if n else ([], [], [])
+        assert list(uniq) == list(want[0]) and np.array_equal(inv, want[1]) and np.array_equal(counts, want[2])
+
+
+def test_profile_of_a_real_log_equals_the_np_unique_grouping(monkeypatch):
+    """The IoT-23 example's profile (its kinds in order, every number) as it was with
+    ``np.unique``'s grouping."""
+    import json
+    import os
+
+    from zeekml.scoring import explain
+    from zeekml.train.data import load_conns
+
+    log = os.path.join(os.path.dirname(__file__), "..", "..", "..", "examples", "iot23", "conn.log.labeled")
+    table = load_conns([log])
+    got = json.dumps(BaselineProfile().fit(table).to_dict())
+    monkeypatch.setattr(explain, "sorted_groups",
+                        lambda v: np.unique(v, return_inverse=True, return_counts=True) if len(v)
+                        else (np.zeros(0, object), np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    want = BaselineProfile().fit(table).to_dict()
+    assert len(want["kinds"]) > 5 and got == json.dumps(want)
