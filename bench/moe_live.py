@@ -124,6 +124,8 @@ def main() -> None:
     with recording(calls):
         probe = context_probe(args.conns, args.models, args.probe_window, args.dense)
     out = {"load": os.getloadavg(), "conns": args.conns, "dense_ts_step": args.dense,
+           # the run that was recorded (with the state), before the replay
+           "recorded_run_loop_conns_per_cpu_s": probe["loop_conns_per_cpu_s"],
            "watch_calls_replayed": replay(calls)}
     if args.loop:
         loops: dict[str, list] = {"state": [], "cold": []}
