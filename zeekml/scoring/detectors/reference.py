@@ -179,6 +179,19 @@ GROUP = 8
 MIN_GROUPS_PER_NEIGHBOUR = 4
 
 
+def groups_pay() -> bool:
+    """Whether ``knn_blocks`` selects through ``nearest_in_block``'s groups: with torch on one
+    thread, not with more. Its extra ops (the group maxima, their top-k) are each an OpenMP
+    region with two threads, and on a loaded box a region's mean cost is its rare waits for a
+    descheduled thread (load 4, two threads, per block of the autoencoder's real search: the
+    group maxima 0.33 ms median but 8.5 ms mean, the plain top-k 0.96 / 5.5 ms), which outweigh
+    the saving; with one thread the groups took the block's search 0.415 -> 0.302 CPU s per
+    120 blocks. Both give the same bits, so this only chooses the speed."""
+    import torch
+
+    return torch.get_num_threads() == 1
+
+
 def nearest_in_block(sim: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``top`` largest values of each row of ``sim`` and their columns, largest first: the
     values of ``sim.topk(top, dim=1)`` bit for bit, found without a top-k over every column.
@@ -227,6 +240,7 @@ def knn_blocks(e: np.ndarray, index: KnnIndex, k: int) -> np.ndarray:
     top = min(k, index.searched)                 # the real rows that hold the k nearest
     real = index.searched
     repeated = bool((index.counts[:real] > 1).any())
+    grouped = groups_pay()
     r = torch.from_numpy(index.rows).T                              # [d, u], a view: BLAS transposes
     counts = torch.from_numpy(index.counts)
     slot = torch.arange(k).view(1, k, 1)
@@ -245,7 +259,10 @@ def knn_blocks(e: np.ndarray, index: KnnIndex, k: int) -> np.ndarray:
             sim = torch.mm(x, r)
             if index.pads:
                 sim[:, real:] = -torch.inf                                  # nobody's neighbour
-            vals, near = nearest_in_block(sim[:n], top)                  # largest similarity
+            if grouped:                                                  # largest similarity
+                vals, near = nearest_in_block(sim[:n], top)
+            else:
+                vals, near = sim[:n].topk(top, dim=1)
             if repeated:
                 # the j-th nearest of the multiset is the first distinct neighbour whose
                 # running count exceeds j (neighbours are sorted, nearest first)

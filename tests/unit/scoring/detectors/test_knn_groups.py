@@ -55,6 +55,14 @@ def assert_same_top(sim: torch.Tensor, top: int) -> None:
     assert torch.equal(cols[untied], want.indices[untied])
 
 
+@pytest.fixture(params=["groups", "plain top-k"])
+def selection(request, monkeypatch) -> str:
+    """``knn_blocks`` through ``nearest_in_block``'s groups and through the plain top-k (which
+    ``groups_pay`` picks by torch's threads), whatever threads this run has."""
+    monkeypatch.setattr(ref_mod, "groups_pay", lambda: request.param == "groups")
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def real_embeddings() -> np.ndarray:
     """The shipped autoencoder's 64-d embeddings of the IoT-23 example's ~2,000 conns."""
@@ -70,7 +78,7 @@ def real_embeddings() -> np.ndarray:
 
 
 @pytest.mark.parametrize("merge", [True, False])
-def test_real_embeddings_give_the_distances_of_the_plain_search(real_embeddings, merge):
+def test_real_embeddings_give_the_distances_of_the_plain_search(real_embeddings, merge, selection):
     """A reference of the first 800 conns, 200 of them twice (merged into distinct rows with
     counts, and searched as it is: exact ties), and the rest scored, 100 reference conns among
     them: the same bits as a top-k over every column, for several k."""
@@ -97,7 +105,7 @@ def test_real_embeddings_give_the_distances_of_the_plain_search(real_embeddings,
         assert_same_top(sim, top)
 
 
-def test_real_embeddings_score_as_before_through_knn_reference(real_embeddings):
+def test_real_embeddings_score_as_before_through_knn_reference(real_embeddings, selection):
     kref = KnnReference(k=5).fit(real_embeddings[:900])
     q = real_embeddings[900:]
     first, inverse = distinct_rows(q)
@@ -131,3 +139,25 @@ def test_a_narrow_reference_takes_the_plain_topk():
     vals, cols = nearest_in_block(sim, 5)
     want = sim.topk(5, dim=1)
     assert torch.equal(vals, want.values) and torch.equal(cols, want.indices)
+
+
+def test_the_groups_are_taken_with_one_torch_thread_only(monkeypatch):
+    calls = []
+    inner = ref_mod.nearest_in_block
+    monkeypatch.setattr(ref_mod, "nearest_in_block", lambda sim, top: calls.append(top) or inner(sim, top))
+    rng = np.random.default_rng(13)
+    index = KnnIndex(unit_rows(rng.standard_normal((400, 16))))
+    e = unit_rows(rng.standard_normal((300, 16)))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert not ref_mod.groups_pay()
+        plain = knn_blocks(e, index, 5)
+        assert calls == []
+        torch.set_num_threads(1)
+        assert ref_mod.groups_pay()
+        # (the products' last bits may move with the thread count on some CPUs)
+        np.testing.assert_allclose(knn_blocks(e, index, 5), plain, rtol=0, atol=1e-6)
+        assert calls == [5, 5]
+    finally:
+        torch.set_num_threads(threads)
