@@ -2,7 +2,8 @@
 
 ``watcher`` (the follower loop, ``Watcher``), ``context`` (``LiveContext``: conns held for
 detectors with a time context), ``journal`` (``ContextJournal``), ``pool`` (``ScorePool``:
-forked scoring processes), ``calibration``, ``outputs`` (``OutputFiles``, ``VerdictDedup``),
+forked processes scoring whole windows; ``DetectorPool``: forked processes each owning some
+detectors with a time context), ``calibration``, ``outputs`` (``OutputFiles``, ``VerdictDedup``),
 ``options`` (``WatchOptions``, ``WatchStats``, ``status_line``), ``malloc`` (memory tuning).
 """
 from zeekml.pipeline.live.context import LiveContext
