@@ -16,6 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent.parent
 CONN = ROOT / "examples" / "zeek" / "conn.log"
 HEAVY = ("torch", "torch._dynamo", "torch_geometric", "sklearn")
+# What only ``zeekml watch`` runs: the watcher, its pools and journal, and the tail follower
+# with its checkpoint ledger. ``zeekml.pipeline`` names the watch classes lazily so that score
+# (which imports the package) does not load them.
+WATCH_ONLY = ("zeekml.pipeline.live", "zeekml.pipeline.live.watcher", "zeekml.pipeline.live.pool",
+              "zeekml.sources.tail", "zeekml.sources.checkpoint")
 
 PROBE = """
 import json, sys
@@ -29,9 +34,10 @@ print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)), file=sys.std
 """
 
 
-def loaded_after(*args: str) -> list[str]:
-    """The heavy modules a fresh interpreter holds after running ``zeekml ARGS``."""
-    res = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], check=False,
+def loaded_after(*args: str, modules: tuple[str, ...] = HEAVY) -> list[str]:
+    """The ``modules`` (default: the heavy ones) a fresh interpreter holds after running
+    ``zeekml ARGS``."""
+    res = subprocess.run([sys.executable, "-c", PROBE.format(heavy=modules), *args], check=False,
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stderr.strip().splitlines()[-1])
@@ -63,6 +69,46 @@ def test_watch_with_the_shipped_models_loads_no_pyg(tmp_path):
     calibration = json.loads((tmp_path / "out" / "calibration.json").read_text())
     assert "gnn" in calibration["thresholds"]
     assert loaded == ["sklearn", "torch"]
+
+
+def test_cat_loads_no_pipeline():
+    assert loaded_after("cat", str(CONN), modules=WATCH_ONLY + ("zeekml.pipeline",)) == []
+
+
+def test_score_without_models_loads_none_of_watch(tmp_path):
+    loaded = loaded_after("score", "--no-models", str(CONN), "--out", str(tmp_path / "out"),
+                          modules=WATCH_ONLY + ("zeekml.pipeline.batch",))
+    assert (tmp_path / "out" / "verdicts.jsonl").exists()
+    assert loaded == ["zeekml.pipeline.batch"]    # the probe sees score's own pipeline
+
+
+def test_score_with_the_shipped_models_loads_none_of_watch(tmp_path):
+    loaded = loaded_after("score", str(CONN), "--out", str(tmp_path / "out"),
+                          modules=WATCH_ONLY + ("zeekml.pipeline.batch", "zeekml.nn.gnn"))
+    assert "gnn" in json.loads((tmp_path / "out" / "summary.json").read_text())["thresholds"]
+    assert loaded == ["zeekml.nn.gnn", "zeekml.pipeline.batch"]
+
+
+def test_pipeline_names_the_watch_classes_on_first_use():
+    """``from zeekml.pipeline import Watcher`` still works: the name loads ``live`` then."""
+    code = ("import sys, zeekml.pipeline as p\n"
+            "before = 'zeekml.pipeline.live' in sys.modules\n"
+            "from zeekml.pipeline import Watcher, WatchOptions, WatchStats, LiveContext, status_line\n"
+            "import zeekml.pipeline.live as live\n"
+            "assert (Watcher, WatchOptions, WatchStats, LiveContext, status_line) == (\n"
+            "    live.Watcher, live.WatchOptions, live.WatchStats, live.LiveContext, live.status_line)\n"
+            "assert set(p.__all__) <= set(dir(p))\n"
+            "try:\n"
+            "    p.Nothing\n"
+            "except AttributeError as e:\n"
+            "    assert 'Nothing' in str(e)\n"
+            "else:\n"
+            "    raise AssertionError('no AttributeError')\n"
+            "print(before)\n")
+    res = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("module", sorted(set(__import__("zeekml.cli", fromlist=["x"]).COMMAND_NAMES.values())))
