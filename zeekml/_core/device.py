@@ -89,9 +89,9 @@ def default_torch_threads(cores: int | None = None, load: float | None = None) -
     in one process (bench/README.md, "Threads"): quiet (load 0.8), median 0.57 s with one thread
     and 0.43 s with two; with two other busy processes, 0.86 s with one and 2.54 s with two
     (OpenMP threads spin at every barrier waiting for a sibling the kernel has descheduled).
-    Scores are not always bit-identical across counts: on AVX-512 CPUs the MoE's move in their
-    last bits between one and two threads, so ``score`` uses this only when asked
-    (``configure_torch_if_asked``); ``watch`` uses it to keep up.
+    Scores are not always bit-identical across counts (``configure_torch_if_asked``: a few of
+    the MoE's move in their last bits), so ``score`` uses this only when asked; ``watch`` uses it
+    to keep up.
 
     Args:
         cores: usable cores (default: ``usable_cores()``).
@@ -134,17 +134,32 @@ def torch_threads() -> int:
 
 def configure_torch_if_asked() -> int | None:
     """``configure_torch`` when the environment asks for a thread count, else nothing (torch's
-    default: every core); returns the count set or None. ``score``'s path: a count chosen from
-    the load would make verdict bytes depend on the load, since on AVX-512 CPUs the MoE's scores
-    move in their last bits between one and two threads (up to 6.6e-7 on 821 of examples/' 2,361
-    conns, no alert flipped); the same input must give the same verdicts."""
+    default: every core); returns the count set or None. ``score``'s path (``replay``'s too): a
+    count chosen from the load would make verdict bytes depend on the load, and the same input
+    must give the same verdicts.
+
+    Measured after the router's padding (``zeekml.nn.moe.ROUTER_COLS``), whole ``zeekml score``
+    outputs on the team's AVX-512 box, ``$ZEEKML_TORCH_THREADS`` 1, 2, 3 and unset (= 2 cores):
+    only ``verdicts.jsonl`` moves, only the MoE's scores, no alert, notice or summary count.
+    ``examples/`` (2,361 conns): 1 = 2 = unset; 3 moves 10 conns by up to 3.3e-7.
+    ``bench/score_speed.py``'s 100k conns: 2 moves 10 against 1 (up to 2.3e-7), 3 moves 56
+    (up to 3.8e-7); the 10 are conns of one host, 46.242.11.3, 36 rows apart at most. Two ops
+    of the MoE split their work by thread, and a thread's odd-sized share takes another code
+    path (found by replaying a one-thread pass of the 100k log's stream embedding, op by op, at
+    other counts): the router's softmax over 8,192 padded columns in three shares of ~2,731 (the
+    last ``t % 16`` columns of each through a scalar ``exp``: 15 tokens of 11 calls, 22
+    embeddings), and an expert's GEMM of 9 rows over two threads (its last row other bits, as a
+    GEMM of fewer than ``MIN_GEMM_ROWS`` rows: 1 embedding; ``score``'s 10 were not traced to
+    their call). ``--dask`` workers score with one thread whatever is asked (Dask sets
+    ``OMP_NUM_THREADS=1`` in them): ``examples/``' verdicts were the same at every count."""
     return None if asked_torch_threads() is None else configure_torch()
 
 
 def configure_torch() -> int:
     """Set torch's intra-op threads for inference, and numpy's BLAS threads to the same count,
-    once per process (``torch_threads()``); returns the count. Every learned detector's load goes
-    through here (``zeekml.scoring.detectors.base.torch_module``).
+    once per process (``torch_threads()``); returns the count. ``watch`` calls it when its models
+    load (``zeekml.pipeline.live.watcher``), ``score`` and ``replay`` only when the environment
+    asks (``configure_torch_if_asked``, from ``zeekml.pipeline.chunked.score_spilled``).
 
     The BLAS limit is for the detectors' kNN references (``embeddings @ reference.T``): OpenBLAS
     threads spin like OpenMP's; the GNN's kNN over 20k conns took 3.5-4.0 s with one thread,
