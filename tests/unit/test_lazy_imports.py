@@ -71,6 +71,13 @@ def test_watch_with_the_shipped_models_loads_no_pyg(tmp_path):
     assert loaded == ["sklearn", "torch"]
 
 
+@pytest.mark.parametrize("log", ["zeek/conn.log", "iot23/conn.log.labeled"])
+def test_cat_of_a_clean_tsv_log_loads_no_pandas(log):
+    """The TSV fast path builds its Arrow values from buffers: pyarrow imports pandas (~0.23 s)
+    whenever it converts a Python value (the IoT-23 log takes the packed-column path too)."""
+    assert loaded_after("cat", str(ROOT / "examples" / log), modules=("pandas",)) == []
+
+
 def test_cat_loads_no_pipeline():
     assert loaded_after("cat", str(CONN), modules=WATCH_ONLY + ("zeekml.pipeline",)) == []
 

@@ -37,6 +37,51 @@ _COUNT_PATTERN = r"^[0-9]{1,20}$"
 _INT_PATTERN = r"^-?[0-9]{1,19}$"
 
 
+# Arrow scalars built from buffers, never from Python values: pyarrow's ``pa.scalar`` and
+# ``pa.array`` (and a compute function handed a Python value, which calls them) first ask
+# whether the value is a pandas object, and that question imports pandas (~0.23 s of CPU, 364
+# modules). With these the fast path of a clean log never converts a Python value, so
+# ``zeekml cat`` does not load pandas (test_lazy_imports).
+def _binary_scalar(value: bytes | None) -> pa.Scalar:
+    """``pa.scalar(value, pa.binary())`` without the pandas check (None: the null scalar)."""
+    if value is None:
+        return pa.nulls(1, pa.binary())[0]
+    offsets = pa.py_buffer(np.array([0, len(value)], dtype=np.int32))
+    return pa.Array.from_buffers(pa.binary(), 1, [None, offsets, pa.py_buffer(value)])[0]
+
+
+def _bool_scalar(value: bool) -> pa.Scalar:
+    """``pa.scalar(value)`` of Arrow's bool type without the pandas check."""
+    return pa.Array.from_buffers(pa.bool_(), 1, [None, pa.py_buffer(b"\x01" if value else b"\x00")])[0]
+
+
+def _int32_array(values: np.ndarray) -> pa.Array:
+    """``pa.array(values)`` of an int32 ndarray without the pandas check (no nulls)."""
+    values = np.ascontiguousarray(values, dtype=np.int32)
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
+
+
+def _int32_scalar(value: int) -> pa.Scalar:
+    """``pa.scalar(value, pa.int32())`` without the pandas check."""
+    return _int32_array(np.array([value], dtype=np.int32))[0]
+
+
+def _int32_numpy(values: pa.Array) -> np.ndarray:
+    """A null-free int32 array's values as an ndarray view: ``to_numpy`` converts through
+    pyarrow's pandas conversion, which imports pandas."""
+    if values.type != pa.int32() or values.null_count:
+        raise ValueError(f"_int32_numpy takes a null-free int32 array, not {values.type} "
+                         f"with {values.null_count} null(s)")
+    return np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset:values.offset + len(values)]
+
+
+_NULL = _binary_scalar(None)
+_EMPTY_BYTES = _binary_scalar(b"")
+_T, _F = _binary_scalar(b"T"), _binary_scalar(b"F")
+_TRUE, _FALSE = _bool_scalar(True), _bool_scalar(False)
+_ZERO = _int32_scalar(0)
+
+
 class _FastPathRefused(Exception):
     """The fast path cannot take this run exactly; use the line-by-line path."""
 
@@ -301,12 +346,14 @@ class ZeekTsvParser(LineFeeder):
         for i in range(sch.raw_ncols):
             col = table.column(i).combine_chunks()
             if i == sch.packed_at:
-                parts = pc.split_pattern(pc.fill_null(col, h.unset_field), PACKED_SEPARATOR)
-                if pc.any(pc.not_equal(pc.list_value_length(parts), sch.packed_n)).as_py():
+                unset = _binary_scalar(h.unset_field)
+                parts = pc.split_pattern(pc.fill_null(col, unset), PACKED_SEPARATOR)
+                if pc.any(pc.not_equal(pc.list_value_length(parts),
+                                       _int32_scalar(sch.packed_n))).as_py():
                     raise _FastPathRefused
                 for j in range(sch.packed_n):
-                    sub = pc.list_element(parts, j)
-                    sub = pc.if_else(pc.equal(sub, h.unset_field), pa.scalar(None, pa.binary()), sub)
+                    sub = pc.list_element(parts, _int32_scalar(j))
+                    sub = pc.if_else(pc.equal(sub, unset), _NULL, sub)
                     cols.append(self._convert(sub, sch.types[i + j]))
             elif col.type != pa.binary():
                 cols.append(col)
@@ -323,9 +370,9 @@ class ZeekTsvParser(LineFeeder):
         target = arrow_type(zeek_type)
         if zeek_type == "time":
             masked = pc.match_substring_regex(col, r"^X+\.X+$")
-            col = pc.if_else(masked, pa.scalar(None, pa.binary()), col)
+            col = pc.if_else(masked, _NULL, col)
         if target in _STRING_ARROW:
-            col = pc.if_else(pc.equal(col, h.empty_field), pa.scalar(b"", pa.binary()), col)
+            col = pc.if_else(pc.equal(col, _binary_scalar(h.empty_field)), _EMPTY_BYTES, col)
             col = _unescape_column(col)
             if target == pa.string():
                 try:
@@ -334,14 +381,14 @@ class ZeekTsvParser(LineFeeder):
                     raise _FastPathRefused from e
             return col
         if target == pa.bool_():
-            is_t = pc.equal(col, b"T")
-            ok = pc.or_(is_t, pc.equal(col, b"F"))
-            if not pc.all(pc.fill_null(ok, True)).as_py():
+            is_t = pc.equal(col, _T)
+            ok = pc.or_(is_t, pc.equal(col, _F))
+            if not pc.all(pc.fill_null(ok, _TRUE)).as_py():
                 raise _FastPathRefused
             return is_t
         pattern = _INT_PATTERN if zeek_type == "int" else (
             _COUNT_PATTERN if pa.types.is_integer(target) else _FLOAT_PATTERN)
-        if not pc.all(pc.fill_null(pc.match_substring_regex(col, pattern), True)).as_py():
+        if not pc.all(pc.fill_null(pc.match_substring_regex(col, pattern), _TRUE)).as_py():
             raise _FastPathRefused
         try:
             return col.cast(pa.string()).cast(target)
@@ -350,22 +397,23 @@ class ZeekTsvParser(LineFeeder):
 
     def _convert_container(self, col: pa.Array, elem: str) -> pa.Array:
         h = self.header
-        is_empty = pc.fill_null(pc.equal(col, h.empty_field), False)
-        parts = pc.split_pattern(pc.if_else(is_empty, pa.scalar(b"", pa.binary()), col), h.set_separator)
+        empty, unset = _binary_scalar(h.empty_field), _binary_scalar(h.unset_field)
+        is_empty = pc.fill_null(pc.equal(col, empty), _FALSE)
+        parts = pc.split_pattern(pc.if_else(is_empty, _EMPTY_BYTES, col), h.set_separator)
         # "" split gives [""]; an (empty) container must be []
-        lengths = pc.if_else(is_empty, 0, pc.list_value_length(parts))
+        lengths = pc.if_else(is_empty, _ZERO, pc.list_value_length(parts))
         flat = parts.flatten()
         if len(flat):
             # drop the single "" element of (empty) rows
             parent = pc.list_parent_indices(parts)
             flat = pc.filter(flat, pc.invert(pc.take(is_empty, parent)))
-            flat = pc.if_else(pc.equal(flat, h.unset_field), pa.scalar(None, pa.binary()), flat)
-            flat = pc.if_else(pc.equal(flat, h.empty_field), pa.scalar(b"", pa.binary()), flat)
+            flat = pc.if_else(pc.equal(flat, unset), _NULL, flat)
+            flat = pc.if_else(pc.equal(flat, empty), _EMPTY_BYTES, flat)
         values = self._convert_scalar_values(flat, elem)
         offsets = np.zeros(len(col) + 1, dtype=np.int32)
-        np.cumsum(pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False), out=offsets[1:])
+        np.cumsum(_int32_numpy(pc.fill_null(lengths, _ZERO)), out=offsets[1:])
         mask = pc.is_null(col)
-        return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask,
+        return pa.ListArray.from_arrays(_int32_array(offsets), values, mask=mask,
                                         type=pa.list_(arrow_type(elem)))
 
     def _convert_scalar_values(self, flat: pa.Array, elem: str) -> pa.Array:
@@ -378,7 +426,7 @@ class ZeekTsvParser(LineFeeder):
                 except pa.ArrowInvalid as e:
                     raise _FastPathRefused from e
             return flat
-        if pc.any(pc.fill_null(pc.match_substring(flat, "\\"), False)).as_py():
+        if pc.any(pc.fill_null(pc.match_substring(flat, "\\"), _FALSE)).as_py():
             raise _FastPathRefused
         return self._convert(flat, elem)
 
@@ -461,7 +509,7 @@ def _unescape_column(col: pa.Array) -> pa.Array:
     """Apply ``unescape`` to the values that hold a backslash; the others pass untouched."""
     if len(col) == 0:
         return col
-    needs = pc.fill_null(pc.match_substring(col, "\\"), False)
+    needs = pc.fill_null(pc.match_substring(col, "\\"), _FALSE)
     if not pc.any(needs).as_py():
         return col
     idx = np.flatnonzero(needs.to_numpy(zero_copy_only=False))
