@@ -83,15 +83,16 @@ def test_cat_loads_no_pipeline():
 
 
 def test_score_without_models_loads_none_of_watch(tmp_path):
+    """Nor tomllib: only an ``--allowlist`` file is TOML."""
     loaded = loaded_after("score", "--no-models", str(CONN), "--out", str(tmp_path / "out"),
-                          modules=WATCH_ONLY + ("zeekml.pipeline.batch",))
+                          modules=WATCH_ONLY + ("tomllib", "zeekml.pipeline.batch"))
     assert (tmp_path / "out" / "verdicts.jsonl").exists()
     assert loaded == ["zeekml.pipeline.batch"]    # the probe sees score's own pipeline
 
 
 def test_score_with_the_shipped_models_loads_none_of_watch(tmp_path):
     loaded = loaded_after("score", str(CONN), "--out", str(tmp_path / "out"),
-                          modules=WATCH_ONLY + ("zeekml.pipeline.batch", "zeekml.nn.gnn"))
+                          modules=WATCH_ONLY + ("tomllib", "zeekml.pipeline.batch", "zeekml.nn.gnn"))
     assert "gnn" in json.loads((tmp_path / "out" / "summary.json").read_text())["thresholds"]
     assert loaded == ["zeekml.nn.gnn", "zeekml.pipeline.batch"]
 

@@ -18,7 +18,6 @@ import ipaddress
 import json
 import logging
 import os
-import tomllib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -125,6 +124,8 @@ class Allowlist:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Allowlist":
+        import tomllib  # here, not at the top: only a run given --allowlist reads TOML
+
         path = os.fspath(path)
         try:
             with open(path, "rb") as f:
