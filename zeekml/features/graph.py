@@ -100,7 +100,8 @@ class FlowGraph:
 
     Read as PyG's ``HeteroData`` is (``g.x_dict``, ``g.edge_index_dict``, ``g["flow"].row``,
     ``g["flow", "to_resp", "ip"].edge_index``), without importing PyG: scoring needs none of
-    it, and importing it costs ``zeekml score`` ~2 s. ``to_hetero_data`` gives the PyG object.
+    it, and importing it (1,530 modules, ``torch._dynamo`` among them) cost ``zeekml score``
+    1.4-2 s of CPU (docs/results/gnn.md). ``to_hetero_data`` gives the PyG object.
 
     Args:
         flow: the flow nodes.
