@@ -25,3 +25,25 @@ def count_embedded(det, monkeypatch) -> list[int]:
 
     monkeypatch.setattr(det, "_reference_input", counting)
     return calls
+
+
+def run_watcher_in_thread(w, pool_seconds: float = 30.0):
+    """Start ``w.run()`` (a ``Watcher``) in a thread and wait up to ``pool_seconds`` for its
+    scoring processes; returns the thread and the list that collects what ``run`` raised."""
+    import threading
+    import time
+
+    err: list[BaseException] = []
+
+    def run():
+        try:
+            w.run()
+        except BaseException as e:  # noqa: BLE001 - the test asserts on it
+            err.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + pool_seconds
+    while w.pool is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return t, err

@@ -8,11 +8,10 @@ from __future__ import annotations
 import gzip
 import os
 import signal
-import threading
-import time
 
 import numpy as np
 import pytest
+from checks import run_watcher_in_thread
 from test_watch_support import conn_line, header
 
 from zeekml._core.errors import ZeekmlError
@@ -124,19 +123,7 @@ def test_a_scoring_process_that_dies_is_a_clear_error(tmp_path, monkeypatch):
     w = Watcher(str(empty), str(tmp_path / "out"), WatchOptions(
         score_workers=1, rescan_seconds=0.1, use_events=False, window_seconds=0.05,
         context_lateness=0.0, context_batch_seconds=0.0, context_release_wait=0.0))
-    err: list[BaseException] = []
-
-    def run():
-        try:
-            w.run()
-        except BaseException as e:  # noqa: BLE001
-            err.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
-    deadline = time.monotonic() + 30
-    while w.pool is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    t, err = run_watcher_in_thread(w)
     assert isinstance(w.pool, DetectorPool) and len(w.pool.pids) == 1
     os.kill(w.pool.pids[0], signal.SIGKILL)
     os.replace(root / "conn.log", empty / "conn.log")

@@ -8,12 +8,11 @@ import json
 import os
 import shutil
 import signal
-import threading
-import time
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from checks import run_watcher_in_thread
 from test_watch_support import write_baseline
 
 from zeekml.flows.table import conn_table
@@ -116,19 +115,7 @@ def test_a_scoring_process_that_dies_is_a_clear_error(tmp_path):
     w = Watcher(str(root), str(out), WatchOptions(
         score=ScoreOptions(baseline=[baseline]), score_workers=1, rescan_seconds=0.1,
         use_events=False, window_seconds=0.05))
-    err: list[BaseException] = []
-
-    def run():
-        try:
-            w.run()
-        except BaseException as e:  # noqa: BLE001
-            err.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
-    deadline = time.monotonic() + 30
-    while w.pool is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    t, err = run_watcher_in_thread(w)
     assert w.pool is not None and w.pool.pids, "no scoring process"
     worker = psutil.Process(w.pool.pids[0])
     assert worker.ppid() == os.getpid()
