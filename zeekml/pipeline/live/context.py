@@ -77,6 +77,16 @@ def evict_rules(fitted: FittedDetectors) -> tuple[float, dict[str, tuple[int, fl
     return by_time, keyed
 
 
+def score_due(own: pa.Table, dets: list, fitted: FittedDetectors,
+              raw: dict[str, np.ndarray] | None = None) -> VerdictBatch:
+    """The verdicts of the conns ``LiveContext.due`` took (``own``, with ``dets``, its detectors
+    among their context), ``raw`` the detectors' scores where already computed (the scoring
+    threads', or ``watch --score-workers``' processes')."""
+    if not own.num_rows:
+        return score_batch(own, fitted)
+    return score_batch(own, dataclasses.replace(fitted, detectors=dets), raw=raw)
+
+
 class LiveContext:
     """The conns that detectors with a time context (``scoring.context``) still need, in arrival
     order: already scored ones kept as context for later conns, and pending ones held back until
@@ -239,10 +249,8 @@ class LiveContext:
     def release(self, fitted: FittedDetectors, flush: bool = False) -> VerdictBatch:
         """Score the conns that are due (all pending ones with ``flush``), in arrival order."""
         own, dets = self.due(fitted, flush)
-        if not own.num_rows:
-            return score_batch(own, fitted)
-        return score_batch(own, dataclasses.replace(fitted, detectors=dets),
-                           raw=score_in_threads(dets, own, self.threads))
+        raw = score_in_threads(dets, own, self.threads) if own.num_rows else None
+        return score_due(own, dets, fitted, raw)
 
     def _mark(self, mask: np.ndarray) -> None:
         self.scored |= mask

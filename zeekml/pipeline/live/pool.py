@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -59,22 +60,29 @@ def _child_setup(parent: int) -> None:
         os._exit(0)
 
 
+def _serve(conn, handle: Callable[[Any], Any]) -> None:
+    """A scoring process's loop: each request in, ``handle(request)`` out (a failure as a
+    one-line ``ZeekmlError`` the parent raises), until EOF, a ``None`` request or the parent's
+    death."""
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        if msg is None:
+            os._exit(0)
+        try:
+            out = handle(msg)
+        except Exception as e:  # noqa: BLE001 - reported by the parent as a scoring error
+            out = ZeekmlError(f"scoring process failed: {type(e).__name__}: {e}")
+        conn.send(out)
+
+
 def _worker_main(conn, fitted: FittedDetectors, parent: int,
                  allowlist: Allowlist | None = None) -> None:
     """A scoring process: conn tables in, rendered verdicts out, until EOF or the parent dies."""
     _child_setup(parent)
-    while True:
-        try:
-            table = conn.recv()
-        except (EOFError, OSError):
-            os._exit(0)
-        if table is None:
-            os._exit(0)
-        try:
-            out = score_window(table, fitted, allowlist)
-        except Exception as e:  # noqa: BLE001 - reported by the parent as a scoring error
-            out = ZeekmlError(f"scoring process failed: {type(e).__name__}: {e}")
-        conn.send(out)
+    _serve(conn, lambda table: score_window(table, fitted, allowlist))
 
 
 def _fork(n: int, serve) -> tuple[list, list[int]]:
@@ -226,24 +234,18 @@ def _detector_main(conn, detectors: list, parent: int) -> None:
     in, ``{name: raw scores}`` out, until EOF or the parent dies."""
     _child_setup(parent)
     one_thread()
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            os._exit(0)
-        if msg is None:
-            os._exit(0)
+
+    def score(msg) -> dict[str, np.ndarray]:
         items, own = msg
-        try:
-            out = {}
-            for i, context, positions in items:
-                det = detectors[i]
-                if context is not None:
-                    det = InContext(det, context, positions)
-                out[det.name] = np.asarray(det.score(own))
-        except Exception as e:  # noqa: BLE001 - reported by the parent as a scoring error
-            out = ZeekmlError(f"scoring process failed: {type(e).__name__}: {e}")
-        conn.send(out)
+        out = {}
+        for i, context, positions in items:
+            det = detectors[i]
+            if context is not None:
+                det = InContext(det, context, positions)
+            out[det.name] = np.asarray(det.score(own))
+        return out
+
+    _serve(conn, score)
 
 
 @dataclass
@@ -253,10 +255,10 @@ class Release:
 
     own: pa.Table
     dets: list
+    fitted: FittedDetectors       # what the verdicts are rendered with
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     waiting: list[int] = field(default_factory=list)
     seconds: float = 0.0          # wall time the watcher spent on it (submit, then collect)
-    fitted: FittedDetectors | None = None   # what the verdicts are rendered with
 
 
 class DetectorPool:
@@ -295,11 +297,12 @@ class DetectorPool:
         """How many scoring processes there are."""
         return len(self._conns)
 
-    def submit(self, own: pa.Table, dets: list) -> Release:
+    def submit(self, own: pa.Table, dets: list, fitted: FittedDetectors) -> Release:
         """Send each process its detectors' share of the release of ``own`` (``dets`` as
-        ``LiveContext.due`` returns them), then score the watcher's own share here."""
+        ``LiveContext.due`` returns them, from ``fitted``), then score the watcher's own share
+        here."""
         t0 = time.perf_counter()
-        rel = Release(own, dets)
+        rel = Release(own, dets, fitted)
         if own.num_rows:
             for w, c in enumerate(self._conns):
                 items = [(i, d.context, d.positions) if isinstance(d, InContext) else (i, None, None)

@@ -37,7 +37,6 @@ The verdict-id filter is a set plus a deque (O(1) per id); after windows ``mallo
 """
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import logging
@@ -59,9 +58,8 @@ from zeekml._core.errors import OutputError, ZeekmlError
 from zeekml._core.outfile import open_output
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse.reject import Quarantine
-from zeekml.pipeline.fitted import score_batch
 from zeekml.pipeline.live.calibration import calibrate
-from zeekml.pipeline.live.context import LiveContext
+from zeekml.pipeline.live.context import LiveContext, score_due
 from zeekml.pipeline.live.journal import ContextJournal, WriteFn
 from zeekml.pipeline.live.malloc import fix_mmap_threshold, rss, trim_heap
 from zeekml.pipeline.live.incidents import OPEN_INCIDENTS, STATE_KEY, LiveIncidents
@@ -492,8 +490,7 @@ class Watcher:
             if table is not None:
                 ctx.add(table)
             own, dets = ctx.due(fitted, flush=flush)
-            rel = self._dpool.submit(own, dets)
-            rel.fitted = fitted
+            rel = self._dpool.submit(own, dets, fitted)
             w = _Window(None, None, qlines, files, done, ctx.journal_delta(),
                         release=rel, allowlist=self._allowlist)
             table = own
@@ -520,10 +517,7 @@ class Watcher:
         ``LiveContext.release`` and ``render_allowed`` make of the same scores."""
         raw = self._dpool.collect(rel)
         self._ctx_speed = context_speed(self._ctx_speed, rel.own.num_rows, rel.seconds)
-        fitted = rel.fitted
-        if rel.own.num_rows:
-            fitted = dataclasses.replace(fitted, detectors=rel.dets)
-        return render_allowed(score_batch(rel.own, fitted, raw=raw), allowlist)
+        return render_allowed(score_due(rel.own, rel.dets, rel.fitted, raw), allowlist)
 
     def _finish_window(self, w: _Window, outputs, dedup, feedback, store, cp) -> None:
         """Write the window's verdicts, notices and quarantined lines, then commit the
