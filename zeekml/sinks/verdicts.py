@@ -187,19 +187,26 @@ def render_verdicts(batch: VerdictBatch) -> RenderedVerdicts:
 
 def _joined_lines(batch: VerdictBatch, ids: list[str], ts_s: list[str], score_cols: list[list[str]],
                   score: list[str], alert_s: list[str], notes: list[str]) -> list[bytes]:
-    """``render_verdicts``' lines of a large batch, by one Arrow join of its fields' columns."""
+    """``render_verdicts``' lines of a large batch, by one Arrow join of its fields' columns
+    between ``_LINE``'s own literal pieces (the same template as the ``%``-format path)."""
     # uid and community_id with the stand-ins ``VerdictBatch.column`` gives (a missing uid's,
-    # a computed Community ID)
-    parts: list = ['{"verdict_id":"', _text(ids), '","uid":', _json_strings(_text(batch.column("uid"))),
-                   ',"ts":', _text(ts_s)]
-    for name in ("id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto"):
-        parts += ["," + _enc_str(name) + ":", _json_column(batch, name)]
-    parts += [',"community_id":', _json_strings(pa.array(batch.column("community_id"), pa.string())),
-              ',"scores":{']
-    for i, (k, text) in enumerate(zip(batch.names, score_cols)):
-        parts += [("," if i else "") + _enc_str(k) + ":", _text(text)]
-    parts += ['},"score":', _text(score), ',"alert":', _text(alert_s), ',"note":', _text(notes),
-              ',"model":', _json_strings(_text(batch.models())), "}\n"]
+    # a computed Community ID); in _LINE's field order
+    columns = [_text(ids), _json_strings(_text(batch.column("uid"))), _text(ts_s),
+              *(_json_column(batch, name) for name in ("id.orig_h", "id.orig_p", "id.resp_h",
+                                                       "id.resp_p", "proto")),
+              _json_strings(pa.array(batch.column("community_id"), pa.string())),
+              _text(score), _text(alert_s), _text(notes), _json_strings(_text(batch.models()))]
+    literals = _LINE.split("%s")
+    parts: list = []
+    for literal, column in zip(literals, columns):
+        if "{SCORES}" in literal:
+            before, after = literal.split("{SCORES}")
+            parts.append(before + "{")
+            for i, (k, text) in enumerate(zip(batch.names, score_cols)):
+                parts += [("," if i else "") + _enc_str(k) + ":", _text(text)]
+            literal = "}" + after
+        parts += [literal, column]
+    parts.append(literals[-1])
     return pc.binary_join_element_wise(*parts, "").cast(pa.binary()).to_pylist()
 
 
