@@ -90,8 +90,8 @@ def default_torch_threads(cores: int | None = None, load: float | None = None) -
     and 0.43 s with two; with two other busy processes, 0.86 s with one and 2.54 s with two
     (OpenMP threads spin at every barrier waiting for a sibling the kernel has descheduled).
     Scores are not always bit-identical across counts (``configure_torch_if_asked``: a few of
-    the MoE's move in their last bits), so ``score`` uses this only when asked; ``watch`` uses it
-    to keep up.
+    the MoE's move in their last bits), so ``score`` uses this only when asked, and ``watch``
+    only with ``context_threads=None`` (``WatchOptions``; not its default).
 
     Args:
         cores: usable cores (default: ``usable_cores()``).
@@ -158,8 +158,9 @@ def configure_torch_if_asked() -> int | None:
 def configure_torch() -> int:
     """Set torch's intra-op threads for inference, and numpy's BLAS threads to the same count,
     once per process (``torch_threads()``); returns the count. ``watch`` calls it when its models
-    load (``zeekml.pipeline.live.watcher``), ``score`` and ``replay`` only when the environment
-    asks (``configure_torch_if_asked``, from ``zeekml.pipeline.chunked.score_spilled``).
+    load and ``context_threads`` is None (``zeekml.pipeline.live.watcher``; the default, 1,
+    leaves torch's own count), ``score`` and ``replay`` only when the environment asks
+    (``configure_torch_if_asked``, from ``zeekml.pipeline.chunked.score_spilled``).
 
     The BLAS limit is for the detectors' kNN references (``embeddings @ reference.T``): OpenBLAS
     threads spin like OpenMP's; the GNN's kNN over 20k conns took 3.5-4.0 s with one thread,
