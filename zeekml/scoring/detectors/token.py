@@ -315,8 +315,7 @@ class _LiveState:
         self.kept_kv: list[list[np.ndarray]] = [[] for _ in state.spans]
         self.kept_have: list[list[np.ndarray]] = [[] for _ in state.spans]
         self.kept_at: list[np.ndarray] = []
-        ts = pc.fill_null(pc.cast(table.column("ts"), pa.float64()), 0.0)
-        self.ts = ts.to_numpy(zero_copy_only=False)
+        self.table = table
 
     def batch(self, lo: int, first: int, hi: int, torch, device: str):
         """``(known, keep_kv)`` of ``forward_stream`` for the stream rows ``lo:hi``, whose
@@ -351,9 +350,11 @@ class _LiveState:
             inv = np.empty(len(self.keep), dtype=np.int64)
             inv[at] = np.arange(len(at))
             kept = [(kv[inv], have[inv]) for kv, have in kept]
-        last = self.runs.last[self.which]
-        self.state.store(self.hosts, self.runs, self.which, self.st.ids, self.links, kept,
-                         self.ts[self.st.table_rows[last]])
+        last = self.st.table_rows[self.runs.last[self.which]]
+        # the ts of the kept runs' last conns only, not of every conn of the context
+        ts = pc.fill_null(pc.cast(self.table.column("ts").take(pa.array(last, pa.int64())),
+                                  pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+        self.state.store(self.hosts, self.runs, self.which, self.st.ids, self.links, kept, ts)
 
 
 def position_nll(loaded: LoadedTokenModel, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
