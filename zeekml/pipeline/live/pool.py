@@ -85,6 +85,26 @@ def _worker_main(conn, fitted: FittedDetectors, parent: int,
     _serve(conn, lambda table: score_window(table, fitted, allowlist))
 
 
+def _send(conn, msg: Any) -> None:
+    """Send ``msg`` to a scoring process; a dead one is a one-line ``ZeekmlError``."""
+    try:
+        conn.send(msg)
+    except OSError as e:
+        raise ZeekmlError(f"a scoring process died ({e.strerror or e})") from e
+
+
+def _receive(conn) -> Any:
+    """A scoring process's answer; a dead process, or the failure it reported, is raised as a
+    one-line ``ZeekmlError``."""
+    try:
+        out = conn.recv()
+    except (EOFError, OSError) as e:
+        raise ZeekmlError(f"a scoring process died ({e or 'EOF'})") from e
+    if isinstance(out, ZeekmlError):
+        raise out
+    return out
+
+
 def _fork(n: int, serve) -> tuple[list, list[int]]:
     """``n`` forked processes, each running ``serve(conn, parent_pid)`` on its end of a pipe;
     returns the watcher's ends and the process ids. os.fork rather than
@@ -160,21 +180,12 @@ class ScorePool:
         """Send a window's conns to the next process; returns the ticket for ``result``."""
         i = self._next % len(self._conns)
         self._next += 1
-        try:
-            self._conns[i].send(table)
-        except OSError as e:
-            raise ZeekmlError(f"a scoring process died ({e.strerror or e})") from e
+        _send(self._conns[i], table)
         return i
 
     def result(self, ticket: int) -> RenderedVerdicts:
         """The rendered verdicts of the window sent with ``ticket`` (in submission order)."""
-        try:
-            out = self._conns[ticket].recv()
-        except (EOFError, OSError) as e:
-            raise ZeekmlError(f"a scoring process died ({e or 'EOF'})") from e
-        if isinstance(out, ZeekmlError):
-            raise out
-        return out
+        return _receive(self._conns[ticket])
 
     def close(self) -> None:
         """Tell every process to exit, and reap it (killed after 5 s)."""
@@ -310,10 +321,7 @@ class DetectorPool:
                 if not items:
                     continue
                 bare = any(ctx is None for _, ctx, _ in items)
-                try:
-                    c.send((items, own if bare else None))
-                except OSError as e:
-                    raise ZeekmlError(f"a scoring process died ({e.strerror or e})") from e
+                _send(c, (items, own if bare else None))
                 rel.waiting.append(w)
             for i, d in enumerate(dets):
                 if self.owner[i] == -1:
@@ -325,13 +333,7 @@ class DetectorPool:
         """Every detector's raw scores of ``rel``'s conns (waiting for the processes)."""
         t0 = time.perf_counter()
         for w in rel.waiting:
-            try:
-                out = self._conns[w].recv()
-            except (EOFError, OSError) as e:
-                raise ZeekmlError(f"a scoring process died ({e or 'EOF'})") from e
-            if isinstance(out, ZeekmlError):
-                raise out
-            rel.raw.update(out)
+            rel.raw.update(_receive(self._conns[w]))
         rel.waiting = []
         rel.seconds += time.perf_counter() - t0
         return rel.raw
