@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from zeekml.features import table_memo
 from zeekml.features.host_history import distinct_codes
 
 SCHEMA_VERSION = 1
@@ -95,10 +96,12 @@ class FlowFeaturizer:
     def fitted(self) -> bool:
         return bool(self.mean)
 
-    def transform(self, table: pa.Table) -> np.ndarray:
+    def transform(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+        """Scaled features ``[n, n_features]`` float32 of every conn of ``table``, or of its
+        ``rows`` only (``transform(table.take(rows))``: a conn's features are its own)."""
         if not self.fitted:
             raise RuntimeError("FlowFeaturizer.transform before fit")
-        return self._scale_columns(self._columns(table))
+        return self._scale_columns(self._columns(table, rows))
 
     def _scale(self, raw: np.ndarray) -> np.ndarray:
         x = (np.clip(raw, self.lo, self.hi) - np.asarray(self.mean)) / np.asarray(self.std)
@@ -156,39 +159,39 @@ class FlowFeaturizer:
             return np.zeros((0, len(feats)))
         return np.stack(feats, axis=1)
 
-    def _columns(self, table: pa.Table) -> list[np.ndarray]:
-        """The raw (unscaled) features of ``table``, one float64 ``[n]`` array per feature."""
-        cols, miss = {}, {}
-        for name in NUMERIC:
-            cols[name], miss[name] = _num(table, name)
-        feats = [np.log1p(cols[name]) for name in NUMERIC]
-        opk, rpk = cols["orig_pkts"], cols["resp_pkts"]
-        feats.append(np.log1p(cols["orig_bytes"] / np.maximum(opk, 1)))
-        feats.append(np.log1p(cols["resp_bytes"] / np.maximum(rpk, 1)))
-        feats.append(np.log1p(cols["resp_bytes"] / np.maximum(cols["orig_bytes"], 1)))
-        overhead = (cols["orig_ip_bytes"] + cols["resp_ip_bytes"] - cols["orig_bytes"] - cols["resp_bytes"])
-        feats.append(np.log1p(np.maximum(overhead, 0) / np.maximum(opk + rpk, 1)))
-        feats += [miss[name].astype(np.float64) for name in NUMERIC]
-        # String features are computed once per distinct value (Arrow dictionary encoding) and
-        # indexed by each row's code: a log has few distinct protos, states, histories, services.
-        proto, proto_code = _distinct(table, "proto")
-        feats += [col[proto_code] for col in _one_hot(proto, PROTOS)]
-        state, state_code = _distinct(table, "conn_state")
-        feats += [col[state_code] for col in _one_hot(state, CONN_STATES)]
-        hist, hist_code = _distinct(table, "history")
-        for c in HISTORY_LETTERS:
-            feats.append(np.fromiter((h.count(c) for h in hist), dtype=np.float64, count=len(hist))[hist_code])
-        feats.append(np.fromiter((len(h) for h in hist), dtype=np.float64, count=len(hist))[hist_code])
+    def _columns(self, table: pa.Table, rows: np.ndarray | None = None) -> list[np.ndarray]:
+        """The raw (unscaled) features of ``table`` (of its ``rows`` only, when given), one
+        float64 ``[n]`` array per feature.
+
+        The features that depend on the conn alone (all but the services, which depend on this
+        featuriser's ``services``) are shared by every featuriser of the table while a
+        ``table_memo.scope`` is open: the IsolationForest, the GNN and the autoencoder's
+        quantities read the same ones, so a table's are computed once, ``rows`` of them taken
+        from the whole table's. Outside a scope ``rows`` are featurised alone."""
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            if not table_memo.active():
+                table, rows = table.take(pa.array(rows, pa.int64())), None
+        feats = list(table_memo.memoised(table, ("flow_columns", SCHEMA_VERSION),
+                                         lambda: shared_columns(table)))
         if not self.hide_service:
-            svc, svc_code = _distinct(table, "service")
-            hot = _one_hot(svc, tuple(self.services))
-            feats += [col[svc_code] for col in hot[:-1]]
-            feats.append((hot[-1] * (svc != ""))[svc_code])      # other
-            feats.append((svc == "").astype(np.float64)[svc_code])  # none
-            port, port_missing = _num(table, "id.resp_p")
-            feats.append(((port < 1024) & ~port_missing).astype(np.float64))
-            feats.append(((port >= 1024) & (port < 49152)).astype(np.float64))
-            feats.append((port >= 49152).astype(np.float64))
+            feats += table_memo.memoised(table, ("flow_service", SCHEMA_VERSION, tuple(self.services)),
+                                         lambda: self._service_columns(table))
+        return feats if rows is None else [c[rows] for c in feats]
+
+    def _service_columns(self, table: pa.Table) -> list[np.ndarray]:
+        """The service and responder-port features of ``table`` (``services`` one-hots, other,
+        none, the port buckets), float64 ``[n]`` each."""
+        feats = []
+        svc, svc_code = _distinct(table, "service")
+        hot = _one_hot(svc, tuple(self.services))
+        feats += [col[svc_code] for col in hot[:-1]]
+        feats.append((hot[-1] * (svc != ""))[svc_code])      # other
+        feats.append((svc == "").astype(np.float64)[svc_code])  # none
+        port, port_missing = _num(table, "id.resp_p")
+        feats.append(((port < 1024) & ~port_missing).astype(np.float64))
+        feats.append(((port >= 1024) & (port < 49152)).astype(np.float64))
+        feats.append((port >= 49152).astype(np.float64))
         return feats
 
     # -- persistence -------------------------------------------------------------------------
@@ -205,6 +208,41 @@ class FlowFeaturizer:
         d = dict(d)
         d["clip_quantiles"] = tuple(d["clip_quantiles"])
         return cls(**d)
+
+
+def prepare(table: pa.Table) -> None:
+    """Compute ``table``'s shared flow features into the open ``table_memo`` scope now (a
+    no-op outside one), so that the featurisers that ask later find them."""
+    if table_memo.active():
+        table_memo.memoised(table, ("flow_columns", SCHEMA_VERSION), lambda: shared_columns(table))
+
+
+def shared_columns(table: pa.Table) -> list[np.ndarray]:
+    """The flow features of every conn of ``table`` that depend on the conn alone (not on a
+    featuriser's fitted services), one float64 ``[n]`` array each, in ``feature_names`` order:
+    the numbers' logs, the ratios, the missing flags, proto, conn_state and history."""
+    cols, miss = {}, {}
+    for name in NUMERIC:
+        cols[name], miss[name] = _num(table, name)
+    feats = [np.log1p(cols[name]) for name in NUMERIC]
+    opk, rpk = cols["orig_pkts"], cols["resp_pkts"]
+    feats.append(np.log1p(cols["orig_bytes"] / np.maximum(opk, 1)))
+    feats.append(np.log1p(cols["resp_bytes"] / np.maximum(rpk, 1)))
+    feats.append(np.log1p(cols["resp_bytes"] / np.maximum(cols["orig_bytes"], 1)))
+    overhead = (cols["orig_ip_bytes"] + cols["resp_ip_bytes"] - cols["orig_bytes"] - cols["resp_bytes"])
+    feats.append(np.log1p(np.maximum(overhead, 0) / np.maximum(opk + rpk, 1)))
+    feats += [miss[name].astype(np.float64) for name in NUMERIC]
+    # String features are computed once per distinct value (Arrow dictionary encoding) and
+    # indexed by each row's code: a log has few distinct protos, states, histories, services.
+    proto, proto_code = _distinct(table, "proto")
+    feats += [col[proto_code] for col in _one_hot(proto, PROTOS)]
+    state, state_code = _distinct(table, "conn_state")
+    feats += [col[state_code] for col in _one_hot(state, CONN_STATES)]
+    hist, hist_code = _distinct(table, "history")
+    for c in HISTORY_LETTERS:
+        feats.append(np.fromiter((h.count(c) for h in hist), dtype=np.float64, count=len(hist))[hist_code])
+    feats.append(np.fromiter((len(h) for h in hist), dtype=np.float64, count=len(hist))[hist_code])
+    return feats
 
 
 def _one_hot(values: np.ndarray, vocab: tuple[str, ...]) -> list[np.ndarray]:

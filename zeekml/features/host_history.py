@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from zeekml.features import table_memo
+
 
 def distinct_codes(column: pa.ChunkedArray | pa.Array) -> tuple[list[str], np.ndarray]:
     """``(distinct values, int64 code of each value)`` of a column compared as strings, in order
@@ -87,7 +89,11 @@ class HostHistory:
     def of(cls, table: pa.Table) -> HostHistory:
         """The index of ``table``, built on the first call for this table object and shared by
         later calls (featurisers of several models on one table). Only the most recent table is
-        remembered, through a weak reference: the cache never keeps a table alive."""
+        remembered, through a weak reference: the cache never keeps a table alive. While a
+        ``table_memo.scope`` is open every table's index is kept until it closes (score's
+        detectors alternate between the baseline and the input, which evicted each other)."""
+        if table_memo.active():
+            return table_memo.memoised(table, ("host_history",), lambda: cls.build(table))
         with _lock:
             ref, index = _last
             if ref is not None and ref() is table:

@@ -24,6 +24,7 @@ serialised with ``to_dict`` (stored in the model's ``config.json``).
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from zeekml.features import table_memo
 from zeekml.features.host_history import (
     HostHistory,
     dictionary_codes,
@@ -316,7 +318,15 @@ class FlowTokenizer:
         return out
 
     def _conn_fields(self, table: pa.Table) -> np.ndarray:
-        """Local ids of every conn's own fields, ``[n, n_fields]`` (gap and same_resp left 0)."""
+        """Local ids of every conn's own fields, ``[n, n_fields]`` (gap and same_resp left 0);
+        in a ``table_memo`` scope computed once per table and vocabulary (every piece of rows
+        and every explanation read the whole table's)."""
+        if table_memo.active():
+            key = ("conn_fields", json.dumps(self.to_dict(), sort_keys=True))
+            return table_memo.memoised(table, key, lambda: self._conn_fields_of(table))
+        return self._conn_fields_of(table)
+
+    def _conn_fields_of(self, table: pa.Table) -> np.ndarray:
         voc = {f.name: f for f in self.fields}
         n = table.num_rows
         out = np.zeros((n, len(self.fields)), dtype=np.int64)

@@ -24,6 +24,7 @@ alone), at the cost of scoring 15% more rows with the default baseline.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -39,6 +40,7 @@ import pyarrow.compute as pc
 from zeekml._core.device import configure_torch_if_asked
 from zeekml._core.errors import UnknownFormat, ZeekmlError
 from zeekml._core.preload import wait_started
+from zeekml.features import flow_features, table_memo
 from zeekml.flows.select import ts_sort_key
 from zeekml.flows.table import CONN_SCHEMA, conn_table, is_conn_batch
 from zeekml.parse import Quarantine, read_log
@@ -443,13 +445,11 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
     (``batch._feedback_extra``), given the baseline and the chosen rows (None with a
     ``--baseline`` file)."""
     step = on_step or (lambda text: None)
-    # the libraries of the detectors were imported in the background while the input was read
-    # (score_paths): this thread imports none of them before they are in (_core.preload)
-    wait_started()
-    if options.models_dir is not None:
-        # $ZEEKML_TORCH_THREADS / $OMP_NUM_THREADS when set; never a count chosen from the load,
-        # which would move the MoE's last bits with it (_core.device.configure_torch_if_asked)
-        configure_torch_if_asked()
+    # with learned detectors every detector featurises the same tables: share what they
+    # compute of each (features.table_memo) while they fit and score, and compute the part
+    # that needs no model now, while the background thread still imports torch and
+    # scikit-learn (``prepare``)
+    shared = table_memo.scope if options.models_dir is not None else contextlib.nullcontext
     rows = None
     if baseline is None:
         rows = options.baseline_rows(spill.ts) if spill.num_rows else None
@@ -458,18 +458,34 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
         baseline = spill.take(rows) if rows is not None else spill.table()
     summary.baseline_records = baseline.num_rows + (extra.num_rows if extra is not None else 0)
     if spill.num_rows == 0:
+        wait_started()
         on_chunk(score_batch(CONN_SCHEMA.empty_table(), FittedDetectors([], {}, options.fpr)))
         return TriageBaseline.of(baseline)
+    with shared():
+        prepare([baseline] if spill.spilled else [baseline, spill.table()])
+        # the libraries of the detectors were imported in the background while the input was
+        # read (score_paths): this thread imports none of them before they are in
+        # (_core.preload)
+        wait_started()
+        if options.models_dir is not None:
+            # $ZEEKML_TORCH_THREADS / $OMP_NUM_THREADS when set; never a count chosen from the
+            # load, which would move the MoE's last bits with it
+            # (_core.device.configure_torch_if_asked)
+            configure_torch_if_asked()
+        if not spill.spilled:
+            # one chunk: fit_calibrate scores the per-conn detectors once over the whole input
+            # and takes the calibration scores from that (``fit_calibrate``'s reuse)
+            table = spill.table()
+            raw: dict[str, np.ndarray] = {}
+            fitted = fit_calibrate(baseline, options, summary,
+                                   scored=table if rows is not None else None, rows=rows, raw=raw,
+                                   fit_extra=extra, on_step=on_step)
+            batch = score_batch(table, fitted, raw, on_step=on_step)
+        else:
+            fitted = fit_calibrate(baseline, options, summary, fit_extra=extra, on_step=on_step)
     if not spill.spilled:
-        # one chunk: fit_calibrate scores the per-conn detectors once over the whole input and
-        # takes the calibration scores from that (``fit_calibrate``'s reuse)
-        table = spill.table()
-        raw: dict[str, np.ndarray] = {}
-        fitted = fit_calibrate(baseline, options, summary, scored=table if rows is not None else None,
-                               rows=rows, raw=raw, fit_extra=extra, on_step=on_step)
-        on_chunk(score_batch(table, fitted, raw, on_step=on_step))
+        on_chunk(batch)          # rendered and written once the shared features are dropped
         return TriageBaseline.of(baseline)
-    fitted = fit_calibrate(baseline, options, summary, fit_extra=extra, on_step=on_step)
     kept = TriageBaseline.of(baseline)
     del baseline, extra    # the chunks are scored without them (see TriageBaseline)
     back, fwd = horizons(fitted)
@@ -479,5 +495,24 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
         before_rows, after_rows = context_rows(spill.ts, start, stop, back, fwd)
         before = [spill.take(before_rows)] if len(before_rows) else []
         after = [spill.take(after_rows)] if len(after_rows) else []
-        on_chunk(score_in_context(spill.chunk(i), fitted, before, after))
+        with shared():
+            batch = score_in_context(spill.chunk(i), fitted, before, after)
+        on_chunk(batch)
     return kept
+
+
+def prepare(tables: list[pa.Table]) -> None:
+    """Featurise ``tables`` as far as no model is needed, into the open ``table_memo`` scope
+    (nothing outside one): each table's flow features that depend on the conn alone, its
+    host-history index and host-sequence steps (``features.flow_features.prepare``,
+    ``features.modality.prepare``), which the IsolationForest, the GNN, the autoencoder and
+    the token models read later. ``score_spilled`` calls it before waiting for the background
+    imports, so this work runs while they do instead of after them."""
+    if not table_memo.active():
+        return
+    # imported here: --no-models never reads host sequences (10 ms at every start otherwise)
+    from zeekml.features import modality
+
+    for t in tables:
+        flow_features.prepare(t)
+        modality.prepare(t)

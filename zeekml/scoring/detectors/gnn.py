@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from zeekml._core.errors import ModelError
+from zeekml.features import table_memo
 from zeekml.features.flow_features import FlowFeaturizer
 from zeekml.features.graph import GRAPH_SCHEMA_VERSION, FlowGraphBuilder, GraphConfig
 from zeekml.scoring.detectors.base import load_checked, torch_module
@@ -36,9 +37,11 @@ def service_columns(featurizer: FlowFeaturizer) -> np.ndarray:
     return np.array([i for i, n in enumerate(names) if n.startswith(("service_", "resp_p_"))], dtype=np.int64)
 
 
-def featurize(featurizer: FlowFeaturizer, table: pa.Table, hide_service: bool) -> np.ndarray:
-    """Scaled flow features; with ``hide_service`` the service and port columns are zero."""
-    x = featurizer.transform(table)
+def featurize(featurizer: FlowFeaturizer, table: pa.Table, hide_service: bool,
+              rows: np.ndarray | None = None) -> np.ndarray:
+    """Scaled flow features (of ``rows`` only, when given); with ``hide_service`` the service
+    and port columns are zero."""
+    x = featurizer.transform(table, rows)
     if hide_service and not featurizer.hide_service:
         x[:, service_columns(featurizer)] = 0.0
     return x
@@ -63,9 +66,10 @@ class GNNBundle:
         """A graph builder with this model's windows."""
         return FlowGraphBuilder(self.graph)
 
-    def features(self, table: pa.Table) -> np.ndarray:
-        """Scaled flow features of ``table`` as the model was trained on them."""
-        return featurize(self.featurizer, table, self.hide_service)
+    def features(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+        """Scaled flow features of ``table`` (of its ``rows`` only) as the model was trained on
+        them."""
+        return featurize(self.featurizer, table, self.hide_service, rows)
 
 
 def config_schema(config: dict) -> int | None:
@@ -123,6 +127,7 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
     out = np.zeros((table.num_rows, model.cfg.hidden), dtype=np.float32)
     builder = bundle.builder()
     keep = None
+    whole = table
     if rows is not None:
         rows = np.unique(np.asarray(rows, dtype=np.int64))
         if len(rows) == 0:
@@ -133,7 +138,10 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
             rows = np.searchsorted(keep, rows)
         else:
             keep = None
-    x = bundle.features(table)
+    # in a table_memo scope the whole table's flow features are shared with the other
+    # detectors: take the neighbourhood's rows of them (a conn's features are its own)
+    x = (bundle.features(whole, keep) if keep is not None and table_memo.active()
+         else bundle.features(table))
     with torch.inference_mode():
         for g in builder.iter_graphs(table, x, rows):
             xs = g.x_dict if rows is None else pad_nodes(g.x_dict)

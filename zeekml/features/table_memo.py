@@ -1,0 +1,100 @@
+"""Featurisation of one conn table computed once while a scope is open, shared by every
+featuriser that asks for it.
+
+``zeekml score`` fits and scores three learned detectors and the IsolationForest on the same two
+tables (the baseline, the input) inside ``fit_calibrate``, and each featuriser used to start
+again from the columns: the raw flow features of each table three times (IsolationForest, GNN,
+autoencoder quantities), the host-history index and the per-conn host steps and token fields
+once per model and per call (a piece of rows re-derived them over the whole table). Inside a
+``scope()`` each of those is computed once per table object and handed out again, bit for bit
+what the featuriser computes without it (tests/unit/features/test_table_memo.py).
+
+The scope also lets ``zeekml score`` compute these before the models exist: none of them needs
+torch or a model's config, so the pipeline builds them for the baseline and the input while the
+background thread still imports torch and scikit-learn (``zeekml.pipeline.chunked``,
+``prepare``).
+
+Outside a scope nothing is kept (watch, dask workers, tests and training featurise as always).
+Entries are keyed by the table object (held through a weak reference, so the memo never keeps a
+table alive, and a new table at a recycled ``id`` is never served another's results) and a key
+naming the computation; arrays handed out are read-only, so a caller that wrote into one would
+fail at once instead of changing what the next featuriser gets.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Hashable, Iterator
+from typing import TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+T = TypeVar("T")
+
+
+class TableMemo:
+    """Results per (table object, key). See the module docstring."""
+
+    def __init__(self) -> None:
+        self._tables: dict[int, tuple[weakref.ref, dict[Hashable, object]]] = {}
+
+    def get(self, table: pa.Table, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()`` for ``(table, key)``, computed on the first call and remembered."""
+        entry = self._tables.get(id(table))
+        if entry is None or entry[0]() is not table:
+            # a table seen for the first time, or a new one at a dead table's id
+            entry = (weakref.ref(table), {})
+            self._tables[id(table)] = entry
+        found = entry[1].get(key, _MISSING)
+        if found is _MISSING:
+            found = _read_only(compute())
+            entry[1][key] = found
+        return found   # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return sum(len(v) for ref, v in self._tables.values() if ref() is not None)
+
+
+_MISSING = object()
+_lock = threading.Lock()
+_active: list[TableMemo] = []
+
+
+def _read_only(value: T) -> T:
+    """``value`` with every numpy array in it (itself, or in a list/tuple) made read-only."""
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _read_only(v)
+    return value
+
+
+@contextlib.contextmanager
+def scope() -> Iterator[TableMemo]:
+    """Share featurisation per table until the block ends (nested scopes share the outer one's
+    memo); everything kept is dropped at the end."""
+    with _lock:
+        memo = _active[-1] if _active else TableMemo()
+        _active.append(memo)
+    try:
+        yield memo
+    finally:
+        with _lock:
+            _active.pop()
+
+
+def active() -> bool:
+    """Whether a ``scope()`` is open."""
+    return bool(_active)
+
+
+def memoised(table: pa.Table, key: Hashable, compute: Callable[[], T]) -> T:
+    """``compute()``, shared for ``(table, key)`` while a ``scope()`` is open (computed each
+    call otherwise)."""
+    memo = _active[-1] if _active else None
+    if memo is None:
+        return compute()
+    return memo.get(table, key, compute)
