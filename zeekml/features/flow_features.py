@@ -163,36 +163,17 @@ class FlowFeaturizer:
         """The raw (unscaled) features of ``table`` (of its ``rows`` only, when given), one
         float64 ``[n]`` array per feature.
 
-        The features that depend on the conn alone (all but the services, which depend on this
-        featuriser's ``services``) are shared by every featuriser of the table while a
-        ``table_memo.scope`` is open: the IsolationForest, the GNN and the autoencoder's
-        quantities read the same ones, so a table's are computed once, ``rows`` of them taken
-        from the whole table's. Outside a scope ``rows`` are featurised alone."""
+        What they are made of (``FlowParts``: the numbers, missing flags and the codes of the
+        string columns) is shared by every featuriser of the table while a ``table_memo.scope``
+        is open: the IsolationForest, the GNN and the autoencoder's quantities read the same
+        conns, so a table's parts are computed once and ``rows`` of them taken from the whole
+        table's. Outside a scope ``rows`` are featurised alone."""
+        if rows is not None and not table_memo.active():
+            table, rows = table.take(pa.array(np.asarray(rows, dtype=np.int64), pa.int64())), None
+        parts = table_memo.memoised(table, ("flow_parts", SCHEMA_VERSION), lambda: FlowParts.of(table))
         if rows is not None:
-            rows = np.asarray(rows, dtype=np.int64)
-            if not table_memo.active():
-                table, rows = table.take(pa.array(rows, pa.int64())), None
-        feats = list(table_memo.memoised(table, ("flow_columns", SCHEMA_VERSION),
-                                         lambda: shared_columns(table)))
-        if not self.hide_service:
-            feats += table_memo.memoised(table, ("flow_service", SCHEMA_VERSION, tuple(self.services)),
-                                         lambda: self._service_columns(table))
-        return feats if rows is None else [c[rows] for c in feats]
-
-    def _service_columns(self, table: pa.Table) -> list[np.ndarray]:
-        """The service and responder-port features of ``table`` (``services`` one-hots, other,
-        none, the port buckets), float64 ``[n]`` each."""
-        feats = []
-        svc, svc_code = _distinct(table, "service")
-        hot = _one_hot(svc, tuple(self.services))
-        feats += [col[svc_code] for col in hot[:-1]]
-        feats.append((hot[-1] * (svc != ""))[svc_code])      # other
-        feats.append((svc == "").astype(np.float64)[svc_code])  # none
-        port, port_missing = _num(table, "id.resp_p")
-        feats.append(((port < 1024) & ~port_missing).astype(np.float64))
-        feats.append(((port >= 1024) & (port < 49152)).astype(np.float64))
-        feats.append((port >= 49152).astype(np.float64))
-        return feats
+            parts = parts.take(np.asarray(rows, dtype=np.int64))
+        return parts.columns(None if self.hide_service else tuple(self.services))
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -211,38 +192,90 @@ class FlowFeaturizer:
 
 
 def prepare(table: pa.Table) -> None:
-    """Compute ``table``'s shared flow features into the open ``table_memo`` scope now (a
-    no-op outside one), so that the featurisers that ask later find them."""
+    """Compute ``table``'s ``FlowParts`` into the open ``table_memo`` scope now (a no-op outside
+    one), so that the featurisers that ask later find them."""
     if table_memo.active():
-        table_memo.memoised(table, ("flow_columns", SCHEMA_VERSION), lambda: shared_columns(table))
+        table_memo.memoised(table, ("flow_parts", SCHEMA_VERSION), lambda: FlowParts.of(table))
 
 
-def shared_columns(table: pa.Table) -> list[np.ndarray]:
-    """The flow features of every conn of ``table`` that depend on the conn alone (not on a
-    featuriser's fitted services), one float64 ``[n]`` array each, in ``feature_names`` order:
-    the numbers' logs, the ratios, the missing flags, proto, conn_state and history."""
-    cols, miss = {}, {}
-    for name in NUMERIC:
-        cols[name], miss[name] = _num(table, name)
-    feats = [np.log1p(cols[name]) for name in NUMERIC]
-    opk, rpk = cols["orig_pkts"], cols["resp_pkts"]
-    feats.append(np.log1p(cols["orig_bytes"] / np.maximum(opk, 1)))
-    feats.append(np.log1p(cols["resp_bytes"] / np.maximum(rpk, 1)))
-    feats.append(np.log1p(cols["resp_bytes"] / np.maximum(cols["orig_bytes"], 1)))
-    overhead = (cols["orig_ip_bytes"] + cols["resp_ip_bytes"] - cols["orig_bytes"] - cols["resp_bytes"])
-    feats.append(np.log1p(np.maximum(overhead, 0) / np.maximum(opk + rpk, 1)))
-    feats += [miss[name].astype(np.float64) for name in NUMERIC]
-    # String features are computed once per distinct value (Arrow dictionary encoding) and
-    # indexed by each row's code: a log has few distinct protos, states, histories, services.
-    proto, proto_code = _distinct(table, "proto")
-    feats += [col[proto_code] for col in _one_hot(proto, PROTOS)]
-    state, state_code = _distinct(table, "conn_state")
-    feats += [col[state_code] for col in _one_hot(state, CONN_STATES)]
-    hist, hist_code = _distinct(table, "history")
-    for c in HISTORY_LETTERS:
-        feats.append(np.fromiter((h.count(c) for h in hist), dtype=np.float64, count=len(hist))[hist_code])
-    feats.append(np.fromiter((len(h) for h in hist), dtype=np.float64, count=len(hist))[hist_code])
-    return feats
+@dataclass
+class FlowParts:
+    """What a conn table's flow features are made of, before any featuriser's services: the
+    float64 features that are numbers (``NUMBERS``: the log sizes and counts, the ratios), the
+    missing flags, and the distinct values and per-conn codes of proto, conn_state, history
+    and service, the responder port. Kept per table while a ``table_memo`` scope is open: the
+    one-hot and flag columns (most of the 81) are expanded from codes per call, so the memo
+    holds ~150 bytes a conn instead of 650 (every column as float64).
+
+    Shapes (``n`` conns): ``numbers`` 12 x ``[n]`` float64, ``missing`` 8 x ``[n]`` bool,
+    ``*_code`` ``[n]`` int64, ``port`` ``[n]`` float64, ``port_missing`` ``[n]`` bool.
+    """
+
+    numbers: list[np.ndarray]
+    missing: list[np.ndarray]
+    proto: np.ndarray
+    proto_code: np.ndarray
+    state: np.ndarray
+    state_code: np.ndarray
+    history: np.ndarray
+    history_code: np.ndarray
+    service: np.ndarray
+    service_code: np.ndarray
+    port: np.ndarray
+    port_missing: np.ndarray
+
+    @classmethod
+    def of(cls, table: pa.Table) -> "FlowParts":
+        """The parts of every conn of ``table``."""
+        cols, miss = {}, {}
+        for name in NUMERIC:
+            cols[name], miss[name] = _num(table, name)
+        feats = [np.log1p(cols[name]) for name in NUMERIC]
+        opk, rpk = cols["orig_pkts"], cols["resp_pkts"]
+        feats.append(np.log1p(cols["orig_bytes"] / np.maximum(opk, 1)))
+        feats.append(np.log1p(cols["resp_bytes"] / np.maximum(rpk, 1)))
+        feats.append(np.log1p(cols["resp_bytes"] / np.maximum(cols["orig_bytes"], 1)))
+        overhead = (cols["orig_ip_bytes"] + cols["resp_ip_bytes"] - cols["orig_bytes"] - cols["resp_bytes"])
+        feats.append(np.log1p(np.maximum(overhead, 0) / np.maximum(opk + rpk, 1)))
+        # String features are computed once per distinct value (Arrow dictionary encoding) and
+        # indexed by each row's code: a log has few distinct protos, states, histories, services.
+        proto, proto_code = _distinct(table, "proto")
+        state, state_code = _distinct(table, "conn_state")
+        hist, hist_code = _distinct(table, "history")
+        svc, svc_code = _distinct(table, "service")
+        port, port_missing = _num(table, "id.resp_p")
+        return cls(feats, [miss[name] for name in NUMERIC], proto, proto_code, state, state_code,
+                   hist, hist_code, svc, svc_code, port, port_missing)
+
+    def take(self, rows: np.ndarray) -> "FlowParts":
+        """The parts of ``rows`` (the distinct values stay whole)."""
+        return FlowParts([x[rows] for x in self.numbers], [m[rows] for m in self.missing],
+                         self.proto, self.proto_code[rows], self.state, self.state_code[rows],
+                         self.history, self.history_code[rows], self.service,
+                         self.service_code[rows], self.port[rows], self.port_missing[rows])
+
+    def columns(self, services: tuple[str, ...] | None) -> list[np.ndarray]:
+        """The raw features, one float64 ``[n]`` array each in ``feature_names`` order, with
+        ``services`` one-hot (None: ``hide_service``, no service or port columns)."""
+        feats = list(self.numbers)
+        feats += [m.astype(np.float64) for m in self.missing]
+        feats += [col[self.proto_code] for col in _one_hot(self.proto, PROTOS)]
+        feats += [col[self.state_code] for col in _one_hot(self.state, CONN_STATES)]
+        hist, code = self.history, self.history_code
+        for c in HISTORY_LETTERS:
+            feats.append(np.fromiter((h.count(c) for h in hist), dtype=np.float64, count=len(hist))[code])
+        feats.append(np.fromiter((len(h) for h in hist), dtype=np.float64, count=len(hist))[code])
+        if services is not None:
+            svc, code = self.service, self.service_code
+            hot = _one_hot(svc, services)
+            feats += [col[code] for col in hot[:-1]]
+            feats.append((hot[-1] * (svc != ""))[code])      # other
+            feats.append((svc == "").astype(np.float64)[code])  # none
+            port, port_missing = self.port, self.port_missing
+            feats.append(((port < 1024) & ~port_missing).astype(np.float64))
+            feats.append(((port >= 1024) & (port < 49152)).astype(np.float64))
+            feats.append((port >= 49152).astype(np.float64))
+        return feats
 
 
 def _one_hot(values: np.ndarray, vocab: tuple[str, ...]) -> list[np.ndarray]:

@@ -23,6 +23,7 @@ fail at once instead of changing what the next featuriser gets.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterator
@@ -63,12 +64,16 @@ _active: list[TableMemo] = []
 
 
 def _read_only(value: T) -> T:
-    """``value`` with every numpy array in it (itself, or in a list/tuple) made read-only."""
+    """``value`` with every numpy array in it (itself, in a list or tuple, in a dataclass's
+    fields) made read-only."""
     if isinstance(value, np.ndarray):
         value.flags.writeable = False
     elif isinstance(value, (list, tuple)):
         for v in value:
             _read_only(v)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            _read_only(getattr(value, f.name))
     return value
 
 

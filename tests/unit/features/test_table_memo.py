@@ -127,17 +127,17 @@ def test_host_history_in_a_scope_keeps_every_table(real):
 def test_prepare_fills_the_scope_so_featurisers_find_it(real, monkeypatch):
     mf = ModalityFeaturizer(seq_source="host", skipgram=SkipGramConfig(dim=8, epochs=1)).fit(real)
     calls = {"flow": 0, "steps": 0}
-    shared, steps = flow_features.shared_columns, modality.host_steps
+    parts_of, steps = flow_features.FlowParts.of, modality.host_steps
 
     def counted_flow(t):
         calls["flow"] += 1
-        return shared(t)
+        return parts_of(t)
 
     def counted_steps(t, h):
         calls["steps"] += 1
         return steps(t, h)
 
-    monkeypatch.setattr(flow_features, "shared_columns", counted_flow)
+    monkeypatch.setattr(flow_features.FlowParts, "of", staticmethod(counted_flow))
     monkeypatch.setattr(modality, "host_steps", counted_steps)
     prepare([real])                                   # outside a scope: nothing is done
     assert calls == {"flow": 0, "steps": 0}
@@ -147,3 +147,12 @@ def test_prepare_fills_the_scope_so_featurisers_find_it(real, monkeypatch):
         mf.transform(real, rows=rows_of(real))
         FlowFeaturizer().fit(real)
         assert calls == {"flow": 1, "steps": 1}
+
+
+def test_the_flow_parts_kept_are_a_fraction_of_the_columns(real):
+    parts = flow_features.FlowParts.of(real)
+    kept = sum(a.nbytes for a in parts.numbers + parts.missing) + sum(
+        getattr(parts, n).nbytes for n in ("proto_code", "state_code", "history_code",
+                                          "service_code", "port", "port_missing"))
+    cols = FlowFeaturizer().fit(real)._raw(real)
+    assert kept < cols.nbytes / 3
