@@ -32,11 +32,12 @@ Usage (numbers and plots in docs/results/detection.md)::
     OMP_NUM_THREADS=1 python bench/detect_eval.py --out docs/results
     OMP_NUM_THREADS=1 python bench/detect_eval.py --no-models --out /tmp/x   # IsolationForest only
     OMP_NUM_THREADS=1 python bench/detect_eval.py --seed 1 --out /tmp/de1 --scores /tmp/de1/scores
+    python bench/detect_eval.py --markdown docs/results/detection.json      # the doc's tables
 
 ``--scores DIR`` keeps each capture's and setting's per-conn scores and labels
 (``save_scores``) for ``bench/combine_eval.py``, which evaluates rules for combining the
-detectors offline; ``--seed`` draws the baseline's fit/calibration halves, the held-out third
-and the IsolationForest.
+detectors offline; ``--seed`` draws the held-out third of the clean baseline
+and seeds the IsolationForests.
 
 ``--max-conns N`` keeps each capture's earliest N conns by time (a quicker run; say so when
 quoting it). Reads ``$ZEEKML_DATA`` (default ``../shared/data``); never reads the holdout.
@@ -61,8 +62,8 @@ from eval_data import DATA, FILES  # noqa: E402
 from zeekml._core.errors import ZeekmlError  # noqa: E402
 from zeekml.features.flow_features import FlowFeaturizer  # noqa: E402
 from zeekml.flows.select import earliest_rows, ts_sort_key  # noqa: E402
-from zeekml.pipeline.fitted import (_split_fit_calibrate, baseline_infection,  # noqa: E402
-                                    build_detectors, check_baseline_size, is_known_bad)
+from zeekml.pipeline.fitted import (baseline_infection, build_detectors,  # noqa: E402
+                                    calibration_scores, check_baseline_size, is_known_bad)
 from zeekml.pipeline.options import ScoreOptions  # noqa: E402
 from zeekml.scoring.calibrate import CUT_RULE, ThresholdCalibrator, calibrate_with_cuts  # noqa: E402
 from zeekml.train.data import labels_of, load_conns  # noqa: E402
@@ -136,7 +137,7 @@ def save_scores(path: str, y: np.ndarray, cal: dict, test: dict, hold: dict,
 def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions,
              gbt_p: np.ndarray, heldout: bool = False, classifiers: tuple[str, ...] = (),
              save: str | None = None) -> dict:
-    """Fit the detectors on ``base`` (one half; calibrate on the other), score ``scored``; with
+    """Fit the detectors on ``base`` and calibrate on it out of sample, score ``scored``; with
     ``heldout``, a random third of ``base`` is held out first and its alert rate measured.
     ``save``: an ``.npz`` path for the per-conn scores (``save_scores``)."""
     from sklearn.ensemble import IsolationForest
@@ -152,9 +153,8 @@ def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions
         held, keep = np.sort(perm[: base.num_rows // 3]), np.sort(perm[base.num_rows // 3:])
         held_t, base = base.take(pa.array(held)), base.take(pa.array(keep))
         out["heldout_clean_conns"] = len(held)
-    fit_idx, cal_idx = _split_fit_calibrate(base.num_rows, opts.seed)
     try:
-        out["baseline_warning"] = check_baseline_size(len(cal_idx), opts.fpr)
+        out["baseline_warning"] = check_baseline_size(base.num_rows, opts.fpr)
     except ZeekmlError as e:   # zeekml would refuse this run; the numbers are still measured
         out["baseline_warning"] = "REFUSED: " + e.message
     dets = build_detectors(opts.detectors, opts.seed, opts.models_dir, opts.device)
@@ -162,18 +162,12 @@ def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions
         from zeekml.scoring.registry import classifier_detector
 
         dets += [classifier_detector(d, opts.device) for d in classifiers]
-    cal_t, fit_t = base.take(pa.array(cal_idx)), base.take(pa.array(fit_idx))
     cal, test, per, hold = {}, {}, {}, {}
     for det in dets:
         t0 = time.perf_counter()
-        split = getattr(det, "fit_split", None)
-        if split is not None:
-            # as zeekml fits a learned detector (``pipeline.fitted.fit_calibrate``): the whole
-            # baseline embedded once, fitted on one half's embeddings, calibrated on the other's
-            cal[det.name] = np.asarray(split(base, fit_idx, cal_idx)[0], dtype=np.float64)
-        else:
-            det.fit(fit_t)
-            cal[det.name] = np.asarray(det.score(cal_t), dtype=np.float64)
+        # as zeekml fits and calibrates (``pipeline.fitted.fit_calibrate``): fitted on the whole
+        # baseline, each baseline conn scored out of sample
+        cal[det.name] = np.asarray(calibration_scores([det], base)[0][det.name], dtype=np.float64)
         test[det.name] = np.asarray(det.score(scored), dtype=np.float64)
         if len(held):
             hold[det.name] = np.asarray(det.score(held_t), dtype=np.float64)
@@ -374,9 +368,53 @@ def plot(results: dict, out_dir: str) -> list[str]:
     return paths
 
 
+def _f(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(results: dict) -> str:
+    """The tables docs/results/detection.md quotes, from a run's ``detection.json``."""
+    caps = results["captures"]
+    names = sorted(next(iter(caps.values()))["deployment"]["detectors"])
+    out = []
+    for setting in ("deployment", "archive"):
+        out.append(f"### {setting}: AUROC / AP\n")
+        base = "baseline conns" + (" (malicious)" if setting == "archive" else "")
+        out.append(f"| capture | {base} | scored malicious / benign | " + " | ".join(names)
+                   + " | combined | plain IF | GBT |")
+        out.append("|---" * (5 + len(names)) + "|---|")
+        for cap in sorted(caps):
+            r = caps[cap][setting]
+            comb = r["calibration"]["combined"]["combined"]
+            n = f"{r['baseline_conns']:,}" + (f" ({r['baseline_malicious']:,})" if setting == "archive" else "")
+            cells = [f"{_f(r['detectors'][k]['auroc'])} / {_f(r['detectors'][k]['ap'])}" for k in names]
+            out.append(f"| {cap} | {n} | {r['scored_malicious']:,} / {r['scored_benign']:,} | " + " | ".join(cells)
+                       + f" | {_f(comb['auroc'])} / {_f(comb['ap'])} | {_f(r['plain_iforest']['auroc'])} / "
+                       f"{_f(r['plain_iforest']['ap'])} | {_f(r['gbt']['auroc'])} / {_f(r['gbt']['ap'])} |")
+        out.append(f"\n### {setting}: alerts (combined calibration; GBT at p >= 0.5)\n")
+        out.append("| capture | q | alerts | precision | recall | false-alert rate on benign scored conns | "
+                   "held-out clean conns alerted | false alerts / host / day | GBT precision / recall | "
+                   "union bound: precision / recall / benign rate |")
+        out.append("|---" * 10 + "|")
+        for cap in sorted(caps):
+            r = caps[cap][setting]
+            c, u, g = r["calibration"]["combined"], r["calibration"]["union_bound"], r["gbt"]
+            out.append(f"| {cap} | {c['per_detector_quantile']:.4f} | {c['alerts']:,} | {_f(c['precision'])} | "
+                       f"{_f(c['recall'])} | {_f(c['benign_alert_rate'], 4)} | "
+                       f"{_f(c.get('heldout_clean_alert_rate'), 4)} | {_f(c['false_alerts_per_host_day'], 2)} | "
+                       f"{_f(g['precision'])} / {_f(g['recall'])} | {_f(u['precision'])} / {_f(u['recall'])} / "
+                       f"{_f(u['benign_alert_rate'], 4)} |")
+        p, g, u = (results["pooled"][f"{setting}/{k}"] for k in ("combined", "gbt", "union_bound"))
+        out.append(f"| **pooled** | | | **{_f(p['precision'])}** | **{_f(p['recall'])}** | "
+                   f"{_f(p['benign_alert_rate'], 4)} | {_f(p.get('heldout_clean_alert_rate'), 4)} | | "
+                   f"{_f(g['precision'])} / {_f(g['recall'])} | {_f(u['precision'])} / {_f(u['recall'])} / "
+                   f"{_f(u['benign_alert_rate'], 4)} |\n")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="directory for detection.json and the PNGs")
+    ap.add_argument("--out", help="directory for detection.json and the PNGs (required but with --markdown)")
     ap.add_argument("--captures", nargs="+", default=CAPTURES, choices=CAPTURES)
     ap.add_argument("--fpr", type=float, default=0.01)
     ap.add_argument("--clean-share", type=float, default=0.5,
@@ -389,7 +427,15 @@ def main() -> None:
     ap.add_argument("--scores", default=None, metavar="DIR",
                     help="save each capture's and setting's per-conn scores and labels here "
                          "(CAPTURE.SETTING.npz; save_scores) for bench/combine_eval.py")
+    ap.add_argument("--markdown", metavar="JSON", default=None,
+                    help="print the tables of a run's detection.json as Markdown, and exit")
     args = ap.parse_args()
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown(json.load(f)))
+        return
+    if not args.out:
+        ap.error("--out is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("zeekml").setLevel(logging.WARNING)
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 deployment setting gives it AUROC ~0.5 there, 0.94-0.999 elsewhere).
 
 Setting as ``detect_eval.py``'s deployment one (no held-out third): the baseline is the benign
-conns among the capture's earliest 50% by time, fitted on one half (``_split_fit_calibrate``);
+conns among the capture's earliest 50% by time, fitted on all of it (as ``zeekml score``);
 the rest is scored. Then the same conns scored in other graph contexts:
 
 - benign and malicious scored conns each embedded in a table of their own class only;
@@ -29,7 +29,6 @@ sys.path.insert(0, HERE)
 from detect_eval import CAPTURES, load  # noqa: E402
 
 from zeekml.flows.select import earliest_rows, ts_sort_key  # noqa: E402
-from zeekml.pipeline.fitted import _split_fit_calibrate  # noqa: E402
 from zeekml.scoring.detectors.gnn import embed_rows  # noqa: E402
 from zeekml.scoring.detectors.reference import knn_distance  # noqa: E402
 from zeekml.scoring.registry import get_kind  # noqa: E402
@@ -57,7 +56,7 @@ def main() -> None:
                .most_common(3) for c in ("id.orig_h", "id.resp_p", "proto")}
         print(f"{name}: {len(rows)} conns {col}")
     base = t.take(pa.array(clean))
-    fit_idx, _ = _split_fit_calibrate(base.num_rows, 0)
+    fit_idx = np.arange(base.num_rows)          # zeekml fits on the whole baseline
     det = get_kind("gnn").detector(os.path.join(ROOT, "models", "gnn-base"))
     det.fit(base.take(pa.array(fit_idx)))
     s = det.score(t.take(pa.array(rest)))

@@ -97,7 +97,9 @@ def deployment_split(table: pa.Table, y: np.ndarray, share: float) -> tuple[np.n
 
 
 def fit_half(n: int, seed: int) -> np.ndarray:
-    """The rows of the baseline a detector is fitted on (``pipeline.fitted._split_fit_calibrate``)."""
+    """A random half of the baseline, the rows a detector is fitted on here (zeekml fitted on
+    such a half, and calibrated on the other, before it fitted and calibrated on the whole
+    baseline out of sample: ``pipeline.fitted.calibration_scores``)."""
     idx = np.random.default_rng(seed).permutation(n)
     return idx if n < 200 else np.sort(idx[:n // 2])
 

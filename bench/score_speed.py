@@ -432,7 +432,6 @@ def learned_ab(log_dir: str, commit: str, rounds: int) -> dict:
     from zeekml.flows.select import ts_sort_key
     from zeekml.parse import Quarantine
     from zeekml.pipeline import ScoreSummary, load_conns
-    from zeekml.pipeline.fitted import _split_fit_calibrate
     from zeekml.pipeline.options import ScoreOptions
     from zeekml.scoring.detectors.mae import MAEDetector
     from zeekml.scoring.registry import load_model_detectors
@@ -444,7 +443,8 @@ def learned_ab(log_dir: str, commit: str, rounds: int) -> dict:
     opts = ScoreOptions()
     rows = opts.baseline_rows(ts_sort_key(table))
     baseline = table.take(pa.array(rows))
-    fit_idx, cal_idx = _split_fit_calibrate(baseline.num_rows, opts.seed)
+    # fitted and calibrated on every baseline conn, as zeekml does (pipeline.fitted.calibration_scores)
+    fit_idx = cal_idx = np.arange(baseline.num_rows, dtype=np.int64)
     fit_t, cal_t = baseline.take(pa.array(fit_idx)), baseline.take(pa.array(cal_idx))
     dets = {d.name: d for d in load_model_detectors("", "cpu")}
     gnn_new, mae_loaded = dets["gnn"], dets["mae"].loaded

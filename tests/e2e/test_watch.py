@@ -21,6 +21,9 @@ from zeekml.pipeline import Watcher, WatchOptions
 HERE = os.path.dirname(__file__)
 REAL_CONN = os.path.join(HERE, "..", "data", "real", "zat", "data", "conn.log")
 REAL_JSON = os.path.join(HERE, "..", "data", "real", "zat", "data", "json", "conn.log")
+# REAL_CONN scored with itself as the baseline is scored in sample: at the default --fpr 0.001
+# no conn passes thresholds set on its out-of-bag scores; at 0.02 a few alert
+FPR = ["--fpr", "0.02"]
 
 
 def _watch_once(root, out, baseline=None, **kw):
@@ -57,16 +60,16 @@ def test_live_verdicts_equal_batch_verdicts_on_a_real_log(tmp_path):
         f.write(data[:cut])
     res = r.invoke(main, ["watch", str(root), "--out", str(tmp_path / "live"), "--once",
                           "--baseline", REAL_CONN, "--window-records", "50", "--quiet", "--no-models",
-                          "--conn-notices"])
+                          "--conn-notices", *FPR])
     assert res.exit_code == 0, res.output
     with open(live, "ab") as f:
         f.write(data[cut:])
     res = r.invoke(main, ["watch", str(root), "--out", str(tmp_path / "live"), "--once",
                           "--baseline", REAL_CONN, "--window-records", "50", "--quiet", "--no-models",
-                          "--conn-notices"])
+                          "--conn-notices", *FPR])
     assert res.exit_code == 0, res.output
     res = r.invoke(main, ["score", REAL_CONN, "--out", str(tmp_path / "batch"),
-                          "--baseline", REAL_CONN, "--no-progress", "--no-models", "--conn-notices"])
+                          "--baseline", REAL_CONN, "--no-progress", "--no-models", "--conn-notices", *FPR])
     assert res.exit_code == 0, res.output
     live_v, batch_v = _verdict_lines(tmp_path / "live"), _verdict_lines(tmp_path / "batch")
     assert len(live_v) == 360
@@ -219,7 +222,7 @@ def test_cli_status_stats_file_and_zeek_feedback(tmp_path):
     out, fb = tmp_path / "out", tmp_path / "zeekml_verdicts.log"
     res = CliRunner().invoke(main, ["watch", str(root), "--out", str(out), "--once",
                                     "--baseline", REAL_CONN, "--zeek-feedback", str(fb),
-                                    "--status-seconds", "0.1", "--no-models", "--conn-notices"])
+                                    "--status-seconds", "0.1", "--no-models", "--conn-notices", *FPR])
     assert res.exit_code == 0, res.output
     assert "records/s" in res.output and "lag" in res.output and "quarantined" in res.output
     stats = json.loads((out / "stats.json").read_text())
@@ -289,3 +292,20 @@ def test_cli_sigterm_commits_a_final_checkpoint(tmp_path):
     assert set(counts) == all_uids(600) and max(counts.values()) == 1
     s = _watch_once(str(root), str(out), baseline, dedup_capacity=0)
     assert s.scored == 100
+
+
+def test_zeek_feedback_files_exist_before_the_first_alert(tmp_path):
+    """The Zeek package opens both input files when Zeek starts: watch writes them (header only)
+    at start, not at its first alert. REAL_CONN as its own baseline at the default --fpr raises
+    no alert."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    shutil.copy(REAL_CONN, root / "conn.log")
+    out, fb = tmp_path / "out", tmp_path / "zeekml_verdicts.log"
+    res = CliRunner().invoke(main, ["watch", str(root), "--out", str(out), "--once", "--baseline",
+                                    REAL_CONN, "--zeek-feedback", str(fb), "--no-models", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "stats.json").read_text())["alerts"] == 0
+    from zeekml.sinks.zeek_input import incident_feedback_path, read_verdict_file
+    assert read_verdict_file(fb)[1] == []
+    assert os.path.exists(incident_feedback_path(fb))

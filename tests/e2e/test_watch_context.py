@@ -66,13 +66,15 @@ def test_live_verdicts_with_learned_detectors_equal_batch_on_a_real_log(tmp_path
         pytest.skip("models/ not shipped")
     ref = str(tmp_path / "iot23.log")
     data = _iot23_head(ref)
+    # --fpr 0.02: the log is its own baseline, scored in sample; at the default 0.001 its
+    # thresholds sit above every conn and no alert would be compared
     r = CliRunner().invoke(main, ["score", ref, "--out", str(tmp_path / "batch"), "--baseline", ref,
-                                  "--models", MODELS, "--no-progress", "--conn-notices"])
+                                  "--models", MODELS, "--no-progress", "--conn-notices", "--fpr", "0.02"])
     assert r.exit_code == 0, r.output
 
     root, out = tmp_path / "logs", str(tmp_path / "live")
     root.mkdir()
-    opts = dict(score=ScoreOptions(baseline=[ref], models_dir=MODELS, conn_notices=True),
+    opts = dict(score=ScoreOptions(baseline=[ref], models_dir=MODELS, conn_notices=True, fpr=0.02),
                 window_records=40,
                 window_seconds=0.05, rescan_seconds=0.1, use_events=False, status_seconds=60,
                 context_lateness=500.0, dedup_capacity=0)

@@ -84,7 +84,7 @@ def test_score_window_renders_score_fitted():
 
 
 def _run(root, out, **kw):
-    opts = WatchOptions(score=ScoreOptions(baseline=[REAL_CONN], conn_notices=True), once=True,
+    opts = WatchOptions(score=ScoreOptions(baseline=[REAL_CONN], conn_notices=True, fpr=0.02), once=True,
                         rescan_seconds=0.2,
                         use_events=False, **kw)
     return Watcher(str(root), str(out), opts).run()

@@ -42,16 +42,6 @@ def build_detectors(names: list[str], seed: int, models_dir: str | None = None,
     return out
 
 
-def _split_fit_calibrate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fit on one half of the baseline and calibrate on the other, so the threshold is not set
-    on the very conns the model memorised (which would make it too low)."""
-    idx = np.random.default_rng(seed).permutation(n)
-    if n < 200:
-        return idx, idx
-    half = n // 2
-    return np.sort(idx[:half]), np.sort(idx[half:])
-
-
 # The baseline-size rule. With m calibration conns one conn is a share of 1/m, so a threshold
 # at the 1 - fpr quantile is resolved only when m * fpr >= 1; below that every detector's
 # threshold is its largest calibration score and the run alerts at about 1/m, whatever --fpr
@@ -64,27 +54,22 @@ WARN_BEYOND = 10.0
 BASELINE_OPTIONS = "--baseline, --baseline-fraction, --baseline-until or --baseline-range"
 
 
-def _conns_for(m_cal: float) -> int:
-    """Baseline conns that give ``m_cal`` calibration conns (the baseline is split in halves)."""
-    m = int(np.ceil(m_cal))
-    return m if m < 100 else 2 * m
-
-
 def check_baseline_size(n_calibration: int, fpr: float) -> str | None:
     """Refuse (``ZeekmlError``) a baseline whose ``n_calibration`` conns cannot resolve
     ``REFUSE_FACTOR * fpr``; return a warning when they resolve ``fpr`` with fewer than
-    ``WARN_BEYOND`` conns beyond the threshold; else None."""
+    ``WARN_BEYOND`` conns beyond the threshold; else None. Every baseline conn calibrates
+    (``calibration_scores``), so the baseline a message asks for is that many conns."""
     m = n_calibration
     min_fpr = 1.0 / max(m, 1)
     if min_fpr > REFUSE_FACTOR * fpr:
         raise ZeekmlError(
             f"the baseline is too small for --fpr {fpr:g}: its {m:,} calibration conns support "
             f"an FPR of {min_fpr:.2g} at the least; give a baseline of at least "
-            f"{_conns_for(1 / fpr):,} conns ({BASELINE_OPTIONS}) or raise --fpr to {min_fpr:.2g}")
+            f"{int(np.ceil(1 / fpr)):,} conns ({BASELINE_OPTIONS}) or raise --fpr to {min_fpr:.2g}")
     if m * fpr < WARN_BEYOND:
         return (f"baseline small for --fpr {fpr:g}: {m:,} calibration conns, {m * fpr:.2g} "
                 f"expected beyond the threshold (the smallest FPR they support is {min_fpr:.2g}); "
-                f"{_conns_for(WARN_BEYOND / fpr):,} baseline conns give a stable threshold")
+                f"{int(np.ceil(WARN_BEYOND / fpr)):,} baseline conns give a stable threshold")
     return None
 
 
@@ -167,22 +152,16 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
                   raw: dict[str, np.ndarray] | None = None,
                   fit_extra: pa.Table | None = None,
                   on_step: Callable[[str], None] | None = None) -> FittedDetectors:
-    """Fit each detector on one half of ``baseline`` and calibrate them together on the other
-    half, so that the combined alert rate there is ``options.fpr`` (``calibrate_combined``).
+    """Fit each detector on the whole ``baseline`` and calibrate them together on it, each
+    baseline conn scored out of sample (``calibration_scores``), so that the combined alert
+    rate there is ``options.fpr`` (``calibrate_combined``).
 
-    When the baseline is ``scored.take(rows)`` (drawn from the input), a per-conn detector
-    scores ``scored`` once: its calibration scores are taken from that and the scores are left
-    in ``raw`` for ``score_batch`` (identical numbers: a per-conn score depends on its row
-    alone). Detectors with a time context score the calibration half in the baseline's own
-    context, as for a ``--baseline`` file, so ``score`` and ``watch`` calibrate alike. Learned
-    detectors (``fit_split``) embed every baseline conn once, in the whole baseline's context
-    (not each half's, which holds every other conn of a host's history), fit on the fit half's
-    embeddings and calibrate on the other half's; with the baseline drawn from the input they
-    score ``scored`` in the same call, reusing the baseline conns' embeddings (left in ``raw``).
-
-    ``fit_extra``: conns a person labeled benign (``zeekml feedback``), fitted on beside the
-    fit half but never calibrated on: they were picked for being alerts, not drawn at random
-    from normal traffic, so in the calibration half they would bias the FPR estimate.
+    When the baseline is ``scored.take(rows)`` (drawn from the input), the detectors score
+    ``scored`` in the same pass and leave those scores in ``raw`` for ``score_batch``
+    (``calibration_scores``). ``fit_extra``: conns a person labeled benign (``zeekml
+    feedback``), fitted on beside the baseline but never calibrated on: they were picked for
+    being alerts, not drawn at random from normal traffic, so among the calibration conns they
+    would bias the FPR estimate.
 
     ``on_step(text)`` is told each step (fitting, scoring a detector) for a progress display.
 
@@ -198,21 +177,10 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
     """
     if baseline.num_rows == 0:
         raise ZeekmlError("the baseline holds no conn records to fit on")
-    fit_idx, cal_idx = _split_fit_calibrate(baseline.num_rows, options.seed)
-    warnings = [check_baseline_size(len(cal_idx), options.fpr)]
+    warnings = [check_baseline_size(baseline.num_rows, options.fpr)]
     detectors = build_detectors(options.detectors, options.seed, options.models_dir, options.device)
-    reuse = scored is not None and rows is not None and raw is not None
-    cal_scores: dict[str, np.ndarray] = {}
-    fit_table = baseline.take(pa.array(fit_idx))
-    if fit_extra is not None and fit_extra.num_rows:
-        fit_table = pa.concat_tables([fit_table, fit_extra.select(fit_table.column_names)],
-                                    promote_options="permissive")
-    step = on_step or (lambda text: None)
-    conn_seconds: dict[str, float] = {}
-    for det in detectors:
-        conn_seconds[det.name] = _fit_one(
-            det, baseline, fit_table, fit_idx, cal_idx, fit_extra, scored if reuse else None,
-            rows if reuse else None, raw, cal_scores, step)
+    cal_scores, conn_seconds = calibration_scores(detectors, baseline, fit_extra, scored, rows,
+                                                  raw, on_step)
     infection = baseline_infection(baseline, detectors)
     warnings.append(infection)
     cuts = {d.name: d.trained_cut for d in detectors
@@ -243,38 +211,90 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
                            used, conn_seconds)
 
 
-def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table, fit_idx: np.ndarray,
-             cal_idx: np.ndarray, fit_extra: pa.Table | None, scored: pa.Table | None,
-             rows: np.ndarray | None, raw: dict[str, np.ndarray] | None,
-             cal_scores: dict[str, np.ndarray], step: Callable[[str], None]) -> float:
-    """Fit ``det`` and put its calibration scores in ``cal_scores`` (``fit_calibrate``; with
-    ``scored``, its scores of ``scored`` in ``raw``); returns its CPU seconds per conn scored
-    (``FittedDetectors.conn_seconds``)."""
+def calibration_scores(detectors: list[Detector], baseline: pa.Table,
+                       fit_extra: pa.Table | None = None, scored: pa.Table | None = None,
+                       rows: np.ndarray | None = None, raw: dict[str, np.ndarray] | None = None,
+                       on_step: Callable[[str], None] | None = None,
+                       ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Fit every detector on every conn of ``baseline`` (and ``fit_extra``) and score each
+    baseline conn as a conn the detector was not fitted on: ``(scores per detector name, [m]
+    each; CPU seconds per conn scored per name, FittedDetectors.conn_seconds)``.
+
+    Out of sample, because a conn scores lower on a model fitted on it, and thresholds set on
+    such scores alert more than asked. Each detector says how: the learned ones compare a conn
+    with the other baseline conns (``fit_split`` with every conn in both roles: the kNN leaves
+    the conn out of its own neighbours), the IsolationForest scores a conn by the trees that did
+    not draw it (``oob_scores``), and a detector that learns nothing from the baseline
+    (``fits_baseline = False``: the known-bad classifiers) scores it as any conn. Fitting on the
+    whole baseline and calibrating on all of it (earlier: fit on one half, calibrate on the
+    other) gives the reference twice the conns and the thresholds twice the calibration conns
+    (docs/results/detection.md).
+
+    With ``scored`` and ``rows`` (``baseline = scored.take(rows)``) and ``raw``, each detector
+    scores ``scored`` in the same pass, into ``raw``: a learned detector reuses its baseline
+    conns' embeddings (``fit_split``), a per-conn one takes the baseline conns' plain scores
+    from it."""
+    reuse = scored is not None and rows is not None and raw is not None
+    fit_table = baseline
+    if fit_extra is not None and fit_extra.num_rows:
+        fit_table = pa.concat_tables([baseline, fit_extra.select(baseline.column_names)],
+                                    promote_options="permissive")
+    step = on_step or (lambda text: None)
+    every = np.arange(baseline.num_rows, dtype=np.int64)
+    cal_scores: dict[str, np.ndarray] = {}
+    conn_seconds: dict[str, float] = {}
+    for det in detectors:
+        conn_seconds[det.name] = _fit_one(det, baseline, fit_table, every, fit_extra,
+                                          scored if reuse else None, rows if reuse else None,
+                                          raw, cal_scores, step)
+    return cal_scores, conn_seconds
+
+
+def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table, every: np.ndarray,
+             fit_extra: pa.Table | None, scored: pa.Table | None, rows: np.ndarray | None,
+             raw: dict[str, np.ndarray] | None, cal_scores: dict[str, np.ndarray],
+             step: Callable[[str], None]) -> float:
+    """Fit ``det`` and put its out-of-sample scores of the baseline in ``cal_scores``
+    (``calibration_scores``; with ``scored``, its scores of ``scored`` in ``raw``); returns its
+    CPU seconds per conn scored (``FittedDetectors.conn_seconds``)."""
+    n = baseline.num_rows
+    step(f"fitting {det.name} on {fit_table.num_rows:,} conns, calibrating on {n:,}")
     split = getattr(det, "fit_split", None)
     if split is not None:
-        # a learned detector: each baseline conn embedded once in the baseline's context
-        # and, the baseline drawn from the input, not embedded again (``fit_split``)
-        step(f"fitting {det.name} on {len(fit_idx):,} conns, calibrating on {len(cal_idx):,}")
+        # a learned detector: each baseline conn embedded once in the baseline's context and,
+        # the baseline drawn from the input, not embedded again (``fit_split``)
         t0 = time.process_time()
-        cal_scores[det.name], full = split(baseline, fit_idx, cal_idx, extra=fit_extra,
+        cal_scores[det.name], full = split(baseline, every, every, extra=fit_extra,
                                            scored=scored, rows=rows)
         seconds = time.process_time() - t0
         if full is not None:
             raw[det.name] = full
-        return seconds / max(1, baseline.num_rows if full is None else len(full))
-    step(f"fitting {det.name} on {fit_table.num_rows:,} conns")
+        return seconds / max(1, n if full is None else len(full))
+    t0 = time.process_time()
     det.fit(fit_table)
+    fit_seconds = time.process_time() - t0
+    fits = getattr(det, "fits_baseline", True)
+    if fits:
+        oob = getattr(det, "oob_scores", None)
+        if oob is None:
+            raise ZeekmlError(f"detector {det.name} has no out-of-sample scores of its baseline "
+                              "to calibrate on (fit_split or oob_scores)")
+        cal_scores[det.name] = np.asarray(oob[:n], dtype=np.float64)
     t0 = time.process_time()
     if scored is not None and _per_conn(det):
         step(f"scoring {det.name}: {scored.num_rows:,} conns")
         raw[det.name] = np.asarray(det.score(scored))
-        cal_scores[det.name] = raw[det.name][np.asarray(rows)[cal_idx]]
-        n = scored.num_rows
+        if not fits:
+            cal_scores[det.name] = raw[det.name][np.asarray(rows)]
+        m = scored.num_rows
+    elif not fits:
+        step(f"calibrating {det.name} on {n:,} conns")
+        cal_scores[det.name] = det.score(baseline)
+        m = n
     else:
-        step(f"calibrating {det.name} on {len(cal_idx):,} conns")
-        cal_scores[det.name] = det.score(baseline.take(pa.array(cal_idx)))
-        n = len(cal_idx)
-    return (time.process_time() - t0) / max(1, n)
+        # scored apart later: the fit, which scored every fitted conn out of bag, is the cost
+        return fit_seconds / max(1, fit_table.num_rows)
+    return (time.process_time() - t0) / max(1, m)
 
 
 def cut_text(op: dict) -> str:

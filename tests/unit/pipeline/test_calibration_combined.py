@@ -83,7 +83,8 @@ def test_a_baseline_that_cannot_resolve_ten_times_fpr_is_refused(m, fpr):
 
 
 def test_refusal_names_the_baseline_size_needed():
-    with pytest.raises(ZeekmlError, match=r"at least 2,000 conns"):
+    # every baseline conn calibrates: the baseline needed is the calibration conns needed
+    with pytest.raises(ZeekmlError, match=r"at least 1,000 conns"):
         check_baseline_size(7, 0.001)
     with pytest.raises(ZeekmlError, match=r"at least 50 conns"):
         check_baseline_size(4, 0.02)
@@ -92,7 +93,7 @@ def test_refusal_names_the_baseline_size_needed():
 def test_small_baselines_warn_and_large_ones_do_not():
     assert check_baseline_size(100, 0.001) == (
         "baseline small for --fpr 0.001: 100 calibration conns, 0.1 expected beyond the threshold "
-        "(the smallest FPR they support is 0.01); 20,000 baseline conns give a stable threshold")
+        "(the smallest FPR they support is 0.01); 10,000 baseline conns give a stable threshold")
     assert check_baseline_size(354, 0.001).startswith("baseline small for --fpr 0.001: 354 ")
     assert check_baseline_size(9_999, 0.001) is not None
     assert check_baseline_size(10_000, 0.001) is None

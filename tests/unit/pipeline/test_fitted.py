@@ -23,6 +23,7 @@ class Bytes:
     context_seconds = 0.0
     forward_context_seconds = 0.0
     context_key = None
+    fits_baseline = False        # a score of the conn alone: out of sample on any baseline
 
     def __init__(self, name: str = "bytes", context: float = 0.0):
         self.name = name
@@ -85,7 +86,7 @@ def test_baseline_conns_are_scored_once_and_verdicts_are_the_same(monkeypatch):
     s2 = ScoreSummary()
     b = render_verdicts(score_table(t, t.take(pa.array(rows)), opts, s2))
     assert once.scored == 1000                 # the whole input, once
-    assert twice.scored == 150 + 1000          # the calibration half, then the whole input
+    assert twice.scored == 300 + 1000          # the baseline (to calibrate), then the whole input
     assert a.data() == b.data() and len(a.alerts) == len(b.alerts) > 0
     assert s1.thresholds == s2.thresholds
 
@@ -97,7 +98,7 @@ def test_detectors_with_a_time_context_calibrate_in_the_baselines_own_context(mo
     rows = np.arange(300)
     raw: dict[str, np.ndarray] = {}
     fit_calibrate(t.take(pa.array(rows)), ScoreOptions(fpr=0.05), scored=t, rows=rows, raw=raw)
-    assert raw == {} and ctx.scored == 150
+    assert raw == {} and ctx.scored == 300
 
 
 def test_summary_and_notices_carry_the_effective_fpr(monkeypatch, caplog):
@@ -106,20 +107,20 @@ def test_summary_and_notices_carry_the_effective_fpr(monkeypatch, caplog):
     summary = ScoreSummary()
     with caplog.at_level(logging.WARNING, logger="zeekml.pipeline.fitted"):
         f = fit_calibrate(t, ScoreOptions(fpr=0.002), summary)
-    # 200 calibration conns: one conn is 0.005 (the two detectors agree on it); no quantile
-    # goes below one conn, so q = 0 (each threshold at its largest calibration score)
-    assert f.effective_fpr == summary.effective_fpr == 0.005
-    assert summary.calibration == {"scheme": "combined", "fpr": 0.002, "effective_fpr": 0.005,
-                                   "per_detector_quantile": 0.0, "calibration_conns": 200,
-                                   "calibration_alert_rate": 0.005, "min_fpr": 0.005}
+    # 400 calibration conns (the whole baseline): one conn is 0.0025 (the two detectors agree
+    # on it); no quantile goes below one conn, so q = 0 (each threshold at its largest score)
+    assert f.effective_fpr == summary.effective_fpr == 0.0025
+    assert summary.calibration == {"scheme": "combined", "fpr": 0.002, "effective_fpr": 0.0025,
+                                   "per_detector_quantile": 0.0, "calibration_conns": 400,
+                                   "calibration_alert_rate": 0.0025, "min_fpr": 0.0025}
     assert summary.warnings == [
-        "baseline small for --fpr 0.002: 200 calibration conns, 0.4 expected beyond the threshold "
-        "(the smallest FPR they support is 0.005); 10,000 baseline conns give a stable threshold"]
+        "baseline small for --fpr 0.002: 400 calibration conns, 0.8 expected beyond the threshold "
+        "(the smallest FPR they support is 0.0025); 5,000 baseline conns give a stable threshold"]
     assert caplog.messages == summary.warnings
     batch = score_batch(t, f)
-    assert sorted(batch.msg.values()) == [
-        f"a anomaly score {x} (1.0 = threshold at effective fpr 0.005, asked 0.002)"
-        for x in ("1.000", "1.006", "1.012")]      # the calibration half's top, and two fit conns
+    # the baseline's top conn alone: every conn calibrates, none scores above the threshold
+    assert list(batch.msg.values()) == [
+        "a anomaly score 1.000 (1.0 = threshold at effective fpr 0.0025, asked 0.002)"]
 
 
 def test_notice_keeps_the_asked_fpr_when_the_baseline_resolves_it(monkeypatch):
@@ -127,7 +128,8 @@ def test_notice_keeps_the_asked_fpr_when_the_baseline_resolves_it(monkeypatch):
     f = fit_calibrate(table(400), ScoreOptions(fpr=0.01))
     assert f.effective_fpr == 0.01
     msgs = list(score_batch(table(400), f).msg.values())
-    assert len(msgs) == 7 and all(m.endswith(" (1.0 = threshold at fpr 0.01)") for m in msgs)
+    # 1% of the 400 calibration conns, the same conns scored (before: 7, calibrated on a half)
+    assert len(msgs) == 4 and all(m.endswith(" (1.0 = threshold at fpr 0.01)") for m in msgs)
 
 
 def test_a_baseline_too_small_is_refused_before_any_fitting(monkeypatch):
@@ -183,3 +185,26 @@ def test_the_shipped_classifier_detectors_count_as_known_bad():
         det.note = note
         assert fitted_mod.is_known_bad(det)
     assert not fitted_mod.is_known_bad(Bytes())
+
+
+class Learner(Bytes):
+    """A detector that fits on the baseline but cannot score its fitted conns out of sample."""
+
+    fits_baseline = True
+
+
+def test_a_detector_without_out_of_sample_scores_is_not_calibrated_in_sample(monkeypatch):
+    use(monkeypatch, Learner("learner"))
+    with pytest.raises(fitted_mod.ZeekmlError, match="learner has no out-of-sample scores"):
+        fit_calibrate(table(400), ScoreOptions(fpr=0.01))
+
+
+def test_every_baseline_conn_calibrates_the_iforest_out_of_bag():
+    t = table(600)
+    summary = ScoreSummary()
+    f = fit_calibrate(t, ScoreOptions(fpr=0.01), summary)
+    assert summary.calibration["calibration_conns"] == 600
+    forest = f.detectors[0]
+    # the threshold is a quantile of the out-of-bag scores of all 600 conns
+    want = np.quantile(forest.oob_scores, 0.99, method="higher")
+    assert f.calibrators["iforest"].threshold == pytest.approx(want)

@@ -292,6 +292,9 @@ class Watcher:
                 from zeekml.sinks.zeek_input import ZeekFeedback
                 feedback = ZeekFeedback(opts.score.zeek_feedback,
                                         conn_notices=opts.score.conn_notices)
+                # both files from the start (header only until something alerts): the Zeek
+                # package's input streams open them when Zeek starts, not at the first alert
+                feedback.write()
             if self._ctx is None and opts.score_workers > 0:
                 self._pool = ScorePool(fitted, opts.score_workers, self._allowlist)
             elif opts.score_workers > 0:

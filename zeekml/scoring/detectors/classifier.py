@@ -150,6 +150,10 @@ class ClassifierDetector:
         device: where the model runs (default "cpu").
     """
 
+    # learns nothing from the baseline: its scores of baseline conns are out of sample already
+    # (``pipeline.fitted.calibration_scores``)
+    fits_baseline = False
+
     def __init__(self, model_dir: str, device: str = "cpu"):
         config = read_config(model_dir)
         kind = config.get("kind")

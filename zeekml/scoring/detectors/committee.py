@@ -70,6 +70,10 @@ class CommitteeDetector:
         device: where the members run (default "cpu").
     """
 
+    # learns nothing from the baseline: its scores of baseline conns are out of sample already
+    # (``pipeline.fitted.calibration_scores``)
+    fits_baseline = False
+
     def __init__(self, model_dir: str, device: str = "cpu"):
         config, state = load_model_dir(model_dir)
         if config.get("kind") != "committee":

@@ -7,11 +7,12 @@ imports it while the input is read (``zeekml._core.preload``), and ``zeekml cat`
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
 
+from zeekml._core.errors import ModelError
 from zeekml.features.flow_features import FlowFeaturizer
 from zeekml.scoring.detectors.reference import distinct_rows
 from zeekml.scoring.explain import feature_value_text
@@ -79,13 +80,42 @@ class DirectForest:
             return self._scores(x[first])[inverse]
         return self._scores(x)
 
-    def _scores(self, x: np.ndarray) -> np.ndarray:
+    def _depths(self, x: np.ndarray, trees: Iterable[int] | None = None) -> np.ndarray:
+        """Sum over ``trees`` (default: all, in order) of each row's path length, ``[n]``."""
         depths = np.zeros(len(x))
-        for tree, features, leaf_depth in zip(self.trees, self.features, self.leaf_depth):
+        for t in range(len(self.trees)) if trees is None else trees:
+            features = self.features[t]
             rows = x if features is None else x[:, features]
-            depths += leaf_depth[tree.apply(rows)]
+            depths += self.leaf_depth[t][self.trees[t].apply(rows)]
+        return depths
+
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        depths = self._depths(x)
         return 2 ** (-np.divide(depths, self.denominator, out=np.ones_like(depths),
                                 where=self.denominator != 0))
+
+    def out_of_bag(self, x: np.ndarray, samples: list[np.ndarray]) -> np.ndarray:
+        """Score of each row of the fit matrix ``x`` by the trees that did not draw it
+        (``samples[t]``: the rows tree ``t`` was grown on), as ``scores`` scores a new row by all
+        of them: ``2 ** -(mean path length / c(max_samples))``; NaN for a row every tree drew.
+        Random forests' out-of-bag estimate: the trees grown on a row look on it as typical
+        (its in-sample score is lower than a new conn like it gets), so a threshold set on
+        in-sample scores would be too low and alert more than asked.
+
+        Shapes:
+            x ``[n, n_features]`` -> ``[n]``
+        """
+        x = np.asarray(x, dtype=np.float32)
+        first, inverse = distinct_rows(x)
+        depths = self._depths(x[first])[inverse]
+        count = np.full(len(x), float(len(self.trees)))
+        for t, drawn in enumerate(samples):
+            drawn = np.unique(np.asarray(drawn, dtype=np.int64))
+            depths[drawn] -= self._depths(x[drawn], [t])
+            count[drawn] -= 1.0
+        unit = self.denominator / max(len(self.trees), 1)          # c(max_samples)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, 2 ** (-(depths / np.maximum(count, 1.0)) / unit), np.nan)
 
 
 class IsolationForestDetector:
@@ -108,19 +138,35 @@ class IsolationForestDetector:
         from sklearn.ensemble import IsolationForest
 
         self.featurizer = FlowFeaturizer()
+        self.max_samples = max_samples
         self.model = IsolationForest(n_estimators=n_estimators, random_state=seed,
                                      max_samples=max_samples, n_jobs=1)
         self._direct: DirectForest | None = None
+        self.oob_scores: np.ndarray | None = None
         self._median: np.ndarray | None = None
         self._mad: np.ndarray | None = None
         self._raw_median: np.ndarray | None = None
         self._raw_share: np.ndarray | None = None
 
     def fit(self, table: pa.Table) -> IsolationForestDetector:
-        """Fit the features' scaling and the forest on ``table`` (a baseline period)."""
+        """Fit the features' scaling and the forest on ``table`` (a baseline period), and score
+        each of its rows out of bag (``oob_scores``, ``DirectForest.out_of_bag``: what
+        ``pipeline.fitted.fit_calibrate`` calibrates on).
+
+        ``max_samples="auto"`` grows each tree on ``min(256, n // 2)`` rows (scikit-learn's
+        auto is ``min(256, n)``: the same from 512 rows up), so that below 512 rows too every
+        row is left out of about half the trees."""
         x, raw = self.featurizer.fit_transform_raw(table)
+        if self.max_samples == "auto":
+            self.model.set_params(max_samples=min(256, max(1, len(x) // 2)))
         self.model.fit(x)
         self._direct = DirectForest.of(self.model, x)
+        try:
+            trees = self._direct or DirectForest(self.model)
+        except (AttributeError, ImportError) as e:
+            raise ModelError("this scikit-learn's IsolationForest lacks the per-tree path lengths "
+                             f"that out-of-bag calibration reads ({e})") from e
+        self.oob_scores = trees.out_of_bag(x, self.model.estimators_samples_)
         self._median = np.median(x, axis=0)
         mad = np.median(np.abs(x - self._median), axis=0)
         self._mad = np.where(mad > 1e-6, mad, np.maximum(np.std(x, axis=0), 1e-3))

@@ -125,14 +125,19 @@ class KnnIndex:
         if ref.ndim != 2:
             raise ModelError(f"a kNN reference is a matrix of embeddings, not shape {ref.shape}")
         finite = np.isfinite(ref).all(axis=1)
+        # the searched column of each given row (-1: not finite, nobody's neighbour), so that a
+        # reference row can be scored against the others (``knn_held_out``)
+        self.column = np.full(len(ref), -1, dtype=np.int64)
         if not finite.all():
             ref = ref[finite]
         self.size = len(ref)
         first, inverse = distinct_rows(ref)
         if _aligned(len(first)) <= (1.0 - MERGE_MIN_SAVING) * len(ref):
             rows, counts = ref[first], np.bincount(inverse, minlength=len(first)).astype(np.int64)
+            self.column[finite] = inverse
         else:
             rows, counts = ref, np.ones(len(ref), dtype=np.int64)
+            self.column[finite] = np.arange(len(ref), dtype=np.int64)
         self.searched = len(rows)
         pad = _aligned(len(rows)) - len(rows)
         self.rows = np.ascontiguousarray(np.concatenate([rows, np.zeros((pad, ref.shape[1]), np.float32)]))
@@ -272,6 +277,46 @@ def knn_blocks(e: np.ndarray, index: KnnIndex, k: int) -> np.ndarray:
     return out
 
 
+def knn_held_out(e: np.ndarray, index: KnnIndex, k: int, own: np.ndarray) -> np.ndarray:
+    """``knn_distance`` of each row of ``e`` (unit vectors) to the reference without one
+    occurrence of itself: row ``i`` is reference row ``own[i]`` (a position in the rows the
+    ``KnnIndex`` was built from), whose count is one less for it alone. A baseline conn kept
+    as a reference row is thereby scored as a new conn would be against the other baseline
+    conns (leave-one-out), so every baseline conn can calibrate its detector.
+
+    The ``k + 1`` nearest distinct rows hold the ``k`` nearest others: at most one of them is
+    the row itself. Calibration only, so ``topk`` over every column (no ``nearest_in_block``);
+    the distances are averaged as ``knn_blocks`` averages them.
+
+    Shapes:
+        e ``[n, d]``, own ``[n]`` -> ``[n]``
+    """
+    import torch
+
+    out = np.full(len(e), np.nan)
+    k = min(k, index.size - 1)
+    if k < 1 or len(e) == 0:
+        return out
+    real = index.searched
+    top = min(k + 1, real)
+    r = torch.from_numpy(index.rows).T
+    counts = torch.from_numpy(index.counts)
+    slot = torch.arange(k).view(1, k, 1)
+    cols = torch.from_numpy(index.column[np.asarray(own, dtype=np.int64)])
+    x_all = torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32))
+    with torch.inference_mode():
+        for a in range(0, len(e), CHUNK):
+            sim = torch.mm(x_all[a:a + CHUNK], r)
+            if index.pads:
+                sim[:, real:] = -torch.inf
+            vals, near = sim.topk(top, dim=1)
+            c = counts[near] - (near == cols[a:a + CHUNK].unsqueeze(1)).long()
+            ends = c.cumsum(dim=1)
+            vals = vals.gather(1, (ends.unsqueeze(1) <= slot).sum(dim=2))       # [n, k]
+            out[a:a + len(vals)] = (1.0 - vals).double().mean(dim=1).numpy()
+    return out
+
+
 # Rows per block of the explanation helpers below (memory bound: a block x 4,000 distances).
 EXPLAIN_CHUNK = 512
 
@@ -362,6 +407,31 @@ class KnnReference:
         return np.concatenate([knn_blocks(unit_rows(embedding[first[a:a + EMBED_PIECE]]), self._index, self.k)
                                for a in range(0, len(first), EMBED_PIECE)])[inverse]
 
+    def score_held_out(self, embedding: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
+        """``score`` of rows that were given to ``fit``, each as if it had not been: row ``i`` of
+        ``embedding`` is row ``fit_rows[i]`` of the fitted embedding, scored against the kept
+        reference rows other than itself (``knn_held_out``; a row that the draw of
+        ``max_reference`` left out is not in the reference, and is scored as any conn is).
+
+        Shapes:
+            embedding ``[n, d]``, fit_rows ``[n]`` -> ``[n]``
+        """
+        if self._index is None or self.rows is None:
+            raise ModelError("KnnReference.score_held_out before fit")
+        embedding = np.asarray(embedding)
+        fit_rows = np.asarray(fit_rows, dtype=np.int64)
+        kept = np.full(int(max(self.rows.max(initial=-1), fit_rows.max(initial=-1))) + 1, -1, np.int64)
+        kept[self.rows] = np.arange(len(self.rows), dtype=np.int64)
+        own = kept[fit_rows]
+        inside = own >= 0
+        out = np.empty(len(embedding))
+        if (~inside).any():
+            out[~inside] = self.score(embedding[~inside])
+        for a in range(0, int(inside.sum()), EMBED_PIECE):
+            pos = np.flatnonzero(inside)[a:a + EMBED_PIECE]
+            out[pos] = knn_held_out(unit_rows(embedding[pos]), self._index, self.k, own[pos])
+        return out
+
     def nearest(self, embedding: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest baseline rows of each row of ``embedding`` (for explanations).
 
@@ -394,21 +464,35 @@ class ZReference:
     thereby stops counting against every conn."""
 
     kind = "zscore"
+    # ``score_held_out`` scores each fitted row by the statistics of the other folds
+    HELD_OUT_FOLDS = 10
 
-    def __init__(self):
+    def __init__(self, seed: int = 0):
+        self.seed = seed
         self.median: np.ndarray | None = None
         self.scale: np.ndarray | None = None
+        self._parts: np.ndarray | None = None
+
+    @staticmethod
+    def _stats(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        median = np.median(p, axis=0)
+        mad = 1.4826 * np.median(np.abs(p - median), axis=0)
+        # a column constant on the baseline: any change is news, measured in a small absolute unit
+        return median, np.where(mad > 1e-9, mad, np.maximum(np.std(p, axis=0), 1e-3))
 
     def fit(self, parts: np.ndarray) -> ZReference:
         """Per-column median and spread of the baseline rows' parts, ``[m, c]``."""
         p = np.asarray(parts, dtype=np.float64)
         if len(p) == 0:
             raise ModelError("the baseline gave no conn to compare against")
-        self.median = np.median(p, axis=0)
-        mad = 1.4826 * np.median(np.abs(p - self.median), axis=0)
-        # a column constant on the baseline: any change is news, measured in a small absolute unit
-        self.scale = np.where(mad > 1e-9, mad, np.maximum(np.std(p, axis=0), 1e-3))
+        self.median, self.scale = self._stats(p)
+        self._parts = p
         return self
+
+    @staticmethod
+    def _z(parts: np.ndarray, median: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        z = (np.asarray(parts, dtype=np.float64) - median) / scale
+        return np.clip(z, 0.0, None).sum(axis=1)
 
     def score(self, parts: np.ndarray) -> np.ndarray:
         """Sum of the positive robust z-scores of each row's parts, ``[n]``."""
@@ -416,8 +500,31 @@ class ZReference:
             raise ModelError("ZReference.score before fit")
         if len(parts) == 0:
             return np.zeros(0)
-        z = (np.asarray(parts, dtype=np.float64) - self.median) / self.scale
-        return np.clip(z, 0.0, None).sum(axis=1)
+        return self._z(parts, self.median, self.scale)
+
+    def score_held_out(self, parts: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
+        """``score`` of rows given to ``fit`` (row ``i`` is fitted row ``fit_rows[i]``), each by
+        the median and spread of the other ``HELD_OUT_FOLDS - 1`` folds of the fitted rows (a
+        random fold per row, drawn with ``seed``): out of sample, as calibration needs.
+
+        Shapes:
+            parts ``[n, c]``, fit_rows ``[n]`` -> ``[n]``
+        """
+        if self._parts is None:
+            raise ModelError("ZReference.score_held_out before fit")
+        m = len(self._parts)
+        if m < 2:
+            return np.full(len(parts), np.nan)
+        folds = min(self.HELD_OUT_FOLDS, m)
+        fold = np.random.default_rng(self.seed).permutation(m) % folds
+        fit_rows = np.asarray(fit_rows, dtype=np.int64)
+        out = np.empty(len(parts))
+        for f in range(folds):
+            mine = fold[fit_rows] == f
+            if mine.any():
+                median, scale = self._stats(self._parts[fold != f])
+                out[mine] = self._z(np.asarray(parts)[mine], median, scale)
+        return out
 
 
 def make_reference(kind: str, seed: int = 0) -> KnnReference | ZReference:
@@ -425,7 +532,7 @@ def make_reference(kind: str, seed: int = 0) -> KnnReference | ZReference:
     if kind == "knn":
         return KnnReference(seed=seed)
     if kind == "zscore":
-        return ZReference()
+        return ZReference(seed=seed)
     raise ModelError(f"unknown baseline reference {kind!r} (knn, zscore)")
 
 
@@ -476,11 +583,16 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
               rows: np.ndarray | None = None,
               same_context: Callable[[pa.Table, np.ndarray], np.ndarray] | None = None,
               ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Fit ``det`` on ``fit_rows`` of the baseline ``table`` and score its ``cal_rows``, every
-    baseline conn embedded once, in the whole baseline's context; with ``scored`` (the input
-    that ``table = scored.take(rows)`` was drawn from), score every conn of ``scored`` too,
-    reusing the embeddings of the baseline conns whose context is the same there
+    """Fit ``det`` on ``fit_rows`` of the baseline ``table`` and score its ``cal_rows`` out of
+    sample, every baseline conn embedded once, in the whole baseline's context; with ``scored``
+    (the input that ``table = scored.take(rows)`` was drawn from), score every conn of
+    ``scored`` too, reusing the embeddings of the baseline conns whose context is the same there
     (``same_context_rows``), so that a baseline conn runs through the model once, not twice.
+
+    A calibration row that is also a fit row is scored as if it had not been fitted on
+    (``reference.score_held_out``: for the kNN, against the other baseline conns), so
+    ``zeekml.pipeline.fitted.fit_calibrate`` fits on the whole baseline and calibrates on the
+    whole baseline too; disjoint ``fit_rows`` and ``cal_rows`` (a split) are scored as any conn.
 
     ``embed(t, r)`` is the detector's reference input (embedding or per-part errors) of rows
     ``r`` of ``t`` (all when None), the other conns of ``t`` as context; its rows must not depend
@@ -504,8 +616,17 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
     det.fit(fit_table, reference_input=fit_x)
     del fit_x, fit_table      # a large baseline's copies are not kept through calibration
     cal_rows = np.asarray(cal_rows, dtype=np.int64)
+    # each calibration row's position among the fitted rows (-1: not fitted on)
+    fitted_at = np.full(table.num_rows, -1, dtype=np.int64)
+    fitted_at[fit_rows] = np.arange(len(fit_rows), dtype=np.int64)
+    held = fitted_at[cal_rows] >= 0
+    cal = np.empty(len(cal_rows))
+    if held.any():
+        cal[held] = _score_held_out(det.reference, x, cal_rows[held], fitted_at[cal_rows[held]])
     if scored is None:
-        return _score_at(det.reference, x, cal_rows), None
+        if (~held).any():
+            cal[~held] = _score_at(det.reference, x, cal_rows[~held])
+        return cal, None
     rows = np.asarray(rows, dtype=np.int64)
     same = np.asarray((same_context or same_context_rows)(scored, rows), dtype=bool)
     todo = np.ones(scored.num_rows, dtype=bool)
@@ -516,11 +637,11 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
     if len(todo_rows):
         all_x[todo_rows] = embed_in_pieces(embed, scored, todo_rows)
     full = det.reference.score(all_x)
-    # a calibration conn with the same embedding in the input already has its score there (a
-    # row's kNN distance depends on that row alone)
-    cal = np.empty(len(cal_rows))
-    again = ~same[cal_rows]
-    cal[~again] = full[rows[cal_rows[~again]]]
+    # a calibration conn not fitted on, with the same embedding in the input, already has its
+    # score there (a row's kNN distance depends on that row alone)
+    reuse = ~held & same[cal_rows]
+    cal[reuse] = full[rows[cal_rows[reuse]]]
+    again = ~held & ~reuse
     if again.any():
         cal[again] = _score_at(det.reference, x, cal_rows[again])
     return cal, full
@@ -531,6 +652,13 @@ def _score_at(reference: KnnReference | ZReference, x: np.ndarray, rows: np.ndar
     if len(rows) == 0:
         return np.zeros(0)
     return np.concatenate([reference.score(x[rows[a:a + EMBED_PIECE]])
+                           for a in range(0, len(rows), EMBED_PIECE)])
+
+
+def _score_held_out(reference: KnnReference | ZReference, x: np.ndarray, rows: np.ndarray,
+                    fitted_at: np.ndarray) -> np.ndarray:
+    """``reference.score_held_out(x[rows], fitted_at)`` a piece of rows at a time."""
+    return np.concatenate([reference.score_held_out(x[rows[a:a + EMBED_PIECE]], fitted_at[a:a + EMBED_PIECE])
                            for a in range(0, len(rows), EMBED_PIECE)])
 
 
