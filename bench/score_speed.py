@@ -196,6 +196,10 @@ def install(st: Stages) -> None:
         from zeekml.pipeline import chunked
 
         st.wrap_generator(chunked, "read_conn_batches", "read + parse")
+        # the main thread idle until the background imports are in (zeekml._core.preload)
+        st.wrap(chunked, "wait_started", "wait for background imports")
+        if hasattr(chunked, "prepare"):      # torch-free featurisation before that wait
+            st.wrap(chunked, "prepare", "featurise (shared, before the wait)")
     st.wrap(batch, "render_verdicts", "render verdicts")
     st.wrap(ScoreOutputs, "write_batch", "write")
     st.wrap(ScoreOutputs, "finish", "write")
