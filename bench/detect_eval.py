@@ -33,6 +33,7 @@ Usage (numbers and plots in docs/results/detection.md)::
     OMP_NUM_THREADS=1 python bench/detect_eval.py --no-models --out /tmp/x   # IsolationForest only
     OMP_NUM_THREADS=1 python bench/detect_eval.py --seed 1 --out /tmp/de1 --scores /tmp/de1/scores
     python bench/detect_eval.py --markdown docs/results/detection.json      # the doc's tables
+    python bench/detect_eval.py --compare /tmp/before /tmp/after   # runs in DIR/s<seed>, side by side
 
 ``--scores DIR`` keeps each capture's and setting's per-conn scores and labels
 (``save_scores``) for ``bench/combine_eval.py``, which evaluates rules for combining the
@@ -412,6 +413,43 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
+def compare_seeds(before: str, after: str) -> str:
+    """A Markdown table of two sets of runs, ``DIR/s<seed>/detection.json`` each (seeds found in
+    both), deployment setting pooled unless said: ``before -> after`` per seed and the mean."""
+    def cells(r: dict) -> list[float]:
+        p, a = r["pooled"]["deployment/combined"], r["pooled"]["archive/combined"]
+        dep = {c: r["captures"][c]["deployment"]["calibration"]["combined"] for c in r["captures"]}
+        return [p["precision"], p["recall"], p["benign_alert_rate"], p["heldout_clean_alert_rate"],
+                dep["ctu-34-1"]["combined"]["auroc"], dep["ctu-21-1"]["combined"]["auroc"],
+                dep["ctu-21-1"]["combined"]["ap"], dep["ctu-8-1"]["recall"], a["precision"], a["recall"],
+                a["benign_alert_rate"]]
+
+    def load_all(d: str) -> dict[int, list[float]]:
+        out = {}
+        for name in sorted(os.listdir(d)):
+            path = os.path.join(d, name, "detection.json")
+            if name.startswith("s") and name[1:].isdigit() and os.path.exists(path):
+                with open(path) as f:
+                    out[int(name[1:])] = cells(json.load(f))
+        return out
+
+    a, b = load_all(before), load_all(after)
+    seeds = sorted(set(a) & set(b))
+    digits = [3, 3, 4, 4, 3, 3, 3, 3, 3, 3, 4]
+
+    def row(label: str, x: list[float], y: list[float]) -> str:
+        c = [f"{u:.{d}f} -> {v:.{d}f}" for u, v, d in zip(x, y, digits)]
+        return (f"| {label} | {c[0]} | {c[1]} | {c[2]} | {c[3]} | {c[4]} | {c[5]} / {c[6]} | {c[7]} | "
+                f"{c[8]} / {c[9]} | {c[10]} |")
+    lines = ["| seed | pooled precision | pooled recall | benign scored conns alerted | held-out clean "
+             "alerted | combined AUROC ctu-34-1 | combined AUROC ctu-21-1 / AP | ctu-8-1 recall | "
+             "archive pooled precision / recall | archive benign alerted |", "|---" * 10 + "|"]
+    lines += [row(str(s), a[s], b[s]) for s in seeds]
+    lines.append(row("mean", list(np.mean([a[s] for s in seeds], axis=0)),
+                     list(np.mean([b[s] for s in seeds], axis=0))))
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="directory for detection.json and the PNGs (required but with --markdown)")
@@ -429,13 +467,19 @@ def main() -> None:
                          "(CAPTURE.SETTING.npz; save_scores) for bench/combine_eval.py")
     ap.add_argument("--markdown", metavar="JSON", default=None,
                     help="print the tables of a run's detection.json as Markdown, and exit")
+    ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), default=None,
+                    help="print a before -> after table of two sets of runs (DIR/s<seed>/detection.json "
+                         "each), and exit")
     args = ap.parse_args()
+    if args.compare:
+        print(compare_seeds(*args.compare))
+        return
     if args.markdown:
         with open(args.markdown) as f:
             print(markdown(json.load(f)))
         return
     if not args.out:
-        ap.error("--out is required")
+        ap.error("--out is required (but with --markdown or --compare)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("zeekml").setLevel(logging.WARNING)
     t0 = time.perf_counter()
