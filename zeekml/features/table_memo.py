@@ -18,7 +18,9 @@ Outside a scope nothing is kept (watch, dask workers, tests and training featuri
 Entries are keyed by the table object (held through a weak reference, so the memo never keeps a
 table alive, and a new table at a recycled ``id`` is never served another's results) and a key
 naming the computation; arrays handed out are read-only, so a caller that wrote into one would
-fail at once instead of changing what the next featuriser gets.
+fail at once instead of changing what the next featuriser gets. Every result is a pure
+function of its table and key, so a scope opened by another thread (the scope is per process,
+not per thread) can only share work, never change what a featuriser gets.
 """
 from __future__ import annotations
 
