@@ -340,7 +340,7 @@ def _stage_seconds(prof) -> dict:
 
 def context_probe(n: int, models: str, window_records: int = 100, dense: float = 0.0,
                   catch_up: int = 1, profile: bool = False, threads: int = 1,
-                  workers: int = 0) -> dict:
+                  workers: int = 0, profile_dump: str = "") -> dict:
     """--once over the first ``n`` conns of the real IoT-23 CTU-34-1 log with learned detectors,
     read in windows of ``window_records`` as a live watcher would get them (in this process, one
     torch thread): the cost of the time-context path (hold back, release in 60 s batches, score
@@ -354,7 +354,7 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
     shared out to that many forked processes, ``live.pool.DetectorPool``). Reports wall and
     CPU seconds (the CPU seconds of this process and of its scoring processes: less sensitive
     to the machine's load) and, with ``profile``, the CPU seconds of each stage (``STAGES``,
-    cProfile on CPU time; this process only)."""
+    cProfile on CPU time; this process only; ``profile_dump``: its stats also written there)."""
     import gzip
     import resource
 
@@ -391,7 +391,7 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
                         catch_up_factor=catch_up, context_lateness=lateness,
                         context_threads=threads, score_workers=workers)
     prof = None
-    if profile:
+    if profile or profile_dump:
         import cProfile
         prof = cProfile.Profile(time.process_time)
         prof.enable()
@@ -419,6 +419,8 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
     dt, cpu = t1 - t0, c1 - c0
     if prof is not None:
         prof.disable()
+        if profile_dump:
+            prof.dump_stats(profile_dump)
     shutil.rmtree(work, ignore_errors=True)
     out = {"conns": n, "dense_ts_step": dense, "models": models, "window_records": window_records,
            "catch_up_factor": catch_up, "context_threads": threads, "score_workers": workers,
@@ -480,13 +482,15 @@ def main() -> None:
                     help="with --context-probe: detectors of a release side by side in N threads")
     ap.add_argument("--profile", action="store_true",
                     help="with --context-probe: CPU seconds per stage (cProfile, CPU time)")
+    ap.add_argument("--profile-dump", default="", metavar="FILE",
+                    help="with --context-probe: write the watcher process's cProfile stats to FILE")
     args = ap.parse_args()
     if args.context_probe:
         models = args.models or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models")
         print(json.dumps({"load": os.getloadavg(),
                           **context_probe(args.context_probe, models, args.probe_window, args.dense,
                                          args.catch_up, args.profile, args.context_threads,
-                                         args.score_workers)}))
+                                         args.score_workers, args.profile_dump)}))
         return
     if args.rss_probe:
         print(json.dumps({"load": os.getloadavg(), "scored_rss_mb": rss_probe(args.rss_probe)}))

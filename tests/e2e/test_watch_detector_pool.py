@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -32,9 +33,11 @@ class PidLogged:
 
     note = "ZeekML::Anomalous_Flow"
 
-    def __init__(self, name: str, back: float, fwd: float, log: str, host: bool = False):
+    def __init__(self, name: str, back: float, fwd: float, log: str, host: bool = False,
+                 burn: float = 0.0):
         self.name, self.context_seconds, self.forward_context_seconds = name, back, fwd
         self.log = log
+        self.burn = burn        # CPU seconds each call spends (a detector costlier than said)
         if host:
             self.context_key = "id.orig_h"
 
@@ -44,6 +47,9 @@ class PidLogged:
     def score(self, table):
         with open(self.log, "a") as f:
             f.write(f"{self.name} {os.getpid()}\n")
+        end = time.process_time() + self.burn
+        while time.process_time() < end:
+            pass
         ts = table.column("ts").to_numpy(zero_copy_only=False)
         order = np.sort(ts)
         lo = np.searchsorted(order, ts - self.context_seconds, "left")
@@ -165,3 +171,39 @@ def test_shipped_learned_detectors_shared_out_give_the_bytes_of_one_process(tmp_
     # shared out by their calibration cost per conn: some learned detector in a process
     assert len(shared) == 2 and all("-> process 0" in m for m in shared), shared
     assert "-> process 1" in shared[1], shared
+
+
+def test_detectors_are_shared_out_again_by_their_measured_cost(tmp_path, monkeypatch, caplog):
+    # "slow" says it is cheap (calibration's cost per conn) but spends 40 ms of CPU a call:
+    # shared out by the said costs the watcher gets it; measured, it goes to the process, and
+    # the bytes stay those of one process
+    monkeypatch.setattr("zeekml.pipeline.live.pool.REBALANCE_CPU_SECONDS", 0.3)
+    root = tmp_path / "logs"
+    _write_log(root)
+
+    def fitted(log):
+        dets = [PidLogged("back", 20.0, 0.0, log), PidLogged("slow", 5.0, 7.0, log, burn=0.04),
+                PidLogged("host", 30.0, 0.0, log, host=True)]
+        cal = {d.name: ThresholdCalibrator(fpr=0.02).fit(np.arange(200.0)) for d in dets}
+        return FittedDetectors(dets, cal, 0.02, conn_seconds={"back": 5.0, "slow": 0.1, "host": 3.0})
+
+    runs = {}
+    caplog.set_level("INFO", logger="zeekml.pipeline.live.pool")
+    for workers in (0, 1):
+        log = str(tmp_path / f"w{workers}.pids")
+        f = fitted(log)
+        monkeypatch.setattr("zeekml.pipeline.live.watcher.calibrate", lambda *a, f=f, **k: f)
+        out = tmp_path / f"w{workers}"
+        s = Watcher(str(root), str(out), WatchOptions(
+            once=True, window_records=50, catch_up_factor=1, rescan_seconds=0.1,
+            use_events=False, context_lateness=1.0, context_batch_seconds=1.0,
+            score=ScoreOptions(conn_notices=True), score_workers=workers)).run()
+        assert s.scored == 1500
+        runs[workers] = (_bytes(out), [line.split() for line in open(log)])
+    assert runs[0][0] == runs[1][0]
+    assert runs[0][0]["zeekml_notice.log"], "no alert to compare"
+    calls = runs[1][1]
+    me = str(os.getpid())
+    slow = [pid for name, pid in calls if name == "slow"]
+    assert slow[0] == me and slow[-1] != me, "slow was not moved to the scoring process"
+    assert any("reassigned" in r.getMessage() for r in caplog.records)

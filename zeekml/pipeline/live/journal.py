@@ -75,9 +75,14 @@ class ContextJournal:
             os.close(self.fd)
         self.fd = fd
 
-    def needs_compaction(self, live_bytes: int) -> bool:
-        """Whether the journal has grown well past the ``live_bytes`` of state it holds."""
-        return self.length > self.compact_bytes and self.length > self.compact_ratio * live_bytes
+    def needs_compaction(self, live_bytes: int | Callable[[], int]) -> bool:
+        """Whether the journal has grown well past the ``live_bytes`` of state it holds (a
+        function is called only once the journal is past ``compact_bytes``: the state's size
+        means concatenating its pieces)."""
+        if self.length <= self.compact_bytes:
+            return False
+        live = live_bytes() if callable(live_bytes) else live_bytes
+        return self.length > self.compact_ratio * live
 
     def read(self) -> bytes:
         """The committed records."""

@@ -9,6 +9,7 @@ only the context rows of its own detectors.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -25,6 +26,8 @@ from zeekml.scoring.context import InContext
 from zeekml.scoring.verdict import VerdictBatch
 from zeekml.sinks.triage import mark_suppressed
 from zeekml.sinks.verdicts import RenderedVerdicts, render_verdicts
+
+log = logging.getLogger(__name__)
 
 
 def render_allowed(batch: VerdictBatch, allowlist: Allowlist | None) -> RenderedVerdicts:
@@ -200,14 +203,17 @@ class ScorePool:
 WATCHER_SHARE = 0.2
 
 
-def assign(costs: list[float], workers: int, watcher_share: float = WATCHER_SHARE) -> list[int]:
+def assign(costs: list[float], workers: int, watcher_share: float = WATCHER_SHARE,
+           watcher_load: float | None = None) -> list[int]:
     """Which process scores each detector: ``0 .. workers - 1`` a scoring process, ``-1`` the
     watcher. The costliest first, each to the least loaded process (longest processing time
-    first); the watcher starts loaded with ``watcher_share`` of the total cost (its own work),
-    and a tie goes to a scoring process.
+    first); the watcher starts loaded with its own work: ``watcher_load`` (in the units of
+    ``costs``) where measured, else ``watcher_share`` of the total cost; a tie goes to a
+    scoring process.
 
     Shapes: ``costs`` ``[detectors]``; returns ``[detectors]``."""
-    loads = [0.0] * workers + [watcher_share * float(sum(costs))]
+    start = watcher_share * float(sum(costs)) if watcher_load is None else float(watcher_load)
+    loads = [0.0] * workers + [start]
     owner = [0] * len(costs)
     for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
         j = min(range(len(loads)), key=lambda j: (loads[j], j))
@@ -240,21 +246,46 @@ def restore_threads(saved: list) -> None:
         torch.set_num_threads(before)
 
 
+def loads(owner: list[int], costs: list[float], workers: int, watcher_load: float) -> list[float]:
+    """Each process's load under ``owner`` (``assign``'s answer): the scoring processes', then
+    the watcher's (``watcher_load`` plus its detectors)."""
+    out = [0.0] * workers + [float(watcher_load)]
+    for o, c in zip(owner, costs):
+        out[o] += c          # -1: the watcher, last
+    return out
+
+
+def rebalanced(owner: list[int], costs: list[float], workers: int, watcher_load: float,
+               gain: float = 0.85) -> list[int] | None:
+    """A better share-out than ``owner`` by measured ``costs`` (CPU seconds per detector over
+    the same releases) and the watcher's own measured work, or None where ``assign``'s answer
+    does not bring the busiest process's load below ``gain`` times what it is now (moving a
+    detector costs the state it keeps: the MoE's per-host keys and values are rebuilt)."""
+    new = assign(costs, workers, watcher_load=watcher_load)
+    if max(loads(new, costs, workers, watcher_load)) \
+            < gain * max(loads(owner, costs, workers, watcher_load)):
+        return new
+    return None
+
+
 def _detector_main(conn, detectors: list, parent: int) -> None:
     """A scoring process of ``DetectorPool``: (detector index, context table, positions) items
-    in, ``{name: raw scores}`` out, until EOF or the parent dies."""
+    in, ``({name: raw scores}, {detector index: CPU seconds})`` out, until EOF or the parent
+    dies."""
     _child_setup(parent)
     one_thread()
 
-    def score(msg) -> dict[str, np.ndarray]:
+    def score(msg) -> tuple[dict[str, np.ndarray], dict[int, float]]:
         items, own = msg
-        out = {}
+        out, cpu = {}, {}
         for i, context, positions in items:
             det = detectors[i]
             if context is not None:
                 det = InContext(det, context, positions)
+            t0 = time.process_time()
             out[det.name] = np.asarray(det.score(own))
-        return out
+            cpu[i] = time.process_time() - t0
+        return out, cpu
 
     _serve(conn, score)
 
@@ -269,7 +300,17 @@ class Release:
     fitted: FittedDetectors       # what the verdicts are rendered with
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     waiting: list[int] = field(default_factory=list)
-    seconds: float = 0.0          # wall time the watcher spent on it (submit, then collect)
+    seconds: float = 0.0          # wall time the watcher spent on it (send, own share, collect)
+    owner: list[int] = field(default_factory=list)    # the share-out it was sent with
+    own_done: bool = False        # the watcher's own detectors have scored it
+    cpu: dict[int, float] = field(default_factory=dict)   # detector index -> CPU seconds
+
+
+# Detector CPU seconds measured (every process's) before the one re-share by measured costs:
+# calibration's costs per conn are a poor guide live (the IsolationForest's is its fit, which
+# scores every baseline conn out of bag: it was the costliest, so the one scoring process got
+# it and the autoencoder while the watcher ran the MoE and the GNN)
+REBALANCE_CPU_SECONDS = 1.0
 
 
 class DetectorPool:
@@ -277,25 +318,43 @@ class DetectorPool:
     (``assign``, by ``fitted.conn_seconds``: each detector's seconds per conn when calibrating)
     and score their share of every release of the live context; the watcher scores the rest
     meanwhile, then calibrates, combines and renders as ``LiveContext.release`` does, so the
-    verdicts are the bytes of the watcher scoring alone at one torch thread. A detector runs in
-    one process for the whole run: what it keeps from one release to the next stays there.
+    verdicts are the bytes of the watcher scoring alone at one torch thread.
 
-    Each process and the watcher run torch and the BLAS on one thread (``one_thread``): the
-    processes take the cores instead. Each process gets, per release, its detectors' context
-    rows (``InContext``: the targets among their horizon), not a copy of the whole context.
-    Processes die with the watcher (``PR_SET_PDEATHSIG``). CUDA cannot be used across a fork:
-    a run whose torch has initialised CUDA is refused (``ZeekmlError``).
+    The share-out is revised once by measured costs (``rebalanced``; unless ``rebalance`` is
+    False): once the detectors have spent ``REBALANCE_CPU_SECONDS`` of CPU, each detector's measured CPU seconds and the
+    watcher's own work beside its detectors (reading, the context cut, rendering, commits) give
+    a new share-out, taken if it lowers the busiest process's load by 15%. Every process forked
+    holds every detector, so any can score any; a detector that moves loses only what it keeps
+    between releases to save work (the MoE's per-host state, ``stream_state``, used only where
+    it matches its stream on content): the bits are the same.
+
+    A release is sent (``submit``) before the previous one is rendered and committed, the
+    watcher's share scored after (``score_own``), so the processes score while the watcher
+    writes: the processes' answers to the previous release are taken in before the next is
+    sent (a process blocked sending them would not read the next). Each process and the
+    watcher run torch and the BLAS on one thread (``one_thread``): the processes take the cores
+    instead. Each process gets, per release, its detectors' context rows (``InContext``: the
+    targets among their horizon), not a copy of the whole context. Processes die with the
+    watcher (``PR_SET_PDEATHSIG``). CUDA cannot be used across a fork: a run whose torch has
+    initialised CUDA is refused (``ZeekmlError``).
     """
 
-    def __init__(self, fitted: FittedDetectors, n: int):
+    def __init__(self, fitted: FittedDetectors, n: int, rebalance: bool = True):
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_initialized():
             raise ZeekmlError("--score-workers with learned detectors forks CPU scoring processes, "
                               "which cannot use CUDA: use --score-workers 0 with --device cuda")
         dets = list(fitted.detectors)
+        self.names = [d.name for d in dets]
         costs = [float(fitted.conn_seconds.get(d.name, 1.0)) for d in dets]
         self.workers = max(0, min(int(n), len(dets)))
         self.owner = assign(costs, self.workers)
+        self.rebalance_after: float | None = (REBALANCE_CPU_SECONDS if rebalance and self.workers
+                                              else None)
+        self._measured = [0.0] * len(dets)      # CPU seconds per detector since _since
+        self._own_measured = 0.0                # of which the watcher's
+        self._since: float | None = None        # the watcher's process_time when measuring began
+        self._last: Release | None = None       # sent, answers not taken in yet
         self._conns, self._pids = _fork(
             self.workers, lambda conn, parent: _detector_main(conn, dets, parent))
 
@@ -310,33 +369,81 @@ class DetectorPool:
 
     def submit(self, own: pa.Table, dets: list, fitted: FittedDetectors) -> Release:
         """Send each process its detectors' share of the release of ``own`` (``dets`` as
-        ``LiveContext.due`` returns them, from ``fitted``), then score the watcher's own share
-        here."""
+        ``LiveContext.due`` returns them, from ``fitted``); the watcher's own share is scored by
+        ``score_own`` (or ``collect``). The previous release's answers are taken in first."""
+        if self._last is not None:
+            self.collect(self._last)
         t0 = time.perf_counter()
-        rel = Release(own, dets, fitted)
+        rel = Release(own, dets, fitted, owner=list(self.owner))
         if own.num_rows:
             for w, c in enumerate(self._conns):
                 items = [(i, d.context, d.positions) if isinstance(d, InContext) else (i, None, None)
-                         for i, d in enumerate(dets) if self.owner[i] == w]
+                         for i, d in enumerate(dets) if rel.owner[i] == w]
                 if not items:
                     continue
                 bare = any(ctx is None for _, ctx, _ in items)
                 _send(c, (items, own if bare else None))
                 rel.waiting.append(w)
-            for i, d in enumerate(dets):
-                if self.owner[i] == -1:
-                    rel.raw[d.name] = np.asarray(d.score(own))
+            self._last = rel
+        else:
+            rel.own_done = True
         rel.seconds = time.perf_counter() - t0
         return rel
 
-    def collect(self, rel: Release) -> dict[str, np.ndarray]:
-        """Every detector's raw scores of ``rel``'s conns (waiting for the processes)."""
+    def score_own(self, rel: Release) -> None:
+        """Score the watcher's share of ``rel`` here (once)."""
+        if rel.own_done:
+            return
         t0 = time.perf_counter()
-        for w in rel.waiting:
-            rel.raw.update(_receive(self._conns[w]))
-        rel.waiting = []
+        for i, d in enumerate(rel.dets):
+            if rel.owner[i] == -1:
+                c0 = time.process_time()
+                rel.raw[d.name] = np.asarray(d.score(rel.own))
+                rel.cpu[i] = time.process_time() - c0
+        rel.own_done = True
         rel.seconds += time.perf_counter() - t0
+
+    def collect(self, rel: Release) -> dict[str, np.ndarray]:
+        """Every detector's raw scores of ``rel``'s conns (scoring the watcher's share if not
+        yet done, waiting for the processes)."""
+        self.score_own(rel)
+        t0 = time.perf_counter()
+        waiting, rel.waiting = rel.waiting, []
+        for w in waiting:
+            raw, cpu = _receive(self._conns[w])
+            rel.raw.update(raw)
+            rel.cpu.update(cpu)
+        if self._last is rel:
+            self._last = None
+        rel.seconds += time.perf_counter() - t0
+        if waiting:
+            self._measure(rel)
         return rel.raw
+
+    def _measure(self, rel: Release) -> None:
+        """Count ``rel``'s measured costs and, once enough are in, re-share (``rebalanced``)."""
+        if self.rebalance_after is None:
+            return
+        if self._since is None:         # the first release's costs include warming up
+            self._since = time.process_time()
+            return
+        for i, c in rel.cpu.items():
+            self._measured[i] += c
+            if rel.owner[i] == -1:
+                self._own_measured += c
+        if sum(self._measured) < self.rebalance_after:
+            return
+        self.rebalance_after = None     # once
+        watcher = max(0.0, time.process_time() - self._since - self._own_measured)
+        new = rebalanced(self.owner, self._measured, self.workers, watcher)
+        log.info("measured CPU s over %.1f s of detectors: %s, the watcher's own work %.2f: %s",
+                 sum(self._measured),
+                 ", ".join(f"{n} {c:.2f}" for n, c in zip(self.names, self._measured)), watcher,
+                 "kept as it is" if new is None else "detectors reassigned: " + ", ".join(
+                     f"{n} -> {'watcher' if o < 0 else f'process {o}'}"
+                     for n, o in zip(self.names, new)))
+        if new is not None:
+            self.owner = new
 
     def close(self) -> None:
         """Tell every process to exit, and reap it (killed after 5 s)."""

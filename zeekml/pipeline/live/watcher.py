@@ -173,6 +173,7 @@ class Watcher:
         self._allowlist: Allowlist | None = None
         self._allowlist_sig: tuple[int, int] | None = None
         self._incidents: LiveIncidents | None = None
+        self._open_view: list | None = None     # the incidents OPEN_INCIDENTS holds, if known
 
     @property
     def follower(self) -> DirectoryFollower | None:
@@ -372,9 +373,12 @@ class Watcher:
         pool = self._pool
         # one window in flight per scoring process (a second send could block on a full pipe
         # while the process blocks sending its result); with none, each is finished at once.
-        # A DetectorPool's release goes to every process: one in flight, scored while the next
-        # window is read
-        max_inflight = len(pool) if pool is not None else 1 if self._dpool is not None else 0
+        # A DetectorPool's release goes to every process: the next one is sent (once the
+        # processes' answers to the last are in: DetectorPool.submit) before the last is
+        # written and committed, then the watcher scores its own share of it, so the processes
+        # score while the watcher writes, reads and cuts the context
+        dpool = self._dpool
+        max_inflight = len(pool) if pool is not None else 2 if dpool is not None else 0
 
         def finish(most: int) -> None:
             while len(inflight) > most:
@@ -431,6 +435,9 @@ class Watcher:
                     inflight.append(self._close_window(window, follower, fitted,
                                                        flush=opts.once and idle and not stopping))
                     window, window_rows, window_started, dirty = [], 0, None, False
+                    if dpool is not None:
+                        finish(1)      # the last release, while the processes score this one
+                        dpool.score_own(inflight[-1].release)
                 finish(0 if stopping or idle else max_inflight)
                 self._status_maybe(follower)
                 if stopping:
@@ -569,7 +576,7 @@ class Watcher:
         self._durably(lambda: outputs.append(parts))
         journal, ctx = self._journal, self._ctx
         if journal is not None:
-            if journal.needs_compaction(ctx.nbytes):
+            if journal.needs_compaction(lambda: ctx.nbytes):
                 snap = ctx.snapshot()
                 self._durably(lambda: journal.rewrite(snap))
             else:
@@ -592,13 +599,18 @@ class Watcher:
         if w.suricata_state:
             cp.stats[SURICATA_KEY] = w.suricata_state
         self._durably(lambda: store.commit(cp))
-        if closed or still_open or w.flush:
+        if (closed or still_open or w.flush) and not self._open_view_is(still_open):
             # a view of the incidents as they grow, rewritten whole: incidents.jsonl is the
-            # exactly-once record
+            # exactly-once record. Not rewritten while they are the very incidents written
+            # last (``LiveIncidents.update`` gives the same objects until an alert comes or one
+            # closes): rendering every open incident after each window cost more than the
+            # windows' verdicts
             try:
                 atomic_write(os.path.join(self.out_dir, OPEN_INCIDENTS),
                              b"".join(map(incident_line, still_open)))
+                self._open_view = list(still_open)
             except OSError as e:
+                self._open_view = None
                 log.warning("cannot write %s: %s", OPEN_INCIDENTS, e)
         if journal is not None:
             journal.after_commit()
@@ -610,6 +622,12 @@ class Watcher:
         if now - self._trimmed >= 0.1:
             trim_heap()     # the freed pages of the window's arrays (see live.malloc)
             self._trimmed = now
+
+    def _open_view_is(self, still_open: list) -> bool:
+        """Whether ``OPEN_INCIDENTS`` holds just ``still_open`` (the same objects, in order)."""
+        last = self._open_view
+        return last is not None and len(last) == len(still_open) \
+            and all(a is b for a, b in zip(last, still_open))
 
     def _context_stats(self) -> None:
         c = self._ctx

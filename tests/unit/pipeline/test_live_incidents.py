@@ -1,0 +1,43 @@
+"""``live.incidents.LiveIncidents`` reuses its incidents while no alert comes or goes, and what
+it reuses is what grouping the alerts afresh gives."""
+from __future__ import annotations
+
+from zeekml.pipeline.live.incidents import LiveIncidents
+from zeekml.scoring.verdict import Verdict
+
+
+def _alert(i: int, host: str, ts: float) -> Verdict:
+    return Verdict(ts=ts, uid=f"C{i}", orig_h=host, orig_p=40000 + i, resp_h=f"10.9.0.{i % 7}",
+                   resp_p=445, proto="tcp", score=1.5 + i / 10, alert=True, model="iforest",
+                   verdict_id=f"v{i}")
+
+
+def _dicts(incs) -> list[dict]:
+    return [i.to_dict() for i in incs]
+
+
+def test_incidents_are_reused_until_alerts_change_and_equal_a_fresh_grouping():
+    first = [_alert(i, "10.0.0.1", 1000.0 + i) for i in range(4)] + [_alert(9, "10.0.0.2", 1001.0)]
+    live = LiveIncidents(lateness=0.0)
+    live.add(first, 1010.0)
+    closed, still = live.update()
+    assert not closed and still
+    # a window without alerts, later log time still inside the horizon: the same objects
+    live.add([], 1020.0)
+    closed2, still2 = live.update()
+    assert not closed2 and len(still2) == len(still) and all(a is b for a, b in zip(still, still2))
+    fresh = LiveIncidents(lateness=0.0)
+    fresh.add(first, 1020.0)
+    assert _dicts(fresh.update()[1]) == _dicts(still2)
+    # a new alert: grouped again, as a watcher that saw every alert at once groups them
+    more = [_alert(5, "10.0.0.1", 1030.0)]
+    live.add(more, 1030.0)
+    _, still3 = live.update()
+    assert not any(a is b for a in still3 for b in still)
+    fresh = LiveIncidents(lateness=0.0)
+    fresh.add(first + more, 1030.0)
+    assert _dicts(fresh.update()[1]) == _dicts(still3)
+    # the log time passes every horizon: all close, and a later call has nothing open
+    closed4, still4 = live.update(flush=True)
+    assert _dicts(closed4) == _dicts(fresh.update(flush=True)[0]) and not still4
+    assert live.update() == ([], [])
