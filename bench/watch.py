@@ -328,6 +328,63 @@ STAGES = [
 ]
 
 
+def _cpu_timers() -> tuple[dict, callable]:
+    """Wrap the watcher's steps (``CPU_STEPS``) with CPU-time counters, no profiler (cProfile
+    inflates the Python-heavy steps several times): returns the counters (inclusive CPU
+    seconds and calls per step, this process only; nested steps are counted in their parent
+    too) and a function that unwraps them."""
+    import importlib
+    acc: dict = {}
+    undo = []
+    for mod, owner, attr, name in CPU_STEPS:
+        m = importlib.import_module(mod)
+        target = getattr(m, owner) if owner else m
+        fn = getattr(target, attr)
+        acc[name] = [0.0, 0]
+
+        def timed(*a, _fn=fn, _slot=acc[name], **k):
+            t0 = time.process_time()
+            try:
+                return _fn(*a, **k)
+            finally:
+                _slot[0] += time.process_time() - t0
+                _slot[1] += 1
+
+        setattr(target, attr, timed)
+        undo.append((target, attr, fn))
+
+    def restore() -> None:
+        for target, attr, fn in reversed(undo):
+            setattr(target, attr, fn)
+    return acc, restore
+
+
+# (module, class or "", attribute, step): what --cpu-steps times in the watcher process
+CPU_STEPS = [
+    ("zeekml.sources.tail", "DirectoryFollower", "poll", "read + parse (poll)"),
+    ("zeekml.pipeline.live.watcher", "", "conn_table", "window conn table"),
+    ("zeekml.pipeline.live.watcher", "Watcher", "_close_window", "close window (all below)"),
+    ("zeekml.pipeline.live.context", "LiveContext", "add", "  context add"),
+    ("zeekml.pipeline.live.context", "LiveContext", "due", "  context due (cut + evict)"),
+    ("zeekml.pipeline.live.context", "", "detectors_in_context", "    detectors_in_context"),
+    ("zeekml.pipeline.live.context", "LiveContext", "_evict", "    evict"),
+    ("zeekml.pipeline.live.context", "LiveContext", "journal_delta", "  journal delta"),
+    ("zeekml.pipeline.live.pool", "DetectorPool", "submit", "  send release (pickle)"),
+    ("zeekml.pipeline.live.pool", "DetectorPool", "score_own", "watcher's own detectors"),
+    ("zeekml.pipeline.live.watcher", "Watcher", "_finish_window", "finish window (all below)"),
+    ("zeekml.pipeline.live.pool", "DetectorPool", "collect", "  collect (wait + unpickle)"),
+    ("zeekml.pipeline.live.watcher", "", "score_due", "  calibrate, combine, explain"),
+    ("zeekml.pipeline.live.watcher", "", "render_allowed", "  render verdict lines"),
+    ("zeekml.pipeline.live.incidents", "LiveIncidents", "add", "  incidents add"),
+    ("zeekml.pipeline.live.incidents", "LiveIncidents", "update", "  incidents update"),
+    ("zeekml.pipeline.live.outputs", "OutputFiles", "append", "  outputs append + fsync"),
+    ("zeekml.pipeline.live.journal", "ContextJournal", "append", "  journal append + fsync"),
+    ("zeekml.sources.checkpoint", "CheckpointStore", "commit", "  checkpoint commit"),
+    ("zeekml.pipeline.live.watcher", "", "trim_heap", "  malloc_trim"),
+    ("zeekml.pipeline.live.watcher", "", "atomic_write", "  incidents-open view"),
+]
+
+
 def _stage_seconds(prof) -> dict:
     import pstats
     st = pstats.Stats(prof).stats
@@ -340,7 +397,7 @@ def _stage_seconds(prof) -> dict:
 
 def context_probe(n: int, models: str, window_records: int = 100, dense: float = 0.0,
                   catch_up: int = 1, profile: bool = False, threads: int = 1,
-                  workers: int = 0, profile_dump: str = "") -> dict:
+                  workers: int = 0, profile_dump: str = "", cpu_steps: bool = False) -> dict:
     """--once over the first ``n`` conns of the real IoT-23 CTU-34-1 log with learned detectors,
     read in windows of ``window_records`` as a live watcher would get them (in this process, one
     torch thread): the cost of the time-context path (hold back, release in 60 s batches, score
@@ -354,7 +411,9 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
     shared out to that many forked processes, ``live.pool.DetectorPool``). Reports wall and
     CPU seconds (the CPU seconds of this process and of its scoring processes: less sensitive
     to the machine's load) and, with ``profile``, the CPU seconds of each stage (``STAGES``,
-    cProfile on CPU time; this process only; ``profile_dump``: its stats also written there)."""
+    cProfile on CPU time; this process only; ``profile_dump``: its stats also written there);
+    with ``cpu_steps`` the watcher's steps timed by CPU time without a profiler
+    (``CPU_STEPS``)."""
     import gzip
     import resource
 
@@ -410,11 +469,13 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
         return r
 
     live_watcher.calibrate = timed_calibrate
+    steps, unwrap = _cpu_timers() if cpu_steps else (None, lambda: None)
     t0, c0 = time.perf_counter(), time.process_time() + kids_cpu()
     try:
         s = Watcher(os.path.join(work, "logs"), os.path.join(work, "out"), opts).run()
     finally:
         live_watcher.calibrate = calibrate
+        unwrap()
     t1, c1, own1 = time.perf_counter(), time.process_time() + kids_cpu(), time.process_time()
     dt, cpu = t1 - t0, c1 - c0
     if prof is not None:
@@ -437,6 +498,9 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
            "alerts": s.alerts, "context": s.context}
     if prof is not None:
         out["cpu_seconds_by_stage (profiled)"] = _stage_seconds(prof)
+    if steps is not None:
+        out["watcher_cpu_seconds_by_step [s, calls]"] = {k: [round(v[0], 2), v[1]]
+                                                       for k, v in steps.items()}
     return out
 
 
@@ -482,6 +546,8 @@ def main() -> None:
                     help="with --context-probe: detectors of a release side by side in N threads")
     ap.add_argument("--profile", action="store_true",
                     help="with --context-probe: CPU seconds per stage (cProfile, CPU time)")
+    ap.add_argument("--cpu-steps", action="store_true",
+                    help="with --context-probe: the watcher's CPU seconds per step, no profiler")
     ap.add_argument("--profile-dump", default="", metavar="FILE",
                     help="with --context-probe: write the watcher process's cProfile stats to FILE")
     args = ap.parse_args()
@@ -490,7 +556,8 @@ def main() -> None:
         print(json.dumps({"load": os.getloadavg(),
                           **context_probe(args.context_probe, models, args.probe_window, args.dense,
                                          args.catch_up, args.profile, args.context_threads,
-                                         args.score_workers, args.profile_dump)}))
+                                         args.score_workers, args.profile_dump,
+                                         args.cpu_steps)}))
         return
     if args.rss_probe:
         print(json.dumps({"load": os.getloadavg(), "scored_rss_mb": rss_probe(args.rss_probe)}))

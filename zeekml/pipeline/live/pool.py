@@ -355,6 +355,7 @@ class DetectorPool:
         self._own_measured = 0.0                # of which the watcher's
         self._since: float | None = None        # the watcher's process_time when measuring began
         self._last: Release | None = None       # sent, answers not taken in yet
+        self.cpu_seconds = dict.fromkeys(self.names, 0.0)   # each detector's, for the whole run
         self._conns, self._pids = _fork(
             self.workers, lambda conn, parent: _detector_main(conn, dets, parent))
 
@@ -416,6 +417,8 @@ class DetectorPool:
         if self._last is rel:
             self._last = None
         rel.seconds += time.perf_counter() - t0
+        for i, c in rel.cpu.items():
+            self.cpu_seconds[self.names[i]] += c
         if waiting:
             self._measure(rel)
         return rel.raw
@@ -447,5 +450,9 @@ class DetectorPool:
 
     def close(self) -> None:
         """Tell every process to exit, and reap it (killed after 5 s)."""
+        if self._pids:
+            log.info("detectors' CPU seconds scoring releases: %s", ", ".join(
+                f"{n} {c:.2f} ({'watcher' if o < 0 else f'process {o}'})"
+                for (n, c), o in zip(self.cpu_seconds.items(), self.owner)))
         _close(self._conns, self._pids)
         self._pids = []
