@@ -63,8 +63,9 @@ from eval_data import DATA, FILES  # noqa: E402
 from zeekml._core.errors import ZeekmlError  # noqa: E402
 from zeekml.features.flow_features import FlowFeaturizer  # noqa: E402
 from zeekml.flows.select import earliest_rows, ts_sort_key  # noqa: E402
-from zeekml.pipeline.fitted import (baseline_infection, build_detectors,  # noqa: E402
-                                    calibration_scores, check_baseline_size, is_known_bad)
+from zeekml.pipeline.fitted import (baseline_infection, baseline_judge,  # noqa: E402
+                                    build_detectors, calibration_scores, check_baseline_size,
+                                    is_known_bad)
 from zeekml.pipeline.options import ScoreOptions  # noqa: E402
 from zeekml.scoring.calibrate import CUT_RULE, ThresholdCalibrator, calibrate_with_cuts  # noqa: E402
 from zeekml.train.data import labels_of, load_conns  # noqa: E402
@@ -178,8 +179,13 @@ def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions
     hosts = np.asarray(scored.column("id.orig_h").to_pylist(), dtype=object)
     ts = ts_sort_key(scored)
     n = len(dets)
-    infection = baseline_infection(base, dets)
+    # the baseline check zeekml runs: the run's known-bad detectors, else the shipped committee
+    # on a random draw of the baseline (pipeline.fitted.baseline_judge)
+    check: dict = {}
+    judge = None if any(is_known_bad(d) for d in dets) else baseline_judge(opts, check)
+    infection = baseline_infection(base, dets, judge, opts.seed, check)
     out["baseline_infected"] = infection
+    out["baseline_check"] = check
     cuts = {d.name: d.trained_cut for d in dets if is_known_bad(d) and getattr(d, "trained_cut", None)}
     clf_names = [d.name for d in dets if is_known_bad(d)]
     infected = infection is not None
@@ -410,6 +416,17 @@ def markdown(results: dict) -> str:
                    f"{_f(p['benign_alert_rate'], 4)} | {_f(p.get('heldout_clean_alert_rate'), 4)} | | "
                    f"{_f(g['precision'])} / {_f(g['recall'])} | {_f(u['precision'])} / {_f(u['recall'])} / "
                    f"{_f(u['benign_alert_rate'], 4)} |\n")
+    out.append("### baseline check (the shipped committee on a random draw of the baseline)\n")
+    out.append("| capture | setting | baseline conns | judged | flagged | share | warned |")
+    out.append("|---" * 7 + "|")
+    for cap in sorted(caps):
+        for setting in ("deployment", "archive"):
+            r = caps[cap][setting]
+            c = r.get("baseline_check") or {}
+            if "conns" not in c:
+                continue
+            out.append(f"| {cap} | {setting} | {r['baseline_conns']:,} | {c['conns']:,} | {c['flagged']:,} | "
+                       f"{c['flagged'] / max(c['conns'], 1):.3f} | {'yes' if r['baseline_infected'] else 'no'} |")
     return "\n".join(out)
 
 

@@ -1,6 +1,7 @@
 """``zeekml replay`` end to end through click's CliRunner (built-in engine; CI has no Zeek)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -196,12 +197,15 @@ def test_replay_scores_with_the_learned_detectors_on_the_device_given(tmp_path, 
 
     # the device reaches the detectors: with a (pretended) GPU, --device auto asks for cuda
     devices = []
-    load = fitted.load_model_detectors  # the one loader the scoring pipeline calls
+    load = fitted.load_model_detectors  # the one loader of the detectors the pipeline calls
     monkeypatch.setattr(fitted, "load_model_detectors",
                         lambda models_dir, device: devices.append(device) or load(models_dir, "cpu"))
+    judge = fitted.baseline_judge       # and the baseline check's classifier
+    monkeypatch.setattr(fitted, "baseline_judge", lambda options, check=None: devices.append(
+        options.device) or judge(dataclasses.replace(options, device="cpu"), check))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     run("auto", "--device", "auto")
-    assert devices == ["cuda"]
+    assert devices == ["cuda", "cuda"]
 
 
 @pytest.mark.parametrize("command", ["replay", "score"])

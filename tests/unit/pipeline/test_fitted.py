@@ -173,6 +173,43 @@ def test_infected_warning_reaches_the_summary(monkeypatch):
     assert "10.0.0.5 (30)" in summary.warnings[0]
 
 
+def test_without_a_known_bad_detector_the_judge_checks_a_random_draw_of_the_baseline():
+    n = 3000
+    hosts = (["10.0.0.5"] * 300 + ["10.0.0.7"] * 2700)
+    t = table(n, hosts)
+    check: dict = {}
+    msg = baseline_infection(t, [Bytes()], Judge({"10.0.0.5"}), seed=0, check=check)
+    assert check["judge"] == "clf-fake" and check["conns"] == fitted_mod.BASELINE_CHECK_CONNS == 1000
+    assert 70 < check["flagged"] < 130                # ~10% of the draw
+    assert msg == (f"your baseline looks infected: {check['flagged']} of 1,000 of its 3,000 conns "
+                   f"(drawn at random) flagged by clf-fake, of hosts 10.0.0.5 ({check['flagged']}); "
+                   "calibrate on a clean period (--baseline, --baseline-fraction, --baseline-until "
+                   "or --baseline-range)")
+    # the run's own known-bad detector judges every conn instead; a clean baseline: no warning
+    assert "300 of its 3,000 conns" in baseline_infection(t, [Judge({"10.0.0.5"})], Judge(set()))
+    assert baseline_infection(table(n), [Bytes()], Judge({"10.0.0.5"}), check=check) is None
+    assert check["flagged"] == 0
+
+
+def test_the_baseline_check_reaches_the_summary(monkeypatch):
+    use(monkeypatch, Bytes())
+    monkeypatch.setattr(fitted_mod, "baseline_judge", lambda options, check=None: Judge({"10.0.0.5"}))
+    summary = ScoreSummary()
+    fit_calibrate(table(400, HOSTS), ScoreOptions(fpr=0.05), summary)
+    assert summary.calibration["baseline_check"] == {"judge": "clf-fake", "conns": 400,
+                                                     "flagged": 30, "infected": True}
+    assert "your baseline looks infected: 30 of its 400 conns" in summary.warnings[0]
+
+
+def test_the_judge_is_the_shipped_committee_and_only_with_models(monkeypatch, tmp_path):
+    assert fitted_mod.baseline_judge(ScoreOptions(models_dir=None)) is None     # --no-models
+    monkeypatch.setenv("ZEEKML_MODELS", str(tmp_path))       # models without the committee
+    check: dict = {}
+    assert fitted_mod.baseline_judge(ScoreOptions(models_dir=""), check) is None
+    assert check["skipped"].startswith("no baseline check: the shipped models (") \
+        and check["skipped"].endswith("hold no malicious-committee")
+
+
 def test_the_shipped_classifier_detectors_count_as_known_bad():
     """The hook needs no change for ``scoring.detectors.classifier``: every note a classifier
     raises is a known-bad note, and the anomaly note is not."""

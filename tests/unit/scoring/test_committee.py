@@ -91,6 +91,26 @@ def test_the_score_reaches_one_half_when_vote_members_reach_their_cuts(members, 
     assert det.decision_threshold == 0.5 and det.trained_cut is None
 
 
+@pytest.mark.parametrize("vote", [1, 2, 3])
+def test_flag_rows_decides_as_the_score_running_members_only_where_undecided(members, vote):
+    table, dirs = members
+    det = CommitteeDetector(make(dirs, os.path.join(os.path.dirname(dirs[0]), f"vote{vote}"), vote))
+    rows = np.arange(0, table.num_rows, 3)
+    want = det.score_rows(table, rows) >= det.decision_threshold
+    seen: list[int] = []
+    for m in det.members:
+        inner = m.score_rows
+        m.score_rows = lambda t, r, inner=inner: (seen.append(len(r)), inner(t, r))[1]
+    np.testing.assert_array_equal(det.flag_rows(table, rows), want)
+    assert seen[0] == len(rows) and len(seen) <= 3
+    # the last member runs only on rows the first two left open: they disagree (2 of 3),
+    # neither flags (1 of 3: none left to run), both flag (3 of 3)
+    if len(seen) == 3:
+        assert seen[2] <= seen[1] <= len(rows)
+    if vote == 2:
+        assert len(seen) < 3 or seen[2] < len(rows)
+
+
 def test_refusals_are_one_line_naming_the_directory(members, tmp_path):
     table, dirs = members
     root = os.path.dirname(dirs[0])

@@ -293,9 +293,6 @@ class Watcher:
                 from zeekml.sinks.zeek_input import ZeekFeedback
                 feedback = ZeekFeedback(opts.score.zeek_feedback,
                                         conn_notices=opts.score.conn_notices)
-                # both files from the start (header only until something alerts): the Zeek
-                # package's input streams open them when Zeek starts, not at the first alert
-                feedback.write()
             if self._ctx is None and opts.score_workers > 0:
                 self._pool = ScorePool(fitted, opts.score_workers, self._allowlist)
             elif opts.score_workers > 0:
@@ -385,6 +382,11 @@ class Watcher:
                 self._finish_window(inflight.popleft(), outputs, dedup, feedback, store, cp)
 
         try:
+            if feedback is not None:
+                # both files from the start (header only until something alerts): the Zeek
+                # package's input streams open them when Zeek starts, not at the first alert;
+                # a full disk here stalls as any output does
+                self._durably(feedback.write)
             while True:
                 stopping = self._stop.is_set()
                 # behind (unread bytes left after the last read): windows of up to 4x

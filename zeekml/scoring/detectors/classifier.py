@@ -82,6 +82,11 @@ class _MAEHead:
         return self.m.run(m)["proba"]
 
 
+# Rows per call of the gnn classifier's head, padded: BLAS picks its kernel by shape, so a fixed
+# shape keeps a conn's probabilities those of the conn alone (as the kNN's CHUNK does)
+HEAD_ROWS = 256
+
+
 class _GNNHead:
     """gnn: the head on the flow-graph embedding of each conn."""
 
@@ -99,21 +104,27 @@ class _GNNHead:
         self.context_key = None
 
     def proba(self, table: pa.Table, rows: np.ndarray | None) -> np.ndarray:
+        """Class probabilities ``[n, C]`` of ``rows`` (every row when None). The flow
+        embeddings are the gnn detector's (``embed_rows``: with ``rows``, only their graph
+        neighbourhood is built and run, with the bits of the whole table's graphs), and the head
+        runs on ``HEAD_ROWS`` of them at a time, padded, so that a row's probabilities do not
+        depend on the rows beside it: ``score_rows == score[rows]`` exactly."""
         from zeekml.scoring.detectors.base import torch_module
-        from zeekml.scoring.detectors.gnn import to_device
+        from zeekml.scoring.detectors.gnn import embed_rows
 
         torch = torch_module()
         model = self.bundle.model.to(self.device).eval()
-        x = self.bundle.features(table)
-        out = np.zeros((table.num_rows, len(self.classes)), dtype=np.float32)
-        # the whole table is run, as the gnn detector does, so score_rows == score[rows] exactly
+        idx = np.arange(table.num_rows, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        h = embed_rows(self.bundle, table, None if rows is None else idx, device=self.device)[idx]
+        out = np.zeros((len(idx), len(self.classes)), dtype=np.float32)
         with torch.inference_mode():
-            for g in self.bundle.builder().iter_graphs(table, x, None):
-                h = model(to_device(g.x_dict, self.device), to_device(g.edge_index_dict, self.device))["flow"]
-                t = g["flow"].target
-                p = torch.softmax(model.classify(h[t.to(self.device)]), dim=-1)
-                out[g["flow"].row[t].numpy()] = p.cpu().numpy()
-        return out if rows is None else out[rows]
+            for a in range(0, len(idx), HEAD_ROWS):
+                part = torch.zeros((HEAD_ROWS, h.shape[1]), dtype=torch.float32)
+                n = min(HEAD_ROWS, len(idx) - a)
+                part[:n] = torch.from_numpy(h[a:a + n])
+                p = torch.softmax(model.classify(part.to(self.device)), dim=-1)
+                out[a:a + n] = p[:n].cpu().numpy()
+        return out
 
 
 HEADS = {"moe": _TokenHead, "dense": _TokenHead, "mae": _MAEHead, "gnn": _GNNHead}

@@ -149,6 +149,30 @@ class CommitteeDetector:
             return np.zeros(0)
         return self._combine([m.score_rows(table, rows) for m in self.members])
 
+    def flag_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
+        """Whether the committee's score of each of ``rows`` reaches its ``decision_threshold``
+        (``score_rows(table, rows) >= decision_threshold``, the same decisions), each member run
+        only on the rows its vote can still decide: once ``vote`` members are at the cut, or
+        too few are left to get there, a row is settled (a 2-of-3 committee whose first two
+        members agree never runs the third on that row).
+
+        Shapes:
+            rows ``[n]`` -> ``[n]`` bool
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        cut = float(self.decision_threshold)
+        votes = np.zeros(len(rows), dtype=np.int64)
+        open_ = np.ones(len(rows), dtype=bool)
+        for left, m in zip(range(len(self.members) - 1, -1, -1), self.members):
+            todo = np.flatnonzero(open_)
+            if len(todo) == 0:
+                break
+            # the vote-th largest rescaled value reaches the cut exactly when `vote` members'
+            # rescaled values do
+            votes[todo] += rescale(m.score_rows(table, rows[todo]), m.decision_threshold) >= cut
+            open_[todo] = (votes[todo] < self.vote) & (votes[todo] + left >= self.vote)
+        return votes >= self.vote
+
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
         """Each member's P(malicious) against its cut, per row: how many agreed."""
         rows = np.asarray(rows, dtype=np.int64)
