@@ -149,7 +149,11 @@ def run_rate(rate: int, duration: float, args) -> dict:
     cmd += (["--models", args.models, "--context-lateness", str(args.context_lateness)]
             if args.models else ["--no-models"])
     load_start = os.getloadavg()
-    w = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    err = subprocess.PIPE
+    if args.watch_log:          # watch -v (which detector runs where, measured costs) to a file
+        cmd.insert(3, "-v")
+        err = open(args.watch_log, "ab")
+    w = subprocess.Popen(cmd, stderr=err)
     stats_path = os.path.join(out, "stats.json")
     t_start = time.time()
     while time.time() - t_start < 600:           # wait until calibrated and running
@@ -339,7 +343,9 @@ def _cpu_timers() -> tuple[dict, callable]:
     for mod, owner, attr, name in CPU_STEPS:
         m = importlib.import_module(mod)
         target = getattr(m, owner) if owner else m
-        fn = getattr(target, attr)
+        fn = getattr(target, attr, None)
+        if fn is None:          # a step an older commit does not have (A/B runs)
+            continue
         acc[name] = [0.0, 0]
 
         def timed(*a, _fn=fn, _slot=acc[name], **k):
@@ -526,6 +532,8 @@ def main() -> None:
                     help="with --models: baseline conns (the writer's own, at the rate)")
     ap.add_argument("--profile-watch", default="", metavar="FILE",
                     help="run watch under cProfile (CPU time) and write its stats to FILE")
+    ap.add_argument("--watch-log", default="", metavar="FILE",
+                    help="run watch with -v, its log appended to FILE")
     ap.add_argument("--drain-timeout", type=float, default=120.0,
                     help="how long to wait for the backlog after the writer stops")
     ap.add_argument("--json", help="also write the results here")

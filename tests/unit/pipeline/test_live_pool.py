@@ -40,8 +40,8 @@ def test_loads_of_a_share_out():
 
 
 def test_rebalanced_moves_detectors_only_for_a_real_gain():
-    # calibration said the IsolationForest was costliest, so the process got it and the
-    # autoencoder, the watcher the MoE and the GNN; measured live it is the other way round
+    # shared out by costs that proved wrong: the process got the IsolationForest and the
+    # autoencoder, the watcher the MoE and the GNN, which measured live cost most
     names_costs = [0.3, 1.3, 0.5, 2.0]          # iforest, gnn, mae, moe (CPU s)
     owner = [0, -1, 0, -1]
     new = rebalanced(owner, names_costs, 1, watcher_load=2.0)

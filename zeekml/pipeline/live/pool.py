@@ -306,11 +306,11 @@ class Release:
     cpu: dict[int, float] = field(default_factory=dict)   # detector index -> CPU seconds
 
 
-# Detector CPU seconds measured (every process's) before the one re-share by measured costs:
-# calibration's costs per conn are a poor guide live (the IsolationForest's is its fit, which
-# scores every baseline conn out of bag: it was the costliest, so the one scoring process got
-# it and the autoencoder while the watcher ran the MoE and the GNN)
-REBALANCE_CPU_SECONDS = 1.0
+# Detector CPU seconds measured (every process's) per look at the share-out by measured costs:
+# calibration's costs per conn are a rough guide live (the IsolationForest's is its fit, which
+# scores every baseline conn out of bag; the learned detectors' grow as the context fills), and
+# the watcher's own work is a guessed share (WATCHER_SHARE)
+REBALANCE_CPU_SECONDS = 2.0
 
 
 class DetectorPool:
@@ -320,10 +320,11 @@ class DetectorPool:
     meanwhile, then calibrates, combines and renders as ``LiveContext.release`` does, so the
     verdicts are the bytes of the watcher scoring alone at one torch thread.
 
-    The share-out is revised once by measured costs (``rebalanced``; unless ``rebalance`` is
-    False): once the detectors have spent ``REBALANCE_CPU_SECONDS`` of CPU, each detector's measured CPU seconds and the
-    watcher's own work beside its detectors (reading, the context cut, rendering, commits) give
-    a new share-out, taken if it lowers the busiest process's load by 15%. Every process forked
+    The share-out is revised by measured costs (``rebalanced``; unless ``rebalance`` is
+    False): each time the detectors have spent ``REBALANCE_CPU_SECONDS`` of CPU, each
+    detector's CPU seconds over that time and the watcher's own work beside its detectors
+    (reading, the context cut, rendering, commits) give a new share-out, taken if it lowers
+    the busiest process's load by 15%. Every process forked
     holds every detector, so any can score any; a detector that moves loses only what it keeps
     between releases to save work (the MoE's per-host state, ``stream_state``, used only where
     it matches its stream on content): the bits are the same.
@@ -436,8 +437,8 @@ class DetectorPool:
                 self._own_measured += c
         if sum(self._measured) < self.rebalance_after:
             return
-        self.rebalance_after = None     # once
-        watcher = max(0.0, time.process_time() - self._since - self._own_measured)
+        now = time.process_time()
+        watcher = max(0.0, now - self._since - self._own_measured)
         new = rebalanced(self.owner, self._measured, self.workers, watcher)
         log.info("measured CPU s over %.1f s of detectors: %s, the watcher's own work %.2f: %s",
                  sum(self._measured),
@@ -447,6 +448,12 @@ class DetectorPool:
                      for n, o in zip(self.names, new)))
         if new is not None:
             self.owner = new
+        # measured afresh for the next look: costs move as the context fills (the host
+        # histories grow to their length, the GNN's graph to its windows), so a share-out made
+        # on the first seconds alone was worse later than the one it replaced
+        self._measured = [0.0] * len(self._measured)
+        self._own_measured = 0.0
+        self._since = now
 
     def close(self) -> None:
         """Tell every process to exit, and reap it (killed after 5 s)."""
