@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from zeekml._core.outfile import OutputFile
 from zeekml.sinks.report.plots import score_distribution_svg, timeline_svg
-from zeekml.sinks.report.run import RunData, suricata_text
+from zeekml.sinks.report.run import RunData, run_warnings, suricata_text
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -29,6 +29,7 @@ table{border-collapse:collapse;font-size:.85em;margin:.4em 0}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .desc{font-weight:600}.muted{color:#777}.suricata{color:#a40}.plots{display:flex;flex-wrap:wrap;gap:1em}
+.warn{background:#fff4d6;border-left:4px solid #d90;padding:.3em .6em;margin:.3em 0}
 details{margin:.2em 0}code{font-size:1.05em}svg{max-width:100%;height:auto}
 """
 
@@ -69,6 +70,11 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], table_id: str 
             f'<td class="num">{c}</td>' if i in num_cols else f"<td>{c}</td>"
             for i, c in enumerate(row)) + "</tr>")
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _warnings_section(run: RunData) -> str:
+    # first on the page: "your baseline looks infected" changes how every alert below reads
+    return "".join(f'<p class="warn">warning: {esc(w)}</p>' for w in run_warnings(run))
 
 
 def _summary_section(run: RunData) -> str:
@@ -226,7 +232,8 @@ def render_html(run: RunData, max_incidents: int = 100) -> str:
     body = [f"<h1>{title}</h1>",
             f'<p class="muted">generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC '
             f"from {esc(run.out_dir)}</p>",
-            _summary_section(run), _incidents_section(run, max_incidents), _plots_section(run),
+            _warnings_section(run), _summary_section(run), _incidents_section(run, max_incidents),
+            _plots_section(run),
             _top_hosts_section(run), _quarantine_section(run)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{title}</title><style>{CSS}</style></head><body>"

@@ -46,6 +46,13 @@ class RunData:
     baseline: dict = field(default_factory=dict)   # baseline.json: inputs, period, conns
 
 
+def run_warnings(run: RunData) -> list[str]:
+    """The run's warnings (``summary.json``'s ``warnings``: a baseline too small for the FPR
+    asked, a baseline that looks infected, a trained cut used), as text."""
+    w = run.summary.get("warnings")
+    return [str(x) for x in w] if isinstance(w, list) else []
+
+
 def suricata_text(inc: dict, limit: int = 3) -> str:
     """The Suricata alerts joined onto an incident's alerting conns, in words ("" without any):
     how many, then its ``limit`` most frequent signatures with their ids and counts. One wording

@@ -1,5 +1,6 @@
 """The HTML report: hostile strings from logs come out escaped; a run directory's files are read
 with one-line errors; incidents come from incidents.jsonl or are computed from the verdicts."""
+import io
 import json
 import re
 
@@ -117,3 +118,28 @@ def test_baseline_file_shown_and_escaped(tmp_path):
     (out / "baseline.json").write_text("[1]")
     with pytest.raises(UnreadableInput, match="baseline.json: not a JSON object"):
         load_run(out)
+
+
+def test_the_runs_warnings_come_first_escaped_in_both_views(tmp_path):
+    """"your baseline looks infected" changes how every alert reads: both views show the run's
+    warnings (summary.json) before the incidents, escaped."""
+    from rich.console import Console
+
+    from zeekml.sinks.report.terminal import print_incidents
+
+    warn = ["your baseline looks infected: 268 of its 708 conns flagged by clf-x, of hosts 10.0.0.1",
+            "baseline small " + EVIL]
+    run = load_run(write_run(tmp_path, [verdict(0, alert=True, score=3)], summary={"warnings": warn}))
+    page = render_html(run)
+    first = page.index('<p class="warn">warning: your baseline looks infected: 268 of its 708')
+    assert first < page.index("<h2>Run</h2>") < page.index("<h2>Incidents")
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+    buf = io.StringIO()
+    print_incidents(run, console=Console(file=buf, width=200))
+    text = buf.getvalue()
+    assert "warning: your baseline looks infected: 268 of its 708 conns" in text
+    assert text.index("warning:") < text.index("top 1 incidents")
+    assert "\x1b" not in text and "\\x1b[31m" in text           # the ESC shown, not obeyed
+    # no warnings, no warning lines
+    (tmp_path / "b").mkdir()
+    assert "warning:" not in render_html(load_run(write_run(tmp_path / "b", [verdict(0)], summary={})))
