@@ -407,6 +407,14 @@ class KnnReference:
         return np.concatenate([knn_blocks(unit_rows(embedding[first[a:a + EMBED_PIECE]]), self._index, self.k)
                                for a in range(0, len(first), EMBED_PIECE)])[inverse]
 
+    def held_out_differs(self, fit_rows: np.ndarray) -> np.ndarray:
+        """Which of ``fit_rows`` (rows given to ``fit``) ``score_held_out`` scores otherwise
+        than ``score``: those kept as reference rows (the draw of ``max_reference`` left the
+        others out, so nothing of them is in the reference). ``[n]`` bool."""
+        if self.rows is None:
+            raise ModelError("KnnReference.held_out_differs before fit")
+        return np.isin(np.asarray(fit_rows, dtype=np.int64), self.rows)
+
     def score_held_out(self, embedding: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
         """``score`` of rows that were given to ``fit``, each as if it had not been: row ``i`` of
         ``embedding`` is row ``fit_rows[i]`` of the fitted embedding, scored against the kept
@@ -501,6 +509,11 @@ class ZReference:
         if len(parts) == 0:
             return np.zeros(0)
         return self._z(parts, self.median, self.scale)
+
+    def held_out_differs(self, fit_rows: np.ndarray) -> np.ndarray:
+        """Every fitted row is in the statistics: ``score_held_out`` differs from ``score`` for
+        all of ``fit_rows``. ``[n]`` bool."""
+        return np.ones(len(fit_rows), dtype=bool)
 
     def score_held_out(self, parts: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
         """``score`` of rows given to ``fit`` (row ``i`` is fitted row ``fit_rows[i]``), each by
@@ -620,6 +633,8 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
     fitted_at = np.full(table.num_rows, -1, dtype=np.int64)
     fitted_at[fit_rows] = np.arange(len(fit_rows), dtype=np.int64)
     held = fitted_at[cal_rows] >= 0
+    # of those, the ones the reference holds (the rest score as any conn: reused below)
+    held[held] = det.reference.held_out_differs(fitted_at[cal_rows[held]])
     cal = np.empty(len(cal_rows))
     if held.any():
         cal[held] = _score_held_out(det.reference, x, cal_rows[held], fitted_at[cal_rows[held]])
