@@ -123,9 +123,10 @@ class IsolationForestDetector:
 
     Anomalous = the conn's flow features are isolated by few random splits of trees grown on
     the baseline (the short average path length of ``2 ** -(depth / c)``): a value past what
-    the baseline holds, or a rare combination. Blind spot, measured: a feature constant on the
-    baseline (a protocol it never saw) is never split on, so novelty there alone does not count
-    (CTU-21-1's TCP/443 C&C against a UDP-only baseline: AUROC 0.91, docs/results/detection.md).
+    the baseline holds, or a rare combination. Blind spot, measured: a feature (nearly) constant on the
+    baseline (a protocol it never saw) is (almost) never split on, so novelty there alone counts little
+    (CTU-21-1's TCP/443 C&C SYNs against a DNS and NTP baseline with one TCP conn: AUROC 0.91,
+    docs/results/detection.md).
 
     Args:
         n_estimators: trees (default 200).
