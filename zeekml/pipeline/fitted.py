@@ -139,15 +139,14 @@ def baseline_infection(baseline: pa.Table, detectors: list[Detector], judge: Det
     n_base = baseline.num_rows
     if n_base == 0 or not (judges or judge is not None):
         return None
+    rows = np.arange(n_base, dtype=np.int64)
     if judges:
-        rows = np.arange(n_base, dtype=np.int64)
         flagged = np.zeros(n_base, dtype=bool)
         for det in judges:
             p = np.nan_to_num(np.asarray(det.score(baseline), dtype=np.float64), nan=0.0)
             flagged |= p >= float(getattr(det, "decision_threshold", 0.5))
     else:
         judges = [judge]
-        rows = np.arange(n_base, dtype=np.int64)
         if n_base > BASELINE_CHECK_CONNS:
             rows = np.sort(np.random.default_rng(seed).choice(n_base, BASELINE_CHECK_CONNS, replace=False))
         flags = getattr(judge, "flag_rows", None)
@@ -300,17 +299,16 @@ def calibration_scores(detectors: list[Detector], baseline: pa.Table,
         fit_table = pa.concat_tables([baseline, fit_extra.select(baseline.column_names)],
                                     promote_options="permissive")
     step = on_step or (lambda text: None)
-    every = np.arange(baseline.num_rows, dtype=np.int64)
     cal_scores: dict[str, np.ndarray] = {}
     conn_seconds: dict[str, float] = {}
     for det in detectors:
-        conn_seconds[det.name] = _fit_one(det, baseline, fit_table, every, fit_extra,
+        conn_seconds[det.name] = _fit_one(det, baseline, fit_table, fit_extra,
                                           scored if reuse else None, rows if reuse else None,
                                           raw, cal_scores, step)
     return cal_scores, conn_seconds
 
 
-def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table, every: np.ndarray,
+def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table,
              fit_extra: pa.Table | None, scored: pa.Table | None, rows: np.ndarray | None,
              raw: dict[str, np.ndarray] | None, cal_scores: dict[str, np.ndarray],
              step: Callable[[str], None]) -> float:
@@ -324,6 +322,7 @@ def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table, every: np.n
         # a learned detector: each baseline conn embedded once in the baseline's context and,
         # the baseline drawn from the input, not embedded again (``fit_split``)
         t0 = time.process_time()
+        every = np.arange(n, dtype=np.int64)        # every baseline conn fits and calibrates
         cal_scores[det.name], full = split(baseline, every, every, extra=fit_extra,
                                            scored=scored, rows=rows)
         seconds = time.process_time() - t0

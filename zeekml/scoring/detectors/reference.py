@@ -126,7 +126,7 @@ class KnnIndex:
             raise ModelError(f"a kNN reference is a matrix of embeddings, not shape {ref.shape}")
         finite = np.isfinite(ref).all(axis=1)
         # the searched column of each given row (-1: not finite, nobody's neighbour), so that a
-        # reference row can be scored against the others (``knn_held_out``)
+        # reference row can be scored against the others (``knn_blocks``' ``own``)
         self.column = np.full(len(ref), -1, dtype=np.int64)
         if not finite.all():
             ref = ref[finite]
@@ -228,26 +228,35 @@ def nearest_in_block(sim: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.T
     return near.values, cols.gather(1, near.indices)
 
 
-def knn_blocks(e: np.ndarray, index: KnnIndex, k: int) -> np.ndarray:
+def knn_blocks(e: np.ndarray, index: KnnIndex, k: int, own: np.ndarray | None = None) -> np.ndarray:
     """``knn_distance`` of every row of ``e`` (unit vectors) as it stands, duplicates included,
     ``CHUNK`` rows at a time.
 
+    ``own``: row ``i`` of ``e`` is reference row ``own[i]`` (a position in the rows the
+    ``KnnIndex`` was built from), and is scored against the reference without one occurrence of
+    itself (its count one less for it alone): a baseline conn kept as a reference row scored
+    as a new conn would be against the other baseline conns (leave-one-out), so that every
+    baseline conn can calibrate its detector. The ``k + 1`` nearest distinct rows hold the
+    ``k`` nearest others: at most one of them is the row itself.
+
     Shapes:
-        e ``[n, d]`` -> ``[n]``
+        e ``[n, d]``, own ``[n]`` -> ``[n]``
     """
     import torch
 
     out = np.empty(len(e))
-    if index.size == 0:
+    others = index.size - (own is not None)
+    if others < 1:
         out.fill(np.nan)
         return out
-    k = max(1, min(k, index.size))
-    top = min(k, index.searched)                 # the real rows that hold the k nearest
+    k = max(1, min(k, others))
     real = index.searched
-    repeated = bool((index.counts[:real] > 1).any())
+    top = min(k + (own is not None), real)       # the real rows that hold the k nearest (others)
+    counted = own is not None or bool((index.counts[:real] > 1).any())
     grouped = groups_pay()
     r = torch.from_numpy(index.rows).T                              # [d, u], a view: BLAS transposes
     counts = torch.from_numpy(index.counts)
+    cols = None if own is None else torch.from_numpy(index.column[np.asarray(own, dtype=np.int64)])
     slot = torch.arange(k).view(1, k, 1)
     x_all = torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32))
     pad = None
@@ -268,52 +277,16 @@ def knn_blocks(e: np.ndarray, index: KnnIndex, k: int) -> np.ndarray:
                 vals, near = nearest_in_block(sim[:n], top)
             else:
                 vals, near = sim[:n].topk(top, dim=1)
-            if repeated:
+            if counted:
                 # the j-th nearest of the multiset is the first distinct neighbour whose
-                # running count exceeds j (neighbours are sorted, nearest first)
-                ends = counts[near].cumsum(dim=1)                           # [n, top]
+                # running count exceeds j (neighbours are sorted, nearest first); a row's own
+                # column counts one less for it
+                c = counts[near]
+                if cols is not None:
+                    c = c - (near == cols[a:a + n].unsqueeze(1)).long()
+                ends = c.cumsum(dim=1)                                      # [n, top]
                 vals = vals.gather(1, (ends.unsqueeze(1) <= slot).sum(dim=2))   # [n, k]
             out[a:a + n] = (1.0 - vals).double().mean(dim=1).numpy()
-    return out
-
-
-def knn_held_out(e: np.ndarray, index: KnnIndex, k: int, own: np.ndarray) -> np.ndarray:
-    """``knn_distance`` of each row of ``e`` (unit vectors) to the reference without one
-    occurrence of itself: row ``i`` is reference row ``own[i]`` (a position in the rows the
-    ``KnnIndex`` was built from), whose count is one less for it alone. A baseline conn kept
-    as a reference row is thereby scored as a new conn would be against the other baseline
-    conns (leave-one-out), so every baseline conn can calibrate its detector.
-
-    The ``k + 1`` nearest distinct rows hold the ``k`` nearest others: at most one of them is
-    the row itself. Calibration only, so ``topk`` over every column (no ``nearest_in_block``);
-    the distances are averaged as ``knn_blocks`` averages them.
-
-    Shapes:
-        e ``[n, d]``, own ``[n]`` -> ``[n]``
-    """
-    import torch
-
-    out = np.full(len(e), np.nan)
-    k = min(k, index.size - 1)
-    if k < 1 or len(e) == 0:
-        return out
-    real = index.searched
-    top = min(k + 1, real)
-    r = torch.from_numpy(index.rows).T
-    counts = torch.from_numpy(index.counts)
-    slot = torch.arange(k).view(1, k, 1)
-    cols = torch.from_numpy(index.column[np.asarray(own, dtype=np.int64)])
-    x_all = torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32))
-    with torch.inference_mode():
-        for a in range(0, len(e), CHUNK):
-            sim = torch.mm(x_all[a:a + CHUNK], r)
-            if index.pads:
-                sim[:, real:] = -torch.inf
-            vals, near = sim.topk(top, dim=1)
-            c = counts[near] - (near == cols[a:a + CHUNK].unsqueeze(1)).long()
-            ends = c.cumsum(dim=1)
-            vals = vals.gather(1, (ends.unsqueeze(1) <= slot).sum(dim=2))       # [n, k]
-            out[a:a + len(vals)] = (1.0 - vals).double().mean(dim=1).numpy()
     return out
 
 
@@ -407,37 +380,40 @@ class KnnReference:
         return np.concatenate([knn_blocks(unit_rows(embedding[first[a:a + EMBED_PIECE]]), self._index, self.k)
                                for a in range(0, len(first), EMBED_PIECE)])[inverse]
 
+    def _kept_at(self, fit_rows: np.ndarray, what: str) -> np.ndarray:
+        """Each of ``fit_rows``' position among the kept reference rows, ``[n]`` (-1: the draw
+        of ``max_reference`` left it out)."""
+        if self._index is None or self.rows is None:
+            raise ModelError(f"KnnReference.{what} before fit")
+        fit_rows = np.asarray(fit_rows, dtype=np.int64)
+        kept = np.full(int(max(self.rows.max(initial=-1), fit_rows.max(initial=-1))) + 1, -1, np.int64)
+        kept[self.rows] = np.arange(len(self.rows), dtype=np.int64)
+        return kept[fit_rows]
+
     def held_out_differs(self, fit_rows: np.ndarray) -> np.ndarray:
         """Which of ``fit_rows`` (rows given to ``fit``) ``score_held_out`` scores otherwise
         than ``score``: those kept as reference rows (the draw of ``max_reference`` left the
         others out, so nothing of them is in the reference). ``[n]`` bool."""
-        if self.rows is None:
-            raise ModelError("KnnReference.held_out_differs before fit")
-        return np.isin(np.asarray(fit_rows, dtype=np.int64), self.rows)
+        return self._kept_at(fit_rows, "held_out_differs") >= 0
 
     def score_held_out(self, embedding: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
         """``score`` of rows that were given to ``fit``, each as if it had not been: row ``i`` of
         ``embedding`` is row ``fit_rows[i]`` of the fitted embedding, scored against the kept
-        reference rows other than itself (``knn_held_out``; a row that the draw of
+        reference rows other than itself (``knn_blocks`` with ``own``; a row that the draw of
         ``max_reference`` left out is not in the reference, and is scored as any conn is).
 
         Shapes:
             embedding ``[n, d]``, fit_rows ``[n]`` -> ``[n]``
         """
-        if self._index is None or self.rows is None:
-            raise ModelError("KnnReference.score_held_out before fit")
+        own = self._kept_at(fit_rows, "score_held_out")
         embedding = np.asarray(embedding)
-        fit_rows = np.asarray(fit_rows, dtype=np.int64)
-        kept = np.full(int(max(self.rows.max(initial=-1), fit_rows.max(initial=-1))) + 1, -1, np.int64)
-        kept[self.rows] = np.arange(len(self.rows), dtype=np.int64)
-        own = kept[fit_rows]
         inside = own >= 0
         out = np.empty(len(embedding))
         if (~inside).any():
             out[~inside] = self.score(embedding[~inside])
         for a in range(0, int(inside.sum()), EMBED_PIECE):
             pos = np.flatnonzero(inside)[a:a + EMBED_PIECE]
-            out[pos] = knn_held_out(unit_rows(embedding[pos]), self._index, self.k, own[pos])
+            out[pos] = knn_blocks(unit_rows(embedding[pos]), self._index, self.k, own[pos])
         return out
 
     def nearest(self, embedding: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -637,7 +613,7 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
     held[held] = det.reference.held_out_differs(fitted_at[cal_rows[held]])
     cal = np.empty(len(cal_rows))
     if held.any():
-        cal[held] = _score_held_out(det.reference, x, cal_rows[held], fitted_at[cal_rows[held]])
+        cal[held] = _score_at(det.reference, x, cal_rows[held], fitted_at[cal_rows[held]])
     if scored is None:
         if (~held).any():
             cal[~held] = _score_at(det.reference, x, cal_rows[~held])
@@ -662,18 +638,15 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
     return cal, full
 
 
-def _score_at(reference: KnnReference | ZReference, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``reference.score(x[rows])`` a piece of rows at a time (no copy of all of them at once)."""
+def _score_at(reference: KnnReference | ZReference, x: np.ndarray, rows: np.ndarray,
+              fitted_at: np.ndarray | None = None) -> np.ndarray:
+    """``reference.score(x[rows])`` (with ``fitted_at``, the rows' positions among the fitted
+    rows: ``reference.score_held_out(x[rows], fitted_at)``) a piece of rows at a time (no copy
+    of all of them at once)."""
     if len(rows) == 0:
         return np.zeros(0)
-    return np.concatenate([reference.score(x[rows[a:a + EMBED_PIECE]])
-                           for a in range(0, len(rows), EMBED_PIECE)])
-
-
-def _score_held_out(reference: KnnReference | ZReference, x: np.ndarray, rows: np.ndarray,
-                    fitted_at: np.ndarray) -> np.ndarray:
-    """``reference.score_held_out(x[rows], fitted_at)`` a piece of rows at a time."""
-    return np.concatenate([reference.score_held_out(x[rows[a:a + EMBED_PIECE]], fitted_at[a:a + EMBED_PIECE])
+    return np.concatenate([reference.score(x[rows[a:a + EMBED_PIECE]]) if fitted_at is None
+                           else reference.score_held_out(x[rows[a:a + EMBED_PIECE]], fitted_at[a:a + EMBED_PIECE])
                            for a in range(0, len(rows), EMBED_PIECE)])
 
 
