@@ -142,12 +142,14 @@ class IsolationForestDetector:
     context_key = None
 
     def __init__(self, n_estimators: int = 200, seed: int = 0, max_samples: int | str = "auto"):
-        from sklearn.ensemble import IsolationForest
+        # scikit-learn's IsolationForest whose trees remember the rows they drew, for
+        # out_of_bag (the same trees: iforest_draws)
+        from zeekml.scoring.detectors.iforest_draws import RecordingIsolationForest
 
         self.featurizer = FlowFeaturizer()
         self.max_samples = max_samples
-        self.model = IsolationForest(n_estimators=n_estimators, random_state=seed,
-                                     max_samples=max_samples, n_jobs=1)
+        self.model = RecordingIsolationForest(n_estimators=n_estimators, random_state=seed,
+                                              max_samples=max_samples, n_jobs=1)
         self._direct: DirectForest | None = None
         self.oob_scores: np.ndarray | None = None
         self._median: np.ndarray | None = None
@@ -173,7 +175,12 @@ class IsolationForestDetector:
         except (AttributeError, ImportError) as e:
             raise ModelError("this scikit-learn's IsolationForest lacks the per-tree path lengths "
                              f"that out-of-bag calibration reads ({e})") from e
-        self.oob_scores = trees.out_of_bag(x, self.model.estimators_samples_)
+        drawn = self.model.drawn_samples()
+        if drawn is None:
+            log.info("IsolationForest's drawn rows read from estimators_samples_ (this "
+                     "scikit-learn's trees recorded none)")
+            drawn = self.model.estimators_samples_
+        self.oob_scores = trees.out_of_bag(x, drawn)
         self._median = np.median(x, axis=0)
         mad = np.median(np.abs(x - self._median), axis=0)
         self._mad = np.where(mad > 1e-6, mad, np.maximum(np.std(x, axis=0), 1e-3))
