@@ -114,16 +114,38 @@ def pad_nodes(x_dict: dict) -> dict:
     return out
 
 
+# Most rows of a neighbourhood (``embed_rows`` with ``rows``) embedded as one graph, beyond which
+# it is cut into ``iter_graphs``' pieces (each with its own context windows): bounds the graph's
+# memory (~40 edges a flow node on a dense link: 300,000 rows are ~12M edges, ~0.4 GB with the
+# adjacencies built from them).
+ONE_GRAPH_ROWS = 300_000
+
+
+def ready(model, device: str):
+    """``model`` on ``device`` in eval mode, moved or switched only when it is not already
+    (``Module.to`` and ``eval`` walk every submodule: 5 ms a call, 0.18 of the GNN's 1.4 CPU s
+    over a live probe's 33 releases)."""
+    torch = torch_module()
+    p = next(model.parameters(), None)
+    if p is not None and p.device != torch.device(device):
+        model = model.to(device)
+    if model.training:
+        model = model.eval()
+    return model
+
+
 def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = None,
-               device: str = "cpu") -> np.ndarray:
+               device: str = "cpu", one_graph: bool = False) -> np.ndarray:
     """Flow embeddings ``[n_rows, H]`` of the target appearance of each row (zeros elsewhere).
 
     With ``rows``, only their graph neighbourhood (``FlowGraphBuilder.neighbourhood``: the rows
     of their windows and the ``context_windows`` before) is featurised and embedded, however
     long ``table`` is: the graphs are those of the whole table's rows (padded to ``MIN_NODES``
-    nodes per type, so a conn alone in its windows gets the bits it gets among many)."""
+    nodes per type, so a conn alone in its windows gets the bits it gets among many).
+    ``one_graph`` (with ``rows``): the neighbourhood as one graph when it holds at most
+    ``ONE_GRAPH_ROWS`` rows (the same bits; ``GNNDetector.score_rows``)."""
     torch = torch_module()
-    model = bundle.model.to(device).eval()
+    model = ready(bundle.model, device)
     out = np.zeros((table.num_rows, model.cfg.hidden), dtype=np.float32)
     builder = bundle.builder()
     keep = None
@@ -142,8 +164,14 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
     # detectors: take the neighbourhood's rows of them (a conn's features are its own)
     x = (bundle.features(whole, keep) if keep is not None and table_memo.active()
          else bundle.features(table))
+    # a neighbourhood is embedded as one graph where it fits: ``iter_graphs``' pieces of
+    # ``segment_flows`` targets each hold their own 4 windows of context, and at 5,000 conns/s
+    # a live release of 25,000 conns came in two pieces of ~160,000 flow nodes each (one graph
+    # of them: ~195,000). A target's embedding is the same bits in either (``score_rows``)
+    one = one_graph and rows is not None and table.num_rows <= ONE_GRAPH_ROWS
+    graphs = [builder.build(table, x, rows)] if one else builder.iter_graphs(table, x, rows)
     with torch.inference_mode():
-        for g in builder.iter_graphs(table, x, rows):
+        for g in graphs:
             xs = g.x_dict if rows is None else pad_nodes(g.x_dict)
             h = model(to_device(xs, device), to_device(g.edge_index_dict, device))["flow"]
             t = g["flow"].target
@@ -233,10 +261,11 @@ class GNNDetector:
         g = self.bundle.graph
         return float(g.max_conn_windows * g.window)
 
-    def _embed(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+    def _embed(self, table: pa.Table, rows: np.ndarray | None = None,
+               one_graph: bool = False) -> np.ndarray:
         """Flow embeddings of ``rows`` of ``table`` (every row when None), as the model gives
-        them (``reference`` scales them to unit rows)."""
-        e = embed_rows(self.bundle, table, rows, device=self.device)
+        them (``reference`` scales them to unit rows); ``one_graph``: ``embed_rows``'."""
+        e = embed_rows(self.bundle, table, rows, device=self.device, one_graph=one_graph)
         return e if rows is None else e[rows]
 
     def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
@@ -291,7 +320,7 @@ class GNNDetector:
         if len(rows) == 0:
             return np.zeros(0)
         self._check_fitted("score_rows")
-        return self.reference.score(self._embed(table, rows))
+        return self.reference.score(self._embed(table, rows, one_graph=True))
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
         """Per row, its nearest baseline conns by flow embedding (``scoring.explain.nearest_text``:

@@ -128,3 +128,47 @@ def test_the_reference_is_knnreference_with_the_detectors_own_formula(fitted):
     for text in det.explain(table, rows):
         named = [w.split(",")[0].rstrip(")") for w in text.split("uid ")[1:]]
         assert named and set(named) <= fit_uids, text
+
+
+def test_one_graph_of_a_neighbourhood_gives_the_bits_of_its_pieces(fitted, monkeypatch, avx2):
+    """``score_rows`` embeds a batch's neighbourhood as one graph (``ONE_GRAPH_ROWS``), where
+    ``iter_graphs`` cut it into pieces of ``segment_flows`` targets, each with its own context
+    windows; the scores are the same bits either way, and past the bound it is cut again."""
+    import dataclasses
+
+    import zeekml.scoring.detectors.gnn as gnn
+
+    det, table, full = fitted
+    graph = det.bundle.graph
+    monkeypatch.setattr(det.bundle, "graph", dataclasses.replace(graph, segment_flows=10))
+    built = []
+    build = gnn.FlowGraphBuilder._build
+    monkeypatch.setattr(gnn.FlowGraphBuilder, "_build",
+                        lambda self, *a: built.append(len(a[4])) or build(self, *a))
+    rows = np.arange(60, 200)
+    one = det.score_rows(table, rows)
+    assert built == [len(rows)]                                  # one graph of every target
+    assert_same(one, full[rows], avx2)
+    built.clear()
+    pieces = det._embed(table, rows)                             # explain's path: pieces
+    assert len(built) > 3
+    monkeypatch.setattr(gnn, "ONE_GRAPH_ROWS", 50)               # a neighbourhood past the bound
+    built.clear()
+    assert_same(det.score_rows(table, rows), full[rows], avx2)
+    assert len(built) > 3
+    assert_same(det.reference.score(pieces), full[rows], avx2)
+
+
+def test_a_model_is_switched_to_eval_and_moved_only_when_it_is_not_already(fitted):
+    from zeekml.scoring.detectors.gnn import ready
+
+    det, table, full = fitted
+    model = det.bundle.model
+    assert ready(model, "cpu") is model and not model.training
+    model.train()
+    try:
+        assert ready(model, "cpu") is model and not model.training
+        assert not any(m.training for m in model.modules())
+    finally:
+        model.eval()
+    assert (det.score_rows(table, np.arange(10)) == full[:10]).all()
