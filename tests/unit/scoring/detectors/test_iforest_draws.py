@@ -1,5 +1,7 @@
-"""The IsolationForest whose trees record the rows they drew (``iforest_draws``): the same trees
-as scikit-learn's own, and the rows ``estimators_samples_`` draws again, without drawing them."""
+"""The IsolationForest's fit without repeated work, bit for bit: trees that record the rows they
+drew (``iforest_draws``: the same trees as scikit-learn's own, and the rows
+``estimators_samples_`` draws again, without drawing them), the medians of the scaled and raw
+features from one partition (``iforest._medians``), both clip bounds from one quantile call."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +13,8 @@ import pytest
 from sklearn.ensemble import IsolationForest
 from sklearn.tree import ExtraTreeRegressor
 
-from zeekml.scoring.detectors.iforest import IsolationForestDetector
+from zeekml.features.flow_features import FlowFeaturizer
+from zeekml.scoring.detectors.iforest import IsolationForestDetector, _medians
 from zeekml.scoring.detectors.iforest_draws import RecordingIsolationForest
 from zeekml.train.data import load_conns
 
@@ -64,3 +67,33 @@ def test_a_forest_whose_trees_record_nothing_calibrates_on_estimators_samples(mo
     assert "read from estimators_samples_" in caplog.text
     assert np.array_equal(got.oob_scores, want.oob_scores, equal_nan=True)
     assert np.isfinite(want.oob_scores).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 1200])
+def test_medians_are_np_median_bits(n):
+    """Odd and even counts, ties and clipped tails (many equal values in a column, the case a
+    scaled median could round differently), one constant column."""
+    conns = load_conns([LOG]).slice(0, n)
+    f = FlowFeaturizer()
+    x, raw = f.fit_transform_raw(conns)
+    med, raw_med = _medians(x, raw, f)
+    want, raw_want = np.median(x, axis=0), np.median(raw, axis=0)
+    assert med.dtype == want.dtype == np.float32 and raw_med.dtype == raw_want.dtype
+    assert np.array_equal(med, want) and np.array_equal(raw_med, raw_want)
+
+
+def test_medians_of_non_finite_raw_values_are_np_median():
+    f = FlowFeaturizer()
+    x, raw = f.fit_transform_raw(load_conns([LOG]).slice(0, 40))
+    raw = raw.copy()
+    raw[3, 2] = np.nan
+    med, raw_med = _medians(x, raw, f)
+    assert np.array_equal(med, np.median(x, axis=0))
+    assert np.array_equal(raw_med, np.median(raw, axis=0), equal_nan=True) and np.isnan(raw_med[2])
+
+
+def test_clip_bounds_are_the_two_quantiles():
+    f = FlowFeaturizer()
+    _, raw = f.fit_transform_raw(load_conns([LOG]).slice(0, 3000))
+    assert f.lo == np.quantile(raw, f.clip_quantiles[0], axis=0).tolist()
+    assert f.hi == np.quantile(raw, f.clip_quantiles[1], axis=0).tolist()
