@@ -169,3 +169,19 @@ def test_the_shipped_committee_loads_its_three_members(members):
     s = det.score(table)
     agree = np.sum([m.score(table) >= m.decision_threshold for m in det.members], axis=0)
     np.testing.assert_array_equal(s >= det.decision_threshold, agree >= 2)
+
+
+def test_an_mae_member_featurises_only_the_rows_asked_with_the_whole_tables_bits(members):
+    """The baseline check asks for 1,000 of a baseline's conns: the autoencoder member featurises
+    those (the rest of the table their host history), with the values of featurising all."""
+    table, dirs = members
+    det = CommitteeDetector(make(dirs, os.path.join(os.path.dirname(dirs[0]), "vote2"), 2))
+    head = det.members[0].head
+    rows = np.array([3, 0, 250, 17], dtype=np.int64)
+    want = head.m.run(head.m.modalities(table).take(rows))["proba"]
+    asked: list[int] = []
+    inner = head.m.featurizer.transform
+    head.m.featurizer.transform = lambda t, *a, rows=None, **k: (
+        asked.append(t.num_rows if rows is None else len(rows)), inner(t, *a, rows=rows, **k))[1]
+    np.testing.assert_array_equal(head.proba(table, rows), want)
+    assert asked == [len(rows)]
