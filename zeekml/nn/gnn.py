@@ -167,7 +167,14 @@ class FlowGraphEncoder(nn.Module):
                 self.norms.append(nn.ModuleDict({"flow": nn.LayerNorm(h), "ip": nn.LayerNorm(h)}))
         self.dropout = cfg.dropout
 
-    def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[EdgeType, Tensor]) -> dict[str, Tensor]:
+    def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[EdgeType, Tensor],
+                targets: Tensor | None = None) -> dict[str, Tensor]:
+        """``targets``: the flow nodes whose embedding is wanted ``[t]`` (default every node).
+        Each step then updates only the nodes those depend on through the steps after it (the
+        targets' cone: at the last step the targets alone, a step before also their sources,
+        and so on), and the other rows of the result are 0: a live batch's graph holds 4
+        windows of context before its targets, whose own embeddings nobody reads. Every row
+        computed is the bits the whole graph gives it (``cone_rows``)."""
         adj = adjacency(x_dict, edge_index_dict)
         deg = []
         for et in (("flow", "rev_orig", "ip"), ("flow", "to_resp", "ip")):
@@ -176,6 +183,8 @@ class FlowGraphEncoder(nn.Module):
                  else torch.zeros(x_dict["ip"].size(0), device=x_dict["ip"].device))
             deg.append(torch.log1p(d))
         ip = torch.cat([x_dict["ip"], torch.stack(deg, dim=1)], dim=1)
+        if targets is not None:
+            return self._cone(x_dict["flow"], ip, adj, targets)
         h = {"flow": F.leaky_relu(self.flow_in(x_dict["flow"])), "ip": F.leaky_relu(self.ip_in(ip))}
         for conv, root, norm in zip(self.convs, self.roots, self.norms):
             out = relation_sum(conv, h, adj)
@@ -187,6 +196,106 @@ class FlowGraphEncoder(nn.Module):
                 new[k] = norm[k](v + F.dropout(F.leaky_relu(upd), self.dropout, self.training))
             h = new
         return h
+
+
+    def _cone(self, flow: Tensor, ip: Tensor, adj: dict[EdgeType, Tensor],
+              targets: Tensor) -> dict[str, Tensor]:
+        """``forward`` of the ``targets``' cone (``cone_rows``): each step's update of the rows
+        a later step reads, from those rows' CSR adjacency rows (``csr_rows``: the same sources
+        in the same order, so each mean is the same sum)."""
+        sizes = {"flow": flow.size(0), "ip": ip.size(0)}
+        steps = list(zip(self.convs, self.roots, self.norms))
+        need, subs = cone_rows([c.edge_types for c in self.convs], adj, sizes, targets)
+        h: dict[str, Tensor] = {}
+        for k, x, lin in (("flow", flow, self.flow_in), ("ip", ip, self.ip_in)):
+            rows = need[0][k]
+            h[k] = x.new_zeros(sizes[k], lin.out_features)
+            if len(rows):
+                h[k][rows] = F.leaky_relu(lin(x.index_select(0, rows)))
+        for i, (conv, root, norm) in enumerate(steps):
+            new = {}
+            for k, v in h.items():
+                rows = need[i + 1][k]
+                new[k] = v.new_zeros(v.shape)
+                if not len(rows):
+                    continue
+                out = None
+                for et, sage in conv.items():
+                    a = subs[i].get(et)
+                    if a is None or et[2] != k:
+                        continue
+                    y = sage(h[et[0]], a)
+                    out = y if out is None else out + y
+                vr = v.index_select(0, rows)
+                upd = root[k](vr)
+                if out is not None:
+                    upd = upd + out
+                new[k][rows] = norm[k](vr + F.dropout(F.leaky_relu(upd), self.dropout, self.training))
+            h = new
+        return h
+
+
+# Rows of a matrix product below which CPU kernels give a row other bits than among more rows
+# (``zeekml.scoring.detectors.gnn.MIN_NODES``): a cone's row sets are padded up to it.
+MIN_ROWS = 4
+
+
+def _padded(rows: Tensor) -> Tensor:
+    """``rows`` with copies of its first row appended up to ``MIN_ROWS`` (none when empty)."""
+    if 0 < len(rows) < MIN_ROWS:
+        rows = torch.cat([rows, rows[:1].expand(MIN_ROWS - len(rows))])
+    return rows
+
+
+def csr_rows(adj_t: Tensor, rows: Tensor) -> Tensor:
+    """The rows ``rows`` ``[m]`` of a CSR adjacency ``[N_dst, N_src]`` as one ``[m, N_src]``:
+    each with its sources in the same order, so a mean over them is the same sum."""
+    import warnings
+
+    crow, col = adj_t.crow_indices(), adj_t.col_indices()
+    start = crow.index_select(0, rows)
+    count = crow.index_select(0, rows + 1) - start
+    new_crow = torch.zeros(len(rows) + 1, dtype=crow.dtype, device=crow.device)
+    torch.cumsum(count, 0, out=new_crow[1:])
+    total = int(new_crow[-1])
+    at = torch.repeat_interleave(start - new_crow[:-1], count, output_size=total) + \
+        torch.arange(total, device=crow.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # "sparse CSR tensor support is in beta state"
+        return torch.sparse_csr_tensor(new_crow, col.index_select(0, at),
+                                       torch.ones(total, device=crow.device),
+                                       size=(len(rows), adj_t.size(1)))
+
+
+def cone_rows(step_edges: list[tuple[EdgeType, ...]], adj: dict[EdgeType, Tensor],
+              sizes: dict[str, int], targets: Tensor
+              ) -> tuple[list[dict[str, Tensor]], list[dict[EdgeType, Tensor]]]:
+    """Which rows of each node type each step of the encoder must compute for the flow nodes
+    ``targets``: ``need[i]`` the rows whose state after step ``i`` (0 = the input projection)
+    is read, padded to ``MIN_ROWS``; ``subs[i]`` the adjacency rows (``csr_rows``) of step
+    ``i + 1``'s updated rows per edge type. From the last step down: the targets, then each
+    step's rows and every source they read (a node's update reads its own state too).
+
+    Shapes:
+        targets ``[t]`` -> ``need``: ``len(step_edges) + 1`` dicts of ``[m]`` int64
+    """
+    n = len(step_edges)
+    need: list[dict[str, Tensor]] = [{} for _ in range(n + 1)]
+    subs: list[dict[EdgeType, Tensor]] = [{} for _ in range(n)]
+    masks = {k: torch.zeros(v, dtype=torch.bool, device=targets.device) for k, v in sizes.items()}
+    masks["flow"][targets] = True
+    for i in reversed(range(n)):
+        need[i + 1] = {k: _padded(m.nonzero().squeeze(1)) for k, m in masks.items()}
+        masks = {k: m.clone() for k, m in masks.items()}
+        for et in step_edges[i]:
+            a = adj.get(et)
+            if a is None or not len(need[i + 1][et[2]]):
+                continue
+            sub = csr_rows(a, need[i + 1][et[2]])
+            subs[i][et] = sub
+            masks[et[0]][sub.col_indices()] = True
+    need[0] = {k: _padded(m.nonzero().squeeze(1)) for k, m in masks.items()}
+    return need, subs
 
 
 def relation_sum(conv: RelationConvs, h: dict[str, Tensor], adj: dict[EdgeType, Tensor]) -> dict[str, Tensor]:
@@ -277,8 +386,10 @@ class FlowGNN(nn.Module):
         elif cfg.n_classes:
             self.head = nn.Sequential(nn.Linear(cfg.hidden, cfg.n_classes))
 
-    def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[EdgeType, Tensor]) -> dict[str, Tensor]:
-        return self.encoder(x_dict, edge_index_dict)
+    def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[EdgeType, Tensor],
+                targets: Tensor | None = None) -> dict[str, Tensor]:
+        """``targets``: the flow nodes whose embedding is read (``FlowGraphEncoder.forward``)."""
+        return self.encoder(x_dict, edge_index_dict, targets)
 
     def classify(self, h_flow: Tensor) -> Tensor:
         if self.head is None:

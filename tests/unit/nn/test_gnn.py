@@ -199,3 +199,35 @@ def test_csr_adjacency_is_pygs(n_src, n_dst, n_edges, ordered):
     for part in ("crow_indices", "col_indices", "values"):
         a, b = getattr(got, part)(), getattr(want, part)()
         assert a.dtype == b.dtype and torch.equal(a, b), part
+
+
+def test_the_targets_cone_gives_the_whole_graphs_bits(setup, avx2):
+    """``FlowGNN(..., targets=)`` updates at each step only the rows the targets read through
+    the steps after it; the targets' embeddings are the whole graph's bits (1-3 targets too:
+    each step's rows are padded to ``MIN_ROWS``), other rows are 0, and the cone is smaller
+    than the graph where the targets are a part of it."""
+    from checks import assert_same
+    from zeekml.nn.gnn import adjacency, cone_rows
+
+    table, x, cfg, model = setup
+    g = FlowGraphBuilder(cfg).build(table, x)
+    with torch.inference_mode():
+        full = model(g.x_dict, g.edge_index_dict)
+    n = g["flow"].num_nodes
+    rng = np.random.default_rng(1)
+    for t in [np.array([n - 1]), np.array([3, 4]), np.arange(n - 40, n), rng.choice(n, 9, replace=False)]:
+        t = torch.as_tensor(np.sort(t))
+        with torch.inference_mode():
+            h = model(g.x_dict, g.edge_index_dict, targets=t)
+        assert_same(h["flow"][t].numpy(), full["flow"][t].numpy(), avx2)
+        rest = torch.ones(n, dtype=torch.bool)
+        rest[t] = False
+        assert not h["flow"][rest].any()
+    # the last windows' targets: the first step computes fewer flow rows than the graph holds,
+    # the last one the targets alone
+    t = torch.arange(n - 40, n)
+    sizes = {"flow": n, "ip": g["ip"].num_nodes}
+    need, _ = cone_rows([c.edge_types for c in model.encoder.convs],
+                        adjacency(g.x_dict, g.edge_index_dict), sizes, t)
+    assert len(need[-1]["flow"]) == 40 and len(need[-1]["ip"]) == 0
+    assert len(need[1]["flow"]) < n

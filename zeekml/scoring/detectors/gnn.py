@@ -173,8 +173,13 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
     with torch.inference_mode():
         for g in graphs:
             xs = g.x_dict if rows is None else pad_nodes(g.x_dict)
-            h = model(to_device(xs, device), to_device(g.edge_index_dict, device))["flow"]
             t = g["flow"].target
+            # with rows, the targets' cone only: their graph's context windows are read, not
+            # embedded. Not without: the cone pads each step's rows to MIN_ROWS, and a table
+            # of 1-3 conns (``score`` of a one-conn file, as --dask scores each file) would
+            # then get other bits than it gets today (those of the conns among many)
+            cone = None if rows is None else t.nonzero().squeeze(1).to(device)
+            h = model(to_device(xs, device), to_device(g.edge_index_dict, device), targets=cone)["flow"]
             h = h[:len(t)]
             at = g["flow"].row[t].numpy()
             out[at if keep is None else keep[at]] = h[t.to(device)].cpu().numpy()

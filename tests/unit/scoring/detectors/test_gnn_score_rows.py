@@ -47,7 +47,9 @@ def test_score_rows_equals_scoring_the_whole_table_bit_for_bit(fitted, avx2):
 
 def test_conns_alone_in_their_windows_get_the_bits_they_get_among_many(fitted, monkeypatch, avx2):
     """Such a conn's graph has fewer nodes than a CPU matrix product keeps a row's bits for
-    (1-3), so it is padded with isolated nodes (``MIN_NODES``); without them scores move."""
+    (1-3), so it is padded with isolated nodes (``MIN_NODES``), and the rows of its cone
+    each step computes with copies of one (``zeekml.nn.gnn.MIN_ROWS``); without them scores
+    move."""
     det, table, _ = fitted
     ts = ts_array(table)
     alone = np.arange(3, table.num_rows, 20)
@@ -60,8 +62,11 @@ def test_conns_alone_in_their_windows_get_the_bits_they_get_among_many(fitted, m
         assert len(builder.neighbourhood(t, [i])) < MIN_NODES
         assert_same(det.score_rows(t, np.array([i])), full[[i]], avx2)
     if avx2:
+        import zeekml.nn.gnn as nn_gnn
         import zeekml.scoring.detectors.gnn as gnn
         monkeypatch.setattr(gnn, "pad_nodes", lambda x: x)
+        # the targets' cone pads the rows each step computes the same way (``MIN_ROWS``)
+        monkeypatch.setattr(nn_gnn, "_padded", lambda rows: rows)
         unpadded = np.concatenate([det.score_rows(t, np.array([i])) for i in alone])
         assert (unpadded != full[alone]).any()
 
