@@ -18,6 +18,8 @@ This module imports scikit-learn: ``iforest`` imports it when a detector is buil
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.tree import ExtraTreeRegressor
@@ -28,13 +30,28 @@ _DRAWN = "zeekml_drawn_"
 class DrawRecordingTree(ExtraTreeRegressor):
     """``ExtraTreeRegressor`` that keeps the rows of nonzero ``sample_weight`` it was fitted
     with (the rows bagging drew for it) until ``RecordingIsolationForest.drawn_samples`` takes
-    them."""
+    them.
+
+    It also reads its parameter names once: scikit-learn derives them from the signature of
+    ``__init__`` (``inspect.signature``) at each ``get_params``/``set_params``, four times per
+    tree while bagging clones and seeds it, 0.1 of a 200-tree fit's 0.5 CPU s. A class's
+    signature does not change, so the names are the same.
+    """
+
+    @classmethod
+    def _get_param_names(cls):
+        return list(_param_names(cls))
 
     def fit(self, X, y, sample_weight=None, check_input=True):
         """``ExtraTreeRegressor.fit``, the drawn rows kept first."""
         if sample_weight is not None:
             setattr(self, _DRAWN, np.flatnonzero(np.asarray(sample_weight)))
         return super().fit(X, y, sample_weight=sample_weight, check_input=check_input)
+
+
+@functools.cache
+def _param_names(cls: type) -> tuple[str, ...]:
+    return tuple(super(DrawRecordingTree, cls)._get_param_names())
 
 
 class RecordingIsolationForest(IsolationForest):

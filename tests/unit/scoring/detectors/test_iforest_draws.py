@@ -15,7 +15,7 @@ from sklearn.tree import ExtraTreeRegressor
 
 from zeekml.features.flow_features import FlowFeaturizer
 from zeekml.scoring.detectors.iforest import IsolationForestDetector, _medians
-from zeekml.scoring.detectors.iforest_draws import RecordingIsolationForest
+from zeekml.scoring.detectors.iforest_draws import DrawRecordingTree, RecordingIsolationForest
 from zeekml.train.data import load_conns
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
@@ -42,6 +42,14 @@ def test_recorded_rows_are_estimators_samples_and_the_trees_are_the_same(n, max_
     for a, b in zip(rec.estimators_, plain.estimators_):
         assert np.array_equal(a.tree_.threshold, b.tree_.threshold)
         assert np.array_equal(a.tree_.feature, b.tree_.feature)
+        assert a.get_params() == b.get_params()          # the parameter names read once
+
+
+def test_the_trees_parameter_names_are_scikit_learns():
+    assert DrawRecordingTree._get_param_names() == ExtraTreeRegressor._get_param_names()
+    names = DrawRecordingTree._get_param_names()
+    names.append("not a parameter")                       # a caller's list, not the cache
+    assert DrawRecordingTree._get_param_names() == ExtraTreeRegressor._get_param_names()
 
 
 def test_rows_are_handed_out_once_and_a_pickled_forest_carries_none():
