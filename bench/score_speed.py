@@ -29,6 +29,7 @@ import functools
 import glob
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -305,11 +306,15 @@ def worker(mode: str, log_dir: str, out_dir: str, result: str) -> None:
             if e.code:
                 raise
     wall = time.perf_counter() - t0
+    # every thread of this process (torch's, BLAS's, the import thread): on a shared box a
+    # run's CPU moves far less with the load than its wall time does
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     with open(os.path.join(out_dir, "summary.json")) as f:
         summary = json.load(f)
     torch = sys.modules.get("torch")                 # the threads the run chose (None: no torch)
     with open(result, "w") as f:
         json.dump({"mode": mode, "wall_s": wall, "scored": summary.get("scored"),
+                   "process_cpu_s": usage.ru_utime + usage.ru_stime,
                    "torch_threads": torch.get_num_threads() if torch else None,
                    "load_average_end": os.getloadavg()[0],
                    "stages": [[*k, v] for k, v in st.self_s.items()],
@@ -505,13 +510,17 @@ def learned_ab(log_dir: str, commit: str, rounds: int) -> dict:
 
 # -- the parent ------------------------------------------------------------------------------
 
-def run_mode(mode: str, log_dir: str, tmp: str, threads: int | None) -> dict:
-    out = os.path.join(tmp, f"out-{mode}")
-    res = os.path.join(tmp, f"{mode}.json")
-    env = dict(os.environ, PYTHONPATH=ROOT)
+def run_mode(mode: str, log_dir: str, tmp: str, threads: int | None, root: str = ROOT) -> dict:
+    """One ``mode`` run of the checkout at ``root`` (its zeekml, its own timers), in a fresh
+    process."""
+    tag = "" if root == ROOT else "-against"
+    out = os.path.join(tmp, f"out-{mode}{tag}")
+    res = os.path.join(tmp, f"{mode}{tag}.json")
+    env = dict(os.environ, PYTHONPATH=root)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    subprocess.run([sys.executable, __file__, "--worker", mode, "--log-dir", log_dir, "--out", out,
+    script = os.path.join(root, "bench", "score_speed.py")
+    subprocess.run([sys.executable, script, "--worker", mode, "--log-dir", log_dir, "--out", out,
                     "--result", res], check=True, env=env, stdout=subprocess.DEVNULL)
     with open(res) as f:
         r = json.load(f)
@@ -596,6 +605,8 @@ def compare(paths: list[str]) -> str:
     row("wall, all detectors", (f"**{r['models']['wall_s']:.1f}**" for r in runs))
     row("flows/s, all detectors", (f"{r['models']['flows_per_s']:,.0f}" for r in runs))
     row("flows/s, --no-models", (f"{r['no-models']['flows_per_s']:,.0f}" for r in runs))
+    if all("process_cpu_s" in r["models"] for r in runs):
+        row("process CPU s, all detectors", (f"{r['models']['process_cpu_s']:.1f}" for r in runs))
     lines.append("| | **ratio** | " + " | ".join(f"**{r['ratio']:.3f}x**" for r in runs) + " |")
     return "\n".join(lines)
 
@@ -609,7 +620,11 @@ def main() -> None:
                          "mode's median run, with every round's wall time and ratio beside it")
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP_NUM_THREADS of the runs (default: unset, as a user runs zeekml)")
-    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--json", help="write the results here (with --against, the other checkout's "
+                                   "to this name with -against before the extension)")
+    ap.add_argument("--against", metavar="DIR",
+                    help="also run the checkout at DIR (a git worktree of another commit) on the same "
+                         "log, its modes then this tree's in each round, each side its own timers")
     ap.add_argument("--markdown", action="store_true", help="print the stage tables as Markdown")
     ap.add_argument("--tooling", action="store_true",
                     help="instead: eager vs int8 dynamic quantisation vs torch.compile per model")
@@ -635,6 +650,8 @@ def main() -> None:
     if a.compare:
         print(compare(a.compare))
         return
+    if a.against and not os.path.isfile(os.path.join(a.against, "bench", "score_speed.py")):
+        ap.error(f"--against {a.against}: not a zeekml checkout (no bench/score_speed.py in it)")
     missing = [p for p in SOURCES if not os.path.exists(p)]
     if missing:
         sys.exit(f"score_speed: source log missing: {missing[0]} (set ZEEKML_DATA)")
@@ -657,52 +674,76 @@ def main() -> None:
                     json.dump(res, f, indent=1)
             return
         modes = a.modes.split(",")
-        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        # with --against, each round runs the other checkout's modes, then this tree's, so both
+        # see the same stretch of a shared box's load
+        sides = [("against", os.path.abspath(a.against)), ("this", ROOT)] if a.against else [("this", ROOT)]
+        runs: dict[str, dict[str, list[dict]]] = {side: {m: [] for m in modes} for side, _ in sides}
         for rnd in range(a.repeat):
-            for mode in modes:
-                r = run_mode(mode, log_dir, tmp, a.threads)
-                if r["verdict_lines"] != n:
-                    sys.exit(f"score_speed: {mode}: {r['verdict_lines']} verdicts for {n} conns")
-                r["flows_per_s"] = n / r["wall_s"]
-                runs[mode].append(r)
-                if a.repeat > 1:
-                    print(f"round {rnd + 1}/{a.repeat} {mode}: {r['wall_s']:.1f} s = {r['flows_per_s']:,.0f} "
-                          f"flows/s (load average at the end {r.get('load_average_end', 0):.1f})", flush=True)
-        results = {}
-        for mode in modes:
-            r = median_run(runs[mode])
-            results[mode] = r
-            if a.repeat > 1:
-                print(f"\n{mode}: the median of {a.repeat} rounds (walls "
-                      f"{', '.join(f'{w:.1f}' for w in r['rounds_wall_s'])} s)", end="")
-            print(f"\n{mode}: {n} conns in {r['wall_s']:.1f} s = {r['flows_per_s']:,.0f} flows/s "
-                  f"(torch threads {r.get('torch_threads')}, load average at the end "
-                  f"{r.get('load_average_end', 0):.1f})", flush=True)
-            if a.markdown:
-                print(markdown(r))
-            else:
-                cpu = cpu_of(r)
-                print(f"  {'phase':9s} {'detector':7s} {'stage':34s} {'wall':>10s} {'main CPU':>10s}")
-                for phase, det, stage, s in table(r):
-                    print(f"  {phase:9s} {det:7s} {stage:34s} {s:8.2f} s {cpu.get((phase, det, stage), 0.0):8.2f} s "
-                          f"{100 * s / r['wall_s']:5.1f}%")
-                if background_line(r):
-                    print("  " + background_line(r))
-        if "models" in results and "no-models" in results:
-            ratio = results["models"]["flows_per_s"] / results["no-models"]["flows_per_s"]
-            print(f"\nmodels / --no-models: {results['models']['flows_per_s']:,.0f} / "
-                  f"{results['no-models']['flows_per_s']:,.0f} flows/s = {ratio:.3f}x (target >= 0.4x)")
-            results["ratio"] = ratio
-            if a.repeat > 1:
-                per_round = round_ratios(runs["models"], runs["no-models"])
-                results["round_ratios"] = per_round
-                print(f"per round (each models run over the --no-models run beside it): "
-                      f"{', '.join(f'{x:.3f}x' for x in per_round)}")
-        results["conns"] = n
-        results["load_average_end"] = os.getloadavg()[0]
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(results, f, indent=1)
+            for side, root in sides:
+                for mode in modes:
+                    r = run_mode(mode, log_dir, tmp, a.threads, root)
+                    if r["verdict_lines"] != n:
+                        sys.exit(f"score_speed: {side} {mode}: {r['verdict_lines']} verdicts for {n} conns")
+                    r["flows_per_s"] = n / r["wall_s"]
+                    runs[side][mode].append(r)
+                    if a.repeat > 1 or a.against:
+                        print(f"round {rnd + 1}/{a.repeat} {side + ' ' if a.against else ''}{mode}: "
+                              f"{r['wall_s']:.1f} s = {r['flows_per_s']:,.0f} flows/s{cpu_text(r)} "
+                              f"(load average at the end {r.get('load_average_end', 0):.1f})", flush=True)
+        for side, root in sides:
+            if a.against:
+                print(f"\n== {side}: {root}")
+            results = report(runs[side], modes, n, a.repeat, a.markdown)
+            results["root"] = root
+            if a.json:
+                path = a.json if side == "this" else "{}-against{}".format(*os.path.splitext(a.json))
+                with open(path, "w") as f:
+                    json.dump(results, f, indent=1)
+
+
+def cpu_text(r: dict) -> str:
+    """", process CPU X s" of a run (empty for a worker that did not record it: an older
+    checkout's under --against)."""
+    return f", process CPU {r['process_cpu_s']:.1f} s" if "process_cpu_s" in r else ""
+
+
+def report(runs: dict[str, list[dict]], modes: list[str], n: int, repeat: int,
+           as_markdown: bool) -> dict:
+    """Print each mode's median run (stage table, flows/s) and the ratio; the results for
+    ``--json``."""
+    results: dict = {}
+    for mode in modes:
+        r = median_run(runs[mode])
+        results[mode] = r
+        if repeat > 1:
+            print(f"\n{mode}: the median of {repeat} rounds (walls "
+                  f"{', '.join(f'{w:.1f}' for w in r['rounds_wall_s'])} s)", end="")
+        print(f"\n{mode}: {n} conns in {r['wall_s']:.1f} s = {r['flows_per_s']:,.0f} flows/s{cpu_text(r)} "
+              f"(torch threads {r.get('torch_threads')}, load average at the end "
+              f"{r.get('load_average_end', 0):.1f})", flush=True)
+        if as_markdown:
+            print(markdown(r))
+        else:
+            cpu = cpu_of(r)
+            print(f"  {'phase':9s} {'detector':7s} {'stage':34s} {'wall':>10s} {'main CPU':>10s}")
+            for phase, det, stage, s in table(r):
+                print(f"  {phase:9s} {det:7s} {stage:34s} {s:8.2f} s {cpu.get((phase, det, stage), 0.0):8.2f} s "
+                      f"{100 * s / r['wall_s']:5.1f}%")
+            if background_line(r):
+                print("  " + background_line(r))
+    if "models" in results and "no-models" in results:
+        ratio = results["models"]["flows_per_s"] / results["no-models"]["flows_per_s"]
+        print(f"\nmodels / --no-models: {results['models']['flows_per_s']:,.0f} / "
+              f"{results['no-models']['flows_per_s']:,.0f} flows/s = {ratio:.3f}x (target >= 0.4x)")
+        results["ratio"] = ratio
+        if repeat > 1:
+            per_round = round_ratios(runs["models"], runs["no-models"])
+            results["round_ratios"] = per_round
+            print(f"per round (each models run over the --no-models run beside it): "
+                  f"{', '.join(f'{x:.3f}x' for x in per_round)}")
+    results["conns"] = n
+    results["load_average_end"] = os.getloadavg()[0]
+    return results
 
 
 if __name__ == "__main__":

@@ -120,3 +120,46 @@ def test_learned_ab_runs_both_sides_and_compares_their_scores(ss, tmp_path):
     assert out["conns"] > 1000 and out["same_scores"]
     assert [r["side"] for r in out["rounds"]] == [head.stdout.strip(), "tree"]
     assert all(r["gnn_s"] > 0 and r["mae_s"] > 0 and len(r["sha256"]) == 4 for r in out["rounds"])
+
+
+def test_a_run_of_another_checkout_uses_its_code_and_keeps_its_files_apart(ss, tmp_path, monkeypatch):
+    """``--against DIR``: the worker is DIR's own script, importing DIR's zeekml, and its result
+    and outputs do not overwrite this tree's run of the same mode."""
+    calls = []
+
+    def fake_run(cmd, check, env, stdout):
+        calls.append((cmd, env["PYTHONPATH"]))
+        res, out = cmd[cmd.index("--result") + 1], cmd[cmd.index("--out") + 1]
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "verdicts.jsonl"), "w") as f:
+            f.write("{}\n{}\n")
+        with open(res, "w") as f:
+            f.write('{"wall_s": 2.0, "process_cpu_s": 3.5}')
+
+    monkeypatch.setattr(ss.subprocess, "run", fake_run)
+    other = str(tmp_path / "other")
+    mine = ss.run_mode("models", "logs", str(tmp_path), None)
+    theirs = ss.run_mode("models", "logs", str(tmp_path), None, root=other)
+    assert calls[0][0][1] == os.path.join(ROOT, "bench", "score_speed.py")
+    assert calls[0][1] == ss.ROOT
+    assert calls[1][0][1] == os.path.join(other, "bench", "score_speed.py") and calls[1][1] == other
+    assert calls[0][0][calls[0][0].index("--result") + 1] != calls[1][0][calls[1][0].index("--result") + 1]
+    assert mine["verdict_lines"] == theirs["verdict_lines"] == 2 and theirs["process_cpu_s"] == 3.5
+
+
+def test_report_gives_the_ratio_and_compare_the_process_cpu(ss, tmp_path, capsys):
+    run = lambda wall, cpu: {"wall_s": wall, "flows_per_s": 100 / wall, "process_cpu_s": cpu,
+                             "stages": [["fit", "iforest", "fit (sklearn)", 0.5]], "stages_cpu": []}
+    res = ss.report({"models": [run(10.0, 14.0)], "no-models": [run(4.0, 4.5)]},
+                    ["models", "no-models"], 100, 1, False)
+    assert res["ratio"] == 0.4 and res["models"]["process_cpu_s"] == 14.0
+    assert "process CPU 14.0 s" in capsys.readouterr().out
+    path = tmp_path / "r.json"
+    path.write_text(__import__("json").dumps(res))
+    assert "| | **process CPU s, all detectors** | 14.0 |" in ss.compare([str(path)])
+
+
+def test_against_a_directory_that_is_no_checkout_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, SCRIPT, "--against", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "not a zeekml checkout" in out.stderr
