@@ -262,6 +262,42 @@ def test_due_conns_wait_at_most_release_wait_for_their_batch():
     assert len(ctx.release(fitted)) == 0 and ctx.pending == 200 - first
 
 
+def test_conns_due_after_a_long_release_wait_from_that_release():
+    """A watcher scoring a release reads nothing meanwhile: conns it finds due at its first
+    check after a release wait from that release, so after a release that took longer than
+    ``release_wait`` the next one is at once (not ``release_wait`` later); a check after it
+    that finds none due lets the next due conns wait their ``release_wait`` again."""
+    table, ts = _toy_table(220, seed=3)
+    fitted = _toy_fitted()
+    batch = {v.uid: v.scores for v in score_fitted(table, fitted)}
+    lateness = float(np.max(np.maximum.accumulate(ts) - ts))
+    now = [0.0]
+    ctx = LiveContext(fitted, lateness=lateness, max_rows=10_000, batch_seconds=1e6,
+                      release_wait=5.0, clock=lambda: now[0])
+    ctx.add(table.slice(0, 100))
+    got = ctx.release(fitted).verdicts()          # released at 0 (the first batch)
+    assert got
+    now[0] = 8.0                                  # 8 s scoring it; meanwhile 20 s more of conns
+    ctx.add(table.slice(100, 40))
+    n = len(got)
+    got += ctx.release(fitted).verdicts()         # due since the release at 0: released now
+    assert len(got) > n
+    now[0] = 9.0                                  # nothing new is due at the check after it
+    assert len(ctx.release(fitted)) == 0
+    ctx.add(table.slice(140, 40))
+    now[0] = 9.5
+    assert len(ctx.release(fitted)) == 0          # due from 9.5 on: they wait till 14.5
+    now[0] = 14.4
+    assert len(ctx.release(fitted)) == 0
+    now[0] = 14.5
+    n = len(got)
+    got += ctx.release(fitted).verdicts()
+    assert len(got) > n
+    ctx.add(table.slice(180, 40))
+    got += ctx.release(fitted, flush=True).verdicts()
+    assert len(got) == 220 and all(v.scores == batch[v.uid] for v in got)
+
+
 def test_memory_bound_releases_and_evicts_early():
     table, _ = _toy_table(600, seed=2)
     fitted = _toy_fitted()

@@ -107,7 +107,10 @@ class LiveContext:
     its batch to fill: on a busy link a 60 s batch held its first conns a minute longer than
     their context needs, and took tens of seconds to score, while a watcher that falls behind
     reads bigger windows, whose releases are bigger anyway (fewer fixed costs per conn: the
-    GNN embeds 25 s of context around any batch). With ``threads`` > 1 the detectors of a
+    GNN embeds 25 s of context around any batch). Conns found due at the first check after a
+    release wait from that release on (a watcher busy scoring it saw none arrive meanwhile),
+    so a watcher that takes longer than ``release_wait`` to score a release releases again at
+    once. With ``threads`` > 1 the detectors of a
     release score side by side (``score_in_threads``). Memory is bounded by ``max_rows``:
     beyond it the oldest scored conns are dropped early, and if pending conns alone pass it the
     oldest are released early; both are counted
@@ -127,6 +130,7 @@ class LiveContext:
         self.release_wait = release_wait
         self._clock = clock
         self._due_since: float | None = None    # when conns first were due and held back
+        self._released_at: float | None = None  # the last release, until the check after it
         self.threads = max(1, int(threads))
         self.table: pa.Table = CONN_SCHEMA.empty_table()
         self._parts: list[pa.Table] = []
@@ -199,6 +203,7 @@ class LiveContext:
             # and again
             return np.zeros(len(todo), dtype=bool)
         self._due_since = None
+        self._released_at = self._clock()
         if self.released < threshold:
             self.released = threshold
         if extra > 0:  # too many pending: release the oldest early
@@ -219,11 +224,18 @@ class LiveContext:
         with np.errstate(invalid="ignore"):
             due = bool(np.any(todo & (self.ts <= threshold)))
         if not due:
-            self._due_since = None
+            self._due_since = self._released_at = None
             return False
         now = self._clock()
         if self._due_since is None:
-            self._due_since = now
+            # due at the first check after a release: they count as due since that release.
+            # A watcher scoring a release reads nothing meanwhile, so it sees the conns that
+            # came in only once done; counted from then, a release that took 8 s to score was
+            # followed by 5 s more of waiting (at 5,000 conns/s live: a release every ~13 s,
+            # each the bigger and the later for it), where the wait is for a batch to fill,
+            # which it has by then
+            self._due_since = now if self._released_at is None else self._released_at
+        self._released_at = None
         return now - self._due_since >= self.release_wait
 
     def due(self, fitted: FittedDetectors, flush: bool = False) -> tuple[pa.Table, list]:

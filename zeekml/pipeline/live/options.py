@@ -58,7 +58,8 @@ class WatchOptions:
         context_batch_seconds: held-back conns are released in batches spanning this many
             seconds of ``ts`` (default 60) ...
         context_release_wait: ... but conns that are due wait at most this many seconds of
-            wall-clock time for their batch to fill (default 5; None: until it is full).
+            wall-clock time for their batch to fill (default 5; None: until it is full),
+            counted from the last release when they are due at the first check after it.
         context_threads: the detectors of a release score side by side in this many threads
             (default 1: in turn; None: as many as torch was given, the cores free when the
             models loaded, ``zeekml._core.device``). Not the default until measured on a quiet
