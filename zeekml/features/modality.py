@@ -372,6 +372,10 @@ class SkipGramConfig:
     min_steps: int = 300
 
 
+# Most unseen tokens whose class row ``SkipGram.lookup`` keeps (emptied when full).
+UNSEEN_MEMO = 1 << 16
+
+
 class SkipGram:
     """A torch skip-gram: ``fit(sentences)`` learns ``vectors[token]`` (L2-normalised).
 
@@ -391,7 +395,17 @@ class SkipGram:
         i = self.index.get(token)
         if i is not None:
             return i, False
-        return self.index.get(unseen_token(token), self.index.get("ip:<unseen:invalid>", 0)), True
+        # an unseen token's class parses the address (``ip_class``, ~4 us): live scoring looks
+        # up the same few hundred addresses in every release (0.06 of the autoencoder's 1.3 CPU
+        # s over bench/watch.py's dense probe), so the answers are kept, bounded
+        seen = self.__dict__.setdefault("_unseen", {})
+        hit = seen.get(token)
+        if hit is None:
+            if len(seen) >= UNSEEN_MEMO:
+                seen.clear()
+            hit = seen[token] = self.index.get(unseen_token(token),
+                                               self.index.get("ip:<unseen:invalid>", 0))
+        return hit, True
 
     def fit(self, sentences: list[list[str]], seed: int = 0) -> "SkipGram":
         import torch
@@ -404,6 +418,7 @@ class SkipGram:
         keep = sorted(t for t, c in counts.items() if c >= cfg.min_count)
         self.tokens = list(UNSEEN_TOKENS) + [t for t in keep if t not in UNSEEN_TOKENS]
         self.index = {t: i for i, t in enumerate(self.tokens)}
+        self.__dict__.pop("_unseen", None)          # lookup's answers for the old vocabulary
         ids, sid = [], []
         for j, s in enumerate(sentences):
             ids.extend(self.index[t] if counts[t] >= cfg.min_count else self.index[unseen_token(t)] for t in s)

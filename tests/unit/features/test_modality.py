@@ -188,3 +188,19 @@ def test_sequences_are_normalised_by_the_formula_bit_for_bit(max_age):
     assert (got[..., 1:] != raw[..., 1:]).any()            # normalised, not the raw values
     assert np.array_equal(f.transform(t).sequence, got)
     assert np.array_equal(host_sequences(t, max_age), raw)
+
+
+def test_skipgram_lookup_keeps_unseen_answers_for_its_vocabulary_only():
+    """``SkipGram.lookup`` keeps the class row of each unseen token it was asked (live scoring
+    asks the same addresses every release), and a fit on other sentences forgets them."""
+    from zeekml.features.modality import SkipGram, SkipGramConfig, unseen_token
+
+    sg = SkipGram(SkipGramConfig(min_steps=1, epochs=1))
+    sg.fit([["ip:10.0.0.1", "port:53/udp"] * 3, ["ip:10.0.0.2", "port:80/tcp"]])
+    tok = "ip:8.8.8.8"
+    want = (sg.index[unseen_token(tok)], True)
+    assert sg.lookup(tok) == want and sg.lookup(tok) == want and tok in sg._unseen
+    assert sg.lookup("ip:10.0.0.1") == (sg.index["ip:10.0.0.1"], False)
+    sg.fit([["ip:8.8.8.8", "port:53/udp"] * 3])
+    assert not getattr(sg, "_unseen", {})
+    assert sg.lookup(tok) == (sg.index[tok], False)        # seen now: its own row
