@@ -7,12 +7,12 @@ set-tracking sampler calls ``randint`` once per row, 0.15-0.19 CPU s, as much as
 fit itself made. Here each tree records the rows the fit hands it, so nothing is drawn twice.
 
 How: bagging grows each tree on the whole matrix with ``sample_weight`` = how many times each
-row was drawn (scikit-learn >= 1.4 does this for every estimator whose ``fit`` takes a
-``sample_weight``); ``DrawRecordingTree.fit`` keeps the rows whose weight is not zero and fits
-as ``ExtraTreeRegressor`` does, so the trees, and every score, are the same bits. Where a
-scikit-learn grows its trees otherwise (on a copy of the drawn rows, a renamed hook), nothing is
-recorded and ``drawn_samples`` returns None: the caller reads ``estimators_samples_`` instead,
-the same rows, slower.
+row was drawn (scikit-learn 1.9, the version checked, does this for every estimator whose
+``fit`` takes a ``sample_weight``); ``DrawRecordingTree.fit`` keeps the rows whose weight is
+not zero and fits as ``ExtraTreeRegressor`` does, so the trees, and every score, are the same
+bits. Where a scikit-learn grows its trees otherwise (on a copy of the drawn rows, a renamed
+hook), nothing is recorded and ``drawn_samples`` returns None: the caller reads
+``estimators_samples_`` instead, the same rows, slower.
 
 This module imports scikit-learn: ``iforest`` imports it when a detector is built.
 """
