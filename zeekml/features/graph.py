@@ -257,15 +257,28 @@ class FlowGraphBuilder:
     # -- building ----------------------------------------------------------------------------
 
     def build(self, table: pa.Table, x: np.ndarray, targets: np.ndarray | None = None,
-              row_offset: int = 0) -> FlowGraph:
+              row_offset: int = 0, targets_only: bool = False) -> FlowGraph:
         """One graph holding ``targets`` (row indices; default all rows) and their context.
 
         ``row_offset`` is added to ``data['flow'].row`` (for streamed pieces of a longer log).
-        """
+        ``targets_only``: the graph is read for its targets' embeddings alone, so the
+        ``next_orig``/``next_resp`` edges into windows that no target's embedding reads them
+        in are left out (``targets_reach``): the first layer's temporal step updates only
+        nodes of the last ``context_windows - (span - 1)`` windows before a target window
+        for them, and on a dense link those edges (up to ``2 x next_flows`` per flow) are most
+        of the graph. The targets' embeddings are the same bits."""
         first, last = self.windows(table)
         n = table.num_rows
         targets = np.arange(n, dtype=np.int64) if targets is None else np.asarray(targets, np.int64)
-        return self._build(table, x, first, last, targets, row_offset)
+        return self._build(table, x, first, last, targets, row_offset, targets_only)
+
+    def targets_reach(self) -> int:
+        """How many windows before its target window a target's embedding reads the
+        ``next_orig``/``next_resp`` edges into: those of the first layer's temporal step, whose
+        updates reach it through the ``context_windows - (span - 1)`` windows the later layers'
+        address links span (``context_windows`` = layers x (span - 1), or more)."""
+        cfg = self.config
+        return max(cfg.context_windows - (cfg.span - 1), 0)
 
     def iter_graphs(self, table: pa.Table, x: np.ndarray,
                     targets: np.ndarray | None = None) -> Iterator[FlowGraph]:
@@ -341,7 +354,7 @@ class FlowGraphBuilder:
     # -- the graph itself --------------------------------------------------------------------
 
     def _build(self, table: pa.Table, x: np.ndarray, first: np.ndarray, last: np.ndarray,
-               targets: np.ndarray, row_offset: int) -> FlowGraph:
+               targets: np.ndarray, row_offset: int, targets_only: bool = False) -> FlowGraph:
         import torch
 
         cfg = self.config
@@ -401,8 +414,15 @@ class FlowGraphBuilder:
         edges[("flow", "same_conn", "flow")] = np.stack([by_row[:-1][link], by_row[1:][link]]) \
             if nf else np.zeros((2, 0), np.int64)
         # the next K flows of the same host in the window (nodes are sorted by window, then ts)
+        dst_from = None
+        if targets_only and len(targets):
+            real = last[targets][last[targets] != NULL_WINDOW]
+            # no node of a window before this is updated for a target by the first layer's
+            # temporal step (``targets_reach``); without ts (one shared window) keep them all
+            if len(real) == len(targets):
+                dst_from = int(real.min()) - self.targets_reach()
         for name, code in (("next_orig", o_code), ("next_resp", r_code)):
-            edges[("flow", name, "flow")] = _next_flow_edges(app_w, code, cfg.next_flows)
+            edges[("flow", name, "flow")] = _next_flow_edges(app_w, code, cfg.next_flows, dst_from)
 
         flow = NodeSet(x=torch.from_numpy(x[app_row]) if nf else torch.zeros((0, x.shape[1])),
                        window=torch.from_numpy(app_w), row=torch.from_numpy(app_row + row_offset),
@@ -413,9 +433,11 @@ class FlowGraphBuilder:
                                     for et in EDGE_TYPES})
 
 
-def _next_flow_edges(app_w: np.ndarray, code: np.ndarray, k: int) -> np.ndarray:
+def _next_flow_edges(app_w: np.ndarray, code: np.ndarray, k: int,
+                     dst_from: int | None = None) -> np.ndarray:
     """Edges from each flow node to each of the next ``k`` flow nodes of the same host
-    (``code``) in its window, as ``[2, E]`` (src, dst), ordered by destination, then source.
+    (``code``) in its window, as ``[2, E]`` (src, dst), ordered by destination, then source;
+    with ``dst_from``, only those into windows from ``dst_from`` on.
 
     Flow nodes are numbered by window, then ts, so a host's flows in a window are a run of
     ascending node numbers and a node's sources are the up to ``k`` nodes before it in its
@@ -437,6 +459,8 @@ def _next_flow_edges(app_w: np.ndarray, code: np.ndarray, k: int) -> np.ndarray:
     pos = np.empty(nf, dtype=np.int64)
     pos[grp] = np.arange(nf)                           # each node's place in grp
     n_src = np.minimum(pos - first[pos], k)            # sources of each node, in node order
+    if dst_from is not None:
+        n_src[app_w < dst_from] = 0
     total = int(n_src.sum())
     ends = np.cumsum(n_src)
     offset = np.arange(total, dtype=np.int64) - np.repeat(ends - n_src, n_src)

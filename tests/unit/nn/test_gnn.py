@@ -231,3 +231,29 @@ def test_the_targets_cone_gives_the_whole_graphs_bits(setup, avx2):
                         adjacency(g.x_dict, g.edge_index_dict), sizes, t)
     assert len(need[-1]["flow"]) == 40 and len(need[-1]["ip"]) == 0
     assert len(need[1]["flow"]) < n
+
+
+def test_a_graph_built_for_its_targets_alone_gives_them_the_same_bits(setup, avx2):
+    """``build(..., targets_only=True)`` leaves out the next-flow edges into windows no target
+    reads them in (``targets_reach`` windows before the earliest target window): fewer edges,
+    the targets' embeddings the same bits, with the cone or the whole forward pass."""
+    from checks import assert_same
+
+    table, x, cfg, model = setup
+    builder = FlowGraphBuilder(cfg)
+    _, last = builder.windows(table)
+    targets = np.flatnonzero(last >= last.max() - 1)          # the last two windows' conns
+    whole = builder.build(table, x, targets)
+    lean = builder.build(table, x, targets, targets_only=True)
+    et = ("flow", "next_orig", "flow")
+    assert lean.edge_index_dict[et].shape[1] < whole.edge_index_dict[et].shape[1]
+    assert builder.targets_reach() == 2
+    dst_w = lean["flow"].window[lean.edge_index_dict[et][1]]
+    assert int(dst_w.min()) >= int(last[targets].min()) - 2
+    t = whole["flow"].target
+    assert torch.equal(t, lean["flow"].target)
+    with torch.inference_mode():
+        want = model(whole.x_dict, whole.edge_index_dict)["flow"][t].numpy()
+        for cone in (None, t.nonzero().squeeze(1)):
+            got = model(lean.x_dict, lean.edge_index_dict, targets=cone)["flow"][t].numpy()
+            assert_same(got, want, avx2)

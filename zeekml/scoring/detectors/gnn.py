@@ -169,7 +169,9 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
     # a live release of 25,000 conns came in two pieces of ~160,000 flow nodes each (one graph
     # of them: ~195,000). A target's embedding is the same bits in either (``score_rows``)
     one = one_graph and rows is not None and table.num_rows <= ONE_GRAPH_ROWS
-    graphs = [builder.build(table, x, rows)] if one else builder.iter_graphs(table, x, rows)
+    # read for its targets alone: the edges no target reads are not built (``targets_only``)
+    graphs = ([builder.build(table, x, rows, targets_only=True)] if one
+              else builder.iter_graphs(table, x, rows))
     with torch.inference_mode():
         for g in graphs:
             xs = g.x_dict if rows is None else pad_nodes(g.x_dict)
