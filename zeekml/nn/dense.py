@@ -365,6 +365,37 @@ def _padded(rows: torch.Tensor) -> torch.Tensor:
     return rows
 
 
+def _compact(ids: torch.Tensor, keys: torch.Tensor, queries: list, kv: list, targets: torch.Tensor,
+             known: list | None, keep_kv: torch.Tensor | None) -> tuple:
+    """``forward_stream``'s stream cut to the rows it reads (block 0's rows, which hold every
+    later block's, the known rows and the rows to keep), every row index renumbered: a live
+    call's stream holds each host's latest conns as context, and with the per-host state
+    most of them are never computed, yet the embedding, the zeroed projections and the
+    copies of the states went over all of them. A key to a row cut is -1 (only keys beyond a
+    block's span can be: the others are computed or known). The same rows in the same order
+    reach every product, so the same bits.
+
+    Shapes: ``ids [n, f]``, ``keys [n, 1 + S]`` -> ``[u, f]``, ``[u, 1 + S]``; the row lists
+    keep their lengths."""
+    n = len(ids)
+    used = torch.zeros(n, dtype=torch.bool, device=ids.device)
+    used[kv[0]] = True
+    for rows, _ in known or []:
+        used[rows] = True
+    if keep_kv is not None:
+        used[keep_kv] = True
+    idx = used.nonzero().squeeze(1)
+    if len(idx) == n:
+        return ids, keys, queries, kv, targets, known, keep_kv
+    pos = torch.full((n,), -1, dtype=torch.int64, device=ids.device)
+    pos[idx] = torch.arange(len(idx), device=ids.device)
+    k = keys.index_select(0, idx)
+    k = torch.where(k >= 0, pos[k.clamp_min(0)], k)
+    return (ids.index_select(0, idx), k, [pos[q] for q in queries], [pos[r] for r in kv],
+            pos[targets], None if known is None else [(pos[r], v) for r, v in known],
+            None if keep_kv is None else pos[keep_kv])
+
+
 def window_keys(ids: torch.Tensor, width: int, reach: torch.Tensor | None = None) -> torch.Tensor:
     """Stream keys of sequences laid out as windows: position ``j`` of sequence ``i`` is stream
     row ``i * L + j``; its ``o``-th predecessor (``o`` = 1..``width``) is row ``i * L + j - o`` when
@@ -475,10 +506,6 @@ class Encoder(nn.Module):
             raise ValueError("forward_stream: only a causal_window encoder reads token streams")
         if known is not None and targets is None:
             raise ValueError("forward_stream: known rows need targets")
-        x = self.embed(ids)                                                    # [n, d]
-        balance = x.new_zeros(())
-        z = x.new_zeros(())
-        routing = []
         n_blocks = len(self.blocks)
         if targets is None:
             queries: list[torch.Tensor | None] = [None] * n_blocks
@@ -500,6 +527,12 @@ class Encoder(nn.Module):
                     read[known[i][0]] = False
                 need |= read
                 kv[i] = _padded(need.nonzero().squeeze(1))
+            ids, keys, queries, kv, targets, known, keep_kv = _compact(
+                ids, keys, queries, kv, targets, known, keep_kv)
+        x = self.embed(ids)                                                    # [n, d]
+        balance = x.new_zeros(())
+        z = x.new_zeros(())
+        routing = []
         kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i, block in enumerate(self.blocks):
             rows = queries[i]

@@ -148,3 +148,28 @@ def test_full_attention_is_the_encoder_it_was():
         DenseConfig(**{**CFG, "attention": "sliding"})
     with pytest.raises(ValueError, match="causal_window"):
         enc.forward_stream(stream(4), torch.zeros(4, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("enc", encoders(), ids=["dense", "moe"])
+def test_a_stream_is_cut_to_the_rows_its_targets_read(enc, monkeypatch):
+    """With targets, ``forward_stream`` embeds and projects only the rows the blocks read (the
+    cone, the known rows, the rows to keep), renumbered (``_compact``): a live call's stream
+    holds each host's latest conns as context that the kept state makes unread. The same bits
+    as the whole stream's."""
+    ids = stream(200)
+    keys = window_keys(ids[None], max(enc.spans))
+    spans = enc.spans
+    embedded = []
+    embed = enc.embed.forward
+    monkeypatch.setattr(enc.embed, "forward", lambda x: embedded.append(len(x)) or embed(x))
+    with torch.inference_mode():
+        whole = enc.forward_stream(ids, keys).hidden
+        keep = torch.arange(180 - max(spans), 180)
+        first = enc.forward_stream(ids, keys, targets=torch.arange(170, 180), keep_kv=keep)
+        known = [(keep[-s:], kv[-s:]) for s, (kv, _) in zip(spans, first.stream_kv)]
+        embedded.clear()
+        t = torch.tensor([180, 181, 190])
+        got = enc.forward_stream(ids, keys, targets=t, known=known, keep_kv=torch.arange(187, 191))
+        assert torch.equal(got.hidden, whole[t])
+        assert embedded == [len(set(range(176, 191)))]               # not the 200 rows
+        assert all(h.all() for _, h in got.stream_kv[:1])
