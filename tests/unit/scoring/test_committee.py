@@ -185,3 +185,19 @@ def test_an_mae_member_featurises_only_the_rows_asked_with_the_whole_tables_bits
         asked.append(t.num_rows if rows is None else len(rows)), inner(t, *a, rows=rows, **k))[1]
     np.testing.assert_array_equal(head.proba(table, rows), want)
     assert asked == [len(rows)]
+
+
+@pytest.mark.parametrize("vote", [1, 2, 3])
+def test_flag_rows_runs_the_cheapest_members_first_with_the_same_decisions(members, vote):
+    table, dirs = members
+    det = CommitteeDetector(make(dirs, os.path.join(os.path.dirname(dirs[0]), f"vote{vote}"), vote))
+    assert [m.cost for m in det.members] == [1.0, 1.0, 6.0]     # mae, mae, moe (RELATIVE_COST)
+    rows = np.arange(0, table.num_rows, 2)
+    want = det.score_rows(table, rows) >= det.decision_threshold
+    det.members[2].cost, det.members[0].cost = 0.5, 9.0           # now: moe, mae (seed 1), mae (seed 0)
+    seen: list[tuple[str, int]] = []
+    for i, m in enumerate(det.members):
+        inner = m.score_rows
+        m.score_rows = lambda t, r, inner=inner, i=i: (seen.append((i, len(r))), inner(t, r))[1]
+    np.testing.assert_array_equal(det.flag_rows(table, rows), want)
+    assert [i for i, _ in seen] == [2, 1, 0][:len(seen)] and seen[0][1] == len(rows)

@@ -43,6 +43,14 @@ def bad_classes(classes: list[str]) -> np.ndarray:
                     dtype=np.int64)
 
 
+# A head's CPU per conn judged, relative to the autoencoder's: the committee runs its cheapest
+# members first, so the costliest judges only the conns they leave undecided (the same
+# decisions in any order). Measured on bench/score_speed.py's baseline check (1,000 conns of
+# 30,000, one torch thread): mae 0.027 s, gnn 0.095 s, moe 0.17 s. Speed only: a stale figure
+# never changes a decision.
+RELATIVE_COST = {"mae": 1.0, "gnn": 3.5, "moe": 6.0, "dense": 6.0}
+
+
 class _TokenHead:
     """moe/dense: the head on the pooled host-token sequence."""
 
@@ -175,6 +183,8 @@ class ClassifierDetector:
             raise ModelError(f"no classifier detector for kind {kind!r} "
                              f"({', '.join(sorted([*HEADS, *COMPOSITES]))})", model_dir)
         self.head = HEADS[kind](model_dir, device)
+        # relative CPU per conn (RELATIVE_COST): the order a committee runs its members in
+        self.cost = RELATIVE_COST.get(kind, max(RELATIVE_COST.values()))
         self.classes = list(self.head.classes)
         self.bad = bad_classes(self.classes)
         if len(self.bad) == 0 or len(self.bad) == len(self.classes):

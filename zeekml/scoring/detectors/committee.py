@@ -154,7 +154,10 @@ class CommitteeDetector:
         (``score_rows(table, rows) >= decision_threshold``, the same decisions), each member run
         only on the rows its vote can still decide: once ``vote`` members are at the cut, or
         too few are left to get there, a row is settled (a 2-of-3 committee whose first two
-        members agree never runs the third on that row).
+        members agree never runs the third on that row). The members run cheapest first (their
+        ``cost``, ``classifier.RELATIVE_COST``; the order of the config among equals), so the
+        costliest judges the fewest rows: a count of votes does not depend on the order (the
+        shipped committee's check of 1,000 conns: 0.21-0.25 -> 0.13-0.15 CPU s).
 
         Shapes:
             rows ``[n]`` -> ``[n]`` bool
@@ -163,7 +166,8 @@ class CommitteeDetector:
         cut = float(self.decision_threshold)
         votes = np.zeros(len(rows), dtype=np.int64)
         open_ = np.ones(len(rows), dtype=bool)
-        for left, m in zip(range(len(self.members) - 1, -1, -1), self.members):
+        members = sorted(self.members, key=lambda m: float(getattr(m, "cost", 1.0)))
+        for left, m in zip(range(len(members) - 1, -1, -1), members):
             todo = np.flatnonzero(open_)
             if len(todo) == 0:
                 break
