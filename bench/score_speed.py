@@ -4,6 +4,7 @@
     python bench/score_speed.py --conns 30000 --modes models
     python bench/score_speed.py --json out.json --markdown
     python bench/score_speed.py --repeat 3             # modes alternated 3 times, median runs
+    python bench/score_speed.py --against /tmp/wt-old --repeat 3   # another checkout, alternated
     python bench/score_speed.py --learned-ab COMMIT    # GNN + autoencoder: COMMIT's code vs this tree's
 
 The log: copies of real labeled conn logs from the shared data set (IoT-23 CTU-34-1 and two
