@@ -118,34 +118,6 @@ class DirectForest:
             return np.where(count > 0, 2 ** (-(depths / np.maximum(count, 1.0)) / unit), np.nan)
 
 
-def _medians(x: np.ndarray, raw: np.ndarray,
-             featurizer: FlowFeaturizer) -> tuple[np.ndarray, np.ndarray]:
-    """``(np.median(x, axis=0), np.median(raw, axis=0))`` for ``x = featurizer._scale(raw)``,
-    the same bits from one partition of ``raw`` instead of two medians (each a partition of
-    the whole matrix: 13-16 ms on a 30,000-conn baseline).
-
-    ``_scale`` is nondecreasing in each column (clipped, less a mean, over a positive std,
-    rounded to float32), so the middle order statistics of a scaled column are the scaled
-    middle order statistics of the raw column, and ``np.median`` averages those one or two
-    values with ``np.mean`` along the axis: done here on the same values. A non-finite raw
-    value (never made by ``FlowFeaturizer``) takes ``np.median`` itself, NaN handling and all.
-
-    Shapes:
-        x ``[n, F]`` float32, raw ``[n, F]`` float64 -> ``[F]`` float32, ``[F]`` float64
-    """
-    n = len(raw)
-    if n == 0:
-        return np.median(x, axis=0), np.zeros(raw.shape[1])
-    if not np.isfinite(raw).all():
-        return np.median(x, axis=0), np.median(raw, axis=0)
-    mid = n // 2
-    middle = slice(mid, mid + 1) if n % 2 else slice(mid - 1, mid + 1)
-    kth = [mid] if n % 2 else [mid - 1, mid]
-    # np.median's own steps: partition at the middle, np.mean of the middle rows
-    raw_mid = np.partition(raw, kth, axis=0)[middle]
-    return np.mean(featurizer._scale(raw_mid), axis=0), np.mean(raw_mid, axis=0)
-
-
 class IsolationForestDetector:
     """IsolationForest on the shared flow features (a per-conn detector: no context).
 
@@ -203,7 +175,7 @@ class IsolationForestDetector:
         except (AttributeError, ImportError) as e:
             raise ModelError("this scikit-learn's IsolationForest lacks the per-tree path lengths "
                              f"that out-of-bag calibration reads ({e})") from e
-        drawn = self.model.drawn_samples()
+        drawn = self.model.drawn_samples(len(x))
         if drawn is None:
             log.info("IsolationForest's drawn rows read from estimators_samples_ (this "
                      "scikit-learn's trees recorded none)")
@@ -211,9 +183,10 @@ class IsolationForestDetector:
         self.oob_scores = trees.out_of_bag(x, drawn)
         # what an explanation compares against: the scaled features' medians and MAD, and
         # the medians in the features' own units
-        self._median, self._raw_median = _medians(x, raw, self.featurizer)
+        self._median = np.median(x, axis=0)
         mad = np.median(np.abs(x - self._median), axis=0)
         self._mad = np.where(mad > 1e-6, mad, np.maximum(np.std(x, axis=0), 1e-3))
+        self._raw_median = np.median(raw, axis=0) if len(raw) else np.zeros(raw.shape[1])
         self._raw_share = raw.mean(axis=0) if len(raw) else np.zeros(raw.shape[1])
         return self
 

@@ -10,9 +10,10 @@ How: bagging grows each tree on the whole matrix with ``sample_weight`` = how ma
 row was drawn (scikit-learn 1.9, the version checked, does this for every estimator whose
 ``fit`` takes a ``sample_weight``); ``DrawRecordingTree.fit`` keeps the rows whose weight is
 not zero and fits as ``ExtraTreeRegressor`` does, so the trees, and every score, are the same
-bits. Where a scikit-learn grows its trees otherwise (on a copy of the drawn rows, a renamed
-hook), nothing is recorded and ``drawn_samples`` returns None: the caller reads
-``estimators_samples_`` instead, the same rows, slower.
+bits. Where a scikit-learn grows its trees otherwise, ``drawn_samples`` returns None and the
+caller reads ``estimators_samples_`` instead (the same rows, slower): a renamed hook or no
+``sample_weight`` records nothing, and a tree handed a copy of the drawn rows (weights or not)
+records positions in that copy, which the fit matrix's row count gives away.
 
 This module imports scikit-learn: ``iforest`` imports it when a detector is built.
 """
@@ -45,7 +46,9 @@ class DrawRecordingTree(ExtraTreeRegressor):
     def fit(self, X, y, sample_weight=None, check_input=True):
         """``ExtraTreeRegressor.fit``, the drawn rows kept first."""
         if sample_weight is not None:
-            setattr(self, _DRAWN, np.flatnonzero(np.asarray(sample_weight)))
+            # with the row count it was handed: positions in a copy of the drawn rows would
+            # not be rows of the fit matrix
+            setattr(self, _DRAWN, (len(X), np.flatnonzero(np.asarray(sample_weight))))
         return super().fit(X, y, sample_weight=sample_weight, check_input=check_input)
 
 
@@ -64,11 +67,12 @@ class RecordingIsolationForest(IsolationForest):
             return est
         return DrawRecordingTree(**est.get_params())
 
-    def drawn_samples(self) -> list[np.ndarray] | None:
-        """The rows each tree of the last ``fit`` was grown on, sorted and distinct (the
-        distinct rows of ``estimators_samples_``), each list entry taken out of its tree (a
-        pickled forest carries none); None when the trees recorded none."""
+    def drawn_samples(self, n_rows: int) -> list[np.ndarray] | None:
+        """The rows of the ``n_rows``-row fit matrix each tree of the last ``fit`` was grown on,
+        sorted and distinct (the distinct rows of ``estimators_samples_``), each taken out of
+        its tree (a pickled forest carries none); None when a tree recorded none, or recorded
+        them in a matrix of another row count (a copy of its drawn rows)."""
         drawn = [est.__dict__.pop(_DRAWN, None) for est in getattr(self, "estimators_", [])]
-        if not drawn or any(d is None for d in drawn):
+        if not drawn or any(d is None or d[0] != n_rows for d in drawn):
             return None
-        return drawn
+        return [rows for _, rows in drawn]

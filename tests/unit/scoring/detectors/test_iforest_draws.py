@@ -1,7 +1,7 @@
 """The IsolationForest's fit without repeated work, bit for bit: trees that record the rows they
 drew (``iforest_draws``: the same trees as scikit-learn's own, and the rows
-``estimators_samples_`` draws again, without drawing them), the medians of the scaled and raw
-features from one partition (``iforest._medians``), both clip bounds from one quantile call."""
+``estimators_samples_`` draws again, without drawing them), both clip bounds from one quantile
+call."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +14,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.tree import ExtraTreeRegressor
 
 from zeekml.features.flow_features import FlowFeaturizer
-from zeekml.scoring.detectors.iforest import IsolationForestDetector, _medians
+from zeekml.scoring.detectors.iforest import IsolationForestDetector
 from zeekml.scoring.detectors.iforest_draws import DrawRecordingTree, RecordingIsolationForest
 from zeekml.train.data import load_conns
 
@@ -32,7 +32,7 @@ def test_recorded_rows_are_estimators_samples_and_the_trees_are_the_same(n, max_
     params = dict(n_estimators=25, random_state=7, max_samples=max_samples, n_jobs=1)
     plain = IsolationForest(**params).fit(x)
     rec = RecordingIsolationForest(**params).fit(x)
-    drawn = rec.drawn_samples()
+    drawn = rec.drawn_samples(n)
     assert drawn is not None and len(drawn) == 25
     for got, want in zip(drawn, plain.estimators_samples_):
         assert np.array_equal(got, np.unique(want))
@@ -55,10 +55,10 @@ def test_the_trees_parameter_names_are_scikit_learns():
 def test_rows_are_handed_out_once_and_a_pickled_forest_carries_none():
     x = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
     rec = RecordingIsolationForest(n_estimators=10, random_state=0, n_jobs=1).fit(x)
-    assert rec.drawn_samples() is not None
-    assert rec.drawn_samples() is None                 # taken out of the trees
+    assert rec.drawn_samples(500) is not None
+    assert rec.drawn_samples(500) is None              # taken out of the trees
     back = pickle.loads(pickle.dumps(rec))
-    assert back.drawn_samples() is None
+    assert back.drawn_samples(500) is None
     assert np.array_equal(back.score_samples(x[:50]), rec.score_samples(x[:50]))
 
 
@@ -77,27 +77,14 @@ def test_a_forest_whose_trees_record_nothing_calibrates_on_estimators_samples(mo
     assert np.isfinite(want.oob_scores).all()
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 8, 1200])
-def test_medians_are_np_median_bits(n):
-    """Odd and even counts, ties and clipped tails (many equal values in a column, the case a
-    scaled median could round differently), one constant column."""
-    conns = load_conns([LOG]).slice(0, n)
-    f = FlowFeaturizer()
-    x, raw = f.fit_transform_raw(conns)
-    med, raw_med = _medians(x, raw, f)
-    want, raw_want = np.median(x, axis=0), np.median(raw, axis=0)
-    assert med.dtype == want.dtype == np.float32 and raw_med.dtype == raw_want.dtype
-    assert np.array_equal(med, want) and np.array_equal(raw_med, raw_want)
-
-
-def test_medians_of_non_finite_raw_values_are_np_median():
-    f = FlowFeaturizer()
-    x, raw = f.fit_transform_raw(load_conns([LOG]).slice(0, 40))
-    raw = raw.copy()
-    raw[3, 2] = np.nan
-    med, raw_med = _medians(x, raw, f)
-    assert np.array_equal(med, np.median(x, axis=0))
-    assert np.array_equal(raw_med, np.median(raw, axis=0), equal_nan=True) and np.isnan(raw_med[2])
+def test_rows_recorded_in_a_copy_of_the_drawn_rows_are_not_handed_out():
+    """A scikit-learn that hands each tree a copy of its drawn rows (with weights of one):
+    positions in the copy are not rows of the fit matrix, so none are handed out."""
+    x = np.random.default_rng(1).normal(size=(400, 3)).astype(np.float32)
+    rec = RecordingIsolationForest(n_estimators=4, random_state=0, max_samples=50, n_jobs=1).fit(x)
+    for est in rec.estimators_:
+        DrawRecordingTree.fit(est, x[:50], np.zeros(50), sample_weight=np.ones(50))
+    assert rec.drawn_samples(400) is None
 
 
 def test_clip_bounds_are_the_two_quantiles():
