@@ -10,6 +10,8 @@ polling). RSS of the watch process is sampled every second.
     python bench/watch.py                       # 10k and 50k records/s, 20 s each
     python bench/watch.py --score-workers 1     # scoring in a forked process beside reading
     python bench/watch.py --rates 10000 --duration 600 --rotate-seconds 60   # the long run
+    python bench/watch.py --context-probe 20000 --dense 0.1 --detector-calls   # per detector
+    python bench/watch.py --release-replay 5000 --scores-out a.npz   # live-sized releases
 
 All processes share the machine: on a 2-core box the writer, the watcher and this reader
 compete for the CPU, so the numbers are a floor, not a ceiling.
@@ -391,6 +393,97 @@ CPU_STEPS = [
 ]
 
 
+def _detector_calls() -> tuple[dict, callable]:
+    """Count each learned detector's ``score_rows`` calls in this process: calls, context rows
+    (the table it is handed), scored rows and CPU seconds (``--detector-calls``; a detector a
+    scoring process owns is counted there, not here: use it with ``--score-workers 0``).
+    Returns the counters and a function that unwraps them."""
+    from zeekml.scoring.detectors import gnn, mae, token
+    acc: dict = {}
+    undo = []
+    for cls in (gnn.GNNDetector, mae.MAEDetector, token.TokenDetector):
+        fn = cls.score_rows
+
+        def timed(self, table, rows, _fn=fn):
+            t0 = time.process_time()
+            try:
+                return _fn(self, table, rows)
+            finally:
+                a = acc.setdefault(self.name, {"calls": 0, "context_rows": 0, "scored_rows": 0,
+                                               "cpu_s": 0.0})
+                a["calls"] += 1
+                a["context_rows"] += table.num_rows
+                a["scored_rows"] += len(rows)
+                a["cpu_s"] += time.process_time() - t0
+
+        cls.score_rows = timed
+        undo.append((cls, fn))
+
+    def restore() -> None:
+        for cls, fn in undo:
+            cls.score_rows = fn
+    return acc, restore
+
+
+def _calls_summary(acc: dict) -> dict:
+    return {k: {**v, "cpu_s": round(v["cpu_s"], 2),
+                "context_rows_per_scored_row": round(v["context_rows"] / max(v["scored_rows"], 1), 2),
+                "conns_per_cpu_s": round(v["scored_rows"] / max(v["cpu_s"], 1e-9))}
+            for k, v in acc.items()}
+
+
+def release_replay(rate: float, release_seconds: float, releases: int, models: str,
+                   scores_out: str = "") -> dict:
+    """Each detector's CPU on releases cut as ``watch`` cuts them at ``rate`` conns/s, in this
+    process, one torch thread: this bench's synthetic conns ``1 / rate`` s apart (the baseline:
+    20,000 more of them), 25 s of them read before the first release, then ``releases``
+    releases of ``release_seconds`` of ``ts``, each scored among the conns around it
+    (``scoring.context.detectors_in_context``, as ``LiveContext.due`` does; the MoE keeps its
+    per-host state from one release to the next). ``scores_out``: every score saved there
+    (``.npz``), to compare two checkouts bit for bit."""
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from zeekml.parse import Quarantine
+    from zeekml.pipeline import ScoreOptions, ScoreSummary, fit_calibrate, load_conns
+    from zeekml.scoring.context import InContext, detectors_in_context, ts_array
+    torch.set_num_threads(1)
+    work = tempfile.mkdtemp(prefix="zeekml-bench-replay-")
+    step, warm = 1.0 / rate, 25.0
+    n = int((warm + release_seconds * releases + 25.0) * rate)
+    rest = make_rest(random.Random(2))
+    path, base = os.path.join(work, "conn.log"), os.path.join(work, "baseline.log")
+    with open(path, "wb") as f:
+        f.write(header("2024-01-01-00-00-00"))
+        for k in range(n):
+            f.write(f"{1.7e9 + k * step:.6f}\tCW{k:015d}\t{rest[k % len(rest)]}\n".encode())
+    write_baseline(base, 20000, step=step, seed=2, start=1.7e9)
+    fitted = fit_calibrate(load_conns([base], Quarantine(), ScoreSummary()),
+                           ScoreOptions(baseline=[base], models_dir=models))
+    table = load_conns([path], Quarantine(), ScoreSummary())
+    shutil.rmtree(work, ignore_errors=True)
+    ts = ts_array(table)
+    acc: dict = {}
+    scores = {}
+    for r in range(releases):
+        lo = 1.7e9 + warm + r * release_seconds
+        targets = np.flatnonzero((ts >= lo) & (ts < lo + release_seconds))
+        for d in detectors_in_context(fitted.detectors, table, targets, ts):
+            t0 = time.process_time()
+            got = d.score(None) if isinstance(d, InContext) else d.score(table.take(pa.array(targets)))
+            a = acc.setdefault(d.name, {"calls": 0, "context_rows": 0, "scored_rows": 0, "cpu_s": 0.0})
+            a["calls"] += 1
+            a["context_rows"] += d.context.num_rows if isinstance(d, InContext) else len(targets)
+            a["scored_rows"] += len(targets)
+            a["cpu_s"] += time.process_time() - t0
+            scores[f"{d.name}_{r}"] = np.asarray(got)
+    if scores_out:
+        np.savez(scores_out, **scores)
+    return {"rate": rate, "release_seconds": release_seconds, "releases": releases,
+            "detectors": _calls_summary(acc)}
+
+
 def _stage_seconds(prof) -> dict:
     import pstats
     st = pstats.Stats(prof).stats
@@ -403,7 +496,8 @@ def _stage_seconds(prof) -> dict:
 
 def context_probe(n: int, models: str, window_records: int = 100, dense: float = 0.0,
                   catch_up: int = 1, profile: bool = False, threads: int = 1,
-                  workers: int = 0, profile_dump: str = "", cpu_steps: bool = False) -> dict:
+                  workers: int = 0, profile_dump: str = "", cpu_steps: bool = False,
+                  detector_calls: bool = False) -> dict:
     """--once over the first ``n`` conns of the real IoT-23 CTU-34-1 log with learned detectors,
     read in windows of ``window_records`` as a live watcher would get them (in this process, one
     torch thread): the cost of the time-context path (hold back, release in 60 s batches, score
@@ -476,12 +570,14 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
 
     live_watcher.calibrate = timed_calibrate
     steps, unwrap = _cpu_timers() if cpu_steps else (None, lambda: None)
+    calls, unwrap_calls = _detector_calls() if detector_calls else (None, lambda: None)
     t0, c0 = time.perf_counter(), time.process_time() + kids_cpu()
     try:
         s = Watcher(os.path.join(work, "logs"), os.path.join(work, "out"), opts).run()
     finally:
         live_watcher.calibrate = calibrate
         unwrap()
+        unwrap_calls()
     t1, c1, own1 = time.perf_counter(), time.process_time() + kids_cpu(), time.process_time()
     dt, cpu = t1 - t0, c1 - c0
     if prof is not None:
@@ -504,6 +600,9 @@ def context_probe(n: int, models: str, window_records: int = 100, dense: float =
            "alerts": s.alerts, "context": s.context}
     if prof is not None:
         out["cpu_seconds_by_stage (profiled)"] = _stage_seconds(prof)
+    if calls is not None:
+        # live releases only: fitting and calibrating score the baseline through fit_split
+        out["detector_calls"] = _calls_summary(calls)
     if steps is not None:
         out["watcher_cpu_seconds_by_step [s, calls]"] = {k: [round(v[0], 2), v[1]]
                                                        for k, v in steps.items()}
@@ -558,14 +657,31 @@ def main() -> None:
                     help="with --context-probe: the watcher's CPU seconds per step, no profiler")
     ap.add_argument("--profile-dump", default="", metavar="FILE",
                     help="with --context-probe: write the watcher process's cProfile stats to FILE")
+    ap.add_argument("--detector-calls", action="store_true",
+                    help="with --context-probe: each learned detector's calls, context rows, "
+                         "scored rows and CPU seconds (this process: use --score-workers 0)")
+    ap.add_argument("--release-replay", type=float, default=0.0, metavar="RATE",
+                    help="instead: each detector's CPU on live-sized releases at RATE conns/s")
+    ap.add_argument("--release-seconds", type=float, default=5.0,
+                    help="with --release-replay: seconds of ts per release (default 5)")
+    ap.add_argument("--releases", type=int, default=3,
+                    help="with --release-replay: how many releases (default 3)")
+    ap.add_argument("--scores-out", default="", metavar="FILE.npz",
+                    help="with --release-replay: save every score there")
     args = ap.parse_args()
+    if args.release_replay:
+        models = args.models or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models")
+        print(json.dumps({"load": os.getloadavg(),
+                          **release_replay(args.release_replay, args.release_seconds, args.releases,
+                                           models, args.scores_out)}))
+        return
     if args.context_probe:
         models = args.models or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models")
         print(json.dumps({"load": os.getloadavg(),
                           **context_probe(args.context_probe, models, args.probe_window, args.dense,
                                          args.catch_up, args.profile, args.context_threads,
                                          args.score_workers, args.profile_dump,
-                                         args.cpu_steps)}))
+                                         args.cpu_steps, args.detector_calls)}))
         return
     if args.rss_probe:
         print(json.dumps({"load": os.getloadavg(), "scored_rss_mb": rss_probe(args.rss_probe)}))
