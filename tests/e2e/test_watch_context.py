@@ -216,10 +216,10 @@ def test_release_rule_gives_batch_scores_and_journal_replays_the_state(late_expe
         assert [v.verdict_id for v in got] == [batch[v.uid].verdict_id for v in got]
 
 
-def test_due_conns_wait_at_most_release_wait_for_their_batch():
-    """Due conns (their forward context and the lateness passed) are held until their batch
-    spans ``batch_seconds`` of ts, but no longer than ``release_wait`` seconds of wall-clock
-    time; released early or not, each gets its batch score."""
+def _waiting_context():
+    """220 toy conns, their detectors, their batch scores, the lateness they need, a settable
+    clock ``now[0]`` and a ``LiveContext`` on it whose batches never fill (``batch_seconds``
+    1e6), so due conns go out by ``release_wait`` (5 s) alone."""
     table, ts = _toy_table(220, seed=3)
     fitted = _toy_fitted()
     batch = {v.uid: v.scores for v in score_fitted(table, fitted)}
@@ -227,6 +227,14 @@ def test_due_conns_wait_at_most_release_wait_for_their_batch():
     now = [0.0]
     ctx = LiveContext(fitted, lateness=lateness, max_rows=10_000, batch_seconds=1e6,
                       release_wait=5.0, clock=lambda: now[0])
+    return table, fitted, batch, lateness, now, ctx
+
+
+def test_due_conns_wait_at_most_release_wait_for_their_batch():
+    """Due conns (their forward context and the lateness passed) are held until their batch
+    spans ``batch_seconds`` of ts, but no longer than ``release_wait`` seconds of wall-clock
+    time; released early or not, each gets its batch score."""
+    table, fitted, batch, lateness, now, ctx = _waiting_context()
     ctx.add(table.slice(0, 100))              # 50 s of conns
     got = ctx.release(fitted).verdicts()      # the first due ones start the first batch
     first = len(got)
@@ -267,13 +275,7 @@ def test_conns_due_after_a_long_release_wait_from_that_release():
     check after a release wait from that release, so after a release that took longer than
     ``release_wait`` the next one is at once (not ``release_wait`` later); a check after it
     that finds none due lets the next due conns wait their ``release_wait`` again."""
-    table, ts = _toy_table(220, seed=3)
-    fitted = _toy_fitted()
-    batch = {v.uid: v.scores for v in score_fitted(table, fitted)}
-    lateness = float(np.max(np.maximum.accumulate(ts) - ts))
-    now = [0.0]
-    ctx = LiveContext(fitted, lateness=lateness, max_rows=10_000, batch_seconds=1e6,
-                      release_wait=5.0, clock=lambda: now[0])
+    table, fitted, batch, lateness, now, ctx = _waiting_context()
     ctx.add(table.slice(0, 100))
     got = ctx.release(fitted).verdicts()          # released at 0 (the first batch)
     assert got
