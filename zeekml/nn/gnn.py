@@ -188,15 +188,17 @@ class FlowGraphEncoder(nn.Module):
         h = {"flow": F.leaky_relu(self.flow_in(x_dict["flow"])), "ip": F.leaky_relu(self.ip_in(ip))}
         for conv, root, norm in zip(self.convs, self.roots, self.norms):
             out = relation_sum(conv, h, adj)
-            new = {}
-            for k, v in h.items():
-                upd = root[k](v)
-                if k in out:
-                    upd = upd + out[k]
-                new[k] = norm[k](v + F.dropout(F.leaky_relu(upd), self.dropout, self.training))
-            h = new
+            h = {k: self._update(root, norm, k, v, out.get(k)) for k, v in h.items()}
         return h
 
+    def _update(self, root: nn.ModuleDict, norm: nn.ModuleDict, k: str, v: Tensor,
+                agg: Tensor | None) -> Tensor:
+        """One step's new state of node type ``k``'s rows ``v`` ``[m, H]`` from the summed
+        messages of their relations ``agg`` ``[m, H]`` (None: no relation reaches them)."""
+        upd = root[k](v)
+        if agg is not None:
+            upd = upd + agg
+        return norm[k](v + F.dropout(F.leaky_relu(upd), self.dropout, self.training))
 
     def _cone(self, flow: Tensor, ip: Tensor, adj: dict[EdgeType, Tensor],
               targets: Tensor) -> dict[str, Tensor]:
@@ -213,24 +215,13 @@ class FlowGraphEncoder(nn.Module):
             if len(rows):
                 h[k][rows] = F.leaky_relu(lin(x.index_select(0, rows)))
         for i, (conv, root, norm) in enumerate(steps):
+            out = relation_sum(conv, h, subs[i])        # the messages of the rows updated
             new = {}
             for k, v in h.items():
                 rows = need[i + 1][k]
                 new[k] = v.new_zeros(v.shape)
-                if not len(rows):
-                    continue
-                out = None
-                for et, sage in conv.items():
-                    a = subs[i].get(et)
-                    if a is None or et[2] != k:
-                        continue
-                    y = sage(h[et[0]], a)
-                    out = y if out is None else out + y
-                vr = v.index_select(0, rows)
-                upd = root[k](vr)
-                if out is not None:
-                    upd = upd + out
-                new[k][rows] = norm[k](vr + F.dropout(F.leaky_relu(upd), self.dropout, self.training))
+                if len(rows):
+                    new[k][rows] = self._update(root, norm, k, v.index_select(0, rows), out.get(k))
             h = new
         return h
 
