@@ -117,10 +117,10 @@ class _GNNHead:
         runs on ``HEAD_ROWS`` of them at a time, padded, so that a row's probabilities do not
         depend on the rows beside it: ``score_rows == score[rows]`` exactly."""
         from zeekml.scoring.detectors.base import torch_module
-        from zeekml.scoring.detectors.gnn import embed_rows
+        from zeekml.scoring.detectors.gnn import embed_rows, ready
 
         torch = torch_module()
-        model = self.bundle.model.to(self.device).eval()
+        model = ready(self.bundle.model, self.device)
         idx = np.arange(table.num_rows, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         h = embed_rows(self.bundle, table, None if rows is None else idx, device=self.device)[idx]
         out = np.zeros((len(idx), len(self.classes)), dtype=np.float32)
