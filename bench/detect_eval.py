@@ -31,6 +31,7 @@ Usage (numbers and plots in docs/results/detection.md)::
 
     OMP_NUM_THREADS=1 python bench/detect_eval.py --out docs/results
     OMP_NUM_THREADS=1 python bench/detect_eval.py --no-models --out /tmp/x   # IsolationForest only
+    OMP_NUM_THREADS=1 python bench/detect_eval.py --models /tmp/m --out /tmp/y  # other model dirs
     OMP_NUM_THREADS=1 python bench/detect_eval.py --seed 1 --out /tmp/de1 --scores /tmp/de1/scores
     python bench/detect_eval.py --markdown docs/results/detection.json      # the doc's tables
     python bench/detect_eval.py --compare /tmp/before /tmp/after   # runs in DIR/s<seed>, side by side
@@ -256,11 +257,13 @@ def scores_path(args: argparse.Namespace, capture: str, setting: str) -> str | N
 
 
 def run(args: argparse.Namespace) -> dict:
-    opts = ScoreOptions(fpr=args.fpr, seed=args.seed, models_dir=None if args.no_models else "")
+    opts = ScoreOptions(fpr=args.fpr, seed=args.seed,
+                        models_dir=None if args.no_models else (args.models or ""))
     clfs = tuple(args.classifier or ())
     captures = {name: load(name, args.max_conns) for name in args.captures}
     results: dict = {"fpr": args.fpr, "clean_share": args.clean_share, "max_conns": args.max_conns,
-                     "models": not args.no_models, "classifiers": list(clfs), "captures": {}}
+                     "models": not args.no_models, "models_dir": args.models, "classifiers": list(clfs),
+                     "captures": {}}
     for name, (t, y) in captures.items():
         log.info("%s: %d conns (%d malicious, %d benign)", name, t.num_rows, (y == 1).sum(),
                  (y == 0).sum())
@@ -476,6 +479,9 @@ def main() -> None:
                     help="deployment: the benign conns of this earliest share are the baseline")
     ap.add_argument("--max-conns", type=int, default=None)
     ap.add_argument("--no-models", action="store_true", help="IsolationForest only")
+    ap.add_argument("--models", default=None, metavar="DIR",
+                    help="the learned detectors of this directory, as zeekml score --models DIR (default: "
+                         "the shipped models); the baseline check's committee stays the shipped one")
     ap.add_argument("--classifier", action="append", default=None,
                     help="a finetuned classifier directory to add (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
@@ -495,6 +501,8 @@ def main() -> None:
         with open(args.markdown) as f:
             print(markdown(json.load(f)))
         return
+    if args.models and args.no_models:
+        ap.error("--models and --no-models: choose one")
     if not args.out:
         ap.error("--out is required (but with --markdown or --compare)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
