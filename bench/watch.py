@@ -153,7 +153,7 @@ def run_rate(rate: int, duration: float, args) -> dict:
     load_start = os.getloadavg()
     err = subprocess.PIPE
     if args.watch_log:          # watch -v (which detector runs where, measured costs) to a file
-        cmd.insert(3, "-v")
+        cmd.insert(3, "-vv")    # -vv: the releases' timeline (live.pool, live.watcher)
         err = open(args.watch_log, "ab")
     w = subprocess.Popen(cmd, stderr=err)
     stats_path = os.path.join(out, "stats.json")
@@ -632,7 +632,7 @@ def main() -> None:
     ap.add_argument("--profile-watch", default="", metavar="FILE",
                     help="run watch under cProfile (CPU time) and write its stats to FILE")
     ap.add_argument("--watch-log", default="", metavar="FILE",
-                    help="run watch with -v, its log appended to FILE")
+                    help="run watch with -vv, its log appended to FILE")
     ap.add_argument("--drain-timeout", type=float, default=120.0,
                     help="how long to wait for the backlog after the writer stops")
     ap.add_argument("--json", help="also write the results here")

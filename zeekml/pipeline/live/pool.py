@@ -304,6 +304,10 @@ class Release:
     owner: list[int] = field(default_factory=list)    # the share-out it was sent with
     own_done: bool = False        # the watcher's own detectors have scored it
     cpu: dict[int, float] = field(default_factory=dict)   # detector index -> CPU seconds
+    number: int = 0               # releases sent before it (the debug log's timeline)
+    sent_at: float = 0.0          # wall clock (time.time) when sent
+    own_seconds: float = 0.0      # wall time of the watcher's own share
+    waited: float = 0.0           # wall time the watcher waited for the processes' answers
 
 
 # Detector CPU seconds measured (every process's) per look at the share-out by measured costs:
@@ -356,6 +360,7 @@ class DetectorPool:
         self._own_measured = 0.0                # of which the watcher's
         self._since: float | None = None        # the watcher's process_time when measuring began
         self._last: Release | None = None       # sent, answers not taken in yet
+        self._sent = 0                          # releases with conns sent so far
         self.cpu_seconds = dict.fromkeys(self.names, 0.0)   # each detector's, for the whole run
         self._conns, self._pids = _fork(
             self.workers, lambda conn, parent: _detector_main(conn, dets, parent))
@@ -376,8 +381,10 @@ class DetectorPool:
         if self._last is not None:
             self.collect(self._last)
         t0 = time.perf_counter()
-        rel = Release(own, dets, fitted, owner=list(self.owner))
+        rel = Release(own, dets, fitted, owner=list(self.owner), sent_at=time.time())
         if own.num_rows:
+            rel.number = self._sent
+            self._sent += 1
             for w, c in enumerate(self._conns):
                 items = [(i, d.context, d.positions) if isinstance(d, InContext) else (i, None, None)
                          for i, d in enumerate(dets) if rel.owner[i] == w]
@@ -403,7 +410,8 @@ class DetectorPool:
                 rel.raw[d.name] = np.asarray(d.score(rel.own))
                 rel.cpu[i] = time.process_time() - c0
         rel.own_done = True
-        rel.seconds += time.perf_counter() - t0
+        rel.own_seconds = time.perf_counter() - t0
+        rel.seconds += rel.own_seconds
 
     def collect(self, rel: Release) -> dict[str, np.ndarray]:
         """Every detector's raw scores of ``rel``'s conns (scoring the watcher's share if not
@@ -417,7 +425,16 @@ class DetectorPool:
             rel.cpu.update(cpu)
         if self._last is rel:
             self._last = None
-        rel.seconds += time.perf_counter() - t0
+        rel.waited = time.perf_counter() - t0
+        rel.seconds += rel.waited
+        if waiting and log.isEnabledFor(logging.DEBUG):
+            # the timeline of releases (bench/watch.py --watch-log): wall clock, so it lines
+            # up with the conns' ts there
+            log.debug("release %d: %d conns sent at %.3f, the watcher's own share %.2f s, "
+                      "then %.2f s waiting for the processes, done at %.3f; CPU s: %s",
+                      rel.number, rel.own.num_rows, rel.sent_at, rel.own_seconds, rel.waited,
+                      time.time(), ", ".join(f"{self.names[i]} {c:.2f}"
+                                             for i, c in sorted(rel.cpu.items())))
         for i, c in rel.cpu.items():
             self.cpu_seconds[self.names[i]] += c
         if waiting:

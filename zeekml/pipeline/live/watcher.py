@@ -503,6 +503,13 @@ class Watcher:
                 ctx.add(table)
             own, dets = ctx.due(fitted, flush=flush)
             rel = self._dpool.submit(own, dets, fitted)
+            if log.isEnabledFor(logging.DEBUG):
+                ts = pc.min_max(own.column("ts")).as_py() if own.num_rows else None
+                log.debug("window of %d conns closed at %.3f (watermark %.3f, %d pending): "
+                          "%s", table.num_rows if table is not None else 0, time.time(),
+                          ctx.watermark, ctx.pending,
+                          f"release {rel.number} of {own.num_rows} conns, ts "
+                          f"{ts['min']} .. {ts['max']}" if ts else "nothing released")
             w = _Window(None, None, qlines, files, done, ctx.journal_delta(),
                         release=rel, allowlist=self._allowlist)
             table = own
