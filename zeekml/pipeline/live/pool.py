@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -300,14 +301,19 @@ class Release:
     fitted: FittedDetectors       # what the verdicts are rendered with
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     waiting: list[int] = field(default_factory=list)
-    seconds: float = 0.0          # wall time the watcher spent on it (send, own share, collect)
+    seconds: float = 0.0          # wall time from its send to its answers taken in
     owner: list[int] = field(default_factory=list)    # the share-out it was sent with
     own_done: bool = False        # the watcher's own detectors have scored it
     cpu: dict[int, float] = field(default_factory=dict)   # detector index -> CPU seconds
-    number: int = 0               # releases sent before it (the debug log's timeline)
-    sent_at: float = 0.0          # wall clock (time.time) when sent
+    number: int = 0               # releases with conns decided before it (the debug log)
+    sent: bool = False            # sent to the processes (not queued behind another)
+    decided_at: float = 0.0       # wall clock (time.time) when handed over (the debug log)
+    sent_at: float = 0.0          # ... when sent
+    answered_at: float = 0.0      # ... when the processes' answers were taken in
+    sent_perf: float = 0.0        # time.perf_counter when sent (``seconds``)
     own_seconds: float = 0.0      # wall time of the watcher's own share
     waited: float = 0.0           # wall time the watcher waited for the processes' answers
+    counted: bool = False         # its CPU seconds added to the pool's totals
 
 
 # Detector CPU seconds measured (every process's) per look at the share-out by measured costs:
@@ -315,6 +321,11 @@ class Release:
 # scores every baseline conn out of bag; the learned detectors' grow as the context fills), and
 # the watcher's own work is a guessed share (WATCHER_SHARE)
 REBALANCE_CPU_SECONDS = 2.0
+
+# Releases decided while the processes still score an earlier one wait in a queue, at most
+# this many (each holds its detectors' context tables: the GNN's ~45 s of conns); past it the
+# watcher waits for the processes before it reads on
+MAX_QUEUED = 2
 
 
 class DetectorPool:
@@ -360,7 +371,8 @@ class DetectorPool:
         self._own_measured = 0.0                # of which the watcher's
         self._since: float | None = None        # the watcher's process_time when measuring began
         self._last: Release | None = None       # sent, answers not taken in yet
-        self._sent = 0                          # releases with conns sent so far
+        self._queue: deque[Release] = deque()   # decided, waiting for the processes
+        self._decided = 0                       # releases with conns decided so far
         self.cpu_seconds = dict.fromkeys(self.names, 0.0)   # each detector's, for the whole run
         self._conns, self._pids = _fork(
             self.workers, lambda conn, parent: _detector_main(conn, dets, parent))
@@ -374,33 +386,79 @@ class DetectorPool:
         """How many scoring processes there are."""
         return len(self._conns)
 
+    def answered(self, rel: Release) -> bool:
+        """Whether ``collect(rel)`` would not wait: ``rel`` was sent, the watcher's own share is
+        scored and every process's answer is in (or its pipe says it is dead, which ``collect``
+        raises). Checked without waiting."""
+        return rel.sent and rel.own_done and all(self._conns[w].poll() for w in rel.waiting)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a process is still scoring a release (checked without waiting)."""
+        rel = self._last
+        return rel is not None and not all(self._conns[w].poll() for w in rel.waiting)
+
+    @property
+    def queued(self) -> int:
+        """Releases decided but not sent yet (the processes still score an earlier one)."""
+        return len(self._queue)
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the processes' answers to the release they
+        score, then send the next one if they are free (``pump``)."""
+        rel = self._last
+        if rel is not None and rel.waiting:
+            from multiprocessing.connection import wait
+            wait([self._conns[w] for w in rel.waiting], timeout)
+        self.pump()
+
     def submit(self, own: pa.Table, dets: list, fitted: FittedDetectors) -> Release:
-        """Send each process its detectors' share of the release of ``own`` (``dets`` as
-        ``LiveContext.due`` returns them, from ``fitted``); the watcher's own share is scored by
-        ``score_own`` (or ``collect``). The previous release's answers are taken in first."""
-        if self._last is not None:
-            self.collect(self._last)
-        t0 = time.perf_counter()
-        rel = Release(own, dets, fitted, owner=list(self.owner), sent_at=time.time())
-        if own.num_rows:
-            rel.number = self._sent
-            self._sent += 1
-            for w, c in enumerate(self._conns):
-                items = [(i, d.context, d.positions) if isinstance(d, InContext) else (i, None, None)
-                         for i, d in enumerate(dets) if rel.owner[i] == w]
-                if not items:
-                    continue
-                bare = any(ctx is None for _, ctx, _ in items)
-                _send(c, (items, own if bare else None))
-                rel.waiting.append(w)
-            self._last = rel
-        else:
-            rel.own_done = True
-        rel.seconds = time.perf_counter() - t0
+        """Hand over the release of ``own`` (``dets`` as ``LiveContext.due`` returns them, from
+        ``fitted``): sent to the processes at once if they are free, else queued behind the
+        one they score and sent when they answer (``pump``), so the watcher goes on reading
+        meanwhile instead of waiting for them. The watcher's own share is scored by
+        ``score_own`` (or ``collect``). At most ``MAX_QUEUED`` releases wait: past that the
+        watcher waits here for the processes (backpressure: each queued release holds its
+        detectors' context tables)."""
+        rel = Release(own, dets, fitted, owner=list(self.owner), decided_at=time.time())
+        if not own.num_rows:
+            rel.own_done = rel.sent = True
+            return rel
+        rel.number = self._decided
+        self._decided += 1
+        while len(self._queue) >= MAX_QUEUED:
+            self._take(self._last)             # blocks: the processes are behind
+            self.pump()
+        self._queue.append(rel)
+        self.pump()
         return rel
 
+    def pump(self) -> None:
+        """Send the next queued release if the processes have answered the last one (their
+        answers are taken in first: a process blocked sending them would not read). Never
+        waits."""
+        while self._queue:
+            if self._last is not None:
+                if not all(self._conns[w].poll() for w in self._last.waiting):
+                    return
+                self._take(self._last)
+            self._send(self._queue.popleft())
+
+    def _send(self, rel: Release) -> None:
+        """Send each process its detectors' share of ``rel``."""
+        rel.sent_at, rel.sent_perf, rel.sent = time.time(), time.perf_counter(), True
+        for w, c in enumerate(self._conns):
+            items = [(i, d.context, d.positions) if isinstance(d, InContext) else (i, None, None)
+                     for i, d in enumerate(rel.dets) if rel.owner[i] == w]
+            if not items:
+                continue
+            bare = any(ctx is None for _, ctx, _ in items)
+            _send(c, (items, rel.own if bare else None))
+            rel.waiting.append(w)
+        self._last = rel if rel.waiting else None
+
     def score_own(self, rel: Release) -> None:
-        """Score the watcher's share of ``rel`` here (once)."""
+        """Score the watcher's share of ``rel`` here (once; releases in the order decided)."""
         if rel.own_done:
             return
         t0 = time.perf_counter()
@@ -411,12 +469,9 @@ class DetectorPool:
                 rel.cpu[i] = time.process_time() - c0
         rel.own_done = True
         rel.own_seconds = time.perf_counter() - t0
-        rel.seconds += rel.own_seconds
 
-    def collect(self, rel: Release) -> dict[str, np.ndarray]:
-        """Every detector's raw scores of ``rel``'s conns (scoring the watcher's share if not
-        yet done, waiting for the processes)."""
-        self.score_own(rel)
+    def _take(self, rel: Release) -> None:
+        """Take in the processes' answers to ``rel`` (waiting for them)."""
         t0 = time.perf_counter()
         waiting, rel.waiting = rel.waiting, []
         for w in waiting:
@@ -426,19 +481,38 @@ class DetectorPool:
         if self._last is rel:
             self._last = None
         rel.waited = time.perf_counter() - t0
-        rel.seconds += rel.waited
-        if waiting and log.isEnabledFor(logging.DEBUG):
-            # the timeline of releases (bench/watch.py --watch-log): wall clock, so it lines
-            # up with the conns' ts there
-            log.debug("release %d: %d conns sent at %.3f, the watcher's own share %.2f s, "
-                      "then %.2f s waiting for the processes, done at %.3f; CPU s: %s",
-                      rel.number, rel.own.num_rows, rel.sent_at, rel.own_seconds, rel.waited,
-                      time.time(), ", ".join(f"{self.names[i]} {c:.2f}"
-                                             for i, c in sorted(rel.cpu.items())))
-        for i, c in rel.cpu.items():
-            self.cpu_seconds[self.names[i]] += c
-        if waiting:
-            self._measure(rel)
+        # from its send until its answers were taken in: the processes score while the watcher
+        # reads, so the watcher's own time on it says little about how long it took
+        rel.seconds = time.perf_counter() - rel.sent_perf
+        rel.answered_at = time.time()
+
+    def collect(self, rel: Release) -> dict[str, np.ndarray]:
+        """Every detector's raw scores of ``rel``'s conns (scoring the watcher's share if not
+        yet done; sending the releases queued before it and ``rel`` itself, and waiting for the
+        processes, where needed). Releases are collected in the order decided."""
+        self.score_own(rel)
+        while not rel.sent:
+            if self._last is not None:
+                self._take(self._last)
+            self._send(self._queue.popleft())
+        if rel.waiting:
+            self._take(rel)
+        if not rel.counted:
+            rel.counted = True
+            rel.seconds = rel.seconds or rel.own_seconds
+            for i, c in rel.cpu.items():
+                self.cpu_seconds[self.names[i]] += c
+            if any(o >= 0 for o in rel.owner):
+                if log.isEnabledFor(logging.DEBUG):
+                    # the timeline of releases (bench/watch.py --watch-log): wall clock, so it
+                    # lines up with the conns' ts there
+                    log.debug("release %d: %d conns decided at %.3f, sent at %.3f, answers in "
+                              "at %.3f (%.2f s waited for them), the watcher's own share %.2f s,"
+                              " collected at %.3f; CPU s: %s", rel.number, rel.own.num_rows,
+                              rel.decided_at, rel.sent_at, rel.answered_at, rel.waited,
+                              rel.own_seconds, time.time(), ", ".join(
+                                  f"{self.names[i]} {c:.2f}" for i, c in sorted(rel.cpu.items())))
+                self._measure(rel)
         return rel.raw
 
     def _measure(self, rel: Release) -> None:

@@ -56,7 +56,7 @@ from zeekml._core.atomic import atomic_write
 from zeekml._core.device import configure_torch
 from zeekml._core.errors import OutputError, ZeekmlError
 from zeekml._core.outfile import open_output
-from zeekml.flows.table import conn_table, is_conn_batch
+from zeekml.flows.table import CONN_SCHEMA, conn_table, is_conn_batch
 from zeekml.parse.reject import Quarantine
 from zeekml.pipeline.live.calibration import calibrate
 from zeekml.pipeline.live.context import LiveContext, score_due
@@ -126,6 +126,23 @@ def context_speed(speed: float | None, conns: int, seconds: float) -> float | No
         return speed
     now = conns / seconds
     return now if speed is None else 0.7 * speed + 0.3 * now
+
+
+# A window that closes with input left unread (its record limit reached while behind) decides
+# no release of the live context: its newest ts is behind what is waiting to be read, so a
+# release then leaves out conns that are due already, and they make the next one the longer
+# (docs/results/watch.md, "releases that stay short"). At most this many windows in a row are
+# held so, so that a watcher catching up on a long backlog still releases as it goes (each
+# window at most catch_up_factor x window_records records).
+MAX_HELD_WINDOWS = 4
+
+
+def hold_release(caught_up: bool, held: int, once: bool) -> bool:
+    """Whether a window closing now leaves the live context's release to a later window:
+    while input is left unread (``caught_up`` False) and fewer than ``MAX_HELD_WINDOWS``
+    windows in a row were held (``held``). Never with ``once``: it reads what exists at once,
+    and its releases stay those of a window sequence fixed by the input alone."""
+    return not once and not caught_up and held < MAX_HELD_WINDOWS
 
 
 def catch_up_records(opts: WatchOptions, speed: float | None) -> int:
@@ -370,15 +387,28 @@ class Watcher:
         pool = self._pool
         # one window in flight per scoring process (a second send could block on a full pipe
         # while the process blocks sending its result); with none, each is finished at once.
-        # A DetectorPool's release goes to every process: the next one is sent (once the
-        # processes' answers to the last are in: DetectorPool.submit) before the last is
-        # written and committed, then the watcher scores its own share of it, so the processes
-        # score while the watcher writes, reads and cuts the context
+        # A DetectorPool's release goes to every process, one at a time: the watcher scores
+        # its own share, then goes on reading and closing windows while the processes score
+        # theirs; a release decided meanwhile waits in the pool's queue and is sent once they
+        # answer (``DetectorPool.pump``), and the windows are written and committed in order
+        # as their scores come in. Before, the watcher waited for the processes at its next
+        # window close and read nothing meanwhile: the release after a long one was decided
+        # before the backlog was read (short), the backlog went into the one after (long), and
+        # at 5,000 conns/s releases alternated short and long (docs/results/watch.md,
+        # "releases that stay short")
         dpool = self._dpool
-        max_inflight = len(pool) if pool is not None else 2 if dpool is not None else 0
+        max_inflight = len(pool) if pool is not None else 0
+        held = 0               # windows in a row that left the release to a later one
 
         def finish(most: int) -> None:
             while len(inflight) > most:
+                self._finish_window(inflight.popleft(), outputs, dedup, feedback, store, cp)
+
+        def finish_answered() -> None:
+            # the DetectorPool's windows, in order, as far as their scores are in (no waiting)
+            dpool.pump()
+            while inflight and (inflight[0].release is None
+                                or dpool.answered(inflight[0].release)):
                 self._finish_window(inflight.popleft(), outputs, dedup, feedback, store, cp)
 
         try:
@@ -433,14 +463,25 @@ class Watcher:
                         pool.close()
                         self._pool = pool = ScorePool(fitted, len(pool), self._allowlist)
                 if due:
-                    finish(max(0, max_inflight - 1))
-                    inflight.append(self._close_window(window, follower, fitted,
-                                                       flush=opts.once and idle and not stopping))
+                    if dpool is None:
+                        finish(max(0, max_inflight - 1))
+                    hold = self._ctx is not None and not stopping \
+                        and hold_release(follower.caught_up, held, opts.once)
+                    held = held + 1 if hold else 0
+                    w = self._close_window(window, follower, fitted,
+                                           flush=opts.once and idle and not stopping, hold=hold)
+                    inflight.append(w)
                     window, window_rows, window_started, dirty = [], 0, None, False
                     if dpool is not None:
-                        finish(1)      # the last release, while the processes score this one
-                        dpool.score_own(inflight[-1].release)
-                finish(0 if stopping or idle else max_inflight)
+                        finish_answered()  # the last release, while the processes score this
+                        if w.release is not None:
+                            dpool.score_own(w.release)
+                if dpool is None:
+                    finish(0 if stopping or idle else max_inflight)
+                elif stopping or (opts.once and idle):
+                    finish(0)
+                else:
+                    finish_answered()
                 self._status_maybe(follower)
                 if stopping:
                     self.stats.state = "stopped"
@@ -453,12 +494,21 @@ class Watcher:
                     self.stats.state = "done"
                     return
                 if idle:
+                    # while the processes score, wake when they answer (``DetectorPool.wait``):
+                    # their verdicts are written and the next release is sent then
+                    busy = dpool is not None and dpool.busy
                     if window_started is not None:
                         # a window is open: read what arrives in bigger bites (a tenth of the
                         # window) instead of waking on every write, whose small batches cost
                         # about twice as much per record to parse and gather
                         left = max(0.0, opts.window_seconds - (now - window_started))
-                        self._stop.wait(min(left, opts.window_seconds / 10, 0.1))
+                        wait = min(left, opts.window_seconds / 10, 0.1)
+                        if busy:
+                            dpool.wait(wait)
+                        else:
+                            self._stop.wait(wait)
+                    elif busy:
+                        dpool.wait(0.1)
                     else:
                         follower.wait(min(opts.rescan_seconds, opts.status_seconds, 1.0))
         except Stopped:
@@ -489,16 +539,27 @@ class Watcher:
         self._allowlist = new
         return True
 
-    def _close_window(self, window, follower, fitted, flush: bool = False) -> _Window:
+    def _close_window(self, window, follower, fitted, flush: bool = False,
+                      hold: bool = False) -> _Window:
         """Take what the window's commit needs now (its conns go to be scored, its quarantined
-        lines and the follower's progress are kept) and go on reading."""
+        lines and the follower's progress are kept) and go on reading. With ``hold`` (and a
+        live context) the window's conns only join the context; nothing is released
+        (``hold_release``)."""
         table = conn_table(window) if window else None
         qlines = self._pending_quarantine.take_lines()
         files, done = follower.snapshot()
         self.stats.windows += 1
         t = pc.max(table.column("ts")).as_py() if table is not None and table.num_rows else None
         ctx = self._ctx
-        if ctx is not None and self._dpool is not None:
+        if ctx is not None and hold:
+            if table is not None:
+                ctx.add(table)
+            log.debug("window of %d conns closed at %.3f (watermark %.3f, %d pending): release "
+                      "held, input left unread", table.num_rows if table is not None else 0,
+                      time.time(), ctx.watermark, ctx.pending)
+            w = _Window(RenderedVerdicts(), None, qlines, files, done, ctx.journal_delta())
+            table = CONN_SCHEMA.empty_table()
+        elif ctx is not None and self._dpool is not None:
             if table is not None:
                 ctx.add(table)
             own, dets = ctx.due(fitted, flush=flush)
