@@ -407,9 +407,13 @@ class DetectorPool:
         """Wait up to ``timeout`` seconds for the processes' answers to the release they
         score, then send the next one if they are free (``pump``)."""
         rel = self._last
-        if rel is not None and rel.waiting:
+        # only the pipes with nothing to read yet: one that has answered is readable at once,
+        # and waiting on it too would spin until the slowest process answers
+        pending = [] if rel is None else [c for c in (self._conns[w] for w in rel.waiting)
+                                          if not c.poll()]
+        if pending:
             from multiprocessing.connection import wait
-            wait([self._conns[w] for w in rel.waiting], timeout)
+            wait(pending, timeout)
         self.pump()
 
     def submit(self, own: pa.Table, dets: list, fitted: FittedDetectors) -> Release:
@@ -502,7 +506,7 @@ class DetectorPool:
             rel.seconds = rel.seconds or rel.own_seconds
             for i, c in rel.cpu.items():
                 self.cpu_seconds[self.names[i]] += c
-            if any(o >= 0 for o in rel.owner):
+            if rel.own.num_rows and any(o >= 0 for o in rel.owner):
                 if log.isEnabledFor(logging.DEBUG):
                     # the timeline of releases (bench/watch.py --watch-log): wall clock, so it
                     # lines up with the conns' ts there
