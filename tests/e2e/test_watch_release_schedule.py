@@ -11,11 +11,12 @@ import time
 import numpy as np
 import pytest
 from checks import run_watcher_in_thread
+from test_watch_context import _waiting_context
 from test_watch_detector_pool import _bytes, _write_log
 
 from zeekml.pipeline import FittedDetectors, ScoreOptions, Watcher, WatchOptions
 from zeekml.pipeline.live import watcher as live_watcher
-from zeekml.pipeline.live.context import LiveContext
+from zeekml.pipeline.live.context import LiveContext, score_due
 from zeekml.pipeline.live.watcher import MAX_HELD_WINDOWS, hold_release
 from zeekml.scoring.calibrate import ThresholdCalibrator
 
@@ -128,9 +129,9 @@ def test_a_window_closed_with_input_left_unread_decides_no_release(tmp_path, mon
 
     due = LiveContext.due
 
-    def spy_due(self, fitted, flush=False):
+    def spy_due(self, fitted, flush=False, idle=False):
         decided.append(self.watermark)
-        return due(self, fitted, flush)
+        return due(self, fitted, flush, idle)
 
     monkeypatch.setattr(live_watcher, "hold_release", spy_hold)
     monkeypatch.setattr(LiveContext, "due", spy_due)
@@ -150,3 +151,51 @@ def test_a_window_closed_with_input_left_unread_decides_no_release(tmp_path, mon
     live = set(_bytes(tmp_path / "live")["verdicts.jsonl"])
     once = set(_bytes(tmp_path / "once")["verdicts.jsonl"])
     assert live and live <= once
+
+
+def test_due_conns_wait_only_idle_wait_while_the_scorers_are_idle():
+    """``idle`` (the scoring processes have no release in hand): due conns wait ``idle_wait``
+    for their batch instead of ``release_wait``; not idle, the full wait. Each conn still
+    gets its batch score (a fake clock: nothing here is timed)."""
+    table, fitted, batch, lateness, now, _ = _waiting_context()
+    ctx = LiveContext(fitted, lateness=lateness, max_rows=10_000, batch_seconds=1e6,
+                      release_wait=5.0, clock=lambda: now[0], idle_wait=2.0)
+    ctx.add(table.slice(0, 100))
+    got = _verdicts(ctx, fitted, idle=True)          # released at 0 (the first batch)
+    assert got
+    ctx.add(table.slice(100, 40))
+    now[0] = 1.0
+    assert not _verdicts(ctx, fitted, idle=True)     # due since the release at 0
+    now[0] = 2.0
+    assert not _verdicts(ctx, fitted, idle=False)    # busy: they wait the full 5 s
+    n = len(got)
+    got += _verdicts(ctx, fitted, idle=True)         # idle: 2 s were enough
+    assert len(got) > n
+    ctx.add(table.slice(140, 40))
+    now[0] = 3.0
+    assert not _verdicts(ctx, fitted, idle=False)
+    now[0] = 6.9
+    assert not _verdicts(ctx, fitted, idle=False)
+    now[0] = 7.0
+    n = len(got)
+    got += _verdicts(ctx, fitted, idle=False)        # 5 s after the last release
+    assert len(got) > n
+    ctx.add(table.slice(180, 40))
+    got += score_due(*ctx.due(fitted, flush=True), fitted).verdicts()
+    assert len(got) == 220 and all(v.scores == batch[v.uid] for v in got)
+    # without idle_wait, idle changes nothing: the full 5 s
+    now[0] = 0.0
+    ctx = LiveContext(fitted, lateness=lateness, max_rows=10_000, batch_seconds=1e6,
+                      release_wait=5.0, clock=lambda: now[0])
+    ctx.add(table.slice(0, 100))
+    assert _verdicts(ctx, fitted, idle=True)
+    ctx.add(table.slice(100, 40))
+    now[0] = 4.9
+    assert not _verdicts(ctx, fitted, idle=True)
+    now[0] = 5.0
+    assert _verdicts(ctx, fitted, idle=True)
+
+
+def _verdicts(ctx: LiveContext, fitted, idle: bool) -> list:
+    own, dets = ctx.due(fitted, idle=idle)
+    return score_due(own, dets, fitted).verdicts() if own.num_rows else []

@@ -121,13 +121,15 @@ class LiveContext:
     def __init__(self, fitted: FittedDetectors, lateness: float = 300.0,
                  max_rows: int = 1_000_000, batch_seconds: float = 60.0,
                  release_wait: float | None = 5.0,
-                 clock: Callable[[], float] = time.monotonic, threads: int = 1):
+                 clock: Callable[[], float] = time.monotonic, threads: int = 1,
+                 idle_wait: float | None = None):
         self.back, self.fwd = horizons(fitted)
         self.back_by_time, self.keyed = evict_rules(fitted)
         self.lateness = float(lateness)
         self.max_rows = max(1, int(max_rows))
         self.batch_seconds = float(batch_seconds)
         self.release_wait = release_wait
+        self.idle_wait = idle_wait
         self._clock = clock
         self._due_since: float | None = None    # when conns first were due and held back
         self._released_at: float | None = None  # the last release, until the check after it
@@ -190,14 +192,14 @@ class LiveContext:
 
     # -- releasing ---------------------------------------------------------------------------
 
-    def _release_mask(self, flush: bool) -> np.ndarray:
+    def _release_mask(self, flush: bool, idle: bool = False) -> np.ndarray:
         todo = ~self.scored
         if flush:
             return todo
         threshold = self.watermark - self.fwd - self.lateness
         extra = self.pending - self.max_rows
         if extra <= 0 and threshold < self.released + self.batch_seconds \
-                and not self._waited(todo, threshold):
+                and not self._waited(todo, threshold, idle):
             # release in batches of batch_seconds: each release scores its conns among all the
             # context rows of their horizon, so small batches would score that context again
             # and again
@@ -216,10 +218,14 @@ class LiveContext:
         with np.errstate(invalid="ignore"):
             return todo & ((self.ts <= self.released) | ~np.isfinite(self.ts))
 
-    def _waited(self, todo: np.ndarray, threshold: float) -> bool:
+    def _waited(self, todo: np.ndarray, threshold: float, idle: bool = False) -> bool:
         """Whether conns due by ``threshold`` have waited ``release_wait`` seconds for their
-        batch (the clock starts when some are first seen due)."""
-        if self.release_wait is None:
+        batch (the clock starts when some are first seen due), or ``idle_wait`` seconds with
+        ``idle`` (whoever scores the release has nothing else in hand)."""
+        wait = self.release_wait
+        if idle and self.idle_wait is not None:
+            wait = self.idle_wait if wait is None else min(wait, self.idle_wait)
+        if wait is None:
             return False
         with np.errstate(invalid="ignore"):
             due = bool(np.any(todo & (self.ts <= threshold)))
@@ -236,15 +242,18 @@ class LiveContext:
             # which it has by then
             self._due_since = now if self._released_at is None else self._released_at
         self._released_at = None
-        return now - self._due_since >= self.release_wait
+        return now - self._due_since >= wait
 
-    def due(self, fitted: FittedDetectors, flush: bool = False) -> tuple[pa.Table, list]:
+    def due(self, fitted: FittedDetectors, flush: bool = False,
+            idle: bool = False) -> tuple[pa.Table, list]:
         """Take the conns that are due (all pending ones with ``flush``), in arrival order, and
         mark them scored: returns them and ``fitted``'s detectors set up to score them among
         their context (``scoring.context.detectors_in_context``; the context tables are their
         own, so what is evicted now does not change them). ``release`` scores them here,
-        ``watch --score-workers`` in the processes that own the detectors (``live.pool``)."""
-        mask = self._release_mask(flush)
+        ``watch --score-workers`` in the processes that own the detectors (``live.pool``),
+        which say ``idle`` when none has a release in hand (due conns then wait only
+        ``idle_wait`` for their batch)."""
+        mask = self._release_mask(flush, idle)
         self._journal.append(_MARK + _MARK_FMT.pack(self.released, self.watermark,
                                                      self.scored_max, int(flush)))
         targets = np.flatnonzero(mask)

@@ -60,6 +60,12 @@ class WatchOptions:
         context_release_wait: ... but conns that are due wait at most this many seconds of
             wall-clock time for their batch to fill (default 5; None: until it is full),
             counted from the last release when they are due at the first check after it.
+        context_idle_wait: ... and at most this many while ``score_workers`` processes score
+            the learned detectors and none of them has a release in hand (default 2; None: as
+            long as ``context_release_wait``): a batch fills to spread each release's fixed
+            costs, which is worth waiting for only while the processes have work; with them
+            idle, the conns due go at once, so the releases come as fast as the processes
+            score them (not with ``once``, whose releases stay fixed by the input).
         context_threads: the detectors of a release score side by side in this many threads
             (default 1: in turn; None: as many as torch was given, the cores free when the
             models loaded, ``zeekml._core.device``). Not the default until measured on a quiet
@@ -100,6 +106,7 @@ class WatchOptions:
     context_max_rows: int = 1_000_000
     context_batch_seconds: float = 60.0
     context_release_wait: float | None = 5.0
+    context_idle_wait: float | None = 2.0
     context_threads: int | None = 1
     score_workers: int = 0
     journal_compact_bytes: int = 64 << 20

@@ -368,7 +368,7 @@ class DetectorPool:
         self.rebalance_after: float | None = (REBALANCE_CPU_SECONDS if rebalance and self.workers
                                               else None)
         self._measured = [0.0] * len(dets)      # CPU seconds per detector since _since
-        self._own_measured = 0.0                # of which the watcher's
+        self._own_measured = 0.0                # the watcher's own detectors' CPU, since _since
         self._since: float | None = None        # the watcher's process_time when measuring began
         self._last: Release | None = None       # sent, answers not taken in yet
         self._queue: deque[Release] = deque()   # decided, waiting for the processes
@@ -471,6 +471,13 @@ class DetectorPool:
                 c0 = time.process_time()
                 rel.raw[d.name] = np.asarray(d.score(rel.own))
                 rel.cpu[i] = time.process_time() - c0
+                if self._since is not None:
+                    # counted when spent, not when the release is collected: the watcher
+                    # scores its share of a queued release before the one ahead of it is
+                    # collected, and its own work is its CPU less this over the same span
+                    # (counted at collect, it swung between 0 and 4.5 s a look, and the
+                    # detectors were reassigned at every look)
+                    self._own_measured += rel.cpu[i]
         rel.own_done = True
         rel.own_seconds = time.perf_counter() - t0
 
@@ -528,8 +535,6 @@ class DetectorPool:
             return
         for i, c in rel.cpu.items():
             self._measured[i] += c
-            if rel.owner[i] == -1:
-                self._own_measured += c
         if sum(self._measured) < self.rebalance_after:
             return
         now = time.process_time()

@@ -295,7 +295,9 @@ class Watcher:
                     threads = configure_torch() if "torch" in sys.modules else 1
                 self._ctx = LiveContext(fitted, opts.context_lateness, opts.context_max_rows,
                                         opts.context_batch_seconds, opts.context_release_wait,
-                                        threads=threads)
+                                        threads=threads, idle_wait=(
+                                            opts.context_idle_wait if opts.score_workers > 0
+                                            and not opts.once else None))
                 try:
                     self._ctx.replay(self._journal.read())
                 except (ZeekmlError, ValueError, KeyError, struct.error, pa.ArrowException) as e:
@@ -562,7 +564,8 @@ class Watcher:
         elif ctx is not None and self._dpool is not None:
             if table is not None:
                 ctx.add(table)
-            own, dets = ctx.due(fitted, flush=flush)
+            own, dets = ctx.due(fitted, flush=flush,
+                                idle=not self._dpool.busy and not self._dpool.queued)
             rel = self._dpool.submit(own, dets, fitted)
             if log.isEnabledFor(logging.DEBUG):
                 ts = pc.min_max(own.column("ts")).as_py() if own.num_rows else None
