@@ -12,6 +12,8 @@ polling). RSS of the watch process is sampled every second.
     python bench/watch.py --rates 10000 --duration 600 --rotate-seconds 60   # the long run
     python bench/watch.py --context-probe 20000 --dense 0.1 --detector-calls   # per detector
     python bench/watch.py --release-replay 5000 --scores-out a.npz   # live-sized releases
+    python bench/watch.py --models models --rates 5000 --duration 120 --baseline-conns 20000 \
+        --score-workers 2 --watch-log w.log && python bench/watch.py --timeline w.log
 
 All processes share the machine: on a 2-core box the writer, the watcher and this reader
 compete for the CPU, so the numbers are a floor, not a ceiling.
@@ -432,6 +434,50 @@ def _calls_summary(acc: dict) -> dict:
             for k, v in acc.items()}
 
 
+WINDOW_LINE = re.compile(
+    r"window of (\d+) conns closed at ([0-9.]+) \(watermark ([0-9.]+), \d+ pending\): release (\d+) "
+    r"of (\d+) conns, ts ([0-9.]+) \.\. ([0-9.]+)")
+RELEASE_LINE = re.compile(
+    r"release (\d+): (\d+) conns (?:decided at [0-9.]+, )?sent at [0-9.]+.*?(?:done at ([0-9.]+)|"
+    r"collected at ([0-9.]+))")
+
+
+def timeline(path: str, hold: float) -> dict:
+    """The releases of a ``--watch-log`` (``watch -vv``): per release its conns, when its window
+    closed, how stale the newest ts read was then, how far past the hold-back its oldest conn
+    was when it was decided and when its scores came in; and over the steady phase (releases of
+    more than 1,000 conns, the last one left out) their spread. Times in seconds, ``ts`` being the
+    writer's wall clock."""
+    rows: dict[int, dict] = {}
+    for line in open(path, errors="replace"):
+        m = WINDOW_LINE.search(line)
+        if m:
+            closed, mark, lo = float(m.group(2)), float(m.group(3)), float(m.group(6))
+            rows[int(m.group(4))] = {"conns": int(m.group(5)), "closed": closed,
+                                     "stale_s": round(closed - mark, 2),
+                                     "oldest_at_decision_s": round(closed - lo - hold, 2)}
+            continue
+        m = RELEASE_LINE.search(line)
+        if m and int(m.group(2)) and int(m.group(1)) in rows:
+            r = rows[int(m.group(1))]
+            r["took_s"] = round(float(m.group(3) or m.group(4)) - r["closed"], 2)
+            r["oldest_at_answer_s"] = round(r["oldest_at_decision_s"] + r["took_s"], 2)
+    done = [rows[k] for k in sorted(rows) if "took_s" in rows[k]]
+    steady = [r for r in done if r["conns"] > 1000][:-1]
+    t0 = done[0]["closed"] if done else 0.0
+    for r in done:
+        r["closed"] = round(r["closed"] - t0, 2)
+
+    def spread(xs: list[float]) -> list[float]:
+        return [round(min(xs), 2), round(statistics.median(xs), 2), round(max(xs), 2)] if xs else []
+
+    return {"releases": done, "steady": {
+        "releases": len(steady), "conns_min_median_max": spread([r["conns"] for r in steady]),
+        "every_s_min_median_max": spread([b["closed"] - a["closed"] for a, b in zip(steady, steady[1:])]),
+        "took_s_min_median_max": spread([r["took_s"] for r in steady]),
+        "oldest_at_answer_s_min_median_max": spread([r["oldest_at_answer_s"] for r in steady])}}
+
+
 def release_replay(rate: float, release_seconds: float, releases: int, models: str,
                    scores_out: str = "") -> dict:
     """Each detector's CPU on releases cut as ``watch`` cuts them at ``rate`` conns/s, in this
@@ -660,6 +706,9 @@ def main() -> None:
     ap.add_argument("--detector-calls", action="store_true",
                     help="with --context-probe: each learned detector's calls, context rows, "
                          "scored rows and CPU seconds (this process: use --score-workers 0)")
+    ap.add_argument("--timeline", default="", metavar="FILE",
+                    help="instead: the releases of a --watch-log FILE (its conns, when decided, "
+                         "how stale, how long to score, the oldest conn past its hold-back)")
     ap.add_argument("--release-replay", type=float, default=0.0, metavar="RATE",
                     help="instead: each detector's CPU on live-sized releases at RATE conns/s")
     ap.add_argument("--release-seconds", type=float, default=5.0,
@@ -669,6 +718,9 @@ def main() -> None:
     ap.add_argument("--scores-out", default="", metavar="FILE.npz",
                     help="with --release-replay: save every score there")
     args = ap.parse_args()
+    if args.timeline:
+        print(json.dumps(timeline(args.timeline, 20.0 + args.context_lateness)))
+        return
     if args.release_replay:
         models = args.models or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models")
         print(json.dumps({"load": os.getloadavg(),
