@@ -1,7 +1,8 @@
-"""``zeekml score`` leaves torch's thread count alone unless the environment asks for one
-(``zeekml._core.device.configure_torch_if_asked``): the MoE's scores still move in their last bits
-with the count, so a count chosen from the machine's load would make verdict bytes depend on the
-load (``watch`` chooses one, to keep up)."""
+"""``zeekml score`` never takes torch's thread count from the machine's load
+(``zeekml._core.device.configure_torch_if_asked``): the learned detectors' scores still move in
+their last bits with the count, so a count chosen from the load would make verdict bytes depend on
+the load (``watch`` chooses one, to keep up). It runs its detectors side by side with a share of
+the cores each (``zeekml.pipeline.side_by_side``), and sets torch's count back after."""
 from __future__ import annotations
 
 import os
@@ -42,3 +43,61 @@ def test_score_keeps_torchs_threads_whatever_the_load(tmp_path):
     # the learned detectors ran (else torch's threads would never have been in question)
     assert '"moe"' in (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()[0]
     assert res.stdout.strip().splitlines()[-1] == "threads 3", res.stdout[-500:]
+
+
+@pytest.mark.skipif(not (MODELS / "moe-causal" / "config.json").exists(), reason="models not shipped")
+def test_detectors_side_by_side_give_the_verdicts_they_give_in_turn(tmp_path):
+    """``pipeline.side_by_side``: the shipped detectors fitted, calibrated and scored two at a
+    time (one kernel thread each) write the bytes they write one after another (one thread)."""
+    out = {}
+    for workers in ("1", "2"):
+        env = dict(os.environ, ZEEKML_TORCH_THREADS="1", ZEEKML_DETECTOR_THREADS=workers)
+        res = subprocess.run([sys.executable, "-m", "zeekml", "score", str(ZEEK_CONN), "--out",
+                              str(tmp_path / workers), "--no-progress", "--models", str(MODELS)],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        out[workers] = (tmp_path / workers / "verdicts.jsonl").read_bytes()
+    assert b'"moe"' in out["1"].splitlines()[0]
+    assert out["1"] == out["2"]
+
+
+# The CLI with one detector's fit replaced by torch work that outlasts the test, announced on
+# stdout: Ctrl-C then lands while that work runs in a detector thread, with no timing in it.
+BUSY = """
+import sys, torch
+import zeekml.pipeline.fitted as fitted
+real = fitted._fit_one
+def fit_one(det, *args):
+    if det.name != "gnn":
+        return real(det, *args)
+    print("busy", flush=True)
+    x = torch.rand(512, 512)
+    for _ in range(100000):
+        x = torch.tanh(x @ x)
+fitted._fit_one = fit_one
+from zeekml.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(not (MODELS / "gnn-base" / "config.json").exists(), reason="models not shipped")
+def test_ctrl_c_while_detectors_run_side_by_side_is_one_line_and_exit_130(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, ZEEKML_DETECTOR_THREADS="2")
+    p = subprocess.Popen([sys.executable, "-c", BUSY, "score", str(ZEEK_CONN), "--out", str(tmp_path / "out"),
+                          "--no-progress", "--models", str(MODELS)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert p.stdout.readline() == b"busy\n"
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    # not an abort from ending the interpreter under the busy thread, nor a wait for it
+    assert p.returncode == 130, err.decode()[-2000:]
+    assert err.decode().endswith("zeekml: interrupted\n") and "Traceback" not in err.decode()
+    assert time.monotonic() - t0 < 30

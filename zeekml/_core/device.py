@@ -151,7 +151,9 @@ def configure_torch_if_asked() -> int | None:
     embeddings), and an expert's GEMM of 9 rows over two threads (its last row other bits, as a
     GEMM of fewer than ``MIN_GEMM_ROWS`` rows: 1 embedding; ``score``'s 10 were not traced to
     their call). ``--dask`` workers score with one thread whatever is asked (Dask sets
-    ``OMP_NUM_THREADS=1`` in them): ``examples/``' verdicts were the same at every count."""
+    ``OMP_NUM_THREADS=1`` in them): ``examples/``' verdicts were the same at every count.
+    Since ``pipeline.side_by_side``, ``score`` runs its detectors side by side with a share of
+    the cores each (one thread each on two cores), a count also taken from the cores alone."""
     return None if asked_torch_threads() is None else configure_torch()
 
 

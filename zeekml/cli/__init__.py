@@ -74,6 +74,15 @@ class ZeekmlGroup(click.Group):
             # being joined) would print "Exception ignored in ..." tracebacks: one line is all
             ignore_sigint()
             click.echo("zeekml: interrupted", err=True)
+            side_by_side = sys.modules.get("zeekml.pipeline.side_by_side")
+            if side_by_side is not None and side_by_side.running():
+                # detectors still compute in daemon threads: finalising the interpreter under
+                # them aborts the process (pipeline.side_by_side), so leave without it; the
+                # outputs were closed on the way here (their ``with`` blocks)
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
             sys.exit(130)
         except BrokenPipeError:
             # the reader went away (`zeekml cat ... | head`): end quietly and successfully, as

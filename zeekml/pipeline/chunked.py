@@ -46,6 +46,7 @@ from zeekml.flows.table import CONN_SCHEMA, conn_table, is_conn_batch
 from zeekml.parse import Quarantine, read_log
 from zeekml.parse.reader import LogBatch
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
+from zeekml.pipeline import side_by_side
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.scoring.context import detectors_in_context, horizons, with_context
 from zeekml.scoring.explain import BaselineProfile
@@ -267,16 +268,18 @@ def spill_inputs(paths: list[str], quarantine: Quarantine, summary: ScoreSummary
 # -- scoring with context -------------------------------------------------------------------------
 
 def score_in_context(table: pa.Table, fitted: FittedDetectors, before: list[pa.Table] | None = None,
-                     after: list[pa.Table] | None = None) -> VerdictBatch:
+                     after: list[pa.Table] | None = None,
+                     how: side_by_side.SideBySide | None = None) -> VerdictBatch:
     """The verdicts of the rows of ``table``; ``before``/``after`` are context rows (in the
     whole input's order, before and after ``table``'s) that detectors with a time context see
-    but that get no verdict. ``--dask`` tasks and chunks are scored with it."""
+    but that get no verdict. ``--dask`` tasks and chunks are scored with it; ``how`` as in
+    ``score_batch``."""
     before, after = before or [], after or []
     if not before and not after:
-        return score_batch(table, fitted)
+        return score_batch(table, fitted, how=how)
     whole, targets = with_context(before, table, after)
     return score_batch(table, dataclasses.replace(
-        fitted, detectors=detectors_in_context(fitted.detectors, whole, targets)))
+        fitted, detectors=detectors_in_context(fitted.detectors, whole, targets)), how=how)
 
 
 def context_rows(ts: np.ndarray, start: int, stop: int, back: float,
@@ -489,6 +492,7 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
     kept = TriageBaseline.of(baseline)
     del baseline, extra    # the chunks are scored without them (see TriageBaseline)
     back, fwd = horizons(fitted)
+    how = side_by_side.plan(len(fitted.detectors))
     for i in range(spill.n_chunks):
         start, stop = spill.bounds(i)
         step(f"scoring conns {start + 1:,}-{stop:,} of {spill.num_rows:,}")
@@ -496,7 +500,7 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
         before = [spill.take(before_rows)] if len(before_rows) else []
         after = [spill.take(after_rows)] if len(after_rows) else []
         with shared():
-            batch = score_in_context(spill.chunk(i), fitted, before, after)
+            batch = score_in_context(spill.chunk(i), fitted, before, after, how)
         on_chunk(batch)
     return kept
 

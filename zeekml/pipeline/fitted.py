@@ -6,6 +6,7 @@ conn gets the same verdict everywhere.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
+from zeekml.pipeline import side_by_side
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.scoring.calibrate import ThresholdCalibrator, calibrate_with_cuts
 from zeekml.scoring.context import horizon
@@ -299,39 +301,46 @@ def calibration_scores(detectors: list[Detector], baseline: pa.Table,
         fit_table = pa.concat_tables([baseline, fit_extra.select(baseline.column_names)],
                                     promote_options="permissive")
     step = on_step or (lambda text: None)
-    cal_scores: dict[str, np.ndarray] = {}
-    conn_seconds: dict[str, float] = {}
-    for det in detectors:
-        conn_seconds[det.name] = _fit_one(det, baseline, fit_table, fit_extra,
-                                          scored if reuse else None, rows if reuse else None,
-                                          raw, cal_scores, step)
-    return cal_scores, conn_seconds
+    found: dict[str, np.ndarray] = {}
+    how = side_by_side.plan(len(detectors))
+    # a detector's own thread's CPU side by side (its kernels run there with one thread each),
+    # the process's in turn (torch's other threads work for it)
+    clock = time.thread_time if how.workers > 1 and how.kernel_threads == 1 else time.process_time
+    # the learned detectors first: they cost the most, and the last to start ends the run
+    order = sorted(detectors, key=lambda d: getattr(d, "fit_split", None) is None)
+    seconds = side_by_side.run(
+        {det.name: functools.partial(_fit_one, det, baseline, fit_table, fit_extra,
+                                     scored if reuse else None, rows if reuse else None,
+                                     raw, found, step, clock) for det in order}, how)
+    cal_scores = {det.name: found[det.name] for det in detectors if det.name in found}
+    return cal_scores, {det.name: seconds[det.name] for det in detectors}
 
 
 def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table,
              fit_extra: pa.Table | None, scored: pa.Table | None, rows: np.ndarray | None,
              raw: dict[str, np.ndarray] | None, cal_scores: dict[str, np.ndarray],
-             step: Callable[[str], None]) -> float:
+             step: Callable[[str], None], clock: Callable[[], float] = time.process_time) -> float:
     """Fit ``det`` and put its out-of-sample scores of the baseline in ``cal_scores``
     (``calibration_scores``; with ``scored``, its scores of ``scored`` in ``raw``); returns its
-    CPU seconds per conn scored (``FittedDetectors.conn_seconds``)."""
+    CPU seconds per conn scored (``FittedDetectors.conn_seconds``) by ``clock``. Touches no
+    other detector's entries: detectors are fitted side by side (``pipeline.side_by_side``)."""
     n = baseline.num_rows
     step(f"fitting {det.name} on {fit_table.num_rows:,} conns, calibrating on {n:,}")
     split = getattr(det, "fit_split", None)
     if split is not None:
         # a learned detector: each baseline conn embedded once in the baseline's context and,
         # the baseline drawn from the input, not embedded again (``fit_split``)
-        t0 = time.process_time()
+        t0 = clock()
         every = np.arange(n, dtype=np.int64)        # every baseline conn fits and calibrates
         cal_scores[det.name], full = split(baseline, every, every, extra=fit_extra,
                                            scored=scored, rows=rows)
-        seconds = time.process_time() - t0
+        seconds = clock() - t0
         if full is not None:
             raw[det.name] = full
         return seconds / max(1, n if full is None else len(full))
-    t0 = time.process_time()
+    t0 = clock()
     det.fit(fit_table)
-    fit_seconds = time.process_time() - t0
+    fit_seconds = clock() - t0
     fits = getattr(det, "fits_baseline", True)
     if fits:
         oob = getattr(det, "oob_scores", None)
@@ -339,7 +348,7 @@ def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table,
             raise ZeekmlError(f"detector {det.name} has no out-of-sample scores of its baseline "
                               "to calibrate on (fit_split or oob_scores)")
         cal_scores[det.name] = np.asarray(oob[:n], dtype=np.float64)
-    t0 = time.process_time()
+    t0 = clock()
     if scored is not None and _per_conn(det):
         step(f"scoring {det.name}: {scored.num_rows:,} conns")
         raw[det.name] = np.asarray(det.score(scored))
@@ -353,7 +362,7 @@ def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table,
     else:
         # scored apart later: the fit, which scored every fitted conn out of bag, is the cost
         return fit_seconds / max(1, fit_table.num_rows)
-    return (time.process_time() - t0) / max(1, m)
+    return (clock() - t0) / max(1, m)
 
 
 def cut_text(op: dict) -> str:
@@ -376,11 +385,14 @@ def threshold_text(fitted: FittedDetectors) -> str:
 
 def score_batch(table: pa.Table, fitted: FittedDetectors,
                 raw: dict[str, np.ndarray] | None = None,
-                on_step: Callable[[str], None] | None = None) -> VerdictBatch:
+                on_step: Callable[[str], None] | None = None,
+                how: side_by_side.SideBySide | None = None) -> VerdictBatch:
     """The verdicts of every conn of ``table``, in order, column by column. Each verdict depends
     only on its own row (detectors with a time context get theirs through
     ``zeekml.scoring.context``). ``raw`` holds detectors' scores of ``table`` already computed
-    (``fit_calibrate``'s), which are not computed again; ``on_step`` as in ``fit_calibrate``."""
+    (``fit_calibrate``'s), which are not computed again; ``on_step`` as in ``fit_calibrate``;
+    ``how``: the detectors that score run side by side so (``side_by_side.plan``; default in
+    turn, as ``watch`` and ``--dask`` tasks score, which run side by side in their own way)."""
     detectors = fitted.detectors
     names = [det.name for det in detectors]
     notes = [det.note for det in detectors]
@@ -388,14 +400,14 @@ def score_batch(table: pa.Table, fitted: FittedDetectors,
         empty = np.zeros(0)
         return VerdictBatch(table, names, notes, {n: empty for n in names}, empty,
                             np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
-    raw = raw or {}
-    calibrated: dict[str, np.ndarray] = {}
+    raw = dict(raw or {})
     step = on_step or (lambda text: None)
-    for det in detectors:
-        if det.name not in raw:
-            step(f"scoring {det.name}: {table.num_rows:,} conns")
-        s = raw[det.name] if det.name in raw else det.score(table)
-        calibrated[det.name] = fitted.calibrators[det.name].calibrate(s)
+    missing = [det for det in detectors if det.name not in raw]
+    if missing:
+        step(f"scoring {', '.join(det.name for det in missing)}: {table.num_rows:,} conns")
+        raw.update(side_by_side.run({det.name: functools.partial(det.score, table) for det in missing},
+                                    how or side_by_side.IN_TURN))
+    calibrated = {det.name: fitted.calibrators[det.name].calibrate(raw[det.name]) for det in detectors}
     combined, top = combine(calibrated)
     alert = combined >= 1.0
     alert_rows = np.flatnonzero(alert)
