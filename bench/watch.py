@@ -719,7 +719,10 @@ def main() -> None:
                     help="with --release-replay: save every score there")
     args = ap.parse_args()
     if args.timeline:
-        print(json.dumps(timeline(args.timeline, 20.0 + args.context_lateness)))
+        try:
+            print(json.dumps(timeline(args.timeline, 20.0 + args.context_lateness)))
+        except OSError as e:
+            sys.exit(f"bench/watch.py: cannot read the watch log {args.timeline}: {e.strerror}")
         return
     if args.release_replay:
         models = args.models or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models")
