@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import struct
-import sys
 import time
 from typing import Callable
 
@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from zeekml.features.host_history import dictionary_codes
 from zeekml.flows.table import CONN_SCHEMA
+from zeekml.pipeline import side_by_side
 from zeekml.pipeline.fitted import FittedDetectors, score_batch
 from zeekml.pipeline.live.journal import frame, records
 from zeekml.scoring.context import (context_key, context_key_rows, detectors_in_context, horizon,
@@ -32,30 +33,14 @@ def _ipc(table: pa.Table) -> bytes:
 
 def score_in_threads(detectors: list, table: pa.Table, threads: int) -> dict | None:
     """``{name: detector.score(table)}``, the detectors scoring side by side in ``threads``
-    threads (None with one thread: ``score_batch`` scores them in turn). torch and the BLAS
-    run their kernels without the GIL, so the MoE on one core and the GNN, autoencoder and
-    IsolationForest on another overlap; meanwhile each kernel gets one thread (OpenMP and
-    OpenBLAS threads spin waiting for siblings, which threads of our own would keep off the
-    cores), and the thread counts are set back after. Each detector's scores are those it
-    gives alone (its kernels are the same, one thread each: bit-identical, tested)."""
+    threads (None with one thread: ``score_batch`` scores them in turn), one kernel thread each
+    (``pipeline.side_by_side``): the MoE on one core and the GNN, autoencoder and
+    IsolationForest on another overlap. Each detector's scores are those it gives alone with
+    one thread (bit-identical, tested)."""
     if threads <= 1 or len(detectors) < 2 or table.num_rows == 0:
         return None
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
-    torch = sys.modules.get("torch")       # loaded with the learned detectors, if any
-    before = torch.get_num_threads() if torch is not None else None
-    try:
-        if torch is not None:
-            torch.set_num_threads(1)
-        with threadpool_limits(1, user_api="blas"), \
-                ThreadPoolExecutor(min(threads, len(detectors))) as pool:
-            futures = {d.name: pool.submit(d.score, table) for d in detectors}
-            return {name: f.result() for name, f in futures.items()}
-    finally:
-        if before is not None:
-            torch.set_num_threads(before)
+    return side_by_side.run({d.name: functools.partial(d.score, table) for d in detectors},
+                            side_by_side.SideBySide(min(threads, len(detectors)), 1))
 
 
 def evict_rules(fitted: FittedDetectors) -> tuple[float, dict[str, tuple[int, float]]]:
