@@ -113,16 +113,25 @@ def asked_torch_threads() -> int | None:
     ``$OMP_NUM_THREADS`` (the user's choice for every OpenMP library), else None. A value that is
     not a positive integer is a ``ZeekmlError``."""
     for name in (THREADS_ENV, "OMP_NUM_THREADS"):
-        raw = os.environ.get(name, "").strip()
-        if raw:
-            try:
-                n = int(raw)
-            except ValueError:
-                n = 0
-            if n < 1:
-                raise ZeekmlError(f"${name}={raw!r} is not a positive number of threads")
+        n = threads_from_env(name)
+        if n is not None:
             return n
     return None
+
+
+def threads_from_env(name: str) -> int | None:
+    """The positive thread count ``$name`` holds, None when unset or empty; anything else is a
+    ``ZeekmlError`` naming the variable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ZeekmlError(f"${name}={raw!r} is not a positive number of threads")
+    return n
 
 
 def torch_threads() -> int:

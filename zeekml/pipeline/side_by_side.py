@@ -24,18 +24,13 @@ without an active exception"), so the CLI leaves without finalising while ``runn
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from zeekml._core.device import asked_torch_threads, usable_cores
-from zeekml._core.errors import ZeekmlError
-
-log = logging.getLogger(__name__)
+from zeekml._core.device import asked_torch_threads, threads_from_env, usable_cores
 
 T = TypeVar("T")
 
@@ -70,16 +65,8 @@ def plan(tasks: int, cores: int | None = None) -> SideBySide:
     """
     cores = usable_cores() if cores is None else cores
     asked_kernel = asked_torch_threads()
-    raw = os.environ.get(THREADS_ENV, "").strip()
-    if raw:
-        try:
-            asked = int(raw)
-        except ValueError:
-            asked = 0
-        if asked < 1:
-            raise ZeekmlError(f"${THREADS_ENV}={raw!r} is not a positive number of threads")
-        workers = asked
-    else:
+    workers = threads_from_env(THREADS_ENV)
+    if workers is None:
         workers = cores // asked_kernel if asked_kernel else cores
     workers = max(1, min(workers, tasks))
     if workers == 1:
