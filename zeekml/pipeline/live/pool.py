@@ -256,15 +256,46 @@ def loads(owner: list[int], costs: list[float], workers: int, watcher_load: floa
     return out
 
 
+def cycle(owner: list[int], costs: list[float], workers: int, watcher_load: float,
+          cores: int | None = None) -> float:
+    """The least CPU-bound time a round of releases takes under ``owner``: the busiest
+    process's load, or, where fewer ``cores`` than processes (the watcher included) share the
+    machine, all their loads over the cores if that is more (``None``: a core each).
+
+    On 2 cores with 2 scoring processes the second bound is the one that holds at 5,000
+    conns/s: moving the MoE out of the watcher lowered the busiest process's CPU seconds by
+    17-23% (``loads``) but not the total the two cores had to run, and releases took as long
+    per conn as before (docs/results/watch.md, "the share-out on 2 cores")."""
+    each = loads(owner, costs, workers, watcher_load)
+    if cores is None or cores >= len(each):
+        return max(each)
+    return max(max(each), sum(each) / max(1, int(cores)))
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS says, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not Linux
+        return os.cpu_count() or 1
+
+
+# A new share-out is taken only where it promises a round of releases (``cycle``) at most this
+# share of what it takes now: moving a detector costs the state it keeps (the MoE's per-host keys
+# and values are rebuilt), and a look's measured costs move by 10-20% from one look to the next
+# at a steady rate (W's 120 s runs at 5,000/s), so a smaller promised gain is mostly noise
+REBALANCE_GAIN = 0.75
+
+
 def rebalanced(owner: list[int], costs: list[float], workers: int, watcher_load: float,
-               gain: float = 0.85) -> list[int] | None:
+               gain: float = REBALANCE_GAIN, cores: int | None = None) -> list[int] | None:
     """A better share-out than ``owner`` by measured ``costs`` (CPU seconds per detector over
     the same releases) and the watcher's own measured work, or None where ``assign``'s answer
-    does not bring the busiest process's load below ``gain`` times what it is now (moving a
-    detector costs the state it keeps: the MoE's per-host keys and values are rebuilt)."""
+    does not bring ``cycle`` (on ``cores``; ``None``: a core each) below ``gain`` times what it
+    is now."""
     new = assign(costs, workers, watcher_load=watcher_load)
-    if max(loads(new, costs, workers, watcher_load)) \
-            < gain * max(loads(owner, costs, workers, watcher_load)):
+    if cycle(new, costs, workers, watcher_load, cores) \
+            < gain * cycle(owner, costs, workers, watcher_load, cores):
         return new
     return None
 
@@ -322,6 +353,12 @@ class Release:
 # the watcher's own work is a guessed share (WATCHER_SHARE)
 REBALANCE_CPU_SECONDS = 2.0
 
+# ... and at least this many releases: at 5,000 conns/s one release alone spends more than
+# REBALANCE_CPU_SECONDS, and over one release the watcher's own work measured anywhere from 0.4
+# to 2.0 CPU s at the same rate (the span of its CPU clock and the releases counted do not
+# line up exactly): looks of one release moved the detectors on noise
+REBALANCE_MIN_RELEASES = 4
+
 # Releases decided while the processes still score an earlier one wait in a queue, at most
 # this many (each holds its detectors' context tables: the GNN's ~45 s of conns); past it the
 # watcher waits for the processes before it reads on
@@ -336,10 +373,12 @@ class DetectorPool:
     verdicts are the bytes of the watcher scoring alone at one torch thread.
 
     The share-out is revised by measured costs (``rebalanced``; unless ``rebalance`` is
-    False): each time the detectors have spent ``REBALANCE_CPU_SECONDS`` of CPU, each
-    detector's CPU seconds over that time and the watcher's own work beside its detectors
-    (reading, the context cut, rendering, commits) give a new share-out, taken if it lowers
-    the busiest process's load by 15%. Every process forked
+    False): each time the detectors have spent ``REBALANCE_CPU_SECONDS`` of CPU over at least
+    ``REBALANCE_MIN_RELEASES`` releases, each detector's CPU seconds over that time and the
+    watcher's own work beside its detectors (reading, the context cut, rendering, commits) give
+    a new share-out, taken if it promises a round of releases (``cycle``: the busiest process,
+    or everyone's load over ``cores`` where there are fewer cores than processes) in at most
+    under ``REBALANCE_GAIN`` times what it takes now. Every process forked
     holds every detector, so any can score any; a detector that moves loses only what it keeps
     between releases to save work (the MoE's per-host state, ``stream_state``, used only where
     it matches its stream on content): the bits are the same.
@@ -355,7 +394,8 @@ class DetectorPool:
     initialised CUDA is refused (``ZeekmlError``).
     """
 
-    def __init__(self, fitted: FittedDetectors, n: int, rebalance: bool = True):
+    def __init__(self, fitted: FittedDetectors, n: int, rebalance: bool = True,
+                 cores: int | None = None):
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_initialized():
             raise ZeekmlError("--score-workers with learned detectors forks CPU scoring processes, "
@@ -367,7 +407,9 @@ class DetectorPool:
         self.owner = assign(costs, self.workers)
         self.rebalance_after: float | None = (REBALANCE_CPU_SECONDS if rebalance and self.workers
                                               else None)
+        self.cores = available_cores() if cores is None else max(1, int(cores))
         self._measured = [0.0] * len(dets)      # CPU seconds per detector since _since
+        self._releases = 0                      # releases measured since _since
         self._own_measured = 0.0                # the watcher's own detectors' CPU, since _since
         self._since: float | None = None        # the watcher's process_time when measuring began
         self._last: Release | None = None       # sent, answers not taken in yet
@@ -535,14 +577,20 @@ class DetectorPool:
             return
         for i, c in rel.cpu.items():
             self._measured[i] += c
-        if sum(self._measured) < self.rebalance_after:
+        self._releases += 1
+        if sum(self._measured) < self.rebalance_after or self._releases < REBALANCE_MIN_RELEASES:
             return
         now = time.process_time()
         watcher = max(0.0, now - self._since - self._own_measured)
-        new = rebalanced(self.owner, self._measured, self.workers, watcher)
-        log.info("measured CPU s over %.1f s of detectors: %s, the watcher's own work %.2f: %s",
-                 sum(self._measured),
+        new = rebalanced(self.owner, self._measured, self.workers, watcher, gain=REBALANCE_GAIN,
+                         cores=self.cores)
+        best = assign(self._measured, self.workers, watcher_load=watcher)
+        log.info("measured CPU s over %.1f s of detectors (%d releases): %s, the watcher's own "
+                 "work %.2f; a round takes %.2f CPU s as shared out, %.2f at best on %d cores: %s",
+                 sum(self._measured), self._releases,
                  ", ".join(f"{n} {c:.2f}" for n, c in zip(self.names, self._measured)), watcher,
+                 cycle(self.owner, self._measured, self.workers, watcher, self.cores),
+                 cycle(best, self._measured, self.workers, watcher, self.cores), self.cores,
                  "kept as it is" if new is None else "detectors reassigned: " + ", ".join(
                      f"{n} -> {'watcher' if o < 0 else f'process {o}'}"
                      for n, o in zip(self.names, new)))
@@ -552,6 +600,7 @@ class DetectorPool:
         # histories grow to their length, the GNN's graph to its windows), so a share-out made
         # on the first seconds alone was worse later than the one it replaced
         self._measured = [0.0] * len(self._measured)
+        self._releases = 0
         self._own_measured = 0.0
         self._since = now
 
