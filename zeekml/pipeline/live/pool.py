@@ -256,46 +256,54 @@ def loads(owner: list[int], costs: list[float], workers: int, watcher_load: floa
     return out
 
 
-def cycle(owner: list[int], costs: list[float], workers: int, watcher_load: float,
-          cores: int | None = None) -> float:
-    """The least CPU-bound time a round of releases takes under ``owner``: the busiest
-    process's load, or, where fewer ``cores`` than processes (the watcher included) share the
-    machine, all their loads over the cores if that is more (``None``: a core each).
-
-    On 2 cores with 2 scoring processes the second bound is the one that holds at 5,000
-    conns/s: moving the MoE out of the watcher lowered the busiest process's CPU seconds by
-    17-23% (``loads``) but not the total the two cores had to run, and releases took as long
-    per conn as before (docs/results/watch.md, "the share-out on 2 cores")."""
-    each = loads(owner, costs, workers, watcher_load)
-    if cores is None or cores >= len(each):
-        return max(each)
-    return max(max(each), sum(each) / max(1, int(cores)))
+# The least share of the detectors' measured CPU a re-share leaves the watcher: a watcher without a
+# detector of weight leaves each release to the scoring processes alone, two on 2 cores, with
+# the watcher's own work contending for the same cores. W's 120 s runs at 5,000/s: each move
+# that left the watcher the IsolationForest alone (~1% of the detectors' CPU) was followed by
+# releases of 25-30k conns and a p99 past 10 s (docs/results/watch.md, "the share-out")
+MIN_WATCHER_SHARE = 0.15
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS says, else all)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:      # not Linux
-        return os.cpu_count() or 1
+def with_watcher_share(owner: list[int], costs: list[float], workers: int, watcher_load: float,
+                       share: float = MIN_WATCHER_SHARE) -> list[int]:
+    """``owner`` (``assign``'s answer), or, where its watcher scores detectors costing under
+    ``share`` of ``costs`` in all, that share-out with one detector costing at least ``share``
+    moved to the watcher from a scoring process that keeps another: the one that leaves the
+    busiest process least loaded (ties: the cheapest). ``owner`` as it is where there is no
+    such detector (a process that holds one detector keeps it: it is there because it costs
+    more than the watcher's work and the rest)."""
+    total = float(sum(costs))
+    if not workers or sum(c for o, c in zip(owner, costs) if o < 0) >= share * total:
+        return list(owner)
+    best = None
+    for i in sorted(range(len(costs)), key=lambda i: (costs[i], i)):
+        if owner[i] < 0 or costs[i] < share * total or owner.count(owner[i]) < 2:
+            continue
+        moved = list(owner)
+        moved[i] = -1
+        load = max(loads(moved, costs, workers, watcher_load))
+        if best is None or load < best[0]:
+            best = (load, moved)
+    return list(owner) if best is None else best[1]
 
 
-# A new share-out is taken only where it promises a round of releases (``cycle``) at most this
-# share of what it takes now: moving a detector costs the state it keeps (the MoE's per-host keys
+# A new share-out is taken only where it promises the busiest process a load under this share of
+# what it has now: moving a detector costs the state it keeps (the MoE's per-host keys
 # and values are rebuilt), and a look's measured costs move by 10-20% from one look to the next
 # at a steady rate (W's 120 s runs at 5,000/s), so a smaller promised gain is mostly noise
 REBALANCE_GAIN = 0.75
 
 
 def rebalanced(owner: list[int], costs: list[float], workers: int, watcher_load: float,
-               gain: float = REBALANCE_GAIN, cores: int | None = None) -> list[int] | None:
+               gain: float = REBALANCE_GAIN) -> list[int] | None:
     """A better share-out than ``owner`` by measured ``costs`` (CPU seconds per detector over
-    the same releases) and the watcher's own measured work, or None where ``assign``'s answer
-    does not bring ``cycle`` (on ``cores``; ``None``: a core each) below ``gain`` times what it
-    is now."""
-    new = assign(costs, workers, watcher_load=watcher_load)
-    if cycle(new, costs, workers, watcher_load, cores) \
-            < gain * cycle(owner, costs, workers, watcher_load, cores):
+    the same releases) and the watcher's own measured work (``assign``'s, leaving the watcher
+    ``MIN_WATCHER_SHARE`` of the detectors' cost: ``with_watcher_share``), or None where it
+    does not bring the busiest process's load below ``gain`` times what it is now."""
+    new = with_watcher_share(assign(costs, workers, watcher_load=watcher_load), costs, workers,
+                             watcher_load)
+    if max(loads(new, costs, workers, watcher_load)) \
+            < gain * max(loads(owner, costs, workers, watcher_load)):
         return new
     return None
 
@@ -376,9 +384,9 @@ class DetectorPool:
     False): each time the detectors have spent ``REBALANCE_CPU_SECONDS`` of CPU over at least
     ``REBALANCE_MIN_RELEASES`` releases, each detector's CPU seconds over that time and the
     watcher's own work beside its detectors (reading, the context cut, rendering, commits) give
-    a new share-out, taken if it promises a round of releases (``cycle``: the busiest process,
-    or everyone's load over ``cores`` where there are fewer cores than processes) in at most
-    under ``REBALANCE_GAIN`` times what it takes now. Every process forked
+    a new share-out (``rebalanced``: one that leaves the watcher ``MIN_WATCHER_SHARE`` of the
+    detectors' cost), taken if it promises the busiest process a load under ``REBALANCE_GAIN``
+    times what it has now. Every process forked
     holds every detector, so any can score any; a detector that moves loses only what it keeps
     between releases to save work (the MoE's per-host state, ``stream_state``, used only where
     it matches its stream on content): the bits are the same.
@@ -394,8 +402,7 @@ class DetectorPool:
     initialised CUDA is refused (``ZeekmlError``).
     """
 
-    def __init__(self, fitted: FittedDetectors, n: int, rebalance: bool = True,
-                 cores: int | None = None):
+    def __init__(self, fitted: FittedDetectors, n: int, rebalance: bool = True):
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_initialized():
             raise ZeekmlError("--score-workers with learned detectors forks CPU scoring processes, "
@@ -407,7 +414,6 @@ class DetectorPool:
         self.owner = assign(costs, self.workers)
         self.rebalance_after: float | None = (REBALANCE_CPU_SECONDS if rebalance and self.workers
                                               else None)
-        self.cores = available_cores() if cores is None else max(1, int(cores))
         self._measured = [0.0] * len(dets)      # CPU seconds per detector since _since
         self._releases = 0                      # releases measured since _since
         self._own_measured = 0.0                # the watcher's own detectors' CPU, since _since
@@ -582,15 +588,12 @@ class DetectorPool:
             return
         now = time.process_time()
         watcher = max(0.0, now - self._since - self._own_measured)
-        new = rebalanced(self.owner, self._measured, self.workers, watcher, gain=REBALANCE_GAIN,
-                         cores=self.cores)
-        best = assign(self._measured, self.workers, watcher_load=watcher)
+        new = rebalanced(self.owner, self._measured, self.workers, watcher, gain=REBALANCE_GAIN)
         log.info("measured CPU s over %.1f s of detectors (%d releases): %s, the watcher's own "
-                 "work %.2f; a round takes %.2f CPU s as shared out, %.2f at best on %d cores: %s",
+                 "work %.2f; the busiest process %.2f: %s",
                  sum(self._measured), self._releases,
                  ", ".join(f"{n} {c:.2f}" for n, c in zip(self.names, self._measured)), watcher,
-                 cycle(self.owner, self._measured, self.workers, watcher, self.cores),
-                 cycle(best, self._measured, self.workers, watcher, self.cores), self.cores,
+                 max(loads(self.owner, self._measured, self.workers, watcher)),
                  "kept as it is" if new is None else "detectors reassigned: " + ", ".join(
                      f"{n} -> {'watcher' if o < 0 else f'process {o}'}"
                      for n, o in zip(self.names, new)))
