@@ -256,11 +256,12 @@ def loads(owner: list[int], costs: list[float], workers: int, watcher_load: floa
     return out
 
 
-# The least share of the detectors' measured CPU a re-share leaves the watcher: a watcher without a
-# detector of weight leaves each release to the scoring processes alone, two on 2 cores, with
-# the watcher's own work contending for the same cores. W's 120 s runs at 5,000/s: each move
-# that left the watcher the IsolationForest alone (~1% of the detectors' CPU) was followed by
-# releases of 25-30k conns and a p99 past 10 s (docs/results/watch.md, "the share-out")
+# The least share of the detectors' measured CPU a re-share leaves the watcher. By load alone
+# (its own work counted) the watcher is handed the IsolationForest only, ~1% of the detectors'
+# CPU, and each release is left to the scoring processes, two on 2 cores, with the watcher's own
+# work contending for the same cores; in W's 120 s runs at 5,000/s every move the runs regretted
+# was of that kind (releases grew to 25-30k conns after it; they also grow without such a move:
+# docs/results/watch.md, "The share-out at 5,000/s")
 MIN_WATCHER_SHARE = 0.15
 
 
@@ -289,8 +290,8 @@ def with_watcher_share(owner: list[int], costs: list[float], workers: int, watch
 
 # A new share-out is taken only where it promises the busiest process a load under this share of
 # what it has now: moving a detector costs the state it keeps (the MoE's per-host keys
-# and values are rebuilt), and a look's measured costs move by 10-20% from one look to the next
-# at a steady rate (W's 120 s runs at 5,000/s), so a smaller promised gain is mostly noise
+# and values are rebuilt), and a look's measured costs moved by up to ~25% from one look to the
+# next at a steady rate (120 s runs at 5,000/s), so a smaller promised gain is mostly noise
 REBALANCE_GAIN = 0.75
 
 
@@ -363,7 +364,7 @@ REBALANCE_CPU_SECONDS = 2.0
 
 # ... and at least this many releases: at 5,000 conns/s one release alone spends more than
 # REBALANCE_CPU_SECONDS, and over one release the watcher's own work measured anywhere from 0.4
-# to 2.0 CPU s at the same rate (the span of its CPU clock and the releases counted do not
+# to 2.1 CPU s at the same rate (the span of its CPU clock and the releases counted do not
 # line up exactly): looks of one release moved the detectors on noise
 REBALANCE_MIN_RELEASES = 4
 
