@@ -1,6 +1,7 @@
 """``watch --score-workers`` with detectors that have a time context: how the detectors are
-shared out between the scoring processes and the watcher (``live.pool.assign``), and when the share-out is revised by measured costs (``rebalanced``,
-``DetectorPool`` on fake CPU measurements: nothing here depends on how fast anything runs)."""
+shared out between the scoring processes and the watcher (``live.pool.assign``), and when the
+share-out is revised by measured costs (``rebalanced``, ``DetectorPool`` on fake CPU
+measurements: nothing here depends on how fast anything runs)."""
 from __future__ import annotations
 
 import numpy as np
