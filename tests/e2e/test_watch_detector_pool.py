@@ -176,14 +176,16 @@ def test_shipped_learned_detectors_shared_out_give_the_bytes_of_one_process(tmp_
 def test_detectors_are_shared_out_again_by_their_measured_cost(tmp_path, monkeypatch, caplog):
     # "slow" says it is cheap (calibration's cost per conn) but spends 40 ms of CPU a call:
     # shared out by the said costs the watcher gets it; measured, it goes to the process, and
-    # the bytes stay those of one process
+    # the bytes stay those of one process. "host" spends 20 ms a call, so that the watcher
+    # keeps a detector of weight after the move (live.pool.MIN_WATCHER_SHARE: with the other
+    # two near free, whether the move was allowed hung on how long their numpy took)
     monkeypatch.setattr("zeekml.pipeline.live.pool.REBALANCE_CPU_SECONDS", 0.3)
     root = tmp_path / "logs"
     _write_log(root)
 
     def fitted(log):
         dets = [PidLogged("back", 20.0, 0.0, log), PidLogged("slow", 5.0, 7.0, log, burn=0.04),
-                PidLogged("host", 30.0, 0.0, log, host=True)]
+                PidLogged("host", 30.0, 0.0, log, host=True, burn=0.02)]
         cal = {d.name: ThresholdCalibrator(fpr=0.02).fit(np.arange(200.0)) for d in dets}
         return FittedDetectors(dets, cal, 0.02, conn_seconds={"back": 5.0, "slow": 0.1, "host": 3.0})
 
