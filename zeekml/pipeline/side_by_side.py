@@ -75,8 +75,10 @@ def plan(tasks: int, cores: int | None = None) -> SideBySide:
 
 
 @contextlib.contextmanager
-def kernel_threads(n: int) -> Iterator[None]:
-    """Threads of torch's intra-op kernels and of the BLAS at ``n`` inside the block, set back after."""
+def kernel_threads(n: int, user_api: str | None = "blas") -> Iterator[None]:
+    """Threads of torch's intra-op kernels and of the native thread pools ``threadpoolctl``
+    names ``user_api`` (the BLAS; None: every one, OpenMP's too) at ``n`` inside the block,
+    set back after."""
     from threadpoolctl import threadpool_limits
 
     torch = sys.modules.get("torch")       # loaded with the learned detectors, if any
@@ -84,7 +86,7 @@ def kernel_threads(n: int) -> Iterator[None]:
     try:
         if torch is not None:
             torch.set_num_threads(n)
-        with threadpool_limits(n, user_api="blas"):
+        with threadpool_limits(n, user_api=user_api):
             yield
     finally:
         if before is not None:

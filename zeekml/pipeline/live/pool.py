@@ -9,6 +9,7 @@ only the context rows of its own detectors.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -22,6 +23,7 @@ import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.pipeline.fitted import FittedDetectors, score_batch
+from zeekml.pipeline.side_by_side import kernel_threads
 from zeekml.scoring.allowlist import Allowlist, suppress
 from zeekml.scoring.context import InContext
 from zeekml.scoring.verdict import VerdictBatch
@@ -223,28 +225,16 @@ def assign(costs: list[float], workers: int, watcher_share: float = WATCHER_SHAR
     return owner
 
 
-def one_thread() -> list:
+def one_thread() -> contextlib.ExitStack:
     """Give torch (if loaded) and the BLAS/OpenMP libraries one thread in this process, so
     that the watcher and its scoring processes share the cores instead of each spinning threads
-    on all of them; returns what ``restore_threads`` needs to set the counts back. One thread
-    also keeps a forked process off the OpenMP thread pool it inherited, whose threads do not
-    exist in it (libgomp is not fork-safe; ATen runs a kernel inline with one thread)."""
-    from threadpoolctl import threadpool_limits
-
-    torch = sys.modules.get("torch")
-    before = torch.get_num_threads() if torch is not None else None
-    if torch is not None:
-        torch.set_num_threads(1)
-    return [before, threadpool_limits(1)]
-
-
-def restore_threads(saved: list) -> None:
-    """Undo ``one_thread``."""
-    before, limits = saved
-    limits.restore_original_limits()
-    torch = sys.modules.get("torch")
-    if before is not None and torch is not None:
-        torch.set_num_threads(before)
+    on all of them (``side_by_side.kernel_threads``); closing what it returns sets the counts
+    back. One thread also keeps a forked process off the OpenMP thread pool it inherited, whose
+    threads do not exist in it (libgomp is not fork-safe; ATen runs a kernel inline with one
+    thread)."""
+    saved = contextlib.ExitStack()
+    saved.enter_context(kernel_threads(1, user_api=None))
+    return saved
 
 
 def loads(owner: list[int], costs: list[float], workers: int, watcher_load: float) -> list[float]:
@@ -314,7 +304,6 @@ def _detector_main(conn, detectors: list, parent: int) -> None:
     in, ``({name: raw scores}, {detector index: CPU seconds})`` out, until EOF or the parent
     dies."""
     _child_setup(parent)
-    one_thread()
 
     def score(msg) -> tuple[dict[str, np.ndarray], dict[int, float]]:
         items, own = msg
@@ -328,7 +317,8 @@ def _detector_main(conn, detectors: list, parent: int) -> None:
             cpu[i] = time.process_time() - t0
         return out, cpu
 
-    _serve(conn, score)
+    with one_thread():          # for the process's life
+        _serve(conn, score)
 
 
 @dataclass

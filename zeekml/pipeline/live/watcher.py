@@ -37,6 +37,7 @@ The verdict-id filter is a set plus a deque (O(1) per id); after windows ``mallo
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -68,7 +69,7 @@ from zeekml.pipeline.live.options import (INCIDENT_NOTICES, INCIDENTS, LOCK, NOT
                                           WatchStats)
 from zeekml.pipeline.live.outputs import OutputFiles, VerdictDedup, fields_line
 from zeekml.pipeline.live.pool import (DetectorPool, Release, ScorePool, one_thread,
-                                       render_allowed, restore_threads, score_window)
+                                       render_allowed, score_window)
 from zeekml.scoring.allowlist import Allowlist
 from zeekml.scoring.context import horizons
 from zeekml.scoring.evidence import SURICATA_KEY, SuricataAlerts, live_suricata_join
@@ -185,7 +186,7 @@ class Watcher:
         self._journal: ContextJournal | None = None
         self._pool: ScorePool | None = None
         self._dpool: DetectorPool | None = None
-        self._threads_saved: list | None = None
+        self._threads_saved: contextlib.ExitStack | None = None   # one_thread's, to undo
         self._trimmed = 0.0
         self._allowlist: Allowlist | None = None
         self._allowlist_sig: tuple[int, int] | None = None
@@ -341,7 +342,7 @@ class Watcher:
                 self._dpool.close()
                 self._dpool = None
             if self._threads_saved is not None:
-                restore_threads(self._threads_saved)
+                self._threads_saved.close()
                 self._threads_saved = None
             outputs.close()
             if self._journal is not None:
