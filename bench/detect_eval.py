@@ -33,13 +33,20 @@ Usage (numbers and plots in docs/results/detection.md)::
     OMP_NUM_THREADS=1 python bench/detect_eval.py --no-models --out /tmp/x   # IsolationForest only
     OMP_NUM_THREADS=1 python bench/detect_eval.py --models /tmp/m --out /tmp/y  # other model dirs
     OMP_NUM_THREADS=1 python bench/detect_eval.py --seed 1 --out /tmp/de1 --scores /tmp/de1/scores
+    OMP_NUM_THREADS=1 python bench/detect_eval.py --gnn-k 10 --seed 1 --out /tmp/k10/s1   # another k
     python bench/detect_eval.py --markdown docs/results/detection.json      # the doc's tables
     python bench/detect_eval.py --compare /tmp/before /tmp/after   # runs in DIR/s<seed>, side by side
+    python bench/detect_eval.py --compare /tmp/before /tmp/after --compare-detector gnn
 
 ``--scores DIR`` keeps each capture's and setting's per-conn scores and labels
 (``save_scores``) for ``bench/combine_eval.py``, which evaluates rules for combining the
 detectors offline; ``--seed`` draws the held-out third of the clean baseline
 and seeds the IsolationForests.
+
+``--gnn-k K`` scores the ``gnn`` detector with ``K`` nearest baseline neighbours instead of its
+default (``GNNDetector``'s ``k``), to compare ``k`` over seeds; ``--compare-detector NAME`` (with
+``--compare``) prints one detector's AUROC per capture and setting, mean and range over the seeds,
+before and after.
 
 ``--max-conns N`` keeps each capture's earliest N conns by time (a quicker run; say so when
 quoting it). Reads ``$ZEEKML_DATA`` (default ``../shared/data``); never reads the holdout.
@@ -137,12 +144,26 @@ def save_scores(path: str, y: np.ndarray, cal: dict, test: dict, hold: dict,
     np.savez_compressed(path, **arrays)
 
 
+def with_gnn_k(dets: list, k: int | None) -> list:
+    """``dets`` with the ``gnn`` detector rebuilt to average ``k`` neighbours (``dets`` as they
+    are when ``k`` is None); a run without a gnn detector cannot take ``--gnn-k``."""
+    if k is None:
+        return dets
+    from zeekml.scoring.detectors.gnn import GNNDetector
+
+    if not any(isinstance(d, GNNDetector) for d in dets):
+        raise ZeekmlError("--gnn-k: the run has no gnn detector")
+    return [GNNDetector(d.bundle, k=k, device=d.device, seed=d.seed) if isinstance(d, GNNDetector) else d
+            for d in dets]
+
+
 def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions,
              gbt_p: np.ndarray, heldout: bool = False, classifiers: tuple[str, ...] = (),
-             save: str | None = None) -> dict:
+             save: str | None = None, gnn_k: int | None = None) -> dict:
     """Fit the detectors on ``base`` and calibrate on it out of sample, score ``scored``; with
     ``heldout``, a random third of ``base`` is held out first and its alert rate measured.
-    ``save``: an ``.npz`` path for the per-conn scores (``save_scores``)."""
+    ``save``: an ``.npz`` path for the per-conn scores (``save_scores``); ``gnn_k``: the gnn
+    detector's neighbours (``with_gnn_k``)."""
     from sklearn.ensemble import IsolationForest
 
     out: dict = {"baseline_conns": base.num_rows, "scored_conns": scored.num_rows,
@@ -160,7 +181,7 @@ def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions
         out["baseline_warning"] = check_baseline_size(base.num_rows, opts.fpr)
     except ZeekmlError as e:   # zeekml would refuse this run; the numbers are still measured
         out["baseline_warning"] = "REFUSED: " + e.message
-    dets = build_detectors(opts.detectors, opts.seed, opts.models_dir, opts.device)
+    dets = with_gnn_k(build_detectors(opts.detectors, opts.seed, opts.models_dir, opts.device), gnn_k)
     if classifiers:
         from zeekml.scoring.registry import classifier_detector
 
@@ -263,6 +284,7 @@ def run(args: argparse.Namespace) -> dict:
     captures = {name: load(name, args.max_conns) for name in args.captures}
     results: dict = {"fpr": args.fpr, "clean_share": args.clean_share, "max_conns": args.max_conns,
                      "models": not args.no_models, "models_dir": args.models, "classifiers": list(clfs),
+                     "gnn_k": args.gnn_k,
                      "captures": {}}
     for name, (t, y) in captures.items():
         log.info("%s: %d conns (%d malicious, %d benign)", name, t.num_rows, (y == 1).sum(),
@@ -276,12 +298,12 @@ def run(args: argparse.Namespace) -> dict:
         log.info(" deployment: %d clean baseline conns, %d scored", len(clean), len(rest))
         r["deployment"] = evaluate(t.take(pa.array(clean)), t.take(pa.array(rest)), y[rest], opts,
                                    p[rest], heldout=True, classifiers=clfs,
-                                   save=scores_path(args, name, "deployment"))
+                                   save=scores_path(args, name, "deployment"), gnn_k=args.gnn_k)
         base = earliest_rows(ts_sort_key(t), 0.3, min_rows=1)
         log.info(" archive: %d baseline conns (%d malicious), all scored", len(base),
                  (y[base] == 1).sum())
         r["archive"] = evaluate(t.take(pa.array(base)), t, y, opts, p, classifiers=clfs,
-                                save=scores_path(args, name, "archive"))
+                                save=scores_path(args, name, "archive"), gnn_k=args.gnn_k)
         r["archive"]["baseline_malicious"] = int((y[base] == 1).sum())
         r["seconds"] = time.perf_counter() - t0
         results["captures"][name] = r
@@ -433,6 +455,48 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
+def seed_runs(d: str) -> dict[int, dict]:
+    """The runs ``DIR/s<seed>/detection.json`` of ``d``, by seed."""
+    out = {}
+    for name in sorted(os.listdir(d)):
+        path = os.path.join(d, name, "detection.json")
+        if name.startswith("s") and name[1:].isdigit() and os.path.exists(path):
+            with open(path) as f:
+                out[int(name[1:])] = json.load(f)
+    return out
+
+
+def compare_detector(before: str, after: str, name: str) -> str:
+    """A Markdown table of one detector's AUROC per capture and setting over two sets of runs
+    (``seed_runs``; seeds found in both): mean and range over the seeds, before and after, and
+    the combined score's pooled alert precision / recall per setting."""
+    a, b = seed_runs(before), seed_runs(after)
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise ZeekmlError(f"no seed found in both {before} and {after} (DIR/s<seed>/detection.json)")
+    caps = [c for c in CAPTURES if c in a[seeds[0]]["captures"]]
+
+    def cell(runs: dict, setting: str, cap: str) -> str:
+        v = [runs[s]["captures"][cap][setting]["detectors"][name]["auroc"] for s in seeds]
+        if any(x is None for x in v):
+            return "-"
+        return f"{np.mean(v):.3f} ({min(v):.3f}-{max(v):.3f})"
+
+    def pooled_cell(runs: dict, setting: str) -> str:
+        p = [runs[s]["pooled"][f"{setting}/combined"] for s in seeds]
+        return (f"{np.mean([x['precision'] for x in p]):.3f} / {np.mean([x['recall'] for x in p]):.3f}")
+
+    lines = [f"{name} AUROC, mean (min-max) over seeds {', '.join(map(str, seeds))}; pooled: the combined "
+             "score's alert precision / recall, mean over the seeds\n",
+             "| setting | run | " + " | ".join(caps) + " | pooled precision / recall |",
+             "|---" * (3 + len(caps)) + "|"]
+    for setting in ("deployment", "archive"):
+        for label, runs in (("before", a), ("after", b)):
+            lines.append(f"| {setting} | {label} | " + " | ".join(cell(runs, setting, c) for c in caps)
+                         + f" | {pooled_cell(runs, setting)} |")
+    return "\n".join(lines)
+
+
 def compare_seeds(before: str, after: str) -> str:
     """A Markdown table of two sets of runs, ``DIR/s<seed>/detection.json`` each (seeds found in
     both), deployment setting pooled unless said: ``before -> after`` per seed and the mean."""
@@ -488,15 +552,27 @@ def main() -> None:
     ap.add_argument("--scores", default=None, metavar="DIR",
                     help="save each capture's and setting's per-conn scores and labels here "
                          "(CAPTURE.SETTING.npz; save_scores) for bench/combine_eval.py")
+    ap.add_argument("--gnn-k", type=int, default=None, metavar="K",
+                    help="score the gnn detector with K nearest baseline neighbours (default: its own)")
+    ap.add_argument("--compare-detector", default=None, metavar="NAME",
+                    help="with --compare: that detector's AUROC per capture and setting over the seeds")
     ap.add_argument("--markdown", metavar="JSON", default=None,
                     help="print the tables of a run's detection.json as Markdown, and exit")
     ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), default=None,
                     help="print a before -> after table of two sets of runs (DIR/s<seed>/detection.json "
                          "each), and exit")
     args = ap.parse_args()
+    if args.compare_detector and not args.compare:
+        ap.error("--compare-detector needs --compare BEFORE AFTER")
     if args.compare:
-        print(compare_seeds(*args.compare))
+        try:
+            print(compare_detector(*args.compare, args.compare_detector) if args.compare_detector
+                  else compare_seeds(*args.compare))
+        except ZeekmlError as e:
+            ap.error(e.message)
         return
+    if args.gnn_k is not None and args.gnn_k < 1:
+        ap.error("--gnn-k must be at least 1")
     if args.markdown:
         with open(args.markdown) as f:
             print(markdown(json.load(f)))
