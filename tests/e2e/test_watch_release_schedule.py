@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 from checks import run_watcher_in_thread
+from context_detector import ContextCounter
 from test_watch_context import _waiting_context
 from test_watch_detector_pool import _bytes, _write_log
 
@@ -21,35 +22,8 @@ from zeekml.pipeline.live.watcher import MAX_HELD_WINDOWS, hold_release
 from zeekml.scoring.calibrate import ThresholdCalibrator
 
 
-class Gated:
-    """Score = conns of its context within ``back`` s before the scored conn, times an
-    ``orig_bytes`` parity (so some conns alert). With ``gate`` (a pipe's read end) each call
-    first reads one byte from it."""
-
-    note = "ZeekML::Anomalous_Flow"
-    forward_context_seconds = 0.0
-
-    def __init__(self, name: str, back: float, gate: int | None = None):
-        self.name, self.context_seconds, self.gate = name, back, gate
-
-    def fit(self, table):
-        return self
-
-    def score(self, table):
-        if self.gate is not None:
-            os.read(self.gate, 1)
-        ts = table.column("ts").to_numpy(zero_copy_only=False)
-        order = np.sort(ts)
-        n = np.searchsorted(order, ts, "right") - np.searchsorted(order, ts - self.context_seconds)
-        odd = np.asarray(table.column("orig_bytes").to_pylist(), dtype=float) % 7
-        return n * (1.0 + odd)
-
-    def explain(self, table, rows, top=3):
-        return [f"{self.name}: {len(table)} conns in context" for _ in rows]
-
-
 def _fitted(gate: int) -> FittedDetectors:
-    dets = [Gated("gated", 20.0, gate), Gated("free", 5.0)]
+    dets = [ContextCounter("gated", 20.0, gate, by_bytes=True), ContextCounter("free", 5.0, by_bytes=True)]
     cal = {d.name: ThresholdCalibrator(fpr=0.02).fit(np.arange(200.0)) for d in dets}
     # "gated" costs most: the scoring process takes it, the watcher keeps "free"
     return FittedDetectors(dets, cal, 0.02, conn_seconds={"gated": 5.0, "free": 1.0})

@@ -22,7 +22,7 @@ import logging
 import os
 import ssl
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -133,8 +133,21 @@ def read_task(task: ReadTask, max_rejected: int = 100_000) -> ReadResult:
         except ZeekmlError as e:
             return ReadResult(conn_table([]), 0, 0, rejected, e.message)
     parser = make_parser(task.fmt, task.path, q)
-    batches, other, n = [], 0, 0
-    alerts: list[pa.RecordBatch] = []
+    batches, alerts = [], []
+    other = n = 0
+
+    def take(got: Iterable) -> None:
+        # conn batches kept, the rest counted; Suricata alerts kept for the evidence join
+        nonlocal n, other
+        for b in got:
+            n += b.num_rows
+            if is_conn_batch(b):
+                batches.append(b)
+            else:
+                other += b.num_rows
+                if b.log_path == ALERT_PATH:
+                    alerts.append(b.batch)
+
     try:
         if task.header:
             parser.feed(task.header)
@@ -149,22 +162,8 @@ def read_task(task: ReadTask, max_rejected: int = 100_000) -> ReadResult:
                     break
                 if remaining is not None:
                     remaining -= len(data)
-                for b in parser.feed(data):
-                    n += b.num_rows
-                    if is_conn_batch(b):
-                        batches.append(b)
-                    else:
-                        other += b.num_rows
-                        if b.log_path == ALERT_PATH:
-                            alerts.append(b.batch)
-            for b in parser.finish():
-                n += b.num_rows
-                if is_conn_batch(b):
-                    batches.append(b)
-                else:
-                    other += b.num_rows
-                    if b.log_path == ALERT_PATH:
-                        alerts.append(b.batch)
+                take(parser.feed(data))
+            take(parser.finish())
     except (OSError, EOFError, ValueError) as e:
         err = UnreadableInput(f"archive ends early or is damaged ({e})", task.path)
         return ReadResult(conn_table(batches), n, other, rejected, err.message, alerts)

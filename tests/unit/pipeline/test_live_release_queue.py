@@ -10,38 +10,13 @@ import time
 
 import numpy as np
 import pyarrow as pa
+from context_detector import ContextCounter
 
 from zeekml.flows.table import CONN_SCHEMA
 from zeekml.pipeline import FittedDetectors
 from zeekml.pipeline.live.context import LiveContext
 from zeekml.pipeline.live.pool import DetectorPool
 from zeekml.scoring.calibrate import ThresholdCalibrator
-
-
-class Counting:
-    """Score = conns of the context within ``back`` s before the scored conn (its ``ts``
-    included). With ``gate`` (a pipe's read end) each call first reads one byte from it, so
-    the process that runs it scores a release only when the test lets it."""
-
-    note = "ZeekML::Anomalous_Flow"
-    forward_context_seconds = 0.0
-
-    def __init__(self, name: str, back: float, gate: int | None = None):
-        self.name, self.context_seconds, self.gate = name, back, gate
-
-    def fit(self, table):
-        return self
-
-    def score(self, table):
-        if self.gate is not None:
-            os.read(self.gate, 1)
-        ts = table.column("ts").to_numpy(zero_copy_only=False)
-        order = np.sort(ts)
-        return (np.searchsorted(order, ts, "right")
-                - np.searchsorted(order, ts - self.context_seconds, "left")).astype(float)
-
-    def explain(self, table, rows, top=3):
-        return ["" for _ in rows]
 
 
 def _conns(lo: int, hi: int) -> pa.Table:
@@ -54,7 +29,7 @@ def _conns(lo: int, hi: int) -> pa.Table:
 
 
 def _setup(gate: int):
-    dets = [Counting("gated", 10.0, gate), Counting("free", 4.0)]
+    dets = [ContextCounter("gated", 10.0, gate), ContextCounter("free", 4.0)]
     cal = {d.name: ThresholdCalibrator(fpr=0.02).fit(np.arange(200.0)) for d in dets}
     # "gated" costs most: a scoring process takes it, the watcher keeps "free"
     fitted = FittedDetectors(dets, cal, 0.02, conn_seconds={"gated": 5.0, "free": 1.0})
