@@ -46,7 +46,9 @@ and seeds the IsolationForests.
 ``--gnn-k K`` scores the ``gnn`` detector with ``K`` nearest baseline neighbours instead of its
 default (``GNNDetector``'s ``k``), to compare ``k`` over seeds; ``--compare-detector NAME`` (with
 ``--compare``) prints one detector's AUROC per capture and setting, mean and range over the seeds,
-before and after.
+before and after. ``--gnn-features W`` gives the gnn detector each conn's own flow features
+beside its embedding (``FeaturesBeside``: standardised by the baseline's statistics, at weight
+``W`` of the embedding's norm).
 
 ``--max-conns N`` keeps each capture's earliest N conns by time (a quicker run; say so when
 quoting it). Reads ``$ZEEKML_DATA`` (default ``../shared/data``); never reads the holdout.
@@ -144,26 +146,114 @@ def save_scores(path: str, y: np.ndarray, cal: dict, test: dict, hold: dict,
     np.savez_compressed(path, **arrays)
 
 
-def with_gnn_k(dets: list, k: int | None) -> list:
-    """``dets`` with the ``gnn`` detector rebuilt to average ``k`` neighbours (``dets`` as they
-    are when ``k`` is None); a run without a gnn detector cannot take ``--gnn-k``."""
-    if k is None:
+# --gnn-features: each flow feature is standardised by the baseline's mean and std, the std
+# floored at this share of the mean std over the features (a column the baseline never varies,
+# a port it never used, would otherwise divide by zero)
+FEATURE_FLOOR = 0.1
+
+
+class FeaturesBeside:
+    """A kNN reference over ``[embedding, scale * z]``: ``z`` the conn's own flow features (the
+    model's scaling) standardised by the baseline's statistics (``FEATURE_FLOOR``), ``scale`` set
+    at ``fit`` so that the features hold ``weight**2`` of the embedding's mean square norm.
+    Delegates to ``inner`` (a ``KnnReference``), so ``fit_split``'s held-out scoring and the
+    explanations run as they do for the embedding alone. Input rows: ``[embedding, features]``
+    (``hidden`` embedding columns first)."""
+
+    kind = "knn"
+
+    def __init__(self, inner, hidden: int, weight: float, floor: float = FEATURE_FLOOR):
+        self.inner, self.hidden, self.weight, self.floor = inner, hidden, weight, floor
+        self.mean = self.std = None
+        self.scale = 0.0
+
+    @property
+    def ref(self):
+        return self.inner.ref
+
+    @property
+    def rows(self):
+        return self.inner.rows
+
+    def _t(self, v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float32)
+        z = ((v[:, self.hidden:] - self.mean) / self.std * self.scale).astype(np.float32)
+        return np.hstack([v[:, :self.hidden], z])
+
+    def fit(self, v: np.ndarray) -> FeaturesBeside:
+        v = np.asarray(v, dtype=np.float32)
+        if len(v) == 0:
+            raise ZeekmlError("the baseline gave no conn to compare against")
+        x = v[:, self.hidden:].astype(np.float64)
+        sd = x.std(axis=0)
+        self.mean = x.mean(axis=0).astype(np.float32)
+        self.std = (sd + self.floor * max(sd.mean(), 1e-12)).astype(np.float32)
+        self.scale = 1.0
+        z = self._t(v)[:, self.hidden:].astype(np.float64)
+        e = v[:, :self.hidden].astype(np.float64)
+        self.scale = float(self.weight * np.sqrt((e ** 2).sum(1).mean() / max((z ** 2).sum(1).mean(), 1e-12)))
+        self.inner.fit(self._t(v))
+        return self
+
+    def score(self, v: np.ndarray) -> np.ndarray:
+        return self.inner.score(self._t(v))
+
+    def held_out_differs(self, fit_rows: np.ndarray) -> np.ndarray:
+        return self.inner.held_out_differs(fit_rows)
+
+    def score_held_out(self, v: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
+        return self.inner.score_held_out(self._t(v), fit_rows)
+
+    def nearest(self, v: np.ndarray, k: int):
+        return self.inner.nearest(self._t(v), k)
+
+    def nearest_q99(self) -> float:
+        return self.inner.nearest_q99()
+
+
+def gnn_variant(det, k: int | None, features: float | None):
+    """The gnn detector ``det`` with ``k`` neighbours (its own when None) and, with ``features``,
+    its conns' flow features beside their embeddings (``FeaturesBeside`` at that weight)."""
+    from zeekml.scoring.detectors.gnn import GNNDetector
+    from zeekml.scoring.detectors.reference import MAX_REFERENCE, KnnReference
+
+    k = det.k if k is None else k
+    if features is None:
+        return GNNDetector(det.bundle, k=k, device=det.device, seed=det.seed)
+
+    class GNNWithFeatures(GNNDetector):
+        def _embed(self, table: pa.Table, rows: np.ndarray | None = None, one_graph: bool = False) -> np.ndarray:
+            e = super()._embed(table, rows, one_graph)
+            x = self.bundle.features(table, None if rows is None else np.asarray(rows, dtype=np.int64))
+            return np.hstack([e, x.astype(np.float32)])
+
+    out = GNNWithFeatures(det.bundle, k=k, device=det.device, seed=det.seed)
+    out.reference = FeaturesBeside(KnnReference(k, MAX_REFERENCE, det.seed), det.bundle.model.cfg.hidden, features)
+    return out
+
+
+def with_gnn_k(dets: list, k: int | None, features: float | None = None) -> list:
+    """``dets`` with the ``gnn`` detector rebuilt to average ``k`` neighbours and, with
+    ``features``, to compare flow features beside the embedding (``gnn_variant``); ``dets`` as
+    they are when both are None. A run without a gnn detector cannot take ``--gnn-k`` or
+    ``--gnn-features``."""
+    if k is None and features is None:
         return dets
     from zeekml.scoring.detectors.gnn import GNNDetector
 
     if not any(isinstance(d, GNNDetector) for d in dets):
-        raise ZeekmlError("--gnn-k: the run has no gnn detector")
-    return [GNNDetector(d.bundle, k=k, device=d.device, seed=d.seed) if isinstance(d, GNNDetector) else d
-            for d in dets]
+        raise ZeekmlError("--gnn-k/--gnn-features: the run has no gnn detector")
+    return [gnn_variant(d, k, features) if isinstance(d, GNNDetector) else d for d in dets]
 
 
 def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions,
              gbt_p: np.ndarray, heldout: bool = False, classifiers: tuple[str, ...] = (),
-             save: str | None = None, gnn_k: int | None = None) -> dict:
+             save: str | None = None, gnn_k: int | None = None,
+             gnn_features: float | None = None) -> dict:
     """Fit the detectors on ``base`` and calibrate on it out of sample, score ``scored``; with
     ``heldout``, a random third of ``base`` is held out first and its alert rate measured.
-    ``save``: an ``.npz`` path for the per-conn scores (``save_scores``); ``gnn_k``: the gnn
-    detector's neighbours (``with_gnn_k``)."""
+    ``save``: an ``.npz`` path for the per-conn scores (``save_scores``); ``gnn_k``, ``gnn_features``:
+    the gnn detector's neighbours and feature weight (``with_gnn_k``)."""
     from sklearn.ensemble import IsolationForest
 
     out: dict = {"baseline_conns": base.num_rows, "scored_conns": scored.num_rows,
@@ -181,7 +271,8 @@ def evaluate(base: pa.Table, scored: pa.Table, y: np.ndarray, opts: ScoreOptions
         out["baseline_warning"] = check_baseline_size(base.num_rows, opts.fpr)
     except ZeekmlError as e:   # zeekml would refuse this run; the numbers are still measured
         out["baseline_warning"] = "REFUSED: " + e.message
-    dets = with_gnn_k(build_detectors(opts.detectors, opts.seed, opts.models_dir, opts.device), gnn_k)
+    dets = with_gnn_k(build_detectors(opts.detectors, opts.seed, opts.models_dir, opts.device), gnn_k,
+                      gnn_features)
     if classifiers:
         from zeekml.scoring.registry import classifier_detector
 
@@ -284,7 +375,7 @@ def run(args: argparse.Namespace) -> dict:
     captures = {name: load(name, args.max_conns) for name in args.captures}
     results: dict = {"fpr": args.fpr, "clean_share": args.clean_share, "max_conns": args.max_conns,
                      "models": not args.no_models, "models_dir": args.models, "classifiers": list(clfs),
-                     "gnn_k": args.gnn_k,
+                     "gnn_k": args.gnn_k, "gnn_features": args.gnn_features,
                      "captures": {}}
     for name, (t, y) in captures.items():
         log.info("%s: %d conns (%d malicious, %d benign)", name, t.num_rows, (y == 1).sum(),
@@ -298,12 +389,14 @@ def run(args: argparse.Namespace) -> dict:
         log.info(" deployment: %d clean baseline conns, %d scored", len(clean), len(rest))
         r["deployment"] = evaluate(t.take(pa.array(clean)), t.take(pa.array(rest)), y[rest], opts,
                                    p[rest], heldout=True, classifiers=clfs,
-                                   save=scores_path(args, name, "deployment"), gnn_k=args.gnn_k)
+                                   save=scores_path(args, name, "deployment"), gnn_k=args.gnn_k,
+                                   gnn_features=args.gnn_features)
         base = earliest_rows(ts_sort_key(t), 0.3, min_rows=1)
         log.info(" archive: %d baseline conns (%d malicious), all scored", len(base),
                  (y[base] == 1).sum())
         r["archive"] = evaluate(t.take(pa.array(base)), t, y, opts, p, classifiers=clfs,
-                                save=scores_path(args, name, "archive"), gnn_k=args.gnn_k)
+                                save=scores_path(args, name, "archive"), gnn_k=args.gnn_k,
+                                gnn_features=args.gnn_features)
         r["archive"]["baseline_malicious"] = int((y[base] == 1).sum())
         r["seconds"] = time.perf_counter() - t0
         results["captures"][name] = r
@@ -554,6 +647,9 @@ def main() -> None:
                          "(CAPTURE.SETTING.npz; save_scores) for bench/combine_eval.py")
     ap.add_argument("--gnn-k", type=int, default=None, metavar="K",
                     help="score the gnn detector with K nearest baseline neighbours (default: its own)")
+    ap.add_argument("--gnn-features", type=float, default=None, metavar="W",
+                    help="the gnn detector compares each conn's flow features, standardised by the "
+                         "baseline's, beside its embedding, at weight W (FeaturesBeside)")
     ap.add_argument("--compare-detector", default=None, metavar="NAME",
                     help="with --compare: that detector's AUROC per capture and setting over the seeds")
     ap.add_argument("--markdown", metavar="JSON", default=None,
@@ -573,6 +669,8 @@ def main() -> None:
         return
     if args.gnn_k is not None and args.gnn_k < 1:
         ap.error("--gnn-k must be at least 1")
+    if args.gnn_features is not None and not args.gnn_features > 0:
+        ap.error("--gnn-features must be above 0")
     if args.markdown:
         with open(args.markdown) as f:
             print(markdown(json.load(f)))

@@ -98,3 +98,41 @@ def test_compare_detector_gives_mean_and_range_over_the_seeds_found_in_both(de, 
     assert rows[("archive", "after")] == ["0.500 (0.500-0.500)", "0.250 (0.250-0.250)", "0.900 / 0.950"]
     with pytest.raises(ZeekmlError, match="no seed found in both"):
         de.compare_detector(before, str(tmp_path / "before" / "s0"), "gnn")
+
+
+def test_features_beside_standardises_by_the_baseline_and_weighs_the_features(de):
+    from zeekml.scoring.detectors.reference import KnnReference
+
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(40, 4)).astype(np.float32) + 3.0
+    x = np.column_stack([rng.normal(2.0, 5.0, 40), np.full(40, 7.0)]).astype(np.float32)  # 2nd: constant
+    ref = de.FeaturesBeside(KnnReference(k=3), hidden=4, weight=0.5).fit(np.hstack([e, x]))
+    sd = x.astype(np.float64).std(axis=0)
+    np.testing.assert_allclose(ref.mean, x.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(ref.std, sd + de.FEATURE_FLOOR * sd.mean(), rtol=1e-6)
+    z = ref._t(np.hstack([e, x]))[:, 4:].astype(np.float64)
+    np.testing.assert_allclose(z[:, 1], 0.0)                   # the constant column: no division by 0
+    # the features hold weight**2 of the embedding's mean square norm on the baseline
+    np.testing.assert_allclose((z ** 2).sum(1).mean(), 0.25 * (e.astype(np.float64) ** 2).sum(1).mean(), rtol=1e-5)
+    q = np.hstack([rng.normal(size=(6, 4)) + 3.0, rng.normal(2.0, 5.0, (6, 2))]).astype(np.float32)
+    want = brute_knn(ref._t(q), ref._t(np.hstack([e, x])), 3)
+    np.testing.assert_allclose(ref.score(q), want, atol=1e-5)
+    # a conn off the baseline in a feature alone (its embedding a baseline conn's) scores higher
+    off = np.hstack([e[:1], x[:1] + np.array([[0.0, 1.0]], np.float32)])
+    assert ref.score(off)[0] > ref.score(np.hstack([e[:1], x[:1]]))[0] + 0.01
+
+
+def test_gnn_with_features_scores_a_few_rows_as_among_the_whole_table(de):
+    pytest.importorskip("torch")
+    if not os.path.exists(os.path.join(MODEL, "config.json")):
+        pytest.skip("models/ not shipped")
+    from zeekml.scoring.registry import get_kind
+    from zeekml.train.data import load_conns
+
+    table = load_conns(LOG)
+    det = de.gnn_variant(get_kind("gnn").detector(MODEL, device="cpu"), 10, 0.05)
+    det.fit(table.slice(0, 150))
+    full = det.score(table)
+    rows = np.array([3, 160, 161, 399])
+    np.testing.assert_allclose(det.score_rows(table, rows), full[rows], atol=1e-6)
+    assert det.k == 10 and det.reference.inner.k == 10
