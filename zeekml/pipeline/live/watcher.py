@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -46,8 +47,7 @@ import struct
 import sys
 import threading
 import time
-from collections import Counter, deque
-from dataclasses import dataclass
+from collections import Counter
 from typing import Callable
 
 import pyarrow as pa
@@ -64,6 +64,7 @@ from zeekml.pipeline.live.context import LiveContext, score_due
 from zeekml.pipeline.live.journal import ContextJournal, WriteFn
 from zeekml.pipeline.live.malloc import fix_mmap_threshold, rss, trim_heap
 from zeekml.pipeline.live.incidents import OPEN_INCIDENTS, STATE_KEY, LiveIncidents
+from zeekml.pipeline.live.inflight import ClosedWindow, InFlight, Releases, Windows
 from zeekml.pipeline.live.options import (INCIDENT_NOTICES, INCIDENTS, LOCK, NOTICES, OUTPUTS,
                                           QUARANTINE, STATS, VERDICTS, Stopped, WatchOptions,
                                           WatchStats)
@@ -82,25 +83,6 @@ from zeekml.sources.checkpoint import CheckpointStore
 from zeekml.sources.tail import DirectoryFollower
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Window:
-    """A closed window waiting for its scores: what its commit needs, taken when it closed."""
-
-    scored: RenderedVerdicts | None
-    ticket: int | None
-    quarantine: list[bytes]
-    files: dict
-    done: set
-    journal: bytes | None = None
-    log_time: float | None = None    # the newest ts the window read (closes incidents)
-    flush: bool = False              # --once end: every open incident closes
-    suricata: dict | None = None     # row -> the Suricata alerts joined onto its conn
-    suricata_state: list | None = None   # the alerts still waiting for their flow, as of now
-    conns: pa.Table | None = None    # the scored conns (rows as in ``scored``): incident evidence
-    release: Release | None = None   # a release scored by the DetectorPool's processes ...
-    allowlist: Allowlist | None = None   # ... rendered with the rules as of its close
 
 
 def _file_sig(path: str) -> tuple[int, int] | None:
@@ -386,33 +368,12 @@ class Watcher:
         window_started: float | None = None
         dirty = False
         q_seen = self._quarantine.count
-        inflight: deque[_Window] = deque()
         pool = self._pool
-        # one window in flight per scoring process (a second send could block on a full pipe
-        # while the process blocks sending its result); with none, each is finished at once.
-        # A DetectorPool's release goes to every process, one at a time: the watcher scores
-        # its own share, then goes on reading and closing windows while the processes score
-        # theirs; a release decided meanwhile waits in the pool's queue and is sent once they
-        # answer (``DetectorPool.pump``), and the windows are written and committed in order
-        # as their scores come in. Before, the watcher waited for the processes at its next
-        # window close and read nothing meanwhile: the release after a long one was decided
-        # before the backlog was read (short), the backlog went into the one after (long), and
-        # at 5,000 conns/s releases alternated short and long (docs/results/watch.md,
-        # "releases that stay short")
-        dpool = self._dpool
-        max_inflight = len(pool) if pool is not None else 0
+        finish_window = functools.partial(self._finish_window, outputs=outputs, dedup=dedup,
+                                          feedback=feedback, store=store, cp=cp)
+        flight: InFlight = (Releases(finish_window, self._dpool) if self._dpool is not None
+                             else Windows(finish_window, len(pool) if pool is not None else 0))
         held = 0               # windows in a row that left the release to a later one
-
-        def finish(most: int) -> None:
-            while len(inflight) > most:
-                self._finish_window(inflight.popleft(), outputs, dedup, feedback, store, cp)
-
-        def finish_answered() -> None:
-            # the DetectorPool's windows, in order, as far as their scores are in (no waiting)
-            dpool.pump()
-            while inflight and (inflight[0].release is None
-                                or dpool.answered(inflight[0].release)):
-                self._finish_window(inflight.popleft(), outputs, dedup, feedback, store, cp)
 
         try:
             if feedback is not None:
@@ -461,30 +422,20 @@ class Watcher:
                                      and now - window_started >= opts.window_seconds)
                                  or (opts.once and idle))
                 if due and self._allowlist_changed():
-                    finish(0)          # the windows sent so far were scored with the old rules
+                    flight.finish(0)   # the windows sent so far were scored with the old rules
                     if pool is not None:
                         pool.close()
                         self._pool = pool = ScorePool(fitted, len(pool), self._allowlist)
                 if due:
-                    if dpool is None:
-                        finish(max(0, max_inflight - 1))
+                    flight.before_close()
                     hold = self._ctx is not None and not stopping \
                         and hold_release(follower.caught_up, held, opts.once)
                     held = held + 1 if hold else 0
-                    w = self._close_window(window, follower, fitted,
-                                           flush=opts.once and idle and not stopping, hold=hold)
-                    inflight.append(w)
+                    flight.closed(self._close_window(window, follower, fitted,
+                                                     flush=opts.once and idle and not stopping,
+                                                     hold=hold))
                     window, window_rows, window_started, dirty = [], 0, None, False
-                    if dpool is not None:
-                        finish_answered()  # the last release, while the processes score this
-                        if w.release is not None:
-                            dpool.score_own(w.release)
-                if dpool is None:
-                    finish(0 if stopping or idle else max_inflight)
-                elif stopping or (opts.once and idle):
-                    finish(0)
-                else:
-                    finish_answered()
+                flight.settle(stopping, idle, opts.once)
                 self._status_maybe(follower)
                 if stopping:
                     self.stats.state = "stopped"
@@ -497,21 +448,14 @@ class Watcher:
                     self.stats.state = "done"
                     return
                 if idle:
-                    # while the processes score, wake when they answer (``DetectorPool.wait``):
-                    # their verdicts are written and the next release is sent then
-                    busy = dpool is not None and dpool.busy
                     if window_started is not None:
                         # a window is open: read what arrives in bigger bites (a tenth of the
                         # window) instead of waking on every write, whose small batches cost
                         # about twice as much per record to parse and gather
                         left = max(0.0, opts.window_seconds - (now - window_started))
-                        wait = min(left, opts.window_seconds / 10, 0.1)
-                        if busy:
-                            dpool.wait(wait)
-                        else:
-                            self._stop.wait(wait)
-                    elif busy:
-                        dpool.wait(0.1)
+                        flight.wait(min(left, opts.window_seconds / 10, 0.1), self._stop)
+                    elif flight.busy:
+                        flight.wait(0.1, self._stop)
                     else:
                         follower.wait(min(opts.rescan_seconds, opts.status_seconds, 1.0))
         except Stopped:
@@ -543,7 +487,7 @@ class Watcher:
         return True
 
     def _close_window(self, window, follower, fitted, flush: bool = False,
-                      hold: bool = False) -> _Window:
+                      hold: bool = False) -> ClosedWindow:
         """Take what the window's commit needs now (its conns go to be scored, its quarantined
         lines and the follower's progress are kept) and go on reading. With ``hold`` (and a
         live context) the window's conns only join the context; nothing is released
@@ -560,7 +504,7 @@ class Watcher:
             log.debug("window of %d conns closed at %.3f (watermark %.3f, %d pending): release "
                       "held, input left unread", table.num_rows if table is not None else 0,
                       time.time(), ctx.watermark, ctx.pending)
-            w = _Window(RenderedVerdicts(), None, qlines, files, done, ctx.journal_delta())
+            w = ClosedWindow(RenderedVerdicts(), None, qlines, files, done, ctx.journal_delta())
             table = CONN_SCHEMA.empty_table()
         elif ctx is not None and self._dpool is not None:
             if table is not None:
@@ -575,7 +519,7 @@ class Watcher:
                           ctx.watermark, ctx.pending,
                           f"release {rel.number} of {own.num_rows} conns, ts "
                           f"{ts['min']} .. {ts['max']}" if ts else "nothing released")
-            w = _Window(None, None, qlines, files, done, ctx.journal_delta(),
+            w = ClosedWindow(None, None, qlines, files, done, ctx.journal_delta(),
                         release=rel, allowlist=self._allowlist)
             table = own
         elif ctx is not None:
@@ -586,12 +530,12 @@ class Watcher:
             self._ctx_speed = context_speed(self._ctx_speed, len(released),
                                             time.monotonic() - t0)
             scored = render_allowed(released, self._allowlist)
-            w = _Window(scored, None, qlines, files, done, ctx.journal_delta())
+            w = ClosedWindow(scored, None, qlines, files, done, ctx.journal_delta())
             table = released.table
         elif self._pool is not None and table is not None and table.num_rows:
-            w = _Window(None, self._pool.submit(table), qlines, files, done)
+            w = ClosedWindow(None, self._pool.submit(table), qlines, files, done)
         else:
-            w = _Window(score_window(table, fitted, self._allowlist), None, qlines, files, done)
+            w = ClosedWindow(score_window(table, fitted, self._allowlist), None, qlines, files, done)
         w.suricata, w.suricata_state = live_suricata_join(self._suricata, table, t)
         w.log_time, w.flush, w.conns = t, flush, table
         return w
@@ -603,7 +547,7 @@ class Watcher:
         self._ctx_speed = context_speed(self._ctx_speed, rel.own.num_rows, rel.seconds)
         return render_allowed(score_due(rel.own, rel.dets, rel.fitted, raw), allowlist)
 
-    def _finish_window(self, w: _Window, outputs, dedup, feedback, store, cp) -> None:
+    def _finish_window(self, w: ClosedWindow, *, outputs, dedup, feedback, store, cp) -> None:
         """Write the window's verdicts, notices and quarantined lines, then commit the
         checkpoint with the follower's progress as of the window's close."""
         if w.release is not None:
