@@ -18,7 +18,7 @@ from zeekml.features.modality import SCHEMA_VERSION, Modalities, ModalityFeaturi
 from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
 from zeekml.scoring.detectors.reference import (KnnReference, ReferenceSplitFit, ZReference,
                                                 make_reference)
-from zeekml.scoring.explain import NEAREST_SHOWN, nearest_text, reference_identity
+from zeekml.scoring.explain import NEAREST_SHOWN, nearest_text
 from zeekml.scoring.registry import register_kind
 
 log = logging.getLogger(__name__)
@@ -196,18 +196,6 @@ class MAEDetector(ReferenceSplitFit):
     @property
     def _reference_key(self) -> str:
         return "embedding" if self.reference.kind == "knn" else "parts"
-
-    def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> MAEDetector:
-        """Build the reference from the baseline ``table`` (the weights stay as trained);
-        ``reference_input``: its conns' embeddings (or parts) when already computed."""
-        self.reference.fit(self._reference_input(table) if reference_input is None else reference_input)
-        if self.reference.kind == "knn":
-            # the reference conns' uid, 4-tuple and service, so an alert can name its nearest
-            # every fit row's: ``KnnReference.nearest`` answers rows of the whole fit input,
-            # not positions in the subset it keeps past ``max_reference``
-            self._identity = reference_identity(table, np.arange(table.num_rows))
-        self._fitted = True
-        return self
 
     def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
         """What the reference compares (embeddings or per-modality errors) of ``rows`` of

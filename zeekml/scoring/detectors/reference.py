@@ -15,13 +15,14 @@ baseline conns. Two references, both measured (``bench/detect_models.py``):
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Self
 
 import numpy as np
 import pyarrow as pa
 
 from zeekml._core.errors import ModelError
 from zeekml.flows.select import ts_sort_key
+from zeekml.scoring.explain import reference_identity
 
 if TYPE_CHECKING:      # torch is imported where a search runs (``zeekml cat`` never needs it)
     import torch
@@ -651,8 +652,22 @@ def _score_at(reference: KnnReference | ZReference, x: np.ndarray, rows: np.ndar
 
 
 class ReferenceSplitFit:
-    """``fit_split`` for a detector whose ``_reference_input(table, rows)`` is what its reference
-    compares (the autoencoder's and the token models' embeddings or per-part errors)."""
+    """``fit`` and ``fit_split`` for a detector whose ``_reference_input(table, rows)`` is what
+    its ``reference`` compares (the autoencoder's and the token models' embeddings or per-part
+    errors); ``_identity`` keeps the kNN reference conns' uid, 4-tuple and service for
+    explanations."""
+
+    def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> Self:
+        """Build the reference from the baseline ``table`` (the weights stay as trained);
+        ``reference_input``: its conns' embeddings (or parts) when already computed."""
+        self.reference.fit(self._reference_input(table) if reference_input is None else reference_input)
+        if self.reference.kind == "knn":
+            # the reference conns' uid, 4-tuple and service, so an alert can name its nearest
+            # every fit row's: ``KnnReference.nearest`` answers rows of the whole fit input,
+            # not positions in the subset it keeps past ``max_reference``
+            self._identity = reference_identity(table, np.arange(table.num_rows))
+        self._fitted = True
+        return self
 
     def fit_split(self, table: pa.Table, fit_rows: np.ndarray, cal_rows: np.ndarray,
                   extra: pa.Table | None = None, scored: pa.Table | None = None,

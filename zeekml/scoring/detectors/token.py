@@ -20,7 +20,7 @@ from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
 from zeekml.scoring.detectors.reference import (KnnReference, ReferenceSplitFit, ZReference,
                                                 make_reference)
 from zeekml.scoring.detectors.stream_state import StreamState, target_runs
-from zeekml.scoring.explain import nearest_text, odds, reference_identity, surprise_text
+from zeekml.scoring.explain import nearest_text, odds, surprise_text
 from zeekml.scoring.registry import register_kind
 
 log = logging.getLogger(__name__)
@@ -471,18 +471,6 @@ class TokenDetector(ReferenceSplitFit):
         if key == "embedding" and self.loaded.causal:
             return self.loaded.stream_embedding(table, rows, self._state if live else None)
         return self.loaded.profile(self.loaded.tokens(table, rows=rows), want=(key,))[key]
-
-    def fit(self, table: pa.Table, reference_input: np.ndarray | None = None) -> TokenDetector:
-        """Build the reference from the baseline ``table`` (the weights stay as trained);
-        ``reference_input``: its conns' embeddings (or parts) when already computed."""
-        self.reference.fit(self._reference_input(table) if reference_input is None else reference_input)
-        if self.reference.kind == "knn":
-            # the reference conns' uid, 4-tuple and service, so an alert can name its nearest
-            # every fit row's: ``KnnReference.nearest`` answers rows of the whole fit input,
-            # not positions in the subset it keeps past ``max_reference``
-            self._identity = reference_identity(table, np.arange(table.num_rows))
-        self._fitted = True
-        return self
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Anomaly score of every row relative to the baseline, ``[n]``."""
