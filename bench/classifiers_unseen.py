@@ -71,15 +71,23 @@ def run(groups: int) -> dict:
         table = load_conns([path], Quarantine(), ScoreSummary())
         key = list(zip(table.column("id.orig_h").to_pylist(), table.column("id.resp_p").to_pylist(),
                        table.column("proto").to_pylist()))
-        top = [g for g, _ in Counter(key).most_common(groups)]
         flags = {name: flagged(det, table) for name, det in dets.items()}
-        out["captures"][cap] = {
-            "conns": table.num_rows,
-            "flagged": {name: int(f.sum()) for name, f in flags.items()},
-            "groups": [{"orig_h": g[0], "resp_p": g[1], "proto": g[2],
-                        "conns": sum(k == g for k in key),
-                        "flagged": {name: int(sum(bool(f[i]) for i, k in enumerate(key) if k == g))
-                                    for name, f in flags.items()}} for g in top]}
+        out["captures"][cap] = {"conns": table.num_rows,
+                                "flagged": {name: int(f.sum()) for name, f in flags.items()},
+                                "groups": group_flags(key, flags, groups)}
+    return out
+
+
+def group_flags(key: list[tuple], flags: dict[str, np.ndarray], groups: int) -> list[dict]:
+    """The ``groups`` largest (originator, responder port, proto) groups of ``key`` (one per
+    conn; ties in first-seen order), each with its conns and how many of them each classifier
+    of ``flags`` (name -> per-conn bool) flags."""
+    top = [g for g, _ in Counter(key).most_common(groups)]
+    out = []
+    for g in top:
+        member = np.array([k == g for k in key], dtype=bool)
+        out.append({"orig_h": g[0], "resp_p": g[1], "proto": g[2], "conns": int(member.sum()),
+                    "flagged": {name: int((f & member).sum()) for name, f in flags.items()}})
     return out
 
 
