@@ -4,23 +4,17 @@ its vote, a classifier at its trained cut (NaN never flags), and flags are count
 hand."""
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from bench_script import load_bench
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-SCRIPT = os.path.join(ROOT, "bench", "classifiers_unseen.py")
 
 
 @pytest.fixture(scope="module")
 def cu():
-    spec = importlib.util.spec_from_file_location("classifiers_unseen", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("classifiers_unseen")
 
 
 class Classifier:

@@ -4,26 +4,17 @@ calibration conns, and detect_eval's ``--scores`` files read back. The benchmark
 needs ../shared/data) is run by hand."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import numpy as np
 import pytest
+from bench_script import load_bench
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def ce():
-    return _module("combine_eval")
+    return load_bench("combine_eval")
 
 
 ONE_TO_TEN = np.arange(1.0, 11.0)
@@ -127,7 +118,7 @@ def test_max_keeps_calibrate_combined_thresholds(ce):
 
 
 def test_detect_eval_scores_file_reads_back(ce, tmp_path):
-    de = _module("detect_eval")
+    de = load_bench("detect_eval")
     path = str(tmp_path / "cap.deployment.npz")
     y = np.array([1, 0, -1])
     cal, test, hold = {"a": np.arange(4.0)}, {"a": np.array([3.0, 1.0, 0.5])}, {"a": np.ones(2)}

@@ -4,23 +4,17 @@ offset into the pooled table, and a presumed-benign set (``--extra-benign``) is 
 benchmark itself (which needs ../shared/data) is run by hand."""
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from bench_script import load_bench
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-SCRIPT = os.path.join(ROOT, "bench", "detect_classifiers.py")
 
 
 @pytest.fixture(scope="module")
 def dcl():
-    spec = importlib.util.spec_from_file_location("detect_classifiers", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("detect_classifiers")
 
 
 def capture(n: int, y: list[int]) -> tuple[pa.Table, np.ndarray]:

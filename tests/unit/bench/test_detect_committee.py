@@ -4,22 +4,16 @@ and the rates are those of the held-out capture and the presumed-benign logs. Th
 itself (which needs ../shared/data) is run by hand."""
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
+from bench_script import load_bench
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-SCRIPT = os.path.join(ROOT, "bench", "detect_committee.py")
 
 
 @pytest.fixture(scope="module")
 def dc():
-    spec = importlib.util.spec_from_file_location("detect_committee", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("detect_committee")
 
 
 def fold(held_p, cut, val_p, zat_p, btest_p, y):

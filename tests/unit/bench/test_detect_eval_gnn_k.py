@@ -5,17 +5,16 @@ hand-built ``detection.json`` files. The benchmark itself (which needs ../shared
 hand."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
+from bench_script import load_bench
 
 from zeekml._core.errors import ZeekmlError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-SCRIPT = os.path.join(ROOT, "bench", "detect_eval.py")
 MODEL = os.path.join(ROOT, "models", "gnn-base")
 # 400 real conns of IoT-23 CTU-34-1 (tests/data/README.md)
 LOG = os.path.join(ROOT, "tests", "data", "gnn", "iot23-ctu-34-1-head400.conn.log.labeled")
@@ -23,10 +22,7 @@ LOG = os.path.join(ROOT, "tests", "data", "gnn", "iot23-ctu-34-1-head400.conn.lo
 
 @pytest.fixture(scope="module")
 def de():
-    spec = importlib.util.spec_from_file_location("detect_eval", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("detect_eval")
 
 
 def brute_knn(e: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:

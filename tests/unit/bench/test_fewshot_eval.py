@@ -3,21 +3,16 @@ metrics, the tables of docs/results/fewshot.md) on hand-built inputs; the benchm
 run by hand."""
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
+from bench_script import load_bench
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 @pytest.fixture(scope="module")
 def fe():
-    spec = importlib.util.spec_from_file_location("fewshot_eval", os.path.join(ROOT, "bench", "fewshot_eval.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("fewshot_eval")
 
 
 def test_earliest_share_takes_the_earliest_rows_of_the_share_by_time(fe):

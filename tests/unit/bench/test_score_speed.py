@@ -3,13 +3,13 @@ covering both ways the reference is searched (``KnnReference.score`` searches it
 without ``knn_distance`` since issue 15's dedup). The benchmark itself is run by hand."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 import time
 
 import pytest
+from bench_script import load_bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 SCRIPT = os.path.join(ROOT, "bench", "score_speed.py")
@@ -17,10 +17,7 @@ SCRIPT = os.path.join(ROOT, "bench", "score_speed.py")
 
 @pytest.fixture(scope="module")
 def ss():
-    spec = importlib.util.spec_from_file_location("score_speed", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("score_speed")
 
 
 def test_nested_timers_record_self_time(ss):

@@ -3,13 +3,10 @@
 pool's line. The benchmark itself is run by hand."""
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import pytest
+from bench_script import load_bench
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-SCRIPT = os.path.join(ROOT, "bench", "watch.py")
 
 W, P = "DEBUG zeekml.pipeline.live.watcher: ", "DEBUG zeekml.pipeline.live.pool: "
 LOG = "".join(line + "\n" for line in [
@@ -32,10 +29,7 @@ LOG = "".join(line + "\n" for line in [
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("watch_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("watch", "watch_bench")
 
 
 def test_timeline_of_a_watch_log(bench, tmp_path):
