@@ -601,16 +601,8 @@ def compare_seeds(before: str, after: str) -> str:
                 dep["ctu-21-1"]["combined"]["ap"], dep["ctu-8-1"]["recall"], a["precision"], a["recall"],
                 a["benign_alert_rate"]]
 
-    def load_all(d: str) -> dict[int, list[float]]:
-        out = {}
-        for name in sorted(os.listdir(d)):
-            path = os.path.join(d, name, "detection.json")
-            if name.startswith("s") and name[1:].isdigit() and os.path.exists(path):
-                with open(path) as f:
-                    out[int(name[1:])] = cells(json.load(f))
-        return out
-
-    a, b = load_all(before), load_all(after)
+    a = {seed: cells(r) for seed, r in seed_runs(before).items()}
+    b = {seed: cells(r) for seed, r in seed_runs(after).items()}
     seeds = sorted(set(a) & set(b))
     digits = [3, 3, 4, 4, 3, 3, 3, 3, 3, 3, 4]
 
