@@ -579,7 +579,7 @@ class DetectorPool:
             return
         now = time.process_time()
         watcher = max(0.0, now - self._since - self._own_measured)
-        new = rebalanced(self.owner, self._measured, self.workers, watcher, gain=REBALANCE_GAIN)
+        new = rebalanced(self.owner, self._measured, self.workers, watcher)
         log.info("measured CPU s over %.1f s of detectors (%d releases): %s, the watcher's own "
                  "work %.2f; the busiest process %.2f: %s",
                  sum(self._measured), self._releases,
