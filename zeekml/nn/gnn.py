@@ -168,13 +168,21 @@ class FlowGraphEncoder(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[EdgeType, Tensor],
-                targets: Tensor | None = None) -> dict[str, Tensor]:
+                targets: Tensor | None = None, known: list[dict[str, tuple[Tensor, Tensor]]] | None = None,
+                computed: list[dict[str, tuple[Tensor, Tensor]]] | None = None) -> dict[str, Tensor]:
         """``targets``: the flow nodes whose embedding is wanted ``[t]`` (default every node).
         Each step then updates only the nodes those depend on through the steps after it (the
         targets' cone: at the last step the targets alone, a step before also their sources,
         and so on), and the other rows of the result are 0: a live batch's graph holds 4
         windows of context before its targets, whose own embeddings nobody reads. Every row
-        computed is the bits the whole graph gives it (``cone_rows``)."""
+        computed is the bits the whole graph gives it (``cone_rows``).
+
+        With ``targets`` only: ``known[i]`` (``i`` = 0 for the input projection, then one per
+        step) gives, per node type, rows whose state after step ``i`` the caller already has
+        and those states (``(rows [m], states [m, H])``, the caller's word that they are this
+        graph's): they are not computed, nor what only they read (the GNN's live state,
+        ``zeekml.scoring.detectors.gnn_live``). ``computed``, a list, gets per step the rows
+        computed and their states in the same form (rows may repeat: ``MIN_ROWS`` padding)."""
         adj = adjacency(x_dict, edge_index_dict)
         deg = []
         for et in (("flow", "rev_orig", "ip"), ("flow", "to_resp", "ip")):
@@ -184,7 +192,7 @@ class FlowGraphEncoder(nn.Module):
             deg.append(torch.log1p(d))
         ip = torch.cat([x_dict["ip"], torch.stack(deg, dim=1)], dim=1)
         if targets is not None:
-            return self._cone(x_dict["flow"], ip, adj, targets)
+            return self._cone(x_dict["flow"], ip, adj, targets, known, computed)
         h = {"flow": F.leaky_relu(self.flow_in(x_dict["flow"])), "ip": F.leaky_relu(self.ip_in(ip))}
         for conv, root, norm in zip(self.convs, self.roots, self.norms):
             out = relation_sum(conv, h, adj)
@@ -200,28 +208,45 @@ class FlowGraphEncoder(nn.Module):
             upd = upd + agg
         return norm[k](v + F.dropout(F.leaky_relu(upd), self.dropout, self.training))
 
-    def _cone(self, flow: Tensor, ip: Tensor, adj: dict[EdgeType, Tensor],
-              targets: Tensor) -> dict[str, Tensor]:
+    def _cone(self, flow: Tensor, ip: Tensor, adj: dict[EdgeType, Tensor], targets: Tensor,
+              known: list[dict[str, tuple[Tensor, Tensor]]] | None = None,
+              computed: list[dict[str, tuple[Tensor, Tensor]]] | None = None) -> dict[str, Tensor]:
         """``forward`` of the ``targets``' cone (``cone_rows``): each step's update of the rows
         a later step reads, from those rows' CSR adjacency rows (``csr_rows``: the same sources
-        in the same order, so each mean is the same sum)."""
+        in the same order, so each mean is the same sum); rows of ``known`` are filled in, not
+        computed (``forward``)."""
         sizes = {"flow": flow.size(0), "ip": ip.size(0)}
         steps = list(zip(self.convs, self.roots, self.norms))
-        need, subs = cone_rows([c.edge_types for c in self.convs], adj, sizes, targets)
+        masks = None if known is None else [{k: r for k, (r, _) in step.items()} for step in known]
+        need, subs = cone_rows([c.edge_types for c in self.convs], adj, sizes, targets, masks)
+
+        def start(i: int, k: str, like: Tensor, width: int) -> Tensor:
+            out = like.new_zeros(sizes[k], width)
+            if known is not None and k in known[i] and len(known[i][k][0]):
+                out[known[i][k][0]] = known[i][k][1]
+            return out
+
         h: dict[str, Tensor] = {}
+        done: dict[str, tuple[Tensor, Tensor]] = {}
         for k, x, lin in (("flow", flow, self.flow_in), ("ip", ip, self.ip_in)):
             rows = need[0][k]
-            h[k] = x.new_zeros(sizes[k], lin.out_features)
+            h[k] = start(0, k, x, lin.out_features)
             if len(rows):
-                h[k][rows] = F.leaky_relu(lin(x.index_select(0, rows)))
+                h[k][rows] = v = F.leaky_relu(lin(x.index_select(0, rows)))
+                done[k] = (rows, v)
+        if computed is not None:
+            computed.append(done)
         for i, (conv, root, norm) in enumerate(steps):
             out = relation_sum(conv, h, subs[i])        # the messages of the rows updated
-            new = {}
+            new, done = {}, {}
             for k, v in h.items():
                 rows = need[i + 1][k]
-                new[k] = v.new_zeros(v.shape)
+                new[k] = start(i + 1, k, v, v.size(1))
                 if len(rows):
-                    new[k][rows] = self._update(root, norm, k, v.index_select(0, rows), out.get(k))
+                    new[k][rows] = u = self._update(root, norm, k, v.index_select(0, rows), out.get(k))
+                    done[k] = (rows, u)
+            if computed is not None:
+                computed.append(done)
             h = new
         return h
 
@@ -259,13 +284,16 @@ def csr_rows(adj_t: Tensor, rows: Tensor) -> Tensor:
 
 
 def cone_rows(step_edges: list[tuple[EdgeType, ...]], adj: dict[EdgeType, Tensor],
-              sizes: dict[str, int], targets: Tensor
+              sizes: dict[str, int], targets: Tensor,
+              known: list[dict[str, Tensor]] | None = None
               ) -> tuple[list[dict[str, Tensor]], list[dict[EdgeType, Tensor]]]:
     """Which rows of each node type each step of the encoder must compute for the flow nodes
     ``targets``: ``need[i]`` the rows whose state after step ``i`` (0 = the input projection)
     is read, padded to ``MIN_ROWS``; ``subs[i]`` the adjacency rows (``csr_rows``) of step
     ``i + 1``'s updated rows per edge type. From the last step down: the targets, then each
     step's rows and every source they read (a node's update reads its own state too).
+    ``known[i]`` (per node type, rows ``[m]``): rows whose state after step ``i`` is had
+    already, left out of ``need[i]`` with what only they read.
 
     Shapes:
         targets ``[t]`` -> ``need``: ``len(step_edges) + 1`` dicts of ``[m]`` int64
@@ -275,7 +303,15 @@ def cone_rows(step_edges: list[tuple[EdgeType, ...]], adj: dict[EdgeType, Tensor
     subs: list[dict[EdgeType, Tensor]] = [{} for _ in range(n)]
     masks = {k: torch.zeros(v, dtype=torch.bool, device=targets.device) for k, v in sizes.items()}
     masks["flow"][targets] = True
+
+    def unknown(i: int) -> None:
+        if known is not None:
+            for k, rows in known[i].items():
+                if len(rows):
+                    masks[k][rows] = False
+
     for i in reversed(range(n)):
+        unknown(i + 1)
         need[i + 1] = {k: _padded(m.nonzero().squeeze(1)) for k, m in masks.items()}
         masks = {k: m.clone() for k, m in masks.items()}
         for et in step_edges[i]:
@@ -285,6 +321,7 @@ def cone_rows(step_edges: list[tuple[EdgeType, ...]], adj: dict[EdgeType, Tensor
             sub = csr_rows(a, need[i + 1][et[2]])
             subs[i][et] = sub
             masks[et[0]][sub.col_indices()] = True
+    unknown(0)
     need[0] = {k: _padded(m.nonzero().squeeze(1)) for k, m in masks.items()}
     return need, subs
 
@@ -378,9 +415,11 @@ class FlowGNN(nn.Module):
             self.head = nn.Sequential(nn.Linear(cfg.hidden, cfg.n_classes))
 
     def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[EdgeType, Tensor],
-                targets: Tensor | None = None) -> dict[str, Tensor]:
-        """``targets``: the flow nodes whose embedding is read (``FlowGraphEncoder.forward``)."""
-        return self.encoder(x_dict, edge_index_dict, targets)
+                targets: Tensor | None = None, known: list | None = None,
+                computed: list | None = None) -> dict[str, Tensor]:
+        """``targets``: the flow nodes whose embedding is read; ``known``, ``computed``: node
+        states had already and those computed (``FlowGraphEncoder.forward``)."""
+        return self.encoder(x_dict, edge_index_dict, targets, known, computed)
 
     def classify(self, h_flow: Tensor) -> Tensor:
         if self.head is None:

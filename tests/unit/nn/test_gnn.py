@@ -257,3 +257,31 @@ def test_a_graph_built_for_its_targets_alone_gives_them_the_same_bits(setup, avx
         for cone in (None, t.nonzero().squeeze(1)):
             got = model(lean.x_dict, lean.edge_index_dict, targets=cone)["flow"][t].numpy()
             assert_same(got, want, avx2)
+
+
+def test_known_states_are_filled_in_not_computed(setup, avx2):
+    """``FlowGNN(..., targets=, known=)``: rows whose state after a step the caller gives are
+    not computed, nor what only they read; the targets get the bits they get without (the
+    states given being this graph's), and other bits where the states given are not."""
+    from checks import assert_same
+
+    table, x, cfg, model = setup
+    g = FlowGraphBuilder(cfg).build(table, x)
+    n = g["flow"].num_nodes
+    earlier, later = torch.arange(n - 80, n - 40), torch.arange(n - 40, n)
+    with torch.inference_mode():
+        want = model(g.x_dict, g.edge_index_dict, targets=later)["flow"][later]
+        computed: list = []
+        model(g.x_dict, g.edge_index_dict, targets=earlier, computed=computed)
+        # every step's states but the last, as the live state keeps them
+        known = [dict(step) for step in computed[:-1]] + [{}]
+        again: list = []
+        got = model(g.x_dict, g.edge_index_dict, targets=later, known=known, computed=again)["flow"][later]
+        fresh: list = []
+        model(g.x_dict, g.edge_index_dict, targets=later, computed=fresh)
+        wrong = [{k: (r, torch.zeros_like(s)) for k, (r, s) in step.items()} for step in known]
+        moved = model(g.x_dict, g.edge_index_dict, targets=later, known=wrong)["flow"][later]
+    assert_same(got.numpy(), want.numpy(), avx2)
+    rows = [sum(len(r) for r, _ in step.values()) for step in again]
+    assert sum(rows) < sum(sum(len(r) for r, _ in step.values()) for step in fresh)
+    assert not torch.equal(moved, want)

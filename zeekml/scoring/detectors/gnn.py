@@ -19,6 +19,7 @@ from zeekml.features import table_memo
 from zeekml.features.flow_features import FlowFeaturizer
 from zeekml.features.graph import GRAPH_SCHEMA_VERSION, FlowGraphBuilder, GraphConfig
 from zeekml.scoring.detectors.base import load_checked, torch_module
+from zeekml.scoring.detectors.gnn_live import GNNLiveState, window_fingerprints
 from zeekml.scoring.detectors.reference import KNN, MAX_REFERENCE, KnnReference, fit_split
 from zeekml.scoring.explain import NEAREST_SHOWN, nearest_text, reference_identity
 from zeekml.scoring.registry import register_kind
@@ -135,7 +136,8 @@ def ready(model, device: str):
 
 
 def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = None,
-               device: str = "cpu", one_graph: bool = False) -> np.ndarray:
+               device: str = "cpu", one_graph: bool = False,
+               live: GNNLiveState | None = None) -> np.ndarray:
     """Flow embeddings ``[n_rows, H]`` of the target appearance of each row (zeros elsewhere).
 
     With ``rows``, only their graph neighbourhood (``FlowGraphBuilder.neighbourhood``: the rows
@@ -143,7 +145,9 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
     long ``table`` is: the graphs are those of the whole table's rows (padded to ``MIN_NODES``
     nodes per type, so a conn alone in its windows gets the bits it gets among many).
     ``one_graph`` (with ``rows``): the neighbourhood as one graph when it holds at most
-    ``ONE_GRAPH_ROWS`` rows (the same bits; ``GNNDetector.score_rows``)."""
+    ``ONE_GRAPH_ROWS`` rows (the same bits; ``GNNDetector.score_rows``). ``live`` (with
+    ``rows``, on the CPU): node states kept from earlier calls, used where their windows are
+    the same, and this call's kept for the next (``gnn_live``; the same bits)."""
     torch = torch_module()
     model = ready(bundle.model, device)
     out = np.zeros((table.num_rows, model.cfg.hidden), dtype=np.float32)
@@ -181,11 +185,30 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
             # of 1-3 conns (``score`` of a one-conn file, as --dask scores each file) would
             # then get other bits than it gets today (those of the conns among many)
             cone = None if rows is None else t.nonzero().squeeze(1).to(device)
-            h = model(to_device(xs, device), to_device(g.edge_index_dict, device), targets=cone)["flow"]
+            keep_states = (live is not None and cone is not None and device == "cpu"
+                           and xs["flow"] is g.x_dict["flow"] and xs["ip"] is g.x_dict["ip"])
+            if keep_states:
+                h = _embed_live(model, g, xs, cone, live, builder)
+            else:
+                h = model(to_device(xs, device), to_device(g.edge_index_dict, device), targets=cone)["flow"]
             h = h[:len(t)]
             at = g["flow"].row[t].numpy()
             out[at if keep is None else keep[at]] = h[t.to(device)].cpu().numpy()
     return out
+
+
+def _embed_live(model, g, xs: dict, cone, live: GNNLiveState, builder: FlowGraphBuilder):
+    """The flow rows of ``model`` over the graph ``g`` for its targets ``cone`` (``embed_rows``),
+    with the node states ``live`` holds for ``g``'s windows filled in and this call's kept."""
+    layout = window_fingerprints(g)
+    # the next-flow edges into windows before this one are left out of a graph built for its
+    # targets alone (``FlowGraphBuilder.build``): states there past the input projection are
+    # not kept. A target without a time keeps them all in; its window sorts first
+    first_full = int(g["flow"].window[g["flow"].target].min()) - builder.targets_reach()
+    computed: list = []
+    h = model(xs, g.edge_index_dict, targets=cone, known=live.known(layout), computed=computed)["flow"]
+    live.store(layout, computed, first_full)
+    return h
 
 
 def same_graph_rows(builder: FlowGraphBuilder, scored: pa.Table, rows: np.ndarray) -> np.ndarray:
@@ -247,6 +270,15 @@ class GNNDetector:
         # it scales the embeddings to unit rows itself, with the formula this detector used
         self.reference = KnnReference(k, MAX_REFERENCE, seed)
         self._identity: pa.Table | None = None     # uid, 4-tuple, service of each fit row
+        # node states kept from one ``score_rows`` call to the next (watch's releases)
+        self._live = self._new_live_state()
+
+    def _new_live_state(self) -> GNNLiveState | None:
+        """Node states kept between calls (``gnn_live``), on the CPU only."""
+        encoder = getattr(self.bundle.model, "encoder", None)
+        if encoder is None or self.device != "cpu":
+            return None
+        return GNNLiveState([c.edge_types for c in encoder.convs], self.bundle.graph.span)
 
     @property
     def context_seconds(self) -> float:
@@ -269,10 +301,17 @@ class GNNDetector:
         return float(g.max_conn_windows * g.window)
 
     def _embed(self, table: pa.Table, rows: np.ndarray | None = None,
-               one_graph: bool = False) -> np.ndarray:
+               one_graph: bool = False, live: bool = False) -> np.ndarray:
         """Flow embeddings of ``rows`` of ``table`` (every row when None), as the model gives
-        them (``reference`` scales them to unit rows); ``one_graph``: ``embed_rows``'."""
-        e = embed_rows(self.bundle, table, rows, device=self.device, one_graph=one_graph)
+        them (``reference`` scales them to unit rows); ``one_graph``: ``embed_rows``';
+        ``live``: with the node states kept between calls (``gnn_live``)."""
+        state = getattr(self, "_live", None) if live else None
+        if state is None:
+            e = embed_rows(self.bundle, table, rows, device=self.device, one_graph=one_graph)
+        else:
+            with state.lock:
+                e = embed_rows(self.bundle, table, rows, device=self.device, one_graph=one_graph,
+                               live=state)
         return e if rows is None else e[rows]
 
     def _reference_input(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
@@ -327,7 +366,7 @@ class GNNDetector:
         if len(rows) == 0:
             return np.zeros(0)
         self._check_fitted("score_rows")
-        return self.reference.score(self._embed(table, rows, one_graph=True))
+        return self.reference.score(self._embed(table, rows, one_graph=True, live=True))
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
         """Per row, its nearest baseline conns by flow embedding (``scoring.explain.nearest_text``:
@@ -340,7 +379,7 @@ class GNNDetector:
             return []
         self._check_fitted("explain")
         ref = self.reference
-        dist, nrows = ref.nearest(self._embed(table, rows), NEAREST_SHOWN)
+        dist, nrows = ref.nearest(self._embed(table, rows, live=True), NEAREST_SHOWN)
         return nearest_text(self._identity, dist, nrows, ref.nearest_q99(), len(ref.ref))
 
 

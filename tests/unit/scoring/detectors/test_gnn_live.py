@@ -1,0 +1,128 @@
+"""The GNN detector's node states kept between ``score_rows`` calls (``gnn_live``): releases
+scored one after another reuse the states of the windows they share, with the bits of scoring
+the whole table; a window whose content changed between calls (a late conn) is computed again;
+what is kept stays within the last graph's windows; a copy starts with nothing kept."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+pytest.importorskip("torch_geometric")
+
+from zeekml.scoring.context import detectors_in_context, ts_array  # noqa: E402
+from zeekml.scoring.detectors import gnn_live  # noqa: E402
+from zeekml.scoring.registry import get_kind  # noqa: E402
+from zeekml.train.data import load_conns  # noqa: E402
+from checks import assert_same  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+MODEL = os.path.join(ROOT, "models", "gnn-base")
+# 400 real conns over 32 minutes, a median 2.8 s apart: graph windows of 5 s hold several
+LOG = os.path.join(ROOT, "tests", "data", "gnn", "iot23-ctu-34-1-head400.conn.log.labeled")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    if not os.path.exists(os.path.join(MODEL, "config.json")):
+        pytest.skip("models/ not shipped")
+    det = get_kind("gnn").detector(MODEL, device="cpu")
+    table = load_conns(LOG)
+    det.fit(table.slice(0, 150))
+    return det, table, det.score(table)
+
+
+def fresh(det):
+    det._live = det._new_live_state()
+    return det._live
+
+
+def releases(table: pa.Table, size: int) -> list[np.ndarray]:
+    """Consecutive batches of ``size`` conns in ``ts`` order (the log is in the order Zeek wrote
+    the conns, at their end), each as sorted row indices."""
+    order = np.argsort(ts_array(table), kind="stable")
+    return [np.sort(order[a:a + size]) for a in range(0, table.num_rows, size)]
+
+
+def scored(det, table: pa.Table, targets: np.ndarray) -> np.ndarray:
+    """``targets``' scores among their context, as ``watch`` scores a release."""
+    (d,) = detectors_in_context([det], table, targets, ts_array(table))
+    return d.score(table.take(pa.array(targets)))
+
+
+def test_the_shipped_encoders_steps_reach_two_windows_back_per_layer(fitted):
+    det, _, _ = fitted
+    assert det._live.reach == [0, 2, 2, 4, 4]         # input, (temporal, spatial) x 2 layers
+
+
+def test_releases_in_turn_reuse_states_with_the_whole_tables_bits(fitted, avx2):
+    """As ``watch`` scores: each batch of 8 conns among its context; later batches fill in
+    states the earlier ones computed (counted), and every score is the whole table's."""
+    det, table, full = fitted
+    live = fresh(det)
+    got = np.full(table.num_rows, np.nan)
+    for targets in releases(table, 8):
+        got[targets] = scored(det, table, targets)
+    assert_same(got, full, avx2)
+    assert live.reused > table.num_rows                # more than one state a conn on average
+
+
+def test_a_late_conn_in_a_kept_window_is_seen(fitted, monkeypatch, avx2):
+    """A conn that arrives after a release, into a window whose states that release kept,
+    changes that window's fingerprint: the next release computes it again and gets the whole
+    table's bits. Without the fingerprints compared, the kept states would be used and the
+    scores would move (the check is what keeps them right)."""
+    det, table, _ = fitted
+    ts = ts_array(table)
+    batches = releases(table, 8)
+    first, second = batches[25], batches[26]
+    # a copy of the first batch's latest conn, 1 ms later, under a new uid, written just after
+    # it: it joins the windows the first batch's states were kept for
+    at = int(first[np.argmax(ts[first])])
+    late = table.take(pa.array([at]))
+    late = late.set_column(late.column_names.index("ts"), "ts", pa.array([ts[at] + 0.001]))
+    late = late.set_column(late.column_names.index("uid"), "uid", pa.array(["Clate"]))
+    grown = pa.concat_tables([table.slice(0, at + 1), late, table.slice(at + 1)])
+    second = second + (second > at)
+    want = det.score(grown)[second]
+
+    def run():
+        fresh(det)
+        scored(det, table, first)
+        return scored(det, grown, second)
+
+    assert_same(run(), want, avx2)
+    monkeypatch.setattr(gnn_live.GraphWindows, "span_prints", lambda self, w, reach: ())
+    assert (run() != want).any()
+
+
+def test_what_is_kept_is_within_the_last_graphs_windows(fitted):
+    det, table, _ = fitted
+    live = fresh(det)
+    ts = ts_array(table)
+    builder = det.bundle.builder()
+    _, last = builder.windows(table)
+    for targets in releases(table, 25):
+        (d,) = detectors_in_context([det], table, targets, ts)
+        if d is det:
+            continue
+        d.score(None)
+        windows = {w for _, w in live.kept}
+        assert windows
+        ctx_last = builder.windows(d.context)[1]
+        assert min(windows) >= int(builder.needed_windows(ctx_last, d.positions).min())
+        assert max(windows) <= int(last[targets].max())
+        # the targets' own embeddings (the last step) are not kept
+        assert {s for s, _ in live.kept} <= set(range(len(live.reach) - 1))
+
+
+def test_a_copy_starts_with_nothing_kept(fitted):
+    det, table, _ = fitted
+    fresh(det)
+    det.score_rows(table, np.arange(100, 120))
+    assert det._live.kept
+    copy = pickle.loads(pickle.dumps(det))
+    assert copy._live is not None and not copy._live.kept and det._live.kept

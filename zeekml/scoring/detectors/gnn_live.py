@@ -1,0 +1,239 @@
+"""The GNN detector's node states kept between scoring calls (issue 15: ``zeekml watch``).
+
+Each release of ``watch`` embeds its conns in the graph of their windows and the
+``context_windows`` before them (``gnn.embed_rows``, the targets' cone); consecutive releases
+share most of those windows, and the cone of one release computes, at each step of the encoder,
+many node states the next one computes again: at 5,000 conns/s about half its rows.
+
+A node's state after a step depends on nothing but the graph's windows from ``reach`` windows
+before its own up to its own (messages pass inside a window or forward in time; ``reach`` grows
+by ``span - 1`` at each temporal step: ``step_reach``). So the states are kept per window and
+step with the *fingerprints* of those windows (``window_fingerprints``: a digest of everything
+the graph holds in a window: its flow nodes' features in node order, its addresses, each flow's
+two addresses, each flow's ``same_conn`` link to the window before), and a later graph uses
+them for a window and step only where its own fingerprints of the same windows are equal: then
+the nodes, edges and inputs that state was computed from are the same, and so are its bits (the
+row sets of a step are at least ``MIN_ROWS``, and a CSR mean reads its sources in node order,
+which within a window the fingerprint fixes). A conn that arrives late into a window, or
+a window cut from the context, changes its fingerprint and nothing is reused there. Addresses
+are numbered per graph by first appearance, so an address' state is kept under its address.
+
+Memory: the states kept are those of the windows of the last graph (at most its cone's rows, a
+few per conn of context: ~70 MB at 5,000 conns/s, hidden 64); older windows are dropped at each
+call. Not kept: the last step's (the targets' embeddings, read once).
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from zeekml.features.graph import NULL_WINDOW, FlowGraph
+
+FLOW_SAME_CONN = ("flow", "same_conn", "flow")
+NEXT_WINDOW = ("ip", "next_window", "ip")
+EMPTY = b""               # a window with no nodes, or outside the graph: the same thing to it
+
+
+def step_reach(step_edges: list[tuple[tuple[str, str, str], ...]], span: int) -> list[int]:
+    """How many windows back a node's state after each step (0 = the input projection) reads:
+    a step with ``next_window`` edges reaches ``span - 1`` windows further, one with
+    ``same_conn`` (and no ``next_window``) one further, a spatial step none. An address' input
+    holds its degrees in its window, so 0 reads its own window."""
+    reach = [0]
+    for types in step_edges:
+        more = (span - 1) if NEXT_WINDOW in types else 1 if FLOW_SAME_CONN in types else 0
+        reach.append(reach[-1] + more)
+    return reach
+
+
+@dataclass
+class GraphWindows:
+    """Where each window's nodes are in one ``FlowGraph`` (nodes are ordered by window first).
+
+    Attributes (``w`` = the graph's windows with a time, ascending):
+        windows: ``[w]``.
+        flow: ``[w, 2]`` each window's flow nodes ``start, end``.
+        ip_order: per window, its address nodes ordered by address.
+        fingerprint: window -> digest (``window_fingerprints``).
+    """
+
+    windows: np.ndarray
+    flow: np.ndarray
+    ip_order: list[np.ndarray]
+    fingerprint: dict[int, bytes]
+
+    def span_prints(self, w: int, reach: int) -> tuple[bytes, ...]:
+        """The fingerprints of windows ``w - reach .. w``."""
+        return tuple(self.fingerprint.get(v, EMPTY) for v in range(w - reach, w + 1))
+
+
+def window_fingerprints(g: FlowGraph) -> GraphWindows:
+    """Each window of ``g``'s digest of what a node state there can depend on within it: the
+    number of flow and address nodes, the flow nodes' features in node order, the window's
+    addresses (sorted), each flow's originator and responder (ranks among those) and the node
+    of the same conn in the window before (its place there, or -1). Windows without a time
+    (``NULL_WINDOW``) get none (their nodes are never kept)."""
+    fw = g.flow.window.numpy()
+    iw = g.ip.window.numpy()
+    nf = len(fw)
+    wins = np.unique(fw)
+    wins = wins[wins != NULL_WINDOW]
+    f_lo = np.searchsorted(fw, wins, side="left")
+    f_hi = np.searchsorted(fw, wins, side="right")
+    i_lo = np.searchsorted(iw, wins, side="left")
+    i_hi = np.searchsorted(iw, wins, side="right")
+    orig = g.edge_index_dict[("flow", "rev_orig", "ip")][1].numpy()
+    resp = g.edge_index_dict[("flow", "to_resp", "ip")][1].numpy()
+    prev = np.full(nf, -1, dtype=np.int64)
+    sc = g.edge_index_dict[FLOW_SAME_CONN].numpy()
+    prev[sc[1]] = sc[0]
+    addrs = np.asarray(g.ip.addr, dtype=object)
+    x = g.flow.x[:nf].numpy()
+    starts = dict(zip(wins.tolist(), f_lo.tolist()))
+    prints, orders = {}, []
+    for w, a, b, c, d in zip(wins.tolist(), f_lo, f_hi, i_lo, i_hi):
+        names = addrs[c:d]
+        order = np.argsort(names, kind="stable")
+        rank = np.empty(d - c, dtype=np.int64)
+        rank[order] = np.arange(d - c)
+        p = prev[a:b]
+        local = np.where(p >= 0, p - starts.get(w - 1, 0), -1)
+        h = hashlib.sha256()
+        h.update(np.array([b - a, d - c], dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(x[a:b]))
+        h.update("\n".join(names[order].tolist()).encode())
+        h.update(rank[orig[a:b] - c].tobytes())
+        h.update(rank[resp[a:b] - c].tobytes())
+        h.update(local.astype(np.int64).tobytes())
+        prints[w] = h.digest()
+        orders.append(c + order)
+    return GraphWindows(wins, np.stack([f_lo, f_hi], axis=1), orders, prints)
+
+
+@dataclass
+class Kept:
+    """One window's kept states after one step: ``flow`` and ``ip`` map the window's node
+    (flow: its place in the window; address: its place among the window's addresses sorted)
+    to a state, as ``(places [m], states [m, H])``; ``prints``: the fingerprints they hold for."""
+
+    prints: tuple[bytes, ...]
+    flow: tuple[np.ndarray, object]
+    ip: tuple[np.ndarray, object]
+
+
+class GNNLiveState:
+    """Node states of the encoder kept between calls of one GNN detector (module docstring).
+
+    Args:
+        step_edges: the encoder's edge types per step (``FlowGraphEncoder.convs``).
+        span: the graph's ``span``.
+    """
+
+    def __init__(self, step_edges: list[tuple[tuple[str, str, str], ...]], span: int):
+        self.step_edges = step_edges
+        self.span = span
+        self.reach = step_reach(step_edges, span)
+        self.kept: dict[tuple[int, int], Kept] = {}       # (step, window) -> states
+        self.lock = threading.Lock()
+        self.reused = 0          # rows filled in from kept states, over every call (for benches)
+
+    def __reduce__(self):
+        # a copy (a dask worker, a pickled detector) starts with nothing kept: what this process
+        # kept is of no use to another and can be tens of MB
+        return (GNNLiveState, (self.step_edges, self.span))
+
+    def known(self, layout: GraphWindows) -> list[dict[str, tuple]]:
+        """Per step (all but the last), per node type, the rows of the graph of ``layout``
+        whose state is kept for it and those states: ``(rows [m], states [m, H])``."""
+        import torch
+
+        out: list[dict[str, tuple]] = []
+        for step in range(len(self.reach)):
+            rows_f, st_f, rows_i, st_i = [], [], [], []
+            for j, w in enumerate(layout.windows.tolist()):
+                k = self.kept.get((step, w))
+                if k is None or k.prints != layout.span_prints(w, self.reach[step]):
+                    continue
+                if len(k.flow[0]):
+                    rows_f.append(torch.from_numpy(layout.flow[j, 0] + k.flow[0]))
+                    st_f.append(k.flow[1])
+                if len(k.ip[0]):
+                    rows_i.append(torch.from_numpy(layout.ip_order[j][k.ip[0]]))
+                    st_i.append(k.ip[1])
+            step_known = {}
+            for name, rows, st in (("flow", rows_f, st_f), ("ip", rows_i, st_i)):
+                if rows:
+                    step_known[name] = (torch.cat(rows), torch.cat(st))
+                    self.reused += len(step_known[name][0])
+            out.append(step_known)
+        return out
+
+    def store(self, layout: GraphWindows, computed: list[dict[str, tuple]], first_full: int) -> None:
+        """Keep the states ``computed`` (``FlowGraphEncoder.forward``'s) of the graph of
+        ``layout``, all steps but the last, merged with those kept for the same windows and
+        fingerprints; after the input projection only for windows from ``first_full`` on (the
+        graph's next-flow edges are all there: ``FlowGraphBuilder.build``'s
+        ``targets_only``). Drops every state of a window outside the graph's."""
+        import torch
+
+        wins = layout.windows
+        lo = int(wins[0]) if len(wins) else 0
+        hi = int(wins[-1]) if len(wins) else -1
+        self.kept = {key: k for key, k in self.kept.items() if lo <= key[1] <= hi}
+        ip_place = {}
+        for step, done in enumerate(computed[:-1]):
+            groups = {}
+            for name in ("flow", "ip"):
+                if name not in done:
+                    continue
+                rows, states = done[name]
+                rows_np, first = np.unique(rows.numpy(), return_index=True)
+                states = states[torch.from_numpy(first)]
+                if name == "flow":
+                    j = np.searchsorted(layout.flow[:, 1], rows_np, side="right")
+                    ok = j < len(wins)
+                    ok[ok] &= rows_np[ok] >= layout.flow[j[ok], 0]
+                    place = rows_np - layout.flow[np.minimum(j, len(wins) - 1), 0]
+                else:
+                    if not ip_place:
+                        for jj, order in enumerate(layout.ip_order):
+                            for p, r in enumerate(order.tolist()):
+                                ip_place[r] = (jj, p)
+                    jp = np.array([ip_place.get(r, (-1, -1)) for r in rows_np.tolist()],
+                                  dtype=np.int64).reshape(-1, 2)
+                    j, place = jp[:, 0], jp[:, 1]
+                    ok = j >= 0
+                for jj in np.unique(j[ok]).tolist():
+                    sel = np.flatnonzero(ok & (j == jj))
+                    groups.setdefault(jj, {})[name] = (place[sel], states[torch.from_numpy(sel)])
+            for jj, parts in groups.items():
+                w = int(wins[jj])
+                if step > 0 and w < first_full:
+                    continue
+                prints = layout.span_prints(w, self.reach[step])
+                old = self.kept.get((step, w))
+                merged = {}
+                for name in ("flow", "ip"):
+                    new = parts.get(name)
+                    prev = old and old.prints == prints and getattr(old, name)
+                    if new is None:
+                        merged[name] = prev if prev else (np.zeros(0, np.int64), None)
+                    elif prev and len(prev[0]):
+                        merged[name] = _union(prev, new)
+                    else:
+                        merged[name] = new
+                self.kept[(step, w)] = Kept(prints, merged["flow"], merged["ip"])
+
+
+def _union(old: tuple[np.ndarray, object], new: tuple[np.ndarray, object]) -> tuple[np.ndarray, object]:
+    """The places and states of both, each place once (``new``'s where both hold it: the same
+    bits, by the fingerprints they were kept under)."""
+    import torch
+
+    places = np.concatenate([new[0], old[0]])
+    states = torch.cat([new[1], old[1]])
+    places, first = np.unique(places, return_index=True)
+    return places, states[torch.from_numpy(first)]
