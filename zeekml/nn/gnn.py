@@ -218,12 +218,21 @@ class FlowGraphEncoder(nn.Module):
         sizes = {"flow": flow.size(0), "ip": ip.size(0)}
         steps = list(zip(self.convs, self.roots, self.norms))
         masks = None if known is None else [{k: r for k, (r, _) in step.items()} for step in known]
-        need, subs = cone_rows([c.edge_types for c in self.convs], adj, sizes, targets, masks)
+        read: list[dict[str, Tensor]] = []
+        need, subs = cone_rows([c.edge_types for c in self.convs], adj, sizes, targets, masks, read)
+        # each step's states are kept for the rows read after it only (computed or known), in
+        # node order: a step of a live graph reads ~100,000 of its ~200,000 flow nodes (zeroed
+        # full-size states were 11 allocations of up to 50 MB a call)
+        have = [{k: m.nonzero().squeeze(1) for k, m in step.items()} for step in read]
+        place = [{k: _places(rows, sizes[k]) for k, rows in step.items()} for step in have]
 
         def start(i: int, k: str, like: Tensor, width: int) -> Tensor:
-            out = like.new_zeros(sizes[k], width)
+            # every row had is computed or known: none is left unset
+            out = like.new_empty(len(have[i][k]), width)
             if known is not None and k in known[i] and len(known[i][k][0]):
-                out[known[i][k][0]] = known[i][k][1]
+                rows, states = known[i][k]
+                used = read[i][k][rows]
+                out[place[i][k][rows[used]]] = states[used]
             return out
 
         h: dict[str, Tensor] = {}
@@ -232,23 +241,50 @@ class FlowGraphEncoder(nn.Module):
             rows = need[0][k]
             h[k] = start(0, k, x, lin.out_features)
             if len(rows):
-                h[k][rows] = v = F.leaky_relu(lin(x.index_select(0, rows)))
+                h[k][place[0][k][rows]] = v = F.leaky_relu(lin(x.index_select(0, rows)))
                 done[k] = (rows, v)
         if computed is not None:
             computed.append(done)
         for i, (conv, root, norm) in enumerate(steps):
-            out = relation_sum(conv, h, subs[i])        # the messages of the rows updated
+            # the messages of the rows updated, their sources read at their places in ``h``
+            sub = {et: _csr_cols(a, place[i][et[0]], len(have[i][et[0]])) for et, a in subs[i].items()}
+            out = relation_sum(conv, h, sub)
             new, done = {}, {}
             for k, v in h.items():
                 rows = need[i + 1][k]
                 new[k] = start(i + 1, k, v, v.size(1))
                 if len(rows):
-                    new[k][rows] = u = self._update(root, norm, k, v.index_select(0, rows), out.get(k))
+                    new[k][place[i + 1][k][rows]] = u = self._update(
+                        root, norm, k, v.index_select(0, place[i][k][rows]), out.get(k))
                     done[k] = (rows, u)
             if computed is not None:
                 computed.append(done)
             h = new
-        return h
+        # every node's row, 0 where not computed
+        full = {}
+        for k, v in h.items():
+            full[k] = v.new_zeros(sizes[k], v.size(1))
+            full[k][have[-1][k]] = v
+        return full
+
+
+def _places(rows: Tensor, n: int) -> Tensor:
+    """``[n]``: each row's place in the sorted distinct ``rows`` (-1 for the others)."""
+    out = torch.full((n,), -1, dtype=torch.int64, device=rows.device)
+    out[rows] = torch.arange(len(rows), device=rows.device)
+    return out
+
+
+def _csr_cols(adj_t: Tensor, place: Tensor, n_src: int) -> Tensor:
+    """A CSR adjacency ``[m, N_src]`` with its columns moved to their ``place`` ``[N_src]``
+    among ``n_src`` (a monotone map: each row's sources keep their order, so a mean over them
+    is the same sum)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # "sparse CSR tensor support is in beta state"
+        return torch.sparse_csr_tensor(adj_t.crow_indices(), place[adj_t.col_indices()],
+                                       adj_t.values(), size=(adj_t.size(0), n_src))
 
 
 # Rows of a matrix product below which CPU kernels give a row other bits than among more rows
@@ -285,7 +321,7 @@ def csr_rows(adj_t: Tensor, rows: Tensor) -> Tensor:
 
 def cone_rows(step_edges: list[tuple[EdgeType, ...]], adj: dict[EdgeType, Tensor],
               sizes: dict[str, int], targets: Tensor,
-              known: list[dict[str, Tensor]] | None = None
+              known: list[dict[str, Tensor]] | None = None, read: list | None = None
               ) -> tuple[list[dict[str, Tensor]], list[dict[EdgeType, Tensor]]]:
     """Which rows of each node type each step of the encoder must compute for the flow nodes
     ``targets``: ``need[i]`` the rows whose state after step ``i`` (0 = the input projection)
@@ -293,7 +329,8 @@ def cone_rows(step_edges: list[tuple[EdgeType, ...]], adj: dict[EdgeType, Tensor
     ``i + 1``'s updated rows per edge type. From the last step down: the targets, then each
     step's rows and every source they read (a node's update reads its own state too).
     ``known[i]`` (per node type, rows ``[m]``): rows whose state after step ``i`` is had
-    already, left out of ``need[i]`` with what only they read.
+    already, left out of ``need[i]`` with what only they read. ``read``, a list, gets per step
+    (from 0) the mask of the rows whose state after it is read (computed or known).
 
     Shapes:
         targets ``[t]`` -> ``need``: ``len(step_edges) + 1`` dicts of ``[m]`` int64
@@ -305,6 +342,8 @@ def cone_rows(step_edges: list[tuple[EdgeType, ...]], adj: dict[EdgeType, Tensor
     masks["flow"][targets] = True
 
     def unknown(i: int) -> None:
+        if read is not None:
+            read.insert(0, {k: m.clone() for k, m in masks.items()})
         if known is not None:
             for k, rows in known[i].items():
                 if len(rows):
