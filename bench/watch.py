@@ -173,6 +173,7 @@ def run_rate(rate: int, duration: float, args) -> dict:
                            str(args.rotate_seconds), str(trickle)], stdout=subprocess.PIPE)
     delays: list[float] = []
     rss: list[tuple[float, int]] = []
+    kids_rss: list[list[int]] = []          # each scoring process's RSS, every second
     seen = 0
     pos = 0
     buf = b""
@@ -202,6 +203,7 @@ def run_rate(rate: int, duration: float, args) -> dict:
             seen += block.count(b"\n") - (len(UID_CT.findall(block)) if trickle else 0)
         if now - last_rss >= 1.0:
             rss.append((now - t0, proc.memory_info().rss))
+            kids_rss.append([_rss(c) for c in proc.children()])
             last_rss = now
         if writer_done_at is None and wr.poll() is not None:
             writer_done_at = now
@@ -250,9 +252,21 @@ def run_rate(rate: int, duration: float, args) -> dict:
         "rss_mb_median_first_half": round(statistics.median(rss_mb[:half]), 1) if half else None,
         "rss_mb_median_second_half": round(statistics.median(rss_mb[half:]), 1) if half else None,
         "rss_mb_every_30s": [round(r / 2**20, 1) for t, r in rss[::30]],
+        # the scoring processes (--score-workers), each: the detectors' own memory (the GNN's
+        # kept node states among it)
+        "scoring_rss_mb_every_30s": [[round(r / 2**20, 1) for r in k] for k in kids_rss[::30]],
+        "scoring_rss_mb_max": round(max((max(k) for k in kids_rss if k), default=0) / 2**20, 1),
         "watch_commits": stats.get("commits"), "watch_quarantined": stats.get("quarantined"),
         "watch_duplicates_dropped": stats.get("duplicates_dropped"),
     }
+
+
+def _rss(p) -> int:
+    """``p``'s RSS in bytes (0 once it is gone)."""
+    try:
+        return p.memory_info().rss
+    except psutil.Error:           # NoSuchProcess: exited between listing and asking
+        return 0
 
 
 def stages(n: int) -> dict:
