@@ -204,10 +204,12 @@ def _embed_live(model, g, xs: dict, cone, live: GNNLiveState, builder: FlowGraph
     # the next-flow edges into windows before this one are left out of a graph built for its
     # targets alone (``FlowGraphBuilder.build``): states there past the input projection are
     # not kept. A target without a time keeps them all in; its window sorts first
-    first_full = int(g["flow"].window[g["flow"].target].min()) - builder.targets_reach()
+    first_target = int(g["flow"].window[g["flow"].target].min())
     computed: list = []
     h = model(xs, g.edge_index_dict, targets=cone, known=live.known(layout), computed=computed)["flow"]
-    live.store(layout, computed, first_full)
+    # a next release (later targets) reads next to nothing of the windows before this one's
+    # earliest target window (measured at 5,000 conns/s: none of their ~100,000 kept rows)
+    live.store(layout, computed, first_target - builder.targets_reach(), first_target)
     return h
 
 

@@ -5,21 +5,22 @@ Each release of ``watch`` embeds its conns in the graph of their windows and the
 share most of those windows, and the cone of one release computes, at each step of the encoder,
 many node states the next one computes again: at 5,000 conns/s about half its rows.
 
-A node's state after a step depends on nothing but the graph's windows from ``reach`` windows
-before its own up to its own (messages pass inside a window or forward in time; ``reach`` grows
-by ``span - 1`` at each temporal step: ``step_reach``). So the states are kept per window and
-step with the *fingerprints* of those windows (``window_fingerprints``: a digest of everything
-the graph holds in a window: its flow nodes' features in node order, its addresses, each flow's
-two addresses, each flow's ``same_conn`` link to the window before), and a later graph uses
-them for a window and step only where its own fingerprints of the same windows are equal: then
-the nodes, edges and inputs that state was computed from are the same, and so are its bits (the
-row sets of a step are at least ``MIN_ROWS``, and a CSR mean reads its sources in node order,
-which within a window the fingerprint fixes). A conn that arrives late into a window, or
-a window cut from the context, changes its fingerprint and nothing is reused there. Addresses
-are numbered per graph by first appearance, so an address' state is kept under its address.
+A node's state after a step depends on nothing but what the graph holds in its own window and
+a few before it (messages pass inside a window or forward in time): its window's *content* (the
+flow nodes' features in node order, the addresses, each flow's two addresses) from ``reach``
+windows back, and its window's *links* (each flow's ``same_conn`` source in the window before)
+from fewer (``step_reach``: a temporal step reaches ``span - 1`` windows further, a spatial step
+none). So the states are kept per window and step with the digests of those windows' content
+and links (``window_fingerprints``), and a later graph uses them for a window and step only where
+its own digests of the same windows are equal: then the nodes, edges and inputs that state was
+computed from are the same, and so are its bits (the row sets of a step are at least
+``MIN_ROWS``, and a CSR mean reads its sources in node order, which within a window the content
+fixes). A conn that arrives late into a window, or a window cut from the context, changes its
+digests and nothing that reads it is reused. Addresses are numbered per graph by first
+appearance, so an address' state is kept under its address.
 
-Memory: the states kept are those of the windows of the last graph (at most its cone's rows, a
-few per conn of context: ~70 MB at 5,000 conns/s, hidden 64); older windows are dropped at each
+Memory: kept are the states of the windows from a call's earliest target window on (what a
+later release reads of them: at 5,000 conns/s ~60 MB, hidden 64); the rest are dropped at each
 call. Not kept: the last step's (the targets' embeddings, read once).
 """
 from __future__ import annotations
@@ -37,15 +38,21 @@ NEXT_WINDOW = ("ip", "next_window", "ip")
 EMPTY = b""               # a window with no nodes, or outside the graph: the same thing to it
 
 
-def step_reach(step_edges: list[tuple[tuple[str, str, str], ...]], span: int) -> list[int]:
-    """How many windows back a node's state after each step (0 = the input projection) reads:
-    a step with ``next_window`` edges reaches ``span - 1`` windows further, one with
-    ``same_conn`` (and no ``next_window``) one further, a spatial step none. An address' input
-    holds its degrees in its window, so 0 reads its own window."""
-    reach = [0]
+def step_reach(step_edges: list[tuple[tuple[str, str, str], ...]], span: int) -> list[tuple[int, int]]:
+    """How many windows back a node's state after each step (0 = the input projection) reads
+    the graph's content, and how many back its links (-1: none), as ``(content, links)``.
+
+    The input reads its own window's content (an address' degrees there). A temporal step
+    reads, besides its own window's state, the states of up to ``span - 1`` windows back
+    (``next_window``; ``same_conn`` one) and the links into its own window: both reaches grow by
+    that hop (the links from 0). A spatial step reads its own window only."""
+    reach = [(0, -1)]
     for types in step_edges:
-        more = (span - 1) if NEXT_WINDOW in types else 1 if FLOW_SAME_CONN in types else 0
-        reach.append(reach[-1] + more)
+        content, links = reach[-1]
+        hop = (span - 1) if NEXT_WINDOW in types else 1 if FLOW_SAME_CONN in types else 0
+        if hop:
+            content, links = content + hop, (links + hop if links >= 0 else 0)
+        reach.append((content, links))
     return reach
 
 
@@ -57,25 +64,34 @@ class GraphWindows:
         windows: ``[w]``.
         flow: ``[w, 2]`` each window's flow nodes ``start, end``.
         ip_order: per window, its address nodes ordered by address.
-        fingerprint: window -> digest (``window_fingerprints``).
+        ip_window: ``[N_ip]`` each address node's window (its index in ``windows``; -1: none).
+        ip_place: ``[N_ip]`` its place in its window's ``ip_order``.
+        content: window -> digest of its content (``window_fingerprints``).
+        links: window -> digest of its ``same_conn`` links.
     """
 
     windows: np.ndarray
     flow: np.ndarray
     ip_order: list[np.ndarray]
-    fingerprint: dict[int, bytes]
+    ip_window: np.ndarray
+    ip_place: np.ndarray
+    content: dict[int, bytes]
+    links: dict[int, bytes]
 
-    def span_prints(self, w: int, reach: int) -> tuple[bytes, ...]:
-        """The fingerprints of windows ``w - reach .. w``."""
-        return tuple(self.fingerprint.get(v, EMPTY) for v in range(w - reach, w + 1))
+    def span_prints(self, w: int, reach: tuple[int, int]) -> tuple[bytes, ...]:
+        """The content digests of windows ``w - reach[0] .. w`` and the links' of
+        ``w - reach[1] .. w``: what a state of window ``w`` with that ``reach`` is made of."""
+        content, links = reach
+        return (tuple(self.content.get(v, EMPTY) for v in range(w - content, w + 1))
+                + tuple(self.links.get(v, EMPTY) for v in range(w - links, w + 1)))
 
 
 def window_fingerprints(g: FlowGraph) -> GraphWindows:
-    """Each window of ``g``'s digest of what a node state there can depend on within it: the
-    number of flow and address nodes, the flow nodes' features in node order, the window's
-    addresses (sorted), each flow's originator and responder (ranks among those) and the node
-    of the same conn in the window before (its place there, or -1). Windows without a time
-    (``NULL_WINDOW``) get none (their nodes are never kept)."""
+    """Each window of ``g``'s digests of what a node state there can depend on within it: its
+    content (the number of flow and address nodes, the flow nodes' features in node order, the
+    window's addresses (sorted), each flow's originator and responder (ranks among those)) and
+    its links (each flow's node of the same conn in the window before: its place there, or -1).
+    Windows without a time (``NULL_WINDOW``) get none (their nodes are never kept)."""
     fw = g.flow.window.numpy()
     iw = g.ip.window.numpy()
     nf = len(fw)
@@ -93,8 +109,10 @@ def window_fingerprints(g: FlowGraph) -> GraphWindows:
     addrs = np.asarray(g.ip.addr, dtype=object)
     x = g.flow.x[:nf].numpy()
     starts = dict(zip(wins.tolist(), f_lo.tolist()))
-    prints, orders = {}, []
-    for w, a, b, c, d in zip(wins.tolist(), f_lo, f_hi, i_lo, i_hi):
+    prints, links, orders = {}, {}, []
+    ip_window = np.full(len(iw), -1, dtype=np.int64)
+    ip_place = np.full(len(iw), -1, dtype=np.int64)
+    for j, (w, a, b, c, d) in enumerate(zip(wins.tolist(), f_lo, f_hi, i_lo, i_hi)):
         names = addrs[c:d]
         order = np.argsort(names, kind="stable")
         rank = np.empty(d - c, dtype=np.int64)
@@ -107,10 +125,12 @@ def window_fingerprints(g: FlowGraph) -> GraphWindows:
         h.update("\n".join(names[order].tolist()).encode())
         h.update(rank[orig[a:b] - c].tobytes())
         h.update(rank[resp[a:b] - c].tobytes())
-        h.update(local.astype(np.int64).tobytes())
         prints[w] = h.digest()
+        links[w] = hashlib.sha256(local.astype(np.int64).tobytes()).digest()
         orders.append(c + order)
-    return GraphWindows(wins, np.stack([f_lo, f_hi], axis=1), orders, prints)
+        ip_window[c:d] = j
+        ip_place[c + order] = np.arange(d - c)
+    return GraphWindows(wins, np.stack([f_lo, f_hi], axis=1), orders, ip_window, ip_place, prints, links)
 
 
 @dataclass
@@ -138,7 +158,13 @@ class GNNLiveState:
         self.reach = step_reach(step_edges, span)
         self.kept: dict[tuple[int, int], Kept] = {}       # (step, window) -> states
         self.lock = threading.Lock()
-        self.reused = 0          # rows filled in from kept states, over every call (for benches)
+        self.offered = 0         # kept rows that matched a graph, over every call (tests, benches)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the states kept."""
+        return sum(int(part[1].nelement() * part[1].element_size()) + part[0].nbytes
+                   for k in self.kept.values() for part in (k.flow, k.ip) if part[1] is not None)
 
     def __reduce__(self):
         # a copy (a dask worker, a pickled detector) starts with nothing kept: what this process
@@ -167,23 +193,23 @@ class GNNLiveState:
             for name, rows, st in (("flow", rows_f, st_f), ("ip", rows_i, st_i)):
                 if rows:
                     step_known[name] = (torch.cat(rows), torch.cat(st))
-                    self.reused += len(step_known[name][0])
+                    self.offered += len(step_known[name][0])
             out.append(step_known)
         return out
 
-    def store(self, layout: GraphWindows, computed: list[dict[str, tuple]], first_full: int) -> None:
+    def store(self, layout: GraphWindows, computed: list[dict[str, tuple]], first_full: int,
+              keep_from: int) -> None:
         """Keep the states ``computed`` (``FlowGraphEncoder.forward``'s) of the graph of
         ``layout``, all steps but the last, merged with those kept for the same windows and
-        fingerprints; after the input projection only for windows from ``first_full`` on (the
+        digests; after the input projection only for windows from ``first_full`` on (the
         graph's next-flow edges are all there: ``FlowGraphBuilder.build``'s
-        ``targets_only``). Drops every state of a window outside the graph's."""
+        ``targets_only``). Drops every state of a window before ``keep_from`` (a release's
+        successor reads none of them: its targets come later) or after the graph's last."""
         import torch
 
         wins = layout.windows
-        lo = int(wins[0]) if len(wins) else 0
         hi = int(wins[-1]) if len(wins) else -1
-        self.kept = {key: k for key, k in self.kept.items() if lo <= key[1] <= hi}
-        ip_place = {}
+        self.kept = {key: k for key, k in self.kept.items() if keep_from <= key[1] <= hi}
         for step, done in enumerate(computed[:-1]):
             groups = {}
             for name in ("flow", "ip"):
@@ -198,20 +224,16 @@ class GNNLiveState:
                     ok[ok] &= rows_np[ok] >= layout.flow[j[ok], 0]
                     place = rows_np - layout.flow[np.minimum(j, len(wins) - 1), 0]
                 else:
-                    if not ip_place:
-                        for jj, order in enumerate(layout.ip_order):
-                            for p, r in enumerate(order.tolist()):
-                                ip_place[r] = (jj, p)
-                    jp = np.array([ip_place.get(r, (-1, -1)) for r in rows_np.tolist()],
-                                  dtype=np.int64).reshape(-1, 2)
-                    j, place = jp[:, 0], jp[:, 1]
+                    inside = rows_np < len(layout.ip_window)       # not a padding node
+                    j = np.where(inside, layout.ip_window[np.minimum(rows_np, len(layout.ip_window) - 1)], -1)
+                    place = layout.ip_place[np.minimum(rows_np, len(layout.ip_window) - 1)]
                     ok = j >= 0
                 for jj in np.unique(j[ok]).tolist():
                     sel = np.flatnonzero(ok & (j == jj))
                     groups.setdefault(jj, {})[name] = (place[sel], states[torch.from_numpy(sel)])
             for jj, parts in groups.items():
                 w = int(wins[jj])
-                if step > 0 and w < first_full:
+                if (step > 0 and w < first_full) or w < keep_from:
                     continue
                 prints = layout.span_prints(w, self.reach[step])
                 old = self.kept.get((step, w))
