@@ -257,7 +257,7 @@ class FlowGraphBuilder:
     # -- building ----------------------------------------------------------------------------
 
     def build(self, table: pa.Table, x: np.ndarray, targets: np.ndarray | None = None,
-              row_offset: int = 0, targets_only: bool = False) -> FlowGraph:
+              row_offset: int = 0, targets_only: bool = False, next_flows: bool = True) -> FlowGraph:
         """One graph holding ``targets`` (row indices; default all rows) and their context.
 
         ``row_offset`` is added to ``data['flow'].row`` (for streamed pieces of a longer log).
@@ -266,11 +266,32 @@ class FlowGraphBuilder:
         in are left out (``targets_reach``): the first layer's temporal step updates only
         nodes of the last ``context_windows - (span - 1)`` windows before a target window
         for them, and on a dense link those edges (up to ``2 x next_flows`` per flow) are most
-        of the graph. The targets' embeddings are the same bits."""
+        of the graph. The targets' embeddings are the same bits.
+        ``next_flows=False``: no ``next_orig``/``next_resp`` edges at all (empty), for a caller
+        that adds those it reads (``next_flow_edges``)."""
         first, last = self.windows(table)
         n = table.num_rows
         targets = np.arange(n, dtype=np.int64) if targets is None else np.asarray(targets, np.int64)
-        return self._build(table, x, first, last, targets, row_offset, targets_only)
+        return self._build(table, x, first, last, targets, row_offset, targets_only, next_flows)
+
+    def next_flow_edges(self, g: FlowGraph, into: np.ndarray) -> dict[EdgeType, Tensor]:
+        """The ``next_orig``/``next_resp`` edges of ``g`` into its flow nodes ``into`` (bool
+        ``[N_flow]``), as ``build`` gives them (edges into the other nodes left out): a host is
+        its address node there, one per (window, address), so the runs are the same.
+
+        Shapes:
+            into ``[N_flow]`` -> each type's ``[2, E]`` int64
+        """
+        import torch
+
+        nf = len(into)
+        app_w = g.flow.window.numpy()[:nf]
+        out = {}
+        for name, et in (("next_orig", ("flow", "rev_orig", "ip")), ("next_resp", ("flow", "to_resp", "ip"))):
+            code = g.edge_index_dict[et][1].numpy()[:nf]
+            edges = _next_flow_edges(app_w, code, self.config.next_flows, into=into)
+            out[("flow", name, "flow")] = torch.from_numpy(np.ascontiguousarray(edges, dtype=np.int64))
+        return out
 
     def targets_reach(self) -> int:
         """How many windows before its target window a target's embedding reads the
@@ -354,7 +375,8 @@ class FlowGraphBuilder:
     # -- the graph itself --------------------------------------------------------------------
 
     def _build(self, table: pa.Table, x: np.ndarray, first: np.ndarray, last: np.ndarray,
-               targets: np.ndarray, row_offset: int, targets_only: bool = False) -> FlowGraph:
+               targets: np.ndarray, row_offset: int, targets_only: bool = False,
+               next_flows: bool = True) -> FlowGraph:
         import torch
 
         cfg = self.config
@@ -422,7 +444,8 @@ class FlowGraphBuilder:
             if len(real) == len(targets):
                 dst_from = int(real.min()) - self.targets_reach()
         for name, code in (("next_orig", o_code), ("next_resp", r_code)):
-            edges[("flow", name, "flow")] = _next_flow_edges(app_w, code, cfg.next_flows, dst_from)
+            edges[("flow", name, "flow")] = (_next_flow_edges(app_w, code, cfg.next_flows, dst_from)
+                                             if next_flows else np.zeros((2, 0), np.int64))
 
         flow = NodeSet(x=torch.from_numpy(x[app_row]) if nf else torch.zeros((0, x.shape[1])),
                        window=torch.from_numpy(app_w), row=torch.from_numpy(app_row + row_offset),
@@ -434,10 +457,11 @@ class FlowGraphBuilder:
 
 
 def _next_flow_edges(app_w: np.ndarray, code: np.ndarray, k: int,
-                     dst_from: int | None = None) -> np.ndarray:
+                     dst_from: int | None = None, into: np.ndarray | None = None) -> np.ndarray:
     """Edges from each flow node to each of the next ``k`` flow nodes of the same host
     (``code``) in its window, as ``[2, E]`` (src, dst), ordered by destination, then source;
-    with ``dst_from``, only those into windows from ``dst_from`` on.
+    with ``dst_from``, only those into windows from ``dst_from`` on; with ``into`` (bool
+    ``[nf]``), only those into its nodes.
 
     Flow nodes are numbered by window, then ts, so a host's flows in a window are a run of
     ascending node numbers and a node's sources are the up to ``k`` nodes before it in its
@@ -461,6 +485,8 @@ def _next_flow_edges(app_w: np.ndarray, code: np.ndarray, k: int,
     n_src = np.minimum(pos - first[pos], k)            # sources of each node, in node order
     if dst_from is not None:
         n_src[app_w < dst_from] = 0
+    if into is not None:
+        n_src[~into] = 0
     total = int(n_src.sum())
     ends = np.cumsum(n_src)
     offset = np.arange(total, dtype=np.int64) - np.repeat(ends - n_src, n_src)

@@ -221,3 +221,33 @@ def test_next_flow_edges_are_the_pairs_up_to_k_apart_ordered_by_destination(seed
         assert sorted(map(tuple, got.T.tolist())) == sorted(map(tuple, want.T.tolist()))
         key = got[1] * (nf + 1) + got[0]
         assert (np.diff(key) > 0).all()
+
+
+def test_next_flow_edges_added_afterwards_are_builds():
+    """A graph built without its next-flow edges (``next_flows=False``) gets from
+    ``next_flow_edges`` the edges ``build`` gives, into every node or into some (those of the
+    windows ``targets_only`` keeps them for)."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    n = 400
+    hosts = [f"10.0.0.{i}" for i in range(6)]
+    table = pa.table({
+        "ts": np.sort(rng.uniform(0, 40, n)), "duration": rng.exponential(3, n),
+        "id.orig_h": rng.choice(hosts, n), "id.resp_h": rng.choice(hosts, n),
+    })
+    x = rng.standard_normal((n, 3)).astype(np.float32)
+    builder = FlowGraphBuilder(GraphConfig(next_flows=3))
+    _, last = builder.windows(table)
+    targets = np.flatnonzero(last >= last.max() - 1)
+    for t, lean in ((None, False), (targets, True)):
+        want = builder.build(table, x, t, targets_only=lean)
+        bare = builder.build(table, x, t, targets_only=lean, next_flows=False)
+        et = ("flow", "next_orig", "flow")
+        assert bare.edge_index_dict[et].shape[1] == 0 < want.edge_index_dict[et].shape[1]
+        w = bare["flow"].window.numpy()
+        into = w >= (int(last[targets].min()) - builder.targets_reach() if lean else w.min())
+        added = builder.next_flow_edges(bare, into)
+        for name in ("next_orig", "next_resp"):
+            et = ("flow", name, "flow")
+            assert torch.equal(added[et], want.edge_index_dict[et])

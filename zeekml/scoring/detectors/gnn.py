@@ -174,7 +174,7 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
     # of them: ~195,000). A target's embedding is the same bits in either (``score_rows``)
     one = one_graph and rows is not None and table.num_rows <= ONE_GRAPH_ROWS
     # read for its targets alone: the edges no target reads are not built (``targets_only``)
-    graphs = ([builder.build(table, x, rows, targets_only=True)] if one
+    graphs = ([builder.build(table, x, rows, targets_only=True, next_flows=live is None)] if one
               else builder.iter_graphs(table, x, rows))
     with torch.inference_mode():
         for g in graphs:
@@ -188,8 +188,11 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
             keep_states = (live is not None and cone is not None and device == "cpu"
                            and xs["flow"] is g.x_dict["flow"] and xs["ip"] is g.x_dict["ip"])
             if keep_states:
-                h = _embed_live(model, g, xs, cone, live, builder)
+                h = _embed_live(model, g, xs, cone, live, builder, next_flows=not one)
             else:
+                if one and live is not None:          # built without them for the live state
+                    g.edge_index_dict.update(builder.next_flow_edges(
+                        g, g["flow"].window.numpy() >= g["flow"].window[t].min().item() - builder.targets_reach()))
                 h = model(to_device(xs, device), to_device(g.edge_index_dict, device), targets=cone)["flow"]
             h = h[:len(t)]
             at = g["flow"].row[t].numpy()
@@ -197,19 +200,24 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
     return out
 
 
-def _embed_live(model, g, xs: dict, cone, live: GNNLiveState, builder: FlowGraphBuilder):
+def _embed_live(model, g, xs: dict, cone, live: GNNLiveState, builder: FlowGraphBuilder,
+                next_flows: bool):
     """The flow rows of ``model`` over the graph ``g`` for its targets ``cone`` (``embed_rows``),
-    with the node states ``live`` holds for ``g``'s windows filled in and this call's kept."""
+    with the node states ``live`` holds for ``g``'s windows filled in and this call's kept.
+    ``next_flows``: ``g`` has its next-flow edges; else they are added into the nodes the cone
+    may compute (``GNNLiveState.next_flows_into``), known once the states kept are."""
     layout = window_fingerprints(g)
     # the next-flow edges into windows before this one are left out of a graph built for its
     # targets alone (``FlowGraphBuilder.build``): states there past the input projection are
     # not kept. A target without a time keeps them all in; its window sorts first
     first_target = int(g["flow"].window[g["flow"].target].min())
+    known = live.known(layout)
+    if not next_flows:
+        g.edge_index_dict.update(builder.next_flow_edges(
+            g, live.next_flows_into(g["flow"].window.numpy(), known, first_target)))
     computed: list = []
-    h = model(xs, g.edge_index_dict, targets=cone, known=live.known(layout), computed=computed)["flow"]
-    # a next release (later targets) reads next to nothing of the windows before this one's
-    # earliest target window (measured at 5,000 conns/s: none of their ~100,000 kept rows)
-    live.store(layout, computed, first_target - builder.targets_reach(), first_target)
+    h = model(xs, g.edge_index_dict, targets=cone, known=known, computed=computed)["flow"]
+    live.store(layout, computed, first_target - builder.targets_reach(), live.keep_from(first_target))
     return h
 
 

@@ -20,8 +20,9 @@ digests and nothing that reads it is reused. Addresses are numbered per graph by
 appearance, so an address' state is kept under its address.
 
 Memory: kept are the states of the windows from a call's earliest target window on (what a
-later release reads of them: at 5,000 conns/s ~60 MB, hidden 64); the rest are dropped at each
-call. Not kept: the last step's (the targets' embeddings, read once).
+later release reads of them), and at the steps that read the next-flow edges from as far back as
+a later call may compute them (``keep_from``); at 5,000 conns/s ~70 MB, hidden 64; the rest are
+dropped at each call. Not kept: the last step's (the targets' embeddings, read once).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from zeekml.features.graph import NULL_WINDOW, FlowGraph
 
 FLOW_SAME_CONN = ("flow", "same_conn", "flow")
 NEXT_WINDOW = ("ip", "next_window", "ip")
+NEXT_FLOWS = (("flow", "next_orig", "flow"), ("flow", "next_resp", "flow"))
 EMPTY = b""               # a window with no nodes, or outside the graph: the same thing to it
 
 
@@ -197,19 +199,54 @@ class GNNLiveState:
             out.append(step_known)
         return out
 
+    def next_flows_into(self, flow_window: np.ndarray, known: list[dict[str, tuple]],
+                        first_target: int) -> np.ndarray:
+        """Which flow nodes (their windows ``flow_window`` ``[N_flow]``) a cone with ``known``
+        may compute at a step that reads the ``next_orig``/``next_resp`` edges into them: at
+        step ``s`` the cone computes rows no earlier than ``first_target`` less the windows the
+        steps after it reach back (``step_reach``), and none whose state ``known`` gives. The
+        graph needs those edges into these nodes only (``FlowGraphBuilder.next_flow_edges``):
+        at 5,000 conns/s the newest window's and the targets', where it had three windows'.
+
+        Shapes: flow_window ``[N_flow]`` -> ``[N_flow]`` bool"""
+        last = self.reach[-1][0]
+        into = np.zeros(len(flow_window), dtype=bool)
+        for step in range(1, len(self.reach)):
+            if not self.reads_next_flows(step):
+                continue
+            may = flow_window >= first_target - (last - self.reach[step][0])
+            if "flow" in known[step]:
+                may[known[step]["flow"][0].numpy()] = False
+            into |= may
+        return into
+
+    def reads_next_flows(self, step: int) -> bool:
+        """Whether step ``step`` (from 1) reads the ``next_orig``/``next_resp`` edges."""
+        return any(et in self.step_edges[step - 1] for et in NEXT_FLOWS)
+
+    def keep_from(self, first_target: int) -> list[int]:
+        """Per step, the first window whose states are kept after a call whose earliest target
+        window is ``first_target``: a later call (targets from there on) reads next to nothing
+        of those before (at 5,000 conns/s none of their ~100,000 rows); at a step reading the
+        next-flow edges, as far back as ``next_flows_into`` looks, so that it finds them kept
+        and the graph does without those edges."""
+        last = self.reach[-1][0]
+        return [first_target - (last - self.reach[s][0]) if s and self.reads_next_flows(s) else first_target
+                for s in range(len(self.reach))]
+
     def store(self, layout: GraphWindows, computed: list[dict[str, tuple]], first_full: int,
-              keep_from: int) -> None:
+              keep_from: list[int]) -> None:
         """Keep the states ``computed`` (``FlowGraphEncoder.forward``'s) of the graph of
         ``layout``, all steps but the last, merged with those kept for the same windows and
         digests; after the input projection only for windows from ``first_full`` on (the
         graph's next-flow edges are all there: ``FlowGraphBuilder.build``'s
-        ``targets_only``). Drops every state of a window before ``keep_from`` (a release's
-        successor reads none of them: its targets come later) or after the graph's last."""
+        ``targets_only``). Drops every state of a window before ``keep_from`` (per step,
+        ``keep_from()``) or after the graph's last."""
         import torch
 
         wins = layout.windows
         hi = int(wins[-1]) if len(wins) else -1
-        self.kept = {key: k for key, k in self.kept.items() if keep_from <= key[1] <= hi}
+        self.kept = {key: k for key, k in self.kept.items() if keep_from[key[0]] <= key[1] <= hi}
         for step, done in enumerate(computed[:-1]):
             groups = {}
             for name in ("flow", "ip"):
@@ -233,7 +270,7 @@ class GNNLiveState:
                     groups.setdefault(jj, {})[name] = (place[sel], states[torch.from_numpy(sel)])
             for jj, parts in groups.items():
                 w = int(wins[jj])
-                if (step > 0 and w < first_full) or w < keep_from:
+                if (step > 0 and w < first_full) or w < keep_from[step]:
                     continue
                 prints = layout.span_prints(w, self.reach[step])
                 old = self.kept.get((step, w))

@@ -114,8 +114,13 @@ def test_what_is_kept_is_within_the_last_graphs_windows(fitted):
         d.score(None)
         windows = {w for _, w in live.kept}
         assert windows
-        # from the earliest target's window to the graph's last (the targets')
-        assert int(last[targets].min()) <= min(windows) <= max(windows) <= int(last[targets].max())
+        # from the earliest target's window to the graph's last (the targets'); 2 windows
+        # before at the first temporal step (its next-flow edges: ``next_flows_into``)
+        first = int(last[targets].min())
+        assert max(windows) <= int(last[targets].max())
+        assert min(w for s, w in live.kept if s != 1) >= first
+        assert min(w for s, w in live.kept if s == 1) >= first - 2
+        assert live.keep_from(first) == [first, first - 2, first, first, first]
         # the targets' own embeddings (the last step) are not kept
         assert {s for s, _ in live.kept} <= set(range(len(live.reach) - 1))
 
