@@ -483,7 +483,8 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
             fitted = fit_calibrate(baseline, options, summary,
                                    scored=table if rows is not None else None, rows=rows, raw=raw,
                                    fit_extra=extra, on_step=on_step)
-            batch = score_batch(table, fitted, raw, on_step=on_step)
+            batch = score_batch(table, fitted, raw, on_step=on_step,
+                                how=side_by_side.plan(len(fitted.detectors)))
         else:
             fitted = fit_calibrate(baseline, options, summary, fit_extra=extra, on_step=on_step)
     if not spill.spilled:

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -105,6 +105,7 @@ def is_known_bad(det: Detector) -> bool:
 # few tenths of a second.
 BASELINE_JUDGE = "malicious-committee"
 BASELINE_CHECK_CONNS = 1000
+BASELINE_CHECK = "\0baseline-check"     # its task beside the fits (no detector name has a NUL)
 
 
 def baseline_judge(options: ScoreOptions, check: dict | None = None) -> Detector | None:
@@ -127,36 +128,47 @@ def baseline_judge(options: ScoreOptions, check: dict | None = None) -> Detector
     return classifier_detector(path, options.device)
 
 
+def judge_baseline(baseline: pa.Table, judge: Detector, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, flagged)``: the ``BASELINE_CHECK_CONNS`` baseline rows drawn with ``seed`` (all
+    of a smaller baseline) and whether ``judge`` calls each bad (``flag_rows`` if it has it,
+    else its score at its ``decision_threshold``, its trained cut or 0.5), the rest of the
+    baseline their context. Needs nothing fitted: ``fit_calibrate`` runs it beside the fits."""
+    n_base = baseline.num_rows
+    rows = np.arange(n_base, dtype=np.int64)
+    if n_base > BASELINE_CHECK_CONNS:
+        rows = np.sort(np.random.default_rng(seed).choice(n_base, BASELINE_CHECK_CONNS, replace=False))
+    flags = getattr(judge, "flag_rows", None)
+    if flags is not None:
+        return rows, np.asarray(flags(baseline, rows), dtype=bool)
+    p = np.nan_to_num(np.asarray(judge.score_rows(baseline, rows), dtype=np.float64), nan=0.0)
+    return rows, p >= float(getattr(judge, "decision_threshold", 0.5))
+
+
 def baseline_infection(baseline: pa.Table, detectors: list[Detector], judge: Detector | None = None,
-                       seed: int = 0, check: dict | None = None) -> str | None:
+                       seed: int = 0, check: dict | None = None,
+                       judged: tuple[np.ndarray, np.ndarray] | None = None) -> str | None:
     """The warning when known-bad classifiers flag a large share of ``baseline`` (see
     ``INFECTED_SHARE``), naming the hosts with the most flagged conns; None otherwise.
 
     A classifier flags a conn when its score (probability of the malicious classes) reaches
     its ``decision_threshold`` attribute (its trained cut, else 0.5). The run's known-bad
     detectors judge every baseline conn; without one, ``judge`` (``baseline_judge``) judges
-    ``BASELINE_CHECK_CONNS`` of them drawn with ``seed``. ``check``, when given, receives what
-    was judged (``judge``, ``conns``, ``flagged``) for ``summary.json``."""
+    ``BASELINE_CHECK_CONNS`` of them drawn with ``seed`` (``judge_baseline``; ``judged``: its
+    result when already computed). ``check``, when given, receives what was judged (``judge``,
+    ``conns``, ``flagged``) for ``summary.json``."""
     judges = [d for d in detectors if is_known_bad(d)]
     n_base = baseline.num_rows
     if n_base == 0 or not (judges or judge is not None):
         return None
-    rows = np.arange(n_base, dtype=np.int64)
     if judges:
+        rows = np.arange(n_base, dtype=np.int64)
         flagged = np.zeros(n_base, dtype=bool)
         for det in judges:
             p = np.nan_to_num(np.asarray(det.score(baseline), dtype=np.float64), nan=0.0)
             flagged |= p >= float(getattr(det, "decision_threshold", 0.5))
     else:
         judges = [judge]
-        if n_base > BASELINE_CHECK_CONNS:
-            rows = np.sort(np.random.default_rng(seed).choice(n_base, BASELINE_CHECK_CONNS, replace=False))
-        flags = getattr(judge, "flag_rows", None)
-        if flags is not None:
-            flagged = np.asarray(flags(baseline, rows), dtype=bool)
-        else:
-            p = np.nan_to_num(np.asarray(judge.score_rows(baseline, rows), dtype=np.float64), nan=0.0)
-            flagged = p >= float(getattr(judge, "decision_threshold", 0.5))
+        rows, flagged = judged if judged is not None else judge_baseline(baseline, judge, seed)
     n = int(flagged.sum())
     if check is not None:
         check.update(judge=", ".join(d.name for d in judges), conns=len(rows), flagged=n)
@@ -167,9 +179,9 @@ def baseline_infection(baseline: pa.Table, detectors: list[Detector], judge: Det
     hosts.sort(key=lambda h: (-h["counts"], str(h["values"])))
     named = ", ".join(f"{h['values']} ({h['counts']:,})" for h in hosts[:INFECTED_HOSTS])
     more = f" and {len(hosts) - INFECTED_HOSTS} more" if len(hosts) > INFECTED_HOSTS else ""
-    judged = (f"{n:,} of its {n_base:,} conns" if len(rows) == n_base
-              else f"{n:,} of {len(rows):,} of its {n_base:,} conns (drawn at random)")
-    return (f"your baseline looks infected: {judged} flagged by "
+    judged_text = (f"{n:,} of its {n_base:,} conns" if len(rows) == n_base
+                   else f"{n:,} of {len(rows):,} of its {n_base:,} conns (drawn at random)")
+    return (f"your baseline looks infected: {judged_text} flagged by "
             f"{', '.join(d.name for d in judges)}, of hosts {named}{more}; calibrate on a clean "
             f"period ({BASELINE_OPTIONS})")
 
@@ -234,13 +246,19 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
         raise ZeekmlError("the baseline holds no conn records to fit on")
     warnings = [check_baseline_size(baseline.num_rows, options.fpr)]
     detectors = build_detectors(options.detectors, options.seed, options.models_dir, options.device)
-    cal_scores, conn_seconds = calibration_scores(detectors, baseline, fit_extra, scored, rows,
-                                                  raw, on_step)
     check: dict = {}
     judge = None if any(is_known_bad(d) for d in detectors) else baseline_judge(options, check)
-    if judge is not None and on_step is not None:
-        on_step(f"checking the baseline with {judge.name}")
-    infection = baseline_infection(baseline, detectors, judge, options.seed, check)
+    beside = {}
+    if judge is not None:
+        # the check needs nothing fitted: it runs beside the fits instead of after them, on a
+        # core the fits leave idle (a second of the 100k-conn log's run, bench/score_speed.py)
+        if on_step is not None:
+            on_step(f"checking the baseline with {judge.name}")
+        beside[BASELINE_CHECK] = functools.partial(judge_baseline, baseline, judge, options.seed)
+    cal_scores, conn_seconds, done = calibration_scores(detectors, baseline, fit_extra, scored,
+                                                        rows, raw, on_step, beside)
+    infection = baseline_infection(baseline, detectors, judge, options.seed, check,
+                                   done.get(BASELINE_CHECK))
     warnings.append(infection)
     cuts = {d.name: d.trained_cut for d in detectors
             if is_known_bad(d) and getattr(d, "trained_cut", None)}
@@ -276,10 +294,13 @@ def calibration_scores(detectors: list[Detector], baseline: pa.Table,
                        fit_extra: pa.Table | None = None, scored: pa.Table | None = None,
                        rows: np.ndarray | None = None, raw: dict[str, np.ndarray] | None = None,
                        on_step: Callable[[str], None] | None = None,
-                       ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                       beside: dict[str, Callable[[], Any]] | None = None,
+                       ) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, Any]]:
     """Fit every detector on every conn of ``baseline`` (and ``fit_extra``) and score each
     baseline conn as a conn the detector was not fitted on: ``(scores per detector name, [m]
-    each; CPU seconds per conn scored per name, FittedDetectors.conn_seconds)``.
+    each; CPU seconds per conn scored per name, FittedDetectors.conn_seconds; the result of
+    each call of ``beside``)``. ``beside``: other work that needs no detector fitted, run side
+    by side with the fits after them (``side_by_side.run``), by names no detector has.
 
     Out of sample, because a conn scores lower on a model fitted on it, and thresholds set on
     such scores alert more than asked. Each detector says how: the learned ones compare a conn
@@ -302,18 +323,26 @@ def calibration_scores(detectors: list[Detector], baseline: pa.Table,
                                     promote_options="permissive")
     step = on_step or (lambda text: None)
     found: dict[str, np.ndarray] = {}
+    beside = beside or {}
+    # planned by the detectors alone, so that their kernels' thread counts (and so their bits,
+    # ``side_by_side``) do not depend on the work beside them
     how = side_by_side.plan(len(detectors))
     # a detector's own thread's CPU side by side (its kernels run there with one thread each),
     # the process's in turn (torch's other threads work for it)
     clock = time.thread_time if how.workers > 1 and how.kernel_threads == 1 else time.process_time
     # the learned detectors first: they cost the most, and the last to start ends the run
     order = sorted(detectors, key=lambda d: getattr(d, "fit_split", None) is None)
-    seconds = side_by_side.run(
-        {det.name: functools.partial(_fit_one, det, baseline, fit_table, fit_extra,
-                                     scored if reuse else None, rows if reuse else None,
-                                     raw, found, step, clock) for det in order}, how)
+    calls: dict[str, Callable[[], Any]] = {
+        det.name: functools.partial(_fit_one, det, baseline, fit_table, fit_extra,
+                                    scored if reuse else None, rows if reuse else None,
+                                    raw, found, step, clock) for det in order}
+    clash = sorted(set(beside) & set(calls))
+    if clash:
+        raise ValueError(f"work beside the fits named as a detector: {clash}")
+    results = side_by_side.run(calls | beside, how)
     cal_scores = {det.name: found[det.name] for det in detectors if det.name in found}
-    return cal_scores, {det.name: seconds[det.name] for det in detectors}
+    return (cal_scores, {det.name: results[det.name] for det in detectors},
+            {name: results[name] for name in beside})
 
 
 def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table,
@@ -391,7 +420,7 @@ def score_batch(table: pa.Table, fitted: FittedDetectors,
     only on its own row (detectors with a time context get theirs through
     ``zeekml.scoring.context``). ``raw`` holds detectors' scores of ``table`` already computed
     (``fit_calibrate``'s), which are not computed again; ``on_step`` as in ``fit_calibrate``;
-    ``how``: the detectors that score run side by side so (``side_by_side.plan``; default in
+    ``how``: the detectors that score (and explain their alerts) run side by side so (``side_by_side.plan``; default in
     turn, as ``watch`` and ``--dask`` tasks score, which run side by side in their own way)."""
     detectors = fitted.detectors
     names = [det.name for det in detectors]
@@ -412,10 +441,16 @@ def score_batch(table: pa.Table, fitted: FittedDetectors,
     alert = combined >= 1.0
     alert_rows = np.flatnonzero(alert)
     step(f"explaining {len(alert_rows):,} alerts")
+    # each alert explained by the detector that raised it; the detectors side by side as they
+    # scored (``how``): a learned detector's explanation runs its model again on its alerts
+    # (0.6 s of the 100k-conn log's run of bench/score_speed.py, most of it the MoE's)
+    mine = {det.name: alert_rows[top[alert_rows] == d_i] for d_i, det in enumerate(detectors)}
+    texts = side_by_side.run({det.name: functools.partial(det.explain, table, mine[det.name])
+                              for det in detectors if len(mine[det.name])},
+                             how or side_by_side.IN_TURN)
     sub: dict[int, str] = {}
-    for d_i, det in enumerate(detectors):
-        rows = alert_rows[top[alert_rows] == d_i]
-        for r, text in zip(rows, det.explain(table, rows)):
+    for name, got in texts.items():
+        for r, text in zip(mine[name], got):
             sub[int(r)] = text
     why = threshold_text(fitted)
     # a classifier on its trained cut says so: its 1.0 is not a baseline quantile

@@ -245,3 +245,58 @@ def test_every_baseline_conn_calibrates_the_iforest_out_of_bag():
     # the threshold is a quantile of the out-of-bag scores of all 600 conns
     want = np.quantile(forest.oob_scores, 0.99, method="higher")
     assert f.calibrators["iforest"].threshold == pytest.approx(want)
+
+
+class Slow(Bytes):
+    """A per-conn detector recording the thread its fit ran in; with ``release``, the fit ends
+    only once that is set."""
+
+    def __init__(self, name: str, log: list, release=None):
+        super().__init__(name)
+        self.log, self.release = log, release
+
+    def fit(self, table: pa.Table) -> "Slow":
+        import threading
+        self.log.append(("fit", self.name, threading.current_thread().name))
+        if self.release is not None:
+            assert self.release.wait(10), "the baseline check never ran while a fit did"
+        return self
+
+
+def test_the_baseline_check_runs_beside_the_fits_with_the_summary_of_a_run_in_turn(monkeypatch):
+    import threading
+
+    from zeekml.pipeline import side_by_side
+
+    log: list = []
+    release = threading.Event()
+
+    class LoggingJudge(Judge):
+        def score_rows(self, table, rows):
+            log.append(("check", self.name, threading.current_thread().name))
+            release.set()          # fit "a" ends only once the check has run beside it
+            return super().score_rows(table, rows)
+
+    def run(workers: int) -> ScoreSummary:
+        log.clear()
+        release.clear()
+        if workers == 1:
+            release.set()          # in turn: the fits must not wait for the check after them
+        monkeypatch.setattr(side_by_side, "usable_cores", lambda: workers)
+        use(monkeypatch, Slow("a", log, release), Slow("b", log))
+        monkeypatch.setattr(fitted_mod, "baseline_judge",
+                            lambda options, check=None: LoggingJudge({"10.0.0.5"}))
+        summary = ScoreSummary()
+        fit_calibrate(table(400, HOSTS), ScoreOptions(fpr=0.05), summary)
+        return summary
+
+    beside = run(2)
+    threads = {who: thread for _, who, thread in log}
+    assert threads["clf-fake"].startswith(side_by_side.THREAD_NAME)
+    assert [step for step, _, _ in log][:2] == ["fit", "fit"]          # started after the fits
+    in_turn = run(1)
+    assert [step for step, _, _ in log] == ["fit", "fit", "check"]
+    assert {t for _, _, t in log} == {threading.current_thread().name}
+    assert beside.calibration["baseline_check"] == in_turn.calibration["baseline_check"] == {
+        "judge": "clf-fake", "conns": 400, "flagged": 30, "infected": True}
+    assert beside.warnings == in_turn.warnings
