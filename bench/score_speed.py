@@ -6,6 +6,7 @@
     python bench/score_speed.py --repeat 3             # modes alternated 3 times, median runs
     python bench/score_speed.py --against /tmp/wt-old --repeat 3   # another checkout, alternated
     python bench/score_speed.py --learned-ab COMMIT    # GNN + autoencoder: COMMIT's code vs this tree's
+    python bench/score_speed.py --timeline             # when each step of one models run began and ended
 
 The log: copies of real labeled conn logs from the shared data set (IoT-23 CTU-34-1 and two
 Stratosphere mixed captures), each copy shifted in time past the previous one and its uids
@@ -323,6 +324,89 @@ def worker(mode: str, log_dir: str, out_dir: str, result: str) -> None:
                    "background_imports": st.background}, f)
 
 
+# -- timeline: when each step of one run began and ended ---------------------------------------
+
+def timeline_worker(log_dir: str, out_dir: str, result: str) -> None:
+    """One ``zeekml score`` run with every shipped detector in this process, each step's start
+    and end (seconds from before zeekml is imported) into ``result`` (JSON): the input read and
+    spilled, the background imports waited for, each task run side by side (a detector's fit,
+    the baseline check, an explanation: its thread and its thread's CPU seconds), the scoring
+    after the fits, rendering and writing. The stage table says how long each stage took; this
+    says which of them overlap, i.e. what the wall time waits on."""
+    import threading
+    t0 = time.perf_counter()
+    steps: list[dict] = []
+
+    def wrap(owner, attr: str, label: str | None = None) -> None:
+        inner = getattr(owner, attr)
+
+        @functools.wraps(inner)
+        def timed(*args, **kwargs):
+            a = time.perf_counter() - t0
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                steps.append({"step": label or attr, "thread": threading.current_thread().name,
+                              "start_s": a, "end_s": time.perf_counter() - t0})
+        setattr(owner, attr, timed)
+
+    from zeekml.cli import main
+    from zeekml.pipeline import batch, chunked, fitted, side_by_side
+
+    run = side_by_side.run
+
+    def run_timed(calls, how):
+        def task(name, call):
+            def go():
+                a, cpu = time.perf_counter() - t0, time.thread_time()
+                try:
+                    return call()
+                finally:
+                    steps.append({"step": f"task {str(name).strip(chr(0))}",
+                                  "thread": threading.current_thread().name, "start_s": a,
+                                  "end_s": time.perf_counter() - t0,
+                                  "thread_cpu_s": time.thread_time() - cpu})
+            return go
+        return run({k: task(k, c) for k, c in calls.items()}, how)
+
+    def wrap_context(owner, attr: str, label: str) -> None:
+        inner = getattr(owner, attr)
+
+        @contextlib.contextmanager
+        def timed(*args, **kwargs):
+            a = time.perf_counter() - t0
+            with inner(*args, **kwargs) as got:
+                steps.append({"step": label, "thread": threading.current_thread().name,
+                              "start_s": a, "end_s": time.perf_counter() - t0})
+                yield got
+        setattr(owner, attr, timed)
+
+    side_by_side.run = run_timed
+    wrap_context(batch, "spill_inputs", "read + parse + spill")
+    wrap(chunked, "wait_started", "wait for background imports")
+    wrap(chunked, "fit_calibrate", "fit + calibrate")
+    wrap(chunked, "score_batch", "score after the fits (explanations)")
+    wrap(batch, "render_verdicts", "render verdicts")
+    wrap(fitted, "baseline_infection", "baseline check's verdict")
+    try:
+        main(["score", log_dir, "--out", out_dir], standalone_mode=False)
+    except SystemExit as e:
+        if e.code:
+            raise
+    wall = time.perf_counter() - t0
+    with open(result, "w") as f:
+        json.dump({"wall_s": wall, "steps": sorted(steps, key=lambda r: r["start_s"])}, f)
+
+
+def print_timeline(r: dict) -> None:
+    print("| step | thread | start s | end s | seconds | thread CPU s |\n|---|---|--:|--:|--:|--:|")
+    for s in r["steps"]:
+        cpu = s.get("thread_cpu_s")
+        print(f"| {s['step']} | {s['thread']} | {s['start_s']:.2f} | {s['end_s']:.2f} | "
+              f"{s['end_s'] - s['start_s']:.2f} | {'' if cpu is None else f'{cpu:.2f}'} |")
+    print(f"| **wall** | | | **{r['wall_s']:.2f}** | | |")
+
+
 # -- inference tooling: eager vs int8 dynamic quantisation vs torch.compile -------------------
 
 def tooling(log_dir: str, conns: int, models_dir: str, compile_: bool) -> dict:
@@ -636,6 +720,9 @@ def main() -> None:
                          "GNN encoder, flow features, modalities and GNN detector against this "
                          "tree's, alternately in one process (seconds, sha256 of the scores)")
     ap.add_argument("--rounds", type=int, default=3, help="alternations for --learned-ab (default 3)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="instead: one run with the shipped models, when each step began and ended "
+                         "(which steps overlap), --repeat times")
     ap.add_argument("--compare", nargs="+", metavar="JSON",
                     help="instead: print the stage tables of earlier --json results side by side")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -645,6 +732,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.repeat < 1:
         ap.error(f"--repeat must be at least 1, not {a.repeat}")
+    if a.worker == "timeline":
+        timeline_worker(a.log_dir, a.out, a.result)
+        return
     if a.worker:
         worker(a.worker, a.log_dir, a.out, a.result)
         return
@@ -664,6 +754,18 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
         if a.learned_ab:
             res = learned_ab(log_dir, a.learned_ab, a.rounds)
+            if a.json:
+                with open(a.json, "w") as f:
+                    json.dump(res, f, indent=1)
+            return
+        if a.timeline:
+            res = []
+            for rnd in range(a.repeat):
+                r = run_mode("timeline", log_dir, tmp, a.threads)
+                r["load_average_end"] = os.getloadavg()[0]
+                print(f"\nround {rnd + 1}/{a.repeat} (load average at the end {r['load_average_end']:.1f})")
+                print_timeline(r)
+                res.append(r)
             if a.json:
                 with open(a.json, "w") as f:
                     json.dump(res, f, indent=1)
