@@ -160,3 +160,35 @@ def test_against_a_directory_that_is_no_checkout_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, SCRIPT, "--against", str(tmp_path)], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2 and "not a zeekml checkout" in out.stderr
+
+
+def test_the_timeline_shows_the_fits_side_by_side_after_the_read_and_the_imports(ss, tmp_path):
+    """``--timeline``'s worker, in its own process on the bundled IoT-23 example with the shipped
+    models: every detector's fit is a task on a detector thread with its thread CPU, the fits
+    start once the input is read and the imports are waited for, the render comes after them,
+    and the wall time holds every step."""
+    import json
+    import shutil
+
+    if not os.path.exists(os.path.join(ROOT, "models", "gnn-base", "config.json")):
+        pytest.skip("models/ not shipped")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    shutil.copy(os.path.join(ROOT, "examples", "iot23", "conn.log.labeled"), logs / "conn.000.log")
+    result = tmp_path / "r.json"
+    subprocess.run([sys.executable, SCRIPT, "--worker", "timeline", "--log-dir", str(logs), "--out",
+                    str(tmp_path / "out"), "--result", str(result)], check=True, timeout=600,
+                   env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True)
+    r = json.loads(result.read_text())
+    first = {}
+    for s in r["steps"]:
+        first.setdefault(s["step"], s)
+    tasks = [s for s in first.values() if s["step"].startswith("task ")]
+    assert {"task gnn", "task mae", "task moe", "task iforest"} <= set(first)
+    assert all(s["thread"].startswith("zeekml-detector") and s["thread_cpu_s"] > 0
+               for s in tasks if s["step"] != "task baseline-check")
+    read, fits = first["read + parse + spill"], first["fit + calibrate"]
+    assert read["end_s"] <= fits["start_s"] <= min(s["start_s"] for s in tasks)
+    assert first["render verdicts"]["start_s"] >= fits["end_s"]
+    assert r["wall_s"] >= max(s["end_s"] for s in r["steps"])
+    ss.print_timeline(r)          # the table prints from the file it wrote
