@@ -245,7 +245,10 @@ class GNNLiveState:
         import torch
 
         wins = layout.windows
-        hi = int(wins[-1]) if len(wins) else -1
+        if not len(wins):               # conns without a time alone: nothing is kept for them
+            self.kept = {}
+            return
+        hi = int(wins[-1])
         self.kept = {key: k for key, k in self.kept.items() if keep_from[key[0]] <= key[1] <= hi}
         for step, done in enumerate(computed[:-1]):
             groups = {}
@@ -261,9 +264,9 @@ class GNNLiveState:
                     ok[ok] &= rows_np[ok] >= layout.flow[j[ok], 0]
                     place = rows_np - layout.flow[np.minimum(j, len(wins) - 1), 0]
                 else:
-                    inside = rows_np < len(layout.ip_window)       # not a padding node
-                    j = np.where(inside, layout.ip_window[np.minimum(rows_np, len(layout.ip_window) - 1)], -1)
-                    place = layout.ip_place[np.minimum(rows_np, len(layout.ip_window) - 1)]
+                    at = np.minimum(rows_np, len(layout.ip_window) - 1)
+                    j = np.where(rows_np < len(layout.ip_window), layout.ip_window[at], -1)
+                    place = layout.ip_place[at]
                     ok = j >= 0
                 for jj in np.unique(j[ok]).tolist():
                     sel = np.flatnonzero(ok & (j == jj))

@@ -132,3 +132,19 @@ def test_a_copy_starts_with_nothing_kept(fitted):
     assert det._live.kept
     copy = pickle.loads(pickle.dumps(det))
     assert copy._live is not None and not copy._live.kept and det._live.kept
+
+
+def test_conns_without_a_time_among_others_keep_their_bits(fitted, avx2):
+    """Conns without ``ts`` share one window with no neighbours in time (``NULL_WINDOW``): nothing
+    is kept for it, and releases holding such conns, or only such conns, get ``score``'s bits."""
+    det, table, _ = fitted
+    ts = ts_array(table)
+    unset = np.zeros(table.num_rows, dtype=bool)
+    unset[::5] = True
+    t = table.set_column(table.column_names.index("ts"), "ts",
+                         pa.array(np.where(unset, np.nan, ts), mask=unset))
+    full = det.score(t)
+    live = fresh(det)
+    for rows in (np.flatnonzero(unset)[:12], np.arange(40, 60), np.arange(60, 80)):
+        assert_same(det.score_rows(t, rows), full[rows], avx2)
+    assert all(w != gnn_live.NULL_WINDOW for _, w in live.kept)
