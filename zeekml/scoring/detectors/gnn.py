@@ -389,7 +389,9 @@ class GNNDetector:
             return []
         self._check_fitted("explain")
         ref = self.reference
-        dist, nrows = ref.nearest(self._embed(table, rows, live=True), NEAREST_SHOWN)
+        # not with the kept states: storing this call's would drop those of the windows before
+        # its alerts' (``GNNLiveState.store``), which the next release reads
+        dist, nrows = ref.nearest(self._embed(table, rows), NEAREST_SHOWN)
         return nearest_text(self._identity, dist, nrows, ref.nearest_q99(), len(ref.ref))
 
 

@@ -148,3 +148,20 @@ def test_conns_without_a_time_among_others_keep_their_bits(fitted, avx2):
     for rows in (np.flatnonzero(unset)[:12], np.arange(40, 60), np.arange(60, 80)):
         assert_same(det.score_rows(t, rows), full[rows], avx2)
     assert all(w != gnn_live.NULL_WINDOW for _, w in live.kept)
+
+
+def test_explaining_a_release_leaves_its_kept_states(fitted):
+    """``explain`` (the alerts of a release) embeds without the kept states: what ``score_rows``
+    kept for the next release stays as it was."""
+    det, table, _ = fitted
+    live = fresh(det)
+    targets = releases(table, 25)[8]
+    (d,) = detectors_in_context([det], table, targets, ts_array(table))
+    d.score(None)
+    before = {key: (k.prints, k.flow[0].copy(), k.ip[0].copy()) for key, k in live.kept.items()}
+    assert before
+    d.explain(None, np.array([len(targets) - 1]))
+    after = {key: (k.prints, k.flow[0], k.ip[0]) for key, k in live.kept.items()}
+    assert after.keys() == before.keys()
+    assert all(after[key][0] == v[0] and np.array_equal(after[key][1], v[1])
+               and np.array_equal(after[key][2], v[2]) for key, v in before.items())
