@@ -113,9 +113,14 @@ class FlowFeaturizer:
         clipped, centred and scaled on its own (the same float64 operations on each value, so
         the same bits: tests/unit/features/test_vectorised.py) and written into the float32
         result. Stacking 100k conns' 81 columns as float64 and scaling that (65 MB, three
-        passes) was most of ``transform``: 0.213 -> 0.122 s with it (bench/README.md)."""
+        passes) was most of ``transform``: 0.213 -> 0.122 s with it (bench/README.md).
+
+        Each scaled column is written as a row of the transposed result, then transposed in one
+        copy: writing it into a column of the ``[n, n_features]`` matrix touches one value per
+        324-byte row, and at a live release's 300k context rows that strided write was most of
+        the call (81 columns: 0.29 -> 0.08 CPU s; 100k rows 0.047 -> 0.030 s)."""
         n = len(cols[0]) if cols else 0
-        out = np.empty((n, len(cols)), dtype=np.float32)
+        out_t = np.empty((len(cols), n), dtype=np.float32)
         if len(cols) != len(self.mean):
             raise ValueError(f"{len(cols)} features, the scaling was fitted on {len(self.mean)}")
         lo, hi = np.asarray(self.lo, dtype=np.float64), np.asarray(self.hi, dtype=np.float64)
@@ -126,8 +131,8 @@ class FlowFeaturizer:
             np.minimum(buf, hi[j], out=buf)
             buf -= mean[j]
             buf /= std[j]
-            out[:, j] = buf
-        return out
+            out_t[j] = buf
+        return np.ascontiguousarray(out_t.T)
 
     def fit_transform(self, table: pa.Table) -> np.ndarray:
         return self._scale(self._fit(table))
