@@ -4,7 +4,6 @@ the whole table; a window whose content changed between calls (a late conn) is c
 what is kept stays within the last graph's windows; a copy starts with nothing kept."""
 from __future__ import annotations
 
-import os
 import pickle
 
 import numpy as np
@@ -15,25 +14,7 @@ pytest.importorskip("torch_geometric")
 
 from zeekml.scoring.context import detectors_in_context, ts_array  # noqa: E402
 from zeekml.scoring.detectors import gnn_live  # noqa: E402
-from zeekml.scoring.registry import get_kind  # noqa: E402
-from zeekml.train.data import load_conns  # noqa: E402
 from checks import assert_same  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
-MODEL = os.path.join(ROOT, "models", "gnn-base")
-# 400 real conns over 32 minutes, a median 2.8 s apart: graph windows of 5 s hold several
-LOG = os.path.join(ROOT, "tests", "data", "gnn", "iot23-ctu-34-1-head400.conn.log.labeled")
-
-
-@pytest.fixture(scope="module")
-def fitted():
-    if not os.path.exists(os.path.join(MODEL, "config.json")):
-        pytest.skip("models/ not shipped")
-    det = get_kind("gnn").detector(MODEL, device="cpu")
-    table = load_conns(LOG)
-    det.fit(table.slice(0, 150))
-    return det, table, det.score(table)
-
 
 def fresh(det):
     det._live = det._new_live_state()
@@ -53,17 +34,17 @@ def scored(det, table: pa.Table, targets: np.ndarray) -> np.ndarray:
     return d.score(table.take(pa.array(targets)))
 
 
-def test_the_shipped_encoders_steps_reach_two_windows_back_per_layer(fitted):
+def test_the_shipped_encoders_steps_reach_two_windows_back_per_layer(fitted_gnn):
     """(content, links) windows back: the input reads its window's content, each temporal step
     2 windows more (``span - 1``) and the links into its window, then 2 windows of links more."""
-    det, _, _ = fitted
+    det, _, _ = fitted_gnn
     assert det._live.reach == [(0, -1), (2, 0), (2, 0), (4, 2), (4, 2)]
 
 
-def test_releases_in_turn_reuse_states_with_the_whole_tables_bits(fitted, avx2):
+def test_releases_in_turn_reuse_states_with_the_whole_tables_bits(fitted_gnn, avx2):
     """As ``watch`` scores: each batch of 8 conns among its context; later batches fill in
     states the earlier ones computed (counted), and every score is the whole table's."""
-    det, table, full = fitted
+    det, table, full = fitted_gnn
     live = fresh(det)
     got = np.full(table.num_rows, np.nan)
     for targets in releases(table, 8):
@@ -72,12 +53,12 @@ def test_releases_in_turn_reuse_states_with_the_whole_tables_bits(fitted, avx2):
     assert live.offered > table.num_rows               # more than one state a conn on average
 
 
-def test_a_late_conn_in_a_kept_window_is_seen(fitted, monkeypatch, avx2):
+def test_a_late_conn_in_a_kept_window_is_seen(fitted_gnn, monkeypatch, avx2):
     """A conn that arrives after a release, into a window whose states that release kept,
     changes that window's fingerprint: the next release computes it again and gets the whole
     table's bits. Without the fingerprints compared, the kept states would be used and the
     scores would move (the check is what keeps them right)."""
-    det, table, _ = fitted
+    det, table, _ = fitted_gnn
     ts = ts_array(table)
     batches = releases(table, 8)
     first, second = batches[25], batches[26]
@@ -101,8 +82,8 @@ def test_a_late_conn_in_a_kept_window_is_seen(fitted, monkeypatch, avx2):
     assert (run() != want).any()
 
 
-def test_what_is_kept_is_within_the_last_graphs_windows(fitted):
-    det, table, _ = fitted
+def test_what_is_kept_is_within_the_last_graphs_windows(fitted_gnn):
+    det, table, _ = fitted_gnn
     live = fresh(det)
     ts = ts_array(table)
     builder = det.bundle.builder()
@@ -125,8 +106,8 @@ def test_what_is_kept_is_within_the_last_graphs_windows(fitted):
         assert {s for s, _ in live.kept} <= set(range(len(live.reach) - 1))
 
 
-def test_a_copy_starts_with_nothing_kept(fitted):
-    det, table, _ = fitted
+def test_a_copy_starts_with_nothing_kept(fitted_gnn):
+    det, table, _ = fitted_gnn
     fresh(det)
     det.score_rows(table, np.arange(100, 120))
     assert det._live.kept
@@ -134,10 +115,10 @@ def test_a_copy_starts_with_nothing_kept(fitted):
     assert copy._live is not None and not copy._live.kept and det._live.kept
 
 
-def test_conns_without_a_time_among_others_keep_their_bits(fitted, avx2):
+def test_conns_without_a_time_among_others_keep_their_bits(fitted_gnn, avx2):
     """Conns without ``ts`` share one window with no neighbours in time (``NULL_WINDOW``): nothing
     is kept for it, and releases holding such conns, or only such conns, get ``score``'s bits."""
-    det, table, _ = fitted
+    det, table, _ = fitted_gnn
     ts = ts_array(table)
     unset = np.zeros(table.num_rows, dtype=bool)
     unset[::5] = True
@@ -150,10 +131,10 @@ def test_conns_without_a_time_among_others_keep_their_bits(fitted, avx2):
     assert all(w != gnn_live.NULL_WINDOW for _, w in live.kept)
 
 
-def test_explaining_a_release_leaves_its_kept_states(fitted):
+def test_explaining_a_release_leaves_its_kept_states(fitted_gnn):
     """``explain`` (the alerts of a release) embeds without the kept states: what ``score_rows``
     kept for the next release stays as it was."""
-    det, table, _ = fitted
+    det, table, _ = fitted_gnn
     live = fresh(det)
     targets = releases(table, 25)[8]
     (d,) = detectors_in_context([det], table, targets, ts_array(table))

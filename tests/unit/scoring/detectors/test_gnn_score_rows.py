@@ -4,7 +4,6 @@ scoring the whole table, and declares how far forward in time other conns reach 
 (``forward_context_seconds``), which is how long ``zeekml watch`` holds a conn back."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -14,28 +13,10 @@ pytest.importorskip("torch_geometric")
 
 from zeekml.scoring.context import detectors_in_context, ts_array  # noqa: E402
 from zeekml.scoring.detectors.gnn import MIN_NODES  # noqa: E402
-from zeekml.scoring.registry import get_kind  # noqa: E402
-from zeekml.train.data import load_conns  # noqa: E402
 from checks import assert_same  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
-MODEL = os.path.join(ROOT, "models", "gnn-base")
-# 400 real conns over 32 minutes, a median 2.8 s apart: graph windows of 5 s hold several
-LOG = os.path.join(ROOT, "tests", "data", "gnn", "iot23-ctu-34-1-head400.conn.log.labeled")
-
-
-@pytest.fixture(scope="module")
-def fitted():
-    if not os.path.exists(os.path.join(MODEL, "config.json")):
-        pytest.skip("models/ not shipped")
-    det = get_kind("gnn").detector(MODEL, device="cpu")
-    table = load_conns(LOG)
-    det.fit(table.slice(0, 150))
-    return det, table, det.score(table)
-
-
-def test_score_rows_equals_scoring_the_whole_table_bit_for_bit(fitted, avx2):
-    det, table, full = fitted
+def test_score_rows_equals_scoring_the_whole_table_bit_for_bit(fitted_gnn, avx2):
+    det, table, full = fitted_gnn
     n = table.num_rows
     rng = np.random.default_rng(0)
     sets = [np.array([0, 5, 200, 201, n - 1, 150, 5]), np.array([n - 1]), np.arange(100, 160),
@@ -45,12 +26,12 @@ def test_score_rows_equals_scoring_the_whole_table_bit_for_bit(fitted, avx2):
     assert det.score_rows(table, np.zeros(0, dtype=np.int64)).shape == (0,)
 
 
-def test_conns_alone_in_their_windows_get_the_bits_they_get_among_many(fitted, monkeypatch, avx2):
+def test_conns_alone_in_their_windows_get_the_bits_they_get_among_many(fitted_gnn, monkeypatch, avx2):
     """Such a conn's graph has fewer nodes than a CPU matrix product keeps a row's bits for
     (1-3), so it is padded with isolated nodes (``MIN_NODES``), and the rows of its cone
     each step computes with copies of one (``zeekml.nn.gnn.MIN_ROWS``); without them scores
     move."""
-    det, table, _ = fitted
+    det, table, _ = fitted_gnn
     ts = ts_array(table)
     alone = np.arange(3, table.num_rows, 20)
     late = ts.copy()
@@ -71,8 +52,8 @@ def test_conns_alone_in_their_windows_get_the_bits_they_get_among_many(fitted, m
         assert (unpadded != full[alone]).any()
 
 
-def test_score_rows_embeds_only_the_neighbourhood(fitted, monkeypatch):
-    det, table, _ = fitted
+def test_score_rows_embeds_only_the_neighbourhood(fitted_gnn, monkeypatch):
+    det, table, _ = fitted_gnn
     seen = []
     featurize = det.bundle.features
     monkeypatch.setattr(det.bundle, "features", lambda t: seen.append(t.num_rows) or featurize(t))
@@ -80,8 +61,8 @@ def test_score_rows_embeds_only_the_neighbourhood(fitted, monkeypatch):
     assert seen and max(seen) < 40 < table.num_rows
 
 
-def test_nothing_past_the_forward_reach_changes_a_score_and_within_it_something_does(fitted, avx2):
-    det, table, full = fitted
+def test_nothing_past_the_forward_reach_changes_a_score_and_within_it_something_does(fitted_gnn, avx2):
+    det, table, full = fitted_gnn
     fwd = det.forward_context_seconds
     assert fwd == 20.0 < det.context_seconds           # gnn-base: 4 windows of 5 s
     ts = ts_array(table)
@@ -98,10 +79,10 @@ def test_nothing_past_the_forward_reach_changes_a_score_and_within_it_something_
     assert changed > 0
 
 
-def test_in_context_scores_are_the_whole_tables(fitted, avx2):
+def test_in_context_scores_are_the_whole_tables(fitted_gnn, avx2):
     """What ``zeekml watch`` and ``--dask`` do: each batch among the rows within the GNN's
     horizon of it (50 s back, 20 s forward)."""
-    det, table, full = fitted
+    det, table, full = fitted_gnn
     ts = ts_array(table)
     for a in range(0, table.num_rows, 37):
         targets = np.arange(a, min(a + 37, table.num_rows))
@@ -110,7 +91,7 @@ def test_in_context_scores_are_the_whole_tables(fitted, avx2):
         assert_same(d.score(table.take(pa.array(targets))), full[targets], avx2)
 
 
-def test_the_reference_is_knnreference_with_the_detectors_own_formula(fitted):
+def test_the_reference_is_knnreference_with_the_detectors_own_formula(fitted_gnn):
     """The detector keeps its reference as the other learned detectors do
     (``reference.KnnReference``), which scales embeddings to unit rows itself; its scores are
     the GNN's own definition bit for bit (embeddings scaled once, the mean cosine distance to
@@ -118,7 +99,7 @@ def test_the_reference_is_knnreference_with_the_detectors_own_formula(fitted):
     from zeekml.scoring.detectors.gnn import embed_rows
     from zeekml.scoring.detectors.reference import knn_distance
 
-    det, table, full = fitted
+    det, table, full = fitted_gnn
     fit = table.slice(0, 150)
 
     def unit(e):
@@ -135,7 +116,7 @@ def test_the_reference_is_knnreference_with_the_detectors_own_formula(fitted):
         assert named and set(named) <= fit_uids, text
 
 
-def test_one_graph_of_a_neighbourhood_gives_the_bits_of_its_pieces(fitted, monkeypatch, avx2):
+def test_one_graph_of_a_neighbourhood_gives_the_bits_of_its_pieces(fitted_gnn, monkeypatch, avx2):
     """``score_rows`` embeds a batch's neighbourhood as one graph (``ONE_GRAPH_ROWS``), where
     ``iter_graphs`` cut it into pieces of ``segment_flows`` targets, each with its own context
     windows; the scores are the same bits either way, and past the bound it is cut again."""
@@ -143,7 +124,7 @@ def test_one_graph_of_a_neighbourhood_gives_the_bits_of_its_pieces(fitted, monke
 
     import zeekml.scoring.detectors.gnn as gnn
 
-    det, table, full = fitted
+    det, table, full = fitted_gnn
     graph = det.bundle.graph
     monkeypatch.setattr(det.bundle, "graph", dataclasses.replace(graph, segment_flows=10))
     built = []
@@ -164,10 +145,10 @@ def test_one_graph_of_a_neighbourhood_gives_the_bits_of_its_pieces(fitted, monke
     assert_same(det.reference.score(pieces), full[rows], avx2)
 
 
-def test_a_model_is_switched_to_eval_and_moved_only_when_it_is_not_already(fitted):
+def test_a_model_is_switched_to_eval_and_moved_only_when_it_is_not_already(fitted_gnn):
     from zeekml.scoring.detectors.gnn import ready
 
-    det, table, full = fitted
+    det, table, full = fitted_gnn
     model = det.bundle.model
     assert ready(model, "cpu") is model and not model.training
     model.train()
