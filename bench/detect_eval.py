@@ -222,8 +222,9 @@ def gnn_variant(det, k: int | None, features: float | None):
         return GNNDetector(det.bundle, k=k, device=det.device, seed=det.seed)
 
     class GNNWithFeatures(GNNDetector):
-        def _embed(self, table: pa.Table, rows: np.ndarray | None = None, one_graph: bool = False) -> np.ndarray:
-            e = super()._embed(table, rows, one_graph)
+        def _embed(self, table: pa.Table, rows: np.ndarray | None = None, one_graph: bool = False,
+                   live: bool = False) -> np.ndarray:
+            e = super()._embed(table, rows, one_graph, live)
             x = self.bundle.features(table, None if rows is None else np.asarray(rows, dtype=np.int64))
             return np.hstack([e, x.astype(np.float32)])
 
