@@ -251,7 +251,8 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
     beside = {}
     if judge is not None:
         # the check needs nothing fitted: it runs beside the fits instead of after them, on a
-        # core the fits leave idle (a second of the 100k-conn log's run, bench/score_speed.py)
+        # core the fits leave idle (0.13-0.16 s of the 100k-conn log's run, bench/score_speed.py
+        # --timeline)
         if on_step is not None:
             on_step(f"checking the baseline with {judge.name}")
         beside[BASELINE_CHECK] = functools.partial(judge_baseline, baseline, judge, options.seed)
@@ -299,8 +300,9 @@ def calibration_scores(detectors: list[Detector], baseline: pa.Table,
     """Fit every detector on every conn of ``baseline`` (and ``fit_extra``) and score each
     baseline conn as a conn the detector was not fitted on: ``(scores per detector name, [m]
     each; CPU seconds per conn scored per name, FittedDetectors.conn_seconds; the result of
-    each call of ``beside``)``. ``beside``: other work that needs no detector fitted, run side
-    by side with the fits after them (``side_by_side.run``), by names no detector has.
+    each call of ``beside``)``. ``beside``: other work that needs no detector fitted, by names
+    no detector has: side by side with the fits, after them in order, when the detectors run
+    side by side (``side_by_side.run``), else after the fits.
 
     Out of sample, because a conn scores lower on a model fitted on it, and thresholds set on
     such scores alert more than asked. Each detector says how: the learned ones compare a conn
