@@ -274,24 +274,39 @@ class FlowGraphBuilder:
         targets = np.arange(n, dtype=np.int64) if targets is None else np.asarray(targets, np.int64)
         return self._build(table, x, first, last, targets, row_offset, targets_only, next_flows)
 
-    def next_flow_edges(self, g: FlowGraph, into: np.ndarray) -> dict[EdgeType, Tensor]:
+    def next_flow_edges(self, g: FlowGraph, into: np.ndarray | None = None) -> dict[EdgeType, Tensor]:
         """The ``next_orig``/``next_resp`` edges of ``g`` into its flow nodes ``into`` (bool
         ``[N_flow]``), as ``build`` gives them (edges into the other nodes left out): a host is
-        its address node there, one per (window, address), so the runs are the same.
+        its address node there, one per (window, address), so the runs are the same. Without
+        ``into``: those ``build(..., targets_only=True)`` gives ``g``'s targets.
 
         Shapes:
             into ``[N_flow]`` -> each type's ``[2, E]`` int64
         """
         import torch
 
-        nf = len(into)
-        app_w = g.flow.window.numpy()[:nf]
+        app_w = g.flow.window.numpy()
+        dst_from = None
+        if into is None:
+            dst_from = self._next_flows_from(app_w[g.flow.target.numpy()])
+        else:
+            app_w = app_w[:len(into)]
+        nf = len(app_w)
         out = {}
         for name, et in (("next_orig", ("flow", "rev_orig", "ip")), ("next_resp", ("flow", "to_resp", "ip"))):
             code = g.edge_index_dict[et][1].numpy()[:nf]
-            edges = _next_flow_edges(app_w, code, self.config.next_flows, into=into)
+            edges = _next_flow_edges(app_w, code, self.config.next_flows, dst_from, into)
             out[("flow", name, "flow")] = torch.from_numpy(np.ascontiguousarray(edges, dtype=np.int64))
         return out
+
+    def _next_flows_from(self, target_windows: np.ndarray) -> int | None:
+        """The first window whose flow nodes get next-flow edges in a graph built for targets
+        in ``target_windows`` alone (``targets_only``): no node of a window before it is
+        updated for a target by the first layer's temporal step (``targets_reach``); None
+        (every window) without targets or with a target without ts (one shared window)."""
+        if not len(target_windows) or (target_windows == NULL_WINDOW).any():
+            return None
+        return int(target_windows.min()) - self.targets_reach()
 
     def targets_reach(self) -> int:
         """How many windows before its target window a target's embedding reads the
@@ -436,13 +451,7 @@ class FlowGraphBuilder:
         edges[("flow", "same_conn", "flow")] = np.stack([by_row[:-1][link], by_row[1:][link]]) \
             if nf else np.zeros((2, 0), np.int64)
         # the next K flows of the same host in the window (nodes are sorted by window, then ts)
-        dst_from = None
-        if targets_only and len(targets):
-            real = last[targets][last[targets] != NULL_WINDOW]
-            # no node of a window before this is updated for a target by the first layer's
-            # temporal step (``targets_reach``); without ts (one shared window) keep them all
-            if len(real) == len(targets):
-                dst_from = int(real.min()) - self.targets_reach()
+        dst_from = self._next_flows_from(last[targets]) if targets_only else None
         for name, code in (("next_orig", o_code), ("next_resp", r_code)):
             edges[("flow", name, "flow")] = (_next_flow_edges(app_w, code, cfg.next_flows, dst_from)
                                              if next_flows else np.zeros((2, 0), np.int64))

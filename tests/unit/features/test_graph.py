@@ -251,3 +251,6 @@ def test_next_flow_edges_added_afterwards_are_builds():
         for name in ("next_orig", "next_resp"):
             et = ("flow", name, "flow")
             assert torch.equal(added[et], want.edge_index_dict[et])
+        if lean:          # without ``into``: the edges ``targets_only`` gives the graph's targets
+            for et, edges in builder.next_flow_edges(bare).items():
+                assert torch.equal(edges, want.edge_index_dict[et])

@@ -191,8 +191,7 @@ def embed_rows(bundle: GNNBundle, table: pa.Table, rows: np.ndarray | None = Non
                 h = _embed_live(model, g, xs, cone, live, builder, next_flows=not one)
             else:
                 if one and live is not None:          # built without them for the live state
-                    g.edge_index_dict.update(builder.next_flow_edges(
-                        g, g["flow"].window.numpy() >= g["flow"].window[t].min().item() - builder.targets_reach()))
+                    g.edge_index_dict.update(builder.next_flow_edges(g))
                 h = model(to_device(xs, device), to_device(g.edge_index_dict, device), targets=cone)["flow"]
             h = h[:len(t)]
             at = g["flow"].row[t].numpy()
