@@ -326,30 +326,59 @@ def worker(mode: str, log_dir: str, out_dir: str, result: str) -> None:
 
 # -- timeline: when each step of one run began and ended ---------------------------------------
 
+class Timeline:
+    """Steps' starts and ends in seconds from this object's creation, with their thread and,
+    where asked, their thread's CPU seconds (``timeline_worker``)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.steps: list[dict] = []
+
+    @contextlib.contextmanager
+    def span(self, step: str, cpu: bool = False):
+        import threading
+        start, cpu0 = time.perf_counter() - self.t0, time.thread_time()
+        try:
+            yield
+        finally:
+            row = {"step": step, "thread": threading.current_thread().name, "start_s": start,
+                   "end_s": time.perf_counter() - self.t0}
+            if cpu:
+                row["thread_cpu_s"] = time.thread_time() - cpu0
+            self.steps.append(row)
+
+    def wrap(self, owner, attr: str, step: str) -> None:
+        """Replace ``owner.attr`` by a wrapper timing each call as ``step``."""
+        inner = getattr(owner, attr)
+
+        @functools.wraps(inner)
+        def timed(*args, **kwargs):
+            with self.span(step):
+                return inner(*args, **kwargs)
+        setattr(owner, attr, timed)
+
+    def wrap_entry(self, owner, attr: str, step: str) -> None:
+        """Replace the context manager ``owner.attr`` by one timing its entry as ``step`` (the
+        work its ``with`` block does is not counted)."""
+        inner = getattr(owner, attr)
+
+        @contextlib.contextmanager
+        def timed(*args, **kwargs):
+            with contextlib.ExitStack() as stack:
+                with self.span(step):
+                    got = stack.enter_context(inner(*args, **kwargs))
+                yield got
+        setattr(owner, attr, timed)
+
+
 def timeline_worker(log_dir: str, out_dir: str, result: str) -> None:
     """One ``zeekml score`` run with every shipped detector in this process, each step's start
     and end (seconds from before zeekml is imported) into ``result`` (JSON): the input read and
     spilled, the background imports waited for, each task run side by side (a detector's fit,
     the baseline check, an explanation: its thread and its thread's CPU seconds), the scoring
-    after the fits, rendering and writing. The stage table says how long each stage took; this
-    says which of them overlap, i.e. what the wall time waits on."""
-    import threading
-    t0 = time.perf_counter()
-    steps: list[dict] = []
-
-    def wrap(owner, attr: str, label: str | None = None) -> None:
-        inner = getattr(owner, attr)
-
-        @functools.wraps(inner)
-        def timed(*args, **kwargs):
-            a = time.perf_counter() - t0
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                steps.append({"step": label or attr, "thread": threading.current_thread().name,
-                              "start_s": a, "end_s": time.perf_counter() - t0})
-        setattr(owner, attr, timed)
-
+    after the fits and the rendering. The stage table says how long each stage took; this says
+    which of them overlap, i.e. what the wall time waits on."""
+    tl = Timeline()
     from zeekml.cli import main
     from zeekml.pipeline import batch, chunked, fitted, side_by_side
 
@@ -358,44 +387,26 @@ def timeline_worker(log_dir: str, out_dir: str, result: str) -> None:
     def run_timed(calls, how):
         def task(name, call):
             def go():
-                a, cpu = time.perf_counter() - t0, time.thread_time()
-                try:
+                with tl.span(f"task {str(name).strip(chr(0))}", cpu=True):
                     return call()
-                finally:
-                    steps.append({"step": f"task {str(name).strip(chr(0))}",
-                                  "thread": threading.current_thread().name, "start_s": a,
-                                  "end_s": time.perf_counter() - t0,
-                                  "thread_cpu_s": time.thread_time() - cpu})
             return go
         return run({k: task(k, c) for k, c in calls.items()}, how)
 
-    def wrap_context(owner, attr: str, label: str) -> None:
-        inner = getattr(owner, attr)
-
-        @contextlib.contextmanager
-        def timed(*args, **kwargs):
-            a = time.perf_counter() - t0
-            with inner(*args, **kwargs) as got:
-                steps.append({"step": label, "thread": threading.current_thread().name,
-                              "start_s": a, "end_s": time.perf_counter() - t0})
-                yield got
-        setattr(owner, attr, timed)
-
     side_by_side.run = run_timed
-    wrap_context(batch, "spill_inputs", "read + parse + spill")
-    wrap(chunked, "wait_started", "wait for background imports")
-    wrap(chunked, "fit_calibrate", "fit + calibrate")
-    wrap(chunked, "score_batch", "score after the fits (explanations)")
-    wrap(batch, "render_verdicts", "render verdicts")
-    wrap(fitted, "baseline_infection", "baseline check's verdict")
+    tl.wrap_entry(batch, "spill_inputs", "read + parse + spill")
+    tl.wrap(chunked, "wait_started", "wait for background imports")
+    tl.wrap(chunked, "fit_calibrate", "fit + calibrate")
+    tl.wrap(chunked, "score_batch", "score after the fits (explanations)")
+    tl.wrap(batch, "render_verdicts", "render verdicts")
+    tl.wrap(fitted, "baseline_infection", "baseline check's verdict")
     try:
         main(["score", log_dir, "--out", out_dir], standalone_mode=False)
     except SystemExit as e:
         if e.code:
             raise
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - tl.t0
     with open(result, "w") as f:
-        json.dump({"wall_s": wall, "steps": sorted(steps, key=lambda r: r["start_s"])}, f)
+        json.dump({"wall_s": wall, "steps": sorted(tl.steps, key=lambda r: r["start_s"])}, f)
 
 
 def print_timeline(r: dict) -> None:
