@@ -500,15 +500,18 @@ def release_replay(rate: float, release_seconds: float, releases: int, models: s
     releases of ``release_seconds`` of ``ts``, each scored among the conns around it
     (``scoring.context.detectors_in_context``, as ``LiveContext.due`` does; the MoE keeps its
     per-host state from one release to the next). ``scores_out``: every score saved there
-    (``.npz``), to compare two checkouts bit for bit."""
+    (``.npz``), to compare two checkouts bit for bit. The heap as ``watch`` sets it for releases
+    (``live.malloc.RELEASE_MMAP_THRESHOLD``, its freed pages given back after each release)."""
     import numpy as np
     import pyarrow as pa
     import torch
 
     from zeekml.parse import Quarantine
     from zeekml.pipeline import ScoreOptions, ScoreSummary, fit_calibrate, load_conns
+    from zeekml.pipeline.live.malloc import RELEASE_MMAP_THRESHOLD, fix_mmap_threshold, trim_heap
     from zeekml.scoring.context import InContext, detectors_in_context, ts_array
     torch.set_num_threads(1)
+    fix_mmap_threshold(RELEASE_MMAP_THRESHOLD, trim=2 * RELEASE_MMAP_THRESHOLD)
     work = tempfile.mkdtemp(prefix="zeekml-bench-replay-")
     step, warm = 1.0 / rate, 25.0
     n = int((warm + release_seconds * releases + 25.0) * rate)
@@ -542,6 +545,7 @@ def release_replay(rate: float, release_seconds: float, releases: int, models: s
             # the first release finds nothing kept by an earlier one (the GNN's node states)
             a["cpu_s_per_release"].append(round(spent, 2))
             scores[f"{d.name}_{r}"] = np.asarray(got)
+        trim_heap()
     if scores_out:
         np.savez(scores_out, **scores)
     return {"rate": rate, "release_seconds": release_seconds, "releases": releases,

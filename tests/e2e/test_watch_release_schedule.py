@@ -173,3 +173,33 @@ def test_due_conns_wait_only_idle_wait_while_the_scorers_are_idle():
 def _verdicts(ctx: LiveContext, fitted, idle: bool) -> list:
     own, dets = ctx.due(fitted, idle=idle)
     return score_due(own, dets, fitted).verdicts() if own.num_rows else []
+
+
+@pytest.mark.parametrize("context", [True, False])
+def test_the_heap_is_set_for_releases_before_the_scoring_processes_fork(tmp_path, monkeypatch, context):
+    # with a time context (the learned detectors' releases) the watcher takes big arrays from the
+    # heap (live.malloc.RELEASE_MMAP_THRESHOLD), before it forks the processes that inherit it;
+    # without one, windows scored as they come keep the 1 MiB threshold of the RSS measurements
+    from zeekml.pipeline.live import malloc
+
+    root = tmp_path / "logs"
+    _write_log(root, 300)
+    calls = []
+    monkeypatch.setattr(live_watcher, "fix_mmap_threshold",
+                        lambda n=malloc.WINDOW_MMAP_THRESHOLD, trim=None: calls.append((n, trim)))
+    forked = live_watcher.DetectorPool
+
+    def pool(*a, **k):
+        calls.append("fork")
+        return forked(*a, **k)
+
+    monkeypatch.setattr(live_watcher, "DetectorPool", pool)
+    det = ContextCounter("ctx", 20.0, by_bytes=True)
+    if not context:
+        det.context_seconds = 0.0
+    fitted = FittedDetectors([det], {"ctx": ThresholdCalibrator(fpr=0.02).fit(np.arange(200.0))}, 0.02)
+    monkeypatch.setattr(live_watcher, "calibrate", lambda *a, **k: fitted)
+    Watcher(str(root), str(tmp_path / "out"), _options(once=True, score_workers=1)).run()
+    window = (malloc.WINDOW_MMAP_THRESHOLD, None)
+    release = (malloc.RELEASE_MMAP_THRESHOLD, 2 * malloc.RELEASE_MMAP_THRESHOLD)
+    assert calls == ([window, release, "fork"] if context else [window])

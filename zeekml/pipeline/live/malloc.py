@@ -15,14 +15,39 @@ def _libc_malloc_trim():
 _MALLOC_TRIM = _libc_malloc_trim()
 
 
-def fix_mmap_threshold(nbytes: int = 1 << 20) -> None:
-    """Blocks of ``nbytes`` and more always come from mmap and go back to the system when freed.
-    glibc otherwise raises that threshold each time such a block is freed (up to 32 MiB), after
-    which a window's big arrays (features of 40 000 conns: ~19 MB) land in the heap and fragment
-    it: RSS crept ~15 MB over 2M records, and stays flat with the threshold fixed."""
+# The fixed mmap threshold of a watch whose detectors score windows as they come (no time
+# context: the IsolationForest). glibc otherwise raises its threshold each time such a block is
+# freed (up to 32 MiB), after which a window's big arrays (features of 40 000 conns: ~19 MB)
+# land in the heap and fragment it: RSS crept ~15 MB over 2M records, and stays flat with the
+# threshold fixed at 1 MiB (docs/results/watch.md, "RSS over time").
+WINDOW_MMAP_THRESHOLD = 1 << 20
+
+# ... and of one whose learned detectors score releases of a time context: glibc's largest
+# fixed threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64 bits). A release's tensors and arrays of
+# 1-32 MB (activations of 25,000 conns, a graph's index arrays) then come from the heap again
+# instead of being mapped, faulted in page by page and unmapped each time: at 1 MiB the
+# detectors spent twice the CPU of the same releases at glibc's default (`python
+# bench/watch.py --release-replay 5000 --releases 6`, one process: gnn 2.2-2.5 against 1.0-1.3
+# CPU s a release, mae 1.3-1.8 against 0.7-1.0, moe 1.3-1.5 against 0.5-0.9; 7.2M minor page
+# faults against 0.6M, 18.9 s of system CPU against 2.7). The heap's free top is kept up to
+# twice that (``trim``, as glibc's own moving threshold keeps it); its freed pages go back after
+# each release instead (``trim_heap`` in the scoring processes, after each commit in the
+# watcher), which keeps most of the gain (1.0M faults, 4.5 s of system CPU).
+RELEASE_MMAP_THRESHOLD = 32 << 20
+
+
+def fix_mmap_threshold(nbytes: int = WINDOW_MMAP_THRESHOLD, trim: int | None = None) -> None:
+    """Blocks of ``nbytes`` and more always come from mmap and go back to the system when
+    freed; smaller ones from the heap (glibc's ``M_MMAP_THRESHOLD``, which also stops glibc
+    moving the threshold itself). ``trim``: the free top of the heap goes back to the system
+    only past this many bytes (``M_TRIM_THRESHOLD``; None leaves glibc's 128 KiB, which then
+    gives back a big block freed at the top at once, to be faulted in again by the next)."""
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)     # M_MMAP_THRESHOLD
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, nbytes)                          # M_MMAP_THRESHOLD
+        if trim is not None:
+            libc.mallopt(-1, trim)                        # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass
 

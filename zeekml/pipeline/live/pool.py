@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.pipeline.fitted import FittedDetectors, score_batch
+from zeekml.pipeline.live.malloc import trim_heap
 from zeekml.pipeline.side_by_side import kernel_threads
 from zeekml.scoring.allowlist import Allowlist, suppress
 from zeekml.scoring.context import InContext
@@ -299,26 +300,32 @@ def rebalanced(owner: list[int], costs: list[float], workers: int, watcher_load:
     return None
 
 
+def score_release(detectors: list, msg) -> tuple[dict[str, np.ndarray], dict[int, float]]:
+    """What a scoring process of ``DetectorPool`` answers to one release: ``msg`` = ((detector
+    index, context table, positions) items, the release's own conns or None), answered with
+    ``({name: raw scores}, {detector index: CPU seconds})``."""
+    items, own = msg
+    out, cpu = {}, {}
+    for i, context, positions in items:
+        det = detectors[i]
+        if context is not None:
+            det = InContext(det, context, positions)
+        t0 = time.process_time()
+        out[det.name] = np.asarray(det.score(own))
+        cpu[i] = time.process_time() - t0
+    # the release's freed arrays back to the system: under the watcher's threshold
+    # (live.malloc.RELEASE_MMAP_THRESHOLD) the heap keeps them, and this process would
+    # otherwise hold its largest release's worth for good
+    trim_heap()
+    return out, cpu
+
+
 def _detector_main(conn, detectors: list, parent: int) -> None:
-    """A scoring process of ``DetectorPool``: (detector index, context table, positions) items
-    in, ``({name: raw scores}, {detector index: CPU seconds})`` out, until EOF or the parent
-    dies."""
+    """A scoring process of ``DetectorPool``: releases in, ``score_release``'s answers out,
+    until EOF or the parent dies."""
     _child_setup(parent)
-
-    def score(msg) -> tuple[dict[str, np.ndarray], dict[int, float]]:
-        items, own = msg
-        out, cpu = {}, {}
-        for i, context, positions in items:
-            det = detectors[i]
-            if context is not None:
-                det = InContext(det, context, positions)
-            t0 = time.process_time()
-            out[det.name] = np.asarray(det.score(own))
-            cpu[i] = time.process_time() - t0
-        return out, cpu
-
     with one_thread():          # for the process's life
-        _serve(conn, score)
+        _serve(conn, lambda msg: score_release(detectors, msg))
 
 
 @dataclass

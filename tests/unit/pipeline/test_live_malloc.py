@@ -1,0 +1,72 @@
+"""``watch``'s glibc tuning (``live.malloc``): which mmap threshold a watch runs with, what it does
+to a release's big arrays, and the scoring processes giving a release's freed pages back."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from zeekml.pipeline.live import malloc
+from zeekml.pipeline.live import pool as pool_module
+
+glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or malloc._MALLOC_TRIM is None,
+                           reason="glibc's mallopt and malloc_trim")
+
+
+def _faults_of_reuse(threshold: int, trim: int | None = None) -> int:
+    """Minor page faults of 20 rounds of a 3 MiB array allocated, written and freed, in a fresh
+    process with ``threshold`` (and ``trim``) fixed (mallopt is process-wide and has no getter).
+    3 MiB: numpy asks for transparent huge pages from 4 MiB on, which fault 2 MiB at a time."""
+    code = textwrap.dedent(f"""
+        import resource
+        import numpy as np
+        from zeekml.pipeline.live.malloc import fix_mmap_threshold
+        fix_mmap_threshold({threshold}, trim={trim})
+        a = np.ones(3 << 18, dtype=np.float32); del a        # the heap grown once
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(20):
+            a = np.ones(3 << 18, dtype=np.float32)             # 3 MiB, every page written
+            del a
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+@glibc
+def test_under_the_release_threshold_a_big_array_reuses_the_heap_instead_of_new_pages():
+    # at 1 MiB each 3 MiB array is a new mapping, its 768 pages faulted in every round; as the
+    # watcher sets it for releases, it comes from the heap the last one went back to
+    window = _faults_of_reuse(malloc.WINDOW_MMAP_THRESHOLD)
+    release = _faults_of_reuse(malloc.RELEASE_MMAP_THRESHOLD, trim=2 * malloc.RELEASE_MMAP_THRESHOLD)
+    assert window >= 20 * 700
+    assert release < 20 * 70
+
+
+class _Scores:
+    """A detector without a time context whose score is the conns' ``orig_bytes``."""
+
+    name = "bytes"
+
+    def score(self, table: pa.Table) -> np.ndarray:
+        return np.asarray(table.column("orig_bytes").to_pylist(), dtype=float)
+
+
+def test_a_scoring_process_gives_the_release_back_after_scoring_it(monkeypatch):
+    trimmed = []
+    seen = []
+
+    class Watched(_Scores):
+        def score(self, table):
+            seen.append(len(trimmed))             # not trimmed while it scores
+            return super().score(table)
+
+    monkeypatch.setattr(pool_module, "trim_heap", lambda: trimmed.append(True))
+    own = pa.table({"orig_bytes": [3, 5, 8]})
+    raw, cpu = pool_module.score_release([_Scores(), Watched()], ([(0, None, None), (1, None, None)], own))
+    assert raw["bytes"].tolist() == [3.0, 5.0, 8.0] and set(cpu) == {0, 1}
+    assert seen == [0] and trimmed == [True]      # once, after the release's last detector
