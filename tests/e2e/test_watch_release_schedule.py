@@ -175,31 +175,44 @@ def _verdicts(ctx: LiveContext, fitted, idle: bool) -> list:
     return score_due(own, dets, fitted).verdicts() if own.num_rows else []
 
 
-@pytest.mark.parametrize("context", [True, False])
-def test_the_heap_is_set_for_releases_before_the_scoring_processes_fork(tmp_path, monkeypatch, context):
-    # with a time context (the learned detectors' releases) the watcher takes big arrays from the
-    # heap (live.malloc.RELEASE_MMAP_THRESHOLD), before it forks the processes that inherit it;
-    # without one, windows scored as they come keep the 1 MiB threshold of the RSS measurements
-    from zeekml.pipeline.live import malloc
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_watcher_scores_its_releases_on_the_release_heap(tmp_path, monkeypatch, workers):
+    # the learned detectors' releases take their big arrays from the heap (live.malloc.
+    # release_heap) wherever the watcher scores them itself: the whole release without scoring
+    # processes, its own share with them; the rest of the watcher keeps the window threshold
+    import contextlib
+
+    from zeekml.pipeline.live import pool as live_pool
 
     root = tmp_path / "logs"
     _write_log(root, 300)
-    calls = []
-    monkeypatch.setattr(live_watcher, "fix_mmap_threshold",
-                        lambda n=malloc.WINDOW_MMAP_THRESHOLD, trim=None: calls.append((n, trim)))
-    forked = live_watcher.DetectorPool
+    inside = []
+    scored_inside = []
 
-    def pool(*a, **k):
-        calls.append("fork")
-        return forked(*a, **k)
+    @contextlib.contextmanager
+    def heap():
+        inside.append(True)
+        try:
+            yield
+        finally:
+            inside.pop()
 
-    monkeypatch.setattr(live_watcher, "DetectorPool", pool)
-    det = ContextCounter("ctx", 20.0, by_bytes=True)
-    if not context:
-        det.context_seconds = 0.0
-    fitted = FittedDetectors([det], {"ctx": ThresholdCalibrator(fpr=0.02).fit(np.arange(200.0))}, 0.02)
+    monkeypatch.setattr(live_watcher, "release_heap", heap)
+    monkeypatch.setattr(live_pool, "release_heap", heap)
+
+    class Watched(ContextCounter):
+        def score(self, table):
+            scored_inside.append(bool(inside))
+            return super().score(table)
+
+    dets = [Watched("mine", 5.0, by_bytes=True)]
+    if workers:
+        dets.append(ContextCounter("theirs", 20.0, by_bytes=True))
+    fitted = FittedDetectors(dets, {d.name: ThresholdCalibrator(fpr=0.02).fit(np.arange(200.0)) for d in dets},
+                             0.02, conn_seconds={"mine": 1.0, "theirs": 5.0})
     monkeypatch.setattr(live_watcher, "calibrate", lambda *a, **k: fitted)
-    Watcher(str(root), str(tmp_path / "out"), _options(once=True, score_workers=1)).run()
-    window = (malloc.WINDOW_MMAP_THRESHOLD, None)
-    release = (malloc.RELEASE_MMAP_THRESHOLD, 2 * malloc.RELEASE_MMAP_THRESHOLD)
-    assert calls == ([window, release, "fork"] if context else [window])
+    watcher = Watcher(str(root), str(tmp_path / "out"), _options(once=True, score_workers=workers))
+    watcher.run()
+    assert watcher.stats.records_read == 300
+    assert scored_inside and all(scored_inside), scored_inside

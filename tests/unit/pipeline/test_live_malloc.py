@@ -17,21 +17,27 @@ glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or malloc._MALLO
                            reason="glibc's mallopt and malloc_trim")
 
 
+REUSE = """
+def reuse_faults():
+    import resource
+    import numpy as np
+    a = np.ones(3 << 18, dtype=np.float32); del a        # the heap grown once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        a = np.ones(3 << 18, dtype=np.float32)             # 3 MiB, every page written
+        del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+"""
+
+
 def _faults_of_reuse(threshold: int, trim: int | None = None) -> int:
     """Minor page faults of 20 rounds of a 3 MiB array allocated, written and freed, in a fresh
     process with ``threshold`` (and ``trim``) fixed (mallopt is process-wide and has no getter).
     3 MiB: numpy asks for transparent huge pages from 4 MiB on, which fault 2 MiB at a time."""
-    code = textwrap.dedent(f"""
-        import resource
-        import numpy as np
+    code = REUSE + textwrap.dedent(f"""
         from zeekml.pipeline.live.malloc import fix_mmap_threshold
         fix_mmap_threshold({threshold}, trim={trim})
-        a = np.ones(3 << 18, dtype=np.float32); del a        # the heap grown once
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(20):
-            a = np.ones(3 << 18, dtype=np.float32)             # 3 MiB, every page written
-            del a
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        print(reuse_faults())
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
@@ -70,3 +76,47 @@ def test_a_scoring_process_gives_the_release_back_after_scoring_it(monkeypatch):
     raw, cpu = pool_module.score_release([_Scores(), Watched()], ([(0, None, None), (1, None, None)], own))
     assert raw["bytes"].tolist() == [3.0, 5.0, 8.0] and set(cpu) == {0, 1}
     assert seen == [0] and trimmed == [True]      # once, after the release's last detector
+
+
+@glibc
+def test_release_heap_sets_the_release_threshold_inside_and_the_window_one_after(monkeypatch):
+    calls = []
+    monkeypatch.setattr(malloc, "fix_mmap_threshold", lambda n, trim=None: calls.append((n, trim)))
+    monkeypatch.setattr(malloc, "trim_heap", lambda: calls.append("trim"))
+    with malloc.release_heap():
+        calls.append("release")
+    assert calls == [(malloc.RELEASE_MMAP_THRESHOLD, 2 * malloc.RELEASE_MMAP_THRESHOLD), "release",
+                     "trim", (malloc.WINDOW_MMAP_THRESHOLD, malloc.DEFAULT_TRIM_THRESHOLD)]
+
+
+@glibc
+def test_a_scoring_process_scores_on_the_release_heap_whatever_the_watcher_has():
+    # the watcher at the window threshold forks a scoring process; a detector that measures the
+    # faults of reusing a 3 MiB array, scored there, finds the release heap
+    code = REUSE + textwrap.dedent("""
+        import numpy as np, pyarrow as pa
+        from zeekml.pipeline import FittedDetectors
+        from zeekml.pipeline.live.malloc import fix_mmap_threshold
+        from zeekml.pipeline.live.pool import DetectorPool
+        from zeekml.scoring.calibrate import ThresholdCalibrator
+
+        class Faults:
+            name, note = "faults", "ZeekML::Anomalous_Flow"
+            def score(self, table):
+                return np.full(table.num_rows, float(reuse_faults()))
+
+        fix_mmap_threshold()                        # as the watcher runs
+        fitted = FittedDetectors([Faults()], {"faults": ThresholdCalibrator(fpr=0.02).fit(np.arange(200.0))},
+                                 0.02, conn_seconds={"faults": 1.0})
+        pool = DetectorPool(fitted, 1, rebalance=False)
+        try:
+            assert pool.owner == [0]
+            rel = pool.submit(pa.table({"ts": [1.0, 2.0]}), list(fitted.detectors), fitted)
+            print(int(pool.collect(rel)["faults"][0]), reuse_faults())
+        finally:
+            pool.close()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    there, here = map(int, out.stdout.split())
+    assert here >= 20 * 700            # the watcher's own threshold: a new mapping every round
+    assert there < 20 * 70

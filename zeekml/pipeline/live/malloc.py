@@ -1,7 +1,9 @@
 """Memory tuning of the watch process (glibc): fixed mmap threshold, heap trimming, RSS."""
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 
 def _libc_malloc_trim():
@@ -26,14 +28,16 @@ WINDOW_MMAP_THRESHOLD = 1 << 20
 # fixed threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64 bits). A release's tensors and arrays of
 # 1-32 MB (activations of 25,000 conns, a graph's index arrays) then come from the heap again
 # instead of being mapped, faulted in page by page and unmapped each time: at 1 MiB the
-# detectors spent twice the CPU of the same releases at glibc's default (`python
-# bench/watch.py --release-replay 5000 --releases 6`, one process: gnn 2.2-2.5 against 1.0-1.3
-# CPU s a release, mae 1.3-1.8 against 0.7-1.0, moe 1.3-1.5 against 0.5-0.9; 7.2M minor page
-# faults against 0.6M, 18.9 s of system CPU against 2.7). The heap's free top is kept up to
-# twice that (``trim``, as glibc's own moving threshold keeps it); its freed pages go back after
-# each release instead (``trim_heap`` in the scoring processes, after each commit in the
-# watcher), which keeps most of the gain (1.0M faults, 4.5 s of system CPU).
+# detectors spent about twice the CPU of the same releases at glibc's default (`python
+# bench/watch.py --release-replay 5000 --releases 6`, one process, CPU s a release: gnn
+# 2.35-2.47 against 1.0-1.6, mae 1.3-1.8 against 0.8-1.0, moe 1.3-1.5 against 0.7; 7.2M minor
+# page faults against 0.6M, 18.9 s of system CPU against 3.4; docs/results/watch.md, "the heap
+# of a release"). The heap's free top is kept up to twice that (``trim``, as glibc's own moving
+# threshold keeps it); its freed pages go back after each release instead (``trim_heap`` in
+# the scoring processes, after each commit in the watcher).
 RELEASE_MMAP_THRESHOLD = 32 << 20
+# glibc's trim threshold, which a fixed mmap threshold leaves as it is
+DEFAULT_TRIM_THRESHOLD = 128 << 10
 
 
 def fix_mmap_threshold(nbytes: int = WINDOW_MMAP_THRESHOLD, trim: int | None = None) -> None:
@@ -68,3 +72,17 @@ def trim_heap() -> None:
     glibc keeps those of each window's arrays and RSS wanders 10-25 MB above the live size."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+@contextlib.contextmanager
+def release_heap() -> Iterator[None]:
+    """The heap as a learned detectors' release needs it (``RELEASE_MMAP_THRESHOLD``, the free
+    top kept up to twice that) while the block runs; after it the freed pages go back
+    (``trim_heap``) and the window threshold is set again, so that what outlives a release in
+    the watcher (the context's tables, the id filter) is laid out as before."""
+    fix_mmap_threshold(RELEASE_MMAP_THRESHOLD, trim=2 * RELEASE_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        trim_heap()
+        fix_mmap_threshold(WINDOW_MMAP_THRESHOLD, trim=DEFAULT_TRIM_THRESHOLD)

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.pipeline.fitted import FittedDetectors, score_batch
-from zeekml.pipeline.live.malloc import trim_heap
+from zeekml.pipeline.live.malloc import RELEASE_MMAP_THRESHOLD, fix_mmap_threshold, release_heap, trim_heap
 from zeekml.pipeline.side_by_side import kernel_threads
 from zeekml.scoring.allowlist import Allowlist, suppress
 from zeekml.scoring.context import InContext
@@ -324,6 +324,9 @@ def _detector_main(conn, detectors: list, parent: int) -> None:
     """A scoring process of ``DetectorPool``: releases in, ``score_release``'s answers out,
     until EOF or the parent dies."""
     _child_setup(parent)
+    # every call here scores a release: their big arrays from the heap (live.malloc), the
+    # freed pages given back after each (score_release)
+    fix_mmap_threshold(RELEASE_MMAP_THRESHOLD, trim=2 * RELEASE_MMAP_THRESHOLD)
     with one_thread():          # for the process's life
         _serve(conn, lambda msg: score_release(detectors, msg))
 
@@ -512,6 +515,12 @@ class DetectorPool:
         if rel.own_done:
             return
         t0 = time.perf_counter()
+        with release_heap():        # the learned detectors' big arrays (live.malloc)
+            self._score_own(rel)
+        rel.own_done = True
+        rel.own_seconds = time.perf_counter() - t0
+
+    def _score_own(self, rel: Release) -> None:
         for i, d in enumerate(rel.dets):
             if rel.owner[i] == -1:
                 c0 = time.process_time()
@@ -524,8 +533,6 @@ class DetectorPool:
                     # (counted at collect, it swung between 0 and 4.5 s a look, and the
                     # detectors were reassigned at every look)
                     self._own_measured += rel.cpu[i]
-        rel.own_done = True
-        rel.own_seconds = time.perf_counter() - t0
 
     def _take(self, rel: Release) -> None:
         """Take in the processes' answers to ``rel`` (waiting for them)."""

@@ -62,7 +62,7 @@ from zeekml.parse.reject import Quarantine
 from zeekml.pipeline.live.calibration import calibrate
 from zeekml.pipeline.live.context import LiveContext, score_due
 from zeekml.pipeline.live.journal import ContextJournal, WriteFn
-from zeekml.pipeline.live.malloc import RELEASE_MMAP_THRESHOLD, fix_mmap_threshold, rss, trim_heap
+from zeekml.pipeline.live.malloc import fix_mmap_threshold, release_heap, rss, trim_heap
 from zeekml.pipeline.live.incidents import OPEN_INCIDENTS, STATE_KEY, LiveIncidents
 from zeekml.pipeline.live.inflight import ClosedWindow, InFlight, Releases, Windows
 from zeekml.pipeline.live.options import (INCIDENT_NOTICES, INCIDENTS, LOCK, NOTICES, OUTPUTS,
@@ -288,9 +288,6 @@ class Watcher:
                         f"damaged context journal ({type(e).__name__}: {e}); the conns it holds "
                         "back cannot be restored: use a new --out",
                         os.path.join(self.out_dir, self._journal.name)) from e
-                # the learned detectors' releases: their big arrays from the heap (see
-                # live.malloc); the scoring processes forked below inherit it
-                fix_mmap_threshold(RELEASE_MMAP_THRESHOLD, trim=2 * RELEASE_MMAP_THRESHOLD)
                 log.info("detectors with a time context: %g s back, %g s forward; %d conns "
                          "restored (%d pending)", back, fwd, self._ctx.rows, self._ctx.pending)
                 self._context_stats()
@@ -529,7 +526,8 @@ class Watcher:
             if table is not None:
                 ctx.add(table)
             t0 = time.monotonic()
-            released = ctx.release(fitted, flush=flush)
+            with release_heap():         # the learned detectors' big arrays (live.malloc)
+                released = ctx.release(fitted, flush=flush)
             self._ctx_speed = context_speed(self._ctx_speed, len(released),
                                             time.monotonic() - t0)
             scored = render_allowed(released, self._allowlist)
