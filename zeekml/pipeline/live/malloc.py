@@ -1,4 +1,5 @@
-"""Memory tuning of the watch process (glibc): fixed mmap threshold, heap trimming, RSS."""
+"""Memory tuning of the watch process (glibc): fixed mmap thresholds (windows, releases), heap
+trimming, RSS."""
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,8 @@ WINDOW_MMAP_THRESHOLD = 1 << 20
 # 2.35-2.47 against 1.0-1.6, mae 1.3-1.8 against 0.8-1.0, moe 1.3-1.5 against 0.7; 7.2M minor
 # page faults against 0.6M, 18.9 s of system CPU against 3.4; docs/results/watch.md, "the heap
 # of a release"). The heap's free top is kept up to twice that (``trim``, as glibc's own moving
-# threshold keeps it); its freed pages go back after each release instead (``trim_heap`` in
-# the scoring processes, after each commit in the watcher).
+# threshold keeps it); its freed pages go back after each release instead (``trim_heap``: in
+# the scoring processes after each release, in the watcher at the end of ``release_heap``).
 RELEASE_MMAP_THRESHOLD = 32 << 20
 # glibc's trim threshold, which a fixed mmap threshold leaves as it is
 DEFAULT_TRIM_THRESHOLD = 128 << 10

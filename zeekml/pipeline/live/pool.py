@@ -313,8 +313,8 @@ def score_release(detectors: list, msg) -> tuple[dict[str, np.ndarray], dict[int
         t0 = time.process_time()
         out[det.name] = np.asarray(det.score(own))
         cpu[i] = time.process_time() - t0
-    # the release's freed arrays back to the system: under the watcher's threshold
-    # (live.malloc.RELEASE_MMAP_THRESHOLD) the heap keeps them, and this process would
+    # the release's freed arrays back to the system: on the release heap (set for this
+    # process in _detector_main, live.malloc) the heap keeps them, and this process would
     # otherwise hold its largest release's worth for good
     trim_heap()
     return out, cpu
