@@ -508,10 +508,10 @@ def release_replay(rate: float, release_seconds: float, releases: int, models: s
 
     from zeekml.parse import Quarantine
     from zeekml.pipeline import ScoreOptions, ScoreSummary, fit_calibrate, load_conns
-    from zeekml.pipeline.live.malloc import RELEASE_MMAP_THRESHOLD, fix_mmap_threshold, trim_heap
+    from zeekml.pipeline.live.malloc import trim_heap, use_release_heap
     from zeekml.scoring.context import InContext, detectors_in_context, ts_array
     torch.set_num_threads(1)
-    fix_mmap_threshold(RELEASE_MMAP_THRESHOLD, trim=2 * RELEASE_MMAP_THRESHOLD)
+    use_release_heap()
     work = tempfile.mkdtemp(prefix="zeekml-bench-replay-")
     step, warm = 1.0 / rate, 25.0
     n = int((warm + release_seconds * releases + 25.0) * rate)

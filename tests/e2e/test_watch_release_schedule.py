@@ -175,7 +175,6 @@ def _verdicts(ctx: LiveContext, fitted, idle: bool) -> list:
     return score_due(own, dets, fitted).verdicts() if own.num_rows else []
 
 
-
 @pytest.mark.parametrize("workers", [0, 1])
 def test_the_watcher_scores_its_releases_on_the_release_heap(tmp_path, monkeypatch, workers):
     # the learned detectors' releases take their big arrays from the heap (live.malloc.

@@ -75,13 +75,19 @@ def trim_heap() -> None:
         _MALLOC_TRIM(0)
 
 
+def use_release_heap() -> None:
+    """From now on, the heap as a learned detectors' release needs it: ``RELEASE_MMAP_THRESHOLD``,
+    the free top kept up to twice that."""
+    fix_mmap_threshold(RELEASE_MMAP_THRESHOLD, trim=2 * RELEASE_MMAP_THRESHOLD)
+
+
 @contextlib.contextmanager
 def release_heap() -> Iterator[None]:
     """The heap as a learned detectors' release needs it (``RELEASE_MMAP_THRESHOLD``, the free
     top kept up to twice that) while the block runs; after it the freed pages go back
     (``trim_heap``) and the window threshold is set again, so that what outlives a release in
     the watcher (the context's tables, the id filter) is laid out as before."""
-    fix_mmap_threshold(RELEASE_MMAP_THRESHOLD, trim=2 * RELEASE_MMAP_THRESHOLD)
+    use_release_heap()
     try:
         yield
     finally:

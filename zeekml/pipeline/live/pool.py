@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.pipeline.fitted import FittedDetectors, score_batch
-from zeekml.pipeline.live.malloc import RELEASE_MMAP_THRESHOLD, fix_mmap_threshold, release_heap, trim_heap
+from zeekml.pipeline.live.malloc import release_heap, trim_heap, use_release_heap
 from zeekml.pipeline.side_by_side import kernel_threads
 from zeekml.scoring.allowlist import Allowlist, suppress
 from zeekml.scoring.context import InContext
@@ -326,7 +326,7 @@ def _detector_main(conn, detectors: list, parent: int) -> None:
     _child_setup(parent)
     # every call here scores a release: their big arrays from the heap (live.malloc), the
     # freed pages given back after each (score_release)
-    fix_mmap_threshold(RELEASE_MMAP_THRESHOLD, trim=2 * RELEASE_MMAP_THRESHOLD)
+    use_release_heap()
     with one_thread():          # for the process's life
         _serve(conn, lambda msg: score_release(detectors, msg))
 
