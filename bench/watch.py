@@ -366,8 +366,9 @@ def _cpu_timers() -> tuple[dict, callable]:
             continue
         acc[name] = [0.0, 0]
 
-        def timed(*a, _fn=fn, _slot=acc[name], _clock=getattr(time, (clock or ["process_time"])[0]),
-                  **k):
+        step_clock = getattr(time, clock[0] if clock else "process_time")
+
+        def timed(*a, _fn=fn, _slot=acc[name], _clock=step_clock, **k):
             t0 = _clock()
             try:
                 return _fn(*a, **k)
