@@ -358,7 +358,7 @@ def _cpu_timers() -> tuple[dict, callable]:
     import importlib
     acc: dict = {}
     undo = []
-    for mod, owner, attr, name, *clock in CPU_STEPS:
+    for mod, owner, attr, name in CPU_STEPS:
         m = importlib.import_module(mod)
         target = getattr(m, owner) if owner else m
         fn = getattr(target, attr, None)
@@ -366,14 +366,12 @@ def _cpu_timers() -> tuple[dict, callable]:
             continue
         acc[name] = [0.0, 0]
 
-        step_clock = getattr(time, clock[0] if clock else "process_time")
-
-        def timed(*a, _fn=fn, _slot=acc[name], _clock=step_clock, **k):
-            t0 = _clock()
+        def timed(*a, _fn=fn, _slot=acc[name], **k):
+            t0 = time.process_time()
             try:
                 return _fn(*a, **k)
             finally:
-                _slot[0] += _clock() - t0
+                _slot[0] += time.process_time() - t0
                 _slot[1] += 1
 
         setattr(target, attr, timed)
@@ -385,8 +383,7 @@ def _cpu_timers() -> tuple[dict, callable]:
     return acc, restore
 
 
-# (module, class or "", attribute, step[, clock]): what --cpu-steps times in the watcher process,
-# on the process's CPU clock unless another is named
+# (module, class or "", attribute, step): what --cpu-steps times in the watcher process
 CPU_STEPS = [
     ("zeekml.sources.tail", "DirectoryFollower", "poll", "read + parse (poll)"),
     ("zeekml.pipeline.live.watcher", "", "conn_table", "window conn table"),
@@ -397,9 +394,7 @@ CPU_STEPS = [
     ("zeekml.pipeline.live.context", "LiveContext", "_evict", "    evict"),
     ("zeekml.pipeline.live.context", "LiveContext", "journal_delta", "  journal delta"),
     ("zeekml.pipeline.live.pool", "DetectorPool", "submit", "  send release (pickle)"),
-    # on the watcher's scoring thread (DetectorPool.start_own): its own CPU clock
-    ("zeekml.pipeline.live.pool", "DetectorPool", "_score_own_now", "watcher's own detectors",
-     "thread_time"),
+    ("zeekml.pipeline.live.pool", "DetectorPool", "score_own", "watcher's own detectors"),
     ("zeekml.pipeline.live.watcher", "Watcher", "_finish_window", "finish window (all below)"),
     ("zeekml.pipeline.live.pool", "DetectorPool", "collect", "  collect (wait + unpickle)"),
     ("zeekml.pipeline.live.watcher", "", "score_due", "  calibrate, combine, explain"),

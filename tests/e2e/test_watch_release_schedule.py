@@ -215,38 +215,3 @@ def test_the_watcher_scores_its_releases_on_the_release_heap(tmp_path, monkeypat
     watcher.run()
     assert watcher.stats.records_read == 300
     assert scored_inside and all(scored_inside), scored_inside
-
-
-def test_the_watcher_reads_on_while_its_own_share_scores(tmp_path, monkeypatch):
-    """The watcher's own detectors score each release on its scoring thread
-    (``DetectorPool.start_own``): held there on the first release, the watcher still reads
-    every record (before, it read nothing while it scored its share: docs/results/watch.md,
-    "the watcher's own share beside its reading"); the verdicts are those of the watcher
-    scoring alone."""
-    root = tmp_path / "logs"
-    _write_log(root)
-    alone = _fitted(None)
-    monkeypatch.setattr(live_watcher, "calibrate", lambda *a, **k: alone)
-    Watcher(str(root), str(tmp_path / "one"), _options(once=True)).run()
-    # room for every release of the run beside the held one: what is asserted is that the
-    # watcher reads on, not how far its thread may fall behind (unit-tested)
-    monkeypatch.setattr("zeekml.pipeline.live.pool.MAX_QUEUED", 8)
-    r, w = os.pipe()
-    try:
-        dets = [ContextCounter("gated", 20.0, by_bytes=True),
-                ContextCounter("free", 5.0, r, by_bytes=True)]
-        fitted = FittedDetectors(dets, alone.calibrators, 0.02,
-                                 conn_seconds={"gated": 5.0, "free": 1.0})
-        monkeypatch.setattr(live_watcher, "calibrate", lambda *a, **k: fitted)
-        watcher = Watcher(str(root), str(tmp_path / "pool"), _options(once=True, score_workers=1))
-        t, err = run_watcher_in_thread(watcher)
-        read_all = _wait_for(lambda: watcher.stats.records_read == 1500)
-        os.write(w, b"x" * 20)                        # let the watcher's thread score
-        t.join(60)
-        assert not t.is_alive() and not err, err
-        assert read_all, f"the watcher stopped reading at {watcher.stats.records_read} records " \
-                         "while it scored its own share"
-    finally:
-        os.close(r)
-        os.close(w)
-    assert _bytes(tmp_path / "one") == _bytes(tmp_path / "pool")

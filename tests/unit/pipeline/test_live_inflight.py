@@ -54,7 +54,7 @@ class FakePool:
     def answered(self, rel: str) -> bool:
         return rel in self.done
 
-    def start_own(self, rel: str) -> None:
+    def score_own(self, rel: str) -> None:
         self.calls.append(f"own {rel}")
 
     def wait(self, seconds: float) -> None:

@@ -129,8 +129,6 @@ def _pool(monkeypatch) -> tuple[DetectorPool, list[float], list]:
     pool = DetectorPool(fitted, 2)
     assert pool.owner == GNN_IN_WATCHER
     monkeypatch.setattr(pool_module.time, "process_time", lambda: clock[0])
-    # the watcher's own detectors on their thread's clock: the same fake one (one thread here)
-    monkeypatch.setattr(pool_module.time, "thread_time", lambda: clock[0])
     return pool, clock, dets
 
 

@@ -6,11 +6,9 @@ here depends on how fast anything runs."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import numpy as np
-import pytest
 import pyarrow as pa
 from context_detector import ContextCounter
 
@@ -133,100 +131,3 @@ def test_collecting_a_queued_release_sends_it_and_those_before_it():
         pool.close()
         os.close(r)
         os.close(w)
-
-
-def _setup_own_gated(gate: int):
-    """"busy" to the scoring process, "own" (gated) to the watcher's scoring thread."""
-    dets = [ContextCounter("busy", 10.0), ContextCounter("own", 4.0, gate)]
-    cal = {d.name: ThresholdCalibrator(fpr=0.02).fit(np.arange(200.0)) for d in dets}
-    fitted = FittedDetectors(dets, cal, 0.02, conn_seconds={"busy": 5.0, "own": 1.0})
-    return fitted, LiveContext(fitted, lateness=0.0, batch_seconds=0.0, release_wait=None)
-
-
-def test_the_watchers_own_share_scores_on_its_thread_while_the_watcher_goes_on():
-    r, w = os.pipe()
-    fitted, ctx = _setup_own_gated(r)
-    pool = DetectorPool(fitted, 1, rebalance=False)
-    try:
-        assert pool.owner == [0, -1]
-        rel = pool.submit(*_release(ctx, fitted, 0, 30), fitted)
-        # a hang guard, not a timing check: scored in the watcher's own thread, start_own
-        # would return only once this opened the gate
-        guard = threading.Timer(30.0, os.write, (w, b"g"))
-        guard.start()
-        pool.start_own(rel)                   # returns while "own" waits at its gate
-        assert not rel.own_done, "the watcher scored its own share before going on"
-        _until(lambda: all(pool._conns[i].poll() for i in rel.waiting), pool)
-        # the process has answered; the watcher's thread has not: not answered, still busy
-        assert not pool.answered(rel) and pool.busy and "own" not in rel.raw
-        os.write(w, b"1")
-        _until(lambda: pool.answered(rel), pool)
-        raw = pool.collect(rel)
-        assert not pool.busy and rel.own_done
-        assert np.array_equal(raw["own"], _expected(0, 30, 4.0))
-        assert np.array_equal(raw["busy"], _expected(0, 30, 10.0))
-        assert rel.cpu[1] >= 0.0 and pool.cpu_seconds["own"] == rel.cpu[1]
-    finally:
-        guard.cancel()
-        os.write(w, b"xxxx")
-        pool.close()
-        os.close(r)
-        os.close(w)
-
-
-def test_past_max_queued_own_shares_the_watcher_waits_for_its_thread(monkeypatch):
-    monkeypatch.setattr("zeekml.pipeline.live.pool.MAX_QUEUED", 1)
-    r, w = os.pipe()
-    fitted, ctx = _setup_own_gated(r)
-    pool = DetectorPool(fitted, 1, rebalance=False)
-    started = []
-    guard = threading.Timer(30.0, os.write, (w, b"gg"))    # a hang guard, as above
-    guard.start()
-    try:
-        rels = [pool.submit(*_release(ctx, fitted, 0, 30), fitted)]
-        pool.start_own(rels[0])
-        assert not rels[0].own_done
-        rels.append(pool.submit(*_release(ctx, fitted, 30, 60), fitted))
-        second = threading.Thread(target=pool.start_own, args=(rels[1],))
-        second.start()
-        # the first share is held at its gate, so the second start waits for it (a start
-        # that returned at once would be found finished here; a slow one is not a failure)
-        second.join(0.5)
-        started.append(second.is_alive())
-        os.write(w, b"1")
-        second.join(30)
-        started.append(rels[0].own_done and not second.is_alive())
-        os.write(w, b"2")
-        for rel, lo in zip(rels, (0, 30)):
-            assert np.array_equal(pool.collect(rel)["own"], _expected(lo, lo + 30, 4.0))
-        assert started == [True, True]
-    finally:
-        guard.cancel()
-        pool.close()
-        os.close(r)
-        os.close(w)
-
-
-class Broken:
-    name, context_seconds, forward_context_seconds = "broken", 4.0, 0.0
-
-    def score(self, table):
-        raise RuntimeError("broken detector")
-
-
-def test_an_own_share_that_raises_is_answered_and_collect_raises_it():
-    fitted, ctx = _setup_own_gated(None)
-    broken = Broken()
-    fitted = FittedDetectors([fitted.detectors[0], broken],
-                             {**fitted.calibrators, "broken": fitted.calibrators["own"]}, 0.02,
-                             conn_seconds={"busy": 5.0, "broken": 1.0})
-    ctx = LiveContext(fitted, lateness=0.0, batch_seconds=0.0, release_wait=None)
-    pool = DetectorPool(fitted, 1, rebalance=False)
-    try:
-        rel = pool.submit(*_release(ctx, fitted, 0, 30), fitted)
-        pool.start_own(rel)
-        _until(lambda: pool.answered(rel), pool)     # finished, with its error
-        with pytest.raises(RuntimeError, match="broken detector"):
-            pool.collect(rel)
-    finally:
-        pool.close()

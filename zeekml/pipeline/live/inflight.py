@@ -88,8 +88,8 @@ class Windows(InFlight):
 
 class Releases(InFlight):
     """Windows whose releases a ``DetectorPool`` scores. A release goes to every process, one
-    at a time, and the watcher's own share to its scoring thread: the watcher goes on reading
-    and closing windows while they score; a release decided meanwhile waits in the pool's queue and
+    at a time: the watcher scores its own share, then goes on reading and closing windows
+    while the processes score theirs; a release decided meanwhile waits in the pool's queue and
     is sent once they answer (``DetectorPool.pump``), and the windows are written and committed
     in order as their scores come in. Before, the watcher waited for the processes at its next
     window close and read nothing meanwhile: the release after a long one was decided before
@@ -116,7 +116,7 @@ class Releases(InFlight):
         super().closed(w)
         self.finish_answered()      # the last release, while the processes score this one
         if w.release is not None:
-            self.dpool.start_own(w.release)
+            self.dpool.score_own(w.release)
 
     def settle(self, stopping: bool, idle: bool, once: bool) -> None:
         if stopping or (once and idle):

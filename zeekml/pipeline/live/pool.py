@@ -9,7 +9,6 @@ only the context rows of its own detectors.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -345,7 +344,6 @@ class Release:
     seconds: float = 0.0          # wall time from its send to its answers taken in
     owner: list[int] = field(default_factory=list)    # the share-out it was sent with
     own_done: bool = False        # the watcher's own detectors have scored it
-    own_future: concurrent.futures.Future | None = None   # ... scoring in the background
     cpu: dict[int, float] = field(default_factory=dict)   # detector index -> CPU seconds
     number: int = 0               # releases with conns decided before it (the debug log)
     sent: bool = False            # sent to the processes (not queued behind another)
@@ -372,8 +370,7 @@ REBALANCE_MIN_RELEASES = 4
 
 # Releases decided while the processes still score an earlier one wait in a queue, at most
 # this many (each holds its detectors' context tables: the GNN's ~45 s of conns); past it the
-# watcher waits for the processes before it reads on. As many of the watcher's own shares may
-# be in hand on its scoring thread (``DetectorPool.start_own``) before it waits for that
+# watcher waits for the processes before it reads on
 MAX_QUEUED = 2
 
 
@@ -396,10 +393,9 @@ class DetectorPool:
     it matches its stream on content): the bits are the same.
 
     A release is sent (``submit``) before the previous one is rendered and committed, the
-    watcher's share scored after on the watcher's scoring thread (``start_own``), so the
-    processes and that thread score while the watcher reads and writes: the processes' answers
-    to the previous release are taken in before the next is sent (a process blocked sending
-    them would not read the next). Each process and the
+    watcher's share scored after (``score_own``), so the processes score while the watcher
+    writes: the processes' answers to the previous release are taken in before the next is
+    sent (a process blocked sending them would not read the next). Each process and the
     watcher run torch and the BLAS on one thread (``one_thread``): the processes take the cores
     instead. Each process gets, per release, its detectors' context rows (``InContext``: the
     targets among their horizon), not a copy of the whole context. Processes die with the
@@ -421,11 +417,7 @@ class DetectorPool:
                                               else None)
         self._measured = [0.0] * len(dets)      # CPU seconds per detector since _since
         self._releases = 0                      # releases measured since _since
-        self._own_total = 0.0                   # the watcher's own detectors' CPU, all told
-        self._own_at_since = 0.0                # ... as of _since
-        self._own_thread: concurrent.futures.ThreadPoolExecutor | None = None   # start_own
-        self._own_last: concurrent.futures.Future | None = None   # its latest share
-        self._own_pending: deque[concurrent.futures.Future] = deque()   # ... not known done
+        self._own_measured = 0.0                # the watcher's own detectors' CPU, since _since
         self._since: float | None = None        # the watcher's process_time when measuring began
         self._last: Release | None = None       # sent, answers not taken in yet
         self._queue: deque[Release] = deque()   # decided, waiting for the processes
@@ -447,25 +439,13 @@ class DetectorPool:
         """Whether ``collect(rel)`` would not wait: ``rel`` was sent, the watcher's own share is
         scored and every process's answer is in (or its pipe says it is dead, which ``collect``
         raises). Checked without waiting."""
-        return rel.sent and self._own_finished(rel) \
-            and all(self._conns[w].poll() for w in rel.waiting)
-
-    @staticmethod
-    def _own_finished(rel: Release) -> bool:
-        # a background share that raised counts as finished: collect() raises its error
-        return rel.own_done or (rel.own_future is not None and rel.own_future.done())
+        return rel.sent and rel.own_done and all(self._conns[w].poll() for w in rel.waiting)
 
     @property
     def busy(self) -> bool:
-        """Whether a process, or the watcher's background thread, is still scoring a release
-        (checked without waiting)."""
+        """Whether a process is still scoring a release (checked without waiting)."""
         rel = self._last
-        return (rel is not None and not all(self._conns[w].poll() for w in rel.waiting)) \
-            or self._own_running() is not None
-
-    def _own_running(self) -> concurrent.futures.Future | None:
-        fut = self._own_last
-        return fut if fut is not None and not fut.done() else None
+        return rel is not None and not all(self._conns[w].poll() for w in rel.waiting)
 
     @property
     def queued(self) -> int:
@@ -480,12 +460,9 @@ class DetectorPool:
         # and waiting on it too would spin until the slowest process answers
         pending = [] if rel is None else [c for c in (self._conns[w] for w in rel.waiting)
                                           if not c.poll()]
-        own = self._own_running()
         if pending:
             from multiprocessing.connection import wait
             wait(pending, timeout)
-        elif own is not None:     # the processes have answered; the watcher's thread has not
-            concurrent.futures.wait([own], timeout)
         self.pump()
 
     def submit(self, own: pa.Table, dets: list, fitted: FittedDetectors) -> Release:
@@ -533,40 +510,8 @@ class DetectorPool:
             rel.waiting.append(w)
         self._last = rel if rel.waiting else None
 
-    def start_own(self, rel: Release) -> None:
-        """Score the watcher's share of ``rel`` on the watcher's scoring thread (one thread:
-        releases in the order decided), so the watcher reads on meanwhile; ``collect`` waits
-        for it. Scored in its own thread it left the watcher reading nothing for 1-2 s a
-        release, the backlog then read before the next release could be decided: a bigger
-        release took longer, the next was bigger (docs/results/watch.md, "the watcher's own
-        share beside its reading")."""
-        if rel.own_done or rel.own_future is not None:
-            return
-        if not any(o == -1 for o in rel.owner):
-            rel.own_done = True
-            return
-        if self._own_thread is None:
-            self._own_thread = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="zeekml-own-share")
-        pending = self._own_pending
-        while pending and pending[0].done():
-            pending.popleft()
-        while len(pending) >= MAX_QUEUED:
-            # the thread is behind: wait for it, as for processes behind (each share waiting
-            # holds its detectors' context tables)
-            pending.popleft().result()
-        rel.own_future = self._own_last = self._own_thread.submit(self._score_own_now, rel)
-        pending.append(rel.own_future)
-
     def score_own(self, rel: Release) -> None:
-        """Score the watcher's share of ``rel`` here (once; releases in the order decided), or
-        wait for its thread where ``start_own`` started it (raising what it raised)."""
-        if rel.own_future is not None:
-            rel.own_future.result()
-            return
-        self._score_own_now(rel)
-
-    def _score_own_now(self, rel: Release) -> None:
+        """Score the watcher's share of ``rel`` here (once; releases in the order decided)."""
         if rel.own_done:
             return
         t0 = time.perf_counter()
@@ -578,16 +523,16 @@ class DetectorPool:
     def _score_own(self, rel: Release) -> None:
         for i, d in enumerate(rel.dets):
             if rel.owner[i] == -1:
-                # this thread's CPU: the watcher reads on in its main thread meanwhile
-                c0 = time.thread_time()
+                c0 = time.process_time()
                 rel.raw[d.name] = np.asarray(d.score(rel.own))
-                rel.cpu[i] = time.thread_time() - c0
-                # counted when spent, not when the release is collected: the watcher scores
-                # its share of a queued release before the one ahead of it is collected, and
-                # its own work is its CPU less this over the same span (counted at collect,
-                # it swung between 0 and 4.5 s a look, and the detectors were reassigned at
-                # every look). A running total only this thread adds to (the look reads it)
-                self._own_total += rel.cpu[i]
+                rel.cpu[i] = time.process_time() - c0
+                if self._since is not None:
+                    # counted when spent, not when the release is collected: the watcher
+                    # scores its share of a queued release before the one ahead of it is
+                    # collected, and its own work is its CPU less this over the same span
+                    # (counted at collect, it swung between 0 and 4.5 s a look, and the
+                    # detectors were reassigned at every look)
+                    self._own_measured += rel.cpu[i]
 
     def _take(self, rel: Release) -> None:
         """Take in the processes' answers to ``rel`` (waiting for them)."""
@@ -640,7 +585,6 @@ class DetectorPool:
             return
         if self._since is None:         # the first release's costs include warming up
             self._since = time.process_time()
-            self._own_at_since = self._own_total
             return
         for i, c in rel.cpu.items():
             self._measured[i] += c
@@ -648,8 +592,7 @@ class DetectorPool:
         if sum(self._measured) < self.rebalance_after or self._releases < REBALANCE_MIN_RELEASES:
             return
         now = time.process_time()
-        own = self._own_total
-        watcher = max(0.0, now - self._since - (own - self._own_at_since))
+        watcher = max(0.0, now - self._since - self._own_measured)
         new = rebalanced(self.owner, self._measured, self.workers, watcher)
         log.info("measured CPU s over %.1f s of detectors (%d releases): %s, the watcher's own "
                  "work %.2f; the busiest process %.2f: %s",
@@ -666,15 +609,11 @@ class DetectorPool:
         # on the first seconds alone was worse later than the one it replaced
         self._measured = [0.0] * len(self._measured)
         self._releases = 0
-        self._own_at_since = own
+        self._own_measured = 0.0
         self._since = now
 
     def close(self) -> None:
-        """Tell every process to exit, and reap it (killed after 5 s); the watcher's scoring
-        thread ends after the share it scores."""
-        if self._own_thread is not None:
-            self._own_thread.shutdown(wait=True)
-            self._own_thread = None
+        """Tell every process to exit, and reap it (killed after 5 s)."""
         if self._pids:
             log.info("detectors' CPU seconds scoring releases: %s", ", ".join(
                 f"{n} {c:.2f} ({'watcher' if o < 0 else f'process {o}'})"
