@@ -93,10 +93,14 @@ def _worker_main(conn, fitted: FittedDetectors, parent: int,
     _serve(conn, lambda table: score_window(table, fitted, allowlist))
 
 
-def _send(conn, msg: Any) -> None:
-    """Send ``msg`` to a scoring process; a dead one is a one-line ``ZeekmlError``."""
+def _send(conn, msg: Any, fd: int | None = None) -> None:
+    """Send ``msg`` to a scoring process, then the descriptor ``fd`` if given (passed over the
+    pipe: SCM_RIGHTS); a dead process is a one-line ``ZeekmlError``."""
     try:
         conn.send(msg)
+        if fd is not None:
+            from multiprocessing.reduction import send_handle
+            send_handle(conn, fd, 0)      # the pid is not used on Unix
     except OSError as e:
         raise ZeekmlError(f"a scoring process died ({e.strerror or e})") from e
 
@@ -337,25 +341,25 @@ def pack_release(items: list, own: pa.Table | None) -> tuple[tuple, int | None]:
     the message to pickle, whose tables are replaced by their (offset, length) in the memfd,
     and the memfd's descriptor (None without tables, or without memfd: the message is then
     ``(items, own)`` itself, tables included)."""
-    tables = [ctx for _, ctx, _ in items if ctx is not None] + ([own] if own is not None else [])
-    if not SHARED_TABLES or not tables:
+    if not SHARED_TABLES or (own is None and all(ctx is None for _, ctx, _ in items)):
         return (items, own), None
     fd = os.memfd_create("zeekml-release", os.MFD_CLOEXEC)
-    spans = []
     try:
         with open(fd, "wb", buffering=0, closefd=False) as f:
-            for t in tables:
+            def span(t: pa.Table | None) -> tuple[int, int] | None:
+                if t is None:
+                    return None
                 start = f.tell()
                 with pa.ipc.new_stream(f, t.schema) as w:
                     w.write_table(t)
-                spans.append((start, f.tell() - start))   # streams pad to 8 bytes: aligned
+                return start, f.tell() - start     # streams pad to 8 bytes: aligned
+            shared = [(i, span(ctx), pos) for i, ctx, pos in items]
+            own_span = span(own)
+            size = f.tell()
     except BaseException:
         os.close(fd)
         raise
-    spans_iter = iter(spans)
-    shared = [(i, None if ctx is None else next(spans_iter), pos) for i, ctx, pos in items]
-    return ("memfd", shared, next(spans_iter) if own is not None else None,
-            spans[-1][0] + spans[-1][1]), fd
+    return ("memfd", shared, own_span, size), fd
 
 
 def unpack_release(msg: tuple, fd: int | None) -> tuple[list, pa.Table | None]:
@@ -380,13 +384,7 @@ def send_release(conn, items: list, own: pa.Table | None) -> None:
     ``ZeekmlError``)."""
     msg, fd = pack_release(items, own)
     try:
-        _send(conn, msg)
-        if fd is not None:
-            from multiprocessing.reduction import send_handle
-            try:
-                send_handle(conn, fd, 0)      # the pid is not used on Unix
-            except OSError as e:
-                raise ZeekmlError(f"a scoring process died ({e.strerror or e})") from e
+        _send(conn, msg, fd)
     finally:
         if fd is not None:
             os.close(fd)     # the process holds its own copy of the descriptor now
@@ -395,7 +393,7 @@ def send_release(conn, items: list, own: pa.Table | None) -> None:
 def receive_release(conn, msg: tuple) -> tuple[list, pa.Table | None]:
     """In a scoring process: the release ``send_release`` sent (``msg`` already received)."""
     fd = None
-    if msg and msg[0] == "memfd":
+    if msg[0] == "memfd":
         from multiprocessing.reduction import recv_handle
         fd = recv_handle(conn)
     return unpack_release(msg, fd)
