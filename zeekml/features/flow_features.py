@@ -26,6 +26,8 @@ CONN_STATES = ("S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "R
                "SHR", "OTH")
 HISTORY_LETTERS = "SHADFRCGTWIQ^shadfrcgtwiq"
 PORT_BUCKETS = ("well_known", "registered", "ephemeral")
+# the responder port's class as ``FlowParts.categorical`` names it (the buckets, and unset)
+PORT_CLASSES = ("well-known (< 1024)", "registered (1024-49151)", "ephemeral (>= 49152)", "unset")
 
 
 def _num(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -174,12 +176,23 @@ class FlowFeaturizer:
         is open: the IsolationForest, the GNN and the autoencoder's quantities read the same
         conns, so a table's parts are computed once and ``rows`` of them taken from the whole
         table's. Outside a scope ``rows`` are featurised alone."""
+        return self.parts(table, rows).columns(None if self.hide_service else tuple(self.services))
+
+    def parts(self, table: pa.Table, rows: np.ndarray | None = None) -> "FlowParts":
+        """``FlowParts`` of ``table`` (of its ``rows`` only), shared through an open
+        ``table_memo`` scope as ``_columns`` says."""
         if rows is not None and not table_memo.active():
             table, rows = table.take(pa.array(np.asarray(rows, dtype=np.int64), pa.int64())), None
         parts = table_memo.memoised(table, ("flow_parts", SCHEMA_VERSION), lambda: FlowParts.of(table))
         if rows is not None:
             parts = parts.take(np.asarray(rows, dtype=np.int64))
-        return parts.columns(None if self.hide_service else tuple(self.services))
+        return parts
+
+    def transform_parts(self, parts: "FlowParts") -> np.ndarray:
+        """``transform`` of the conns ``parts`` describes (``parts`` from ``self.parts``)."""
+        if not self.fitted:
+            raise RuntimeError("FlowFeaturizer.transform before fit")
+        return self._scale_columns(parts.columns(None if self.hide_service else tuple(self.services)))
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -282,6 +295,26 @@ class FlowParts:
             feats.append(((port >= 1024) & (port < 49152)).astype(np.float64))
             feats.append((port >= 49152).astype(np.float64))
         return feats
+
+    def categorical(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each conn's value of its categorical fields, as ``{field: (distinct values, code of
+        each conn)}``: ``proto``, ``conn_state``, ``service`` (unset = ``""``), the responder
+        port's class (``PORT_CLASSES``) and, per ``HISTORY_LETTERS`` letter, whether
+        ``history`` holds it (``history S``: ``"without"``/``"with"``). The values are Zeek's own,
+        not a featuriser's vocabulary: a service no top-K list holds is still itself.
+
+        Shapes: each value array ``[distinct]`` (object), each code array ``[n]`` int64.
+        """
+        out = {"proto": (self.proto, self.proto_code), "conn_state": (self.state, self.state_code),
+               "service": (self.service, self.service_code)}
+        port, missing = self.port, self.port_missing
+        cls = np.where(missing, 3, np.where(port < 1024, 0, np.where(port < 49152, 1, 2)))
+        out["responder port"] = (np.asarray(PORT_CLASSES, dtype=object), cls.astype(np.int64))
+        with_without = np.asarray(("without", "with"), dtype=object)
+        for c in HISTORY_LETTERS:
+            has = np.fromiter((c in h for h in self.history), dtype=np.int64, count=len(self.history))
+            out[f"history {c}"] = (with_without, has[self.history_code])
+        return out
 
 
 def _one_hot(values: np.ndarray, vocab: tuple[str, ...]) -> list[np.ndarray]:

@@ -15,6 +15,7 @@ import pyarrow as pa
 from zeekml._core.errors import ModelError
 from zeekml.features.flow_features import FlowFeaturizer
 from zeekml.scoring.detectors.reference import distinct_rows
+from zeekml.scoring.detectors.unseen import UnseenValues
 from zeekml.scoring.explain import feature_value_text
 
 log = logging.getLogger(__name__)
@@ -119,14 +120,17 @@ class DirectForest:
 
 
 class IsolationForestDetector:
-    """IsolationForest on the shared flow features (a per-conn detector: no context).
+    """IsolationForest on the shared flow features, plus the values the baseline never had (a
+    per-conn detector: no context).
 
     Anomalous = the conn's flow features are isolated by few random splits of trees grown on
-    the baseline (the short average path length of ``2 ** -(depth / c)``): a value past what
-    the baseline holds, or a rare combination. Blind spot, measured: a feature (nearly) constant on the
-    baseline (a protocol it never saw) is (almost) never split on, so novelty there alone counts little
-    (CTU-21-1's TCP/443 C&C SYNs against a DNS and NTP baseline with one TCP conn: AUROC 0.91,
-    docs/results/detection.md).
+    the baseline (the short average path length of ``2 ** -(depth / c)``, in (0, 1)): a value
+    past what the baseline holds, or a rare combination; **plus one for each categorical field
+    whose value no baseline conn has** (proto, conn state, service, responder port class, each
+    ``history`` letter present or absent: ``UnseenValues``), so such a conn ranks above every
+    conn without one. The trees cannot see that novelty: a feature constant on the baseline (a
+    protocol it never saw) is never split on (CTU-21-1's TCP/443 C&C SYNs against a DNS and NTP
+    baseline: AUROC 0.912 on the trees alone, 1.000 with the count; docs/results/detection.md).
 
     Args:
         n_estimators: trees (default 200).
@@ -156,6 +160,7 @@ class IsolationForestDetector:
         self._mad: np.ndarray | None = None
         self._raw_median: np.ndarray | None = None
         self._raw_share: np.ndarray | None = None
+        self.unseen = UnseenValues()
 
     def fit(self, table: pa.Table) -> IsolationForestDetector:
         """Fit the features' scaling and the forest on ``table`` (a baseline period), and score
@@ -166,6 +171,8 @@ class IsolationForestDetector:
         auto is ``min(256, n)``: the same from 512 rows up), so that below 512 rows too every
         row is left out of about half the trees."""
         x, raw = self.featurizer.fit_transform_raw(table)
+        fields = self.featurizer.parts(table).categorical()
+        self.unseen.fit(fields)
         if self.max_samples == "auto":
             self.model.set_params(max_samples=min(256, max(1, len(x) // 2)))
         self.model.fit(x)
@@ -180,7 +187,8 @@ class IsolationForestDetector:
             log.info("IsolationForest's drawn rows read from estimators_samples_ (this "
                      "scikit-learn's trees recorded none)")
             drawn = self.model.estimators_samples_
-        self.oob_scores = trees.out_of_bag(x, drawn)
+        # each baseline conn out of its own trees and out of the value counts: as a new conn
+        self.oob_scores = trees.out_of_bag(x, drawn) + self.unseen.held_out_unseen(fields).sum(axis=1)
         # what an explanation compares against: the scaled features' medians and MAD, and
         # the medians in the features' own units
         self._median = np.median(x, axis=0)
@@ -191,10 +199,21 @@ class IsolationForestDetector:
         return self
 
     def score(self, table: pa.Table) -> np.ndarray:
-        """Anomaly score of every row, ``[n]`` (higher = more anomalous)."""
+        """Anomaly score of every row, ``[n]`` (higher = more anomalous): ``forest_score`` plus
+        the count of its unseen values."""
         if table.num_rows == 0:
             return np.zeros(0)
-        x = self.featurizer.transform(table)
+        parts = self.featurizer.parts(table)
+        return (self._forest(self.featurizer.transform_parts(parts))
+                + self.unseen.unseen(parts.categorical()).sum(axis=1))
+
+    def forest_score(self, table: pa.Table) -> np.ndarray:
+        """The trees' part of ``score``: scikit-learn's ``-score_samples``, ``[n]`` in (0, 1)."""
+        if table.num_rows == 0:
+            return np.zeros(0)
+        return self._forest(self.featurizer.transform(table))
+
+    def _forest(self, x: np.ndarray) -> np.ndarray:
         if self._direct is not None:
             return self._direct.scores(x)
         return -self.model.score_samples(x)
@@ -210,18 +229,23 @@ class IsolationForestDetector:
         """For each of ``rows``: the ``top`` features furthest from the baseline (robust z-score
         of the scaled feature), each in its own units beside the baseline's median (or, for a
         flag such as ``conn_state RSTO``, the baseline's share of conns with it), e.g.
-        ``duration 503 s, 162x the baseline median 3.11 s; resp_pkts 184, where the baseline median is 0``."""
+        ``duration 503 s, 162x the baseline median 3.11 s; resp_pkts 184, where the baseline median is 0``;
+        led by the values no baseline conn had, when the conn has any (``never in the baseline:
+        proto tcp, history with S; ...``)."""
         if len(rows) == 0:
             return []
         sub = table.take(pa.array(rows, pa.int64()))
         x = self.featurizer.transform(sub)
         raw = self.featurizer._raw(sub)
+        fields = self.featurizer.parts(sub).categorical()
         z = np.abs(x - self._median) / self._mad
         names = self.featurizer.feature_names
         out = []
         for i in range(len(rows)):
             idx = np.argsort(-z[i], kind="stable")[:top]
-            out.append("; ".join(feature_value_text(names[j], float(raw[i, j]),
-                                                    float(self._raw_median[j]),
-                                                    float(self._raw_share[j])) for j in idx))
+            text = "; ".join(feature_value_text(names[j], float(raw[i, j]),
+                                                float(self._raw_median[j]),
+                                                float(self._raw_share[j])) for j in idx)
+            new = self.unseen.text(fields, i)
+            out.append(f"never in the baseline: {new}; {text}" if new else text)
         return out

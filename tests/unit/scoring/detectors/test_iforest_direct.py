@@ -28,9 +28,12 @@ def test_detector_scores_are_score_samples_bits_at_every_batch_size(conns):
     for n in (1, 2, 25, 600, rest.num_rows):
         table = rest.slice(0, n)
         want = -det.model.score_samples(det.featurizer.transform(table))
-        got = det.score(table)
+        got = det.forest_score(table)
         assert got.dtype == want.dtype and got.shape == (n,)
         assert np.array_equal(got, want), n
+        # the detector's score is the trees' plus the count of values the baseline never had
+        unseen = det.unseen.unseen(det.featurizer.parts(table).categorical()).sum(axis=1)
+        assert np.array_equal(det.score(table), want + unseen), n
     rows = np.array([5, 0, 4000, 17], dtype=np.int64)
     assert np.array_equal(det.score_rows(rest, rows), det.score(rest)[rows])
 
