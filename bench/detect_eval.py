@@ -373,12 +373,15 @@ def run(args: argparse.Namespace) -> dict:
     opts = ScoreOptions(fpr=args.fpr, seed=args.seed,
                         models_dir=None if args.no_models else (args.models or ""))
     clfs = tuple(args.classifier or ())
-    captures = {name: load(name, args.max_conns) for name in args.captures}
+    # every capture is read: the tree of a scored capture trains on all the others, whichever
+    # --captures are scored
+    captures = {name: load(name, args.max_conns) for name in CAPTURES}
     results: dict = {"fpr": args.fpr, "clean_share": args.clean_share, "max_conns": args.max_conns,
                      "models": not args.no_models, "models_dir": args.models, "classifiers": list(clfs),
                      "gnn_k": args.gnn_k, "gnn_features": args.gnn_features,
                      "captures": {}}
-    for name, (t, y) in captures.items():
+    for name in args.captures:
+        t, y = captures[name]
         log.info("%s: %d conns (%d malicious, %d benign)", name, t.num_rows, (y == 1).sum(),
                  (y == 0).sum())
         p = gbt_scores(captures, name, args.seed)
