@@ -75,9 +75,10 @@ class UnseenValues:
         row), each with itself left out of the counts: the values it alone has."""
         return self._value_counts(fields) <= 1
 
-    def text(self, fields: Fields, row: int) -> str:
-        """The unseen values of conn ``row`` of ``fields`` in words (empty when none), e.g.
-        ``proto tcp, history with S, history without D``."""
+    def text(self, fields: Fields, row: int, most: int = 6) -> str:
+        """The unseen values of conn ``row`` of ``fields`` in words (empty when none), the
+        first ``most`` of them and how many more, e.g. ``proto tcp, history with S, history
+        without D`` (a notice's message stays a line a person reads)."""
         unseen = self.unseen({k: (v, c[row:row + 1]) for k, (v, c) in fields.items()})[0]
         words = []
         for name, new in zip(self.counts, unseen):
@@ -89,4 +90,5 @@ class UnseenValues:
                 words.append(f"history {v} {name.split(' ', 1)[1]}")
             else:
                 words.append(f"{name} {v or 'unset'}")
-        return ", ".join(words)
+        more = f" and {len(words) - most} more" if len(words) > most else ""
+        return ", ".join(words[:most]) + more

@@ -47,6 +47,7 @@ def test_values_no_baseline_conn_had_are_counted_per_field():
     assert flagged == {"proto", "conn_state", "history S", "history D", "history d"}
     assert u.text(fields(new), 1) == ("proto tcp, conn_state S0, history with S, "
                                       "history without D, history without d")
+    assert u.text(fields(new), 1, most=2) == "proto tcp, conn_state S0 and 3 more"
     assert u.text(fields(new), 0) == ""
 
 
