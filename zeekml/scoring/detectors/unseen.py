@@ -8,7 +8,7 @@ ordinary (CTU-21-1's TCP/443 C&C SYNs against a DNS and NTP baseline: IsolationF
 docs/results/detection.md). Counting unseen values restores what the trees cannot see.
 
 Calibrating on the baseline's own conns stays honest: a baseline conn is scored with itself left
-out (``held_out_counts``), so it counts as unseen exactly the values only it has. The share of
+out (``held_out_unseen``), so it counts as unseen exactly the values only it has. The share of
 such conns is the Good-Turing estimate of how often a new normal conn brings a value not seen
 yet, which is what a threshold set on them then allows for.
 """
