@@ -76,14 +76,15 @@ class FlowFeaturizer:
         self._fit(table)
         return self
 
-    def _fit(self, table: pa.Table) -> np.ndarray:
-        """Fit on ``table``; its raw (unscaled) features, which fitting computes anyway."""
+    def _fit(self, table: pa.Table, parts: "FlowParts | None" = None) -> np.ndarray:
+        """Fit on ``table`` (``parts``: its ``FlowParts``, when the caller has them); its raw
+        (unscaled) features, which fitting computes anyway."""
         if not self.hide_service:
             svc = _strings(table, "service")
             vals, counts = np.unique(svc[svc != ""], return_counts=True)
             order = np.argsort(-counts, kind="stable")
             self.services = [str(v) for v in vals[order][: self.top_services]]
-        raw = self._raw(table)
+        raw = self._raw(table, parts)
         stats = raw if len(raw) else np.zeros((1, raw.shape[1]))
         # both bounds from one partition (np.quantile interpolates each quantile on its own:
         # the bits of two calls, in 22 ms instead of 34 on a 30,000-conn baseline)
@@ -102,9 +103,7 @@ class FlowFeaturizer:
     def transform(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
         """Scaled features ``[n, n_features]`` float32 of every conn of ``table``, or of its
         ``rows`` only (``transform(table.take(rows))``: a conn's features are its own)."""
-        if not self.fitted:
-            raise RuntimeError("FlowFeaturizer.transform before fit")
-        return self._scale_columns(self._columns(table, rows))
+        return self.transform_parts(self.parts(table, rows))
 
     def _scale(self, raw: np.ndarray) -> np.ndarray:
         x = (np.clip(raw, self.lo, self.hi) - np.asarray(self.mean)) / np.asarray(self.std)
@@ -139,9 +138,11 @@ class FlowFeaturizer:
     def fit_transform(self, table: pa.Table) -> np.ndarray:
         return self._scale(self._fit(table))
 
-    def fit_transform_raw(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """``(fit_transform(table), the raw features it scaled)``: the raw features computed once."""
-        raw = self._fit(table)
+    def fit_transform_raw(self, table: pa.Table,
+                          parts: "FlowParts | None" = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(fit_transform(table), the raw features it scaled)``: the raw features computed once
+        (from ``parts``, ``table``'s ``FlowParts``, when given)."""
+        raw = self._fit(table, parts)
         return self._scale(raw), raw
 
     # -- the features ------------------------------------------------------------------------
@@ -161,26 +162,25 @@ class FlowFeaturizer:
             names += [f"resp_p_{b}" for b in PORT_BUCKETS]
         return names
 
-    def _raw(self, table: pa.Table) -> np.ndarray:
-        feats = self._columns(table)
+    def _raw(self, table: pa.Table, parts: "FlowParts | None" = None) -> np.ndarray:
+        feats = (self.parts(table) if parts is None else parts).columns(self._service_vocabulary)
         if table.num_rows == 0:
             return np.zeros((0, len(feats)))
         return np.stack(feats, axis=1)
 
-    def _columns(self, table: pa.Table, rows: np.ndarray | None = None) -> list[np.ndarray]:
-        """The raw (unscaled) features of ``table`` (of its ``rows`` only, when given), one
-        float64 ``[n]`` array per feature.
-
-        What they are made of (``FlowParts``: the numbers, missing flags and the codes of the
-        string columns) is shared by every featuriser of the table while a ``table_memo.scope``
-        is open: the IsolationForest, the GNN and the autoencoder's quantities read the same
-        conns, so a table's parts are computed once and ``rows`` of them taken from the whole
-        table's. Outside a scope ``rows`` are featurised alone."""
-        return self.parts(table, rows).columns(None if self.hide_service else tuple(self.services))
+    @property
+    def _service_vocabulary(self) -> tuple[str, ...] | None:
+        """The services given their own one-hot (None: ``hide_service``, no service columns)."""
+        return None if self.hide_service else tuple(self.services)
 
     def parts(self, table: pa.Table, rows: np.ndarray | None = None) -> "FlowParts":
-        """``FlowParts`` of ``table`` (of its ``rows`` only), shared through an open
-        ``table_memo`` scope as ``_columns`` says."""
+        """What the raw features of ``table`` (of its ``rows`` only, when given) are made of:
+        its ``FlowParts`` (the numbers, missing flags and the codes of the string columns).
+
+        Shared by every featuriser of the table while a ``table_memo.scope`` is open: the
+        IsolationForest, the GNN and the autoencoder's quantities read the same conns, so a
+        table's parts are computed once and ``rows`` of them taken from the whole table's.
+        Outside a scope ``rows`` are featurised alone."""
         if rows is not None and not table_memo.active():
             table, rows = table.take(pa.array(np.asarray(rows, dtype=np.int64), pa.int64())), None
         parts = table_memo.memoised(table, ("flow_parts", SCHEMA_VERSION), lambda: FlowParts.of(table))
@@ -192,7 +192,7 @@ class FlowFeaturizer:
         """``transform`` of the conns ``parts`` describes (``parts`` from ``self.parts``)."""
         if not self.fitted:
             raise RuntimeError("FlowFeaturizer.transform before fit")
-        return self._scale_columns(parts.columns(None if self.hide_service else tuple(self.services)))
+        return self._scale_columns(parts.columns(self._service_vocabulary))
 
     # -- persistence -------------------------------------------------------------------------
 

@@ -170,8 +170,9 @@ class IsolationForestDetector:
         ``max_samples="auto"`` grows each tree on ``min(256, n // 2)`` rows (scikit-learn's
         auto is ``min(256, n)``: the same from 512 rows up), so that below 512 rows too every
         row is left out of about half the trees."""
-        x, raw = self.featurizer.fit_transform_raw(table)
-        fields = self.featurizer.parts(table).categorical()
+        parts = self.featurizer.parts(table)      # once, for the features and the fields
+        x, raw = self.featurizer.fit_transform_raw(table, parts)
+        fields = parts.categorical()
         self.unseen.fit(fields)
         if self.max_samples == "auto":
             self.model.set_params(max_samples=min(256, max(1, len(x) // 2)))
@@ -235,9 +236,10 @@ class IsolationForestDetector:
         if len(rows) == 0:
             return []
         sub = table.take(pa.array(rows, pa.int64()))
-        x = self.featurizer.transform(sub)
-        raw = self.featurizer._raw(sub)
-        fields = self.featurizer.parts(sub).categorical()
+        parts = self.featurizer.parts(sub)
+        x = self.featurizer.transform_parts(parts)
+        raw = self.featurizer._raw(sub, parts)
+        fields = parts.categorical()
         z = np.abs(x - self._median) / self._mad
         names = self.featurizer.feature_names
         out = []
