@@ -7,6 +7,7 @@
     python bench/score_speed.py --against /tmp/wt-old --repeat 3   # another checkout, alternated
     python bench/score_speed.py --learned-ab COMMIT    # GNN + autoencoder: COMMIT's code vs this tree's
     python bench/score_speed.py --timeline             # when each step of one models run began and ended
+    python bench/score_speed.py --tooling-embeddings   # the detectors' forwards: eager, ONNX Runtime, int8
 
 The log: copies of real labeled conn logs from the shared data set (IoT-23 CTU-34-1 and two
 Stratosphere mixed captures), each copy shifted in time past the previous one and its uids
@@ -32,6 +33,7 @@ import glob
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -491,6 +493,160 @@ def tooling(log_dir: str, conns: int, models_dir: str, compile_: bool) -> dict:
     return out
 
 
+# -- the shipped detectors' embedding forwards: eager vs ONNX Runtime vs int8 ---------------
+
+@contextlib.contextmanager
+def _onnx_traceable():
+    """What the TorchScript ONNX exporter cannot trace in a ``causal_window`` encoder, swapped for
+    the same arithmetic while it traces (the eager path is left as it is outside this block):
+    ``F.embedding_bag(..., padding_idx=0)`` (no ONNX form) becomes an embedding and a sum over
+    the fields (the padding row is zero, so the sum is the same), and the MoE dispatch's stable
+    argsort (the exporter has none) an unstable one (it orders the tokens of one expert, whose
+    rows the expert computes independently)."""
+    import torch
+    import torch.nn.functional as F
+
+    import zeekml.nn.dense as dense
+    import zeekml.nn.moe as moe
+
+    class _Torch:
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def argsort(x, stable=False, **kw):
+            return torch.argsort(x, **kw)
+
+    forward = dense.StreamEmbedding.forward
+    dense.StreamEmbedding.forward = lambda self, ids: F.embedding(ids, self.tok.weight).sum(1)
+    moe.torch = _Torch()
+    try:
+        yield
+    finally:
+        dense.StreamEmbedding.forward = forward
+        moe.torch = torch
+
+
+def tooling_embeddings(log_dir: str, conns: int, models_dir: str, rounds: int) -> dict:
+    """The forward passes the shipped learned detectors run on every conn, on the same inputs:
+    the autoencoder's encoder (``mae-base``: ``encode`` of 1,024-conn batches) and the causal
+    token models' stream passes (``moe-causal``, the detector, and its dense twin
+    ``dense-causal``: ``forward_stream`` over 8,192-row pieces of the host streams, each piece
+    on its own), as eager float32 (the reference), ONNX Runtime (CPU execution provider, the
+    model exported by ``torch.onnx.export``'s TorchScript exporter; the dynamo exporter stops
+    at the MoE's data-dependent expert capacity) and int8 dynamic quantisation. One thread
+    each (torch and ONNX Runtime), ``rounds`` interleaved rounds, best kept: rows per CPU
+    second; the largest embedding difference from eager, absolute and relative to the eager
+    embeddings' spread. The GNN is left out: its message passing is a sparse matrix product,
+    which ONNX has no operator for."""
+    import numpy as np
+    import torch
+
+    from zeekml._core.device import batch_rows, configure_torch
+    from zeekml.nn.quantize import quantize_int8, relative_spread_difference
+    from zeekml.parse import Quarantine
+    from zeekml.pipeline import ScoreSummary, load_conns
+    from zeekml.scoring.detectors.mae import INFER_BATCH, LoadedMAE, modality_tensors
+    from zeekml.scoring.detectors.token import STREAM_BATCH, LoadedTokenModel
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        sys.exit("score_speed --tooling-embeddings: onnxruntime is not installed "
+                 "(pip install onnxruntime onnx; bench only, not a zeekml dependency)")
+    configure_torch()
+    torch.set_num_threads(1)
+    files = sorted(glob.glob(os.path.join(log_dir, "*.log")))
+    table = load_conns(files, Quarantine(), ScoreSummary()).slice(0, conns)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    tmp = tempfile.mkdtemp(prefix="zeekml-onnx-")
+    out: dict = {"conns": table.num_rows, "onnxruntime": ort.__version__, "torch": torch.__version__,
+                 "rounds": rounds}
+
+    class _Call(torch.nn.Module):
+        def __init__(self, fn, module):
+            super().__init__()
+            self.module, self.fn = module, fn
+
+        def forward(self, *xs):
+            return self.fn(self.module, *xs)
+
+    def models():
+        L = LoadedMAE.from_dir(os.path.join(models_dir, "mae-base"))
+        m = L.modalities(table)
+        batches = [tuple(t.contiguous() for t in modality_tensors(
+            m.take(batch_rows(s, s + INFER_BATCH)), "cpu")) for s in range(0, len(m), INFER_BATCH)]
+        yield "mae-base encode", L.model, (lambda mod, q, sq, e: mod.encode(q, sq, e)), batches, \
+            ("q", "sq", "e"), True
+        for name in ("moe-causal", "dense-causal"):
+            T = LoadedTokenModel.from_dir(os.path.join(models_dir, name))
+            enc = T.encoder
+            st = T.tokenizer.host_stream(table, None, width=max(enc.spans), hide_service=T.hide_service)
+            pieces = []
+            for s in range(0, len(st.ids) - STREAM_BATCH + 1, STREAM_BATCH):
+                keys = st.keys[s:s + STREAM_BATCH] - s
+                keys[st.keys[s:s + STREAM_BATCH] < s] = -1         # predecessors before the piece
+                pieces.append((torch.as_tensor(st.ids[s:s + STREAM_BATCH]), torch.as_tensor(keys)))
+            # traced at one piece's size: the MoE's expert capacity is a number of that size
+            yield f"{name} stream", enc, (lambda mod, ids, keys: mod.forward_stream(ids, keys).hidden), \
+                pieces, ("ids", "keys"), False
+
+    for label, module, fn, inputs, names, dynamic in models():
+        module.eval()
+        call = _Call(fn, module).eval()
+        path = os.path.join(tmp, label.replace(" ", "_") + ".onnx")
+        t0 = time.perf_counter()
+        with _onnx_traceable(), warnings_quiet():
+            torch.onnx.export(call, inputs[0], path, dynamo=False, input_names=list(names),
+                              output_names=["out"],
+                              dynamic_axes={n: {0: "rows"} for n in (*names, "out")} if dynamic else None)
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        export_s = time.perf_counter() - t0
+        quantised = _Call(fn, quantize_int8(module)).eval()
+        variants = {
+            "eager": lambda x: call(*x).numpy(),
+            "onnxruntime": lambda x: session.run(None, {n: t.numpy() for n, t in zip(names, x)})[0],
+            "int8 dynamic": lambda x: quantised(*x).numpy(),
+        }
+        rows = sum(len(x[0]) for x in inputs)
+        outs, best = {}, {k: float("inf") for k in variants}
+        with torch.inference_mode():
+            for k, run_one in variants.items():
+                outs[k] = np.concatenate([run_one(x) for x in inputs])       # warm, and the outputs
+            for _ in range(rounds):
+                for k, run_one in variants.items():
+                    t0 = time.process_time()
+                    for x in inputs:
+                        run_one(x)
+                    best[k] = min(best[k], time.process_time() - t0)
+        ref = torch.as_tensor(outs["eager"])
+        res = {}
+        for k in variants:
+            got = torch.as_tensor(outs[k])
+            res[k] = {"rows_per_cpu_s": rows / best[k], "vs_eager": best["eager"] / best[k],
+                      "max_abs_diff": float((got - ref).abs().max()),
+                      "rel_spread_diff": relative_spread_difference(ref, got),
+                      "bit_equal": bool(torch.equal(got, ref))}
+            print(f"  {label:22s} {k:13s} {res[k]['rows_per_cpu_s']:9,.0f} rows/CPU-s "
+                  f"{res[k]['vs_eager']:5.2f}x  max|diff| {res[k]['max_abs_diff']:.2g}  "
+                  f"rel {res[k]['rel_spread_diff']:.2g}", flush=True)
+        out[label] = {"rows": rows, "export_s": export_s, "variants": res}
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@contextlib.contextmanager
+def warnings_quiet():
+    """The exporter's and the deprecated quantisation API's warnings off (they are expected)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 # -- the GNN and autoencoder detectors, a commit's code against this tree's, in one process ----
 
 # What ``--learned-ab`` loads from the other commit (the rest, models included, is this tree's).
@@ -726,6 +882,9 @@ def main() -> None:
                     help="instead: eager vs int8 dynamic quantisation vs torch.compile per model")
     ap.add_argument("--tooling-conns", type=int, default=20_000, help="conns for --tooling (default 20000)")
     ap.add_argument("--no-compile", action="store_true", help="--tooling without torch.compile")
+    ap.add_argument("--tooling-embeddings", action="store_true",
+                    help="instead: the shipped detectors' embedding forwards, eager vs ONNX Runtime "
+                         "vs int8 (needs onnxruntime and onnx installed; --tooling-conns conns)")
     ap.add_argument("--learned-ab", metavar="COMMIT",
                     help="instead: the GNN and autoencoder detectors with COMMIT's graph builder, "
                          "GNN encoder, flow features, modalities and GNN detector against this "
@@ -777,6 +936,12 @@ def main() -> None:
                 print(f"\nround {rnd + 1}/{a.repeat} (load average at the end {r['load_average_end']:.1f})")
                 print_timeline(r)
                 res.append(r)
+            if a.json:
+                with open(a.json, "w") as f:
+                    json.dump(res, f, indent=1)
+            return
+        if a.tooling_embeddings:
+            res = tooling_embeddings(log_dir, a.tooling_conns, os.path.join(ROOT, "models"), a.rounds)
             if a.json:
                 with open(a.json, "w") as f:
                     json.dump(res, f, indent=1)
