@@ -34,7 +34,7 @@ from zeekml.sinks.run_outputs import ScoreOutputs
 from zeekml.sinks.triage import (BASELINE_FILE, INCIDENT_NOTICE_FILE, INCIDENTS_FILE,
                                  mark_suppressed, write_baseline_info, write_incident_notices,
                                  write_incidents)
-from zeekml.sinks.verdicts import render_verdicts
+from zeekml.sinks.verdicts import RenderedVerdicts, alert_verdicts, render_verdicts
 from zeekml.sources.archive import expand_inputs
 
 __all__ = ["ScoreOptions", "ScoreSummary", "baseline_rows", "benign_feedback_uids",
@@ -269,18 +269,28 @@ def _score_chunked(files: list[str], baseline: pa.Table | None, options: ScoreOp
             fb = np.concatenate(fb_parts) if fb_parts else np.zeros(0, dtype=np.int64)
             return _feedback_extra(fb, spill.take, base, rows, benign, options, summary)
 
-        def write(batch: VerdictBatch) -> None:
+        # a chunk's lines are rendered while its alerts are explained (score_spilled's
+        # on_scored: they hold no explanation), the verdicts written once the alerts are
+        pending: list[tuple[VerdictBatch, dict[int, str], RenderedVerdicts]] = []
+
+        def render(batch: VerdictBatch) -> None:
             attach_suricata_alerts(batch, suricata)
             suppressed = suppress(batch, allowlist) if allowlist is not None else {}
             bar.step(f"writing {len(batch):,} verdicts")
-            rendered = render_verdicts(batch)
+            pending.append((batch, suppressed, render_verdicts(batch, alerts=False)))
+
+        def write(batch: VerdictBatch) -> None:
+            if not pending or pending[-1][0] is not batch:
+                render(batch)
+            _, suppressed, rendered = pending.pop()
+            rendered.alerts = alert_verdicts(batch)
             mark_suppressed(rendered.lines, suppressed)
             outputs.write_batch(rendered)
             triage.add_batch(batch)
 
         return score_spilled(spill, baseline, options, summary, write,
                              fit_extra=fit_extra if benign is not None else None,
-                             on_step=bar.step)
+                             on_step=bar.step, on_scored=render)
 
 
 def _write_triage(out_dir: str, files: list[str], baseline_files: list[str],

@@ -269,17 +269,19 @@ def spill_inputs(paths: list[str], quarantine: Quarantine, summary: ScoreSummary
 
 def score_in_context(table: pa.Table, fitted: FittedDetectors, before: list[pa.Table] | None = None,
                      after: list[pa.Table] | None = None,
-                     how: side_by_side.SideBySide | None = None) -> VerdictBatch:
+                     how: side_by_side.SideBySide | None = None,
+                     while_explaining: ChunkFn | None = None) -> VerdictBatch:
     """The verdicts of the rows of ``table``; ``before``/``after`` are context rows (in the
     whole input's order, before and after ``table``'s) that detectors with a time context see
-    but that get no verdict. ``--dask`` tasks and chunks are scored with it; ``how`` as in
-    ``score_batch``."""
+    but that get no verdict. ``--dask`` tasks and chunks are scored with it; ``how`` and
+    ``while_explaining`` as in ``score_batch``."""
     before, after = before or [], after or []
     if not before and not after:
-        return score_batch(table, fitted, how=how)
+        return score_batch(table, fitted, how=how, while_explaining=while_explaining)
     whole, targets = with_context(before, table, after)
     return score_batch(table, dataclasses.replace(
-        fitted, detectors=detectors_in_context(fitted.detectors, whole, targets)), how=how)
+        fitted, detectors=detectors_in_context(fitted.detectors, whole, targets)), how=how,
+        while_explaining=while_explaining)
 
 
 def context_rows(ts: np.ndarray, start: int, stop: int, back: float,
@@ -438,11 +440,14 @@ ChunkFn = Callable[[VerdictBatch], None]
 def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: ScoreOptions,
                   summary: ScoreSummary, on_chunk: ChunkFn,
                   fit_extra: Callable[[pa.Table | None, np.ndarray | None], pa.Table] | None = None,
-                  on_step: StepFn | None = None) -> TriageBaseline:
+                  on_step: StepFn | None = None,
+                  on_scored: ChunkFn | None = None) -> TriageBaseline:
     """Choose the baseline (unless ``baseline`` is given), fit and calibrate, score every chunk
     of ``spill`` and hand its verdicts to ``on_chunk``; returns what the triage outputs need of
     the baseline (``TriageBaseline``: the baseline table is dropped before the chunks are
-    scored).
+    scored). ``on_scored(batch)``: each chunk's verdicts before ``on_chunk`` gets them, scored
+    but not yet explained, while the detectors explain its alerts (``score_batch``'s
+    ``while_explaining``: what needs no explanation, such as rendering the verdict lines).
 
     ``fit_extra(baseline, rows)``: the benign feedback conns that join the fitting side
     (``batch._feedback_extra``), given the baseline and the chosen rows (None with a
@@ -484,11 +489,13 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
                                    scored=table if rows is not None else None, rows=rows, raw=raw,
                                    fit_extra=extra, on_step=on_step)
             batch = score_batch(table, fitted, raw, on_step=on_step,
-                                how=side_by_side.plan(len(fitted.detectors)))
+                                how=side_by_side.plan(len(fitted.detectors)),
+                                while_explaining=on_scored)
         else:
             fitted = fit_calibrate(baseline, options, summary, fit_extra=extra, on_step=on_step)
     if not spill.spilled:
-        on_chunk(batch)          # rendered and written once the shared features are dropped
+        on_chunk(batch)          # written once the shared features are dropped (``on_scored``
+                                 # rendered its lines while its alerts were explained)
         return TriageBaseline.of(baseline)
     kept = TriageBaseline.of(baseline)
     del baseline, extra    # the chunks are scored without them (see TriageBaseline)
@@ -501,7 +508,7 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
         before = [spill.take(before_rows)] if len(before_rows) else []
         after = [spill.take(after_rows)] if len(after_rows) else []
         with shared():
-            batch = score_in_context(spill.chunk(i), fitted, before, after, how)
+            batch = score_in_context(spill.chunk(i), fitted, before, after, how, on_scored)
         on_chunk(batch)
     return kept
 

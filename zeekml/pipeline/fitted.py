@@ -417,13 +417,20 @@ def threshold_text(fitted: FittedDetectors) -> str:
 def score_batch(table: pa.Table, fitted: FittedDetectors,
                 raw: dict[str, np.ndarray] | None = None,
                 on_step: Callable[[str], None] | None = None,
-                how: side_by_side.SideBySide | None = None) -> VerdictBatch:
+                how: side_by_side.SideBySide | None = None,
+                while_explaining: Callable[[VerdictBatch], object] | None = None) -> VerdictBatch:
     """The verdicts of every conn of ``table``, in order, column by column. Each verdict depends
     only on its own row (detectors with a time context get theirs through
     ``zeekml.scoring.context``). ``raw`` holds detectors' scores of ``table`` already computed
     (``fit_calibrate``'s), which are not computed again; ``on_step`` as in ``fit_calibrate``;
     ``how``: the detectors that score (and explain their alerts) run side by side so (``side_by_side.plan``; default in
-    turn, as ``watch`` and ``--dask`` tasks score, which run side by side in their own way)."""
+    turn, as ``watch`` and ``--dask`` tasks score, which run side by side in their own way).
+
+    ``while_explaining(batch)``: called with the batch scored but its alerts not yet explained
+    (no ``msg``/``sub``), in this thread while the detectors explain them side by side (the
+    verdict lines need only the scores: ``zeekml score`` renders them then, on a core the
+    explanations leave idle). It may take rows out of alerting (``batch.alert``, an
+    allowlist): those get no explanation."""
     detectors = fitted.detectors
     names = [det.name for det in detectors]
     notes = [det.note for det in detectors]
@@ -443,24 +450,28 @@ def score_batch(table: pa.Table, fitted: FittedDetectors,
     alert = combined >= 1.0
     alert_rows = np.flatnonzero(alert)
     step(f"explaining {len(alert_rows):,} alerts")
+    batch = VerdictBatch(table, names, notes, calibrated, combined, top, alert)
     # each alert explained by the detector that raised it; the detectors side by side as they
     # scored (``how``): a learned detector's explanation runs its model again on its alerts
     # (0.6 s of the 100k-conn log's run of bench/score_speed.py, most of it the MoE's)
     mine = {det.name: alert_rows[top[alert_rows] == d_i] for d_i, det in enumerate(detectors)}
     texts = side_by_side.run({det.name: functools.partial(det.explain, table, mine[det.name])
                               for det in detectors if len(mine[det.name])},
-                             how or side_by_side.IN_TURN)
-    sub: dict[int, str] = {}
+                             how or side_by_side.IN_TURN,
+                             meanwhile=None if while_explaining is None
+                             else functools.partial(while_explaining, batch))
+    still = batch.alert             # less the rows ``while_explaining`` took out, if any
     for name, got in texts.items():
         for r, text in zip(mine[name], got):
-            sub[int(r)] = text
+            if still[r]:
+                batch.sub[int(r)] = text
     why = threshold_text(fitted)
     # a classifier on its trained cut says so: its 1.0 is not a baseline quantile
     whys = [f"1.0 = trained cut {cut_text(fitted.trained_cuts[n])}, baseline looks infected"
             if n in fitted.trained_cuts else why for n in names]
-    msg = {r: f"{names[top[r]]} anomaly score {combined[r]:.3f} ({whys[top[r]]})"
-           for r in alert_rows.tolist()}
-    return VerdictBatch(table, names, notes, calibrated, combined, top, alert, msg, sub)
+    batch.msg.update({r: f"{names[top[r]]} anomaly score {combined[r]:.3f} ({whys[top[r]]})"
+                      for r in alert_rows.tolist() if still[r]})
+    return batch
 
 
 def score_fitted(table: pa.Table, fitted: FittedDetectors) -> list[Verdict]:

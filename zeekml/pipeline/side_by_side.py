@@ -93,16 +93,23 @@ def kernel_threads(n: int, user_api: str | None = "blas") -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def run(calls: dict[str, Callable[[], T]], how: SideBySide) -> dict[str, T]:
+def run(calls: dict[str, Callable[[], T]], how: SideBySide,
+        meanwhile: Callable[[], object] | None = None) -> dict[str, T]:
     """``{name: call()}`` for every call, in ``calls``' order: in turn in this thread when
     ``how.workers`` is 1, else side by side in ``how.workers`` daemon threads, each taking the
     next call not yet started (give the costliest first: the last to start ends the run).
 
+    ``meanwhile``: work of the calling thread's own, done while the calls run side by side
+    (instead of waiting idle for them; ``fitted.score_batch`` renders the verdict lines while
+    the alerts are explained), before them when they run in turn.
+
     The first call (in ``calls``' order) that raised has its exception raised here, once every
-    started call has ended; an interrupt of the waiting thread is raised at once, and no call
-    starts after it."""
+    started call has ended; an interrupt of the waiting thread, or an exception of
+    ``meanwhile``, is raised at once, and no call starts after it."""
     names = list(calls)
-    if how.workers <= 1 or len(names) < 2:
+    if how.workers <= 1 or not names or (len(names) < 2 and meanwhile is None):
+        if meanwhile is not None:
+            meanwhile()
         return {name: calls[name]() for name in names}
     results: dict[str, T] = {}
     errors: dict[str, BaseException] = {}
@@ -127,6 +134,8 @@ def run(calls: dict[str, Callable[[], T]], how: SideBySide) -> dict[str, T]:
         try:
             for t in threads:
                 t.start()
+            if meanwhile is not None:
+                meanwhile()
             for t in threads:
                 t.join()
         except BaseException:

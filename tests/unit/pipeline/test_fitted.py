@@ -300,3 +300,26 @@ def test_the_baseline_check_runs_beside_the_fits_with_the_summary_of_a_run_in_tu
     assert beside.calibration["baseline_check"] == in_turn.calibration["baseline_check"] == {
         "judge": "clf-fake", "conns": 400, "flagged": 30, "infected": True}
     assert beside.warnings == in_turn.warnings
+
+
+def test_while_explaining_sees_the_scores_before_the_explanations_and_may_take_out_alerts(monkeypatch):
+    use(monkeypatch, Bytes("a"))
+    t = table(400)
+    f = fit_calibrate(t, ScoreOptions(fpr=0.01))
+    seen = {}
+
+    def meanwhile(batch):
+        rows = np.flatnonzero(batch.alert)
+        seen.update(alerts=rows.tolist(), msg=dict(batch.msg), sub=dict(batch.sub),
+                    lines=render_verdicts(batch, alerts=False))
+        batch.alert[rows[0]] = False                 # what an allowlist does
+
+    batch = score_batch(t, f, while_explaining=meanwhile)
+    first, *rest = seen["alerts"]
+    assert len(rest) == 3 and seen["msg"] == {} and seen["sub"] == {}
+    # the rows still alerting are explained, the one taken out is not
+    assert sorted(batch.msg) == sorted(batch.sub) == rest
+    assert first not in batch.msg and first not in batch.sub
+    # the lines rendered then are the lines of the explained batch (they hold no explanation)
+    assert seen["lines"].alerts == [] and seen["lines"].lines[first] != render_verdicts(batch).lines[first]
+    assert seen["lines"].lines[rest[0]] == render_verdicts(batch).lines[rest[0]]

@@ -130,3 +130,55 @@ def test_an_interrupt_stops_the_wait_at_once_and_starts_no_other_call():
         release.set()
     time.sleep(0.2)
     assert "c" not in started                      # nothing starts after the interrupt
+
+
+def test_meanwhile_runs_in_the_calling_thread_while_the_calls_run_side_by_side():
+    # each call waits for the calling thread's own work: were it done before or after the
+    # calls, the event would time out
+    done = threading.Event()
+    seen = []
+
+    def call(name):
+        return name if done.wait(10) else None
+
+    def meanwhile():
+        seen.append(threading.current_thread() is threading.main_thread())
+        done.set()
+
+    got = sbs.run({"a": lambda: call("a"), "b": lambda: call("b")}, sbs.SideBySide(2, 1), meanwhile)
+    assert got == {"a": "a", "b": "b"} and seen == [True]
+    # one call alone still runs beside it
+    done.clear()
+    seen.clear()
+    assert sbs.run({"a": lambda: call("a")}, sbs.SideBySide(2, 1), meanwhile) == {"a": "a"}
+    assert seen == [True]
+
+
+def test_meanwhile_runs_before_the_calls_in_turn_and_with_no_calls():
+    order = []
+    got = sbs.run({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, sbs.IN_TURN,
+                  lambda: order.append("meanwhile"))
+    assert order == ["meanwhile", "a", "b"] and list(got) == ["a", "b"]
+    order.clear()
+    assert sbs.run({}, sbs.SideBySide(2, 1), lambda: order.append("meanwhile")) == {}
+    assert order == ["meanwhile"]
+
+
+def test_an_error_of_meanwhile_is_raised_and_starts_no_other_call():
+    release = threading.Event()
+    started = []
+
+    def blocks(name):
+        started.append(name)
+        release.wait(10)
+
+    def fails():
+        raise OSError("rendering failed")
+
+    try:
+        with pytest.raises(OSError, match="rendering failed"):
+            sbs.run({n: (lambda n=n: blocks(n)) for n in "abc"}, sbs.SideBySide(2, 1), fails)
+    finally:
+        release.set()
+    time.sleep(0.2)
+    assert "c" not in started
