@@ -386,13 +386,14 @@ def timeline_worker(log_dir: str, out_dir: str, result: str) -> None:
 
     run = side_by_side.run
 
-    def run_timed(calls, how):
+    def run_timed(calls, how, meanwhile=None):
         def task(name, call):
             def go():
                 with tl.span(f"task {str(name).strip(chr(0))}", cpu=True):
                     return call()
             return go
-        return run({k: task(k, c) for k, c in calls.items()}, how)
+        return run({k: task(k, c) for k, c in calls.items()}, how,
+                   meanwhile=None if meanwhile is None else task("meanwhile", meanwhile))
 
     side_by_side.run = run_timed
     tl.wrap_entry(batch, "spill_inputs", "read + parse + spill")
