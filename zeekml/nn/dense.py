@@ -241,8 +241,10 @@ class WindowAttention(nn.Module):
         p, s = keys.shape
         ok = keys >= 0
         idx = torch.where(ok, keys, keys[:, :1])                               # a masked key: any row
-        q = qkv[keys[:, 0], :d].view(p, 1, h, d // h)                          # [p, 1, h, k]
-        kv = qkv[idx.reshape(-1), d:].view(p, s, 2, h, d // h)
+        # index_select, not qkv[rows, cols]: the same copies, ~5x faster than advanced indexing
+        # (which was a third of a causal token model's stream pass)
+        q = qkv[:, :d].index_select(0, keys[:, 0]).view(p, 1, h, d // h)        # [p, 1, h, k]
+        kv = qkv[:, d:].index_select(0, idx.reshape(-1)).view(p, s, 2, h, d // h)
         k, v = kv[:, :, 0], kv[:, :, 1]                                        # [p, s, h, k]
         # multiply-and-sum over k: every query reduces its own s x k products in one order
         att = (q * k).sum(-1) * (d // h) ** -0.5 + self.bias                   # [p, s, h]
