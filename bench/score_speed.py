@@ -392,8 +392,9 @@ def timeline_worker(log_dir: str, out_dir: str, result: str) -> None:
                 with tl.span(f"task {str(name).strip(chr(0))}", cpu=True):
                     return call()
             return go
-        return run({k: task(k, c) for k, c in calls.items()}, how,
-                   meanwhile=None if meanwhile is None else task("meanwhile", meanwhile))
+        # meanwhile (the main thread's render while the alerts are explained) is timed as
+        # "render verdicts"
+        return run({k: task(k, c) for k, c in calls.items()}, how, meanwhile=meanwhile)
 
     side_by_side.run = run_timed
     tl.wrap_entry(batch, "spill_inputs", "read + parse + spill")

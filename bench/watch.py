@@ -536,7 +536,8 @@ def release_replay(rate: float, release_seconds: float, releases: int, models: s
             t0 = time.process_time()
             got = d.score(None) if isinstance(d, InContext) else d.score(table.take(pa.array(targets)))
             a = acc.setdefault(d.name, {"calls": 0, "context_rows": 0, "scored_rows": 0, "cpu_s": 0.0,
-                                        "cpu_s_per_release": []})
+                                        "cpu_s_per_release": [], "context_rows_per_release": [],
+                                        "state_hits_misses_per_release": []})
             spent = time.process_time() - t0
             a["calls"] += 1
             a["context_rows"] += d.context.num_rows if isinstance(d, InContext) else len(targets)
@@ -544,6 +545,12 @@ def release_replay(rate: float, release_seconds: float, releases: int, models: s
             a["cpu_s"] += spent
             # the first release finds nothing kept by an earlier one (the GNN's node states)
             a["cpu_s_per_release"].append(round(spent, 2))
+            a["context_rows_per_release"].append(d.context.num_rows if isinstance(d, InContext)
+                                                 else len(targets))
+            # a causal token model's per-host state (stream_state): hits and misses so far
+            state = getattr(getattr(d, "det", d), "_state", None)
+            if state is not None:
+                a["state_hits_misses_per_release"].append((state.hits, state.misses, len(state)))
             scores[f"{d.name}_{r}"] = np.asarray(got)
         trim_heap()
     if scores_out:
