@@ -187,6 +187,13 @@ class LoadedTokenModel:
                     live.kept(res.stream_kv)
         if live is not None:
             live.store()
+        if state is not None:
+            # watch -vv: whether the state paid in each release, and what each one cost
+            log.debug("causal %s: a stream of %d rows for %d targets in %d runs, the per-host "
+                      "state %s (%d hosts kept; %d runs matched, %d not, in all calls so far)",
+                      self.kind, len(st.ids), len(st.targets), len(runs.first),
+                      "used" if live is not None else "not used", len(state), state.hits,
+                      state.misses)
         return out
 
     def run(self, ids: np.ndarray, want: tuple[str, ...] = ("proba", "score")) -> dict:
