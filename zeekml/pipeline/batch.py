@@ -34,7 +34,7 @@ from zeekml.sinks.run_outputs import ScoreOutputs
 from zeekml.sinks.triage import (BASELINE_FILE, INCIDENT_NOTICE_FILE, INCIDENTS_FILE,
                                  mark_suppressed, write_baseline_info, write_incident_notices,
                                  write_incidents)
-from zeekml.sinks.verdicts import RenderedVerdicts, alert_verdicts, render_verdicts
+from zeekml.sinks.verdicts import RenderedVerdicts, render_verdicts
 from zeekml.sources.archive import expand_inputs
 
 __all__ = ["ScoreOptions", "ScoreSummary", "baseline_rows", "benign_feedback_uids",
@@ -283,7 +283,7 @@ def _score_chunked(files: list[str], baseline: pa.Table | None, options: ScoreOp
             if not pending or pending[-1][0] is not batch:
                 render(batch)
             _, suppressed, rendered = pending.pop()
-            rendered.alerts = alert_verdicts(batch)
+            rendered.alerts = batch.alerts()
             mark_suppressed(rendered.lines, suppressed)
             outputs.write_batch(rendered)
             triage.add_batch(batch)

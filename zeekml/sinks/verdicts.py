@@ -142,16 +142,11 @@ def _json_column(batch: VerdictBatch, name: str) -> pa.Array:
     return _text(_json_values(batch.column(name), col.type))
 
 
-def alert_verdicts(batch: VerdictBatch) -> list[tuple[int, Verdict]]:
-    """``RenderedVerdicts.alerts`` of ``batch``: ``(row, Verdict)`` of each alerting row."""
-    return [(r, batch.verdict(r)) for r in np.flatnonzero(batch.alert).tolist()]
-
-
 def render_verdicts(batch: VerdictBatch, alerts: bool = True) -> RenderedVerdicts:
     """The ``verdicts.jsonl`` lines of ``batch``: byte for byte ``verdict_line(batch.verdict(i))``
     for every row, column by column. ``alerts=False`` leaves ``RenderedVerdicts.alerts`` empty,
     for a batch whose alerts are not explained yet (a line holds no explanation; the caller
-    sets ``alert_verdicts`` once they are).
+    sets ``batch.alerts()`` once they are).
 
     A large batch's lines are one element-wise join (``binary_join_element_wise``) of its
     fields' JSON text as Arrow columns with the keys between them, a small one's a ``%``-format
@@ -189,7 +184,7 @@ def render_verdicts(batch: VerdictBatch, alerts: bool = True) -> RenderedVerdict
             [_enc_str(x) if x is not None else "null" for x in batch.column("community_id")], *score_cols,
             score, alert_s, notes, map(_enc_str, batch.models()))]
     add_suricata_alerts(lines, batch.suricata_alerts)
-    return RenderedVerdicts(ids, lines, alert_verdicts(batch) if alerts else [])
+    return RenderedVerdicts(ids, lines, batch.alerts() if alerts else [])
 
 
 def _joined_lines(batch: VerdictBatch, ids: list[str], ts_s: list[str], score_cols: list[list[str]],
