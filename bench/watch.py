@@ -454,6 +454,8 @@ WINDOW_LINE = re.compile(
 RELEASE_LINE = re.compile(
     r"release (\d+): (\d+) conns (?:decided at [0-9.]+, )?sent at [0-9.]+.*?(?:done at ([0-9.]+)|"
     r"collected at ([0-9.]+))")
+OWN_FAULTS = re.compile(r"own share [0-9.]+ s \((\d+) minor page faults\)")
+RELEASE_CPU = re.compile(r"CPU s: (.*)$")
 
 
 def timeline(path: str, hold: float) -> dict:
@@ -476,6 +478,12 @@ def timeline(path: str, hold: float) -> dict:
             r = rows[int(m.group(1))]
             r["took_s"] = round(float(m.group(3) or m.group(4)) - r["closed"], 2)
             r["oldest_at_answer_s"] = round(r["oldest_at_decision_s"] + r["took_s"], 2)
+            faults, cpu = OWN_FAULTS.search(line), RELEASE_CPU.search(line.rstrip())
+            if faults:          # the watcher's own share's page faults (logged since session 34)
+                r["own_faults"] = int(faults.group(1))
+            if cpu and cpu.group(1).strip():
+                r["cpu_s"] = {k: float(v) for k, v in
+                              (part.rsplit(" ", 1) for part in cpu.group(1).split(", "))}
     done = [rows[k] for k in sorted(rows) if "took_s" in rows[k]]
     steady = [r for r in done if r["conns"] > 1000][:-1]
     t0 = done[0]["closed"] if done else 0.0

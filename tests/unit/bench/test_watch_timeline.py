@@ -1,6 +1,6 @@
 """bench/watch.py --timeline: the releases read back from a ``watch -vv`` log (the lines
-``live.watcher`` and ``live.pool`` write at debug level), in both the old and the new form of the
-pool's line. The benchmark itself is run by hand."""
+``live.watcher`` and ``live.pool`` write at debug level), in the three forms the
+pool's line has had. The benchmark itself is run by hand."""
 from __future__ import annotations
 
 
@@ -21,7 +21,8 @@ LOG = "".join(line + "\n" for line in [
     W + 'window of 11 conns closed at 1012.5 (watermark 1012.0, 12 pending): release 2 of 55 '
         'conns, ts 977.6 .. 987.0',
     P + 'release 2: 55 conns decided at 1012.5, sent at 1012.5, answers in at 1012.8 (0.00 s '
-        "waited for them), the watcher's own share 0.01 s, collected at 1012.9; CPU s: gnn 0.01",
+        "waited for them), the watcher's own share 0.01 s (312 minor page faults), collected at "
+        "1012.9; CPU s: gnn 0.01, moe 0.03",
     P + 'release 3: 0 conns decided at 1013.0, sent at 0.000, answers in at 0.000 (0.00 s waited '
         "for them), the watcher's own share 0.00 s, collected at 1013.0; CPU s:",
 ])
@@ -44,5 +45,8 @@ def test_timeline_of_a_watch_log(bench, tmp_path):
     assert (rel[0]["oldest_at_decision_s"], rel[0]["took_s"], rel[0]["oldest_at_answer_s"]) \
         == (6.0, 3.5, 9.5)
     assert (rel[1]["took_s"], rel[1]["oldest_at_answer_s"]) == (2.5, 8.6)
+    # the line's newest form also says the own share's page faults; each form its CPU seconds
+    assert "own_faults" not in rel[1] and rel[2]["own_faults"] == 312
+    assert rel[1]["cpu_s"] == {"gnn": 0.99} and rel[2]["cpu_s"] == {"gnn": 0.01, "moe": 0.03}
     # the steady phase: releases of more than 1,000 conns, the last of them left out
     assert got["steady"]["releases"] == 1 and got["steady"]["conns_min_median_max"] == [29382] * 3

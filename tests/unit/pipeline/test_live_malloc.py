@@ -120,3 +120,29 @@ def test_a_scoring_process_scores_on_the_release_heap_whatever_the_watcher_has()
     there, here = map(int, out.stdout.split())
     assert here >= 20 * 700            # the watcher's own threshold: a new mapping every round
     assert there < 20 * 70
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RUSAGE_THREAD")
+def test_thread_page_faults_counts_this_threads_fresh_pages_only():
+    import mmap
+    import threading
+
+    def write_fresh_pages() -> int:
+        """Faults of writing 768 pages of a new anonymous mapping (never resident before,
+        whatever the heap holds)."""
+        m = mmap.mmap(-1, 3 << 20)
+        t0 = malloc.thread_page_faults()
+        for at in range(0, 3 << 20, mmap.PAGESIZE):
+            m[at] = 1
+        faults = malloc.thread_page_faults() - t0
+        m.close()
+        return faults
+
+    other = []
+    assert write_fresh_pages() >= 700
+    t0 = malloc.thread_page_faults()
+    worker = threading.Thread(target=lambda: other.append(write_fresh_pages()))
+    worker.start()
+    worker.join()
+    assert other[0] >= 700                            # counted in the thread that wrote them
+    assert malloc.thread_page_faults() - t0 < 100     # ... and not in this one

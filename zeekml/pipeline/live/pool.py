@@ -24,7 +24,8 @@ import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.pipeline.fitted import FittedDetectors, score_batch
-from zeekml.pipeline.live.malloc import release_heap, trim_heap, use_release_heap
+from zeekml.pipeline.live.malloc import (release_heap, thread_page_faults, trim_heap,
+                                         use_release_heap)
 from zeekml.pipeline.side_by_side import kernel_threads
 from zeekml.scoring.allowlist import Allowlist, suppress
 from zeekml.scoring.context import InContext
@@ -431,6 +432,7 @@ class Release:
     answered_at: float = 0.0      # ... when the processes' answers were taken in
     sent_perf: float = 0.0        # time.perf_counter when sent (``seconds``)
     own_seconds: float = 0.0      # wall time of the watcher's own share
+    own_faults: int = 0           # minor page faults of the thread that scored it (debug log)
     waited: float = 0.0           # wall time the watcher waited for the processes' answers
     counted: bool = False         # its CPU seconds added to the pool's totals
 
@@ -593,11 +595,12 @@ class DetectorPool:
         """Score the watcher's share of ``rel`` here (once; releases in the order decided)."""
         if rel.own_done:
             return
-        t0 = time.perf_counter()
+        t0, f0 = time.perf_counter(), thread_page_faults()
         with release_heap():        # the learned detectors' big arrays (live.malloc)
             self._score_own(rel)
         rel.own_done = True
         rel.own_seconds = time.perf_counter() - t0
+        rel.own_faults = thread_page_faults() - f0
 
     def _score_own(self, rel: Release) -> None:
         for i, d in enumerate(rel.dets):
@@ -650,10 +653,11 @@ class DetectorPool:
                     # the timeline of releases (bench/watch.py --watch-log): wall clock, so it
                     # lines up with the conns' ts there
                     log.debug("release %d: %d conns decided at %.3f, sent at %.3f, answers in "
-                              "at %.3f (%.2f s waited for them), the watcher's own share %.2f s,"
-                              " collected at %.3f; CPU s: %s", rel.number, rel.own.num_rows,
-                              rel.decided_at, rel.sent_at, rel.answered_at, rel.waited,
-                              rel.own_seconds, time.time(), ", ".join(
+                              "at %.3f (%.2f s waited for them), the watcher's own share %.2f s"
+                              " (%d minor page faults), collected at %.3f; CPU s: %s",
+                              rel.number, rel.own.num_rows, rel.decided_at, rel.sent_at,
+                              rel.answered_at, rel.waited, rel.own_seconds, rel.own_faults,
+                              time.time(), ", ".join(
                                   f"{self.names[i]} {c:.2f}" for i, c in sorted(rel.cpu.items())))
                 self._measure(rel)
         return rel.raw
