@@ -336,10 +336,16 @@ def nearest_text(identity: pa.Table, dist: np.ndarray, rows: np.ndarray, far: fl
         n_reference: baseline conns compared against.
         shown: neighbours named (default ``NEAREST_SHOWN``).
     """
-    recs = identity.to_pylist()
+    dist, rows = np.asarray(dist), np.asarray(rows)
+    shown = min(shown, dist.shape[1]) if dist.ndim == 2 else 0
+    # only the reference rows named: the whole 4,000-row reference as Python dicts cost more
+    # than the alerts' own text, in the GIL-bound end of a run
+    named_rows, at = np.unique(rows[:, :shown].astype(np.int64), return_inverse=True)
+    recs = identity.take(pa.array(named_rows)).to_pylist()
+    at = at.reshape(len(rows), shown)
     out = []
-    for d, r in zip(np.asarray(dist), np.asarray(rows)):
-        named = [(float(d[j]), recs[int(r[j])]) for j in range(min(shown, len(d)))]
+    for d, r in zip(dist, at):
+        named = [(float(d[j]), recs[r[j]]) for j in range(shown)]
         # a model that gave NaN embeddings has no distances: say so rather than compare NaN
         if named and np.isfinite(named[0][0]) and np.isfinite(far) and named[0][0] > far:
             c = named[0][1]
