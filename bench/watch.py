@@ -516,7 +516,7 @@ def release_replay(rate: float, release_seconds: float, releases: int, models: s
 
     from zeekml.parse import Quarantine
     from zeekml.pipeline import ScoreOptions, ScoreSummary, fit_calibrate, load_conns
-    from zeekml.pipeline.live.malloc import trim_heap, use_release_heap
+    from zeekml.pipeline.live.malloc import thread_page_faults, trim_heap, use_release_heap
     from zeekml.scoring.context import InContext, detectors_in_context, ts_array
     torch.set_num_threads(1)
     use_release_heap()
@@ -541,12 +541,14 @@ def release_replay(rate: float, release_seconds: float, releases: int, models: s
         lo = 1.7e9 + warm + r * release_seconds
         targets = np.flatnonzero((ts >= lo) & (ts < lo + release_seconds))
         for d in detectors_in_context(fitted.detectors, table, targets, ts):
-            t0 = time.process_time()
+            t0, f0 = time.process_time(), thread_page_faults()
             got = d.score(None) if isinstance(d, InContext) else d.score(table.take(pa.array(targets)))
             a = acc.setdefault(d.name, {"calls": 0, "context_rows": 0, "scored_rows": 0, "cpu_s": 0.0,
                                         "cpu_s_per_release": [], "context_rows_per_release": [],
-                                        "state_hits_misses_per_release": []})
+                                        "state_hits_misses_per_release": [],
+                                        "page_faults_per_release": []})
             spent = time.process_time() - t0
+            a["page_faults_per_release"].append(thread_page_faults() - f0)
             a["calls"] += 1
             a["context_rows"] += d.context.num_rows if isinstance(d, InContext) else len(targets)
             a["scored_rows"] += len(targets)
