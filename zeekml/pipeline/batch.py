@@ -53,6 +53,31 @@ class NoConnInput(ZeekmlError):
     exit_code = 2
 
 
+def nothing_to_score(summary: ScoreSummary, quarantine: Quarantine) -> None:
+    """Raise the error of an input read without a conn record to score, if it is one.
+
+    - no file read and no record kept: every file failed, and the run exits with the code
+      their errors share (``ScoreSummary.failed_exit_code``: 3 unknown format, 4 unreadable);
+      a file read partly (a damaged archive's records before the damage) is scored, and the
+      run exits 7 for the file that failed;
+    - files read, no conn record in them: ``NoConnInput`` (exit 2), naming what they held
+      instead (another log's records, lines quarantined, or nothing: empty or a header alone).
+    """
+    if summary.conn_records:
+        return
+    if summary.files_failed and summary.records_read == 0:
+        err = ZeekmlError("no input file could be read: " +
+                          "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
+        err.exit_code = summary.failed_exit_code()
+        raise err
+    if summary.other_records:
+        raise NoConnInput("no conn records in any input (Zeek conn.log or "
+                          "Suricata eve.json flows): nothing to score")
+    held = (f"{quarantine.count:,} malformed lines, quarantined" if quarantine.count else
+            "no records: empty, or a header alone")
+    raise NoConnInput(f"no conn records in any input ({held}): nothing to score")
+
+
 def detector_imports(models_dir: str | None) -> list[str]:
     """The modules fitting the detectors of ``--models models_dir`` will import (None: the
     IsolationForest alone), for ``start_imports``: scikit-learn; with learned models torch and
@@ -258,12 +283,7 @@ def _score_chunked(files: list[str], baseline: pa.Table | None, options: ScoreOp
     suricata = SuricataAlerts()      # joined onto each chunk's conns as evidence (scoring.evidence)
     with spill_inputs(files, quarantine, summary, options.chunk_rows, bar.advance,
                       feedback_of if benign is not None else None, suricata.add) as spill:
-        if summary.files == 0:
-            raise ZeekmlError("no input file could be read: " +
-                              "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
-        if summary.conn_records == 0 and summary.other_records:
-            raise NoConnInput("no conn records in any input (Zeek conn.log or "
-                              "Suricata eve.json flows): nothing to score")
+        nothing_to_score(summary, quarantine)
 
         def fit_extra(base: pa.Table | None, rows: np.ndarray | None) -> pa.Table:
             fb = np.concatenate(fb_parts) if fb_parts else np.zeros(0, dtype=np.int64)

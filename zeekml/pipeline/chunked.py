@@ -97,6 +97,7 @@ def read_conn_batches(paths: list[str], quarantine: Quarantine, summary: ScoreSu
             if isinstance(e, UnknownFormat) and is_capture(path):
                 e = UnknownFormat("looks like a capture: use zeekml replay", path)
             summary.files_failed.append((path, e.message))
+            summary.file_errors.append(e)
             log.warning("%s", e)
         if on_bytes:
             on_bytes(path, os.path.getsize(path) if os.path.exists(path) else 0)

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.pipeline import side_by_side
-from zeekml.pipeline.options import ScoreOptions, ScoreSummary
+from zeekml.pipeline.options import SCORE_BASELINE_OPTIONS, ScoreOptions, ScoreSummary
 from zeekml.scoring.calibrate import ThresholdCalibrator, calibrate_with_cuts
 from zeekml.scoring.context import horizon
 from zeekml.scoring.detector import Detector, IsolationForestDetector
@@ -54,21 +54,22 @@ def build_detectors(names: list[str], seed: int, models_dir: str | None = None,
 # effective FPR in summary.json and in each notice says what it delivers).
 REFUSE_FACTOR = 10.0
 WARN_BEYOND = 10.0
-BASELINE_OPTIONS = "--baseline, --baseline-fraction, --baseline-until or --baseline-range"
+BASELINE_OPTIONS = SCORE_BASELINE_OPTIONS     # the default of the messages below
 
 
-def check_baseline_size(n_calibration: int, fpr: float) -> str | None:
+def check_baseline_size(n_calibration: int, fpr: float, how: str = BASELINE_OPTIONS) -> str | None:
     """Refuse (``ZeekmlError``) a baseline whose ``n_calibration`` conns cannot resolve
     ``REFUSE_FACTOR * fpr``; return a warning when they resolve ``fpr`` with fewer than
     ``WARN_BEYOND`` conns beyond the threshold; else None. Every baseline conn calibrates
-    (``calibration_scores``), so the baseline a message asks for is that many conns."""
+    (``calibration_scores``), so the baseline a message asks for is that many conns; ``how``
+    says how the running command takes another (``ScoreOptions.baseline_options``)."""
     m = n_calibration
     min_fpr = 1.0 / max(m, 1)
     if min_fpr > REFUSE_FACTOR * fpr:
         raise ZeekmlError(
             f"the baseline is too small for --fpr {fpr:g}: its {m:,} calibration conns support "
             f"an FPR of {min_fpr:.2g} at the least; give a baseline of at least "
-            f"{int(np.ceil(1 / fpr)):,} conns ({BASELINE_OPTIONS}) or raise --fpr to {min_fpr:.2g}")
+            f"{int(np.ceil(1 / fpr)):,} conns ({how}) or raise --fpr to {min_fpr:.2g}")
     if m * fpr < WARN_BEYOND:
         return (f"baseline small for --fpr {fpr:g}: {m:,} calibration conns, {m * fpr:.2g} "
                 f"expected beyond the threshold (the smallest FPR they support is {min_fpr:.2g}); "
@@ -146,7 +147,8 @@ def judge_baseline(baseline: pa.Table, judge: Detector, seed: int = 0) -> tuple[
 
 def baseline_infection(baseline: pa.Table, detectors: list[Detector], judge: Detector | None = None,
                        seed: int = 0, check: dict | None = None,
-                       judged: tuple[np.ndarray, np.ndarray] | None = None) -> str | None:
+                       judged: tuple[np.ndarray, np.ndarray] | None = None,
+                       how: str = BASELINE_OPTIONS) -> str | None:
     """The warning when known-bad classifiers flag a large share of ``baseline`` (see
     ``INFECTED_SHARE``), naming the hosts with the most flagged conns; None otherwise.
 
@@ -183,7 +185,7 @@ def baseline_infection(baseline: pa.Table, detectors: list[Detector], judge: Det
                    else f"{n:,} of {len(rows):,} of its {n_base:,} conns (drawn at random)")
     return (f"your baseline looks infected: {judged_text} flagged by "
             f"{', '.join(d.name for d in judges)}, of hosts {named}{more}; calibrate on a clean "
-            f"period ({BASELINE_OPTIONS})")
+            f"period ({how})")
 
 
 @dataclass
@@ -244,7 +246,7 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
     """
     if baseline.num_rows == 0:
         raise ZeekmlError("the baseline holds no conn records to fit on")
-    warnings = [check_baseline_size(baseline.num_rows, options.fpr)]
+    warnings = [check_baseline_size(baseline.num_rows, options.fpr, options.baseline_options)]
     detectors = build_detectors(options.detectors, options.seed, options.models_dir, options.device)
     check: dict = {}
     judge = None if any(is_known_bad(d) for d in detectors) else baseline_judge(options, check)
@@ -258,8 +260,17 @@ def fit_calibrate(baseline: pa.Table, options: ScoreOptions, summary: ScoreSumma
         beside[BASELINE_CHECK] = functools.partial(judge_baseline, baseline, judge, options.seed)
     cal_scores, conn_seconds, done = calibration_scores(detectors, baseline, fit_extra, scored,
                                                         rows, raw, on_step, beside)
+    unscored = [name for name, sc in cal_scores.items()
+                if not np.isfinite(np.asarray(sc, dtype=np.float64)).any()]
+    if unscored:
+        # e.g. the IsolationForest on a few conns: every tree drew every baseline conn, so none
+        # has an out-of-sample score to set a threshold with
+        raise ZeekmlError(
+            f"the baseline is too small to calibrate {', '.join(unscored)}: none of its "
+            f"{baseline.num_rows:,} conns could be scored out of sample; give a larger baseline "
+            f"({options.baseline_options})")
     infection = baseline_infection(baseline, detectors, judge, options.seed, check,
-                                   done.get(BASELINE_CHECK))
+                                   done.get(BASELINE_CHECK), options.baseline_options)
     warnings.append(infection)
     cuts = {d.name: d.trained_cut for d in detectors
             if is_known_bad(d) and getattr(d, "trained_cut", None)}

@@ -1,12 +1,21 @@
 """The settings and the summary of one scoring run, shared by batch, Dask and live scoring."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from zeekml._core.errors import ZeekmlError
 from zeekml.flows.select import earliest_rows, format_time, rows_in_range
+
+
+# How each command takes another baseline, named in the messages that ask for one (a too small
+# or infected baseline): each command's own options, never one it does not have
+SCORE_BASELINE_OPTIONS = "--baseline, --baseline-fraction, --baseline-until or --baseline-range"
+WATCH_BASELINE_OPTIONS = "--baseline, --baseline-records, --baseline-until or --baseline-range"
+REPLAY_BASELINE_OPTIONS = ("a longer capture, or `zeekml score` of the conn.log it wrote with "
+                           "--baseline")
 
 
 @dataclass
@@ -30,6 +39,9 @@ class ScoreOptions:
         conn_notices: also one notice per alerting conn (``zeekml_notice.log``, and the
             verdict file's rows for Zeek); default ``False``: one ``ZeekML::Suspicious_Host``
             notice per incident only (``--conn-notices``).
+        baseline_options: how the running command takes another baseline, for the messages
+            that ask for one (default ``zeekml score``'s options; ``watch`` and ``replay`` have
+            others).
     """
 
     fpr: float = 0.001
@@ -50,6 +62,7 @@ class ScoreOptions:
     # score: conns scored together; a larger input is spilled to a temporary file and scored
     # chunk by chunk, so memory does not grow with it (zeekml.pipeline.chunked)
     chunk_rows: int = 100_000
+    baseline_options: str = SCORE_BASELINE_OPTIONS
 
     def baseline_period(self) -> tuple[float | None, float | None] | None:
         """``(start, end)`` of the baseline period asked (None = open), or None when the
@@ -85,6 +98,9 @@ class ScoreSummary:
 
     files: int = 0
     files_failed: list[tuple[str, str]] = field(default_factory=list)
+    # the error of each of files_failed, in order (not in summary.json): what a run that read
+    # nothing exits with (``failed_exit_code``)
+    file_errors: list[ZeekmlError] = field(default_factory=list, repr=False, compare=False)
     tasks_retried: list[dict] = field(default_factory=list)   # --dask: path, start, end, step, attempts
     records_read: int = 0
     conn_records: int = 0
@@ -103,6 +119,12 @@ class ScoreSummary:
     seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
 
+    def failed_exit_code(self) -> int:
+        """The exit code of a run none of whose files could be read: the one code their errors
+        share (3 every file of an unknown format, 4 every file unreadable), else 1."""
+        codes = {e.exit_code for e in self.file_errors}
+        return codes.pop() if len(codes) == 1 else ZeekmlError.exit_code
+
     @property
     def flows_per_s(self) -> float:
         """Conns scored per second of the whole run."""
@@ -111,7 +133,8 @@ class ScoreSummary:
     def to_dict(self) -> dict:
         """The fields and ``flows_per_s``, as written to ``summary.json``; ``feedback_baseline``
         only with ``--feedback`` (a run without it writes the keys it always wrote)."""
-        d = asdict(self)
+        d = asdict(dataclasses.replace(self, file_errors=[]))
+        del d["file_errors"]
         if d["feedback_baseline"] is None:
             del d["feedback_baseline"]
         d["flows_per_s"] = self.flows_per_s
