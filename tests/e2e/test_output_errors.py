@@ -76,6 +76,14 @@ def test_score_full_disk_at_the_zeek_feedback_file(tmp_path, monkeypatch):
     assert [n for n in os.listdir(tmp_path / "out") if n.endswith(".tmp")] == []
 
 
+def test_score_zeek_feedback_into_a_missing_directory_is_refused_before_scoring(tmp_path):
+    fb = tmp_path / "nowhere" / "feedback.log"
+    r = _score(tmp_path, "--zeek-feedback", str(fb))
+    _one_line_exit_6(r, rf"{fb}: cannot write the --zeek-feedback file: its directory does not "
+                        "exist")
+    assert not (tmp_path / "out" / "verdicts.jsonl").exists()      # refused before scoring
+
+
 def _watch(tmp_path: Path):
     src = tmp_path / "in"
     src.mkdir(exist_ok=True)

@@ -113,9 +113,29 @@ def test_watch_refuses_a_score_output_directory_unless_overwrite(tmp_path):
     assert "no intact watch checkpoint" in r.output and "--overwrite" in r.output
     assert "Traceback" not in r.output
     assert _snapshot(out) == before                     # nothing cut
+    assert not (out / "watch.lock").exists()            # the refused start left nothing behind
+    assert (out / "summary.json").exists() and (out / "baseline.json").exists()
     r = _watch(root, out, baseline, "--overwrite")
     assert r.exit_code == 0, r.output
     assert len(_verdicts(out)) == 400
+    # the score run's own files went with its verdicts: `zeekml report` reads the watch's state
+    assert not (out / "summary.json").exists() and not (out / "baseline.json").exists()
+
+
+def test_score_refuses_a_watch_output_directory(tmp_path):
+    root = tmp_path / "logs"
+    root.mkdir()
+    shutil.copy(IOT23, root / "conn.log.labeled")
+    baseline = write_baseline(str(tmp_path / "baseline.log"))
+    out = tmp_path / "out"
+    assert _watch(root, out, baseline).exit_code == 0
+    before = _snapshot(out)
+    r = _score(root, out, baseline)
+    assert r.exit_code == 6, r.output
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"zeekml: error: {out}: holds the outputs of zeekml watch (checkpoint.json): scoring into "
+        "it would replace the verdicts watch wrote; give another --out")
+    assert _snapshot(out) == before                     # the exactly-once verdicts untouched
 
 
 def test_watch_refuses_outputs_whose_checkpoint_was_deleted(tmp_path):

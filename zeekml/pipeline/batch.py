@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from zeekml._core.errors import InputNotFound, UnreadableInput, ZeekmlError
+from zeekml._core.errors import InputNotFound, OutputError, UnreadableInput, ZeekmlError
 from zeekml._core.preload import start_imports
 from zeekml.flows.select import ts_sort_key
 from zeekml.flows.table import conn_table
@@ -36,6 +36,7 @@ from zeekml.sinks.triage import (BASELINE_FILE, INCIDENT_NOTICE_FILE, INCIDENTS_
                                  write_incidents)
 from zeekml.sinks.verdicts import RenderedVerdicts, render_verdicts
 from zeekml.sources.archive import expand_inputs
+from zeekml.sources.checkpoint import CHECKPOINT_FILE
 
 __all__ = ["ScoreOptions", "ScoreSummary", "baseline_rows", "benign_feedback_uids",
            "feedback_rows", "load_conns", "score_paths", "score_table"]
@@ -51,6 +52,16 @@ class NoConnInput(ZeekmlError):
     list: the input missing is the conn log (a dns.log alone, an empty directory)."""
 
     exit_code = 2
+
+
+def refuse_watch_output(out_dir: str) -> None:
+    """Refuse (``OutputError``, exit 6) an ``out_dir`` that holds ``zeekml watch``'s outputs: a
+    score run would replace the verdicts watch wrote exactly once, and a later watch would add
+    its own to this run's (two runs' verdicts in one file, uids twice)."""
+    for name in (CHECKPOINT_FILE, CHECKPOINT_FILE + ".prev"):
+        if os.path.lexists(os.path.join(out_dir, name)):
+            raise OutputError(f"holds the outputs of zeekml watch ({name}): scoring into it would "
+                              "replace the verdicts watch wrote; give another --out", out_dir)
 
 
 def nothing_to_score(summary: ScoreSummary, quarantine: Quarantine) -> None:
@@ -231,6 +242,7 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     if not files:
         raise NoConnInput("no conn or eve logs found in the given paths")
     baseline_files = expand_inputs(options.baseline) if options.baseline else []
+    refuse_watch_output(out_dir)
     outputs = ScoreOutputs(out_dir, options.zeek_feedback, conn_notices=options.conn_notices)
     if not options.dask:
         # the detectors' libraries load while the input is read (waited for in score_spilled);

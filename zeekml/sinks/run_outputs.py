@@ -16,6 +16,8 @@ from zeekml.sinks.zeek_notice import NOTICE_FILE, NoticeWriter
 
 log = logging.getLogger(__name__)
 
+SUMMARY_FILE = "summary.json"
+
 
 class ScoreOutputs:
     """Opens ``verdicts.jsonl``, ``quarantine.jsonl`` and, with ``conn_notices``,
@@ -44,6 +46,16 @@ class ScoreOutputs:
             os.makedirs(out_dir, exist_ok=True)
         except OSError as e:
             raise OutputError(f"cannot create output directory: {e.strerror}", out_dir) from e
+        if zeek_feedback is not None:
+            # checked before any scoring: found missing at ``finish``, a long run's outputs
+            # would be left without summary.json
+            where = os.path.dirname(os.path.abspath(zeek_feedback))
+            if not os.path.isdir(where):
+                raise OutputError("cannot write the --zeek-feedback file: its directory does "
+                                  "not exist", zeek_feedback)
+            if not os.access(where, os.W_OK):
+                raise OutputError("cannot write the --zeek-feedback file: its directory is not "
+                                  "writable", zeek_feedback)
         self.out_dir = out_dir
         self.zeek_feedback = zeek_feedback
         self.conn_notices = conn_notices
@@ -123,7 +135,7 @@ class ScoreOutputs:
         if self._notices is not None:
             outputs["notices"] = self._notices.path
         outputs.update(quarantine=self.quarantine.path,
-                       summary=os.path.join(self.out_dir, "summary.json"))
+                       summary=os.path.join(self.out_dir, SUMMARY_FILE))
         if self.zeek_feedback:
             outputs.update(self._write_zeek_feedback(summary.get("outputs", {}).get("incidents")))
         summary = dict(summary)

@@ -282,6 +282,10 @@ def decode(data: bytes, where: str = "checkpoint") -> Checkpoint:
     return Checkpoint.from_body(body, where)
 
 
+CHECKPOINT_FILE = "checkpoint.json"
+"""The checkpoint's default name: in an output directory, the mark of ``zeekml watch``'s outputs."""
+
+
 class CheckpointStore:
     """Reads and atomically commits the checkpoint ``<directory>/<name>``.
 
@@ -294,7 +298,7 @@ class CheckpointStore:
     LEDGER_BATCH = 64
     """Ids in ``done`` beyond the ledger that trigger a ledger rewrite."""
 
-    def __init__(self, directory: str | os.PathLike, name: str = "checkpoint.json"):
+    def __init__(self, directory: str | os.PathLike, name: str = CHECKPOINT_FILE):
         self.directory = os.fspath(directory)
         self.path = os.path.join(self.directory, name)
         self.prev_path = self.path + ".prev"

@@ -76,13 +76,18 @@ from zeekml.scoring.context import horizons
 from zeekml.scoring.evidence import SURICATA_KEY, SuricataAlerts, live_suricata_join
 from zeekml.scoring.verdict import Verdict
 from zeekml.sinks.jsonl import QuarantineWriter
-from zeekml.sinks.triage import incident_line, incident_notice_header, incident_notice_lines
+from zeekml.sinks.run_outputs import SUMMARY_FILE
+from zeekml.sinks.triage import (BASELINE_FILE, incident_line, incident_notice_header,
+                                 incident_notice_lines)
 from zeekml.sinks.verdicts import RenderedVerdicts, add_suricata_alerts
 from zeekml.sinks.zeek_notice import NoticeWriter
 from zeekml.sources.checkpoint import CheckpointStore
 from zeekml.sources.tail import DirectoryFollower
 
 log = logging.getLogger(__name__)
+
+# what a `zeekml score` run leaves in its --out that watch never writes (``--overwrite``)
+SCORE_ONLY_FILES = (SUMMARY_FILE, BASELINE_FILE)
 
 
 def _file_sig(path: str) -> tuple[int, int] | None:
@@ -197,6 +202,7 @@ class Watcher:
 
     def _lock(self) -> int:
         path = os.path.join(self.out_dir, LOCK)
+        self._lock_made = not os.path.lexists(path)   # removed again by a refused start
         fd = open_output(path, truncate=False)   # OutputError (exit 6), no symlinks, 0640
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -236,6 +242,9 @@ class Watcher:
             cp = store.load()
             self._check_fresh_outputs(cp)
         except BaseException:
+            if self._lock_made:     # a refused start leaves the directory as it found it
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.out_dir, LOCK))
             os.close(lock_fd)
             pa.set_memory_pool(arrow_pool)
             raise
@@ -359,6 +368,11 @@ class Watcher:
                 "--overwrite to replace them", self.out_dir)
         log.warning("%s: --overwrite: replacing %s (no watch checkpoint)", self.out_dir,
                     ", ".join(held))
+        # a score run's own files, which watch does not write: left, `zeekml report` would
+        # read that run's summary beside this watch's verdicts
+        for name in SCORE_ONLY_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.out_dir, name))
 
     def _loop(self, follower, fitted, outputs, dedup, feedback, store, cp) -> None:
         opts = self.options
