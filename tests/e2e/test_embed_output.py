@@ -50,3 +50,19 @@ def test_embed_writes_a_new_file_0640(mae, tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
     t = pq.read_table(out)
     assert t.num_rows > 300 and t.column_names[:2] == ["uid", "e00"]
+
+
+def test_embed_of_a_damaged_archive_keeps_its_records_before_the_damage_and_exits_7(mae, tmp_path):
+    import gzip
+
+    whole = gzip.compress(LOG.read_bytes())
+    cut = tmp_path / "conn.log.gz"
+    cut.write_bytes(whole[:len(whole) // 2])
+    out = tmp_path / "emb.parquet"
+    r = CliRunner().invoke(main, ["embed", str(cut), "--model", mae, "--out", str(out),
+                                  "--device", "cpu"])
+    assert r.exit_code == 7, r.output
+    rows = pq.read_table(out).num_rows
+    assert 0 < rows < 360                                  # the records before the damage
+    assert f"zeekml: failed: {cut}: archive ends early" in r.stderr
+    assert "Traceback" not in r.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import click
 
@@ -35,15 +36,31 @@ def _model_dir(model_dir: str | None) -> str:
     return d
 
 
-def embed_logs(model_dir: str, logs: list[str], device: str = "cpu", quarantine=None):
-    """``(conn table, embeddings [n, 64])`` of every conn record under ``logs``."""
+def embed_logs(model_dir: str, logs: list[str], device: str = "cpu", quarantine=None,
+               failed: list[ZeekmlError] | None = None):
+    """``(conn table, embeddings [n, 64])`` of every conn record under ``logs``. ``failed``: as
+    ``train.data.load_conns`` takes it (files that failed part-way keep their records before
+    the failure and are listed there); without it the first file that fails raises."""
+    from zeekml.features.modality import load_flow_table
     from zeekml.scoring.registry import get_kind
-    from zeekml.train.protocol import load_inputs
+    from zeekml.train.data import load_conns
 
-    table, flows = load_inputs(logs, quarantine)
+    table = load_conns(logs, quarantine, failed)
     if table.num_rows == 0:
+        if failed:          # nothing kept of the files that failed: their error, not "no conns"
+            raise failed[0]
         raise ZeekmlError("no conn records in the given logs")
+    flows = load_flow_table(logs, quarantine)
     return table, get_kind("mae").embed(model_dir, table, device=device, flows=flows)
+
+
+def exit_if_failed(failed: list[ZeekmlError]) -> None:
+    """After the output is written: name each input file that failed part-way and exit 7
+    ("finished but some input files failed"), as ``zeekml score`` does."""
+    for e in failed:
+        click.echo(f"zeekml: failed: {e}", err=True)
+    if failed:
+        sys.exit(7)
 
 
 @click.command("embed")
@@ -57,8 +74,9 @@ def embed(logs, out, model_dir, device):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    failed: list[ZeekmlError] = []
     with quarantine_file(out + ".quarantine.jsonl") as q:
-        table, z = embed_logs(_model_dir(model_dir), list(logs), resolve_device(device), q)
+        table, z = embed_logs(_model_dir(model_dir), list(logs), resolve_device(device), q, failed)
     cols = {"uid": table.column("uid")}
     for j in range(z.shape[1]):
         cols[f"e{j:02d}"] = pa.array(z[:, j], pa.float32())
@@ -71,6 +89,7 @@ def embed(logs, out, model_dir, device):
     except OSError as e:
         raise OutputError(f"cannot write embeddings: {e.strerror or e}", out) from e
     click.echo(f"{table.num_rows} embeddings ({z.shape[1]}-d) -> {out}")
+    exit_if_failed(failed)
 
 
 @click.command("similar")
@@ -84,8 +103,9 @@ def similar(uid, logs, top, as_json, model_dir, device):
     """The conns of LOGS nearest to --uid by cosine similarity of their embeddings."""
     import numpy as np
 
+    failed: list[ZeekmlError] = []
     with quarantine_file(None) as qr:
-        table, z = embed_logs(_model_dir(model_dir), list(logs), resolve_device(device), qr)
+        table, z = embed_logs(_model_dir(model_dir), list(logs), resolve_device(device), qr, failed)
     uids = table.column("uid").to_pylist()
     try:
         q = uids.index(uid)
@@ -103,6 +123,7 @@ def similar(uid, logs, top, as_json, model_dir, device):
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
+        exit_if_failed(failed)
         return
     click.echo(f"query {uid}: {cols['id.orig_h'][q]} -> {cols['id.resp_h'][q]}:{cols['id.resp_p'][q]}"
                f"/{cols['proto'][q]} {cols['service'][q] or '-'} {cols['conn_state'][q] or '-'}")
@@ -114,6 +135,7 @@ def similar(uid, logs, top, as_json, model_dir, device):
                    f"{row['id.resp_p'] if row['id.resp_p'] is not None else '-':>6} "
                    f"{row['proto'] or '-':5s} {row['service'] or '-':8s} "
                    f"{row['detailedlabel'] or row['label'] or ''}")
+    exit_if_failed(failed)
 
 
 COMMANDS = [embed, similar]

@@ -5,16 +5,20 @@ the latest 30% is the test set and is never touched in training.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from zeekml._core.errors import ZeekmlError
 from zeekml.flows.select import earliest_rows, ts_sort_key
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine, read_log
 from zeekml.sources.archive import expand_inputs
+
+log = logging.getLogger(__name__)
 
 LABEL_FIELDS = ("label", "detailedlabel", "detailed-label", "service")
 TRAIN_SHARE = 0.7
@@ -26,14 +30,27 @@ def canonical_label_field(field: str) -> str:
     return "detailedlabel" if field == "detailed-label" else field
 
 
-def load_conns(paths: list[str] | str, quarantine: Quarantine | None = None) -> pa.Table:
-    """Conn records of every file under ``paths`` (labels kept when the logs carry them)."""
+def load_conns(paths: list[str] | str, quarantine: Quarantine | None = None,
+               failed: list[ZeekmlError] | None = None) -> pa.Table:
+    """Conn records of every file under ``paths`` (labels kept when the logs carry them).
+
+    A file that cannot be read to its end raises, unless ``failed`` is given: then its error is
+    appended there, its records before the failure (a damaged archive's before the damage) are
+    kept, with a warning, and the other files are read."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     q = quarantine or Quarantine()
     batches = []
     for f in expand_inputs(paths):
-        batches.extend(b for b in read_log(f, q) if is_conn_batch(b))
+        try:
+            for b in read_log(f, q):
+                if is_conn_batch(b):
+                    batches.append(b)
+        except ZeekmlError as e:
+            if failed is None:
+                raise
+            failed.append(e)
+            log.warning("%s", e)
     return conn_table(batches)
 
 
