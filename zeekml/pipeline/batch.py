@@ -36,7 +36,7 @@ from zeekml.sinks.triage import (BASELINE_FILE, INCIDENT_NOTICE_FILE, INCIDENTS_
                                  write_incidents)
 from zeekml.sinks.verdicts import RenderedVerdicts, render_verdicts
 from zeekml.sources.archive import expand_inputs
-from zeekml.sources.checkpoint import CHECKPOINT_FILE
+from zeekml.sources import CHECKPOINT_FILE
 
 __all__ = ["ScoreOptions", "ScoreSummary", "baseline_rows", "benign_feedback_uids",
            "feedback_rows", "load_conns", "score_paths", "score_table"]

@@ -24,6 +24,7 @@ from typing import Any
 
 from zeekml._core.atomic import atomic_write, fsync_dir, write_temp
 from zeekml._core.errors import OutputError
+from zeekml.sources import CHECKPOINT_FILE
 from zeekml._core.zeek_format import ZeekHeader
 from zeekml.sources.fingerprint import fingerprint_file
 
@@ -280,10 +281,6 @@ def decode(data: bytes, where: str = "checkpoint") -> Checkpoint:
     if _digest(json.dumps(body, sort_keys=True, separators=(",", ":"))) != doc.get("sha256"):
         raise ValueError("checkpoint checksum mismatch")
     return Checkpoint.from_body(body, where)
-
-
-CHECKPOINT_FILE = "checkpoint.json"
-"""The checkpoint's default name: in an output directory, the mark of ``zeekml watch``'s outputs."""
 
 
 class CheckpointStore:
