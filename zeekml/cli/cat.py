@@ -1,7 +1,7 @@
 """``zeekml cat``: records as typed JSON lines, like zeek-cut for analysts."""
 from __future__ import annotations
 
-import gzip
+import collections
 import json
 import sys
 from typing import IO, Iterator
@@ -10,7 +10,10 @@ import click
 
 from zeekml.parse import Quarantine, read_log
 from zeekml.parse.batch import LogBatch
-from zeekml.parse.reader import CHUNK_BYTES, GZIP_MAGIC, detect_format, make_parser
+from zeekml.parse.gzstream import GzipStream
+from zeekml.parse.suricata_eve import is_other_event_batch
+from zeekml.parse.reader import (ARCHIVE_ERRORS, CHUNK_BYTES, GZIP_MAGIC, damaged_input,
+                                 detect_format, make_parser)
 
 STDIN_NAME = "<stdin>"
 
@@ -32,22 +35,33 @@ def json_value(v):
 def read_stream(stream: IO[bytes], quarantine: Quarantine,
                 name: str = STDIN_NAME) -> Iterator[LogBatch]:
     """The records of a non-seekable byte stream (stdin), as ``read_log`` reads a file: the
-    format is detected from the first 64 KiB, gzip by its magic; memory stays bounded."""
+    format is detected from the first 64 KiB, gzip by its magic; memory stays bounded. A cut or
+    damaged gzip yields its records before the damage, then raises ``UnreadableInput``, as
+    ``read_log`` does for a file."""
     head = stream.read(2)
     if head == GZIP_MAGIC:
-        # GzipFile needs the magic back: chain what was read with the rest of the stream
-        stream = gzip.GzipFile(fileobj=_Prefixed(head, stream), mode="rb")
+        # the reader of files, so that stdin keeps what a damaged archive held before its damage
+        stream = GzipStream(_Prefixed(head, stream), name)
         head = b""
-    while len(head) < 64 << 10:
-        more = stream.read((64 << 10) - len(head))
-        if not more:
-            break
-        head += more
+    damage: Exception | None = None
+    try:
+        while len(head) < 64 << 10:
+            more = stream.read((64 << 10) - len(head))
+            if not more:
+                break
+            head += more
+    except ARCHIVE_ERRORS as e:
+        damage = e      # the whole lines of ``head`` before it are still records
     parser = make_parser(detect_format(name, head), name, quarantine)
     yield from parser.feed(head)
-    while data := stream.read(CHUNK_BYTES):
-        yield from parser.feed(data)
+    try:
+        while damage is None and (data := stream.read(CHUNK_BYTES)):
+            yield from parser.feed(data)
+    except ARCHIVE_ERRORS as e:
+        damage = e
     yield from parser.finish()
+    if damage is not None:
+        raise damaged_input(damage, parser) from damage
 
 
 class _Prefixed:
@@ -63,6 +77,9 @@ class _Prefixed:
             return out
         return self.stream.read(n)
 
+    def close(self) -> None:
+        """Standard input stays open: it is not ours to close."""
+
 
 @click.command("cat")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -75,24 +92,44 @@ def cat(files: tuple[str, ...], fields: str | None, log_path: str | None) -> Non
     wanted = [f.strip() for f in fields.split(",")] if fields else None
     q = Quarantine()
     out = sys.stdout
-    for path in files:
-        batches = read_stream(sys.stdin.buffer, q) if path == "-" else read_log(path, q)
-        for b in batches:
-            if log_path and b.log_path != log_path:
-                continue
-            names = b.batch.schema.names
-            cols = [b.batch.column(n).to_pylist() for n in names]
-            for i in range(b.num_rows):
-                if wanted:
-                    rec = {n: json_value(cols[names.index(n)][i]) if n in names else None
-                           for n in wanted}
-                else:
-                    rec = {n: json_value(c[i]) for n, c in zip(names, cols)}
-                out.write(json.dumps(rec, separators=(",", ":")) + "\n")
-    if q.count:
-        for r in q.records[:10]:
-            click.echo(f"zeekml: quarantined {r.describe()}", err=True)
-        click.echo(f"zeekml: {q.count} malformed record(s) quarantined", err=True)
+    try:
+        for path in files:
+            batches = read_stream(sys.stdin.buffer, q) if path == "-" else read_log(path, q)
+            not_printed: collections.Counter[str] = collections.Counter()
+            try:
+                for b in batches:
+                    if is_other_event_batch(b):
+                        # eve events other than flows and alerts carry nothing but their type
+                        not_printed.update(b.batch.column("event_type").to_pylist())
+                        continue
+                    if log_path and b.log_path != log_path:
+                        continue
+                    _write_records(out, b, wanted)
+            finally:
+                # said also when the file fails later, so that no record goes unmentioned
+                if not_printed:
+                    kinds = ", ".join(f"{k}: {n:,}" for k, n in not_printed.most_common())
+                    click.echo(f"zeekml: {STDIN_NAME if path == '-' else path}: "
+                               f"{sum(not_printed.values()):,} Suricata event(s) other than flow "
+                               f"and alert not printed ({kinds})", err=True)
+    finally:
+        if q.count:
+            for r in q.records[:10]:
+                click.echo(f"zeekml: quarantined {r.describe()}", err=True)
+            click.echo(f"zeekml: {q.count} malformed record(s) quarantined", err=True)
+
+
+def _write_records(out: IO[str], b: LogBatch, wanted: list[str] | None) -> None:
+    """The rows of ``b`` as JSON lines: every column, or the ``wanted`` ones in order."""
+    names = b.batch.schema.names
+    cols = [b.batch.column(n).to_pylist() for n in names]
+    for i in range(b.num_rows):
+        if wanted:
+            rec = {n: json_value(cols[names.index(n)][i]) if n in names else None
+                   for n in wanted}
+        else:
+            rec = {n: json_value(c[i]) for n, c in zip(names, cols)}
+        out.write(json.dumps(rec, separators=(",", ":")) + "\n")
 
 
 COMMANDS = [cat]

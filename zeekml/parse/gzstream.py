@@ -3,7 +3,11 @@
 Python's ``gzip`` module raises ``EOFError`` on a truncated archive from inside a large
 ``read``, losing every byte that ``read`` had decompressed: a cut ``.gz`` of 9,801 records gave
 none. ``GzipStream`` first returns every complete line before the damage, then raises, naming
-the byte reached, so the records before it are kept.
+the byte reached, so the records before it are kept. zlib likewise drops everything a call had
+decompressed when it finds damage, so that call is replayed in small pieces to the byte zlib
+refuses (``_inflate_to_damage``). A wrong CRC or length is only found at a member's end: all its
+data has then been decompressed and returned (as ``zcat`` prints it), and the error says that
+some of it is damaged.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import zlib
 from typing import BinaryIO
 
 _COMPRESSED_CHUNK = 256 << 10
+_REPLAY_PIECE = 4 << 10     # compressed bytes per step when replaying up to damage
 
 
 class GzipStream:
@@ -114,19 +119,58 @@ class GzipStream:
                     if not self._in:
                         continue
                 self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            self._inflate(want - len(self._buf))
+
+    def _inflate(self, limit: int) -> None:
+        """Decompress ``self._in`` into ``self._buf``, at most ``limit`` bytes.
+
+        zlib raises for damage from inside a call and drops what that call decompressed (up to
+        a whole compressed chunk), so the decompressor is copied first and, on an error, the
+        same input is replayed from the copy in small pieces up to the byte zlib refuses.
+        """
+        before = self._d.copy()      # ~40 KiB of state: cheap beside a 256 KiB chunk's inflate
+        try:
+            out = self._d.decompress(self._in, limit)
+        except zlib.error:
+            self._d = before
+            self._inflate_to_damage(limit)
+            return
+        self._buf += out
+        if self._d.eof:
+            self._end_member(self._d.unused_data)
+        else:
+            self._in = self._d.unconsumed_tail
+
+    def _inflate_to_damage(self, limit: int) -> None:
+        """Replay input that made zlib raise: ``_REPLAY_PIECE`` bytes at a time, then byte by
+        byte in the piece that raises, so every byte decompressed before the damage is kept and
+        the error names the compressed byte where zlib found it. Stops early, with the rest
+        left in ``self._in``, once ``limit`` bytes came out (memory stays bounded; the next
+        call finds the damage again)."""
+        piece_size, produced = _REPLAY_PIECE, 0
+        while self._in and produced < limit:
+            piece, rest = self._in[:piece_size], self._in[piece_size:]
+            before = self._d.copy()
             try:
-                out = self._d.decompress(self._in, want - len(self._buf))
+                out = self._d.decompress(piece)
             except zlib.error as e:
-                self._fail(zlib.error, f"damaged compressed data ({e})")
+                if piece_size > 1:
+                    self._d, piece_size = before, 1     # find the byte within this piece
+                    continue
+                self._fail(zlib.error, _damage_text(e))
                 self._done = True
-                break
+                return
             self._buf += out
-            if self._d.eof:
-                self._in = self._d.unused_data
-                self._d = None
-                self._members += 1
-            else:
-                self._in = self._d.unconsumed_tail
+            produced += len(out)
+            if self._d.eof:      # the member ended inside the piece: the rest starts the next
+                self._end_member(self._d.unused_data + rest)
+                return
+            self._in = rest
+
+    def _end_member(self, after: bytes) -> None:
+        self._in = after
+        self._d = None
+        self._members += 1
 
     def _fail(self, kind: type[Exception], what: str) -> None:
         """Hold back the cut line after the last newline and remember the error for later."""
@@ -137,3 +181,13 @@ class GzipStream:
         self._error = kind(f"{what} at uncompressed byte {reached} (compressed byte "
                            f"{self._compressed - len(self._in)}); the {cut} bytes of the cut "
                            f"last line are not read")
+
+
+def _damage_text(e: zlib.error) -> str:
+    """What zlib's error means for the bytes already returned."""
+    text = str(e)
+    if "incorrect data check" in text or "incorrect length check" in text:
+        # the check is at the end of a member, so zlib cannot say where its data went wrong
+        return (f"damaged compressed data ({text}: the gzip member's data decompressed but "
+                f"fails its check, so some of what was read before is damaged)")
+    return f"damaged compressed data ({text})"

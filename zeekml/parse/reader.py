@@ -24,6 +24,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 FORMATS = ("zeek-tsv", "zeek-csv", "zeek-json", "suricata-eve")
 
+ARCHIVE_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
+"""What reading a damaged or cut archive (``GzipStream``) or a failing stream raises."""
+
 
 def open_binary(path: str) -> IO[bytes]:
     """Open ``path`` for reading, transparently gunzipping ``.gz`` content (found by magic)."""
@@ -128,15 +131,20 @@ def read_log(path: str | os.PathLike, quarantine: Quarantine | None = None,
         while True:
             try:
                 data = f.read(chunk_bytes)
-            except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
+            except ARCHIVE_ERRORS as e:
                 yield from parser.finish()
-                raise UnreadableInput(f"archive ends early or is damaged ({e}); "
-                                      f"kept the records before byte {parser.consumed_offset}",
-                                      path) from e
+                raise damaged_input(e, parser) from e
             if not data:
                 break
             yield from parser.feed(data)
         yield from parser.finish()
+
+
+def damaged_input(error: Exception, parser: LineFeeder) -> UnreadableInput:
+    """The one-line error for input that failed after ``parser`` was given (and finished) every
+    whole line before the damage: names the file and the byte its kept records end at."""
+    return UnreadableInput(f"archive ends early or is damaged ({error}); "
+                           f"kept the records before byte {parser.consumed_offset}", parser.source)
 
 
 def read_table(paths: Iterable[str | os.PathLike] | str | os.PathLike,

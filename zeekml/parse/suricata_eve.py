@@ -5,11 +5,15 @@ as they are. What does not carry over: Suricata counts bytes per packet includin
 so its ``bytes_toserver`` maps to ``orig_ip_bytes`` and ``orig_bytes`` stays unset; ``history``
 does not exist; ``conn_state`` is derived from ``flow.state`` and the TCP flags seen each way
 (documented in ``suricata_conn_state``). ``flow_id`` and ``community_id`` join alerts to flows.
-Other event types (dns, http, tls, stats ...) are counted in ``other_events`` and not kept.
+Other event types (dns, http, tls, stats ...) are not parsed: each becomes a row of just its
+``event_type`` in a batch of path ``suricata_<event_type>`` (``other_event_path``), so that the
+pipeline counts them as it counts a Zeek dns.log's records (never silently dropped); they are
+tallied by type in ``other_events`` too. An object without ``event_type`` is quarantined.
 """
 from __future__ import annotations
 
 import collections
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +39,24 @@ _ARROW = {"time": pa.float64(), "interval": pa.float64(), "count": pa.uint64(), 
           "addr": pa.string(), "enum": pa.string(), "string": pa.binary()}
 _PROTO = {"TCP": "tcp", "UDP": "udp", "ICMP": "icmp", "IPV6-ICMP": "icmp", "ICMPV6": "icmp"}
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+OTHER_EVENT_PREFIX = "suricata_"
+"""``log_path`` prefix of the batches of eve events that are neither flows nor alerts."""
+OTHER_EVENT_FIELDS: list[tuple[str, str]] = [("event_type", "string")]
+_NOT_PATH_CHARS = re.compile(r"[^0-9A-Za-z_]")
+
+
+def other_event_path(event_type: str) -> str:
+    """``log_path`` of the batch holding eve events of ``event_type`` (``suricata_dns``); a
+    type from the input is cut to 64 characters, anything but letters, digits and ``_``
+    replaced, so it reads safely in a warning."""
+    return OTHER_EVENT_PREFIX + _NOT_PATH_CHARS.sub("_", event_type[:64])
+
+
+def is_other_event_batch(batch: LogBatch) -> bool:
+    """A batch of eve events that are neither flows nor alerts (``other_event_path``)."""
+    return batch.log_path.startswith(OTHER_EVENT_PREFIX) and batch.log_path != "suricata_alert" \
+        and list(batch.batch.schema.names) == [n for n, _ in OTHER_EVENT_FIELDS]
 
 
 def _schema(fields: list[tuple[str, str]]) -> pa.Schema:
@@ -104,6 +126,9 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+_OTHER_SCHEMA = pa.schema([("event_type", pa.string())])
+
+
 class SuricataEveParser(LineBlockParser):
     """Incremental eve.json parser."""
 
@@ -117,6 +142,7 @@ class SuricataEveParser(LineBlockParser):
         # (line, offset, raw) of each kept row, so a row Arrow refuses is quarantined by line
         flow_at: list[tuple[int, int, bytes]] = []
         alert_at: list[tuple[int, int, bytes]] = []
+        others: dict[str, list[dict[str, Any]]] = {}     # path -> rows, in order of first event
         for ln, off, line in self.iter_lines(block, first_line, start):
             try:
                 ev = loads_line(line)
@@ -133,8 +159,12 @@ class SuricataEveParser(LineBlockParser):
                 elif kind == "alert":
                     alerts.append(self._alert(ev))
                     alert_at.append((ln, off, line))
+                elif kind is None:
+                    raise ValueError("no event_type")
                 else:
-                    self.other_events[_text(kind)[:64]] += 1
+                    kind = _text(kind)
+                    self.other_events[kind[:64]] += 1
+                    others.setdefault(other_event_path(kind), []).append({"event_type": kind})
             except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
                 self.quarantine.reject(self.source, ln, off,
                                        f"bad eve event: {type(e).__name__}: {e}", line)
@@ -146,6 +176,10 @@ class SuricataEveParser(LineBlockParser):
                 batch = self._to_batch(rows, at, _schema(fields))
                 if batch.num_rows:
                     out.append(LogBatch(path, batch, dict(fields), self.source, first_line, end))
+        for path, rows in others.items():
+            # counted by the pipeline as other (not conn) records, as a Zeek dns.log's are
+            batch = pa.RecordBatch.from_pylist(rows, schema=_OTHER_SCHEMA)
+            out.append(LogBatch(path, batch, dict(OTHER_EVENT_FIELDS), self.source, first_line, end))
         return out
 
     def _to_batch(self, rows: list[dict[str, Any]], at: list[tuple[int, int, bytes]],

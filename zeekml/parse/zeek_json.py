@@ -20,6 +20,7 @@ import os
 import re
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
@@ -170,11 +171,10 @@ class ZeekJsonParser(LineBlockParser):
             # _path is a log name; anything else (a number, invalid UTF-8) names none
             path = first.decode("utf-8", "replace") if isinstance(first, bytes) else (
                 first if isinstance(first, str) else "")
-        if not path:
-            path = _guess_path(self.source, table.column_names)
         types = {c: KNOWN_FIELD_TYPES.get(c, "") for c in table.column_names}
-        return [LogBatch(path, b, types, self.source, first_line, end_offset)
-                for b in table.to_batches()]
+        parts = [(path, table)] if path else _split_by_log(self.source, table)
+        return [LogBatch(p, b, types, self.source, first_line, end_offset)
+                for p, part in parts for b in part.to_batches()]
 
     def _normalise(self, table: pa.Table) -> pa.Table:
         cols, names = [], []
@@ -232,11 +232,29 @@ def _is_utf8(block: bytes) -> bool:
     return True
 
 
-def _guess_path(source: str, columns: list[str]) -> str:
-    base = os.path.basename(source).split(".")[0]
-    if base:
-        return base
-    return "conn" if "conn_state" in columns else ""
+CONN_IDENTIFYING_FIELDS = frozenset({"conn_state", "id.orig_h", "id.resp_h", "proto"})
+"""Fields every Zeek conn record has (Zeek's JSON leaves out unset fields, never these) and no
+other Zeek log has all of: records holding them are conn records."""
+
+
+def _split_by_log(source: str, table: pa.Table) -> list[tuple[str, pa.Table]]:
+    """The records of a block that carry no ``_path``, by log: ``conn`` for those with every
+    field of ``CONN_IDENTIFYING_FIELDS``, whatever the file is called (``flows.json``); the
+    others by the file name's first part (``dns`` for ``dns.log``), so that a warning names
+    the log a user gave by mistake. Decided record by record, so that a record's log never
+    depends on the others read in its block."""
+    other = os.path.basename(source).split(".")[0]
+    if not CONN_IDENTIFYING_FIELDS.issubset(table.column_names):
+        return [(other, table)]
+    # a field Zeek left out of a record is null in the block's table
+    is_conn = pc.is_valid(table.column("conn_state"))
+    for c in CONN_IDENTIFYING_FIELDS - {"conn_state"}:
+        is_conn = pc.and_(is_conn, pc.is_valid(table.column(c)))
+    flags = is_conn.to_numpy(zero_copy_only=False)
+    # runs of records of one log, in file order (read_log's promise)
+    starts = [0, *(np.flatnonzero(flags[1:] != flags[:-1]) + 1).tolist()]
+    ends = [*starts[1:], len(flags)]
+    return [("conn" if flags[a] else other, table.slice(a, b - a)) for a, b in zip(starts, ends)]
 
 
 def _cast_known(name: str, col: pa.Array) -> pa.Array:

@@ -214,12 +214,20 @@ def _collect_baseline(root: str, out_dir: str, opts: WatchOptions, cp: Checkpoin
     batches = []
     n = 0
     over = False
+    final_done = False
     f.start()
     try:
         while n < limit and not over:
             if stop.is_set():
                 raise Stopped
             got = f.poll(max_records=limit - n)
+            if opts.once and not got and f.caught_up and not final_done:
+                # --once calibrates on what exists now, as its watch loop then scores it: the
+                # archives that will never be whole are opened here (read to their damage,
+                # warned about) and unterminated last lines read; more to poll turns
+                # ``caught_up`` false
+                final_done = True
+                got = f.final_pass()
             for b in got:
                 if is_conn_batch(b):
                     b, ended = _in_period(b, period)
