@@ -6,9 +6,28 @@ and the trust model are in ``zeekml.pipeline.dask`` (``dask_access``).
 from __future__ import annotations
 
 import functools
+import re
 from typing import Callable
 
 import click
+
+from zeekml._core.errors import ZeekmlError
+
+# What --dask takes: local, local:N, SCHEME://ADDRESS (the scheme is checked by dask_access), or
+# HOST:PORT (Dask's default scheme, tcp). Anything else, a bare word, is refused here: taken as
+# a host name it would get the plain-tcp:// refusal, which says nothing of what --dask takes.
+_LOCAL = re.compile(r"local(:[0-9]+)?")
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):[0-9]+")
+
+
+def check_dask_spec(spec: str) -> None:
+    """A ``ZeekmlError`` (exit 1, as ``dask_access``'s refusals) naming the values ``--dask``
+    takes when ``spec`` is none of them."""
+    if _LOCAL.fullmatch(spec) or "://" in spec or _HOST_PORT.fullmatch(spec):
+        return
+    raise ZeekmlError(f"--dask {spec}: not a Dask scheduler; give local, local:N (N worker "
+                      "processes) or a scheduler address tls://HOST:PORT (with --dask-security "
+                      "FILE; plain tcp://HOST:PORT to another host only with --insecure-dask)")
 
 
 def dask_access_options(command: Callable) -> Callable:
@@ -25,6 +44,7 @@ def dask_access_options(command: Callable) -> Callable:
             return command(*args, **kwargs)
         from zeekml.pipeline.dask import dask_access
 
+        check_dask_spec(spec)
         with dask_access(spec, dask_security, insecure_dask):
             return command(*args, **kwargs)
 

@@ -72,8 +72,10 @@ def feedback(out_dir: str, verdict_id: str | None, host: str | None, incident_id
 
     Appends an allowlist rule (use it with `zeekml score --allowlist FILE`) and a labeled
     record (label = benign, with the alerting conns of OUT it covers) to the feedback file.
-    Exit codes: 0 ok, 1 bad request or allowlist, 2 OUT or the verdict/incident not found,
-    6 a file cannot be written.
+    Exit codes: 0 ok, 1 a malformed allowlist or an incident without a host to allowlist,
+    2 a usage error (none or several of --benign/--host/--incident, a --host that is not an IP
+    or CIDR) or OUT or the verdict/incident not found, 4 OUT's outputs or the allowlist
+    unreadable, 6 a file cannot be written.
     """
     from zeekml.scoring.allowlist import append_rule
     from zeekml.sinks.report import load_run
@@ -81,6 +83,13 @@ def feedback(out_dir: str, verdict_id: str | None, host: str | None, incident_id
     given = [x for x in (verdict_id, host, incident_id) if x is not None]
     if len(given) != 1:
         raise click.UsageError("give exactly one of --benign VERDICT_ID, --host IP, --incident ID")
+    if host is not None:
+        # a malformed request is refused before OUT is read, whatever OUT holds
+        try:
+            ipaddress.ip_network(host, strict=False)
+        except ValueError:
+            raise click.BadParameter(f"{host!r} is not an IP address or CIDR",
+                                     param_hint="--host") from None
     run = load_run(out_dir)
     if verdict_id is not None:
         ids = run.verdicts.column("verdict_id").to_pylist() if "verdict_id" in run.verdicts.column_names else []
@@ -89,10 +98,6 @@ def feedback(out_dir: str, verdict_id: str | None, host: str | None, incident_id
         target = {"verdict_id": verdict_id}
         fields = {"verdict_id": verdict_id, "reason": reason or f"false positive {verdict_id}"}
     elif host is not None:
-        try:
-            ipaddress.ip_network(host, strict=False)
-        except ValueError:
-            raise click.BadParameter(f"{host!r} is not an IP address or CIDR", param_hint="--host") from None
         target = {"host": host}
         fields = {"host": host, "reason": reason or f"benign host {host}"}
     else:

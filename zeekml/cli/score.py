@@ -1,10 +1,13 @@
 """``zeekml score``: batch-score conn logs (files, rotated directories, .gz, Zeek or Suricata)."""
 from __future__ import annotations
 
+import os
 import sys
 
 import click
+from click.core import ParameterSource
 
+from zeekml._core.errors import OutputError, UnreadableInput
 from zeekml.cli.dask_options import dask_access_options
 from zeekml.pipeline import ScoreOptions, ScoreSummary, score_paths
 
@@ -64,6 +67,53 @@ def exit_without_gc_walk() -> None:
         _freeze_at_exit = True
 
 
+# Inputs are checked by the readers, not by click: click's Path(readable=True) (its default)
+# answers exit 2 for a file without read permission, where the README documents 4 (unreadable
+# input), with the file named, and a file among several that cannot be read is reported (exit 7)
+# while the others are scored, as a damaged .gz is.
+INPUT_PATH = click.Path(readable=False)
+INPUT_FILE = click.Path(dir_okay=False, readable=False)
+# An --out directory is checked by ``check_out_dir`` (exit 6, output not writable): click's
+# Path(file_okay=False) would answer exit 2 for an existing file there.
+OUT_DIR_PATH = click.Path(readable=False)
+
+
+def check_out_dir(out_dir: str) -> None:
+    """Refuse an ``--out`` that exists and is not a directory (``OutputError``: exit 6)."""
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputError("is not a directory: --out names the directory the outputs go to",
+                          out_dir)
+
+
+def check_baseline_readable(paths: tuple[str, ...]) -> None:
+    """Refuse a ``--baseline`` file that cannot be opened (``UnreadableInput``: exit 4, the
+    file named), before any work: unlike an input among several, the baseline cannot do
+    without it (the run would end with "the baseline holds no conn records"). Directories and
+    missing paths are left to the readers."""
+    for p in paths:
+        if os.path.isfile(p):
+            try:
+                with open(p, "rb"):
+                    pass
+            except OSError as e:
+                raise UnreadableInput(f"cannot open --baseline: {e.strerror}", p) from e
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave parameter ``name`` rather than leaving it at click's default: only
+    an option the user gave can contradict another."""
+    src = ctx.get_parameter_source(name)
+    return src is not None and src not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def check_models_choice(ctx: click.Context) -> None:
+    """``--no-models`` with ``--models DIR`` is refused: one of them would be ignored."""
+    if ctx.params.get("no_models") and given(ctx, "models_dir"):
+        raise click.UsageError("choose one of --models, --no-models: --no-models scores with "
+                               "the IsolationForest only, without the learned detectors of "
+                               "--models")
+
+
 # The detectors a scoring run uses; `zeekml replay` scores with the same options.
 MODELS_OPTION = click.option(
     "--models", "models_dir", default="", type=click.Path(file_okay=False),
@@ -108,7 +158,7 @@ CONN_NOTICES_OPTION = click.option(
 
 # A baseline period of the input, shared by `score` and `watch`.
 ALLOWLIST_OPTION = click.option(
-    "--allowlist", type=click.Path(dir_okay=False), default=None,
+    "--allowlist", type=INPUT_FILE, default=None,
     help="TOML file of [[rule]] tables (docs/triage.md): matching conns are scored but never "
          "alert, and their verdicts name the rule.")
 
@@ -135,15 +185,15 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
 
 
 @click.command("score")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.argument("paths", nargs=-1, required=True, type=INPUT_PATH)
+@click.option("-o", "--out", "out_dir", required=True, type=OUT_DIR_PATH,
               help="Directory for verdicts.jsonl, incidents.jsonl, zeekml_incident.log, "
                    "quarantine.jsonl, summary.json (and zeekml_notice.log with --conn-notices).")
 @click.option("--fpr", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Target false-positive rate of all detectors together on held-out baseline "
                    "conns; a baseline too small for it is refused (the effective rate is in "
-                   "summary.json and the notices).")
-@click.option("--baseline", multiple=True, type=click.Path(),
+                   "summary.json and in the per-conn notices of --conn-notices).")
+@click.option("--baseline", multiple=True, type=INPUT_PATH,
               help="Logs of a normal period to fit and calibrate on (default: the earliest "
                    "--baseline-fraction of the input by time).")
 @click.option("--baseline-fraction", default=0.3, show_default=True,
@@ -161,7 +211,7 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
                    "replaced by .incidents.log).")
 @CONN_NOTICES_OPTION
 @ALLOWLIST_OPTION
-@click.option("--feedback", type=click.Path(dir_okay=False), default=None,
+@click.option("--feedback", type=INPUT_FILE, default=None,
               help="feedback.jsonl written by `zeekml feedback`: the input's conns it labels "
                    "benign join the baseline before fitting and calibration.")
 @MODELS_OPTION
@@ -181,13 +231,20 @@ def score(ctx, paths, out_dir, fpr, baseline, baseline_fraction, baseline_until,
           dask_split_bytes, device, progress) -> None:
     """Score conn records; group the alerts into incidents and write a notice for each.
 
-    Exit codes: 0 ok, 1 error, 2 missing input, 3 unknown format, 4 unreadable input,
-    6 output not writable, 7 finished but some input files failed.
+    Exit codes: 0 ok, 1 error, 2 missing input (or a usage error), 3 unknown format,
+    4 unreadable input, 5 model files missing or altered, 6 output not writable, 7 finished
+    but some input files failed.
     """
     from zeekml._core.device import resolve_device
 
     exit_without_gc_walk()
     check_baseline_choice(ctx, baseline, baseline_until, baseline_range, "--baseline-fraction")
+    check_models_choice(ctx)
+    check_baseline_readable(baseline)
+    if dask is None and given(ctx, "dask_split_bytes"):
+        # as --dask-security without --dask (dask_options): an option that would do nothing
+        raise click.UsageError("--dask-split-bytes needs --dask")
+    check_out_dir(out_dir)
     opts = ScoreOptions(fpr=fpr, baseline=list(baseline), baseline_fraction=baseline_fraction,
                         baseline_until=baseline_until, baseline_range=baseline_range,
                         seed=seed, zeek_feedback=zeek_feedback, conn_notices=conn_notices,

@@ -9,13 +9,15 @@ import click
 from zeekml.cli import ignore_sigint
 from zeekml.cli.score import (ALLOWLIST_OPTION, BASELINE_RANGE_OPTION, BASELINE_UNTIL_OPTION,
                               CONN_NOTICES_OPTION, DEVICE_OPTION, MODELS_OPTION, NO_MODELS_OPTION,
-                              check_baseline_choice)
+                              INPUT_FILE, INPUT_PATH, OUT_DIR_PATH, check_baseline_choice,
+                              check_baseline_readable, check_models_choice, check_out_dir)
 from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
+from zeekml.pipeline.options import WATCH_BASELINE_OPTIONS
 
 
 @click.command("watch")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--out", "out_dir", required=True, type=OUT_DIR_PATH,
               help="Directory for verdicts.jsonl, quarantine.jsonl, incidents.jsonl, "
                    "zeekml_incident.log, incidents-open.jsonl, checkpoint.json, "
                    "calibration.json and stats.json (and zeekml_notice.log with --conn-notices).")
@@ -26,10 +28,10 @@ from zeekml.pipeline import ScoreOptions, Watcher, WatchOptions, status_line
 @CONN_NOTICES_OPTION
 @click.option("--once", is_flag=True, help="Process what exists now, then exit.")
 @ALLOWLIST_OPTION
-@click.option("--feedback", type=click.Path(dir_okay=False), default=None,
+@click.option("--feedback", type=INPUT_FILE, default=None,
               help="feedback.jsonl written by `zeekml feedback`: at calibration, the conns of "
                    "DIRECTORY it labels benign join the baseline (as `zeekml score --feedback`).")
-@click.option("--baseline", multiple=True, type=click.Path(),
+@click.option("--baseline", multiple=True, type=INPUT_PATH,
               help="Logs of a normal period to fit and calibrate on, as `zeekml score --no-models` does "
                    "(default: the first --baseline-records conns of DIRECTORY).")
 @click.option("--baseline-records", default=10_000, show_default=True, type=click.IntRange(1))
@@ -97,15 +99,20 @@ def watch(ctx, directory, out_dir, zeek_feedback, conn_notices, once, allowlist,
     is scored once the conns within their horizon have arrived (see --context-lateness), so its
     verdict equals `zeekml score`'s on the same log; --once scores every pending conn at the end.
 
-    Exit codes: 0 ok, 1 error, 2 missing directory, 5 model files missing or altered, 6 output
+    Exit codes: 0 ok, 1 error, 2 missing directory (or a usage error), 4 unreadable input
+    (--baseline, --allowlist, --feedback), 5 model files missing or altered, 6 output
     not writable (stopped while stalled, or --out holds outputs but no watch checkpoint and
     --overwrite was not given), 130 interrupted (Ctrl-C, after the final commit).
     """
     from zeekml._core.device import resolve_device
 
     check_baseline_choice(ctx, baseline, baseline_until, baseline_range, "--baseline-records")
+    check_models_choice(ctx)
+    check_baseline_readable(baseline)
+    check_out_dir(out_dir)
     opts = WatchOptions(
         score=ScoreOptions(fpr=fpr, baseline=list(baseline), baseline_until=baseline_until,
+                           baseline_options=WATCH_BASELINE_OPTIONS,
                            baseline_range=baseline_range, seed=seed, zeek_feedback=zeek_feedback,
                            conn_notices=conn_notices, models_dir=None if no_models else models_dir,
                            device=resolve_device(device), allowlist=allowlist,

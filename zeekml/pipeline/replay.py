@@ -15,13 +15,13 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from zeekml._core.errors import InputNotFound, ZeekmlError
+from zeekml._core.errors import InputNotFound, OutputError, UnreadableInput, ZeekmlError
 from zeekml._core.outfile import OutputFile
 from zeekml._core.resources import zeek_scripts_dir
 from zeekml.flows.flow_log_schema import FLOW_FEATURES_FIELDS, FLOW_LOG_PATH
 from zeekml.sinks.zeek_log import JsonLogWriter, ZeekLogWriter
 from zeekml.sources.flowmeter import CONN_FIELDS, Conn, FlowMeter
-from zeekml.sources.pcap import CaptureError, iter_capture
+from zeekml.sources.pcap import CaptureError, is_capture, iter_capture
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,35 @@ def replay(paths: Sequence[str], out_dir: str, engine: str = "auto", json_logs: 
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}")
     for p in paths:
-        if not os.path.exists(p):
-            raise InputNotFound("no such capture file", p)
-    os.makedirs(out_dir, exist_ok=True)
+        check_capture(p)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create output directory: {e.strerror}", out_dir) from e
     zeek = zeek_available()
     if engine == "zeek" and not zeek:
         raise EngineUnavailable("--engine zeek: no `zeek` on PATH (use --engine builtin)")
     if engine == "zeek" or (engine == "auto" and zeek):
         return replay_zeek(zeek, paths, out_dir, json_logs, flow_packets, ignore_checksums)
     return replay_builtin(paths, out_dir, json_logs, flow_packets, seed, ignore_checksums)
+
+
+def check_capture(path: str) -> None:
+    """Refuse, before anything is written or scored, a path that is not a readable pcap or
+    pcapng file: ``InputNotFound`` (exit 2), ``UnreadableInput`` (4) or, for another kind of
+    file (a conn.log given by mistake), the ``CaptureError`` the reader would raise on its first
+    bytes (4). Found later, such a file would leave an empty conn.log scored before the error."""
+    if not os.path.exists(path):
+        raise InputNotFound("no such capture file", path)
+    if os.path.isdir(path):
+        raise UnreadableInput("is a directory, not a capture file", path)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise UnreadableInput(f"cannot open: {e.strerror}", path) from e
+    if not is_capture(path):
+        raise CaptureError("not a pcap or pcapng file (unknown magic)", path)
 
 
 def replay_builtin(paths: Sequence[str], out_dir: str, json_logs: bool = False,
@@ -114,7 +134,9 @@ def replay_builtin(paths: Sequence[str], out_dir: str, json_logs: bool = False,
                 for ts, buf, lt in iter_capture(path):
                     meter.packet(ts, buf, lt)
             except CaptureError as e:
-                log.warning("%s", e)
+                # info, not warning: the caller reports result.error (the CLI: one error line
+                # and exit 4); a warning too would print the same message twice
+                log.info("%s", e)
                 result.error = e
                 break
         meter.flush()

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from zeekml._core.errors import ModelError, ZeekmlError
+from zeekml._core.errors import ModelError, OutputError, ZeekmlError
+from zeekml._core.outfile import OutputFile
 from zeekml.features.modality import load_flow_table
 from zeekml.parse import Quarantine
 from zeekml.scoring.detectors.base import read_config
@@ -148,7 +149,9 @@ def run_predict(model_dir: str, logs: list[str], out: str, device: str = "cpu",
     labels = pred.pred()
     uids = table.column("uid").to_pylist()
     ts = table.column("ts").to_pylist()
-    with open(out, "w") as f:
+    # OutputFile: a path that cannot be written (no such directory, no permission, a link
+    # planted there) is an OutputError naming it (exit 6), never a traceback
+    with OutputFile(out, what="predictions") as f:
         for i in range(table.num_rows):
             rec = {"uid": uids[i], "ts": ts[i], "pred": labels[i] if labels else None}
             if pred.proba is not None:
@@ -158,7 +161,7 @@ def run_predict(model_dir: str, logs: list[str], out: str, device: str = "cpu",
             if pred.reason is not None and pred.reason[i]:
                 rec["pred"] = None
                 rec["reason"] = pred.reason[i]
-            f.write(json.dumps(rec) + "\n")
+            f.write((json.dumps(rec) + "\n").encode())
     return table.num_rows
 
 
@@ -169,11 +172,23 @@ def run_eval(model_dir: str, logs: list[str], out_dir: str | None = None,
     config, _ = load_model_dir(model_dir)
     field = config.get("label_field")
     table, flows = load_inputs(logs, quarantine)
+    _, test = temporal_split(table)
+    # the labels the model is judged against (an anomaly scorer's: malicious or not), checked
+    # before predicting: without any there is nothing to evaluate, as finetune without labels
+    y = labels_of(table, field or "label")
+    keep = np.array([i for i in test if y[i] is not None], dtype=np.int64)
+    if len(keep) == 0:
+        raise ZeekmlError(f"no labeled conns ({field or 'label'!r} field) among the "
+                          f"{len(test):,} conns of the latest 30% by time: nothing to evaluate "
+                          "against (eval needs labeled logs, such as IoT-23's conn.log.labeled)",
+                          ", ".join(logs))
+    out_dir = out_dir or model_dir
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create output directory: {e.strerror}", out_dir) from e
     kind = get_kind(model_kind_of(model_dir))
     pred = kind.predict(model_dir, table, device=device, flows=flows)
-    _, test = temporal_split(table)
-    out_dir = out_dir or model_dir
-    os.makedirs(out_dir, exist_ok=True)
     report: dict = {"model": model_dir, "test_rows": int(len(test))}
     if getattr(pred, "routing", None):
         # a collapsed router shows here: one expert taking most tokens, or many dropped
@@ -182,17 +197,13 @@ def run_eval(model_dir: str, logs: list[str], out_dir: str | None = None,
         # a pretrained (unsupervised) model: rank its anomaly score against the labels
         if pred.score is None:
             raise ZeekmlError("this model is neither a classifier nor an anomaly scorer", model_dir)
-        y = labels_of(table, "label")
-        keep = np.array([i for i in test if y[i] is not None], dtype=np.int64)
         mal = np.array([str(y[i]).lower().startswith("malicious") for i in keep])
         report["auroc"] = binary_auroc(mal, pred.score[keep])
         report["precision_at_1pct_fpr"] = precision_at_fpr(mal, pred.score[keep], 0.01)
         if report["auroc"] is not None:
-            save_roc_pr_png(os.path.join(out_dir, "roc_pr.png"), mal, pred.score[keep],
-                            title=os.path.basename(model_dir.rstrip("/")))
+            _save_png(save_roc_pr_png, os.path.join(out_dir, "roc_pr.png"), mal,
+                      pred.score[keep], title=os.path.basename(model_dir.rstrip("/")))
         return report
-    y = labels_of(table, field)
-    keep = np.array([i for i in test if y[i] is not None], dtype=np.int64)
     y_true = [y[i] for i in keep]
     all_pred = pred.pred()
     y_pred = [all_pred[i] for i in keep]
@@ -200,11 +211,20 @@ def run_eval(model_dir: str, logs: list[str], out_dir: str | None = None,
     rep = classification_report(y_true, y_pred, pred.classes, proba,
                                 positive="Malicious" if field == "label" else None)
     report.update(rep)
-    save_confusion_png(os.path.join(out_dir, "confusion.png"), y_true, y_pred,
-                       title=f"{os.path.basename(model_dir.rstrip('/'))} ({field})")
+    _save_png(save_confusion_png, os.path.join(out_dir, "confusion.png"), y_true, y_pred,
+              title=f"{os.path.basename(model_dir.rstrip('/'))} ({field})")
     if "auroc" in rep and rep["auroc"] is not None and proba is not None:
         labels_sorted = sorted(set(y_true))
         pos = "Malicious" if "Malicious" in labels_sorted else labels_sorted[-1]
-        save_roc_pr_png(os.path.join(out_dir, "roc_pr.png"), np.array([t == pos for t in y_true]),
-                        proba[:, pred.classes.index(pos)], title=field)
+        _save_png(save_roc_pr_png, os.path.join(out_dir, "roc_pr.png"),
+                  np.array([t == pos for t in y_true]), proba[:, pred.classes.index(pos)],
+                  title=field)
     return report
+
+
+def _save_png(save, path: str, *args, **kwargs) -> None:
+    """``save(path, ...)`` with a write failure as an ``OutputError`` naming the plot (exit 6)."""
+    try:
+        save(path, *args, **kwargs)
+    except OSError as e:
+        raise OutputError(f"cannot write plot: {e.strerror or e}", path) from e
