@@ -173,3 +173,30 @@ def test_replay_damaged_capture_is_reported_once(tmp_path, caplog):
     # not logged as a warning as well (the log goes to stderr beside the error line)
     assert not [rec for rec in caplog.records
                 if rec.levelno >= logging.WARNING and "truncated" in rec.getMessage()]
+
+
+def test_cat_unreadable_file_is_exit_4(tmp_path, monkeypatch):
+    log = tmp_path / "conn.log"
+    shutil.copy(CONN, log)
+    _unreadable_in_process(monkeypatch, log)
+    r = CliRunner().invoke(main, ["cat", str(log)])
+    assert r.exit_code == 4, r.output
+    errors = _errors(r)
+    assert len(errors) == 1 and str(log) in errors[0] and "Permission denied" in errors[0]
+
+
+def test_score_models_directory_that_cannot_be_listed_is_exit_5(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    real_listdir = os.listdir
+
+    def listdir(p="."):
+        if os.fspath(p) == str(models):
+            raise PermissionError(errno.EACCES, "Permission denied", str(models))
+        return real_listdir(p)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    r = CliRunner().invoke(main, ["score", str(CONN), "--out", str(tmp_path / "out"),
+                                  "--models", str(models), "--no-progress"])
+    assert r.exit_code == 5, r.output
+    assert _errors(r) == [f"zeekml: error: {models}: --models: cannot list: Permission denied"]

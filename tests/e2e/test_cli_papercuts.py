@@ -75,7 +75,7 @@ def test_score_empty_directory_is_missing_input_exit_2(tmp_path):
     (tmp_path / "logs").mkdir()
     r = _score(str(tmp_path / "logs"), "--out", str(tmp_path / "out"))
     assert r.exit_code == 2
-    assert r.stderr.strip() == "zeekml: error: no conn or eve logs found in the given paths"
+    assert r.stderr.strip() == f"zeekml: error: no conn or eve logs found in {tmp_path / 'logs'}"
 
 
 TRACES = Path(__file__).parent.parent / "data" / "zeek-btest" / "Traces"

@@ -82,7 +82,9 @@ class _Prefixed:
 
 
 @click.command("cat")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+# readable=False: a file without read permission is the reader's one-line error, exit 4
+# (unreadable input), not click's usage error, exit 2
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, readable=False))
 @click.option("--fields", "-f", default=None, help="Comma-separated columns to print, in order.")
 @click.option("--path", "log_path", default=None, help="Only records of this #path (e.g. conn).")
 def cat(files: tuple[str, ...], fields: str | None, log_path: str | None) -> None:

@@ -240,7 +240,7 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     t0 = time.perf_counter()
     files = expand_inputs(paths)
     if not files:
-        raise NoConnInput("no conn or eve logs found in the given paths")
+        raise NoConnInput("no conn or eve logs found in " + ", ".join(map(str, paths)))
     baseline_files = expand_inputs(options.baseline) if options.baseline else []
     refuse_watch_output(out_dir)
     outputs = ScoreOutputs(out_dir, options.zeek_feedback, conn_notices=options.conn_notices)

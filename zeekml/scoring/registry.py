@@ -132,7 +132,11 @@ def model_dirs(models_dir: str) -> list[str]:
         raise ModelError(f"--models: {what}", models_dir)
     if _is_model_dir(models_dir):
         return [models_dir]
-    found = sorted(os.path.join(models_dir, d) for d in os.listdir(models_dir)
+    try:
+        names = os.listdir(models_dir)
+    except OSError as e:
+        raise ModelError(f"--models: cannot list: {e.strerror}", models_dir) from e
+    found = sorted(os.path.join(models_dir, d) for d in names
                    if os.path.isdir(os.path.join(models_dir, d)) and _is_model_dir(os.path.join(models_dir, d)))
     if not found:
         raise ModelError("--models: no model directory here (one with config.json and manifest.json, "
