@@ -309,3 +309,20 @@ def test_zeek_feedback_files_exist_before_the_first_alert(tmp_path):
     from zeekml.sinks.zeek_input import incident_feedback_path, read_verdict_file
     assert read_verdict_file(fb)[1] == []
     assert os.path.exists(incident_feedback_path(fb))
+
+
+def test_the_final_status_counts_the_files_read(tmp_path):
+    """The last status line and stats.json name the files read: counted before the follower
+    stops (they said 0/0 after every --once run)."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    shutil.copy(REAL_CONN, root / "conn.log")
+    seen = []
+    w = Watcher(str(root), str(tmp_path / "out"),
+                WatchOptions(score=ScoreOptions(fpr=0.02), once=True, rescan_seconds=0.2,
+                             use_events=False), on_status=seen.append)
+    stats = w.run()
+    assert stats.files_tracked == 1
+    assert seen[-1]["state"] == "done" and seen[-1]["files_tracked"] == 1
+    with open(tmp_path / "out" / "stats.json") as f:
+        assert json.load(f)["files_tracked"] == 1

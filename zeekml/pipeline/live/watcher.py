@@ -323,6 +323,9 @@ class Watcher:
             try:
                 self._loop(follower, fitted, outputs, dedup, feedback, store, cp)
             finally:
+                # the files read, counted while the follower still holds them: the final
+                # status below comes after it stopped (it said "0/0 files" after a --once run)
+                self._count_files(follower)
                 follower.stop()
                 self._follower = None
         finally:
@@ -701,6 +704,15 @@ class Watcher:
 
     # -- status ------------------------------------------------------------------------------
 
+    def _count_files(self, follower: DirectoryFollower) -> None:
+        """The follower's figures in ``stats``: lag, bytes behind, files tracked and open."""
+        s = self.stats
+        s.lag_s = follower.lag_seconds()
+        s.bytes_behind = follower.bytes_behind()
+        s.files_tracked = len(follower.states) + len(follower.done)
+        s.files_open = len(follower.readers)
+        s.rescans = follower.rescans
+
     def _status_maybe(self, follower: DirectoryFollower | None, force: bool = False,
                       calibrating: int | None = None) -> None:
         now = time.monotonic()
@@ -715,11 +727,7 @@ class Watcher:
         s.quarantined = self._quarantine.count
         s.quarantine_by_reason = dict(self._quarantine.by_reason)
         if follower is not None:
-            s.lag_s = follower.lag_seconds()
-            s.bytes_behind = follower.bytes_behind()
-            s.files_tracked = len(follower.states) + len(follower.done)
-            s.files_open = len(follower.readers)
-            s.rescans = follower.rescans
+            self._count_files(follower)
         if calibrating is not None:
             # a baseline period is read to its end, however many conns it holds
             wanted = (self.options.baseline_records
