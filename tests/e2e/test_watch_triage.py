@@ -190,6 +190,15 @@ def test_watch_incidents_close_by_log_time_and_survive_restart(tmp_path):
     assert [text(n["sub"]).split(":")[0] for n in notices] == [k[0] for k in live]
     assert {text(n["note"]) for n in notices} == {"ZeekML::Suspicious_Host"}
     assert [n["n"] for n in notices] == [k[5] for k in live]
+    # each notice says the rate its alerts are raised at, watch's as score's (the same baseline
+    # and --fpr calibrate the same thresholds), and so do the incident records
+    batch = read_table(str(tmp_path / "batch" / "zeekml_incident.log")).to_pylist()
+    from zeekml.scoring.calibrate import fpr_text
+    summary = json.loads((tmp_path / "batch" / "summary.json").read_text())
+    rate = fpr_text(0.02, summary["effective_fpr"])
+    assert {text(n["sub"]).split("; alerts at ")[1] for n in notices + batch} == {rate}
+    assert {json.loads(line)["alert_rate"] for line in
+            (tmp_path / "batch" / "incidents.jsonl").read_text().splitlines()} == {rate}
 
     # a third --once run reads nothing new and writes no incident again
     r = CliRunner().invoke(main, ["watch", str(root), "--out", str(out), "--once", "--baseline",

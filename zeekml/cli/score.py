@@ -192,7 +192,7 @@ def check_baseline_choice(ctx: click.Context, files: tuple, until: float | None,
 @click.option("--fpr", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Target false-positive rate of all detectors together on held-out baseline "
                    "conns; a baseline too small for it is refused (the effective rate is in "
-                   "summary.json and in the per-conn notices of --conn-notices).")
+                   "summary.json and in every notice).")
 @click.option("--baseline", multiple=True, type=INPUT_PATH,
               help="Logs of a normal period to fit and calibrate on (default: the earliest "
                    "--baseline-fraction of the input by time).")

@@ -27,6 +27,7 @@ from zeekml.pipeline.chunked import (TriageBaseline, TriageRows, read_conn_batch
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.scoring.allowlist import Allowlist, suppress
+from zeekml.scoring.calibrate import fpr_text
 from zeekml.scoring.evidence import SuricataAlerts, attach_suricata_alerts
 from zeekml.scoring.incidents import incidents_from_batch
 from zeekml.scoring.verdict import VerdictBatch
@@ -267,7 +268,7 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
                                       allowlist, benign, triage, bar)
             bar.step("grouping alerts into incidents")
             summary.outputs.update(_write_triage(out_dir, files, baseline_files, kept, triage,
-                                                 options))
+                                                 options, summary))
     except BaseException:
         outputs.close()
         raise
@@ -327,11 +328,14 @@ def _score_chunked(files: list[str], baseline: pa.Table | None, options: ScoreOp
 
 def _write_triage(out_dir: str, files: list[str], baseline_files: list[str],
                   baseline: TriageBaseline, triage: TriageRows,
-                  options: ScoreOptions) -> dict[str, str]:
+                  options: ScoreOptions, summary: ScoreSummary) -> dict[str, str]:
     """incidents.jsonl, zeekml_incident.log and baseline.json of a scored run; their paths."""
     profile = baseline.profile
     incidents = incidents_from_batch(triage.alerts(), baseline.table, profile=profile,
                                      host_times=triage.host_times())
+    rate = fpr_text(options.fpr, summary.effective_fpr)
+    for inc in incidents:
+        inc.alert_rate = rate
     source = (", ".join(baseline_files) if baseline_files else
               "the input's conns in the period asked (--baseline-until/--baseline-range)"
               if options.baseline_period() is not None else

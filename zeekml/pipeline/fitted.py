@@ -19,7 +19,7 @@ import pyarrow as pa
 from zeekml._core.errors import ZeekmlError
 from zeekml.pipeline import side_by_side
 from zeekml.pipeline.options import SCORE_BASELINE_OPTIONS, ScoreOptions, ScoreSummary
-from zeekml.scoring.calibrate import ThresholdCalibrator, calibrate_with_cuts
+from zeekml.scoring.calibrate import ThresholdCalibrator, calibrate_with_cuts, fpr_text
 from zeekml.scoring.context import horizon
 from zeekml.scoring.detector import Detector, IsolationForestDetector
 from zeekml.scoring.ensemble import combine
@@ -419,10 +419,7 @@ def cut_text(op: dict) -> str:
 
 def threshold_text(fitted: FittedDetectors) -> str:
     """What 1.0 means in a notice: the threshold at the FPR the run delivers."""
-    eff = fitted.effective_fpr
-    if eff is None or eff <= fitted.fpr:
-        return f"1.0 = threshold at fpr {fitted.fpr:g}"
-    return f"1.0 = threshold at effective fpr {eff:.3g}, asked {fitted.fpr:g}"
+    return f"1.0 = threshold at {fpr_text(fitted.fpr, fitted.effective_fpr)}"
 
 
 def score_batch(table: pa.Table, fitted: FittedDetectors,

@@ -6,6 +6,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+def fpr_text(fpr: float, effective: float | None = None) -> str:
+    """The false-positive rate alerts are raised at, in words: ``fpr 0.001``, or, where the
+    baseline cannot resolve ``fpr``, ``effective fpr 0.0185, asked 0.001``."""
+    if effective is None or effective <= fpr:
+        return f"fpr {fpr:g}"
+    return f"effective fpr {effective:.3g}, asked {fpr:g}"
+
+
 @dataclass
 class ThresholdCalibrator:
     """Maps raw detector scores (higher = more anomalous) to a calibrated scale.

@@ -88,11 +88,16 @@ class Incident:
     top_conns: list[dict] = field(default_factory=list)
     suricata_alerts: int = 0        # Suricata alerts on the incident's alerting conns
     suricata_signatures: list[dict] = field(default_factory=list)   # most alerts first
+    # the false-positive rate the run's alerts are raised at (``calibrate.fpr_text``): its
+    # notices say it, as the per-conn notices do; "" where not known (a report's rebuild)
+    alert_rate: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if not self.suricata_alerts:    # Suricata evidence only where there is some
             del d["suricata_alerts"], d["suricata_signatures"]
+        if not self.alert_rate:
+            del d["alert_rate"]
         return d
 
 

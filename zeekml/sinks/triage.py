@@ -94,11 +94,14 @@ def incident_notice(inc: Incident):
 
 def incident_sub(inc: Incident | dict) -> str:
     """The ``sub`` of an incident's notice (``zeekml_incident.log`` and, through the incident
-    file, Zeek's notice.log): its id, counts, role and end, e.g. ``I3f...: 69 alerts, 80 conns,
-    12 peers as orig until 1545402015.123456``. Takes an ``Incident`` or its ``to_dict()``."""
-    get = inc.get if isinstance(inc, dict) else lambda k: getattr(inc, k)
+    file, Zeek's notice.log): its id, counts, role and end, and the rate its alerts are raised
+    at where known, e.g. ``I3f...: 69 alerts, 80 conns, 12 peers as orig until
+    1545402015.123456; alerts at fpr 0.001``. Takes an ``Incident`` or its ``to_dict()``."""
+    get = inc.get if isinstance(inc, dict) else lambda k: getattr(inc, k, None)
+    rate = get("alert_rate")
     return (f"{get('incident_id')}: {get('alerts')} alerts, {get('conns')} conns, "
-            f"{get('n_peers')} peers as {get('role')} until {float(get('last_ts')):.6f}")
+            f"{get('n_peers')} peers as {get('role')} until {float(get('last_ts')):.6f}"
+            + (f"; alerts at {rate}" if rate else ""))
 
 
 def incident_notice_record(inc: Incident) -> dict:

@@ -41,6 +41,18 @@ def test_incident_notice_names_the_host_in_its_role():
     assert n.sub.startswith(f"{incs['resp'].incident_id}: 12 alerts, 12 conns, 12 peers as resp")
     o = incident_notice(incs["orig"])
     assert (o.orig_h, o.resp_h, o.model, o.ts) == ("10.0.0.1", "1.1.1.1", "gnn", 150.0)
+    # the rate the alerts are raised at, where the run set it, ends the sub and is in the record
+    assert "alerts at" not in n.sub and "alert_rate" not in incs["resp"].to_dict()
+    incs["resp"].alert_rate = "effective fpr 0.0185, asked 0.001"
+    assert incident_notice(incs["resp"]).sub == n.sub + "; alerts at effective fpr 0.0185, asked 0.001"
+    assert incs["resp"].to_dict()["alert_rate"] == "effective fpr 0.0185, asked 0.001"
+
+
+def test_fpr_text():
+    from zeekml.scoring.calibrate import fpr_text
+
+    assert fpr_text(0.001) == fpr_text(0.001, 0.001) == "fpr 0.001"
+    assert fpr_text(0.001, 0.018532) == "effective fpr 0.0185, asked 0.001"
 
 
 def test_incident_notice_log_and_baseline_file(tmp_path):

@@ -72,6 +72,9 @@ class LiveIncidents:
         # grouping and describing every open alert again (1.2 of the watcher's ~8 CPU s on
         # bench/watch.py's dense probe, a few alerts open for an hour of log time)
         self._built: list[Incident] | None = None
+        # the rate the watch's alerts are raised at (``calibrate.fpr_text``), set once it is
+        # calibrated: each incident's notice states it
+        self.alert_rate = ""
 
     def state(self) -> dict:
         """The JSON-ready state kept in the checkpoint."""
@@ -124,6 +127,8 @@ class LiveIncidents:
         if self._built is None:
             self._built = build_incidents(verdict_table(self.alerts), self.options,
                                           baseline_bytes=self.baseline_bytes)
+            for inc in self._built:
+                inc.alert_rate = self.alert_rate
         incs = self._built
         now = self.log_time - self.lateness
         shut = [flush or i.last_ts + self.horizon(i) < now for i in incs]

@@ -72,6 +72,7 @@ from zeekml.pipeline.live.outputs import OutputFiles, VerdictDedup, fields_line
 from zeekml.pipeline.live.pool import (DetectorPool, Release, ScorePool, one_thread,
                                        render_allowed, score_window)
 from zeekml.scoring.allowlist import Allowlist
+from zeekml.scoring.calibrate import fpr_text
 from zeekml.scoring.context import horizons
 from zeekml.scoring.evidence import SURICATA_KEY, SuricataAlerts, live_suricata_join
 from zeekml.scoring.verdict import Verdict
@@ -270,6 +271,7 @@ class Watcher:
                 fitted = calibrate(self.root, self.out_dir, opts, cp, self.stats, self._stop,
                                    self._calibration_wait,
                                    on_baseline=self._incidents.set_baseline)
+                self._incidents.alert_rate = fpr_text(fitted.fpr, fitted.effective_fpr)
             except Stopped:
                 self.stats.state = "stopped"
                 return self.stats
