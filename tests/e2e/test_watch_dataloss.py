@@ -34,6 +34,15 @@ def _score(root, out, baseline):
                 "--no-progress")
 
 
+def _iot23_dirs(tmp_path):
+    """``(root, out, baseline)``: a log directory holding the IoT-23 head, the output directory
+    to be, and a baseline log."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    shutil.copy(IOT23, root / "conn.log.labeled")
+    return root, tmp_path / "out", write_baseline(str(tmp_path / "baseline.log"))
+
+
 def _verdicts(out) -> list[dict]:
     with open(os.path.join(out, "verdicts.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -99,11 +108,7 @@ def _snapshot(out) -> dict[str, bytes]:
 
 
 def test_watch_refuses_a_score_output_directory_unless_overwrite(tmp_path):
-    root = tmp_path / "logs"
-    root.mkdir()
-    shutil.copy(IOT23, root / "conn.log.labeled")
-    baseline = write_baseline(str(tmp_path / "baseline.log"))
-    out = tmp_path / "out"
+    root, out, baseline = _iot23_dirs(tmp_path)
     r = _score(root, out, baseline)
     assert r.exit_code == 0, r.output
     before = _snapshot(out)
@@ -123,11 +128,7 @@ def test_watch_refuses_a_score_output_directory_unless_overwrite(tmp_path):
 
 
 def test_score_refuses_a_watch_output_directory(tmp_path):
-    root = tmp_path / "logs"
-    root.mkdir()
-    shutil.copy(IOT23, root / "conn.log.labeled")
-    baseline = write_baseline(str(tmp_path / "baseline.log"))
-    out = tmp_path / "out"
+    root, out, baseline = _iot23_dirs(tmp_path)
     assert _watch(root, out, baseline).exit_code == 0
     before = _snapshot(out)
     r = _score(root, out, baseline)
@@ -139,11 +140,7 @@ def test_score_refuses_a_watch_output_directory(tmp_path):
 
 
 def test_watch_refuses_outputs_whose_checkpoint_was_deleted(tmp_path):
-    root = tmp_path / "logs"
-    root.mkdir()
-    shutil.copy(IOT23, root / "conn.log.labeled")
-    baseline = write_baseline(str(tmp_path / "baseline.log"))
-    out = tmp_path / "out"
+    root, out, baseline = _iot23_dirs(tmp_path)
     assert _watch(root, out, baseline).exit_code == 0
     before = _snapshot(out)
     for name in ("checkpoint.json", "checkpoint.json.prev"):
