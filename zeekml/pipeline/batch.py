@@ -36,8 +36,8 @@ from zeekml.sinks.triage import (BASELINE_FILE, INCIDENT_NOTICE_FILE, INCIDENTS_
                                  mark_suppressed, write_baseline_info, write_incident_notices,
                                  write_incidents)
 from zeekml.sinks.verdicts import RenderedVerdicts, render_verdicts
-from zeekml.sources.archive import expand_inputs
 from zeekml.sources import CHECKPOINT_FILE
+from zeekml.sources.archive import expand_inputs
 
 __all__ = ["ScoreOptions", "ScoreSummary", "baseline_rows", "benign_feedback_uids",
            "feedback_rows", "load_conns", "score_paths", "score_table"]

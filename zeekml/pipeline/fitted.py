@@ -54,10 +54,9 @@ def build_detectors(names: list[str], seed: int, models_dir: str | None = None,
 # effective FPR in summary.json and in each notice says what it delivers).
 REFUSE_FACTOR = 10.0
 WARN_BEYOND = 10.0
-BASELINE_OPTIONS = SCORE_BASELINE_OPTIONS     # the default of the messages below
 
 
-def check_baseline_size(n_calibration: int, fpr: float, how: str = BASELINE_OPTIONS) -> str | None:
+def check_baseline_size(n_calibration: int, fpr: float, how: str = SCORE_BASELINE_OPTIONS) -> str | None:
     """Refuse (``ZeekmlError``) a baseline whose ``n_calibration`` conns cannot resolve
     ``REFUSE_FACTOR * fpr``; return a warning when they resolve ``fpr`` with fewer than
     ``WARN_BEYOND`` conns beyond the threshold; else None. Every baseline conn calibrates
@@ -148,7 +147,7 @@ def judge_baseline(baseline: pa.Table, judge: Detector, seed: int = 0) -> tuple[
 def baseline_infection(baseline: pa.Table, detectors: list[Detector], judge: Detector | None = None,
                        seed: int = 0, check: dict | None = None,
                        judged: tuple[np.ndarray, np.ndarray] | None = None,
-                       how: str = BASELINE_OPTIONS) -> str | None:
+                       how: str = SCORE_BASELINE_OPTIONS) -> str | None:
     """The warning when known-bad classifiers flag a large share of ``baseline`` (see
     ``INFECTED_SHARE``), naming the hosts with the most flagged conns; None otherwise.
 

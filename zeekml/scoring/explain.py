@@ -337,7 +337,7 @@ def nearest_text(identity: pa.Table, dist: np.ndarray, rows: np.ndarray, far: fl
         shown: neighbours named (default ``NEAREST_SHOWN``).
     """
     dist, rows = np.asarray(dist), np.asarray(rows)
-    shown = min(shown, dist.shape[1]) if dist.ndim == 2 else 0
+    shown = min(shown, dist.shape[1])
     # only the reference rows named: the whole 4,000-row reference as Python dicts cost more
     # than the alerts' own text, in the GIL-bound end of a run
     named_rows, at = np.unique(rows[:, :shown].astype(np.int64), return_inverse=True)
