@@ -209,14 +209,16 @@ def _embed_live(model, g, xs: dict, cone, live: GNNLiveState, builder: FlowGraph
     # the next-flow edges into windows before this one are left out of a graph built for its
     # targets alone (``FlowGraphBuilder.build``): states there past the input projection are
     # not kept. A target without a time keeps them all in; its window sorts first
-    first_target = int(g["flow"].window[g["flow"].target].min())
+    target_windows = g["flow"].window[g["flow"].target]
+    first_target = int(target_windows.min())
     known = live.known(layout)
     if not next_flows:
         g.edge_index_dict.update(builder.next_flow_edges(
             g, live.next_flows_into(g["flow"].window.numpy(), known, first_target)))
     computed: list = []
     h = model(xs, g.edge_index_dict, targets=cone, known=known, computed=computed)["flow"]
-    live.store(layout, computed, first_target - builder.targets_reach(), live.keep_from(first_target))
+    live.store(layout, computed, first_target - builder.targets_reach(),
+               live.keep_from(first_target, int(target_windows.max())))
     return h
 
 

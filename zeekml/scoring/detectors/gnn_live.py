@@ -38,6 +38,11 @@ FLOW_SAME_CONN = ("flow", "same_conn", "flow")
 NEXT_WINDOW = ("ip", "next_window", "ip")
 NEXT_FLOWS = (("flow", "next_orig", "flow"), ("flow", "next_resp", "flow"))
 EMPTY = b""               # a window with no nodes, or outside the graph: the same thing to it
+KEEP_WINDOWS = 24
+"""Windows before a call's latest target window whose states are kept (``keep_from``): 2 min
+of the shipped model's 5 s windows, four times watch's hold-back and context lateness (30 s),
+so a release of a watch (or of one of its scoring workers, every other release) finds the
+windows it shares with the last one kept."""
 
 
 def step_reach(step_edges: list[tuple[tuple[str, str, str], ...]], span: int) -> list[tuple[int, int]]:
@@ -179,11 +184,18 @@ class GNNLiveState:
         import torch
 
         out: list[dict[str, tuple]] = []
+        wins = layout.windows
         for step in range(len(self.reach)):
             rows_f, st_f, rows_i, st_i = [], [], [], []
-            for j, w in enumerate(layout.windows.tolist()):
-                k = self.kept.get((step, w))
-                if k is None or k.prints != layout.span_prints(w, self.reach[step]):
+            # the kept windows of this step that the graph has, in window order (a graph can
+            # span tens of thousands of windows, of which only the last few are ever kept)
+            mine = np.array(sorted(w for s, w in self.kept if s == step), dtype=np.int64)
+            at = np.searchsorted(wins, mine)
+            have = at < len(wins)
+            have[have] &= wins[at[have]] == mine[have]
+            for j, w in zip(at[have].tolist(), mine[have].tolist()):
+                k = self.kept[(step, w)]
+                if k.prints != layout.span_prints(w, self.reach[step]):
                     continue
                 if len(k.flow[0]):
                     rows_f.append(torch.from_numpy(layout.flow[j, 0] + k.flow[0]))
@@ -224,12 +236,20 @@ class GNNLiveState:
         """Whether step ``step`` (from 1) reads the ``next_orig``/``next_resp`` edges."""
         return any(et in self.step_edges[step - 1] for et in NEXT_FLOWS)
 
-    def keep_from(self, first_target: int) -> list[int]:
+    def keep_from(self, first_target: int, last_target: int | None = None) -> list[int]:
         """Per step, the first window whose states are kept after a call whose earliest target
         window is ``first_target``: a later call (targets from there on) reads next to nothing
         of those before (at 5,000 conns/s none of their ~100,000 rows); at a step reading the
         next-flow edges, as far back as ``next_flows_into`` looks, so that it finds them kept
-        and the graph does without those edges."""
+        and the graph does without those edges.
+
+        ``last_target``: the call's latest target window. A later call's targets start near it
+        (watch's next release; `score`'s next chunk), so no window more than ``KEEP_WINDOWS``
+        before it is kept: a 100k-conn chunk of `score` spans up to tens of thousands of
+        windows, and keeping them all cost more than the encoder itself. What is kept changes
+        no bits, only what a later call computes again."""
+        if last_target is not None:
+            first_target = max(first_target, last_target - KEEP_WINDOWS)
         last = self.reach[-1][0]
         return [first_target - (last - self.reach[s][0]) if s and self.reads_next_flows(s) else first_target
                 for s in range(len(self.reach))]
@@ -252,12 +272,15 @@ class GNNLiveState:
         self.kept = {key: k for key, k in self.kept.items() if keep_from[key[0]] <= key[1] <= hi}
         for step, done in enumerate(computed[:-1]):
             groups = {}
+            # the windows kept at this step: rows of earlier ones are not even grouped (a 100k-conn
+            # chunk of `score` spans tens of thousands of windows, of which a later call reads the
+            # last few: ``keep_from``)
+            lo = max(keep_from[step], first_full) if step > 0 else keep_from[step]
             for name in ("flow", "ip"):
                 if name not in done:
                     continue
                 rows, states = done[name]
                 rows_np, first = np.unique(rows.numpy(), return_index=True)
-                states = states[torch.from_numpy(first)]
                 if name == "flow":
                     j = np.searchsorted(layout.flow[:, 1], rows_np, side="right")
                     ok = j < len(wins)
@@ -268,13 +291,16 @@ class GNNLiveState:
                     j = np.where(rows_np < len(layout.ip_window), layout.ip_window[at], -1)
                     place = layout.ip_place[at]
                     ok = j >= 0
-                for jj in np.unique(j[ok]).tolist():
-                    sel = np.flatnonzero(ok & (j == jj))
-                    groups.setdefault(jj, {})[name] = (place[sel], states[torch.from_numpy(sel)])
+                ok[ok] &= wins[j[ok]] >= lo
+                # the rows of each window, in row order: one stable sort, not a pass over every
+                # row per window (a 100k-conn chunk of `score` spans thousands of windows)
+                rows_ok = np.flatnonzero(ok)
+                by_window = rows_ok[np.argsort(j[rows_ok], kind="stable")]
+                wj, starts = np.unique(j[by_window], return_index=True)
+                for jj, sel in zip(wj.tolist(), np.split(by_window, starts[1:])):
+                    groups.setdefault(jj, {})[name] = (place[sel], states[torch.from_numpy(first[sel])])
             for jj, parts in groups.items():
                 w = int(wins[jj])
-                if (step > 0 and w < first_full) or w < keep_from[step]:
-                    continue
                 prints = layout.span_prints(w, self.reach[step])
                 old = self.kept.get((step, w))
                 merged = {}

@@ -146,3 +146,24 @@ def test_explaining_a_release_leaves_its_kept_states(fitted_gnn):
     assert after.keys() == before.keys()
     assert all(after[key][0] == v[0] and np.array_equal(after[key][1], v[1])
                and np.array_equal(after[key][2], v[2]) for key, v in before.items())
+
+
+def test_a_call_over_many_windows_keeps_only_the_last_ones(fitted_gnn, monkeypatch, avx2):
+    """A call whose targets span many windows (a chunk of `score`) keeps the states of the
+    windows from ``KEEP_WINDOWS`` before its latest target on, not of every window it embedded;
+    the next call still gets the whole table's bits, and reuses what was kept."""
+    det, table, full = fitted_gnn
+    monkeypatch.setattr(gnn_live, "KEEP_WINDOWS", 1)
+    _, last = det.bundle.builder().windows(table)
+    order = np.argsort(ts_array(table), kind="stable")
+    first_call, second_call = np.sort(order[:120]), np.sort(order[120:160])
+    first, latest = int(last[first_call].min()), int(last[first_call].max())
+    assert latest - first > 3                     # the first call spans more windows than kept
+    live = fresh(det)
+    assert_same(scored(det, table, first_call), full[first_call], avx2)
+    assert live.keep_from(first, latest) == [latest - 1, latest - 3, latest - 1, latest - 1, latest - 1]
+    assert min(w for s, w in live.kept if s != 1) >= latest - 1
+    assert min(w for s, w in live.kept if s == 1) >= latest - 3
+    offered = live.offered
+    assert_same(scored(det, table, second_call), full[second_call], avx2)
+    assert live.offered > offered
