@@ -194,6 +194,60 @@ def detectors_in_context(detectors, table: pa.Table, targets: np.ndarray,
     return out
 
 
+def context_within(ts: np.ndarray, rows: np.ndarray, back: float, fwd: float) -> np.ndarray:
+    """Which of ``rows`` (indices into the whole input, ``ts`` its times as ``ts_sort_key``
+    gives them: unset = +inf) have no other conn than ``rows`` within ``back`` seconds before and
+    ``fwd`` after them: a detector with that horizon scores such a row among ``rows`` alone as
+    among the whole input. None of them when a conn outside ``rows`` has no time (where it falls
+    in a host's history is not a matter of seconds), nor those without one themselves.
+
+    Shapes: ts ``[N]``, rows ``[m]`` -> ``[m]`` bool"""
+    rows = np.asarray(rows, dtype=np.int64)
+    if back <= 0 and fwd <= 0:
+        return np.ones(len(rows), dtype=bool)
+    outside = np.ones(len(ts), dtype=bool)
+    outside[rows] = False
+    other = ts[outside]
+    if not np.isfinite(other).all():
+        return np.zeros(len(rows), dtype=bool)
+    other = np.sort(other)
+    t = ts[rows]
+    ok = np.isfinite(t)
+    lo = np.searchsorted(other, t[ok] - back, side="left")
+    hi = np.searchsorted(other, t[ok] + fwd, side="right")
+    ok[ok] = hi == lo
+    return ok
+
+
+class WithKnownScores:
+    """``det`` (as ``detectors_in_context`` set it up for the targets of ``whole``) with some of
+    its targets' scores known already (``known``: ``[n]`` bool, ``scores``: ``[n]``, read where
+    known): only the others are scored, among the same context; ``explain`` as ``det``'s. A
+    row's score does not depend on the other rows scored with it, so the scores are those of
+    scoring every target. ``base``: the detector itself, which scores the rest."""
+
+    def __init__(self, det, base, whole: pa.Table, targets: np.ndarray, known: np.ndarray,
+                 scores: np.ndarray):
+        self.det, self.base = det, base
+        self.name, self.note = det.name, det.note
+        self.whole, self.targets = whole, np.asarray(targets, dtype=np.int64)
+        self.known, self.scores = np.asarray(known, dtype=bool), np.asarray(scores, dtype=np.float64)
+
+    def fit(self, table: pa.Table):
+        raise TypeError("WithKnownScores detectors only score")
+
+    def score(self, table: pa.Table) -> np.ndarray:
+        out = np.where(self.known, self.scores, np.nan)
+        todo = np.flatnonzero(~self.known)
+        if len(todo):
+            (sub,) = detectors_in_context([self.base], self.whole, self.targets[todo])
+            out[todo] = sub.score(table.take(pa.array(todo, pa.int64())))
+        return out
+
+    def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
+        return self.det.explain(table, rows, top)
+
+
 def with_context(before: list[pa.Table], own: pa.Table,
                  after: list[pa.Table]) -> tuple[pa.Table, np.ndarray]:
     """``before + own + after`` as one table and the row indices of ``own`` in it."""

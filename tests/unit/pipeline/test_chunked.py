@@ -89,6 +89,62 @@ def test_chunks_with_the_learned_models_time_context(tmp_path):
         [(i["incident_id"], i["conns"], i["alerts"]) for i in ib]
 
 
+
+def test_chunks_take_the_baselines_scores_from_the_fit(tmp_path, monkeypatch):
+    """Beyond one chunk the fit scores the baseline as its own input and the chunks do not score
+    its conns again (``BaselineScores``): every output is the bytes of a run that scores them
+    again, and the learned detectors' models run on the other conns only."""
+    if not (MODELS / "gnn-base" / "config.json").exists():
+        pytest.skip("models/ not shipped")
+    from zeekml.pipeline import chunked
+    from zeekml.scoring.context import WithKnownScores
+
+    opts = ScoreOptions(fpr=0.01, models_dir=str(MODELS), chunk_rows=450, conn_notices=True)
+    known: dict[str, int] = {}
+    score = WithKnownScores.score
+
+    def counted(self, table):
+        known[self.name] = known.get(self.name, 0) + int(self.known.sum())
+        return score(self, table)
+
+    monkeypatch.setattr(WithKnownScores, "score", counted)
+    reused, again = tmp_path / "reused", tmp_path / "again"
+    s = score_paths([str(IOT23)], str(reused), opts)
+    # 600 baseline conns (the earliest 30% of 2,000); the GNN scores again the few whose
+    # graph reaches past the baseline's end, the others none
+    assert known["iforest"] == known["mae"] == known["moe"] == s.baseline_records == 600
+    assert 590 <= known["gnn"] < 600
+    monkeypatch.setattr(chunked.BaselineScores, "of_chunk", lambda self, start, stop: {})
+    score_paths([str(IOT23)], str(again), opts)
+    for name in ("verdicts.jsonl", "incidents.jsonl", "baseline.json"):
+        assert (reused / name).read_bytes() == (again / name).read_bytes(), name
+    assert _notices(reused) == _notices(again)
+    assert _summary(reused) == _summary(again)
+
+
+def test_context_within_the_baseline():
+    """A baseline conn's scores carry over only when no other conn lies within the horizon."""
+    from zeekml.scoring.context import context_within
+
+    ts = np.array([0.0, 10.0, 20.0, 30.0, 45.0, 50.0])
+    rows = np.array([0, 1, 2, 3])                    # the conns at 45 and 50 s are not baseline
+    assert context_within(ts, rows, 0.0, 0.0).all()                 # no context: all of them
+    assert context_within(ts, rows, 3600.0, 0.0).tolist() == [True] * 4     # looks back only
+    assert context_within(ts, rows, 50.0, 25.0).tolist() == [True, True, False, False]
+    assert context_within(ts, rows, 50.0, 24.9).tolist() == [True, True, True, False]
+    unset = ts.copy()
+    unset[5] = np.inf                                # an outside conn without a time
+    assert not context_within(unset, rows, 3600.0, 0.0).any()
+    unset[0] = np.inf
+    unset[5] = 50.0
+    assert context_within(unset, rows, 50.0, 5.0).tolist() == [False, True, True, True]   # its own
+    # an outside conn before: the horizon back counts too
+    early = ts[[5, 0, 1]]                            # 50 (baseline), 0 (baseline), 10 (outside)
+    assert context_within(early, np.array([0, 1]), 0.0, 10.0).tolist() == [True, False]
+    assert context_within(early, np.array([0, 1]), 39.0, 0.0).tolist() == [True, True]
+    assert context_within(early, np.array([0, 1]), 40.0, 0.0).tolist() == [False, True]
+
+
 def test_feedback_and_allowlist_work_chunk_by_chunk(tmp_path):
     """--feedback's benign conns are found while reading (their uids) and read back from the
     spill; --allowlist suppresses per chunk: the outputs equal one table's."""

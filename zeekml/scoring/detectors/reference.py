@@ -626,10 +626,13 @@ def fit_split(det: SplitFitted, embed: Callable[[pa.Table, np.ndarray | None], n
     todo = np.ones(scored.num_rows, dtype=bool)
     todo[rows[same]] = False
     todo_rows = np.flatnonzero(todo)
-    all_x = np.empty((scored.num_rows,) + x.shape[1:], dtype=x.dtype)
-    all_x[rows[same]] = x[same]
-    if len(todo_rows):
-        all_x[todo_rows] = embed_in_pieces(embed, scored, todo_rows)
+    if not len(todo_rows) and np.array_equal(rows, np.arange(scored.num_rows)):
+        all_x = x           # the baseline scored as its own input (chunked score): no copy
+    else:
+        all_x = np.empty((scored.num_rows,) + x.shape[1:], dtype=x.dtype)
+        all_x[rows[same]] = x[same]
+        if len(todo_rows):
+            all_x[todo_rows] = embed_in_pieces(embed, scored, todo_rows)
     full = det.reference.score(all_x)
     # a calibration conn not fitted on, with the same embedding in the input, already has its
     # score there (a row's kNN distance depends on that row alone)
