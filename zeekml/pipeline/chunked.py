@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 
 from zeekml._core.device import configure_torch_if_asked
 from zeekml._core.errors import UnknownFormat, ZeekmlError
+from zeekml._core.heap import trim_heap
 from zeekml._core.preload import wait_started
 from zeekml.features import flow_features, table_memo
 from zeekml.flows.select import ts_sort_key
@@ -565,6 +566,10 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
     for i in range(spill.n_chunks):
         start, stop = spill.bounds(i)
         step(f"scoring conns {start + 1:,}-{stop:,} of {spill.num_rows:,}")
+        # the last chunk's (or the fit's) freed pages back to the system: glibc kept them, and
+        # each chunk began higher (1M conns with the shipped models: 883 -> 1,922 MiB at a
+        # chunk's start, peak 2,499 MiB; trimmed, 729-953 MiB and 2,124 MiB; bench/README.md)
+        trim_heap()
         before_rows, after_rows = context_rows(spill.ts, start, stop, back, fwd)
         before = [spill.take(before_rows)] if len(before_rows) else []
         after = [spill.take(after_rows)] if len(after_rows) else []

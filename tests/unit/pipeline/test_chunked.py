@@ -122,6 +122,18 @@ def test_chunks_take_the_baselines_scores_from_the_fit(tmp_path, monkeypatch):
     assert _summary(reused) == _summary(again)
 
 
+
+def test_each_chunk_starts_on_a_trimmed_heap(tmp_path, monkeypatch):
+    """The freed pages of the fit and of each chunk go back to the system before the next chunk
+    (glibc kept them, and every chunk started higher: bench/README.md)."""
+    from zeekml.pipeline import chunked
+
+    trims = []
+    monkeypatch.setattr(chunked, "trim_heap", lambda: trims.append(True))
+    score_paths([str(IOT23)], str(tmp_path / "out"), ScoreOptions(fpr=0.02, chunk_rows=500))
+    assert len(trims) == 4                           # 2,000 conns, chunks of 500
+
+
 def test_context_within_the_baseline():
     """A baseline conn's scores carry over only when no other conn lies within the horizon."""
     from zeekml.scoring.context import context_within

@@ -6,17 +6,7 @@ import contextlib
 import os
 from typing import Iterator
 
-
-def _libc_malloc_trim():
-    try:
-        import ctypes
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _libc_malloc_trim()
-
+from zeekml._core.heap import _MALLOC_TRIM, trim_heap  # noqa: F401 - watch's names for them
 
 # The fixed mmap threshold of a watch whose detectors score windows as they come (no time
 # context: the IsolationForest). glibc otherwise raises its threshold each time such a block is
@@ -74,13 +64,6 @@ def thread_page_faults() -> int:
         return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
     except (ImportError, AttributeError, OSError):
         return 0
-
-
-def trim_heap() -> None:
-    """Give the freed pages of the heap back to the system (glibc ``malloc_trim``): without it
-    glibc keeps those of each window's arrays and RSS wanders 10-25 MB above the live size."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def use_release_heap() -> None:
