@@ -63,34 +63,87 @@ def step_reach(step_edges: list[tuple[tuple[str, str, str], ...]], span: int) ->
     return reach
 
 
-@dataclass
 class GraphWindows:
-    """Where each window's nodes are in one ``FlowGraph`` (nodes are ordered by window first).
+    """Where each window's nodes are in one ``FlowGraph`` (nodes are ordered by window first),
+    and each window's fingerprints (``window_fingerprints``), computed for a window when first
+    asked: a chunk of `score` spans tens of thousands of windows, of which a call reads and
+    keeps the states of a few dozen (digesting every window was 7% of the GNN's time at 1M
+    conns).
 
     Attributes (``w`` = the graph's windows with a time, ascending):
         windows: ``[w]``.
         flow: ``[w, 2]`` each window's flow nodes ``start, end``.
-        ip_order: per window, its address nodes ordered by address.
         ip_window: ``[N_ip]`` each address node's window (its index in ``windows``; -1: none).
-        ip_place: ``[N_ip]`` its place in its window's ``ip_order``.
-        content: window -> digest of its content (``window_fingerprints``).
-        links: window -> digest of its ``same_conn`` links.
     """
 
-    windows: np.ndarray
-    flow: np.ndarray
-    ip_order: list[np.ndarray]
-    ip_window: np.ndarray
-    ip_place: np.ndarray
-    content: dict[int, bytes]
-    links: dict[int, bytes]
+    def __init__(self, g: FlowGraph):
+        fw = g.flow.window.numpy()
+        iw = g.ip.window.numpy()
+        wins = np.unique(fw)
+        self.windows = wins[wins != NULL_WINDOW]
+        self.flow = np.stack([np.searchsorted(fw, self.windows, side="left"),
+                              np.searchsorted(fw, self.windows, side="right")], axis=1)
+        self._ip = np.stack([np.searchsorted(iw, self.windows, side="left"),
+                             np.searchsorted(iw, self.windows, side="right")], axis=1)
+        j = np.minimum(np.searchsorted(self.windows, iw), max(len(self.windows) - 1, 0))
+        have = (self.windows[j] == iw) if len(self.windows) else np.zeros(len(iw), dtype=bool)
+        self.ip_window = np.where(have, j, -1).astype(np.int64)
+        self._index = {w: j for j, w in enumerate(self.windows.tolist())}
+        self._orig = g.edge_index_dict[("flow", "rev_orig", "ip")][1].numpy()
+        self._resp = g.edge_index_dict[("flow", "to_resp", "ip")][1].numpy()
+        self._prev = np.full(len(fw), -1, dtype=np.int64)
+        sc = g.edge_index_dict[FLOW_SAME_CONN].numpy()
+        self._prev[sc[1]] = sc[0]
+        self._addrs = np.asarray(g.ip.addr, dtype=object)
+        self._x = g.flow.x[:len(fw)].numpy()
+        self._order: dict[int, np.ndarray] = {}
+        self._prints: dict[int, tuple[bytes, bytes]] = {}
+
+    def ip_order(self, j: int) -> np.ndarray:
+        """The address nodes of window ``windows[j]``, ordered by address (ties by node)."""
+        order = self._order.get(j)
+        if order is None:
+            c, d = self._ip[j]
+            order = self._order[j] = c + np.argsort(self._addrs[c:d], kind="stable")
+        return order
+
+    def ip_places(self, j: int, nodes: np.ndarray) -> np.ndarray:
+        """The places of address ``nodes`` of window ``windows[j]`` in its ``ip_order``."""
+        c, d = self._ip[j]
+        place = np.empty(d - c, dtype=np.int64)
+        place[self.ip_order(j) - c] = np.arange(d - c)
+        return place[np.asarray(nodes) - c]
+
+    def _fingerprints(self, w: int) -> tuple[bytes, bytes]:
+        """Window ``w``'s ``(content, links)`` digests (``EMPTY`` twice: no nodes there)."""
+        got = self._prints.get(w)
+        if got is not None:
+            return got
+        j = self._index.get(w)
+        if j is None:
+            return EMPTY, EMPTY
+        (a, b), (c, d) = self.flow[j], self._ip[j]
+        order = self.ip_order(j) - c
+        rank = np.empty(d - c, dtype=np.int64)
+        rank[order] = np.arange(d - c)
+        before = self._index.get(w - 1)
+        p = self._prev[a:b]
+        local = np.where(p >= 0, p - (self.flow[before, 0] if before is not None else 0), -1)
+        h = hashlib.sha256()
+        h.update(np.array([b - a, d - c], dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(self._x[a:b]))
+        h.update("\n".join(self._addrs[c:d][order].tolist()).encode())
+        h.update(rank[self._orig[a:b] - c].tobytes())
+        h.update(rank[self._resp[a:b] - c].tobytes())
+        got = self._prints[w] = (h.digest(), hashlib.sha256(local.astype(np.int64).tobytes()).digest())
+        return got
 
     def span_prints(self, w: int, reach: tuple[int, int]) -> tuple[bytes, ...]:
         """The content digests of windows ``w - reach[0] .. w`` and the links' of
         ``w - reach[1] .. w``: what a state of window ``w`` with that ``reach`` is made of."""
         content, links = reach
-        return (tuple(self.content.get(v, EMPTY) for v in range(w - content, w + 1))
-                + tuple(self.links.get(v, EMPTY) for v in range(w - links, w + 1)))
+        return (tuple(self._fingerprints(v)[0] for v in range(w - content, w + 1))
+                + tuple(self._fingerprints(v)[1] for v in range(w - links, w + 1)))
 
 
 def window_fingerprints(g: FlowGraph) -> GraphWindows:
@@ -98,46 +151,9 @@ def window_fingerprints(g: FlowGraph) -> GraphWindows:
     content (the number of flow and address nodes, the flow nodes' features in node order, the
     window's addresses (sorted), each flow's originator and responder (ranks among those)) and
     its links (each flow's node of the same conn in the window before: its place there, or -1).
-    Windows without a time (``NULL_WINDOW``) get none (their nodes are never kept)."""
-    fw = g.flow.window.numpy()
-    iw = g.ip.window.numpy()
-    nf = len(fw)
-    wins = np.unique(fw)
-    wins = wins[wins != NULL_WINDOW]
-    f_lo = np.searchsorted(fw, wins, side="left")
-    f_hi = np.searchsorted(fw, wins, side="right")
-    i_lo = np.searchsorted(iw, wins, side="left")
-    i_hi = np.searchsorted(iw, wins, side="right")
-    orig = g.edge_index_dict[("flow", "rev_orig", "ip")][1].numpy()
-    resp = g.edge_index_dict[("flow", "to_resp", "ip")][1].numpy()
-    prev = np.full(nf, -1, dtype=np.int64)
-    sc = g.edge_index_dict[FLOW_SAME_CONN].numpy()
-    prev[sc[1]] = sc[0]
-    addrs = np.asarray(g.ip.addr, dtype=object)
-    x = g.flow.x[:nf].numpy()
-    starts = dict(zip(wins.tolist(), f_lo.tolist()))
-    prints, links, orders = {}, {}, []
-    ip_window = np.full(len(iw), -1, dtype=np.int64)
-    ip_place = np.full(len(iw), -1, dtype=np.int64)
-    for j, (w, a, b, c, d) in enumerate(zip(wins.tolist(), f_lo, f_hi, i_lo, i_hi)):
-        names = addrs[c:d]
-        order = np.argsort(names, kind="stable")
-        rank = np.empty(d - c, dtype=np.int64)
-        rank[order] = np.arange(d - c)
-        p = prev[a:b]
-        local = np.where(p >= 0, p - starts.get(w - 1, 0), -1)
-        h = hashlib.sha256()
-        h.update(np.array([b - a, d - c], dtype=np.int64).tobytes())
-        h.update(np.ascontiguousarray(x[a:b]))
-        h.update("\n".join(names[order].tolist()).encode())
-        h.update(rank[orig[a:b] - c].tobytes())
-        h.update(rank[resp[a:b] - c].tobytes())
-        prints[w] = h.digest()
-        links[w] = hashlib.sha256(local.astype(np.int64).tobytes()).digest()
-        orders.append(c + order)
-        ip_window[c:d] = j
-        ip_place[c + order] = np.arange(d - c)
-    return GraphWindows(wins, np.stack([f_lo, f_hi], axis=1), orders, ip_window, ip_place, prints, links)
+    Windows without a time (``NULL_WINDOW``) get none (their nodes are never kept). Each
+    window's are computed when first asked for (``GraphWindows.span_prints``)."""
+    return GraphWindows(g)
 
 
 @dataclass
@@ -201,7 +217,7 @@ class GNNLiveState:
                     rows_f.append(torch.from_numpy(layout.flow[j, 0] + k.flow[0]))
                     st_f.append(k.flow[1])
                 if len(k.ip[0]):
-                    rows_i.append(torch.from_numpy(layout.ip_order[j][k.ip[0]]))
+                    rows_i.append(torch.from_numpy(layout.ip_order(j)[k.ip[0]]))
                     st_i.append(k.ip[1])
             step_known = {}
             for name, rows, st in (("flow", rows_f, st_f), ("ip", rows_i, st_i)):
@@ -289,7 +305,7 @@ class GNNLiveState:
                 else:
                     at = np.minimum(rows_np, len(layout.ip_window) - 1)
                     j = np.where(rows_np < len(layout.ip_window), layout.ip_window[at], -1)
-                    place = layout.ip_place[at]
+                    place = None              # per window, of the kept windows only (below)
                     ok = j >= 0
                 ok[ok] &= wins[j[ok]] >= lo
                 # the rows of each window, in row order: one stable sort, not a pass over every
@@ -298,7 +314,8 @@ class GNNLiveState:
                 by_window = rows_ok[np.argsort(j[rows_ok], kind="stable")]
                 wj, starts = np.unique(j[by_window], return_index=True)
                 for jj, sel in zip(wj.tolist(), np.split(by_window, starts[1:])):
-                    groups.setdefault(jj, {})[name] = (place[sel], states[torch.from_numpy(first[sel])])
+                    places = place[sel] if place is not None else layout.ip_places(jj, rows_np[sel])
+                    groups.setdefault(jj, {})[name] = (places, states[torch.from_numpy(first[sel])])
             for jj, parts in groups.items():
                 w = int(wins[jj])
                 prints = layout.span_prints(w, self.reach[step])
