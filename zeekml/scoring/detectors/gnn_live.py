@@ -40,9 +40,10 @@ NEXT_FLOWS = (("flow", "next_orig", "flow"), ("flow", "next_resp", "flow"))
 EMPTY = b""               # a window with no nodes, or outside the graph: the same thing to it
 KEEP_WINDOWS = 24
 """Windows before a call's latest target window whose states are kept (``keep_from``): 2 min
-of the shipped model's 5 s windows, four times watch's hold-back and context lateness (30 s),
-so a release of a watch (or of one of its scoring workers, every other release) finds the
-windows it shares with the last one kept."""
+of the shipped model's 5 s windows, almost five times the 25 s a watch holds conns back (the
+GNN's 20 s forward reach and ``--context-lateness`` 5 s), so a release of a watch (or of one
+of its scoring workers, every other release) finds the windows it shares with the last one
+kept. What is kept changes no bits, only what a later call computes again."""
 
 
 def step_reach(step_edges: list[tuple[tuple[str, str, str], ...]], span: int) -> list[tuple[int, int]]:
