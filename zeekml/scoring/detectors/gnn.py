@@ -215,10 +215,12 @@ def _embed_live(model, g, xs: dict, cone, live: GNNLiveState, builder: FlowGraph
     if not next_flows:
         g.edge_index_dict.update(builder.next_flow_edges(
             g, live.next_flows_into(g["flow"].window.numpy(), known, first_target)))
-    computed: list = []
+    first_full = first_target - builder.targets_reach()
+    keep_from = live.keep_from(first_target, int(target_windows.max()))
+    # the states of each step the encoder computes, as it goes: of the windows kept only
+    computed = live.collector(layout, first_full, keep_from)
     h = model(xs, g.edge_index_dict, targets=cone, known=known, computed=computed)["flow"]
-    live.store(layout, computed, first_target - builder.targets_reach(),
-               live.keep_from(first_target, int(target_windows.max())))
+    live.store(layout, computed, first_full, keep_from)
     return h
 
 

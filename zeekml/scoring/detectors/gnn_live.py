@@ -100,6 +100,22 @@ class GraphWindows:
         self._order: dict[int, np.ndarray] = {}
         self._prints: dict[int, tuple[bytes, bytes]] = {}
 
+    def window_of(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Each ``name`` (``"flow"``/``"ip"``) node's window, as its index in ``windows``
+        (-1: a node without a time, or none of the graph's).
+
+        Shapes: rows ``[m]`` -> ``[m]`` int64"""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(self.windows):
+            return np.full(len(rows), -1, dtype=np.int64)
+        if name == "flow":
+            j = np.searchsorted(self.flow[:, 1], rows, side="right")
+            ok = j < len(self.windows)
+            ok[ok] &= rows[ok] >= self.flow[j[ok], 0]
+            return np.where(ok, j, -1)
+        at = np.minimum(rows, len(self.ip_window) - 1)
+        return np.where(rows < len(self.ip_window), self.ip_window[at], -1)
+
     def ip_order(self, j: int) -> np.ndarray:
         """The address nodes of window ``windows[j]``, ordered by address (ties by node)."""
         order = self._order.get(j)
@@ -271,6 +287,17 @@ class GNNLiveState:
         return [first_target - (last - self.reach[s][0]) if s and self.reads_next_flows(s) else first_target
                 for s in range(len(self.reach))]
 
+    def kept_from(self, first_full: int, keep_from: list[int]) -> list[int]:
+        """Per step but the last, the first window ``store`` keeps states of: ``keep_from``'s,
+        and after the input projection none before ``first_full``."""
+        return [max(keep_from[s], first_full) if s > 0 else keep_from[s]
+                for s in range(len(self.reach) - 1)]
+
+    def collector(self, layout: GraphWindows, first_full: int, keep_from: list[int]) -> "KeptSteps":
+        """The ``computed`` list to hand ``FlowGraphEncoder.forward`` for ``store``: it holds
+        only what ``store`` keeps (``KeptSteps``)."""
+        return KeptSteps(layout, self.kept_from(first_full, keep_from))
+
     def store(self, layout: GraphWindows, computed: list[dict[str, tuple]], first_full: int,
               keep_from: list[int]) -> None:
         """Keep the states ``computed`` (``FlowGraphEncoder.forward``'s) of the graph of
@@ -287,27 +314,24 @@ class GNNLiveState:
             return
         hi = int(wins[-1])
         self.kept = {key: k for key, k in self.kept.items() if keep_from[key[0]] <= key[1] <= hi}
+        # the windows kept at each step: rows of earlier ones are not even grouped (a 100k-conn
+        # chunk of `score` spans tens of thousands of windows, of which a later call reads the
+        # last few: ``keep_from``)
+        los = self.kept_from(first_full, keep_from)
         for step, done in enumerate(computed[:-1]):
             groups = {}
-            # the windows kept at this step: rows of earlier ones are not even grouped (a 100k-conn
-            # chunk of `score` spans tens of thousands of windows, of which a later call reads the
-            # last few: ``keep_from``)
-            lo = max(keep_from[step], first_full) if step > 0 else keep_from[step]
+            lo = los[step]
             for name in ("flow", "ip"):
                 if name not in done:
                     continue
                 rows, states = done[name]
                 rows_np, first = np.unique(rows.numpy(), return_index=True)
+                j = layout.window_of(name, rows_np)
+                ok = j >= 0
                 if name == "flow":
-                    j = np.searchsorted(layout.flow[:, 1], rows_np, side="right")
-                    ok = j < len(wins)
-                    ok[ok] &= rows_np[ok] >= layout.flow[j[ok], 0]
-                    place = rows_np - layout.flow[np.minimum(j, len(wins) - 1), 0]
+                    place = rows_np - layout.flow[np.maximum(j, 0), 0]
                 else:
-                    at = np.minimum(rows_np, len(layout.ip_window) - 1)
-                    j = np.where(rows_np < len(layout.ip_window), layout.ip_window[at], -1)
                     place = None              # per window, of the kept windows only (below)
-                    ok = j >= 0
                 ok[ok] &= wins[j[ok]] >= lo
                 # the rows of each window, in row order: one stable sort, not a pass over every
                 # row per window (a 100k-conn chunk of `score` spans thousands of windows)
@@ -332,6 +356,37 @@ class GNNLiveState:
                     else:
                         merged[name] = new
                 self.kept[(step, w)] = Kept(prints, merged["flow"], merged["ip"])
+
+
+class KeptSteps(list):
+    """``FlowGraphEncoder.forward``'s ``computed``: each step's ``{node type: (rows, states)}``,
+    of which only the rows of the windows ``GNNLiveState.store`` keeps are held (``los``: per
+    step the first such window; the last step's, the targets' embeddings, none). The encoder
+    appends every step's states as it goes; held whole until ``store``, a 100k-conn chunk's
+    were ~310 MiB at the end of its forward, of which ``store`` kept the last few windows'."""
+
+    def __init__(self, layout: GraphWindows, los: list[int]):
+        super().__init__()
+        self.layout, self.los = layout, los
+
+    def append(self, done: dict[str, tuple]) -> None:
+        import torch
+
+        step = len(self)
+        if step >= len(self.los):
+            super().append({})
+            return
+        wins, out = self.layout.windows, {}
+        for name, (rows, states) in done.items():
+            j = self.layout.window_of(name, rows.numpy())
+            keep = j >= 0
+            keep[keep] &= wins[j[keep]] >= self.los[step]
+            if keep.all():
+                out[name] = (rows, states)
+            elif keep.any():
+                at = torch.from_numpy(np.flatnonzero(keep))
+                out[name] = (rows[at], states[at])
+        super().append(out)
 
 
 def _union(old: tuple[np.ndarray, object], new: tuple[np.ndarray, object]) -> tuple[np.ndarray, object]:

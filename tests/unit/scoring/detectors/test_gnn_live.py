@@ -167,3 +167,32 @@ def test_a_call_over_many_windows_keeps_only_the_last_ones(fitted_gnn, monkeypat
     offered = live.offered
     assert_same(scored(det, table, second_call), full[second_call], avx2)
     assert live.offered > offered
+
+
+def test_a_calls_computed_states_hold_the_kept_windows_only(fitted_gnn, monkeypatch, avx2):
+    """What the encoder hands over for ``store`` (``KeptSteps``) holds, of each step, only the
+    rows of the windows ``store`` keeps, and none of the last step's: a chunk's states of every
+    window were ~310 MiB at the end of its forward. The scores stay the whole table's."""
+    det, table, full = fitted_gnn
+    monkeypatch.setattr(gnn_live, "KEEP_WINDOWS", 1)
+    seen = []
+    store = gnn_live.GNNLiveState.store
+
+    def spy(self, layout, computed, first_full, keep_from):
+        seen.append((layout, list(computed), self.kept_from(first_full, keep_from)))
+        return store(self, layout, computed, first_full, keep_from)
+
+    monkeypatch.setattr(gnn_live.GNNLiveState, "store", spy)
+    fresh(det)
+    targets = np.sort(np.argsort(ts_array(table), kind="stable")[:120])
+    assert_same(scored(det, table, targets), full[targets], avx2)
+    (layout, computed, los), = seen
+    assert len(computed) == len(los) + 1 and computed[-1] == {}
+    held = 0
+    for step, done in enumerate(computed[:-1]):
+        for name, (rows, states) in done.items():
+            j = layout.window_of(name, rows.numpy())
+            assert (j >= 0).all() and (layout.windows[j] >= los[step]).all()
+            assert len(states) == len(rows)
+            held += len(rows)
+    assert held > 0 and layout.windows.min() < min(los)   # kept some, not those of every window
