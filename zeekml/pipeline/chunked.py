@@ -510,6 +510,7 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
     # scikit-learn (``prepare``)
     shared = table_memo.scope if options.models_dir is not None else contextlib.nullcontext
     rows = None
+    known: BaselineScores | None = None     # the baseline's scores from the fit (below)
     if baseline is None:
         rows = options.baseline_rows(spill.ts) if spill.num_rows else None
     extra = fit_extra(baseline, rows) if fit_extra is not None else None
@@ -559,8 +560,6 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
         return TriageBaseline.of(baseline)
     kept = TriageBaseline.of(baseline)
     del baseline, extra    # the chunks are scored without them (see TriageBaseline)
-    if rows is None:
-        known = None
     back, fwd = horizons(fitted)
     how = side_by_side.plan(len(fitted.detectors))
     for i in range(spill.n_chunks):

@@ -220,7 +220,7 @@ def _embed_live(model, g, xs: dict, cone, live: GNNLiveState, builder: FlowGraph
     # the states of each step the encoder computes, as it goes: of the windows kept only
     computed = live.collector(layout, first_full, keep_from)
     h = model(xs, g.edge_index_dict, targets=cone, known=known, computed=computed)["flow"]
-    live.store(layout, computed, first_full, keep_from)
+    live.store(layout, computed, keep_from)
     return h
 
 

@@ -287,25 +287,20 @@ class GNNLiveState:
         return [first_target - (last - self.reach[s][0]) if s and self.reads_next_flows(s) else first_target
                 for s in range(len(self.reach))]
 
-    def kept_from(self, first_full: int, keep_from: list[int]) -> list[int]:
-        """Per step but the last, the first window ``store`` keeps states of: ``keep_from``'s,
-        and after the input projection none before ``first_full``."""
-        return [max(keep_from[s], first_full) if s > 0 else keep_from[s]
-                for s in range(len(self.reach) - 1)]
-
     def collector(self, layout: GraphWindows, first_full: int, keep_from: list[int]) -> "KeptSteps":
-        """The ``computed`` list to hand ``FlowGraphEncoder.forward`` for ``store``: it holds
-        only what ``store`` keeps (``KeptSteps``)."""
-        return KeptSteps(layout, self.kept_from(first_full, keep_from))
+        """The ``computed`` list to hand ``FlowGraphEncoder.forward`` for ``store``: of each
+        step but the last it holds the windows from ``keep_from``'s on, and after the input
+        projection none before ``first_full`` (the graph's next-flow edges are all there from
+        that window: ``FlowGraphBuilder.build``'s ``targets_only``) (``KeptSteps``)."""
+        return KeptSteps(layout, [max(keep_from[s], first_full) if s > 0 else keep_from[s]
+                                  for s in range(len(self.reach) - 1)])
 
-    def store(self, layout: GraphWindows, computed: list[dict[str, tuple]], first_full: int,
-              keep_from: list[int]) -> None:
-        """Keep the states ``computed`` (``FlowGraphEncoder.forward``'s) of the graph of
-        ``layout``, all steps but the last, merged with those kept for the same windows and
-        digests; after the input projection only for windows from ``first_full`` on (the
-        graph's next-flow edges are all there: ``FlowGraphBuilder.build``'s
-        ``targets_only``). Drops every state of a window before ``keep_from`` (per step,
-        ``keep_from()``) or after the graph's last."""
+    def store(self, layout: GraphWindows, computed: "KeptSteps", keep_from: list[int]) -> None:
+        """Keep the states ``computed`` (``FlowGraphEncoder.forward``'s, collected by
+        ``collector``: only those of the windows to keep) of the graph of ``layout``, all steps
+        but the last, merged with those kept for the same windows and digests. Drops every
+        state of a window before ``keep_from`` (per step, ``keep_from()``) or after the graph's
+        last."""
         import torch
 
         wins = layout.windows
@@ -314,13 +309,8 @@ class GNNLiveState:
             return
         hi = int(wins[-1])
         self.kept = {key: k for key, k in self.kept.items() if keep_from[key[0]] <= key[1] <= hi}
-        # the windows kept at each step: rows of earlier ones are not even grouped (a 100k-conn
-        # chunk of `score` spans tens of thousands of windows, of which a later call reads the
-        # last few: ``keep_from``)
-        los = self.kept_from(first_full, keep_from)
         for step, done in enumerate(computed[:-1]):
             groups = {}
-            lo = los[step]
             for name in ("flow", "ip"):
                 if name not in done:
                     continue
@@ -332,7 +322,6 @@ class GNNLiveState:
                     place = rows_np - layout.flow[np.maximum(j, 0), 0]
                 else:
                     place = None              # per window, of the kept windows only (below)
-                ok[ok] &= wins[j[ok]] >= lo
                 # the rows of each window, in row order: one stable sort, not a pass over every
                 # row per window (a 100k-conn chunk of `score` spans thousands of windows)
                 rows_ok = np.flatnonzero(ok)

@@ -178,9 +178,9 @@ def test_a_calls_computed_states_hold_the_kept_windows_only(fitted_gnn, monkeypa
     seen = []
     store = gnn_live.GNNLiveState.store
 
-    def spy(self, layout, computed, first_full, keep_from):
-        seen.append((layout, list(computed), self.kept_from(first_full, keep_from)))
-        return store(self, layout, computed, first_full, keep_from)
+    def spy(self, layout, computed, keep_from):
+        seen.append((layout, list(computed), computed.los))
+        return store(self, layout, computed, keep_from)
 
     monkeypatch.setattr(gnn_live.GNNLiveState, "store", spy)
     fresh(det)
