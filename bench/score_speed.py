@@ -402,6 +402,21 @@ def timeline_worker(log_dir: str, out_dir: str, result: str) -> None:
     tl.wrap(chunked, "fit_calibrate", "fit + calibrate")
     tl.wrap(chunked, "score_batch", "score after the fits (explanations)")
     tl.wrap(batch, "render_verdicts", "render verdicts")
+    # beyond one chunk (--conns over ScoreOptions.chunk_rows): each chunk set up in its context,
+    # its detectors' calls in their lanes (side_by_side.Lanes), its verdicts written
+    submit = side_by_side.Lanes.submit
+
+    def submit_timed(self, lane, call, order=0):
+        def go():
+            with tl.span(f"task {lane} (chunk {order})", cpu=True):
+                return call()
+        return submit(self, lane, go, order)
+
+    side_by_side.Lanes.submit = submit_timed
+    tl.wrap(chunked, "in_context", "set up a chunk in context")
+    tl.wrap(chunked, "trim_heap", "trim the heap")
+    from zeekml.sinks import run_outputs
+    tl.wrap(run_outputs.ScoreOutputs, "write_batch", "write verdicts")
     tl.wrap(fitted, "baseline_infection", "baseline check's verdict")
     try:
         main(["score", log_dir, "--out", out_dir], standalone_mode=False)

@@ -59,6 +59,12 @@ class TableMemo:
     def __len__(self) -> int:
         return sum(len(v) for ref, v in self._tables.values() if ref() is not None)
 
+    def drop_dead(self) -> None:
+        """Forget the results of tables no longer alive (a scope held open over many tables,
+        ``pipeline.chunked``'s chunks, would otherwise keep every one's results to its end)."""
+        for key in [k for k, (ref, _) in list(self._tables.items()) if ref() is None]:
+            self._tables.pop(key, None)
+
 
 _MISSING = object()
 _lock = threading.Lock()
@@ -91,6 +97,14 @@ def scope() -> Iterator[TableMemo]:
     finally:
         with _lock:
             _active.pop()
+
+
+def drop_dead() -> None:
+    """``TableMemo.drop_dead`` of the open scope's memo, if one is open."""
+    with _lock:
+        memo = _active[-1] if _active else None
+    if memo is not None:
+        memo.drop_dead()
 
 
 def active() -> bool:

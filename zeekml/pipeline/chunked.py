@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -281,16 +282,24 @@ def score_in_context(table: pa.Table, fitted: FittedDetectors, before: list[pa.T
     ``while_explaining`` as in ``score_batch``. ``known``: per detector name, ``(rows [n] bool,
     scores [n])``, its scores of those rows computed already (``BaselineScores``): only the
     other rows are scored (``scoring.context.WithKnownScores``)."""
+    return score_batch(table, in_context(table, fitted, before, after, known), how=how,
+                       while_explaining=while_explaining)
+
+
+def in_context(table: pa.Table, fitted: FittedDetectors, before: list[pa.Table] | None = None,
+               after: list[pa.Table] | None = None,
+               known: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> FittedDetectors:
+    """``fitted`` with its detectors set up to score the rows of ``table`` among ``before`` and
+    ``after`` and to take the ``known`` scores (``score_in_context``)."""
     before, after = before or [], after or []
     known = {name: k for name, k in (known or {}).items() if k[0].any()}
     if not before and not after and not known:
-        return score_batch(table, fitted, how=how, while_explaining=while_explaining)
+        return fitted
     whole, targets = with_context(before, table, after)
     detectors = detectors_in_context(fitted.detectors, whole, targets)
     detectors = [WithKnownScores(d, base, whole, targets, *known[base.name]) if base.name in known else d
                  for d, base in zip(detectors, fitted.detectors)]
-    return score_batch(table, dataclasses.replace(fitted, detectors=detectors), how=how,
-                       while_explaining=while_explaining)
+    return dataclasses.replace(fitted, detectors=detectors)
 
 
 @dataclass
@@ -561,21 +570,41 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
     kept = TriageBaseline.of(baseline)
     del baseline, extra    # the chunks are scored without them (see TriageBaseline)
     back, fwd = horizons(fitted)
-    how = side_by_side.plan(len(fitted.detectors))
-    for i in range(spill.n_chunks):
-        start, stop = spill.bounds(i)
-        step(f"scoring conns {start + 1:,}-{stop:,} of {spill.num_rows:,}")
-        # the last chunk's (or the fit's) freed pages back to the system: glibc kept them, and
-        # each chunk began higher (1M conns with the shipped models: 883 -> 1,922 MiB at a
-        # chunk's start, peak 2,499 MiB; trimmed, 729-953 MiB and 2,124 MiB; bench/README.md)
-        trim_heap()
-        before_rows, after_rows = context_rows(spill.ts, start, stop, back, fwd)
-        before = [spill.take(before_rows)] if len(before_rows) else []
-        after = [spill.take(after_rows)] if len(after_rows) else []
-        with shared():
-            batch = score_in_context(spill.chunk(i), fitted, before, after, how, on_scored,
-                                     known.of_chunk(start, stop) if known is not None else None)
-        on_chunk(batch)
+    # chunk i + 1 is handed to the detectors before chunk i is explained and written: a
+    # detector done with chunk i starts the next while another still scores chunk i, and
+    # chunk i's explanations and verdict lines overlap the next one's scoring
+    # (``side_by_side.Lanes``; the same calls per detector in the same order, so the same bits)
+    in_flight: list[tuple[int, pa.Table, FittedDetectors, dict]] = []
+
+    def finish(lanes: side_by_side.Lanes) -> None:
+        i, table, fitted_i, futures = in_flight.pop(0)
+        raw = side_by_side.collect(futures)
+        on_chunk(score_batch(table, fitted_i, raw, how=lanes.at(i), while_explaining=on_scored))
+
+    with side_by_side.Lanes(side_by_side.plan(len(fitted.detectors))) as lanes, shared():
+        for i in range(spill.n_chunks):
+            start, stop = spill.bounds(i)
+            step(f"scoring conns {start + 1:,}-{stop:,} of {spill.num_rows:,}")
+            # the freed pages of the chunks done (or of the fit) back to the system: glibc kept
+            # them, and each chunk began higher (1M conns with the shipped models: 883 -> 1,922
+            # MiB at a chunk's start, peak 2,499 MiB; trimmed, 729-953 MiB and 2,124 MiB;
+            # bench/README.md); the shared featurisation of the tables of chunks done goes too
+            table_memo.drop_dead()
+            trim_heap()
+            before_rows, after_rows = context_rows(spill.ts, start, stop, back, fwd)
+            before = [spill.take(before_rows)] if len(before_rows) else []
+            after = [spill.take(after_rows)] if len(after_rows) else []
+            table = spill.chunk(i)
+            fitted_i = in_context(table, fitted, before, after,
+                                  known.of_chunk(start, stop) if known is not None else None)
+            del before, after
+            in_flight.append((i, table, fitted_i, {
+                det.name: lanes.submit(det.name, functools.partial(det.score, table), order=i)
+                for det in fitted_i.detectors}))
+            if len(in_flight) > 1:
+                finish(lanes)
+        while in_flight:
+            finish(lanes)
     return kept
 
 

@@ -424,14 +424,15 @@ def threshold_text(fitted: FittedDetectors) -> str:
 def score_batch(table: pa.Table, fitted: FittedDetectors,
                 raw: dict[str, np.ndarray] | None = None,
                 on_step: Callable[[str], None] | None = None,
-                how: side_by_side.SideBySide | None = None,
+                how: side_by_side.SideBySide | side_by_side.Runner | None = None,
                 while_explaining: Callable[[VerdictBatch], object] | None = None) -> VerdictBatch:
     """The verdicts of every conn of ``table``, in order, column by column. Each verdict depends
     only on its own row (detectors with a time context get theirs through
     ``zeekml.scoring.context``). ``raw`` holds detectors' scores of ``table`` already computed
     (``fit_calibrate``'s), which are not computed again; ``on_step`` as in ``fit_calibrate``;
-    ``how``: the detectors that score (and explain their alerts) run side by side so (``side_by_side.plan``; default in
-    turn, as ``watch`` and ``--dask`` tasks score, which run side by side in their own way).
+    ``how``: the detectors that score (and explain their alerts) run side by side so
+    (``side_by_side.plan``; default in turn, as ``watch`` and ``--dask`` tasks score, which run
+    side by side in their own way), or through a chunk's ``side_by_side.Lane``.
 
     ``while_explaining(batch)``: called with the batch scored but its alerts not yet explained
     (no ``msg``/``sub``), in this thread while the detectors explain them side by side (the
@@ -447,11 +448,11 @@ def score_batch(table: pa.Table, fitted: FittedDetectors,
                             np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
     raw = dict(raw or {})
     step = on_step or (lambda text: None)
+    runs = side_by_side.runner(how)
     missing = [det for det in detectors if det.name not in raw]
     if missing:
         step(f"scoring {', '.join(det.name for det in missing)}: {table.num_rows:,} conns")
-        raw.update(side_by_side.run({det.name: functools.partial(det.score, table) for det in missing},
-                                    how or side_by_side.IN_TURN))
+        raw.update(runs.run({det.name: functools.partial(det.score, table) for det in missing}))
     calibrated = {det.name: fitted.calibrators[det.name].calibrate(raw[det.name]) for det in detectors}
     combined, top = combine(calibrated)
     alert = combined >= 1.0
@@ -462,11 +463,10 @@ def score_batch(table: pa.Table, fitted: FittedDetectors,
     # scored (``how``): a learned detector's explanation runs its model again on its alerts
     # (0.6 s of the 100k-conn log's run of bench/score_speed.py, most of it the MoE's)
     mine = {det.name: alert_rows[top[alert_rows] == d_i] for d_i, det in enumerate(detectors)}
-    texts = side_by_side.run({det.name: functools.partial(det.explain, table, mine[det.name])
-                              for det in detectors if len(mine[det.name])},
-                             how or side_by_side.IN_TURN,
-                             meanwhile=None if while_explaining is None
-                             else functools.partial(while_explaining, batch))
+    texts = runs.run({det.name: functools.partial(det.explain, table, mine[det.name])
+                      for det in detectors if len(mine[det.name])},
+                     meanwhile=None if while_explaining is None
+                     else functools.partial(while_explaining, batch))
     still = batch.alert             # less the rows ``while_explaining`` took out, if any
     for name, got in texts.items():
         for r, text in zip(mine[name], got):

@@ -24,11 +24,14 @@ without an active exception"), so the CLI leaves without finalising while ``runn
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from zeekml._core.device import asked_torch_threads, threads_from_env, usable_cores
 
@@ -50,6 +53,29 @@ class SideBySide:
 
 
 IN_TURN = SideBySide(1, 0)
+
+
+class Runner(Protocol):
+    """What runs a set of detector calls: ``SideBySide`` (``run``) or one chunk's ``Lane``."""
+
+    def run(self, calls: dict[str, Callable[[], T]],
+            meanwhile: Callable[[], object] | None = None) -> dict[str, T]: ...
+
+
+def runner(how: SideBySide | Runner | None) -> Runner:
+    """``how`` as a ``Runner``: a ``SideBySide`` plan runs its calls through ``run``, in turn
+    when None."""
+    if how is None or isinstance(how, SideBySide):
+        return _Planned(how or IN_TURN)
+    return how
+
+
+@dataclass(frozen=True)
+class _Planned:
+    how: SideBySide
+
+    def run(self, calls, meanwhile=None):
+        return run(calls, self.how, meanwhile)
 
 
 def plan(tasks: int, cores: int | None = None) -> SideBySide:
@@ -145,6 +171,133 @@ def run(calls: dict[str, Callable[[], T]], how: SideBySide,
         if name in errors:
             raise errors[name]
     return {name: results[name] for name in names}
+
+
+class Lanes:
+    """Detector calls of several chunks on ``how.workers`` daemon threads, a *lane* per
+    detector: a lane's calls run one at a time, in the order of their ``order`` keys (then of
+    submission), so a detector object is never used by two threads at once and sees its calls
+    in the order it would in turn; different lanes' calls run side by side. A free thread takes,
+    of the lanes not running, the call with the lowest key.
+
+    Why (``zeekml score`` beyond one chunk, ``pipeline.chunked``): with one ``run`` per chunk,
+    a chunk's four scoring calls (gnn, mae, moe, iforest) split 3.5 against 2.9 s over the two
+    threads at best, and its explanations wait on the main thread's rendering of its verdict
+    lines, so a core idled ~1 s of each ~4 s chunk (bench/README.md). Here a detector done
+    with chunk ``i`` scores chunk ``i + 1`` while another still scores chunk ``i``, and chunk
+    ``i``'s explanations and lines overlap chunk ``i + 1``'s scoring. A detector's calls then
+    come as ``score(i)``, ``score(i + 1)``, ``explain(i)``: ``explain`` must not depend on what
+    ``score`` keeps between calls (the GNN's and the token models' states: theirs do not).
+
+    With one worker (``IN_TURN``) ``submit`` runs the call at once in the calling thread: the
+    same calls in the same order per detector. Use as a context manager: the kernel threads are
+    set for the block (``kernel_threads``) and the threads end with it (on an error or an
+    interrupt they are not waited for: see the module docstring)."""
+
+    def __init__(self, how: SideBySide):
+        self.how = how
+        self._cond = threading.Condition()
+        self._queued: dict[str, list] = {}        # lane -> heap of (order, seq, call, future)
+        self._busy: set[str] = set()
+        self._seq = itertools.count()
+        self._stop = False
+        self._threads: list[threading.Thread] = []
+        self._limits: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> "Lanes":
+        if self.how.workers > 1:
+            self._limits = contextlib.ExitStack()
+            self._limits.enter_context(kernel_threads(self.how.kernel_threads))
+            self._threads = [threading.Thread(target=self._work, name=f"{THREAD_NAME}-{i}", daemon=True)
+                             for i in range(self.how.workers)]
+            for t in self._threads:
+                t.start()
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if kind is None:
+            for t in self._threads:
+                t.join()
+        if self._limits is not None:
+            self._limits.close()
+
+    def submit(self, lane: str, call: Callable[[], T], order: int = 0) -> "Future[T]":
+        """``call()`` in lane ``lane``, after the lane's calls of lower ``order`` (and of the same
+        one submitted before it) that have not started; its result (or exception) in the
+        future."""
+        done: Future = Future()
+        if not self._threads:
+            try:
+                done.set_result(call())
+            except BaseException as e:  # noqa: BLE001  raised where the result is read
+                done.set_exception(e)
+            return done
+        with self._cond:
+            if self._stop:
+                raise RuntimeError("Lanes closed")
+            heapq.heappush(self._queued.setdefault(lane, []), (order, next(self._seq), call, done))
+            self._cond.notify()
+        return done
+
+    def at(self, order: int) -> "Lane":
+        """A ``Runner`` whose calls go to the lanes of their names with key ``order``."""
+        return Lane(self, order)
+
+    def _next(self) -> tuple[str, Callable, Future] | None:
+        with self._cond:
+            while not self._stop:
+                heads = [(q[0][0], q[0][1], lane) for lane, q in self._queued.items()
+                         if q and lane not in self._busy]
+                if heads:
+                    lane = min(heads)[2]
+                    _, _, call, done = heapq.heappop(self._queued[lane])
+                    self._busy.add(lane)
+                    return lane, call, done
+                self._cond.wait()
+            return None
+
+    def _work(self) -> None:
+        while (got := self._next()) is not None:
+            lane, call, done = got
+            try:
+                done.set_result(call())
+            except BaseException as e:  # noqa: BLE001  raised where the result is read
+                done.set_exception(e)
+            finally:
+                with self._cond:
+                    self._busy.discard(lane)
+                    self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class Lane:
+    """``Lanes.at(order)``: ``run`` as ``side_by_side.run`` does (results in ``calls``' order,
+    the first error in that order raised once every call ended, ``meanwhile`` in the calling
+    thread while they run), each call in the lane of its name."""
+
+    lanes: Lanes
+    order: int
+
+    def run(self, calls: dict[str, Callable[[], T]],
+            meanwhile: Callable[[], object] | None = None) -> dict[str, T]:
+        if not self.lanes._threads and meanwhile is not None:
+            meanwhile()                      # in turn: before the calls, as ``run`` does
+            meanwhile = None
+        futures = {name: self.lanes.submit(name, call, self.order) for name, call in calls.items()}
+        if meanwhile is not None:
+            meanwhile()
+        return collect(futures)
+
+
+def collect(futures: dict[str, "Future[T]"]) -> dict[str, T]:
+    """The results of ``futures``, in their order, once every one is done; the first error in
+    that order raised."""
+    for f in futures.values():
+        f.exception()                        # waits, raises nothing
+    return {name: f.result() for name, f in futures.items()}
 
 
 def running() -> bool:

@@ -76,6 +76,23 @@ def test_the_memo_keeps_no_table_alive():
         assert ref() is None and len(memo) == 0
 
 
+def test_drop_dead_lets_go_of_the_results_of_tables_gone():
+    """A scope held over many tables (``chunked``'s chunks) drops what it computed of the
+    tables gone, and keeps the rest."""
+    with table_memo.scope() as memo:
+        gone, kept = pa.table({"a": [1, 2, 3]}), pa.table({"a": [4]})
+        held = weakref.ref(table_memo.memoised(gone, "k", lambda: np.zeros(1 << 20)))
+        table_memo.memoised(kept, "k", lambda: np.ones(1))
+        del gone
+        gc.collect()
+        assert held() is not None                  # its table is gone, its result still held
+        table_memo.drop_dead()
+        gc.collect()
+        assert held() is None and len(memo) == 1
+        assert table_memo.memoised(kept, "k", lambda: None)[0] == 1.0
+    table_memo.drop_dead()                         # no scope: nothing to do
+
+
 def test_flow_features_of_rows_in_a_scope_are_those_of_the_rows_alone(real):
     f = FlowFeaturizer().fit(real)
     rows = rows_of(real)

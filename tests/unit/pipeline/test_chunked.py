@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,51 @@ def test_chunks_take_the_baselines_scores_from_the_fit(tmp_path, monkeypatch):
     assert _notices(reused) == _notices(again)
     assert _summary(reused) == _summary(again)
 
+
+
+def test_chunks_overlapped_in_lanes_give_the_bytes_of_chunks_in_turn(tmp_path, monkeypatch):
+    """Beyond one chunk the detectors score chunk i + 1 while chunk i is still scored, explained
+    and written (``side_by_side.Lanes``): every output is the bytes of the detectors in turn
+    (one torch thread each way), and a detector's next chunk did start before another's
+    chunk was done."""
+    if not (MODELS / "gnn-base" / "config.json").exists():
+        pytest.skip("models/ not shipped")
+    from zeekml.pipeline import side_by_side
+
+    spans: list[tuple[str, int, float, float]] = []
+    submit = side_by_side.Lanes.submit
+
+    def timed(self, lane, call, order=0):
+        def go():
+            t0 = time.perf_counter()
+            try:
+                return call()
+            finally:
+                spans.append((lane, order, t0, time.perf_counter()))
+        return submit(self, lane, go, order)
+
+    monkeypatch.setattr(side_by_side.Lanes, "submit", timed)
+    monkeypatch.setenv("ZEEKML_TORCH_THREADS", "1")
+    opts = ScoreOptions(fpr=0.01, models_dir=str(MODELS), chunk_rows=450, conn_notices=True)
+    for workers in ("1", "2"):
+        monkeypatch.setenv(side_by_side.THREADS_ENV, workers)
+        score_paths([str(IOT23)], str(tmp_path / workers), opts)
+        if workers == "1":
+            spans.clear()
+    for name in ("verdicts.jsonl", "incidents.jsonl", "baseline.json"):
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+    assert _notices(tmp_path / "1") == _notices(tmp_path / "2")
+    assert _summary(tmp_path / "1") == _summary(tmp_path / "2")
+    # 2,000 conns in chunks of 450: five chunks; a detector's first call of a chunk scores
+    # it (the second, if any, explains its alerts)
+    scored: dict[tuple[str, int], tuple[float, float]] = {}
+    for lane, order, t0, t1 in sorted(spans, key=lambda s: s[2]):
+        scored.setdefault((lane, order), (t0, t1))
+    assert {order for _, order in scored} == {0, 1, 2, 3, 4}
+    done = {}
+    for (lane, order), (_, t1) in scored.items():
+        done[order] = max(done.get(order, 0.0), t1)
+    assert any(t0 < done[order - 1] for (lane, order), (t0, _) in scored.items() if order > 0)
 
 
 def test_each_chunk_starts_on_a_trimmed_heap(tmp_path, monkeypatch):
@@ -264,7 +310,7 @@ def test_spill_is_removed_when_scoring_fails(monkeypatch, tmp_path):
     def boom(*a, **k):
         raise _Interrupted()
 
-    monkeypatch.setattr(chunked, "score_in_context", boom)
+    monkeypatch.setattr(chunked, "in_context", boom)
     with pytest.raises(_Interrupted):
         score_paths([str(IOT23)], str(tmp_path / "out"), ScoreOptions(fpr=0.02, chunk_rows=500))
     assert len(made) == 1 and not os.path.exists(made[0])

@@ -182,3 +182,108 @@ def test_an_error_of_meanwhile_is_raised_and_starts_no_other_call():
         release.set()
     time.sleep(0.2)
     assert "c" not in started
+
+
+# -- Lanes: a detector's calls in order, different detectors' side by side, across chunks ----------
+
+def test_lanes_run_a_lanes_calls_one_at_a_time_in_order_and_lanes_side_by_side():
+    """Lane "a"'s later call (chunk 1) starts while lane "b"'s chunk 0 call still runs, as a
+    detector done with a chunk starts the next; no lane ever runs two calls at once."""
+    lock = threading.Lock()
+    running: dict[str, int] = {}
+    overlap = []
+    seen = []
+    b_may_end = threading.Event()
+
+    def call(lane, chunk, wait=None):
+        def go():
+            with lock:
+                running[lane] = running.get(lane, 0) + 1
+                overlap.append(running[lane])
+                seen.append((lane, chunk))
+            if lane == "a" and chunk == 1:
+                b_may_end.set()               # b's chunk 0 is still running: side by side
+            if wait is not None:
+                assert wait.wait(10)
+            with lock:
+                running[lane] -= 1
+            return (lane, chunk)
+        return go
+
+    with sbs.Lanes(sbs.SideBySide(2, 1)) as lanes:
+        b0 = lanes.submit("b", call("b", 0, b_may_end), order=0)
+        a0 = lanes.submit("a", call("a", 0), order=0)
+        a1 = lanes.submit("a", call("a", 1), order=1)
+        a2 = lanes.submit("a", call("a", 2), order=2)
+        assert sbs.collect({"b0": b0, "a0": a0, "a1": a1, "a2": a2}) == \
+            {"b0": ("b", 0), "a0": ("a", 0), "a1": ("a", 1), "a2": ("a", 2)}
+    assert max(overlap) == 1
+    assert [x for x in seen if x[0] == "a"] == [("a", 0), ("a", 1), ("a", 2)]
+
+
+def test_lanes_a_free_thread_takes_the_lowest_order_of_an_idle_lane():
+    """A call of an earlier chunk submitted after a later one of its lane (chunk i's
+    explanation after chunk i + 1's score) runs first when neither has started."""
+    gate = threading.Event()
+    seen = []
+
+    def call(name, wait=None):
+        def go():
+            if wait is not None:
+                assert wait.wait(10)
+            seen.append(name)
+        return go
+
+    with sbs.Lanes(sbs.SideBySide(2, 1)) as lanes:
+        # both threads held, so that the calls below queue before any starts
+        held = [lanes.submit("x", call("x", gate)), lanes.submit("y", call("y", gate))]
+        later = lanes.submit("a", call("a-score-1"), order=1)
+        earlier = lanes.submit("a", call("a-explain-0"), order=0)
+        gate.set()
+        sbs.collect({"x": held[0], "y": held[1], "later": later, "earlier": earlier})
+    assert seen.index("a-explain-0") < seen.index("a-score-1")
+
+
+def test_lanes_in_turn_run_each_call_at_submit_in_this_thread():
+    seen = []
+    with sbs.Lanes(sbs.IN_TURN) as lanes:
+        f = lanes.submit("a", lambda: seen.append(threading.current_thread() is threading.main_thread()) or 1)
+        assert f.done() and f.result() == 1 and seen == [True]
+        bad = lanes.submit("a", lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            bad.result()
+        order = []
+        got = lanes.at(0).run({"a": lambda: order.append("a") or "A", "b": lambda: order.append("b") or "B"},
+                              meanwhile=lambda: order.append("meanwhile"))
+    assert got == {"a": "A", "b": "B"} and order == ["meanwhile", "a", "b"]
+
+
+def test_lane_run_keeps_runs_contract():
+    """``Lanes.at(i).run``: results in the calls' order, the first error in that order raised
+    once every call ended, ``meanwhile`` in the calling thread while the calls run."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    ended = []
+    release = threading.Event()
+
+    def slow_fail():
+        assert release.wait(10)
+        ended.append("slow")
+        raise ValueError("slow")
+
+    def fast_fail():
+        ended.append("fast")
+        raise KeyError("fast")
+
+    with sbs.Lanes(sbs.SideBySide(2, 1)) as lanes:
+        inside = lanes.submit("t", torch.get_num_threads).result()
+        with pytest.raises(ValueError, match="slow"):
+            lanes.at(0).run({"a": slow_fail, "b": fast_fail}, meanwhile=release.set)
+        assert sorted(ended) == ["fast", "slow"]
+        seen = []
+        got = lanes.at(1).run({"a": lambda: "A", "b": lambda: "B"},
+                              meanwhile=lambda: seen.append(threading.current_thread() is threading.main_thread()))
+        assert list(got.items()) == [("a", "A"), ("b", "B")] and seen == [True]
+    assert inside == 1                               # each kernel on one thread inside the block
+    assert torch.get_num_threads() == before         # and set back after
+    assert not sbs.running()                         # the threads ended with the block
