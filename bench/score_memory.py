@@ -72,13 +72,29 @@ def baseline_end(path: str, fraction: float = 0.3) -> float:
     return ts[int(round(len(ts) * fraction)) - 1] + 1e-6
 
 
-def peak_rss(args: list[str], pythonpath: str | None, cwd: str) -> tuple[float, float, int]:
-    """``(peak RSS in MiB, seconds, exit code)`` of ``python -m zeekml ARGS`` in a child."""
+# ``python -m zeekml ARGS`` with the spill's chunk size forced (--chunk-rows: no CLI option sets
+# it; ``batch`` hands ``spill_inputs`` the one chunk size the whole run then reads from the spill)
+CHUNKED = """
+import sys
+import zeekml.pipeline.batch as batch
+real = batch.spill_inputs
+batch.spill_inputs = lambda files, quarantine, summary, rows, *a, **k: real(
+    files, quarantine, summary, int(sys.argv[1]), *a, **k)
+from zeekml.cli import main
+main(sys.argv[2:], prog_name="zeekml")
+"""
+
+
+def peak_rss(args: list[str], pythonpath: str | None, cwd: str,
+             chunk_rows: int | None = None) -> tuple[float, float, int]:
+    """``(peak RSS in MiB, seconds, exit code)`` of ``python -m zeekml ARGS`` in a child (with
+    ``chunk_rows`` conns per chunk, if given)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "zeekml", *args], env=env, cwd=cwd,
+    run = (["-m", "zeekml"] if chunk_rows is None else ["-c", CHUNKED, str(chunk_rows)])
+    p = subprocess.Popen([sys.executable, *run, *args], env=env, cwd=cwd,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -98,6 +114,8 @@ def main() -> None:
     ap.add_argument("--fixed-baseline", action="store_true",
                     help="every size gets the smallest size's baseline (--baseline-until the ts "
                          "ending its earliest 30%%) instead of the earliest 30%% of its own")
+    ap.add_argument("--chunk-rows", type=int, default=None,
+                    help="conns per chunk of the spilled input (default: zeekml's, 100k)")
     ap.add_argument("--work", default=None, help="directory for the logs and outputs (kept); "
                                                  "default a temporary one, removed")
     args = ap.parse_args()
@@ -138,7 +156,7 @@ def main() -> None:
                         cmd += ["--models", os.path.join(ROOT, "models")]
                     else:
                         raise SystemExit(f"unknown mode {mode!r} (no-models, models)")
-                    rss, secs, rc = peak_rss(cmd, path, work)
+                    rss, secs, rc = peak_rss(cmd, path, work, args.chunk_rows)
                     shutil.rmtree(out, ignore_errors=True)
                     results[(name, mode, n)] = rss
                     print(f"{name:24s} {mode:10s} {n:9,d} {os.path.getsize(logs[n]) / 1e6:7.0f} "

@@ -16,11 +16,11 @@ Then:
 3. incidents are built from the alerting verdicts of every chunk and the conn counts per host
    (``TriageRows``), the same incidents as from one batch of everything.
 
-An input of at most ``chunk_rows`` conns is never spilled and is scored as one table, with
-``fit_calibrate``'s reuse of the per-conn detectors' scores of the baseline rows. With several
-chunks that reuse is dropped: the calibration half of the baseline is scored once more
-(``fit_calibrate`` without ``scored``), the same numbers (a per-conn score depends on its row
-alone), at the cost of scoring 15% more rows with the default baseline.
+An input of at most ``ONE_TABLE_CHUNKS`` chunks is never spilled and is scored as one table, with
+``fit_calibrate``'s reuse of the per-conn detectors' scores of the baseline rows. Beyond that the
+fit scores the baseline as its own input and the chunks take those scores where a conn's context
+holds baseline conns only (``BaselineScores``), and the chunks overlap: the detectors' calls run
+in a lane per detector (``side_by_side.Lanes``), so one done with a chunk starts the next.
 """
 from __future__ import annotations
 
@@ -62,10 +62,18 @@ ProgressFn = Callable[[str, int], None]
 BYTES_COLUMNS = ["id.orig_h", "orig_bytes", "resp_bytes"]   # incidents.host_baseline_bytes reads
 StepFn = Callable[[str], None]
 
-DEFAULT_CHUNK_ROWS = 100_000
-"""Conns scored together. Peak memory grows with it (the chunk, its context rows, its verdicts
-rendered as text) and so does the speed of the learned models' batched inference; 100k conns
-keep scoring as fast as one table of everything (``bench/README.md``, score memory)."""
+DEFAULT_CHUNK_ROWS = 50_000
+"""Conns scored together beyond ``ONE_TABLE_CHUNKS`` chunks. Peak memory grows with it (the
+chunk, its context rows, its verdicts rendered as text, and with the chunks overlapped in lanes
+the next chunk's working set beside them) and so does the speed of the learned models' batched
+inference. Measured on two 1M-conn logs with the shipped models (``bench/README.md``, "Archives
+beyond one chunk"): 50k-conn chunks in lanes score 5-13% faster than 100k-conn chunks did before
+the lanes, at a 12% lower peak; 100k-conn chunks in lanes peaked 11-16% above the code before, for
+no consistent gain in time over 50k."""
+ONE_TABLE_CHUNKS = 2
+"""An input of at most this many chunks is never spilled and is scored as one table: one table
+needs no context rows and scores each conn once in the fit, and the ~100k-conn log of
+``bench/score_speed.py`` (issue 15's target) is scored as it was with 100k-conn chunks."""
 
 
 def read_conn_batches(paths: list[str], quarantine: Quarantine, summary: ScoreSummary,
@@ -110,8 +118,9 @@ def read_conn_batches(paths: list[str], quarantine: Quarantine, summary: ScoreSu
 
 class SpilledConns:
     """Conn tables appended in input order, kept as record batches of ``chunk_rows`` rows in an
-    Arrow IPC file in a private temporary directory once they exceed one chunk (an input that
-    fits in one chunk stays in memory). ``ts`` (``ts_sort_key``) of every row stays in memory.
+    Arrow IPC file in a private temporary directory once they exceed ``ONE_TABLE_CHUNKS`` chunks
+    (a smaller input stays in memory, one table). ``ts`` (``ts_sort_key``) of every row stays in
+    memory.
 
     Use as a context manager, or call ``close``: the directory is removed either way.
 
@@ -150,9 +159,9 @@ class SpilledConns:
         self.num_rows += table.num_rows
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        while self._pending_rows >= self.chunk_rows and (self._dir is not None
-                                                         or self._pending_rows > self.chunk_rows):
-            # more than one chunk: from now on the input lives on disk
+        while self._pending_rows >= self.chunk_rows and (
+                self._dir is not None or self._pending_rows > ONE_TABLE_CHUNKS * self.chunk_rows):
+            # more than one table's chunks: from now on the input lives on disk
             self._write_chunk()
 
     def _write_chunk(self, rows: int | None = None) -> None:
@@ -187,7 +196,7 @@ class SpilledConns:
 
     @property
     def spilled(self) -> bool:
-        """Whether the rows went to disk (more than one chunk)."""
+        """Whether the rows went to disk (more than ``ONE_TABLE_CHUNKS`` chunks)."""
         return self._dir is not None
 
     @property

@@ -59,9 +59,9 @@ class ScoreOptions:
     split_bytes: int = 64 << 20     # Dask: plain files larger than this are cut into tasks
     allowlist: str | None = None    # TOML [[rule]] file: matching conns are scored, never alert
     feedback: str | None = None     # feedback.jsonl: its benign conns join the baseline
-    # score: conns scored together; a larger input is spilled to a temporary file and scored
-    # chunk by chunk, so memory does not grow with it (zeekml.pipeline.chunked)
-    chunk_rows: int = 100_000
+    # score: conns scored together; an input of over two chunks is spilled to a temporary file
+    # and scored chunk by chunk, so memory does not grow with it (zeekml.pipeline.chunked)
+    chunk_rows: int = 50_000
     baseline_options: str = SCORE_BASELINE_OPTIONS
 
     def baseline_period(self) -> tuple[float | None, float | None] | None:

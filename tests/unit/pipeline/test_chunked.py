@@ -252,14 +252,24 @@ def test_spill_reads_back_what_was_written_and_is_removed():
     assert not os.path.exists(where)
 
 
-def test_one_chunk_stays_in_memory():
-    t = _conns(300)
-    with SpilledConns(chunk_rows=300) as spill:
-        spill.append(t.slice(0, 100))
-        spill.append(t.slice(100))
-        spill.finish()
-        assert not spill.spilled and spill.n_chunks == 1
-        assert spill.table().equals(t)
+def test_up_to_two_chunks_stay_in_memory_as_one_table():
+    """``ONE_TABLE_CHUNKS``: 600 conns in chunks of 300 are one table in memory; one more and
+    the input is spilled, in chunks of 300."""
+    from zeekml.pipeline.chunked import ONE_TABLE_CHUNKS
+
+    assert ONE_TABLE_CHUNKS == 2
+    t = _conns(601)
+    for n, spilled, chunks in ((300, False, 1), (600, False, 1), (601, True, 3)):
+        with SpilledConns(chunk_rows=300) as spill:
+            spill.append(t.slice(0, 100))
+            spill.append(t.slice(100, n - 100))
+            spill.finish()
+            assert (spill.spilled, spill.n_chunks) == (spilled, chunks), n
+            got = spill.table() if not spilled else pa.concat_tables(
+                spill.chunk(i) for i in range(chunks))
+            assert got.equals(t.slice(0, n))
+            if spilled:
+                assert [spill.bounds(i) for i in range(chunks)] == [(0, 300), (300, 600), (600, 601)]
 
 
 class _Interrupted(BaseException):
