@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent.parent
 MODELS = ROOT / "models"
 ZEEK_CONN = ROOT / "examples" / "zeek" / "conn.log"
+IOT23 = ROOT / "examples" / "iot23" / "conn.log.labeled"      # 2,000 conns: four chunks of 500
 
 # Runs the CLI in a process whose load average reads as a very busy machine (so a count taken
 # from the load would be 1) and whose torch starts at 3 threads (standing in for torch's default
@@ -98,6 +99,51 @@ def test_ctrl_c_while_detectors_run_side_by_side_is_one_line_and_exit_130(tmp_pa
     finally:
         p.kill()
     # not an abort from ending the interpreter under the busy thread, nor a wait for it
+    assert p.returncode == 130, err.decode()[-2000:]
+    assert err.decode().endswith("zeekml: interrupted\n") and "Traceback" not in err.decode()
+    assert time.monotonic() - t0 < 30
+
+
+# The same beyond one chunk: the input cut in chunks of 500 conns (no CLI option sets it), and the
+# first detector call in a lane (a chunk's scoring, side_by_side.Lanes) replaced by torch work
+# that outlasts the test.
+BUSY_CHUNK = """
+import sys, torch
+import zeekml.pipeline.batch as batch
+import zeekml.pipeline.side_by_side as sbs
+real_spill = batch.spill_inputs
+batch.spill_inputs = lambda files, q, s, rows, *a, **k: real_spill(files, q, s, 500, *a, **k)
+real_submit = sbs.Lanes.submit
+def submit(self, lane, call, order=0):
+    def busy():
+        print("busy", flush=True)
+        x = torch.rand(512, 512)
+        for _ in range(100000):
+            x = torch.tanh(x @ x)
+    return real_submit(self, lane, busy if order == 0 else call, order)
+sbs.Lanes.submit = submit
+from zeekml.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(not (MODELS / "gnn-base" / "config.json").exists(), reason="models not shipped")
+def test_ctrl_c_while_chunks_run_in_lanes_is_one_line_and_exit_130(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, ZEEKML_DETECTOR_THREADS="2")
+    p = subprocess.Popen([sys.executable, "-c", BUSY_CHUNK, "score", str(IOT23), "--out", str(tmp_path / "out"),
+                          "--no-progress", "--models", str(MODELS)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert p.stdout.readline().startswith(b"busy")   # both lanes may print at once
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
     assert p.returncode == 130, err.decode()[-2000:]
     assert err.decode().endswith("zeekml: interrupted\n") and "Traceback" not in err.decode()
     assert time.monotonic() - t0 < 30
