@@ -115,3 +115,38 @@ def test_profile_of_a_real_log_equals_the_np_unique_grouping(monkeypatch):
                         else (np.zeros(0, object), np.zeros(0, np.int64), np.zeros(0, np.int64)))
     want = BaselineProfile().fit(table).to_dict()
     assert len(want["kinds"]) > 5 and got == json.dumps(want)
+
+
+def test_profile_kinds_are_the_rows_a_mask_per_kind_picks():
+    """``fit`` groups each level's rows with one stable sort and the conn states with codes made
+    once: every kind's profile is that of the rows ``level == kind`` picks (in order), with its
+    states' shares as ``np.unique`` counts them, on the real IoT-23 example."""
+    import os
+
+    from zeekml.scoring import explain
+    from zeekml.train.data import load_conns
+
+    log = os.path.join(os.path.dirname(__file__), "..", "..", "..", "examples", "iot23", "conn.log.labeled")
+    table = load_conns([log])
+    got = BaselineProfile().fit(table)
+    x, ok = explain._quantities(table)
+    states = explain._strings(table, "conn_state")
+    levels = explain.candidate_kinds(table) + [np.full(table.num_rows, "all", dtype=object)]
+    seen = set()
+    for level in levels:
+        for kind in sorted(set(level)):
+            mask = level == kind
+            if not kind or kind in seen or (mask.sum() < got.min_count and kind != "all"):
+                continue
+            seen.add(kind)
+            prof = got.kinds[kind]
+            assert prof.count == mask.sum()
+            lx = np.log(x[mask] + explain.OFFSETS)
+            for j in range(x.shape[1]):
+                col = x[mask][ok[mask][:, j], j]
+                if len(col):
+                    assert prof.median[j] == float(np.median(col))
+                    assert prof.log_median[j] == float(np.median(lx[ok[mask][:, j], j]))
+            names, counts = np.unique(states[mask][states[mask] != ""], return_counts=True)
+            assert prof.states == {str(v): float(c) / mask.sum() for v, c in zip(names, counts)}
+    assert len(seen) > 5 and set(got.kinds) == seen
