@@ -93,3 +93,30 @@ def test_dict_round_trip():
     x = np.array([-1.25, 5.5, 10.0, 12.25])
     assert back.calibrate(x).tolist() == cal.calibrate(x).tolist() == [-1.5, 0.0, 1.0, 1.5]
     assert back.effective_fpr == cal.effective_fpr == 0.1
+
+
+def test_fit_from_baseline_stats_is_the_fit_from_the_scores():
+    """``BaselineStats`` (sorted finite scores, median and std computed once) gives every
+    calibrator the bits of computing them from the scores as given, at any rate, for ties, NaNs,
+    infinities and tiny baselines; the combined search's calibrators are those ``fit`` gives at
+    its rate."""
+    from zeekml.scoring.calibrate import BaselineStats, calibrate_combined
+
+    rng = np.random.default_rng(0)
+    cases = [rng.standard_normal(1001), rng.integers(0, 4, 500).astype(float), np.array([2.0]),
+             np.r_[rng.exponential(size=300), [np.nan, np.inf, -np.inf]], np.full(50, 3.0)]
+    for s in cases:
+        finite = s[np.isfinite(s)]
+        for q in (0.0, 0.001, 0.01, 0.3):
+            got = ThresholdCalibrator(fpr=q).fit_stats(BaselineStats.of(s))
+            center = float(np.median(finite))
+            threshold = float(np.quantile(finite, 1.0 - q, method="higher"))
+            if threshold <= center:
+                threshold = center + max(1e-9, float(np.std(finite)) or 1e-6)
+            assert (got.center, got.threshold, got.n_baseline) == (center, threshold, len(finite))
+    with pytest.raises(ValueError):
+        BaselineStats.of(np.array([np.nan]))
+    scores = {"a": rng.standard_normal(3000) ** 2, "b": rng.exponential(size=3000)}
+    combined = calibrate_combined(scores, 0.01)
+    for name, cal in combined.calibrators.items():
+        assert cal.to_dict() == ThresholdCalibrator(fpr=combined.q).fit(scores[name]).to_dict()
