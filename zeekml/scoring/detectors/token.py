@@ -540,6 +540,14 @@ class TokenDetector(ReferenceSplitFit):
             src = hist.order[steps]                               # table row of each position
             ts = np.nan_to_num(pc.cast(table.column("ts"), pa.float64()).to_numpy(
                 zero_copy_only=False))
+            if self.loaded.causal:
+                # a stream window holds the host's last seq_len conns of the table, whatever
+                # their age, but none older than the detector's reach can move the score, and
+                # whether the table holds them depends on where a chunk or release began: those
+                # are neither counted nor named (the host's conns of the years before, in a log
+                # that repeats itself, were named by one chunking and not another)
+                rows_ts = ts[np.asarray(rows, dtype=np.int64)]
+                pos = pos & (rows_ts[:, None] - ts[src] <= self.context_seconds)
         out = []
         for i, conn in enumerate(conns):
             valid = np.flatnonzero(pos[i])

@@ -107,3 +107,33 @@ def test_alerts_are_explained_and_a_causal_base_is_not_finetuned(model_dirs, tab
     with pytest.raises(ZeekmlError, match="causal_window"):
         get_trainer("moe").finetune(model_dirs["moe"], table, labels, np.arange(40), False, 0,
                                     "/nonexistent/out", [LOG])
+
+
+def test_an_explanation_neither_counts_nor_names_conns_past_the_reach(model_dirs, table):
+    """A stream window holds the host's last conns of the table whatever their age; those older
+    than the detector's reach cannot move its score, and whether a chunk's table holds them
+    depends on where the chunk began. The explanation is the same with them and without them,
+    and its "last N conns" counts only the conns within the reach."""
+    import pyarrow.compute as pc
+
+    det = get_kind("moe").detector(model_dirs["moe"])
+    det.fit(table.slice(0, 150))
+    hosts = np.asarray(table.column("id.orig_h").to_pylist(), dtype=object)
+    target = 399
+    mine = np.flatnonzero(hosts == hosts[target])
+    earlier = mine[mine < target]
+    assert len(earlier) >= 4
+    old = earlier[:-2]                                    # all but two pushed far past the reach
+    ts = pc.cast(table.column("ts"), pa.float64()).to_numpy(zero_copy_only=False).copy()
+    ts[old] -= 100.0 * det.context_seconds
+    with_old = table.set_column(table.schema.get_field_index("ts"), "ts", pa.array(ts))
+    keep = np.setdiff1d(np.arange(table.num_rows), old)
+    without = with_old.take(pa.array(keep))
+    a = det.explain(with_old, np.array([target]))
+    b = det.explain(without, np.array([int(np.searchsorted(keep, target))]))
+    assert a == b
+    # the conn itself and its host's earlier conns left within the reach, at most a window
+    counted = min(len(earlier) - len(old) + 1, det.loaded.tokenizer.seq_len)
+    assert f"last {counted} conns" in a[0], a[0]
+    # the window had room for conns pushed away: without the reach it counted them too
+    assert counted < det.loaded.tokenizer.seq_len
