@@ -189,10 +189,10 @@ class Lanes:
     come as ``score(i)``, ``score(i + 1)``, ``explain(i)``: ``explain`` must not depend on what
     ``score`` keeps between calls (the GNN's and the token models' states: theirs do not).
 
-    With one worker (``IN_TURN``) ``submit`` runs the call at once in the calling thread: the
-    same calls in the same order per detector. Use as a context manager: the kernel threads are
-    set for the block (``kernel_threads``) and the threads end with it (on an error or an
-    interrupt they are not waited for: see the module docstring)."""
+    With one worker (``IN_TURN``) ``submit`` runs the call at once in the calling thread (an
+    error raised at once): the same calls in the same order per detector. Use as a context
+    manager: the kernel threads are set for the block (``kernel_threads``) and the threads end
+    with it (on an error or an interrupt they are not waited for: see the module docstring)."""
 
     def __init__(self, how: SideBySide):
         self.how = how
@@ -229,11 +229,10 @@ class Lanes:
         one submitted before it) that have not started; its result (or exception) in the
         future."""
         done: Future = Future()
-        if not self._threads:
-            try:
-                done.set_result(call())
-            except BaseException as e:  # noqa: BLE001  raised where the result is read
-                done.set_exception(e)
+        if self.in_turn:
+            # an error (or Ctrl-C) is raised here at once, and no later call starts, as ``run``
+            # in turn does
+            done.set_result(call())
             return done
         with self._cond:
             if self._stop:
@@ -241,6 +240,11 @@ class Lanes:
             heapq.heappush(self._queued.setdefault(lane, []), (order, next(self._seq), call, done))
             self._cond.notify()
         return done
+
+    @property
+    def in_turn(self) -> bool:
+        """Whether calls run at once in the calling thread (one worker)."""
+        return not self._threads
 
     def at(self, order: int) -> "Lane":
         """A ``Runner`` whose calls go to the lanes of their names with key ``order``."""
@@ -283,7 +287,7 @@ class Lane:
 
     def run(self, calls: dict[str, Callable[[], T]],
             meanwhile: Callable[[], object] | None = None) -> dict[str, T]:
-        if not self.lanes._threads and meanwhile is not None:
+        if self.lanes.in_turn and meanwhile is not None:
             meanwhile()                      # in turn: before the calls, as ``run`` does
             meanwhile = None
         futures = {name: self.lanes.submit(name, call, self.order) for name, call in calls.items()}
