@@ -67,9 +67,9 @@ DEFAULT_CHUNK_ROWS = 50_000
 chunk, its context rows, its verdicts rendered as text, and with the chunks overlapped in lanes
 the next chunk's working set beside them) and so does the speed of the learned models' batched
 inference. Measured on two 1M-conn logs with the shipped models (``bench/README.md``, "Archives
-beyond one chunk"): 50k-conn chunks in lanes score 5-13% faster than 100k-conn chunks did before
-the lanes, at a 12% lower peak; 100k-conn chunks in lanes peaked 11-16% above the code before, for
-no consistent gain in time over 50k."""
+beyond one chunk"): 50k-conn chunks in lanes score as fast as 100k-conn chunks did before the
+lanes or faster (5-13% on a quiet box, within the noise on a loaded one), at a 12% lower peak;
+100k-conn chunks in lanes peaked 11-16% above the code before, for no consistent gain in time."""
 ONE_TABLE_CHUNKS = 2
 """An input of at most this many chunks is never spilled and is scored as one table: one table
 needs no context rows and scores each conn once in the fit, and the ~100k-conn log of
