@@ -95,6 +95,9 @@ def _interrupted_while_busy(script: str, log: Path, out: Path) -> None:
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert p.stdout.readline().startswith(b"busy")   # two threads may print at once
+        # a moment later the main thread waits in Thread.join, where Ctrl-C marks the busy
+        # thread stopped while it still computes (CPython 3.11): the process aborted (-6)
+        time.sleep(1.0)
         t0 = time.monotonic()
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=120)

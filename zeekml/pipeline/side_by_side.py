@@ -144,29 +144,36 @@ def run(calls: dict[str, Callable[[], T]], how: SideBySide,
     stop = threading.Event()
 
     def work() -> None:
-        while not stop.is_set():
-            with take:
-                name = next(pending, None)
-            if name is None:
-                return
-            try:
-                results[name] = calls[name]()
-            except BaseException as e:  # noqa: BLE001  raised in the calling thread, below
-                errors[name] = e
+        try:
+            while not stop.is_set():
+                with take:
+                    name = next(pending, None)
+                if name is None:
+                    return
+                try:
+                    results[name] = calls[name]()
+                except BaseException as e:  # noqa: BLE001  raised in the calling thread, below
+                    errors[name] = e
+        finally:
+            _ended(threading.current_thread())
 
     threads = [threading.Thread(target=work, name=f"{THREAD_NAME}-{i}", daemon=True)
                for i in range(min(how.workers, len(names)))]
-    with kernel_threads(how.kernel_threads):
-        try:
-            for t in threads:
-                t.start()
-            if meanwhile is not None:
-                meanwhile()
-            for t in threads:
-                t.join()
-        except BaseException:
-            stop.set()
-            raise
+    limits = contextlib.ExitStack()
+    limits.enter_context(kernel_threads(how.kernel_threads))
+    try:
+        for t in threads:
+            _starting(t)
+            t.start()
+        if meanwhile is not None:
+            meanwhile()
+        for t in threads:
+            t.join()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        limits.close()
     for name in names:
         if name in errors:
             raise errors[name]
@@ -211,6 +218,7 @@ class Lanes:
             self._threads = [threading.Thread(target=self._work, name=f"{THREAD_NAME}-{i}", daemon=True)
                              for i in range(self.how.workers)]
             for t in self._threads:
+                _starting(t)
                 t.start()
         return self
 
@@ -264,16 +272,19 @@ class Lanes:
             return None
 
     def _work(self) -> None:
-        while (got := self._next()) is not None:
-            lane, call, done = got
-            try:
-                done.set_result(call())
-            except BaseException as e:  # noqa: BLE001  raised where the result is read
-                done.set_exception(e)
-            finally:
-                with self._cond:
-                    self._busy.discard(lane)
-                    self._cond.notify_all()
+        try:
+            while (got := self._next()) is not None:
+                lane, call, done = got
+                try:
+                    done.set_result(call())
+                except BaseException as e:  # noqa: BLE001  raised where the result is read
+                    done.set_exception(e)
+                finally:
+                    with self._cond:
+                        self._busy.discard(lane)
+                        self._cond.notify_all()
+        finally:
+            _ended(threading.current_thread())
 
 
 @dataclass(frozen=True)
@@ -304,6 +315,27 @@ def collect(futures: dict[str, "Future[T]"]) -> dict[str, T]:
     return {name: f.result() for name, f in futures.items()}
 
 
+# The threads of ``run`` and ``Lanes`` from before their start to the end of their loop. Not
+# ``Thread.is_alive``: Ctrl-C inside ``Thread.join`` marks the joined thread stopped while it
+# still computes (CPython 3.11, bpo-45274's fix releases the tstate lock the running thread
+# holds), so ``running`` said no, the CLI finalised the interpreter under torch, and the
+# process aborted (exit -6 when Ctrl-C came a moment after the fits began; a test).
+_alive: set[threading.Thread] = set()
+_alive_lock = threading.Lock()
+
+
+def _starting(t: threading.Thread) -> None:
+    with _alive_lock:
+        _alive.add(t)
+
+
+def _ended(t: threading.Thread) -> None:
+    with _alive_lock:
+        _alive.discard(t)
+
+
 def running() -> bool:
-    """Whether threads of ``run`` still compute (the waiting thread was interrupted)."""
-    return any(t.name.startswith(THREAD_NAME) and t.is_alive() for t in threading.enumerate())
+    """Whether threads of ``run`` or ``Lanes`` still compute (the waiting thread was
+    interrupted)."""
+    with _alive_lock:
+        return bool(_alive)
