@@ -223,7 +223,7 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     Outputs: ``verdicts.jsonl``, ``zeekml_notice.log``, ``quarantine.jsonl``, ``summary.json``
     (and the Zeek feedback file when ``options.zeek_feedback`` is set), and the triage outputs
     ``incidents.jsonl``, ``zeekml_incident.log`` and ``baseline.json`` (``zeekml.sinks.triage``).
-    In one process the input is scored in chunks of ``options.chunk_rows`` conns, so memory
+    In one process the input is scored in chunks of ``options.rows_per_chunk()`` conns, so memory
     depends on the baseline and the chunk, not the input (``zeekml.pipeline.chunked``); with
     ``options.dask`` the work runs on a Dask cluster (``zeekml.pipeline.dask``). The outputs are
     the same either way.
@@ -294,7 +294,7 @@ def _score_chunked(files: list[str], baseline: pa.Table | None, options: ScoreOp
         fb_parts.append(feedback_rows(table, benign) + offset)
 
     suricata = SuricataAlerts()      # joined onto each chunk's conns as evidence (scoring.evidence)
-    with spill_inputs(files, quarantine, summary, options.chunk_rows, bar.advance,
+    with spill_inputs(files, quarantine, summary, options.rows_per_chunk(), bar.advance,
                       feedback_of if benign is not None else None, suricata.add) as spill:
         nothing_to_score(summary, quarantine)
 

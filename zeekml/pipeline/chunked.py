@@ -49,7 +49,7 @@ from zeekml.parse import Quarantine, read_log
 from zeekml.parse.reader import LogBatch
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
 from zeekml.pipeline import side_by_side
-from zeekml.pipeline.options import ScoreOptions, ScoreSummary
+from zeekml.pipeline.options import DEFAULT_CHUNK_ROWS, ScoreOptions, ScoreSummary
 from zeekml.scoring.context import (WithKnownScores, context_within, detectors_in_context,
                                     horizon, horizons, with_context)
 from zeekml.scoring.explain import BaselineProfile
@@ -62,14 +62,6 @@ ProgressFn = Callable[[str, int], None]
 BYTES_COLUMNS = ["id.orig_h", "orig_bytes", "resp_bytes"]   # incidents.host_baseline_bytes reads
 StepFn = Callable[[str], None]
 
-DEFAULT_CHUNK_ROWS = 50_000
-"""Conns scored together beyond ``ONE_TABLE_CHUNKS`` chunks. Peak memory grows with it (the
-chunk, its context rows, its verdicts rendered as text, and with the chunks overlapped in lanes
-the next chunk's working set beside them) and so does the speed of the learned models' batched
-inference. Measured on two 1M-conn logs with the shipped models (``bench/README.md``, "Archives
-beyond one chunk"): 50k-conn chunks in lanes score as fast as 100k-conn chunks did before the
-lanes or faster (5-13% on a quiet box, within the noise on a loaded one), at a 12% lower peak;
-100k-conn chunks in lanes peaked 11-16% above the code before, for no consistent gain in time."""
 ONE_TABLE_CHUNKS = 2
 """An input of at most this many chunks is never spilled and is scored as one table: one table
 needs no context rows and scores each conn once in the fit, and the ~100k-conn log of

@@ -18,6 +18,17 @@ REPLAY_BASELINE_OPTIONS = ("a longer capture, or `zeekml score` of the conn.log 
                            "--baseline")
 
 
+DEFAULT_CHUNK_ROWS = 50_000
+"""Conns scored together beyond ``chunked.ONE_TABLE_CHUNKS`` chunks, with learned detectors
+(without them twice as many: ``ScoreOptions.rows_per_chunk``). Peak memory grows with it (the
+chunk, its context rows, its verdicts rendered as text, and with the chunks overlapped in lanes
+the next chunk's working set beside them) and so does the speed of the learned models' batched
+inference. Measured on two 1M-conn logs with the shipped models (``bench/README.md``, "Archives
+beyond one chunk"): 50k-conn chunks in lanes score as fast as 100k-conn chunks did before the
+lanes or faster (5-13% on a quiet box, within the noise on a loaded one), at a 12% lower peak;
+100k-conn chunks in lanes peaked 11-16% above the code before, for no consistent gain in time."""
+
+
 @dataclass
 class ScoreOptions:
     """Settings of one scoring run.
@@ -60,9 +71,17 @@ class ScoreOptions:
     allowlist: str | None = None    # TOML [[rule]] file: matching conns are scored, never alert
     feedback: str | None = None     # feedback.jsonl: its benign conns join the baseline
     # score: conns scored together; an input of over two chunks is spilled to a temporary file
-    # and scored chunk by chunk, so memory does not grow with it (zeekml.pipeline.chunked)
-    chunk_rows: int = 50_000
+    # and scored chunk by chunk, so memory does not grow with it (zeekml.pipeline.chunked).
+    # None: 50k conns with learned detectors (their working sets side by side set the peak),
+    # 100k without (nothing to bound there, and 1M conns took 5% longer in 50k-conn chunks)
+    chunk_rows: int | None = None
     baseline_options: str = SCORE_BASELINE_OPTIONS
+
+    def rows_per_chunk(self) -> int:
+        """``chunk_rows``, or what it defaults to for this run's detectors."""
+        if self.chunk_rows is not None:
+            return self.chunk_rows
+        return DEFAULT_CHUNK_ROWS if self.models_dir is not None else 2 * DEFAULT_CHUNK_ROWS
 
     def baseline_period(self) -> tuple[float | None, float | None] | None:
         """``(start, end)`` of the baseline period asked (None = open), or None when the
