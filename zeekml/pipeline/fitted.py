@@ -448,7 +448,7 @@ def score_batch(table: pa.Table, fitted: FittedDetectors,
                             np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
     raw = dict(raw or {})
     step = on_step or (lambda text: None)
-    runs = side_by_side.runner(how)
+    runs = how or side_by_side.IN_TURN
     missing = [det for det in detectors if det.name not in raw]
     if missing:
         step(f"scoring {', '.join(det.name for det in missing)}: {table.num_rows:,} conns")

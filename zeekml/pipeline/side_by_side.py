@@ -51,31 +51,20 @@ class SideBySide:
     workers: int
     kernel_threads: int
 
+    def run(self, calls: dict[str, Callable[[], T]],
+            meanwhile: Callable[[], object] | None = None) -> dict[str, T]:
+        """``run(calls, self, meanwhile)``."""
+        return run(calls, self, meanwhile)
+
 
 IN_TURN = SideBySide(1, 0)
 
 
 class Runner(Protocol):
-    """What runs a set of detector calls: ``SideBySide`` (``run``) or one chunk's ``Lane``."""
+    """What runs a set of detector calls: a ``SideBySide`` plan or one chunk's ``Lane``."""
 
     def run(self, calls: dict[str, Callable[[], T]],
             meanwhile: Callable[[], object] | None = None) -> dict[str, T]: ...
-
-
-def runner(how: SideBySide | Runner | None) -> Runner:
-    """``how`` as a ``Runner``: a ``SideBySide`` plan runs its calls through ``run``, in turn
-    when None."""
-    if how is None or isinstance(how, SideBySide):
-        return _Planned(how or IN_TURN)
-    return how
-
-
-@dataclass(frozen=True)
-class _Planned:
-    how: SideBySide
-
-    def run(self, calls, meanwhile=None):
-        return run(calls, self.how, meanwhile)
 
 
 def plan(tasks: int, cores: int | None = None) -> SideBySide:
@@ -144,36 +133,27 @@ def run(calls: dict[str, Callable[[], T]], how: SideBySide,
     stop = threading.Event()
 
     def work() -> None:
-        try:
-            while not stop.is_set():
-                with take:
-                    name = next(pending, None)
-                if name is None:
-                    return
-                try:
-                    results[name] = calls[name]()
-                except BaseException as e:  # noqa: BLE001  raised in the calling thread, below
-                    errors[name] = e
-        finally:
-            _ended(threading.current_thread())
+        while not stop.is_set():
+            with take:
+                name = next(pending, None)
+            if name is None:
+                return
+            try:
+                results[name] = calls[name]()
+            except BaseException as e:  # noqa: BLE001  raised in the calling thread, below
+                errors[name] = e
 
-    threads = [threading.Thread(target=work, name=f"{THREAD_NAME}-{i}", daemon=True)
-               for i in range(min(how.workers, len(names)))]
-    limits = contextlib.ExitStack()
-    limits.enter_context(kernel_threads(how.kernel_threads))
-    try:
-        for t in threads:
-            _starting(t)
-            t.start()
-        if meanwhile is not None:
-            meanwhile()
-        for t in threads:
-            t.join()
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        limits.close()
+    with kernel_threads(how.kernel_threads):
+        threads: list[threading.Thread] = []
+        try:
+            start_threads(work, min(how.workers, len(names)), threads)
+            if meanwhile is not None:
+                meanwhile()
+            for t in threads:
+                t.join()
+        except BaseException:
+            stop.set()
+            raise
     for name in names:
         if name in errors:
             raise errors[name]
@@ -215,11 +195,7 @@ class Lanes:
         if self.how.workers > 1:
             self._limits = contextlib.ExitStack()
             self._limits.enter_context(kernel_threads(self.how.kernel_threads))
-            self._threads = [threading.Thread(target=self._work, name=f"{THREAD_NAME}-{i}", daemon=True)
-                             for i in range(self.how.workers)]
-            for t in self._threads:
-                _starting(t)
-                t.start()
+            start_threads(self._work, self.how.workers, self._threads)
         return self
 
     def __exit__(self, kind, value, tb) -> None:
@@ -272,19 +248,16 @@ class Lanes:
             return None
 
     def _work(self) -> None:
-        try:
-            while (got := self._next()) is not None:
-                lane, call, done = got
-                try:
-                    done.set_result(call())
-                except BaseException as e:  # noqa: BLE001  raised where the result is read
-                    done.set_exception(e)
-                finally:
-                    with self._cond:
-                        self._busy.discard(lane)
-                        self._cond.notify_all()
-        finally:
-            _ended(threading.current_thread())
+        while (got := self._next()) is not None:
+            lane, call, done = got
+            try:
+                done.set_result(call())
+            except BaseException as e:  # noqa: BLE001  raised where the result is read
+                done.set_exception(e)
+            finally:
+                with self._cond:
+                    self._busy.discard(lane)
+                    self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -324,14 +297,23 @@ _alive: set[threading.Thread] = set()
 _alive_lock = threading.Lock()
 
 
-def _starting(t: threading.Thread) -> None:
-    with _alive_lock:
-        _alive.add(t)
+def start_threads(loop: Callable[[], None], n: int, into: list[threading.Thread]) -> None:
+    """Start ``n`` daemon threads running ``loop``, each appended to ``into`` as it starts (so
+    a caller interrupted midway knows the ones started), each counted by ``running`` from
+    before its start to the end of ``loop``."""
+    def counted() -> None:
+        try:
+            loop()
+        finally:
+            with _alive_lock:
+                _alive.discard(threading.current_thread())
 
-
-def _ended(t: threading.Thread) -> None:
-    with _alive_lock:
-        _alive.discard(t)
+    for i in range(n):
+        t = threading.Thread(target=counted, name=f"{THREAD_NAME}-{i}", daemon=True)
+        with _alive_lock:
+            _alive.add(t)
+        into.append(t)
+        t.start()
 
 
 def running() -> bool:
