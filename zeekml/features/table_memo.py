@@ -56,6 +56,15 @@ class TableMemo:
             entry[1][key] = found
         return found   # type: ignore[return-value]
 
+    def peek(self, table: pa.Table, key: Hashable) -> object | None:
+        """What ``get`` computed for ``(table, key)``, or None when it has not (this table
+        object, not an equal one)."""
+        entry = self._tables.get(id(table))
+        if entry is None or entry[0]() is not table:
+            return None
+        found = entry[1].get(key, _MISSING)
+        return None if found is _MISSING else found
+
     def __len__(self) -> int:
         return sum(len(v) for ref, v in self._tables.values() if ref() is not None)
 

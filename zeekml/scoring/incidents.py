@@ -17,7 +17,7 @@ import hashlib
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,8 @@ import pyarrow.compute as pc
 from zeekml.scoring.evidence import incident_signatures
 
 REQUIRED = ("ts", "uid", "id.orig_h", "id.resp_h", "id.resp_p", "proto", "score", "alert", "model")
+# what an incident says of its top conns alone: ``build_incidents``' ``evidence`` may make these
+NAMED_EVIDENCE = ("verdict_id", "community_id", "explanation")
 OPTIONAL = {"service": pa.string(), "orig_bytes": pa.float64(), "resp_bytes": pa.float64(),
             "verdict_id": pa.string(), "community_id": pa.string(), "explanation": pa.string(),
             # the detector's own reason (the notice's sub: nearest baseline conns, tokens)
@@ -180,7 +182,8 @@ def _segments(keys: np.ndarray, ts: np.ndarray, rows: np.ndarray, gap: float) ->
 
 def build_incidents(table: pa.Table, options: IncidentOptions | None = None,
                     baseline_bytes: dict[str, tuple[float, float]] | None = None,
-                    host_times: dict | None = None) -> list[Incident]:
+                    host_times: dict | None = None,
+                    evidence: Callable[[np.ndarray], dict[str, list]] | None = None) -> list[Incident]:
     """Incidents of the alerting rows of ``table``, highest score first (ties: earliest first).
 
     Args:
@@ -195,6 +198,10 @@ def build_incidents(table: pa.Table, options: IncidentOptions | None = None,
             Default: counted in ``table``, which then holds every scored conn. Given, ``table``
             may hold just the alerting rows (chunked ``score``, ``--dask``: every conn is never
             in memory at once); the incidents are the same.
+        evidence: called once with the rows of ``table`` the incidents name (their top conns,
+            ascending), returns lists in that order for any of ``NAMED_EVIDENCE``'s columns,
+            which then need not be in ``table``: evidence costly per conn (an explanation, a
+            Community ID) is made for the few conns shown instead of every alert.
     """
     opt = options or IncidentOptions()
     missing = [c for c in REQUIRED if c not in table.column_names]
@@ -245,6 +252,12 @@ def build_incidents(table: pa.Table, options: IncidentOptions | None = None,
 
     # conns = every conn of the host in its role between first and last alert (context)
     sorted_by_host = host_times or {"orig": HostTimes(orig, ts), "resp": HostTimes(resp, ts)}
+    if evidence is not None and groups:
+        named = np.unique(np.concatenate([_top_rows(seg, c, opt) for _, seg in groups]))
+        for name, values in evidence(named).items():
+            if name not in NAMED_EVIDENCE:
+                raise ValueError(f"incident evidence {name!r} is not one of {', '.join(NAMED_EVIDENCE)}")
+            getattr(c, name)[named] = ["" if v is None else str(v) for v in values]
     out = [_incident(role, seg, c, sorted_by_host[role], opt, baseline_bytes) for role, seg in groups]
     out.sort(key=lambda i: (-i.score, i.first_ts, i.incident_id))
     return out
@@ -304,6 +317,11 @@ class _Columns:
         return f"{int(p)}/{proto}" if np.isfinite(p) else proto
 
 
+def _top_rows(rows: np.ndarray, c: _Columns, opt: IncidentOptions) -> np.ndarray:
+    """The ``top_conns`` conns an incident of ``rows`` shows: highest score first."""
+    return rows[np.argsort(-c.score[rows], kind="stable")[: opt.top_conns]]
+
+
 def _incident(role: str, rows: np.ndarray, c: _Columns, times: HostTimes, opt: IncidentOptions,
               baseline_bytes: dict[str, tuple[float, float]] | None) -> Incident:
     host_col, peer_col = (c.orig, c.resp) if role == "orig" else (c.resp, c.orig)
@@ -314,7 +332,7 @@ def _incident(role: str, rows: np.ndarray, c: _Columns, times: HostTimes, opt: I
     services = Counter(s for i in rows for s in str(c.service[i]).split(",") if s)
     dets = Counter(str(m) for m in c.model[rows] if m)
     max_score = float(np.max(c.score[rows]))
-    top = rows[np.argsort(-c.score[rows], kind="stable")[: opt.top_conns]]
+    top = _top_rows(rows, c, opt)
     top_conns = []
     for i in top:
         conn = {"uid": str(c.uid[i]), "ts": float(c.ts[i]), "id.orig_h": str(c.orig[i]),
@@ -507,21 +525,21 @@ def incidents_from_batch(batch, baseline: pa.Table | None = None,
     rows = np.flatnonzero(alert)
     models = batch.models()
     n = t.num_rows
-    vids: list[str | None] = [None] * n
-    cids: list[str | None] = [None] * n
-    expl: list[str | None] = [None] * n
     why: list[str | None] = [None] * n
-    if len(rows):
+    subs = getattr(batch, "sub", None) or {}
+    for r in rows.tolist():
+        why[r] = subs.get(r) or None
+    if profile is None and len(rows) and baseline is not None and baseline.num_rows:
+        profile = BaselineProfile().fit(baseline)
+
+    def evidence(named: np.ndarray) -> dict[str, list]:
+        # made for the conns the incidents show (a few per incident), not every alert: an
+        # infected archive scored with a classifier alerts on most of its conns
         uid, ts = batch.column("uid"), batch.column("ts")
-        if profile is None and baseline is not None and baseline.num_rows:
-            profile = BaselineProfile().fit(baseline)
-        ev = alert_evidence(t, rows, profile)
-        subs = getattr(batch, "sub", None) or {}
-        for k, r in enumerate(rows.tolist()):
-            vids[r] = verdict_id(models[r], uid[r], ts[r])
-            cids[r] = ev["community_id"][k]
-            expl[r] = ev["explanation"][k]
-            why[r] = subs.get(r) or None
+        ev = alert_evidence(t, named, profile)
+        return {"verdict_id": [verdict_id(models[r], uid[r], ts[r]) for r in named.tolist()],
+                "community_id": ev["community_id"], "explanation": ev["explanation"]}
+
     table = pa.table({
         "ts": t.column("ts"), "uid": t.column("uid"), "id.orig_h": t.column("id.orig_h"),
         "id.resp_h": t.column("id.resp_h"), "id.resp_p": pc.cast(t.column("id.resp_p"), pa.int64()),
@@ -529,15 +547,14 @@ def incidents_from_batch(batch, baseline: pa.Table | None = None,
         "alert": pa.array(alert), "model": pa.array(models, pa.string()),
         "service": t.column("service"), "orig_bytes": pc.cast(t.column("orig_bytes"), pa.float64()),
         "resp_bytes": pc.cast(t.column("resp_bytes"), pa.float64()),
-        "verdict_id": pa.array(vids, pa.string()), "community_id": pa.array(cids, pa.string()),
-        "explanation": pa.array(expl, pa.string()),
         "detector_explanation": _strings(why),
     })
     if getattr(batch, "suricata_alerts", None):
         sur = [batch.suricata_alerts.get(r) for r in range(n)]
         table = table.append_column("suricata_alerts", pa.array(sur, OPTIONAL["suricata_alerts"]))
     ref = host_baseline_bytes(baseline) if baseline is not None else None
-    return build_incidents(table, options, baseline_bytes=ref, host_times=host_times)
+    return build_incidents(table, options, baseline_bytes=ref, host_times=host_times,
+                           evidence=evidence)
 
 
 def alert_evidence(table: pa.Table, rows: np.ndarray, profile=None) -> dict[str, list]:

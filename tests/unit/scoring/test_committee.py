@@ -201,3 +201,44 @@ def test_flag_rows_runs_the_cheapest_members_first_with_the_same_decisions(membe
         m.score_rows = lambda t, r, inner=inner, i=i: (seen.append((i, len(r))), inner(t, r))[1]
     np.testing.assert_array_equal(det.flag_rows(table, rows), want)
     assert [i for i, _ in seen] == [2, 1, 0][:len(seen)] and seen[0][1] == len(rows)
+
+
+def test_alerts_are_explained_with_the_probabilities_they_were_scored_with(members):
+    """An infected archive alerts on most conns: explaining them must not run every member's
+    model on them again. After ``score(table)`` the explanations read the probabilities that
+    score computed (no model call), with the text a fresh detector computes, while the table
+    lives; an equal but other table object, or none scored, runs the models as before."""
+    import gc
+    import weakref
+
+    table, dirs = members
+    det = CommitteeDetector(make(dirs, os.path.join(os.path.dirname(dirs[0]), "explained"), 2))
+    calls = []
+    for m in det.members:
+        inner = m.head.proba
+        m.head.proba = lambda t, r, inner=inner: (calls.append(r is None), inner(t, r))[1]
+    rows = np.array([7, 0, 399, 7, 120])
+    fresh = CommitteeDetector(det.model_dir).explain(table, rows)
+    det.score(table)
+    assert calls == [True, True, True]
+    calls.clear()
+    assert det.explain(table, rows) == fresh
+    assert det.members[0].explain(table, rows) == \
+        CommitteeDetector(det.model_dir).members[0].explain(table, rows)
+    assert calls == []                               # the scores' probabilities, no model run
+    other = table.slice(0)                           # equal rows, another table object
+    assert det.explain(other, rows) == fresh and calls == [False, False, False]
+    # score_rows never reads what score kept (its bits must not hang on the schedule)
+    calls.clear()
+    det.score_rows(table, rows)
+    assert calls == [False, False, False]
+    # nothing keeps a scored table alive, and a later score lets go of the dead one's results
+    t2 = table.slice(0)
+    ref = weakref.ref(t2)
+    det.score(t2)
+    del t2
+    gc.collect()
+    assert ref() is None
+    det.score(table.slice(0, 10))
+    # kept: the table, and the slice of 10 until the next score (the dead t2's are dropped)
+    assert all(len(m._scored._tables) == 2 for m in det.members)

@@ -93,3 +93,49 @@ def test_live_incident_evidence_survives_the_checkpoint():
     closed, _ = again.update(flush=True)
     first, _ = live.update(flush=True)
     assert [i.to_dict() for i in closed] == [i.to_dict() for i in first]
+
+
+def test_score_makes_evidence_for_the_conns_its_incidents_show_only():
+    """``incidents_from_batch`` asks for explanations, Community IDs and verdict ids of the
+    incidents' top conns alone (an infected archive alerts on most conns, and each explanation
+    is Python per conn); the incidents are those made with the evidence of every alert."""
+    from zeekml.scoring import incidents as inc_mod
+    from zeekml.scoring.incidents import IncidentOptions, incidents_from_batch
+    from zeekml.scoring.verdict import VerdictBatch, verdict_id
+
+    n = LIVE.num_rows
+    score = np.linspace(1.0, 3.0, n)[::-1].copy()          # the earliest of 10.0.0.5's score highest
+    batch = VerdictBatch(LIVE, ["iforest"], ["ZeekML::Anomaly"], {"iforest": score}, score,
+                         np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool),
+                         sub={i: f"why {i}" for i in range(n)})
+    prof = BaselineProfile().fit(BASE)
+    asked = []
+    inner = inc_mod.alert_evidence
+
+    def spy(table, rows, profile=None):
+        asked.append(np.asarray(rows).tolist())
+        return inner(table, rows, profile)
+
+    opt = IncidentOptions(top_conns=3)
+    inc_mod.alert_evidence = spy
+    try:
+        got = [i.to_dict() for i in incidents_from_batch(batch, BASE, opt, profile=prof)]
+    finally:
+        inc_mod.alert_evidence = inner
+    assert asked == [[0, 1, 2, 12]]           # 10.0.0.5's top 3 of 12, 10.0.0.6's one conn
+    # the incidents with every alert's evidence in the table, as they were made before
+    rows = np.arange(n)
+    ev = alert_evidence(LIVE, rows, prof)
+    full = LIVE.select(["ts", "uid", "id.orig_h", "id.resp_h", "id.resp_p", "proto", "service",
+                        "orig_bytes", "resp_bytes"]).append_column("score", pa.array(score))
+    full = full.append_column("alert", pa.array([True] * n)).append_column("model", pa.array(["iforest"] * n))
+    for name, values in (("verdict_id", [verdict_id("iforest", u, t) for u, t in
+                                         zip(LIVE.column("uid").to_pylist(), LIVE.column("ts").to_pylist())]),
+                         ("community_id", ev["community_id"]), ("explanation", ev["explanation"]),
+                         ("detector_explanation", [f"why {i}" for i in range(n)])):
+        full = full.append_column(name, pa.array(values, pa.string()))
+    want = [i.to_dict() for i in build_incidents(full, opt, baseline_bytes=host_baseline_bytes(BASE))]
+    assert got == want
+    assert [len(i["top_conns"]) for i in got] == [3, 1]
+    assert all(c["explanation"] and c["community_id"] and c["verdict_id"]
+               for i in got for c in i["top_conns"])

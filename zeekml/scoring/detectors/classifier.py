@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from zeekml._core.errors import ModelError
+from zeekml.features.table_memo import TableMemo
 from zeekml.scoring.detectors.base import read_config
 from zeekml.scoring.registry import register_classifier
 
@@ -201,6 +202,12 @@ class ClassifierDetector:
         # probability at which this classifier calls a baseline conn bad (baseline_infection)
         self.trained_cut = read_operating_point(config, model_dir)
         self.decision_threshold = float(self.trained_cut["cut"]) if self.trained_cut else 0.5
+        # the class probabilities of each table object ``score`` scored, while the table lives:
+        # its alerts are explained with the probabilities they were scored with instead of by
+        # running the model on them again, and an infected archive alerts on most of its conns
+        # (the shipped committee on bench/score_speed.py's 100k-conn log: 84,509 alerts, whose
+        # explanations took as long as scoring every conn)
+        self._scored = TableMemo()
 
     def fit(self, table: pa.Table) -> ClassifierDetector:
         """Nothing to fit: a classifier's knowledge is its training; calibration sets its bar."""
@@ -213,7 +220,22 @@ class ClassifierDetector:
         """P(malicious classes) of every row, ``[n]``."""
         if table.num_rows == 0:
             return np.zeros(0)
-        return self._bad_proba(self.head.proba(table, None))
+        self._scored.drop_dead()
+        return self._bad_proba(self._scored.get(table, "proba", lambda: self.head.proba(table, None)))
+
+    def scored_proba(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[n, C]`` of ``rows``: those ``score(table)`` gave them when
+        it scored this table object, else computed now (as ``score_rows`` does). For the
+        explanations, which say what the scores were made of. ``score_rows`` never reads them:
+        its bits must not depend on whether (or on which thread's schedule) the table was
+        scored before."""
+        rows = np.asarray(rows, dtype=np.int64)
+        p = self._scored.peek(table, "proba")
+        return self.head.proba(table, rows) if p is None else p[rows]
+
+    def scored_bad(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
+        """P(malicious classes) of ``rows`` as ``scored_proba`` gives them, ``[n]``."""
+        return self._bad_proba(self.scored_proba(table, rows))
 
     def score_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
         """``score(table)[rows]``, the other rows of ``table`` as context only."""
@@ -223,11 +245,12 @@ class ClassifierDetector:
         return self._bad_proba(self.head.proba(table, rows))
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
-        """The head's most likely classes and their probabilities, per row."""
+        """The head's most likely classes and their probabilities, per row (those it was scored
+        with, ``scored_proba``)."""
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return []
-        p = self.head.proba(table, rows)
+        p = self.scored_proba(table, rows)
         return [",".join(f"p_{self.classes[j]}={p[i, j]:.3f}" for j in np.argsort(-p[i])[:top])
                 for i in range(len(rows))]
 

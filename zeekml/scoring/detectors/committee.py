@@ -178,11 +178,12 @@ class CommitteeDetector:
         return votes >= self.vote
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
-        """Each member's P(malicious) against its cut, per row: how many agreed."""
+        """Each member's P(malicious) against its cut, per row: how many agreed (the
+        probabilities the rows were scored with, ``ClassifierDetector.scored_bad``)."""
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return []
-        ps = [m.score_rows(table, rows) for m in self.members]
+        ps = [m.scored_bad(table, rows) for m in self.members]
         out = []
         for i in range(len(rows)):
             agree = sum(p[i] >= m.decision_threshold for p, m in zip(ps, self.members))
