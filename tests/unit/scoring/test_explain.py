@@ -150,3 +150,38 @@ def test_profile_kinds_are_the_rows_a_mask_per_kind_picks():
             names, counts = np.unique(states[mask][states[mask] != ""], return_counts=True)
             assert prof.states == {str(v): float(c) / mask.sum() for v, c in zip(names, counts)}
     assert len(seen) > 5 and set(got.kinds) == seen
+
+
+def test_every_row_is_explained_as_it_is_alone_on_a_real_log():
+    """``explain`` scores all the rows asked at once: each row's words are those of the row
+    explained by itself (its own kind, z-scores, conn state, "typical" text) on the real
+    IoT-23 example against a baseline of its earliest third, rows in any order and repeated."""
+    import os
+
+    from zeekml.train.data import load_conns
+
+    log = os.path.join(os.path.dirname(__file__), "..", "..", "..", "examples", "iot23", "conn.log.labeled")
+    table = load_conns([log])
+    p = BaselineProfile().fit(table.slice(0, table.num_rows // 3))
+    rows = np.concatenate([np.arange(table.num_rows)[::-1], [7, 7, 0]])
+    got = p.explain(table, rows)
+    alone = [p.explain(table.slice(int(r), 1), np.array([0]))[0] for r in rows]
+    assert got == alone
+    typical = sum(t.startswith("typical of the baseline") for t in got)
+    assert 0 < typical < len(got) - 100
+
+
+def test_ties_keep_the_order_of_the_quantities_then_the_conn_state():
+    """Two quantities as far from their kind's median, and a rare conn state: the quantities
+    ranked in ``QUANTITIES`` order (a stable sort of the candidates), the state by its z."""
+    from zeekml.scoring import explain
+
+    base = conns([{"id.resp_p": 80, "proto": "tcp", "orig_pkts": 5, "resp_pkts": 5, "orig_bytes": 300,
+                   "resp_bytes": 300, "duration": 1.0, "conn_state": "SF"}] * 30)
+    p = BaselineProfile().fit(base)
+    probe = conns([{"id.resp_p": 80, "proto": "tcp", "orig_pkts": 50, "resp_pkts": 50, "orig_bytes": 300,
+                    "resp_bytes": 300, "duration": 1.0, "conn_state": "REJ"}])
+    devs = p.deviations(probe, np.array([0]), top=3)[0]
+    assert [d.feature for d in devs] == ["orig_pkts", "resp_pkts", "conn_state"]
+    assert devs[0].z == devs[1].z > explain.RARE_STATE_Z == devs[2].z
+    assert [d.feature for d in p.deviations(probe, np.array([0]), top=1)[0]] == ["orig_pkts"]
