@@ -167,6 +167,12 @@ def run_rate(rate: int, duration: float, args) -> dict:
         except (OSError, ValueError):
             pass
         time.sleep(0.1)
+    if trickle:
+        # the hold-back is the widest forward horizon of the detectors watch runs (the GNN's
+        # 20 s; a committee with a gnn member 50 s), which watch states once calibrated: the
+        # trickle must outlast it, or the last conns are never released
+        forward = (json.load(open(stats_path)).get("context") or {}).get("forward_s", 20.0)
+        trickle = max(trickle, forward + args.context_lateness + 15.0)
     proc = psutil.Process(w.pid)
     cpu0 = proc.cpu_times()
     wr = subprocess.Popen([sys.executable, __file__, "--writer", root, str(rate), str(duration),
