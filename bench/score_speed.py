@@ -380,8 +380,9 @@ class Timeline:
         setattr(owner, attr, timed)
 
 
-def timeline_worker(log_dir: str, out_dir: str, result: str) -> None:
-    """One ``zeekml score`` run with every shipped detector in this process, each step's start
+def timeline_worker(log_dir: str, out_dir: str, result: str, mode: str = "models") -> None:
+    """One ``zeekml score`` run of ``mode`` (``MODE_ARGS``; default every shipped detector) in
+    this process, each step's start
     and end (seconds from before zeekml is imported) into ``result`` (JSON): the input read and
     spilled, the background imports waited for, each task run side by side (a detector's fit,
     the baseline check, an explanation: its thread and its thread's CPU seconds), the scoring
@@ -426,7 +427,7 @@ def timeline_worker(log_dir: str, out_dir: str, result: str) -> None:
     tl.wrap(run_outputs.ScoreOutputs, "write_batch", "write verdicts")
     tl.wrap(fitted, "baseline_infection", "baseline check's verdict")
     try:
-        main(["score", log_dir, "--out", out_dir], standalone_mode=False)
+        main(["score", log_dir, "--out", out_dir] + MODE_ARGS[mode], standalone_mode=False)
     except SystemExit as e:
         if e.code:
             raise
@@ -917,8 +918,8 @@ def main() -> None:
                          "tree's, alternately in one process (seconds, sha256 of the scores)")
     ap.add_argument("--rounds", type=int, default=3, help="alternations for --learned-ab (default 3)")
     ap.add_argument("--timeline", action="store_true",
-                    help="instead: one run with the shipped models, when each step began and ended "
-                         "(which steps overlap), --repeat times")
+                    help="instead: one run of the first of --modes (default: the shipped models), "
+                         "when each step began and ended (which steps overlap), --repeat times")
     ap.add_argument("--compare", nargs="+", metavar="JSON",
                     help="instead: print the stage tables of earlier --json results side by side")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -928,8 +929,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.repeat < 1:
         ap.error(f"--repeat must be at least 1, not {a.repeat}")
-    if a.worker == "timeline":
-        timeline_worker(a.log_dir, a.out, a.result)
+    if a.worker and a.worker.startswith("timeline-"):
+        timeline_worker(a.log_dir, a.out, a.result, a.worker[len("timeline-"):])
         return
     if a.worker:
         worker(a.worker, a.log_dir, a.out, a.result)
@@ -968,7 +969,8 @@ def main() -> None:
         if a.timeline:
             res = []
             for rnd in range(a.repeat):
-                r = run_mode("timeline", log_dir, tmp, a.threads)
+                # the first of --modes (by default every shipped detector)
+                r = run_mode("timeline-" + a.modes.split(",")[0], log_dir, tmp, a.threads)
                 r["load_average_end"] = os.getloadavg()[0]
                 print(f"\nround {rnd + 1}/{a.repeat} (load average at the end {r['load_average_end']:.1f})")
                 print_timeline(r)

@@ -583,7 +583,12 @@ def score_spilled(spill: SpilledConns, baseline: pa.Table | None, options: Score
         raw = side_by_side.collect(futures)
         on_chunk(score_batch(table, fitted_i, raw, how=lanes.at(i), while_explaining=on_scored))
 
-    with side_by_side.Lanes(side_by_side.plan(len(fitted.detectors))) as lanes, shared():
+    how = side_by_side.plan(len(fitted.detectors))
+    # a detector whose calls share nothing (the known-bad classifiers) may score two chunks at
+    # once: alone among cheap ones it would keep one thread busy and the other waiting
+    widths = {det.name: how.workers for det in fitted.detectors
+              if getattr(det, "calls_side_by_side", False)}
+    with side_by_side.Lanes(how, widths) as lanes, shared():
         # what the triage outputs keep of the baseline, made on a lane of its own while the
         # first chunks are scored (0.8 s of a 300k-conn baseline's profile, in which the
         # threads had nothing to do); the chunks are scored without the baseline

@@ -176,16 +176,24 @@ class Lanes:
     come as ``score(i)``, ``score(i + 1)``, ``explain(i)``: ``explain`` must not depend on what
     ``score`` keeps between calls (the GNN's and the token models' states: theirs do not).
 
+    ``widths``: lanes that may run up to that many of their calls at once (started in their
+    order): a detector whose calls on different tables share nothing (``calls_side_by_side``,
+    the known-bad classifiers) scores chunks ``i`` and ``i + 1`` on both threads, instead of
+    one thread while the other waits on the cheap IsolationForest's lane (the committee on
+    300k conns of an infected archive). Each call still runs with the same kernel threads, so
+    its bits are those of its call in turn.
+
     With one worker (``IN_TURN``) ``submit`` runs the call at once in the calling thread (an
     error raised at once): the same calls in the same order per detector. Use as a context
     manager: the kernel threads are set for the block (``kernel_threads``) and the threads end
     with it (on an error or an interrupt they are not waited for: see the module docstring)."""
 
-    def __init__(self, how: SideBySide):
+    def __init__(self, how: SideBySide, widths: dict[str, int] | None = None):
         self.how = how
+        self.widths = dict(widths or {})
         self._cond = threading.Condition()
         self._queued: dict[str, list] = {}        # lane -> heap of (order, seq, call, future)
-        self._busy: set[str] = set()
+        self._busy: dict[str, int] = {}           # lane -> its calls running
         self._seq = itertools.count()
         self._stop = False
         self._threads: list[threading.Thread] = []
@@ -238,11 +246,11 @@ class Lanes:
         with self._cond:
             while not self._stop:
                 heads = [(q[0][0], q[0][1], lane) for lane, q in self._queued.items()
-                         if q and lane not in self._busy]
+                         if q and self._busy.get(lane, 0) < self.widths.get(lane, 1)]
                 if heads:
                     lane = min(heads)[2]
                     _, _, call, done = heapq.heappop(self._queued[lane])
-                    self._busy.add(lane)
+                    self._busy[lane] = self._busy.get(lane, 0) + 1
                     return lane, call, done
                 self._cond.wait()
             return None
@@ -256,7 +264,7 @@ class Lanes:
                 done.set_exception(e)
             finally:
                 with self._cond:
-                    self._busy.discard(lane)
+                    self._busy[lane] -= 1
                     self._cond.notify_all()
 
 

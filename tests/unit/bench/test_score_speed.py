@@ -176,7 +176,7 @@ def test_the_timeline_shows_the_fits_side_by_side_after_the_read_and_the_imports
     logs.mkdir()
     shutil.copy(os.path.join(ROOT, "examples", "iot23", "conn.log.labeled"), logs / "conn.000.log")
     result = tmp_path / "r.json"
-    subprocess.run([sys.executable, SCRIPT, "--worker", "timeline", "--log-dir", str(logs), "--out",
+    subprocess.run([sys.executable, SCRIPT, "--worker", "timeline-models", "--log-dir", str(logs), "--out",
                     str(tmp_path / "out"), "--result", str(result)], check=True, timeout=600,
                    env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True)
     r = json.loads(result.read_text())

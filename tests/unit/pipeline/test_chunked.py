@@ -173,6 +173,57 @@ def test_chunks_overlapped_in_lanes_give_the_bytes_of_chunks_in_turn(tmp_path, m
     assert any(t0 < done[order - 1] for (lane, order), (t0, _) in scored.items() if order > 0)
 
 
+def test_a_classifier_scores_two_chunks_at_once_with_the_bytes_of_chunks_in_turn(tmp_path, monkeypatch):
+    """The known-bad committee (``calls_side_by_side``) alone beside the IsolationForest: its
+    lane is as wide as the threads, so it scores two chunks at once instead of one thread
+    waiting on the cheap lane; every output is the bytes of the detectors in turn, and its
+    alerts (most of this IoT-23 slice) are explained without running its members again."""
+    committee = MODELS / "malicious-committee"
+    if not (committee / "config.json").exists():
+        pytest.skip("models/ not shipped")
+    from zeekml.pipeline import side_by_side
+    from zeekml.scoring.detectors import classifier
+
+    spans: list[tuple[str, int, float, float]] = []
+    submit = side_by_side.Lanes.submit
+
+    def timed(self, lane, call, order=0):
+        def go():
+            t0 = time.perf_counter()
+            try:
+                return call()
+            finally:
+                spans.append((lane, order, t0, time.perf_counter()))
+        return submit(self, lane, go, order)
+
+    explained_by_model = []
+    scored_proba = classifier.ClassifierDetector.scored_proba
+
+    def counted(self, table, rows):
+        head = self.head.proba
+        self.head.proba = lambda t, r: (explained_by_model.append(len(r)), head(t, r))[1]
+        try:
+            return scored_proba(self, table, rows)
+        finally:
+            del self.head.proba
+
+    monkeypatch.setattr(side_by_side.Lanes, "submit", timed)
+    monkeypatch.setattr(classifier.ClassifierDetector, "scored_proba", counted)
+    monkeypatch.setenv("ZEEKML_TORCH_THREADS", "1")
+    opts = ScoreOptions(fpr=0.01, models_dir=str(committee), chunk_rows=450)
+    for workers in ("1", "2"):
+        monkeypatch.setenv(side_by_side.THREADS_ENV, workers)
+        score_paths([str(IOT23)], str(tmp_path / workers), opts)
+        if workers == "1":
+            spans.clear()
+    for name in ("verdicts.jsonl", "incidents.jsonl", "baseline.json"):
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+    assert _summary(tmp_path / "1") == _summary(tmp_path / "2")
+    assert _summary(tmp_path / "2")["alerts"] > 500 and explained_by_model == []
+    calls = sorted((t0, t1) for lane, _, t0, t1 in spans if lane == "clf-malicious-committee")
+    assert any(b0 < a1 for (_, a1), (b0, _) in zip(calls, calls[1:]))     # two at once
+
+
 def test_each_chunk_starts_on_a_trimmed_heap(tmp_path, monkeypatch):
     """The freed pages of the fit and of each chunk go back to the system before the next chunk
     (glibc kept them, and every chunk started higher: bench/README.md)."""

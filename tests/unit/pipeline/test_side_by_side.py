@@ -244,6 +244,42 @@ def test_lanes_a_free_thread_takes_the_lowest_order_of_an_idle_lane():
     assert seen.index("a-explain-0") < seen.index("a-score-1")
 
 
+def test_a_wide_lane_runs_two_of_its_calls_at_once_in_order_and_a_narrow_one_never():
+    """``widths``: lane "c" (a classifier, whose calls share nothing) starts its chunk 1 while
+    its chunk 0 still runs, each on a thread of its own; lane "n" (width 1, the default) still
+    runs one call at a time. A wide lane's calls start in their order."""
+    lock = threading.Lock()
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    started = []
+    both = threading.Event()
+
+    def call(lane, chunk):
+        def go():
+            with lock:
+                running[lane] = running.get(lane, 0) + 1
+                most[lane] = max(most.get(lane, 0), running[lane])
+                started.append((lane, chunk))
+                if running.get("c") == 2:
+                    both.set()
+            if lane == "c":
+                both.wait(5)                  # chunk 0 ends only once chunk 1 has started
+            else:
+                time.sleep(0.05)              # long enough for the other thread to start one
+            with lock:
+                running[lane] -= 1
+        return go
+
+    with sbs.Lanes(sbs.SideBySide(2, 1), widths={"c": 2}) as lanes:
+        futures = {f"c{i}": lanes.submit("c", call("c", i), order=i) for i in range(4)}
+        sbs.collect(futures)
+        assert both.is_set() and most["c"] == 2
+        futures = {f"n{i}": lanes.submit("n", call("n", i), order=i) for i in range(4)}
+        sbs.collect(futures)
+    assert most["n"] == 1
+    assert [c for lane, c in started if lane == "c"] == [0, 1, 2, 3]
+
+
 def test_lanes_in_turn_run_each_call_at_submit_in_this_thread():
     seen = []
     with sbs.Lanes(sbs.IN_TURN) as lanes:

@@ -232,6 +232,16 @@ def test_alerts_are_explained_with_the_probabilities_they_were_scored_with(membe
     calls.clear()
     det.score_rows(table, rows)
     assert calls == [False, False, False]
+    # a chunk is scored by score_rows among its context: its alerts are explained with those
+    # probabilities too (any of the rows scored, in any order), others by running the models
+    ctx = table.slice(0)
+    calls.clear()
+    det.score_rows(ctx, np.array([399, 5, 120, 7, 0, 7]))
+    assert calls == [False, False, False]
+    calls.clear()
+    assert det.explain(ctx, rows) == fresh and calls == []
+    assert det.explain(ctx, np.array([6])) == CommitteeDetector(det.model_dir).explain(table, np.array([6]))
+    assert calls == [False, False, False]
     # nothing keeps a scored table alive, and a later score lets go of the dead one's results
     t2 = table.slice(0)
     ref = weakref.ref(t2)
@@ -240,5 +250,5 @@ def test_alerts_are_explained_with_the_probabilities_they_were_scored_with(membe
     gc.collect()
     assert ref() is None
     det.score(table.slice(0, 10))
-    # kept: the table, and the slice of 10 until the next score (the dead t2's are dropped)
-    assert all(len(m._scored._tables) == 2 for m in det.members)
+    # kept: table, ctx, and the slice of 10 until the next score (the dead t2's are dropped)
+    assert all(len(m._scored._tables) == 3 for m in det.members)

@@ -172,6 +172,10 @@ class ClassifierDetector:
     # learns nothing from the baseline: its scores of baseline conns are out of sample already
     # (``pipeline.fitted.calibration_scores``)
     fits_baseline = False
+    # its calls on different tables may run at once (``pipeline.side_by_side.Lanes``' widths):
+    # it keeps nothing between calls but each table's own probabilities, and its models and
+    # featurisers are read-only
+    calls_side_by_side = True
 
     def __init__(self, model_dir: str, device: str = "cpu"):
         config = read_config(model_dir)
@@ -202,7 +206,9 @@ class ClassifierDetector:
         # probability at which this classifier calls a baseline conn bad (baseline_infection)
         self.trained_cut = read_operating_point(config, model_dir)
         self.decision_threshold = float(self.trained_cut["cut"]) if self.trained_cut else 0.5
-        # the class probabilities of each table object ``score`` scored, while the table lives:
+        # the class probabilities of each table object ``score`` scored (key "proba"), and of
+        # the rows ``score_rows`` scored of it (key "rows": a list of (rows, probabilities);
+        # a chunk of a large input is scored so, among its context), while the table lives:
         # its alerts are explained with the probabilities they were scored with instead of by
         # running the model on them again, and an infected archive alerts on most of its conns
         # (the shipped committee on bench/score_speed.py's 100k-conn log: 84,509 alerts, whose
@@ -224,14 +230,22 @@ class ClassifierDetector:
         return self._bad_proba(self._scored.get(table, "proba", lambda: self.head.proba(table, None)))
 
     def scored_proba(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
-        """Class probabilities ``[n, C]`` of ``rows``: those ``score(table)`` gave them when
-        it scored this table object, else computed now (as ``score_rows`` does). For the
-        explanations, which say what the scores were made of. ``score_rows`` never reads them:
-        its bits must not depend on whether (or on which thread's schedule) the table was
-        scored before."""
+        """Class probabilities ``[n, C]`` of ``rows``: those ``score(table)``, or a
+        ``score_rows(table, ...)`` that scored all of them, gave them when it scored this table
+        object, else computed now (as ``score_rows`` does). For the explanations, which say
+        what the scores were made of. ``score`` and ``score_rows`` never read them: their bits
+        must not depend on whether (or on which thread's schedule) the table was scored
+        before."""
         rows = np.asarray(rows, dtype=np.int64)
         p = self._scored.peek(table, "proba")
-        return self.head.proba(table, rows) if p is None else p[rows]
+        if p is not None:
+            return p[rows]
+        for done, q in reversed(self._scored.peek(table, "rows") or []):
+            # ``done`` sorted and distinct (``score_rows``): where each of ``rows`` is in it
+            at = np.minimum(np.searchsorted(done, rows), len(done) - 1)
+            if len(done) and (done[at] == rows).all():
+                return q[at]
+        return self.head.proba(table, rows)
 
     def scored_bad(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
         """P(malicious classes) of ``rows`` as ``scored_proba`` gives them, ``[n]``."""
@@ -242,7 +256,14 @@ class ClassifierDetector:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.zeros(0)
-        return self._bad_proba(self.head.proba(table, rows))
+        p = self.head.proba(table, rows)
+        # kept for ``scored_proba`` (sorted and distinct, so that it finds rows by bisection)
+        self._scored.drop_dead()
+        done, first = np.unique(rows, return_index=True)
+        kept = p[first]
+        done.flags.writeable = kept.flags.writeable = False
+        self._scored.get(table, "rows", list).append((done, kept))
+        return self._bad_proba(p)
 
     def explain(self, table: pa.Table, rows: np.ndarray, top: int = 3) -> list[str]:
         """The head's most likely classes and their probabilities, per row (those it was scored

@@ -73,6 +73,10 @@ class CommitteeDetector:
     # learns nothing from the baseline: its scores of baseline conns are out of sample already
     # (``pipeline.fitted.calibration_scores``)
     fits_baseline = False
+    # its calls on different tables may run at once (``pipeline.side_by_side.Lanes``' widths):
+    # it keeps nothing between calls but each table's own probabilities, and its models and
+    # featurisers are read-only
+    calls_side_by_side = True
 
     def __init__(self, model_dir: str, device: str = "cpu"):
         config, state = load_model_dir(model_dir)
