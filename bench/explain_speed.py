@@ -22,12 +22,10 @@ import numpy as np
 import pyarrow.compute as pc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ.get("ZEEKML_DATA", os.path.normpath(os.path.join(ROOT, "..", "shared", "data")))
-LOGS = {
-    "ctu-34-1": "iot23-ctu-34-1/conn.log.labeled",
-    "strato-008": "stratosphere-security-datasets-for-testing/008-zeek-mixed/data/conn.log.labeled",
-    "strato-010": "stratosphere-security-datasets-for-testing/010-zeek-mixed/data/conn.log.labeled",
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from eval_data import DATA, FILES  # noqa: E402  (the labeled logs the detection benches read)
+
+LOGS = ("ctu-34-1", "strato-008", "strato-010")
 
 
 def _module_at(root: str, tag: str):
@@ -53,7 +51,7 @@ def main() -> None:
     if a.against:
         sides = {"against": _module_at(os.path.abspath(a.against), "against"), **sides}
     for name in a.logs.split(","):
-        table = load_conns([os.path.join(DATA, LOGS[name])])
+        table = load_conns([os.path.join(DATA, FILES[name])])
         ts = pc.fill_null(table.column("ts"), 0.0).to_numpy(zero_copy_only=False)
         base = table.take(np.argsort(ts, kind="stable")[: int(0.3 * table.num_rows)])
         rows = np.arange(table.num_rows)

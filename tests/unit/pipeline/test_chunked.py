@@ -44,6 +44,27 @@ def _summary(out: Path) -> dict:
 
 # -- whole runs: several chunks == one chunk --------------------------------------------------------
 
+def _timed_lanes(monkeypatch) -> list[tuple[str, int, float, float]]:
+    """``(lane, order, start, end)`` of every call the run's ``side_by_side.Lanes`` run, as
+    they end."""
+    from zeekml.pipeline import side_by_side
+
+    spans: list[tuple[str, int, float, float]] = []
+    submit = side_by_side.Lanes.submit
+
+    def timed(self, lane, call, order=0):
+        def go():
+            t0 = time.perf_counter()
+            try:
+                return call()
+            finally:
+                spans.append((lane, order, t0, time.perf_counter()))
+        return submit(self, lane, go, order)
+
+    monkeypatch.setattr(side_by_side.Lanes, "submit", timed)
+    return spans
+
+
 def test_chunks_give_the_bytes_of_one_table(tmp_path):
     """Without learned models every output is the same bytes; the input (examples/: three
     formats, 2,361 conns) spans eight chunks of 300 and is spilled to disk."""
@@ -133,19 +154,7 @@ def test_chunks_overlapped_in_lanes_give_the_bytes_of_chunks_in_turn(tmp_path, m
         pytest.skip("models/ not shipped")
     from zeekml.pipeline import side_by_side
 
-    spans: list[tuple[str, int, float, float]] = []
-    submit = side_by_side.Lanes.submit
-
-    def timed(self, lane, call, order=0):
-        def go():
-            t0 = time.perf_counter()
-            try:
-                return call()
-            finally:
-                spans.append((lane, order, t0, time.perf_counter()))
-        return submit(self, lane, go, order)
-
-    monkeypatch.setattr(side_by_side.Lanes, "submit", timed)
+    spans = _timed_lanes(monkeypatch)
     monkeypatch.setenv("ZEEKML_TORCH_THREADS", "1")
     opts = ScoreOptions(fpr=0.01, models_dir=str(MODELS), chunk_rows=450, conn_notices=True)
     for workers in ("1", "2"):
@@ -184,18 +193,7 @@ def test_a_classifier_scores_two_chunks_at_once_with_the_bytes_of_chunks_in_turn
     from zeekml.pipeline import side_by_side
     from zeekml.scoring.detectors import classifier
 
-    spans: list[tuple[str, int, float, float]] = []
-    submit = side_by_side.Lanes.submit
-
-    def timed(self, lane, call, order=0):
-        def go():
-            t0 = time.perf_counter()
-            try:
-                return call()
-            finally:
-                spans.append((lane, order, t0, time.perf_counter()))
-        return submit(self, lane, go, order)
-
+    spans = _timed_lanes(monkeypatch)
     explained_by_model = []
     scored_proba = classifier.ClassifierDetector.scored_proba
 
@@ -207,7 +205,6 @@ def test_a_classifier_scores_two_chunks_at_once_with_the_bytes_of_chunks_in_turn
         finally:
             del self.head.proba
 
-    monkeypatch.setattr(side_by_side.Lanes, "submit", timed)
     monkeypatch.setattr(classifier.ClassifierDetector, "scored_proba", counted)
     monkeypatch.setenv("ZEEKML_TORCH_THREADS", "1")
     opts = ScoreOptions(fpr=0.01, models_dir=str(committee), chunk_rows=450)
