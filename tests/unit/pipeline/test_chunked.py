@@ -44,6 +44,21 @@ def _summary(out: Path) -> dict:
 
 # -- whole runs: several chunks == one chunk --------------------------------------------------------
 
+def _in_turn_then_side_by_side(tmp_path: Path, monkeypatch, opts: ScoreOptions, spans: list) -> None:
+    """Score the IoT-23 slice with ``opts`` with the detectors in turn (into ``tmp_path/1``),
+    then side by side (``tmp_path/2``; ``spans`` keeps that run's lanes only): the same bytes."""
+    from zeekml.pipeline import side_by_side
+
+    for workers in ("1", "2"):
+        monkeypatch.setenv(side_by_side.THREADS_ENV, workers)
+        score_paths([str(IOT23)], str(tmp_path / workers), opts)
+        if workers == "1":
+            spans.clear()
+    for name in ("verdicts.jsonl", "incidents.jsonl", "baseline.json"):
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+    assert _summary(tmp_path / "1") == _summary(tmp_path / "2")
+
+
 def _timed_lanes(monkeypatch) -> list[tuple[str, int, float, float]]:
     """``(lane, order, start, end)`` of every call the run's ``side_by_side.Lanes`` run, as
     they end."""
@@ -152,20 +167,12 @@ def test_chunks_overlapped_in_lanes_give_the_bytes_of_chunks_in_turn(tmp_path, m
     chunk was done."""
     if not (MODELS / "gnn-base" / "config.json").exists():
         pytest.skip("models/ not shipped")
-    from zeekml.pipeline import side_by_side
 
     spans = _timed_lanes(monkeypatch)
     monkeypatch.setenv("ZEEKML_TORCH_THREADS", "1")
     opts = ScoreOptions(fpr=0.01, models_dir=str(MODELS), chunk_rows=450, conn_notices=True)
-    for workers in ("1", "2"):
-        monkeypatch.setenv(side_by_side.THREADS_ENV, workers)
-        score_paths([str(IOT23)], str(tmp_path / workers), opts)
-        if workers == "1":
-            spans.clear()
-    for name in ("verdicts.jsonl", "incidents.jsonl", "baseline.json"):
-        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+    _in_turn_then_side_by_side(tmp_path, monkeypatch, opts, spans)
     assert _notices(tmp_path / "1") == _notices(tmp_path / "2")
-    assert _summary(tmp_path / "1") == _summary(tmp_path / "2")
     # 2,000 conns in chunks of 450: five chunks; a detector's first call of a chunk scores
     # it (the second, if any, explains its alerts); the baseline's triage profile on its own lane
     from zeekml.pipeline.chunked import TRIAGE_LANE
@@ -190,7 +197,6 @@ def test_a_classifier_scores_two_chunks_at_once_with_the_bytes_of_chunks_in_turn
     committee = MODELS / "malicious-committee"
     if not (committee / "config.json").exists():
         pytest.skip("models/ not shipped")
-    from zeekml.pipeline import side_by_side
     from zeekml.scoring.detectors import classifier
 
     spans = _timed_lanes(monkeypatch)
@@ -208,14 +214,7 @@ def test_a_classifier_scores_two_chunks_at_once_with_the_bytes_of_chunks_in_turn
     monkeypatch.setattr(classifier.ClassifierDetector, "scored_proba", counted)
     monkeypatch.setenv("ZEEKML_TORCH_THREADS", "1")
     opts = ScoreOptions(fpr=0.01, models_dir=str(committee), chunk_rows=450)
-    for workers in ("1", "2"):
-        monkeypatch.setenv(side_by_side.THREADS_ENV, workers)
-        score_paths([str(IOT23)], str(tmp_path / workers), opts)
-        if workers == "1":
-            spans.clear()
-    for name in ("verdicts.jsonl", "incidents.jsonl", "baseline.json"):
-        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
-    assert _summary(tmp_path / "1") == _summary(tmp_path / "2")
+    _in_turn_then_side_by_side(tmp_path, monkeypatch, opts, spans)
     assert _summary(tmp_path / "2")["alerts"] > 500 and explained_by_model == []
     calls = sorted((t0, t1) for lane, _, t0, t1 in spans if lane == "clf-malicious-committee")
     assert any(b0 < a1 for (_, a1), (b0, _) in zip(calls, calls[1:]))     # two at once
