@@ -255,14 +255,14 @@ def run(args) -> None:
                     KINDS[kind].finetune(bases[name], table, labels, shots, hide, seed, out, sources=[],
                                          label_field=field, device="cpu")
                     loaded = LoadedTokenModel.from_dir(out)
-                    res = loaded.run(test_ids, want=("proba",))
+                    res = loaded.run(test_ids, want=("proba", "routing"))
                     pred = [loaded.classes[j] for j in res["proba"].argmax(1)]
                     rec[name] = classification_report(y_te, pred, classes)["macro_f1"]
                     if name == "moe":            # the expert-usage table reads the shipped config's
                         rec["moe_routing"] = routing_summary(res["routing"])
                     if robust:
                         for p, (_, ids) in pert.items():
-                            r2 = loaded.run(ids, want=("proba",))
+                            r2 = loaded.run(ids, want=("proba", "routing"))
                             f1 = classification_report(y_te, [loaded.classes[j] for j in r2["proba"].argmax(1)],
                                                        classes)["macro_f1"]
                             results["robust"].append({"task": task, "seed": seed, "k": k, "model": name,

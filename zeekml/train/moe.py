@@ -685,7 +685,7 @@ class TokenTrainer(Trainer):
         """Class probabilities (a classifier) or the masked-token NLL (a base), with routing."""
         loaded = LoadedTokenModel.from_dir(model_dir, device)
         ids = loaded.tokens(table, flows)
-        res = loaded.run(ids, want=("score",) if loaded.head is None else ("proba",))
+        res = loaded.run(ids, want=("score", "routing") if loaded.head is None else ("proba", "routing"))
         routing = routing_summary(res["routing"])
         for r in routing:
             log.info("%s layer %d: tokens per expert %s, dropped %d of %d (%.1f%%)", loaded.kind,

@@ -86,8 +86,10 @@ class _MAEHead:
 
     def proba(self, table: pa.Table, rows: np.ndarray | None) -> np.ndarray:
         # only ``rows`` featurised, the rest of ``table`` their host history (the baseline
-        # check asks for 1,000 of 30,000 conns): ``modalities(table).take(rows)``'s values
-        return self.m.run(self.m.modalities(table, rows=rows))["proba"]
+        # check asks for 1,000 of 30,000 conns): ``modalities(table).take(rows)``'s values;
+        # the encoder alone runs (``LoadedMAE.run``: the same bits of the embedding the head
+        # reads, without the decoder's half of the multiply-adds)
+        return self.m.run(self.m.modalities(table, rows=rows), want=("proba",))["proba"]
 
 
 # Rows per call of the gnn classifier's head, padded: BLAS picks its kernel by shape, so a fixed

@@ -198,18 +198,24 @@ class LoadedTokenModel:
 
     def run(self, ids: np.ndarray, want: tuple[str, ...] = ("proba", "score")) -> dict:
         """Batched inference: ``proba`` ``[n, C]`` (with a head), ``score`` ``[n]`` and ``routing``
-        (tokens per expert and dropped assignments, summed over batches, per MoE layer)."""
+        (tokens per expert and dropped assignments, summed over batches, per MoE layer). The
+        head's pass counts every position of its last block in ``routing`` only when
+        ``"routing"`` is in ``want``; otherwise that block computes the two positions the
+        pooled state reads (anchor ``last``: ``embedding``'s way; ``zeekml score``'s known-bad
+        classifiers), and ``routing`` counts those."""
         torch = torch_module()
         from zeekml.nn.dense import pool
 
         probas, scores = [], []
         routing: list[dict] = []
+        pooled = "routing" not in want and self.tokenizer.anchor == "last"
         with torch.inference_mode():
             batch = inference_batch(self.device, INFER_BATCH)
             for s in range(0, len(ids), batch):
                 x = torch.as_tensor(ids[s:s + batch], device=self.device)
                 if "proba" in want and self.head is not None:
-                    out = self.encoder(x)          # finetuned heads: full attention only
+                    # finetuned heads: full attention only
+                    out = self.encoder(x, positions=[0, x.shape[1]] if pooled else None)
                     add_routing(routing, out.routing)
                     z = pool(out.hidden, x, self.tokenizer.anchor)
                     probas.append(torch.softmax(self.head(z), dim=-1).cpu().numpy())
