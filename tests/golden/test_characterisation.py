@@ -4,7 +4,8 @@ refactor (commit c5f0233). The goldens and how they were made: ``tests/data/char
 
 Only parts that legitimately vary between runs are normalised, each where it happens:
 - ``#open``/``#close`` stamps of Zeek TSV logs (the wall-clock time of the run);
-- ``summary.json``'s ``seconds``, ``flows_per_s`` (timing) and ``outputs`` (paths of this run);
+- ``summary.json``'s ``seconds``, ``flows_per_s`` (timing) and ``outputs`` (paths of this run),
+  and the models directory a warning names for ``--models`` (where this checkout lies);
 - ``watch``'s line order (see ``test_watch_once_equals_score_with_the_same_baseline``).
 
 Learned-model scores are bit-reproducible run to run and across torch thread counts (1, 2, 3
@@ -59,8 +60,15 @@ def normalise_log(data: bytes) -> bytes:
     return _STAMP.sub(lambda m: b"#" + m.group(1) + b"\tXXXX-XX-XX-XX-XX-XX", data)
 
 
+# The directory a warning names for --models is where this checkout's models/ lie.
+_MODELS_ARG = re.compile(r"(--models )\S+/([^/\s]+)$")
+
+
 def normalise_summary(summary: dict) -> dict:
-    return {k: v for k, v in summary.items() if k not in VOLATILE_SUMMARY_KEYS}
+    out = {k: v for k, v in summary.items() if k not in VOLATILE_SUMMARY_KEYS}
+    if "warnings" in out:
+        out["warnings"] = [_MODELS_ARG.sub(r"\1<models>/\2", w) for w in out["warnings"]]
+    return out
 
 
 def write_gz(path: str, data: bytes) -> None:

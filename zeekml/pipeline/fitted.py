@@ -182,9 +182,15 @@ def baseline_infection(baseline: pa.Table, detectors: list[Detector], judge: Det
     more = f" and {len(hosts) - INFECTED_HOSTS} more" if len(hosts) > INFECTED_HOSTS else ""
     judged_text = (f"{n:,} of its {n_base:,} conns" if len(rows) == n_base
                    else f"{n:,} of {len(rows):,} of its {n_base:,} conns (drawn at random)")
+    # a run without known-bad detectors learnt that traffic as normal; where no clean period
+    # exists, the known-bad classifiers that judged it are the detectors to score with (with
+    # them in the run, an infected baseline makes their thresholds their trained cuts)
+    judge_dir = getattr(judge, "model_dir", None) if judge is not None and judges == [judge] else None
+    instead = (f"; with no clean period, score with the known-bad classifiers that judged it: "
+               f"--models {judge_dir}" if judge_dir else "")
     return (f"your baseline looks infected: {judged_text} flagged by "
             f"{', '.join(d.name for d in judges)}, of hosts {named}{more}; calibrate on a clean "
-            f"period ({how})")
+            f"period ({how}){instead}")
 
 
 @dataclass

@@ -191,6 +191,21 @@ def test_without_a_known_bad_detector_the_judge_checks_a_random_draw_of_the_base
     assert check["flagged"] == 0
 
 
+def test_an_infected_baseline_points_at_the_judge_as_the_detectors_to_use():
+    """With no clean period the remedy is the known-bad classifiers that judged the baseline:
+    the warning names their directory for --models; when the run already scores with a
+    known-bad detector (whose threshold is then its trained cut) it has nothing to add."""
+    t = table(3000, ["10.0.0.5"] * 300 + ["10.0.0.7"] * 2700)
+    judge = Judge({"10.0.0.5"})
+    judge.model_dir = "/opt/zeekml/models/malicious-committee"
+    msg = baseline_infection(t, [Bytes()], judge, seed=0)
+    assert msg.endswith("or --baseline-range); with no clean period, score with the known-bad "
+                        "classifiers that judged it: --models /opt/zeekml/models/malicious-committee")
+    own = Judge({"10.0.0.5"})
+    own.model_dir = "/somewhere/my-classifier"
+    assert baseline_infection(t, [own], judge).endswith("or --baseline-range)")
+
+
 def test_the_baseline_check_reaches_the_summary(monkeypatch):
     use(monkeypatch, Bytes())
     monkeypatch.setattr(fitted_mod, "baseline_judge", lambda options, check=None: Judge({"10.0.0.5"}))
