@@ -99,8 +99,13 @@ def incident_sub(inc: Incident | dict) -> str:
     1545402015.123456; alerts at fpr 0.001``. Takes an ``Incident`` or its ``to_dict()``."""
     get = inc.get if isinstance(inc, dict) else lambda k: getattr(inc, k, None)
     rate = get("alert_rate")
-    return (f"{get('incident_id')}: {get('alerts')} alerts, {get('conns')} conns, "
-            f"{get('n_peers')} peers as {get('role')} until {float(get('last_ts')):.6f}"
+
+    def n(key: str, noun: str) -> str:
+        count = get(key)
+        return f"{count} {noun}" + ("" if count == 1 else "s")
+
+    return (f"{get('incident_id')}: {n('alerts', 'alert')}, {n('conns', 'conn')}, "
+            f"{n('n_peers', 'peer')} as {get('role')} until {float(get('last_ts')):.6f}"
             + (f"; alerts at {rate}" if rate else ""))
 
 

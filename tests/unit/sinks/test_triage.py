@@ -41,6 +41,7 @@ def test_incident_notice_names_the_host_in_its_role():
     assert n.sub.startswith(f"{incs['resp'].incident_id}: 12 alerts, 12 conns, 12 peers as resp")
     o = incident_notice(incs["orig"])
     assert (o.orig_h, o.resp_h, o.model, o.ts) == ("10.0.0.1", "1.1.1.1", "gnn", 150.0)
+    assert o.sub.startswith(f"{incs['orig'].incident_id}: 1 alert, 1 conn, 1 peer as orig until 150.0")
     # the rate the alerts are raised at, where the run set it, ends the sub and is in the record
     assert "alerts at" not in n.sub and "alert_rate" not in incs["resp"].to_dict()
     incs["resp"].alert_rate = "effective fpr 0.0185, asked 0.001"
