@@ -354,13 +354,84 @@ def calibration_scores(detectors: list[Detector], baseline: pa.Table,
         det.name: functools.partial(_fit_one, det, baseline, fit_table, fit_extra,
                                     scored if reuse else None, rows if reuse else None,
                                     raw, found, step, clock) for det in order}
-    clash = sorted(set(beside) & set(calls))
+    # a known-bad classifier learns nothing from the baseline and only scores it: in parts,
+    # side by side (``score_calls``), where its one call kept one thread busy while the other
+    # idled (the committee on 300k conns: 13 s of the run's 43)
+    parted = [det for det in order if how.workers > 1 and getattr(det, "score_parts", None) is not None
+              and getattr(det, "fits_baseline", True) is False
+              and not (reuse and _per_conn(det))]
+    for det in parted:
+        det.fit(fit_table)                 # nothing to fit (``fits_baseline``), as its contract says
+        step(f"calibrating {det.name} on {baseline.num_rows:,} conns")
+        del calls[det.name]
+    part_calls, finish = score_calls(parted, baseline, how.workers, clock)
+    clash = sorted(set(beside) & (set(calls) | set(part_calls)))
     if clash:
         raise ValueError(f"work beside the fits named as a detector: {clash}")
-    results = side_by_side.run(calls | beside, how)
+    # the learned detectors' fits, then the parts, then the rest (costliest first)
+    fits_first = {det.name: calls[det.name] for det in order
+                  if det.name in calls and getattr(det, "fit_split", None) is not None}
+    results = side_by_side.run(fits_first | part_calls | calls | beside, how)
+    for name, (scores, seconds) in finish(results).items():
+        found[name] = np.asarray(scores)
+        results[name] = seconds / max(1, baseline.num_rows)
     cal_scores = {det.name: found[det.name] for det in detectors if det.name in found}
     return (cal_scores, {det.name: results[det.name] for det in detectors},
             {name: results[name] for name in beside})
+
+
+# The name of part ``i`` of a detector's scoring, ``f"{name}{PART}{i}"`` (``score_calls``; no
+# detector name has a NUL).
+PART = "\0part "
+
+
+def score_calls(detectors: list[Detector], table: pa.Table, workers: int,
+                clock: Callable[[], float] | None = None,
+                ) -> tuple[dict[str, Callable[[], Any]], Callable[[dict[str, Any]], dict[str, Any]]]:
+    """``(calls, finish)``: calls that score ``table`` with each of ``detectors`` when
+    ``workers`` threads run them side by side (``side_by_side.run``), and ``finish``, which
+    turns the results of ``calls`` into each detector's scores by its name. With more than one
+    worker a detector that scores in parts (``score_parts``: the known-bad classifiers, each
+    head's rows in runs of whole inference batches, so the parts give ``score``'s bits) gives a
+    call per part, first (the costliest work), so that one classifier no longer keeps one
+    thread busy while the others idle; every other detector one ``score`` call. With ``clock``
+    each detector's result is ``(scores, seconds by clock)``, its parts' seconds summed."""
+    def timed(call: Callable[[], Any]) -> Callable[[], Any]:
+        if clock is None:
+            return call
+
+        def run() -> tuple[Any, float]:
+            t0 = clock()
+            got = call()
+            return got, clock() - t0
+        return run
+
+    first: dict[str, Callable[[], Any]] = {}
+    rest: dict[str, Callable[[], Any]] = {}
+    parted: dict[str, tuple[list[str], Callable[[list[Any]], np.ndarray]]] = {}
+    for det in detectors:
+        split = getattr(det, "score_parts", None) if workers > 1 else None
+        parts = split(table, workers) if split is not None else None
+        if parts is None or len(parts.calls) < 2:
+            rest[det.name] = timed(functools.partial(det.score, table))
+            continue
+        names = [f"{det.name}{PART}{i}" for i in range(len(parts.calls))]
+        first.update({name: timed(call) for name, call in zip(names, parts.calls)})
+        parted[det.name] = (names, parts.combine)
+
+    def finish(results: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for det in detectors:
+            if det.name not in parted:
+                out[det.name] = results[det.name]
+                continue
+            names, combine = parted[det.name]
+            got = [results[name] for name in names]
+            out[det.name] = (combine(got) if clock is None
+                             else (combine([g for g, _ in got]), sum(t for _, t in got)))
+        return out
+
+    return first | rest, finish
 
 
 def _fit_one(det: Detector, baseline: pa.Table, fit_table: pa.Table,
@@ -458,7 +529,13 @@ def score_batch(table: pa.Table, fitted: FittedDetectors,
     missing = [det for det in detectors if det.name not in raw]
     if missing:
         step(f"scoring {', '.join(det.name for det in missing)}: {table.num_rows:,} conns")
-        raw.update(runs.run({det.name: functools.partial(det.score, table) for det in missing}))
+        if isinstance(runs, side_by_side.SideBySide):
+            # one table's run: a classifier's parts side by side (``score_calls``); a chunk's
+            # lane scores its detector's calls of other chunks beside it instead
+            calls, finish = score_calls(missing, table, runs.workers)
+            raw.update(finish(runs.run(calls)))
+        else:
+            raw.update(runs.run({det.name: functools.partial(det.score, table) for det in missing}))
     calibrated = {det.name: fitted.calibrators[det.name].calibrate(raw[det.name]) for det in detectors}
     combined, top = combine(calibrated)
     alert = combined >= 1.0

@@ -338,3 +338,63 @@ def test_while_explaining_sees_the_scores_before_the_explanations_and_may_take_o
     # the lines rendered then are the lines of the explained batch (they hold no explanation)
     assert seen["lines"].alerts == [] and seen["lines"].lines[first] != render_verdicts(batch).lines[first]
     assert seen["lines"].lines[rest[0]] == render_verdicts(batch).lines[rest[0]]
+
+
+class Halves(Bytes):
+    """A known-bad-like detector that scores a table in two parts (``score_parts``) and records
+    which thread ran each part and the calls of ``score`` itself."""
+
+    def __init__(self, name: str = "halves", context: float = 1.0):
+        super().__init__(name, context)
+        self.threads: list[str] = []
+        self.whole_calls = 0
+
+    def score(self, table: pa.Table) -> np.ndarray:
+        self.whole_calls += 1
+        return super().score(table)
+
+    def score_parts(self, table: pa.Table, parts: int):
+        import threading
+        import time
+
+        from zeekml.scoring.detectors.classifier import ScoreParts
+
+        n, cut = table.num_rows, table.num_rows // 2
+        whole = np.asarray(table.column("orig_bytes").to_pylist(), dtype=np.float64)
+
+        def part(a: int, b: int) -> np.ndarray:
+            self.threads.append(threading.current_thread().name)
+            time.sleep(0.2)          # long enough that two parts side by side overlap
+            return whole[a:b]
+        return ScoreParts([lambda: part(0, cut), lambda: part(cut, n)],
+                          lambda got: np.concatenate(got))
+
+
+def test_a_detector_in_parts_is_calibrated_and_scored_with_its_parts_side_by_side(monkeypatch):
+    """A detector that scores in parts (``score_parts``: the known-bad classifiers) and learns
+    nothing from the baseline is calibrated on its parts run side by side instead of one call
+    on one thread, and a one-table run scores the input so: the same scores as ``score``, each
+    part on its own thread; in turn (one core) it is one ``score`` call as before."""
+    from zeekml.pipeline import side_by_side
+    from zeekml.pipeline.fitted import calibration_scores
+
+    base, t = table(400, HOSTS), table(300, HOSTS[:300])
+    two = side_by_side.SideBySide(2, 1)
+    monkeypatch.setattr(side_by_side, "plan", lambda tasks, cores=None: two)
+    det = Halves()
+    cal, seconds, _ = calibration_scores([det], base)
+    np.testing.assert_array_equal(cal["halves"], Bytes().score(base))
+    assert det.whole_calls == 0 and sorted(det.threads) == ["zeekml-detector-0", "zeekml-detector-1"]
+    assert seconds["halves"] >= 0.0
+    use(monkeypatch, det)
+    f = fit_calibrate(base, ScoreOptions(fpr=0.05))
+    det.threads.clear()
+    batch = score_batch(t, f, how=two)
+    np.testing.assert_array_equal(batch.scores["halves"], f.calibrators["halves"].calibrate(Bytes().score(t)))
+    assert det.whole_calls == 0 and sorted(det.threads) == ["zeekml-detector-0", "zeekml-detector-1"]
+    # in turn: one call of score, no parts
+    monkeypatch.setattr(side_by_side, "plan", lambda tasks, cores=None: side_by_side.IN_TURN)
+    det.threads.clear()
+    cal, _, _ = calibration_scores([det], base)
+    np.testing.assert_array_equal(cal["halves"], Bytes().score(base))
+    assert det.whole_calls == 1 and det.threads == []

@@ -252,3 +252,45 @@ def test_alerts_are_explained_with_the_probabilities_they_were_scored_with(membe
     det.score(table.slice(0, 10))
     # kept: table, ctx, and the slice of 10 until the next score (the dead t2's are dropped)
     assert all(len(m._scored._tables) == 3 for m in det.members)
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_score_parts_give_the_bits_of_score_and_keep_its_probabilities(members, parts, monkeypatch):
+    """``score_parts`` (run side by side by ``pipeline.fitted.score_calls``) cuts each
+    token or autoencoder member's rows at multiples of its inference batch, so every row is
+    run in the batch ``score`` runs it in: the combined parts are ``score``'s bits, and each
+    member keeps the probabilities for the explanations as ``score`` does. The batch is made
+    64 rows here so the 400-conn table splits (the gnn head is never split)."""
+    from zeekml.scoring.detectors import mae, token
+    from zeekml.scoring.detectors.classifier import part_bounds
+
+    monkeypatch.setattr(token, "INFER_BATCH", 64)
+    monkeypatch.setattr(mae, "INFER_BATCH", 64)
+    table, dirs = members
+    path = make(dirs, os.path.join(os.path.dirname(dirs[0]), f"parts{parts}"), 2)
+    whole = CommitteeDetector(path)
+    want = whole.score(table)
+    det = CommitteeDetector(path)
+    assert [m.head.part_rows for m in det.members] == [64, 64, 64]
+    split = det.score_parts(table, parts)
+    bounds = part_bounds(table.num_rows, parts, 64)
+    assert len(bounds) == parts + 1 and all(b % 64 == 0 for b in bounds[1:-1])
+    assert len(split.calls) == 3 * parts
+    got = split.combine([call() for call in split.calls])
+    np.testing.assert_array_equal(got, want)
+    for m, w in zip(det.members, whole.members):
+        np.testing.assert_array_equal(m._scored.peek(table, "proba"), w._scored.peek(table, "proba"))
+    # the costliest member's parts come first (the order side_by_side starts them in)
+    assert det.members[2].cost == max(m.cost for m in det.members)
+    first = split.calls[0]
+    assert first.args[0] is table and first.func.__self__ is det.members[2].head
+
+
+def test_part_bounds_cut_at_whole_batches():
+    from zeekml.scoring.detectors.classifier import part_bounds
+
+    assert part_bounds(5000, 2, 1024) == [0, 2048, 5000]
+    assert part_bounds(10000, 3, 1024) == [0, 3072, 7168, 10000]
+    assert part_bounds(2047, 2, 1024) == [0, 2047]          # under two batches: whole
+    assert part_bounds(5000, 1, 1024) == [0, 5000]
+    assert part_bounds(5000, 2, None) == [0, 5000]           # a head that is not split

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from zeekml._core.errors import ModelError
 from zeekml.scoring.detectors.base import load_model_dir, read_config, read_manifest
-from zeekml.scoring.detectors.classifier import (COMPOSITES, NOTES, ClassifierDetector,
+from zeekml.scoring.detectors.classifier import (COMPOSITES, NOTES, ClassifierDetector, ScoreParts,
                                                  read_operating_point)
 
 SCHEMA_VERSION = 1
@@ -152,6 +152,24 @@ class CommitteeDetector:
         if len(rows) == 0:
             return np.zeros(0)
         return self._combine([m.score_rows(table, rows) for m in self.members])
+
+    def score_parts(self, table: pa.Table, parts: int) -> ScoreParts:
+        """``score(table)`` as the members' parts (``ClassifierDetector.score_parts``), the
+        costliest member's first: the members are independent, so they and the parts of each
+        run side by side."""
+        split = [m.score_parts(table, parts) for m in self.members]
+        order = sorted(range(len(split)), key=lambda i: -float(getattr(self.members[i], "cost", 1.0)))
+        calls = [c for i in order for c in split[i].calls]
+        at, start = 0, {}
+        for i in order:
+            start[i] = at
+            at += len(split[i].calls)
+
+        def combine(results: list) -> np.ndarray:
+            return self._combine([sp.combine(results[start[i]:start[i] + len(sp.calls)])
+                                  for i, sp in enumerate(split)])
+
+        return ScoreParts(calls, combine)
 
     def flag_rows(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
         """Whether the committee's score of each of ``rows`` reaches its ``decision_threshold``
