@@ -90,6 +90,11 @@ def write_incidents(path: pathlib.Path, incs) -> None:
 
 def main(out_dir: pathlib.Path) -> None:
     from zeekml.sinks.zeek_input import incident_feedback_path
+    # the writers keep the records a file already holds (by id, as `watch` needs): start afresh,
+    # or a record whose text the writer now makes otherwise would stay as it was
+    for name in ("verdicts.log", "verdicts-hostile.log"):
+        (out_dir / name).unlink(missing_ok=True)
+    pathlib.Path(incident_feedback_path(out_dir / "verdicts.log")).unlink(missing_ok=True)
     write(out_dir / "verdicts.log", verdicts())
     write(out_dir / "verdicts-hostile.log", hostile_verdicts())
     write_incidents(pathlib.Path(incident_feedback_path(out_dir / "verdicts.log")), incidents())
