@@ -397,7 +397,9 @@ def timeline_worker(log_dir: str, out_dir: str, result: str, mode: str = "models
     def run_timed(calls, how, meanwhile=None):
         def task(name, call):
             def go():
-                with tl.span(f"task {str(name).strip(chr(0))}", cpu=True):
+                # names of work beside the detectors start with a NUL; a detector's parts
+                # (``fitted.PART``) hold one before "part"
+                with tl.span(f"task {str(name).strip(chr(0)).replace(chr(0), ' ')}", cpu=True):
                     return call()
             return go
         # meanwhile (the main thread's render while the alerts are explained) is timed as
