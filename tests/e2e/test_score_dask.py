@@ -82,3 +82,24 @@ def test_dask_learned_scores_do_not_depend_on_the_split(tmp_path, scheduler):
         assert x["scores"].keys() == y["scores"].keys()
         assert all(abs(x["scores"][k] - y["scores"][k]) < 1e-5 for k in x["scores"])
 
+
+
+def test_dask_scores_with_a_known_bad_committee(tmp_path, scheduler):
+    """A classifier keeps the probabilities of the tables it scored (``TableMemo``, weak
+    references to this process's tables): sent to the workers it must still pickle, as an
+    empty memo. The committee's verdicts over byte-range tasks equal a single-process run's."""
+    committee = Path(__file__).parent.parent.parent / "models" / "malicious-committee"
+    if not (committee / "config.json").exists():
+        pytest.skip("models/malicious-committee not shipped")
+    log = EXAMPLES / "iot23" / "conn.log.labeled"
+    r1 = _run([str(log), "--out", str(tmp_path / "single"), "--models", str(committee)])
+    r2 = _run([str(log), "--out", str(tmp_path / "dask"), "--models", str(committee), "--dask",
+               scheduler, "--dask-split-bytes", "60000"])
+    assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
+    a = [json.loads(x) for x in (tmp_path / "single" / "verdicts.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "dask" / "verdicts.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) == 2000 and "clf-malicious-committee" in a[0]["scores"]
+    assert sum(x["alert"] for x in a) > 0
+    for x, y in zip(a, b):
+        assert (x["uid"], x["alert"], x["note"], x["model"]) == (y["uid"], y["alert"], y["note"], y["model"])
+        assert all(abs(x["scores"][k] - y["scores"][k]) < 1e-5 for k in x["scores"])

@@ -65,6 +65,14 @@ class TableMemo:
         found = entry[1].get(key, _MISSING)
         return None if found is _MISSING else found
 
+    def __getstate__(self) -> dict:
+        # results belong to table objects of this process: a copy sent to another (a detector
+        # holding one, pickled to a --dask worker) starts empty; weak references do not pickle
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._tables = {}
+
     def __len__(self) -> int:
         return sum(len(v) for ref, v in self._tables.values() if ref() is not None)
 

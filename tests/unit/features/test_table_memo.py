@@ -173,3 +173,16 @@ def test_the_flow_parts_kept_are_a_fraction_of_the_columns(real):
                                           "service_code", "port", "port_missing"))
     cols = FlowFeaturizer().fit(real)._raw(real)
     assert kept < cols.nbytes / 3
+
+
+def test_a_memo_pickles_empty():
+    """A detector holding a memo is pickled to --dask workers: the copy starts empty (its tables
+    are this process's objects) and works."""
+    import pickle
+
+    memo = table_memo.TableMemo()
+    t = pa.table({"a": [1, 2]})
+    memo.get(t, "k", lambda: np.arange(2))
+    copy = pickle.loads(pickle.dumps(memo))
+    assert len(memo) == 1 and len(copy) == 0 and copy.peek(t, "k") is None
+    assert copy.get(t, "k", lambda: 7) == 7
