@@ -24,7 +24,7 @@ from zeekml.scoring.context import horizon
 from zeekml.scoring.detector import Detector, IsolationForestDetector
 from zeekml.scoring.ensemble import combine
 from zeekml.scoring.registry import load_model_detectors
-from zeekml.scoring.verdict import NOTE_TYPES, Verdict, VerdictBatch
+from zeekml.scoring.verdict import KNOWN_BAD_NOTES, Verdict, VerdictBatch
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,6 @@ def check_baseline_size(n_calibration: int, fpr: float, how: str = SCORE_BASELIN
 INFECTED_SHARE = 0.01
 INFECTED_MIN = 3
 INFECTED_HOSTS = 5
-
-
-# The notes only a supervised head raises (``scoring.verdict.NOTE_TYPES``): the anomaly note
-# is the one that is not known-bad.
-KNOWN_BAD_NOTES = frozenset(n for n in NOTE_TYPES if n != "ZeekML::Anomalous_Flow")
 
 
 def is_known_bad(det: Detector) -> bool:

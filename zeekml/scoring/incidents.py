@@ -8,8 +8,9 @@ and a one-line description built from it ("scanned 18 hosts on 445/tcp in 40 s")
 
 Input is one Arrow table with the columns of ``verdicts.jsonl`` (``ts``, ``uid``, ``id.orig_h``,
 ``id.resp_h``, ``id.resp_p``, ``proto``, ``score``, ``alert``, ``model``) and, when known,
-``service``, ``orig_bytes``, ``resp_bytes``, ``verdict_id``, ``community_id``, ``explanation``.
-Non-alerting rows only count towards an incident's ``conns``.
+``service``, ``orig_bytes``, ``resp_bytes``, ``verdict_id``, ``community_id``, ``explanation``,
+``note`` (the verdict's: a known-bad detector's alerts are not called anomalous). Non-alerting
+rows only count towards an incident's ``conns``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from zeekml.scoring.evidence import incident_signatures
+from zeekml.scoring.verdict import KNOWN_BAD_NOTES
 
 REQUIRED = ("ts", "uid", "id.orig_h", "id.resp_h", "id.resp_p", "proto", "score", "alert", "model")
 # what an incident says of its top conns alone: ``build_incidents``' ``evidence`` may make these
@@ -33,6 +35,8 @@ OPTIONAL = {"service": pa.string(), "orig_bytes": pa.float64(), "resp_bytes": pa
             # the detector's own reason (the notice's sub: nearest baseline conns, tokens)
             "detector_explanation": pa.string(),
             "suppressed_by": pa.string(),
+            # the verdict's note: a known-bad detector's alerts are not "anomalous" (``describe``)
+            "note": pa.string(),
             # Suricata alerts joined onto the conn (verdicts.jsonl, scoring.evidence)
             "suricata_alerts": pa.list_(pa.struct([
                 ("signature_id", pa.int64()), ("signature", pa.string()),
@@ -298,6 +302,7 @@ class _Columns:
         self.proto = _col(table, "proto", "")
         self.score = _col(table, "score", 0.0)
         self.model = _col(table, "model", "")
+        self.note = _col(table, "note", "")
         self.service = _col(table, "service", "")
         self.orig_bytes = _col(table, "orig_bytes", np.nan)
         self.resp_bytes = _col(table, "resp_bytes", np.nan)
@@ -452,13 +457,23 @@ def _volume(host: str, rows: np.ndarray, c: _Columns,
     return f"{verb} {ratio:,.0f}x {whose} baseline bytes per conn {where} ({amount})"
 
 
+def alert_noun(rows: np.ndarray, c: _Columns) -> str:
+    """What the alerts of ``rows`` are, by their verdicts' notes: "known-bad conn" when a
+    known-bad detector (a classifier: like the malware it was taught) raised every one,
+    "anomalous conn" when none did (unlike the baseline; also without notes), "alerting conn"
+    for a mix."""
+    bad = sum(str(c.note[i]) in KNOWN_BAD_NOTES for i in rows)
+    return "known-bad conn" if bad == len(rows) > 0 else "alerting conn" if bad else "anomalous conn"
+
+
 def describe(inc: Incident, rows: np.ndarray, c: _Columns, peers: Counter, ports: Counter,
              baseline_bytes: dict[str, tuple[float, float]] | None = None) -> str:
     """One line a person can act on, from the incident's evidence; the strongest patterns first."""
     span = fmt_duration(inc.last_ts - inc.first_ts)
     clauses: list[str] = []
+    noun = alert_noun(rows, c)
     if inc.role == "resp":
-        clauses.append(f"received {_n(inc.alerts, 'anomalous conn')} from {_n(inc.n_peers, 'host')} "
+        clauses.append(f"received {_n(inc.alerts, noun)} from {_n(inc.n_peers, 'host')} "
                        f"on {_ports_text(ports)} in {span}")
     else:
         vol = (_volume(inc.host, rows, c, baseline_bytes, sent=True)
@@ -476,10 +491,10 @@ def describe(inc: Incident, rows: np.ndarray, c: _Columns, peers: Counter, ports
     if not clauses:
         if inc.alerts == 1:
             i = rows[0]
-            clauses.append(f"1 anomalous conn to {c.resp[i]} on {c.port_label(i)} "
+            clauses.append(f"1 {noun} to {c.resp[i]} on {c.port_label(i)} "
                            f"(score {inc.max_score:.2f}, {c.model[i]})")
         else:
-            clauses.append(f"{_n(inc.alerts, 'anomalous conn')} to {_n(inc.n_peers, 'host')} on "
+            clauses.append(f"{_n(inc.alerts, noun)} to {_n(inc.n_peers, 'host')} on "
                            f"{_ports_text(ports)} in {span}")
     return "; ".join(clauses[:2])
 
@@ -548,6 +563,7 @@ def incidents_from_batch(batch, baseline: pa.Table | None = None,
         "service": t.column("service"), "orig_bytes": pc.cast(t.column("orig_bytes"), pa.float64()),
         "resp_bytes": pc.cast(t.column("resp_bytes"), pa.float64()),
         "detector_explanation": _strings(why),
+        "note": pa.array(np.asarray(batch.notes, dtype=object)[np.asarray(batch.top)].tolist(), pa.string()),
     })
     if getattr(batch, "suricata_alerts", None):
         sur = [batch.suricata_alerts.get(r) for r in range(n)]

@@ -19,6 +19,9 @@ NOTE_TYPES: tuple[str, ...] = (
     "ZeekML::Botnet_Activity",  # a botnet-family head names a family
     "ZeekML::Suspicious_Host",  # an incident: a host's alerts grouped (zeekml_incident.log)
 )
+# The notes of known-bad detectors (supervised heads): their alerts mean "like the malware a
+# head was taught", not "unlike the baseline" (``ZeekML::Anomalous_Flow``).
+KNOWN_BAD_NOTES = frozenset({"ZeekML::Intrusion", "ZeekML::Botnet_Activity"})
 
 
 def verdict_ids(models: Iterable[str], uids: Iterable[str], ts: Iterable[float]) -> list[str]:

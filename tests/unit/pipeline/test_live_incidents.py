@@ -41,3 +41,15 @@ def test_incidents_are_reused_until_alerts_change_and_equal_a_fresh_grouping():
     closed4, still4 = live.update(flush=True)
     assert _dicts(closed4) == _dicts(fresh.update(flush=True)[0]) and not still4
     assert live.update() == ([], [])
+
+
+def test_watchs_incidents_of_a_known_bad_detector_say_so():
+    """The kept alerts carry their verdict's note, so watch names a classifier's incident as
+    score does ("known-bad conns", not "anomalous")."""
+    alerts = [_alert(i, "10.0.0.1", 1000.0 + i) for i in range(3)]
+    for a in alerts:
+        a.note, a.resp_h = "ZeekML::Intrusion", "10.9.0.1"
+    live = LiveIncidents(lateness=0.0)
+    live.add(alerts, 1010.0)
+    [inc] = live.update(flush=True)[0]
+    assert inc.description == "3 known-bad conns to 1 host on 445/tcp in 2 s"

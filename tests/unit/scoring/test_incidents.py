@@ -159,3 +159,22 @@ def test_incidents_from_a_scored_batch_with_baseline():
     assert top["uid"] == "C0" and top["verdict_id"] == verdict_id("iforest", "C0", 1000.0)
     assert top["community_id"] == community_id_v1("10.0.0.3", "5.6.7.8", "tcp", 50000, 443)
     assert top["explanation"].startswith("orig_bytes 48,000, 40x the baseline median 1,200 for ssl")
+
+
+def test_a_known_bad_detectors_alerts_are_not_called_anomalous():
+    """A classifier's alert means "like the malware it was taught", not "unlike the baseline":
+    an incident whose every alert a known-bad detector raised says "known-bad conns", a mix
+    "alerting conns", and the anomaly detectors' alone (or verdicts without a note) "anomalous"."""
+    def recs(notes):
+        return [{"ts": 100.0 + k, "uid": f"C{k}", "id.orig_h": "10.0.0.1", "id.resp_h": "10.9.9.9",
+                 "id.resp_p": 6667, "proto": "tcp", "score": 2.0, "alert": True, "model": "m",
+                 **({"note": n} if n else {})} for k, n in enumerate(notes)]
+    [bad] = build_incidents(verdict_table(recs(["ZeekML::Intrusion"] * 3)))
+    assert bad.description == "3 known-bad conns to 1 host on 6667/tcp in 2 s"
+    [one] = build_incidents(verdict_table(recs(["ZeekML::Botnet_Activity"])))
+    assert one.description.startswith("1 known-bad conn to 10.9.9.9 on 6667/tcp (score 2.00, m)")
+    [mix] = build_incidents(verdict_table(recs(["ZeekML::Intrusion", "ZeekML::Anomalous_Flow"])))
+    assert mix.description.startswith("2 alerting conns to 1 host")
+    [plain] = build_incidents(verdict_table(recs(["ZeekML::Anomalous_Flow"] * 2)))
+    [old] = build_incidents(verdict_table(recs([None, None])))
+    assert plain.description.startswith("2 anomalous conns") and old.description.startswith("2 anomalous conns")

@@ -39,7 +39,7 @@ EVIDENCE = ("service", "orig_bytes", "resp_bytes", "community_id", "explanation"
 def _record(v: Verdict) -> dict:
     rec = {"ts": v.ts, "uid": v.uid, "id.orig_h": v.orig_h, "id.resp_h": v.resp_h,
            "id.resp_p": v.resp_p, "proto": v.proto, "score": v.score, "alert": True,
-           "model": v.model, "verdict_id": v.verdict_id}
+           "model": v.model, "note": v.note, "verdict_id": v.verdict_id}
     if v.suricata_alerts:       # the incident counts them (scoring.evidence)
         rec["suricata_alerts"] = v.suricata_alerts
     if v.sub:                   # the detector's reason, as score's incidents carry it
