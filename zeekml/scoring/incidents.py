@@ -563,7 +563,7 @@ def incidents_from_batch(batch, baseline: pa.Table | None = None,
         "service": t.column("service"), "orig_bytes": pc.cast(t.column("orig_bytes"), pa.float64()),
         "resp_bytes": pc.cast(t.column("resp_bytes"), pa.float64()),
         "detector_explanation": _strings(why),
-        "note": pa.array(np.asarray(batch.notes, dtype=object)[np.asarray(batch.top)].tolist(), pa.string()),
+        "note": pa.array(batch.top_notes(), pa.string()),
     })
     if getattr(batch, "suricata_alerts", None):
         sur = [batch.suricata_alerts.get(r) for r in range(n)]

@@ -186,6 +186,11 @@ class VerdictBatch:
         names = self.names
         return [names[t] for t in self.top.tolist()]
 
+    def top_notes(self) -> list[str]:
+        """Per conn, the note of its top detector (the verdict's ``note`` where it alerts)."""
+        notes = self.notes
+        return [notes[t] for t in self.top.tolist()]
+
     def ids(self) -> list[str]:
         """Per conn, its ``verdict_id``."""
         return verdict_ids(self.models(), self.column("uid"), self.column("ts"))

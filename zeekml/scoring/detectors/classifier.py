@@ -67,11 +67,11 @@ class _TokenHead:
         self.context_seconds = self.m.tokenizer.context_seconds
         self.forward_context_seconds = 0.0
         self.context_key: str | None = "id.orig_h"
-        # ``run``'s batch: rows split at its multiples run in the same batches (``score_parts``)
-        from zeekml._core.device import inference_batch
-        from zeekml.scoring.detectors.token import INFER_BATCH
 
-        self.part_rows: int | None = inference_batch(device, INFER_BATCH)
+    @property
+    def part_rows(self) -> int | None:
+        """``run``'s batch: rows cut at its multiples run in the same batches (``score_parts``)."""
+        return self.m.infer_rows
 
     def proba(self, table: pa.Table, rows: np.ndarray | None) -> np.ndarray:
         return self.m.run(self.m.tokens(table, rows=rows), want=("proba",))["proba"]
@@ -90,10 +90,11 @@ class _MAEHead:
         self.context_seconds = self.m.featurizer.context_seconds
         self.forward_context_seconds = 0.0
         self.context_key = "id.orig_h"
-        from zeekml._core.device import inference_batch
-        from zeekml.scoring.detectors.mae import INFER_BATCH
 
-        self.part_rows: int | None = inference_batch(device, INFER_BATCH)
+    @property
+    def part_rows(self) -> int | None:
+        """``run``'s batch: rows cut at its multiples run in the same batches (``score_parts``)."""
+        return self.m.infer_rows
 
     def proba(self, table: pa.Table, rows: np.ndarray | None) -> np.ndarray:
         # only ``rows`` featurised, the rest of ``table`` their host history (the baseline
@@ -263,8 +264,13 @@ class ClassifierDetector:
         """P(malicious classes) of every row, ``[n]``."""
         if table.num_rows == 0:
             return np.zeros(0)
+        return self._kept_bad(table, lambda: self.head.proba(table, None))
+
+    def _kept_bad(self, table: pa.Table, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """P(malicious) of every row of ``table`` from its class probabilities, ``compute()``d
+        unless kept for this table object, and kept (``scored_proba``)."""
         self._scored.drop_dead()
-        return self._bad_proba(self._scored.get(table, "proba", lambda: self.head.proba(table, None)))
+        return self._bad_proba(self._scored.get(table, "proba", compute))
 
     def score_parts(self, table: pa.Table, parts: int) -> ScoreParts:
         """``score(table)`` in up to ``parts`` calls that may run side by side, over runs of
@@ -282,9 +288,7 @@ class ClassifierDetector:
                      for a, b in zip(bounds[:-1], bounds[1:])]
 
         def combine(ps: list[np.ndarray]) -> np.ndarray:
-            p = ps[0] if len(ps) == 1 else np.concatenate(ps)
-            self._scored.drop_dead()
-            return self._bad_proba(self._scored.get(table, "proba", lambda: p))
+            return self._kept_bad(table, lambda: ps[0] if len(ps) == 1 else np.concatenate(ps))
 
         return ScoreParts(calls, combine)
 

@@ -87,6 +87,12 @@ class LoadedMAE:
                         "conns are scored with empty sequences")
         return self.featurizer.transform(table, flows, hide_service=self.hide_service, rows=rows)
 
+    @property
+    def infer_rows(self) -> int:
+        """Rows per batch of ``run`` (in row order: a caller that cuts rows at multiples of it,
+        ``classifier.part_bounds``, runs each row in the batch it would be in)."""
+        return inference_batch(self.device, INFER_BATCH)
+
     def run(self, m: Modalities, want: tuple[str, ...] = OUTPUTS) -> dict[str, np.ndarray]:
         """Embedding, per-modality reconstruction errors and their sum (``score``) and, with a
         head, probabilities: the ``want`` ones (default all). Without an error among them only
@@ -103,7 +109,7 @@ class LoadedMAE:
         decode = any(k in want for k in ERRORS)
         proba = "proba" in want and self.head is not None
         parts: dict[str, list[np.ndarray]] = {k: [] for k in want}
-        batch = inference_batch(self.device, INFER_BATCH)
+        batch = self.infer_rows
         with torch.inference_mode():
             for s in range(0, len(m), batch):
                 n = min(batch, len(m) - s)

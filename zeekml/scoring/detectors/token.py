@@ -196,6 +196,12 @@ class LoadedTokenModel:
                       state.misses)
         return out
 
+    @property
+    def infer_rows(self) -> int:
+        """Rows per batch of ``run`` and ``embed`` (in row order: a caller that cuts rows at
+        multiples of it, ``classifier.part_bounds``, runs each row in the batch it would be in)."""
+        return inference_batch(self.device, INFER_BATCH)
+
     def run(self, ids: np.ndarray, want: tuple[str, ...] = ("proba", "score")) -> dict:
         """Batched inference: ``proba`` ``[n, C]`` (with a head), ``score`` ``[n]`` and ``routing``
         (tokens per expert and dropped assignments, summed over batches, per MoE layer). The
@@ -210,7 +216,7 @@ class LoadedTokenModel:
         routing: list[dict] = []
         pooled = "routing" not in want and self.tokenizer.anchor == "last"
         with torch.inference_mode():
-            batch = inference_batch(self.device, INFER_BATCH)
+            batch = self.infer_rows
             for s in range(0, len(ids), batch):
                 x = torch.as_tensor(ids[s:s + batch], device=self.device)
                 if "proba" in want and self.head is not None:
@@ -283,7 +289,7 @@ class LoadedTokenModel:
         embs, fields = [], []
         nll = "parts" in want or "raw" in want
         with torch.inference_mode():
-            batch = inference_batch(self.device, INFER_BATCH)
+            batch = self.infer_rows
             for s in range(0, len(ids), batch):
                 n = min(batch, len(ids) - s)
                 x = torch.as_tensor(ids[batch_rows(s, s + n)], device=self.device)
