@@ -343,30 +343,31 @@ def calibration_scores(detectors: list[Detector], baseline: pa.Table,
     # a detector's own thread's CPU side by side (its kernels run there with one thread each),
     # the process's in turn (torch's other threads work for it)
     clock = time.thread_time if how.workers > 1 and how.kernel_threads == 1 else time.process_time
-    # the learned detectors first: they cost the most, and the last to start ends the run
-    order = sorted(detectors, key=lambda d: getattr(d, "fit_split", None) is None)
-    calls: dict[str, Callable[[], Any]] = {
-        det.name: functools.partial(_fit_one, det, baseline, fit_table, fit_extra,
-                                    scored if reuse else None, rows if reuse else None,
-                                    raw, found, step, clock) for det in order}
+
+    def fit(det: Detector) -> Callable[[], Any]:
+        return functools.partial(_fit_one, det, baseline, fit_table, fit_extra,
+                                 scored if reuse else None, rows if reuse else None,
+                                 raw, found, step, clock)
+
     # a known-bad classifier learns nothing from the baseline and only scores it: in parts,
     # side by side (``score_calls``), where its one call kept one thread busy while the other
     # idled (the committee on 300k conns: 13 s of the run's 43)
-    parted = [det for det in order if how.workers > 1 and getattr(det, "score_parts", None) is not None
+    parted = [det for det in detectors if how.workers > 1 and getattr(det, "score_parts", None) is not None
               and getattr(det, "fits_baseline", True) is False
               and not (reuse and _per_conn(det))]
     for det in parted:
         det.fit(fit_table)                 # nothing to fit (``fits_baseline``), as its contract says
         step(f"calibrating {det.name} on {baseline.num_rows:,} conns")
-        del calls[det.name]
     part_calls, finish = score_calls(parted, baseline, how.workers, clock)
-    clash = sorted(set(beside) & (set(calls) | set(part_calls)))
+    # the costliest first (the last to start ends the run): the learned detectors' fits, then
+    # the parts, then the rest
+    learned = [det for det in detectors if getattr(det, "fit_split", None) is not None]
+    rest = [det for det in detectors if det not in learned and det not in parted]
+    calls = {det.name: fit(det) for det in learned} | part_calls | {det.name: fit(det) for det in rest}
+    clash = sorted(set(beside) & set(calls))
     if clash:
         raise ValueError(f"work beside the fits named as a detector: {clash}")
-    # the learned detectors' fits, then the parts, then the rest (costliest first)
-    fits_first = {det.name: calls[det.name] for det in order
-                  if det.name in calls and getattr(det, "fit_split", None) is not None}
-    results = side_by_side.run(fits_first | part_calls | calls | beside, how)
+    results = side_by_side.run(calls | beside, how)
     for name, (scores, seconds) in finish(results).items():
         found[name] = np.asarray(scores)
         results[name] = seconds / max(1, baseline.num_rows)
