@@ -160,14 +160,11 @@ class CommitteeDetector:
         split = [m.score_parts(table, parts) for m in self.members]
         order = sorted(range(len(split)), key=lambda i: -float(getattr(self.members[i], "cost", 1.0)))
         calls = [c for i in order for c in split[i].calls]
-        at, start = 0, {}
-        for i in order:
-            start[i] = at
-            at += len(split[i].calls)
 
         def combine(results: list) -> np.ndarray:
-            return self._combine([sp.combine(results[start[i]:start[i] + len(sp.calls)])
-                                  for i, sp in enumerate(split)])
+            given = iter(results)                      # in ``calls``' order: member by member
+            got = {i: [next(given) for _ in split[i].calls] for i in order}
+            return self._combine([sp.combine(got[i]) for i, sp in enumerate(split)])
 
         return ScoreParts(calls, combine)
 
