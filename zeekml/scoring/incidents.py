@@ -29,7 +29,7 @@ from zeekml.scoring.verdict import KNOWN_BAD_NOTES
 
 REQUIRED = ("ts", "uid", "id.orig_h", "id.resp_h", "id.resp_p", "proto", "score", "alert", "model")
 # what an incident says of its top conns alone: ``build_incidents``' ``evidence`` may make these
-NAMED_EVIDENCE = ("verdict_id", "community_id", "explanation")
+NAMED_EVIDENCE = ("verdict_id", "community_id", "explanation", "detector_explanation")
 OPTIONAL = {"service": pa.string(), "orig_bytes": pa.float64(), "resp_bytes": pa.float64(),
             "verdict_id": pa.string(), "community_id": pa.string(), "explanation": pa.string(),
             # the detector's own reason (the notice's sub: nearest baseline conns, tokens)
@@ -214,37 +214,38 @@ def build_incidents(table: pa.Table, options: IncidentOptions | None = None,
     n = table.num_rows
     if n == 0:
         return []
-    ts = _col(table, "ts", 0.0)
-    orig = _col(table, "id.orig_h", "")
-    resp = _col(table, "id.resp_h", "")
     alert = pc.fill_null(table.column("alert"), False).to_numpy(zero_copy_only=False).astype(bool)
-    alert &= (orig != "") | (resp != "")
+    if not alert.any():
+        return []
+    c = _Columns(table)
+    ts, orig, resp = c.ts, c.orig.codes, c.resp.codes
+    alert &= c.orig.set_rows() | c.resp.set_rows()
     alert_rows = np.flatnonzero(alert)
     if len(alert_rows) == 0:
         return []
-    c = _Columns(table)
 
     # Inbound first: a responder whose alerts within a gap come from fanin_min originators or
-    # more owns those alerts; the rest are grouped by their originator.
+    # more owns those alerts; the rest are grouped by their originator. (Hosts as codes in the
+    # order of their addresses: the same segments, in the same order, as the addresses give.)
     taken = np.zeros(n, dtype=bool)
     groups: list[tuple[str, np.ndarray]] = []
     for seg in _segments(resp, ts, alert_rows, opt.gap):
-        if resp[seg[0]] and len(set(orig[seg])) >= opt.fanin_min:
+        if resp[seg[0]] != c.resp.unset and len(np.unique(orig[seg])) >= opt.fanin_min:
             groups.append(("resp", seg))
             taken[seg] = True
     rest = alert_rows[~taken[alert_rows]]
     by_orig = _segments(orig, ts, rest, opt.gap)
     # Slow fan-in: originators with a few alerts each, all to one responder, hours apart.
-    small: dict[str, list[np.ndarray]] = {}
+    small: dict[int, list[np.ndarray]] = {}
     for seg in by_orig:
-        peers = set(resp[seg])
-        if len(seg) <= opt.small_alerts and len(peers) == 1 and resp[seg[0]]:
-            small.setdefault(str(resp[seg[0]]), []).append(seg)
+        if (len(seg) <= opt.small_alerts and resp[seg[0]] != c.resp.unset
+                and (resp[seg] == resp[seg[0]]).all()):
+            small.setdefault(int(resp[seg[0]]), []).append(seg)
     for segs in small.values():
         if len(segs) < opt.slow_fanin_min:
             continue
         for seg in _segments(resp, ts, np.concatenate(segs), opt.slow_gap):
-            if len(set(orig[seg])) >= opt.slow_fanin_min:
+            if len(np.unique(orig[seg])) >= opt.slow_fanin_min:
                 groups.append(("resp", seg))
                 taken[seg] = True
     # A host's sporadic alerts (a few at a time, hours apart; a slow beacon) are one incident
@@ -255,13 +256,20 @@ def build_incidents(table: pa.Table, options: IncidentOptions | None = None,
         groups += [("orig", seg) for seg in _segments(orig, ts, np.concatenate(sporadic), opt.slow_gap)]
 
     # conns = every conn of the host in its role between first and last alert (context)
-    sorted_by_host = host_times or {"orig": HostTimes(orig, ts), "resp": HostTimes(resp, ts)}
+    sorted_by_host = host_times or {"orig": HostTimes(orig, ts, c.orig.index()),
+                                    "resp": HostTimes(resp, ts, c.resp.index())}
     if evidence is not None and groups:
         named = np.unique(np.concatenate([_top_rows(seg, c, opt) for _, seg in groups]))
         for name, values in evidence(named).items():
             if name not in NAMED_EVIDENCE:
                 raise ValueError(f"incident evidence {name!r} is not one of {', '.join(NAMED_EVIDENCE)}")
-            getattr(c, name)[named] = ["" if v is None else str(v) for v in values]
+            getattr(c, name).given(named, ["" if v is None else str(v) for v in values])
+    # the few rows whose named columns the incidents read (top conns, first uid), in one take
+    shown = np.unique(np.concatenate([_top_rows(seg, c, opt) for _, seg in groups]
+                                     + [seg[:1] for _, seg in groups])) if groups else None
+    if shown is not None:
+        for col in c.named():
+            col.fetch(shown)
     out = [_incident(role, seg, c, sorted_by_host[role], opt, baseline_bytes) for role, seg in groups]
     out.sort(key=lambda i: (-i.score, i.first_ts, i.incident_id))
     return out
@@ -292,34 +300,172 @@ class HostTimes:
         return int(np.searchsorted(t, t1, side="right") - np.searchsorted(t, t0, side="left"))
 
 
+class _Coded:
+    """A string column of the incident input, dictionary-coded: ``codes[i]`` indexes ``names``
+    (unset = ""), the names sorted so that codes order as the strings do. The per-incident
+    counts run over these codes rather than a Python string per row: an infected archive
+    scored with a known-bad classifier alerts on most of its conns (845k of 1M)."""
+
+    def __init__(self, table: pa.Table, name: str):
+        if name not in table.column_names:
+            self.names, self.codes = np.array([""], dtype=object), np.zeros(table.num_rows, np.int32)
+        else:
+            arr = pc.fill_null(pc.cast(table.column(name), pa.string()), "")
+            if isinstance(arr, pa.ChunkedArray):
+                arr = arr.combine_chunks()
+            enc = arr.dictionary_encode()
+            names = np.array(enc.dictionary.to_pylist(), dtype=object)
+            order = np.argsort(names, kind="stable")
+            rank = np.empty(len(order), dtype=np.int32)
+            rank[order] = np.arange(len(order), dtype=np.int32)
+            self.names = names[order]
+            self.codes = rank[enc.indices.to_numpy(zero_copy_only=False)]
+        hit = np.flatnonzero(self.names == "")
+        self.unset = int(hit[0]) if len(hit) else -1     # the code of "" (-1: none unset)
+
+    def __getitem__(self, i) -> str:
+        return self.names[self.codes[i]]
+
+    def set_rows(self) -> np.ndarray:
+        """Per row: the value is set (not "")."""
+        return self.codes != self.unset
+
+    def index(self) -> dict[str, int]:
+        """Name -> code."""
+        return {h: i for i, h in enumerate(self.names.tolist())}
+
+    def counts(self, rows: np.ndarray) -> Counter:
+        """The set values of ``rows`` and how often each occurs, in order of first occurrence
+        (``Counter.most_common`` breaks ties by that order)."""
+        if len(rows) <= _FEW:
+            return Counter(x for x in self.names[self.codes[rows]].tolist() if x)
+        codes, counts, _ = _first_seen(self.codes[rows])
+        return Counter({self.names[k]: int(n) for k, n in zip(codes.tolist(), counts.tolist())
+                        if k != self.unset})
+
+
+_FEW = 64
+"""Rows up to which an incident's counts are taken in Python (numpy's calls cost more there)."""
+
+
+def _first_seen(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct ``keys`` in order of first occurrence, their counts, and per key its
+    position among them."""
+    uniq, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True,
+                                             return_counts=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return uniq[order], counts[order], rank[np.reshape(inverse, -1)]
+
+
+class _Named:
+    """A string column an incident reads for a few rows only (its top conns, its first uid):
+    left in Arrow, with the values ``build_incidents``' ``evidence`` gives for its rows."""
+
+    def __init__(self, table: pa.Table, name: str):
+        self.column = table.column(name) if name in table.column_names else None
+        self.known: dict[int, str] = {}
+
+    def given(self, rows: np.ndarray, values: list[str]) -> None:
+        """Rows' values made by ``build_incidents``' ``evidence`` (not in the table)."""
+        self.known.update(zip(rows.tolist(), values))
+
+    def fetch(self, rows: np.ndarray) -> None:
+        """Read the values of ``rows`` not known yet (one ``take`` for all of them)."""
+        if self.column is None:
+            return
+        rows = np.array([r for r in rows.tolist() if r not in self.known], dtype=np.int64)
+        vals = self.column.take(pa.array(rows, pa.int64())).to_pylist()
+        self.known.update((r, "" if v is None else str(v)) for r, v in zip(rows.tolist(), vals))
+
+    def __getitem__(self, i) -> str:
+        i = int(i)
+        if i in self.known:
+            return self.known[i]
+        if self.column is None:
+            return ""
+        v = self.column[i].as_py()
+        return "" if v is None else str(v)
+
+
 class _Columns:
     def __init__(self, table: pa.Table):
         self.ts = _col(table, "ts", 0.0)
-        self.uid = _col(table, "uid", "")
-        self.orig = _col(table, "id.orig_h", "")
-        self.resp = _col(table, "id.resp_h", "")
+        self.uid = _Named(table, "uid")
+        self.orig = _Coded(table, "id.orig_h")
+        self.resp = _Coded(table, "id.resp_h")
         self.port = _col(table, "id.resp_p", np.nan)
-        self.proto = _col(table, "proto", "")
+        self.proto = _Coded(table, "proto")
         self.score = _col(table, "score", 0.0)
-        self.model = _col(table, "model", "")
-        self.note = _col(table, "note", "")
-        self.service = _col(table, "service", "")
+        self.model = _Coded(table, "model")
+        self.note = _Coded(table, "note")
+        self.service = _Coded(table, "service")
+        self.known_bad = np.isin(self.note.names, sorted(KNOWN_BAD_NOTES))    # per note code
         self.orig_bytes = _col(table, "orig_bytes", np.nan)
         self.resp_bytes = _col(table, "resp_bytes", np.nan)
         self.has_bytes = "orig_bytes" in table.column_names
-        self.verdict_id = _col(table, "verdict_id", "")
-        self.community_id = _col(table, "community_id", "")
-        self.explanation = _col(table, "explanation", "")
-        self.detector_explanation = _col(table, "detector_explanation", "")
-        self.suricata = (table.column("suricata_alerts").to_pylist()
-                         if "suricata_alerts" in table.column_names else None)
+        self.verdict_id = _Named(table, "verdict_id")
+        self.community_id = _Named(table, "community_id")
+        self.explanation = _Named(table, "explanation")
+        self.detector_explanation = _Named(table, "detector_explanation")
+        # each row's "445/tcp" (``port_label``), coded: one label per distinct proto and port
+        port = np.where(np.isfinite(self.port), self.port, -np.inf)
+        pairs, at = np.unique(np.column_stack((self.proto.codes.astype(np.float64), port)),
+                              axis=0, return_inverse=True)
+        labels = [self._label(self.proto.names[int(k)], p) for k, p in pairs.tolist()]
+        self.labels = np.array(sorted(set(labels)), dtype=object)
+        code = {x: i for i, x in enumerate(self.labels.tolist())}
+        self.label = np.array([code[x] for x in labels], dtype=np.int64)[np.reshape(at, -1)] \
+            if labels else np.zeros(table.num_rows, dtype=np.int64)
+        # the Suricata alerts joined onto the conns, by row (few rows have any)
+        self.suricata: dict[int, list] | None = None
+        if "suricata_alerts" in table.column_names:
+            col = table.column("suricata_alerts")
+            has = np.flatnonzero(pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False))
+            self.suricata = dict(zip(has.tolist(), col.take(pa.array(has, pa.int64())).to_pylist()))
 
-    def port_label(self, i: int) -> str:
-        proto = self.proto[i] or "?"
+    def named(self) -> tuple[_Named, ...]:
+        """The columns read for a few rows only."""
+        return (self.uid, self.verdict_id, self.community_id, self.explanation,
+                self.detector_explanation)
+
+    @staticmethod
+    def _label(proto: str, port: float) -> str:
+        proto = proto or "?"
         if proto == "icmp":
             return "icmp"
-        p = self.port[i]
-        return f"{int(p)}/{proto}" if np.isfinite(p) else proto
+        return f"{int(port)}/{proto}" if np.isfinite(port) else proto
+
+    def port_label(self, i: int) -> str:
+        return self.labels[self.label[i]]
+
+    def ports(self, rows: np.ndarray) -> Counter:
+        """The ``port_label``s of ``rows`` and their counts, in order of first occurrence."""
+        if len(rows) <= _FEW:
+            return Counter(self.labels[self.label[rows]].tolist())
+        codes, counts, _ = _first_seen(self.label[rows])
+        return Counter({self.labels[k]: int(n) for k, n in zip(codes.tolist(), counts.tolist())})
+
+    def services(self, rows: np.ndarray) -> Counter:
+        """Each service of ``rows`` (a conn's ``"dns,http"`` counts both) and its count, in order
+        of first occurrence."""
+        out: Counter = Counter()
+        if len(rows) <= _FEW:
+            return Counter(s for x in self.service.names[self.service.codes[rows]].tolist()
+                           for s in x.split(",") if s)
+        codes, counts, _ = _first_seen(self.service.codes[rows])
+        for k, n in zip(codes.tolist(), counts.tolist()):
+            for s in self.service.names[k].split(","):
+                if s:
+                    out[s] += n
+        return out
+
+    def suricata_of(self, rows: np.ndarray) -> list:
+        """The Suricata alerts of ``rows``, in their order."""
+        if not self.suricata:
+            return []
+        return [a for i in rows.tolist() for a in (self.suricata.get(i) or ())]
 
 
 def _top_rows(rows: np.ndarray, c: _Columns, opt: IncidentOptions) -> np.ndarray:
@@ -330,34 +476,35 @@ def _top_rows(rows: np.ndarray, c: _Columns, opt: IncidentOptions) -> np.ndarray
 def _incident(role: str, rows: np.ndarray, c: _Columns, times: HostTimes, opt: IncidentOptions,
               baseline_bytes: dict[str, tuple[float, float]] | None) -> Incident:
     host_col, peer_col = (c.orig, c.resp) if role == "orig" else (c.resp, c.orig)
-    host = str(host_col[rows[0]])
+    host = host_col[rows[0]]
     first, last = float(c.ts[rows[0]]), float(c.ts[rows[-1]])
-    peers = Counter(str(p) for p in peer_col[rows] if p)
-    ports = Counter(c.port_label(i) for i in rows)
-    services = Counter(s for i in rows for s in str(c.service[i]).split(",") if s)
-    dets = Counter(str(m) for m in c.model[rows] if m)
+    peers = peer_col.counts(rows)
+    ports = c.ports(rows)
+    services = c.services(rows)
+    dets = c.model.counts(rows)
     max_score = float(np.max(c.score[rows]))
+    peak = _peak(c.ts[rows], opt.gap)
     top = _top_rows(rows, c, opt)
     top_conns = []
     for i in top:
-        conn = {"uid": str(c.uid[i]), "ts": float(c.ts[i]), "id.orig_h": str(c.orig[i]),
-                "id.resp_h": str(c.resp[i]),
+        conn = {"uid": c.uid[i], "ts": float(c.ts[i]), "id.orig_h": c.orig[i],
+                "id.resp_h": c.resp[i],
                 "id.resp_p": int(c.port[i]) if np.isfinite(c.port[i]) else None,
-                "proto": str(c.proto[i]), "score": float(c.score[i]), "model": str(c.model[i])}
+                "proto": c.proto[i], "score": float(c.score[i]), "model": c.model[i]}
         for name, col in (("verdict_id", c.verdict_id), ("community_id", c.community_id),
                           ("explanation", c.explanation),
                           ("detector_explanation", c.detector_explanation)):
             if col[i]:
-                conn[name] = str(col[i])
-        if c.suricata is not None and c.suricata[i]:
-            conn["suricata_alerts"] = c.suricata[i]
+                conn[name] = col[i]
+        if c.suricata and c.suricata.get(int(i)):
+            conn["suricata_alerts"] = c.suricata[int(i)]
         top_conns.append(conn)
-    suricata = [a for i in rows for a in (c.suricata[i] or ())] if c.suricata is not None else []
+    suricata = c.suricata_of(rows)
     inc = Incident(
-        incident_id=incident_id(role, host, first, str(c.uid[rows[0]])),
+        incident_id=incident_id(role, host, first, c.uid[rows[0]]),
         host=host, role=role, first_ts=first, last_ts=last,
         conns=max(times.count(host, first, last), len(rows)), alerts=int(len(rows)),
-        peak_alerts=_peak(c.ts[rows], opt.gap), score=incident_score(max_score, _peak(c.ts[rows], opt.gap)),
+        peak_alerts=peak, score=incident_score(max_score, peak),
         peers=[p for p, _ in peers.most_common(opt.max_listed)], n_peers=len(peers),
         resp_ports=[p for p, _ in ports.most_common(opt.max_listed)],
         services=[s for s, _ in services.most_common(opt.max_listed)],
@@ -405,11 +552,15 @@ def _ports_text(ports: Counter) -> str:
 def _periodic(rows: np.ndarray, c: _Columns) -> str | None:
     """'periodic conns every 60 s +- 2 s to 1.2.3.4:443 for 3 h' when the alerts to one
     peer:port arrive on a steady clock (std of the intervals within a tenth of the mean, + 1 s)."""
-    keys = Counter((str(c.resp[i]), c.port_label(i)) for i in rows)
-    (peer, port), count = keys.most_common(1)[0]
-    if count < 5:
+    if len(rows) < 5:
         return None
-    sel = np.sort(np.array([c.ts[i] for i in rows if str(c.resp[i]) == peer and c.port_label(i) == port]))
+    # the peer:port with the most alerts (ties: the first to occur)
+    keys, counts, at = _first_seen(c.resp.codes[rows].astype(np.int64) * len(c.labels) + c.label[rows])
+    top = int(np.argmax(counts))
+    if counts[top] < 5:
+        return None
+    peer, port = c.resp.names[keys[top] // len(c.labels)], c.labels[keys[top] % len(c.labels)]
+    sel = np.sort(c.ts[rows[at == top]])
     d = np.diff(sel)
     # mean and std of the intervals: jitter around a clock averages out; a missed or extra beat
     # widens the spread, and then we do not claim a period
@@ -443,12 +594,13 @@ def _volume(host: str, rows: np.ndarray, c: _Columns,
     ratio = (total / len(rows)) / max(ref, 1.0)
     if ratio < 10:
         return None
-    by_peer: Counter = Counter()
-    for i, v in zip(rows, b):
-        by_peer[str(c.resp[i])] += float(v)
-    peer, peer_bytes = by_peer.most_common(1)[0]
+    # bytes per peer, added in the rows' order; the peer with the most (ties: the first)
+    keys, _, at = _first_seen(c.resp.codes[rows])
+    by_peer = np.bincount(at, weights=b, minlength=len(keys))
+    top = int(np.argmax(by_peer))
+    peer, peer_bytes = c.resp.names[keys[top]], float(by_peer[top])
     verb, prep = ("sent", "to") if sent else ("received", "from")
-    where = f"{prep} {peer}" if peer_bytes >= 0.5 * total else f"{prep} {len(by_peer)} hosts"
+    where = f"{prep} {peer}" if peer_bytes >= 0.5 * total else f"{prep} {len(keys)} hosts"
     whose = "its" if host in baseline_bytes else "the network's"
     amount = f"{fmt_bytes(total)} in {_n(len(rows), 'conn')}"
     if ref < 1:
@@ -462,7 +614,7 @@ def alert_noun(rows: np.ndarray, c: _Columns) -> str:
     known-bad detector (a classifier: like the malware it was taught) raised every one,
     "anomalous conn" when none did (unlike the baseline; also without notes), "alerting conn"
     for a mix."""
-    bad = int(np.isin(c.note[rows], sorted(KNOWN_BAD_NOTES)).sum())
+    bad = int(c.known_bad[c.note.codes[rows]].sum())
     return "known-bad conn" if bad == len(rows) > 0 else "alerting conn" if bad else "anomalous conn"
 
 
@@ -537,14 +689,10 @@ def incidents_from_batch(batch, baseline: pa.Table | None = None,
 
     t = batch.table
     alert = np.asarray(batch.alert, dtype=bool)
-    rows = np.flatnonzero(alert)
-    models = batch.models()
     n = t.num_rows
-    why: list[str | None] = [None] * n
+    top = pa.array(np.asarray(batch.top, dtype=np.int32))
     subs = getattr(batch, "sub", None) or {}
-    for r in rows.tolist():
-        why[r] = subs.get(r) or None
-    if profile is None and len(rows) and baseline is not None and baseline.num_rows:
+    if profile is None and alert.any() and baseline is not None and baseline.num_rows:
         profile = BaselineProfile().fit(baseline)
 
     def evidence(named: np.ndarray) -> dict[str, list]:
@@ -552,18 +700,21 @@ def incidents_from_batch(batch, baseline: pa.Table | None = None,
         # infected archive scored with a classifier alerts on most of its conns
         uid, ts = batch.column("uid"), batch.column("ts")
         ev = alert_evidence(t, named, profile)
-        return {"verdict_id": [verdict_id(models[r], uid[r], ts[r]) for r in named.tolist()],
-                "community_id": ev["community_id"], "explanation": ev["explanation"]}
+        return {"verdict_id": [verdict_id(batch.names[batch.top[r]], uid[r], ts[r])
+                               for r in named.tolist()],
+                "community_id": ev["community_id"], "explanation": ev["explanation"],
+                "detector_explanation": [subs.get(r) or None for r in named.tolist()]}
 
+    # the top detector's name and note per conn, dictionary-coded: no Python string per conn
     table = pa.table({
         "ts": t.column("ts"), "uid": t.column("uid"), "id.orig_h": t.column("id.orig_h"),
         "id.resp_h": t.column("id.resp_h"), "id.resp_p": pc.cast(t.column("id.resp_p"), pa.int64()),
         "proto": t.column("proto"), "score": pa.array(np.asarray(batch.score, np.float64)),
-        "alert": pa.array(alert), "model": pa.array(models, pa.string()),
+        "alert": pa.array(alert),
+        "model": pa.DictionaryArray.from_arrays(top, pa.array(list(batch.names), pa.string())),
         "service": t.column("service"), "orig_bytes": pc.cast(t.column("orig_bytes"), pa.float64()),
         "resp_bytes": pc.cast(t.column("resp_bytes"), pa.float64()),
-        "detector_explanation": _strings(why),
-        "note": pa.array(batch.top_notes(), pa.string()),
+        "note": pa.DictionaryArray.from_arrays(top, pa.array(list(batch.notes), pa.string())),
     })
     if getattr(batch, "suricata_alerts", None):
         sur = [batch.suricata_alerts.get(r) for r in range(n)]

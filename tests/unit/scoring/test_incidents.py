@@ -1,4 +1,6 @@
 """Incidents from hand-built alerts: grouping, counts, ids, ranking and the descriptions."""
+from collections import Counter
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -178,3 +180,49 @@ def test_a_known_bad_detectors_alerts_are_not_called_anomalous():
     [plain] = build_incidents(verdict_table(recs(["ZeekML::Anomalous_Flow"] * 2)))
     [old] = build_incidents(verdict_table(recs([None, None])))
     assert plain.description.startswith("2 anomalous conns") and old.description.startswith("2 anomalous conns")
+
+
+def _label(r) -> str:
+    proto = r["proto"] or "?"
+    if proto == "icmp":
+        return "icmp"
+    return f"{r['id.resp_p']}/{proto}" if r["id.resp_p"] is not None else proto
+
+
+@pytest.mark.parametrize("alerts", [12, 400])
+def test_an_incidents_counts_equal_counting_its_conns_one_by_one(alerts):
+    """Peers, ports, services and detectors are counted on coded columns (an infected archive
+    alerts on most of its conns): the counts, and the order of ties (first occurrence, as
+    ``Counter`` gives), equal counting the conns one by one, for a few alerts and for many."""
+    rng = np.random.default_rng(7)
+    peers = ["10.9.0.9", "10.1.0.1", "10.5.0.5", "", "10.0.0.200", "10.3.0.3"]
+    services = ["http", "dns,http", None, "ssl,dns", ""]
+    kinds = [("tcp", 445), ("tcp", 80), ("udp", None), ("icmp", 8), ("icmp", 0), (None, 53)]
+    rows = []
+    for k in range(alerts):
+        proto, port = kinds[int(rng.integers(len(kinds)))]
+        rows.append(rec(k, "10.0.0.5", peers[int(rng.integers(len(peers)))], port, proto=proto,
+                        score=1.0 + k % 7 / 10, alert=True,
+                        model=["gnn", "mae", "clf-malicious-committee"][k % 3],
+                        service=services[int(rng.integers(len(services)))]))
+    [inc] = build_incidents(verdict_table(rows))
+    want_peers = Counter(r["id.resp_h"] for r in rows if r["id.resp_h"])
+    want_ports = Counter(_label(r) for r in rows)
+    want_services = Counter(s for r in rows for s in (r["service"] or "").split(",") if s)
+    want_dets = Counter(r["model"] for r in rows)
+    assert inc.peers == [p for p, _ in want_peers.most_common(20)] and inc.n_peers == len(want_peers)
+    assert inc.resp_ports == [p for p, _ in want_ports.most_common(20)]
+    assert inc.services == [s for s, _ in want_services.most_common(20)]
+    assert inc.detector_alerts == dict(want_dets.most_common())
+    assert inc.detectors == [d for d, _ in want_dets.most_common()]
+    assert inc.top_conns[0]["uid"] == max(rows, key=lambda r: r["score"])["uid"]
+
+
+def test_a_flood_of_many_originators_is_counted_as_one_by_one():
+    """The responder's side: many originators (ties among them) to one host."""
+    rows = [rec(k, f"172.16.{k % 9}.{k % 23}", "10.0.0.9", 80, score=1.5, alert=True)
+            for k in range(300)]
+    [inc] = build_incidents(verdict_table(rows))
+    want = Counter(r["id.orig_h"] for r in rows)
+    assert inc.role == "resp" and inc.n_peers == len(want)
+    assert inc.peers == [p for p, _ in want.most_common(20)]
