@@ -262,7 +262,8 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
                 from zeekml.pipeline.dask import plan_tasks, score_tasks_dask
                 kept = TriageBaseline.of(score_tasks_dask(
                     plan_tasks(files, options.split_bytes), options.dask, options, summary,
-                    quarantine, baseline, outputs.write_rendered, triage.add))
+                    quarantine, baseline, outputs.write_rendered, triage.add,
+                    with_alerts=outputs.wants_alerts))
             else:
                 kept = _score_chunked(files, baseline, options, summary, quarantine, outputs,
                                       allowlist, benign, triage, bar)
@@ -316,7 +317,8 @@ def _score_chunked(files: list[str], baseline: pa.Table | None, options: ScoreOp
             if not pending or pending[-1][0] is not batch:
                 render(batch)
             _, suppressed, rendered = pending.pop()
-            rendered.alerts = batch.alerts()
+            if outputs.wants_alerts:    # else counted by note (render_verdicts)
+                rendered.alerts = batch.alerts()
             mark_suppressed(rendered.lines, suppressed)
             outputs.write_batch(rendered)
             triage.add_batch(batch)

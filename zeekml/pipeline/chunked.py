@@ -388,14 +388,16 @@ def _coded(col) -> tuple[np.ndarray, list[str]]:
 
 
 def alerts_only(batch: VerdictBatch) -> VerdictBatch:
-    """The alerting rows of ``batch`` as a ``VerdictBatch`` of their own (``msg``/``sub`` kept)."""
+    """The alerting rows of ``batch`` as a ``VerdictBatch`` of their own, for the incidents:
+    ``sub`` (the detector's reason, which an incident's top conns show) kept, ``msg`` not (the
+    incidents write their own; an archive that is mostly malware alerts on nearly every conn,
+    and a message is ~200 bytes of Python string a conn)."""
     rows = np.flatnonzero(np.asarray(batch.alert, dtype=bool))
     new = {int(r): i for i, r in enumerate(rows.tolist())}
     return VerdictBatch(batch.table.take(pa.array(rows, pa.int64())), list(batch.names),
                         list(batch.notes), {n: np.asarray(s)[rows] for n, s in batch.scores.items()},
                         np.asarray(batch.score)[rows], np.asarray(batch.top)[rows],
-                        np.asarray(batch.alert)[rows],
-                        {new[r]: m for r, m in batch.msg.items() if r in new},
+                        np.asarray(batch.alert)[rows], {},
                         {new[r]: s for r, s in batch.sub.items() if r in new},
                         suricata_alerts={new[r]: a for r, a in batch.suricata_alerts.items()
                                          if r in new})

@@ -15,6 +15,8 @@ each task is scored with the rows of the other tasks within that distance as con
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import contextlib
 import contextvars
 import ipaddress
@@ -46,8 +48,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SPLIT_BYTES = 64 << 20
 
-EmitFn = Callable[[bytes, int, list[Verdict]], None]
-"""Receives each task's ``verdicts.jsonl`` lines, their count and the alerting verdicts."""
+EmitFn = Callable[[bytes, int, Counter, list[Verdict]], None]
+"""Receives each task's ``verdicts.jsonl`` lines, their count, its alerts counted by note and
+the alerting verdicts (where asked for: ``score_tasks_dask``'s ``with_alerts``)."""
 
 TASK_RETRIES = 2
 """Every task is run at most ``1 + TASK_RETRIES`` times, whether it raises (Dask ``retries``) or
@@ -420,18 +423,20 @@ def _take(result: ReadResult, rows: np.ndarray) -> pa.Table:
 
 
 def score_task(result: ReadResult, fitted: FittedDetectors, before: list | None = None,
-               after: list | None = None, alerts: SuricataAlerts | None = None
-               ) -> tuple[bytes, int, list[Verdict], TriagePart]:
+               after: list | None = None, alerts: SuricataAlerts | None = None,
+               with_alerts: bool = True) -> tuple[bytes, int, Counter, list[Verdict], TriagePart]:
     """Verdicts for the rows of ``result`` (runs on a worker), rendered as ``verdicts.jsonl``
     lines, with the alerting verdicts as objects and what the incidents need of the task
     (``chunked.TriagePart``: its alerting rows, each conn's hosts and ts, compactly): only text
     and small arrays travel back to the driver. ``before``/``after`` are context rows (in global
     order) that detectors with a time context see but that get no verdict here. ``alerts``:
-    every task's Suricata alerts, joined onto this task's conns (``scoring.evidence``)."""
+    every task's Suricata alerts, joined onto this task's conns (``scoring.evidence``).
+    ``with_alerts=False``: the alerts counted by note only, no verdict objects."""
     batch = score_in_context(result.table, fitted, before, after)
     attach_suricata_alerts(batch, alerts)
-    rendered = render_verdicts(batch)
-    return rendered.data(), len(rendered), [v for _, v in rendered.alerts], triage_part(batch)
+    rendered = render_verdicts(batch, alerts=with_alerts)
+    return (rendered.data(), len(rendered), rendered.notes, [v for _, v in rendered.alerts],
+            triage_part(batch))
 
 
 def _take_range(result: ReadResult, lo: float, hi: float) -> pa.Table:
@@ -514,9 +519,12 @@ class _TaskReport:
 def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
                      summary: ScoreSummary, quarantine: Quarantine,
                      baseline_table: pa.Table | None, emit: EmitFn,
-                     on_triage: Callable[[TriagePart], None] | None = None) -> pa.Table:
-    """Run the four steps of the module docstring; ``emit(lines, n, alerts)`` and
+                     on_triage: Callable[[TriagePart], None] | None = None,
+                     with_alerts: bool = True) -> pa.Table:
+    """Run the four steps of the module docstring; ``emit(lines, n, notes, alerts)`` and
     ``on_triage(part)`` (what the incidents need of each task) are called in task order.
+    ``with_alerts=False``: the workers send no alerting verdicts as objects (``alerts`` is
+    empty; an archive that is mostly malware alerts on most of its conns).
     Returns the baseline table fitted on. A task that fails for good (``TASK_RETRIES``) is
     reported in ``summary.files_failed`` with its byte range and the rest goes on; retried
     tasks are listed in ``summary.tasks_retried``."""
@@ -591,16 +599,16 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
                         if j != i and np.any((t >= lo) & (t <= hi)):
                             (before if j < i else after).append(client.submit(_take_range, other, lo, hi))
             scored.append(client.submit(score_task, r, fitted_f, before, after, alerts_f,
-                                        retries=TASK_RETRIES))
+                                        with_alerts, retries=TASK_RETRIES))
         for task, fut in zip(ok_tasks, scored):  # in task order: the outputs equal a single-process run's
             out, exc = _outcome(fut, task)
             if exc is not None:
                 report.failed("score", task, fut, exc)
             else:
                 report.check("score", [task], [fut])
-                emit(*out[:3])
+                emit(*out[:4])
                 if on_triage is not None:
-                    on_triage(out[3])
+                    on_triage(out[4])
             fut.release()
         summary.files = len(seen_files - failed_files)
     return baseline_table

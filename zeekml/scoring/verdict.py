@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
@@ -190,6 +191,16 @@ class VerdictBatch:
         """Per conn, the note of its top detector (the verdict's ``note`` where it alerts)."""
         notes = self.notes
         return [notes[t] for t in self.top.tolist()]
+
+    def alert_notes(self) -> Counter:
+        """The alerting conns per note (their top detector's), in order of the detectors."""
+        alert = np.asarray(self.alert, dtype=bool)
+        per = np.bincount(np.asarray(self.top)[alert], minlength=len(self.notes))
+        out: Counter = Counter()
+        for note, k in zip(self.notes, per.tolist()):
+            if k:
+                out[note] += k
+        return out
 
     def ids(self) -> list[str]:
         """Per conn, its ``verdict_id``."""

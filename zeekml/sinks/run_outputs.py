@@ -38,8 +38,10 @@ class ScoreOutputs:
 
     Notices are held until ``finish``: verdicts keep the input's order (files in path order: an
     IoT-23 directory before a Zeek one, Suricata beside Zeek, several inputs), but an analyst reading
-    ``zeekml_notice.log`` expects Zeek's own order, by time. Alerts are few, so holding them is
-    cheap; a run that fails before ``finish`` leaves a notice log with the header only."""
+    ``zeekml_notice.log`` expects Zeek's own order, by time. Only with ``conn_notices`` are the
+    alerting verdicts held (as objects, for the notices and the verdict file); without it they
+    are counted by note (an infected archive scored with a known-bad classifier alerts on most
+    of its conns). A run that fails before ``finish`` leaves a notice log with the header only."""
 
     def __init__(self, out_dir: str, zeek_feedback: str | None = None, conn_notices: bool = False):
         try:
@@ -78,26 +80,41 @@ class ScoreOutputs:
     def write(self, verdicts: Iterable[Verdict]) -> None:
         """Verdict objects, rendered one by one."""
         verdicts = list(verdicts)
+        alerts = [v for v in verdicts if v.alert]
         self._open()
         self._verdicts.write(verdicts)
         self.scored += len(verdicts)
-        self._alerting(v for v in verdicts if v.alert)
+        self.notes.update(v.note for v in alerts)
+        self._keep(alerts)
 
-    def write_rendered(self, data: bytes, n: int, alerts: Iterable[Verdict]) -> None:
-        """``n`` verdicts already rendered as ``verdicts.jsonl`` lines, plus their alerts."""
+    def write_rendered(self, data: bytes, n: int, notes: Counter, alerts: Iterable[Verdict] = ()
+                       ) -> None:
+        """``n`` verdicts already rendered as ``verdicts.jsonl`` lines, their alerts counted by
+        note and, with ``conn_notices`` (``wants_alerts``), the alerting verdicts themselves."""
         self._open()
         self._verdicts.write_lines(data, n)
         self.scored += n
-        self._alerting(alerts)
+        self.notes.update(notes)
+        self._keep(alerts)
 
     def write_batch(self, rendered: RenderedVerdicts) -> None:
         """Verdicts rendered by ``sinks.verdicts.render_verdicts``."""
-        self.write_rendered(rendered.data(), len(rendered), [v for _, v in rendered.alerts])
+        self.write_rendered(rendered.data(), len(rendered), rendered.notes,
+                            [v for _, v in rendered.alerts])
 
-    def _alerting(self, alerts: Iterable[Verdict]) -> None:
-        for v in alerts:
-            self.notes[v.note] += 1
-            self._alerts.append(v)
+    @property
+    def wants_alerts(self) -> bool:
+        """Whether the alerting verdicts are needed as objects (``conn_notices``)."""
+        return self.conn_notices
+
+    def _keep(self, alerts: Iterable[Verdict]) -> None:
+        if not self.conn_notices:
+            return
+        self._alerts.extend(alerts)
+        # a caller that counted alerts without handing them over would lose their notices
+        if len(self._alerts) != sum(self.notes.values()):
+            raise RuntimeError(f"{sum(self.notes.values()):,} alerts counted but "
+                               f"{len(self._alerts):,} given for the conn notices")
 
     def _write_notices(self) -> None:
         if self._notices is None:

@@ -15,6 +15,7 @@ conn without one included); two keys are added at the end only where they apply:
 from __future__ import annotations
 
 import json
+from collections import Counter
 import os
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -76,11 +77,13 @@ def verdict_line(v: Verdict) -> bytes:
 
 @dataclass
 class RenderedVerdicts:
-    """Verdicts as ``verdicts.jsonl`` lines: ids and lines in order, alerting verdicts by row."""
+    """Verdicts as ``verdicts.jsonl`` lines: ids and lines in order, alerting verdicts by row
+    (as objects: only where asked for) and the alerts' notes, counted."""
 
     ids: list[str] = field(default_factory=list)
     lines: list[bytes] = field(default_factory=list)
     alerts: list[tuple[int, Verdict]] = field(default_factory=list)
+    notes: Counter = field(default_factory=Counter)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -146,7 +149,9 @@ def render_verdicts(batch: VerdictBatch, alerts: bool = True) -> RenderedVerdict
     """The ``verdicts.jsonl`` lines of ``batch``: byte for byte ``verdict_line(batch.verdict(i))``
     for every row, column by column. ``alerts=False`` leaves ``RenderedVerdicts.alerts`` empty,
     for a batch whose alerts are not explained yet (a line holds no explanation; the caller
-    sets ``batch.alerts()`` once they are).
+    sets ``batch.alerts()`` once they are), or whose alerts are wanted only counted by note
+    (``RenderedVerdicts.notes``, always set: a Python object per alert is costly where most
+    conns alert).
 
     A large batch's lines are one element-wise join (``binary_join_element_wise``) of its
     fields' JSON text as Arrow columns with the keys between them, a small one's a ``%``-format
@@ -168,6 +173,7 @@ def render_verdicts(batch: VerdictBatch, alerts: bool = True) -> RenderedVerdict
     for r in alert_rows:
         alert_s[r] = "true"
         notes[r] = note_of[int(top[r])]
+    counted = batch.alert_notes()
     score = _floats(np.asarray(batch.score, np.float64))
     if n >= JOIN_MIN_ROWS:
         lines = _joined_lines(batch, ids, ts_s, score_cols, score, alert_s, notes)
@@ -184,7 +190,7 @@ def render_verdicts(batch: VerdictBatch, alerts: bool = True) -> RenderedVerdict
             [_enc_str(x) if x is not None else "null" for x in batch.column("community_id")], *score_cols,
             score, alert_s, notes, map(_enc_str, batch.models()))]
     add_suricata_alerts(lines, batch.suricata_alerts)
-    return RenderedVerdicts(ids, lines, batch.alerts() if alerts else [])
+    return RenderedVerdicts(ids, lines, batch.alerts() if alerts else [], counted)
 
 
 def _joined_lines(batch: VerdictBatch, ids: list[str], ts_s: list[str], score_cols: list[list[str]],

@@ -82,3 +82,50 @@ def test_summary_json_layout(tmp_path):
     assert (out / "summary.json").read_text() == (
         '{\n  "b": 1,\n  "a": [\n    1.5\n  ],\n  "outputs": {\n'
         + ",\n".join(f'    "{k}": "{v}"' for k, v in paths.items()) + "\n  }\n}")
+
+
+def _rendered_batch(alerts: bool):
+    import numpy as np
+    import pyarrow as pa
+
+    from zeekml.scoring.verdict import VerdictBatch
+    from zeekml.sinks.verdicts import render_verdicts
+
+    n = 6
+    t = pa.table({"ts": pa.array(np.arange(n, dtype=float) + 1.7e9), "uid": [f"C{i}" for i in range(n)],
+                  "id.orig_h": ["10.0.0.1"] * n, "id.orig_p": pa.array([1] * n, pa.uint16()),
+                  "id.resp_h": ["10.0.0.2"] * n, "id.resp_p": pa.array([80] * n, pa.uint16()),
+                  "proto": ["tcp"] * n})
+    # two detectors share a note; row 1 alerts by the third
+    batch = VerdictBatch(t, ["gnn", "mae", "clf"], ["ZeekML::Anomalous_Flow"] * 2 + ["ZeekML::Intrusion"],
+                         {k: np.ones(n) for k in ("gnn", "mae", "clf")}, np.full(n, 2.0),
+                         np.array([0, 2, 1, 0, 2, 1]), np.array([True, True, True, False, False, True]))
+    return render_verdicts(batch, alerts=alerts)
+
+
+def test_alerts_are_counted_by_note_and_held_only_for_conn_notices(tmp_path):
+    """Without ``conn_notices`` the alerting verdicts are counted by note, not held as objects
+    (an infected archive alerts on most of its conns); with it they are held for the notices,
+    and a batch counted without its verdicts is refused rather than losing its notices."""
+    import pytest
+    from collections import Counter
+
+    want = Counter({"ZeekML::Anomalous_Flow": 3, "ZeekML::Intrusion": 1})
+    lean = _rendered_batch(alerts=False)
+    assert lean.alerts == [] and lean.notes == want
+    o = ScoreOutputs(str(tmp_path / "a"))
+    assert not o.wants_alerts
+    o.write_batch(lean)
+    o.write_batch(_rendered_batch(alerts=True))
+    assert o.notes == want + want and o._alerts == []
+    o.close()
+
+    full = _rendered_batch(alerts=True)
+    assert Counter(v.note for _, v in full.alerts) == full.notes == want
+    n = ScoreOutputs(str(tmp_path / "b"), conn_notices=True)
+    assert n.wants_alerts
+    n.write_batch(full)
+    assert len(n._alerts) == 4
+    with pytest.raises(RuntimeError, match="4 given"):
+        n.write_batch(lean)
+    n.close()
