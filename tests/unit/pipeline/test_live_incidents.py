@@ -2,6 +2,8 @@
 it reuses is what grouping the alerts afresh gives."""
 from __future__ import annotations
 
+import pytest
+
 from zeekml.pipeline.live.incidents import LiveIncidents
 from zeekml.scoring.verdict import Verdict
 
@@ -53,3 +55,23 @@ def test_watchs_incidents_of_a_known_bad_detector_say_so():
     live.add(alerts, 1010.0)
     [inc] = live.update(flush=True)[0]
     assert inc.description == "3 known-bad conns to 1 host on 445/tcp in 2 s"
+
+
+def test_a_host_that_alerts_without_pause_does_not_hold_its_incident_open_for_ever():
+    """A host alerting every second (a scan, a flood) would keep one incident open as long as
+    it runs, every alert held and checkpointed: at ``max_alerts`` the incident closes, as it
+    stands, and the later alerts start the next one."""
+    live = LiveIncidents(lateness=0.0, max_alerts=100)
+    closed_all = []
+    for w in range(5):                      # 5 windows of 60 alerts, 1 s apart
+        alerts = [_alert(60 * w + k, "10.0.0.1", 1000.0 + 60 * w + k) for k in range(60)]
+        live.add(alerts, alerts[-1].ts)
+        closed, still = live.update()
+        closed_all += closed
+        assert len(live.alerts) < 100 + 60          # never more than the cap and a window
+    assert [i.alerts for i in closed_all] == [120, 120] and live.closed == 2
+    assert closed_all[0].last_ts < closed_all[1].first_ts
+    [rest] = live.update(flush=True)[0]
+    assert rest.alerts == 60 and rest.incident_id not in {i.incident_id for i in closed_all}
+    with pytest.raises(ValueError):
+        LiveIncidents(max_alerts=0)

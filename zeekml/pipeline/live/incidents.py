@@ -8,13 +8,16 @@ Community ID, the explanation against the baseline of its kind) and the detector
 does (``scoring.incidents.build_incidents`` with the baseline's per-host bytes, so volume
 statements and periodicity read the same); the baseline is the live calibration's
 (``set_baseline``). An incident is closed once the log time has passed its last alert by the
-time that could still extend it (``horizon``), less ``lateness`` for conns Zeek writes late. A
-commit's closed incidents are appended to ``incidents.jsonl`` once, ranked highest first, and
+time that could still extend it (``horizon``), less ``lateness`` for conns Zeek writes late, or
+once it holds ``max_alerts`` alerts: a host that alerts without pause (a scan, a flood, an
+infected host under a known-bad classifier) would otherwise keep one incident open for as long
+as it runs, its every alert held, grouped again after each window and written to each
+checkpoint; its later alerts start a new incident. A commit's closed incidents are appended to ``incidents.jsonl`` once, ranked highest first, and
 their alerts dropped; ``incidents-open.jsonl`` is rewritten whole after each window with the
 open ones as they grow. ``--once`` closes every open incident at its end.
 
 What still differs from ``score``: only alerting conns are kept, so an incident's ``conns``
-counts its alerts' conns; and ``incidents.jsonl`` is ranked within each commit (a later commit's
+counts its alerts' conns; an incident ends at ``max_alerts`` alerts; and ``incidents.jsonl`` is ranked within each commit (a later commit's
 incident may outrank an earlier one: ``zeekml report`` ranks them all).
 """
 from __future__ import annotations
@@ -54,10 +57,15 @@ class LiveIncidents:
         options: grouping (default ``IncidentOptions()``, as ``score``).
         lateness: seconds behind the newest ``ts`` a conn may still arrive (default 300).
         state: what ``state()`` returned, from the last checkpoint (default: none open).
+        max_alerts: an open incident with this many alerts is closed (default 10,000: the
+            open alerts are held and checkpointed, ~0.3 kB each).
     """
 
     def __init__(self, options: IncidentOptions | None = None, lateness: float = 300.0,
-                 state: dict | None = None):
+                 state: dict | None = None, max_alerts: int = 10_000):
+        if max_alerts < 1:
+            raise ValueError("max_alerts must be at least 1")
+        self.max_alerts = max_alerts
         self.options = options or IncidentOptions()
         self.profile: BaselineProfile | None = None
         self.baseline_bytes: dict[str, tuple[float, float]] | None = None
@@ -118,7 +126,8 @@ class LiveIncidents:
         return self.options.gap
 
     def update(self, flush: bool = False) -> tuple[list[Incident], list[Incident]]:
-        """Close what the log time has passed (everything with ``flush``): returns
+        """Close what the log time has passed and what holds ``max_alerts`` alerts (everything
+        with ``flush``): returns
         ``(closed, still_open)``, both ranked highest first, and drops the closed incidents'
         alerts. Without new alerts since the last call, its incidents (the same objects) are
         returned again."""
@@ -131,7 +140,8 @@ class LiveIncidents:
                 inc.alert_rate = self.alert_rate
         incs = self._built
         now = self.log_time - self.lateness
-        shut = [flush or i.last_ts + self.horizon(i) < now for i in incs]
+        shut = [flush or i.last_ts + self.horizon(i) < now or i.alerts >= self.max_alerts
+                for i in incs]
         # ranked highest first, as score ranks (build_incidents' order, made explicit here
         # because incidents.jsonl is written in this order)
         closed = sorted((i for i, c in zip(incs, shut) if c),
