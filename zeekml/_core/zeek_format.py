@@ -53,6 +53,10 @@ def _invalid_utf8_spans(value: bytes) -> list[tuple[int, int]]:
     return spans
 
 
+_NEEDS_ESCAPE = re.compile(rb"[\x00-\x1f\x7f\\]")
+"""A byte ``escape`` never leaves as it is: control bytes and the backslash."""
+
+
 def escape(value: bytes | str, separator: bytes = DEFAULT_SEPARATOR,
            set_separator: bytes | None = None, first_field: bool = False) -> bytes:
     """Escape one string value for a Zeek TSV field.
@@ -67,6 +71,12 @@ def escape(value: bytes | str, separator: bytes = DEFAULT_SEPARATOR,
         return EMPTY
     if value == UNSET or value == EMPTY:
         return _hex(value[0]) + value[1:]
+    if (value.isascii() and _NEEDS_ESCAPE.search(value) is None
+            and (not separator or separator not in value)
+            and (not set_separator or set_separator not in value)):
+        # nothing to escape (most values: addresses, uids, a notice's msg): the byte loop
+        # below was most of the time of writing a notice
+        return b"\\x23" + value[1:] if first_field and value[:1] == b"#" else value
     invalid = _invalid_utf8_spans(value) if not value.isascii() else []
     bad_pos = set()
     for a, b in invalid:

@@ -1,24 +1,25 @@
 """Incidents in ``zeekml watch``: grown from each window's alerts, closed by log time.
 
 The alerts of the incidents still open are kept (in memory and in the checkpoint's ``stats``,
-committed with the outputs, so a restart neither loses nor repeats them), each with what
-``zeekml score`` knows of an alerting conn (``scoring.incidents.alert_evidence``: service, bytes,
-Community ID, the explanation against the baseline of its kind) and the detector's own reason
-(the verdict's ``sub``). After each window the open alerts are grouped and described as ``score``
-does (``scoring.incidents.build_incidents`` with the baseline's per-host bytes, so volume
-statements and periodicity read the same); the baseline is the live calibration's
-(``set_baseline``). An incident is closed once the log time has passed its last alert by the
-time that could still extend it (``horizon``), less ``lateness`` for conns Zeek writes late, or
-once it holds ``max_alerts`` alerts: a host that alerts without pause (a scan, a flood, an
-infected host under a known-bad classifier) would otherwise keep one incident open for as long
-as it runs, its every alert held, grouped again after each window and written to each
-checkpoint; its later alerts start a new incident. A commit's closed incidents are appended to ``incidents.jsonl`` once, ranked highest first, and
-their alerts dropped; ``incidents-open.jsonl`` is rewritten whole after each window with the
-open ones as they grow. ``--once`` closes every open incident at its end.
+committed with the outputs, so a restart neither loses nor repeats them), each with what ``zeekml
+score`` knows of an alerting conn (``scoring.incidents.alert_evidence``: service, bytes, Community
+ID, the explanation against the baseline of its kind) and the detector's own reason (the verdict's
+``sub``). After each window the open alerts are grouped and described as ``score`` does
+(``scoring.incidents.build_incidents`` with the baseline's per-host bytes, so volume statements and
+periodicity read the same); the baseline is the live calibration's (``set_baseline``). An incident
+is closed once the log time has passed its last alert by the time that could still extend it
+(``horizon``), less ``lateness`` for conns Zeek writes late, or once it holds ``max_alerts``
+alerts: a host that alerts without pause (a scan, a flood, an infected host under a known-bad
+classifier) would otherwise keep one incident open for as long as it runs, its every alert held,
+grouped again after each window and written to each checkpoint; its later alerts start a new
+incident. A commit's closed incidents are appended to ``incidents.jsonl`` once, ranked highest
+first, and their alerts dropped; ``incidents-open.jsonl`` is rewritten whole after each window with
+the open ones as they grow. ``--once`` closes every open incident at its end.
 
-What still differs from ``score``: only alerting conns are kept, so an incident's ``conns``
-counts its alerts' conns; an incident ends at ``max_alerts`` alerts; and ``incidents.jsonl`` is ranked within each commit (a later commit's
-incident may outrank an earlier one: ``zeekml report`` ranks them all).
+What still differs from ``score``: only alerting conns are kept, so an incident's ``conns`` counts
+its alerts' conns; an incident ends at ``max_alerts`` alerts; and ``incidents.jsonl`` is ranked
+within each commit (a later commit's incident may outrank an earlier one: ``zeekml report`` ranks
+them all).
 """
 from __future__ import annotations
 
