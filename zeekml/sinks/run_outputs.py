@@ -66,6 +66,11 @@ class ScoreOutputs:
         self._notices: NoticeWriter | None = None
         self.notes: Counter[str] = Counter()
         self.scored = 0
+        # with conn_notices: each alert's notice line and where it sorts (``_ts_order``),
+        # written in ts order at ``finish``; the alerting verdicts themselves only for the Zeek
+        # feedback file (a line is a third of a Verdict's memory)
+        self._notice_keys: list[tuple[bool, float]] = []
+        self._notice_lines: list[bytes] = []
         self._alerts: list[Verdict] = []
 
     def _open(self) -> None:
@@ -110,18 +115,23 @@ class ScoreOutputs:
     def _keep(self, alerts: Iterable[Verdict]) -> None:
         if not self.conn_notices:
             return
-        self._alerts.extend(alerts)
+        for v in alerts:
+            self._notice_keys.append(_ts_order(v))
+            self._notice_lines.append(self._notices.line(v))
+            if self.zeek_feedback:
+                self._alerts.append(v)
         # a caller that counted alerts without handing them over would lose their notices
-        if len(self._alerts) != sum(self.notes.values()):
+        if len(self._notice_lines) != sum(self.notes.values()):
             raise RuntimeError(f"{sum(self.notes.values()):,} alerts counted but "
-                               f"{len(self._alerts):,} given for the conn notices")
+                               f"{len(self._notice_lines):,} given for the conn notices")
 
     def _write_notices(self) -> None:
         if self._notices is None:
             return
         # stable: alerts of one ts keep the input's order; an unset or NaN ts goes last
-        for v in sorted(self._alerts, key=_ts_order):
-            self._notices.write(v)
+        keys = self._notice_keys
+        for i in sorted(range(len(keys)), key=keys.__getitem__):
+            self._notices.write_line(self._notice_lines[i])
 
     def close(self) -> None:
         """Close every file, even when one fails (a full disk): then the first

@@ -43,6 +43,12 @@ class ZeekLogWriter:
                                     self.separator, self.set_separator))
         self.count += 1
 
+    def write_line(self, line: bytes) -> None:
+        """Append one record already formatted for this log's fields (``format_record`` with
+        its types and separators, ``\\n`` included)."""
+        self._f.write(line)
+        self.count += 1
+
     def close(self, close_ts: float | None = None) -> None:
         """Write ``#close``, fsync and close (closed even when that fails: ``OutputError``)."""
         if self._f.closed:

@@ -57,14 +57,22 @@ class NoticeWriter:
             "community_id": v.community_id,
         }
 
+    def line(self, v: Verdict) -> bytes:
+        """The notice line of one alerting verdict, not written (``write_line`` writes it)."""
+        rec = self._record(v)
+        return format_record((rec.get(n) for n in _NAMES), _TYPES)
+
+    def write_line(self, line: bytes) -> None:
+        """Write one notice line made by ``line``."""
+        if self._log is not None:
+            self._log.write_line(line)
+        else:
+            self._lines.append(line)
+            self._count += 1
+
     def write(self, v: Verdict) -> None:
         """Write one alerting verdict as a notice."""
-        rec = self._record(v)
-        if self._log is not None:
-            self._log.write(rec)
-        else:
-            self._lines.append(format_record((rec.get(n) for n in _NAMES), _TYPES))
-            self._count += 1
+        self.write_line(self.line(v))
 
     def take_lines(self) -> bytes:
         """In-memory mode: the lines written since the last call, joined."""
