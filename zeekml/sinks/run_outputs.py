@@ -39,7 +39,7 @@ class ScoreOutputs:
     Notices are held until ``finish``: verdicts keep the input's order (files in path order: an
     IoT-23 directory before a Zeek one, Suricata beside Zeek, several inputs), but an analyst reading
     ``zeekml_notice.log`` expects Zeek's own order, by time. Only with ``conn_notices`` are the
-    alerting verdicts held (as objects, for the notices and the verdict file); without it they
+    alerts held: as their notice lines, and as objects for a Zeek feedback file; without it they
     are counted by note (an infected archive scored with a known-bad classifier alerts on most
     of its conns). A run that fails before ``finish`` leaves a notice log with the header only."""
 
