@@ -258,16 +258,16 @@ def build_incidents(table: pa.Table, options: IncidentOptions | None = None,
     # conns = every conn of the host in its role between first and last alert (context)
     sorted_by_host = host_times or {"orig": HostTimes(orig, ts, c.orig.index()),
                                     "resp": HostTimes(resp, ts, c.resp.index())}
-    if evidence is not None and groups:
-        named = np.unique(np.concatenate([_top_rows(seg, c, opt) for _, seg in groups]))
-        for name, values in evidence(named).items():
-            if name not in NAMED_EVIDENCE:
-                raise ValueError(f"incident evidence {name!r} is not one of {', '.join(NAMED_EVIDENCE)}")
-            getattr(c, name).given(named, ["" if v is None else str(v) for v in values])
-    # the few rows whose named columns the incidents read (top conns, first uid), in one take
-    shown = np.unique(np.concatenate([_top_rows(seg, c, opt) for _, seg in groups]
-                                     + [seg[:1] for _, seg in groups])) if groups else None
-    if shown is not None:
+    if groups:
+        tops = [_top_rows(seg, c, opt) for _, seg in groups]
+        if evidence is not None:
+            named = np.unique(np.concatenate(tops))
+            for name, values in evidence(named).items():
+                if name not in NAMED_EVIDENCE:
+                    raise ValueError(f"incident evidence {name!r} is not one of {', '.join(NAMED_EVIDENCE)}")
+                getattr(c, name).given(named, ["" if v is None else str(v) for v in values])
+        # the few rows whose named columns the incidents read (top conns, first uid), in one take
+        shown = np.unique(np.concatenate(tops + [seg[:1] for _, seg in groups]))
         for col in c.named():
             col.fetch(shown)
     out = [_incident(role, seg, c, sorted_by_host[role], opt, baseline_bytes) for role, seg in groups]
@@ -450,10 +450,10 @@ class _Columns:
     def services(self, rows: np.ndarray) -> Counter:
         """Each service of ``rows`` (a conn's ``"dns,http"`` counts both) and its count, in order
         of first occurrence."""
-        out: Counter = Counter()
         if len(rows) <= _FEW:
             return Counter(s for x in self.service.names[self.service.codes[rows]].tolist()
                            for s in x.split(",") if s)
+        out: Counter = Counter()
         codes, counts, _ = _first_seen(self.service.codes[rows])
         for k, n in zip(codes.tolist(), counts.tolist()):
             for s in self.service.names[k].split(","):
