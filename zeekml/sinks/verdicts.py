@@ -15,8 +15,8 @@ conn without one included); two keys are added at the end only where they apply:
 from __future__ import annotations
 
 import json
-from collections import Counter
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
