@@ -29,7 +29,7 @@ import os
 import stat
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from zeekml._core.atomic import atomic_write_held
 from zeekml._core.errors import OutputError
@@ -61,6 +61,9 @@ VERDICT_FIELDS: list[tuple[str, str]] = [
 the rest the ``ZeekML::Verdict`` record of verdicts.zeek; a test keeps them equal."""
 
 TRANSPORT_PROTOS = ("tcp", "udp", "icmp", "unknown_transport")
+# the fields of a ``scoring.verdict.Verdict`` a verdict file row is made of
+_VERDICT_ROW = ("alert", "verdict_id", "model", "uid", "ts", "orig_h", "orig_p", "resp_h",
+                "resp_p", "proto", "note", "score", "msg", "sub")
 """Zeek's ``transport_proto`` enum values: the only values Zeek accepts in ``proto``."""
 
 INCIDENT_LOG_PATH = "zeekml_incidents"
@@ -126,8 +129,10 @@ class InputFileWriter:
         self.writes = 0
         self._names = [n for n, _ in self.fields]
         self._types = [t for _, t in self.fields]
-        # key -> (time added, formatted line), oldest first
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        # key -> (time added, formatted line), oldest first; a row added since the last render
+        # holds its column values instead, formatted when first rendered: of a run's many
+        # alerts only the last ``max_rows`` stay, and the rest are never formatted
+        self._entries: OrderedDict[str, tuple[float, bytes | list[Any]]] = OrderedDict()
         self._dirty = False
         # descriptors of the files published (and the one found at start), with their mtime
         # second, held until a newer file has a later mtime second (module docstring)
@@ -161,7 +166,7 @@ class InputFileWriter:
             self.skipped += 1
             log.debug("%s %s cannot be read by Zeek; not sent", self.what, key)
             return False
-        self._entries[key] = (self.clock(), _format_line(values, self._types))
+        self._entries[key] = (self.clock(), values)
         self._dirty = True
         self._prune()
         return True
@@ -208,6 +213,9 @@ class InputFileWriter:
     def render(self) -> bytes:
         """The whole file as it would be written now."""
         now = self.clock()
+        for key in [k for k, (_, line) in self._entries.items() if not isinstance(line, bytes)]:
+            added, values = self._entries[key]
+            self._entries[key] = (added, _format_line(values, self._types))
         return (format_header(self.log_path, self._names, self._types, open_ts=now)
                 + b"".join(line for _, line in self._entries.values())
                 + format_close(now))
@@ -353,7 +361,10 @@ class VerdictFeedbackWriter(InputFileWriter):
         return super().add(verdict)
 
     def _row(self, verdict: Any) -> tuple[str, list[Any] | None] | None:
-        rec = verdict.to_dict() if hasattr(verdict, "to_dict") else dict(verdict)
+        # a Verdict's fields read as they are (``to_dict`` copies its scores and Suricata
+        # alerts, which the file does not carry)
+        rec = (dict(verdict) if isinstance(verdict, Mapping)
+               else {f: getattr(verdict, f, None) for f in _VERDICT_ROW})
         if self.alerts_only and not rec.get("alert", True):
             return None
         vid = rec.get("verdict_id") or ""

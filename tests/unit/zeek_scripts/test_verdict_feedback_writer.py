@@ -493,3 +493,22 @@ def test_ipv6_zone_ids_are_dropped_so_zeek_keeps_the_line(tmp_path, zoned, plain
             socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
     with pytest.raises(OSError):
         socket.inet_pton(socket.AF_INET6, zoned)   # why: Zeek would drop the line
+
+
+def test_only_the_rows_kept_are_formatted(tmp_path, monkeypatch):
+    """A run's many alerts go in, the last ``max_rows`` stay: the rest are never formatted (a
+    row is formatted when first rendered), and the file is as when each was formatted on adding;
+    a row rendered once is not formatted again."""
+    calls = []
+    real = zeek_input._format_line
+    monkeypatch.setattr(zeek_input, "_format_line", lambda v, t: calls.append(v[0]) or real(v, t))
+    w = VerdictFeedbackWriter(tmp_path / "v.log", max_verdicts=10)
+    w.add_many([V(i) for i in range(50)] + [{**V(60).to_dict(), "orig_h": "not an address"}])
+    assert calls == [] and len(w) == 10 and w.skipped == 1
+    w.flush()
+    assert len(calls) == 10 and set(calls) == {V(i).verdict_id for i in range(40, 50)}
+    w.add(V(70))
+    w.flush()
+    assert len(calls) == 11
+    _, rows = read_verdict_file(tmp_path / "v.log")
+    assert [r["uid"] for r in rows] == [f"C{i:05d}".encode() for i in range(41, 50)] + [b"C00070"]
