@@ -59,6 +59,24 @@ def test_dask_verdicts_identical_to_single_process(tmp_path, scheduler):
         assert s1[k] == s2[k], k
 
 
+def _records(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if not line.startswith("#")]
+
+
+def test_dask_conn_notices_equal_a_single_process_runs(tmp_path, scheduler):
+    """The workers count their alerts by note and send the alerting verdicts back only where
+    --conn-notices asks for them: the notice log is the single-process run's, line for line."""
+    zeek = str(EXAMPLES / "zeek")
+    r1 = _run([zeek, "--out", str(tmp_path / "single"), "--no-models", "--conn-notices"])
+    r2 = _run([zeek, "--out", str(tmp_path / "dask"), "--dask", scheduler, "--no-models",
+               "--conn-notices"])
+    assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
+    a = _records(tmp_path / "single" / "zeekml_notice.log")
+    assert a and a == _records(tmp_path / "dask" / "zeekml_notice.log")
+    s = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("single", "dask")]
+    assert s[0]["alerts"] == s[1]["alerts"] == len(a) and s[0]["alerts_by_note"] == s[1]["alerts_by_note"]
+
+
 def test_dask_learned_scores_do_not_depend_on_the_split(tmp_path, scheduler):
     """The GNN scores a conn from its graph windows and the autoencoder from its host's recent
     conns; byte-range tasks get the neighbouring rows within each detector's context_seconds,
