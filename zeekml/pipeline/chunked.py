@@ -53,7 +53,7 @@ from zeekml.pipeline.options import DEFAULT_CHUNK_ROWS, ScoreOptions, ScoreSumma
 from zeekml.scoring.context import (WithKnownScores, context_within, detectors_in_context,
                                     horizon, horizons, with_context)
 from zeekml.scoring.explain import BaselineProfile
-from zeekml.scoring.incidents import HostTimes
+from zeekml.scoring.incidents import HostTimes, string_codes
 from zeekml.scoring.verdict import VerdictBatch
 
 log = logging.getLogger(__name__)
@@ -378,15 +378,6 @@ class TriagePart:
     ts: np.ndarray
 
 
-def _coded(col) -> tuple[np.ndarray, list[str]]:
-    # as the incidents read a host column: cast to string, unset = ""
-    arr = pc.fill_null(pc.cast(col, pa.string()), "")
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    enc = arr.dictionary_encode()
-    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32), enc.dictionary.to_pylist()
-
-
 def alerts_only(batch: VerdictBatch) -> VerdictBatch:
     """The alerting rows of ``batch`` as a ``VerdictBatch`` of their own, for the incidents:
     ``sub`` (the detector's reason, which an incident's top conns show) kept, ``msg`` not (the
@@ -406,8 +397,8 @@ def alerts_only(batch: VerdictBatch) -> VerdictBatch:
 def triage_part(batch: VerdictBatch) -> TriagePart:
     """``batch``'s ``TriagePart`` (after the allowlist: suppressed conns no longer alert)."""
     t = batch.table
-    oc, on = _coded(t.column("id.orig_h"))
-    rc, rn = _coded(t.column("id.resp_h"))
+    oc, on = string_codes(t.column("id.orig_h"))
+    rc, rn = string_codes(t.column("id.resp_h"))
     ts = pc.fill_null(pc.cast(t.column("ts"), pa.float64()), 0.0).to_numpy(zero_copy_only=False)
     return TriagePart(alerts_only(batch), oc, on, rc, rn, np.asarray(ts, dtype=np.float64))
 

@@ -15,14 +15,13 @@ each task is scored with the rows of the other tasks within that distance as con
 """
 from __future__ import annotations
 
-from collections import Counter
-
 import contextlib
 import contextvars
 import ipaddress
 import logging
 import os
 import ssl
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 

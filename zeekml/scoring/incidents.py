@@ -300,6 +300,16 @@ class HostTimes:
         return int(np.searchsorted(t, t1, side="right") - np.searchsorted(t, t0, side="left"))
 
 
+def string_codes(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """A string column as the incidents read it (cast to string, unset = ""), dictionary-coded:
+    ``codes[i]`` (int32) indexes ``names``, in order of first occurrence."""
+    arr = pc.fill_null(pc.cast(col, pa.string()), "")
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    enc = arr.dictionary_encode()
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32), enc.dictionary.to_pylist()
+
+
 class _Coded:
     """A string column of the incident input, dictionary-coded: ``codes[i]`` indexes ``names``
     (unset = ""), the names sorted so that codes order as the strings do. The per-incident
@@ -310,16 +320,13 @@ class _Coded:
         if name not in table.column_names:
             self.names, self.codes = np.array([""], dtype=object), np.zeros(table.num_rows, np.int32)
         else:
-            arr = pc.fill_null(pc.cast(table.column(name), pa.string()), "")
-            if isinstance(arr, pa.ChunkedArray):
-                arr = arr.combine_chunks()
-            enc = arr.dictionary_encode()
-            names = np.array(enc.dictionary.to_pylist(), dtype=object)
+            codes, first = string_codes(table.column(name))
+            names = np.array(first, dtype=object)
             order = np.argsort(names, kind="stable")
             rank = np.empty(len(order), dtype=np.int32)
             rank[order] = np.arange(len(order), dtype=np.int32)
             self.names = names[order]
-            self.codes = rank[enc.indices.to_numpy(zero_copy_only=False)]
+            self.codes = rank[codes]
         hit = np.flatnonzero(self.names == "")
         self.unset = int(hit[0]) if len(hit) else -1     # the code of "" (-1: none unset)
 

@@ -187,11 +187,6 @@ class VerdictBatch:
         names = self.names
         return [names[t] for t in self.top.tolist()]
 
-    def top_notes(self) -> list[str]:
-        """Per conn, the note of its top detector (the verdict's ``note`` where it alerts)."""
-        notes = self.notes
-        return [notes[t] for t in self.top.tolist()]
-
     def alert_notes(self) -> Counter:
         """The alerting conns per note (their top detector's), in order of the detectors."""
         alert = np.asarray(self.alert, dtype=bool)

@@ -61,10 +61,11 @@ VERDICT_FIELDS: list[tuple[str, str]] = [
 the rest the ``ZeekML::Verdict`` record of verdicts.zeek; a test keeps them equal."""
 
 TRANSPORT_PROTOS = ("tcp", "udp", "icmp", "unknown_transport")
+"""Zeek's ``transport_proto`` enum values: the only values Zeek accepts in ``proto``."""
+
 # the fields of a ``scoring.verdict.Verdict`` a verdict file row is made of
 _VERDICT_ROW = ("alert", "verdict_id", "model", "uid", "ts", "orig_h", "orig_p", "resp_h",
                 "resp_p", "proto", "note", "score", "msg", "sub")
-"""Zeek's ``transport_proto`` enum values: the only values Zeek accepts in ``proto``."""
 
 INCIDENT_LOG_PATH = "zeekml_incidents"
 """The ``#path`` of the incident file."""
