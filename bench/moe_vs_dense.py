@@ -27,7 +27,15 @@ compares the models at the same quiet moments.
 ``--detector-speed LOG...`` times the token *detectors* of ``--models`` instead (embedding + kNN
 of every conn of each log, one process, interleaved; ``score-speed:N`` builds
 ``bench/score_speed.py``'s log): full-attention bases against ``causal_window`` ones, which embed
-each conn once from its host's stream (``docs/results/moe.md``, "Causal window").
+each conn once from its host's stream (``docs/results/moe.md``, "Causal window"). There a model
+may also be ``ffn=W:DIR`` or ``ffn-alt=W:DIR`` (``ffn_variant``): the dense model ``DIR`` with its
+feed-forward blocks cut to ``W`` units, everywhere or at the MoE positions only; ``W = 1`` bounds
+what any sparse feed-forward design could gain over ``DIR`` (bench/README.md, "MoE vs its dense twin").
+
+    python bench/moe_vs_dense.py --threads 1 --rounds 3 --detector-speed score-speed:100000 \
+        --models models/dense-causal ffn-alt=1:models/dense-causal ffn=1:models/dense-causal models/moe-causal
+
+``arch:`` values are ints, floats or words (``arch:dense:attention=causal_window,d_ff=64``).
 """
 from __future__ import annotations
 
@@ -48,6 +56,16 @@ DATA = os.environ.get("ZEEKML_DATA", "/work/shared/data")
 DEFAULT_LOG = os.path.join(DATA, "iot23-ctu-34-1", "conn.log.labeled")
 
 
+def _arch_value(text: str) -> int | float | str:
+    """A config value of an ``arch:`` spec: an int, a float, else the text (``attention=causal_window``)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def build(spec: str, device: str):
     """``(encoder, head, anchor)`` for a model dir, ``dense-wide:DIR`` (wide twin of DIR's MoE) or
     ``arch:moe|dense:key=value,...`` (an untrained encoder of that ``MoEConfig``/``DenseConfig``)."""
@@ -63,7 +81,7 @@ def build(spec: str, device: str):
         _, kind, kv = spec.split(":", 2)
         loaded = LoadedTokenModel.from_dir(os.path.join(ROOT, "models", "moe-base"), device)
         shape = {k: loaded.config["encoder"][k] for k in ("vocab_size", "n_fields", "seq_len")}
-        opts = {k: int(v) for k, v in (x.split("=") for x in kv.split(",") if x)}
+        opts = {k: _arch_value(v) for k, v in (x.split("=") for x in kv.split(",") if x)}
         torch.manual_seed(0)
         enc = (MoEEncoder(MoEConfig(**shape, **opts)) if kind == "moe"
                else DenseEncoder(DenseConfig(**shape, **opts))).to(device).eval()
@@ -261,6 +279,42 @@ def e2e_worker(args) -> None:
                       "e2e_score_mean": float(np.mean(scores))}))
 
 
+def ffn_variant(spec: str) -> str:
+    """``ffn=W:DIR`` / ``ffn-alt=W:DIR``: a copy of the dense token model ``DIR`` (in a temporary
+    directory) whose feed-forward blocks keep only their first ``W`` units, in every block
+    (``ffn``) or at the MoE positions 1, 3, ... (``ffn-alt``). A speed bound, not a model: with
+    ``W = 1`` the blocks cost next to nothing, so its detector's speed-up over ``DIR``'s is the
+    most any feed-forward design (sparse experts included) could give; its scores mean nothing."""
+    import torch
+
+    from zeekml.scoring.detectors.base import read_config
+    from zeekml.train.artifact import save_model_dir
+
+    what, rest = spec.split("=", 1)
+    width, src = rest.split(":", 1)
+    width = int(width)
+    cfg = dict(read_config(src))
+    if cfg.get("kind") != "dense":
+        sys.exit(f"{spec}: {src} is not a dense token model")
+    state = torch.load(os.path.join(src, "weights.pt"), weights_only=True)
+    enc = dict(cfg["encoder"])
+    for i in range(enc["n_layers"]):
+        if what == "ffn-alt" and i % 2 == 0:
+            continue
+        p = f"encoder.blocks.{i}.ff."
+        state[p + "up.weight"] = state[p + "up.weight"][:width].clone()
+        state[p + "up.bias"] = state[p + "up.bias"][:width].clone()
+        state[p + "down.weight"] = state[p + "down.weight"][:, :width].clone()
+    enc["d_ff_alt"] = width
+    if what == "ffn":
+        enc["d_ff"] = width
+    cfg["encoder"] = enc
+    kind = cfg.pop("kind")
+    out = tempfile.mkdtemp(prefix="moe_ffn_variant_")
+    save_model_dir(out, kind, cfg, state, [f"timing variant of {src}: {spec}"])
+    return out
+
+
 def detector_speed(args) -> dict:
     """``--detector-speed``: the token detectors of ``--models`` (model dirs, full or
     ``causal_window`` attention) on the same conns, in this one process, interleaved: per log,
@@ -289,7 +343,8 @@ def detector_speed(args) -> dict:
             logs[f"score_speed ({n:,} conns)"] = sorted(glob.glob(os.path.join(d, "*.log")))
         else:
             logs[spec] = [spec]            # a file or a directory of rotated logs
-    dets = {m: get_kind(read_config(m)["kind"]).detector(m) for m in args.models}
+    dirs = {m: ffn_variant(m) if m.startswith(("ffn=", "ffn-alt=")) else m for m in args.models}
+    dets = {m: get_kind(read_config(d)["kind"]).detector(d) for m, d in dirs.items()}
     out: dict = {"rounds": args.rounds, "threads": args.threads, "logs": {}}
     for name, files in logs.items():
         table = load_conns(files)
@@ -317,7 +372,8 @@ def detector_speed(args) -> dict:
             rows[m] = {**b, "total": tot, "conns_per_cpu_s": table.num_rows / tot,
                        "speedup_total": ref / tot, "speedup_embed": best[first]["embed"] / b["embed"]}
             embed_x = best[first]["embed"] / b["embed"]
-            print(f"  {os.path.basename(m.rstrip('/')):28s} {b['embed']:8.2f} {b['knn']:7.2f} {tot:8.2f} "
+            label = m if m.startswith("ffn") else os.path.basename(m.rstrip('/'))
+            print(f"  {label:28s} {b['embed']:8.2f} {b['knn']:7.2f} {tot:8.2f} "
                   f"{table.num_rows / tot:12,.0f} {ref / tot:8.2f}x (embedding {embed_x:.2f}x)")
         out["logs"][name] = {"conns": table.num_rows, "baseline": base.num_rows, "models": rows}
     return out
