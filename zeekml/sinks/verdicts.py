@@ -106,6 +106,30 @@ def _floats(a: np.ndarray) -> list[str]:
     return list(map(text.__getitem__, inverse.reshape(-1).tolist()))
 
 
+# Arrow casts a float64 to the shortest digits that read back as it, as ``float.__repr__``
+# does, in its own notation: "1" for 1.0, "0.00001" or "1e-7" where repr writes "1e-05", "1e-07",
+# an exponent from ~16 digits on. Where the value is non-integral, 1e-4 <= |x| < 1e15 and Arrow's
+# text has no exponent, repr is positional too and the digits are the same: both give the
+# closest of the shortest strings, and below 2**53 no two of those can tie. Every other value
+# is formatted by repr.
+_ARROW_FLOAT_LOW, _ARROW_FLOAT_HIGH = 1e-4, 1e15
+
+
+def _float_texts(a: np.ndarray) -> pa.Array:
+    """``_floats`` as an Arrow string array: the same text (``json.dumps`` of each float, a
+    non-finite one ``null``), by Arrow's cast where it is repr's, by ``_floats`` elsewhere."""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    text = pc.cast(pa.array(a, pa.float64()), pa.string())
+    mag = np.abs(a)
+    with np.errstate(invalid="ignore"):
+        other = ~((mag >= _ARROW_FLOAT_LOW) & (mag < _ARROW_FLOAT_HIGH) & (a != np.trunc(a)))
+    other |= pc.match_substring(text, "e").to_numpy(zero_copy_only=False)
+    if not other.any():
+        return text
+    rows = np.flatnonzero(other)
+    return pc.replace_with_mask(text, pa.array(other), pa.array(_floats(a[rows]), pa.string()))
+
+
 def _json_values(values: list, arrow_type: pa.DataType) -> list[str]:
     """``json.dumps`` of each value of one column (fast for the conn schema's types)."""
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
@@ -160,11 +184,7 @@ def render_verdicts(batch: VerdictBatch, alerts: bool = True) -> RenderedVerdict
     if n == 0:
         return RenderedVerdicts()
     ids = batch.ids()
-    ts = batch.column("ts")
-    ts_s = [_frepr(x) if type(x) is float and x - x == 0.0 else json.dumps(clean_floats(x))
-            for x in ts]
     names = batch.names
-    score_cols = [_floats(np.asarray(batch.scores[k], np.float64)) for k in names]
     notes = ["null"] * n
     alert_s = ["false"] * n
     alert_rows = np.flatnonzero(batch.alert).tolist()
@@ -174,11 +194,13 @@ def render_verdicts(batch: VerdictBatch, alerts: bool = True) -> RenderedVerdict
         alert_s[r] = "true"
         notes[r] = note_of[int(top[r])]
     counted = batch.alert_notes()
-    score = _floats(np.asarray(batch.score, np.float64))
     if n >= JOIN_MIN_ROWS:
-        lines = _joined_lines(batch, ids, ts_s, score_cols, score, alert_s, notes)
+        lines = _joined_lines(batch, ids, alert_s, notes)
     else:
         t = batch.table
+        ts_s = _ts_json(batch.column("ts"))
+        score_cols = [_floats(np.asarray(batch.scores[k], np.float64)) for k in names]
+        score = _floats(np.asarray(batch.score, np.float64))
 
         def col(name: str) -> list[str]:
             return _json_values(batch.column(name), t.schema.field(name).type)
@@ -193,25 +215,38 @@ def render_verdicts(batch: VerdictBatch, alerts: bool = True) -> RenderedVerdict
     return RenderedVerdicts(ids, lines, batch.alerts() if alerts else [], counted)
 
 
-def _joined_lines(batch: VerdictBatch, ids: list[str], ts_s: list[str], score_cols: list[list[str]],
-                  score: list[str], alert_s: list[str], notes: list[str]) -> list[bytes]:
+def _ts_json(values: list) -> list[str]:
+    """``json.dumps`` of each ``ts`` as ``VerdictBatch.column("ts")`` gives it."""
+    return [_frepr(x) if type(x) is float and x - x == 0.0 else json.dumps(clean_floats(x)) for x in values]
+
+
+def _ts_texts(batch: VerdictBatch) -> pa.Array:
+    """``_ts_json`` of the batch's ``ts`` as an Arrow string array (float64 by ``_float_texts``,
+    an unset ts as 0.0, as ``VerdictBatch.column`` has it)."""
+    col = batch.table.column("ts")
+    if not pa.types.is_float64(col.type):
+        return _text(_ts_json(batch.column("ts")))
+    return _float_texts(pc.fill_null(col.combine_chunks(), 0.0).to_numpy(zero_copy_only=False))
+
+
+def _joined_lines(batch: VerdictBatch, ids: list[str], alert_s: list[str], notes: list[str]) -> list[bytes]:
     """``render_verdicts``' lines of a large batch, by one Arrow join of its fields' columns
     between ``_LINE``'s own literal pieces (the same template as the ``%``-format path)."""
-    # uid and community_id with the stand-ins ``VerdictBatch.column`` gives (a missing uid's,
-    # a computed Community ID); in _LINE's field order
-    columns = [_text(ids), _json_strings(_text(batch.column("uid"))), _text(ts_s),
+    # uid, ts and community_id with the stand-ins ``VerdictBatch.column`` gives (a missing
+    # uid's, an unset ts's 0.0, a computed Community ID); in _LINE's field order
+    columns = [_text(ids), _json_strings(_text(batch.column("uid"))), _ts_texts(batch),
               *(_json_column(batch, name) for name in ("id.orig_h", "id.orig_p", "id.resp_h",
                                                        "id.resp_p", "proto")),
               _json_strings(pa.array(batch.column("community_id"), pa.string())),
-              _text(score), _text(alert_s), _text(notes), _json_strings(_text(batch.models()))]
+              _float_texts(batch.score), _text(alert_s), _text(notes), _json_strings(_text(batch.models()))]
     literals = _LINE.split("%s")
     parts: list = []
     for literal, column in zip(literals, columns):
         if "{SCORES}" in literal:
             before, after = literal.split("{SCORES}")
             parts.append(before + "{")
-            for i, (k, text) in enumerate(zip(batch.names, score_cols)):
-                parts += [("," if i else "") + _enc_str(k) + ":", _text(text)]
+            for i, k in enumerate(batch.names):
+                parts += [("," if i else "") + _enc_str(k) + ":", _float_texts(batch.scores[k])]
             literal = "}" + after
         parts += [literal, column]
     parts.append(literals[-1])

@@ -165,6 +165,46 @@ def test_scores_rendered_once_per_distinct_value_give_json_dumps_text():
     assert _floats(np.array([0.0, -0.0] * 40))[:2] == ["0.0", "-0.0"]
 
 
+def _awkward_floats(n: int, seed: int) -> np.ndarray:
+    """Floats where Arrow's text and repr's part: integral values, signed zeros, |x| about
+    1e-4 and 1e15, 16-17 digit values, subnormals, non-finite ones, any bit pattern."""
+    rng = np.random.default_rng(seed)
+    edges = np.array([0.0, -0.0, 1.0, -3.0, 1e-4, np.nextafter(1e-4, 0), -1e-4, 1e15,
+                      np.nextafter(1e15, 0), 1e16, 5e-324, 2.2250738585072014e-308, np.nan, np.inf,
+                      -np.inf, 0.1, 2.5, 123456789012345.6, 12453259957.85208, 1e-7, 1e22])
+    return np.concatenate([edges, rng.random(n), rng.lognormal(0, 12, n), rng.standard_normal(n) * 1e9,
+                           rng.integers(0, 2 ** 63, n).view(np.float64), np.round(rng.random(n) * 3, 6)])
+
+
+def test_float_texts_are_the_text_of_json_dumps():
+    """The Arrow join's float text (Arrow's cast where it gives repr's digits and notation,
+    repr elsewhere) is ``_floats``' (``json.dumps``) for every value."""
+    from zeekml.sinks.verdicts import _floats, _float_texts
+
+    for seed in range(3):
+        a = _awkward_floats(100_000, seed)
+        assert _float_texts(a).to_pylist() == _floats(a), seed
+    assert _float_texts(np.array([1.5, 2.25])).to_pylist() == ["1.5", "2.25"]
+
+
+def test_awkward_floats_render_as_verdict_line():
+    """Scores and ts of every kind of float render as ``verdict_line`` renders them."""
+    a = _awkward_floats(400, 7)
+    n = len(a)
+    rng = np.random.default_rng(8)
+    table = pa.table({"ts": pa.array(np.where(np.isfinite(a), np.abs(a), a), pa.float64()),
+                      "uid": pa.array([f"C{i}" for i in range(n)], pa.string()),
+                      "id.orig_h": pa.array(["10.0.0.1"] * n, pa.string()),
+                      "id.orig_p": pa.array(rng.integers(1, 65535, n), pa.uint16()),
+                      "id.resp_h": pa.array(["10.0.0.9"] * n, pa.string()),
+                      "id.resp_p": pa.array([80] * n, pa.uint16()),
+                      "proto": pa.array(["tcp"] * n, pa.string())})
+    scores = {"iforest": a, "gnn": rng.permutation(a)}
+    b = VerdictBatch(table, ["iforest", "gnn"], ["ZeekML::Anomalous_Flow"] * 2, scores,
+                     np.fmax(scores["iforest"], scores["gnn"]), np.zeros(n, int), np.zeros(n, bool))
+    assert render_verdicts(b).lines == [verdict_line(v) for v in b.verdicts()]
+
+
 def test_detector_names_needing_escapes_render_as_json():
     """The per-batch line format holds each detector's key: one with a quote or a ``%`` renders
     as ``verdict_line`` renders it."""
