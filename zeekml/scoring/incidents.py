@@ -658,27 +658,46 @@ def describe(inc: Incident, rows: np.ndarray, c: _Columns, peers: Counter, ports
     return "; ".join(clauses[:2])
 
 
+def _group_medians(codes: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per group ``0..n_groups-1`` of ``codes``, ``np.median`` of its finite ``values`` (NaN for
+    a group with none), all groups in one sort: the middle value, or the mean of the two middle
+    ones as ``np.median`` takes it."""
+    ok = np.isfinite(values)
+    c, v = codes[ok], values[ok]
+    order = np.lexsort((v, c))
+    v = v[order]
+    counts = np.bincount(c, minlength=n_groups)
+    start = np.cumsum(counts) - counts
+    out = np.full(n_groups, np.nan)
+    has = counts > 0
+    lo = start[has] + (counts[has] - 1) // 2
+    hi = start[has] + counts[has] // 2
+    out[has] = np.where(lo == hi, v[lo], (v[lo] + v[hi]) / 2)
+    return out
+
+
 def host_baseline_bytes(baseline: pa.Table) -> dict[str, tuple[float, float]]:
     """Median ``orig_bytes`` and ``resp_bytes`` per conn of each originator in a baseline conn
     table (NaN where unset); key ``""`` holds the medians over all conns (the reference for hosts
     absent from the baseline)."""
     if baseline.num_rows == 0:
         return {}
-    hosts = _col(baseline, "id.orig_h", "")
     sent, recv = _col(baseline, "orig_bytes", np.nan), _col(baseline, "resp_bytes", np.nan)
-
-    def med(x: np.ndarray) -> float:
-        x = x[np.isfinite(x)]
-        return float(np.median(x)) if len(x) else float("nan")
-
-    out: dict[str, tuple[float, float]] = {"": (med(sent), med(recv))}
-    order = np.argsort(hosts, kind="stable")
-    hs = hosts[order]
-    cut = np.flatnonzero(hs[1:] != hs[:-1]) + 1
-    for idx in np.split(order, cut):
-        h = hosts[idx[0]]
+    everyone = np.zeros(len(sent), dtype=np.int64)
+    out: dict[str, tuple[float, float]] = {
+        "": (float(_group_medians(everyone, sent, 1)[0]), float(_group_medians(everyone, recv, 1)[0]))}
+    if "id.orig_h" not in baseline.column_names:
+        return out
+    hosts = pc.dictionary_encode(pc.cast(baseline.column("id.orig_h"), pa.string()).combine_chunks())
+    # a host left unset is no host: only the all-conns medians count it
+    codes = pc.fill_null(hosts.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    names = hosts.dictionary.to_pylist()
+    known = codes >= 0
+    med_sent = _group_medians(codes[known], sent[known], len(names))
+    med_recv = _group_medians(codes[known], recv[known], len(names))
+    for g, h in enumerate(names):
         if h:
-            out[str(h)] = (med(sent[idx]), med(recv[idx]))
+            out[h] = (float(med_sent[g]), float(med_recv[g]))
     return out
 
 

@@ -121,6 +121,41 @@ def test_volume_against_host_baseline_and_icmp_sweep():
     assert "sent" not in build_incidents(verdict_table(exfil))[0].description
 
 
+def test_host_baseline_bytes_are_each_hosts_np_median():
+    """The per-host medians, all hosts in one sort, are ``np.median`` of each host's set bytes,
+    bit for bit: groups of odd and even size, unset and non-finite bytes, a host whose bytes
+    are all unset (NaN), and unset or empty originators (only in the all-conns medians)."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    hosts = [None if r < 0.02 else "" if r < 0.04 else f"10.0.{int(r * 1000) % 37}.{int(r * 1e6) % 5}"
+             for r in rng.random(n)]
+    sent = rng.lognormal(6, 3, n).round(0)
+    sent[rng.random(n) < 0.1] = np.nan
+    recv = rng.integers(0, 5, n).astype(float)                  # ties within a host
+    recv[rng.random(n) < 0.1] = np.inf
+    hosts[:3] = ["10.9.9.9"] * 3
+    sent[:3] = np.nan
+    base = pa.table({"id.orig_h": pa.array(hosts, pa.string()),
+                     "orig_bytes": pa.array(sent), "resp_bytes": pa.array([None if np.isnan(x) else x
+                                                                          for x in recv], pa.float64())})
+    ref = host_baseline_bytes(base)
+
+    def med(x):
+        x = x[np.isfinite(x)]
+        return float(np.median(x)) if len(x) else float("nan")
+
+    want = {"": (med(sent), med(recv))}
+    for h in sorted({h for h in hosts if h}):
+        rows = np.array([x == h for x in hosts])
+        want[h] = (med(sent[rows]), med(recv[rows]))
+    assert ref.keys() == want.keys()
+    for h, pair in want.items():
+        assert np.array(ref[h]).tobytes() == np.array(pair).tobytes(), h
+    assert np.isnan(ref["10.9.9.9"][0])
+    only = host_baseline_bytes(pa.table({"orig_bytes": [1.0, 3.0]}))     # no originators, no resp_bytes
+    assert list(only) == [""] and only[""][0] == 2.0 and np.isnan(only[""][1])
+
+
 def test_no_alerts_and_missing_columns():
     assert build_incidents(verdict_table([rec(0, "a", "b", 1)])) == []
     with pytest.raises(ValueError, match="lacks column"):
