@@ -16,8 +16,8 @@ REAL_CONN = os.path.join(HERE, "..", "data", "real", "zat", "data", "conn.log")
 ARGS = ["--no-models", "--no-progress", "--fpr", "0.05", "--baseline-fraction", "0.5"]
 
 
-def _score(out, *extra):
-    r = CliRunner().invoke(main, ["score", REAL_CONN, "--out", str(out), *ARGS, *extra])
+def _score(out, *extra, args=ARGS):
+    r = CliRunner().invoke(main, ["score", REAL_CONN, "--out", str(out), *args, *extra])
     assert r.exit_code == 0, r.output
     verdicts = [json.loads(x) for x in open(out / "verdicts.jsonl")]
     return verdicts, json.loads((out / "summary.json").read_text())
@@ -78,9 +78,29 @@ def test_bad_feedback_file_is_one_line(tmp_path, content, code, message):
     assert not out.exists()
 
 
-def test_feedback_with_dask_is_refused(tmp_path):
-    fb = tmp_path / "feedback.jsonl"
-    fb.write_text("")
-    r = CliRunner().invoke(main, ["score", REAL_CONN, "--out", str(tmp_path / "o"), *ARGS,
-                                  "--feedback", str(fb), "--dask", "local:1"])
-    assert r.exit_code == 1 and "--feedback does not work with --dask yet" in r.output, r.output
+@pytest.mark.parametrize("given_baseline", [False, True])
+def test_feedback_with_dask_equals_one_process(tmp_path, given_baseline):
+    """`--dask` finds the feedback conns in its workers' tables and adds the same ones to the
+    baseline as one process does (the input split into several tasks): the same verdict
+    bytes and count. With a `--baseline` file, feedback conns already in it by uid stay out."""
+    before, s1 = _score(tmp_path / "a")
+    cut = sorted(v["ts"] for v in before)[s1["baseline_records"] - 1]
+    picked = ([v for v in before if v["alert"] and v["ts"] > cut][:3]
+              + [v for v in before if v["alert"] and v["ts"] <= cut][:1])
+    fb = _feedback(tmp_path / "a", tmp_path, [v["verdict_id"] for v in picked])
+    extra = ["--feedback", str(fb)]
+    args = ARGS
+    if given_baseline:
+        # the input's first 200 lines: the early alert is in it by uid, the late ones are not
+        base = tmp_path / "base.log"
+        with open(REAL_CONN) as f:
+            base.write_text("".join(line for _, line in zip(range(200), f)))
+        extra += ["--baseline", str(base)]
+        args = [a for a in ARGS if a not in ("--baseline-fraction", "0.5")]
+    one, s_one = _score(tmp_path / "one", *extra, args=args)
+    dask, s_dask = _score(tmp_path / "dask", *extra, "--dask", "local:2", "--dask-split-bytes", "8192", args=args)
+    assert s_one["feedback_baseline"] == s_dask["feedback_baseline"] == 3
+    assert s_one["baseline_records"] == s_dask["baseline_records"]
+    assert (tmp_path / "one" / "verdicts.jsonl").read_bytes() == \
+        (tmp_path / "dask" / "verdicts.jsonl").read_bytes()
+    assert any(v["alert"] for v in one) and one == dask

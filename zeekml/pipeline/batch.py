@@ -232,8 +232,6 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     allowlist = Allowlist.load(options.allowlist) if options.allowlist else None
     if allowlist is not None and options.dask:
         raise ZeekmlError("--allowlist does not work with --dask yet: score without --dask")
-    if options.feedback and options.dask:
-        raise ZeekmlError("--feedback does not work with --dask yet: score without --dask")
     benign = benign_feedback_uids(options.feedback) if options.feedback else None
     if options.baseline and options.baseline_period() is not None:
         raise ZeekmlError("give the baseline as logs (--baseline) or as a period of the input "
@@ -260,10 +258,16 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
                 baseline = load_conns(baseline_files, quarantine, ScoreSummary(), bar.advance)
             if options.dask:
                 from zeekml.pipeline.dask import plan_tasks, score_tasks_dask
+
+                def fit_extra(fb: np.ndarray, take: Callable[[np.ndarray], pa.Table],
+                              base: pa.Table | None, rows: np.ndarray | None) -> pa.Table:
+                    return _feedback_extra(fb, take, base, rows, benign, options, summary)
+
                 kept = TriageBaseline.of(score_tasks_dask(
                     plan_tasks(files, options.split_bytes), options.dask, options, summary,
                     quarantine, baseline, outputs.write_rendered, triage.add,
-                    with_alerts=outputs.wants_alerts))
+                    with_alerts=outputs.wants_alerts, benign=benign,
+                    fit_extra=fit_extra if benign is not None else None))
             else:
                 kept = _score_chunked(files, baseline, options, summary, quarantine, outputs,
                                       allowlist, benign, triage, bar)

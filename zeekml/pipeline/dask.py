@@ -421,6 +421,23 @@ def _take(result: ReadResult, rows: np.ndarray) -> pa.Table:
     return result.table.take(pa.array(rows, pa.int64()))
 
 
+def _feedback_rows_of(result: ReadResult, uids: set[str]) -> np.ndarray:
+    from zeekml.pipeline.batch import feedback_rows
+
+    return feedback_rows(result.table, uids)
+
+
+def _gather_rows(client, results: list, bounds: np.ndarray, rows: np.ndarray) -> list[pa.Table]:
+    """The rows ``rows`` (sorted, numbered across ``results`` in order: ``bounds`` are where each
+    result's rows start) as tables, one per result holding some, in order."""
+    pieces = []
+    for i, r in enumerate(results):
+        local = rows[(rows >= bounds[i]) & (rows < bounds[i + 1])] - bounds[i]
+        if len(local):
+            pieces.append(client.submit(_take, r, local))
+    return client.gather(pieces) if pieces else []
+
+
 def score_task(result: ReadResult, fitted: FittedDetectors, before: list | None = None,
                after: list | None = None, alerts: SuricataAlerts | None = None,
                with_alerts: bool = True) -> tuple[bytes, int, Counter, list[Verdict], TriagePart]:
@@ -515,15 +532,26 @@ class _TaskReport:
         self.failed_files.add(task.path)
 
 
+FitExtraFn = Callable[[np.ndarray, Callable[[np.ndarray], pa.Table], "pa.Table | None", "np.ndarray | None"],
+                      pa.Table]
+"""``fit_extra(rows, take, baseline, chosen)`` of ``score_tasks_dask``."""
+
+
 def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
                      summary: ScoreSummary, quarantine: Quarantine,
                      baseline_table: pa.Table | None, emit: EmitFn,
                      on_triage: Callable[[TriagePart], None] | None = None,
-                     with_alerts: bool = True) -> pa.Table:
+                     with_alerts: bool = True, benign: set[str] | None = None,
+                     fit_extra: FitExtraFn | None = None) -> pa.Table:
     """Run the four steps of the module docstring; ``emit(lines, n, notes, alerts)`` and
     ``on_triage(part)`` (what the incidents need of each task) are called in task order.
     ``with_alerts=False``: the workers send no alerting verdicts as objects (``alerts`` is
     empty; an archive that is mostly malware alerts on most of its conns).
+    ``benign``: the uids of ``zeekml feedback``'s benign conns (``--feedback``): the workers
+    find them in their tables, and ``fit_extra(rows, take, baseline, chosen)`` (the
+    single-process run's choice, ``pipeline.batch``) gives those that join the fitting side,
+    from their row numbers across the tasks, a reader of those rows, the ``--baseline``
+    table (None: drawn from the input) and the drawn baseline rows (None: given).
     Returns the baseline table fitted on. A task that fails for good (``TASK_RETRIES``) is
     reported in ``summary.files_failed`` with its byte range and the rest goes on; retried
     tasks are listed in ``summary.tasks_retried``."""
@@ -561,19 +589,27 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
             raise ZeekmlError("no input file could be read: " +
                               "; ".join(f"{p}: {m}" for p, m in summary.files_failed))
         ts_parts = client.gather([client.submit(_ts_of, r) for r in ok])
+        bounds = np.cumsum([0] + [len(t) for t in ts_parts])
+        given = baseline_table
+        chosen = None
         if baseline_table is None:
-            sizes = [len(t) for t in ts_parts]
             all_ts = np.concatenate(ts_parts) if ts_parts else np.zeros(0)
             chosen = options.baseline_rows(all_ts)
-            bounds = np.cumsum([0] + sizes)
-            pieces = []
-            for i, r in enumerate(ok):
-                local = chosen[(chosen >= bounds[i]) & (chosen < bounds[i + 1])] - bounds[i]
-                if len(local):
-                    pieces.append(client.submit(_take, r, local))
-            baseline_table = pa.concat_tables(client.gather(pieces)) if pieces else conn_table([])
-        summary.baseline_records = baseline_table.num_rows
-        fitted = fit_calibrate(baseline_table, options, summary)
+            pieces = _gather_rows(client, ok, bounds, chosen)
+            baseline_table = pa.concat_tables(pieces) if pieces else conn_table([])
+        extra = None
+        if benign is not None and fit_extra is not None:
+            local = client.gather([client.submit(_feedback_rows_of, r, benign) for r in ok])
+            fb = np.concatenate([rows + bounds[i] for i, rows in enumerate(local)]
+                                or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
+
+            def take(rows: np.ndarray) -> pa.Table:
+                parts = _gather_rows(client, ok, bounds, np.asarray(rows, dtype=np.int64))
+                return pa.concat_tables(parts) if parts else conn_table([])
+
+            extra = fit_extra(fb, take, given, chosen)
+        summary.baseline_records = baseline_table.num_rows + (extra.num_rows if extra is not None else 0)
+        fitted = fit_calibrate(baseline_table, options, summary, fit_extra=extra)
         # A task's result, not client.scatter(): scattered data has no recipe, so once every
         # worker holding it has died it is gone and every task that needs it is cancelled; a
         # task's result is computed again. Each worker fetches it once and keeps it.
