@@ -1,5 +1,6 @@
-"""Choosing conns by time: the earliest fraction of a table, or a period (a baseline, a
-training split), and reading the times a user gives (epoch seconds or ISO-8601)."""
+"""Choosing conns: by time (the earliest fraction of a table, or a period: a baseline, a
+training split; the times a user gives, epoch seconds or ISO-8601) and by uid (the conns
+``zeekml feedback`` labeled benign)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -80,3 +81,12 @@ def rows_in_range(ts: np.ndarray, start: float | None, end: float | None) -> np.
     if end is not None:
         keep &= ts < end
     return np.flatnonzero(keep)
+
+
+def feedback_rows(table: pa.Table, uids: set[str]) -> np.ndarray:
+    """Sorted indices of the conns of ``table`` whose uid is in ``uids`` (``zeekml feedback``'s
+    benign conns)."""
+    if not uids or table.num_rows == 0 or "uid" not in table.column_names:
+        return np.zeros(0, dtype=np.int64)
+    hit = pc.is_in(table.column("uid"), value_set=pa.array(sorted(uids), pa.string()))
+    return np.flatnonzero(hit.to_numpy(zero_copy_only=False).astype(bool, copy=False))

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from zeekml._core.errors import InputNotFound, OutputError, UnreadableInput, ZeekmlError
 from zeekml._core.preload import start_imports
-from zeekml.flows.select import ts_sort_key
+from zeekml.flows.select import feedback_rows, ts_sort_key
 from zeekml.flows.table import conn_table
 from zeekml.parse import Quarantine
 from zeekml.pipeline.chunked import (TriageBaseline, TriageRows, read_conn_batches, score_spilled,
@@ -166,14 +166,6 @@ def benign_feedback_uids(path: str | os.PathLike) -> set[str]:
             uids.update(c["uid"] for c in conns
                         if isinstance(c, dict) and isinstance(c.get("uid"), str) and c["uid"])
     return uids
-
-
-def feedback_rows(table: pa.Table, uids: set[str]) -> np.ndarray:
-    """Sorted indices of the conns of ``table`` whose uid is in ``uids``."""
-    if not uids or table.num_rows == 0 or "uid" not in table.column_names:
-        return np.zeros(0, dtype=np.int64)
-    hit = pc.is_in(table.column("uid"), value_set=pa.array(sorted(uids), pa.string()))
-    return np.flatnonzero(hit.to_numpy(zero_copy_only=False).astype(bool, copy=False))
 
 
 def _feedback_extra(fb: np.ndarray, take: Callable[[np.ndarray], pa.Table],

@@ -30,7 +30,7 @@ import pyarrow as pa
 from distributed import WorkerPlugin
 
 from zeekml._core.errors import UnreadableInput, ZeekmlError
-from zeekml.flows.select import ts_sort_key
+from zeekml.flows.select import feedback_rows, ts_sort_key
 from zeekml.flows.table import conn_table, is_conn_batch
 from zeekml.parse import Quarantine
 from zeekml.parse.reader import GZIP_MAGIC, detect_format, make_parser, open_binary
@@ -422,8 +422,6 @@ def _take(result: ReadResult, rows: np.ndarray) -> pa.Table:
 
 
 def _feedback_rows_of(result: ReadResult, uids: set[str]) -> np.ndarray:
-    from zeekml.pipeline.batch import feedback_rows
-
     return feedback_rows(result.table, uids)
 
 
