@@ -129,8 +129,30 @@ def test_allowlist_errors_on_score(tmp_path):
     r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o2"), "--allowlist",
                                   str(tmp_path / "missing.toml")])
     assert r.exit_code == 2 and "allowlist file not found" in r.output
-    bad.write_text('[[rule]]\nhost = "1.2.3.4"\nreason = "x"\n')
-    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o3"), "--allowlist", str(bad),
-                                  "--dask", "local:1"])
-    assert r.exit_code == 1 and "--allowlist does not work with --dask yet" in r.output
-    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
+    assert not (tmp_path / "o1").exists()
+
+
+def test_allowlist_with_dask_equals_one_process(run_dir, tmp_path):
+    """`--dask` applies the allowlist in its tasks: the verdict lines (with `suppressed_by`),
+    the incidents, the conn notices and the counts of one process, over several tasks."""
+    a = alerts(run_dir)
+    allow = tmp_path / "allow.toml"
+    allow.write_text(f'[[rule]]\nhost = "{a[0]["id.resp_h"]}"\nreason = "lab box"\n'
+                     f'[[rule]]\nverdict_id = "{a[-1]["verdict_id"]}"\nreason = "seen"\n')
+    outs = {}
+    for way, extra in (("one", []), ("dask", ["--dask", "local:2", "--dask-split-bytes", "65536"])):
+        outs[way] = out = tmp_path / way
+        r = CliRunner().invoke(main, ["score", str(EXAMPLES / "iot23" / "conn.log.labeled"), "--out",
+                                      str(out), "--no-models", "--no-progress", "--fpr", "0.02",
+                                      "--allowlist", str(allow), "--conn-notices", *extra])
+        assert r.exit_code == 0, r.output
+    lines = (outs["one"] / "verdicts.jsonl").read_bytes()
+    assert lines.count(b'"suppressed_by":"allowlist rule 1: lab box"') > 0
+    assert lines.count(b'"suppressed_by":"allowlist rule 2: seen"') == 1
+    for name in ("verdicts.jsonl", "incidents.jsonl"):
+        assert (outs["one"] / name).read_bytes() == (outs["dask"] / name).read_bytes(), name
+    from zeekml.parse import read_table
+    assert read_table(str(outs["one"] / "zeekml_notice.log")).to_pylist() == \
+        read_table(str(outs["dask"] / "zeekml_notice.log")).to_pylist()
+    s1, s2 = (json.loads((outs[w] / "summary.json").read_text()) for w in ("one", "dask"))
+    assert s1["alerts"] == s2["alerts"] and s1["alerts_by_note"] == s2["alerts_by_note"]

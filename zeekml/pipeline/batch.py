@@ -222,8 +222,6 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
     """
     options = options or ScoreOptions()
     allowlist = Allowlist.load(options.allowlist) if options.allowlist else None
-    if allowlist is not None and options.dask:
-        raise ZeekmlError("--allowlist does not work with --dask yet: score without --dask")
     benign = benign_feedback_uids(options.feedback) if options.feedback else None
     if options.baseline and options.baseline_period() is not None:
         raise ZeekmlError("give the baseline as logs (--baseline) or as a period of the input "
@@ -259,7 +257,7 @@ def score_paths(paths: list[str], out_dir: str, options: ScoreOptions | None = N
                     plan_tasks(files, options.split_bytes), options.dask, options, summary,
                     quarantine, baseline, outputs.write_rendered, triage.add,
                     with_alerts=outputs.wants_alerts, benign=benign,
-                    fit_extra=fit_extra if benign is not None else None))
+                    fit_extra=fit_extra if benign is not None else None, allowlist=allowlist))
             else:
                 kept = _score_chunked(files, baseline, options, summary, quarantine, outputs,
                                       allowlist, benign, triage, bar)

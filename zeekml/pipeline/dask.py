@@ -38,9 +38,11 @@ from zeekml.parse.reject import RejectedRecord
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.pipeline.chunked import TriagePart, score_in_context, triage_part
+from zeekml.scoring.allowlist import Allowlist, suppress
 from zeekml.scoring.context import context_seconds, take_ts_range
 from zeekml.scoring.evidence import ALERT_PATH, SuricataAlerts, attach_suricata_alerts
 from zeekml.scoring.verdict import Verdict
+from zeekml.sinks.triage import mark_suppressed
 from zeekml.sinks.verdicts import render_verdicts
 
 log = logging.getLogger(__name__)
@@ -438,17 +440,22 @@ def _gather_rows(client, results: list, bounds: np.ndarray, rows: np.ndarray) ->
 
 def score_task(result: ReadResult, fitted: FittedDetectors, before: list | None = None,
                after: list | None = None, alerts: SuricataAlerts | None = None,
-               with_alerts: bool = True) -> tuple[bytes, int, Counter, list[Verdict], TriagePart]:
+               with_alerts: bool = True, allowlist: Allowlist | None = None
+               ) -> tuple[bytes, int, Counter, list[Verdict], TriagePart]:
     """Verdicts for the rows of ``result`` (runs on a worker), rendered as ``verdicts.jsonl``
     lines, with the alerting verdicts as objects and what the incidents need of the task
     (``chunked.TriagePart``: its alerting rows, each conn's hosts and ts, compactly): only text
     and small arrays travel back to the driver. ``before``/``after`` are context rows (in global
     order) that detectors with a time context see but that get no verdict here. ``alerts``:
     every task's Suricata alerts, joined onto this task's conns (``scoring.evidence``).
-    ``with_alerts=False``: the alerts counted by note only, no verdict objects."""
+    ``with_alerts=False``: the alerts counted by note only, no verdict objects. ``allowlist``
+    (``--allowlist``): matching conns never alert and their lines name the rule, as in one
+    process (``scoring.allowlist.suppress``)."""
     batch = score_in_context(result.table, fitted, before, after)
     attach_suricata_alerts(batch, alerts)
+    suppressed = suppress(batch, allowlist) if allowlist is not None else {}
     rendered = render_verdicts(batch, alerts=with_alerts)
+    mark_suppressed(rendered.lines, suppressed)
     return (rendered.data(), len(rendered), rendered.notes, [v for _, v in rendered.alerts],
             triage_part(batch))
 
@@ -540,7 +547,7 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
                      baseline_table: pa.Table | None, emit: EmitFn,
                      on_triage: Callable[[TriagePart], None] | None = None,
                      with_alerts: bool = True, benign: set[str] | None = None,
-                     fit_extra: FitExtraFn | None = None) -> pa.Table:
+                     fit_extra: FitExtraFn | None = None, allowlist: Allowlist | None = None) -> pa.Table:
     """Run the four steps of the module docstring; ``emit(lines, n, notes, alerts)`` and
     ``on_triage(part)`` (what the incidents need of each task) are called in task order.
     ``with_alerts=False``: the workers send no alerting verdicts as objects (``alerts`` is
@@ -550,6 +557,7 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
     single-process run's choice, ``pipeline.batch``) gives those that join the fitting side,
     from their row numbers across the tasks, a reader of those rows, the ``--baseline``
     table (None: drawn from the input) and the drawn baseline rows (None: given).
+    ``allowlist``: applied by each task to its verdicts (``score_task``).
     Returns the baseline table fitted on. A task that fails for good (``TASK_RETRIES``) is
     reported in ``summary.files_failed`` with its byte range and the rest goes on; retried
     tasks are listed in ``summary.tasks_retried``."""
@@ -619,6 +627,7 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
             alerts.extend(part)
         alerts.rows()
         alerts_f = client.submit(_given, alerts if len(alerts) else None, pure=False)
+        allow_f = client.submit(_given, allowlist, pure=False) if allowlist is not None else None
         ctx = context_seconds(fitted)
         scored = []
         for i, r in enumerate(ok):
@@ -632,7 +641,7 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
                         if j != i and np.any((t >= lo) & (t <= hi)):
                             (before if j < i else after).append(client.submit(_take_range, other, lo, hi))
             scored.append(client.submit(score_task, r, fitted_f, before, after, alerts_f,
-                                        with_alerts, retries=TASK_RETRIES))
+                                        with_alerts, allow_f, retries=TASK_RETRIES))
         for task, fut in zip(ok_tasks, scored):  # in task order: the outputs equal a single-process run's
             out, exc = _outcome(fut, task)
             if exc is not None:
