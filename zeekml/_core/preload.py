@@ -7,7 +7,11 @@ Safe by construction, not by luck:
 - the thread only imports; the caller waits for it (``wait_started``) before its own code
   imports any of those modules, so two threads never import the same package tree at once (the
   one way Python's per-module import locks can deadlock is two threads each holding a module
-  the other one's import needs, which needs a cycle in the modules both are importing);
+  the other one's import needs, which needs a cycle in the modules both are importing). One
+  import does overlap: pyarrow's first conversion of a Python value (``pa.scalar``,
+  ``pa.array``) imports pandas, which the reading thread may start while this one imports
+  scikit-learn (which imports pandas too); one waits for the other, and there is no cycle:
+  pandas imports neither scikit-learn nor torch;
 - it is a daemon thread: a run that fails before it needs the modules (bad input) exits at
   once instead of waiting for torch to finish loading;
 - an import that fails in the thread is only logged: the caller's own import of the module
