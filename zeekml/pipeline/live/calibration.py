@@ -28,11 +28,10 @@ import pyarrow as pa
 from zeekml._core.atomic import atomic_write
 from zeekml._core.errors import ZeekmlError
 from zeekml._core.zeek_format import format_header, format_record
-from zeekml.flows.select import rows_in_range, ts_sort_key
+from zeekml.flows.select import feedback_rows, rows_in_range, ts_sort_key
 from zeekml.flows.table import CONN_SCHEMA, conn_table, is_conn_batch
 from zeekml.parse.reject import Quarantine
 from zeekml.parse.zeek_types import KNOWN_FIELD_TYPES
-from zeekml.flows.select import feedback_rows
 from zeekml.pipeline.batch import benign_feedback_uids, load_conns
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate
 from zeekml.pipeline.live.options import (BASELINE_LOG, CALIBRATION, FEEDBACK_LOG, Stopped,
