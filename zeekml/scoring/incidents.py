@@ -688,15 +688,11 @@ def host_baseline_bytes(baseline: pa.Table) -> dict[str, tuple[float, float]]:
         "": (float(_group_medians(everyone, sent, 1)[0]), float(_group_medians(everyone, recv, 1)[0]))}
     if "id.orig_h" not in baseline.column_names:
         return out
-    hosts = pc.dictionary_encode(pc.cast(baseline.column("id.orig_h"), pa.string()).combine_chunks())
-    # a host left unset is no host: only the all-conns medians count it
-    codes = pc.fill_null(hosts.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    names = hosts.dictionary.to_pylist()
-    known = codes >= 0
-    med_sent = _group_medians(codes[known], sent[known], len(names))
-    med_recv = _group_medians(codes[known], recv[known], len(names))
+    codes, names = string_codes(baseline.column("id.orig_h"))
+    med_sent = _group_medians(codes, sent, len(names))
+    med_recv = _group_medians(codes, recv, len(names))
     for g, h in enumerate(names):
-        if h:
+        if h:       # an unset host ("") is no host: only the all-conns medians count it
             out[h] = (float(med_sent[g]), float(med_recv[g]))
     return out
 
