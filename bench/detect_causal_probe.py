@@ -4,8 +4,8 @@ conn would catch, beside the full-attention ``malicious-moe`` member (most of th
 
 For each labeled capture left out, as ``bench/detect_classifiers.py`` does: 300 conns per class
 from each other capture's earliest 70% by time, btest's conns (``--extra-benign btest``) as
-Benign, the cut as ``zeekml finetune`` chooses it (the lowest P >= 0.5 that at most 1% of the
-validation benign conns of those shares reach). The embedding is ``models/moe-causal``'s
+Benign, the cut as ``zeekml finetune`` chooses it (``train.metrics.trained_cut``: the lowest
+P >= 0.5 that at most 1% of the validation benign conns of those shares reach). The embedding is ``models/moe-causal``'s
 (``LoadedTokenModel.stream_embedding``), each capture and each presumed-benign log embedded on
 its own (a host's stream never runs across captures); the probe is scikit-learn's
 ``LogisticRegression``. Nothing is shipped from here: no model directory is written.
@@ -31,17 +31,10 @@ sys.path.insert(0, HERE)
 from detect_classifiers import ROOT, held_out_metrics, load_any, presumed_benign, training_set  # noqa: E402
 from detect_eval import CAPTURES  # noqa: E402
 
+from zeekml.train.metrics import trained_cut  # noqa: E402
 from zeekml.train.protocol import validation_benign_rows  # noqa: E402
 
 SHOTS = 300
-FPR_TRAIN = 0.01
-
-
-def trained_cut(p_val: np.ndarray, fpr: float = FPR_TRAIN) -> float:
-    """The lowest cut >= 0.5 that at most ``fpr`` of the validation benign conns reach."""
-    b = np.sort(p_val)[::-1]
-    k = int(np.floor(fpr * len(b)))
-    return max(0.5, float(np.nextafter(b[k], np.inf)) if k < len(b) else 0.5)
 
 
 def main() -> None:
@@ -76,7 +69,7 @@ def main() -> None:
         probe = LogisticRegression(max_iter=2000).fit(emb[rows], (labels[rows] == "Malicious").astype(int))
         val = validation_benign_rows(labels, early, rows, args.seed)
         p_val = probe.predict_proba(emb[val])[:, 1]
-        cut = trained_cut(p_val)
+        cut = trained_cut(p_val)["cut"]      # as ``zeekml finetune`` chooses it
         _, y = load_any(held)
         p = probe.predict_proba(embedded(held)[0])[:, 1]
         other = {name: np.concatenate([probe.predict_proba(e)[:, 1] for e in embedded(name)])
