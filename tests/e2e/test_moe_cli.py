@@ -173,3 +173,35 @@ def test_pretrain_attention_option(tmp_path):
                                   "--attention", "causal_window"])
     assert r.exit_code == 2 and "--attention applies to the token models (moe, dense), not mae" in r.output
     assert "Traceback" not in r.output and not (tmp_path / "m").exists()
+
+
+def test_a_causal_base_finetuned_with_lp_joins_score_and_watch(tmp_path):
+    """Issue 14: ``finetune --procedure lp`` on a ``causal_window`` base (what the committee's
+    causal member is) writes a classifier whose head reads the stream embedding; ``score`` and
+    ``watch`` use it as a known-bad detector. Any other procedure is refused in one line."""
+    base = tmp_path / "causal"
+    invoke("pretrain", "--model", "moe", SLICE, "--out", base, "--epochs", "1", "--attention", "causal_window",
+           "--device", "cpu")
+    r = CliRunner().invoke(main, ["finetune", "--model", "moe", "--base", str(base), "--train", SLICE,
+                                  "--label-field", "label", "--procedure", "lp-ft", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "a causal_window base is finetuned with procedure lp" in r.output
+    assert "Traceback" not in r.output
+    ft = tmp_path / "cmoe-ft"
+    m = json.loads(invoke("finetune", "--model", "moe", "--base", base, "--train", SLICE, "--label-field", "label",
+                          "--shots", "20", "--procedure", "lp", "--out", ft, "--device", "cpu"))
+    assert m["steps"] == 0 and m["val_rows"] == 0
+    cfg = json.loads((ft / "config.json").read_text())
+    assert cfg["encoder"]["attention"] == "causal_window" and cfg["head"]["hidden"] == 0
+    assert 0.5 <= cfg["operating_point"]["cut"] <= 1.0
+    invoke("score", SLICE, "--out", tmp_path / "s", "--models", ft, "--no-progress", "--conn-notices")
+    v = [json.loads(x) for x in (tmp_path / "s" / "verdicts.jsonl").read_text().splitlines()]
+    assert len(v) == 900 and all("clf-cmoe-ft" in x["scores"] for x in v)
+    assert all(x["note"] == "ZeekML::Intrusion" for x in v if x["alert"] and x["model"] == "clf-cmoe-ft")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    shutil.copy(SLICE, logs / "conn.log")
+    invoke("watch", logs, "--out", tmp_path / "w", "--once", "--models", ft, "--baseline", SLICE, "--quiet")
+    w = {x["uid"]: x for x in map(json.loads, (tmp_path / "w" / "verdicts.jsonl").read_text().splitlines())}
+    assert len(w) == 900
+    # a conn's probability is the same in watch's windows as in the whole log
+    assert all(w[x["uid"]]["scores"]["clf-cmoe-ft"] == x["scores"]["clf-cmoe-ft"] for x in v)

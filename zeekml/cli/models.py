@@ -58,7 +58,7 @@ def quarantine_file(path: str | None) -> Iterator:
 @click.option("--attention", type=click.Choice(["full", "causal_window"]), default=None,
               help="Token models (moe, dense) only: full = a conn's window of its host's last conns plus a CLS "
                    "(moe-base; finetunable), causal_window = each host's stream of conns, each conn through "
-                   "each block once (moe-causal, the detector; not finetunable). Default: full.")
+                   "each block once (moe-causal, the detector; finetuned with --procedure lp only). Default: full.")
 @DEVICE_OPTION
 def pretrain(model, logs, out, seed, epochs, attention, device):
     """Self-supervised pretraining on LOGS (labels ignored)."""
@@ -99,12 +99,13 @@ def pretrain(model, logs, out, seed, epochs, attention, device):
               help="label/detailedlabel heads: the cut stored with the model is the lowest P "
                    "(at least 0.5) that at most this share of the training share's benign conns "
                    "not trained on reach; score uses it when the baseline looks infected.")
-@click.option("--procedure", type=click.Choice(["lp-ft", "full"]), default=None,
+@click.option("--procedure", type=click.Choice(["lp-ft", "lp", "full"]), default=None,
               help="lp-ft: a linear head fitted on the frozen encoder, then everything finetuned "
-                   "at a small rate, stopped on 20% of the labeled conns held out; full: the "
-                   "earlier end-to-end finetune of an MLP head (zeekml.train.common.LPFT). "
-                   "Default: lp-ft for mae, full for gnn, moe and dense (measured: "
-                   "docs/results/fewshot.md).")
+                   "at a small rate, stopped on 20% of the labeled conns held out; lp: that "
+                   "linear head alone (the encoder frozen; the one procedure of a causal_window "
+                   "base such as moe-causal); full: the earlier end-to-end finetune of an MLP "
+                   "head (zeekml.train.common.LPFT). Default: lp-ft for mae, full for gnn, moe "
+                   "and dense (measured: docs/results/fewshot.md).")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
 @DEVICE_OPTION
 def finetune(model, base, scratch, train, label_field, shots, fraction, seed, epochs, fpr_train,

@@ -32,8 +32,8 @@ from zeekml._core.errors import ZeekmlError
 from zeekml.scoring.detectors.base import sub_state, torch_module
 
 __all__ = ["LPFT", "PROCEDURES", "EarlyStopping", "EpochLog", "Trainer", "apply_epochs", "check_procedure",
-           "class_weights", "cosine", "fit_linear_probe", "ft_budget", "holdout_rows", "holdout_split", "model_config",
-           "probe_into",
+           "class_weights", "cosine", "fit_linear_probe", "ft_budget", "holdout_rows", "holdout_split",
+           "lp_val_share", "model_config", "probe_into",
            "optimiser_steps", "pick", "prefixed_state", "run_ft", "sub_state", "torch_module"]
 
 T = TypeVar("T")
@@ -80,7 +80,7 @@ def class_weights(y: Any, n_classes: int) -> Any:
     return counts.sum() / (n_classes * counts.clamp_min(1))
 
 
-PROCEDURES = ("lp-ft", "full")
+PROCEDURES = ("lp-ft", "lp", "full")
 
 
 @dataclasses.dataclass
@@ -96,14 +96,17 @@ class LPFT:
     features before the head has learnt anything (Kumar et al. 2022), and an MLP head fitted to a
     handful of conns of one class extrapolated backwards on conns unlike them (the mae head's
     AUROC 0.18-0.40 on Stratosphere 010 where a logistic probe on the same embedding got 0.98).
-    A scratch twin (no base) runs the same procedure from random weights. ``"full"``: the
+    A scratch twin (no base) runs the same procedure from random weights. ``"lp"``: the LP step
+    alone, on every labeled row (nothing held out: there is no FT to stop), the encoder frozen;
+    the one procedure of a ``causal_window`` token base, whose head reads the stream embedding
+    (``zeekml.train.moe``). ``"full"``: the
     earlier procedure (an MLP head of width ``hidden`` and the encoder trained end to end from a
     random head at ``lr``; mae: the head alone on the frozen embedding). Measured on one grid
     (docs/results/fewshot.md, "LP-FT"): LP-FT is mae's default (it fixes the inverted head);
     gnn and moe keep ``"full"``, which LP-FT did not beat for them.
 
     Args:
-        procedure: ``"lp-ft"`` or ``"full"`` (default ``"full"``; mae: ``"lp-ft"``).
+        procedure: ``"lp-ft"``, ``"lp"`` or ``"full"`` (default ``"full"``; mae: ``"lp-ft"``).
         probe_l2: L2 weight of the LP fit on the mean class-weighted loss (default 1e-3).
         ft_lr_scale: FT learning rate as a share of ``lr`` (default 0.1).
         val_share: share of each class's labeled rows held out to stop FT early (default 0.2;
@@ -124,9 +127,16 @@ class LPFT:
     patience: int = 5
 
 
+def lp_val_share(cfg: Any) -> float:
+    """The share of each class held out for FT's early stopping: none for ``"lp"`` (no FT)."""
+    return 0.0 if cfg.procedure == "lp" else cfg.val_share
+
+
 def ft_budget(cfg: Any, steps: int, n_val: int, what: str = "finetune") -> int:
     """FT's step budget: ``steps``, or 0 without validation rows unless ``cfg.ft_without_val``
-    (said on ``progress_log``, naming the loop ``what``)."""
+    (said on ``progress_log``, naming the loop ``what``); 0 for ``"lp"`` (the LP head alone)."""
+    if cfg.procedure == "lp":
+        return 0
     if n_val or cfg.ft_without_val:
         return steps
     progress_log.info("%s: a class has too few labeled conns to hold any out (val_share %g), so the "

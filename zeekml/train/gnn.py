@@ -39,8 +39,8 @@ from zeekml.scoring.detectors.gnn import (NAME, SCHEMA_VERSION, GNNBundle,  # no
 from zeekml.scoring.detectors.gnn import to_device as _to
 from zeekml.train.artifact import save_model_dir
 from zeekml.train.common import (LPFT, EarlyStopping, EpochLog, Trainer, apply_epochs, check_procedure,
-                                 class_weights, ft_budget, holdout_rows, model_config, optimiser_steps, pick,
-                                 probe_into, run_ft)
+                                 class_weights, ft_budget, holdout_rows, lp_val_share, model_config, optimiser_steps,
+                                 pick, probe_into, run_ft)
 from zeekml.train.data import Prediction, temporal_split
 from zeekml.train.registry import register_trainer
 
@@ -298,8 +298,8 @@ def finetune_bundle(base: GNNBundle | None, table: pa.Table, labels: np.ndarray,
     apply_epochs(cfg, epochs)
     cfg.lr = lr or cfg.lr
     hidden = cfg.hidden
-    lpft = check_procedure(cfg) == "lp-ft"
-    head_hidden = {"head_hidden": 0} if lpft else {}       # LP-FT's head is linear
+    lpft = check_procedure(cfg) != "full"
+    head_hidden = {"head_hidden": 0} if lpft else {}       # LP-FT's (and LP's) head is linear
     _seed(seed)
     train_rows = np.asarray(train_rows, dtype=np.int64)
     classes = sorted({str(labels[i]) for i in train_rows if labels[i] is not None})
@@ -373,7 +373,7 @@ def _finetune_lpft(model, xd: dict, adj: dict, tmask, y, n_classes: int, cfg: Fi
     metrics."""
     import torch
 
-    fit_t, val_t, weight = holdout_rows(y, cfg.val_share, seed, n_classes, device)
+    fit_t, val_t, weight = holdout_rows(y, lp_val_share(cfg), seed, n_classes, device)
     yd = y.to(device)
     model.eval()
     with torch.no_grad():

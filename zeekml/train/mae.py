@@ -28,8 +28,8 @@ from zeekml.features.modality import SCHEMA_VERSION, Modalities, ModalityFeaturi
 from zeekml.scoring.detectors.mae import NAME, LoadedMAE, modality_tensors
 from zeekml.train.artifact import save_model_dir
 from zeekml.train.common import (LPFT, EarlyStopping, EpochLog, Trainer, apply_epochs, check_procedure,
-                                 class_weights, ft_budget, holdout_rows, model_config, optimiser_steps, pick,
-                                 prefixed_state, probe_into, run_ft, step_epochs, torch_module)
+                                 class_weights, ft_budget, holdout_rows, lp_val_share, model_config, optimiser_steps,
+                                 pick, prefixed_state, probe_into, run_ft, step_epochs, torch_module)
 from zeekml.train.data import Prediction
 from zeekml.train.registry import register_trainer
 
@@ -210,7 +210,7 @@ def _finetune_lpft(model, q, sq, e, y, n_classes: int, fcfg: FinetuneConfig, see
     from zeekml.nn.mae import EmbeddingClassifier
 
     torch = torch_module()
-    fit_t, val_t, weight = holdout_rows(y, fcfg.val_share, seed, n_classes, device)
+    fit_t, val_t, weight = holdout_rows(y, lp_val_share(fcfg), seed, n_classes, device)
     y = y.to(device)
     model.eval()
     with torch.no_grad():

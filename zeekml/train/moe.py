@@ -8,8 +8,9 @@
 - ``finetune``: ``procedure="lp-ft"`` (``zeekml.train.common.LPFT``): a linear head on the CLS and
   anchor states of the frozen encoder, then encoder and head trained together at a small rate
   (class-weighted cross-entropy, plus the MoE auxiliary losses), stopped early on held-out
-  labeled rows; ``procedure="full"``: the earlier MLP head and encoder trained end to end from a
-  random head.
+  labeled rows; ``procedure="lp"``: that linear head alone; ``procedure="full"``: the earlier MLP
+  head and encoder trained end to end from a random head. A ``causal_window`` base takes ``lp``
+  only, its head on the stream embedding (each conn's own position in its host's stream).
 - ``predict``: class probabilities (finetuned dirs); ``score`` for pretrained dirs = negative
   log-likelihood of the conn's own token fields when they are masked (host tokens) or of every
   third packet token (packet tokens).
@@ -37,8 +38,8 @@ from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
 from zeekml.scoring.detectors.token import LoadedTokenModel, add_routing, routing_summary
 from zeekml.train.artifact import save_model_dir
 from zeekml.train.common import (LPFT, EarlyStopping, EpochLog, Trainer, apply_epochs, check_procedure,
-                                 class_weights, cosine, ft_budget, holdout_rows, model_config, optimiser_steps,
-                                 pick, prefixed_state, probe_into, run_ft, step_epochs, torch_module)
+                                 class_weights, cosine, ft_budget, holdout_rows, lp_val_share, model_config,
+                                 optimiser_steps, pick, prefixed_state, probe_into, run_ft, step_epochs, torch_module)
 from zeekml.train.data import Prediction
 from zeekml.train.registry import register_trainer
 
@@ -518,7 +519,7 @@ def _finetune_lpft(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: in
 
     torch = torch_module()
     # indices stay on the CPU: they pick rows of the CPU-resident ids
-    fit_t, val_t, weight = holdout_rows(y, fcfg.val_share, seed, n_classes, device, index_device="cpu")
+    fit_t, val_t, weight = holdout_rows(y, lp_val_share(fcfg), seed, n_classes, device, index_device="cpu")
     d = encoder.config.d_model
     head = ClassifierHead(2 * d, n_classes, 0).to(device)
     with torch.no_grad():
@@ -554,6 +555,26 @@ def _finetune_lpft(kind: str, encoder, tok: FlowTokenizer, ids, y, n_classes: in
     done = run_ft(step, val_loss if len(val_t) else None, stop, steps, fcfg.eval_every, progress)
     return head, {"train_loss": last[0], "steps": done, "fit_rows": int(n), "val_rows": int(len(val_t)),
                   "early_stopping": stop.summary(), "head_hidden": 0}
+
+
+def _finetune_stream_lp(loaded, table: pa.Table, train_rows: np.ndarray, y, n_classes: int,
+                        fcfg: FinetuneConfig, device: str) -> tuple:
+    """``procedure="lp"`` on a ``causal_window`` base: the head's linear layer fitted on the
+    layer-normed stream embedding of the labeled rows (``LoadedTokenModel.stream_embedding``:
+    each conn's final state at its own position of its host's stream, the rest of ``table`` as
+    the streams' context), the encoder frozen. Why not FT too: the encoder is trained on host
+    streams, and a stream pass per labeled conn's window would cost what pretraining does.
+    Returns ``(head, metrics)``."""
+    from zeekml.nn.dense import ClassifierHead
+
+    torch = torch_module()
+    z = torch.as_tensor(loaded.stream_embedding(table, train_rows), device=device)
+    head = ClassifierHead(z.shape[1], n_classes, 0).to(device)
+    y = y.to(device)
+    with torch.no_grad():
+        zn = head.net[0](z)                     # the head's own layer norm
+    probe_into(head.net[1], zn, y, n_classes, class_weights(y, n_classes), fcfg.probe_l2)
+    return head, {"steps": 0, "fit_rows": int(len(y)), "val_rows": 0, "head_hidden": 0}
 
 
 TOKENIZER_OPTS = ("source", "seq_len", "max_age", "quantile_bins", "top_k")
@@ -637,29 +658,33 @@ class TokenTrainer(Trainer):
             loaded = LoadedTokenModel.from_dir(base, device)
             if loaded.kind != self.name:
                 raise ZeekmlError(f"--base is a {loaded.kind!r} model, not {self.name!r}", base)
-            if loaded.causal:
-                raise ZeekmlError("finetuning a causal_window base is not supported (its heads read "
-                                  "no CLS position); use a full-attention base", base)
+            if loaded.causal and procedure != "lp":
+                raise ZeekmlError(f"a causal_window base is finetuned with procedure lp (a linear head "
+                                  f"on its frozen stream embedding), not {procedure}", base)
             tok, encoder, mlm = loaded.tokenizer, loaded.encoder, loaded.mlm
             base_cfg = loaded.config
         else:
             arch = pick(ArchConfig, opts)
             if arch.attention != "full":
-                raise ZeekmlError("finetuning a causal_window model is not supported; use attention full")
+                raise ZeekmlError("finetuning a causal_window model from scratch is not supported (its "
+                                  "one procedure, lp, needs a pretrained encoder); use attention full")
             tok = FlowTokenizer(**{k: v for k, v in opts.items() if k in TOKENIZER_OPTS})
             tok.fit(table, flows)
             encoder, _ = build_encoder(self.name, tok, arch)
             mlm = FieldHead(arch.d_model, tok.field_sizes)
             base_cfg = None
         encoder.to(device)
-        ids = torch.as_tensor(tok.transform(table, flows, rows=train_rows, hide_service=hide_service))
+        causal = bool(encoder.config.causal)
         y = torch.as_tensor([classes.index(c) for c in y_names], dtype=torch.long)
         d = encoder.config.d_model
         t0 = time.perf_counter()
-        if procedure == "full":
-            head, extra = _finetune_full(self.name, encoder, tok, ids, y, len(classes), fcfg, seed, device)
+        if causal:
+            loaded.hide_service = hide_service
+            head, extra = _finetune_stream_lp(loaded, table, train_rows, y, len(classes), fcfg, device)
         else:
-            head, extra = _finetune_lpft(self.name, encoder, tok, ids, y, len(classes), fcfg, seed, device)
+            ids = torch.as_tensor(tok.transform(table, flows, rows=train_rows, hide_service=hide_service))
+            run = _finetune_full if procedure == "full" else _finetune_lpft
+            head, extra = run(self.name, encoder, tok, ids, y, len(classes), fcfg, seed, device)
         encoder.eval()
         head.eval()
         n_params = encoder.n_params + sum(p.numel() for p in head.parameters())
@@ -668,7 +693,7 @@ class TokenTrainer(Trainer):
             n_params=n_params, classes=classes, label_field=label_field, hide_service=hide_service,
             settings=("finetune", fcfg), base=base, base_config=base_cfg,
             encoder=encoder.config.to_dict(), tokenizer=tok.to_dict(), token_source=tok.source,
-            head={"in_dim": 2 * d, "n_classes": len(classes), "hidden": extra.pop("head_hidden")},
+            head={"in_dim": d if causal else 2 * d, "n_classes": len(classes), "hidden": extra.pop("head_hidden")},
             n_params_active=encoder.n_active_params)
         encoder.cpu()
         head.cpu()
@@ -684,6 +709,10 @@ class TokenTrainer(Trainer):
                 flows: pa.Table | None = None) -> TokenPrediction:
         """Class probabilities (a classifier) or the masked-token NLL (a base), with routing."""
         loaded = LoadedTokenModel.from_dir(model_dir, device)
+        if loaded.causal and loaded.head is not None:
+            # a stream pass reports no routing (its tokens per expert are the detector's concern)
+            return TokenPrediction(classes=loaded.classes, proba=loaded.stream_proba(table), score=None,
+                                   routing=[])
         ids = loaded.tokens(table, flows)
         res = loaded.run(ids, want=("score", "routing") if loaded.head is None else ("proba", "routing"))
         routing = routing_summary(res["routing"])

@@ -217,6 +217,26 @@ def test_the_probe_phase_leaves_the_encoder_as_pretrained(kind, bases, table, la
     np.testing.assert_allclose(pred.proba.sum(1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["gnn", "moe", "mae"])
+def test_lp_is_the_probe_alone_fitted_on_every_labeled_row(kind, bases, table, labels, tmp_path):
+    """``procedure="lp"``: nothing held out (there is no FT to stop), no FT step, the encoder the
+    base's bit for bit; LP-FT on the same rows holds 12 out and so fits another head."""
+    base = bases(kind)
+    rows = _rows(labels, 30, 30)
+    out = str(tmp_path / "lp")
+    m = get_trainer(kind).finetune(base, table, labels, rows, hide_service=False, seed=0, out=out,
+                                   sources=[LOG], label_field="label", epochs=3, procedure="lp", **TINY[kind])
+    assert (m["fit_rows"], m["val_rows"], m["steps"]) == (60, 0, 0)
+    before, after = _encoder_state(kind, base), _encoder_state(kind, out)
+    assert before and all(torch.equal(before[k], after[k]) for k in before)
+    cfg = _config(out)
+    assert cfg["finetune"]["procedure"] == "lp"
+    assert (cfg["model"]["head_hidden"] if kind == "gnn" else cfg["head"]["hidden"]) == 0
+    p = get_trainer(kind).predict(out, table).proba
+    y = labels[rows] == "Malicious"
+    assert ((p[rows, 1] >= 0.5) == y).mean() > 0.8          # the probe learnt its rows
+
+
 def test_the_mae_head_after_lp_is_the_logistic_fit_on_the_same_embedding(bases, table, labels, tmp_path):
     from sklearn.linear_model import LogisticRegression
 
@@ -269,7 +289,7 @@ def test_the_full_procedure_is_still_there_with_its_mlp_head(kind, bases, table,
 
 
 def test_an_unknown_procedure_is_one_clear_error(bases, table, labels, tmp_path):
-    with pytest.raises(ZeekmlError, match="unknown finetune procedure 'lpft'; use one of lp-ft, full"):
+    with pytest.raises(ZeekmlError, match="unknown finetune procedure 'lpft'; use one of lp-ft, lp, full"):
         get_trainer("mae").finetune(bases("mae"), table, labels, _rows(labels, 5, 5), hide_service=False,
                                     seed=0, out=str(tmp_path / "x"), sources=[LOG], label_field="label",
                                     procedure="lpft")
@@ -295,7 +315,7 @@ def test_zeekml_finetune_takes_the_procedure(bases, tmp_path):
         assert (cfg["finetune"]["procedure"], cfg["head"]["hidden"]) == (procedure, hidden)
     r = CliRunner().invoke(main, ["finetune", "--model", "mae", "--base", bases("mae"), "--train", LOG,
                                   "--label-field", "label", "--procedure", "lpft", "--out", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "'lpft' is not one of 'lp-ft', 'full'" in r.output
+    assert r.exit_code == 2 and "'lpft' is not one of 'lp-ft', 'lp', 'full'" in r.output
 
 
 def test_each_kind_has_the_procedure_it_measured_best_with_as_its_default():

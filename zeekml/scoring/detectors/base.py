@@ -34,6 +34,8 @@ import os
 import stat
 from typing import Any, Callable
 
+import numpy as np
+
 from zeekml._core.errors import ModelError
 
 MANIFEST = "manifest.json"
@@ -261,3 +263,25 @@ def sub_state(state: dict, prefix: str) -> dict:
 def is_classifier(config: dict) -> bool:
     """A finetuned classifier (labels, a head), as opposed to a self-supervised base."""
     return bool(config.get("label_field") or config.get("classes") or config.get("head"))
+
+
+# Rows per call of a classifier head on embeddings, padded (``head_proba``): BLAS picks its kernel
+# by shape, so a fixed shape keeps a conn's probabilities those of the conn alone (as the kNN's
+# CHUNK does)
+HEAD_ROWS = 256
+
+
+def head_proba(classify: Any, h: np.ndarray, n_classes: int, device: str) -> np.ndarray:
+    """Class probabilities ``[n, C]`` of a head ``classify`` (embeddings -> logits) on the
+    embeddings ``h`` ``[n, d]``, run ``HEAD_ROWS`` at a time, padded, so that a row's
+    probabilities do not depend on the rows beside it (``score_rows == score[rows]`` exactly)."""
+    torch = torch_module()
+    out = np.zeros((len(h), n_classes), dtype=np.float32)
+    with torch.inference_mode():
+        for a in range(0, len(h), HEAD_ROWS):
+            part = torch.zeros((HEAD_ROWS, h.shape[1]), dtype=torch.float32)
+            n = min(HEAD_ROWS, len(h) - a)
+            part[:n] = torch.from_numpy(np.ascontiguousarray(h[a:a + n], dtype=np.float32))
+            p = torch.softmax(classify(part.to(device)), dim=-1)
+            out[a:a + n] = p[:n].float().cpu().numpy()
+    return out

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from zeekml._core.errors import ModelError
 from zeekml.features.table_memo import TableMemo
-from zeekml.scoring.detectors.base import read_config
+from zeekml.scoring.detectors.base import HEAD_ROWS, head_proba, read_config
 from zeekml.scoring.registry import register_classifier
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,13 @@ def bad_classes(classes: list[str]) -> np.ndarray:
 # decisions in any order). Measured on bench/score_speed.py's baseline check (1,000 conns of
 # 30,000, one torch thread): mae 0.027 s, gnn 0.095 s, moe 0.17 s. Speed only: a stale figure
 # never changes a decision.
-RELATIVE_COST = {"mae": 1.0, "gnn": 3.5, "moe": 6.0, "dense": 6.0}
+RELATIVE_COST = {"mae": 1.0, "gnn": 3.5, "moe": 6.0, "dense": 6.0, "causal": 1.0}
 
 
 class _TokenHead:
-    """moe/dense: the head on the pooled host-token sequence."""
+    """moe/dense: the head on the pooled host-token sequence (full attention), or on the conn's
+    stream embedding (a ``causal_window`` base finetuned with ``procedure="lp"``: each conn one
+    token of its host's stream, ``LoadedTokenModel.stream_proba``)."""
 
     def __init__(self, model_dir: str, device: str):
         from zeekml.scoring.detectors.token import LoadedTokenModel
@@ -64,16 +66,21 @@ class _TokenHead:
         if self.m.head is None:
             raise ModelError("config says classifier but there is no classifier head", model_dir)
         self.classes = self.m.classes
-        self.context_seconds = self.m.tokenizer.context_seconds
+        self.context_seconds = self.m.context_seconds
         self.forward_context_seconds = 0.0
         self.context_key: str | None = "id.orig_h"
+        self.cost = RELATIVE_COST["causal" if self.m.causal else self.m.kind]
 
     @property
     def part_rows(self) -> int | None:
-        """``run``'s batch: rows cut at its multiples run in the same batches (``score_parts``)."""
-        return self.m.infer_rows
+        """``run``'s batch: rows cut at its multiples run in the same batches (``score_parts``).
+        A causal model's rows do not depend on each other (``stream_embedding``); its head runs
+        ``HEAD_ROWS`` at a time."""
+        return HEAD_ROWS if self.m.causal else self.m.infer_rows
 
     def proba(self, table: pa.Table, rows: np.ndarray | None) -> np.ndarray:
+        if self.m.causal:
+            return self.m.stream_proba(table, rows)
         return self.m.run(self.m.tokens(table, rows=rows), want=("proba",))["proba"]
 
 
@@ -104,11 +111,6 @@ class _MAEHead:
         return self.m.run(self.m.modalities(table, rows=rows), want=("proba",))["proba"]
 
 
-# Rows per call of the gnn classifier's head, padded: BLAS picks its kernel by shape, so a fixed
-# shape keeps a conn's probabilities those of the conn alone (as the kNN's CHUNK does)
-HEAD_ROWS = 256
-
-
 class _GNNHead:
     """gnn: the head on the flow-graph embedding of each conn."""
 
@@ -132,24 +134,14 @@ class _GNNHead:
         """Class probabilities ``[n, C]`` of ``rows`` (every row when None). The flow
         embeddings are the gnn detector's (``embed_rows``: with ``rows``, only their graph
         neighbourhood is built and run, with the bits of the whole table's graphs), and the head
-        runs on ``HEAD_ROWS`` of them at a time, padded, so that a row's probabilities do not
-        depend on the rows beside it: ``score_rows == score[rows]`` exactly."""
-        from zeekml.scoring.detectors.base import torch_module
+        runs on them padded (``head_proba``), so that a row's probabilities do not depend on the
+        rows beside it: ``score_rows == score[rows]`` exactly."""
         from zeekml.scoring.detectors.gnn import embed_rows, ready
 
-        torch = torch_module()
         model = ready(self.bundle.model, self.device)
         idx = np.arange(table.num_rows, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         h = embed_rows(self.bundle, table, None if rows is None else idx, device=self.device)[idx]
-        out = np.zeros((len(idx), len(self.classes)), dtype=np.float32)
-        with torch.inference_mode():
-            for a in range(0, len(idx), HEAD_ROWS):
-                part = torch.zeros((HEAD_ROWS, h.shape[1]), dtype=torch.float32)
-                n = min(HEAD_ROWS, len(idx) - a)
-                part[:n] = torch.from_numpy(h[a:a + n])
-                p = torch.softmax(model.classify(part.to(self.device)), dim=-1)
-                out[a:a + n] = p[:n].cpu().numpy()
-        return out
+        return head_proba(model.classify, h, len(self.classes), self.device)
 
 
 HEADS = {"moe": _TokenHead, "dense": _TokenHead, "mae": _MAEHead, "gnn": _GNNHead}
@@ -227,7 +219,7 @@ class ClassifierDetector:
                              f"({', '.join(sorted([*HEADS, *COMPOSITES]))})", model_dir)
         self.head = HEADS[kind](model_dir, device)
         # relative CPU per conn (RELATIVE_COST): the order a committee runs its members in
-        self.cost = RELATIVE_COST.get(kind, max(RELATIVE_COST.values()))
+        self.cost = getattr(self.head, "cost", RELATIVE_COST.get(kind, max(RELATIVE_COST.values())))
         self.classes = list(self.head.classes)
         self.bad = bad_classes(self.classes)
         if len(self.bad) == 0 or len(self.bad) == len(self.classes):

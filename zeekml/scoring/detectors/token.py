@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from zeekml._core.device import batch_rows, inference_batch
 from zeekml._core.errors import ModelError
 from zeekml.features.tokens import MASK, PAD, SCHEMA_VERSION, FlowTokenizer
-from zeekml.scoring.detectors.base import load_checked, sub_state, torch_module
+from zeekml.scoring.detectors.base import head_proba, load_checked, sub_state, torch_module
 from zeekml.scoring.detectors.reference import (KnnReference, ReferenceSplitFit, ZReference,
                                                 make_reference)
 from zeekml.scoring.detectors.stream_state import StreamState, target_runs
@@ -108,6 +108,27 @@ class LoadedTokenModel:
         """A ``causal_window`` encoder (``zeekml.nn.dense``): host streams, no CLS position."""
         return bool(self.encoder.config.causal)
 
+    @property
+    def context_seconds(self) -> float:
+        """How far back a conn's host tokens reach (the tokenizer's ``max_age``). A
+        ``causal_window`` model attends within ``max_age`` per block, so its conns reach
+        ``n_layers`` hops of ``max_age`` back, plus one for the earliest token's own gap."""
+        tok = self.tokenizer
+        if self.causal:
+            return tok.context_seconds * (self.encoder.config.n_layers + 1)
+        return tok.context_seconds
+
+    @property
+    def context_key_rows(self) -> int | None:
+        """How many of the originator's conns can change a conn's score: the ``seq_len``
+        latest, itself included (the first step's gap is unset, so nothing before them counts);
+        ``scoring.context`` then keeps only those of a busy host's hour. None for packet tokens."""
+        tok = self.tokenizer
+        if tok.source != "host":
+            return None
+        # a stream token's gap and responder are relative to the host's previous conn: one more
+        return tok.seq_len + 1 if self.causal else tok.seq_len
+
     def tokens(self, table: pa.Table, flows: pa.Table | None = None, rows: np.ndarray | None = None) -> np.ndarray:
         """Token ids ``[n, L, f]`` of ``table`` (or of its ``rows``, the rest as context).
 
@@ -196,6 +217,16 @@ class LoadedTokenModel:
                       state.misses)
         return out
 
+    def stream_proba(self, table: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+        """A ``causal_window`` classifier's class probabilities ``[n, C]`` of ``rows`` (default
+        all): its head (layer norm and one linear layer: ``procedure="lp"``) on
+        ``stream_embedding``, run padded (``head_proba``), so that a row's bits do not depend on
+        the rows beside it."""
+        if self.head is None or not self.causal:
+            raise ModelError("stream_proba needs a causal_window model with a classifier head")
+        h = self.stream_embedding(table, rows)
+        return head_proba(self.head, h, len(self.classes), self.device)
+
     @property
     def infer_rows(self) -> int:
         """Rows per batch of ``run`` and ``embed`` (in row order: a caller that cuts rows at
@@ -220,7 +251,10 @@ class LoadedTokenModel:
             for s in range(0, len(ids), batch):
                 x = torch.as_tensor(ids[s:s + batch], device=self.device)
                 if "proba" in want and self.head is not None:
-                    # finetuned heads: full attention only
+                    if self.causal:
+                        # its head reads the stream embedding, not a window's pooled states
+                        raise ModelError("a causal_window classifier scores host streams "
+                                         "(stream_proba), not token windows")
                     out = self.encoder(x, positions=[0, x.shape[1]] if pooled else None)
                     add_routing(routing, out.routing)
                     z = pool(out.hidden, x, self.tokenizer.anchor)
@@ -453,13 +487,8 @@ class TokenDetector(ReferenceSplitFit):
 
     @property
     def context_seconds(self) -> float:
-        """How far back a conn's host tokens reach (the tokenizer's ``max_age``). A
-        ``causal_window`` model attends within ``max_age`` per block, so its conns reach
-        ``n_layers`` hops of ``max_age`` back, plus one for the earliest token's own gap."""
-        tok = self.loaded.tokenizer
-        if self.loaded.causal:
-            return tok.context_seconds * (self.loaded.encoder.config.n_layers + 1)
-        return tok.context_seconds
+        """How far back a conn's host tokens reach (``LoadedTokenModel.context_seconds``)."""
+        return self.loaded.context_seconds
 
     @property
     def forward_context_seconds(self) -> float:
@@ -468,14 +497,9 @@ class TokenDetector(ReferenceSplitFit):
 
     @property
     def context_key_rows(self) -> int | None:
-        """How many of the originator's conns can change a conn's score: the ``seq_len``
-        latest, itself included (the first step's gap is unset, so nothing before them counts);
-        ``scoring.context`` then keeps only those of a busy host's hour. None for packet tokens."""
-        tok = self.loaded.tokenizer
-        if tok.source != "host":
-            return None
-        # a stream token's gap and responder are relative to the host's previous conn: one more
-        return tok.seq_len + 1 if self.loaded.causal else tok.seq_len
+        """How many of the originator's conns can change a conn's score
+        (``LoadedTokenModel.context_key_rows``)."""
+        return self.loaded.context_key_rows
 
     def profile(self, table: pa.Table, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """``LoadedTokenModel.profile`` of the conns of ``table`` (or of its ``rows``, the rest
