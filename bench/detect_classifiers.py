@@ -121,13 +121,22 @@ def held_out_metrics(p: np.ndarray, y: np.ndarray, cut: float) -> dict:
     return out
 
 
+# A base name -> (model kind, its directory under models/, the procedure it always takes). cmoe:
+# the shipped causal_window detector, whose one finetune procedure is lp (a linear head on its
+# frozen stream embedding), whatever --procedure says for the others.
+BASES = {"moe": ("moe", "moe-base", None), "mae": ("mae", "mae-base", None), "gnn": ("gnn", "gnn-base", None),
+         "cmoe": ("moe", "moe-causal", "lp")}
+
+
 def finetune(base: str, names: list[str], shots: int, seed: int, fpr_train: float, out: str,
              benign_shots: int | None = None, procedure: str | None = None) -> tuple[dict, dict]:
-    """Finetune ``base`` on ``names`` (``training_set``) into ``out`` and store its trained cut.
-    Returns the fold's record and the validation benign conns' P(malicious) (``val_p``) with the
-    index in ``names`` of the capture each comes from (``val_capture``)."""
+    """Finetune ``base`` (``BASES``) on ``names`` (``training_set``) into ``out`` and store its
+    trained cut. Returns the fold's record and the validation benign conns' P(malicious)
+    (``val_p``) with the index in ``names`` of the capture each comes from (``val_capture``)."""
     table, labels, rows, early = training_set(names, shots, seed, benign_shots)
-    get_trainer(base).finetune(os.path.join(ROOT, "models", f"{base}-base"), table, labels, rows,
+    kind, base_dir, own = BASES[base]
+    procedure = own or procedure
+    get_trainer(kind).finetune(os.path.join(ROOT, "models", base_dir), table, labels, rows,
                                hide_service=False, seed=seed, out=out,
                                sources=[f for c in names for f in sources_of(c)],
                                label_field="label", device="cpu",
@@ -140,7 +149,7 @@ def finetune(base: str, names: list[str], shots: int, seed: int, fpr_train: floa
     # the same conns (bench/detect_committee.py)
     sizes = np.cumsum([0] + [n for n in _capture_sizes(names)])
     val_p = classifier_detector(out).score_rows(table, val) if len(val) else np.zeros(0)
-    return ({"train": names, "train_rows": int(len(rows)), "operating_point": op},
+    return ({"train": names, "train_rows": int(len(rows)), "operating_point": op, "procedure": procedure},
             {"val_p": np.asarray(val_p), "val_capture": np.searchsorted(sizes, val, side="right") - 1})
 
 
@@ -280,7 +289,9 @@ LOCO_KEYS = ("auroc", "ap", "oracle_recall_at_1pct", "trained_cut", "zat_flagged
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="the leave-one-capture-out JSON (not with --final)")
-    ap.add_argument("--bases", nargs="+", default=["moe", "mae", "gnn"])
+    ap.add_argument("--bases", nargs="+", default=["moe", "mae", "gnn"], choices=list(BASES),
+                    help="moe, mae, gnn: models/BASE-base with --procedure; cmoe: models/moe-causal "
+                         "with procedure lp (its one procedure)")
     ap.add_argument("--captures", nargs="+", default=CAPTURES, choices=CAPTURES)
     ap.add_argument("--shots", type=int, default=300, help="per class per training capture")
     ap.add_argument("--benign-shots", type=int, default=None,
