@@ -44,7 +44,8 @@ CAPTURES = {
     "hide-and-seek": "slips-dataset__dataset__test7-malicious.pcap",
     "test-cc": "slips-dataset__dataset__test-cc__test-cc-capture-2.pcap",
 }
-CLASSIFIERS = ["malicious-committee", "malicious-moe", "malicious-mae", "malicious-gnn", "moe-malicious"]
+CLASSIFIERS = ["malicious-committee", "malicious-cmoe", "malicious-moe", "malicious-mae", "malicious-gnn",
+               "moe-malicious"]
 
 
 def flagged(det, table) -> np.ndarray:

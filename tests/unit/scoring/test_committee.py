@@ -155,15 +155,17 @@ SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.d
 @pytest.mark.skipif(not os.path.exists(os.path.join(SHIPPED, "config.json")),
                     reason="models/malicious-committee not shipped")
 def test_the_shipped_committee_loads_its_three_members(members):
-    """``--models models/malicious-committee``: its sibling members (moe, mae, gnn) verify and
-    load, off by default, and on the IoT-23 slice its alerts are the conns 2 of them flag."""
+    """``--models models/malicious-committee``: its sibling members (the causal moe's stream
+    classifier, mae, gnn) verify and load, off by default, and on the IoT-23 slice its alerts are
+    the conns 2 of them flag."""
     from zeekml.scoring.registry import detector_dirs
 
     table, _ = members
     (det,) = load_model_detectors(SHIPPED)
     assert isinstance(det, CommitteeDetector) and det.vote == 2
     assert [os.path.basename(m.model_dir) for m in det.members] == \
-        ["malicious-moe", "malicious-mae", "malicious-gnn"]
+        ["malicious-cmoe", "malicious-mae", "malicious-gnn"]
+    assert det.members[0].head.m.causal
     assert det.context_key is None                      # the gnn member sees every conn around
     assert SHIPPED not in detector_dirs(os.path.dirname(SHIPPED))   # off by default
     s = det.score(table)

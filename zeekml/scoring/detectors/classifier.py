@@ -49,9 +49,10 @@ def bad_classes(classes: list[str]) -> np.ndarray:
 # A head's CPU per conn judged, relative to the autoencoder's: the committee runs its cheapest
 # members first, so the costliest judges only the conns they leave undecided (the same
 # decisions in any order). Measured on bench/score_speed.py's baseline check (1,000 conns of
-# 30,000, one torch thread): mae 0.027 s, gnn 0.095 s, moe 0.17 s. Speed only: a stale figure
-# never changes a decision.
-RELATIVE_COST = {"mae": 1.0, "gnn": 3.5, "moe": 6.0, "dense": 6.0, "causal": 1.0}
+# 30,000, one torch thread): mae 0.027 s, gnn 0.095 s, moe 0.17 s; again in session 41 (the
+# malicious-* members): mae 0.019, gnn 0.071, moe 0.118, a causal_window moe's stream head
+# ("causal") 0.061 s. Speed only: a stale figure never changes a decision.
+RELATIVE_COST = {"mae": 1.0, "gnn": 3.5, "moe": 6.0, "dense": 6.0, "causal": 3.2}
 
 
 class _TokenHead:

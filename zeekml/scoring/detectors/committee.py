@@ -1,6 +1,6 @@
 """``committee``: known-bad classifiers that alert together, as one detector.
 
-Classifiers finetuned from different bases (moe, mae, gnn) make different false alarms on
+Classifiers finetuned from different bases (a causal moe, mae, gnn) make different false alarms on
 traffic unlike their training data, while the malware they were taught looks bad to most of
 them (``docs/results/detection.md``, "Committees"). A committee directory holds no weights: its
 ``config.json`` names member classifier directories, siblings of it (plain directory names, each
@@ -8,7 +8,7 @@ pinned by the sha256 of its files as its manifest lists them), and how many of t
 
     {"kind": "committee", "schema_version": 1, "label_field": "label",
      "classes": ["Benign", "Malicious"], "detector": false,
-     "members": [{"dir": "malicious-moe", "files": {"config.json": "...", "weights.pt": "..."}}, ...],
+     "members": [{"dir": "malicious-cmoe", "files": {"config.json": "...", "weights.pt": "..."}}, ...],
      "vote": 2, "operating_point": {"cut": 0.5, ...}}
 
 A member's P(malicious) is first rescaled so that its own trained cut sits at 0.5 (piecewise
