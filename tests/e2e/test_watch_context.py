@@ -491,3 +491,50 @@ def test_host_keyed_history_keeps_only_each_hosts_latest_rows_and_batch_scores()
     got += ctx.release(fitted, flush=True).verdicts()
     assert ctx.late == 0 and sorted(v.uid for v in got) == sorted(batch)
     assert all(v.scores == batch[v.uid].scores for v in got)
+
+
+class Composite(NeighbourCount):
+    """A committee's shape (``scoring.context.context_parts``): the sum of a host-history part
+    (an hour back, the originator's latest 4 conns) and a by-time part (20 s of every conn), no
+    key of its own, the widest horizon of the two."""
+
+    def __init__(self, name: str):
+        super().__init__(name, 3600.0, 0.0)
+        self.context_key = None
+        self.context_parts = [LatestOfHost("host", 4, declare=True), NeighbourCount("back", 20.0, 0.0)]
+
+    def score(self, table):
+        return sum(p.score(table) for p in self.context_parts)
+
+
+def test_a_composite_detector_keeps_the_union_of_its_parts_contexts():
+    """A committee of a graph member (every conn of 50 s) and host-history members (their
+    originator's latest conns of 1-5 h) needs their contexts' union, not every conn of its
+    widest horizon: split scoring and watch keep that much, and every verdict is the batch's."""
+    from zeekml.pipeline.live.context import evict_rules
+    from zeekml.scoring.context import InContext, detectors_in_context
+
+    table, ts = _toy_table(600, seed=3)
+    det = Composite("committee")
+    whole = det.score(table)
+    targets = np.arange(400, 420, dtype=np.int64)
+    (ctx,) = detectors_in_context([det], table, targets)
+    assert isinstance(ctx, InContext)
+    # by its horizon alone (an hour, the toy spans 300 s) every earlier row would be context
+    assert ctx.context.num_rows < 120
+    assert np.array_equal(ctx.score(table.take(pa.array(targets))), whole[targets])
+    cal = {det.name: ThresholdCalibrator(fpr=0.01).fit(np.arange(100.0))}
+    fitted = FittedDetectors([det], cal, 0.01)
+    assert evict_rules(fitted) == (20.0, {"id.orig_h": (4, 3600.0)})
+    lateness = float(np.max(np.maximum.accumulate(ts) - ts))
+    batch = {v.uid: v for v in score_fitted(table, fitted)}
+    live = LiveContext(fitted, lateness=lateness, max_rows=10_000)
+    got, most = [], 0
+    for a in range(0, 600, 37):
+        live.add(table.slice(a, 37))
+        got += live.release(fitted).verdicts()
+        most = max(most, live.rows)
+    assert most < 350 and live.evicted_early == 0
+    got += live.release(fitted, flush=True).verdicts()
+    assert sorted(v.uid for v in got) == sorted(batch)
+    assert all(v.scores == batch[v.uid].scores for v in got)

@@ -85,6 +85,15 @@ def _key_runs(codes: np.ndarray, ts: np.ndarray, rows: np.ndarray) -> tuple[np.n
     return order, np.flatnonzero(start), np.cumsum(start) - 1
 
 
+def context_parts(det) -> list:
+    """The parts whose contexts together make ``det``'s: a composite detector (a committee of
+    classifiers) declares ``context_parts``, each with its own horizon, ``context_key`` and
+    ``context_key_rows`` (its members); any other detector is its one part. A committee of a
+    graph member (every conn of 50 s) and host-history members (their hosts' last conns of 5 h)
+    needs both, not every conn of 5 h."""
+    return list(getattr(det, "context_parts", None) or [det])
+
+
 def horizon(det) -> tuple[float, float]:
     """``(back, forward)`` seconds of other conns that can change ``det``'s score of a conn."""
     back = float(getattr(det, "context_seconds", 0.0) or 0.0)
@@ -165,33 +174,46 @@ def detectors_in_context(detectors, table: pa.Table, targets: np.ndarray,
         if (back <= 0 and fwd <= 0) or len(targets) == table.num_rows:
             out.append(det)
             continue
-        mask = np.zeros(table.num_rows, dtype=bool)
-        if len(own):
-            with np.errstate(invalid="ignore"):
-                mask = (ts >= own.min() - back) & (ts <= own.max() + fwd)
-        key = context_key(det)
-        if key is not None and key in table.column_names:
-            col = table.column(key)
-            wanted = pc.unique(col.take(pa.array(targets, pa.int64())))
-            same = pc.is_in(col, value_set=wanted, skip_nulls=False)
-            mask &= same.to_numpy(zero_copy_only=False).astype(bool)
-        mask[targets] = True
-        rows = np.flatnonzero(mask)
-        length = context_key_rows(det)
-        if length is not None and key is not None and key in table.column_names and len(rows):
-            # an originator with an hour of conns keeps only the few its targets can see
-            sub = table.column(key).take(pa.array(rows, pa.int64()))
-            codes = dictionary_codes(sub)
-            is_target = np.zeros(len(rows), dtype=bool)
-            is_target[np.searchsorted(rows, targets)] = True
-            rows = rows[latest_per_key(codes, np.nan_to_num(ts[rows], nan=0.0), rows,
-                                       is_target, length)]
+        parts = context_parts(det)
+        rows = _part_rows(parts[0], table, targets, ts, own)
+        for part in parts[1:]:
+            rows = np.union1d(rows, _part_rows(part, table, targets, ts, own))
         if len(rows) == len(targets):
             out.append(det)
             continue
         ctx = table.take(pa.array(rows, pa.int64()))
         out.append(InContext(det, ctx, np.searchsorted(rows, targets)))
     return out
+
+
+def _part_rows(det, table: pa.Table, targets: np.ndarray, ts: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """The rows of ``table`` one context part ``det`` needs to score ``targets`` (sorted, the
+    targets among them): those within its horizon of the targets' time range (``own``: their
+    set times), sharing a target's ``context_key`` value if it has one, and of those only each
+    key's latest ``context_key_rows`` up to a target if it declares them."""
+    back, fwd = horizon(det)
+    mask = np.zeros(table.num_rows, dtype=bool)
+    if len(own) and (back > 0 or fwd > 0):
+        with np.errstate(invalid="ignore"):
+            mask = (ts >= own.min() - back) & (ts <= own.max() + fwd)
+    key = context_key(det)
+    if key is not None and key in table.column_names:
+        col = table.column(key)
+        wanted = pc.unique(col.take(pa.array(targets, pa.int64())))
+        same = pc.is_in(col, value_set=wanted, skip_nulls=False)
+        mask &= same.to_numpy(zero_copy_only=False).astype(bool)
+    mask[targets] = True
+    rows = np.flatnonzero(mask)
+    length = context_key_rows(det)
+    if length is not None and key is not None and key in table.column_names and len(rows):
+        # an originator with an hour of conns keeps only the few its targets can see
+        sub = table.column(key).take(pa.array(rows, pa.int64()))
+        codes = dictionary_codes(sub)
+        is_target = np.zeros(len(rows), dtype=bool)
+        is_target[np.searchsorted(rows, targets)] = True
+        rows = rows[latest_per_key(codes, np.nan_to_num(ts[rows], nan=0.0), rows,
+                                   is_target, length)]
+    return rows
 
 
 def context_within(ts: np.ndarray, rows: np.ndarray, back: float, fwd: float) -> np.ndarray:

@@ -166,11 +166,29 @@ def test_the_shipped_committee_loads_its_three_members(members):
     assert [os.path.basename(m.model_dir) for m in det.members] == \
         ["malicious-cmoe", "malicious-mae", "malicious-gnn"]
     assert det.members[0].head.m.causal
+    assert [m.context_key_rows for m in det.members] == [17, 32, None]   # the gnn member counts by time
     assert det.context_key is None                      # the gnn member sees every conn around
     assert SHIPPED not in detector_dirs(os.path.dirname(SHIPPED))   # off by default
     s = det.score(table)
     agree = np.sum([m.score(table) >= m.decision_threshold for m in det.members], axis=0)
     np.testing.assert_array_equal(s >= det.decision_threshold, agree >= 2)
+
+
+def test_a_committee_scores_a_conn_among_its_members_contexts(members):
+    """Its context is the union of its members' (``context_parts``): each host-history member
+    declares its originator's latest conns (``context_key_rows``), so a target gets those, not
+    every conn of the widest hour, and scores as in the whole log."""
+    from zeekml.scoring.context import InContext, context_parts, detectors_in_context
+
+    table, dirs = members
+    det = CommitteeDetector(make(dirs, os.path.join(os.path.dirname(dirs[0]), "ctx"), 2))
+    assert context_parts(det) == det.members
+    assert [m.context_key_rows for m in det.members] == [32, 32, 8]   # mae's SEQ_LEN; tiny moe's seq_len
+    whole = det.score(table)
+    targets = np.arange(300, 330, dtype=np.int64)
+    (ctx,) = detectors_in_context([det], table, targets)
+    assert isinstance(ctx, InContext) and ctx.context.num_rows < 300
+    assert np.array_equal(ctx.score(table.take(targets)), whole[targets])
 
 
 def test_an_mae_member_featurises_only_the_rows_asked_with_the_whole_tables_bits(members):

@@ -16,8 +16,8 @@ from zeekml.flows.table import CONN_SCHEMA
 from zeekml.pipeline import side_by_side
 from zeekml.pipeline.fitted import FittedDetectors, score_batch
 from zeekml.pipeline.live.journal import frame, records
-from zeekml.scoring.context import (context_key, context_key_rows, detectors_in_context, horizon,
-                                    horizons, last_per_key, ts_array)
+from zeekml.scoring.context import (context_key, context_key_rows, context_parts, detectors_in_context,
+                                    horizon, horizons, last_per_key, ts_array)
 from zeekml.scoring.verdict import VerdictBatch
 
 _ROWS, _MARK = b"R", b"T"
@@ -49,11 +49,12 @@ def evict_rules(fitted: FittedDetectors) -> tuple[float, dict[str, tuple[int, fl
     that declare ``context_key_rows`` (the host histories) the most rows and the widest horizon
     they ask. Those need only their key's latest rows, not every conn of their horizon: the
     causal MoE reaches 5 h back but reads an originator's last 17 conns, and keeping 5 h of a
-    busy link's conns filled ``max_rows`` at ~55 conns/s."""
+    busy link's conns filled ``max_rows`` at ~55 conns/s. A composite detector's parts
+    (``scoring.context.context_parts``: a committee's members) count one by one."""
     by_time, keyed = 0.0, {}
-    for det in getattr(fitted, "detectors", fitted):
-        back = horizon(det)[0]
-        key, length = context_key(det), context_key_rows(det)
+    for part in (p for det in getattr(fitted, "detectors", fitted) for p in context_parts(det)):
+        back = horizon(part)[0]
+        key, length = context_key(part), context_key_rows(part)
         if key is not None and length is not None:
             old = keyed.get(key, (0, 0.0))
             keyed[key] = (max(old[0], length), max(old[1], back))

@@ -70,6 +70,7 @@ class _TokenHead:
         self.context_seconds = self.m.context_seconds
         self.forward_context_seconds = 0.0
         self.context_key: str | None = "id.orig_h"
+        self.context_key_rows = self.m.context_key_rows
         self.cost = RELATIVE_COST["causal" if self.m.causal else self.m.kind]
 
     @property
@@ -98,6 +99,7 @@ class _MAEHead:
         self.context_seconds = self.m.featurizer.context_seconds
         self.forward_context_seconds = 0.0
         self.context_key = "id.orig_h"
+        self.context_key_rows = self.m.context_key_rows
 
     @property
     def part_rows(self) -> int | None:
@@ -127,6 +129,7 @@ class _GNNHead:
         self.context_seconds = (g.context_windows + g.max_conn_windows + 2) * g.window
         self.forward_context_seconds = self.context_seconds
         self.context_key = None
+        self.context_key_rows: int | None = None
         # not split (``score_parts``): each part would build and run the graph neighbourhood
         # of its rows, and the parts' neighbourhoods overlap
         self.part_rows: int | None = None
@@ -232,6 +235,8 @@ class ClassifierDetector:
         self.context_seconds = self.head.context_seconds
         self.forward_context_seconds = self.head.forward_context_seconds
         self.context_key = self.head.context_key
+        # a host-history head reads its originator's latest conns only (``scoring.context``)
+        self.context_key_rows = self.head.context_key_rows
         self.model_dir = model_dir
         # the cut chosen at finetune time (None: an older directory without one); it is also the
         # probability at which this classifier calls a baseline conn bad (baseline_infection)

@@ -124,6 +124,10 @@ class CommitteeDetector:
         self.context_seconds = max(m.context_seconds for m in self.members)
         self.forward_context_seconds = max(m.context_seconds if m.forward_context_seconds is None
                                            else m.forward_context_seconds for m in self.members)
+        # each member's own context (``scoring.context.context_parts``): with a graph member
+        # the committee has no key of its own, but its host-history members still need only
+        # their hosts' latest conns, not every conn of their 1-5 h
+        self.context_parts = list(self.members)
         keys = {m.context_key for m in self.members}
         # a member without a key (gnn) sees every conn around, so the committee must too
         self.context_key = keys.pop() if len(keys) == 1 else None

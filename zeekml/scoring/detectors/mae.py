@@ -88,6 +88,17 @@ class LoadedMAE:
         return self.featurizer.transform(table, flows, hide_service=self.hide_service, rows=rows)
 
     @property
+    def context_key_rows(self) -> int | None:
+        """How many of the originator's conns can change a conn's featurisation: its host
+        sequence's ``SEQ_LEN`` latest, itself included (the earliest step's gap is 0, so nothing
+        before them counts); ``scoring.context`` then keeps only those of a busy host's hour
+        (live: 1.18-1.46x, docs/results/watch.md). None for packet sequences (the conn's own
+        packets)."""
+        from zeekml.features.modality import SEQ_LEN
+
+        return SEQ_LEN if self.featurizer.seq_source == "host" else None
+
+    @property
     def infer_rows(self) -> int:
         """Rows per batch of ``run`` (in row order: a caller that cuts rows at multiples of it,
         ``classifier.part_bounds``, runs each row in the batch it would be in)."""
@@ -164,13 +175,9 @@ class MAEDetector(ReferenceSplitFit):
 
     @property
     def context_key_rows(self) -> int | None:
-        """How many of the originator's conns can change a conn's score: its host sequence's
-        ``SEQ_LEN`` latest, itself included (the earliest step's gap is 0, so nothing before
-        them counts); ``scoring.context`` then keeps only those of a busy host's hour (live:
-        1.18-1.46x, docs/results/watch.md). None for packet sequences (the conn's own packets)."""
-        from zeekml.features.modality import SEQ_LEN
-
-        return SEQ_LEN if self.loaded.featurizer.seq_source == "host" else None
+        """How many of the originator's conns can change a conn's score
+        (``LoadedMAE.context_key_rows``)."""
+        return self.loaded.context_key_rows
 
     @property
     def context_seconds(self) -> float:
