@@ -478,19 +478,28 @@ def test_host_keyed_history_keeps_only_each_hosts_latest_rows_and_batch_scores()
     cal = {d.name: ThresholdCalibrator(fpr=0.01).fit(np.arange(100.0)) for d in dets}
     fitted = FittedDetectors(dets, cal, 0.01)
     assert evict_rules(fitted) == (20.0, {"id.orig_h": (4, 3600.0)})
+    ctx, rows_after, most = _live_equals_batch(table, ts, fitted)
+    # by time alone (an hour back) all 600 would stay; 7 hosts x 3 older rows + the last ~45 s
+    assert rows_after < 300 and most < 350 and ctx.evicted_early == 0 and ctx.late == 0
+
+
+def _live_equals_batch(table: pa.Table, ts: np.ndarray, fitted: FittedDetectors) -> tuple:
+    """``table`` through a ``LiveContext`` 37 rows at a time, released after each: every verdict
+    must be the batch's. Returns the context, the rows it held before the final flush and the
+    most it held."""
     lateness = float(np.max(np.maximum.accumulate(ts) - ts))
     batch = {v.uid: v for v in score_fitted(table, fitted)}
     ctx = LiveContext(fitted, lateness=lateness, max_rows=10_000)
     got, most = [], 0
-    for a in range(0, 600, 37):
+    for a in range(0, table.num_rows, 37):
         ctx.add(table.slice(a, 37))
         got += ctx.release(fitted).verdicts()
         most = max(most, ctx.rows)
-    # by time alone (an hour back) all 600 would stay; 7 hosts x 3 older rows + the last ~45 s
-    assert ctx.rows < 300 and most < 350 and ctx.evicted_early == 0
+    rows_after = ctx.rows
     got += ctx.release(fitted, flush=True).verdicts()
-    assert ctx.late == 0 and sorted(v.uid for v in got) == sorted(batch)
+    assert sorted(v.uid for v in got) == sorted(batch)
     assert all(v.scores == batch[v.uid].scores for v in got)
+    return ctx, rows_after, most
 
 
 class Composite(NeighbourCount):
@@ -526,15 +535,5 @@ def test_a_composite_detector_keeps_the_union_of_its_parts_contexts():
     cal = {det.name: ThresholdCalibrator(fpr=0.01).fit(np.arange(100.0))}
     fitted = FittedDetectors([det], cal, 0.01)
     assert evict_rules(fitted) == (20.0, {"id.orig_h": (4, 3600.0)})
-    lateness = float(np.max(np.maximum.accumulate(ts) - ts))
-    batch = {v.uid: v for v in score_fitted(table, fitted)}
-    live = LiveContext(fitted, lateness=lateness, max_rows=10_000)
-    got, most = [], 0
-    for a in range(0, 600, 37):
-        live.add(table.slice(a, 37))
-        got += live.release(fitted).verdicts()
-        most = max(most, live.rows)
+    live, _, most = _live_equals_batch(table, ts, fitted)
     assert most < 350 and live.evicted_early == 0
-    got += live.release(fitted, flush=True).verdicts()
-    assert sorted(v.uid for v in got) == sorted(batch)
-    assert all(v.scores == batch[v.uid].scores for v in got)
