@@ -99,9 +99,9 @@ class LPFT:
     A scratch twin (no base) runs the same procedure from random weights. ``"lp"``: the LP step
     alone, on every labeled row (nothing held out: there is no FT to stop), the encoder frozen;
     the one procedure of a ``causal_window`` token base, whose head reads the stream embedding
-    (``zeekml.train.moe``). ``"full"``: the
-    earlier procedure (an MLP head of width ``hidden`` and the encoder trained end to end from a
-    random head at ``lr``; mae: the head alone on the frozen embedding). Measured on one grid
+    (``zeekml.train.moe``). ``"full"``: the earlier procedure (an MLP head of width ``hidden``
+    and the encoder trained end to end from a random head at ``lr``; mae: the head alone on the
+    frozen embedding). Measured on one grid
     (docs/results/fewshot.md, "LP-FT"): LP-FT is mae's default (it fixes the inverted head);
     gnn and moe keep ``"full"``, which LP-FT did not beat for them.
 

@@ -562,9 +562,10 @@ def _finetune_stream_lp(loaded, table: pa.Table, train_rows: np.ndarray, y, n_cl
     """``procedure="lp"`` on a ``causal_window`` base: the head's linear layer fitted on the
     layer-normed stream embedding of the labeled rows (``LoadedTokenModel.stream_embedding``:
     each conn's final state at its own position of its host's stream, the rest of ``table`` as
-    the streams' context), the encoder frozen. Why not FT too: the encoder is trained on host
-    streams, and a stream pass per labeled conn's window would cost what pretraining does.
-    Returns ``(head, metrics)``."""
+    the streams' context), the encoder frozen. No FT: training a causal encoder on labels would
+    need a stream loop like pretraining's (``pretrain_stream_loop``) with labeled positions, and
+    the probe alone already met the archive target on as many captures as the full-attention
+    member's LP-FT (docs/results/detection.md, "A causal member"). Returns ``(head, metrics)``."""
     from zeekml.nn.dense import ClassifierHead
 
     torch = torch_module()
