@@ -10,8 +10,9 @@ The plan keeps a single-process run's semantics exactly:
 4. each task scores its table; verdicts are written in task order, so the output files are the
    same bytes as those of ``zeekml score`` without ``--dask``.
 Per-conn detectors make a verdict depend only on its own row; a detector whose score depends on
-the conns around it in time (the GNN's graph windows) says how far with ``context_seconds``, and
-each task is scored with the rows of the other tasks within that distance as context.
+the conns around it in time (the GNN's graph windows, a host's earlier conns) says how far back
+and forward (``scoring.context.horizon``), and each task is scored with the rows of the other
+tasks within those distances as context.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.pipeline.chunked import TriagePart, score_in_context, triage_part
 from zeekml.scoring.allowlist import Allowlist, suppress
-from zeekml.scoring.context import context_seconds, take_ts_range
+from zeekml.scoring.context import horizons, take_ts_range
 from zeekml.scoring.evidence import ALERT_PATH, SuricataAlerts, attach_suricata_alerts
 from zeekml.scoring.verdict import Verdict
 from zeekml.sinks.triage import mark_suppressed
@@ -460,6 +461,20 @@ def score_task(result: ReadResult, fitted: FittedDetectors, before: list | None 
             triage_part(batch))
 
 
+def neighbour_tasks(ts_parts: list[np.ndarray], i: int, back: float,
+                    fwd: float) -> tuple[float, float, list[int], list[int]] | None:
+    """The context of task ``i`` (``ts_parts``: each task's ``ts``, NaN where unset): the time
+    range ``(lo, hi)`` from ``back`` seconds before its earliest conn to ``fwd`` after its latest,
+    and the other tasks with a conn in it, those before ``i`` and those after. None when nothing
+    around a conn counts (``back`` and ``fwd`` 0) or the task has no set ``ts``."""
+    own = ts_parts[i][np.isfinite(ts_parts[i])]
+    if (back <= 0 and fwd <= 0) or len(own) == 0:
+        return None
+    lo, hi = float(own.min()) - back, float(own.max()) + fwd
+    near = [j for j, t in enumerate(ts_parts) if j != i and np.any((t >= lo) & (t <= hi))]
+    return lo, hi, [j for j in near if j < i], [j for j in near if j > i]
+
+
 def _take_range(result: ReadResult, lo: float, hi: float) -> pa.Table:
     return take_ts_range(result.table, lo, hi)
 
@@ -628,18 +643,18 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
         alerts.rows()
         alerts_f = client.submit(_given, alerts if len(alerts) else None, pure=False)
         allow_f = client.submit(_given, allowlist, pure=False) if allowlist is not None else None
-        ctx = context_seconds(fitted)
+        # back and forward apart, as the chunks take them (``chunked.context_rows``): the causal
+        # MoE reaches 5 h back and nothing forward, and 5 h of later conns fetched for every task
+        # was twice the context a committee's task gathered
+        back, fwd = horizons(fitted)
         scored = []
         for i, r in enumerate(ok):
             before, after = [], []
-            if ctx > 0:
-                own = ts_parts[i][np.isfinite(ts_parts[i])]
-                if len(own):
-                    lo, hi = float(own.min()) - ctx, float(own.max()) + ctx
-                    for j, other in enumerate(ok):
-                        t = ts_parts[j]
-                        if j != i and np.any((t >= lo) & (t <= hi)):
-                            (before if j < i else after).append(client.submit(_take_range, other, lo, hi))
+            near = neighbour_tasks(ts_parts, i, back, fwd)
+            if near is not None:
+                lo, hi, earlier, later = near
+                before = [client.submit(_take_range, ok[j], lo, hi) for j in earlier]
+                after = [client.submit(_take_range, ok[j], lo, hi) for j in later]
             scored.append(client.submit(score_task, r, fitted_f, before, after, alerts_f,
                                         with_alerts, allow_f, retries=TASK_RETRIES))
         for task, fut in zip(ok_tasks, scored):  # in task order: the outputs equal a single-process run's

@@ -101,12 +101,6 @@ def horizon(det) -> tuple[float, float]:
     return back, float(back if fwd is None else fwd)
 
 
-def context_seconds(detectors) -> float:
-    """The widest ``context_seconds`` of ``detectors`` (a list or anything with ``.detectors``)."""
-    dets = getattr(detectors, "detectors", detectors)
-    return max((float(getattr(d, "context_seconds", 0.0) or 0.0) for d in dets), default=0.0)
-
-
 def horizons(detectors) -> tuple[float, float]:
     """The widest ``(back, forward)`` of ``detectors``."""
     dets = getattr(detectors, "detectors", detectors)
