@@ -134,7 +134,9 @@ def test_inference_without_pads_equals_the_training_path(factor):
     """Batches without pads take the inference shortcut (no gather of routed rows, the top-1
     router over experts as rows, outputs put back by the inverse permutation); with a capacity
     that drops assignments they take the scatter-add. Both equal the autograd path's output and
-    routing, and the shortcut's gates are ``route``'s within a float32 ulp."""
+    routing, and the shortcut's gates are ``route``'s within two float32 ulps (another summation
+    order of the same exponentials: at most one ulp apart measured with AVX-512 kernels, two with
+    AVX2 ones)."""
     from zeekml.nn.moe import route, route_top1_inference
 
     torch.manual_seed(4)
@@ -154,7 +156,8 @@ def test_inference_without_pads_equals_the_training_path(factor):
     logits = torch.randn(1000, 8)
     fast, ref = route_top1_inference(logits), route(logits, 1)
     assert torch.equal(fast.experts, ref.experts) and fast.probs is None
-    assert torch.allclose(fast.gates, ref.gates, rtol=2e-7, atol=0)
+    ulps = (fast.gates.view(torch.int32).long() - ref.gates.view(torch.int32).long()).abs()
+    assert int(ulps.max()) <= 2      # positive floats: the ulp distance is that of their bits
 
 
 def test_router_gets_a_gradient_with_top1():
