@@ -17,9 +17,12 @@ AVX2 kernels, MKL's AVX2 path (conditional numerical reproducibility), oneDNN at
 thread; the CLI runs as a subprocess because these must be set before torch is imported. AVX2
 rather than the scalar ``default``: with scalar kernels the GNN/MoE/autoencoder scores depend on
 how many conns are scored together, and ``watch`` would no longer equal ``score`` (it does, with
-AVX2 and with native AVX512). numpy's own SIMD dispatch made no difference (tried with its AVX512
-targets disabled). With the pins the comparisons are exact, never "approximately"; the
-learned-model tests need an x86-64 CPU with AVX2 (MKL is x86-only) and skip elsewhere.
+AVX2 and with native AVX512). numpy is pinned too: with AVX-512 (its ``X86_V4`` target) it takes
+float64 ``power`` and ``log`` through Intel's SVML, whose last bits are not glibc's. Goldens made
+on an AVX-512 machine failed CI on an AVX2 one (AMD EPYC): the IsolationForest's
+``2 ** -(depth / c)`` of 46 of 2,361 conns 1e-14 apart, every learned score equal. With the pins
+the comparisons are exact, never "approximately"; the learned-model tests need an x86-64 CPU
+with AVX2 (MKL is x86-only) and skip elsewhere.
 """
 from __future__ import annotations
 
@@ -44,7 +47,9 @@ DASK_DIFFERS = "dask-differs.jsonl"
 _STAMP = re.compile(rb"^#(open|close)\t[^\n]*$", re.M)
 # The numerical environment of every CLI run here and of the goldens (see the module docstring).
 PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-              "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+              "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              # numpy's AVX-512 dispatch targets off (a no-op on a CPU without them)
+              "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
 # The goldens hold the per-conn notices (zeekml_notice.log, the Zeek verdict file's rows), which
 # runs write only with this option since issue 16 made one notice per incident the default
 # (test_default_score_writes_one_notice_per_incident_and_no_conn_notices).
