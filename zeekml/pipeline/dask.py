@@ -644,8 +644,8 @@ def score_tasks_dask(tasks: list[ReadTask], spec: str, options: ScoreOptions,
         alerts_f = client.submit(_given, alerts if len(alerts) else None, pure=False)
         allow_f = client.submit(_given, allowlist, pure=False) if allowlist is not None else None
         # back and forward apart, as the chunks take them (``chunked.context_rows``): the causal
-        # MoE reaches 5 h back and nothing forward, and 5 h of later conns fetched for every task
-        # was twice the context a committee's task gathered
+        # MoE reaches 5 h back and nothing forward, so a task need not gather 5 h of later conns
+        # (measured on the bench logs: no speed change, bench/README.md)
         back, fwd = horizons(fitted)
         scored = []
         for i, r in enumerate(ok):
