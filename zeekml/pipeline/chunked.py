@@ -50,8 +50,8 @@ from zeekml.parse.reader import LogBatch
 from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate, score_batch
 from zeekml.pipeline import side_by_side
 from zeekml.pipeline.options import DEFAULT_CHUNK_ROWS, ScoreOptions, ScoreSummary
-from zeekml.scoring.context import (WithKnownScores, context_within, detectors_in_context,
-                                    horizon, horizons, with_context)
+from zeekml.scoring.context import (WithKnownScores, context_window, context_within,
+                                    detectors_in_context, horizon, horizons, with_context)
 from zeekml.scoring.explain import BaselineProfile
 from zeekml.scoring.incidents import HostTimes, string_codes
 from zeekml.scoring.verdict import VerdictBatch
@@ -350,12 +350,11 @@ def context_rows(ts: np.ndarray, start: int, stop: int, back: float,
     """Indices of the rows before ``start`` and from ``stop`` on whose ``ts`` lies within
     ``back`` seconds before and ``fwd`` after the time range of rows ``[start, stop)`` (the
     rows a detector with that horizon may look at; ``ts`` as ``ts_sort_key``)."""
-    own = ts[start:stop]
-    own = own[np.isfinite(own)]
-    if (back <= 0 and fwd <= 0) or len(own) == 0:
+    window = context_window(ts[start:stop], back, fwd)
+    if window is None:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    lo, hi = float(own.min()) - back, float(own.max()) + fwd
+    lo, hi = window
     with np.errstate(invalid="ignore"):
         near = (ts >= lo) & (ts <= hi)
     return np.flatnonzero(near[:start]), np.flatnonzero(near[stop:]) + stop

@@ -40,7 +40,7 @@ from zeekml.pipeline.fitted import FittedDetectors, fit_calibrate
 from zeekml.pipeline.options import ScoreOptions, ScoreSummary
 from zeekml.pipeline.chunked import TriagePart, score_in_context, triage_part
 from zeekml.scoring.allowlist import Allowlist, suppress
-from zeekml.scoring.context import horizons, take_ts_range
+from zeekml.scoring.context import context_window, horizons, take_ts_range
 from zeekml.scoring.evidence import ALERT_PATH, SuricataAlerts, attach_suricata_alerts
 from zeekml.scoring.verdict import Verdict
 from zeekml.sinks.triage import mark_suppressed
@@ -467,10 +467,10 @@ def neighbour_tasks(ts_parts: list[np.ndarray], i: int, back: float,
     range ``(lo, hi)`` from ``back`` seconds before its earliest conn to ``fwd`` after its latest,
     and the other tasks with a conn in it, those before ``i`` and those after. None when nothing
     around a conn counts (``back`` and ``fwd`` 0) or the task has no set ``ts``."""
-    own = ts_parts[i][np.isfinite(ts_parts[i])]
-    if (back <= 0 and fwd <= 0) or len(own) == 0:
+    window = context_window(ts_parts[i], back, fwd)
+    if window is None:
         return None
-    lo, hi = float(own.min()) - back, float(own.max()) + fwd
+    lo, hi = window
     near = [j for j, t in enumerate(ts_parts) if j != i and np.any((t >= lo) & (t <= hi))]
     return lo, hi, [j for j in near if j < i], [j for j in near if j > i]
 

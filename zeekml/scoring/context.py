@@ -108,6 +108,16 @@ def horizons(detectors) -> tuple[float, float]:
     return max(h[0] for h in hs), max(h[1] for h in hs)
 
 
+def context_window(ts: np.ndarray, back: float, fwd: float) -> tuple[float, float] | None:
+    """The time range ``(lo, hi)`` a detector with horizon ``(back, fwd)`` may look at around
+    conns at ``ts`` (unset, NaN or inf, ignored): ``back`` seconds before the earliest to ``fwd``
+    after the latest. None when nothing around a conn counts or no ``ts`` is set."""
+    own = ts[np.isfinite(ts)]
+    if (back <= 0 and fwd <= 0) or len(own) == 0:
+        return None
+    return float(own.min()) - back, float(own.max()) + fwd
+
+
 def ts_array(table: pa.Table) -> np.ndarray:
     """``ts`` as float64 with NaN where unset."""
     return pc.fill_null(table.column("ts").cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
